@@ -1,0 +1,10 @@
+"""The Azure Functions (v2 programming model) entry point: registers the blueprints, nothing else.
+Settings are read on first use, never here: an exception at import shows in Azure only as
+"no functions found"."""
+
+import azure.functions as func
+
+from functions.sso import bp as sso
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(sso)

@@ -1,0 +1,45 @@
+"""Plain-language fixes for the Entra ID (AADSTS) errors that admins meet when wiring the portal."""
+
+from __future__ import annotations
+
+import re
+
+HINTS = {
+    50011: ("The redirect URI sent does not match one registered on the app. In Entra ID > App registrations > "
+            "your app > Authentication > Web, add both Single Sign On URLs exactly as the setup page shows them."),
+    50105: ("The person is not assigned to the app. In Entra ID > Enterprise applications > your app > Users and "
+            "groups, assign them (or turn off 'Assignment required?')."),
+    65001: ("The app has not been granted consent. An administrator must grant admin consent under API "
+            "permissions, or let people consent."),
+    700016: ("The client ID is not known in this tenant. Check OIDC_CLIENT_ID is the 'Application (client) ID' "
+             "and OIDC_ISSUER_URL names the tenant where the app is registered."),
+    7000215: ("The client secret is wrong. Copy the secret's Value (not its Secret ID) from Certificates & "
+              "secrets into Key Vault."),
+    7000222: ("The client secret has expired. Create a new one under Certificates & secrets and store it in "
+              "Key Vault; the app picks it up without a restart."),
+    90102: ("The redirect URI is not a valid URL. Check PUBLIC_BASE_URL and the URIs registered on the app."),
+    700054: ("The app registration does not allow ID tokens for this flow. Check Authentication > Web "
+             "settings of the app registration."),
+    50020: ("The person's account is from a tenant the app does not accept. Invite them as a guest, or "
+            "check the app's supported account types."),
+}
+
+_CODE = re.compile(r"AADSTS(\d{5,7})")
+
+
+def aadsts_codes(*texts: object) -> list[int]:
+    codes: list[int] = []
+    for text in texts:
+        if isinstance(text, list):
+            codes.extend(c for c in text if isinstance(c, int))
+        elif isinstance(text, str):
+            codes.extend(int(c) for c in _CODE.findall(text))
+    return list(dict.fromkeys(codes))
+
+
+def hint_for(*texts: object) -> str | None:
+    """The fix for the first known AADSTS code in the texts (error descriptions, error_codes lists)."""
+    for code in aadsts_codes(*texts):
+        if code in HINTS:
+            return f"AADSTS{code}: {HINTS[code]}"
+    return None

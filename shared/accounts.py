@@ -1,0 +1,143 @@
+"""Portal accounts in the `PortalAccounts` table: PartitionKey = normalized email, RowKey = kind."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+
+from .errors import AccountDisabled, IdentityMismatch, NoAccount
+from .tables import storage_errors
+
+# Characters Table Storage forbids in keys (and '%', our escape character).
+_KEY_UNSAFE = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
+EMAIL_SYNTAX = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def normalize_email(raw: str) -> str:
+    """Trimmed and case-folded, so 'Ann@Contoso.COM ' and 'ann@contoso.com' are one account."""
+    return raw.strip().casefold()
+
+
+def email_key(normalized_email: str) -> str:
+    """The PartitionKey of an email: forbidden characters and '%' itself percent-encoded, so every
+    email maps to a valid, distinct key (a '/' would make Table Storage answer 500)."""
+    return _KEY_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), normalized_email)
+
+
+@dataclass
+class Account:
+    email: str
+    kind: str
+    account_id: str
+    display_name: str
+    enabled: bool
+    linked_idp_subject: str | None
+    last_login_at: datetime | None
+    etag: str | None = None
+
+    @classmethod
+    def from_entity(cls, entity) -> Account:
+        return cls(
+            email=entity.get("Email") or entity["PartitionKey"],
+            kind=entity["RowKey"],
+            account_id=str(entity.get("AccountId") or ""),
+            display_name=str(entity.get("DisplayName") or ""),
+            enabled=entity.get("Enabled") is not False,
+            linked_idp_subject=entity.get("LinkedIdpSubject") or None,
+            last_login_at=entity.get("LastLoginAt"),
+            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+        )
+
+
+class AccountStore:
+    def __init__(self, table: TableClient):
+        self._table = table
+
+    def get(self, email: str, kind: str) -> Account | None:
+        with storage_errors():
+            try:
+                entity = self._table.get_entity(email_key(normalize_email(email)), kind)
+            except ResourceNotFoundError:
+                return None
+        return Account.from_entity(entity)
+
+    def find_account(self, email: str, kind: str) -> Account:
+        """The enabled account of this kind for this email; raises NoAccount or AccountDisabled (403)."""
+        account = self.get(email, kind)
+        if account is None or not account.account_id:
+            raise NoAccount(f"no {kind} account for this email")
+        if not account.enabled:
+            raise AccountDisabled(f"{kind} account {account.account_id} is disabled")
+        return account
+
+    def link_and_record_login(self, account: Account, idp_sub: str, now: datetime | None = None) -> Account:
+        """Links an unlinked account to this person (first login) and records the login time.
+        Raises IdentityMismatch (403) when the account is linked to someone else; the write is
+        etag-checked, so of two people racing for one unlinked account only the first gets it."""
+        now = now or datetime.now(UTC)
+        for _ in range(3):
+            if account.linked_idp_subject and account.linked_idp_subject != idp_sub:
+                raise IdentityMismatch(f"account {account.account_id} is linked to another idp_sub")
+            patch = {"PartitionKey": email_key(normalize_email(account.email)), "RowKey": account.kind,
+                     "LinkedIdpSubject": idp_sub, "LastLoginAt": now}
+            with storage_errors():
+                try:
+                    self._table.update_entity(patch, mode=UpdateMode.MERGE, etag=account.etag,
+                                              match_condition=MatchConditions.IfNotModified)
+                    account.linked_idp_subject, account.last_login_at = idp_sub, now
+                    return account
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    fresh = self.get(account.email, account.kind)
+            if fresh is None:
+                raise NoAccount("account removed during login")
+            if not fresh.enabled:
+                raise AccountDisabled("account disabled during login")
+            account = fresh
+        raise IdentityMismatch("account kept changing during login")
+
+    # Administration (tools/accounts.py)
+    def add(self, email: str, kind: str, account_id: str, name: str = "", enabled: bool = True) -> None:
+        normalized = normalize_email(email)
+        entity = {"PartitionKey": email_key(normalized), "RowKey": kind, "Email": normalized,
+                  "AccountId": account_id, "DisplayName": name, "Enabled": enabled}
+        with storage_errors():
+            self._table.upsert_entity(entity, mode=UpdateMode.MERGE)
+
+    def update(self, email: str, kind: str, **properties) -> bool:
+        """Merges properties into an account; False when there is no such account."""
+        entity = {"PartitionKey": email_key(normalize_email(email)), "RowKey": kind, **properties}
+        with storage_errors():
+            try:
+                self._table.update_entity(entity, mode=UpdateMode.MERGE)
+            except ResourceNotFoundError:
+                return False
+        return True
+
+    def unlink(self, email: str, kind: str) -> bool:
+        account = self.get(email, kind)
+        if account is None:
+            return False
+        with storage_errors():
+            entity = self._table.get_entity(email_key(normalize_email(email)), kind)
+            entity.pop("LinkedIdpSubject", None)
+            self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        return True
+
+    def remove(self, email: str, kind: str) -> bool:
+        if self.get(email, kind) is None:
+            return False
+        with storage_errors():
+            self._table.delete_entity(email_key(normalize_email(email)), kind)
+        return True
+
+    def list(self, kind: str | None = None):
+        with storage_errors():
+            query = self._table.query_entities("RowKey eq @kind", parameters={"kind": kind}) if kind \
+                else self._table.list_entities()
+            for entity in query:
+                yield Account.from_entity(entity)

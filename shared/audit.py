@@ -1,0 +1,78 @@
+"""The `SignInEvents` table: one row per callback, success or failure, written before the response
+goes out (after a function returns, Azure may freeze its instance). Nothing secret is stored."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableClient
+
+from .tables import storage_errors
+
+log = logging.getLogger("portal_sso.audit")
+_MAX_MS = 10**13  # RowKeys count down from here, so a day's newest events list first
+
+
+@dataclass
+class SignInEvent:
+    correlation_id: str
+    kind: str
+    outcome: str  # "success" or "failure"
+    reason: str  # "ok" or the error's reason code
+    status: int
+    email: str = ""
+    account_id: str = ""
+    idp_subject: str = ""
+    tenant_id: str = ""
+    had_email_claim: bool | None = None
+    elapsed_ms: int = 0
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def day_key(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+class SignInEvents:
+    def __init__(self, table: TableClient):
+        self._table = table
+
+    def record(self, event: SignInEvent) -> None:
+        """Writes the row; raises DependencyUnavailable when storage is down (the caller decides)."""
+        ms = int(event.at.timestamp() * 1000)
+        entity = {"".join(part.title() for part in key.split("_")): value  # correlation_id -> CorrelationId
+                  for key, value in asdict(event).items() if value is not None and key != "at"}
+        entity.update({"PartitionKey": day_key(event.at), "RowKey": f"{_MAX_MS - ms:013d}-{event.correlation_id}",
+                       "At": event.at})
+        with storage_errors():
+            self._table.upsert_entity(entity)
+
+    def latest(self, kind: str, days: int = 7) -> dict | None:
+        """The newest event of this kind in the last `days` days, as stored, or None."""
+        today = datetime.now(UTC)
+        with storage_errors():
+            for back in range(days):
+                key = day_key(today - timedelta(days=back))
+                rows = self._table.query_entities("PartitionKey eq @pk and Kind eq @kind",
+                                                  parameters={"pk": key, "kind": kind}, results_per_page=1)
+                for row in rows:
+                    return dict(row)
+        return None
+
+    def purge_older_than(self, days: int, now: datetime | None = None) -> int:
+        """Deletes events of days before the retention window. Returns how many rows went."""
+        cutoff = day_key((now or datetime.now(UTC)) - timedelta(days=days))
+        count = 0
+        with storage_errors():
+            rows = self._table.query_entities("PartitionKey lt @cutoff", parameters={"cutoff": cutoff},
+                                              select=["PartitionKey", "RowKey"])
+            for row in rows:
+                try:
+                    self._table.delete_entity(row["PartitionKey"], row["RowKey"])
+                    count += 1
+                except ResourceNotFoundError:
+                    pass
+        return count

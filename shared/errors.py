@@ -1,0 +1,158 @@
+"""Every way a request can fail, as data: HTTP status, a reason code for the audit row, and what a
+person may be shown. The detail (first argument) goes to the log only; `shown` is safe for the page
+(it is still HTML-escaped when rendered)."""
+
+from __future__ import annotations
+
+
+class SsoError(Exception):
+    status = 400
+    reason = "bad_request"
+    title = "Sign-in failed"
+    message = "The sign-in request was not valid. Please start again from the portal."
+    retry_after: int | None = None
+
+    def __init__(self, detail: str = "", *, shown: str | None = None, hint: str | None = None):
+        super().__init__(detail or self.reason)
+        self.detail = detail or self.reason
+        self.shown = shown  # extra text that may be echoed (escaped) on the page
+        self.hint = hint  # a plain-language fix, e.g. for an AADSTS code
+
+
+# 400: the request is wrong
+class MissingParameters(SsoError):
+    reason = "missing_code_or_state"
+
+
+class InvalidParameter(SsoError):
+    reason = "invalid_parameter"
+
+
+class UnknownState(SsoError):
+    reason = "unknown_state"
+    message = "This sign-in link is unknown, was already used, or has expired. Please start again from the portal."
+
+
+class FlowExpired(UnknownState):
+    reason = "flow_expired"
+
+
+class BindingMismatch(SsoError):
+    reason = "browser_binding_mismatch"
+    message = ("This sign-in was started in another browser or its cookie was lost. "
+               "Please start again from the portal, in the same browser.")
+
+
+class IssuerMismatch(SsoError):
+    reason = "authorization_response_iss_mismatch"
+    message = "The sign-in answer came from an identity provider this portal does not use."
+
+
+class IdpError(SsoError):
+    reason = "idp_error"
+    message = "The identity provider did not sign you in."
+
+
+class ReturnToNotAllowed(SsoError):
+    reason = "return_to_not_allowed"
+    message = "The page to return to after sign-in is not allowed."
+
+
+class NotFound(SsoError):
+    status = 404
+    reason = "not_found"
+    title = "Not found"
+    message = "There is no such page."
+
+
+# 401: the identity could not be established
+class RedemptionFailed(SsoError):
+    status = 401
+    reason = "code_redemption_failed"
+    message = "The identity provider did not accept this sign-in. Please start again from the portal."
+
+
+class InvalidIdToken(SsoError):
+    status = 401
+    message = "The identity provider's answer could not be verified. Please start again from the portal."
+
+    def __init__(self, check: str, detail: str = ""):
+        super().__init__(f"ID token check '{check}' failed: {detail}" if detail else f"ID token check '{check}'")
+        self.check = check
+        self.reason = f"id_token_{check}"
+
+
+# 403: authenticated, but may not enter
+class Forbidden(SsoError):
+    status = 403
+    title = "Access denied"
+
+
+class NoEmailClaim(Forbidden):
+    reason = "no_email_claim"
+    message = ("Your sign-in did not include an email address, so no portal account can be found. "
+               "An administrator must add the 'email' optional claim to the app registration.")
+
+
+class NoAccount(Forbidden):
+    reason = "no_account"
+    message = "There is no portal account of this kind for your email address. Ask your portal administrator."
+
+
+class AccountDisabled(Forbidden):
+    reason = "account_disabled"
+    message = "Your portal account is disabled. Ask your portal administrator."
+
+
+class TenantNotAllowed(Forbidden):
+    reason = "tenant_not_allowed"
+    message = "People of your organization may not sign in to this portal."
+
+
+class EmailUnverified(Forbidden):
+    reason = "email_unverified"
+    message = "Your identity provider says your email address is not verified, so it cannot be used to sign in."
+
+
+class IdentityMismatch(Forbidden):
+    reason = "identity_mismatch"
+    message = ("This portal account is linked to another person's identity. "
+               "If you believe this is wrong, ask your portal administrator to unlink it.")
+
+
+# 5xx: our side
+class DependencyUnavailable(SsoError):
+    status = 503
+    reason = "dependency_unavailable"
+    title = "Temporarily unavailable"
+    message = "Sign-in is temporarily unavailable. Please try again in a minute."
+    retry_after = 30
+
+    def __init__(self, dependency: str, detail: str = ""):
+        super().__init__(f"{dependency}: {detail}")
+        self.dependency = dependency
+        self.reason = f"{dependency}_unavailable"
+
+
+class ConfigurationError(SsoError):
+    """Settings are missing or wrong. `problems` names every one, with its fix; the names of settings
+    are safe to show (never their values)."""
+
+    status = 500
+    reason = "configuration_error"
+    title = "Sign-in is not configured"
+    message = "Sign-in is not configured correctly. An administrator must fix these settings:"
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.shown = "\n".join(problems)
+
+
+class InternalError(SsoError):
+    """A bug of ours. The traceback goes to the log; the page shows only the correlation id."""
+
+    status = 500
+    reason = "internal_error"
+    title = "Something went wrong"
+    message = "Sign-in failed because of an error on our side. Please try again; if it persists, quote the ID below."

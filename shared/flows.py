@@ -1,0 +1,108 @@
+"""Started logins in the `SsoFlows` table, one row per `state`, each usable once.
+
+The browser that started a login is bound to it by a random cookie; the row keeps only the cookie's
+SHA-256, so a table reader cannot forge the binding."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient
+
+from .config import FLOW_TTL_SECONDS
+from .errors import BindingMismatch, FlowExpired, InvalidParameter, UnknownState
+from .tables import storage_errors
+
+# MSAL makes states of ~16 url-safe characters; anything else cannot be ours, and must never become a
+# table key (Table keys forbid / \ # ? and control characters).
+STATE_SYNTAX = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+FLOW_ROW = "flow"
+
+
+def new_binding() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def binding_hash(cookie_value: str) -> str:
+    return hashlib.sha256(cookie_value.encode()).hexdigest()
+
+
+@dataclass
+class StoredFlow:
+    state: str
+    kind: str
+    flow: dict  # MSAL's auth code flow (holds the PKCE verifier and nonce: server-side only)
+    return_to: str | None
+    expires_at: datetime
+    correlation_id: str
+
+
+class FlowStore:
+    def __init__(self, table: TableClient, ttl_seconds: int = FLOW_TTL_SECONDS):
+        self._table = table
+        self.ttl = ttl_seconds
+
+    def save(self, flow: dict, kind: str, binding: str, return_to: str | None, correlation_id: str,
+             now: datetime | None = None) -> StoredFlow:
+        now = now or datetime.now(UTC)
+        stored = StoredFlow(state=flow["state"], kind=kind, flow=flow, return_to=return_to,
+                            expires_at=now + timedelta(seconds=self.ttl), correlation_id=correlation_id)
+        entity = {"PartitionKey": stored.state, "RowKey": FLOW_ROW, "Kind": kind, "Flow": json.dumps(flow),
+                  "BindingHash": binding_hash(binding), "ReturnTo": return_to or "",
+                  "ExpiresAt": stored.expires_at, "CorrelationId": correlation_id}
+        with storage_errors():
+            self._table.create_entity(entity)
+        return stored
+
+    def consume(self, state: str, kind: str, binding: str | None, now: datetime | None = None) -> StoredFlow:
+        """Takes the flow out of the table: exactly one callback can ever consume a state (the delete
+        is etag-checked, so of two racing callbacks one gets 'not found'). Raises UnknownState
+        (unknown or already used), BindingMismatch (cookie missing or of another flow; the flow is
+        left in place so a stranger's request cannot cancel a real login), FlowExpired."""
+        now = now or datetime.now(UTC)
+        if not STATE_SYNTAX.match(state):
+            raise InvalidParameter("state has an impossible form")
+        with storage_errors():
+            try:
+                entity = self._table.get_entity(state, FLOW_ROW)
+            except ResourceNotFoundError as exc:
+                raise UnknownState("no such state (unknown, used or purged)") from exc
+        if entity.get("Kind") != kind:
+            raise UnknownState(f"state belongs to a {entity.get('Kind')} login, not {kind}")
+        if not binding or not hmac.compare_digest(binding_hash(binding), str(entity.get("BindingHash", ""))):
+            raise BindingMismatch("browser-binding cookie missing" if not binding else "cookie of another flow")
+        with storage_errors():
+            try:
+                self._table.delete_entity(state, FLOW_ROW, etag=entity.metadata["etag"],
+                                          match_condition=MatchConditions.IfNotModified)
+            except (ResourceNotFoundError, ResourceModifiedError) as exc:
+                raise UnknownState("state already consumed by another callback") from exc
+        expires_at = entity["ExpiresAt"]
+        if expires_at <= now:
+            raise FlowExpired(f"flow expired at {expires_at.isoformat()}")
+        return StoredFlow(state=state, kind=kind, flow=json.loads(entity["Flow"]),
+                          return_to=entity.get("ReturnTo") or None, expires_at=expires_at,
+                          correlation_id=str(entity.get("CorrelationId", "")))
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        """Deletes flows that expired (abandoned logins). Returns how many rows went."""
+        now = now or datetime.now(UTC)
+        count = 0
+        with storage_errors():
+            rows = self._table.query_entities("ExpiresAt lt @now", parameters={"now": now},
+                                              select=["PartitionKey", "RowKey"])
+            for row in rows:
+                try:
+                    self._table.delete_entity(row["PartitionKey"], row["RowKey"])
+                    count += 1
+                except ResourceNotFoundError:
+                    pass  # consumed meanwhile
+        return count

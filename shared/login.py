@@ -1,0 +1,254 @@
+"""The login itself: start it, complete it at the callback, log out. One code path for both kinds:
+a user and an agent differ only by their kind's portal URL and redirect URI."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from . import pages
+from .aadsts import hint_for
+from .accounts import normalize_email
+from .audit import SignInEvent
+from .config import KINDS, origin_of
+from .errors import (
+    DependencyUnavailable,
+    EmailUnverified,
+    IdpError,
+    InternalError,
+    InvalidParameter,
+    IssuerMismatch,
+    MissingParameters,
+    NoEmailClaim,
+    NotFound,
+    ReturnToNotAllowed,
+    SsoError,
+    TenantNotAllowed,
+)
+from .flows import new_binding
+from .id_token import verify_id_token
+from .oidc_client import expected_nonce
+
+log = logging.getLogger("portal_sso")
+
+# Input bounds, checked before any outbound call or table read.
+MAX_CODE = 4096
+MAX_STATE = 200
+MAX_RETURN_TO = 2048
+MAX_ERROR_TEXT = 1000
+
+
+def flow_cookie_name(kind: str) -> str:
+    return f"__Host-portal-sso-{kind}"
+
+
+def flow_cookie(kind: str, value: str, max_age: int) -> str:
+    """__Host-: Secure, Path=/, no Domain. SameSite=None: the form_post callback is a cross-site POST,
+    which would drop a Lax cookie; HttpOnly and the server-side hash keep it useless to anyone else."""
+    return f"{flow_cookie_name(kind)}={value}; Path=/; Secure; HttpOnly; SameSite=None; Max-Age={max_age}"
+
+
+def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
+    """The return_to, if it points exactly (scheme, host, port) at an allowed origin; else
+    ReturnToNotAllowed. Backslashes, control characters, user info and protocol-relative URLs are
+    refused outright: browsers and parsers disagree about them (open-redirect tricks)."""
+    if len(value) > MAX_RETURN_TO or any(ord(c) < 0x21 or ord(c) == 0x7F or c == "\\" for c in value):
+        raise ReturnToNotAllowed("return_to has forbidden characters or is too long")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ReturnToNotAllowed("return_to is not a URL") from exc
+    if parts.scheme not in ("https", "http") or not parts.hostname or "@" in parts.netloc:
+        raise ReturnToNotAllowed("return_to must be an absolute http(s) URL without user info")
+    default_port = {"https": 443, "http": 80}[parts.scheme]
+    origin = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port and port != default_port else "")
+    allowed = {origin_of(o) for o in allowed_origins}
+    allowed |= {o.removesuffix(":443") for o in allowed if o.startswith("https://")}
+    allowed |= {o.removesuffix(":80") for o in allowed if o.startswith("http://")}
+    if origin.lower() not in allowed:
+        raise ReturnToNotAllowed(f"return_to origin {origin!r} is not allowed")
+    return value
+
+
+@dataclass
+class Callback:
+    params: dict[str, str]  # the authorization response: form body (form_post) or query (GET)
+    cookies: dict[str, str]
+
+
+def _is_false(value) -> bool:
+    return value is False or (isinstance(value, str) and value.lower() == "false") or value == 0
+
+
+class SsoService:
+    """The login. `deps` (a Runtime) hands out settings and the long-lived collaborators, built on
+    first use: flows, accounts, events, oidc, metadata(), jwks(), signer()."""
+
+    def __init__(self, deps, clock=time.time):
+        self.deps = deps
+        self.clock = clock
+
+    # GET /api/sso/{kind}/login
+    def start_login(self, kind: str, return_to: str | None, correlation_id: str) -> pages.Reply:
+        try:
+            # 1. the kind and the settings
+            if kind not in KINDS:
+                raise NotFound(f"unknown kind {kind!r}")
+            settings = self.deps.settings
+            # 2. return_to, only to an allowed origin
+            if return_to:
+                check_return_to(return_to, settings.allowed_return_origins)
+            # 3. MSAL's flow (state, nonce, PKCE), stored server-side and bound to this browser
+            flow = self.deps.oidc.start(settings.redirect_uri(kind))
+            binding = new_binding()
+            self.deps.flows.save(flow, kind, binding, return_to, correlation_id)
+            log.info("sso.login kind=%s outcome=redirect correlation_id=%s", kind, correlation_id,
+                     extra={"custom_dimensions": {"kind": kind, "correlation_id": correlation_id}})
+            # 4. off to the IdP
+            return pages.redirect(flow["auth_uri"], [flow_cookie(kind, binding, self.deps.flows.ttl)])
+        except SsoError as err:
+            log.warning("sso.login kind=%s outcome=failure reason=%s correlation_id=%s detail=%s",
+                        kind, err.reason, correlation_id, err.detail)
+            return pages.error(err, correlation_id, portal_url=self._portal_url(kind))
+
+    # POST|GET /api/sso/{kind}/callback
+    def complete_login(self, kind: str, callback: Callback, correlation_id: str) -> pages.Reply:
+        """Every outcome leaves through here: one audit row and one log line, written before the reply."""
+        started = time.monotonic()
+        event = SignInEvent(correlation_id=correlation_id, kind=kind, outcome="failure", reason="", status=0)
+        try:
+            if kind not in KINDS:
+                raise NotFound(f"unknown kind {kind!r}")
+            reply = self._complete(kind, callback, correlation_id, event)
+            event.outcome, event.reason = "success", "ok"
+        except Exception as exc:  # every outcome gets its audit row, a bug's too
+            err = exc if isinstance(exc, SsoError) else InternalError(type(exc).__name__)
+            if not isinstance(exc, SsoError):
+                log.exception("sso.callback internal error correlation_id=%s", correlation_id)
+            event.reason = err.reason
+            reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
+            detail = err.detail
+        else:
+            detail = ""
+        if kind in KINDS:
+            reply.cookies.append(flow_cookie(kind, "", 0))  # the flow is over, whatever its outcome
+        event.status, event.elapsed_ms = reply.status, int((time.monotonic() - started) * 1000)
+        reply = self._audit(event, reply, correlation_id)
+        level = logging.INFO if event.outcome == "success" else logging.WARNING
+        log.log(level, "sso.callback kind=%s outcome=%s reason=%s status=%s elapsed_ms=%s correlation_id=%s%s",
+                kind, event.outcome, event.reason, event.status, event.elapsed_ms, correlation_id,
+                f" detail={detail}" if detail else "",
+                extra={"custom_dimensions": {"kind": kind, "outcome": event.outcome, "reason": event.reason,
+                                             "status": event.status, "elapsed_ms": event.elapsed_ms,
+                                             "correlation_id": correlation_id}})
+        return reply
+
+    def _complete(self, kind: str, callback: Callback, correlation_id: str, event: SignInEvent) -> pages.Reply:
+        settings = self.deps.settings
+        params = callback.params
+        # 1. the authorization response: bounded, an IdP error, the RFC 9207 issuer
+        code, state = params.get("code", ""), params.get("state", "")
+        if len(code) > MAX_CODE or len(state) > MAX_STATE:
+            raise InvalidParameter("code or state too long")
+        if params.get("error"):
+            error = params["error"][:100]
+            description = params.get("error_description", "")[:MAX_ERROR_TEXT]
+            raise IdpError(f"IdP error {error}", shown=f"{error}: {description}" if description else error,
+                           hint=hint_for(description))
+        if not code or not state:
+            raise MissingParameters("no code or no state in the authorization response")
+        metadata = self.deps.metadata()
+        iss = params.get("iss")
+        if iss is not None or metadata.iss_parameter_supported:
+            self._check_iss_parameter(iss, metadata, settings)
+        # 2. the flow: known, unused, unexpired, started by this browser; consumed now
+        stored = self.deps.flows.consume(state, kind, callback.cookies.get(flow_cookie_name(kind)))
+        # 3. the code, redeemed by MSAL (PKCE verifier, MSAL's nonce check)
+        result = self.deps.oidc.redeem(stored.flow, code, state)
+        # 4. the ID token, validated by us
+        claims = verify_id_token(result["id_token"], metadata=metadata, jwks=self.deps.jwks(),
+                                 client_id=settings.client_id, expected_nonce=expected_nonce(stored.flow))
+        tid = claims.get("tid") if isinstance(claims.get("tid"), str) else ""
+        oid = claims.get("oid") if isinstance(claims.get("oid"), str) else ""
+        idp_sub = f"{tid}:{oid}" if tid and oid else claims["sub"]
+        event.idp_subject, event.tenant_id = idp_sub, tid
+        # 5. may this person enter: tenant, verified email
+        if settings.allowed_tenant_ids is not None and tid.lower() not in settings.allowed_tenant_ids:
+            raise TenantNotAllowed(f"tenant {tid!r} is not allowed")
+        if _is_false(claims.get("xms_edov", True)) or _is_false(claims.get("email_verified", True)):
+            raise EmailUnverified("xms_edov or email_verified is false")
+        email = claims.get("email")
+        event.had_email_claim = isinstance(email, str) and bool(email.strip())
+        if not event.had_email_claim:
+            raise NoEmailClaim("no email claim in the ID token")
+        email = normalize_email(email)
+        event.email = email
+        # 6. the portal account of this kind, linked to this person
+        account = self.deps.accounts.find_account(email, kind)
+        event.account_id = account.account_id
+        self.deps.accounts.link_and_record_login(account, idp_sub)
+        # 7. the session token, delivered by form_post to this kind's portal
+        token = self.deps.signer().issue_session_token(
+            issuer=settings.session_issuer, audience=settings.session_audience, subject=account.account_id,
+            email=email, name=str(claims.get("name") or account.display_name or ""), account_type=kind,
+            idp_iss=claims["iss"], idp_sub=idp_sub, now=int(self.clock()), ttl=settings.session_ttl)
+        fields = {"session_token": token}
+        if stored.return_to:
+            fields["return_to"] = stored.return_to
+        portal = settings.portal_urls[kind]
+        return pages.form_post(portal, fields, origin_of(portal))
+
+    @staticmethod
+    def _check_iss_parameter(iss: str | None, metadata, settings) -> None:
+        """RFC 9207: an authorization response's `iss` must be our issuer (mix-up defence); an IdP that
+        advertises the parameter must send it."""
+        if iss is None:
+            raise IssuerMismatch("the IdP advertises the iss parameter but sent none")
+        if "{tenantid}" in metadata.issuer:
+            allowed = {metadata.expected_issuer(t) for t in settings.allowed_tenant_ids or ()}
+        else:
+            allowed = {metadata.issuer}
+        if iss not in allowed:
+            raise IssuerMismatch("iss parameter is not the issuer", shown=iss[:300])
+
+    def _audit(self, event: SignInEvent, reply: pages.Reply, correlation_id: str) -> pages.Reply:
+        """Writes the audit row before the reply goes out. If it cannot be written, a success becomes
+        a 503 (no unaudited session); a failure keeps its page and the row goes to the log."""
+        try:
+            self.deps.events.record(event)
+        except SsoError as err:
+            log.error("sso.audit_failed correlation_id=%s reason=%s outcome=%s event_reason=%s kind=%s",
+                      correlation_id, err.reason, event.outcome, event.reason, event.kind)
+            if event.outcome == "success":
+                unavailable = DependencyUnavailable("table_storage", "audit row could not be written")
+                return pages.error(unavailable, correlation_id, portal_url=self._portal_url(event.kind))
+        return reply
+
+    # GET /api/sso/{kind}/logout
+    def logout(self, kind: str, correlation_id: str) -> pages.Reply:
+        try:
+            if kind not in KINDS:
+                raise NotFound(f"unknown kind {kind!r}")
+            portal = self.deps.settings.portal_urls[kind]
+            metadata = self.deps.metadata()
+            if not metadata.end_session_endpoint:
+                return pages.redirect(portal)
+            return pages.redirect(self.deps.oidc.logout_url(metadata.end_session_endpoint, portal))
+        except SsoError as err:
+            return pages.error(err, correlation_id, portal_url=self._portal_url(kind))
+
+    # GET /api/sso/jwks.json
+    def jwks(self, correlation_id: str) -> pages.Reply:
+        try:
+            return pages.json_reply(self.deps.signer().jwks(), cache="public, max-age=300")
+        except SsoError as err:
+            return pages.error(err, correlation_id)
+
+    def _portal_url(self, kind: str) -> str | None:
+        try:
+            return self.deps.settings.portal_urls.get(kind)
+        except SsoError:
+            return None

@@ -1,0 +1,173 @@
+"""The per-worker wiring: settings and long-lived clients, each built on first use and then shared
+(Azure Functions "manage connections"). Nothing here runs at import time."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from functools import cached_property
+
+import requests
+
+from .accounts import AccountStore
+from .audit import SignInEvents
+from .config import Settings, load_settings
+from .errors import ConfigurationError, DependencyUnavailable
+from .flows import FlowStore
+from .jwks import JwksCache
+from .oidc_client import OidcClient
+from .provider import HTTP_TIMEOUT, ProviderMetadata, discover
+from .session_token import SessionSigner, load_signing_keys
+from .tables import ACCOUNTS_TABLE, EVENTS_TABLE, FLOWS_TABLE, Tables
+from .vault import CachedSecret, KeyVaultReader, SettingsReader
+
+METADATA_MAX_AGE = 24 * 3600
+
+
+class Runtime:
+    """`credential_factory` makes the Azure credential (DefaultAzureCredential unless a test hands
+    in another); `session` is the requests.Session of every IdP call, honouring REQUESTS_CA_BUNDLE."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, *, credential_factory: Callable[[], object] | None = None,
+                 session: requests.Session | None = None):
+        self._env = env if env is not None else os.environ
+        self._credential_factory = credential_factory or _default_credential
+        self.session = session or requests.Session()
+        self._lock = threading.RLock()
+        self._settings: Settings | None = None
+        self._credential = None
+        self._metadata: tuple[float, ProviderMetadata] | None = None
+        self._signer: tuple[tuple, SessionSigner] | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """Loaded once; a ConfigurationError is not kept, so a fixed setting works on the next request."""
+        if self._settings is None:
+            with self._lock:
+                if self._settings is None:
+                    self._settings = load_settings(self._env)
+        return self._settings
+
+    def credential(self):
+        with self._lock:
+            if self._credential is None:
+                self._credential = self._credential_factory()
+            return self._credential
+
+    @cached_property
+    def tables(self) -> Tables:
+        s = self.settings
+        return Tables.from_settings(s.tables_connection_string, s.tables_endpoint, self.credential)
+
+    @cached_property
+    def flows(self) -> FlowStore:
+        return FlowStore(self.tables.client(FLOWS_TABLE))
+
+    @cached_property
+    def accounts(self) -> AccountStore:
+        return AccountStore(self.tables.client(ACCOUNTS_TABLE))
+
+    @cached_property
+    def events(self) -> SignInEvents:
+        return SignInEvents(self.tables.client(EVENTS_TABLE))
+
+    @cached_property
+    def secrets(self):
+        s = self.settings
+        if s.key_vault_url:
+            return KeyVaultReader.from_url(s.key_vault_url, self.credential())
+        return SettingsReader({
+            s.client_secret_name: ("OIDC_CLIENT_SECRET", s.client_secret),
+            s.signing_key_name: ("SESSION_SIGNING_KEY", s.signing_key),
+            "client-certificate": ("OIDC_CLIENT_CERTIFICATE", s.client_certificate),
+        })
+
+    @cached_property
+    def client_credential(self) -> CachedSecret:
+        s = self.settings
+        if s.uses_certificate:
+            name = s.client_certificate_name or "client-certificate"
+        else:
+            name = s.client_secret_name
+        return CachedSecret(self.secrets, name, s.secret_cache_seconds)
+
+    @cached_property
+    def signing_key_secret(self) -> CachedSecret:
+        return CachedSecret(self.secrets, self.settings.signing_key_name, self.settings.secret_cache_seconds)
+
+    def signer(self) -> SessionSigner:
+        """The session signer, rebuilt when the signing-key secret changes (rotation)."""
+        secret = self.signing_key_secret.get()
+        key = (secret.version, secret.value)
+        with self._lock:
+            if self._signer is None or self._signer[0] != key:
+                where = "SESSION_SIGNING_KEY" if secret.source != "key vault" else \
+                    f"Key Vault secret '{self.settings.signing_key_name}'"
+                self._signer = (key, SessionSigner(load_signing_keys(secret.value, where)))
+            return self._signer[1]
+
+    def metadata(self) -> ProviderMetadata:
+        """The IdP's metadata, discovered on first use and refreshed daily; a failed discovery is not
+        kept, so the next request tries again."""
+        with self._lock:
+            if self._metadata is None or time.monotonic() - self._metadata[0] > METADATA_MAX_AGE:
+                s = self.settings
+                self._metadata = (time.monotonic(), discover(s.metadata_url, s.issuer_base, self.session,
+                                                             multi_tenant=s.multi_tenant))
+            return self._metadata[1]
+
+    @cached_property
+    def _jwks(self) -> JwksCache:
+        return JwksCache(self._fetch_jwks)
+
+    def jwks(self) -> JwksCache:
+        return self._jwks
+
+    def _fetch_jwks(self) -> dict:
+        uri = self.metadata().jwks_uri
+        try:
+            response = self.session.get(uri, timeout=HTTP_TIMEOUT)
+            response.raise_for_status()
+            return response.json()
+        except (requests.RequestException, ValueError) as exc:
+            raise DependencyUnavailable("idp", f"GET {uri}: {type(exc).__name__}") from exc
+
+    @cached_property
+    def oidc(self) -> OidcClient:
+        s = self.settings
+        self.metadata()  # fail with our clear discovery message before MSAL tries with its own
+        return OidcClient(client_id=s.client_id, authority=s.issuer_base, credential=self.client_credential,
+                          certificate=s.uses_certificate, session=self.session)
+
+
+def _default_credential():
+    from azure.identity import DefaultAzureCredential
+
+    # Interactive and shared-cache sources make no sense in a function app; the managed identity (or
+    # a developer's az login) is what signs us in to Key Vault and Table Storage.
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True,
+                                  exclude_shared_token_cache_credential=True)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime()
+        return _runtime
+
+
+def reset_runtime(runtime: Runtime | None = None) -> None:
+    """Tests hand in their own runtime (or drop the cached one after changing the environment)."""
+    global _runtime
+    with _runtime_lock:
+        _runtime = runtime
+
+
+__all__ = ["ConfigurationError", "Runtime", "get_runtime", "reset_runtime"]

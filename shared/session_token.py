@@ -1,0 +1,86 @@
+"""The portal session token: a JWT we sign with our own key, and the JWKS that verifies it.
+
+The signing-key secret holds one or more PEM private keys: the first signs, every one is published.
+To rotate, put the new key first and keep the old one after it until the old tokens have expired
+(SESSION_TOKEN_TTL_SECONDS), then remove it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from .errors import ConfigurationError
+
+_PEM_BLOCK = re.compile(r"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----.+?-----END (?:RSA |EC )?PRIVATE KEY-----", re.S)
+
+
+def jwk_thumbprint(jwk: dict) -> str:
+    """RFC 7638 thumbprint: the `kid` of a public key, stable across restarts and workers."""
+    members = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y")}[jwk["kty"]]
+    canonical = json.dumps({k: jwk[k] for k in members}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    private_key: object
+    alg: str
+    kid: str
+    public_jwk: dict
+
+
+def _signing_key(private_key) -> SigningKey:
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        if private_key.key_size < 2048:
+            raise ValueError("RSA keys must have at least 2048 bits")
+        alg, jwk = "RS256", RSAAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    elif isinstance(private_key, ec.EllipticCurvePrivateKey) and isinstance(private_key.curve, ec.SECP256R1):
+        alg, jwk = "ES256", ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    else:
+        raise ValueError("only RSA (2048+ bits) and EC P-256 keys can sign session tokens")
+    kid = jwk_thumbprint(jwk)
+    public = {k: v for k, v in jwk.items() if k in ("kty", "n", "e", "crv", "x", "y")}
+    public.update({"kid": kid, "use": "sig", "alg": alg})
+    return SigningKey(private_key=private_key, alg=alg, kid=kid, public_jwk=public)
+
+
+def load_signing_keys(pem_bundle: str, setting: str = "SESSION_SIGNING_KEY") -> list[SigningKey]:
+    """Parses every PEM private key in the bundle. Raises ConfigurationError (naming the setting or
+    secret, never its content) when there is none or one cannot be used."""
+    blocks = _PEM_BLOCK.findall(pem_bundle.replace("\\n", "\n"))
+    if not blocks:
+        raise ConfigurationError([f"{setting}: holds no PEM private key (-----BEGIN PRIVATE KEY-----)."])
+    keys = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            keys.append(_signing_key(serialization.load_pem_private_key(block.encode(), password=None)))
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError([f"{setting}: key #{number} cannot sign session tokens ({exc})."]) from exc
+    return keys
+
+
+class SessionSigner:
+    def __init__(self, keys: list[SigningKey]):
+        self.keys = keys
+        self.current = keys[0]
+
+    def issue_session_token(self, *, issuer: str, audience: str, subject: str, email: str, name: str,
+                            account_type: str, idp_iss: str, idp_sub: str, now: int, ttl: int) -> str:
+        claims = {"iss": issuer, "aud": audience, "sub": subject, "email": email, "name": name,
+                  "account_type": account_type, "idp_iss": idp_iss, "idp_sub": idp_sub,
+                  "iat": now, "nbf": now, "exp": now + ttl, "jti": str(uuid.uuid4())}
+        return jwt.encode(claims, self.current.private_key, algorithm=self.current.alg,
+                          headers={"kid": self.current.kid, "typ": "JWT"})
+
+    def jwks(self) -> dict:
+        """Public members only, current key first."""
+        return {"keys": [dict(key.public_jwk) for key in self.keys]}

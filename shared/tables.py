@@ -1,0 +1,70 @@
+"""Table Storage clients: one TableClient per table per worker, created on first use."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import TableClient, TableServiceClient
+
+from .errors import DependencyUnavailable
+
+ACCOUNTS_TABLE = "PortalAccounts"
+FLOWS_TABLE = "SsoFlows"
+EVENTS_TABLE = "SignInEvents"
+ALL_TABLES = (ACCOUNTS_TABLE, FLOWS_TABLE, EVENTS_TABLE)
+
+# Few, quick retries: a browser is waiting, and a dead dependency must become a 503 in seconds.
+CLIENT_OPTIONS = {"retry_total": 2, "retry_backoff_factor": 0.2, "connection_timeout": 5, "read_timeout": 10}
+
+
+@contextlib.contextmanager
+def storage_errors(dependency: str = "table_storage") -> Iterator[None]:
+    """Turns the SDK's transport, auth and server errors into DependencyUnavailable (503). Errors a
+    caller expects (not found, precondition failed) must be caught inside the block."""
+    try:
+        yield
+    except (ServiceRequestError, ServiceResponseError, ClientAuthenticationError) as exc:
+        raise DependencyUnavailable(dependency, type(exc).__name__) from exc
+    except HttpResponseError as exc:
+        raise DependencyUnavailable(dependency, f"HTTP {exc.status_code}: {type(exc).__name__}") from exc
+
+
+class Tables:
+    """Hands out the TableClient of each table, creating the table once if it does not exist."""
+
+    def __init__(self, service: TableServiceClient):
+        self._service = service
+        self._clients: dict[str, TableClient] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, connection_string: str | None, endpoint: str | None,
+                      credential_factory: Callable[[], object]) -> Tables:
+        if connection_string:
+            return cls(TableServiceClient.from_connection_string(connection_string, **CLIENT_OPTIONS))
+        return cls(TableServiceClient(endpoint=endpoint, credential=credential_factory(), **CLIENT_OPTIONS))
+
+    def client(self, name: str) -> TableClient:
+        with self._lock:
+            found = self._clients.get(name)
+            if found is not None:
+                return found
+            with storage_errors():
+                with contextlib.suppress(ResourceExistsError):
+                    self._service.create_table(name)
+            self._clients[name] = client = self._service.get_table_client(name)
+            return client
+
+    def ping(self) -> None:
+        """One cheap round trip; raises DependencyUnavailable when storage does not answer."""
+        with storage_errors():
+            next(iter(self._service.list_tables(results_per_page=1).by_page()), None)

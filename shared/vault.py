@@ -1,0 +1,103 @@
+"""Secrets: from Key Vault (managed identity in Azure) or, for local development only, from settings.
+Each secret is read once per worker and re-read after `ttl` seconds or on demand (rotation without a
+restart: a new Key Vault version is picked up by the next read)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from .errors import ConfigurationError, DependencyUnavailable
+
+CLIENT_OPTIONS = {"retry_total": 2, "retry_backoff_factor": 0.2, "connection_timeout": 5, "read_timeout": 10}
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    value: str
+    expires_on: datetime | None
+    version: str | None
+    source: str  # "key vault" or the setting's name
+
+
+class KeyVaultReader:
+    def __init__(self, client):
+        self._client = client
+        self.vault_url = client.vault_url
+
+    @classmethod
+    def from_url(cls, vault_url: str, credential, **options) -> KeyVaultReader:
+        from azure.keyvault.secrets import SecretClient
+
+        return cls(SecretClient(vault_url=vault_url, credential=credential, **{**CLIENT_OPTIONS, **options}))
+
+    def read(self, name: str) -> SecretValue:
+        """Raises ConfigurationError (no such secret, disabled, no permission) or DependencyUnavailable."""
+        try:
+            secret = self._client.get_secret(name)
+        except ResourceNotFoundError as exc:
+            raise ConfigurationError([f"Key Vault secret '{name}' does not exist in {self.vault_url}: "
+                                      "create it, or fix the *_NAME setting."]) from exc
+        except ClientAuthenticationError as exc:
+            raise DependencyUnavailable("key_vault", f"authenticating to read {name!r}: {type(exc).__name__}") from exc
+        except HttpResponseError as exc:
+            if exc.status_code == 403:
+                raise ConfigurationError([f"Key Vault secret '{name}': the app may not read it (HTTP 403), or it is "
+                                          "disabled. Grant the app's managed identity the 'Key Vault Secrets "
+                                          "User' role, and check the secret is enabled."]) from exc
+            raise DependencyUnavailable("key_vault", f"reading '{name}': HTTP {exc.status_code}") from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise DependencyUnavailable("key_vault", f"reading '{name}': {type(exc).__name__}") from exc
+        if not secret.value:
+            raise ConfigurationError([f"Key Vault secret '{name}' is empty."])
+        return SecretValue(secret.value, secret.properties.expires_on, secret.properties.version, "key vault")
+
+
+class SettingsReader:
+    """Local development: secrets given directly in settings, keyed by the secret's name."""
+
+    def __init__(self, values: Mapping[str, tuple[str, str | None]]):
+        self._values = values  # secret name -> (setting name, value)
+
+    def read(self, name: str) -> SecretValue:
+        setting, value = self._values.get(name, (name, None))
+        if not value:
+            raise ConfigurationError([f"{setting}: missing."])
+        return SecretValue(value, None, None, setting)
+
+
+class CachedSecret:
+    def __init__(self, reader, name: str, ttl_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self._reader, self.name, self._ttl, self._clock = reader, name, ttl_seconds, clock
+        self._value: SecretValue | None = None
+        self._read_at = 0.0
+        self._lock = threading.Lock()
+        self.reads = 0
+
+    def get(self) -> SecretValue:
+        with self._lock:
+            if self._value is None or self._clock() - self._read_at >= self._ttl:
+                self._read_locked()
+            return self._value
+
+    def refresh(self) -> SecretValue:
+        """Re-reads now (the IdP said our secret is wrong: maybe it was just rotated)."""
+        with self._lock:
+            self._read_locked()
+            return self._value
+
+    def _read_locked(self) -> None:
+        self._value = self._reader.read(self.name)
+        self._read_at = self._clock()
+        self.reads += 1

@@ -1,0 +1,53 @@
+"""Drive the app's SSO routes the way a browser does, with requests, and read what it answers."""
+
+from __future__ import annotations
+
+import re
+
+import jwt
+import requests
+
+from .idp_login import _parse, sign_in_at_idp
+
+TIMEOUT = 20
+CORRELATION = re.compile(r"Correlation ID: <code>([^<]+)</code>")
+
+
+def start_login(session: requests.Session, base: str, kind: str, **params: str) -> requests.Response:
+    return session.get(f"{base}/api/sso/{kind}/login", params=params, allow_redirects=False, timeout=TIMEOUT)
+
+
+def sign_in(session: requests.Session, base: str, kind: str, person: dict, **params: str) -> requests.Response:
+    """Login start, the IdP's login page, and the form_post callback; returns the callback's response."""
+    started = start_login(session, base, kind, **params)
+    assert started.status_code == 302, f"login start must redirect: {started.status_code} {started.text[:300]}"
+    action, fields = sign_in_at_idp(session, started.headers["Location"], person["login"], person["password"])
+    return session.post(action, data=fields, allow_redirects=False, timeout=TIMEOUT)
+
+
+def idp_answer(session: requests.Session, base: str, kind: str, person: dict) -> tuple[str, dict[str, str]]:
+    """Login start and the IdP's sign-in, stopping before the callback: (redirect URI, its fields)."""
+    started = start_login(session, base, kind)
+    assert started.status_code == 302, started.text[:300]
+    return sign_in_at_idp(session, started.headers["Location"], person["login"], person["password"])
+
+
+def delivered(response: requests.Response) -> tuple[str, dict[str, str]]:
+    """The form_post page's form: (action, hidden fields)."""
+    forms = _parse(response.text).forms
+    assert len(forms) == 1, f"the delivery page must hold exactly one form: {response.text[:500]}"
+    return forms[0].attrs["action"], forms[0].fields()
+
+
+def verify_session_token(token: str, base: str, audience: str) -> dict:
+    """Verifies the way a portal does: against the app's JWKS, pinned algorithms, iss and aud."""
+    keys = jwt.PyJWKClient(f"{base}/api/sso/jwks.json")
+    key = keys.get_signing_key_from_jwt(token)
+    return jwt.decode(token, key.key, algorithms=["RS256", "ES256"], audience=audience, issuer=base,
+                      options={"require": ["exp", "iat", "nbf", "sub", "jti", "iss", "aud"]})
+
+
+def correlation_id(response: requests.Response) -> str:
+    found = CORRELATION.search(response.text)
+    assert found, f"an error page must name a correlation id: {response.text[:500]}"
+    return found.group(1)
