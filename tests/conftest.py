@@ -38,7 +38,9 @@ CERT_CLIENT_ID = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d"
 APP_PORT = free_port()
 APP_BASE = f"https://127.0.0.1:{APP_PORT}"
 REDIRECT_URIS = {kind: f"{APP_BASE}/api/sso/{kind}/callback" for kind in ("user", "agent")}
-PORTAL_URLS = {"user": "https://127.0.0.1:5173/user", "agent": "https://127.0.0.1:5173/agent"}
+PORTAL_PORT = free_port()
+PORTAL_ORIGIN = f"https://127.0.0.1:{PORTAL_PORT}"  # the demo portal serves here in the browser test
+PORTAL_URLS = {"user": f"{PORTAL_ORIGIN}/user", "agent": f"{PORTAL_ORIGIN}/agent"}
 DEMO_USER = entra_person(
     "user@contoso.test", "user-password", name="Demo User",
     oid="0c1f6b0e-2b8e-4f5a-9d51-7a3e1f2c9b01", tenant=IDP_TENANT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from tests.conftest import APP_BASE, DEMO_AGENT, DEMO_USER, PORTAL_URLS
+from tests.conftest import APP_BASE, DEMO_AGENT, DEMO_USER, PORTAL_ORIGIN, PORTAL_URLS
 from tests.support.portal import delivered, sign_in, verify_session_token
 
 
@@ -15,7 +15,7 @@ def test_user_and_agent_sign_in_and_get_a_verifiable_session_token(app_server, d
         assert response.status_code == 200, response.text[:800]
         action, fields = delivered(response)
         assert action == PORTAL_URLS[kind], "the token goes to this kind's portal URL"
-        claims = verify_session_token(fields["session_token"], APP_BASE, audience="https://127.0.0.1:5173")
+        claims = verify_session_token(fields["session_token"], APP_BASE, audience=PORTAL_ORIGIN)
         assert claims["sub"] == demo_accounts[kind]
         assert claims["account_type"] == kind
         assert claims["email"] == person["claims"]["email"]

@@ -1,0 +1,99 @@
+"""A person signs in with a real browser: Debian's Chromium, driven by Playwright, through the
+dev IdP's real login page, the form_post callback and the demo portal's verification."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tests.conftest import APP_BASE, DEMO_AGENT, DEMO_USER, PORTAL_ORIGIN, PORTAL_PORT
+from tools.demo_portal import DemoPortal
+from tools.host import serve_in_thread
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def spki_hash(cert_file) -> str:
+    """Chromium's --ignore-certificate-errors-spki-list pins exactly this key, instead of trusting
+    every certificate: the browser still refuses any other server."""
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def portal(app_server, test_ca) -> Iterator[str]:
+    handle = serve_in_thread(DemoPortal(APP_BASE, PORTAL_ORIGIN), port=PORTAL_PORT,
+                             ssl_context=(str(test_ca.server_cert), str(test_ca.server_key)))
+    yield handle.url
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(test_ca, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    assert shutil.which("chromium") or shutil.os.path.exists(CHROMIUM), \
+        "Chromium is missing: `make setup` installs Debian's chromium package"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  f"--ignore-certificate-errors-spki-list={spki_hash(test_ca.server_cert)}"])
+        yield browser
+        browser.close()
+
+
+@pytest.mark.parametrize(("kind", "person", "account_id"), [("user", DEMO_USER, "U-1001"),
+                                                             ("agent", DEMO_AGENT, "A-2001")])
+def test_person_signs_in_through_the_idp_login_page_and_lands_on_the_portal(
+        browser, portal, demo_accounts, kind, person, account_id):
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{portal}/")
+        page.click(f"text=Sign in as {kind}")
+        page.wait_for_selector("#login")  # the IdP's own login page
+        page.fill("#login", person["login"])
+        page.fill("#password", person["password"])
+        page.click("button[type=submit]")
+        try:
+            page.wait_for_selector("#signed-in", timeout=20000)
+        except Exception:
+            page.screenshot(path="/tmp/browser-fail.png")
+            raise AssertionError(f"no portal page; at {page.url}: {page.content()[:1500]}") from None
+        assert page.url == f"{portal}/{kind}", "the session token is posted to this kind's portal page"
+        assert "session_token" not in page.url
+        claims = page.text_content("#claims")
+        assert f'"sub": "{account_id}"' in claims
+        assert f'"account_type": "{kind}"' in claims
+        assert f'"email": "{person["claims"]["email"]}"' in claims
+        cookies = {c["name"]: c for c in context.cookies(APP_BASE)}
+        assert f"__Host-portal-sso-{kind}" not in cookies, "the flow cookie is cleared by the callback"
+    finally:
+        context.close()
+
+
+def test_wrong_password_stays_at_the_idp_and_no_token_reaches_the_portal(browser, portal, demo_accounts):
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{APP_BASE}/api/sso/user/login")
+        page.fill("#login", DEMO_USER["login"])
+        page.fill("#password", "not-the-password")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#login")
+        assert not page.url.startswith(portal)
+        flow_cookie = [c for c in context.cookies(APP_BASE) if c["name"] == "__Host-portal-sso-user"]
+        assert flow_cookie and flow_cookie[0]["secure"] and flow_cookie[0]["httpOnly"], "flow cookie as SPEC says"
+        assert flow_cookie[0]["sameSite"] == "None"
+    finally:
+        context.close()
