@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -72,7 +74,9 @@ class AccountStore:
         if account is None or not account.account_id:
             raise NoAccount(f"no {kind} account for this email")
         if not account.enabled:
-            raise AccountDisabled(f"{kind} account {account.account_id} is disabled")
+            disabled = AccountDisabled(f"{kind} account {account.account_id} is disabled")
+            disabled.account_id = account.account_id  # for the audit row
+            raise disabled
         return account
 
     def link_and_record_login(self, account: Account, idp_sub: str, now: datetime | None = None) -> Account:
@@ -135,9 +139,89 @@ class AccountStore:
             self._table.delete_entity(email_key(normalize_email(email)), kind)
         return True
 
+    def import_rows(self, rows, progress=None, workers: int = 16) -> int:
+        """See `import_rows` below."""
+        return import_rows(self._table, rows, progress, workers)
+
     def list(self, kind: str | None = None):
         with storage_errors():
             query = self._table.query_entities("RowKey eq @kind", parameters={"kind": kind}) if kind \
                 else self._table.list_entities()
             for entity in query:
                 yield Account.from_entity(entity)
+
+
+# Bulk import (tools/accounts.py import). Rows are checked by the caller first (check_account); this
+# only writes.
+KINDS = ("user", "agent")
+ENABLED_WORDS = {"": True, "true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+BATCH_LIMIT = 100  # Table Storage's maximum operations per transaction (all in one partition)
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    email: str  # normalized
+    kind: str
+    account_id: str
+    name: str = ""
+    enabled: bool = True
+
+    def entity(self) -> dict:
+        return {"PartitionKey": email_key(self.email), "RowKey": self.kind, "Email": self.email,
+                "AccountId": self.account_id, "DisplayName": self.name, "Enabled": self.enabled}
+
+
+def parse_enabled(raw: str | None) -> bool | None:
+    """true/false/1/0/yes/no (any case) or empty (= true); None for anything else."""
+    return ENABLED_WORDS.get((raw or "").strip().lower())
+
+
+def check_account(email: str, kind: str, account_id: str) -> list[str]:
+    """What is wrong with these values (empty when nothing): the rules `add` and `import` share."""
+    problems = []
+    if not EMAIL_SYNTAX.match(normalize_email(email or "")):
+        problems.append(f"email {email!r} is not an email address")
+    if kind not in KINDS:
+        problems.append(f"kind {kind!r} must be user or agent")
+    if not (account_id or "").strip():
+        problems.append("account_id is empty")
+    return problems
+
+
+def _import_partition(table: TableClient, rows: list[AccountRow]) -> int:
+    """Upserts (merge: an existing link and last login are kept) one partition's rows: one request for
+    a single row, else transactions of up to BATCH_LIMIT rows."""
+    with storage_errors():
+        if len(rows) == 1:
+            table.upsert_entity(rows[0].entity(), mode=UpdateMode.MERGE)
+        else:
+            for start in range(0, len(rows), BATCH_LIMIT):
+                table.submit_transaction([("upsert", row.entity(), {"mode": UpdateMode.MERGE})
+                                          for row in rows[start:start + BATCH_LIMIT]])
+    return len(rows)
+
+
+def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[int], None] | None = None,
+                workers: int = 16) -> int:
+    """Writes every row; returns how many were written. Each email is its own partition, so a
+    transaction can only group one email's user and agent rows: the speed comes from `workers`
+    requests in flight at once. `progress(n)` is called (on this thread) as each n rows land.
+    Raises DependencyUnavailable on the first storage failure, after the requests in flight end;
+    rows written until then stay (an import is idempotent, so running it again finishes it)."""
+    partitions: dict[str, list[AccountRow]] = {}
+    for row in rows:
+        partitions.setdefault(email_key(row.email), []).append(row)
+    written = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
+        pending = [pool.submit(_import_partition, table, group) for group in partitions.values()]
+        try:
+            for done in as_completed(pending):
+                count = done.result()
+                written += count
+                if progress:
+                    progress(count)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return written

@@ -66,6 +66,14 @@ def issuer_base(raw: str) -> str:
     return url.rstrip("/")
 
 
+def metadata_query(raw: str) -> str:
+    """Entra shows the metadata URL with `?appid=<client id>` for apps that have their own signing
+    keys; that query selects the app's JWKS, so it is kept."""
+    at = raw.find(WELL_KNOWN_SUFFIX)
+    query = urlsplit(raw.strip()[at:]).query if at >= 0 else ""
+    return f"?{query}" if query else ""
+
+
 def issuer_tenant_segment(base: str) -> str:
     """Entra issuers are https://host/{tenant}/v2.0: the first path segment names the tenant."""
     parts = [p for p in urlsplit(base).path.split("/") if p]
@@ -94,7 +102,8 @@ def _positive_int(env: Mapping[str, str], name: str, default: int, problems: lis
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    # isascii(): str.isdigit() is also true for '\u00b2' or '\u2460', which int() cannot parse.
+    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
         problems.append(f"{name}: must be a whole number from {lo} to {hi} (got a value that is not).")
         return default
     return int(raw)
@@ -222,7 +231,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raise ConfigurationError(problems)
     return Settings(
         issuer_base=base,
-        metadata_url=f"{base}/{WELL_KNOWN_SUFFIX}",
+        metadata_url=f"{base}/{WELL_KNOWN_SUFFIX}{metadata_query(raw_issuer)}",
         client_id=client_id,
         key_vault_url=key_vault_url,
         client_secret_name=get("OIDC_CLIENT_SECRET_NAME") or "oidc-client-secret",

@@ -4,6 +4,7 @@ its step in OpenID Connect Core 1.0, section 3.1.3.7, and fails with InvalidIdTo
 from __future__ import annotations
 
 import hmac
+import math
 import time
 
 import jwt
@@ -22,7 +23,9 @@ def _number(claims: dict, name: str, *, required: bool) -> float | None:
         if required:
             raise InvalidIdToken(name, f"'{name}' claim missing")
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # Python's json (PyJWT's parser) accepts NaN and Infinity: NaN makes every comparison below False
+    # (so the check would pass) and Infinity never expires.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidIdToken(name, f"'{name}' claim is not a number")
     return float(value)
 

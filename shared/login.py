@@ -129,6 +129,7 @@ class SsoService:
             if not isinstance(exc, SsoError):
                 log.exception("sso.callback internal error correlation_id=%s", correlation_id)
             event.reason = err.reason
+            event.account_id = event.account_id or getattr(err, "account_id", "")
             reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
             detail = err.detail
         else:

@@ -58,6 +58,16 @@ UNVERIFIED_USER = entra_person(
 )  # fmt: skip
 
 
+NO_ACCOUNT = entra_person(
+    "nobody@contoso.test", "nobody-password", name="No Account",
+    oid="7b6a5c4d-3e2f-4a1b-8c9d-0e1f2a3b4c04", tenant=IDP_TENANT,
+)  # fmt: skip
+DISABLED_USER = entra_person(
+    "Disabled@Contoso.test", "disabled-password", name="Disabled User",
+    oid="6c5b4a3d-2e1f-4b0a-9d8c-7e6f5a4b3c05", tenant=IDP_TENANT,
+)  # fmt: skip
+
+
 @dataclass
 class ClientCertificate:
     """An RSA key and self-signed certificate a private_key_jwt client authenticates with."""
@@ -145,7 +155,7 @@ def idp(
         port=free_port(),
         tenant=IDP_TENANT,
         clients=clients,
-        people=[DEMO_USER, DEMO_AGENT, UNVERIFIED_USER],
+        people=[DEMO_USER, DEMO_AGENT, UNVERIFIED_USER, NO_ACCOUNT, DISABLED_USER],
     )
     service = start_idp(config, workdir=tmp_path_factory.mktemp("idp"))
     try:
@@ -228,4 +238,5 @@ def demo_accounts(account_store: AccountStore) -> dict[str, str]:
     """The demo user's user account and the demo agent's agent account; returns kind -> account id."""
     account_store.add(DEMO_USER["claims"]["email"], "user", "U-1001", "Demo User")
     account_store.add(DEMO_AGENT["claims"]["email"], "agent", "A-2001", "Demo Agent")
+    account_store.add("disabled@contoso.test", "user", "U-1002", "Disabled User", enabled=False)
     return {"user": "U-1001", "agent": "A-2001"}

@@ -51,3 +51,34 @@ def correlation_id(response: requests.Response) -> str:
     found = CORRELATION.search(response.text)
     assert found, f"an error page must name a correlation id: {response.text[:500]}"
     return found.group(1)
+
+
+def audit_row(runtime, correlation: str) -> dict:
+    """The SignInEvents row of one callback (written before its response went out)."""
+    from datetime import UTC, datetime
+
+    from shared.audit import day_key
+    from shared.tables import EVENTS_TABLE
+
+    table = runtime.tables.client(EVENTS_TABLE)
+    rows = list(table.query_entities("PartitionKey eq @pk and CorrelationId eq @cid",
+                                     parameters={"pk": day_key(datetime.now(UTC)), "cid": correlation}))
+    assert len(rows) == 1, f"exactly one audit row per callback, found {len(rows)} for {correlation}"
+    return dict(rows[0])
+
+
+JWT_LIKE = re.compile(r"eyJ[\w-]+\.[\w-]+\.")
+
+
+def assert_error_page(response: requests.Response, status: int, runtime, reason: str) -> dict:
+    """SPEC's error contract: the status, an HTML page with a correlation id, no token, no traceback,
+    and the audit row with the reason code. Returns the row."""
+    assert response.status_code == status, f"expected {status}, got {response.status_code}: {response.text[:600]}"
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert not JWT_LIKE.search(response.text), "an error page must never hold a token"
+    assert "Traceback" not in response.text
+    assert response.headers.get("Cache-Control") == "no-store"
+    row = audit_row(runtime, correlation_id(response))
+    assert row["Reason"] == reason, f"audit reason {row['Reason']!r}, expected {reason!r}"
+    assert row["Outcome"] == "failure" and row["Status"] == status
+    return row

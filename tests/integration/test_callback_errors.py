@@ -1,0 +1,183 @@
+"""Bad input gets its SPEC status, an escaped HTML page with a correlation id, and its audit row."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import requests
+
+from shared.runtime import get_runtime
+from tests.conftest import APP_BASE, DEMO_USER, DISABLED_USER, NO_ACCOUNT, PORTAL_URLS
+from tests.support.portal import (
+    assert_error_page,
+    correlation_id,
+    delivered,
+    idp_answer,
+    sign_in,
+    start_login,
+)
+
+CALLBACK = f"{APP_BASE}/api/sso/user/callback"
+
+
+@pytest.fixture
+def browser_session(app_server, demo_accounts) -> requests.Session:
+    return requests.Session()
+
+
+def test_callback_without_code_or_state_is_400(browser_session):
+    response = browser_session.post(CALLBACK, data={"state": "abcdefgh12345678"})
+    assert_error_page(response, 400, get_runtime(), "missing_code_or_state")
+
+
+def test_unknown_state_is_400(browser_session, idp):
+    response = browser_session.post(CALLBACK, data={"code": "x", "state": "NoSuchState12345", "iss": idp.issuer})
+    assert_error_page(response, 400, get_runtime(), "unknown_state")
+
+
+def test_state_that_could_never_be_a_table_key_is_400_without_a_table_read(browser_session, idp):
+    response = browser_session.post(CALLBACK, data={"code": "x", "state": "a/b#c?d\\e", "iss": idp.issuer})
+    assert_error_page(response, 400, get_runtime(), "invalid_parameter")
+
+
+def test_callback_without_the_browser_binding_cookie_is_400(browser_session):
+    action, fields = idp_answer(browser_session, APP_BASE, "user", DEMO_USER)
+    response = requests.post(action, data=fields)  # another browser: no flow cookie
+    assert_error_page(response, 400, get_runtime(), "browser_binding_mismatch")
+
+
+def test_replayed_callback_is_400(browser_session):
+    action, fields = idp_answer(browser_session, APP_BASE, "user", DEMO_USER)
+    first = browser_session.post(action, data=fields)
+    assert first.status_code == 200
+    cookie = first.request.headers["Cookie"]
+    replay = requests.post(action, data=fields, headers={"Cookie": cookie})
+    assert_error_page(replay, 400, get_runtime(), "unknown_state")
+
+
+def test_idp_error_is_400_escaped_with_the_aadsts_fix(browser_session):
+    response = browser_session.post(CALLBACK, data={
+        "error": "invalid_request", "state": "abcdefgh12345678",
+        "error_description": "AADSTS50011: The redirect URI <script>alert(1)</script> does not match."})
+    assert_error_page(response, 400, get_runtime(), "idp_error")
+    assert "<script>alert(1)</script>" not in response.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text
+    assert "Authentication &gt; Web" in response.text or "Authentication > Web" in response.text, "AADSTS50011 fix"
+
+
+def test_query_mode_callback_is_handled_like_form_post(browser_session):
+    action, fields = idp_answer(browser_session, APP_BASE, "user", DEMO_USER)
+    response = browser_session.get(action, params=fields)
+    assert response.status_code == 200, response.text[:500]
+    assert delivered(response)[0] == PORTAL_URLS["user"]
+
+
+def test_person_without_a_portal_account_is_403(browser_session):
+    response = sign_in(browser_session, APP_BASE, "user", NO_ACCOUNT)
+    row = assert_error_page(response, 403, get_runtime(), "no_account")
+    assert row["Email"] == "nobody@contoso.test" and row["HadEmailClaim"] is True
+
+
+def test_user_account_does_not_open_the_agent_side(browser_session):
+    response = sign_in(browser_session, APP_BASE, "agent", DEMO_USER)
+    assert_error_page(response, 403, get_runtime(), "no_account")
+
+
+def test_disabled_account_is_403_and_email_is_matched_case_insensitively(browser_session):
+    response = sign_in(browser_session, APP_BASE, "user", DISABLED_USER)  # IdP says Disabled@Contoso.test
+    row = assert_error_page(response, 403, get_runtime(), "account_disabled")
+    assert row["AccountId"] == "U-1002"
+
+
+def test_unknown_kind_is_404_and_wrong_method_405(app_server):
+    assert requests.get(f"{APP_BASE}/api/sso/admin/login", allow_redirects=False).status_code == 404
+    assert requests.delete(f"{APP_BASE}/api/sso/user/login").status_code == 405
+
+
+def test_login_start_sets_the_flow_cookie_as_spec_says(browser_session):
+    response = start_login(browser_session, APP_BASE, "agent")
+    assert response.status_code == 302
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith("__Host-portal-sso-agent=")
+    for attribute in ("Path=/", "Secure", "HttpOnly", "SameSite=None", "Max-Age=600"):
+        assert attribute in cookie, f"flow cookie lacks {attribute}"
+    assert "Domain" not in cookie
+    location = response.headers["Location"]
+    for parameter in ("response_mode=form_post", "code_challenge_method=S256", "nonce=", "state=",
+                      "redirect_uri=https%3A%2F%2F127.0.0.1"):
+        assert parameter in location, f"authorization request lacks {parameter}"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_redirect_uri_comes_from_public_base_url_not_the_host_header(browser_session):
+    response = browser_session.get(f"{APP_BASE}/api/sso/user/login", headers={"Host": "evil.test"},
+                                   allow_redirects=False)
+    assert response.status_code == 302
+    assert "evil.test" not in response.headers["Location"]
+
+
+def test_logout_goes_to_the_idp_end_session_endpoint_with_the_portal_url(app_server):
+    response = requests.get(f"{APP_BASE}/api/sso/agent/logout", allow_redirects=False)
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert "/session/end" in location
+    assert requests.utils.quote(PORTAL_URLS["agent"], safe="") in location
+
+
+def test_jwks_is_public_and_cacheable(app_server):
+    response = requests.get(f"{APP_BASE}/api/sso/jwks.json")
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"].startswith("public, max-age=")
+    keys = response.json()["keys"]
+    assert keys and all(set(k) <= {"kty", "n", "e", "crv", "x", "y", "kid", "use", "alg"} for k in keys), \
+        "public members only"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_table_storage_down_is_503_with_retry_after(use_settings):
+    port = _closed_port()
+    use_settings(TABLES_CONNECTION_STRING=(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50u"
+        f"SRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"))
+    response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert correlation_id(response)
+
+
+def test_idp_unreachable_is_503_naming_no_secret(use_settings):
+    use_settings(OIDC_ISSUER_URL=f"https://127.0.0.1:{_closed_port()}/tenant/v2.0")
+    response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+
+
+def test_wrong_issuer_url_says_which_url_was_tried_and_what_came_back(use_settings, idp):
+    use_settings(OIDC_ISSUER_URL=f"{idp.issuer}/nope")
+    response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False)
+    assert response.status_code == 500
+    assert f"{idp.issuer}/nope/.well-known/openid-configuration" in response.text
+    assert "HTTP 404" in response.text
+
+
+@pytest.mark.parametrize("form", ["{issuer}", "{issuer}/", "{issuer}/.well-known/openid-configuration",
+                                  "{issuer}.well-known/openid-configuration"])
+def test_issuer_url_works_in_every_form_an_admin_pastes(use_settings, idp, demo_accounts, form):
+    use_settings(OIDC_ISSUER_URL=form.format(issuer=idp.issuer))
+    response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+    assert response.status_code == 200, response.text[:500]
+
+
+def test_missing_settings_are_all_named_on_one_page(use_settings):
+    use_settings(OIDC_CLIENT_ID=None, PORTAL_AGENT_URL=None, PUBLIC_BASE_URL=None)
+    response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False)
+    assert response.status_code == 500
+    for name in ("OIDC_CLIENT_ID", "PORTAL_AGENT_URL", "PUBLIC_BASE_URL"):
+        assert name in response.text
+    assert correlation_id(response)

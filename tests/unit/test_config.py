@@ -1,0 +1,210 @@
+"""Settings (shared/config.py): every bad setting named at once, the issuer accepted in the forms an
+admin pastes, tenant allowlists, and the values derived from the portal URLs."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import load_settings
+from shared.errors import ConfigurationError
+
+TENANT = "3f0c9a52-6d1e-4b7a-9c2f-8e5d41a7b0c6"
+OTHER_TENANT = "11111111-2222-4333-8444-555555555555"
+ENTRA = f"https://login.microsoftonline.com/{TENANT}/v2.0"
+
+
+def env(**overrides: str | None) -> dict[str, str]:
+    """A complete, valid local-development environment; an override of None removes the setting."""
+    values = {
+        "OIDC_ISSUER_URL": ENTRA,
+        "OIDC_CLIENT_ID": "6b1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e",
+        "OIDC_CLIENT_SECRET": "local-secret",
+        "SESSION_SIGNING_KEY": "not parsed by load_settings",
+        "TABLES_CONNECTION_STRING": "UseDevelopmentStorage=true",
+        "PORTAL_USER_URL": "https://portal.contoso.test/user",
+        "PORTAL_AGENT_URL": "https://portal.contoso.test/agent",
+        "PUBLIC_BASE_URL": "https://sso.contoso.test",
+    }
+    values.update(overrides)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def problems_of(environment: dict[str, str]) -> str:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(environment)
+    assert caught.value.problems, "a ConfigurationError lists its problems"
+    return "\n".join(caught.value.problems)
+
+
+def test_complete_local_development_settings_load():
+    settings = load_settings(env())
+    assert settings.issuer_base == ENTRA, "the issuer is kept as given"
+    assert settings.metadata_url == f"{ENTRA}/.well-known/openid-configuration", "metadata URL derived from issuer"
+    assert settings.client_secret == "local-secret" and settings.key_vault_url is None
+    assert settings.portal_urls == {"user": "https://portal.contoso.test/user",
+                                    "agent": "https://portal.contoso.test/agent"}
+    assert settings.session_issuer == "https://sso.contoso.test", "the session token's iss defaults to the base URL"
+    assert settings.session_ttl == 3600, "SESSION_TOKEN_TTL_SECONDS defaults to 3600"
+    assert settings.client_secret_name == "oidc-client-secret" and settings.signing_key_name == "session-signing-key"
+
+
+@pytest.mark.parametrize("raw", [
+    ENTRA,
+    ENTRA + "/",
+    ENTRA + "/.well-known/openid-configuration",
+    ENTRA + "/.well-known/openid-configuration/",
+    ENTRA + ".well-known/openid-configuration",  # no '/' before .well-known: the portal copy quirk
+    "  " + ENTRA + "/.well-known/openid-configuration  ",
+], ids=["issuer", "issuer-slash", "metadata", "metadata-slash", "metadata-no-slash", "padded"])
+def test_issuer_is_accepted_as_issuer_or_metadata_url_with_or_without_slashes(raw):
+    settings = load_settings(env(OIDC_ISSUER_URL=raw))
+    assert settings.issuer_base == ENTRA, f"OIDC_ISSUER_URL {raw!r} names the issuer {ENTRA}"
+    assert settings.metadata_url == f"{ENTRA}/.well-known/openid-configuration", "one metadata URL for every form"
+
+
+REQUIRED = ["OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "KEY_VAULT_URL", "OIDC_CLIENT_SECRET", "SESSION_SIGNING_KEY",
+            "TABLES_CONNECTION_STRING", "TABLES_ENDPOINT", "PORTAL_USER_URL", "PORTAL_AGENT_URL", "PUBLIC_BASE_URL"]
+
+
+def test_empty_environment_names_every_missing_setting_in_one_error():
+    text = problems_of({})
+    missing = [name for name in REQUIRED if name not in text]
+    assert not missing, f"one ConfigurationError names every missing setting; these were not named: {missing}"
+
+
+def test_configuration_error_is_safe_to_show_and_never_echoes_values():
+    secret = "super-secret-value-123"
+    text = problems_of(env(OIDC_ISSUER_URL="http://idp.test/v2.0", OIDC_CLIENT_SECRET=secret,
+                           KEY_VAULT_URL="https://vault.vault.azure.net"))
+    assert secret not in text, "a ConfigurationError never contains a setting's secret value"
+
+
+def test_http_issuer_is_refused():
+    assert "OIDC_ISSUER_URL" in problems_of(env(OIDC_ISSUER_URL="http://login.microsoftonline.com/x/v2.0")), \
+        "the IdP must be https:// (MSAL refuses anything else)"
+
+
+def test_key_vault_url_together_with_a_local_client_secret_is_refused():
+    text = problems_of(env(KEY_VAULT_URL="https://myvault.vault.azure.net", SESSION_SIGNING_KEY=None))
+    assert "OIDC_CLIENT_SECRET" in text, "a local client secret next to KEY_VAULT_URL is refused"
+
+
+def test_key_vault_url_together_with_a_local_signing_key_is_refused():
+    text = problems_of(env(KEY_VAULT_URL="https://myvault.vault.azure.net", OIDC_CLIENT_SECRET=None))
+    assert "SESSION_SIGNING_KEY" in text, "a local signing key next to KEY_VAULT_URL is refused"
+
+
+def test_key_vault_url_alone_needs_no_local_secrets():
+    settings = load_settings(env(KEY_VAULT_URL="https://myvault.vault.azure.net/", OIDC_CLIENT_SECRET=None,
+                                 SESSION_SIGNING_KEY=None))
+    assert settings.key_vault_url == "https://myvault.vault.azure.net", "the vault URL loads, trailing '/' trimmed"
+    assert settings.client_secret is None and settings.signing_key is None
+
+
+MULTI_TENANT = ["common", "organizations", "{tenantid}"]
+
+
+@pytest.mark.parametrize("segment", MULTI_TENANT)
+def test_multi_tenant_issuer_without_allowed_tenant_ids_is_refused(segment):
+    text = problems_of(env(OIDC_ISSUER_URL=f"https://login.microsoftonline.com/{segment}/v2.0"))
+    assert "ALLOWED_TENANT_IDS" in text, f"a '{segment}' issuer accepts any tenant, so an allowlist is required"
+
+
+@pytest.mark.parametrize("segment", MULTI_TENANT)
+def test_multi_tenant_issuer_with_allowed_tenant_ids_is_accepted(segment):
+    settings = load_settings(env(OIDC_ISSUER_URL=f"https://login.microsoftonline.com/{segment}/v2.0",
+                                 ALLOWED_TENANT_IDS=f"{TENANT.upper()}, {OTHER_TENANT}"))
+    assert settings.allowed_tenant_ids == {TENANT, OTHER_TENANT}, "the allowlist is parsed and lower-cased"
+    assert settings.multi_tenant, f"a '{segment}' issuer is multi-tenant"
+
+
+def test_allowed_tenant_ids_that_are_not_guids_are_refused():
+    text = problems_of(env(OIDC_ISSUER_URL="https://login.microsoftonline.com/common/v2.0",
+                           ALLOWED_TENANT_IDS="contoso.onmicrosoft.com"))
+    assert "ALLOWED_TENANT_IDS" in text, "tenant IDs are GUIDs"
+
+
+def test_single_tenant_issuer_allows_exactly_its_own_tenant():
+    settings = load_settings(env())
+    assert settings.allowed_tenant_ids == {TENANT}, "a single-tenant GUID issuer allows its own tenant only"
+    assert not settings.multi_tenant
+
+
+def test_public_base_url_defaults_to_website_hostname():
+    settings = load_settings(env(PUBLIC_BASE_URL=None, WEBSITE_HOSTNAME="myapp.azurewebsites.net"))
+    assert settings.public_base_url == "https://myapp.azurewebsites.net", "PUBLIC_BASE_URL from WEBSITE_HOSTNAME"
+
+
+@pytest.mark.parametrize("bad", ["http://sso.contoso.test", "https://sso.contoso.test/api", "sso.contoso.test",
+                                 "https://user@sso.contoso.test"])
+def test_public_base_url_that_is_not_an_https_origin_is_refused(bad):
+    assert "PUBLIC_BASE_URL" in problems_of(env(PUBLIC_BASE_URL=bad)), f"{bad!r} cannot build redirect URIs"
+
+
+@pytest.mark.parametrize("kind", ["user", "agent"])
+def test_redirect_uri_of_each_kind_is_built_from_the_public_base_url(kind):
+    settings = load_settings(env(PUBLIC_BASE_URL="https://sso.contoso.test/"))
+    assert settings.redirect_uri(kind) == f"https://sso.contoso.test/api/sso/{kind}/callback", \
+        "the redirect URI is the base URL + /api/sso/{kind}/callback, without a doubled '/'"
+
+
+@pytest.mark.parametrize("raw", ["abc", "-5", "0", "59", "86401", "1e3", "3600.5"])
+def test_bad_session_ttl_is_named(raw):
+    assert "SESSION_TOKEN_TTL_SECONDS" in problems_of(env(SESSION_TOKEN_TTL_SECONDS=raw)), \
+        f"SESSION_TOKEN_TTL_SECONDS={raw!r} is named as bad"
+
+
+@pytest.mark.parametrize("raw", ["\u00b2", "\u2460"], ids=["superscript-two", "circled-one"])
+def test_session_ttl_of_unicode_digit_characters_is_named_not_a_crash(raw):
+    # str.isdigit() is true for these, but int() cannot parse them: the check must not raise ValueError.
+    assert "SESSION_TOKEN_TTL_SECONDS" in problems_of(env(SESSION_TOKEN_TTL_SECONDS=raw)), \
+        "a malformed TTL gives the one ConfigurationError, not a ValueError"
+
+
+def test_good_session_ttl_is_used():
+    assert load_settings(env(SESSION_TOKEN_TTL_SECONDS="900")).session_ttl == 900
+
+
+def test_audience_defaults_to_the_common_portal_origin():
+    settings = load_settings(env())
+    assert settings.session_audience == "https://portal.contoso.test", "one portal origin is the default audience"
+
+
+def test_audience_is_required_when_the_portal_origins_differ():
+    text = problems_of(env(PORTAL_AGENT_URL="https://agents.contoso.test/"))
+    assert "SESSION_TOKEN_AUDIENCE" in text, "two portal origins leave the audience ambiguous"
+
+
+def test_audience_given_explicitly_is_used_when_the_portal_origins_differ():
+    settings = load_settings(env(PORTAL_AGENT_URL="https://agents.contoso.test/", SESSION_TOKEN_AUDIENCE="portal"))
+    assert settings.session_audience == "portal"
+
+
+def test_return_origins_default_to_the_two_portal_origins():
+    settings = load_settings(env(PORTAL_AGENT_URL="https://Agents.Contoso.test:8443/a", SESSION_TOKEN_AUDIENCE="x"))
+    assert settings.allowed_return_origins == {"https://portal.contoso.test", "https://agents.contoso.test:8443"}, \
+        "return_to may point at either portal origin by default"
+
+
+def test_return_origins_given_explicitly_replace_the_default():
+    settings = load_settings(env(PORTAL_ALLOWED_RETURN_ORIGINS="https://a.contoso.test, https://b.contoso.test/"))
+    assert settings.allowed_return_origins == {"https://a.contoso.test", "https://b.contoso.test"}
+
+
+@pytest.mark.parametrize("bad", ["https://a.contoso.test/path", "https://a.contoso.test?x=1", "javascript:x",
+                                 "https://a.contoso.test#frag"])
+def test_return_origins_that_are_not_origins_are_refused(bad):
+    assert "PORTAL_ALLOWED_RETURN_ORIGINS" in problems_of(env(PORTAL_ALLOWED_RETURN_ORIGINS=bad)), \
+        f"{bad!r} is not an origin"
+
+
+def test_tables_endpoint_may_replace_the_connection_string():
+    settings = load_settings(env(TABLES_CONNECTION_STRING=None, TABLES_ENDPOINT="https://acct.table.core.windows.net/"))
+    assert settings.tables_endpoint == "https://acct.table.core.windows.net"
+
+
+def test_metadata_url_keeps_entras_appid_query_which_selects_the_apps_own_signing_keys():
+    url = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0/.well-known/openid-configuration"
+    settings = load_settings(env(OIDC_ISSUER_URL=f"{url}?appid=6b1d2e3f"))
+    assert settings.metadata_url == f"{url}?appid=6b1d2e3f", "the appid query must reach discovery"
+    assert settings.issuer_base == "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"

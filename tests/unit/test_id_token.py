@@ -1,0 +1,357 @@
+"""ID-token validation (shared/id_token.py) against tokens minted here with real keys. Each check is
+named after its step in OpenID Connect Core 1.0, section 3.1.3.7."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, replace
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from shared.errors import InvalidIdToken
+from shared.id_token import LEEWAY_SECONDS, MAX_TOKEN_AGE_SECONDS, verify_id_token
+from shared.jwks import JwksCache
+from shared.provider import ProviderMetadata
+
+TENANT = "3f0c9a52-6d1e-4b7a-9c2f-8e5d41a7b0c6"
+OTHER_TENANT = "11111111-2222-4333-8444-555555555555"
+ISSUER = f"https://idp.test/{TENANT}/v2.0"
+CLIENT_ID = "6b1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"
+NONCE = "expected-nonce-value"
+NOW = 1_700_000_000
+KID = "key-1"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def rsa_jwk(private_key, kid: str | None, **extra) -> dict:
+    jwk = RSAAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    if kid is not None:
+        jwk["kid"] = kid
+    jwk.update(extra)
+    return jwk
+
+
+def metadata_for(issuer: str = ISSUER, algs: frozenset[str] = frozenset({"RS256"})) -> ProviderMetadata:
+    return ProviderMetadata(issuer=issuer, authorization_endpoint="https://idp.test/authorize",
+                            token_endpoint="https://idp.test/token", jwks_uri="https://idp.test/jwks",
+                            end_session_endpoint=None, id_token_algs=algs, iss_parameter_supported=False,
+                            discovered_from=f"{issuer}/.well-known/openid-configuration")
+
+
+@dataclass
+class Idp:
+    key: rsa.RSAPrivateKey
+    jwks: dict
+    metadata: ProviderMetadata
+
+    def cache(self) -> JwksCache:
+        return JwksCache(fetch=lambda: self.jwks)
+
+    def claims(self, **overrides) -> dict:
+        claims = {"iss": ISSUER, "aud": CLIENT_ID, "sub": "person-sub", "iat": NOW, "exp": NOW + 3600,
+                  "nonce": NONCE, "tid": TENANT}
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not DROP}
+
+    def mint(self, key=None, *, alg: str = "RS256", kid: str | None = KID, **overrides) -> str:
+        headers = {"kid": kid} if kid is not None else {}
+        return jwt.encode(self.claims(**overrides), key or self.key, algorithm=alg, headers=headers)
+
+    def verify(self, token: str, *, metadata: ProviderMetadata | None = None, jwks: JwksCache | None = None,
+               nonce: str | None = NONCE, now: float = NOW) -> dict:
+        return verify_id_token(token, metadata=metadata or self.metadata, jwks=jwks or self.cache(),
+                               client_id=CLIENT_ID, expected_nonce=nonce, now=now)
+
+
+DROP = object()  # a claim override that removes the claim
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def other_rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def idp(rsa_key) -> Idp:
+    return Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, use="sig")]}, metadata=metadata_for())
+
+
+def refused(idp: Idp, token: str, check: str, **verify_kwargs) -> InvalidIdToken:
+    with pytest.raises(InvalidIdToken) as caught:
+        idp.verify(token, **verify_kwargs)
+    err = caught.value
+    assert err.check == check, f"expected the '{check}' check to refuse the token, got '{err.check}' ({err.detail})"
+    assert err.reason == f"id_token_{check}", "the audit reason names the failed check"
+    assert err.status == 401, "an ID token that fails validation is a 401"
+    return err
+
+
+def hand_built(header: dict, claims: dict, signature: bytes = b"") -> str:
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+    return signing_input + "." + b64url(signature)
+
+
+# Happy path
+
+def test_valid_id_token_passes_and_returns_its_claims(idp):
+    claims = idp.verify(idp.mint())
+    assert claims["sub"] == "person-sub", "the verified claims are returned"
+    assert claims["iss"] == ISSUER and claims["aud"] == CLIENT_ID and claims["nonce"] == NONCE
+
+
+def test_es256_id_token_passes_when_the_idp_advertises_es256():
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = {**ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "ec-1"}
+    idp = Idp(key=key, jwks={"keys": [jwk]}, metadata=metadata_for(algs=frozenset({"ES256"})))
+    claims = idp.verify(idp.mint(alg="ES256", kid="ec-1"))
+    assert claims["sub"] == "person-sub", "an ES256-signed token from an ES256 IdP verifies"
+
+
+# Step 6: signature
+
+def test_id_token_signed_by_another_key_with_the_same_kid_fails_the_signature_check(idp, other_rsa_key):
+    refused(idp, idp.mint(other_rsa_key), "signature")
+
+
+def test_id_token_with_a_tampered_payload_fails_the_signature_check(idp):
+    header, _, signature = idp.mint().split(".")
+    forged = b64url(json.dumps(idp.claims(sub="someone-else")).encode())
+    refused(idp, f"{header}.{forged}.{signature}", "signature")
+
+
+def test_id_token_that_is_not_a_jws_is_refused(idp):
+    refused(idp, "not-a-jwt", "format")
+
+
+# Steps 6/7: alg allowlist
+
+def test_id_token_with_alg_none_is_refused(idp):
+    token = hand_built({"alg": "none", "kid": KID, "typ": "JWT"}, idp.claims())
+    refused(idp, token, "alg")
+
+
+def test_id_token_with_alg_none_is_refused_even_if_metadata_lists_none(idp):
+    metadata = metadata_for(algs=frozenset({"RS256", "none"}))
+    token = hand_built({"alg": "none", "kid": KID}, idp.claims())
+    refused(idp, token, "alg", metadata=metadata)
+
+
+def test_id_token_hs256_signed_with_the_public_key_pem_is_refused(idp):
+    # The classic algorithm-confusion forgery: HMAC keyed with the IdP's public key, which anyone has.
+    public_pem = idp.key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    header = {"alg": "HS256", "kid": KID, "typ": "JWT"}
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(idp.claims()).encode())
+    signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    refused(idp, signing_input + "." + b64url(signature), "alg")
+
+
+def test_id_token_hs256_is_refused_even_if_metadata_lists_hs256(idp):
+    metadata = metadata_for(algs=frozenset({"RS256", "HS256"}))
+    token = jwt.encode(idp.claims(), CLIENT_ID * 2, algorithm="HS256", headers={"kid": KID})
+    refused(idp, token, "alg", metadata=metadata)
+
+
+def test_id_token_rs256_is_refused_when_the_idp_advertises_only_es256(idp):
+    refused(idp, idp.mint(), "alg", metadata=metadata_for(algs=frozenset({"ES256"})))
+
+
+def test_id_token_with_a_critical_header_extension_is_refused(idp):
+    # PyJWT itself already refuses unknown critical extensions while reading the header ('format');
+    # our own 'alg' check is the second line. Either way the token must not pass.
+    token = jwt.encode(idp.claims(), idp.key, algorithm="RS256", headers={"kid": KID, "crit": ["exp"], "exp": 1})
+    with pytest.raises(InvalidIdToken) as caught:
+        idp.verify(token)
+    assert caught.value.check in ("format", "alg"), "a token with critical header extensions we do not know is refused"
+    assert caught.value.status == 401
+
+
+# Step 2: iss
+
+def test_id_token_from_another_issuer_fails_the_iss_check(idp):
+    refused(idp, idp.mint(iss="https://evil.test/v2.0"), "iss")
+
+
+def test_id_token_iss_with_a_trailing_slash_fails_the_iss_check(idp):
+    refused(idp, idp.mint(iss=ISSUER + "/"), "iss")
+
+
+def test_id_token_without_iss_fails_the_iss_check(idp):
+    refused(idp, idp.mint(iss=DROP), "iss")
+
+
+ENTRA_TEMPLATE = "https://login.microsoftonline.com/{tenantid}/v2.0"
+
+
+def test_entra_multi_tenant_issuer_is_filled_from_the_token_tid(idp):
+    metadata = metadata_for(issuer=ENTRA_TEMPLATE)
+    token = idp.mint(iss=f"https://login.microsoftonline.com/{TENANT}/v2.0", tid=TENANT)
+    claims = idp.verify(token, metadata=metadata)
+    assert claims["tid"] == TENANT, "step 2: {tenantid} in the metadata issuer is filled from the token's tid"
+
+
+def test_entra_multi_tenant_issuer_with_a_tid_not_matching_iss_fails_the_iss_check(idp):
+    metadata = metadata_for(issuer=ENTRA_TEMPLATE)
+    token = idp.mint(iss=f"https://login.microsoftonline.com/{TENANT}/v2.0", tid=OTHER_TENANT)
+    refused(idp, token, "iss", metadata=metadata)
+
+
+def test_entra_multi_tenant_issuer_without_tid_fails_the_iss_check(idp):
+    metadata = metadata_for(issuer=ENTRA_TEMPLATE)
+    token = idp.mint(iss=f"https://login.microsoftonline.com/{TENANT}/v2.0", tid=DROP)
+    refused(idp, token, "iss", metadata=metadata)
+
+
+def test_entra_multi_tenant_template_issuer_itself_is_not_accepted_as_iss(idp):
+    metadata = metadata_for(issuer=ENTRA_TEMPLATE)
+    refused(idp, idp.mint(iss=ENTRA_TEMPLATE, tid=DROP), "iss", metadata=metadata)
+
+
+# Steps 3-5: aud, azp
+
+def test_id_token_for_another_client_fails_the_aud_check(idp):
+    refused(idp, idp.mint(aud="some-other-client"), "aud")
+
+
+def test_id_token_without_aud_fails_the_aud_check(idp):
+    refused(idp, idp.mint(aud=DROP), "aud")
+
+
+def test_id_token_aud_list_containing_us_passes_when_azp_is_us(idp):
+    claims = idp.verify(idp.mint(aud=[CLIENT_ID, "other-client"], azp=CLIENT_ID))
+    assert CLIENT_ID in claims["aud"], "steps 3-5: several audiences are fine when azp is our client id"
+
+
+def test_id_token_with_several_audiences_and_no_azp_fails_the_azp_check(idp):
+    refused(idp, idp.mint(aud=[CLIENT_ID, "other-client"]), "azp")
+
+
+def test_id_token_with_an_azp_of_another_client_fails_the_azp_check(idp):
+    refused(idp, idp.mint(azp="other-client"), "azp")
+
+
+# Step 9: exp
+
+def test_id_token_expired_beyond_the_leeway_fails_the_exp_check(idp):
+    refused(idp, idp.mint(iat=NOW - 600, exp=NOW - LEEWAY_SECONDS - 1), "exp")
+
+
+def test_id_token_expired_within_the_leeway_passes(idp):
+    claims = idp.verify(idp.mint(iat=NOW - 600, exp=NOW - LEEWAY_SECONDS + 5))
+    assert claims["exp"] < NOW, "step 9: a token that expired within the clock-skew leeway is still accepted"
+
+
+def test_id_token_without_exp_fails_the_exp_check(idp):
+    refused(idp, idp.mint(exp=DROP), "exp")
+
+
+@pytest.mark.parametrize("exp", [str(NOW + 3600), True, None, [NOW + 3600], {"v": 1}], ids=repr)
+def test_id_token_with_a_non_numeric_exp_fails_the_exp_check(idp, exp):
+    refused(idp, idp.mint(exp=exp), "exp")
+
+
+@pytest.mark.parametrize("exp", [float("nan"), float("inf")], ids=repr)
+def test_id_token_with_a_non_finite_exp_fails_the_exp_check(idp, exp):
+    # Python's json (used by PyJWT) accepts the non-JSON literals NaN and Infinity; every comparison
+    # with NaN is False, so "now > exp + leeway" never fires, and Infinity never expires.
+    token = idp.mint(exp=exp)
+    payload = base64.urlsafe_b64decode(token.split(".")[1] + "==").decode()
+    assert '"exp":NaN' in payload or '"exp":Infinity' in payload, "the signed payload carries the literal"
+    refused(idp, token, "exp")
+
+
+# Step 10: iat, nbf
+
+@pytest.mark.parametrize("name", ["iat", "nbf"])
+def test_id_token_with_a_nan_iat_or_nbf_fails_its_check(idp, name):
+    refused(idp, idp.mint(**{name: float("nan")}), name)
+
+
+def test_id_token_without_iat_fails_the_iat_check(idp):
+    refused(idp, idp.mint(iat=DROP), "iat")
+
+
+def test_id_token_issued_in_the_future_beyond_the_leeway_fails_the_iat_check(idp):
+    refused(idp, idp.mint(iat=NOW + LEEWAY_SECONDS + 60, exp=NOW + 7200), "iat")
+
+
+def test_id_token_issued_too_long_ago_fails_the_iat_check(idp):
+    refused(idp, idp.mint(iat=NOW - MAX_TOKEN_AGE_SECONDS - LEEWAY_SECONDS - 1), "iat")
+
+
+def test_id_token_with_a_string_iat_fails_the_iat_check(idp):
+    refused(idp, idp.mint(iat=str(NOW)), "iat")
+
+
+def test_id_token_with_nbf_in_the_future_fails_the_nbf_check(idp):
+    refused(idp, idp.mint(nbf=NOW + LEEWAY_SECONDS + 60), "nbf")
+
+
+def test_id_token_with_nbf_within_the_leeway_passes(idp):
+    claims = idp.verify(idp.mint(nbf=NOW + 30))
+    assert claims["nbf"] == NOW + 30, "step 10: nbf a little ahead of our clock is within the leeway"
+
+
+# sub (Core 2)
+
+@pytest.mark.parametrize("sub", [DROP, "", 42, None], ids=["missing", "empty", "number", "null"])
+def test_id_token_without_a_non_empty_string_sub_fails_the_sub_check(idp, sub):
+    refused(idp, idp.mint(sub=sub), "sub")
+
+
+# Step 11: nonce
+
+def test_id_token_with_another_nonce_fails_the_nonce_check(idp):
+    refused(idp, idp.mint(nonce="some-other-nonce"), "nonce")
+
+
+def test_id_token_without_nonce_fails_the_nonce_check_when_one_was_sent(idp):
+    refused(idp, idp.mint(nonce=DROP), "nonce")
+
+
+# Key selection (kid)
+
+def test_id_token_with_an_unknown_kid_is_refused(idp):
+    refused(idp, idp.mint(kid="no-such-kid"), "kid")
+
+
+def test_id_token_without_kid_passes_when_the_jwks_holds_one_key(idp):
+    claims = idp.verify(idp.mint(kid=None))
+    assert claims["sub"] == "person-sub", "with a single key in the JWKS, a token without kid uses that key"
+
+
+def test_id_token_without_kid_is_refused_when_the_jwks_holds_two_keys(idp, other_rsa_key):
+    two = replace(idp, jwks={"keys": [*idp.jwks["keys"], rsa_jwk(other_rsa_key, "key-2")]})
+    refused(two, two.mint(kid=None), "kid")
+
+
+def test_id_token_rs256_is_refused_by_a_jwk_that_declares_rs384(rsa_key):
+    # A key whose JWK pins another algorithm never verifies this one (no algorithm confusion).
+    idp = Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, alg="RS384")]},
+              metadata=metadata_for(algs=frozenset({"RS256", "RS384"})))
+    refused(idp, idp.mint(), "kid")
+
+
+def test_id_token_is_verified_with_a_jwk_that_declares_its_own_alg(rsa_key):
+    idp = Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, alg="RS256")]}, metadata=metadata_for())
+    assert idp.verify(idp.mint())["sub"] == "person-sub", "a JWK declaring RS256 verifies an RS256 token"
+
+
+def test_id_token_signed_by_a_jwk_marked_for_encryption_is_refused(rsa_key):
+    idp = Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, use="enc")]}, metadata=metadata_for())
+    refused(idp, idp.mint(), "kid")

@@ -1,0 +1,177 @@
+"""The IdP's JWKS cache (shared/jwks.py): one refetch on an unknown kid, rate-limited and shared by
+concurrent misses, refreshed daily. A counting fetch function and a fake clock stand in for the IdP's
+jwks_uri and time; the keys are real."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from shared.errors import InvalidIdToken
+from shared.jwks import JwksCache
+
+
+def jwk(kid: str, **extra) -> dict:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": kid, **extra}
+
+
+@pytest.fixture(scope="module")
+def jwks_a() -> dict:
+    return jwk("kid-a")
+
+
+@pytest.fixture(scope="module")
+def jwks_b() -> dict:
+    return jwk("kid-b")
+
+
+class FakeIdp:
+    """The IdP's jwks_uri: serves `keys`, counts requests, optionally slow."""
+
+    def __init__(self, *keys: dict, delay: float = 0.0):
+        self.keys = list(keys)
+        self.calls = 0
+        self.delay = delay
+        self._lock = threading.Lock()
+
+    def fetch(self) -> dict:
+        with self._lock:
+            self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        return {"keys": list(self.keys)}
+
+
+def cache_for(idp: FakeIdp, t: list[float]) -> JwksCache:
+    return JwksCache(fetch=idp.fetch, clock=lambda: t[0])
+
+
+def test_keys_are_fetched_once_and_reused(jwks_a):
+    idp, t = FakeIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    for step in range(5):
+        t[0] += 60
+        assert cache.signing_key("kid-a", "RS256").key_id == "kid-a", f"lookup {step} finds the cached key"
+    assert idp.calls == 1, "a known kid is served from the cache without refetching the JWKS"
+
+
+def test_unknown_kid_triggers_one_refetch_and_a_rotated_key_is_found_at_once(jwks_a, jwks_b):
+    idp, t = FakeIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    cache.signing_key("kid-a", "RS256")
+    t[0] += 60
+    idp.keys = [jwks_b, jwks_a]  # the IdP rotates
+    assert cache.signing_key("kid-b", "RS256").key_id == "kid-b", "the rotated key is picked up by the refetch"
+    assert idp.calls == 2, "an unknown kid causes exactly one refetch"
+
+
+def test_unknown_kid_that_stays_unknown_is_refused_after_one_refetch(jwks_a):
+    idp, t = FakeIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    cache.signing_key("kid-a", "RS256")
+    t[0] += 60
+    with pytest.raises(InvalidIdToken) as caught:
+        cache.signing_key("forged-kid", "RS256")
+    assert caught.value.check == "kid", "a kid the IdP does not publish is refused as 'kid'"
+    assert idp.calls == 2, "one refetch, not more, for an unknown kid"
+
+
+def test_second_unknown_kid_within_5_seconds_causes_no_new_fetch(jwks_a):
+    idp, t = FakeIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    cache.signing_key("kid-a", "RS256")
+    t[0] += 60
+    with pytest.raises(InvalidIdToken):
+        cache.signing_key("forged-1", "RS256")
+    calls = idp.calls
+    t[0] += 4.9
+    with pytest.raises(InvalidIdToken):
+        cache.signing_key("forged-2", "RS256")
+    assert idp.calls == calls, "a stream of forged kids cannot make us refetch more than once per 5 s"
+
+
+def test_unknown_kid_after_5_seconds_may_refetch_again(jwks_a, jwks_b):
+    idp, t = FakeIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    cache.signing_key("kid-a", "RS256")
+    t[0] += 60
+    with pytest.raises(InvalidIdToken):
+        cache.signing_key("kid-b", "RS256")
+    calls = idp.calls
+    idp.keys = [jwks_b]
+    t[0] += 5
+    assert cache.signing_key("kid-b", "RS256").key_id == "kid-b", "after 5 s an unknown kid refetches again"
+    assert idp.calls == calls + 1, "exactly one more fetch after the 5 s pause"
+
+
+def test_unknown_kid_right_after_the_first_fetch_does_not_fetch_twice(jwks_a):
+    idp, t = FakeIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    with pytest.raises(InvalidIdToken):
+        cache.signing_key("forged", "RS256")
+    assert idp.calls == 1, "the first fetch already answered; refetching in the same instant would be wasted"
+
+
+def test_twenty_concurrent_misses_of_the_same_kid_cause_at_most_one_fetch(jwks_a, jwks_b):
+    idp, t = FakeIdp(jwks_a, delay=0.05), [1000.0]
+    cache = cache_for(idp, t)
+    cache.signing_key("kid-a", "RS256")
+    t[0] += 60
+    idp.keys = [jwks_b, jwks_a]
+    calls_before = idp.calls
+    barrier = threading.Barrier(20)
+    found: list[str] = []
+    errors: list[BaseException] = []
+
+    def miss() -> None:
+        barrier.wait()
+        try:
+            found.append(cache.signing_key("kid-b", "RS256").key_id)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=miss) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not errors, f"every thread finds the rotated key: {errors!r}"
+    assert found == ["kid-b"] * 20, "all 20 threads get the rotated key"
+    assert idp.calls - calls_before <= 1, f"20 concurrent misses caused {idp.calls - calls_before} fetches"
+
+
+def test_keys_are_refreshed_after_24_hours(jwks_a, jwks_b):
+    idp, t = FakeIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    cache.signing_key("kid-a", "RS256")
+    t[0] += 86400 - 1
+    cache.signing_key("kid-a", "RS256")
+    assert idp.calls == 1, "within 24 h a known kid needs no fetch"
+    idp.keys = [jwks_b]  # the IdP retired kid-a
+    t[0] += 1
+    with pytest.raises(InvalidIdToken):
+        cache.signing_key("kid-a", "RS256")
+    assert idp.calls >= 2, "after 24 h the JWKS is fetched again, and a retired key stops verifying"
+
+
+def test_keys_marked_use_enc_are_ignored(jwks_a):
+    enc = jwk("kid-enc", use="enc")
+    idp, t = FakeIdp(enc, jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    with pytest.raises(InvalidIdToken) as caught:
+        cache.signing_key("kid-enc", "RS256")
+    assert caught.value.check == "kid", "an encryption key is never used to verify a signature"
+    assert cache.signing_key(None, "RS256").key_id == "kid-a", "without kid, the one signing key is chosen"
+
+
+def test_keys_that_cannot_be_parsed_are_skipped_and_the_others_still_serve(jwks_a):
+    broken = {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"}
+    unknown_type = {"kty": "XYZ", "kid": "odd"}
+    idp, t = FakeIdp(broken, unknown_type, jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    assert cache.signing_key("kid-a", "RS256").key_id == "kid-a", "a broken key does not take the set down"

@@ -1,0 +1,91 @@
+"""The return_to allowlist (shared/login.check_return_to): exact origins only, and every URL trick
+that browsers and parsers read differently is refused (open-redirect defence)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ReturnToNotAllowed
+from shared.login import MAX_RETURN_TO, check_return_to
+
+ALLOWED = frozenset({"https://portal.contoso.test", "https://agents.contoso.test:8443"})
+
+
+@pytest.mark.parametrize("url", [
+    "https://portal.contoso.test",
+    "https://portal.contoso.test/",
+    "https://portal.contoso.test/queues/42?tab=calls&x=%2F#top",
+    "https://portal.contoso.test:443/path",  # explicit default port is the same origin
+    "https://agents.contoso.test:8443/desk",
+    "https://PORTAL.Contoso.TEST/x",  # hosts are case-insensitive; the parser lower-cases them
+])
+def test_return_to_on_an_allowed_origin_is_accepted_unchanged(url):
+    assert check_return_to(url, ALLOWED) == url, f"{url!r} points at an allowed origin and is returned as given"
+
+
+def test_allowed_origin_given_with_explicit_default_port_matches_a_url_without_port():
+    assert check_return_to("https://portal.contoso.test/x", frozenset({"https://portal.contoso.test:443"})), \
+        "an allowlist entry with :443 equals the origin without port"
+
+
+@pytest.mark.parametrize("url", [
+    "https://evil.test/",
+    "http://portal.contoso.test/",  # scheme differs
+    "https://portal.contoso.test:444/",  # port differs
+    "https://agents.contoso.test/desk",  # allowed only on 8443
+    "https://portal.contoso.test.evil.test/",  # suffix trick
+    "https://evil.test/portal.contoso.test",
+    "https://evilportal.contoso.test/",
+    "https://portal.contoso.test./",  # trailing-dot host is another origin string
+    "//evil.test/",  # protocol-relative
+    "///evil.test/",
+    "https:\\\\evil.test",
+    "https:/\\evil.test",
+    "https://portal.contoso.test\\@evil.test/",
+    "https://portal.contoso.test@evil.test/",  # user info
+    "https://user:pass@portal.contoso.test/",  # user info on the right host
+    "https://evil.test#@portal.contoso.test",
+    "https://evil.test?@portal.contoso.test",
+    "javascript:alert(1)",
+    "JavaScript://portal.contoso.test/%0Aalert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "/relative/path",
+    "relative",
+    "",
+    " https://portal.contoso.test/",  # leading space
+    "https://portal.contoso.test/ ",
+    "https://portal.contoso.test/\tx",  # browsers strip tabs and newlines
+    "https://portal.contoso.test/\nx",
+    "https://por\ttal.contoso.test/",
+    "https://portal.contoso.test/\x00",
+    "https://portal.contoso.test/\x7f",
+    "https://%2F%2Fevil.test/",  # encoded slashes as the host
+    "https://portal.contoso.test%2F%2Fevil.test/",
+    "https://portal.contoso.test%40evil.test/",
+    "https://portal.contoso.test:abc/",  # a port that is not one
+    "https://portal.contoso.test:99999/",
+    "https://\uff50ortal.contoso.test/",  # full-width 'p'
+    "https://portal.contoso.test\uff03@evil.test/",  # full-width '#' (NFKC)
+    "ftp://portal.contoso.test/",
+    "https://[::1]/",
+    "https://127.0.0.1/",
+    "https://portal.contoso.test/" + "a" * MAX_RETURN_TO,  # over-long
+], ids=repr)
+def test_return_to_not_exactly_on_an_allowed_origin_is_refused_with_400(url):
+    with pytest.raises(ReturnToNotAllowed) as caught:
+        check_return_to(url, ALLOWED)
+    assert caught.value.status == 400, f"a refused return_to {url!r} is a 400"
+    assert caught.value.reason == "return_to_not_allowed", "the audit reason names the return_to check"
+
+
+def test_return_to_at_the_length_limit_is_accepted_and_one_more_character_is_refused():
+    base = "https://portal.contoso.test/"
+    at_limit = base + "a" * (MAX_RETURN_TO - len(base))
+    assert check_return_to(at_limit, ALLOWED) == at_limit, f"a return_to of exactly {MAX_RETURN_TO} characters passes"
+    with pytest.raises(ReturnToNotAllowed):
+        check_return_to(at_limit + "a", ALLOWED)
+
+
+def test_return_to_is_refused_when_nothing_is_allowed():
+    with pytest.raises(ReturnToNotAllowed):
+        check_return_to("https://portal.contoso.test/", frozenset())
