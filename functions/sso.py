@@ -7,7 +7,7 @@ import azure.functions as func
 from shared.login import Callback, SsoService
 from shared.runtime import get_runtime
 
-from .http import authorization_response, cookies_of, guarded
+from .http import authorization_response, cookies_of, guarded, http_route
 
 bp = func.Blueprint()
 
@@ -16,13 +16,13 @@ def service() -> SsoService:
     return SsoService(get_runtime())
 
 
-@bp.route(route="sso/{kind}/login", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@http_route(bp, "sso/{kind}/login", ["GET"], func.AuthLevel.ANONYMOUS)
 def sso_login(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     kind = req.route_params.get("kind", "")
     return guarded(context, lambda cid: service().start_login(kind, req.params.get("return_to"), cid))
 
 
-@bp.route(route="sso/{kind}/callback", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@http_route(bp, "sso/{kind}/callback", ["GET", "POST"], func.AuthLevel.ANONYMOUS)
 def sso_callback(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     kind = req.route_params.get("kind", "")
 
@@ -36,12 +36,12 @@ def sso_callback(req: func.HttpRequest, context: func.Context) -> func.HttpRespo
     return guarded(context, handle)
 
 
-@bp.route(route="sso/{kind}/logout", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@http_route(bp, "sso/{kind}/logout", ["GET"], func.AuthLevel.ANONYMOUS)
 def sso_logout(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     kind = req.route_params.get("kind", "")
     return guarded(context, lambda cid: service().logout(kind, cid))
 
 
-@bp.route(route="sso/jwks.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@http_route(bp, "sso/jwks.json", ["GET"], func.AuthLevel.ANONYMOUS)
 def sso_jwks(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     return guarded(context, lambda cid: service().jwks(cid))

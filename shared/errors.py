@@ -65,6 +65,13 @@ class NotFound(SsoError):
     message = "There is no such page."
 
 
+class MethodNotAllowed(SsoError):
+    status = 405
+    reason = "method_not_allowed"
+    title = "Method not allowed"
+    message = "This address does not accept that kind of request."
+
+
 # 401: the identity could not be established
 class RedemptionFailed(SsoError):
     status = 401

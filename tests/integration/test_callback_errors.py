@@ -92,7 +92,9 @@ def test_disabled_account_is_403_and_email_is_matched_case_insensitively(browser
 
 def test_unknown_kind_is_404_and_wrong_method_405(app_server):
     assert requests.get(f"{APP_BASE}/api/sso/admin/login", allow_redirects=False).status_code == 404
-    assert requests.delete(f"{APP_BASE}/api/sso/user/login").status_code == 405
+    wrong = requests.delete(f"{APP_BASE}/api/sso/user/login")
+    assert wrong.status_code == 405 and wrong.headers["Allow"] == "GET"
+    assert correlation_id(wrong)
 
 
 def test_login_start_sets_the_flow_cookie_as_spec_says(browser_session):
