@@ -4,7 +4,11 @@ Settings are read on first use, never here: an exception at import shows in Azur
 
 import azure.functions as func
 
+from functions.maintenance import bp as maintenance
+from functions.ops import bp as ops
 from functions.sso import bp as sso
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(sso)
+app.register_functions(ops)
+app.register_functions(maintenance)

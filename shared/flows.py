@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableClient, TableTransactionError
 
 from .config import FLOW_TTL_SECONDS
 from .errors import BindingMismatch, FlowExpired, InvalidParameter, UnknownState
@@ -81,9 +81,14 @@ class FlowStore:
             raise BindingMismatch("browser-binding cookie missing" if not binding else "cookie of another flow")
         with storage_errors():
             try:
-                self._table.delete_entity(state, FLOW_ROW, etag=entity.metadata["etag"],
-                                          match_condition=MatchConditions.IfNotModified)
-            except (ResourceNotFoundError, ResourceModifiedError) as exc:
+                # A one-operation transaction, not delete_entity: delete_entity reports "not found" as
+                # success, so two racing callbacks would both have consumed the flow.
+                self._table.submit_transaction([("delete", {"PartitionKey": state, "RowKey": FLOW_ROW},
+                                                 {"etag": entity.metadata["etag"],
+                                                  "match_condition": MatchConditions.IfNotModified})])
+            except TableTransactionError as exc:
+                if exc.status_code not in (404, 412):  # gone, or changed: another callback took it
+                    raise
                 raise UnknownState("state already consumed by another callback") from exc
         expires_at = entity["ExpiresAt"]
         if expires_at <= now:

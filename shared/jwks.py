@@ -1,6 +1,6 @@
 """The IdP's signing keys, cached. An unknown `kid` triggers one refetch (a genuine rotation is
-picked up at once), at most one per `min_refetch_seconds` and shared by concurrent misses, so a
-stream of forged tokens cannot make us hammer the IdP; the set is refreshed at least daily."""
+picked up at once), at most one such refetch per `min_refetch_seconds`, shared by concurrent misses,
+so a stream of forged tokens cannot make us hammer the IdP; the set is refreshed at least daily."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class JwksCache:
         self._lock = threading.Lock()
         self._keys: list[tuple[jwt.PyJWK, str | None]] = []  # (key, the alg its JWK declares)
         self._fetched_at: float | None = None
+        self._miss_fetched_at: float | None = None  # last refetch caused by an unknown kid
         self.fetch_count = 0
 
     def _refresh_locked(self) -> None:
@@ -39,29 +40,39 @@ class JwksCache:
         self._fetched_at = self._clock()
         self.fetch_count += 1
 
-    def _current(self, *, refetch: bool) -> list[tuple[jwt.PyJWK, str | None]]:
+    def _current(self, *, refetch: bool) -> tuple[list[tuple[jwt.PyJWK, str | None]], bool]:
+        """The keys, and whether this call fetched them. Only refetches caused by an unknown kid are
+        rate-limited, so the first unknown kid after a routine fetch (a genuine rotation) refetches
+        at once, while a stream of unknown kids costs the IdP one fetch per `min_refetch_seconds`."""
         with self._lock:
             now = self._clock()
-            stale = self._fetched_at is None or now - self._fetched_at >= self._max_age
-            may_refetch = self._fetched_at is None or now - self._fetched_at >= self._min_refetch
-            if stale or (refetch and may_refetch):
+            if self._fetched_at is None or now - self._fetched_at >= self._max_age:
                 self._refresh_locked()
-            return self._keys
+                return self._keys, True
+            if refetch and (self._miss_fetched_at is None or now - self._miss_fetched_at >= self._min_refetch):
+                self._refresh_locked()
+                self._miss_fetched_at = now
+                return self._keys, True
+            return self._keys, False
 
     def signing_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
         """The key that signed a token with this header `kid` and `alg`. Raises InvalidIdToken('kid')
         when no key matches, or when the token has no `kid` and the set holds more than one key (trying
         each would let any key in the set vouch for any token; Entra always sends `kid`). A key whose
         JWK declares another `alg` never matches (no algorithm confusion)."""
-        for attempt in (False, True):
-            keys = [key for key, declared in self._current(refetch=attempt) if declared in (None, alg)]
-            if kid is None:
-                if len(keys) == 1:
-                    return keys[0]
-                if len(keys) > 1:
-                    raise InvalidIdToken("kid", f"no kid in the header and the IdP publishes {len(keys)} keys")
-            else:
-                for key in keys:
-                    if key.key_id == kid:
-                        return key
-        raise InvalidIdToken("kid", f"no key with kid {kid!r} in the IdP's JWKS")
+        keys, fetched = self._current(refetch=False)
+        found = self._match(keys, kid, alg)
+        if found is None and not fetched:  # keys fetched this very moment would not be newer
+            keys, _ = self._current(refetch=True)
+            found = self._match(keys, kid, alg)
+        if found is None:
+            raise InvalidIdToken("kid", f"no key with kid {kid!r} in the IdP's JWKS" if kid is not None
+                                 else "no kid in the header and the IdP does not publish exactly one key")
+        return found
+
+    @staticmethod
+    def _match(keys: list[tuple[jwt.PyJWK, str | None]], kid: str | None, alg: str) -> jwt.PyJWK | None:
+        usable = [key for key, declared in keys if declared in (None, alg)]
+        if kid is None:
+            return usable[0] if len(usable) == 1 else None
+        return next((key for key in usable if key.key_id == kid), None)

@@ -77,6 +77,7 @@ def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
 class Callback:
     params: dict[str, str]  # the authorization response: form body (form_post) or query (GET)
     cookies: dict[str, str]
+    consumed: bool = False  # set once the flow is taken out of the table
 
 
 def _is_false(value) -> bool:
@@ -134,8 +135,11 @@ class SsoService:
             detail = err.detail
         else:
             detail = ""
-        if kind in KINDS:
-            reply.cookies.append(flow_cookie(kind, "", 0))  # the flow is over, whatever its outcome
+        if callback.consumed:
+            # The flow is over, whatever the outcome. Only a callback that consumed the flow clears the
+            # cookie: a stranger's bogus callback (SameSite=None lets other sites send one) must not
+            # cancel a login the browser has under way.
+            reply.cookies.append(flow_cookie(kind, "", 0))
         event.status, event.elapsed_ms = reply.status, int((time.monotonic() - started) * 1000)
         reply = self._audit(event, reply, correlation_id)
         level = logging.INFO if event.outcome == "success" else logging.WARNING
@@ -167,6 +171,7 @@ class SsoService:
             self._check_iss_parameter(iss, metadata, settings)
         # 2. the flow: known, unused, unexpired, started by this browser; consumed now
         stored = self.deps.flows.consume(state, kind, callback.cookies.get(flow_cookie_name(kind)))
+        callback.consumed = True
         # 3. the code, redeemed by MSAL (PKCE verifier, MSAL's nonce check)
         result = self.deps.oidc.redeem(stored.flow, code, state)
         # 4. the ID token, validated by us

@@ -87,3 +87,102 @@ def redirect(location: str, cookies: list[str] | None = None) -> Reply:
 
 def json_reply(payload: dict, status: int = 200, cache: str = "no-store") -> Reply:
     return Reply(status, json.dumps(payload, indent=1), "application/json", security_headers(cache=cache))
+
+
+# ---- the operator's setup page (GET /api/sso/setup) -------------------------------------------------
+
+OPS_STYLE = STYLE + (
+    "body{max-width:64rem}table{border-collapse:collapse;width:100%;margin:.5rem 0 1rem}"
+    "th,td{text-align:left;vertical-align:top;padding:.35rem .5rem;border-bottom:1px solid #e0e0e0}"
+    ".copy{user-select:all;font-size:1.05rem}.st{font-weight:600;white-space:nowrap;padding:.1rem .4rem;"
+    "border-radius:.25rem}.ok{background:#dff6dd;color:#0e700e}.warn{background:#fff4ce;color:#835c00}"
+    ".fail{background:#fde7e9;color:#a4262c}.none{background:#f0f0f0;color:#555}"
+    ".summary{padding:.75rem 1rem;border-radius:.25rem}dt{font-weight:600;margin-top:.5rem}"
+)
+_LEVEL_LABELS = {"ok": "OK", "warn": "Warning", "fail": "Problem", "none": "Not checked"}
+
+
+def _ops_headers() -> dict:
+    """The security headers, with the setup page's own stylesheet allowed instead of the SSO pages'."""
+    headers = security_headers()
+    headers["Content-Security-Policy"] = headers["Content-Security-Policy"].replace(
+        _csp_hash(STYLE), _csp_hash(OPS_STYLE))
+    return headers
+
+
+def _status(level: str) -> str:
+    return f'<span class="st {level}">{_LEVEL_LABELS[level]}</span>'
+
+
+def _aadsts_links(codes) -> str:
+    return " ".join(f'<a href="#AADSTS{int(c)}">AADSTS{int(c)}</a>' for c in codes)
+
+
+def _check_rows(checks) -> str:
+    rows = []
+    for check in checks:
+        notes = []
+        if check.warning:
+            notes.append(f"<strong>{html.escape(check.warning)}</strong>")
+        if check.level == "fail" and check.fix:
+            notes.append(f"<strong>Fix:</strong> {html.escape(check.fix)}")
+        if check.aadsts and check.level in ("fail", "warn"):
+            notes.append(f"See {_aadsts_links(check.aadsts)}")
+        rows.append(f"<tr><td>{_status(check.level)}</td><th>{html.escape(check.title)}</th>"
+                    f"<td>{html.escape(check.detail)}{''.join(f'<br>{n}' for n in notes)}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def setup_page(report) -> Reply:
+    """The page an admin configures Entra from (a diagnostics.SetupReport): the redirect URIs to
+    paste, the token configuration, the live state red/amber/green with the fix of each red, and the
+    AADSTS hints. Every value is escaped; secret settings show only whether they are set."""
+    e = html.escape
+    levels = [c.level for c in report.all_checks]
+    fails, warns = levels.count("fail"), levels.count("warn")
+    if fails:
+        summary = (f'<p class="summary fail">{fails} problem{"s" if fails != 1 else ""}'
+                   f'{f", {warns} warning" + ("s" if warns != 1 else "") if warns else ""}: sign-in may not work '
+                   "until each red line is fixed.</p>")
+    elif warns:
+        summary = f'<p class="summary warn">Working, with {warns} warning{"s" if warns != 1 else ""}.</p>'
+    else:
+        summary = '<p class="summary ok">Everything checked is working.</p>'
+
+    uri_rows = "".join(
+        f"<tr><th>{label}</th><td>"
+        + (f'<code class="copy">{e(report.redirect_uris[kind])}</code>' if report.redirect_uris.get(kind)
+           else "<em>cannot be built yet</em>") + "</td></tr>"
+        for kind, label in (("user", "User Single Sign On URL"), ("agent", "Agent Single Sign On URL")))
+    client = f" (client ID <code>{e(report.client_id)}</code>)" if report.client_id else ""
+    setting_rows = "".join(
+        f"<tr><td>{_status('fail' if problem else 'ok') if name else _status('fail')}</td>"
+        f"<th>{e(name)}</th><td>{e(value)}{f'<br><strong>{e(problem)}</strong>' if problem else ''}</td></tr>"
+        for name, value, problem in report.settings_rows)
+    hints = "".join(f'<dt id="AADSTS{int(code)}">AADSTS{int(code)}</dt><dd>{e(text)}</dd>'
+                    for code, text in sorted(report.hints.items()))
+
+    body = (
+        "<h1>Portal SSO setup</h1>" + summary
+        + "<h2>1. Redirect URIs</h2>"
+        f"<p>In Entra ID &gt; App registrations &gt; your app{client} &gt; Authentication &gt; Web &gt; "
+        "Redirect URIs, add both, exactly as shown:</p>"
+        f"<table>{uri_rows}</table>"
+        + (f"<p><small>{e(report.redirect_note)}</small></p>" if report.redirect_note else "")
+        + "<h2>2. Token configuration</h2>"
+        "<p>In the same app registration, Token configuration &gt; Add optional claim:</p><ul>"
+        "<li><strong>ID</strong> token: <code>email</code> (required: accounts are found by email). When Entra "
+        "asks, turn on the Microsoft Graph <code>email</code> permission.</li>"
+        "<li><strong>Access</strong> token: <code>email</code>.</li>"
+        "<li><strong>ID</strong> token: <code>xms_edov</code> (recommended: tells whether the email's domain is "
+        "verified; a token saying it is not is refused).</li></ul>"
+        "<h2>3. Live state</h2>" + _check_rows([report.settings_check, *report.checks])
+        + "<h2>4. Last sign-ins</h2>" + _check_rows(report.sign_ins)
+        + "<h2>5. Settings</h2><table>" + setting_rows + "</table>"
+        + "<h2>6. Entra (AADSTS) errors and their fixes</h2><dl>" + hints + "</dl>"
+    )
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'content="width=device-width,initial-scale=1"><meta name="referrer" content="no-referrer">'
+            f'<meta name="robots" content="noindex"><title>Portal SSO setup</title><style>{OPS_STYLE}</style>'
+            f"</head><body>{body}</body></html>")
+    return Reply(200, page, headers=_ops_headers())

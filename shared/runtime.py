@@ -24,6 +24,7 @@ from .tables import ACCOUNTS_TABLE, EVENTS_TABLE, FLOWS_TABLE, Tables
 from .vault import CachedSecret, KeyVaultReader, SettingsReader
 
 METADATA_MAX_AGE = 24 * 3600
+CREDENTIAL_RETRIES = 2
 
 
 class Runtime:
@@ -40,6 +41,11 @@ class Runtime:
         self._credential = None
         self._metadata: tuple[float, ProviderMetadata] | None = None
         self._signer: tuple[tuple, SessionSigner] | None = None
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The raw settings (the setup page shows the non-secret ones even when they do not load)."""
+        return self._env
 
     @property
     def settings(self) -> Settings:
@@ -146,9 +152,13 @@ def _default_credential():
     from azure.identity import DefaultAzureCredential
 
     # Interactive and shared-cache sources make no sense in a function app; the managed identity (or
-    # a developer's az login) is what signs us in to Key Vault and Table Storage.
+    # a developer's az login) is what signs us in to Key Vault and Table Storage. Few, quick retries
+    # (the SDK's default spends ~5 s on a failing identity endpoint): a browser is waiting, and a
+    # 503 with Retry-After serves it better than a long stall. The token is cached once obtained, so
+    # this matters only when the identity endpoint is failing.
     return DefaultAzureCredential(exclude_interactive_browser_credential=True,
-                                  exclude_shared_token_cache_credential=True)
+                                  exclude_shared_token_cache_credential=True,
+                                  retry_total=CREDENTIAL_RETRIES, retry_backoff_factor=0.2)
 
 
 _runtime: Runtime | None = None

@@ -183,3 +183,14 @@ def test_missing_settings_are_all_named_on_one_page(use_settings):
     for name in ("OIDC_CLIENT_ID", "PORTAL_AGENT_URL", "PUBLIC_BASE_URL"):
         assert name in response.text
     assert correlation_id(response)
+
+
+def test_a_strangers_bogus_callback_does_not_clear_the_cookie_of_a_login_under_way(browser_session, idp):
+    action, fields = idp_answer(browser_session, APP_BASE, "user", DEMO_USER)
+    bogus = browser_session.post(CALLBACK, data={"code": "x", "state": "SomeoneElses1234", "iss": idp.issuer})
+    assert bogus.status_code == 400
+    assert "Set-Cookie" not in bogus.headers, "a callback that consumed no flow leaves the flow cookie alone"
+    finished = browser_session.post(action, data=fields)
+    assert finished.status_code == 200, "the real login still completes"
+    assert "__Host-portal-sso-user=;" in finished.headers["Set-Cookie"] and "Max-Age=0" in finished.headers[
+        "Set-Cookie"], "a consumed flow's cookie is cleared"

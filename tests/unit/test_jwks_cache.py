@@ -175,3 +175,14 @@ def test_keys_that_cannot_be_parsed_are_skipped_and_the_others_still_serve(jwks_
     idp, t = FakeIdp(broken, unknown_type, jwks_a), [1000.0]
     cache = cache_for(idp, t)
     assert cache.signing_key("kid-a", "RS256").key_id == "kid-a", "a broken key does not take the set down"
+
+
+def test_rotation_right_after_a_routine_fetch_is_picked_up_at_once(jwks_a, jwks_b):
+    idp, t = FakeIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    cache.signing_key("kid-a", "RS256")  # a routine fetch
+    t[0] += 1
+    idp.keys = [jwks_b, jwks_a]  # the IdP rotates a second later
+    assert cache.signing_key("kid-b", "RS256").key_id == "kid-b", \
+        "only refetches caused by unknown kids are rate-limited, so a rotation never waits 5 s"
+    assert idp.calls == 2

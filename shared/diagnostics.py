@@ -1,0 +1,328 @@
+"""What an operator needs to see: the live state of every setting and dependency, as checks
+({name, ok, detail, fix}), for the setup page (`GET /api/sso/setup`) and the readiness probe
+(`GET /api/health`).
+
+Cheap by design: the IdP's metadata, the secrets and the signing key come from the runtime's caches
+(read once, then reused), the token endpoint is never called, and tables cost one round trip. No
+secret value is ever put in a check: secrets are named, and described by version and expiry only."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cryptography import x509
+
+from . import pages
+from .aadsts import HINTS
+from .config import KINDS, Settings, _https_url
+from .errors import ConfigurationError, DependencyUnavailable, SsoError
+
+log = logging.getLogger("portal_sso.diagnostics")
+
+SECRET_WARNING_DAYS = 30
+HEALTH_CHECKS = ("idp_metadata", "client_secret", "signing_key", "tables")
+
+# The settings the setup page lists, in the order of the README; the secret ones show only "set".
+SETTINGS_SHOWN = ("OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "KEY_VAULT_URL", "OIDC_CLIENT_SECRET_NAME",
+                  "OIDC_CLIENT_CERTIFICATE_NAME", "SESSION_SIGNING_KEY_NAME", "OIDC_CLIENT_SECRET",
+                  "OIDC_CLIENT_CERTIFICATE", "SESSION_SIGNING_KEY", "TABLES_CONNECTION_STRING", "TABLES_ENDPOINT",
+                  "PORTAL_USER_URL", "PORTAL_AGENT_URL", "PORTAL_ALLOWED_RETURN_ORIGINS", "PUBLIC_BASE_URL",
+                  "ALLOWED_TENANT_IDS", "SESSION_TOKEN_AUDIENCE", "SESSION_TOKEN_ISSUER",
+                  "SESSION_TOKEN_TTL_SECONDS", "SECRET_CACHE_SECONDS", "SIGNIN_EVENTS_RETENTION_DAYS")
+SECRET_SETTINGS = frozenset({"OIDC_CLIENT_SECRET", "OIDC_CLIENT_CERTIFICATE", "SESSION_SIGNING_KEY",
+                             "TABLES_CONNECTION_STRING"})  # a connection string holds the account key
+
+# A failed sign-in's reason that an admin can fix, with the fix and the AADSTS codes to read about.
+REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
+    "no_email_claim": ("Add the 'email' optional claim (ID token) under Token configuration, and let Entra "
+                       "turn on the Microsoft Graph email permission.", ()),
+    "code_redemption_failed": ("The IdP refused our client credential or the code: check the client secret "
+                               "in Key Vault is the current one.", (7000215, 7000222, 700016)),
+    "idp_error": ("The IdP refused the sign-in; its AADSTS code names the fix.", (50011, 50105, 65001, 50020)),
+    "tenant_not_allowed": ("Add the person's tenant to ALLOWED_TENANT_IDS if they should enter.", ()),
+    "email_unverified": ("Entra marks this person's email as unverified (xms_edov false): use a verified "
+                         "domain for their email.", ()),
+}
+
+
+@dataclass
+class Check:
+    """One line of the state: `ok` False is red; ok with a `warning` is amber."""
+
+    name: str
+    title: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+    warning: str = ""
+    aadsts: tuple[int, ...] = ()  # codes whose hints help with this check
+    data: dict = field(default_factory=dict)  # extra members of the health JSON
+    checked: bool = True  # False: not run because something it needs failed
+
+    @property
+    def level(self) -> str:
+        if not self.checked:
+            return "none"
+        return "fail" if not self.ok else "warn" if self.warning else "ok"
+
+    def as_json(self) -> dict:
+        out = {"ok": self.ok, "detail": self.detail, "warning": self.warning or None, **self.data}
+        if not self.ok and self.fix:
+            out["fix"] = self.fix
+        return out
+
+
+def _failure(name: str, title: str, exc: Exception, fix: str = "", aadsts: tuple[int, ...] = ()) -> Check:
+    """A check that raised: the safe description of why (error details name URLs, settings and
+    secret names, never secret values)."""
+    if isinstance(exc, ConfigurationError):
+        return Check(name, title, False, "; ".join(exc.problems), fix or "Fix the setting named above.", aadsts=aadsts)
+    if isinstance(exc, DependencyUnavailable):
+        return Check(name, title, False, f"unreachable: {exc.detail}", fix, aadsts=aadsts)
+    if isinstance(exc, SsoError):
+        return Check(name, title, False, exc.reason, fix, aadsts=aadsts)
+    log.exception("diagnostics: check %s failed", name)
+    return Check(name, title, False, f"unexpected error ({type(exc).__name__}); see the log", fix, aadsts=aadsts)
+
+
+def _run(name: str, title: str, probe: Callable[[], Check], fix: str = "", aadsts: tuple[int, ...] = ()) -> Check:
+    try:
+        return probe()
+    except Exception as exc:  # a check reports; it never breaks the page
+        return _failure(name, title, exc, fix, aadsts)
+
+
+# ---- the checks --------------------------------------------------------------------------------------
+
+
+def check_settings(runtime) -> tuple[Check, Settings | None]:
+    try:
+        settings = runtime.settings
+    except ConfigurationError as err:
+        return Check("settings", "Settings", False, " ".join(err.problems),
+                     "Fix each setting listed under Settings, then reload this page (no restart needed).",
+                     data={"problems": list(err.problems)}), None
+    return Check("settings", "Settings", True, "all settings load"), settings
+
+
+def check_idp_metadata(runtime) -> Check:
+    def probe() -> Check:
+        metadata = runtime.metadata()
+        return Check("idp_metadata", "Identity provider metadata", True,
+                     f"issuer {metadata.issuer}, read from {metadata.discovered_from}",
+                     data={"issuer": metadata.issuer, "discovered_from": metadata.discovered_from})
+
+    return _run("idp_metadata", "Identity provider metadata", probe,
+                "Set OIDC_ISSUER_URL to the app registration's 'OpenID Connect metadata document' URL "
+                "(Overview > Endpoints), and check the app can reach it.")
+
+
+def _certificate_expiry(pem: str) -> datetime | None:
+    try:
+        return x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
+    except ValueError:
+        return None
+
+
+def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
+    certificate = settings.uses_certificate
+    what = "client certificate" if certificate else "client secret"
+    title = "Client certificate" if certificate else "Client secret"
+
+    def probe() -> Check:
+        secret = runtime.client_credential.get()
+        if secret.source == "key vault":
+            where = f"Key Vault secret '{runtime.client_credential.name}'"
+            where += f", version {secret.version}" if secret.version else ""
+        else:
+            where = f"{secret.source} (local development only)"
+        expires = _certificate_expiry(secret.value) if certificate else secret.expires_on
+        if expires is None:
+            note = ("" if secret.source != "key vault" else
+                    "; no expiry date on the secret: set it to the Entra secret's, so this page and "
+                    "/api/health can warn before it runs out")
+            return Check("client_secret", title, True, f"readable, from {where}{note}",
+                         data={"days_to_expiry": None, "expires_on": None})
+        days = math.floor((expires - now).total_seconds() / 86400)
+        data = {"days_to_expiry": days, "expires_on": expires.isoformat()}
+        detail = f"readable, from {where}; expires {expires:%Y-%m-%d} ({days} days)"
+        if days < 0:
+            return Check("client_secret", title, False, f"{where}: expired on {expires:%Y-%m-%d}",
+                         f"Create a new {what} under Certificates & secrets and store it in Key Vault as a "
+                         "new version (with its expiry date); the app picks it up without a restart.",
+                         aadsts=(7000222,), data=data)
+        warning = (f"the {what} expires in {days} days ({expires:%Y-%m-%d}): create a new one and store it "
+                   "in Key Vault before then" if days < SECRET_WARNING_DAYS else "")
+        return Check("client_secret", title, True, detail, warning=warning, aadsts=(7000222,) if warning else (),
+                     data=data)
+
+    return _run("client_secret", title, probe,
+                f"Store the {what} in Key Vault under the name the settings give, and grant the app's managed "
+                "identity the 'Key Vault Secrets User' role.", (7000215,))
+
+
+def check_signing_key(runtime) -> Check:
+    def probe() -> Check:
+        signer = runtime.signer()
+        kids = [key.kid for key in signer.keys]
+        return Check("signing_key", "Session signing key", True,
+                     f"kid {signer.current.kid} ({signer.current.alg}); {len(kids)} key(s) in the JWKS",
+                     data={"kid": signer.current.kid, "alg": signer.current.alg, "keys": len(kids)})
+
+    return _run("signing_key", "Session signing key", probe,
+                "Store the session-signing private key (PEM, RSA 2048+ or EC P-256) in Key Vault under "
+                "SESSION_SIGNING_KEY_NAME (default session-signing-key).")
+
+
+def check_tables(runtime) -> Check:
+    def probe() -> Check:
+        runtime.tables.ping()
+        return Check("tables", "Table Storage", True, "reachable")
+
+    return _run("tables", "Table Storage", probe,
+                "Check TABLES_CONNECTION_STRING or TABLES_ENDPOINT, that the storage account is running, and "
+                "that the app's managed identity has 'Storage Table Data Contributor' on it.")
+
+
+def health_checks(runtime, now: datetime | None = None) -> tuple[Check, list[Check]]:
+    """(settings check, the dependency checks); the dependency checks are not run (not ok, not
+    checked) when the settings do not load."""
+    now = now or datetime.now(UTC)
+    settings_check, settings = check_settings(runtime)
+    if settings is None:
+        skipped = {"idp_metadata": "Identity provider metadata", "client_secret": "Client secret",
+                   "signing_key": "Session signing key", "tables": "Table Storage"}
+        return settings_check, [Check(name, title, False, "not checked: the settings have problems", checked=False)
+                                for name, title in skipped.items()]
+    return settings_check, [check_idp_metadata(runtime), check_client_secret(runtime, settings, now),
+                            check_signing_key(runtime), check_tables(runtime)]
+
+
+def last_sign_ins(runtime, unavailable: str = "") -> list[Check]:
+    """The newest sign-in of each kind (last 7 days): its outcome, and whether its ID token carried
+    the email claim. With `unavailable` (why the events cannot be read), nothing is read."""
+    checks = []
+    for kind in KINDS:
+        title = f"Last {kind} sign-in"
+        if unavailable:
+            checks.append(Check(f"last_{kind}", title, False, f"not checked: {unavailable}", checked=False))
+            continue
+        try:
+            row = runtime.events.latest(kind)
+        except Exception as exc:
+            checks.append(_failure(f"last_{kind}", title, exc))
+            continue
+        if row is None:
+            checks.append(Check(f"last_{kind}", title, True, "no sign-in in the last 7 days", checked=False))
+            continue
+        at = row.get("At")
+        when = at.strftime("%Y-%m-%d %H:%M UTC") if isinstance(at, datetime) else "unknown time"
+        had_email = row.get("HadEmailClaim")
+        email_text = {True: "yes", False: "no"}.get(had_email, "not reached")
+        reason = str(row.get("Reason") or "")
+        detail = f"{when}: {row.get('Outcome', '?')} ({reason or '?'}), HTTP {row.get('Status', '?')}; " \
+                 f"email claim in the token: {email_text}"
+        data = {"outcome": row.get("Outcome"), "reason": reason, "had_email_claim": had_email, "at": when}
+        if row.get("Outcome") == "success":
+            checks.append(Check(f"last_{kind}", title, True, detail, data=data))
+        elif had_email is False or reason in ("no_email_claim", "code_redemption_failed"):
+            fix, codes = REASON_FIXES.get(reason, REASON_FIXES["no_email_claim"])
+            checks.append(Check(f"last_{kind}", title, False, detail, fix, aadsts=codes, data=data))
+        else:  # a person without an account, a cancelled login...: worth a look, not a broken setup
+            fix, codes = REASON_FIXES.get(reason, ("", ()))
+            checks.append(Check(f"last_{kind}", title, True, detail, warning=f"the last {kind} sign-in failed: "
+                                f"{reason}" + (f". {fix}" if fix else ""), aadsts=codes, data=data))
+    return checks
+
+
+# ---- what the routes answer --------------------------------------------------------------------------
+
+
+def health(runtime, now: datetime | None = None) -> pages.Reply:
+    """`{"status": "ready"|"unavailable", "checks": {...}}`: 200 when every check is ok (warnings
+    included), else 503."""
+    settings_check, checks = health_checks(runtime, now)
+    ready = settings_check.ok and all(c.ok for c in checks)
+    payload = {"status": "ready" if ready else "unavailable",
+               "checks": {c.name: c.as_json() for c in (settings_check, *checks)}}
+    reply = pages.json_reply(payload, 200 if ready else 503)
+    if not ready:
+        reply.headers["Retry-After"] = "30"
+    return reply
+
+
+@dataclass
+class SetupReport:
+    redirect_uris: dict[str, str | None]
+    redirect_note: str
+    client_id: str
+    settings_rows: list[tuple[str, str, str]]  # (name, value as shown, problem or "")
+    settings_check: Check
+    checks: list[Check]
+    sign_ins: list[Check]
+    hints: Mapping[int, str]
+
+    @property
+    def all_checks(self) -> list[Check]:
+        return [self.settings_check, *self.checks, *self.sign_ins]
+
+
+def _shown_value(name: str, env: Mapping[str, str], settings: Settings | None) -> str:
+    raw = (env.get(name) or "").strip()
+    if name in SECRET_SETTINGS:
+        return "set (value hidden)" if raw else "not set"
+    if raw:
+        return raw
+    defaults = {}
+    if settings is not None:
+        defaults = {"OIDC_CLIENT_SECRET_NAME": settings.client_secret_name,
+                    "SESSION_SIGNING_KEY_NAME": settings.signing_key_name,
+                    "PUBLIC_BASE_URL": settings.public_base_url, "SESSION_TOKEN_AUDIENCE": settings.session_audience,
+                    "SESSION_TOKEN_ISSUER": settings.session_issuer,
+                    "SESSION_TOKEN_TTL_SECONDS": str(settings.session_ttl),
+                    "SECRET_CACHE_SECONDS": str(settings.secret_cache_seconds),
+                    "SIGNIN_EVENTS_RETENTION_DAYS": str(settings.events_retention_days),
+                    "PORTAL_ALLOWED_RETURN_ORIGINS": ", ".join(sorted(settings.allowed_return_origins))}
+    return f"not set (using {defaults[name]})" if defaults.get(name) else "not set"
+
+
+def _redirect_uris(env: Mapping[str, str], settings: Settings | None) -> tuple[dict[str, str | None], str]:
+    if settings is not None:
+        return {kind: settings.redirect_uri(kind) for kind in KINDS}, ""
+    # The settings do not load, but the URIs need only the base URL: show them if it is usable.
+    base = (env.get("PUBLIC_BASE_URL") or "").strip().rstrip("/")
+    if not base and (env.get("WEBSITE_HOSTNAME") or "").strip():
+        base = f"https://{env['WEBSITE_HOSTNAME'].strip()}"
+    if base and _https_url(base):
+        return {kind: f"{base}/api/sso/{kind}/callback" for kind in KINDS}, \
+            "Built from PUBLIC_BASE_URL; other settings still have problems (below)."
+    return {kind: None for kind in KINDS}, "Set PUBLIC_BASE_URL (the app's https:// address) to get them."
+
+
+def setup_report(runtime, now: datetime | None = None) -> SetupReport:
+    env = runtime.env
+    settings_check, checks = health_checks(runtime, now)
+    settings = None if not settings_check.ok else runtime.settings
+    problems = settings_check.data.get("problems", [])
+    rows = []
+    for name in SETTINGS_SHOWN:
+        related = [p for p in problems if p.split(":", 1)[0].strip() == name or p.startswith(f"{name} ")]
+        rows.append((name, _shown_value(name, env, settings), " ".join(related)))
+    unplaced = [p for p in problems if not any(n == p.split(":", 1)[0].strip() or p.startswith(f"{n} ")
+                                               for n in SETTINGS_SHOWN)]
+    rows += [("", "", p) for p in unplaced]
+    tables_ok = next((c.ok for c in checks if c.name == "tables"), False)
+    unavailable = ("the settings have problems" if settings is None else
+                   "" if tables_ok else "Table Storage is unreachable")
+    uris, note = _redirect_uris(env, settings)
+    return SetupReport(redirect_uris=uris, redirect_note=note, client_id=(env.get("OIDC_CLIENT_ID") or "").strip(),
+                       settings_rows=rows, settings_check=settings_check, checks=checks,
+                       sign_ins=last_sign_ins(runtime, unavailable), hints=HINTS)
+
+
+def setup(runtime, now: datetime | None = None) -> pages.Reply:
+    return pages.setup_page(setup_report(runtime, now))

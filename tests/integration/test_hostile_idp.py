@@ -1,0 +1,562 @@
+"""A hostile IdP against the real app (tools.host, MSAL, Azurite): no forged, replayed, misdirected or
+borrowed identity gets a session token.
+
+Every refused case seeds a real, enabled account for the token's email, so the check under test is the
+only thing between the attacker and a session; each asserts SPEC's status, that the page holds no
+session token and no JWT, that it names a correlation id, and that a SignInEvents row with that id and
+the expected reason was written before the answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import inspect
+import re
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from azure.data.tables import UpdateMode
+
+from shared.audit import day_key
+from shared.config import origin_of
+from shared.errors import UnknownState
+from shared.flows import FlowStore, new_binding
+from shared.jwks import JwksCache
+from shared.tables import EVENTS_TABLE, FLOWS_TABLE
+from tests.conftest import APP_BASE, PORTAL_URLS, REDIRECT_URIS
+from tests.support.hostile_idp import HostileIdp, SigningKey
+from tests.support.portal import TIMEOUT, correlation_id, delivered, start_login, verify_session_token
+
+TENANT = "d2a7c9e1-4b3f-4e8a-9c61-5f0b7e2d8a34"
+OTHER_TENANT = "7f3e1a9c-2d4b-4c8e-b1a5-9e6d0c2f4b17"
+CLIENT_ID = "b8e4f2a1-9c3d-4e7b-a5f6-1d2c3b4a5e6f"
+CLIENT_SECRET = "hostile-idp-client-secret"
+PORTAL_ORIGIN = origin_of(PORTAL_URLS["user"])  # the portal origin the app serves (conftest picks it)
+JWT_LIKE = re.compile(r"eyJ[\w-]+\.[\w-]+\.")
+# The app's JWKS cache refetches on an unknown kid at most once per this window.
+JWKS_MIN_REFETCH_SECONDS = inspect.signature(JwksCache).parameters["min_refetch_seconds"].default
+
+
+# ---- fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def hostile(test_ca):
+    idp = HostileIdp(test_ca, tenant=TENANT, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                     redirect_uris=REDIRECT_URIS.values()).start()
+    try:
+        yield idp
+    finally:
+        idp.stop()
+
+
+def switch_to(hostile: HostileIdp, use_settings, **changes):
+    """Serves the app with the hostile IdP as its issuer; returns the app's new Runtime."""
+    settings = {"OIDC_ISSUER_URL": hostile.issuer, "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_CLIENT_SECRET": CLIENT_SECRET,
+                **changes}
+    return use_settings(**settings)
+
+
+@pytest.fixture
+def app(hostile, use_settings):
+    """The app, switched to an honest-again hostile IdP, with a fresh Runtime (fresh JWKS cache)."""
+    hostile.reset()
+    return switch_to(hostile, use_settings)
+
+
+@dataclass
+class Person:
+    email: str
+    oid: str
+    account_id: str
+
+    @property
+    def claims(self) -> dict:
+        return {"email": self.email, "oid": self.oid, "name": "Test Person", "preferred_username": self.email}
+
+
+def new_person(account_store, kind: str = "user") -> Person:
+    """A person of the hostile IdP's tenant with an enabled, unlinked portal account of `kind`."""
+    tag = uuid.uuid4().hex[:12]
+    person = Person(email=f"p-{tag}@contoso.test", oid=str(uuid.uuid4()), account_id=f"H-{tag}")
+    account_store.add(person.email, kind, person.account_id, "Test Person")
+    return person
+
+
+@pytest.fixture
+def person(account_store) -> Person:
+    return new_person(account_store)
+
+
+def begin(hostile: HostileIdp, kind: str = "user", session: requests.Session | None = None,
+          **params: str) -> tuple[requests.Session, dict[str, str]]:
+    """Login start in a browser-like session and the IdP's answer: (session, callback fields)."""
+    session = session or requests.Session()
+    return session, hostile.authorize(session, start_login(session, APP_BASE, kind, **params))
+
+
+def post_callback(session: requests.Session, fields: dict[str, str], kind: str = "user") -> requests.Response:
+    return session.post(f"{APP_BASE}/api/sso/{kind}/callback", data=fields, allow_redirects=False, timeout=TIMEOUT)
+
+
+def post_with_cookie(fields: dict[str, str], cookie: str, kind: str = "user") -> requests.Response:
+    """A callback carrying exactly this binding cookie (a copy of a browser's, or none when empty)."""
+    headers = {"Cookie": f"__Host-portal-sso-{kind}={cookie}"} if cookie else {}
+    return requests.post(f"{APP_BASE}/api/sso/{kind}/callback", data=fields, headers=headers,
+                         allow_redirects=False, timeout=TIMEOUT)
+
+
+def sign_in(hostile: HostileIdp, kind: str = "user") -> requests.Response:
+    session, fields = begin(hostile, kind)
+    return post_callback(session, fields, kind)
+
+
+def cookie_of(session: requests.Session, kind: str = "user") -> str:
+    value = session.cookies.get(f"__Host-portal-sso-{kind}")
+    assert value, "login start must set the browser-binding cookie"
+    return value
+
+
+def assert_signed_in(response: requests.Response, person: Person) -> dict:
+    assert response.status_code == 200, f"expected a session: {response.status_code} {response.text[:600]}"
+    action, fields = delivered(response)
+    assert action == PORTAL_URLS["user"]
+    claims = verify_session_token(fields["session_token"], APP_BASE, audience=PORTAL_ORIGIN)
+    assert claims["sub"] == person.account_id, "the session is for the seeded account"
+    assert claims["idp_sub"] == f"{TENANT}:{person.oid}", "the session names the person who signed in"
+    return fields
+
+
+def audit_row(runtime, cid: str) -> dict:
+    """The SignInEvents row of this correlation id (PartitionKey: its UTC day; RowKey ends -{cid})."""
+    table = runtime.tables.client(EVENTS_TABLE)
+    now = datetime.now(UTC)
+    rows = []
+    for day in sorted({day_key(now), day_key(now - timedelta(minutes=10))}):
+        rows += table.query_entities("PartitionKey eq @day and CorrelationId eq @cid",
+                                     parameters={"day": day, "cid": cid})
+    assert len(rows) == 1, f"exactly one audit row per callback, found {len(rows)} for {cid}"
+    row = dict(rows[0])
+    assert row["RowKey"].endswith(f"-{cid}")
+    assert not JWT_LIKE.search(repr(row)), "an audit row never holds a token"
+    return row
+
+
+def assert_refused(response: requests.Response, status: int, reason: str, runtime) -> dict:
+    """SPEC's status, no token anywhere in the answer, a correlation id, and its audit row."""
+    text = response.text
+    assert response.status_code == status, f"expected {status} {reason}: {response.status_code} {text[:800]}"
+    assert 'name="session_token"' not in text, "a refused login must not deliver a session token"
+    everything = text + "".join(f"{k}: {v}\n" for k, v in response.headers.items())
+    assert not JWT_LIKE.search(everything), "no JWT (ID token or session token) may appear in a refusal"
+    assert response.headers.get("Cache-Control") == "no-store"
+    assert f"<code>{reason}</code>" in text, f"the page names reason {reason}"
+    row = audit_row(runtime, correlation_id(response))
+    assert (row["Outcome"], row["Reason"], row["Status"]) == ("failure", reason, status), row
+    return row
+
+
+def flow_row_exists(runtime, state: str) -> bool:
+    return any(True for _ in runtime.tables.client(FLOWS_TABLE).query_entities(
+        "PartitionKey eq @state", parameters={"state": state}))
+
+
+def flow_count(runtime) -> int:
+    return sum(1 for _ in runtime.tables.client(FLOWS_TABLE).list_entities(select=["PartitionKey"]))
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---- forged ID tokens: 401 (SPEC: "the ID token fails validation")
+
+
+def _expired():
+    now = int(time.time())
+    return {"claims": {"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}}
+
+
+FORGED = [
+    # Signed by the attacker's key, claiming the IdP's kid.
+    pytest.param(lambda idp: {"key": SigningKey.generate(kid=idp.signing_key.kid)}, "id_token_signature",
+                 id="bad-rs256-signature"),
+    pytest.param(lambda idp: {"alg": "none"}, "id_token_alg", id="alg-none"),
+    # A critical extension we do not understand (PyJWT already refuses it when reading the header).
+    pytest.param(lambda idp: {"header": {"crit": ["exp"]}}, "id_token_format", id="crit-header"),
+    # The algorithm-confusion attack: HMAC keyed by the IdP's public key, which anyone can fetch.
+    pytest.param(lambda idp: {"alg": "HS256", "hmac_secret": idp.signing_key.public_pem()}, "id_token_alg",
+                 id="hs256-keyed-with-public-pem"),
+    pytest.param(lambda idp: {"claims": {"iss": f"https://evil.test/{TENANT}/v2.0"}}, "id_token_iss", id="wrong-iss"),
+    pytest.param(lambda idp: {"claims": {"aud": "00000000-0000-4000-8000-0000000000ad"}}, "id_token_aud",
+                 id="wrong-aud"),
+    # Several audiences, one of them us, and no azp naming us (OIDC Core 3.1.3.7 steps 4-5).
+    pytest.param(lambda idp: {"claims": {"aud": [CLIENT_ID, "00000000-0000-4000-8000-0000000000ad"]}},
+                 "id_token_azp", id="aud-list-without-azp"),
+    pytest.param(lambda idp: {"claims": {"iat": None}}, "id_token_iat", id="missing-iat"),
+    # Unexpired, but minted an hour ago: not this login's token.
+    pytest.param(lambda idp: {"claims": {"iat": int(time.time()) - 3600, "nbf": int(time.time()) - 3600}},
+                 "id_token_iat", id="iat-an-hour-old"),
+    pytest.param(lambda idp: {"claims": {"sub": None}}, "id_token_sub", id="missing-sub"),
+    pytest.param(lambda idp: _expired(), "id_token_exp", id="expired"),
+    pytest.param(lambda idp: {"claims": {"nbf": int(time.time()) + 3600}}, "id_token_nbf", id="nbf-in-future"),
+    # MSAL checks the nonce first and raises RuntimeError; the app turns it into id_token_nonce.
+    pytest.param(lambda idp: {"claims": {"nonce": sha256_hex(secrets.token_urlsafe(16))}}, "id_token_nonce",
+                 id="nonce-mismatch"),
+    # Our choice: with several keys published, a token without kid is refused rather than tried
+    # against each key (that would let any published key vouch for any token; Entra always sends kid).
+    pytest.param(lambda idp: (idp.add_key(), {"header": {"kid": None}})[1], "id_token_kid",
+                 id="no-kid-several-keys"),
+]
+
+
+@pytest.mark.parametrize(("forge", "reason"), FORGED)
+def test_forged_id_token_is_refused(hostile, app, person, forge, reason):
+    script = forge(hostile)
+    hostile.answer(**{**script, "claims": {**person.claims, **script.get("claims", {})}})
+    assert_refused(sign_in(hostile), 401, reason, app)
+
+
+def test_no_kid_with_a_single_published_key_is_accepted(hostile, app, person):
+    hostile.answer(claims=person.claims, header={"kid": None})
+    assert_signed_in(sign_in(hostile), person)
+
+
+# ---- authenticated but may not enter: 403
+
+
+NOT_ALLOWED = [
+    pytest.param({"tid": OTHER_TENANT}, "tenant_not_allowed", id="tid-not-allowed"),
+    pytest.param({"xms_edov": False}, "email_unverified", id="xms_edov-false"),
+    pytest.param({"email_verified": False}, "email_unverified", id="email_verified-false"),
+    pytest.param({"email": None}, "no_email_claim", id="no-email"),
+]
+
+
+@pytest.mark.parametrize(("change", "reason"), NOT_ALLOWED)
+def test_person_who_may_not_enter_is_refused(hostile, app, person, change, reason):
+    hostile.answer(claims={**person.claims, **change})
+    assert_refused(sign_in(hostile), 403, reason, app)
+
+
+def test_another_person_with_a_linked_accounts_email_is_refused(hostile, app, person):
+    """nOAuth: a second person (other oid) whose IdP says they have the email of a linked account."""
+    hostile.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile), person)  # links the account to the first person
+
+    intruder = {**person.claims, "oid": str(uuid.uuid4()), "name": "Intruder"}
+    hostile.answer(claims=intruder)
+    row = assert_refused(sign_in(hostile), 403, "identity_mismatch", app)
+    assert row["IdpSubject"] == f"{TENANT}:{intruder['oid']}", "the audit row names who tried"
+
+    hostile.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile), person)  # the linked person still gets in
+
+
+# ---- the authorization response's iss parameter (RFC 9207): 400
+
+
+def test_iss_parameter_that_is_not_the_issuer_is_refused(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    fields["iss"] = f"https://127.0.0.1:1/{TENANT}/v2.0"
+    response = post_callback(session, fields)
+    assert_refused(response, 400, "authorization_response_iss_mismatch", app)
+    assert hostile.token_requests == [], "a mixed-up response's code is never redeemed"
+
+
+def test_missing_iss_parameter_while_advertised_is_refused(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    del fields["iss"]
+    assert_refused(post_callback(session, fields), 400, "authorization_response_iss_mismatch", app)
+    assert hostile.token_requests == []
+
+
+def test_missing_iss_parameter_is_fine_when_the_idp_does_not_advertise_it(hostile, app, person):
+    hostile.advertise_iss = False  # before the app's first request: its Runtime discovers lazily
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    assert "iss" not in fields
+    assert_signed_in(post_callback(session, fields), person)
+
+
+# ---- the token endpoint refuses us: 401
+
+
+def test_invalid_client_secret_is_401_with_the_aadsts_hint(hostile, use_settings, person):
+    hostile.reset()
+    runtime = switch_to(hostile, use_settings, OIDC_CLIENT_SECRET="the-secret-id-not-its-value")
+    hostile.answer(claims=person.claims)
+    response = sign_in(hostile)
+    assert_refused(response, 401, "code_redemption_failed", runtime)
+    assert "AADSTS7000215" in response.text and "The client secret is wrong" in response.text
+    # The app re-reads the secret once (it may have been rotated) and retries, then gives up.
+    assert len(hostile.token_requests) == 2
+
+
+def test_scripted_token_error_is_401(hostile, app, person):
+    hostile.answer(error=(400, {"error": "invalid_grant", "error_codes": [70008],
+                                "error_description": "AADSTS70008: The provided authorization code has expired."}))
+    assert_refused(sign_in(hostile), 401, "code_redemption_failed", app)
+
+
+# ---- the JWKS cache
+
+
+def test_jwks_is_fetched_once_and_reused_across_logins(hostile, app, account_store):
+    first, second = new_person(account_store), new_person(account_store)
+    for who in (first, second):
+        hostile.answer(claims=who.claims)
+        assert_signed_in(sign_in(hostile), who)
+    assert hostile.jwks_fetches == 1, "two logins, one JWKS fetch"
+
+
+def test_rotated_signing_key_is_picked_up_with_one_refetch(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile), person)
+    before = hostile.jwks_fetches
+    hostile.rotate_key()  # right after our fetch: only refetches caused by unknown kids are rate-limited
+    assert_signed_in(sign_in(hostile), person)
+    assert hostile.jwks_fetches == before + 1, "exactly one refetch picks the new key up"
+
+
+def test_burst_of_unknown_kids_causes_at_most_one_refetch(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile), person)
+    # The first forged kid may refetch (no unknown-kid refetch happened yet); the next nine must not.
+    attacker = SigningKey.generate()
+    before, started = hostile.jwks_fetches, time.monotonic()
+    for _ in range(10):
+        hostile.answer(claims=person.claims, key=attacker, header={"kid": secrets.token_urlsafe(8)})
+        assert_refused(sign_in(hostile), 401, "id_token_kid", app)
+    assert time.monotonic() - started < JWKS_MIN_REFETCH_SECONDS, "the burst must fit in one refetch window"
+    assert hostile.jwks_fetches - before <= 1, f"10 unknown kids caused {hostile.jwks_fetches - before} refetches"
+
+
+# ---- flow binding: 400
+
+
+def test_replayed_callback_is_refused(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    cookie = cookie_of(session)
+    assert_signed_in(post_callback(session, fields), person)
+    replay = post_with_cookie(fields, cookie)
+    assert_refused(replay, 400, "unknown_state", app)
+    assert len(hostile.token_requests) == 1, "the replayed code never reaches the IdP"
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_two_concurrent_identical_callbacks_give_exactly_one_session(hostile, app, person, round_):
+    """Two copies of one callback, released together by a barrier: one session, one 400. Whether the
+    two interleave between the flow's read and delete is up to the scheduler, hence five rounds; the
+    next test forces that interleaving."""
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    cookie = cookie_of(session)
+    barrier, responses = threading.Barrier(2), []
+
+    def post():
+        barrier.wait()
+        responses.append(post_with_cookie(fields, cookie))
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert sorted(r.status_code for r in responses) == [200, 400], [r.status_code for r in responses]
+    for response in responses:
+        if response.status_code == 200:
+            assert_signed_in(response, person)
+        else:
+            assert_refused(response, 400, "unknown_state", app)
+    assert len(hostile.token_requests) == 1, "the code is redeemed once"
+
+
+def test_flow_consumed_between_our_read_and_our_delete_is_not_consumed_again(app):
+    """The race of two callbacks, interleaved on purpose against the real table: the other callback
+    consumes the flow after this one has read it and before it deletes it. (TableClient.delete_entity
+    reports "not found" as success, so a plain etag-checked delete let both callbacks through.)"""
+    table = app.tables.client(FLOWS_TABLE)
+    binding, state = new_binding(), "race" + secrets.token_urlsafe(16)
+    FlowStore(table).save({"state": state, "nonce": "n"}, "user", binding, None, "race-test")
+
+    class LosesTheRace:
+        def __init__(self, table):
+            self._table = table
+
+        def get_entity(self, *args, **kwargs):
+            entity = self._table.get_entity(*args, **kwargs)
+            FlowStore(self._table).consume(state, "user", binding)  # the other callback wins meanwhile
+            return entity
+
+        def __getattr__(self, name):
+            return getattr(self._table, name)
+
+    with pytest.raises(UnknownState):
+        FlowStore(LosesTheRace(table)).consume(state, "user", binding)
+
+
+def test_callback_without_the_cookie_is_refused_and_the_flow_survives(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    stranger = post_with_cookie(fields, "")
+    assert_refused(stranger, 400, "browser_binding_mismatch", app)
+    assert hostile.token_requests == []
+    # A stranger's request cannot cancel the real login: the browser that started it still gets in.
+    assert_signed_in(post_callback(session, fields), person)
+
+
+def test_callback_with_another_flows_cookie_is_refused(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    victim, victim_fields = begin(hostile)
+    attacker, _ = begin(hostile)
+    response = post_callback(attacker, victim_fields)  # the attacker's own cookie, the victim's state
+    assert_refused(response, 400, "browser_binding_mismatch", app)
+    assert_signed_in(post_callback(victim, victim_fields), person)
+
+
+def test_callback_of_a_user_flow_at_the_agent_redirect_uri_is_refused(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile, "user")
+    assert_refused(post_callback(session, fields, kind="agent"), 400, "unknown_state", app)
+
+
+def test_expired_flow_is_refused(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    flows = app.tables.client(FLOWS_TABLE)
+    flows.update_entity({"PartitionKey": fields["state"], "RowKey": "flow",
+                         "ExpiresAt": datetime.now(UTC) - timedelta(minutes=1)}, mode=UpdateMode.MERGE)
+    assert_refused(post_callback(session, fields), 400, "flow_expired", app)
+    assert hostile.token_requests == []
+
+
+# ---- input bounds: refused before any outbound call or flow lookup
+
+
+def test_oversized_code_is_refused_before_anything(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    cookie = cookie_of(session)
+    assert_refused(post_callback(session, {**fields, "code": "A" * 4097}), 400, "invalid_parameter", app)
+    assert hostile.token_requests == [], "the token endpoint saw no request"
+    assert flow_row_exists(app, fields["state"]), "the flow was not consumed"
+    # Every callback answer clears the browser's cookie; the flow itself is intact and completes.
+    assert_signed_in(post_with_cookie(fields, cookie), person)
+
+
+def test_oversized_state_is_refused_before_anything(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    assert_refused(post_callback(session, {**fields, "state": fields["state"] + "s" * 200}), 400,
+                   "invalid_parameter", app)
+    assert hostile.token_requests == [], "the token endpoint saw no request"
+    assert flow_row_exists(app, fields["state"]), "the flow was not consumed"
+
+
+# ---- redirect safety at login
+
+
+def test_allowed_return_to_reaches_the_delivery_page(hostile, app, person):
+    return_to = f"{PORTAL_ORIGIN}/user/queue?tab=mine"
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile, return_to=return_to)
+    delivered_fields = assert_signed_in(post_callback(session, fields), person)
+    assert delivered_fields["return_to"] == return_to
+
+
+@pytest.mark.parametrize("return_to", [
+    pytest.param("//evil.test", id="protocol-relative"),
+    pytest.param("https://evil.test", id="other-origin"),
+    pytest.param("https:\\\\evil.test", id="backslashes"),
+    pytest.param(f"{PORTAL_ORIGIN}@evil.test", id="portal-origin-as-userinfo"),
+    pytest.param(f"https://127.0.0.1:{urlsplit(PORTAL_ORIGIN).port + 1}/x", id="portal-host-other-port"),
+])  # fmt: skip
+def test_return_to_off_the_allowlist_is_refused_at_login(hostile, app, return_to):
+    flows_before, idp_requests_before = flow_count(app), len(hostile.requests)
+    response = start_login(requests.Session(), APP_BASE, "user", return_to=return_to)
+    assert response.status_code == 400, f"{return_to!r}: {response.status_code} {response.text[:300]}"
+    assert "<code>return_to_not_allowed</code>" in response.text
+    correlation_id(response)
+    assert "Location" not in response.headers and "Set-Cookie" not in response.headers
+    assert flow_count(app) == flows_before, "no flow is stored for a refused return_to"
+    assert len(hostile.requests) == idp_requests_before
+
+
+# ---- response headers
+
+
+def _csp(response: requests.Response) -> dict[str, list[str]]:
+    directives = {}
+    for part in response.headers["Content-Security-Policy"].split(";"):
+        name, *values = part.split()
+        directives[name] = values
+    return directives
+
+
+def _assert_common_headers(response: requests.Response) -> dict[str, list[str]]:
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    csp = _csp(response)
+    assert csp["default-src"] == ["'none'"]
+    assert csp["frame-ancestors"] == ["'none'"]
+    return csp
+
+
+def test_security_headers_on_errors_and_on_the_delivery_page(hostile, app, person):
+    login_error = start_login(requests.Session(), APP_BASE, "user", return_to="https://evil.test/")
+    callback_error = post_callback(requests.Session(), {"code": "x"})
+    for response in (login_error, callback_error):
+        assert response.status_code == 400
+        csp = _assert_common_headers(response)
+        assert "script-src" not in csp, "error pages run no script"
+        assert csp["form-action"] == ["'none'"]
+
+    hostile.answer(claims=person.claims)
+    success = sign_in(hostile)
+    assert success.status_code == 200
+    csp = _assert_common_headers(success)
+    assert csp["form-action"] == [PORTAL_ORIGIN], "the delivery page may post only to the portal"
+    scripts = re.findall(r"<script>(.*?)</script>", success.text, re.S)
+    assert len(scripts) == 1
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert csp["script-src"] == [f"'sha256-{digest}'"], "the one inline script is allowed by its hash only"
+
+
+# ---- configuration
+
+
+@pytest.mark.parametrize("segment", ["common", "organizations"])
+def test_multi_tenant_issuer_without_allowed_tenants_refuses_to_start(hostile, use_settings, segment):
+    use_settings(OIDC_ISSUER_URL=f"{hostile.origin}/{segment}/v2.0", OIDC_CLIENT_ID=CLIENT_ID,
+                 OIDC_CLIENT_SECRET=CLIENT_SECRET, ALLOWED_TENANT_IDS=None)
+    requests_before = len(hostile.requests)
+    response = start_login(requests.Session(), APP_BASE, "user")
+    assert response.status_code == 500, response.text[:500]
+    assert "ALLOWED_TENANT_IDS" in response.text
+    assert "Location" not in response.headers
+    assert len(hostile.requests) == requests_before, "nothing is asked of the IdP"
+
+
+# ---- the authorization request itself
+
+
+def test_authorization_request_carries_pkce_state_nonce_and_form_post(hostile, app):
+    begin(hostile, "agent")
+    (grant,) = hostile.grants.values()
+    assert grant.redirect_uri == REDIRECT_URIS["agent"]
+    assert grant.response_mode == "form_post"
+    assert grant.code_challenge_method == "S256" and len(grant.code_challenge) >= 43
+    assert grant.state and re.fullmatch(r"[0-9a-f]{64}", grant.nonce), "MSAL sends sha256-hex of its nonce"

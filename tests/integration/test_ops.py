@@ -1,0 +1,152 @@
+"""The operator's routes, through the real host: GET /api/sso/setup and GET /api/health."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+
+from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER, REDIRECT_URIS
+from tests.support.keyvault_stub import KeyVaultStub
+from tests.support.portal import sign_in
+from tools.stack import free_port
+
+TIMEOUT = 20
+
+
+def get(path: str, **kwargs) -> requests.Response:
+    return requests.get(f"{APP_BASE}{path}", timeout=TIMEOUT, allow_redirects=False, **kwargs)
+
+
+def row_of(page: str, title: str) -> str:
+    """The table row whose header cell is `title` (the setup page shows one row per check)."""
+    for row in re.findall(r"<tr>.*?</tr>", page, flags=re.S):
+        if f"<th>{title}</th>" in row:
+            return row
+    raise AssertionError(f"no row {title!r} on the page")
+
+
+def assert_no_secrets(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in text, "a secret value appeared in an ops response"
+    assert "AccountKey" not in text and "PRIVATE KEY" not in text
+
+
+def test_setup_page_shows_what_to_paste_and_the_live_state(app_server, app_env, signing_key_pem):
+    response = get("/api/sso/setup")
+    assert response.status_code == 200
+    page = response.text
+    for uri in REDIRECT_URIS.values():
+        assert f'<code class="copy">{uri}</code>' in page, "each redirect URI, exactly as to paste"
+    assert "User Single Sign On URL" in page and "Agent Single Sign On URL" in page
+    assert "<code>email</code>" in page and "xms_edov" in page
+    for title in ("Settings", "Identity provider metadata", "Client secret", "Session signing key", "Table Storage"):
+        assert 'class="st ok"' in row_of(page, title), f"{title} is green on the default app"
+    assert app_env["OIDC_ISSUER_URL"] in row_of(page, "Identity provider metadata"), "which URL worked"
+    assert 'id="AADSTS50011"' in page and 'id="AADSTS7000215"' in page, "the AADSTS hints, with anchors"
+    assert "set (value hidden)" in row_of(page, "OIDC_CLIENT_SECRET")
+    assert_no_secrets(page, CLIENT_SECRET, signing_key_pem.splitlines()[1])
+    headers = response.headers
+    assert headers["Cache-Control"] == "no-store" and headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert "script-src" not in headers["Content-Security-Policy"], "the page runs no script"
+
+
+def test_health_is_ready_with_every_check_ok(app_server, signing_key_pem):
+    started = time.monotonic()
+    response = get("/api/health")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["status"] == "ready"
+    for name in ("idp_metadata", "client_secret", "signing_key", "tables"):
+        assert body["checks"][name]["ok"] is True, body["checks"][name]
+    assert body["checks"]["client_secret"]["days_to_expiry"] is None, "a secret from settings has no expiry"
+    assert body["checks"]["signing_key"]["kid"]
+    assert_no_secrets(response.text, CLIENT_SECRET, signing_key_pem.splitlines()[1])
+    assert response.headers["Cache-Control"] == "no-store"
+    assert elapsed < 2, f"health took {elapsed:.2f} s: it must be cheap"
+
+
+def test_the_last_sign_in_of_each_kind_shows_whether_the_token_had_email(app_server, demo_accounts):
+    assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200
+    row = row_of(get("/api/sso/setup").text, "Last user sign-in")
+    assert 'class="st ok"' in row and "success" in row
+    assert "email claim in the token: yes" in row
+
+
+def test_a_missing_setting_is_named_on_the_setup_page_and_health_is_503(use_settings):
+    use_settings(PORTAL_AGENT_URL=None)
+    page = get("/api/sso/setup")
+    assert page.status_code == 200, "the setup page still answers: it is where the fix is shown"
+    assert 'class="st fail"' in row_of(page.text, "PORTAL_AGENT_URL")
+    assert "PORTAL_AGENT_URL: missing" in page.text
+    assert REDIRECT_URIS["user"] in page.text, "the redirect URIs need only PUBLIC_BASE_URL"
+    health = get("/api/health")
+    assert health.status_code == 503
+    body = health.json()
+    assert body["status"] == "unavailable"
+    assert any("PORTAL_AGENT_URL" in p for p in body["checks"]["settings"]["problems"])
+
+
+def test_storage_unreachable_is_red_and_health_503(use_settings):
+    closed = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+              f"TableEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;")
+    use_settings(TABLES_CONNECTION_STRING=closed)
+    started = time.monotonic()
+    health = get("/api/health")
+    assert health.status_code == 503
+    body = health.json()
+    assert body["checks"]["tables"]["ok"] is False and "unreachable" in body["checks"]["tables"]["detail"]
+    assert body["checks"]["idp_metadata"]["ok"] is True, "only the dependency that is down is red"
+    page = get("/api/sso/setup").text
+    assert 'class="st fail"' in row_of(page, "Table Storage")
+    assert "Fix:" in row_of(page, "Table Storage")
+    assert time.monotonic() - started < 10
+
+
+def test_the_setup_page_escapes_setting_values(use_settings):
+    use_settings(PORTAL_USER_URL="https://x.test/<b>", SESSION_TOKEN_AUDIENCE="https://x.test")
+    page = get("/api/sso/setup").text
+    assert "https://x.test/&lt;b&gt;" in page
+    assert "<b>" not in page
+
+
+def test_wrong_method_is_405(app_server):
+    assert requests.post(f"{APP_BASE}/api/health", timeout=TIMEOUT).status_code == 405
+
+
+@pytest.fixture
+def stub(test_ca, monkeypatch):
+    with KeyVaultStub(test_ca.server_cert, test_ca.server_key) as running:
+        running.apply_env(monkeypatch)
+        yield running
+
+
+def test_a_client_secret_expiring_soon_is_a_warning(stub, use_settings, signing_key_pem):
+    stub.set_secret("oidc-client-secret", CLIENT_SECRET, expires_on=datetime.now(UTC) + timedelta(days=10))
+    stub.set_secret("session-signing-key", signing_key_pem)
+    use_settings(KEY_VAULT_URL=stub.url, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None)
+    health = get("/api/health")
+    assert health.status_code == 200, "a warning does not take the app out of service"
+    secret = health.json()["checks"]["client_secret"]
+    assert secret["ok"] is True
+    assert 9 <= secret["days_to_expiry"] <= 10
+    assert "expires in" in secret["warning"]
+    row = row_of(get("/api/sso/setup").text, "Client secret")
+    assert 'class="st warn"' in row and "Key Vault secret &#x27;oidc-client-secret&#x27;" in row
+    assert 'href="#AADSTS7000222"' in row
+    assert_no_secrets(health.text, CLIENT_SECRET)
+
+
+def test_an_expired_client_secret_is_red(stub, use_settings, signing_key_pem):
+    stub.set_secret("oidc-client-secret", CLIENT_SECRET, expires_on=datetime.now(UTC) - timedelta(days=2))
+    stub.set_secret("session-signing-key", signing_key_pem)
+    use_settings(KEY_VAULT_URL=stub.url, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None)
+    health = get("/api/health")
+    assert health.status_code == 503
+    assert health.json()["checks"]["client_secret"]["days_to_expiry"] < 0

@@ -1,0 +1,114 @@
+"""Secrets from Key Vault (the stub, read by the real SecretClient with the real DefaultAzureCredential
+through a managed-identity endpoint): read once and cached; a rotated client secret is picked up
+without a restart; Key Vault down is a quick 503."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+
+from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER
+from tests.support.keyvault_stub import KeyVaultStub
+from tests.support.portal import CORRELATION, delivered, idp_answer, sign_in, start_login
+
+# Autouse: a credential falling through its chain must not reach IMDS or login.microsoftonline.com.
+from tests.test_keyvault_stub import loopback_only  # noqa: F401
+
+CLIENT_SECRET_NAME = "oidc-client-secret"
+SIGNING_KEY_NAME = "session-signing-key"
+
+
+@pytest.fixture
+def stub(test_ca, monkeypatch):
+    """A fresh vault per test (a new URL, so no challenge cached for it), its managed identity in the
+    environment the way App Service sets it."""
+    with KeyVaultStub(test_ca.server_cert, test_ca.server_key) as running:
+        running.apply_env(monkeypatch)
+        yield running
+
+
+@pytest.fixture
+def vault_app(stub, use_settings, signing_key_pem):
+    """The app with its secrets in Key Vault only; cached for an hour, so only a rotation re-reads.
+    The credential is the product's own default (DefaultAzureCredential)."""
+    stub.set_secret(SIGNING_KEY_NAME, signing_key_pem)
+
+    def apply(**changes):
+        return use_settings(KEY_VAULT_URL=stub.url, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None,
+                            SECRET_CACHE_SECONDS="3600", **changes)
+
+    return apply
+
+
+def test_login_with_secrets_from_key_vault_reads_the_secret_once(stub, vault_app, demo_accounts):
+    stub.set_secret(CLIENT_SECRET_NAME, CLIENT_SECRET, expires_on=datetime.now(UTC) + timedelta(days=200))
+    vault_app()
+    for _ in range(2):
+        response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+        assert response.status_code == 200, response.text[:800]
+        assert delivered(response)[1]["session_token"]
+    assert stub.reads(CLIENT_SECRET_NAME) == 1, "the client secret is cached, not read per login"
+    assert stub.reads(SIGNING_KEY_NAME) == 1, "the signing key is cached, not read per login"
+
+
+def test_a_rotated_client_secret_is_picked_up_without_a_restart(stub, vault_app, demo_accounts):
+    stub.set_secret(CLIENT_SECRET_NAME, "the-old-secret-that-entra-no-longer-accepts")
+    runtime = vault_app()
+    session = requests.Session()
+    # The login starts with the old secret read and cached (for an hour) ...
+    redirect_uri, fields = idp_answer(session, APP_BASE, "user", DEMO_USER)
+    assert stub.reads(CLIENT_SECRET_NAME) == 1
+    # ... then an admin stores the new secret as a new version while the person signs in.
+    stub.set_secret(CLIENT_SECRET_NAME, CLIENT_SECRET)
+
+    response = session.post(redirect_uri, data=fields, allow_redirects=False, timeout=20)
+
+    assert response.status_code == 200, f"the IdP's invalid_client made the app re-read: {response.text[:800]}"
+    assert stub.reads(CLIENT_SECRET_NAME) == 2, "exactly one re-read, on invalid_client"
+    assert runtime.client_credential.get().value == CLIENT_SECRET
+    # The next login uses the new secret straight away: no more reads.
+    assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200
+    assert stub.reads(CLIENT_SECRET_NAME) == 2
+
+
+def test_a_wrong_secret_still_fails_after_one_re_read(stub, vault_app, demo_accounts):
+    stub.set_secret(CLIENT_SECRET_NAME, "wrong-and-never-rotated")
+    vault_app()
+    response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+    assert response.status_code == 401, response.text[:800]
+    assert stub.reads(CLIENT_SECRET_NAME) == 2, "one re-read, then the failure stands (no loop)"
+
+
+def test_key_vault_down_answers_503_quickly(stub, vault_app, app_server):
+    stub.set_secret(CLIENT_SECRET_NAME, CLIENT_SECRET)
+    stub.stop_vault()
+    vault_app()  # a fresh runtime: nothing cached
+    started = time.monotonic()
+    response = start_login(requests.Session(), APP_BASE, "user")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503, response.text[:800]
+    assert int(response.headers["Retry-After"]) > 0
+    assert CORRELATION.search(response.text), "the page names a correlation id"
+    assert CLIENT_SECRET not in response.text
+    assert elapsed < 5, f"Key Vault down took {elapsed:.1f} s to become a 503"
+
+
+@pytest.mark.parametrize("outage", ["stopped", "answering 500"])
+def test_identity_endpoint_down_answers_503_quickly(stub, vault_app, app_server, outage):
+    """The SDK's default retries would stall a failing identity endpoint ~5 s; the runtime's credential
+    retries twice, quickly (shared.runtime.CREDENTIAL_RETRIES)."""
+    stub.set_secret(CLIENT_SECRET_NAME, CLIENT_SECRET)
+    if outage == "stopped":
+        stub.stop()  # the vault and the managed-identity endpoint
+    else:
+        stub.fail_next(50, 500, server="identity")
+    vault_app()
+    started = time.monotonic()
+    response = start_login(requests.Session(), APP_BASE, "user")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503, response.text[:800]
+    assert "Retry-After" in response.headers
+    assert elapsed < 3, f"the identity endpoint {outage} took {elapsed:.1f} s to become a 503"
