@@ -7,10 +7,9 @@ import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 
-from .tables import storage_errors
+from .tables import delete_matching, storage_errors
 
 log = logging.getLogger("portal_sso.audit")
 _MAX_MS = 10**13  # RowKeys count down from here, so a day's newest events list first
@@ -65,14 +64,4 @@ class SignInEvents:
     def purge_older_than(self, days: int, now: datetime | None = None) -> int:
         """Deletes events of days before the retention window. Returns how many rows went."""
         cutoff = day_key((now or datetime.now(UTC)) - timedelta(days=days))
-        count = 0
-        with storage_errors():
-            rows = self._table.query_entities("PartitionKey lt @cutoff", parameters={"cutoff": cutoff},
-                                              select=["PartitionKey", "RowKey"])
-            for row in rows:
-                try:
-                    self._table.delete_entity(row["PartitionKey"], row["RowKey"])
-                    count += 1
-                except ResourceNotFoundError:
-                    pass
-        return count
+        return delete_matching(self._table, "PartitionKey lt @cutoff", {"cutoff": cutoff})

@@ -19,7 +19,7 @@ from azure.data.tables import TableClient, TableTransactionError
 
 from .config import FLOW_TTL_SECONDS
 from .errors import BindingMismatch, FlowExpired, InvalidParameter, UnknownState
-from .tables import storage_errors
+from .tables import delete_matching, storage_errors
 
 # MSAL makes states of ~16 url-safe characters; anything else cannot be ours, and must never become a
 # table key (Table keys forbid / \ # ? and control characters).
@@ -99,15 +99,4 @@ class FlowStore:
 
     def purge_expired(self, now: datetime | None = None) -> int:
         """Deletes flows that expired (abandoned logins). Returns how many rows went."""
-        now = now or datetime.now(UTC)
-        count = 0
-        with storage_errors():
-            rows = self._table.query_entities("ExpiresAt lt @now", parameters={"now": now},
-                                              select=["PartitionKey", "RowKey"])
-            for row in rows:
-                try:
-                    self._table.delete_entity(row["PartitionKey"], row["RowKey"])
-                    count += 1
-                except ResourceNotFoundError:
-                    pass  # consumed meanwhile
-        return count
+        return delete_matching(self._table, "ExpiresAt lt @now", {"now": now or datetime.now(UTC)})

@@ -68,3 +68,14 @@ class Tables:
         """One cheap round trip; raises DependencyUnavailable when storage does not answer."""
         with storage_errors():
             next(iter(self._service.list_tables(results_per_page=1).by_page()), None)
+
+
+def delete_matching(table: TableClient, query: str, parameters: dict) -> int:
+    """Deletes every row the query matches (housekeeping). Returns how many deletes were sent;
+    delete_entity treats a row already gone as success, which is what a purge wants."""
+    count = 0
+    with storage_errors():
+        for row in table.query_entities(query, parameters=parameters, select=["PartitionKey", "RowKey"]):
+            table.delete_entity(row["PartitionKey"], row["RowKey"])
+            count += 1
+    return count
