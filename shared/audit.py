@@ -28,6 +28,7 @@ class SignInEvent:
     tenant_id: str = ""
     had_email_claim: bool | None = None
     elapsed_ms: int = 0
+    stage: str = "callback"  # "login" for a refused login start; the setup page shows callbacks only
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -55,7 +56,7 @@ class SignInEvents:
         with storage_errors():
             for back in range(days):
                 key = day_key(today - timedelta(days=back))
-                rows = self._table.query_entities("PartitionKey eq @pk and Kind eq @kind",
+                rows = self._table.query_entities("PartitionKey eq @pk and Kind eq @kind and Stage eq 'callback'",
                                                   parameters={"pk": key, "kind": kind}, results_per_page=1)
                 for row in rows:
                     return dict(row)

@@ -80,6 +80,14 @@ class Callback:
     consumed: bool = False  # set once the flow is taken out of the table
 
 
+def _as_error(exc: Exception, where: str, correlation_id: str) -> SsoError:
+    """An SsoError as it is; anything else is a bug: logged with its traceback, shown as a 500."""
+    if isinstance(exc, SsoError):
+        return exc
+    log.exception("%s internal error correlation_id=%s", where, correlation_id)
+    return InternalError(type(exc).__name__)
+
+
 def _is_false(value) -> bool:
     return value is False or (isinstance(value, str) and value.lower() == "false") or value == 0
 
@@ -94,6 +102,7 @@ class SsoService:
 
     # GET /api/sso/{kind}/login
     def start_login(self, kind: str, return_to: str | None, correlation_id: str) -> pages.Reply:
+        started = time.monotonic()
         try:
             # 1. the kind and the settings
             if kind not in KINDS:
@@ -110,10 +119,15 @@ class SsoService:
                      extra={"custom_dimensions": {"kind": kind, "correlation_id": correlation_id}})
             # 4. off to the IdP
             return pages.redirect(flow["auth_uri"], [flow_cookie(kind, binding, self.deps.flows.ttl)])
-        except SsoError as err:
+        except Exception as exc:  # a refused start gets its audit row too
+            err = _as_error(exc, "sso.login", correlation_id)
             log.warning("sso.login kind=%s outcome=failure reason=%s correlation_id=%s detail=%s",
                         kind, err.reason, correlation_id, err.detail)
-            return pages.error(err, correlation_id, portal_url=self._portal_url(kind))
+            reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
+            event = SignInEvent(correlation_id=correlation_id, kind=kind, outcome="failure", reason=err.reason,
+                                status=reply.status, stage="login",
+                                elapsed_ms=int((time.monotonic() - started) * 1000))
+            return self._audit(event, reply, correlation_id)
 
     # POST|GET /api/sso/{kind}/callback
     def complete_login(self, kind: str, callback: Callback, correlation_id: str) -> pages.Reply:
@@ -126,9 +140,7 @@ class SsoService:
             reply = self._complete(kind, callback, correlation_id, event)
             event.outcome, event.reason = "success", "ok"
         except Exception as exc:  # every outcome gets its audit row, a bug's too
-            err = exc if isinstance(exc, SsoError) else InternalError(type(exc).__name__)
-            if not isinstance(exc, SsoError):
-                log.exception("sso.callback internal error correlation_id=%s", correlation_id)
+            err = _as_error(exc, "sso.callback", correlation_id)
             event.reason = err.reason
             event.account_id = event.account_id or getattr(err, "account_id", "")
             reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))

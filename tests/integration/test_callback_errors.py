@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 
 import pytest
@@ -194,3 +196,24 @@ def test_a_strangers_bogus_callback_does_not_clear_the_cookie_of_a_login_under_w
     assert finished.status_code == 200, "the real login still completes"
     assert "__Host-portal-sso-user=;" in finished.headers["Set-Cookie"] and "Max-Age=0" in finished.headers[
         "Set-Cookie"], "a consumed flow's cookie is cleared"
+
+
+def test_a_refused_login_start_has_its_audit_row_too(browser_session):
+    response = start_login(browser_session, APP_BASE, "user", return_to="https://evil.test/")
+    row = assert_error_page(response, 400, get_runtime(), "return_to_not_allowed")
+    assert row["Stage"] == "login" and row["Kind"] == "user"
+
+
+def test_logs_hold_no_token_code_or_secret(browser_session, caplog, app_env):
+    caplog.set_level(logging.DEBUG)
+    action, fields = idp_answer(browser_session, APP_BASE, "user", DEMO_USER)
+    response = browser_session.post(action, data=fields)
+    token = delivered(response)[1]["session_token"]
+    failed = browser_session.post(action, data=fields)  # replayed: a failure's log line too
+    assert failed.status_code == 400
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "sso.callback kind=user outcome=success" in text, "one log line per login attempt"
+    for secret, what in ((token, "session token"), (fields["code"], "authorization code"),
+                         (app_env["OIDC_CLIENT_SECRET"], "client secret"), ("BEGIN PRIVATE KEY", "signing key")):
+        assert secret not in text, f"the {what} must never be logged"
+    assert not re.search(r"eyJ[\w-]+\.[\w-]+\.", text), "no JWT of any kind in the logs"

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER
+from tests.conftest import APP_BASE, CERT_CLIENT_ID, CLIENT_SECRET, DEMO_USER
 from tests.support.keyvault_stub import KeyVaultStub
 from tests.support.portal import CORRELATION, delivered, idp_answer, sign_in, start_login
 
@@ -112,3 +112,14 @@ def test_identity_endpoint_down_answers_503_quickly(stub, vault_app, app_server,
     assert response.status_code == 503, response.text[:800]
     assert "Retry-After" in response.headers
     assert elapsed < 3, f"the identity endpoint {outage} took {elapsed:.1f} s to become a 503"
+
+
+def test_client_certificate_from_key_vault_signs_the_client_in(stub, vault_app, demo_accounts, client_certificate):
+    # Key Vault hands a PEM certificate's secret out as the certificate plus its private key.
+    stub.set_secret("oidc-client-certificate", client_certificate.certificate_pem + client_certificate.private_key_pem,
+                    content_type="application/x-pem-file")
+    vault_app(OIDC_CLIENT_ID=CERT_CLIENT_ID, OIDC_CLIENT_CERTIFICATE_NAME="oidc-client-certificate")
+    response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+    assert response.status_code == 200, response.text[:800]
+    assert stub.reads("oidc-client-certificate") == 1
+    assert stub.reads(CLIENT_SECRET_NAME) == 0, "with a certificate configured, no client secret is read"
