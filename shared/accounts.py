@@ -12,6 +12,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from .config import KINDS
 from .errors import AccountDisabled, IdentityMismatch, NoAccount
 from .tables import storage_errors
 
@@ -106,11 +107,9 @@ class AccountStore:
 
     # Administration (tools/accounts.py)
     def add(self, email: str, kind: str, account_id: str, name: str = "", enabled: bool = True) -> None:
-        normalized = normalize_email(email)
-        entity = {"PartitionKey": email_key(normalized), "RowKey": kind, "Email": normalized,
-                  "AccountId": account_id, "DisplayName": name, "Enabled": enabled}
+        row = AccountRow(normalize_email(email), kind, account_id, name, enabled)
         with storage_errors():
-            self._table.upsert_entity(entity, mode=UpdateMode.MERGE)
+            self._table.upsert_entity(row.entity(), mode=UpdateMode.MERGE)
 
     def update(self, email: str, kind: str, **properties) -> bool:
         """Merges properties into an account; False when there is no such account."""
@@ -153,7 +152,6 @@ class AccountStore:
 
 # Bulk import (tools/accounts.py import). Rows are checked by the caller first (check_account); this
 # only writes.
-KINDS = ("user", "agent")
 ENABLED_WORDS = {"": True, "true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 BATCH_LIMIT = 100  # Table Storage's maximum operations per transaction (all in one partition)
 
