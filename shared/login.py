@@ -115,8 +115,11 @@ class SsoService:
             flow = self.deps.oidc.start(settings.redirect_uri(kind))
             binding = new_binding()
             self.deps.flows.save(flow, kind, binding, return_to, correlation_id)
-            log.info("sso.login kind=%s outcome=redirect correlation_id=%s", kind, correlation_id,
-                     extra={"custom_dimensions": {"kind": kind, "correlation_id": correlation_id}})
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            log.info("sso.login kind=%s outcome=redirect elapsed_ms=%s correlation_id=%s", kind, elapsed_ms,
+                     correlation_id, extra={"custom_dimensions": {"kind": kind, "outcome": "redirect",
+                                                                  "elapsed_ms": elapsed_ms,
+                                                                  "correlation_id": correlation_id}})
             # 4. off to the IdP
             return pages.redirect(flow["auth_uri"], [flow_cookie(kind, binding, self.deps.flows.ttl)])
         except Exception as exc:  # a refused start gets its audit row too
