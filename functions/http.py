@@ -84,6 +84,7 @@ def http_route(bp: func.Blueprint, route: str, methods: list[str], auth_level: f
                 return to_response(reply)
             return handler(req, context)
 
+        function.served_methods = tuple(methods)  # what tools.host lists at start
         return bp.route(route=route, methods=ALL_METHODS, auth_level=auth_level)(function)
 
     return register

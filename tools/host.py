@@ -562,7 +562,10 @@ class FunctionHost:
         """Lines like Core Tools prints them at start."""
         lines = []
         for route in sorted(self.routes, key=lambda r: r.function_name):
-            methods = ",".join(sorted(route.methods)) if route.methods else ",".join(ALL_METHODS)
+            # A function may serve fewer methods than its trigger takes (functions/http.py answers 405
+            # itself, since Azure would answer 404): show those it serves.
+            served = getattr(route.function.get_user_function(), "served_methods", None) or route.methods
+            methods = ",".join(sorted(served)) if served else ",".join(ALL_METHODS)
             lines.append(f"  {route.function_name}: [{methods}] {base_url}{route.path}")
         for kind, name in sorted(self.other_functions, key=lambda t: t[1]):
             lines.append(
