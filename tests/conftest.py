@@ -20,7 +20,6 @@ from tools.stack import (
     RunningIdp,
     Service,
     TestCA,
-    azurite_connection_string,
     entra_person,
     free_port,
     idp_config,
@@ -92,7 +91,7 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCA]:
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """Azurite's Table service; ``azurite_connection_string(azurite.port)`` connects to it."""
+    """Azurite's Table service; ``azurite.connection_string`` connects to it."""
     service = start_azurite(workdir=tmp_path_factory.mktemp("azurite"))
     try:
         yield service
@@ -186,7 +185,7 @@ def app_env(idp: RunningIdp, azurite: Service, signing_key_pem: str) -> dict[str
         "OIDC_CLIENT_ID": CLIENT_ID,
         "OIDC_CLIENT_SECRET": CLIENT_SECRET,
         "SESSION_SIGNING_KEY": signing_key_pem,
-        "TABLES_CONNECTION_STRING": azurite_connection_string(azurite.port),
+        "TABLES_CONNECTION_STRING": azurite.connection_string,
         "PORTAL_USER_URL": PORTAL_URLS["user"],
         "PORTAL_AGENT_URL": PORTAL_URLS["agent"],
         "PUBLIC_BASE_URL": APP_BASE,

@@ -13,7 +13,7 @@ import requests
 from azure.data.tables import TableServiceClient
 
 from tests.support.idp_login import _login_form, _parse, sign_in_at_idp
-from tools.stack import RunningIdp, Service, azurite_connection_string
+from tools.stack import RunningIdp, Service
 
 TIMEOUT = 15
 
@@ -231,7 +231,7 @@ def test_second_login_uses_the_idp_session(idp: RunningIdp) -> None:
 
 
 def test_azurite_tables(azurite: Service) -> None:
-    service = TableServiceClient.from_connection_string(azurite_connection_string(azurite.port))
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
     table = service.create_table_if_not_exists("DevstackCheck")
     entity = {"PartitionKey": "user@contoso.test", "RowKey": "user", "AccountId": "u-1", "Enabled": True}
     table.upsert_entity(entity)

@@ -49,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(csv_path, args.rows)
         connection_string = args.connection_string
         if not connection_string:
-            from tools.stack import azurite_connection_string, start_azurite
+            from tools.stack import start_azurite
 
             azurite = start_azurite(workdir=Path(tmp))
             stack.callback(azurite.stop)
-            connection_string = azurite_connection_string(azurite.port)
+            connection_string = azurite.connection_string
         started = time.perf_counter()
         code = accounts.main(["--connection-string", connection_string, "import", str(csv_path),
                               "--workers", str(args.workers)])

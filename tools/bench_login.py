@@ -28,7 +28,6 @@ from tests.support.idp_login import sign_in_at_idp
 
 from .host import build_wsgi_app, serve_in_thread
 from .stack import (
-    azurite_connection_string,
     entra_person,
     free_port,
     idp_config,
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     runtime = Runtime({"OIDC_ISSUER_URL": idp.url, "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_CLIENT_SECRET": SECRET,
-                       "SESSION_SIGNING_KEY": key, "TABLES_CONNECTION_STRING": azurite_connection_string(azurite.port),
+                       "SESSION_SIGNING_KEY": key, "TABLES_CONNECTION_STRING": azurite.connection_string,
                        "PORTAL_USER_URL": "https://127.0.0.1:9/user", "PORTAL_AGENT_URL": "https://127.0.0.1:9/agent",
                        "PUBLIC_BASE_URL": base})
     reset_runtime(runtime)

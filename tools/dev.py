@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .stack import (
     ROOT,
-    azurite_connection_string,
     ensure_npm_packages,
     entra_person,
     idp_config,
@@ -66,14 +65,14 @@ def _new_signing_key() -> str:
                              serialization.NoEncryption()).decode()
 
 
-def app_settings(issuer: str, tables_port: int) -> dict[str, str]:
+def app_settings(issuer: str, tables_connection_string: str) -> dict[str, str]:
     app, portal = f"https://127.0.0.1:{PORTS['app']}", f"https://127.0.0.1:{PORTS['portal']}"
     return {
         "OIDC_ISSUER_URL": f"{issuer}/.well-known/openid-configuration",
         "OIDC_CLIENT_ID": CLIENT_ID,
         "OIDC_CLIENT_SECRET": _state_secret("client-secret", lambda: secrets.token_urlsafe(32)),
         "SESSION_SIGNING_KEY": _state_secret("session-signing-key.pem", _new_signing_key),
-        "TABLES_CONNECTION_STRING": azurite_connection_string(tables_port),
+        "TABLES_CONNECTION_STRING": tables_connection_string,
         "PORTAL_USER_URL": f"{portal}/user",
         "PORTAL_AGENT_URL": f"{portal}/agent",
         "PUBLIC_BASE_URL": app,
@@ -97,7 +96,8 @@ def main() -> int:
     services = []
     try:
         print("starting Azurite (Table Storage) ...", flush=True)
-        services.append(start_azurite(PORTS["azurite"], workdir=logs))
+        azurite = start_azurite(PORTS["azurite"], workdir=logs)
+        services.append(azurite)
         app_base, portal = f"https://127.0.0.1:{PORTS['app']}", f"https://127.0.0.1:{PORTS['portal']}"
         secret = _state_secret("client-secret", lambda: secrets.token_urlsafe(32))
         client = {"client_id": CLIENT_ID, "client_secret": secret, "token_endpoint_auth_method": "client_secret_post",
@@ -109,7 +109,7 @@ def main() -> int:
         idp = start_idp(idp_config(ca, port=PORTS["idp"], tenant=TENANT, clients=[client], people=people),
                         workdir=logs)
         services.append(idp)
-        settings = app_settings(idp.url, PORTS["azurite"])
+        settings = app_settings(idp.url, azurite.connection_string)
         env = {**os.environ, **settings}
         seed(settings["TABLES_CONNECTION_STRING"])
         print("starting the function app (tools.host) and the demo portal ...", flush=True)

@@ -11,9 +11,11 @@ backstop, so a crashed test run does not leave processes behind.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,9 +31,8 @@ IDP_SCRIPT = DEVSTACK / "idp.mjs"
 
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-# The well-known development account of Azurite (public, documented by Microsoft).
+# Azurite's account name. Its key is made at each start (AZURITE_ACCOUNTS), never kept in the repo.
 AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 STOP_TIMEOUT = 5.0
 
@@ -130,6 +131,7 @@ class Service:
     url: str
     port: int = 0
     logs: list[Path] = field(default_factory=list)
+    connection_string: str = ""  # for a storage service: how clients reach it
 
     def stop(self) -> None:
         """Terminate the process group; kill it if it has not exited after 5 s. Idempotent."""
@@ -255,19 +257,29 @@ def start_azurite(port: int | None = None, *, workdir: Path) -> Service:
     if not Path(argv[1]).is_file():  # layout changed: fall back to the npm bin shim
         argv = [str(NODE_MODULES / ".bin" / "azurite-table"), *argv[2:]]
     # In memory, so no --location (Azurite refuses both); its cwd is workdir for any debug files.
-    service = _spawn(f"azurite-{port}", argv, workdir)
+    # AZURITE_ACCOUNTS replaces the public well-known key with one made now, for this run only.
+    key = new_account_key()
+    env = {**os.environ, "AZURITE_ACCOUNTS": f"{AZURITE_ACCOUNT}:{key}"}
+    service = _spawn(f"azurite-{port}", argv, workdir, env=env)
     service.url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
     service.port = port
+    service.connection_string = azurite_connection_string(port, key)
     _wait_for_port(service, port, timeout=30)
     return service
 
 
-def azurite_connection_string(port: int) -> str:
-    """The connection string of Azurite's well-known development account, Table endpoint only."""
+def new_account_key() -> str:
+    """A storage account key (64 random bytes, base64), made at run time."""
+    return base64.b64encode(secrets.token_bytes(64)).decode()
+
+
+def azurite_connection_string(port: int, key: str) -> str:
+    """A connection string for Azurite's account on this port, Table endpoint only (a started
+    Azurite has its own in ``Service.connection_string``)."""
     return (
         "DefaultEndpointsProtocol=http;"
         f"AccountName={AZURITE_ACCOUNT};"
-        f"AccountKey={AZURITE_KEY};"
+        f"AccountKey={key};"
         f"TableEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
     )
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from tools import accounts
-from tools.stack import azurite_connection_string, free_port
+from tools.stack import azurite_connection_string, free_port, new_account_key
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def cs(azurite) -> str:
-    return azurite_connection_string(azurite.port)
+    return azurite.connection_string
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_import_refuses_a_wrong_header(cs, tmp_path, capsys):
 
 
 def test_unreachable_storage_exits_2_quickly(tmp_path, tag, capsys):
-    closed = azurite_connection_string(free_port())  # nothing listens there
+    closed = azurite_connection_string(free_port(), new_account_key())  # nothing listens there
     started = time.monotonic()
     assert run(closed, "list") == 2
     assert run(closed, "add", f"x.{tag}@contoso.test", "--kind", "user", "--account-id", "U-1") == 2

@@ -19,6 +19,7 @@ from tests.support.portal import (
     sign_in,
     start_login,
 )
+from tools.stack import azurite_connection_string, new_account_key
 
 CALLBACK = f"{APP_BASE}/api/sso/user/callback"
 
@@ -146,9 +147,7 @@ def _closed_port() -> int:
 
 def test_table_storage_down_is_503_with_retry_after(use_settings):
     port = _closed_port()
-    use_settings(TABLES_CONNECTION_STRING=(
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50u"
-        f"SRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"))
+    use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(port, new_account_key()))
     response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False)
     assert response.status_code == 503
     assert response.headers["Retry-After"]

@@ -13,7 +13,6 @@ from shared.audit import day_key
 from shared.flows import FLOW_ROW
 from shared.maintenance import purge
 from shared.runtime import Runtime
-from tools.stack import azurite_connection_string
 
 
 def make_runtime(cs: str, **changes: str) -> Runtime:
@@ -27,7 +26,7 @@ def make_runtime(cs: str, **changes: str) -> Runtime:
 
 @pytest.fixture
 def runtime(azurite) -> Runtime:
-    runtime = make_runtime(azurite_connection_string(azurite.port))
+    runtime = make_runtime(azurite.connection_string)
     purge(runtime)  # start from tables that hold nothing purgeable, so the counts below are exact
     return runtime
 
@@ -78,7 +77,7 @@ def test_retention_follows_the_setting(runtime, azurite):
     kept_by_default = seed_event(runtime, now - timedelta(days=45))
     young = seed_event(runtime, now - timedelta(days=10))
     assert purge(runtime, now)["events"] == 0
-    short = make_runtime(azurite_connection_string(azurite.port), SIGNIN_EVENTS_RETENTION_DAYS="30")
+    short = make_runtime(azurite.connection_string, SIGNIN_EVENTS_RETENTION_DAYS="30")
     assert purge(short, now)["events"] >= 1  # other tests' rows of 31-90 days ago may go too
     assert not exists(runtime.tables.client("SignInEvents"), *kept_by_default), "45 days > 30 days' retention"
     assert exists(runtime.tables.client("SignInEvents"), *young)

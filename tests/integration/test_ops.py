@@ -12,7 +12,7 @@ import requests
 from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER, REDIRECT_URIS
 from tests.support.keyvault_stub import KeyVaultStub
 from tests.support.portal import sign_in
-from tools.stack import free_port
+from tools.stack import azurite_connection_string, free_port, new_account_key
 
 TIMEOUT = 20
 
@@ -94,8 +94,7 @@ def test_a_missing_setting_is_named_on_the_setup_page_and_health_is_503(use_sett
 
 
 def test_storage_unreachable_is_red_and_health_503(use_settings):
-    closed = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
-              f"TableEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;")
+    closed = azurite_connection_string(free_port(), new_account_key())  # nothing listens there
     use_settings(TABLES_CONNECTION_STRING=closed)
     started = time.monotonic()
     health = get("/api/health")
