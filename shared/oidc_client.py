@@ -6,7 +6,6 @@ when the client credential changes. MSAL does not validate the ID token: `id_tok
 from __future__ import annotations
 
 import hashlib
-import threading
 from urllib.parse import urlsplit
 
 import msal
@@ -17,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from .aadsts import hint_for
 from .errors import ConfigurationError, DependencyUnavailable, InvalidIdToken, RedemptionFailed
 from .provider import HTTP_TIMEOUT
-from .vault import CachedSecret, SecretValue
+from .vault import CachedSecret, DerivedFromSecret, SecretValue
 
 SCOPES = ["email"]  # MSAL adds openid, profile and offline_access itself
 INVALID_CLIENT_CODES = {7000215, 7000222, 7000216}
@@ -72,21 +71,12 @@ class OidcClient:
                  session: requests.Session):
         self.client_id = client_id
         self.authority = authority
-        self._credential = credential
         self._certificate = certificate
         self._session = session
-        self._app: msal.ConfidentialClientApplication | None = None
-        self._app_for: tuple | None = None
-        self._lock = threading.Lock()
+        self._app = DerivedFromSecret(credential, self._build)
 
     def _application(self, *, refresh_credential: bool = False) -> msal.ConfidentialClientApplication:
-        secret = self._credential.refresh() if refresh_credential else self._credential.get()
-        key = (secret.version, secret.value)
-        with self._lock:
-            if self._app is None or self._app_for != key:
-                self._app = self._build(secret)
-                self._app_for = key
-            return self._app
+        return self._app.get(refresh=refresh_credential)
 
     def _build(self, secret: SecretValue) -> msal.ConfidentialClientApplication:
         host = (urlsplit(self.authority).hostname or "").lower()

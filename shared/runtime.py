@@ -21,7 +21,7 @@ from .oidc_client import OidcClient
 from .provider import HTTP_TIMEOUT, ProviderMetadata, discover
 from .session_token import SessionSigner, load_signing_keys
 from .tables import ACCOUNTS_TABLE, EVENTS_TABLE, FLOWS_TABLE, Tables
-from .vault import CachedSecret, KeyVaultReader, SettingsReader
+from .vault import CachedSecret, DerivedFromSecret, KeyVaultReader, SettingsReader
 
 METADATA_MAX_AGE = 24 * 3600
 CREDENTIAL_RETRIES = 2
@@ -40,7 +40,6 @@ class Runtime:
         self._settings: Settings | None = None
         self._credential = None
         self._metadata: tuple[float, ProviderMetadata] | None = None
-        self._signer: tuple[tuple, SessionSigner] | None = None
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -103,16 +102,18 @@ class Runtime:
     def signing_key_secret(self) -> CachedSecret:
         return CachedSecret(self.secrets, self.settings.signing_key_name, self.settings.secret_cache_seconds)
 
+    @cached_property
+    def _signer(self) -> DerivedFromSecret[SessionSigner]:
+        def build(secret) -> SessionSigner:
+            where = "SESSION_SIGNING_KEY" if secret.source != "key vault" else \
+                f"Key Vault secret '{self.settings.signing_key_name}'"
+            return SessionSigner(load_signing_keys(secret.value, where))
+
+        return DerivedFromSecret(self.signing_key_secret, build)
+
     def signer(self) -> SessionSigner:
         """The session signer, rebuilt when the signing-key secret changes (rotation)."""
-        secret = self.signing_key_secret.get()
-        key = (secret.version, secret.value)
-        with self._lock:
-            if self._signer is None or self._signer[0] != key:
-                where = "SESSION_SIGNING_KEY" if secret.source != "key vault" else \
-                    f"Key Vault secret '{self.settings.signing_key_name}'"
-                self._signer = (key, SessionSigner(load_signing_keys(secret.value, where)))
-            return self._signer[1]
+        return self._signer.get()
 
     def metadata(self) -> ProviderMetadata:
         """The IdP's metadata, discovered on first use and refreshed daily; a failed discovery is not

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
@@ -109,3 +110,25 @@ class CachedSecret:
         self._value = self._reader.read(self.name)
         self._read_at = self._clock()
         self.reads += 1
+
+
+T = TypeVar("T")
+
+
+class DerivedFromSecret(Generic[T]):
+    """A value built from a secret (the MSAL app, the session signer), rebuilt only when the secret
+    changes: a rotation is picked up, and nothing is rebuilt on reads that find the same secret."""
+
+    def __init__(self, secret: CachedSecret, build: Callable[[SecretValue], T]):
+        self._secret, self._build = secret, build
+        self._built: tuple[tuple, T] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, *, refresh: bool = False) -> T:
+        """The value for the current secret; `refresh` re-reads the secret first."""
+        secret = self._secret.refresh() if refresh else self._secret.get()
+        key = (secret.version, secret.value)
+        with self._lock:
+            if self._built is None or self._built[0] != key:
+                self._built = (key, self._build(secret))
+            return self._built[1]
