@@ -53,7 +53,24 @@ class Settings:
         return bool(self.client_certificate_name or self.client_certificate)
 
     def redirect_uri(self, kind: str) -> str:
-        return f"{self.public_base_url}/api/sso/{kind}/callback"
+        return redirect_uri(self.public_base_url, kind)
+
+
+def redirect_uri(public_base: str, kind: str) -> str:
+    """A kind's redirect URI ("User/Agent Single Sign On URL"): never from the request's Host header."""
+    return f"{public_base}/api/sso/{kind}/callback"
+
+
+def public_base_url(env: Mapping[str, str]) -> str:
+    """PUBLIC_BASE_URL, else https://$WEBSITE_HOSTNAME (set by Azure); "" when neither is set."""
+    base = env.get("PUBLIC_BASE_URL", "").strip().rstrip("/")
+    host = env.get("WEBSITE_HOSTNAME", "").strip()
+    return base or (f"https://{host}" if host else "")
+
+
+def valid_public_base(base: str) -> bool:
+    """An https:// origin (Entra accepts only https redirect URIs, built from it)."""
+    return _https_url(base) and urlsplit(base).path in ("", "/") and not urlsplit(base).query
 
 
 def issuer_base(raw: str) -> str:
@@ -186,13 +203,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     else:
         origins = {origin_of(u) for u in portal_urls.values()}
 
-    public_base = get("PUBLIC_BASE_URL").rstrip("/")
-    if not public_base and get("WEBSITE_HOSTNAME"):
-        public_base = f"https://{get('WEBSITE_HOSTNAME')}"
+    public_base = public_base_url(env)
     if not public_base:
         problems.append("PUBLIC_BASE_URL: missing (and no WEBSITE_HOSTNAME). Set the app's external URL, "
                         "e.g. https://myapp.azurewebsites.net.")
-    elif not _https_url(public_base) or urlsplit(public_base).path not in ("", "/") or urlsplit(public_base).query:
+    elif not valid_public_base(public_base):
         problems.append("PUBLIC_BASE_URL: must be an https:// origin such as https://myapp.azurewebsites.net "
                         "(redirect URIs are built from it; Entra accepts only https).")
 

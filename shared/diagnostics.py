@@ -18,7 +18,7 @@ from cryptography import x509
 
 from . import pages
 from .aadsts import HINTS
-from .config import KINDS, Settings, _https_url
+from .config import KINDS, Settings, public_base_url, redirect_uri, valid_public_base
 from .errors import ConfigurationError, DependencyUnavailable, SsoError
 
 log = logging.getLogger("portal_sso.diagnostics")
@@ -294,11 +294,9 @@ def _redirect_uris(env: Mapping[str, str], settings: Settings | None) -> tuple[d
     if settings is not None:
         return {kind: settings.redirect_uri(kind) for kind in KINDS}, ""
     # The settings do not load, but the URIs need only the base URL: show them if it is usable.
-    base = (env.get("PUBLIC_BASE_URL") or "").strip().rstrip("/")
-    if not base and (env.get("WEBSITE_HOSTNAME") or "").strip():
-        base = f"https://{env['WEBSITE_HOSTNAME'].strip()}"
-    if base and _https_url(base):
-        return {kind: f"{base}/api/sso/{kind}/callback" for kind in KINDS}, \
+    base = public_base_url(env)
+    if base and valid_public_base(base):
+        return {kind: redirect_uri(base, kind) for kind in KINDS}, \
             "Built from PUBLIC_BASE_URL; other settings still have problems (below)."
     return {kind: None for kind in KINDS}, "Set PUBLIC_BASE_URL (the app's https:// address) to get them."
 
