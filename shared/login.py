@@ -88,6 +88,21 @@ def _as_error(exc: Exception, where: str, correlation_id: str) -> SsoError:
     return InternalError(type(exc).__name__)
 
 
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _log_attempt(event: SignInEvent, detail: str = "") -> None:
+    """The one log line of a login attempt (sso.login / sso.callback), as text and as Application
+    Insights custom dimensions; it holds what the audit row holds, never a token, code or secret."""
+    fields = {"kind": event.kind, "outcome": event.outcome, "reason": event.reason, "status": event.status,
+              "elapsed_ms": event.elapsed_ms, "correlation_id": event.correlation_id}
+    text = " ".join(f"{name}={value}" for name, value in fields.items())
+    level = logging.WARNING if event.outcome == "failure" else logging.INFO
+    log.log(level, "sso.%s %s%s", event.stage, text, f" detail={detail}" if detail else "",
+            extra={"custom_dimensions": fields})
+
+
 def _is_false(value) -> bool:
     return value is False or (isinstance(value, str) and value.lower() == "false") or value == 0
 
@@ -115,22 +130,18 @@ class SsoService:
             flow = self.deps.oidc.start(settings.redirect_uri(kind))
             binding = new_binding()
             self.deps.flows.save(flow, kind, binding, return_to, correlation_id)
-            elapsed_ms = int((time.monotonic() - started) * 1000)
-            log.info("sso.login kind=%s outcome=redirect elapsed_ms=%s correlation_id=%s", kind, elapsed_ms,
-                     correlation_id, extra={"custom_dimensions": {"kind": kind, "outcome": "redirect",
-                                                                  "elapsed_ms": elapsed_ms,
-                                                                  "correlation_id": correlation_id}})
+            _log_attempt(SignInEvent(correlation_id=correlation_id, kind=kind, outcome="redirect", reason="ok",
+                                     status=302, stage="login", elapsed_ms=_ms_since(started)))
             # 4. off to the IdP
             return pages.redirect(flow["auth_uri"], [flow_cookie(kind, binding, self.deps.flows.ttl)])
         except Exception as exc:  # a refused start gets its audit row too
             err = _as_error(exc, "sso.login", correlation_id)
-            log.warning("sso.login kind=%s outcome=failure reason=%s correlation_id=%s detail=%s",
-                        kind, err.reason, correlation_id, err.detail)
             reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
             event = SignInEvent(correlation_id=correlation_id, kind=kind, outcome="failure", reason=err.reason,
-                                status=reply.status, stage="login",
-                                elapsed_ms=int((time.monotonic() - started) * 1000))
-            return self._audit(event, reply, correlation_id)
+                                status=reply.status, stage="login", elapsed_ms=_ms_since(started))
+            reply = self._audit(event, reply, correlation_id)
+            _log_attempt(event, err.detail)
+            return reply
 
     # POST|GET /api/sso/{kind}/callback
     def complete_login(self, kind: str, callback: Callback, correlation_id: str) -> pages.Reply:
@@ -155,15 +166,9 @@ class SsoService:
             # cookie: a stranger's bogus callback (SameSite=None lets other sites send one) must not
             # cancel a login the browser has under way.
             reply.cookies.append(flow_cookie(kind, "", 0))
-        event.status, event.elapsed_ms = reply.status, int((time.monotonic() - started) * 1000)
+        event.status, event.elapsed_ms = reply.status, _ms_since(started)
         reply = self._audit(event, reply, correlation_id)
-        level = logging.INFO if event.outcome == "success" else logging.WARNING
-        log.log(level, "sso.callback kind=%s outcome=%s reason=%s status=%s elapsed_ms=%s correlation_id=%s%s",
-                kind, event.outcome, event.reason, event.status, event.elapsed_ms, correlation_id,
-                f" detail={detail}" if detail else "",
-                extra={"custom_dimensions": {"kind": kind, "outcome": event.outcome, "reason": event.reason,
-                                             "status": event.status, "elapsed_ms": event.elapsed_ms,
-                                             "correlation_id": correlation_id}})
+        _log_attempt(event, detail)
         return reply
 
     def _complete(self, kind: str, callback: Callback, correlation_id: str, event: SignInEvent) -> pages.Reply:
