@@ -122,11 +122,11 @@ class AccountStore:
         return True
 
     def unlink(self, email: str, kind: str) -> bool:
-        account = self.get(email, kind)
-        if account is None:
-            return False
         with storage_errors():
-            entity = self._table.get_entity(email_key(normalize_email(email)), kind)
+            try:
+                entity = self._table.get_entity(email_key(normalize_email(email)), kind)
+            except ResourceNotFoundError:
+                return False
             entity.pop("LinkedIdpSubject", None)
             self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
         return True
