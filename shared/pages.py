@@ -31,10 +31,11 @@ class Reply:
     cookies: list[str] = field(default_factory=list)  # Set-Cookie values
 
 
-def security_headers(*, form_action: str | None = None, script: bool = False, cache: str = "no-store") -> dict:
+def security_headers(*, form_action: str | None = None, script: bool = False, cache: str = "no-store",
+                     style: str = STYLE) -> dict:
     """Headers of every SSO response: nothing cached, no referrer (URLs may hold a code), no framing,
-    and a CSP that allows only our own inline style and, on the form_post page, our one script."""
-    csp = ["default-src 'none'", f"style-src {_csp_hash(STYLE)}", "frame-ancestors 'none'", "base-uri 'none'",
+    and a CSP that allows only the page's own inline `style` and, on the form_post page, our one script."""
+    csp = ["default-src 'none'", f"style-src {_csp_hash(style)}", "frame-ancestors 'none'", "base-uri 'none'",
            f"form-action {form_action}" if form_action else "form-action 'none'"]
     if script:
         csp.append(f"script-src {_csp_hash(AUTO_SUBMIT)}")
@@ -45,10 +46,11 @@ def security_headers(*, form_action: str | None = None, script: bool = False, ca
     return headers
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, style: str = STYLE, *, noindex: bool = False) -> str:
+    robots = '<meta name="robots" content="noindex">' if noindex else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-            f'content="width=device-width,initial-scale=1"><meta name="referrer" content="no-referrer">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>")
+            f'content="width=device-width,initial-scale=1"><meta name="referrer" content="no-referrer">{robots}'
+            f"<title>{html.escape(title)}</title><style>{style}</style></head><body>{body}</body></html>")
 
 
 def form_post(action: str, fields: dict[str, str], form_action_origin: str) -> Reply:
@@ -100,14 +102,6 @@ OPS_STYLE = STYLE + (
     ".summary{padding:.75rem 1rem;border-radius:.25rem}dt{font-weight:600;margin-top:.5rem}"
 )
 _LEVEL_LABELS = {"ok": "OK", "warn": "Warning", "fail": "Problem", "none": "Not checked"}
-
-
-def _ops_headers() -> dict:
-    """The security headers, with the setup page's own stylesheet allowed instead of the SSO pages'."""
-    headers = security_headers()
-    headers["Content-Security-Policy"] = headers["Content-Security-Policy"].replace(
-        _csp_hash(STYLE), _csp_hash(OPS_STYLE))
-    return headers
 
 
 def _status(level: str) -> str:
@@ -181,8 +175,5 @@ def setup_page(report) -> Reply:
         + "<h2>5. Settings</h2><table>" + setting_rows + "</table>"
         + "<h2>6. Entra (AADSTS) errors and their fixes</h2><dl>" + hints + "</dl>"
     )
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-            f'content="width=device-width,initial-scale=1"><meta name="referrer" content="no-referrer">'
-            f'<meta name="robots" content="noindex"><title>Portal SSO setup</title><style>{OPS_STYLE}</style>'
-            f"</head><body>{body}</body></html>")
-    return Reply(200, page, headers=_ops_headers())
+    return Reply(200, _page("Portal SSO setup", body, OPS_STYLE, noindex=True),
+                 headers=security_headers(style=OPS_STYLE))
