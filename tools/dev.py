@@ -65,12 +65,12 @@ def _new_signing_key() -> str:
                              serialization.NoEncryption()).decode()
 
 
-def app_settings(issuer: str, tables_connection_string: str) -> dict[str, str]:
+def app_settings(issuer: str, client_secret: str, tables_connection_string: str) -> dict[str, str]:
     app, portal = f"https://127.0.0.1:{PORTS['app']}", f"https://127.0.0.1:{PORTS['portal']}"
     return {
         "OIDC_ISSUER_URL": f"{issuer}/.well-known/openid-configuration",
         "OIDC_CLIENT_ID": CLIENT_ID,
-        "OIDC_CLIENT_SECRET": _state_secret("client-secret", lambda: secrets.token_urlsafe(32)),
+        "OIDC_CLIENT_SECRET": client_secret,
         "SESSION_SIGNING_KEY": _state_secret("session-signing-key.pem", _new_signing_key),
         "TABLES_CONNECTION_STRING": tables_connection_string,
         "PORTAL_USER_URL": f"{portal}/user",
@@ -109,7 +109,7 @@ def main() -> int:
         idp = start_idp(idp_config(ca, port=PORTS["idp"], tenant=TENANT, clients=[client], people=people),
                         workdir=logs)
         services.append(idp)
-        settings = app_settings(idp.url, azurite.connection_string)
+        settings = app_settings(idp.url, secret, azurite.connection_string)
         env = {**os.environ, **settings}
         seed(settings["TABLES_CONNECTION_STRING"])
         print("starting the function app (tools.host) and the demo portal ...", flush=True)
