@@ -48,10 +48,12 @@ class Tables:
 
     @classmethod
     def from_settings(cls, connection_string: str | None, endpoint: str | None,
-                      credential_factory: Callable[[], object]) -> Tables:
+                      credential_factory: Callable[[], object], **options) -> Tables:
+        """A connection string, else the endpoint with the credential; `options` add to CLIENT_OPTIONS."""
+        options = {**CLIENT_OPTIONS, **options}
         if connection_string:
-            return cls(TableServiceClient.from_connection_string(connection_string, **CLIENT_OPTIONS))
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential_factory(), **CLIENT_OPTIONS))
+            return cls(TableServiceClient.from_connection_string(connection_string, **options))
+        return cls(TableServiceClient(endpoint=endpoint, credential=credential_factory(), **options))
 
     def client(self, name: str) -> TableClient:
         with self._lock:

@@ -38,7 +38,7 @@ from shared.accounts import (
     parse_enabled,
 )
 from shared.errors import ConfigurationError, DependencyUnavailable
-from shared.tables import ACCOUNTS_TABLE, CLIENT_OPTIONS, Tables
+from shared.tables import ACCOUNTS_TABLE, Tables
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2
 COLUMNS = ("email", "kind", "account_id", "name", "enabled")
@@ -79,21 +79,20 @@ def storage_settings(args: argparse.Namespace) -> tuple[str | None, str | None]:
 def connect(connection_string: str | None, endpoint: str | None, workers: int = WORKERS) -> AccountStore:
     """The account store; raises DependencyUnavailable when storage does not answer. The HTTP pool
     holds `workers` connections, so a parallel import reuses them instead of opening and dropping."""
-    from azure.data.tables import TableServiceClient
-
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=2, pool_maxsize=workers,
                           max_retries=Retry(total=False, redirect=False, raise_on_status=False))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    options = {**CLIENT_OPTIONS, "transport": RequestsTransport(session=session, session_owner=False)}
-    if connection_string:
-        service = TableServiceClient.from_connection_string(connection_string, **options)
-    else:
-        from azure.identity import DefaultAzureCredential
+    tables = Tables.from_settings(connection_string, endpoint, _default_credential,
+                                  transport=RequestsTransport(session=session, session_owner=False))
+    return AccountStore(tables.client(ACCOUNTS_TABLE))
 
-        service = TableServiceClient(endpoint=endpoint, credential=DefaultAzureCredential(), **options)
-    return AccountStore(Tables(service).client(ACCOUNTS_TABLE))
+
+def _default_credential():
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
 
 
 # ---- CSV import -------------------------------------------------------------------------------------
