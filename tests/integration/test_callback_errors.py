@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 
 import pytest
 import requests
@@ -19,7 +18,7 @@ from tests.support.portal import (
     sign_in,
     start_login,
 )
-from tools.stack import azurite_connection_string, new_account_key
+from tools.stack import azurite_connection_string, free_port, new_account_key
 
 CALLBACK = f"{APP_BASE}/api/sso/user/callback"
 
@@ -139,14 +138,8 @@ def test_jwks_is_public_and_cacheable(app_server):
         "public members only"
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_table_storage_down_is_503_with_retry_after(use_settings):
-    port = _closed_port()
+    port = free_port()
     use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(port, new_account_key()))
     response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False)
     assert response.status_code == 503
@@ -155,7 +148,7 @@ def test_table_storage_down_is_503_with_retry_after(use_settings):
 
 
 def test_idp_unreachable_is_503_naming_no_secret(use_settings):
-    use_settings(OIDC_ISSUER_URL=f"https://127.0.0.1:{_closed_port()}/tenant/v2.0")
+    use_settings(OIDC_ISSUER_URL=f"https://127.0.0.1:{free_port()}/tenant/v2.0")
     response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False)
     assert response.status_code == 503
     assert response.headers["Retry-After"]
