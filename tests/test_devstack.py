@@ -12,7 +12,7 @@ import pytest
 import requests
 from azure.data.tables import TableServiceClient
 
-from tests.support.idp_login import _login_form, _parse, sign_in_at_idp
+from tools.idp_login import _login_form, _parse, sign_in_at_idp
 from tools.stack import RunningIdp, Service
 
 TIMEOUT = 15

@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.runtime import Runtime, reset_runtime
-from tests.support.idp_login import sign_in_at_idp
 
 from .host import build_wsgi_app, serve_in_thread
+from .idp_login import sign_in_at_idp
 from .stack import (
     entra_person,
     free_port,

@@ -7,7 +7,7 @@ import re
 import jwt
 import requests
 
-from .idp_login import _parse, sign_in_at_idp
+from tools.idp_login import _parse, sign_in_at_idp
 
 TIMEOUT = 20
 CORRELATION = re.compile(r"Correlation ID: <code>([^<]+)</code>")
