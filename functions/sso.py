@@ -44,4 +44,4 @@ def sso_logout(req: func.HttpRequest, context: func.Context) -> func.HttpRespons
 
 @http_route(bp, "sso/jwks.json", ["GET"], func.AuthLevel.ANONYMOUS)
 def sso_jwks(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    return guarded(context, lambda cid: service().jwks(cid))
+    return guarded(context, lambda cid: service().session_jwks(cid))

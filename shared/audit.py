@@ -3,7 +3,6 @@ goes out (after a function returns, Azure may freeze its instance). Nothing secr
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +10,6 @@ from azure.data.tables import TableClient
 
 from .tables import delete_matching, storage_errors
 
-log = logging.getLogger("portal_sso.audit")
 _MAX_MS = 10**13  # RowKeys count down from here, so a day's newest events list first
 
 

@@ -24,7 +24,6 @@ from .errors import ConfigurationError, DependencyUnavailable, SsoError
 log = logging.getLogger("portal_sso.diagnostics")
 
 SECRET_WARNING_DAYS = 30
-HEALTH_CHECKS = ("idp_metadata", "client_secret", "signing_key", "tables")
 
 # The settings the setup page lists, in the order of the README; the secret ones show only "set".
 SETTINGS_SHOWN = ("OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "KEY_VAULT_URL", "OIDC_CLIENT_SECRET_NAME",
@@ -134,9 +133,9 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
     title = "Client certificate" if certificate else "Client secret"
 
     def probe() -> Check:
-        secret = runtime.client_credential.get()
+        secret = runtime.cached_client_credential.get()
         if secret.source == "key vault":
-            where = f"Key Vault secret '{runtime.client_credential.name}'"
+            where = f"Key Vault secret '{runtime.cached_client_credential.name}'"
             where += f", version {secret.version}" if secret.version else ""
         else:
             where = f"{secret.source} (local development only)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from . import pages
@@ -30,6 +31,16 @@ from .errors import (
 from .flows import new_binding
 from .id_token import verify_id_token
 from .oidc_client import expected_nonce
+
+if TYPE_CHECKING:
+    from .accounts import AccountStore
+    from .audit import SignInEvents
+    from .config import Settings
+    from .flows import FlowStore
+    from .jwks import JwksCache
+    from .oidc_client import OidcClient
+    from .provider import ProviderMetadata
+    from .session_token import SessionSigner
 
 log = logging.getLogger("portal_sso")
 
@@ -107,11 +118,29 @@ def _is_false(value) -> bool:
     return value is False or (isinstance(value, str) and value.lower() == "false") or value == 0
 
 
-class SsoService:
-    """The login. `deps` (a Runtime) hands out settings and the long-lived collaborators, built on
-    first use: flows, accounts, events, oidc, metadata(), jwks(), signer()."""
+class LoginDeps(Protocol):
+    """What the login needs. `runtime.Runtime` is the real one (each collaborator built on first use,
+    then shared by the worker); unit tests hand in their own."""
 
-    def __init__(self, deps, clock=time.time):
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def flows(self) -> FlowStore: ...
+    @property
+    def accounts(self) -> AccountStore: ...
+    @property
+    def events(self) -> SignInEvents: ...
+    @property
+    def oidc(self) -> OidcClient: ...
+    def metadata(self) -> ProviderMetadata: ...
+    def idp_keys(self) -> JwksCache: ...
+    def signer(self) -> SessionSigner: ...
+
+
+class SsoService:
+    """The login: start it, complete it, log out, publish our keys."""
+
+    def __init__(self, deps: LoginDeps, clock=time.time):
         self.deps = deps
         self.clock = clock
 
@@ -192,10 +221,11 @@ class SsoService:
         # 2. the flow: known, unused, unexpired, started by this browser; consumed now
         stored = self.deps.flows.consume(state, kind, callback.cookies.get(flow_cookie_name(kind)))
         callback.consumed = True
-        # 3. the code, redeemed by MSAL (PKCE verifier, MSAL's nonce check)
+        # 3. the code, redeemed by MSAL (PKCE verifier). The pinned MSAL also checks the nonce, but newer
+        #    MSAL no longer does: our own check in step 4 (id_token.py) is the defence.
         result = self.deps.oidc.redeem(stored.flow, code, state)
         # 4. the ID token, validated by us
-        claims = verify_id_token(result["id_token"], metadata=metadata, jwks=self.deps.jwks(),
+        claims = verify_id_token(result["id_token"], metadata=metadata, jwks=self.deps.idp_keys(),
                                  client_id=settings.client_id, expected_nonce=expected_nonce(stored.flow))
         tid = claims.get("tid") if isinstance(claims.get("tid"), str) else ""
         oid = claims.get("oid") if isinstance(claims.get("oid"), str) else ""
@@ -267,7 +297,8 @@ class SsoService:
             return pages.error(err, correlation_id, portal_url=self._portal_url(kind))
 
     # GET /api/sso/jwks.json
-    def jwks(self, correlation_id: str) -> pages.Reply:
+    def session_jwks(self, correlation_id: str) -> pages.Reply:
+        """Our own public keys, which verify the session tokens we issue."""
         try:
             return pages.json_reply(self.deps.signer().jwks(), cache="public, max-age=300")
         except SsoError as err:

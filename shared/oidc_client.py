@@ -35,7 +35,7 @@ def expected_nonce(flow: dict) -> str:
     return hashlib.sha256(flow["nonce"].encode("ascii")).hexdigest()
 
 
-def client_credential(secret: SecretValue, *, certificate: bool):
+def msal_client_credential(secret: SecretValue, *, certificate: bool):
     """MSAL's client_credential: the secret string, or for a certificate (PEM with its private key,
     as Key Vault returns a PEM certificate's secret) the private_key_jwt material."""
     if not certificate:
@@ -43,8 +43,7 @@ def client_credential(secret: SecretValue, *, certificate: bool):
     pem = secret.value.encode()
     try:
         cert = x509.load_pem_x509_certificate(pem)
-        key = serialization.load_pem_private_key(
-            b"".join(line + b"\n" for line in _pem_block(pem, b"PRIVATE KEY")), password=None)
+        key = serialization.load_pem_private_key(pem, password=None)  # finds the key block among the PEM's
     except (ValueError, TypeError) as exc:
         raise ConfigurationError([f"client certificate ({secret.source}): must be PEM holding the certificate "
                                   "and its unencrypted private key."]) from exc
@@ -53,17 +52,6 @@ def client_credential(secret: SecretValue, *, certificate: bool):
     return {"private_key": key_pem, "thumbprint": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 - x5t is SHA-1 by RFC 7515
             "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode()}
 
-
-def _pem_block(pem: bytes, label: bytes) -> list[bytes]:
-    lines, inside = [], False
-    for line in pem.splitlines():
-        if line.startswith(b"-----BEGIN") and label in line:
-            inside = True
-        if inside:
-            lines.append(line)
-        if inside and line.startswith(b"-----END"):
-            break
-    return lines
 
 
 class OidcClient:
@@ -86,7 +74,7 @@ class OidcClient:
                  else {"oidc_authority": self.authority})
         try:
             return msal.ConfidentialClientApplication(
-                self.client_id, client_credential=client_credential(secret, certificate=self._certificate),
+                self.client_id, client_credential=msal_client_credential(secret, certificate=self._certificate),
                 http_client=self._session, timeout=HTTP_TIMEOUT[1], token_cache=_NoTokenCache(),
                 exclude_scopes=["offline_access"], **where)
         except requests.RequestException as exc:

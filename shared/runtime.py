@@ -14,7 +14,7 @@ import requests
 from .accounts import AccountStore
 from .audit import SignInEvents
 from .config import Settings, load_settings
-from .errors import ConfigurationError, DependencyUnavailable
+from .errors import DependencyUnavailable
 from .flows import FlowStore
 from .jwks import JwksCache
 from .oidc_client import OidcClient
@@ -90,7 +90,7 @@ class Runtime:
         })
 
     @cached_property
-    def client_credential(self) -> CachedSecret:
+    def cached_client_credential(self) -> CachedSecret:
         s = self.settings
         if s.uses_certificate:
             name = s.client_certificate_name or "client-certificate"
@@ -129,7 +129,8 @@ class Runtime:
     def _jwks(self) -> JwksCache:
         return JwksCache(self._fetch_jwks)
 
-    def jwks(self) -> JwksCache:
+    def idp_keys(self) -> JwksCache:
+        """The IdP's ID-token signing keys (its JWKS), cached."""
         return self._jwks
 
     def _fetch_jwks(self) -> dict:
@@ -145,7 +146,7 @@ class Runtime:
     def oidc(self) -> OidcClient:
         s = self.settings
         self.metadata()  # fail with our clear discovery message before MSAL tries with its own
-        return OidcClient(client_id=s.client_id, authority=s.issuer_base, credential=self.client_credential,
+        return OidcClient(client_id=s.client_id, authority=s.issuer_base, credential=self.cached_client_credential,
                           certificate=s.uses_certificate, session=self.session)
 
 
@@ -180,5 +181,3 @@ def reset_runtime(runtime: Runtime | None = None) -> None:
     with _runtime_lock:
         _runtime = runtime
 
-
-__all__ = ["ConfigurationError", "Runtime", "get_runtime", "reset_runtime"]

@@ -16,14 +16,12 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient
 
 from .errors import DependencyUnavailable
+from .transport import azure_client_options
 
 ACCOUNTS_TABLE = "PortalAccounts"
 FLOWS_TABLE = "SsoFlows"
 EVENTS_TABLE = "SignInEvents"
-ALL_TABLES = (ACCOUNTS_TABLE, FLOWS_TABLE, EVENTS_TABLE)
 
-# Few, quick retries: a browser is waiting, and a dead dependency must become a 503 in seconds.
-CLIENT_OPTIONS = {"retry_total": 2, "retry_backoff_factor": 0.2, "connection_timeout": 5, "read_timeout": 10}
 
 
 @contextlib.contextmanager
@@ -49,8 +47,9 @@ class Tables:
     @classmethod
     def from_settings(cls, connection_string: str | None, endpoint: str | None,
                       credential_factory: Callable[[], object], **options) -> Tables:
-        """A connection string, else the endpoint with the credential; `options` add to CLIENT_OPTIONS."""
-        options = {**CLIENT_OPTIONS, **options}
+        """A connection string, else the endpoint with the credential; `options` add to (or override)
+        the app's usual client options."""
+        options = {**azure_client_options(), **options}
         if connection_string:
             return cls(TableServiceClient.from_connection_string(connection_string, **options))
         return cls(TableServiceClient(endpoint=endpoint, credential=credential_factory(), **options))

@@ -22,8 +22,7 @@ from azure.core.exceptions import (
 
 from .config import LOOPBACK_HOSTS
 from .errors import ConfigurationError, DependencyUnavailable
-
-CLIENT_OPTIONS = {"retry_total": 2, "retry_backoff_factor": 0.2, "connection_timeout": 5, "read_timeout": 10}
+from .transport import azure_client_options
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class KeyVaultReader:
             # is not a subdomain of it. A real vault (*.vault.azure.net) keeps the check, which stops
             # a lookalike URL from collecting a Key Vault token.
             options.setdefault("verify_challenge_resource", False)
-        return cls(SecretClient(vault_url=vault_url, credential=credential, **{**CLIENT_OPTIONS, **options}))
+        return cls(SecretClient(vault_url=vault_url, credential=credential, **{**azure_client_options(), **options}))
 
     def read(self, name: str) -> SecretValue:
         """Raises ConfigurationError (no such secret, disabled, no permission) or DependencyUnavailable."""

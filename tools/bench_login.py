@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in timed:
         print(f"  {name:45s} p50 {statistics.median(values):6.1f} ms   p95 {percentile(values, 95):6.1f} ms   "
               f"max {max(values):6.1f} ms")
-    print(f"  JWKS fetches: {runtime.jwks().fetch_count}; client secret reads: {runtime.client_credential.reads}")
+    print(f"  JWKS fetches: {runtime.idp_keys().fetch_count}; "
+          f"client secret reads: {runtime.cached_client_credential.reads}")
     print(f"  Python heap growth over {args.logins} logins: {growth / 1024:.1f} KiB "
           f"({growth / args.logins:.0f} bytes per login; client and server share this process)")
     for stat in top:

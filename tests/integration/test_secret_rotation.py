@@ -68,7 +68,7 @@ def test_a_rotated_client_secret_is_picked_up_without_a_restart(stub, vault_app,
 
     assert response.status_code == 200, f"the IdP's invalid_client made the app re-read: {response.text[:800]}"
     assert stub.reads(CLIENT_SECRET_NAME) == 2, "exactly one re-read, on invalid_client"
-    assert runtime.client_credential.get().value == CLIENT_SECRET
+    assert runtime.cached_client_credential.get().value == CLIENT_SECRET
     # The next login uses the new secret straight away: no more reads.
     assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200
     assert stub.reads(CLIENT_SECRET_NAME) == 2

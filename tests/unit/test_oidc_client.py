@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from shared.errors import ConfigurationError
-from shared.oidc_client import client_credential, expected_nonce
+from shared.oidc_client import expected_nonce, msal_client_credential
 from shared.vault import SecretValue
 
 
@@ -28,7 +28,7 @@ def test_expected_nonce_is_the_sha256_hex_of_the_flow_nonce():
 
 
 def test_client_credential_of_a_secret_is_the_secret_string():
-    assert client_credential(secret("s3cret"), certificate=False) == "s3cret"
+    assert msal_client_credential(secret("s3cret"), certificate=False) == "s3cret"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def certificate_pem() -> tuple[str, rsa.RSAPrivateKey, x509.Certificate]:
 
 def test_client_credential_of_a_certificate_is_msals_private_key_jwt_material(certificate_pem):
     text, key, cert = certificate_pem
-    credential = client_credential(secret(text), certificate=True)
+    credential = msal_client_credential(secret(text), certificate=True)
     sha1 = cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - x5t is SHA-1 by RFC 7515
     assert credential["thumbprint"] == sha1, "the thumbprint is the certificate's SHA-1 (x5t), hex, as MSAL wants it"
     loaded = serialization.load_pem_private_key(credential["private_key"].encode(), password=None)
@@ -59,7 +59,7 @@ def test_client_credential_of_a_certificate_without_its_key_is_refused_without_e
     _, _, cert = certificate_pem
     cert_only = cert.public_bytes(serialization.Encoding.PEM).decode()
     with pytest.raises(ConfigurationError) as caught:
-        client_credential(secret(cert_only), certificate=True)
+        msal_client_credential(secret(cert_only), certificate=True)
     message = "\n".join(caught.value.problems)
     assert "OIDC_CLIENT_SECRET" in message, "the error names where the credential came from"
     assert cert_only.splitlines()[1] not in message, "the error never contains the PEM"
