@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, Problem
 
 KINDS = ("user", "agent")
 WELL_KNOWN_SUFFIX = ".well-known/openid-configuration"
@@ -18,6 +18,45 @@ MULTI_TENANT_SEGMENTS = {"common", "organizations", "consumers", "{tenantid}"}
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 FLOW_TTL_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One app setting, as the setup page and the docs present it."""
+
+    name: str
+    doc: str
+    field: str | None = None  # the Settings attribute holding the value in force (shown when unset)
+    secret: bool = False  # shown only as "set": the value is a secret (a connection string holds a key)
+
+
+# Every setting the app reads, in the README's order: the setup page's list, defaults and docs.
+SETTINGS_TABLE = (
+    SettingInfo("OIDC_ISSUER_URL", "the IdP's issuer, or Entra's 'OpenID Connect metadata document' URL"),
+    SettingInfo("OIDC_CLIENT_ID", "the app registration's Application (client) ID"),
+    SettingInfo("KEY_VAULT_URL", "the vault holding the client secret and the session-signing key"),
+    SettingInfo("OIDC_CLIENT_SECRET_NAME", "Key Vault secret holding the client secret", "client_secret_name"),
+    SettingInfo("OIDC_CLIENT_CERTIFICATE_NAME", "Key Vault secret holding a client certificate (PEM with key), "
+                "instead of a client secret"),
+    SettingInfo("SESSION_SIGNING_KEY_NAME", "Key Vault secret holding the session-signing key (PEM)",
+                "signing_key_name"),
+    SettingInfo("OIDC_CLIENT_SECRET", "the client secret itself: local development only", secret=True),
+    SettingInfo("OIDC_CLIENT_CERTIFICATE", "the client certificate itself: local development only", secret=True),
+    SettingInfo("SESSION_SIGNING_KEY", "the session-signing key itself: local development only", secret=True),
+    SettingInfo("TABLES_CONNECTION_STRING", "Table Storage connection string (Azurite locally)", secret=True),
+    SettingInfo("TABLES_ENDPOINT", "Table Storage endpoint, used with the managed identity"),
+    SettingInfo("PORTAL_USER_URL", "where users' session tokens are delivered (form_post)"),
+    SettingInfo("PORTAL_AGENT_URL", "where agents' session tokens are delivered (form_post)"),
+    SettingInfo("PORTAL_ALLOWED_RETURN_ORIGINS", "origins a return_to may point at", "allowed_return_origins"),
+    SettingInfo("PUBLIC_BASE_URL", "the app's external base URL; the redirect URIs are built from it",
+                "public_base_url"),
+    SettingInfo("ALLOWED_TENANT_IDS", "Entra tenants whose people may sign in", "allowed_tenant_ids"),
+    SettingInfo("SESSION_TOKEN_AUDIENCE", "the session token's aud", "session_audience"),
+    SettingInfo("SESSION_TOKEN_ISSUER", "the session token's iss", "session_issuer"),
+    SettingInfo("SESSION_TOKEN_TTL_SECONDS", "the session token's lifetime", "session_ttl"),
+    SettingInfo("SECRET_CACHE_SECONDS", "how long a secret read from Key Vault is reused", "secret_cache_seconds"),
+    SettingInfo("SIGNIN_EVENTS_RETENTION_DAYS", "how long SignInEvents rows are kept", "events_retention_days"),
+)
 
 
 @dataclass(frozen=True)
@@ -114,156 +153,161 @@ def _https_url(value: str, *, allow_loopback_http: bool = False) -> bool:
     return allow_loopback_http and parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int, problems: list[str],
-                  lo: int = 1, hi: int = 10**7) -> int:
-    raw = env.get(name, "").strip()
+class _Reader:
+    """Reads raw settings for one validator and collects its problems."""
+
+    def __init__(self, env: Mapping[str, str], problems: list[Problem]):
+        self.env, self.problems = env, problems
+
+    def get(self, name: str) -> str:
+        return self.env.get(name, "").strip()
+
+    def problem(self, setting: str, text: str, fix: str = "") -> None:
+        self.problems.append(Problem(setting, text, fix))
+
+    def whole_number(self, name: str, default: int, lo: int = 1, hi: int = 10**7) -> int:
+        raw = self.get(name)
+        if not raw:
+            return default
+        # isascii(): str.isdigit() is also true for '\u00b2' or '\u2460', which int() cannot parse.
+        if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
+            self.problem(name, f"must be a whole number from {lo} to {hi} (got a value that is not).")
+            return default
+        return int(raw)
+
+
+# ---- one validator per group: each reads its settings, records its problems, returns its fields ----
+
+
+def _issuer(read: _Reader, _: dict) -> dict:
+    raw = read.get("OIDC_ISSUER_URL")
+    base = issuer_base(raw) if raw else ""
     if not raw:
-        return default
-    # isascii(): str.isdigit() is also true for '\u00b2' or '\u2460', which int() cannot parse.
-    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
-        problems.append(f"{name}: must be a whole number from {lo} to {hi} (got a value that is not).")
-        return default
-    return int(raw)
+        read.problem("OIDC_ISSUER_URL", "missing.", "Paste the app registration's 'OpenID Connect metadata "
+                     "document' URL (Endpoints), e.g. https://login.microsoftonline.com/<tenant>/v2.0/"
+                     ".well-known/openid-configuration.")
+    elif not _https_url(base):
+        read.problem("OIDC_ISSUER_URL", "must be an https:// URL (MSAL refuses anything else).")
+    client_id = read.get("OIDC_CLIENT_ID")
+    if not client_id:
+        read.problem("OIDC_CLIENT_ID", "missing.", "Copy the 'Application (client) ID' from the app registration.")
+    return {"issuer_base": base, "metadata_url": f"{base}/{WELL_KNOWN_SUFFIX}{metadata_query(raw)}",
+            "client_id": client_id}
+
+
+def _secrets(read: _Reader, _: dict) -> dict:
+    vault = read.get("KEY_VAULT_URL").rstrip("/") or None
+    direct = {name: read.get(name) or None
+              for name in ("OIDC_CLIENT_SECRET", "SESSION_SIGNING_KEY", "OIDC_CLIENT_CERTIFICATE")}
+    cert_name = read.get("OIDC_CLIENT_CERTIFICATE_NAME") or None
+    if vault:
+        if not _https_url(vault):
+            read.problem("KEY_VAULT_URL", "must be the vault's https:// URL, e.g. https://myvault.vault.azure.net.")
+        for name, value in direct.items():
+            if value:
+                read.problem(name, "not allowed together with KEY_VAULT_URL (local development only);",
+                             "remove it and keep the value in Key Vault.")
+    else:
+        if cert_name:
+            read.problem("OIDC_CLIENT_CERTIFICATE_NAME", "needs KEY_VAULT_URL.")
+        if not direct["OIDC_CLIENT_SECRET"] and not direct["OIDC_CLIENT_CERTIFICATE"]:
+            read.problem("KEY_VAULT_URL", "missing.", "Set it to the vault holding the client secret "
+                         "(or, for local development only, set OIDC_CLIENT_SECRET).")
+        if not direct["SESSION_SIGNING_KEY"]:
+            read.problem("SESSION_SIGNING_KEY", "missing.", "Set KEY_VAULT_URL and keep the session-signing key "
+                         "there (or, for local development only, give the PEM key in SESSION_SIGNING_KEY).")
+    return {"key_vault_url": vault, "client_secret": direct["OIDC_CLIENT_SECRET"],
+            "signing_key": direct["SESSION_SIGNING_KEY"], "client_certificate": direct["OIDC_CLIENT_CERTIFICATE"],
+            "client_certificate_name": cert_name,
+            "client_secret_name": read.get("OIDC_CLIENT_SECRET_NAME") or "oidc-client-secret",
+            "signing_key_name": read.get("SESSION_SIGNING_KEY_NAME") or "session-signing-key",
+            "secret_cache_seconds": read.whole_number("SECRET_CACHE_SECONDS", 900, lo=0, hi=86400)}
+
+
+def _storage(read: _Reader, _: dict) -> dict:
+    connection_string = read.get("TABLES_CONNECTION_STRING") or None
+    endpoint = read.get("TABLES_ENDPOINT").rstrip("/") or None
+    if not connection_string and not endpoint:
+        read.problem("TABLES_CONNECTION_STRING", "missing, and so is TABLES_ENDPOINT.", "Give the storage "
+                     "account's table endpoint (used with the managed identity), or a connection string.")
+    elif endpoint and not connection_string and not _https_url(endpoint, allow_loopback_http=True):
+        read.problem("TABLES_ENDPOINT", "must be an https:// URL, e.g. https://myaccount.table.core.windows.net.")
+    return {"tables_connection_string": connection_string, "tables_endpoint": endpoint,
+            "events_retention_days": read.whole_number("SIGNIN_EVENTS_RETENTION_DAYS", 90, lo=1, hi=3650)}
+
+
+def _portals(read: _Reader, _: dict) -> dict:
+    urls: dict[str, str] = {}
+    for kind in KINDS:
+        name = f"PORTAL_{kind.upper()}_URL"
+        value = read.get(name)
+        if not value:
+            read.problem(name, "missing.", f"Set the portal page that receives the {kind}s' session token.")
+        elif not _https_url(value, allow_loopback_http=True):
+            read.problem(name, "must be an https:// URL without user name or fragment.")
+        else:
+            urls[kind] = value
+    origins = {origin_of(u) for u in urls.values()}
+    raw_origins = read.get("PORTAL_ALLOWED_RETURN_ORIGINS")
+    if raw_origins:
+        origins = set()
+        for item in (i for i in re.split(r"[,\s]+", raw_origins) if i):
+            parts = urlsplit(item)
+            if not _https_url(item, allow_loopback_http=True) or parts.path not in ("", "/") or parts.query:
+                read.problem("PORTAL_ALLOWED_RETURN_ORIGINS", "each entry must be an origin such as "
+                             "https://portal.contoso.com (scheme, host and port only).")
+                break
+            origins.add(origin_of(item))
+    base = public_base_url(read.env)
+    if not base:
+        read.problem("PUBLIC_BASE_URL", "missing (and no WEBSITE_HOSTNAME).",
+                     "Set the app's external URL, e.g. https://myapp.azurewebsites.net.")
+    elif not valid_public_base(base):
+        read.problem("PUBLIC_BASE_URL", "must be an https:// origin such as https://myapp.azurewebsites.net "
+                     "(redirect URIs are built from it; Entra accepts only https).")
+    return {"portal_urls": urls, "allowed_return_origins": frozenset(origins), "public_base_url": base}
+
+
+def _tenants(read: _Reader, fields: dict) -> dict:
+    segment = issuer_tenant_segment(fields["issuer_base"]) if fields["issuer_base"] else ""
+    raw = read.get("ALLOWED_TENANT_IDS")
+    if raw:
+        ids = [t for t in re.split(r"[,\s]+", raw) if t]
+        if not all(GUID.match(t) for t in ids):
+            read.problem("ALLOWED_TENANT_IDS", "each entry must be a tenant ID (a GUID), comma-separated.")
+        return {"allowed_tenant_ids": frozenset(t.lower() for t in ids)}
+    if segment.lower() in MULTI_TENANT_SEGMENTS:
+        read.problem("ALLOWED_TENANT_IDS", f"required because the issuer is multi-tenant ('{segment}');",
+                     "list the tenant IDs whose people may sign in.")
+        return {"allowed_tenant_ids": frozenset()}
+    return {"allowed_tenant_ids": frozenset({segment.lower()}) if GUID.match(segment) else None}
+
+
+def _session_token(read: _Reader, fields: dict) -> dict:
+    audience = read.get("SESSION_TOKEN_AUDIENCE")
+    portals = fields["portal_urls"]
+    if not audience and len(portals) == len(KINDS):
+        origins = {origin_of(portals[k]) for k in KINDS}
+        if len(origins) == 1:
+            audience = origins.pop()
+        else:
+            read.problem("SESSION_TOKEN_AUDIENCE", "required because the two portal URLs have different origins;",
+                         "set the value your portal checks as 'aud'.")
+    return {"session_audience": audience,
+            "session_issuer": read.get("SESSION_TOKEN_ISSUER") or fields["public_base_url"],
+            "session_ttl": read.whole_number("SESSION_TOKEN_TTL_SECONDS", 3600, lo=60, hi=86400)}
+
+
+VALIDATORS = (_issuer, _secrets, _storage, _portals, _tenants, _session_token)
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Returns the settings, or raises ConfigurationError naming every bad setting and its fix."""
-    problems: list[str] = []
-
-    def get(name: str) -> str:
-        return env.get(name, "").strip()
-
-    raw_issuer = get("OIDC_ISSUER_URL")
-    base = issuer_base(raw_issuer) if raw_issuer else ""
-    if not raw_issuer:
-        problems.append("OIDC_ISSUER_URL: missing. Paste the app registration's 'OpenID Connect metadata "
-                        "document' URL (Endpoints), e.g. https://login.microsoftonline.com/<tenant>/v2.0/"
-                        ".well-known/openid-configuration.")
-    elif not _https_url(base):
-        problems.append("OIDC_ISSUER_URL: must be an https:// URL (MSAL refuses anything else).")
-
-    client_id = get("OIDC_CLIENT_ID")
-    if not client_id:
-        problems.append("OIDC_CLIENT_ID: missing. Copy the 'Application (client) ID' from the app registration.")
-
-    key_vault_url = get("KEY_VAULT_URL").rstrip("/") or None
-    client_secret = get("OIDC_CLIENT_SECRET") or None
-    signing_key = env.get("SESSION_SIGNING_KEY", "").strip() or None
-    client_certificate = env.get("OIDC_CLIENT_CERTIFICATE", "").strip() or None
-    cert_name = get("OIDC_CLIENT_CERTIFICATE_NAME") or None
-    if key_vault_url:
-        if not _https_url(key_vault_url):
-            problems.append("KEY_VAULT_URL: must be the vault's https:// URL, e.g. https://myvault.vault.azure.net.")
-        for name, value in (("OIDC_CLIENT_SECRET", client_secret), ("SESSION_SIGNING_KEY", signing_key),
-                            ("OIDC_CLIENT_CERTIFICATE", client_certificate)):
-            if value:
-                problems.append(f"{name}: not allowed together with KEY_VAULT_URL (local development only); "
-                                "remove it and keep the value in Key Vault.")
-    else:
-        if cert_name:
-            problems.append("OIDC_CLIENT_CERTIFICATE_NAME: needs KEY_VAULT_URL.")
-        if not client_secret and not client_certificate:
-            problems.append("KEY_VAULT_URL: missing. Set it to the vault holding the client secret "
-                            "(or, for local development only, set OIDC_CLIENT_SECRET).")
-        if not signing_key:
-            problems.append("SESSION_SIGNING_KEY: missing. Set KEY_VAULT_URL and keep the session-signing key "
-                            "there (or, for local development only, give the PEM key in SESSION_SIGNING_KEY).")
-
-    tables_cs = get("TABLES_CONNECTION_STRING") or None
-    tables_endpoint = get("TABLES_ENDPOINT").rstrip("/") or None
-    if not tables_cs and not tables_endpoint:
-        problems.append("TABLES_CONNECTION_STRING or TABLES_ENDPOINT: missing. Give the storage account's "
-                        "table endpoint (used with the managed identity), or a connection string.")
-    elif tables_endpoint and not tables_cs and not _https_url(tables_endpoint, allow_loopback_http=True):
-        problems.append("TABLES_ENDPOINT: must be an https:// URL, e.g. https://myaccount.table.core.windows.net.")
-
-    portal_urls: dict[str, str] = {}
-    for kind in KINDS:
-        name = f"PORTAL_{kind.upper()}_URL"
-        value = get(name)
-        if not value:
-            problems.append(f"{name}: missing. Set the portal page that receives the {kind}s' session token.")
-        elif not _https_url(value, allow_loopback_http=True):
-            problems.append(f"{name}: must be an https:// URL without user name or fragment.")
-        else:
-            portal_urls[kind] = value
-
-    raw_origins = get("PORTAL_ALLOWED_RETURN_ORIGINS")
-    if raw_origins:
-        origins = set()
-        for item in re.split(r"[,\s]+", raw_origins):
-            if not item:
-                continue
-            parts = urlsplit(item)
-            if not _https_url(item, allow_loopback_http=True) or parts.path not in ("", "/") or parts.query:
-                problems.append("PORTAL_ALLOWED_RETURN_ORIGINS: each entry must be an origin such as "
-                                "https://portal.contoso.com (scheme, host and port only).")
-                break
-            origins.add(origin_of(item))
-    else:
-        origins = {origin_of(u) for u in portal_urls.values()}
-
-    public_base = public_base_url(env)
-    if not public_base:
-        problems.append("PUBLIC_BASE_URL: missing (and no WEBSITE_HOSTNAME). Set the app's external URL, "
-                        "e.g. https://myapp.azurewebsites.net.")
-    elif not valid_public_base(public_base):
-        problems.append("PUBLIC_BASE_URL: must be an https:// origin such as https://myapp.azurewebsites.net "
-                        "(redirect URIs are built from it; Entra accepts only https).")
-
-    tenant_segment = issuer_tenant_segment(base) if base else ""
-    raw_tenants = get("ALLOWED_TENANT_IDS")
-    allowed_tenants: frozenset[str] | None
-    if raw_tenants:
-        ids = [t for t in re.split(r"[,\s]+", raw_tenants) if t]
-        bad = [t for t in ids if not GUID.match(t)]
-        if bad:
-            problems.append("ALLOWED_TENANT_IDS: each entry must be a tenant ID (a GUID), comma-separated.")
-        allowed_tenants = frozenset(t.lower() for t in ids)
-    elif tenant_segment.lower() in MULTI_TENANT_SEGMENTS:
-        problems.append(f"ALLOWED_TENANT_IDS: required because the issuer is multi-tenant ('{tenant_segment}'); "
-                        "list the tenant IDs whose people may sign in.")
-        allowed_tenants = frozenset()
-    elif GUID.match(tenant_segment):
-        allowed_tenants = frozenset({tenant_segment.lower()})
-    else:
-        allowed_tenants = None
-
-    audience = get("SESSION_TOKEN_AUDIENCE")
-    if not audience and len(portal_urls) == 2:
-        user_origin, agent_origin = (origin_of(portal_urls[k]) for k in KINDS)
-        if user_origin == agent_origin:
-            audience = user_origin
-        else:
-            problems.append("SESSION_TOKEN_AUDIENCE: required because the two portal URLs have different origins; "
-                            "set the value your portal checks as 'aud'.")
-
-    ttl = _positive_int(env, "SESSION_TOKEN_TTL_SECONDS", 3600, problems, lo=60, hi=86400)
-    secret_cache = _positive_int(env, "SECRET_CACHE_SECONDS", 900, problems, lo=0, hi=86400)
-    retention = _positive_int(env, "SIGNIN_EVENTS_RETENTION_DAYS", 90, problems, lo=1, hi=3650)
-
+    problems: list[Problem] = []
+    read = _Reader(env, problems)
+    fields: dict = {}
+    for validate in VALIDATORS:  # in order: later groups build on earlier ones' fields
+        fields.update(validate(read, fields))
     if problems:
         raise ConfigurationError(problems)
-    return Settings(
-        issuer_base=base,
-        metadata_url=f"{base}/{WELL_KNOWN_SUFFIX}{metadata_query(raw_issuer)}",
-        client_id=client_id,
-        key_vault_url=key_vault_url,
-        client_secret_name=get("OIDC_CLIENT_SECRET_NAME") or "oidc-client-secret",
-        signing_key_name=get("SESSION_SIGNING_KEY_NAME") or "session-signing-key",
-        client_certificate_name=cert_name,
-        client_secret=client_secret,
-        signing_key=signing_key,
-        client_certificate=client_certificate,
-        tables_connection_string=tables_cs,
-        tables_endpoint=tables_endpoint,
-        portal_urls=portal_urls,
-        allowed_return_origins=frozenset(origins),
-        public_base_url=public_base,
-        allowed_tenant_ids=allowed_tenants,
-        session_audience=audience,
-        session_issuer=get("SESSION_TOKEN_ISSUER") or public_base,
-        session_ttl=ttl,
-        secret_cache_seconds=secret_cache,
-        events_retention_days=retention,
-    )
+    return Settings(**fields)

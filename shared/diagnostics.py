@@ -11,29 +11,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from cryptography import x509
 
 from . import pages
 from .aadsts import HINTS
-from .config import KINDS, Settings, public_base_url, redirect_uri, valid_public_base
-from .errors import ConfigurationError, DependencyUnavailable, SsoError
+from .config import KINDS, SETTINGS_TABLE, SettingInfo, Settings, public_base_url, redirect_uri, valid_public_base
+from .errors import ConfigurationError, DependencyUnavailable, Problem, SsoError
 
 log = logging.getLogger("portal_sso.diagnostics")
 
 SECRET_WARNING_DAYS = 30
-
-# The settings the setup page lists, in the order of the README; the secret ones show only "set".
-SETTINGS_SHOWN = ("OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "KEY_VAULT_URL", "OIDC_CLIENT_SECRET_NAME",
-                  "OIDC_CLIENT_CERTIFICATE_NAME", "SESSION_SIGNING_KEY_NAME", "OIDC_CLIENT_SECRET",
-                  "OIDC_CLIENT_CERTIFICATE", "SESSION_SIGNING_KEY", "TABLES_CONNECTION_STRING", "TABLES_ENDPOINT",
-                  "PORTAL_USER_URL", "PORTAL_AGENT_URL", "PORTAL_ALLOWED_RETURN_ORIGINS", "PUBLIC_BASE_URL",
-                  "ALLOWED_TENANT_IDS", "SESSION_TOKEN_AUDIENCE", "SESSION_TOKEN_ISSUER",
-                  "SESSION_TOKEN_TTL_SECONDS", "SECRET_CACHE_SECONDS", "SIGNIN_EVENTS_RETENTION_DAYS")
-SECRET_SETTINGS = frozenset({"OIDC_CLIENT_SECRET", "OIDC_CLIENT_CERTIFICATE", "SESSION_SIGNING_KEY",
-                             "TABLES_CONNECTION_STRING"})  # a connection string holds the account key
 
 # A failed sign-in's reason that an admin can fix, with the fix and the AADSTS codes to read about.
 REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -79,7 +69,8 @@ def _failure(name: str, title: str, exc: Exception, fix: str = "", aadsts: tuple
     """A check that raised: the safe description of why (error details name URLs, settings and
     secret names, never secret values)."""
     if isinstance(exc, ConfigurationError):
-        return Check(name, title, False, "; ".join(exc.problems), fix or "Fix the setting named above.", aadsts=aadsts)
+        return Check(name, title, False, "; ".join(map(str, exc.problems)), fix or "Fix the setting named above.",
+                     aadsts=aadsts)
     if isinstance(exc, DependencyUnavailable):
         return Check(name, title, False, f"unreachable: {exc.detail}", fix, aadsts=aadsts)
     if isinstance(exc, SsoError):
@@ -102,9 +93,9 @@ def check_settings(runtime) -> tuple[Check, Settings | None]:
     try:
         settings = runtime.settings
     except ConfigurationError as err:
-        return Check("settings", "Settings", False, " ".join(err.problems),
+        return Check("settings", "Settings", False, " ".join(map(str, err.problems)),
                      "Fix each setting listed under Settings, then reload this page (no restart needed).",
-                     data={"problems": list(err.problems)}), None
+                     data={"problems": [asdict(p) for p in err.problems]}), None
     return Check("settings", "Settings", True, "all settings load"), settings
 
 
@@ -270,23 +261,16 @@ class SetupReport:
         return [self.settings_check, *self.checks, *self.sign_ins]
 
 
-def _shown_value(name: str, env: Mapping[str, str], settings: Settings | None) -> str:
-    raw = (env.get(name) or "").strip()
-    if name in SECRET_SETTINGS:
+def _shown_value(info: SettingInfo, env: Mapping[str, str], settings: Settings | None) -> str:
+    raw = (env.get(info.name) or "").strip()
+    if info.secret:
         return "set (value hidden)" if raw else "not set"
     if raw:
         return raw
-    defaults = {}
-    if settings is not None:
-        defaults = {"OIDC_CLIENT_SECRET_NAME": settings.client_secret_name,
-                    "SESSION_SIGNING_KEY_NAME": settings.signing_key_name,
-                    "PUBLIC_BASE_URL": settings.public_base_url, "SESSION_TOKEN_AUDIENCE": settings.session_audience,
-                    "SESSION_TOKEN_ISSUER": settings.session_issuer,
-                    "SESSION_TOKEN_TTL_SECONDS": str(settings.session_ttl),
-                    "SECRET_CACHE_SECONDS": str(settings.secret_cache_seconds),
-                    "SIGNIN_EVENTS_RETENTION_DAYS": str(settings.events_retention_days),
-                    "PORTAL_ALLOWED_RETURN_ORIGINS": ", ".join(sorted(settings.allowed_return_origins))}
-    return f"not set (using {defaults[name]})" if defaults.get(name) else "not set"
+    in_force = getattr(settings, info.field, None) if settings is not None and info.field else None
+    if isinstance(in_force, frozenset):
+        in_force = ", ".join(sorted(in_force))
+    return f"not set (using {in_force})" if in_force not in (None, "") else "not set"
 
 
 def _redirect_uris(env: Mapping[str, str], settings: Settings | None) -> tuple[dict[str, str | None], str]:
@@ -304,14 +288,12 @@ def setup_report(runtime, now: datetime | None = None) -> SetupReport:
     env = runtime.env
     settings_check, checks = health_checks(runtime, now)
     settings = None if not settings_check.ok else runtime.settings
-    problems = settings_check.data.get("problems", [])
-    rows = []
-    for name in SETTINGS_SHOWN:
-        related = [p for p in problems if p.split(":", 1)[0].strip() == name or p.startswith(f"{name} ")]
-        rows.append((name, _shown_value(name, env, settings), " ".join(related)))
-    unplaced = [p for p in problems if not any(n == p.split(":", 1)[0].strip() or p.startswith(f"{n} ")
-                                               for n in SETTINGS_SHOWN)]
-    rows += [("", "", p) for p in unplaced]
+    problems = [Problem(**p) for p in settings_check.data.get("problems", [])]
+    rows = [(info.name, _shown_value(info, env, settings),
+             " ".join(f"{p.text} {p.fix}".strip() for p in problems if p.setting == info.name))
+            for info in SETTINGS_TABLE]
+    known = {info.name for info in SETTINGS_TABLE}
+    rows += [("", "", str(p)) for p in problems if p.setting not in known]
     tables_ok = next((c.ok for c in checks if c.name == "tables"), False)
     unavailable = ("the settings have problems" if settings is None else
                    "" if tables_ok else "Table Storage is unreachable")

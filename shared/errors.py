@@ -4,6 +4,8 @@ person may be shown. The detail (first argument) goes to the log only; `shown` i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class SsoError(Exception):
     status = 400
@@ -141,19 +143,32 @@ class DependencyUnavailable(SsoError):
         self.reason = f"{dependency}_unavailable"
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the settings: the setting it is about ("" when it is about no single
+    setting), what is wrong, and how to fix it. Names and fixes only, never a setting's value."""
+
+    setting: str
+    text: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return " ".join(part for part in (f"{self.setting}:" if self.setting else "", self.text, self.fix) if part)
+
+
 class ConfigurationError(SsoError):
     """Settings are missing or wrong. `problems` names every one, with its fix; the names of settings
-    are safe to show (never their values)."""
+    are safe to show (never their values). A plain string is a problem about no single setting."""
 
     status = 500
     reason = "configuration_error"
     title = "Sign-in is not configured"
     message = "Sign-in is not configured correctly. An administrator must fix these settings:"
 
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
-        self.shown = "\n".join(problems)
+    def __init__(self, problems: list[Problem | str]):
+        self.problems = [p if isinstance(p, Problem) else Problem("", p) for p in problems]
+        super().__init__("; ".join(map(str, self.problems)))
+        self.shown = "\n".join(map(str, self.problems))
 
 
 class InternalError(SsoError):

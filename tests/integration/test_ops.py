@@ -90,7 +90,8 @@ def test_a_missing_setting_is_named_on_the_setup_page_and_health_is_503(use_sett
     assert health.status_code == 503
     body = health.json()
     assert body["status"] == "unavailable"
-    assert any("PORTAL_AGENT_URL" in p for p in body["checks"]["settings"]["problems"])
+    assert any(p["setting"] == "PORTAL_AGENT_URL" and p["text"] for p in body["checks"]["settings"]["problems"]), \
+        "the health JSON names each bad setting as structured data"
 
 
 def test_storage_unreachable_is_red_and_health_503(use_settings):

@@ -33,7 +33,7 @@ def problems_of(environment: dict[str, str]) -> str:
     with pytest.raises(ConfigurationError) as caught:
         load_settings(environment)
     assert caught.value.problems, "a ConfigurationError lists its problems"
-    return "\n".join(caught.value.problems)
+    return "\n".join(map(str, caught.value.problems))
 
 
 def test_complete_local_development_settings_load():

@@ -60,6 +60,6 @@ def test_client_credential_of_a_certificate_without_its_key_is_refused_without_e
     cert_only = cert.public_bytes(serialization.Encoding.PEM).decode()
     with pytest.raises(ConfigurationError) as caught:
         msal_client_credential(secret(cert_only), certificate=True)
-    message = "\n".join(caught.value.problems)
+    message = "\n".join(map(str, caught.value.problems))
     assert "OIDC_CLIENT_SECRET" in message, "the error names where the credential came from"
     assert cert_only.splitlines()[1] not in message, "the error never contains the PEM"

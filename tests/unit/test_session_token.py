@@ -172,7 +172,7 @@ def test_token_of_a_removed_key_no_longer_verifies(rsa_key, ec_key):
 def refusal(pem_text: str) -> ConfigurationError:
     with pytest.raises(ConfigurationError) as caught:
         load_signing_keys(pem_text, setting="SESSION_SIGNING_KEY")
-    text = str(caught.value) + "\n".join(caught.value.problems) + (caught.value.shown or "")
+    text = str(caught.value) + "\n".join(map(str, caught.value.problems)) + (caught.value.shown or "")
     assert "SESSION_SIGNING_KEY" in text, "the error names the setting"
     body_lines = [line for line in pem_text.splitlines() if line and not line.startswith("-----")]
     for line in body_lines:
@@ -205,4 +205,4 @@ def test_garbage_is_refused_without_echoing_it(garbage):
 def test_second_bad_key_in_a_bundle_is_refused_by_number(rsa_key):
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the weak key the loader must refuse
     err = refusal(pem(rsa_key) + pem(weak))
-    assert "#2" in "\n".join(err.problems), "the error says which key of the bundle is unusable"
+    assert "#2" in "\n".join(map(str, err.problems)), "the error says which key of the bundle is unusable"
