@@ -5,44 +5,17 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from urllib.parse import parse_qsl
 
 import azure.functions as func
 
 from shared import pages
-from shared.errors import InternalError, InvalidParameter, MethodNotAllowed, SsoError
+from shared.errors import InternalError, MethodNotAllowed, SsoError
 
 log = logging.getLogger("portal_sso")
-MAX_BODY = 64 * 1024  # an authorization response is a few KB; more is not one
 
 
 def correlation_id(context: func.Context | None) -> str:
     return getattr(context, "invocation_id", None) or str(uuid.uuid4())
-
-
-def cookies_of(req: func.HttpRequest) -> dict[str, str]:
-    jar: dict[str, str] = {}
-    for part in (req.headers.get("cookie") or "").split(";"):
-        name, sep, value = part.strip().partition("=")
-        if sep and name and name not in jar:  # the first of duplicate names is the most specific
-            jar[name] = value.strip()
-    return jar
-
-
-def authorization_response(req: func.HttpRequest) -> dict[str, str]:
-    """form_post puts the response in the body; a GET callback (query mode) in the query string."""
-    if req.method.upper() != "POST":
-        return dict(req.params)
-    body = req.get_body() or b""
-    if len(body) > MAX_BODY:
-        raise InvalidParameter(f"body of {len(body)} bytes")
-    content_type = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise InvalidParameter(f"callback body of type {content_type or 'none'}")
-    try:
-        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
-    except UnicodeDecodeError as exc:
-        raise InvalidParameter("callback body is not UTF-8") from exc
 
 
 def to_response(reply: pages.Reply) -> func.HttpResponse:

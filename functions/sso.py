@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from shared.login import Callback, SsoService
+from shared.callback import CallbackRequest
+from shared.login import SsoService
 from shared.runtime import get_runtime
 
-from .http import authorization_response, cookies_of, guarded, http_route
+from .http import guarded, http_route
 
 bp = func.Blueprint()
 
@@ -26,14 +27,10 @@ def sso_login(req: func.HttpRequest, context: func.Context) -> func.HttpResponse
 def sso_callback(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     kind = req.route_params.get("kind", "")
 
-    def handle(cid: str):
-        try:
-            params = authorization_response(req)
-        except Exception:
-            params = {"error": "invalid_request", "error_description": "the authorization response is malformed"}
-        return service().complete_login(kind, Callback(params, cookies_of(req)), cid)
-
-    return guarded(context, handle)
+    request = CallbackRequest(method=req.method, content_type=req.headers.get("content-type") or "",
+                              body=req.get_body() or b"", query=dict(req.params),
+                              cookie_header=req.headers.get("cookie") or "")
+    return guarded(context, lambda cid: service().complete_login(kind, request, cid))
 
 
 @http_route(bp, "sso/{kind}/logout", ["GET"], func.AuthLevel.ANONYMOUS)

@@ -30,6 +30,13 @@ class InvalidParameter(SsoError):
     reason = "invalid_parameter"
 
 
+class InvalidRequest(SsoError):
+    """The callback's HTTP request is not an authorization response: wrong content type, too large,
+    not UTF-8."""
+
+    reason = "invalid_request"
+
+
 class UnknownState(SsoError):
     reason = "unknown_state"
     message = "This sign-in link is unknown, was already used, or has expired. Please start again from the portal."

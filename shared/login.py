@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
@@ -13,6 +12,7 @@ from . import pages
 from .aadsts import hint_for
 from .accounts import normalize_email
 from .audit import SignInEvent
+from .callback import Callback, CallbackRequest
 from .config import KINDS, origin_of
 from .errors import (
     DependencyUnavailable,
@@ -82,13 +82,6 @@ def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
     if origin.lower() not in allowed:
         raise ReturnToNotAllowed(f"return_to origin {origin!r} is not allowed")
     return value
-
-
-@dataclass
-class Callback:
-    params: dict[str, str]  # the authorization response: form body (form_post) or query (GET)
-    cookies: dict[str, str]
-    consumed: bool = False  # set once the flow is taken out of the table
 
 
 def _as_error(exc: Exception, where: str, correlation_id: str) -> SsoError:
@@ -173,13 +166,15 @@ class SsoService:
             return reply
 
     # POST|GET /api/sso/{kind}/callback
-    def complete_login(self, kind: str, callback: Callback, correlation_id: str) -> pages.Reply:
+    def complete_login(self, kind: str, request: CallbackRequest, correlation_id: str) -> pages.Reply:
         """Every outcome leaves through here: one audit row and one log line, written before the reply."""
         started = time.monotonic()
         event = SignInEvent(correlation_id=correlation_id, kind=kind, outcome="failure", reason="", status=0)
+        callback: Callback | None = None
         try:
             if kind not in KINDS:
                 raise NotFound(f"unknown kind {kind!r}")
+            callback = Callback.parse(request)
             reply = self._complete(kind, callback, correlation_id, event)
             event.outcome, event.reason = "success", "ok"
         except Exception as exc:  # every outcome gets its audit row, a bug's too
@@ -190,7 +185,7 @@ class SsoService:
             detail = err.detail
         else:
             detail = ""
-        if callback.consumed:
+        if callback is not None and callback.consumed:
             # The flow is over, whatever the outcome. Only a callback that consumed the flow clears the
             # cookie: a stranger's bogus callback (SameSite=None lets other sites send one) must not
             # cancel a login the browser has under way.
