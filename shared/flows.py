@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableClient, TableTransactionError
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient
 
 from .config import FLOW_TTL_SECONDS
 from .errors import BindingMismatch, FlowExpired, InvalidParameter, UnknownState
@@ -43,6 +43,11 @@ class StoredFlow:
     return_to: str | None
     expires_at: datetime
     correlation_id: str
+    etag: str | None = None  # the row's, as read: the single-use delete is checked against it
+
+    def check_unexpired(self, now: datetime) -> None:
+        if self.expires_at <= now:
+            raise FlowExpired(f"flow expired at {self.expires_at.isoformat()}")
 
 
 class FlowStore:
@@ -62,12 +67,11 @@ class FlowStore:
             self._table.create_entity(entity)
         return stored
 
-    def consume(self, state: str, kind: str, binding: str | None, now: datetime | None = None) -> StoredFlow:
-        """Takes the flow out of the table: exactly one callback can ever consume a state (the delete
-        is etag-checked, so of two racing callbacks one gets 'not found'). Raises UnknownState
-        (unknown or already used), BindingMismatch (cookie missing or of another flow; the flow is
-        left in place so a stranger's request cannot cancel a real login), FlowExpired."""
-        now = now or datetime.now(UTC)
+    def find(self, state: str, kind: str, binding: str | None) -> StoredFlow:
+        """The flow of this state, started by this browser (its cookie's hash matches). Raises
+        InvalidParameter (a state we could never have made), UnknownState (unknown, used, purged, or
+        of the other kind), BindingMismatch (cookie missing or of another flow; the flow is left in
+        place so a stranger's request cannot cancel a real login)."""
         if not STATE_SYNTAX.match(state):
             raise InvalidParameter("state has an impossible form")
         with storage_errors():
@@ -79,23 +83,33 @@ class FlowStore:
             raise UnknownState(f"state belongs to a {entity.get('Kind')} login, not {kind}")
         if not binding or not hmac.compare_digest(binding_hash(binding), str(entity.get("BindingHash", ""))):
             raise BindingMismatch("browser-binding cookie missing" if not binding else "cookie of another flow")
+        return StoredFlow(state=state, kind=kind, flow=json.loads(entity["Flow"]),
+                          return_to=entity.get("ReturnTo") or None, expires_at=entity["ExpiresAt"],
+                          correlation_id=str(entity.get("CorrelationId", "")), etag=entity.metadata["etag"])
+
+    def take(self, stored: StoredFlow) -> None:
+        """Deletes the flow found by `find`, if it is still as found: of callbacks racing for one
+        state exactly one takes it; the others get UnknownState. A plain etag-checked DELETE: its
+        412 (changed) and its 404 (gone) both mean another callback took it. The SDK reports a 404
+        delete as success, so the status is read from the response itself."""
+        statuses: list[int] = []
         with storage_errors():
             try:
-                # A one-operation transaction, not delete_entity: delete_entity reports "not found" as
-                # success, so two racing callbacks would both have consumed the flow.
-                self._table.submit_transaction([("delete", {"PartitionKey": state, "RowKey": FLOW_ROW},
-                                                 {"etag": entity.metadata["etag"],
-                                                  "match_condition": MatchConditions.IfNotModified})])
-            except TableTransactionError as exc:
-                if exc.status_code not in (404, 412):  # gone, or changed: another callback took it
-                    raise
+                self._table.delete_entity(stored.state, FLOW_ROW, etag=stored.etag,
+                                          match_condition=MatchConditions.IfNotModified,
+                                          raw_response_hook=lambda r: statuses.append(r.http_response.status_code))
+            except ResourceModifiedError as exc:
                 raise UnknownState("state already consumed by another callback") from exc
-        expires_at = entity["ExpiresAt"]
-        if expires_at <= now:
-            raise FlowExpired(f"flow expired at {expires_at.isoformat()}")
-        return StoredFlow(state=state, kind=kind, flow=json.loads(entity["Flow"]),
-                          return_to=entity.get("ReturnTo") or None, expires_at=expires_at,
-                          correlation_id=str(entity.get("CorrelationId", "")))
+        if not statuses or statuses[-1] == 404:
+            raise UnknownState("state already consumed by another callback")
+
+    def consume(self, state: str, kind: str, binding: str | None, now: datetime | None = None) -> StoredFlow:
+        """`find`, `take`, then the expiry check: exactly one callback can ever consume a state.
+        Raises what `find` and `take` raise, and FlowExpired (the flow is consumed all the same)."""
+        stored = self.find(state, kind, binding)
+        self.take(stored)
+        stored.check_unexpired(now or datetime.now(UTC))
+        return stored
 
     def purge_expired(self, now: datetime | None = None) -> int:
         """Deletes flows that expired (abandoned logins). Returns how many rows went."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
@@ -28,7 +30,7 @@ from .errors import (
     SsoError,
     TenantNotAllowed,
 )
-from .flows import new_binding
+from .flows import StoredFlow, new_binding
 from .id_token import verify_id_token
 from .oidc_client import expected_nonce
 
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
     from .session_token import SessionSigner
 
 log = logging.getLogger("portal_sso")
+# Work a login overlaps with its own (the flow's single-use delete, warming caches). Threads start
+# on demand; a worker serves a few requests at a time, so a few threads are enough.
+_BACKGROUND = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sso-background")
 
 # Input bounds, checked before any outbound call or table read.
 MAX_CODE = 4096
@@ -213,12 +218,12 @@ class SsoService:
         iss = params.get("iss")
         if iss is not None or metadata.iss_parameter_supported:
             self._check_iss_parameter(iss, metadata, settings)
-        # 2. the flow: known, unused, unexpired, started by this browser; consumed now
-        stored = self.deps.flows.consume(state, kind, callback.cookies.get(flow_cookie_name(kind)))
-        callback.consumed = True
-        # 3. the code, redeemed by MSAL (PKCE verifier). The pinned MSAL also checks the nonce, but newer
-        #    MSAL no longer does: our own check in step 4 (id_token.py) is the defence.
-        result = self.deps.oidc.redeem(stored.flow, code, state)
+        # 2. the flow: known, started by this browser, unexpired
+        stored = self.deps.flows.find(state, kind, callback.cookies.get(flow_cookie_name(kind)))
+        # 3. the flow consumed (single use) while MSAL prepares the code's redemption (PKCE verifier);
+        #    the code goes to the IdP only once the flow is ours. The pinned MSAL also checks the
+        #    nonce, but newer MSAL no longer does: our own check in step 4 (id_token.py) is the defence.
+        result = self._take_and_redeem(stored, code, state, callback)
         # 4. the ID token, validated by us
         claims = verify_id_token(result["id_token"], metadata=metadata, jwks=self.deps.idp_keys(),
                                  client_id=settings.client_id, expected_nonce=expected_nonce(stored.flow))
@@ -251,6 +256,19 @@ class SsoService:
             fields["return_to"] = stored.return_to
         portal = settings.portal_urls[kind]
         return pages.form_post(portal, fields, origin_of(portal))
+
+    def _take_and_redeem(self, stored: StoredFlow, code: str, state: str, callback: Callback) -> dict:
+        """Consumes the flow (raising UnknownState when another callback took it, FlowExpired when it
+        is out of time) and redeems the code, overlapped: the delete's round trip runs while MSAL
+        builds the token request, which waits for the delete before it goes out. Both are joined
+        before anything is trusted; a lost race is what gets reported, whatever the redemption did."""
+        taken = _BACKGROUND.submit(self.deps.flows.take, stored)
+        try:
+            stored.check_unexpired(datetime.fromtimestamp(self.clock(), UTC))
+            return self.deps.oidc.redeem(stored.flow, code, state, before_token_request=taken.result)
+        finally:
+            taken.result()  # re-raises a lost race (UnknownState) or an unreachable table, ahead of the rest
+            callback.consumed = True
 
     @staticmethod
     def _check_iss_parameter(iss: str | None, metadata, settings) -> None:

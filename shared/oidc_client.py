@@ -5,7 +5,10 @@ when the client credential changes. MSAL does not validate the ID token: `id_tok
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import msal
@@ -54,13 +57,44 @@ def msal_client_credential(secret: SecretValue, *, certificate: bool):
 
 
 
+class _GatedHttpClient:
+    """MSAL's http_client: the IdP session, with an optional gate run on this thread just before a
+    POST goes out (the token request). The login starts the flow's single-use delete, lets MSAL
+    prepare the token request meanwhile, and only lets the code go to the IdP once the delete has
+    won: a replayed callback never reaches the token endpoint."""
+
+    def __init__(self, session: requests.Session):
+        self._session = session
+        self._local = threading.local()
+
+    def get(self, *args, **kwargs):
+        return self._session.get(*args, **kwargs)
+
+    def post(self, *args, **kwargs):
+        gate = getattr(self._local, "gate", None)
+        if gate is not None:
+            gate()  # raises when the request must not go out
+        return self._session.post(*args, **kwargs)
+
+    def close(self):
+        return self._session.close()
+
+    @contextlib.contextmanager
+    def gated(self, gate: Callable[[], object] | None):
+        self._local.gate = gate
+        try:
+            yield
+        finally:
+            self._local.gate = None
+
+
 class OidcClient:
     def __init__(self, *, client_id: str, authority: str, credential: CachedSecret, certificate: bool,
                  session: requests.Session):
         self.client_id = client_id
         self.authority = authority
         self._certificate = certificate
-        self._session = session
+        self._http = _GatedHttpClient(session)
         self._app = DerivedFromSecret(credential, self._build)
 
     def _application(self, *, refresh_credential: bool = False) -> msal.ConfidentialClientApplication:
@@ -75,7 +109,7 @@ class OidcClient:
         try:
             return msal.ConfidentialClientApplication(
                 self.client_id, client_credential=msal_client_credential(secret, certificate=self._certificate),
-                http_client=self._session, timeout=HTTP_TIMEOUT[1], token_cache=_NoTokenCache(),
+                http_client=self._http, timeout=HTTP_TIMEOUT[1], token_cache=_NoTokenCache(),
                 exclude_scopes=["offline_access"], **where)
         except requests.RequestException as exc:
             raise DependencyUnavailable("idp", f"MSAL discovery: {type(exc).__name__}") from exc
@@ -87,15 +121,19 @@ class OidcClient:
         return self._application().initiate_auth_code_flow(SCOPES, redirect_uri=redirect_uri,
                                                            response_mode="form_post")
 
-    def redeem(self, flow: dict, code: str, state: str) -> dict:
-        """Redeems the code; returns MSAL's result holding `id_token`. Raises RedemptionFailed (401)
+    def redeem(self, flow: dict, code: str, state: str, *, before_token_request: Callable[[], object] | None = None
+               ) -> dict:
+        """Redeems the code; returns MSAL's result holding `id_token`. `before_token_request` runs
+        just before the token request goes out, and whatever it raises ends the redemption there.
+        Raises RedemptionFailed (401)
         with the AADSTS fix when the IdP refuses, InvalidIdToken('nonce') when MSAL's nonce check
         fails, DependencyUnavailable when the token endpoint cannot be reached. When the IdP says our
         client secret is wrong or expired, the secret is re-read once (it may have been rotated) and
         the redemption retried once: the code is still unused, since client authentication failed."""
-        result = self._redeem_once(self._application(), flow, code, state)
-        if _invalid_client(result):
-            result = self._redeem_once(self._application(refresh_credential=True), flow, code, state)
+        with self._http.gated(before_token_request):
+            result = self._redeem_once(self._application(), flow, code, state)
+            if _invalid_client(result):
+                result = self._redeem_once(self._application(refresh_credential=True), flow, code, state)
         if "error" in result:
             raise RedemptionFailed(f"token endpoint: {result.get('error')} {result.get('error_codes') or ''}",
                                    hint=hint_for(result.get("error_codes"), result.get("error_description")))
