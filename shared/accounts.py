@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
@@ -18,6 +18,8 @@ from .tables import storage_errors
 
 # Characters Table Storage forbids in keys (and '%', our escape character).
 _KEY_UNSAFE = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
+# How fresh LastLoginAt is kept: a login within this time of the last recorded one writes nothing.
+LAST_LOGIN_PRECISION = timedelta(hours=1)
 EMAIL_SYNTAX = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -81,13 +83,18 @@ class AccountStore:
         return account
 
     def link_and_record_login(self, account: Account, idp_sub: str, now: datetime | None = None) -> Account:
-        """Links an unlinked account to this person (first login) and records the login time.
-        Raises IdentityMismatch (403) when the account is linked to someone else; the write is
-        etag-checked, so of two people racing for one unlinked account only the first gets it."""
+        """Links an unlinked account to this person (first login) and records the login time, writing
+        only when something changed: the link once, LastLoginAt at most once per LAST_LOGIN_PRECISION
+        (every login is in SignInEvents anyway). Raises IdentityMismatch (403) when the account is
+        linked to someone else; the write is etag-checked, so of two people racing for one unlinked
+        account only the first gets it, and a login racing an admin's change re-reads and decides again."""
         now = now or datetime.now(UTC)
         for _ in range(3):
             if account.linked_idp_subject and account.linked_idp_subject != idp_sub:
                 raise IdentityMismatch(f"account {account.account_id} is linked to another idp_sub")
+            if account.linked_idp_subject == idp_sub and account.last_login_at is not None \
+                    and timedelta(0) <= now - account.last_login_at < LAST_LOGIN_PRECISION:
+                return account  # linked to this person, login time recent enough: nothing to write
             patch = {"PartitionKey": email_key(normalize_email(account.email)), "RowKey": account.kind,
                      "LinkedIdpSubject": idp_sub, "LastLoginAt": now}
             with storage_errors():

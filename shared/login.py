@@ -102,14 +102,15 @@ def _ms_since(started: float) -> int:
 
 
 def _log_attempt(event: SignInEvent, detail: str = "") -> None:
-    """The one log line of a login attempt (sso.login / sso.callback), as text and as Application
-    Insights custom dimensions; it holds what the audit row holds, never a token, code or secret."""
+    """The one log line of a login attempt (sso.login / sso.callback), as text and as flat `extra`
+    fields, which OpenTelemetry carries to Application Insights as attributes (the worker's own
+    forwarding keeps only the text). It holds what the audit row holds, never a token, code or secret."""
     fields = {"kind": event.kind, "outcome": event.outcome, "reason": event.reason, "status": event.status,
               "elapsed_ms": event.elapsed_ms, "correlation_id": event.correlation_id}
     text = " ".join(f"{name}={value}" for name, value in fields.items())
     level = logging.WARNING if event.outcome == "failure" else logging.INFO
     log.log(level, "sso.%s %s%s", event.stage, text, f" detail={detail}" if detail else "",
-            extra={"custom_dimensions": fields})
+            extra=fields)
 
 
 def _is_false(value) -> bool:

@@ -19,5 +19,5 @@ def purge(runtime, now: datetime | None = None) -> dict[str, int]:
     flows = runtime.flows.purge_expired(now)
     events = runtime.events.purge_older_than(days, now)
     log.info("maintenance.purge flows=%s events=%s retention_days=%s", flows, events, days,
-             extra={"custom_dimensions": {"flows": flows, "events": events, "retention_days": days}})
+             extra={"flows": flows, "events": events, "retention_days": days})
     return {"flows": flows, "events": events}

@@ -1,0 +1,135 @@
+"""SsoService end to end in-process, with real tokens and keys made here and test doubles only for
+the stores and the IdP client (our own seams, not the SDKs): what a callback delivers when the
+audit row cannot be written."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import RSAAlgorithm
+
+from shared.accounts import Account
+from shared.callback import CallbackRequest
+from shared.config import load_settings
+from shared.errors import DependencyUnavailable
+from shared.flows import StoredFlow, binding_hash
+from shared.jwks import JwksCache
+from shared.login import SsoService, flow_cookie_name
+from shared.provider import ProviderMetadata
+from shared.session_token import SessionSigner, load_signing_keys
+
+TENANT = "3f0c9a52-6d1e-4b7a-9c2f-8e5d41a7b0c6"
+ISSUER = f"https://idp.test/{TENANT}/v2.0"
+CLIENT_ID = "6b1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"
+STATE, BINDING, NONCE = "state-1234567890", "browser-binding", "nonce-secret"
+ENV = {"OIDC_ISSUER_URL": ISSUER, "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_CLIENT_SECRET": "s",
+       "SESSION_SIGNING_KEY": "unused here", "TABLES_CONNECTION_STRING": "UseDevelopmentStorage=true",
+       "PORTAL_USER_URL": "https://portal.test/user", "PORTAL_AGENT_URL": "https://portal.test/agent",
+       "PUBLIC_BASE_URL": "https://sso.test"}
+
+
+class Flows:
+    def find(self, state, kind, binding):
+        assert binding_hash(binding) == binding_hash(BINDING)
+        return StoredFlow(state=state, kind=kind, flow={"state": state, "nonce": NONCE}, return_to=None,
+                          expires_at=datetime.now(UTC) + timedelta(minutes=5), correlation_id="c", etag="e")
+
+    def take(self, stored):
+        return None
+
+
+class Oidc:
+    def __init__(self, id_token: str):
+        self.id_token = id_token
+
+    def redeem(self, flow, code, state, *, before_token_request=None):
+        if before_token_request:
+            before_token_request()
+        return {"id_token": self.id_token}
+
+
+class Accounts:
+    def find_account(self, email, kind):
+        return Account(email, kind, "U-1", "Ann", True, None, None, "etag")
+
+    def link_and_record_login(self, account, idp_sub):
+        return account
+
+
+class FailingEvents:
+    def __init__(self):
+        self.attempts = 0
+
+    def record(self, event):
+        self.attempts += 1
+        raise DependencyUnavailable("table_storage", "insert refused")
+
+
+class Deps:
+    def __init__(self, idp_key, events):
+        self.settings = load_settings(ENV)
+        self.flows, self.accounts, self.events = Flows(), Accounts(), events
+        jwk = RSAAlgorithm.to_jwk(idp_key.public_key(), as_dict=True) | {"kid": "k1", "alg": "RS256"}
+        self._keys = JwksCache(lambda: {"keys": [jwk]})
+        now = int(time.time())
+        self.oidc = Oidc(jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600,
+                                     "tid": TENANT, "oid": "o", "email": "ann@contoso.test",
+                                     "nonce": hashlib.sha256(NONCE.encode()).hexdigest()},
+                                    idp_key, algorithm="RS256", headers={"kid": "k1"}))
+        pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        self._signer = SessionSigner(load_signing_keys(pem))
+
+    def metadata(self):
+        return ProviderMetadata(issuer=ISSUER, authorization_endpoint="https://idp.test/a",
+                                token_endpoint="https://idp.test/t", jwks_uri="https://idp.test/k",
+                                end_session_endpoint=None, id_token_algs=frozenset({"RS256"}),
+                                iss_parameter_supported=False, discovered_from="https://idp.test/m")
+
+    def idp_keys(self):
+        return self._keys
+
+    def signer(self):
+        return self._signer
+
+
+@pytest.fixture(scope="module")
+def idp_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def callback_request() -> CallbackRequest:
+    return CallbackRequest("POST", "application/x-www-form-urlencoded", f"code=c0de&state={STATE}".encode(),
+                           cookie_header=f"{flow_cookie_name('user')}={BINDING}")
+
+
+def test_a_success_whose_audit_row_cannot_be_written_is_a_503_without_a_token(idp_key):
+    events = FailingEvents()
+    reply = SsoService(Deps(idp_key, events)).complete_login("user", callback_request(), "cid-1")
+    assert events.attempts >= 1, "the audit row was attempted"
+    assert reply.status == 503, f"no unaudited session: {reply.status}"
+    assert reply.headers.get("Retry-After"), "a 503 says when to try again"
+    body = reply.body if isinstance(reply.body, str) else reply.body.decode()
+    assert "session_token" not in body and "eyJ" not in body, "no session token is delivered"
+    assert "cid-1" in body, "the page names the correlation id"
+
+
+def test_the_same_callback_with_a_working_audit_store_delivers_the_token(idp_key):
+    """The control: the only difference from the test above is the events store."""
+    class Events:
+        rows = []
+
+        def record(self, event):
+            self.rows.append(event)
+
+    events = Events()
+    reply = SsoService(Deps(idp_key, events)).complete_login("user", callback_request(), "cid-2")
+    body = reply.body if isinstance(reply.body, str) else reply.body.decode()
+    assert reply.status == 200 and 'name="session_token"' in body, body[:400]
+    assert [e.outcome for e in events.rows] == ["success"]
