@@ -55,6 +55,10 @@ class JwksCache:
                 return self._keys, True
             return self._keys, False
 
+    def warm(self) -> None:
+        """Fetches the keys now if they are not cached (or are a day old)."""
+        self._current(refetch=False)
+
     def signing_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
         """The key that signed a token with this header `kid` and `alg`. Raises InvalidIdToken('kid')
         when no key matches, or when the token has no `kid` and the set holds more than one key (trying

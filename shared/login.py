@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
@@ -14,6 +13,7 @@ from . import pages
 from .aadsts import hint_for
 from .accounts import normalize_email
 from .audit import SignInEvent
+from .background import BACKGROUND
 from .callback import Callback, CallbackRequest
 from .config import KINDS, origin_of
 from .errors import (
@@ -45,9 +45,6 @@ if TYPE_CHECKING:
     from .session_token import SessionSigner
 
 log = logging.getLogger("portal_sso")
-# Work a login overlaps with its own (the flow's single-use delete, warming caches). Threads start
-# on demand; a worker serves a few requests at a time, so a few threads are enough.
-_BACKGROUND = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sso-background")
 
 # Input bounds, checked before any outbound call or table read.
 MAX_CODE = 4096
@@ -134,6 +131,7 @@ class LoginDeps(Protocol):
     def metadata(self) -> ProviderMetadata: ...
     def idp_keys(self) -> JwksCache: ...
     def signer(self) -> SessionSigner: ...
+    def warm_up(self) -> None: ...
 
 
 class SsoService:
@@ -160,7 +158,8 @@ class SsoService:
             self.deps.flows.save(flow, kind, binding, return_to, correlation_id)
             _log_attempt(SignInEvent(correlation_id=correlation_id, kind=kind, outcome="redirect", reason="ok",
                                      status=302, stage="login", elapsed_ms=_ms_since(started)))
-            # 4. off to the IdP
+            # 4. off to the IdP; meanwhile, on a cold worker, the callback's caches fill
+            self.deps.warm_up()
             return pages.redirect(flow["auth_uri"], [flow_cookie(kind, binding, self.deps.flows.ttl)])
         except Exception as exc:  # a refused start gets its audit row too
             err = _as_error(exc, "sso.login", correlation_id)
@@ -263,7 +262,7 @@ class SsoService:
         is out of time) and redeems the code, overlapped: the delete's round trip runs while MSAL
         builds the token request, which waits for the delete before it goes out. Both are joined
         before anything is trusted; a lost race is what gets reported, whatever the redemption did."""
-        taken = _BACKGROUND.submit(self.deps.flows.take, stored)
+        taken = BACKGROUND.submit(self.deps.flows.take, stored)
         try:
             stored.check_unexpired(datetime.fromtimestamp(self.clock(), UTC))
             return self.deps.oidc.redeem(stored.flow, code, state, before_token_request=taken.result)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -13,6 +14,7 @@ import requests
 
 from .accounts import AccountStore
 from .audit import SignInEvents
+from .background import BACKGROUND
 from .config import Settings, load_settings
 from .errors import DependencyUnavailable
 from .flows import FlowStore
@@ -23,6 +25,7 @@ from .session_token import SessionSigner, load_signing_keys
 from .tables import ACCOUNTS_TABLE, EVENTS_TABLE, FLOWS_TABLE, Tables
 from .vault import CachedSecret, DerivedFromSecret, KeyVaultReader, SettingsReader
 
+log = logging.getLogger("portal_sso")
 METADATA_MAX_AGE = 24 * 3600
 CREDENTIAL_RETRIES = 2
 
@@ -40,6 +43,7 @@ class Runtime:
         self._settings: Settings | None = None
         self._credential = None
         self._metadata: tuple[float, ProviderMetadata] | None = None
+        self._warming = False
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -141,6 +145,23 @@ class Runtime:
             return response.json()
         except (requests.RequestException, ValueError) as exc:
             raise DependencyUnavailable("idp", f"GET {uri}: {type(exc).__name__}") from exc
+
+    def warm_up(self) -> None:
+        """Once per worker, in the background: fetches the IdP's keys and loads the signing key, which
+        the first callback would otherwise wait for (the person is at the IdP meanwhile). A failure
+        costs nothing: the callback fetches or loads again."""
+        with self._lock:
+            if self._warming:
+                return
+            self._warming = True
+        BACKGROUND.submit(self._warm)
+
+    def _warm(self) -> None:
+        for step in (lambda: self.idp_keys().warm(), self.signer):
+            try:
+                step()
+            except Exception as exc:  # the callback will meet it again, and report it
+                log.info("runtime.warm_up skipped a step: %s", type(exc).__name__)
 
     @cached_property
     def oidc(self) -> OidcClient:

@@ -21,6 +21,7 @@ from .transport import azure_client_options
 ACCOUNTS_TABLE = "PortalAccounts"
 FLOWS_TABLE = "SsoFlows"
 EVENTS_TABLE = "SignInEvents"
+APP_TABLES = (ACCOUNTS_TABLE, FLOWS_TABLE, EVENTS_TABLE)
 
 
 
@@ -37,12 +38,14 @@ def storage_errors(dependency: str = "table_storage") -> Iterator[None]:
 
 
 class Tables:
-    """Hands out the TableClient of each table, creating the table once if it does not exist."""
+    """Hands out the TableClient of each table. Before the first, the app's tables are made sure of
+    once, in one round trip (scripts/deploy creates them in Azure, so there nothing is created)."""
 
     def __init__(self, service: TableServiceClient):
         self._service = service
         self._clients: dict[str, TableClient] = {}
         self._lock = threading.Lock()
+        self._ensured = False
 
     @classmethod
     def from_settings(cls, connection_string: str | None, endpoint: str | None,
@@ -59,11 +62,22 @@ class Tables:
             found = self._clients.get(name)
             if found is not None:
                 return found
-            with storage_errors():
-                with contextlib.suppress(ResourceExistsError):
-                    self._service.create_table(name)
+            if not self._ensured:
+                self._ensure_tables()
             self._clients[name] = client = self._service.get_table_client(name)
             return client
+
+    def _ensure_tables(self) -> None:
+        """Creates whichever of the app's tables does not exist. A failure is not kept: the next
+        first use tries again."""
+        names = " or ".join(f"TableName eq '{name}'" for name in APP_TABLES)
+        with storage_errors():
+            existing = {table.name for table in self._service.query_tables(names)}
+            for name in APP_TABLES:
+                if name not in existing:
+                    with contextlib.suppress(ResourceExistsError):  # another worker made it meanwhile
+                        self._service.create_table(name)
+        self._ensured = True
 
     def ping(self) -> None:
         """One cheap round trip; raises DependencyUnavailable when storage does not answer."""

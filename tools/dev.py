@@ -16,7 +16,7 @@ import sys
 import time
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from .stack import (
     ROOT,
@@ -60,7 +60,9 @@ def _state_secret(name: str, make) -> str:
 
 
 def _new_signing_key() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    # EC P-256 (ES256): it loads in well under a millisecond and signs faster than RSA 2048, whose
+    # key loading alone cost 36 ms on the first callback.
+    key = ec.generate_private_key(ec.SECP256R1())
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
 

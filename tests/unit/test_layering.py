@@ -40,11 +40,13 @@ def test_no_module_under_shared_imports_the_functions_glue():
     assert not offenders, f"shared/ must not depend on functions/ or function_app: {offenders}"
 
 
-def test_function_app_imports_only_azure_functions_and_the_blueprints():
+def test_function_app_imports_only_azure_functions_the_blueprints_and_the_worker_preparation():
     tree = ast.parse((ROOT / "function_app.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Import):
             assert [a.name for a in node.names] == ["azure.functions"], "function_app.py imports azure.functions"
+        elif isinstance(node, ast.ImportFrom) and node.module == "shared.worker":
+            assert [a.name for a in node.names] == ["ready"], "from shared.worker, only ready()"
         elif isinstance(node, ast.ImportFrom):
             assert node.module and node.module.startswith("functions."), \
                 f"function_app.py imports only blueprints from functions/, not {node.module}"
@@ -68,8 +70,9 @@ def test_function_app_does_nothing_but_register_blueprints():
             calls += [call_name(c) for c in ast.walk(node) if isinstance(c, ast.Call)]
     assert "FunctionApp" in calls, "function_app.py makes the FunctionApp"
     assert "register_functions" in calls, "function_app.py registers the blueprints"
-    unexpected = [c for c in calls if c not in ("FunctionApp", "register_functions")]
-    assert not unexpected, f"function_app.py calls nothing but FunctionApp and register_functions: {unexpected}"
+    assert calls[-1:] == ["ready"], "function_app.py prepares the worker once, after every registration"
+    unexpected = [c for c in calls if c not in ("FunctionApp", "register_functions", "ready")]
+    assert not unexpected, f"function_app.py calls nothing but FunctionApp, register_functions, ready: {unexpected}"
 
 
 def test_importing_function_app_with_an_empty_environment_reads_no_setting():
