@@ -103,14 +103,6 @@ class FlowStore:
         if not statuses or statuses[-1] == 404:
             raise UnknownState("state already consumed by another callback")
 
-    def consume(self, state: str, kind: str, binding: str | None, now: datetime | None = None) -> StoredFlow:
-        """`find`, `take`, then the expiry check: exactly one callback can ever consume a state.
-        Raises what `find` and `take` raise, and FlowExpired (the flow is consumed all the same)."""
-        stored = self.find(state, kind, binding)
-        self.take(stored)
-        stored.check_unexpired(now or datetime.now(UTC))
-        return stored
-
     def purge_expired(self, now: datetime | None = None) -> int:
         """Deletes flows that expired (abandoned logins). Returns how many rows went."""
         return delete_matching(self._table, "ExpiresAt lt @now", {"now": now or datetime.now(UTC)})

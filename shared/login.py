@@ -180,7 +180,7 @@ class SsoService:
             if kind not in KINDS:
                 raise NotFound(f"unknown kind {kind!r}")
             callback = Callback.parse(request)
-            reply = self._complete(kind, callback, correlation_id, event)
+            reply = self._complete(kind, callback, event)
             event.outcome, event.reason = "success", "ok"
         except Exception as exc:  # every outcome gets its audit row, a bug's too
             err = _as_error(exc, "sso.callback", correlation_id)
@@ -200,7 +200,7 @@ class SsoService:
         _log_attempt(event, detail)
         return reply
 
-    def _complete(self, kind: str, callback: Callback, correlation_id: str, event: SignInEvent) -> pages.Reply:
+    def _complete(self, kind: str, callback: Callback, event: SignInEvent) -> pages.Reply:
         settings = self.deps.settings
         params = callback.params
         # 1. the authorization response: bounded, an IdP error, the RFC 9207 issuer

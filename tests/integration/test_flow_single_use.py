@@ -20,7 +20,7 @@ def race(store: FlowStore, state: str, binding: str) -> list[str]:
     def consume():
         barrier.wait()
         try:
-            store.consume(state, "user", binding)
+            store.take(store.find(state, "user", binding))
             outcome = "won"
         except UnknownState:
             outcome = "lost"

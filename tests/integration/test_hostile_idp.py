@@ -397,14 +397,16 @@ def test_flow_consumed_between_our_read_and_our_delete_is_not_consumed_again(app
 
         def get_entity(self, *args, **kwargs):
             entity = self._table.get_entity(*args, **kwargs)
-            FlowStore(self._table).consume(state, "user", binding)  # the other callback wins meanwhile
+            store = FlowStore(self._table)  # the other callback wins meanwhile
+            store.take(store.find(state, "user", binding))
             return entity
 
         def __getattr__(self, name):
             return getattr(self._table, name)
 
     with pytest.raises(UnknownState):
-        FlowStore(LosesTheRace(table)).consume(state, "user", binding)
+        late = FlowStore(LosesTheRace(table))
+        late.take(late.find(state, "user", binding))
 
 
 def test_callback_without_the_cookie_is_refused_and_the_flow_survives(hostile, app, person):
