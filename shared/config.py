@@ -34,6 +34,7 @@ class SettingInfo:
 SETTINGS_TABLE = (
     SettingInfo("OIDC_ISSUER_URL", "the IdP's issuer, or Entra's 'OpenID Connect metadata document' URL"),
     SettingInfo("OIDC_CLIENT_ID", "the app registration's Application (client) ID"),
+    SettingInfo("IDP_TIMEOUT_SECONDS", "how long a call to the IdP may wait for its answer", "idp_timeout_seconds"),
     SettingInfo("KEY_VAULT_URL", "the vault holding the client secret and the session-signing key"),
     SettingInfo("OIDC_CLIENT_SECRET_NAME", "Key Vault secret holding the client secret", "client_secret_name"),
     SettingInfo("OIDC_CLIENT_CERTIFICATE_NAME", "Key Vault secret holding a client certificate (PEM with key), "
@@ -64,6 +65,7 @@ class Settings:
     issuer_base: str  # the issuer as configured, without the metadata document's path
     metadata_url: str
     client_id: str
+    idp_timeout_seconds: int  # read timeout of every IdP call (discovery, JWKS, token)
     key_vault_url: str | None
     client_secret_name: str
     signing_key_name: str
@@ -192,7 +194,7 @@ def _issuer(read: _Reader, _: dict) -> dict:
     if not client_id:
         read.problem("OIDC_CLIENT_ID", "missing.", "Copy the 'Application (client) ID' from the app registration.")
     return {"issuer_base": base, "metadata_url": f"{base}/{WELL_KNOWN_SUFFIX}{metadata_query(raw)}",
-            "client_id": client_id}
+            "client_id": client_id, "idp_timeout_seconds": read.whole_number("IDP_TIMEOUT_SECONDS", 10, lo=1, hi=120)}
 
 
 def _secrets(read: _Reader, _: dict) -> dict:

@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from .aadsts import hint_for
 from .errors import ConfigurationError, DependencyUnavailable, InvalidIdToken, RedemptionFailed
-from .provider import HTTP_TIMEOUT
 from .vault import CachedSecret, DerivedFromSecret, SecretValue
 
 SCOPES = ["email"]  # MSAL adds openid, profile and offline_access itself
@@ -109,7 +108,7 @@ class OidcClient:
         try:
             return msal.ConfidentialClientApplication(
                 self.client_id, client_credential=msal_client_credential(secret, certificate=self._certificate),
-                http_client=self._http, timeout=HTTP_TIMEOUT[1], token_cache=_NoTokenCache(),
+                http_client=self._http, token_cache=_NoTokenCache(),
                 exclude_scopes=["offline_access"], **where)
         except requests.RequestException as exc:
             raise DependencyUnavailable("idp", f"MSAL discovery: {type(exc).__name__}") from exc

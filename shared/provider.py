@@ -11,7 +11,6 @@ from .errors import ConfigurationError, DependencyUnavailable
 # Algorithms an ID token may be signed with. Never "none" nor HS* (a symmetric key would be our
 # client secret, which the IdP and we share: a token "signed" with it proves nothing about the IdP).
 ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
-HTTP_TIMEOUT = (5, 10)  # connect, read (seconds)
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ def discover(metadata_url: str, issuer_base: str, session: requests.Session, *, 
     reached (503, retried on the next request), ConfigurationError when it answers with something that
     is not this issuer's metadata; both say which URL was tried and what came back."""
     try:
-        response = session.get(metadata_url, timeout=HTTP_TIMEOUT)
+        response = session.get(metadata_url)  # the IdP session applies its timeouts
     except requests.RequestException as exc:
         raise DependencyUnavailable("idp", f"GET {metadata_url} failed: {type(exc).__name__}") from exc
     if response.status_code >= 500 or response.status_code == 429:

@@ -20,9 +20,10 @@ from .errors import DependencyUnavailable
 from .flows import FlowStore
 from .jwks import JwksCache
 from .oidc_client import OidcClient
-from .provider import HTTP_TIMEOUT, ProviderMetadata, discover
+from .provider import ProviderMetadata, discover
 from .session_token import SessionSigner, load_signing_keys
 from .tables import ACCOUNTS_TABLE, EVENTS_TABLE, FLOWS_TABLE, Tables
+from .transport import IdpSession
 from .vault import CachedSecret, DerivedFromSecret, KeyVaultReader, SettingsReader
 
 log = logging.getLogger("portal_sso")
@@ -32,13 +33,11 @@ CREDENTIAL_RETRIES = 2
 
 class Runtime:
     """`credential_factory` makes the Azure credential (DefaultAzureCredential unless a test hands
-    in another); `session` is the requests.Session of every IdP call, honouring REQUESTS_CA_BUNDLE."""
+    in another)."""
 
-    def __init__(self, env: Mapping[str, str] | None = None, *, credential_factory: Callable[[], object] | None = None,
-                 session: requests.Session | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None, *, credential_factory: Callable[[], object] | None = None):
         self._env = env if env is not None else os.environ
         self._credential_factory = credential_factory or _default_credential
-        self.session = session or requests.Session()
         self._lock = threading.RLock()
         self._settings: Settings | None = None
         self._credential = None
@@ -64,6 +63,11 @@ class Runtime:
             if self._credential is None:
                 self._credential = self._credential_factory()
             return self._credential
+
+    @cached_property
+    def session(self) -> IdpSession:
+        """The session of every IdP call: timeouts on each, CA bundle and proxies read once."""
+        return IdpSession(self.settings.idp_timeout_seconds)
 
     @cached_property
     def tables(self) -> Tables:
@@ -140,7 +144,7 @@ class Runtime:
     def _fetch_jwks(self) -> dict:
         uri = self.metadata().jwks_uri
         try:
-            response = self.session.get(uri, timeout=HTTP_TIMEOUT)
+            response = self.session.get(uri)
             response.raise_for_status()
             return response.json()
         except (requests.RequestException, ValueError) as exc:

@@ -4,11 +4,16 @@ here, the IdP's session in `runtime`. Read once per worker, never per call."""
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import requests
 
 # Few, quick retries: a browser is waiting, and a dead dependency must become a 503 in seconds.
 RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.2}
 TIMEOUTS = {"connection_timeout": 5, "read_timeout": 10}
+IDP_CONNECT_TIMEOUT = 5.0  # a refused connection fails at once; this bounds a silent one (no SYN-ACK)
 
 
 def ca_bundle(environ: Mapping[str, str] = os.environ) -> str | bool:
@@ -23,3 +28,37 @@ def azure_client_options(environ: Mapping[str, str] = os.environ) -> dict:
     re-read the whole environment (proxies, .netrc, CA bundle) on every call; the CA bundle is read
     here, once, instead."""
     return {**RETRIES, **TIMEOUTS, "use_env_settings": False, "connection_verify": ca_bundle(environ)}
+
+
+class IdpSession(requests.Session):
+    """The session of every IdP call (discovery, JWKS, MSAL's token request). Every request gets
+    the timeouts unless it names its own: MSAL does not apply its `timeout` to an http_client handed
+    to it, so without this a token endpoint that accepts the connection and never answers would
+    hold the callback, and the worker thread, for as long as the IdP likes. The environment (CA
+    bundle, proxies) is read once here: with `trust_env` on, `requests` re-reads it on every call."""
+
+    def __init__(self, read_timeout: float, environ: Mapping[str, str] = os.environ):
+        super().__init__()
+        self.trust_env = False
+        self.verify = ca_bundle(environ)
+        self.timeout = (min(IDP_CONNECT_TIMEOUT, read_timeout), read_timeout)
+        self._proxies = {k: v for k, v in _environ_proxies(environ).items() if k in ("http", "https", "no")}
+
+    def request(self, method, url, *args, **kwargs):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        if self._proxies and not kwargs.get("proxies"):
+            host = urlsplit(url).hostname or ""
+            if not urllib.request.proxy_bypass_environment(host, self._proxies):
+                kwargs["proxies"] = {k: v for k, v in self._proxies.items() if k != "no"}
+        return super().request(method, url, *args, **kwargs)
+
+
+def _environ_proxies(environ: Mapping[str, str]) -> dict[str, str]:
+    """HTTP(S)_PROXY and NO_PROXY as `requests` would read them (lower case wins), once."""
+    found: dict[str, str] = {}
+    for name, value in environ.items():
+        lowered = name.lower()
+        if value and lowered.endswith("_proxy") and (lowered == name or lowered[:-6] not in found):
+            found[lowered[:-6]] = value
+    return found

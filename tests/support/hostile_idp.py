@@ -93,6 +93,7 @@ class Script:
     alg: str = "RS256"  # "RS256", "HS256" (with hmac_secret) or "none"
     hmac_secret: bytes | None = None
     error: tuple[int, dict] | None = None  # (HTTP status, error body) instead of tokens
+    hang: float = 0.0  # seconds the token endpoint holds the request before answering (a hung IdP)
 
 
 class HostileIdp:
@@ -121,6 +122,7 @@ class HostileIdp:
             self.token_requests: list[dict[str, str]] = []
             self.requests: list[tuple[str, str]] = []
             self.jwks_fetches = 0
+            self.down: set[str] = set()  # "discovery" and/or "jwks": answered with HTTP 503
 
     def answer(self, **script) -> None:
         """Scripts the token endpoint's next answers (see Script), until the next answer() or reset()."""
@@ -220,8 +222,9 @@ class HostileIdp:
 
     # ---- the server
 
-    def start(self) -> HostileIdp:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+    def start(self, port: int = 0) -> HostileIdp:
+        """Serves on `port` (0: any free one; the same port again after stop(): the IdP comes back)."""
+        server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         server.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(self._ca.server_cert), str(self._ca.server_key))
@@ -242,7 +245,9 @@ class HostileIdp:
             self.requests.append((method, path))
         base = f"/{self.tenant}"
         if method == "GET" and path == f"{base}/v2.0/.well-known/openid-configuration":
-            return _json(200, self.metadata())
+            return _json(503, {"error": "down"}) if "discovery" in self.down else _json(200, self.metadata())
+        if method == "GET" and path == f"{base}/discovery/v2.0/keys" and "jwks" in self.down:
+            return _json(503, {"error": "down"})
         if method == "GET" and path == f"{base}/discovery/v2.0/keys":
             with self._lock:
                 self.jwks_fetches += 1
@@ -283,6 +288,8 @@ class HostileIdp:
                 form.get("client_secret", "").encode(), self.client_secret.encode()):
             return _json(*INVALID_CLIENT)
         script = self.script
+        if script.hang:
+            time.sleep(script.hang)
         if script.error is not None:
             return _json(*script.error)
         with self._lock:

@@ -1,0 +1,92 @@
+"""The IdP hangs or dies while the app is warm: a person gets a clear 503 in bounded time, the worker
+thread is free again, cached keys keep logins going, and the app heals without a restart. Real HTTPS
+IdP (tests/support/hostile_idp.py), the real app (tools.host, MSAL, Azurite)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from tests.conftest import APP_BASE, REDIRECT_URIS
+from tests.integration.test_hostile_idp import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    TENANT,
+    assert_refused,
+    assert_signed_in,
+    begin,
+    new_person,
+    post_callback,
+    sign_in,
+    switch_to,
+)
+from tests.support.hostile_idp import HostileIdp
+from tests.support.portal import start_login
+
+READ_TIMEOUT = 1  # IDP_TIMEOUT_SECONDS for these tests: a hung IdP costs the person about this long
+
+
+@pytest.fixture
+def hostile_idp(test_ca):
+    """A hostile IdP of its own (these tests stop and restart it)."""
+    hostile = HostileIdp(test_ca, tenant=TENANT, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                         redirect_uris=REDIRECT_URIS.values()).start()
+    try:
+        yield hostile
+    finally:
+        hostile.stop()
+
+
+@pytest.fixture
+def app(hostile_idp, use_settings):
+    return switch_to(hostile_idp, use_settings, IDP_TIMEOUT_SECONDS=str(READ_TIMEOUT))
+
+
+def test_a_token_endpoint_that_never_answers_gives_503_within_the_read_timeout(hostile_idp, app, account_store):
+    person = new_person(account_store)
+    hostile_idp.answer(claims=person.claims, hang=READ_TIMEOUT + 9)  # holds the request far past our timeout
+    session, fields = begin(hostile_idp)
+    started = time.monotonic()
+    response = post_callback(session, fields)
+    elapsed = time.monotonic() - started
+    assert_refused(response, 503, "idp_unavailable", app)
+    assert response.headers.get("Retry-After"), "a 503 says when to try again"
+    assert elapsed < READ_TIMEOUT + 2, f"the callback gave up after the read timeout, not the IdP's: {elapsed:.1f} s"
+    # The worker thread is free again, and the next login goes through once the IdP answers.
+    hostile_idp.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile_idp), person)
+
+
+def test_a_refused_connection_to_the_token_endpoint_gives_503_at_once(hostile_idp, app, account_store):
+    person = new_person(account_store)
+    hostile_idp.answer(claims=person.claims)
+    session, fields = begin(hostile_idp)
+    port = hostile_idp.port
+    hostile_idp.stop()  # the IdP dies between the login page and the callback
+    started = time.monotonic()
+    response = post_callback(session, fields)
+    assert_refused(response, 503, "idp_unavailable", app)
+    assert time.monotonic() - started < 2, "a refused connection is not waited on"
+    hostile_idp.start(port)  # back on the same address: the next login works without a restart
+    assert_signed_in(sign_in(hostile_idp), person)
+
+
+def test_a_jwks_endpoint_that_is_down_does_not_stop_logins_while_the_keys_are_cached(hostile_idp, app, account_store):
+    person = new_person(account_store)
+    hostile_idp.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile_idp), person)  # keys fetched and cached
+    fetches = hostile_idp.jwks_fetches
+    hostile_idp.down.add("jwks")
+    assert_signed_in(sign_in(hostile_idp), person)
+    assert hostile_idp.jwks_fetches == fetches, "the cached keys served; the JWKS endpoint was not needed"
+
+
+def test_discovery_down_at_a_cold_start_gives_503_and_the_next_request_after_it_returns_works(hostile_idp, app):
+    hostile_idp.down.add("discovery")
+    refused = start_login(requests.Session(), APP_BASE, "user")
+    assert_refused(refused, 503, "idp_unavailable", app)
+    hostile_idp.down.discard("discovery")
+    started = start_login(requests.Session(), APP_BASE, "user")
+    assert started.status_code == 302, f"the app healed without a restart: {started.status_code}"
