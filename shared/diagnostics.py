@@ -118,13 +118,25 @@ def _certificate_expiry(pem: str) -> datetime | None:
         return None
 
 
+def _stale(cached, check: Check) -> Check:
+    """Amber when the secret is served from the cache because Key Vault cannot be reached."""
+    if cached.unavailable_since is not None:
+        stale = (f"Key Vault unreachable since {cached.unavailable_since:%Y-%m-%d %H:%M:%S} UTC "
+                 f"({cached.unavailable_detail}); serving the last version read")
+        check.warning = f"{stale}; {check.warning}" if check.warning else stale
+        check.data["stale_since"] = cached.unavailable_since.isoformat()
+    return check
+
+
 def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
     certificate = settings.uses_certificate
     what = "client certificate" if certificate else "client secret"
     title = "Client certificate" if certificate else "Client secret"
 
     def probe() -> Check:
-        secret = runtime.cached_client_credential.get()
+        return _stale(runtime.cached_client_credential, describe(runtime.cached_client_credential.get()))
+
+    def describe(secret) -> Check:
         if secret.source == "key vault":
             where = f"Key Vault secret '{runtime.cached_client_credential.name}'"
             where += f", version {secret.version}" if secret.version else ""
@@ -159,9 +171,10 @@ def check_signing_key(runtime) -> Check:
     def probe() -> Check:
         signer = runtime.signer()
         kids = [key.kid for key in signer.keys]
-        return Check("signing_key", "Session signing key", True,
-                     f"kid {signer.current.kid} ({signer.current.alg}); {len(kids)} key(s) in the JWKS",
-                     data={"kid": signer.current.kid, "alg": signer.current.alg, "keys": len(kids)})
+        return _stale(runtime.signing_key_secret, Check(
+            "signing_key", "Session signing key", True,
+            f"kid {signer.current.kid} ({signer.current.alg}); {len(kids)} key(s) in the JWKS",
+            data={"kid": signer.current.kid, "alg": signer.current.alg, "keys": len(kids)}))
 
     return _run("signing_key", "Session signing key", probe,
                 "Store the session-signing private key (PEM, RSA 2048+ or EC P-256) in Key Vault under "

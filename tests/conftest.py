@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from shared.accounts import AccountStore
 from shared.runtime import Runtime, reset_runtime
+from tests.support.keyvault_stub import KeyVaultStub
 from tools.host import ServerHandle, build_wsgi_app, serve_in_thread
 from tools.stack import (
     RunningIdp,
@@ -239,3 +242,80 @@ def demo_accounts(account_store: AccountStore) -> dict[str, str]:
     account_store.add(DEMO_AGENT["claims"]["email"], "agent", "A-2001", "Demo Agent")
     account_store.add("disabled@contoso.test", "user", "U-1002", "Disabled User", enabled=False)
     return {"user": "U-1001", "agent": "A-2001"}
+
+
+# ---- Key Vault: the stub, read by the real SecretClient through the real DefaultAzureCredential ----
+
+CLIENT_SECRET_NAME = "oidc-client-secret"
+SIGNING_KEY_NAME = "session-signing-key"
+
+
+@pytest.fixture
+def stub(test_ca: TestCA, monkeypatch: pytest.MonkeyPatch) -> Iterator[KeyVaultStub]:
+    """A fresh vault per test (a new URL, so no challenge cached for it), its managed identity in the
+    environment the way App Service sets it."""
+    with KeyVaultStub(test_ca.server_cert, test_ca.server_key) as running:
+        running.apply_env(monkeypatch)
+        yield running
+
+
+@pytest.fixture
+def vault_app(stub: KeyVaultStub, use_settings, signing_key_pem: str):
+    """`vault_app(**changes)` serves the app with its secrets in Key Vault only (the signing key
+    stored there), cached for an hour unless `changes` say otherwise; returns the new Runtime."""
+    stub.set_secret(SIGNING_KEY_NAME, signing_key_pem)
+
+    def apply(**changes: str | None) -> Runtime:
+        return use_settings(**{"KEY_VAULT_URL": stub.url, "OIDC_CLIENT_SECRET": None, "SESSION_SIGNING_KEY": None,
+                               "SECRET_CACHE_SECONDS": "3600", **changes})
+
+    return apply
+
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def _is_loopback(host: object) -> bool:
+    if not isinstance(host, str):
+        return False
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Refuses (and reports) any connection or name lookup that is not loopback: a credential falling
+    through its chain must not reach IMDS or login.microsoftonline.com. Modules that use Azure
+    credentials turn it on for every test with `pytestmark = pytest.mark.usefixtures("loopback_only")`."""
+    attempts: list[object] = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
+
+    def check(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            attempts.append(address)
+            raise OSError(f"test guard: connection to non-loopback {address!r} refused")
+
+    def connect(sock, address):
+        check(sock, address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host is not None and not _is_loopback(host.decode() if isinstance(host, bytes) else host):
+            attempts.append(host)
+            raise socket.gaierror(f"test guard: lookup of non-loopback name {host!r} refused")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield attempts
+    assert not attempts, f"non-loopback network use: {attempts}"

@@ -6,11 +6,9 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import requests
 
 from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER, REDIRECT_URIS
-from tests.support.keyvault_stub import KeyVaultStub
 from tests.support.portal import sign_in
 from tools.stack import azurite_connection_string, free_port, new_account_key
 
@@ -118,13 +116,6 @@ def test_the_setup_page_escapes_setting_values(use_settings):
 
 def test_wrong_method_is_405(app_server):
     assert requests.post(f"{APP_BASE}/api/health", timeout=TIMEOUT).status_code == 405
-
-
-@pytest.fixture
-def stub(test_ca, monkeypatch):
-    with KeyVaultStub(test_ca.server_cert, test_ca.server_key) as running:
-        running.apply_env(monkeypatch)
-        yield running
 
 
 def test_a_client_secret_expiring_soon_is_a_warning(stub, use_settings, signing_key_pem):

@@ -10,37 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from tests.conftest import APP_BASE, CERT_CLIENT_ID, CLIENT_SECRET, DEMO_USER
-from tests.support.keyvault_stub import KeyVaultStub
+from tests.conftest import APP_BASE, CERT_CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_NAME, DEMO_USER, SIGNING_KEY_NAME
 from tests.support.portal import CORRELATION, delivered, idp_answer, sign_in, start_login
 
-# Autouse: a credential falling through its chain must not reach IMDS or login.microsoftonline.com.
-from tests.test_keyvault_stub import loopback_only  # noqa: F401
-
-CLIENT_SECRET_NAME = "oidc-client-secret"
-SIGNING_KEY_NAME = "session-signing-key"
-
-
-@pytest.fixture
-def stub(test_ca, monkeypatch):
-    """A fresh vault per test (a new URL, so no challenge cached for it), its managed identity in the
-    environment the way App Service sets it."""
-    with KeyVaultStub(test_ca.server_cert, test_ca.server_key) as running:
-        running.apply_env(monkeypatch)
-        yield running
-
-
-@pytest.fixture
-def vault_app(stub, use_settings, signing_key_pem):
-    """The app with its secrets in Key Vault only; cached for an hour, so only a rotation re-reads.
-    The credential is the product's own default (DefaultAzureCredential)."""
-    stub.set_secret(SIGNING_KEY_NAME, signing_key_pem)
-
-    def apply(**changes):
-        return use_settings(KEY_VAULT_URL=stub.url, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None,
-                            SECRET_CACHE_SECONDS="3600", **changes)
-
-    return apply
+pytestmark = pytest.mark.usefixtures("loopback_only")
 
 
 def test_login_with_secrets_from_key_vault_reads_the_secret_once(stub, vault_app, demo_accounts):
