@@ -3,14 +3,19 @@ goes out (after a function returns, Azure may freeze its instance). Nothing secr
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from azure.data.tables import TableClient
+from azure.data.tables import TableClient, UpdateMode
 
+from .errors import DependencyUnavailable
 from .tables import delete_matching, storage_errors
 
 _MAX_MS = 10**13  # RowKeys count down from here, so a day's newest events list first
+# Pauses between the audit insert's attempts: three attempts within a few hundred milliseconds ride
+# out a dropped connection or a busy partition without holding the person's sign-in for long.
+RETRY_DELAYS = (0.05, 0.15)
 
 
 @dataclass
@@ -39,14 +44,24 @@ class SignInEvents:
         self._table = table
 
     def record(self, event: SignInEvent) -> None:
-        """Writes the row; raises DependencyUnavailable when storage is down (the caller decides)."""
+        """Writes the row, trying up to len(RETRY_DELAYS) + 1 times; raises DependencyUnavailable when
+        storage still refuses it (the caller decides). The row is all ours and keyed by the event, so
+        a write repeated after a lost answer writes the same row again (PUT, idempotent)."""
         ms = int(event.at.timestamp() * 1000)
         entity = {"".join(part.title() for part in key.split("_")): value  # correlation_id -> CorrelationId
                   for key, value in asdict(event).items() if value is not None and key != "at"}
         entity.update({"PartitionKey": day_key(event.at), "RowKey": f"{_MAX_MS - ms:013d}-{event.correlation_id}",
                        "At": event.at})
-        with storage_errors():
-            self._table.upsert_entity(entity)
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                with storage_errors():
+                    # Our own bounded retries instead of the SDK's (retry_total=0): a browser is waiting.
+                    self._table.upsert_entity(entity, mode=UpdateMode.REPLACE, retry_total=0)
+                return
+            except DependencyUnavailable:
+                if delay is None:
+                    raise
+                time.sleep(delay)
 
     def latest(self, kind: str, days: int = 7) -> dict | None:
         """The newest event of this kind in the last `days` days, as stored, or None."""

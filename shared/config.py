@@ -110,8 +110,10 @@ def public_base_url(env: Mapping[str, str]) -> str:
 
 
 def valid_public_base(base: str) -> bool:
-    """An https:// origin (Entra accepts only https redirect URIs, built from it)."""
-    return _https_url(base) and urlsplit(base).path in ("", "/") and not urlsplit(base).query
+    """An https:// origin, or an http:// one on loopback: Entra accepts https redirect URIs and, for
+    development, http://localhost and http://127.0.0.1 ones (what `func start` serves)."""
+    return _https_url(base, allow_loopback_http=True) and urlsplit(base).path in ("", "/") \
+        and not urlsplit(base).query
 
 
 def issuer_base(raw: str) -> str:
@@ -265,8 +267,9 @@ def _portals(read: _Reader, _: dict) -> dict:
         read.problem("PUBLIC_BASE_URL", "missing (and no WEBSITE_HOSTNAME).",
                      "Set the app's external URL, e.g. https://myapp.azurewebsites.net.")
     elif not valid_public_base(base):
-        read.problem("PUBLIC_BASE_URL", "must be an https:// origin such as https://myapp.azurewebsites.net "
-                     "(redirect URIs are built from it; Entra accepts only https).")
+        read.problem("PUBLIC_BASE_URL", "must be an https:// origin such as https://myapp.azurewebsites.net, or "
+                     "http:// on localhost, 127.0.0.1 or [::1] for development (redirect URIs are built from it; "
+                     "Entra accepts no other http://).")
     return {"portal_urls": urls, "allowed_return_origins": frozenset(origins), "public_base_url": base}
 
 

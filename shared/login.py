@@ -3,8 +3,10 @@ a user and an agent differ only by their kind's portal URL and redirect URI."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
@@ -289,8 +291,10 @@ class SsoService:
         try:
             self.deps.events.record(event)
         except SsoError as err:
-            log.error("sso.audit_failed correlation_id=%s reason=%s outcome=%s event_reason=%s kind=%s",
-                      correlation_id, err.reason, event.outcome, event.reason, event.kind)
+            # The full event, so the log holds what the row would have (nothing in it is secret).
+            fields = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(event).items()}
+            log.error("sso.audit_failed correlation_id=%s reason=%s event=%s", correlation_id, err.reason,
+                      json.dumps(fields, sort_keys=True))
             if event.outcome == "success":
                 unavailable = DependencyUnavailable("table_storage", "audit row could not be written")
                 return pages.error(unavailable, correlation_id, portal_url=self._portal_url(event.kind))

@@ -40,6 +40,10 @@ CERT_CLIENT_ID = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d"
 APP_PORT = free_port()
 APP_BASE = f"https://127.0.0.1:{APP_PORT}"
 REDIRECT_URIS = {kind: f"{APP_BASE}/api/sso/{kind}/callback" for kind in ("user", "agent")}
+# The app over plain HTTP on loopback, as `func start` serves it (the plain-HTTP browser test).
+HTTP_APP_PORT, HTTP_PORTAL_PORT = free_port(), free_port()
+HTTP_APP_BASE = f"http://127.0.0.1:{HTTP_APP_PORT}"
+HTTP_REDIRECT_URIS = {kind: f"{HTTP_APP_BASE}/api/sso/{kind}/callback" for kind in ("user", "agent")}
 PORTAL_PORT = free_port()
 PORTAL_ORIGIN = f"https://127.0.0.1:{PORTAL_PORT}"  # the demo portal serves here in the browser test
 PORTAL_URLS = {"user": f"{PORTAL_ORIGIN}/user", "agent": f"{PORTAL_ORIGIN}/agent"}
@@ -135,7 +139,7 @@ def idp(
     """The dev IdP (Entra-shaped) with a client_secret_post client (first), a private_key_jwt
     client, the demo user and agent, and a person whose email is marked unverified."""
     common = {
-        "redirect_uris": list(REDIRECT_URIS.values()),
+        "redirect_uris": [*REDIRECT_URIS.values(), *HTTP_REDIRECT_URIS.values()],
         "post_logout_redirect_uris": list(PORTAL_URLS.values()),
     }
     clients = [
@@ -196,13 +200,19 @@ def app_env(idp: RunningIdp, azurite: Service, signing_key_pem: str) -> dict[str
 
 
 @pytest.fixture(scope="session")
-def app_server(test_ca: TestCA, app_env: dict[str, str]) -> Iterator[ServerHandle]:
-    """The real function_app.py, as tools.host serves it, at APP_BASE."""
+def function_host():
+    """The real function_app.py as tools.host serves it (a WSGI app); indexed once per session."""
     import function_app
 
+    return build_wsgi_app(function_app.app)
+
+
+@pytest.fixture(scope="session")
+def app_server(test_ca: TestCA, app_env: dict[str, str], function_host) -> Iterator[ServerHandle]:
+    """The real function_app.py, as tools.host serves it, at APP_BASE."""
     reset_runtime(Runtime(app_env))
     handle = serve_in_thread(
-        build_wsgi_app(function_app.app), port=APP_PORT,
+        function_host, port=APP_PORT,
         ssl_context=(str(test_ca.server_cert), str(test_ca.server_key)),
     )  # fmt: skip
     try:

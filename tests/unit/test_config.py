@@ -136,9 +136,18 @@ def test_public_base_url_defaults_to_website_hostname():
 
 
 @pytest.mark.parametrize("bad", ["http://sso.contoso.test", "https://sso.contoso.test/api", "sso.contoso.test",
-                                 "https://user@sso.contoso.test"])
-def test_public_base_url_that_is_not_an_https_origin_is_refused(bad):
+                                 "https://user@sso.contoso.test", "http://10.0.0.5:7071", "http://localhost.evil.test",
+                                 "http://127.0.0.1.nip.io:7071", "ftp://127.0.0.1"])
+def test_public_base_url_that_is_not_an_https_origin_nor_loopback_http_is_refused(bad):
     assert "PUBLIC_BASE_URL" in problems_of(env(PUBLIC_BASE_URL=bad)), f"{bad!r} cannot build redirect URIs"
+
+
+@pytest.mark.parametrize("base", ["http://localhost:7071", "http://127.0.0.1:7071", "http://[::1]:7071",
+                                  "http://localhost"])
+def test_public_base_url_may_be_plain_http_on_loopback_as_func_start_serves(base):
+    settings = load_settings(env(PUBLIC_BASE_URL=base))
+    assert settings.redirect_uri("agent") == f"{base}/api/sso/agent/callback", \
+        "Entra accepts http://localhost and http://127.0.0.1 redirect URIs"
 
 
 @pytest.mark.parametrize("kind", ["user", "agent"])
