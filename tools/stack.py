@@ -132,6 +132,7 @@ class Service:
     port: int = 0
     logs: list[Path] = field(default_factory=list)
     connection_string: str = ""  # for a storage service: how clients reach it
+    account_key: str = ""  # for a storage service: its key, to start it again as the same account
 
     def stop(self) -> None:
         """Terminate the process group; kill it if it has not exited after 5 s. Idempotent."""
@@ -235,8 +236,11 @@ def _wait_for_port(service: Service, port: int, timeout: float) -> None:
     raise RuntimeError(f"{service.name} {state} (port {port}).\n{service.log_text()}")
 
 
-def start_azurite(port: int | None = None, *, workdir: Path) -> Service:
-    """Start Azurite's Table service on 127.0.0.1 (in memory, no telemetry) and wait until it listens.
+def start_azurite(port: int | None = None, *, workdir: Path, key: str | None = None,
+                  on_disk: bool = False) -> Service:
+    """Start Azurite's Table service on 127.0.0.1 (no telemetry) and wait until it listens: in memory,
+    or with `on_disk` in `workdir`, so that a restart with the same port and `key` finds the same
+    tables (an outage, not a data loss).
 
     ``url`` is the table endpoint, ``http://127.0.0.1:PORT/devstoreaccount1``; see
     :func:`azurite_connection_string`.
@@ -250,20 +254,21 @@ def start_azurite(port: int | None = None, *, workdir: Path) -> Service:
         "--tableHost", "127.0.0.1",
         "--tablePort", str(port),
         "--disableTelemetry",
-        "--inMemoryPersistence",
+        *(["--location", str(workdir)] if on_disk else ["--inMemoryPersistence"]),
         "--skipApiVersionCheck",
         "--loose",
     ]  # fmt: skip
     if not Path(argv[1]).is_file():  # layout changed: fall back to the npm bin shim
         argv = [str(NODE_MODULES / ".bin" / "azurite-table"), *argv[2:]]
-    # In memory, so no --location (Azurite refuses both); its cwd is workdir for any debug files.
+    # Azurite refuses --location together with --inMemoryPersistence; its cwd is workdir either way.
     # AZURITE_ACCOUNTS replaces the public well-known key with one made now, for this run only.
-    key = new_account_key()
+    key = key or new_account_key()
     env = {**os.environ, "AZURITE_ACCOUNTS": f"{AZURITE_ACCOUNT}:{key}"}
     service = _spawn(f"azurite-{port}", argv, workdir, env=env)
     service.url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
     service.port = port
     service.connection_string = azurite_connection_string(port, key)
+    service.account_key = key
     _wait_for_port(service, port, timeout=30)
     return service
 

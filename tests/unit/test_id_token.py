@@ -355,3 +355,25 @@ def test_id_token_is_verified_with_a_jwk_that_declares_its_own_alg(rsa_key):
 def test_id_token_signed_by_a_jwk_marked_for_encryption_is_refused(rsa_key):
     idp = Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, use="enc")]}, metadata=metadata_for())
     refused(idp, idp.mint(), "kid")
+
+
+# ---- clock skew: each time check exactly at its bound passes, one second past it fails
+
+
+@pytest.mark.parametrize(("claims", "check"), [
+    ({"iat": NOW - 600, "exp": NOW - LEEWAY_SECONDS}, None),
+    ({"iat": NOW - 600, "exp": NOW - LEEWAY_SECONDS - 1}, "exp"),
+    ({"iat": NOW + LEEWAY_SECONDS, "exp": NOW + 3600}, None),
+    ({"iat": NOW + LEEWAY_SECONDS + 1, "exp": NOW + 3600}, "iat"),
+    ({"nbf": NOW + LEEWAY_SECONDS}, None),
+    ({"nbf": NOW + LEEWAY_SECONDS + 1}, "nbf"),
+    ({"iat": NOW - MAX_TOKEN_AGE_SECONDS - LEEWAY_SECONDS}, None),
+    ({"iat": NOW - MAX_TOKEN_AGE_SECONDS - LEEWAY_SECONDS - 1}, "iat"),
+], ids=["exp-at-bound", "exp-past", "iat-future-at-bound", "iat-future-past", "nbf-at-bound", "nbf-past",
+        "age-at-bound", "age-past"])
+def test_time_claims_exactly_at_the_leeway_bound_pass_and_one_second_past_fail(idp, claims, check):
+    token = idp.mint(**claims)
+    if check is None:
+        assert idp.verify(token)["sub"] == "person-sub", f"{claims} is within the leeway"
+    else:
+        refused(idp, token, check)

@@ -133,3 +133,31 @@ def test_the_same_callback_with_a_working_audit_store_delivers_the_token(idp_key
     body = reply.body if isinstance(reply.body, str) else reply.body.decode()
     assert reply.status == 200 and 'name="session_token"' in body, body[:400]
     assert [e.outcome for e in events.rows] == ["success"]
+
+
+def test_a_flow_that_expires_between_its_read_and_its_delete_is_consumed_and_refused(idp_key):
+    """The flow is read one millisecond before it expires; by the check after the read it has: the
+    callback is a 400 flow_expired, the flow is consumed all the same, and the code is never redeemed."""
+    expires_at = datetime.now(UTC) + timedelta(minutes=5)
+
+    class ExpiringFlows(Flows):
+        taken = 0
+
+        def find(self, state, kind, binding):
+            return StoredFlow(state=state, kind=kind, flow={"state": state, "nonce": NONCE}, return_to=None,
+                              expires_at=expires_at, correlation_id="c", etag="e")
+
+        def take(self, stored):
+            self.taken += 1
+
+    class NeverRedeems(Oidc):
+        def redeem(self, *args, **kwargs):
+            raise AssertionError("an expired flow's code must not be redeemed")
+
+    deps = Deps(idp_key, events := type("Events", (), {"rows": [], "record": lambda self, e: self.rows.append(e)})())
+    deps.flows, deps.oidc = ExpiringFlows(), NeverRedeems("")
+    clock = lambda: expires_at.timestamp() + 0.001  # noqa: E731 - the moment after the read
+    reply = SsoService(deps, clock=clock).complete_login("user", callback_request(), "cid-3")
+    assert reply.status == 400 and [e.reason for e in events.rows] == ["flow_expired"]
+    assert deps.flows.taken == 1, "the expired flow is consumed, so it cannot be tried again"
+    assert any(c.startswith(f"{flow_cookie_name('user')}=;") for c in reply.cookies), "the flow cookie is cleared"

@@ -1,0 +1,103 @@
+"""Table Storage fails while the app is warm: Azurite stopped mid-run and started again, and Azurite
+behind a proxy that cuts a random share of requests (tests/support/fault_proxy.py). A person gets a
+quick, clear "try again"; the app heals without a restart; and the sign-in record stays complete: every
+callback has its audit row or its event in the error log, and no session token goes out without its row."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from datetime import UTC, datetime
+
+import requests
+
+from shared.audit import day_key
+from shared.tables import ACCOUNTS_TABLE, EVENTS_TABLE, Tables
+from tests.conftest import APP_BASE, DEMO_USER
+from tests.support.fault_proxy import FaultProxy
+from tests.support.portal import correlation_id, delivered, sign_in, start_login
+from tools.idp_login import sign_in_at_idp
+from tools.stack import azurite_connection_string, free_port, start_azurite
+
+AZURITE_AUTOSAVE_SECONDS = 5  # Azurite writes its on-disk tables this often (LokiJS autosave), not at exit
+SUCCESS_LINE = re.compile(r"sso\.callback .*outcome=(\w+) .*status=(\d+) .*correlation_id=(\S+)")
+
+
+def seed(connection_string: str) -> Tables:
+    tables = Tables.from_settings(connection_string, None, lambda: None)
+    from shared.accounts import AccountStore
+
+    AccountStore(tables.client(ACCOUNTS_TABLE)).add(DEMO_USER["claims"]["email"], "user", "U-1001", "Demo User")
+    return tables
+
+
+def test_table_storage_dies_mid_run_gives_quick_503s_and_heals_without_a_restart(use_settings, tmp_path):
+    port = free_port()
+    azurite = start_azurite(port, workdir=tmp_path, on_disk=True)
+    try:
+        seed(azurite.connection_string)
+        use_settings(TABLES_CONNECTION_STRING=azurite.connection_string)
+        assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200, "warm: pooled connections"
+        time.sleep(AZURITE_AUTOSAVE_SECONDS + 0.5)  # so the restart finds the tables: an outage, not a data loss
+        session = requests.Session()
+        started = start_login(session, APP_BASE, "user")
+        action, fields = sign_in_at_idp(session, started.headers["Location"], DEMO_USER["login"],
+                                        DEMO_USER["password"])
+        azurite.stop()
+        for name, call in (("login start", lambda: start_login(requests.Session(), APP_BASE, "user")),
+                           ("callback", lambda: session.post(action, data=fields, allow_redirects=False, timeout=20))):
+            begun = time.monotonic()
+            response = call()
+            elapsed = time.monotonic() - begun
+            assert response.status_code == 503, f"{name}: {response.status_code} {response.text[:300]}"
+            assert int(response.headers["Retry-After"]) > 0 and "try again" in response.text.lower()
+            assert correlation_id(response)
+            assert elapsed < 3, f"{name} took {elapsed:.1f} s to become a 503 (a dead pooled connection must not hang)"
+        azurite = start_azurite(port, workdir=tmp_path, key=azurite.account_key, on_disk=True)
+        response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+        assert response.status_code == 200, f"healed without a restart: {response.status_code} {response.text[:300]}"
+    finally:
+        azurite.stop()
+
+
+def test_with_a_fifth_of_storage_requests_failing_every_callback_keeps_its_record(use_settings, azurite, caplog):
+    seed(azurite.connection_string)
+    with FaultProxy(azurite.port, failure_rate=0.2, seed=20261128) as proxy:
+        use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
+        statuses: dict[str, int] = {}
+        tokens: dict[str, str] = {}
+        with caplog.at_level(logging.INFO, logger="portal_sso"):
+            attempts = 0
+            while len(statuses) < 100 and attempts < 400:
+                attempts += 1
+                session = requests.Session()
+                started = start_login(session, APP_BASE, "user")
+                if started.status_code != 302:
+                    assert started.status_code == 503, started.text[:300]
+                    continue  # the flow could not be stored: no callback to make
+                action, fields = sign_in_at_idp(session, started.headers["Location"], DEMO_USER["login"],
+                                                DEMO_USER["password"])
+                before = len(caplog.records)
+                response = session.post(action, data=fields, allow_redirects=False, timeout=20)
+                lines = [SUCCESS_LINE.search(r.getMessage()) for r in caplog.records[before:]]
+                _, status, cid = next(m.groups() for m in lines if m)
+                assert int(status) == response.status_code
+                statuses[cid] = response.status_code
+                if response.status_code == 200:
+                    tokens[cid] = delivered(response)[1]["session_token"]
+                else:
+                    assert response.status_code in (400, 503), response.text[:300]
+        failed_audits = {m.group(1) for r in caplog.records
+                         if (m := re.search(r"sso\.audit_failed correlation_id=(\S+) .*event=\{", r.getMessage()))}
+    assert len(statuses) == 100, f"100 callbacks were made ({attempts} attempts)"
+    assert any(e.fault for e in proxy.exchanges), "faults were injected"
+    events = Tables.from_settings(azurite.connection_string, None, lambda: None).client(EVENTS_TABLE)
+    today = day_key(datetime.now(UTC))
+    rows = {row["CorrelationId"]: row for row in events.query_entities("PartitionKey eq @day",
+                                                                       parameters={"day": today})}
+    missing = [cid for cid in statuses if cid not in rows and cid not in failed_audits]
+    assert not missing, f"callbacks with neither an audit row nor a logged event: {missing}"
+    unaudited = [cid for cid in tokens if cid not in rows or rows[cid]["Outcome"] != "success"]
+    assert not unaudited, f"session tokens delivered without their success row: {unaudited}"
+    assert len(tokens) >= 50, f"most callbacks still succeed with a fifth of requests failing: {len(tokens)}"

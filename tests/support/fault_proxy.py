@@ -1,0 +1,121 @@
+"""A small fault-injecting TCP proxy for loopback: the app talks to Azurite through it, and the tests
+decide what happens to each HTTP request on the way. Every request line and every response status is
+recorded in order, so a test can count what the app asked of storage and what storage answered.
+
+    with FaultProxy(target_port=azurite.port, failure_rate=0.2, seed=7) as proxy:
+        connection string with TableEndpoint=http://127.0.0.1:{proxy.port}/devstoreaccount1
+
+A failed request is cut in one of two ways, at random: before it reaches Azurite (nothing happened),
+or after Azurite answered and before the answer reaches the app (it happened, the app cannot know).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+import threading
+from dataclasses import dataclass
+
+REQUEST_LINE = re.compile(rb"^(GET|PUT|POST|PATCH|MERGE|DELETE|HEAD|OPTIONS) (\S+) HTTP/1\.[01]\r\n")
+STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ")
+
+
+@dataclass
+class Exchange:
+    method: str
+    path: str
+    status: int | None = None  # None: no answer reached the app
+    fault: str = ""  # "", "before" (never reached Azurite) or "after" (the answer was lost)
+
+
+class FaultProxy:
+    def __init__(self, target_port: int, failure_rate: float = 0.0, seed: int | None = None):
+        self.target_port = target_port
+        self.failure_rate = failure_rate
+        self.refusing = False  # True: every connection is cut at once (storage down)
+        self.exchanges: list[Exchange] = []
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._open: set[socket.socket] = set()
+        self._stopped = False
+
+    def __enter__(self) -> FaultProxy:
+        threading.Thread(target=self._accept, name="fault-proxy", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopped = True
+        self._listener.close()
+        self.cut_all()
+
+    def cut_all(self) -> None:
+        """Cuts every open connection (pooled keep-alive ones too)."""
+        with self._lock:
+            conns, self._open = list(self._open), set()
+        for conn in conns:
+            _close(conn)
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.refusing:
+                _close(client)
+                continue
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+        except OSError:
+            _close(client)
+            return
+        with self._lock:
+            self._open |= {client, upstream}
+        pending: list[Exchange] = []  # requests of this connection still waiting for their answer
+        threading.Thread(target=self._answers, args=(upstream, client, pending), daemon=True).start()
+        try:
+            while data := client.recv(65536):
+                found = REQUEST_LINE.match(data)
+                if found:
+                    exchange = Exchange(found.group(1).decode(), found.group(2).decode())
+                    with self._lock:
+                        self.exchanges.append(exchange)
+                        fail = self.refusing or self._random.random() < self.failure_rate
+                        exchange.fault = ("before" if self._random.random() < 0.5 else "after") if fail else ""
+                    if exchange.fault == "before":
+                        break
+                    pending.append(exchange)
+                upstream.sendall(data)
+        except OSError:
+            pass
+        _close(client)
+        _close(upstream)
+
+    def _answers(self, upstream: socket.socket, client: socket.socket, pending: list[Exchange]) -> None:
+        try:
+            while data := upstream.recv(65536):
+                found = STATUS_LINE.match(data)
+                if found and pending:
+                    exchange = pending.pop(0)
+                    if exchange.fault == "after":
+                        break  # Azurite did the work; the app never hears of it
+                    exchange.status = int(found.group(1))
+                client.sendall(data)
+        except OSError:
+            pass
+        _close(client)
+        _close(upstream)
+
+
+def _close(conn: socket.socket) -> None:
+    for step in (lambda: conn.shutdown(socket.SHUT_RDWR), conn.close):
+        try:
+            step()
+        except OSError:
+            pass
