@@ -1,0 +1,121 @@
+"""Hypothesis sends random query strings, form bodies (up to the size limit and past it), cookies, header
+values and route segments to every route of the real app, as tools.host serves it, with Azurite and the
+dev IdP behind: the answer is always a 4xx page, a 302, a 200 of a route that has one, or a 503 for a
+dependency; never a 500, never an unescaped echo of the input, never a table key built from unchecked
+input. Derandomized, so a CI run is repeatable; bounded in examples and time."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, urlencode
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from werkzeug.test import Client
+
+from shared.callback import MAX_BODY
+from shared.flows import STATE_SYNTAX
+
+MARK = '<zq"\'>'  # put into inputs; may come back only escaped
+ROUTES = ["sso/{kind}/login", "sso/{kind}/callback", "sso/{kind}/logout", "sso/jwks.json", "sso/setup", "health"]
+ALLOWED = {200, 302, 400, 403, 404, 405, 503}
+TABLE_KEY_FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+FUZZ = settings(max_examples=1000, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+text = st.text(alphabet=st.characters(min_codepoint=1, max_codepoint=0x2FF, exclude_categories=("Cs",)), max_size=40)
+marked = st.builds(lambda a, b: a + MARK + b, text, text)
+header_value = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+                       max_size=80).map(lambda v: v + MARK)
+state = st.one_of(st.from_regex(STATE_SYNTAX, fullmatch=True), marked)
+params = st.dictionaries(st.sampled_from(["code", "state", "iss", "error", "error_description", "return_to",
+                                          "session_state", "x"]), st.one_of(marked, state), max_size=5)
+
+
+class CheckedKeys:
+    """Wraps the app's real TableClient: every key it is handed must be one a table may hold and one
+    the app built (a flow's state matches STATE_SYNTAX), never raw input."""
+
+    def __init__(self, table, pattern: re.Pattern | None):
+        self._table, self._pattern = table, pattern
+        self.seen: list[str] = []
+
+    def _check(self, key: str) -> None:
+        self.seen.append(key)
+        assert not TABLE_KEY_FORBIDDEN.search(key), f"a table key with a forbidden character: {key!r}"
+        assert self._pattern is None or self._pattern.fullmatch(key), f"a table key from unchecked input: {key!r}"
+
+    def get_entity(self, partition_key, row_key, **kwargs):
+        self._check(partition_key)
+        return self._table.get_entity(partition_key, row_key, **kwargs)
+
+    def delete_entity(self, partition_key, row_key, **kwargs):
+        self._check(partition_key)
+        return self._table.delete_entity(partition_key, row_key, **kwargs)
+
+    def create_entity(self, entity, **kwargs):
+        self._check(entity["PartitionKey"])
+        return self._table.create_entity(entity, **kwargs)
+
+    def upsert_entity(self, entity, **kwargs):
+        self._check(entity["PartitionKey"])
+        self._check(entity["RowKey"])
+        return self._table.upsert_entity(entity, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._table, name)
+
+
+@pytest.fixture(scope="module")
+def fuzzed(app_server, function_host, app_env):
+    """The app in-process (werkzeug's test client on tools.host's WSGI app), its table clients checked."""
+    from shared.runtime import Runtime, reset_runtime
+
+    runtime = Runtime(app_env)
+    flows = runtime.flows._table = CheckedKeys(runtime.flows._table, STATE_SYNTAX)
+    events = runtime.events._table = CheckedKeys(runtime.events._table, None)
+    reset_runtime(runtime)
+    yield Client(function_host)
+    reset_runtime(Runtime(app_env))
+    assert flows.seen and events.seen, "the fuzzing reached the tables, so their keys were checked"
+
+
+def check(response, sent: str) -> None:
+    body = response.get_data(as_text=True)
+    assert response.status_code in ALLOWED, f"{response.status_code} for {sent!r}: {body[:300]}"
+    assert response.status_code != 500 and "Traceback" not in body
+    assert MARK not in body, f"the input came back unescaped for {sent!r}"
+    assert MARK not in str(response.headers), f"the input came back in a header for {sent!r}"
+
+
+@FUZZ
+@given(route=st.sampled_from(ROUTES), kind=st.one_of(st.sampled_from(["user", "agent"]), marked),
+       method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"]), query=params)
+def test_any_route_with_any_query(fuzzed, route, kind, method, query):
+    path = "/api/" + route.format(kind=quote(kind, safe=""))
+    response = fuzzed.open(f"{path}?{urlencode(query)}", method=method)
+    check(response, f"{method} {path} {query}")
+
+
+@FUZZ
+@given(kind=st.sampled_from(["user", "agent"]), form=params, cookie=header_value, content_type=st.one_of(
+    st.just("application/x-www-form-urlencoded"), header_value), padding=st.sampled_from([0, 1000, MAX_BODY + 1]))
+def test_callback_with_any_body_cookie_and_content_type(fuzzed, kind, form, cookie, content_type, padding):
+    body = urlencode(form).encode() + (b"&pad=" + b"a" * padding if padding else b"")
+    response = fuzzed.post(f"/api/sso/{kind}/callback", data=body,
+                           headers={"Content-Type": content_type, "Cookie": f"__Host-portal-sso-{kind}={cookie}"})
+    check(response, f"{form} cookie={cookie!r} type={content_type!r} +{padding}")
+    assert response.status_code in (400, 503), "a forged callback never signs anyone in"
+
+
+@FUZZ
+@given(name=st.sampled_from(["X-Forwarded-Host", "Host", "Referer", "Origin", "User-Agent", "X-Forwarded-Proto"]),
+       value=header_value, route=st.sampled_from(ROUTES))
+def test_any_header_value(fuzzed, name, value, route):
+    response = fuzzed.get("/api/" + route.format(kind="user"), headers={name: value})
+    check(response, f"{name}: {value!r}")
+    if response.status_code == 302:
+        host = response.headers["Location"].split("/")[2]
+        assert "zq" not in host and MARK not in response.headers["Location"], \
+            "redirects are built from settings, never from request headers"
