@@ -94,8 +94,8 @@ def test_with_a_fifth_of_storage_requests_failing_every_callback_keeps_its_recor
     assert any(e.fault for e in proxy.exchanges), "faults were injected"
     events = Tables.from_settings(azurite.connection_string, None, lambda: None).client(EVENTS_TABLE)
     today = day_key(datetime.now(UTC))
-    rows = {row["CorrelationId"]: row for row in events.query_entities("PartitionKey eq @day",
-                                                                       parameters={"day": today})}
+    rows = {row.get("CorrelationId"): row for row in events.query_entities("PartitionKey eq @day",
+                                                                           parameters={"day": today})}
     missing = [cid for cid in statuses if cid not in rows and cid not in failed_audits]
     assert not missing, f"callbacks with neither an audit row nor a logged event: {missing}"
     unaudited = [cid for cid in tokens if cid not in rows or rows[cid]["Outcome"] != "success"]
