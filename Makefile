@@ -4,7 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NPM_STAMP := devstack/node_modules/.package-lock.json
 
-.PHONY: setup run test lint browser-deps clean
+# Tools the deploy checks use, outside the repo and kept between runs (each in its own venv).
+TOOLS_CACHE ?= $(HOME)/.cache/portal-sso
+AZ_CLI_VERSION := 2.91.0
+AZ_CLI := $(TOOLS_CACHE)/azure-cli-$(AZ_CLI_VERSION)/bin/az
+WORKER_VENV := $(TOOLS_CACHE)/worker-py313
+PYENV_ROOT ?= $(HOME)/.pyenv
+PY313 := $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.13.*/bin/python)))
+
+.PHONY: setup run test lint browser-deps deploy-deps az-cli worker-venv bench clean
 
 setup: $(VENV)/.installed $(NPM_STAMP)
 
@@ -23,13 +31,31 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
 	  else echo "Chromium is missing: sudo apt-get install -y chromium" >&2; exit 1; fi; }
 
+# The real Azure CLI, which parses every command the deploy scripts issue (tests/deploy/test_az_parse.py).
+az-cli: $(AZ_CLI)
+$(AZ_CLI):
+	$(PYTHON) -m venv $(TOOLS_CACHE)/azure-cli-$(AZ_CLI_VERSION)
+	$(TOOLS_CACHE)/azure-cli-$(AZ_CLI_VERSION)/bin/pip install --quiet --disable-pip-version-check azure-cli==$(AZ_CLI_VERSION)
+
+# Python 3.13 with azure-functions-runtime (what the platform's 3.13 worker loads), the worker protocol's
+# compiled protos and the app's requirements as Azure installs them there (tests/deploy/test_worker.py).
+worker-venv: $(WORKER_VENV)/.installed
+$(WORKER_VENV)/.installed: requirements.txt
+	@test -n "$(PY313)" || { echo "Python 3.13 is missing: pyenv install 3.13" >&2; exit 1; }
+	test -x $(WORKER_VENV)/bin/python || $(PY313) -m venv $(WORKER_VENV)
+	$(WORKER_VENV)/bin/pip install --quiet --disable-pip-version-check azure-functions-runtime==1.3.0 \
+	  azure-functions-runtime-v1==1.2.0 "protobuf~=5.29.0" "grpcio~=1.70.0" -r requirements.txt
+	touch $@
+
+deploy-deps: az-cli worker-venv
+
 run: setup
 	$(PY) -m tools.dev
 
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup browser-deps lint
+test: setup browser-deps deploy-deps lint
 	$(PY) -m pytest
 
 clean:

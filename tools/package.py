@@ -25,8 +25,7 @@ def package_files(root: Path = ROOT) -> list[str]:
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True).stdout
     names = [n for n in tracked.decode().split("\0") if n]
     ignore_file = root / ".funcignore"
-    ignored = pathspec.PathSpec.from_lines("gitwildmatch", ignore_file.read_text().splitlines()) \
-        if ignore_file.exists() else pathspec.PathSpec([])
+    ignored = pathspec.GitIgnoreSpec.from_lines(ignore_file.read_text().splitlines() if ignore_file.exists() else [])
     return sorted(n for n in names if not ignored.match_file(n) and (root / n).is_file())
 
 

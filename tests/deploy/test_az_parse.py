@@ -9,7 +9,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.deploy.azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
+from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
 
 AZ = Path(os.environ.get("PORTAL_SSO_AZ", Path.home() / ".cache/portal-sso/azure-cli-2.91.0/bin/az"))
 PARSE_ERRORS = ("unrecognized arguments", "the following arguments are required", "is misspelled",

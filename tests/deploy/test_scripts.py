@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.deploy.azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
 from tests.deploy.fake_az import SECRET
+from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
 from tools.deploy import names
 
 N = names("contoso-sso")

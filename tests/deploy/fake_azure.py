@@ -1,4 +1,5 @@
-"""Running scripts/deploy and scripts/register-app against the fake az (tests/deploy/fake_az.py)."""
+"""Running scripts/deploy and scripts/register-app against the fake az (tests/deploy/fake_az.py). (Not named
+azure.py: worker_driver.py runs from this folder, where that name would shadow the azure package.)"""
 
 from __future__ import annotations
 
