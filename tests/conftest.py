@@ -181,6 +181,12 @@ def _pem(key) -> str:
 
 
 @pytest.fixture(scope="session")
+def rsa_key() -> rsa.RSAPrivateKey:
+    """An RSA key for the unit tests that sign or verify with one."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
 def signing_key_pem() -> str:
     return _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
