@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import html
 import json
-import re
 import secrets
 import ssl
 import threading
@@ -33,12 +32,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
+from tools.idp_login import parse_forms
+
 TIMEOUT = 15
 # Who the hostile IdP is and the client it knows (the tests register the app with these).
 TENANT = "d2a7c9e1-4b3f-4e8a-9c61-5f0b7e2d8a34"
 CLIENT_ID = "b8e4f2a1-9c3d-4e7b-a5f6-1d2c3b4a5e6f"
 CLIENT_SECRET = "hostile-idp-client-secret"
-_HIDDEN_INPUT = re.compile(r'<input type="hidden" name="([^"]*)" value="([^"]*)">')
 INVALID_CLIENT = (401, {
     "error": "invalid_client",
     "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the "
@@ -223,7 +223,8 @@ class HostileIdp:
         assert location.startswith(self.authorization_endpoint + "?"), f"redirected elsewhere: {location}"
         page = session.get(location, allow_redirects=False, timeout=TIMEOUT)
         assert page.status_code == 200, f"authorize answered {page.status_code}: {page.text[:300]}"
-        return {html.unescape(k): html.unescape(v) for k, v in _HIDDEN_INPUT.findall(page.text)}
+        (form,) = parse_forms(page.text).forms
+        return form.fields()
 
     # ---- the server
 

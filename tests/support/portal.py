@@ -10,7 +10,7 @@ import requests
 
 from shared.audit import day_key
 from shared.tables import EVENTS_TABLE
-from tools.idp_login import _parse, sign_in_at_idp
+from tools.idp_login import parse_forms, sign_in_at_idp
 
 TIMEOUT = 20
 CORRELATION = re.compile(r"Correlation ID: <code>([^<]+)</code>")
@@ -38,7 +38,7 @@ def idp_answer(session: requests.Session, base: str, kind: str, person: dict) ->
 
 def delivered(response: requests.Response) -> tuple[str, dict[str, str]]:
     """The form_post page's form: (action, hidden fields)."""
-    forms = _parse(response.text).forms
+    forms = parse_forms(response.text).forms
     assert len(forms) == 1, f"the delivery page must hold exactly one form: {response.text[:500]}"
     return forms[0].attrs["action"], forms[0].fields()
 
