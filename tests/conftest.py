@@ -17,6 +17,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from shared.accounts import AccountStore
 from shared.runtime import Runtime, reset_runtime
+from tests.support.hostile_idp import HostileIdp
 from tests.support.keyvault_stub import KeyVaultStub
 from tools.host import ServerHandle, build_wsgi_app, serve_in_thread
 from tools.stack import (
@@ -180,6 +181,12 @@ def _pem(key) -> str:
 
 
 @pytest.fixture(scope="session")
+def rsa_key() -> rsa.RSAPrivateKey:
+    """An RSA key for the unit tests that sign or verify with one."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
 def signing_key_pem() -> str:
     return _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
@@ -252,6 +259,14 @@ def demo_accounts(account_store: AccountStore) -> dict[str, str]:
     account_store.add(DEMO_AGENT["claims"]["email"], "agent", "A-2001", "Demo Agent")
     account_store.add("disabled@contoso.test", "user", "U-1002", "Disabled User", enabled=False)
     return {"user": "U-1001", "agent": "A-2001"}
+
+
+@pytest.fixture(scope="module")
+def hostile(test_ca: TestCA) -> Iterator[HostileIdp]:
+    """The hostile IdP (tests/support/hostile_idp.py), one per test module; `hostile.reset()` makes it
+    honest again."""
+    with HostileIdp(test_ca, redirect_uris=REDIRECT_URIS.values()) as idp:
+        yield idp
 
 
 # ---- Key Vault: the stub, read by the real SecretClient through the real DefaultAzureCredential ----

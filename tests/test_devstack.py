@@ -12,7 +12,7 @@ import pytest
 import requests
 from azure.data.tables import TableServiceClient
 
-from tools.idp_login import _login_form, _parse, sign_in_at_idp
+from tools.idp_login import login_form, parse_forms, sign_in_at_idp
 from tools.stack import RunningIdp, Service
 
 TIMEOUT = 15
@@ -153,12 +153,12 @@ def test_wrong_password_stays_on_login_page(idp: RunningIdp) -> None:
             sign_in_at_idp(browser, flow["auth_uri"], "user@contoso.test", "not-the-password")
         # Unknown people are refused the same way, and the form is still there to try again.
         login_page = browser.get(flow["auth_uri"], timeout=TIMEOUT)
-        form = _login_form(_parse(login_page.text))
+        form = login_form(parse_forms(login_page.text))
         assert form is not None
         action = urljoin(login_page.url, form.attrs["action"])
         answer = browser.post(action, data={"login": "nobody@contoso.test", "password": "x"}, timeout=TIMEOUT)
         assert answer.status_code == 200
-        assert _login_form(_parse(answer.text)) is not None
+        assert login_form(parse_forms(answer.text)) is not None
         # ... and the right password then works in the same interaction.
         answer = browser.post(
             action, data={"login": "user@contoso.test", "password": "user-password"}, timeout=TIMEOUT
@@ -173,7 +173,7 @@ def _confirm_logout(browser: requests.Session, url: str) -> requests.Response:
     page = browser.get(url, timeout=TIMEOUT)
     assert page.status_code == 200, page.text
     form = next(
-        f for f in _parse(page.text).forms if f.attrs.get("action", "").endswith("/session/end/confirm")
+        f for f in parse_forms(page.text).forms if f.attrs.get("action", "").endswith("/session/end/confirm")
     )
     action = urljoin(page.url, form.attrs["action"])
     return browser.post(
@@ -206,7 +206,7 @@ def test_rp_initiated_logout(idp: RunningIdp) -> None:
             ["email"], redirect_uri=client["redirect_uris"][0], response_mode="form_post"
         )
         again = browser.get(flow["auth_uri"], timeout=TIMEOUT)
-        assert _login_form(_parse(again.text)) is not None
+        assert login_form(parse_forms(again.text)) is not None
 
     # A post_logout_redirect_uri that is not registered is refused.
     query = urlencode({"client_id": client["client_id"], "post_logout_redirect_uri": "https://evil.test/"})

@@ -68,14 +68,15 @@ class _FormParser(HTMLParser):
             self.title += data
 
 
-def _parse(html: str) -> _FormParser:
+def parse_forms(html: str) -> _FormParser:
+    """The forms (with their inputs, values unescaped), error texts and title of an HTML page."""
     parser = _FormParser()
     parser.feed(html)
     parser.close()
     return parser
 
 
-def _login_form(page: _FormParser) -> _Form | None:
+def login_form(page: _FormParser) -> _Form | None:
     for form in page.forms:
         if {"login", "password"} <= form.names:
             return form
@@ -116,20 +117,20 @@ def sign_in_at_idp(
     with an ``error`` (unless ``allow_error``, then the error fields are returned).
     """
     first = session.get(auth_uri, timeout=TIMEOUT)
-    page = _parse(first.text)
+    page = parse_forms(first.text)
     callback = _callback_form(page)
     if callback is None:
         if first.status_code != 200:
             raise AssertionError(f"IdP did not show its login page: {_describe(first)}")
-        form = _login_form(page)
+        form = login_form(page)
         if form is None:
             raise AssertionError(f"IdP page has no login form (login/password): {_describe(first)}")
         action = urljoin(first.url, form.attrs.get("action") or first.url)
         data = form.fields()
         data.update({"login": login, "password": password})
         answer = session.post(action, data=data, timeout=TIMEOUT)
-        page = _parse(answer.text)
-        if _login_form(page) is not None:
+        page = parse_forms(answer.text)
+        if login_form(page) is not None:
             message = "; ".join(page.errors) or "no error message shown"
             raise AssertionError(
                 f"IdP refused the login of {login!r} (HTTP {answer.status_code}, still on the login page): "

@@ -3,29 +3,15 @@ dev IdP's real login page, the form_post callback and the demo portal's verifica
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import shutil
 from collections.abc import Iterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import APP_BASE, DEMO_AGENT, DEMO_USER, PORTAL_ORIGIN, PORTAL_PORT
 from tools.demo_portal import DemoPortal
 from tools.host import serve_in_thread
 
 pytestmark = pytest.mark.browser
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def spki_hash(cert_file) -> str:
-    """Chromium's --ignore-certificate-errors-spki-list pins exactly this key, instead of trusting
-    every certificate: the browser still refuses any other server."""
-    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -34,22 +20,6 @@ def portal(app_server, test_ca) -> Iterator[str]:
                              ssl_context=(str(test_ca.server_cert), str(test_ca.server_key)))
     yield handle.url
     handle.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(test_ca, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which("chromium") or shutil.os.path.exists(CHROMIUM), \
-        "Chromium is missing: `make setup` installs Debian's chromium package"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  f"--ignore-certificate-errors-spki-list={spki_hash(test_ca.server_cert)}"])
-        yield browser
-        browser.close()
 
 
 @pytest.mark.parametrize(("kind", "person", "account_id"), [("user", DEMO_USER, "U-1001"),

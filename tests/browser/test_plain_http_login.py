@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser.test_browser_login import browser  # noqa: F401 (the Chromium fixture)
 from tests.conftest import DEMO_USER, HTTP_APP_BASE, HTTP_APP_PORT, HTTP_PORTAL_PORT
 from tools.demo_portal import DemoPortal
 from tools.host import serve_in_thread
@@ -30,7 +29,7 @@ def plain_http_app(app_server, function_host, use_settings, demo_accounts) -> It
         app.stop()
 
 
-def test_sign_in_over_plain_http_on_loopback_with_the_host_cookie(browser, plain_http_app):  # noqa: F811
+def test_sign_in_over_plain_http_on_loopback_with_the_host_cookie(browser, plain_http_app):
     assert plain_http_app.startswith("http://127.0.0.1:"), "served without TLS, like func start"
     context = browser.new_context()
     page = context.new_page()

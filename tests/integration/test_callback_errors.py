@@ -147,11 +147,12 @@ def test_table_storage_down_is_503_with_retry_after(use_settings):
     assert correlation_id(response)
 
 
-def test_idp_unreachable_is_503_naming_no_secret(use_settings):
-    use_settings(OIDC_ISSUER_URL=f"https://127.0.0.1:{free_port()}/tenant/v2.0")
+def test_idp_unreachable_is_503_naming_no_secret(use_settings, app_env):
+    runtime = use_settings(OIDC_ISSUER_URL=f"https://127.0.0.1:{free_port()}/tenant/v2.0")
     response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False)
-    assert response.status_code == 503
+    assert_error_page(response, 503, runtime, "idp_unavailable")
     assert response.headers["Retry-After"]
+    assert app_env["OIDC_CLIENT_SECRET"] not in response.text
 
 
 def test_wrong_issuer_url_says_which_url_was_tried_and_what_came_back(use_settings, idp):

@@ -25,37 +25,29 @@ import pytest
 import requests
 from azure.data.tables import UpdateMode
 
-from shared.audit import day_key
 from shared.config import origin_of
 from shared.errors import UnknownState
 from shared.flows import FlowStore, new_binding
 from shared.jwks import JwksCache
-from shared.tables import EVENTS_TABLE, FLOWS_TABLE
+from shared.tables import FLOWS_TABLE
 from tests.conftest import APP_BASE, PORTAL_URLS, REDIRECT_URIS
-from tests.support.hostile_idp import HostileIdp, SigningKey
-from tests.support.portal import TIMEOUT, correlation_id, delivered, start_login, verify_session_token
+from tests.support.hostile_idp import CLIENT_ID, CLIENT_SECRET, TENANT, HostileIdp, SigningKey
+from tests.support.portal import (
+    TIMEOUT,
+    assert_error_page,
+    correlation_id,
+    delivered,
+    start_login,
+    verify_session_token,
+)
 
-TENANT = "d2a7c9e1-4b3f-4e8a-9c61-5f0b7e2d8a34"
 OTHER_TENANT = "7f3e1a9c-2d4b-4c8e-b1a5-9e6d0c2f4b17"
-CLIENT_ID = "b8e4f2a1-9c3d-4e7b-a5f6-1d2c3b4a5e6f"
-CLIENT_SECRET = "hostile-idp-client-secret"
 PORTAL_ORIGIN = origin_of(PORTAL_URLS["user"])  # the portal origin the app serves (conftest picks it)
-JWT_LIKE = re.compile(r"eyJ[\w-]+\.[\w-]+\.")
 # The app's JWKS cache refetches on an unknown kid at most once per this window.
 JWKS_MIN_REFETCH_SECONDS = inspect.signature(JwksCache).parameters["min_refetch_seconds"].default
 
 
 # ---- fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def hostile(test_ca):
-    idp = HostileIdp(test_ca, tenant=TENANT, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                     redirect_uris=REDIRECT_URIS.values()).start()
-    try:
-        yield idp
-    finally:
-        idp.stop()
 
 
 def switch_to(hostile: HostileIdp, use_settings, **changes):
@@ -135,35 +127,6 @@ def assert_signed_in(response: requests.Response, person: Person) -> dict:
     return fields
 
 
-def audit_row(runtime, cid: str) -> dict:
-    """The SignInEvents row of this correlation id (PartitionKey: its UTC day; RowKey ends -{cid})."""
-    table = runtime.tables.client(EVENTS_TABLE)
-    now = datetime.now(UTC)
-    rows = []
-    for day in sorted({day_key(now), day_key(now - timedelta(minutes=10))}):
-        rows += table.query_entities("PartitionKey eq @day and CorrelationId eq @cid",
-                                     parameters={"day": day, "cid": cid})
-    assert len(rows) == 1, f"exactly one audit row per callback, found {len(rows)} for {cid}"
-    row = dict(rows[0])
-    assert row["RowKey"].endswith(f"-{cid}")
-    assert not JWT_LIKE.search(repr(row)), "an audit row never holds a token"
-    return row
-
-
-def assert_refused(response: requests.Response, status: int, reason: str, runtime) -> dict:
-    """SPEC's status, no token anywhere in the answer, a correlation id, and its audit row."""
-    text = response.text
-    assert response.status_code == status, f"expected {status} {reason}: {response.status_code} {text[:800]}"
-    assert 'name="session_token"' not in text, "a refused login must not deliver a session token"
-    everything = text + "".join(f"{k}: {v}\n" for k, v in response.headers.items())
-    assert not JWT_LIKE.search(everything), "no JWT (ID token or session token) may appear in a refusal"
-    assert response.headers.get("Cache-Control") == "no-store"
-    assert f"<code>{reason}</code>" in text, f"the page names reason {reason}"
-    row = audit_row(runtime, correlation_id(response))
-    assert (row["Outcome"], row["Reason"], row["Status"]) == ("failure", reason, status), row
-    return row
-
-
 def flow_row_exists(runtime, state: str) -> bool:
     return any(True for _ in runtime.tables.client(FLOWS_TABLE).query_entities(
         "PartitionKey eq @state", parameters={"state": state}))
@@ -222,7 +185,7 @@ FORGED = [
 def test_forged_id_token_is_refused(hostile, app, person, forge, reason):
     script = forge(hostile)
     hostile.answer(**{**script, "claims": {**person.claims, **script.get("claims", {})}})
-    assert_refused(sign_in(hostile), 401, reason, app)
+    assert_error_page(sign_in(hostile), 401, app, reason)
 
 
 def test_no_kid_with_a_single_published_key_is_accepted(hostile, app, person):
@@ -244,7 +207,7 @@ NOT_ALLOWED = [
 @pytest.mark.parametrize(("change", "reason"), NOT_ALLOWED)
 def test_person_who_may_not_enter_is_refused(hostile, app, person, change, reason):
     hostile.answer(claims={**person.claims, **change})
-    assert_refused(sign_in(hostile), 403, reason, app)
+    assert_error_page(sign_in(hostile), 403, app, reason)
 
 
 def test_another_person_with_a_linked_accounts_email_is_refused(hostile, app, person):
@@ -254,7 +217,7 @@ def test_another_person_with_a_linked_accounts_email_is_refused(hostile, app, pe
 
     intruder = {**person.claims, "oid": str(uuid.uuid4()), "name": "Intruder"}
     hostile.answer(claims=intruder)
-    row = assert_refused(sign_in(hostile), 403, "identity_mismatch", app)
+    row = assert_error_page(sign_in(hostile), 403, app, "identity_mismatch")
     assert row["IdpSubject"] == f"{TENANT}:{intruder['oid']}", "the audit row names who tried"
 
     hostile.answer(claims=person.claims)
@@ -269,7 +232,7 @@ def test_iss_parameter_that_is_not_the_issuer_is_refused(hostile, app, person):
     session, fields = begin(hostile)
     fields["iss"] = f"https://127.0.0.1:1/{TENANT}/v2.0"
     response = post_callback(session, fields)
-    assert_refused(response, 400, "authorization_response_iss_mismatch", app)
+    assert_error_page(response, 400, app, "authorization_response_iss_mismatch")
     assert hostile.token_requests == [], "a mixed-up response's code is never redeemed"
 
 
@@ -277,7 +240,7 @@ def test_missing_iss_parameter_while_advertised_is_refused(hostile, app, person)
     hostile.answer(claims=person.claims)
     session, fields = begin(hostile)
     del fields["iss"]
-    assert_refused(post_callback(session, fields), 400, "authorization_response_iss_mismatch", app)
+    assert_error_page(post_callback(session, fields), 400, app, "authorization_response_iss_mismatch")
     assert hostile.token_requests == []
 
 
@@ -297,7 +260,7 @@ def test_invalid_client_secret_is_401_with_the_aadsts_hint(hostile, use_settings
     runtime = switch_to(hostile, use_settings, OIDC_CLIENT_SECRET="the-secret-id-not-its-value")
     hostile.answer(claims=person.claims)
     response = sign_in(hostile)
-    assert_refused(response, 401, "code_redemption_failed", runtime)
+    assert_error_page(response, 401, runtime, "code_redemption_failed")
     assert "AADSTS7000215" in response.text and "The client secret is wrong" in response.text
     # The app re-reads the secret once (it may have been rotated) and retries, then gives up.
     assert len(hostile.token_requests) == 2
@@ -306,7 +269,7 @@ def test_invalid_client_secret_is_401_with_the_aadsts_hint(hostile, use_settings
 def test_scripted_token_error_is_401(hostile, app, person):
     hostile.answer(error=(400, {"error": "invalid_grant", "error_codes": [70008],
                                 "error_description": "AADSTS70008: The provided authorization code has expired."}))
-    assert_refused(sign_in(hostile), 401, "code_redemption_failed", app)
+    assert_error_page(sign_in(hostile), 401, app, "code_redemption_failed")
 
 
 # ---- the JWKS cache
@@ -337,7 +300,7 @@ def test_burst_of_unknown_kids_causes_at_most_one_refetch(hostile, app, person):
     before, started = hostile.jwks_fetches, time.monotonic()
     for _ in range(10):
         hostile.answer(claims=person.claims, key=attacker, header={"kid": secrets.token_urlsafe(8)})
-        assert_refused(sign_in(hostile), 401, "id_token_kid", app)
+        assert_error_page(sign_in(hostile), 401, app, "id_token_kid")
     assert time.monotonic() - started < JWKS_MIN_REFETCH_SECONDS, "the burst must fit in one refetch window"
     assert hostile.jwks_fetches - before <= 1, f"10 unknown kids caused {hostile.jwks_fetches - before} refetches"
 
@@ -351,7 +314,7 @@ def test_replayed_callback_is_refused(hostile, app, person):
     cookie = cookie_of(session)
     assert_signed_in(post_callback(session, fields), person)
     replay = post_with_cookie(fields, cookie)
-    assert_refused(replay, 400, "unknown_state", app)
+    assert_error_page(replay, 400, app, "unknown_state")
     assert len(hostile.token_requests) == 1, "the replayed code never reaches the IdP"
 
 
@@ -379,7 +342,7 @@ def test_two_concurrent_identical_callbacks_give_exactly_one_session(hostile, ap
         if response.status_code == 200:
             assert_signed_in(response, person)
         else:
-            assert_refused(response, 400, "unknown_state", app)
+            assert_error_page(response, 400, app, "unknown_state")
     assert len(hostile.token_requests) == 1, "the code is redeemed once"
 
 
@@ -413,7 +376,7 @@ def test_callback_without_the_cookie_is_refused_and_the_flow_survives(hostile, a
     hostile.answer(claims=person.claims)
     session, fields = begin(hostile)
     stranger = post_with_cookie(fields, "")
-    assert_refused(stranger, 400, "browser_binding_mismatch", app)
+    assert_error_page(stranger, 400, app, "browser_binding_mismatch")
     assert hostile.token_requests == []
     # A stranger's request cannot cancel the real login: the browser that started it still gets in.
     assert_signed_in(post_callback(session, fields), person)
@@ -424,14 +387,14 @@ def test_callback_with_another_flows_cookie_is_refused(hostile, app, person):
     victim, victim_fields = begin(hostile)
     attacker, _ = begin(hostile)
     response = post_callback(attacker, victim_fields)  # the attacker's own cookie, the victim's state
-    assert_refused(response, 400, "browser_binding_mismatch", app)
+    assert_error_page(response, 400, app, "browser_binding_mismatch")
     assert_signed_in(post_callback(victim, victim_fields), person)
 
 
 def test_callback_of_a_user_flow_at_the_agent_redirect_uri_is_refused(hostile, app, person):
     hostile.answer(claims=person.claims)
     session, fields = begin(hostile, "user")
-    assert_refused(post_callback(session, fields, kind="agent"), 400, "unknown_state", app)
+    assert_error_page(post_callback(session, fields, kind="agent"), 400, app, "unknown_state")
 
 
 def test_expired_flow_is_refused(hostile, app, person):
@@ -440,7 +403,7 @@ def test_expired_flow_is_refused(hostile, app, person):
     flows = app.tables.client(FLOWS_TABLE)
     flows.update_entity({"PartitionKey": fields["state"], "RowKey": "flow",
                          "ExpiresAt": datetime.now(UTC) - timedelta(minutes=1)}, mode=UpdateMode.MERGE)
-    assert_refused(post_callback(session, fields), 400, "flow_expired", app)
+    assert_error_page(post_callback(session, fields), 400, app, "flow_expired")
     assert hostile.token_requests == []
 
 
@@ -451,7 +414,7 @@ def test_oversized_code_is_refused_before_anything(hostile, app, person):
     hostile.answer(claims=person.claims)
     session, fields = begin(hostile)
     cookie = cookie_of(session)
-    assert_refused(post_callback(session, {**fields, "code": "A" * 4097}), 400, "invalid_parameter", app)
+    assert_error_page(post_callback(session, {**fields, "code": "A" * 4097}), 400, app, "invalid_parameter")
     assert hostile.token_requests == [], "the token endpoint saw no request"
     assert flow_row_exists(app, fields["state"]), "the flow was not consumed"
     # Every callback answer clears the browser's cookie; the flow itself is intact and completes.
@@ -461,8 +424,8 @@ def test_oversized_code_is_refused_before_anything(hostile, app, person):
 def test_oversized_state_is_refused_before_anything(hostile, app, person):
     hostile.answer(claims=person.claims)
     session, fields = begin(hostile)
-    assert_refused(post_callback(session, {**fields, "state": fields["state"] + "s" * 200}), 400,
-                   "invalid_parameter", app)
+    assert_error_page(post_callback(session, {**fields, "state": fields["state"] + "s" * 200}), 400, app,
+                      "invalid_parameter")
     assert hostile.token_requests == [], "the token endpoint saw no request"
     assert flow_row_exists(app, fields["state"]), "the flow was not consumed"
 

@@ -10,11 +10,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from tests.conftest import REDIRECT_URIS
 from tests.integration.test_hostile_idp import (
-    CLIENT_ID,
-    CLIENT_SECRET,
-    TENANT,
     assert_signed_in,
     begin,
     cookie_of,
@@ -23,18 +19,8 @@ from tests.integration.test_hostile_idp import (
     post_with_cookie,
 )
 from tests.support.fault_proxy import FaultProxy
-from tests.support.hostile_idp import HostileIdp
+from tests.support.hostile_idp import CLIENT_ID, CLIENT_SECRET, TENANT
 from tools.stack import azurite_connection_string
-
-
-@pytest.fixture(scope="module")
-def hostile(test_ca):
-    idp = HostileIdp(test_ca, tenant=TENANT, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                     redirect_uris=REDIRECT_URIS.values()).start()
-    try:
-        yield idp
-    finally:
-        idp.stop()
 
 
 @pytest.fixture

@@ -11,10 +11,6 @@ import requests
 
 from tests.conftest import APP_BASE, REDIRECT_URIS
 from tests.integration.test_hostile_idp import (
-    CLIENT_ID,
-    CLIENT_SECRET,
-    TENANT,
-    assert_refused,
     assert_signed_in,
     begin,
     new_person,
@@ -23,7 +19,7 @@ from tests.integration.test_hostile_idp import (
     switch_to,
 )
 from tests.support.hostile_idp import HostileIdp
-from tests.support.portal import start_login
+from tests.support.portal import assert_error_page, start_login
 
 READ_TIMEOUT = 1  # IDP_TIMEOUT_SECONDS for these tests: a hung IdP costs the person about this long
 
@@ -31,12 +27,8 @@ READ_TIMEOUT = 1  # IDP_TIMEOUT_SECONDS for these tests: a hung IdP costs the pe
 @pytest.fixture
 def hostile_idp(test_ca):
     """A hostile IdP of its own (these tests stop and restart it)."""
-    hostile = HostileIdp(test_ca, tenant=TENANT, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                         redirect_uris=REDIRECT_URIS.values()).start()
-    try:
+    with HostileIdp(test_ca, redirect_uris=REDIRECT_URIS.values()) as hostile:
         yield hostile
-    finally:
-        hostile.stop()
 
 
 @pytest.fixture
@@ -51,7 +43,7 @@ def test_a_token_endpoint_that_never_answers_gives_503_within_the_read_timeout(h
     started = time.monotonic()
     response = post_callback(session, fields)
     elapsed = time.monotonic() - started
-    assert_refused(response, 503, "idp_unavailable", app)
+    assert_error_page(response, 503, app, "idp_unavailable")
     assert response.headers.get("Retry-After"), "a 503 says when to try again"
     assert elapsed < READ_TIMEOUT + 2, f"the callback gave up after the read timeout, not the IdP's: {elapsed:.1f} s"
     # The worker thread is free again, and the next login goes through once the IdP answers.
@@ -67,7 +59,7 @@ def test_a_refused_connection_to_the_token_endpoint_gives_503_at_once(hostile_id
     hostile_idp.stop()  # the IdP dies between the login page and the callback
     started = time.monotonic()
     response = post_callback(session, fields)
-    assert_refused(response, 503, "idp_unavailable", app)
+    assert_error_page(response, 503, app, "idp_unavailable")
     assert time.monotonic() - started < 2, "a refused connection is not waited on"
     hostile_idp.start(port)  # back on the same address: the next login works without a restart
     assert_signed_in(sign_in(hostile_idp), person)
@@ -86,7 +78,7 @@ def test_a_jwks_endpoint_that_is_down_does_not_stop_logins_while_the_keys_are_ca
 def test_discovery_down_at_a_cold_start_gives_503_and_the_next_request_after_it_returns_works(hostile_idp, app):
     hostile_idp.down.add("discovery")
     refused = start_login(requests.Session(), APP_BASE, "user")
-    assert_refused(refused, 503, "idp_unavailable", app)
+    assert_error_page(refused, 503, app, "idp_unavailable")
     hostile_idp.down.discard("discovery")
     started = start_login(requests.Session(), APP_BASE, "user")
     assert started.status_code == 302, f"the app healed without a restart: {started.status_code}"

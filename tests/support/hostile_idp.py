@@ -6,7 +6,7 @@ client secret (client_secret_post, as MSAL sends it), the code and the PKCE veri
 then answers with an ID token built from the test's script: claims and header overrides, another key,
 ``alg: none``, HS256, or an ``error`` answer. Tokens are really signed, with keys made here.
 
-    idp = HostileIdp(test_ca, tenant=TENANT, client_id=CLIENT_ID, client_secret=SECRET).start()
+    with HostileIdp(test_ca, redirect_uris=[...]) as idp:   # TENANT, CLIENT_ID, CLIENT_SECRET below
     idp.answer(claims={"aud": "someone-else"})        # the next ID tokens carry this aud
     fields = idp.authorize(session, login_response)    # {code, state, iss} to post to the callback
 """
@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import html
 import json
-import re
 import secrets
 import ssl
 import threading
@@ -33,8 +32,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
+from tools.idp_login import parse_forms
+
 TIMEOUT = 15
-_HIDDEN_INPUT = re.compile(r'<input type="hidden" name="([^"]*)" value="([^"]*)">')
+# Who the hostile IdP is and the client it knows (the tests register the app with these).
+TENANT = "d2a7c9e1-4b3f-4e8a-9c61-5f0b7e2d8a34"
+CLIENT_ID = "b8e4f2a1-9c3d-4e7b-a5f6-1d2c3b4a5e6f"
+CLIENT_SECRET = "hostile-idp-client-secret"
 INVALID_CLIENT = (401, {
     "error": "invalid_client",
     "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the "
@@ -97,7 +101,8 @@ class Script:
 
 
 class HostileIdp:
-    def __init__(self, ca, *, tenant: str, client_id: str, client_secret: str, redirect_uris=()):
+    def __init__(self, ca, *, tenant: str = TENANT, client_id: str = CLIENT_ID, client_secret: str = CLIENT_SECRET,
+                 redirect_uris=()):
         self._ca = ca
         self.tenant = tenant
         self.client_id = client_id
@@ -218,7 +223,8 @@ class HostileIdp:
         assert location.startswith(self.authorization_endpoint + "?"), f"redirected elsewhere: {location}"
         page = session.get(location, allow_redirects=False, timeout=TIMEOUT)
         assert page.status_code == 200, f"authorize answered {page.status_code}: {page.text[:300]}"
-        return {html.unescape(k): html.unescape(v) for k, v in _HIDDEN_INPUT.findall(page.text)}
+        (form,) = parse_forms(page.text).forms
+        return form.fields()
 
     # ---- the server
 
@@ -238,6 +244,12 @@ class HostileIdp:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def __enter__(self) -> HostileIdp:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def _route(self, method: str, path: str, query: dict, form: dict) -> tuple[int, str, str]:
         """(status, content type, body) of one request."""

@@ -52,9 +52,7 @@ class RequestRecord:
     """One request either server answered: ``server`` is ``"vault"`` or ``"identity"``."""
 
     server: str
-    method: str
     path: str
-    query: str
     status: int
 
 
@@ -135,7 +133,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 body, headers, status = stub._issue_token(split.path, split.query, self.headers), {}, 200
         except _Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
-        stub._record(RequestRecord(kind, self.command, split.path, split.query, status))
+        stub._record(RequestRecord(kind, split.path, status))
         payload = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -213,15 +211,12 @@ class KeyVaultStub:
 
     # ---- environment
 
-    def managed_identity_env(self) -> dict[str, str]:
-        """What points DefaultAzureCredential (ManagedIdentityCredential, App Service flavour) here."""
-        return {"IDENTITY_ENDPOINT": self.identity_endpoint, "IDENTITY_HEADER": self.identity_header}
-
     def apply_env(self, monkeypatch: Any) -> None:
+        """Points DefaultAzureCredential (ManagedIdentityCredential, App Service flavour) here."""
         for name in CONFLICTING_IDENTITY_ENV:
             monkeypatch.delenv(name, raising=False)
-        for name, value in self.managed_identity_env().items():
-            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("IDENTITY_ENDPOINT", self.identity_endpoint)
+        monkeypatch.setenv("IDENTITY_HEADER", self.identity_header)
 
     # ---- control
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import requests
 
-from tools.idp_login import _parse, sign_in_at_idp
+from shared.audit import day_key
+from shared.tables import EVENTS_TABLE
+from tools.idp_login import parse_forms, sign_in_at_idp
 
 TIMEOUT = 20
 CORRELATION = re.compile(r"Correlation ID: <code>([^<]+)</code>")
+JWT_LIKE = re.compile(r"eyJ[\w-]+\.[\w-]+\.")
 
 
 def start_login(session: requests.Session, base: str, kind: str, **params: str) -> requests.Response:
@@ -34,7 +38,7 @@ def idp_answer(session: requests.Session, base: str, kind: str, person: dict) ->
 
 def delivered(response: requests.Response) -> tuple[str, dict[str, str]]:
     """The form_post page's form: (action, hidden fields)."""
-    forms = _parse(response.text).forms
+    forms = parse_forms(response.text).forms
     assert len(forms) == 1, f"the delivery page must hold exactly one form: {response.text[:500]}"
     return forms[0].attrs["action"], forms[0].fields()
 
@@ -54,31 +58,33 @@ def correlation_id(response: requests.Response) -> str:
 
 
 def audit_row(runtime, correlation: str) -> dict:
-    """The SignInEvents row of one callback (written before its response went out)."""
-    from datetime import UTC, datetime
-
-    from shared.audit import day_key
-    from shared.tables import EVENTS_TABLE
-
+    """The SignInEvents row of one request (written before its response went out). PartitionKey is
+    the UTC day, so a request just before midnight is looked up in the day before as well."""
     table = runtime.tables.client(EVENTS_TABLE)
-    rows = list(table.query_entities("PartitionKey eq @pk and CorrelationId eq @cid",
-                                     parameters={"pk": day_key(datetime.now(UTC)), "cid": correlation}))
-    assert len(rows) == 1, f"exactly one audit row per callback, found {len(rows)} for {correlation}"
-    return dict(rows[0])
-
-
-JWT_LIKE = re.compile(r"eyJ[\w-]+\.[\w-]+\.")
+    now = datetime.now(UTC)
+    rows = [row for day in sorted({day_key(now), day_key(now - timedelta(minutes=10))})
+            for row in table.query_entities("PartitionKey eq @day and CorrelationId eq @cid",
+                                            parameters={"day": day, "cid": correlation})]
+    assert len(rows) == 1, f"exactly one audit row per request, found {len(rows)} for {correlation}"
+    row = dict(rows[0])
+    assert row["RowKey"].endswith(f"-{correlation}")
+    assert not JWT_LIKE.search(repr(row)), "an audit row never holds a token"
+    return row
 
 
 def assert_error_page(response: requests.Response, status: int, runtime, reason: str) -> dict:
-    """SPEC's error contract: the status, an HTML page with a correlation id, no token, no traceback,
-    and the audit row with the reason code. Returns the row."""
-    assert response.status_code == status, f"expected {status}, got {response.status_code}: {response.text[:600]}"
+    """SPEC's error contract: the status, an HTML page naming the reason and a correlation id, no session
+    token and no JWT anywhere in the answer, no traceback, not cached, and the audit row of that
+    correlation id with the reason code. Returns the row."""
+    text = response.text
+    assert response.status_code == status, f"expected {status} {reason}, got {response.status_code}: {text[:800]}"
     assert response.headers["Content-Type"].startswith("text/html")
-    assert not JWT_LIKE.search(response.text), "an error page must never hold a token"
-    assert "Traceback" not in response.text
+    assert 'name="session_token"' not in text, "a refused login must not deliver a session token"
+    everything = text + "".join(f"{k}: {v}\n" for k, v in response.headers.items())
+    assert not JWT_LIKE.search(everything), "no JWT (ID token or session token) may appear on an error page"
+    assert "Traceback" not in text
     assert response.headers.get("Cache-Control") == "no-store"
+    assert f"<code>{reason}</code>" in text, f"the page names reason {reason}"
     row = audit_row(runtime, correlation_id(response))
-    assert row["Reason"] == reason, f"audit reason {row['Reason']!r}, expected {reason!r}"
-    assert row["Outcome"] == "failure" and row["Status"] == status
+    assert (row["Outcome"], row["Reason"], row["Status"]) == ("failure", reason, status), row
     return row

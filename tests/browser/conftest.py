@@ -1,0 +1,37 @@
+"""The Chromium fixture of the browser tests (Debian's chromium, driven by Playwright)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def spki_hash(cert_file) -> str:
+    """Chromium's --ignore-certificate-errors-spki-list pins exactly this key, instead of trusting
+    every certificate: the browser still refuses any other server."""
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def browser(test_ca, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    assert shutil.which("chromium") or shutil.os.path.exists(CHROMIUM), \
+        "Chromium is missing: `make setup` installs Debian's chromium package"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  f"--ignore-certificate-errors-spki-list={spki_hash(test_ca.server_cert)}"])
+        yield browser
+        browser.close()
