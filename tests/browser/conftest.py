@@ -35,3 +35,15 @@ def browser(test_ca, tmp_path_factory):
                   f"--ignore-certificate-errors-spki-list={spki_hash(test_ca.server_cert)}"])
         yield browser
         browser.close()
+
+
+def sign_in_on_the_idp_page(page, person: dict) -> None:
+    """At the IdP's login page: the person's name and password, then wait for the portal's page."""
+    page.fill("#login", person["login"])
+    page.fill("#password", person["password"])
+    page.click("button[type=submit]")
+    try:
+        page.wait_for_selector("#signed-in", timeout=20000)
+    except Exception:
+        page.screenshot(path="/tmp/browser-fail.png")
+        raise AssertionError(f"no portal page; at {page.url}: {page.content()[:1500]}") from None

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.browser.conftest import sign_in_on_the_idp_page
 from tests.conftest import APP_BASE, DEMO_AGENT, DEMO_USER, PORTAL_ORIGIN, PORTAL_PORT
 from tools.demo_portal import DemoPortal
 from tools.host import serve_in_thread
@@ -32,14 +33,7 @@ def test_person_signs_in_through_the_idp_login_page_and_lands_on_the_portal(
         page.goto(f"{portal}/")
         page.click(f"text=Sign in as {kind}")
         page.wait_for_selector("#login")  # the IdP's own login page
-        page.fill("#login", person["login"])
-        page.fill("#password", person["password"])
-        page.click("button[type=submit]")
-        try:
-            page.wait_for_selector("#signed-in", timeout=20000)
-        except Exception:
-            page.screenshot(path="/tmp/browser-fail.png")
-            raise AssertionError(f"no portal page; at {page.url}: {page.content()[:1500]}") from None
+        sign_in_on_the_idp_page(page, person)
         assert page.url == f"{portal}/{kind}", "the session token is posted to this kind's portal page"
         assert "session_token" not in page.url
         claims = page.text_content("#claims")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.browser.conftest import sign_in_on_the_idp_page
 from tests.conftest import DEMO_USER, HTTP_APP_BASE, HTTP_APP_PORT, HTTP_PORTAL_PORT
 from tools.demo_portal import DemoPortal
 from tools.host import serve_in_thread
@@ -40,13 +41,7 @@ def test_sign_in_over_plain_http_on_loopback_with_the_host_cookie(browser, plain
         held = [c for c in context.cookies(plain_http_app) if c["name"] == "__Host-portal-sso-user"]
         assert held and held[0]["secure"] and held[0]["httpOnly"] and held[0]["sameSite"] == "None", \
             f"the browser keeps the __Host- flow cookie set over loopback HTTP: {held}"
-        page.fill("#login", DEMO_USER["login"])
-        page.fill("#password", DEMO_USER["password"])
-        page.click("button[type=submit]")
-        try:
-            page.wait_for_selector("#signed-in", timeout=20000)
-        except Exception:
-            raise AssertionError(f"no portal page; at {page.url}: {page.content()[:1500]}") from None
+        sign_in_on_the_idp_page(page, DEMO_USER)
         assert page.url == f"{PORTAL}/user"
         assert '"sub": "U-1001"' in page.text_content("#claims")
         assert not [c for c in context.cookies(plain_http_app) if c["name"] == "__Host-portal-sso-user"], \
