@@ -58,5 +58,9 @@ lint: setup
 test: setup browser-deps deploy-deps lint
 	$(PY) -m pytest
 
+# The login benchmark: figures and budgets, pass/fail printed; never fails (not part of make test).
+bench: setup
+	$(PY) -m tools.bench_login
+
 clean:
 	rm -rf $(VENV) devstack/node_modules .devstack .pytest_cache .ruff_cache
