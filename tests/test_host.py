@@ -1,4 +1,5 @@
-"""tools.host: the local stand-in for `func start`, tested against small FunctionApps built here."""
+"""tools.host: what `func start` does for this app, on a small FunctionApp built here (the real app through
+the host is tests/integration/test_host_cli.py and every other integration test)."""
 
 from __future__ import annotations
 
@@ -13,118 +14,38 @@ from pathlib import Path
 import azure.functions as func
 import pytest
 import requests
-import trustme
 
 from tools import host
+from tools.local_settings import load_local_settings, local_http_port
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _json(data: object, status: int = 200) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(data), status_code=status, mimetype="application/json")
-
-
 def make_app() -> func.FunctionApp:
-    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+    bp = func.Blueprint()
 
-    @app.route(route="things/{id}", methods=["GET"])
-    def get_thing(req: func.HttpRequest) -> func.HttpResponse:
-        return _json(
-            {
-                "route": dict(req.route_params),
-                "params": dict(req.params),
-                "method": req.method,
-                "url": req.url,
-                "header": req.headers.get("x-demo"),
-            }
-        )
+    @bp.route(route="sso/{kind}/callback", methods=["GET", "POST"])
+    def callback(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+        return func.HttpResponse(json.dumps({
+            "kind": req.route_params["kind"], "params": dict(req.params), "form": dict(req.form),
+            "header": req.headers.get("x-demo"), "function": context.function_name,
+            "invocation_id": context.invocation_id}), mimetype="application/json")
 
-    @app.route(route="things/special", methods=["GET"])
-    def special_thing(req: func.HttpRequest) -> func.HttpResponse:
-        return func.HttpResponse("special")
+    @bp.route(route="sso/jwks.json", methods=["GET"])
+    def jwks(req: func.HttpRequest) -> func.HttpResponse:
+        response = func.HttpResponse("<p>héllo</p>", mimetype="text/html", headers={"Cache-Control": "no-store"})
+        response.headers.add("Set-Cookie", "__Host-flow=abc; Path=/; Secure; HttpOnly")
+        response.headers.add("Set-Cookie", "other=x%3Dy; Path=/")
+        return response
 
-    @app.route(route="items/{n:int}/{name?}", methods=[func.HttpMethod.GET])
-    def constrained(req: func.HttpRequest) -> func.HttpResponse:
-        return _json(dict(req.route_params))
-
-    @app.route(route="echo", methods=["POST", "PUT"])
-    def echo(req: func.HttpRequest) -> func.HttpResponse:
-        body = req.get_body()
-        assert isinstance(body, bytes)
-        return _json(
-            {
-                "body": body.decode("latin-1"),
-                "form": dict(req.form),
-                "content_type": req.headers.get("content-type"),
-            }
-        )
-
-    @app.route(route=None, methods=["GET"])
-    def unnamed_route(req: func.HttpRequest) -> func.HttpResponse:
-        return func.HttpResponse("by name")
-
-    @app.route(route="ctx", methods=["GET"])
-    def with_context(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-        return _json(
-            {
-                "invocation_id": context.invocation_id,
-                "function_name": context.function_name,
-                "function_directory": context.function_directory,
-            }
-        )
-
-    @app.route(route="cookies", methods=["GET"])
-    def cookies(req: func.HttpRequest) -> func.HttpResponse:
-        resp = func.HttpResponse(
-            "two cookies",
-            headers={
-                "Set-Cookie": "__Host-flow=abc123; Path=/; Secure; HttpOnly; SameSite=None; Max-Age=600",
-                "Cache-Control": "no-store",
-            },
-        )
-        resp.headers.add("Set-Cookie", "other=x%3Dy; Path=/; HttpOnly; SameSite=Lax")
-        resp.headers.add("X-Multi", "1")
-        resp.headers.add("X-Multi", "2")
-        return resp
-
-    @app.route(route="boom", methods=["GET"])
+    @bp.route(route="boom", methods=["GET"])
     def boom(req: func.HttpRequest) -> func.HttpResponse:
         raise RuntimeError("secret-detail-in-exception")
 
-    @app.route(route="redirect", methods=["GET"])
-    def redirect(req: func.HttpRequest) -> func.HttpResponse:
-        return func.HttpResponse(status_code=302, headers={"Location": "https://idp.example/authorize"})
-
-    @app.route(route="async", methods=["GET"])
-    async def async_fn(req: func.HttpRequest) -> func.HttpResponse:
-        return func.HttpResponse("async ok")
-
-    @app.route(route="anymethod")
-    def any_method(req: func.HttpRequest) -> func.HttpResponse:
-        return func.HttpResponse(req.method)
-
-    @app.route(route="html", methods=["GET"])
-    def html(req: func.HttpRequest) -> func.HttpResponse:
-        return func.HttpResponse("<p>héllo</p>", mimetype="text/html")
-
     @app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer", run_on_startup=False)
-    def purge_flows(timer: func.TimerRequest) -> None:
+    def purge(timer: func.TimerRequest) -> None:
         raise AssertionError("timers are not run by tools.host")
-
-    bp = func.Blueprint()
-
-    @bp.route(route="sso/{kind}/login", methods=["GET"])
-    def sso_login(req: func.HttpRequest) -> func.HttpResponse:
-        return func.HttpResponse(f"login {req.route_params['kind']}")
-
-    @bp.route(route="sso/jwks.json", methods=["GET"])
-    def sso_jwks(req: func.HttpRequest) -> func.HttpResponse:
-        return _json({"keys": []})
-
-    @bp.route(route="sso/{kind}/callback", methods=["GET", "POST"])
-    def sso_callback(req: func.HttpRequest) -> func.HttpResponse:
-        code = req.form.get("code") or req.params.get("code")
-        return _json({"kind": req.route_params["kind"], "code": code})
 
     app.register_functions(bp)
     return app
@@ -132,316 +53,167 @@ def make_app() -> func.FunctionApp:
 
 @pytest.fixture
 def session():
-    s = requests.Session()
-    s.trust_env = False  # no proxies, no CA bundle from the environment: we talk to 127.0.0.1 only
-    yield s
-    s.close()
+    with requests.Session() as s:
+        s.trust_env = False  # no proxy, no CA bundle from the environment: 127.0.0.1 only
+        yield s
 
 
 @pytest.fixture
 def server():
-    wsgi = host.build_wsgi_app(make_app(), prefix="api", function_directory="/srv/app")
-    handle = host.serve_in_thread(wsgi)
+    handle = host.serve_in_thread(host.build_wsgi_app(make_app()))
     yield handle
     handle.stop()
 
 
-def test_route_and_query_params_reach_the_function(server, session):
-    r = session.get(f"{server.url}/api/things/42?x=1&x=2&y=z%20w", headers={"X-Demo": "hi"})
-    assert r.status_code == 200
-    assert r.headers["Content-Type"] == "application/json"
+def test_routes_params_form_headers_and_context(server, session):
+    assert server.url.startswith("http://127.0.0.1:"), "plain HTTP on loopback, like func start"
+    r = session.post(f"{server.url}/api/sso/agent/callback?x=1&x=2", data={"code": "a b&c"}, headers={"X-Demo": "hi"})
+    assert (r.status_code, r.headers["Content-Type"]) == (200, "application/json")
     data = r.json()
-    assert data["route"] == {"id": "42"}
-    assert data["params"] == {"x": "2", "y": "z w"}  # last value wins
-    assert data["method"] == "GET"
-    assert data["url"].startswith(f"{server.url}/api/things/42?")
-    assert data["header"] == "hi"
-
-
-def test_literal_route_wins_over_parameter(server, session):
-    assert session.get(f"{server.url}/api/things/special").text == "special"
-    assert session.get(f"{server.url}/api/things/other").json()["route"] == {"id": "other"}
-
-
-def test_constraints_and_optional_parameters(server, session):
-    assert session.get(f"{server.url}/api/items/7/bob").json() == {"n": "7", "name": "bob"}
-    assert session.get(f"{server.url}/api/items/7").json() == {"n": "7"}
-    assert session.get(f"{server.url}/api/items/seven").status_code == 404
-
-
-def test_blueprint_routes(server, session):
-    r = session.get(f"{server.url}/api/sso/agent/login")
-    assert (r.status_code, r.text) == (200, "login agent")
-    assert session.get(f"{server.url}/api/sso/jwks.json").json() == {"keys": []}
-    r = session.post(f"{server.url}/api/sso/user/callback", data={"code": "c0de", "state": "s"})
-    assert r.json() == {"kind": "user", "code": "c0de"}
-    assert session.get(f"{server.url}/api/sso/user/callback?code=q").json() == {"kind": "user", "code": "q"}
-
-
-def test_route_none_is_the_function_name(server, session):
-    assert session.get(f"{server.url}/api/unnamed_route").text == "by name"
-
-
-def test_body_and_form_post(server, session):
-    raw = bytes(range(256))
-    r = session.put(f"{server.url}/api/echo", data=raw, headers={"Content-Type": "application/octet-stream"})
-    assert r.json()["body"].encode("latin-1") == raw
-
-    r = session.post(f"{server.url}/api/echo", data={"code": "a b&c", "state": "xyz"})
-    data = r.json()
-    assert data["content_type"] == "application/x-www-form-urlencoded"
-    assert data["body"] == "code=a+b%26c&state=xyz"
-    assert data["form"] == {"code": "a b&c", "state": "xyz"}
-
-
-def test_unknown_path_is_404(server, session):
-    assert session.get(f"{server.url}/api/nope").status_code == 404
-    assert session.get(f"{server.url}/things/1").status_code == 404  # the prefix is required
-    assert session.get(f"{server.url}/api/sso/user/login/extra").status_code == 404
-
-
-def test_wrong_method_is_405_with_allow(server, session):
-    r = session.delete(f"{server.url}/api/things/1")
-    assert r.status_code == 405
-    assert r.headers["Allow"] == "GET"
-    r = session.get(f"{server.url}/api/echo")
-    assert r.status_code == 405
-    assert r.headers["Allow"] == "POST, PUT"
-
-
-def test_no_methods_means_every_method(server, session):
-    assert session.delete(f"{server.url}/api/anymethod").text == "DELETE"
-    assert session.patch(f"{server.url}/api/anymethod").text == "PATCH"
-
-
-def test_context_is_passed(server, session):
-    data = session.get(f"{server.url}/api/ctx").json()
-    assert data["function_name"] == "with_context"
-    assert data["function_directory"] == "/srv/app"
+    assert {k: data[k] for k in ("kind", "params", "form", "header", "function")} == {
+        "kind": "agent", "params": {"x": "2"}, "form": {"code": "a b&c"}, "header": "hi", "function": "callback"}
     assert len(data["invocation_id"]) == 36
-    assert data["invocation_id"] != session.get(f"{server.url}/api/ctx").json()["invocation_id"]
-
-
-def test_async_function(server, session):
-    assert session.get(f"{server.url}/api/async").text == "async ok"
+    assert data["invocation_id"] != session.get(f"{server.url}/api/sso/agent/callback").json()["invocation_id"]
 
 
 def test_every_header_and_every_set_cookie_arrive(server, session):
-    r = session.get(f"{server.url}/api/cookies")
-    assert r.status_code == 200
-    cookies = r.raw.headers.getlist("Set-Cookie")
-    assert cookies == [
-        "__Host-flow=abc123; Path=/; Secure; HttpOnly; SameSite=None; Max-Age=600",
-        "other=x%3Dy; Path=/; HttpOnly; SameSite=Lax",
-    ]
-    assert r.raw.headers.getlist("X-Multi") == ["1", "2"]
-    assert r.headers["Cache-Control"] == "no-store"
-    assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
-
-
-def test_redirect_and_mimetype(server, session):
-    r = session.get(f"{server.url}/api/redirect", allow_redirects=False)
-    assert r.status_code == 302
-    assert r.headers["Location"] == "https://idp.example/authorize"
-    r = session.get(f"{server.url}/api/html")
-    assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+    r = session.get(f"{server.url}/api/sso/jwks.json")
+    assert r.raw.headers.getlist("Set-Cookie") == ["__Host-flow=abc; Path=/; Secure; HttpOnly", "other=x%3Dy; Path=/"]
+    assert (r.headers["Cache-Control"], r.headers["Content-Type"]) == ("no-store", "text/html; charset=utf-8")
     assert r.content == "<p>héllo</p>".encode()
 
 
-def test_exception_is_500_without_details(server, session, caplog):
+def test_unknown_path_is_404_and_wrong_method_405_with_allow(server, session):
+    for path in ("/api/nope", "/sso/jwks.json", "/api/sso/user/callback/extra", "/api//sso/jwks.json"):
+        assert session.get(server.url + path, allow_redirects=False).status_code == 404, path
+    r = session.delete(f"{server.url}/api/sso/jwks.json")
+    assert (r.status_code, r.headers["Allow"]) == (405, "GET, HEAD")
+
+
+def test_exception_is_500_without_details_and_the_log_has_no_query(server, session, caplog):
     with caplog.at_level(logging.INFO, logger="tools.host"):
-        r = session.get(f"{server.url}/api/boom")
-    assert r.status_code == 500
-    assert r.text == "Internal Server Error"
-    assert "secret-detail" not in r.text and "Traceback" not in r.text
-    logged = "\n".join(rec.getMessage() for rec in caplog.records)
-    assert "Traceback" in logged and "secret-detail-in-exception" in logged
+        r = session.get(f"{server.url}/api/boom?code=SECRETCODE")
+    assert (r.status_code, r.text) == (500, "Internal Server Error")
+    logged = "\n".join(rec.getMessage() + (rec.exc_text or "") for rec in caplog.records)
+    assert "secret-detail-in-exception" in logged and "Traceback" in logged
+    assert "GET /api/boom 500 " in logged and "SECRETCODE" not in logged
 
 
-def test_access_log_has_no_query_string(server, session, caplog):
-    with caplog.at_level(logging.INFO, logger="tools.host"):
-        session.get(f"{server.url}/api/sso/user/callback?code=SECRETCODE&state=S")
-    access = [rec.getMessage() for rec in caplog.records if rec.name == "tools.host"]
-    assert any(line.startswith("GET /api/sso/user/callback 200 ") for line in access), access
-    assert not any("SECRETCODE" in line for line in access)
+def port_recording_app(ports: list[int]):
+    """The host's WSGI app, noting the client port of each request: one port, one connection."""
+    wsgi = host.build_wsgi_app(make_app())
+
+    def recording(environ, start_response):
+        ports.append(environ["REMOTE_PORT"])
+        return wsgi(environ, start_response)
+
+    return recording
 
 
-def test_get_functions_called_once_and_timer_listed():
-    app = make_app()
-    calls = []
+def test_keep_alive_one_connection_for_several_requests(session):
+    ports: list[int] = []
+    handle = host.serve_in_thread(port_recording_app(ports))
+    try:
+        # A body the app reads, one it does not (404), then a GET: each request must start where it should.
+        assert session.post(f"{handle.url}/api/sso/user/callback", data={"code": "c"}).json()["form"] == {"code": "c"}
+        assert session.post(f"{handle.url}/api/nope", data="x" * 10_000).status_code == 404
+        r = session.get(f"{handle.url}/api/sso/user/callback?code=q")
+        assert r.json()["params"] == {"code": "q"} and "close" not in r.headers.get("Connection", "")
+        assert len(ports) == 3 and len(set(ports)) == 1, f"one connection for all: {ports}"
+    finally:
+        handle.stop()
+    with pytest.raises(requests.ConnectionError):  # stop() closes the kept-alive connection too
+        session.get(f"{handle.url}/api/sso/jwks.json", timeout=5)
+
+
+def test_https_with_the_test_ca_keeps_connections_alive(test_ca, session):
+    ports: list[int] = []
+    handle = host.serve_in_thread(port_recording_app(ports),
+                                  ssl_context=(str(test_ca.server_cert), str(test_ca.server_key)))
+    try:
+        assert handle.url.startswith("https://127.0.0.1:")
+        for _ in range(2):
+            assert session.get(f"{handle.url}/api/sso/jwks.json", verify=str(test_ca.ca_cert)).status_code == 200
+        assert len(ports) == 2 and len(set(ports)) == 1
+        with requests.Session() as untrusting, pytest.raises(requests.exceptions.SSLError):
+            untrusting.trust_env = False  # only the public CAs, not the test CA of the environment
+            untrusting.get(f"{handle.url}/api/sso/jwks.json", timeout=10)
+    finally:
+        handle.stop()
+
+
+def test_get_functions_called_once_and_the_timer_listed_not_run():
+    app, calls = make_app(), []
     original = app.get_functions
-
-    def counting():
-        calls.append(1)
-        return original()
-
-    app.get_functions = counting
-    wsgi = host.build_wsgi_app(app, prefix="api")
+    app.get_functions = lambda: calls.append(1) or original()
+    lines = host.build_wsgi_app(app).describe("http://127.0.0.1:7071")
     assert len(calls) == 1
-    lines = wsgi.describe("https://127.0.0.1:7071")
-    assert "  sso_login: [GET] https://127.0.0.1:7071/api/sso/{kind}/login" in lines
-    assert "  sso_callback: [GET,POST] https://127.0.0.1:7071/api/sso/{kind}/callback" in lines
-    assert "  timer: purge_flows (not scheduled by tools.host)" in lines
-    assert "purge_flows" not in {r.function_name for r in wsgi.routes}
+    assert "  callback: [GET,POST] http://127.0.0.1:7071/api/sso/{kind}/callback" in lines
+    assert "  purge: timerTrigger (not run by tools.host)" in lines
 
 
-def _host_json(prefix: str) -> str:
-    return json.dumps({"version": "2.0", "extensions": {"http": {"routePrefix": prefix}}})
-
-
-def test_route_prefix_from_host_json(tmp_path):
+def test_route_prefix_from_host_json(tmp_path, session):
     assert host.route_prefix(tmp_path) == "api"  # no host.json
     (tmp_path / "host.json").write_text(json.dumps({"version": "2.0"}))
     assert host.route_prefix(tmp_path) == "api"
-    (tmp_path / "host.json").write_text(_host_json("v1"))
+    (tmp_path / "host.json").write_text(json.dumps({"extensions": {"http": {"routePrefix": "/v1/"}}}))
     assert host.route_prefix(tmp_path) == "v1"
-    (tmp_path / "host.json").write_text(_host_json(""))
+    (tmp_path / "host.json").write_text(json.dumps({"extensions": {"http": {"routePrefix": ""}}}))
     assert host.route_prefix(tmp_path) == ""
-
-
-@pytest.mark.parametrize("prefix", ["", "v1/x"])
-def test_other_prefixes_are_served(prefix, session):
-    handle = host.serve_in_thread(host.build_wsgi_app(make_app(), prefix=prefix))
+    handle = host.serve_in_thread(host.build_wsgi_app(make_app(), prefix=""))
     try:
-        base = f"{handle.url}/{prefix}" if prefix else handle.url
-        assert session.get(f"{base}/things/5").json()["route"] == {"id": "5"}
-        assert session.get(f"{base}/sso/jwks.json").status_code == 200
-        assert session.get(f"{handle.url}/api/things/5").status_code == 404
+        assert session.get(f"{handle.url}/sso/jwks.json").status_code == 200
+        assert session.get(f"{handle.url}/api/sso/jwks.json").status_code == 404
     finally:
         handle.stop()
 
 
-def test_local_settings_values_applied_but_process_env_wins(tmp_path):
-    (tmp_path / "local.settings.json").write_text(
-        json.dumps(
-            {
-                "IsEncrypted": False,
-                "Values": {
-                    "FUNCTIONS_WORKER_RUNTIME": "python",
-                    "OIDC_CLIENT_ID": "from-file",
-                    "EMPTY_IN_ENV": "from-file",
-                    "PORT_NUMBER": 5,
-                },
-                "Host": {"LocalHttpPort": 7072},
-            }
-        )
-    )
-    environ = {"OIDC_CLIENT_ID": "from-env", "EMPTY_IN_ENV": ""}
-    applied = host.load_local_settings(tmp_path, environ)
-    assert applied == {"FUNCTIONS_WORKER_RUNTIME": "python", "PORT_NUMBER": "5"}
-    assert environ == {
-        "OIDC_CLIENT_ID": "from-env",
-        "EMPTY_IN_ENV": "",
-        "FUNCTIONS_WORKER_RUNTIME": "python",
-        "PORT_NUMBER": "5",
-    }
-    assert host.load_local_settings(tmp_path / "missing", environ) == {}
-
-
-def test_local_settings_default_environ_is_os_environ(tmp_path, monkeypatch):
-    (tmp_path / "local.settings.json").write_text(
-        json.dumps({"Values": {"TOOLS_HOST_TEST_A": "file", "TOOLS_HOST_TEST_B": "file"}})
-    )
-    monkeypatch.setenv("TOOLS_HOST_TEST_A", "env")
-    monkeypatch.delenv("TOOLS_HOST_TEST_B", raising=False)
-    try:
-        assert host.load_local_settings(tmp_path) == {"TOOLS_HOST_TEST_B": "file"}
-        assert os.environ["TOOLS_HOST_TEST_A"] == "env"
-        assert os.environ["TOOLS_HOST_TEST_B"] == "file"
-    finally:
-        os.environ.pop("TOOLS_HOST_TEST_B", None)
-
-
-def test_https_with_a_local_ca(tmp_path, monkeypatch):
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
-    wsgi = host.build_wsgi_app(make_app())
-    handle = host.serve_in_thread(wsgi, ssl_context=(str(cert_file), str(key_file)))
-    try:
-        assert handle.url.startswith("https://127.0.0.1:")
-        r = requests.get(f"{handle.url}/api/sso/user/login", verify=str(ca_file), timeout=10)
-        assert (r.status_code, r.text) == (200, "login user")
-        with pytest.raises(requests.exceptions.SSLError):
-            requests.get(f"{handle.url}/api/sso/user/login", verify=True, timeout=10)
-    finally:
-        handle.stop()
-
-
-def test_help():
-    out = subprocess.run(
-        [sys.executable, "-m", "tools.host", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert "--port" in out and "--cert" in out and "--app-dir" in out
+def test_local_settings_fill_what_the_environment_does_not_set(tmp_path):
+    (tmp_path / "local.settings.json").write_text(json.dumps({
+        "IsEncrypted": False, "Host": {"LocalHttpPort": 7072},
+        "Values": {"FROM_FILE": "file", "SET_IN_ENV": "file", "EMPTY_IN_ENV": "file", "NUMBER": 5, "FLAG": True}}))
+    environ = {"SET_IN_ENV": "env", "EMPTY_IN_ENV": ""}
+    assert load_local_settings(tmp_path, environ) == {"FROM_FILE": "file", "NUMBER": "5", "FLAG": "true"}
+    assert environ == {"SET_IN_ENV": "env", "EMPTY_IN_ENV": "", "FROM_FILE": "file", "NUMBER": "5", "FLAG": "true"}
+    assert local_http_port(tmp_path) == 7072
+    assert load_local_settings(tmp_path / "missing", environ) == {} and local_http_port(tmp_path / "missing") is None
+    (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": True, "Values": {"A": "x"}}))
+    with pytest.raises(SystemExit, match="IsEncrypted"):
+        load_local_settings(tmp_path, {})
 
 
 FUNCTION_APP = """
-import logging
-import os
-
+import logging, os
 import azure.functions as func
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-
 
 @app.route(route="health", methods=["GET"])
 def health(req: func.HttpRequest) -> func.HttpResponse:
     logging.info("health called")
     return func.HttpResponse(os.environ.get("GREETING", "") + "|" + os.environ.get("FROM_ENV", ""))
-
-
-@app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer")
-def purge_flows(timer: func.TimerRequest) -> None:
-    pass
 """
 
 
-def test_main_serves_an_app_dir(tmp_path, session):
+def test_the_command_serves_an_app_dir_on_plain_http(tmp_path, session):
     (tmp_path / "function_app.py").write_text(FUNCTION_APP)
-    (tmp_path / "host.json").write_text(_host_json("p"))
-    (tmp_path / "local.settings.json").write_text(
-        json.dumps({"IsEncrypted": False, "Values": {"GREETING": "hello", "FROM_ENV": "file"}})
-    )
+    (tmp_path / "host.json").write_text(json.dumps({"extensions": {"http": {"routePrefix": "p"}}}))
+    (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {"GREETING": "hello", "FROM_ENV": "file"}}))
     env = {**os.environ, "FROM_ENV": "env", "PYTHONUNBUFFERED": "1"}
     env.pop("GREETING", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.host", "--app-dir", str(tmp_path), "--port", "0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = subprocess.Popen([sys.executable, "-m", "tools.host", "--app-dir", str(tmp_path), "--port", "0"],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lines = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("Serving on "):
-                break
-        out = "".join(lines)
-        assert "  timer: purge_flows (not scheduled by tools.host)" in out, out
-        health = next(line for line in lines if line.startswith("  health: [GET] http://127.0.0.1:"))
-        url = health.split()[-1]
+        lines, deadline = [], time.monotonic() + 30
+        while time.monotonic() < deadline and not (lines and lines[-1].startswith("Serving on ")):
+            lines.append(process.stdout.readline() or "(exited)")
+            assert lines[-1] != "(exited)", "".join(lines)
+        url = next(line for line in lines if line.startswith("  health: [GET] http://127.0.0.1:")).split()[-1]
         assert url.endswith("/p/health")
         r = session.get(url + "?code=hidden", timeout=10)  # auth level function: no key asked
         assert (r.status_code, r.text) == (200, "hello|env")
     finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=10)
-    assert "health called" in err
-    assert "GET /p/health 200" in err
-    assert "hidden" not in err
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert "health called" in err and "GET /p/health 200" in err and "hidden" not in err

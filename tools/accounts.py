@@ -64,7 +64,7 @@ def storage_settings(args: argparse.Namespace) -> tuple[str | None, str | None]:
         return args.connection_string, None
     if args.endpoint:
         return None, args.endpoint
-    from tools.host import load_local_settings
+    from tools.local_settings import load_local_settings
 
     env = dict(os.environ)
     load_local_settings(Path("."), env)
