@@ -9,6 +9,8 @@ TOOLS_CACHE ?= $(HOME)/.cache/portal-sso
 AZ_CLI_VERSION := 2.91.0
 AZ_CLI := $(TOOLS_CACHE)/azure-cli-$(AZ_CLI_VERSION)/bin/az
 WORKER_VENV := $(TOOLS_CACHE)/worker-py313
+# Named by what it holds, not by requirements.txt's time (new in every fresh clone): reinstalled only on a change.
+WORKER_STAMP := $(WORKER_VENV)/.installed-$(shell cat requirements.txt Makefile | md5sum | cut -c1-12)
 PYENV_ROOT ?= $(HOME)/.pyenv
 PY313 := $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.13.*/bin/python)))
 
@@ -39,8 +41,8 @@ $(AZ_CLI):
 
 # Python 3.13 with azure-functions-runtime (what the platform's 3.13 worker loads), the worker protocol's
 # compiled protos and the app's requirements as Azure installs them there (tests/deploy/test_worker.py).
-worker-venv: $(WORKER_VENV)/.installed
-$(WORKER_VENV)/.installed: requirements.txt
+worker-venv: $(WORKER_STAMP)
+$(WORKER_STAMP):
 	@test -n "$(PY313)" || { echo "Python 3.13 is missing: pyenv install 3.13" >&2; exit 1; }
 	test -x $(WORKER_VENV)/bin/python || $(PY313) -m venv $(WORKER_VENV)
 	$(WORKER_VENV)/bin/pip install --quiet --disable-pip-version-check azure-functions-runtime==1.3.0 \

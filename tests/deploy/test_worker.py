@@ -43,8 +43,9 @@ def test_every_function_is_indexed_loaded_and_invoked_by_the_python_313_worker(a
     assert login["http_status"] == "302", login
     location = {k.lower(): v for k, v in login["headers"].items()}["location"]
     assert location.startswith(idp.issuer) and "response_mode=form_post" in location, "off to the IdP"
-    cookies = login["cookies"] + [v for k, v in login["headers"].items() if k.lower() == "set-cookie"]
-    assert any("__Host-portal-sso-user" in c for c in cookies), f"the flow cookie goes out: {login}"
+    # The worker turns Set-Cookie into cookie messages: the flags must survive that, SameSite=None sent.
+    assert {"name": "__Host-portal-sso-user", "path": "/", "secure": True, "http_only": True,
+            "same_site": "ExplicitNone"} in login["cookies"], f"the flow cookie goes out as set: {login['cookies']}"
     assert calls["sso_callback"]["http_status"] == "400" and "Correlation ID" in calls["sso_callback"]["body"]
     assert calls["sso_logout"]["http_status"] == "302"
     assert calls["sso_jwks"]["http_status"] == "200" and '"keys"' in calls["sso_jwks"]["body"]

@@ -82,7 +82,11 @@ async def main(app_dir: str) -> dict:
         body = http.body.bytes or http.body.string.encode()
         out["invocations"][name] = {"status": protos.StatusResult.Status.Name(response.result.status),
                                     "error": response.result.exception.message, "http_status": http.status_code,
-                                    "headers": dict(http.headers), "cookies": [c.name for c in http.cookies],
+                                    "headers": dict(http.headers),
+                                    "cookies": [{"name": c.name, "path": c.path.value, "secure": c.secure.value,
+                                                 "http_only": c.http_only.value,
+                                                 "same_site": protos.RpcHttpCookie.SameSite.Name(c.same_site)}
+                                                for c in http.cookies],
                                     "body": body.decode(errors="replace")[:20000]}
     timer = await handle_event.invocation_request(message(protos, invocation_request=protos.InvocationRequest(
         invocation_id=str(uuid.uuid4()), function_id=functions["purge_expired_rows"]["id"],
