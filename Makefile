@@ -61,8 +61,9 @@ test: setup browser-deps deploy-deps lint
 	$(PY) -m pytest
 
 # The login benchmark: figures and budgets, pass/fail printed; never fails (not part of make test).
+# Record a run in BENCHMARKS.md: make bench BENCH_ARGS='--markdown BENCHMARKS.md --label "after: ..."'
 bench: setup
-	$(PY) -m tools.bench_login
+	$(PY) -m tools.bench_login $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) devstack/node_modules .devstack .pytest_cache .ruff_cache
