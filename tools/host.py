@@ -149,6 +149,10 @@ class _RequestHandler(WSGIRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # werkzeug writes the headers and the body apart: on a kept-alive connection, Nagle's algorithm
+        # then holds the body until the client's delayed ACK (~40 ms) unless small writes go at once.
+        with suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.connections.add(self.connection)
 
     def finish(self) -> None:
