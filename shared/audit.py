@@ -14,8 +14,11 @@ from .tables import delete_matching, storage_errors
 
 _MAX_MS = 10**13  # RowKeys count down from here, so a day's newest events list first
 # Pauses between the audit insert's attempts: three attempts within a few hundred milliseconds ride
-# out a dropped connection or a busy partition without holding the person's sign-in for long.
+# out a dropped connection or a busy partition without holding the person's sign-in for long. No
+# attempt starts after RETRY_BUDGET: an attempt that failed slowly (storage not answering) is not
+# repeated, since a repeat would hold the person another read timeout for little chance.
 RETRY_DELAYS = (0.05, 0.15)
+RETRY_BUDGET = 0.5  # seconds since the first attempt
 
 
 @dataclass
@@ -44,14 +47,16 @@ class SignInEvents:
         self._table = table
 
     def record(self, event: SignInEvent) -> None:
-        """Writes the row, trying up to len(RETRY_DELAYS) + 1 times; raises DependencyUnavailable when
-        storage still refuses it (the caller decides). The row is all ours and keyed by the event, so
-        a write repeated after a lost answer writes the same row again (PUT, idempotent)."""
+        """Writes the row, trying up to len(RETRY_DELAYS) + 1 times within RETRY_BUDGET; raises
+        DependencyUnavailable when storage still refuses it (the caller decides). The row is all ours
+        and keyed by the event, so a write repeated after a lost answer writes the same row again (PUT,
+        idempotent)."""
         ms = int(event.at.timestamp() * 1000)
         entity = {"".join(part.title() for part in key.split("_")): value  # correlation_id -> CorrelationId
                   for key, value in asdict(event).items() if value is not None and key != "at"}
         entity.update({"PartitionKey": day_key(event.at), "RowKey": f"{_MAX_MS - ms:013d}-{event.correlation_id}",
                        "At": event.at})
+        first = time.monotonic()
         for delay in (*RETRY_DELAYS, None):
             try:
                 with storage_errors():
@@ -59,7 +64,7 @@ class SignInEvents:
                     self._table.upsert_entity(entity, mode=UpdateMode.REPLACE, retry_total=0)
                 return
             except DependencyUnavailable:
-                if delay is None:
+                if delay is None or time.monotonic() - first + delay > RETRY_BUDGET:
                     raise
                 time.sleep(delay)
 

@@ -10,9 +10,15 @@ from urllib.parse import urlsplit
 
 import requests
 
-# Few, quick retries: a browser is waiting, and a dead dependency must become a 503 in seconds.
-RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.2}
-TIMEOUTS = {"connection_timeout": 5, "read_timeout": 10}
+# A browser is waiting: a dead dependency must become a 503 in seconds (values argued in RELIABILITY.md).
+# The read timeout sits just above the longest Azure lets a table query page run (5 s; a single-entity
+# operation is meant to take under 2 s), so no legitimate answer is cut. `timeout` is the SDK's budget
+# per operation: no new attempt starts once that much time has gone, so quick failures (a refused or
+# reset connection) get their two retries, and a connection that swallows requests without a word (a
+# silently dropped pooled connection) costs one read timeout, not three.
+READ_TIMEOUT = 6
+RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.2, "timeout": READ_TIMEOUT}
+TIMEOUTS = {"connection_timeout": 3, "read_timeout": READ_TIMEOUT}
 IDP_CONNECT_TIMEOUT = 5.0  # a refused connection fails at once; this bounds a silent one (no SYN-ACK)
 
 

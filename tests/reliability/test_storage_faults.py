@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import requests
 
 from shared.audit import day_key
 from shared.tables import ACCOUNTS_TABLE, EVENTS_TABLE, Tables
+from shared.transport import READ_TIMEOUT
 from tests.conftest import APP_BASE, DEMO_USER
 from tests.support.fault_proxy import FaultProxy
 from tests.support.portal import correlation_id, delivered, sign_in, start_login
@@ -101,3 +103,38 @@ def test_with_a_fifth_of_storage_requests_failing_every_callback_keeps_its_recor
     unaudited = [cid for cid in tokens if cid not in rows or rows[cid]["Outcome"] != "success"]
     assert not unaudited, f"session tokens delivered without their success row: {unaudited}"
     assert len(tokens) >= 50, f"most callbacks still succeed with a fifth of requests failing: {len(tokens)}"
+
+
+def test_table_storage_that_stops_answering_gives_503s_in_bounded_time_and_heals(use_settings, azurite):
+    """A black hole rather than a stopped process: the pooled connections stay open and swallow every
+    request (no FIN, no RST), as when a load balancer silently drops an idle connection. Each table step
+    costs one read timeout, never a retry of it: login start and callback each make two (the flow, then
+    the audit row of the refusal)."""
+    seed(azurite.connection_string)
+    with FaultProxy(azurite.port) as proxy:
+        use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
+        assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200, "warm: pooled connections"
+        session = requests.Session()
+        started = start_login(session, APP_BASE, "user")
+        action, fields = sign_in_at_idp(session, started.headers["Location"], DEMO_USER["login"],
+                                        DEMO_USER["password"])
+        proxy.hanging = True
+        bound = 2 * READ_TIMEOUT + 2
+
+        def timed(call):
+            begun = time.monotonic()
+            return call(), time.monotonic() - begun
+
+        with ThreadPoolExecutor(2) as pool:  # both at once: the test waits for the timeouts only once
+            results = pool.map(timed, (lambda: start_login(requests.Session(), APP_BASE, "user"),
+                                       lambda: session.post(action, data=fields, allow_redirects=False, timeout=60)))
+        for name, (response, elapsed) in zip(("login start", "callback"), results, strict=True):
+            assert response.status_code == 503, f"{name}: {response.status_code} {response.text[:300]}"
+            assert int(response.headers["Retry-After"]) > 0 and "try again" in response.text.lower()
+            assert elapsed < bound, f"{name} took {elapsed:.1f} s: a hung table call was retried (bound {bound} s)"
+        hung = [e for e in proxy.exchanges if e.fault == "hung"]
+        assert len(hung) == 4, f"one attempt per table step, none repeated: {[(e.method, e.path) for e in hung]}"
+        proxy.hanging = False
+        proxy.cut_all()  # the swallowed connections die; the next requests open new ones
+        response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+        assert response.status_code == 200, f"healed without a restart: {response.status_code} {response.text[:300]}"

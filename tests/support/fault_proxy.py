@@ -7,6 +7,8 @@ recorded in order, so a test can count what the app asked of storage and what st
 
 A failed request is cut in one of two ways, at random: before it reaches Azurite (nothing happened),
 or after Azurite answered and before the answer reaches the app (it happened, the app cannot know).
+With `hanging` set, every request is swallowed instead: the connection stays open and no answer ever
+comes, as when a peer or a load balancer silently drops a pooled connection (no FIN, no RST).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Exchange:
     method: str
     path: str
     status: int | None = None  # None: no answer reached the app
-    fault: str = ""  # "", "before" (never reached Azurite) or "after" (the answer was lost)
+    fault: str = ""  # "", "before" (never reached Azurite), "after" (the answer was lost) or "hung"
 
 
 class FaultProxy:
@@ -34,6 +36,7 @@ class FaultProxy:
         self.target_port = target_port
         self.failure_rate = failure_rate
         self.refusing = False  # True: every connection is cut at once (storage down)
+        self.hanging = False  # True: requests are swallowed, connections held open (a black hole)
         self.exchanges: list[Exchange] = []
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -78,6 +81,7 @@ class FaultProxy:
         with self._lock:
             self._open |= {client, upstream}
         pending: list[Exchange] = []  # requests of this connection still waiting for their answer
+        exchange = Exchange("", "")  # the request whose bytes are passing now
         threading.Thread(target=self._answers, args=(upstream, client, pending), daemon=True).start()
         try:
             while data := client.recv(65536):
@@ -88,9 +92,14 @@ class FaultProxy:
                         self.exchanges.append(exchange)
                         fail = self.refusing or self._random.random() < self.failure_rate
                         exchange.fault = ("before" if self._random.random() < 0.5 else "after") if fail else ""
+                        if self.hanging:
+                            exchange.fault = "hung"
                     if exchange.fault == "before":
                         break
-                    pending.append(exchange)
+                    if exchange.fault != "hung":
+                        pending.append(exchange)
+                if exchange.fault == "hung":
+                    continue  # swallowed: read on (so the app's send never blocks), answer nothing
                 upstream.sendall(data)
         except OSError:
             pass
