@@ -4,11 +4,14 @@ IdP (tests/support/hostile_idp.py), the real app (tools.host, MSAL, Azurite)."""
 
 from __future__ import annotations
 
+import sys
 import time
+import traceback
 
 import pytest
 import requests
 
+from shared.oidc_client import OidcClient
 from tests.conftest import APP_BASE, REDIRECT_URIS
 from tests.integration.test_hostile_idp import (
     assert_signed_in,
@@ -22,6 +25,12 @@ from tests.support.hostile_idp import HostileIdp
 from tests.support.portal import assert_error_page, start_login
 
 READ_TIMEOUT = 1  # IDP_TIMEOUT_SECONDS for these tests: a hung IdP costs the person about this long
+
+
+def threads_redeeming() -> list[str]:
+    """The threads of this process (tools.host serves the app in it) inside a code redemption now."""
+    return [str(ident) for ident, frame in sys._current_frames().items()
+            if any(f.f_code is OidcClient._redeem_once.__code__ for f, _ in traceback.walk_stack(frame))]
 
 
 @pytest.fixture
@@ -46,6 +55,7 @@ def test_a_token_endpoint_that_never_answers_gives_503_within_the_read_timeout(h
     assert_error_page(response, 503, app, "idp_unavailable")
     assert response.headers.get("Retry-After"), "a 503 says when to try again"
     assert elapsed < READ_TIMEOUT + 2, f"the callback gave up after the read timeout, not the IdP's: {elapsed:.1f} s"
+    assert not threads_redeeming(), "no worker thread is left waiting on the token endpoint"
     # The worker thread is free again, and the next login goes through once the IdP answers.
     hostile_idp.answer(claims=person.claims)
     assert_signed_in(sign_in(hostile_idp), person)

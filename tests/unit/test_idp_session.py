@@ -1,0 +1,90 @@
+"""The IdP's requests.Session (shared/transport.py IdpSession), against real loopback sockets: every
+request gets the timeouts unless it names its own (MSAL passes none), and the proxies and CA bundle
+are read once, when the session is made, not from the environment on every call."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from shared.transport import IdpSession
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.seen.append(self.requestline)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[ThreadingHTTPServer]:
+    """A loopback HTTP server that answers 200 and records each request line: as a proxy it sees the
+    absolute URL ("GET http://idp.invalid/x HTTP/1.1"), as the server itself the path."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung token endpoint)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.extend(iter(lambda: listener.accept()[0], None)), daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
+def test_a_request_without_a_timeout_gets_the_read_timeout(silent_port):
+    session = IdpSession(read_timeout=0.5, environ={})
+    started = time.monotonic()
+    with pytest.raises(requests.ReadTimeout):
+        session.post(f"http://127.0.0.1:{silent_port}/token", data={"code": "x"})  # as MSAL calls it: no timeout
+    assert time.monotonic() - started < 2, "the session's read timeout applied, not none"
+
+
+def test_a_request_naming_its_own_timeout_keeps_it(silent_port):
+    session = IdpSession(read_timeout=30, environ={})
+    started = time.monotonic()
+    with pytest.raises(requests.ReadTimeout):
+        session.get(f"http://127.0.0.1:{silent_port}/jwks", timeout=(1, 0.3))
+    assert time.monotonic() - started < 2
+
+
+def test_proxies_are_read_once_from_the_given_environment_and_no_proxy_is_honoured(recorder, monkeypatch):
+    proxy = f"http://127.0.0.1:{recorder.server_port}"
+    environ = {"HTTP_PROXY": "http://127.0.0.1:9/", "http_proxy": proxy, "NO_PROXY": "localhost",
+               "REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"}
+    session = IdpSession(read_timeout=5, environ=environ)
+    assert session.verify == "/etc/ssl/certs/ca-certificates.crt" and session.trust_env is False
+    environ["http_proxy"] = "http://127.0.0.1:9/"  # later changes are not seen: read once
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9/")  # nor is the process environment (trust_env off)
+    assert session.get("http://idp.invalid/.well-known/openid-configuration").text == "ok"
+    assert recorder.seen == ["GET http://idp.invalid/.well-known/openid-configuration HTTP/1.1"], \
+        "the request went through the proxy (lower-case http_proxy wins, as in requests)"
+    assert session.get(f"http://localhost:{recorder.server_port}/direct").text == "ok"
+    assert recorder.seen[-1] == "GET /direct HTTP/1.1", "a NO_PROXY host is reached directly"
+
+
+def test_no_proxy_in_the_environment_means_direct_connections(recorder, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9/")
+    session = IdpSession(read_timeout=5, environ={})
+    assert session.get(f"http://127.0.0.1:{recorder.server_port}/x").text == "ok"
+    assert recorder.seen == ["GET /x HTTP/1.1"]
