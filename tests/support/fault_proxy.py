@@ -43,6 +43,7 @@ class FaultProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._open: set[socket.socket] = set()
+        self._hung: set[socket.socket] = set()  # app-side connections holding a swallowed request
         self._stopped = False
 
     def __enter__(self) -> FaultProxy:
@@ -57,7 +58,7 @@ class FaultProxy:
     def cut_all(self) -> None:
         """Cuts every open connection (pooled keep-alive ones too)."""
         with self._lock:
-            conns, self._open = list(self._open), set()
+            conns, self._open, self._hung = list(self._open), set(), set()
         for conn in conns:
             _close(conn)
 
@@ -99,6 +100,8 @@ class FaultProxy:
                     if exchange.fault != "hung":
                         pending.append(exchange)
                 if exchange.fault == "hung":
+                    with self._lock:
+                        self._hung.add(client)
                     continue  # swallowed: read on (so the app's send never blocks), answer nothing
                 upstream.sendall(data)
         except OSError:
@@ -118,8 +121,11 @@ class FaultProxy:
                 client.sendall(data)
         except OSError:
             pass
-        _close(client)
         _close(upstream)
+        with self._lock:
+            if client in self._hung:
+                return  # a black hole says nothing, not even that Azurite closed its idle side
+        _close(client)
 
 
 def _close(conn: socket.socket) -> None:
