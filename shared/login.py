@@ -108,8 +108,14 @@ def _log_attempt(event: SignInEvent, detail: str = "") -> None:
               "elapsed_ms": event.elapsed_ms, "correlation_id": event.correlation_id}
     text = " ".join(f"{name}={value}" for name, value in fields.items())
     level = logging.WARNING if event.outcome == "failure" else logging.INFO
-    log.log(level, "sso.%s %s%s", event.stage, text, f" detail={detail}" if detail else "",
+    log.log(level, "sso.%s %s%s", event.stage, _one_line(text), f" detail={_one_line(detail)}" if detail else "",
             extra=fields)
+
+
+def _one_line(text: str) -> str:
+    """Control and other unprintable characters escaped: the kind (a route segment) and an IdP's error
+    text come from the request, and a raw newline in them would let a caller forge log lines."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _is_false(value) -> bool:
