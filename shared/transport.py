@@ -1,5 +1,5 @@
-"""How the app's outbound HTTP clients are set up: the Azure SDK clients (Table Storage, Key Vault)
-here, the IdP's session in `runtime`. Read once per worker, never per call."""
+"""How the app's outbound HTTP clients are set up: the options of the Azure SDK clients (Table Storage,
+Key Vault) and the session of every IdP call. The environment is read once per worker, never per call."""
 
 from __future__ import annotations
 
