@@ -35,6 +35,7 @@ class SignInEvent:
     had_email_claim: bool | None = None
     elapsed_ms: int = 0
     stage: str = "callback"  # "login" for a refused login start; the setup page shows callbacks only
+    detail: str = ""  # why it failed, as the log line says it (errors' details name no secret)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -53,6 +53,7 @@ MAX_CODE = 4096
 MAX_STATE = 200
 MAX_RETURN_TO = 2048
 MAX_ERROR_TEXT = 1000
+MAX_DETAIL = 500  # of a failure's detail in its audit row and log line
 
 
 def flow_cookie_name(kind: str) -> str:
@@ -100,7 +101,7 @@ def _ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def _log_attempt(event: SignInEvent, detail: str = "") -> None:
+def _log_attempt(event: SignInEvent) -> None:
     """The one log line of a login attempt (sso.login / sso.callback), as text and as flat `extra`
     fields, which OpenTelemetry carries to Application Insights as attributes (the worker's own
     forwarding keeps only the text). It holds what the audit row holds, never a token, code or secret."""
@@ -108,8 +109,8 @@ def _log_attempt(event: SignInEvent, detail: str = "") -> None:
               "elapsed_ms": event.elapsed_ms, "correlation_id": event.correlation_id}
     text = " ".join(f"{name}={value}" for name, value in fields.items())
     level = logging.WARNING if event.outcome == "failure" else logging.INFO
-    log.log(level, "sso.%s %s%s", event.stage, _one_line(text), f" detail={_one_line(detail)}" if detail else "",
-            extra=fields)
+    log.log(level, "sso.%s %s%s", event.stage, _one_line(text),
+            f" detail={_one_line(event.detail)}" if event.detail else "", extra=fields)
 
 
 def _one_line(text: str) -> str:
@@ -173,9 +174,10 @@ class SsoService:
             err = _as_error(exc, "sso.login", correlation_id)
             reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
             event = SignInEvent(correlation_id=correlation_id, kind=kind, outcome="failure", reason=err.reason,
-                                status=reply.status, stage="login", elapsed_ms=_ms_since(started))
+                                status=reply.status, stage="login", elapsed_ms=_ms_since(started),
+                                detail=err.detail[:MAX_DETAIL])
             reply = self._audit(event, reply, correlation_id)
-            _log_attempt(event, err.detail)
+            _log_attempt(event)
             return reply
 
     # POST|GET /api/sso/{kind}/callback
@@ -195,9 +197,7 @@ class SsoService:
             event.reason = err.reason
             event.account_id = event.account_id or getattr(err, "account_id", "")
             reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
-            detail = err.detail
-        else:
-            detail = ""
+            event.detail = err.detail[:MAX_DETAIL]
         if callback is not None and callback.consumed:
             # The flow is over, whatever the outcome. Only a callback that consumed the flow clears the
             # cookie: a stranger's bogus callback (SameSite=None lets other sites send one) must not
@@ -205,7 +205,7 @@ class SsoService:
             reply.cookies.append(flow_cookie(kind, "", 0))
         event.status, event.elapsed_ms = reply.status, _ms_since(started)
         reply = self._audit(event, reply, correlation_id)
-        _log_attempt(event, detail)
+        _log_attempt(event)
         return reply
 
     def _complete(self, kind: str, callback: Callback, event: SignInEvent) -> pages.Reply:

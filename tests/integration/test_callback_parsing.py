@@ -29,6 +29,7 @@ def test_malformed_callback_body_is_400_invalid_request_with_its_real_cause(app_
         response = requests.post(CALLBACK, data=body, headers=headers, timeout=20)
     row = assert_error_page(response, 400, get_runtime(), "invalid_request")
     assert row["Kind"] == "user", "the audit row names the kind of the callback"
+    assert cause in row["Detail"], f"the audit row names the real cause {cause!r}: {row['Detail']}"
     cid = correlation_id(response)
     lines = [r.getMessage() for r in caplog.records if cid in r.getMessage()]
     assert len(lines) == 1 and "reason=invalid_request" in lines[0], f"one log line per attempt: {lines}"
