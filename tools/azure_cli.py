@@ -103,6 +103,21 @@ class Az:
         return f"{verb}:\n" + "\n".join(f"  - {change}" for change in self.changes)
 
 
+def app_settings(az: Az, app: str, rg: str) -> dict[str, str]:
+    """The function app's settings, by name (empty in a dry run)."""
+    return {s["name"]: s.get("value") for s in az.run("functionapp", "config", "appsettings", "list",
+                                                      "--name", app, "--resource-group", rg) or []}
+
+
+def update_app_settings(az: Az, app: str, rg: str, wanted: dict[str, str], current: dict[str, str]) -> None:
+    """Sets those of `wanted` whose value differs from `current`, in one call; none: no call."""
+    changed = {k: v for k, v in wanted.items() if current.get(k) != v}
+    if changed:
+        az.run("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
+               "--settings", *(f"{k}={v}" for k, v in sorted(changed.items())),
+               change=f"app settings {', '.join(sorted(changed))}")
+
+
 @contextmanager
 def secret_file(value: str) -> Iterator[str]:
     """A file only this user can read, holding `value`, removed afterwards: how a secret reaches az

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from shared.config import origin_of
 from shared.tables import APP_TABLES
 
-from .azure_cli import Az, AzError, fail, secret_file
+from .azure_cli import Az, AzError, app_settings, fail, secret_file, update_app_settings
 from .package import build_package
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
@@ -157,13 +157,8 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
                       "portal checks).")
     if args.session_audience:
         settings["SESSION_TOKEN_AUDIENCE"] = args.session_audience
-    current = {s["name"]: s.get("value") for s in az.run("functionapp", "config", "appsettings", "list",
-                                                         "--name", app, "--resource-group", rg) or []}
-    changed = {k: v for k, v in settings.items() if current.get(k) != v}
-    if changed:
-        az.run("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
-               "--settings", *(f"{k}={v}" for k, v in sorted(changed.items())),
-               change=f"app settings {', '.join(sorted(changed))}")
+    current = app_settings(az, app, rg)
+    update_app_settings(az, app, rg, settings, current)
     if "AzureWebJobsStorage" in current:  # a key-based connection string: identities only
         az.run("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
                "--setting-names", "AzureWebJobsStorage", change="removed the key-based AzureWebJobsStorage")

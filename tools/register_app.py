@@ -23,7 +23,7 @@ from pathlib import Path
 
 from shared.config import KINDS, redirect_uri
 
-from .azure_cli import Az, AzError, fail, secret_file
+from .azure_cli import Az, AzError, app_settings, fail, secret_file, update_app_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONAL_CLAIMS = ROOT / "infra" / "optional-claims.json"
@@ -44,21 +44,20 @@ class Registration:
         self.az, self.args = az, args
         self.rg, self.app = args.resource_group, args.app
 
-    def function_app(self) -> tuple[str, str]:
-        """(the public base URL, the vault's name), read from the deployed function app."""
-        settings = {s["name"]: s.get("value") for s in self.az.run(
-            "functionapp", "config", "appsettings", "list", "--name", self.app, "--resource-group", self.rg) or []}
+    def function_app(self) -> tuple[str, str, dict[str, str]]:
+        """(the public base URL, the vault's name, the app settings), read from the deployed function app."""
+        settings = app_settings(self.az, self.app, self.rg)
         base = self.args.public_base_url or settings.get("PUBLIC_BASE_URL")
         if not base:
             host = self.az.run("functionapp", "show", "--name", self.app, "--resource-group", self.rg,
                                "--query", "defaultHostName")
             base = f"https://{host or self.app + '.azurewebsites.net'}"
         vault_url = settings.get("KEY_VAULT_URL") or f"https://{self.app}-kv.vault.azure.net"
-        return base.rstrip("/"), vault_url.split("//", 1)[1].split(".", 1)[0]
+        return base.rstrip("/"), vault_url.split("//", 1)[1].split(".", 1)[0], settings
 
     def ensure(self) -> None:
         tenant = self.az.check_ready().get("tenantId", "<tenant>")
-        base, vault = self.function_app()
+        base, vault, current = self.function_app()
         uris = [redirect_uri(base, kind) for kind in KINDS]
         claims = json.loads(OPTIONAL_CLAIMS.read_text())
         app = self.find_app()
@@ -78,14 +77,8 @@ class Registration:
         if self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name", SECRET_NAME,
                         "--query", "id") is None:
             self.new_secret(client_id, vault)
-        settings = {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
-        current = {s["name"]: s.get("value") for s in self.az.run(
-            "functionapp", "config", "appsettings", "list", "--name", self.app, "--resource-group", self.rg) or []}
-        changed = {k: v for k, v in settings.items() if current.get(k) != v}
-        if changed:
-            self.az.run("functionapp", "config", "appsettings", "set", "--name", self.app, "--resource-group",
-                        self.rg, "--settings", *(f"{k}={v}" for k, v in sorted(changed.items())),
-                        change=f"app settings {', '.join(sorted(changed))}")
+        update_app_settings(self.az, self.app, self.rg,
+                            {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}, current)
         print(f"\nApplication (client) ID: {client_id}\nOpenID Connect metadata document: {issuer_url(tenant)}\n"
               f"Redirect URIs: {' '.join(uris)}\nAssign people: scripts/register-app --resource-group {self.rg} "
               f"--app {self.app} assign --user <upn> --group <group name>")
@@ -151,7 +144,7 @@ class Registration:
         older secrets whose Key Vault version was superseded more than --grace-days ago: run it again
         after the grace period (or on a schedule) and the previous secret goes."""
         self.az.check_ready()
-        _, vault = self.function_app()
+        _, vault, _ = self.function_app()
         app = self.find_app()
         if app is None and not self.az.dry_run:
             raise AzError("No app registration yet: run scripts/register-app first.")
