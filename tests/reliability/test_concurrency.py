@@ -10,7 +10,8 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from tests.integration.test_hostile_idp import (
+from tests.support.fault_proxy import FaultProxy
+from tests.support.hostile_flow import (
     assert_signed_in,
     begin,
     cookie_of,
@@ -18,7 +19,6 @@ from tests.integration.test_hostile_idp import (
     post_callback,
     post_with_cookie,
 )
-from tests.support.fault_proxy import FaultProxy
 from tests.support.hostile_idp import CLIENT_ID, CLIENT_SECRET, TENANT
 from tools.stack import azurite_connection_string
 

@@ -13,7 +13,7 @@ import requests
 
 from shared.oidc_client import OidcClient
 from tests.conftest import APP_BASE, REDIRECT_URIS
-from tests.integration.test_hostile_idp import (
+from tests.support.hostile_flow import (
     assert_signed_in,
     begin,
     new_person,
