@@ -92,8 +92,9 @@ class AccountStore:
         for _ in range(3):
             if account.linked_idp_subject and account.linked_idp_subject != idp_sub:
                 raise IdentityMismatch(f"account {account.account_id} is linked to another idp_sub")
+            # A login time after our `now` (a racing login of the same person wrote it) is recent too.
             if account.linked_idp_subject == idp_sub and account.last_login_at is not None \
-                    and timedelta(0) <= now - account.last_login_at < LAST_LOGIN_PRECISION:
+                    and now - account.last_login_at < LAST_LOGIN_PRECISION:
                 return account  # linked to this person, login time recent enough: nothing to write
             patch = {"PartitionKey": email_key(normalize_email(account.email)), "RowKey": account.kind,
                      "LinkedIdpSubject": idp_sub, "LastLoginAt": now}

@@ -51,3 +51,14 @@ def test_a_recent_login_time_does_not_let_another_person_in(account_store, fresh
     account_store.link_and_record_login(account_store.get(fresh_account, "agent"), "tid:oid")
     with pytest.raises(IdentityMismatch):
         account_store.link_and_record_login(account_store.get(fresh_account, "agent"), "tid:someone-else")
+
+
+def test_a_login_time_written_after_ours_by_a_racing_login_counts_as_recent(account_store, fresh_account):
+    """Two logins of one person race: the one whose clock read came first re-reads the row the other
+    wrote, with a LastLoginAt after its own `now`. That is recent, not a reason to write again."""
+    ours = datetime.now(UTC)
+    account_store.link_and_record_login(account_store.get(fresh_account, "agent"), "tid:oid",
+                                        now=ours + timedelta(milliseconds=5))
+    etag = etag_of(account_store, fresh_account)
+    account_store.link_and_record_login(account_store.get(fresh_account, "agent"), "tid:oid", now=ours)
+    assert etag_of(account_store, fresh_account) == etag, "no second write for the same person's racing login"
