@@ -9,8 +9,8 @@ import uuid
 import azure.functions as func
 
 from shared import pages
-from shared.config import KINDS
-from shared.errors import InternalError, MethodNotAllowed, NotFound, SsoError
+from shared.config import KINDS, portal_homes
+from shared.errors import ConfigurationError, InternalError, MethodNotAllowed, NotFound, SsoError
 from shared.runtime import get_runtime
 
 log = logging.getLogger("portal_sso")
@@ -33,7 +33,11 @@ def to_response(reply: pages.Reply) -> func.HttpResponse:
 def home_urls() -> dict[str, str]:
     """Each kind's portal home, the way back from a page of no kind; none while the settings do not load."""
     try:
-        settings = get_runtime().settings
+        runtime = get_runtime()
+        try:
+            settings = runtime.settings
+        except ConfigurationError:  # the portal's own settings may still be fine
+            return portal_homes(runtime.env)
     except Exception:  # a page about a failure must not fail in its turn
         return {}
     return {kind: settings.home_url(kind) for kind in KINDS}

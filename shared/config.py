@@ -411,6 +411,13 @@ def _session_token(read: _Reader, fields: dict) -> dict:
             "session_ttl": read.whole_number("SESSION_TOKEN_TTL_SECONDS", 3600, lo=60, hi=86400)}
 
 
+def portal_homes(env: Mapping[str, str]) -> dict[str, str]:
+    """Each kind's portal home that its own settings give, even when other settings are bad: the way
+    back from a page that says sign-in is not configured."""
+    fields = _portals(_Reader(env, []), {})
+    return {kind: fields[f"portal_{kind}_home_url"] for kind in KINDS if fields[f"portal_{kind}_home_url"]}
+
+
 VALIDATORS = (_issuer, _secrets, _storage, _portals, _tenants, _session_token)
 
 

@@ -17,8 +17,9 @@ from .accounts import normalize_email
 from .audit import SignInEvent
 from .background import BACKGROUND
 from .callback import Callback, CallbackRequest
-from .config import KINDS, origin_of
+from .config import KINDS, origin_of, portal_homes
 from .errors import (
+    ConfigurationError,
     DependencyUnavailable,
     EmailUnverified,
     IdpError,
@@ -360,8 +361,12 @@ class SsoService:
     def _portal_url(self, kind: str) -> str | None:
         """The kind's portal home, where "Back to the portal" goes (never the landing URL); none for an
         unknown kind or while the settings do not load."""
+        if kind not in KINDS:
+            return None
         try:
-            return self.deps.settings.home_url(kind) if kind in KINDS else None
+            return self.deps.settings.home_url(kind)
+        except ConfigurationError:  # the kind's own portal settings may still be fine
+            return portal_homes(getattr(self.deps, "env", None) or {}).get(kind)
         except SsoError:
             return None
 

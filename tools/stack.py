@@ -31,7 +31,8 @@ IDP_SCRIPT = DEVSTACK / "idp.mjs"
 
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-# Azurite's account name. Its key is made at each start (AZURITE_ACCOUNTS), never kept in the repo.
+# Azurite's account name. Its key is made at run time (AZURITE_ACCOUNTS), never kept in the repo; make run
+# keeps its own in .devstack/ (git-ignored) with the data, so a restart opens the same tables.
 AZURITE_ACCOUNT = "devstoreaccount1"
 
 STOP_TIMEOUT = 5.0
@@ -212,6 +213,7 @@ def ensure_npm_packages() -> None:
         NODE_MODULES / "oidc-provider",
         NODE_MODULES / "azurite",
         NODE_MODULES / ".bin" / "azurite-table",
+        NODE_MODULES / "axe-core" / "axe.min.js",  # the browser tests' accessibility audit
     ]
     if all(path.exists() for path in wanted):
         return
