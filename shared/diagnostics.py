@@ -69,9 +69,9 @@ def settings_fix(env: Mapping[str, str]) -> str:
     """How a fixed setting takes effect, which differs: Azure restarts the app when its settings are
     saved; a local host reads local.settings.json once, at start."""
     if env.get("WEBSITE_INSTANCE_ID") or env.get("WEBSITE_HOSTNAME"):
-        return ("Fix each setting listed under Settings in the function app's Environment variables; saving "
+        return ("Correct each setting listed under Settings in the function app's Environment variables; saving "
                 "restarts the app. Then reload this page.")
-    return ("Fix each setting listed under Settings in local.settings.json (or the environment), restart the "
+    return ("Correct each setting listed under Settings in local.settings.json (or the environment), restart the "
             "host (tools.host or func start: it reads the settings at start), then reload this page.")
 
 

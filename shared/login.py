@@ -325,7 +325,8 @@ class SsoService:
                            "account.",))
         err.actions = [("Sign in with another account", f"/api/sso/{kind}/login?prompt=select_account")]
         if has_other:
-            err.actions.append((f"Go to the {other} portal", self.deps.settings.home_url(other)))
+            if self.deps.settings.home_url(other) != self.deps.settings.home_url(kind):
+                err.actions.append((f"Go to the {other} portal", self.deps.settings.home_url(other)))
             err.detail = f"{err.detail}; has an account of the other kind ({other})"
         return err
 
@@ -359,10 +360,12 @@ class SsoService:
             return pages.error(err, correlation_id)
 
     def _portal_url(self, kind: str) -> str | None:
-        """The kind's portal home, where "Back to the portal" goes (never the landing URL); none for an
-        unknown kind or while the settings do not load."""
+        """Where "Back to the portal" goes: the kind's portal home (never the landing URL, which takes
+        POSTs only); for an unknown kind, the home both kinds share, if they do. None while the
+        portal's own settings do not load."""
         if kind not in KINDS:
-            return None
+            homes = set(self.home_urls().values())
+            return homes.pop() if len(homes) == 1 else None
         try:
             return self.deps.settings.home_url(kind)
         except ConfigurationError:  # the kind's own portal settings may still be fine
@@ -373,4 +376,4 @@ class SsoService:
     def home_urls(self) -> dict[str, str]:
         """Each kind's portal home (none while the settings do not load): the way back from a page
         that belongs to no kind (a 404, a 500)."""
-        return {kind: url for kind in KINDS if (url := self._portal_url(kind))}
+        return {k: url for k in KINDS if (url := self._portal_url(k))}

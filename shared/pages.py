@@ -13,8 +13,9 @@ from .errors import SsoError
 
 # Sizes in rem, so browser zoom and a larger default font scale everything; code at 1rem (a bare
 # `monospace` family would fall back to the browser's 13px); long values wrap instead of scrolling.
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#1b1b1b}"
-         "h1{font-size:1.4rem}.box{border-left:4px solid #c50f1f;padding:.5rem 1rem;background:#fdf3f4}"
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#1b1b1b;"
+         "line-height:1.5}h1{font-size:1.4rem}.box{border-left:4px solid #c50f1f;padding:.5rem 1rem;"
+         "background:#fdf3f4}"
          ".hint{border-left-color:#0f6cbd;background:#f0f6fc}code,pre{font-family:ui-monospace,Consolas,monospace;"
          "font-size:1rem;background:#f4f4f4;padding:.1rem .3rem;white-space:pre-wrap;overflow-wrap:anywhere}"
          ".ref{color:#404040}.actions a{display:inline-block;margin:.25rem 1rem .25rem 0}"
@@ -99,7 +100,7 @@ def error(err: SsoError, correlation_id: str, *, portal_url: str | None = None,
         parts.append(f"<p>{html.escape(note)}</p>")
     back = [("Back to the portal", portal_url)] if portal_url else home_links(homes)
     parts.append(_links([*getattr(err, "actions", ()), *back]))
-    parts.append(f'<p class="ref">Reason: <code>{html.escape(err.reason)}</code> &middot; Correlation ID: '
+    parts.append(f'<p class="ref">Reason: <code>{html.escape(err.reason)}</code><br>Correlation ID: '
                  f"<code>{html.escape(correlation_id)}</code> (quote it when you ask for help)</p>")
     headers = security_headers()
     if err.retry_after:
@@ -128,13 +129,17 @@ def json_reply(payload: dict, status: int = 200, cache: str = "no-store") -> Rep
 
 OPS_STYLE = STYLE + (
     "body{max-width:64rem}table{border-collapse:collapse;width:100%;margin:.5rem 0 1rem}"
-    "th,td{text-align:left;vertical-align:top;padding:.35rem .5rem;border-bottom:1px solid #e0e0e0;"
-    "overflow-wrap:anywhere}"
+    "th,td{text-align:left;vertical-align:top;padding:.35rem .5rem;border-bottom:1px solid #e0e0e0}"
+    "td{overflow-wrap:anywhere}"
+    # Narrow (a phone, or 200% zoom): each row's cells stacked, so long names and URLs get the full width.
+    "@media (max-width:48rem){table,tbody,tr,th,td{display:block}tr{border-bottom:1px solid #e0e0e0;"
+    "padding:.35rem 0}th,td{border:0;padding:.1rem 0}}"
     ".copy{user-select:all;font-size:1.05rem}.st{font-weight:600;white-space:nowrap;padding:.1rem .4rem;"
     "border-radius:.25rem}.ok{background:#dff6dd;color:#0e700e}.warn{background:#fff4ce;color:#835c00}"
     ".fail{background:#fde7e9;color:#a4262c}.none{background:#f0f0f0;color:#555}"
     ".summary{padding:.75rem 1rem;border-radius:.25rem}dt{font-weight:600;margin-top:.5rem}"
 )
+KIND_NAMES = (("user", "User"), ("agent", "Agent"))
 _LEVEL_LABELS = {"ok": "OK", "warn": "Warning", "fail": "Problem", "none": "Not checked"}
 
 
@@ -182,10 +187,9 @@ def setup_page(report) -> Reply:
     def uri_cell(uri: str | None) -> str:
         return f'<code class="copy">{e(uri)}</code>' if uri else "<em>cannot be built yet</em>"
 
-    uri_rows = "".join(
-        f"<tr><th>{label}</th><td>{uri_cell(report.redirect_uris.get(kind))}</td>"
-        f"<td>{uri_cell(report.signed_out_uris.get(kind))}</td></tr>"
-        for kind, label in (("user", "User Single Sign On URL"), ("agent", "Agent Single Sign On URL")))
+    rows = [(f"{name} Single Sign On URL", report.redirect_uris.get(kind)) for kind, name in KIND_NAMES]
+    rows += [(f"{name} signed-out page", report.signed_out_uris.get(kind)) for kind, name in KIND_NAMES]
+    uri_rows = "".join(f"<tr><th>{label}</th><td>{uri_cell(uri)}</td></tr>" for label, uri in rows)
     client = f" (client ID <code>{e(report.client_id)}</code>)" if report.client_id else ""
     setting_rows = "".join(
         f"<tr><td>{_status('fail' if problem else 'ok') if name else _status('fail')}</td>"
@@ -200,8 +204,7 @@ def setup_page(report) -> Reply:
         f"<p>In Entra ID &gt; App registrations &gt; your app{client} &gt; Authentication &gt; Web &gt; "
         "Redirect URIs, add all four, exactly as shown: each kind's callback, and its signed-out page, where "
         "Entra returns after a logout (it returns only to a registered redirect URI).</p>"
-        "<table><tr><th>kind</th><th>callback (redirect URI)</th><th>signed-out page (redirect URI)</th></tr>"
-        f"{uri_rows}</table>"
+        f"<table>{uri_rows}</table>"
         + (f"<p><small>{e(report.redirect_note)}</small></p>" if report.redirect_note else "")
         + "<h2>2. Token configuration</h2>"
         "<p>In the same app registration, Token configuration &gt; Add optional claim:</p><ul>"
