@@ -7,15 +7,12 @@ POSTs only). Screenshots of each, at 100% and 200%, go to the test's temporary d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.browser.conftest import sign_in_on_the_idp_page
-from tests.conftest import APP_BASE, DEMO_USER, NO_ACCOUNT, PORTAL_ORIGIN, PORTAL_PORT, PORTAL_URLS, SIGNED_OUT_URIS
-from tools.demo_portal import DemoPortal
-from tools.host import serve_in_thread
+from tests.conftest import APP_BASE, DEMO_USER, NO_ACCOUNT, PORTAL_ORIGIN, PORTAL_URLS, SIGNED_OUT_URIS
 from tools.stack import NODE_MODULES
 
 pytestmark = pytest.mark.browser
@@ -24,14 +21,6 @@ AXE = NODE_MODULES / "axe-core" / "axe.min.js"
 WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 HOME = f"{PORTAL_ORIGIN}/"  # PORTAL_*_HOME_URL's default: the landing URL's origin
 NORMAL, ZOOMED = {"width": 1280, "height": 800}, {"width": 640, "height": 400}  # 200% of a 1280 px window
-
-
-@pytest.fixture(scope="module")
-def portal(app_server, test_ca) -> Iterator[str]:
-    handle = serve_in_thread(DemoPortal(APP_BASE, PORTAL_ORIGIN), port=PORTAL_PORT,
-                             ssl_context=(str(test_ca.server_cert), str(test_ca.server_key)))
-    yield handle.url
-    handle.stop()
 
 
 @pytest.fixture(scope="module")
@@ -119,28 +108,28 @@ def test_logout_comes_back_to_the_signed_out_page_which_links_to_the_portal_home
     page.wait_for_selector("#login")
 
 
-def test_no_account_page_names_the_kind_and_offers_another_account(page, shots):
-    page.goto(f"{APP_BASE}/api/sso/user/login")
-    sign_in_as(page, NO_ACCOUNT)
+def refused_at(page, kind: str, person: dict) -> str:
+    """Signs the person in at the kind's door, expecting the 403 page: its text, once its links are checked."""
+    page.goto(f"{APP_BASE}/api/sso/{kind}/login")
+    sign_in_as(page, person)
     page.wait_for_selector("text=Access denied")
-    text = page.text_content("main")
+    assert links(page) == {"Sign in with another account": f"/api/sso/{kind}/login?prompt=select_account",
+                           "Back to the portal": HOME}, "one link to the portal both kinds share"
+    assert_no_landing_links(page)
+    return page.text_content("main")
+
+
+def test_no_account_page_names_the_kind_and_offers_another_account(page, shots):
+    text = refused_at(page, "user", NO_ACCOUNT)
     assert f"no portal user account for {NO_ACCOUNT['claims']['email']}" in text
     assert "portal agent account" not in text, "this person has no account of the other kind either"
-    assert links(page) == {"Sign in with another account": "/api/sso/user/login?prompt=select_account",
-                           "Back to the portal": HOME}
-    assert_no_landing_links(page)
     audit(page, "403-no-account", shots)
 
 
 def test_the_other_kinds_door_says_which_account_the_person_has(page, shots):
-    page.goto(f"{APP_BASE}/api/sso/agent/login")
-    sign_in_as(page, DEMO_USER)
-    page.wait_for_selector("text=Access denied")
-    text = page.text_content("main")
+    text = refused_at(page, "agent", DEMO_USER)
     assert f"no portal agent account for {DEMO_USER['claims']['email']}" in text
     assert "You have a portal user account" in text
-    assert links(page) == {"Sign in with another account": "/api/sso/agent/login?prompt=select_account",
-                           "Back to the portal": HOME}, "one link to the portal both kinds share"
     audit(page, "403-other-kind", shots)
 
 
