@@ -7,12 +7,12 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from .config import KINDS
 from .errors import AccountDisabled, IdentityMismatch, MalformedEmail, NoAccount
@@ -145,12 +145,7 @@ class AccountStore:
         return self.get_by_key(email_key(email), kind)
 
     def get_by_key(self, key: str, kind: str) -> Account | None:
-        with storage_errors():
-            try:
-                entity = self._table.get_entity(key, kind)
-            except ResourceNotFoundError:
-                return None
-        return Account.from_entity(entity)
+        return _read(self._table, key, kind)
 
     def find_account(self, email: str, kind: str) -> Account:
         """The enabled account of this kind for this email; raises MalformedEmail, NoAccount or
@@ -211,11 +206,8 @@ class AccountStore:
                         self._table.create_entity(row.entity())
                         return None
                     if existing.linked_idp_subject and existing.account_id != account_id and not force:
-                        raise AccountConflict(
-                            f"the {kind} account of {existing.email} is {existing.account_id}, linked to "
-                            f"{existing.linked_idp_subject}: making it {account_id} would sign that person in "
-                            f"to {account_id}. Use --force to do that, or unlink first so that whoever "
-                            "signs in next is linked.", existing)
+                        raise AccountConflict(f"{repoint_text(existing, account_id)}. Use --force to do that, or "
+                                              "unlink first so that whoever signs in next is linked.", existing)
                     self._table.update_entity(row.entity(), mode=UpdateMode.MERGE, etag=existing.etag,
                                               match_condition=MatchConditions.IfNotModified)
                     return existing
@@ -270,9 +262,13 @@ class AccountStore:
                                       raw_response_hook=lambda r: statuses.append(r.http_response.status_code))
         return bool(statuses) and statuses[-1] != 404
 
-    def import_rows(self, rows, progress=None, workers: int = 16) -> int:
+    def stored_accounts(self) -> dict[tuple[str, str], Account]:
+        """See `stored_accounts` below."""
+        return stored_accounts(self._table)
+
+    def import_rows(self, rows, progress=None, workers: int = 16, stored=None, force: bool = False) -> Imported:
         """See `import_rows` below."""
-        return import_rows(self._table, rows, progress, workers)
+        return import_rows(self._table, rows, progress, workers, stored, force)
 
     def list(self, kind: str | None = None) -> Iterator[Account]:
         with storage_errors():
@@ -344,6 +340,7 @@ class AccountRow:
     account_id: str
     name: str = ""
     enabled: bool = True
+    line: int = 0  # where it came from (a CSV line), for messages
 
     @property
     def key(self) -> str:
@@ -372,40 +369,103 @@ def check_account(email: str, kind: str, account_id: str) -> list[str]:
     return problems
 
 
-def _import_partition(table: TableClient, rows: list[AccountRow]) -> int:
-    """Upserts (merge: an existing link and last login are kept) one partition's rows: one request for
-    a single row, else transactions of up to BATCH_LIMIT rows."""
+def repoints(row: AccountRow, before: Account | None) -> bool:
+    """Writing `row` over `before` would sign the person linked to it in to another account id."""
+    return before is not None and bool(before.linked_idp_subject) and before.account_id != row.account_id
+
+
+def repoint_text(before: Account, account_id: str) -> str:
+    return (f"the {before.kind} account of {before.email} is {before.account_id}, linked to "
+            f"{before.linked_idp_subject}: making it {account_id} would sign that person in to {account_id}")
+
+
+@dataclass
+class Imported:
+    written: int = 0
+    # Rows not written because, by the time they were written, the stored row had become linked to a
+    # person under another account id (a login during the import): (row, stored account).
+    refused: list[tuple[AccountRow, Account]] = field(default_factory=list)
+
+
+def _read(table: TableClient, key: str, kind: str) -> Account | None:
     with storage_errors():
-        if len(rows) == 1:
-            table.upsert_entity(rows[0].entity(), mode=UpdateMode.MERGE)
-        else:
-            for start in range(0, len(rows), BATCH_LIMIT):
-                table.submit_transaction([("upsert", row.entity(), {"mode": UpdateMode.MERGE})
-                                          for row in rows[start:start + BATCH_LIMIT]])
-    return len(rows)
+        try:
+            return Account.from_entity(table.get_entity(key, kind))
+        except ResourceNotFoundError:
+            return None
+
+
+def _write_partition(table: TableClient, rows: list[AccountRow], known: dict[tuple[str, str], Account | None]) -> None:
+    """One email's rows (a user and an agent row at most): created where none was stored, else merged
+    (link and last login kept) on the condition that the row is still as it was read."""
+    ops = [("create", row.entity(), {}) if known[(row.key, row.kind)] is None else
+           ("update", row.entity(), {"mode": UpdateMode.MERGE, "etag": known[(row.key, row.kind)].etag,
+                                     "match_condition": MatchConditions.IfNotModified})
+           for row in rows]
+    if len(ops) > 1:
+        table.submit_transaction(ops)
+    elif ops[0][0] == "create":
+        table.create_entity(ops[0][1])
+    else:
+        table.update_entity(ops[0][1], **ops[0][2])
+
+
+def _import_partition(table: TableClient, rows: list[AccountRow], stored: dict[tuple[str, str], Account],
+                      force: bool) -> Imported:
+    """Writes one partition's rows, etag-checked against what was stored when the import began; a row
+    changed since (a login linked it, an admin disabled it) is read again and decided again."""
+    known = {(row.key, row.kind): stored.get((row.key, row.kind)) for row in rows}
+    for _ in range(WRITE_ATTEMPTS):
+        refused = [(row, known[(row.key, row.kind)]) for row in rows
+                   if not force and repoints(row, known[(row.key, row.kind)])]
+        todo = [row for row in rows if all(row is not r for r, _ in refused)]
+        if not todo:
+            return Imported(0, refused)
+        with storage_errors():
+            try:
+                _write_partition(table, todo, known)
+                return Imported(len(todo), refused)
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError, TableTransactionError):
+                pass  # changed since it was read: read it again
+        known = {(row.key, row.kind): _read(table, row.key, row.kind) for row in rows}
+    raise AccountConflict(f"the accounts of {rows[0].email} kept changing during the import; import again")
+
+
+def stored_accounts(table: TableClient) -> dict[tuple[str, str], Account]:
+    """Every stored row's key, kind, account id, link and etag, in one paged scan (1000 rows a
+    request): what an import checks its rows against before it writes any."""
+    with storage_errors():
+        return {(a.key, a.kind): a for a in map(Account.from_entity, table.list_entities(
+            select=["PartitionKey", "RowKey", "AccountId", "LinkedIdpSubject", "Email"]))}
 
 
 def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[int], None] | None = None,
-                workers: int = 16) -> int:
-    """Writes every row; returns how many were written. Each email is its own partition, so a
-    transaction can only group one email's user and agent rows: the speed comes from `workers`
-    requests in flight at once. `progress(n)` is called (on this thread) as each n rows land.
-    Raises DependencyUnavailable on the first storage failure, after the requests in flight end;
-    rows written until then stay (an import is idempotent, so running it again finishes it)."""
+                workers: int = 16, stored: dict[tuple[str, str], Account] | None = None,
+                force: bool = False) -> Imported:
+    """Writes every row, etag-checked against `stored` (stored_accounts(), read by the caller to check
+    the rows first; read here when not given). A row that would re-point a linked person to another
+    account id is not written unless `force` (the caller refuses those up front; one that became so
+    during the import comes back in `refused`). Each email is its own partition, so a transaction can
+    only group one email's user and agent rows: the speed comes from `workers` requests in flight at
+    once. `progress(n)` is called (on this thread) as each n rows land. Raises DependencyUnavailable
+    on the first storage failure, after the requests in flight end; rows written until then stay (an
+    import is idempotent, so running it again finishes it)."""
+    stored = stored_accounts(table) if stored is None else stored
     partitions: dict[str, list[AccountRow]] = {}
     for row in rows:
         partitions.setdefault(row.key, []).append(row)
-    written = 0
+    result = Imported()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
-        pending = [pool.submit(_import_partition, table, group) for group in partitions.values()]
+        pending = [pool.submit(_import_partition, table, group, stored, force) for group in partitions.values()]
         try:
             for done in as_completed(pending):
-                count = done.result()
-                written += count
+                part = done.result()
+                result.written += part.written
+                result.refused += part.refused
                 if progress:
-                    progress(count)
+                    progress(part.written + len(part.refused))
         except BaseException:
             for future in pending:
                 future.cancel()
             raise
-    return written
+    return result

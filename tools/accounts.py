@@ -43,6 +43,8 @@ from shared.accounts import (
     check_account,
     parse_enabled,
     printable,
+    repoint_text,
+    repoints,
     unprintable,
 )
 from shared.errors import ConfigurationError, DependencyUnavailable
@@ -178,7 +180,7 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
                     continue
                 seen[key] = line
                 rows.append(AccountRow(email, values["kind"], values["account_id"], values.get("name", ""),
-                                       bool(enabled)))
+                                       bool(enabled), line))
         except UnicodeDecodeError as exc:
             raise CsvFileError(f"{path}: not UTF-8 text") from exc
         except csv.Error as exc:
@@ -261,20 +263,38 @@ def cmd_import(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_BAD_INPUT
     store = _store(args)
+    stored = store.stored_accounts()
+    repointed = [(row, stored[(row.key, row.kind)]) for row in rows if repoints(row, stored.get((row.key, row.kind)))]
+    if repointed and not args.force:
+        for row, before in repointed:
+            print(f"line {row.line}: {printable(repoint_text(before, row.account_id))}", file=sys.stderr)
+        print(f"{args.file}: {len(repointed)} row{'s' if len(repointed) != 1 else ''} would sign a linked person in to "
+              "another account; nothing was written. Use --force to do that, or unlink those accounts first.",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     shown = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = ProgressBar(len(rows), sys.stderr, shown)
     started = time.monotonic()
     try:
-        written = store.import_rows(rows, progress=bar.advance, workers=args.workers)
+        result = store.import_rows(rows, progress=bar.advance, workers=args.workers, stored=stored, force=args.force)
     except DependencyUnavailable:
         bar.close()
         print(f"{bar.done} of {len(rows)} rows were written before storage failed; importing is idempotent, "
               "so run the same import again.", file=sys.stderr)
         raise
+    except AccountConflict as err:
+        bar.close()
+        return _fail(f"{printable(str(err))} (the other rows were written)")
     bar.close()
     elapsed = time.monotonic() - started
-    kinds = {kind: sum(1 for r in rows if r.kind == kind) for kind in KINDS}
-    print(f"imported {written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
+    written = [row for row in rows if all(row is not r for r, _ in result.refused)]
+    kinds = {kind: sum(1 for r in written if r.kind == kind) for kind in KINDS}
+    print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
+    if result.refused:
+        for row, before in result.refused:
+            print(f"line {row.line}: not written (linked during the import): "
+                  f"{printable(repoint_text(before, row.account_id))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 
@@ -389,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="draw a progress bar on stderr (default: when stderr is a terminal)")
     imp.add_argument("--workers", type=int, default=WORKERS, help=f"requests in flight (default {WORKERS})")
+    imp.add_argument("--force", action="store_true",
+                     help="also change the account id of accounts linked to a person (that person then signs in to it)")
     imp.set_defaults(run=cmd_import)
 
     lst = commands.add_parser("list", help="list accounts")

@@ -97,7 +97,7 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 def test_import_writes_every_row_and_keeps_links(cs, store, tag, tmp_path, capsys):
     both = f"both.{tag}@contoso.test"
-    store.add(both, "user", "U-OLD", "Old Name")
+    store.add(both, "user", "U-10", "Old Name")
     store.link_and_record_login(store.get(both, "user"), "tenant:both")
     csv_file = _write(tmp_path / "accounts.csv", [
         "email,kind,account_id,name,enabled",
@@ -324,3 +324,33 @@ def test_check_lists_rows_whose_key_differs_or_is_refused_and_remove_by_stored_k
     assert run(cs, "remove", "--stored-key", f"Upper.{tag}@Contoso.test", "--kind", "user") == 0
     assert run(cs, "remove", "--stored-key", f"Upper.{tag}@Contoso.test", "--kind", "user") == 1
     assert "no user row with the stored key" in capsys.readouterr().err
+
+
+def test_import_over_linked_accounts_of_other_ids_writes_nothing_unless_forced(cs, store, tag, tmp_path, capsys):
+    linked, fresh = f"imp-linked.{tag}@contoso.test", f"imp-new.{tag}@contoso.test"
+    store.add(linked, "agent", "A-OLD")
+    store.link_and_record_login(store.get(linked, "agent"), "tenant:agent-person")
+    csv_file = _write(tmp_path / "repoint.csv", ["email,kind,account_id", f"{fresh},user,U-NEW",
+                                                 f"{linked},agent,A-NEW"])
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert "line 3: the agent account of" in err and "is A-OLD, linked to tenant:agent-person" in err, err
+    assert "1 row would sign a linked person in to another account; nothing was written" in err
+    assert store.get(fresh, "user") is None and store.get(linked, "agent").account_id == "A-OLD"
+    assert run(cs, "import", str(csv_file), "--force") == 0
+    assert store.get(linked, "agent").account_id == "A-NEW" and store.get(fresh, "user").account_id == "U-NEW"
+
+
+def test_a_login_during_an_import_is_not_repointed(cs, store, tag):
+    """The import checks against a scan, then writes etag-checked: a person who links the account in
+    between keeps it, and the row comes back refused."""
+    email = f"imp-race.{tag}@contoso.test"
+    store.add(email, "user", "U-OLD")
+    stored = store.stored_accounts()
+    store.link_and_record_login(store.get(email, "user"), "tenant:raced")  # lands after the scan
+    from shared.accounts import AccountRow
+
+    result = store.import_rows([AccountRow(email, "user", "U-NEW", line=2)], stored=stored)
+    assert result.written == 0 and [r.account_id for r, _ in result.refused] == ["U-NEW"]
+    assert (store.get(email, "user").account_id, store.get(email, "user").linked_idp_subject) == ("U-OLD",
+                                                                                                  "tenant:raced")
