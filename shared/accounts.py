@@ -119,6 +119,10 @@ class Account:
     # merge Enabled=false` stores); such an account counts as disabled.
     invalid_enabled: str | None = None
 
+    def __post_init__(self):
+        if not self.key:  # made by hand, not read: the key its email gives
+            self.key = email_key(self.email)
+
     @classmethod
     def from_entity(cls, entity) -> Account:
         stored = entity.get("Enabled", True)

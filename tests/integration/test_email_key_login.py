@@ -1,12 +1,14 @@
-"""Issue 13 item 1 at login, through the real stack (tools.host, MSAL, Azurite) and the hostile IdP: an
-address that casefold() or NFKC would merge with an account's address never signs in to that account
-(it finds no account, or is refused as malformed), and the account's owner still gets in afterwards."""
+"""Issue 13 items 1 and 5 at login, through the real stack (tools.host, MSAL, Azurite) and the hostile
+IdP: an address that casefold() or NFKC would merge with an account's address never signs in to that
+account (it finds no account, or is refused as malformed), and the account's owner still gets in
+afterwards; an `Enabled` that is not a real boolean keeps the person out."""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
+from azure.data.tables import UpdateMode
 
 from tests.conftest import APP_BASE
 from tests.support.hostile_flow import PORTAL_ORIGIN, Person, assert_signed_in, sign_in, switch_to
@@ -58,3 +60,15 @@ def test_ascii_case_still_finds_the_account(hostile, app, account_store):
     fields = assert_signed_in(sign_in(hostile), owner)
     claims = verify_session_token(fields["session_token"], APP_BASE, audience=PORTAL_ORIGIN)
     assert claims["email"] == owner.email, "the session token carries the address with ASCII lowercased"
+
+
+@pytest.mark.parametrize("stored", ["false", 0, "0"], ids=repr)
+def test_an_enabled_stored_as_text_or_a_number_keeps_the_person_out(hostile, app, account_store, stored):
+    tag = uuid.uuid4().hex[:10]
+    owner = Person(email=f"az-merge-{tag}@contoso.test", oid=str(uuid.uuid4()), account_id=f"E-{tag}")
+    account_store.add(owner.email, "user", owner.account_id, "Disabled by az")
+    account_store._table.update_entity({"PartitionKey": owner.email, "RowKey": "user", "Enabled": stored},
+                                       mode=UpdateMode.MERGE)  # what `az storage entity merge Enabled=false` does
+    hostile.answer(claims=owner.claims)
+    row = assert_error_page(sign_in(hostile), 403, app, "account_disabled")
+    assert row["AccountId"] == owner.account_id
