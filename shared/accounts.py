@@ -127,7 +127,7 @@ class Account:
     def from_entity(cls, entity) -> Account:
         stored = entity.get("Enabled", True)
         return cls(
-            email=entity.get("Email") or _unescape(entity["PartitionKey"]),
+            email=str(entity.get("Email") or _unescape(entity["PartitionKey"])),
             kind=entity["RowKey"],
             account_id=str(entity.get("AccountId") or ""),
             display_name=str(entity.get("DisplayName") or ""),
