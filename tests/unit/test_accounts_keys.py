@@ -11,6 +11,8 @@ import re
 import string
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.accounts import canonical_email, email_key, email_problem, printable, unprintable
 from shared.errors import MalformedEmail
@@ -184,3 +186,16 @@ def test_printable_escapes_what_a_terminal_would_run_and_is_exact():
         assert shown.isprintable() and "\x1b" not in shown and "\n" not in shown
         assert unprintable(shown) == text, f"{text!r} -> {shown!r} reads back"
     assert printable("ok \u00e9\u4e2d") == "ok \u00e9\u4e2d", "printable text is left alone"
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True, database=None)
+@given(st.one_of(st.text(), st.builds(lambda a, b: f"{a}@{b}", st.text(min_size=1), st.text(min_size=1))))
+def test_any_text_is_refused_or_gets_a_valid_key_that_decodes_to_its_canonical_address(text):
+    try:
+        key = email_key(text)
+    except MalformedEmail as refused:
+        assert refused.reason == "email_malformed" and email_problem(text)
+        return
+    assert email_problem(text) is None
+    assert not FORBIDDEN.search(key) and unescape(key) == canonical_email(text)
+    assert email_key(canonical_email(text)) == key, "the canonical address has the same key"
