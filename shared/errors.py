@@ -110,6 +110,17 @@ class NoEmailClaim(Forbidden):
                "An administrator must add the 'email' optional claim to the app registration.")
 
 
+class MalformedEmail(Forbidden):
+    """An email address no account may have (shared/accounts.py `email_key`): not NFC, whitespace,
+    control or format characters, a lone surrogate, not one '@' with text on both sides. The detail
+    says what is wrong without echoing the address."""
+
+    reason = "email_malformed"
+    message = ("The email address your identity provider sent is not one a portal account can have "
+               "(it holds spaces, invisible or control characters, or is not a single address). "
+               "Ask your administrator to check your email address in the directory.")
+
+
 class NoAccount(Forbidden):
     reason = "no_account"
     message = "There is no portal account of this kind for your email address. Ask your portal administrator."

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from . import pages
 from .aadsts import hint_for
-from .accounts import normalize_email
+from .accounts import canonical_email
 from .audit import SignInEvent
 from .background import BACKGROUND
 from .callback import Callback, CallbackRequest
@@ -248,7 +248,7 @@ class SsoService:
         event.had_email_claim = isinstance(email, str) and bool(email.strip())
         if not event.had_email_claim:
             raise NoEmailClaim("no email claim in the ID token")
-        email = normalize_email(email)
+        email = canonical_email(email)  # raises MalformedEmail (403 email_malformed)
         event.email = email
         # 6. the portal account of this kind, linked to this person
         account = self.deps.accounts.find_account(email, kind)
