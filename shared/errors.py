@@ -141,6 +141,23 @@ class EmailUnverified(Forbidden):
     message = "Your identity provider says your email address is not verified, so it cannot be used to sign in."
 
 
+class RoleNotAssigned(Forbidden):
+    reason = "role_not_assigned"
+
+    def __init__(self, detail: str = "", *, kind: str, role: str):
+        super().__init__(detail, hint=(
+            f"An administrator assigns the app role {role} to you (or to a group of yours): "
+            f"scripts/register-app --resource-group RG --app APP assign --kind {kind} --user <your sign-in name>, "
+            f"or in Entra ID > Enterprise applications > the app > Users and groups > Add user/group, role {role}. "
+            "Then sign in again."))
+        self.message = (f"You are signed in, but you have not been given access to the portal as {_a(kind)} "
+                        f"(the app role {role} is not assigned to you).")
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
 class IdentityMismatch(Forbidden):
     reason = "identity_mismatch"
     message = ("This portal account is linked to another person's identity. "

@@ -14,13 +14,13 @@ from urllib.parse import urlsplit
 from . import pages
 from .aadsts import hint_for
 from .accounts import canonical_email
+from .admission import check_admission
 from .audit import SignInEvent
 from .background import BACKGROUND
 from .callback import Callback, CallbackRequest
 from .config import KINDS, origin_of
 from .errors import (
     DependencyUnavailable,
-    EmailUnverified,
     IdpError,
     InternalError,
     InvalidParameter,
@@ -30,7 +30,6 @@ from .errors import (
     NotFound,
     ReturnToNotAllowed,
     SsoError,
-    TenantNotAllowed,
 )
 from .flows import StoredFlow, new_binding
 from .id_token import verify_id_token
@@ -117,10 +116,6 @@ def _one_line(text: str) -> str:
     """Control and other unprintable characters escaped: the kind (a route segment) and an IdP's error
     text come from the request, and a raw newline in them would let a caller forge log lines."""
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _is_false(value) -> bool:
-    return value is False or (isinstance(value, str) and value.lower() == "false") or value == 0
 
 
 class LoginDeps(Protocol):
@@ -239,11 +234,8 @@ class SsoService:
         oid = claims.get("oid") if isinstance(claims.get("oid"), str) else ""
         idp_sub = f"{tid}:{oid}" if tid and oid else claims["sub"]
         event.idp_subject, event.tenant_id = idp_sub, tid
-        # 5. may this person enter: tenant, verified email
-        if settings.allowed_tenant_ids is not None and tid.lower() not in settings.allowed_tenant_ids:
-            raise TenantNotAllowed(f"tenant {tid!r} is not allowed")
-        if _is_false(claims.get("xms_edov", True)) or _is_false(claims.get("email_verified", True)):
-            raise EmailUnverified("xms_edov or email_verified is false")
+        # 5. may this person enter: tenant, verified email, the kind's app role
+        check_admission(claims, kind, settings)
         email = claims.get("email")
         event.had_email_claim = isinstance(email, str) and bool(email.strip())
         if not event.had_email_claim:

@@ -143,6 +143,12 @@ NOT_ALLOWED = [
     pytest.param({"xms_edov": False}, "email_unverified", id="xms_edov-false"),
     pytest.param({"email_verified": False}, "email_unverified", id="email_verified-false"),
     pytest.param({"email": None}, "no_email_claim", id="no-email"),
+    # Only JSON true verifies (issue 13 item 7): absent, or any other JSON value, fails closed.
+    pytest.param({"xms_edov": None}, "email_unverified", id="no-verification-claim"),
+    *[pytest.param({"xms_edov": value}, "email_unverified", id=f"xms_edov-{value!r}")
+      for value in ("0", "no", "", [], 0, 1, "true", "True", {}, [True])],
+    pytest.param({"xms_edov": None, "email_verified": "0"}, "email_unverified", id="email_verified-string-0"),
+    pytest.param({"xms_edov": True, "email_verified": "false"}, "email_unverified", id="one-true-one-not"),
 ]
 
 
@@ -150,6 +156,49 @@ NOT_ALLOWED = [
 def test_person_who_may_not_enter_is_refused(hostile, app, person, change, reason):
     hostile.answer(claims={**person.claims, **change})
     assert_error_page(sign_in(hostile), 403, app, reason)
+
+
+def test_email_verified_true_alone_verifies(hostile, app, person):
+    hostile.answer(claims={**person.claims, "xms_edov": None, "email_verified": True})
+    assert_signed_in(sign_in(hostile), person)
+
+
+def test_without_the_requirement_a_token_with_neither_claim_enters_but_an_odd_value_does_not(
+        hostile, use_settings, person):
+    hostile.reset()
+    runtime = switch_to(hostile, use_settings, REQUIRE_EMAIL_VERIFIED_CLAIM="false")
+    hostile.answer(claims={**person.claims, "xms_edov": None})
+    assert_signed_in(sign_in(hostile), person)
+    hostile.answer(claims={**person.claims, "xms_edov": "0"})
+    assert_error_page(sign_in(hostile), 403, runtime, "email_unverified")
+
+
+# ---- app roles (APP_ROLES_REQUIRED): each door needs its kind's role
+
+
+@pytest.fixture
+def roles_app(hostile, use_settings):
+    hostile.reset()
+    return switch_to(hostile, use_settings, APP_ROLES_REQUIRED="true")
+
+
+@pytest.mark.parametrize("roles", [None, [], ["Portal.Agent"], "Portal.User", ["portal.user"], [["Portal.User"]],
+                                   {"Portal.User": True}])
+def test_user_door_without_the_user_role_is_refused_with_the_fix(hostile, roles_app, person, roles):
+    hostile.answer(claims={**person.claims, "roles": roles})
+    response = sign_in(hostile)
+    assert_error_page(response, 403, roles_app, "role_not_assigned")
+    assert "Portal.User" in response.text and "scripts/register-app" in response.text and " assign " in response.text
+
+
+def test_each_door_admits_the_holder_of_its_role(hostile, roles_app, person, account_store):
+    hostile.answer(claims={**person.claims, "roles": ["Portal.User"]})
+    assert_signed_in(sign_in(hostile), person)
+    agent = new_person(account_store, "agent")
+    hostile.answer(claims={**agent.claims, "roles": ["Portal.User"]})
+    assert_error_page(sign_in(hostile, "agent"), 403, roles_app, "role_not_assigned")
+    hostile.answer(claims={**agent.claims, "roles": ["Portal.Agent", "Other"]})
+    assert sign_in(hostile, "agent").status_code == 200
 
 
 def test_another_person_with_a_linked_accounts_email_is_refused(hostile, app, person):

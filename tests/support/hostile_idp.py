@@ -186,8 +186,8 @@ class HostileIdp:
         claims = {
             "ver": "2.0", "iss": self.issuer, "aud": self.client_id, "tid": self.tenant, "oid": oid,
             "sub": b64url(hashlib.sha256(f"{oid}:{self.client_id}".encode()).digest())[:43],
-            "email": "alice@contoso.test", "name": "Alice", "preferred_username": "alice@contoso.test",
-            "iat": now, "nbf": now, "exp": now + 3600, "nonce": nonce,
+            "email": "alice@contoso.test", "xms_edov": True, "name": "Alice",
+            "preferred_username": "alice@contoso.test", "iat": now, "nbf": now, "exp": now + 3600, "nonce": nonce,
         }  # fmt: skip
         claims.update(overrides)
         return {k: v for k, v in claims.items() if v is not None}
