@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from azure.data.tables import UpdateMode
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from shared.errors import UnknownState
 from shared.flows import FlowStore, new_binding
@@ -120,6 +122,16 @@ FORGED = [
     # against each key (that would let any published key vouch for any token; Entra always sends kid).
     pytest.param(lambda idp: (idp.add_key(), {"header": {"kid": None}})[1], "id_token_kid",
                  id="no-kid-several-keys"),
+    # Issue 13 item 14: a header member of another JSON type was a 500 (a list is unhashable).
+    pytest.param(lambda idp: {"header": {"alg": ["RS256"]}}, "id_token_alg", id="alg-a-list"),
+    pytest.param(lambda idp: {"header": {"alg": {"RS256": True}}}, "id_token_alg", id="alg-an-object"),
+    pytest.param(lambda idp: {"header": {"kid": [idp.signing_key.kid]}}, "id_token_kid", id="kid-a-list"),
+    pytest.param(lambda idp: {"claims": {"sub": "\ud800"}}, "id_token_sub", id="sub-a-lone-surrogate"),
+    pytest.param(lambda idp: {"claims": {"oid": {"x": 1}}}, "id_token_oid", id="oid-an-object"),
+    # Conformance: a mangled signature segment is a signature failure, not id_token_format.
+    pytest.param(lambda idp: {"mangle": lambda t: t[:-1]}, "id_token_signature", id="signature-one-char-short"),
+    pytest.param(lambda idp: {"mangle": lambda t: t[:-3] + "*" + t[-2:]}, "id_token_signature",
+                 id="signature-not-base64url"),
 ]
 
 
@@ -133,6 +145,22 @@ def test_forged_id_token_is_refused(hostile, app, person, forge, reason):
 def test_no_kid_with_a_single_published_key_is_accepted(hostile, app, person):
     hostile.answer(claims=person.claims, header={"kid": None})
     assert_signed_in(sign_in(hostile), person)
+
+
+def test_no_kid_with_one_rsa_and_one_ec_key_published_is_accepted(hostile, app, person):
+    """Conformance: the candidates for a kid-less RS256 token are the RSA keys: one here."""
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    hostile.extra_jwks = [{**ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True), "kid": "ec-1", "use": "sig"}]
+    hostile.answer(claims=person.claims, header={"kid": None})
+    assert_signed_in(sign_in(hostile), person)
+
+
+@pytest.mark.parametrize("email", ["p\ud800@contoso.test", "\udfff", ["a@contoso.test"], {"a": 1}, 5, True])
+def test_an_email_claim_of_any_type_or_a_lone_surrogate_is_a_403_not_a_500(hostile, app, person, email):
+    hostile.answer(claims={**person.claims, "email": email})
+    response = sign_in(hostile)
+    assert response.status_code == 403, f"{email!r}: {response.status_code} {response.text[:300]}"
+    assert_error_page(response, 403, app, response.text.split("Reason: <code>")[1].split("<")[0])
 
 
 # ---- authenticated but may not enter: 403

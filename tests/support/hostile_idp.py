@@ -23,6 +23,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -98,6 +99,7 @@ class Script:
     hmac_secret: bytes | None = None
     error: tuple[int, dict] | None = None  # (HTTP status, error body) instead of tokens
     hang: float = 0.0  # seconds the token endpoint holds the request before answering (a hung IdP)
+    mangle: Callable[[str], str] | None = None  # rewrites the minted ID token (e.g. its signature segment)
 
 
 class HostileIdp:
@@ -121,6 +123,7 @@ class HostileIdp:
         """Back to an honest IdP: one published key that signs, default tokens, `iss` advertised."""
         with self._lock:
             self.keys = [self.signing_key]
+            self.extra_jwks: list[dict] = []  # published beside the keys' JWKs (e.g. an EC key)
             self.script = Script()
             self.advertise_iss = True
             self.grants: dict[str, Grant] = {}
@@ -263,7 +266,7 @@ class HostileIdp:
         if method == "GET" and path == f"{base}/discovery/v2.0/keys":
             with self._lock:
                 self.jwks_fetches += 1
-            return _json(200, {"keys": [k.jwk() for k in self.keys]})
+            return _json(200, {"keys": [*(k.jwk() for k in self.keys), *self.extra_jwks]})
         if method == "GET" and path == f"{base}/oauth2/v2.0/authorize":
             return self._authorize(query)
         if method == "POST" and path == f"{base}/oauth2/v2.0/token":
@@ -322,6 +325,8 @@ class HostileIdp:
                                "error_description": "AADSTS50011: redirect URI differs from the authorize request."})
         id_token = self.mint(self.default_claims(grant.nonce, script.claims), header=script.header, key=script.key,
                              alg=script.alg, hmac_secret=script.hmac_secret)
+        if script.mangle is not None:
+            id_token = script.mangle(id_token)
         return _json(200, {"token_type": "Bearer", "expires_in": 3600, "scope": grant.scope, "id_token": id_token,
                            "access_token": self.mint({"aud": "00000003-0000-0000-c000-000000000000",
                                                       "iss": self.issuer, "exp": int(time.time()) + 3600})})
