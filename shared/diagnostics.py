@@ -29,8 +29,11 @@ SECRET_WARNING_DAYS = 30
 REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
     "no_email_claim": ("Add the 'email' optional claim (ID token) under Token configuration, and let Entra "
                        "turn on the Microsoft Graph email permission.", ()),
-    "code_redemption_failed": ("The IdP refused our client credential or the code: check the client secret "
-                               "in Key Vault is the current one.", (7000215, 7000222, 700016)),
+    "client_credential_rejected": ("The IdP refused our client credential (invalid_client): check the client "
+                                   "secret in Key Vault is the current one, and OIDC_CLIENT_ID.",
+                                   (7000215, 7000222, 700016)),
+    "code_redemption_failed": ("The IdP refused the authorization code (invalid_grant: expired, used or not "
+                               "this app's): the person starts again; nothing to fix unless it repeats.", ()),
     "idp_error": ("The IdP refused the sign-in; its AADSTS code names the fix.", (50011, 50105, 65001, 50020)),
     "tenant_not_allowed": ("Add the person's tenant to ALLOWED_TENANT_IDS if they should enter.", ()),
     "email_unverified": ("Entra marks this person's email as unverified (xms_edov false): use a verified "
@@ -232,7 +235,7 @@ def last_sign_ins(runtime, unavailable: str = "") -> list[Check]:
         data = {"outcome": row.get("Outcome"), "reason": reason, "had_email_claim": had_email, "at": when}
         if row.get("Outcome") == "success":
             checks.append(Check(f"last_{kind}", title, True, detail, data=data))
-        elif had_email is False or reason in ("no_email_claim", "code_redemption_failed"):
+        elif had_email is False or reason in ("no_email_claim", "client_credential_rejected"):
             fix, codes = REASON_FIXES.get(reason, REASON_FIXES["no_email_claim"])
             checks.append(Check(f"last_{kind}", title, False, detail, fix, aadsts=codes, data=data))
         else:  # a person without an account, a cancelled login...: worth a look, not a broken setup

@@ -88,6 +88,16 @@ class RedemptionFailed(SsoError):
     message = "The identity provider did not accept this sign-in. Please start again from the portal."
 
 
+class ClientCredentialRejected(RedemptionFailed):
+    """The IdP refused our own client credential (invalid_client, unauthorized_client): our problem,
+    which no retry by the person fixes."""
+
+    reason = "client_credential_rejected"
+    title = "Sign-in is misconfigured"
+    message = ("Sign-in to the portal is misconfigured: the identity provider does not accept the portal's own "
+               "credentials. Trying again will not help. Please tell your portal administrator, quoting the ID below.")
+
+
 class InvalidIdToken(SsoError):
     status = 401
     message = "The identity provider's answer could not be verified. Please start again from the portal."

@@ -17,11 +17,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from .aadsts import hint_for
-from .errors import ConfigurationError, DependencyUnavailable, InvalidIdToken, RedemptionFailed
+from .errors import (
+    ClientCredentialRejected,
+    ConfigurationError,
+    DependencyUnavailable,
+    InvalidIdToken,
+    RedemptionFailed,
+)
 from .vault import CachedSecret, DerivedFromSecret, SecretValue
 
 SCOPES = ["email"]  # MSAL adds openid, profile and offline_access itself
-INVALID_CLIENT_CODES = {7000215, 7000222, 7000216}
+INVALID_CLIENT_CODES = {7000215, 7000222, 7000216, 700016, 700027}
+CLIENT_ERRORS = {"invalid_client", "unauthorized_client"}
 
 
 class _NoTokenCache(msal.TokenCache):
@@ -133,7 +140,10 @@ class OidcClient:
             result = self._redeem_once(self._application(), flow, code, state)
             if _invalid_client(result):
                 result = self._redeem_once(self._application(refresh_credential=True), flow, code, state)
-        if "error" in result:
+        if _invalid_client(result):
+            raise ClientCredentialRejected(f"token endpoint: {result.get('error')} {result.get('error_codes') or ''}",
+                                           hint=hint_for(result.get("error_codes"), result.get("error_description")))
+        if "error" in result:  # the code (invalid_grant: expired, used, forged...): the person's, not ours
             raise RedemptionFailed(f"token endpoint: {result.get('error')} {result.get('error_codes') or ''}",
                                    hint=hint_for(result.get("error_codes"), result.get("error_description")))
         if not result.get("id_token"):
@@ -143,13 +153,16 @@ class OidcClient:
     @staticmethod
     def _redeem_once(app, flow: dict, code: str, state: str) -> dict:
         try:
-            return app.acquire_token_by_auth_code_flow(dict(flow), {"code": code, "state": state})
+            result = app.acquire_token_by_auth_code_flow(dict(flow), {"code": code, "state": state})
         except RuntimeError as exc:  # MSAL's nonce check; its message holds claims, so it is not logged
             raise InvalidIdToken("nonce", "MSAL: nonce in the ID token does not match this login") from exc
         except requests.RequestException as exc:
             raise DependencyUnavailable("idp", f"token endpoint: {type(exc).__name__}") from exc
         except ValueError as exc:
             raise RedemptionFailed("MSAL refused the authorization response") from exc
+        if not isinstance(result, dict):
+            raise RedemptionFailed("token endpoint answered JSON that is not an object")
+        return result
 
     def logout_url(self, end_session_endpoint: str, post_logout_redirect_uri: str) -> str:
         from urllib.parse import urlencode
@@ -160,4 +173,7 @@ class OidcClient:
 
 
 def _invalid_client(result: dict) -> bool:
-    return result.get("error") == "invalid_client" or bool(INVALID_CLIENT_CODES & set(result.get("error_codes") or []))
+    """The IdP refused our client credential, not the code (RFC 6749 5.2)."""
+    codes, error = result.get("error_codes"), result.get("error")
+    return (isinstance(error, str) and error in CLIENT_ERRORS) or bool(
+        isinstance(codes, list) and INVALID_CLIENT_CODES & {c for c in codes if isinstance(c, int)})

@@ -26,6 +26,7 @@ from azure.data.tables import UpdateMode
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from shared import diagnostics
 from shared.errors import UnknownState
 from shared.flows import FlowStore, new_binding
 from shared.jwks import JwksCache
@@ -279,10 +280,26 @@ def test_invalid_client_secret_is_401_with_the_aadsts_hint(hostile, use_settings
     runtime = switch_to(hostile, use_settings, OIDC_CLIENT_SECRET="the-secret-id-not-its-value")
     hostile.answer(claims=person.claims)
     response = sign_in(hostile)
-    assert_error_page(response, 401, runtime, "code_redemption_failed")
+    assert_error_page(response, 401, runtime, "client_credential_rejected")
     assert "AADSTS7000215" in response.text and "The client secret is wrong" in response.text
+    assert "misconfigured" in response.text and "Trying again will not help" in response.text
     # The app re-reads the secret once (it may have been rotated) and retries, then gives up.
     assert len(hostile.token_requests) == 2
+    (last_user,) = [c for c in diagnostics.last_sign_ins(runtime) if c.name == "last_user"]
+    assert last_user.level == "fail" and "client secret" in last_user.fix, "our credential: a problem of ours"
+
+
+def test_a_bogus_code_from_an_anonymous_caller_is_the_callers_401_not_our_problem(hostile, app):
+    """Issue 13 item 9: anyone can start a login and post a made-up code. The IdP answers invalid_grant:
+    that caller's 401, not a red setup page telling the admin to check the client secret."""
+    session, fields = begin(hostile)
+    response = post_callback(session, {**fields, "code": "made-up-code"})
+    assert_error_page(response, 401, app, "code_redemption_failed")
+    assert "misconfigured" not in response.text
+    (last_user,) = [c for c in diagnostics.last_sign_ins(app) if c.name == "last_user"]
+    assert last_user.data["reason"] == "code_redemption_failed"
+    assert last_user.level != "fail", f"a caller's bogus code is not our problem: {last_user}"
+    assert "client secret" not in f"{last_user.fix} {last_user.warning}"
 
 
 def test_scripted_token_error_is_401(hostile, app, person):
