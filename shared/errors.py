@@ -216,6 +216,18 @@ class ConfigurationError(SsoError):
         self.shown = "\n".join(map(str, self.problems))
 
 
+class IdpMetadataInvalid(ConfigurationError):
+    """The IdP's discovery document is not one we can use safely (only `none`/HS256 for ID tokens, an
+    issuer that is not the one asked, endpoints that are not https): the IdP's fault, or the wrong
+    IdP; no setting of ours makes it safe. 502: an upstream answered with something unusable."""
+
+    status = 502
+    reason = "idp_metadata_invalid"
+    title = "The identity provider is misconfigured"
+    message = ("The identity provider's metadata cannot be used safely, so no one can sign in until the identity "
+               "provider (or the issuer address it is reached at) is fixed. Details for the administrator:")
+
+
 class InternalError(SsoError):
     """A bug of ours. The traceback goes to the log; the page shows only the correlation id."""
 

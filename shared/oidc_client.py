@@ -1,15 +1,18 @@
 """The authorization-code flow, through MSAL: start it, and redeem the code (with PKCE and nonce).
 
-One ConfidentialClientApplication per worker (each one does a discovery GET when built), rebuilt only
-when the client credential changes. MSAL does not validate the ID token: `id_token.py` does."""
+One ConfidentialClientApplication per worker, rebuilt only when the client credential changes; its
+discovery GET is answered from the metadata the worker already fetched. MSAL does not validate the
+ID token: `id_token.py` does."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import threading
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import quote_plus, urlsplit
 
 import msal
 import requests
@@ -25,6 +28,9 @@ from .errors import (
     RedemptionFailed,
 )
 from .vault import CachedSecret, DerivedFromSecret, SecretValue
+
+if TYPE_CHECKING:
+    from .provider import ProviderMetadata
 
 SCOPES = ["email"]  # MSAL adds openid, profile and offline_access itself
 INVALID_CLIENT_CODES = {7000215, 7000222, 7000216, 700016, 700027}
@@ -63,24 +69,43 @@ def msal_client_credential(secret: SecretValue, *, certificate: bool):
 
 
 
-class _GatedHttpClient:
-    """MSAL's http_client: the IdP session, with an optional gate run on this thread just before a
-    POST goes out (the token request). The login starts the flow's single-use delete, lets MSAL
-    prepare the token request meanwhile, and only lets the code go to the IdP once the delete has
-    won: a replayed callback never reaches the token endpoint."""
+class _IdpHttpClient:
+    """MSAL's http_client: the IdP session, with three things MSAL cannot do itself.
+    - Discovery: MSAL GETs the IdP's metadata document when it is built; the one we fetched and
+      checked (provider.py) answers it, so a worker asks the IdP once, not twice.
+    - Client authentication: MSAL always puts the client secret in the token request's body; an
+      IdP that takes only `client_secret_basic` (its `token_endpoint_auth_methods_supported`) gets it
+      in an Authorization: Basic header instead, form-encoded first as RFC 6749 2.3.1 says.
+    - A gate run on this thread just before a POST goes out (the token request). The login starts
+      the flow's single-use delete, lets MSAL prepare the token request meanwhile, and only lets the
+      code go to the IdP once the delete has won: a replayed callback never reaches the token
+      endpoint."""
 
-    def __init__(self, session: requests.Session):
+    def __init__(self, session: requests.Session, metadata: Callable[[], ProviderMetadata] | None = None):
         self._session = session
+        self._metadata = metadata
         self._local = threading.local()
 
-    def get(self, *args, **kwargs):
-        return self._session.get(*args, **kwargs)
+    def get(self, url, *args, **kwargs):
+        metadata = self._metadata() if self._metadata is not None else None
+        if metadata is not None and metadata.document and _without_query(url) == _without_query(
+                metadata.discovered_from) and not kwargs.get("params"):
+            return _answer(url, metadata.document)
+        return self._session.get(url, *args, **kwargs)
 
-    def post(self, *args, **kwargs):
+    def post(self, url, *args, data=None, headers=None, **kwargs):
         gate = getattr(self._local, "gate", None)
         if gate is not None:
             gate()  # raises when the request must not go out
-        return self._session.post(*args, **kwargs)
+        metadata = self._metadata() if self._metadata is not None else None
+        if (metadata is not None and metadata.secret_in_basic_auth and url == metadata.token_endpoint
+                and isinstance(data, dict) and "client_secret" in data):
+            data = dict(data)
+            secret = data.pop("client_secret")
+            client_id = data.get("client_id", "")
+            headers = {**(headers or {}), "Authorization": "Basic " + base64.b64encode(
+                f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()).decode("ascii")}
+        return self._session.post(url, *args, data=data, headers=headers, **kwargs)
 
     def close(self):
         return self._session.close()
@@ -94,13 +119,26 @@ class _GatedHttpClient:
             self._local.gate = None
 
 
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0].rstrip("/")
+
+
+def _answer(url: str, text: str) -> requests.Response:
+    """A 200 answer to `url` holding `text` (JSON), as `requests` would have built it."""
+    response = requests.Response()
+    response.status_code, response.url, response.encoding = 200, url, "utf-8"
+    response.headers["Content-Type"] = "application/json"
+    response._content = text.encode("utf-8")
+    return response
+
+
 class OidcClient:
     def __init__(self, *, client_id: str, authority: str, credential: CachedSecret, certificate: bool,
-                 session: requests.Session):
+                 session: requests.Session, metadata: Callable[[], ProviderMetadata] | None = None):
         self.client_id = client_id
         self.authority = authority
         self._certificate = certificate
-        self._http = _GatedHttpClient(session)
+        self._http = _IdpHttpClient(session, metadata)
         self._app = DerivedFromSecret(credential, self._build)
 
     def _application(self, *, refresh_credential: bool = False) -> msal.ConfidentialClientApplication:

@@ -308,6 +308,69 @@ def test_scripted_token_error_is_401(hostile, app, person):
     assert_error_page(sign_in(hostile), 401, app, "code_redemption_failed")
 
 
+# ---- what a worker asks of the IdP (issue 15: discovery once per worker)
+
+
+def idp_calls(hostile) -> dict[str, int]:
+    """The IdP's requests by target, as it received them."""
+    names = {"/.well-known/openid-configuration": "discovery", "/keys": "jwks", "/token": "token",
+             "/authorize": "authorize"}
+    counts: dict[str, int] = {}
+    for _, path in hostile.requests:
+        name = next((n for suffix, n in names.items() if path.endswith(suffix)), path)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_a_fresh_worker_asks_the_idp_for_its_metadata_and_keys_once(hostile, app, account_store):
+    """MSAL's own discovery GET is answered from the metadata the worker fetched and checked."""
+    first, second = new_person(account_store), new_person(account_store)
+    for who in (first, second):
+        hostile.answer(claims=who.claims)
+        assert_signed_in(sign_in(hostile), who)
+    assert idp_calls(hostile) == {"discovery": 1, "jwks": 1, "authorize": 2, "token": 2}, hostile.requests
+
+
+# ---- client authentication at the token endpoint (conformance: client_secret_basic)
+
+
+def test_an_idp_that_takes_only_client_secret_basic_gets_the_secret_in_a_basic_header(hostile, app, person):
+    hostile.token_auth_methods = ["client_secret_basic"]  # before the app's first request: it discovers lazily
+    hostile.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile), person)
+    (request,) = hostile.token_requests
+    assert request.get("authorization") == "Basic" and "client_secret" not in request, "never both, never the body"
+
+
+def test_an_idp_that_takes_client_secret_post_gets_it_in_the_body(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile), person)
+    (request,) = hostile.token_requests
+    assert "authorization" not in request and request["client_secret"] == CLIENT_SECRET
+
+
+# ---- discovery metadata that is the IdP's fault: a page naming the IdP, not our settings
+
+
+@pytest.mark.parametrize("overrides", [
+    pytest.param({"id_token_signing_alg_values_supported": ["none"]}, id="alg-none-only"),
+    pytest.param({"id_token_signing_alg_values_supported": ["HS256"]}, id="hs256-only"),
+    pytest.param({"id_token_signing_alg_values_supported": ["HS256", 256, None]}, id="hs256-and-non-strings"),
+    pytest.param({"issuer": f"https://127.0.0.1:1/{TENANT}/v2.0"}, id="issuer-mismatch"),
+    pytest.param({"issuer": ["x"]}, id="issuer-not-text"),
+    pytest.param({"token_endpoint": "http://127.0.0.1:1/token"}, id="token-endpoint-http"),
+    pytest.param({"jwks_uri": None}, id="no-jwks-uri"),
+])  # fmt: skip
+def test_unusable_discovery_metadata_is_a_page_naming_the_idp(hostile, app, overrides):
+    hostile.metadata_overrides = overrides
+    response = start_login(requests.Session(), APP_BASE, "user")
+    assert response.status_code == 502, response.text[:500]
+    assert "The identity provider is misconfigured" in response.text
+    assert "Sign-in is not configured" not in response.text and "OIDC_" not in response.text
+    assert "<code>idp_metadata_invalid</code>" in response.text and hostile.origin in response.text
+    assert "Location" not in response.headers
+
+
 # ---- the JWKS cache
 
 
