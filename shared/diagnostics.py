@@ -3,7 +3,8 @@
 (`GET /api/health`).
 
 Cheap by design: the IdP's metadata, the secrets and the signing key come from the runtime's caches
-(read once, then reused), the token endpoint is never called, and tables cost one round trip. No
+(read once, then reused), the token endpoint is asked only whether it accepts our credential (one
+client-credentials request per worker every few minutes at most), and tables cost one round trip. No
 secret value is ever put in a check: secrets are named, and described by version and expiry only."""
 
 from __future__ import annotations
@@ -137,7 +138,30 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
     title = "Client certificate" if certificate else "Client secret"
 
     def probe() -> Check:
-        return _stale(runtime.cached_client_credential, describe(runtime.cached_client_credential.get()))
+        check = describe(runtime.cached_client_credential.get())
+        return _stale(runtime.cached_client_credential, _asked_idp(check) if check.ok else check)
+
+    def _asked_idp(check: Check) -> Check:
+        """The IdP's own word on the credential (cached and rate-limited by the OIDC client)."""
+        try:
+            verdict = runtime.oidc.credential_check()
+        except SsoError as err:  # the IdP's metadata: its own check says why
+            check.data["accepted_by_idp"] = None
+            check.warning = f"not verified with the IdP: {err.reason}"
+            return check
+        check.data["accepted_by_idp"] = verdict.accepted
+        if verdict.accepted is False:
+            return Check("client_secret", title, False, f"{check.detail}; {verdict.detail}",
+                         f"The IdP refuses the {what}: create a new one under Certificates & secrets and store it "
+                         "in Key Vault as a new version (with its expiry date); the app picks it up within "
+                         "minutes, no restart." + (f" {verdict.hint}" if verdict.hint else ""),
+                         aadsts=(7000215, 7000222, 700016), data=check.data)
+        if verdict.accepted is None:
+            note = f"not verified with the IdP: {verdict.detail}"
+            check.warning = f"{check.warning}; {note}" if check.warning else note
+        else:
+            check.detail += "; accepted by the IdP"
+        return check
 
     def describe(secret) -> Check:
         if secret.source == "key vault":

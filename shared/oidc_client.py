@@ -10,7 +10,9 @@ import base64
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote_plus, urlsplit
 
@@ -26,6 +28,7 @@ from .errors import (
     DependencyUnavailable,
     InvalidIdToken,
     RedemptionFailed,
+    SsoError,
 )
 from .vault import CachedSecret, DerivedFromSecret, SecretValue
 
@@ -132,13 +135,32 @@ def _answer(url: str, text: str) -> requests.Response:
     return response
 
 
+CREDENTIAL_CHECK_SECONDS = 600  # an accepted credential is asked about again after this
+CREDENTIAL_RECHECK_SECONDS = 60  # a refused or unanswered one, sooner: the admin is fixing it
+
+
+@dataclass(frozen=True)
+class CredentialCheck:
+    """The IdP's word on our client credential: `accepted` True, False (it refuses it), or None (no
+    answer that says either way); `at` is this worker's monotonic clock."""
+
+    accepted: bool | None
+    detail: str
+    at: float
+    hint: str | None = None
+
+
 class OidcClient:
     def __init__(self, *, client_id: str, authority: str, credential: CachedSecret, certificate: bool,
-                 session: requests.Session, metadata: Callable[[], ProviderMetadata] | None = None):
+                 session: requests.Session, metadata: Callable[[], ProviderMetadata] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.client_id = client_id
         self.authority = authority
         self._certificate = certificate
         self._http = _IdpHttpClient(session, metadata)
+        self._check_lock = threading.Lock()
+        self._last_check: CredentialCheck | None = None
+        self._clock = clock
         self._app = DerivedFromSecret(credential, self._build)
 
     def _application(self, *, refresh_credential: bool = False) -> msal.ConfidentialClientApplication:
@@ -201,6 +223,41 @@ class OidcClient:
         if not isinstance(result, dict):
             raise RedemptionFailed("token endpoint answered JSON that is not an object")
         return result
+
+    def credential_check(self) -> CredentialCheck:
+        """Whether the IdP accepts our client credential, asked with a client-credentials token request
+        (a token for this app itself, scope `{client_id}/.default`) so that health and the setup page
+        see a wrong or expired secret before a person does. For them only, never on the login path;
+        one request at a time, its answer reused for CREDENTIAL_CHECK_SECONDS (a refusal or no answer
+        for CREDENTIAL_RECHECK_SECONDS, so a fix shows soon), whatever the number of probes."""
+        with self._check_lock:
+            now = self._clock()
+            last = self._last_check
+            if last is not None and now - last.at < (CREDENTIAL_CHECK_SECONDS if last.accepted
+                                                     else CREDENTIAL_RECHECK_SECONDS):
+                return last
+            self._last_check = self._ask_idp(now)
+            return self._last_check
+
+    def _ask_idp(self, now: float) -> CredentialCheck:
+        scopes = [f"{self.client_id}/.default"]
+        try:
+            result = self._application().acquire_token_for_client(scopes)
+            if _invalid_client(result):  # rotated in Key Vault meanwhile? read it again, once
+                result = self._application(refresh_credential=True).acquire_token_for_client(scopes)
+        except requests.RequestException as exc:
+            return CredentialCheck(None, f"the token endpoint could not be reached ({type(exc).__name__})", now)
+        except SsoError as exc:  # the secret or the IdP's metadata could not be had: said by their own checks
+            return CredentialCheck(None, f"not asked: {exc.detail[:200]}", now)
+        if not isinstance(result, dict):
+            return CredentialCheck(None, "the token endpoint answered JSON that is not an object", now)
+        if result.get("access_token"):
+            return CredentialCheck(True, "the IdP issued a client-credentials token", now)
+        error = f"{str(result.get('error'))[:60]} {result.get('error_codes') or ''}".strip()
+        hint = hint_for(result.get("error_codes"), result.get("error_description"))
+        if _invalid_client(result):
+            return CredentialCheck(False, f"the IdP refuses it: {error}", now, hint)
+        return CredentialCheck(None, f"the IdP answered {error}, which does not say", now, hint)
 
     def logout_url(self, end_session_endpoint: str, post_logout_redirect_uri: str) -> str:
         from urllib.parse import urlencode
