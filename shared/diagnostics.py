@@ -37,8 +37,13 @@ REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
                                "this app's): the person starts again; nothing to fix unless it repeats.", ()),
     "idp_error": ("The IdP refused the sign-in; its AADSTS code names the fix.", (50011, 50105, 65001, 50020)),
     "tenant_not_allowed": ("Add the person's tenant to ALLOWED_TENANT_IDS if they should enter.", ()),
-    "email_unverified": ("Entra marks this person's email as unverified (xms_edov false): use a verified "
-                         "domain for their email.", ()),
+    "email_unverified": ("The token did not say the email is verified: add the 'xms_edov' optional claim (ID "
+                         "token) under Token configuration (scripts/register-app does), and give the person an "
+                         "email on a verified domain; or set REQUIRE_EMAIL_VERIFIED_CLAIM=false to accept tokens "
+                         "that carry no verification claim at all.", ()),
+    "role_not_assigned": ("APP_ROLES_REQUIRED is on and the person lacks the door's app role (Portal.User or "
+                          "Portal.Agent): assign it with scripts/register-app assign, or under Enterprise "
+                          "applications > the app > Users and groups.", ()),
 }
 
 
