@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -108,7 +109,10 @@ class _IdpHttpClient:
             client_id = data.get("client_id", "")
             headers = {**(headers or {}), "Authorization": "Basic " + base64.b64encode(
                 f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()).decode("ascii")}
-        return self._session.post(url, *args, data=data, headers=headers, **kwargs)
+        response = self._session.post(url, *args, data=data, headers=headers, **kwargs)
+        if metadata is not None and url == metadata.token_endpoint:
+            _check_msal_can_read(response)
+        return response
 
     def close(self):
         return self._session.close()
@@ -120,6 +124,27 @@ class _IdpHttpClient:
             yield
         finally:
             self._local.gate = None
+
+
+def _check_msal_can_read(response: requests.Response) -> None:
+    """MSAL decodes the ID token's payload before we validate anything, and a payload that is not a
+    JSON object (or a token with no dots) crashes it. Such a token is refused here, as ours to name."""
+    if response.status_code != 200:
+        return
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return  # MSAL says the token endpoint's answer is not JSON
+    token = body.get("id_token") if isinstance(body, dict) else None
+    if token is None:
+        return
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (AttributeError, IndexError, ValueError, RecursionError, TypeError) as exc:
+        raise InvalidIdToken("format", "the token endpoint's ID token is not a JWS with a JSON payload") from exc
+    if not isinstance(claims, dict):
+        raise InvalidIdToken("format", "the ID token's payload is not a JSON object")
 
 
 def _without_query(url: str) -> str:
