@@ -135,8 +135,9 @@ FORGED = [
                  id="signature-not-base64url"),
     # MSAL reads the payload before us and crashed (a 500) on these: refused as format.
     *[pytest.param(lambda idp, bad=bad: {"mangle": lambda t: bad}, "id_token_format", id=f"token-{name}")
-      for name, bad in (("no-dots", "abc"), ("empty", ""), ("payload-a-list", "e30.W10.e30"), ("payload-null", "e30.bnVsbA.e30"),
-                        ("payload-a-string", "e30.IjEi.x"), ("payload-not-base64", "e30.!!!.x"))],
+      for name, bad in (("no-dots", "abc"), ("empty", ""), ("payload-a-list", "e30.W10.e30"),
+                        ("payload-null", "e30.bnVsbA.e30"), ("payload-a-string", "e30.IjEi.x"),
+                        ("payload-not-base64", "e30.!!!.x"))],
 ]
 
 
