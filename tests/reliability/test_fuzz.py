@@ -191,3 +191,18 @@ def test_any_json_in_the_id_tokens_claims(token_fuzz, claims):
     if response.status_code == 200:  # random JSON never equals the one value (or absence) these allow
         changed = set(claims) & {"iss", "aud", "nonce", "tid", "oid", "email", "exp", "iat"}
         assert not changed, f"a token with a changed {changed} must not sign anyone in"
+
+
+@settings(TOKEN_FUZZ, max_examples=50)
+@example(payload=[], header={"alg": "RS256"})  # payloads MSAL crashed on (issue 13 item 14)
+@example(payload=None, header={"alg": "RS256"})
+@given(payload=json_value, header=json_value)
+def test_any_json_as_the_id_tokens_whole_header_or_payload(token_fuzz, payload, header):
+    import base64
+    import json
+
+    def part(value) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    response = _sign_in_with(token_fuzz, mangle=lambda token: f"{part(header)}.{part(payload)}.{token.rsplit('.')[-1]}")
+    assert response.status_code == 401, "no such token verifies"
