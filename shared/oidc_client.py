@@ -274,6 +274,8 @@ class OidcClient:
             return CredentialCheck(None, f"the token endpoint could not be reached ({type(exc).__name__})", now)
         except SsoError as exc:  # the secret or the IdP's metadata could not be had: said by their own checks
             return CredentialCheck(None, f"not asked: {exc.detail[:200]}", now)
+        except ValueError:  # MSAL: the token endpoint's answer is not JSON
+            return CredentialCheck(None, "the token endpoint's answer is not JSON", now)
         if not isinstance(result, dict):
             return CredentialCheck(None, "the token endpoint answered JSON that is not an object", now)
         if result.get("access_token"):
