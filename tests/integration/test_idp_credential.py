@@ -8,9 +8,15 @@ from __future__ import annotations
 import pytest
 import requests
 
+from shared.oidc_client import CREDENTIAL_CHECK_SECONDS, CREDENTIAL_RECHECK_SECONDS, OidcClient
+from shared.provider import discover
+from shared.transport import IdpSession
+from shared.vault import CachedSecret, SecretValue
 from tests.conftest import APP_BASE, CLIENT_ID, CLIENT_SECRET, DEMO_USER, IDP_TENANT, REDIRECT_URIS
 from tests.support.hostile_flow import new_person, switch_to
 from tests.support.hostile_flow import sign_in as hostile_sign_in
+from tests.support.hostile_idp import CLIENT_ID as HOSTILE_CLIENT_ID
+from tests.support.hostile_idp import CLIENT_SECRET as HOSTILE_CLIENT_SECRET
 from tests.support.portal import delivered, sign_in
 from tools.stack import free_port, idp_config, start_idp
 
@@ -99,3 +105,30 @@ def test_sign_in_and_the_credential_check_work_with_a_basic_only_idp(basic_only_
     assert response.status_code == 200, response.text[:600]
     assert delivered(response)[1]["session_token"]
     assert health()[1]["accepted_by_idp"] is True
+
+
+def test_the_credential_is_asked_again_after_ten_minutes_and_a_refusal_after_one(hostile, test_ca):
+    """OidcClient's own clock, moved by hand; the IdP is the hostile one, over real HTTPS."""
+    hostile.reset()
+    now = [1000.0]
+    secret = ["wrong"]
+    reader = type("Reader", (), {"read": lambda self, name: SecretValue(secret[0], None, None, "test")})()
+    metadata = discover(f"{hostile.issuer}/.well-known/openid-configuration", hostile.issuer, IdpSession(10),
+                        multi_tenant=False)
+    client = OidcClient(client_id=HOSTILE_CLIENT_ID, authority=hostile.issuer, certificate=False,
+                        credential=CachedSecret(reader, "s", 0), session=IdpSession(10),
+                        metadata=lambda: metadata, clock=lambda: now[0])
+
+    def asked() -> int:
+        return sum(r.get("grant_type") == "client_credentials" for r in hostile.token_requests)
+
+    assert client.credential_check().accepted is False and asked() == 2  # refused, re-read, refused again
+    now[0] += CREDENTIAL_RECHECK_SECONDS - 1
+    assert client.credential_check().accepted is False and asked() == 2, "a refusal is reused for a minute"
+    secret[0] = HOSTILE_CLIENT_SECRET  # the admin stores the right one
+    now[0] += 1
+    assert client.credential_check().accepted is True and asked() == 3, "then asked again: the fix shows"
+    now[0] += CREDENTIAL_CHECK_SECONDS - 1
+    assert client.credential_check().accepted is True and asked() == 3, "an acceptance is reused for ten minutes"
+    now[0] += 1
+    assert client.credential_check().accepted is True and asked() == 4
