@@ -20,7 +20,7 @@ from cryptography import x509
 from . import pages
 from .aadsts import HINTS
 from .config import KINDS, SETTINGS_TABLE, SettingInfo, Settings, public_base_url, redirect_uri, valid_public_base
-from .errors import ConfigurationError, DependencyUnavailable, Problem, SsoError
+from .errors import ConfigurationError, DependencyUnavailable, IdpMetadataInvalid, Problem, SsoError
 
 log = logging.getLogger("portal_sso.diagnostics")
 
@@ -115,9 +115,16 @@ def check_idp_metadata(runtime) -> Check:
                      f"issuer {metadata.issuer}, read from {metadata.discovered_from}",
                      data={"issuer": metadata.issuer, "discovered_from": metadata.discovered_from})
 
-    return _run("idp_metadata", "Identity provider metadata", probe,
-                "Set OIDC_ISSUER_URL to the app registration's 'OpenID Connect metadata document' URL "
-                "(Overview > Endpoints), and check the app can reach it.")
+    try:
+        return probe()
+    except IdpMetadataInvalid as err:  # the IdP's own fault: no setting of ours fixes it
+        return _failure("idp_metadata", "Identity provider metadata", err,
+                        "The identity provider must publish safe metadata (its issuer, https:// endpoints, "
+                        "RS256/ES256 ID tokens); if OIDC_ISSUER_URL names another provider than yours, fix it.")
+    except Exception as exc:  # a check reports; it never breaks the page
+        return _failure("idp_metadata", "Identity provider metadata", exc,
+                        "Set OIDC_ISSUER_URL to the app registration's 'OpenID Connect metadata document' URL "
+                        "(Overview > Endpoints), and check the app can reach it.")
 
 
 def _certificate_expiry(pem: str) -> datetime | None:

@@ -374,6 +374,8 @@ def test_unusable_discovery_metadata_is_a_page_naming_the_idp(hostile, app, over
     assert "Sign-in is not configured" not in response.text and "OIDC_" not in response.text
     assert "<code>idp_metadata_invalid</code>" in response.text and hostile.origin in response.text
     assert "Location" not in response.headers
+    (check,) = [c for c in diagnostics.health_checks(app)[1] if c.name == "idp_metadata"]
+    assert check.level == "fail" and "identity provider must publish safe metadata" in check.fix
 
 
 # ---- the JWKS cache
