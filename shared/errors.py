@@ -88,6 +88,16 @@ class RedemptionFailed(SsoError):
     message = "The identity provider did not accept this sign-in. Please start again from the portal."
 
 
+class ClientCredentialRejected(RedemptionFailed):
+    """The IdP refused our own client credential (invalid_client, unauthorized_client): our problem,
+    which no retry by the person fixes."""
+
+    reason = "client_credential_rejected"
+    title = "Sign-in is misconfigured"
+    message = ("Sign-in to the portal is misconfigured: the identity provider does not accept the portal's own "
+               "credentials. Trying again will not help. Please tell your portal administrator, quoting the ID below.")
+
+
 class InvalidIdToken(SsoError):
     status = 401
     message = "The identity provider's answer could not be verified. Please start again from the portal."
@@ -141,6 +151,23 @@ class EmailUnverified(Forbidden):
     message = "Your identity provider says your email address is not verified, so it cannot be used to sign in."
 
 
+class RoleNotAssigned(Forbidden):
+    reason = "role_not_assigned"
+
+    def __init__(self, detail: str = "", *, kind: str, role: str):
+        super().__init__(detail, hint=(
+            f"An administrator assigns the app role {role} to you (or to a group of yours): "
+            f"scripts/register-app --resource-group RG --app APP assign --kind {kind} --user <your sign-in name>, "
+            f"or in Entra ID > Enterprise applications > the app > Users and groups > Add user/group, role {role}. "
+            "Then sign in again."))
+        self.message = (f"You are signed in, but you have not been given access to the portal as {_a(kind)} "
+                        f"(the app role {role} is not assigned to you).")
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
 class IdentityMismatch(Forbidden):
     reason = "identity_mismatch"
     message = ("This portal account is linked to another person's identity. "
@@ -187,6 +214,18 @@ class ConfigurationError(SsoError):
         self.problems = [p if isinstance(p, Problem) else Problem("", p) for p in problems]
         super().__init__("; ".join(map(str, self.problems)))
         self.shown = "\n".join(map(str, self.problems))
+
+
+class IdpMetadataInvalid(ConfigurationError):
+    """The IdP's discovery document is not one we can use safely (only `none`/HS256 for ID tokens, an
+    issuer that is not the one asked, endpoints that are not https): the IdP's fault, or the wrong
+    IdP; no setting of ours makes it safe. 502: an upstream answered with something unusable."""
+
+    status = 502
+    reason = "idp_metadata_invalid"
+    title = "The identity provider is misconfigured"
+    message = ("The identity provider's metadata cannot be used safely, so no one can sign in until the identity "
+               "provider (or the issuer address it is reached at) is fixed. Details for the administrator:")
 
 
 class InternalError(SsoError):
