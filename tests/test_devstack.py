@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -322,11 +324,16 @@ class MakeRun:
         session.verify = str(self.state / "ca" / "ca.pem")
         return session
 
-    def accounts_cli(self, *args: str) -> subprocess.CompletedProcess:
-        """The accounts CLI as an operator runs it: from the directory of local.settings.json, nothing else."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TABLES_")}
-        return subprocess.run([sys.executable, "-m", "tools.accounts", *args], cwd=self.home, text=True,
-                              capture_output=True, timeout=60, env={**env, "PYTHONPATH": str(ROOT)})
+    def accounts_cli(self, *args: str) -> tuple[int, str, str]:
+        """The accounts CLI as an operator runs it, with no storage setting in the environment: it finds
+        make run's local.settings.json where it looks (the project root; here the test's directory)."""
+        from tools import accounts
+
+        out, err = io.StringIO(), io.StringIO()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("TABLES_")}
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = accounts.main(list(args), environ=environ, app_dir=self.home)
+        return code, out.getvalue(), err.getvalue()
 
 
 DEV_USER = {"login": "user@contoso.test", "password": "user"}
@@ -339,10 +346,10 @@ def test_make_run_leaves_settings_for_the_cli_keeps_its_data_and_lets_the_enviro
         values = json.loads(run.settings_file.read_text())["Values"]
         assert "AccountKey=" in values["TABLES_CONNECTION_STRING"], "the CLI gets Azurite's key"
         assert '"seeded": ["user@contoso.test (user U-1001)", "agent@contoso.test (agent A-2001)"]' in run.text
-        listed = run.accounts_cli("list")
-        assert listed.returncode == 0 and "user@contoso.test" in listed.stdout, listed.stderr
-        added = run.accounts_cli("add", "kept@contoso.test", "--kind", "user", "--account-id", "U-7")
-        assert added.returncode == 0, added.stderr
+        code, out, err = run.accounts_cli("list")
+        assert code == 0 and "user@contoso.test" in out, err
+        code, _, err = run.accounts_cli("add", "kept@contoso.test", "--kind", "user", "--account-id", "U-7")
+        assert code == 0, err
         with run.browser() as browser:
             assert sign_in(browser, run.base, "user", DEV_USER).status_code == 200, "the stack signs in"
     assert (tmp_path / "state" / "azurite").is_dir(), "Azurite's data is kept in the state directory"
@@ -352,7 +359,7 @@ def test_make_run_leaves_settings_for_the_cli_keeps_its_data_and_lets_the_enviro
     with MakeRun(tmp_path, OIDC_CLIENT_SECRET="wrong") as run:
         assert '"seeded": []' in run.text, "the demo accounts were kept, not written again"
         assert "From your environment (it wins over local.settings.json): OIDC_CLIENT_SECRET" in run.text
-        assert "kept@contoso.test" in run.accounts_cli("list").stdout, "accounts survive a restart"
+        assert "kept@contoso.test" in run.accounts_cli("list")[1], "accounts survive a restart"
         with run.browser() as browser:
             assert sign_in(browser, run.base, "user", DEV_USER).status_code == 401
 
