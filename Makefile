@@ -51,6 +51,7 @@ $(WORKER_STAMP):
 
 deploy-deps: az-cli worker-venv
 
+# `make run SCENARIO=wrong-secret|no-email-claim|wrong-tenant|no-role` sets up an admin's mistake (tools/dev.py).
 run: setup
 	$(PY) -m tools.dev
 

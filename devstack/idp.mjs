@@ -6,7 +6,9 @@
 // mounted under /{tenant}/v2.0 so that the issuer is https://{host}:{port}/{tenant}/v2.0 like
 // Entra's. It has its own login page (no devInteractions), grants consent silently (as Entra does
 // for an admin-consented app), RP-initiated logout, RS256 ID tokens with email, name,
-// preferred_username, oid, tid (and any extra claim a person has, e.g. xms_edov).
+// preferred_username, oid, tid (and any extra claim a person has, e.g. xms_edov or roles).
+// prompt=select_account shows the login page even with a session, as Entra's account picker lets a
+// person choose another account.
 //
 // When listening it prints exactly one line to stdout: READY {"issuer": "..."}.
 // It logs nothing secret (no passwords, codes or tokens).
@@ -16,7 +18,7 @@ import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import process from 'node:process';
 
-import Provider from 'oidc-provider';
+import Provider, { interactionPolicy } from 'oidc-provider';
 
 const configPath = process.argv[2];
 if (!configPath) {
@@ -143,6 +145,10 @@ async function renderError(ctx, out) {
 }
 
 // ---- provider -------------------------------------------------------------------------------
+// Entra's prompts: login, consent, and select_account (requestable: a person picks another account).
+const policy = interactionPolicy.base();
+policy.add(new interactionPolicy.Prompt({ name: 'select_account', requestable: true }));
+
 const provider = new Provider(issuer, {
   clients,
   // How clients may authenticate at the token endpoint (discovery's
@@ -166,6 +172,7 @@ const provider = new Provider(issuer, {
     };
   },
   interactions: {
+    policy,
     url: (ctx, interaction) => `${mount}/interaction/${interaction.uid}`,
   },
   features: {
@@ -250,8 +257,9 @@ async function handleInteraction(req, res, path) {
   if (details.uid !== uid) throw new Error('interaction mismatch');
   const { prompt, params } = details;
 
+  const choosing = prompt.name === 'select_account';
   if (!loginAction && req.method === 'GET') {
-    if (prompt.name === 'login') {
+    if (prompt.name === 'login' || choosing) {
       send(res, 200, loginPage(uid, { clientId: params.client_id }));
     } else if (prompt.name === 'consent') {
       await grantConsent(req, res, details);
@@ -261,7 +269,7 @@ async function handleInteraction(req, res, path) {
     return true;
   }
   if (loginAction && req.method === 'POST') {
-    if (prompt.name !== 'login') {
+    if (prompt.name !== 'login' && !choosing) {
       send(res, 400, page('Sign-in error', '<p>This sign-in step is already done.</p>'));
       return true;
     }
@@ -274,8 +282,11 @@ async function handleInteraction(req, res, path) {
       }));
       return true;
     }
+    // Signing in here also answers a select_account prompt: the person chose this account.
+    const chose = String(params.prompt || '').split(' ').includes('select_account');
     await provider.interactionFinished(req, res, {
       login: { accountId: person.sub, amr: ['pwd'] },
+      ...(chose ? { select_account: {} } : {}),
     }, { mergeWithLastSubmission: false });
     return true;
   }

@@ -9,8 +9,8 @@ import uuid
 import azure.functions as func
 
 from shared import pages
-from shared.config import public_base_url
-from shared.errors import InternalError, MethodNotAllowed, SsoError
+from shared.config import KINDS, portal_homes, public_base_url
+from shared.errors import ConfigurationError, InternalError, MethodNotAllowed, NotFound, SsoError
 from shared.runtime import get_runtime
 
 log = logging.getLogger("portal_sso")
@@ -42,16 +42,34 @@ def to_response(reply: pages.Reply) -> func.HttpResponse:
     return response
 
 
+def home_urls() -> dict[str, str]:
+    """Each kind's portal home, the way back from a page of no kind; none while the settings do not load."""
+    try:
+        runtime = get_runtime()
+        try:
+            settings = runtime.settings
+        except ConfigurationError:  # the portal's own settings may still be fine
+            return portal_homes(runtime.env)
+    except Exception:  # a page about a failure must not fail in its turn
+        return {}
+    return {kind: settings.home_url(kind) for kind in KINDS}
+
+
 def guarded(context: func.Context | None, handler) -> func.HttpResponse:
     """Runs a handler; an SsoError or a bug still becomes a proper page with the correlation id."""
     cid = correlation_id(context)
     try:
         return to_response(handler(cid))
     except SsoError as err:
-        return to_response(pages.error(err, cid))
+        return to_response(pages.error(err, cid, homes=home_urls()))
     except Exception:
         log.exception("unhandled error correlation_id=%s", cid)
-        return to_response(pages.error(InternalError(), cid))
+        return to_response(pages.error(InternalError(), cid, homes=home_urls()))
+
+
+def not_found_response() -> func.HttpResponse:
+    """The app's 404 page for a path no function serves (what tools.host answers there)."""
+    return to_response(pages.error(NotFound("no function serves this path"), str(uuid.uuid4()), homes=home_urls()))
 
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -66,7 +84,8 @@ def http_route(bp: func.Blueprint, route: str, methods: list[str], auth_level: f
         @functools.wraps(handler)
         def function(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
             if req.method.upper() not in methods:
-                reply = pages.error(MethodNotAllowed(f"{req.method} {route}"), correlation_id(context))
+                reply = pages.error(MethodNotAllowed(f"{req.method} {route}"), correlation_id(context),
+                                    homes=home_urls())
                 reply.headers["Allow"] = ", ".join(methods)
                 return to_response(reply)
             return handler(req, context)

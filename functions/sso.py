@@ -1,4 +1,4 @@
-"""The SSO routes: login, callback, logout (per kind) and the session tokens' JWKS."""
+"""The SSO routes: login, callback, logout, signed-out (per kind) and the session tokens' JWKS."""
 
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ def sso_callback(req: func.HttpRequest, context: func.Context) -> func.HttpRespo
 def sso_logout(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     kind = req.route_params.get("kind", "")
     return guarded(context, lambda cid: service().logout(kind, cid))
+
+
+@http_route(bp, "sso/{kind}/signed-out", ["GET"], func.AuthLevel.ANONYMOUS)
+def sso_signed_out(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    # Takes nothing from the request but the kind: the IdP's query (state, ...) is ignored.
+    kind = req.route_params.get("kind", "")
+    return guarded(context, lambda cid: service().signed_out(kind, cid))
 
 
 @http_route(bp, "sso/jwks.json", ["GET"], func.AuthLevel.ANONYMOUS)

@@ -18,6 +18,13 @@ MULTI_TENANT_SEGMENTS = {"common", "organizations", "consumers", "{tenantid}"}
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 FLOW_TTL_SECONDS = 600
+# Hosts of Entra's sign-in endpoints (public cloud and the sovereign clouds): their client ids are GUIDs.
+ENTRA_LOGIN_HOSTS = {"login.microsoftonline.com", "login.microsoftonline.us", "login.partner.microsoftonline.cn",
+                     "login.chinacloudapi.cn", "sts.windows.net", "login.windows.net"}
+# Key Vault's DNS suffixes (public cloud, Azure China, Azure US Government).
+VAULT_HOST_SUFFIXES = (".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net")
+VAULT_NAME = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$")  # Key Vault's own naming rule: 3-24 characters
+PLACEHOLDER = re.compile(r"<[^<>]*>")  # what local.settings.example.json leaves to fill in: <tenant-id>
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,10 @@ SETTINGS_TABLE = (
     SettingInfo("TABLES_ENDPOINT", "Table Storage endpoint, used with the managed identity"),
     SettingInfo("PORTAL_USER_URL", "where users' session tokens are delivered (form_post)"),
     SettingInfo("PORTAL_AGENT_URL", "where agents' session tokens are delivered (form_post)"),
+    SettingInfo("PORTAL_USER_HOME_URL", "the users' portal home: 'Back to the portal' links and the signed-out "
+                "page point there", "portal_user_home_url"),
+    SettingInfo("PORTAL_AGENT_HOME_URL", "the agents' portal home: 'Back to the portal' links and the "
+                "signed-out page point there", "portal_agent_home_url"),
     SettingInfo("PORTAL_ALLOWED_RETURN_ORIGINS", "origins a return_to may point at", "allowed_return_origins"),
     SettingInfo("PUBLIC_BASE_URL", "the app's external base URL; the redirect URIs are built from it",
                 "public_base_url"),
@@ -80,6 +91,8 @@ class Settings:
     tables_connection_string: str | None
     tables_endpoint: str | None
     portal_urls: Mapping[str, str]
+    portal_user_home_url: str
+    portal_agent_home_url: str
     allowed_return_origins: frozenset[str]
     public_base_url: str
     allowed_tenant_ids: frozenset[str] | None  # None: the IdP has no tenants (not Entra)
@@ -102,10 +115,30 @@ class Settings:
     def redirect_uri(self, kind: str) -> str:
         return redirect_uri(self.public_base_url, kind)
 
+    def signed_out_uri(self, kind: str) -> str:
+        return signed_out_uri(self.public_base_url, kind)
+
+    def home_url(self, kind: str) -> str:
+        """Where a person of this kind goes back to: never the landing URL, which takes POSTs only."""
+        return self.portal_user_home_url if kind == "user" else self.portal_agent_home_url
+
 
 def redirect_uri(public_base: str, kind: str) -> str:
     """A kind's redirect URI ("User/Agent Single Sign On URL"): never from the request's Host header."""
     return f"{public_base}/api/sso/{kind}/callback"
+
+
+def signed_out_uri(public_base: str, kind: str) -> str:
+    """A kind's post-logout redirect URI: Entra returns only to a registered redirect URI, so it is
+    registered beside the callback."""
+    return f"{public_base}/api/sso/{kind}/signed-out"
+
+
+def quoted(value: str, limit: int = 120) -> str:
+    """A bad (non-secret) value as a message quotes it: in quotes, unprintable characters escaped, cut
+    at `limit` characters."""
+    shown = value if value.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+    return repr(shown[:limit] + ("..." if len(shown) > limit else ""))
 
 
 def public_base_url(env: Mapping[str, str]) -> str:
@@ -175,13 +208,22 @@ class _Reader:
     def problem(self, setting: str, text: str, fix: str = "") -> None:
         self.problems.append(Problem(setting, text, fix))
 
+    def placeholder(self, name: str, value: str) -> bool:
+        """True (and a problem) when the value still holds a placeholder of the example file."""
+        found = PLACEHOLDER.search(value)
+        if found:
+            self.problem(name, f"still holds the placeholder {found.group(0)} of local.settings.example.json;",
+                         f"replace it with the real value ({_PLACEHOLDER_FIXES.get(name, 'see the README')}).")
+        return bool(found)
+
     def whole_number(self, name: str, default: int, lo: int = 1, hi: int = 10**7) -> int:
         raw = self.get(name)
         if not raw:
             return default
         # isascii(): str.isdigit() is also true for '\u00b2' or '\u2460', which int() cannot parse.
         if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
-            self.problem(name, f"must be a whole number from {lo} to {hi} (got a value that is not).")
+            self.problem(name, f"{quoted(raw)} is not a whole number from {lo} to {hi};",
+                         f"set a whole number from {lo} to {hi}, or remove it to use the default ({default}).")
             return default
         return int(raw)
 
@@ -190,12 +232,21 @@ class _Reader:
         if not raw:
             return default
         if raw not in ("true", "false"):
-            self.problem(name, f"must be true or false (got {self.get(name)[:40]!r}).")
+            self.problem(name, f"{quoted(self.get(name), 40)} is not true or false;",
+                         f"set true or false, or remove it to use the default ({str(default).lower()}).")
             return default
         return raw == "true"
 
 
 # ---- one validator per group: each reads its settings, records its problems, returns its fields ----
+# Every problem names its fix, and quotes the bad value unless the setting is secret.
+
+_PLACEHOLDER_FIXES = {
+    "OIDC_ISSUER_URL": "the app registration's Overview > Endpoints > 'OpenID Connect metadata document'",
+    "OIDC_CLIENT_ID": "the app registration's 'Application (client) ID', a GUID",
+    "KEY_VAULT_URL": "the vault's 'Vault URI', e.g. https://contoso-sso.vault.azure.net",
+}
+_URL_FIX = "an https:// URL with a host name, no user name, password or #fragment"
 
 
 def _issuer(read: _Reader, _: dict) -> dict:
@@ -205,13 +256,45 @@ def _issuer(read: _Reader, _: dict) -> dict:
         read.problem("OIDC_ISSUER_URL", "missing.", "Paste the app registration's 'OpenID Connect metadata "
                      "document' URL (Endpoints), e.g. https://login.microsoftonline.com/<tenant>/v2.0/"
                      ".well-known/openid-configuration.")
+    elif read.placeholder("OIDC_ISSUER_URL", raw):
+        pass
     elif not _https_url(base):
-        read.problem("OIDC_ISSUER_URL", "must be an https:// URL (MSAL refuses anything else).")
+        read.problem("OIDC_ISSUER_URL", f"{quoted(raw)} is not an https:// URL (MSAL refuses anything else);",
+                     "paste the 'OpenID Connect metadata document' URL from the app registration's Endpoints.")
     client_id = read.get("OIDC_CLIENT_ID")
     if not client_id:
         read.problem("OIDC_CLIENT_ID", "missing.", "Copy the 'Application (client) ID' from the app registration.")
+    elif read.placeholder("OIDC_CLIENT_ID", client_id):
+        pass
+    elif _entra_issuer(base) and not GUID.match(client_id):
+        read.problem("OIDC_CLIENT_ID", f"{quoted(client_id)} is not a GUID, which every Entra client ID is;",
+                     "copy the 'Application (client) ID' from the app registration's Overview (not its name "
+                     "or the Object ID's label).")
     return {"issuer_base": base, "metadata_url": f"{base}/{WELL_KNOWN_SUFFIX}{metadata_query(raw)}",
             "client_id": client_id, "idp_timeout_seconds": read.whole_number("IDP_TIMEOUT_SECONDS", 10, lo=1, hi=120)}
+
+
+def _entra_issuer(base: str) -> bool:
+    try:
+        return (urlsplit(base).hostname or "") in ENTRA_LOGIN_HOSTS
+    except ValueError:
+        return False
+
+
+def _vault_problem(vault: str) -> str:
+    """Why KEY_VAULT_URL is not a vault's URL ("" when it is): https://{name}.vault.azure.net (or a
+    sovereign cloud's suffix), or a loopback address (a local stand-in such as the tests' stub)."""
+    if not _https_url(vault) or urlsplit(vault).path not in ("", "/") or urlsplit(vault).query:
+        return "is not an https:// URL of a vault (scheme and host only)"
+    host = (urlsplit(vault).hostname or "").lower()
+    if host in LOOPBACK_HOSTS:
+        return ""
+    suffix = next((s for s in VAULT_HOST_SUFFIXES if host.endswith(s)), None)
+    if suffix is None:
+        return f"is not a Key Vault host (*{', *'.join(VAULT_HOST_SUFFIXES)})"
+    if not VAULT_NAME.match(host.removesuffix(suffix)):
+        return "does not hold a vault name (3 to 24 letters, digits and hyphens, starting with a letter)"
+    return ""
 
 
 def _secrets(read: _Reader, _: dict) -> dict:
@@ -220,15 +303,17 @@ def _secrets(read: _Reader, _: dict) -> dict:
               for name in ("OIDC_CLIENT_SECRET", "SESSION_SIGNING_KEY", "OIDC_CLIENT_CERTIFICATE")}
     cert_name = read.get("OIDC_CLIENT_CERTIFICATE_NAME") or None
     if vault:
-        if not _https_url(vault):
-            read.problem("KEY_VAULT_URL", "must be the vault's https:// URL, e.g. https://myvault.vault.azure.net.")
+        if not read.placeholder("KEY_VAULT_URL", vault) and (why := _vault_problem(vault)):
+            read.problem("KEY_VAULT_URL", f"{quoted(vault)} {why};", "copy the vault's 'Vault URI' from its "
+                         "Overview, e.g. https://contoso-sso.vault.azure.net.")
         for name, value in direct.items():
             if value:
                 read.problem(name, "not allowed together with KEY_VAULT_URL (local development only);",
                              "remove it and keep the value in Key Vault.")
     else:
         if cert_name:
-            read.problem("OIDC_CLIENT_CERTIFICATE_NAME", "needs KEY_VAULT_URL.")
+            read.problem("OIDC_CLIENT_CERTIFICATE_NAME", "needs KEY_VAULT_URL;",
+                         "set KEY_VAULT_URL to the vault holding the certificate, or remove this setting.")
         if not direct["OIDC_CLIENT_SECRET"] and not direct["OIDC_CLIENT_CERTIFICATE"]:
             read.problem("KEY_VAULT_URL", "missing.", "Set it to the vault holding the client secret "
                          "(or, for local development only, set OIDC_CLIENT_SECRET).")
@@ -250,22 +335,35 @@ def _storage(read: _Reader, _: dict) -> dict:
         read.problem("TABLES_CONNECTION_STRING", "missing, and so is TABLES_ENDPOINT.", "Give the storage "
                      "account's table endpoint (used with the managed identity), or a connection string.")
     elif endpoint and not connection_string and not _https_url(endpoint, allow_loopback_http=True):
-        read.problem("TABLES_ENDPOINT", "must be an https:// URL, e.g. https://myaccount.table.core.windows.net.")
+        read.problem("TABLES_ENDPOINT", f"{quoted(endpoint)} is not {_URL_FIX};",
+                     "copy the storage account's Table service endpoint, e.g. https://myaccount.table.core.windows.net.")
     return {"tables_connection_string": connection_string, "tables_endpoint": endpoint,
             "events_retention_days": read.whole_number("SIGNIN_EVENTS_RETENTION_DAYS", 90, lo=1, hi=3650)}
 
 
 def _portals(read: _Reader, _: dict) -> dict:
     urls: dict[str, str] = {}
+    homes: dict[str, str] = {}
     for kind in KINDS:
         name = f"PORTAL_{kind.upper()}_URL"
         value = read.get(name)
         if not value:
             read.problem(name, "missing.", f"Set the portal page that receives the {kind}s' session token.")
         elif not _https_url(value, allow_loopback_http=True):
-            read.problem(name, "must be an https:// URL without user name or fragment.")
+            read.problem(name, f"{quoted(value)} is not {_URL_FIX};",
+                         f"set the portal page that receives the {kind}s' session token (a POST).")
         else:
             urls[kind] = value
+        home_name = f"PORTAL_{kind.upper()}_HOME_URL"
+        home = read.get(home_name)
+        if home and not _https_url(home, allow_loopback_http=True):
+            read.problem(home_name, f"{quoted(home)} is not {_URL_FIX};",
+                         f"set the page the {kind}s start from, or remove it to use the portal URL's origin.")
+        elif home and kind in urls and home == urls[kind]:
+            read.problem(home_name, f"is the landing URL {name}, which takes the session token's POST only "
+                         "(a link there is a GET);", f"set the page the {kind}s start from, or remove it to use "
+                         "the portal URL's origin.")
+        homes[kind] = home or (f"{origin_of(urls[kind])}/" if kind in urls else "")
     origins = {origin_of(u) for u in urls.values()}
     raw_origins = read.get("PORTAL_ALLOWED_RETURN_ORIGINS")
     if raw_origins:
@@ -273,8 +371,8 @@ def _portals(read: _Reader, _: dict) -> dict:
         for item in (i for i in re.split(r"[,\s]+", raw_origins) if i):
             parts = urlsplit(item)
             if not _https_url(item, allow_loopback_http=True) or parts.path not in ("", "/") or parts.query:
-                read.problem("PORTAL_ALLOWED_RETURN_ORIGINS", "each entry must be an origin such as "
-                             "https://portal.contoso.com (scheme, host and port only).")
+                read.problem("PORTAL_ALLOWED_RETURN_ORIGINS", f"{quoted(item)} is not an origin;", "give each "
+                             "entry as scheme, host and port only, e.g. https://portal.contoso.com, comma-separated.")
                 break
             origins.add(origin_of(item))
     base = public_base_url(read.env)
@@ -282,21 +380,32 @@ def _portals(read: _Reader, _: dict) -> dict:
         read.problem("PUBLIC_BASE_URL", "missing (and no WEBSITE_HOSTNAME).",
                      "Set the app's external URL, e.g. https://myapp.azurewebsites.net.")
     elif not valid_public_base(base):
-        read.problem("PUBLIC_BASE_URL", "must be an https:// origin such as https://myapp.azurewebsites.net, or "
-                     "http:// on localhost, 127.0.0.1 or [::1] for development (redirect URIs are built from it; "
-                     "Entra accepts no other http://).")
-    return {"portal_urls": urls, "allowed_return_origins": frozenset(origins), "public_base_url": base}
+        read.problem("PUBLIC_BASE_URL", f"{quoted(base)} is not an https:// origin (redirect URIs are built from "
+                     "it; Entra accepts no other http:// than loopback);", "set the app's external URL, e.g. "
+                     "https://myapp.azurewebsites.net, or http:// on localhost, 127.0.0.1 or [::1] for development.")
+    return {"portal_urls": urls, "portal_user_home_url": homes["user"], "portal_agent_home_url": homes["agent"],
+            "allowed_return_origins": frozenset(origins), "public_base_url": base}
 
 
 def _tenants(read: _Reader, fields: dict) -> dict:
     segment = issuer_tenant_segment(fields["issuer_base"]) if fields["issuer_base"] else ""
+    multi_tenant = segment.lower() in MULTI_TENANT_SEGMENTS
     raw = read.get("ALLOWED_TENANT_IDS")
     if raw:
         ids = [t for t in re.split(r"[,\s]+", raw) if t]
-        if not all(GUID.match(t) for t in ids):
-            read.problem("ALLOWED_TENANT_IDS", "each entry must be a tenant ID (a GUID), comma-separated.")
-        return {"allowed_tenant_ids": frozenset(t.lower() for t in ids)}
-    if segment.lower() in MULTI_TENANT_SEGMENTS:
+        bad = [t for t in ids if not GUID.match(t)]
+        allowed = frozenset(t.lower() for t in ids)
+        if bad:
+            read.problem("ALLOWED_TENANT_IDS", f"{quoted(bad[0])} is not a tenant ID (a GUID);", "list tenant IDs "
+                         "(Entra ID > Overview > Tenant ID), comma-separated.")
+        elif not multi_tenant and GUID.match(segment) and segment.lower() not in allowed:
+            # A single-tenant issuer signs in its own tenant's people only: a list without it lets no one in.
+            read.problem("ALLOWED_TENANT_IDS", f"does not include {segment.lower()}, the tenant of the "
+                         "single-tenant issuer OIDC_ISSUER_URL, so no one could sign in;", "add that tenant, "
+                         "remove ALLOWED_TENANT_IDS (a single-tenant issuer allows its own tenant), or use a "
+                         "multi-tenant issuer (organizations) for people of other tenants.")
+        return {"allowed_tenant_ids": allowed}
+    if multi_tenant:
         read.problem("ALLOWED_TENANT_IDS", f"required because the issuer is multi-tenant ('{segment}');",
                      "list the tenant IDs whose people may sign in.")
         return {"allowed_tenant_ids": frozenset()}
@@ -316,6 +425,13 @@ def _session_token(read: _Reader, fields: dict) -> dict:
     return {"session_audience": audience,
             "session_issuer": read.get("SESSION_TOKEN_ISSUER") or fields["public_base_url"],
             "session_ttl": read.whole_number("SESSION_TOKEN_TTL_SECONDS", 3600, lo=60, hi=86400)}
+
+
+def portal_homes(env: Mapping[str, str]) -> dict[str, str]:
+    """Each kind's portal home that its own settings give, even when other settings are bad: the way
+    back from a page that says sign-in is not configured."""
+    fields = _portals(_Reader(env, []), {})
+    return {kind: fields[f"portal_{kind}_home_url"] for kind in KINDS if fields[f"portal_{kind}_home_url"]}
 
 
 def _who_may_enter(read: _Reader, _: dict) -> dict:

@@ -19,7 +19,16 @@ from cryptography import x509
 
 from . import pages
 from .aadsts import HINTS
-from .config import KINDS, SETTINGS_TABLE, SettingInfo, Settings, public_base_url, redirect_uri, valid_public_base
+from .config import (
+    KINDS,
+    SETTINGS_TABLE,
+    SettingInfo,
+    Settings,
+    public_base_url,
+    redirect_uri,
+    signed_out_uri,
+    valid_public_base,
+)
 from .errors import ConfigurationError, DependencyUnavailable, IdpMetadataInvalid, Problem, SsoError
 
 log = logging.getLogger("portal_sso.diagnostics")
@@ -44,7 +53,35 @@ REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
     "role_not_assigned": ("APP_ROLES_REQUIRED is on and the person lacks the door's app role (Portal.User or "
                           "Portal.Agent): assign it with scripts/register-app assign, or under Enterprise "
                           "applications > the app > Users and groups.", ()),
+    "no_account": ("Add the person's portal account of this kind if they should have one: tools.accounts add "
+                   "EMAIL --kind KIND --account-id ID (the same email as in Entra).", ()),
 }
+
+# Failures a person causes and mends alone (an old tab, the back button, a cancelled sign-in): the
+# setup is fine, so they do not turn the page amber.
+PERSON_REASONS = {"unknown_state", "flow_expired", "browser_binding_mismatch", "missing_code_or_state",
+                  "account_disabled"}
+# A no_account whose detail says so: the person used the other kind's door (login.py writes it).
+WRONG_DOOR_MARK = "has an account of the other kind"
+
+
+def _persons_own(reason: str, detail: str) -> bool:
+    if reason in PERSON_REASONS:
+        return True
+    if reason == "no_account":
+        return WRONG_DOOR_MARK in detail
+    # The IdP's answer to a person who cancels (or declines consent) is access_denied.
+    return reason == "idp_error" and detail.split()[-1:] == ["access_denied"]
+
+
+def settings_fix(env: Mapping[str, str]) -> str:
+    """How a fixed setting takes effect, which differs: Azure restarts the app when its settings are
+    saved; a local host reads local.settings.json once, at start."""
+    if env.get("WEBSITE_INSTANCE_ID") or env.get("WEBSITE_HOSTNAME"):
+        return ("Correct each setting listed under Settings in the function app's Environment variables; saving "
+                "restarts the app. Then reload this page.")
+    return ("Correct each setting listed under Settings in local.settings.json (or the environment), restart the "
+            "host (tools.host or func start: it reads the settings at start), then reload this page.")
 
 
 @dataclass
@@ -102,8 +139,7 @@ def check_settings(runtime) -> tuple[Check, Settings | None]:
     try:
         settings = runtime.settings
     except ConfigurationError as err:
-        return Check("settings", "Settings", False, " ".join(map(str, err.problems)),
-                     "Fix each setting listed under Settings, then reload this page (no restart needed).",
+        return Check("settings", "Settings", False, " ".join(map(str, err.problems)), settings_fix(runtime.env),
                      data={"problems": [asdict(p) for p in err.problems]}), None
     return Check("settings", "Settings", True, "all settings load"), settings
 
@@ -194,7 +230,8 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
         if days < 0:
             return Check("client_secret", title, False, f"{where}: expired on {expires:%Y-%m-%d}",
                          f"Create a new {what} under Certificates & secrets and store it in Key Vault as a "
-                         "new version (with its expiry date); the app picks it up without a restart.",
+                         "new version (with its expiry date); the app reads it within SECRET_CACHE_SECONDS, "
+                         "no restart needed.",
                          aadsts=(7000222,), data=data)
         warning = (f"the {what} expires in {days} days ({expires:%Y-%m-%d}): create a new one and store it "
                    "in Key Vault before then" if days < SECRET_WARNING_DAYS else "")
@@ -271,6 +308,9 @@ def last_sign_ins(runtime, unavailable: str = "") -> list[Check]:
         data = {"outcome": row.get("Outcome"), "reason": reason, "had_email_claim": had_email, "at": when}
         if row.get("Outcome") == "success":
             checks.append(Check(f"last_{kind}", title, True, detail, data=data))
+        elif _persons_own(reason, str(row.get("Detail") or "")):
+            checks.append(Check(f"last_{kind}", title, True, f"{detail}. The person's own mistake (an old tab, "
+                                "the other kind's door, a cancelled sign-in): nothing to fix here", data=data))
         elif had_email is False or reason in ("no_email_claim", "client_credential_rejected"):
             fix, codes = REASON_FIXES.get(reason, REASON_FIXES["no_email_claim"])
             checks.append(Check(f"last_{kind}", title, False, detail, fix, aadsts=codes, data=data))
@@ -300,6 +340,7 @@ def health(runtime, now: datetime | None = None) -> pages.Reply:
 @dataclass
 class SetupReport:
     redirect_uris: dict[str, str | None]
+    signed_out_uris: dict[str, str | None]
     redirect_note: str
     client_id: str
     settings_rows: list[tuple[str, str, str]]  # (name, value as shown, problem or "")
@@ -311,6 +352,11 @@ class SetupReport:
     @property
     def all_checks(self) -> list[Check]:
         return [self.settings_check, *self.checks, *self.sign_ins]
+
+    @property
+    def problem_count(self) -> int:
+        """Bad settings, each counted."""
+        return len(self.settings_check.data.get("problems", []))
 
 
 def _shown_value(info: SettingInfo, env: Mapping[str, str], settings: Settings | None) -> str:
@@ -325,15 +371,15 @@ def _shown_value(info: SettingInfo, env: Mapping[str, str], settings: Settings |
     return f"not set (using {in_force})" if in_force not in (None, "") else "not set"
 
 
-def _redirect_uris(env: Mapping[str, str], settings: Settings | None) -> tuple[dict[str, str | None], str]:
+def _redirect_uris(env: Mapping[str, str], settings: Settings | None) -> tuple[str, str]:
+    """The base URL the redirect URIs are built from ("" when there is none yet), and a note."""
     if settings is not None:
-        return {kind: settings.redirect_uri(kind) for kind in KINDS}, ""
+        return settings.public_base_url, ""
     # The settings do not load, but the URIs need only the base URL: show them if it is usable.
     base = public_base_url(env)
     if base and valid_public_base(base):
-        return {kind: redirect_uri(base, kind) for kind in KINDS}, \
-            "Built from PUBLIC_BASE_URL; other settings still have problems (below)."
-    return {kind: None for kind in KINDS}, "Set PUBLIC_BASE_URL (the app's https:// address) to get them."
+        return base, "Built from PUBLIC_BASE_URL; other settings still have problems (below)."
+    return "", "Set PUBLIC_BASE_URL (the app's https:// address) to get them."
 
 
 def setup_report(runtime, now: datetime | None = None) -> SetupReport:
@@ -349,8 +395,10 @@ def setup_report(runtime, now: datetime | None = None) -> SetupReport:
     tables_ok = next((c.ok for c in checks if c.name == "tables"), False)
     unavailable = ("the settings have problems" if settings is None else
                    "" if tables_ok else "Table Storage is unreachable")
-    uris, note = _redirect_uris(env, settings)
-    return SetupReport(redirect_uris=uris, redirect_note=note, client_id=(env.get("OIDC_CLIENT_ID") or "").strip(),
+    base, note = _redirect_uris(env, settings)
+    return SetupReport(redirect_uris={kind: redirect_uri(base, kind) if base else None for kind in KINDS},
+                       signed_out_uris={kind: signed_out_uri(base, kind) if base else None for kind in KINDS},
+                       redirect_note=note, client_id=(env.get("OIDC_CLIENT_ID") or "").strip(),
                        settings_rows=rows, settings_check=settings_check, checks=checks,
                        sign_ins=last_sign_ins(runtime, unavailable), hints=HINTS)
 

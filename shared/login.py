@@ -18,14 +18,16 @@ from .admission import check_admission
 from .audit import SignInEvent
 from .background import BACKGROUND
 from .callback import Callback, CallbackRequest
-from .config import KINDS, origin_of
+from .config import KINDS, origin_of, portal_homes
 from .errors import (
+    ConfigurationError,
     DependencyUnavailable,
     IdpError,
     InternalError,
     InvalidParameter,
     IssuerMismatch,
     MissingParameters,
+    NoAccount,
     NoEmailClaim,
     NotFound,
     ReturnToNotAllowed,
@@ -257,7 +259,10 @@ class SsoService:
         email = canonical_email(email)  # raises MalformedEmail (403 email_malformed)
         event.email = email
         # 6. the portal account of this kind, linked to this person
-        account = self.deps.accounts.find_account(email, kind)
+        try:
+            account = self.deps.accounts.find_account(email, kind)
+        except NoAccount as err:
+            raise self._no_account(err, email, kind) from None
         event.account_id = account.account_id
         self.deps.accounts.link_and_record_login(account, idp_sub)
         # 7. the session token, delivered by form_post to this kind's portal
@@ -312,18 +317,45 @@ class SsoService:
                 return pages.error(unavailable, correlation_id, portal_url=self._portal_url(event.kind))
         return reply
 
+    def _no_account(self, err: NoAccount, email: str, kind: str) -> NoAccount:
+        """The 403 page names the kind, says when the person has an account of the other kind (one
+        more read, on this failure path only) and offers to sign in with another account."""
+        other = next(k for k in KINDS if k != kind)
+        try:
+            has_other = self.deps.accounts.get(email, other) is not None
+        except SsoError:  # storage failing now: the page simply says less
+            has_other = False
+        err.message = f"There is no portal {kind} account for {email}."
+        err.notes = ((f"You have a portal {other} account: sign in from the {other} portal instead.",) if has_other
+                     else ("If you should have one, ask your portal administrator, or sign in with another "
+                           "account.",))
+        err.actions = [("Sign in with another account", f"/api/sso/{kind}/login?prompt=select_account")]
+        if has_other:
+            if self.deps.settings.home_url(other) != self.deps.settings.home_url(kind):
+                err.actions.append((f"Go to the {other} portal", self.deps.settings.home_url(other)))
+            err.detail = f"{err.detail}; has an account of the other kind ({other})"
+        return err
+
     # GET /api/sso/{kind}/logout
     def logout(self, kind: str, correlation_id: str) -> pages.Reply:
+        """RP-initiated logout: back to our signed-out page, a registered redirect URI (Entra returns to
+        no other), never to the portal's landing URL, which takes POSTs only."""
         try:
             if kind not in KINDS:
                 raise NotFound(f"unknown kind {kind!r}")
-            portal = self.deps.settings.portal_urls[kind]
+            signed_out = self.deps.settings.signed_out_uri(kind)
             metadata = self.deps.metadata()
             if not metadata.end_session_endpoint:
-                return pages.redirect(portal)
-            return pages.redirect(self.deps.oidc.logout_url(metadata.end_session_endpoint, portal))
+                return pages.redirect(signed_out)
+            return pages.redirect(self.deps.oidc.logout_url(metadata.end_session_endpoint, signed_out))
         except SsoError as err:
             return pages.error(err, correlation_id, portal_url=self._portal_url(kind))
+
+    # GET /api/sso/{kind}/signed-out
+    def signed_out(self, kind: str, correlation_id: str) -> pages.Reply:
+        if kind not in KINDS:
+            return pages.error(NotFound(f"unknown kind {kind!r}"), correlation_id, homes=self.home_urls())
+        return pages.signed_out(self._portal_url(kind))
 
     # GET /api/sso/jwks.json
     def session_jwks(self, correlation_id: str) -> pages.Reply:
@@ -334,7 +366,20 @@ class SsoService:
             return pages.error(err, correlation_id)
 
     def _portal_url(self, kind: str) -> str | None:
+        """Where "Back to the portal" goes: the kind's portal home (never the landing URL, which takes
+        POSTs only); for an unknown kind, the home both kinds share, if they do. None while the
+        portal's own settings do not load."""
+        if kind not in KINDS:
+            homes = set(self.home_urls().values())
+            return homes.pop() if len(homes) == 1 else None
         try:
-            return self.deps.settings.portal_urls.get(kind)
+            return self.deps.settings.home_url(kind)
+        except ConfigurationError:  # the kind's own portal settings may still be fine
+            return portal_homes(getattr(self.deps, "env", None) or {}).get(kind)
         except SsoError:
             return None
+
+    def home_urls(self) -> dict[str, str]:
+        """Each kind's portal home (none while the settings do not load): the way back from a page
+        that belongs to no kind (a 404, a 500)."""
+        return {k: url for k in KINDS if (url := self._portal_url(k))}

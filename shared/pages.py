@@ -11,10 +11,15 @@ from dataclasses import dataclass, field
 
 from .errors import SsoError
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#1b1b1b}"
-         "h1{font-size:1.4rem}.box{border-left:4px solid #c50f1f;padding:.5rem 1rem;background:#fdf3f4}"
-         ".hint{border-left-color:#0f6cbd;background:#f0f6fc}code,pre{background:#f4f4f4;padding:.1rem .3rem;"
-         "white-space:pre-wrap;word-break:break-word}small{color:#555}button{font-size:1rem;padding:.5rem 1rem}")
+# Sizes in rem, so browser zoom and a larger default font scale everything; code at 1rem (a bare
+# `monospace` family would fall back to the browser's 13px); long values wrap instead of scrolling.
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#1b1b1b;"
+         "line-height:1.5}h1{font-size:1.4rem}.box{border-left:4px solid #c50f1f;padding:.5rem 1rem;"
+         "background:#fdf3f4}"
+         ".hint{border-left-color:#0f6cbd;background:#f0f6fc}code,pre{font-family:ui-monospace,Consolas,monospace;"
+         "font-size:1rem;background:#f4f4f4;padding:.1rem .3rem;white-space:pre-wrap;overflow-wrap:anywhere}"
+         ".ref{color:#404040}.actions a{display:inline-block;margin:.25rem 1rem .25rem 0}"
+         "button{font-size:1rem;padding:.5rem 1rem}")
 AUTO_SUBMIT = 'document.getElementById("portal-sso").submit();'
 
 
@@ -50,7 +55,7 @@ def _page(title: str, body: str, style: str = STYLE, *, noindex: bool = False) -
     robots = '<meta name="robots" content="noindex">' if noindex else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width,initial-scale=1"><meta name="referrer" content="no-referrer">{robots}'
-            f"<title>{html.escape(title)}</title><style>{style}</style></head><body>{body}</body></html>")
+            f"<title>{html.escape(title)}</title><style>{style}</style></head><body><main>{body}</main></body></html>")
 
 
 def form_post(action: str, fields: dict[str, str], form_action_origin: str) -> Reply:
@@ -65,22 +70,51 @@ def form_post(action: str, fields: dict[str, str], form_action_origin: str) -> R
                  headers=security_headers(form_action=form_action_origin, script=True))
 
 
-def error(err: SsoError, correlation_id: str, *, portal_url: str | None = None) -> Reply:
-    """The page of a failed request: what happened and what to do, the correlation id to quote; only
-    what is safe to show, escaped."""
+def home_links(homes: dict[str, str] | None) -> list[tuple[str, str]]:
+    """(label, URL) of the way back for each kind's portal home (kind -> URL): one "Back to the
+    portal" when both kinds share it."""
+    homes = {kind: url for kind, url in (homes or {}).items() if url}
+    if len(set(homes.values())) == 1:
+        return [("Back to the portal", next(iter(homes.values())))]
+    return [(f"Back to the {kind} portal", url) for kind, url in homes.items()]
+
+
+def _links(links: list[tuple[str, str]]) -> str:
+    if not links:
+        return ""
+    return '<p class="actions">' + "".join(f'<a href="{html.escape(url)}">{html.escape(label)}</a>'
+                                           for label, url in links) + "</p>"
+
+
+def error(err: SsoError, correlation_id: str, *, portal_url: str | None = None,
+          homes: dict[str, str] | None = None) -> Reply:
+    """The page of a failed request: what happened and what to do, the way back (the kind's portal
+    home, `portal_url`, else each of `homes`), the correlation id to quote; only what is safe to show,
+    escaped."""
     parts = [f"<h1>{html.escape(err.title)}</h1>", f'<p class="box">{html.escape(err.message)}</p>']
     if err.shown:
         parts.append(f"<pre>{html.escape(err.shown)}</pre>")
     if err.hint:
         parts.append(f'<p class="box hint"><strong>How to fix:</strong> {html.escape(err.hint)}</p>')
-    if portal_url:
-        parts.append(f'<p><a href="{html.escape(portal_url)}">Back to the portal</a></p>')
-    parts.append(f"<p><small>Reason: <code>{html.escape(err.reason)}</code> &middot; Correlation ID: "
-                 f"<code>{html.escape(correlation_id)}</code> (quote it when you ask for help)</small></p>")
+    for note in getattr(err, "notes", ()):
+        parts.append(f"<p>{html.escape(note)}</p>")
+    back = [("Back to the portal", portal_url)] if portal_url else home_links(homes)
+    parts.append(_links([*getattr(err, "actions", ()), *back]))
+    parts.append(f'<p class="ref">Reason: <code>{html.escape(err.reason)}</code><br>Correlation ID: '
+                 f"<code>{html.escape(correlation_id)}</code> (quote it when you ask for help)</p>")
     headers = security_headers()
     if err.retry_after:
         headers["Retry-After"] = str(err.retry_after)
     return Reply(err.status, _page(err.title, "".join(parts)), headers=headers)
+
+
+def signed_out(home_url: str | None) -> Reply:
+    """Where the IdP returns after logout (the post_logout_redirect_uri): it takes nothing from the
+    request, so nothing can be injected into it."""
+    body = ("<h1>You are signed out</h1><p>You have signed out of the portal and of your organization's "
+            "sign-in for it. Close the browser if it is a shared computer.</p>"
+            + _links([("Back to the portal", home_url)] if home_url else []))
+    return Reply(200, _page("Signed out", body), headers=security_headers())
 
 
 def redirect(location: str, cookies: list[str] | None = None) -> Reply:
@@ -96,11 +130,16 @@ def json_reply(payload: dict, status: int = 200, cache: str = "no-store") -> Rep
 OPS_STYLE = STYLE + (
     "body{max-width:64rem}table{border-collapse:collapse;width:100%;margin:.5rem 0 1rem}"
     "th,td{text-align:left;vertical-align:top;padding:.35rem .5rem;border-bottom:1px solid #e0e0e0}"
+    "td{overflow-wrap:anywhere}"
+    # Narrow (a phone, or 200% zoom): each row's cells stacked, so long names and URLs get the full width.
+    "@media (max-width:48rem){table,tbody,tr,th,td{display:block}tr{border-bottom:1px solid #e0e0e0;"
+    "padding:.35rem 0}th,td{border:0;padding:.1rem 0}}"
     ".copy{user-select:all;font-size:1.05rem}.st{font-weight:600;white-space:nowrap;padding:.1rem .4rem;"
     "border-radius:.25rem}.ok{background:#dff6dd;color:#0e700e}.warn{background:#fff4ce;color:#835c00}"
     ".fail{background:#fde7e9;color:#a4262c}.none{background:#f0f0f0;color:#555}"
     ".summary{padding:.75rem 1rem;border-radius:.25rem}dt{font-weight:600;margin-top:.5rem}"
 )
+KIND_NAMES = (("user", "User"), ("agent", "Agent"))
 _LEVEL_LABELS = {"ok": "OK", "warn": "Warning", "fail": "Problem", "none": "Not checked"}
 
 
@@ -133,7 +172,9 @@ def setup_page(report) -> Reply:
     AADSTS hints. Every value is escaped; secret settings show only whether they are set."""
     e = html.escape
     levels = [c.level for c in report.all_checks]
-    fails, warns = levels.count("fail"), levels.count("warn")
+    # Every bad setting counts as a problem of its own, not the one Settings line that lists them.
+    fails = report.problem_count + levels.count("fail") - (report.settings_check.level == "fail")
+    warns = levels.count("warn")
     if fails:
         summary = (f'<p class="summary fail">{fails} problem{"s" if fails != 1 else ""}'
                    f'{f", {warns} warning" + ("s" if warns != 1 else "") if warns else ""}: sign-in may not work '
@@ -143,11 +184,12 @@ def setup_page(report) -> Reply:
     else:
         summary = '<p class="summary ok">Everything checked is working.</p>'
 
-    uri_rows = "".join(
-        f"<tr><th>{label}</th><td>"
-        + (f'<code class="copy">{e(report.redirect_uris[kind])}</code>' if report.redirect_uris.get(kind)
-           else "<em>cannot be built yet</em>") + "</td></tr>"
-        for kind, label in (("user", "User Single Sign On URL"), ("agent", "Agent Single Sign On URL")))
+    def uri_cell(uri: str | None) -> str:
+        return f'<code class="copy">{e(uri)}</code>' if uri else "<em>cannot be built yet</em>"
+
+    rows = [(f"{name} Single Sign On URL", report.redirect_uris.get(kind)) for kind, name in KIND_NAMES]
+    rows += [(f"{name} signed-out page", report.signed_out_uris.get(kind)) for kind, name in KIND_NAMES]
+    uri_rows = "".join(f"<tr><th>{label}</th><td>{uri_cell(uri)}</td></tr>" for label, uri in rows)
     client = f" (client ID <code>{e(report.client_id)}</code>)" if report.client_id else ""
     setting_rows = "".join(
         f"<tr><td>{_status('fail' if problem else 'ok') if name else _status('fail')}</td>"
@@ -160,7 +202,8 @@ def setup_page(report) -> Reply:
         "<h1>Portal SSO setup</h1>" + summary
         + "<h2>1. Redirect URIs</h2>"
         f"<p>In Entra ID &gt; App registrations &gt; your app{client} &gt; Authentication &gt; Web &gt; "
-        "Redirect URIs, add both, exactly as shown:</p>"
+        "Redirect URIs, add all four, exactly as shown: each kind's callback, and its signed-out page, where "
+        "Entra returns after a logout (it returns only to a registered redirect URI).</p>"
         f"<table>{uri_rows}</table>"
         + (f"<p><small>{e(report.redirect_note)}</small></p>" if report.redirect_note else "")
         + "<h2>2. Token configuration</h2>"

@@ -41,6 +41,7 @@ CERT_CLIENT_ID = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d"
 APP_PORT = free_port()
 APP_BASE = f"https://127.0.0.1:{APP_PORT}"
 REDIRECT_URIS = {kind: f"{APP_BASE}/api/sso/{kind}/callback" for kind in ("user", "agent")}
+SIGNED_OUT_URIS = {kind: f"{APP_BASE}/api/sso/{kind}/signed-out" for kind in ("user", "agent")}
 # The app over plain HTTP on loopback, as `func start` serves it (the plain-HTTP browser test).
 HTTP_APP_PORT, HTTP_PORTAL_PORT = free_port(), free_port()
 HTTP_APP_BASE = f"http://127.0.0.1:{HTTP_APP_PORT}"
@@ -141,7 +142,7 @@ def idp(
     client, the demo user and agent, and a person whose email is marked unverified."""
     common = {
         "redirect_uris": [*REDIRECT_URIS.values(), *HTTP_REDIRECT_URIS.values()],
-        "post_logout_redirect_uris": list(PORTAL_URLS.values()),
+        "post_logout_redirect_uris": [*PORTAL_URLS.values(), *SIGNED_OUT_URIS.values()],
     }
     clients = [
         {

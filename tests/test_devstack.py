@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import jwt
@@ -12,8 +21,9 @@ import pytest
 import requests
 from azure.data.tables import TableServiceClient
 
+from tests.support.portal import sign_in
 from tools.idp_login import login_form, parse_forms, sign_in_at_idp
-from tools.stack import RunningIdp, Service
+from tools.stack import RunningIdp, Service, free_port
 
 TIMEOUT = 15
 
@@ -230,6 +240,33 @@ def test_second_login_uses_the_idp_session(idp: RunningIdp) -> None:
     assert result["id_token_claims"]["email"] == "agent@contoso.test"
 
 
+def test_prompt_select_account_shows_the_login_page_despite_a_session(idp: RunningIdp) -> None:
+    """Entra's prompt=select_account lets a person choose another account: the dev IdP asks again."""
+    client = idp.client()
+    app = msal.ConfidentialClientApplication(
+        client["client_id"], client_credential=client["client_secret"], oidc_authority=idp.issuer
+    )
+    with requests.Session() as browser:
+        _code_flow(idp, app, idp.person("user@contoso.test"), client["redirect_uris"][1], browser)
+        flow = app.initiate_auth_code_flow(
+            ["email"], redirect_uri=client["redirect_uris"][1], response_mode="form_post", prompt="select_account"
+        )
+        page = browser.get(flow["auth_uri"], timeout=TIMEOUT)
+        assert login_form(parse_forms(page.text)) is not None, "signed in already, yet asked which account"
+        other = idp.person("agent@contoso.test")
+        form = login_form(parse_forms(page.text))
+        answer = browser.post(urljoin(page.url, form.attrs["action"]),
+                              data={"login": other["login"], "password": other["password"]}, timeout=TIMEOUT)
+        # oidc-provider ends the other person's session first, with a form a browser submits by script.
+        ending = parse_forms(answer.text).forms[0]
+        assert ending.attrs["action"].endswith("/session/end/confirm"), answer.text[:500]
+        answer = browser.post(ending.attrs["action"], data=ending.fields(), timeout=TIMEOUT)
+        callback = parse_forms(answer.text).forms[0]
+        assert callback.attrs["action"] == client["redirect_uris"][1], answer.text[:500]
+        result = app.acquire_token_by_auth_code_flow(flow, callback.fields())
+    assert result["id_token_claims"]["email"] == "agent@contoso.test", "the account chosen, not the session's"
+
+
 def test_azurite_tables(azurite: Service) -> None:
     service = TableServiceClient.from_connection_string(azurite.connection_string)
     table = service.create_table_if_not_exists("DevstackCheck")
@@ -239,3 +276,114 @@ def test_azurite_tables(azurite: Service) -> None:
     assert got["AccountId"] == "u-1"
     assert got["Enabled"] is True
     assert azurite.url == f"http://127.0.0.1:{azurite.port}/devstoreaccount1"
+
+
+# ---- make run itself (tools/dev.py): settings for the CLI, storage that survives, scenarios -------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class MakeRun:
+    """`python -m tools.dev` (what `make run` runs) on free ports, its state and settings file under a
+    temporary directory; stopped with Ctrl-C (SIGINT)."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        self.home, self.state, self.settings_file = home, home / "state", home / "local.settings.json"
+        self.ports = {name: free_port() for name in ("APP", "IDP", "PORTAL", "TABLES")}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "DEV_STATE_DIR": str(self.state),
+                    "DEV_SETTINGS_FILE": str(self.settings_file),
+                    **{f"DEV_{name}_PORT": str(port) for name, port in self.ports.items()}, **env}
+        self.base = f"https://127.0.0.1:{self.ports['APP']}"
+
+    def __enter__(self) -> MakeRun:
+        self.out = self.home / f"make-run-{time.monotonic_ns()}.log"
+        with self.out.open("wb") as sink:
+            self.process = subprocess.Popen([sys.executable, "-m", "tools.dev"], cwd=ROOT, env=self.env,
+                                            stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while "Press Ctrl-C to stop." not in self.text:
+            assert self.process.poll() is None and time.monotonic() < deadline, f"make run did not start:\n{self.text}"
+            time.sleep(0.2)
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def __exit__(self, *exc) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def browser(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False  # the dev stack's own CA, not the one the test session trusts
+        session.verify = str(self.state / "ca" / "ca.pem")
+        return session
+
+    def accounts_cli(self, *args: str) -> tuple[int, str, str]:
+        """The accounts CLI as an operator runs it, with no storage setting in the environment: it finds
+        make run's local.settings.json where it looks (the project root; here the test's directory)."""
+        from tools import accounts
+
+        out, err = io.StringIO(), io.StringIO()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("TABLES_")}
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = accounts.main(list(args), environ=environ, app_dir=self.home)
+        return code, out.getvalue(), err.getvalue()
+
+
+DEV_USER = {"login": "user@contoso.test", "password": "user"}
+
+
+@pytest.mark.timeout(600)
+def test_make_run_leaves_settings_for_the_cli_keeps_its_data_and_lets_the_environment_win(tmp_path):
+    with MakeRun(tmp_path) as run:
+        assert oct(run.settings_file.stat().st_mode & 0o777) == "0o600", "it holds the storage key"
+        values = json.loads(run.settings_file.read_text())["Values"]
+        assert "AccountKey=" in values["TABLES_CONNECTION_STRING"], "the CLI gets Azurite's key"
+        assert '"seeded": ["user@contoso.test (user U-1001)", "agent@contoso.test (agent A-2001)"]' in run.text
+        code, out, err = run.accounts_cli("list")
+        assert code == 0 and "user@contoso.test" in out, err
+        code, _, err = run.accounts_cli("add", "kept@contoso.test", "--kind", "user", "--account-id", "U-7")
+        assert code == 0, err
+        with run.browser() as browser:
+            assert sign_in(browser, run.base, "user", DEV_USER).status_code == 200, "the stack signs in"
+    assert (tmp_path / "state" / "azurite").is_dir(), "Azurite's data is kept in the state directory"
+
+    # Started again, with a wrong secret in the environment: the data is still there, and the app
+    # runs with the environment's value (as Core Tools does), so the sign-in fails as it would in Azure.
+    with MakeRun(tmp_path, OIDC_CLIENT_SECRET="wrong") as run:
+        assert '"seeded": []' in run.text, "the demo accounts were kept, not written again"
+        assert "From your environment (it wins over local.settings.json): OIDC_CLIENT_SECRET" in run.text
+        assert "kept@contoso.test" in run.accounts_cli("list")[1], "accounts survive a restart"
+        with run.browser() as browser:
+            assert sign_in(browser, run.base, "user", DEV_USER).status_code == 401
+
+
+@pytest.mark.timeout(600)
+def test_a_scenario_sets_up_the_mistake_an_admin_then_sees(tmp_path):
+    with MakeRun(tmp_path, SCENARIO="no-email-claim") as run:
+        assert "SCENARIO no-email-claim:" in run.text
+        with run.browser() as browser:
+            refused = sign_in(browser, run.base, "user", DEV_USER)
+            assert refused.status_code == 403 and "no_email_claim" in refused.text
+            setup = browser.get(f"{run.base}/api/sso/setup", timeout=TIMEOUT).text
+        assert "email claim in the token: no" in setup and 'class="st fail"' in setup
+
+
+def test_each_scenario_changes_the_idp_or_the_app_as_it_says():
+    from tools.dev import OTHER_TENANT, SCENARIOS, demo_people
+
+    assert set(SCENARIOS) == {"wrong-secret", "no-email-claim", "wrong-tenant", "no-role"}
+    normal = {p["login"]: p["claims"] for p in demo_people(None)}
+    assert normal["user@contoso.test"]["roles"] == ["Portal.User"]
+    assert normal["agent@contoso.test"]["roles"] == ["Portal.Agent"]
+    assert all("email" not in p["claims"] for p in demo_people(SCENARIOS["no-email-claim"]))
+    assert {p["claims"]["tid"] for p in demo_people(SCENARIOS["wrong-tenant"])} == {OTHER_TENANT}
+    assert all("roles" not in p["claims"] for p in demo_people(SCENARIOS["no-role"]))
+    assert SCENARIOS["no-role"].app == {"APP_ROLES_REQUIRED": "true"}
+    assert SCENARIOS["wrong-secret"].app["OIDC_CLIENT_SECRET"]

@@ -90,6 +90,15 @@ def test_unknown_path_is_404_and_wrong_method_405_with_allow(server, session):
     assert (r.status_code, sorted(r.headers["Allow"].split(", "))) == (405, ["GET", "HEAD"])
 
 
+def test_an_unknown_path_gets_the_apps_own_404_page_not_werkzeugs(server, session):
+    r = session.get(f"{server.url}/api/no/such/page?code=SECRETCODE")
+    assert (r.status_code, r.headers["Content-Type"]) == (404, "text/html; charset=utf-8")
+    assert "<h1>Not found</h1>" in r.text and "<main>" in r.text and "Correlation ID" in r.text
+    assert "Werkzeug" not in r.text and "The requested URL was not found" not in r.text
+    assert "SECRETCODE" not in r.text
+    assert r.headers["Cache-Control"] == "no-store" and "default-src 'none'" in r.headers["Content-Security-Policy"]
+
+
 def test_exception_is_500_without_details_and_the_log_has_no_query(server, session, caplog):
     with caplog.at_level(logging.INFO, logger="tools.host"):
         r = session.get(f"{server.url}/api/boom?code=SECRETCODE")

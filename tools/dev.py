@@ -1,11 +1,17 @@
 """`make run`: the whole local stack in one command.
 
-Azurite (Table Storage), the dev IdP (oidc-provider shaped like Entra ID, with demo people), the
-function app (tools.host, HTTPS) and the demo portal, all on 127.0.0.1 with a local test CA made in
-.devstack/ (git-ignored). Demo accounts are seeded. Ctrl-C stops everything."""
+Azurite (Table Storage, its data kept in .devstack/azurite), the dev IdP (oidc-provider shaped like
+Entra ID, with demo people), the function app (tools.host, HTTPS) and the demo portal, all on
+127.0.0.1 with a local test CA made in .devstack/ (git-ignored). Demo accounts are seeded when
+missing. It leaves local.settings.json in the project root (git-ignored), which the accounts CLI and
+tools.host read. Like Core Tools, the process environment wins over those settings
+(`OIDC_CLIENT_SECRET=wrong make run` runs the app with that secret). `make run SCENARIO=NAME` sets up
+one of the mistakes admins make (SCENARIOS), to see what the setup page, health and the person show.
+Ctrl-C stops everything."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -14,23 +20,31 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .stack import (
     ROOT,
+    TestCA,
     ensure_npm_packages,
     entra_person,
     idp_config,
     make_ca,
+    new_account_key,
     start_azurite,
     start_idp,
     trust_env,
 )
 
-STATE = ROOT / ".devstack"
+# Elsewhere only for the tests (and a second stack): DEV_STATE_DIR, DEV_SETTINGS_FILE.
+STATE = Path(os.environ.get("DEV_STATE_DIR") or ROOT / ".devstack")
+LOCAL_SETTINGS = Path(os.environ.get("DEV_SETTINGS_FILE") or ROOT / "local.settings.json")
+WRITTEN_SETTINGS = STATE / "local.settings.json"  # the copy of what make run last wrote: is the root file ours?
 TENANT = "11111111-2222-4333-8444-555555555555"
+OTHER_TENANT = "99999999-8888-4777-8666-555555555555"
 CLIENT_ID = "00000000-0000-4000-8000-00000000c11d"
 PORTS = {
     "app": int(os.environ.get("DEV_APP_PORT", 7071)),
@@ -38,11 +52,37 @@ PORTS = {
     "portal": int(os.environ.get("DEV_PORTAL_PORT", 7080)),
     "azurite": int(os.environ.get("DEV_TABLES_PORT", 10002)),
 }
+# (login, password, name, oid, app roles): the roles claim Entra sends for the app roles assigned.
 PEOPLE = [
-    ("user@contoso.test", "user", "Demo User", "0c1f6b0e-2b8e-4f5a-9d51-7a3e1f2c9b01"),
-    ("agent@contoso.test", "agent", "Demo Agent", "5e2d9c4a-8b7f-4e1d-a3c6-0f9b8a7d6c02"),
-    ("nobody@contoso.test", "nobody", "No Portal Account", "9d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a03"),
+    ("user@contoso.test", "user", "Demo User", "0c1f6b0e-2b8e-4f5a-9d51-7a3e1f2c9b01", ["Portal.User"]),
+    ("agent@contoso.test", "agent", "Demo Agent", "5e2d9c4a-8b7f-4e1d-a3c6-0f9b8a7d6c02", ["Portal.Agent"]),
+    ("nobody@contoso.test", "nobody", "No Portal Account", "9d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a03", ["Portal.User"]),
 ]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One mistake an admin makes, set up in the IdP and the app: what the person then sees."""
+
+    what: str
+    app: dict[str, str] = field(default_factory=dict)  # settings that differ from the working stack
+    person: dict = field(default_factory=dict)  # claims that differ for every demo person (None drops one)
+
+
+SCENARIOS = {
+    "wrong-secret": Scenario("the app holds a client secret the IdP does not accept (a secret's ID pasted for "
+                             "its Value, or an old one): sign-in ends in a 401, the setup page and health say so",
+                             app={"OIDC_CLIENT_SECRET": "not-the-secret-the-idp-holds"}),
+    "no-email-claim": Scenario("the app registration has no 'email' optional claim: a 403 no_email_claim, and the "
+                               "setup page's last sign-in says 'email claim in the token: no'",
+                               person={"email": None}),
+    "wrong-tenant": Scenario(f"people come from another tenant ({OTHER_TENANT}) than the app allows: a 403 "
+                             "tenant_not_allowed, and the setup page names ALLOWED_TENANT_IDS",
+                             person={"tid": OTHER_TENANT}),
+    "no-role": Scenario("APP_ROLES_REQUIRED=true but no one is assigned the kind's app role (Portal.User, "
+                        "Portal.Agent): a 403 role_not_assigned",
+                        app={"APP_ROLES_REQUIRED": "true"}, person={"roles": None}),
+}
 
 
 def _port_free(port: int) -> bool:
@@ -67,9 +107,11 @@ def _new_signing_key() -> str:
                              serialization.NoEncryption()).decode()
 
 
-def app_settings(issuer: str, client_secret: str, tables_connection_string: str) -> dict[str, str]:
+def app_settings(issuer: str, client_secret: str, tables_connection_string: str, ca: TestCA) -> dict[str, str]:
+    """The working stack's settings (what local.settings.json holds, the scenario's changes applied)."""
     app, portal = f"https://127.0.0.1:{PORTS['app']}", f"https://127.0.0.1:{PORTS['portal']}"
     return {
+        "FUNCTIONS_WORKER_RUNTIME": "python",
         "OIDC_ISSUER_URL": f"{issuer}/.well-known/openid-configuration",
         "OIDC_CLIENT_ID": CLIENT_ID,
         "OIDC_CLIENT_SECRET": client_secret,
@@ -79,16 +121,58 @@ def app_settings(issuer: str, client_secret: str, tables_connection_string: str)
         "PORTAL_AGENT_URL": f"{portal}/agent",
         "PUBLIC_BASE_URL": app,
         "SESSION_TOKEN_AUDIENCE": portal,
+        # So that tools.host alone, started on these settings, trusts the dev IdP's test CA too.
+        **trust_env(ca),
     }
 
 
-def main() -> int:
+def demo_people(scenario: Scenario | None) -> list[dict]:
+    people = []
+    for email, password, name, oid, roles in PEOPLE:
+        person = entra_person(email, password, name=name, oid=oid, tenant=TENANT, roles=roles)
+        for claim, value in (scenario.person if scenario else {}).items():
+            if value is None:
+                person["claims"].pop(claim, None)
+            else:
+                person["claims"][claim] = value
+        people.append(person)
+    return people
+
+
+def write_local_settings(values: dict[str, str]) -> str:
+    """Writes local.settings.json for the accounts CLI and tools.host, unless the file there is not
+    one make run wrote (someone's own settings for `func start`: left alone). Says what it did."""
+    text = json.dumps({"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": PORTS["app"]}}, indent=2)
+    ours = not LOCAL_SETTINGS.exists() or (
+        WRITTEN_SETTINGS.exists() and LOCAL_SETTINGS.read_text() == WRITTEN_SETTINGS.read_text())
+    for path in (WRITTEN_SETTINGS, LOCAL_SETTINGS) if ours else (WRITTEN_SETTINGS,):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the storage key
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+    if ours:
+        return f"{LOCAL_SETTINGS} (read by tools.accounts and tools.host; git-ignored)"
+    return (f"{WRITTEN_SETTINGS} (your own {LOCAL_SETTINGS.name} was left alone: copy this one over it for "
+            "tools.accounts to reach this stack's storage)")
+
+
+def from_environment(values: dict[str, str]) -> list[str]:
+    """The settings the process environment overrides (it wins, as with Core Tools)."""
+    return sorted(name for name in values if name in os.environ and os.environ[name] != values[name])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", default=os.environ.get("SCENARIO") or None, choices=sorted(SCENARIOS),
+                        help="a mistake to set up (also SCENARIO=NAME)")
+    args = parser.parse_args(argv)
+    scenario = SCENARIOS[args.scenario] if args.scenario else None
     busy = [f"{name} port {port}" for name, port in PORTS.items() if not _port_free(port)]
     if busy:
         print(f"make run: {', '.join(busy)} already in use. Stop what uses it, or set DEV_APP_PORT, "
               "DEV_IDP_PORT, DEV_PORTAL_PORT or DEV_TABLES_PORT.", file=sys.stderr)
         return 1
-    STATE.mkdir(exist_ok=True)
+    STATE.mkdir(parents=True, exist_ok=True)
     ensure_npm_packages()
     ca = make_ca(STATE / "ca")
     os.environ.update(trust_env(ca))
@@ -98,21 +182,24 @@ def main() -> int:
     services = []
     try:
         print("starting Azurite (Table Storage) ...", flush=True)
-        azurite = start_azurite(PORTS["azurite"], workdir=logs)
+        # On disk in .devstack/azurite, under a key made once: demo accounts survive a restart.
+        azurite = start_azurite(PORTS["azurite"], workdir=STATE / "azurite", on_disk=True,
+                                key=_state_secret("azurite-account-key", new_account_key))
         services.append(azurite)
         app_base, portal = f"https://127.0.0.1:{PORTS['app']}", f"https://127.0.0.1:{PORTS['portal']}"
         secret = _state_secret("client-secret", lambda: secrets.token_urlsafe(32))
         client = {"client_id": CLIENT_ID, "client_secret": secret, "token_endpoint_auth_method": "client_secret_post",
                   "redirect_uris": [f"{app_base}/api/sso/{k}/callback" for k in ("user", "agent")],
-                  "post_logout_redirect_uris": [f"{portal}/user", f"{portal}/agent"]}
-        people = [entra_person(email, password, name=name, oid=oid, tenant=TENANT)
-                  for email, password, name, oid in PEOPLE]
+                  "post_logout_redirect_uris": [f"{app_base}/api/sso/{k}/signed-out" for k in ("user", "agent")]}
         print("starting the dev IdP (oidc-provider, Entra-shaped) ...", flush=True)
-        idp = start_idp(idp_config(ca, port=PORTS["idp"], tenant=TENANT, clients=[client], people=people),
-                        workdir=logs)
+        idp = start_idp(idp_config(ca, port=PORTS["idp"], tenant=TENANT, clients=[client],
+                                   people=demo_people(scenario)), workdir=logs)
         services.append(idp)
-        settings = app_settings(idp.url, secret, azurite.connection_string)
-        env = {**os.environ, **settings}
+        settings = app_settings(idp.url, secret, azurite.connection_string, ca)
+        settings.update(scenario.app if scenario else {})
+        written = write_local_settings(settings)
+        overridden = from_environment(settings)
+        env = {**settings, **os.environ}  # the environment wins, as with Core Tools
         seed(settings["TABLES_CONNECTION_STRING"])
         print("starting the function app (tools.host) and the demo portal ...", flush=True)
         app = subprocess.Popen([sys.executable, "-m", "tools.host", "--port", str(PORTS["app"]),
@@ -122,9 +209,15 @@ def main() -> int:
                                         "--cert", str(ca.server_cert), "--key", str(ca.server_key)],
                                        cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         time.sleep(1.5)
+        notes = ""
+        if scenario:
+            notes += (f"\n  SCENARIO {args.scenario}: {scenario.what}.\n"
+                      "  Sign in, then open the setup page and health.\n")
+        if overridden:
+            notes += f"\n  From your environment (it wins over local.settings.json): {', '.join(overridden)}\n"
         print(f"""
 Local stack is up (logs in {logs}).
-
+{notes}
   Open the demo portal:   {portal}/
   Sign in as a user:      user@contoso.test   / user
   Sign in as an agent:    agent@contoso.test  / agent
@@ -132,7 +225,9 @@ Local stack is up (logs in {logs}).
 
   Function app:           {app_base}/api/sso/setup   (setup page)   {app_base}/api/health
   Dev IdP (issuer):       {idp.url}
-  Table Storage:          Azurite on 127.0.0.1:{PORTS['azurite']} (in memory)
+  Table Storage:          Azurite on 127.0.0.1:{PORTS['azurite']}, data in {STATE / 'azurite'}
+  Settings written to:    {written}
+  Scenarios:              make run SCENARIO={'|'.join(sorted(SCENARIOS))}
 
 Everything is served over HTTPS with a local test CA: {ca.ca_cert}
 Import it into your browser as a trusted authority, or accept the certificate warnings.
@@ -160,15 +255,25 @@ def _interrupt(*_args) -> None:
     raise KeyboardInterrupt
 
 
-def seed(connection_string: str) -> None:
-    """The demo accounts: the demo user's user account and the demo agent's agent account."""
+DEMO_ACCOUNTS = [("user@contoso.test", "user", "U-1001", "Demo User"),
+                 ("agent@contoso.test", "agent", "A-2001", "Demo Agent")]
+
+
+def seed(connection_string: str) -> list[str]:
+    """The demo accounts (the demo user's user account, the demo agent's agent account), each added
+    only when missing: a restart keeps what the stack's storage holds (links, last logins, your own
+    accounts and changes). Returns those it added."""
     from shared.accounts import AccountStore
     from shared.tables import ACCOUNTS_TABLE, Tables
 
     store = AccountStore(Tables.from_settings(connection_string, None, lambda: None).client(ACCOUNTS_TABLE))
-    store.add("user@contoso.test", "user", "U-1001", "Demo User")
-    store.add("agent@contoso.test", "agent", "A-2001", "Demo Agent")
-    print(json.dumps({"seeded": ["user@contoso.test (user U-1001)", "agent@contoso.test (agent A-2001)"]}))
+    added = []
+    for email, kind, account_id, name in DEMO_ACCOUNTS:
+        if store.get(email, kind) is None:
+            store.add(email, kind, account_id, name)
+            added.append(f"{email} ({kind} {account_id})")
+    print(json.dumps({"seeded": added}))
+    return added
 
 
 if __name__ == "__main__":

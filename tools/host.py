@@ -5,8 +5,8 @@ cannot run everywhere), on werkzeug's threaded HTTP server and router:
 
 Like Core Tools it applies ``local.settings.json`` (tools/local_settings.py), imports ``function_app``,
 calls ``app.get_functions()`` once and serves the HTTP functions under ``extensions.http.routePrefix`` of
-``host.json``: unknown path 404, wrong method 405 with ``Allow``, no function keys asked, plain HTTP
-unless given a certificate. Timer functions are listed, not run.
+``host.json``: unknown path 404 (the app's own page, functions/http.py), wrong method 405 with ``Allow``,
+no function keys asked, plain HTTP unless given a certificate. Timer functions are listed, not run.
 
 It serves what this app uses, nothing more: ``{name}`` route parameters (matched case-sensitively; Azure
 ignores case), a function taking the request and ``context`` and returning a ``func.HttpResponse``. An
@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 import azure.functions as func
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
@@ -71,10 +71,21 @@ def _rule(template: str, prefix: str, function: Any) -> Rule:
     return Rule(rule_path, endpoint=function, methods=_methods(function) or None)
 
 
+def _app_not_found() -> Any:
+    """This project's own 404 page (functions/http.py), for a path no function serves; None (werkzeug's
+    plain 404) for an app directory without it."""
+    try:
+        from functions.http import not_found_response
+    except ImportError:
+        return None
+    return not_found_response
+
+
 class FunctionHost:
     """The WSGI app that routes requests to the HTTP functions of a ``func.FunctionApp``."""
 
-    def __init__(self, function_app: func.FunctionApp, prefix: str = "api") -> None:
+    def __init__(self, function_app: func.FunctionApp, prefix: str = "api", not_found: Any = None) -> None:
+        self.not_found = not_found if not_found is not None else _app_not_found()
         rules, self.other_functions = [], []
         for function in function_app.get_functions():
             trigger = function.get_trigger()
@@ -91,7 +102,9 @@ class FunctionHost:
         try:
             function, params = self.routes.bind_to_environ(environ).match()
             response = self.invoke(function, request, params)
-        except HTTPException as exc:  # 404, and 405 with Allow
+        except NotFound:
+            response = self.not_found_page(environ)
+        except HTTPException as exc:  # 405 with Allow
             response = exc.get_response(environ)
         for name, value in _transport_security().items():  # the host's own answers too
             response.headers.setdefault(name, value)
@@ -99,8 +112,24 @@ class FunctionHost:
                  (time.perf_counter() - started) * 1000)
         return response(environ, start_response)
 
+    def not_found_page(self, environ: dict[str, Any]) -> Response:
+        if self.not_found is None:
+            return NotFound().get_response(environ)
+        return self.as_response(self.not_found())
+
     @staticmethod
-    def invoke(function: Any, request: Request, params: dict[str, str]) -> Response:
+    def as_response(result: func.HttpResponse) -> Response:
+        response = Response(result.get_body(), status=result.status_code, mimetype=result.mimetype)
+        # HttpResponseHeaders is werkzeug's Headers: items() yields each Set-Cookie of several.
+        for name, value in result.headers.items():
+            if name.lower() == "content-type":
+                response.headers["Content-Type"] = value
+            elif name.lower() not in _HOP_BY_HOP:
+                response.headers.add(name, value)
+        return response
+
+    @classmethod
+    def invoke(cls, function: Any, request: Request, params: dict[str, str]) -> Response:
         trigger, user_function = function.get_trigger(), function.get_user_function()
         arguments: dict[str, Any] = {trigger.name: func.HttpRequest(
             method=request.method, url=request.url, headers=dict(request.headers.items()),
@@ -116,14 +145,7 @@ class FunctionHost:
         except Exception:
             LOG.exception("function %s failed", function.get_function_name())
             return Response("Internal Server Error", status=500, mimetype="text/plain")
-        response = Response(result.get_body(), status=result.status_code, mimetype=result.mimetype)
-        # HttpResponseHeaders is werkzeug's Headers: items() yields each Set-Cookie of several.
-        for name, value in result.headers.items():
-            if name.lower() == "content-type":
-                response.headers["Content-Type"] = value
-            elif name.lower() not in _HOP_BY_HOP:
-                response.headers.add(name, value)
-        return response
+        return cls.as_response(result)
 
     def describe(self, base_url: str) -> list[str]:
         """What Core Tools prints at start: each function with its methods and URL."""
@@ -144,8 +166,8 @@ def _transport_security() -> dict[str, str]:
     return transport_security()
 
 
-def build_wsgi_app(function_app: func.FunctionApp, prefix: str = "api") -> FunctionHost:
-    return FunctionHost(function_app, prefix)
+def build_wsgi_app(function_app: func.FunctionApp, prefix: str = "api", not_found: Any = None) -> FunctionHost:
+    return FunctionHost(function_app, prefix, not_found)
 
 
 class _RequestHandler(WSGIRequestHandler):

@@ -31,7 +31,8 @@ IDP_SCRIPT = DEVSTACK / "idp.mjs"
 
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
-# Azurite's account name. Its key is made at each start (AZURITE_ACCOUNTS), never kept in the repo.
+# Azurite's account name. Its key is made at run time (AZURITE_ACCOUNTS), never kept in the repo; make run
+# keeps its own in .devstack/ (git-ignored) with the data, so a restart opens the same tables.
 AZURITE_ACCOUNT = "devstoreaccount1"
 
 STOP_TIMEOUT = 5.0
@@ -133,13 +134,14 @@ class Service:
     logs: list[Path] = field(default_factory=list)
     connection_string: str = ""  # for a storage service: how clients reach it
     account_key: str = ""  # for a storage service: its key, to start it again as the same account
+    stop_signal: int = signal.SIGTERM  # Azurite saves its data on SIGINT only (SIGTERM loses up to 5 s)
 
     def stop(self) -> None:
-        """Terminate the process group; kill it if it has not exited after 5 s. Idempotent."""
+        """Ask the process group to stop; kill it if it has not exited after 5 s. Idempotent."""
         _running.discard(self)
         proc = self.process
         if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
+            _signal_group(proc, self.stop_signal)
             try:
                 proc.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -212,6 +214,7 @@ def ensure_npm_packages() -> None:
         NODE_MODULES / "oidc-provider",
         NODE_MODULES / "azurite",
         NODE_MODULES / ".bin" / "azurite-table",
+        NODE_MODULES / "axe-core" / "axe.min.js",  # the browser tests' accessibility audit
     ]
     if all(path.exists() for path in wanted):
         return
@@ -265,6 +268,7 @@ def start_azurite(port: int | None = None, *, workdir: Path, key: str | None = N
     key = key or new_account_key()
     env = {**os.environ, "AZURITE_ACCOUNTS": f"{AZURITE_ACCOUNT}:{key}"}
     service = _spawn(f"azurite-{port}", argv, workdir, env=env)
+    service.stop_signal = signal.SIGINT
     service.url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
     service.port = port
     service.connection_string = azurite_connection_string(port, key)

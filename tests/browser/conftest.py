@@ -5,10 +5,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from tests.conftest import APP_BASE, PORTAL_ORIGIN, PORTAL_PORT
+from tools.demo_portal import DemoPortal
+from tools.host import serve_in_thread
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -35,6 +40,15 @@ def browser(test_ca, tmp_path_factory):
                   f"--ignore-certificate-errors-spki-list={spki_hash(test_ca.server_cert)}"])
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def portal(app_server, test_ca) -> Iterator[str]:
+    """The demo portal, at PORTAL_ORIGIN, in front of the app under test."""
+    handle = serve_in_thread(DemoPortal(APP_BASE, PORTAL_ORIGIN), port=PORTAL_PORT,
+                             ssl_context=(str(test_ca.server_cert), str(test_ca.server_key)))
+    yield handle.url
+    handle.stop()
 
 
 def sign_in_on_the_idp_page(page, person: dict) -> None:

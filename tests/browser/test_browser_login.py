@@ -3,24 +3,12 @@ dev IdP's real login page, the form_post callback and the demo portal's verifica
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.browser.conftest import sign_in_on_the_idp_page
-from tests.conftest import APP_BASE, DEMO_AGENT, DEMO_USER, PORTAL_ORIGIN, PORTAL_PORT
-from tools.demo_portal import DemoPortal
-from tools.host import serve_in_thread
+from tests.conftest import APP_BASE, DEMO_AGENT, DEMO_USER
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def portal(app_server, test_ca) -> Iterator[str]:
-    handle = serve_in_thread(DemoPortal(APP_BASE, PORTAL_ORIGIN), port=PORTAL_PORT,
-                             ssl_context=(str(test_ca.server_cert), str(test_ca.server_key)))
-    yield handle.url
-    handle.stop()
 
 
 @pytest.mark.parametrize(("kind", "person", "account_id"), [("user", DEMO_USER, "U-1001"),

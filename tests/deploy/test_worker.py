@@ -30,7 +30,8 @@ def test_every_function_is_indexed_loaded_and_invoked_by_the_python_313_worker(a
     functions = out["functions"]
     assert {name: (f["route"], f["authLevel"]) for name, f in functions.items() if f["trigger"] == "httpTrigger"} == {
         "sso_login": ("sso/{kind}/login", "ANONYMOUS"), "sso_callback": ("sso/{kind}/callback", "ANONYMOUS"),
-        "sso_logout": ("sso/{kind}/logout", "ANONYMOUS"), "sso_jwks": ("sso/jwks.json", "ANONYMOUS"),
+        "sso_logout": ("sso/{kind}/logout", "ANONYMOUS"), "sso_signed_out": ("sso/{kind}/signed-out", "ANONYMOUS"),
+        "sso_jwks": ("sso/jwks.json", "ANONYMOUS"),
         "sso_setup": ("sso/setup", "FUNCTION"), "health": ("health", "FUNCTION")}, functions
     assert all("GET" in [m.upper() for m in f["methods"]] for f in functions.values() if f["methods"])
     assert functions["purge_expired_rows"]["trigger"] == "timerTrigger"
@@ -48,6 +49,7 @@ def test_every_function_is_indexed_loaded_and_invoked_by_the_python_313_worker(a
             "same_site": "ExplicitNone"} in login["cookies"], f"the flow cookie goes out as set: {login['cookies']}"
     assert calls["sso_callback"]["http_status"] == "400" and "Correlation ID" in calls["sso_callback"]["body"]
     assert calls["sso_logout"]["http_status"] == "302"
+    assert calls["sso_signed_out"]["http_status"] == "200" and "You are signed out" in calls["sso_signed_out"]["body"]
     assert calls["sso_jwks"]["http_status"] == "200" and '"keys"' in calls["sso_jwks"]["body"]
     assert calls["sso_setup"]["http_status"] == "200" and "Redirect URIs" in calls["sso_setup"]["body"]
     assert calls["health"]["http_status"] == "200", calls["health"]

@@ -63,13 +63,14 @@ async def main(app_dir: str) -> dict:
             protos, function_load_request=protos.FunctionLoadRequest(function_id=meta.function_id, metadata=meta)))
         functions[meta.name]["loaded"] = protos.StatusResult.Status.Name(loaded.result.status)
     out["functions"] = functions
-    if set(functions) != {"sso_login", "sso_callback", "sso_logout", "sso_jwks", "sso_setup", "health",
-                          "purge_expired_rows"}:
+    if set(functions) != {"sso_login", "sso_callback", "sso_logout", "sso_signed_out", "sso_jwks", "sso_setup",
+                          "health", "purge_expired_rows"}:
         return out  # the test says what is missing
 
     calls = {"sso_login": ("GET", "sso/user/login", {"kind": "user"}),
              "sso_callback": ("POST", "sso/user/callback", {"kind": "user"}),
              "sso_logout": ("GET", "sso/user/logout", {"kind": "user"}),
+             "sso_signed_out": ("GET", "sso/user/signed-out", {"kind": "user"}),
              "sso_jwks": ("GET", "sso/jwks.json", {}),
              "sso_setup": ("GET", "sso/setup", {}),
              "health": ("GET", "health", {})}

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from shared.runtime import get_runtime
-from tests.conftest import APP_BASE, DEMO_USER, DISABLED_USER, NO_ACCOUNT, PORTAL_URLS
+from tests.conftest import APP_BASE, DEMO_USER, DISABLED_USER, NO_ACCOUNT, PORTAL_URLS, SIGNED_OUT_URIS
 from tests.support.portal import (
     assert_error_page,
     correlation_id,
@@ -121,12 +121,14 @@ def test_redirect_uri_comes_from_public_base_url_not_the_host_header(browser_ses
     assert "evil.test" not in response.headers["Location"]
 
 
-def test_logout_goes_to_the_idp_end_session_endpoint_with_the_portal_url(app_server):
+def test_logout_goes_to_the_idp_end_session_endpoint_with_the_signed_out_page(app_server):
     response = requests.get(f"{APP_BASE}/api/sso/agent/logout", allow_redirects=False)
     assert response.status_code == 302
     location = response.headers["Location"]
     assert "/session/end" in location
-    assert requests.utils.quote(PORTAL_URLS["agent"], safe="") in location
+    assert f"post_logout_redirect_uri={requests.utils.quote(SIGNED_OUT_URIS['agent'], safe='')}" in location, \
+        "back to our signed-out page (a registered redirect URI), never to the portal's landing URL"
+    assert requests.utils.quote(PORTAL_URLS["agent"], safe="") not in location
 
 
 def test_jwks_is_public_and_cacheable(app_server):

@@ -18,7 +18,8 @@ from shared.callback import MAX_BODY
 from shared.flows import STATE_SYNTAX
 
 MARK = '<zq"\'>'  # put into inputs; may come back only escaped
-ROUTES = ["sso/{kind}/login", "sso/{kind}/callback", "sso/{kind}/logout", "sso/jwks.json", "sso/setup", "health"]
+ROUTES = ["sso/{kind}/login", "sso/{kind}/callback", "sso/{kind}/logout", "sso/{kind}/signed-out", "sso/jwks.json",
+          "sso/setup", "health"]
 ALLOWED = {200, 302, 400, 403, 404, 405, 503}
 TABLE_KEY_FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 FUZZ = settings(max_examples=1000, deadline=None, derandomize=True, database=None,

@@ -217,3 +217,140 @@ def test_metadata_url_keeps_entras_appid_query_which_selects_the_apps_own_signin
     settings = load_settings(env(OIDC_ISSUER_URL=f"{url}?appid=6b1d2e3f"))
     assert settings.metadata_url == f"{url}?appid=6b1d2e3f", "the appid query must reach discovery"
     assert settings.issuer_base == "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"
+
+
+# Static mistakes (issue 16 item 4): the example file's placeholders, formats, the tenant list.
+
+EXAMPLE = "local.settings.example.json"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("OIDC_ISSUER_URL", "https://login.microsoftonline.com/<tenant-id>/v2.0/.well-known/openid-configuration"),
+    ("OIDC_CLIENT_ID", "<application (client) id>"),
+    ("KEY_VAULT_URL", "https://<your-vault>.vault.azure.net"),
+])
+def test_the_example_files_placeholders_are_refused_with_what_to_fix(name, value):
+    overrides = {name: value}
+    if name == "KEY_VAULT_URL":
+        overrides.update(OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(env(**overrides))
+    problem = next(p for p in caught.value.problems if p.setting == name)
+    assert "placeholder" in problem.text and "<" in problem.text, f"{name}: says it is the example's placeholder"
+    assert problem.fix.startswith("replace it with the real value"), "and says what to put there"
+
+
+def test_the_example_file_itself_does_not_load():
+    import json
+    from pathlib import Path
+
+    values = json.loads((Path(__file__).resolve().parents[2] / EXAMPLE).read_text())["Values"]
+    text = problems_of(values)
+    for name in ("OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "KEY_VAULT_URL"):
+        assert f"{name}: still holds the placeholder" in text, f"the example's {name} is not taken for a value"
+
+
+@pytest.mark.parametrize("client_id", ["portal-sso", "6b1d2e3f-4a5b-4c6d-8e7f", "Contoso SSO"])
+def test_an_entra_client_id_must_be_a_guid(client_id):
+    text = problems_of(env(OIDC_CLIENT_ID=client_id))
+    assert f"OIDC_CLIENT_ID: {client_id!r} is not a GUID" in text, "the bad value is quoted, with the fix"
+
+
+def test_a_client_id_of_another_idp_may_be_any_string():
+    settings = load_settings(env(OIDC_ISSUER_URL="https://idp.contoso.test/realm", OIDC_CLIENT_ID="portal-sso"))
+    assert settings.client_id == "portal-sso", "only Entra's client ids are GUIDs"
+
+
+@pytest.mark.parametrize("vault", ["https://contoso-sso.vault.azure.net", "https://contoso-sso.vault.azure.net/",
+                                   "https://kv1.vault.azure.cn", "https://kv-gov.vault.usgovcloudapi.net",
+                                   "https://127.0.0.1:8443", "https://localhost:8443"])
+def test_a_vault_url_in_any_cloud_or_a_local_stand_in_loads(vault):
+    settings = load_settings(env(KEY_VAULT_URL=vault, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None))
+    assert settings.key_vault_url == vault.rstrip("/")
+
+
+@pytest.mark.parametrize(("vault", "why"), [
+    ("https://vault.contoso.com", "is not a Key Vault host"),
+    ("https://contoso.vault.azure.net.evil.test", "is not a Key Vault host"),
+    ("https://1vault.vault.azure.net", "does not hold a vault name"),
+    ("https://contoso-sso.vault.azure.net/secrets/x", "is not an https:// URL of a vault"),
+    ("http://contoso-sso.vault.azure.net", "is not an https:// URL of a vault"),
+])
+def test_a_vault_url_that_is_not_a_vault_is_refused_quoting_it(vault, why):
+    text = problems_of(env(KEY_VAULT_URL=vault, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None))
+    assert f"KEY_VAULT_URL: {vault!r} {why}" in text and "Vault URI" in text
+
+
+def test_allowed_tenants_without_the_single_tenant_issuers_own_tenant_is_a_problem():
+    text = problems_of(env(ALLOWED_TENANT_IDS=OTHER_TENANT))
+    assert f"ALLOWED_TENANT_IDS: does not include {TENANT}" in text, "no one of the issuer's tenant could sign in"
+    assert "add that tenant" in text
+
+
+def test_allowed_tenants_including_the_single_tenant_issuers_tenant_load():
+    settings = load_settings(env(ALLOWED_TENANT_IDS=f"{TENANT.upper()},{OTHER_TENANT}"))
+    assert settings.allowed_tenant_ids == {TENANT, OTHER_TENANT}
+
+
+# Messages quote the bad value and every problem names its fix (item 10).
+
+def test_a_bad_number_is_quoted_with_its_range_and_the_default():
+    text = problems_of(env(IDP_TIMEOUT_SECONDS="-5"))
+    assert "IDP_TIMEOUT_SECONDS: '-5' is not a whole number from 1 to 120;" in text
+    assert "remove it to use the default (10)" in text
+
+
+def test_every_problem_of_a_badly_filled_environment_names_its_fix():
+    bad = env(OIDC_ISSUER_URL="http://login.microsoftonline.com/x/v2.0", OIDC_CLIENT_ID="<client>",
+              KEY_VAULT_URL="https://vault.contoso.com", OIDC_CLIENT_CERTIFICATE_NAME="cert",
+              TABLES_CONNECTION_STRING=None, TABLES_ENDPOINT="ftp://tables", PORTAL_USER_URL="portal",
+              PORTAL_AGENT_HOME_URL="https://portal.contoso.test/agent", PORTAL_AGENT_URL="https://portal.contoso.test/agent",
+              PORTAL_ALLOWED_RETURN_ORIGINS="https://a.test/path", PUBLIC_BASE_URL="http://sso.test",
+              ALLOWED_TENANT_IDS="contoso.com", SESSION_TOKEN_TTL_SECONDS="x", SECRET_CACHE_SECONDS="-1",
+              IDP_TIMEOUT_SECONDS="0", SIGNIN_EVENTS_RETENTION_DAYS="0")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(bad)
+    problems = caught.value.problems
+    assert len(problems) >= 14, [str(p) for p in problems]
+    assert [str(p) for p in problems if not p.fix] == [], "every problem says how to fix it"
+
+
+def test_secret_values_are_never_quoted():
+    secret = "DefaultEndpointsProtocol=https;AccountKey=c2VjcmV0"
+    text = problems_of(env(TABLES_CONNECTION_STRING=secret, KEY_VAULT_URL="https://kv.vault.azure.net",
+                           OIDC_CLIENT_SECRET="secret-value-1", SESSION_SIGNING_KEY="secret-key-2"))
+    assert "secret-value-1" not in text and "secret-key-2" not in text and "c2VjcmV0" not in text
+
+
+# Portal homes and the signed-out page (item 1).
+
+def test_portal_homes_default_to_the_landing_urls_origin_never_the_landing_url():
+    settings = load_settings(env(PORTAL_AGENT_URL="https://agents.contoso.test:8443/sso/agent",
+                                 SESSION_TOKEN_AUDIENCE="portal"))
+    assert settings.home_url("user") == "https://portal.contoso.test/"
+    assert settings.home_url("agent") == "https://agents.contoso.test:8443/"
+
+
+def test_portal_homes_given_are_used():
+    settings = load_settings(env(PORTAL_USER_HOME_URL="https://portal.contoso.test/start",
+                                 PORTAL_AGENT_HOME_URL="https://portal.contoso.test/agents"))
+    assert (settings.home_url("user"), settings.home_url("agent")) == (
+        "https://portal.contoso.test/start", "https://portal.contoso.test/agents")
+
+
+@pytest.mark.parametrize(("value", "text"), [("https://portal.contoso.test/user", "is the landing URL"),
+                                             ("javascript:alert(1)", "is not an https:// URL")])
+def test_a_portal_home_that_is_the_landing_url_or_not_a_url_is_refused(value, text):
+    assert f"PORTAL_USER_HOME_URL: {text}" in problems_of(env(PORTAL_USER_HOME_URL=value)).replace(
+        f"{value!r} ", "")
+
+
+def test_the_signed_out_uri_is_built_from_the_public_base_url():
+    settings = load_settings(env())
+    assert settings.signed_out_uri("agent") == "https://sso.contoso.test/api/sso/agent/signed-out"
+
+
+def test_portal_homes_are_known_while_other_settings_are_bad():
+    from shared.config import portal_homes
+
+    assert portal_homes(env(OIDC_CLIENT_ID=None, PORTAL_AGENT_URL="bad")) == {"user": "https://portal.contoso.test/"}

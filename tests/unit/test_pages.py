@@ -217,3 +217,37 @@ def test_flow_cookie_cleared_has_max_age_zero():
 
 def test_flow_ttl_is_at_most_ten_minutes():
     assert FLOW_TTL_SECONDS <= 600, "a flow, and so its cookie, expires after at most 10 minutes"
+
+
+# Landmarks, the way back, the signed-out page (issue 16 items 1, 11, 14)
+
+def test_every_page_has_one_main_landmark():
+    for reply in (pages.error(SsoError("x"), CORRELATION_ID), pages.signed_out("https://p.test/"),
+                  pages.form_post(PORTAL, {"session_token": FAKE_TOKEN}, ORIGIN)):
+        assert reply.body.count("<main>") == 1 and reply.body.count("</main>") == 1, "content inside a <main>"
+
+
+def test_the_signed_out_page_says_so_and_links_to_the_portal_home():
+    reply = pages.signed_out("https://portal.contoso.test/")
+    assert reply.status == 200 and "You are signed out" in reply.body
+    assert [a.get("href") for a in Parsed(reply.body).all("a")] == ["https://portal.contoso.test/"]
+    assert not Parsed(reply.body).scripts
+    assert_security_headers(reply)
+
+
+def test_the_error_page_links_back_to_each_distinct_portal_home():
+    same = pages.error(SsoError("x"), CORRELATION_ID, homes={"user": "https://p.test/", "agent": "https://p.test/"})
+    assert [(a.get("href")) for a in Parsed(same.body).all("a")] == ["https://p.test/"], "one link for one home"
+    assert "Back to the portal" in same.body
+    both = pages.error(SsoError("x"), CORRELATION_ID, homes={"user": "https://u.test/", "agent": "https://a.test/"})
+    assert "Back to the user portal" in both.body and "Back to the agent portal" in both.body
+
+
+def test_the_error_pages_actions_and_notes_are_escaped():
+    err = NoAccount("no account")
+    err.notes = ("<b>note</b>",)
+    err.actions = [("<i>label</i>", '/api/sso/user/login?prompt=select_account&x="y"')]
+    reply = pages.error(err, CORRELATION_ID, portal_url="https://p.test/")
+    assert "<b>" not in reply.body and "<i>" not in reply.body and "&lt;b&gt;note" in reply.body
+    hrefs = [a.get("href") for a in Parsed(reply.body).all("a")]
+    assert hrefs == ['/api/sso/user/login?prompt=select_account&x="y"', "https://p.test/"]

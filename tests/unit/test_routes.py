@@ -32,6 +32,7 @@ def test_routes_auth_levels_and_the_timer_are_as_spec_says():
     routes = {trigger["route"]: trigger["authLevel"].lower() for trigger in http.values()}
     assert routes == {
         "sso/{kind}/login": "anonymous", "sso/{kind}/callback": "anonymous", "sso/{kind}/logout": "anonymous",
+        "sso/{kind}/signed-out": "anonymous",
         "sso/jwks.json": "anonymous", "sso/setup": "function", "health": "function",
     }, "SPEC's route table: the operator routes need a function key, the sign-in routes none"
     timers = [b for bindings in functions.values() for b in bindings if b["type"] == "timerTrigger"]

@@ -1,0 +1,79 @@
+"""Logout and the signed-out page (shared/login.py): the IdP is asked to return to our signed-out
+page, a registered redirect URI, never to the portal's landing URL (which takes POSTs only); an IdP
+without an end_session_endpoint sends the browser straight there; the page links to the portal home."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from shared.config import load_settings
+from shared.login import SsoService
+from shared.provider import ProviderMetadata
+
+ENV = {"OIDC_ISSUER_URL": "https://idp.test/realm", "OIDC_CLIENT_ID": "portal-sso", "OIDC_CLIENT_SECRET": "s",
+       "SESSION_SIGNING_KEY": "unused here", "TABLES_CONNECTION_STRING": "UseDevelopmentStorage=true",
+       "PORTAL_USER_URL": "https://portal.test/sso/user", "PORTAL_AGENT_URL": "https://portal.test/sso/agent",
+       "PORTAL_AGENT_HOME_URL": "https://portal.test/agents", "PUBLIC_BASE_URL": "https://sso.test"}
+METADATA = ProviderMetadata(issuer="https://idp.test/realm", authorization_endpoint="https://idp.test/a",
+                            token_endpoint="https://idp.test/t", jwks_uri="https://idp.test/k",
+                            end_session_endpoint="https://idp.test/logout?x=1", id_token_algs=frozenset({"RS256"}),
+                            iss_parameter_supported=False, discovered_from="https://idp.test/m")
+
+
+class Deps:
+    def __init__(self, env=ENV, metadata=METADATA):
+        from shared.oidc_client import OidcClient
+
+        self.env, self._metadata = env, metadata
+        self.settings = load_settings(env)
+        self.oidc = OidcClient.__new__(OidcClient)  # logout_url needs only the client id
+        self.oidc.client_id = self.settings.client_id
+
+    def metadata(self):
+        return self._metadata
+
+
+@pytest.mark.parametrize("kind", ["user", "agent"])
+def test_logout_asks_the_idp_to_return_to_the_signed_out_page(kind):
+    reply = SsoService(Deps()).logout(kind, "cid")
+    location = urlsplit(reply.headers["Location"])
+    assert reply.status == 302 and f"{location.scheme}://{location.netloc}{location.path}" == "https://idp.test/logout"
+    query = parse_qs(location.query)
+    assert query["post_logout_redirect_uri"] == [f"https://sso.test/api/sso/{kind}/signed-out"]
+    assert query["x"] == ["1"] and query["client_id"] == ["portal-sso"]
+
+
+def test_without_an_end_session_endpoint_logout_goes_straight_to_the_signed_out_page():
+    reply = SsoService(Deps(metadata=replace(METADATA, end_session_endpoint=None))).logout("agent", "cid")
+    assert (reply.status, reply.headers["Location"]) == (302, "https://sso.test/api/sso/agent/signed-out")
+
+
+@pytest.mark.parametrize(("kind", "home"), [("user", "https://portal.test/"), ("agent", "https://portal.test/agents")])
+def test_the_signed_out_page_links_to_the_kinds_home_never_its_landing_url(kind, home):
+    reply = SsoService(Deps()).signed_out(kind, "cid")
+    assert reply.status == 200 and "You are signed out" in reply.body
+    assert f'href="{home}"' in reply.body and "/sso/" not in reply.body
+
+
+def test_an_unknown_kind_is_404_with_the_way_back():
+    reply = SsoService(Deps()).signed_out("admin", "cid")
+    assert reply.status == 404
+    assert "Back to the user portal" in reply.body and "Back to the agent portal" in reply.body
+
+
+class BrokenSettings:
+    """Settings that do not load (no client id), as the runtime raises them on every use."""
+
+    env = {**ENV, "OIDC_CLIENT_ID": ""}
+
+    @property
+    def settings(self):
+        return load_settings(self.env)
+
+
+def test_the_way_back_survives_bad_settings_elsewhere():
+    reply = SsoService(BrokenSettings()).signed_out("user", "cid")
+    assert reply.status == 200 and 'href="https://portal.test/"' in reply.body, "the portal's own settings are fine"
