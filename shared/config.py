@@ -57,6 +57,8 @@ SETTINGS_TABLE = (
     SettingInfo("SESSION_TOKEN_TTL_SECONDS", "the session token's lifetime", "session_ttl"),
     SettingInfo("SECRET_CACHE_SECONDS", "how long a secret read from Key Vault is reused", "secret_cache_seconds"),
     SettingInfo("SIGNIN_EVENTS_RETENTION_DAYS", "how long SignInEvents rows are kept", "events_retention_days"),
+    SettingInfo("ALLOW_QUERY_RESPONSE_MODE", "true accepts GET callbacks carrying a code (a code in a URL leaks "
+                "into history and request logs)", "allow_query_response_mode"),
 )
 
 
@@ -84,6 +86,7 @@ class Settings:
     session_ttl: int
     secret_cache_seconds: int
     events_retention_days: int
+    allow_query_response_mode: bool = False  # GET callbacks carrying a code (query mode) accepted
 
     @property
     def multi_tenant(self) -> bool:
@@ -178,6 +181,15 @@ class _Reader:
             self.problem(name, f"must be a whole number from {lo} to {hi} (got a value that is not).")
             return default
         return int(raw)
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.get(name).lower()
+        if not raw:
+            return default
+        if raw not in ("true", "false"):
+            self.problem(name, "must be true or false.")
+            return default
+        return raw == "true"
 
 
 # ---- one validator per group: each reads its settings, records its problems, returns its fields ----
@@ -303,7 +315,11 @@ def _session_token(read: _Reader, fields: dict) -> dict:
             "session_ttl": read.whole_number("SESSION_TOKEN_TTL_SECONDS", 3600, lo=60, hi=86400)}
 
 
-VALIDATORS = (_issuer, _secrets, _storage, _portals, _tenants, _session_token)
+def _callback(read: _Reader, _: dict) -> dict:
+    return {"allow_query_response_mode": read.flag("ALLOW_QUERY_RESPONSE_MODE", False)}
+
+
+VALIDATORS = (_issuer, _secrets, _storage, _portals, _tenants, _session_token, _callback)
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:

@@ -311,6 +311,10 @@ def setup_report(runtime, now: datetime | None = None) -> SetupReport:
     unavailable = ("the settings have problems" if settings is None else
                    "" if tables_ok else "Table Storage is unreachable")
     uris, note = _redirect_uris(env, settings)
+    if settings is not None and settings.allow_query_response_mode:
+        checks = [*checks, Check("response_mode", "Callback response mode", True, "GET callbacks carrying a code "
+                                 "are accepted", warning="ALLOW_QUERY_RESPONSE_MODE is true: codes may arrive in "
+                                 "URLs (browser history, request logs); turn it off unless the IdP ignores form_post.")]
     return SetupReport(redirect_uris=uris, redirect_note=note, client_id=(env.get("OIDC_CLIENT_ID") or "").strip(),
                        settings_rows=rows, settings_check=settings_check, checks=checks,
                        sign_ins=last_sign_ins(runtime, unavailable), hints=HINTS)

@@ -14,7 +14,7 @@ import pytest
 from shared import pages
 from shared.config import FLOW_TTL_SECONDS
 from shared.errors import DependencyUnavailable, IdpError, InvalidIdToken, NoAccount, SsoError
-from shared.login import flow_cookie, flow_cookie_name
+from shared.flows import cookie_name, set_cookie
 
 CORRELATION_ID = "c0ffee00-1234-4abc-8def-0123456789ab"
 FAKE_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQifQ.c2lnbmF0dXJl"
@@ -199,8 +199,9 @@ def cookie_attributes(cookie: str) -> tuple[str, str, dict[str, str]]:
 
 @pytest.mark.parametrize("kind", ["user", "agent"])
 def test_flow_cookie_is_a_host_only_secure_httponly_samesite_none_cookie(kind):
-    name, value, attributes = cookie_attributes(flow_cookie(kind, "binding-value", FLOW_TTL_SECONDS))
-    assert name == flow_cookie_name(kind) and name.startswith("__Host-"), "the __Host- prefix pins it to our host"
+    name, value, attributes = cookie_attributes(set_cookie(cookie_name(kind, "state-1234567890"), "binding-value",
+                                                           FLOW_TTL_SECONDS))
+    assert name.startswith(f"__Host-portal-sso-{kind}-"), "the __Host- prefix pins it to our host"
     assert value == "binding-value"
     assert "secure" in attributes, "Secure (required by __Host-)"
     assert "httponly" in attributes, "HttpOnly: no script reads the binding"
@@ -211,7 +212,7 @@ def test_flow_cookie_is_a_host_only_secure_httponly_samesite_none_cookie(kind):
 
 
 def test_flow_cookie_cleared_has_max_age_zero():
-    _, value, attributes = cookie_attributes(flow_cookie("user", "", 0))
+    _, value, attributes = cookie_attributes(set_cookie(cookie_name("user", "state-1234567890"), "", 0))
     assert value == "" and attributes["max-age"] == "0", "the callback clears the cookie"
 
 
