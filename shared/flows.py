@@ -37,9 +37,9 @@ COOKIE_PREFIX = "__Host-portal-sso-"
 # (both doors together) the oldest goes: browsers keep ~180 cookies of 4 KB per site, and every request
 # to the app carries them all.
 MAX_IN_FLIGHT = 5
-FORMAT = "1"  # the cookie value's version: "1.{expires_at}.{nonce+ciphertext, base64url}"
+FORMAT = "1"  # the cookie value's version: "1.{expiry in epoch ms}.{IV + ciphertext, base64url}"
 _KEY_INFO = b"portal-sso flow cookie v1"
-_VALUE = re.compile(r"^1\.(\d{1,12})\.([A-Za-z0-9_-]{40,6000})$")
+_VALUE = re.compile(r"^1\.(\d{1,15})\.([A-Za-z0-9_-]{40,6000})$")
 
 
 def flow_keys(private_keys_der: list[bytes]) -> list[AESGCM]:
@@ -83,7 +83,7 @@ class Flow:
     scope: tuple[str, ...]
     return_to: str | None
     portal_nonce: str | None
-    expires_at: int  # epoch seconds
+    expires_at: float  # epoch seconds (the cookie holds milliseconds: the oldest login goes first)
     correlation_id: str
 
     def msal_flow(self, redirect_uri: str) -> dict:
@@ -103,15 +103,15 @@ class FlowCookies:
         self._keys = keys
 
     @staticmethod
-    def _aad(kind: str, state: str, expires_at: int) -> bytes:
-        return f"{FORMAT}\n{kind}\n{state}\n{expires_at}".encode()
+    def _aad(kind: str, state: str, expires_ms: int) -> bytes:
+        return f"{FORMAT}\n{kind}\n{state}\n{expires_ms}".encode()
 
     def seal(self, flow: Flow) -> str:
         plain = json.dumps([flow.nonce, flow.code_verifier, " ".join(flow.scope), flow.return_to or "",
                             flow.portal_nonce or "", flow.correlation_id], separators=(",", ":")).encode()
-        iv = os.urandom(12)
-        sealed = self._keys[0].encrypt(iv, plain, self._aad(flow.kind, flow.state, flow.expires_at))
-        return f"{FORMAT}.{flow.expires_at}.{_b64(iv + sealed)}"
+        iv, expires_ms = os.urandom(12), int(flow.expires_at * 1000)
+        sealed = self._keys[0].encrypt(iv, plain, self._aad(flow.kind, flow.state, expires_ms))
+        return f"{FORMAT}.{expires_ms}.{_b64(iv + sealed)}"
 
     def open(self, kind: str, state: str, value: str | None) -> Flow:
         """The flow of this state and kind, from its cookie's value; BindingMismatch when the cookie is
@@ -121,8 +121,8 @@ class FlowCookies:
         found = _VALUE.match(value)
         if not found:
             raise BindingMismatch("browser-binding cookie malformed")
-        expires_at, blob = int(found.group(1)), _unb64(found.group(2))
-        aad = self._aad(kind, state, expires_at)
+        expires_ms, blob = int(found.group(1)), _unb64(found.group(2))
+        aad = self._aad(kind, state, expires_ms)
         for key in self._keys:
             try:
                 plain = key.decrypt(blob[:12], blob[12:], aad)
@@ -134,7 +134,7 @@ class FlowCookies:
                                   "or an old key)")
         nonce, verifier, scope, return_to, portal_nonce, correlation_id = json.loads(plain)
         return Flow(state=state, kind=kind, nonce=nonce, code_verifier=verifier, scope=tuple(scope.split()),
-                    return_to=return_to or None, portal_nonce=portal_nonce or None, expires_at=expires_at,
+                    return_to=return_to or None, portal_nonce=portal_nonce or None, expires_at=expires_ms / 1000,
                     correlation_id=correlation_id)
 
 

@@ -183,12 +183,11 @@ class SsoService:
             #    sealed in a cookie of its own, beside the browser's other logins in flight
             seal = self.deps.signer().flow_cookies
             started_flow = self.deps.oidc.start(settings.redirect_uri(kind), prompt=prompt)
-            now = self.clock()
             expires = self.deps.flows.save(started_flow["state"], kind, correlation_id,
-                                           now=datetime.fromtimestamp(now, UTC))
+                                           now=datetime.fromtimestamp(self.clock(), UTC))
             flow = Flow(state=started_flow["state"], kind=kind, nonce=started_flow["nonce"],
                         code_verifier=started_flow["code_verifier"], scope=tuple(started_flow["scope"]),
-                        return_to=return_to, portal_nonce=nonce, expires_at=int(expires.timestamp()),
+                        return_to=return_to, portal_nonce=nonce, expires_at=expires.timestamp(),
                         correlation_id=correlation_id)
             cookies = [set_cookie(cookie_name(kind, flow.state), seal.seal(flow), self.deps.flows.ttl)]
             in_flight = flows_in_flight(parse_cookies(cookie_header))

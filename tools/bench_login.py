@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                                  bundle)
         floor = sum(floor_parts.values())
         overhead = cb50 - wire_floor
+        host_trip = bare_host_round_trip(ca, bundle)
 
         if args.note:
             say(args.note)
@@ -355,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         say("dependency floor of a callback, measured bare (no app code), p50 ms: " + ", ".join(
             f"{name} {ms:.2f}" for name, ms in floor_parts.items()) + f"; sum {floor:.1f} ms")
         say(f"callback p50 / floor = {cb50 / floor:.2f} (the app's own calls spent {wire_floor:.1f} ms on the wire; "
-            f"the callback's own overhead, p50 less that wire time: {overhead:.1f} ms)")
+            f"the callback's own overhead, p50 less that wire time: {overhead:.1f} ms; of it, a bare HTTPS "
+            f"keep-alive POST to an empty WSGI app on tools.host's server costs {host_trip:.2f} ms)")
 
         # In-process: per-step medians and CPU per login.
         steps = Steps()
@@ -478,6 +480,31 @@ def process_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_host_round_trip(ca, bundle: str, samples: int = 200) -> float:
+    """p50 ms of a keep-alive HTTPS POST of a callback-sized form to a WSGI app that does nothing, on
+    tools.host's server: what the host costs any request, whatever the app does."""
+    from .host import serve_in_thread
+
+    def empty(environ, start_response):
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", [("Content-Type", "text/html"), ("Content-Length", "2000")])
+        return [b"x" * 2000]
+
+    server = serve_in_thread(empty, ssl_context=(str(ca.server_cert), str(ca.server_key)))
+    session = requests.Session()
+    session.verify, session.trust_env = bundle, False
+    form = {"code": "c" * 900, "state": "s" * 22, "session_state": "x" * 36, "iss": "https://idp/x/v2.0"}
+    times = []
+    try:
+        for _ in range(samples):
+            started = time.perf_counter()
+            session.post(f"{server.url}/api/sso/user/callback", data=form, timeout=30)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        server.stop()
+    return statistics.median(times[20:])
 
 
 def bare_floor(browser: Browser, issuer: str, redirect_uri: str, connection_string: str, bundle: str,

@@ -245,3 +245,17 @@ def test_logs_hold_no_token_code_or_secret(browser_session, caplog, app_env):
                          (app_env["OIDC_CLIENT_SECRET"], "client secret"), ("BEGIN PRIVATE KEY", "signing key")):
         assert secret not in text, f"the {what} must never be logged"
     assert not re.search(r"eyJ[\w-]+\.[\w-]+\.", text), "no JWT of any kind in the logs"
+
+
+def test_the_setup_page_shows_when_query_mode_is_on(use_settings):
+    use_settings(ALLOW_QUERY_RESPONSE_MODE="true")
+    page = requests.get(f"{APP_BASE}/api/sso/setup").text
+    assert "ALLOW_QUERY_RESPONSE_MODE is true" in page, "an amber line says codes may arrive in URLs"
+    use_settings(ALLOW_QUERY_RESPONSE_MODE=None)
+    assert "ALLOW_QUERY_RESPONSE_MODE is true" not in requests.get(f"{APP_BASE}/api/sso/setup").text
+
+
+def test_a_query_mode_setting_that_is_not_true_or_false_is_named(use_settings):
+    use_settings(ALLOW_QUERY_RESPONSE_MODE="yes")
+    response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False)
+    assert response.status_code == 500 and "ALLOW_QUERY_RESPONSE_MODE" in response.text
