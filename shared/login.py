@@ -231,7 +231,10 @@ class SsoService:
             # other sites send one) must not cancel a login the browser has under way.
             reply.cookies.append(set_cookie(cookie_name(kind, callback.params.get("state", "")), "", 0))
         event.status, event.elapsed_ms = reply.status, _ms_since(started)
-        reply = self._audit(event, reply, correlation_id)
+        audited = self._audit(event, reply, correlation_id)
+        if audited is not reply:  # a success whose row could not be written went out as a 503: say so
+            event.outcome, event.reason, event.status = "failure", "table_storage_unavailable", audited.status
+        reply = audited
         _log_attempt(event)
         return reply
 
