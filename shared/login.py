@@ -16,7 +16,6 @@ from . import pages
 from .aadsts import hint_for
 from .accounts import normalize_email
 from .audit import SignInEvent
-from .background import BACKGROUND
 from .callback import Callback, CallbackRequest, parse_cookies
 from .config import KINDS, origin_of
 from .errors import (
@@ -268,8 +267,8 @@ class SsoService:
         except BindingMismatch:
             self._consume(state, kind, callback)  # UnknownState (reported instead) when it was gone already
             raise
-        # 3. the marker consumed (single use) while MSAL prepares the code's redemption (PKCE verifier);
-        #    the code goes to the IdP only once the flow is ours. The pinned MSAL also checks the
+        # 3. the marker consumed (single use), then the code redeemed with the PKCE verifier: the code
+        #    goes to the IdP only once the flow is ours. The pinned MSAL also checks the
         #    nonce, but newer MSAL no longer does: our own check in step 4 (id_token.py) is the defence.
         msal_flow = flow.msal_flow(settings.redirect_uri(kind))
         result = self._take_and_redeem(flow, msal_flow, code, callback)
@@ -307,16 +306,14 @@ class SsoService:
 
     def _take_and_redeem(self, flow: Flow, msal_flow: dict, code: str, callback: Callback) -> dict:
         """Consumes the marker (raising UnknownState when another callback took it, FlowExpired when the
-        flow is out of time) and redeems the code, overlapped: the delete's round trip runs while MSAL
-        builds the token request, which waits for the delete before it goes out. Both are joined
-        before anything is trusted; a lost race is what gets reported, whatever the redemption did."""
-        taken = BACKGROUND.submit(self.deps.flows.take, flow.state, flow.kind)
-        try:
-            flow.check_unexpired(self.clock())
-            return self.deps.oidc.redeem(msal_flow, code, flow.state, before_token_request=taken.result)
-        finally:
-            taken.result()  # re-raises a lost race (UnknownState) or an unreachable table, ahead of the rest
-            callback.finished = True
+        flow is out of time), then redeems the code: the code goes to the IdP only once the flow is
+        ours. One after the other on purpose: overlapping the delete with MSAL's preparation of the
+        token request (a background thread, gated) measured slower, both being Python work under one
+        GIL (BENCHMARKS.md, issue 15)."""
+        self.deps.flows.take(flow.state, flow.kind)
+        callback.finished = True
+        flow.check_unexpired(self.clock())
+        return self.deps.oidc.redeem(msal_flow, code, flow.state)
 
     def _consume(self, state: str, kind: str, callback: Callback, *, quietly: bool = False) -> None:
         """Consumes the marker of a flow that must not complete; `quietly`: whether it was still there
