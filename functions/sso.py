@@ -20,7 +20,9 @@ def service() -> SsoService:
 @http_route(bp, "sso/{kind}/login", ["GET"], func.AuthLevel.ANONYMOUS)
 def sso_login(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     kind = req.route_params.get("kind", "")
-    return guarded(context, lambda cid: service().start_login(kind, req.params.get("return_to"), cid))
+    return guarded(context, lambda cid: service().start_login(
+        kind, req.params.get("return_to"), cid, nonce=req.params.get("nonce"), prompt=req.params.get("prompt"),
+        cookie_header=req.headers.get("cookie") or "", fetch_dest=req.headers.get("sec-fetch-dest") or ""))
 
 
 @http_route(bp, "sso/{kind}/callback", ["GET", "POST"], func.AuthLevel.ANONYMOUS)

@@ -40,7 +40,8 @@ def parse_cookies(header: str) -> dict[str, str]:
 class Callback:
     params: dict[str, str]  # the authorization response: form body (form_post) or query (GET)
     cookies: dict[str, str]
-    consumed: bool = False  # set once the flow is taken out of the table
+    query_mode: bool = False  # a GET: the response came in the URL
+    finished: bool = False  # set once the flow is over (its marker consumed, or the IdP ended it)
 
     @classmethod
     def parse(cls, request: CallbackRequest) -> Callback:
@@ -49,7 +50,7 @@ class Callback:
         or bytes that are not UTF-8."""
         cookies = parse_cookies(request.cookie_header)
         if request.method.upper() != "POST":
-            return cls(dict(request.query), cookies)
+            return cls(dict(request.query), cookies, query_mode=True)
         if len(request.body) > MAX_BODY:
             raise InvalidRequest(f"callback body of {len(request.body)} bytes (at most {MAX_BODY})")
         content_type = request.content_type.split(";")[0].strip().lower()

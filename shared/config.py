@@ -72,6 +72,8 @@ SETTINGS_TABLE = (
                 "app_roles_required"),
     SettingInfo("SECRET_CACHE_SECONDS", "how long a secret read from Key Vault is reused", "secret_cache_seconds"),
     SettingInfo("SIGNIN_EVENTS_RETENTION_DAYS", "how long SignInEvents rows are kept", "events_retention_days"),
+    SettingInfo("ALLOW_QUERY_RESPONSE_MODE", "true accepts GET callbacks carrying a code (a code in a URL leaks "
+                "into history and request logs)", "allow_query_response_mode"),
 )
 
 
@@ -103,6 +105,7 @@ class Settings:
     events_retention_days: int
     require_email_verified: bool = True
     app_roles_required: bool = False
+    allow_query_response_mode: bool = False  # GET callbacks carrying a code (query mode) accepted
 
     @property
     def multi_tenant(self) -> bool:
@@ -439,7 +442,11 @@ def _who_may_enter(read: _Reader, _: dict) -> dict:
             "app_roles_required": read.boolean("APP_ROLES_REQUIRED", False)}
 
 
-VALIDATORS = (_issuer, _secrets, _storage, _portals, _tenants, _session_token, _who_may_enter)
+def _callback(read: _Reader, _: dict) -> dict:
+    return {"allow_query_response_mode": read.boolean("ALLOW_QUERY_RESPONSE_MODE", False)}
+
+
+VALIDATORS = (_issuer, _secrets, _storage, _portals, _tenants, _session_token, _who_may_enter, _callback)
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:

@@ -235,3 +235,19 @@ class InternalError(SsoError):
     reason = "internal_error"
     title = "Something went wrong"
     message = "Sign-in failed because of an error on our side. Please try again; if it persists, quote the ID below."
+
+
+class ResponseModeNotAllowed(SsoError):
+    """A GET callback carrying a code: query mode, which puts the code in a URL (history, request logs)."""
+
+    reason = "response_mode_not_allowed"
+    message = ("This sign-in answer came back in a web address, which this portal does not accept. "
+               "Please start again from the portal.")
+
+
+class LoginNotNavigation(SsoError):
+    """A login start that is not a top-level navigation (an <img>, a fetch, a frame): it could never
+    show the IdP's page, and each start takes a cookie slot of the browser's logins in flight."""
+
+    reason = "login_not_navigation"
+    message = "A sign-in must be started by opening the portal's sign-in link."

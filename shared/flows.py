@@ -1,108 +1,188 @@
-"""Started logins in the `SsoFlows` table, one row per `state`, each usable once.
+"""Started logins. A flow's contents (MSAL's nonce and PKCE verifier, the portal's return_to and nonce,
+its expiry) travel in the browser, in a `__Host-` cookie of their own, sealed with AES-GCM under a key
+every worker derives from the session-signing key; the `SsoFlows` table keeps only the flow's single-use
+marker (state, kind, expiry, correlation id), which the callback consumes with one unconditional DELETE.
 
-The browser that started a login is bound to it by a random cookie; the row keeps only the cookie's
-SHA-256, so a table reader cannot forge the binding."""
+Why this keeps every property of a table-held flow (SECURITY.md, "The flow in a cookie"): the cookie is
+the binding (only the browser that started the login holds it, and it opens only for its own state and
+kind, which are its associated data); the verifier and nonce are sealed, so neither the browser, nor a
+table reader, nor a network observer of the IdP leg sees them; single use is the marker's delete (the
+first DELETE gets 204, every later one 404)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import hmac
 import json
+import os
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .config import FLOW_TTL_SECONDS
 from .errors import BindingMismatch, FlowExpired, InvalidParameter, UnknownState
 from .tables import delete_matching, storage_errors
 
-# MSAL makes states of ~16 url-safe characters; anything else cannot be ours, and must never become a
+# MSAL makes states of ~22 url-safe characters; anything else cannot be ours, and must never become a
 # table key (Table keys forbid / \ # ? and control characters).
 STATE_SYNTAX = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
-FLOW_ROW = "flow"
+COOKIE_PREFIX = "__Host-portal-sso-"
+# One cookie per login in flight: a new login never overwrites another's. Beyond this many per browser
+# (both doors together) the oldest goes: browsers keep ~180 cookies of 4 KB per site, and every request
+# to the app carries them all.
+MAX_IN_FLIGHT = 5
+FORMAT = "1"  # the cookie value's version: "1.{expiry in epoch ms}.{IV + ciphertext, base64url}"
+_KEY_INFO = b"portal-sso flow cookie v1"
+_VALUE = re.compile(r"^1\.(\d{1,15})\.([A-Za-z0-9_-]{40,6000})$")
 
 
-def new_binding() -> str:
-    return secrets.token_urlsafe(32)
+def flow_keys(private_keys_der: list[bytes]) -> list[AESGCM]:
+    """The flow cookie's AES-256-GCM keys, one per session-signing key (current first): HKDF-SHA256 of
+    the private key, so every worker holds the same key and nothing new is stored. Rotating the signing
+    key rotates these: a cookie sealed under a key still in the bundle opens, one under a key removed
+    from it does not (a clean 400, RELIABILITY.md)."""
+    return [AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KEY_INFO).derive(der))
+            for der in private_keys_der]
 
 
-def binding_hash(cookie_value: str) -> str:
-    return hashlib.sha256(cookie_value.encode()).hexdigest()
+def cookie_name(kind: str, state: str) -> str:
+    """`__Host-portal-sso-{kind}-{12 characters of the state's SHA-256}`: the callback finds its login's
+    cookie by the state it carries, and the logins of one browser never share a cookie."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(state.encode()).digest()[:9]).decode()
+    return f"{COOKIE_PREFIX}{kind}-{digest}"
 
 
-@dataclass
-class StoredFlow:
+def set_cookie(name: str, value: str, max_age: int) -> str:
+    """__Host-: Secure, Path=/, no Domain. SameSite=None: the form_post callback is a cross-site POST,
+    which would drop a Lax cookie; HttpOnly, and the seal, keep it useless to anyone else."""
+    return f"{name}={value}; Path=/; Secure; HttpOnly; SameSite=None; Max-Age={max_age}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One login in flight, as its cookie holds it."""
+
     state: str
     kind: str
-    flow: dict  # MSAL's auth code flow (holds the PKCE verifier and nonce: server-side only)
+    nonce: str  # MSAL's secret nonce: the authorization request carried its SHA-256
+    code_verifier: str  # PKCE
+    scope: tuple[str, ...]
     return_to: str | None
-    expires_at: datetime
+    portal_nonce: str | None
+    expires_at: float  # epoch seconds (the cookie holds milliseconds: the oldest login goes first)
     correlation_id: str
-    etag: str | None = None  # the row's, as read: the single-use delete is checked against it
 
-    def check_unexpired(self, now: datetime) -> None:
+    def msal_flow(self, redirect_uri: str) -> dict:
+        """The auth code flow as MSAL's acquire_token_by_auth_code_flow reads it."""
+        return {"state": self.state, "redirect_uri": redirect_uri, "scope": list(self.scope),
+                "code_verifier": self.code_verifier, "nonce": self.nonce}
+
+    def check_unexpired(self, now: float) -> None:
         if self.expires_at <= now:
-            raise FlowExpired(f"flow expired at {self.expires_at.isoformat()}")
+            raise FlowExpired(f"flow expired at {datetime.fromtimestamp(self.expires_at, UTC).isoformat()}")
+
+
+class FlowCookies:
+    """Seals a flow into its cookie and opens it again; `keys` from flow_keys (the first seals)."""
+
+    def __init__(self, keys: list[AESGCM]):
+        self._keys = keys
+
+    @staticmethod
+    def _aad(kind: str, state: str, expires_ms: int) -> bytes:
+        return f"{FORMAT}\n{kind}\n{state}\n{expires_ms}".encode()
+
+    def seal(self, flow: Flow) -> str:
+        plain = json.dumps([flow.nonce, flow.code_verifier, " ".join(flow.scope), flow.return_to or "",
+                            flow.portal_nonce or "", flow.correlation_id], separators=(",", ":")).encode()
+        iv, expires_ms = os.urandom(12), int(flow.expires_at * 1000)
+        sealed = self._keys[0].encrypt(iv, plain, self._aad(flow.kind, flow.state, expires_ms))
+        return f"{FORMAT}.{expires_ms}.{_b64(iv + sealed)}"
+
+    def open(self, kind: str, state: str, value: str | None) -> Flow:
+        """The flow of this state and kind, from its cookie's value; BindingMismatch when the cookie is
+        missing, altered, truncated, of another state or kind, or sealed under a key we no longer hold."""
+        if not value:
+            raise BindingMismatch("browser-binding cookie missing")
+        found = _VALUE.match(value)
+        if not found:
+            raise BindingMismatch("browser-binding cookie malformed")
+        expires_ms, blob = int(found.group(1)), _unb64(found.group(2))
+        aad = self._aad(kind, state, expires_ms)
+        for key in self._keys:
+            try:
+                plain = key.decrypt(blob[:12], blob[12:], aad)
+                break
+            except InvalidTag:
+                continue
+        else:
+            raise BindingMismatch("browser-binding cookie does not open for this state (altered, other flow, "
+                                  "or an old key)")
+        nonce, verifier, scope, return_to, portal_nonce, correlation_id = json.loads(plain)
+        return Flow(state=state, kind=kind, nonce=nonce, code_verifier=verifier, scope=tuple(scope.split()),
+                    return_to=return_to or None, portal_nonce=portal_nonce or None, expires_at=expires_ms / 1000,
+                    correlation_id=correlation_id)
+
+
+def flows_in_flight(cookies: dict[str, str]) -> list[tuple[int, str]]:
+    """(expiry, name) of the flow cookies a request carries, oldest first; the expiry is read from the
+    value's clear (authenticated, not secret) part, so nothing is opened."""
+    found = []
+    for name, value in cookies.items():
+        if name.startswith(COOKIE_PREFIX):
+            matched = _VALUE.match(value)
+            found.append((int(matched.group(1)) if matched else 0, name))
+    return sorted(found)
 
 
 class FlowStore:
+    """The single-use markers: one `SsoFlows` row per started login, PartitionKey the state and RowKey
+    the kind. No secret of the flow is in it."""
+
     def __init__(self, table: TableClient, ttl_seconds: int = FLOW_TTL_SECONDS):
         self._table = table
         self.ttl = ttl_seconds
 
-    def save(self, flow: dict, kind: str, binding: str, return_to: str | None, correlation_id: str,
-             now: datetime | None = None) -> StoredFlow:
-        now = now or datetime.now(UTC)
-        stored = StoredFlow(state=flow["state"], kind=kind, flow=flow, return_to=return_to,
-                            expires_at=now + timedelta(seconds=self.ttl), correlation_id=correlation_id)
-        entity = {"PartitionKey": stored.state, "RowKey": FLOW_ROW, "Kind": kind, "Flow": json.dumps(flow),
-                  "BindingHash": binding_hash(binding), "ReturnTo": return_to or "",
-                  "ExpiresAt": stored.expires_at, "CorrelationId": correlation_id}
+    def save(self, state: str, kind: str, correlation_id: str, now: datetime | None = None) -> datetime:
+        """Writes the marker; returns its expiry."""
+        expires_at = (now or datetime.now(UTC)) + timedelta(seconds=self.ttl)
         with storage_errors():
-            self._table.create_entity(entity)
-        return stored
+            self._table.create_entity({"PartitionKey": state, "RowKey": kind, "ExpiresAt": expires_at,
+                                       "CorrelationId": correlation_id})
+        return expires_at
 
-    def find(self, state: str, kind: str, binding: str | None) -> StoredFlow:
-        """The flow of this state, started by this browser (its cookie's hash matches). Raises
-        InvalidParameter (a state we could never have made), UnknownState (unknown, used, purged, or
-        of the other kind), BindingMismatch (cookie missing or of another flow; the flow is left in
-        place so a stranger's request cannot cancel a real login)."""
+    @staticmethod
+    def check_state(state: str) -> None:
         if not STATE_SYNTAX.match(state):
             raise InvalidParameter("state has an impossible form")
-        with storage_errors():
-            try:
-                entity = self._table.get_entity(state, FLOW_ROW)
-            except ResourceNotFoundError as exc:
-                raise UnknownState("no such state (unknown, used or purged)") from exc
-        if entity.get("Kind") != kind:
-            raise UnknownState(f"state belongs to a {entity.get('Kind')} login, not {kind}")
-        if not binding or not hmac.compare_digest(binding_hash(binding), str(entity.get("BindingHash", ""))):
-            raise BindingMismatch("browser-binding cookie missing" if not binding else "cookie of another flow")
-        return StoredFlow(state=state, kind=kind, flow=json.loads(entity["Flow"]),
-                          return_to=entity.get("ReturnTo") or None, expires_at=entity["ExpiresAt"],
-                          correlation_id=str(entity.get("CorrelationId", "")), etag=entity.metadata["etag"])
 
-    def take(self, stored: StoredFlow) -> None:
-        """Deletes the flow found by `find`, if it is still as found: of callbacks racing for one
-        state exactly one takes it; the others get UnknownState. A plain etag-checked DELETE: its
-        412 (changed) and its 404 (gone) both mean another callback took it. The SDK reports a 404
-        delete as success, so the status is read from the response itself."""
+    def take(self, state: str, kind: str) -> None:
+        """Consumes the marker with one unconditional DELETE, whose status says who won: 204 for the
+        first, 404 for every later one (a replay, a lost race, a purged or unknown state, or the other
+        kind's door), which raises UnknownState. The SDK reports a 404 delete as success, so the status
+        is read from the response itself."""
+        self.check_state(state)
         statuses: list[int] = []
         with storage_errors():
-            try:
-                self._table.delete_entity(stored.state, FLOW_ROW, etag=stored.etag,
-                                          match_condition=MatchConditions.IfNotModified,
-                                          raw_response_hook=lambda r: statuses.append(r.http_response.status_code))
-            except ResourceModifiedError as exc:
-                raise UnknownState("state already consumed by another callback") from exc
+            self._table.delete_entity(state, kind,
+                                      raw_response_hook=lambda r: statuses.append(r.http_response.status_code))
         if not statuses or statuses[-1] == 404:
-            raise UnknownState("state already consumed by another callback")
+            raise UnknownState("no such state (unknown, used, purged, or of the other kind)")
 
     def purge_expired(self, now: datetime | None = None) -> int:
-        """Deletes flows that expired (abandoned logins). Returns how many rows went."""
+        """Deletes markers that expired (abandoned logins). Returns how many rows went."""
         return delete_matching(self._table, "ExpiresAt lt @now", {"now": now or datetime.now(UTC)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -16,24 +17,34 @@ from .aadsts import hint_for
 from .accounts import canonical_email
 from .admission import check_admission
 from .audit import SignInEvent
-from .background import BACKGROUND
-from .callback import Callback, CallbackRequest
+from .callback import Callback, CallbackRequest, parse_cookies
 from .config import KINDS, origin_of, portal_homes
 from .errors import (
+    BindingMismatch,
     ConfigurationError,
     DependencyUnavailable,
     IdpError,
     InternalError,
     InvalidParameter,
     IssuerMismatch,
+    LoginNotNavigation,
     MissingParameters,
     NoAccount,
     NoEmailClaim,
     NotFound,
+    ResponseModeNotAllowed,
     ReturnToNotAllowed,
     SsoError,
+    UnknownState,
 )
-from .flows import StoredFlow, new_binding
+from .flows import (
+    MAX_IN_FLIGHT,
+    STATE_SYNTAX,
+    Flow,
+    cookie_name,
+    flows_in_flight,
+    set_cookie,
+)
 from .id_token import verify_id_token
 from .oidc_client import expected_nonce
 
@@ -55,16 +66,8 @@ MAX_STATE = 200
 MAX_RETURN_TO = 2048
 MAX_ERROR_TEXT = 1000
 MAX_DETAIL = 500  # of a failure's detail in its audit row and log line
-
-
-def flow_cookie_name(kind: str) -> str:
-    return f"__Host-portal-sso-{kind}"
-
-
-def flow_cookie(kind: str, value: str, max_age: int) -> str:
-    """__Host-: Secure, Path=/, no Domain. SameSite=None: the form_post callback is a cross-site POST,
-    which would drop a Lax cookie; HttpOnly and the server-side hash keep it useless to anyone else."""
-    return f"{flow_cookie_name(kind)}={value}; Path=/; Secure; HttpOnly; SameSite=None; Max-Age={max_age}"
+PORTAL_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+PROMPTS = ("select_account", "login")
 
 
 def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
@@ -162,25 +165,48 @@ class SsoService:
         self.clock = clock
 
     # GET /api/sso/{kind}/login
-    def start_login(self, kind: str, return_to: str | None, correlation_id: str) -> pages.Reply:
+    def start_login(self, kind: str, return_to: str | None, correlation_id: str, *, nonce: str | None = None,
+                    prompt: str | None = None, cookie_header: str = "", fetch_dest: str = "") -> pages.Reply:
+        """`nonce` and `prompt` are the portal's optional parameters (an empty one counts as absent);
+        `cookie_header` tells which logins this browser has in flight; `fetch_dest` is the request's
+        Sec-Fetch-Dest header, when the browser sends one."""
         started = time.monotonic()
         try:
-            # 1. the kind and the settings
+            # 1. the kind, the settings, and a top-level navigation: an <img> or a fetch could never
+            #    show the IdP's page, and must not push a login in progress out of the browser's cookies
             if kind not in KINDS:
                 raise NotFound(f"unknown kind {kind!r}")
+            if fetch_dest and fetch_dest != "document":
+                raise LoginNotNavigation(f"login start with Sec-Fetch-Dest {fetch_dest[:40]!r}")
             settings = self.deps.settings
-            # 2. return_to, only to an allowed origin
+            # 2. the portal's parameters: return_to only to an allowed origin, its nonce, the prompt
+            return_to, nonce, prompt = return_to or None, nonce or None, prompt or None
             if return_to:
                 check_return_to(return_to, settings.allowed_return_origins)
-            # 3. MSAL's flow (state, nonce, PKCE), stored server-side and bound to this browser
-            flow = self.deps.oidc.start(settings.redirect_uri(kind))
-            binding = new_binding()
-            self.deps.flows.save(flow, kind, binding, return_to, correlation_id)
+            if nonce is not None and not PORTAL_NONCE.match(nonce):
+                raise InvalidParameter("nonce must be 16 to 128 characters of A-Za-z0-9-_",
+                                       shown="nonce must be 16 to 128 characters of A-Za-z0-9-_")
+            if prompt is not None and prompt not in PROMPTS:
+                raise InvalidParameter("prompt is not select_account or login",
+                                       shown="prompt must be select_account or login")
+            # 3. MSAL's flow (state, nonce, PKCE): its single-use marker in the table, its contents
+            #    sealed in a cookie of its own, beside the browser's other logins in flight
+            seal = self.deps.signer().flow_cookies
+            started_flow = self.deps.oidc.start(settings.redirect_uri(kind), prompt=prompt)
+            expires = self.deps.flows.save(started_flow["state"], kind, correlation_id,
+                                           now=datetime.fromtimestamp(self.clock(), UTC))
+            flow = Flow(state=started_flow["state"], kind=kind, nonce=started_flow["nonce"],
+                        code_verifier=started_flow["code_verifier"], scope=tuple(started_flow["scope"]),
+                        return_to=return_to, portal_nonce=nonce, expires_at=expires.timestamp(),
+                        correlation_id=correlation_id)
+            cookies = [set_cookie(cookie_name(kind, flow.state), seal.seal(flow), self.deps.flows.ttl)]
+            in_flight = flows_in_flight(parse_cookies(cookie_header))
+            cookies += [set_cookie(name, "", 0) for _, name in in_flight[:max(0, len(in_flight) + 1 - MAX_IN_FLIGHT)]]
             _log_attempt(SignInEvent(correlation_id=correlation_id, kind=kind, outcome="redirect", reason="ok",
                                      status=302, stage="login", elapsed_ms=_ms_since(started)))
             # 4. off to the IdP; meanwhile, on a cold worker, the callback's caches fill
             self.deps.warm_up()
-            return pages.redirect(flow["auth_uri"], [flow_cookie(kind, binding, self.deps.flows.ttl)])
+            return pages.redirect(started_flow["auth_uri"], cookies)
         except Exception as exc:  # a refused start gets its audit row too
             err = _as_error(exc, "sso.login", correlation_id)
             reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
@@ -209,43 +235,57 @@ class SsoService:
             event.account_id = event.account_id or getattr(err, "account_id", "")
             reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
             event.detail = err.detail[:MAX_DETAIL]
-        if callback is not None and callback.consumed:
-            # The flow is over, whatever the outcome. Only a callback that consumed the flow clears the
-            # cookie: a stranger's bogus callback (SameSite=None lets other sites send one) must not
-            # cancel a login the browser has under way.
-            reply.cookies.append(flow_cookie(kind, "", 0))
+        if callback is not None and callback.finished:
+            # The flow is over, whatever the outcome. Only a callback that consumed the flow (or whose
+            # flow the IdP ended) clears its cookie: a stranger's bogus callback (SameSite=None lets
+            # other sites send one) must not cancel a login the browser has under way.
+            reply.cookies.append(set_cookie(cookie_name(kind, callback.params.get("state", "")), "", 0))
         event.status, event.elapsed_ms = reply.status, _ms_since(started)
-        reply = self._audit(event, reply, correlation_id)
+        audited = self._audit(event, reply, correlation_id)
+        if audited is not reply:  # a success whose row could not be written went out as a 503: say so
+            event.outcome, event.reason, event.status = "failure", "table_storage_unavailable", audited.status
+        reply = audited
         _log_attempt(event)
         return reply
 
     def _complete(self, kind: str, callback: Callback, event: SignInEvent) -> pages.Reply:
         settings = self.deps.settings
         params = callback.params
-        # 1. the authorization response: bounded, an IdP error, the RFC 9207 issuer
+        # 1. the authorization response: bounded, an IdP error, no code in a URL, the RFC 9207 issuer
         code, state = params.get("code", ""), params.get("state", "")
         if len(code) > MAX_CODE or len(state) > MAX_STATE:
             raise InvalidParameter("code or state too long")
         if params.get("error"):
-            error = params["error"][:100]
-            description = params.get("error_description", "")[:MAX_ERROR_TEXT]
-            raise IdpError(f"IdP error {error}", shown=f"{error}: {description}" if description else error,
-                           hint=hint_for(description))
+            raise self._idp_error(kind, callback)
         if not code or not state:
             raise MissingParameters("no code or no state in the authorization response")
+        if callback.query_mode and not settings.allow_query_response_mode:
+            # The code is in a URL (history, request logs): its flow dies with it, so whoever reads
+            # the URL cannot redeem it with the flow's own cookie.
+            if STATE_SYNTAX.match(state):
+                self._consume(state, kind, callback, quietly=True)
+            raise ResponseModeNotAllowed("GET callback carrying a code while ALLOW_QUERY_RESPONSE_MODE is off")
         metadata = self.deps.metadata()
         iss = params.get("iss")
         if iss is not None or metadata.iss_parameter_supported:
             self._check_iss_parameter(iss, metadata, settings)
-        # 2. the flow: known, started by this browser, unexpired
-        stored = self.deps.flows.find(state, kind, callback.cookies.get(flow_cookie_name(kind)))
-        # 3. the flow consumed (single use) while MSAL prepares the code's redemption (PKCE verifier);
-        #    the code goes to the IdP only once the flow is ours. The pinned MSAL also checks the
+        # 2. the binding: this state's cookie opens under our key, for this state and kind only. A
+        #    wrong browser (no cookie, another flow's, altered, an old key) still consumes the marker:
+        #    no later request can complete a flow a wrong browser has presented.
+        self.deps.flows.check_state(state)
+        try:
+            flow = self.deps.signer().flow_cookies.open(kind, state, callback.cookies.get(cookie_name(kind, state)))
+        except BindingMismatch:
+            self._consume(state, kind, callback)  # UnknownState (reported instead) when it was gone already
+            raise
+        # 3. the marker consumed (single use), then the code redeemed with the PKCE verifier: the code
+        #    goes to the IdP only once the flow is ours. The pinned MSAL also checks the
         #    nonce, but newer MSAL no longer does: our own check in step 4 (id_token.py) is the defence.
-        result = self._take_and_redeem(stored, code, state, callback)
+        msal_flow = flow.msal_flow(settings.redirect_uri(kind))
+        result = self._take_and_redeem(flow, msal_flow, code, callback)
         # 4. the ID token, validated by us
         claims = verify_id_token(result["id_token"], metadata=metadata, jwks=self.deps.idp_keys(),
-                                 client_id=settings.client_id, expected_nonce=expected_nonce(stored.flow))
+                                 client_id=settings.client_id, expected_nonce=expected_nonce(msal_flow))
         tid = claims.get("tid") if isinstance(claims.get("tid"), str) else ""
         oid = claims.get("oid") if isinstance(claims.get("oid"), str) else ""
         idp_sub = f"{tid}:{oid}" if tid and oid else claims["sub"]
@@ -269,25 +309,51 @@ class SsoService:
         token = self.deps.signer().issue_session_token(
             issuer=settings.session_issuer, audience=settings.session_audience, subject=account.account_id,
             email=email, name=str(claims.get("name") or account.display_name or ""), account_type=kind,
-            idp_iss=claims["iss"], idp_sub=idp_sub, now=int(self.clock()), ttl=settings.session_ttl)
-        fields = {"session_token": token}
-        if stored.return_to:
-            fields["return_to"] = stored.return_to
+            idp_iss=claims["iss"], idp_sub=idp_sub, now=int(self.clock()), ttl=settings.session_ttl,
+            nonce=flow.portal_nonce, return_to=flow.return_to)
         portal = settings.portal_urls[kind]
-        return pages.form_post(portal, fields, origin_of(portal))
+        # The token alone: return_to and the portal's nonce are claims in it, never fields to trust.
+        return pages.form_post(portal, {"session_token": token}, origin_of(portal))
 
-    def _take_and_redeem(self, stored: StoredFlow, code: str, state: str, callback: Callback) -> dict:
-        """Consumes the flow (raising UnknownState when another callback took it, FlowExpired when it
-        is out of time) and redeems the code, overlapped: the delete's round trip runs while MSAL
-        builds the token request, which waits for the delete before it goes out. Both are joined
-        before anything is trusted; a lost race is what gets reported, whatever the redemption did."""
-        taken = BACKGROUND.submit(self.deps.flows.take, stored)
+    def _take_and_redeem(self, flow: Flow, msal_flow: dict, code: str, callback: Callback) -> dict:
+        """Consumes the marker (raising UnknownState when another callback took it, FlowExpired when the
+        flow is out of time), then redeems the code: the code goes to the IdP only once the flow is
+        ours. One after the other on purpose: overlapping the delete with MSAL's preparation of the
+        token request (a background thread, gated) measured slower, both being Python work under one
+        GIL (BENCHMARKS.md, issue 15)."""
+        self.deps.flows.take(flow.state, flow.kind)
+        callback.finished = True
+        flow.check_unexpired(self.clock())
+        return self.deps.oidc.redeem(msal_flow, code, flow.state)
+
+    def _consume(self, state: str, kind: str, callback: Callback, *, quietly: bool = False) -> None:
+        """Consumes the marker of a flow that must not complete; `quietly`: whether it was still there
+        does not change the answer."""
         try:
-            stored.check_unexpired(datetime.fromtimestamp(self.clock(), UTC))
-            return self.deps.oidc.redeem(stored.flow, code, state, before_token_request=taken.result)
-        finally:
-            taken.result()  # re-raises a lost race (UnknownState) or an unreachable table, ahead of the rest
-            callback.consumed = True
+            self.deps.flows.take(state, kind)
+        except UnknownState:
+            if not quietly:
+                raise
+            return
+        callback.finished = True
+
+    def _idp_error(self, kind: str, callback: Callback) -> IdpError:
+        """The IdP's error, escaped on the page with our AADSTS hint. Its error_description only when
+        the state is a live flow bound to this browser (its cookie opens for it): anyone can put text
+        in a URL, and our origin must not show a stranger's. That flow is over: its cookie goes."""
+        params = callback.params
+        error, state = params["error"][:100], params.get("state", "")
+        description = params.get("error_description", "")[:MAX_ERROR_TEXT]
+        bound = False
+        if description and STATE_SYNTAX.match(state):
+            try:
+                self.deps.signer().flow_cookies.open(kind, state, callback.cookies.get(cookie_name(kind, state))) \
+                    .check_unexpired(self.clock())
+                bound = callback.finished = True
+            except SsoError:  # not bound, expired, or the key unavailable: the text is not shown
+                pass
+        return IdpError(f"IdP error {error}", shown=f"{error}: {description}" if bound else error,
+                        hint=hint_for(description))
 
     @staticmethod
     def _check_iss_parameter(iss: str | None, metadata, settings) -> None:

@@ -207,10 +207,11 @@ class OidcClient:
         except ValueError as exc:
             raise DependencyUnavailable("idp", f"MSAL could not use the authority: {exc}") from exc
 
-    def start(self, redirect_uri: str) -> dict:
-        """MSAL's auth code flow (state, nonce, PKCE S256) asking for form_post; holds `auth_uri`."""
+    def start(self, redirect_uri: str, prompt: str | None = None) -> dict:
+        """MSAL's auth code flow (state, nonce, PKCE S256) asking for form_post; holds `auth_uri`.
+        `prompt` (select_account or login, checked by the caller) goes to the IdP as given."""
         return self._application().initiate_auth_code_flow(SCOPES, redirect_uri=redirect_uri,
-                                                           response_mode="form_post")
+                                                           response_mode="form_post", prompt=prompt)
 
     def redeem(self, flow: dict, code: str, state: str, *, before_token_request: Callable[[], object] | None = None
                ) -> dict:

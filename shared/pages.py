@@ -66,8 +66,11 @@ def form_post(action: str, fields: dict[str, str], form_action_origin: str) -> R
     body = (f'<form id="portal-sso" method="post" action="{html.escape(action)}">{inputs}'
             "<h1>Signing you in\u2026</h1><p>If nothing happens, press the button.</p>"
             f'<button type="submit">Continue to the portal</button></form><script>{AUTO_SUBMIT}</script>')
-    return Reply(200, _page("Signing you in", body),
-                 headers=security_headers(form_action=form_action_origin, script=True))
+    # The portal checks the POST's Origin, which a no-referrer page sends as "null": this page alone
+    # uses strict-origin (our origin, never a path, nothing over a downgrade to http).
+    page = _page("Signing you in", body).replace('content="no-referrer"', 'content="strict-origin"', 1)
+    return Reply(200, page, headers={**security_headers(form_action=form_action_origin, script=True),
+                                     "Referrer-Policy": "strict-origin"})
 
 
 def home_links(homes: dict[str, str] | None) -> list[tuple[str, str]]:

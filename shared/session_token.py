@@ -12,6 +12,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from .errors import ConfigurationError
+from .flows import FlowCookies, flow_keys
 
 _PEM_BLOCK = re.compile(r"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----.+?-----END (?:RSA |EC )?PRIVATE KEY-----", re.S)
 
@@ -74,12 +76,27 @@ class SessionSigner:
         self.current = keys[0]
 
     def issue_session_token(self, *, issuer: str, audience: str, subject: str, email: str, name: str,
-                            account_type: str, idp_iss: str, idp_sub: str, now: int, ttl: int) -> str:
+                            account_type: str, idp_iss: str, idp_sub: str, now: int, ttl: int,
+                            nonce: str | None = None, return_to: str | None = None) -> str:
+        """`nonce` (the portal's own value from login start) and `return_to` travel only inside the
+        signed token, never as form fields a portal might trust."""
         claims = {"iss": issuer, "aud": audience, "sub": subject, "email": email, "name": name,
                   "account_type": account_type, "idp_iss": idp_iss, "idp_sub": idp_sub,
                   "iat": now, "nbf": now, "exp": now + ttl, "jti": str(uuid.uuid4())}
+        if nonce:
+            claims["nonce"] = nonce
+        if return_to:
+            claims["return_to"] = return_to
         return jwt.encode(claims, self.current.private_key, algorithm=self.current.alg,
                           headers={"kid": self.current.kid, "typ": "JWT"})
+
+    @cached_property
+    def flow_cookies(self) -> FlowCookies:
+        """The flow cookie's seal, keyed from these same private keys: every worker that can sign can
+        open a flow, nothing new is stored, and it rotates with the signing key."""
+        return FlowCookies(flow_keys([key.private_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            for key in self.keys]))
 
     def jwks(self) -> dict:
         """Public members only, current key first."""

@@ -1,18 +1,33 @@
-"""A demo portal page: the example of how a portal receives and verifies our session token.
+"""A demo portal: the whole portal half of the hand-off (README "What the portal must do"), as an example.
 
-It links to the login of each kind, receives the form_post at /user and /agent, verifies the token
-against the app's JWKS (signature, pinned algorithms, iss, aud, exp/nbf, account_type of the page)
-and shows its claims. Run by `make run`; `python -m tools.demo_portal --help` runs it alone."""
+`GET /{kind}/start` makes the portal's own random nonce, keeps it in a cookie of this browser and sends
+the browser to the app's login with it (and a return_to on this portal). `POST /{kind}` receives the
+form_post and accepts the session token only if: the POST's `Origin` is the app's origin; the JWT
+verifies against the app's JWKS (pinned algorithms, iss, aud, exp/nbf/iat with a bounded leeway, the
+page's account_type); its `nonce` claim is the one in this browser's cookie; its `jti` was never
+accepted before. Then it starts the portal's own session (a cookie of its own) and redirects to the
+`return_to` claim, never to anything posted beside the token. `GET /{kind}/logout` ends that session
+and then the IdP's. Run by `make run`; `python -m tools.demo_portal --help` runs it alone."""
 
 from __future__ import annotations
 
 import argparse
 import html
 import json
-from urllib.parse import urlencode
+import secrets
+import threading
+import time
+from urllib.parse import urlencode, urlsplit
 
 import jwt
 from werkzeug.wrappers import Request, Response
+
+KINDS = ("user", "agent")
+LEEWAY = 60  # seconds of clock skew tolerated between the app and the portal
+NONCE_COOKIE = "__Host-demo-portal-nonce-{kind}"
+SESSION_COOKIE = "__Host-demo-portal-session"
+SESSION_SECONDS = 8 * 3600  # the portal's own session: its length is the portal's choice, not the token's
+REQUIRED = ["exp", "iat", "nbf", "sub", "jti", "iss", "aud"]
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Demo portal</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}}
@@ -22,56 +37,138 @@ border-radius:4px}}pre{{background:#f4f4f4;padding:1rem;white-space:pre-wrap;wor
 </body></html>"""
 
 
-class DemoPortal:
-    def __init__(self, app_base: str, audience: str, issuer: str | None = None):
+class HandOffRefused(Exception):
+    """The POSTed token must not start a session; `status` is the page's (403 for a foreign origin)."""
+
+    def __init__(self, reason: str, status: int = 401):
+        super().__init__(reason)
+        self.status = status
+
+
+def _cookie(name: str, value: str, max_age: int) -> str:
+    # SameSite=None: the form_post from the app's origin is a cross-site POST in production (the app and
+    # the portal are different sites), which would not carry a Lax cookie. __Host-: Secure, Path=/.
+    return f"{name}={value}; Path=/; Secure; HttpOnly; SameSite=None; Max-Age={max_age}"
+
+
+class PortalHalf:
+    """The checks, apart from the pages: what a portal must do with the session token."""
+
+    def __init__(self, app_base: str, audience: str, issuer: str | None = None, leeway: int = LEEWAY):
         self.app_base = app_base.rstrip("/")
+        parts = urlsplit(self.app_base)
+        self.app_origin = f"{parts.scheme}://{parts.netloc}".lower()
         self.audience = audience
         self.issuer = issuer or self.app_base
+        self.leeway = leeway
         # PyJWKClient caches the keys and refetches on an unknown kid: a rotation is picked up at once.
         self.jwks = jwt.PyJWKClient(f"{self.app_base}/api/sso/jwks.json", cache_keys=True, lifespan=300)
+        self._seen: dict[str, float] = {}  # jti -> until when it must be remembered (its exp + leeway)
+        self._lock = threading.Lock()
 
     def verify(self, token: str, kind: str) -> dict:
-        """The checks every portal must make on our token before trusting it."""
+        """The JWT checks: signature by a key of the app's JWKS, pinned algorithms, iss, aud, exp, nbf,
+        iat (bounded leeway), every required claim, and the account_type of the page it was posted to."""
         key = self.jwks.get_signing_key_from_jwt(token)
         claims = jwt.decode(token, key.key, algorithms=["RS256", "ES256"], audience=self.audience,
-                            issuer=self.issuer, leeway=60,
-                            options={"require": ["exp", "iat", "nbf", "sub", "jti", "iss", "aud"]})
+                            issuer=self.issuer, leeway=self.leeway, options={"require": REQUIRED})
+        if claims["iat"] > time.time() + self.leeway:
+            raise jwt.ImmatureSignatureError("iat is in the future")
         if claims.get("account_type") != kind:
             raise jwt.InvalidTokenError(f"a {claims.get('account_type')} token posted to the {kind} page")
         return claims
 
-    def home(self, request: Request) -> Response:
-        origin = f"{request.scheme}://{request.host}"
-        links = "".join(
-            f'<a class="button" href="{html.escape(self.app_base)}/api/sso/{kind}/login?'
-            f'{html.escape(urlencode({"return_to": f"{origin}/{kind}/inbox"}))}">Sign in as {kind}</a>'
-            for kind in ("user", "agent"))
-        return self._page(f"<p>Sign in with Microsoft Entra ID (here: the local dev IdP).</p>{links}")
-
-    def landing(self, request: Request, kind: str) -> Response:
-        token = request.form.get("session_token", "")
+    def accept(self, token: str, kind: str, *, origin: str | None, nonce_cookie: str | None) -> dict:
+        """The whole check of one hand-off; returns the claims, or raises HandOffRefused."""
+        # 1. Only the app's own delivery page may POST here: the landing URL is exempt from the
+        #    portal's CSRF tokens (the app cannot know them), which is safe because of 1 to 4.
+        if (origin or "").lower() != self.app_origin:
+            raise HandOffRefused(f"POST from origin {origin or '(none)'}, not {self.app_origin}", 403)
         try:
             claims = self.verify(token, kind)
         except (jwt.PyJWTError, jwt.PyJWKClientError) as exc:
-            body = (f'<h2 class="bad">Session token refused</h2><p>{html.escape(type(exc).__name__)}: '
-                    f"{html.escape(str(exc))}</p>")
-            return self._page(body + '<p><a href="/">Back</a></p>', status=401)
-        header = jwt.get_unverified_header(token)
+            raise HandOffRefused(f"{type(exc).__name__}: {exc}") from exc
+        # 3. This browser started this login (login CSRF): the nonce it holds is the token's.
+        if not nonce_cookie or not secrets.compare_digest(str(claims.get("nonce", "")).encode(), nonce_cookie.encode()):
+            raise HandOffRefused("the token's nonce is not this browser's login")
+        # 4. Each token once (a token copied from a browser, a log or a proxy cannot be replayed).
+        now = time.time()
+        with self._lock:
+            self._seen = {jti: until for jti, until in self._seen.items() if until > now}
+            if claims["jti"] in self._seen:
+                raise HandOffRefused("this token was already used (jti seen)")
+            self._seen[claims["jti"]] = claims["exp"] + self.leeway
+        return claims
+
+
+class DemoPortal:
+    def __init__(self, app_base: str, audience: str, issuer: str | None = None):
+        self.half = PortalHalf(app_base, audience, issuer)
+        self.app_base = self.half.app_base
+        self._sessions: dict[str, dict] = {}  # the portal's own sessions: id -> claims
+
+    def verify(self, token: str, kind: str) -> dict:
+        return self.half.verify(token, kind)
+
+    def home(self, request: Request) -> Response:
+        links = "".join(f'<a class="button" href="/{kind}/start">Sign in as {kind}</a>' for kind in KINDS)
+        return self._page(f"<p>Sign in with Microsoft Entra ID (here: the local dev IdP).</p>{links}")
+
+    def start(self, request: Request, kind: str) -> Response:
+        """A nonce of this browser, in its cookie and in the login start; return_to on this portal."""
+        nonce = secrets.token_urlsafe(32)
+        query = urlencode({"return_to": f"{request.host_url.rstrip('/')}/{kind}/inbox", "nonce": nonce})
+        response = Response(status=302, headers={"Location": f"{self.app_base}/api/sso/{kind}/login?{query}"})
+        response.headers.add("Set-Cookie", _cookie(NONCE_COOKIE.format(kind=kind), nonce, 600))
+        return self._no_store(response)
+
+    def landing(self, request: Request, kind: str) -> Response:
+        nonce_name = NONCE_COOKIE.format(kind=kind)
+        try:
+            claims = self.half.accept(request.form.get("session_token", ""), kind,
+                                      origin=request.headers.get("Origin"),
+                                      nonce_cookie=request.cookies.get(nonce_name))
+        except HandOffRefused as exc:
+            body = (f'<h2 class="bad" id="refused">Session token refused</h2><p>{html.escape(str(exc))}</p>'
+                    '<p><a href="/">Back</a></p>')
+            return self._page(body, status=exc.status)
+        # The token was a one-time hand-off: from here on, the portal's own session is what counts.
+        session_id = secrets.token_urlsafe(32)
+        self._sessions[session_id] = claims
+        target = claims.get("return_to") or f"/{kind}/inbox"  # the claim only: allow-listed by the app
+        response = Response(status=303, headers={"Location": target})
+        response.headers.add("Set-Cookie", _cookie(SESSION_COOKIE, session_id, SESSION_SECONDS))
+        response.headers.add("Set-Cookie", _cookie(nonce_name, "", 0))
+        return self._no_store(response)
+
+    def signed_in(self, request: Request, kind: str) -> Response:
+        claims = self._sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        if not claims or claims.get("account_type") != kind:
+            return self._page(f'<p>Not signed in. <a href="/{kind}/start">Sign in as {kind}</a></p>', status=401)
         body = (f'<h2 class="ok" id="signed-in">Signed in as {html.escape(claims.get("name") or claims["sub"])} '
                 f"({html.escape(kind)})</h2><p>The session token was verified against "
-                f"<code>{html.escape(self.app_base)}/api/sso/jwks.json</code> (kid "
-                f"<code>{html.escape(str(header.get('kid')))}</code>, {html.escape(str(header.get('alg')))}).</p>"
+                f"<code>{html.escape(self.app_base)}/api/sso/jwks.json</code>, accepted once, and started this "
+                f"portal session.</p>"
                 f'<h3>Claims</h3><pre id="claims">{html.escape(json.dumps(claims, indent=2))}</pre>'
-                f"<p>return_to: <code>{html.escape(request.form.get('return_to', '(none)'))}</code></p>"
-                f'<p><a href="{html.escape(self.app_base)}/api/sso/{kind}/logout">Sign out</a> &middot; '
-                '<a href="/">Home</a></p>')
+                f'<p><a href="/{kind}/logout">Sign out</a> &middot; <a href="/">Home</a></p>')
         return self._page(body)
+
+    def logout(self, request: Request, kind: str) -> Response:
+        """Ends the portal's own session first (the token it came from is not a session), then the IdP's."""
+        self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+        response = Response(status=302, headers={"Location": f"{self.app_base}/api/sso/{kind}/logout"})
+        response.headers.add("Set-Cookie", _cookie(SESSION_COOKIE, "", 0))
+        return self._no_store(response)
 
     def __call__(self, environ, start_response):
         request = Request(environ)
-        kind = request.path.strip("/")
-        if request.method == "POST" and kind in ("user", "agent"):
+        kind, _, action = request.path.strip("/").partition("/")
+        if kind in KINDS and request.method == "POST" and not action:
             response = self.landing(request, kind)
+        elif kind in KINDS and request.method == "GET" and action in ("start", "logout"):
+            response = getattr(self, action)(request, kind)
+        elif kind in KINDS and request.method == "GET":
+            response = self.signed_in(request, kind)
         elif request.method == "GET":
             response = self.home(request)
         else:
@@ -79,11 +176,15 @@ class DemoPortal:
         return response(environ, start_response)
 
     @staticmethod
-    def _page(body: str, status: int = 200) -> Response:
-        response = Response(PAGE.format(body=body), status=status, mimetype="text/html")
+    def _no_store(response: Response) -> Response:
         response.headers["Cache-Control"] = "no-store"
-        response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
         return response
+
+    @classmethod
+    def _page(cls, body: str, status: int = 200) -> Response:
+        response = Response(PAGE.format(body=body), status=status, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+        return cls._no_store(response)
 
 
 def main(argv: list[str] | None = None) -> int:

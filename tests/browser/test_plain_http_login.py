@@ -38,13 +38,13 @@ def test_sign_in_over_plain_http_on_loopback_with_the_host_cookie(browser, plain
         page.goto(f"{PORTAL}/")
         page.click("text=Sign in as user")
         page.wait_for_selector("#login")  # the IdP's login page
-        held = [c for c in context.cookies(plain_http_app) if c["name"] == "__Host-portal-sso-user"]
+        held = [c for c in context.cookies(plain_http_app) if c["name"].startswith("__Host-portal-sso-user-")]
         assert held and held[0]["secure"] and held[0]["httpOnly"] and held[0]["sameSite"] == "None", \
             f"the browser keeps the __Host- flow cookie set over loopback HTTP: {held}"
         sign_in_on_the_idp_page(page, DEMO_USER)
-        assert page.url == f"{PORTAL}/user"
+        assert page.url == f"{PORTAL}/user/inbox"
         assert '"sub": "U-1001"' in page.text_content("#claims")
-        assert not [c for c in context.cookies(plain_http_app) if c["name"] == "__Host-portal-sso-user"], \
+        assert not [c for c in context.cookies(plain_http_app) if c["name"].startswith("__Host-portal-sso-user-")], \
             "the callback cleared the flow cookie"
     finally:
         context.close()

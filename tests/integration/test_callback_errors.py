@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
+from shared.flows import cookie_name
 from shared.runtime import get_runtime
 from tests.conftest import APP_BASE, DEMO_USER, DISABLED_USER, NO_ACCOUNT, PORTAL_URLS, SIGNED_OUT_URIS
 from tests.support.portal import (
@@ -58,19 +60,52 @@ def test_replayed_callback_is_400(browser_session):
     assert_error_page(replay, 400, get_runtime(), "unknown_state")
 
 
-def test_idp_error_is_400_escaped_with_the_aadsts_fix(browser_session):
-    response = browser_session.post(CALLBACK, data={
-        "error": "invalid_request", "state": "abcdefgh12345678",
-        "error_description": "AADSTS50011: The redirect URI <script>alert(1)</script> does not match."})
+DESCRIPTION = "AADSTS50011: The redirect URI <script>alert(1)</script> does not match."
+
+
+def test_idp_error_of_a_flow_bound_to_this_browser_is_400_escaped_with_its_text_and_the_aadsts_fix(
+        browser_session):
+    started = start_login(browser_session, APP_BASE, "user")
+    state = parse_qs(urlsplit(started.headers["Location"]).query)["state"][0]
+    response = browser_session.post(CALLBACK, data={"error": "invalid_request", "state": state,
+                                                     "error_description": DESCRIPTION})
     assert_error_page(response, 400, get_runtime(), "idp_error")
     assert "<script>alert(1)</script>" not in response.text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text, "the bound flow's IdP text, escaped"
     assert "Authentication &gt; Web" in response.text or "Authentication > Web" in response.text, "AADSTS50011 fix"
+    assert "Max-Age=0" in response.headers["Set-Cookie"], "the IdP ended that flow: its cookie goes"
 
 
-def test_query_mode_callback_is_handled_like_form_post(browser_session):
+def test_idp_error_text_of_a_state_not_bound_to_this_browser_is_not_shown(browser_session):
+    """Issue 13 item 8: anyone can put text in a URL; our origin shows the IdP's text only for a live
+    flow of this browser. The error code and our own AADSTS hint still show."""
+    phishing = "AADSTS50011: Your account is locked. Call +1 555 0100 to unlock it."
+    for state in ("abcdefgh12345678", start_login(requests.Session(), APP_BASE, "user").headers["Location"]
+                  .split("state=")[1].split("&")[0]):  # an unknown state, and another browser's live one
+        response = browser_session.post(CALLBACK, data={"error": "invalid_request", "state": state,
+                                                         "error_description": phishing})
+        assert_error_page(response, 400, get_runtime(), "idp_error")
+        assert "invalid_request" in response.text
+        assert "555 0100" not in response.text and "locked" not in response.text, "the crafted text is not shown"
+        assert "Authentication &gt; Web" in response.text or "Authentication > Web" in response.text
+
+
+def test_query_mode_callback_is_refused_by_default_and_consumes_its_flow(browser_session):
+    """Issue 13 item 2: a code in a URL leaks (history, request logs); whoever owns the flow could
+    redeem it. The GET is refused, and the flow is dead: the same code posted with the flow's own
+    cookie afterwards is refused too."""
     action, fields = idp_answer(browser_session, APP_BASE, "user", DEMO_USER)
     response = browser_session.get(action, params=fields)
+    assert_error_page(response, 400, get_runtime(), "response_mode_not_allowed")
+    assert "code=" not in response.text
+    assert_error_page(browser_session.post(action, data=fields), 400, get_runtime(), "unknown_state")
+
+
+def test_query_mode_callback_is_handled_like_form_post_when_allowed(use_settings, demo_accounts):
+    use_settings(ALLOW_QUERY_RESPONSE_MODE="true")
+    session = requests.Session()
+    action, fields = idp_answer(session, APP_BASE, "user", DEMO_USER)
+    response = session.get(action, params=fields)
     assert response.status_code == 200, response.text[:500]
     assert delivered(response)[0] == PORTAL_URLS["user"]
 
@@ -103,7 +138,7 @@ def test_login_start_sets_the_flow_cookie_as_spec_says(browser_session):
     response = start_login(browser_session, APP_BASE, "agent")
     assert response.status_code == 302
     cookie = response.headers["Set-Cookie"]
-    assert cookie.startswith("__Host-portal-sso-agent=")
+    assert cookie.startswith("__Host-portal-sso-agent-")
     for attribute in ("Path=/", "Secure", "HttpOnly", "SameSite=None", "Max-Age=600"):
         assert attribute in cookie, f"flow cookie lacks {attribute}"
     assert "Domain" not in cookie
@@ -189,8 +224,8 @@ def test_a_strangers_bogus_callback_does_not_clear_the_cookie_of_a_login_under_w
     assert "Set-Cookie" not in bogus.headers, "a callback that consumed no flow leaves the flow cookie alone"
     finished = browser_session.post(action, data=fields)
     assert finished.status_code == 200, "the real login still completes"
-    assert "__Host-portal-sso-user=;" in finished.headers["Set-Cookie"] and "Max-Age=0" in finished.headers[
-        "Set-Cookie"], "a consumed flow's cookie is cleared"
+    assert f"{cookie_name('user', fields['state'])}=;" in finished.headers["Set-Cookie"] and \
+        "Max-Age=0" in finished.headers["Set-Cookie"], "a consumed flow's cookie is cleared"
 
 
 def test_a_refused_login_start_has_its_audit_row_too(browser_session):
@@ -212,3 +247,17 @@ def test_logs_hold_no_token_code_or_secret(browser_session, caplog, app_env):
                          (app_env["OIDC_CLIENT_SECRET"], "client secret"), ("BEGIN PRIVATE KEY", "signing key")):
         assert secret not in text, f"the {what} must never be logged"
     assert not re.search(r"eyJ[\w-]+\.[\w-]+\.", text), "no JWT of any kind in the logs"
+
+
+def test_the_setup_page_shows_when_query_mode_is_on(use_settings):
+    use_settings(ALLOW_QUERY_RESPONSE_MODE="true")
+    page = requests.get(f"{APP_BASE}/api/sso/setup").text
+    assert "ALLOW_QUERY_RESPONSE_MODE is true" in page, "an amber line says codes may arrive in URLs"
+    use_settings(ALLOW_QUERY_RESPONSE_MODE=None)
+    assert "ALLOW_QUERY_RESPONSE_MODE is true" not in requests.get(f"{APP_BASE}/api/sso/setup").text
+
+
+def test_a_query_mode_setting_that_is_not_true_or_false_is_named(use_settings):
+    use_settings(ALLOW_QUERY_RESPONSE_MODE="yes")
+    response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False)
+    assert response.status_code == 500 and "ALLOW_QUERY_RESPONSE_MODE" in response.text

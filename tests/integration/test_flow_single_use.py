@@ -1,26 +1,29 @@
-"""The flow's single-use delete against the real table (Azurite): of callbacks racing for one state,
-exactly one takes it, however they interleave."""
+"""The flow marker's single-use delete against the real table (Azurite): of callbacks racing for one
+state, exactly one takes it, however they interleave. One unconditional DELETE each: the first gets
+204, every later one 404, which the SDK reports as success (the store reads the status itself)."""
 
 from __future__ import annotations
 
 import secrets
 import threading
 
+import pytest
+
 from shared.errors import UnknownState
-from shared.flows import FlowStore, new_binding
+from shared.flows import FlowStore
 from shared.tables import FLOWS_TABLE
 
 ROUNDS, RACERS = 20, 8
 
 
-def race(store: FlowStore, state: str, binding: str) -> list[str]:
+def race(store: FlowStore, state: str) -> list[str]:
     """RACERS threads released together, each consuming the same flow: their outcomes."""
     barrier, outcomes, lock = threading.Barrier(RACERS), [], threading.Lock()
 
     def consume():
         barrier.wait()
         try:
-            store.take(store.find(state, "user", binding))
+            store.take(state, "user")
             outcome = "won"
         except UnknownState:
             outcome = "lost"
@@ -40,8 +43,21 @@ def test_of_eight_concurrent_consumers_exactly_one_wins_in_each_of_twenty_rounds
 
     store = FlowStore(get_runtime().tables.client(FLOWS_TABLE))
     for round_number in range(ROUNDS):
-        binding, state = new_binding(), f"race{round_number}" + secrets.token_urlsafe(12)
-        store.save({"state": state, "nonce": "n"}, "user", binding, None, f"race-{round_number}")
-        outcomes = race(store, state, binding)
+        state = f"race{round_number}" + secrets.token_urlsafe(12)
+        store.save(state, "user", f"race-{round_number}")
+        outcomes = race(store, state)
         assert sorted(outcomes) == ["lost"] * (RACERS - 1) + ["won"], \
             f"round {round_number}: exactly one consumer takes the flow, got {outcomes}"
+
+
+def test_a_marker_taken_once_is_gone_for_the_second_take_and_for_the_other_kind(app_server):
+    from shared.runtime import get_runtime
+
+    store = FlowStore(get_runtime().tables.client(FLOWS_TABLE))
+    state = "twice" + secrets.token_urlsafe(12)
+    store.save(state, "user", "twice")
+    with pytest.raises(UnknownState):
+        store.take(state, "agent")  # the other kind's door: another row, none
+    store.take(state, "user")
+    with pytest.raises(UnknownState):
+        store.take(state, "user")

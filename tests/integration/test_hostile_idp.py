@@ -22,13 +22,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from azure.data.tables import UpdateMode
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from shared import diagnostics
-from shared.errors import UnknownState
-from shared.flows import FlowStore, new_binding
+from shared.flows import Flow
 from shared.jwks import JwksCache
 from shared.tables import FLOWS_TABLE
 from tests.conftest import APP_BASE, REDIRECT_URIS
@@ -50,6 +48,7 @@ from tests.support.portal import (
     assert_error_page,
     correlation_id,
     start_login,
+    verify_session_token,
 )
 
 OTHER_TENANT = "7f3e1a9c-2d4b-4c8e-b1a5-9e6d0c2f4b17"
@@ -452,49 +451,29 @@ def test_two_concurrent_identical_callbacks_give_exactly_one_session(hostile, ap
     assert len(hostile.token_requests) == 1, "the code is redeemed once"
 
 
-def test_flow_consumed_between_our_read_and_our_delete_is_not_consumed_again(app):
-    """The race of two callbacks, interleaved on purpose against the real table: the other callback
-    consumes the flow after this one has read it and before it deletes it. (TableClient.delete_entity
-    reports "not found" as success, so a plain etag-checked delete let both callbacks through.)"""
-    table = app.tables.client(FLOWS_TABLE)
-    binding, state = new_binding(), "race" + secrets.token_urlsafe(16)
-    FlowStore(table).save({"state": state, "nonce": "n"}, "user", binding, None, "race-test")
-
-    class LosesTheRace:
-        def __init__(self, table):
-            self._table = table
-
-        def get_entity(self, *args, **kwargs):
-            entity = self._table.get_entity(*args, **kwargs)
-            store = FlowStore(self._table)  # the other callback wins meanwhile
-            store.take(store.find(state, "user", binding))
-            return entity
-
-        def __getattr__(self, name):
-            return getattr(self._table, name)
-
-    with pytest.raises(UnknownState):
-        late = FlowStore(LosesTheRace(table))
-        late.take(late.find(state, "user", binding))
-
-
-def test_callback_without_the_cookie_is_refused_and_the_flow_survives(hostile, app, person):
+def test_callback_without_the_cookie_is_refused_and_consumes_the_flow(hostile, app, person):
+    """Issue 13 item 2: a flow that a wrong browser has presented is dead; not even the browser that
+    started it can complete it afterwards (an attacker who owns a flow cannot lend it to a victim
+    and then finish it with his own cookie)."""
     hostile.answer(claims=person.claims)
     session, fields = begin(hostile)
     stranger = post_with_cookie(fields, "")
     assert_error_page(stranger, 400, app, "browser_binding_mismatch")
     assert hostile.token_requests == []
-    # A stranger's request cannot cancel the real login: the browser that started it still gets in.
-    assert_signed_in(post_callback(session, fields), person)
+    assert not flow_row_exists(app, fields["state"]), "the marker is consumed by the mismatch"
+    assert_error_page(post_callback(session, fields), 400, app, "unknown_state")
+    assert hostile.token_requests == [], "the code never reaches the IdP"
 
 
-def test_callback_with_another_flows_cookie_is_refused(hostile, app, person):
+def test_callback_with_another_flows_cookie_is_refused_and_consumes_the_flow(hostile, app, person):
     hostile.answer(claims=person.claims)
     victim, victim_fields = begin(hostile)
     attacker, _ = begin(hostile)
-    response = post_callback(attacker, victim_fields)  # the attacker's own cookie, the victim's state
+    # the attacker's own cookie, under the name of the victim's state: it does not open for that state
+    response = post_with_cookie(victim_fields, cookie_of(attacker))
     assert_error_page(response, 400, app, "browser_binding_mismatch")
-    assert_signed_in(post_callback(victim, victim_fields), person)
+    assert_error_page(post_callback(victim, victim_fields), 400, app, "unknown_state")
+    assert hostile.token_requests == []
 
 
 def test_callback_of_a_user_flow_at_the_agent_redirect_uri_is_refused(hostile, app, person):
@@ -504,13 +483,16 @@ def test_callback_of_a_user_flow_at_the_agent_redirect_uri_is_refused(hostile, a
 
 
 def test_expired_flow_is_refused(hostile, app, person):
+    """A cookie that outlived its Max-Age (a browser that kept it, or a copy): sealed by the app's own
+    key with an expiry in the past, it opens, and is refused as expired; its marker is consumed."""
     hostile.answer(claims=person.claims)
-    session, fields = begin(hostile)
-    flows = app.tables.client(FLOWS_TABLE)
-    flows.update_entity({"PartitionKey": fields["state"], "RowKey": "flow",
-                         "ExpiresAt": datetime.now(UTC) - timedelta(minutes=1)}, mode=UpdateMode.MERGE)
-    assert_error_page(post_callback(session, fields), 400, app, "flow_expired")
+    _, fields = begin(hostile)
+    past = int((datetime.now(UTC) - timedelta(minutes=1)).timestamp())
+    stale = Flow(state=fields["state"], kind="user", nonce="n" * 22, code_verifier="v" * 43, scope=("openid",),
+                 return_to=None, portal_nonce=None, expires_at=past, correlation_id="c")
+    assert_error_page(post_with_cookie(fields, app.signer().flow_cookies.seal(stale)), 400, app, "flow_expired")
     assert hostile.token_requests == []
+    assert not flow_row_exists(app, fields["state"])
 
 
 # ---- input bounds: refused before any outbound call or flow lookup
@@ -544,7 +526,9 @@ def test_allowed_return_to_reaches_the_delivery_page(hostile, app, person):
     hostile.answer(claims=person.claims)
     session, fields = begin(hostile, return_to=return_to)
     delivered_fields = assert_signed_in(post_callback(session, fields), person)
-    assert delivered_fields["return_to"] == return_to
+    assert set(delivered_fields) == {"session_token"}, "return_to travels only inside the signed token"
+    claims = verify_session_token(delivered_fields["session_token"], APP_BASE, audience=PORTAL_ORIGIN)
+    assert claims["return_to"] == return_to
 
 
 @pytest.mark.parametrize("return_to", [
@@ -576,9 +560,9 @@ def _csp(response: requests.Response) -> dict[str, list[str]]:
     return directives
 
 
-def _assert_common_headers(response: requests.Response) -> dict[str, list[str]]:
+def _assert_common_headers(response: requests.Response, referrer: str = "no-referrer") -> dict[str, list[str]]:
     assert response.headers["Cache-Control"] == "no-store"
-    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Referrer-Policy"] == referrer
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     csp = _csp(response)
     assert csp["default-src"] == ["'none'"]
@@ -598,7 +582,7 @@ def test_security_headers_on_errors_and_on_the_delivery_page(hostile, app, perso
     hostile.answer(claims=person.claims)
     success = sign_in(hostile)
     assert success.status_code == 200
-    csp = _assert_common_headers(success)
+    csp = _assert_common_headers(success, "strict-origin")  # the portal's Origin check needs our origin
     assert csp["form-action"] == [PORTAL_ORIGIN], "the delivery page may post only to the portal"
     scripts = re.findall(r"<script>(.*?)</script>", success.text, re.S)
     assert len(scripts) == 1

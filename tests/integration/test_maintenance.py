@@ -10,7 +10,6 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared.audit import day_key
-from shared.flows import FLOW_ROW
 from shared.maintenance import purge
 from shared.runtime import Runtime
 
@@ -33,8 +32,7 @@ def runtime(azurite) -> Runtime:
 
 def seed_flow(runtime: Runtime, started: datetime) -> str:
     state = secrets.token_urlsafe(12)
-    runtime.flows.save({"state": state, "auth_uri": "https://idp.test/authorize"}, "user", "binding", None,
-                       "cid", now=started)
+    runtime.flows.save(state, "user", "cid", now=started)
     return state
 
 
@@ -65,8 +63,8 @@ def test_purge_deletes_exactly_expired_flows_and_events_past_retention(runtime):
 
     assert purge(runtime, now) == {"flows": 2, "events": 3}
 
-    assert not any(exists(flows_table, s, FLOW_ROW) for s in expired), "expired flows are gone"
-    assert all(exists(flows_table, s, FLOW_ROW) for s in live), "a login still under way keeps its flow"
+    assert not any(exists(flows_table, s, "user") for s in expired), "expired flows are gone"
+    assert all(exists(flows_table, s, "user") for s in live), "a login still under way keeps its flow"
     assert not any(exists(events_table, *k) for k in old), "events before the 90-day window are gone"
     assert all(exists(events_table, *k) for k in recent), "events of the last 90 days stay"
     assert purge(runtime, now) == {"flows": 0, "events": 0}, "a second run finds nothing"
@@ -94,4 +92,4 @@ def test_the_timer_function_purges(runtime, monkeypatch):
     # app server's, when other tests run in the same session).
     monkeypatch.setattr(shared.runtime, "_runtime", runtime)
     function.get_user_function()(SimpleNamespace(past_due=False))
-    assert not exists(runtime.tables.client("SsoFlows"), abandoned, FLOW_ROW)
+    assert not exists(runtime.tables.client("SsoFlows"), abandoned, "user")

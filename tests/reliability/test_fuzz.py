@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from werkzeug.test import Client
 
 from shared.callback import MAX_BODY
-from shared.flows import STATE_SYNTAX
+from shared.flows import STATE_SYNTAX, cookie_name
 
 MARK = '<zq"\'>'  # put into inputs; may come back only escaped
 ROUTES = ["sso/{kind}/login", "sso/{kind}/callback", "sso/{kind}/logout", "sso/{kind}/signed-out", "sso/jwks.json",
@@ -111,7 +111,8 @@ def test_callback_with_any_body_cookie_and_content_type(fuzzed, kind, form, cook
     if size > len(body) + 5:  # padded to exactly `size` bytes: at the limit, and one past it
         body += b"&pad=" + b"a" * (size - len(body) - 5)
     response = fuzzed.post(f"/api/sso/{kind}/callback", data=body,
-                           headers={"Content-Type": content_type, "Cookie": f"__Host-portal-sso-{kind}={cookie}"})
+                           headers={"Content-Type": content_type,
+                                    "Cookie": f"{cookie_name(kind, form.get('state', ''))}={cookie}"})
     check(response, f"{form} cookie={cookie!r} type={content_type!r} {len(body)} bytes")
     assert response.status_code in (400, 503), "a forged callback never signs anyone in"
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import requests
 
 from shared.config import origin_of
+from shared.flows import cookie_name
 from tests.conftest import APP_BASE, PORTAL_URLS
 from tests.support.hostile_idp import CLIENT_ID, CLIENT_SECRET, TENANT, HostileIdp
 from tests.support.portal import TIMEOUT, delivered, start_login, verify_session_token
@@ -55,8 +56,9 @@ def post_callback(session: requests.Session, fields: dict[str, str], kind: str =
 
 
 def post_with_cookie(fields: dict[str, str], cookie: str, kind: str = "user") -> requests.Response:
-    """A callback carrying exactly this binding cookie (a copy of a browser's, or none when empty)."""
-    headers = {"Cookie": f"__Host-portal-sso-{kind}={cookie}"} if cookie else {}
+    """A callback carrying exactly this binding cookie (a copy of a browser's, or none when empty), under
+    the name of the flow of the fields' state."""
+    headers = {"Cookie": f"{cookie_name(kind, fields.get('state', ''))}={cookie}"} if cookie else {}
     return requests.post(f"{APP_BASE}/api/sso/{kind}/callback", data=fields, headers=headers,
                          allow_redirects=False, timeout=TIMEOUT)
 
@@ -67,9 +69,10 @@ def sign_in(hostile: HostileIdp, kind: str = "user") -> requests.Response:
 
 
 def cookie_of(session: requests.Session, kind: str = "user") -> str:
-    value = session.cookies.get(f"__Host-portal-sso-{kind}")
-    assert value, "login start must set the browser-binding cookie"
-    return value
+    """The value of the one flow cookie of `kind` the session holds (it started one login)."""
+    values = [c.value for c in session.cookies if c.name.startswith(f"__Host-portal-sso-{kind}-")]
+    assert len(values) == 1, f"login start must set one browser-binding cookie, found {len(values)}"
+    return values[0]
 
 
 def assert_signed_in(response: requests.Response, person: Person) -> dict:

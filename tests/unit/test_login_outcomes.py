@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
@@ -18,16 +17,16 @@ from shared.accounts import Account
 from shared.callback import CallbackRequest
 from shared.config import load_settings
 from shared.errors import DependencyUnavailable
-from shared.flows import StoredFlow, binding_hash
+from shared.flows import Flow, FlowStore, cookie_name
 from shared.jwks import JwksCache
-from shared.login import SsoService, flow_cookie_name
+from shared.login import SsoService
 from shared.provider import ProviderMetadata
 from shared.session_token import SessionSigner, load_signing_keys
 
 TENANT = "3f0c9a52-6d1e-4b7a-9c2f-8e5d41a7b0c6"
 ISSUER = f"https://idp.test/{TENANT}/v2.0"
 CLIENT_ID = "6b1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"
-STATE, BINDING, NONCE = "state-1234567890", "browser-binding", "nonce-secret"
+STATE, NONCE = "state-1234567890", "nonce-secret"
 ENV = {"OIDC_ISSUER_URL": ISSUER, "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_CLIENT_SECRET": "s",
        "SESSION_SIGNING_KEY": "unused here", "TABLES_CONNECTION_STRING": "UseDevelopmentStorage=true",
        "PORTAL_USER_URL": "https://portal.test/user", "PORTAL_AGENT_URL": "https://portal.test/agent",
@@ -35,13 +34,11 @@ ENV = {"OIDC_ISSUER_URL": ISSUER, "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_CLIENT_SECR
 
 
 class Flows:
-    def find(self, state, kind, binding):
-        assert binding_hash(binding) == binding_hash(BINDING)
-        return StoredFlow(state=state, kind=kind, flow={"state": state, "nonce": NONCE}, return_to=None,
-                          expires_at=datetime.now(UTC) + timedelta(minutes=5), correlation_id="c", etag="e")
+    check_state = staticmethod(FlowStore.check_state)
+    taken = 0
 
-    def take(self, stored):
-        return None
+    def take(self, state, kind):
+        self.taken += 1
 
 
 class Oidc:
@@ -104,14 +101,20 @@ def idp_key():
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def callback_request() -> CallbackRequest:
+def callback_request(deps: Deps, expires_at: int | None = None) -> CallbackRequest:
+    """The callback of a login this browser started: its flow sealed in its cookie with the deps' key."""
+    flow = Flow(state=STATE, kind="user", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
+                return_to=None, portal_nonce=None, expires_at=expires_at or int(time.time()) + 300,
+                correlation_id="c")
+    cookie = f"{cookie_name('user', STATE)}={deps.signer().flow_cookies.seal(flow)}"
     return CallbackRequest("POST", "application/x-www-form-urlencoded", f"code=c0de&state={STATE}".encode(),
-                           cookie_header=f"{flow_cookie_name('user')}={BINDING}")
+                           cookie_header=cookie)
 
 
 def test_a_success_whose_audit_row_cannot_be_written_is_a_503_without_a_token(idp_key):
     events = FailingEvents()
-    reply = SsoService(Deps(idp_key, events)).complete_login("user", callback_request(), "cid-1")
+    deps = Deps(idp_key, events)
+    reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-1")
     assert events.attempts >= 1, "the audit row was attempted"
     assert reply.status == 503, f"no unaudited session: {reply.status}"
     assert reply.headers.get("Retry-After"), "a 503 says when to try again"
@@ -129,35 +132,26 @@ def test_the_same_callback_with_a_working_audit_store_delivers_the_token(idp_key
             self.rows.append(event)
 
     events = Events()
-    reply = SsoService(Deps(idp_key, events)).complete_login("user", callback_request(), "cid-2")
+    deps = Deps(idp_key, events)
+    reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-2")
     body = reply.body if isinstance(reply.body, str) else reply.body.decode()
     assert reply.status == 200 and 'name="session_token"' in body, body[:400]
     assert [e.outcome for e in events.rows] == ["success"]
 
 
-def test_a_flow_that_expires_between_its_read_and_its_delete_is_consumed_and_refused(idp_key):
-    """The flow is read one millisecond before it expires; by the check after the read it has: the
-    callback is a 400 flow_expired, the flow is consumed all the same, and the code is never redeemed."""
-    expires_at = datetime.now(UTC) + timedelta(minutes=5)
-
-    class ExpiringFlows(Flows):
-        taken = 0
-
-        def find(self, state, kind, binding):
-            return StoredFlow(state=state, kind=kind, flow={"state": state, "nonce": NONCE}, return_to=None,
-                              expires_at=expires_at, correlation_id="c", etag="e")
-
-        def take(self, stored):
-            self.taken += 1
+def test_a_flow_that_expires_as_its_callback_arrives_is_consumed_and_refused(idp_key):
+    """The cookie says the flow expires now; the callback comes one millisecond later: a 400
+    flow_expired, the marker is consumed all the same, and the code is never redeemed."""
+    expires_at = int(time.time()) + 300
 
     class NeverRedeems(Oidc):
         def redeem(self, *args, **kwargs):
             raise AssertionError("an expired flow's code must not be redeemed")
 
     deps = Deps(idp_key, events := type("Events", (), {"rows": [], "record": lambda self, e: self.rows.append(e)})())
-    deps.flows, deps.oidc = ExpiringFlows(), NeverRedeems("")
-    clock = lambda: expires_at.timestamp() + 0.001  # noqa: E731 - the moment after the read
-    reply = SsoService(deps, clock=clock).complete_login("user", callback_request(), "cid-3")
+    deps.oidc = NeverRedeems("")
+    clock = lambda: expires_at + 0.001  # noqa: E731 - the moment after
+    reply = SsoService(deps, clock=clock).complete_login("user", callback_request(deps, expires_at), "cid-3")
     assert reply.status == 400 and [e.reason for e in events.rows] == ["flow_expired"]
     assert deps.flows.taken == 1, "the expired flow is consumed, so it cannot be tried again"
-    assert any(c.startswith(f"{flow_cookie_name('user')}=;") for c in reply.cookies), "the flow cookie is cleared"
+    assert any(c.startswith(f"{cookie_name('user', STATE)}=;") for c in reply.cookies), "the flow cookie is cleared"

@@ -14,7 +14,7 @@ import pytest
 from shared import pages
 from shared.config import FLOW_TTL_SECONDS
 from shared.errors import DependencyUnavailable, IdpError, InvalidIdToken, NoAccount, SsoError
-from shared.login import flow_cookie, flow_cookie_name
+from shared.flows import cookie_name, set_cookie
 
 CORRELATION_ID = "c0ffee00-1234-4abc-8def-0123456789ab"
 FAKE_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQifQ.c2lnbmF0dXJl"
@@ -63,7 +63,11 @@ def sha256_source(text: str) -> str:
 def assert_security_headers(reply: pages.Reply) -> None:
     headers = reply.headers
     assert headers.get("Cache-Control") == "no-store", "SSO responses are never cached"
-    assert headers.get("Referrer-Policy") == "no-referrer", "URLs may hold a code: no Referer leaves the page"
+    # URLs may hold a code: no Referer leaves a page, but for the delivery page's own origin (its POST's
+    # Origin, which the portal checks, is "null" under no-referrer)
+    expected = "strict-origin" if 'id="portal-sso"' in reply.body else "no-referrer"
+    assert headers.get("Referrer-Policy") == expected, "no path or query leaves the page in a Referer"
+    assert not reply.body or f'<meta name="referrer" content="{expected}">' in reply.body, "the meta tag agrees"
     assert headers.get("X-Content-Type-Options") == "nosniff"
     csp = csp_of(reply)
     assert csp.get("default-src") == ["'none'"], "the CSP starts from default-src 'none'"
@@ -199,8 +203,9 @@ def cookie_attributes(cookie: str) -> tuple[str, str, dict[str, str]]:
 
 @pytest.mark.parametrize("kind", ["user", "agent"])
 def test_flow_cookie_is_a_host_only_secure_httponly_samesite_none_cookie(kind):
-    name, value, attributes = cookie_attributes(flow_cookie(kind, "binding-value", FLOW_TTL_SECONDS))
-    assert name == flow_cookie_name(kind) and name.startswith("__Host-"), "the __Host- prefix pins it to our host"
+    name, value, attributes = cookie_attributes(set_cookie(cookie_name(kind, "state-1234567890"), "binding-value",
+                                                           FLOW_TTL_SECONDS))
+    assert name.startswith(f"__Host-portal-sso-{kind}-"), "the __Host- prefix pins it to our host"
     assert value == "binding-value"
     assert "secure" in attributes, "Secure (required by __Host-)"
     assert "httponly" in attributes, "HttpOnly: no script reads the binding"
@@ -211,7 +216,7 @@ def test_flow_cookie_is_a_host_only_secure_httponly_samesite_none_cookie(kind):
 
 
 def test_flow_cookie_cleared_has_max_age_zero():
-    _, value, attributes = cookie_attributes(flow_cookie("user", "", 0))
+    _, value, attributes = cookie_attributes(set_cookie(cookie_name("user", "state-1234567890"), "", 0))
     assert value == "" and attributes["max-age"] == "0", "the callback clears the cookie"
 
 

@@ -1,0 +1,148 @@
+"""Issue 13 item 3: the hand-off to the portal is bound to the portal's browser. The app's half: login
+start takes the portal's `nonce` and a `prompt`, the session token carries `nonce` and `return_to`,
+the delivery page posts the token alone. The portal's half, as tools/demo_portal.py does it (README
+"What the portal must do"): the POST's Origin, the nonce of this browser, each jti once, the return_to
+claim only. The attacks first: a token posted from another site, twice, with the attacker's return_to."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from werkzeug.test import Client
+
+from shared.runtime import get_runtime
+from tests.conftest import APP_BASE, DEMO_USER, PORTAL_ORIGIN
+from tests.support.portal import assert_error_page, delivered, sign_in, start_login, verify_session_token
+from tools.demo_portal import NONCE_COOKIE, DemoPortal
+from tools.idp_login import sign_in_at_idp
+
+NONCE = "portal-nonce-0123456789_ABCDEF"
+
+
+@pytest.fixture
+def portal(app_server, demo_accounts) -> Client:
+    """The demo portal in-process (its JWKS fetched from the running app), as one browser sees it."""
+    return Client(DemoPortal(APP_BASE, PORTAL_ORIGIN))
+
+
+def login_through_the_portal(portal: Client, kind: str = "user") -> dict[str, str]:
+    """The portal's sign-in link, the app's login, the IdP, the callback: the delivered form's fields."""
+    started = portal.get(f"/{kind}/start", base_url=PORTAL_ORIGIN)
+    assert started.status_code == 302
+    browser = requests.Session()
+    app_start = browser.get(started.headers["Location"], allow_redirects=False, timeout=20)
+    assert app_start.status_code == 302, app_start.text[:300]
+    action, fields = sign_in_at_idp(browser, app_start.headers["Location"], DEMO_USER["login"],
+                                    DEMO_USER["password"])
+    return delivered(browser.post(action, data=fields, allow_redirects=False, timeout=20))[1]
+
+
+def post_to_portal(portal: Client, fields: dict[str, str], origin: str = APP_BASE, kind: str = "user"):
+    return portal.post(f"/{kind}", data=fields, headers={"Origin": origin}, base_url=PORTAL_ORIGIN)
+
+
+def token_for(portal: Client, kind: str = "user") -> dict[str, str]:
+    """A login this portal browser started: its nonce in the portal's cookie and in the login start
+    (what GET /{kind}/start does), then the delivered fields."""
+    portal.set_cookie(NONCE_COOKIE.format(kind=kind), NONCE, domain="127.0.0.1", secure=True)
+    response = sign_in(requests.Session(), APP_BASE, kind, DEMO_USER, nonce=NONCE,
+                       return_to=f"{PORTAL_ORIGIN}/{kind}/inbox")
+    assert response.status_code == 200, response.text[:300]
+    return delivered(response)[1]
+
+
+# ---- the attacks, each refused by the portal half
+
+
+def test_a_token_posted_from_another_site_is_refused(portal):
+    fields = token_for(portal)
+    refused = post_to_portal(portal, fields, origin="https://evil.example")
+    assert refused.status_code == 403, refused.get_data(as_text=True)[:300]
+    assert "__Host-demo-portal-session" not in refused.headers.get("Set-Cookie", ""), "no portal session"
+    assert post_to_portal(portal, fields).status_code == 303, "the same token from the app's own page is fine"
+
+
+def test_a_token_is_accepted_once(portal):
+    fields = token_for(portal)
+    assert post_to_portal(portal, fields).status_code == 303
+    # the browser's nonce cookie put back (the first POST cleared it): only the jti is left to refuse it
+    portal.set_cookie(NONCE_COOKIE.format(kind="user"), NONCE, domain="127.0.0.1", secure=True)
+    again = post_to_portal(portal, fields)
+    assert again.status_code == 401 and "already used" in again.get_data(as_text=True), \
+        "the second POST of one jti is a replay"
+
+
+def test_a_posted_return_to_is_ignored_and_only_the_claim_is_followed(portal):
+    fields = token_for(portal)
+    accepted = post_to_portal(portal, {**fields, "return_to": "https://evil.example/phish"})
+    assert accepted.status_code == 303
+    assert accepted.headers["Location"] == f"{PORTAL_ORIGIN}/user/inbox", "the return_to claim, not the field"
+    assert "evil.example" not in accepted.get_data(as_text=True)
+
+
+def test_a_token_of_a_login_this_browser_did_not_start_is_refused(portal, app_server):
+    """Login CSRF: the attacker signs in himself and posts his token into the victim's browser (which
+    holds its own nonce cookie, or none)."""
+    attacker = Client(DemoPortal(APP_BASE, PORTAL_ORIGIN))
+    attackers_fields = login_through_the_portal(attacker)
+    login_through_the_portal(portal)  # the victim's own login in flight: its nonce cookie is another
+    refused = post_to_portal(portal, attackers_fields)
+    assert refused.status_code == 401 and "not this browser" in refused.get_data(as_text=True)
+    fresh = Client(DemoPortal(APP_BASE, PORTAL_ORIGIN))  # a browser with no nonce cookie at all
+    assert post_to_portal(fresh, login_through_the_portal(attacker)).status_code == 401
+
+
+def test_the_portal_session_is_the_portals_own_and_logout_ends_it(portal):
+    assert post_to_portal(portal, login_through_the_portal(portal)).status_code == 303
+    inbox = portal.get("/user/inbox", base_url=PORTAL_ORIGIN)
+    assert inbox.status_code == 200 and 'id="signed-in"' in inbox.get_data(as_text=True)
+    out = portal.get("/user/logout", base_url=PORTAL_ORIGIN)
+    assert out.status_code == 302 and out.headers["Location"] == f"{APP_BASE}/api/sso/user/logout"
+    assert portal.get("/user/inbox", base_url=PORTAL_ORIGIN).status_code == 401, "the portal's session is over"
+
+
+# ---- the app's half
+
+
+def test_the_token_carries_the_portals_nonce_and_return_to_and_the_form_only_the_token(app_server, demo_accounts):
+    return_to = f"{PORTAL_ORIGIN}/user/queue?tab=mine"
+    response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER, nonce=NONCE, return_to=return_to)
+    assert response.status_code == 200, response.text[:500]
+    _, fields = delivered(response)
+    assert set(fields) == {"session_token"}, "return_to and the nonce travel only inside the signed token"
+    claims = verify_session_token(fields["session_token"], APP_BASE, audience=PORTAL_ORIGIN)
+    assert (claims["nonce"], claims["return_to"]) == (NONCE, return_to)
+
+
+def test_empty_nonce_and_prompt_count_as_absent(app_server, demo_accounts):
+    response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER, nonce="", prompt="", return_to="")
+    assert response.status_code == 200, response.text[:500]
+    claims = verify_session_token(delivered(response)[1]["session_token"], APP_BASE, audience=PORTAL_ORIGIN)
+    assert "nonce" not in claims and "return_to" not in claims
+
+
+@pytest.mark.parametrize("nonce", ["a" * 15, "a" * 129, "a" * 20 + "!", "a" * 20 + " ", "é" * 20, "a" * 16 + "."])
+def test_a_nonce_off_its_syntax_is_refused_at_login(app_server, nonce):
+    response = start_login(requests.Session(), APP_BASE, "user", nonce=nonce)
+    assert_error_page(response, 400, get_runtime(), "invalid_parameter")
+    assert "Set-Cookie" not in response.headers and "Location" not in response.headers
+
+
+@pytest.mark.parametrize("nonce", ["a" * 16, "A-z_0" * 25 + "abc"])
+def test_a_nonce_at_its_bounds_is_accepted(app_server, nonce):
+    assert start_login(requests.Session(), APP_BASE, "user", nonce=nonce).status_code == 302
+
+
+@pytest.mark.parametrize("prompt", ["select_account", "login"])
+def test_prompt_goes_to_the_idp(app_server, prompt):
+    response = start_login(requests.Session(), APP_BASE, "user", prompt=prompt)
+    assert response.status_code == 302
+    assert parse_qs(urlsplit(response.headers["Location"]).query)["prompt"] == [prompt]
+
+
+@pytest.mark.parametrize("prompt", ["none", "consent", "login select_account", "LOGIN"])
+def test_any_other_prompt_is_refused(app_server, prompt):
+    assert_error_page(start_login(requests.Session(), APP_BASE, "user", prompt=prompt), 400, get_runtime(),
+                      "invalid_parameter")
