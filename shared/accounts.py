@@ -69,6 +69,8 @@ class AccountStore:
                 entity = self._table.get_entity(email_key(normalize_email(email)), kind)
             except ResourceNotFoundError:
                 return None
+        if entity.get("MovedTo") or entity.get("MovedFrom"):
+            return self._after_move(entity)
         return Account.from_entity(entity)
 
     def find_account(self, email: str, kind: str) -> Account:
@@ -156,6 +158,21 @@ class AccountStore:
                 else self._table.list_entities()
             for entity in query:
                 yield Account.from_entity(entity)
+
+    # ---- Directory sync (shared/scim/sync.py moves a provisioned account to a new email) ----
+    def _after_move(self, entity) -> Account | None:
+        """A row that directory sync is moving: the old row counts as gone once it says `MovedTo`;
+        the new row (`MovedFrom` = the old key) counts only once the old row says `MovedTo` = its key.
+        So at every moment exactly one of the two is found (the old row's single write is the commit),
+        and a move that stopped midway is finished by the next sync."""
+        if entity.get("MovedTo"):
+            return None
+        with storage_errors():
+            try:
+                old = self._table.get_entity(entity["MovedFrom"], entity["RowKey"])
+            except ResourceNotFoundError:
+                return None
+        return Account.from_entity(entity) if old.get("MovedTo") == entity["PartitionKey"] else None
 
 
 # Bulk import (tools/accounts.py import). Rows are checked by the caller first (check_account); this
