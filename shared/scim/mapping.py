@@ -3,6 +3,7 @@ link. Plain values in, plain values out: no SCIM library here."""
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 
@@ -83,15 +84,28 @@ def kinds_of(roles: list[dict], default_kind: str | None) -> tuple[str, ...]:
     """Portal.User gives a user account, Portal.Agent an agent account, both give both; no portal
     role gives SCIM_DEFAULT_KIND (or nothing). Role values are compared without regard to ASCII case:
     Entra sends the app role's value as defined, and a role is not a login key."""
-    kinds = {ROLE_KINDS[ascii_lower(r.get("value") or "")] for r in roles or []
-             if ascii_lower(r.get("value") or "") in ROLE_KINDS}
+    kinds = {ROLE_KINDS[value] for value in map(role_value, roles or []) if value in ROLE_KINDS}
     if not kinds and default_kind:
         kinds = {default_kind}
     return tuple(k for k in KINDS if k in kinds)
 
 
 def has_portal_role(roles: list[dict]) -> bool:
-    return any(ascii_lower(r.get("value") or "") in ROLE_KINDS for r in roles or [])
+    return any(role_value(r) in ROLE_KINDS for r in roles or [])
+
+
+def role_value(role: dict) -> str:
+    """A role's app role value, ASCII-lowercased. Entra's AppRoleAssignmentsComplex PATCH sends the
+    value as a JSON string ('{"id":"...","value":"Portal.Agent","displayName":"Agent"}'), its POST
+    as the plain value: both are read."""
+    value = role.get("value") if isinstance(role, dict) else None
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            inner = json.loads(value)
+        except ValueError:
+            inner = None
+        value = inner.get("value") if isinstance(inner, dict) else value
+    return ascii_lower(value) if isinstance(value, str) else ""
 
 
 def link_tenant(settings) -> str | None:
