@@ -25,6 +25,7 @@ from ..config import KINDS
 from ..tables import storage_errors
 
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
+LOGIN_FIELDS = ("LinkedIdpSubject", "LastLoginAt")  # what login writes on a row
 
 
 class Conflict(Exception):
@@ -137,16 +138,20 @@ class AccountSync:
                 raise Conflict(f"the {kind} account of this email belongs to someone else")
             self._merge(target, {**self._fields(desired), **self._link_fields(target, desired), "MovedFrom": ""})
             return  # adopted: its AccountId (and login history) kept
-        if target is not None:  # ours already
-            if target.get("MovedFrom") and source is not None and self._ours(source, desired.scim_id):
-                self._commit_move(source, new_key)  # a move that stopped before (or at) its commit
-                return self._finish_move(desired, kind, old_key)
-            if target.get("MovedFrom"):
-                # The old row is gone or was moved here: the move committed (or its source vanished).
-                return self._finish_move(desired, kind, old_key)
+        if target is not None:  # ours already: maybe the end of a move that stopped midway
             wanted = {**self._fields(desired), **self._link_fields(target, desired)}
-            if any(target.get(k) != v for k, v in wanted.items()):
-                self._merge(target, wanted)
+            moving = self._ours(source, desired.scim_id)
+            if moving and not source.get("MovedTo"):
+                # Not committed: bring the copy up to date with the old row (a login may have
+                # written it since the copy), then commit on the old row's current etag.
+                wanted.update({k: source[k] for k in LOGIN_FIELDS if source.get(k) is not None})
+                self._merge(target, {**wanted, "MovedFrom": target.get("MovedFrom") or ""})
+                self._commit_move(source, new_key)
+                target = self._read(new_key, kind)
+            if target.get("MovedFrom") or any(target.get(k) != v for k, v in wanted.items()):
+                self._merge(target, {**wanted, "MovedFrom": ""})
+            if moving:
+                self._delete_moved(old_key, kind, desired)
             return
         if source is not None and self._ours(source, desired.scim_id) and not source.get("MovedTo"):
             # Move: copy (invisible: MovedFrom), commit on the old row, then tidy up.
@@ -155,7 +160,10 @@ class AccountSync:
                         PartitionKey=new_key, RowKey=kind, MovedFrom=old_key)
             self._table.create_entity(copy)
             self._commit_move(source, new_key)
-            return self._finish_move(desired, kind, old_key)
+            target = self._read(new_key, kind)
+            self._merge(target, {"MovedFrom": ""})
+            self._delete_moved(old_key, kind, desired)
+            return
         row = {"PartitionKey": new_key, "RowKey": kind, "AccountId": account_id(desired.scim_id, kind),
                **self._fields(desired)}
         if desired.link:
@@ -177,15 +185,12 @@ class AccountSync:
                                    "MovedTo": new_key}, mode=UpdateMode.MERGE,
                                   etag=source.metadata["etag"], match_condition=MatchConditions.IfNotModified)
 
-    def _finish_move(self, desired: Desired, kind: str, old_key: str | None) -> None:
-        target = self._read(desired.email_key, kind)
-        if target is not None:
-            self._merge(target, {**self._fields(desired), "MovedFrom": ""})
-        if old_key:
-            source = self._read(old_key, kind)
-            if self._ours(source, desired.scim_id) and source.get("MovedTo") == desired.email_key:
-                self._table.delete_entity(old_key, kind, etag=source.metadata["etag"],
-                                          match_condition=MatchConditions.IfNotModified)
+    def _delete_moved(self, old_key: str, kind: str, desired: Desired) -> None:
+        """The old row of a committed move goes (etag-checked: only as it was when committed)."""
+        source = self._read(old_key, kind)
+        if self._ours(source, desired.scim_id) and source.get("MovedTo") == desired.email_key:
+            self._table.delete_entity(old_key, kind, etag=source.metadata["etag"],
+                                      match_condition=MatchConditions.IfNotModified)
 
     def _merge(self, row, fields: dict) -> None:
         self._table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], **fields},
