@@ -114,8 +114,8 @@ class DirectorySync:
         except DependencyUnavailable as exc:
             return self._finish(event, error_reply(503, "Directory sync is temporarily unavailable.",
                                                    headers={"Retry-After": str(RETRY_AFTER)}), exc.reason, started)
-        if not config.on:
-            return error_reply(404, "Not found.")  # off: nothing here, and nothing recorded
+        if not config.on:  # off: nothing here, and nothing recorded
+            return error_reply(404, "Not found.", headers={"X-Correlation-Id": correlation_id})
         if config.problems:
             names = sorted({p.setting for p in config.problems if p.setting})
             event.detail = "; ".join(map(str, config.problems))
@@ -186,6 +186,7 @@ class DirectorySync:
         before the response goes out. A row storage refuses is logged (the write itself is done, and
         refusing its answer would make Entra repeat it)."""
         event.status, event.reason = reply.status, reason
+        reply.headers["X-Correlation-Id"] = event.correlation_id  # the DirectoryEvents row's and the log's
         event.outcome = "success" if reply.status < 400 else "failure"
         level = logging.INFO if reply.status < 400 else logging.WARNING
         log.log(level, "scim.request op=%s status=%d reason=%s scim_id=%s correlation_id=%s elapsed_ms=%d",
