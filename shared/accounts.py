@@ -44,6 +44,7 @@ class Account:
     linked_idp_subject: str | None
     last_login_at: datetime | None
     etag: str | None = None
+    provisioned: bool = False  # made or adopted by directory sync (shared/scim/sync.py sets ScimId)
 
     @classmethod
     def from_entity(cls, entity) -> Account:
@@ -56,6 +57,7 @@ class Account:
             linked_idp_subject=entity.get("LinkedIdpSubject") or None,
             last_login_at=entity.get("LastLoginAt"),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+            provisioned=bool(entity.get("ScimId")),
         )
 
 
@@ -157,7 +159,8 @@ class AccountStore:
             query = self._table.query_entities("RowKey eq @kind", parameters={"kind": kind}) if kind \
                 else self._table.list_entities()
             for entity in query:
-                yield Account.from_entity(entity)
+                if not entity.get("MovedTo"):  # the old row of a committed move counts as gone
+                    yield Account.from_entity(entity)
 
     # ---- Directory sync (shared/scim/sync.py moves a provisioned account to a new email) ----
     def _after_move(self, entity) -> Account | None:

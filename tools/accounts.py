@@ -236,10 +236,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     accounts = sorted(_store(args).list(args.kind), key=lambda a: (a.email, a.kind))
     rows = [(a.email, a.kind, a.account_id, a.display_name, "yes" if a.enabled else "no",
-             "yes" if a.linked_idp_subject else "no",
+             "yes" if a.linked_idp_subject else "no", "yes" if a.provisioned else "no",
              a.last_login_at.strftime("%Y-%m-%d %H:%M UTC") if a.last_login_at else "never")
             for a in accounts]
-    print(format_table(("email", "kind", "account id", "name", "enabled", "linked", "last login"), rows))
+    print(format_table(("email", "kind", "account id", "name", "enabled", "linked", "provisioned", "last login"),
+                       rows))
     print(f"{len(rows)} account{'s' if len(rows) != 1 else ''}")
     return EXIT_OK
 

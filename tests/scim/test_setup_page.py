@@ -42,3 +42,18 @@ def test_off_and_a_setting_error_say_so_without_the_token(use_settings):
     text = section()
     assert '<span class="st fail">setting error</span>' in text and "SCIM_TOKEN" in text
     assert short not in text and html.escape(short) not in text
+
+
+def test_tools_accounts_list_marks_provisioned_accounts(scim, azurite, capsys):
+    from tools import accounts
+
+    by_hand = f"{unique('hand')}@contoso.test"
+    scim.runtime.accounts.add(by_hand, "user", "U-HAND-1")
+    synced = unique("synced")
+    scim.post("/Users", entra.create_user(f"{synced}@contoso.test", f"{synced}@contoso.test", oid()))
+    assert accounts.main(["--connection-string", azurite.connection_string, "list", "--kind", "user"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("email"))
+    at = header.index("provisioned")  # format_table aligns its columns
+    cells = {line.split()[0]: line[at:].split()[0] for line in out.splitlines() if "@contoso.test" in line}
+    assert cells[by_hand] == "no" and cells[f"{synced}@contoso.test"] == "yes"
