@@ -79,6 +79,8 @@ def app_settings(issuer: str, client_secret: str, tables_connection_string: str)
         "PORTAL_AGENT_URL": f"{portal}/agent",
         "PUBLIC_BASE_URL": app,
         "SESSION_TOKEN_AUDIENCE": portal,
+        # Directory sync on, with a token kept in .devstack/ (make scim-demo sends a provisioning cycle).
+        "SCIM_TOKEN": _state_secret("scim-token", lambda: secrets.token_urlsafe(32)),
     }
 
 
@@ -133,6 +135,10 @@ Local stack is up (logs in {logs}).
   Function app:           {app_base}/api/sso/setup   (setup page)   {app_base}/api/health
   Dev IdP (issuer):       {idp.url}
   Table Storage:          Azurite on 127.0.0.1:{PORTS['azurite']} (in memory)
+
+  Directory sync (SCIM):  tenant URL {app_base}/api/scim/v2
+                          token {settings["SCIM_TOKEN"]}   (kept in .devstack/scim-token)
+                          `make scim-demo` provisions people; then nobody@contoso.test signs in as an agent
 
 Everything is served over HTTPS with a local test CA: {ca.ca_cert}
 Import it into your browser as a trusted authority, or accept the certificate warnings.
