@@ -57,6 +57,12 @@ SETTINGS_TABLE = (
     SettingInfo("SESSION_TOKEN_TTL_SECONDS", "the session token's lifetime", "session_ttl"),
     SettingInfo("SECRET_CACHE_SECONDS", "how long a secret read from Key Vault is reused", "secret_cache_seconds"),
     SettingInfo("SIGNIN_EVENTS_RETENTION_DAYS", "how long SignInEvents rows are kept", "events_retention_days"),
+    # Directory sync (shared/scim/auth.py reads these itself: a problem there never stops sign-in)
+    SettingInfo("SCIM_TOKEN_NAME", "Key Vault secret holding directory sync's bearer token(s), one per line, "
+                "the new one first (default scim-token)"),
+    SettingInfo("SCIM_TOKEN", "directory sync's bearer token(s) themselves: local development only", secret=True),
+    SettingInfo("SCIM_DEFAULT_KIND", "the account kind a provisioned person with no portal app role gets "
+                "(user, agent, or empty: none)"),
 )
 
 

@@ -31,7 +31,9 @@ def test_every_function_is_indexed_loaded_and_invoked_by_the_python_313_worker(a
     assert {name: (f["route"], f["authLevel"]) for name, f in functions.items() if f["trigger"] == "httpTrigger"} == {
         "sso_login": ("sso/{kind}/login", "ANONYMOUS"), "sso_callback": ("sso/{kind}/callback", "ANONYMOUS"),
         "sso_logout": ("sso/{kind}/logout", "ANONYMOUS"), "sso_jwks": ("sso/jwks.json", "ANONYMOUS"),
-        "sso_setup": ("sso/setup", "FUNCTION"), "health": ("health", "FUNCTION")}, functions
+        "sso_setup": ("sso/setup", "FUNCTION"), "health": ("health", "FUNCTION"),
+        "scim_root": ("scim/v2", "ANONYMOUS"), "scim_endpoint": ("scim/v2/{endpoint}", "ANONYMOUS"),
+        "scim_resource": ("scim/v2/{endpoint}/{resource_id}", "ANONYMOUS")}, functions
     assert all("GET" in [m.upper() for m in f["methods"]] for f in functions.values() if f["methods"])
     assert functions["purge_expired_rows"]["trigger"] == "timerTrigger"
     assert functions["purge_expired_rows"]["schedule"] == "0 */15 * * * *"
