@@ -53,3 +53,4 @@ def test_every_function_is_indexed_loaded_and_invoked_by_the_python_313_worker(a
     assert calls["sso_jwks"]["http_status"] == "200" and '"keys"' in calls["sso_jwks"]["body"]
     assert calls["sso_setup"]["http_status"] == "200" and "Redirect URIs" in calls["sso_setup"]["body"]
     assert calls["health"]["http_status"] == "200", calls["health"]
+    assert calls["scim_endpoint"]["http_status"] == "404" and "scim:api:messages" in calls["scim_endpoint"]["body"]
