@@ -63,6 +63,15 @@ class Person:
         self.version: int = int(row.get("Version") or 1)
         self.etag: str = row.metadata["etag"]
 
+    @classmethod
+    def written(cls, row: dict, answer: dict) -> Person:
+        """The person as just written (the write's answer carries the new etag): no read back."""
+        from azure.data.tables import TableEntity
+
+        entity = TableEntity(row)
+        entity._metadata = {"etag": answer["etag"]}
+        return cls(entity)
+
     def resource(self) -> User:
         user = User.model_validate(json.loads(self.row["Resource"]))
         user.id = self.id
@@ -260,9 +269,9 @@ class TableScimStorage(ScimStorage):
                 "HasPortalRole": facts.has_portal_role, "Version": version, "Created": created,
                 "LastModified": datetime.now(UTC)}
 
-    def _apply_accounts(self, scim_id: str, facts: Facts, old_email_key: str | None) -> None:
+    def _apply_accounts(self, scim_id: str, facts: Facts, old_email_key: str | None, created: bool = False) -> None:
         try:
-            self._sync.apply(self._desired(scim_id, facts), old_email_key)
+            self._sync.apply(self._desired(scim_id, facts), old_email_key, created=created)
         except Conflict as exc:
             raise UniquenessException(detail=str(exc)) from exc
 
@@ -271,10 +280,9 @@ class TableScimStorage(ScimStorage):
         scim_id = str(uuid.uuid4())  # random: never reused
         for partition, key in facts.keys().items():
             self._claim(partition, key, scim_id)
-        self._apply_accounts(scim_id, facts, None)
-        now = datetime.now(UTC)
-        self._users.create_entity(self._row(scim_id, resource, facts, 1, now))
-        return self.get(resource_type, scim_id)
+        self._apply_accounts(scim_id, facts, None, created=True)
+        row = self._row(scim_id, resource, facts, 1, datetime.now(UTC))
+        return Person.written(row, self._users.create_entity(row)).resource()
 
     def update(self, resource_type: ResourceType, resource: User, *, expected_version: str | None = None) -> User:
         scim_id = resource.id or ""
@@ -289,10 +297,10 @@ class TableScimStorage(ScimStorage):
             if key != old[partition]:
                 self._claim(partition, key, scim_id)
         self._apply_accounts(scim_id, facts, old[BY_EMAIL] or None)
+        row = self._row(scim_id, resource, facts, person.version + 1, person.row["Created"])
         try:
-            self._users.update_entity(self._row(scim_id, resource, facts, person.version + 1, person.row["Created"]),
-                                      mode=UpdateMode.REPLACE, etag=person.etag,
-                                      match_condition=MatchConditions.IfNotModified)
+            written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
+                                                match_condition=MatchConditions.IfNotModified)
         except ResourceModifiedError as exc:
             raise Raced(detail="the User changed while it was written") from exc
         except ResourceNotFoundError as exc:
@@ -300,7 +308,7 @@ class TableScimStorage(ScimStorage):
         for partition, key in old.items():
             if key and key != facts.keys()[partition]:
                 self._release(partition, key, scim_id)
-        return self.get(resource_type, scim_id)
+        return Person.written(row, written).resource()
 
     def delete(self, resource_type: ResourceType, resource_id: str, *, expected_version: str | None = None) -> None:
         person = self._read.get(resource_id) or self._person(resource_id)

@@ -96,7 +96,7 @@ class AccountSync:
         return bool(linked and desired.link and linked != desired.link)
 
     # ---- the one entry point ----
-    def apply(self, desired: Desired, old_key: str | None) -> None:
+    def apply(self, desired: Desired, old_key: str | None, created: bool = False) -> None:
         """Makes the person's rows what `desired` says: for each kind it gets, one row at its email
         key (moved from `old_key` when the email changed); for each other kind, none. Raises Conflict
         before writing when a row it needs belongs to someone else."""
@@ -106,7 +106,7 @@ class AccountSync:
             if kind in wanted:
                 self._ensure(desired, kind, old_key if old_key != desired.email_key else None)
         for kind in KINDS:
-            if kind not in wanted:
+            if kind not in wanted and not created:  # a new person owns no row yet
                 for key in keys:
                     self._remove_ours(key, kind, desired.scim_id)
 
