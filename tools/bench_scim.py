@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--markdown", type=Path, help="append the figures to this file (BENCHMARKS.md)")
+    parser.add_argument("--label", default="directory sync", help="the appended section's title")
     args = parser.parse_args(argv)
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # ~22 ms per new TLS connection: not ours to time
         os.environ.pop(name, None)
@@ -115,23 +119,36 @@ def main(argv: list[str] | None = None) -> int:
 
     first_rps, second_rps = 2 * args.people / first_s, args.people / second_s
     ten_k_min = 10_000 / (args.people / first_s) / 60
-    print(f"Directory sync (SCIM) benchmark: {args.people} people, {len(clients)} client(s), one worker, "
+    lines: list[str] = []
+
+    def out(text: str) -> None:
+        print(text)
+        lines.append(text)
+
+    out(f"Directory sync (SCIM) benchmark: {args.people} people, {len(clients)} client(s), one worker, "
           "tools.host over plain HTTP, Azurite")
-    print(f"  import function_app (this process): {import_ms:.0f} ms; first SCIM request (libraries load): "
+    out(f"  import function_app (this process): {import_ms:.0f} ms; first SCIM request (libraries load): "
           f"{first_ms:.0f} ms")
-    print(f"  first cycle (query + POST per person): {first_s:.1f} s, {first_rps:.0f} requests/s, "
+    out(f"  first cycle (query + POST per person): {first_s:.1f} s, {first_rps:.0f} requests/s, "
           f"{args.people / first_s:.1f} people/s; per person p50 {p(first_lat, 50):.1f} ms, "
           f"p95 {p(first_lat, 95):.1f} ms")
-    print(f"  second cycle, no change (query per person): {second_s:.1f} s, {second_rps:.0f} requests/s; "
+    out(f"  second cycle, no change (query per person): {second_s:.1f} s, {second_rps:.0f} requests/s; "
           f"p50 {p(second_lat, 50):.1f} ms, p95 {p(second_lat, 95):.1f} ms")
-    print(f"  extrapolated first cycle of 10,000 people: {ten_k_min:.1f} minutes (linear: every request is "
+    out(f"  extrapolated first cycle of 10,000 people: {ten_k_min:.1f} minutes (linear: every request is "
           "point reads and single-row writes, none scans)")
-    print("Budgets:")
+    out("Budgets:")
     for label, ok in ((f"first cycle >= {BUDGET_FIRST_RPS:.0f} requests/s", first_rps >= BUDGET_FIRST_RPS),
                       (f"second cycle >= {BUDGET_SECOND_RPS:.0f} requests/s", second_rps >= BUDGET_SECOND_RPS),
                       (f"10,000 people's first cycle <= {BUDGET_10K_MINUTES:.0f} minutes",
                        ten_k_min <= BUDGET_10K_MINUTES)):
-        print(f"  {'PASS' if ok else 'FAIL'}  {label}")
+        out(f"  {'PASS' if ok else 'FAIL'}  {label}")
+    if args.markdown:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+        head = (f"\n## {args.label} ({commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+                f"{platform.node()}, load {os.getloadavg()[0]:.2f})\n\n    ")
+        with args.markdown.open("a", encoding="utf-8") as md:
+            md.write(head + "\n    ".join(lines) + "\n")
     return 0
 
 
