@@ -4,6 +4,8 @@ Imported by service.py on the first SCIM request, never at worker start."""
 from __future__ import annotations
 
 import json
+import random
+import time
 from http import HTTPStatus
 
 from scim2_models import InvalidSyntaxException, PreconditionFailedException, SCIMException
@@ -16,7 +18,10 @@ from . import resources
 from .resources import IGNORED_SCHEMAS, POLICY
 from .store import Raced, TableScimStorage
 
-RACE_ATTEMPTS = 5  # a write that lost a race with another write to the same person starts over
+# A write that lost a race with another write to the same person starts over, after a short random
+# pause (so racers spread out): with six writers at once, the last one loses up to five times.
+RACE_ATTEMPTS = 10
+RACE_PAUSE = 0.01  # seconds, times the attempt number, times a random factor in [0.5, 1.5)
 
 
 class PortalScimService(ScimService):
@@ -62,6 +67,7 @@ class Engine:
                 except Raced as exc:
                     if attempt == RACE_ATTEMPTS - 1:
                         return self.service.error_response(PreconditionFailedException(detail=exc.detail))
+                    time.sleep(RACE_PAUSE * (attempt + 1) * (0.5 + random.random()))  # noqa: S311 - jitter
                 except SCIMException as exc:
                     return self.service.error_response(exc)
         raise AssertionError("unreachable")

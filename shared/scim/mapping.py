@@ -42,6 +42,12 @@ def email_key(raw: str, attribute: str = "emails") -> str:
     return accounts.email_key(accounts.normalize_email(raw))
 
 
+def stored_email(raw: str) -> str:
+    """The email as PortalAccounts keeps it in `Email` (what `tools.accounts` writes), beside email_key:
+    switch both together."""
+    return accounts.normalize_email(raw)
+
+
 def ascii_lower(value: str) -> str:
     """Only A-Z folded (str.lower and casefold merge distinct strings: the Kelvin sign, 'ß')."""
     return value.translate(_ASCII_FOLD)
