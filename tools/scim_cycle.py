@@ -54,14 +54,15 @@ class Client:
     def __init__(self, base: str, token: str, verify=True, session: requests.Session | None = None):
         self.base = base.rstrip("/") + "/api/scim/v2"
         self.session = session or requests.Session()
-        self.session.verify = verify
+        # Per request: a session's verify loses to REQUESTS_CA_BUNDLE from the environment (requests#3829).
+        self.verify = verify
         self.session.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json",
                                      "Accept": "application/scim+json"})
         self.requests = 0
 
     def call(self, method: str, path: str, body=None, **params) -> requests.Response:
         self.requests += 1
-        return self.session.request(method, self.base + path, params=params or None, timeout=30,
+        return self.session.request(method, self.base + path, params=params or None, timeout=30, verify=self.verify,
                                     data=json.dumps(body) if body is not None else None)
 
     def find(self, user_name: str) -> dict | None:
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nSecond cycle (nothing changed in Entra):")
     before = client.requests
     for person in people[:4]:
-        current = client.find(renamed if person is ana else person.email)
+        current = client.find(person.email)  # the userName: an email change leaves it as it was
         print(f"  {person.email:32} found, version {current['meta']['version'] if current else '-'}; no write")
     print(f"  {client.requests - before} requests, all reads")
     print("\nNow: `.venv/bin/python -m tools.accounts list` shows the accounts (provisioned: yes), and the demo "

@@ -1,5 +1,6 @@
 """What the setup page shows about directory sync: off/on (or a setting error), the tenant URL to
-paste into Entra, the last SCIM request and its outcome, how many people and provisioned accounts,
+paste into Entra, the last SCIM request recorded (a write or a refusal; reads that succeed are not
+recorded) and its outcome, how many people and provisioned accounts,
 and the people with no portal role. No SCIM library is imported here."""
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def setup_section(runtime) -> str:
                     "(Enterprise applications &gt; the app &gt; Provisioning &gt; Admin Credentials)</td></tr>")
     if s.last:
         at = s.last.get("At")
-        rows.append(f"<tr><td></td><th>Last request</th><td>{e(str(s.last.get('Operation', '')))} &rarr; "
+        rows.append("<tr><td></td><th>Last write or refused request</th>"
+                    f"<td>{e(str(s.last.get('Operation', '')))} &rarr; "
                     f"{e(str(s.last.get('Status', '')))} {e(str(s.last.get('Reason', '')))}"
                     f"{f' at {e(at.isoformat())}' if at else ''}</td></tr>")
     if s.people is not None:
