@@ -69,8 +69,10 @@ signingJwk.alg = 'RS256';
 signingJwk.use = 'sig';
 
 // ---- clients --------------------------------------------------------------------------------
+// client_credentials: the app checks that the IdP accepts its credential (a token for itself, scope
+// "{client_id}/.default", as Entra answers it), never on a person's login.
 const clients = (config.clients || []).map((c) => ({
-  grant_types: ['authorization_code', 'refresh_token'],
+  grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
   response_types: ['code'],
   ...c,
 }));
@@ -143,6 +145,9 @@ async function renderError(ctx, out) {
 // ---- provider -------------------------------------------------------------------------------
 const provider = new Provider(issuer, {
   clients,
+  // How clients may authenticate at the token endpoint (discovery's
+  // token_endpoint_auth_methods_supported); CONFIG may narrow it, e.g. to client_secret_basic only.
+  ...(config.clientAuthMethods ? { clientAuthMethods: config.clientAuthMethods } : {}),
   jwks: { keys: [signingJwk] },
   cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
   scopes: ['openid', 'offline_access', 'email', 'profile'],
@@ -169,6 +174,7 @@ const provider = new Provider(issuer, {
     revocation: { enabled: false },
     introspection: { enabled: false },
     userinfo: { enabled: true },
+    clientCredentials: { enabled: true },
   },
   renderError,
   ttl: {

@@ -9,7 +9,9 @@ import uuid
 import azure.functions as func
 
 from shared import pages
+from shared.config import public_base_url
 from shared.errors import InternalError, MethodNotAllowed, SsoError
+from shared.runtime import get_runtime
 
 log = logging.getLogger("portal_sso")
 
@@ -18,10 +20,22 @@ def correlation_id(context: func.Context | None) -> str:
     return getattr(context, "invocation_id", None) or str(uuid.uuid4())
 
 
+# A year, this host only: PUBLIC_BASE_URL may be a custom domain whose other subdomains are not ours.
+HSTS = "max-age=31536000"
+
+
+def transport_security() -> dict[str, str]:
+    """Strict-Transport-Security whenever the app's public base URL is https://. TLS usually ends in
+    front of the app (Azure's front end), so the request's own scheme says nothing."""
+    https = public_base_url(get_runtime().env).startswith("https://")
+    return {"Strict-Transport-Security": HSTS} if https else {}
+
+
 def to_response(reply: pages.Reply) -> func.HttpResponse:
     mimetype, _, rest = reply.content_type.partition(";")
     charset = rest.split("=", 1)[1].strip() if "=" in rest else "utf-8"
-    response = func.HttpResponse(body=reply.body, status_code=reply.status, headers=dict(reply.headers),
+    response = func.HttpResponse(body=reply.body, status_code=reply.status,
+                                 headers={**reply.headers, **transport_security()},
                                  mimetype=mimetype.strip(), charset=charset)
     for cookie in reply.cookies:
         response.headers.add("Set-Cookie", cookie)

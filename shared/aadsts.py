@@ -20,6 +20,15 @@ HINTS = {
     90102: ("The redirect URI is not a valid URL. Check PUBLIC_BASE_URL and the URIs registered on the app."),
     700054: ("The app registration does not allow ID tokens for this flow. Check Authentication > Web "
              "settings of the app registration."),
+    90094: ("The sign-in needs an administrator's consent (the tenant does not let people consent to apps). An "
+            "administrator grants admin consent under API permissions (scripts/register-app does it), then the "
+            "person signs in again."),
+    700027: ("The client certificate's assertion was refused: the certificate in Key Vault is not one uploaded "
+             "under Certificates & secrets, or it has expired. Upload its public part there."),
+    7000112: ("The app's service principal is disabled in this tenant. In Entra ID > Enterprise applications > "
+              "your app > Properties, set 'Enabled for users to sign-in?' to Yes."),
+    500011: ("No service principal for the app in this tenant (the credential check asks a token for the app "
+             "itself). Run scripts/register-app, which creates it, or consent to the app once as an administrator."),
     50020: ("The person's account is from a tenant the app does not accept. Invite them as a guest, or "
             "check the app's supported account types."),
 }

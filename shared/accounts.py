@@ -1,37 +1,107 @@
-"""Portal accounts in the `PortalAccounts` table: PartitionKey = normalized email, RowKey = kind."""
+"""Portal accounts in the `PortalAccounts` table: PartitionKey = the email key, RowKey = kind."""
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from .config import KINDS
-from .errors import AccountDisabled, IdentityMismatch, NoAccount
+from .errors import AccountDisabled, IdentityMismatch, MalformedEmail, NoAccount
 from .tables import storage_errors
 
-# Characters Table Storage forbids in keys (and '%', our escape character).
+log = logging.getLogger("portal_sso")
+
+# Characters Table Storage forbids in keys (and '%', our escape character). Control characters are
+# refused before escaping; they stay here so that no key can ever hold one.
 _KEY_UNSAFE = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path, and far under Table Storage's 1 KiB key limit
 # How fresh LastLoginAt is kept: a login within this time of the last recorded one writes nothing.
 LAST_LOGIN_PRECISION = timedelta(hours=1)
-EMAIL_SYNTAX = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+WRITE_ATTEMPTS = 5  # of an etag-checked read-modify-write that keeps meeting concurrent changes
 
 
-def normalize_email(raw: str) -> str:
-    """Trimmed and case-folded, so 'Ann@Contoso.COM ' and 'ann@contoso.com' are one account."""
-    return raw.strip().casefold()
+def _char(c: str) -> str:
+    return f"U+{ord(c):04X}" + (f" {unicodedata.name(c, '')}".rstrip())
 
 
-def email_key(normalized_email: str) -> str:
-    """The PartitionKey of an email: forbidden characters and '%' itself percent-encoded, so every
-    email maps to a valid, distinct key (a '/' would make Table Storage answer 500)."""
-    return _KEY_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), normalized_email)
+def email_problem(raw: object) -> str | None:
+    """Why `raw` cannot be an account's email (None when it can). The text never holds the address
+    itself, so it is safe in a log line; it names the offending character by code point."""
+    if not isinstance(raw, str):
+        return f"is a {type(raw).__name__}, not text"
+    if len(raw) > MAX_EMAIL_LENGTH:
+        return f"is {len(raw)} characters long, over the {MAX_EMAIL_LENGTH} an address may have"
+    for position, c in enumerate(raw, 1):
+        category = unicodedata.category(c)
+        if category == "Cs":
+            return f"holds a lone surrogate (U+{ord(c):04X}) at character {position}"
+        if c.isspace() or category in ("Zs", "Zl", "Zp"):
+            return f"holds whitespace ({_char(c)}) at character {position}"
+        if category in ("Cc", "Cf"):
+            kind = "a control" if category == "Cc" else "an invisible format"
+            return f"holds {kind} character ({_char(c)}) at character {position}"
+    if not unicodedata.is_normalized("NFC", raw):
+        return "is not in Unicode normalization form C (NFC): a character is written in a decomposed or " \
+               "non-canonical form (e.g. an accent as a separate mark, the Kelvin sign for K)"
+    local, at, domain = raw.partition("@")
+    if not at:
+        return "has no '@'"
+    if "@" in domain:
+        return "has more than one '@'"
+    if not local or not domain:
+        return "has nothing before the '@'" if not local else "has nothing after the '@'"
+    return None
+
+
+def canonical_email(raw: str) -> str:
+    """The address as an account stores it and the session token carries it: `raw` with ASCII `A`-`Z`
+    lowercased and nothing else changed (casefold and NFKC would merge distinct mailboxes: 'straße'
+    and 'strasse', the Kelvin sign and 'k'). Raises MalformedEmail (403 `email_malformed`) for an
+    address `email_problem` refuses. Nothing is trimmed: a caller that trims (the CLI trims ASCII
+    spaces around a CSV field) does so first."""
+    problem = email_problem(raw)
+    if problem:
+        raise MalformedEmail(f"email {problem}")
+    return raw.translate(_ASCII_LOWER)
+
+
+def email_key(raw: str) -> str:
+    """The `PortalAccounts` PartitionKey of an email: `canonical_email(raw)` (so it raises
+    MalformedEmail for a refused address) with the characters Table keys forbid (`/ \\ # ?`, control
+    characters) and `%` itself percent-encoded as UTF-8 bytes, so every address has exactly one key,
+    no two addresses share one, and ASCII addresses keep the keys they had."""
+    return _escape(canonical_email(raw))
+
+
+def _escape(address: str) -> str:
+    return _KEY_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), address)
+
+
+def _unescape(key: str) -> str:
+    """The address a key was made from (a key that is not our escaping is returned as it is)."""
+    try:
+        return re.sub(r"(?:%[0-9A-F]{2})+", lambda m: bytes.fromhex(m.group().replace("%", "")).decode("utf-8"), key)
+    except UnicodeDecodeError:
+        return key
+
+
+class AccountConflict(Exception):
+    """An administrative write that was refused: it would re-point a linked person to another account,
+    or the row kept changing under it. The message says which account and what to do."""
+
+    def __init__(self, message: str, existing: Account | None = None):
+        super().__init__(message)
+        self.existing = existing
 
 
 @dataclass
@@ -45,18 +115,29 @@ class Account:
     last_login_at: datetime | None
     etag: str | None = None
     provisioned: bool = False  # made or adopted by directory sync (shared/scim/sync.py sets ScimId)
+    key: str = ""  # the stored PartitionKey: every write goes to the row that was read
+    # The stored `Enabled` (repr) when it is not a real boolean ('false', 0: what `az storage entity
+    # merge Enabled=false` stores); such an account counts as disabled.
+    invalid_enabled: str | None = None
+
+    def __post_init__(self):
+        if not self.key:  # made by hand, not read: the key its email gives
+            self.key = email_key(self.email)
 
     @classmethod
     def from_entity(cls, entity) -> Account:
+        stored = entity.get("Enabled", True)
         return cls(
-            email=entity.get("Email") or entity["PartitionKey"],
+            email=str(entity.get("Email") or _unescape(entity["PartitionKey"])),
             kind=entity["RowKey"],
             account_id=str(entity.get("AccountId") or ""),
             display_name=str(entity.get("DisplayName") or ""),
-            enabled=entity.get("Enabled") is not False,
+            enabled=stored is True,  # fail closed: only a real boolean true (or none stored) enables
             linked_idp_subject=entity.get("LinkedIdpSubject") or None,
             last_login_at=entity.get("LastLoginAt"),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+            key=entity["PartitionKey"],
+            invalid_enabled=None if isinstance(stored, bool) else repr(stored)[:40],
             provisioned=bool(entity.get("ScimId")),
         )
 
@@ -66,24 +147,27 @@ class AccountStore:
         self._table = table
 
     def get(self, email: str, kind: str) -> Account | None:
+        """The account of this kind for this email, or None; raises MalformedEmail for a refused address."""
+        return self.get_by_key(email_key(email), kind)
+
+    def get_by_key(self, key: str, kind: str) -> Account | None:
         with storage_errors():
             try:
-                entity = self._table.get_entity(email_key(normalize_email(email)), kind)
+                entity = self._table.get_entity(key, kind)
             except ResourceNotFoundError:
                 return None
         if entity.get("MovedTo") or entity.get("MovedFrom"):
-            return self._after_move(entity)
+            return self._after_move(entity)  # directory sync is moving it (block at the end of the class)
         return Account.from_entity(entity)
 
     def find_account(self, email: str, kind: str) -> Account:
-        """The enabled account of this kind for this email; raises NoAccount or AccountDisabled (403)."""
+        """The enabled account of this kind for this email; raises MalformedEmail, NoAccount or
+        AccountDisabled (403)."""
         account = self.get(email, kind)
         if account is None or not account.account_id:
             raise NoAccount(f"no {kind} account for this email")
         if not account.enabled:
-            disabled = AccountDisabled(f"{kind} account {account.account_id} is disabled")
-            disabled.account_id = account.account_id  # for the audit row
-            raise disabled
+            _refuse_disabled(account, f"{kind} account {account.account_id} is disabled")
         return account
 
     def link_and_record_login(self, account: Account, idp_sub: str, now: datetime | None = None) -> Account:
@@ -100,8 +184,8 @@ class AccountStore:
             if account.linked_idp_subject == idp_sub and account.last_login_at is not None \
                     and now - account.last_login_at < LAST_LOGIN_PRECISION:
                 return account  # linked to this person, login time recent enough: nothing to write
-            patch = {"PartitionKey": email_key(normalize_email(account.email)), "RowKey": account.kind,
-                     "LinkedIdpSubject": idp_sub, "LastLoginAt": now}
+            patch = {"PartitionKey": account.key, "RowKey": account.kind, "LinkedIdpSubject": idp_sub,
+                     "LastLoginAt": now}
             with storage_errors():
                 try:
                     self._table.update_entity(patch, mode=UpdateMode.MERGE, etag=account.etag,
@@ -109,23 +193,45 @@ class AccountStore:
                     account.linked_idp_subject, account.last_login_at = idp_sub, now
                     return account
                 except (ResourceModifiedError, ResourceNotFoundError):
-                    fresh = self.get(account.email, account.kind)
+                    fresh = self.get_by_key(account.key, account.kind)
             if fresh is None:
                 raise NoAccount("account removed during login")
             if not fresh.enabled:
-                raise AccountDisabled("account disabled during login")
+                _refuse_disabled(fresh, "account disabled during login")
             account = fresh
         raise IdentityMismatch("account kept changing during login")
 
-    # Administration (tools/accounts.py)
-    def add(self, email: str, kind: str, account_id: str, name: str = "", enabled: bool = True) -> None:
-        row = AccountRow(normalize_email(email), kind, account_id, name, enabled)
-        with storage_errors():
-            self._table.upsert_entity(row.entity(), mode=UpdateMode.MERGE)
+    # Administration (tools/accounts.py). Every read-modify-write is etag-checked: a change made
+    # between our read and our write (a login linking, an admin disabling) makes the write fail, and
+    # it is decided again on a fresh read, so nothing another writer did is lost.
+    def add(self, email: str, kind: str, account_id: str, name: str = "", enabled: bool = True,
+            force: bool = False) -> Account | None:
+        """Creates the account, or updates the existing one (its link and last login kept); returns
+        the account as it was before (None when it is new). Raises MalformedEmail, and AccountConflict
+        when the existing row is linked to a person and has another AccountId (that person would
+        silently sign in to `account_id` from then on) unless `force`."""
+        row = AccountRow(canonical_email(email), kind, account_id, name, enabled)
+        for _ in range(WRITE_ATTEMPTS):
+            existing = self.get_by_key(row.key, kind)
+            with storage_errors():
+                try:
+                    if existing is None:
+                        self._table.create_entity(row.entity())
+                        return None
+                    if existing.linked_idp_subject and existing.account_id != account_id and not force:
+                        raise AccountConflict(f"{repoint_text(existing, account_id)}. Use --force to do that, or "
+                                              "unlink first so that whoever signs in next is linked.", existing)
+                    self._table.update_entity(row.entity(), mode=UpdateMode.MERGE, etag=existing.etag,
+                                              match_condition=MatchConditions.IfNotModified)
+                    return existing
+                except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                    continue  # created, changed or removed since our read: decide again
+        raise AccountConflict(f"the {kind} account of {row.email} kept changing; try again")
 
     def update(self, email: str, kind: str, **properties) -> bool:
-        """Merges properties into an account; False when there is no such account."""
-        entity = {"PartitionKey": email_key(normalize_email(email)), "RowKey": kind, **properties}
+        """Merges properties into an account (one write, no read: nothing else in the row is touched);
+        False when there is no such account."""
+        entity = {"PartitionKey": email_key(email), "RowKey": kind, **properties}
         with storage_errors():
             try:
                 self._table.update_entity(entity, mode=UpdateMode.MERGE)
@@ -134,27 +240,50 @@ class AccountStore:
         return True
 
     def unlink(self, email: str, kind: str) -> bool:
-        with storage_errors():
-            try:
-                entity = self._table.get_entity(email_key(normalize_email(email)), kind)
-            except ResourceNotFoundError:
-                return False
-            entity.pop("LinkedIdpSubject", None)
-            self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
-        return True
+        """Forgets the linked person; False when there is no such account. A property can only be
+        dropped by replacing the row, so the replace is etag-checked: a `disable` (or a login) between
+        our read and our write is kept, never overwritten with what we read."""
+        key = email_key(email)
+        for _ in range(WRITE_ATTEMPTS):
+            with storage_errors():
+                try:
+                    entity = self._table.get_entity(key, kind)
+                except ResourceNotFoundError:
+                    return False
+                if "LinkedIdpSubject" not in entity:
+                    return True
+                etag = entity.metadata["etag"]
+                entity.pop("LinkedIdpSubject")
+                try:
+                    self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
+                                              match_condition=MatchConditions.IfNotModified)
+                    return True
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    continue
+        raise AccountConflict(f"the {kind} account of {canonical_email(email)} kept changing; try again")
 
     def remove(self, email: str, kind: str) -> bool:
-        if self.get(email, kind) is None:
-            return False
+        return self.remove_key(email_key(email), kind)
+
+    def remove_key(self, key: str, kind: str) -> bool:
+        """Deletes the row with this stored PartitionKey (also one whose key no address gives any more:
+        see `key_problems`); False when there was none. One request: delete_entity reports a 404 as
+        success, so the status is read from the response."""
+        statuses: list[int] = []
         with storage_errors():
-            self._table.delete_entity(email_key(normalize_email(email)), kind)
-        return True
+            self._table.delete_entity(key, kind,
+                                      raw_response_hook=lambda r: statuses.append(r.http_response.status_code))
+        return bool(statuses) and statuses[-1] != 404
 
-    def import_rows(self, rows, progress=None, workers: int = 16) -> int:
+    def stored_accounts(self) -> dict[tuple[str, str], Account]:
+        """See `stored_accounts` below."""
+        return stored_accounts(self._table)
+
+    def import_rows(self, rows, progress=None, workers: int = 16, stored=None, force: bool = False) -> Imported:
         """See `import_rows` below."""
-        return import_rows(self._table, rows, progress, workers)
+        return import_rows(self._table, rows, progress, workers, stored, force)
 
-    def list(self, kind: str | None = None):
+    def list(self, kind: str | None = None) -> Iterator[Account]:
         with storage_errors():
             query = self._table.query_entities("RowKey eq @kind", parameters={"kind": kind}) if kind \
                 else self._table.list_entities()
@@ -177,6 +306,55 @@ class AccountStore:
                 return None
         return Account.from_entity(entity) if old.get("MovedTo") == entity["PartitionKey"] else None
 
+    def key_problems(self) -> Iterator[tuple[Account, str, str]]:
+        """Stored rows that the email-key rule does not find as they are: (account, "refused" | "key"
+        | "review" | "enabled", what). "refused": the stored address is one the rule refuses, so no
+        login can reach the row; "key": the row's key is not its address's key (written by another
+        tool, or by a rule that folded more); "review": a non-ASCII address, which the old rule had
+        case-folded (a directory that says 'Ärzte@' no longer finds 'ärzte@'); "enabled": `Enabled`
+        is not a real boolean, so the account counts as disabled."""
+        for account in self.list():
+            problem = email_problem(account.email)
+            if problem:
+                yield account, "refused", f"the address {problem}"
+            elif _escape(canonical_email(account.email)) != account.key:
+                yield account, "key", f"its key is not the address's key {_escape(canonical_email(account.email))}"
+            elif not account.email.isascii():
+                yield account, "review", "non-ASCII: the old rule case-folded it; is it the address as the " \
+                                         "directory sends it?"
+            if account.invalid_enabled is not None:
+                yield account, "enabled", f"Enabled is {account.invalid_enabled}, not a boolean: counts as disabled"
+
+
+def printable(text: str) -> str:
+    """`text` with every unprintable character (controls, format characters, separators but the space,
+    lone surrogates) and the backslash escaped as \\xNN, \\uNNNN or \\UNNNNNNNN: safe to print on a
+    terminal, and exact (see `unprintable`), so a shown key can be typed back."""
+    def one(c: str) -> str:
+        if c != "\\" and c.isprintable():
+            return c
+        o = ord(c)
+        return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+    return "".join(map(one, text))
+
+
+def unprintable(text: str) -> str:
+    """The inverse of `printable`."""
+    return re.sub(r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))",
+                  lambda m: chr(int(next(g for g in m.groups() if g), 16)), text)
+
+
+def _refuse_disabled(account: Account, detail: str) -> None:
+    """Raises AccountDisabled; an `Enabled` that is not a real boolean is said in the log, since to the
+    admin who wrote 'false' (or to the one who wrote 'true' as text) it must be visible why."""
+    if account.invalid_enabled is not None:
+        log.warning("accounts.enabled_not_boolean kind=%s account_id=%s stored=%s: counts as disabled; "
+                    "store a real boolean with tools.accounts enable or disable",
+                    account.kind, account.account_id, printable(account.invalid_enabled))
+    disabled = AccountDisabled(detail + (" (Enabled is not a boolean)" if account.invalid_enabled else ""))
+    disabled.account_id = account.account_id  # for the audit row
+    raise disabled
+
 
 # Bulk import (tools/accounts.py import). Rows are checked by the caller first (check_account); this
 # only writes.
@@ -186,14 +364,19 @@ BATCH_LIMIT = 100  # Table Storage's maximum operations per transaction (all in 
 
 @dataclass(frozen=True)
 class AccountRow:
-    email: str  # normalized
+    email: str  # canonical (canonical_email)
     kind: str
     account_id: str
     name: str = ""
     enabled: bool = True
+    line: int = 0  # where it came from (a CSV line), for messages
+
+    @property
+    def key(self) -> str:
+        return _escape(self.email)
 
     def entity(self) -> dict:
-        return {"PartitionKey": email_key(self.email), "RowKey": self.kind, "Email": self.email,
+        return {"PartitionKey": self.key, "RowKey": self.kind, "Email": self.email,
                 "AccountId": self.account_id, "DisplayName": self.name, "Enabled": self.enabled}
 
 
@@ -205,8 +388,9 @@ def parse_enabled(raw: str | None) -> bool | None:
 def check_account(email: str, kind: str, account_id: str) -> list[str]:
     """What is wrong with these values (empty when nothing): the rules `add` and `import` share."""
     problems = []
-    if not EMAIL_SYNTAX.match(normalize_email(email or "")):
-        problems.append(f"email {email!r} is not an email address")
+    problem = email_problem(email)
+    if problem:
+        problems.append(f"email '{printable(str(email or ''))}' is refused: it {problem}")
     if kind not in KINDS:
         problems.append(f"kind {kind!r} must be user or agent")
     if not (account_id or "").strip():
@@ -214,40 +398,103 @@ def check_account(email: str, kind: str, account_id: str) -> list[str]:
     return problems
 
 
-def _import_partition(table: TableClient, rows: list[AccountRow]) -> int:
-    """Upserts (merge: an existing link and last login are kept) one partition's rows: one request for
-    a single row, else transactions of up to BATCH_LIMIT rows."""
+def repoints(row: AccountRow, before: Account | None) -> bool:
+    """Writing `row` over `before` would sign the person linked to it in to another account id."""
+    return before is not None and bool(before.linked_idp_subject) and before.account_id != row.account_id
+
+
+def repoint_text(before: Account, account_id: str) -> str:
+    return (f"the {before.kind} account of {before.email} is {before.account_id}, linked to "
+            f"{before.linked_idp_subject}: making it {account_id} would sign that person in to {account_id}")
+
+
+@dataclass
+class Imported:
+    written: int = 0
+    # Rows not written because, by the time they were written, the stored row had become linked to a
+    # person under another account id (a login during the import): (row, stored account).
+    refused: list[tuple[AccountRow, Account]] = field(default_factory=list)
+
+
+def _read(table: TableClient, key: str, kind: str) -> Account | None:
     with storage_errors():
-        if len(rows) == 1:
-            table.upsert_entity(rows[0].entity(), mode=UpdateMode.MERGE)
-        else:
-            for start in range(0, len(rows), BATCH_LIMIT):
-                table.submit_transaction([("upsert", row.entity(), {"mode": UpdateMode.MERGE})
-                                          for row in rows[start:start + BATCH_LIMIT]])
-    return len(rows)
+        try:
+            return Account.from_entity(table.get_entity(key, kind))
+        except ResourceNotFoundError:
+            return None
+
+
+def _write_partition(table: TableClient, rows: list[AccountRow], known: dict[tuple[str, str], Account | None]) -> None:
+    """One email's rows (a user and an agent row at most): created where none was stored, else merged
+    (link and last login kept) on the condition that the row is still as it was read."""
+    ops = [("create", row.entity(), {}) if known[(row.key, row.kind)] is None else
+           ("update", row.entity(), {"mode": UpdateMode.MERGE, "etag": known[(row.key, row.kind)].etag,
+                                     "match_condition": MatchConditions.IfNotModified})
+           for row in rows]
+    if len(ops) > 1:
+        table.submit_transaction(ops)
+    elif ops[0][0] == "create":
+        table.create_entity(ops[0][1])
+    else:
+        table.update_entity(ops[0][1], **ops[0][2])
+
+
+def _import_partition(table: TableClient, rows: list[AccountRow], stored: dict[tuple[str, str], Account],
+                      force: bool) -> Imported:
+    """Writes one partition's rows, etag-checked against what was stored when the import began; a row
+    changed since (a login linked it, an admin disabled it) is read again and decided again."""
+    known = {(row.key, row.kind): stored.get((row.key, row.kind)) for row in rows}
+    for _ in range(WRITE_ATTEMPTS):
+        refused = [(row, known[(row.key, row.kind)]) for row in rows
+                   if not force and repoints(row, known[(row.key, row.kind)])]
+        todo = [row for row in rows if all(row is not r for r, _ in refused)]
+        if not todo:
+            return Imported(0, refused)
+        with storage_errors():
+            try:
+                _write_partition(table, todo, known)
+                return Imported(len(todo), refused)
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError, TableTransactionError):
+                pass  # changed since it was read: read it again
+        known = {(row.key, row.kind): _read(table, row.key, row.kind) for row in rows}
+    raise AccountConflict(f"the accounts of {rows[0].email} kept changing during the import; import again")
+
+
+def stored_accounts(table: TableClient) -> dict[tuple[str, str], Account]:
+    """Every stored row's key, kind, account id, link and etag, in one paged scan (1000 rows a
+    request): what an import checks its rows against before it writes any."""
+    with storage_errors():
+        return {(a.key, a.kind): a for a in map(Account.from_entity, table.list_entities(
+            select=["PartitionKey", "RowKey", "AccountId", "LinkedIdpSubject", "Email"]))}
 
 
 def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[int], None] | None = None,
-                workers: int = 16) -> int:
-    """Writes every row; returns how many were written. Each email is its own partition, so a
-    transaction can only group one email's user and agent rows: the speed comes from `workers`
-    requests in flight at once. `progress(n)` is called (on this thread) as each n rows land.
-    Raises DependencyUnavailable on the first storage failure, after the requests in flight end;
-    rows written until then stay (an import is idempotent, so running it again finishes it)."""
+                workers: int = 16, stored: dict[tuple[str, str], Account] | None = None,
+                force: bool = False) -> Imported:
+    """Writes every row, etag-checked against `stored` (stored_accounts(), read by the caller to check
+    the rows first; read here when not given). A row that would re-point a linked person to another
+    account id is not written unless `force` (the caller refuses those up front; one that became so
+    during the import comes back in `refused`). Each email is its own partition, so a transaction can
+    only group one email's user and agent rows: the speed comes from `workers` requests in flight at
+    once. `progress(n)` is called (on this thread) as each n rows land. Raises DependencyUnavailable
+    on the first storage failure, after the requests in flight end; rows written until then stay (an
+    import is idempotent, so running it again finishes it)."""
+    stored = stored_accounts(table) if stored is None else stored
     partitions: dict[str, list[AccountRow]] = {}
     for row in rows:
-        partitions.setdefault(email_key(row.email), []).append(row)
-    written = 0
+        partitions.setdefault(row.key, []).append(row)
+    result = Imported()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
-        pending = [pool.submit(_import_partition, table, group) for group in partitions.values()]
+        pending = [pool.submit(_import_partition, table, group, stored, force) for group in partitions.values()]
         try:
             for done in as_completed(pending):
-                count = done.result()
-                written += count
+                part = done.result()
+                result.written += part.written
+                result.refused += part.refused
                 if progress:
-                    progress(count)
+                    progress(part.written + len(part.refused))
         except BaseException:
             for future in pending:
                 future.cancel()
             raise
-    return written
+    return result

@@ -55,6 +55,10 @@ SETTINGS_TABLE = (
     SettingInfo("SESSION_TOKEN_AUDIENCE", "the session token's aud", "session_audience"),
     SettingInfo("SESSION_TOKEN_ISSUER", "the session token's iss", "session_issuer"),
     SettingInfo("SESSION_TOKEN_TTL_SECONDS", "the session token's lifetime", "session_ttl"),
+    SettingInfo("REQUIRE_EMAIL_VERIFIED_CLAIM", "true: a token must say the email is verified (xms_edov or "
+                "email_verified, JSON true)", "require_email_verified"),
+    SettingInfo("APP_ROLES_REQUIRED", "true: the user door needs app role Portal.User, the agent door Portal.Agent",
+                "app_roles_required"),
     SettingInfo("SECRET_CACHE_SECONDS", "how long a secret read from Key Vault is reused", "secret_cache_seconds"),
     SettingInfo("SIGNIN_EVENTS_RETENTION_DAYS", "how long SignInEvents rows are kept", "events_retention_days"),
     # Directory sync (shared/scim/auth.py reads these itself: a problem there never stops sign-in)
@@ -90,6 +94,8 @@ class Settings:
     session_ttl: int
     secret_cache_seconds: int
     events_retention_days: int
+    require_email_verified: bool = True
+    app_roles_required: bool = False
 
     @property
     def multi_tenant(self) -> bool:
@@ -184,6 +190,15 @@ class _Reader:
             self.problem(name, f"must be a whole number from {lo} to {hi} (got a value that is not).")
             return default
         return int(raw)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.get(name).lower()
+        if not raw:
+            return default
+        if raw not in ("true", "false"):
+            self.problem(name, f"must be true or false (got {self.get(name)[:40]!r}).")
+            return default
+        return raw == "true"
 
 
 # ---- one validator per group: each reads its settings, records its problems, returns its fields ----
@@ -309,7 +324,12 @@ def _session_token(read: _Reader, fields: dict) -> dict:
             "session_ttl": read.whole_number("SESSION_TOKEN_TTL_SECONDS", 3600, lo=60, hi=86400)}
 
 
-VALIDATORS = (_issuer, _secrets, _storage, _portals, _tenants, _session_token)
+def _who_may_enter(read: _Reader, _: dict) -> dict:
+    return {"require_email_verified": read.boolean("REQUIRE_EMAIL_VERIFIED_CLAIM", True),
+            "app_roles_required": read.boolean("APP_ROLES_REQUIRED", False)}
+
+
+VALIDATORS = (_issuer, _secrets, _storage, _portals, _tenants, _session_token, _who_may_enter)
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:

@@ -3,7 +3,8 @@
 (`GET /api/health`).
 
 Cheap by design: the IdP's metadata, the secrets and the signing key come from the runtime's caches
-(read once, then reused), the token endpoint is never called, and tables cost one round trip. No
+(read once, then reused), the token endpoint is asked only whether it accepts our credential (one
+client-credentials request per worker every few minutes at most), and tables cost one round trip. No
 secret value is ever put in a check: secrets are named, and described by version and expiry only."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cryptography import x509
 from . import pages
 from .aadsts import HINTS
 from .config import KINDS, SETTINGS_TABLE, SettingInfo, Settings, public_base_url, redirect_uri, valid_public_base
-from .errors import ConfigurationError, DependencyUnavailable, Problem, SsoError
+from .errors import ConfigurationError, DependencyUnavailable, IdpMetadataInvalid, Problem, SsoError
 
 log = logging.getLogger("portal_sso.diagnostics")
 
@@ -29,12 +30,20 @@ SECRET_WARNING_DAYS = 30
 REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
     "no_email_claim": ("Add the 'email' optional claim (ID token) under Token configuration, and let Entra "
                        "turn on the Microsoft Graph email permission.", ()),
-    "code_redemption_failed": ("The IdP refused our client credential or the code: check the client secret "
-                               "in Key Vault is the current one.", (7000215, 7000222, 700016)),
+    "client_credential_rejected": ("The IdP refused our client credential (invalid_client): check the client "
+                                   "secret in Key Vault is the current one, and OIDC_CLIENT_ID.",
+                                   (7000215, 7000222, 700016)),
+    "code_redemption_failed": ("The IdP refused the authorization code (invalid_grant: expired, used or not "
+                               "this app's): the person starts again; nothing to fix unless it repeats.", ()),
     "idp_error": ("The IdP refused the sign-in; its AADSTS code names the fix.", (50011, 50105, 65001, 50020)),
     "tenant_not_allowed": ("Add the person's tenant to ALLOWED_TENANT_IDS if they should enter.", ()),
-    "email_unverified": ("Entra marks this person's email as unverified (xms_edov false): use a verified "
-                         "domain for their email.", ()),
+    "email_unverified": ("The token did not say the email is verified: add the 'xms_edov' optional claim (ID "
+                         "token) under Token configuration (scripts/register-app does), and give the person an "
+                         "email on a verified domain; or set REQUIRE_EMAIL_VERIFIED_CLAIM=false to accept tokens "
+                         "that carry no verification claim at all.", ()),
+    "role_not_assigned": ("APP_ROLES_REQUIRED is on and the person lacks the door's app role (Portal.User or "
+                          "Portal.Agent): assign it with scripts/register-app assign, or under Enterprise "
+                          "applications > the app > Users and groups.", ()),
 }
 
 
@@ -106,9 +115,16 @@ def check_idp_metadata(runtime) -> Check:
                      f"issuer {metadata.issuer}, read from {metadata.discovered_from}",
                      data={"issuer": metadata.issuer, "discovered_from": metadata.discovered_from})
 
-    return _run("idp_metadata", "Identity provider metadata", probe,
-                "Set OIDC_ISSUER_URL to the app registration's 'OpenID Connect metadata document' URL "
-                "(Overview > Endpoints), and check the app can reach it.")
+    try:
+        return probe()
+    except IdpMetadataInvalid as err:  # the IdP's own fault: no setting of ours fixes it
+        return _failure("idp_metadata", "Identity provider metadata", err,
+                        "The identity provider must publish safe metadata (its issuer, https:// endpoints, "
+                        "RS256/ES256 ID tokens); if OIDC_ISSUER_URL names another provider than yours, fix it.")
+    except Exception as exc:  # a check reports; it never breaks the page
+        return _failure("idp_metadata", "Identity provider metadata", exc,
+                        "Set OIDC_ISSUER_URL to the app registration's 'OpenID Connect metadata document' URL "
+                        "(Overview > Endpoints), and check the app can reach it.")
 
 
 def _certificate_expiry(pem: str) -> datetime | None:
@@ -134,7 +150,30 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
     title = "Client certificate" if certificate else "Client secret"
 
     def probe() -> Check:
-        return _stale(runtime.cached_client_credential, describe(runtime.cached_client_credential.get()))
+        check = describe(runtime.cached_client_credential.get())
+        return _stale(runtime.cached_client_credential, _asked_idp(check) if check.ok else check)
+
+    def _asked_idp(check: Check) -> Check:
+        """The IdP's own word on the credential (cached and rate-limited by the OIDC client)."""
+        try:
+            verdict = runtime.oidc.credential_check()
+        except SsoError as err:  # the IdP's metadata: its own check says why
+            check.data["accepted_by_idp"] = None
+            check.warning = f"not verified with the IdP: {err.reason}"
+            return check
+        check.data["accepted_by_idp"] = verdict.accepted
+        if verdict.accepted is False:
+            return Check("client_secret", title, False, f"{check.detail}; {verdict.detail}",
+                         f"The IdP refuses the {what}: create a new one under Certificates & secrets and store it "
+                         "in Key Vault as a new version (with its expiry date); the app picks it up within "
+                         "minutes, no restart." + (f" {verdict.hint}" if verdict.hint else ""),
+                         aadsts=(7000215, 7000222, 700016), data=check.data)
+        if verdict.accepted is None:
+            note = f"not verified with the IdP: {verdict.detail}"
+            check.warning = f"{check.warning}; {note}" if check.warning else note
+        else:
+            check.detail += "; accepted by the IdP"
+        return check
 
     def describe(secret) -> Check:
         if secret.source == "key vault":
@@ -232,7 +271,7 @@ def last_sign_ins(runtime, unavailable: str = "") -> list[Check]:
         data = {"outcome": row.get("Outcome"), "reason": reason, "had_email_claim": had_email, "at": when}
         if row.get("Outcome") == "success":
             checks.append(Check(f"last_{kind}", title, True, detail, data=data))
-        elif had_email is False or reason in ("no_email_claim", "code_redemption_failed"):
+        elif had_email is False or reason in ("no_email_claim", "client_credential_rejected"):
             fix, codes = REASON_FIXES.get(reason, REASON_FIXES["no_email_claim"])
             checks.append(Check(f"last_{kind}", title, False, detail, fix, aadsts=codes, data=data))
         else:  # a person without an account, a cancelled login...: worth a look, not a broken setup

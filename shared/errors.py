@@ -88,6 +88,16 @@ class RedemptionFailed(SsoError):
     message = "The identity provider did not accept this sign-in. Please start again from the portal."
 
 
+class ClientCredentialRejected(RedemptionFailed):
+    """The IdP refused our own client credential (invalid_client, unauthorized_client): our problem,
+    which no retry by the person fixes."""
+
+    reason = "client_credential_rejected"
+    title = "Sign-in is misconfigured"
+    message = ("Sign-in to the portal is misconfigured: the identity provider does not accept the portal's own "
+               "credentials. Trying again will not help. Please tell your portal administrator, quoting the ID below.")
+
+
 class InvalidIdToken(SsoError):
     status = 401
     message = "The identity provider's answer could not be verified. Please start again from the portal."
@@ -110,6 +120,17 @@ class NoEmailClaim(Forbidden):
                "An administrator must add the 'email' optional claim to the app registration.")
 
 
+class MalformedEmail(Forbidden):
+    """An email address no account may have (shared/accounts.py `email_key`): not NFC, whitespace,
+    control or format characters, a lone surrogate, not one '@' with text on both sides. The detail
+    says what is wrong without echoing the address."""
+
+    reason = "email_malformed"
+    message = ("The email address your identity provider sent is not one a portal account can have "
+               "(it holds spaces, invisible or control characters, or is not a single address). "
+               "Ask your administrator to check your email address in the directory.")
+
+
 class NoAccount(Forbidden):
     reason = "no_account"
     message = "There is no portal account of this kind for your email address. Ask your portal administrator."
@@ -128,6 +149,23 @@ class TenantNotAllowed(Forbidden):
 class EmailUnverified(Forbidden):
     reason = "email_unverified"
     message = "Your identity provider says your email address is not verified, so it cannot be used to sign in."
+
+
+class RoleNotAssigned(Forbidden):
+    reason = "role_not_assigned"
+
+    def __init__(self, detail: str = "", *, kind: str, role: str):
+        super().__init__(detail, hint=(
+            f"An administrator assigns the app role {role} to you (or to a group of yours): "
+            f"scripts/register-app --resource-group RG --app APP assign --kind {kind} --user <your sign-in name>, "
+            f"or in Entra ID > Enterprise applications > the app > Users and groups > Add user/group, role {role}. "
+            "Then sign in again."))
+        self.message = (f"You are signed in, but you have not been given access to the portal as {_a(kind)} "
+                        f"(the app role {role} is not assigned to you).")
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
 
 
 class IdentityMismatch(Forbidden):
@@ -176,6 +214,18 @@ class ConfigurationError(SsoError):
         self.problems = [p if isinstance(p, Problem) else Problem("", p) for p in problems]
         super().__init__("; ".join(map(str, self.problems)))
         self.shown = "\n".join(map(str, self.problems))
+
+
+class IdpMetadataInvalid(ConfigurationError):
+    """The IdP's discovery document is not one we can use safely (only `none`/HS256 for ID tokens, an
+    issuer that is not the one asked, endpoints that are not https): the IdP's fault, or the wrong
+    IdP; no setting of ours makes it safe. 502: an upstream answered with something unusable."""
+
+    status = 502
+    reason = "idp_metadata_invalid"
+    title = "The identity provider is misconfigured"
+    message = ("The identity provider's metadata cannot be used safely, so no one can sign in until the identity "
+               "provider (or the issuer address it is reached at) is fixed. Details for the administrator:")
 
 
 class InternalError(SsoError):

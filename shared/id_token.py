@@ -3,8 +3,11 @@ its step in OpenID Connect Core 1.0, section 3.1.3.7, and fails with InvalidIdTo
 
 from __future__ import annotations
 
+import base64
 import hmac
+import json
 import math
+import re
 import time
 
 import jwt
@@ -15,6 +18,8 @@ from .provider import ASYMMETRIC_ALGS, ProviderMetadata
 
 LEEWAY_SECONDS = 120  # clock skew we tolerate between the IdP and us
 MAX_TOKEN_AGE_SECONDS = 900  # an ID token minted longer ago than a login can take is not this login's
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_JWS = jwt.PyJWS()  # the signature alone: the claims are read and checked here
 
 
 def _number(claims: dict, name: str, *, required: bool) -> float | None:
@@ -30,41 +35,76 @@ def _number(claims: dict, name: str, *, required: bool) -> float | None:
     return float(value)
 
 
+def _short(value: object) -> str:
+    """A value from the token, for a log line's detail: repr'd (escapes control characters and lone
+    surrogates) and cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _identifier(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 255 and value.isascii() and value.isprintable()
+
+
+def _segment(part: str, what: str) -> bytes:
+    if not _B64URL.fullmatch(part) or len(part) % 4 == 1:
+        raise InvalidIdToken("signature" if what == "signature" else "format", f"the {what} is not base64url")
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _header(id_token: object) -> dict:
+    """The JWS header, read by us: each segment's fault is named (a mangled signature is a signature
+    failure, not a format one), and any JSON type in any member leaves as an InvalidIdToken."""
+    if not isinstance(id_token, str) or id_token.count(".") != 2:
+        raise InvalidIdToken("format", "not a JWS compact token")
+    header_part, payload_part, signature_part = id_token.split(".")
+    try:
+        header = json.loads(_segment(header_part, "header"))
+    except (ValueError, RecursionError) as exc:
+        raise InvalidIdToken("format", "the header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise InvalidIdToken("format", "the header is not a JSON object")
+    _segment(payload_part, "payload")
+    _segment(signature_part, "signature")
+    return header
+
+
 def verify_id_token(id_token: str, *, metadata: ProviderMetadata, jwks: JwksCache, client_id: str,
                     expected_nonce: str | None, now: float | None = None) -> dict:
     """Returns the token's claims when every check passes; raises InvalidIdToken naming the first
     check that failed (the check name becomes the audit reason, e.g. 'id_token_aud')."""
     now = time.time() if now is None else now
-    try:
-        header = jwt.get_unverified_header(id_token)
-    except jwt.PyJWTError as exc:
-        raise InvalidIdToken("format", "not a JWS compact token") from exc
+    header = _header(id_token)
 
     # Step 6/7: alg must be one the IdP advertises and asymmetric: never "none", never HS*.
     alg = header.get("alg")
-    if alg not in metadata.id_token_algs or alg not in ASYMMETRIC_ALGS:
-        raise InvalidIdToken("alg", f"alg {alg!r} not allowed")
-    if header.get("crit"):
-        raise InvalidIdToken("alg", "critical header extensions are not supported")
-    key = jwks.signing_key(header.get("kid"), alg)
+    if not isinstance(alg, str) or alg not in metadata.id_token_algs or alg not in ASYMMETRIC_ALGS:
+        raise InvalidIdToken("alg", f"alg {_short(alg)} not allowed")
+    if "crit" in header or header.get("b64", True) is not True:
+        raise InvalidIdToken("format", "critical header extensions (crit, b64) are not supported")
+    kid = header.get("kid")
+    if kid is not None and (not isinstance(kid, str) or not kid):
+        raise InvalidIdToken("kid", f"kid {_short(kid)} is not a string")
+    key = jwks.signing_key(kid, alg)
 
     # Step 6: signature. Claims are checked below, one by one, for precise reasons.
     try:
-        claims = jwt.decode(id_token, key=key.key, algorithms=[alg],
-                            options={"verify_signature": True, "verify_exp": False, "verify_nbf": False,
-                                     "verify_iat": False, "verify_aud": False, "verify_iss": False,
-                                     "verify_sub": False, "verify_jti": False, "require": []})
+        payload = _JWS.decode(id_token, key=key.key, algorithms=[alg])
     except jwt.InvalidSignatureError as exc:
         raise InvalidIdToken("signature", "signature does not verify") from exc
     except jwt.PyJWTError as exc:
         raise InvalidIdToken("signature", type(exc).__name__) from exc
+    try:
+        claims = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
+        raise InvalidIdToken("format", "the payload is not JSON") from exc
     if not isinstance(claims, dict):
         raise InvalidIdToken("format", "payload is not a JSON object")
 
     # Step 2: iss is exactly the issuer (Entra's {tenantid} filled from the token's own tid).
     tid = claims.get("tid") if isinstance(claims.get("tid"), str) else None
     if claims.get("iss") != metadata.expected_issuer(tid):
-        raise InvalidIdToken("iss", f"iss {claims.get('iss')!r} is not {metadata.expected_issuer(tid)!r}")
+        raise InvalidIdToken("iss", f"iss {_short(claims.get('iss'))} is not {metadata.expected_issuer(tid)!r}")
 
     # Step 3: aud contains our client id; with several audiences, azp must be us (steps 4, 5).
     aud = claims.get("aud")
@@ -88,10 +128,13 @@ def verify_id_token(id_token: str, *, metadata: ProviderMetadata, jwks: JwksCach
     if nbf is not None and nbf > now + LEEWAY_SECONDS:
         raise InvalidIdToken("nbf", "not yet valid")
 
-    # Core 2: sub is required and non-empty.
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub:
-        raise InvalidIdToken("sub", "'sub' claim missing or empty")
+    # Core 2: sub is required, at most 255 ASCII characters. tid and oid (Entra's), when present, name
+    # the person too (`idp_sub` is tid:oid): the same rule, so nothing odd reaches a table or a log.
+    if not _identifier(claims.get("sub")):
+        raise InvalidIdToken("sub", "'sub' claim missing, empty, or not up to 255 printable ASCII characters")
+    for name in ("tid", "oid"):
+        if name in claims and not _identifier(claims[name]):
+            raise InvalidIdToken(name, f"'{name}' claim is not up to 255 printable ASCII characters")
 
     # Step 11: nonce equals what this login sent (MSAL sends sha256-hex of the flow's nonce and also
     # checks it; we check again so a change in MSAL cannot silently drop the replay defence).

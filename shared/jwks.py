@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jwt
 
@@ -21,7 +22,7 @@ class JwksCache:
         self._max_age = max_age_seconds
         self._clock = clock
         self._lock = threading.Lock()
-        self._keys: list[tuple[jwt.PyJWK, str | None]] = []  # (key, the alg its JWK declares)
+        self._keys: list[_Key] = []
         self._fetched_at: float | None = None
         self._miss_fetched_at: float | None = None  # last refetch caused by an unknown kid
         self.fetch_count = 0
@@ -33,14 +34,14 @@ class JwksCache:
             if not isinstance(item, dict) or item.get("use", "sig") != "sig":
                 continue
             try:
-                keys.append((jwt.PyJWK(item), item.get("alg")))
-            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
-                continue  # a key type we cannot use; the others still serve
+                keys.append(_Key(jwt.PyJWK(item), item.get("alg"), item.get("kty"), item.get("crv")))
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError, AttributeError):
+                continue  # a key type we cannot use, or a malformed one; the others still serve
         self._keys = keys
         self._fetched_at = self._clock()
         self.fetch_count += 1
 
-    def _current(self, *, refetch: bool) -> tuple[list[tuple[jwt.PyJWK, str | None]], bool]:
+    def _current(self, *, refetch: bool) -> tuple[list[_Key], bool]:
         """The keys, and whether this call fetched them. Only refetches caused by an unknown kid are
         rate-limited, so the first unknown kid after a routine fetch (a genuine rotation) refetches
         at once, while a stream of unknown kids costs the IdP one fetch per `min_refetch_seconds`."""
@@ -60,23 +61,42 @@ class JwksCache:
         self._current(refetch=False)
 
     def signing_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        """The key that signed a token with this header `kid` and `alg`. Raises InvalidIdToken('kid')
-        when no key matches, or when the token has no `kid` and the set holds more than one key (trying
-        each would let any key in the set vouch for any token; Entra always sends `kid`). A key whose
-        JWK declares another `alg` never matches (no algorithm confusion)."""
+        """The key that signed a token with this header `kid` and `alg`. Only keys that can verify
+        `alg` are candidates (RFC 7517 `kty`, `crv`, `use`, and a declared `alg` equal to it: no
+        algorithm confusion). Raises InvalidIdToken('kid') when no candidate matches, or when the
+        token has no `kid` and more than one candidate remains (trying each would let any of them
+        vouch for any token; Entra always sends `kid`)."""
         keys, fetched = self._current(refetch=False)
         found = self._match(keys, kid, alg)
         if found is None and not fetched:  # keys fetched this very moment would not be newer
             keys, _ = self._current(refetch=True)
             found = self._match(keys, kid, alg)
         if found is None:
-            raise InvalidIdToken("kid", f"no key with kid {kid!r} in the IdP's JWKS" if kid is not None
-                                 else "no kid in the header and the IdP does not publish exactly one key")
+            raise InvalidIdToken("kid", f"no key with kid {kid!r} for {alg} in the IdP's JWKS" if kid is not None
+                                 else f"no kid in the header and the IdP does not publish exactly one {alg} key")
         return found
 
     @staticmethod
-    def _match(keys: list[tuple[jwt.PyJWK, str | None]], kid: str | None, alg: str) -> jwt.PyJWK | None:
-        usable = [key for key, declared in keys if declared in (None, alg)]
+    def _match(keys: list[_Key], kid: str | None, alg: str) -> jwt.PyJWK | None:
+        usable = [key.jwk for key in keys if key.verifies(alg)]
         if kid is None:
             return usable[0] if len(usable) == 1 else None
         return next((key for key in usable if key.key_id == kid), None)
+
+
+# What a JWK must be to verify each algorithm: (kty, crv or None for any).
+_KEY_FOR_ALG = {**{f"{family}{bits}": ("RSA", None) for family in ("RS", "PS") for bits in (256, 384, 512)},
+                "ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"), "ES512": ("EC", "P-521")}
+
+
+@dataclass(frozen=True)
+class _Key:
+    jwk: jwt.PyJWK
+    declared_alg: object  # the JWK's own `alg`, when it has one
+    kty: object
+    crv: object
+
+    def verifies(self, alg: str) -> bool:
+        kty, crv = _KEY_FOR_ALG.get(alg, (None, None))
+        return (self.declared_alg in (None, alg) and kty is not None and self.kty == kty
+                and (crv is None or self.crv == crv))

@@ -13,14 +13,14 @@ from urllib.parse import urlsplit
 
 from . import pages
 from .aadsts import hint_for
-from .accounts import normalize_email
+from .accounts import canonical_email
+from .admission import check_admission
 from .audit import SignInEvent
 from .background import BACKGROUND
 from .callback import Callback, CallbackRequest
 from .config import KINDS, origin_of
 from .errors import (
     DependencyUnavailable,
-    EmailUnverified,
     IdpError,
     InternalError,
     InvalidParameter,
@@ -30,7 +30,6 @@ from .errors import (
     NotFound,
     ReturnToNotAllowed,
     SsoError,
-    TenantNotAllowed,
 )
 from .flows import StoredFlow, new_binding
 from .id_token import verify_id_token
@@ -104,23 +103,33 @@ def _ms_since(started: float) -> int:
 def _log_attempt(event: SignInEvent) -> None:
     """The one log line of a login attempt (sso.login / sso.callback), as text and as flat `extra`
     fields, which OpenTelemetry carries to Application Insights as attributes (the worker's own
-    forwarding keeps only the text). It holds what the audit row holds, never a token, code or secret."""
-    fields = {"kind": event.kind, "outcome": event.outcome, "reason": event.reason, "status": event.status,
-              "elapsed_ms": event.elapsed_ms, "correlation_id": event.correlation_id}
-    text = " ".join(f"{name}={value}" for name, value in fields.items())
+    forwarding keeps only the text). It holds what the audit row holds, never a token, code or secret.
+    `kind` comes from the route: it is a field only once checked; an unknown one goes last, quoted,
+    as `raw_kind`, so no request text can put a field before the real ones."""
+    checked = event.kind in KINDS
+    fields = {"kind": event.kind if checked else "", "outcome": event.outcome, "reason": event.reason,
+              "status": event.status, "elapsed_ms": event.elapsed_ms, "correlation_id": event.correlation_id}
+    shown = {k: v for k, v in fields.items() if checked or k != "kind"}
+    if not checked:
+        shown["raw_kind"] = fields["raw_kind"] = event.kind
+    if event.detail:
+        shown["detail"] = event.detail
+    text = " ".join(f"{name}={_log_value(value, quote=name == 'raw_kind')}" for name, value in shown.items())
     level = logging.WARNING if event.outcome == "failure" else logging.INFO
-    log.log(level, "sso.%s %s%s", event.stage, _one_line(text),
-            f" detail={_one_line(event.detail)}" if event.detail else "", extra=fields)
+    log.log(level, "sso.%s %s", event.stage, text, extra=fields)
 
 
-def _one_line(text: str) -> str:
-    """Control and other unprintable characters escaped: the kind (a route segment) and an IdP's error
-    text come from the request, and a raw newline in them would let a caller forge log lines."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _is_false(value) -> bool:
-    return value is False or (isinstance(value, str) and value.lower() == "false") or value == 0
+def _log_value(value: object, *, quote: bool = False) -> str:
+    """A value as one token of `name=value` text: backslashes and quotes escaped, then control and
+    other unprintable characters (a raw newline would let a caller forge log lines), and quoted when
+    it holds a space, `=`, a quote or a backslash, or is empty."""
+    text = str(value)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = escaped if escaped.isprintable() else "".join(
+        c if c.isprintable() else repr(c)[1:-1] for c in escaped)
+    if quote or not text or escaped != text or any(c in text for c in " ="):
+        return f'"{escaped}"'
+    return escaped
 
 
 class LoginDeps(Protocol):
@@ -239,16 +248,13 @@ class SsoService:
         oid = claims.get("oid") if isinstance(claims.get("oid"), str) else ""
         idp_sub = f"{tid}:{oid}" if tid and oid else claims["sub"]
         event.idp_subject, event.tenant_id = idp_sub, tid
-        # 5. may this person enter: tenant, verified email
-        if settings.allowed_tenant_ids is not None and tid.lower() not in settings.allowed_tenant_ids:
-            raise TenantNotAllowed(f"tenant {tid!r} is not allowed")
-        if _is_false(claims.get("xms_edov", True)) or _is_false(claims.get("email_verified", True)):
-            raise EmailUnverified("xms_edov or email_verified is false")
+        # 5. may this person enter: tenant, verified email, the kind's app role
+        check_admission(claims, kind, settings)
         email = claims.get("email")
         event.had_email_claim = isinstance(email, str) and bool(email.strip())
         if not event.had_email_claim:
             raise NoEmailClaim("no email claim in the ID token")
-        email = normalize_email(email)
+        email = canonical_email(email)  # raises MalformedEmail (403 email_malformed)
         event.email = email
         # 6. the portal account of this kind, linked to this person
         account = self.deps.accounts.find_account(email, kind)

@@ -1,15 +1,21 @@
 """The authorization-code flow, through MSAL: start it, and redeem the code (with PKCE and nonce).
 
-One ConfidentialClientApplication per worker (each one does a discovery GET when built), rebuilt only
-when the client credential changes. MSAL does not validate the ID token: `id_token.py` does."""
+One ConfidentialClientApplication per worker, rebuilt only when the client credential changes; its
+discovery GET is answered from the metadata the worker already fetched. MSAL does not validate the
+ID token: `id_token.py` does."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import json
 import threading
+import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote_plus, urlsplit
 
 import msal
 import requests
@@ -17,11 +23,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from .aadsts import hint_for
-from .errors import ConfigurationError, DependencyUnavailable, InvalidIdToken, RedemptionFailed
+from .errors import (
+    ClientCredentialRejected,
+    ConfigurationError,
+    DependencyUnavailable,
+    InvalidIdToken,
+    RedemptionFailed,
+    SsoError,
+)
 from .vault import CachedSecret, DerivedFromSecret, SecretValue
 
+if TYPE_CHECKING:
+    from .provider import ProviderMetadata
+
 SCOPES = ["email"]  # MSAL adds openid, profile and offline_access itself
-INVALID_CLIENT_CODES = {7000215, 7000222, 7000216}
+INVALID_CLIENT_CODES = {7000215, 7000222, 7000216, 700016, 700027}
+CLIENT_ERRORS = {"invalid_client", "unauthorized_client"}
 
 
 class _NoTokenCache(msal.TokenCache):
@@ -56,24 +73,46 @@ def msal_client_credential(secret: SecretValue, *, certificate: bool):
 
 
 
-class _GatedHttpClient:
-    """MSAL's http_client: the IdP session, with an optional gate run on this thread just before a
-    POST goes out (the token request). The login starts the flow's single-use delete, lets MSAL
-    prepare the token request meanwhile, and only lets the code go to the IdP once the delete has
-    won: a replayed callback never reaches the token endpoint."""
+class _IdpHttpClient:
+    """MSAL's http_client: the IdP session, with three things MSAL cannot do itself.
+    - Discovery: MSAL GETs the IdP's metadata document when it is built; the one we fetched and
+      checked (provider.py) answers it, so a worker asks the IdP once, not twice.
+    - Client authentication: MSAL always puts the client secret in the token request's body; an
+      IdP that takes only `client_secret_basic` (its `token_endpoint_auth_methods_supported`) gets it
+      in an Authorization: Basic header instead, form-encoded first as RFC 6749 2.3.1 says.
+    - A gate run on this thread just before a POST goes out (the token request). The login starts
+      the flow's single-use delete, lets MSAL prepare the token request meanwhile, and only lets the
+      code go to the IdP once the delete has won: a replayed callback never reaches the token
+      endpoint."""
 
-    def __init__(self, session: requests.Session):
+    def __init__(self, session: requests.Session, metadata: Callable[[], ProviderMetadata] | None = None):
         self._session = session
+        self._metadata = metadata
         self._local = threading.local()
 
-    def get(self, *args, **kwargs):
-        return self._session.get(*args, **kwargs)
+    def get(self, url, *args, **kwargs):
+        metadata = self._metadata() if self._metadata is not None else None
+        if metadata is not None and metadata.document and _without_query(url) == _without_query(
+                metadata.discovered_from) and not kwargs.get("params"):
+            return _answer(url, metadata.document)
+        return self._session.get(url, *args, **kwargs)
 
-    def post(self, *args, **kwargs):
+    def post(self, url, *args, data=None, headers=None, **kwargs):
         gate = getattr(self._local, "gate", None)
         if gate is not None:
             gate()  # raises when the request must not go out
-        return self._session.post(*args, **kwargs)
+        metadata = self._metadata() if self._metadata is not None else None
+        if (metadata is not None and metadata.secret_in_basic_auth and url == metadata.token_endpoint
+                and isinstance(data, dict) and "client_secret" in data):
+            data = dict(data)
+            secret = data.pop("client_secret")
+            client_id = data.get("client_id", "")
+            headers = {**(headers or {}), "Authorization": "Basic " + base64.b64encode(
+                f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()).decode("ascii")}
+        response = self._session.post(url, *args, data=data, headers=headers, **kwargs)
+        if metadata is not None and url == metadata.token_endpoint:
+            _check_msal_can_read(response)
+        return response
 
     def close(self):
         return self._session.close()
@@ -87,13 +126,66 @@ class _GatedHttpClient:
             self._local.gate = None
 
 
+def _check_msal_can_read(response: requests.Response) -> None:
+    """MSAL decodes the ID token's payload before we validate anything, and a payload that is not a
+    JSON object (or a token with no dots) crashes it. Such a token is refused here, as ours to name."""
+    if response.status_code != 200:
+        return
+    try:
+        body = response.json()
+    except (ValueError, RecursionError):
+        return  # MSAL says the token endpoint's answer is not JSON
+    token = body.get("id_token") if isinstance(body, dict) else None
+    if token is None:
+        return
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (AttributeError, IndexError, ValueError, RecursionError, TypeError) as exc:
+        raise InvalidIdToken("format", "the token endpoint's ID token is not a JWS with a JSON payload") from exc
+    if not isinstance(claims, dict):
+        raise InvalidIdToken("format", "the ID token's payload is not a JSON object")
+
+
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0].rstrip("/")
+
+
+def _answer(url: str, text: str) -> requests.Response:
+    """A 200 answer to `url` holding `text` (JSON), as `requests` would have built it."""
+    response = requests.Response()
+    response.status_code, response.url, response.encoding = 200, url, "utf-8"
+    response.headers["Content-Type"] = "application/json"
+    response._content = text.encode("utf-8")
+    return response
+
+
+CREDENTIAL_CHECK_SECONDS = 600  # an accepted credential is asked about again after this
+CREDENTIAL_RECHECK_SECONDS = 60  # a refused or unanswered one, sooner: the admin is fixing it
+
+
+@dataclass(frozen=True)
+class CredentialCheck:
+    """The IdP's word on our client credential: `accepted` True, False (it refuses it), or None (no
+    answer that says either way); `at` is this worker's monotonic clock."""
+
+    accepted: bool | None
+    detail: str
+    at: float
+    hint: str | None = None
+
+
 class OidcClient:
     def __init__(self, *, client_id: str, authority: str, credential: CachedSecret, certificate: bool,
-                 session: requests.Session):
+                 session: requests.Session, metadata: Callable[[], ProviderMetadata] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.client_id = client_id
         self.authority = authority
         self._certificate = certificate
-        self._http = _GatedHttpClient(session)
+        self._http = _IdpHttpClient(session, metadata)
+        self._check_lock = threading.Lock()
+        self._last_check: CredentialCheck | None = None
+        self._clock = clock
         self._app = DerivedFromSecret(credential, self._build)
 
     def _application(self, *, refresh_credential: bool = False) -> msal.ConfidentialClientApplication:
@@ -133,7 +225,10 @@ class OidcClient:
             result = self._redeem_once(self._application(), flow, code, state)
             if _invalid_client(result):
                 result = self._redeem_once(self._application(refresh_credential=True), flow, code, state)
-        if "error" in result:
+        if _invalid_client(result):
+            raise ClientCredentialRejected(f"token endpoint: {result.get('error')} {result.get('error_codes') or ''}",
+                                           hint=hint_for(result.get("error_codes"), result.get("error_description")))
+        if "error" in result:  # the code (invalid_grant: expired, used, forged...): the person's, not ours
             raise RedemptionFailed(f"token endpoint: {result.get('error')} {result.get('error_codes') or ''}",
                                    hint=hint_for(result.get("error_codes"), result.get("error_description")))
         if not result.get("id_token"):
@@ -143,13 +238,53 @@ class OidcClient:
     @staticmethod
     def _redeem_once(app, flow: dict, code: str, state: str) -> dict:
         try:
-            return app.acquire_token_by_auth_code_flow(dict(flow), {"code": code, "state": state})
+            result = app.acquire_token_by_auth_code_flow(dict(flow), {"code": code, "state": state})
         except RuntimeError as exc:  # MSAL's nonce check; its message holds claims, so it is not logged
             raise InvalidIdToken("nonce", "MSAL: nonce in the ID token does not match this login") from exc
         except requests.RequestException as exc:
             raise DependencyUnavailable("idp", f"token endpoint: {type(exc).__name__}") from exc
         except ValueError as exc:
             raise RedemptionFailed("MSAL refused the authorization response") from exc
+        if not isinstance(result, dict):
+            raise RedemptionFailed("token endpoint answered JSON that is not an object")
+        return result
+
+    def credential_check(self) -> CredentialCheck:
+        """Whether the IdP accepts our client credential, asked with a client-credentials token request
+        (a token for this app itself, scope `{client_id}/.default`) so that health and the setup page
+        see a wrong or expired secret before a person does. For them only, never on the login path;
+        one request at a time, its answer reused for CREDENTIAL_CHECK_SECONDS (a refusal or no answer
+        for CREDENTIAL_RECHECK_SECONDS, so a fix shows soon), whatever the number of probes."""
+        with self._check_lock:
+            now = self._clock()
+            last = self._last_check
+            if last is not None and now - last.at < (CREDENTIAL_CHECK_SECONDS if last.accepted
+                                                     else CREDENTIAL_RECHECK_SECONDS):
+                return last
+            self._last_check = self._ask_idp(now)
+            return self._last_check
+
+    def _ask_idp(self, now: float) -> CredentialCheck:
+        scopes = [f"{self.client_id}/.default"]
+        try:
+            result = self._application().acquire_token_for_client(scopes)
+            if _invalid_client(result):  # rotated in Key Vault meanwhile? read it again, once
+                result = self._application(refresh_credential=True).acquire_token_for_client(scopes)
+        except requests.RequestException as exc:
+            return CredentialCheck(None, f"the token endpoint could not be reached ({type(exc).__name__})", now)
+        except SsoError as exc:  # the secret or the IdP's metadata could not be had: said by their own checks
+            return CredentialCheck(None, f"not asked: {exc.detail[:200]}", now)
+        except ValueError:  # MSAL: the token endpoint's answer is not JSON
+            return CredentialCheck(None, "the token endpoint's answer is not JSON", now)
+        if not isinstance(result, dict):
+            return CredentialCheck(None, "the token endpoint answered JSON that is not an object", now)
+        if result.get("access_token"):
+            return CredentialCheck(True, "the IdP issued a client-credentials token", now)
+        error = f"{str(result.get('error'))[:60]} {result.get('error_codes') or ''}".strip()
+        hint = hint_for(result.get("error_codes"), result.get("error_description"))
+        if _invalid_client(result):
+            return CredentialCheck(False, f"the IdP refuses it: {error}", now, hint)
+        return CredentialCheck(None, f"the IdP answered {error}, which does not say", now, hint)
 
     def logout_url(self, end_session_endpoint: str, post_logout_redirect_uri: str) -> str:
         from urllib.parse import urlencode
@@ -160,4 +295,7 @@ class OidcClient:
 
 
 def _invalid_client(result: dict) -> bool:
-    return result.get("error") == "invalid_client" or bool(INVALID_CLIENT_CODES & set(result.get("error_codes") or []))
+    """The IdP refused our client credential, not the code (RFC 6749 5.2)."""
+    codes, error = result.get("error_codes"), result.get("error")
+    return (isinstance(error, str) and error in CLIENT_ERRORS) or bool(
+        isinstance(codes, list) and INVALID_CLIENT_CODES & {c for c in codes if isinstance(c, int)})

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import requests
 
-from .errors import ConfigurationError, DependencyUnavailable
+from .errors import ConfigurationError, DependencyUnavailable, IdpMetadataInvalid
 
 # Algorithms an ID token may be signed with. Never "none" nor HS* (a symmetric key would be our
 # client secret, which the IdP and we share: a token "signed" with it proves nothing about the IdP).
@@ -23,6 +23,15 @@ class ProviderMetadata:
     id_token_algs: frozenset[str]
     iss_parameter_supported: bool
     discovered_from: str
+    # OpenID Discovery's default when the document is silent: client_secret_basic.
+    token_auth_methods: frozenset[str] = frozenset({"client_secret_basic"})
+    document: str = field(default="", repr=False, compare=False)  # the JSON as fetched (MSAL reads it too)
+
+    @property
+    def secret_in_basic_auth(self) -> bool:
+        """RFC 6749 2.3.1: the client secret goes in an Authorization: Basic header when the IdP does
+        not take it in the body (MSAL always puts it in the body)."""
+        return "client_secret_post" not in self.token_auth_methods and "client_secret_basic" in self.token_auth_methods
 
     def expected_issuer(self, tid: str | None) -> str:
         """OIDC Core 3.1.3.7 step 2: the `iss` an ID token must carry; Entra's multi-tenant metadata
@@ -34,8 +43,9 @@ class ProviderMetadata:
 
 def discover(metadata_url: str, issuer_base: str, session: requests.Session, *, multi_tenant: bool) -> ProviderMetadata:
     """Fetches and checks the metadata document. Raises DependencyUnavailable when the IdP cannot be
-    reached (503, retried on the next request), ConfigurationError when it answers with something that
-    is not this issuer's metadata; both say which URL was tried and what came back."""
+    reached (503, retried on the next request), ConfigurationError when the URL answers with no metadata
+    (our setting is wrong), IdpMetadataInvalid when the IdP's metadata is unusable or unsafe (the IdP's
+    fault: the page names it, not our settings); each says which URL was tried and what came back."""
     try:
         response = session.get(metadata_url)  # the IdP session applies its timeouts
     except requests.RequestException as exc:
@@ -48,28 +58,35 @@ def discover(metadata_url: str, issuer_base: str, session: requests.Session, *, 
                                   "the app registration's 'OpenID Connect metadata document' URL."])
     try:
         doc = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     if not isinstance(doc, dict):
         raise ConfigurationError([f"{what} and it answered HTTP 200 but not a JSON metadata document."])
-    missing = [k for k in ("issuer", "authorization_endpoint", "token_endpoint", "jwks_uri") if not doc.get(k)]
+    fault = f"The identity provider at {metadata_url}"
+    missing = [k for k in ("issuer", "authorization_endpoint", "token_endpoint", "jwks_uri")
+               if not isinstance(doc.get(k), str) or not doc[k]]
     if missing:
-        raise ConfigurationError([f"{what}; the document lacks {', '.join(missing)}."])
-    issuer = str(doc["issuer"])
+        raise IdpMetadataInvalid([f"{fault} answered a metadata document without {', '.join(missing)} "
+                                  "(or not as text)."])
+    issuer = doc["issuer"]
     # OpenID Discovery 4.3: the issuer must be the one we asked. Entra's multi-tenant documents are the
     # documented exception: their issuer is a template for the tenant-specific issuers.
     same = issuer.rstrip("/") == issuer_base.rstrip("/")
     if not same and not (multi_tenant and "{tenantid}" in issuer):
-        raise ConfigurationError([f"{what}; its issuer is {issuer}, not {issuer_base}. Use the metadata "
-                                  "document of the issuer that signs your tokens."])
+        raise IdpMetadataInvalid([f"{fault} says its issuer is {issuer[:200]!r}, not {issuer_base!r} (OpenID "
+                                  "Discovery 4.3): tokens it signs would not be from the issuer asked. Use the "
+                                  "metadata document of the issuer that signs your tokens."])
     for key in ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint"):
-        if doc.get(key) and not str(doc[key]).startswith("https://"):
-            raise ConfigurationError([f"{what}; its {key} is not https://."])
-    advertised = doc.get("id_token_signing_alg_values_supported") or ["RS256"]
+        if key in doc and doc[key] is not None and (not isinstance(doc[key], str) or
+                                                    not doc[key].startswith("https://")):
+            raise IdpMetadataInvalid([f"{fault} gives a {key} that is not an https:// URL."])
+    advertised = _strings(doc.get("id_token_signing_alg_values_supported")) or ["RS256"]
     algs = frozenset(a for a in advertised if a in ASYMMETRIC_ALGS)
     if not algs:
-        raise ConfigurationError([f"{what}; it signs ID tokens only with {advertised}, none of which is an "
-                                  "asymmetric algorithm we accept."])
+        raise IdpMetadataInvalid([f"{fault} signs ID tokens only with {', '.join(advertised)[:200]}: none of "
+                                  "them is an asymmetric algorithm, so its tokens could be forged by anyone "
+                                  "holding the key (HS256) or by anyone at all (none). The identity provider "
+                                  "must sign ID tokens with RS256 or ES256."])
     return ProviderMetadata(
         issuer=issuer,
         authorization_endpoint=doc["authorization_endpoint"],
@@ -77,6 +94,14 @@ def discover(metadata_url: str, issuer_base: str, session: requests.Session, *, 
         jwks_uri=doc["jwks_uri"],
         end_session_endpoint=doc.get("end_session_endpoint") or None,
         id_token_algs=algs,
-        iss_parameter_supported=bool(doc.get("authorization_response_iss_parameter_supported")),
+        iss_parameter_supported=doc.get("authorization_response_iss_parameter_supported") is True,
         discovered_from=metadata_url,
+        token_auth_methods=frozenset(_strings(doc.get("token_endpoint_auth_methods_supported"))
+                                     or ["client_secret_basic"]),
+        document=response.text,
     )
+
+
+def _strings(value: object) -> list[str]:
+    """A metadata member that should be a list of strings: the strings in it, else nothing."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []

@@ -172,7 +172,7 @@ class Runtime:
         s = self.settings
         self.metadata()  # fail with our clear discovery message before MSAL tries with its own
         return OidcClient(client_id=s.client_id, authority=s.issuer_base, credential=self.cached_client_credential,
-                          certificate=s.uses_certificate, session=self.session)
+                          certificate=s.uses_certificate, session=self.session, metadata=self.metadata)
 
 
 def _default_credential():

@@ -1,16 +1,20 @@
 """Manage portal accounts in the `PortalAccounts` table.
 
-    .venv/bin/python -m tools.accounts add EMAIL --kind user|agent --account-id ID [--name N] [--disabled]
+    .venv/bin/python -m tools.accounts add EMAIL --kind user|agent --account-id ID [--name N] [--disabled] [--force]
     .venv/bin/python -m tools.accounts import FILE.csv        # header: email,kind,account_id,name,enabled
     .venv/bin/python -m tools.accounts list [--kind user|agent]
+    .venv/bin/python -m tools.accounts check                  # rows the email-key rule does not find as stored
     .venv/bin/python -m tools.accounts disable|enable|unlink|remove EMAIL --kind user|agent
+    .venv/bin/python -m tools.accounts remove --stored-key KEY --kind user|agent   # a row `check` listed
 
-Storage comes from the settings the app reads (`local.settings.json` Values in the current directory,
-the process environment winning): TABLES_CONNECTION_STRING, or TABLES_ENDPOINT with
-DefaultAzureCredential (`az login` on a workstation). `--connection-string` / `--endpoint` override.
+Storage comes from the settings the app reads: the process environment, else the project's
+`local.settings.json` Values (the file `make run` leaves): TABLES_CONNECTION_STRING, or TABLES_ENDPOINT
+with DefaultAzureCredential (`az login` on a workstation). `--endpoint` overrides them. A connection
+string holding a key is never taken from the command line (it would stay in shell history and be
+visible to every process on the machine).
 
-Exit codes: 0 done, 1 bad input (usage, a bad CSV row, no such account, settings missing),
-2 storage unreachable.
+Exit codes: 0 done, 1 bad input (usage, a bad CSV file or row, no such account, a refused change,
+settings missing; `check`: rows to fix), 2 storage unreachable, 3 storage refused our credentials.
 """
 
 from __future__ import annotations
@@ -20,27 +24,34 @@ import csv
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 import requests
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.core.pipeline.transport import RequestsTransport
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared.accounts import (
     KINDS,
+    AccountConflict,
     AccountRow,
     AccountStore,
+    canonical_email,
     check_account,
-    normalize_email,
     parse_enabled,
+    printable,
+    repoint_text,
+    repoints,
+    unprintable,
 )
 from shared.errors import ConfigurationError, DependencyUnavailable
 from shared.tables import ACCOUNTS_TABLE, Tables
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2
+EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_REFUSED = 0, 1, 2, 3
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `make run` leaves local.settings.json
 COLUMNS = ("email", "kind", "account_id", "name", "enabled")
 REQUIRED_COLUMNS = ("email", "kind", "account_id")
 WORKERS = 16
@@ -57,23 +68,35 @@ class _Parser(argparse.ArgumentParser):
 # ---- connection -------------------------------------------------------------------------------------
 
 
-def storage_settings(args: argparse.Namespace) -> tuple[str | None, str | None]:
-    """(connection string, endpoint): the options, else the app's settings (process env wins over
-    local.settings.json, as in `func start`)."""
+def storage_settings(args: argparse.Namespace, environ: Mapping[str, str], app_dir: Path
+                     ) -> tuple[str | None, str | None]:
+    """(connection string, endpoint): --endpoint, else the app's settings (the environment wins over
+    app_dir's local.settings.json, as in `func start`)."""
     if args.connection_string:
+        if _holds_secret(args.connection_string):
+            raise ConfigurationError([
+                "--connection-string: this connection string holds a storage key, which must not be on the command "
+                "line (shell history, `ps`). Put it in TABLES_CONNECTION_STRING, in the environment or in "
+                f"{app_dir / 'local.settings.json'} (Values), and leave --connection-string out."])
         return args.connection_string, None
     if args.endpoint:
         return None, args.endpoint
     from tools.local_settings import load_local_settings
 
-    env = dict(os.environ)
-    load_local_settings(Path("."), env)
+    env = dict(environ)
+    load_local_settings(app_dir, env)
     cs = env.get("TABLES_CONNECTION_STRING", "").strip() or None
     endpoint = env.get("TABLES_ENDPOINT", "").strip() or None
     if not cs and not endpoint:
-        raise ConfigurationError(["TABLES_CONNECTION_STRING or TABLES_ENDPOINT: missing. Set one in the environment "
-                                  "or local.settings.json, or pass --connection-string / --endpoint."])
+        raise ConfigurationError([f"TABLES_CONNECTION_STRING or TABLES_ENDPOINT: missing. Set one in the environment "
+                                  f"or in {app_dir / 'local.settings.json'} (`make run` writes that file), or pass "
+                                  "--endpoint."])
     return cs, endpoint
+
+
+def _holds_secret(connection_string: str) -> bool:
+    parts = {part.split("=", 1)[0].strip().lower() for part in connection_string.split(";") if "=" in part}
+    return bool(parts & {"accountkey", "sharedaccesssignature"})
 
 
 def connect(connection_string: str | None, endpoint: str | None, workers: int = WORKERS) -> AccountStore:
@@ -98,13 +121,27 @@ def _default_credential():
 # ---- CSV import -------------------------------------------------------------------------------------
 
 
+class CsvFileError(Exception):
+    """The file itself cannot be imported (missing, unreadable, not UTF-8, not CSV, a wrong header),
+    as opposed to rows in it being bad."""
+
+
+def _trim(field: str) -> str:
+    """ASCII spaces around a CSV field are padding; anything else (a no-break space, a tab) is kept and
+    judged, so an address with invisible characters is refused rather than silently cleaned."""
+    return field.strip(" ")
+
+
 def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
     """Every row of the file, checked: (rows, problems). Problems name the line ('line 3: ...'), the
-    header being line 1; when there is any, no row may be written."""
+    header being line 1; when there is any, no row may be written. Raises CsvFileError when the file
+    as a whole is wrong."""
     try:
         handle = path.open(encoding="utf-8-sig", newline="")
+    except FileNotFoundError as exc:
+        raise CsvFileError(f"{path}: no such file") from exc
     except OSError as exc:
-        return [], [f"{path}: cannot be read ({exc.strerror})"]
+        raise CsvFileError(f"{path}: cannot be read ({exc.strerror})") from exc
     rows: list[AccountRow] = []
     problems: list[str] = []
     seen: dict[tuple[str, str], int] = {}
@@ -113,40 +150,41 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
         try:
             header = next(reader, None)
             if header is None:
-                return [], [f"{path}: empty; the first line must be the header {','.join(COLUMNS)}"]
-            names = [h.strip().lower() for h in header]
+                raise CsvFileError(f"{path}: empty; the first line must be the header {','.join(COLUMNS)}")
+            names = [_trim(h).lower() for h in header]
             unknown = [n for n in names if n not in COLUMNS]
             missing = [n for n in REQUIRED_COLUMNS if n not in names]
             if unknown or missing or len(set(names)) != len(names):
-                return [], [f"line 1: the header must be {','.join(COLUMNS)} (name and enabled may be left out); "
-                            f"got {','.join(header)}"]
+                raise CsvFileError(f"{path}: line 1, the header, must be {','.join(COLUMNS)} (name and enabled may "
+                                   f"be left out); got {printable(','.join(header))}")
             for fields in reader:
                 line = reader.line_num
-                if not fields or all(not f.strip() for f in fields):
+                if not fields or all(not _trim(f) for f in fields):
                     continue
                 if len(fields) != len(names):
                     problems.append(f"line {line}: {len(fields)} fields, the header has {len(names)}")
                     continue
-                values = dict(zip(names, (f.strip() for f in fields), strict=True))
+                values = dict(zip(names, map(_trim, fields), strict=True))
                 row_problems = check_account(values["email"], values["kind"], values["account_id"])
                 enabled = parse_enabled(values.get("enabled"))
                 if enabled is None:
-                    row_problems.append(f"enabled {values['enabled']!r} must be true/false/yes/no/1/0 or empty")
-                email = normalize_email(values["email"])
-                key = (email, values["kind"])
-                if key in seen:
-                    row_problems.append(f"duplicate of line {seen[key]} (same email and kind)")
-                else:
-                    seen[key] = line
+                    row_problems.append(f"enabled '{printable(values['enabled'])}' must be true/false/yes/no/1/0 "
+                                        "or empty")
                 if row_problems:
                     problems.append(f"line {line}: " + "; ".join(row_problems))
-                else:
-                    rows.append(AccountRow(email, values["kind"], values["account_id"], values.get("name", ""),
-                                           bool(enabled)))
-        except UnicodeDecodeError:
-            return [], [f"{path}: not UTF-8 text"]
+                    continue
+                email = canonical_email(values["email"])
+                key = (email, values["kind"])
+                if key in seen:
+                    problems.append(f"line {line}: duplicate of line {seen[key]} (same email and kind)")
+                    continue
+                seen[key] = line
+                rows.append(AccountRow(email, values["kind"], values["account_id"], values.get("name", ""),
+                                       bool(enabled), line))
+        except UnicodeDecodeError as exc:
+            raise CsvFileError(f"{path}: not UTF-8 text") from exc
         except csv.Error as exc:
-            return [], [f"line {reader.line_num}: not valid CSV ({exc})"]
+            raise CsvFileError(f"{path}: line {reader.line_num} is not valid CSV ({exc})") from exc
     return rows, problems
 
 
@@ -183,24 +221,41 @@ class ProgressBar:
 
 
 def _store(args: argparse.Namespace) -> AccountStore:
-    return connect(*storage_settings(args), workers=args.workers if hasattr(args, "workers") else WORKERS)
+    return connect(*storage_settings(args, args.environ, args.app_dir),
+                   workers=args.workers if hasattr(args, "workers") else WORKERS)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    problems = check_account(args.email, args.kind, args.account_id)
+    email, account_id, name = _trim(args.email), args.account_id.strip(), args.name.strip()
+    problems = check_account(email, args.kind, account_id)
     if problems:
-        print("error: " + "; ".join(problems), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    store = _store(args)
-    existed = store.get(args.email, args.kind) is not None
-    store.add(args.email, args.kind, args.account_id.strip(), args.name.strip(), enabled=not args.disabled)
-    print(f"{'updated' if existed else 'added'} {args.kind} account {args.account_id.strip()} for "
-          f"{normalize_email(args.email)}{' (disabled)' if args.disabled else ''}")
+        return _fail("; ".join(problems))
+    try:
+        before = _store(args).add(email, args.kind, account_id, name, enabled=not args.disabled, force=args.force)
+    except AccountConflict as refused:
+        return _fail(printable(str(refused)))
+    email = canonical_email(email)
+    said = f"{args.kind} account {printable(account_id)} for {printable(email)}{' (disabled)' if args.disabled else ''}"
+    if before is None:
+        print(f"added {said}")
+    elif before.linked_idp_subject and before.account_id != account_id:
+        print(f"updated {said}: it was {printable(before.account_id)}; {printable(before.linked_idp_subject)}, "
+              f"who is linked to it, now signs in to {printable(account_id)} (--force)")
+    else:
+        print(f"updated {said}")
     return EXIT_OK
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    rows, problems = read_csv(Path(args.file))
+    try:
+        rows, problems = read_csv(Path(args.file))
+    except CsvFileError as err:
+        return _fail(f"{err}; nothing was written.")
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
@@ -208,20 +263,38 @@ def cmd_import(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_BAD_INPUT
     store = _store(args)
+    stored = store.stored_accounts()
+    repointed = [(row, stored[(row.key, row.kind)]) for row in rows if repoints(row, stored.get((row.key, row.kind)))]
+    if repointed and not args.force:
+        for row, before in repointed:
+            print(f"line {row.line}: {printable(repoint_text(before, row.account_id))}", file=sys.stderr)
+        print(f"{args.file}: {len(repointed)} row{'s' if len(repointed) != 1 else ''} would sign a linked person in to "
+              "another account; nothing was written. Use --force to do that, or unlink those accounts first.",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     shown = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = ProgressBar(len(rows), sys.stderr, shown)
     started = time.monotonic()
     try:
-        written = store.import_rows(rows, progress=bar.advance, workers=args.workers)
+        result = store.import_rows(rows, progress=bar.advance, workers=args.workers, stored=stored, force=args.force)
     except DependencyUnavailable:
         bar.close()
         print(f"{bar.done} of {len(rows)} rows were written before storage failed; importing is idempotent, "
               "so run the same import again.", file=sys.stderr)
         raise
+    except AccountConflict as err:
+        bar.close()
+        return _fail(f"{printable(str(err))} (the other rows were written)")
     bar.close()
     elapsed = time.monotonic() - started
-    kinds = {kind: sum(1 for r in rows if r.kind == kind) for kind in KINDS}
-    print(f"imported {written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
+    written = [row for row in rows if all(row is not r for r, _ in result.refused)]
+    kinds = {kind: sum(1 for r in written if r.kind == kind) for kind in KINDS}
+    print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
+    if result.refused:
+        for row, before in result.refused:
+            print(f"line {row.line}: not written (linked during the import): "
+                  f"{printable(repoint_text(before, row.account_id))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 
@@ -233,42 +306,92 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _enabled(account) -> str:
+    if account.invalid_enabled is not None:
+        return f"no (stored {printable(account.invalid_enabled)}, not a boolean)"
+    return "yes" if account.enabled else "no"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    """Every value is printed through `printable`: names and ids come from imports and other tools, and
+    a control character in one would drive the operator's terminal."""
     accounts = sorted(_store(args).list(args.kind), key=lambda a: (a.email, a.kind))
-    rows = [(a.email, a.kind, a.account_id, a.display_name, "yes" if a.enabled else "no",
+    rows = [(printable(a.email), a.kind, printable(a.account_id), printable(a.display_name), _enabled(a),
              "yes" if a.linked_idp_subject else "no", "yes" if a.provisioned else "no",
              a.last_login_at.strftime("%Y-%m-%d %H:%M UTC") if a.last_login_at else "never")
             for a in accounts]
     print(format_table(("email", "kind", "account id", "name", "enabled", "linked", "provisioned", "last login"),
                        rows))
     print(f"{len(rows)} account{'s' if len(rows) != 1 else ''}")
+    odd = sum(1 for a in accounts if a.invalid_enabled is not None)
+    if odd:
+        print(f"{odd} account{'s' if odd != 1 else ''} with an Enabled that is not a boolean (written by another "
+              "tool): counted as disabled; `enable` or `disable` stores a real boolean.")
     return EXIT_OK
 
 
-def _one_account(action: Callable[[AccountStore, argparse.Namespace], bool], done: str):
+CHECK_ADVICE = {
+    "refused": "no sign-in can reach it: add the account under the address the directory has, then remove this row "
+               "with --stored-key",
+    "key": "no sign-in finds it: add the account under its address, then remove this row with --stored-key",
+    "review": "if the directory writes the address with capitals other than A-Z, add it under that address",
+    "enabled": "run enable or disable to store a real boolean",
+}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The stored rows the email-key rule (shared/accounts.py email_key) does not find as they are."""
+    found = sorted(_store(args).key_problems(), key=lambda f: (f[1] == "review", f[0].key, f[0].kind))
+    rows = [(what, printable(a.key), a.kind, printable(a.account_id), printable(problem)) for a, what, problem in found]
+    if not rows:
+        print("every stored row is found under its address's key")
+        return EXIT_OK
+    print(format_table(("problem", "stored key", "kind", "account id", "what"), rows))
+    for what in sorted({f[1] for f in found}, key=list(CHECK_ADVICE).index):
+        print(f"{what}: {CHECK_ADVICE[what]}")
+    return EXIT_BAD_INPUT if any(f[1] != "review" for f in found) else EXIT_OK
+
+
+def _one_account(action: Callable[[AccountStore, str, str], bool], done: str):
     def run(args: argparse.Namespace) -> int:
-        problems = check_account(args.email, args.kind, "-")
+        email = _trim(args.email)
+        problems = check_account(email, args.kind, "-")
         if problems:
-            print("error: " + "; ".join(problems), file=sys.stderr)
-            return EXIT_BAD_INPUT
-        if not action(_store(args), args):
-            print(f"error: no {args.kind} account for {normalize_email(args.email)}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        print(f"{done} {args.kind} account of {normalize_email(args.email)}")
+            return _fail("; ".join(problems))
+        try:
+            if not action(_store(args), email, args.kind):
+                return _fail(f"no {args.kind} account for {printable(canonical_email(email))}")
+        except AccountConflict as refused:
+            return _fail(printable(str(refused)))
+        print(f"{done} {args.kind} account of {printable(canonical_email(email))}")
         return EXIT_OK
 
     return run
 
 
-cmd_disable = _one_account(lambda s, a: s.update(a.email, a.kind, Enabled=False), "disabled")
-cmd_enable = _one_account(lambda s, a: s.update(a.email, a.kind, Enabled=True), "enabled")
-cmd_unlink = _one_account(lambda s, a: s.unlink(a.email, a.kind), "unlinked (the next person to sign in links it)")
-cmd_remove = _one_account(lambda s, a: s.remove(a.email, a.kind), "removed")
+cmd_disable = _one_account(lambda s, email, kind: s.update(email, kind, Enabled=False), "disabled")
+cmd_enable = _one_account(lambda s, email, kind: s.update(email, kind, Enabled=True), "enabled")
+cmd_unlink = _one_account(lambda s, email, kind: s.unlink(email, kind),
+                          "unlinked (the next person to sign in links it)")
+_remove_by_email = _one_account(lambda s, email, kind: s.remove(email, kind), "removed")
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    if (args.email is None) == (args.stored_key is None):
+        return _fail("remove takes an EMAIL or --stored-key KEY (as `check` prints it), not both")
+    if args.email is not None:
+        return _remove_by_email(args)
+    key = unprintable(args.stored_key)
+    if not _store(args).remove_key(key, args.kind):
+        return _fail(f"no {args.kind} row with the stored key {printable(key)}")
+    print(f"removed the {args.kind} row with the stored key {printable(key)}")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m tools.accounts", description="Manage portal accounts (PortalAccounts table).")
-    parser.add_argument("--connection-string", help="Table Storage connection string (overrides the settings)")
+    parser.add_argument("--connection-string", help="only one without a key (e.g. UseDevelopmentStorage=true); "
+                                                    "a key goes in TABLES_CONNECTION_STRING, never on the command line")
     parser.add_argument("--endpoint", help="Table endpoint used with DefaultAzureCredential (overrides the settings)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -278,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--account-id", required=True)
     add.add_argument("--name", default="")
     add.add_argument("--disabled", action="store_true", help="create it disabled")
+    add.add_argument("--force", action="store_true",
+                     help="change the account id of an account linked to a person (that person then signs in to it)")
     add.set_defaults(run=cmd_add)
 
     imp = commands.add_parser("import", help="add or update the accounts of a CSV file (all rows checked first)")
@@ -285,28 +410,52 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="draw a progress bar on stderr (default: when stderr is a terminal)")
     imp.add_argument("--workers", type=int, default=WORKERS, help=f"requests in flight (default {WORKERS})")
+    imp.add_argument("--force", action="store_true",
+                     help="also change the account id of accounts linked to a person (that person then signs in to it)")
     imp.set_defaults(run=cmd_import)
 
     lst = commands.add_parser("list", help="list accounts")
     lst.add_argument("--kind", choices=KINDS)
     lst.set_defaults(run=cmd_list)
 
+    chk = commands.add_parser("check", help="list stored rows the email-key rule does not find as they are")
+    chk.set_defaults(run=cmd_check)
+
     for name, run, text in (("disable", cmd_disable, "disable an account (its person can no longer sign in)"),
                             ("enable", cmd_enable, "enable a disabled account"),
                             ("unlink", cmd_unlink, "forget the person linked to an account"),
                             ("remove", cmd_remove, "delete an account")):
         one = commands.add_parser(name, help=text)
-        one.add_argument("email")
+        one.add_argument("email", nargs="?" if name == "remove" else None)
         one.add_argument("--kind", choices=KINDS, required=True)
+        if name == "remove":
+            one.add_argument("--stored-key", help="the row's stored key as `check` prints it, instead of EMAIL")
         one.set_defaults(run=run)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _storage_failure(err: DependencyUnavailable) -> int:
+    """Storage that answered 'no' (a wrong key, a missing role) is not storage that did not answer."""
+    cause = err.__cause__
+    status = getattr(cause, "status_code", None)
+    if isinstance(cause, ClientAuthenticationError) or (isinstance(cause, HttpResponseError) and status in (401, 403)):
+        print(f"error: Table Storage refused our credentials ({printable(err.detail)}): a wrong account key in "
+              "TABLES_CONNECTION_STRING (`make run` writes the right one for its Azurite into local.settings.json), "
+              "or, with TABLES_ENDPOINT, an identity without the Storage Table Data Contributor role.", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"error: Table Storage is unreachable ({printable(err.detail)}). Check the connection string or endpoint, "
+          "and that the storage account (or Azurite: `make run`) is running.", file=sys.stderr)
+    return EXIT_UNAVAILABLE
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
+         app_dir: Path = PROJECT_ROOT) -> int:
+    """`environ` (default os.environ) and `app_dir` (whose local.settings.json is read) are for tests."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (1)
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    args.environ, args.app_dir = os.environ if environ is None else environ, Path(app_dir)
     try:
         return args.run(args)
     except ConfigurationError as err:
@@ -314,9 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except DependencyUnavailable as err:
-        print(f"error: Table Storage is unreachable ({err.detail}). Check the connection string or endpoint, "
-              "and that the storage account (or Azurite) is running.", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return _storage_failure(err)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """How fast `tools.accounts import` writes: generates a CSV of N accounts, imports it into Azurite (a
-fresh one, started here, unless --connection-string names another), prints elapsed time and rows/s.
+fresh one, started here, unless --existing: then the storage the settings name, as the accounts CLI
+reads them), prints elapsed time and rows/s.
 
-    .venv/bin/python -m tools.bench_import [--rows 10000] [--workers 16] [--connection-string CS]
+    .venv/bin/python -m tools.bench_import [--rows 10000] [--workers 16] [--existing]
 
 Not a test: a measurement. Azurite is one Node process on this machine, so the figure says more about
 our client (requests in flight, batching) than about Azure, where each partition is served apart.
@@ -41,22 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench_import")
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=accounts.WORKERS)
-    parser.add_argument("--connection-string", help="import there instead of a fresh Azurite")
+    parser.add_argument("--existing", action="store_true",
+                        help="import into the storage of TABLES_CONNECTION_STRING (environment or local.settings.json)"
+                             " instead of a fresh Azurite")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp, contextlib.ExitStack() as stack:
         csv_path = Path(tmp) / "accounts.csv"
         write_csv(csv_path, args.rows)
-        connection_string = args.connection_string
-        if not connection_string:
+        environ = None  # the CLI's own: the process environment, then local.settings.json
+        if not args.existing:
             from tools.stack import start_azurite
 
             azurite = start_azurite(workdir=Path(tmp))
             stack.callback(azurite.stop)
-            connection_string = azurite.connection_string
+            environ = {"TABLES_CONNECTION_STRING": azurite.connection_string}
         started = time.perf_counter()
-        code = accounts.main(["--connection-string", connection_string, "import", str(csv_path),
-                              "--workers", str(args.workers)])
+        code = accounts.main(["import", str(csv_path), "--workers", str(args.workers)], environ=environ)
         elapsed = time.perf_counter() - started
     if code != 0:
         print(f"import failed with exit code {code}", file=sys.stderr)

@@ -448,7 +448,7 @@ def bench_import(connection_string: str, rows: int, work: Path, azurite_pid: int
     path = work / "import.csv"
     write_csv(path, rows)
     started, cpu, server = time.perf_counter(), time.process_time(), process_cpu(azurite_pid)
-    code = accounts.main(["--connection-string", connection_string, "import", str(path)])
+    code = accounts.main(["import", str(path)], environ={"TABLES_CONNECTION_STRING": connection_string})
     elapsed = time.perf_counter() - started
     assert code == 0, f"the import failed with exit code {code}"
     return (rows / elapsed, (time.process_time() - cpu) * 1000 / rows,

@@ -93,6 +93,8 @@ class FunctionHost:
             response = self.invoke(function, request, params)
         except HTTPException as exc:  # 404, and 405 with Allow
             response = exc.get_response(environ)
+        for name, value in _transport_security().items():  # the host's own answers too
+            response.headers.setdefault(name, value)
         LOG.info("%s %s %d %.1fms", request.method, quote(request.path), response.status_code,
                  (time.perf_counter() - started) * 1000)
         return response(environ, start_response)
@@ -134,6 +136,12 @@ class FunctionHost:
             url = base_url + re.sub(r"<(\w+)>", r"{\1}", rule.rule)
             lines.append(f"  {function.get_function_name()}: [{','.join(sorted(served))}] {url}")
         return lines + [f"  {other} (not run by tools.host)" for other in sorted(self.other_functions)]
+
+
+def _transport_security() -> dict[str, str]:
+    from functions.http import transport_security  # the app's rule (after function_app is importable)
+
+    return transport_security()
 
 
 def build_wsgi_app(function_app: func.FunctionApp, prefix: str = "api") -> FunctionHost:

@@ -365,16 +365,17 @@ def entra_person(
     **extra: object,
 ) -> dict:
     """A person for the dev IdP with the claims Entra puts in an ID token (``extra`` adds more,
-    e.g. ``xms_edov=False`` or ``email_verified=False``)."""
+    e.g. ``xms_edov=False`` or ``email_verified=False``; ``xms_edov=None`` leaves it out)."""
     claims = {
         "email": email if email is not None else login,
         "name": name,
         "preferred_username": login,
         "oid": oid,
         "tid": tenant,
+        "xms_edov": True,  # Entra's optional claim: the email's domain is verified
         **extra,
     }
-    return {"login": login, "password": password, "claims": claims}
+    return {"login": login, "password": password, "claims": {k: v for k, v in claims.items() if v is not None}}
 
 
 @dataclass

@@ -12,7 +12,6 @@ from ..config import GUID, KINDS
 
 ROLE_KINDS = {"portal.user": "user", "portal.agent": "agent"}
 MAX_USER_NAME = 256
-MAX_EMAIL = 254  # RFC 5321's limit on a path
 MAX_EXTERNAL_ID = 256
 _UNSAFE_KEY = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
 
@@ -22,30 +21,20 @@ class MappingError(ValueError):
 
 
 def email_key(raw: str, attribute: str = "emails") -> str:
-    """The PortalAccounts key of an email, or MappingError when the SPEC's email-key rule refuses it.
-    THE one place directory sync turns an email into its key: switch it to shared.accounts' strict
-    email-key function when that lands (until then the key is the one login computes today, so
-    directory sync and login always find the same row)."""
+    """The PortalAccounts key of an email, or MappingError when the SPEC's email-key rule refuses it:
+    THE one place directory sync turns an email into its key. It is shared.accounts' own rule (the
+    one login and tools.accounts use), so directory sync and login always find the same row."""
     if not isinstance(raw, str) or not raw:
         raise MappingError(f"{attribute}: empty")
-    if len(raw) > MAX_EMAIL:
-        raise MappingError(f"{attribute}: longer than {MAX_EMAIL} characters")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in raw):
-        raise MappingError(f"{attribute}: holds a lone surrogate")
-    if unicodedata.normalize("NFC", raw) != raw:
-        raise MappingError(f"{attribute}: not in Unicode NFC")
-    if any(c.isspace() or unicodedata.category(c) in ("Zs", "Zl", "Zp", "Cc", "Cf") for c in raw):
-        raise MappingError(f"{attribute}: holds whitespace, control or format characters")
-    local, at, domain = raw.rpartition("@")
-    if not at or not local or not domain or "@" in local:
-        raise MappingError(f"{attribute}: needs exactly one '@' with text on both sides")
-    return accounts.email_key(accounts.normalize_email(raw))
+    problem = accounts.email_problem(raw)
+    if problem:
+        raise MappingError(f"{attribute}: the address {problem}")
+    return accounts.email_key(raw)
 
 
 def stored_email(raw: str) -> str:
-    """The email as PortalAccounts keeps it in `Email` (what `tools.accounts` writes), beside email_key:
-    switch both together."""
-    return accounts.normalize_email(raw)
+    """The email as PortalAccounts keeps it in `Email` (what `tools.accounts` writes)."""
+    return accounts.canonical_email(raw)
 
 
 def ascii_lower(value: str) -> str:

@@ -1,15 +1,18 @@
-"""A login writes the account only when something changed: the link once, LastLoginAt at most hourly
-(every login is in SignInEvents anyway). Against Azurite, with the real SDK."""
+"""Account writes against Azurite, with the real SDK: a login writes only when something changed (the
+link once, LastLoginAt at most hourly; every login is in SignInEvents anyway); every read-modify-write
+is etag-checked; an `Enabled` that is not a real boolean counts as disabled."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from azure.data.tables import UpdateMode
 
-from shared.accounts import LAST_LOGIN_PRECISION
-from shared.errors import IdentityMismatch
+from shared.accounts import LAST_LOGIN_PRECISION, AccountConflict, AccountStore
+from shared.errors import AccountDisabled, IdentityMismatch
 
 
 def etag_of(store, email: str) -> str:
@@ -62,3 +65,89 @@ def test_a_login_time_written_after_ours_by_a_racing_login_counts_as_recent(acco
     etag = etag_of(account_store, fresh_account)
     account_store.link_and_record_login(account_store.get(fresh_account, "agent"), "tid:oid", now=ours)
     assert etag_of(account_store, fresh_account) == etag, "no second write for the same person's racing login"
+
+
+# ---- every read-modify-write is etag-checked: a real interleaving against Azurite (issue 13 item 6)
+
+
+class Interleaved:
+    """The real TableClient, with `between()` run once right after the first read: another writer's
+    change lands between our read and our write, as it would in production."""
+
+    def __init__(self, table, between):
+        self._table, self._between = table, between
+
+    def get_entity(self, *args, **kwargs):
+        entity = self._table.get_entity(*args, **kwargs)
+        between, self._between = self._between, None
+        if between:
+            between()
+        return entity
+
+    def __getattr__(self, name):
+        return getattr(self._table, name)
+
+
+def test_a_disable_between_unlinks_read_and_write_is_kept(account_store, fresh_account):
+    account_store.link_and_record_login(account_store.get(fresh_account, "agent"), "tid:oid")
+    racing = AccountStore(Interleaved(account_store._table,
+                                      lambda: account_store.update(fresh_account, "agent", Enabled=False)))
+    assert racing.unlink(fresh_account, "agent")
+    stored = account_store.get(fresh_account, "agent")
+    assert stored.linked_idp_subject is None, "unlinked"
+    assert stored.enabled is False, "the disable that landed between unlink's read and write is not lost"
+
+
+def test_a_login_between_adds_read_and_write_is_not_silently_repointed(account_store, fresh_account):
+    original = account_store.get(fresh_account, "agent").account_id
+    racing = AccountStore(Interleaved(account_store._table, lambda: account_store.link_and_record_login(
+        account_store.get(fresh_account, "agent"), "tid:first-person")))
+    with pytest.raises(AccountConflict) as refused:
+        racing.add(fresh_account, "agent", "A-OTHER", "Someone Else")
+    assert original in str(refused.value) and "tid:first-person" in str(refused.value), \
+        "the refusal names the account and the link it would change"
+    stored = account_store.get(fresh_account, "agent")
+    assert (stored.account_id, stored.linked_idp_subject) == (original, "tid:first-person")
+
+
+def test_add_over_a_linked_account_of_another_id_needs_force(account_store, fresh_account):
+    original = account_store.get(fresh_account, "agent").account_id
+    account_store.link_and_record_login(account_store.get(fresh_account, "agent"), "tid:oid")
+    with pytest.raises(AccountConflict):
+        account_store.add(fresh_account, "agent", "A-NEW")
+    assert account_store.get(fresh_account, "agent").account_id == original
+    account_store.add(fresh_account, "agent", original, "Renamed")  # same id: an ordinary update
+    assert account_store.get(fresh_account, "agent").display_name == "Renamed"
+    before = account_store.add(fresh_account, "agent", "A-NEW", force=True)
+    assert before.account_id == original
+    stored = account_store.get(fresh_account, "agent")
+    assert (stored.account_id, stored.linked_idp_subject) == ("A-NEW", "tid:oid"), "--force re-points, as asked"
+
+
+def test_remove_says_whether_there_was_a_row(account_store, fresh_account):
+    assert account_store.remove(fresh_account, "agent") is True
+    assert account_store.get(fresh_account, "agent") is None
+    assert account_store.remove(fresh_account, "agent") is False, "a 404 is not reported as removed"
+
+
+# ---- Enabled that is not a real boolean counts as disabled (issue 13 item 5)
+
+
+@pytest.mark.parametrize("stored", ["false", "False", 0, "0", "true", 1, ""], ids=repr)
+def test_an_enabled_that_is_not_a_boolean_counts_as_disabled(account_store, fresh_account, stored, caplog):
+    """What `az storage entity merge --entity Enabled=false` stores is the string 'false'."""
+    account_store._table.update_entity({"PartitionKey": fresh_account, "RowKey": "agent", "Enabled": stored},
+                                       mode=UpdateMode.MERGE)
+    account = account_store.get(fresh_account, "agent")
+    assert account.enabled is False and account.invalid_enabled == repr(stored)
+    with caplog.at_level(logging.WARNING, logger="portal_sso"), pytest.raises(AccountDisabled):
+        account_store.find_account(fresh_account, "agent")
+    assert "accounts.enabled_not_boolean" in caplog.text and account.account_id in caplog.text, \
+        "the log says why the account counts as disabled"
+
+
+def test_a_missing_enabled_is_enabled(account_store, fresh_account):
+    entity = account_store._table.get_entity(fresh_account, "agent")
+    del entity["Enabled"]
+    account_store._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+    assert account_store.find_account(fresh_account, "agent").enabled is True, "SPEC: default true"

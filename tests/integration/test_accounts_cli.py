@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,11 +12,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from azure.data.tables import UpdateMode
 
 from tools import accounts
 from tools.stack import azurite_connection_string, free_port, new_account_key
 
 REPO = Path(__file__).resolve().parents[2]
+EMPTY_DIR = Path(__file__).resolve().parent  # holds no local.settings.json
 
 
 @pytest.fixture
@@ -34,13 +37,15 @@ def tag() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def run(cs: str, *argv: str) -> int:
-    return accounts.main(["--connection-string", cs, *argv])
+def run(cs: str, *argv: str, app_dir: Path | None = None) -> int:
+    """The CLI in-process, its storage in the environment (a key never goes on argv), and a settings
+    directory without local.settings.json unless the test gives one."""
+    return accounts.main(list(argv), environ={"TABLES_CONNECTION_STRING": cs}, app_dir=app_dir or EMPTY_DIR)
 
 
 def test_add_list_disable_enable_unlink_remove(cs, store, tag, capsys):
     email = f"Ann.{tag}@Contoso.TEST"
-    normalized = email.casefold()
+    normalized = email.lower()  # ASCII: only A-Z is folded
 
     assert run(cs, "add", email, "--kind", "user", "--account-id", "U-1", "--name", "Ann Example") == 0
     assert run(cs, "add", email, "--kind", "agent", "--account-id", "A-1", "--disabled") == 0
@@ -82,7 +87,7 @@ def test_commands_on_a_missing_account_or_bad_input_exit_1(cs, tag, capsys):
     assert run(cs, "disable", f"nobody.{tag}@contoso.test", "--kind", "user") == 1
     assert "no user account" in capsys.readouterr().err
     assert run(cs, "add", "not-an-email", "--kind", "user", "--account-id", "U-9") == 1
-    assert "not an email address" in capsys.readouterr().err
+    assert "email 'not-an-email' is refused: it has no '@'" in capsys.readouterr().err
     assert run(cs, "add", f"x.{tag}@contoso.test", "--kind", "boss", "--account-id", "U-9") == 1, \
         "a usage error is 1 (2 means storage unreachable)"
     assert run(cs, "add", f"x.{tag}@contoso.test", "--kind", "user", "--account-id", "  ") == 1
@@ -95,7 +100,7 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 def test_import_writes_every_row_and_keeps_links(cs, store, tag, tmp_path, capsys):
     both = f"both.{tag}@contoso.test"
-    store.add(both, "user", "U-OLD", "Old Name")
+    store.add(both, "user", "U-10", "Old Name")
     store.link_and_record_login(store.get(both, "user"), "tenant:both")
     csv_file = _write(tmp_path / "accounts.csv", [
         "email,kind,account_id,name,enabled",
@@ -136,17 +141,29 @@ def test_import_with_bad_rows_writes_nothing_and_names_each_line(cs, store, tag,
     named = sorted(int(line.split(":")[0].removeprefix("line ")) for line in err.splitlines()
                    if line.startswith("line "))
     assert named == [3, 5, 7], err
-    assert "not an email address" in err and "must be user or agent" in err and "'maybe'" in err
+    assert "has no '@'" in err and "must be user or agent" in err and "'maybe'" in err
     assert "duplicate of line 2" in err
     assert "3 bad rows; nothing was written" in err
     assert all(store.get(email, kind) is None for email in good for kind in ("user", "agent")), \
         "one bad row means no row is written"
 
 
-def test_import_refuses_a_wrong_header(cs, tmp_path, capsys):
+def test_import_of_a_wrong_header_or_a_missing_file_says_exactly_that(cs, tmp_path, capsys):
     csv_file = _write(tmp_path / "h.csv", ["mail,type,id", "a@b.test,user,U-1"])
     assert run(cs, "import", str(csv_file)) == 1
-    assert "line 1: the header must be" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{csv_file}: line 1, the header, must be email,kind,account_id,name,enabled" in err
+    assert "got mail,type,id" in err and "bad row" not in err, err
+
+    assert run(cs, "import", str(tmp_path / "missing.csv")) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'missing.csv'}: no such file; nothing was written.\n", err
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("", encoding="utf-8")
+    assert run(cs, "import", str(empty)) == 1
+    err = capsys.readouterr().err
+    assert "empty; the first line must be the header" in err and "bad row" not in err
 
 
 def test_unreachable_storage_exits_2_quickly(tmp_path, tag, capsys):
@@ -164,12 +181,179 @@ def test_unreachable_storage_exits_2_quickly(tmp_path, tag, capsys):
 def test_the_module_entry_point(cs, store, tag):
     email = f"cli.{tag}@contoso.test"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TABLES_")}
-    done = subprocess.run([sys.executable, "-m", "tools.accounts", "--connection-string", cs, "add", email,
-                           "--kind", "agent", "--account-id", "A-77"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "tools.accounts", "add", email, "--kind", "agent",
+                           "--account-id", "A-77"],
+                          cwd=REPO, env={**env, "TABLES_CONNECTION_STRING": cs}, capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
     assert "added agent account A-77" in done.stdout
     assert store.get(email, "agent").account_id == "A-77"
     usage = subprocess.run([sys.executable, "-m", "tools.accounts", "frobnicate"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 1 and "invalid choice" in usage.stderr
+
+
+# ---- storage settings: never a key on argv; the settings file `make run` leaves; refused vs unreachable
+
+
+def test_a_connection_string_with_a_key_on_argv_is_refused_with_the_hint(cs, tag, capsys):
+    code = accounts.main(["--connection-string", cs, "add", f"argv.{tag}@contoso.test", "--kind", "user",
+                          "--account-id", "U-1"], environ={}, app_dir=EMPTY_DIR)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "holds a storage key, which must not be on the command line" in err and "TABLES_CONNECTION_STRING" in err
+    assert cs.split("AccountKey=")[1].split(";")[0] not in err, "the key is not echoed"
+    assert accounts.connect(cs, None).get(f"argv.{tag}@contoso.test", "user") is None, "nothing was written"
+
+
+def test_the_settings_file_is_read_by_default_and_the_environment_wins(cs, tag, tmp_path, capsys):
+    (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": False, "Values": {
+        "TABLES_CONNECTION_STRING": cs}}), encoding="utf-8")
+    email = f"file.{tag}@contoso.test"
+    assert accounts.main(["add", email, "--kind", "user", "--account-id", "U-F"], environ={}, app_dir=tmp_path) == 0
+    assert accounts.connect(cs, None).get(email, "user").account_id == "U-F"
+    closed = azurite_connection_string(free_port(), new_account_key())
+    assert accounts.main(["list"], environ={"TABLES_CONNECTION_STRING": closed}, app_dir=tmp_path) == 2, \
+        "the process environment wins over the file, as in func start"
+    capsys.readouterr()
+    assert accounts.main(["list"], environ={}, app_dir=EMPTY_DIR) == 1
+    assert "TABLES_CONNECTION_STRING or TABLES_ENDPOINT: missing" in capsys.readouterr().err
+    assert accounts.PROJECT_ROOT == REPO, "by default the project root's file: the one `make run` leaves"
+
+
+def test_a_wrong_key_is_refused_not_unreachable(azurite, capsys):
+    wrong = azurite.connection_string.replace(azurite.connection_string.split("AccountKey=")[1].split(";")[0],
+                                              new_account_key())
+    assert run(wrong, "list") == 3
+    err = capsys.readouterr().err
+    assert "refused our credentials" in err and "wrong account key" in err and "unreachable" not in err
+
+
+# ---- emails: the email-key rule, trimmed ASCII spaces, a clear error naming the row
+
+
+def test_lookalike_and_malformed_addresses_are_refused_naming_the_line(cs, store, tag, tmp_path, capsys):
+    csv_file = _write(tmp_path / "lookalikes.csv", [
+        "email,kind,account_id",                           # line 1
+        f"  padded.{tag}@contoso.test  ,user,U-1",         # line 2: ASCII spaces are trimmed
+        f"kim.{tag}@contoso.test\u00a0,user,U-2",          # line 3: a trailing no-break space
+        f"\u3000kim.{tag}@contoso.test,user,U-3",          # line 4: a leading ideographic space
+        f"\u212aim.{tag}@contoso.test,user,U-4",           # line 5: the Kelvin sign (not NFC)
+        f"kim.{tag}\u200b@contoso.test,user,U-5",          # line 6: a zero-width space
+        f"stra\u00dfe.{tag}@contoso.test,user,U-6",        # line 7: fine, and not strasse
+        f"strasse.{tag}@contoso.test,user,U-7",            # line 8: another mailbox, not a duplicate
+    ])  # fmt: skip
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert f"line 3: email 'kim.{tag}@contoso.test\\xa0' is refused: it holds whitespace (U+00A0 NO-BREAK SPACE)" \
+        in err, err
+    assert "line 4: email '\\u3000kim" in err and "U+3000 IDEOGRAPHIC SPACE" in err
+    assert "line 5:" in err and "not in Unicode normalization form C" in err
+    assert "line 6:" in err and "U+200B ZERO WIDTH SPACE" in err
+    assert not any(line.startswith(("line 2:", "line 7:", "line 8:")) for line in err.splitlines()), err
+    assert "4 bad rows; nothing was written" in err
+
+    csv_file = _write(tmp_path / "good.csv", ["email,kind,account_id", f"  padded.{tag}@contoso.test  ,user,U-1",
+                                              f"stra\u00dfe.{tag}@contoso.test,user,U-6",
+                                              f"strasse.{tag}@contoso.test,user,U-7"])
+    assert run(cs, "import", str(csv_file)) == 0
+    assert store.get(f"padded.{tag}@contoso.test", "user").account_id == "U-1"
+    assert store.get(f"stra\u00dfe.{tag}@contoso.test", "user").account_id == "U-6"
+    assert store.get(f"strasse.{tag}@contoso.test", "user").account_id == "U-7", "two mailboxes, two accounts"
+
+    assert run(cs, "add", f"kim.{tag}@contoso.test\u00a0", "--kind", "user", "--account-id", "U-9") == 1
+    assert "U+00A0 NO-BREAK SPACE" in capsys.readouterr().err
+
+
+def test_add_over_a_linked_account_of_another_id_is_refused_unless_forced(cs, store, tag, capsys):
+    email = f"linked.{tag}@contoso.test"
+    assert run(cs, "add", email, "--kind", "user", "--account-id", "U-1") == 0
+    store.link_and_record_login(store.get(email, "user"), "tenant:first")
+    capsys.readouterr()
+    assert run(cs, "add", email, "--kind", "user", "--account-id", "U-2") == 1
+    err = capsys.readouterr().err
+    assert "is U-1, linked to tenant:first" in err and "--force" in err and "unlink" in err, err
+    assert store.get(email, "user").account_id == "U-1", "nothing changed"
+    assert run(cs, "add", email, "--kind", "user", "--account-id", "U-2", "--force") == 0
+    assert "it was U-1; tenant:first, who is linked to it, now signs in to U-2" in capsys.readouterr().out
+    assert store.get(email, "user").account_id == "U-2"
+
+
+# ---- list: escaped, and an Enabled that is not a boolean shown as disabled
+
+
+def test_list_escapes_control_characters_and_shows_a_non_boolean_enabled_as_disabled(cs, store, tag, tmp_path,
+                                                                                   capsys):
+    email = f"esc.{tag}@contoso.test"
+    csv_file = _write(tmp_path / "names.csv", ["email,kind,account_id,name",
+                                               f"{email},user,U-1,\"Evil\x1b[2J\x1b]0;owned\x07\u202eName\""])
+    assert run(cs, "import", str(csv_file)) == 0
+    store._table.update_entity({"PartitionKey": email, "RowKey": "user", "Enabled": "false"}, mode=UpdateMode.MERGE)
+    capsys.readouterr()
+    assert run(cs, "list") == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if email in line)
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out, "no control character reaches the terminal"
+    assert "Evil\\x1b[2J\\x1b]0;owned\\x07\\u202eName" in line
+    assert "no (stored 'false', not a boolean)" in line
+    assert "Enabled that is not a boolean" in out
+
+
+# ---- check: rows the new rule does not find as stored
+
+
+def test_check_lists_rows_whose_key_differs_or_is_refused_and_remove_by_stored_key(cs, store, tag, capsys):
+    def raw_row(key: str, email: str | None, **extra) -> None:
+        entity = {"PartitionKey": key, "RowKey": "user", "AccountId": f"C-{len(key)}", **extra}
+        if email is not None:
+            entity["Email"] = email
+        store._table.upsert_entity(entity)
+
+    raw_row(f"inner\u00a0{tag}@contoso.test", f"inner\u00a0{tag}@contoso.test")  # strip() kept an inner NBSP
+    raw_row(f"Upper.{tag}@Contoso.test", None)       # written by another tool, capitals in the key
+    raw_row(f"\u00e4rzte.{tag}@contoso.test", f"\u00e4rzte.{tag}@contoso.test")  # case-folded by the old rule
+    raw_row(f"fine.{tag}@contoso.test", f"fine.{tag}@contoso.test", Enabled="0")
+    assert run(cs, "check") == 1
+    out = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in out.splitlines() if tag in line}
+    assert lines[f"inner\\xa0{tag}@contoso.test"].startswith("refused") and "U+00A0" in out
+    assert lines[f"Upper.{tag}@Contoso.test"].startswith("key")
+    assert lines[f"\u00e4rzte.{tag}@contoso.test"].startswith("review")
+    assert lines[f"fine.{tag}@contoso.test"].startswith("enabled") and "'0', not a boolean" in out
+    assert "remove this row with --stored-key" in out
+
+    assert run(cs, "remove", "--stored-key", f"inner\\xa0{tag}@contoso.test", "--kind", "user") == 0
+    assert store.get_by_key(f"inner\u00a0{tag}@contoso.test", "user") is None
+    assert run(cs, "remove", "--stored-key", f"Upper.{tag}@Contoso.test", "--kind", "user") == 0
+    assert run(cs, "remove", "--stored-key", f"Upper.{tag}@Contoso.test", "--kind", "user") == 1
+    assert "no user row with the stored key" in capsys.readouterr().err
+
+
+def test_import_over_linked_accounts_of_other_ids_writes_nothing_unless_forced(cs, store, tag, tmp_path, capsys):
+    linked, fresh = f"imp-linked.{tag}@contoso.test", f"imp-new.{tag}@contoso.test"
+    store.add(linked, "agent", "A-OLD")
+    store.link_and_record_login(store.get(linked, "agent"), "tenant:agent-person")
+    csv_file = _write(tmp_path / "repoint.csv", ["email,kind,account_id", f"{fresh},user,U-NEW",
+                                                 f"{linked},agent,A-NEW"])
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert "line 3: the agent account of" in err and "is A-OLD, linked to tenant:agent-person" in err, err
+    assert "1 row would sign a linked person in to another account; nothing was written" in err
+    assert store.get(fresh, "user") is None and store.get(linked, "agent").account_id == "A-OLD"
+    assert run(cs, "import", str(csv_file), "--force") == 0
+    assert store.get(linked, "agent").account_id == "A-NEW" and store.get(fresh, "user").account_id == "U-NEW"
+
+
+def test_a_login_during_an_import_is_not_repointed(cs, store, tag):
+    """The import checks against a scan, then writes etag-checked: a person who links the account in
+    between keeps it, and the row comes back refused."""
+    email = f"imp-race.{tag}@contoso.test"
+    store.add(email, "user", "U-OLD")
+    stored = store.stored_accounts()
+    store.link_and_record_login(store.get(email, "user"), "tenant:raced")  # lands after the scan
+    from shared.accounts import AccountRow
+
+    result = store.import_rows([AccountRow(email, "user", "U-NEW", line=2)], stored=stored)
+    assert result.written == 0 and [r.account_id for r, _ in result.refused] == ["U-NEW"]
+    assert (store.get(email, "user").account_id, store.get(email, "user").linked_idp_subject) == ("U-OLD",
+                                                                                                  "tenant:raced")

@@ -26,7 +26,7 @@ def test_certificate_client_with_the_wrong_key_is_refused(use_settings, client_c
                  OIDC_CLIENT_CERTIFICATE=client_certificate.certificate_pem + signing_key_pem)
     response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
     assert response.status_code == 401, "a client assertion signed by another key must not redeem the code"
-    assert "code_redemption_failed" in response.text
+    assert "client_credential_rejected" in response.text, "our credential, not the person's code"
 
 
 def test_rotated_signing_key_signs_new_tokens_while_old_tokens_still_verify(use_settings, signing_key_pem,

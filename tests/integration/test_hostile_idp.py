@@ -23,7 +23,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from azure.data.tables import UpdateMode
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
+from shared import diagnostics
 from shared.errors import UnknownState
 from shared.flows import FlowStore, new_binding
 from shared.jwks import JwksCache
@@ -120,6 +123,21 @@ FORGED = [
     # against each key (that would let any published key vouch for any token; Entra always sends kid).
     pytest.param(lambda idp: (idp.add_key(), {"header": {"kid": None}})[1], "id_token_kid",
                  id="no-kid-several-keys"),
+    # Issue 13 item 14: a header member of another JSON type was a 500 (a list is unhashable).
+    pytest.param(lambda idp: {"header": {"alg": ["RS256"]}}, "id_token_alg", id="alg-a-list"),
+    pytest.param(lambda idp: {"header": {"alg": {"RS256": True}}}, "id_token_alg", id="alg-an-object"),
+    pytest.param(lambda idp: {"header": {"kid": [idp.signing_key.kid]}}, "id_token_kid", id="kid-a-list"),
+    pytest.param(lambda idp: {"claims": {"sub": "\ud800"}}, "id_token_sub", id="sub-a-lone-surrogate"),
+    pytest.param(lambda idp: {"claims": {"oid": {"x": 1}}}, "id_token_oid", id="oid-an-object"),
+    # Conformance: a mangled signature segment is a signature failure, not id_token_format.
+    pytest.param(lambda idp: {"mangle": lambda t: t[:-1]}, "id_token_signature", id="signature-one-char-short"),
+    pytest.param(lambda idp: {"mangle": lambda t: t[:-3] + "*" + t[-2:]}, "id_token_signature",
+                 id="signature-not-base64url"),
+    # MSAL reads the payload before us and crashed (a 500) on these: refused as format.
+    *[pytest.param(lambda idp, bad=bad: {"mangle": lambda t: bad}, "id_token_format", id=f"token-{name}")
+      for name, bad in (("no-dots", "abc"), ("empty", ""), ("payload-a-list", "e30.W10.e30"),
+                        ("payload-null", "e30.bnVsbA.e30"), ("payload-a-string", "e30.IjEi.x"),
+                        ("payload-not-base64", "e30.!!!.x"))],
 ]
 
 
@@ -135,6 +153,22 @@ def test_no_kid_with_a_single_published_key_is_accepted(hostile, app, person):
     assert_signed_in(sign_in(hostile), person)
 
 
+def test_no_kid_with_one_rsa_and_one_ec_key_published_is_accepted(hostile, app, person):
+    """Conformance: the candidates for a kid-less RS256 token are the RSA keys: one here."""
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    hostile.extra_jwks = [{**ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True), "kid": "ec-1", "use": "sig"}]
+    hostile.answer(claims=person.claims, header={"kid": None})
+    assert_signed_in(sign_in(hostile), person)
+
+
+@pytest.mark.parametrize("email", ["p\ud800@contoso.test", "\udfff", ["a@contoso.test"], {"a": 1}, 5, True])
+def test_an_email_claim_of_any_type_or_a_lone_surrogate_is_a_403_not_a_500(hostile, app, person, email):
+    hostile.answer(claims={**person.claims, "email": email})
+    response = sign_in(hostile)
+    assert response.status_code == 403, f"{email!r}: {response.status_code} {response.text[:300]}"
+    assert_error_page(response, 403, app, response.text.split("Reason: <code>")[1].split("<")[0])
+
+
 # ---- authenticated but may not enter: 403
 
 
@@ -143,6 +177,12 @@ NOT_ALLOWED = [
     pytest.param({"xms_edov": False}, "email_unverified", id="xms_edov-false"),
     pytest.param({"email_verified": False}, "email_unverified", id="email_verified-false"),
     pytest.param({"email": None}, "no_email_claim", id="no-email"),
+    # Only JSON true verifies (issue 13 item 7): absent, or any other JSON value, fails closed.
+    pytest.param({"xms_edov": None}, "email_unverified", id="no-verification-claim"),
+    *[pytest.param({"xms_edov": value}, "email_unverified", id=f"xms_edov-{value!r}")
+      for value in ("0", "no", "", [], 0, 1, "true", "True", {}, [True])],
+    pytest.param({"xms_edov": None, "email_verified": "0"}, "email_unverified", id="email_verified-string-0"),
+    pytest.param({"xms_edov": True, "email_verified": "false"}, "email_unverified", id="one-true-one-not"),
 ]
 
 
@@ -150,6 +190,49 @@ NOT_ALLOWED = [
 def test_person_who_may_not_enter_is_refused(hostile, app, person, change, reason):
     hostile.answer(claims={**person.claims, **change})
     assert_error_page(sign_in(hostile), 403, app, reason)
+
+
+def test_email_verified_true_alone_verifies(hostile, app, person):
+    hostile.answer(claims={**person.claims, "xms_edov": None, "email_verified": True})
+    assert_signed_in(sign_in(hostile), person)
+
+
+def test_without_the_requirement_a_token_with_neither_claim_enters_but_an_odd_value_does_not(
+        hostile, use_settings, person):
+    hostile.reset()
+    runtime = switch_to(hostile, use_settings, REQUIRE_EMAIL_VERIFIED_CLAIM="false")
+    hostile.answer(claims={**person.claims, "xms_edov": None})
+    assert_signed_in(sign_in(hostile), person)
+    hostile.answer(claims={**person.claims, "xms_edov": "0"})
+    assert_error_page(sign_in(hostile), 403, runtime, "email_unverified")
+
+
+# ---- app roles (APP_ROLES_REQUIRED): each door needs its kind's role
+
+
+@pytest.fixture
+def roles_app(hostile, use_settings):
+    hostile.reset()
+    return switch_to(hostile, use_settings, APP_ROLES_REQUIRED="true")
+
+
+@pytest.mark.parametrize("roles", [None, [], ["Portal.Agent"], "Portal.User", ["portal.user"], [["Portal.User"]],
+                                   {"Portal.User": True}])
+def test_user_door_without_the_user_role_is_refused_with_the_fix(hostile, roles_app, person, roles):
+    hostile.answer(claims={**person.claims, "roles": roles})
+    response = sign_in(hostile)
+    assert_error_page(response, 403, roles_app, "role_not_assigned")
+    assert "Portal.User" in response.text and "scripts/register-app" in response.text and " assign " in response.text
+
+
+def test_each_door_admits_the_holder_of_its_role(hostile, roles_app, person, account_store):
+    hostile.answer(claims={**person.claims, "roles": ["Portal.User"]})
+    assert_signed_in(sign_in(hostile), person)
+    agent = new_person(account_store, "agent")
+    hostile.answer(claims={**agent.claims, "roles": ["Portal.User"]})
+    assert_error_page(sign_in(hostile, "agent"), 403, roles_app, "role_not_assigned")
+    hostile.answer(claims={**agent.claims, "roles": ["Portal.Agent", "Other"]})
+    assert sign_in(hostile, "agent").status_code == 200
 
 
 def test_another_person_with_a_linked_accounts_email_is_refused(hostile, app, person):
@@ -202,16 +285,97 @@ def test_invalid_client_secret_is_401_with_the_aadsts_hint(hostile, use_settings
     runtime = switch_to(hostile, use_settings, OIDC_CLIENT_SECRET="the-secret-id-not-its-value")
     hostile.answer(claims=person.claims)
     response = sign_in(hostile)
-    assert_error_page(response, 401, runtime, "code_redemption_failed")
+    assert_error_page(response, 401, runtime, "client_credential_rejected")
     assert "AADSTS7000215" in response.text and "The client secret is wrong" in response.text
+    assert "misconfigured" in response.text and "Trying again will not help" in response.text
     # The app re-reads the secret once (it may have been rotated) and retries, then gives up.
     assert len(hostile.token_requests) == 2
+    (last_user,) = [c for c in diagnostics.last_sign_ins(runtime) if c.name == "last_user"]
+    assert last_user.level == "fail" and "client secret" in last_user.fix, "our credential: a problem of ours"
+
+
+def test_a_bogus_code_from_an_anonymous_caller_is_the_callers_401_not_our_problem(hostile, app):
+    """Issue 13 item 9: anyone can start a login and post a made-up code. The IdP answers invalid_grant:
+    that caller's 401, not a red setup page telling the admin to check the client secret."""
+    session, fields = begin(hostile)
+    response = post_callback(session, {**fields, "code": "made-up-code"})
+    assert_error_page(response, 401, app, "code_redemption_failed")
+    assert "misconfigured" not in response.text
+    (last_user,) = [c for c in diagnostics.last_sign_ins(app) if c.name == "last_user"]
+    assert last_user.data["reason"] == "code_redemption_failed"
+    assert last_user.level != "fail", f"a caller's bogus code is not our problem: {last_user}"
+    assert "client secret" not in f"{last_user.fix} {last_user.warning}"
 
 
 def test_scripted_token_error_is_401(hostile, app, person):
     hostile.answer(error=(400, {"error": "invalid_grant", "error_codes": [70008],
                                 "error_description": "AADSTS70008: The provided authorization code has expired."}))
     assert_error_page(sign_in(hostile), 401, app, "code_redemption_failed")
+
+
+# ---- what a worker asks of the IdP (issue 15: discovery once per worker)
+
+
+def idp_calls(hostile) -> dict[str, int]:
+    """The IdP's requests by target, as it received them."""
+    names = {"/.well-known/openid-configuration": "discovery", "/keys": "jwks", "/token": "token",
+             "/authorize": "authorize"}
+    counts: dict[str, int] = {}
+    for _, path in hostile.requests:
+        name = next((n for suffix, n in names.items() if path.endswith(suffix)), path)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_a_fresh_worker_asks_the_idp_for_its_metadata_and_keys_once(hostile, app, account_store):
+    """MSAL's own discovery GET is answered from the metadata the worker fetched and checked."""
+    first, second = new_person(account_store), new_person(account_store)
+    for who in (first, second):
+        hostile.answer(claims=who.claims)
+        assert_signed_in(sign_in(hostile), who)
+    assert idp_calls(hostile) == {"discovery": 1, "jwks": 1, "authorize": 2, "token": 2}, hostile.requests
+
+
+# ---- client authentication at the token endpoint (conformance: client_secret_basic)
+
+
+def test_an_idp_that_takes_only_client_secret_basic_gets_the_secret_in_a_basic_header(hostile, app, person):
+    hostile.token_auth_methods = ["client_secret_basic"]  # before the app's first request: it discovers lazily
+    hostile.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile), person)
+    (request,) = hostile.token_requests
+    assert request.get("authorization") == "Basic" and "client_secret" not in request, "never both, never the body"
+
+
+def test_an_idp_that_takes_client_secret_post_gets_it_in_the_body(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile), person)
+    (request,) = hostile.token_requests
+    assert "authorization" not in request and request["client_secret"] == CLIENT_SECRET
+
+
+# ---- discovery metadata that is the IdP's fault: a page naming the IdP, not our settings
+
+
+@pytest.mark.parametrize("overrides", [
+    pytest.param({"id_token_signing_alg_values_supported": ["none"]}, id="alg-none-only"),
+    pytest.param({"id_token_signing_alg_values_supported": ["HS256"]}, id="hs256-only"),
+    pytest.param({"id_token_signing_alg_values_supported": ["HS256", 256, None]}, id="hs256-and-non-strings"),
+    pytest.param({"issuer": f"https://127.0.0.1:1/{TENANT}/v2.0"}, id="issuer-mismatch"),
+    pytest.param({"issuer": ["x"]}, id="issuer-not-text"),
+    pytest.param({"token_endpoint": "http://127.0.0.1:1/token"}, id="token-endpoint-http"),
+    pytest.param({"jwks_uri": None}, id="no-jwks-uri"),
+])  # fmt: skip
+def test_unusable_discovery_metadata_is_a_page_naming_the_idp(hostile, app, overrides):
+    hostile.metadata_overrides = overrides
+    response = start_login(requests.Session(), APP_BASE, "user")
+    assert response.status_code == 502, response.text[:500]
+    assert "The identity provider is misconfigured" in response.text
+    assert "Sign-in is not configured" not in response.text and "OIDC_" not in response.text
+    assert "<code>idp_metadata_invalid</code>" in response.text and hostile.origin in response.text
+    assert "Location" not in response.headers
+    (check,) = [c for c in diagnostics.health_checks(app)[1] if c.name == "idp_metadata"]
+    assert check.level == "fail" and "identity provider must publish safe metadata" in check.fix
 
 
 # ---- the JWKS cache

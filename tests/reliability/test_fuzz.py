@@ -10,7 +10,7 @@ import re
 from urllib.parse import quote, urlencode
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import Client
 
@@ -125,3 +125,84 @@ def test_any_header_value(fuzzed, name, value, route):
         host = response.headers["Location"].split("/")[2]
         assert "zq" not in host and MARK not in response.headers["Location"], \
             "redirects are built from settings, never from request headers"
+
+
+# ---- a hostile IdP's ID tokens: any JSON type in any header member or claim (issue 13 item 14) ----
+
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(st.characters(exclude_categories=()), max_size=12),  # lone surrogates (Cs) included
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6)
+HEADER_MEMBERS = ["alg", "kid", "typ", "crit", "b64", "cty", "jku", "x5t", "zip"]
+CLAIMS = ["iss", "aud", "azp", "sub", "exp", "iat", "nbf", "nonce", "tid", "oid", "email", "name",
+          "xms_edov", "email_verified", "roles", "preferred_username", "ver"]
+TOKEN_FUZZ = settings(FUZZ, max_examples=100)  # each example is a whole login: ~0.2 s
+# Who answers what: a forged header or claim is 401 (validation) or 403 (may not enter); 200 when the
+# changes happen to leave a valid token. Never a 500, never a session for a changed identity.
+TOKEN_ALLOWED = {200, 401, 403}
+
+
+@pytest.fixture(scope="module")
+def token_fuzz(hostile, app_server, app_env, account_store):
+    from shared.runtime import Runtime, reset_runtime
+    from tests.support.hostile_flow import new_person, switch_to
+
+    hostile.reset()
+    person = new_person(account_store)
+    runtime = switch_to(hostile, lambda **env: Runtime({**app_env, **env}))
+    reset_runtime(runtime)
+    yield hostile, person
+    reset_runtime(Runtime(app_env))
+
+
+def _sign_in_with(token_fuzz, **script):
+    from tests.support.hostile_flow import sign_in
+
+    hostile, person = token_fuzz
+    hostile.answer(**{**script, "claims": {**person.claims, **script.get("claims", {})}})
+    response = sign_in(hostile)
+    body = response.text
+    assert response.status_code in TOKEN_ALLOWED, f"{response.status_code} for {script!r}: {body[:300]}"
+    assert "Traceback" not in body
+    if response.status_code != 200:
+        assert "Correlation ID" in body and "Reason: <code>" in body, "a 4xx page with its reason"
+    return response
+
+
+@TOKEN_FUZZ
+@example(header={"alg": ["RS256"]})  # the 500 of issue 13 item 14
+@example(header={"kid": {"k": 1}})
+@given(header=st.dictionaries(st.sampled_from(HEADER_MEMBERS) | st.text(max_size=5), json_value, min_size=1,
+                              max_size=3))
+def test_any_json_in_the_id_tokens_header(token_fuzz, header):
+    response = _sign_in_with(token_fuzz, header=header)
+    if response.status_code == 200:
+        assert header.get("alg", "RS256") == "RS256", "a token verifies only under the IdP's own algorithm"
+
+
+@TOKEN_FUZZ
+@example(claims={"email": "p\ud800@contoso.test"})  # the other 500 of issue 13 item 14
+@example(claims={"xms_edov": "0"})
+@given(claims=st.dictionaries(st.sampled_from(CLAIMS), json_value, min_size=1, max_size=4))
+def test_any_json_in_the_id_tokens_claims(token_fuzz, claims):
+    response = _sign_in_with(token_fuzz, claims=claims)
+    if response.status_code == 200:  # random JSON never equals the one value (or absence) these allow
+        changed = set(claims) & {"iss", "aud", "nonce", "tid", "oid", "email", "exp", "iat"}
+        assert not changed, f"a token with a changed {changed} must not sign anyone in"
+
+
+@settings(TOKEN_FUZZ, max_examples=50)
+@example(payload=[], header={"alg": "RS256"})  # payloads MSAL crashed on (issue 13 item 14)
+@example(payload=None, header={"alg": "RS256"})
+@given(payload=json_value, header=json_value)
+def test_any_json_as_the_id_tokens_whole_header_or_payload(token_fuzz, payload, header):
+    import base64
+    import json
+
+    def part(value) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    response = _sign_in_with(token_fuzz, mangle=lambda token: f"{part(header)}.{part(payload)}.{token.rsplit('.')[-1]}")
+    assert response.status_code == 401, "no such token verifies"

@@ -44,14 +44,15 @@ def test_off_and_a_setting_error_say_so_without_the_token(use_settings):
     assert short not in text and html.escape(short) not in text
 
 
-def test_tools_accounts_list_marks_provisioned_accounts(scim, azurite, capsys):
+def test_tools_accounts_list_marks_provisioned_accounts(scim, azurite, capsys, tmp_path):
     from tools import accounts
 
     by_hand = f"{unique('hand')}@contoso.test"
     scim.runtime.accounts.add(by_hand, "user", "U-HAND-1")
     synced = unique("synced")
     scim.post("/Users", entra.create_user(f"{synced}@contoso.test", f"{synced}@contoso.test", oid()))
-    assert accounts.main(["--connection-string", azurite.connection_string, "list", "--kind", "user"]) == 0
+    assert accounts.main(["list", "--kind", "user"], environ={"TABLES_CONNECTION_STRING": azurite.connection_string},
+                         app_dir=tmp_path) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("email"))
     at = header.index("provisioned")  # format_table aligns its columns

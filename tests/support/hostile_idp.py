@@ -2,7 +2,8 @@
 
 It serves discovery, a JWKS the test can rotate, an authorization endpoint that records each request
 and answers at once with its form_post page (no login page), and a token endpoint that checks the
-client secret (client_secret_post, as MSAL sends it), the code and the PKCE verifier like a real IdP,
+client secret (client_secret_post, as MSAL sends it, or client_secret_basic when told to take only
+that), the code and the PKCE verifier like a real IdP, answers a client-credentials request,
 then answers with an ID token built from the test's script: claims and header overrides, another key,
 ``alg: none``, HS256, or an ``error`` answer. Tokens are really signed, with keys made here.
 
@@ -23,9 +24,10 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 import requests
 from cryptography.hazmat.primitives import hashes, serialization
@@ -98,6 +100,7 @@ class Script:
     hmac_secret: bytes | None = None
     error: tuple[int, dict] | None = None  # (HTTP status, error body) instead of tokens
     hang: float = 0.0  # seconds the token endpoint holds the request before answering (a hung IdP)
+    mangle: Callable[[str], str] | None = None  # rewrites the minted ID token (e.g. its signature segment)
 
 
 class HostileIdp:
@@ -121,6 +124,7 @@ class HostileIdp:
         """Back to an honest IdP: one published key that signs, default tokens, `iss` advertised."""
         with self._lock:
             self.keys = [self.signing_key]
+            self.extra_jwks: list[dict] = []  # published beside the keys' JWKs (e.g. an EC key)
             self.script = Script()
             self.advertise_iss = True
             self.grants: dict[str, Grant] = {}
@@ -128,6 +132,9 @@ class HostileIdp:
             self.requests: list[tuple[str, str]] = []
             self.jwks_fetches = 0
             self.down: set[str] = set()  # "discovery" and/or "jwks": answered with HTTP 503
+            # How the token endpoint lets clients authenticate (advertised and enforced).
+            self.token_auth_methods = ["client_secret_post", "private_key_jwt"]
+            self.metadata_overrides: dict = {}  # members of the discovery document replaced (None removes)
 
     def answer(self, **script) -> None:
         """Scripts the token endpoint's next answers (see Script), until the next answer() or reset()."""
@@ -169,11 +176,15 @@ class HostileIdp:
             "response_modes_supported": ["form_post", "query"],
             "subject_types_supported": ["pairwise"],
             "id_token_signing_alg_values_supported": ["RS256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
+            "token_endpoint_auth_methods_supported": self.token_auth_methods,
             "code_challenge_methods_supported": ["S256"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
             "authorization_response_iss_parameter_supported": self.advertise_iss,
         }
+
+    def served_metadata(self) -> dict:
+        doc = {**self.metadata(), **self.metadata_overrides}
+        return {k: v for k, v in doc.items() if v is not None}
 
     # ---- tokens
 
@@ -186,8 +197,8 @@ class HostileIdp:
         claims = {
             "ver": "2.0", "iss": self.issuer, "aud": self.client_id, "tid": self.tenant, "oid": oid,
             "sub": b64url(hashlib.sha256(f"{oid}:{self.client_id}".encode()).digest())[:43],
-            "email": "alice@contoso.test", "name": "Alice", "preferred_username": "alice@contoso.test",
-            "iat": now, "nbf": now, "exp": now + 3600, "nonce": nonce,
+            "email": "alice@contoso.test", "xms_edov": True, "name": "Alice",
+            "preferred_username": "alice@contoso.test", "iat": now, "nbf": now, "exp": now + 3600, "nonce": nonce,
         }  # fmt: skip
         claims.update(overrides)
         return {k: v for k, v in claims.items() if v is not None}
@@ -251,23 +262,23 @@ class HostileIdp:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _route(self, method: str, path: str, query: dict, form: dict) -> tuple[int, str, str]:
+    def _route(self, method: str, path: str, query: dict, form: dict, headers=None) -> tuple[int, str, str]:
         """(status, content type, body) of one request."""
         with self._lock:
             self.requests.append((method, path))
         base = f"/{self.tenant}"
         if method == "GET" and path == f"{base}/v2.0/.well-known/openid-configuration":
-            return _json(503, {"error": "down"}) if "discovery" in self.down else _json(200, self.metadata())
+            return _json(503, {"error": "down"}) if "discovery" in self.down else _json(200, self.served_metadata())
         if method == "GET" and path == f"{base}/discovery/v2.0/keys" and "jwks" in self.down:
             return _json(503, {"error": "down"})
         if method == "GET" and path == f"{base}/discovery/v2.0/keys":
             with self._lock:
                 self.jwks_fetches += 1
-            return _json(200, {"keys": [k.jwk() for k in self.keys]})
+            return _json(200, {"keys": [*(k.jwk() for k in self.keys), *self.extra_jwks]})
         if method == "GET" and path == f"{base}/oauth2/v2.0/authorize":
             return self._authorize(query)
         if method == "POST" and path == f"{base}/oauth2/v2.0/token":
-            return self._token(form)
+            return self._token(form, (headers or {}).get("Authorization", ""))
         return _json(404, {"error": "not_found"})
 
     def _authorize(self, query: dict) -> tuple[int, str, str]:
@@ -292,13 +303,36 @@ class HostileIdp:
                 '<button type="submit">Continue</button></form>')
         return 200, "text/html; charset=utf-8", page
 
-    def _token(self, form: dict) -> tuple[int, str, str]:
+    def _client_authenticated(self, form: dict, authorization: str) -> bool:
+        """RFC 6749 2.3.1, by the methods this IdP takes: the secret in a Basic header (id and secret
+        form-encoded, then base64) or in the body, never both."""
+        if authorization.startswith("Basic "):
+            if "client_secret_basic" not in self.token_auth_methods or "client_secret" in form:
+                return False
+            try:
+                client_id, _, secret = base64.b64decode(authorization[6:], validate=True).decode().partition(":")
+            except ValueError:
+                return False
+            client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+            if form.get("client_id", client_id) != client_id:
+                return False
+        else:
+            if "client_secret_post" not in self.token_auth_methods:
+                return False
+            client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+        return client_id == self.client_id and hmac.compare_digest(secret.encode(), self.client_secret.encode())
+
+    def _token(self, form: dict, authorization: str = "") -> tuple[int, str, str]:
         with self._lock:
-            self.token_requests.append(dict(form))
+            self.token_requests.append({**form, **({"authorization": "Basic"} if authorization else {})})
         # Client authentication first: a failed one leaves the code unused (a real IdP does the same).
-        if form.get("client_id") != self.client_id or not hmac.compare_digest(
-                form.get("client_secret", "").encode(), self.client_secret.encode()):
+        if not self._client_authenticated(form, authorization):
             return _json(*INVALID_CLIENT)
+        if form.get("grant_type") == "client_credentials":  # what the health check asks: our credential
+            if form.get("scope") != f"{self.client_id}/.default":
+                return _json(400, {"error": "invalid_scope", "error_codes": [70011]})
+            return _json(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": self.mint(
+                {"aud": self.client_id, "iss": self.issuer, "exp": int(time.time()) + 3600})})
         script = self.script
         if script.hang:
             time.sleep(script.hang)
@@ -322,6 +356,8 @@ class HostileIdp:
                                "error_description": "AADSTS50011: redirect URI differs from the authorize request."})
         id_token = self.mint(self.default_claims(grant.nonce, script.claims), header=script.header, key=script.key,
                              alg=script.alg, hmac_secret=script.hmac_secret)
+        if script.mangle is not None:
+            id_token = script.mangle(id_token)
         return _json(200, {"token_type": "Bearer", "expires_in": 3600, "scope": grant.scope, "id_token": id_token,
                            "access_token": self.mint({"aud": "00000003-0000-0000-c000-000000000000",
                                                       "iss": self.issuer, "exp": int(time.time()) + 3600})})
@@ -340,7 +376,8 @@ def _handler_for(idp: HostileIdp) -> type[BaseHTTPRequestHandler]:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 form = dict(parse_qsl(body.decode(), keep_blank_values=True))
             status, content_type, text = idp._route(self.command, parts.path,
-                                                    dict(parse_qsl(parts.query, keep_blank_values=True)), form)
+                                                    dict(parse_qsl(parts.query, keep_blank_values=True)), form,
+                                                    self.headers)
             data = text.encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)

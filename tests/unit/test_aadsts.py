@@ -7,7 +7,7 @@ import pytest
 
 from shared.aadsts import HINTS, aadsts_codes, hint_for
 
-KNOWN = [50011, 50105, 65001, 700016, 7000215, 7000222, 90102]
+KNOWN = [50011, 50105, 65001, 700016, 7000215, 7000222, 90102, 90094, 700027, 7000112, 500011]
 
 
 @pytest.mark.parametrize("code", KNOWN)

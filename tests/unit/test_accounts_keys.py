@@ -1,22 +1,34 @@
-"""PortalAccounts keys (shared/accounts.py): one account per person whatever the email's case or
-padding, and a PartitionKey that Table Storage accepts and that no two emails share."""
+"""PortalAccounts keys (shared/accounts.py `email_key`): two mailboxes never share an account. Only ASCII
+`A`-`Z` is folded; an address that is not NFC, holds whitespace, control or format characters or a lone
+surrogate, or is not one '@' with text on both sides is refused; the key is one Table Storage accepts,
+and ASCII addresses keep the keys the old rule (strip + casefold) gave them."""
 
 from __future__ import annotations
 
 import itertools
 import random
 import re
+import string
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from shared.accounts import email_key, normalize_email
+from shared.accounts import canonical_email, email_key, email_problem, printable, unprintable
+from shared.errors import MalformedEmail
 
 # Table Storage forbids these in PartitionKey/RowKey; '%' is our escape character.
 FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 
 
+def old_key(raw: str) -> str:
+    """The rule before issue 13 (normalize_email + email_key), kept here to prove ASCII keys unchanged."""
+    folded = raw.strip().casefold()
+    return re.sub(r"[%/\\#?\x00-\x1f\x7f-\x9f]", lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), folded)
+
+
 def unescape(key: str) -> str:
-    """Independent inverse of email_key: %XX runs are UTF-8 bytes."""
+    """Independent inverse of the key's escaping: %XX runs are UTF-8 bytes."""
     out, raw, i = [], bytearray(), 0
     while i < len(key):
         if key[i] == "%":
@@ -33,32 +45,88 @@ def unescape(key: str) -> str:
     return "".join(out)
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("  Ann@Contoso.COM \t\n", "ann@contoso.com"),
-    ("STRASSE@x.test", "strasse@x.test"),
-    ("stra\u00dfe@x.test", "strasse@x.test"),  # 'ß' case-folds to 'ss'
-    ("\u0130zmir@x.test", "i\u0307zmir@x.test"),  # Turkish 'İ' folds to 'i' + combining dot, not to plain 'i'
-    ("IZMIR@x.test", "izmir@x.test"),  # ASCII 'I' folds to 'i', never to Turkish dotless i (U+0131)
-], ids=["trim-and-case", "upper", "sharp-s", "turkish-dotted-I", "ascii-I"])
-def test_normalize_email_trims_and_casefolds(raw, expected):
-    assert normalize_email(raw) == expected, f"normalize_email({raw!r}) is trimmed and case-folded"
+# Issue 13 item 1: each pair merged into one account under casefold()/NFKC. Each must now be two
+# accounts, or the second address refused.
+MERGED_BEFORE = [
+    pytest.param("stra\u00dfe@contoso.test", "strasse@contoso.test", id="sharp-s"),
+    pytest.param("\u212aim@contoso.test", "kim@contoso.test", id="kelvin-sign"),
+    pytest.param("jame\u017f@contoso.test", "james@contoso.test", id="long-s"),
+    pytest.param("o\ufb03ce@contoso.test", "office@contoso.test", id="ffi-ligature"),
+    pytest.param("ann@fa\u00df.de", "ann@fass.de", id="idna2008-domain"),
+    pytest.param("kim@contoso.test\u00a0", "kim@contoso.test", id="trailing-nbsp"),
+    pytest.param("\u3000kim@contoso.test", "kim@contoso.test", id="leading-ideographic-space"),
+    pytest.param("\u00c4rzte@contoso.test", "\u00e4rzte@contoso.test", id="non-ascii-capital"),
+    pytest.param("\u0130zmir@contoso.test", "i\u0307zmir@contoso.test", id="turkish-dotted-I"),
+]
 
 
-def test_normalize_email_is_idempotent():
-    for raw in ["Ann@Contoso.COM", "stra\u00dfe@X", "\u0130@x", " \u03a3\u0391\u03a3@x "]:
-        once = normalize_email(raw)
-        assert normalize_email(once) == once, f"normalizing {raw!r} twice changes nothing"
+@pytest.mark.parametrize(("attacker", "victim"), MERGED_BEFORE)
+def test_addresses_that_casefold_merged_are_two_accounts_or_refused(attacker, victim):
+    assert old_key(attacker) == old_key(victim), "the pair did share an account before (the attack)"
+    try:
+        key = email_key(attacker)
+    except MalformedEmail:
+        return  # refused: it finds no account at all
+    assert key != email_key(victim), f"{attacker!r} must not find the account of {victim!r}"
 
 
-def test_emails_differing_only_in_case_or_padding_share_one_key():
-    assert email_key(normalize_email(" Ann@Contoso.com")) == email_key(normalize_email("ann@CONTOSO.COM ")), \
-        "one person, one account, whatever case or spaces the IdP sends"
+@pytest.mark.parametrize(("raw", "why"), [
+    ("kim@contoso.test\u00a0", "whitespace (U+00A0 NO-BREAK SPACE) at character 17"),
+    ("\u3000kim@contoso.test", "whitespace (U+3000 IDEOGRAPHIC SPACE) at character 1"),
+    (" kim@contoso.test", "whitespace (U+0020 SPACE)"),
+    ("kim@contoso.test\n", "whitespace"),
+    ("kim\u2028@contoso.test", "whitespace"),
+    ("kim\u2029@contoso.test", "whitespace"),
+    ("kim\u0085@contoso.test", "whitespace"),
+    ("kim\x00@contoso.test", "a control character (U+0000"),
+    ("kim\x7f@contoso.test", "a control character"),
+    ("kim\u200b@contoso.test", "an invisible format character (U+200B ZERO WIDTH SPACE)"),
+    ("kim\u202e@contoso.test", "an invisible format character"),
+    ("\ufeffkim@contoso.test", "an invisible format character"),
+    ("kim\u180e@contoso.test", "an invisible format character"),
+    ("kim\ud800@contoso.test", "a lone surrogate (U+D800)"),
+    ("\u212aim@contoso.test", "not in Unicode normalization form C"),
+    ("re\u0301my@contoso.test", "not in Unicode normalization form C"),
+    ("kim.contoso.test", "has no '@'"),
+    ("kim@contoso@test", "more than one '@'"),
+    ("@contoso.test", "nothing before the '@'"),
+    ("kim@", "nothing after the '@'"),
+    ("", "has no '@'"),
+    ("k" * 250 + "@x.test", "over the 254"),
+])  # fmt: skip
+def test_malformed_addresses_are_refused_with_the_reason(raw, why):
+    with pytest.raises(MalformedEmail) as refused:
+        email_key(raw)
+    assert refused.value.status == 403 and refused.value.reason == "email_malformed"
+    assert why in refused.value.detail, refused.value.detail
+    assert raw.strip() not in refused.value.detail or not raw.strip(), "the reason never echoes the address"
 
 
-@pytest.mark.parametrize(("char", "escaped"), [
-    ("/", "%2F"), ("\\", "%5C"), ("#", "%23"), ("?", "%3F"), ("%", "%25"),
-    ("\x00", "%00"), ("\x1f", "%1F"), ("\t", "%09"), ("\x7f", "%7F"), ("\x85", "%C2%85"), ("\x9f", "%C2%9F"),
-])
+def test_a_non_string_is_refused():
+    for value in (None, 42, ["a@b"], {"a": "b"}):
+        assert email_problem(value), f"{value!r} is refused"
+
+
+def test_only_ascii_letters_are_folded():
+    assert canonical_email("Ann.Lee@Contoso.COM") == "ann.lee@contoso.com"
+    assert canonical_email("\u00c4RZTE@M\u00dcNCHEN.DE") == "\u00c4rzte@m\u00dcnchen.de", "non-ASCII kept as given"
+    assert canonical_email("\u03a3\u0391\u03a3@x.test") == "\u03a3\u0391\u03a3@x.test"
+    assert email_key("ANN@CONTOSO.COM") == email_key("ann@contoso.com") == "ann@contoso.com"
+
+
+def test_ascii_addresses_keep_the_keys_they_had():
+    """Every printable ASCII address without spaces has the same key under both rules: no stored
+    ASCII row needs moving."""
+    alphabet = string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~.\"(),:;<>[\\]"
+    rng = random.Random(1013)
+    addresses = [f"{''.join(rng.choice(alphabet) for _ in range(rng.randint(1, 20)))}@"
+                 f"{''.join(rng.choice(alphabet) for _ in range(rng.randint(1, 20)))}" for _ in range(5000)]
+    addresses += ["ann@contoso.com", "Ann.Lee+tag@Contoso.COM", "a%2Fb@x", "a/b@x", "%@x", "IZMIR@x.test"]
+    for address in addresses:
+        assert email_key(address) == old_key(address), f"{address!r} changed key"
+
+
+@pytest.mark.parametrize(("char", "escaped"), [("/", "%2F"), ("\\", "%5C"), ("#", "%23"), ("?", "%3F"), ("%", "%25")])
 def test_email_key_percent_encodes_characters_that_table_keys_forbid(char, escaped):
     assert email_key(f"a{char}b@x.test") == f"a{escaped}b@x.test", f"{char!r} is percent-encoded as {escaped}"
 
@@ -73,8 +141,6 @@ def test_email_key_leaves_ordinary_characters_alone():
     ("a%25b@x", "a%b@x"),
     ("a%b@x", "a%25b@x"),
     ("a%2F@x", "a%252F@x"),
-    ("a%C2%85@x", "a\x85@x"),
-    ("a%09@x", "a\t@x"),
     ("%@x", "%25@x"),
 ])
 def test_two_different_emails_never_share_a_key(a, b):
@@ -83,20 +149,53 @@ def test_two_different_emails_never_share_a_key(a, b):
 
 def crafted_strings() -> list[str]:
     alphabet = ["a", "Z", "%", "2", "F", "/", "\\", "#", "?", "@", ".", "\x00", "\x1f", "\x7f", "\x80", "\x9f",
-                "\xa0", "\u00df", "\u20ac", "\U0001f600", "\t", "\n", " ", "'", '"']
+                "\xa0", "\u00df", "\u00c4", "\u20ac", "\U0001f600", "\t", "\n", " ", "'", '"', "\u0301", "\u212a",
+                "\u200b", "\ud800"]
     strings = ["".join(p) for n in range(1, 4) for p in itertools.product(alphabet, repeat=n)]
     rng = random.Random(7638)
     strings += ["".join(rng.choice(alphabet) for _ in range(rng.randint(4, 30))) for _ in range(3000)]
+    valid = [c for c in alphabet if c.isprintable() and c not in " @\u0301\u212a"]
+    strings += ["".join(rng.choice(valid) for _ in range(rng.randint(1, 12))) + "@"
+                + "".join(rng.choice(valid) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
     return strings
 
 
-def test_email_key_output_never_holds_a_forbidden_character_and_is_reversible():
-    strings = crafted_strings()
+def test_every_key_is_valid_and_decodes_to_exactly_one_canonical_address():
     keys: dict[str, str] = {}
-    for text in strings:
-        key = email_key(text)
+    accepted = 0
+    for text in crafted_strings():
+        try:
+            key = email_key(text)
+        except MalformedEmail:
+            continue
+        accepted += 1
         assert not FORBIDDEN.search(key), f"email_key({text!r}) = {key!r} holds a character Table keys forbid"
-        assert unescape(key) == text, f"email_key({text!r}) can be decoded back, so it loses nothing"
-        other = keys.setdefault(key, text)
-        assert other == text, f"{other!r} and {text!r} both map to the key {key!r}"
-    assert len(keys) == len(set(strings)), "distinct inputs give distinct keys"
+        assert unescape(key) == canonical_email(text), f"email_key({text!r}) decodes to its canonical address"
+        canonical = keys.setdefault(key, canonical_email(text))
+        assert canonical == canonical_email(text), f"{canonical!r} and {text!r} both map to the key {key!r}"
+        folded = canonical_email(text)
+        assert len(folded) == len(text) and all(a == b or (a in string.ascii_uppercase and b == a.lower())
+                                                for a, b in zip(text, folded, strict=True)), \
+            f"only ASCII A-Z is folded in {text!r}"
+    assert accepted > 2500, "the crafted strings include many valid addresses"
+
+
+def test_printable_escapes_what_a_terminal_would_run_and_is_exact():
+    for text in ["Ann\x1b[2J", "a\nb\rc", "\u202eevil", "x\\u0041", "\ud800", "ok \u00e9\u4e2d"]:
+        shown = printable(text)
+        assert shown.isprintable() and "\x1b" not in shown and "\n" not in shown
+        assert unprintable(shown) == text, f"{text!r} -> {shown!r} reads back"
+    assert printable("ok \u00e9\u4e2d") == "ok \u00e9\u4e2d", "printable text is left alone"
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True, database=None)
+@given(st.one_of(st.text(), st.builds(lambda a, b: f"{a}@{b}", st.text(min_size=1), st.text(min_size=1))))
+def test_any_text_is_refused_or_gets_a_valid_key_that_decodes_to_its_canonical_address(text):
+    try:
+        key = email_key(text)
+    except MalformedEmail as refused:
+        assert refused.reason == "email_malformed" and email_problem(text)
+        return
+    assert email_problem(text) is None
+    assert not FORBIDDEN.search(key) and unescape(key) == canonical_email(text)
+    assert email_key(canonical_email(text)) == key, "the canonical address has the same key"

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from shared.errors import InvalidIdToken
@@ -372,3 +372,57 @@ def test_time_claims_exactly_at_the_leeway_bound_pass_and_one_second_past_fail(i
         assert idp.verify(token)["sub"] == "person-sub", f"{claims} is within the leeway"
     else:
         refused(idp, token, check)
+
+
+# Conformance (issue 13): candidates by key type for a token without kid; a mangled signature is a
+# signature failure; any JSON type in a header member or a claim is a 401 with its reason, never a crash.
+
+def test_id_token_without_kid_picks_the_one_rsa_key_beside_an_ec_key(idp):
+    ec_jwk = {**ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True), "use": "sig"}
+    idp.jwks = {"keys": [ec_jwk, rsa_jwk(idp.key, None)]}
+    assert idp.verify(idp.mint(kid=None))["sub"] == "person-sub"
+
+
+def test_id_token_es256_without_kid_picks_the_p256_key_beside_p384_and_rsa(rsa_key):
+    key = ec.generate_private_key(ec.SECP256R1())
+    p384 = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key(), as_dict=True)
+    jwks = {"keys": [p384, rsa_jwk(rsa_key, None), ECAlgorithm.to_jwk(key.public_key(), as_dict=True)]}
+    idp = Idp(key=key, jwks=jwks, metadata=metadata_for(algs=frozenset({"ES256", "RS256"})))
+    assert idp.verify(idp.mint(alg="ES256", kid=None))["sub"] == "person-sub"
+
+
+@pytest.mark.parametrize("mangle", [
+    pytest.param(lambda sig: sig[:-1], id="one-character-short"),
+    pytest.param(lambda sig: sig[:10] + "*" + sig[11:], id="not-base64url"),
+    pytest.param(lambda sig: sig + "==", id="padded"),
+    pytest.param(lambda sig: "", id="empty"),
+    pytest.param(lambda sig: sig[:-4] + ("AAAA" if sig[-4:] != "AAAA" else "BBBB"), id="flipped"),
+])  # fmt: skip
+def test_a_mangled_signature_is_a_signature_failure(idp, mangle):
+    header, payload, signature = idp.mint().split(".")
+    refused(idp, f"{header}.{payload}.{mangle(signature)}", "signature")
+
+
+@pytest.mark.parametrize("alg", [["RS256"], {"RS256": 1}, 256, None, True, "rs256", ""], ids=repr)
+def test_an_alg_of_any_other_json_type_is_refused(idp, alg):
+    _, payload, signature = idp.mint().split(".")
+    forged = b64url(json.dumps({"alg": alg, "kid": KID}).encode())
+    refused(idp, f"{forged}.{payload}.{signature}", "alg")
+
+
+@pytest.mark.parametrize("kid", [[KID], {"k": KID}, 1, True, ""], ids=repr)
+def test_a_kid_that_is_not_a_string_is_refused(idp, kid):
+    refused(idp, hand_built({"alg": "RS256", "kid": kid}, idp.claims()), "kid")
+
+
+@pytest.mark.parametrize("name", ["sub", "tid", "oid"])
+@pytest.mark.parametrize("value", ["\ud800", "a\nb", "é", "x" * 256, 5, ["s"], {"s": 1}], ids=repr)
+def test_a_subject_claim_of_another_type_or_odd_characters_is_refused(idp, name, value):
+    refused(idp, idp.mint(**{name: value}), name)
+
+
+def test_a_payload_that_is_not_json_is_a_format_failure(idp):
+    header = b64url(json.dumps({"alg": "RS256", "kid": KID}).encode())
+    payload = b64url(b"[" * 100000)  # deeper than the parser goes
+    signature = idp.key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    refused(idp, f"{header}.{payload}.{b64url(signature)}", "format")

@@ -79,7 +79,7 @@ class Deps:
         self._keys = JwksCache(lambda: {"keys": [jwk]})
         now = int(time.time())
         self.oidc = Oidc(jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600,
-                                     "tid": TENANT, "oid": "o", "email": "ann@contoso.test",
+                                     "tid": TENANT, "oid": "o", "email": "ann@contoso.test", "xms_edov": True,
                                      "nonce": hashlib.sha256(NONCE.encode()).hexdigest()},
                                     idp_key, algorithm="RS256", headers={"kid": "k1"}))
         pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(

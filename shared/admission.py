@@ -1,0 +1,39 @@
+"""Who may enter, from the validated ID token's claims (SPEC "Who may enter"): the tenant, the
+email's verification flag, the kind's app role. Every check fails closed: a claim of an unexpected
+JSON type counts as absent or as "no", never as "yes"."""
+
+from __future__ import annotations
+
+from .errors import EmailUnverified, RoleNotAssigned, TenantNotAllowed
+
+VERIFICATION_CLAIMS = ("xms_edov", "email_verified")
+KIND_ROLES = {"user": "Portal.User", "agent": "Portal.Agent"}
+
+
+def check_admission(claims: dict, kind: str, settings) -> None:
+    """Raises the Forbidden error of the first check that fails."""
+    tid = claims.get("tid") if isinstance(claims.get("tid"), str) else ""
+    if settings.allowed_tenant_ids is not None and tid.lower() not in settings.allowed_tenant_ids:
+        raise TenantNotAllowed(f"tenant {tid!r} is not allowed")
+    check_email_verified(claims, required=settings.require_email_verified)
+    if settings.app_roles_required:
+        check_role(claims, kind)
+
+
+def check_email_verified(claims: dict, *, required: bool) -> None:
+    """Only JSON `true` verifies: `"true"`, `1`, `"0"`, `""`, `[]` or `null` in either claim refuses the
+    token whatever the setting (an IdP that sends such a value is not saying "verified"); with
+    `required`, a token carrying neither claim is refused too."""
+    present = {name: claims[name] for name in VERIFICATION_CLAIMS if name in claims}
+    odd = [name for name, value in present.items() if value is not True]
+    if odd:
+        raise EmailUnverified(f"{', '.join(odd)} present and not JSON true")
+    if required and not present:
+        raise EmailUnverified("the token carries neither xms_edov nor email_verified (REQUIRE_EMAIL_VERIFIED_CLAIM)")
+
+
+def check_role(claims: dict, kind: str) -> None:
+    role = KIND_ROLES[kind]
+    roles = claims.get("roles")
+    if not isinstance(roles, list) or role not in [r for r in roles if isinstance(r, str)]:
+        raise RoleNotAssigned(f"app role {role} not in the token's roles", kind=kind, role=role)

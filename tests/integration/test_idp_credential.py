@@ -1,0 +1,134 @@
+"""Our client credential as the IdP sees it (issue 16 item 3, issue 13 conformance (a)), against the
+real dev IdP (panva's oidc-provider) and the hostile one: health and the setup page ask the IdP with
+a client-credentials request (cached, rate-limited, never on the login path), and an IdP whose token
+endpoint takes only client_secret_basic gets the secret that way."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from shared.oidc_client import CREDENTIAL_CHECK_SECONDS, CREDENTIAL_RECHECK_SECONDS, OidcClient
+from shared.provider import discover
+from shared.transport import IdpSession
+from shared.vault import CachedSecret, SecretValue
+from tests.conftest import APP_BASE, CLIENT_ID, CLIENT_SECRET, DEMO_USER, IDP_TENANT, REDIRECT_URIS
+from tests.support.hostile_flow import new_person, switch_to
+from tests.support.hostile_flow import sign_in as hostile_sign_in
+from tests.support.hostile_idp import CLIENT_ID as HOSTILE_CLIENT_ID
+from tests.support.hostile_idp import CLIENT_SECRET as HOSTILE_CLIENT_SECRET
+from tests.support.portal import delivered, sign_in
+from tools.stack import free_port, idp_config, start_idp
+
+TIMEOUT = 20
+
+
+def health() -> tuple[int, dict]:
+    response = requests.get(f"{APP_BASE}/api/health", timeout=TIMEOUT)
+    return response.status_code, response.json()["checks"]["client_secret"]
+
+
+def setup_row() -> str:
+    page = requests.get(f"{APP_BASE}/api/sso/setup", timeout=TIMEOUT).text
+    return next(row for row in page.split("<tr>") if "<th>Client secret</th>" in row)
+
+
+def test_the_dev_idp_accepts_the_right_secret_and_health_says_so(use_settings):
+    use_settings()
+    status, check = health()
+    assert status == 200 and check["ok"] is True and check["accepted_by_idp"] is True, check
+    assert "accepted by the IdP" in setup_row()
+
+
+def test_a_wrong_secret_is_red_in_health_and_on_the_setup_page_before_anyone_signs_in(use_settings):
+    use_settings(OIDC_CLIENT_SECRET="the-secret-id-not-its-value")
+    status, check = health()
+    assert status == 503 and check["ok"] is False and check["accepted_by_idp"] is False, check
+    assert "refuses" in check["detail"] and "Certificates & secrets" in check["fix"]
+    assert "the-secret-id-not-its-value" not in str(check)
+    row = setup_row()
+    assert "Problem" in row and "refuses" in row
+
+
+def test_the_credential_check_is_cached_rate_limited_and_never_on_the_login_path(hostile, use_settings,
+                                                                                  account_store):
+    hostile.reset()
+    switch_to(hostile, use_settings)
+    for _ in range(5):
+        assert health()[1]["accepted_by_idp"] is True
+    setup_row()
+    grants = [r.get("grant_type") for r in hostile.token_requests]
+    assert grants == ["client_credentials"], f"five probes and a setup page, one request: {grants}"
+    person = new_person(account_store)
+    hostile.answer(claims=person.claims)
+    assert hostile_sign_in(hostile).status_code == 200
+    grants = [r.get("grant_type") for r in hostile.token_requests]
+    assert grants == ["client_credentials", "authorization_code"], "a login asks nothing about our credential"
+
+
+def test_a_refused_credential_is_asked_again_at_most_once_a_minute(hostile, use_settings):
+    hostile.reset()
+    switch_to(hostile, use_settings, OIDC_CLIENT_SECRET="wrong")
+    for _ in range(3):
+        assert health()[1]["accepted_by_idp"] is False
+    # the first probe asks, and re-reads the secret once in case it was rotated; the next two reuse it
+    assert [r.get("grant_type") for r in hostile.token_requests] == ["client_credentials"] * 2
+
+
+@pytest.fixture(scope="module")
+def basic_only_idp(test_ca, tmp_path_factory):
+    """A second dev IdP whose token endpoint takes client_secret_basic only (and private_key_jwt),
+    as an OpenID conformance IdP can: discovery says so, and a secret in the body is refused."""
+    client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "token_endpoint_auth_method":
+              "client_secret_basic", "redirect_uris": list(REDIRECT_URIS.values())}
+    config = idp_config(test_ca, port=free_port(), tenant=IDP_TENANT, clients=[client], people=[DEMO_USER])
+    config["clientAuthMethods"] = ["client_secret_basic", "private_key_jwt"]
+    service = start_idp(config, workdir=tmp_path_factory.mktemp("basic-idp"))
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def test_a_basic_only_idp_is_advertised_as_such_and_refuses_the_secret_in_the_body(basic_only_idp):
+    metadata = requests.get(f"{basic_only_idp.url}/.well-known/openid-configuration", timeout=TIMEOUT).json()
+    assert "client_secret_post" not in metadata["token_endpoint_auth_methods_supported"]
+    refused = requests.post(metadata["token_endpoint"], timeout=TIMEOUT, data={
+        "grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "scope": f"{CLIENT_ID}/.default"})
+    assert refused.json()["error"] == "invalid_client", "MSAL's own way (secret in the body) fails here"
+
+
+def test_sign_in_and_the_credential_check_work_with_a_basic_only_idp(basic_only_idp, use_settings, demo_accounts):
+    use_settings(OIDC_ISSUER_URL=basic_only_idp.url)
+    response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+    assert response.status_code == 200, response.text[:600]
+    assert delivered(response)[1]["session_token"]
+    assert health()[1]["accepted_by_idp"] is True
+
+
+def test_the_credential_is_asked_again_after_ten_minutes_and_a_refusal_after_one(hostile, test_ca):
+    """OidcClient's own clock, moved by hand; the IdP is the hostile one, over real HTTPS."""
+    hostile.reset()
+    now = [1000.0]
+    secret = ["wrong"]
+    reader = type("Reader", (), {"read": lambda self, name: SecretValue(secret[0], None, None, "test")})()
+    metadata = discover(f"{hostile.issuer}/.well-known/openid-configuration", hostile.issuer, IdpSession(10),
+                        multi_tenant=False)
+    client = OidcClient(client_id=HOSTILE_CLIENT_ID, authority=hostile.issuer, certificate=False,
+                        credential=CachedSecret(reader, "s", 0), session=IdpSession(10),
+                        metadata=lambda: metadata, clock=lambda: now[0])
+
+    def asked() -> int:
+        return sum(r.get("grant_type") == "client_credentials" for r in hostile.token_requests)
+
+    assert client.credential_check().accepted is False and asked() == 2  # refused, re-read, refused again
+    now[0] += CREDENTIAL_RECHECK_SECONDS - 1
+    assert client.credential_check().accepted is False and asked() == 2, "a refusal is reused for a minute"
+    secret[0] = HOSTILE_CLIENT_SECRET  # the admin stores the right one
+    now[0] += 1
+    assert client.credential_check().accepted is True and asked() == 3, "then asked again: the fix shows"
+    now[0] += CREDENTIAL_CHECK_SECONDS - 1
+    assert client.credential_check().accepted is True and asked() == 3, "an acceptance is reused for ten minutes"
+    now[0] += 1
+    assert client.credential_check().accepted is True and asked() == 4
