@@ -81,9 +81,11 @@ def test_after_an_email_change_the_new_email_signs_in_and_the_old_finds_nothing(
 
 def test_a_pre_linked_account_refuses_another_object_id_before_anyone_signed_in(hostile, app, scim):
     user, person = provision(scim)
-    assert app.accounts.get(person.email, "user").last_login_at is None, "no one has signed in yet"
-    row = assert_error_page(login(hostile, person, "user", oid=str(uuid.uuid4())), 403, app, "identity_mismatch")
-    assert row["AccountId"] == f"scim-user-{user['id']}" or row.get("Email") == person.email
+    account = app.accounts.get(person.email, "user")
+    assert account.last_login_at is None and account.account_id == f"scim-user-{user['id']}", "no one signed in yet"
+    intruder = str(uuid.uuid4())
+    row = assert_error_page(login(hostile, person, "user", oid=intruder), 403, app, "identity_mismatch")
+    assert row["IdpSubject"] == f"{TENANT}:{intruder}", "the audit row names who tried"
     signed_in_as(login(hostile, person, "user"), "user")  # the right person still gets in
 
 
