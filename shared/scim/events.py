@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from azure.data.tables import TableClient, UpdateMode
 
 from ..audit import day_key
-from ..tables import storage_errors
+from ..tables import delete_matching, storage_errors
 
 _MAX_MS = 10**13  # RowKeys count down, so a day's newest event lists first (as SignInEvents)
 _MAX_TEXT = 512  # a userName or reason is cut here: an audit row is no place for a whole payload
@@ -46,6 +46,13 @@ class DirectoryEvents:
         the same row."""
         with storage_errors():
             self._table.upsert_entity(event.entity(), mode=UpdateMode.REPLACE)
+
+    def purge_older_than(self, days: int, now: datetime | None = None) -> int:
+        """Deletes rows of days before the retention window (the timer's purge, SignInEvents' window)."""
+        from datetime import timedelta
+
+        cutoff = day_key((now or datetime.now(UTC)) - timedelta(days=days))
+        return delete_matching(self._table, "PartitionKey lt @cutoff", {"cutoff": cutoff})
 
     def latest(self, days: int = 7) -> dict | None:
         """The newest event of the last `days` days, as stored."""
