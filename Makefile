@@ -14,7 +14,7 @@ WORKER_STAMP := $(WORKER_VENV)/.installed-$(shell cat requirements.txt Makefile 
 PYENV_ROOT ?= $(HOME)/.pyenv
 PY313 := $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.13.*/bin/python)))
 
-.PHONY: setup run test lint browser-deps deploy-deps az-cli worker-venv bench clean
+.PHONY: setup run test lint browser-deps deploy-deps az-cli worker-venv bench scim-demo clean
 
 setup: $(VENV)/.installed $(NPM_STAMP)
 
@@ -65,6 +65,11 @@ test: setup browser-deps deploy-deps lint
 # Record a run in BENCHMARKS.md: make bench BENCH_ARGS='--markdown BENCHMARKS.md --label "after: ..."'
 bench: setup
 	$(PY) -m tools.bench_login $(BENCH_ARGS)
+	$(PY) -m tools.bench_scim
+
+# With `make run` running: a provisioning cycle shaped like Entra's (tools/scim_cycle.py).
+scim-demo: setup
+	$(PY) -m tools.scim_cycle
 
 clean:
 	rm -rf $(VENV) devstack/node_modules .devstack .pytest_cache .ruff_cache

@@ -114,6 +114,7 @@ class Account:
     linked_idp_subject: str | None
     last_login_at: datetime | None
     etag: str | None = None
+    provisioned: bool = False  # made or adopted by directory sync (shared/scim/sync.py sets ScimId)
     key: str = ""  # the stored PartitionKey: every write goes to the row that was read
     # The stored `Enabled` (repr) when it is not a real boolean ('false', 0: what `az storage entity
     # merge Enabled=false` stores); such an account counts as disabled.
@@ -137,6 +138,7 @@ class Account:
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
             key=entity["PartitionKey"],
             invalid_enabled=None if isinstance(stored, bool) else repr(stored)[:40],
+            provisioned=bool(entity.get("ScimId")),
         )
 
 
@@ -149,7 +151,14 @@ class AccountStore:
         return self.get_by_key(email_key(email), kind)
 
     def get_by_key(self, key: str, kind: str) -> Account | None:
-        return _read(self._table, key, kind)
+        with storage_errors():
+            try:
+                entity = self._table.get_entity(key, kind)
+            except ResourceNotFoundError:
+                return None
+        if entity.get("MovedTo") or entity.get("MovedFrom"):
+            return self._after_move(entity)  # directory sync is moving it (block at the end of the class)
+        return Account.from_entity(entity)
 
     def find_account(self, email: str, kind: str) -> Account:
         """The enabled account of this kind for this email; raises MalformedEmail, NoAccount or
@@ -279,7 +288,23 @@ class AccountStore:
             query = self._table.query_entities("RowKey eq @kind", parameters={"kind": kind}) if kind \
                 else self._table.list_entities()
             for entity in query:
-                yield Account.from_entity(entity)
+                if not entity.get("MovedTo"):  # the old row of a committed move counts as gone
+                    yield Account.from_entity(entity)
+
+    # ---- Directory sync (shared/scim/sync.py moves a provisioned account to a new email) ----
+    def _after_move(self, entity) -> Account | None:
+        """A row that directory sync is moving: the old row counts as gone once it says `MovedTo`;
+        the new row (`MovedFrom` = the old key) counts only once the old row says `MovedTo` = its key.
+        So at every moment exactly one of the two is found (the old row's single write is the commit),
+        and a move that stopped midway is finished by the next sync."""
+        if entity.get("MovedTo"):
+            return None
+        with storage_errors():
+            try:
+                old = self._table.get_entity(entity["MovedFrom"], entity["RowKey"])
+            except ResourceNotFoundError:
+                return None
+        return Account.from_entity(entity) if old.get("MovedTo") == entity["PartitionKey"] else None
 
     def key_problems(self) -> Iterator[tuple[Account, str, str]]:
         """Stored rows that the email-key rule does not find as they are: (account, "refused" | "key"

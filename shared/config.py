@@ -74,6 +74,12 @@ SETTINGS_TABLE = (
     SettingInfo("SIGNIN_EVENTS_RETENTION_DAYS", "how long SignInEvents rows are kept", "events_retention_days"),
     SettingInfo("ALLOW_QUERY_RESPONSE_MODE", "true accepts GET callbacks carrying a code (a code in a URL leaks "
                 "into history and request logs)", "allow_query_response_mode"),
+    # Directory sync (shared/scim/auth.py reads these itself: a problem there never stops sign-in)
+    SettingInfo("SCIM_TOKEN_NAME", "Key Vault secret holding directory sync's bearer token(s), one per line, "
+                "the new one first (default scim-token)"),
+    SettingInfo("SCIM_TOKEN", "directory sync's bearer token(s) themselves: local development only", secret=True),
+    SettingInfo("SCIM_DEFAULT_KIND", "the account kind a provisioned person with no portal app role gets "
+                "(user, agent, or empty: none)"),
 )
 
 

@@ -408,4 +408,6 @@ def setup_report(runtime, now: datetime | None = None) -> SetupReport:
 
 
 def setup(runtime, now: datetime | None = None) -> pages.Reply:
-    return pages.setup_page(setup_report(runtime, now))
+    from .scim.status import setup_section  # directory sync's own section (shared/scim/status.py)
+
+    return pages.setup_page(setup_report(runtime, now), extra_html=setup_section(runtime))

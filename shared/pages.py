@@ -169,7 +169,7 @@ def _check_rows(checks) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def setup_page(report) -> Reply:
+def setup_page(report, extra_html: str = "") -> Reply:
     """The page an admin configures Entra from (a diagnostics.SetupReport): the redirect URIs to
     paste, the token configuration, the live state red/amber/green with the fix of each red, and the
     AADSTS hints. Every value is escaped; secret settings show only whether they are set."""
@@ -218,6 +218,7 @@ def setup_page(report) -> Reply:
         "verified; a token saying it is not is refused).</li></ul>"
         "<h2>3. Live state</h2>" + _check_rows([report.settings_check, *report.checks])
         + "<h2>4. Last sign-ins</h2>" + _check_rows(report.sign_ins)
+        + extra_html  # sections other modules build, already escaped (directory sync: shared/scim/status.py)
         + "<h2>5. Settings</h2><table>" + setting_rows + "</table>"
         + "<h2>6. Entra (AADSTS) errors and their fixes</h2><dl>" + hints + "</dl>"
     )

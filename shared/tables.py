@@ -21,7 +21,9 @@ from .transport import azure_client_options
 ACCOUNTS_TABLE = "PortalAccounts"
 FLOWS_TABLE = "SsoFlows"
 EVENTS_TABLE = "SignInEvents"
-APP_TABLES = (ACCOUNTS_TABLE, FLOWS_TABLE, EVENTS_TABLE)
+SCIM_USERS_TABLE = "ScimUsers"  # directory sync (shared/scim/store.py)
+DIRECTORY_EVENTS_TABLE = "DirectoryEvents"  # directory sync's audit (shared/scim/events.py)
+APP_TABLES = (ACCOUNTS_TABLE, FLOWS_TABLE, EVENTS_TABLE, SCIM_USERS_TABLE, DIRECTORY_EVENTS_TABLE)
 
 
 

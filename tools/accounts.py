@@ -317,10 +317,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     a control character in one would drive the operator's terminal."""
     accounts = sorted(_store(args).list(args.kind), key=lambda a: (a.email, a.kind))
     rows = [(printable(a.email), a.kind, printable(a.account_id), printable(a.display_name), _enabled(a),
-             "yes" if a.linked_idp_subject else "no",
+             "yes" if a.linked_idp_subject else "no", "yes" if a.provisioned else "no",
              a.last_login_at.strftime("%Y-%m-%d %H:%M UTC") if a.last_login_at else "never")
             for a in accounts]
-    print(format_table(("email", "kind", "account id", "name", "enabled", "linked", "last login"), rows))
+    print(format_table(("email", "kind", "account id", "name", "enabled", "linked", "provisioned", "last login"),
+                       rows))
     print(f"{len(rows)} account{'s' if len(rows) != 1 else ''}")
     odd = sum(1 for a in accounts if a.invalid_enabled is not None)
     if odd:

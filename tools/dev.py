@@ -123,6 +123,8 @@ def app_settings(issuer: str, client_secret: str, tables_connection_string: str,
         "SESSION_TOKEN_AUDIENCE": portal,
         # So that tools.host alone, started on these settings, trusts the dev IdP's test CA too.
         **trust_env(ca),
+        # Directory sync on, with a token kept in .devstack/ (make scim-demo sends a provisioning cycle).
+        "SCIM_TOKEN": _state_secret("scim-token", lambda: secrets.token_urlsafe(32)),
     }
 
 
@@ -228,6 +230,10 @@ Local stack is up (logs in {logs}).
   Table Storage:          Azurite on 127.0.0.1:{PORTS['azurite']}, data in {STATE / 'azurite'}
   Settings written to:    {written}
   Scenarios:              make run SCENARIO={'|'.join(sorted(SCENARIOS))}
+
+  Directory sync (SCIM):  tenant URL {app_base}/api/scim/v2
+                          token {settings["SCIM_TOKEN"]}   (kept in .devstack/scim-token)
+                          `make scim-demo` provisions people; then nobody@contoso.test signs in as an agent
 
 Everything is served over HTTPS with a local test CA: {ca.ca_cert}
 Import it into your browser as a trusted authority, or accept the certificate warnings.

@@ -36,7 +36,8 @@ def test_requirements_install_from_wheels_on_every_offered_python(tmp_path):
     assert not failed, f"the remote build would fail on: {failed}"
     for version in PYTHON_VERSIONS:
         wheels = {p.name.split("-")[0].lower() for p in (tmp_path / version).glob("*.whl")}
-        assert {"azure_functions", "msal", "cryptography", "azure_monitor_opentelemetry"} <= wheels, (version, wheels)
+        assert {"azure_functions", "msal", "cryptography", "azure_monitor_opentelemetry",
+                "scim2_server", "scim2_models", "pydantic_core"} <= wheels, (version, wheels)
     expected = {"3.11": "1.26.0", "3.12": "1.26.0", "3.13": "2.3.0"}
     for version, pin in expected.items():
         assert list((tmp_path / version).glob(f"azure_functions-{pin}-*.whl")), f"Python {version} gets {pin}"

@@ -40,7 +40,8 @@ def test_deploy_creates_everything_in_order_with_scoped_roles_and_no_storage_key
     assert "--allow-shared-key-access false" in storage, "shared-key access is off"
     assert "--flexconsumption-location westeurope" in next(c for c in made if "functionapp create" in c)
     roles = {(r[1], r[2].rsplit("/", 1)[-1]) for r in azure.state["roles"] if r[0] == "contoso-sso-principal"}
-    tables = {("Storage Table Data Contributor", t) for t in ("PortalAccounts", "SsoFlows", "SignInEvents")}
+    tables = {("Storage Table Data Contributor", t) for t in ("PortalAccounts", "SsoFlows", "SignInEvents",
+                                                                     "ScimUsers", "DirectoryEvents")}
     assert roles == {("Storage Blob Data Owner", N["storage"]), ("Key Vault Secrets User", N["vault"]),
                      ("Monitoring Metrics Publisher", N["insights"]), *tables}, \
         "each role is scoped to the one resource that needs it"

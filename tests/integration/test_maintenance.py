@@ -36,9 +36,9 @@ def seed_flow(runtime: Runtime, started: datetime) -> str:
     return state
 
 
-def seed_event(runtime: Runtime, at: datetime) -> tuple[str, str]:
+def seed_event(runtime: Runtime, at: datetime, table: str = "SignInEvents") -> tuple[str, str]:
     key = (day_key(at), f"{secrets.token_hex(8)}-purge-test")
-    runtime.tables.client("SignInEvents").create_entity(
+    runtime.tables.client(table).create_entity(
         {"PartitionKey": key[0], "RowKey": key[1], "Kind": "purge-test", "Outcome": "success", "At": at})
     # (a kind of its own: the setup page shows the newest "user" row, and these must not pose as one)
     return key
@@ -61,13 +61,19 @@ def test_purge_deletes_exactly_expired_flows_and_events_past_retention(runtime):
     old = [seed_event(runtime, now - timedelta(days=d)) for d in (91, 120, 400)]
     recent = [seed_event(runtime, now - timedelta(days=d)) for d in (0, 1, 89, 90)]
 
-    assert purge(runtime, now) == {"flows": 2, "events": 3}
+    directory = runtime.tables.client("DirectoryEvents")
+    old_directory = [seed_event(runtime, now - timedelta(days=d), "DirectoryEvents") for d in (91, 365)]
+    recent_directory = [seed_event(runtime, now - timedelta(days=d), "DirectoryEvents") for d in (0, 90)]
+
+    assert purge(runtime, now) == {"flows": 2, "events": 3, "directory_events": 2}
 
     assert not any(exists(flows_table, s, "user") for s in expired), "expired flows are gone"
     assert all(exists(flows_table, s, "user") for s in live), "a login still under way keeps its flow"
     assert not any(exists(events_table, *k) for k in old), "events before the 90-day window are gone"
     assert all(exists(events_table, *k) for k in recent), "events of the last 90 days stay"
-    assert purge(runtime, now) == {"flows": 0, "events": 0}, "a second run finds nothing"
+    assert not any(exists(directory, *k) for k in old_directory), "directory sync's old audit rows go too"
+    assert all(exists(directory, *k) for k in recent_directory)
+    assert purge(runtime, now) == {"flows": 0, "events": 0, "directory_events": 0}, "a second run finds nothing"
 
 
 def test_retention_follows_the_setting(runtime, azurite):

@@ -82,3 +82,29 @@ def test_importing_function_app_with_an_empty_environment_reads_no_setting():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"importing function_app must not fail without settings:\n{result.stderr}"
     assert result.stdout.strip() == "FunctionApp", "function_app.app is the FunctionApp"
+
+
+# Directory sync (shared/scim/) sits beside the login: both use the accounts store, neither through
+# the other. The setup page (diagnostics.py) asks it for data and the timer's purge (maintenance.py)
+# purges its audit rows: the only modules outside it that use it.
+SCIM_CALLERS = {"shared/diagnostics.py", "shared/maintenance.py"}
+
+
+def test_the_login_modules_never_import_directory_sync():
+    offenders = {}
+    for path in SHARED:
+        relative = str(path.relative_to(ROOT))
+        if relative.startswith("shared/scim/") or relative in SCIM_CALLERS:
+            continue
+        tree = ast.parse(path.read_text(), filename=relative)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (
+                    (node.level == 0 and (node.module or "").startswith("shared.scim"))
+                    or (node.level == 1 and ((node.module or "").startswith("scim")
+                                             or any(a.name == "scim" for a in node.names)))):
+                offenders[relative] = node.module or "scim"
+            elif isinstance(node, ast.Import) and any(a.name.startswith("shared.scim") for a in node.names):
+                offenders[relative] = "shared.scim"
+    assert not offenders, f"login modules must not import shared.scim: {offenders}"
+    for name in ("functions/sso.py", "functions/ops.py", "functions/maintenance.py"):
+        assert "shared.scim" not in (ROOT / name).read_text(), f"{name} does not reach into directory sync"

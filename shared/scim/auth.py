@@ -1,0 +1,141 @@
+"""Directory sync's bearer tokens: where they come from, whether sync is on, and the check.
+
+The tokens are `SCIM_TOKEN` (local development) or the Key Vault secret `SCIM_TOKEN_NAME` (default
+`scim-token`): one or two tokens, one per line, the new one first, both accepted, so a rotation has no
+gap. None configured: directory sync is off (every SCIM route 404). A token under MIN_TOKEN_LENGTH
+characters, `SCIM_TOKEN` beside `KEY_VAULT_URL`, or a bad `SCIM_DEFAULT_KIND`: a setting error (SCIM
+routes 503 naming it). No SCIM library is imported here (the setup page uses this module)."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from dataclasses import dataclass
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from ..config import KINDS
+from ..errors import ConfigurationError, Problem
+
+MIN_TOKEN_LENGTH = 32
+MAX_TOKENS = 2
+DEFAULT_SECRET_NAME = "scim-token"  # noqa: S105 - the name of a Key Vault secret, not a secret
+# How long a read of the token secret is reused. "Off" (no secret) is re-checked sooner, so a token
+# put into Key Vault by `register-app provisioning` turns sync on within a minute; a presented token
+# that matches none re-reads the secret at most every REREAD_SECONDS (a rotation that reached Entra
+# before this worker's cache).
+OFF_RECHECK_SECONDS = 60.0
+REREAD_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """What one read of the settings and the secret gave: `tokens` empty means off; `problems`
+    non-empty means a setting error (the tokens are then not used)."""
+
+    tokens: tuple[str, ...]
+    source: str  # "SCIM_TOKEN", "Key Vault secret 'scim-token'", or "" when off
+    default_kind: str | None
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def on(self) -> bool:
+        return bool(self.tokens) or bool(self.problems)
+
+    def accepts(self, authorization: str | None) -> bool:
+        """True when the header is `Bearer <one of the tokens>`. Every token is compared, each in
+        constant time, whichever matches: the time says nothing about which one or how much."""
+        scheme, _, presented = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return False
+        given = presented.strip().encode("utf-8", "surrogatepass")
+        matched = False
+        for token in self.tokens:
+            matched |= hmac.compare_digest(given, token.encode("utf-8"))
+        return matched
+
+
+def parse_tokens(raw: str, source: str) -> tuple[tuple[str, ...], list[Problem]]:
+    """The secret's lines (blank lines and surrounding spaces dropped), at most MAX_TOKENS."""
+    tokens = tuple(line.strip() for line in raw.splitlines() if line.strip())
+    problems = []
+    setting = "SCIM_TOKEN" if source == "SCIM_TOKEN" else "SCIM_TOKEN_NAME"
+    if len(tokens) > MAX_TOKENS:
+        problems.append(Problem(setting, f"{source} holds {len(tokens)} tokens;",
+                                "keep at most two, one per line, the new one first."))
+    short = [i + 1 for i, t in enumerate(tokens) if len(t) < MIN_TOKEN_LENGTH]
+    if short:
+        problems.append(Problem(setting, f"{source}: token on line {', '.join(map(str, short))} is shorter than "
+                                f"{MIN_TOKEN_LENGTH} characters;", "generate one with "
+                                "`python -c \"import secrets; print(secrets.token_urlsafe(32))\"`."))
+    return tokens, problems
+
+
+def default_kind(env) -> tuple[str | None, list[Problem]]:
+    raw = (env.get("SCIM_DEFAULT_KIND") or "").strip().lower()
+    if raw and raw not in KINDS:
+        return None, [Problem("SCIM_DEFAULT_KIND", "must be user, agent or empty.")]
+    return raw or None, []
+
+
+def read_config(runtime) -> SyncConfig:
+    """Reads the settings and (with KEY_VAULT_URL) the secret. Raises DependencyUnavailable when Key
+    Vault cannot be reached."""
+    env = runtime.env
+    kind, problems = default_kind(env)
+    vault = (env.get("KEY_VAULT_URL") or "").strip()
+    direct = env.get("SCIM_TOKEN") or ""
+    if vault:
+        if direct.strip():
+            problems.append(Problem("SCIM_TOKEN", "not allowed together with KEY_VAULT_URL (local development "
+                                    "only);", "remove it and keep the token in Key Vault."))
+            return SyncConfig((), "", kind, tuple(problems))
+        name = (env.get("SCIM_TOKEN_NAME") or "").strip() or DEFAULT_SECRET_NAME
+        source = f"Key Vault secret '{name}'"
+        try:
+            raw = runtime.secrets.read(name).value
+        except ConfigurationError as exc:
+            if isinstance(exc.__cause__, ResourceNotFoundError):
+                return SyncConfig((), "", kind, tuple(problems))  # no secret: directory sync is off
+            return SyncConfig((), source, kind, (*problems, *exc.problems))
+    elif direct.strip():
+        raw, source = direct, "SCIM_TOKEN"
+    else:
+        return SyncConfig((), "", kind, tuple(problems))
+    tokens, token_problems = parse_tokens(raw, source)
+    problems += token_problems
+    return SyncConfig(() if problems else tokens, source, kind, tuple(problems))
+
+
+class TokenCache:
+    """One SyncConfig per worker, re-read after the secret cache time (SECRET_CACHE_SECONDS, which
+    the settings give; 900 s when they do not load), after OFF_RECHECK_SECONDS when sync was off, and
+    on `reread_for_mismatch` at most every REREAD_SECONDS."""
+
+    def __init__(self, runtime, clock=time.monotonic):
+        self._runtime, self._clock = runtime, clock
+        self._lock = threading.Lock()
+        self._config: SyncConfig | None = None
+        self._read_at = 0.0
+        self._reread_at = -REREAD_SECONDS
+
+    def _ttl(self, config: SyncConfig) -> float:
+        if not config.tokens and not config.problems:
+            return OFF_RECHECK_SECONDS
+        raw = (self._runtime.env.get("SECRET_CACHE_SECONDS") or "").strip()
+        return float(raw) if raw.isascii() and raw.isdigit() else 900.0
+
+    def get(self) -> SyncConfig:
+        with self._lock:
+            if self._config is None or self._clock() - self._read_at >= self._ttl(self._config):
+                self._config, self._read_at = read_config(self._runtime), self._clock()
+            return self._config
+
+    def reread_for_mismatch(self) -> SyncConfig:
+        """A token matched none: maybe the secret was rotated since this worker read it."""
+        with self._lock:
+            if self._clock() - self._reread_at >= REREAD_SECONDS:
+                self._reread_at = self._clock()
+                self._config, self._read_at = read_config(self._runtime), self._clock()
+            return self._config

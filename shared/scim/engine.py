@@ -1,0 +1,85 @@
+"""The SCIM protocol for one request: scim2-server's handler over the Table storage (store.py).
+Imported by service.py on the first SCIM request, never at worker start."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from http import HTTPStatus
+
+from scim2_models import InvalidSyntaxException, PreconditionFailedException, SCIMException
+from scim2_server.handler import ScimHandler
+from scim2_server.requests import ScimRequest
+from scim2_server.responses import ScimResponse
+from scim2_server.service import ScimService
+
+from . import resources
+from .resources import IGNORED_SCHEMAS, POLICY
+from .store import Raced, TableScimStorage
+
+# A write that lost a race with another write to the same person starts over, after a short random
+# pause (so racers spread out): with six writers at once, the last one loses up to five times.
+RACE_ATTEMPTS = 10
+RACE_PAUSE = 0.01  # seconds, times the attempt number, times a random factor in [0.5, 1.5)
+
+
+class PortalScimService(ScimService):
+    def read_body(self, model, body: bytes, content_type: str | None, scim_ctx):
+        """The library's reading, after two checks of ours: a schema URN neither kept nor
+        known-and-ignored is refused (invalidSyntax) rather than dropped with its attributes, and
+        Entra's enterprise extension (kept nowhere) is dropped whole."""
+        payload = self.decode_body(body, content_type)
+        if isinstance(payload, dict) and "schemas" in payload:
+            schemas = payload["schemas"]
+            if not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas):
+                raise InvalidSyntaxException(detail="schemas must be a list of URNs")
+            known = {str(resources.User.__schema__).lower(), *IGNORED_SCHEMAS, *_MESSAGE_SCHEMAS}
+            unknown = [s for s in schemas if s.lower() not in known]
+            if unknown:
+                raise InvalidSyntaxException(detail=f"unknown schema {unknown[0][:100]!r}")
+            for key in [k for k in payload if k.lower() in IGNORED_SCHEMAS]:
+                payload.pop(key)
+            payload["schemas"] = [s for s in schemas if s.lower() not in IGNORED_SCHEMAS]
+            body = json.dumps(payload).encode()
+        return super().read_body(model, body, content_type, scim_ctx)
+
+
+_MESSAGE_SCHEMAS = {"urn:ietf:params:scim:api:messages:2.0:patchop",
+                    "urn:ietf:params:scim:api:messages:2.0:searchrequest"}
+
+
+class Engine:
+    """Built once per worker (the provider and service are immutable); a storage per request."""
+
+    def __init__(self):
+        self.provider = resources.provider()
+        self.service = PortalScimService(self.provider)
+
+    def handle(self, request: ScimRequest, storage_factory) -> ScimResponse:
+        """scim2-server's handling under the Entra-tolerant policy. A SCIMException becomes its SCIM
+        error; a race lost to a concurrent write (Raced) is retried from fresh reads. Anything else
+        (DependencyUnavailable, a bug) is the caller's."""
+        with POLICY:
+            for attempt in range(RACE_ATTEMPTS):
+                try:
+                    return ScimHandler(self.service, storage_factory()).handle(request)
+                except Raced as exc:
+                    if attempt == RACE_ATTEMPTS - 1:
+                        return self.service.error_response(PreconditionFailedException(detail=exc.detail))
+                    time.sleep(RACE_PAUSE * (attempt + 1) * (0.5 + random.random()))  # noqa: S311 - jitter
+                except SCIMException as exc:
+                    return self.service.error_response(exc)
+        raise AssertionError("unreachable")
+
+    def error(self, exception: SCIMException) -> ScimResponse:
+        return self.service.error_response(exception)
+
+
+def response_json(response: ScimResponse) -> str:
+    return "" if response.body is None or response.status == HTTPStatus.NO_CONTENT else \
+        json.dumps(response.body, separators=(",", ":"), ensure_ascii=False)
+
+
+def storage(users, accounts, default_kind, tenant) -> TableScimStorage:
+    return TableScimStorage(users, accounts, default_kind, tenant)

@@ -1,0 +1,124 @@
+"""What a SCIM User means for the portal: its account email (and that email's key), its kinds, its
+link. Plain values in, plain values out: no SCIM library here."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+
+from .. import accounts
+from ..config import GUID, KINDS
+
+ROLE_KINDS = {"portal.user": "user", "portal.agent": "agent"}
+MAX_USER_NAME = 256
+MAX_EXTERNAL_ID = 256
+_UNSAFE_KEY = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
+
+
+class MappingError(ValueError):
+    """A value the portal cannot keep; the message names the attribute (it becomes invalidValue)."""
+
+
+def email_key(raw: str, attribute: str = "emails") -> str:
+    """The PortalAccounts key of an email, or MappingError when the SPEC's email-key rule refuses it:
+    THE one place directory sync turns an email into its key. It is shared.accounts' own rule (the
+    one login and tools.accounts use), so directory sync and login always find the same row."""
+    if not isinstance(raw, str) or not raw:
+        raise MappingError(f"{attribute}: empty")
+    problem = accounts.email_problem(raw)
+    if problem:
+        raise MappingError(f"{attribute}: the address {problem}")
+    return accounts.email_key(raw)
+
+
+def stored_email(raw: str) -> str:
+    """The email as PortalAccounts keeps it in `Email` (what `tools.accounts` writes)."""
+    return accounts.canonical_email(raw)
+
+
+def ascii_lower(value: str) -> str:
+    """Only A-Z folded (str.lower and casefold merge distinct strings: the Kelvin sign, 'ß')."""
+    return value.translate(_ASCII_FOLD)
+
+
+_ASCII_FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def table_key(value: str) -> str:
+    """A Table key for any string: the characters keys forbid, and '%', percent-encoded."""
+    return _UNSAFE_KEY.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), value)
+
+
+def user_name_key(user_name: str) -> str:
+    """userName is unique without regard to (ASCII) case."""
+    return table_key(ascii_lower(user_name))
+
+
+def check_text(value: str | None, attribute: str, limit: int) -> None:
+    if value is None:
+        return
+    if len(value) > limit:
+        raise MappingError(f"{attribute}: longer than {limit} characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF or unicodedata.category(c) == "Cc" for c in value):
+        raise MappingError(f"{attribute}: holds control characters or a lone surrogate")
+
+
+def chosen_email(emails: list[dict]) -> str | None:
+    """The portal account's email: the `work` one, else the primary, else the first."""
+    values = [e for e in emails or [] if e.get("value")]
+    for pick in (lambda e: (e.get("type") or "").lower() == "work", lambda e: e.get("primary") is True,
+                 lambda e: True):
+        found = next((e["value"] for e in values if pick(e)), None)
+        if found is not None:
+            return found
+    return None
+
+
+def kinds_of(roles: list[dict], default_kind: str | None) -> tuple[str, ...]:
+    """Portal.User gives a user account, Portal.Agent an agent account, both give both; no portal
+    role gives SCIM_DEFAULT_KIND (or nothing). Role values are compared without regard to ASCII case:
+    Entra sends the app role's value as defined, and a role is not a login key."""
+    kinds = {ROLE_KINDS[value] for value in map(role_value, roles or []) if value in ROLE_KINDS}
+    if not kinds and default_kind:
+        kinds = {default_kind}
+    return tuple(k for k in KINDS if k in kinds)
+
+
+def has_portal_role(roles: list[dict]) -> bool:
+    return any(role_value(r) in ROLE_KINDS for r in roles or [])
+
+
+def role_value(role: dict) -> str:
+    """A role's app role value, ASCII-lowercased. Entra's AppRoleAssignmentsComplex PATCH sends the
+    value as a JSON string ('{"id":"...","value":"Portal.Agent","displayName":"Agent"}'), its POST
+    as the plain value: both are read."""
+    value = role.get("value") if isinstance(role, dict) else None
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            inner = json.loads(value)
+        except ValueError:
+            inner = None
+        value = inner.get("value") if isinstance(inner, dict) else value
+    return ascii_lower(value) if isinstance(value, str) else ""
+
+
+def link_tenant(settings) -> str | None:
+    """The tenant a GUID externalId (Entra's object id) is linked in: the issuer's own tenant, or the
+    only entry of ALLOWED_TENANT_IDS for a multi-tenant issuer; None (no link until the first login)
+    when that is not one tenant."""
+    allowed = settings.allowed_tenant_ids or frozenset()
+    if settings.multi_tenant:
+        return next(iter(allowed)) if len(allowed) == 1 else None
+    from ..config import issuer_tenant_segment
+
+    segment = issuer_tenant_segment(settings.issuer_base).lower()
+    return segment if GUID.match(segment) else None
+
+
+def link_of(external_id: str | None, tenant: str | None) -> str | None:
+    """The LinkedIdpSubject a login of this person will carry ({tid}:{oid}, as shared/login.py forms
+    it), when externalId is Entra's object id."""
+    if not external_id or not tenant or not GUID.match(external_id):
+        return None
+    return f"{tenant}:{external_id.lower()}"

@@ -1,0 +1,205 @@
+"""One SCIM request, end to end: directory sync on or off, the bearer token, the size limit, the
+protocol (engine.py, imported on the first request that gets that far), the DirectoryEvents row and
+the log line. Host-neutral: functions/scim.py hands in the request's parts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+
+from ..errors import ConfigurationError, DependencyUnavailable
+from ..pages import Reply
+from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE
+from .auth import TokenCache
+from .events import DirectoryEvent, DirectoryEvents
+
+log = logging.getLogger("portal_sso")
+MAX_BODY = 256 * 1024
+MEDIA_TYPE = "application/scim+json"
+ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
+WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+RETRY_AFTER = 30
+
+
+@dataclass
+class ScimHttpRequest:
+    method: str
+    path: str  # below /api/scim/v2, e.g. "/Users/2819c223"
+    query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
+
+
+class _State:
+    """Per runtime: the token cache, and the protocol engine once a request needs it."""
+
+    def __init__(self, runtime):
+        self.tokens = TokenCache(runtime)
+        self._engine = None
+        self._lock = threading.Lock()
+
+    def engine(self):
+        with self._lock:
+            if self._engine is None:
+                from .engine import Engine  # the SCIM libraries load here, on the first SCIM request
+
+                self._engine = Engine()
+            return self._engine
+
+
+_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_states_lock = threading.Lock()
+
+
+def _state(runtime) -> _State:
+    with _states_lock:
+        state = _states.get(runtime)
+        if state is None:
+            _states[runtime] = state = _State(runtime)
+        return state
+
+
+def _one_line(text: str) -> str:
+    """Unprintable characters escaped: a path or userName cannot forge a log line."""
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+def error_reply(status: int, detail: str, scim_type: str | None = None, headers: dict | None = None) -> Reply:
+    body = {"schemas": [ERROR_SCHEMA], "status": str(status), "detail": detail}
+    if scim_type:
+        body["scimType"] = scim_type
+    return Reply(status, json.dumps(body), MEDIA_TYPE, {"Cache-Control": "no-store", **(headers or {})})
+
+
+def _operation(request: ScimHttpRequest) -> str:
+    parts = [p for p in request.path.split("/") if p]
+    shown = "/" + "/".join(parts[:1] + (["{id}"] if len(parts) > 1 else []))
+    return f"{request.method.upper()} {shown[:100]}"
+
+
+def _user_name(request: ScimHttpRequest, body: dict | None) -> str:
+    for source in (body, _json(request.body)):
+        if isinstance(source, dict) and isinstance(source.get("userName"), str):
+            return source["userName"]
+    return ""
+
+
+def _json(raw: bytes):
+    try:
+        return json.loads(raw) if raw and len(raw) <= MAX_BODY else None
+    except ValueError:
+        return None
+
+
+class DirectorySync:
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.state = _state(runtime)
+
+    def handle(self, request: ScimHttpRequest, correlation_id: str) -> Reply:
+        started = time.perf_counter()
+        event = DirectoryEvent(correlation_id=correlation_id, operation=_operation(request), status=0, outcome="")
+        parts = [p for p in request.path.split("/") if p]
+        if len(parts) > 1 and parts[0].lower() == "users":
+            event.scim_id = parts[1]
+        try:
+            config = self.state.tokens.get()
+        except DependencyUnavailable as exc:
+            return self._finish(event, error_reply(503, "Directory sync is temporarily unavailable.",
+                                                   headers={"Retry-After": str(RETRY_AFTER)}), exc.reason, started)
+        if not config.on:  # off: nothing here, and nothing recorded
+            return error_reply(404, "Not found.", headers={"X-Correlation-Id": correlation_id})
+        if config.problems:
+            names = sorted({p.setting for p in config.problems if p.setting})
+            event.detail = "; ".join(map(str, config.problems))
+            return self._finish(event, error_reply(503, "Directory sync is not configured correctly: fix "
+                                                   f"{', '.join(names)} (see the setup page).",
+                                                   headers={"Retry-After": str(RETRY_AFTER)}),
+                                "configuration_error", started)
+        authorization = request.header("Authorization")
+        if not config.accepts(authorization) and not self.state.tokens.reread_for_mismatch().accepts(authorization):
+            event.user_name = _user_name(request, None)
+            return self._finish(event, error_reply(401, "A valid bearer token is required.",
+                                                   headers={"WWW-Authenticate": 'Bearer realm="scim"'}),
+                                "unauthorized" if authorization else "no_token", started)
+        if parts and parts[-1].lower() == ".search":
+            return self._finish(event, error_reply(501, "POST .search is not offered: search with GET and a "
+                                                   "filter."), "not_implemented", started)
+        if len(request.body) > MAX_BODY:
+            return self._finish(event, error_reply(413, f"The body is larger than {MAX_BODY} bytes.", "tooLarge"),
+                                "tooLarge", started)
+        try:
+            reply, body = self._protocol(request, config)
+        except DependencyUnavailable as exc:
+            return self._finish(event, error_reply(503, "Directory sync is temporarily unavailable; retry.",
+                                                   headers={"Retry-After": str(exc.retry_after or RETRY_AFTER)}),
+                                exc.reason, started)
+        except ConfigurationError as exc:
+            event.detail = str(exc)
+            return self._finish(event, error_reply(503, "Directory sync is not configured correctly: the app's "
+                                                   "settings have problems (see the setup page).",
+                                                   headers={"Retry-After": str(RETRY_AFTER)}),
+                                "configuration_error", started)
+        if isinstance(body, dict):
+            if body.get("id") and event.scim_id == "":
+                event.scim_id = str(body["id"])
+            event.user_name = _user_name(request, body)
+            reason = body.get("scimType") or ("ok" if reply.status < 400 else f"http_{reply.status}")
+            if reply.status >= 400:
+                event.detail = str(body.get("detail") or "")
+        else:
+            event.user_name = _user_name(request, None)
+            reason = "ok" if reply.status < 400 else f"http_{reply.status}"
+        return self._finish(event, reply, reason, started)
+
+    def _protocol(self, request: ScimHttpRequest, config) -> tuple[Reply, dict | None]:
+        from scim2_server.requests import ScimRequest
+
+        from . import engine as protocol
+        from .mapping import link_tenant
+
+        runtime = self.runtime
+        settings = runtime.settings
+        users, accounts = runtime.tables.client(SCIM_USERS_TABLE), runtime.tables.client(ACCOUNTS_TABLE)
+        tenant = link_tenant(settings)
+        scim_request = ScimRequest(method=request.method.upper(), base_url=f"{settings.public_base_url}/api/scim/v2",
+                                   path=request.path or "/", query=request.query, headers=request.headers,
+                                   body=request.body)
+        response = self.state.engine().handle(
+            scim_request, lambda: protocol.storage(users, accounts, config.default_kind, tenant))
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-type"}
+        headers["Cache-Control"] = "no-store"
+        if int(response.status) == 503:
+            headers.setdefault("Retry-After", str(RETRY_AFTER))
+        text = protocol.response_json(response)
+        return Reply(int(response.status), text, MEDIA_TYPE, headers), response.body
+
+    def _finish(self, event: DirectoryEvent, reply: Reply, reason: str, started: float) -> Reply:
+        """The log line always; the DirectoryEvents row for every write and every refused request,
+        before the response goes out. A row storage refuses is logged (the write itself is done, and
+        refusing its answer would make Entra repeat it)."""
+        event.status, event.reason = reply.status, reason
+        reply.headers["X-Correlation-Id"] = event.correlation_id  # the DirectoryEvents row's and the log's
+        event.outcome = "success" if reply.status < 400 else "failure"
+        level = logging.INFO if reply.status < 400 else logging.WARNING
+        log.log(level, "scim.request op=%s status=%d reason=%s scim_id=%s correlation_id=%s elapsed_ms=%d",
+                _one_line(event.operation), reply.status, _one_line(reason)[:80], _one_line(event.scim_id)[:80],
+                event.correlation_id, (time.perf_counter() - started) * 1000)
+        if event.operation.split(" ")[0] in WRITES or reply.status >= 400:
+            try:
+                DirectoryEvents(self.runtime.tables.client(DIRECTORY_EVENTS_TABLE)).record(event)
+            except (DependencyUnavailable, ConfigurationError) as exc:
+                log.error("scim.audit_failed correlation_id=%s reason=%s", event.correlation_id,
+                          getattr(exc, "reason", type(exc).__name__))
+        return reply
+
+
+def handle(runtime, request: ScimHttpRequest, correlation_id: str) -> Reply:
+    return DirectorySync(runtime).handle(request, correlation_id)

@@ -1,0 +1,95 @@
+"""What the setup page shows about directory sync: off/on (or a setting error), the tenant URL to
+paste into Entra, the last SCIM request recorded (a write or a refusal; reads that succeed are not
+recorded) and its outcome, how many people and provisioned accounts,
+and the people with no portal role. No SCIM library is imported here."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+from ..errors import ConfigurationError, DependencyUnavailable
+from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
+from .auth import read_config
+from .events import DirectoryEvents
+
+MAX_LISTED = 20  # people without a portal role named on the page; the count says how many in all
+
+
+@dataclass
+class SyncStatus:
+    state: str  # "off", "on" or "error"
+    tenant_url: str
+    source: str = ""
+    problems: list[str] = field(default_factory=list)
+    last: dict | None = None
+    people: int | None = None
+    accounts: int | None = None
+    without_role: list[str] = field(default_factory=list)
+    without_role_count: int = 0
+    unavailable: str = ""
+
+
+def sync_status(runtime) -> SyncStatus:
+    env = runtime.env
+    base = (env.get("PUBLIC_BASE_URL") or "").strip().rstrip("/") or (
+        f"https://{env.get('WEBSITE_HOSTNAME').strip()}" if (env.get("WEBSITE_HOSTNAME") or "").strip() else "")
+    status = SyncStatus(state="off", tenant_url=f"{base}/api/scim/v2" if base else "")
+    try:
+        config = read_config(runtime)
+    except (DependencyUnavailable, ConfigurationError) as exc:
+        status.state, status.problems = "error", [getattr(exc, "detail", type(exc).__name__)]
+        return status
+    status.source = config.source
+    if config.problems:
+        status.state, status.problems = "error", [str(p) for p in config.problems]
+    elif config.tokens:
+        status.state = "on"
+    try:
+        tables = runtime.tables
+        status.last = DirectoryEvents(tables.client(DIRECTORY_EVENTS_TABLE)).latest()
+        with storage_errors():
+            people = list(tables.client(SCIM_USERS_TABLE).query_entities(
+                "PartitionKey eq 'P'", select=["UserName", "HasPortalRole"]))
+            rows = list(tables.client(ACCOUNTS_TABLE).query_entities("ScimId gt ''", select=["MovedTo"]))
+    except (DependencyUnavailable, ConfigurationError) as exc:
+        status.unavailable = getattr(exc, "detail", type(exc).__name__)
+        return status
+    status.people = len(people)
+    status.accounts = sum(1 for row in rows if not row.get("MovedTo"))
+    lacking = sorted(str(p.get("UserName") or "") for p in people if p.get("HasPortalRole") is not True)
+    status.without_role_count, status.without_role = len(lacking), lacking[:MAX_LISTED]
+    return status
+
+
+def setup_section(runtime) -> str:
+    """The setup page's "Directory sync" section, as HTML (every value escaped)."""
+    s = sync_status(runtime)
+    e = html.escape
+    label = {"off": ("warn", "off"), "on": ("ok", "on"), "error": ("fail", "setting error")}[s.state]
+    rows = [f'<tr><td><span class="st {label[0]}">{label[1]}</span></td><th>Directory sync</th><td>'
+            + (f"token from {e(s.source)}" if s.state == "on" else
+               "; ".join(e(p) for p in s.problems) if s.state == "error" else
+               "no SCIM token: set <code>SCIM_TOKEN</code> locally, or run <code>scripts/register-app "
+               "provisioning</code> (Key Vault secret <code>scim-token</code>).") + "</td></tr>"]
+    if s.tenant_url:
+        rows.append(f'<tr><td></td><th>Tenant URL</th><td><code class="copy">{e(s.tenant_url)}</code> '
+                    "(Enterprise applications &gt; the app &gt; Provisioning &gt; Admin Credentials)</td></tr>")
+    if s.last:
+        at = s.last.get("At")
+        rows.append("<tr><td></td><th>Last write or refused request</th>"
+                    f"<td>{e(str(s.last.get('Operation', '')))} &rarr; "
+                    f"{e(str(s.last.get('Status', '')))} {e(str(s.last.get('Reason', '')))}"
+                    f"{f' at {e(at.isoformat())}' if at else ''}</td></tr>")
+    if s.people is not None:
+        rows.append(f"<tr><td></td><th>People and accounts</th><td>{s.people} people, {s.accounts} provisioned "
+                    "accounts</td></tr>")
+        names = ", ".join(f"<code>{e(n)}</code>" for n in s.without_role)
+        more = f" and {s.without_role_count - len(s.without_role)} more" if s.without_role_count > len(s.without_role) \
+            else ""
+        rows.append(f"<tr><td></td><th>No portal role</th><td>{s.without_role_count}"
+                    f"{': ' + names + more if names else ''} (assign Portal.User or Portal.Agent, or set "
+                    "<code>SCIM_DEFAULT_KIND</code>)</td></tr>")
+    if s.unavailable:
+        rows.append(f"<tr><td></td><th>Table Storage</th><td>unreachable: {e(s.unavailable)}</td></tr>")
+    return "<h2>Directory sync (SCIM)</h2><table>" + "".join(rows) + "</table>"

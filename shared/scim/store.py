@@ -1,0 +1,327 @@
+"""SCIM Users in Table Storage (the `ScimUsers` table), as scim2-server's storage.
+
+Rows (one table, a partition per purpose):
+- `P` / {id}: the person, the source of truth: the SCIM resource as JSON, its Version (meta.version
+  is W/"{Version}"), and what its accounts were made from (EmailKey, Kinds, Link).
+- `U` / {userName key}, `X` / {externalId key}, `E` / {email key}: pointers to the person's id, so
+  the filters Entra sends (`userName eq`, `externalId eq`, `emails[type eq "work"].value eq`) are
+  point reads, and a userName, externalId or account email is held by one person. A pointer counts
+  only while the person it names holds that value: one left behind by a write that failed midway is
+  taken over by the next claim, and a search checks every candidate against the filter itself.
+
+A write claims the pointers of its new values, then makes the accounts (sync.py), then writes the
+person row, etag-checked: a write that fails midway leaves the person row as it was, Entra retries
+(or sends the change again at its next cycle), and the retry finishes it. The person row last also
+means a concurrent write to the same person fails with 412 here, which service.py retries from a
+fresh read: two PATCHes at once lose nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+from scim2_models import (
+    InvalidValueException,
+    Meta,
+    NotFoundException,
+    PreconditionFailedException,
+    ResourceType,
+    SearchRequest,
+    UniquenessException,
+)
+from scim2_models.path.expressions import CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
+from scim2_server.storage import ScimStorage, SearchPage
+
+from ..tables import storage_errors
+from . import mapping
+from .resources import User
+from .sync import AccountSync, Conflict, Desired, Guarded
+
+PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = "P", "U", "X", "E"
+MAX_STORED = 30_000  # characters of a person's JSON (a Table string property holds 32K)
+
+
+class Raced(PreconditionFailedException):
+    """Another write to this person landed between our read and our write: engine.py starts over."""
+
+
+def version_tag(version: int) -> str:
+    return f'W/"{version}"'
+
+
+class Person:
+    """A person row, read: the resource and what the accounts were made from."""
+
+    def __init__(self, row):
+        self.row = row
+        self.id: str = row["RowKey"]
+        self.version: int = int(row.get("Version") or 1)
+        self.etag: str = row.metadata["etag"]
+
+    @classmethod
+    def written(cls, row: dict, answer: dict) -> Person:
+        """The person as just written (the write's answer carries the new etag): no read back."""
+        from azure.data.tables import TableEntity
+
+        entity = TableEntity(row)
+        entity._metadata = {"etag": answer["etag"]}
+        return cls(entity)
+
+    def resource(self) -> User:
+        user = User.model_validate(json.loads(self.row["Resource"]))
+        user.id = self.id
+        user.meta = Meta(resource_type="User", created=self.row["Created"], last_modified=self.row["LastModified"],
+                         version=version_tag(self.version))
+        return user
+
+    def keys(self) -> dict[str, str]:
+        return {BY_USER_NAME: self.row.get("UserNameKey") or "", BY_EXTERNAL_ID: self.row.get("ExternalIdKey") or "",
+                BY_EMAIL: self.row.get("EmailKey") or ""}
+
+
+class Facts:
+    """What a SCIM User gives the portal (mapping.py), checked: MappingError -> invalidValue."""
+
+    def __init__(self, user: User, default_kind: str | None, tenant: str | None):
+        try:
+            mapping.check_text(user.user_name, "userName", mapping.MAX_USER_NAME)
+            mapping.check_text(user.external_id, "externalId", mapping.MAX_EXTERNAL_ID)
+            mapping.check_text(user.display_name, "displayName", mapping.MAX_USER_NAME)
+            if not user.user_name or not user.user_name.strip():
+                raise mapping.MappingError("userName: required")
+            emails = [e.model_dump() for e in user.emails or []]
+            self.email = mapping.chosen_email(emails) or ""
+            self.email_key = mapping.email_key(self.email, "emails") if self.email else ""
+        except mapping.MappingError as exc:
+            raise InvalidValueException(detail=str(exc)) from exc
+        roles = [r.model_dump() for r in user.roles or []]
+        self.kinds = mapping.kinds_of(roles, default_kind)
+        self.has_portal_role = mapping.has_portal_role(roles)
+        self.active = user.active is not False
+        self.link = mapping.link_of(user.external_id, tenant)
+        self.user_name_key = mapping.user_name_key(user.user_name)
+        self.external_id_key = mapping.table_key(user.external_id) if user.external_id else ""
+        self.display_name = user.display_name or (user.name.formatted if user.name else None) or ""
+
+    def keys(self) -> dict[str, str]:
+        return {BY_USER_NAME: self.user_name_key, BY_EXTERNAL_ID: self.external_id_key, BY_EMAIL: self.email_key}
+
+
+class TableScimStorage(ScimStorage):
+    """One per request (it remembers the etags it read)."""
+
+    def __init__(self, users: TableClient, accounts: TableClient, default_kind: str | None, tenant: str | None):
+        self._users = Guarded(users)
+        self._raw_users = users
+        self._sync = AccountSync(accounts, self._exists)
+        self._default_kind, self._tenant = default_kind, tenant
+        self._read: dict[str, Person] = {}
+
+    # ---- reads ----
+    def _person(self, scim_id: str) -> Person | None:
+        if not scim_id or not isinstance(scim_id, str) or mapping.table_key(scim_id) != scim_id:
+            return None
+        try:
+            person = Person(self._users.get_entity(PERSON, scim_id))
+        except ResourceNotFoundError:
+            return None
+        self._read[scim_id] = person
+        return person
+
+    def _exists(self, scim_id: str) -> bool:
+        return self._person(scim_id) is not None
+
+    def get(self, resource_type: ResourceType, resource_id: str, *, response_parameters=None) -> User:
+        person = self._person(resource_id)
+        if person is None:
+            raise NotFoundException(detail=f"no User {resource_id}")
+        return person.resource()
+
+    def _pointed(self, partition: str, key: str) -> Person | None:
+        """The person a pointer names, if that person still holds the value."""
+        if not key:
+            return None
+        try:
+            pointer = self._users.get_entity(partition, key)
+        except ResourceNotFoundError:
+            return None
+        person = self._person(pointer.get("Id") or "")
+        return person if person is not None and person.keys()[partition] == key else None
+
+    def search(self, resource_types: list[ResourceType], search_request: SearchRequest[Any], *,
+               position: Any = None) -> SearchPage:
+        flt = search_request.filter
+        candidates = self._candidates(flt.ast) if flt is not None else None
+        if candidates is None:  # no filter, or none of the indexed ones: the whole partition
+            with storage_errors():
+                rows = list(self._raw_users.query_entities("PartitionKey eq @p", parameters={"p": PERSON}))
+            candidates = [Person(row) for row in rows]
+        found = [u for u in (p.resource() for p in candidates) if flt is None or flt.match(u)]
+        start = max(1, search_request.start_index or 1)
+        count = search_request.count if search_request.count is not None else len(found)
+        return SearchPage(total=len(found), resources=found[start - 1:start - 1 + max(0, count)])
+
+    def _candidates(self, node) -> list[Person] | None:
+        """The people an indexed term of the filter names (a point read); None when the filter has no
+        such term (then every person is a candidate). The filter itself decides among them."""
+        terms = node.terms if isinstance(node, LogicalExpr) and node.op == LogicalOperator.and_ else (node,)
+        for term in terms:
+            found = self._indexed(term)
+            if found is not None:
+                return found
+        return None
+
+    def _indexed(self, term) -> list[Person] | None:
+        if isinstance(term, ValuePath) and term.attr_path.attr.lower() == "emails":
+            inner = term.val_filter.terms if isinstance(term.val_filter, LogicalExpr) and \
+                term.val_filter.op == LogicalOperator.and_ else (term.val_filter,)
+            for part in inner:
+                if isinstance(part, Comparison) and part.op == CompareOperator.eq and \
+                        part.attr_path.attr.lower() == "value" and isinstance(part.value, str):
+                    return self._by_email(part.value)
+            return None
+        if not isinstance(term, Comparison) or term.op != CompareOperator.eq or not isinstance(term.value, str):
+            return None
+        attr, sub = term.attr_path.attr.lower(), (term.attr_path.sub_attr or "").lower()
+        if attr == "username" and not sub:
+            person = self._pointed(BY_USER_NAME, mapping.user_name_key(term.value))
+        elif attr == "externalid" and not sub:
+            person = self._pointed(BY_EXTERNAL_ID, mapping.table_key(term.value))
+        elif attr == "id" and not sub:
+            person = self._person(term.value)
+        elif attr == "emails" and sub == "value":
+            return self._by_email(term.value)
+        else:
+            return None
+        return [person] if person else []
+
+    def _by_email(self, value: str) -> list[Person]:
+        try:
+            key = mapping.email_key(value)
+        except mapping.MappingError:
+            return []  # an address the portal cannot hold is no one's
+        person = self._pointed(BY_EMAIL, key)
+        return [person] if person else []
+
+    # ---- writes ----
+    def _claim(self, partition: str, key: str, scim_id: str) -> None:
+        """Points `key` at the person; UniquenessException when another person holds it."""
+        if not key:
+            return
+        for _ in range(3):
+            try:
+                self._users.create_entity({"PartitionKey": partition, "RowKey": key, "Id": scim_id})
+                return
+            except ResourceExistsError:
+                pass
+            try:
+                pointer = self._users.get_entity(partition, key)
+            except ResourceNotFoundError:
+                continue
+            holder = pointer.get("Id") or ""
+            if holder == scim_id:
+                return
+            other = self._person(holder)
+            if other is not None and other.keys()[partition] == key:
+                what = {BY_USER_NAME: "userName", BY_EXTERNAL_ID: "externalId", BY_EMAIL: "email"}[partition]
+                raise UniquenessException(detail=f"this {what} belongs to another User")
+            try:  # left behind by a write that failed midway: take it over
+                self._users.update_entity({"PartitionKey": partition, "RowKey": key, "Id": scim_id},
+                                          mode=UpdateMode.REPLACE, etag=pointer.metadata["etag"],
+                                          match_condition=MatchConditions.IfNotModified)
+                return
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+        raise UniquenessException(detail="a unique value kept changing hands; try again")
+
+    def _release(self, partition: str, key: str, scim_id: str) -> None:
+        if not key:
+            return
+        try:
+            pointer = self._users.get_entity(partition, key)
+        except ResourceNotFoundError:
+            return
+        if pointer.get("Id") == scim_id:
+            try:
+                self._users.delete_entity(partition, key, etag=pointer.metadata["etag"],
+                                          match_condition=MatchConditions.IfNotModified)
+            except (ResourceModifiedError, ResourceNotFoundError):
+                pass
+
+    def _desired(self, scim_id: str, facts: Facts) -> Desired:
+        return Desired(scim_id=scim_id, email_key=facts.email_key or None,
+                       email=mapping.stored_email(facts.email) if facts.email else "", kinds=facts.kinds,
+                       active=facts.active, link=facts.link, display_name=facts.display_name)
+
+    def _row(self, scim_id: str, user: User, facts: Facts, version: int, created: datetime) -> dict:
+        body = user.model_dump(mode="json", exclude={"id", "meta"})
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        if len(text) > MAX_STORED:
+            raise InvalidValueException(detail=f"the User is larger than the {MAX_STORED} characters kept")
+        return {"PartitionKey": PERSON, "RowKey": scim_id, "Resource": text, "UserName": user.user_name,
+                "UserNameKey": facts.user_name_key, "ExternalId": user.external_id or "",
+                "ExternalIdKey": facts.external_id_key, "Email": facts.email, "EmailKey": facts.email_key,
+                "Kinds": " ".join(facts.kinds), "Active": facts.active, "Link": facts.link or "",
+                "HasPortalRole": facts.has_portal_role, "Version": version, "Created": created,
+                "LastModified": datetime.now(UTC)}
+
+    def _apply_accounts(self, scim_id: str, facts: Facts, old_email_key: str | None, created: bool = False) -> None:
+        try:
+            self._sync.apply(self._desired(scim_id, facts), old_email_key, created=created)
+        except Conflict as exc:
+            raise UniquenessException(detail=str(exc)) from exc
+
+    def create(self, resource_type: ResourceType, resource: User) -> User:
+        facts = Facts(resource, self._default_kind, self._tenant)
+        scim_id = str(uuid.uuid4())  # random: never reused
+        for partition, key in facts.keys().items():
+            self._claim(partition, key, scim_id)
+        self._apply_accounts(scim_id, facts, None, created=True)
+        row = self._row(scim_id, resource, facts, 1, datetime.now(UTC))
+        return Person.written(row, self._users.create_entity(row)).resource()
+
+    def update(self, resource_type: ResourceType, resource: User, *, expected_version: str | None = None) -> User:
+        scim_id = resource.id or ""
+        person = self._read.get(scim_id) or self._person(scim_id)
+        if person is None:
+            raise NotFoundException(detail=f"no User {scim_id}")
+        if expected_version is not None and expected_version != version_tag(person.version):
+            raise PreconditionFailedException(detail="the User changed since it was read")
+        facts = Facts(resource, self._default_kind, self._tenant)
+        old = person.keys()
+        for partition, key in facts.keys().items():
+            if key != old[partition]:
+                self._claim(partition, key, scim_id)
+        self._apply_accounts(scim_id, facts, old[BY_EMAIL] or None)
+        row = self._row(scim_id, resource, facts, person.version + 1, person.row["Created"])
+        try:
+            written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
+                                                match_condition=MatchConditions.IfNotModified)
+        except ResourceModifiedError as exc:
+            raise Raced(detail="the User changed while it was written") from exc
+        except ResourceNotFoundError as exc:
+            raise NotFoundException(detail=f"no User {scim_id}") from exc
+        for partition, key in old.items():
+            if key and key != facts.keys()[partition]:
+                self._release(partition, key, scim_id)
+        return Person.written(row, written).resource()
+
+    def delete(self, resource_type: ResourceType, resource_id: str, *, expected_version: str | None = None) -> None:
+        person = self._read.get(resource_id) or self._person(resource_id)
+        if person is None:
+            raise NotFoundException(detail=f"no User {resource_id}")
+        if expected_version is not None and expected_version != version_tag(person.version):
+            raise PreconditionFailedException(detail="the User changed since it was read")
+        self._sync.remove_all(resource_id, [person.keys()[BY_EMAIL]])
+        try:
+            self._users.delete_entity(PERSON, resource_id, etag=person.etag,
+                                      match_condition=MatchConditions.IfNotModified)
+        except ResourceModifiedError as exc:
+            raise Raced(detail="the User changed while it was deleted") from exc
+        for partition, key in person.keys().items():
+            self._release(partition, key, resource_id)

@@ -1,0 +1,254 @@
+"""The SCIM protocol's edges through tools.host against Azurite: on/off and token errors, SCIM error
+bodies with their status and scimType (each with its DirectoryEvents row), attributes and
+excludedAttributes, If-Match, the accounts rules (adoption, conflicts, accounts never provisioned),
+two PATCHes at once, and a storage outage."""
+
+from __future__ import annotations
+
+import threading
+from urllib.parse import urlsplit
+
+import pytest
+
+from shared.tables import ACCOUNTS_TABLE
+from tests.scim import entra
+from tests.scim.conftest import TENANT, TOKEN, Scim, oid, unique
+from tests.support.fault_proxy import FaultProxy
+from tools.stack import azurite_connection_string
+
+
+def new_user(scim, kinds=("user",), email=None, external_id=None, **kw):
+    name = unique("p")
+    email = email or f"{name}@contoso.test"
+    response = scim.post("/Users", entra.create_user(f"{name}@contoso.test", email, external_id or oid(),
+                                                     kinds=kinds, **kw))
+    assert response.status_code == 201, response.text
+    return response.json(), email
+
+
+def error_of(response, status: int, scim_type: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/scim+json")
+    body = response.json()
+    assert body["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"] and body["status"] == str(status)
+    if scim_type:
+        assert body.get("scimType") == scim_type, body
+    return body
+
+
+def event_for(scim, status: int, reason: str | None = None) -> dict:
+    rows = [e for e in scim.events() if e.get("Status") == status and (reason is None or e.get("Reason") == reason)]
+    assert rows, f"no DirectoryEvents row with status {status} reason {reason}"
+    return rows[0]
+
+
+# ---- on, off, tokens ----
+
+def test_without_a_token_directory_sync_is_off_and_every_route_is_404(use_settings):
+    off = Scim(use_settings(SCIM_TOKEN=None))
+    before = len(off.events())
+    for path in ("/Users", "/ServiceProviderConfig", "/Schemas", "/Users/x", "/"):
+        error_of(off.get(path), 404)
+    assert len(off.events()) == before, "an app with sync off records nothing for strangers"
+
+
+def test_a_short_token_is_a_setting_error_naming_the_setting_not_its_value(use_settings):
+    short = "s" * 31
+    broken = Scim(use_settings(SCIM_TOKEN=short), token=short)
+    body = error_of(broken.get("/Users"), 503)
+    assert "SCIM_TOKEN" in body["detail"] and short not in body["detail"]
+    assert short not in str(event_for(broken, 503, "configuration_error"))
+
+
+def test_two_tokens_one_per_line_are_both_accepted_and_no_third(use_settings):
+    new, old = "n" * 40, "o" * 40
+    both = Scim(use_settings(SCIM_TOKEN=f"{new}\n{old}\n"))
+    for token in (new, old):
+        assert both.get("/Users", token=token).status_code == 200
+    for token in ("x" * 40, new + "x", new[:-1], "", f"{new} {old}"):
+        error_of(both.get("/Users", token=token), 401)
+    error_of(both.get("/Users", headers={"Authorization": f"Basic {new}"}), 401)
+    assert both.get("/Users", headers={"Authorization": f"bearer {new}"}).status_code == 200, "scheme any case"
+
+
+# ---- errors: status, scimType, audit row, never a 500 ----
+
+def test_bad_requests_get_scim_errors_with_scim_type_and_an_audit_row(scim):
+    user, _ = new_user(scim)
+    cases = [
+        (scim.request("POST", "/Users", raw=b'{"userName": '), 400, "invalidSyntax"),
+        (scim.post("/Users", {"schemas": ["urn:example:unknown"], "userName": unique()}), 400, "invalidSyntax"),
+        (scim.post("/Users", entra.create_user("u" * 257, f"{unique()}@contoso.test", oid())), 400, "invalidValue"),
+        (scim.post("/Users", entra.create_user(unique(), "a b@contoso.test", oid())), 400, "invalidValue"),
+        (scim.post("/Users", entra.create_user(unique(), "Cafe\u0301@contoso.test", oid())), 400, "invalidValue"),
+        (scim.post("/Users", entra.create_user(unique(), f"{'e' * 250}@contoso.test", oid())), 400, "invalidValue"),
+        (scim.post("/Users", entra.create_user(unique(), "no-at-sign", oid())), 400, "invalidValue"),
+        (scim.post("/Users", entra.create_user(user["userName"].upper(), f"{unique()}@contoso.test", oid())),
+         409, "uniqueness"),
+        (scim.get("/Users", params={"filter": 'title eq "x"'}), 400, "invalidFilter"),
+        (scim.get("/Users", params={"filter": 'userName eq'}), 400, "invalidFilter"),
+        (scim.patch(f"/Users/{user['id']}", entra.patch({"op": "Replace", "path": "id", "value": "mine"})),
+         400, "mutability"),
+        (scim.patch(f"/Users/{user['id']}", entra.patch({"op": "Jump", "path": "active", "value": True})),
+         400, None),
+        (scim.get("/Users/0b7c9f47-0000-4000-8000-000000000000"), 404, None),
+        (scim.get("/Groups"), 404, None),
+        (scim.post("/Schemas", {"schemas": []}), 405, None),
+        (scim.put("/ServiceProviderConfig", {}), 405, None),
+        (scim.post("/Users/.search", {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}), 501, None),
+        (scim.request("POST", "/Users", raw=b"x" * (256 * 1024 + 1)), 413, None),
+        (scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable()), headers={"If-Match": 'W/"999"'}), 412, None),
+    ]
+    for response, status, scim_type in cases:
+        body = error_of(response, status, scim_type)
+        assert "Traceback" not in body.get("detail", "")
+    statuses = {e["Status"] for e in scim.events()}
+    assert {400, 404, 405, 409, 412, 413, 501} <= statuses, "every refused request has its row"
+
+
+def test_if_match_with_the_current_version_applies(scim):
+    user, email = new_user(scim)
+    current = scim.get(f"/Users/{user['id']}")
+    assert current.headers["ETag"] == user["meta"]["version"]
+    applied = scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable()),
+                         headers={"If-Match": current.headers["ETag"]})
+    assert applied.status_code in (200, 204)
+    assert scim.runtime.accounts.get(email, "user").enabled is False
+
+
+def test_attributes_and_excluded_attributes_are_honoured(scim):
+    user, _ = new_user(scim)
+    only = scim.get(f"/Users/{user['id']}", params={"attributes": "userName"}).json()
+    assert set(only) <= {"schemas", "id", "userName", "meta"} and only["userName"] == user["userName"]
+    without = scim.get(f"/Users/{user['id']}", params={"excludedAttributes": "emails,name"}).json()
+    assert "emails" not in without and "name" not in without and without["userName"] == user["userName"]
+    listed = scim.get("/Users", params={"filter": f'userName eq "{user["userName"]}"', "attributes": "active"}).json()
+    assert listed["Resources"] and set(listed["Resources"][0]) <= {"schemas", "id", "active", "meta"}
+
+
+def test_paging_with_start_index_and_count(scim):
+    for _ in range(3):
+        new_user(scim)
+    page = scim.get("/Users", params={"startIndex": "2", "count": "2"}).json()
+    assert page["startIndex"] == 2 and page["itemsPerPage"] == len(page["Resources"]) <= 2
+    assert page["totalResults"] >= 3
+
+
+# ---- accounts: adoption, conflicts, accounts never provisioned ----
+
+def test_an_existing_account_is_adopted_keeping_its_account_id(scim):
+    email = f"{unique('imported')}@contoso.test"
+    scim.runtime.accounts.add(email, "agent", "A-77001", "Imported")
+    user, _ = new_user(scim, kinds=("agent",), email=email)
+    account = scim.runtime.accounts.get(email, "agent")
+    assert account.account_id == "A-77001" and account.linked_idp_subject == f"{TENANT}:{user['externalId']}"
+    row = scim.runtime.tables.client(ACCOUNTS_TABLE).get_entity(email.lower(), "agent")
+    assert row["ScimId"] == user["id"], "provisioned from now on"
+
+
+def test_an_adoptee_linked_to_another_person_is_409_and_left_as_it_was(scim):
+    email = f"{unique('linked')}@contoso.test"
+    scim.runtime.accounts.add(email, "user", "U-88001")
+    scim.runtime.accounts.update(email, "user", LinkedIdpSubject=f"{TENANT}:{oid()}")
+    before = scim.runtime.tables.client(ACCOUNTS_TABLE).get_entity(email.lower(), "user")
+    name = unique()
+    response = scim.post("/Users", entra.create_user(f"{name}@contoso.test", email, oid(), kinds=("user",)))
+    error_of(response, 409, "uniqueness")
+    after = scim.runtime.tables.client(ACCOUNTS_TABLE).get_entity(email.lower(), "user")
+    assert after.metadata["etag"] == before.metadata["etag"], "never re-pointed"
+    assert scim.get("/Users", params=entra.by_user_name(f"{name}@contoso.test")).json()["totalResults"] == 0
+
+
+def test_one_persons_email_or_account_is_never_given_to_another(scim):
+    first, first_email = new_user(scim, kinds=("user",))
+    error_of(scim.post("/Users", entra.create_user(f"{unique()}@contoso.test", first_email.upper(), oid())),
+             409, "uniqueness")
+    second, second_email = new_user(scim, kinds=("user",))
+    error_of(scim.patch(f"/Users/{second['id']}", entra.patch(entra.replace_work_email(first_email))),
+             409, "uniqueness")
+    assert scim.runtime.accounts.get(second_email, "user").account_id == f"scim-user-{second['id']}", "unchanged"
+    assert scim.runtime.accounts.get(first_email, "user").account_id == f"scim-user-{first['id']}"
+    # An unprovisioned account at the email a person moves to is not merged into theirs.
+    taken = f"{unique('cli')}@contoso.test"
+    scim.runtime.accounts.add(taken, "user", "U-99001")
+    error_of(scim.patch(f"/Users/{second['id']}", entra.patch(entra.replace_work_email(taken))), 409, "uniqueness")
+    assert scim.runtime.accounts.get(taken, "user").account_id == "U-99001"
+
+
+def test_accounts_never_provisioned_are_untouched(scim):
+    email = f"{unique('mixed')}@contoso.test"
+    other = f"{unique('bystander')}@contoso.test"
+    scim.runtime.accounts.add(email, "user", "U-55001", "By hand")  # same email, a kind the person does not get
+    scim.runtime.accounts.add(other, "agent", "A-55002", "Bystander")
+    table = scim.runtime.tables.client(ACCOUNTS_TABLE)
+    before = {(pk, k): table.get_entity(pk, k).metadata["etag"] for pk, k in ((email, "user"), (other, "agent"))}
+    user, _ = new_user(scim, kinds=("agent",), email=email)
+    for op in (entra.disable(), entra.enable_without_path(), entra.remove_role("agent")):
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(op)).status_code in (200, 204)
+    assert scim.delete(f"/Users/{user['id']}").status_code == 204
+    after = {(pk, k): table.get_entity(pk, k).metadata["etag"] for pk, k in before}
+    assert after == before
+
+
+def test_no_email_gives_no_account_and_default_kind_applies_without_a_role(use_settings):
+    scim = Scim(use_settings(SCIM_TOKEN=TOKEN, SCIM_DEFAULT_KIND="agent"))
+    user, email = new_user(scim, kinds=())
+    assert scim.runtime.accounts.get(email, "agent").account_id == f"scim-agent-{user['id']}"
+    assert scim.runtime.accounts.get(email, "user") is None
+    body = entra.create_user(f"{unique()}@contoso.test", "x@contoso.test", oid(), kinds=("user",))
+    body.pop("emails")
+    assert scim.post("/Users", body).status_code == 201
+    assert scim.runtime.accounts.get("x@contoso.test", "user") is None
+
+
+# ---- concurrency and faults ----
+
+def test_concurrent_patches_to_one_person_lose_nothing(scim):
+    user, _ = new_user(scim)
+    writers = 6
+    barrier = threading.Barrier(writers)
+    statuses = []
+
+    def add_email(i: int) -> None:
+        client = Scim(scim.runtime)
+        barrier.wait()
+        address = f"alt{i}-{user['id'][:8]}@contoso.test"
+        op = {"op": "Add", "path": "emails", "value": [{"type": "other", "value": address}]}
+        statuses.append(client.patch(f"/Users/{user['id']}", entra.patch(op)).status_code)
+
+    threads = [threading.Thread(target=add_email, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(s in (200, 204) for s in statuses), statuses
+    emails = {e["value"] for e in scim.get(f"/Users/{user['id']}").json()["emails"]}
+    assert {f"alt{i}-{user['id'][:8]}@contoso.test" for i in range(writers)} <= emails, "every PATCH landed"
+    assert scim.get(f"/Users/{user['id']}").json()["meta"]["version"] == f'W/"{1 + writers}"'
+
+
+def test_a_storage_outage_is_a_503_with_retry_after_never_a_500(use_settings, azurite):
+    port = urlsplit(azurite.url).port or int(azurite.url.rsplit(":", 1)[1])
+    with FaultProxy(port) as proxy:
+        runtime = use_settings(SCIM_TOKEN=TOKEN,
+                               TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
+        scim = Scim(runtime)
+        user, _ = new_user(scim)  # warm: tables made, connections pooled
+        proxy.refusing = True
+        proxy.cut_all()
+        for response in (scim.get("/Users", params=entra.by_user_name(user["userName"])),
+                         scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())),
+                         scim.post("/Users", entra.create_user(f"{unique()}@contoso.test", f"{unique()}@contoso.test",
+                                                               oid()))):
+            error_of(response, 503)
+            assert int(response.headers["Retry-After"]) > 0
+        proxy.refusing = False
+        assert scim.get(f"/Users/{user['id']}").status_code == 200, "heals without a restart"
+
+
+@pytest.mark.parametrize("value", ["False", "false", False])
+def test_active_false_in_every_form_disables(scim, value):
+    user, email = new_user(scim)
+    assert scim.patch(f"/Users/{user['id']}", entra.patch({"op": "replace", "path": "active", "value": value})
+                      ).status_code in (200, 204)
+    assert scim.runtime.accounts.get(email, "user").enabled is False

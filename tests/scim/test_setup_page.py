@@ -1,0 +1,60 @@
+"""The setup page's directory sync section (shared/scim/status.py), through the real host."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import requests
+
+from tests.conftest import APP_BASE
+from tests.scim import entra
+from tests.scim.conftest import TOKEN, oid, unique
+
+
+def section() -> str:
+    page = requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text
+    found = re.search(r"<h2>Directory sync \(SCIM\)</h2><table>.*?</table>", page, flags=re.S)
+    assert found, "the setup page has a directory sync section"
+    return found.group(0)
+
+
+def test_on_shows_the_tenant_url_the_last_request_the_counts_and_who_has_no_role(scim):
+    with_role = unique("role")
+    scim.post("/Users", entra.create_user(f"{with_role}@contoso.test", f"{with_role}@contoso.test", oid()))
+    no_role = unique("norole")
+    scim.post("/Users", entra.create_user(f"{no_role}@contoso.test", f"{no_role}@contoso.test", oid(), kinds=()))
+    text = section()
+    assert '<span class="st ok">on</span>' in text and "token from SCIM_TOKEN" in text
+    assert f'<code class="copy">{APP_BASE}/api/scim/v2</code>' in text
+    assert "POST /Users &rarr; 201 ok" in text
+    people = int(re.search(r"(\d+) people, (\d+) provisioned accounts", text).group(1))
+    assert people >= 2
+    assert f"<code>{no_role}@contoso.test</code>" in text and f"{with_role}@contoso.test" not in text
+    assert TOKEN not in text
+
+
+def test_off_and_a_setting_error_say_so_without_the_token(use_settings):
+    use_settings(SCIM_TOKEN=None)
+    assert '<span class="st warn">off</span>' in section()
+    short = "<short" + "x" * 10
+    use_settings(SCIM_TOKEN=short)
+    text = section()
+    assert '<span class="st fail">setting error</span>' in text and "SCIM_TOKEN" in text
+    assert short not in text and html.escape(short) not in text
+
+
+def test_tools_accounts_list_marks_provisioned_accounts(scim, azurite, capsys, tmp_path):
+    from tools import accounts
+
+    by_hand = f"{unique('hand')}@contoso.test"
+    scim.runtime.accounts.add(by_hand, "user", "U-HAND-1")
+    synced = unique("synced")
+    scim.post("/Users", entra.create_user(f"{synced}@contoso.test", f"{synced}@contoso.test", oid()))
+    assert accounts.main(["list", "--kind", "user"], environ={"TABLES_CONNECTION_STRING": azurite.connection_string},
+                         app_dir=tmp_path) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("email"))
+    at = header.index("provisioned")  # format_table aligns its columns
+    cells = {line.split()[0]: line[at:].split()[0] for line in out.splitlines() if "@contoso.test" in line}
+    assert cells[by_hand] == "no" and cells[f"{synced}@contoso.test"] == "yes"

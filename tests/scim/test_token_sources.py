@@ -1,0 +1,49 @@
+"""The directory sync token from Key Vault (the stub, read by the real SecretClient through the real
+DefaultAzureCredential): two tokens one per line, both accepted; a rotation reaches the app without a
+restart; no secret means directory sync is off; SCIM_TOKEN beside KEY_VAULT_URL is a setting error."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.scim import auth
+from tests.scim.conftest import Scim
+
+pytestmark = pytest.mark.usefixtures("loopback_only")
+NEW, OLD, NEWER = "N" * 40, "O" * 40, "W" * 44
+
+
+def test_the_key_vault_secret_holds_two_tokens_both_accepted(stub, vault_app):
+    stub.set_secret("scim-token", f"{NEW}\n{OLD}")
+    scim = Scim(vault_app(SCIM_TOKEN=None))
+    for token in (NEW, OLD):
+        assert scim.get("/Users", token=token).status_code == 200
+    assert stub.reads("scim-token") == 1, "read once, then cached"
+    for _ in range(5):
+        assert scim.get("/Users", token=NEWER).status_code == 401
+    assert stub.reads("scim-token") == 2, "wrong tokens re-read the secret at most once per REREAD_SECONDS"
+
+
+def test_a_rotated_token_is_accepted_without_a_restart(stub, vault_app, monkeypatch):
+    monkeypatch.setattr(auth, "REREAD_SECONDS", 0.0)
+    stub.set_secret("scim-token", OLD)
+    scim = Scim(vault_app(SCIM_TOKEN=None))
+    assert scim.get("/Users", token=OLD).status_code == 200
+    stub.set_secret("scim-token", f"{NEWER}\n{OLD}")  # rotate-token: the new one first, the old kept
+    assert scim.get("/Users", token=NEWER).status_code == 200, "a token matching none re-reads the secret"
+    assert scim.get("/Users", token=OLD).status_code == 200
+    assert stub.reads("scim-token") == 2
+
+
+def test_a_named_secret_is_read_and_a_missing_one_means_off(stub, vault_app):
+    stub.set_secret("portal-scim", NEW)
+    assert Scim(vault_app(SCIM_TOKEN=None, SCIM_TOKEN_NAME="portal-scim")).get("/Users", token=NEW).status_code == 200
+    off = Scim(vault_app(SCIM_TOKEN=None, SCIM_TOKEN_NAME="no-such-secret"))
+    assert off.get("/Users", token=NEW).status_code == 404
+
+
+def test_scim_token_beside_key_vault_is_a_setting_error(stub, vault_app):
+    stub.set_secret("scim-token", NEW)
+    response = Scim(vault_app(SCIM_TOKEN=NEW)).get("/Users", token=NEW)
+    assert response.status_code == 503 and "SCIM_TOKEN" in response.json()["detail"]
+    assert NEW not in response.text
