@@ -48,7 +48,7 @@ class FakeAzure:
 
     def __init__(self, tmp: Path):
         self.bin, self.state_path, self.log_path = tmp / "bin", tmp / "state.json", tmp / "az-calls.jsonl"
-        self.bin.mkdir()
+        self.bin.mkdir(parents=True)
         az = self.bin / "az"
         az.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
         az.chmod(0o755)
