@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.aadsts import hint_for
 from tests.deploy.fake_az import GRAPH_SP, ME, SECRET
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
 from tools.deploy import names
@@ -298,3 +299,8 @@ def test_rotate_token_keeps_the_old_token_valid_until_entra_has_the_new_one(azur
     assert retired.code == 0, retired.err
     assert secret_values(azure, "scim-token")[-1] == new, "only the new token is left"
     assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == []
+
+
+def test_the_consent_error_a_person_meets_names_the_fix_and_who_can_apply_it():
+    hint = hint_for("AADSTS65001: The user or administrator has not consented to use the application")
+    assert hint and "scripts/register-app" in hint and "Application Administrator" in hint
