@@ -1,4 +1,5 @@
-"""scripts/deploy: creates or updates everything Portal SSO needs in Azure, then deploys the package.
+"""portal-sso deploy (scripts/deploy): creates or updates everything Portal SSO needs in Azure, then deploys
+the package.
 
 Resource group; storage account (shared-key access off, TLS 1.2) with the three tables and the blob
 containers the host and the deployment use; Key Vault (RBAC, purge protection); Log Analytics and
@@ -10,7 +11,7 @@ Key Vault when there is none; the package. Idempotent: a second run creates and 
 and says so. --what-if reads the current state and prints what a run would create, change and
 remove, writing nothing; --dry-run prints every az command and runs none (not even reads).
 
-    scripts/deploy --resource-group rg-sso --location westeurope --app contoso-sso \\
+    portal-sso deploy --resource-group rg-sso --location westeurope --app contoso-sso \\
         --portal-user-url https://portal.contoso.com/sso/user --portal-agent-url https://portal.contoso.com/sso/agent
 """
 
@@ -240,7 +241,7 @@ def harden(az: Az, app: str, rg: str, site: dict | None) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/deploy", description=__doc__,
+    parser = argparse.ArgumentParser(prog="portal-sso deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resource-group", "-g", required=True)
     parser.add_argument("--location", "-l", required=True, help="an Azure region that offers Flex Consumption")
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
           f"--name {args.app} --function-name sso_setup\n"
           f"Session tokens: iss {base} (SESSION_TOKEN_ISSUER), aud "
           f"{args.session_audience or origin_of(args.portal_user_url)} (SESSION_TOKEN_AUDIENCE)\n"
-          f"Next: scripts/register-app --resource-group {args.resource_group} --app {args.app}")
+          f"Next: portal-sso register-app --resource-group {args.resource_group} --app {args.app}")
     return 0
 
 

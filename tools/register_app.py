@@ -1,10 +1,10 @@
-"""scripts/register-app: the Entra ID side, as the admin steps describe it, by command.
+"""portal-sso register-app (scripts/register-app): the Entra ID side, as the admin steps describe it, by command.
 
-    scripts/register-app --resource-group RG --app APP          create or update the registration
-    scripts/register-app --resource-group RG --app APP assign --group "Agents" --kind agent
-    scripts/register-app --resource-group RG --app APP rotate-secret [--grace-days 7]
-    scripts/register-app --resource-group RG --app APP provisioning       directory sync (SCIM) from Entra
-    scripts/register-app --resource-group RG --app APP rotate-token [--retire-old]
+    portal-sso register-app --resource-group RG --app APP          create or update the registration
+    portal-sso register-app --resource-group RG --app APP assign --group "Agents" --kind agent
+    portal-sso register-app --resource-group RG --app APP rotate-secret [--grace-days 7]
+    portal-sso register-app --resource-group RG --app APP provisioning       directory sync (SCIM) from Entra
+    portal-sso register-app --resource-group RG --app APP rotate-token [--retire-old]
 
 Which registration: the one whose application id the function app records (`OIDC_CLIENT_ID`), never
 one found by its display name (anyone may register an app of any name). The first run creates a new
@@ -153,12 +153,12 @@ class Registration:
                 return app
             if not creating:
                 raise AzError(f"The app registration that OIDC_CLIENT_ID names ({recorded}) no longer exists: run "
-                              "scripts/register-app without a subcommand to make a new one.")
+                              "portal-sso register-app without a subcommand to make a new one.")
             print(f"note: the app registration that OIDC_CLIENT_ID names ({recorded}) no longer exists: making a "
                   "new one.")
             return None
         if not creating and not self.az.dry_run:
-            raise AzError("The function app records no app registration (OIDC_CLIENT_ID): run scripts/register-app "
+            raise AzError("The function app records no app registration (OIDC_CLIENT_ID): run portal-sso register-app "
                           "without a subcommand first (or with --app-id to adopt one you own).")
         return None if creating else {"appId": "<client id>"}
 
@@ -197,7 +197,7 @@ class Registration:
         update_app_settings(self.az, self.app, self.rg,
                             {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}, current)
         print(f"\nApplication (client) ID: {client_id}\nOpenID Connect metadata document: {issuer_url(tenant)}\n"
-              f"Redirect URIs: {' '.join(uris)}\nAssign people: scripts/register-app --resource-group {self.rg} "
+              f"Redirect URIs: {' '.join(uris)}\nAssign people: portal-sso register-app --resource-group {self.rg} "
               f"--app {self.app} assign --group <group name> --kind agent|user")
 
     def bring_up_to_date(self, app: dict, uris: list[str]) -> None:
@@ -403,7 +403,7 @@ class Registration:
         if job is not None or self.az.dry_run:
             return job or {"id": "<job id>"}
         if not create:
-            raise AzError("No provisioning job yet: run `scripts/register-app ... provisioning` first.")
+            raise AzError("No provisioning job yet: run `portal-sso register-app ... provisioning` first.")
         templates = (self.az.read("rest", "--method", "GET", "--uri",
                                   f"{GRAPH}/servicePrincipals/{sp['id']}/synchronization/templates") or {}).get("value")
         if templates is not None and SCIM_TEMPLATE not in {t.get("id") for t in templates}:
@@ -455,10 +455,10 @@ def comparable(items: list | None) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/register-app", description=__doc__,
+    parser = argparse.ArgumentParser(prog="portal-sso register-app", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resource-group", "-g", required=True)
-    parser.add_argument("--app", required=True, help="the function app (scripts/deploy's --app)")
+    parser.add_argument("--app", required=True, help="the function app (deploy's --app)")
     parser.add_argument("--app-id", help="adopt this existing registration (you must be one of its owners)")
     parser.add_argument("--display-name", help="a new registration's name (default: Portal SSO (APP)); never used "
                                                "to find one")
