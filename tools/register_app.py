@@ -190,8 +190,10 @@ class Registration:
         client_id = app["appId"]
         sp = self.ensure_service_principal(client_id)
         self.consent(sp, client_id, tenant)
-        if self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name", SECRET_NAME,
-                        "--query", "id") is None:
+        # A registration new to the function app (made now, or adopted) needs a secret of its own: the one
+        # in Key Vault belongs to the registration the app used before.
+        if client_id != current.get("OIDC_CLIENT_ID") or self.az.show(
+                "keyvault", "secret", "show", "--vault-name", vault, "--name", SECRET_NAME, "--query", "id") is None:
             self.new_secret(client_id, vault)
         self.let_the_app_read(vault, SECRET_NAME)
         update_app_settings(self.az, self.app, self.rg,

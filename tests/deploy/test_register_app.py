@@ -92,6 +92,7 @@ def test_adopting_an_existing_app_needs_app_id_and_ownership(azure):
 
 
 def test_an_owned_app_is_adopted_with_app_id_and_foreign_redirect_uris_are_listed_and_removed(azure):
+    assert azure.run("register-app", *APP_ARGS).code == 0, "the app used another registration before"
     plant_app(azure, "my-old-app", owner=ME["id"])
     state = azure.state
     state["apps"]["my-old-app"]["web"]["redirectUris"] += ["https://portal.contoso.test/logout"]
@@ -100,6 +101,9 @@ def test_an_owned_app_is_adopted_with_app_id_and_foreign_redirect_uris_are_liste
                      "--keep-redirect-uri", "https://portal.contoso.test/logout")
     assert kept.code == 0, kept.err
     assert settings(azure)["OIDC_CLIENT_ID"] == "my-old-app"
+    (credential,) = azure.state["apps"]["my-old-app"]["credentials"]
+    latest = azure.state["secrets"][f"{N['vault']}/oidc-client-secret"][-1]
+    assert latest["tags"]["entraKeyId"] == credential["keyId"], "Key Vault holds the adopted app's own secret"
     assert f"removing a redirect URI this script did not make: {EVIL}" in kept.out
     assert sorted(azure.state["apps"]["my-old-app"]["web"]["redirectUris"]) == sorted(
         [*OURS, "https://portal.contoso.test/logout"]), "ours plus the one kept; the foreign one is gone"
