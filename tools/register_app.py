@@ -402,7 +402,7 @@ class Registration:
     def provisioning_job(self, sp: dict, *, create: bool) -> dict:
         jobs = (self.az.read("rest", "--method", "GET", "--uri", self.jobs_uri(sp)) or {}).get("value", [])
         job = next((j for j in jobs if j.get("templateId") == SCIM_TEMPLATE), None)
-        if job is not None or self.az.dry_run:
+        if job is not None or (self.az.dry_run and not create):
             return job or {"id": "<job id>"}
         if not create:
             raise AzError("No provisioning job yet: run `portal-sso register-app ... provisioning` first.")
