@@ -189,6 +189,8 @@ def revoke(az: Az, principal: str, role: str, scope: str, why: str) -> None:
     """Removes `role` for `principal` at exactly `scope`, when it is there (a grant broader than needed)."""
     for assignment in az.read("role", "assignment", "list", "--assignee", principal, "--role", role,
                               "--scope", scope) or []:
+        if assignment.get("scope", "").lower() != scope.lower():
+            continue  # inherited from above: not this grant
         az.write("role", "assignment", "delete", "--ids", assignment["id"],
                  change=("remove", f"role {role} on {scope_name(scope)} ({why})"))
 

@@ -64,6 +64,7 @@ ROLES_SOURCE = {"expression": "AppRoleAssignmentsComplex([appRoleAssignments])",
                 "type": "Function", "parameters": [{"key": "source", "value": {
                     "expression": "[appRoleAssignments]", "name": "appRoleAssignments", "parameters": [],
                     "type": "Attribute"}}]}
+ENTERPRISE_APP_TAG = "WindowsAzureActiveDirectoryIntegratedApp"
 NO_CONSENT = ("Authorization_RequestDenied", "Insufficient privileges", "Forbidden", "403")
 
 
@@ -212,8 +213,12 @@ class Registration:
             print(f"removing a redirect URI this script did not make: {uri} (keep it with --keep-redirect-uri "
                   f"{uri})")
         wanted = uris + [u for u in existing if u in keep and u not in uris]
+        # SPA and public-client redirect URIs receive codes that need no client secret: none are ours
+        others = [(kind, u) for kind in ("spa", "publicClient") for u in (app.get(kind) or {}).get("redirectUris", [])]
+        for kind, uri in others:
+            print(f"removing a {kind} redirect URI this script did not make: {uri}")
         differs = {
-            "redirect URIs": sorted(existing) != sorted(wanted),
+            "redirect URIs": sorted(existing) != sorted(wanted) or bool(others),
             "optional claims": app.get("optionalClaims") != json.loads(OPTIONAL_CLAIMS.read_text()),
             "app roles": comparable(app.get("appRoles")) != comparable(json.loads(APP_ROLES.read_text())),
             "API permissions": comparable(app.get("requiredResourceAccess"))
@@ -223,8 +228,11 @@ class Registration:
             self.az.write("ad", "app", "update", "--id", app["appId"], "--web-redirect-uris", *wanted,
                           "--optional-claims", f"@{OPTIONAL_CLAIMS}", "--app-roles", f"@{APP_ROLES}",
                           "--required-resource-accesses", f"@{API_PERMISSIONS}",
+                          *(["--set", *(f"{kind}.redirectUris=[]" for kind in sorted({k for k, _ in others}))]
+                            if others else []),
                           change=("change", ", ".join(k for k, v in differs.items() if v)
-                                  + (f" (removed {len(foreign)} foreign redirect URI(s))" if foreign else "")))
+                                  + (f" (removed {len(foreign) + len(others)} foreign redirect URI(s))"
+                                     if foreign or others else "")))
 
     def ensure_service_principal(self, client_id: str) -> dict:
         sp = self.az.show("ad", "sp", "show", "--id", client_id)
@@ -233,6 +241,11 @@ class Registration:
         if not (sp or {}).get("appRoleAssignmentRequired"):
             self.az.write("ad", "sp", "update", "--id", client_id, "--set", "appRoleAssignmentRequired=true",
                           change=("change", "user assignment required"))
+        if ENTERPRISE_APP_TAG not in ((sp or {}).get("tags") or []):
+            # without it, the app is missing from Entra ID > Enterprise applications (users and groups,
+            # provisioning): service principals made by the CLI do not carry it
+            self.az.write("ad", "sp", "update", "--id", client_id, "--add", "tags", ENTERPRISE_APP_TAG,
+                          change=("change", "listed under Enterprise applications"))
         return sp or {"id": "<service principal id>"}
 
     def consent(self, sp: dict, client_id: str, tenant: str) -> None:

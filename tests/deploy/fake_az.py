@@ -313,7 +313,12 @@ def handle(args: list[str], state: dict, file_content: str | None):
                                                           "appRoleAssignmentRequired": False}
         return state["sps"][opt(args, "--id")]
     if words.startswith("ad sp update"):
-        resource(state, "sps", opt(args, "--id"))["appRoleAssignmentRequired"] = True
+        sp = resource(state, "sps", opt(args, "--id"))
+        if "--set" in args:
+            set_path(sp, opt(args, "--set"))
+        if "--add" in args:
+            path, value = values(args, "--add")
+            sp.setdefault(path, []).append(value)
         return None
     if words.startswith("ad user show") or words.startswith("ad group show"):
         return {"id": f"object-of-{opt(args, '--id', '--group')}"}
@@ -326,6 +331,8 @@ def update_app(app: dict, args: list[str]) -> None:
     """`ad app create/update`: each given property replaces the registration's (as Graph's PATCH does)."""
     if "--web-redirect-uris" in args:
         app["web"]["redirectUris"] = values(args, "--web-redirect-uris")
+    for assignment in values(args, "--set") if "--set" in args else []:
+        set_path(app, assignment)
     for option, key in (("--optional-claims", "optionalClaims"), ("--app-roles", "appRoles"),
                         ("--required-resource-accesses", "requiredResourceAccess")):
         if option in args:

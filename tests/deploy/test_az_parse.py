@@ -43,7 +43,8 @@ def every_command(tmp_path: Path) -> list[list[str]]:
     for resource in state["resources"].values():
         resource["properties"].pop("DisableLocalAuth", None)
     state["apps"]["owned-app-id"] = {"appId": "owned-app-id", "displayName": "x", "owners": [ME["id"]],
-                                     "web": {"redirectUris": ["https://evil.example/cb"]}, "credentials": []}
+                                     "web": {"redirectUris": ["https://evil.example/cb"]}, "credentials": [],
+                                     "publicClient": {"redirectUris": ["http://localhost:1234"]}}
     azure.state = state
     assert azure.run("register-app", *APP_ARGS, "rotate-secret").code == 0
     assert azure.run("deploy", *DEPLOY_ARGS).code == 0
@@ -65,7 +66,8 @@ def test_every_command_the_scripts_issue_is_valid_for_the_real_az_cli(tmp_path):
                    "role assignment delete", "keyvault secret set", "keyvault secret set-attributes",
                    "rest --method POST", "rest --method PUT", "synchronization/jobs", "oauth2PermissionGrants",
                    "config-zip", "functionapp config set", "functionapp update", "resource update",
-                   "keyvault update", "ad sp show --id ci-app-id"):
+                   "keyvault update", "ad sp show --id ci-app-id", "publicClient.redirectUris=[]",
+                   "--add tags WindowsAzureActiveDirectoryIntegratedApp"):
         assert any(phrase in command for command in issued), f"no path issued {phrase!r}"
     placeholder = tmp_path / "exists.txt"
     placeholder.write_text("x")

@@ -96,6 +96,7 @@ def test_an_owned_app_is_adopted_with_app_id_and_foreign_redirect_uris_are_liste
     plant_app(azure, "my-old-app", owner=ME["id"])
     state = azure.state
     state["apps"]["my-old-app"]["web"]["redirectUris"] += ["https://portal.contoso.test/logout"]
+    state["apps"]["my-old-app"]["spa"] = {"redirectUris": ["https://evil.example/spa"]}  # codes without a secret
     azure.state = state
     kept = azure.run("register-app", *APP_ARGS, "--app-id", "my-old-app",
                      "--keep-redirect-uri", "https://portal.contoso.test/logout")
@@ -107,6 +108,7 @@ def test_an_owned_app_is_adopted_with_app_id_and_foreign_redirect_uris_are_liste
     assert f"removing a redirect URI this script did not make: {EVIL}" in kept.out
     assert sorted(azure.state["apps"]["my-old-app"]["web"]["redirectUris"]) == sorted(
         [*OURS, "https://portal.contoso.test/logout"]), "ours plus the one kept; the foreign one is gone"
+    assert azure.state["apps"]["my-old-app"]["spa"]["redirectUris"] == [] and "https://evil.example/spa" in kept.out
     again = azure.run("register-app", *APP_ARGS)
     assert again.code == 0 and "my-old-app" == settings(azure)["OIDC_CLIENT_ID"], "found again by OIDC_CLIENT_ID"
     assert sorted(azure.state["apps"]["my-old-app"]["web"]["redirectUris"]) == OURS, "not kept unless named"
@@ -146,6 +148,8 @@ def test_register_app_appends_a_secret_straight_into_key_vault_and_never_shows_i
     assert sorted(app["web"]["redirectUris"]) == OURS, "each kind's callback and signed-out page"
     assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov"}
     assert azure.state["sps"][app["appId"]]["appRoleAssignmentRequired"] is True
+    assert azure.state["sps"][app["appId"]]["tags"] == ["WindowsAzureActiveDirectoryIntegratedApp"], \
+        "listed under Enterprise applications, where people are assigned"
     assert settings(azure)["OIDC_CLIENT_ID"] == app["appId"]
     assert settings(azure)["OIDC_ISSUER_URL"] == \
         "https://login.microsoftonline.com/tenant-0000/v2.0/.well-known/openid-configuration"
