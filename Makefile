@@ -18,9 +18,11 @@ PY313 := $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.13.*/bin/python))
 
 setup: $(VENV)/.installed $(NPM_STAMP)
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The `portal-sso` command (pyproject.toml's [project.scripts]), editable: it runs this checkout's code.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(NPM_STAMP): devstack/package.json devstack/package-lock.json

@@ -9,8 +9,9 @@ HINTS = {
             "your app > Authentication > Web, add both Single Sign On URLs exactly as the setup page shows them."),
     50105: ("The person is not assigned to the app. In Entra ID > Enterprise applications > your app > Users and "
             "groups, assign them (or turn off 'Assignment required?')."),
-    65001: ("The app has not been granted consent. An administrator must grant admin consent under API "
-            "permissions, or let people consent."),
+    65001: ("The app has not been granted consent ('Need admin approval'). An administrator (Privileged Role, "
+            "Cloud Application or Application Administrator) grants admin consent: scripts/register-app does it, "
+            "or Entra ID > App registrations > your app > API permissions > Grant admin consent."),
     700016: ("The client ID is not known in this tenant. Check OIDC_CLIENT_ID is the 'Application (client) ID' "
              "and OIDC_ISSUER_URL names the tenant where the app is registered."),
     7000215: ("The client secret is wrong. Copy the secret's Value (not its Secret ID) from Certificates & "

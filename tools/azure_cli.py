@@ -1,12 +1,17 @@
 """Running the az CLI for scripts/deploy and scripts/register-app: every command printed before it
-runs (or, with --dry-run, printed and not run), JSON answers parsed, "not found" told apart from
-failures, and a failure explained in one sentence that says what to do, with what was already
-changed, so nothing is left half-made without saying so."""
+runs, JSON answers parsed, "not found" told apart from failures, and a failure explained in one
+sentence that says what to do, with what was already changed, so nothing is left half-made without
+saying so.
+
+Three modes. A real run reads and writes. `--what-if` reads the current state (signed in) and runs
+no write: each write is listed as what it would create, change or remove. `--dry-run` runs nothing
+at all, not even a read (no sign-in needed): the plan for an empty subscription."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -32,10 +37,17 @@ EXPLAINED = (
     ("already exists", "That name is taken in Azure by someone else: choose another."),
     ("is not available", "That name is taken in Azure by someone else: choose another."),
 )
+# App settings whose values never appear in what is printed (a connection string carries a key).
+HIDDEN_SETTINGS = ("APPLICATIONINSIGHTS_CONNECTION_STRING", "AzureWebJobsStorage")
+VERBS = ("create", "change", "remove")
 
 
 class AzError(Exception):
-    """A step failed; the message says what to do."""
+    """A step failed; the message says what to do (`stderr`: what az said, never printed whole)."""
+
+    def __init__(self, message: str, stderr: str = ""):
+        super().__init__(message)
+        self.stderr = stderr
 
 
 def explain(stderr: str) -> str:
@@ -46,82 +58,154 @@ def explain(stderr: str) -> str:
     return lines[-1] if lines else "az failed without a message"
 
 
-class Az:
-    """`run` and `show` the az CLI. `changes` lists what this run created or changed, in order."""
+def printable(argv: list[str]) -> str:
+    """The command as printed: values of the HIDDEN_SETTINGS replaced by `<hidden>`."""
+    hidden = re.compile(rf"^({'|'.join(HIDDEN_SETTINGS)})=.+", re.S)
+    return "az " + shlex.join([hidden.sub(r"\1=<hidden>", a) for a in argv])
 
-    def __init__(self, *, dry_run: bool = False, az: str | None = None, out=print):
-        self.dry_run = dry_run
+
+class Az:
+    """`read`, `show` and `write` through the az CLI. `changes` lists (verb, what) for each write this
+    run made (or, in a what-if or dry run, would make), in order."""
+
+    def __init__(self, *, dry_run: bool = False, what_if: bool = False, az: str | None = None, out=print):
+        self.dry_run, self.what_if = dry_run, what_if and not dry_run
         self.az = az or shutil.which("az") or ""
         self.out = out
-        self.changes: list[str] = []
+        self.changes: list[tuple[str, str]] = []
+
+    @property
+    def writes(self) -> bool:
+        """Whether writes run (a real run), so what they create can be read back."""
+        return not (self.dry_run or self.what_if)
 
     def check_ready(self) -> dict:
         """az is installed and signed in: returns `az account show` (subscription, tenant, user)."""
         if self.dry_run:
-            return {"id": "<subscription>", "tenantId": "<tenant>", "user": {"name": "<you>"}}
+            return {"id": "<subscription>", "tenantId": "<tenant>", "user": {"name": "<you>", "type": "user"}}
         if not self.az:
             raise AzError("The Azure CLI (az) is not installed or not on PATH: install it "
                           "(https://learn.microsoft.com/cli/azure/install-azure-cli), run `az login`, then run this "
                           "again.")
-        return self.run("account", "show")
+        return self.read("account", "show")
 
-    def run(self, *args: str, change: str = "", quiet: bool = False) -> Any:
-        """Runs `az ARGS -o json`; returns the parsed answer (None when it printed nothing, and always in a
-        dry run). `change` describes what the command creates or changes, for the summary. `quiet`
-        keeps the answer out of everything printed (it holds a secret)."""
+    def signed_in(self, account: dict) -> tuple[str, str]:
+        """(object id, principal type) of who is signed in: a person (`az login`) or a service principal
+        (CI: `az login --service-principal`, whose `user.name` is its application id)."""
+        user = account.get("user") or {}
+        if user.get("type") == "servicePrincipal":
+            return self.read("ad", "sp", "show", "--id", user.get("name", ""), "--query", "id") \
+                or "<your object id>", "ServicePrincipal"
+        return self.read("ad", "signed-in-user", "show", "--query", "id") or "<your object id>", "User"
+
+    def _az(self, args: tuple[str, ...], quiet: bool) -> Any:
         argv = [*args, "--only-show-errors", "-o", "json"]
-        self.out(("would run: " if self.dry_run else "") + "az " + shlex.join(argv))
-        if self.dry_run:
-            if change:
-                self.changes.append(change)
-            return None
         result = subprocess.run([self.az, *argv], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "AZURE_CORE_COLLECT_TELEMETRY": "false"})
         if result.returncode != 0:
             raise AzError(f"az {args[0]} {args[1] if len(args) > 1 else ''} failed: {explain(result.stderr)}"
-                          + (" (its output is not shown: it may hold a secret)" if quiet else ""))
-        if change:
-            self.changes.append(change)
+                          + (" (its output is not shown: it may hold a secret)" if quiet else ""), result.stderr)
         return json.loads(result.stdout) if result.stdout.strip() else None
 
-    def show(self, *args: str) -> Any:
-        """`run`, but a "not found" answer is None (in a dry run, everything is not found)."""
+    def read(self, *args: str, quiet: bool = False) -> Any:
+        """Runs a command that changes nothing; returns its parsed answer (None in a dry run). `quiet`:
+        the answer holds a secret (it is never printed anyway; errors say so)."""
+        argv = [*args, "--only-show-errors", "-o", "json"]
         if self.dry_run:
-            self.out("would run: az " + shlex.join([*args, "--only-show-errors", "-o", "json"]))
+            self.out("would run: " + printable(argv))
             return None
+        self.out(printable(argv))
+        return self._az(args, quiet)
+
+    def show(self, *args: str) -> Any:
+        """`read`, but a "not found" answer is None (in a dry run, everything is not found)."""
         try:
-            return self.run(*args)
+            return self.read(*args)
         except AzError as err:
             if any(marker.lower() in str(err).lower() for marker in NOT_FOUND):
                 return None
             raise
 
+    def write(self, *args: str, change: tuple[str, str] | None, quiet: bool = False) -> Any:
+        """Runs a command that creates, changes or removes something (only in a real run: otherwise it
+        is printed and listed). `change` is (verb, what) for the summary; None: a bookkeeping write not
+        worth listing."""
+        argv = [*args, "--only-show-errors", "-o", "json"]
+        if change is not None and change[0] not in VERBS:
+            raise ValueError(change)
+        if not self.writes:
+            self.out("would run: " + printable(argv))
+            if change:
+                self.changes.append(change)
+            return None
+        self.out(printable(argv))
+        answer = self._az(args, quiet)
+        if change:
+            self.changes.append(change)
+        return answer
+
     def summary(self) -> str:
         if not self.changes:
             return "Nothing to change: everything was already as it should be."
-        verb = "Would create or change" if self.dry_run else "Created or changed"
-        return f"{verb}:\n" + "\n".join(f"  - {change}" for change in self.changes)
+        lines = []
+        for verb in VERBS:
+            done = [what for v, what in self.changes if v == verb]
+            if done:
+                past = {"create": "Created", "change": "Changed", "remove": "Removed"}[verb]
+                lines.append(f"{('Would ' + verb) if not self.writes else past}:")
+                lines += [f"  - {what}" for what in done]
+        if self.what_if:
+            lines.append("Nothing was changed (--what-if).")
+        return "\n".join(lines)
 
 
 def app_settings(az: Az, app: str, rg: str) -> dict[str, str]:
     """The function app's settings, by name (empty in a dry run)."""
-    return {s["name"]: s.get("value") for s in az.run("functionapp", "config", "appsettings", "list",
-                                                      "--name", app, "--resource-group", rg) or []}
+    return {s["name"]: s.get("value") for s in az.read("functionapp", "config", "appsettings", "list",
+                                                       "--name", app, "--resource-group", rg) or []}
 
 
 def update_app_settings(az: Az, app: str, rg: str, wanted: dict[str, str], current: dict[str, str]) -> None:
     """Sets those of `wanted` whose value differs from `current`, in one call; none: no call."""
     changed = {k: v for k, v in wanted.items() if current.get(k) != v}
     if changed:
-        az.run("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
-               "--settings", *(f"{k}={v}" for k, v in sorted(changed.items())),
-               change=f"app settings {', '.join(sorted(changed))}")
+        az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
+                 "--settings", *(f"{k}={v}" for k, v in sorted(changed.items())),
+                 change=("change", f"app settings {', '.join(sorted(changed))}"))
+
+
+def grant(az: Az, principal: str, kind: str, role: str, scope: str, *, known: bool = True) -> None:
+    """`role` for `principal` on exactly `scope`, once. `known`: the principal and scope exist already
+    (else, in a what-if, there is nothing to read and the grant is simply planned)."""
+    found = az.read("role", "assignment", "list", "--assignee", principal, "--role", role, "--scope", scope) \
+        if known else None
+    if not found:
+        az.write("role", "assignment", "create", "--assignee-object-id", principal, "--assignee-principal-type",
+                 kind, "--role", role, "--scope", scope,
+                 change=("create", f"role {role} on {scope_name(scope)}"))
+
+
+def revoke(az: Az, principal: str, role: str, scope: str, why: str) -> None:
+    """Removes `role` for `principal` at exactly `scope`, when it is there (a grant broader than needed)."""
+    for assignment in az.read("role", "assignment", "list", "--assignee", principal, "--role", role,
+                              "--scope", scope) or []:
+        if assignment.get("scope", "").lower() != scope.lower():
+            continue  # inherited from above: not this grant
+        az.write("role", "assignment", "delete", "--ids", assignment["id"],
+                 change=("remove", f"role {role} on {scope_name(scope)} ({why})"))
+
+
+def scope_name(scope: str) -> str:
+    """The last two segments for a secret or container (`secrets/x`), else the resource's name."""
+    parts = scope.rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) > 2 and parts[-2] in ("secrets", "containers", "tables") \
+        else parts[-1]
 
 
 @contextmanager
 def secret_file(value: str) -> Iterator[str]:
     """A file only this user can read, holding `value`, removed afterwards: how a secret reaches az
-    (`--file`) without appearing on a command line another user could read in `ps`."""
+    (`--file`, `--body @file`) without appearing on a command line another user could read in `ps`."""
     handle, path = tempfile.mkstemp(prefix="portal-sso-", suffix=".secret")
     try:
         os.fchmod(handle, 0o600)
@@ -134,9 +218,10 @@ def secret_file(value: str) -> Iterator[str]:
 
 def fail(err: AzError, az: Az) -> int:
     print(f"error: {err}", file=sys.stderr)
-    if az.changes:
+    if az.changes and az.writes:
         print("Already done before the failure (run the command again once fixed: it carries on from "
-              "here):\n" + "\n".join(f"  - {change}" for change in az.changes), file=sys.stderr)
+              "here):\n" + "\n".join(f"  - {verb} {what}" for verb, what in az.changes), file=sys.stderr)
     else:
         print("Nothing was created or changed.", file=sys.stderr)
     return 1
+

@@ -1,13 +1,17 @@
-"""scripts/deploy: creates or updates everything Portal SSO needs in Azure, then deploys the package.
+"""portal-sso deploy (scripts/deploy): creates or updates everything Portal SSO needs in Azure, then deploys
+the package.
 
-Resource group; storage account (shared-key access off) with the three tables; Key Vault (RBAC);
-Log Analytics and Application Insights; a Flex Consumption Python function app with a system-assigned
-identity, identity-based host and deployment storage; the roles that identity needs, each scoped to
-its resource; the app settings; a session-signing key (EC P-256) in Key Vault when there is none; the
-package. Idempotent: a second run creates and changes nothing, and says so. --dry-run prints every az
-command and runs none.
+Resource group; storage account (shared-key access off, TLS 1.2) with the three tables and the blob
+containers the host and the deployment use; Key Vault (RBAC, purge protection); Log Analytics and
+Application Insights (Entra-authenticated ingestion only); a Flex Consumption Python function app
+with a system-assigned identity, HTTPS only, TLS 1.2, FTP and basic publishing credentials off,
+identity-based host and deployment storage; the roles that identity needs, each scoped to the one
+container, table, secret or resource it uses; the app settings; a session-signing key (EC P-256) in
+Key Vault when there is none; the package. Idempotent: a second run creates and changes nothing,
+and says so. --what-if reads the current state and prints what a run would create, change and
+remove, writing nothing; --dry-run prints every az command and runs none (not even reads).
 
-    scripts/deploy --resource-group rg-sso --location westeurope --app contoso-sso \\
+    portal-sso deploy --resource-group rg-sso --location westeurope --app contoso-sso \\
         --portal-user-url https://portal.contoso.com/sso/user --portal-agent-url https://portal.contoso.com/sso/agent
 """
 
@@ -26,19 +30,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from shared.config import origin_of
 from shared.tables import APP_TABLES
 
-from .azure_cli import Az, AzError, app_settings, fail, secret_file, update_app_settings
+from .azure_cli import Az, AzError, app_settings, fail, grant, revoke, secret_file, update_app_settings
 from .package import build_package
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 DEPLOY_CONTAINER = "app-package"
+# The blob containers the app's identity may use (Storage Blob Data Owner on each, not on the account):
+# the Flex Consumption deployment packages, and the Functions host's own (timer leases, function keys).
+CONTAINERS = (DEPLOY_CONTAINER, "azure-webjobs-hosts", "azure-webjobs-secrets")
+SIGNING_KEY_NAME = "session-signing-key"
+INSIGHTS_TYPE = "Microsoft.Insights/components"
+TLS_OK = ("1.2", "1.3")
 PACKAGE_SETTING = "PORTAL_SSO_PACKAGE_SHA256"  # what is deployed; a rerun with the same package skips it
-# Role -> which resource it is scoped to (the least each needs).
-ROLES = (
-    ("Storage Blob Data Owner", "storage"),  # host storage (leases, timers) and the deployment container
-    ("Storage Table Data Contributor", "tables"),  # PortalAccounts, SsoFlows, SignInEvents, each on its own
-    ("Key Vault Secrets User", "vault"),  # read the client secret and the signing key
-    ("Monitoring Metrics Publisher", "insights"),  # send telemetry with Entra authentication
-)
 
 
 def names(app: str) -> dict[str, str]:
@@ -56,91 +59,119 @@ def signing_key_pem() -> str:
 
 
 def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
+    """Each step reads what is there (unless its parent is yet to be made: then there is nothing to
+    read) and writes only what differs."""
     rg, app, loc = args.resource_group, args.app, args.location
     n = {**names(app), **{k: v for k, v in (("storage", args.storage_account), ("vault", args.key_vault)) if v}}
     account = az.check_ready()
+    me, my_kind = az.signed_in(account)
 
     # 1. resource group
-    if az.show("group", "show", "--name", rg) is None:
-        az.run("group", "create", "--name", rg, "--location", loc, change=f"resource group {rg}")
+    group = az.show("group", "show", "--name", rg)
+    if group is None:
+        az.write("group", "create", "--name", rg, "--location", loc, change=("create", f"resource group {rg}"))
+    group_known = group is not None or az.writes
 
-    # 2. storage: shared-key access off (identities only), the app's tables, the deployment container
-    storage = az.show("storage", "account", "show", "--name", n["storage"], "--resource-group", rg)
+    # 2. storage: shared-key access off (identities only), TLS 1.2, the app's tables, its blob containers
+    storage = az.show("storage", "account", "show", "--name", n["storage"], "--resource-group", rg) \
+        if group_known else None
     if storage is None:
-        check = az.run("storage", "account", "check-name", "--name", n["storage"])
+        check = az.read("storage", "account", "check-name", "--name", n["storage"])
         if check is not None and not check.get("nameAvailable", True):
             raise AzError(f"The storage account name {n['storage']} is taken ({check.get('reason')}): "
                           "choose another with --storage-account.")
-        storage = az.run("storage", "account", "create", "--name", n["storage"], "--resource-group", rg,
-                         "--location", loc, "--sku", "Standard_LRS", "--kind", "StorageV2",
-                         "--allow-shared-key-access", "false", "--allow-blob-public-access", "false",
-                         "--min-tls-version", "TLS1_2", change=f"storage account {n['storage']} (shared keys off)")
+        storage = az.write("storage", "account", "create", "--name", n["storage"], "--resource-group", rg,
+                           "--location", loc, "--sku", "Standard_LRS", "--kind", "StorageV2",
+                           "--allow-shared-key-access", "false", "--allow-blob-public-access", "false",
+                           "--min-tls-version", "TLS1_2",
+                           change=("create", f"storage account {n['storage']} (shared keys off)"))
+    elif storage.get("allowSharedKeyAccess") is not False or storage.get("minimumTlsVersion") != "TLS1_2":
+        az.write("storage", "account", "update", "--name", n["storage"], "--resource-group", rg,
+                 "--allow-shared-key-access", "false", "--min-tls-version", "TLS1_2",
+                 change=("change", f"storage account {n['storage']}: shared keys off, TLS 1.2"))
+    storage_known = storage is not None
     storage_id = (storage or {}).get("id", f"<id of {n['storage']}>")
-    scopes = {"storage": storage_id, "tables": [f"{storage_id}/tableServices/default/tables/{t}" for t in APP_TABLES]}
-    for table_id in scopes["tables"]:
-        if az.show("resource", "show", "--ids", table_id) is None:
-            az.run("resource", "create", "--id", table_id, "--properties", "{}",
-                   change=f"table {table_id.rsplit('/', 1)[1]}")
-    container_id = f"{storage_id}/blobServices/default/containers/{DEPLOY_CONTAINER}"
-    if az.show("resource", "show", "--ids", container_id) is None:
-        az.run("resource", "create", "--id", container_id, "--properties", "{}",
-               change=f"blob container {DEPLOY_CONTAINER} (deployment packages)")
+    tables = [f"{storage_id}/tableServices/default/tables/{t}" for t in APP_TABLES]
+    containers = [f"{storage_id}/blobServices/default/containers/{c}" for c in CONTAINERS]
+    for child, what in [(t, "table") for t in tables] + [(c, "blob container") for c in containers]:
+        if not storage_known or az.show("resource", "show", "--ids", child) is None:
+            az.write("resource", "create", "--id", child, "--properties", "{}",
+                     change=("create", f"{what} {child.rsplit('/', 1)[1]}"))
 
-    # 3. Key Vault in RBAC mode
-    vault = az.show("keyvault", "show", "--name", n["vault"], "--resource-group", rg)
+    # 3. Key Vault in RBAC mode, purge protection on (a deleted secret can be recovered, never purged early)
+    vault = az.show("keyvault", "show", "--name", n["vault"], "--resource-group", rg) if group_known else None
     if vault is None:
-        vault = az.run("keyvault", "create", "--name", n["vault"], "--resource-group", rg, "--location", loc,
-                       "--enable-rbac-authorization", "true", change=f"Key Vault {n['vault']} (RBAC)")
-    elif not vault.get("properties", {}).get("enableRbacAuthorization"):
-        raise AzError(f"Key Vault {n['vault']} uses access policies, not RBAC: switch it with `az keyvault update "
-                      f"--name {n['vault']} --enable-rbac-authorization true` (after granting roles), or name "
-                      "another vault with --key-vault.")
+        vault = az.write("keyvault", "create", "--name", n["vault"], "--resource-group", rg, "--location", loc,
+                         "--enable-rbac-authorization", "true", "--enable-purge-protection", "true",
+                         change=("create", f"Key Vault {n['vault']} (RBAC, purge protection)"))
+    else:
+        if not vault.get("properties", {}).get("enableRbacAuthorization"):
+            raise AzError(f"Key Vault {n['vault']} uses access policies, not RBAC: switch it with `az keyvault "
+                          f"update --name {n['vault']} --enable-rbac-authorization true` (after granting roles), or "
+                          "name another vault with --key-vault.")
+        if not vault.get("properties", {}).get("enablePurgeProtection"):
+            az.write("keyvault", "update", "--name", n["vault"], "--resource-group", rg,
+                     "--enable-purge-protection", "true",
+                     change=("change", f"Key Vault {n['vault']}: purge protection on (it cannot be turned off)"))
+    vault_known = vault is not None
     vault_id = (vault or {}).get("id", f"<id of {n['vault']}>")
     vault_url = (vault or {}).get("properties", {}).get("vaultUri", f"https://{n['vault']}.vault.azure.net/")
-    scopes["vault"] = vault_id
 
-    # 4. Log Analytics and Application Insights (workspace-based; az's app-insights commands are an extension)
+    # 4. Log Analytics and Application Insights: Entra-authenticated ingestion only (DisableLocalAuth), so
+    # the connection string's instrumentation key alone cannot send telemetry
     workspace = az.show("monitor", "log-analytics", "workspace", "show", "--resource-group", rg,
-                        "--workspace-name", n["workspace"])
+                        "--workspace-name", n["workspace"]) if group_known else None
     if workspace is None:
-        workspace = az.run("monitor", "log-analytics", "workspace", "create", "--resource-group", rg,
-                           "--workspace-name", n["workspace"], "--location", loc,
-                           change=f"Log Analytics workspace {n['workspace']}")
+        workspace = az.write("monitor", "log-analytics", "workspace", "create", "--resource-group", rg,
+                             "--workspace-name", n["workspace"], "--location", loc,
+                             change=("create", f"Log Analytics workspace {n['workspace']}"))
     insights = az.show("resource", "show", "--resource-group", rg, "--name", n["insights"],
-                       "--resource-type", "Microsoft.Insights/components")
+                       "--resource-type", INSIGHTS_TYPE) if group_known else None
     if insights is None:
-        properties = {"Application_Type": "web", "WorkspaceResourceId": (workspace or {}).get("id", "<workspace id>")}
-        insights = az.run("resource", "create", "--resource-group", rg, "--name", n["insights"],
-                          "--resource-type", "Microsoft.Insights/components", "--location", loc,
-                          "--properties", json.dumps(properties), change=f"Application Insights {n['insights']}")
-    scopes["insights"] = (insights or {}).get("id", f"<id of {n['insights']}>")
+        properties = {"Application_Type": "web", "DisableLocalAuth": True,
+                      "WorkspaceResourceId": (workspace or {}).get("id", "<workspace id>")}
+        insights = az.write("resource", "create", "--resource-group", rg, "--name", n["insights"],
+                            "--resource-type", INSIGHTS_TYPE, "--location", loc, "--properties", json.dumps(properties),
+                            change=("create", f"Application Insights {n['insights']} (Entra ingestion only)"))
+    elif insights.get("properties", {}).get("DisableLocalAuth") is not True:
+        az.write("resource", "update", "--ids", insights["id"], "--set", "properties.DisableLocalAuth=true",
+                 change=("change", f"Application Insights {n['insights']}: key-based ingestion off"))
+    insights_id = (insights or {}).get("id", f"<id of {n['insights']}>")
     connection = (insights or {}).get("properties", {}).get("ConnectionString", "<connection string>")
 
-    # 5. the Flex Consumption function app, with its system-assigned identity
-    site = az.show("functionapp", "show", "--name", app, "--resource-group", rg)
+    # 5. the Flex Consumption function app, with its system-assigned identity, HTTPS only
+    site = az.show("functionapp", "show", "--name", app, "--resource-group", rg) if group_known else None
     if site is None:
-        az.run("functionapp", "create", "--name", app, "--resource-group", rg, "--flexconsumption-location", loc,
-               "--runtime", "python", "--runtime-version", args.python, "--storage-account", n["storage"],
-               "--deployment-storage-name", n["storage"], "--deployment-storage-container-name", DEPLOY_CONTAINER,
-               "--deployment-storage-auth-type", "SystemAssignedIdentity", "--assign-identity", "[system]",
-               change=f"function app {app} (Flex Consumption, Python {args.python})")
-        site = az.run("functionapp", "show", "--name", app, "--resource-group", rg)
+        az.write("functionapp", "create", "--name", app, "--resource-group", rg, "--flexconsumption-location", loc,
+                 "--runtime", "python", "--runtime-version", args.python, "--storage-account", n["storage"],
+                 "--deployment-storage-name", n["storage"], "--deployment-storage-container-name", DEPLOY_CONTAINER,
+                 "--deployment-storage-auth-type", "SystemAssignedIdentity", "--assign-identity", "[system]",
+                 "--https-only", "true",
+                 change=("create", f"function app {app} (Flex Consumption, Python {args.python})"))
+        if az.writes:
+            site = az.read("functionapp", "show", "--name", app, "--resource-group", rg)
+    site_known = site is not None
     principal = ((site or {}).get("identity") or {}).get("principalId")
-    if principal is None and not az.dry_run:
-        principal = az.run("functionapp", "identity", "assign", "--name", app, "--resource-group", rg,
-                           change="the app's system-assigned identity")["principalId"]
+    if principal is None and site_known:
+        assigned = az.write("functionapp", "identity", "assign", "--name", app, "--resource-group", rg,
+                            change=("create", "the app's system-assigned identity"))
+        principal = (assigned or {}).get("principalId")
+    principal_known = principal is not None
     principal = principal or "<principal id>"
     host = (site or {}).get("defaultHostName", f"{app}.azurewebsites.net")
+    harden(az, app, rg, site)
 
-    # 6. roles: the app's identity, each on the resource it needs; the deployer may write the signing key
-    grants = [(role, scope) for role, where in ROLES
-              for scope in (scopes[where] if isinstance(scopes[where], list) else [scopes[where]])]
-    for role, scope in grants:
-        grant(az, principal, "ServicePrincipal", role, scope)
-    me = az.run("ad", "signed-in-user", "show", "--query", "id") or "<your object id>"
-    grant(az, me, "User", "Key Vault Secrets Officer", vault_id)
+    # 6. roles: the app's identity, each on the one container, table or resource it needs
+    for role, scopes in (("Storage Blob Data Owner", containers), ("Storage Table Data Contributor", tables),
+                         ("Monitoring Metrics Publisher", [insights_id])):
+        for scope in scopes:
+            grant(az, principal, "ServicePrincipal", role, scope, known=principal_known and storage_known)
+    if principal_known:  # what an earlier deploy granted more widely goes
+        revoke(az, principal, "Storage Blob Data Owner", storage_id, "now on its containers only")
+        revoke(az, principal, "Key Vault Secrets User", vault_id, "now on each secret the app reads")
+    grant(az, me, my_kind, "Key Vault Secrets Officer", vault_id, known=vault_known)
 
-    # 7. app settings (no storage key anywhere: host storage by identity)
+    # 7. app settings (no storage key anywhere: host storage by identity; telemetry by identity)
     settings = {
         "AzureWebJobsStorage__accountName": n["storage"],
         "KEY_VAULT_URL": vault_url.rstrip("/"),
@@ -149,6 +180,8 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
         "PORTAL_AGENT_URL": args.portal_agent_url,
         "PUBLIC_BASE_URL": f"https://{host}",
         "APPLICATIONINSIGHTS_CONNECTION_STRING": connection,
+        # The Azure Monitor exporter then authenticates with the app's managed identity
+        # (ManagedIdentityCredential), which DisableLocalAuth requires.
         "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD",
         "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
     }
@@ -157,41 +190,58 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
                       "portal checks).")
     if args.session_audience:
         settings["SESSION_TOKEN_AUDIENCE"] = args.session_audience
-    current = app_settings(az, app, rg)
+    # `functionapp create` sets a key-based AzureWebJobsStorage: the plan for a new app removes it too
+    current = app_settings(az, app, rg) if site_known else {"AzureWebJobsStorage": "<set by functionapp create>"}
     update_app_settings(az, app, rg, settings, current)
     if "AzureWebJobsStorage" in current:  # a key-based connection string: identities only
-        az.run("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
-               "--setting-names", "AzureWebJobsStorage", change="removed the key-based AzureWebJobsStorage")
+        az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
+                 "--setting-names", "AzureWebJobsStorage", change=("remove", "the key-based AzureWebJobsStorage"))
 
-    # 8. the session-signing key, made once (rotation: see README)
-    if az.show("keyvault", "secret", "show", "--vault-name", n["vault"], "--name", "session-signing-key",
-               "--query", "id") is None:
+    # 8. the session-signing key, made once (rotation: see README); the app may read that secret alone
+    if not vault_known or az.show("keyvault", "secret", "show", "--vault-name", n["vault"], "--name",
+                                  SIGNING_KEY_NAME, "--query", "id") is None:
         with secret_file(signing_key_pem()) as path:
-            az.run("keyvault", "secret", "set", "--vault-name", n["vault"], "--name", "session-signing-key",
-                   "--file", path, "--encoding", "utf-8", "--content-type", "application/x-pem-file",
-                   "--query", "id", change="session-signing key (EC P-256) in Key Vault", quiet=True)
+            az.write("keyvault", "secret", "set", "--vault-name", n["vault"], "--name", SIGNING_KEY_NAME,
+                     "--file", path, "--encoding", "utf-8", "--content-type", "application/x-pem-file",
+                     "--query", "id", change=("create", "session-signing key (EC P-256) in Key Vault"), quiet=True)
+    grant(az, principal, "ServicePrincipal", "Key Vault Secrets User", f"{vault_id}/secrets/{SIGNING_KEY_NAME}",
+          known=principal_known and vault_known)
 
     # 9. the package, deployed only when it changed
     with tempfile.TemporaryDirectory() as work:
         package = Path(work) / "app.zip"
         digest = build_package(package)
         if current.get(PACKAGE_SETTING) != digest:
-            az.run("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
-                   "--src", str(package), "--build-remote", "true", change=f"package {digest[:12]} deployed")
-            az.run("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
-                   "--settings", f"{PACKAGE_SETTING}={digest}")
+            az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
+                     "--src", str(package), "--build-remote", "true",
+                     change=("change", f"package {digest[:12]} deployed"))
+            az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
+                     "--settings", f"{PACKAGE_SETTING}={digest}", change=None)
     return {"host": host, "subscription": account.get("id", "")}
 
 
-def grant(az: Az, principal: str, kind: str, role: str, scope: str) -> None:
-    found = az.run("role", "assignment", "list", "--assignee", principal, "--role", role, "--scope", scope)
-    if not found:
-        az.run("role", "assignment", "create", "--assignee-object-id", principal, "--assignee-principal-type", kind,
-               "--role", role, "--scope", scope, change=f"role {role} on {scope.rsplit('/', 1)[-1]}")
+def harden(az: Az, app: str, rg: str, site: dict | None) -> None:
+    """HTTPS only, TLS 1.2 at least, FTP off, and no basic (username/password) publishing credentials
+    for FTP or the SCM site: deployments go through Entra sign-in (config-zip) only. For an app yet to
+    be made (a plan), every step is planned."""
+    known = site is not None
+    if known and site.get("httpsOnly") is not True:
+        az.write("functionapp", "update", "--name", app, "--resource-group", rg, "--set", "httpsOnly=true",
+                 change=("change", f"function app {app}: HTTPS only"))
+    config = az.read("functionapp", "config", "show", "--name", app, "--resource-group", rg) if known else None
+    if (config or {}).get("minTlsVersion") not in TLS_OK or (config or {}).get("ftpsState") != "Disabled":
+        az.write("functionapp", "config", "set", "--name", app, "--resource-group", rg, "--min-tls-version", "1.2",
+                 "--ftps-state", "Disabled", change=("change", f"function app {app}: TLS 1.2 minimum, FTP off"))
+    for kind in ("ftp", "scm"):
+        policy_id = f"{(site or {}).get('id', f'<id of {app}>')}/basicPublishingCredentialsPolicies/{kind}"
+        policy = az.show("resource", "show", "--ids", policy_id) if known else None
+        if (policy or {}).get("properties", {}).get("allow") is not False:
+            az.write("resource", "update", "--ids", policy_id, "--set", "properties.allow=false",
+                     change=("change", f"function app {app}: basic {kind.upper()} publishing credentials off"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/deploy", description=__doc__,
+    parser = argparse.ArgumentParser(prog="portal-sso deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resource-group", "-g", required=True)
     parser.add_argument("--location", "-l", required=True, help="an Azure region that offers Flex Consumption")
@@ -202,13 +252,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--python", default="3.12", choices=PYTHON_VERSIONS)
     parser.add_argument("--storage-account", help="default: derived from --app")
     parser.add_argument("--key-vault", help="default: APP-kv")
-    parser.add_argument("--dry-run", action="store_true", help="print every az command, run none")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--what-if", action="store_true",
+                      help="read the current state (signed in) and print what would be created, changed and "
+                           "removed; write nothing")
+    mode.add_argument("--dry-run", action="store_true", help="print every az command, run none (not even reads)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    az = Az(dry_run=args.dry_run)
+    az = Az(dry_run=args.dry_run, what_if=args.what_if)
     try:
         result = deploy(az, args)
     except AzError as err:
@@ -219,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{base}/api/sso/agent/callback\nSetup page: {base}/api/sso/setup?code=<function key>\n"
           f"Read the function key: az functionapp function keys list --resource-group {args.resource_group} "
           f"--name {args.app} --function-name sso_setup\n"
-          f"Next: scripts/register-app --resource-group {args.resource_group} --app {args.app}")
+          f"Session tokens: iss {base} (SESSION_TOKEN_ISSUER), aud "
+          f"{args.session_audience or origin_of(args.portal_user_url)} (SESSION_TOKEN_AUDIENCE)\n"
+          f"Next: portal-sso register-app --resource-group {args.resource_group} --app {args.app}")
     return 0
 
 

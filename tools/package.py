@@ -2,7 +2,9 @@
 gitignore rules by `pathspec`, as Core Tools reads it), zipped. One function, used by scripts/deploy
 and by its test, so what is tested is what ships.
 
-    .venv/bin/python -m tools.package [--out app.zip]
+    portal-sso package [--out build/app.zip]      (or .venv/bin/python -m tools.package)
+
+By default the zip goes to build/app.zip in the repository (git-ignored), wherever it is run from.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import pathspec
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "build" / "app.zip"  # git-ignored: never a stray file in the work tree
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # every entry gets this time: the same tree gives the same zip and hash
 
 
@@ -41,9 +44,11 @@ def build_package(out: Path, root: Path = ROOT) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("app.zip"))
+    parser = argparse.ArgumentParser(prog="portal-sso package", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: build/app.zip in the repository")
     args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     digest = build_package(args.out)
     files = package_files()
     print(f"{args.out}: {len(files)} files, {args.out.stat().st_size / 1024:.1f} KiB, sha256 {digest}")

@@ -1,37 +1,71 @@
-"""scripts/register-app: the Entra ID side, as the admin steps describe it, by command.
+"""portal-sso register-app (scripts/register-app): the Entra ID side, as the admin steps describe it, by command.
 
-    scripts/register-app --resource-group RG --app APP          create or update the registration
-    scripts/register-app --resource-group RG --app APP assign --user ann@contoso.com --group "Agents"
-    scripts/register-app --resource-group RG --app APP rotate-secret [--grace-days 7]
+    portal-sso register-app --resource-group RG --app APP          create or update the registration
+    portal-sso register-app --resource-group RG --app APP assign --group "Agents" --kind agent
+    portal-sso register-app --resource-group RG --app APP rotate-secret [--grace-days 7]
+    portal-sso register-app --resource-group RG --app APP provisioning       directory sync (SCIM) from Entra
+    portal-sso register-app --resource-group RG --app APP rotate-token [--retire-old]
 
-The registration: single tenant; Web redirect URIs for users and agents, built from the function
-app's real host name (or --public-base-url); optional claims from infra/optional-claims.json (`email`
-in ID and access tokens, `xms_edov`); a service principal with user assignment required; a client
-secret with an end date, appended (never replacing other secrets), written straight into Key Vault
-and never printed, logged or put on a command line. Then the function app gets OIDC_CLIENT_ID and
-OIDC_ISSUER_URL. Idempotent; --dry-run prints every az command and runs none.
+Which registration: the one whose application id the function app records (`OIDC_CLIENT_ID`), never
+one found by its display name (anyone may register an app of any name). The first run creates a new
+one; an existing one is adopted only when named with --app-id and owned by whoever runs this. Redirect
+URIs on it that are not ours are listed and removed (keep one with --keep-redirect-uri).
+
+The registration: single tenant; Web redirect URIs for users and agents (callback and signed-out page),
+built from the function app's real host name (or --public-base-url); optional claims from
+infra/optional-claims.json (`email` in ID and access tokens, `xms_edov`); the app roles of
+infra/app-roles.json (`Portal.User` "User", `Portal.Agent` "Agent", for users and groups, with fixed
+ids); the delegated Microsoft Graph permissions `openid profile email` of infra/api-permissions.json,
+with tenant-wide admin consent (which needs Privileged Role Administrator, Cloud Application
+Administrator or Application Administrator: without it the run says what to ask an admin for); a
+service principal with user assignment required; a client secret with an end date, appended (never
+replacing other secrets), written straight into Key Vault and never printed, logged or put on a
+command line. Then the function app gets OIDC_CLIENT_ID and OIDC_ISSUER_URL, and its identity may
+read the secret (Key Vault Secrets User on that secret alone). Idempotent; --dry-run (anywhere on the
+command line) prints every az command and runs none.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
+import secrets
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from shared.config import KINDS, redirect_uri
 
-from .azure_cli import Az, AzError, app_settings, fail, secret_file, update_app_settings
+from .azure_cli import Az, AzError, app_settings, fail, grant, secret_file, update_app_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONAL_CLAIMS = ROOT / "infra" / "optional-claims.json"
+APP_ROLES = ROOT / "infra" / "app-roles.json"
+API_PERMISSIONS = ROOT / "infra" / "api-permissions.json"  # Microsoft Graph: openid, profile, email (delegated)
 SECRET_NAME = "oidc-client-secret"
 CREDENTIAL_NAME = "portal-sso"  # the display name of the client secrets this script makes
 KEY_ID_TAG = "entraKeyId"  # on each Key Vault version: which Entra credential it holds
-DEFAULT_ROLE = "00000000-0000-0000-0000-000000000000"  # the "Default Access" app role of assignments
 GRAPH = "https://graph.microsoft.com/v1.0"
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+CONSENTED_SCOPES = ("openid", "profile", "email")
+ROLE_VALUES = {"user": "Portal.User", "agent": "Portal.Agent"}
+# Directory sync: the token's Key Vault secret (the SCIM server's SCIM_TOKEN_NAME default), and the tags
+# on its version that say which provisioning job and tenant URL Entra was given that token for.
+SCIM_TOKEN_NAME = "scim-token"
+SCIM_TEMPLATE = "scim"  # Entra's provisioning template for a non-gallery SCIM app
+SYNCED_TAGS = ("entraJob", "entraTenantUrl")
+# What the provisioning job sends (attribute mappings on the job's schema): Entra's immutable object id
+# as externalId (the SCIM server pre-links the account to it), the app roles as `roles`; groups are not
+# provisioned (a person's kind comes from the app role of their assignment, direct or through a group).
+OBJECT_ID_SOURCE = {"expression": "[objectId]", "name": "objectId", "parameters": [], "type": "Attribute"}
+ROLES_SOURCE = {"expression": "AppRoleAssignmentsComplex([appRoleAssignments])", "name": "AppRoleAssignmentsComplex",
+                "type": "Function", "parameters": [{"key": "source", "value": {
+                    "expression": "[appRoleAssignments]", "name": "appRoleAssignments", "parameters": [],
+                    "type": "Attribute"}}]}
+ENTERPRISE_APP_TAG = "WindowsAzureActiveDirectoryIntegratedApp"
+NO_CONSENT = ("Authorization_RequestDenied", "Insufficient privileges", "Forbidden", "403")
 
 
 def issuer_url(tenant: str) -> str:
@@ -39,104 +73,256 @@ def issuer_url(tenant: str) -> str:
     return f"https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
 
 
+def our_redirect_uris(base: str) -> list[str]:
+    """Each kind's callback and signed-out page (Entra returns only to a registered URI)."""
+    return [uri for kind in KINDS for uri in (redirect_uri(base, kind), f"{base}/api/sso/{kind}/signed-out")]
+
+
+def role_ids() -> dict[str, str]:
+    """kind -> the app role's id (fixed in infra/app-roles.json, so assignments survive every update)."""
+    by_value = {role["value"]: role["id"] for role in json.loads(APP_ROLES.read_text())}
+    return {kind: by_value[value] for kind, value in ROLE_VALUES.items()}
+
+
+def new_scim_token() -> str:
+    """64 URL-safe characters (384 random bits): well over the SCIM server's 32-character minimum."""
+    return secrets.token_urlsafe(48)
+
+
+def mapped_schema(schema: dict) -> dict:
+    """The provisioning job's schema with our attribute mappings (Graph's synchronizationSchema:
+    synchronizationRules[].objectMappings[].attributeMappings[], each a targetAttributeName and a
+    source attributeMappingSource); the rest, as Entra's `scim` template made it, untouched."""
+    schema = {k: v for k, v in copy.deepcopy(schema).items() if not k.startswith("@odata")}
+    for rule in schema.get("synchronizationRules", []):
+        for mapping in rule.get("objectMappings", []):
+            source = str(mapping.get("sourceObjectName", "")).lower()
+            if source == "group":
+                mapping["enabled"] = False
+            elif source == "user":
+                for target, value in (("externalId", OBJECT_ID_SOURCE), ("roles", ROLES_SOURCE)):
+                    mappings = mapping.setdefault("attributeMappings", [])
+                    found = next((m for m in mappings if m.get("targetAttributeName") == target), None)
+                    if found is None:
+                        mappings.append(found := {"defaultValue": None, "exportMissingReferences": False,
+                                                  "flowBehavior": "FlowWhenChanged", "flowType": "Always",
+                                                  "matchingPriority": 0, "targetAttributeName": target})
+                    found["source"] = value
+    return schema
+
+
 class Registration:
     def __init__(self, az: Az, args: argparse.Namespace):
         self.az, self.args = az, args
         self.rg, self.app = args.resource_group, args.app
 
+    # -- the function app's side --------------------------------------------------------------------
     def function_app(self) -> tuple[str, str, dict[str, str]]:
         """(the public base URL, the vault's name, the app settings), read from the deployed function app."""
         settings = app_settings(self.az, self.app, self.rg)
         base = self.args.public_base_url or settings.get("PUBLIC_BASE_URL")
         if not base:
-            host = self.az.run("functionapp", "show", "--name", self.app, "--resource-group", self.rg,
-                               "--query", "defaultHostName")
+            host = self.az.read("functionapp", "show", "--name", self.app, "--resource-group", self.rg,
+                                "--query", "defaultHostName")
             base = f"https://{host or self.app + '.azurewebsites.net'}"
         vault_url = settings.get("KEY_VAULT_URL") or f"https://{self.app}-kv.vault.azure.net"
         return base.rstrip("/"), vault_url.split("//", 1)[1].split(".", 1)[0], settings
 
+    def let_the_app_read(self, vault: str, secret: str) -> None:
+        """Key Vault Secrets User for the function app's identity on that one secret (not the vault)."""
+        principal = self.az.read("functionapp", "identity", "show", "--name", self.app, "--resource-group",
+                                 self.rg, "--query", "principalId")
+        vault_id = self.az.read("keyvault", "show", "--name", vault, "--query", "id") or f"<id of {vault}>"
+        grant(self.az, principal or "<principal id>", "ServicePrincipal", "Key Vault Secrets User",
+              f"{vault_id}/secrets/{secret}", known=principal is not None)
+
+    # -- which registration -------------------------------------------------------------------------
+    def find_app(self, settings: dict[str, str], *, creating: bool = False) -> dict | None:
+        """The registration by application id: --app-id (adopted only when the signed-in user owns it),
+        else the function app's OIDC_CLIENT_ID. None: there is none yet (`creating`: make one)."""
+        recorded, wanted = settings.get("OIDC_CLIENT_ID"), self.args.app_id
+        if wanted and wanted != recorded:
+            app = self.az.show("ad", "app", "show", "--id", wanted)
+            if app is None and not self.az.dry_run:
+                raise AzError(f"No app registration has the application id {wanted} (--app-id): check the id "
+                              "(Entra ID > App registrations > Application (client) ID).")
+            self.check_owner(wanted)
+            return app or {"appId": wanted}
+        if recorded:
+            app = self.az.show("ad", "app", "show", "--id", recorded)
+            if app is not None:
+                return app
+            if not creating:
+                raise AzError(f"The app registration that OIDC_CLIENT_ID names ({recorded}) no longer exists: run "
+                              "portal-sso register-app without a subcommand to make a new one.")
+            print(f"note: the app registration that OIDC_CLIENT_ID names ({recorded}) no longer exists: making a "
+                  "new one.")
+            return None
+        if not creating and not self.az.dry_run:
+            raise AzError("The function app records no app registration (OIDC_CLIENT_ID): run portal-sso register-app "
+                          "without a subcommand first (or with --app-id to adopt one you own).")
+        return None if creating else {"appId": "<client id>"}
+
+    def check_owner(self, app_id: str) -> None:
+        """An existing registration is adopted only by one of its owners: anyone may register an app, and
+        an app made beforehand by someone else keeps their redirect URIs, secrets and co-owners."""
+        me, _ = self.az.signed_in(self.az.check_ready())
+        owners = self.az.read("ad", "app", "owner", "list", "--id", app_id, "--query", "[].id")
+        if owners is not None and me not in owners:
+            raise AzError(f"You are not an owner of the app registration {app_id}, so it is not adopted: an owner "
+                          f"can add you (`az ad app owner add --id {app_id} --owner-object-id {me}`), or run "
+                          "without --app-id to create a new registration.")
+
+    # -- the registration ---------------------------------------------------------------------------
     def ensure(self) -> None:
         tenant = self.az.check_ready().get("tenantId", "<tenant>")
         base, vault, current = self.function_app()
-        uris = [redirect_uri(base, kind) for kind in KINDS]
-        claims = json.loads(OPTIONAL_CLAIMS.read_text())
-        app = self.find_app()
+        uris = our_redirect_uris(base)
+        app = self.find_app(current, creating=True)
         if app is None:
-            app = self.az.run("ad", "app", "create", "--display-name", self.args.display_name,
-                              "--sign-in-audience", "AzureADMyOrg", "--web-redirect-uris", *uris,
-                              "--optional-claims", f"@{OPTIONAL_CLAIMS}",
-                              change=f"app registration {self.args.display_name}") or {"appId": "<client id>"}
-        elif not set(uris) <= set(existing := app.get("web", {}).get("redirectUris", [])) \
-                or app.get("optionalClaims") != claims:
-            # Keeps redirect URIs an admin added (the portal's logout pages, say), adds ours.
-            merged = sorted(set(uris) | set(existing))
-            self.az.run("ad", "app", "update", "--id", app["appId"], "--web-redirect-uris", *merged,
-                        "--optional-claims", f"@{OPTIONAL_CLAIMS}", change="redirect URIs and optional claims")
+            app = self.az.write("ad", "app", "create", "--display-name", self.args.display_name,
+                                "--sign-in-audience", "AzureADMyOrg", "--web-redirect-uris", *uris,
+                                "--optional-claims", f"@{OPTIONAL_CLAIMS}", "--app-roles", f"@{APP_ROLES}",
+                                "--required-resource-accesses", f"@{API_PERMISSIONS}",
+                                change=("create", f"app registration {self.args.display_name}")) \
+                or {"appId": "<client id>"}
+        else:
+            self.bring_up_to_date(app, uris)
         client_id = app["appId"]
-        self.ensure_service_principal(client_id)
-        if self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name", SECRET_NAME,
-                        "--query", "id") is None:
+        sp = self.ensure_service_principal(client_id)
+        self.consent(sp, client_id, tenant)
+        # A registration new to the function app (made now, or adopted) needs a secret of its own: the one
+        # in Key Vault belongs to the registration the app used before.
+        if client_id != current.get("OIDC_CLIENT_ID") or self.az.show(
+                "keyvault", "secret", "show", "--vault-name", vault, "--name", SECRET_NAME, "--query", "id") is None:
             self.new_secret(client_id, vault)
+        self.let_the_app_read(vault, SECRET_NAME)
         update_app_settings(self.az, self.app, self.rg,
                             {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}, current)
         print(f"\nApplication (client) ID: {client_id}\nOpenID Connect metadata document: {issuer_url(tenant)}\n"
-              f"Redirect URIs: {' '.join(uris)}\nAssign people: scripts/register-app --resource-group {self.rg} "
-              f"--app {self.app} assign --user <upn> --group <group name>")
+              f"Redirect URIs: {' '.join(uris)}\nAssign people: portal-sso register-app --resource-group {self.rg} "
+              f"--app {self.app} assign --group <group name> --kind agent|user")
 
-    def find_app(self) -> dict | None:
-        found = self.az.run("ad", "app", "list", "--display-name", self.args.display_name) or []
-        if len(found) > 1:
-            raise AzError(f"{len(found)} app registrations are named {self.args.display_name!r}: give a unique "
-                          "--display-name.")
-        return found[0] if found else None
+    def bring_up_to_date(self, app: dict, uris: list[str]) -> None:
+        """Our redirect URIs and no others (but those named by --keep-redirect-uri), our optional claims,
+        app roles and API permissions: one update, only when something differs."""
+        existing = (app.get("web") or {}).get("redirectUris", [])
+        keep = set(self.args.keep_redirect_uri or [])
+        foreign = [u for u in existing if u not in uris and u not in keep]
+        for uri in foreign:
+            print(f"removing a redirect URI this script did not make: {uri} (keep it with --keep-redirect-uri "
+                  f"{uri})")
+        wanted = uris + [u for u in existing if u in keep and u not in uris]
+        # SPA and public-client redirect URIs receive codes that need no client secret: none are ours
+        others = [(kind, u) for kind in ("spa", "publicClient") for u in (app.get(kind) or {}).get("redirectUris", [])]
+        for kind, uri in others:
+            print(f"removing a {kind} redirect URI this script did not make: {uri}")
+        differs = {
+            "redirect URIs": sorted(existing) != sorted(wanted) or bool(others),
+            "optional claims": app.get("optionalClaims") != json.loads(OPTIONAL_CLAIMS.read_text()),
+            "app roles": comparable(app.get("appRoles")) != comparable(json.loads(APP_ROLES.read_text())),
+            "API permissions": comparable(app.get("requiredResourceAccess"))
+            != comparable(json.loads(API_PERMISSIONS.read_text())),
+        }
+        if any(differs.values()):
+            self.az.write("ad", "app", "update", "--id", app["appId"], "--web-redirect-uris", *wanted,
+                          "--optional-claims", f"@{OPTIONAL_CLAIMS}", "--app-roles", f"@{APP_ROLES}",
+                          "--required-resource-accesses", f"@{API_PERMISSIONS}",
+                          *(["--set", *(f"{kind}.redirectUris=[]" for kind in sorted({k for k, _ in others}))]
+                            if others else []),
+                          change=("change", ", ".join(k for k, v in differs.items() if v)
+                                  + (f" (removed {len(foreign) + len(others)} foreign redirect URI(s))"
+                                     if foreign or others else "")))
 
     def ensure_service_principal(self, client_id: str) -> dict:
         sp = self.az.show("ad", "sp", "show", "--id", client_id)
         if sp is None:
-            sp = self.az.run("ad", "sp", "create", "--id", client_id, change="service principal")
+            sp = self.az.write("ad", "sp", "create", "--id", client_id, change=("create", "service principal"))
         if not (sp or {}).get("appRoleAssignmentRequired"):
-            self.az.run("ad", "sp", "update", "--id", client_id, "--set", "appRoleAssignmentRequired=true",
-                        change="user assignment required")
+            self.az.write("ad", "sp", "update", "--id", client_id, "--set", "appRoleAssignmentRequired=true",
+                          change=("change", "user assignment required"))
+        if ENTERPRISE_APP_TAG not in ((sp or {}).get("tags") or []):
+            # without it, the app is missing from Entra ID > Enterprise applications (users and groups,
+            # provisioning): service principals made by the CLI do not carry it
+            self.az.write("ad", "sp", "update", "--id", client_id, "--add", "tags", ENTERPRISE_APP_TAG,
+                          change=("change", "listed under Enterprise applications"))
         return sp or {"id": "<service principal id>"}
+
+    def consent(self, sp: dict, client_id: str, tenant: str) -> None:
+        """Tenant-wide admin consent to `openid profile email` on Microsoft Graph (an oauth2PermissionGrant
+        for all principals), so no one meets "Need admin approval" (AADSTS65001) where user consent is
+        restricted. Without the right role this is a warning with what to ask for, not a failure."""
+        try:
+            graph = self.az.read("ad", "sp", "show", "--id", GRAPH_APP_ID, "--query", "id") or "<graph sp id>"
+            grants = (self.az.read("rest", "--method", "GET", "--uri",
+                                   f"{GRAPH}/oauth2PermissionGrants?$filter=clientId eq '{sp['id']}'") or {}
+                      ).get("value", [])
+            found = next((g for g in grants if g.get("consentType") == "AllPrincipals"
+                          and g.get("resourceId") == graph), None)
+            if found is None:
+                body = {"clientId": sp["id"], "consentType": "AllPrincipals", "resourceId": graph,
+                        "scope": " ".join(CONSENTED_SCOPES)}
+                self.az.write("rest", "--method", "POST", "--uri", f"{GRAPH}/oauth2PermissionGrants",
+                              "--headers", "Content-Type=application/json", "--body", json.dumps(body),
+                              change=("create", "admin consent to openid profile email (Microsoft Graph)"))
+            elif missing := [s for s in CONSENTED_SCOPES if s not in (found.get("scope") or "").split()]:
+                scope = " ".join([*(found.get("scope") or "").split(), *missing])
+                self.az.write("rest", "--method", "PATCH", "--uri", f"{GRAPH}/oauth2PermissionGrants/{found['id']}",
+                              "--headers", "Content-Type=application/json", "--body", json.dumps({"scope": scope}),
+                              change=("change", f"admin consent now includes {' '.join(missing)}"))
+        except AzError as err:
+            if not any(marker.lower() in err.stderr.lower() for marker in NO_CONSENT):
+                raise
+            print("warning: admin consent was not granted: it needs the Entra role Privileged Role Administrator, "
+                  "Cloud Application Administrator or Application Administrator. Without it, ask someone who has "
+                  "one to grant it (Entra ID > App registrations > the app > API permissions > Grant admin consent, "
+                  f"or https://login.microsoftonline.com/{tenant}/adminconsent?client_id={client_id}); until then, "
+                  "where user consent is restricted, people see AADSTS65001 ('Need admin approval').",
+                  file=sys.stderr)
 
     def new_secret(self, client_id: str, vault: str) -> str:
         """Appends a client secret (other secrets stay valid) and stores it as Key Vault's newest version,
         tagged with the Entra credential's key id; returns that key id. The value passes from az's
         answer into a 0600 file for `az keyvault secret set --file`, and nowhere else."""
         end = datetime.now(UTC) + timedelta(days=self.args.secret_days)
-        created = self.az.run("ad", "app", "credential", "reset", "--id", client_id, "--append",
-                              "--display-name", CREDENTIAL_NAME, "--end-date", end.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                              "--query", "{password: password}", change="client secret (appended)", quiet=True)
+        created = self.az.write("ad", "app", "credential", "reset", "--id", client_id, "--append",
+                                "--display-name", CREDENTIAL_NAME, "--end-date", end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                "--query", "{password: password}", change=("create", "client secret (appended)"),
+                                quiet=True)
         password = (created or {}).get("password", "<secret>")
-        credentials = self.az.run("ad", "app", "credential", "list", "--id", client_id) or []
+        credentials = self.az.read("ad", "app", "credential", "list", "--id", client_id) or []
         ours = sorted((c for c in credentials if c.get("displayName") == CREDENTIAL_NAME),
                       key=lambda c: c.get("startDateTime", ""))
         key_id = ours[-1]["keyId"] if ours else "<key id>"
         with secret_file(password) as path:
-            self.az.run("keyvault", "secret", "set", "--vault-name", vault, "--name", SECRET_NAME, "--file", path,
-                        "--encoding", "utf-8", "--expires", end.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        "--tags", f"{KEY_ID_TAG}={key_id}", "--query", "id", quiet=True,
-                        change=f"Key Vault secret {SECRET_NAME}, new version (expires {end:%Y-%m-%d})")
+            self.az.write("keyvault", "secret", "set", "--vault-name", vault, "--name", SECRET_NAME, "--file", path,
+                          "--encoding", "utf-8", "--expires", end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                          "--tags", f"{KEY_ID_TAG}={key_id}", "--query", "id", quiet=True,
+                          change=("create", f"Key Vault secret {SECRET_NAME}, new version (expires {end:%Y-%m-%d})"))
         return key_id
 
+    # -- who may sign in ----------------------------------------------------------------------------
     def assign(self) -> None:
+        """Each --user and --group gets the kind's app role (assigning a group needs Entra ID P1 or P2)."""
         self.az.check_ready()
-        app = self.find_app()
-        if app is None and not self.az.dry_run:
-            raise AzError("No app registration yet: run scripts/register-app without 'assign' first.")
-        sp = self.ensure_service_principal((app or {}).get("appId", "<client id>"))
-        assigned = {a.get("principalId") for a in (self.az.run(
+        _, _, settings = self.function_app()
+        app = self.find_app(settings)
+        sp = self.ensure_service_principal(app["appId"])
+        role = role_ids()[self.args.kind]
+        assigned = {(a.get("principalId"), a.get("appRoleId")) for a in (self.az.read(
             "rest", "--method", "GET", "--uri", f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo") or {}
         ).get("value", [])}
         principals = [("user", u, ("ad", "user", "show", "--id", u)) for u in self.args.user or []] + \
             [("group", g, ("ad", "group", "show", "--group", g)) for g in self.args.group or []]
         for kind, name, show in principals:
-            principal = (self.az.run(*show, "--query", "id") or f"<{kind} id>")
-            if principal in assigned:
+            principal = self.az.read(*show, "--query", "id") or f"<{kind} id>"
+            if (principal, role) in assigned:
                 continue
-            body = json.dumps({"principalId": principal, "resourceId": sp["id"], "appRoleId": DEFAULT_ROLE})
-            self.az.run("rest", "--method", "POST", "--uri", f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo",
-                        "--headers", "Content-Type=application/json", "--body", body, change=f"assigned {kind} {name}")
+            body = json.dumps({"principalId": principal, "resourceId": sp["id"], "appRoleId": role})
+            self.az.write("rest", "--method", "POST", "--uri",
+                          f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo",
+                          "--headers", "Content-Type=application/json", "--body", body,
+                          change=("create", f"{kind} {name} assigned the role {ROLE_VALUES[self.args.kind]}"))
 
     def rotate_secret(self) -> None:
         """Appends a new secret and stores it as Key Vault's newest version (the app picks it up within
@@ -144,42 +330,177 @@ class Registration:
         older secrets whose Key Vault version was superseded more than --grace-days ago: run it again
         after the grace period (or on a schedule) and the previous secret goes."""
         self.az.check_ready()
-        _, vault, _ = self.function_app()
-        app = self.find_app()
-        if app is None and not self.az.dry_run:
-            raise AzError("No app registration yet: run scripts/register-app first.")
-        client_id = (app or {}).get("appId", "<client id>")
-        versions = sorted(self.az.run("keyvault", "secret", "list-versions", "--vault-name", vault, "--name",
-                                      SECRET_NAME) or [], key=lambda v: v["attributes"]["created"])
+        _, vault, settings = self.function_app()
+        client_id = self.find_app(settings)["appId"]
+        versions = sorted(self.az.read("keyvault", "secret", "list-versions", "--vault-name", vault, "--name",
+                                       SECRET_NAME) or [], key=lambda v: v["attributes"]["created"])
         current = self.new_secret(client_id, vault)
         cutoff = datetime.now(UTC) - timedelta(days=self.args.grace_days)
         superseded_at = {}  # key id -> when the next version replaced it
         for older, newer in itertools.pairwise(versions):
             superseded_at[(older.get("tags") or {}).get(KEY_ID_TAG)] = datetime.fromisoformat(
                 newer["attributes"]["created"].replace("Z", "+00:00"))
-        for credential in self.az.run("ad", "app", "credential", "list", "--id", client_id) or []:
+        for credential in self.az.read("ad", "app", "credential", "list", "--id", client_id) or []:
             key_id = credential.get("keyId")
             retired = superseded_at.get(key_id)
             if credential.get("displayName") == CREDENTIAL_NAME and key_id != current and retired and retired < cutoff:
-                self.az.run("ad", "app", "credential", "delete", "--id", client_id, "--key-id", key_id,
-                            change=f"removed the client secret superseded on {retired:%Y-%m-%d}")
+                self.az.write("ad", "app", "credential", "delete", "--id", client_id, "--key-id", key_id,
+                              change=("remove", f"the client secret superseded on {retired:%Y-%m-%d}"))
+
+    # -- directory sync -----------------------------------------------------------------------------
+    def sync_context(self) -> tuple[str, str, str, dict, str]:
+        """(tenant URL, vault, token secret name, service principal, settings) for directory sync."""
+        self.az.check_ready()
+        base, vault, settings = self.function_app()
+        sp = self.ensure_service_principal(self.find_app(settings)["appId"])
+        return f"{base}/api/scim/v2", vault, settings.get("SCIM_TOKEN_NAME") or SCIM_TOKEN_NAME, sp, settings
+
+    def provisioning(self) -> None:
+        """The SCIM token (made once, straight into Key Vault), the function app's right to read it and
+        its SCIM_TOKEN_NAME; Entra's provisioning job from the `scim` template with the tenant URL and
+        token, our attribute mappings, started. Each step only when it is not already so."""
+        tenant_url, vault, token_name, sp, settings = self.sync_context()
+        stored = self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name", token_name,
+                              "--query", "{id: id, tags: tags}")
+        token = None
+        if stored is None:
+            token = new_scim_token()
+            self.store_tokens(vault, token_name, [token], ("create", f"Key Vault secret {token_name} (SCIM token)"))
+        self.let_the_app_read(vault, token_name)
+        update_app_settings(self.az, self.app, self.rg, {"SCIM_TOKEN_NAME": token_name}, settings)
+        job = self.provisioning_job(sp, create=True)
+        tags = (stored or {}).get("tags") or {}
+        if token is not None or (tags.get(SYNCED_TAGS[0]), tags.get(SYNCED_TAGS[1])) != (job["id"], tenant_url):
+            token = token or self.current_tokens(vault, token_name)[0]
+            self.give_entra(sp, job, vault, token_name, tenant_url, token)
+        schema = self.az.read("rest", "--method", "GET", "--uri", f"{self.jobs_uri(sp)}/{job['id']}/schema")
+        wanted = mapped_schema(schema or {})
+        if schema is None or wanted != {k: v for k, v in schema.items() if not k.startswith("@odata")}:
+            with secret_file(json.dumps(wanted)) as path:  # large, not secret: a file keeps argv short
+                self.az.write("rest", "--method", "PUT", "--uri", f"{self.jobs_uri(sp)}/{job['id']}/schema",
+                              "--headers", "Content-Type=application/json", "--body", f"@{path}",
+                              change=("change", "attribute mappings: objectId -> externalId, "
+                                                "AppRoleAssignmentsComplex -> roles, groups not provisioned"))
+        if (job.get("schedule") or {}).get("state") != "Active":
+            self.az.write("rest", "--method", "POST", "--uri", f"{self.jobs_uri(sp)}/{job['id']}/start",
+                          change=("change", "provisioning job started"))
+        print(f"\nDirectory sync: Tenant URL {tenant_url}; the token is Key Vault secret {token_name} (never "
+              "shown).\nAssign people or groups with a role (assign --kind agent|user); Entra provisions them at "
+              "its next cycle (about 40 minutes), or at once with Provision on demand.")
+
+    def rotate_token(self) -> None:
+        """A new token first, the current one kept on the second line (the server accepts both), then
+        Entra gets the new one: no request fails in between. --retire-old drops the older line once
+        Entra uses the new token."""
+        tenant_url, vault, token_name, sp, _ = self.sync_context()
+        tokens = self.current_tokens(vault, token_name)
+        if self.args.retire_old:
+            if len(tokens) > 1:
+                tags = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", token_name,
+                                    "--query", "tags") or {}
+                self.store_tokens(vault, token_name, tokens[:1],
+                                  ("remove", f"the previous SCIM token from {token_name}"), tags=tags)
+            return
+        job = self.provisioning_job(sp, create=False)
+        token = new_scim_token()
+        self.store_tokens(vault, token_name, [token, tokens[0]],
+                          ("change", f"Key Vault secret {token_name}: a new token first, the previous one kept"))
+        self.give_entra(sp, job, vault, token_name, tenant_url, token)
+        print("The previous token stays valid (second line of the secret) until `rotate-token --retire-old` or the "
+              "next rotation.")
+
+    def jobs_uri(self, sp: dict) -> str:
+        return f"{GRAPH}/servicePrincipals/{sp['id']}/synchronization/jobs"
+
+    def provisioning_job(self, sp: dict, *, create: bool) -> dict:
+        jobs = (self.az.read("rest", "--method", "GET", "--uri", self.jobs_uri(sp)) or {}).get("value", [])
+        job = next((j for j in jobs if j.get("templateId") == SCIM_TEMPLATE), None)
+        if job is not None or (self.az.dry_run and not create):
+            return job or {"id": "<job id>"}
+        if not create:
+            raise AzError("No provisioning job yet: run `portal-sso register-app ... provisioning` first.")
+        templates = (self.az.read("rest", "--method", "GET", "--uri",
+                                  f"{GRAPH}/servicePrincipals/{sp['id']}/synchronization/templates") or {}).get("value")
+        if templates is not None and SCIM_TEMPLATE not in {t.get("id") for t in templates}:
+            raise AzError("Entra offers this app no 'scim' provisioning template: in Entra ID > Enterprise "
+                          "applications > the app > Provisioning, choose Automatic once by hand, then run this again.")
+        return self.az.write("rest", "--method", "POST", "--uri", self.jobs_uri(sp), "--headers",
+                             "Content-Type=application/json", "--body", json.dumps({"templateId": SCIM_TEMPLATE}),
+                             change=("create", "Entra provisioning job (template scim)")) or {"id": "<job id>"}
+
+    def give_entra(self, sp: dict, job: dict, vault: str, token_name: str, tenant_url: str, token: str) -> None:
+        """The tenant URL and token into the job's credentials (synchronization/secrets: the body holds the
+        token, so it goes through a 0600 file, never argv), then tags on the token's version saying so."""
+        body = {"value": [{"key": "BaseAddress", "value": tenant_url}, {"key": "SecretToken", "value": token}]}
+        with secret_file(json.dumps(body)) as path:
+            self.az.write("rest", "--method", "PUT", "--uri",
+                          f"{GRAPH}/servicePrincipals/{sp['id']}/synchronization/secrets",
+                          "--headers", "Content-Type=application/json", "--body", f"@{path}", quiet=True,
+                          change=("change", f"Entra's provisioning credentials: tenant URL {tenant_url} and the token"))
+        self.az.write("keyvault", "secret", "set-attributes", "--vault-name", vault, "--name", token_name,
+                      "--tags", f"{SYNCED_TAGS[0]}={job['id']}", f"{SYNCED_TAGS[1]}={tenant_url}", "--query", "id",
+                      change=None)
+
+    def current_tokens(self, vault: str, token_name: str) -> list[str]:
+        raw = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", token_name,
+                           "--query", "value", quiet=True)
+        tokens = [line.strip() for line in (raw or "<token>").splitlines() if line.strip()]
+        if not tokens:
+            raise AzError(f"Key Vault secret {token_name} holds no token: delete it and run provisioning again.")
+        return tokens
+
+    def store_tokens(self, vault: str, token_name: str, tokens: list[str], change: tuple[str, str], *,
+                     tags: dict[str, str] | None = None) -> None:
+        """The tokens, one per line, the newest first, as the secret's new version (with `tags`)."""
+        tagging = ["--tags", *(f"{k}={v}" for k, v in sorted(tags.items()))] if tags else []
+        with secret_file("\n".join(tokens)) as path:
+            self.az.write("keyvault", "secret", "set", "--vault-name", vault, "--name", token_name, "--file", path,
+                          "--encoding", "utf-8", *tagging, "--query", "id", quiet=True, change=change)
+
+
+def comparable(items: list | None) -> str:
+    """A JSON list compared regardless of key and element order (Graph answers in its own order)."""
+    def canonical(item):
+        if isinstance(item, dict):
+            return {k: canonical(v) for k, v in sorted(item.items()) if not k.startswith("@odata")}
+        if isinstance(item, list):
+            return sorted((canonical(i) for i in item), key=json.dumps)
+        return item
+    return json.dumps(canonical(items or []), sort_keys=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/register-app", description=__doc__,
+    parser = argparse.ArgumentParser(prog="portal-sso register-app", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resource-group", "-g", required=True)
-    parser.add_argument("--app", required=True, help="the function app (scripts/deploy's --app)")
-    parser.add_argument("--display-name", help="the registration's name (default: Portal SSO (APP))")
+    parser.add_argument("--app", required=True, help="the function app (deploy's --app)")
+    parser.add_argument("--app-id", help="adopt this existing registration (you must be one of its owners)")
+    parser.add_argument("--display-name", help="a new registration's name (default: Portal SSO (APP)); never used "
+                                               "to find one")
+    parser.add_argument("--keep-redirect-uri", action="append", metavar="URI",
+                        help="a redirect URI not made by this script to keep on the registration; repeatable")
     parser.add_argument("--public-base-url", help="default: the function app's PUBLIC_BASE_URL or host name")
     parser.add_argument("--secret-days", type=int, default=180, help="client secret lifetime (default 180)")
     parser.add_argument("--dry-run", action="store_true", help="print every az command, run none")
-    commands = parser.add_subparsers(dest="command")
-    assign = commands.add_parser("assign", help="let users or groups sign in (user assignment is required)")
-    assign.add_argument("--user", action="append", help="a user principal name; repeatable")
+    anywhere = argparse.ArgumentParser(add_help=False)  # --dry-run after a subcommand too
+    anywhere.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    assign = commands.add_parser("assign", parents=[anywhere], help="give users or groups a kind's app role",
+                                 description="Assigns users or groups the app role of a kind (user assignment is "
+                                             "required). Assigning a group needs Entra ID P1 or P2.")
+    assign.add_argument("--user", action="append", help="a user principal name or object id; repeatable")
     assign.add_argument("--group", action="append", help="a group's name or object id; repeatable")
-    rotate = commands.add_parser("rotate-secret", help="a new client secret; older ones go after a grace period")
+    assign.add_argument("--kind", required=True, choices=KINDS, help="the role: user (Portal.User) or agent "
+                                                                     "(Portal.Agent)")
+    rotate = commands.add_parser("rotate-secret", parents=[anywhere],
+                                 help="a new client secret; older ones go after a grace period")
     rotate.add_argument("--grace-days", type=int, default=7)
+    commands.add_parser("provisioning", parents=[anywhere], help="set up directory sync (SCIM) from Entra ID",
+                        description=Registration.provisioning.__doc__)
+    token = commands.add_parser("rotate-token", parents=[anywhere], help="a new SCIM token; the old one stays "
+                                                                         "valid until Entra has the new one",
+                                description=Registration.rotate_token.__doc__)
+    token.add_argument("--retire-old", action="store_true", help="only drop the previous token")
     args = parser.parse_args(argv)
     args.display_name = args.display_name or f"Portal SSO ({args.app})"
     if args.command == "assign" and not (args.user or args.group):
@@ -192,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     az = Az(dry_run=args.dry_run)
     registration = Registration(az, args)
     try:
-        {"assign": registration.assign, "rotate-secret": registration.rotate_secret}.get(
+        {"assign": registration.assign, "rotate-secret": registration.rotate_secret,
+         "provisioning": registration.provisioning, "rotate-token": registration.rotate_token}.get(
             args.command, registration.ensure)()
     except AzError as err:
         return fail(err, az)

@@ -1,10 +1,13 @@
-"""A fake `az` for the deploy and register-app tests: it records every call (argv and, for --file, a hash
-of what the file held) in $FAKE_AZ_LOG and answers from a JSON state in $FAKE_AZ_STATE, with answers
-shaped like the real CLI's. Only the commands the scripts issue are known; anything else fails loudly.
-Not-found answers look like the real ones (exit 3 and "ResourceNotFound"/"could not be found")."""
+"""A fake `az` for the deploy and register-app tests: it records every call (argv and, for --file or an
+`@file` body, a hash of what the file held and its mode) in $FAKE_AZ_LOG and answers from a JSON state in
+$FAKE_AZ_STATE, with answers shaped like the real CLI's (and, for `az rest`, like Microsoft Graph's).
+Only the commands the scripts issue are known; anything else fails loudly. Not-found answers look like
+the real ones (exit 3 and "ResourceNotFound"/"could not be found"). New resources get the defaults Azure
+gives them (HTTPS not enforced, FTP allowed, basic publishing credentials on, no purge protection)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -14,6 +17,29 @@ from datetime import UTC, datetime
 
 SECRET = "fake-entra-client-secret-Q8~do-not-leak"  # the password `ad app credential reset` hands out
 SUB = "/subscriptions/00000000-1111-2222-3333-444444444444"
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+GRAPH_SP = "graph-sp-object-id"
+ME = {"type": "user", "name": "admin@contoso.test", "id": "admin-object-id"}
+CONNECTION_STRING = "InstrumentationKey=fake-ikey-0f0f;IngestionEndpoint=https://fake.in.applicationinsights/"
+# The schema Entra's `scim` template gives a new job (Graph's synchronizationSchema, trimmed): users mapped
+# with mailNickname as externalId, and groups provisioned.
+SCIM_TEMPLATE_SCHEMA = {
+    "id": "scim", "version": "Date:2026-11-01",
+    "directories": [{"id": "AAD", "name": "Azure Active Directory"}, {"id": "SCIM", "name": "customappsso"}],
+    "synchronizationRules": [{"id": "AAD2SCIM", "name": "USER_INBOUND_USER", "sourceDirectoryName": "Azure Active "
+                              "Directory", "targetDirectoryName": "customappsso", "objectMappings": [
+        {"enabled": True, "name": "Provision Microsoft Entra ID Users", "sourceObjectName": "User",
+         "targetObjectName": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User", "attributeMappings": [
+             {"targetAttributeName": "userName", "matchingPriority": 1, "flowType": "Always",
+              "source": {"expression": "[userPrincipalName]", "name": "userPrincipalName", "parameters": [],
+                         "type": "Attribute"}},
+             {"targetAttributeName": "externalId", "matchingPriority": 0, "flowType": "Always",
+              "source": {"expression": "[mailNickname]", "name": "mailNickname", "parameters": [],
+                         "type": "Attribute"}},
+             {"targetAttributeName": "emails[type eq \"work\"].value", "matchingPriority": 0, "flowType": "Always",
+              "source": {"expression": "[mail]", "name": "mail", "parameters": [], "type": "Attribute"}}]},
+        {"enabled": True, "name": "Provision Microsoft Entra ID Groups", "sourceObjectName": "Group",
+         "targetObjectName": "urn:ietf:params:scim:schemas:core:2.0:Group", "attributeMappings": []}]}]}
 
 
 def main(argv: list[str]) -> int:
@@ -23,10 +49,12 @@ def main(argv: list[str]) -> int:
     state_path, log_path = os.environ["FAKE_AZ_STATE"], os.environ["FAKE_AZ_LOG"]
     state = json.load(open(state_path)) if os.path.exists(state_path) else {}
     record = {"argv": argv}
-    if "--file" in args:
-        content = open(args[args.index("--file") + 1]).read()
+    body = opt(args, "--body") or ""
+    path = opt(args, "--file") or (body[1:] if body.startswith("@") else None)
+    if path:
+        content = open(path).read()
         record["file_sha256"] = hashlib.sha256(content.encode()).hexdigest()
-        record["file_mode"] = oct(os.stat(args[args.index("--file") + 1]).st_mode & 0o777)
+        record["file_mode"] = oct(os.stat(path).st_mode & 0o777)
     with open(log_path, "a") as log:
         log.write(json.dumps(record) + "\n")
     if not state.get("logged_in", True):
@@ -37,7 +65,7 @@ def main(argv: list[str]) -> int:
             print(f"ERROR: {message}", file=sys.stderr)
             return 1
     try:
-        answer = handle(args, state)
+        answer = handle(args, state, open(path).read() if path else None)
     except LookupError as missing:
         print(f"ERROR: (ResourceNotFound) The resource {missing} could not be found.", file=sys.stderr)
         return 3
@@ -62,10 +90,14 @@ def values(args: list[str], name: str) -> list[str]:
 
 def query(answer, args: list[str]):
     q = opt(args, "--query")
-    if q in ("id", "defaultHostName", "principalId"):
+    if q in ("id", "defaultHostName", "principalId", "value", "tags"):
         return answer[q]
+    if q == "[].id":
+        return [item["id"] for item in answer]
     if q == "{password: password}":
         return {"password": answer["password"]}
+    if q == "{id: id, tags: tags}":
+        return {"id": answer["id"], "tags": answer.get("tags")}
     return answer
 
 
@@ -76,13 +108,40 @@ def resource(state: dict, kind: str, key: str) -> dict:
     return found
 
 
-def handle(args: list[str], state: dict):
-    words = " ".join(a for a in args[:5] if not a.startswith("-"))
+def me(state: dict) -> dict:
+    return state.get("signed_in_as", ME)
+
+
+def by_id(state: dict, resource_id: str) -> dict:
+    found = next((r for r in state.get("resources", {}).values() if r["id"] == resource_id), None)
+    if found is None:
+        raise LookupError(resource_id)
+    return found
+
+
+def set_path(target: dict, assignment: str) -> None:
+    """`--set a.b=value` as the real CLI's generic update applies it (JSON values, else strings)."""
+    path, raw = assignment.split("=", 1)
+    *parents, last = path.split(".")
+    for key in parents:
+        target = target.setdefault(key, {})
+    try:
+        target[last] = json.loads(raw)
+    except ValueError:
+        target[last] = raw
+
+
+def handle(args: list[str], state: dict, file_content: str | None):
+    words = " ".join(a for a in args[:6] if not a.startswith("-"))
     rg, name = opt(args, "--resource-group", "-g"), opt(args, "--name", "-n")
     if words.startswith("account show"):
-        return {"id": SUB.rsplit("/", 1)[1], "tenantId": "tenant-0000", "user": {"name": "admin@contoso.test"}}
+        return {"id": SUB.rsplit("/", 1)[1], "tenantId": "tenant-0000",
+                "user": {"name": me(state)["name"], "type": me(state)["type"]}}
     if words.startswith("ad signed-in-user show"):
-        return {"id": "admin-object-id"}
+        if me(state)["type"] != "user":
+            print("ERROR: /me request is only valid with delegated authentication flow.", file=sys.stderr)
+            raise SystemExit(1)
+        return {"id": me(state)["id"]}
     if words.startswith("group show"):
         return resource(state, "groups", name)
     if words.startswith("group create"):
@@ -96,33 +155,67 @@ def handle(args: list[str], state: dict):
     if words.startswith("storage account create"):
         state.setdefault("storage", {})[name] = {
             "id": f"{SUB}/resourceGroups/{rg}/providers/Microsoft.Storage/storageAccounts/{name}", "name": name,
-            "allowSharedKeyAccess": opt(args, "--allow-shared-key-access") == "true"}
+            "allowSharedKeyAccess": opt(args, "--allow-shared-key-access") == "true",
+            "minimumTlsVersion": opt(args, "--min-tls-version", default="TLS1_0")}
         return state["storage"][name]
+    if words.startswith("storage account update"):
+        account = resource(state, "storage", name)
+        account["allowSharedKeyAccess"] = opt(args, "--allow-shared-key-access") == "true"
+        account["minimumTlsVersion"] = opt(args, "--min-tls-version")
+        return account
     if words.startswith("resource show"):
+        if "/basicPublishingCredentialsPolicies/" in (opt(args, "--ids") or ""):
+            site_id, kind = opt(args, "--ids").split("/basicPublishingCredentialsPolicies/")
+            site = next(s for s in state.get("sites", {}).values() if s["id"] == site_id)
+            return {"id": opt(args, "--ids"), "properties": {"allow": site["publishing"][kind]}}
         key = opt(args, "--ids") or f"{rg}/{opt(args, '--resource-type')}/{name}"
         return resource(state, "resources", key)
     if words.startswith("resource create"):
         key = opt(args, "--id") or f"{rg}/{opt(args, '--resource-type')}/{name}"
+        properties = json.loads(opt(args, "--properties"))
+        if opt(args, "--resource-type") == "Microsoft.Insights/components":
+            properties["ConnectionString"] = CONNECTION_STRING
         made = {"id": opt(args, "--id") or f"{SUB}/resourceGroups/{rg}/providers/{opt(args, '--resource-type')}/{name}",
-                "properties": {"ConnectionString": "InstrumentationKey=fake;IngestionEndpoint=https://fake/"}}
+                "properties": properties}
         state.setdefault("resources", {})[key] = made
         return made
+    if words.startswith("resource update"):
+        if "/basicPublishingCredentialsPolicies/" in opt(args, "--ids"):
+            site_id, kind = opt(args, "--ids").split("/basicPublishingCredentialsPolicies/")
+            site = next(s for s in state.get("sites", {}).values() if s["id"] == site_id)
+            site["publishing"][kind] = json.loads(opt(args, "--set").split("=", 1)[1])
+            return {"properties": {"allow": site["publishing"][kind]}}
+        found = by_id(state, opt(args, "--ids"))
+        set_path(found, opt(args, "--set"))
+        return found
     if words.startswith("keyvault show"):
+        if rg is None:  # by name alone, as register-app asks
+            return next(v for v in state.get("vaults", {}).values() if v["name"] == name)
         return resource(state, "vaults", name)
     if words.startswith("keyvault create"):
         state.setdefault("vaults", {})[name] = {
             "id": f"{SUB}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}", "name": name,
             "properties": {"enableRbacAuthorization": opt(args, "--enable-rbac-authorization") == "true",
+                           "enablePurgeProtection": opt(args, "--enable-purge-protection") == "true" or None,
                            "vaultUri": f"https://{name}.vault.azure.net/"}}
         return state["vaults"][name]
+    if words.startswith("keyvault update"):
+        vault = resource(state, "vaults", name)
+        vault["properties"]["enablePurgeProtection"] = opt(args, "--enable-purge-protection") == "true"
+        return vault
     if words.startswith("keyvault secret show"):
         versions = resource(state, "secrets", f"{opt(args, '--vault-name')}/{name}")
-        return {"id": versions[-1]["id"]}
+        return versions[-1]
+    if words.startswith("keyvault secret set-attributes"):
+        latest = resource(state, "secrets", f"{opt(args, '--vault-name')}/{name}")[-1]
+        latest["tags"] = dict(t.split("=", 1) for t in values(args, "--tags"))
+        return latest
     if words.startswith("keyvault secret set"):
         versions = state.setdefault("secrets", {}).setdefault(f"{opt(args, '--vault-name')}/{name}", [])
         version = {"id": f"https://{opt(args, '--vault-name')}.vault.azure.net/secrets/{name}/{uuid.uuid4().hex}",
                    "attributes": {"created": datetime.now(UTC).isoformat(), "expires": opt(args, "--expires")},
-                   "tags": dict(t.split("=", 1) for t in values(args, "--tags")) if "--tags" in args else {}}
+                   "tags": dict(t.split("=", 1) for t in values(args, "--tags")) if "--tags" in args else {},
+                   "value": file_content}
         versions.append(version)
         return {"id": version["id"]}
     if words.startswith("keyvault secret list-versions"):
@@ -139,13 +232,27 @@ def handle(args: list[str], state: dict):
         if name in state.get("taken_names", []):
             raise_taken(name)
         state.setdefault("sites", {})[name] = {
-            "defaultHostName": f"{name}.azurewebsites.net", "settings": {"AzureWebJobsStorage": "DefaultEndpoints...;"},
+            "id": f"{SUB}/resourceGroups/{rg}/providers/Microsoft.Web/sites/{name}",
+            "defaultHostName": f"{name}.azurewebsites.net", "httpsOnly": opt(args, "--https-only") == "true",
+            "settings": {"AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountKey=fakekey=="},
+            "config": {"minTlsVersion": "1.2", "ftpsState": "AllAllowed"}, "publishing": {"ftp": True, "scm": True},
             "identity": {"principalId": f"{name}-principal"} if "--assign-identity" in args else None}
         return {"name": name}
+    if words.startswith("functionapp update"):
+        set_path(resource(state, "sites", name), opt(args, "--set"))
+        return resource(state, "sites", name)
+    if words.startswith("functionapp config show"):
+        return resource(state, "sites", name)["config"]
+    if words.startswith("functionapp config set"):
+        config = resource(state, "sites", name)["config"]
+        config.update(minTlsVersion=opt(args, "--min-tls-version"), ftpsState=opt(args, "--ftps-state"))
+        return config
     if words.startswith("functionapp identity assign"):
         site = resource(state, "sites", name)
         site["identity"] = {"principalId": f"{name}-principal"}
         return site["identity"]
+    if words.startswith("functionapp identity show"):
+        return resource(state, "sites", name)["identity"]
     if words.startswith("functionapp config appsettings list"):
         return [{"name": k, "value": v} for k, v in resource(state, "sites", name)["settings"].items()]
     if words.startswith("functionapp config appsettings set"):
@@ -159,25 +266,30 @@ def handle(args: list[str], state: dict):
         state.setdefault("deployments", []).append(name)
         return {"status": 4}
     if words.startswith("role assignment list"):
-        wanted = (opt(args, "--assignee"), opt(args, "--role"), opt(args, "--scope"))
-        return [a for a in state.get("roles", []) if tuple(a) == wanted]
+        wanted = [opt(args, "--assignee"), opt(args, "--role"), opt(args, "--scope")]
+        return [{"id": a[3], "principalId": a[0], "roleDefinitionName": a[1], "scope": a[2]}
+                for a in state.get("roles", []) if a[:3] == wanted]
     if words.startswith("role assignment create"):
         state.setdefault("roles", []).append([opt(args, "--assignee-object-id"), opt(args, "--role"),
-                                              opt(args, "--scope")])
-        return {"id": "assignment"}
+                                              opt(args, "--scope"), f"assignment-{uuid.uuid4().hex}"])
+        return {"id": state["roles"][-1][3]}
+    if words.startswith("role assignment delete"):
+        state["roles"] = [a for a in state.get("roles", []) if a[3] not in values(args, "--ids")]
+        return None
     if words.startswith("ad app list"):
         return [a for a in state.get("apps", {}).values() if a["displayName"] == opt(args, "--display-name")]
+    if words.startswith("ad app show"):
+        return resource(state, "apps", opt(args, "--id"))
+    if words.startswith("ad app owner list"):
+        return [{"id": owner} for owner in resource(state, "apps", opt(args, "--id"))["owners"]]
     if words.startswith("ad app create"):
         app_id = str(uuid.uuid4())
-        state.setdefault("apps", {})[app_id] = {
-            "appId": app_id, "displayName": opt(args, "--display-name"),
-            "web": {"redirectUris": values(args, "--web-redirect-uris")},
-            "optionalClaims": json.load(open(opt(args, "--optional-claims")[1:])), "credentials": []}
+        state.setdefault("apps", {})[app_id] = {"appId": app_id, "displayName": opt(args, "--display-name"),
+                                                "owners": [me(state)["id"]], "credentials": [], "web": {}}
+        update_app(state["apps"][app_id], args)
         return state["apps"][app_id]
     if words.startswith("ad app update"):
-        app = resource(state, "apps", opt(args, "--id"))
-        app["web"]["redirectUris"] = values(args, "--web-redirect-uris")
-        app["optionalClaims"] = json.load(open(opt(args, "--optional-claims")[1:]))
+        update_app(resource(state, "apps", opt(args, "--id")), args)
         return None
     if words.startswith("ad app credential reset"):
         app = resource(state, "apps", opt(args, "--id"))
@@ -193,24 +305,87 @@ def handle(args: list[str], state: dict):
         app["credentials"] = [c for c in app["credentials"] if c["keyId"] != opt(args, "--key-id")]
         return None
     if words.startswith("ad sp show"):
+        if opt(args, "--id") == GRAPH_APP_ID:
+            return {"id": GRAPH_SP, "appId": GRAPH_APP_ID}
         return resource(state, "sps", opt(args, "--id"))
     if words.startswith("ad sp create"):
         state.setdefault("sps", {})[opt(args, "--id")] = {"id": f"sp-{opt(args, '--id')}",
                                                           "appRoleAssignmentRequired": False}
         return state["sps"][opt(args, "--id")]
     if words.startswith("ad sp update"):
-        resource(state, "sps", opt(args, "--id"))["appRoleAssignmentRequired"] = True
+        sp = resource(state, "sps", opt(args, "--id"))
+        if "--set" in args:
+            set_path(sp, opt(args, "--set"))
+        if "--add" in args:
+            path, value = values(args, "--add")
+            sp.setdefault(path, []).append(value)
         return None
     if words.startswith("ad user show") or words.startswith("ad group show"):
         return {"id": f"object-of-{opt(args, '--id', '--group')}"}
     if words.startswith("rest"):
-        sp_id = opt(args, "--uri").split("/servicePrincipals/")[1].split("/")[0]
+        return graph(state, opt(args, "--method"), opt(args, "--uri"), file_content or opt(args, "--body"))
+    raise SystemExit(f"fake az: unknown command {args}")
+
+
+def update_app(app: dict, args: list[str]) -> None:
+    """`ad app create/update`: each given property replaces the registration's (as Graph's PATCH does)."""
+    if "--web-redirect-uris" in args:
+        app["web"]["redirectUris"] = values(args, "--web-redirect-uris")
+    for assignment in values(args, "--set") if "--set" in args else []:
+        set_path(app, assignment)
+    for option, key in (("--optional-claims", "optionalClaims"), ("--app-roles", "appRoles"),
+                        ("--required-resource-accesses", "requiredResourceAccess")):
+        if option in args:
+            app[key] = json.load(open(opt(args, option)[1:]))
+
+
+def graph(state: dict, method: str, uri: str, body: str | None):
+    """The Microsoft Graph calls the scripts make, answered with Graph's shapes (values in `value`)."""
+    path = uri.split("/v1.0", 1)[1]
+    if path.startswith("/oauth2PermissionGrants"):
+        grants = state.setdefault("permission_grants", [])
+        if method == "GET":  # ?$filter=clientId eq '{id}'
+            client = path.split("'")[1]
+            return {"value": [g for g in grants if g["clientId"] == client]}
+        if method == "POST":
+            grants.append({**json.loads(body), "id": f"grant-{uuid.uuid4().hex[:8]}"})
+            return grants[-1]
+        found = next(g for g in grants if g["id"] == path.rsplit("/", 1)[1])
+        found.update(json.loads(body))  # PATCH
+        return None
+    sp_id = path.split("/servicePrincipals/")[1].split("/")[0]
+    rest = path.split(f"/servicePrincipals/{sp_id}", 1)[1]
+    if rest == "/appRoleAssignedTo":
         assigned = state.setdefault("assignments", {}).setdefault(sp_id, [])
-        if opt(args, "--method") == "POST":
-            assigned.append(json.loads(opt(args, "--body")))
+        if method == "POST":
+            assigned.append(json.loads(body))
             return {"id": "assignment"}
         return {"value": assigned}
-    raise SystemExit(f"fake az: unknown command {args}")
+    sync = state.setdefault("sync", {}).setdefault(sp_id, {"jobs": [], "secrets": None})
+    if rest == "/synchronization/templates":
+        return {"value": [{"id": "scim", "factoryTag": "CustomSCIM", "default": True}]}
+    if rest == "/synchronization/jobs":
+        if method == "POST":
+            template = json.loads(body)["templateId"]
+            sync["jobs"].append({"id": f"{template}.{uuid.uuid4().hex[:12]}", "templateId": template,
+                                 "schedule": {"state": "Disabled"}, "schema": copy.deepcopy(SCIM_TEMPLATE_SCHEMA)})
+            return {k: v for k, v in sync["jobs"][-1].items() if k != "schema"}
+        return {"value": [{k: v for k, v in j.items() if k != "schema"} for j in sync["jobs"]]}
+    if rest == "/synchronization/secrets" and method == "PUT":
+        sync["secrets"] = {pair["key"]: pair["value"] for pair in json.loads(body)["value"]}
+        return None
+    job_id, action = rest.split("/synchronization/jobs/", 1)[1].split("/", 1)
+    job = next(j for j in sync["jobs"] if j["id"] == job_id)
+    if action == "schema":
+        if method == "PUT":
+            job["schema"] = json.loads(body)
+            return None
+        return {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#schema", **job["schema"]}
+    if action == "start" and method == "POST":
+        assert sync["secrets"], "Entra refuses to start a job without credentials"
+        job["schedule"]["state"] = "Active"
+        return None
+    raise SystemExit(f"fake az: unknown Graph call {method} {uri}")
 
 
 def raise_taken(name: str):

@@ -16,7 +16,8 @@ DEPLOY_ARGS = ["--resource-group", "rg-sso", "--location", "westeurope", "--app"
                "--portal-user-url", "https://portal.contoso.test/sso/user",
                "--portal-agent-url", "https://portal.contoso.test/sso/agent"]
 APP_ARGS = ["--resource-group", "rg-sso", "--app", "contoso-sso"]
-MUTATING = {"create", "set", "update", "assign", "delete", "reset", "config-zip"}  # az verbs that change things
+# az verbs that change things
+MUTATING = {"create", "set", "set-attributes", "update", "assign", "delete", "reset", "config-zip"}
 
 
 @dataclass
@@ -32,12 +33,12 @@ class Result:
 
     @property
     def mutations(self) -> list[str]:
-        """The calls that create or change something: a changing verb, or `az rest --method POST`."""
+        """The calls that create or change something: a changing verb, or `az rest` with a writing method."""
         changing = []
         for call in self.calls:
             argv = call["argv"]
             first_option = next((i for i, word in enumerate(argv) if word.startswith("-")), len(argv))
-            if (first_option and argv[first_option - 1] in MUTATING) or "POST" in argv:
+            if (first_option and argv[first_option - 1] in MUTATING) or {"POST", "PUT", "PATCH", "DELETE"} & set(argv):
                 changing.append(" ".join(argv))
         return changing
 
@@ -47,7 +48,7 @@ class FakeAzure:
 
     def __init__(self, tmp: Path):
         self.bin, self.state_path, self.log_path = tmp / "bin", tmp / "state.json", tmp / "az-calls.jsonl"
-        self.bin.mkdir()
+        self.bin.mkdir(parents=True)
         az = self.bin / "az"
         az.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
         az.chmod(0o755)

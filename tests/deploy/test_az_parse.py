@@ -9,6 +9,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tests.deploy.fake_az import ME
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
 
 AZ = Path(os.environ.get("PORTAL_SSO_AZ", Path.home() / ".cache/portal-sso/azure-cli-2.91.0/bin/az"))
@@ -17,19 +18,42 @@ PARSE_ERRORS = ("unrecognized arguments", "the following arguments are required"
 
 
 def every_command(tmp_path: Path) -> list[list[str]]:
-    """The az commands of every path through both scripts: a fresh deploy and a second one, the
-    registration, assignment, two rotations."""
-    azure = FakeAzure(tmp_path)
-    for script, args in (("deploy", DEPLOY_ARGS), ("deploy", DEPLOY_ARGS), ("register-app", APP_ARGS),
-                         ("register-app", [*APP_ARGS, "assign", "--user", "a@contoso.test", "--group", "G"]),
-                         ("register-app", [*APP_ARGS, "rotate-secret"])):
-        assert azure.run(script, *args).code == 0
+    """The az commands of every path through both scripts: a fresh deploy, a what-if and a second
+    deploy, a deploy signed in as a service principal, the registration, adopting an owned one,
+    assignment, two rotations, directory sync and its token's rotation."""
+    azure = FakeAzure(tmp_path / "main")
+    for script, args in (("deploy", DEPLOY_ARGS), ("deploy", [*DEPLOY_ARGS, "--what-if"]), ("deploy", DEPLOY_ARGS),
+                         ("register-app", APP_ARGS),
+                         ("register-app", [*APP_ARGS, "assign", "--user", "a@contoso.test", "--group", "G",
+                                           "--kind", "agent"]),
+                         ("register-app", [*APP_ARGS, "rotate-secret"]),
+                         ("register-app", [*APP_ARGS, "provisioning"]),
+                         ("register-app", [*APP_ARGS, "rotate-token"]),
+                         ("register-app", [*APP_ARGS, "rotate-token", "--retire-old"])):
+        assert azure.run(script, *args).code == 0, (script, args)
     state = azure.state  # the older secret superseded long ago: the rotation deletes it
     for version in state["secrets"]["contoso-sso-kv/oidc-client-secret"]:
         version["attributes"]["created"] = "2020-01-01T00:00:00+00:00"
+    state["roles"].append(["contoso-sso-principal", "Key Vault Secrets User", state["vaults"]["contoso-sso-kv"]["id"],
+                           "old-vault-wide"])  # what an earlier deploy granted: the next one revokes it
+    # an earlier deploy's looser settings: the next deploy tightens each one
+    state["sites"]["contoso-sso"]["httpsOnly"] = False
+    state["vaults"]["contoso-sso-kv"]["properties"]["enablePurgeProtection"] = None
+    state["storage"]["contososso" + "stor"]["allowSharedKeyAccess"] = True
+    for resource in state["resources"].values():
+        resource["properties"].pop("DisableLocalAuth", None)
+    state["apps"]["owned-app-id"] = {"appId": "owned-app-id", "displayName": "x", "owners": [ME["id"]],
+                                     "web": {"redirectUris": ["https://evil.example/cb"]}, "credentials": [],
+                                     "publicClient": {"redirectUris": ["http://localhost:1234"]}}
     azure.state = state
     assert azure.run("register-app", *APP_ARGS, "rotate-secret").code == 0
-    unique = {tuple(call["argv"]): call["argv"] for call in azure.all_calls}
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    assert azure.run("register-app", *APP_ARGS, "--app-id", "owned-app-id").code == 0
+    ci = FakeAzure(tmp_path / "ci")
+    ci.state = {"signed_in_as": {"type": "servicePrincipal", "name": "ci-app-id", "id": "ci-object-id"},
+                "sps": {"ci-app-id": {"id": "ci-object-id"}}}
+    assert ci.run("deploy", *DEPLOY_ARGS).code == 0
+    unique = {tuple(call["argv"]): call["argv"] for call in azure.all_calls + ci.all_calls}
     return list(unique.values())
 
 
@@ -37,8 +61,13 @@ def test_every_command_the_scripts_issue_is_valid_for_the_real_az_cli(tmp_path):
     assert AZ.exists(), f"the real Azure CLI is installed by `make az-cli` (expected at {AZ})"
     commands = every_command(tmp_path)
     issued = [" ".join(c) for c in commands]
-    for phrase in ("functionapp create", "ad app create", "ad app credential reset", "ad app credential delete",
-                   "role assignment create", "keyvault secret set", "rest --method POST", "config-zip"):
+    for phrase in ("functionapp create", "ad app create", "ad app update", "ad app owner list",
+                   "ad app credential reset", "ad app credential delete", "role assignment create",
+                   "role assignment delete", "keyvault secret set", "keyvault secret set-attributes",
+                   "rest --method POST", "rest --method PUT", "synchronization/jobs", "oauth2PermissionGrants",
+                   "config-zip", "functionapp config set", "functionapp update", "resource update",
+                   "keyvault update", "ad sp show --id ci-app-id", "publicClient.redirectUris=[]",
+                   "--add tags WindowsAzureActiveDirectoryIntegratedApp"):
         assert any(phrase in command for command in issued), f"no path issued {phrase!r}"
     placeholder = tmp_path / "exists.txt"
     placeholder.write_text("x")
@@ -46,7 +75,10 @@ def test_every_command_the_scripts_issue_is_valid_for_the_real_az_cli(tmp_path):
     config.mkdir()
 
     def parse(argv: list[str]) -> tuple[list[str], str]:
-        argv = [str(placeholder) if i and argv[i - 1] in ("--file", "--src") else a for i, a in enumerate(argv)]
+        # the scripts' temporary files (--file, --src, a --body @file) are gone by now: an existing stand-in
+        argv = [str(placeholder) if i and argv[i - 1] in ("--file", "--src")
+                else f"@{placeholder}" if a.startswith("@") and not Path(a[1:]).exists() else a
+                for i, a in enumerate(argv)]
         done = subprocess.run([str(AZ), *argv], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
                               env={**os.environ, "AZURE_CONFIG_DIR": str(config), "AZURE_CORE_COLLECT_TELEMETRY": "0"})
         return argv, done.stderr

@@ -1,19 +1,18 @@
-"""scripts/deploy and scripts/register-app against a fake az that records every call and answers like
+"""scripts/deploy against a fake az that records every call and answers like
 the real CLI: the sequence and role scopes, idempotency (a second run creates and changes nothing),
 --dry-run runs nothing, no secret value in any argument list or output, and bad input (az missing or
 signed out, a taken name, a vault without RBAC, a missing permission) gets a clear message."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from datetime import UTC, datetime, timedelta
+import re
 
 import pytest
 
-from tests.deploy.fake_az import SECRET
-from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
-from tools.deploy import names
+from tests.deploy.fake_az import CONNECTION_STRING
+from tests.deploy.fake_azure import DEPLOY_ARGS, FakeAzure
+from tools.azure_cli import scope_name
+from tools.deploy import CONTAINERS, names
 
 N = names("contoso-sso")
 
@@ -39,12 +38,13 @@ def test_deploy_creates_everything_in_order_with_scoped_roles_and_no_storage_key
     storage = next(c for c in made if "storage account create" in c)
     assert "--allow-shared-key-access false" in storage, "shared-key access is off"
     assert "--flexconsumption-location westeurope" in next(c for c in made if "functionapp create" in c)
-    roles = {(r[1], r[2].rsplit("/", 1)[-1]) for r in azure.state["roles"] if r[0] == "contoso-sso-principal"}
-    tables = {("Storage Table Data Contributor", t) for t in ("PortalAccounts", "SsoFlows", "SignInEvents",
-                                                                     "ScimUsers", "DirectoryEvents")}
-    assert roles == {("Storage Blob Data Owner", N["storage"]), ("Key Vault Secrets User", N["vault"]),
-                     ("Monitoring Metrics Publisher", N["insights"]), *tables}, \
-        "each role is scoped to the one resource that needs it"
+    roles = {(r[1], scope_name(r[2])) for r in azure.state["roles"] if r[0] == "contoso-sso-principal"}
+    tables = {("Storage Table Data Contributor", f"tables/{t}")
+              for t in ("PortalAccounts", "SsoFlows", "SignInEvents", "ScimUsers", "DirectoryEvents")}
+    containers = {("Storage Blob Data Owner", f"containers/{c}") for c in CONTAINERS}
+    assert roles == {("Key Vault Secrets User", "secrets/session-signing-key"),
+                     ("Monitoring Metrics Publisher", N["insights"]), *tables, *containers}, \
+        "each role is scoped to the one container, table, secret or resource that needs it"
     settings = azure.state["sites"]["contoso-sso"]["settings"]
     assert "AzureWebJobsStorage" not in settings and settings["AzureWebJobsStorage__accountName"] == N["storage"]
     assert not any("AccountKey" in v for v in settings.values()), "no storage key anywhere"
@@ -54,6 +54,78 @@ def test_deploy_creates_everything_in_order_with_scoped_roles_and_no_storage_key
     assert key["file_mode"] == "0o600", "the signing key reaches az in a file only its owner can read"
     assert "BEGIN" not in result.out + result.err + " ".join(result.commands), "no key material printed or passed"
     assert "api/sso/user/callback" in result.out and "function keys list" in result.out
+    assert "aud https://portal.contoso.test" in result.out, "deploy prints the session token's iss and aud"
+
+
+def test_the_app_is_https_only_with_tls_1_2_and_no_ftp_or_basic_publishing_credentials(azure):
+    """Issue 13 item 11: a new function app takes HTTP, TLS 1.0, FTP and username/password publishing."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    site = azure.state["sites"]["contoso-sso"]
+    assert site["httpsOnly"] is True, "HTTPS only"
+    assert site["config"] == {"minTlsVersion": "1.2", "ftpsState": "Disabled"}, "TLS 1.2 minimum, FTP off"
+    assert site["publishing"] == {"ftp": False, "scm": False}, "no basic publishing credentials for FTP or SCM"
+    assert azure.state["vaults"][N["vault"]]["properties"]["enablePurgeProtection"] is True, "purge protection"
+
+
+def test_telemetry_is_ingested_by_the_apps_identity_and_the_connection_string_is_never_printed(azure):
+    """Issue 13 item 12: key-based ingestion off; the exporter authenticates with the managed identity;
+    the connection string (it carries the instrumentation key) appears in no output."""
+    result = azure.run("deploy", *DEPLOY_ARGS)
+    assert result.code == 0, result.err
+    (insights,) = [r for k, r in azure.state["resources"].items() if k.endswith(f"components/{N['insights']}")]
+    assert insights["properties"]["DisableLocalAuth"] is True, "only Entra-authenticated telemetry is ingested"
+    settings = azure.state["sites"]["contoso-sso"]["settings"]
+    assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == CONNECTION_STRING
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
+    assert "fake-ikey" not in result.out + result.err, "the connection string is not printed"
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING=<hidden>" in result.out
+    for flag in ("--dry-run", "--what-if"):
+        plan = azure.run("deploy", *DEPLOY_ARGS, flag)
+        assert "fake-ikey" not in plan.out + plan.err, f"not in a {flag} either"
+
+
+def test_an_earlier_deploys_broad_grants_and_open_settings_are_narrowed_and_closed(azure):
+    """Issue 13 items 11, 12, 15: what main's deploy left (Secrets User on the whole vault, Blob Data Owner
+    on the whole account, no purge protection, key-based ingestion, HTTP, FTP, basic credentials) is fixed
+    by the next run, and a --what-if shows it first without changing anything."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    state = azure.state
+    site = state["sites"]["contoso-sso"]
+    site.update(httpsOnly=False, config={"minTlsVersion": "1.0", "ftpsState": "AllAllowed"},
+                publishing={"ftp": True, "scm": True})
+    site["settings"]["AzureWebJobsStorage"] = "DefaultEndpointsProtocol=https;AccountKey=old=="
+    state["vaults"][N["vault"]]["properties"]["enablePurgeProtection"] = None
+    for resource in state["resources"].values():
+        resource["properties"].pop("DisableLocalAuth", None)
+    storage_id, vault_id = state["storage"][N["storage"]]["id"], state["vaults"][N["vault"]]["id"]
+    state["roles"] = [r for r in state["roles"] if not r[2].startswith(f"{storage_id}/blobServices")
+                      and "/secrets/" not in r[2]]
+    state["roles"] += [["contoso-sso-principal", "Storage Blob Data Owner", storage_id, "old-blob"],
+                       ["contoso-sso-principal", "Key Vault Secrets User", vault_id, "old-vault"]]
+    azure.state = state
+
+    plan = azure.run("deploy", *DEPLOY_ARGS, "--what-if")
+    assert plan.code == 0, plan.err
+    assert plan.mutations == [], f"--what-if writes nothing: {plan.mutations}"
+    assert plan.calls, "--what-if reads the current state"
+    for expected in ("Would remove:", "the key-based AzureWebJobsStorage", "Storage Blob Data Owner on " + N["storage"],
+                     "Key Vault Secrets User on " + N["vault"], "HTTPS only", "TLS 1.2 minimum, FTP off",
+                     "basic FTP publishing credentials off", "purge protection on", "key-based ingestion off",
+                     "Would create:", "containers/app-package", "secrets/session-signing-key"):
+        assert expected in plan.out, f"{expected!r} in the plan:\n{plan.out}"
+    assert "Would create:\n" in plan.out and "Would change:\n" in plan.out
+    assert azure.state == state, "the state is exactly as before"
+
+    fixed = azure.run("deploy", *DEPLOY_ARGS)
+    assert fixed.code == 0, fixed.err
+    scopes = {(r[1], r[2]) for r in azure.state["roles"] if r[0] == "contoso-sso-principal"}
+    assert ("Storage Blob Data Owner", storage_id) not in scopes and ("Key Vault Secrets User", vault_id) not in scopes
+    assert ("Key Vault Secrets User", f"{vault_id}/secrets/session-signing-key") in scopes
+    assert azure.state["sites"]["contoso-sso"]["httpsOnly"] is True
+    assert azure.state["sites"]["contoso-sso"]["publishing"] == {"ftp": False, "scm": False}
+    assert "AzureWebJobsStorage" not in azure.state["sites"]["contoso-sso"]["settings"]
+    assert azure.state["vaults"][N["vault"]]["properties"]["enablePurgeProtection"] is True
+    assert azure.run("deploy", *DEPLOY_ARGS).mutations == [], "and then nothing is left to change"
 
 
 def test_a_second_deploy_changes_nothing_and_says_so(azure):
@@ -63,70 +135,49 @@ def test_a_second_deploy_changes_nothing_and_says_so(azure):
     assert again.code == 0, again.err
     assert again.mutations == [], f"a second run creates or changes nothing: {again.mutations}"
     assert "Nothing to change" in again.out
+    what_if = azure.run("deploy", *DEPLOY_ARGS, "--what-if")
+    assert what_if.mutations == [] and "Nothing to change" in what_if.out
 
 
-def test_dry_run_prints_every_command_and_runs_none(azure):
+def test_dry_run_prints_every_command_a_real_run_takes_and_runs_none(azure):
     result = azure.run("deploy", *DEPLOY_ARGS, "--dry-run")
     assert result.code == 0, result.err
     assert result.calls == [], "a dry run runs no az command"
     assert result.out.count("would run: az ") >= 20 and "functionapp create" in result.out
+    real = azure.run("deploy", *DEPLOY_ARGS)
+    assert real.code == 0, real.err
+    planned = {c.split(" --")[0] for c in re.findall(r"would run: az (.*)", result.out)}
+    writes = {m.split(" --")[0] for m in real.mutations}
+    assert writes <= planned, f"every write of a real run is in the dry run's plan: {writes - planned}"
+    assert "appsettings delete --name contoso-sso --resource-group rg-sso --setting-names AzureWebJobsStorage" \
+        in result.out, "the dry run shows the removal of the key-based AzureWebJobsStorage"
 
 
-def test_register_app_appends_a_secret_straight_into_key_vault_and_never_shows_it(azure):
-    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
-    result = azure.run("register-app", *APP_ARGS)
+def test_what_if_on_an_empty_subscription_reads_and_plans_everything_writing_nothing(azure):
+    result = azure.run("deploy", *DEPLOY_ARGS, "--what-if")
     assert result.code == 0, result.err
-    everything = result.out + result.err + json.dumps(azure.all_calls)
-    assert SECRET not in everything, "the client secret is in no argument list and no output"
-    reset = next(c for c in result.commands if "credential reset" in c)
-    assert "--append" in reset and "--end-date" in reset, "other secrets stay; the new one has an end date"
-    stored = next(c for c in result.calls if "oidc-client-secret" in " ".join(c["argv"]) and "secret set" in
-                  " ".join(c["argv"]))
-    assert stored["file_sha256"] == hashlib.sha256(SECRET.encode()).hexdigest(), "Key Vault got exactly the secret"
-    assert stored["file_mode"] == "0o600" and "--expires" in stored["argv"]
-    (app,) = azure.state["apps"].values()
-    assert sorted(app["web"]["redirectUris"]) == ["https://contoso-sso.azurewebsites.net/api/sso/agent/callback",
-                                                  "https://contoso-sso.azurewebsites.net/api/sso/user/callback"]
-    assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov"}
-    assert azure.state["sps"][app["appId"]]["appRoleAssignmentRequired"] is True
-    settings = azure.state["sites"]["contoso-sso"]["settings"]
-    assert settings["OIDC_CLIENT_ID"] == app["appId"]
-    assert settings["OIDC_ISSUER_URL"] == "https://login.microsoftonline.com/tenant-0000/v2.0/.well-known/openid-configuration"
-    assert app["appId"] in result.out and "openid-configuration" in result.out
-    again = azure.run("register-app", *APP_ARGS)
-    assert again.code == 0 and again.mutations == [], f"a second run changes nothing: {again.mutations}"
+    assert result.mutations == [], result.mutations
+    assert any("group show" in c for c in result.commands), "it reads the current state"
+    assert "Would create:" in result.out and "function app contoso-sso" in result.out
+    assert azure.state == {}, "nothing was made"
 
 
-def test_assign_lets_users_and_groups_in_once(azure):
-    azure.run("deploy", *DEPLOY_ARGS)
-    azure.run("register-app", *APP_ARGS)
-    first = azure.run("register-app", *APP_ARGS, "assign", "--user", "ann@contoso.test", "--group", "Agents")
-    assert first.code == 0, first.err
-    assert len([c for c in first.commands if "--method POST" in c]) == 2
-    again = azure.run("register-app", *APP_ARGS, "assign", "--user", "ann@contoso.test", "--group", "Agents")
-    assert again.mutations == [], "already assigned: nothing to do"
+def test_what_if_needs_a_signed_in_az(azure):
+    azure.state = {"logged_in": False}
+    result = azure.run("deploy", *DEPLOY_ARGS, "--what-if")
+    assert result.code != 0 and "az login" in result.err
 
 
-def test_rotate_secret_appends_then_retires_the_old_one_after_the_grace_period(azure):
-    azure.run("deploy", *DEPLOY_ARGS)
-    azure.run("register-app", *APP_ARGS)
-    rotated = azure.run("register-app", *APP_ARGS, "rotate-secret", "--grace-days", "7")
-    assert rotated.code == 0, rotated.err
-    (app,) = azure.state["apps"].values()
-    assert len(app["credentials"]) == 2, "the old secret stays valid during the grace period"
-    state = azure.state  # ten days pass
-    for version in state["secrets"][f"{N['vault']}/oidc-client-secret"]:
-        created = datetime.fromisoformat(version["attributes"]["created"]) - timedelta(days=10)
-        version["attributes"]["created"] = created.isoformat()
-    azure.state = state
-    later = azure.run("register-app", *APP_ARGS, "rotate-secret", "--grace-days", "7")
-    assert later.code == 0, later.err
-    (app,) = azure.state["apps"].values()
-    deleted = [c for c in later.commands if "credential delete" in c]
-    assert len(deleted) == 1 and len(app["credentials"]) == 2, "the secret superseded 10 days ago went"
-    current = azure.state["secrets"][f"{N['vault']}/oidc-client-secret"][-1]["tags"]["entraKeyId"]
-    assert current in {c["keyId"] for c in app["credentials"]}, "the secret in Key Vault is still valid"
-    assert SECRET not in later.out + later.err + json.dumps(azure.all_calls)
+def test_deploy_signed_in_as_a_service_principal_ci(azure):
+    """Issue 16 item 5: `az login --service-principal` has no signed-in user; the deployer's Key Vault role
+    goes to the service principal."""
+    azure.state = {"signed_in_as": {"type": "servicePrincipal", "name": "ci-app-id", "id": "ci-object-id"},
+                   "sps": {"ci-app-id": {"id": "ci-object-id"}}}
+    result = azure.run("deploy", *DEPLOY_ARGS)
+    assert result.code == 0, result.err
+    assert not any("signed-in-user" in c for c in result.commands)
+    officer = next(c for c in result.commands if "Key Vault Secrets Officer" in c and "create" in c)
+    assert "--assignee-object-id ci-object-id --assignee-principal-type ServicePrincipal" in officer
 
 
 @pytest.mark.parametrize(("setup", "expected"), [
@@ -152,18 +203,3 @@ def test_bad_input_fails_early_with_a_clear_message_and_says_what_was_done(azure
 def test_az_missing_is_a_clear_message(azure):
     result = azure.run("deploy", *DEPLOY_ARGS, path_has_az=False)
     assert result.code != 0 and "not installed" in result.err and "Traceback" not in result.err
-
-
-def test_register_app_without_permission_for_app_registrations(azure):
-    azure.run("deploy", *DEPLOY_ARGS)
-    azure.state = {**azure.state, "refuse": {"ad app create": "Insufficient privileges to complete the operation."}}
-    result = azure.run("register-app", *APP_ARGS)
-    assert result.code != 0 and "Application Administrator" in result.err, result.err
-
-
-def test_issued_secret_end_date_is_in_the_future(azure):
-    azure.run("deploy", *DEPLOY_ARGS)
-    azure.run("register-app", *APP_ARGS)
-    (app,) = azure.state["apps"].values()
-    end = datetime.fromisoformat(app["credentials"][0]["endDateTime"].replace("Z", "+00:00"))
-    assert timedelta(days=150) < end - datetime.now(UTC) < timedelta(days=200)

@@ -48,3 +48,23 @@ def test_host_json_selects_opentelemetry_and_the_app_requires_its_distro():
     assert json.loads((ROOT / "host.json").read_text())["telemetryMode"] == "OpenTelemetry"
     assert "azure-monitor-opentelemetry==" in (ROOT / "requirements.txt").read_text(), \
         "the worker configures the Azure Monitor distro when PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY is true"
+
+
+def test_the_setting_deploy_makes_has_the_exporter_sign_in_with_the_managed_identity(tmp_path, monkeypatch):
+    """Application Insights takes Entra-authenticated telemetry only (deploy sets DisableLocalAuth): the
+    Azure Monitor exporter that the worker configures must then authenticate with the app's identity,
+    which the APPLICATIONINSIGHTS_AUTHENTICATION_STRING that deploy sets makes it do. Nothing is sent."""
+    from azure.identity import ManagedIdentityCredential
+    from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter
+
+    from tests.deploy.fake_azure import DEPLOY_ARGS, FakeAzure
+
+    azure = FakeAzure(tmp_path)
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    settings = azure.state["sites"]["contoso-sso"]["settings"]
+    connection = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/"
+    monkeypatch.delenv("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", raising=False)
+    assert AzureMonitorLogExporter(connection_string=connection)._credential is None, "without it: key-based"
+    name = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
+    monkeypatch.setenv(name, settings[name])
+    assert isinstance(AzureMonitorLogExporter(connection_string=connection)._credential, ManagedIdentityCredential)

@@ -1,0 +1,314 @@
+"""scripts/register-app against the fake az (tests/deploy/fake_az.py): the registration is found by the
+application id the function app records, never by its display name (issue 13 item 4: the attack tests
+here fail on the main of before); app roles, Graph permissions and admin consent; role assignment;
+client secret rotation; directory sync (the SCIM token, Entra's provisioning job) and its token's
+rotation. No secret or token in any argument list or output.
+
+Where the Graph request shapes come from (Microsoft Graph v1.0 reference, learn.microsoft.com/graph/api):
+- POST /servicePrincipals/{id}/synchronization/jobs with {"templateId": ...}: "Create synchronizationJob"
+  (synchronization-synchronization-post-jobs): the job is made disabled, "Call Start job to start".
+- PUT /servicePrincipals/{id}/synchronization/secrets with {"value": [{"key": "BaseAddress", ...},
+  {"key": "SecretToken", ...}]}: "Add synchronization secrets" (synchronization-serviceprincipal-put-
+  synchronization), the synchronizationSecretKeyStringValuePair resource.
+- GET/PUT .../jobs/{jobId}/schema, synchronizationRules[].objectMappings[].attributeMappings[] with a
+  `source` attributeMappingSource (expression, name, type, parameters): "synchronizationSchema resource
+  type" and "Update synchronizationSchema" (the PUT replaces the whole schema).
+- POST .../jobs/{jobId}/start: "Start synchronizationJob". GET .../synchronization/templates:
+  "List synchronization templates".
+- POST /oauth2PermissionGrants {clientId, consentType: AllPrincipals, resourceId, scope}: "Create
+  oAuth2PermissionGrant" (tenant-wide admin consent for delegated permissions).
+- POST /servicePrincipals/{id}/appRoleAssignedTo {principalId, resourceId, appRoleId}: "Grant an
+  appRoleAssignment for a service principal".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.aadsts import hint_for
+from tests.deploy.fake_az import GRAPH_SP, ME, SECRET
+from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
+from tools.deploy import names
+from tools.register_app import role_ids
+
+N = names("contoso-sso")
+BASE = "https://contoso-sso.azurewebsites.net"
+OURS = sorted(f"{BASE}/api/sso/{kind}/{page}" for kind in ("user", "agent") for page in ("callback", "signed-out"))
+EVIL = "https://evil.example/cb"
+ATTACKER = "attacker-object-id"
+GRAPH_SCOPES = {"37f7f235-527c-4136-accd-4a02d197296e", "14dad69e-099b-42c9-810b-d002981feec1",
+                "64a6cdd6-aab1-4aaf-94b8-3cc8405e90d0"}  # openid, profile, email (Microsoft Graph, delegated)
+
+
+@pytest.fixture
+def azure(tmp_path) -> FakeAzure:
+    azure = FakeAzure(tmp_path)
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    return azure
+
+
+def settings(azure: FakeAzure) -> dict:
+    return azure.state["sites"]["contoso-sso"]["settings"]
+
+
+def plant_app(azure: FakeAzure, app_id: str, *, owner: str, name: str = "Portal SSO (contoso-sso)") -> None:
+    """An app registration made beforehand by `owner`, named like ours, with its own redirect URI."""
+    state = azure.state
+    state.setdefault("apps", {})[app_id] = {"appId": app_id, "displayName": name, "owners": [owner],
+                                            "web": {"redirectUris": [EVIL]}, "credentials": []}
+    azure.state = state
+
+
+def secret_values(azure: FakeAzure, name: str) -> list[str]:
+    return [v["value"] for v in azure.state["secrets"][f"{N['vault']}/{name}"]]
+
+
+# -- issue 13 item 4: never adopt by display name ------------------------------------------------------
+
+def test_an_app_named_like_ours_made_by_someone_else_is_never_adopted(azure):
+    """The attack: any member may register apps; one named like ours, made beforehand with the attacker's
+    redirect URI, got our service principal, our secret and OIDC_CLIENT_ID."""
+    plant_app(azure, "planted-app-id", owner=ATTACKER)
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code == 0, result.err
+    planted = azure.state["apps"]["planted-app-id"]
+    assert planted["web"]["redirectUris"] == [EVIL] and planted["credentials"] == [], "the planted app is untouched"
+    assert "planted-app-id" not in azure.state.get("sps", {}), "it gets no service principal"
+    ours = settings(azure)["OIDC_CLIENT_ID"]
+    assert ours != "planted-app-id" and azure.state["apps"][ours]["owners"] == [ME["id"]], "a new app of ours"
+    assert sorted(azure.state["apps"][ours]["web"]["redirectUris"]) == OURS
+    assert not any("ad app list" in c for c in result.commands), "no lookup by display name at all"
+
+
+def test_adopting_an_existing_app_needs_app_id_and_ownership(azure):
+    plant_app(azure, "planted-app-id", owner=ATTACKER)
+    refused = azure.run("register-app", *APP_ARGS, "--app-id", "planted-app-id")
+    assert refused.code != 0 and "not an owner" in refused.err, refused.err
+    assert refused.mutations == [] and "OIDC_CLIENT_ID" not in settings(azure), "nothing changed"
+
+
+def test_an_owned_app_is_adopted_with_app_id_and_foreign_redirect_uris_are_listed_and_removed(azure):
+    assert azure.run("register-app", *APP_ARGS).code == 0, "the app used another registration before"
+    plant_app(azure, "my-old-app", owner=ME["id"])
+    state = azure.state
+    state["apps"]["my-old-app"]["web"]["redirectUris"] += ["https://portal.contoso.test/logout"]
+    state["apps"]["my-old-app"]["spa"] = {"redirectUris": ["https://evil.example/spa"]}  # codes without a secret
+    azure.state = state
+    kept = azure.run("register-app", *APP_ARGS, "--app-id", "my-old-app",
+                     "--keep-redirect-uri", "https://portal.contoso.test/logout")
+    assert kept.code == 0, kept.err
+    assert settings(azure)["OIDC_CLIENT_ID"] == "my-old-app"
+    (credential,) = azure.state["apps"]["my-old-app"]["credentials"]
+    latest = azure.state["secrets"][f"{N['vault']}/oidc-client-secret"][-1]
+    assert latest["tags"]["entraKeyId"] == credential["keyId"], "Key Vault holds the adopted app's own secret"
+    assert f"removing a redirect URI this script did not make: {EVIL}" in kept.out
+    assert sorted(azure.state["apps"]["my-old-app"]["web"]["redirectUris"]) == sorted(
+        [*OURS, "https://portal.contoso.test/logout"]), "ours plus the one kept; the foreign one is gone"
+    assert azure.state["apps"]["my-old-app"]["spa"]["redirectUris"] == [] and "https://evil.example/spa" in kept.out
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0 and "my-old-app" == settings(azure)["OIDC_CLIENT_ID"], "found again by OIDC_CLIENT_ID"
+    assert sorted(azure.state["apps"]["my-old-app"]["web"]["redirectUris"]) == OURS, "not kept unless named"
+
+
+def test_rotation_works_whatever_other_apps_are_named(azure):
+    """Two apps of our name used to stop rotate-secret ("2 app registrations are named ...")."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    plant_app(azure, "twin-1", owner=ATTACKER)
+    plant_app(azure, "twin-2", owner=ATTACKER)
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-secret")
+    assert rotated.code == 0, rotated.err
+    ours = settings(azure)["OIDC_CLIENT_ID"]
+    assert len(azure.state["apps"][ours]["credentials"]) == 2
+    assert azure.state["apps"]["twin-1"]["credentials"] == [] == azure.state["apps"]["twin-2"]["credentials"]
+
+
+def test_subcommands_need_the_recorded_registration(azure):
+    result = azure.run("register-app", *APP_ARGS, "rotate-secret")
+    assert result.code != 0 and "records no app registration" in result.err and result.mutations == []
+
+
+# -- the registration ------------------------------------------------------------------------------
+
+def test_register_app_appends_a_secret_straight_into_key_vault_and_never_shows_it(azure):
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code == 0, result.err
+    everything = result.out + result.err + json.dumps(azure.all_calls)
+    assert SECRET not in everything, "the client secret is in no argument list and no output"
+    reset = next(c for c in result.commands if "credential reset" in c)
+    assert "--append" in reset and "--end-date" in reset, "other secrets stay; the new one has an end date"
+    stored = next(c for c in result.calls if "oidc-client-secret" in " ".join(c["argv"]) and "secret set" in
+                  " ".join(c["argv"]))
+    assert stored["file_sha256"] == hashlib.sha256(SECRET.encode()).hexdigest(), "Key Vault got exactly the secret"
+    assert stored["file_mode"] == "0o600" and "--expires" in stored["argv"]
+    (app,) = azure.state["apps"].values()
+    assert sorted(app["web"]["redirectUris"]) == OURS, "each kind's callback and signed-out page"
+    assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov"}
+    assert azure.state["sps"][app["appId"]]["appRoleAssignmentRequired"] is True
+    assert azure.state["sps"][app["appId"]]["tags"] == ["WindowsAzureActiveDirectoryIntegratedApp"], \
+        "listed under Enterprise applications, where people are assigned"
+    assert settings(azure)["OIDC_CLIENT_ID"] == app["appId"]
+    assert settings(azure)["OIDC_ISSUER_URL"] == \
+        "https://login.microsoftonline.com/tenant-0000/v2.0/.well-known/openid-configuration"
+    assert app["appId"] in result.out and "openid-configuration" in result.out
+    vault_id = azure.state["vaults"][N["vault"]]["id"]
+    assert ["contoso-sso-principal", "Key Vault Secrets User", f"{vault_id}/secrets/oidc-client-secret"] in \
+        [r[:3] for r in azure.state["roles"]], "the app may read that secret (and not the whole vault)"
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0 and again.mutations == [], f"a second run changes nothing: {again.mutations}"
+
+
+def test_app_roles_graph_permissions_and_admin_consent(azure):
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    (app,) = azure.state["apps"].values()
+    roles = {r["value"]: r for r in app["appRoles"]}
+    assert set(roles) == {"Portal.User", "Portal.Agent"}
+    assert (roles["Portal.User"]["displayName"], roles["Portal.Agent"]["displayName"]) == ("User", "Agent")
+    assert all(r["allowedMemberTypes"] == ["User"] and r["isEnabled"] for r in roles.values())
+    assert {k: roles[v]["id"] for k, v in (("user", "Portal.User"), ("agent", "Portal.Agent"))} == role_ids(), \
+        "the roles keep their fixed ids"
+    (graph,) = app["requiredResourceAccess"]
+    assert graph["resourceAppId"] == "00000003-0000-0000-c000-000000000000"
+    assert {a["id"] for a in graph["resourceAccess"]} == GRAPH_SCOPES
+    assert {a["type"] for a in graph["resourceAccess"]} == {"Scope"}, "delegated"
+    (grant,) = azure.state["permission_grants"]
+    assert (grant["clientId"], grant["consentType"], grant["resourceId"]) == (
+        f"sp-{app['appId']}", "AllPrincipals", GRAPH_SP)
+    assert set(grant["scope"].split()) == {"openid", "profile", "email"}
+
+
+def test_without_the_role_for_consent_the_run_says_who_can_grant_it(azure):
+    azure.state = {**azure.state, "refuse": {"oauth2PermissionGrants --headers": "Forbidden (403): "
+                                             "Authorization_RequestDenied Insufficient privileges"}}
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code == 0, result.err
+    assert "admin consent was not granted" in result.err
+    for needed in ("Privileged Role Administrator", "Cloud Application Administrator", "Application Administrator",
+                   "adminconsent?client_id=", "AADSTS65001"):
+        assert needed in result.err, needed
+    assert settings(azure)["OIDC_CLIENT_ID"], "the rest of the registration is done"
+
+
+def test_register_app_without_permission_for_app_registrations(azure):
+    azure.state = {**azure.state, "refuse": {"ad app create": "Insufficient privileges to complete the operation."}}
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code != 0 and "Application Administrator" in result.err, result.err
+
+
+def test_issued_secret_end_date_is_in_the_future(azure):
+    azure.run("register-app", *APP_ARGS)
+    (app,) = azure.state["apps"].values()
+    end = datetime.fromisoformat(app["credentials"][0]["endDateTime"].replace("Z", "+00:00"))
+    assert timedelta(days=150) < end - datetime.now(UTC) < timedelta(days=200)
+
+
+# -- assignment ------------------------------------------------------------------------------------
+
+def test_assign_gives_users_and_groups_the_kinds_role_once(azure):
+    azure.run("register-app", *APP_ARGS)
+    first = azure.run("register-app", *APP_ARGS, "assign", "--user", "ann@contoso.test", "--group", "Agents",
+                      "--kind", "agent")
+    assert first.code == 0, first.err
+    sp = f"sp-{settings(azure)['OIDC_CLIENT_ID']}"
+    assigned = azure.state["assignments"][sp]
+    assert {(a["principalId"], a["appRoleId"]) for a in assigned} == {
+        ("object-of-ann@contoso.test", role_ids()["agent"]), ("object-of-Agents", role_ids()["agent"])}
+    again = azure.run("register-app", *APP_ARGS, "assign", "--user", "ann@contoso.test", "--group", "Agents",
+                      "--kind", "agent")
+    assert again.mutations == [], "already assigned: nothing to do"
+    user_role = azure.run("register-app", *APP_ARGS, "assign", "--user", "ann@contoso.test", "--kind", "user")
+    assert len(user_role.mutations) == 1, "the other kind's role is another assignment"
+
+
+def test_rotate_secret_appends_then_retires_the_old_one_after_the_grace_period(azure):
+    azure.run("register-app", *APP_ARGS)
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-secret", "--grace-days", "7")
+    assert rotated.code == 0, rotated.err
+    (app,) = azure.state["apps"].values()
+    assert len(app["credentials"]) == 2, "the old secret stays valid during the grace period"
+    state = azure.state  # ten days pass
+    for version in state["secrets"][f"{N['vault']}/oidc-client-secret"]:
+        created = datetime.fromisoformat(version["attributes"]["created"]) - timedelta(days=10)
+        version["attributes"]["created"] = created.isoformat()
+    azure.state = state
+    later = azure.run("register-app", *APP_ARGS, "rotate-secret", "--grace-days", "7")
+    assert later.code == 0, later.err
+    (app,) = azure.state["apps"].values()
+    deleted = [c for c in later.commands if "credential delete" in c]
+    assert len(deleted) == 1 and len(app["credentials"]) == 2, "the secret superseded 10 days ago went"
+    current = azure.state["secrets"][f"{N['vault']}/oidc-client-secret"][-1]["tags"]["entraKeyId"]
+    assert current in {c["keyId"] for c in app["credentials"]}, "the secret in Key Vault is still valid"
+    assert SECRET not in later.out + later.err + json.dumps(azure.all_calls)
+
+
+# -- directory sync --------------------------------------------------------------------------------
+
+def test_provisioning_sets_up_entras_scim_job_with_a_token_never_shown(azure):
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    result = azure.run("register-app", *APP_ARGS, "provisioning")
+    assert result.code == 0, result.err
+    (token,) = secret_values(azure, "scim-token")
+    assert len(token) >= 32 and "\n" not in token
+    everything = result.out + result.err + json.dumps(azure.all_calls)
+    assert token not in everything, "the token is in no argument list and no output"
+    stored = next(c for c in result.calls if "scim-token" in " ".join(c["argv"]) and "secret set" in
+                  " ".join(c["argv"]))
+    assert stored["file_mode"] == "0o600"
+    sent = next(c for c in result.calls if "synchronization/secrets" in " ".join(c["argv"]))
+    assert sent["file_mode"] == "0o600", "the body holding the token goes through a 0600 file"
+    sp = f"sp-{settings(azure)['OIDC_CLIENT_ID']}"
+    sync = azure.state["sync"][sp]
+    assert sync["secrets"] == {"BaseAddress": f"{BASE}/api/scim/v2", "SecretToken": token}
+    (job,) = sync["jobs"]
+    assert job["templateId"] == "scim" and job["schedule"]["state"] == "Active", "made from the scim template, started"
+    users, groups = job["schema"]["synchronizationRules"][0]["objectMappings"]
+    by_target = {m["targetAttributeName"]: m["source"] for m in users["attributeMappings"]}
+    assert by_target["externalId"]["expression"] == "[objectId]", "Entra's object id -> externalId"
+    assert by_target["roles"]["expression"] == "AppRoleAssignmentsComplex([appRoleAssignments])"
+    assert by_target["userName"]["expression"] == "[userPrincipalName]", "the template's other mappings stay"
+    assert groups["enabled"] is False, "groups are not provisioned"
+    assert settings(azure)["SCIM_TOKEN_NAME"] == "scim-token"
+    vault_id = azure.state["vaults"][N["vault"]]["id"]
+    assert ["contoso-sso-principal", "Key Vault Secrets User", f"{vault_id}/secrets/scim-token"] in \
+        [r[:3] for r in azure.state["roles"]]
+    again = azure.run("register-app", *APP_ARGS, "provisioning")
+    assert again.code == 0 and again.mutations == [], f"idempotent: {again.mutations}"
+    assert secret_values(azure, "scim-token") == [token], "the token is made once"
+
+
+def test_provisioning_dry_run_anywhere_on_the_command_line_runs_nothing(azure):
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    for argv in ([*APP_ARGS, "provisioning", "--dry-run"], ["--dry-run", *APP_ARGS, "provisioning"],
+                 [*APP_ARGS, "assign", "--group", "G", "--kind", "user", "--dry-run"]):
+        result = azure.run("register-app", *argv)
+        assert result.code == 0, result.err
+        assert result.calls == [], f"{argv}: nothing runs"
+        assert "would run: az" in result.out
+
+
+def test_rotate_token_keeps_the_old_token_valid_until_entra_has_the_new_one(azure):
+    azure.run("register-app", *APP_ARGS)
+    azure.run("register-app", *APP_ARGS, "provisioning")
+    (old,) = secret_values(azure, "scim-token")
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert rotated.code == 0, rotated.err
+    new, kept = secret_values(azure, "scim-token")[-1].split("\n")
+    assert kept == old and new != old and len(new) >= 32, "the new token first, the old one still accepted"
+    order = [c for c in rotated.commands if "scim-token --file" in c or "synchronization/secrets" in c]
+    assert "secret set" in order[0] and "synchronization/secrets" in order[1], "Key Vault first, then Entra"
+    sp = f"sp-{settings(azure)['OIDC_CLIENT_ID']}"
+    assert azure.state["sync"][sp]["secrets"]["SecretToken"] == new
+    assert old not in rotated.out + rotated.err and new not in rotated.out + rotated.err + json.dumps(azure.all_calls)
+    assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == [], "provisioning sees it as done"
+    retired = azure.run("register-app", *APP_ARGS, "rotate-token", "--retire-old")
+    assert retired.code == 0, retired.err
+    assert secret_values(azure, "scim-token")[-1] == new, "only the new token is left"
+    assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == []
+
+
+def test_the_consent_error_a_person_meets_names_the_fix_and_who_can_apply_it():
+    hint = hint_for("AADSTS65001: The user or administrator has not consented to use the application")
+    assert hint and "scripts/register-app" in hint and "Application Administrator" in hint
