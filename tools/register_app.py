@@ -36,7 +36,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shared.config import KINDS, redirect_uri
+from shared.config import KINDS, redirect_uri, signed_out_uri
 
 from .azure_cli import Az, AzError, app_settings, fail, grant, secret_file, update_app_settings
 
@@ -75,7 +75,7 @@ def issuer_url(tenant: str) -> str:
 
 def our_redirect_uris(base: str) -> list[str]:
     """Each kind's callback and signed-out page (Entra returns only to a registered URI)."""
-    return [uri for kind in KINDS for uri in (redirect_uri(base, kind), f"{base}/api/sso/{kind}/signed-out")]
+    return [uri for kind in KINDS for uri in (redirect_uri(base, kind), signed_out_uri(base, kind))]
 
 
 def role_ids() -> dict[str, str]:
