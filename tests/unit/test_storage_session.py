@@ -6,10 +6,8 @@ connection is a ServiceRequestError (what the SDK's retry policy and storage_err
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from azure.core.exceptions import ServiceRequestError, ServiceResponseTimeoutError
@@ -17,42 +15,37 @@ from azure.core.rest import HttpRequest
 
 from shared.tables import Tables
 from shared.transport import READ_TIMEOUT, TIMEOUTS, StorageSession, azure_transport
-
-
-class _Echo(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_PUT(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.server.seen.append((dict(self.headers.items()), body))
-        self.send_response(204)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+from tools.host import serve_in_thread
 
 
 @pytest.fixture
-def echo() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    server.seen = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def echo() -> Iterator[tuple[str, list]]:
+    """A loopback server (tools.host's) that answers 204 and records each request's headers and body."""
+    seen: list = []
+
+    def app(environ, start_response):
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        seen.append(({k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+                     | {"Content-Type": environ.get("CONTENT_TYPE", "")}, body))
+        start_response("204 No Content", [])
+        return [b""]
+
+    server = serve_in_thread(app)
+    yield server.url, seen
+    server.stop()
 
 
 def test_a_request_carries_the_sdks_headers_and_body_and_nothing_of_the_session(echo):
+    base, seen = echo
     transport = azure_transport({})
-    url = f"http://127.0.0.1:{echo.server_port}/T(PartitionKey='p',RowKey='r')"
+    url = f"{base}/T(PartitionKey='p',RowKey='r')"
     response = transport.send(HttpRequest("PUT", url, headers={"x-ms-version": "2019-02-02",
                                                                "Content-Type": "application/json"},
                                           content=b'{"A": "x"}'))
     assert response.status_code == 204
-    headers, body = echo.seen[-1]
+    headers, body = seen[-1]
     assert body == b'{"A": "x"}'
-    assert headers["x-ms-version"] == "2019-02-02" and headers["Content-Type"] == "application/json"
+    assert headers["X-Ms-Version"] == "2019-02-02" and headers["Content-Type"] == "application/json"
     assert "python-requests" not in headers.get("User-Agent", "") and "Cookie" not in headers
 
 
