@@ -41,7 +41,7 @@ def azure_client_options(environ: Mapping[str, str] = os.environ) -> dict:
 
 
 class StorageSession(requests.Session):
-    """The `requests` session under the Azure SDK clients. Storage answers neither with cookies nor
+    """The `requests` session under the Table Storage clients. Storage answers neither with cookies nor
     redirects, and the SDK sets every header it needs: so a request is prepared from its own arguments
     and handed to the adapter, without `requests.Session`'s per-call merging of session headers,
     cookies, auth, hooks and settings (~0.11 ms of CPU per table call, 12% of a point read's client
