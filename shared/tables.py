@@ -16,7 +16,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient
 
 from .errors import DependencyUnavailable
-from .transport import azure_client_options
+from .transport import azure_client_options, azure_transport
 
 ACCOUNTS_TABLE = "PortalAccounts"
 FLOWS_TABLE = "SsoFlows"
@@ -54,7 +54,7 @@ class Tables:
                       credential_factory: Callable[[], object], **options) -> Tables:
         """A connection string, else the endpoint with the credential; `options` add to (or override)
         the app's usual client options."""
-        options = {**azure_client_options(), **options}
+        options = {**azure_client_options(), "transport": azure_transport(), **options}
         if connection_string:
             return cls(TableServiceClient.from_connection_string(connection_string, **options))
         return cls(TableServiceClient(endpoint=endpoint, credential=credential_factory(), **options))

@@ -9,6 +9,10 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import requests
+from azure.core.pipeline.transport import RequestsTransport
+from requests.hooks import default_hooks
+from requests.models import PreparedRequest
+from urllib3.util.retry import Retry
 
 # A browser is waiting: a dead dependency must become a 503 in seconds (values argued in RELIABILITY.md).
 # The read timeout sits just above the longest Azure lets a table query page run (5 s; a single-entity
@@ -34,6 +38,44 @@ def azure_client_options(environ: Mapping[str, str] = os.environ) -> dict:
     re-read the whole environment (proxies, .netrc, CA bundle) on every call; the CA bundle is read
     here, once, instead."""
     return {**RETRIES, **TIMEOUTS, "use_env_settings": False, "connection_verify": ca_bundle(environ)}
+
+
+class StorageSession(requests.Session):
+    """The `requests` session under the Table Storage clients. Storage answers neither with cookies nor
+    redirects, and the SDK sets every header it needs: so a request is prepared from its own arguments
+    and handed to the adapter, without `requests.Session`'s per-call merging of session headers,
+    cookies, auth, hooks and settings (~0.11 ms of CPU per table call, 12% of a point read's client
+    CPU). The adapter (and so every timeout, error and the SDK's retries) is the usual one."""
+
+    def __init__(self, environ: Mapping[str, str] = os.environ):
+        super().__init__()
+        self.trust_env = False
+        self.verify = ca_bundle(environ)
+        # As azure-core mounts on a session it makes itself: urllib3's own retries and redirects off (the
+        # SDK's retry policy is the only one).
+        adapter = requests.adapters.HTTPAdapter(max_retries=Retry(total=False, redirect=False, raise_on_status=False))
+        for prefix in ("http://", "https://"):
+            self.mount(prefix, adapter)
+
+    def request(self, method, url, params=None, data=None, headers=None, cookies=None, files=None, auth=None,
+                timeout=None, allow_redirects=True, proxies=None, hooks=None, stream=None, verify=None,
+                cert=None, json=None):
+        prepared = PreparedRequest()
+        prepared.prepare(method=method.upper(), url=url, headers=headers, files=files, data=data, json=json,
+                         params=params, auth=auth, cookies=cookies, hooks=default_hooks())
+        response = self.get_adapter(url).send(
+            prepared, stream=bool(stream), timeout=timeout, verify=self.verify if verify is None else verify,
+            cert=cert if cert is not None else self.cert, proxies=proxies or self.proxies)
+        if not stream:
+            response.content  # noqa: B018 -- read now, as requests.Session.send does: inside the SDK's error mapping
+        return response
+
+
+def azure_transport(environ: Mapping[str, str] = os.environ) -> RequestsTransport:
+    """The SDK's own requests transport (its error mapping, timeouts and retries unchanged) over a
+    StorageSession, with the timeouts and CA bundle of azure_client_options."""
+    return RequestsTransport(session=StorageSession(environ), session_owner=True, **TIMEOUTS,
+                             connection_verify=ca_bundle(environ))
 
 
 class IdpSession(requests.Session):

@@ -3,7 +3,8 @@ dev IdP over HTTPS), on this machine. It prints, from one run:
 
 - login start and callback p50/p95 through tools.host, one keep-alive client session per browser;
 - per step, wall and CPU medians, in-process (each method of the login's collaborators timed);
-- the dependency floor, measured in the same run with no app code: a bare token POST (a code the bench
+- the dependency floor, measured in the same run with no app code, sampled between the timed callbacks
+  (one in three): a bare token POST (a code the bench
   asked the IdP for itself) plus the three table calls a callback needs (the flow marker's delete, the
   account's read, the audit row's insert; azure-data-tables, the SDK the app uses, without env
   settings), and the ratio callback p50 / floor; also the wire time of the app's own calls, and the
@@ -290,19 +291,28 @@ def main(argv: list[str] | None = None) -> int:
         assert status == 200, status
         cold_calls = Counter(target for tag, target, _ in wire.calls if tag == "cold")
 
-        # Through tools.host: warm-up, then timed.
+        # Through tools.host: warm-up, then timed. The floor is sampled between the timed callbacks (one in
+        # three), so both see the same machine.
+        bare = BareFloor(Browser(bundle), idp.url, f"{base}/api/sso/user/callback", azurite.connection_string,
+                         bundle)
         for _ in range(10):
             login_through_host(browser)
+        bare.sample()
+        bare.times.clear()
         wire.calls.clear()
         gc.collect()
         rss_before = rss_mb()
-        starts, callbacks = [], []
-        for _ in range(args.logins):
+        starts, callbacks, floor_rss = [], [], 0.0
+        for n in range(args.logins):
             s, c, status = login_through_host(browser, record=True)
             assert status == 200, status
             starts.append(s)
             callbacks.append(c)
-        rss_growth = (rss_mb() - rss_before) * 1000 / args.logins
+            if n % 3 == 0:
+                before_sample = rss_mb()
+                bare.sample()
+                floor_rss += rss_mb() - before_sample  # the bench's own memory, not the app's
+        rss_growth = (rss_mb() - rss_before - floor_rss) * 1000 / args.logins
         calls = Counter((tag, target) for tag, target, _ in wire.calls)
         wire_ms = defaultdict(list)
         for tag, target, ms in wire.calls:
@@ -323,9 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                                 if tag == "first callback" and target.startswith("table")) / 5
         wire.calls.clear()
 
-        # The floor: what the callback's dependencies cost with no app code around them, now.
-        floor_parts = bare_floor(browser, idp.url, f"{base}/api/sso/user/callback", azurite.connection_string,
-                                 bundle)
+        floor_parts = bare.parts()
         floor = sum(floor_parts.values())
         overhead = cb50 - wire_floor
         host_trip = bare_host_round_trip(ca, bundle)
@@ -353,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                          if t in ("idp discovery", "idp jwks") or t.startswith("vault"))
         say(f"first login (links the account): {first_table_calls:.2f} table calls in its callback")
         say()
-        say("dependency floor of a callback, measured bare (no app code), p50 ms: " + ", ".join(
+        say(f"dependency floor of a callback, measured bare (no app code, {len(bare.times['token POST'])} samples "
+            "between the timed callbacks), p50 ms: " + ", ".join(
             f"{name} {ms:.2f}" for name, ms in floor_parts.items()) + f"; sum {floor:.1f} ms")
         say(f"callback p50 / floor = {cb50 / floor:.2f} (the app's own calls spent {wire_floor:.1f} ms on the wire; "
             f"the callback's own overhead, p50 less that wire time: {overhead:.1f} ms; of it, a bare HTTPS "
@@ -507,53 +516,60 @@ def bare_host_round_trip(ca, bundle: str, samples: int = 200) -> float:
     return statistics.median(times[20:])
 
 
-def bare_floor(browser: Browser, issuer: str, redirect_uri: str, connection_string: str, bundle: str,
-               samples: int = 30) -> dict[str, float]:
-    """p50 ms of what a warm callback needs from its dependencies, without any app code: a token POST
-    (the code asked for by the bench itself, PKCE and all) and the three table calls of the design: a
-    read (the account), an insert (the audit row) and an unconditional delete (the flow's marker), with
-    the SDK the app uses (azure-data-tables, no env settings read)."""
-    from azure.core.exceptions import ResourceExistsError
-    from azure.data.tables import TableServiceClient
+class BareFloor:
+    """What a warm callback needs from its dependencies, without any app code: a token POST (the code
+    asked for by the bench itself, PKCE and all) and the three table calls of the design: a read (the
+    account), an insert (the audit row) and an unconditional delete (the flow's marker), with the SDK
+    the app uses (azure-data-tables with its default transport, no env settings read). Sampled between
+    the timed callbacks (`sample()`), so the floor and the callback see the same machine: measured
+    apart, after the timed pass, 30 samples of it moved by 15% from one run to the next on this shared
+    machine, and the ratio with them."""
 
-    idp = requests.Session()
-    idp.verify, idp.trust_env = bundle, False
-    metadata = browser.session.get(f"{issuer}/.well-known/openid-configuration", timeout=30).json()
-    table = TableServiceClient.from_connection_string(connection_string, use_env_settings=False) \
-        .get_table_client("BenchFloor")
-    try:
-        table.create_table()
-    except ResourceExistsError:
-        pass
-    times: dict[str, list[float]] = defaultdict(list)
+    def __init__(self, browser: Browser, issuer: str, redirect_uri: str, connection_string: str, bundle: str):
+        from azure.core.exceptions import ResourceExistsError
+        from azure.data.tables import TableServiceClient
 
-    def timed(name: str, call, *args, **kwargs):
+        self.browser, self.redirect_uri = browser, redirect_uri
+        self.idp = requests.Session()
+        self.idp.verify, self.idp.trust_env = bundle, False
+        self.metadata = browser.session.get(f"{issuer}/.well-known/openid-configuration", timeout=30).json()
+        self.table = TableServiceClient.from_connection_string(connection_string, use_env_settings=False) \
+            .get_table_client("BenchFloor")
+        try:
+            self.table.create_table()
+        except ResourceExistsError:
+            pass
+        self.times: dict[str, list[float]] = defaultdict(list)
+
+    def _timed(self, name: str, call, *args, **kwargs):
         started = time.perf_counter()
         result = call(*args, **kwargs)
-        times[name].append((time.perf_counter() - started) * 1000)
+        self.times[name].append((time.perf_counter() - started) * 1000)
         return result
 
-    for n in range(samples):
+    def sample(self) -> None:
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-        query = urlencode({"client_id": CLIENT_ID, "response_type": "code", "redirect_uri": redirect_uri,
+        query = urlencode({"client_id": CLIENT_ID, "response_type": "code", "redirect_uri": self.redirect_uri,
                            "scope": "openid profile email", "state": secrets.token_urlsafe(16),
                            "nonce": secrets.token_urlsafe(16), "code_challenge": challenge,
                            "code_challenge_method": "S256", "response_mode": "form_post"})
-        _, fields = sign_in_at_idp(browser.session, f"{metadata['authorization_endpoint']}?{query}",
-                                   browser.email, PASSWORD)
-        token = timed("token POST", idp.post, metadata["token_endpoint"], timeout=30, data={
-            "grant_type": "authorization_code", "code": fields["code"], "redirect_uri": redirect_uri,
+        _, fields = sign_in_at_idp(self.browser.session, f"{self.metadata['authorization_endpoint']}?{query}",
+                                   self.browser.email, PASSWORD)
+        token = self._timed("token POST", self.idp.post, self.metadata["token_endpoint"], timeout=30, data={
+            "grant_type": "authorization_code", "code": fields["code"], "redirect_uri": self.redirect_uri,
             "client_id": CLIENT_ID, "client_secret": SECRET, "code_verifier": verifier})
         assert token.status_code == 200 and "id_token" in token.json(), token.text[:300]
-        key = f"floor-{n}-{secrets.token_hex(4)}"
-        timed("table insert", table.create_entity, {"PartitionKey": key, "RowKey": "user", "Detail": "x" * 300})
-        timed("table read", table.get_entity, key, "user")
-        timed("table delete", table.delete_entity, key, "user")
-    # a warm callback: token, marker delete, account read, audit insert
-    return {"token POST": statistics.median(times["token POST"]), "table read": statistics.median(times["table read"]),
-            "table insert": statistics.median(times["table insert"]),
-            "table delete": statistics.median(times["table delete"])}
+        key = f"floor-{secrets.token_hex(6)}"
+        self._timed("table insert", self.table.create_entity,
+                    {"PartitionKey": key, "RowKey": "user", "Detail": "x" * 300})
+        self._timed("table read", self.table.get_entity, key, "user")
+        self._timed("table delete", self.table.delete_entity, key, "user")
+
+    def parts(self) -> dict[str, float]:
+        """p50 ms of each part of a warm callback's floor: token, marker delete, account read, audit insert."""
+        return {name: statistics.median(self.times[name])
+                for name in ("token POST", "table read", "table insert", "table delete")}
 
 
 class AzureLikeLogging(logging.Handler):
