@@ -349,7 +349,7 @@ def _refuse_disabled(account: Account, detail: str) -> None:
     admin who wrote 'false' (or to the one who wrote 'true' as text) it must be visible why."""
     if account.invalid_enabled is not None:
         log.warning("accounts.enabled_not_boolean kind=%s account_id=%s stored=%s: counts as disabled; "
-                    "store a real boolean with tools.accounts enable or disable",
+                    "store a real boolean with portal-sso accounts enable or disable",
                     account.kind, account.account_id, printable(account.invalid_enabled))
     disabled = AccountDisabled(detail + (" (Enabled is not a boolean)" if account.invalid_enabled else ""))
     disabled.account_id = account.account_id  # for the audit row

@@ -53,7 +53,7 @@ REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
     "role_not_assigned": ("APP_ROLES_REQUIRED is on and the person lacks the door's app role (Portal.User or "
                           "Portal.Agent): assign it with scripts/register-app assign, or under Enterprise "
                           "applications > the app > Users and groups.", ()),
-    "no_account": ("Add the person's portal account of this kind if they should have one: tools.accounts add "
+    "no_account": ("Add the person's portal account of this kind if they should have one: portal-sso accounts add "
                    "EMAIL --kind KIND --account-id ID (the same email as in Entra).", ()),
 }
 

@@ -1,11 +1,11 @@
 """Manage portal accounts in the `PortalAccounts` table.
 
-    .venv/bin/python -m tools.accounts add EMAIL --kind user|agent --account-id ID [--name N] [--disabled] [--force]
-    .venv/bin/python -m tools.accounts import FILE.csv        # header: email,kind,account_id,name,enabled
-    .venv/bin/python -m tools.accounts list [--kind user|agent]
-    .venv/bin/python -m tools.accounts check                  # rows the email-key rule does not find as stored
-    .venv/bin/python -m tools.accounts disable|enable|unlink|remove EMAIL --kind user|agent
-    .venv/bin/python -m tools.accounts remove --stored-key KEY --kind user|agent   # a row `check` listed
+    portal-sso accounts add EMAIL --kind user|agent --account-id ID [--name N] [--disabled] [--force]
+    portal-sso accounts import FILE.csv        # header: email,kind,account_id,name,enabled
+    portal-sso accounts list [--kind user|agent]
+    portal-sso accounts check                  # rows the email-key rule does not find as stored
+    portal-sso accounts disable|enable|unlink|remove EMAIL --kind user|agent
+    portal-sso accounts remove --stored-key KEY --kind user|agent   # a row `check` listed
 
 Storage comes from the settings the app reads: the process environment, else the project's
 `local.settings.json` Values (the file `make run` leaves): TABLES_CONNECTION_STRING, or TABLES_ENDPOINT
@@ -389,7 +389,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m tools.accounts", description="Manage portal accounts (PortalAccounts table).")
+    parser = _Parser(prog="portal-sso accounts", description="Manage portal accounts (PortalAccounts table).")
     parser.add_argument("--connection-string", help="only one without a key (e.g. UseDevelopmentStorage=true); "
                                                     "a key goes in TABLES_CONNECTION_STRING, never on the command line")
     parser.add_argument("--endpoint", help="Table endpoint used with DefaultAzureCredential (overrides the settings)")

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         current = client.find(person.email)  # the userName: an email change leaves it as it was
         print(f"  {person.email:32} found, version {current['meta']['version'] if current else '-'}; no write")
     print(f"  {client.requests - before} requests, all reads")
-    print("\nNow: `.venv/bin/python -m tools.accounts list` shows the accounts (provisioned: yes), and the demo "
+    print("\nNow: `.venv/bin/portal-sso accounts list` shows the accounts (provisioned: yes), and the demo "
           "portal's agent door signs nobody@contoso.test / nobody in.")
     return 0
 

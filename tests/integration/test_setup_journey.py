@@ -29,7 +29,7 @@ def test_a_person_without_any_account_is_amber_with_the_fix(app_server, demo_acc
     assert sign_in(requests.Session(), APP_BASE, "user", NO_ACCOUNT).status_code == 403
     row = row_of(get("/api/sso/setup").text, "Last user sign-in")
     assert level_of(row) == "warn", row
-    assert "tools.accounts add" in row
+    assert "portal-sso accounts add" in row
 
 
 def test_a_cancelled_sign_in_is_the_persons_own(app_server):
