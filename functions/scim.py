@@ -21,17 +21,14 @@ def _serve(req: func.HttpRequest, context: func.Context, path: str) -> func.Http
     return guarded(context, lambda cid: handle(get_runtime(), request, cid))
 
 
+# Every path under /api/scim/v2 reaches the SCIM service, which answers an unknown one with a SCIM 404
+# body (SPEC): a catch-all, so /Users/{id}/more is the service's to refuse, not the host's. The root
+# has a function of its own: tools.host's catch-all (werkzeug's path converter) needs one segment.
 @http_route(bp, "scim/v2", METHODS, func.AuthLevel.ANONYMOUS)
 def scim_root(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     return _serve(req, context, "/")
 
 
-@http_route(bp, "scim/v2/{endpoint}", METHODS, func.AuthLevel.ANONYMOUS)
-def scim_endpoint(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    return _serve(req, context, f"/{req.route_params.get('endpoint', '')}")
-
-
-@http_route(bp, "scim/v2/{endpoint}/{resource_id}", METHODS, func.AuthLevel.ANONYMOUS)
-def scim_resource(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    params = req.route_params
-    return _serve(req, context, f"/{params.get('endpoint', '')}/{params.get('resource_id', '')}")
+@http_route(bp, "scim/v2/{*path}", METHODS, func.AuthLevel.ANONYMOUS)
+def scim(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    return _serve(req, context, f"/{req.route_params.get('path', '')}")

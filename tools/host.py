@@ -8,10 +8,11 @@ calls ``app.get_functions()`` once and serves the HTTP functions under ``extensi
 ``host.json``: unknown path 404 (the app's own page, functions/http.py), wrong method 405 with ``Allow``,
 no function keys asked, plain HTTP unless given a certificate. Timer functions are listed, not run.
 
-It serves what this app uses, nothing more: ``{name}`` route parameters (matched case-sensitively; Azure
-ignores case), a function taking the request and ``context`` and returning a ``func.HttpResponse``. An
-exception in a function is a 500 whose traceback goes to the log only; the access log never shows the
-query string, which carries authorization codes.
+It serves what this app uses, nothing more: ``{name}`` route parameters and a catch-all ``{*name}``
+(one or more segments; matched case-sensitively, where Azure ignores case), a function taking the
+request and ``context`` and returning a ``func.HttpResponse``. An exception in a function is a 500
+whose traceback goes to the log only; the access log never shows the query string, which carries
+authorization codes.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ def _methods(function: Any) -> list[str]:
 
 def _rule(template: str, prefix: str, function: Any) -> Rule:
     path = "/" + "/".join(part for part in (prefix, template.strip("/")) if part)
-    rule_path = re.sub(r"\{(\w+)\}", r"<\1>", path)
+    rule_path = re.sub(r"\{\*(\w+)\}", r"<path:\1>", re.sub(r"\{(\w+)\}", r"<\1>", path))
     if "{" in rule_path or "}" in rule_path:
-        raise ValueError(f"route {template!r}: tools.host serves plain {{name}} parameters only")
+        raise ValueError(f"route {template!r}: tools.host serves {{name}} and {{*name}} parameters only")
     return Rule(rule_path, endpoint=function, methods=_methods(function) or None)
 
 
@@ -156,7 +157,7 @@ class FunctionHost:
             # the methods a function serves.
             function = rule.endpoint
             served = getattr(function.get_user_function(), "served_methods", None) or _methods(function) or ["*"]
-            url = base_url + re.sub(r"<(\w+)>", r"{\1}", rule.rule)
+            url = base_url + re.sub(r"<(\w+)>", r"{\1}", re.sub(r"<path:(\w+)>", r"{*\1}", rule.rule))
             lines.append(f"  {function.get_function_name()}: [{','.join(sorted(served))}] {url}")
         return lines + [f"  {other} (not run by tools.host)" for other in sorted(self.other_functions)]
 

@@ -33,8 +33,7 @@ def test_every_function_is_indexed_loaded_and_invoked_by_the_python_313_worker(a
         "sso_logout": ("sso/{kind}/logout", "ANONYMOUS"), "sso_signed_out": ("sso/{kind}/signed-out", "ANONYMOUS"),
         "sso_jwks": ("sso/jwks.json", "ANONYMOUS"),
         "sso_setup": ("sso/setup", "FUNCTION"), "health": ("health", "FUNCTION"),
-        "scim_root": ("scim/v2", "ANONYMOUS"), "scim_endpoint": ("scim/v2/{endpoint}", "ANONYMOUS"),
-        "scim_resource": ("scim/v2/{endpoint}/{resource_id}", "ANONYMOUS")}, functions
+        "scim_root": ("scim/v2", "ANONYMOUS"), "scim": ("scim/v2/{*path}", "ANONYMOUS")}, functions
     assert all("GET" in [m.upper() for m in f["methods"]] for f in functions.values() if f["methods"])
     assert functions["purge_expired_rows"]["trigger"] == "timerTrigger"
     assert functions["purge_expired_rows"]["schedule"] == "0 */15 * * * *"
@@ -57,4 +56,4 @@ def test_every_function_is_indexed_loaded_and_invoked_by_the_python_313_worker(a
     assert calls["sso_jwks"]["http_status"] == "200" and '"keys"' in calls["sso_jwks"]["body"]
     assert calls["sso_setup"]["http_status"] == "200" and "Redirect URIs" in calls["sso_setup"]["body"]
     assert calls["health"]["http_status"] == "200", calls["health"]
-    assert calls["scim_endpoint"]["http_status"] == "404" and "scim:api:messages" in calls["scim_endpoint"]["body"]
+    assert calls["scim"]["http_status"] == "404" and "scim:api:messages" in calls["scim"]["body"]

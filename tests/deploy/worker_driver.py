@@ -64,7 +64,7 @@ async def main(app_dir: str) -> dict:
         functions[meta.name]["loaded"] = protos.StatusResult.Status.Name(loaded.result.status)
     out["functions"] = functions
     if set(functions) != {"sso_login", "sso_callback", "sso_logout", "sso_signed_out", "sso_jwks", "sso_setup",
-                          "health", "purge_expired_rows", "scim_root", "scim_endpoint", "scim_resource"}:
+                          "health", "purge_expired_rows", "scim_root", "scim"}:
         return out  # the test says what is missing
 
     calls = {"sso_login": ("GET", "sso/user/login", {"kind": "user"}),
@@ -75,7 +75,7 @@ async def main(app_dir: str) -> dict:
              "sso_setup": ("GET", "sso/setup", {}),
              "health": ("GET", "health", {}),
              # Directory sync off (no SCIM_TOKEN): a SCIM 404, answered without the SCIM libraries.
-             "scim_endpoint": ("GET", "scim/v2/ServiceProviderConfig", {"endpoint": "ServiceProviderConfig"})}
+             "scim": ("GET", "scim/v2/ServiceProviderConfig", {"path": "ServiceProviderConfig"})}
     out["invocations"] = {}
     for name, (method, route, params) in calls.items():
         response = await handle_event.invocation_request(message(protos, invocation_request=protos.InvocationRequest(

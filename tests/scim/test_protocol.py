@@ -93,6 +93,7 @@ def test_bad_requests_get_scim_errors_with_scim_type_and_an_audit_row(scim):
          400, None),
         (scim.get("/Users/0b7c9f47-0000-4000-8000-000000000000"), 404, None),
         (scim.get("/Groups"), 404, None),
+        (scim.get(f"/Users/{user['id']}/manager"), 404, None),  # deeper than a resource: SCIM's 404, not the host's
         (scim.post("/Schemas", {"schemas": []}), 405, None),
         (scim.put("/ServiceProviderConfig", {}), 405, None),
         (scim.post("/Users/.search", {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}), 501, None),
