@@ -7,7 +7,6 @@ ID token: `id_token.py` does."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import threading
@@ -79,16 +78,11 @@ class _IdpHttpClient:
       checked (provider.py) answers it, so a worker asks the IdP once, not twice.
     - Client authentication: MSAL always puts the client secret in the token request's body; an
       IdP that takes only `client_secret_basic` (its `token_endpoint_auth_methods_supported`) gets it
-      in an Authorization: Basic header instead, form-encoded first as RFC 6749 2.3.1 says.
-    - A gate run on this thread just before a POST goes out (the token request). The login starts
-      the flow's single-use delete, lets MSAL prepare the token request meanwhile, and only lets the
-      code go to the IdP once the delete has won: a replayed callback never reaches the token
-      endpoint."""
+      in an Authorization: Basic header instead, form-encoded first as RFC 6749 2.3.1 says."""
 
     def __init__(self, session: requests.Session, metadata: Callable[[], ProviderMetadata] | None = None):
         self._session = session
         self._metadata = metadata
-        self._local = threading.local()
 
     def get(self, url, *args, **kwargs):
         metadata = self._metadata() if self._metadata is not None else None
@@ -98,9 +92,6 @@ class _IdpHttpClient:
         return self._session.get(url, *args, **kwargs)
 
     def post(self, url, *args, data=None, headers=None, **kwargs):
-        gate = getattr(self._local, "gate", None)
-        if gate is not None:
-            gate()  # raises when the request must not go out
         metadata = self._metadata() if self._metadata is not None else None
         if (metadata is not None and metadata.secret_in_basic_auth and url == metadata.token_endpoint
                 and isinstance(data, dict) and "client_secret" in data):
@@ -116,14 +107,6 @@ class _IdpHttpClient:
 
     def close(self):
         return self._session.close()
-
-    @contextlib.contextmanager
-    def gated(self, gate: Callable[[], object] | None):
-        self._local.gate = gate
-        try:
-            yield
-        finally:
-            self._local.gate = None
 
 
 def _check_msal_can_read(response: requests.Response) -> None:
@@ -213,19 +196,15 @@ class OidcClient:
         return self._application().initiate_auth_code_flow(SCOPES, redirect_uri=redirect_uri,
                                                            response_mode="form_post", prompt=prompt)
 
-    def redeem(self, flow: dict, code: str, state: str, *, before_token_request: Callable[[], object] | None = None
-               ) -> dict:
-        """Redeems the code; returns MSAL's result holding `id_token`. `before_token_request` runs
-        just before the token request goes out, and whatever it raises ends the redemption there.
-        Raises RedemptionFailed (401)
+    def redeem(self, flow: dict, code: str, state: str) -> dict:
+        """Redeems the code; returns MSAL's result holding `id_token`. Raises RedemptionFailed (401)
         with the AADSTS fix when the IdP refuses, InvalidIdToken('nonce') when MSAL's nonce check
         fails, DependencyUnavailable when the token endpoint cannot be reached. When the IdP says our
         client secret is wrong or expired, the secret is re-read once (it may have been rotated) and
         the redemption retried once: the code is still unused, since client authentication failed."""
-        with self._http.gated(before_token_request):
-            result = self._redeem_once(self._application(), flow, code, state)
-            if _invalid_client(result):
-                result = self._redeem_once(self._application(refresh_credential=True), flow, code, state)
+        result = self._redeem_once(self._application(), flow, code, state)
+        if _invalid_client(result):
+            result = self._redeem_once(self._application(refresh_credential=True), flow, code, state)
         if _invalid_client(result):
             raise ClientCredentialRejected(f"token endpoint: {result.get('error')} {result.get('error_codes') or ''}",
                                            hint=hint_for(result.get("error_codes"), result.get("error_description")))

@@ -45,9 +45,7 @@ class Oidc:
     def __init__(self, id_token: str):
         self.id_token = id_token
 
-    def redeem(self, flow, code, state, *, before_token_request=None):
-        if before_token_request:
-            before_token_request()
+    def redeem(self, flow, code, state):
         return {"id_token": self.id_token}
 
 
