@@ -72,7 +72,12 @@ def canonical_email(raw: str) -> str:
     problem = email_problem(raw)
     if problem:
         raise MalformedEmail(f"email {problem}")
-    return raw.translate(_ASCII_LOWER)
+    return ascii_lower(raw)
+
+
+def ascii_lower(value: str) -> str:
+    """Only `A`-`Z` lowercased (str.lower and casefold merge distinct strings: the Kelvin sign, 'ß')."""
+    return value.translate(_ASCII_LOWER)
 
 
 def email_key(raw: str) -> str:
@@ -80,11 +85,12 @@ def email_key(raw: str) -> str:
     MalformedEmail for a refused address) with the characters Table keys forbid (`/ \\ # ?`, control
     characters) and `%` itself percent-encoded as UTF-8 bytes, so every address has exactly one key,
     no two addresses share one, and ASCII addresses keep the keys they had."""
-    return _escape(canonical_email(raw))
+    return table_key(canonical_email(raw))
 
 
-def _escape(address: str) -> str:
-    return _KEY_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), address)
+def table_key(value: str) -> str:
+    """A Table key for any string: the characters keys forbid, and '%', percent-encoded."""
+    return _KEY_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), value)
 
 
 def _unescape(key: str) -> str:
@@ -218,7 +224,7 @@ class AccountStore:
                     if existing is None:
                         self._table.create_entity(row.entity())
                         return None
-                    if existing.linked_idp_subject and existing.account_id != account_id and not force:
+                    if repoints(row, existing) and not force:
                         raise AccountConflict(f"{repoint_text(existing, account_id)}. Use --force to do that, or "
                                               "unlink first so that whoever signs in next is linked.", existing)
                     self._table.update_entity(row.entity(), mode=UpdateMode.MERGE, etag=existing.etag,
@@ -317,8 +323,8 @@ class AccountStore:
             problem = email_problem(account.email)
             if problem:
                 yield account, "refused", f"the address {problem}"
-            elif _escape(canonical_email(account.email)) != account.key:
-                yield account, "key", f"its key is not the address's key {_escape(canonical_email(account.email))}"
+            elif (expected := email_key(account.email)) != account.key:
+                yield account, "key", f"its key is not the address's key {expected}"
             elif not account.email.isascii():
                 yield account, "review", "non-ASCII: the old rule case-folded it; is it the address as the " \
                                          "directory sends it?"
@@ -373,7 +379,7 @@ class AccountRow:
 
     @property
     def key(self) -> str:
-        return _escape(self.email)
+        return table_key(self.email)
 
     def entity(self) -> dict:
         return {"PartitionKey": self.key, "RowKey": self.kind, "Email": self.email,

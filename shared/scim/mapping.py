@@ -4,16 +4,15 @@ link. Plain values in, plain values out: no SCIM library here."""
 from __future__ import annotations
 
 import json
-import re
 import unicodedata
 
 from .. import accounts
+from ..accounts import ascii_lower, table_key
 from ..config import GUID, KINDS
 
 ROLE_KINDS = {"portal.user": "user", "portal.agent": "agent"}
 MAX_USER_NAME = 256
 MAX_EXTERNAL_ID = 256
-_UNSAFE_KEY = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
 
 
 class MappingError(ValueError):
@@ -29,25 +28,12 @@ def email_key(raw: str, attribute: str = "emails") -> str:
     problem = accounts.email_problem(raw)
     if problem:
         raise MappingError(f"{attribute}: the address {problem}")
-    return accounts.email_key(raw)
+    return table_key(ascii_lower(raw))  # accounts.email_key, less its second check of the address
 
 
 def stored_email(raw: str) -> str:
     """The email as PortalAccounts keeps it in `Email` (what `tools.accounts` writes)."""
     return accounts.canonical_email(raw)
-
-
-def ascii_lower(value: str) -> str:
-    """Only A-Z folded (str.lower and casefold merge distinct strings: the Kelvin sign, 'ß')."""
-    return value.translate(_ASCII_FOLD)
-
-
-_ASCII_FOLD = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
-
-
-def table_key(value: str) -> str:
-    """A Table key for any string: the characters keys forbid, and '%', percent-encoded."""
-    return _UNSAFE_KEY.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), value)
 
 
 def user_name_key(user_name: str) -> str:
