@@ -9,8 +9,9 @@ import uuid
 import azure.functions as func
 
 from shared import pages
-from shared.config import KINDS, portal_homes, public_base_url
-from shared.errors import ConfigurationError, InternalError, MethodNotAllowed, NotFound, SsoError
+from shared.config import home_urls as configured_home_urls
+from shared.config import public_base_url
+from shared.errors import InternalError, MethodNotAllowed, NotFound, SsoError
 from shared.runtime import get_runtime
 
 log = logging.getLogger("portal_sso")
@@ -46,13 +47,9 @@ def home_urls() -> dict[str, str]:
     """Each kind's portal home, the way back from a page of no kind; none while the settings do not load."""
     try:
         runtime = get_runtime()
-        try:
-            settings = runtime.settings
-        except ConfigurationError:  # the portal's own settings may still be fine
-            return portal_homes(runtime.env)
+        return configured_home_urls(lambda: runtime.settings, runtime.env)
     except Exception:  # a page about a failure must not fail in its turn
         return {}
-    return {kind: settings.home_url(kind) for kind in KINDS}
 
 
 def guarded(context: func.Context | None, handler) -> func.HttpResponse:

@@ -5,7 +5,7 @@ only shows as "no functions found" in Azure."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -441,6 +441,16 @@ def portal_homes(env: Mapping[str, str]) -> dict[str, str]:
     back from a page that says sign-in is not configured."""
     fields = _portals(_Reader(env, []), {})
     return {kind: fields[f"portal_{kind}_home_url"] for kind in KINDS if fields[f"portal_{kind}_home_url"]}
+
+
+def home_urls(settings: Callable[[], Settings], env: Mapping[str, str]) -> dict[str, str]:
+    """Each kind's portal home, the way back from a page: from the settings, else (while other
+    settings are bad) from each kind's own portal settings (`portal_homes`)."""
+    try:
+        loaded = settings()
+    except ConfigurationError:
+        return portal_homes(env)
+    return {kind: loaded.home_url(kind) for kind in KINDS}
 
 
 def _who_may_enter(read: _Reader, _: dict) -> dict:

@@ -18,10 +18,9 @@ from .accounts import canonical_email
 from .admission import check_admission
 from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
-from .config import KINDS, origin_of, portal_homes
+from .config import KINDS, home_urls, origin_of
 from .errors import (
     BindingMismatch,
-    ConfigurationError,
     DependencyUnavailable,
     IdpError,
     InternalError,
@@ -435,17 +434,16 @@ class SsoService:
         """Where "Back to the portal" goes: the kind's portal home (never the landing URL, which takes
         POSTs only); for an unknown kind, the home both kinds share, if they do. None while the
         portal's own settings do not load."""
+        homes = self.home_urls()
         if kind not in KINDS:
-            homes = set(self.home_urls().values())
-            return homes.pop() if len(homes) == 1 else None
-        try:
-            return self.deps.settings.home_url(kind)
-        except ConfigurationError:  # the kind's own portal settings may still be fine
-            return portal_homes(getattr(self.deps, "env", None) or {}).get(kind)
-        except SsoError:
-            return None
+            shared = set(homes.values())
+            return shared.pop() if len(shared) == 1 else None
+        return homes.get(kind)
 
     def home_urls(self) -> dict[str, str]:
         """Each kind's portal home (none while the settings do not load): the way back from a page
         that belongs to no kind (a 404, a 500)."""
-        return {k: url for k in KINDS if (url := self._portal_url(k))}
+        try:
+            return home_urls(lambda: self.deps.settings, getattr(self.deps, "env", None) or {})
+        except SsoError:
+            return {}
