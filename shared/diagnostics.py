@@ -29,7 +29,7 @@ from .config import (
     signed_out_uri,
     valid_public_base,
 )
-from .errors import ConfigurationError, DependencyUnavailable, IdpMetadataInvalid, Problem, SsoError
+from .errors import WRONG_DOOR, ConfigurationError, DependencyUnavailable, IdpMetadataInvalid, Problem, SsoError
 
 log = logging.getLogger("portal_sso.diagnostics")
 
@@ -61,15 +61,14 @@ REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
 # setup is fine, so they do not turn the page amber.
 PERSON_REASONS = {"unknown_state", "flow_expired", "browser_binding_mismatch", "missing_code_or_state",
                   "account_disabled"}
-# A no_account whose detail says so: the person used the other kind's door (login.py writes it).
-WRONG_DOOR_MARK = "has an account of the other kind"
+# A no_account whose detail holds WRONG_DOOR: the person used the other kind's door (login.py writes it).
 
 
 def _persons_own(reason: str, detail: str) -> bool:
     if reason in PERSON_REASONS:
         return True
     if reason == "no_account":
-        return WRONG_DOOR_MARK in detail
+        return WRONG_DOOR in detail
     # The IdP's answer to a person who cancels (or declines consent) is access_denied.
     return reason == "idp_error" and detail.split()[-1:] == ["access_denied"]
 

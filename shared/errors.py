@@ -136,6 +136,11 @@ class NoAccount(Forbidden):
     message = "There is no portal account of this kind for your email address. Ask your portal administrator."
 
 
+# Added to a no_account failure's detail when the person has an account of the other kind: the setup
+# page reads it to tell a person at the wrong door (their own mistake) from a missing account.
+WRONG_DOOR = "has an account of the other kind"
+
+
 class AccountDisabled(Forbidden):
     reason = "account_disabled"
     message = "Your portal account is disabled. Ask your portal administrator."

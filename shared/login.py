@@ -20,6 +20,7 @@ from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
 from .config import KINDS, home_urls, origin_of
 from .errors import (
+    WRONG_DOOR,
     BindingMismatch,
     DependencyUnavailable,
     IdpError,
@@ -398,7 +399,7 @@ class SsoService:
         if has_other:
             if self.deps.settings.home_url(other) != self.deps.settings.home_url(kind):
                 err.actions.append((f"Go to the {other} portal", self.deps.settings.home_url(other)))
-            err.detail = f"{err.detail}; has an account of the other kind ({other})"
+            err.detail = f"{err.detail}; {WRONG_DOOR} ({other})"
         return err
 
     # GET /api/sso/{kind}/logout
