@@ -26,6 +26,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from shared.config import KINDS, redirect_uri, signed_out_uri
+
 from .stack import (
     ROOT,
     TestCA,
@@ -191,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         app_base, portal = f"https://127.0.0.1:{PORTS['app']}", f"https://127.0.0.1:{PORTS['portal']}"
         secret = _state_secret("client-secret", lambda: secrets.token_urlsafe(32))
         client = {"client_id": CLIENT_ID, "client_secret": secret, "token_endpoint_auth_method": "client_secret_post",
-                  "redirect_uris": [f"{app_base}/api/sso/{k}/callback" for k in ("user", "agent")],
-                  "post_logout_redirect_uris": [f"{app_base}/api/sso/{k}/signed-out" for k in ("user", "agent")]}
+                  "redirect_uris": [redirect_uri(app_base, k) for k in KINDS],
+                  "post_logout_redirect_uris": [signed_out_uri(app_base, k) for k in KINDS]}
         print("starting the dev IdP (oidc-provider, Entra-shaped) ...", flush=True)
         idp = start_idp(idp_config(ca, port=PORTS["idp"], tenant=TENANT, clients=[client],
                                    people=demo_people(scenario)), workdir=logs)

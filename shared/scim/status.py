@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
+from ..config import public_base_url
 from ..errors import ConfigurationError, DependencyUnavailable
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
 from .auth import read_config
@@ -32,8 +33,7 @@ class SyncStatus:
 
 def sync_status(runtime) -> SyncStatus:
     env = runtime.env
-    base = (env.get("PUBLIC_BASE_URL") or "").strip().rstrip("/") or (
-        f"https://{env.get('WEBSITE_HOSTNAME').strip()}" if (env.get("WEBSITE_HOSTNAME") or "").strip() else "")
+    base = public_base_url(env)
     status = SyncStatus(state="off", tenant_url=f"{base}/api/scim/v2" if base else "")
     try:
         config = read_config(runtime)
