@@ -143,10 +143,16 @@ def signed_out_uri(public_base: str, kind: str) -> str:
     return f"{public_base}/api/sso/{kind}/signed-out"
 
 
+def unprintable_escaped(text: str) -> str:
+    """Control and other unprintable characters as their Python escapes (a raw newline in a message or
+    log line would let whoever wrote the value start a line of their own)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def quoted(value: str, limit: int = 120) -> str:
     """A bad (non-secret) value as a message quotes it: in quotes, unprintable characters escaped, cut
     at `limit` characters."""
-    shown = value if value.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+    shown = unprintable_escaped(value)
     return repr(shown[:limit] + ("..." if len(shown) > limit else ""))
 
 

@@ -18,7 +18,7 @@ from .accounts import canonical_email
 from .admission import check_admission
 from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
-from .config import KINDS, home_urls, origin_of
+from .config import KINDS, home_urls, origin_of, unprintable_escaped
 from .errors import (
     WRONG_DOOR,
     BindingMismatch,
@@ -129,9 +129,7 @@ def _log_value(value: object, *, quote: bool = False) -> str:
     other unprintable characters (a raw newline would let a caller forge log lines), and quoted when
     it holds a space, `=`, a quote or a backslash, or is empty."""
     text = str(value)
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = escaped if escaped.isprintable() else "".join(
-        c if c.isprintable() else repr(c)[1:-1] for c in escaped)
+    escaped = unprintable_escaped(text.replace("\\", "\\\\").replace('"', '\\"'))
     if quote or not text or escaped != text or any(c in text for c in " ="):
         return f'"{escaped}"'
     return escaped
