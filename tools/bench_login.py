@@ -52,7 +52,7 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import requests
-import requests.adapters
+import urllib3.connectionpool
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -79,48 +79,48 @@ BUDGETS = {"warm login discovery/JWKS/Key Vault calls": ("==", 0), "callback tab
            "callbacks/s per worker (best of 1/4/8 threads)": (">=", 100), "import rows/s": (">=", 2500)}
 
 
-# ---- outbound calls, counted and timed where every HTTP call of the app goes: requests' HTTPAdapter
+# ---- outbound calls, counted and timed where every HTTP call of the app goes: urllib3's connection pool
 
 class Wire:
-    """Patches HTTPAdapter.send (MSAL's session and the Azure SDKs' transport both use it) to record
-    each of the app's calls: its target and its time on the wire, under the current `phase`. The
-    bench's own thread (the browsers) is marked as the client, and its calls are not the app's."""
+    """Patches urllib3's HTTPConnectionPool.urlopen (where MSAL's session and the Azure SDKs' transport
+    both end, through requests' adapter or straight) to record each of the app's calls: its target
+    and its time on the wire (urllib3 and the socket), under the current `phase`. The bench's own
+    thread (the browsers) is marked as the client, and its calls are not the app's."""
 
     def __init__(self, ports: dict[int, str]):
         self.ports, self.local, self.calls = ports, threading.local(), []
         self.lock = threading.Lock()
         self.phase: str | None = None
         self.local.client = True
-        real = requests.adapters.HTTPAdapter.send
+        real = urllib3.connectionpool.HTTPConnectionPool.urlopen
         wire = self
 
         @functools.wraps(real)
-        def send(adapter, request, *args, **kwargs):
+        def urlopen(pool, method, url, *args, **kwargs):
             started = time.perf_counter()
             try:
-                return real(adapter, request, *args, **kwargs)
+                return real(pool, method, url, *args, **kwargs)
             finally:
-                wire.record(request, time.perf_counter() - started)
+                wire.record(pool.port, method, url, time.perf_counter() - started)
 
-        requests.adapters.HTTPAdapter.send = send
+        urllib3.connectionpool.HTTPConnectionPool.urlopen = urlopen
 
-    def target(self, request) -> str:
-        url = urlsplit(request.url)
-        service = self.ports.get(url.port or 443, "other")
+    def target(self, port: int | None, method: str, url: str) -> str:
+        path = urlsplit(url).path
+        service = self.ports.get(port or 443, "other")
         if service == "tables":
-            name = url.path.split("/")[2].split("(")[0] if url.path.count("/") >= 2 else "?"
-            return f"table {name} {request.method}"
+            name = path.split("/")[2].split("(")[0] if path.count("/") >= 2 else "?"
+            return f"table {name} {method}"
         if service == "idp":
-            path = url.path
             return "idp discovery" if "well-known" in path else "idp jwks" if "jwks" in path or "keys" in path \
                 else "idp token" if path.endswith("/token") else f"idp {path.rsplit('/', 1)[-1]}"
         return service
 
-    def record(self, request, seconds: float) -> None:
+    def record(self, port: int | None, method: str, url: str, seconds: float) -> None:
         if self.phase is None or getattr(self.local, "client", False):
             return
         with self.lock:
-            self.calls.append((self.phase, self.target(request), seconds * 1000))
+            self.calls.append((self.phase, self.target(port, method, url), seconds * 1000))
 
 
 def percentile(values: list[float], p: float) -> float:
