@@ -69,6 +69,11 @@ bench: setup
 	$(PY) -m tools.bench_login $(BENCH_ARGS)
 	$(PY) -m tools.bench_scim
 
+# Our login against Microsoft's `identity` and Authlib's Flask client, side by side (tools/bench_rivals.py).
+bench-rivals: setup
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) -m tools.bench_rivals $(BENCH_ARGS)
+
 # With `make run` running: a provisioning cycle shaped like Entra's (tools/scim_cycle.py).
 scim-demo: setup
 	$(PY) -m tools.scim_cycle
