@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from azure.data.tables import TableClient, UpdateMode
 
+from .daylog import day_key, event_keys, newest, purge_days_before
 from .errors import DependencyUnavailable
-from .tables import delete_matching, storage_errors
+from .tables import storage_errors
 
-_MAX_MS = 10**13  # RowKeys count down from here, so a day's newest events list first
+__all__ = ["SignInEvent", "SignInEvents", "day_key"]
 # Pauses between the audit insert's attempts: three attempts within a few hundred milliseconds ride
 # out a dropped connection or a busy partition without holding the person's sign-in for long. No
 # attempt starts after RETRY_BUDGET: an attempt that failed slowly (storage not answering) is not
@@ -39,10 +40,6 @@ class SignInEvent:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-def day_key(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d")
-
-
 class SignInEvents:
     def __init__(self, table: TableClient):
         self._table = table
@@ -52,11 +49,9 @@ class SignInEvents:
         DependencyUnavailable when storage still refuses it (the caller decides). The row is all ours
         and keyed by the event, so a write repeated after a lost answer writes the same row again (PUT,
         idempotent)."""
-        ms = int(event.at.timestamp() * 1000)
         entity = {"".join(part.title() for part in key.split("_")): value  # correlation_id -> CorrelationId
                   for key, value in asdict(event).items() if value is not None and key != "at"}
-        entity.update({"PartitionKey": day_key(event.at), "RowKey": f"{_MAX_MS - ms:013d}-{event.correlation_id}",
-                       "At": event.at})
+        entity.update({**event_keys(event.at, event.correlation_id), "At": event.at})
         first = time.monotonic()
         for delay in (*RETRY_DELAYS, None):
             try:
@@ -70,18 +65,9 @@ class SignInEvents:
                 time.sleep(delay)
 
     def latest(self, kind: str, days: int = 7) -> dict | None:
-        """The newest event of this kind in the last `days` days, as stored, or None."""
-        today = datetime.now(UTC)
-        with storage_errors():
-            for back in range(days):
-                key = day_key(today - timedelta(days=back))
-                rows = self._table.query_entities("PartitionKey eq @pk and Kind eq @kind and Stage eq 'callback'",
-                                                  parameters={"pk": key, "kind": kind}, results_per_page=1)
-                for row in rows:
-                    return dict(row)
-        return None
+        """The newest callback of this kind in the last `days` days, as stored, or None."""
+        return newest(self._table, days, "Kind eq @kind and Stage eq 'callback'", {"kind": kind})
 
     def purge_older_than(self, days: int, now: datetime | None = None) -> int:
         """Deletes events of days before the retention window. Returns how many rows went."""
-        cutoff = day_key((now or datetime.now(UTC)) - timedelta(days=days))
-        return delete_matching(self._table, "PartitionKey lt @cutoff", {"cutoff": cutoff})
+        return purge_days_before(self._table, days, now)

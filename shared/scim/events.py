@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 
 from azure.data.tables import TableClient, UpdateMode
 
-from ..audit import day_key
-from ..tables import delete_matching, storage_errors
+from ..daylog import event_keys, newest, purge_days_before
+from ..tables import storage_errors
 
-_MAX_MS = 10**13  # RowKeys count down, so a day's newest event lists first (as SignInEvents)
 _MAX_TEXT = 512  # a userName or reason is cut here: an audit row is no place for a whole payload
 
 
@@ -28,9 +27,8 @@ class DirectoryEvent:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def entity(self) -> dict:
-        ms = int(self.at.timestamp() * 1000)
-        return {"PartitionKey": day_key(self.at), "RowKey": f"{_MAX_MS - ms:013d}-{self.correlation_id}",
-                "At": self.at, "CorrelationId": self.correlation_id, "Operation": self.operation[:_MAX_TEXT],
+        return {**event_keys(self.at, self.correlation_id), "At": self.at,
+                "CorrelationId": self.correlation_id, "Operation": self.operation[:_MAX_TEXT],
                 "Status": self.status, "Outcome": self.outcome, "Reason": self.reason[:_MAX_TEXT],
                 "ScimId": self.scim_id[:_MAX_TEXT], "UserName": self.user_name[:_MAX_TEXT],
                 "Detail": self.detail[:_MAX_TEXT]}
@@ -49,20 +47,8 @@ class DirectoryEvents:
 
     def purge_older_than(self, days: int, now: datetime | None = None) -> int:
         """Deletes rows of days before the retention window (the timer's purge, SignInEvents' window)."""
-        from datetime import timedelta
-
-        cutoff = day_key((now or datetime.now(UTC)) - timedelta(days=days))
-        return delete_matching(self._table, "PartitionKey lt @cutoff", {"cutoff": cutoff})
+        return purge_days_before(self._table, days, now)
 
     def latest(self, days: int = 7) -> dict | None:
         """The newest event of the last `days` days, as stored."""
-        from datetime import timedelta
-
-        today = datetime.now(UTC)
-        with storage_errors():
-            for back in range(days):
-                rows = self._table.query_entities("PartitionKey eq @pk", parameters={
-                    "pk": day_key(today - timedelta(days=back))}, results_per_page=1)
-                for row in rows:
-                    return dict(row)
-        return None
+        return newest(self._table, days)
