@@ -108,6 +108,9 @@ def read_config(runtime) -> SyncConfig:
     return SyncConfig(() if problems else tokens, source, kind, tuple(problems))
 
 
+DEFAULT_SECRET_CACHE_SECONDS = 900.0  # config.py's default for SECRET_CACHE_SECONDS
+
+
 class TokenCache:
     """One SyncConfig per worker, re-read after the secret cache time (SECRET_CACHE_SECONDS, which
     the settings give; 900 s when they do not load), after OFF_RECHECK_SECONDS when sync was off, and
@@ -123,8 +126,10 @@ class TokenCache:
     def _ttl(self, config: SyncConfig) -> float:
         if not config.tokens and not config.problems:
             return OFF_RECHECK_SECONDS
-        raw = (self._runtime.env.get("SECRET_CACHE_SECONDS") or "").strip()
-        return float(raw) if raw.isascii() and raw.isdigit() else 900.0
+        try:
+            return float(self._runtime.settings.secret_cache_seconds)  # one parse of the setting, config's
+        except ConfigurationError:
+            return DEFAULT_SECRET_CACHE_SECONDS  # the login's settings do not load: sync still runs
 
     def get(self) -> SyncConfig:
         with self._lock:

@@ -1,0 +1,54 @@
+"""Directory sync's token cache (shared/scim/auth.py TokenCache) keeps a read for SECRET_CACHE_SECONDS
+as config.py parses it, the default when the login's settings do not load, and re-checks "off" sooner."""
+
+from __future__ import annotations
+
+from shared.runtime import Runtime
+from shared.scim.auth import DEFAULT_SECRET_CACHE_SECONDS, OFF_RECHECK_SECONDS, TokenCache
+from tests.unit.test_config import env
+
+TOKEN = "T" * 40
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reads(environment: dict[str, str], after: float) -> int:
+    """How many reads of the token the cache made for two lookups `after` seconds apart, when the
+    token changed in between."""
+    clock, environment = Clock(), dict(environment)
+    cache = TokenCache(Runtime(environment), clock=clock)
+    first = cache.get()
+    environment["SCIM_TOKEN"] = "U" * 40
+    clock.now += after
+    second = cache.get()
+    return 1 + (second is not first)
+
+
+def test_the_read_is_kept_for_secret_cache_seconds():
+    settings = env(SCIM_TOKEN=TOKEN, SECRET_CACHE_SECONDS="60")
+    assert reads(settings, 59) == 1
+    assert reads(settings, 60) == 2
+
+
+def test_a_value_config_refuses_falls_back_to_the_default_as_the_settings_do_not_load():
+    broken = env(SCIM_TOKEN=TOKEN, SECRET_CACHE_SECONDS="1e3")  # config.py refuses it: settings fail
+    assert reads(broken, DEFAULT_SECRET_CACHE_SECONDS - 1) == 1
+    assert reads(broken, DEFAULT_SECRET_CACHE_SECONDS) == 2
+    assert reads(env(SCIM_TOKEN=TOKEN, SECRET_CACHE_SECONDS=None), DEFAULT_SECRET_CACHE_SECONDS - 1) == 1
+    # Above config's bound (a day) it is a setting error, not a cache of 100,000 s read on the side.
+    assert reads(env(SCIM_TOKEN=TOKEN, SECRET_CACHE_SECONDS="100000"), DEFAULT_SECRET_CACHE_SECONDS) == 2
+
+
+def test_off_is_re_checked_sooner():
+    clock, environment = Clock(), env(SCIM_TOKEN=None)
+    cache = TokenCache(Runtime(environment), clock=clock)
+    assert not cache.get().on
+    environment["SCIM_TOKEN"] = TOKEN
+    clock.now += OFF_RECHECK_SECONDS
+    assert cache.get().accepts(f"Bearer {TOKEN}")
