@@ -92,7 +92,12 @@ class DirectSession(requests.Session):
                                    files=files, auth=auth, timeout=timeout, allow_redirects=allow_redirects,
                                    proxies=proxies, hooks=hooks, stream=stream, verify=verify, cert=cert)
         method = method.upper()
-        sent = {**self.headers, **(headers or {})} if self._with_session_headers else dict(headers or {})
+        # As requests merges them: the request's headers over the session's, names case-insensitive, a
+        # header set to None left out.
+        sent = CaseInsensitiveDict(self.headers if self._with_session_headers else {})
+        sent.update(headers or {})
+        for name in [name for name, value in sent.items() if value is None]:
+            del sent[name]
         body = _body(data, sent)
         if body is not None:
             sent["Content-Length"] = str(len(body))
@@ -115,11 +120,10 @@ class DirectSession(requests.Session):
         return response
 
 
-def _body(data: bytes | str | dict | None, headers: dict) -> bytes | None:
+def _body(data: bytes | str | dict | None, headers: CaseInsensitiveDict) -> bytes | None:
     """The request's body as requests would encode it: a dict as a form (its None values left out)."""
     if isinstance(data, dict):
-        if not any(name.lower() == "content-type" for name in headers):
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
         return urlencode({k: v for k, v in data.items() if v is not None}, doseq=True).encode("ascii")
     if isinstance(data, str):
         return data.encode("utf-8")

@@ -65,6 +65,14 @@ def test_a_form_post_goes_on_the_wire_as_requests_would_send_it(plain):
     assert direct.headers["content-type"] == "application/json" and direct.encoding == "utf-8"
 
 
+def test_request_headers_replace_the_sessions_whatever_their_case_and_none_removes_one(plain):
+    base, seen = plain
+    IdpSession(5, environ={}).get(f"{base}/x", headers={"accept": "application/json", "User-Agent": None})
+    headers = seen[-1][3]
+    assert headers["Accept"] == "application/json", "one Accept header: the request's, not both"
+    assert "python-requests" not in headers.get("User-Agent", ""), "a header set to None is not sent"
+
+
 def test_the_storage_session_sends_the_sdks_headers_only_and_a_str_body_as_utf8(plain):
     base, seen = plain
     StorageSession({}).request("PUT", f"{base}/T", data='{"A": "é"}', headers={"x-ms-version": "2019-02-02"})
