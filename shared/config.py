@@ -18,6 +18,7 @@ MULTI_TENANT_SEGMENTS = {"common", "organizations", "consumers", "{tenantid}"}
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 FLOW_TTL_SECONDS = 600
+SECRET_CACHE_SECONDS = 900  # SECRET_CACHE_SECONDS' default: how long a secret read from Key Vault is reused
 # Hosts of Entra's sign-in endpoints (public cloud and the sovereign clouds): their client ids are GUIDs.
 ENTRA_LOGIN_HOSTS = {"login.microsoftonline.com", "login.microsoftonline.us", "login.partner.microsoftonline.cn",
                      "login.chinacloudapi.cn", "sts.windows.net", "login.windows.net"}
@@ -340,7 +341,7 @@ def _secrets(read: _Reader, _: dict) -> dict:
             "client_certificate_name": cert_name,
             "client_secret_name": read.get("OIDC_CLIENT_SECRET_NAME") or "oidc-client-secret",
             "signing_key_name": read.get("SESSION_SIGNING_KEY_NAME") or "session-signing-key",
-            "secret_cache_seconds": read.whole_number("SECRET_CACHE_SECONDS", 900, lo=0, hi=86400)}
+            "secret_cache_seconds": read.whole_number("SECRET_CACHE_SECONDS", SECRET_CACHE_SECONDS, lo=0, hi=86400)}
 
 
 def _storage(read: _Reader, _: dict) -> dict:

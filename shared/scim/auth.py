@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from ..config import KINDS
+from ..config import KINDS, SECRET_CACHE_SECONDS
 from ..errors import ConfigurationError, Problem
 
 MIN_TOKEN_LENGTH = 32
@@ -108,9 +108,6 @@ def read_config(runtime) -> SyncConfig:
     return SyncConfig(() if problems else tokens, source, kind, tuple(problems))
 
 
-DEFAULT_SECRET_CACHE_SECONDS = 900.0  # config.py's default for SECRET_CACHE_SECONDS
-
-
 class TokenCache:
     """One SyncConfig per worker, re-read after the secret cache time (SECRET_CACHE_SECONDS, which
     the settings give; 900 s when they do not load), after OFF_RECHECK_SECONDS when sync was off, and
@@ -129,7 +126,7 @@ class TokenCache:
         try:
             return float(self._runtime.settings.secret_cache_seconds)  # one parse of the setting, config's
         except ConfigurationError:
-            return DEFAULT_SECRET_CACHE_SECONDS  # the login's settings do not load: sync still runs
+            return float(SECRET_CACHE_SECONDS)  # the login's settings do not load: sync still runs
 
     def get(self) -> SyncConfig:
         with self._lock:

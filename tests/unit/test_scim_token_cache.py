@@ -3,8 +3,9 @@ as config.py parses it, the default when the login's settings do not load, and r
 
 from __future__ import annotations
 
+from shared.config import SECRET_CACHE_SECONDS as DEFAULT_SECRET_CACHE_SECONDS
 from shared.runtime import Runtime
-from shared.scim.auth import DEFAULT_SECRET_CACHE_SECONDS, OFF_RECHECK_SECONDS, TokenCache
+from shared.scim.auth import OFF_RECHECK_SECONDS, TokenCache
 from tests.unit.test_config import env
 
 TOKEN = "T" * 40
