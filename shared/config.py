@@ -150,6 +150,17 @@ def unprintable_escaped(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def log_value(value: object, *, quote: bool = False) -> str:
+    """A value as one token of `name=value` log text: backslashes and quotes escaped, then control and
+    other unprintable characters (a raw newline would let a caller forge log lines), and quoted when
+    it holds a space, `=`, a quote or a backslash, or is empty (so no value can pose as a field)."""
+    text = str(value)
+    escaped = unprintable_escaped(text.replace("\\", "\\\\").replace('"', '\\"'))
+    if quote or not text or escaped != text or any(c in text for c in " ="):
+        return f'"{escaped}"'
+    return escaped
+
+
 def quoted(value: str, limit: int = 120) -> str:
     """A bad (non-secret) value as a message quotes it: in quotes, unprintable characters escaped, cut
     at `limit` characters."""

@@ -18,7 +18,7 @@ from .accounts import canonical_email
 from .admission import check_admission
 from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
-from .config import KINDS, home_urls, origin_of, unprintable_escaped
+from .config import KINDS, home_urls, log_value, origin_of
 from .errors import (
     WRONG_DOOR,
     BindingMismatch,
@@ -119,20 +119,9 @@ def _log_attempt(event: SignInEvent) -> None:
         shown["raw_kind"] = fields["raw_kind"] = event.kind
     if event.detail:
         shown["detail"] = event.detail
-    text = " ".join(f"{name}={_log_value(value, quote=name == 'raw_kind')}" for name, value in shown.items())
+    text = " ".join(f"{name}={log_value(value, quote=name == 'raw_kind')}" for name, value in shown.items())
     level = logging.WARNING if event.outcome == "failure" else logging.INFO
     log.log(level, "sso.%s %s", event.stage, text, extra=fields)
-
-
-def _log_value(value: object, *, quote: bool = False) -> str:
-    """A value as one token of `name=value` text: backslashes and quotes escaped, then control and
-    other unprintable characters (a raw newline would let a caller forge log lines), and quoted when
-    it holds a space, `=`, a quote or a backslash, or is empty."""
-    text = str(value)
-    escaped = unprintable_escaped(text.replace("\\", "\\\\").replace('"', '\\"'))
-    if quote or not text or escaped != text or any(c in text for c in " ="):
-        return f'"{escaped}"'
-    return escaped
 
 
 class LoginDeps(Protocol):

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 
+from ..config import log_value
 from ..errors import ConfigurationError, DependencyUnavailable
 from ..pages import Reply
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE
@@ -23,6 +25,7 @@ MEDIA_TYPE = "application/scim+json"
 ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 RETRY_AFTER = 30
+RESOURCE_SEGMENT = re.compile(r"^[A-Za-z.]{1,40}$")  # Users, Groups, Schemas, ServiceProviderConfig, .search
 
 
 @dataclass
@@ -66,11 +69,6 @@ def _state(runtime) -> _State:
         return state
 
 
-def _one_line(text: str) -> str:
-    """Unprintable characters escaped: a path or userName cannot forge a log line."""
-    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
-
-
 def error_reply(status: int, detail: str, scim_type: str | None = None, headers: dict | None = None) -> Reply:
     body = {"schemas": [ERROR_SCHEMA], "status": str(status), "detail": detail}
     if scim_type:
@@ -79,9 +77,14 @@ def error_reply(status: int, detail: str, scim_type: str | None = None, headers:
 
 
 def _operation(request: ScimHttpRequest) -> str:
+    """The method and the path's shape (`POST /Users`, `PATCH /Users/{id}`), for the log line and the
+    audit row. It names a resource only when the path's first segment looks like one (letters and a
+    dot: Users, Schemas, .search): anyone may send a request, and its path must not write the line."""
     parts = [p for p in request.path.split("/") if p]
-    shown = "/" + "/".join(parts[:1] + (["{id}"] if len(parts) > 1 else []))
-    return f"{request.method.upper()} {shown[:100]}"
+    first = parts[:1] if not parts or RESOURCE_SEGMENT.match(parts[0]) else ["{other}"]
+    shown = "/" + "/".join(first + (["{id}"] if len(parts) > 1 else []))
+    method = request.method.upper()
+    return f"{method if method.isascii() and method.isalpha() else '{method}'} {shown}"
 
 
 def _user_name(request: ScimHttpRequest, body: dict | None) -> str:
@@ -189,8 +192,9 @@ class DirectorySync:
         reply.headers["X-Correlation-Id"] = event.correlation_id  # the DirectoryEvents row's and the log's
         event.outcome = "success" if reply.status < 400 else "failure"
         level = logging.INFO if reply.status < 400 else logging.WARNING
+        # op is ours (see _operation); reason and scim_id may come from the request, so each is one token.
         log.log(level, "scim.request op=%s status=%d reason=%s scim_id=%s correlation_id=%s elapsed_ms=%d",
-                _one_line(event.operation), reply.status, _one_line(reason)[:80], _one_line(event.scim_id)[:80],
+                event.operation, reply.status, log_value(reason[:80]), log_value(event.scim_id[:80]),
                 event.correlation_id, (time.perf_counter() - started) * 1000)
         if event.operation.split(" ")[0] in WRITES or reply.status >= 400:
             try:

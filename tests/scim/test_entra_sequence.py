@@ -4,6 +4,8 @@ documented forms, PUT, DELETE, and a second cycle that changes nothing."""
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 
 from shared.tables import ACCOUNTS_TABLE
@@ -155,3 +157,18 @@ def test_a_second_identical_cycle_changes_nothing(scim):
         assert scim.put(f"/Users/{user['id']}", {k: v for k, v in found.items() if k not in ("id", "meta")}
                         ).json()["meta"]["version"] == user["meta"]["version"], "so does a PUT of the same User"
     assert snapshot() == before, "no account row was written in the second cycle"
+
+
+def test_a_request_path_cannot_write_fields_into_the_log_line(scim, caplog):
+    """Issue 13 item 13's rule for directory sync: a refused request's path (anyone may send one) is
+    shown as its shape, and a user id from it is one quoted token, so neither can pose as a field."""
+    caplog.set_level(logging.INFO, logger="portal_sso")
+    assert scim.get("/x status=200 correlation_id=forged", token="w" * 43).status_code == 401
+    assert scim.get("/Users/id status=200 correlation_id=forged", token="w" * 43).status_code == 401
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scim.request")][-2:]
+    assert lines[0].startswith("scim.request op=GET /{other} status=401 ")
+    assert lines[1].startswith('scim.request op=GET /Users/{id} status=401 reason=unauthorized '
+                               'scim_id="id status=200 correlation_id=forged" correlation_id=')
+    for line in lines:
+        outside_quotes = re.sub(r'"[^"]*"', "", line)
+        assert outside_quotes.count("correlation_id=") == 1 and outside_quotes.count("status=") == 1, line
