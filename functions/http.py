@@ -13,6 +13,7 @@ from shared.config import home_urls as configured_home_urls
 from shared.config import public_base_url
 from shared.errors import InternalError, MethodNotAllowed, NotFound, SsoError
 from shared.runtime import get_runtime
+from shared.transport import serving
 
 log = logging.getLogger("portal_sso")
 
@@ -53,10 +54,12 @@ def home_urls() -> dict[str, str]:
 
 
 def guarded(context: func.Context | None, handler) -> func.HttpResponse:
-    """Runs a handler; an SsoError or a bug still becomes a proper page with the correlation id."""
+    """Runs a handler; an SsoError or a bug still becomes a proper page with the correlation id, which
+    the handler's Azure SDK calls also send (shared.transport.serving)."""
     cid = correlation_id(context)
     try:
-        return to_response(handler(cid))
+        with serving(cid):
+            return to_response(handler(cid))
     except SsoError as err:
         return to_response(pages.error(err, cid, homes=home_urls()))
     except Exception:

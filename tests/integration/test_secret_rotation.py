@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import APP_BASE, CERT_CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_NAME, DEMO_USER, SIGNING_KEY_NAME
-from tests.support.portal import assert_error_page, delivered, idp_answer, sign_in, start_login
+from tests.support.portal import assert_error_page, correlation_id, delivered, idp_answer, sign_in, start_login
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -95,3 +95,18 @@ def test_client_certificate_from_key_vault_signs_the_client_in(stub, vault_app, 
     assert response.status_code == 200, response.text[:800]
     assert stub.reads("oidc-client-certificate") == 1
     assert stub.reads(CLIENT_SECRET_NAME) == 0, "with a certificate configured, no client secret is read"
+
+
+def test_the_correlation_id_on_the_page_is_the_client_request_id_of_its_key_vault_reads(stub, vault_app,
+                                                                                          demo_accounts):
+    """What a person quotes from an error page finds the vault calls of that request in Key Vault's
+    logs (x-ms-client-request-id): the callback's re-read after invalid_client carries the callback's id."""
+    stub.set_secret(CLIENT_SECRET_NAME, "wrong-and-never-rotated")
+    runtime = vault_app()
+    response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+    assert_error_page(response, 401, runtime, "client_credential_rejected")
+    reads = [r for r in stub.log if r.server == "vault" and r.status == 200 and CLIENT_SECRET_NAME in r.path]
+    assert len(reads) == 2, reads
+    assert reads[1].client_request_id == correlation_id(response), (reads, correlation_id(response))
+    assert reads[0].client_request_id not in ("", reads[1].client_request_id), \
+        "the login start's read carries the login start's own id"

@@ -54,6 +54,7 @@ class RequestRecord:
     server: str
     path: str
     status: int
+    client_request_id: str = ""  # the x-ms-client-request-id it carried
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 body, headers, status = stub._issue_token(split.path, split.query, self.headers), {}, 200
         except _Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
-        stub._record(RequestRecord(kind, split.path, status))
+        stub._record(RequestRecord(kind, split.path, status, self.headers.get("x-ms-client-request-id", "")))
         payload = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
