@@ -3,7 +3,7 @@ worker loads, in its own Python 3.13 venv (`make worker-venv`) with the app's re
 them there (azure-functions 2.x). Driven through WorkerInit, FunctionsMetadata, FunctionLoad and an
 Invocation of each HTTP route and of the timer (tests/deploy/worker_driver.py), against Azurite and the
 dev IdP: every function is indexed with its route, methods, auth level and schedule, and a login start
-answers 302 with the flow cookie."""
+answers 302 with the flow cookie, its table calls sending the invocation id as x-ms-client-request-id."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def test_every_function_is_indexed_loaded_and_invoked_by_the_python_313_worker(a
                     if c["name"].startswith("__Host-portal-sso-user-")]  # one cookie per login in flight
     assert flow_cookies == [{"name": "__Host-portal-sso-user-<state>", "path": "/", "secure": True, "http_only": True,
                              "same_site": "ExplicitNone"}], f"the flow cookie goes out as set: {login['cookies']}"
+    # Its table calls (the flow's marker) send the invocation's id, which the worker runs it under.
+    assert login["client_request_ids"] == [login["invocation_id"]], login["client_request_ids"]
     assert calls["sso_callback"]["http_status"] == "400" and "Correlation ID" in calls["sso_callback"]["body"]
     assert calls["sso_logout"]["http_status"] == "302"
     assert calls["sso_signed_out"]["http_status"] == "200" and "You are signed out" in calls["sso_signed_out"]["body"]

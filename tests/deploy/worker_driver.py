@@ -41,6 +41,24 @@ def http_input(protos, method: str, url: str, params: dict[str, str]):
     return [protos.ParameterBinding(name="req", data=protos.TypedData(http=http))]
 
 
+def record_client_request_ids() -> list[str]:
+    """The x-ms-client-request-id of every Azure SDK request the app sends from now on, as it reaches
+    urllib3's connection pool (where the app's table and vault calls end); IdP calls have none."""
+    import urllib3.connectionpool
+
+    sent: list[str] = []
+    real = urllib3.connectionpool.HTTPConnectionPool.urlopen
+
+    def urlopen(pool, method, url, *args, **kwargs):
+        value = (kwargs.get("headers") or {}).get("x-ms-client-request-id")
+        if value:
+            sent.append(value)
+        return real(pool, method, url, *args, **kwargs)
+
+    urllib3.connectionpool.HTTPConnectionPool.urlopen = urlopen
+    return sent
+
+
 async def main(app_dir: str) -> dict:
     protos = load_protos()
     from azure_functions_runtime import handle_event
@@ -77,9 +95,12 @@ async def main(app_dir: str) -> dict:
              # Directory sync off (no SCIM_TOKEN): a SCIM 404, answered without the SCIM libraries.
              "scim": ("GET", "scim/v2/ServiceProviderConfig", {"path": "ServiceProviderConfig"})}
     out["invocations"] = {}
+    sent = record_client_request_ids()
     for name, (method, route, params) in calls.items():
+        invocation_id = str(uuid.uuid4())
+        sent.clear()
         response = await handle_event.invocation_request(message(protos, invocation_request=protos.InvocationRequest(
-            invocation_id=str(uuid.uuid4()), function_id=functions[name]["id"],
+            invocation_id=invocation_id, function_id=functions[name]["id"],
             input_data=http_input(protos, method, f"http://127.0.0.1:7071/api/{route}", params))))
         http = response.return_value.http
         body = http.body.bytes or http.body.string.encode()
@@ -90,7 +111,8 @@ async def main(app_dir: str) -> dict:
                                                  "http_only": c.http_only.value,
                                                  "same_site": protos.RpcHttpCookie.SameSite.Name(c.same_site)}
                                                 for c in http.cookies],
-                                    "body": body.decode(errors="replace")[:20000]}
+                                    "body": body.decode(errors="replace")[:20000],
+                                    "invocation_id": invocation_id, "client_request_ids": sorted(set(sent))}
     timer = await handle_event.invocation_request(message(protos, invocation_request=protos.InvocationRequest(
         invocation_id=str(uuid.uuid4()), function_id=functions["purge_expired_rows"]["id"],
         input_data=[protos.ParameterBinding(name="timer", data=protos.TypedData(
