@@ -68,8 +68,9 @@ def serving(correlation_id: str) -> Iterator[None]:
 def _client_request_id(request) -> None:
     """azure-core's raw_request_hook, once per attempt (after the retry policy): the id of the request
     being served, else a new uuid4 (timers, CLI, background work), kept across a call's retries. A
-    call that names its own `request_id` keeps it. azure-core's uuid1 cost ~25 us a call here
-    (libuuid's clock), this ~2 us. Storage's Shared Key signature does not cover this header."""
+    call that names its own `request_id` keeps it; one given its own `raw_request_hook` replaces this
+    one (azure-core runs one hook), so the app passes none. azure-core's uuid1 cost ~25 us a call
+    here (libuuid's clock), this ~2 us. Storage's Shared Key signature does not cover this header."""
     headers = request.http_request.headers
     if CLIENT_REQUEST_ID not in headers:
         headers[CLIENT_REQUEST_ID] = _serving.get() or str(uuid.uuid4())
