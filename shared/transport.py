@@ -55,9 +55,9 @@ _serving: ContextVar[str | None] = ContextVar("serving", default=None)
 @contextmanager
 def serving(correlation_id: str) -> Iterator[None]:
     """While a request is served: every Azure SDK call made for it (on this thread) sends its
-    correlation id, the Functions invocation id, as `x-ms-client-request-id`. Storage's and Key
-    Vault's logs record it (StorageTableLogs' ClientRequestId), so the id a person reads on an error
-    page finds that login's table and vault calls as well as its audit row and log line."""
+    correlation id, the Functions invocation id, as `x-ms-client-request-id`. Storage's logs record
+    it (StorageTableLogs' ClientRequestId), so the id a person reads on an error page finds that
+    login's table calls as well as its audit row and log line; its Key Vault reads send it too."""
     token = _serving.set(correlation_id)
     try:
         yield
