@@ -365,7 +365,6 @@ def _refuse_disabled(account: Account, detail: str) -> None:
 # Bulk import (tools/accounts.py import). Rows are checked by the caller first (check_account); this
 # only writes.
 ENABLED_WORDS = {"": True, "true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-BATCH_LIMIT = 100  # Table Storage's maximum operations per transaction (all in one partition)
 
 
 @dataclass(frozen=True)

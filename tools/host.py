@@ -86,8 +86,8 @@ def _app_not_found() -> Any:
 class FunctionHost:
     """The WSGI app that routes requests to the HTTP functions of a ``func.FunctionApp``."""
 
-    def __init__(self, function_app: func.FunctionApp, prefix: str = "api", not_found: Any = None) -> None:
-        self.not_found = not_found if not_found is not None else _app_not_found()
+    def __init__(self, function_app: func.FunctionApp, prefix: str = "api") -> None:
+        self.not_found = _app_not_found()
         rules, self.other_functions = [], []
         for function in function_app.get_functions():
             trigger = function.get_trigger()
@@ -178,8 +178,8 @@ def _transport_security() -> dict[str, str]:
     return transport_security()
 
 
-def build_wsgi_app(function_app: func.FunctionApp, prefix: str = "api", not_found: Any = None) -> FunctionHost:
-    return FunctionHost(function_app, prefix, not_found)
+def build_wsgi_app(function_app: func.FunctionApp, prefix: str = "api") -> FunctionHost:
+    return FunctionHost(function_app, prefix)
 
 
 class _RequestHandler(WSGIRequestHandler):

@@ -72,9 +72,6 @@ class Engine:
                     return self.service.error_response(exc)
         raise AssertionError("unreachable")
 
-    def error(self, exception: SCIMException) -> ScimResponse:
-        return self.service.error_response(exception)
-
 
 def response_json(response: ScimResponse) -> str:
     return "" if response.body is None or response.status == HTTPStatus.NO_CONTENT else \
