@@ -121,7 +121,7 @@ class TokenCache:
         self._reread_at = -REREAD_SECONDS
 
     def _ttl(self, config: SyncConfig) -> float:
-        if not config.tokens and not config.problems:
+        if not config.on:
             return OFF_RECHECK_SECONDS
         try:
             return float(self._runtime.settings.secret_cache_seconds)  # one parse of the setting, config's

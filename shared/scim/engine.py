@@ -34,8 +34,7 @@ class PortalScimService(ScimService):
             schemas = payload["schemas"]
             if not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas):
                 raise InvalidSyntaxException(detail="schemas must be a list of URNs")
-            known = {str(resources.User.__schema__).lower(), *IGNORED_SCHEMAS, *_MESSAGE_SCHEMAS}
-            unknown = [s for s in schemas if s.lower() not in known]
+            unknown = [s for s in schemas if s.lower() not in _KNOWN_SCHEMAS]
             if unknown:
                 raise InvalidSyntaxException(detail=f"unknown schema {unknown[0][:100]!r}")
             for key in [k for k in payload if k.lower() in IGNORED_SCHEMAS]:
@@ -47,6 +46,7 @@ class PortalScimService(ScimService):
 
 _MESSAGE_SCHEMAS = {"urn:ietf:params:scim:api:messages:2.0:patchop",
                     "urn:ietf:params:scim:api:messages:2.0:searchrequest"}
+_KNOWN_SCHEMAS = {str(resources.User.__schema__).lower(), *IGNORED_SCHEMAS, *_MESSAGE_SCHEMAS}
 
 
 class Engine:
