@@ -28,12 +28,13 @@ def email_key(raw: str, attribute: str = "emails") -> str:
     problem = accounts.email_problem(raw)
     if problem:
         raise MappingError(f"{attribute}: the address {problem}")
-    return table_key(ascii_lower(raw))  # accounts.email_key, less its second check of the address
+    return table_key(stored_email(raw))  # accounts.email_key, with MappingError for MalformedEmail
 
 
-def stored_email(raw: str) -> str:
-    """The email as PortalAccounts keeps it in `Email` (what `tools.accounts` writes)."""
-    return accounts.canonical_email(raw)
+def stored_email(checked: str) -> str:
+    """The email as PortalAccounts keeps it in `Email` (what `tools.accounts` writes) of an address
+    email_key has accepted: accounts.canonical_email without checking it again."""
+    return ascii_lower(checked)
 
 
 def user_name_key(user_name: str) -> str:

@@ -255,7 +255,7 @@ class TableScimStorage(ScimStorage):
 
     def _desired(self, scim_id: str, facts: Facts) -> Desired:
         return Desired(scim_id=scim_id, email_key=facts.email_key or None,
-                       email=mapping.stored_email(facts.email) if facts.email else "", kinds=facts.kinds,
+                       email=mapping.stored_email(facts.email), kinds=facts.kinds,
                        active=facts.active, link=facts.link, display_name=facts.display_name)
 
     def _row(self, scim_id: str, user: User, facts: Facts, version: int, created: datetime) -> dict:
