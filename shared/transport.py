@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
@@ -79,17 +80,36 @@ def _client_request_id(request) -> None:
 POOL_SIZE = 32  # connections kept per host: the Functions worker runs up to 32 threads (min(32, cores + 4))
 
 
+_tls_contexts: dict[tuple[str, int, int], ssl.SSLContext] = {}
+_tls_contexts_lock = threading.Lock()
+
+
 def tls_context(verify: str | bool) -> ssl.SSLContext | None:
     """One TLS context for every connection of a session, its CA bundle loaded once: `requests` loads
     a bundle named by path again for each new connection (~22 ms with REQUESTS_CA_BUNDLE's bundle).
+    The sessions of a worker (the IdP's, Table Storage's) share the context of a bundle file as it is
+    on disk, so a worker's first login loads it once, and a rewritten bundle is loaded afresh.
     `True` is requests' own bundle (certifi's). None when the bundle cannot be read: requests' path
     then names it when a call is made, as before."""
+    path = DEFAULT_CA_BUNDLE_PATH if verify is True else verify
+    if not isinstance(path, str):
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    with _tls_contexts_lock:
+        found = _tls_contexts.get(key)
+    if found is not None:
+        return found
     context = create_urllib3_context()
     try:
-        context.load_verify_locations(cafile=DEFAULT_CA_BUNDLE_PATH if verify is True else verify)
+        context.load_verify_locations(cafile=path)
     except (OSError, ssl.SSLError):
         return None
-    return context
+    with _tls_contexts_lock:
+        return _tls_contexts.setdefault(key, context)
 
 
 class DirectSession(requests.Session):

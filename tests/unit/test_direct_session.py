@@ -105,6 +105,19 @@ def test_https_through_one_tls_context_loaded_once(https, ca, monkeypatch):
     assert loads == [str(ca.bundle)], "three new connections, one load of the bundle"
 
 
+def test_a_workers_sessions_share_the_bundles_tls_context_and_a_rewritten_bundle_is_loaded_again(https, ca,
+                                                                                                 tmp_path):
+    base, _ = https
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(ca.bundle.read_bytes())
+    first = transport.tls_context(str(bundle))
+    assert transport.tls_context(str(bundle)) is first, "the IdP's and storage's sessions load the bundle once"
+    bundle.write_bytes(ca.bundle.read_bytes() + b"\n")  # rotated in place: a new file on disk
+    assert transport.tls_context(str(bundle)) is not first, "a bundle rewritten on disk is read again"
+    session = StorageSession({"REQUESTS_CA_BUNDLE": str(bundle)})
+    assert session.request("GET", f"{base}/x").status_code == 200, "the new context still trusts the local CA"
+
+
 def test_an_untrusted_certificate_is_requests_ssl_error(https):
     base, _ = https
     with pytest.raises(requests.exceptions.SSLError):
