@@ -202,17 +202,23 @@ class OidcClient:
         fails, DependencyUnavailable when the token endpoint cannot be reached. When the IdP says our
         client secret is wrong or expired, the secret is re-read once (it may have been rotated) and
         the redemption retried once: the code is still unused, since client authentication failed."""
-        result = self._redeem_once(self._application(), flow, code, state)
-        if _invalid_client(result):
-            result = self._redeem_once(self._application(refresh_credential=True), flow, code, state)
-        if _invalid_client(result):
-            raise ClientCredentialRejected(f"token endpoint: {result.get('error')} {result.get('error_codes') or ''}",
-                                           hint=hint_for(result.get("error_codes"), result.get("error_description")))
-        if "error" in result:  # the code (invalid_grant: expired, used, forged...): the person's, not ours
-            raise RedemptionFailed(f"token endpoint: {result.get('error')} {result.get('error_codes') or ''}",
-                                   hint=hint_for(result.get("error_codes"), result.get("error_description")))
+        result = self._with_fresh_credential(lambda app: self._redeem_once(app, flow, code, state))
+        if _invalid_client(result) or "error" in result:
+            # Our credential (ClientCredentialRejected), else the code (invalid_grant: expired, used,
+            # forged...): the person's, not ours.
+            failure = ClientCredentialRejected if _invalid_client(result) else RedemptionFailed
+            raise failure(f"token endpoint: {result.get('error')} {result.get('error_codes') or ''}",
+                          hint=hint_for(result.get("error_codes"), result.get("error_description")))
         if not result.get("id_token"):
             raise RedemptionFailed("token endpoint returned no id_token")
+        return result
+
+    def _with_fresh_credential(self, call):
+        """`call(app)` with the worker's MSAL app; when the IdP refuses our client credential, once more
+        with the credential read again (it may have been rotated in Key Vault meanwhile)."""
+        result = call(self._application())
+        if _invalid_client(result):
+            result = call(self._application(refresh_credential=True))
         return result
 
     @staticmethod
@@ -247,9 +253,7 @@ class OidcClient:
     def _ask_idp(self, now: float) -> CredentialCheck:
         scopes = [f"{self.client_id}/.default"]
         try:
-            result = self._application().acquire_token_for_client(scopes)
-            if _invalid_client(result):  # rotated in Key Vault meanwhile? read it again, once
-                result = self._application(refresh_credential=True).acquire_token_for_client(scopes)
+            result = self._with_fresh_credential(lambda app: app.acquire_token_for_client(scopes))
         except requests.RequestException as exc:
             return CredentialCheck(None, f"the token endpoint could not be reached ({type(exc).__name__})", now)
         except SsoError as exc:  # the secret or the IdP's metadata could not be had: said by their own checks
