@@ -19,6 +19,8 @@ class SsoError(Exception):
         self.detail = detail or self.reason
         self.shown = shown  # extra text that may be echoed (escaped) on the page
         self.hint = hint  # a plain-language fix, e.g. for an AADSTS code
+        self.notes: tuple[str, ...] = ()  # more paragraphs for the page (escaped)
+        self.actions: list[tuple[str, str]] = []  # (label, URL) links offered before the way back
 
 
 # 400: the request is wrong

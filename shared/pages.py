@@ -99,10 +99,10 @@ def error(err: SsoError, correlation_id: str, *, portal_url: str | None = None,
         parts.append(f"<pre>{html.escape(err.shown)}</pre>")
     if err.hint:
         parts.append(f'<p class="box hint"><strong>How to fix:</strong> {html.escape(err.hint)}</p>')
-    for note in getattr(err, "notes", ()):
+    for note in err.notes:
         parts.append(f"<p>{html.escape(note)}</p>")
     back = [("Back to the portal", portal_url)] if portal_url else home_links(homes)
-    parts.append(_links([*getattr(err, "actions", ()), *back]))
+    parts.append(_links([*err.actions, *back]))
     parts.append(f'<p class="ref">Reason: <code>{html.escape(err.reason)}</code><br>Correlation ID: '
                  f"<code>{html.escape(correlation_id)}</code> (quote it when you ask for help)</p>")
     headers = security_headers()
