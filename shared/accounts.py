@@ -224,7 +224,7 @@ class AccountStore:
                     if existing is None:
                         self._table.create_entity(row.entity())
                         return None
-                    if repoints(row, existing) and not force:
+                    if repoints(row.account_id, existing) and not force:
                         raise AccountConflict(f"{repoint_text(existing, account_id)}. Use --force to do that, or "
                                               "unlink first so that whoever signs in next is linked.", existing)
                     self._table.update_entity(row.entity(), mode=UpdateMode.MERGE, etag=existing.etag,
@@ -403,9 +403,9 @@ def check_account(email: str, kind: str, account_id: str) -> list[str]:
     return problems
 
 
-def repoints(row: AccountRow, before: Account | None) -> bool:
-    """Writing `row` over `before` would sign the person linked to it in to another account id."""
-    return before is not None and bool(before.linked_idp_subject) and before.account_id != row.account_id
+def repoints(account_id: str, before: Account | None) -> bool:
+    """Writing `account_id` over `before` would sign the person linked to it in to another account id."""
+    return before is not None and bool(before.linked_idp_subject) and before.account_id != account_id
 
 
 def repoint_text(before: Account, account_id: str) -> str:
@@ -451,7 +451,7 @@ def _import_partition(table: TableClient, rows: list[AccountRow], stored: dict[t
     known = {(row.key, row.kind): stored.get((row.key, row.kind)) for row in rows}
     for _ in range(WRITE_ATTEMPTS):
         refused = [(row, known[(row.key, row.kind)]) for row in rows
-                   if not force and repoints(row, known[(row.key, row.kind)])]
+                   if not force and repoints(row.account_id, known[(row.key, row.kind)])]
         todo = [row for row in rows if all(row is not r for r, _ in refused)]
         if not todo:
             return Imported(0, refused)

@@ -243,7 +243,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     said = f"{args.kind} account {printable(account_id)} for {printable(email)}{' (disabled)' if args.disabled else ''}"
     if before is None:
         print(f"added {said}")
-    elif before.linked_idp_subject and before.account_id != account_id:
+    elif repoints(account_id, before):
         print(f"updated {said}: it was {printable(before.account_id)}; {printable(before.linked_idp_subject)}, "
               f"who is linked to it, now signs in to {printable(account_id)} (--force)")
     else:
@@ -264,7 +264,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     store = _store(args)
     stored = store.stored_accounts()
-    repointed = [(row, stored[(row.key, row.kind)]) for row in rows if repoints(row, stored.get((row.key, row.kind)))]
+    repointed = [(row, stored[(row.key, row.kind)]) for row in rows
+                 if repoints(row.account_id, stored.get((row.key, row.kind)))]
     if repointed and not args.force:
         for row, before in repointed:
             print(f"line {row.line}: {printable(repoint_text(before, row.account_id))}", file=sys.stderr)
