@@ -16,7 +16,7 @@ from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from .config import KINDS
 from .errors import AccountDisabled, IdentityMismatch, MalformedEmail, NoAccount
-from .tables import storage_errors
+from .tables import delete_existed, storage_errors
 
 log = logging.getLogger("portal_sso")
 
@@ -273,13 +273,8 @@ class AccountStore:
 
     def remove_key(self, key: str, kind: str) -> bool:
         """Deletes the row with this stored PartitionKey (also one whose key no address gives any more:
-        see `key_problems`); False when there was none. One request: delete_entity reports a 404 as
-        success, so the status is read from the response."""
-        statuses: list[int] = []
-        with storage_errors():
-            self._table.delete_entity(key, kind,
-                                      raw_response_hook=lambda r: statuses.append(r.http_response.status_code))
-        return bool(statuses) and statuses[-1] != 404
+        see `key_problems`); False when there was none. One request (tables.delete_existed)."""
+        return delete_existed(self._table, key, kind)
 
     def stored_accounts(self) -> dict[tuple[str, str], Account]:
         """See `stored_accounts` below."""

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .config import FLOW_TTL_SECONDS
 from .errors import BindingMismatch, FlowExpired, InvalidParameter, UnknownState
-from .tables import delete_matching, storage_errors
+from .tables import delete_existed, delete_matching, storage_errors
 
 # MSAL makes states of ~22 url-safe characters; anything else cannot be ours, and must never become a
 # table key (Table keys forbid / \ # ? and control characters).
@@ -173,14 +173,9 @@ class FlowStore:
     def take(self, state: str, kind: str) -> None:
         """Consumes the marker with one unconditional DELETE, whose status says who won: 204 for the
         first, 404 for every later one (a replay, a lost race, a purged or unknown state, or the other
-        kind's door), which raises UnknownState. The SDK reports a 404 delete as success, so the status
-        is read from the response itself."""
+        kind's door), which raises UnknownState (tables.delete_existed reads the status)."""
         self.check_state(state)
-        statuses: list[int] = []
-        with storage_errors():
-            self._table.delete_entity(state, kind,
-                                      raw_response_hook=lambda r: statuses.append(r.http_response.status_code))
-        if not statuses or statuses[-1] == 404:
+        if not delete_existed(self._table, state, kind):
             raise UnknownState("no such state (unknown, used, purged, or of the other kind)")
 
     def purge_expired(self, now: datetime | None = None) -> int:

@@ -87,6 +87,16 @@ class Tables:
             next(iter(self._service.list_tables(results_per_page=1).by_page()), None)
 
 
+def delete_existed(table: TableClient, partition_key: str, row_key: str) -> bool:
+    """Deletes one row with one unconditional DELETE; True when the row was there. delete_entity
+    reports a 404 as success, so the status is read from the response itself (its last attempt's)."""
+    statuses: list[int] = []
+    with storage_errors():
+        table.delete_entity(partition_key, row_key,
+                            raw_response_hook=lambda r: statuses.append(r.http_response.status_code))
+    return bool(statuses) and statuses[-1] != 404
+
+
 def delete_matching(table: TableClient, query: str, parameters: dict) -> int:
     """Deletes every row the query matches (housekeeping). Returns how many deletes were sent;
     delete_entity treats a row already gone as success, which is what a purge wants."""
