@@ -178,8 +178,7 @@ def public_base_url(env: Mapping[str, str]) -> str:
 def valid_public_base(base: str) -> bool:
     """An https:// origin, or an http:// one on loopback: Entra accepts https redirect URIs and, for
     development, http://localhost and http://127.0.0.1 ones (what `func start` serves)."""
-    return _https_url(base, allow_loopback_http=True) and urlsplit(base).path in ("", "/") \
-        and not urlsplit(base).query
+    return _origin_url(base, allow_loopback_http=True)
 
 
 def issuer_base(raw: str) -> str:
@@ -221,6 +220,12 @@ def _https_url(value: str, *, allow_loopback_http: bool = False) -> bool:
     if parts.scheme == "https":
         return True
     return allow_loopback_http and parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+
+
+def _origin_url(value: str, *, allow_loopback_http: bool = False) -> bool:
+    """An `_https_url` of scheme, host and port only (no path beyond '/', no query)."""
+    return _https_url(value, allow_loopback_http=allow_loopback_http) and urlsplit(value).path in ("", "/") \
+        and not urlsplit(value).query
 
 
 class _Reader:
@@ -311,7 +316,7 @@ def _entra_issuer(base: str) -> bool:
 def _vault_problem(vault: str) -> str:
     """Why KEY_VAULT_URL is not a vault's URL ("" when it is): https://{name}.vault.azure.net (or a
     sovereign cloud's suffix), or a loopback address (a local stand-in such as the tests' stub)."""
-    if not _https_url(vault) or urlsplit(vault).path not in ("", "/") or urlsplit(vault).query:
+    if not _origin_url(vault):
         return "is not an https:// URL of a vault (scheme and host only)"
     host = (urlsplit(vault).hostname or "").lower()
     if host in LOOPBACK_HOSTS:
@@ -396,8 +401,7 @@ def _portals(read: _Reader, _: dict) -> dict:
     if raw_origins:
         origins = set()
         for item in (i for i in re.split(r"[,\s]+", raw_origins) if i):
-            parts = urlsplit(item)
-            if not _https_url(item, allow_loopback_http=True) or parts.path not in ("", "/") or parts.query:
+            if not _origin_url(item, allow_loopback_http=True):
                 read.problem("PORTAL_ALLOWED_RETURN_ORIGINS", f"{quoted(item)} is not an origin;", "give each "
                              "entry as scheme, host and port only, e.g. https://portal.contoso.com, comma-separated.")
                 break
