@@ -202,7 +202,7 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
                          f"The IdP refuses the {what}: create a new one under Certificates & secrets and store it "
                          "in Key Vault as a new version (with its expiry date); the app picks it up within "
                          "minutes, no restart." + (f" {verdict.hint}" if verdict.hint else ""),
-                         aadsts=(7000215, 7000222, 700016), data=check.data)
+                         aadsts=REASON_FIXES["client_credential_rejected"][1], data=check.data)
         if verdict.accepted is None:
             note = f"not verified with the IdP: {verdict.detail}"
             check.warning = f"{check.warning}; {note}" if check.warning else note
