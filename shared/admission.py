@@ -4,10 +4,10 @@ JSON type counts as absent or as "no", never as "yes"."""
 
 from __future__ import annotations
 
+from .config import KIND_ROLES
 from .errors import EmailUnverified, RoleNotAssigned, TenantNotAllowed
 
 VERIFICATION_CLAIMS = ("xms_edov", "email_verified")
-KIND_ROLES = {"user": "Portal.User", "agent": "Portal.Agent"}
 
 
 def check_admission(claims: dict, kind: str, settings) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigurationError, Problem
 
 KINDS = ("user", "agent")
+KIND_ROLES = {"user": "Portal.User", "agent": "Portal.Agent"}  # each kind's app role (infra/app-roles.json)
 WELL_KNOWN_SUFFIX = ".well-known/openid-configuration"
 # Entra's issuers that accept people of any tenant; such an issuer needs an explicit tenant allowlist.
 MULTI_TENANT_SEGMENTS = {"common", "organizations", "consumers", "{tenantid}"}

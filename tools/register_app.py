@@ -36,7 +36,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shared.config import KINDS, redirect_uri, signed_out_uri
+from shared.config import KIND_ROLES, KINDS, redirect_uri, signed_out_uri
 
 from .azure_cli import Az, AzError, app_settings, fail, grant, secret_file, update_app_settings
 
@@ -50,7 +50,6 @@ KEY_ID_TAG = "entraKeyId"  # on each Key Vault version: which Entra credential i
 GRAPH = "https://graph.microsoft.com/v1.0"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 CONSENTED_SCOPES = ("openid", "profile", "email")
-ROLE_VALUES = {"user": "Portal.User", "agent": "Portal.Agent"}
 # Directory sync: the token's Key Vault secret (the SCIM server's SCIM_TOKEN_NAME default), and the tags
 # on its version that say which provisioning job and tenant URL Entra was given that token for.
 SCIM_TOKEN_NAME = "scim-token"
@@ -81,7 +80,7 @@ def our_redirect_uris(base: str) -> list[str]:
 def role_ids() -> dict[str, str]:
     """kind -> the app role's id (fixed in infra/app-roles.json, so assignments survive every update)."""
     by_value = {role["value"]: role["id"] for role in json.loads(APP_ROLES.read_text())}
-    return {kind: by_value[value] for kind, value in ROLE_VALUES.items()}
+    return {kind: by_value[value] for kind, value in KIND_ROLES.items()}
 
 
 def new_scim_token() -> str:
@@ -322,7 +321,7 @@ class Registration:
             self.az.write("rest", "--method", "POST", "--uri",
                           f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo",
                           "--headers", "Content-Type=application/json", "--body", body,
-                          change=("create", f"{kind} {name} assigned the role {ROLE_VALUES[self.args.kind]}"))
+                          change=("create", f"{kind} {name} assigned the role {KIND_ROLES[self.args.kind]}"))
 
     def rotate_secret(self) -> None:
         """Appends a new secret and stores it as Key Vault's newest version (the app picks it up within

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import requests
 
+from shared.config import KIND_ROLES
+
 ROOT = Path(__file__).resolve().parents[1]
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-ROLES = {"user": "Portal.User", "agent": "Portal.Agent"}
 DEV_NOBODY_OID = "9d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a03"  # tools/dev.py's nobody@contoso.test
 
 
@@ -47,7 +48,7 @@ class Person:
                 "name": {"formatted": self.name, "familyName": family, "givenName": given},
                 ENTERPRISE: {"department": "Contact center"},
                 "roles": [{"primary": False, "type": "WindowsAzureActiveDirectoryRole", "display": k.title(),
-                           "value": ROLES[k]} for k in self.kinds]}
+                           "value": KIND_ROLES[k]} for k in self.kinds]}
 
 
 class Client:

@@ -8,9 +8,9 @@ import unicodedata
 
 from .. import accounts
 from ..accounts import ascii_lower, table_key
-from ..config import GUID, KINDS
+from ..config import GUID, KIND_ROLES, KINDS
 
-ROLE_KINDS = {"portal.user": "user", "portal.agent": "agent"}
+ROLE_KINDS = {role.lower(): kind for kind, role in KIND_ROLES.items()}  # Entra sends any case
 MAX_USER_NAME = 256
 MAX_EXTERNAL_ID = 256
 
