@@ -16,7 +16,7 @@ KIND_ROLES = {"user": "Portal.User", "agent": "Portal.Agent"}  # each kind's app
 WELL_KNOWN_SUFFIX = ".well-known/openid-configuration"
 # Entra's issuers that accept people of any tenant; such an issuer needs an explicit tenant allowlist.
 MULTI_TENANT_SEGMENTS = {"common", "organizations", "consumers", "{tenantid}"}
-GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 FLOW_TTL_SECONDS = 600
 SECRET_CACHE_SECONDS = 900  # SECRET_CACHE_SECONDS' default: how long a secret read from Key Vault is reused
@@ -25,7 +25,7 @@ ENTRA_LOGIN_HOSTS = {"login.microsoftonline.com", "login.microsoftonline.us", "l
                      "login.chinacloudapi.cn", "sts.windows.net", "login.windows.net"}
 # Key Vault's DNS suffixes (public cloud, Azure China, Azure US Government).
 VAULT_HOST_SUFFIXES = (".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net")
-VAULT_NAME = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$")  # Key Vault's own naming rule: 3-24 characters
+VAULT_NAME = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]\Z")  # Key Vault's own naming rule: 3-24 characters
 PLACEHOLDER = re.compile(r"<[^<>]*>")  # what local.settings.example.json leaves to fill in: <tenant-id>
 
 

@@ -31,7 +31,7 @@ from .tables import delete_existed, delete_matching, storage_errors
 
 # MSAL makes states of ~22 url-safe characters; anything else cannot be ours, and must never become a
 # table key (Table keys forbid / \ # ? and control characters).
-STATE_SYNTAX = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+STATE_SYNTAX = re.compile(r"^[A-Za-z0-9_-]{8,128}\Z")
 COOKIE_PREFIX = "__Host-portal-sso-"
 # One cookie per login in flight: a new login never overwrites another's. Beyond this many per browser
 # (both doors together) the oldest goes: browsers keep ~180 cookies of 4 KB per site, and every request
@@ -39,7 +39,7 @@ COOKIE_PREFIX = "__Host-portal-sso-"
 MAX_IN_FLIGHT = 5
 FORMAT = "1"  # the cookie value's version: "1.{expiry in epoch ms}.{IV + ciphertext, base64url}"
 _KEY_INFO = b"portal-sso flow cookie v1"
-_VALUE = re.compile(r"^1\.(\d{1,15})\.([A-Za-z0-9_-]{40,6000})$")
+_VALUE = re.compile(r"^1\.(\d{1,15})\.([A-Za-z0-9_-]{40,6000})\Z")
 
 
 def flow_keys(private_keys_der: list[bytes]) -> list[AESGCM]:
@@ -108,7 +108,8 @@ class FlowCookies:
 
     def seal(self, flow: Flow) -> str:
         plain = json.dumps([flow.nonce, flow.code_verifier, " ".join(flow.scope), flow.return_to or "",
-                            flow.portal_nonce or "", flow.correlation_id], separators=(",", ":")).encode()
+                            flow.portal_nonce or "", flow.correlation_id], separators=(",", ":"),
+                           ensure_ascii=False).encode()  # UTF-8, as check_return_to counts it, not 6-byte \u escapes
         iv, expires_ms = os.urandom(12), int(flow.expires_at * 1000)
         sealed = self._keys[0].encrypt(iv, plain, self._aad(flow.kind, flow.state, expires_ms))
         return f"{FORMAT}.{expires_ms}.{_b64(iv + sealed)}"
@@ -121,7 +122,10 @@ class FlowCookies:
         found = _VALUE.match(value)
         if not found:
             raise BindingMismatch("browser-binding cookie malformed")
-        expires_ms, blob = int(found.group(1)), _unb64(found.group(2))
+        try:
+            expires_ms, blob = int(found.group(1)), _unb64(found.group(2))
+        except ValueError as exc:  # binascii.Error: a cut that leaves 4n+1 base64 characters
+            raise BindingMismatch("browser-binding cookie malformed") from exc
         aad = self._aad(kind, state, expires_ms)
         for key in self._keys:
             try:

@@ -66,15 +66,21 @@ MAX_STATE = 200
 MAX_RETURN_TO = 2048
 MAX_ERROR_TEXT = 1000
 MAX_DETAIL = 500  # of a failure's detail in its audit row and log line
-PORTAL_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+PORTAL_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}\Z")  # \Z: "$" would let a final newline in
 PROMPTS = ("select_account", "login")
 
 
 def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
     """The return_to, if it points exactly (scheme, host, port) at an allowed origin; else
     ReturnToNotAllowed. Backslashes, control characters, user info and protocol-relative URLs are
-    refused outright: browsers and parsers disagree about them (open-redirect tricks)."""
-    if len(value) > MAX_RETURN_TO or any(ord(c) < 0x21 or ord(c) == 0x7F or c == "\\" for c in value):
+    refused outright: browsers and parsers disagree about them (open-redirect tricks). The length is
+    counted as the flow cookie holds it (JSON, UTF-8): counted in characters, 2,048 non-ASCII ones would
+    seal into a cookie over the 4 KB browsers keep, and the person would come back to a 400."""
+    try:
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8")) - 2  # less the quotes
+    except UnicodeEncodeError as exc:  # a lone surrogate
+        raise ReturnToNotAllowed("return_to is not valid text") from exc
+    if size > MAX_RETURN_TO or any(ord(c) < 0x21 or ord(c) == 0x7F or c == "\\" for c in value):
         raise ReturnToNotAllowed("return_to has forbidden characters or is too long")
     try:
         parts = urlsplit(value)
@@ -84,7 +90,8 @@ def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
     if parts.scheme not in ("https", "http") or not parts.hostname or "@" in parts.netloc:
         raise ReturnToNotAllowed("return_to must be an absolute http(s) URL without user info")
     default_port = {"https": 443, "http": 80}[parts.scheme]
-    origin = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port and port != default_port else "")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # an IPv6 literal keeps its brackets
+    origin = f"{parts.scheme}://{host}" + (f":{port}" if port and port != default_port else "")
     allowed = {origin_of(o) for o in allowed_origins}
     allowed |= {o.removesuffix(":443") for o in allowed if o.startswith("https://")}
     allowed |= {o.removesuffix(":80") for o in allowed if o.startswith("http://")}

@@ -25,7 +25,7 @@ MEDIA_TYPE = "application/scim+json"
 ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 RETRY_AFTER = 30
-RESOURCE_SEGMENT = re.compile(r"^[A-Za-z.]{1,40}$")  # Users, Groups, Schemas, ServiceProviderConfig, .search
+RESOURCE_SEGMENT = re.compile(r"^[A-Za-z.]{1,40}\Z")  # Users, Groups, Schemas, ServiceProviderConfig, .search
 
 
 @dataclass

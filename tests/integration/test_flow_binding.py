@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.flows import MAX_IN_FLIGHT, cookie_name
+from shared.login import MAX_RETURN_TO
 from shared.runtime import get_runtime
 from shared.tables import FLOWS_TABLE
 from tests.conftest import APP_BASE, DEMO_AGENT, DEMO_USER, PORTAL_URLS
@@ -80,9 +81,11 @@ def test_beyond_the_logins_a_browser_may_have_in_flight_the_oldest_goes_and_the_
 
 
 def test_the_cookie_stays_well_under_4_kb_and_the_table_holds_no_secret_of_the_flow(browser):
-    long_return_to = PORTAL_URLS["user"] + "?q=" + "x" * 1900
-    started = start_login(browser, APP_BASE, "user", return_to=long_return_to, nonce="n" * 128)
-    assert len(started.headers["Set-Cookie"]) < 4096, "even with the longest return_to and nonce"
+    prefix = PORTAL_URLS["user"] + "?q="
+    for longest in (prefix + "x" * (MAX_RETURN_TO - len(prefix)), prefix + "é" * ((MAX_RETURN_TO - len(prefix)) // 2)):
+        started = start_login(browser, APP_BASE, "user", return_to=longest, nonce="n" * 128)
+        assert started.status_code == 302, started.status_code
+        assert len(started.headers["Set-Cookie"].encode()) < 4096, "even with the longest return_to and nonce"
     plain = start_login(requests.Session(), APP_BASE, "user")
     assert len(plain.headers["Set-Cookie"]) < 400, plain.headers["Set-Cookie"]
     state = plain.headers["Location"].split("state=")[1].split("&")[0]

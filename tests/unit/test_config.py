@@ -3,6 +3,8 @@ admin pastes, tenant allowlists, and the values derived from the portal URLs."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from shared.config import load_settings
@@ -354,3 +356,16 @@ def test_portal_homes_are_known_while_other_settings_are_bad():
     from shared.config import portal_homes
 
     assert portal_homes(env(OIDC_CLIENT_ID=None, PORTAL_AGENT_URL="bad")) == {"user": "https://portal.contoso.test/"}
+
+
+@pytest.mark.parametrize("pattern, good", [
+    ("shared.config:GUID", "3f0c9a52-6d1e-4b7a-9c2f-8e5d41a7b0c6"), ("shared.config:VAULT_NAME", "kv-sso"),
+    ("shared.flows:STATE_SYNTAX", "abcdefgh"), ("shared.login:PORTAL_NONCE", "a" * 16),
+    ("shared.scim.service:RESOURCE_SEGMENT", "Users"),
+])
+def test_every_syntax_check_refuses_a_final_newline(pattern, good):
+    """`$` also matches before a final newline: a value that passed with one would reach a table key,
+    a token claim or a URL."""
+    module, name = pattern.split(":")
+    regex = getattr(importlib.import_module(module), name)
+    assert regex.match(good) and not regex.match(good + "\n"), pattern

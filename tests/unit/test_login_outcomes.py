@@ -153,3 +153,39 @@ def test_a_flow_that_expires_as_its_callback_arrives_is_consumed_and_refused(idp
     assert reply.status == 400 and [e.reason for e in events.rows] == ["flow_expired"]
     assert deps.flows.taken == 1, "the expired flow is consumed, so it cannot be tried again"
     assert any(c.startswith(f"{cookie_name('user', STATE)}=;") for c in reply.cookies), "the flow cookie is cleared"
+
+
+class Events:
+    def __init__(self):
+        self.rows = []
+
+    def record(self, event):
+        self.rows.append(event)
+
+
+@pytest.mark.parametrize("cut", range(1, 9))
+def test_a_truncated_flow_cookie_is_a_400_that_consumes_the_flow_never_a_500(idp_key, cut):
+    """Whatever the cut (a base64 tail of 4n+1 characters cannot even be decoded), the cookie does not
+    open: 400 browser_binding_mismatch, and the marker is consumed (SECURITY.md)."""
+    deps = Deps(idp_key, Events())
+    request = callback_request(deps)
+    truncated = CallbackRequest(request.method, request.content_type, request.body,
+                                cookie_header=request.cookie_header[:-cut])
+    reply = SsoService(deps).complete_login("user", truncated, "cid-t")
+    assert reply.status == 400, (cut, reply.status)
+    assert [e.reason for e in deps.events.rows] == ["browser_binding_mismatch"]
+    assert deps.flows.taken == 1, "the marker is consumed"
+
+
+@pytest.mark.parametrize("field", ["nonce", "state"])
+def test_a_final_newline_does_not_slip_past_the_syntax_of_the_portal_nonce_or_the_state(idp_key, field):
+    deps = Deps(idp_key, Events())
+    service = SsoService(deps)
+    if field == "nonce":
+        reply = service.start_login("user", None, "cid-n", nonce="a" * 16 + "\n")
+    else:
+        reply = service.complete_login("user", CallbackRequest(
+            "POST", "application/x-www-form-urlencoded", b"code=c0de&state=abcdefgh%0A"), "cid-s")
+        assert deps.flows.taken == 0, "a state that cannot be ours never becomes a table key"
+    assert reply.status == 400, reply.status
+    assert deps.events.rows and deps.events.rows[-1].reason == "invalid_parameter", deps.events.rows

@@ -89,3 +89,25 @@ def test_return_to_at_the_length_limit_is_accepted_and_one_more_character_is_ref
 def test_return_to_is_refused_when_nothing_is_allowed():
     with pytest.raises(ReturnToNotAllowed):
         check_return_to("https://portal.contoso.test/", frozenset())
+
+
+def test_an_ipv6_loopback_origin_on_the_allowlist_lets_its_return_to_through():
+    allowed = frozenset({"http://[::1]:8080"})
+    assert check_return_to("http://[::1]:8080/x", allowed) == "http://[::1]:8080/x"
+    with pytest.raises(ReturnToNotAllowed):
+        check_return_to("http://[::1]:8081/x", allowed)
+
+
+def test_the_limit_counts_bytes_as_the_flow_cookie_holds_them_not_characters():
+    """2,048 characters of é would seal into a cookie over the 4 KB a browser keeps: the person would
+    sign in at the IdP and come back to a 400. Counted as UTF-8 (JSON-escaped), they are refused at
+    login start instead, where the portal can say why."""
+    base = "https://portal.contoso.test/"
+    accented = base + "é" * ((MAX_RETURN_TO - len(base)) // 2)
+    assert check_return_to(accented, ALLOWED) == accented, "2 bytes a character, exactly at the limit"
+    room = MAX_RETURN_TO - len(base)
+    for too_long in (accented + "é", base + "é" * room, base + '"' * room):  # '"' is 2 bytes in JSON
+        with pytest.raises(ReturnToNotAllowed):
+            check_return_to(too_long, ALLOWED)
+    with pytest.raises(ReturnToNotAllowed):
+        check_return_to(base + "\udcff", ALLOWED)  # a lone surrogate: no UTF-8 for it, and no 500
