@@ -1,9 +1,11 @@
 """The IdP's signing keys, cached. An unknown `kid` triggers one refetch (a genuine rotation is
 picked up at once), at most one such refetch per `min_refetch_seconds`, shared by concurrent misses,
-so a stream of forged tokens cannot make us hammer the IdP; the set is refreshed at least daily."""
+so a stream of forged tokens cannot make us hammer the IdP; the set is refreshed at least daily. A
+daily refresh that fails keeps the keys held (see `_refresh_or_keep`)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +13,13 @@ from dataclasses import dataclass
 
 import jwt
 
-from .errors import InvalidIdToken
+from .errors import DependencyUnavailable, InvalidIdToken
+
+log = logging.getLogger("portal_sso")
+# While the IdP's endpoint is down, how often a refresh of what we hold is tried again, and for how long
+# past its daily refresh what we hold still serves (Runtime.metadata uses the same rule).
+STALE_RETRY_SECONDS = 60.0
+MAX_STALE_SECONDS = 7 * 86400.0
 
 
 class JwksCache:
@@ -25,6 +33,7 @@ class JwksCache:
         self._keys: list[_Key] = []
         self._fetched_at: float | None = None
         self._miss_fetched_at: float | None = None  # last refetch caused by an unknown kid
+        self._retry_at = 0.0  # after a failed daily refresh: no new try before this
         self.fetch_count = 0
 
     def _refresh_locked(self) -> None:
@@ -47,14 +56,32 @@ class JwksCache:
         at once, while a stream of unknown kids costs the IdP one fetch per `min_refetch_seconds`."""
         with self._lock:
             now = self._clock()
-            if self._fetched_at is None or now - self._fetched_at >= self._max_age:
+            if self._fetched_at is None:
                 self._refresh_locked()
+                return self._keys, True
+            if now - self._fetched_at >= self._max_age and now >= self._retry_at:
+                self._refresh_or_keep(now)
                 return self._keys, True
             if refetch and (self._miss_fetched_at is None or now - self._miss_fetched_at >= self._min_refetch):
                 self._refresh_locked()
                 self._miss_fetched_at = now
                 return self._keys, True
             return self._keys, False
+
+    def _refresh_or_keep(self, now: float) -> None:
+        """The daily refresh. If the IdP does not answer, the keys held still verify what it signs until
+        it rotates (and a rotation's new kid still asks for a refetch): they serve on, RELIABILITY.md,
+        and the next try comes STALE_RETRY_SECONDS later, so an outage does not cost every callback the
+        IdP's timeout. Keys MAX_STALE_SECONDS past their refresh no longer serve: a key the IdP retired
+        (compromised) must not verify for ever because its JWKS stays out of reach."""
+        try:
+            self._refresh_locked()
+        except DependencyUnavailable as exc:
+            if now - self._fetched_at >= self._max_age + MAX_STALE_SECONDS:
+                raise
+            self._retry_at = now + STALE_RETRY_SECONDS
+            log.warning("idp keys: the daily refresh failed (%s); the keys held serve on, next try in %ds",
+                        exc.detail, STALE_RETRY_SECONDS)
 
     def warm(self) -> None:
         """Fetches the keys now if they are not cached (or are a day old)."""

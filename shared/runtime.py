@@ -18,7 +18,7 @@ from .background import BACKGROUND
 from .config import Settings, load_settings
 from .errors import DependencyUnavailable
 from .flows import FlowStore
-from .jwks import JwksCache
+from .jwks import MAX_STALE_SECONDS, STALE_RETRY_SECONDS, JwksCache
 from .oidc_client import OidcClient
 from .provider import ProviderMetadata, discover
 from .session_token import SessionSigner, load_signing_keys
@@ -42,6 +42,7 @@ class Runtime:
         self._settings: Settings | None = None
         self._credential = None
         self._metadata: tuple[float, ProviderMetadata] | None = None
+        self._metadata_retry_at = 0.0
         self._warming = False
 
     @property
@@ -124,14 +125,27 @@ class Runtime:
         return self._signer.get()
 
     def metadata(self) -> ProviderMetadata:
-        """The IdP's metadata, discovered on first use and refreshed daily; a failed discovery is not
-        kept, so the next request tries again."""
+        """The IdP's metadata, discovered on first use and refreshed daily. A failed first discovery is
+        not kept, so the next request tries again; a failed daily refresh keeps what we hold, by the
+        rule of the IdP's keys (jwks.py: tried again a minute later, served for at most a week)."""
         with self._lock:
-            if self._metadata is None or time.monotonic() - self._metadata[0] > METADATA_MAX_AGE:
-                s = self.settings
-                self._metadata = (time.monotonic(), discover(s.metadata_url, s.issuer_base, self.session,
-                                                             multi_tenant=s.multi_tenant))
+            now = time.monotonic()
+            if self._metadata is None:
+                self._metadata = (now, self._discover())
+            elif now - self._metadata[0] > METADATA_MAX_AGE and now >= self._metadata_retry_at:
+                try:
+                    self._metadata = (now, self._discover())
+                except DependencyUnavailable as exc:
+                    if now - self._metadata[0] > METADATA_MAX_AGE + MAX_STALE_SECONDS:
+                        raise
+                    self._metadata_retry_at = now + STALE_RETRY_SECONDS
+                    log.warning("idp metadata: the daily refresh failed (%s); the metadata held serves on, "
+                                "next try in %ds", exc.detail, STALE_RETRY_SECONDS)
             return self._metadata[1]
+
+    def _discover(self) -> ProviderMetadata:
+        s = self.settings
+        return discover(s.metadata_url, s.issuer_base, self.session, multi_tenant=s.multi_tenant)
 
     @cached_property
     def _jwks(self) -> JwksCache:

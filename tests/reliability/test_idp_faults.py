@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from shared.oidc_client import OidcClient
+from shared.runtime import METADATA_MAX_AGE
 from tests.conftest import APP_BASE, REDIRECT_URIS
 from tests.support.hostile_flow import (
     assert_signed_in,
@@ -83,6 +84,23 @@ def test_a_jwks_endpoint_that_is_down_does_not_stop_logins_while_the_keys_are_ca
     hostile_idp.down.add("jwks")
     assert_signed_in(sign_in(hostile_idp), person)
     assert hostile_idp.jwks_fetches == fetches, "the cached keys served; the JWKS endpoint was not needed"
+
+
+def test_an_idp_down_when_its_metadata_and_keys_are_due_for_their_daily_refresh_does_not_stop_logins(
+        hostile_idp, app, account_store):
+    person = new_person(account_store)
+    hostile_idp.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile_idp), person)  # metadata and keys fetched and cached
+    # A day on, for both caches (their clocks are time.monotonic: the entries are aged instead).
+    fetched_at, metadata = app._metadata
+    app._metadata = (fetched_at - METADATA_MAX_AGE - 1, metadata)
+    app.idp_keys()._fetched_at -= 86400
+    hostile_idp.down.update({"discovery", "jwks"})
+    assert_signed_in(sign_in(hostile_idp), person)
+    started = time.monotonic()
+    assert_signed_in(sign_in(hostile_idp), person)
+    assert time.monotonic() - started < READ_TIMEOUT, "the next login does not wait for the IdP's refresh again"
+    hostile_idp.down.clear()
 
 
 def test_discovery_down_at_a_cold_start_gives_503_and_the_next_request_after_it_returns_works(hostile_idp, app):

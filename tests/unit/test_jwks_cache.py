@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from shared.errors import InvalidIdToken
-from shared.jwks import JwksCache
+from shared.errors import DependencyUnavailable, InvalidIdToken
+from shared.jwks import MAX_STALE_SECONDS, STALE_RETRY_SECONDS, JwksCache
 
 
 def jwk(kid: str, **extra) -> dict:
@@ -186,3 +186,60 @@ def test_rotation_right_after_a_routine_fetch_is_picked_up_at_once(jwks_a, jwks_
     assert cache.signing_key("kid-b", "RS256").key_id == "kid-b", \
         "only refetches caused by unknown kids are rate-limited, so a rotation never waits 5 s"
     assert idp.calls == 2
+
+
+class FlakyIdp(FakeIdp):
+    """A jwks_uri that can go down: a fetch then fails as Runtime._fetch_jwks reports it."""
+
+    down = False
+
+    def fetch(self) -> dict:
+        if self.down:
+            with self._lock:
+                self.calls += 1
+            raise DependencyUnavailable("idp", "GET https://idp.test/keys: ConnectionError")
+        return super().fetch()
+
+
+def test_a_failed_daily_refresh_keeps_the_keys_held_and_tries_again_a_minute_later(jwks_a, jwks_b):
+    idp, t = FlakyIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    cache.signing_key("kid-a", "RS256")
+    idp.down = True
+    t[0] += 86400
+    assert cache.signing_key("kid-a", "RS256").key_id == "kid-a", "the keys held serve during the outage"
+    assert idp.calls == 2, "the daily refresh was tried"
+    for _ in range(5):
+        t[0] += (STALE_RETRY_SECONDS - 1) / 5
+        cache.signing_key("kid-a", "RS256")
+    assert idp.calls == 2, "no new try within the retry interval: the outage does not cost each callback a timeout"
+    t[0] += 1
+    cache.signing_key("kid-a", "RS256")
+    assert idp.calls == 3, "tried again once the interval passed"
+    idp.down, idp.keys = False, [jwks_b]
+    t[0] += STALE_RETRY_SECONDS
+    assert cache.signing_key("kid-b", "RS256").key_id == "kid-b", "the IdP back: the refresh takes its keys"
+    with pytest.raises(InvalidIdToken):
+        cache.signing_key("kid-a", "RS256")
+
+
+def test_keys_a_week_past_their_refresh_stop_serving_while_the_idp_stays_down(jwks_a):
+    idp, t = FlakyIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    cache.signing_key("kid-a", "RS256")
+    idp.down = True
+    t[0] += 86400 + MAX_STALE_SECONDS - 1
+    cache.signing_key("kid-a", "RS256")
+    t[0] += STALE_RETRY_SECONDS + 1
+    with pytest.raises(DependencyUnavailable):
+        cache.signing_key("kid-a", "RS256")
+
+
+def test_the_first_fetch_failing_is_not_kept(jwks_a):
+    idp, t = FlakyIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    idp.down = True
+    with pytest.raises(DependencyUnavailable):
+        cache.signing_key("kid-a", "RS256")
+    idp.down = False
+    assert cache.signing_key("kid-a", "RS256").key_id == "kid-a", "the next request fetches again at once"
