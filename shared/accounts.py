@@ -24,7 +24,11 @@ log = logging.getLogger("portal_sso")
 # refused before escaping; they stay here so that no key can ever hold one.
 _KEY_UNSAFE = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path, and far under Table Storage's 1 KiB key limit
+MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path
+# Table Storage keeps a PartitionKey or RowKey of up to 1 KiB of UTF-16: 512 code units (Azurite refuses
+# a longer one with a 400). An address under MAX_EMAIL_LENGTH can still make a longer key, since each
+# character table_key escapes takes three, so every key is measured (key_problem).
+MAX_KEY_UNITS = 512
 # How fresh LastLoginAt is kept: a login within this time of the last recorded one writes nothing.
 LAST_LOGIN_PRECISION = timedelta(hours=1)
 WRITE_ATTEMPTS = 5  # of an etag-checked read-modify-write that keeps meeting concurrent changes
@@ -60,6 +64,20 @@ def email_problem(raw: object) -> str | None:
         return "has more than one '@'"
     if not local or not domain:
         return "has nothing before the '@'" if not local else "has nothing after the '@'"
+    return key_problem(table_key(raw))  # ASCII lowercasing (canonical_email) keeps the key's length
+
+
+def utf16_units(text: str) -> int:
+    """The length Table Storage counts: UTF-16 code units (an astral character is two)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def key_problem(key: str) -> str | None:
+    """Why Table Storage would refuse `key` (a table_key) for its length, as email_problem says it."""
+    units = utf16_units(key)
+    if units > MAX_KEY_UNITS:
+        return f"makes a table key of {units} UTF-16 units (each / \\ # ? % takes three), over the " \
+               f"{MAX_KEY_UNITS} Table Storage keeps"
     return None
 
 
