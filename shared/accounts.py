@@ -29,6 +29,11 @@ MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path
 # a longer one with a 400). An address under MAX_EMAIL_LENGTH can still make a longer key, since each
 # character table_key escapes takes three, so every key is measured (key_problem).
 MAX_KEY_UNITS = 512
+# ... and a string property of up to 64 KiB of UTF-16: 32,768 code units (Azurite refuses more, a 400).
+MAX_TEXT_UNITS = 32 * 1024
+# An account id is the session token's `sub`, which OpenID Connect Core (section 2) limits to 255
+# characters, and the portal's key for its person: a far tighter bound than what the row could hold.
+MAX_ACCOUNT_ID_LENGTH = 255
 # How fresh LastLoginAt is kept: a login within this time of the last recorded one writes nothing.
 LAST_LOGIN_PRECISION = timedelta(hours=1)
 WRITE_ATTEMPTS = 5  # of an etag-checked read-modify-write that keeps meeting concurrent changes
@@ -403,8 +408,9 @@ def parse_enabled(raw: str | None) -> bool | None:
     return ENABLED_WORDS.get((raw or "").strip().lower())
 
 
-def check_account(email: str, kind: str, account_id: str) -> list[str]:
-    """What is wrong with these values (empty when nothing): the rules `add` and `import` share."""
+def check_account(email: str, kind: str, account_id: str, name: str = "") -> list[str]:
+    """What is wrong with these values (empty when nothing): the rules `add` and `import` share, so
+    that nothing storage would refuse is found only once rows are being written."""
     problems = []
     problem = email_problem(email)
     if problem:
@@ -413,6 +419,12 @@ def check_account(email: str, kind: str, account_id: str) -> list[str]:
         problems.append(f"kind {kind!r} must be user or agent")
     if not (account_id or "").strip():
         problems.append("account_id is empty")
+    elif len(account_id) > MAX_ACCOUNT_ID_LENGTH:
+        problems.append(f"account_id is {len(account_id)} characters long, over the {MAX_ACCOUNT_ID_LENGTH} a "
+                        "session token's sub may have")
+    if (units := utf16_units(name or "")) > MAX_TEXT_UNITS:
+        problems.append(f"name is {units} UTF-16 units long, over the {MAX_TEXT_UNITS} a Table string property "
+                        "holds")
     return problems
 
 
