@@ -24,7 +24,16 @@ log = logging.getLogger("portal_sso")
 # refused before escaping; they stay here so that no key can ever hold one.
 _KEY_UNSAFE = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path, and far under Table Storage's 1 KiB key limit
+MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path
+# Table Storage keeps a PartitionKey or RowKey of up to 1 KiB of UTF-16: 512 code units (Azurite refuses
+# a longer one with a 400). An address under MAX_EMAIL_LENGTH can still make a longer key, since each
+# character table_key escapes takes three, so every key is measured (key_problem).
+MAX_KEY_UNITS = 512
+# ... and a string property of up to 64 KiB of UTF-16: 32,768 code units (Azurite refuses more, a 400).
+MAX_TEXT_UNITS = 32 * 1024
+# An account id is the session token's `sub`, which OpenID Connect Core (section 2) limits to 255
+# characters, and the portal's key for its person: a far tighter bound than what the row could hold.
+MAX_ACCOUNT_ID_LENGTH = 255
 # How fresh LastLoginAt is kept: a login within this time of the last recorded one writes nothing.
 LAST_LOGIN_PRECISION = timedelta(hours=1)
 WRITE_ATTEMPTS = 5  # of an etag-checked read-modify-write that keeps meeting concurrent changes
@@ -60,6 +69,20 @@ def email_problem(raw: object) -> str | None:
         return "has more than one '@'"
     if not local or not domain:
         return "has nothing before the '@'" if not local else "has nothing after the '@'"
+    return key_problem(table_key(raw))  # ASCII lowercasing (canonical_email) keeps the key's length
+
+
+def utf16_units(text: str) -> int:
+    """The length Table Storage counts: UTF-16 code units (an astral character is two)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def key_problem(key: str) -> str | None:
+    """Why Table Storage would refuse `key` (a table_key) for its length, as email_problem says it."""
+    units = utf16_units(key)
+    if units > MAX_KEY_UNITS:
+        return f"makes a table key of {units} UTF-16 units (each / \\ # ? % takes three), over the " \
+               f"{MAX_KEY_UNITS} Table Storage keeps"
     return None
 
 
@@ -385,8 +408,9 @@ def parse_enabled(raw: str | None) -> bool | None:
     return ENABLED_WORDS.get((raw or "").strip().lower())
 
 
-def check_account(email: str, kind: str, account_id: str) -> list[str]:
-    """What is wrong with these values (empty when nothing): the rules `add` and `import` share."""
+def check_account(email: str, kind: str, account_id: str, name: str = "") -> list[str]:
+    """What is wrong with these values (empty when nothing): the rules `add` and `import` share, so
+    that nothing storage would refuse is found only once rows are being written."""
     problems = []
     problem = email_problem(email)
     if problem:
@@ -395,6 +419,12 @@ def check_account(email: str, kind: str, account_id: str) -> list[str]:
         problems.append(f"kind {kind!r} must be user or agent")
     if not (account_id or "").strip():
         problems.append("account_id is empty")
+    elif len(account_id) > MAX_ACCOUNT_ID_LENGTH:
+        problems.append(f"account_id is {len(account_id)} characters long, over the {MAX_ACCOUNT_ID_LENGTH} a "
+                        "session token's sub may have")
+    if (units := utf16_units(name or "")) > MAX_TEXT_UNITS:
+        problems.append(f"name is {units} UTF-16 units long, over the {MAX_TEXT_UNITS} a Table string property "
+                        "holds")
     return problems
 
 

@@ -165,7 +165,8 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
                     problems.append(f"line {line}: {len(fields)} fields, the header has {len(names)}")
                     continue
                 values = dict(zip(names, map(_trim, fields), strict=True))
-                row_problems = check_account(values["email"], values["kind"], values["account_id"])
+                row_problems = check_account(values["email"], values["kind"], values["account_id"],
+                                             values.get("name", ""))
                 enabled = parse_enabled(values.get("enabled"))
                 if enabled is None:
                     row_problems.append(f"enabled '{printable(values['enabled'])}' must be true/false/yes/no/1/0 "
@@ -232,7 +233,7 @@ def _fail(message: str) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     email, account_id, name = _trim(args.email), args.account_id.strip(), args.name.strip()
-    problems = check_account(email, args.kind, account_id)
+    problems = check_account(email, args.kind, account_id, name)
     if problems:
         return _fail("; ".join(problems))
     try:

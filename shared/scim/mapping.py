@@ -38,8 +38,22 @@ def stored_email(checked: str) -> str:
 
 
 def user_name_key(user_name: str) -> str:
-    """userName is unique without regard to (ASCII) case."""
-    return table_key(ascii_lower(user_name))
+    """userName is unique without regard to (ASCII) case. MappingError when the key is too long."""
+    return _checked_key(table_key(ascii_lower(user_name)), "userName")
+
+
+def external_id_key(external_id: str) -> str:
+    """externalId's pointer key (exact: Entra's object id, or whatever the admin mapped)."""
+    return _checked_key(table_key(external_id), "externalId")
+
+
+def _checked_key(key: str, attribute: str) -> str:
+    """check_text's character limit counts code points; escaped ('/' takes three), the key can still be
+    longer than Table Storage keeps, which it refuses with a 400 (a 503 to Entra, which retries)."""
+    problem = accounts.key_problem(key)
+    if problem:
+        raise MappingError(f"{attribute}: {problem}")
+    return key
 
 
 def check_text(value: str | None, attribute: str, limit: int) -> None:

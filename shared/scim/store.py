@@ -97,6 +97,8 @@ class Facts:
             emails = [e.model_dump() for e in user.emails or []]
             self.email = mapping.chosen_email(emails) or ""
             self.email_key = mapping.email_key(self.email, "emails") if self.email else ""
+            self.user_name_key = mapping.user_name_key(user.user_name)
+            self.external_id_key = mapping.external_id_key(user.external_id) if user.external_id else ""
         except mapping.MappingError as exc:
             raise InvalidValueException(detail=str(exc)) from exc
         roles = [r.model_dump() for r in user.roles or []]
@@ -104,8 +106,6 @@ class Facts:
         self.has_portal_role = mapping.has_portal_role(roles)
         self.active = user.active is not False
         self.link = mapping.link_of(user.external_id, tenant)
-        self.user_name_key = mapping.user_name_key(user.user_name)
-        self.external_id_key = mapping.table_key(user.external_id) if user.external_id else ""
         self.display_name = user.display_name or (user.name.formatted if user.name else None) or ""
 
     def keys(self) -> dict[str, str]:
@@ -189,9 +189,9 @@ class TableScimStorage(ScimStorage):
             return None
         attr, sub = term.attr_path.attr.lower(), (term.attr_path.sub_attr or "").lower()
         if attr == "username" and not sub:
-            person = self._pointed(BY_USER_NAME, mapping.user_name_key(term.value))
+            return self._by_pointer(BY_USER_NAME, mapping.user_name_key, term.value)
         elif attr == "externalid" and not sub:
-            person = self._pointed(BY_EXTERNAL_ID, mapping.table_key(term.value))
+            return self._by_pointer(BY_EXTERNAL_ID, mapping.external_id_key, term.value)
         elif attr == "id" and not sub:
             person = self._person(term.value)
         elif attr == "emails" and sub == "value":
@@ -201,11 +201,14 @@ class TableScimStorage(ScimStorage):
         return [person] if person else []
 
     def _by_email(self, value: str) -> list[Person]:
+        return self._by_pointer(BY_EMAIL, mapping.email_key, value)
+
+    def _by_pointer(self, partition: str, key_of, value: str) -> list[Person]:
         try:
-            key = mapping.email_key(value)
+            key = key_of(value)
         except mapping.MappingError:
-            return []  # an address the portal cannot hold is no one's
-        person = self._pointed(BY_EMAIL, key)
+            return []  # a value the portal cannot hold (no key Table Storage keeps) is no one's
+        person = self._pointed(partition, key)
         return [person] if person else []
 
     # ---- writes ----

@@ -265,6 +265,67 @@ def test_lookalike_and_malformed_addresses_are_refused_naming_the_line(cs, store
     assert "U+00A0 NO-BREAK SPACE" in capsys.readouterr().err
 
 
+def _long_key_email(tag: str, units: int) -> str:
+    """An address of at most 254 characters whose key is `units` UTF-16 units long: each '/' takes three."""
+    slashes, rest = divmod(units - len(f"{tag}@x.test"), 3)
+    return "/" * slashes + "a" * rest + f"{tag}@x.test"
+
+
+def _stored_with(store, tag: str) -> list:
+    return [a for a in store.list() if tag in a.email]
+
+
+def test_an_address_whose_key_is_too_long_for_table_storage_is_bad_input_naming_the_row(cs, store, tag, tmp_path,
+                                                                                         capsys):
+    """Table Storage keeps a key of 512 UTF-16 units: such an address used to reach it and come back as
+    exit 2, 'Table Storage is unreachable (HTTP 400)'."""
+    over, at_limit = _long_key_email(tag, 513), _long_key_email(tag, 512)
+    assert len(over) <= 254 and len(at_limit) <= 254, "the address rule alone lets both through"
+    assert run(cs, "add", over, "--kind", "user", "--account-id", "U-1") == 1
+    err = capsys.readouterr().err
+    assert "is refused: it" in err and "512" in err and "unreachable" not in err, err
+
+    good = f"good.{tag}@contoso.test"
+    csv_file = _write(tmp_path / "long.csv", ["email,kind,account_id", f"{good},user,U-2", f"{over},user,U-3"])
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert "line 3: email '" in err and "512" in err and "1 bad row; nothing was written" in err, err
+    assert _stored_with(store, tag) == [], "nothing was written"
+
+    assert run(cs, "add", at_limit, "--kind", "user", "--account-id", "U-4") == 0, "a key of 512 units is kept"
+    assert store.get(at_limit, "user").account_id == "U-4"
+    assert run(cs, "remove", at_limit, "--kind", "user") == 0
+
+
+def test_a_name_or_account_id_too_long_to_store_is_bad_input_naming_the_line_and_nothing_is_written(
+        cs, store, tag, tmp_path, capsys):
+    """A Table string property holds 32,768 UTF-16 units (64 KiB): an import with a longer name used to
+    write the rows before it, then exit 2 'storage failed', and fail the same way every run."""
+    emails = [f"row{i}.{tag}@contoso.test" for i in range(11)]
+    rows = [f"{email},user,U-{i},Name {i}," for i, email in enumerate(emails)]
+    rows[5] = f"{emails[5]},user,U-5,{'n' * 40_000},"           # line 7
+    rows[8] = f"{emails[8]},user,{'I' * 256},Name 8,"            # line 10: over the 255 of a token's sub
+    csv_file = _write(tmp_path / "long.csv", ["email,kind,account_id,name,enabled", *rows])
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert "line 7: name is 40000 UTF-16 units long, over the 32768" in err, err
+    assert "line 10: account_id is 256 characters long, over the 255" in err, err
+    assert "2 bad rows; nothing was written" in err and "storage failed" not in err, err
+    assert _stored_with(store, tag) == [], "nothing was written"
+
+    astral = "n" * 32_767 + "\U0001f600"  # 32,768 characters, 32,769 UTF-16 units
+    assert run(cs, "add", emails[0], "--kind", "user", "--account-id", "U-0", "--name", astral) == 1
+    assert "name is 32769 UTF-16 units long" in capsys.readouterr().err
+    assert run(cs, "add", emails[0], "--kind", "user", "--account-id", "I" * 256) == 1
+    assert "account_id is 256 characters long" in capsys.readouterr().err
+    assert _stored_with(store, tag) == []
+
+    at_limit = "n" * 32_766 + "\U0001f600"  # 32,768 units: what storage keeps
+    assert run(cs, "add", emails[0], "--kind", "user", "--account-id", "I" * 255, "--name", at_limit) == 0
+    stored = store.get(emails[0], "user")
+    assert (stored.display_name, stored.account_id) == (at_limit, "I" * 255)
+
+
 def test_add_over_a_linked_account_of_another_id_is_refused_unless_forced(cs, store, tag, capsys):
     email = f"linked.{tag}@contoso.test"
     assert run(cs, "add", email, "--kind", "user", "--account-id", "U-1") == 0

@@ -52,6 +52,15 @@ def test_a_lookalike_address_never_takes_an_unlinked_account(hostile, app, accou
     assert_signed_in(sign_in(hostile), owner)  # the owner is not locked out
 
 
+def test_an_address_whose_key_is_too_long_for_table_storage_is_403_malformed_not_503(hostile, app):
+    """'/' takes three characters in the key: 200 of them (a 206-character address) make a key longer
+    than Table Storage keeps. The login used to look it up anyway (Azurite's read said 404: no_account);
+    it is refused like every address the email-key rule refuses."""
+    person = Person(email=f"{'/' * 200}{uuid.uuid4().hex[:10]}@contoso.test", oid=str(uuid.uuid4()), account_id="-")
+    hostile.answer(claims=person.claims)
+    assert_error_page(sign_in(hostile), 403, app, "email_malformed")
+
+
 def test_ascii_case_still_finds_the_account(hostile, app, account_store):
     tag = uuid.uuid4().hex[:10]
     owner = Person(email=f"ann.lee-{tag}@contoso.test", oid=str(uuid.uuid4()), account_id=f"C-{tag}")

@@ -14,7 +14,7 @@ OID = "0C1F6B0E-2B8E-4F5A-9D51-7A3E1F2C9B01"
 
 @pytest.mark.parametrize("bad", ["", "no-at", "@x.test", "a@", "a b@x.test", "a@b@c", "a\u00a0@x.test",
                                  "a\u200b@x.test", "Cafe\u0301@x.test", "a\ud800@x.test", "a\n@x.test",
-                                 "e" * 250 + "@x.test"])
+                                 "e" * 250 + "@x.test", "/" * 200 + "@x.test"])
 def test_email_key_refuses_what_the_spec_refuses(bad):
     with pytest.raises(mapping.MappingError):
         mapping.email_key(bad)
@@ -28,6 +28,16 @@ def test_user_name_keys_fold_ascii_case_only():
     assert mapping.user_name_key("Ann@Contoso.TEST") == mapping.user_name_key("ann@contoso.test")
     assert mapping.user_name_key("stra\u00dfe") != mapping.user_name_key("strasse")
     assert mapping.user_name_key("\u212aelvin") != mapping.user_name_key("kelvin"), "the Kelvin sign is not k"
+
+
+def test_user_name_and_external_id_keys_over_table_storages_limit_are_refused():
+    """A key holds 512 UTF-16 units; '/' takes three in it, so 256 characters can make 768."""
+    at_limit, over = "/" * 170 + "ab", "/" * 170 + "abc"  # 512 and 513 units
+    assert len(mapping.user_name_key(at_limit)) == len(mapping.external_id_key(at_limit)) == 512
+    for key_of, attribute in ((mapping.user_name_key, "userName"), (mapping.external_id_key, "externalId")):
+        with pytest.raises(mapping.MappingError, match=f"^{attribute}: .*512"):
+            key_of(over)
+    assert mapping.user_name_key("Ann@X") == mapping.user_name_key("ann@x") and mapping.external_id_key("A") == "A"
 
 
 def test_the_chosen_email_is_work_else_primary_else_first():

@@ -253,3 +253,19 @@ def test_active_false_in_every_form_disables(scim, value):
     assert scim.patch(f"/Users/{user['id']}", entra.patch({"op": "replace", "path": "active", "value": value})
                       ).status_code in (200, 204)
     assert scim.runtime.accounts.get(email, "user").enabled is False
+
+
+def test_values_whose_table_keys_would_be_too_long_are_400_invalid_value_not_503(scim):
+    """An address, userName or externalId is a Table key, escaped ('/' takes three): over 512 UTF-16
+    units, storage refused it with a 400, which became 503 "storage unreachable" and a retrying Entra."""
+    long_value = "/" * 200  # 200 characters, a 600-unit key
+    cases = [("emails", entra.create_user(f"{unique()}@contoso.test", f"{long_value}@contoso.test", oid())),
+             ("userName", entra.create_user(f"{long_value}{unique()}", f"{unique()}@contoso.test", oid())),
+             ("externalId", entra.create_user(f"{unique()}@contoso.test", f"{unique()}@contoso.test", long_value))]
+    for attribute, body in cases:
+        error = error_of(scim.post("/Users", body), 400, "invalidValue")
+        assert error["detail"].startswith(f"{attribute}:") and "512" in error["detail"], error
+    assert not [p for p in scim.person_rows() if long_value in p["Resource"]], "no person was written"
+    for attribute in ("userName", "externalId"):
+        found = scim.get("/Users", params={"filter": f'{attribute} eq "{long_value}"'})
+        assert found.status_code == 200 and found.json()["totalResults"] == 0, found.text

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.accounts import canonical_email, email_key, email_problem, printable, unprintable
+from shared.accounts import MAX_KEY_UNITS, canonical_email, email_key, email_problem, printable, unprintable
 from shared.errors import MalformedEmail
 
 # Table Storage forbids these in PartitionKey/RowKey; '%' is our escape character.
@@ -199,3 +199,23 @@ def test_any_text_is_refused_or_gets_a_valid_key_that_decodes_to_its_canonical_a
     assert email_problem(text) is None
     assert not FORBIDDEN.search(key) and unescape(key) == canonical_email(text)
     assert email_key(canonical_email(text)) == key, "the canonical address has the same key"
+
+
+def utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def test_an_address_whose_key_is_over_table_storages_limit_is_refused_and_one_at_it_accepted():
+    """Table Storage keeps a key of 1 KiB of UTF-16 (512 units; Azurite refuses longer with a 400, which
+    became a 503): '/' takes three in the key, an astral character two units, both counted."""
+    assert MAX_KEY_UNITS == 512
+    at_limit = "/" * 168 + "\U0001f600" + "@x.com"         # 504 + 2 + 6 units, 176 characters
+    assert email_problem(at_limit) is None
+    assert utf16_units(email_key(at_limit)) == MAX_KEY_UNITS
+    for over in ("/" * 168 + "\U0001f600" + "a@x.com",      # 513 units, but 512 characters of key
+                 "/" * 200 + "@x.com"):                       # the defect's input: 606 units, 206 characters
+        assert len(over) <= 254, "short enough by the address rule: only the key is too long"
+        with pytest.raises(MalformedEmail) as refused:
+            email_key(over)
+        assert refused.value.status == 403 and refused.value.reason == "email_malformed"
+        assert "512" in refused.value.detail and "%2F" not in refused.value.detail, refused.value.detail
