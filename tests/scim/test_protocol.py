@@ -160,6 +160,38 @@ def test_an_adoptee_linked_to_another_person_is_409_and_left_as_it_was(scim):
     assert scim.get("/Users", params=entra.by_user_name(f"{name}@contoso.test")).json()["totalResults"] == 0
 
 
+@pytest.mark.parametrize("external_id", ["mallory", None], ids=["not-a-guid", "absent"])
+def test_a_linked_account_is_not_adopted_by_a_person_without_that_link(scim, external_id):
+    """SECURITY.md: a stolen token cannot take an account someone has signed in to. Without a GUID
+    externalId the person has no link, so a linked row is someone else's (409, untouched)."""
+    email = f"{unique('alice')}@contoso.test"
+    scim.runtime.accounts.add(email, "user", "U-88002")
+    alice = f"{TENANT}:{oid()}"
+    scim.runtime.accounts.update(email, "user", LinkedIdpSubject=alice)  # as her first login does
+    table = scim.runtime.tables.client(ACCOUNTS_TABLE)
+    before = table.get_entity(email.lower(), "user")
+    body = entra.create_user(f"{unique('mallory')}@contoso.test", email, external_id or "", kinds=("user",))
+    if external_id is None:
+        body.pop("externalId")
+    error_of(scim.post("/Users", body), 409, "uniqueness")
+    after = table.get_entity(email.lower(), "user")
+    assert after.metadata["etag"] == before.metadata["etag"] and "ScimId" not in after
+    account = scim.runtime.accounts.get(email, "user")
+    assert (account.account_id, account.linked_idp_subject, account.enabled) == ("U-88002", alice, True)
+
+
+def test_a_linked_account_is_adopted_by_the_person_it_is_linked_to(scim):
+    email = f"{unique('alice')}@contoso.test"
+    object_id = oid()
+    scim.runtime.accounts.add(email, "user", "U-88003")
+    scim.runtime.accounts.update(email, "user", LinkedIdpSubject=f"{TENANT}:{object_id}")
+    user, _ = new_user(scim, kinds=("user",), email=email, external_id=object_id)
+    account = scim.runtime.accounts.get(email, "user")
+    assert (account.account_id, account.linked_idp_subject) == ("U-88003", f"{TENANT}:{object_id}")
+    row = scim.runtime.tables.client(ACCOUNTS_TABLE).get_entity(email.lower(), "user")
+    assert row["ScimId"] == user["id"]
+
+
 def test_one_persons_email_or_account_is_never_given_to_another(scim):
     first, first_email = new_user(scim, kinds=("user",))
     error_of(scim.post("/Users", entra.create_user(f"{unique()}@contoso.test", first_email.upper(), oid())),
