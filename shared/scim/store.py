@@ -200,8 +200,11 @@ class TableScimStorage(ScimStorage):
             return None
         return [person] if person else []
 
-    def _by_email(self, value: str) -> list[Person]:
-        return self._by_pointer(BY_EMAIL, mapping.email_key, value)
+    def _by_email(self, value: str) -> list[Person] | None:
+        """The person whose account email this is; None (every person a candidate) when no one's is:
+        the `E` pointer indexes only the chosen email, and a person's other emails (home, other, a
+        second work one, even one the email-key rule refuses) are theirs to be found by too."""
+        return self._by_pointer(BY_EMAIL, mapping.email_key, value) or None
 
     def _by_pointer(self, partition: str, key_of, value: str) -> list[Person]:
         try:

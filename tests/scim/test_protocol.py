@@ -127,6 +127,20 @@ def test_attributes_and_excluded_attributes_are_honoured(scim):
     assert listed["Resources"] and set(listed["Resources"][0]) <= {"schemas", "id", "active", "meta"}
 
 
+def test_every_email_of_a_person_is_found_by_the_email_filters(scim):
+    name = unique("two")
+    work, home = f"{name}@contoso.test", f"{name}-home@contoso.test"
+    body = entra.create_user(f"{name}@contoso.test", work, oid())
+    body["emails"].append({"type": "home", "value": home})
+    user = scim.post("/Users", body).json()
+    for flt in (f'emails.value eq "{home}"', f'emails[type eq "home"].value eq "{home}"', f'emails[value eq "{home}"]',
+                f'emails.value eq "{work}"', f'emails[type eq "work"].value eq "{work}"'):
+        listed = scim.get("/Users", params={"filter": flt}).json()
+        assert [u["id"] for u in listed["Resources"]] == [user["id"]], flt
+    assert scim.get("/Users", params={"filter": f'emails[type eq "work"].value eq "{home}"'}
+                    ).json()["totalResults"] == 0, "the filter itself still decides"
+
+
 def test_paging_with_start_index_and_count(scim):
     for _ in range(3):
         new_user(scim)
