@@ -42,7 +42,7 @@ from scim2_server.storage import ScimStorage, SearchPage
 
 from ..tables import storage_errors
 from . import mapping
-from .resources import User
+from .resources import User, plain_roles_in
 from .sync import AccountSync, Conflict, Desired, Guarded
 
 PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = "P", "U", "X", "E"
@@ -79,7 +79,8 @@ class Person:
         return cls(entity)
 
     def resource(self) -> User:
-        user = User.model_validate(json.loads(self.row["Resource"]))
+        # plain_roles_in: a row written before roles were read in one form may hold JSON strings.
+        user = User.model_validate(plain_roles_in(json.loads(self.row["Resource"])))
         user.id = self.id
         user.meta = Meta(resource_type="User", created=self.row["Created"], last_modified=self.row["LastModified"],
                          version=version_tag(self.version))
