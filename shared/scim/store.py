@@ -185,12 +185,14 @@ class TableScimStorage(ScimStorage):
 
     def _indexed(self, term) -> list[Person] | None:
         if isinstance(term, ValuePath) and term.attr_path.attr.lower() == "emails":
+            # Only a work email is (nearly always) the account's email, which the E pointer holds;
+            # any person may list an address as another type, so other email filters scan.
             inner = term.val_filter.terms if isinstance(term.val_filter, LogicalExpr) and \
                 term.val_filter.op == LogicalOperator.and_ else (term.val_filter,)
-            for part in inner:
-                if isinstance(part, Comparison) and part.op == CompareOperator.eq and \
-                        part.attr_path.attr.lower() == "value" and isinstance(part.value, str):
-                    return self._by_email(part.value)
+            compared = {part.attr_path.attr.lower(): part.value for part in inner if isinstance(part, Comparison)
+                        and part.op == CompareOperator.eq and isinstance(part.value, str)}
+            if compared.get("type", "").lower() == "work" and "value" in compared:
+                return self._by_email(compared["value"])
             return None
         if not isinstance(term, Comparison) or term.op != CompareOperator.eq or not isinstance(term.value, str):
             return None
@@ -201,16 +203,14 @@ class TableScimStorage(ScimStorage):
             return self._by_pointer(BY_EXTERNAL_ID, mapping.external_id_key, term.value)
         elif attr == "id" and not sub:
             person = self._person(term.value)
-        elif attr == "emails" and sub == "value":
-            return self._by_email(term.value)
         else:
             return None
         return [person] if person else []
 
     def _by_email(self, value: str) -> list[Person] | None:
         """The person whose account email this is; None (every person a candidate) when no one's is:
-        the `E` pointer indexes only the chosen email, and a person's other emails (home, other, a
-        second work one, even one the email-key rule refuses) are theirs to be found by too."""
+        the `E` pointer indexes only the chosen email, and a second work email (even one the
+        email-key rule refuses) is its person's to be found by too."""
         return self._by_pointer(BY_EMAIL, mapping.email_key, value) or None
 
     def _by_pointer(self, partition: str, key_of, value: str) -> list[Person]:

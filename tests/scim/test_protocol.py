@@ -144,6 +144,22 @@ def test_every_email_of_a_person_is_found_by_the_email_filters(scim):
                     ).json()["totalResults"] == 0, "the filter itself still decides"
 
 
+def test_an_email_filter_finds_everyone_holding_the_address_not_only_its_account_holder(scim):
+    """Only the account's (work) email is one person's; another person may list it as a home or
+    other email, and `emails.value eq` finds both of them."""
+    holder, email = new_user(scim)
+    name = unique("lister")
+    body = entra.create_user(f"{name}@contoso.test", f"{name}@contoso.test", oid())
+    body["emails"].append({"type": "other", "value": email})
+    lister = scim.post("/Users", body).json()
+    for flt, expected in ((f'emails.value eq "{email}"', {holder["id"], lister["id"]}),
+                          (f'emails[value eq "{email}"]', {holder["id"], lister["id"]}),
+                          (f'emails[type eq "other"].value eq "{email}"', {lister["id"]}),
+                          (f'emails[type eq "work"].value eq "{email}"', {holder["id"]})):
+        listed = scim.get("/Users", params={"filter": flt}).json()
+        assert {u["id"] for u in listed["Resources"]} == expected, flt
+
+
 def test_paging_with_start_index_and_count(scim):
     for _ in range(3):
         new_user(scim)
