@@ -26,21 +26,23 @@ RACE_PAUSE = 0.01  # seconds, times the attempt number, times a random factor in
 
 class PortalScimService(ScimService):
     def read_body(self, model, body: bytes, content_type: str | None, scim_ctx):
-        """The library's reading, after two checks of ours: a schema URN neither kept nor
-        known-and-ignored is refused (invalidSyntax) rather than dropped with its attributes, and
-        Entra's enterprise extension (kept nowhere) is dropped whole."""
+        """The library's reading, after steps of ours: a schema URN neither kept nor
+        known-and-ignored is refused (invalidSyntax) rather than dropped with its attributes,
+        Entra's enterprise extension (kept nowhere) is dropped whole, and roles sent as JSON strings
+        are read in their plain form (resources.plain_role)."""
         payload = self.decode_body(body, content_type)
-        if isinstance(payload, dict) and "schemas" in payload:
-            schemas = payload["schemas"]
-            if not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas):
-                raise InvalidSyntaxException(detail="schemas must be a list of URNs")
-            unknown = [s for s in schemas if s.lower() not in _KNOWN_SCHEMAS]
-            if unknown:
-                raise InvalidSyntaxException(detail=f"unknown schema {unknown[0][:100]!r}")
-            for key in [k for k in payload if k.lower() in IGNORED_SCHEMAS]:
-                payload.pop(key)
-            payload["schemas"] = [s for s in schemas if s.lower() not in IGNORED_SCHEMAS]
-            body = json.dumps(payload).encode()
+        if isinstance(payload, dict):
+            if "schemas" in payload:
+                schemas = payload["schemas"]
+                if not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas):
+                    raise InvalidSyntaxException(detail="schemas must be a list of URNs")
+                unknown = [s for s in schemas if s.lower() not in _KNOWN_SCHEMAS]
+                if unknown:
+                    raise InvalidSyntaxException(detail=f"unknown schema {unknown[0][:100]!r}")
+                for key in [k for k in payload if k.lower() in IGNORED_SCHEMAS]:
+                    payload.pop(key)
+                payload["schemas"] = [s for s in schemas if s.lower() not in IGNORED_SCHEMAS]
+            body = json.dumps(resources.plain_roles_in(payload)).encode()
         return super().read_body(model, body, content_type, scim_ctx)
 
 

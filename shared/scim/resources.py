@@ -10,7 +10,8 @@ expects to add it)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from scim2_models import (
     URN,
@@ -41,6 +42,7 @@ USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 # Schemas a request may name without the portal keeping them (their attributes are dropped).
 IGNORED_SCHEMAS = {ENTERPRISE_SCHEMA.lower()}
+ROLES_ATTRIBUTE = {"roles", f"{USER_SCHEMA.lower()}:roles"}  # as a key of a User or a PATCH path
 
 
 class Email(ComplexAttribute):
@@ -102,3 +104,47 @@ CONFIG = ServiceProviderConfig(
 def provider() -> ScimProvider:
     return ScimProvider(models=[User], resource_types=[ResourceType.from_resource(User)], config=CONFIG,
                         policy=POLICY)
+
+
+def plain_role(entry: Any, selecting: bool = False) -> Any:
+    """Entra's AppRoleAssignmentsComplex PATCH sends a role with its assignment as a JSON string in
+    `value` ('{"id":"...","value":"Portal.Agent","displayName":"Agent"}'), its POST the plain value:
+    this is the plain form ({"value", "display"}), so roles are kept and compared in one form and a
+    Remove in either form removes a role added in the other. A Remove selects by value alone (the
+    display stored may be another's). Anything else is returned as it came."""
+    value = entry.get("value") if isinstance(entry, dict) else None
+    if not isinstance(value, str) or not value.lstrip().startswith("{"):
+        return entry
+    try:
+        inner = json.loads(value)
+    except ValueError:
+        return entry
+    if not isinstance(inner, dict) or not isinstance(inner.get("value"), str):
+        return entry
+    plain = {"value": inner["value"]}
+    if isinstance(inner.get("displayName"), str) and not selecting:
+        plain["display"] = inner["displayName"]
+    return plain
+
+
+def _plain_roles(value: Any, selecting: bool = False) -> Any:
+    if isinstance(value, list):
+        return [plain_role(entry, selecting) for entry in value]
+    return plain_role(value, selecting)
+
+
+def plain_roles_in(payload: dict) -> dict:
+    """A User, or a PatchOp's every operation (a `roles` path, or no path and a value object), with
+    its roles in the plain form (plain_role); changed in place, and returned."""
+    for key in [k for k in payload if isinstance(k, str) and k.lower() in ROLES_ATTRIBUTE]:
+        payload[key] = _plain_roles(payload[key])
+    operations = next((v for k, v in payload.items() if isinstance(k, str) and k.lower() == "operations"), None)
+    for operation in operations if isinstance(operations, list) else []:
+        if not isinstance(operation, dict):
+            continue
+        path, value = operation.get("path"), operation.get("value")
+        if path is None and isinstance(value, dict):
+            plain_roles_in(value)
+        elif isinstance(path, str) and path.lower() in ROLES_ATTRIBUTE and "value" in operation:
+            operation["value"] = _plain_roles(value, str(operation.get("op")).lower() == "remove")
+    return payload

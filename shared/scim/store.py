@@ -6,8 +6,10 @@ Rows (one table, a partition per purpose):
 - `U` / {userName key}, `X` / {externalId key}, `E` / {email key}: pointers to the person's id, so
   the filters Entra sends (`userName eq`, `externalId eq`, `emails[type eq "work"].value eq`) are
   point reads, and a userName, externalId or account email is held by one person. A pointer counts
-  only while the person it names holds that value: one left behind by a write that failed midway is
-  taken over by the next claim, and a search checks every candidate against the filter itself.
+  while the person it names holds that value, or while it is recent (CLAIM_GRACE: that person's
+  write may be under way, so a concurrent claim is 409 and Entra retries); one left behind by a write
+  that stopped is taken over once older. A create refused midway lets go of what it claimed. A
+  search checks every candidate against the filter itself.
 
 A write claims the pointers of its new values, then makes the accounts (sync.py), then writes the
 person row, etag-checked: a write that fails midway leaves the person row as it was, Entra retries
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
@@ -31,6 +33,7 @@ from scim2_models import (
     NotFoundException,
     PreconditionFailedException,
     ResourceType,
+    SCIMException,
     SearchRequest,
     UniquenessException,
 )
@@ -39,11 +42,14 @@ from scim2_server.storage import ScimStorage, SearchPage
 
 from ..tables import storage_errors
 from . import mapping
-from .resources import User
+from .resources import User, plain_roles_in
 from .sync import AccountSync, Conflict, Desired, Guarded
 
 PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = "P", "U", "X", "E"
 MAX_STORED = 30_000  # characters of a person's JSON (a Table string property holds 32K)
+# A pointer whose person does not (yet) hold its value is a write in progress while it is younger
+# than this (the person row is written last), and left behind by a write that stopped once older.
+CLAIM_GRACE = timedelta(minutes=5)
 
 
 class Raced(PreconditionFailedException):
@@ -73,7 +79,8 @@ class Person:
         return cls(entity)
 
     def resource(self) -> User:
-        user = User.model_validate(json.loads(self.row["Resource"]))
+        # plain_roles_in: a row written before roles were read in one form may hold JSON strings.
+        user = User.model_validate(plain_roles_in(json.loads(self.row["Resource"])))
         user.id = self.id
         user.meta = Meta(resource_type="User", created=self.row["Created"], last_modified=self.row["LastModified"],
                          version=version_tag(self.version))
@@ -178,12 +185,14 @@ class TableScimStorage(ScimStorage):
 
     def _indexed(self, term) -> list[Person] | None:
         if isinstance(term, ValuePath) and term.attr_path.attr.lower() == "emails":
+            # Only a work email is (nearly always) the account's email, which the E pointer holds;
+            # any person may list an address as another type, so other email filters scan.
             inner = term.val_filter.terms if isinstance(term.val_filter, LogicalExpr) and \
                 term.val_filter.op == LogicalOperator.and_ else (term.val_filter,)
-            for part in inner:
-                if isinstance(part, Comparison) and part.op == CompareOperator.eq and \
-                        part.attr_path.attr.lower() == "value" and isinstance(part.value, str):
-                    return self._by_email(part.value)
+            compared = {part.attr_path.attr.lower(): part.value for part in inner if isinstance(part, Comparison)
+                        and part.op == CompareOperator.eq and isinstance(part.value, str)}
+            if compared.get("type", "").lower() == "work" and "value" in compared:
+                return self._by_email(compared["value"])
             return None
         if not isinstance(term, Comparison) or term.op != CompareOperator.eq or not isinstance(term.value, str):
             return None
@@ -194,14 +203,15 @@ class TableScimStorage(ScimStorage):
             return self._by_pointer(BY_EXTERNAL_ID, mapping.external_id_key, term.value)
         elif attr == "id" and not sub:
             person = self._person(term.value)
-        elif attr == "emails" and sub == "value":
-            return self._by_email(term.value)
         else:
             return None
         return [person] if person else []
 
-    def _by_email(self, value: str) -> list[Person]:
-        return self._by_pointer(BY_EMAIL, mapping.email_key, value)
+    def _by_email(self, value: str) -> list[Person] | None:
+        """The person whose account email this is; None (every person a candidate) when no one's is:
+        the `E` pointer indexes only the chosen email, and a second work email (even one the
+        email-key rule refuses) is its person's to be found by too."""
+        return self._by_pointer(BY_EMAIL, mapping.email_key, value) or None
 
     def _by_pointer(self, partition: str, key_of, value: str) -> list[Person]:
         try:
@@ -230,10 +240,13 @@ class TableScimStorage(ScimStorage):
             if holder == scim_id:
                 return
             other = self._person(holder)
+            what = {BY_USER_NAME: "userName", BY_EXTERNAL_ID: "externalId", BY_EMAIL: "email"}[partition]
             if other is not None and other.keys()[partition] == key:
-                what = {BY_USER_NAME: "userName", BY_EXTERNAL_ID: "externalId", BY_EMAIL: "email"}[partition]
                 raise UniquenessException(detail=f"this {what} belongs to another User")
-            try:  # left behind by a write that failed midway: take it over
+            if datetime.now(UTC) - pointer.metadata["timestamp"] < CLAIM_GRACE:
+                # The holder's row comes last: it may be creating (or changing to) this value now.
+                raise UniquenessException(detail=f"this {what} is being given to another User; try again")
+            try:  # left behind by a write that stopped midway: take it over
                 self._users.update_entity({"PartitionKey": partition, "RowKey": key, "Id": scim_id},
                                           mode=UpdateMode.REPLACE, etag=pointer.metadata["etag"],
                                           match_condition=MatchConditions.IfNotModified)
@@ -282,11 +295,20 @@ class TableScimStorage(ScimStorage):
     def create(self, resource_type: ResourceType, resource: User) -> User:
         facts = Facts(resource, self._default_kind, self._tenant)
         scim_id = str(uuid.uuid4())  # random: never reused
-        for partition, key in facts.keys().items():
-            self._claim(partition, key, scim_id)
-        self._apply_accounts(scim_id, facts, None, created=True)
-        row = self._row(scim_id, resource, facts, 1, datetime.now(UTC))
-        return Person.written(row, self._users.create_entity(row)).resource()
+        claimed = []
+        try:
+            for partition, key in facts.keys().items():
+                self._claim(partition, key, scim_id)
+                claimed.append((partition, key))
+            self._apply_accounts(scim_id, facts, None, created=True)
+            row = self._row(scim_id, resource, facts, 1, datetime.now(UTC))
+            return Person.written(row, self._users.create_entity(row)).resource()
+        except SCIMException:
+            # Refused before the person row: its pointers would block the corrected retry for
+            # CLAIM_GRACE. (After an outage they stay: the person row may have been written.)
+            for partition, key in claimed:
+                self._release(partition, key, scim_id)
+            raise
 
     def update(self, resource_type: ResourceType, resource: User, *, expected_version: str | None = None) -> User:
         scim_id = resource.id or ""

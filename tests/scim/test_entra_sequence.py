@@ -172,3 +172,45 @@ def test_a_request_path_cannot_write_fields_into_the_log_line(scim, caplog):
     for line in lines:
         outside_quotes = re.sub(r'"[^"]*"', "", line)
         assert outside_quotes.count("correlation_id=") == 1 and outside_quotes.count("status=") == 1, line
+
+
+def test_a_role_removed_in_either_form_removes_the_account_whichever_form_added_it(scim):
+    """ROLES' Add carries the role as a JSON string, the SPEC's Remove (and a POST) as the plain value:
+    each form removes a role the other added, so the kind's account goes."""
+    name = unique("roles")
+    email = f"{name}@contoso.test"
+    created = scim.post("/Users", entra.create_user(f"{name}@contoso.test", email, oid(), kinds=("user",)))
+    assert created.status_code == 201, created.text
+    scim_id = created.json()["id"]
+
+    assert scim.patch(f"/Users/{scim_id}", entra.patch(entra.add_role_complex("agent"))).status_code in (200, 204)
+    assert set(accounts_of(scim, email)) == {"user", "agent"}
+    assert scim.patch(f"/Users/{scim_id}", entra.patch(entra.remove_role("agent"))).status_code in (200, 204)
+    assert set(accounts_of(scim, email)) == {"user"}, "added as a JSON string, removed by its plain value"
+    roles = scim.get(f"/Users/{scim_id}").json().get("roles") or []
+    assert [r["value"] for r in roles] == ["Portal.User"], roles
+
+    # The POST's plain role, removed with ROLES' JSON-string form (by its value: the role's display
+    # name may have been renamed in Entra since).
+    removal = entra.add_role_complex("user", op="Remove")
+    removal["value"][0]["value"] = removal["value"][0]["value"].replace('"User"', '"Renamed"')
+    assert scim.patch(f"/Users/{scim_id}", entra.patch(removal)).status_code in (200, 204)
+    assert accounts_of(scim, email) == {}, "added plain, removed as a JSON string"
+    assert not scim.get(f"/Users/{scim_id}").json().get("roles")
+
+
+def test_a_json_string_role_is_kept_as_its_plain_value_from_post_put_and_patch(scim):
+    name = unique("roles")
+    email = f"{name}@contoso.test"
+    body = entra.create_user(f"{name}@contoso.test", email, oid(), kinds=())
+    body["roles"] = entra.add_role_complex("agent")["value"]
+    created = scim.post("/Users", body)
+    assert created.status_code == 201, created.text
+    assert created.json()["roles"] == [{"value": "Portal.Agent", "display": "Agent"}]
+    scim_id = created.json()["id"]
+    body["roles"] = entra.add_role_complex("user")["value"]
+    assert scim.put(f"/Users/{scim_id}", body).json()["roles"] == [{"value": "Portal.User", "display": "User"}]
+    no_path = {"op": "Add", "value": {"roles": entra.add_role_complex("agent")["value"]}}
+    assert scim.patch(f"/Users/{scim_id}", entra.patch(no_path)).status_code in (200, 204)
+    assert [r["value"] for r in scim.get(f"/Users/{scim_id}").json()["roles"]] == ["Portal.User", "Portal.Agent"]
+    assert set(accounts_of(scim, email)) == {"user", "agent"}

@@ -6,11 +6,14 @@ two PATCHes at once, and a storage outage."""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
 
-from shared.tables import ACCOUNTS_TABLE
+from shared.scim import store
+from shared.scim.mapping import user_name_key
+from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
 from tests.scim import entra
 from tests.scim.conftest import TENANT, TOKEN, Scim, oid, unique
 from tests.support.fault_proxy import FaultProxy
@@ -127,6 +130,36 @@ def test_attributes_and_excluded_attributes_are_honoured(scim):
     assert listed["Resources"] and set(listed["Resources"][0]) <= {"schemas", "id", "active", "meta"}
 
 
+def test_every_email_of_a_person_is_found_by_the_email_filters(scim):
+    name = unique("two")
+    work, home = f"{name}@contoso.test", f"{name}-home@contoso.test"
+    body = entra.create_user(f"{name}@contoso.test", work, oid())
+    body["emails"].append({"type": "home", "value": home})
+    user = scim.post("/Users", body).json()
+    for flt in (f'emails.value eq "{home}"', f'emails[type eq "home"].value eq "{home}"', f'emails[value eq "{home}"]',
+                f'emails.value eq "{work}"', f'emails[type eq "work"].value eq "{work}"'):
+        listed = scim.get("/Users", params={"filter": flt}).json()
+        assert [u["id"] for u in listed["Resources"]] == [user["id"]], flt
+    assert scim.get("/Users", params={"filter": f'emails[type eq "work"].value eq "{home}"'}
+                    ).json()["totalResults"] == 0, "the filter itself still decides"
+
+
+def test_an_email_filter_finds_everyone_holding_the_address_not_only_its_account_holder(scim):
+    """Only the account's (work) email is one person's; another person may list it as a home or
+    other email, and `emails.value eq` finds both of them."""
+    holder, email = new_user(scim)
+    name = unique("lister")
+    body = entra.create_user(f"{name}@contoso.test", f"{name}@contoso.test", oid())
+    body["emails"].append({"type": "other", "value": email})
+    lister = scim.post("/Users", body).json()
+    for flt, expected in ((f'emails.value eq "{email}"', {holder["id"], lister["id"]}),
+                          (f'emails[value eq "{email}"]', {holder["id"], lister["id"]}),
+                          (f'emails[type eq "other"].value eq "{email}"', {lister["id"]}),
+                          (f'emails[type eq "work"].value eq "{email}"', {holder["id"]})):
+        listed = scim.get("/Users", params={"filter": flt}).json()
+        assert {u["id"] for u in listed["Resources"]} == expected, flt
+
+
 def test_paging_with_start_index_and_count(scim):
     for _ in range(3):
         new_user(scim)
@@ -158,6 +191,39 @@ def test_an_adoptee_linked_to_another_person_is_409_and_left_as_it_was(scim):
     after = scim.runtime.tables.client(ACCOUNTS_TABLE).get_entity(email.lower(), "user")
     assert after.metadata["etag"] == before.metadata["etag"], "never re-pointed"
     assert scim.get("/Users", params=entra.by_user_name(f"{name}@contoso.test")).json()["totalResults"] == 0
+
+
+
+@pytest.mark.parametrize("external_id", ["mallory", None], ids=["not-a-guid", "absent"])
+def test_a_linked_account_is_not_adopted_by_a_person_without_that_link(scim, external_id):
+    """SECURITY.md: a stolen token cannot take an account someone has signed in to. Without a GUID
+    externalId the person has no link, so a linked row is someone else's (409, untouched)."""
+    email = f"{unique('alice')}@contoso.test"
+    scim.runtime.accounts.add(email, "user", "U-88002")
+    alice = f"{TENANT}:{oid()}"
+    scim.runtime.accounts.update(email, "user", LinkedIdpSubject=alice)  # as her first login does
+    table = scim.runtime.tables.client(ACCOUNTS_TABLE)
+    before = table.get_entity(email.lower(), "user")
+    body = entra.create_user(f"{unique('mallory')}@contoso.test", email, external_id or "", kinds=("user",))
+    if external_id is None:
+        body.pop("externalId")
+    error_of(scim.post("/Users", body), 409, "uniqueness")
+    after = table.get_entity(email.lower(), "user")
+    assert after.metadata["etag"] == before.metadata["etag"] and "ScimId" not in after
+    account = scim.runtime.accounts.get(email, "user")
+    assert (account.account_id, account.linked_idp_subject, account.enabled) == ("U-88002", alice, True)
+
+
+def test_a_linked_account_is_adopted_by_the_person_it_is_linked_to(scim):
+    email = f"{unique('alice')}@contoso.test"
+    object_id = oid()
+    scim.runtime.accounts.add(email, "user", "U-88003")
+    scim.runtime.accounts.update(email, "user", LinkedIdpSubject=f"{TENANT}:{object_id}")
+    user, _ = new_user(scim, kinds=("user",), email=email, external_id=object_id)
+    account = scim.runtime.accounts.get(email, "user")
+    assert (account.account_id, account.linked_idp_subject) == ("U-88003", f"{TENANT}:{object_id}")
+    row = scim.runtime.tables.client(ACCOUNTS_TABLE).get_entity(email.lower(), "user")
+    assert row["ScimId"] == user["id"]
 
 
 def test_one_persons_email_or_account_is_never_given_to_another(scim):
@@ -226,6 +292,69 @@ def test_concurrent_patches_to_one_person_lose_nothing(scim):
     emails = {e["value"] for e in scim.get(f"/Users/{user['id']}").json()["emails"]}
     assert {f"alt{i}-{user['id'][:8]}@contoso.test" for i in range(writers)} <= emails, "every PATCH landed"
     assert scim.get(f"/Users/{user['id']}").json()["meta"]["version"] == f'W/"{1 + writers}"'
+
+
+def posted_at_once(scim, body: dict, writers: int) -> list[tuple[int, dict]]:
+    """`writers` clients POST the same User at the same moment: their statuses and bodies."""
+    barrier = threading.Barrier(writers)
+    answers: list[tuple[int, dict]] = []
+
+    def create() -> None:
+        client = Scim(scim.runtime)
+        barrier.wait()
+        response = client.post("/Users", body)
+        answers.append((response.status_code, response.json()))
+
+    threads = [threading.Thread(target=create) for _ in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
+
+
+def test_concurrent_identical_posts_make_one_person_and_keep_user_name_unique(scim):
+    """Entra (or two provisioning cycles) sending the same create at once: one 201, the others 409,
+    and afterwards the filter finds that one person and no one else may take the userName."""
+    writers, rounds = 6, 4
+    for _ in range(rounds):
+        name = unique("race")
+        body = entra.create_user(f"{name}@contoso.test", f"{name}@contoso.test", oid(), kinds=("user",))
+        answers = posted_at_once(scim, body, writers)
+        statuses = sorted(status for status, _ in answers)
+        assert statuses == [201] + [409] * (writers - 1), answers
+        assert all(a.get("scimType") == "uniqueness" for status, a in answers if status == 409), answers
+        winner = next(a["id"] for status, a in answers if status == 201)
+        listed = scim.get("/Users", params=entra.by_user_name(body["userName"])).json()
+        assert [u["id"] for u in listed["Resources"]] == [winner], listed
+        other = entra.create_user(body["userName"].upper(), f"{unique()}@contoso.test", oid(), kinds=("agent",))
+        error_of(scim.post("/Users", other), 409, "uniqueness")
+        assert [p["RowKey"] for p in scim.person_rows() if p["UserName"].lower() == body["userName"]] == [winner]
+
+
+def test_a_pointer_left_by_a_create_that_stopped_is_taken_over_once_it_is_old(scim, monkeypatch):
+    """A userName pointer naming no person: recent, it may be a create in progress (409, Entra
+    retries); older than store.CLAIM_GRACE it was left by a create that stopped, and is taken over."""
+    user_name = f"{unique('left')}@contoso.test"
+    users = scim.runtime.tables.client(SCIM_USERS_TABLE)
+    users.create_entity({"PartitionKey": "U", "RowKey": user_name_key(user_name), "Id": oid()})
+    body = entra.create_user(user_name, user_name, oid(), kinds=("user",))
+    error_of(scim.post("/Users", body), 409, "uniqueness")
+    monkeypatch.setattr(store, "CLAIM_GRACE", timedelta(0))
+    created = scim.post("/Users", body)
+    assert created.status_code == 201, created.text
+    assert scim.get("/Users", params=entra.by_user_name(user_name)).json()["Resources"][0]["id"] == \
+        created.json()["id"]
+
+
+def test_a_create_refused_midway_leaves_its_values_free(scim):
+    """A POST that claimed its userName and then met a conflict (another person's email) lets go of
+    the userName, so the corrected retry is not blocked by its own earlier attempt."""
+    _, taken = new_user(scim)
+    user_name = f"{unique('retry')}@contoso.test"
+    error_of(scim.post("/Users", entra.create_user(user_name, taken, oid())), 409, "uniqueness")
+    retried = scim.post("/Users", entra.create_user(user_name, user_name, oid()))
+    assert retried.status_code == 201, retried.text
 
 
 def test_a_storage_outage_is_a_503_with_retry_after_never_a_500(use_settings, azurite):
