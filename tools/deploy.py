@@ -177,13 +177,19 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     grant(az, me, my_kind, "Key Vault Secrets Officer", vault_id, known=vault_known)
 
     # 7. app settings (no storage key anywhere: host storage by identity; telemetry by identity)
+    # `functionapp create` sets a key-based AzureWebJobsStorage (the plan for a new app removes it too) and,
+    # from --app-insights, the connection string
+    current = app_settings(az, app, rg) if site_known else {"AzureWebJobsStorage": "<set by functionapp create>",
+                                                            "APPLICATIONINSIGHTS_CONNECTION_STRING": connection}
+    # a custom domain that register-app --public-base-url set stays: the registration holds its redirect URIs
+    base = current.get("PUBLIC_BASE_URL") or f"https://{host}"
     settings = {
         "AzureWebJobsStorage__accountName": n["storage"],
         "KEY_VAULT_URL": vault_url.rstrip("/"),
         "TABLES_ENDPOINT": f"https://{n['storage']}.table.core.windows.net",
         "PORTAL_USER_URL": args.portal_user_url,
         "PORTAL_AGENT_URL": args.portal_agent_url,
-        "PUBLIC_BASE_URL": f"https://{host}",
+        "PUBLIC_BASE_URL": base,
         "APPLICATIONINSIGHTS_CONNECTION_STRING": connection,
         # The Azure Monitor exporter then authenticates with the app's managed identity
         # (ManagedIdentityCredential), which DisableLocalAuth requires.
@@ -195,10 +201,6 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
                       "portal checks).")
     if args.session_audience:
         settings["SESSION_TOKEN_AUDIENCE"] = args.session_audience
-    # `functionapp create` sets a key-based AzureWebJobsStorage (the plan for a new app removes it too) and,
-    # from --app-insights, the connection string
-    current = app_settings(az, app, rg) if site_known else {"AzureWebJobsStorage": "<set by functionapp create>",
-                                                            "APPLICATIONINSIGHTS_CONNECTION_STRING": connection}
     update_app_settings(az, app, rg, settings, current)
     if "AzureWebJobsStorage" in current:  # a key-based connection string: identities only
         az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
@@ -224,7 +226,7 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
                      change=("change", f"package {digest[:12]} deployed"))
             az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
                      "--settings", f"{PACKAGE_SETTING}={digest}", change=None)
-    return {"host": host, "subscription": account.get("id", "")}
+    return {"base": base, "subscription": account.get("id", "")}
 
 
 def harden(az: Az, app: str, rg: str, site: dict | None) -> None:
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     except AzError as err:
         return fail(err, az)
     print(az.summary())
-    base = f"https://{result['host']}"
+    base = result["base"]
     print(f"\nUser Single Sign On URL:  {base}/api/sso/user/callback\nAgent Single Sign On URL: "
           f"{base}/api/sso/agent/callback\nSetup page: {base}/api/sso/setup?code=<function key>\n"
           f"Read the function key: az functionapp function keys list --resource-group {args.resource_group} "
