@@ -9,8 +9,9 @@ import re
 
 import pytest
 
+from shared.tables import APP_TABLES
 from tests.deploy.fake_az import CONNECTION_STRING, CREATED_CONNECTION_STRING
-from tests.deploy.fake_azure import DEPLOY_ARGS, FakeAzure
+from tests.deploy.fake_azure import DEPLOY_ARGS, ROOT, FakeAzure
 from tools.azure_cli import scope_name
 from tools.deploy import CONTAINERS, names
 
@@ -237,3 +238,9 @@ def test_bad_input_fails_early_with_a_clear_message_and_says_what_was_done(azure
 def test_az_missing_is_a_clear_message(azure):
     result = azure.run("deploy", *DEPLOY_ARGS, path_has_az=False)
     assert result.code != 0 and "not installed" in result.err and "Traceback" not in result.err
+
+
+def test_the_readme_names_every_table_the_deploy_makes():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("`portal-sso deploy` creates, or brings up to date:", 1)[1].split("\n\n", 2)[1]
+    assert [t for t in APP_TABLES if f"`{t}`" not in section] == [], section
