@@ -185,10 +185,13 @@ def grant(az: Az, principal: str, kind: str, role: str, scope: str, *, known: bo
                  change=("create", f"role {role} on {scope_name(scope)}"))
 
 
-def revoke(az: Az, principal: str, role: str, scope: str, why: str) -> None:
-    """Removes `role` for `principal` at exactly `scope`, when it is there (a grant broader than needed)."""
-    for assignment in az.read("role", "assignment", "list", "--assignee", principal, "--role", role,
-                              "--scope", scope) or []:
+def revoke(az: Az, principal: str, role: str, scope: str, why: str, *, known: bool = True) -> None:
+    """Removes `role` for `principal` at exactly `scope`, when it is there (a grant broader than needed).
+    `known=False`: a plan for a principal yet to be made by a step that grants this role, so there is
+    nothing to read and the removal is simply planned."""
+    found = az.read("role", "assignment", "list", "--assignee", principal, "--role", role, "--scope", scope) \
+        if known else [{"id": f"<id of {role} on {scope_name(scope)}>", "scope": scope}]
+    for assignment in found or []:
         if assignment.get("scope", "").lower() != scope.lower():
             continue  # inherited from above: not this grant
         az.write("role", "assignment", "delete", "--ids", assignment["id"],

@@ -1,12 +1,13 @@
 """portal-sso deploy (scripts/deploy): creates or updates everything Portal SSO needs in Azure, then deploys
 the package.
 
-Resource group; storage account (shared-key access off, TLS 1.2) with the three tables and the blob
+Resource group; storage account (shared-key access off, TLS 1.2) with the app's tables and the blob
 containers the host and the deployment use; Key Vault (RBAC, purge protection); Log Analytics and
 Application Insights (Entra-authenticated ingestion only); a Flex Consumption Python function app
 with a system-assigned identity, HTTPS only, TLS 1.2, FTP and basic publishing credentials off,
 identity-based host and deployment storage; the roles that identity needs, each scoped to the one
-container, table, secret or resource it uses; the app settings; a session-signing key (EC P-256) in
+container, table, secret or resource it uses (the account-wide Blob role `functionapp create` grants
+is removed); the app settings; a session-signing key (EC P-256) in
 Key Vault when there is none; the package. Idempotent: a second run creates and changes nothing,
 and says so. --what-if reads the current state and prints what a run would create, change and
 remove, writing nothing; --dry-run prints every az command and runs none (not even reads).
@@ -141,12 +142,13 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
 
     # 5. the Flex Consumption function app, with its system-assigned identity, HTTPS only
     site = az.show("functionapp", "show", "--name", app, "--resource-group", rg) if group_known else None
-    if site is None:
+    new_app = site is None
+    if new_app:
         az.write("functionapp", "create", "--name", app, "--resource-group", rg, "--flexconsumption-location", loc,
                  "--runtime", "python", "--runtime-version", args.python, "--storage-account", n["storage"],
                  "--deployment-storage-name", n["storage"], "--deployment-storage-container-name", DEPLOY_CONTAINER,
                  "--deployment-storage-auth-type", "SystemAssignedIdentity", "--assign-identity", "[system]",
-                 "--https-only", "true",
+                 "--https-only", "true", "--app-insights", n["insights"],  # else it makes one, keys allowed
                  change=("create", f"function app {app} (Flex Consumption, Python {args.python})"))
         if az.writes:
             site = az.read("functionapp", "show", "--name", app, "--resource-group", rg)
@@ -169,16 +171,25 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     if principal_known:  # what an earlier deploy granted more widely goes
         revoke(az, principal, "Storage Blob Data Owner", storage_id, "now on its containers only")
         revoke(az, principal, "Key Vault Secrets User", vault_id, "now on each secret the app reads")
+    if principal_known or new_app:  # `functionapp create` grants the identity this on the whole account
+        revoke(az, principal, "Storage Blob Data Contributor", storage_id, "made by functionapp create; the "
+               "deployment container's Owner role suffices", known=principal_known)
     grant(az, me, my_kind, "Key Vault Secrets Officer", vault_id, known=vault_known)
 
     # 7. app settings (no storage key anywhere: host storage by identity; telemetry by identity)
+    # `functionapp create` sets a key-based AzureWebJobsStorage (the plan for a new app removes it too) and,
+    # from --app-insights, the connection string
+    current = app_settings(az, app, rg) if site_known else {"AzureWebJobsStorage": "<set by functionapp create>",
+                                                            "APPLICATIONINSIGHTS_CONNECTION_STRING": connection}
+    # a custom domain that register-app --public-base-url set stays: the registration holds its redirect URIs
+    base = current.get("PUBLIC_BASE_URL") or f"https://{host}"
     settings = {
         "AzureWebJobsStorage__accountName": n["storage"],
         "KEY_VAULT_URL": vault_url.rstrip("/"),
         "TABLES_ENDPOINT": f"https://{n['storage']}.table.core.windows.net",
         "PORTAL_USER_URL": args.portal_user_url,
         "PORTAL_AGENT_URL": args.portal_agent_url,
-        "PUBLIC_BASE_URL": f"https://{host}",
+        "PUBLIC_BASE_URL": base,
         "APPLICATIONINSIGHTS_CONNECTION_STRING": connection,
         # The Azure Monitor exporter then authenticates with the app's managed identity
         # (ManagedIdentityCredential), which DisableLocalAuth requires.
@@ -190,8 +201,6 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
                       "portal checks).")
     if args.session_audience:
         settings["SESSION_TOKEN_AUDIENCE"] = args.session_audience
-    # `functionapp create` sets a key-based AzureWebJobsStorage: the plan for a new app removes it too
-    current = app_settings(az, app, rg) if site_known else {"AzureWebJobsStorage": "<set by functionapp create>"}
     update_app_settings(az, app, rg, settings, current)
     if "AzureWebJobsStorage" in current:  # a key-based connection string: identities only
         az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
@@ -217,7 +226,7 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
                      change=("change", f"package {digest[:12]} deployed"))
             az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
                      "--settings", f"{PACKAGE_SETTING}={digest}", change=None)
-    return {"host": host, "subscription": account.get("id", "")}
+    return {"base": base, "subscription": account.get("id", "")}
 
 
 def harden(az: Az, app: str, rg: str, site: dict | None) -> None:
@@ -268,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     except AzError as err:
         return fail(err, az)
     print(az.summary())
-    base = f"https://{result['host']}"
+    base = result["base"]
     print(f"\nUser Single Sign On URL:  {base}/api/sso/user/callback\nAgent Single Sign On URL: "
           f"{base}/api/sso/agent/callback\nSetup page: {base}/api/sso/setup?code=<function key>\n"
           f"Read the function key: az functionapp function keys list --resource-group {args.resource_group} "

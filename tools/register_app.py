@@ -20,7 +20,8 @@ with tenant-wide admin consent (which needs Privileged Role Administrator, Cloud
 Administrator or Application Administrator: without it the run says what to ask an admin for); a
 service principal with user assignment required; a client secret with an end date, appended (never
 replacing other secrets), written straight into Key Vault and never printed, logged or put on a
-command line. Then the function app gets OIDC_CLIENT_ID and OIDC_ISSUER_URL, and its identity may
+command line. Then the function app gets OIDC_CLIENT_ID and OIDC_ISSUER_URL (and PUBLIC_BASE_URL from
+--public-base-url, so it builds the redirect URIs registered), and its identity may
 read the secret (Key Vault Secrets User on that secret alone). Idempotent; --dry-run (anywhere on the
 command line) prints every az command and runs none.
 """
@@ -196,8 +197,10 @@ class Registration:
                 "keyvault", "secret", "show", "--vault-name", vault, "--name", SECRET_NAME, "--query", "id") is None:
             self.new_secret(client_id, vault)
         self.let_the_app_read(vault, SECRET_NAME)
-        update_app_settings(self.az, self.app, self.rg,
-                            {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}, current)
+        wanted = {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
+        if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
+            wanted["PUBLIC_BASE_URL"] = base
+        update_app_settings(self.az, self.app, self.rg, wanted, current)
         print(f"\nApplication (client) ID: {client_id}\nOpenID Connect metadata document: {issuer_url(tenant)}\n"
               f"Redirect URIs: {' '.join(uris)}\nAssign people: portal-sso register-app --resource-group {self.rg} "
               f"--app {self.app} assign --group <group name> --kind agent|user")
@@ -478,7 +481,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                "to find one")
     parser.add_argument("--keep-redirect-uri", action="append", metavar="URI",
                         help="a redirect URI not made by this script to keep on the registration; repeatable")
-    parser.add_argument("--public-base-url", help="default: the function app's PUBLIC_BASE_URL or host name")
+    parser.add_argument("--public-base-url", help="the app's external URL, e.g. a custom domain: the redirect URIs "
+                                                  "are built from it and the app's PUBLIC_BASE_URL set to it "
+                                                  "(default: the function app's PUBLIC_BASE_URL or host name)")
     parser.add_argument("--secret-days", type=int, default=180, help="client secret lifetime (default 180)")
     parser.add_argument("--dry-run", action="store_true", help="print every az command, run none")
     anywhere = argparse.ArgumentParser(add_help=False)  # --dry-run after a subcommand too

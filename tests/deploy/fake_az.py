@@ -3,7 +3,8 @@
 $FAKE_AZ_STATE, with answers shaped like the real CLI's (and, for `az rest`, like Microsoft Graph's).
 Only the commands the scripts issue are known; anything else fails loudly. Not-found answers look like
 the real ones (exit 3 and "ResourceNotFound"/"could not be found"). New resources get the defaults Azure
-gives them (HTTPS not enforced, FTP allowed, basic publishing credentials on, no purge protection)."""
+gives them (HTTPS not enforced, FTP allowed, basic publishing credentials on, no purge protection), and
+`functionapp create` does what the real one does beyond the site (see flex_create)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 GRAPH_SP = "graph-sp-object-id"
 ME = {"type": "user", "name": "admin@contoso.test", "id": "admin-object-id"}
 CONNECTION_STRING = "InstrumentationKey=fake-ikey-0f0f;IngestionEndpoint=https://fake.in.applicationinsights/"
+# the one `functionapp create` gives the Application Insights it makes unasked
+CREATED_CONNECTION_STRING = "InstrumentationKey=fake-ikey-c4ea;IngestionEndpoint=https://fake.in.applicationinsights/"
 # The schema Entra's `scim` template gives a new job (Graph's synchronizationSchema, trimmed): users mapped
 # with mailNickname as externalId, and groups provisioned.
 SCIM_TEMPLATE_SCHEMA = {
@@ -237,6 +240,7 @@ def handle(args: list[str], state: dict, file_content: str | None):
             "settings": {"AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountKey=fakekey=="},
             "config": {"minTlsVersion": "1.2", "ftpsState": "AllAllowed"}, "publishing": {"ftp": True, "scm": True},
             "identity": {"principalId": f"{name}-principal"} if "--assign-identity" in args else None}
+        flex_create(state, args, rg, name)
         return {"name": name}
     if words.startswith("functionapp update"):
         set_path(resource(state, "sites", name), opt(args, "--set"))
@@ -325,6 +329,39 @@ def handle(args: list[str], state: dict, file_content: str | None):
     if words.startswith("rest"):
         return graph(state, opt(args, "--method"), opt(args, "--uri"), file_content or opt(args, "--body"))
     raise SystemExit(f"fake az: unknown command {args}")
+
+
+def flex_create(state: dict, args: list[str], rg: str, name: str) -> None:
+    """What `az functionapp create --flexconsumption-location` does beyond the site (azure-cli 2.91,
+    appservice/custom.py `create_functionapp`): without --app-insights or --disable-app-insights it makes an
+    Application Insights of the app's name, key-based ingestion on, on a DefaultWorkspace when no
+    --workspace is given (`try_create_workspace_based_application_insights`); with
+    --deployment-storage-auth-type SystemAssignedIdentity it gives that identity Storage Blob Data
+    Contributor on the whole deployment storage account (`_prepare_flex_deployment_storage_identity`,
+    `_assign_deployment_storage_managed_identity_role`)."""
+    site = state["sites"][name]
+    if "--app-insights" in args:
+        wanted = opt(args, "--app-insights")
+        found = state.get("resources", {}).get(f"{rg}/Microsoft.Insights/components/{wanted}")
+        if found is None:
+            raise LookupError(f"App Insights {wanted} under resource group {rg}")
+        site["settings"]["APPLICATIONINSIGHTS_CONNECTION_STRING"] = found["properties"]["ConnectionString"]
+    elif opt(args, "--disable-app-insights") != "true":
+        region = opt(args, "--flexconsumption-location")
+        workspace = opt(args, "--workspace") or f"DefaultWorkspace-{SUB.rsplit('/', 1)[1]}-{region}"
+        state.setdefault("workspaces", {}).setdefault(workspace, {
+            "id": f"{SUB}/resourceGroups/DefaultResourceGroup-{region}/workspaces/{workspace}"})
+        state.setdefault("resources", {})[f"{rg}/Microsoft.Insights/components/{name}"] = {
+            "id": f"{SUB}/resourceGroups/{rg}/providers/Microsoft.Insights/components/{name}",
+            "properties": {"Application_Type": "web", "WorkspaceResourceId": state["workspaces"][workspace]["id"],
+                           "ConnectionString": CREATED_CONNECTION_STRING}}
+        site["settings"]["APPLICATIONINSIGHTS_CONNECTION_STRING"] = CREATED_CONNECTION_STRING
+    if opt(args, "--deployment-storage-auth-type") == "SystemAssignedIdentity":
+        site["identity"] = {"principalId": f"{name}-principal"}
+        account = resource(state, "storage", opt(args, "--deployment-storage-name", "--storage-account"))["id"]
+        grant = [site["identity"]["principalId"], "Storage Blob Data Contributor", account]
+        if not any(a[:3] == grant for a in state.get("roles", [])):
+            state.setdefault("roles", []).append([*grant, f"assignment-{uuid.uuid4().hex}"])
 
 
 def update_app(app: dict, args: list[str]) -> None:

@@ -5,13 +5,40 @@ the command imports (and not the tests). The install itself is `make setup`'s `p
 from __future__ import annotations
 
 import fnmatch
+import re
+import shlex
 import subprocess
 import sys
 import tomllib
 
 import pytest
 
+from tools import deploy, register_app
 from tools.cli import COMMANDS, ROOT, main
+
+DOCUMENTED = re.compile(r"^(?:scripts/|portal-sso )(deploy|register-app)\b(.*)")
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(tool, arguments) of each deploy and register-app command in a code block of README.md or docs/
+    (fenced, or indented four spaces), a trailing backslash joining lines as the shell does."""
+    found = []
+    for doc in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
+        fenced, pending = False, ""
+        for line in doc.read_text().splitlines():
+            if line.lstrip().startswith("```"):
+                fenced = not fenced
+                continue
+            if not (fenced or line.startswith("    ") or pending):
+                continue
+            text = pending + line.strip()
+            if text.endswith("\\"):
+                pending = text[:-1]
+                continue
+            pending = ""
+            if command := DOCUMENTED.match(text):
+                found.append((command[1], shlex.split(command[2], comments=True)))
+    return found
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
@@ -67,3 +94,19 @@ def test_the_scripts_stay_thin_wrappers():
     for script, module in (("deploy", "tools.deploy"), ("register-app", "tools.register_app")):
         text = (ROOT / "scripts" / script).read_text()
         assert f"-m {module} " in text and len(text.splitlines()) <= 8
+
+
+def test_every_deploy_and_register_app_command_the_docs_show_runs_as_written(capsys):
+    """A command copied from the README gets past its tool's argument parsing: README's directory-sync
+    steps once left out --resource-group and --app, so each failed with "the following arguments are
+    required"."""
+    commands = documented_commands()
+    assert {"provisioning", "assign"} <= {word for tool, argv in commands if tool == "register-app" for word in argv}
+    assert any(tool == "deploy" for tool, _ in commands), commands
+    refused = []
+    for tool, argv in commands:
+        try:
+            {"deploy": deploy.parse_args, "register-app": register_app.parse_args}[tool](argv)
+        except SystemExit:
+            refused.append((tool, shlex.join(argv), capsys.readouterr().err.strip().splitlines()[-1]))
+    assert refused == [], refused

@@ -114,6 +114,23 @@ def test_an_owned_app_is_adopted_with_app_id_and_foreign_redirect_uris_are_liste
     assert sorted(azure.state["apps"]["my-old-app"]["web"]["redirectUris"]) == OURS, "not kept unless named"
 
 
+def test_a_public_base_url_reaches_the_app_too_and_a_later_deploy_keeps_it(azure):
+    """--public-base-url (a custom domain) used to change only the registration: the app kept building its
+    redirect URIs from the azurewebsites host, none of them registered any more (AADSTS50011 at every
+    sign-in)."""
+    custom = "https://sso.contoso.com"
+    result = azure.run("register-app", *APP_ARGS, "--public-base-url", f"{custom}/")
+    assert result.code == 0, result.err
+    registered = azure.state["apps"][settings(azure)["OIDC_CLIENT_ID"]]["web"]["redirectUris"]
+    assert sorted(registered) == sorted(uri.replace(BASE, custom) for uri in OURS)
+    assert settings(azure)["PUBLIC_BASE_URL"] == custom, "the app builds the redirect URIs that are registered"
+    redeploy = azure.run("deploy", *DEPLOY_ARGS)
+    assert redeploy.code == 0, redeploy.err
+    assert settings(azure)["PUBLIC_BASE_URL"] == custom and redeploy.mutations == [], redeploy.mutations
+    assert f"User Single Sign On URL:  {custom}/api/sso/user/callback" in redeploy.out
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "and the next run finds it all as it should be"
+
+
 def test_rotation_works_whatever_other_apps_are_named(azure):
     """Two apps of our name used to stop rotate-secret ("2 app registrations are named ...")."""
     assert azure.run("register-app", *APP_ARGS).code == 0

@@ -9,8 +9,9 @@ import re
 
 import pytest
 
-from tests.deploy.fake_az import CONNECTION_STRING
-from tests.deploy.fake_azure import DEPLOY_ARGS, FakeAzure
+from shared.tables import APP_TABLES
+from tests.deploy.fake_az import CONNECTION_STRING, CREATED_CONNECTION_STRING
+from tests.deploy.fake_azure import DEPLOY_ARGS, ROOT, FakeAzure
 from tools.azure_cli import scope_name
 from tools.deploy import CONTAINERS, names
 
@@ -78,10 +79,44 @@ def test_telemetry_is_ingested_by_the_apps_identity_and_the_connection_string_is
     assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == CONNECTION_STRING
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
     assert "fake-ikey" not in result.out + result.err, "the connection string is not printed"
-    assert "APPLICATIONINSIGHTS_CONNECTION_STRING=<hidden>" in result.out
+    state = azure.state  # another connection string (App Insights made by hand, say): it is put back, hidden
+    state["sites"]["contoso-sso"]["settings"]["APPLICATIONINSIGHTS_CONNECTION_STRING"] = CREATED_CONNECTION_STRING
+    azure.state = state
+    again = azure.run("deploy", *DEPLOY_ARGS)
+    assert again.code == 0 and "APPLICATIONINSIGHTS_CONNECTION_STRING=<hidden>" in again.out, again.err
+    assert "fake-ikey" not in again.out + again.err
+    assert azure.state["sites"]["contoso-sso"]["settings"]["APPLICATIONINSIGHTS_CONNECTION_STRING"] == CONNECTION_STRING
     for flag in ("--dry-run", "--what-if"):
         plan = azure.run("deploy", *DEPLOY_ARGS, flag)
         assert "fake-ikey" not in plan.out + plan.err, f"not in a {flag} either"
+
+
+def test_the_account_wide_blob_role_that_functionapp_create_grants_is_removed(azure):
+    """`az functionapp create --deployment-storage-auth-type SystemAssignedIdentity` gives the identity
+    Storage Blob Data Contributor on the whole storage account (read every blob in it): the deploy removes
+    it (the identity's Owner role on the deployment container covers the deployment), says so, and plans it."""
+    removal = re.compile(rf"- role Storage Blob Data Contributor on (<id of )?{N['storage']}\b")
+    plan = azure.run("deploy", *DEPLOY_ARGS, "--what-if")
+    assert removal.search(plan.out.split("Would remove:")[-1]), plan.out
+    result = azure.run("deploy", *DEPLOY_ARGS)
+    assert result.code == 0, result.err
+    storage_id = azure.state["storage"][N["storage"]]["id"]
+    on_account = [r[1] for r in azure.state["roles"] if r[0] == "contoso-sso-principal" and r[2] == storage_id]
+    assert on_account == [], f"no role of the app's identity on the whole storage account: {on_account}"
+    assert removal.search(result.out.split("Removed:")[-1]), result.out
+
+
+def test_one_application_insights_with_key_based_ingestion_off_and_no_default_workspace(azure):
+    """Without --app-insights, `az functionapp create` (Flex) makes its own Application Insights, key-based
+    ingestion on, on a DefaultWorkspace: the deploy hands it the one it made, so no other exists."""
+    result = azure.run("deploy", *DEPLOY_ARGS)
+    assert result.code == 0, result.err
+    components = {k: r for k, r in azure.state["resources"].items() if "/Microsoft.Insights/components/" in k}
+    assert list(components) == [f"rg-sso/Microsoft.Insights/components/{N['insights']}"], list(components)
+    assert all(r["properties"]["DisableLocalAuth"] is True for r in components.values())
+    assert set(azure.state["workspaces"]) == {N["workspace"]}, "no DefaultWorkspace"
+    assert azure.state["sites"]["contoso-sso"]["settings"]["APPLICATIONINSIGHTS_CONNECTION_STRING"] \
+        == CONNECTION_STRING
 
 
 def test_an_earlier_deploys_broad_grants_and_open_settings_are_narrowed_and_closed(azure):
@@ -203,3 +238,9 @@ def test_bad_input_fails_early_with_a_clear_message_and_says_what_was_done(azure
 def test_az_missing_is_a_clear_message(azure):
     result = azure.run("deploy", *DEPLOY_ARGS, path_has_az=False)
     assert result.code != 0 and "not installed" in result.err and "Traceback" not in result.err
+
+
+def test_the_readme_names_every_table_the_deploy_makes():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("`portal-sso deploy` creates, or brings up to date:", 1)[1].split("\n\n", 2)[1]
+    assert [t for t in APP_TABLES if f"`{t}`" not in section] == [], section
