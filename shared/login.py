@@ -364,10 +364,12 @@ class SsoService:
 
     def _audit(self, event: SignInEvent, reply: pages.Reply, correlation_id: str) -> pages.Reply:
         """Writes the audit row before the reply goes out. If it cannot be written, a success becomes
-        a 503 (no unaudited session); a failure keeps its page and the row goes to the log."""
+        a 503 (no unaudited session); a failure keeps its page and the row goes to the log. Whatever
+        the store raised: an audit store unusable in a way no SsoError names (a bug) loses no line."""
         try:
             self.deps.events.record(event)
-        except SsoError as err:
+        except Exception as exc:
+            err = _as_error(exc, "sso.audit", correlation_id)
             # The full event, so the log holds what the row would have (nothing in it is secret).
             fields = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(event).items()}
             log.error("sso.audit_failed correlation_id=%s reason=%s event=%s", correlation_id, err.reason,
