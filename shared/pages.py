@@ -111,6 +111,16 @@ def error(err: SsoError, correlation_id: str, *, portal_url: str | None = None,
     return Reply(err.status, _page(err.title, "".join(parts)), headers=headers)
 
 
+def json_error(err: SsoError, correlation_id: str) -> Reply:
+    """A failure of a route that programs read (the JWKS): the same reason, message and correlation id
+    as the page, as JSON; never cached, with the page's Retry-After."""
+    reply = json_reply({"error": err.reason, "error_description": err.message, "correlation_id": correlation_id},
+                       err.status)
+    if err.retry_after:
+        reply.headers["Retry-After"] = str(err.retry_after)
+    return reply
+
+
 def signed_out(home_url: str | None) -> Reply:
     """Where the IdP returns after logout (the post_logout_redirect_uri): it takes nothing from the
     request, so nothing can be injected into it."""
