@@ -355,6 +355,7 @@ class SetupReport:
     checks: list[Check]
     sign_ins: list[Check]
     hints: Mapping[int, str]
+    app_roles_required: bool | None = None  # None: not known while the settings do not load
 
     @property
     def all_checks(self) -> list[Check]:
@@ -411,7 +412,8 @@ def setup_report(runtime, now: datetime | None = None) -> SetupReport:
                        signed_out_uris={kind: signed_out_uri(base, kind) if base else None for kind in KINDS},
                        redirect_note=note, client_id=(env.get("OIDC_CLIENT_ID") or "").strip(),
                        settings_rows=rows, settings_check=settings_check, checks=checks,
-                       sign_ins=last_sign_ins(runtime, unavailable), hints=HINTS)
+                       sign_ins=last_sign_ins(runtime, unavailable), hints=HINTS,
+                       app_roles_required=None if settings is None else settings.app_roles_required)
 
 
 def setup(runtime, now: datetime | None = None, correlation_id: str = "") -> pages.Reply:

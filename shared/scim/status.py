@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-from ..config import public_base_url
+from ..config import KIND_ROLES, public_base_url
 from ..diagnostics import unexpected
 from ..errors import ConfigurationError, DependencyUnavailable
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
@@ -97,8 +97,8 @@ def setup_section(runtime, correlation_id: str = "") -> str:
         more = f" and {s.without_role_count - len(s.without_role)} more" if s.without_role_count > len(s.without_role) \
             else ""
         rows.append(f"<tr><td></td><th>No portal role</th><td>{s.without_role_count}"
-                    f"{': ' + names + more if names else ''} (assign Portal.User or Portal.Agent, or set "
-                    "<code>SCIM_DEFAULT_KIND</code>)</td></tr>")
+                    f"{': ' + names + more if names else ''} (assign {' or '.join(map(e, KIND_ROLES.values()))}, or "
+                    "set <code>SCIM_DEFAULT_KIND</code>)</td></tr>")
     if s.unavailable:
         rows.append(f"<tr><td></td><th>Table Storage</th><td>{e(s.unavailable)}</td></tr>")
     return "<h2>Directory sync (SCIM)</h2><table>" + "".join(rows) + "</table>"
