@@ -72,6 +72,15 @@ def not_found_response() -> func.HttpResponse:
     return to_response(pages.error(NotFound("no function serves this path"), str(uuid.uuid4()), homes=home_urls()))
 
 
+def method_not_allowed_response(method: str, route: str, served: list[str] | tuple[str, ...],
+                                cid: str | None = None) -> func.HttpResponse:
+    """The app's 405 page, `Allow` naming the methods the route serves: a function's own answer to a
+    method it does not serve, and tools.host's to one no trigger can take (TRACE, any other token)."""
+    reply = pages.error(MethodNotAllowed(f"{method} {route}"), cid or str(uuid.uuid4()), homes=home_urls())
+    reply.headers["Allow"] = ", ".join(served)
+    return to_response(reply)
+
+
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -84,10 +93,7 @@ def http_route(bp: func.Blueprint, route: str, methods: list[str], auth_level: f
         @functools.wraps(handler)
         def function(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
             if req.method.upper() not in methods:
-                reply = pages.error(MethodNotAllowed(f"{req.method} {route}"), correlation_id(context),
-                                    homes=home_urls())
-                reply.headers["Allow"] = ", ".join(methods)
-                return to_response(reply)
+                return method_not_allowed_response(req.method, route, methods, correlation_id(context))
             return handler(req, context)
 
         function.served_methods = tuple(methods)  # what tools.host lists at start

@@ -14,7 +14,7 @@ bp = func.Blueprint()
 
 @http_route(bp, "sso/setup", ["GET"], func.AuthLevel.FUNCTION)
 def sso_setup(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    return guarded(context, lambda cid: diagnostics.setup(get_runtime()))
+    return guarded(context, lambda cid: diagnostics.setup(get_runtime(), correlation_id=cid))
 
 
 @http_route(bp, "health", ["GET"], func.AuthLevel.FUNCTION)

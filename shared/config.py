@@ -4,10 +4,14 @@ only shows as "no functions found" in Azure."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from azure.core.utils import parse_connection_string
 
 from .errors import ConfigurationError, Problem
 
@@ -370,8 +374,49 @@ def _storage(read: _Reader, _: dict) -> dict:
     elif endpoint and not connection_string and not _https_url(endpoint, allow_loopback_http=True):
         read.problem("TABLES_ENDPOINT", f"{quoted(endpoint)} is not {_URL_FIX};",
                      "copy the storage account's Table service endpoint, e.g. https://myaccount.table.core.windows.net.")
+    elif connection_string and (why := _connection_string_problem(connection_string)):
+        # Never quoted: it holds the account key or a SAS.
+        read.problem("TABLES_CONNECTION_STRING", f"{why};", "copy the storage account's connection string "
+                     "(Security + networking > Access keys), or UseDevelopmentStorage=true for Azurite, or use "
+                     "TABLES_ENDPOINT with the managed identity instead.")
     return {"tables_connection_string": connection_string, "tables_endpoint": endpoint,
             "events_retention_days": read.whole_number("SIGNIN_EVENTS_RETENTION_DAYS", 90, lo=1, hi=3650)}
+
+
+def _connection_string_problem(value: str) -> str:
+    """Why the Tables SDK's from_connection_string would refuse the value, or its first request fail
+    ("" when neither): checked here so that it is a setting problem, not a 500 at first use. Its
+    forms: UseDevelopmentStorage=true; AccountName with AccountKey (base64) or SharedAccessSignature;
+    TableEndpoint with a SharedAccessSignature alone."""
+    if value.lower() == "usedevelopmentstorage=true":
+        return ""
+    try:
+        parts = parse_connection_string(value)
+    except ValueError:
+        return "is not a connection string (Name=value pairs separated by ';', each name once)"
+    if "accountkey" in parts:
+        try:
+            base64.b64decode(parts["accountkey"], validate=True)
+        except binascii.Error:
+            return "holds an AccountKey that is not base64"
+        if "accountname" not in parts:
+            return "holds an AccountKey without its AccountName"
+    elif "sharedaccesssignature" not in parts:
+        return "holds no credential (AccountName with AccountKey, or SharedAccessSignature)"
+    table = parts.get("tableendpoint")
+    if table is not None:  # the SDK's own rule: https:// is assumed when no scheme is given
+        try:
+            host = urlsplit(table if table.lower().startswith("http") else f"https://{table}").hostname
+        except ValueError:
+            host = None
+        return "" if host else "holds a TableEndpoint that is not a URL with a host"
+    if "tablesecondaryendpoint" in parts:
+        return "holds a TableSecondaryEndpoint without TableEndpoint"
+    if "accountname" not in parts:
+        return "names neither TableEndpoint nor AccountName"
+    if parts.get("defaultendpointsprotocol", "https").lower() not in ("http", "https"):
+        return "holds a DefaultEndpointsProtocol that is neither http nor https"
+    return ""
 
 
 def _portals(read: _Reader, _: dict) -> dict:

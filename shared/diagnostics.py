@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -120,8 +121,15 @@ def _failure(name: str, title: str, exc: Exception, fix: str = "", aadsts: tuple
         return Check(name, title, False, f"unreachable: {exc.detail}", fix, aadsts=aadsts)
     if isinstance(exc, SsoError):
         return Check(name, title, False, exc.reason, fix, aadsts=aadsts)
-    log.exception("diagnostics: check %s failed", name)
-    return Check(name, title, False, f"unexpected error ({type(exc).__name__}); see the log", fix, aadsts=aadsts)
+    return Check(name, title, False, unexpected(f"check {name}", exc), fix, aadsts=aadsts)
+
+
+def unexpected(what: str, exc: Exception, correlation_id: str = "") -> str:
+    """A bug met while checking, described safely (its type, never its text): the traceback goes to
+    the log under a correlation id (the request's, else a new one) that the description names."""
+    correlation_id = correlation_id or str(uuid.uuid4())
+    log.error("diagnostics: %s failed correlation_id=%s", what, correlation_id, exc_info=exc)
+    return f"unexpected error ({type(exc).__name__}); see the log, correlation id {correlation_id}"
 
 
 def _run(name: str, title: str, probe: Callable[[], Check], fix: str = "", aadsts: tuple[int, ...] = ()) -> Check:
@@ -347,6 +355,7 @@ class SetupReport:
     checks: list[Check]
     sign_ins: list[Check]
     hints: Mapping[int, str]
+    app_roles_required: bool | None = None  # None: not known while the settings do not load
 
     @property
     def all_checks(self) -> list[Check]:
@@ -403,10 +412,11 @@ def setup_report(runtime, now: datetime | None = None) -> SetupReport:
                        signed_out_uris={kind: signed_out_uri(base, kind) if base else None for kind in KINDS},
                        redirect_note=note, client_id=(env.get("OIDC_CLIENT_ID") or "").strip(),
                        settings_rows=rows, settings_check=settings_check, checks=checks,
-                       sign_ins=last_sign_ins(runtime, unavailable), hints=HINTS)
+                       sign_ins=last_sign_ins(runtime, unavailable), hints=HINTS,
+                       app_roles_required=None if settings is None else settings.app_roles_required)
 
 
-def setup(runtime, now: datetime | None = None) -> pages.Reply:
+def setup(runtime, now: datetime | None = None, correlation_id: str = "") -> pages.Reply:
     from .scim.status import setup_section  # directory sync's own section (shared/scim/status.py)
 
-    return pages.setup_page(setup_report(runtime, now), extra_html=setup_section(runtime))
+    return pages.setup_page(setup_report(runtime, now), extra_html=setup_section(runtime, correlation_id))

@@ -119,10 +119,11 @@ def _log_attempt(event: SignInEvent) -> None:
     `kind` comes from the route: it is a field only once checked; an unknown one goes last, quoted,
     as `raw_kind`, so no request text can put a field before the real ones."""
     checked = event.kind in KINDS
+    kindless = event.stage == "jwks"  # the session keys belong to no kind: no kind field at all
     fields = {"kind": event.kind if checked else "", "outcome": event.outcome, "reason": event.reason,
               "status": event.status, "elapsed_ms": event.elapsed_ms, "correlation_id": event.correlation_id}
     shown = {k: v for k, v in fields.items() if checked or k != "kind"}
-    if not checked:
+    if not checked and not kindless:
         shown["raw_kind"] = fields["raw_kind"] = event.kind
     if event.detail:
         shown["detail"] = event.detail
@@ -364,10 +365,12 @@ class SsoService:
 
     def _audit(self, event: SignInEvent, reply: pages.Reply, correlation_id: str) -> pages.Reply:
         """Writes the audit row before the reply goes out. If it cannot be written, a success becomes
-        a 503 (no unaudited session); a failure keeps its page and the row goes to the log."""
+        a 503 (no unaudited session); a failure keeps its page and the row goes to the log. Whatever
+        the store raised: an audit store unusable in a way no SsoError names (a bug) loses no line."""
         try:
             self.deps.events.record(event)
-        except SsoError as err:
+        except Exception as exc:
+            err = _as_error(exc, "sso.audit", correlation_id)
             # The full event, so the log holds what the row would have (nothing in it is secret).
             fields = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(event).items()}
             log.error("sso.audit_failed correlation_id=%s reason=%s event=%s", correlation_id, err.reason,
@@ -400,6 +403,7 @@ class SsoService:
     def logout(self, kind: str, correlation_id: str) -> pages.Reply:
         """RP-initiated logout: back to our signed-out page, a registered redirect URI (Entra returns to
         no other), never to the portal's landing URL, which takes POSTs only."""
+        started = time.monotonic()
         try:
             if kind not in KINDS:
                 raise NotFound(f"unknown kind {kind!r}")
@@ -408,8 +412,9 @@ class SsoService:
             if not metadata.end_session_endpoint:
                 return pages.redirect(signed_out)
             return pages.redirect(self.deps.oidc.logout_url(metadata.end_session_endpoint, signed_out))
-        except SsoError as err:
-            return pages.error(err, correlation_id, portal_url=self._portal_url(kind))
+        except Exception as exc:
+            return self._failed(exc, "logout", kind, correlation_id, started,
+                                lambda err: pages.error(err, correlation_id, portal_url=self._portal_url(kind)))
 
     # GET /api/sso/{kind}/signed-out
     def signed_out(self, kind: str, correlation_id: str) -> pages.Reply:
@@ -419,11 +424,25 @@ class SsoService:
 
     # GET /api/sso/jwks.json
     def session_jwks(self, correlation_id: str) -> pages.Reply:
-        """Our own public keys, which verify the session tokens we issue."""
+        """Our own public keys, which verify the session tokens we issue. A JWKS client reads a failure
+        too: it gets JSON, not a page."""
+        started = time.monotonic()
         try:
             return pages.json_reply(self.deps.signer().jwks(), cache="public, max-age=300")
-        except SsoError as err:
-            return pages.error(err, correlation_id)
+        except Exception as exc:
+            return self._failed(exc, "jwks", "", correlation_id, started,
+                                lambda err: pages.json_error(err, correlation_id))
+
+    @staticmethod
+    def _failed(exc: Exception, stage: str, kind: str, correlation_id: str, started: float, answer) -> pages.Reply:
+        """A failed logout or JWKS request: `answer`(the error) and its one log line, which holds the
+        correlation id the answer names. No audit row: no one signs in there."""
+        err = _as_error(exc, f"sso.{stage}", correlation_id)
+        reply = answer(err)
+        _log_attempt(SignInEvent(correlation_id=correlation_id, kind=kind, outcome="failure", reason=err.reason,
+                                 status=reply.status, stage=stage, elapsed_ms=_ms_since(started),
+                                 detail=err.detail[:MAX_DETAIL]))
+        return reply
 
     def _portal_url(self, kind: str) -> str | None:
         """Where "Back to the portal" goes: the kind's portal home (never the landing URL, which takes

@@ -9,6 +9,7 @@ import html
 import json
 from dataclasses import dataclass, field
 
+from .config import KIND_ROLES
 from .errors import SsoError
 
 # Sizes in rem, so browser zoom and a larger default font scale everything; code at 1rem (a bare
@@ -111,6 +112,16 @@ def error(err: SsoError, correlation_id: str, *, portal_url: str | None = None,
     return Reply(err.status, _page(err.title, "".join(parts)), headers=headers)
 
 
+def json_error(err: SsoError, correlation_id: str) -> Reply:
+    """A failure of a route that programs read (the JWKS): the same reason, message and correlation id
+    as the page, as JSON; never cached, with the page's Retry-After."""
+    reply = json_reply({"error": err.reason, "error_description": err.message, "correlation_id": correlation_id},
+                       err.status)
+    if err.retry_after:
+        reply.headers["Retry-After"] = str(err.retry_after)
+    return reply
+
+
 def signed_out(home_url: str | None) -> Reply:
     """Where the IdP returns after logout (the post_logout_redirect_uri): it takes nothing from the
     request, so nothing can be injected into it."""
@@ -169,6 +180,25 @@ def _check_rows(checks) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def _app_roles(required: bool | None) -> str:
+    """The setup page's app roles: each door's role (config.KIND_ROLES), whether sign-in requires it,
+    and how to assign it. `required` None: APP_ROLES_REQUIRED is not known (the settings do not load)."""
+    rows = "".join(f"<tr><th><code>{html.escape(role)}</code></th><td>lets a person in at the {kind} door "
+                   f"(<code>/api/sso/{kind}/login</code>) and gives directory sync's {kind} account</td></tr>"
+                   for kind, role in KIND_ROLES.items())
+    state = {True: "is on: a person without the door's app role in the token's <code>roles</code> claim is "
+                   "refused (403 <code>role_not_assigned</code>).",
+             False: "is off: the roles are not checked at sign-in (user assignment, which scripts/register-app "
+                    "turns on, still decides who may sign in at all); set it to <code>true</code> to require "
+                    "the door's role.",
+             None: "cannot be read while the settings have problems (see Settings)."}[required]
+    return ("<h2>3. App roles</h2><p>In the app registration &gt; App roles (<code>scripts/register-app</code> "
+            "creates both):</p>" + f"<table>{rows}</table><p><code>APP_ROLES_REQUIRED</code> {state}</p>"
+            "<p>Assign people or groups under Enterprise applications &gt; the app &gt; Users and groups, or with "
+            "<code>scripts/register-app assign --user UPN --kind user</code> (or <code>--group NAME</code>, "
+            "<code>--kind agent</code>).</p>")
+
+
 def setup_page(report, extra_html: str = "") -> Reply:
     """The page an admin configures Entra from (a diagnostics.SetupReport): the redirect URIs to
     paste, the token configuration, the live state red/amber/green with the fix of each red, and the
@@ -216,11 +246,12 @@ def setup_page(report, extra_html: str = "") -> Reply:
         "<li><strong>Access</strong> token: <code>email</code>.</li>"
         "<li><strong>ID</strong> token: <code>xms_edov</code> (recommended: tells whether the email's domain is "
         "verified; a token saying it is not is refused).</li></ul>"
-        "<h2>3. Live state</h2>" + _check_rows([report.settings_check, *report.checks])
-        + "<h2>4. Last sign-ins</h2>" + _check_rows(report.sign_ins)
+        + _app_roles(report.app_roles_required)
+        + "<h2>4. Live state</h2>" + _check_rows([report.settings_check, *report.checks])
+        + "<h2>5. Last sign-ins</h2>" + _check_rows(report.sign_ins)
         + extra_html  # sections other modules build, already escaped (directory sync: shared/scim/status.py)
-        + "<h2>5. Settings</h2><table>" + setting_rows + "</table>"
-        + "<h2>6. Entra (AADSTS) errors and their fixes</h2><dl>" + hints + "</dl>"
+        + "<h2>6. Settings</h2><table>" + setting_rows + "</table>"
+        + "<h2>7. Entra (AADSTS) errors and their fixes</h2><dl>" + hints + "</dl>"
     )
     return Reply(200, _page("Portal SSO setup", body, OPS_STYLE, noindex=True),
                  headers=security_headers(style=OPS_STYLE))

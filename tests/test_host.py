@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -87,7 +88,52 @@ def test_unknown_path_is_404_and_wrong_method_405_with_allow(server, session):
     for path in ("/api/nope", "/sso/jwks.json", "/api/sso/user/callback/extra", "/api//sso/jwks.json"):
         assert session.get(server.url + path, allow_redirects=False).status_code == 404, path
     r = session.delete(f"{server.url}/api/sso/jwks.json")
-    assert (r.status_code, sorted(r.headers["Allow"].split(", "))) == (405, ["GET", "HEAD"])
+    assert (r.status_code, r.headers["Allow"]) == (405, "GET"), "the methods the function's trigger names"
+    r = session.delete(f"{server.url}/api/sso/user/callback")
+    assert (r.status_code, sorted(r.headers["Allow"].split(", "))) == (405, ["GET", "POST"])
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+def guarded_app() -> func.FunctionApp:
+    """The app's own way (functions/http.py): the trigger takes every method the platform knows and the
+    function answers 405 to those it does not serve."""
+    from functions.http import http_route
+
+    app, bp = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS), func.Blueprint()
+
+    @http_route(bp, "sso/setup", ["GET"], func.AuthLevel.FUNCTION)
+    def setup(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+        return func.HttpResponse("ok")
+
+    app.register_functions(bp)
+    return app
+
+
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "DELETE"])
+def test_a_method_no_trigger_takes_gets_the_apps_own_405_with_the_served_methods(method, session):
+    handle = host.serve_in_thread(host.build_wsgi_app(guarded_app()))
+    try:
+        r = session.request(method, f"{handle.url}/api/sso/setup")
+    finally:
+        handle.stop()
+    assert (r.status_code, r.headers["Allow"]) == (405, "GET"), "the route serves GET only"
+    assert "<h1>Method not allowed</h1>" in r.text and "Correlation ID" in r.text and "Werkzeug" not in r.text
+    assert r.headers["Cache-Control"] == "no-store" and "default-src 'none'" in r.headers["Content-Security-Policy"]
+
+
+def test_the_access_line_escapes_the_method_as_it_quotes_the_path(server, caplog):
+    with caplog.at_level(logging.INFO, logger="tools.host"):
+        raw_request(server.port, b"X\x1b[31mFAKE /api/sso/jwks.json HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    (line,) = [r.getMessage() for r in caplog.records if "/api/sso/jwks.json" in r.getMessage()]
+    assert "\x1b" not in line and line.startswith('"X\\x1b[31MFAKE" /api/sso/jwks.json 405 '), repr(line)
 
 
 def test_an_unknown_path_gets_the_apps_own_404_page_not_werkzeugs(server, session):

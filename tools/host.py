@@ -5,8 +5,9 @@ cannot run everywhere), on werkzeug's threaded HTTP server and router:
 
 Like Core Tools it applies ``local.settings.json`` (tools/local_settings.py), imports ``function_app``,
 calls ``app.get_functions()`` once and serves the HTTP functions under ``extensions.http.routePrefix`` of
-``host.json``: unknown path 404 (the app's own page, functions/http.py), wrong method 405 with ``Allow``,
-no function keys asked, plain HTTP unless given a certificate. Timer functions are listed, not run.
+``host.json``: unknown path 404 and wrong method 405 (the app's own pages, functions/http.py; ``Allow`` the
+methods the function serves), no function keys asked, plain HTTP unless given a certificate. Timer
+functions are listed, not run.
 
 It serves what this app uses, nothing more: ``{name}`` route parameters and a catch-all ``{*name}``
 (one or more segments; matched case-sensitively, where Azure ignores case), a function taking the
@@ -39,11 +40,12 @@ from typing import Any
 from urllib.parse import quote
 
 import azure.functions as func
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
+from shared.config import log_value
 from tools.local_settings import load_local_settings, local_http_port
 
 LOG = logging.getLogger("tools.host")
@@ -65,6 +67,12 @@ def _methods(function: Any) -> list[str]:
     return [str(getattr(method, "value", method)).upper() for method in function.get_trigger().methods or ()]
 
 
+def _served(function: Any) -> list[str]:
+    """The methods a function serves: functions/http.py's triggers take every method and answer 405
+    themselves to all but these (Azure would answer 404), so they say which; else the trigger's."""
+    return list(getattr(function.get_user_function(), "served_methods", None) or _methods(function))
+
+
 def _rule(template: str, prefix: str, function: Any) -> Rule:
     path = "/" + "/".join(part for part in (prefix, template.strip("/")) if part)
     rule_path = re.sub(r"\{\*(\w+)\}", r"<path:\1>", re.sub(r"\{(\w+)\}", r"<\1>", path))
@@ -73,21 +81,23 @@ def _rule(template: str, prefix: str, function: Any) -> Rule:
     return Rule(rule_path, endpoint=function, methods=_methods(function) or None)
 
 
-def _app_not_found() -> Any:
-    """This project's own 404 page (functions/http.py), for a path no function serves; None (werkzeug's
-    plain 404) for an app directory without it."""
+def _app_page(name: str) -> Any:
+    """One of this project's own error pages (functions/http.py): `not_found_response` for a path no
+    function serves, `method_not_allowed_response` for a method no trigger takes; None (werkzeug's
+    plain page) for an app directory without it."""
     try:
-        from functions.http import not_found_response
+        from functions import http
     except ImportError:
         return None
-    return not_found_response
+    return getattr(http, name, None)
 
 
 class FunctionHost:
     """The WSGI app that routes requests to the HTTP functions of a ``func.FunctionApp``."""
 
     def __init__(self, function_app: func.FunctionApp, prefix: str = "api") -> None:
-        self.not_found = _app_not_found()
+        self.not_found = _app_page("not_found_response")
+        self.method_not_allowed = _app_page("method_not_allowed_response")
         rules, self.other_functions = [], []
         for function in function_app.get_functions():
             trigger = function.get_trigger()
@@ -101,16 +111,20 @@ class FunctionHost:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         started = time.perf_counter()
         request = Request(environ)
+        routes = self.routes.bind_to_environ(environ)
         try:
-            function, params = self.routes.bind_to_environ(environ).match()
+            function, params = routes.match()
             response = self.invoke(function, request, params)
         except NotFound:
             response = self.not_found_page(environ)
-        except HTTPException as exc:  # 405 with Allow
+        except MethodNotAllowed as exc:
+            response = self.method_not_allowed_page(environ, routes, exc)
+        except HTTPException as exc:
             response = exc.get_response(environ)
         for name, value in _transport_security().items():  # the host's own answers too
             response.headers.setdefault(name, value)
-        LOG.info("%s %s %d %.1fms", request.method, quote(request.path), response.status_code,
+        # The method is any token a client sends (escape bytes too): escaped like every logged value.
+        LOG.info("%s %s %d %.1fms", log_value(request.method), quote(request.path), response.status_code,
                  (time.perf_counter() - started) * 1000)
         return response(environ, start_response)
 
@@ -118,6 +132,16 @@ class FunctionHost:
         if self.not_found is None:
             return NotFound().get_response(environ)
         return self.as_response(self.not_found())
+
+    def method_not_allowed_page(self, environ: dict[str, Any], routes: Any, exc: MethodNotAllowed) -> Response:
+        """A method no trigger takes (TRACE, any other token) never reaches the function that would
+        answer it: the app's own 405 page here, its Allow the methods that function serves."""
+        function, _ = routes.match(method=exc.valid_methods[0])
+        served = _served(function)
+        if self.method_not_allowed is None:
+            return MethodNotAllowed(served).get_response(environ)
+        return self.as_response(self.method_not_allowed(environ["REQUEST_METHOD"], function.get_trigger().route,
+                                                        served))
 
     @staticmethod
     def as_response(result: func.HttpResponse) -> Response:
@@ -156,7 +180,7 @@ class FunctionHost:
             # functions/http.py takes every method and answers 405 itself (Azure would answer 404): show
             # the methods a function serves.
             function = rule.endpoint
-            served = getattr(function.get_user_function(), "served_methods", None) or _methods(function) or ["*"]
+            served = _served(function) or ["*"]
             url = base_url + re.sub(r"<(\w+)>", r"{\1}", re.sub(r"<path:(\w+)>", r"{*\1}", rule.rule))
             lines.append(f"  {function.get_function_name()}: [{','.join(sorted(served))}] {url}")
         return lines + [f"  {other} (not run by tools.host)" for other in sorted(self.other_functions)]

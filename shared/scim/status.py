@@ -8,7 +8,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-from ..config import public_base_url
+from ..config import KIND_ROLES, public_base_url
+from ..diagnostics import unexpected
 from ..errors import ConfigurationError, DependencyUnavailable
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
 from .auth import read_config
@@ -31,7 +32,9 @@ class SyncStatus:
     unavailable: str = ""
 
 
-def sync_status(runtime) -> SyncStatus:
+def sync_status(runtime, correlation_id: str = "") -> SyncStatus:
+    """What the section shows; a failure of any kind is shown, never raised (the setup page always
+    answers): an unexpected one with the correlation id of its logged traceback."""
     env = runtime.env
     base = public_base_url(env)
     status = SyncStatus(state="off", tenant_url=f"{base}/api/scim/v2" if base else "")
@@ -39,6 +42,9 @@ def sync_status(runtime) -> SyncStatus:
         config = read_config(runtime)
     except (DependencyUnavailable, ConfigurationError) as exc:
         status.state, status.problems = "error", [getattr(exc, "detail", type(exc).__name__)]
+        return status
+    except Exception as exc:
+        status.state, status.problems = "error", [unexpected("directory sync settings", exc, correlation_id)]
         return status
     status.source = config.source
     if config.problems:
@@ -53,7 +59,10 @@ def sync_status(runtime) -> SyncStatus:
                 "PartitionKey eq 'P'", select=["UserName", "HasPortalRole"]))
             rows = list(tables.client(ACCOUNTS_TABLE).query_entities("ScimId gt ''", select=["MovedTo"]))
     except (DependencyUnavailable, ConfigurationError) as exc:
-        status.unavailable = getattr(exc, "detail", type(exc).__name__)
+        status.unavailable = f"unreachable: {getattr(exc, 'detail', type(exc).__name__)}"
+        return status
+    except Exception as exc:
+        status.unavailable = unexpected("directory sync state", exc, correlation_id)
         return status
     status.people = len(people)
     status.accounts = sum(1 for row in rows if not row.get("MovedTo"))
@@ -62,9 +71,9 @@ def sync_status(runtime) -> SyncStatus:
     return status
 
 
-def setup_section(runtime) -> str:
+def setup_section(runtime, correlation_id: str = "") -> str:
     """The setup page's "Directory sync" section, as HTML (every value escaped)."""
-    s = sync_status(runtime)
+    s = sync_status(runtime, correlation_id)
     e = html.escape
     label = {"off": ("warn", "off"), "on": ("ok", "on"), "error": ("fail", "setting error")}[s.state]
     rows = [f'<tr><td><span class="st {label[0]}">{label[1]}</span></td><th>Directory sync</th><td>'
@@ -88,8 +97,8 @@ def setup_section(runtime) -> str:
         more = f" and {s.without_role_count - len(s.without_role)} more" if s.without_role_count > len(s.without_role) \
             else ""
         rows.append(f"<tr><td></td><th>No portal role</th><td>{s.without_role_count}"
-                    f"{': ' + names + more if names else ''} (assign Portal.User or Portal.Agent, or set "
-                    "<code>SCIM_DEFAULT_KIND</code>)</td></tr>")
+                    f"{': ' + names + more if names else ''} (assign {' or '.join(map(e, KIND_ROLES.values()))}, or "
+                    "set <code>SCIM_DEFAULT_KIND</code>)</td></tr>")
     if s.unavailable:
-        rows.append(f"<tr><td></td><th>Table Storage</th><td>unreachable: {e(s.unavailable)}</td></tr>")
+        rows.append(f"<tr><td></td><th>Table Storage</th><td>{e(s.unavailable)}</td></tr>")
     return "<h2>Directory sync (SCIM)</h2><table>" + "".join(rows) + "</table>"

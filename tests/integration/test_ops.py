@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import requests
 
+from shared.config import KIND_ROLES
 from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER, REDIRECT_URIS
 from tests.support.portal import sign_in
 from tools.stack import azurite_connection_string, free_port, new_account_key
@@ -112,6 +113,27 @@ def test_the_setup_page_escapes_setting_values(use_settings):
     page = get("/api/sso/setup").text
     assert "https://x.test/&lt;b&gt;" in page
     assert "<b>" not in page
+
+
+def app_roles_section(page: str) -> str:
+    found = re.search(r"<h2>3\. App roles</h2>.*?(?=<h2>)", page, flags=re.S)
+    assert found, "the setup page has an app roles section"
+    return found.group(0)
+
+
+def test_the_setup_page_names_each_doors_app_role_and_whether_it_is_required(use_settings):
+    section = app_roles_section(get("/api/sso/setup").text)
+    for kind, role in KIND_ROLES.items():
+        assert re.search(f"<th><code>{re.escape(role)}</code></th><td>[^<]*the {kind} door", section), section
+    assert "<code>APP_ROLES_REQUIRED</code> is off" in section and "role_not_assigned" not in section
+    assert "scripts/register-app assign" in section and "Users and groups" in section, "how to assign them"
+    use_settings(APP_ROLES_REQUIRED="true")
+    section = app_roles_section(get("/api/sso/setup").text)
+    assert "<code>APP_ROLES_REQUIRED</code> is on" in section and "role_not_assigned" in section
+    use_settings(APP_ROLES_REQUIRED="maybe")
+    section = app_roles_section(get("/api/sso/setup").text)
+    assert "<code>APP_ROLES_REQUIRED</code> is on" not in section and "is off" not in section
+    assert "maybe" not in section, "the bad value is quoted under Settings, escaped, not here"
 
 
 def test_wrong_method_is_405(app_server):

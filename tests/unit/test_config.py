@@ -369,3 +369,46 @@ def test_every_syntax_check_refuses_a_final_newline(pattern, good):
     module, name = pattern.split(":")
     regex = getattr(importlib.import_module(module), name)
     assert regex.match(good) and not regex.match(good + "\n"), pattern
+
+
+# TABLES_CONNECTION_STRING: what the Tables SDK accepts loads; anything else is a setting problem
+# (before the check it surfaced as the SDK's ValueError, a 500, at first use).
+
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+GOOD_CONNECTION_STRINGS = [
+    "UseDevelopmentStorage=true",
+    f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;",
+    f"DefaultEndpointsProtocol=https;AccountName=contoso;AccountKey={AZURITE_KEY};EndpointSuffix=core.windows.net",
+    f"AccountName=contoso;AccountKey={AZURITE_KEY}",
+    "TableEndpoint=https://contoso.table.core.windows.net/;SharedAccessSignature=sv=2019-02-02&ss=t&sig=c2ln",
+    "AccountName=contoso;SharedAccessSignature=sv=2019-02-02&ss=t&sig=c2ln",
+]
+
+
+@pytest.mark.parametrize("value", GOOD_CONNECTION_STRINGS)
+def test_every_connection_string_form_the_tables_sdk_takes_loads(value):
+    from azure.data.tables import TableServiceClient
+
+    TableServiceClient.from_connection_string(value)  # the SDK takes it: so must the settings check
+    assert load_settings(env(TABLES_CONNECTION_STRING=value)).tables_connection_string == value
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("garbage", "is not a connection string"),
+    ("AccountName=a;AccountName=b;AccountKey=c2VjcmV0", "is not a connection string"),
+    ("AccountName=contoso;AccountKey=", "is not a connection string"),
+    ("DefaultEndpointsProtocol=https;EndpointSuffix=core.windows.net", "holds no credential"),
+    ("AccountName=contoso;AccountKey=not base64!", "AccountKey that is not base64"),
+    ("AccountKey=c2VjcmV0;TableEndpoint=https://t.test", "AccountKey without its AccountName"),
+    ("SharedAccessSignature=sv=1&sig=c2ln", "names neither TableEndpoint nor AccountName"),
+    ("SharedAccessSignature=sv=1&sig=c2ln;TableSecondaryEndpoint=https://t.test", "TableSecondaryEndpoint"),
+    ("SharedAccessSignature=sv=1&sig=c2ln;TableEndpoint=https://", "TableEndpoint that is not a URL"),
+    ("DefaultEndpointsProtocol=ftp;AccountName=contoso;AccountKey=c2VjcmV0", "DefaultEndpointsProtocol"),
+])  # fmt: skip
+def test_a_malformed_connection_string_is_named_with_its_fix_never_quoted(value, why):
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(env(TABLES_CONNECTION_STRING=value))
+    (problem,) = caught.value.problems
+    assert problem.setting == "TABLES_CONNECTION_STRING" and why in problem.text and problem.fix, str(problem)
+    assert value not in str(problem) and "c2VjcmV0" not in str(problem) and "c2ln" not in str(problem)

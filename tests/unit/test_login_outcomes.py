@@ -5,6 +5,7 @@ audit row cannot be written."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 
 import jwt
@@ -189,3 +190,23 @@ def test_a_final_newline_does_not_slip_past_the_syntax_of_the_portal_nonce_or_th
         assert deps.flows.taken == 0, "a state that cannot be ours never becomes a table key"
     assert reply.status == 400, reply.status
     assert deps.events.rows and deps.events.rows[-1].reason == "invalid_parameter", deps.events.rows
+
+
+class BrokenEvents:
+    """An audit store that fails in a way no SsoError describes (a bug, a misbuilt client)."""
+
+    def record(self, event):
+        raise ValueError("Connection string is either blank or malformed.")
+
+
+def test_an_audit_store_failing_unexpectedly_still_leaves_the_page_and_the_log_lines(idp_key, caplog):
+    deps = Deps(idp_key, BrokenEvents())
+    with caplog.at_level(logging.INFO, logger="portal_sso"):
+        refused = SsoService(deps).start_login("user", "https://evil.test/", "cid-login")
+        delivered = SsoService(deps).complete_login("user", callback_request(deps), "cid-callback")
+    assert refused.status == 400 and "cid-login" in refused.body, "a refused start keeps its own page"
+    assert delivered.status == 503 and "session_token" not in delivered.body, "no unaudited session"
+    lines = [r.getMessage() for r in caplog.records]
+    for cid, stage in (("cid-login", "sso.login"), ("cid-callback", "sso.callback")):
+        assert any(m.startswith(f"sso.audit_failed correlation_id={cid} ") and "event={" in m for m in lines), lines
+        assert any(m.startswith(f"{stage} ") and f"correlation_id={cid}" in m for m in lines), lines

@@ -4,12 +4,14 @@ without an end_session_endpoint sends the browser straight there; the page links
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from shared.config import load_settings
+from shared.errors import DependencyUnavailable
 from shared.login import SsoService
 from shared.provider import ProviderMetadata
 
@@ -77,3 +79,28 @@ class BrokenSettings:
 def test_the_way_back_survives_bad_settings_elsewhere():
     reply = SsoService(BrokenSettings()).signed_out("user", "cid")
     assert reply.status == 200 and 'href="https://portal.test/"' in reply.body, "the portal's own settings are fine"
+
+
+def failure_lines(caplog, stage: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"sso.{stage} ")]
+
+
+def test_a_logout_failing_on_the_idp_is_a_503_whose_correlation_id_a_log_line_holds(caplog):
+    class Unreachable(Deps):
+        def metadata(self):
+            raise DependencyUnavailable("idp", "GET https://idp.test/m: ConnectionError")
+
+    with caplog.at_level(logging.INFO, logger="portal_sso"):
+        reply = SsoService(Unreachable()).logout("user", "cid-logout-1")
+    assert reply.status == 503 and reply.headers["Retry-After"] and "cid-logout-1" in reply.body
+    (line,) = failure_lines(caplog, "logout")
+    assert line.startswith("sso.logout kind=user outcome=failure reason=idp_unavailable status=503 "), line
+    assert "correlation_id=cid-logout-1 " in line and "ConnectionError" in line
+
+
+def test_a_logout_of_an_unknown_kind_is_logged_with_the_kind_quoted_last(caplog):
+    with caplog.at_level(logging.INFO, logger="portal_sso"):
+        reply = SsoService(Deps()).logout("adm\nin", "cid-logout-2")
+    assert reply.status == 404
+    (line,) = failure_lines(caplog, "logout")
+    assert "correlation_id=cid-logout-2" in line and 'raw_kind="adm\\nin"' in line and "\n" not in line
