@@ -1,7 +1,7 @@
 """The IdP's signing keys, cached. An unknown `kid` triggers one refetch (a genuine rotation is
 picked up at once), at most one such refetch per `min_refetch_seconds`, shared by concurrent misses,
 so a stream of forged tokens cannot make us hammer the IdP; the set is refreshed at least daily. A
-daily refresh that fails keeps the keys held (see `_refresh_or_keep`)."""
+daily refresh that fails keeps the keys held (refresh_or_keep)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,29 @@ from .errors import DependencyUnavailable, InvalidIdToken
 
 log = logging.getLogger("portal_sso")
 # While the IdP's endpoint is down, how often a refresh of what we hold is tried again, and for how long
-# past its daily refresh what we hold still serves (Runtime.metadata uses the same rule).
+# past its daily refresh what we hold still serves (refresh_or_keep: the keys and the metadata).
 STALE_RETRY_SECONDS = 60.0
 MAX_STALE_SECONDS = 7 * 86400.0
+
+
+def refresh_or_keep(refresh: Callable[[], None], fetched_at: float, now: float, max_age: float,
+                    what: str) -> float:
+    """Runs `refresh`, the daily refresh of something fetched from the IdP at `fetched_at`; returns when
+    the next may be tried (0: whenever due). If the IdP does not answer, what is held serves on
+    (RELIABILITY.md): the keys held still verify what the IdP signs until it rotates (a rotation's new
+    kid still asks for a refetch), the metadata's endpoints rarely move. The next try comes
+    STALE_RETRY_SECONDS later, so an outage does not cost every request the IdP's timeout. Held
+    MAX_STALE_SECONDS past its refresh, it no longer serves (raises): a key the IdP retired
+    (compromised) must not verify for ever because its JWKS stays out of reach."""
+    try:
+        refresh()
+        return 0.0
+    except DependencyUnavailable as exc:
+        if now - fetched_at >= max_age + MAX_STALE_SECONDS:
+            raise
+        log.warning("%s: the daily refresh failed (%s); what is held serves on, next try in %ds", what,
+                    exc.detail, STALE_RETRY_SECONDS)
+        return now + STALE_RETRY_SECONDS
 
 
 class JwksCache:
@@ -60,28 +80,14 @@ class JwksCache:
                 self._refresh_locked()
                 return self._keys, True
             if now - self._fetched_at >= self._max_age and now >= self._retry_at:
-                self._refresh_or_keep(now)
+                self._retry_at = refresh_or_keep(self._refresh_locked, self._fetched_at, now, self._max_age,
+                                                 "idp keys")
                 return self._keys, True
             if refetch and (self._miss_fetched_at is None or now - self._miss_fetched_at >= self._min_refetch):
                 self._refresh_locked()
                 self._miss_fetched_at = now
                 return self._keys, True
             return self._keys, False
-
-    def _refresh_or_keep(self, now: float) -> None:
-        """The daily refresh. If the IdP does not answer, the keys held still verify what it signs until
-        it rotates (and a rotation's new kid still asks for a refetch): they serve on, RELIABILITY.md,
-        and the next try comes STALE_RETRY_SECONDS later, so an outage does not cost every callback the
-        IdP's timeout. Keys MAX_STALE_SECONDS past their refresh no longer serve: a key the IdP retired
-        (compromised) must not verify for ever because its JWKS stays out of reach."""
-        try:
-            self._refresh_locked()
-        except DependencyUnavailable as exc:
-            if now - self._fetched_at >= self._max_age + MAX_STALE_SECONDS:
-                raise
-            self._retry_at = now + STALE_RETRY_SECONDS
-            log.warning("idp keys: the daily refresh failed (%s); the keys held serve on, next try in %ds",
-                        exc.detail, STALE_RETRY_SECONDS)
 
     def warm(self) -> None:
         """Fetches the keys now if they are not cached (or are a day old)."""

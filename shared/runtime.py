@@ -18,7 +18,7 @@ from .background import BACKGROUND
 from .config import Settings, load_settings
 from .errors import DependencyUnavailable
 from .flows import FlowStore
-from .jwks import MAX_STALE_SECONDS, STALE_RETRY_SECONDS, JwksCache
+from .jwks import JwksCache, refresh_or_keep
 from .oidc_client import OidcClient
 from .provider import ProviderMetadata, discover
 from .session_token import SessionSigner, load_signing_keys
@@ -126,21 +126,18 @@ class Runtime:
 
     def metadata(self) -> ProviderMetadata:
         """The IdP's metadata, discovered on first use and refreshed daily. A failed first discovery is
-        not kept, so the next request tries again; a failed daily refresh keeps what we hold, by the
-        rule of the IdP's keys (jwks.py: tried again a minute later, served for at most a week)."""
+        not kept, so the next request tries again; a failed daily refresh keeps what we hold, as the
+        IdP's keys do (jwks.refresh_or_keep)."""
         with self._lock:
             now = time.monotonic()
             if self._metadata is None:
                 self._metadata = (now, self._discover())
             elif now - self._metadata[0] > METADATA_MAX_AGE and now >= self._metadata_retry_at:
-                try:
+                def refresh() -> None:
                     self._metadata = (now, self._discover())
-                except DependencyUnavailable as exc:
-                    if now - self._metadata[0] > METADATA_MAX_AGE + MAX_STALE_SECONDS:
-                        raise
-                    self._metadata_retry_at = now + STALE_RETRY_SECONDS
-                    log.warning("idp metadata: the daily refresh failed (%s); the metadata held serves on, "
-                                "next try in %ds", exc.detail, STALE_RETRY_SECONDS)
+
+                self._metadata_retry_at = refresh_or_keep(refresh, self._metadata[0], now, METADATA_MAX_AGE,
+                                                          "idp metadata")
             return self._metadata[1]
 
     def _discover(self) -> ProviderMetadata:
