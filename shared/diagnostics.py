@@ -112,16 +112,21 @@ class Check:
 
 
 def _failure(name: str, title: str, exc: Exception, fix: str = "", aadsts: tuple[int, ...] = ()) -> Check:
-    """A check that raised: the safe description of why (error details name URLs, settings and
-    secret names, never secret values)."""
+    """A check that raised."""
+    fix = fix or ("Fix the setting named above." if isinstance(exc, ConfigurationError) else "")
+    return Check(name, title, False, failure_text(f"check {name}", exc), fix, aadsts=aadsts)
+
+
+def failure_text(what: str, exc: Exception, correlation_id: str = "") -> str:
+    """Why `what` (a check, a section of the setup page) raised, described safely: error details name
+    URLs, settings and secret names, never secret values; a bug is described by unexpected()."""
     if isinstance(exc, ConfigurationError):
-        return Check(name, title, False, "; ".join(map(str, exc.problems)), fix or "Fix the setting named above.",
-                     aadsts=aadsts)
+        return "; ".join(map(str, exc.problems))
     if isinstance(exc, DependencyUnavailable):
-        return Check(name, title, False, f"unreachable: {exc.detail}", fix, aadsts=aadsts)
+        return f"unreachable: {exc.detail}"
     if isinstance(exc, SsoError):
-        return Check(name, title, False, exc.reason, fix, aadsts=aadsts)
-    return Check(name, title, False, unexpected(f"check {name}", exc), fix, aadsts=aadsts)
+        return exc.reason
+    return unexpected(what, exc, correlation_id)
 
 
 def unexpected(what: str, exc: Exception, correlation_id: str = "") -> str:

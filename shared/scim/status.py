@@ -9,8 +9,7 @@ import html
 from dataclasses import dataclass, field
 
 from ..config import KIND_ROLES, public_base_url
-from ..diagnostics import unexpected
-from ..errors import ConfigurationError, DependencyUnavailable
+from ..diagnostics import failure_text
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
 from .auth import read_config
 from .events import DirectoryEvents
@@ -40,11 +39,8 @@ def sync_status(runtime, correlation_id: str = "") -> SyncStatus:
     status = SyncStatus(state="off", tenant_url=f"{base}/api/scim/v2" if base else "")
     try:
         config = read_config(runtime)
-    except (DependencyUnavailable, ConfigurationError) as exc:
-        status.state, status.problems = "error", [getattr(exc, "detail", type(exc).__name__)]
-        return status
     except Exception as exc:
-        status.state, status.problems = "error", [unexpected("directory sync settings", exc, correlation_id)]
+        status.state, status.problems = "error", [failure_text("directory sync settings", exc, correlation_id)]
         return status
     status.source = config.source
     if config.problems:
@@ -58,11 +54,8 @@ def sync_status(runtime, correlation_id: str = "") -> SyncStatus:
             people = list(tables.client(SCIM_USERS_TABLE).query_entities(
                 "PartitionKey eq 'P'", select=["UserName", "HasPortalRole"]))
             rows = list(tables.client(ACCOUNTS_TABLE).query_entities("ScimId gt ''", select=["MovedTo"]))
-    except (DependencyUnavailable, ConfigurationError) as exc:
-        status.unavailable = f"unreachable: {getattr(exc, 'detail', type(exc).__name__)}"
-        return status
     except Exception as exc:
-        status.unavailable = unexpected("directory sync state", exc, correlation_id)
+        status.unavailable = failure_text("directory sync state", exc, correlation_id)
         return status
     status.people = len(people)
     status.accounts = sum(1 for row in rows if not row.get("MovedTo"))
