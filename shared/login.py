@@ -203,14 +203,8 @@ class SsoService:
             self.deps.warm_up()
             return pages.redirect(started_flow["auth_uri"], cookies)
         except Exception as exc:  # a refused start gets its audit row too
-            err = _as_error(exc, "sso.login", correlation_id)
-            reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
-            event = SignInEvent(correlation_id=correlation_id, kind=kind, outcome="failure", reason=err.reason,
-                                status=reply.status, stage="login", elapsed_ms=_ms_since(started),
-                                detail=err.detail[:MAX_DETAIL])
-            reply = self._audit(event, reply, correlation_id)
-            _log_attempt(event)
-            return reply
+            return self._failed(exc, "login", kind, correlation_id, started, audit=True,
+                                answer=lambda err: pages.error(err, correlation_id, portal_url=self._portal_url(kind)))
 
     # POST|GET /api/sso/{kind}/callback
     def complete_login(self, kind: str, request: CallbackRequest, correlation_id: str) -> pages.Reply:
@@ -433,15 +427,19 @@ class SsoService:
             return self._failed(exc, "jwks", "", correlation_id, started,
                                 lambda err: pages.json_error(err, correlation_id))
 
-    @staticmethod
-    def _failed(exc: Exception, stage: str, kind: str, correlation_id: str, started: float, answer) -> pages.Reply:
-        """A failed logout or JWKS request: `answer`(the error) and its one log line, which holds the
-        correlation id the answer names. No audit row: no one signs in there."""
+    def _failed(self, exc: Exception, stage: str, kind: str, correlation_id: str, started: float, answer, *,
+                audit: bool = False) -> pages.Reply:
+        """A failed login start, logout or JWKS request: `answer`(the error), its audit row when `audit`
+        (no one signs in at a logout or the JWKS), and its one log line, which holds the correlation
+        id the answer names."""
         err = _as_error(exc, f"sso.{stage}", correlation_id)
         reply = answer(err)
-        _log_attempt(SignInEvent(correlation_id=correlation_id, kind=kind, outcome="failure", reason=err.reason,
-                                 status=reply.status, stage=stage, elapsed_ms=_ms_since(started),
-                                 detail=err.detail[:MAX_DETAIL]))
+        event = SignInEvent(correlation_id=correlation_id, kind=kind, outcome="failure", reason=err.reason,
+                            status=reply.status, stage=stage, elapsed_ms=_ms_since(started),
+                            detail=err.detail[:MAX_DETAIL])
+        if audit:
+            reply = self._audit(event, reply, correlation_id)
+        _log_attempt(event)
         return reply
 
     def _portal_url(self, kind: str) -> str | None:
