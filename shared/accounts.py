@@ -148,6 +148,9 @@ class Account:
     # The stored `Enabled` (repr) when it is not a real boolean ('false', 0: what `az storage entity
     # merge Enabled=false` stores); such an account counts as disabled.
     invalid_enabled: str | None = None
+    # Directory sync's move markers (shared/scim/sync.py): the stored keys this row moves to / from.
+    moved_to: str = ""
+    moved_from: str = ""
 
     def __post_init__(self):
         if not self.key:  # made by hand, not read: the key its email gives
@@ -168,6 +171,8 @@ class Account:
             key=entity["PartitionKey"],
             invalid_enabled=None if isinstance(stored, bool) else repr(stored)[:40],
             provisioned=bool(entity.get("ScimId")),
+            moved_to=str(entity.get("MovedTo") or ""),
+            moved_from=str(entity.get("MovedFrom") or ""),
         )
 
 
@@ -241,7 +246,7 @@ class AccountStore:
         silently sign in to `account_id` from then on) unless `force`."""
         row = AccountRow(canonical_email(email), kind, account_id, name, enabled)
         for _ in range(WRITE_ATTEMPTS):
-            existing = self.get_by_key(row.key, kind)
+            existing = self._unhidden(row.key, kind)
             with storage_errors():
                 try:
                     if existing is None:
@@ -258,15 +263,25 @@ class AccountStore:
         raise AccountConflict(f"the {kind} account of {row.email} kept changing; try again")
 
     def update(self, email: str, kind: str, **properties) -> bool:
-        """Merges properties into an account (one write, no read: nothing else in the row is touched);
-        False when there is no such account."""
-        entity = {"PartitionKey": email_key(email), "RowKey": kind, **properties}
-        with storage_errors():
-            try:
-                self._table.update_entity(entity, mode=UpdateMode.MERGE)
-            except ResourceNotFoundError:
+        """Merges properties into an account (etag-checked on the row as read; nothing else in it is
+        touched); False when there is no such account. Raises AccountConflict for a row login does not
+        find because directory sync is moving it (see `_unhidden`)."""
+        key = email_key(email)
+        for _ in range(WRITE_ATTEMPTS):
+            existing = self._unhidden(key, kind)
+            if existing is None:
                 return False
-        return True
+            with storage_errors():
+                try:
+                    self._table.update_entity({"PartitionKey": key, "RowKey": kind, **properties},
+                                              mode=UpdateMode.MERGE, etag=existing.etag,
+                                              match_condition=MatchConditions.IfNotModified)
+                    return True
+                except ResourceModifiedError:
+                    continue
+                except ResourceNotFoundError:
+                    return False
+        raise AccountConflict(f"the {kind} account of {canonical_email(email)} kept changing; try again")
 
     def unlink(self, email: str, kind: str) -> bool:
         """Forgets the linked person; False when there is no such account. A property can only be
@@ -279,6 +294,7 @@ class AccountStore:
                     entity = self._table.get_entity(key, kind)
                 except ResourceNotFoundError:
                     return False
+                self._refuse_moving(Account.from_entity(entity))
                 if "LinkedIdpSubject" not in entity:
                     return True
                 etag = entity.metadata["etag"]
@@ -292,7 +308,18 @@ class AccountStore:
         raise AccountConflict(f"the {kind} account of {canonical_email(email)} kept changing; try again")
 
     def remove(self, email: str, kind: str) -> bool:
-        return self.remove_key(email_key(email), kind)
+        """Deletes the account; raises AccountConflict when the row is the old row of a committed move
+        whose new row still names it (deleting it would hide the moved account)."""
+        key = email_key(email)
+        row = _read(self._table, key, kind)
+        if row is None:
+            return False
+        if row.moved_to:
+            target = _read(self._table, row.moved_to, kind)
+            if target is not None and target.moved_from == key:
+                raise AccountConflict(f"{self.move_problem(row)}, and deleting this row now would hide it there; "
+                                      f"{MOVE_ADVICE}")
+        return self.remove_key(key, kind)
 
     def remove_key(self, key: str, kind: str) -> bool:
         """Deletes the row with this stored PartitionKey (also one whose key no address gives any more:
@@ -330,14 +357,47 @@ class AccountStore:
                 return None
         return Account.from_entity(entity) if old.get("MovedTo") == entity["PartitionKey"] else None
 
+    def move_problem(self, account: Account) -> str | None:
+        """Why login does not find this stored row although it is there (directory sync is moving it),
+        said for an admin; None when login finds it (no marker, or the copy of a committed move)."""
+        if account.moved_to:
+            return (f"directory sync has moved the {account.kind} account of {account.email} to "
+                    f"{_unescape(account.moved_to)}: sign-in finds it there, not here")
+        if account.moved_from:
+            source = _read(self._table, account.moved_from, account.kind)
+            if source is None or source.moved_to != account.key:
+                return (f"directory sync is moving the {account.kind} account of {_unescape(account.moved_from)} "
+                        f"to {account.email} and has not finished: sign-in finds nothing here yet")
+        return None
+
+    def _refuse_moving(self, account: Account) -> None:
+        problem = self.move_problem(account)
+        if problem:
+            raise AccountConflict(f"{problem}; {MOVE_ADVICE}", account)
+
+    def _unhidden(self, key: str, kind: str) -> Account | None:
+        """The stored row as an administrative write sees it: None when there is none; AccountConflict
+        when login does not find it because directory sync is moving it (writing it would report a
+        change no sign-in sees, or fight the move)."""
+        account = _read(self._table, key, kind)
+        if account is not None:
+            self._refuse_moving(account)
+        return account
+
     def key_problems(self) -> Iterator[tuple[Account, str, str]]:
         """Stored rows that the email-key rule does not find as they are: (account, "refused" | "key"
         | "review" | "enabled", what). "refused": the stored address is one the rule refuses, so no
         login can reach the row; "key": the row's key is not its address's key (written by another
         tool, or by a rule that folded more); "review": a non-ASCII address, which the old rule had
         case-folded (a directory that says 'Ärzte@' no longer finds 'ärzte@'); "enabled": `Enabled`
-        is not a real boolean, so the account counts as disabled."""
-        for account in self.list():
+        is not a real boolean, so the account counts as disabled; "moving": a row login does not find
+        because directory sync is moving it (move_problem)."""
+        with storage_errors():
+            stored = [Account.from_entity(entity) for entity in self._table.list_entities()]
+        for account in stored:
+            if (account.moved_to or account.moved_from) and (moving := self.move_problem(account)):
+                yield account, "moving", moving
+                continue
             problem = email_problem(account.email)
             if problem:
                 yield account, "refused", f"the address {problem}"
@@ -378,6 +438,10 @@ def _refuse_disabled(account: Account, detail: str) -> None:
     disabled = AccountDisabled(detail + (" (Enabled is not a boolean)" if account.invalid_enabled else ""))
     disabled.account_id = account.account_id  # for the audit row
     raise disabled
+
+
+MOVE_ADVICE = ("let Entra finish the move (its next provisioning cycle, or Provision on demand for this person), "
+               "then change the account at the address sign-in finds it under")
 
 
 # Bulk import (tools/accounts.py import). Rows are checked by the caller first (check_account); this
@@ -438,6 +502,14 @@ def repoint_text(before: Account, account_id: str) -> str:
             f"{before.linked_idp_subject}: making it {account_id} would sign that person in to {account_id}")
 
 
+def refusal_text(before: Account, account_id: str) -> str:
+    """Why an import did not write over `before` (refused by _import_partition)."""
+    if before.moved_to:
+        return (f"directory sync moved the {before.kind} account of {before.email} to {_unescape(before.moved_to)} "
+                f"during the import; {MOVE_ADVICE}")
+    return repoint_text(before, account_id)
+
+
 @dataclass
 class Imported:
     written: int = 0
@@ -475,8 +547,9 @@ def _import_partition(table: TableClient, rows: list[AccountRow], stored: dict[t
     changed since (a login linked it, an admin disabled it) is read again and decided again."""
     known = {(row.key, row.kind): stored.get((row.key, row.kind)) for row in rows}
     for _ in range(WRITE_ATTEMPTS):
-        refused = [(row, known[(row.key, row.kind)]) for row in rows
-                   if not force and repoints(row.account_id, known[(row.key, row.kind)])]
+        # A row directory sync moved away since the scan (login no longer finds it) is never written.
+        refused = [(row, before) for row in rows if (before := known[(row.key, row.kind)]) is not None
+                   and (before.moved_to or (not force and repoints(row.account_id, before)))]
         todo = [row for row in rows if all(row is not r for r, _ in refused)]
         if not todo:
             return Imported(0, refused)
@@ -495,7 +568,7 @@ def stored_accounts(table: TableClient) -> dict[tuple[str, str], Account]:
     request): what an import checks its rows against before it writes any."""
     with storage_errors():
         return {(a.key, a.kind): a for a in map(Account.from_entity, table.list_entities(
-            select=["PartitionKey", "RowKey", "AccountId", "LinkedIdpSubject", "Email"]))}
+            select=["PartitionKey", "RowKey", "AccountId", "LinkedIdpSubject", "Email", "MovedTo", "MovedFrom"]))}
 
 
 def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[int], None] | None = None,

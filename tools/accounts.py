@@ -3,7 +3,7 @@
     portal-sso accounts add EMAIL --kind user|agent --account-id ID [--name N] [--disabled] [--force]
     portal-sso accounts import FILE.csv        # header: email,kind,account_id,name,enabled
     portal-sso accounts list [--kind user|agent]
-    portal-sso accounts check                  # rows the email-key rule does not find as stored
+    portal-sso accounts check                  # rows sign-in does not find as stored (key rule, moves)
     portal-sso accounts disable|enable|unlink|remove EMAIL --kind user|agent
     portal-sso accounts remove --stored-key KEY --kind user|agent   # a row `check` listed
 
@@ -36,6 +36,7 @@ from urllib3.util.retry import Retry
 
 from shared.accounts import (
     KINDS,
+    MOVE_ADVICE,
     AccountConflict,
     AccountRow,
     AccountStore,
@@ -43,6 +44,7 @@ from shared.accounts import (
     check_account,
     parse_enabled,
     printable,
+    refusal_text,
     repoint_text,
     repoints,
     unprintable,
@@ -265,6 +267,14 @@ def cmd_import(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     store = _store(args)
     stored = store.stored_accounts()
+    moving = [(row, problem) for row in rows if (before := stored.get((row.key, row.kind))) is not None
+              and (before.moved_to or before.moved_from) and (problem := store.move_problem(before))]
+    if moving:
+        for row, problem in moving:
+            print(f"line {row.line}: {printable(problem)}", file=sys.stderr)
+        print(f"{args.file}: {len(moving)} row{'s' if len(moving) != 1 else ''} that directory sync is moving; nothing "
+              f"was written. {MOVE_ADVICE[0].upper()}{MOVE_ADVICE[1:]}.", file=sys.stderr)
+        return EXIT_BAD_INPUT
     repointed = [(row, stored[(row.key, row.kind)]) for row in rows
                  if repoints(row.account_id, stored.get((row.key, row.kind)))]
     if repointed and not args.force:
@@ -294,8 +304,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
     if result.refused:
         for row, before in result.refused:
-            print(f"line {row.line}: not written (linked during the import): "
-                  f"{printable(repoint_text(before, row.account_id))}", file=sys.stderr)
+            print(f"line {row.line}: not written (changed during the import): "
+                  f"{printable(refusal_text(before, row.account_id))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
 
@@ -338,11 +348,13 @@ CHECK_ADVICE = {
     "key": "no sign-in finds it: add the account under its address, then remove this row with --stored-key",
     "review": "if the directory writes the address with capitals other than A-Z, add it under that address",
     "enabled": "run enable or disable to store a real boolean",
+    "moving": MOVE_ADVICE,
 }
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """The stored rows the email-key rule (shared/accounts.py email_key) does not find as they are."""
+    """The stored rows the email-key rule (shared/accounts.py email_key) does not find as they are, and
+    the rows login does not find because directory sync is moving them."""
     found = sorted(_store(args).key_problems(), key=lambda f: (f[1] == "review", f[0].key, f[0].kind))
     rows = [(what, printable(a.key), a.kind, printable(a.account_id), printable(problem)) for a, what, problem in found]
     if not rows:

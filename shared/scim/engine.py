@@ -51,6 +51,19 @@ _MESSAGE_SCHEMAS = {"urn:ietf:params:scim:api:messages:2.0:patchop",
 _KNOWN_SCHEMAS = {str(resources.User.__schema__).lower(), *IGNORED_SCHEMAS, *_MESSAGE_SCHEMAS}
 
 
+class PortalScimHandler(ScimHandler):
+    """scim2-server's handler, except that a PATCH or PUT that changes nothing still writes a person
+    whose email move stopped midway (store.py `unsettled`), so that write finishes or undoes it."""
+
+    def patch_resource(self, resource_type, resource_id, patch_op, conditions):
+        return self.storage.settle(resource_type, super().patch_resource(resource_type, resource_id, patch_op,
+                                                                         conditions))
+
+    def replace_resource(self, resource_type, current, replacement, conditions):
+        return self.storage.settle(resource_type, super().replace_resource(resource_type, current, replacement,
+                                                                           conditions))
+
+
 class Engine:
     """Built once per worker (the provider and service are immutable); a storage per request."""
 
@@ -65,7 +78,7 @@ class Engine:
         with POLICY:
             for attempt in range(RACE_ATTEMPTS):
                 try:
-                    return ScimHandler(self.service, storage_factory()).handle(request)
+                    return PortalScimHandler(self.service, storage_factory()).handle(request)
                 except Raced as exc:
                     if attempt == RACE_ATTEMPTS - 1:
                         return self.service.error_response(PreconditionFailedException(detail=exc.detail))

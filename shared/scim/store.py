@@ -90,6 +90,12 @@ class Person:
         return {BY_USER_NAME: self.row.get("UserNameKey") or "", BY_EXTERNAL_ID: self.row.get("ExternalIdKey") or "",
                 BY_EMAIL: self.row.get("EmailKey") or ""}
 
+    def account_keys(self) -> list[str]:
+        """Every email key the person's accounts may be at: the account email, and the keys of moves
+        that stopped before this row recorded their end (PendingEmailKeys: email keys hold no spaces)."""
+        keys = [self.row.get("EmailKey") or "", *(self.row.get("PendingEmailKeys") or "").split()]
+        return [k for k in dict.fromkeys(keys) if k]
+
 
 class Facts:
     """What a SCIM User gives the portal (mapping.py), checked: MappingError -> invalidValue."""
@@ -286,9 +292,9 @@ class TableScimStorage(ScimStorage):
                 "HasPortalRole": facts.has_portal_role, "Version": version, "Created": created,
                 "LastModified": datetime.now(UTC)}
 
-    def _apply_accounts(self, scim_id: str, facts: Facts, old_email_key: str | None, created: bool = False) -> None:
+    def _apply_accounts(self, scim_id: str, facts: Facts, old_keys: list[str], created: bool = False) -> None:
         try:
-            self._sync.apply(self._desired(scim_id, facts), old_email_key, created=created)
+            self._sync.apply(self._desired(scim_id, facts), old_keys, created=created)
         except Conflict as exc:
             raise UniquenessException(detail=str(exc)) from exc
 
@@ -300,7 +306,7 @@ class TableScimStorage(ScimStorage):
             for partition, key in facts.keys().items():
                 self._claim(partition, key, scim_id)
                 claimed.append((partition, key))
-            self._apply_accounts(scim_id, facts, None, created=True)
+            self._apply_accounts(scim_id, facts, [], created=True)
             row = self._row(scim_id, resource, facts, 1, datetime.now(UTC))
             return Person.written(row, self._users.create_entity(row)).resource()
         except SCIMException:
@@ -322,7 +328,10 @@ class TableScimStorage(ScimStorage):
         for partition, key in facts.keys().items():
             if key != old[partition]:
                 self._claim(partition, key, scim_id)
-        self._apply_accounts(scim_id, facts, old[BY_EMAIL] or None)
+        recorded = person.account_keys()
+        if facts.email_key and facts.email_key not in recorded:
+            self._record_pending(person, [*recorded, facts.email_key])
+        self._apply_accounts(scim_id, facts, recorded)
         row = self._row(scim_id, resource, facts, person.version + 1, person.row["Created"])
         try:
             written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
@@ -334,7 +343,31 @@ class TableScimStorage(ScimStorage):
         for partition, key in old.items():
             if key and key != facts.keys()[partition]:
                 self._release(partition, key, scim_id)
-        return Person.written(row, written).resource()
+        self._read[scim_id] = Person.written(row, written)
+        return self._read[scim_id].resource()
+
+    def settle(self, resource_type: ResourceType, user: User) -> User:
+        """`user` as the handler's write left it; when that write changed nothing (so it did not call
+        update) and an email move of the person stopped midway, rewritten as it is, which settles it."""
+        person = self._read.get(user.id or "")
+        if person is None or not person.row.get("PendingEmailKeys"):
+            return user
+        return self.update(resource_type, user, expected_version=version_tag(person.version))
+
+    def _record_pending(self, person: Person, keys: list[str]) -> None:
+        """Before the accounts move to a new email, the person row says so (etag-checked), so that
+        whatever write of the person comes next (a DELETE, a disable, another email) finds its accounts
+        there even when this one stops after the move's commit. The person row's write clears it."""
+        pending = " ".join(k for k in keys if k != (person.row.get("EmailKey") or ""))
+        try:
+            answer = self._users.update_entity({"PartitionKey": PERSON, "RowKey": person.id,
+                                                "PendingEmailKeys": pending}, mode=UpdateMode.MERGE,
+                                               etag=person.etag, match_condition=MatchConditions.IfNotModified)
+        except ResourceModifiedError as exc:
+            raise Raced(detail="the User changed while it was written") from exc
+        except ResourceNotFoundError as exc:
+            raise NotFoundException(detail=f"no User {person.id}") from exc
+        person.row["PendingEmailKeys"], person.etag = pending, answer["etag"]
 
     def delete(self, resource_type: ResourceType, resource_id: str, *, expected_version: str | None = None) -> None:
         person = self._read.get(resource_id) or self._person(resource_id)
@@ -342,7 +375,7 @@ class TableScimStorage(ScimStorage):
             raise NotFoundException(detail=f"no User {resource_id}")
         if expected_version is not None and expected_version != version_tag(person.version):
             raise PreconditionFailedException(detail="the User changed since it was read")
-        self._sync.remove_all(resource_id, [person.keys()[BY_EMAIL]])
+        self._sync.remove_all(resource_id, person.account_keys())
         try:
             self._users.delete_entity(PERSON, resource_id, etag=person.etag,
                                       match_condition=MatchConditions.IfNotModified)

@@ -1,20 +1,24 @@
 """A provisioned person's portal accounts: the `PortalAccounts` rows that directory sync creates,
 adopts, moves, enables, disables and removes. Plain values in (a `Desired` state), no SCIM library.
 
-Which rows are the person's: those whose `ScimId` is the person's SCIM id. A row without `ScimId`
-(made by the CLI or an import) is adopted only when it has exactly the person's email and a kind the
-person gets; a row of another person, or linked to another identity, is never taken (409).
+Which rows are the person's: those whose `ScimId` is the person's SCIM id, at the keys the person
+row names (its email key, and the keys of a move that stopped: store.py PendingEmailKeys) and where
+their move markers lead. A row without `ScimId` (made by the CLI or an import) is adopted only when
+it has exactly the person's email and a kind the person gets; a row of another person, or linked to
+another identity, is never taken (409). A row whose `ScimId` names a person who no longer exists is
+a leftover: replaced by a fresh row of the new person's (never adopted with its AccountId or link).
 
 The email move (RELIABILITY.md "Directory sync"): the two rows are in different partitions, so no
 transaction covers both. The row at the new email is written first with `MovedFrom` = the old key,
 and is invisible to login until the old row says `MovedTo` = the new key (one single-row write: the
 commit point; shared/accounts.py `AccountStore.get` reads rows this way). Before the commit, only the
 old email signs in; after it, only the new. Then `MovedFrom` is cleared and the old row deleted. A
-failure anywhere leaves one live row, and the next write of the person (Entra retries) finishes the
-move from wherever it stopped."""
+failure anywhere leaves one live row, and whatever write of the person comes next (Entra's retry, a
+DELETE, a disable, another email) finds that live row by login's own rule and carries on from it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from azure.core import MatchConditions
@@ -25,7 +29,7 @@ from ..config import KINDS
 from ..tables import storage_errors
 
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
-LOGIN_FIELDS = ("LinkedIdpSubject", "LastLoginAt")  # what login writes on a row
+MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
 
 
 class Conflict(Exception):
@@ -97,79 +101,120 @@ class AccountSync:
         return bool(linked and linked != desired.link)
 
     # ---- the one entry point ----
-    def apply(self, desired: Desired, old_key: str | None, created: bool = False) -> None:
+    def apply(self, desired: Desired, old_keys: Sequence[str] = (), created: bool = False) -> None:
         """Makes the person's rows what `desired` says: for each kind it gets, one row at its email
-        key (moved from `old_key` when the email changed); for each other kind, none. Raises Conflict
-        before writing when a row it needs belongs to someone else."""
+        key (moved from wherever it lives among `old_keys`, the keys the person row says its
+        accounts may be at); for each other kind, none; and no other row of the person's at any of
+        those keys. Raises Conflict before writing when a row it needs belongs to someone else."""
         wanted = set(desired.kinds) if desired.email_key else set()
-        keys = [k for k in dict.fromkeys((old_key, desired.email_key)) if k]
+        keys = [k for k in dict.fromkeys((desired.email_key, *old_keys)) if k]
         for kind in KINDS:
             if kind in wanted:
-                self._ensure(desired, kind, old_key if old_key != desired.email_key else None)
+                self._ensure(desired, kind, [k for k in keys if k != desired.email_key])
         for kind in KINDS:
             if kind not in wanted and not created:  # a new person owns no row yet
-                for key in keys:
-                    self._remove_ours(key, kind, desired.scim_id)
+                self._remove_ours(keys, kind, desired.scim_id)
 
-    def remove_all(self, scim_id: str, keys: list[str]) -> None:
-        for key in dict.fromkeys(k for k in keys if k):
-            for kind in KINDS:
-                self._remove_ours(key, kind, scim_id)
+    def remove_all(self, scim_id: str, keys: Sequence[str]) -> None:
+        for kind in KINDS:
+            self._remove_ours([k for k in dict.fromkeys(keys) if k], kind, scim_id)
+
+    # ---- the person's rows of one kind ----
+    def _rows(self, keys: Sequence[str], kind: str, scim_id: str) -> dict:
+        """{key: row or None} for `keys`, and for every key a row of the person's names in `MovedTo`
+        or `MovedFrom` (a move the person row does not know of, left by an older version)."""
+        rows: dict = {}
+        todo = list(keys)
+        while todo and len(rows) < len(keys) + MAX_FOLLOWED:
+            key = todo.pop(0)
+            if key in rows:
+                continue
+            rows[key] = row = self._read(key, kind)
+            if self._ours(row, scim_id):
+                todo += [k for k in (row.get("MovedTo"), row.get("MovedFrom")) if k and k not in rows]
+        return rows
+
+    @staticmethod
+    def _live(key: str, rows: dict) -> bool:
+        """Whether login finds the row at `key` (shared/accounts.py AccountStore._after_move)."""
+        row = rows.get(key)
+        if row is None or row.get("MovedTo"):
+            return False
+        source = row.get("MovedFrom")
+        return not source or (rows.get(source) or {}).get("MovedTo") == key
 
     # ---- steps ----
     def _fields(self, desired: Desired) -> dict:
         return {"Email": desired.email, "DisplayName": desired.display_name, "Enabled": desired.active,
                 "ScimId": desired.scim_id}
 
-    def _ensure(self, desired: Desired, kind: str, old_key: str | None) -> None:
+    def _ensure(self, desired: Desired, kind: str, old_keys: list[str]) -> None:
         for _ in range(ATTEMPTS):
             try:
-                return self._ensure_once(desired, kind, old_key)
+                return self._ensure_once(desired, kind, old_keys)
             except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError):
                 continue  # a row changed between our read and write: read again
         raise Conflict(f"{kind} account at the new email kept changing")
 
-    def _ensure_once(self, desired: Desired, kind: str, old_key: str | None) -> None:
+    def _ensure_once(self, desired: Desired, kind: str, old_keys: list[str]) -> None:
+        """Finds the person's live row (at most one: login's rule), makes it the row at the new key
+        (in place, or by a move), then deletes every other row of the person's (all dead by then)."""
         new_key = desired.email_key
-        target = self._read(new_key, kind)
-        source = self._read(old_key, kind) if old_key else None
-        if target is not None and not self._ours(target, desired.scim_id):
-            if self._taken_by_other(target, desired) or self._ours(source, desired.scim_id):
+        rows = self._rows([new_key, *old_keys], kind, desired.scim_id)
+        ours = [k for k, row in rows.items() if self._ours(row, desired.scim_id)]
+        live = [k for k in ours if self._live(k, rows)]
+        target = rows[new_key]
+        mine = self._ours(target, desired.scim_id)
+        leftover = target is not None and not mine and self._leftover(target, desired)
+        if target is not None and not mine and not leftover:
+            if self._taken_by_other(target, desired) or live:
                 # Another person's account, or an account the person's own would be merged into.
                 raise Conflict(f"the {kind} account of this email belongs to someone else")
+            # adopted: its AccountId (and login history) kept
             self._merge(target, {**self._fields(desired), **self._link_fields(target, desired), "MovedFrom": ""})
-            return  # adopted: its AccountId (and login history) kept
-        if target is not None:  # ours already: maybe the end of a move that stopped midway
+        elif new_key in live or (mine and not live):
+            # The row is here (or only a dead copy of it is, whose source is gone: revived).
             wanted = {**self._fields(desired), **self._link_fields(target, desired)}
-            moving = self._ours(source, desired.scim_id)
-            if moving and not source.get("MovedTo"):
-                # Not committed: bring the copy up to date with the old row (a login may have
-                # written it since the copy), then commit on the old row's current etag.
-                wanted.update({k: source[k] for k in LOGIN_FIELDS if source.get(k) is not None})
-                self._merge(target, {**wanted, "MovedFrom": target.get("MovedFrom") or ""})
-                self._commit_move(source, new_key)
-                target = self._read(new_key, kind)
-            if target.get("MovedFrom") or any(target.get(k) != v for k, v in wanted.items()):
-                self._merge(target, {**wanted, "MovedFrom": ""})
-            if moving:
-                self._delete_moved(old_key, kind, desired)
-            return
-        if source is not None and self._ours(source, desired.scim_id) and not source.get("MovedTo"):
-            # Move: copy (invisible: MovedFrom), commit on the old row, then tidy up.
-            copy = {k: v for k, v in source.items() if k not in ("PartitionKey", "RowKey", "MovedTo")}
-            copy.update(self._fields(desired), **self._link_fields(source, desired),
-                        PartitionKey=new_key, RowKey=kind, MovedFrom=old_key)
+            if target.get("MovedFrom") or target.get("MovedTo") or any(target.get(k) != v for k, v in wanted.items()):
+                self._merge(target, {**wanted, "MovedFrom": "", "MovedTo": ""})
+        elif live:  # elsewhere: moved here, over an earlier copy or a gone person's leftover if any
+            self._move(desired, rows[live[0]], target)
+        elif leftover:  # replaced as a whole: nothing of the gone person's (AccountId, link) is kept
+            self._replace(target, self._new_row(desired, kind))
+        else:
+            self._table.create_entity(self._new_row(desired, kind))
+        for key in ours:
+            if key != new_key:
+                self._delete_if_ours(key, kind, desired.scim_id)
+
+    def _move(self, desired: Desired, source, target) -> None:
+        """Copy (invisible: MovedFrom), commit on the old row, then clear MovedFrom (the caller
+        deletes the old row). The copy is the source as it is now, every field but directory sync's
+        own: a login's LastLoginAt or an admin's AccountId since an earlier copy is kept."""
+        new_key, kind = desired.email_key, source["RowKey"]
+        copy = {k: v for k, v in source.items() if k not in ("PartitionKey", "RowKey", "MovedTo")}
+        copy.update(self._fields(desired), **self._link_fields(source, desired),
+                    PartitionKey=new_key, RowKey=kind, MovedFrom=source["PartitionKey"])
+        if target is None:
             self._table.create_entity(copy)
-            self._commit_move(source, new_key)
-            target = self._read(new_key, kind)
-            self._merge(target, {"MovedFrom": ""})
-            self._delete_moved(old_key, kind, desired)
-            return
-        row = {"PartitionKey": new_key, "RowKey": kind, "AccountId": account_id(desired.scim_id, kind),
+        else:  # an earlier copy of the person's (or a dead row of theirs): replaced as a whole
+            self._replace(target, copy)
+        self._commit_move(source, new_key)
+        self._merge(self._table.get_entity(new_key, kind), {"MovedFrom": ""})
+
+    def _new_row(self, desired: Desired, kind: str) -> dict:
+        row = {"PartitionKey": desired.email_key, "RowKey": kind, "AccountId": account_id(desired.scim_id, kind),
                **self._fields(desired)}
         if desired.link:
             row["LinkedIdpSubject"] = desired.link
-        self._table.create_entity(row)
+        return row
+
+    def _leftover(self, row, desired: Desired) -> bool:
+        """A row provisioned for a person who no longer exists (deleted, or a create that stopped
+        before its person row): not an account to adopt, since its AccountId, link and history are
+        that person's. The email pointer our write holds means no write of that person is under way."""
+        owner = row.get("ScimId") or ""
+        return bool(owner) and owner != desired.scim_id and not self._person_exists(owner)
 
     def _link_fields(self, row, desired: Desired) -> dict:
         """A GUID externalId links an unlinked account at once; a linked one keeps its link (a row
@@ -186,19 +231,17 @@ class AccountSync:
                                    "MovedTo": new_key}, mode=UpdateMode.MERGE,
                                   etag=source.metadata["etag"], match_condition=MatchConditions.IfNotModified)
 
-    def _delete_moved(self, old_key: str, kind: str, desired: Desired) -> None:
-        """The old row of a committed move goes (etag-checked: only as it was when committed)."""
-        source = self._read(old_key, kind)
-        if self._ours(source, desired.scim_id) and source.get("MovedTo") == desired.email_key:
-            self._table.delete_entity(old_key, kind, etag=source.metadata["etag"],
-                                      match_condition=MatchConditions.IfNotModified)
-
     def _merge(self, row, fields: dict) -> None:
         self._table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], **fields},
                                   mode=UpdateMode.MERGE, etag=row.metadata["etag"],
                                   match_condition=MatchConditions.IfNotModified)
 
-    def _remove_ours(self, key: str, kind: str, scim_id: str) -> None:
+    def _replace(self, row, entity: dict) -> None:
+        self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.metadata["etag"],
+                                  match_condition=MatchConditions.IfNotModified)
+
+    def _delete_if_ours(self, key: str, kind: str, scim_id: str) -> None:
+        """Deletes the person's row at `key` as it is now (etag-checked; gone already is fine)."""
         for _ in range(ATTEMPTS):
             row = self._read(key, kind)
             if not self._ours(row, scim_id):
@@ -209,3 +252,10 @@ class AccountSync:
                 return
             except ResourceModifiedError:
                 continue
+
+    def _remove_ours(self, keys: Sequence[str], kind: str, scim_id: str) -> None:
+        """Deletes the person's rows of this kind at `keys` and wherever their move markers lead.
+        Each delete only hides: nothing becomes visible that was not, whatever the order."""
+        for key, row in self._rows(keys, kind, scim_id).items():
+            if self._ours(row, scim_id):
+                self._delete_if_ours(key, kind, scim_id)

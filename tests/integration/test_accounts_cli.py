@@ -418,3 +418,68 @@ def test_a_login_during_an_import_is_not_repointed(cs, store, tag):
     assert result.written == 0 and [r.account_id for r, _ in result.refused] == ["U-NEW"]
     assert (store.get(email, "user").account_id, store.get(email, "user").linked_idp_subject) == ("U-OLD",
                                                                                                   "tenant:raced")
+
+
+# ---- rows that directory sync is moving (shared/scim/sync.py): login's rule, not the row's presence
+
+
+def _moving_pair(store, tag: str, committed: bool, cleared: bool = False) -> tuple[str, str]:
+    """An agent account mid-move as directory sync leaves it: the old row, and its copy at the new email
+    (MovedFrom: invisible until the old row says MovedTo, the commit; `cleared`: the copy's MovedFrom
+    is already cleared, only the old row is left to delete)."""
+    old, new = f"mv-old.{tag}@contoso.test", f"mv-new.{tag}@contoso.test"
+    common = {"RowKey": "agent", "AccountId": "scim-agent-x", "Enabled": True, "ScimId": "x"}
+    store._table.create_entity({"PartitionKey": old, "Email": old, **common,
+                                **({"MovedTo": new} if committed else {})})
+    store._table.create_entity({"PartitionKey": new, "Email": new, **common, **({} if cleared else {"MovedFrom": old})})
+    return old, new
+
+
+def _stored(store, key: str) -> dict:
+    return dict(store._table.get_entity(key, "agent"))
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_add_import_disable_enable_unlink_refuse_a_row_login_does_not_find_because_it_is_moving(
+        cs, store, tag, tmp_path, capsys, committed):
+    old, new = _moving_pair(store, tag, committed)
+    hidden = old if committed else new  # login finds the other one
+    before = _stored(store, hidden)
+    csv_file = _write(tmp_path / "moving.csv", ["email,kind,account_id", f"{hidden},agent,CLI-1"])
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert "line 2:" in err and "directory sync" in err and "nothing was written" in err, err
+    assert run(cs, "add", hidden, "--kind", "agent", "--account-id", "CLI-2") == 1
+    err = capsys.readouterr().err
+    assert "directory sync" in err and "Entra" in err and "kept changing" not in err, err
+    for command in ("disable", "enable", "unlink"):
+        assert run(cs, command, hidden, "--kind", "agent") == 1, command
+        assert "directory sync" in capsys.readouterr().err
+    assert _stored(store, hidden) == before, "nothing was written"
+    assert store.get(new if committed else old, "agent").account_id == "scim-agent-x", "the move is untouched"
+
+
+def test_disable_of_the_moved_account_itself_works_while_its_marker_is_still_there(cs, store, tag, capsys):
+    """After the commit the copy (MovedFrom still set) is the account login finds: it can be disabled."""
+    _, new = _moving_pair(store, tag, committed=True)
+    assert run(cs, "disable", new, "--kind", "agent") == 0
+    assert store.get(new, "agent").enabled is False
+
+
+def test_check_reports_rows_directory_sync_is_moving(cs, store, tag, capsys):
+    old, new = _moving_pair(store, tag, committed=True)
+    assert run(cs, "check") == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if old in line)
+    assert line.startswith("moving") and new in line, out
+    assert "Entra" in out
+
+
+def test_remove_refuses_an_old_row_whose_copy_still_depends_on_it(cs, store, tag, capsys):
+    old, new = _moving_pair(store, tag, committed=True)
+    assert run(cs, "remove", old, "--kind", "agent") == 1
+    assert "directory sync" in capsys.readouterr().err
+    assert store.get(new, "agent") is not None, "the moved account still signs in"
+    store._table.update_entity({"PartitionKey": new, "RowKey": "agent", "MovedFrom": ""})  # step 3 done
+    assert run(cs, "remove", old, "--kind", "agent") == 0, "a leftover old row can go"
+    assert store.get(new, "agent") is not None

@@ -51,16 +51,16 @@ def test_a_move_that_fails_at_any_step_leaves_one_account_and_the_retry_complete
         return Desired(scim_id=scim_id, email_key=email_key(email), email=email, kinds=("agent",), active=True,
                        link=link, display_name="Mover")
 
-    AccountSync(table, lambda _: True).apply(desired(old), None)
+    AccountSync(table, lambda _: True).apply(desired(old))
     first = account_store.get(old, "agent")
     with pytest.raises(DependencyUnavailable):
-        AccountSync(FailingAt(table, method, n), lambda _: True).apply(desired(new), email_key(old))
+        AccountSync(FailingAt(table, method, n), lambda _: True).apply(desired(new), [email_key(old)])
     found = [(e, a) for e in (old, new) if (a := account_store.get(e, "agent")) is not None]
     assert len(found) == 1, f"findable under exactly one email after a failure at {method} #{n}: {found}"
     assert (found[0][1].account_id, found[0][1].linked_idp_subject, found[0][1].enabled) == \
         (first.account_id, link, True)
 
-    AccountSync(table, lambda _: True).apply(desired(new), email_key(old))  # Entra's retry
+    AccountSync(table, lambda _: True).apply(desired(new), [email_key(old)])  # Entra's retry
     assert account_store.get(old, "agent") is None
     moved = account_store.get(new, "agent")
     assert (moved.account_id, moved.linked_idp_subject) == (first.account_id, link)
@@ -77,7 +77,7 @@ def test_a_login_during_the_move_does_not_lose_its_time(account_store, app_env):
     scim_id = oid()
     old, new = f"{unique('old')}@contoso.test", f"{unique('new')}@contoso.test"
     base = {"scim_id": scim_id, "kinds": ("user",), "active": True, "link": None, "display_name": "Racer"}
-    AccountSync(table, lambda _: True).apply(Desired(email_key=email_key(old), email=old, **base), None)
+    AccountSync(table, lambda _: True).apply(Desired(email_key=email_key(old), email=old, **base))
 
     class LoginBetween(FailingAt):
         def __getattr__(self, name):
@@ -92,7 +92,7 @@ def test_a_login_during_the_move_does_not_lose_its_time(account_store, app_env):
             return real
 
     AccountSync(LoginBetween(table, "", 1), lambda _: True).apply(Desired(email_key=email_key(new), email=new,
-                                                                          **base), email_key(old))
+                                                                          **base), [email_key(old)])
     moved = account_store.get(new, "user")
     assert moved.linked_idp_subject == "tenant:person" and moved.last_login_at is not None
     assert account_store.get(old, "user") is None
