@@ -40,13 +40,14 @@ from scim2_models import (
 from scim2_models.path.expressions import CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
 from scim2_server.storage import ScimStorage, SearchPage
 
+from ..accounts import utf16_units
 from ..tables import storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
 from .sync import AccountSync, Conflict, Desired, Guarded
 
 PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = "P", "U", "X", "E"
-MAX_STORED = 30_000  # characters of a person's JSON (a Table string property holds 32K)
+MAX_STORED = 30_000  # UTF-16 units of a person's JSON (a Table string property holds 32,768)
 # A pointer whose person does not (yet) hold its value is a write in progress while it is younger
 # than this (the person row is written last), and left behind by a write that stopped once older.
 CLAIM_GRACE = timedelta(minutes=5)
@@ -213,11 +214,12 @@ class TableScimStorage(ScimStorage):
             return None
         return [person] if person else []
 
-    def _by_email(self, value: str) -> list[Person] | None:
-        """The person whose account email this is; None (every person a candidate) when no one's is:
-        the `E` pointer indexes only the chosen email, and a second work email (even one the
-        email-key rule refuses) is its person's to be found by too."""
-        return self._by_pointer(BY_EMAIL, mapping.email_key, value) or None
+    def _by_email(self, value: str) -> list[Person]:
+        """The person whose account email this is (the `E` pointer: one point read). A miss is no one,
+        not a scan: Entra sends this filter before creating each person when email is the matching
+        attribute, and a scan per person would make a first cycle quadratic. A person's second work
+        email is not found by it (their account email is)."""
+        return self._by_pointer(BY_EMAIL, mapping.email_key, value)
 
     def _by_pointer(self, partition: str, key_of, value: str) -> list[Person]:
         try:
@@ -283,8 +285,8 @@ class TableScimStorage(ScimStorage):
     def _row(self, scim_id: str, user: User, facts: Facts, version: int, created: datetime) -> dict:
         body = user.model_dump(mode="json", exclude={"id", "meta"})
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-        if len(text) > MAX_STORED:
-            raise InvalidValueException(detail=f"the User is larger than the {MAX_STORED} characters kept")
+        if utf16_units(text) > MAX_STORED:  # as Table Storage counts: an emoji is two
+            raise InvalidValueException(detail=f"the User is larger than the {MAX_STORED} UTF-16 units kept")
         return {"PartitionKey": PERSON, "RowKey": scim_id, "Resource": text, "UserName": user.user_name,
                 "UserNameKey": facts.user_name_key, "ExternalId": user.external_id or "",
                 "ExternalIdKey": facts.external_id_key, "Email": facts.email, "EmailKey": facts.email_key,
@@ -301,13 +303,13 @@ class TableScimStorage(ScimStorage):
     def create(self, resource_type: ResourceType, resource: User) -> User:
         facts = Facts(resource, self._default_kind, self._tenant)
         scim_id = str(uuid.uuid4())  # random: never reused
+        row = self._row(scim_id, resource, facts, 1, datetime.now(UTC))  # refused (too large) before any write
         claimed = []
         try:
             for partition, key in facts.keys().items():
                 self._claim(partition, key, scim_id)
                 claimed.append((partition, key))
             self._apply_accounts(scim_id, facts, [], created=True)
-            row = self._row(scim_id, resource, facts, 1, datetime.now(UTC))
             return Person.written(row, self._users.create_entity(row)).resource()
         except SCIMException:
             # Refused before the person row: its pointers would block the corrected retry for
@@ -324,6 +326,7 @@ class TableScimStorage(ScimStorage):
         if expected_version is not None and expected_version != version_tag(person.version):
             raise PreconditionFailedException(detail="the User changed since it was read")
         facts = Facts(resource, self._default_kind, self._tenant)
+        row = self._row(scim_id, resource, facts, person.version + 1, person.row["Created"])  # before any write
         old = person.keys()
         for partition, key in facts.keys().items():
             if key != old[partition]:
@@ -332,7 +335,6 @@ class TableScimStorage(ScimStorage):
         if facts.email_key and facts.email_key not in recorded:
             self._record_pending(person, [*recorded, facts.email_key])
         self._apply_accounts(scim_id, facts, recorded)
-        row = self._row(scim_id, resource, facts, person.version + 1, person.row["Created"])
         try:
             written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
                                                 match_condition=MatchConditions.IfNotModified)

@@ -5,11 +5,13 @@ two PATCHes at once, and a storage outage."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+import urllib3.connectionpool
 
 from shared.scim import store
 from shared.scim.mapping import user_name_key
@@ -398,3 +400,42 @@ def test_values_whose_table_keys_would_be_too_long_are_400_invalid_value_not_503
     for attribute in ("userName", "externalId"):
         found = scim.get("/Users", params={"filter": f'{attribute} eq "{long_value}"'})
         assert found.status_code == 200 and found.json()["totalResults"] == 0, found.text
+
+
+def test_a_work_email_filter_that_finds_no_one_reads_one_pointer_and_scans_no_person(scim, monkeypatch):
+    """Entra sends this filter before creating each person when email is the matching attribute: a
+    miss that scanned every person row would make a first cycle quadratic."""
+    for _ in range(3):
+        new_user(scim)
+    queries = []
+    real = urllib3.connectionpool.HTTPConnectionPool.urlopen
+
+    def urlopen(pool, method, url, *args, **kwargs):  # observes what goes to Azurite, then sends it
+        if SCIM_USERS_TABLE in url and "$filter" in url:
+            queries.append(url)
+        return real(pool, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "urlopen", urlopen)
+    listed = scim.get("/Users", params={"filter": f'emails[type eq "work"].value eq "{unique("nobody")}@contoso.test"'})
+    assert listed.status_code == 200 and listed.json()["totalResults"] == 0
+    assert queries == [], f"a miss scanned the person rows: {queries}"
+    scim.get("/Users", params={"filter": f'emails.value eq "{unique("nobody")}@contoso.test"'})
+    assert queries, "the control: emails.value eq, which any person may hold as any type, does scan"
+
+
+def test_a_user_too_large_in_utf16_units_is_400_before_any_account_or_pointer_is_written(scim, account_store):
+    """A Table string property holds 32,768 UTF-16 units; an emoji is two. Refused before the claims
+    and the accounts: nothing to sign in with, and the corrected retry is not 409."""
+    name = unique("big")
+    email = f"{name}@contoso.test"
+    body = entra.create_user(email, email, oid(), given="\U0001F600" * 15_100)  # 15,1xx characters, 30,2xx units
+    raw = json.dumps(body, ensure_ascii=False).encode()  # UTF-8 (61 KB), as Entra sends it
+    error_of(scim.request("POST", "/Users", raw=raw), 400, "invalidValue")
+    assert account_store.get(email, "user") is None, "no account made for a refused User"
+    assert scim.post("/Users", entra.create_user(email, email, oid())).status_code == 201, "nothing left claimed"
+    user = scim.get("/Users", params={"filter": f'userName eq "{email}"'}).json()["Resources"][0]
+    patch = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+             "Operations": [{"op": "replace", "path": "name.givenName", "value": "\U0001F600" * 15_100}]}
+    patched = scim.request("PATCH", f"/Users/{user['id']}", raw=json.dumps(patch, ensure_ascii=False).encode())
+    error_of(patched, 400, "invalidValue")
+    assert account_store.get(email, "user").enabled, "the account is as it was"
