@@ -29,7 +29,7 @@ class PortalScimService(ScimService):
         """The library's reading, after steps of ours: a schema URN neither kept nor
         known-and-ignored is refused (invalidSyntax) rather than dropped with its attributes,
         Entra's enterprise extension (kept nowhere) is dropped whole, and roles sent as JSON strings
-        are read in their plain form (resources.plain_role)."""
+        are read in their plain form (mapping.plain_role)."""
         payload = self.decode_body(body, content_type)
         if isinstance(payload, dict):
             if "schemas" in payload:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from typing import Any
 
 from .. import accounts
 from ..accounts import ascii_lower, table_key
@@ -90,17 +91,30 @@ def has_portal_role(roles: list[dict]) -> bool:
     return any(role_value(r) in ROLE_KINDS for r in roles or [])
 
 
+def plain_role(entry: Any, selecting: bool = False) -> Any:
+    """Entra's AppRoleAssignmentsComplex PATCH sends a role with its assignment as a JSON string in
+    `value` ('{"id":"...","value":"Portal.Agent","displayName":"Agent"}'), its POST the plain value:
+    this is the plain form ({"value", "display"}), so roles are kept and compared in one form and a
+    Remove in either form removes a role added in the other. A Remove selects by value alone (the
+    display stored may be another's). Anything else is returned as it came."""
+    value = entry.get("value") if isinstance(entry, dict) else None
+    if not isinstance(value, str) or not value.lstrip().startswith("{"):
+        return entry
+    try:
+        inner = json.loads(value)
+    except ValueError:
+        return entry
+    if not isinstance(inner, dict) or not isinstance(inner.get("value"), str):
+        return entry
+    plain = {"value": inner["value"]}
+    if isinstance(inner.get("displayName"), str) and not selecting:
+        plain["display"] = inner["displayName"]
+    return plain
+
+
 def role_value(role: dict) -> str:
-    """A role's app role value, ASCII-lowercased. Entra's AppRoleAssignmentsComplex PATCH sends the
-    value as a JSON string ('{"id":"...","value":"Portal.Agent","displayName":"Agent"}'), its POST
-    as the plain value: both are read."""
-    value = role.get("value") if isinstance(role, dict) else None
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        try:
-            inner = json.loads(value)
-        except ValueError:
-            inner = None
-        value = inner.get("value") if isinstance(inner, dict) else value
+    """A role's app role value, ASCII-lowercased, in either of Entra's forms (plain_role)."""
+    value = plain_role(role).get("value") if isinstance(role, dict) else None
     return ascii_lower(value) if isinstance(value, str) else ""
 
 

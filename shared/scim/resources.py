@@ -10,7 +10,6 @@ expects to add it)."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from scim2_models import (
@@ -36,6 +35,8 @@ from scim2_models import (
     Sort,
     Uniqueness,
 )
+
+from .mapping import plain_role
 
 MAX_RESULTS = 200
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -104,27 +105,6 @@ CONFIG = ServiceProviderConfig(
 def provider() -> ScimProvider:
     return ScimProvider(models=[User], resource_types=[ResourceType.from_resource(User)], config=CONFIG,
                         policy=POLICY)
-
-
-def plain_role(entry: Any, selecting: bool = False) -> Any:
-    """Entra's AppRoleAssignmentsComplex PATCH sends a role with its assignment as a JSON string in
-    `value` ('{"id":"...","value":"Portal.Agent","displayName":"Agent"}'), its POST the plain value:
-    this is the plain form ({"value", "display"}), so roles are kept and compared in one form and a
-    Remove in either form removes a role added in the other. A Remove selects by value alone (the
-    display stored may be another's). Anything else is returned as it came."""
-    value = entry.get("value") if isinstance(entry, dict) else None
-    if not isinstance(value, str) or not value.lstrip().startswith("{"):
-        return entry
-    try:
-        inner = json.loads(value)
-    except ValueError:
-        return entry
-    if not isinstance(inner, dict) or not isinstance(inner.get("value"), str):
-        return entry
-    plain = {"value": inner["value"]}
-    if isinstance(inner.get("displayName"), str) and not selecting:
-        plain["display"] = inner["displayName"]
-    return plain
 
 
 def _plain_roles(value: Any, selecting: bool = False) -> Any:
