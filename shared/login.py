@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from . import pages
 from .aadsts import hint_for
@@ -291,9 +291,11 @@ class SsoService:
         try:
             account = self.deps.accounts.find_account(email, kind)
         except NoAccount as err:
-            raise self._no_account(err, email, kind) from None
+            raise self._no_account(err, email, kind, flow) from None
         event.account_id = account.account_id
-        self.deps.accounts.link_and_record_login(account, idp_sub)
+        # The row linked: after a race (the row removed and added again meanwhile) it is a fresh read.
+        account = self.deps.accounts.link_and_record_login(account, idp_sub)
+        event.account_id = account.account_id
         # 7. the session token, delivered by form_post to this kind's portal
         token = self.deps.signer().issue_session_token(
             issuer=settings.session_issuer, audience=settings.session_audience, subject=account.account_id,
@@ -302,7 +304,7 @@ class SsoService:
             nonce=flow.portal_nonce, return_to=flow.return_to)
         portal = settings.portal_urls[kind]
         # The token alone: return_to and the portal's nonce are claims in it, never fields to trust.
-        return pages.form_post(portal, {"session_token": token}, origin_of(portal))
+        return pages.form_post(portal, {"session_token": token}, then=flow.return_to)
 
     def _take_and_redeem(self, flow: Flow, msal_flow: dict, code: str, callback: Callback) -> dict:
         """Consumes the marker (raising UnknownState when another callback took it, FlowExpired when the
@@ -374,9 +376,11 @@ class SsoService:
                 return pages.error(unavailable, correlation_id, portal_url=self._portal_url(event.kind))
         return reply
 
-    def _no_account(self, err: NoAccount, email: str, kind: str) -> NoAccount:
+    def _no_account(self, err: NoAccount, email: str, kind: str, flow: Flow) -> NoAccount:
         """The 403 page names the kind, says when the person has an account of the other kind (one
-        more read, on this failure path only) and offers to sign in with another account."""
+        more read, on this failure path only) and offers to sign in with another account: a login
+        with the portal's own nonce and return_to, which its landing checks (neither is secret, and
+        the return_to is checked again at that login start)."""
         other = next(k for k in KINDS if k != kind)
         try:
             has_other = self.deps.accounts.get(email, other) is not None
@@ -386,7 +390,9 @@ class SsoService:
         err.notes = ((f"You have a portal {other} account: sign in from the {other} portal instead.",) if has_other
                      else ("If you should have one, ask your portal administrator, or sign in with another "
                            "account.",))
-        err.actions = [("Sign in with another account", f"/api/sso/{kind}/login?prompt=select_account")]
+        again = {"prompt": "select_account", "nonce": flow.portal_nonce, "return_to": flow.return_to}
+        err.actions = [("Sign in with another account",
+                        f"/api/sso/{kind}/login?{urlencode({k: v for k, v in again.items() if v})}")]
         if has_other:
             if self.deps.settings.home_url(other) != self.deps.settings.home_url(kind):
                 err.actions.append((f"Go to the {other} portal", self.deps.settings.home_url(other)))

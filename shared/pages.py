@@ -9,7 +9,7 @@ import html
 import json
 from dataclasses import dataclass, field
 
-from .config import KIND_ROLES
+from .config import KIND_ROLES, origin_of
 from .errors import SsoError
 
 # Sizes in rem, so browser zoom and a larger default font scale everything; code at 1rem (a bare
@@ -59,9 +59,13 @@ def _page(title: str, body: str, style: str = STYLE, *, noindex: bool = False) -
             f"<title>{html.escape(title)}</title><style>{style}</style></head><body><main>{body}</main></body></html>")
 
 
-def form_post(action: str, fields: dict[str, str], form_action_origin: str) -> Reply:
+def form_post(action: str, fields: dict[str, str], *, then: str | None = None) -> Reply:
     """The page that posts the session token to the portal: the token travels in a POST body, never a
-    URL. A hashed script submits it; a button does it where scripts are off."""
+    URL. A hashed script submits it; a button does it where scripts are off. The CSP's form-action
+    allows the portal's origin and that of `then`, where the portal sends the person next (the
+    return_to, allow-listed at login start): Chromium applies form-action to the redirect that
+    follows the POST too, and would stop a return_to on another allowed origin after the token
+    was used up."""
     inputs = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
                      for k, v in fields.items())
     body = (f'<form id="portal-sso" method="post" action="{html.escape(action)}">{inputs}'
@@ -70,7 +74,8 @@ def form_post(action: str, fields: dict[str, str], form_action_origin: str) -> R
     # The portal checks the POST's Origin, which a no-referrer page sends as "null": this page alone
     # uses strict-origin (our origin, never a path, nothing over a downgrade to http).
     page = _page("Signing you in", body).replace('content="no-referrer"', 'content="strict-origin"', 1)
-    return Reply(200, page, headers={**security_headers(form_action=form_action_origin, script=True),
+    origins = " ".join(dict.fromkeys(origin_of(url) for url in (action, then) if url))
+    return Reply(200, page, headers={**security_headers(form_action=origins, script=True),
                                      "Referrer-Policy": "strict-origin"})
 
 

@@ -5,8 +5,11 @@ audit row cannot be written."""
 from __future__ import annotations
 
 import hashlib
+import html
 import logging
+import re
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
@@ -17,7 +20,7 @@ from jwt.algorithms import RSAAlgorithm
 from shared.accounts import Account
 from shared.callback import CallbackRequest
 from shared.config import load_settings
-from shared.errors import DependencyUnavailable
+from shared.errors import DependencyUnavailable, NoAccount
 from shared.flows import Flow, FlowStore, cookie_name
 from shared.jwks import JwksCache
 from shared.login import SsoService
@@ -100,10 +103,11 @@ def idp_key():
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def callback_request(deps: Deps, expires_at: int | None = None) -> CallbackRequest:
+def callback_request(deps: Deps, expires_at: int | None = None, *, return_to: str | None = None,
+                     portal_nonce: str | None = None) -> CallbackRequest:
     """The callback of a login this browser started: its flow sealed in its cookie with the deps' key."""
     flow = Flow(state=STATE, kind="user", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
-                return_to=None, portal_nonce=None, expires_at=expires_at or int(time.time()) + 300,
+                return_to=return_to, portal_nonce=portal_nonce, expires_at=expires_at or int(time.time()) + 300,
                 correlation_id="c")
     cookie = f"{cookie_name('user', STATE)}={deps.signer().flow_cookies.seal(flow)}"
     return CallbackRequest("POST", "application/x-www-form-urlencoded", f"code=c0de&state={STATE}".encode(),
@@ -210,3 +214,39 @@ def test_an_audit_store_failing_unexpectedly_still_leaves_the_page_and_the_log_l
     for cid, stage in (("cid-login", "sso.login"), ("cid-callback", "sso.callback")):
         assert any(m.startswith(f"sso.audit_failed correlation_id={cid} ") and "event={" in m for m in lines), lines
         assert any(m.startswith(f"{stage} ") and f"correlation_id={cid}" in m for m in lines), lines
+
+
+def test_sign_in_with_another_account_keeps_the_portals_nonce_and_return_to(idp_key):
+    """The portal's landing checks the nonce its browser holds: a new login without it could never
+    get the person in."""
+    class NoAccounts(Accounts):
+        def find_account(self, email, kind):
+            raise NoAccount(f"no {kind} account for this email")
+
+        def get(self, email, kind):
+            return None
+
+    deps = Deps(idp_key, Events())
+    deps.accounts = NoAccounts()
+    nonce, return_to = "portal-nonce-0123456789", "https://portal.test/user/inbox?tab=1&x=y"
+    reply = SsoService(deps).complete_login("user", callback_request(deps, return_to=return_to, portal_nonce=nonce),
+                                            "cid-a")
+    assert reply.status == 403
+    (href,) = [html.unescape(h) for h in re.findall(r'href="(/api/sso/user/login\?[^"]*)"', reply.body)]
+    assert parse_qs(urlsplit(href).query) == {"prompt": ["select_account"], "nonce": [nonce], "return_to": [return_to]}
+
+
+def test_the_token_names_the_account_the_login_linked_when_the_row_changed_meanwhile(idp_key):
+    """Between the read and the link, the row was removed and added again under another id: the link
+    went to the fresh row, and so do the token's sub and the audit row."""
+    class Replaced(Accounts):
+        def link_and_record_login(self, account, idp_sub):
+            return Account(account.email, account.kind, "A-NEW", "Ann", True, idp_sub, None, "etag-2")
+
+    events = Events()
+    deps = Deps(idp_key, events)
+    deps.accounts = Replaced()
+    reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-r")
+    (token,) = re.findall(r'name="session_token" value="([^"]+)"', reply.body)
+    assert jwt.decode(token, options={"verify_signature": False})["sub"] == "A-NEW"
+    assert [e.account_id for e in events.rows] == ["A-NEW"]

@@ -138,8 +138,7 @@ ORIGIN = "https://portal.contoso.test"
 
 @pytest.fixture
 def form_reply() -> pages.Reply:
-    return pages.form_post(PORTAL, {"session_token": FAKE_TOKEN, "return_to": 'https://portal.contoso.test/a?b="<c>'},
-                           ORIGIN)
+    return pages.form_post(PORTAL, {"session_token": FAKE_TOKEN, "return_to": 'https://portal.contoso.test/a?b="<c>'})
 
 
 def test_form_post_page_posts_to_the_portal_url(form_reply):
@@ -166,6 +165,13 @@ def test_form_post_page_has_a_button_for_browsers_without_script(form_reply):
 
 def test_form_post_csp_limits_form_action_to_the_portal_origin(form_reply):
     assert csp_of(form_reply)["form-action"] == [ORIGIN], "the form may post only to the portal's origin"
+
+
+def test_form_post_csp_also_allows_the_origin_of_where_the_portal_sends_the_person_next():
+    reply = pages.form_post(PORTAL, {"session_token": FAKE_TOKEN}, then="https://agents.contoso.test:8443/desk")
+    assert csp_of(reply)["form-action"] == [ORIGIN, "https://agents.contoso.test:8443"]
+    same = pages.form_post(PORTAL, {"session_token": FAKE_TOKEN}, then="https://portal.contoso.test/queues")
+    assert csp_of(same)["form-action"] == [ORIGIN], "an origin once"
 
 
 def test_form_post_script_is_allowed_only_by_the_hash_of_the_inline_script(form_reply):
@@ -228,7 +234,7 @@ def test_flow_ttl_is_at_most_ten_minutes():
 
 def test_every_page_has_one_main_landmark():
     for reply in (pages.error(SsoError("x"), CORRELATION_ID), pages.signed_out("https://p.test/"),
-                  pages.form_post(PORTAL, {"session_token": FAKE_TOKEN}, ORIGIN)):
+                  pages.form_post(PORTAL, {"session_token": FAKE_TOKEN})):
         assert reply.body.count("<main>") == 1 and reply.body.count("</main>") == 1, "content inside a <main>"
 
 
