@@ -181,6 +181,15 @@ def test_a_browser_holds_a_bounded_number_of_nonce_cookies_the_oldest_evicted(po
     assert post_to_portal(portal, finish_login(logins[evicted])).status_code == 303, "the oldest one kept"
 
 
+def test_a_foreign_or_garbled_nonce_cookie_is_evicted_first_not_a_500(portal):
+    """Cookies under the prefix that no start of this portal set (another tool's, an old format, a
+    non-ASCII digit) count as the oldest."""
+    portal.set_cookie("__Host-demo-portal-nonce-user", "\u00b2.x", domain="127.0.0.1", secure=True)
+    for _ in range(MAX_NONCE_COOKIES):
+        start_at_portal(portal)
+    assert portal.get_cookie("__Host-demo-portal-nonce-user", domain="127.0.0.1") is None
+
+
 # ---- the app's half
 
 
