@@ -1,10 +1,11 @@
 """A demo portal: the whole portal half of the hand-off (README "What the portal must do"), as an example.
 
-`GET /{kind}/start` makes the portal's own random nonce, keeps it in a cookie of this browser and sends
-the browser to the app's login with it (and a return_to on this portal). `POST /{kind}` receives the
+`GET /{kind}/start` makes the portal's own random nonce, keeps it in a cookie of this browser of its own
+(named by the nonce's hash, so a second tab's login start never overwrites the first's) and sends the
+browser to the app's login with it (and a return_to on this portal). `POST /{kind}` receives the
 form_post and accepts the session token only if: the POST's `Origin` is the app's origin; the JWT
 verifies against the app's JWKS (pinned algorithms, iss, aud, exp/nbf/iat with a bounded leeway, the
-page's account_type); its `nonce` claim is the one in this browser's cookie; its `jti` was never
+page's account_type); its `nonce` claim is in this browser's cookie of that nonce; its `jti` was never
 accepted before. Then it starts the portal's own session (a cookie of its own) and redirects to the
 `return_to` claim, never to anything posted beside the token. `GET /{kind}/logout` ends that session
 and then the IdP's. Run by `make run`; `python -m tools.demo_portal --help` runs it alone."""
@@ -12,11 +13,14 @@ and then the IdP's. Run by `make run`; `python -m tools.demo_portal --help` runs
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import html
 import json
 import secrets
 import threading
 import time
+from collections.abc import Mapping
 from urllib.parse import urlencode, urlsplit
 
 import jwt
@@ -24,7 +28,12 @@ from werkzeug.wrappers import Request, Response
 
 KINDS = ("user", "agent")
 LEEWAY = 60  # seconds of clock skew tolerated between the app and the portal
-NONCE_COOKIE = "__Host-demo-portal-nonce-{kind}"
+NONCE_PREFIX = "__Host-demo-portal-nonce-"
+NONCE_SECONDS = 600  # a login start's cookie lives as long as the app's flow (10 minutes)
+# One nonce cookie per login start: tabs and both doors each keep their own (SPEC: at least four logins
+# in flight per browser). Beyond this many, both kinds together, the oldest goes, as the app does with
+# its own flow cookies: starts never completed must not pile cookies up.
+MAX_NONCE_COOKIES = 5
 SESSION_COOKIE = "__Host-demo-portal-session"
 SESSION_SECONDS = 8 * 3600  # the portal's own session: its length is the portal's choice, not the token's
 REQUIRED = ["exp", "iat", "nbf", "sub", "jti", "iss", "aud"]
@@ -40,15 +49,35 @@ border-radius:4px}}pre{{background:#f4f4f4;padding:1rem;white-space:pre-wrap;wor
 class HandOffRefused(Exception):
     """The POSTed token must not start a session; `status` is the page's (403 for a foreign origin)."""
 
-    def __init__(self, reason: str, status: int = 401):
+    def __init__(self, reason: str, status: int = 401, spent: str | None = None):
         super().__init__(reason)
         self.status = status
+        self.spent = spent
 
 
 def _cookie(name: str, value: str, max_age: int) -> str:
     # SameSite=None: the form_post from the app's origin is a cross-site POST in production (the app and
     # the portal are different sites), which would not carry a Lax cookie. __Host-: Secure, Path=/.
     return f"{name}={value}; Path=/; Secure; HttpOnly; SameSite=None; Max-Age={max_age}"
+
+
+def nonce_cookie_name(kind: str, nonce: str) -> str:
+    """`__Host-demo-portal-nonce-{kind}-{12 url-safe characters of the nonce's SHA-256}`: the landing
+    finds the cookie of the token's own login from its `nonce` claim, and the name's length is fixed
+    whatever the nonce's (16 to 128 characters)."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(nonce.encode()).digest()[:9]).decode()
+    return f"{NONCE_PREFIX}{kind}-{digest}"
+
+
+def nonce_cookies_held(cookies: Mapping[str, str]) -> list[tuple[int, str]]:
+    """(start time in ns, name) of the nonce cookies a request carries, oldest first. The value is
+    `{start time}.{nonce}`: browsers do not send a cookie's age, and the oldest is the one to evict."""
+    found = []
+    for name, value in cookies.items():
+        if name.startswith(NONCE_PREFIX):
+            started = value.partition(".")[0]
+            found.append((int(started) if started.isascii() and started.isdigit() else 0, name))
+    return sorted(found)
 
 
 class PortalHalf:
@@ -78,8 +107,9 @@ class PortalHalf:
             raise jwt.InvalidTokenError(f"a {claims.get('account_type')} token posted to the {kind} page")
         return claims
 
-    def accept(self, token: str, kind: str, *, origin: str | None, nonce_cookie: str | None) -> dict:
-        """The whole check of one hand-off; returns the claims, or raises HandOffRefused."""
+    def accept(self, token: str, kind: str, *, origin: str | None, cookies: Mapping[str, str]) -> dict:
+        """The whole check of one hand-off, given the request's cookies; returns the claims, or raises
+        HandOffRefused (its `spent`: the nonce cookie of a verified token's login, for the page to clear)."""
         # 1. Only the app's own delivery page may POST here: the landing URL is exempt from the
         #    portal's CSRF tokens (the app cannot know them), which is safe because of 1 to 4.
         if (origin or "").lower() != self.app_origin:
@@ -88,15 +118,20 @@ class PortalHalf:
             claims = self.verify(token, kind)
         except (jwt.PyJWTError, jwt.PyJWKClientError) as exc:
             raise HandOffRefused(f"{type(exc).__name__}: {exc}") from exc
-        # 3. This browser started this login (login CSRF): the nonce it holds is the token's.
-        if not nonce_cookie or not secrets.compare_digest(str(claims.get("nonce", "")).encode(), nonce_cookie.encode()):
-            raise HandOffRefused("the token's nonce is not this browser's login")
+        # 3. This browser started this login (login CSRF): it holds the cookie of the token's nonce, and
+        #    the nonce in it is the token's. No cookie of that name: refused, never another cookie tried.
+        nonce = str(claims.get("nonce", ""))
+        spent = nonce_cookie_name(kind, nonce) if nonce else None
+        held = cookies.get(spent, "").partition(".")[2] if spent else ""
+        if not held or not secrets.compare_digest(nonce.encode(), held.encode()):
+            raise HandOffRefused("the token's nonce is not this browser's login",
+                                 spent=spent if spent in cookies else None)
         # 4. Each token once (a token copied from a browser, a log or a proxy cannot be replayed).
         now = time.time()
         with self._lock:
             self._seen = {jti: until for jti, until in self._seen.items() if until > now}
             if claims["jti"] in self._seen:
-                raise HandOffRefused("this token was already used (jti seen)")
+                raise HandOffRefused("this token was already used (jti seen)", spent=spent)
             self._seen[claims["jti"]] = claims["exp"] + self.leeway
         return claims
 
@@ -115,30 +150,36 @@ class DemoPortal:
         return self._page(f"<p>Sign in with Microsoft Entra ID (here: the local dev IdP).</p>{links}")
 
     def start(self, request: Request, kind: str) -> Response:
-        """A nonce of this browser, in its cookie and in the login start; return_to on this portal."""
+        """A nonce of this login, in a cookie of its own and in the login start; return_to on this portal.
+        The browser's other logins in flight keep their cookies, but for the oldest beyond the bound."""
         nonce = secrets.token_urlsafe(32)
         query = urlencode({"return_to": f"{request.host_url.rstrip('/')}/{kind}/inbox", "nonce": nonce})
         response = Response(status=302, headers={"Location": f"{self.app_base}/api/sso/{kind}/login?{query}"})
-        response.headers.add("Set-Cookie", _cookie(NONCE_COOKIE.format(kind=kind), nonce, 600))
+        response.headers.add("Set-Cookie", _cookie(nonce_cookie_name(kind, nonce), f"{time.time_ns()}.{nonce}",
+                                                   NONCE_SECONDS))
+        held = nonce_cookies_held(request.cookies)
+        for _, name in held[:max(0, len(held) + 1 - MAX_NONCE_COOKIES)]:
+            response.headers.add("Set-Cookie", _cookie(name, "", 0))
         return self._no_store(response)
 
     def landing(self, request: Request, kind: str) -> Response:
-        nonce_name = NONCE_COOKIE.format(kind=kind)
         try:
             claims = self.half.accept(request.form.get("session_token", ""), kind,
-                                      origin=request.headers.get("Origin"),
-                                      nonce_cookie=request.cookies.get(nonce_name))
+                                      origin=request.headers.get("Origin"), cookies=request.cookies)
         except HandOffRefused as exc:
             body = (f'<h2 class="bad" id="refused">Session token refused</h2><p>{html.escape(str(exc))}</p>'
                     '<p><a href="/">Back</a></p>')
-            return self._page(body, status=exc.status)
+            refused = self._page(body, status=exc.status)
+            if exc.spent:  # a verified token of this browser's login, refused: that login is over too
+                refused.headers.add("Set-Cookie", _cookie(exc.spent, "", 0))
+            return refused
         # The token was a one-time hand-off: from here on, the portal's own session is what counts.
         session_id = secrets.token_urlsafe(32)
         self._sessions[session_id] = claims
         target = claims.get("return_to") or f"/{kind}/inbox"  # the claim only: allow-listed by the app
         response = Response(status=303, headers={"Location": target})
         response.headers.add("Set-Cookie", _cookie(SESSION_COOKIE, session_id, SESSION_SECONDS))
-        response.headers.add("Set-Cookie", _cookie(nonce_name, "", 0))
+        response.headers.add("Set-Cookie", _cookie(nonce_cookie_name(kind, claims["nonce"]), "", 0))
         return self._no_store(response)
 
     def signed_in(self, request: Request, kind: str) -> Response:

@@ -50,3 +50,24 @@ def test_wrong_password_stays_at_the_idp_and_no_token_reaches_the_portal(browser
         assert flow_cookie[0]["sameSite"] == "None"
     finally:
         context.close()
+
+
+def test_two_tabs_sign_in_at_once_and_both_land_on_the_portal(browser, portal, demo_accounts):
+    """Both tabs' sign-in links clicked before either login completes: the second start must not break
+    the first (SPEC: logins in flight), at the app (its flow cookies) nor at the portal (its nonces)."""
+    context = browser.new_context()
+    try:
+        tabs = [context.new_page(), context.new_page()]
+        for tab in tabs:
+            tab.goto(f"{portal}/")
+            tab.click("text=Sign in as user")
+            tab.wait_for_selector("#login")
+        assert len([c for c in context.cookies(portal) if c["name"].startswith("__Host-demo-portal-nonce-")]) == 2, \
+            "one nonce cookie per login start"
+        for tab in tabs:  # the first started, first
+            sign_in_on_the_idp_page(tab, DEMO_USER)
+            assert tab.url == f"{portal}/user/inbox"
+        assert not [c for c in context.cookies(portal) if c["name"].startswith("__Host-demo-portal-nonce-")], \
+            "each hand-off cleared its own login's nonce cookie"
+    finally:
+        context.close()
