@@ -298,8 +298,10 @@ class MakeRun:
     def __enter__(self) -> MakeRun:
         self.out = self.home / f"make-run-{time.monotonic_ns()}.log"
         with self.out.open("wb") as sink:
+            # A session of its own: if it does not stop, its services (Azurite, the IdP, the host, the
+            # portal) are killed with it instead of outliving the test.
             self.process = subprocess.Popen([sys.executable, "-m", "tools.dev"], cwd=ROOT, env=self.env,
-                                            stdout=sink, stderr=subprocess.STDOUT)
+                                            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
         while "Press Ctrl-C to stop." not in self.text:
             assert self.process.poll() is None and time.monotonic() < deadline, f"make run did not start:\n{self.text}"
@@ -315,7 +317,7 @@ class MakeRun:
         try:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             raise
 
     def browser(self) -> requests.Session:
