@@ -298,6 +298,12 @@ def _issuer(read: _Reader, _: dict) -> dict:
     elif not _https_url(base):
         read.problem("OIDC_ISSUER_URL", f"{quoted(raw)} is not an https:// URL (MSAL refuses anything else);",
                      "paste the 'OpenID Connect metadata document' URL from the app registration's Endpoints.")
+    elif _entra_issuer(base) and not _ENTRA_V2_PATH.fullmatch(urlsplit(base).path):
+        # MSAL signs in at Entra's v2.0 endpoints whatever it is given: with the v1.0 document (issuer
+        # sts.windows.net) every ID token would fail our iss check, and a longer path is no tenant.
+        read.problem("OIDC_ISSUER_URL", f"{quoted(raw)} is not Entra's v2.0 metadata document;",
+                     "paste the app registration's Endpoints > 'OpenID Connect metadata document', "
+                     "https://login.microsoftonline.com/<tenant>/v2.0/.well-known/openid-configuration.")
     client_id = read.get("OIDC_CLIENT_ID")
     if not client_id:
         read.problem("OIDC_CLIENT_ID", "missing.", "Copy the 'Application (client) ID' from the app registration.")
@@ -309,6 +315,9 @@ def _issuer(read: _Reader, _: dict) -> dict:
                      "or the Object ID's label).")
     return {"issuer_base": base, "metadata_url": f"{base}/{WELL_KNOWN_SUFFIX}{metadata_query(raw)}",
             "client_id": client_id, "idp_timeout_seconds": read.whole_number("IDP_TIMEOUT_SECONDS", 10, lo=1, hi=120)}
+
+
+_ENTRA_V2_PATH = re.compile(r"/([A-Za-z0-9._-]+|\{tenantid\})/v2\.0")  # /{tenant id, domain, organizations...}/v2.0
 
 
 def _entra_issuer(base: str) -> bool:

@@ -176,10 +176,13 @@ class OidcClient:
 
     def _build(self, secret: SecretValue) -> msal.ConfidentialClientApplication:
         host = (urlsplit(self.authority).hostname or "").lower()
-        # Entra's own hosts use MSAL's Entra authority; any other IdP is an OIDC authority (this also
+        # Entra's own hosts use MSAL's Entra authority, which is the tenant without "/v2.0": MSAL adds
+        # "/v2.0/.well-known/openid-configuration" to its path, so the issuer itself (settings keep
+        # Entra's to the v2.0 form) would have it look for /<tenant>/v2.0/v2.0/..., which Entra does
+        # not serve, instead of the document we fetched. Any other IdP is an OIDC authority (this also
         # keeps MSAL from asking login.microsoftonline.com about a host it does not know).
-        where = ({"authority": self.authority} if host in msal.authority.WELL_KNOWN_AUTHORITY_HOSTS
-                 else {"oidc_authority": self.authority})
+        where = ({"authority": self.authority.removesuffix("/v2.0")}
+                 if host in msal.authority.WELL_KNOWN_AUTHORITY_HOSTS else {"oidc_authority": self.authority})
         try:
             return msal.ConfidentialClientApplication(
                 self.client_id, client_credential=msal_client_credential(secret, certificate=self._certificate),

@@ -412,3 +412,15 @@ def test_a_malformed_connection_string_is_named_with_its_fix_never_quoted(value,
     (problem,) = caught.value.problems
     assert problem.setting == "TABLES_CONNECTION_STRING" and why in problem.text and problem.fix, str(problem)
     assert value not in str(problem) and "c2VjcmV0" not in str(problem) and "c2ln" not in str(problem)
+
+
+@pytest.mark.parametrize("raw", [
+    f"https://login.microsoftonline.com/{TENANT}",  # v1.0: its ID tokens' iss is sts.windows.net
+    f"https://login.microsoftonline.com/{TENANT}/.well-known/openid-configuration",
+    "https://login.microsoftonline.com/organizations",
+    f"https://sts.windows.net/{TENANT}/",
+    f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0",  # an endpoint, not the issuer
+])
+def test_an_entra_issuer_that_is_not_the_v2_metadata_document_is_a_named_problem(raw):
+    text = problems_of(env(OIDC_ISSUER_URL=raw, ALLOWED_TENANT_IDS=TENANT))
+    assert "OIDC_ISSUER_URL" in text and "v2.0/.well-known/openid-configuration" in text, text

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from shared.config import load_settings
 from shared.errors import ConfigurationError
-from shared.oidc_client import expected_nonce, msal_client_credential
-from shared.vault import SecretValue
+from shared.oidc_client import OidcClient, expected_nonce, msal_client_credential
+from shared.provider import discover
+from shared.vault import CachedSecret, SecretValue, SettingsReader
 
 
 def secret(value: str) -> SecretValue:
@@ -63,3 +67,53 @@ def test_client_credential_of_a_certificate_without_its_key_is_refused_without_e
     message = "\n".join(map(str, caught.value.problems))
     assert "OIDC_CLIENT_SECRET" in message, "the error names where the credential came from"
     assert cert_only.splitlines()[1] not in message, "the error never contains the PEM"
+
+
+ENTRA_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+ENTRA_HOST = "https://login.microsoftonline.com"
+
+
+class EntraDocument(requests.Session):
+    """login.microsoftonline.com as far as discovery goes: the v2.0 metadata document at its URL and
+    nothing else (a 404, as for any path Entra does not serve); every GET recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.gets: list[str] = []
+        self.document = {"issuer": f"{ENTRA_HOST}/{ENTRA_TENANT}/v2.0",
+                         "authorization_endpoint": f"{ENTRA_HOST}/{ENTRA_TENANT}/oauth2/v2.0/authorize",
+                         "token_endpoint": f"{ENTRA_HOST}/{ENTRA_TENANT}/oauth2/v2.0/token",
+                         "jwks_uri": f"{ENTRA_HOST}/{ENTRA_TENANT}/discovery/v2.0/keys",
+                         "id_token_signing_alg_values_supported": ["RS256"],
+                         "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"]}
+
+    def request(self, method, url, *args, **kwargs):
+        self.gets.append(url)
+        answer = requests.Response()
+        answer.url, answer.encoding = url, "utf-8"
+        if url == f"{ENTRA_HOST}/{ENTRA_TENANT}/v2.0/.well-known/openid-configuration":
+            answer.status_code, answer._content = 200, json.dumps(self.document).encode()
+        else:
+            answer.status_code, answer._content = 404, b'{"error":"not_found"}'
+        return answer
+
+
+@pytest.mark.parametrize("raw", [f"{ENTRA_HOST}/{ENTRA_TENANT}/v2.0/.well-known/openid-configuration",
+                                 f"{ENTRA_HOST}/{ENTRA_TENANT}/v2.0", f"{ENTRA_HOST}/{ENTRA_TENANT}/v2.0/"])
+def test_msal_is_given_an_entra_authority_it_discovers_as_the_document_we_fetched(raw):
+    """MSAL adds /v2.0/.well-known/openid-configuration to an Entra authority's path: given the issuer
+    itself it looked for /<tenant>/v2.0/v2.0/..., which Entra does not serve, and every login start was
+    a 503. The real MSAL, over a session that serves what Entra serves."""
+    settings = load_settings({"OIDC_ISSUER_URL": raw, "OIDC_CLIENT_ID": "11111111-2222-4333-8444-555555555555",
+                              "OIDC_CLIENT_SECRET": "s", "SESSION_SIGNING_KEY": "k",
+                              "TABLES_CONNECTION_STRING": "UseDevelopmentStorage=true",
+                              "PORTAL_USER_URL": "https://portal.test/u", "PORTAL_AGENT_URL": "https://portal.test/a",
+                              "PUBLIC_BASE_URL": "https://sso.test"})
+    session = EntraDocument()
+    metadata = discover(settings.metadata_url, settings.issuer_base, session, multi_tenant=settings.multi_tenant)
+    client = OidcClient(client_id=settings.client_id, authority=settings.issuer_base, certificate=False,
+                        credential=CachedSecret(SettingsReader({"s": ("OIDC_CLIENT_SECRET", "s")}), "s", 900),
+                        session=session, metadata=lambda: metadata)
+    flow = client.start("https://sso.test/api/sso/user/callback")
+    assert flow["auth_uri"].startswith(session.document["authorization_endpoint"] + "?")
+    assert session.gets == [settings.metadata_url], "one discovery per worker: MSAL was answered from ours"
