@@ -192,6 +192,11 @@ class AccountSync:
         deletes the old row). The copy is the source as it is now, every field but directory sync's
         own: a login's LastLoginAt or an admin's AccountId since an earlier copy is kept."""
         new_key, kind = desired.email_key, source["RowKey"]
+        etag = source.metadata["etag"]
+        if source.get("MovedFrom"):
+            # Live only through its own source's MovedTo, which may be the row about to be copied
+            # over (a move back): made live on its own first, so some row is live at every step.
+            etag = self._merge(source, {"MovedFrom": ""})["etag"]
         copy = {k: v for k, v in source.items() if k not in ("PartitionKey", "RowKey", "MovedTo")}
         copy.update(self._fields(desired), **self._link_fields(source, desired),
                     PartitionKey=new_key, RowKey=kind, MovedFrom=source["PartitionKey"])
@@ -199,7 +204,7 @@ class AccountSync:
             self._table.create_entity(copy)
         else:  # an earlier copy of the person's (or a dead row of theirs): replaced as a whole
             self._replace(target, copy)
-        self._commit_move(source, new_key)
+        self._commit_move(source, new_key, etag)
         self._merge(self._table.get_entity(new_key, kind), {"MovedFrom": ""})
 
     def _new_row(self, desired: Desired, kind: str) -> dict:
@@ -223,18 +228,18 @@ class AccountSync:
             return {"LinkedIdpSubject": desired.link}
         return {}
 
-    def _commit_move(self, source, new_key: str) -> None:
+    def _commit_move(self, source, new_key: str, etag: str) -> dict:
         """The commit point: one etag-checked write on the old row. A login that changed the old row
         meanwhile (its LastLoginAt) fails this with ResourceModifiedError, and _ensure starts over,
         copying the fresh row."""
-        self._table.update_entity({"PartitionKey": source["PartitionKey"], "RowKey": source["RowKey"],
-                                   "MovedTo": new_key}, mode=UpdateMode.MERGE,
-                                  etag=source.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+        return self._table.update_entity({"PartitionKey": source["PartitionKey"], "RowKey": source["RowKey"],
+                                          "MovedTo": new_key}, mode=UpdateMode.MERGE,
+                                         etag=etag, match_condition=MatchConditions.IfNotModified)
 
-    def _merge(self, row, fields: dict) -> None:
-        self._table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], **fields},
-                                  mode=UpdateMode.MERGE, etag=row.metadata["etag"],
-                                  match_condition=MatchConditions.IfNotModified)
+    def _merge(self, row, fields: dict) -> dict:
+        return self._table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], **fields},
+                                         mode=UpdateMode.MERGE, etag=row.metadata["etag"],
+                                         match_condition=MatchConditions.IfNotModified)
 
     def _replace(self, row, entity: dict) -> None:
         self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.metadata["etag"],
