@@ -92,13 +92,12 @@ class AccountSync:
         return row is not None and row.get("ScimId") == scim_id
 
     def _taken_by_other(self, row, desired: Desired) -> bool:
-        """A row another person owns or another identity is linked to. A person without a link (no
-        GUID externalId, or no single tenant to link in) cannot show a linked row is theirs: taken."""
-        owner = row.get("ScimId") or ""
-        if owner and owner != desired.scim_id and self._person_exists(owner):
-            return True
+        """For a row neither the person's nor a leftover (`_leftover` has read its owner, so a ScimId
+        here names another person who exists): one another person owns or another identity is linked
+        to. A person without a link (no GUID externalId, or no single tenant to link in) cannot show a
+        linked row is theirs: taken."""
         linked = row.get("LinkedIdpSubject") or ""
-        return bool(linked and linked != desired.link)
+        return bool(row.get("ScimId")) or bool(linked and linked != desired.link)
 
     # ---- the one entry point ----
     def apply(self, desired: Desired, old_keys: Sequence[str] = (), created: bool = False) -> None:

@@ -1,0 +1,59 @@
+"""How many Table Storage calls a SCIM write makes, pinned: a change that adds a read (or a write)
+to a DELETE, an email change or a refused email change shows here. Counted on the real TableClient
+(each call counted, then made as it is), against the real app and Azurite."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from azure.data.tables import TableClient
+
+from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
+from tests.scim import entra
+from tests.scim.conftest import oid, unique
+
+METHODS = ("get_entity", "create_entity", "update_entity", "upsert_entity", "delete_entity", "query_entities",
+           "list_entities", "submit_transaction")
+SHORT = {ACCOUNTS_TABLE: "accounts", SCIM_USERS_TABLE: "users"}
+
+
+@pytest.fixture
+def calls(monkeypatch) -> Counter:
+    """(table, method) -> calls made, for the accounts and SCIM users tables."""
+    counted: Counter = Counter()
+    for name in METHODS:
+        real = getattr(TableClient, name)
+
+        def call(self, *args, _real=real, _name=name, **kwargs):
+            if self.table_name in SHORT:
+                counted[(SHORT[self.table_name], _name)] += 1
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(TableClient, name, call)
+    return counted
+
+
+def person(scim, kinds=("agent",)) -> tuple[dict, str]:
+    email = f"{unique('n')}@contoso.test"
+    r = scim.post("/Users", entra.create_user(email, email, oid(), kinds=kinds))
+    assert r.status_code == 201, r.text
+    return r.json(), email
+
+
+def test_a_refused_email_reads_the_other_person_once(scim, account_store, calls):
+    """A row at the email that another, existing person's ScimId names (as an older version could
+    leave it): 409, having read that person once."""
+    other, _ = person(scim)
+    email = f"{unique('taken')}@contoso.test"
+    account_store._table.create_entity({"PartitionKey": email, "RowKey": "agent", "AccountId": "scim-agent-o",
+                                        "Email": email, "Enabled": True, "ScimId": other["id"]})
+    calls.clear()
+    r = scim.post("/Users", entra.create_user(email, email, oid(), kinds=("agent",)))
+    assert r.status_code == 409, r.text
+    assert dict(calls) == {
+        ("users", "create_entity"): 3,  # the new person's pointers (userName, externalId, email)
+        ("accounts", "get_entity"): 1,  # the row at the email
+        ("users", "get_entity"): 4,  # its owner, once; each pointer before it is let go (refused)
+        ("users", "delete_entity"): 3,  # the pointers
+    }, sorted(calls.items())
+    assert account_store.get(email, "agent").account_id == "scim-agent-o"
