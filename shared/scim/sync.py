@@ -184,7 +184,7 @@ class AccountSync:
             self._table.create_entity(self._new_row(desired, kind))
         for key in ours:
             if key != new_key:
-                self._delete_if_ours(key, kind, desired.scim_id)
+                self._delete_if_ours(key, kind, desired.scim_id, rows[key].metadata["etag"])
 
     def _move(self, desired: Desired, source, target) -> None:
         """Copy (invisible: MovedFrom), commit on the old row, then clear MovedFrom (the caller
@@ -244,22 +244,22 @@ class AccountSync:
         self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.metadata["etag"],
                                   match_condition=MatchConditions.IfNotModified)
 
-    def _delete_if_ours(self, key: str, kind: str, scim_id: str) -> None:
-        """Deletes the person's row at `key` as it is now (etag-checked; gone already is fine)."""
+    def _delete_if_ours(self, key: str, kind: str, scim_id: str, etag: str) -> None:
+        """Deletes the person's row at `key`, etag-checked on the row as last read or written (gone
+        already is fine); read again only when it changed since."""
         for _ in range(ATTEMPTS):
-            row = self._read(key, kind)
-            if not self._ours(row, scim_id):
-                return  # not there, or not the person's: accounts never provisioned are left alone
             try:
-                self._table.delete_entity(key, kind, etag=row.metadata["etag"],
-                                          match_condition=MatchConditions.IfNotModified)
+                self._table.delete_entity(key, kind, etag=etag, match_condition=MatchConditions.IfNotModified)
                 return
             except ResourceModifiedError:
-                continue
+                row = self._read(key, kind)
+                if not self._ours(row, scim_id):
+                    return  # gone, or not the person's now: accounts never provisioned are left alone
+                etag = row.metadata["etag"]
 
     def _remove_ours(self, keys: Sequence[str], kind: str, scim_id: str) -> None:
         """Deletes the person's rows of this kind at `keys` and wherever their move markers lead.
         Each delete only hides: nothing becomes visible that was not, whatever the order."""
         for key, row in self._rows(keys, kind, scim_id).items():
             if self._ours(row, scim_id):
-                self._delete_if_ours(key, kind, scim_id)
+                self._delete_if_ours(key, kind, scim_id, row.metadata["etag"])

@@ -40,6 +40,19 @@ def person(scim, kinds=("agent",)) -> tuple[dict, str]:
     return r.json(), email
 
 
+def test_a_delete_makes_these_calls(scim, account_store, calls):
+    user, email = person(scim, kinds=("agent", "user"))
+    calls.clear()
+    assert scim.delete(f"/Users/{user['id']}").status_code == 204
+    assert dict(calls) == {
+        ("users", "get_entity"): 4,  # the person; each of its 3 pointers before it is let go
+        ("users", "delete_entity"): 4,  # the person row, the 3 pointers
+        ("accounts", "get_entity"): 2,  # each kind's row, once
+        ("accounts", "delete_entity"): 2,  # each on the etag read
+    }, sorted(calls.items())
+    assert account_store.get(email, "agent") is None and account_store.get(email, "user") is None
+
+
 def test_a_refused_email_reads_the_other_person_once(scim, account_store, calls):
     """A row at the email that another, existing person's ScimId names (as an older version could
     leave it): 409, having read that person once."""
