@@ -165,6 +165,7 @@ class AccountSync:
         target = rows[new_key]
         mine = self._ours(target, desired.scim_id)
         leftover = target is not None and not mine and self._leftover(target, desired)
+        etags = {}  # the rows written here: their etags, from the writes' answers
         if target is not None and not mine and not leftover:
             if self._taken_by_other(target, desired) or live:
                 # Another person's account, or an account the person's own would be merged into.
@@ -177,19 +178,20 @@ class AccountSync:
             if target.get("MovedFrom") or target.get("MovedTo") or any(target.get(k) != v for k, v in wanted.items()):
                 self._merge(target, {**wanted, "MovedFrom": "", "MovedTo": ""})
         elif live:  # elsewhere: moved here, over an earlier copy or a gone person's leftover if any
-            self._move(desired, rows[live[0]], target)
+            etags[live[0]] = self._move(desired, rows[live[0]], target)
         elif leftover:  # replaced as a whole: nothing of the gone person's (AccountId, link) is kept
             self._replace(target, self._new_row(desired, kind))
         else:
             self._table.create_entity(self._new_row(desired, kind))
         for key in ours:
             if key != new_key:
-                self._delete_if_ours(key, kind, desired.scim_id, rows[key].metadata["etag"])
+                self._delete_if_ours(key, kind, desired.scim_id, etags.get(key) or rows[key].metadata["etag"])
 
-    def _move(self, desired: Desired, source, target) -> None:
+    def _move(self, desired: Desired, source, target) -> str:
         """Copy (invisible: MovedFrom), commit on the old row, then clear MovedFrom (the caller
-        deletes the old row). The copy is the source as it is now, every field but directory sync's
-        own: a login's LastLoginAt or an admin's AccountId since an earlier copy is kept."""
+        deletes the old row, on the etag returned: the commit's). The copy is the source as it is now,
+        every field but directory sync's own: a login's LastLoginAt or an admin's AccountId since an
+        earlier copy is kept."""
         new_key, kind = desired.email_key, source["RowKey"]
         etag = source.metadata["etag"]
         if source.get("MovedFrom"):
@@ -200,11 +202,12 @@ class AccountSync:
         copy.update(self._fields(desired), **self._link_fields(source, desired),
                     PartitionKey=new_key, RowKey=kind, MovedFrom=source["PartitionKey"])
         if target is None:
-            self._table.create_entity(copy)
+            written = self._table.create_entity(copy)
         else:  # an earlier copy of the person's (or a dead row of theirs): replaced as a whole
-            self._replace(target, copy)
-        self._commit_move(source, new_key, etag)
-        self._merge(self._table.get_entity(new_key, kind), {"MovedFrom": ""})
+            written = self._replace(target, copy)
+        committed = self._commit_move(source, new_key, etag)
+        self._merge(copy, {"MovedFrom": ""}, etag=written["etag"])
+        return committed["etag"]
 
     def _new_row(self, desired: Desired, kind: str) -> dict:
         row = {"PartitionKey": desired.email_key, "RowKey": kind, "AccountId": account_id(desired.scim_id, kind),
@@ -235,14 +238,15 @@ class AccountSync:
                                           "MovedTo": new_key}, mode=UpdateMode.MERGE,
                                          etag=etag, match_condition=MatchConditions.IfNotModified)
 
-    def _merge(self, row, fields: dict) -> dict:
+    def _merge(self, row, fields: dict, etag: str | None = None) -> dict:
+        """Etag-checked on the row as read, or on `etag` (a write's answer: no read back)."""
         return self._table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], **fields},
-                                         mode=UpdateMode.MERGE, etag=row.metadata["etag"],
+                                         mode=UpdateMode.MERGE, etag=etag or row.metadata["etag"],
                                          match_condition=MatchConditions.IfNotModified)
 
-    def _replace(self, row, entity: dict) -> None:
-        self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.metadata["etag"],
-                                  match_condition=MatchConditions.IfNotModified)
+    def _replace(self, row, entity: dict) -> dict:
+        return self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.metadata["etag"],
+                                         match_condition=MatchConditions.IfNotModified)
 
     def _delete_if_ours(self, key: str, kind: str, scim_id: str, etag: str) -> None:
         """Deletes the person's row at `key`, etag-checked on the row as last read or written (gone

@@ -40,6 +40,24 @@ def person(scim, kinds=("agent",)) -> tuple[dict, str]:
     return r.json(), email
 
 
+def test_an_email_change_makes_these_calls(scim, account_store, calls):
+    user, old = person(scim)
+    new = old.replace("@", ".moved@")
+    calls.clear()
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.replace_work_email(new))).status_code == 204
+    assert dict(calls) == {
+        ("users", "get_entity"): 2,  # the person; the old email's pointer before it is let go
+        ("users", "create_entity"): 1,  # the new email's pointer
+        ("users", "update_entity"): 2,  # PendingEmailKeys, then the person row
+        ("users", "delete_entity"): 1,  # the old email's pointer
+        ("accounts", "get_entity"): 4,  # agent at the new and old key; user (a kind not given) at both
+        ("accounts", "create_entity"): 1,  # the copy
+        ("accounts", "update_entity"): 2,  # the commit; clearing MovedFrom on the copy's own etag
+        ("accounts", "delete_entity"): 1,  # the old row, on the commit's etag
+    }, sorted(calls.items())
+    assert account_store.get(new, "agent") is not None and account_store.get(old, "agent") is None
+
+
 def test_a_delete_makes_these_calls(scim, account_store, calls):
     user, email = person(scim, kinds=("agent", "user"))
     calls.clear()
