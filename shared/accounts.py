@@ -124,6 +124,18 @@ def _unescape(key: str) -> str:
         return key
 
 
+def found_by_login(key: str, moved_to: str, moved_from: str, moved_to_of: Callable[[str], str]) -> bool:
+    """Login's rule for a row at `key` that directory sync may be moving (shared/scim/sync.py): a row
+    that says `MovedTo` counts as gone; one that says `MovedFrom` counts only once its source says
+    `MovedTo` = `key` (`moved_to_of(source key)`: the source's MovedTo, '' when it has none or is not
+    there; asked only then). So at every moment exactly one row of a move is found (the old row's
+    single write is the commit), and a move that stopped midway is finished by the next sync. The one
+    rule of AccountStore (login, the CLI) and AccountSync."""
+    if moved_to:
+        return False
+    return not moved_from or moved_to_of(moved_from) == key
+
+
 class AccountConflict(Exception):
     """An administrative write that was refused: it would re-point a linked person to another account,
     or the row kept changing under it. The message says which account and what to do."""
@@ -190,9 +202,8 @@ class AccountStore:
                 entity = self._table.get_entity(key, kind)
             except ResourceNotFoundError:
                 return None
-        if entity.get("MovedTo") or entity.get("MovedFrom"):
-            return self._after_move(entity)  # directory sync is moving it (block at the end of the class)
-        return Account.from_entity(entity)
+        account = Account.from_entity(entity)
+        return account if self._found(account) else None  # directory sync may be moving it (found_by_login)
 
     def find_account(self, email: str, kind: str) -> Account:
         """The enabled account of this kind for this email; raises MalformedEmail, NoAccount or
@@ -343,32 +354,23 @@ class AccountStore:
                     yield Account.from_entity(entity)
 
     # ---- Directory sync (shared/scim/sync.py moves a provisioned account to a new email) ----
-    def _after_move(self, entity) -> Account | None:
-        """A row that directory sync is moving: the old row counts as gone once it says `MovedTo`;
-        the new row (`MovedFrom` = the old key) counts only once the old row says `MovedTo` = its key.
-        So at every moment exactly one of the two is found (the old row's single write is the commit),
-        and a move that stopped midway is finished by the next sync."""
-        if entity.get("MovedTo"):
-            return None
-        with storage_errors():
-            try:
-                old = self._table.get_entity(entity["MovedFrom"], entity["RowKey"])
-            except ResourceNotFoundError:
-                return None
-        return Account.from_entity(entity) if old.get("MovedTo") == entity["PartitionKey"] else None
+    def _found(self, account: Account) -> bool:
+        """Whether login finds this stored row (found_by_login); a read only for a `MovedFrom` row."""
+        def moved_to_of(source: str) -> str:
+            old = _read(self._table, source, account.kind)
+            return old.moved_to if old is not None else ""
+        return found_by_login(account.key, account.moved_to, account.moved_from, moved_to_of)
 
     def move_problem(self, account: Account) -> str | None:
         """Why login does not find this stored row although it is there (directory sync is moving it),
         said for an admin; None when login finds it (no marker, or the copy of a committed move)."""
+        if self._found(account):
+            return None
         if account.moved_to:
             return (f"directory sync has moved the {account.kind} account of {account.email} to "
                     f"{_unescape(account.moved_to)}: sign-in finds it there, not here")
-        if account.moved_from:
-            source = _read(self._table, account.moved_from, account.kind)
-            if source is None or source.moved_to != account.key:
-                return (f"directory sync is moving the {account.kind} account of {_unescape(account.moved_from)} "
-                        f"to {account.email} and has not finished: sign-in finds nothing here yet")
-        return None
+        return (f"directory sync is moving the {account.kind} account of {_unescape(account.moved_from)} "
+                f"to {account.email} and has not finished: sign-in finds nothing here yet")
 
     def _refuse_moving(self, account: Account) -> None:
         problem = self.move_problem(account)

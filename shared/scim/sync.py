@@ -11,7 +11,7 @@ a leftover: replaced by a fresh row of the new person's (never adopted with its 
 The email move (RELIABILITY.md "Directory sync"): the two rows are in different partitions, so no
 transaction covers both. The row at the new email is written first with `MovedFrom` = the old key,
 and is invisible to login until the old row says `MovedTo` = the new key (one single-row write: the
-commit point; shared/accounts.py `AccountStore.get` reads rows this way). Before the commit, only the
+commit point; shared/accounts.py `found_by_login`, the rule login reads rows by). Before the commit, only the
 old email signs in; after it, only the new. Then `MovedFrom` is cleared and the old row deleted. A
 failure anywhere leaves one live row, and whatever write of the person comes next (Entra's retry, a
 DELETE, a disable, another email) finds that live row by login's own rule and carries on from it."""
@@ -25,6 +25,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from ..accounts import found_by_login
 from ..config import KINDS
 from ..tables import storage_errors
 
@@ -135,12 +136,10 @@ class AccountSync:
 
     @staticmethod
     def _live(key: str, rows: dict) -> bool:
-        """Whether login finds the row at `key` (shared/accounts.py AccountStore._after_move)."""
+        """Whether login finds the row at `key`, by its rule (found_by_login) on the rows read."""
         row = rows.get(key)
-        if row is None or row.get("MovedTo"):
-            return False
-        source = row.get("MovedFrom")
-        return not source or (rows.get(source) or {}).get("MovedTo") == key
+        return row is not None and found_by_login(key, row.get("MovedTo") or "", row.get("MovedFrom") or "",
+                                                  lambda source: (rows.get(source) or {}).get("MovedTo") or "")
 
     # ---- steps ----
     def _fields(self, desired: Desired) -> dict:

@@ -88,3 +88,17 @@ def test_a_refused_email_reads_the_other_person_once(scim, account_store, calls)
         ("users", "delete_entity"): 3,  # the pointers
     }, sorted(calls.items())
     assert account_store.get(email, "agent").account_id == "scim-agent-o"
+
+
+def test_login_reads_an_unmoved_row_once_and_a_moved_one_with_its_source(scim, account_store, calls):
+    _, old = person(scim)
+    calls.clear()
+    assert account_store.get(old, "agent") is not None
+    assert dict(calls) == {("accounts", "get_entity"): 1}
+    new = old.replace("@", ".moved@")
+    account_store._table.create_entity({**account_store._table.get_entity(old, "agent"), "PartitionKey": new,
+                                        "MovedFrom": old})
+    account_store._table.update_entity({"PartitionKey": old, "RowKey": "agent", "MovedTo": new})  # committed
+    calls.clear()
+    assert account_store.get(new, "agent") is not None and account_store.get(old, "agent") is None
+    assert dict(calls) == {("accounts", "get_entity"): 3}  # the copy and its source; the old row alone
