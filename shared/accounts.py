@@ -397,7 +397,7 @@ class AccountStore:
         with storage_errors():
             stored = [Account.from_entity(entity) for entity in self._table.list_entities()]
         for account in stored:
-            if (account.moved_to or account.moved_from) and (moving := self.move_problem(account)):
+            if moving := self.move_problem(account):
                 yield account, "moving", moving
                 continue
             problem = email_problem(account.email)

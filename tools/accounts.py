@@ -268,7 +268,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     store = _store(args)
     stored = store.stored_accounts()
     moving = [(row, problem) for row in rows if (before := stored.get((row.key, row.kind))) is not None
-              and (before.moved_to or before.moved_from) and (problem := store.move_problem(before))]
+              and (problem := store.move_problem(before))]
     if moving:
         for row, problem in moving:
             print(f"line {row.line}: {printable(problem)}", file=sys.stderr)
