@@ -1,6 +1,6 @@
-"""How many Table Storage calls a SCIM write makes, pinned: a change that adds a read (or a write)
-to a DELETE, an email change or a refused email change shows here. Counted on the real TableClient
-(each call counted, then made as it is), against the real app and Azurite."""
+"""How many Table Storage calls a SCIM write (and a login) makes, pinned: a change that adds a read
+or a write to a DELETE, an email change, a create refused with 409 or a login shows here. Counted on
+the real TableClient (each call counted, then made as it is), against the real app and Azurite."""
 
 from __future__ import annotations
 
