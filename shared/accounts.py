@@ -124,6 +124,18 @@ def _unescape(key: str) -> str:
         return key
 
 
+def found_by_login(key: str, moved_to: str, moved_from: str, moved_to_of: Callable[[str], str]) -> bool:
+    """Login's rule for a row at `key` that directory sync may be moving (shared/scim/sync.py): a row
+    that says `MovedTo` counts as gone; one that says `MovedFrom` counts only once its source says
+    `MovedTo` = `key` (`moved_to_of(source key)`: the source's MovedTo, '' when it has none or is not
+    there; asked only then). So at every moment exactly one row of a move is found (the old row's
+    single write is the commit), and a move that stopped midway is finished by the next sync. The one
+    rule of AccountStore (login, the CLI) and AccountSync."""
+    if moved_to:
+        return False
+    return not moved_from or moved_to_of(moved_from) == key
+
+
 class AccountConflict(Exception):
     """An administrative write that was refused: it would re-point a linked person to another account,
     or the row kept changing under it. The message says which account and what to do."""
@@ -190,9 +202,8 @@ class AccountStore:
                 entity = self._table.get_entity(key, kind)
             except ResourceNotFoundError:
                 return None
-        if entity.get("MovedTo") or entity.get("MovedFrom"):
-            return self._after_move(entity)  # directory sync is moving it (block at the end of the class)
-        return Account.from_entity(entity)
+        account = Account.from_entity(entity)
+        return account if self._found(account) else None  # directory sync may be moving it (found_by_login)
 
     def find_account(self, email: str, kind: str) -> Account:
         """The enabled account of this kind for this email; raises MalformedEmail, NoAccount or
@@ -317,8 +328,8 @@ class AccountStore:
         if row.moved_to:
             target = _read(self._table, row.moved_to, kind)
             if target is not None and target.moved_from == key:
-                raise AccountConflict(f"{self.move_problem(row)}, and deleting this row now would hide it there; "
-                                      f"{MOVE_ADVICE}")
+                raise AccountConflict(f"{self.move_problem(row)} (deleting this row now would hide the account at "
+                                      f"{_unescape(row.moved_to)})")
         return self.remove_key(key, kind)
 
     def remove_key(self, key: str, kind: str) -> bool:
@@ -343,37 +354,43 @@ class AccountStore:
                     yield Account.from_entity(entity)
 
     # ---- Directory sync (shared/scim/sync.py moves a provisioned account to a new email) ----
-    def _after_move(self, entity) -> Account | None:
-        """A row that directory sync is moving: the old row counts as gone once it says `MovedTo`;
-        the new row (`MovedFrom` = the old key) counts only once the old row says `MovedTo` = its key.
-        So at every moment exactly one of the two is found (the old row's single write is the commit),
-        and a move that stopped midway is finished by the next sync."""
-        if entity.get("MovedTo"):
-            return None
-        with storage_errors():
-            try:
-                old = self._table.get_entity(entity["MovedFrom"], entity["RowKey"])
-            except ResourceNotFoundError:
-                return None
-        return Account.from_entity(entity) if old.get("MovedTo") == entity["PartitionKey"] else None
+    def _found(self, account: Account, known: dict[str, str] | None = None) -> bool:
+        """Whether login finds this stored row (found_by_login); a read only for a `MovedFrom` row
+        whose source is not in `known` (key -> MovedTo of rows already read, '' for one not there)."""
+        def moved_to_of(source: str) -> str:
+            if known is not None and source in known:
+                return known[source]
+            old = _read(self._table, source, account.kind)
+            return old.moved_to if old is not None else ""
+        return found_by_login(account.key, account.moved_to, account.moved_from, moved_to_of)
 
     def move_problem(self, account: Account) -> str | None:
         """Why login does not find this stored row although it is there (directory sync is moving it),
-        said for an admin; None when login finds it (no marker, or the copy of a committed move)."""
+        and what to do, said for an admin; None when login finds it (no marker: no read; or the copy
+        of a committed move). It names the address where sign-in finds the account now, since a
+        command there works at once (an urgent disable need not wait for Entra); "let Entra finish"
+        only when sign-in finds it at neither address."""
+        other_key = account.moved_to or account.moved_from
+        if not other_key:
+            return None
+        other = _read(self._table, other_key, account.kind)  # the other row of the move, read once
+        known = {account.key: account.moved_to, other_key: other.moved_to if other is not None else ""}
+        if self._found(account, known):
+            return None
         if account.moved_to:
-            return (f"directory sync has moved the {account.kind} account of {account.email} to "
-                    f"{_unescape(account.moved_to)}: sign-in finds it there, not here")
-        if account.moved_from:
-            source = _read(self._table, account.moved_from, account.kind)
-            if source is None or source.moved_to != account.key:
-                return (f"directory sync is moving the {account.kind} account of {_unescape(account.moved_from)} "
-                        f"to {account.email} and has not finished: sign-in finds nothing here yet")
-        return None
+            what = (f"directory sync has moved the {account.kind} account of {account.email} to "
+                    f"{_unescape(account.moved_to)} and has not finished")
+        else:
+            what = (f"directory sync is moving the {account.kind} account of {_unescape(account.moved_from)} "
+                    f"to {account.email} and has not finished")
+        if other is not None and self._found(other, known):
+            return f"{what}; sign-in finds it at {other.email}, not here: run the command on {other.email}"
+        return f"{what}; sign-in finds it at neither address now: {MOVE_ADVICE}"
 
     def _refuse_moving(self, account: Account) -> None:
         problem = self.move_problem(account)
         if problem:
-            raise AccountConflict(f"{problem}; {MOVE_ADVICE}", account)
+            raise AccountConflict(problem, account)
 
     def _unhidden(self, key: str, kind: str) -> Account | None:
         """The stored row as an administrative write sees it: None when there is none; AccountConflict
@@ -395,7 +412,7 @@ class AccountStore:
         with storage_errors():
             stored = [Account.from_entity(entity) for entity in self._table.list_entities()]
         for account in stored:
-            if (account.moved_to or account.moved_from) and (moving := self.move_problem(account)):
+            if moving := self.move_problem(account):
                 yield account, "moving", moving
                 continue
             problem = email_problem(account.email)
@@ -505,8 +522,9 @@ def repoint_text(before: Account, account_id: str) -> str:
 def refusal_text(before: Account, account_id: str) -> str:
     """Why an import did not write over `before` (refused by _import_partition)."""
     if before.moved_to:
-        return (f"directory sync moved the {before.kind} account of {before.email} to {_unescape(before.moved_to)} "
-                f"during the import; {MOVE_ADVICE}")
+        moved = _unescape(before.moved_to)  # the commit just landed: its copy is what sign-in finds
+        return (f"directory sync moved the {before.kind} account of {before.email} to {moved} during the import; "
+                f"sign-in finds it at {moved}, not here: write it under {moved}")
     return repoint_text(before, account_id)
 
 

@@ -268,12 +268,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     store = _store(args)
     stored = store.stored_accounts()
     moving = [(row, problem) for row in rows if (before := stored.get((row.key, row.kind))) is not None
-              and (before.moved_to or before.moved_from) and (problem := store.move_problem(before))]
+              and (problem := store.move_problem(before))]
     if moving:
         for row, problem in moving:
             print(f"line {row.line}: {printable(problem)}", file=sys.stderr)
         print(f"{args.file}: {len(moving)} row{'s' if len(moving) != 1 else ''} that directory sync is moving; nothing "
-              f"was written. {MOVE_ADVICE[0].upper()}{MOVE_ADVICE[1:]}.", file=sys.stderr)
+              "was written. Each line says where sign-in finds the account now.", file=sys.stderr)
         return EXIT_BAD_INPUT
     repointed = [(row, stored[(row.key, row.kind)]) for row in rows
                  if repoints(row.account_id, stored.get((row.key, row.kind)))]
@@ -348,7 +348,8 @@ CHECK_ADVICE = {
     "key": "no sign-in finds it: add the account under its address, then remove this row with --stored-key",
     "review": "if the directory writes the address with capitals other than A-Z, add it under that address",
     "enabled": "run enable or disable to store a real boolean",
-    "moving": MOVE_ADVICE,
+    "moving": "change the account where the `what` column says sign-in finds it; where it finds it at neither "
+              f"address, {MOVE_ADVICE}",
 }
 
 

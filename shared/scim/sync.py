@@ -11,7 +11,7 @@ a leftover: replaced by a fresh row of the new person's (never adopted with its 
 The email move (RELIABILITY.md "Directory sync"): the two rows are in different partitions, so no
 transaction covers both. The row at the new email is written first with `MovedFrom` = the old key,
 and is invisible to login until the old row says `MovedTo` = the new key (one single-row write: the
-commit point; shared/accounts.py `AccountStore.get` reads rows this way). Before the commit, only the
+commit point; shared/accounts.py `found_by_login`, the rule login reads rows by). Before the commit, only the
 old email signs in; after it, only the new. Then `MovedFrom` is cleared and the old row deleted. A
 failure anywhere leaves one live row, and whatever write of the person comes next (Entra's retry, a
 DELETE, a disable, another email) finds that live row by login's own rule and carries on from it."""
@@ -25,6 +25,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from ..accounts import found_by_login
 from ..config import KINDS
 from ..tables import storage_errors
 
@@ -92,13 +93,12 @@ class AccountSync:
         return row is not None and row.get("ScimId") == scim_id
 
     def _taken_by_other(self, row, desired: Desired) -> bool:
-        """A row another person owns or another identity is linked to. A person without a link (no
-        GUID externalId, or no single tenant to link in) cannot show a linked row is theirs: taken."""
-        owner = row.get("ScimId") or ""
-        if owner and owner != desired.scim_id and self._person_exists(owner):
-            return True
+        """For a row neither the person's nor a leftover (`_leftover` has read its owner, so a ScimId
+        here names another person who exists): one another person owns or another identity is linked
+        to. A person without a link (no GUID externalId, or no single tenant to link in) cannot show a
+        linked row is theirs: taken."""
         linked = row.get("LinkedIdpSubject") or ""
-        return bool(linked and linked != desired.link)
+        return bool(row.get("ScimId")) or bool(linked and linked != desired.link)
 
     # ---- the one entry point ----
     def apply(self, desired: Desired, old_keys: Sequence[str] = (), created: bool = False) -> None:
@@ -136,12 +136,10 @@ class AccountSync:
 
     @staticmethod
     def _live(key: str, rows: dict) -> bool:
-        """Whether login finds the row at `key` (shared/accounts.py AccountStore._after_move)."""
+        """Whether login finds the row at `key`, by its rule (found_by_login) on the rows read."""
         row = rows.get(key)
-        if row is None or row.get("MovedTo"):
-            return False
-        source = row.get("MovedFrom")
-        return not source or (rows.get(source) or {}).get("MovedTo") == key
+        return row is not None and found_by_login(key, row.get("MovedTo") or "", row.get("MovedFrom") or "",
+                                                  lambda source: (rows.get(source) or {}).get("MovedTo") or "")
 
     # ---- steps ----
     def _fields(self, desired: Desired) -> dict:
@@ -166,6 +164,7 @@ class AccountSync:
         target = rows[new_key]
         mine = self._ours(target, desired.scim_id)
         leftover = target is not None and not mine and self._leftover(target, desired)
+        etags = {}  # the rows written here: their etags, from the writes' answers
         if target is not None and not mine and not leftover:
             if self._taken_by_other(target, desired) or live:
                 # Another person's account, or an account the person's own would be merged into.
@@ -178,29 +177,36 @@ class AccountSync:
             if target.get("MovedFrom") or target.get("MovedTo") or any(target.get(k) != v for k, v in wanted.items()):
                 self._merge(target, {**wanted, "MovedFrom": "", "MovedTo": ""})
         elif live:  # elsewhere: moved here, over an earlier copy or a gone person's leftover if any
-            self._move(desired, rows[live[0]], target)
+            etags[live[0]] = self._move(desired, rows[live[0]], target)
         elif leftover:  # replaced as a whole: nothing of the gone person's (AccountId, link) is kept
             self._replace(target, self._new_row(desired, kind))
         else:
             self._table.create_entity(self._new_row(desired, kind))
         for key in ours:
             if key != new_key:
-                self._delete_if_ours(key, kind, desired.scim_id)
+                self._delete_if_ours(key, kind, desired.scim_id, etags.get(key) or rows[key].metadata["etag"])
 
-    def _move(self, desired: Desired, source, target) -> None:
+    def _move(self, desired: Desired, source, target) -> str:
         """Copy (invisible: MovedFrom), commit on the old row, then clear MovedFrom (the caller
-        deletes the old row). The copy is the source as it is now, every field but directory sync's
-        own: a login's LastLoginAt or an admin's AccountId since an earlier copy is kept."""
+        deletes the old row, on the etag returned: the commit's). The copy is the source as it is now,
+        every field but directory sync's own: a login's LastLoginAt or an admin's AccountId since an
+        earlier copy is kept."""
         new_key, kind = desired.email_key, source["RowKey"]
+        etag = source.metadata["etag"]
+        if source.get("MovedFrom"):
+            # Live only through its own source's MovedTo, which may be the row about to be copied
+            # over (a move back): made live on its own first, so some row is live at every step.
+            etag = self._merge(source, {"MovedFrom": ""})["etag"]
         copy = {k: v for k, v in source.items() if k not in ("PartitionKey", "RowKey", "MovedTo")}
         copy.update(self._fields(desired), **self._link_fields(source, desired),
                     PartitionKey=new_key, RowKey=kind, MovedFrom=source["PartitionKey"])
         if target is None:
-            self._table.create_entity(copy)
+            written = self._table.create_entity(copy)
         else:  # an earlier copy of the person's (or a dead row of theirs): replaced as a whole
-            self._replace(target, copy)
-        self._commit_move(source, new_key)
-        self._merge(self._table.get_entity(new_key, kind), {"MovedFrom": ""})
+            written = self._replace(target, copy)
+        committed = self._commit_move(source, new_key, etag)
+        self._merge(copy, {"MovedFrom": ""}, etag=written["etag"])
+        return committed["etag"]
 
     def _new_row(self, desired: Desired, kind: str) -> dict:
         row = {"PartitionKey": desired.email_key, "RowKey": kind, "AccountId": account_id(desired.scim_id, kind),
@@ -223,39 +229,40 @@ class AccountSync:
             return {"LinkedIdpSubject": desired.link}
         return {}
 
-    def _commit_move(self, source, new_key: str) -> None:
+    def _commit_move(self, source, new_key: str, etag: str) -> dict:
         """The commit point: one etag-checked write on the old row. A login that changed the old row
         meanwhile (its LastLoginAt) fails this with ResourceModifiedError, and _ensure starts over,
         copying the fresh row."""
-        self._table.update_entity({"PartitionKey": source["PartitionKey"], "RowKey": source["RowKey"],
-                                   "MovedTo": new_key}, mode=UpdateMode.MERGE,
-                                  etag=source.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+        return self._table.update_entity({"PartitionKey": source["PartitionKey"], "RowKey": source["RowKey"],
+                                          "MovedTo": new_key}, mode=UpdateMode.MERGE,
+                                         etag=etag, match_condition=MatchConditions.IfNotModified)
 
-    def _merge(self, row, fields: dict) -> None:
-        self._table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], **fields},
-                                  mode=UpdateMode.MERGE, etag=row.metadata["etag"],
-                                  match_condition=MatchConditions.IfNotModified)
+    def _merge(self, row, fields: dict, etag: str | None = None) -> dict:
+        """Etag-checked on the row as read, or on `etag` (a write's answer: no read back)."""
+        return self._table.update_entity({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"], **fields},
+                                         mode=UpdateMode.MERGE, etag=etag or row.metadata["etag"],
+                                         match_condition=MatchConditions.IfNotModified)
 
-    def _replace(self, row, entity: dict) -> None:
-        self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.metadata["etag"],
-                                  match_condition=MatchConditions.IfNotModified)
+    def _replace(self, row, entity: dict) -> dict:
+        return self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.metadata["etag"],
+                                         match_condition=MatchConditions.IfNotModified)
 
-    def _delete_if_ours(self, key: str, kind: str, scim_id: str) -> None:
-        """Deletes the person's row at `key` as it is now (etag-checked; gone already is fine)."""
+    def _delete_if_ours(self, key: str, kind: str, scim_id: str, etag: str) -> None:
+        """Deletes the person's row at `key`, etag-checked on the row as last read or written (gone
+        already is fine); read again only when it changed since."""
         for _ in range(ATTEMPTS):
-            row = self._read(key, kind)
-            if not self._ours(row, scim_id):
-                return  # not there, or not the person's: accounts never provisioned are left alone
             try:
-                self._table.delete_entity(key, kind, etag=row.metadata["etag"],
-                                          match_condition=MatchConditions.IfNotModified)
+                self._table.delete_entity(key, kind, etag=etag, match_condition=MatchConditions.IfNotModified)
                 return
             except ResourceModifiedError:
-                continue
+                row = self._read(key, kind)
+                if not self._ours(row, scim_id):
+                    return  # gone, or not the person's now: accounts never provisioned are left alone
+                etag = row.metadata["etag"]
 
     def _remove_ours(self, keys: Sequence[str], kind: str, scim_id: str) -> None:
         """Deletes the person's rows of this kind at `keys` and wherever their move markers lead.
         Each delete only hides: nothing becomes visible that was not, whatever the order."""
         for key, row in self._rows(keys, kind, scim_id).items():
             if self._ours(row, scim_id):
-                self._delete_if_ours(key, kind, scim_id)
+                self._delete_if_ours(key, kind, scim_id, row.metadata["etag"])

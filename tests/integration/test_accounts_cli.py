@@ -449,14 +449,34 @@ def test_add_import_disable_enable_unlink_refuse_a_row_login_does_not_find_becau
     assert run(cs, "import", str(csv_file)) == 1
     err = capsys.readouterr().err
     assert "line 2:" in err and "directory sync" in err and "nothing was written" in err, err
+    live = new if committed else old
+    assert f"sign-in finds it at {live}, not here: run the command on {live}" in err, err
     assert run(cs, "add", hidden, "--kind", "agent", "--account-id", "CLI-2") == 1
     err = capsys.readouterr().err
-    assert "directory sync" in err and "Entra" in err and "kept changing" not in err, err
+    assert "directory sync" in err and "kept changing" not in err, err
     for command in ("disable", "enable", "unlink"):
         assert run(cs, command, hidden, "--kind", "agent") == 1, command
-        assert "directory sync" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        # The account signs in at `live` now, where the command works at once: no waiting for Entra.
+        assert f"sign-in finds it at {live}, not here: run the command on {live}" in err and "Entra" not in err, err
     assert _stored(store, hidden) == before, "nothing was written"
-    assert store.get(new if committed else old, "agent").account_id == "scim-agent-x", "the move is untouched"
+    assert store.get(live, "agent").account_id == "scim-agent-x", "the move is untouched"
+    assert run(cs, "disable", live, "--kind", "agent") == 0, "the command works where the refusal said"
+    assert store.get(live, "agent").enabled is False
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_row_of_a_move_that_neither_address_signs_in_at_says_to_let_entra_finish(cs, store, tag, capsys, committed):
+    """The other row of the move gone (or not the move's): sign-in finds the account nowhere, so
+    only Entra's next write can put it back."""
+    old, new = _moving_pair(store, tag, committed)
+    hidden, other = (old, new) if committed else (new, old)
+    store._table.delete_entity(other, "agent")
+    assert store.get(hidden, "agent") is None
+    assert run(cs, "disable", hidden, "--kind", "agent") == 1
+    err = capsys.readouterr().err
+    assert "sign-in finds it at neither address now: let Entra finish the move" in err, err
+    assert "run the command on" not in err, err
 
 
 def test_disable_of_the_moved_account_itself_works_while_its_marker_is_still_there(cs, store, tag, capsys):

@@ -33,14 +33,19 @@ AFTER_COMMIT = ("clear_moved_from", "delete_old", "person_row")
 
 def stop_once(monkeypatch, where: str) -> None:
     """The first TableClient call that makes step `where` raises; every other call is the real one."""
-    method, table_name, makes = STOPS[where]
+    stop_at(monkeypatch, *STOPS[where])
+
+
+def stop_at(monkeypatch, method: str, table_name: str, makes, nth: int = 1) -> None:
+    """The `nth` call of `method` on `table_name` whose entity `makes` says is the step raises."""
     real = getattr(TableClient, method)
-    state = {"armed": True}
+    state = {"left": nth}
 
     def call(self, *args, **kwargs):
-        if state["armed"] and self.table_name == table_name and makes(_entity(args, kwargs)):
-            state["armed"] = False
-            raise ServiceRequestError("connection dropped (test)")
+        if state["left"] and self.table_name == table_name and makes(_entity(args, kwargs)):
+            state["left"] -= 1
+            if not state["left"]:
+                raise ServiceRequestError("connection dropped (test)")
         return real(self, *args, **kwargs)
     monkeypatch.setattr(TableClient, method, call)
 
@@ -132,6 +137,43 @@ def test_a_stop_while_recording_the_move_leaves_the_old_email(scim, account_stor
     assert {e: a.account_id for e, a in found(account_store, old, new).items()} == {old: before.account_id}
     assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.replace_work_email(new))).status_code == 204
     assert {e: a.account_id for e, a in found(account_store, old, new).items()} == {new: before.account_id}
+
+
+# ---- M4: a write that is not an email change, after a move stopped past its commit --------------
+
+# The person row still names the old email (the move's PATCH failed), so the next write moves the
+# account back there: from the copy, which is live only through the old row's MovedTo. Its steps:
+MOVE_BACK = {
+    "settle_source": ("update_entity", ACCOUNTS_TABLE, lambda e: e.get("MovedFrom") == "", 1),
+    "copy_over": ("update_entity", ACCOUNTS_TABLE, lambda e: bool(e.get("MovedFrom")), 1),
+    "commit": ("update_entity", ACCOUNTS_TABLE, lambda e: bool(e.get("MovedTo")), 1),
+    "clear_moved_from": ("update_entity", ACCOUNTS_TABLE, lambda e: e.get("MovedFrom") == "", 2),
+    "delete_old": ("delete_entity", ACCOUNTS_TABLE, lambda e: True, 1),
+    "person_row": ("update_entity", SCIM_USERS_TABLE, lambda e: "Resource" in e, 1),
+}
+
+
+@pytest.mark.parametrize("where", list(MOVE_BACK))
+def test_a_name_change_after_a_committed_stopped_move_always_leaves_one_account(scim, account_store, monkeypatch,
+                                                                              where):
+    user, old, before = make(scim, account_store)
+    new = old.replace("@", ".new@")
+    stopped_move(scim, monkeypatch, user, new, "clear_moved_from")  # old: MovedTo=new; new: MovedFrom=old
+    rename = entra.patch({"op": "Replace", "path": "displayName", "value": "Renamed"})
+    with monkeypatch.context() as m:
+        stop_at(m, *MOVE_BACK[where])
+        r = scim.patch(f"/Users/{user['id']}", rename)
+    assert r.status_code == 503, r.text
+    live = found(account_store, old, new)
+    assert [(a.account_id, a.enabled) for a in live.values()] == [(before.account_id, True)], \
+        f"after a stop at {where}: {stored(account_store, old, new)}"
+    assert scim.patch(f"/Users/{user['id']}", rename).status_code == 204  # the retry settles
+    live = found(account_store, old, new)
+    assert list(live) == [old], live
+    a = live[old]
+    assert (a.account_id, a.linked_idp_subject, a.last_login_at, a.display_name) == \
+        (before.account_id, before.linked_idp_subject, before.last_login_at, "Renamed")
+    assert stored(account_store, old, new) == [(old, "", "")]
 
 
 # ---- M3: a row left by a person who no longer exists ----------------------------------------------
