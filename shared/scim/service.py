@@ -95,9 +95,11 @@ def _user_name(request: ScimHttpRequest, body: dict | None) -> str:
 
 
 def _json(raw: bytes):
+    """The body's JSON for the audit row's userName, or None. Anyone may send a body, also before the
+    token is checked: one nested too deep for the parser (RecursionError) is just not JSON here."""
     try:
         return json.loads(raw) if raw and len(raw) <= MAX_BODY else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
