@@ -17,14 +17,16 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from ..config import KINDS, SECRET_CACHE_SECONDS
 from ..errors import ConfigurationError, Problem
+from ..vault import CachedSecret, SecretValue
 
 MIN_TOKEN_LENGTH = 32
 MAX_TOKENS = 2
 DEFAULT_SECRET_NAME = "scim-token"  # noqa: S105 - the name of a Key Vault secret, not a secret
-# How long a read of the token secret is reused. "Off" (no secret) is re-checked sooner, so a token
-# put into Key Vault by `register-app provisioning` turns sync on within a minute; a presented token
-# that matches none re-reads the secret at most every REREAD_SECONDS (a rotation that reached Entra
-# before this worker's cache).
+# How long a read of the token secret is reused. "Off" (no secret) and a setting error are re-checked
+# sooner, so a token put into Key Vault by `register-app provisioning`, or an admin's fix of a bad
+# one, takes effect within a minute (the setup page reads afresh: it said "on" while SCIM went on
+# answering 503); a presented token that matches none re-reads the secret at most every
+# REREAD_SECONDS (a rotation that reached Entra before this worker's cache).
 OFF_RECHECK_SECONDS = 60.0
 REREAD_SECONDS = 30.0
 
@@ -61,6 +63,8 @@ def parse_tokens(raw: str, source: str) -> tuple[tuple[str, ...], list[Problem]]
     tokens = tuple(line.strip() for line in raw.splitlines() if line.strip())
     problems = []
     setting = "SCIM_TOKEN" if source == "SCIM_TOKEN" else "SCIM_TOKEN_NAME"
+    if not tokens:  # a secret of blanks exists, as an empty one does (Key Vault's "is empty"): not off
+        problems.append(Problem(setting, f"{source} is empty."))
     if len(tokens) > MAX_TOKENS:
         problems.append(Problem(setting, f"{source} holds {len(tokens)} tokens;",
                                 "keep at most two, one per line, the new one first."))
@@ -79,9 +83,9 @@ def default_kind(env) -> tuple[str | None, list[Problem]]:
     return raw or None, []
 
 
-def read_config(runtime) -> SyncConfig:
-    """Reads the settings and (with KEY_VAULT_URL) the secret. Raises DependencyUnavailable when Key
-    Vault cannot be reached."""
+def read_config(runtime, read_secret=None) -> SyncConfig:
+    """Reads the settings and (with KEY_VAULT_URL) the secret, with `read_secret` (name -> SecretValue;
+    default: a fresh read). Raises DependencyUnavailable when Key Vault cannot be reached."""
     env = runtime.env
     kind, problems = default_kind(env)
     vault = (env.get("KEY_VAULT_URL") or "").strip()
@@ -94,11 +98,13 @@ def read_config(runtime) -> SyncConfig:
         name = (env.get("SCIM_TOKEN_NAME") or "").strip() or DEFAULT_SECRET_NAME
         source = f"Key Vault secret '{name}'"
         try:
-            raw = runtime.secrets.read(name).value
+            raw = (read_secret or runtime.secrets.read)(name).value
         except ConfigurationError as exc:
             if isinstance(exc.__cause__, ResourceNotFoundError):
                 return SyncConfig((), "", kind, tuple(problems))  # no secret: directory sync is off
-            return SyncConfig((), source, kind, (*problems, *exc.problems))
+            # The vault's problems (empty, forbidden) are about this secret: the 503 names its setting.
+            named = (Problem(p.setting or "SCIM_TOKEN_NAME", p.text, p.fix) for p in exc.problems)
+            return SyncConfig((), source, kind, (*problems, *named))
     elif direct.strip():
         raw, source = direct, "SCIM_TOKEN"
     else:
@@ -110,8 +116,11 @@ def read_config(runtime) -> SyncConfig:
 
 class TokenCache:
     """One SyncConfig per worker, re-read after the secret cache time (SECRET_CACHE_SECONDS, which
-    the settings give; 900 s when they do not load), after OFF_RECHECK_SECONDS when sync was off, and
-    on `reread_for_mismatch` at most every REREAD_SECONDS."""
+    the settings give; 900 s when they do not load), after OFF_RECHECK_SECONDS when sync was off or
+    had a setting error, and on `reread_for_mismatch` at most every REREAD_SECONDS. The Key Vault
+    secret is read through a CachedSecret, so a vault outage at a re-read keeps the last good token
+    (CachedSecret's rule, as for the login's secrets: Entra keeps provisioning, a wrong token is
+    still a 401) and the vault is tried again every min(cache time, STALE_RETRY_SECONDS)."""
 
     def __init__(self, runtime, clock=time.monotonic):
         self._runtime, self._clock = runtime, clock
@@ -119,25 +128,39 @@ class TokenCache:
         self._config: SyncConfig | None = None
         self._read_at = 0.0
         self._reread_at = -REREAD_SECONDS
+        self._secret: CachedSecret | None = None
+
+    def _read_secret(self, name: str) -> SecretValue:
+        if self._secret is None or self._secret.name != name:
+            # No time of its own (ttl 0: every call reads): this cache decides when to read.
+            self._secret = CachedSecret(self._runtime.secrets, name, 0.0, self._clock)
+        return self._secret.get()
+
+    def _read(self) -> None:
+        self._config, self._read_at = read_config(self._runtime, self._read_secret), self._clock()
 
     def _ttl(self, config: SyncConfig) -> float:
-        if not config.on:
+        if not config.on or config.problems:
             return OFF_RECHECK_SECONDS
         try:
-            return float(self._runtime.settings.secret_cache_seconds)  # one parse of the setting, config's
+            ttl = float(self._runtime.settings.secret_cache_seconds)  # one parse of the setting, config's
         except ConfigurationError:
-            return float(SECRET_CACHE_SECONDS)  # the login's settings do not load: sync still runs
+            ttl = float(SECRET_CACHE_SECONDS)  # the login's settings do not load: sync still runs
+        if self._secret is not None and self._secret.unavailable_since is not None:
+            return min(ttl, CachedSecret.STALE_RETRY_SECONDS)  # serving the last good token
+        return ttl
 
     def get(self) -> SyncConfig:
         with self._lock:
             if self._config is None or self._clock() - self._read_at >= self._ttl(self._config):
-                self._config, self._read_at = read_config(self._runtime), self._clock()
+                self._read()
             return self._config
 
     def reread_for_mismatch(self) -> SyncConfig:
-        """A token matched none: maybe the secret was rotated since this worker read it."""
+        """A token matched none: maybe the secret was rotated since this worker read it. With Key
+        Vault down the CachedSecret gives the last good value, so the token meets a proper 401."""
         with self._lock:
             if self._clock() - self._reread_at >= REREAD_SECONDS:
                 self._reread_at = self._clock()
-                self._config, self._read_at = read_config(self._runtime), self._clock()
+                self._read()
             return self._config

@@ -29,8 +29,12 @@ class PortalScimService(ScimService):
         """The library's reading, after steps of ours: a schema URN neither kept nor
         known-and-ignored is refused (invalidSyntax) rather than dropped with its attributes,
         Entra's enterprise extension (kept nowhere) is dropped whole, and roles sent as JSON strings
-        are read in their plain form (mapping.plain_role)."""
-        payload = self.decode_body(body, content_type)
+        are read in their plain form (mapping.plain_role). A body nested too deep for the JSON parser
+        is invalidSyntax: the library catches only ValueError, so its RecursionError was a 500."""
+        try:
+            payload = self.decode_body(body, content_type)
+        except RecursionError as exc:
+            raise InvalidSyntaxException(detail="the body is nested too deeply") from exc
         if isinstance(payload, dict):
             if "schemas" in payload:
                 schemas = payload["schemas"]

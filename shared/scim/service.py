@@ -95,9 +95,11 @@ def _user_name(request: ScimHttpRequest, body: dict | None) -> str:
 
 
 def _json(raw: bytes):
+    """The body's JSON for the audit row's userName, or None. Anyone may send a body, also before the
+    token is checked: one nested too deep for the parser (RecursionError) is just not JSON here."""
     try:
         return json.loads(raw) if raw and len(raw) <= MAX_BODY else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -185,23 +187,28 @@ class DirectorySync:
         return Reply(int(response.status), text, MEDIA_TYPE, headers), response.body
 
     def _finish(self, event: DirectoryEvent, reply: Reply, reason: str, started: float) -> Reply:
-        """The log line always; the DirectoryEvents row for every write and every refused request,
-        before the response goes out. A row storage refuses is logged (the write itself is done, and
-        refusing its answer would make Entra repeat it)."""
+        """The DirectoryEvents row for every write and every refused request, before the response
+        goes out, then the log line. A row storage refuses goes to the log whole, and a write it
+        should have recorded is not acknowledged (503: Entra retries, and every write is built to be
+        repeated), as the login does with an unaudited success; a refusal keeps its answer."""
         event.status, event.reason = reply.status, reason
-        reply.headers["X-Correlation-Id"] = event.correlation_id  # the DirectoryEvents row's and the log's
         event.outcome = "success" if reply.status < 400 else "failure"
+        if event.operation.split(" ")[0] in WRITES or reply.status >= 400:
+            try:
+                DirectoryEvents(self.runtime.tables.client(DIRECTORY_EVENTS_TABLE)).record(event)
+            except (DependencyUnavailable, ConfigurationError) as exc:
+                why = getattr(exc, "reason", type(exc).__name__)
+                log.error("scim.audit_failed correlation_id=%s reason=%s event=%s", event.correlation_id, why,
+                          event.logged())
+                if reply.status < 400:
+                    reply, reason = error_reply(503, "Directory sync could not record this write; retry.",
+                                                headers={"Retry-After": str(RETRY_AFTER)}), why
+        reply.headers["X-Correlation-Id"] = event.correlation_id  # the DirectoryEvents row's and the log's
         level = logging.INFO if reply.status < 400 else logging.WARNING
         # op is ours (see _operation); reason and scim_id may come from the request, so each is one token.
         log.log(level, "scim.request op=%s status=%d reason=%s scim_id=%s correlation_id=%s elapsed_ms=%d",
                 event.operation, reply.status, log_value(reason[:80]), log_value(event.scim_id[:80]),
                 event.correlation_id, (time.perf_counter() - started) * 1000)
-        if event.operation.split(" ")[0] in WRITES or reply.status >= 400:
-            try:
-                DirectoryEvents(self.runtime.tables.client(DIRECTORY_EVENTS_TABLE)).record(event)
-            except (DependencyUnavailable, ConfigurationError) as exc:
-                log.error("scim.audit_failed correlation_id=%s reason=%s", event.correlation_id,
-                          getattr(exc, "reason", type(exc).__name__))
         return reply
 
 

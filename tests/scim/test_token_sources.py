@@ -47,3 +47,14 @@ def test_scim_token_beside_key_vault_is_a_setting_error(stub, vault_app):
     response = Scim(vault_app(SCIM_TOKEN=NEW)).get("/Users", token=NEW)
     assert response.status_code == 503 and "SCIM_TOKEN" in response.json()["detail"]
     assert NEW not in response.text
+
+
+@pytest.mark.parametrize("value", ["", " \n \t\n"])
+def test_an_empty_or_blank_secret_is_a_setting_error_not_off(stub, vault_app, value):
+    stub.set_secret("scim-token", value)
+    response = Scim(vault_app(SCIM_TOKEN=None)).get("/Users", token=NEW)
+    assert response.status_code == 503, "the secret exists: sync is on and misconfigured, not off (404)"
+    assert "SCIM_TOKEN_NAME" in response.json()["detail"]
+    status = auth.read_config(vault_app(SCIM_TOKEN=None))
+    assert status.on and [str(p) for p in status.problems] == \
+        ["SCIM_TOKEN_NAME: Key Vault secret 'scim-token' is empty."]

@@ -53,3 +53,14 @@ def test_off_is_re_checked_sooner():
     environment["SCIM_TOKEN"] = TOKEN
     clock.now += OFF_RECHECK_SECONDS
     assert cache.get().accepts(f"Bearer {TOKEN}")
+
+
+def test_a_setting_error_is_re_checked_as_soon_as_off_so_a_fix_shows_within_a_minute():
+    clock, environment = Clock(), env(SCIM_TOKEN="s" * 31, SECRET_CACHE_SECONDS="900")
+    cache = TokenCache(Runtime(environment), clock=clock)
+    assert cache.get().problems, "a short token is a setting error"
+    environment["SCIM_TOKEN"] = TOKEN  # the admin fixes it
+    clock.now += OFF_RECHECK_SECONDS - 1
+    assert cache.get().problems, "kept until the re-check"
+    clock.now += 1
+    assert not cache.get().problems and cache.get().accepts(f"Bearer {TOKEN}")
