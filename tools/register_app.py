@@ -59,11 +59,20 @@ SYNCED_TAGS = ("entraJob", "entraTenantUrl")
 # What the provisioning job sends (attribute mappings on the job's schema): Entra's immutable object id
 # as externalId (the SCIM server pre-links the account to it), the app roles as `roles`; groups are not
 # provisioned (a person's kind comes from the app role of their assignment, direct or through a group).
+# The roles are AssertiveAppRoleAssignmentsComplex's: its PATCH replaces `roles` with the roles held now, so
+# an unassigned role goes (AppRoleAssignmentsComplex "does PATCH add only and therefore does not remove
+# any existing roles": customize-application-attributes, "Provisioning a role to a SCIM app").
 OBJECT_ID_SOURCE = {"expression": "[objectId]", "name": "objectId", "parameters": [], "type": "Attribute"}
-ROLES_SOURCE = {"expression": "AppRoleAssignmentsComplex([appRoleAssignments])", "name": "AppRoleAssignmentsComplex",
+ROLES_FUNCTION = "AssertiveAppRoleAssignmentsComplex"
+ROLES_SOURCE = {"expression": f"{ROLES_FUNCTION}([appRoleAssignments])", "name": ROLES_FUNCTION,
                 "type": "Function", "parameters": [{"key": "source", "value": {
                     "expression": "[appRoleAssignments]", "name": "appRoleAssignments", "parameters": [],
                     "type": "Attribute"}}]}
+# The same page has `roles` added to the SCIM user's attribute list first (String, multi-valued): the
+# `scim` template does not define it. An attributeDefinition of Graph's synchronizationSchema.
+ROLES_ATTRIBUTE = {"anchor": False, "apiExpressions": [], "caseExact": False, "defaultValue": None,
+                   "flowNullValues": False, "metadata": [], "multivalued": True, "mutability": "ReadWrite",
+                   "name": "roles", "referencedObjects": [], "required": False, "type": "String"}
 ENTERPRISE_APP_TAG = "WindowsAzureActiveDirectoryIntegratedApp"
 NO_CONSENT = ("Authorization_RequestDenied", "Insufficient privileges", "Forbidden", "403")
 
@@ -92,7 +101,8 @@ def new_scim_token() -> str:
 def mapped_schema(schema: dict) -> dict:
     """The provisioning job's schema with our attribute mappings (Graph's synchronizationSchema:
     synchronizationRules[].objectMappings[].attributeMappings[], each a targetAttributeName and a
-    source attributeMappingSource); the rest, as Entra's `scim` template made it, untouched."""
+    source attributeMappingSource) and the `roles` attribute defined on the target user object
+    (directories[].objects[].attributes[]); the rest, as Entra's `scim` template made it, untouched."""
     schema = {k: v for k, v in copy.deepcopy(schema).items() if not k.startswith("@odata")}
     for rule in schema.get("synchronizationRules", []):
         for mapping in rule.get("objectMappings", []):
@@ -100,6 +110,7 @@ def mapped_schema(schema: dict) -> dict:
             if source == "group":
                 mapping["enabled"] = False
             elif source == "user":
+                define_roles(schema, rule.get("targetDirectoryName"), mapping.get("targetObjectName"))
                 for target, value in (("externalId", OBJECT_ID_SOURCE), ("roles", ROLES_SOURCE)):
                     mappings = mapping.setdefault("attributeMappings", [])
                     found = next((m for m in mappings if m.get("targetAttributeName") == target), None)
@@ -109,6 +120,24 @@ def mapped_schema(schema: dict) -> dict:
                                                   "matchingPriority": 0, "targetAttributeName": target})
                     found["source"] = value
     return schema
+
+
+def define_roles(schema: dict, directory: str | None, name: str | None) -> None:
+    """`roles` in the attribute list of the target directory's object `name` (String, multi-valued:
+    one entry per app role), added when missing, its type and multiplicity set when not so."""
+    target = next((o for d in schema.get("directories") or [] if d.get("name") == directory
+                   for o in d.get("objects") or [] if o.get("name") == name), None)
+    if target is None:
+        raise AzError(f"The provisioning job's schema has no object {name} in its directory {directory}, so "
+                      "`roles` cannot be defined on it: in Entra ID > Enterprise applications > the app > "
+                      "Provisioning > Mappings > Provision users, add `roles` (String, multi-valued) under Edit "
+                      "attribute list, then run this again.")
+    attributes = target.setdefault("attributes", [])
+    found = next((a for a in attributes if a.get("name") == ROLES_ATTRIBUTE["name"]), None)
+    if found is None:
+        attributes.append(copy.deepcopy(ROLES_ATTRIBUTE))
+    else:
+        found.update(type=ROLES_ATTRIBUTE["type"], multivalued=True)
 
 
 class Registration:
@@ -381,8 +410,8 @@ class Registration:
             with secret_file(json.dumps(wanted)) as path:  # large, not secret: a file keeps argv short
                 self.az.write("rest", "--method", "PUT", "--uri", f"{self.jobs_uri(sp)}/{job['id']}/schema",
                               "--headers", "Content-Type=application/json", "--body", f"@{path}",
-                              change=("change", "attribute mappings: objectId -> externalId, "
-                                                "AppRoleAssignmentsComplex -> roles, groups not provisioned"))
+                              change=("change", f"attribute mappings: objectId -> externalId, {ROLES_FUNCTION} "
+                                                "-> roles (defined: String, multi-valued), groups not provisioned"))
         if (job.get("schedule") or {}).get("state") != "Active":
             self.az.write("rest", "--method", "POST", "--uri", f"{self.jobs_uri(sp)}/{job['id']}/start",
                           change=("change", "provisioning job started"))
