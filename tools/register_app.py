@@ -52,7 +52,8 @@ GRAPH = "https://graph.microsoft.com/v1.0"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 CONSENTED_SCOPES = ("openid", "profile", "email")
 # Directory sync: the token's Key Vault secret (the SCIM server's SCIM_TOKEN_NAME default), and the tags
-# on its version that say which provisioning job and tenant URL Entra was given that token for.
+# on its version that say which provisioning job and tenant URL Entra was given that token for: set only
+# once Entra has accepted it, so a version without them holds a first token Entra may not have.
 SCIM_TOKEN_NAME = "scim-token"
 SCIM_TEMPLATE = "scim"  # Entra's provisioning template for a non-gallery SCIM app
 SYNCED_TAGS = ("entraJob", "entraTenantUrl")
@@ -400,9 +401,8 @@ class Registration:
         self.let_the_app_read(vault, token_name)
         update_app_settings(self.az, self.app, self.rg, {"SCIM_TOKEN_NAME": token_name}, settings)
         job = self.provisioning_job(sp, create=True)
-        tags = (stored or {}).get("tags") or {}
-        if token is not None or (tags.get(SYNCED_TAGS[0]), tags.get(SYNCED_TAGS[1])) != (job["id"], tenant_url):
-            token = token or self.current_tokens(vault, token_name)[0]
+        if token is not None or not given_to_entra((stored or {}).get("tags"), job, tenant_url):
+            token = token or self.newest_tokens(vault, token_name)[0][0]
             self.give_entra(sp, job, vault, token_name, tenant_url, token)
         schema = self.az.read("rest", "--method", "GET", "--uri", f"{self.jobs_uri(sp)}/{job['id']}/schema")
         wanted = mapped_schema(schema or {})
@@ -421,22 +421,37 @@ class Registration:
 
     def rotate_token(self) -> None:
         """A new token first, the current one kept on the second line (the server accepts both), then
-        Entra gets the new one: no request fails in between. --retire-old drops the older line once
-        Entra uses the new token."""
+        Entra gets the new one and the version is marked as given: no request fails in between. When the
+        newest version is not marked (an earlier run stopped before Entra took its token), that token is
+        sent again and no other made. --retire-old drops the older line, and refuses while Entra has not
+        been given the newest."""
         tenant_url, vault, token_name, sp, _ = self.sync_context()
-        tokens = self.current_tokens(vault, token_name)
+        job = self.provisioning_job(sp, create=False)
+        tokens, tags = self.newest_tokens(vault, token_name)
+        given = self.az.dry_run or given_to_entra(tags, job, tenant_url)
         if self.args.retire_old:
+            if not given:
+                raise AzError(f"Entra has not been given the newest token in {token_name} (a rotate-token stopped "
+                              "before Entra took it), so the older one, which Entra still uses, is kept: run "
+                              "rotate-token again (it sends Entra that same token and makes no other), then "
+                              "--retire-old.")
             if len(tokens) > 1:
-                tags = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", token_name,
-                                    "--query", "tags") or {}
                 self.store_tokens(vault, token_name, tokens[:1],
                                   ("remove", f"the previous SCIM token from {token_name}"), tags=tags)
             return
-        job = self.provisioning_job(sp, create=False)
-        token = new_scim_token()
-        self.store_tokens(vault, token_name, [token, tokens[0]],
-                          ("change", f"Key Vault secret {token_name}: a new token first, the previous one kept"))
-        self.give_entra(sp, job, vault, token_name, tenant_url, token)
+        if given:
+            tokens = [new_scim_token(), tokens[0]]
+            self.store_tokens(vault, token_name, tokens,
+                              ("change", f"Key Vault secret {token_name}: a new token first, the previous one kept"))
+        else:
+            print(f"note: Entra was not given the newest token in {token_name} (an earlier run stopped before Entra "
+                  "took it): sending it that one again, no new token made.")
+        try:
+            self.give_entra(sp, job, vault, token_name, tenant_url, tokens[0])
+        except AzError as err:
+            raise AzError(f"{err} Key Vault still holds the token Entra uses (second line), so provisioning goes "
+                          "on; once fixed, run rotate-token again: it sends Entra this same new token (it makes no "
+                          "other), and --retire-old refuses until Entra has it.", err.stderr) from err
         print("The previous token stays valid (second line of the secret) until `rotate-token --retire-old` or the "
               "next rotation.")
 
@@ -472,13 +487,14 @@ class Registration:
                       "--tags", f"{SYNCED_TAGS[0]}={job['id']}", f"{SYNCED_TAGS[1]}={tenant_url}", "--query", "id",
                       change=None)
 
-    def current_tokens(self, vault: str, token_name: str) -> list[str]:
-        raw = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", token_name,
-                           "--query", "value", quiet=True)
-        tokens = [line.strip() for line in (raw or "<token>").splitlines() if line.strip()]
+    def newest_tokens(self, vault: str, token_name: str) -> tuple[list[str], dict[str, str]]:
+        """The newest version's tokens (the newest first) and its tags, read together."""
+        newest = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", token_name,
+                              "--query", "{value: value, tags: tags}", quiet=True) or {}
+        tokens = [line.strip() for line in (newest.get("value") or "<token>").splitlines() if line.strip()]
         if not tokens:
             raise AzError(f"Key Vault secret {token_name} holds no token: delete it and run provisioning again.")
-        return tokens
+        return tokens, newest.get("tags") or {}
 
     def store_tokens(self, vault: str, token_name: str, tokens: list[str], change: tuple[str, str], *,
                      tags: dict[str, str] | None = None) -> None:
@@ -487,6 +503,11 @@ class Registration:
         with secret_file("\n".join(tokens)) as path:
             self.az.write("keyvault", "secret", "set", "--vault-name", vault, "--name", token_name, "--file", path,
                           "--encoding", "utf-8", *tagging, "--query", "id", quiet=True, change=change)
+
+
+def given_to_entra(tags: dict | None, job: dict, tenant_url: str) -> bool:
+    """Whether a token version's tags say Entra took its first token for this job and tenant URL."""
+    return ((tags or {}).get(SYNCED_TAGS[0]), (tags or {}).get(SYNCED_TAGS[1])) == (job["id"], tenant_url)
 
 
 def comparable(items: list | None) -> str:

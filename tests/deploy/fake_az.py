@@ -134,6 +134,8 @@ def query(answer, args: list[str]):
         return {"password": answer["password"]}
     if q == "{id: id, tags: tags}":
         return {"id": answer["id"], "tags": answer.get("tags")}
+    if q == "{value: value, tags: tags}":
+        return {"value": answer["value"], "tags": answer.get("tags")}
     return answer
 
 

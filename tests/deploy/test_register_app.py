@@ -398,6 +398,77 @@ def test_rotate_token_keeps_the_old_token_valid_until_entra_has_the_new_one(azur
     assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == []
 
 
+def entras_token(azure: FakeAzure) -> str:
+    return azure.state["sync"][f"sp-{settings(azure)['OIDC_CLIENT_ID']}"]["secrets"]["SecretToken"]
+
+
+def newest_lines(azure: FakeAzure) -> list[str]:
+    return secret_values(azure, "scim-token")[-1].split("\n")
+
+
+def refuse_entras_secrets(azure: FakeAzure, message: str | None) -> None:
+    """Graph refuses (or, with None, accepts again) the PUT of the job's credentials."""
+    azure.state = {**azure.state, "refuse": {"synchronization/secrets": message} if message else {}}
+
+
+@pytest.fixture
+def synced(azure) -> str:
+    """Directory sync set up; returns the token Entra was given."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    assert azure.run("register-app", *APP_ARGS, "provisioning").code == 0
+    (token,) = secret_values(azure, "scim-token")
+    assert entras_token(azure) == token
+    return token
+
+
+def test_after_a_failed_rotation_retire_old_refuses_and_the_secret_keeps_entras_token(azure, synced):
+    """The hunt's case: Entra refused the new token; --retire-old then dropped the token Entra still
+    used, and after SECRET_CACHE_SECONDS every provisioning request was a 401."""
+    refuse_entras_secrets(azure, "(ServiceUnavailable) The service is unavailable, try again later.")
+    failed = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert failed.code != 0
+    assert "run rotate-token again: it sends Entra this same new token" in failed.err, failed.err
+    assert entras_token(azure) == synced and newest_lines(azure)[1] == synced, "both tokens kept, Entra's too"
+    refuse_entras_secrets(azure, None)
+    versions = len(secret_values(azure, "scim-token"))
+    retired = azure.run("register-app", *APP_ARGS, "rotate-token", "--retire-old")
+    assert retired.code != 0 and "Entra has not been given the newest token" in retired.err, retired.err
+    assert "run rotate-token again" in retired.err
+    assert retired.mutations == [] and len(secret_values(azure, "scim-token")) == versions, "nothing written"
+    assert entras_token(azure) in newest_lines(azure), "the secret still holds the token Entra uses"
+
+
+def test_two_failed_rotations_then_a_good_one_leave_entra_a_token_the_secret_holds(azure, synced):
+    """The hunt's other case: each rerun after a refusal made another token and dropped the old one,
+    so two failed runs left no copy of the token Entra used."""
+    refuse_entras_secrets(azure, "(Authorization_RequestDenied) Insufficient privileges to complete the operation.")
+    first = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert first.code != 0 and "Application Administrator" in first.err, first.err
+    minted, kept = newest_lines(azure)
+    assert kept == synced and minted != synced
+    second = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert second.code != 0
+    assert "sending it that one again, no new token made" in second.out, second.out
+    assert not [c for c in second.commands if "secret set " in c and "scim-token" in c], "no new version"
+    assert newest_lines(azure) == [minted, synced] and entras_token(azure) == synced
+    assert azure.run("register-app", *APP_ARGS, "rotate-token", "--retire-old").code != 0, "still refused"
+
+    refuse_entras_secrets(azure, None)
+    good = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert good.code == 0, good.err
+    assert entras_token(azure) == minted and newest_lines(azure) == [minted, synced], \
+        "Entra has the token the first run made, and the secret holds it"
+    assert minted not in good.out + good.err + json.dumps(azure.all_calls)
+    assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == [], "marked as given: nothing to do"
+    retired = azure.run("register-app", *APP_ARGS, "rotate-token", "--retire-old")
+    assert retired.code == 0, retired.err
+    assert newest_lines(azure) == [minted] and entras_token(azure) == minted, "only now does the old one go"
+    assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == [], "the mark survives retiring"
+    later = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert later.code == 0 and newest_lines(azure)[1] == minted and entras_token(azure) == newest_lines(azure)[0], \
+        "a normal rotation again: a new token, made this time"
+
+
 def test_the_consent_error_a_person_meets_names_the_fix_and_who_can_apply_it():
     hint = hint_for("AADSTS65001: The user or administrator has not consented to use the application")
     assert hint and "scripts/register-app" in hint and "Application Administrator" in hint
