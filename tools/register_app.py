@@ -554,7 +554,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     token = commands.add_parser("rotate-token", parents=[anywhere], help="a new SCIM token; the old one stays "
                                                                          "valid until Entra has the new one",
                                 description=Registration.rotate_token.__doc__)
-    token.add_argument("--retire-old", action="store_true", help="only drop the previous token")
+    token.add_argument("--retire-old", action="store_true", help="only drop the previous token (refused while Entra "
+                                                                "has not been given the newest)")
     args = parser.parse_args(argv)
     args.display_name = args.display_name or f"Portal SSO ({args.app})"
     if args.command == "assign" and not (args.user or args.group):
