@@ -52,18 +52,28 @@ GRAPH = "https://graph.microsoft.com/v1.0"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 CONSENTED_SCOPES = ("openid", "profile", "email")
 # Directory sync: the token's Key Vault secret (the SCIM server's SCIM_TOKEN_NAME default), and the tags
-# on its version that say which provisioning job and tenant URL Entra was given that token for.
+# on its version that say which provisioning job and tenant URL Entra was given that token for: set only
+# once Entra has accepted it, so a version without them holds a first token Entra may not have.
 SCIM_TOKEN_NAME = "scim-token"
 SCIM_TEMPLATE = "scim"  # Entra's provisioning template for a non-gallery SCIM app
 SYNCED_TAGS = ("entraJob", "entraTenantUrl")
 # What the provisioning job sends (attribute mappings on the job's schema): Entra's immutable object id
 # as externalId (the SCIM server pre-links the account to it), the app roles as `roles`; groups are not
 # provisioned (a person's kind comes from the app role of their assignment, direct or through a group).
+# The roles are AssertiveAppRoleAssignmentsComplex's: its PATCH replaces `roles` with the roles held now, so
+# an unassigned role goes (AppRoleAssignmentsComplex "does PATCH add only and therefore does not remove
+# any existing roles": customize-application-attributes, "Provisioning a role to a SCIM app").
 OBJECT_ID_SOURCE = {"expression": "[objectId]", "name": "objectId", "parameters": [], "type": "Attribute"}
-ROLES_SOURCE = {"expression": "AppRoleAssignmentsComplex([appRoleAssignments])", "name": "AppRoleAssignmentsComplex",
+ROLES_FUNCTION = "AssertiveAppRoleAssignmentsComplex"
+ROLES_SOURCE = {"expression": f"{ROLES_FUNCTION}([appRoleAssignments])", "name": ROLES_FUNCTION,
                 "type": "Function", "parameters": [{"key": "source", "value": {
                     "expression": "[appRoleAssignments]", "name": "appRoleAssignments", "parameters": [],
                     "type": "Attribute"}}]}
+# The same page has `roles` added to the SCIM user's attribute list first (String, multi-valued): the
+# `scim` template does not define it. An attributeDefinition of Graph's synchronizationSchema.
+ROLES_ATTRIBUTE = {"anchor": False, "apiExpressions": [], "caseExact": False, "defaultValue": None,
+                   "flowNullValues": False, "metadata": [], "multivalued": True, "mutability": "ReadWrite",
+                   "name": "roles", "referencedObjects": [], "required": False, "type": "String"}
 ENTERPRISE_APP_TAG = "WindowsAzureActiveDirectoryIntegratedApp"
 NO_CONSENT = ("Authorization_RequestDenied", "Insufficient privileges", "Forbidden", "403")
 
@@ -92,7 +102,8 @@ def new_scim_token() -> str:
 def mapped_schema(schema: dict) -> dict:
     """The provisioning job's schema with our attribute mappings (Graph's synchronizationSchema:
     synchronizationRules[].objectMappings[].attributeMappings[], each a targetAttributeName and a
-    source attributeMappingSource); the rest, as Entra's `scim` template made it, untouched."""
+    source attributeMappingSource) and the `roles` attribute defined on the target user object
+    (directories[].objects[].attributes[]); the rest, as Entra's `scim` template made it, untouched."""
     schema = {k: v for k, v in copy.deepcopy(schema).items() if not k.startswith("@odata")}
     for rule in schema.get("synchronizationRules", []):
         for mapping in rule.get("objectMappings", []):
@@ -100,6 +111,7 @@ def mapped_schema(schema: dict) -> dict:
             if source == "group":
                 mapping["enabled"] = False
             elif source == "user":
+                define_roles(schema, rule.get("targetDirectoryName"), mapping.get("targetObjectName"))
                 for target, value in (("externalId", OBJECT_ID_SOURCE), ("roles", ROLES_SOURCE)):
                     mappings = mapping.setdefault("attributeMappings", [])
                     found = next((m for m in mappings if m.get("targetAttributeName") == target), None)
@@ -109,6 +121,24 @@ def mapped_schema(schema: dict) -> dict:
                                                   "matchingPriority": 0, "targetAttributeName": target})
                     found["source"] = value
     return schema
+
+
+def define_roles(schema: dict, directory: str | None, name: str | None) -> None:
+    """`roles` in the attribute list of the target directory's object `name` (String, multi-valued:
+    one entry per app role), added when missing, its type and multiplicity set when not so."""
+    target = next((o for d in schema.get("directories") or [] if d.get("name") == directory
+                   for o in d.get("objects") or [] if o.get("name") == name), None)
+    if target is None:
+        raise AzError(f"The provisioning job's schema has no object {name} in its directory {directory}, so "
+                      "`roles` cannot be defined on it: in Entra ID > Enterprise applications > the app > "
+                      "Provisioning > Mappings > Provision users, add `roles` (String, multi-valued) under Edit "
+                      "attribute list, then run this again.")
+    attributes = target.setdefault("attributes", [])
+    found = next((a for a in attributes if a.get("name") == ROLES_ATTRIBUTE["name"]), None)
+    if found is None:
+        attributes.append(copy.deepcopy(ROLES_ATTRIBUTE))
+    else:
+        found.update(type=ROLES_ATTRIBUTE["type"], multivalued=True)
 
 
 class Registration:
@@ -371,9 +401,8 @@ class Registration:
         self.let_the_app_read(vault, token_name)
         update_app_settings(self.az, self.app, self.rg, {"SCIM_TOKEN_NAME": token_name}, settings)
         job = self.provisioning_job(sp, create=True)
-        tags = (stored or {}).get("tags") or {}
-        if token is not None or (tags.get(SYNCED_TAGS[0]), tags.get(SYNCED_TAGS[1])) != (job["id"], tenant_url):
-            token = token or self.current_tokens(vault, token_name)[0]
+        if token is not None or not given_to_entra((stored or {}).get("tags"), job, tenant_url):
+            token = token or self.newest_tokens(vault, token_name)[0][0]
             self.give_entra(sp, job, vault, token_name, tenant_url, token)
         schema = self.az.read("rest", "--method", "GET", "--uri", f"{self.jobs_uri(sp)}/{job['id']}/schema")
         wanted = mapped_schema(schema or {})
@@ -381,8 +410,8 @@ class Registration:
             with secret_file(json.dumps(wanted)) as path:  # large, not secret: a file keeps argv short
                 self.az.write("rest", "--method", "PUT", "--uri", f"{self.jobs_uri(sp)}/{job['id']}/schema",
                               "--headers", "Content-Type=application/json", "--body", f"@{path}",
-                              change=("change", "attribute mappings: objectId -> externalId, "
-                                                "AppRoleAssignmentsComplex -> roles, groups not provisioned"))
+                              change=("change", f"attribute mappings: objectId -> externalId, {ROLES_FUNCTION} "
+                                                "-> roles (defined: String, multi-valued), groups not provisioned"))
         if (job.get("schedule") or {}).get("state") != "Active":
             self.az.write("rest", "--method", "POST", "--uri", f"{self.jobs_uri(sp)}/{job['id']}/start",
                           change=("change", "provisioning job started"))
@@ -392,22 +421,37 @@ class Registration:
 
     def rotate_token(self) -> None:
         """A new token first, the current one kept on the second line (the server accepts both), then
-        Entra gets the new one: no request fails in between. --retire-old drops the older line once
-        Entra uses the new token."""
+        Entra gets the new one and the version is marked as given: no request fails in between. When the
+        newest version is not marked (an earlier run stopped before Entra took its token), that token is
+        sent again and no other made. --retire-old drops the older line, and refuses while Entra has not
+        been given the newest."""
         tenant_url, vault, token_name, sp, _ = self.sync_context()
-        tokens = self.current_tokens(vault, token_name)
+        job = self.provisioning_job(sp, create=False)
+        tokens, tags = self.newest_tokens(vault, token_name)
+        given = self.az.dry_run or given_to_entra(tags, job, tenant_url)
         if self.args.retire_old:
+            if not given:
+                raise AzError(f"Entra has not been given the newest token in {token_name} (a rotate-token stopped "
+                              "before Entra took it), so the older one, which Entra still uses, is kept: run "
+                              "rotate-token again (it sends Entra that same token and makes no other), then "
+                              "--retire-old.")
             if len(tokens) > 1:
-                tags = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", token_name,
-                                    "--query", "tags") or {}
                 self.store_tokens(vault, token_name, tokens[:1],
                                   ("remove", f"the previous SCIM token from {token_name}"), tags=tags)
             return
-        job = self.provisioning_job(sp, create=False)
-        token = new_scim_token()
-        self.store_tokens(vault, token_name, [token, tokens[0]],
-                          ("change", f"Key Vault secret {token_name}: a new token first, the previous one kept"))
-        self.give_entra(sp, job, vault, token_name, tenant_url, token)
+        if given:
+            tokens = [new_scim_token(), tokens[0]]
+            self.store_tokens(vault, token_name, tokens,
+                              ("change", f"Key Vault secret {token_name}: a new token first, the previous one kept"))
+        else:
+            print(f"note: Entra was not given the newest token in {token_name} (an earlier run stopped before Entra "
+                  "took it): sending it that one again, no new token made.")
+        try:
+            self.give_entra(sp, job, vault, token_name, tenant_url, tokens[0])
+        except AzError as err:
+            raise AzError(f"{err} Key Vault still holds the token Entra uses (second line), so provisioning goes "
+                          "on; once fixed, run rotate-token again: it sends Entra this same new token (it makes no "
+                          "other), and --retire-old refuses until Entra has it.", err.stderr) from err
         print("The previous token stays valid (second line of the secret) until `rotate-token --retire-old` or the "
               "next rotation.")
 
@@ -443,13 +487,14 @@ class Registration:
                       "--tags", f"{SYNCED_TAGS[0]}={job['id']}", f"{SYNCED_TAGS[1]}={tenant_url}", "--query", "id",
                       change=None)
 
-    def current_tokens(self, vault: str, token_name: str) -> list[str]:
-        raw = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", token_name,
-                           "--query", "value", quiet=True)
-        tokens = [line.strip() for line in (raw or "<token>").splitlines() if line.strip()]
+    def newest_tokens(self, vault: str, token_name: str) -> tuple[list[str], dict[str, str]]:
+        """The newest version's tokens (the newest first) and its tags, read together."""
+        newest = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", token_name,
+                              "--query", "{value: value, tags: tags}", quiet=True) or {}
+        tokens = [line.strip() for line in (newest.get("value") or "<token>").splitlines() if line.strip()]
         if not tokens:
             raise AzError(f"Key Vault secret {token_name} holds no token: delete it and run provisioning again.")
-        return tokens
+        return tokens, newest.get("tags") or {}
 
     def store_tokens(self, vault: str, token_name: str, tokens: list[str], change: tuple[str, str], *,
                      tags: dict[str, str] | None = None) -> None:
@@ -458,6 +503,11 @@ class Registration:
         with secret_file("\n".join(tokens)) as path:
             self.az.write("keyvault", "secret", "set", "--vault-name", vault, "--name", token_name, "--file", path,
                           "--encoding", "utf-8", *tagging, "--query", "id", quiet=True, change=change)
+
+
+def given_to_entra(tags: dict | None, job: dict, tenant_url: str) -> bool:
+    """Whether a token version's tags say Entra took its first token for this job and tenant URL."""
+    return ((tags or {}).get(SYNCED_TAGS[0]), (tags or {}).get(SYNCED_TAGS[1])) == (job["id"], tenant_url)
 
 
 def comparable(items: list | None) -> str:
@@ -504,7 +554,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     token = commands.add_parser("rotate-token", parents=[anywhere], help="a new SCIM token; the old one stays "
                                                                          "valid until Entra has the new one",
                                 description=Registration.rotate_token.__doc__)
-    token.add_argument("--retire-old", action="store_true", help="only drop the previous token")
+    token.add_argument("--retire-old", action="store_true", help="only drop the previous token (refused while Entra "
+                                                                "has not been given the newest)")
     args = parser.parse_args(argv)
     args.display_name = args.display_name or f"Portal SSO ({args.app})"
     if args.command == "assign" and not (args.user or args.group):

@@ -24,15 +24,35 @@ ME = {"type": "user", "name": "admin@contoso.test", "id": "admin-object-id"}
 CONNECTION_STRING = "InstrumentationKey=fake-ikey-0f0f;IngestionEndpoint=https://fake.in.applicationinsights/"
 # the one `functionapp create` gives the Application Insights it makes unasked
 CREATED_CONNECTION_STRING = "InstrumentationKey=fake-ikey-c4ea;IngestionEndpoint=https://fake.in.applicationinsights/"
-# The schema Entra's `scim` template gives a new job (Graph's synchronizationSchema, trimmed): users mapped
-# with mailNickname as externalId, and groups provisioned.
+# The schema Entra's `scim` template gives a new job (Graph's synchronizationSchema, trimmed): each directory's
+# objects with their attributes (attributeDefinition: name, type, multivalued, ...), users mapped with
+# mailNickname as externalId, groups provisioned, and no `roles` attribute on the SCIM user (the admin adds it:
+# customize-application-attributes, "Provisioning a role to a SCIM app").
+SCIM_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+
+
+def attribute(name: str, kind: str = "String", *, multivalued: bool = False) -> dict:
+    return {"anchor": False, "apiExpressions": [], "caseExact": False, "defaultValue": None, "flowNullValues": False,
+            "metadata": [], "multivalued": multivalued, "mutability": "ReadWrite", "name": name,
+            "referencedObjects": [], "required": False, "type": kind}
+
+
 SCIM_TEMPLATE_SCHEMA = {
     "id": "scim", "version": "Date:2026-11-01",
-    "directories": [{"id": "AAD", "name": "Azure Active Directory"}, {"id": "SCIM", "name": "customappsso"}],
+    "directories": [
+        {"id": "AAD", "name": "Azure Active Directory", "objects": [
+            {"name": "User", "attributes": [attribute("objectId"), attribute("userPrincipalName"),
+                                            attribute("mailNickname"), attribute("mail"),
+                                            attribute("appRoleAssignments", multivalued=True)]}]},
+        {"id": "SCIM", "name": "customappsso", "objects": [
+            {"name": SCIM_USER, "attributes": [attribute("userName"), attribute("externalId"),
+                                               attribute("active", "Boolean"),
+                                               attribute("emails[type eq \"work\"].value")]},
+            {"name": "urn:ietf:params:scim:schemas:core:2.0:Group", "attributes": [attribute("displayName")]}]}],
     "synchronizationRules": [{"id": "AAD2SCIM", "name": "USER_INBOUND_USER", "sourceDirectoryName": "Azure Active "
                               "Directory", "targetDirectoryName": "customappsso", "objectMappings": [
         {"enabled": True, "name": "Provision Microsoft Entra ID Users", "sourceObjectName": "User",
-         "targetObjectName": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User", "attributeMappings": [
+         "targetObjectName": SCIM_USER, "attributeMappings": [
              {"targetAttributeName": "userName", "matchingPriority": 1, "flowType": "Always",
               "source": {"expression": "[userPrincipalName]", "name": "userPrincipalName", "parameters": [],
                          "type": "Attribute"}},
@@ -43,6 +63,19 @@ SCIM_TEMPLATE_SCHEMA = {
               "source": {"expression": "[mail]", "name": "mail", "parameters": [], "type": "Attribute"}}]},
         {"enabled": True, "name": "Provision Microsoft Entra ID Groups", "sourceObjectName": "Group",
          "targetObjectName": "urn:ietf:params:scim:schemas:core:2.0:Group", "attributeMappings": []}]}]}
+
+
+def undefined_targets(schema: dict) -> list[str]:
+    """Mapped target attributes that the target object does not define. Entra's admin center offers only
+    defined attributes as a mapping's target, and the docs have `roles` added to the attribute list before
+    it is mapped; Graph's own answer to such a PUT is not documented, so this refusal is the fake's."""
+    objects = {(d.get("name"), o.get("name")): {a.get("name") for a in o.get("attributes") or []}
+               for d in schema.get("directories") or [] for o in d.get("objects") or []}
+    return [f"{m.get('targetObjectName')}.{a.get('targetAttributeName')}"
+            for rule in schema.get("synchronizationRules") or [] for m in rule.get("objectMappings") or []
+            if m.get("enabled", True) for a in m.get("attributeMappings") or []
+            if a.get("targetAttributeName") not in objects.get((rule.get("targetDirectoryName"),
+                                                               m.get("targetObjectName")), set())]
 
 
 def main(argv: list[str]) -> int:
@@ -101,6 +134,8 @@ def query(answer, args: list[str]):
         return {"password": answer["password"]}
     if q == "{id: id, tags: tags}":
         return {"id": answer["id"], "tags": answer.get("tags")}
+    if q == "{value: value, tags: tags}":
+        return {"value": answer["value"], "tags": answer.get("tags")}
     return answer
 
 
@@ -415,6 +450,10 @@ def graph(state: dict, method: str, uri: str, body: str | None):
     job = next(j for j in sync["jobs"] if j["id"] == job_id)
     if action == "schema":
         if method == "PUT":
+            if missing := undefined_targets(json.loads(body)):
+                print(f"ERROR: Bad Request: attribute mappings to undefined target attributes: {missing}",
+                      file=sys.stderr)
+                raise SystemExit(1)
             job["schema"] = json.loads(body)
             return None
         return {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#schema", **job["schema"]}

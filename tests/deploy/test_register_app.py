@@ -12,7 +12,13 @@ Where the Graph request shapes come from (Microsoft Graph v1.0 reference, learn.
   synchronization), the synchronizationSecretKeyStringValuePair resource.
 - GET/PUT .../jobs/{jobId}/schema, synchronizationRules[].objectMappings[].attributeMappings[] with a
   `source` attributeMappingSource (expression, name, type, parameters): "synchronizationSchema resource
-  type" and "Update synchronizationSchema" (the PUT replaces the whole schema).
+  type" and "Update synchronizationSchema" (the PUT replaces the whole schema); directories[].objects[]
+  .attributes[], each an attributeDefinition (name, type, multivalued, ...): "Configure synchronization
+  with custom target attributes" (the attribute is defined on the target object, then mapped).
+- The roles mapping: Entra's "Customize user provisioning attribute-mappings", "Provisioning a role to a
+  SCIM app": AssertiveAppRoleAssignmentsComplex([appRoleAssignments]) "does PATCH replace" (the other
+  "does PATCH add only and therefore does not remove any existing roles"), onto a `roles` attribute
+  added to the attribute list first (String, multi-valued).
 - POST .../jobs/{jobId}/start: "Start synchronizationJob". GET .../synchronization/templates:
   "List synchronization templates".
 - POST /oauth2PermissionGrants {clientId, consentType: AllPrincipals, resourceId, scope}: "Create
@@ -284,7 +290,11 @@ def test_provisioning_sets_up_entras_scim_job_with_a_token_never_shown(azure):
     users, groups = job["schema"]["synchronizationRules"][0]["objectMappings"]
     by_target = {m["targetAttributeName"]: m["source"] for m in users["attributeMappings"]}
     assert by_target["externalId"]["expression"] == "[objectId]", "Entra's object id -> externalId"
-    assert by_target["roles"]["expression"] == "AppRoleAssignmentsComplex([appRoleAssignments])"
+    assert by_target["roles"]["expression"] == "AssertiveAppRoleAssignmentsComplex([appRoleAssignments])", \
+        "a PATCH replace of roles: a role unassigned in Entra removes that kind's account"
+    assert by_target["roles"]["name"] == "AssertiveAppRoleAssignmentsComplex"
+    definition = roles_definition(job["schema"], users["targetObjectName"])  # defined where it is mapped
+    assert (definition["type"], definition["multivalued"]) == ("String", True)
     assert by_target["userName"]["expression"] == "[userPrincipalName]", "the template's other mappings stay"
     assert groups["enabled"] is False, "groups are not provisioned"
     assert settings(azure)["SCIM_TOKEN_NAME"] == "scim-token"
@@ -294,6 +304,68 @@ def test_provisioning_sets_up_entras_scim_job_with_a_token_never_shown(azure):
     again = azure.run("register-app", *APP_ARGS, "provisioning")
     assert again.code == 0 and again.mutations == [], f"idempotent: {again.mutations}"
     assert secret_values(azure, "scim-token") == [token], "the token is made once"
+
+
+def roles_definition(schema: dict, target_object: str) -> dict:
+    """The `roles` attributeDefinition on the SCIM directory's object that users are mapped to."""
+    (directory,) = [d for d in schema["directories"] if d["name"] == "customappsso"]
+    (target,) = [o for o in directory["objects"] if o["name"] == target_object]
+    (roles,) = [a for a in target["attributes"] if a["name"] == "roles"]
+    return roles
+
+
+def schema_puts(result) -> list[dict]:
+    return [c for c in result.calls if "PUT" in c["argv"] and c["argv"][c["argv"].index("--uri") + 1].endswith(
+        "/schema")]
+
+
+def test_the_schema_put_carries_the_assertive_roles_mapping_and_the_roles_definition(azure):
+    """What the PUT of the job's schema sent (the fake az records its body's hash; the fake refuses a
+    mapping to an attribute the target does not define, as the admin center never offers one)."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    result = azure.run("register-app", *APP_ARGS, "provisioning")
+    assert result.code == 0, result.err
+    (put,) = schema_puts(result)
+    sp = f"sp-{settings(azure)['OIDC_CLIENT_ID']}"
+    (job,) = azure.state["sync"][sp]["jobs"]
+    stored = job["schema"]
+    assert put["file_sha256"] == hashlib.sha256(json.dumps(stored).encode()).hexdigest(), "stored is what was sent"
+    users = stored["synchronizationRules"][0]["objectMappings"][0]
+    roles_mapping = next(m for m in users["attributeMappings"] if m["targetAttributeName"] == "roles")
+    assert roles_mapping["source"] == {"expression": "AssertiveAppRoleAssignmentsComplex([appRoleAssignments])",
+                                       "name": "AssertiveAppRoleAssignmentsComplex", "type": "Function",
+                                       "parameters": [{"key": "source", "value": {
+                                           "expression": "[appRoleAssignments]", "name": "appRoleAssignments",
+                                           "parameters": [], "type": "Attribute"}}]}
+    definition = roles_definition(stored, users["targetObjectName"])
+    assert (definition["type"], definition["multivalued"], definition["required"]) == ("String", True, False)
+    others = [a["name"] for d in stored["directories"] for o in d["objects"] for a in o["attributes"]]
+    assert others.count("roles") == 1 and "userName" in others, "the template's definitions stay, roles once"
+
+
+def test_provisioning_run_again_moves_a_job_from_the_additive_roles_mapping(azure):
+    """A job set up before (AppRoleAssignmentsComplex, no roles definition, or roles single-valued) is
+    brought to the assertive mapping by the next `provisioning` run, and a run after that changes nothing."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    assert azure.run("register-app", *APP_ARGS, "provisioning").code == 0
+    sp = f"sp-{settings(azure)['OIDC_CLIENT_ID']}"
+    state = azure.state
+    (job,) = state["sync"][sp]["jobs"]
+    users = job["schema"]["synchronizationRules"][0]["objectMappings"][0]
+    roles_mapping = next(m for m in users["attributeMappings"] if m["targetAttributeName"] == "roles")
+    roles_mapping["source"] |= {"expression": "AppRoleAssignmentsComplex([appRoleAssignments])",
+                                "name": "AppRoleAssignmentsComplex"}
+    roles_definition(job["schema"], users["targetObjectName"])["multivalued"] = False
+    azure.state = state
+    result = azure.run("register-app", *APP_ARGS, "provisioning")
+    assert result.code == 0, result.err
+    assert len(schema_puts(result)) == 1 and "AssertiveAppRoleAssignmentsComplex -> roles" in result.out
+    (job,) = azure.state["sync"][sp]["jobs"]
+    users = job["schema"]["synchronizationRules"][0]["objectMappings"][0]
+    roles_mapping = next(m for m in users["attributeMappings"] if m["targetAttributeName"] == "roles")
+    assert roles_mapping["source"]["expression"] == "AssertiveAppRoleAssignmentsComplex([appRoleAssignments])"
+    assert roles_definition(job["schema"], users["targetObjectName"])["multivalued"] is True
+    assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == []
 
 
 def test_provisioning_dry_run_anywhere_on_the_command_line_runs_nothing(azure):
@@ -324,6 +396,77 @@ def test_rotate_token_keeps_the_old_token_valid_until_entra_has_the_new_one(azur
     assert retired.code == 0, retired.err
     assert secret_values(azure, "scim-token")[-1] == new, "only the new token is left"
     assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == []
+
+
+def entras_token(azure: FakeAzure) -> str:
+    return azure.state["sync"][f"sp-{settings(azure)['OIDC_CLIENT_ID']}"]["secrets"]["SecretToken"]
+
+
+def newest_lines(azure: FakeAzure) -> list[str]:
+    return secret_values(azure, "scim-token")[-1].split("\n")
+
+
+def refuse_entras_secrets(azure: FakeAzure, message: str | None) -> None:
+    """Graph refuses (or, with None, accepts again) the PUT of the job's credentials."""
+    azure.state = {**azure.state, "refuse": {"synchronization/secrets": message} if message else {}}
+
+
+@pytest.fixture
+def synced(azure) -> str:
+    """Directory sync set up; returns the token Entra was given."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    assert azure.run("register-app", *APP_ARGS, "provisioning").code == 0
+    (token,) = secret_values(azure, "scim-token")
+    assert entras_token(azure) == token
+    return token
+
+
+def test_after_a_failed_rotation_retire_old_refuses_and_the_secret_keeps_entras_token(azure, synced):
+    """The hunt's case: Entra refused the new token; --retire-old then dropped the token Entra still
+    used, and after SECRET_CACHE_SECONDS every provisioning request was a 401."""
+    refuse_entras_secrets(azure, "(ServiceUnavailable) The service is unavailable, try again later.")
+    failed = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert failed.code != 0
+    assert "run rotate-token again: it sends Entra this same new token" in failed.err, failed.err
+    assert entras_token(azure) == synced and newest_lines(azure)[1] == synced, "both tokens kept, Entra's too"
+    refuse_entras_secrets(azure, None)
+    versions = len(secret_values(azure, "scim-token"))
+    retired = azure.run("register-app", *APP_ARGS, "rotate-token", "--retire-old")
+    assert retired.code != 0 and "Entra has not been given the newest token" in retired.err, retired.err
+    assert "run rotate-token again" in retired.err
+    assert retired.mutations == [] and len(secret_values(azure, "scim-token")) == versions, "nothing written"
+    assert entras_token(azure) in newest_lines(azure), "the secret still holds the token Entra uses"
+
+
+def test_two_failed_rotations_then_a_good_one_leave_entra_a_token_the_secret_holds(azure, synced):
+    """The hunt's other case: each rerun after a refusal made another token and dropped the old one,
+    so two failed runs left no copy of the token Entra used."""
+    refuse_entras_secrets(azure, "(Authorization_RequestDenied) Insufficient privileges to complete the operation.")
+    first = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert first.code != 0 and "Application Administrator" in first.err, first.err
+    minted, kept = newest_lines(azure)
+    assert kept == synced and minted != synced
+    second = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert second.code != 0
+    assert "sending it that one again, no new token made" in second.out, second.out
+    assert not [c for c in second.commands if "secret set " in c and "scim-token" in c], "no new version"
+    assert newest_lines(azure) == [minted, synced] and entras_token(azure) == synced
+    assert azure.run("register-app", *APP_ARGS, "rotate-token", "--retire-old").code != 0, "still refused"
+
+    refuse_entras_secrets(azure, None)
+    good = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert good.code == 0, good.err
+    assert entras_token(azure) == minted and newest_lines(azure) == [minted, synced], \
+        "Entra has the token the first run made, and the secret holds it"
+    assert minted not in good.out + good.err + json.dumps(azure.all_calls)
+    assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == [], "marked as given: nothing to do"
+    retired = azure.run("register-app", *APP_ARGS, "rotate-token", "--retire-old")
+    assert retired.code == 0, retired.err
+    assert newest_lines(azure) == [minted] and entras_token(azure) == minted, "only now does the old one go"
+    assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == [], "the mark survives retiring"
+    later = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert later.code == 0 and newest_lines(azure)[1] == minted and entras_token(azure) == newest_lines(azure)[0], \
+        "a normal rotation again: a new token, made this time"
 
 
 def test_the_consent_error_a_person_meets_names_the_fix_and_who_can_apply_it():

@@ -11,7 +11,10 @@
 - ROLES: "Customize user provisioning attribute-mappings for SaaS applications in Microsoft Entra ID"
   (.../customize-application-attributes), "Provisioning a role to a SCIM app": AppRoleAssignmentsComplex
   sends `roles` as `{"primary": false, "type": "WindowsAzureActiveDirectoryRole", "display", "value"}`
-  entries on POST, and a PATCH `Add` of `roles` whose value entries hold a JSON string.
+  entries on POST, and a PATCH `Add` of `roles` whose value entries hold a JSON string;
+  AssertiveAppRoleAssignmentsComplex (what `register-app provisioning` maps, since the other "does PATCH
+  add only and therefore does not remove any existing roles") sends the same POST, and a PATCH
+  `"op": "replace", "path": "roles"` whose value is every role the person holds now, in the POST shape.
 """
 
 from __future__ import annotations
@@ -87,3 +90,10 @@ def add_role_complex(kind: str, op: str = "Add") -> dict:
 def remove_role(kind: str) -> dict:
     """SPEC (from KNOWN_ISSUES' Remove with a value): a Remove of roles naming the roles to remove."""
     return {"op": "Remove", "path": "roles", "value": [{"value": ROLE_VALUES[kind]}]}
+
+
+def replace_roles_assertive(*kinds: str, op: str = "replace") -> dict:
+    """ROLES, AssertiveAppRoleAssignmentsComplex's PATCH: a `replace` of `roles` (lowercase in ROLES'
+    example; KNOWN_ISSUES: "Replace" where the compliance flag is off) listing every role the person
+    holds now, each in the POST shape."""
+    return {"op": op, "path": "roles", "value": [role(k) for k in kinds]}
