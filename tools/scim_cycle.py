@@ -3,7 +3,7 @@
     .venv/bin/python -m tools.scim_cycle [--base https://127.0.0.1:7071] [--token-file .devstack/scim-token]
 
 "Test connection", then for each person Entra's create (a query, then a POST with the core and
-enterprise schemas, externalId, a work email and AppRoleAssignmentsComplex roles), then the changes
+enterprise schemas, externalId, a work email and AssertiveAppRoleAssignmentsComplex roles), then the changes
 an admin makes (an email change, a disable, a role taken away, a deletion), then a second cycle that
 changes nothing. It prints each step, and what each account now is. With `make run`'s stack, the dev
 IdP's nobody@contoso.test (object id below) becomes an agent and can sign in at the agent door.
@@ -40,7 +40,7 @@ class Person:
     name: str
 
     def body(self) -> dict:
-        """Entra's "Create User" request (its SCIM tutorial), roles as AppRoleAssignmentsComplex sends them."""
+        """Entra's "Create User" request (its SCIM tutorial), roles as AssertiveAppRoleAssignmentsComplex sends them."""
         given, _, family = self.name.partition(" ")
         return {"schemas": [USER_SCHEMA, ENTERPRISE], "externalId": self.object_id, "userName": self.email,
                 "active": True, "displayName": self.name, "meta": {"resourceType": "User"},
