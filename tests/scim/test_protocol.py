@@ -54,6 +54,8 @@ def test_without_a_token_directory_sync_is_off_and_every_route_is_404(use_settin
     before = len(off.events())
     for path in ("/Users", "/ServiceProviderConfig", "/Schemas", "/Users/x", "/"):
         error_of(off.get(path), 404)
+    for method in ("OPTIONS", "DELETE"):  # whatever the method: nothing here
+        error_of(off.request(method, "/Users"), 404)
     assert len(off.events()) == before, "an app with sync off records nothing for strangers"
 
 

@@ -130,3 +130,15 @@ def test_a_write_whose_row_storage_refuses_is_a_503_and_the_whole_event_is_logge
     assert TOKEN not in caplog.text
     listed = scim.get("/Users", params=entra.by_user_name(user_name)).json()
     assert [u["id"] for u in listed["Resources"]] == [event["scim_id"]], "the write itself is done: a retry finds it"
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "HEAD"])
+def test_head_and_options_are_refused_by_the_scim_service_after_its_bearer_check(scim, method):
+    """Not the app's HTML 405 before the token is even read: a SCIM answer, with its row."""
+    refused = scim.request(method, "/Users", token="")
+    assert refused.status_code == 401 and refused.headers["Content-Type"].startswith("application/scim+json")
+    assert refused.headers.get("WWW-Authenticate", "").startswith("Bearer")
+    answered = scim.request(method, "/ServiceProviderConfig")
+    assert answered.status_code == 405, answered.status_code
+    assert answered.headers["Content-Type"].startswith("application/scim+json"), answered.headers
+    assert "POST" not in answered.headers.get("Allow", ""), "no write is allowed on a discovery endpoint"
