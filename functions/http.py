@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from urllib.parse import urlsplit
 
 import azure.functions as func
 
@@ -29,7 +30,7 @@ HSTS = "max-age=31536000"
 def transport_security() -> dict[str, str]:
     """Strict-Transport-Security whenever the app's public base URL is https://. TLS usually ends in
     front of the app (Azure's front end), so the request's own scheme says nothing."""
-    https = public_base_url(get_runtime().env).startswith("https://")
+    https = urlsplit(public_base_url(get_runtime().env)).scheme == "https"  # the parser lower-cases it
     return {"Strict-Transport-Security": HSTS} if https else {}
 
 

@@ -27,3 +27,10 @@ def test_no_hsts_when_the_public_base_url_is_plain_http_on_loopback(use_settings
     for method, path in ROUTES:
         response = requests.request(method, f"{APP_BASE}{path}", allow_redirects=False, timeout=TIMEOUT)
         assert "Strict-Transport-Security" not in response.headers, path
+
+
+def test_hsts_whatever_the_case_of_the_public_base_urls_scheme(use_settings):
+    """The setting is accepted as HTTPS://... (URL schemes are case-insensitive): so is its HSTS."""
+    use_settings(PUBLIC_BASE_URL=APP_BASE.replace("https://", "HTTPS://", 1))
+    response = requests.get(f"{APP_BASE}/api/health", timeout=TIMEOUT)
+    assert response.headers.get("Strict-Transport-Security") == "max-age=31536000"
