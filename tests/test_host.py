@@ -72,7 +72,8 @@ def test_routes_params_form_headers_and_context(server, session):
     assert (r.status_code, r.headers["Content-Type"]) == (200, "application/json")
     data = r.json()
     assert {k: data[k] for k in ("kind", "params", "form", "header", "function")} == {
-        "kind": "agent", "params": {"x": "2"}, "form": {"code": "a b&c"}, "header": "hi", "function": "callback"}
+        "kind": "agent", "params": {"x": "1,2"}, "form": {"code": "a b&c"}, "header": "hi", "function": "callback"}
+    # ^ a repeated parameter as Azure's host passes it (StringValues joined with commas), not its last value
     assert len(data["invocation_id"]) == 36
     assert data["invocation_id"] != session.get(f"{server.url}/api/sso/agent/callback").json()["invocation_id"]
 

@@ -159,7 +159,8 @@ class FunctionHost:
         binding, user_function, takes_context = _calling(function)
         arguments: dict[str, Any] = {binding: func.HttpRequest(
             method=request.method, url=request.url, headers=dict(request.headers.items()),
-            params={name: values[-1] for name, values in request.args.lists()},
+            # As Azure's host passes a repeated parameter: its values joined with commas (StringValues).
+            params={name: ",".join(values) for name, values in request.args.lists()},
             route_params=params, body=request.get_data())}
         if takes_context:
             arguments["context"] = SimpleNamespace(
