@@ -429,3 +429,15 @@ def test_each_scenario_changes_the_idp_or_the_app_as_it_says():
     assert all("roles" not in p["claims"] for p in demo_people(SCENARIOS["no-role"]))
     assert SCENARIOS["no-role"].app == {"APP_ROLES_REQUIRED": "true"}
     assert SCENARIOS["wrong-secret"].app["OIDC_CLIENT_SECRET"]
+
+
+def test_an_empty_variable_is_not_reported_as_winning_over_the_settings(monkeypatch):
+    """Core Tools fills an empty variable from local.settings.json, and so does tools.host: make run's
+    note must not name it as the environment's."""
+    from tools.dev import from_environment
+
+    monkeypatch.setenv("OIDC_CLIENT_SECRET", "wrong")
+    monkeypatch.setenv("OIDC_CLIENT_ID", "")
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://127.0.0.1:7071")
+    values = {"OIDC_CLIENT_SECRET": "s", "OIDC_CLIENT_ID": "c", "PUBLIC_BASE_URL": "https://127.0.0.1:7071"}
+    assert from_environment(values) == ["OIDC_CLIENT_SECRET"]

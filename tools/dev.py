@@ -4,10 +4,11 @@ Azurite (Table Storage, its data kept in .devstack/azurite), the dev IdP (oidc-p
 Entra ID, with demo people), the function app (tools.host, HTTPS) and the demo portal, all on
 127.0.0.1 with a local test CA made in .devstack/ (git-ignored). Demo accounts are seeded when
 missing. It leaves local.settings.json in the project root (git-ignored), which the accounts CLI and
-tools.host read. Like Core Tools, the process environment wins over those settings
-(`OIDC_CLIENT_SECRET=wrong make run` runs the app with that secret). `make run SCENARIO=NAME` sets up
-one of the mistakes admins make (SCENARIOS), to see what the setup page, health and the person show.
-Ctrl-C stops everything."""
+tools.host read. Like Core Tools, the process environment wins over those settings where it holds a
+value (`OIDC_CLIENT_SECRET=wrong make run` runs the app with that secret; an empty variable is filled).
+`make run SCENARIO=NAME` sets up one of the mistakes admins make (SCENARIOS), to see what the setup
+page, health and the person show.
+Ctrl-C stops everything, and so do `kill` (SIGTERM) and closing the terminal (SIGHUP), at any moment."""
 
 from __future__ import annotations
 
@@ -164,8 +165,8 @@ def write_local_settings(values: dict[str, str]) -> str:
 
 
 def from_environment(values: dict[str, str]) -> list[str]:
-    """The settings the process environment overrides (it wins, as with Core Tools)."""
-    return sorted(name for name in values if name in os.environ and os.environ[name] != values[name])
+    """The settings the process environment overrides (it wins, as with Core Tools, where it is not empty)."""
+    return sorted(name for name in values if os.environ.get(name) and os.environ[name] != values[name])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +236,8 @@ def _run(scenario_name: str | None, children: list[subprocess.Popen]) -> int:
     with signals_deferred():  # never half written: a torn file would no longer count as ours
         written = write_local_settings(settings)
     overridden = from_environment(settings)
-    env = {**settings, **os.environ}  # the environment wins, as with Core Tools
+    # The environment wins where it holds a value, as with Core Tools (an empty variable is filled).
+    env = {**os.environ, **{name: value for name, value in settings.items() if not os.environ.get(name)}}
     seed(settings["TABLES_CONNECTION_STRING"])
     print("starting the function app (tools.host) and the demo portal ...", flush=True)
     with signals_deferred():  # each is on the list as soon as it exists
