@@ -285,9 +285,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class MakeRun:
     """`python -m tools.dev` (what `make run` runs) on free ports, its state and settings file under a
-    temporary directory; stopped with Ctrl-C (SIGINT)."""
+    temporary directory; entered once its output shows `until` (by default: the stack is up); stopped
+    with Ctrl-C (SIGINT) unless it has stopped already."""
 
-    def __init__(self, home: Path, **env: str) -> None:
+    def __init__(self, home: Path, until: str = "Press Ctrl-C to stop.", **env: str) -> None:
+        self.until = until
         self.home, self.state, self.settings_file = home, home / "state", home / "local.settings.json"
         self.ports = {name: free_port() for name in ("APP", "IDP", "PORTAL", "TABLES")}
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "DEV_STATE_DIR": str(self.state),
@@ -303,7 +305,7 @@ class MakeRun:
             self.process = subprocess.Popen([sys.executable, "-m", "tools.dev"], cwd=ROOT, env=self.env,
                                             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
-        while "Press Ctrl-C to stop." not in self.text:
+        while self.until not in self.text:
             assert self.process.poll() is None and time.monotonic() < deadline, f"make run did not start:\n{self.text}"
             time.sleep(0.2)
         return self
@@ -313,12 +315,28 @@ class MakeRun:
         return self.out.read_text(errors="replace")
 
     def __exit__(self, *exc) -> None:
-        self.process.send_signal(signal.SIGINT)
+        if self.process.poll() is None:
+            self.stop(signal.SIGINT)
+
+    def stop(self, sig: int) -> int:
+        """Sends `sig` to make run's own process (as `kill` or a closing terminal does) and waits for it."""
+        self.process.send_signal(sig)
         try:
-            self.process.wait(30)
+            return self.process.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             raise
+
+    def left_running(self) -> list[str]:
+        """The processes still alive that this run started: every one of them (Azurite, the IdP, the host,
+        the portal) names a file under the run's own directory on its command line."""
+        left = []
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if proc.name.isdigit() and int(proc.name) != os.getpid() and str(self.home) in args:
+                    left.append(f"{proc.name} {args}")
+        return left
 
     def browser(self) -> requests.Session:
         session = requests.Session()
@@ -377,6 +395,28 @@ def test_a_scenario_sets_up_the_mistake_an_admin_then_sees(tmp_path):
         assert "email claim in the token: no" in setup and 'class="st fail"' in setup
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("until", "sig"), [
+    ("starting the dev IdP", signal.SIGTERM),  # `kill` while Azurite is up and the IdP is starting
+    ("Press Ctrl-C to stop.", signal.SIGHUP),  # the terminal closed once the stack is up
+], ids=["sigterm-during-start-up", "sighup-after-the-banner"])
+def test_a_stop_signal_at_any_time_leaves_nothing_of_the_stack_running(tmp_path, until, sig):
+    """Azurite and the IdP run in sessions of their own, so only make run itself can stop them: a stop
+    it misses leaves them holding their ports, and the next make run refuses to start."""
+    run = MakeRun(tmp_path, until=until)
+    with run:
+        code = run.stop(sig)
+    left, deadline = run.left_running(), time.monotonic() + 10
+    while left and time.monotonic() < deadline:  # what was stopped may take a moment to go
+        time.sleep(0.2)
+        left = run.left_running()
+    for line in left:  # never outlive the test, even when it fails
+        with contextlib.suppress(OSError):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+    assert left == [], f"still running after make run stopped:\n{run.text}"
+    assert code == 0 and "stopping ..." in run.text, run.text
+
+
 def test_each_scenario_changes_the_idp_or_the_app_as_it_says():
     from tools.dev import OTHER_TENANT, SCENARIOS, demo_people
 
@@ -389,3 +429,15 @@ def test_each_scenario_changes_the_idp_or_the_app_as_it_says():
     assert all("roles" not in p["claims"] for p in demo_people(SCENARIOS["no-role"]))
     assert SCENARIOS["no-role"].app == {"APP_ROLES_REQUIRED": "true"}
     assert SCENARIOS["wrong-secret"].app["OIDC_CLIENT_SECRET"]
+
+
+def test_an_empty_variable_is_not_reported_as_winning_over_the_settings(monkeypatch):
+    """Core Tools fills an empty variable from local.settings.json, and so does tools.host: make run's
+    note must not name it as the environment's."""
+    from tools.dev import from_environment
+
+    monkeypatch.setenv("OIDC_CLIENT_SECRET", "wrong")
+    monkeypatch.setenv("OIDC_CLIENT_ID", "")
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://127.0.0.1:7071")
+    values = {"OIDC_CLIENT_SECRET": "s", "OIDC_CLIENT_ID": "c", "PUBLIC_BASE_URL": "https://127.0.0.1:7071"}
+    assert from_environment(values) == ["OIDC_CLIENT_SECRET"]

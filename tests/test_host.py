@@ -229,13 +229,69 @@ def test_local_settings_fill_what_the_environment_does_not_set(tmp_path):
         "IsEncrypted": False, "Host": {"LocalHttpPort": 7072},
         "Values": {"FROM_FILE": "file", "SET_IN_ENV": "file", "EMPTY_IN_ENV": "file", "NUMBER": 5, "FLAG": True}}))
     environ = {"SET_IN_ENV": "env", "EMPTY_IN_ENV": ""}
-    assert load_local_settings(tmp_path, environ) == {"FROM_FILE": "file", "NUMBER": "5", "FLAG": "true"}
-    assert environ == {"SET_IN_ENV": "env", "EMPTY_IN_ENV": "", "FROM_FILE": "file", "NUMBER": "5", "FLAG": "true"}
+    # Core Tools (StartHostAction.UpdateEnvironmentVariables) lets the file fill a variable that is unset
+    # or empty (string.IsNullOrEmpty): only a value in the environment wins over the file.
+    applied = {"FROM_FILE": "file", "EMPTY_IN_ENV": "file", "NUMBER": "5", "FLAG": "true"}
+    assert load_local_settings(tmp_path, environ) == applied
+    assert environ == {"SET_IN_ENV": "env", **applied}
     assert local_http_port(tmp_path) == 7072
     assert load_local_settings(tmp_path / "missing", environ) == {} and local_http_port(tmp_path / "missing") is None
     (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": True, "Values": {"A": "x"}}))
     with pytest.raises(SystemExit, match="IsEncrypted"):
         load_local_settings(tmp_path, {})
+
+
+def test_local_settings_may_hold_comments_as_core_tools_allows(tmp_path):
+    """Core Tools parses the file with Newtonsoft's JObject.Parse, which skips // and /* */ comments:
+    a file that works with `func start` works here, and text in strings is never taken for one."""
+    (tmp_path / "local.settings.json").write_text("""// made by hand
+{
+  "IsEncrypted": false, /* plain values */
+  "Values": {
+    "URL": "https://login.example/common/v2.0", // a URL holds "//"
+    "GLOB": "a/*b*/c", "QUOTE": "say \\"//\\" /* not */",
+    /* "OFF": "commented out", */
+    "LAST": "x" /* no newline after */ },
+  "Host": {"LocalHttpPort": 7073}  // end
+}
+""")
+    environ: dict[str, str] = {}
+    assert load_local_settings(tmp_path, environ) == {
+        "URL": "https://login.example/common/v2.0", "GLOB": "a/*b*/c", "QUOTE": 'say "//" /* not */', "LAST": "x"}
+    assert local_http_port(tmp_path) == 7073
+    (tmp_path / "local.settings.json").write_text('{"Values": {"A": "x"}} /* never closed')
+    with pytest.raises(SystemExit, match="not valid JSON"):
+        load_local_settings(tmp_path, {})
+
+
+@pytest.mark.parametrize(("section", "says"), [
+    ({"LocalHttpPort": "70x1"}, "Host.LocalHttpPort"),
+    ({"LocalHttpPort": 70000}, "Host.LocalHttpPort"),
+    ({"LocalHttpPort": True}, "Host.LocalHttpPort"),
+    ("7071", "Host"),
+    ([7071], "Host"),
+])
+def test_a_wrong_host_section_is_a_clear_error(tmp_path, section, says):
+    (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {}, "Host": section}))
+    with pytest.raises(SystemExit, match=says):
+        load_local_settings(tmp_path, {})
+    with pytest.raises(SystemExit, match=says):
+        local_http_port(tmp_path)
+
+
+def test_local_http_port_as_core_tools_reads_it(tmp_path):
+    for section, port in (({"LocalHttpPort": "7074"}, 7074), ({"LocalHttpPort": 7075}, 7075), ({}, None), (None, None)):
+        (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {}, "Host": section}))
+        assert local_http_port(tmp_path) == port, section
+
+
+def test_the_command_says_what_is_wrong_in_local_settings_without_a_traceback(tmp_path):
+    (tmp_path / "function_app.py").write_text(FUNCTION_APP)
+    (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {}, "Host": {"LocalHttpPort": "70x1"}}))
+    done = subprocess.run([sys.executable, "-m", "tools.host", "--app-dir", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert "local.settings.json: Host.LocalHttpPort" in done.stderr and "70x1" in done.stderr, done.stderr
 
 
 FUNCTION_APP = """

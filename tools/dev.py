@@ -4,14 +4,16 @@ Azurite (Table Storage, its data kept in .devstack/azurite), the dev IdP (oidc-p
 Entra ID, with demo people), the function app (tools.host, HTTPS) and the demo portal, all on
 127.0.0.1 with a local test CA made in .devstack/ (git-ignored). Demo accounts are seeded when
 missing. It leaves local.settings.json in the project root (git-ignored), which the accounts CLI and
-tools.host read. Like Core Tools, the process environment wins over those settings
-(`OIDC_CLIENT_SECRET=wrong make run` runs the app with that secret). `make run SCENARIO=NAME` sets up
-one of the mistakes admins make (SCENARIOS), to see what the setup page, health and the person show.
-Ctrl-C stops everything."""
+tools.host read. Like Core Tools, the process environment wins over those settings where it holds a
+value (`OIDC_CLIENT_SECRET=wrong make run` runs the app with that secret; an empty variable is filled).
+`make run SCENARIO=NAME` sets up one of the mistakes admins make (SCENARIOS), to see what the setup
+page, health and the person show.
+Ctrl-C stops everything, and so do `kill` (SIGTERM) and closing the terminal (SIGHUP), at any moment."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -30,14 +32,17 @@ from shared.config import KINDS, redirect_uri, signed_out_uri
 
 from .stack import (
     ROOT,
+    STOP_SIGNALS,
     TestCA,
     ensure_npm_packages,
     entra_person,
     idp_config,
     make_ca,
     new_account_key,
+    signals_deferred,
     start_azurite,
     start_idp,
+    stop_all,
     trust_env,
 )
 
@@ -160,8 +165,8 @@ def write_local_settings(values: dict[str, str]) -> str:
 
 
 def from_environment(values: dict[str, str]) -> list[str]:
-    """The settings the process environment overrides (it wins, as with Core Tools)."""
-    return sorted(name for name in values if name in os.environ and os.environ[name] != values[name])
+    """The settings the process environment overrides (it wins, as with Core Tools, where it is not empty)."""
+    return sorted(name for name in values if os.environ.get(name) and os.environ[name] != values[name])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +175,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default=os.environ.get("SCENARIO") or None, choices=sorted(SCENARIOS),
                         help="a mistake to set up (also SCENARIO=NAME)")
     args = parser.parse_args(argv)
-    scenario = SCENARIOS[args.scenario] if args.scenario else None
+    # Azurite and the IdP run in sessions of their own, out of reach of the terminal's signals: every
+    # stop (Ctrl-C, `kill`, the terminal closing) must come through here, from the first moment, or
+    # they outlive make run and hold their ports. A signal ignored already (nohup) stays ignored.
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
+    children: list[subprocess.Popen] = []  # the host and the portal; the services are stack's to stop
+    try:
+        return _run(args.scenario, children)
+    except KeyboardInterrupt:
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            print("\nstopping ...", flush=True)
+        return 0
+    finally:
+        for sig in STOP_SIGNALS:  # a second Ctrl-C must not cut the stopping short
+            signal.signal(sig, signal.SIG_IGN)
+        for proc in children:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        stop_all()  # whatever has started, or is starting, of Azurite and the IdP
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def _run(scenario_name: str | None, children: list[subprocess.Popen]) -> int:
+    """Starts the stack and waits; a stop signal ends it with KeyboardInterrupt at any point."""
+    scenario = SCENARIOS[scenario_name] if scenario_name else None
     busy = [f"{name} port {port}" for name, port in PORTS.items() if not _port_free(port)]
     if busy:
         print(f"make run: {', '.join(busy)} already in use. Stop what uses it, or set DEV_APP_PORT, "
@@ -183,43 +219,45 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("CURL_CA_BUNDLE", None)  # requests would prefer it to our bundle
     logs = STATE / "logs"
     logs.mkdir(exist_ok=True)
-    services = []
-    try:
-        print("starting Azurite (Table Storage) ...", flush=True)
-        # On disk in .devstack/azurite, under a key made once: demo accounts survive a restart.
-        azurite = start_azurite(PORTS["azurite"], workdir=STATE / "azurite", on_disk=True,
-                                key=_state_secret("azurite-account-key", new_account_key))
-        services.append(azurite)
-        app_base, portal = f"https://127.0.0.1:{PORTS['app']}", f"https://127.0.0.1:{PORTS['portal']}"
-        secret = _state_secret("client-secret", lambda: secrets.token_urlsafe(32))
-        client = {"client_id": CLIENT_ID, "client_secret": secret, "token_endpoint_auth_method": "client_secret_post",
-                  "redirect_uris": [redirect_uri(app_base, k) for k in KINDS],
-                  "post_logout_redirect_uris": [signed_out_uri(app_base, k) for k in KINDS]}
-        print("starting the dev IdP (oidc-provider, Entra-shaped) ...", flush=True)
-        idp = start_idp(idp_config(ca, port=PORTS["idp"], tenant=TENANT, clients=[client],
-                                   people=demo_people(scenario)), workdir=logs)
-        services.append(idp)
-        settings = app_settings(idp.url, secret, azurite.connection_string, ca)
-        settings.update(scenario.app if scenario else {})
+    print("starting Azurite (Table Storage) ...", flush=True)
+    # On disk in .devstack/azurite, under a key made once: demo accounts survive a restart.
+    azurite = start_azurite(PORTS["azurite"], workdir=STATE / "azurite", on_disk=True,
+                            key=_state_secret("azurite-account-key", new_account_key))
+    app_base, portal = f"https://127.0.0.1:{PORTS['app']}", f"https://127.0.0.1:{PORTS['portal']}"
+    secret = _state_secret("client-secret", lambda: secrets.token_urlsafe(32))
+    client = {"client_id": CLIENT_ID, "client_secret": secret, "token_endpoint_auth_method": "client_secret_post",
+              "redirect_uris": [redirect_uri(app_base, k) for k in KINDS],
+              "post_logout_redirect_uris": [signed_out_uri(app_base, k) for k in KINDS]}
+    print("starting the dev IdP (oidc-provider, Entra-shaped) ...", flush=True)
+    idp = start_idp(idp_config(ca, port=PORTS["idp"], tenant=TENANT, clients=[client],
+                               people=demo_people(scenario)), workdir=logs)
+    settings = app_settings(idp.url, secret, azurite.connection_string, ca)
+    settings.update(scenario.app if scenario else {})
+    with signals_deferred():  # never half written: a torn file would no longer count as ours
         written = write_local_settings(settings)
-        overridden = from_environment(settings)
-        env = {**settings, **os.environ}  # the environment wins, as with Core Tools
-        seed(settings["TABLES_CONNECTION_STRING"])
-        print("starting the function app (tools.host) and the demo portal ...", flush=True)
+    overridden = from_environment(settings)
+    # The environment wins where it holds a value, as with Core Tools (an empty variable is filled).
+    env = {**os.environ, **{name: value for name, value in settings.items() if not os.environ.get(name)}}
+    seed(settings["TABLES_CONNECTION_STRING"])
+    print("starting the function app (tools.host) and the demo portal ...", flush=True)
+    with signals_deferred():  # each is on the list as soon as it exists
         app = subprocess.Popen([sys.executable, "-m", "tools.host", "--port", str(PORTS["app"]),
                                 "--cert", str(ca.server_cert), "--key", str(ca.server_key)], cwd=ROOT, env=env)
+        children.append(app)
+    with signals_deferred():
         portal_proc = subprocess.Popen([sys.executable, "-m", "tools.demo_portal", "--app-base", app_base,
                                         "--audience", portal, "--port", str(PORTS["portal"]),
                                         "--cert", str(ca.server_cert), "--key", str(ca.server_key)],
                                        cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-        time.sleep(1.5)
-        notes = ""
-        if scenario:
-            notes += (f"\n  SCENARIO {args.scenario}: {scenario.what}.\n"
-                      "  Sign in, then open the setup page and health.\n")
-        if overridden:
-            notes += f"\n  From your environment (it wins over local.settings.json): {', '.join(overridden)}\n"
-        print(f"""
+        children.append(portal_proc)
+    time.sleep(1.5)
+    notes = ""
+    if scenario:
+        notes += (f"\n  SCENARIO {scenario_name}: {scenario.what}.\n"
+                  "  Sign in, then open the setup page and health.\n")
+    if overridden:
+        notes += f"\n  From your environment (it wins over local.settings.json): {', '.join(overridden)}\n"
+    print(f"""
 Local stack is up (logs in {logs}).
 {notes}
   Open the demo portal:   {portal}/
@@ -240,23 +278,10 @@ Local stack is up (logs in {logs}).
 Everything is served over HTTPS with a local test CA: {ca.ca_cert}
 Import it into your browser as a trusted authority, or accept the certificate warnings.
 Press Ctrl-C to stop.""", flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)
-        while app.poll() is None and portal_proc.poll() is None:
-            time.sleep(0.5)
-        print("a process of the stack exited; stopping.", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
-        return 0
-    finally:
-        for proc in [p for p in (locals().get("app"), locals().get("portal_proc")) if p is not None]:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for service in reversed(services):
-            service.stop()
+    while app.poll() is None and portal_proc.poll() is None:
+        time.sleep(0.5)
+    print("a process of the stack exited; stopping.", file=sys.stderr)
+    return 1
 
 
 def _interrupt(*_args) -> None:

@@ -1,16 +1,40 @@
-"""``local.settings.json`` read as Core Tools reads it: ``Values`` become environment variables unless the
-process environment already has them (even empty), and ``Host.LocalHttpPort`` is the default port."""
+"""``local.settings.json`` read as Core Tools reads it: ``Values`` become environment variables where the
+process environment has no value for them (unset or empty, as Core Tools' ``string.IsNullOrEmpty``),
+``Host.LocalHttpPort`` is the default port, and ``//`` and ``/* */`` comments are allowed (Newtonsoft's
+``JObject.Parse`` skips them), so a file that works with ``func start`` works here."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 LOG = logging.getLogger("tools.local_settings")
+
+# A JSON string (kept as it is), or a comment (blanked): one pass, so "//" inside a string is text.
+_STRING_OR_COMMENT = re.compile(r'"(?:[^"\\]|\\.)*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
+
+
+def _without_comments(text: str) -> str:
+    # A comment becomes spaces and its newlines, so json's error positions still point into the file;
+    # an unclosed /* is left as it is, for json to report.
+    return _STRING_OR_COMMENT.sub(
+        lambda m: m[0] if m[0].startswith('"') else re.sub(r"[^\n]", " ", m[0]), text)
+
+
+def _port(path: Path, value: Any) -> int | None:
+    """Host.LocalHttpPort: a number or a string of digits (Newtonsoft reads "7071" into an int)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise SystemExit(f"{path}: Host.LocalHttpPort must be a port number (0 to 65535), not {json.dumps(value)}")
+    return value
 
 
 def _read(app_dir: Path) -> dict[str, Any]:
@@ -18,27 +42,31 @@ def _read(app_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        data = json.loads(_without_comments(path.read_text(encoding="utf-8-sig")))
     except json.JSONDecodeError as exc:
         raise SystemExit(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("Values") or {}, dict):
+    if not isinstance(data, dict):
         raise SystemExit(f"{path}: expected an object with a Values object")
+    for section in ("Values", "Host"):
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise SystemExit(f"{path}: {section} must be an object, not {json.dumps(data[section])}")
     if data.get("IsEncrypted"):
         raise SystemExit(f"{path}: IsEncrypted is true; run `func settings decrypt` or write plain values")
+    _port(path, (data.get("Host") or {}).get("LocalHttpPort"))
     return data
 
 
 def load_local_settings(app_dir: Path, environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
-    """Applies ``Values`` to ``environ`` where it has no such name; returns what was applied."""
+    """Applies ``Values`` to ``environ`` where it has no value (unset or empty); returns what was applied."""
     applied: dict[str, str] = {}
     for name, value in (_read(app_dir).get("Values") or {}).items():
         if not isinstance(value, str | int | float | bool):
             LOG.warning("local.settings.json: %s is not a string, number or boolean; ignored", name)
-        elif name not in environ:
+        elif not environ.get(name):
             environ[name] = applied[name] = value if isinstance(value, str) else json.dumps(value)
     return applied
 
 
 def local_http_port(app_dir: Path) -> int | None:
-    port = (_read(app_dir).get("Host") or {}).get("LocalHttpPort")
-    return int(port) if port is not None else None
+    data = _read(app_dir)
+    return _port(Path(app_dir) / "local.settings.json", (data.get("Host") or {}).get("LocalHttpPort"))

@@ -4,8 +4,9 @@ Used by ``make run`` and by the pytest fixtures. Standard library plus ``trustme
 
 Every service runs in its own process group (``start_new_session``) with its stdout/stderr going to
 log files in the given work directory, so pipes never fill. ``Service.stop()`` ends the whole group
-(SIGTERM, then SIGKILL after 5 s); every started service is also stopped at interpreter exit as a
-backstop, so a crashed test run does not leave processes behind.
+(SIGTERM, then SIGKILL after 5 s); ``stop_all()`` stops every service started, also at interpreter exit
+as a backstop, so a crashed test run does not leave processes behind. A process is recorded as it is
+started, with stop signals held back in between, so none can be started and go unrecorded.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 AZURITE_ACCOUNT = "devstoreaccount1"
 
 STOP_TIMEOUT = 5.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, `kill`, the terminal closing
 
 
 def free_port() -> int:
@@ -138,7 +141,6 @@ class Service:
 
     def stop(self) -> None:
         """Ask the process group to stop; kill it if it has not exited after 5 s. Idempotent."""
-        _running.discard(self)
         proc = self.process
         if proc.poll() is None:
             _signal_group(proc, self.stop_signal)
@@ -149,6 +151,7 @@ class Service:
                 proc.wait(timeout=STOP_TIMEOUT)
         # Children left in the group (a wrapper's node child, say) go too.
         _signal_group(proc, signal.SIGKILL)
+        _running.discard(self)  # only now: a stop cut short is finished by stop_all
 
     def log_text(self, limit: int = 20000) -> str:
         """The tail of the service's logs, for error messages."""
@@ -175,17 +178,39 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 @atexit.register
-def _stop_all() -> None:
+def stop_all() -> None:
+    """Stops every service this process started and has not stopped, started or still starting."""
     for service in list(_running):
         with contextlib.suppress(Exception):
             service.stop()
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Holds SIGINT, SIGTERM and SIGHUP back until the block ends, then lets them act as usual: a stop
+    that fell between starting a process and recording it would leave that process unknown, running."""
+    if threading.current_thread() is not threading.main_thread():  # only it runs signal handlers
+        yield
+        return
+    caught: list[int] = []
+    held = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    held = {sig: handler for sig, handler in held.items() if handler not in (None, signal.SIG_IGN)}
+    for sig in held:
+        signal.signal(sig, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
 
 
 def _spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> Service:
     workdir.mkdir(parents=True, exist_ok=True)
     out_path = workdir / f"{name}.out.log"
     err_path = workdir / f"{name}.err.log"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
+    with out_path.open("wb") as out, err_path.open("wb") as err, signals_deferred():
         proc = subprocess.Popen(
             argv,
             cwd=str(workdir),
@@ -195,8 +220,8 @@ def _spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None
             env=env,
             start_new_session=True,
         )
-    service = Service(name=name, process=proc, url="", logs=[out_path, err_path])
-    _running.add(service)
+        service = Service(name=name, process=proc, url="", logs=[out_path, err_path])
+        _running.add(service)
     return service
 
 
