@@ -105,6 +105,11 @@ def verify_id_token(id_token: str, *, metadata: ProviderMetadata, jwks: JwksCach
     tid = claims.get("tid") if isinstance(claims.get("tid"), str) else None
     if claims.get("iss") != metadata.expected_issuer(tid):
         raise InvalidIdToken("iss", f"iss {_short(claims.get('iss'))} is not {metadata.expected_issuer(tid)!r}")
+    # ... and one the key vouches for: Entra's tenant-independent JWKS ("common", "organizations") names
+    # each key's issuer, and a key of one tenant (the consumer accounts') must not sign for another
+    # (its "Validate the signing key issuer"; Storm-0558 forged work tokens with a consumer key).
+    if key.issuer is not None and key.issuer.replace("{tenantid}", tid or "") != claims.get("iss"):
+        raise InvalidIdToken("iss", f"the signing key is {key.issuer!r}'s, not {_short(claims.get('iss'))}'s")
 
     # Step 3: aud contains our client id; with several audiences, azp must be us (steps 4, 5).
     aud = claims.get("aud")

@@ -50,7 +50,7 @@ class JwksCache:
         self._max_age = max_age_seconds
         self._clock = clock
         self._lock = threading.Lock()
-        self._keys: list[_Key] = []
+        self._keys: list[IdpKey] = []
         self._fetched_at: float | None = None
         self._miss_fetched_at: float | None = None  # last refetch caused by an unknown kid
         self._retry_at = 0.0  # after a failed daily refresh: no new try before this
@@ -63,14 +63,15 @@ class JwksCache:
             if not isinstance(item, dict) or item.get("use", "sig") != "sig":
                 continue
             try:
-                keys.append(_Key(jwt.PyJWK(item), item.get("alg"), item.get("kty"), item.get("crv")))
+                keys.append(IdpKey(jwt.PyJWK(item), item.get("alg"), item.get("kty"), item.get("crv"),
+                                       item.get("issuer") if isinstance(item.get("issuer"), str) else None))
             except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError, AttributeError):
                 continue  # a key type we cannot use, or a malformed one; the others still serve
         self._keys = keys
         self._fetched_at = self._clock()
         self.fetch_count += 1
 
-    def _current(self, *, refetch: bool) -> tuple[list[_Key], bool]:
+    def _current(self, *, refetch: bool) -> tuple[list[IdpKey], bool]:
         """The keys, and whether this call fetched them. Only refetches caused by an unknown kid are
         rate-limited, so the first unknown kid after a routine fetch (a genuine rotation) refetches
         at once, while a stream of unknown kids costs the IdP one fetch per `min_refetch_seconds`."""
@@ -93,7 +94,7 @@ class JwksCache:
         """Fetches the keys now if they are not cached (or are a day old)."""
         self._current(refetch=False)
 
-    def signing_key(self, kid: str | None, alg: str) -> jwt.PyJWK:
+    def signing_key(self, kid: str | None, alg: str) -> IdpKey:
         """The key that signed a token with this header `kid` and `alg`. Only keys that can verify
         `alg` are candidates (RFC 7517 `kty`, `crv`, `use`, and a declared `alg` equal to it: no
         algorithm confusion). Raises InvalidIdToken('kid') when no candidate matches, or when the
@@ -110,8 +111,8 @@ class JwksCache:
         return found
 
     @staticmethod
-    def _match(keys: list[_Key], kid: str | None, alg: str) -> jwt.PyJWK | None:
-        usable = [key.jwk for key in keys if key.verifies(alg)]
+    def _match(keys: list[IdpKey], kid: str | None, alg: str) -> IdpKey | None:
+        usable = [key for key in keys if key.verifies(alg)]
         if kid is None:
             return usable[0] if len(usable) == 1 else None
         return next((key for key in usable if key.key_id == kid), None)
@@ -123,11 +124,22 @@ _KEY_FOR_ALG = {**{f"{family}{bits}": ("RSA", None) for family in ("RS", "PS") f
 
 
 @dataclass(frozen=True)
-class _Key:
+class IdpKey:
     jwk: jwt.PyJWK
     declared_alg: object  # the JWK's own `alg`, when it has one
     kty: object
     crv: object
+    # Entra's JWKS scopes each key to the issuer it signs for ("https://login.microsoftonline.com/
+    # {tenantid}/v2.0", or one tenant's, e.g. the consumer accounts'): id_token.py holds a token to it.
+    issuer: str | None = None
+
+    @property
+    def key(self):
+        return self.jwk.key
+
+    @property
+    def key_id(self) -> str | None:
+        return self.jwk.key_id
 
     def verifies(self, alg: str) -> bool:
         kty, crv = _KEY_FOR_ALG.get(alg, (None, None))

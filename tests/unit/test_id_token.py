@@ -426,3 +426,20 @@ def test_a_payload_that_is_not_json_is_a_format_failure(idp):
     payload = b64url(b"[" * 100000)  # deeper than the parser goes
     signature = idp.key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
     refused(idp, f"{header}.{payload}.{b64url(signature)}", "format")
+
+
+MSA_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"  # Entra's consumer (personal account) tenant
+
+
+def test_a_multi_tenant_token_must_be_signed_by_a_key_that_vouches_for_its_issuer(idp, other_rsa_key):
+    """Entra's tenant-independent JWKS names each key's issuer: a key scoped to the consumer tenant
+    (Storm-0558's kind) must not sign a work tenant's token, though the token's iss and tid agree."""
+    jwks = {"keys": [rsa_jwk(idp.key, "work-key", issuer=ENTRA_TEMPLATE),
+                     rsa_jwk(other_rsa_key, "msa-key", issuer=f"https://login.microsoftonline.com/{MSA_TENANT}/v2.0")]}
+    entra = Idp(key=idp.key, jwks=jwks, metadata=metadata_for(ENTRA_TEMPLATE))
+    iss = ENTRA_TEMPLATE.replace("{tenantid}", TENANT)
+    assert entra.verify(entra.mint(kid="work-key", iss=iss))["tid"] == TENANT, "the templated key vouches for it"
+    refused(entra, entra.mint(other_rsa_key, kid="msa-key", iss=iss), "iss")
+    msa_iss = f"https://login.microsoftonline.com/{MSA_TENANT}/v2.0"
+    assert entra.verify(entra.mint(other_rsa_key, kid="msa-key", iss=msa_iss, tid=MSA_TENANT))["tid"] == MSA_TENANT, \
+        "the consumer key still vouches for its own tenant's tokens (whether they may enter is admission's call)"
