@@ -304,6 +304,12 @@ def _issuer(read: _Reader, _: dict) -> dict:
         read.problem("OIDC_ISSUER_URL", f"{quoted(raw)} is not Entra's v2.0 metadata document;",
                      "paste the app registration's Endpoints > 'OpenID Connect metadata document', "
                      "https://login.microsoftonline.com/<tenant>/v2.0/.well-known/openid-configuration.")
+    elif _entra_issuer(base) and not _ENTRA_TENANT.fullmatch(issuer_tenant_segment(base)):
+        # Entra's document for a domain (or for consumers) names the tenant's GUID issuer, which the ID
+        # tokens carry: discovery would refuse it as another issuer's.
+        read.problem("OIDC_ISSUER_URL", f"{quoted(raw)} names the tenant by domain (or is 'consumers': personal "
+                     "accounts only);", "use the Directory (tenant) ID, a GUID: https://login.microsoftonline.com/"
+                     "<tenant id>/v2.0/.well-known/openid-configuration (or organizations with ALLOWED_TENANT_IDS).")
     client_id = read.get("OIDC_CLIENT_ID")
     if not client_id:
         read.problem("OIDC_CLIENT_ID", "missing.", "Copy the 'Application (client) ID' from the app registration.")
@@ -313,10 +319,13 @@ def _issuer(read: _Reader, _: dict) -> dict:
         read.problem("OIDC_CLIENT_ID", f"{quoted(client_id)} is not a GUID, which every Entra client ID is;",
                      "copy the 'Application (client) ID' from the app registration's Overview (not its name "
                      "or the Object ID's label).")
+    if _entra_issuer(base) and GUID.match(client_id or ""):
+        client_id = client_id.lower()  # Entra's ID tokens carry it lower-case in aud, which is compared exactly
     return {"issuer_base": base, "metadata_url": f"{base}/{WELL_KNOWN_SUFFIX}{metadata_query(raw)}",
             "client_id": client_id, "idp_timeout_seconds": read.whole_number("IDP_TIMEOUT_SECONDS", 10, lo=1, hi=120)}
 
 
+_ENTRA_TENANT = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}|common|organizations|\{tenantid\}")
 _ENTRA_V2_PATH = re.compile(r"/([A-Za-z0-9._-]+|\{tenantid\})/v2\.0")  # /{tenant id, domain, organizations...}/v2.0
 
 

@@ -424,3 +424,18 @@ def test_a_malformed_connection_string_is_named_with_its_fix_never_quoted(value,
 def test_an_entra_issuer_that_is_not_the_v2_metadata_document_is_a_named_problem(raw):
     text = problems_of(env(OIDC_ISSUER_URL=raw, ALLOWED_TENANT_IDS=TENANT))
     assert "OIDC_ISSUER_URL" in text and "v2.0/.well-known/openid-configuration" in text, text
+
+
+@pytest.mark.parametrize("segment", ["contoso.onmicrosoft.com", "consumers"])
+def test_an_entra_issuer_naming_its_tenant_by_domain_or_consumers_is_a_named_problem(segment):
+    """Entra's document for these names the GUID issuer its tokens carry: discovery would refuse it."""
+    text = problems_of(env(OIDC_ISSUER_URL=f"https://login.microsoftonline.com/{segment}/v2.0",
+                           ALLOWED_TENANT_IDS=TENANT))
+    assert "OIDC_ISSUER_URL" in text and "tenant id" in text.lower(), text
+
+
+def test_an_entra_client_id_is_kept_lower_case_as_entras_tokens_carry_it_in_aud():
+    settings = load_settings(env(OIDC_CLIENT_ID="6B1D2E3F-4A5B-4C6D-8E7F-901A2B3C4D5E"))
+    assert settings.client_id == "6b1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"
+    other = load_settings(env(OIDC_ISSUER_URL="https://idp.contoso.test/realm", OIDC_CLIENT_ID="Portal-SSO"))
+    assert other.client_id == "Portal-SSO", "another IdP's client id is its own business"
