@@ -170,6 +170,7 @@ def test_register_app_appends_a_secret_straight_into_key_vault_and_never_shows_i
     (app,) = azure.state["apps"].values()
     assert sorted(app["web"]["redirectUris"]) == OURS, "each kind's callback and signed-out page"
     assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov"}
+    assert {c["name"] for c in app["optionalClaims"]["accessToken"]} == {"email"}, "README: both tokens"
     assert azure.state["sps"][app["appId"]]["appRoleAssignmentRequired"] is True
     assert azure.state["sps"][app["appId"]]["tags"] == ["WindowsAzureActiveDirectoryIntegratedApp"], \
         "listed under Enterprise applications, where people are assigned"
@@ -193,6 +194,9 @@ def test_app_roles_graph_permissions_and_admin_consent(azure):
     assert all(r["allowedMemberTypes"] == ["User"] and r["isEnabled"] for r in roles.values())
     assert {k: roles[v]["id"] for k, v in (("user", "Portal.User"), ("agent", "Portal.Agent"))} == role_ids(), \
         "the roles keep their fixed ids"
+    # ... which are these for good: an edited id in infra/app-roles.json orphans every assignment in Entra
+    assert role_ids() == {"user": "aee46ebe-801b-4f11-a02b-2623bce9546c",
+                          "agent": "548d7c5a-f9b2-4845-89e8-99ddcd47bd0d"}
     (graph,) = app["requiredResourceAccess"]
     assert graph["resourceAppId"] == "00000003-0000-0000-c000-000000000000"
     assert {a["id"] for a in graph["resourceAccess"]} == GRAPH_SCOPES

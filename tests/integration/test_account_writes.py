@@ -56,6 +56,17 @@ def test_a_recent_login_time_does_not_let_another_person_in(account_store, fresh
         account_store.link_and_record_login(account_store.get(fresh_account, "agent"), "tid:someone-else")
 
 
+def test_two_people_racing_for_one_unlinked_account_only_the_first_to_write_gets_it(account_store, fresh_account):
+    """A's login read the row unlinked; B's link landed before A's write: A's etag-checked write fails,
+    the row is read again, and A is refused, whatever A's login read."""
+    read_by_a = account_store.get(fresh_account, "agent")
+    assert read_by_a.linked_idp_subject is None
+    account_store.link_and_record_login(account_store.get(fresh_account, "agent"), "tid:person-b")
+    with pytest.raises(IdentityMismatch):
+        account_store.link_and_record_login(read_by_a, "tid:person-a")
+    assert account_store.get(fresh_account, "agent").linked_idp_subject == "tid:person-b", "B keeps it"
+
+
 def test_a_login_time_written_after_ours_by_a_racing_login_counts_as_recent(account_store, fresh_account):
     """Two logins of one person race: the one whose clock read came first re-reads the row the other
     wrote, with a LastLoginAt after its own `now`. That is recent, not a reason to write again."""

@@ -443,3 +443,7 @@ def test_a_multi_tenant_token_must_be_signed_by_a_key_that_vouches_for_its_issue
     msa_iss = f"https://login.microsoftonline.com/{MSA_TENANT}/v2.0"
     assert entra.verify(entra.mint(other_rsa_key, kid="msa-key", iss=msa_iss, tid=MSA_TENANT))["tid"] == MSA_TENANT, \
         "the consumer key still vouches for its own tenant's tokens (whether they may enter is admission's call)"
+
+
+def test_a_token_without_nbf_passes_since_openid_connect_does_not_require_it(idp):
+    assert idp.verify(idp.mint(nbf=DROP))["sub"] == "person-sub"
