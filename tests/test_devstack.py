@@ -283,6 +283,11 @@ def test_azurite_tables(azurite: Service) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _stop_signals_as_in_a_terminal() -> None:
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, signal.SIG_DFL)
+
+
 class MakeRun:
     """`python -m tools.dev` (what `make run` runs) on free ports, its state and settings file under a
     temporary directory; entered once its output shows `until` (by default: the stack is up); stopped
@@ -301,9 +306,11 @@ class MakeRun:
         self.out = self.home / f"make-run-{time.monotonic_ns()}.log"
         with self.out.open("wb") as sink:
             # A session of its own: if it does not stop, its services (Azurite, the IdP, the host, the
-            # portal) are killed with it instead of outliving the test.
+            # portal) are killed with it instead of outliving the test. Its stop signals as a terminal
+            # starts it with: a test run under nohup (or in the background) would pass on ignored ones.
             self.process = subprocess.Popen([sys.executable, "-m", "tools.dev"], cwd=ROOT, env=self.env,
-                                            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+                                            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_stop_signals_as_in_a_terminal)
         deadline = time.monotonic() + 120
         while self.until not in self.text:
             assert self.process.poll() is None and time.monotonic() < deadline, f"make run did not start:\n{self.text}"
