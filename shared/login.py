@@ -84,18 +84,13 @@ def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
         raise ReturnToNotAllowed("return_to has forbidden characters or is too long")
     try:
         parts = urlsplit(value)
-        port = parts.port
+        _ = parts.port  # raises for a port that is not a number in range
     except ValueError as exc:
         raise ReturnToNotAllowed("return_to is not a URL") from exc
     if parts.scheme not in ("https", "http") or not parts.hostname or "@" in parts.netloc:
         raise ReturnToNotAllowed("return_to must be an absolute http(s) URL without user info")
-    default_port = {"https": 443, "http": 80}[parts.scheme]
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # an IPv6 literal keeps its brackets
-    origin = f"{parts.scheme}://{host}" + (f":{port}" if port and port != default_port else "")
-    allowed = {origin_of(o) for o in allowed_origins}
-    allowed |= {o.removesuffix(":443") for o in allowed if o.startswith("https://")}
-    allowed |= {o.removesuffix(":80") for o in allowed if o.startswith("http://")}
-    if origin.lower() not in allowed:
+    origin = origin_of(value)
+    if origin not in {origin_of(o) for o in allowed_origins}:
         raise ReturnToNotAllowed(f"return_to origin {origin!r} is not allowed")
     return value
 
@@ -373,7 +368,9 @@ class SsoService:
                       json.dumps(fields, sort_keys=True))
             if event.outcome == "success":
                 unavailable = DependencyUnavailable("table_storage", "audit row could not be written")
-                return pages.error(unavailable, correlation_id, portal_url=self._portal_url(event.kind))
+                refused = pages.error(unavailable, correlation_id, portal_url=self._portal_url(event.kind))
+                refused.cookies = reply.cookies  # the consumed flow's cookie goes all the same
+                return refused
         return reply
 
     def _no_account(self, err: NoAccount, email: str, kind: str, flow: Flow) -> NoAccount:
@@ -463,5 +460,5 @@ class SsoService:
         that belongs to no kind (a 404, a 500)."""
         try:
             return home_urls(lambda: self.deps.settings, getattr(self.deps, "env", None) or {})
-        except SsoError:
+        except Exception:  # it serves the failure pages: it must not fail itself
             return {}

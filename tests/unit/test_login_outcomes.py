@@ -124,6 +124,8 @@ def test_a_success_whose_audit_row_cannot_be_written_is_a_503_without_a_token(id
     body = reply.body if isinstance(reply.body, str) else reply.body.decode()
     assert "session_token" not in body and "eyJ" not in body, "no session token is delivered"
     assert "cid-1" in body, "the page names the correlation id"
+    assert any(c.startswith(f"{cookie_name('user', STATE)}=;") for c in reply.cookies), \
+        "the consumed flow's cookie is cleared on the 503 too"
 
 
 def test_the_same_callback_with_a_working_audit_store_delivers_the_token(idp_key):
