@@ -239,7 +239,7 @@ class AccountStore:
                     return account
                 except (ResourceModifiedError, ResourceNotFoundError):
                     fresh = self.get_by_key(account.key, account.kind)
-            if fresh is None:
+            if fresh is None or not fresh.account_id:  # as find_account: a row without one is no account
                 raise NoAccount("account removed during login")
             if not fresh.enabled:
                 _refuse_disabled(fresh, "account disabled during login")

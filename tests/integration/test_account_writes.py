@@ -12,7 +12,7 @@ import pytest
 from azure.data.tables import UpdateMode
 
 from shared.accounts import LAST_LOGIN_PRECISION, AccountConflict, AccountStore
-from shared.errors import AccountDisabled, IdentityMismatch
+from shared.errors import AccountDisabled, IdentityMismatch, NoAccount
 
 
 def etag_of(store, email: str) -> str:
@@ -65,6 +65,17 @@ def test_two_people_racing_for_one_unlinked_account_only_the_first_to_write_gets
     with pytest.raises(IdentityMismatch):
         account_store.link_and_record_login(read_by_a, "tid:person-a")
     assert account_store.get(fresh_account, "agent").linked_idp_subject == "tid:person-b", "B keeps it"
+
+
+def test_a_row_readded_without_an_account_id_during_a_login_is_no_account(account_store, fresh_account):
+    """The link's write fails on the etag and the row is read again: that fresh row is held to
+    find_account's rule too, or a token with an empty sub would be issued."""
+    read_before = account_store.get(fresh_account, "agent")
+    table = account_store._table
+    table.upsert_entity({"PartitionKey": read_before.key, "RowKey": "agent", "Email": fresh_account, "Enabled": True},
+                        mode=UpdateMode.REPLACE)  # removed and added again by hand, without AccountId
+    with pytest.raises(NoAccount):
+        account_store.link_and_record_login(read_before, "tid:person-a")
 
 
 def test_a_login_time_written_after_ours_by_a_racing_login_counts_as_recent(account_store, fresh_account):
