@@ -205,14 +205,28 @@ def metadata_query(raw: str) -> str:
 
 
 def issuer_tenant_segment(base: str) -> str:
-    """Entra issuers are https://host/{tenant}/v2.0: the first path segment names the tenant."""
-    parts = [p for p in urlsplit(base).path.split("/") if p]
+    """Entra issuers are https://host/{tenant}/v2.0: the first path segment names the tenant ("" for a
+    value that is no URL, which _issuer names as a problem)."""
+    try:
+        parts = [p for p in urlsplit(base).path.split("/") if p]
+    except ValueError:
+        return ""
     return parts[0] if parts else ""
 
 
 def origin_of(url: str) -> str:
+    """The URL's origin as browsers compare it: scheme://host[:port], lower-cased, an IPv6 literal in
+    its brackets, the default port left out ("https://a:443/x" and "https://a:/x" are "https://a": a
+    CSP source or an allowlist entry written any other way would not match what the browser sends)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
+    try:
+        port = parts.port
+    except ValueError:  # no port a browser would use: the netloc as written, which then matches nothing
+        return f"{parts.scheme}://{parts.netloc}".lower()
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    default = {"https": 443, "http": 80}.get(parts.scheme.lower())
+    return f"{parts.scheme}://{host}".lower() + (f":{port}" if port is not None and port != default else "")
 
 
 def _https_url(value: str, *, allow_loopback_http: bool = False) -> bool:

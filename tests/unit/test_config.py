@@ -439,3 +439,19 @@ def test_an_entra_client_id_is_kept_lower_case_as_entras_tokens_carry_it_in_aud(
     assert settings.client_id == "6b1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"
     other = load_settings(env(OIDC_ISSUER_URL="https://idp.contoso.test/realm", OIDC_CLIENT_ID="Portal-SSO"))
     assert other.client_id == "Portal-SSO", "another IdP's client id is its own business"
+
+
+@pytest.mark.parametrize("raw", ["https://[bad/v2.0", "https://login.micr\u2100soft.com/x/v2.0"])
+def test_an_issuer_that_is_no_url_is_a_named_problem_not_an_exception(raw):
+    assert "OIDC_ISSUER_URL" in problems_of(env(OIDC_ISSUER_URL=raw, ALLOWED_TENANT_IDS=TENANT))
+
+
+@pytest.mark.parametrize("url, origin", [
+    ("https://Portal.Contoso.TEST:443/user", "https://portal.contoso.test"), ("https://portal.test:/x", "https://portal.test"),
+    ("http://127.0.0.1:80/x", "http://127.0.0.1"), ("http://[::1]:8080/x", "http://[::1]:8080"),
+    ("https://agents.test:8443", "https://agents.test:8443"),
+])
+def test_an_origin_is_written_as_browsers_compare_it(url, origin):
+    from shared.config import origin_of
+
+    assert origin_of(url) == origin

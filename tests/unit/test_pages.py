@@ -262,3 +262,10 @@ def test_the_error_pages_actions_and_notes_are_escaped():
     assert "<b>" not in reply.body and "<i>" not in reply.body and "&lt;b&gt;note" in reply.body
     hrefs = [a.get("href") for a in Parsed(reply.body).all("a")]
     assert hrefs == ['/api/sso/user/login?prompt=select_account&x="y"', "https://p.test/"]
+
+
+def test_form_post_csp_names_the_return_tos_origin_as_browsers_write_it():
+    """'https://agents.test:' (an empty port) is an origin a browser accepts and a CSP source Chromium
+    ignores: the source must be the canonical origin."""
+    reply = pages.form_post(PORTAL, {"session_token": FAKE_TOKEN}, then="https://agents.contoso.test:/desk")
+    assert csp_of(reply)["form-action"] == [ORIGIN, "https://agents.contoso.test"]
