@@ -332,7 +332,13 @@ class MakeRun:
             return self.process.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
+            self.kill_left_running()  # Azurite and the IdP run in sessions of their own
             raise
+
+    def kill_left_running(self) -> None:
+        for line in self.left_running():
+            with contextlib.suppress(OSError):
+                os.kill(int(line.split(" ", 1)[0]), signal.SIGKILL)
 
     def left_running(self) -> list[str]:
         """The processes still alive that this run started: every one of them (Azurite, the IdP, the host,
@@ -417,9 +423,7 @@ def test_a_stop_signal_at_any_time_leaves_nothing_of_the_stack_running(tmp_path,
     while left and time.monotonic() < deadline:  # what was stopped may take a moment to go
         time.sleep(0.2)
         left = run.left_running()
-    for line in left:  # never outlive the test, even when it fails
-        with contextlib.suppress(OSError):
-            os.kill(int(line.split()[0]), signal.SIGKILL)
+    run.kill_left_running()  # never outlive the test, even when it fails
     assert left == [], f"still running after make run stopped:\n{run.text}"
     assert code == 0 and "stopping ..." in run.text, run.text
 
