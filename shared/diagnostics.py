@@ -276,7 +276,8 @@ def check_tables(runtime) -> Check:
 
     return _run("tables", "Table Storage", probe,
                 "Check TABLES_CONNECTION_STRING or TABLES_ENDPOINT, that the storage account is running, and "
-                "that the app's managed identity has 'Storage Table Data Contributor' on it.")
+                "that the app's managed identity has 'Storage Table Data Contributor' on each of the app's tables "
+                "(scripts/deploy grants it).")
 
 
 def health_checks(runtime, now: datetime | None = None) -> tuple[Check, list[Check]]:

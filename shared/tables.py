@@ -10,6 +10,7 @@ from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
+    ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
 )
@@ -24,6 +25,7 @@ EVENTS_TABLE = "SignInEvents"
 SCIM_USERS_TABLE = "ScimUsers"  # directory sync (shared/scim/store.py)
 DIRECTORY_EVENTS_TABLE = "DirectoryEvents"  # directory sync's audit (shared/scim/events.py)
 APP_TABLES = (ACCOUNTS_TABLE, FLOWS_TABLE, EVENTS_TABLE, SCIM_USERS_TABLE, DIRECTORY_EVENTS_TABLE)
+_PING_KEY = "portal-sso-ping"  # no row has it: the answer is a 404 that says the table is there
 
 
 
@@ -40,14 +42,17 @@ def storage_errors(dependency: str = "table_storage") -> Iterator[None]:
 
 
 class Tables:
-    """Hands out the TableClient of each table. Before the first, the app's tables are made sure of
-    once, in one round trip (scripts/deploy creates them in Azure, so there nothing is created)."""
+    """Hands out the TableClient of each table. With `create` (a connection string: Azurite, or an
+    account key), the app's tables are made sure of once before the first, in one round trip. Without
+    it (TABLES_ENDPOINT and the app's identity) scripts/deploy made them, and the identity's roles are
+    on each table alone (README): listing or creating tables is an operation on the account, which it
+    may not do, so nothing but the tables' own rows is asked for."""
 
-    def __init__(self, service: TableServiceClient):
+    def __init__(self, service: TableServiceClient, *, create: bool = True):
         self._service = service
         self._clients: dict[str, TableClient] = {}
         self._lock = threading.Lock()
-        self._ensured = False
+        self._ensured = not create
 
     @classmethod
     def from_settings(cls, connection_string: str | None, endpoint: str | None,
@@ -57,7 +62,7 @@ class Tables:
         options = {**azure_client_options(), "transport": azure_transport(), **options}
         if connection_string:
             return cls(TableServiceClient.from_connection_string(connection_string, **options))
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential_factory(), **options))
+        return cls(TableServiceClient(endpoint=endpoint, credential=credential_factory(), **options), create=False)
 
     def client(self, name: str) -> TableClient:
         with self._lock:
@@ -81,10 +86,17 @@ class Tables:
                         self._service.create_table(name)
         self._ensured = True
 
-    def ping(self) -> None:
-        """One cheap round trip; raises DependencyUnavailable when storage does not answer."""
+    def ping(self, table: str = ACCOUNTS_TABLE) -> None:
+        """One cheap round trip to one of the app's tables (a row that is not there), not the account's
+        list of tables, which an identity with roles on the tables alone may not read. Raises
+        DependencyUnavailable when storage does not answer or refuses, or the table does not exist."""
         with storage_errors():
-            next(iter(self._service.list_tables(results_per_page=1).by_page()), None)
+            try:
+                self.client(table).get_entity(_PING_KEY, _PING_KEY)
+            except ResourceNotFoundError as exc:
+                if exc.error_code == "TableNotFound":
+                    raise DependencyUnavailable("table_storage", f"table {table} does not exist (scripts/deploy "
+                                                "makes it)") from exc
 
 
 def delete_existed(table: TableClient, partition_key: str, row_key: str) -> bool:
