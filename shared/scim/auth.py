@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from ..config import KINDS, SECRET_CACHE_SECONDS
 from ..errors import ConfigurationError, Problem
@@ -95,13 +95,20 @@ def read_config(runtime, read_secret=None) -> SyncConfig:
             problems.append(Problem("SCIM_TOKEN", "not allowed together with KEY_VAULT_URL (local development "
                                     "only);", "remove it and keep the token in Key Vault."))
             return SyncConfig((), "", kind, tuple(problems))
-        name = (env.get("SCIM_TOKEN_NAME") or "").strip() or DEFAULT_SECRET_NAME
+        named = (env.get("SCIM_TOKEN_NAME") or "").strip()
+        name = named or DEFAULT_SECRET_NAME
         source = f"Key Vault secret '{name}'"
         try:
             raw = (read_secret or runtime.secrets.read)(name).value
         except ConfigurationError as exc:
-            if isinstance(exc.__cause__, ResourceNotFoundError):
-                return SyncConfig((), "", kind, tuple(problems))  # no secret: directory sync is off
+            cause = exc.__cause__
+            # No secret: directory sync is off. Key Vault answers a secret the app holds no role on with
+            # a 403 whether or not it exists, and scripts/deploy grants roles per secret: under the
+            # default name, which no one set up (register-app provisioning names the secret and
+            # grants its role), a 403 is that secret not existing yet.
+            if isinstance(cause, ResourceNotFoundError) or (
+                    not named and isinstance(cause, HttpResponseError) and cause.status_code == 403):
+                return SyncConfig((), "", kind, tuple(problems))
             # The vault's problems (empty, forbidden) are about this secret: the 503 names its setting.
             named = (Problem(p.setting or "SCIM_TOKEN_NAME", p.text, p.fix) for p in exc.problems)
             return SyncConfig((), source, kind, (*problems, *named))

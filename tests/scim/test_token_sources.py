@@ -58,3 +58,14 @@ def test_an_empty_or_blank_secret_is_a_setting_error_not_off(stub, vault_app, va
     status = auth.read_config(vault_app(SCIM_TOKEN=None))
     assert status.on and [str(p) for p in status.problems] == \
         ["SCIM_TOKEN_NAME: Key Vault secret 'scim-token' is empty."]
+
+
+def test_a_403_for_the_default_secret_no_one_set_up_means_off_and_for_a_named_one_an_error(stub, vault_app):
+    """Key Vault's RBAC answers 403 for a secret the app holds no role on, whether or not it exists, and
+    scripts/deploy grants roles per secret: before register-app provisioning, the default secret is
+    that 403, and sync is off (404), not misconfigured."""
+    stub.fail_next(1, status=403)
+    assert Scim(vault_app(SCIM_TOKEN=None)).get("/Users", token=NEW).status_code == 404
+    stub.fail_next(1, status=403)
+    named = Scim(vault_app(SCIM_TOKEN=None, SCIM_TOKEN_NAME="portal-scim")).get("/Users", token=NEW)
+    assert named.status_code == 503 and "SCIM_TOKEN_NAME" in named.json()["detail"], "a secret someone named"
