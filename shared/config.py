@@ -366,11 +366,25 @@ def _vault_problem(vault: str) -> str:
     return ""
 
 
+# Key Vault's rule for a secret's name: a name it refuses is a 400 on every read, which would look
+# like the vault failing (503) rather than the setting it is.
+SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
+SECRET_NAME_FIX = "use letters, digits and '-' only (Key Vault's rule for a secret's name), e.g. session-signing-key."  # noqa: S105 - a hint, not a secret
+
+
+def secret_name_problem(name: str | None) -> str:
+    """Why Key Vault would refuse this secret name ("" when it would not, or none is set)."""
+    return "" if not name or SECRET_NAME.fullmatch(name) else f"{quoted(name)} is not a name Key Vault allows;"
+
+
 def _secrets(read: _Reader, _: dict) -> dict:
     vault = read.get("KEY_VAULT_URL").rstrip("/") or None
     direct = {name: read.get(name) or None
               for name in ("OIDC_CLIENT_SECRET", "SESSION_SIGNING_KEY", "OIDC_CLIENT_CERTIFICATE")}
     cert_name = read.get("OIDC_CLIENT_CERTIFICATE_NAME") or None
+    for setting in ("OIDC_CLIENT_SECRET_NAME", "OIDC_CLIENT_CERTIFICATE_NAME", "SESSION_SIGNING_KEY_NAME"):
+        if (why := secret_name_problem(read.get(setting))):
+            read.problem(setting, why, SECRET_NAME_FIX)
     if vault:
         if not read.placeholder("KEY_VAULT_URL", vault) and (why := _vault_problem(vault)):
             read.problem("KEY_VAULT_URL", f"{quoted(vault)} {why};", "copy the vault's 'Vault URI' from its "

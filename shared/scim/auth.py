@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from ..config import KINDS, SECRET_CACHE_SECONDS
+from ..config import KINDS, SECRET_CACHE_SECONDS, SECRET_NAME_FIX, secret_name_problem
 from ..errors import ConfigurationError, Problem
 from ..vault import CachedSecret, SecretValue
 
@@ -96,6 +96,8 @@ def read_config(runtime, read_secret=None) -> SyncConfig:
                                     "only);", "remove it and keep the token in Key Vault."))
             return SyncConfig((), "", kind, tuple(problems))
         named = (env.get("SCIM_TOKEN_NAME") or "").strip()
+        if (why := secret_name_problem(named)):
+            return SyncConfig((), "", kind, (*problems, Problem("SCIM_TOKEN_NAME", why, SECRET_NAME_FIX)))
         name = named or DEFAULT_SECRET_NAME
         source = f"Key Vault secret '{name}'"
         try:

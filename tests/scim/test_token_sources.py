@@ -69,3 +69,9 @@ def test_a_403_for_the_default_secret_no_one_set_up_means_off_and_for_a_named_on
     stub.fail_next(1, status=403)
     named = Scim(vault_app(SCIM_TOKEN=None, SCIM_TOKEN_NAME="portal-scim")).get("/Users", token=NEW)
     assert named.status_code == 503 and "SCIM_TOKEN_NAME" in named.json()["detail"], "a secret someone named"
+
+
+def test_a_secret_name_key_vault_refuses_is_a_setting_error_naming_it(stub, vault_app):
+    response = Scim(vault_app(SCIM_TOKEN=None, SCIM_TOKEN_NAME="scim_token")).get("/Users", token=NEW)
+    assert response.status_code == 503 and "SCIM_TOKEN_NAME" in response.json()["detail"]
+    assert stub.reads("scim_token") == 0, "not asked for: Key Vault would answer a 400"

@@ -455,3 +455,14 @@ def test_an_origin_is_written_as_browsers_compare_it(url, origin):
     from shared.config import origin_of
 
     assert origin_of(url) == origin
+
+
+@pytest.mark.parametrize("setting", ["OIDC_CLIENT_SECRET_NAME", "SESSION_SIGNING_KEY_NAME"])
+def test_a_secret_name_key_vault_refuses_is_a_named_problem_not_a_vault_outage(setting):
+    """Key Vault answers a read of 'session_signing_key' with a 400 every time, which looked like the
+    vault failing (a 503 and retries for ever)."""
+    text = problems_of(env(KEY_VAULT_URL="https://kv-sso.vault.azure.net", OIDC_CLIENT_SECRET=None,
+                           SESSION_SIGNING_KEY=None, **{setting: "session_signing_key"}))
+    assert setting in text and "letters, digits and '-'" in text, text
+    assert load_settings(env(KEY_VAULT_URL="https://kv-sso.vault.azure.net", OIDC_CLIENT_SECRET=None,
+                             SESSION_SIGNING_KEY=None, **{setting: "Session-Key-2"}))
