@@ -20,6 +20,7 @@ import msal
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from .aadsts import hint_for
 from .errors import (
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 SCOPES = ["email"]  # MSAL adds openid, profile and offline_access itself
 INVALID_CLIENT_CODES = {7000215, 7000222, 7000216, 700016, 700027}
+PKCS12 = "application/x-pkcs12"  # Key Vault's content type for a PFX certificate
 CLIENT_ERRORS = {"invalid_client", "unauthorized_client"}
 
 
@@ -54,17 +56,24 @@ def expected_nonce(flow: dict) -> str:
 
 
 def msal_client_credential(secret: SecretValue, *, certificate: bool):
-    """MSAL's client_credential: the secret string, or for a certificate (PEM with its private key,
-    as Key Vault returns a PEM certificate's secret) the private_key_jwt material."""
+    """MSAL's client_credential: the secret string, or for a certificate the private_key_jwt material.
+    Key Vault hands a certificate's secret out in the certificate's content type: PEM (the key and the
+    certificate), or PKCS#12, base64 and without a password, which is its default."""
     if not certificate:
         return secret.value
-    pem = secret.value.encode()
     try:
-        cert = x509.load_pem_x509_certificate(pem)
-        key = serialization.load_pem_private_key(pem, password=None)  # finds the key block among the PEM's
+        if (secret.content_type or "").lower() == PKCS12:
+            key, cert, _ = pkcs12.load_key_and_certificates(base64.b64decode(secret.value), None)
+            if key is None or cert is None:
+                raise ValueError("no key or no certificate in the PKCS#12")
+        else:
+            pem = secret.value.encode()
+            cert = x509.load_pem_x509_certificate(pem)
+            key = serialization.load_pem_private_key(pem, password=None)  # finds the key block among the PEM's
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError([f"client certificate ({secret.source}): must be PEM holding the certificate "
-                                  "and its unencrypted private key."]) from exc
+        raise ConfigurationError([f"client certificate ({secret.source}): must be a certificate with its "
+                                  "unencrypted private key, content type PEM (application/x-pem-file) or PKCS#12 "
+                                  "(application/x-pkcs12) without a password."]) from exc
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
     return {"private_key": key_pem, "thumbprint": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 - x5t is SHA-1 by RFC 7515

@@ -34,6 +34,7 @@ class SecretValue:
     expires_on: datetime | None
     version: str | None
     source: str  # "key vault" or the setting's name
+    content_type: str | None = None  # Key Vault's: a certificate's secret is PEM or PKCS#12 (base64)
 
 
 class KeyVaultReader:
@@ -72,7 +73,8 @@ class KeyVaultReader:
             raise DependencyUnavailable("key_vault", f"reading '{name}': {type(exc).__name__}") from exc
         if not secret.value:
             raise ConfigurationError([f"Key Vault secret '{name}' is empty."])
-        return SecretValue(secret.value, secret.properties.expires_on, secret.properties.version, "key vault")
+        return SecretValue(secret.value, secret.properties.expires_on, secret.properties.version, "key vault",
+                           secret.properties.content_type)
 
 
 class SettingsReader:

@@ -3,6 +3,7 @@ credential built from a secret or a PEM certificate with its key."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -117,3 +118,21 @@ def test_msal_is_given_an_entra_authority_it_discovers_as_the_document_we_fetche
     flow = client.start("https://sso.test/api/sso/user/callback")
     assert flow["auth_uri"].startswith(session.document["authorization_endpoint"] + "?")
     assert session.gets == [settings.metadata_url], "one discovery per worker: MSAL was answered from ours"
+
+
+def test_a_certificate_in_key_vaults_default_pkcs12_form_is_msals_material_too(certificate_pem):
+    """Key Vault's default certificate policy stores the secret as a base64 PFX (application/x-pkcs12)."""
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    _, key, cert = certificate_pem
+    pfx = pkcs12.serialize_key_and_certificates(b"portal-sso", key, cert, None, serialization.NoEncryption())
+    value = SecretValue(value=base64.b64encode(pfx).decode(), expires_on=None, version="v1", source="key vault",
+                        content_type="application/x-pkcs12")
+    credential = msal_client_credential(value, certificate=True)
+    assert credential["thumbprint"] == cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - x5t is SHA-1
+    loaded = serialization.load_pem_private_key(credential["private_key"].encode(), password=None)
+    assert loaded.private_numbers() == key.private_numbers()
+    with pytest.raises(ConfigurationError) as caught:
+        msal_client_credential(SecretValue("bm90IGEgcGZ4", None, "v1", "key vault", "application/x-pkcs12"),
+                               certificate=True)
+    assert "PKCS#12" in str(caught.value.problems) and "PEM" in str(caught.value.problems)
