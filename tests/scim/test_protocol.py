@@ -441,3 +441,20 @@ def test_a_user_too_large_in_utf16_units_is_400_before_any_account_or_pointer_is
     patched = scim.request("PATCH", f"/Users/{user['id']}", raw=json.dumps(patch, ensure_ascii=False).encode())
     error_of(patched, 400, "invalidValue")
     assert account_store.get(email, "user").enabled, "the account is as it was"
+
+
+def test_an_id_longer_than_any_of_ours_is_404_without_asking_storage(scim, monkeypatch):
+    """A key over Table Storage's limit is a 400 on Azure (an outage to us), a 404 on Azurite: an id no
+    uuid4 could be is answered without a read."""
+    reads = []
+    real = urllib3.connectionpool.HTTPConnectionPool.urlopen
+
+    def urlopen(pool, method, url, *args, **kwargs):
+        if f"/{SCIM_USERS_TABLE}(" in url:  # the people's rows (not the table list)
+            reads.append(url)
+        return real(pool, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "urlopen", urlopen)
+    for method in ("GET", "DELETE"):
+        error_of(scim.request(method, "/Users/" + "a" * 5000), 404)
+    assert reads == [], reads
