@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.config import KINDS, redirect_uri, signed_out_uri
 
+from .local_settings import apply_values
 from .stack import (
     ROOT,
     STOP_SIGNALS,
@@ -166,7 +167,8 @@ def write_local_settings(values: dict[str, str]) -> str:
 
 def from_environment(values: dict[str, str]) -> list[str]:
     """The settings the process environment overrides (it wins, as with Core Tools, where it is not empty)."""
-    return sorted(name for name in values if os.environ.get(name) and os.environ[name] != values[name])
+    filled = apply_values(values, dict(os.environ))
+    return sorted(name for name in values if name not in filled and os.environ[name] != values[name])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,8 +238,8 @@ def _run(scenario_name: str | None, children: list[subprocess.Popen]) -> int:
     with signals_deferred():  # never half written: a torn file would no longer count as ours
         written = write_local_settings(settings)
     overridden = from_environment(settings)
-    # The environment wins where it holds a value, as with Core Tools (an empty variable is filled).
-    env = {**os.environ, **{name: value for name, value in settings.items() if not os.environ.get(name)}}
+    env = dict(os.environ)
+    apply_values(settings, env)  # the environment wins where it holds a value, as with Core Tools
     seed(settings["TABLES_CONNECTION_STRING"])
     print("starting the function app (tools.host) and the demo portal ...", flush=True)
     with signals_deferred():  # each is on the list as soon as it exists

@@ -52,14 +52,21 @@ def _read(app_dir: Path) -> dict[str, Any]:
             raise SystemExit(f"{path}: {section} must be an object, not {json.dumps(data[section])}")
     if data.get("IsEncrypted"):
         raise SystemExit(f"{path}: IsEncrypted is true; run `func settings decrypt` or write plain values")
-    _port(path, (data.get("Host") or {}).get("LocalHttpPort"))
+    if data.get("Host"):  # checked once, kept as the number
+        data["Host"]["LocalHttpPort"] = _port(path, data["Host"].get("LocalHttpPort"))
     return data
 
 
 def load_local_settings(app_dir: Path, environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
     """Applies ``Values`` to ``environ`` where it has no value (unset or empty); returns what was applied."""
+    return apply_values(_read(app_dir).get("Values") or {}, environ)
+
+
+def apply_values(values: dict[str, Any], environ: MutableMapping[str, str]) -> dict[str, str]:
+    """Core Tools' rule: each value goes to ``environ`` where it has none (unset or empty); returns
+    what was applied."""
     applied: dict[str, str] = {}
-    for name, value in (_read(app_dir).get("Values") or {}).items():
+    for name, value in values.items():
         if not isinstance(value, str | int | float | bool):
             LOG.warning("local.settings.json: %s is not a string, number or boolean; ignored", name)
         elif not environ.get(name):
@@ -68,5 +75,4 @@ def load_local_settings(app_dir: Path, environ: MutableMapping[str, str] = os.en
 
 
 def local_http_port(app_dir: Path) -> int | None:
-    data = _read(app_dir)
-    return _port(Path(app_dir) / "local.settings.json", (data.get("Host") or {}).get("LocalHttpPort"))
+    return (_read(app_dir).get("Host") or {}).get("LocalHttpPort")
