@@ -4,6 +4,8 @@ retention window."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 from azure.data.tables import TableClient
@@ -15,6 +17,12 @@ _MAX_MS = 10**13  # RowKeys count down from here, so a day's newest event lists 
 
 def day_key(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def event_json(event) -> str:
+    """An event (a dataclass) as JSON, for the log line that stands in for a row storage refused."""
+    return json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(event).items()},
+                      sort_keys=True)
 
 
 def event_keys(at: datetime, correlation_id: str) -> dict[str, str]:

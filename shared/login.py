@@ -7,7 +7,6 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -19,6 +18,7 @@ from .admission import check_admission
 from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
 from .config import KINDS, home_urls, log_value, origin_of
+from .daylog import event_json
 from .errors import (
     WRONG_DOOR,
     BindingMismatch,
@@ -363,9 +363,8 @@ class SsoService:
         except Exception as exc:
             err = _as_error(exc, "sso.audit", correlation_id)
             # The full event, so the log holds what the row would have (nothing in it is secret).
-            fields = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(event).items()}
             log.error("sso.audit_failed correlation_id=%s reason=%s event=%s", correlation_id, err.reason,
-                      json.dumps(fields, sort_keys=True))
+                      event_json(event))
             if event.outcome == "success":
                 unavailable = DependencyUnavailable("table_storage", "audit row could not be written")
                 refused = pages.error(unavailable, correlation_id, portal_url=self._portal_url(event.kind))

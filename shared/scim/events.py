@@ -3,8 +3,7 @@ the response goes out. Never the token, never a request body."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from azure.data.tables import TableClient, UpdateMode
@@ -26,11 +25,6 @@ class DirectoryEvent:
     user_name: str = ""
     detail: str = ""
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def logged(self) -> str:
-        """The event as JSON, for the log when its row cannot be written (as the login logs its own)."""
-        return json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(self).items()},
-                          sort_keys=True)
 
     def entity(self) -> dict:
         return {**event_keys(self.at, self.correlation_id), "At": self.at,

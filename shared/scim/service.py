@@ -13,6 +13,7 @@ import weakref
 from dataclasses import dataclass, field
 
 from ..config import log_value
+from ..daylog import event_json
 from ..errors import ConfigurationError, DependencyUnavailable
 from ..pages import Reply
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE
@@ -199,7 +200,7 @@ class DirectorySync:
             except (DependencyUnavailable, ConfigurationError) as exc:
                 why = getattr(exc, "reason", type(exc).__name__)
                 log.error("scim.audit_failed correlation_id=%s reason=%s event=%s", event.correlation_id, why,
-                          event.logged())
+                          event_json(event))
                 if reply.status < 400:
                     reply, reason = error_reply(503, "Directory sync could not record this write; retry.",
                                                 headers={"Retry-After": str(RETRY_AFTER)}), why
