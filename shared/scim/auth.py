@@ -112,8 +112,8 @@ def read_config(runtime, read_secret=None) -> SyncConfig:
                     not named and isinstance(cause, HttpResponseError) and cause.status_code == 403):
                 return SyncConfig((), "", kind, tuple(problems))
             # The vault's problems (empty, forbidden) are about this secret: the 503 names its setting.
-            named = (Problem(p.setting or "SCIM_TOKEN_NAME", p.text, p.fix) for p in exc.problems)
-            return SyncConfig((), source, kind, (*problems, *named))
+            located = (Problem(p.setting or "SCIM_TOKEN_NAME", p.text, p.fix) for p in exc.problems)
+            return SyncConfig((), source, kind, (*problems, *located))
     elif direct.strip():
         raw, source = direct, "SCIM_TOKEN"
     else:

@@ -47,6 +47,9 @@ from .resources import User, plain_roles_in
 from .sync import AccountSync, Conflict, Desired, Guarded
 
 PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = "P", "U", "X", "E"
+# Ours are uuid4s (36 characters): a longer id is no one's and is not sent (a key over Table Storage's
+# limit is a 400 on Azure, which would read as an outage, where Azurite answers 404).
+MAX_SCIM_ID = 64
 MAX_STORED = 30_000  # UTF-16 units of a person's JSON (a Table string property holds 32,768)
 # A pointer whose person does not (yet) hold its value is a write in progress while it is younger
 # than this (the person row is written last), and left behind by a write that stopped once older.
@@ -138,9 +141,8 @@ class TableScimStorage(ScimStorage):
 
     # ---- reads ----
     def _person(self, scim_id: str) -> Person | None:
-        # Ours are uuid4s: anything longer is no one's, and is not sent (a key over Table Storage's
-        # limit is a 400 on Azure, which would read as an outage, where Azurite answers 404).
-        if not scim_id or not isinstance(scim_id, str) or len(scim_id) > 64 or mapping.table_key(scim_id) != scim_id:
+        if not scim_id or not isinstance(scim_id, str) or len(scim_id) > MAX_SCIM_ID or \
+                mapping.table_key(scim_id) != scim_id:
             return None
         try:
             person = Person(self._users.get_entity(PERSON, scim_id))

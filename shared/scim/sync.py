@@ -108,16 +108,18 @@ class AccountSync:
         those keys. Raises Conflict before writing when a row it needs belongs to someone else."""
         wanted = set(desired.kinds) if desired.email_key else set()
         keys = [k for k in dict.fromkeys((desired.email_key, *old_keys)) if k]
+        others = [k for k in keys if k != desired.email_key]
         for kind in KINDS:
             if kind in wanted:
-                self._ensure(desired, kind, [k for k in keys if k != desired.email_key])
+                self._ensure(desired, kind, others)
         for kind in KINDS:
             if kind not in wanted and not created:  # a new person owns no row yet
                 self._remove_ours(keys, kind, desired.scim_id)
 
     def remove_all(self, scim_id: str, keys: Sequence[str]) -> None:
+        keys = [k for k in dict.fromkeys(keys) if k]
         for kind in KINDS:
-            self._remove_ours([k for k in dict.fromkeys(keys) if k], kind, scim_id)
+            self._remove_ours(keys, kind, scim_id)
 
     # ---- the person's rows of one kind ----
     def _rows(self, keys: Sequence[str], kind: str, scim_id: str) -> dict:
