@@ -318,7 +318,7 @@ def _issuer(read: _Reader, _: dict) -> dict:
         read.problem("OIDC_ISSUER_URL", f"{quoted(raw)} is not Entra's v2.0 metadata document;",
                      "paste the app registration's Endpoints > 'OpenID Connect metadata document', "
                      "https://login.microsoftonline.com/<tenant>/v2.0/.well-known/openid-configuration.")
-    elif _entra_issuer(base) and not _ENTRA_TENANT.fullmatch(issuer_tenant_segment(base)):
+    elif _entra_issuer(base) and not _entra_tenant(issuer_tenant_segment(base)):
         # Entra's document for a domain (or for consumers) names the tenant's GUID issuer, which the ID
         # tokens carry: discovery would refuse it as another issuer's.
         read.problem("OIDC_ISSUER_URL", f"{quoted(raw)} names the tenant by domain (or is 'consumers': personal "
@@ -339,8 +339,13 @@ def _issuer(read: _Reader, _: dict) -> dict:
             "client_id": client_id, "idp_timeout_seconds": read.whole_number("IDP_TIMEOUT_SECONDS", 10, lo=1, hi=120)}
 
 
-_ENTRA_TENANT = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}|common|organizations|\{tenantid\}")
 _ENTRA_V2_PATH = re.compile(r"/([A-Za-z0-9._-]+|\{tenantid\})/v2\.0")  # /{tenant id, domain, organizations...}/v2.0
+
+
+def _entra_tenant(segment: str) -> bool:
+    """A tenant as Entra's documents name it in their issuer: its GUID, or a multi-tenant segment other
+    than consumers (personal accounts only)."""
+    return bool(GUID.match(segment)) or segment in MULTI_TENANT_SEGMENTS - {"consumers"}
 
 
 def _entra_issuer(base: str) -> bool:
