@@ -198,8 +198,7 @@ class SsoService:
             self.deps.warm_up()
             return pages.redirect(started_flow["auth_uri"], cookies)
         except Exception as exc:  # a refused start gets its audit row too
-            return self._failed(exc, "login", kind, correlation_id, started, audit=True,
-                                answer=lambda err: pages.error(err, correlation_id, portal_url=self._portal_url(kind)))
+            return self._failed(exc, "login", kind, correlation_id, started, audit=True)
 
     # POST|GET /api/sso/{kind}/callback
     def complete_login(self, kind: str, request: CallbackRequest, correlation_id: str) -> pages.Reply:
@@ -409,8 +408,7 @@ class SsoService:
                 return pages.redirect(signed_out)
             return pages.redirect(self.deps.oidc.logout_url(metadata.end_session_endpoint, signed_out))
         except Exception as exc:
-            return self._failed(exc, "logout", kind, correlation_id, started,
-                                lambda err: pages.error(err, correlation_id, portal_url=self._portal_url(kind)))
+            return self._failed(exc, "logout", kind, correlation_id, started)
 
     # GET /api/sso/{kind}/signed-out
     def signed_out(self, kind: str, correlation_id: str) -> pages.Reply:
@@ -427,15 +425,15 @@ class SsoService:
             return pages.json_reply(self.deps.signer().jwks(), cache="public, max-age=300")
         except Exception as exc:
             return self._failed(exc, "jwks", "", correlation_id, started,
-                                lambda err: pages.json_error(err, correlation_id))
+                                answer=lambda err: pages.json_error(err, correlation_id))
 
-    def _failed(self, exc: Exception, stage: str, kind: str, correlation_id: str, started: float, answer, *,
-                audit: bool = False) -> pages.Reply:
-        """A failed login start, logout or JWKS request: `answer`(the error), its audit row when `audit`
-        (no one signs in at a logout or the JWKS), and its one log line, which holds the correlation
-        id the answer names."""
+    def _failed(self, exc: Exception, stage: str, kind: str, correlation_id: str, started: float, *,
+                answer=None, audit: bool = False) -> pages.Reply:
+        """A failed login start, logout or JWKS request: `answer`(the error) (default: the kind's error
+        page), its audit row when `audit` (no one signs in at a logout or the JWKS), and its one log
+        line, which holds the correlation id the answer names."""
         err = _as_error(exc, f"sso.{stage}", correlation_id)
-        reply = answer(err)
+        reply = answer(err) if answer else pages.error(err, correlation_id, portal_url=self._portal_url(kind))
         event = SignInEvent(correlation_id=correlation_id, kind=kind, outcome="failure", reason=err.reason,
                             status=reply.status, stage=stage, elapsed_ms=_ms_since(started),
                             detail=err.detail[:MAX_DETAIL])
