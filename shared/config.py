@@ -180,6 +180,12 @@ def public_base_url(env: Mapping[str, str]) -> str:
     return base or (f"https://{host}" if host else "")
 
 
+def valid_https_url(value: str, *, origin_only: bool = False) -> bool:
+    """An https:// URL (or origin) without credentials or fragment: what a deployed app's settings need,
+    where no loopback http:// makes sense."""
+    return _origin_url(value) if origin_only else _https_url(value)
+
+
 def valid_public_base(base: str) -> bool:
     """An https:// origin, or an http:// one on loopback: Entra accepts https redirect URIs and, for
     development, http://localhost and http://127.0.0.1 ones (what `func start` serves)."""

@@ -52,6 +52,8 @@ from shared.accounts import (
 from shared.errors import ConfigurationError, DependencyUnavailable
 from shared.tables import ACCOUNTS_TABLE, Tables
 
+from .arguments import whole_number
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_REFUSED = 0, 1, 2, 3
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `make run` leaves local.settings.json
 COLUMNS = ("email", "kind", "account_id", "name", "enabled")
@@ -424,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file")
     imp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="draw a progress bar on stderr (default: when stderr is a terminal)")
-    imp.add_argument("--workers", type=int, default=WORKERS, help=f"requests in flight (default {WORKERS})")
+    imp.add_argument("--workers", type=whole_number(1, 64), default=WORKERS,
+                     help=f"requests in flight, 1 to 64 (default {WORKERS})")
     imp.add_argument("--force", action="store_true",
                      help="also change the account id of accounts linked to a person (that person then signs in to it)")
     imp.set_defaults(run=cmd_import)

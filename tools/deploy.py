@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from shared.config import origin_of
 from shared.tables import APP_TABLES
 
+from .arguments import https_url
 from .azure_cli import Az, AzError, app_settings, fail, grant, revoke, secret_file, update_app_settings
 from .package import build_package
 
@@ -255,8 +256,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resource-group", "-g", required=True)
     parser.add_argument("--location", "-l", required=True, help="an Azure region that offers Flex Consumption")
     parser.add_argument("--app", required=True, help="the function app's name (its host is APP.azurewebsites.net)")
-    parser.add_argument("--portal-user-url", required=True)
-    parser.add_argument("--portal-agent-url", required=True)
+    parser.add_argument("--portal-user-url", required=True, type=https_url,
+                        help="the portal page that receives users' session tokens (an https:// URL)")
+    parser.add_argument("--portal-agent-url", required=True, type=https_url,
+                        help="the portal page that receives agents' session tokens (an https:// URL)")
     parser.add_argument("--session-audience", help="the session token's aud (default: the portals' origin)")
     parser.add_argument("--python", default="3.12", choices=PYTHON_VERSIONS)
     parser.add_argument("--storage-account", help="default: derived from --app")

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from shared.config import KIND_ROLES, KINDS, redirect_uri, signed_out_uri
 
+from .arguments import MAX_SECRET_DAYS, https_origin, whole_number
 from .azure_cli import Az, AzError, app_settings, fail, grant, secret_file, update_app_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -531,10 +532,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                "to find one")
     parser.add_argument("--keep-redirect-uri", action="append", metavar="URI",
                         help="a redirect URI not made by this script to keep on the registration; repeatable")
-    parser.add_argument("--public-base-url", help="the app's external URL, e.g. a custom domain: the redirect URIs "
-                                                  "are built from it and the app's PUBLIC_BASE_URL set to it "
-                                                  "(default: the function app's PUBLIC_BASE_URL or host name)")
-    parser.add_argument("--secret-days", type=int, default=180, help="client secret lifetime (default 180)")
+    parser.add_argument("--public-base-url", type=https_origin,
+                        help="the app's external URL, e.g. a custom domain: the redirect URIs are built from it and "
+                             "the app's PUBLIC_BASE_URL set to it (default: the function app's PUBLIC_BASE_URL or "
+                             "host name)")
+    parser.add_argument("--secret-days", type=whole_number(1, MAX_SECRET_DAYS), default=180,
+                        help=f"client secret lifetime in days, 1 to {MAX_SECRET_DAYS} (default 180)")
     parser.add_argument("--dry-run", action="store_true", help="print every az command, run none")
     anywhere = argparse.ArgumentParser(add_help=False)  # --dry-run after a subcommand too
     anywhere.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -548,7 +551,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                                      "(Portal.Agent)")
     rotate = commands.add_parser("rotate-secret", parents=[anywhere],
                                  help="a new client secret; older ones go after a grace period")
-    rotate.add_argument("--grace-days", type=int, default=7)
+    rotate.add_argument("--grace-days", type=whole_number(0), default=7,
+                        help="days the previous secret stays valid after a new one is issued (default 7)")
     commands.add_parser("provisioning", parents=[anywhere], help="set up directory sync (SCIM) from Entra ID",
                         description=Registration.provisioning.__doc__)
     token = commands.add_parser("rotate-token", parents=[anywhere], help="a new SCIM token; the old one stays "

@@ -110,3 +110,36 @@ def test_every_deploy_and_register_app_command_the_docs_show_runs_as_written(cap
         except SystemExit:
             refused.append((tool, shlex.join(argv), capsys.readouterr().err.strip().splitlines()[-1]))
     assert refused == [], refused
+
+
+DEPLOY = ["deploy", "-g", "rg", "-l", "westeurope", "--app", "myapp", "--dry-run"]
+PORTALS = ["--portal-user-url", "https://portal.contoso.test/u", "--portal-agent-url", "https://portal.contoso.test/a"]
+REGISTER = ["register-app", "-g", "rg", "--app", "myapp", "--dry-run"]
+
+
+@pytest.mark.parametrize("argv, named", [
+    # The app refuses these portal URLs at start (not https, or not a URL): a deploy made with them is broken.
+    ([*DEPLOY, "--portal-user-url", "notaurl", "--portal-agent-url", "https://portal.contoso.test/a"],
+     "--portal-user-url"),
+    ([*DEPLOY, "--portal-user-url", "https://portal.contoso.test/u", "--portal-agent-url",
+      "http://portal.contoso.test/a"], "--portal-agent-url"),
+    # The redirect URIs are built from it and written to Entra and to the app's PUBLIC_BASE_URL.
+    ([*REGISTER, "--public-base-url", "javascript:alert(1)"], "--public-base-url"),
+    ([*REGISTER, "--public-base-url", "https://sso.contoso.test/some/path"], "--public-base-url"),
+    ([*REGISTER, "--secret-days", "-5"], "--secret-days"),  # a secret that expired before it was made
+    ([*REGISTER, "--secret-days", "100000"], "--secret-days"),
+    ([*REGISTER, "rotate-secret", "--grace-days", "-1"], "--grace-days"),
+    (["accounts", "import", "/dev/null", "--workers", "0"], "--workers"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_a_value_azure_or_the_app_would_refuse_later_is_refused_before_anything_runs(argv, named):
+    done = run_cli(*argv)
+    assert done.returncode == (1 if argv[0] == "accounts" else 2), done.stdout  # accounts: its bad-input code
+    assert f"argument {named}" in done.stderr and "would run" not in done.stdout, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_good_values_pass_and_a_public_base_url_loses_its_trailing_slash():
+    done = run_cli(*REGISTER, "--public-base-url", "https://sso.contoso.test/", "--secret-days", "730")
+    assert done.returncode == 0, done.stderr
+    assert "https://sso.contoso.test/api/sso/user/callback" in done.stdout
+    assert run_cli(*DEPLOY, *PORTALS).returncode == 0
