@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import DependencyUnavailable, InvalidIdToken
 
@@ -20,6 +21,7 @@ log = logging.getLogger("portal_sso")
 # past its daily refresh what we hold still serves (refresh_or_keep: the keys and the metadata).
 STALE_RETRY_SECONDS = 60.0
 MAX_STALE_SECONDS = 7 * 86400.0
+MIN_RSA_BITS = 2048  # RFC 7518 3.3, as the session key (session_token.py)
 
 
 def refresh_or_keep(refresh: Callable[[], None], fetched_at: float, now: float, max_age: float,
@@ -58,15 +60,12 @@ class JwksCache:
 
     def _refresh_locked(self) -> None:
         doc = self._fetch()
-        keys = []
-        for item in doc.get("keys", []) if isinstance(doc, dict) else []:
-            if not isinstance(item, dict) or item.get("use", "sig") != "sig":
-                continue
-            try:
-                keys.append(IdpKey(jwt.PyJWK(item), item.get("alg"), item.get("kty"), item.get("crv"),
-                                       item.get("issuer") if isinstance(item.get("issuer"), str) else None))
-            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError, AttributeError):
-                continue  # a key type we cannot use, or a malformed one; the others still serve
+        items = doc.get("keys") if isinstance(doc, dict) else None
+        keys = [key for key in map(_usable_key, items if isinstance(items, list) else []) if key is not None]
+        if not keys:
+            # A 200 that is no key set (a publishing glitch, a wrong endpoint) is the IdP unavailable:
+            # the keys held serve on (refresh_or_keep), rather than none at all.
+            raise DependencyUnavailable("idp", "the JWKS holds no signing key we can use")
         self._keys = keys
         self._fetched_at = self._clock()
         self.fetch_count += 1
@@ -116,6 +115,22 @@ class JwksCache:
         if kid is None:
             return usable[0] if len(usable) == 1 else None
         return next((key for key in usable if key.key_id == kid), None)
+
+
+def _usable_key(item: object) -> IdpKey | None:
+    """A signing key of the IdP's JWKS, or None for one we cannot or must not use: not for signatures,
+    a type we do not know, malformed, or RSA under 2048 bits (RFC 7518 3.3: factorable, it would let
+    anyone sign ID tokens)."""
+    if not isinstance(item, dict) or item.get("use", "sig") != "sig":
+        return None
+    try:
+        jwk = jwt.PyJWK(item)
+    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if isinstance(jwk.key, rsa.RSAPublicKey) and jwk.key.key_size < MIN_RSA_BITS:
+        return None
+    return IdpKey(jwk, item.get("alg"), item.get("kty"), item.get("crv"),
+                  item.get("issuer") if isinstance(item.get("issuer"), str) else None)
 
 
 # What a JWK must be to verify each algorithm: (kty, crv or None for any).
