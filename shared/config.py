@@ -383,9 +383,19 @@ SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 SECRET_NAME_FIX = "use letters, digits and '-' only (Key Vault's rule for a secret's name), e.g. session-signing-key."  # noqa: S105 - a hint, not a secret
 
 
+def may_hold_a_credential(name: str, value: str) -> bool:
+    """Whether a setting's value, shown as it is on the setup page, might be a credential pasted in the
+    wrong place: a secret name Key Vault refuses, a storage key or SAS in an endpoint."""
+    if name.endswith("_NAME") and secret_name_problem(value):
+        return True
+    return any(marker in value.lower() for marker in ("accountkey=", "sig=", "sharedaccesssignature="))
+
+
 def secret_name_problem(name: str | None) -> str:
     """Why Key Vault would refuse this secret name ("" when it would not, or none is set)."""
-    return "" if not name or SECRET_NAME.fullmatch(name) else f"{quoted(name)} is not a name Key Vault allows;"
+    # Never quoted: a name Key Vault refuses is most often the secret's Value pasted in its place.
+    return "" if not name or SECRET_NAME.fullmatch(name) else \
+        "is not a name Key Vault allows (a secret's name goes here, never its value);"
 
 
 def _secrets(read: _Reader, _: dict) -> dict:
@@ -428,9 +438,12 @@ def _storage(read: _Reader, _: dict) -> dict:
     if not connection_string and not endpoint:
         read.problem("TABLES_CONNECTION_STRING", "missing, and so is TABLES_ENDPOINT.", "Give the storage "
                      "account's table endpoint (used with the managed identity), or a connection string.")
-    elif endpoint and not connection_string and not _https_url(endpoint, allow_loopback_http=True):
-        read.problem("TABLES_ENDPOINT", f"{quoted(endpoint)} is not {_URL_FIX};",
-                     "copy the storage account's Table service endpoint, e.g. https://myaccount.table.core.windows.net.")
+    elif endpoint and not connection_string and (not _https_url(endpoint, allow_loopback_http=True)
+                                                 or urlsplit(endpoint).query):
+        # Never quoted: what lands here by mistake is a connection string (its key) or a SAS URL.
+        read.problem("TABLES_ENDPOINT", f"is not {_URL_FIX} without a query (a SAS or a connection string "
+                     "goes in TABLES_CONNECTION_STRING);", "copy the storage account's Table service endpoint, "
+                     "e.g. https://myaccount.table.core.windows.net.")
     elif connection_string and (why := _connection_string_problem(connection_string)):
         # Never quoted: it holds the account key or a SAS.
         read.problem("TABLES_CONNECTION_STRING", f"{why};", "copy the storage account's connection string "

@@ -25,6 +25,7 @@ from .config import (
     SETTINGS_TABLE,
     SettingInfo,
     Settings,
+    may_hold_a_credential,
     public_base_url,
     redirect_uri,
     signed_out_uri,
@@ -377,6 +378,8 @@ def _shown_value(info: SettingInfo, env: Mapping[str, str], settings: Settings |
     raw = (env.get(info.name) or "").strip()
     if info.secret:
         return "set (value hidden)" if raw else "not set"
+    if may_hold_a_credential(info.name, raw):
+        return "set (value hidden: it looks like a secret, which this setting must not hold)"
     if raw:
         return raw
     in_force = getattr(settings, info.field, None) if settings is not None and info.field else None

@@ -18,6 +18,7 @@ from .provider import ASYMMETRIC_ALGS, ProviderMetadata
 
 LEEWAY_SECONDS = 120  # clock skew we tolerate between the IdP and us
 MAX_TOKEN_AGE_SECONDS = 900  # an ID token minted longer ago than a login can take is not this login's
+MAX_TIME = 2**53  # seconds: far past any real time, and still exact as a float
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _JWS = jwt.PyJWS()  # the signature alone: the claims are read and checked here
 
@@ -30,7 +31,9 @@ def _number(claims: dict, name: str, *, required: bool) -> float | None:
         return None
     # Python's json (PyJWT's parser) accepts NaN and Infinity: NaN makes every comparison below False
     # (so the check would pass) and Infinity never expires.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    # An int too large for a float (JSON integers have no bound) is no time either.
+    if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > MAX_TIME \
+            or not math.isfinite(value):
         raise InvalidIdToken(name, f"'{name}' claim is not a number")
     return float(value)
 
@@ -145,6 +148,8 @@ def verify_id_token(id_token: str, *, metadata: ProviderMetadata, jwks: JwksCach
     # checks it; we check again so a change in MSAL cannot silently drop the replay defence).
     if expected_nonce is not None:
         nonce = claims.get("nonce")
-        if not isinstance(nonce, str) or not hmac.compare_digest(nonce, expected_nonce):
+        # compare_digest takes only ASCII str (TypeError otherwise): bytes compare any text.
+        if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode("utf-8", "surrogatepass"),
+                                                                 expected_nonce.encode()):
             raise InvalidIdToken("nonce", "nonce does not match this login")
     return claims

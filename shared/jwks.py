@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .errors import InvalidIdToken
+from .errors import DependencyUnavailable, InvalidIdToken
 from .refreshing import Refreshing
 
 # While the IdP's endpoint is down, how often a refresh of what we hold is tried again, and for how long
@@ -21,6 +22,7 @@ from .refreshing import Refreshing
 # key the IdP retired (compromised) must not verify for ever because its JWKS stays out of reach.
 STALE_RETRY_SECONDS = 60.0
 MAX_STALE_SECONDS = 7 * 86400.0
+MIN_RSA_BITS = 2048  # RFC 7518 3.3, as the session key (session_token.py)
 
 
 @dataclass(frozen=True)
@@ -44,15 +46,12 @@ class JwksCache:
 
     def _fetch_keys(self) -> _KeySet:
         doc = self._fetch()
-        keys = []
-        for item in doc.get("keys", []) if isinstance(doc, dict) else []:
-            if not isinstance(item, dict) or item.get("use", "sig") != "sig":
-                continue
-            try:
-                keys.append(IdpKey(jwt.PyJWK(item), item.get("alg"), item.get("kty"), item.get("crv"),
-                                       item.get("issuer") if isinstance(item.get("issuer"), str) else None))
-            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError, AttributeError):
-                continue  # a key type we cannot use, or a malformed one; the others still serve
+        items = doc.get("keys") if isinstance(doc, dict) else None
+        keys = [key for key in map(_usable_key, items if isinstance(items, list) else []) if key is not None]
+        if not keys:
+            # A 200 that is no key set (a publishing glitch, a wrong endpoint) is the IdP unavailable:
+            # the keys held serve on (refreshing.py), rather than none at all.
+            raise DependencyUnavailable("idp", "the JWKS holds no signing key we can use")
         return _KeySet(keys, self._clock())
 
     def _current(self, *, refetch: bool) -> tuple[list[IdpKey], bool]:
@@ -90,6 +89,22 @@ class JwksCache:
         if kid is None:
             return usable[0] if len(usable) == 1 else None
         return next((key for key in usable if key.key_id == kid), None)
+
+
+def _usable_key(item: object) -> IdpKey | None:
+    """A signing key of the IdP's JWKS, or None for one we cannot or must not use: not for signatures,
+    a type we do not know, malformed, or RSA under 2048 bits (RFC 7518 3.3: factorable, it would let
+    anyone sign ID tokens)."""
+    if not isinstance(item, dict) or item.get("use", "sig") != "sig":
+        return None
+    try:
+        jwk = jwt.PyJWK(item)
+    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if isinstance(jwk.key, rsa.RSAPublicKey) and jwk.key.key_size < MIN_RSA_BITS:
+        return None
+    return IdpKey(jwk, item.get("alg"), item.get("kty"), item.get("crv"),
+                  item.get("issuer") if isinstance(item.get("issuer"), str) else None)
 
 
 # What a JWK must be to verify each algorithm: (kty, crv or None for any).

@@ -148,7 +148,7 @@ class Runtime:
             response = self.session.get(uri)
             response.raise_for_status()
             return response.json()
-        except (requests.RequestException, ValueError) as exc:
+        except (requests.RequestException, ValueError, RecursionError) as exc:  # RecursionError: deep JSON
             raise DependencyUnavailable("idp", f"GET {uri}: {type(exc).__name__}") from exc
 
     def warm_up(self) -> None:

@@ -329,3 +329,29 @@ def test_the_command_serves_an_app_dir_on_plain_http(tmp_path, session):
         _, err = process.communicate(timeout=10)
     assert process.returncode == 0, err
     assert "health called" in err and "GET /p/health 200" in err and "hidden" not in err
+
+
+@pytest.mark.parametrize("length, status", [("\u00b2", b"400"), ("-1", b"400"), ("1e3", b"400"), (str(10**17), b"413")],
+                         ids=["superscript-two", "negative", "float", "huge"])
+def test_a_content_length_that_is_not_a_size_to_read_gets_an_answer_not_a_dropped_connection(server, length, status):
+    """'\u00b2'.isdigit() is True and int() refuses it; 10**17 made read() allocate before reading: both
+    dropped the connection with a traceback. Azure's front end answers 413 above 100 MB."""
+    request = (f"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n"
+               .encode("latin-1") + b"x")
+    answer = raw_request(server.port, request)  # read to the end: the server closes (where the body ends is unknown)
+    assert answer.split(b" ")[1] == status, answer[:200]
+    assert answer.count(b"HTTP/1.1") == 1, "the unread body was not taken for a next request"
+
+
+def test_a_body_shorter_than_its_content_length_times_out_instead_of_holding_a_thread_for_ever(monkeypatch):
+    assert 0 < (host._RequestHandler.timeout or 0) <= 120, "reads wait a bounded time (socketserver's default: none)"
+    monkeypatch.setattr(host._RequestHandler, "timeout", 0.5)  # the same bound, short enough for a test
+    handle = host.serve_in_thread(host.build_wsgi_app(make_app()))
+    try:
+        with socket.create_connection(("127.0.0.1", handle.port), timeout=5) as s:
+            s.sendall(b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nshort")
+            started = time.monotonic()
+            assert s.recv(1000) == b"", "the server closes the connection"
+            assert time.monotonic() - started < 3
+    finally:
+        handle.stop()

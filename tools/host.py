@@ -50,6 +50,7 @@ from tools.local_settings import load_local_settings, local_http_port
 
 LOG = logging.getLogger("tools.host")
 DEFAULT_PORT = 7071
+MAX_REQUEST_BODY = 100 * 1024 * 1024  # what Azure's front end takes (above it: 413)
 # The server sets these from the body it sends; a function's own values would only confuse the client.
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 
@@ -216,6 +217,9 @@ class _RequestHandler(WSGIRequestHandler):
     # Buffered writes: werkzeug writes the status line and headers, then the body, then flushes; one
     # buffer makes them one send (one TLS record, one wake-up of the client) instead of two.
     wbufsize = 64 * 1024
+    # Each read waits at most this long: a body shorter than its Content-Length, or a client gone
+    # silent, frees its thread (and an idle kept-alive connection closes) instead of holding it for ever.
+    timeout = 60
 
     def setup(self) -> None:
         super().setup()
@@ -242,9 +246,16 @@ class _RequestHandler(WSGIRequestHandler):
             self.wfile.flush()
             del self.headers["Expect"]
         length = self.headers.get("Content-Length", "0")
-        if "Transfer-Encoding" in self.headers or not length.isdigit():
+        if "Transfer-Encoding" in self.headers:
             self.close_connection = True  # werkzeug's own way: read what is there, then close
             return super().run_wsgi()
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_REQUEST_BODY:
+            # RFC 9110: 1*DIGIT ('\u00b2'.isdigit() is True); a huge one, read() would allocate before
+            # reading a byte. Where the body ends is unknown: the connection closes after the answer.
+            self.close_connection = True
+            too_large = length.isascii() and length.isdigit()
+            return self.send_error(413 if too_large else 400, "Request body too large" if too_large
+                                   else "Bad Content-Length")
         connection_file, self.rfile = self.rfile, io.BytesIO(self.rfile.read(int(length)))
         try:
             super().run_wsgi()  # its drain after the response now reads self.rfile, not the next request

@@ -36,6 +36,7 @@ from scim2_models import (
     Uniqueness,
 )
 
+from ..accounts import ascii_lower
 from .mapping import plain_role
 
 MAX_RESULTS = 200
@@ -82,9 +83,18 @@ class User(Resource[AnyExtension]):
     """App role values: Portal.User gives a user account, Portal.Agent an agent account."""
 
 
+def comparison_key(binding: Any, value: str) -> str:
+    """What filters, PATCH value paths and uniqueness compare: the value, with only ASCII A-Z folded
+    where the attribute is not caseExact. The email key's rule (SPEC), so that a filter answered by a
+    scan agrees with one answered by the pointers: scim2-models' default (NFC, then str.lower) made
+    the Kelvin sign equal k and 'Ä' equal 'ä', two mailboxes one person."""
+    return value if binding.case_exact else ascii_lower(value)
+
+
 POLICY = ScimPolicy(unknown=ScimPolicy.Unknown.ignore,
                     remove_value_as_filter=ScimPolicy.RemoveValue.apply,
-                    unmatched_path_filter=ScimPolicy.UnmatchedPathFilter.create)
+                    unmatched_path_filter=ScimPolicy.UnmatchedPathFilter.create,
+                    comparison_key=comparison_key)
 
 BEARER = AuthenticationScheme(type=AuthenticationScheme.Type.oauthbearertoken, name="OAuth Bearer Token",
                               description="Authentication with the directory sync token (Authorization: Bearer)",

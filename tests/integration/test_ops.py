@@ -6,6 +6,7 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import requests
 
 from shared.config import KIND_ROLES
@@ -163,3 +164,28 @@ def test_an_expired_client_secret_is_red(stub, use_settings, signing_key_pem):
     health = get("/api/health")
     assert health.status_code == 503
     assert health.json()["checks"]["client_secret"]["days_to_expiry"] < 0
+
+
+ENTRA_SECRET_VALUE = "Xq58Q~Zk3yJ_vT0pR.aB9cD2eF4gH6iJ8kL0mN1oP"  # the shape of an Entra client secret's Value
+SAS = "sv=2022-11-02&ss=t&srt=sco&sp=rwdlacu&se=2030-01-01&sig=SECRETSIG%3D"
+
+
+@pytest.mark.parametrize("setting, value, secret", [
+    # The secret's Value pasted where its name goes: Key Vault refuses the name, and its problem quoted it.
+    ("SESSION_SIGNING_KEY_NAME", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
+    # The connection string pasted where the endpoint goes, or the portal's "Table service SAS URL".
+    ("TABLES_ENDPOINT", "DefaultEndpointsProtocol=https;AccountName=contososso;AccountKey=X91DfRtGh2k",
+     "X91DfRtGh2k"),
+    ("TABLES_ENDPOINT", f"https://contososso.table.core.windows.net/?{SAS}", "SECRETSIG"),
+], ids=["secret-in-a-name", "key-in-the-endpoint", "sas-in-the-endpoint"])
+def test_a_credential_pasted_into_the_wrong_setting_is_named_but_never_shown(use_settings, setting, value, secret):
+    """Problems name the setting and the fix, never a value that may be a credential: the login's 500
+    page is anonymous, and the same text reaches the log line and the audit row's detail."""
+    use_settings(**{setting: value, "TABLES_CONNECTION_STRING": None} if setting == "TABLES_ENDPOINT"
+                 else {setting: value})
+    login = get("/api/sso/user/login")
+    assert login.status_code == 500 and setting in login.text, login.text[:600]
+    setup, health = get("/api/sso/setup").text, get("/api/health").text
+    for text in (login.text, setup, health):
+        assert secret not in text, "a credential pasted into a setting is shown"
+    assert 'class="st fail"' in row_of(setup, setting)

@@ -85,6 +85,19 @@ def test_a_jwks_endpoint_that_is_down_does_not_stop_logins_while_the_keys_are_ca
     assert hostile_idp.jwks_fetches == fetches, "the cached keys served; the JWKS endpoint was not needed"
 
 
+@pytest.mark.parametrize("body", ['{"keys": null}', '{"keys": []}', "[" * 100_000 + "]" * 100_000],
+                         ids=["keys-null", "no-keys", "nested-too-deep"])
+def test_a_jwks_that_is_no_key_set_is_the_idp_unavailable_not_a_crash(hostile_idp, app, account_store, body):
+    person = new_person(account_store)
+    hostile_idp.answer(claims=person.claims)
+    hostile_idp.jwks_body = body
+    try:
+        assert_error_page(sign_in(hostile_idp), 503, app, "idp_unavailable")
+    finally:
+        hostile_idp.jwks_body = None
+    assert_signed_in(sign_in(hostile_idp), person)  # the next login fetches a good key set
+
+
 def test_an_idp_down_when_its_metadata_and_keys_are_due_for_their_daily_refresh_does_not_stop_logins(
         hostile_idp, app, account_store):
     person = new_person(account_store)

@@ -164,6 +164,27 @@ def test_an_email_filter_finds_everyone_holding_the_address_not_only_its_account
         assert {u["id"] for u in listed["Resources"]} == expected, flt
 
 
+@pytest.mark.parametrize("stored, asked", [("\u00c4rzte", "\u00e4rzte"), ("kim", "\u212aim")],
+                         ids=["umlaut-case", "kelvin-sign"])
+def test_every_filter_shape_compares_names_and_emails_as_the_email_key_does(scim, stored, asked):
+    """Only ASCII A-Z are folded (SPEC's email key): 'Ä'/'ä' and the Kelvin sign/'k' are other mailboxes.
+    A filter the pointers answer agreed; one answered by a scan (an `or`, an email that is not the work
+    one) compared like Unicode (scim2-models' default), so one mailbox's lookup found another's person,
+    whom Entra then PATCHes."""
+    email = f"{unique(stored)}@contoso.test"
+    created = scim.post("/Users", entra.create_user(email, email, oid()))
+    assert created.status_code == 201, created.text
+    holder, other = created.json(), email.replace(stored, asked, 1)
+    user_name = other
+    for flt in (f'userName eq "{user_name}"', f'userName eq "{user_name}" or userName eq "nobody"',
+                f'emails[type eq "work" and value eq "{other}"]', f'emails[value eq "{other}"]',
+                f'emails.value eq "{other}"'):
+        listed = scim.get("/Users", params={"filter": flt}).json()
+        assert listed["totalResults"] == 0, f"{flt} found {[u['userName'] for u in listed['Resources']]}"
+    found = scim.get("/Users", params={"filter": f'userName eq "{holder["userName"].upper()}" or userName eq "x"'})
+    assert [u["id"] for u in found.json()["Resources"]] == [holder["id"]], "ASCII case still folds in a scan"
+
+
 def test_paging_with_start_index_and_count(scim):
     for _ in range(3):
         new_user(scim)

@@ -138,6 +138,7 @@ class HostileIdp:
             # How the token endpoint lets clients authenticate (advertised and enforced).
             self.token_auth_methods = ["client_secret_post", "private_key_jwt"]
             self.metadata_overrides: dict = {}  # members of the discovery document replaced (None removes)
+            self.jwks_body: str | None = None  # served (200, JSON) instead of the key set: a broken JWKS
 
     def answer(self, **script) -> None:
         """Scripts the token endpoint's next answers (see Script), until the next answer() or reset()."""
@@ -280,6 +281,8 @@ class HostileIdp:
         if method == "GET" and path == f"{base}/discovery/v2.0/keys":
             with self._lock:
                 self.jwks_fetches += 1
+            if self.jwks_body is not None:
+                return 200, "application/json", self.jwks_body
             return _json(200, {"keys": [*(k.jwk() for k in self.keys), *self.extra_jwks]})
         if method == "GET" and path == f"{base}/oauth2/v2.0/authorize":
             return self._authorize(query)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from shared.errors import InvalidIdToken
+from shared.errors import DependencyUnavailable, InvalidIdToken
 from shared.id_token import LEEWAY_SECONDS, MAX_TOKEN_AGE_SECONDS, verify_id_token
 from shared.jwks import JwksCache
 from shared.provider import ProviderMetadata
@@ -270,6 +270,12 @@ def test_id_token_with_a_non_finite_exp_fails_the_exp_check(idp, exp):
     refused(idp, token, "exp")
 
 
+@pytest.mark.parametrize("name", ["exp", "iat", "nbf"])
+def test_a_time_claim_too_large_for_a_float_fails_its_check_not_with_a_crash(idp, name):
+    # JSON integers have no bound; math.isfinite(10**400) raises OverflowError (was a 500, internal_error).
+    refused(idp, idp.mint(**{name: 10**400}), name)
+
+
 # Step 10: iat, nbf
 
 @pytest.mark.parametrize("name", ["iat", "nbf"])
@@ -319,6 +325,13 @@ def test_id_token_without_nonce_fails_the_nonce_check_when_one_was_sent(idp):
     refused(idp, idp.mint(nonce=DROP), "nonce")
 
 
+@pytest.mark.parametrize("nonce", ["n\u00e9", 42, ["expected-nonce-value"]], ids=["non-ascii", "number", "list"])
+def test_a_nonce_that_is_not_an_ascii_string_fails_the_nonce_check_not_with_a_crash(idp, nonce):
+    # hmac.compare_digest refuses non-ASCII str with TypeError: MSAL's own nonce check hides it today,
+    # ours is the defence once MSAL drops that check.
+    refused(idp, idp.mint(nonce=nonce), "nonce")
+
+
 # Key selection (kid)
 
 def test_id_token_with_an_unknown_kid_is_refused(idp):
@@ -347,9 +360,16 @@ def test_id_token_is_verified_with_a_jwk_that_declares_its_own_alg(rsa_key):
     assert idp.verify(idp.mint())["sub"] == "person-sub", "a JWK declaring RS256 verifies an RS256 token"
 
 
-def test_id_token_signed_by_a_jwk_marked_for_encryption_is_refused(rsa_key):
-    idp = Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, use="enc")]}, metadata=metadata_for())
+def test_id_token_signed_by_a_jwk_marked_for_encryption_is_refused(rsa_key, other_rsa_key):
+    idp = Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, use="enc"), rsa_jwk(other_rsa_key, "sig-key")]},
+              metadata=metadata_for())
     refused(idp, idp.mint(), "kid")
+
+
+def test_a_jwks_of_encryption_keys_only_is_the_idp_unavailable_not_a_key_to_use(rsa_key):
+    idp = Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, use="enc")]}, metadata=metadata_for())
+    with pytest.raises(DependencyUnavailable):
+        idp.verify(idp.mint())
 
 
 # ---- clock skew: each time check exactly at its bound passes, one second past it fails

@@ -243,3 +243,32 @@ def test_the_first_fetch_failing_is_not_kept(jwks_a):
         cache.signing_key("kid-a", "RS256")
     idp.down = False
     assert cache.signing_key("kid-a", "RS256").key_id == "kid-a", "the next request fetches again at once"
+
+
+@pytest.mark.parametrize("doc", [{"keys": None}, {"keys": 5}, {"keys": {"kid": "x"}}, [], {}, {"keys": []},
+                                 {"keys": [{"kty": "RSA", "kid": "bad"}]}],
+                         ids=["null", "number", "object", "list", "empty", "no-keys", "no-usable-key"])
+def test_a_jwks_without_a_usable_key_is_the_idp_unavailable_and_keys_held_serve_on(jwks_a, doc):
+    """A 200 that is not a key set (a publishing glitch, a wrong endpoint) must neither crash the login
+    (a 500) nor replace the keys held with none (every login a 401 until the next refresh)."""
+    t = [1000.0]
+    answers = [{"keys": [jwks_a]}, doc]
+    cache = JwksCache(fetch=lambda: answers.pop(0) if len(answers) > 1 else answers[0], clock=lambda: t[0])
+    assert cache.signing_key("kid-a", "RS256").key_id == "kid-a"
+    t[0] += 86400 + 1  # the daily refresh is due and gets `doc`
+    assert cache.signing_key("kid-a", "RS256").key_id == "kid-a", "the keys held still verify"
+    cold = JwksCache(fetch=lambda: doc, clock=lambda: t[0])
+    with pytest.raises(DependencyUnavailable) as caught:
+        cold.signing_key("kid-a", "RS256")
+    assert caught.value.status == 503 and "JWKS" in caught.value.detail
+
+
+def test_an_rsa_key_under_2048_bits_is_not_used(jwks_a):
+    """RFC 7518 3.3: RS*/PS* keys are 2048 bits or more. A factorable IdP key would let anyone mint ID
+    tokens: it is skipped like any key we cannot use; the good one still serves."""
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the weak key under test
+    weak_jwk = {**RSAAlgorithm.to_jwk(weak.public_key(), as_dict=True), "kid": "weak"}
+    cache = JwksCache(fetch=lambda: {"keys": [weak_jwk, jwks_a]}, clock=lambda: 1000.0)
+    assert cache.signing_key("kid-a", "RS256").key_id == "kid-a"
+    with pytest.raises(InvalidIdToken):
+        cache.signing_key("weak", "RS256")
