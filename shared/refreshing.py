@@ -80,11 +80,6 @@ class Refreshing(Generic[T]):
         self.unavailable_since: datetime | None = None
         self.unavailable_detail = ""
 
-    @property
-    def held(self) -> T | None:
-        held = self._held
-        return None if held is None else held.value
-
     def get(self) -> T:
         held = self._held
         if held is not None and self._clock() < held.due:
@@ -130,33 +125,36 @@ class Refreshing(Generic[T]):
 
     def _lead(self, read: _Read, *, keep: bool) -> T:
         try:
-            value = self._fetch()
-        except BaseException as exc:
+            return self._read(read, keep=keep)
+        finally:  # whatever happened, those waiting for this read are let go
             with self._lock:
-                read.error = exc
+                self._reading = None
+            read.done.set()
+
+    def _read(self, read: _Read, *, keep: bool) -> T:
+        try:
+            value = self._fetch()
+            fresh_for = self._fresh_for(value)
+        except BaseException as exc:
+            read.error = exc
+            with self._lock:
                 held, now = self._held, self._clock()
                 if (keep and isinstance(exc, DependencyUnavailable) and held is not None
                         and now < held.fresh_until + self._max_stale):
-                    self._held = _Held(held.value, held.fresh_until,
-                                       now + min(self._fresh_for(held.value), self._retry))
+                    retry = min(self._fresh_for(held.value), self._retry)
+                    self._held = _Held(held.value, held.fresh_until, now + retry)
                     self._stale(exc)
                     read.value, read.kept = held.value, True
-                self._reading = None
-            read.done.set()
-            if read.kept:
-                return read.value
+                    return held.value
             raise
         with self._lock:
-            now = self._clock()
-            fresh_until = now + self._fresh_for(value)
+            fresh_until = self._clock() + fresh_for
             self._held = _Held(value, fresh_until, fresh_until)
             self.reads += 1
             if self.unavailable_since is not None:
                 log.info("%s.recovered %s", self._service, self._subject)
                 self.unavailable_since, self.unavailable_detail = None, ""
-            read.value = value
-            self._reading = None
-        read.done.set()
+        read.value = value
         return value
 
     def _stale(self, exc: DependencyUnavailable) -> None:
