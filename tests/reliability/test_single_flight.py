@@ -29,7 +29,7 @@ from tests.unit.test_config import env
 
 TIMEOUT = 1  # the dependency's read timeout in these tests
 CALLERS = 8
-WARM = 0.3  # what a caller served from the cache may take, at most, while the one re-read waits
+WARM = 0.5  # what a caller served from the cache may take, at most, while the one re-read waits
 DISCOVERY, JWKS = "/.well-known/openid-configuration", "/discovery/v2.0/keys"
 
 
