@@ -88,7 +88,9 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 def http_route(bp: func.Blueprint, route: str, methods: list[str], auth_level: func.AuthLevel):
     """Registers an HTTP function that answers 405 (with Allow) to the methods it does not serve.
     The trigger takes every method because Azure's host answers 404, not 405, to a known route with
-    a wrong method (azure-functions-host#10098)."""
+    a wrong method (azure-functions-host#10098). A route lists HEAD beside GET (RFC 9110 9.1: the
+    same answer without its body, which the host drops) only when a GET changes nothing: a HEAD on
+    the login start would start a login."""
 
     def register(handler):
         @functools.wraps(handler)

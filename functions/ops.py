@@ -12,11 +12,11 @@ from .http import guarded, http_route
 bp = func.Blueprint()
 
 
-@http_route(bp, "sso/setup", ["GET"], func.AuthLevel.FUNCTION)
+@http_route(bp, "sso/setup", ["GET", "HEAD"], func.AuthLevel.FUNCTION)
 def sso_setup(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     return guarded(context, lambda cid: diagnostics.setup(get_runtime(), correlation_id=cid))
 
 
-@http_route(bp, "health", ["GET"], func.AuthLevel.FUNCTION)
+@http_route(bp, "health", ["GET", "HEAD"], func.AuthLevel.FUNCTION)
 def health(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     return guarded(context, lambda cid: diagnostics.health(get_runtime()))

@@ -41,13 +41,13 @@ def sso_logout(req: func.HttpRequest, context: func.Context) -> func.HttpRespons
     return guarded(context, lambda cid: service().logout(kind, cid))
 
 
-@http_route(bp, "sso/{kind}/signed-out", ["GET"], func.AuthLevel.ANONYMOUS)
+@http_route(bp, "sso/{kind}/signed-out", ["GET", "HEAD"], func.AuthLevel.ANONYMOUS)
 def sso_signed_out(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     # Takes nothing from the request but the kind: the IdP's query (state, ...) is ignored.
     kind = req.route_params.get("kind", "")
     return guarded(context, lambda cid: service().signed_out(kind, cid))
 
 
-@http_route(bp, "sso/jwks.json", ["GET"], func.AuthLevel.ANONYMOUS)
+@http_route(bp, "sso/jwks.json", ["GET", "HEAD"], func.AuthLevel.ANONYMOUS)
 def sso_jwks(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     return guarded(context, lambda cid: service().session_jwks(cid))

@@ -507,10 +507,12 @@ def _portals(read: _Reader, _: dict) -> dict:
         if home and not _https_url(home, allow_loopback_http=True):
             read.problem(home_name, f"{quoted(home)} is not {_URL_FIX};",
                          f"set the page the {kind}s start from, or remove it to use the portal URL's origin.")
+            home = ""  # portal_homes links it while the settings fail: the default stands in
         elif home and kind in urls and home == urls[kind]:
             read.problem(home_name, f"is the landing URL {name}, which takes the session token's POST only "
                          "(a link there is a GET);", f"set the page the {kind}s start from, or remove it to use "
                          "the portal URL's origin.")
+            home = ""
         homes[kind] = home or (f"{origin_of(urls[kind])}/" if kind in urls else "")
     origins = {origin_of(u) for u in urls.values()}
     raw_origins = read.get("PORTAL_ALLOWED_RETURN_ORIGINS")

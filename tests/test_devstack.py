@@ -452,3 +452,22 @@ def test_an_empty_variable_is_not_reported_as_winning_over_the_settings(monkeypa
     monkeypatch.setenv("PUBLIC_BASE_URL", "https://127.0.0.1:7071")
     values = {"OIDC_CLIENT_SECRET": "s", "OIDC_CLIENT_ID": "c", "PUBLIC_BASE_URL": "https://127.0.0.1:7071"}
     assert from_environment(values) == ["OIDC_CLIENT_SECRET"]
+
+
+def test_files_holding_secrets_are_private_even_when_they_were_there_before(tmp_path):
+    """`cp local.settings.example.json local.settings.json` leaves a 0644 file: O_CREAT's 0600 does not
+    apply to it, so make run wrote the storage key into a file every local user could read."""
+    from tools.dev import _write_private
+
+    existing = tmp_path / "local.settings.json"
+    existing.write_text("{}")
+    existing.chmod(0o644)
+    _write_private(existing, '{"AccountKey": "k"}')
+    fresh = tmp_path / "new"
+    old = os.umask(0)
+    try:
+        _write_private(fresh, "secret")
+    finally:
+        os.umask(old)
+    assert (existing.stat().st_mode & 0o777, fresh.stat().st_mode & 0o777) == (0o600, 0o600)
+    assert existing.read_text() == '{"AccountKey": "k"}'

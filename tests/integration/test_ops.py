@@ -189,3 +189,18 @@ def test_a_credential_pasted_into_the_wrong_setting_is_named_but_never_shown(use
     for text in (login.text, setup, health):
         assert secret not in text, "a credential pasted into a setting is shown"
     assert 'class="st fail"' in row_of(setup, setting)
+
+
+@pytest.mark.parametrize("path", ["/api/sso/jwks.json", "/api/sso/user/signed-out", "/api/health", "/api/sso/setup"])
+def test_head_is_served_where_get_is_and_has_no_side_effect(app_server, path):
+    """RFC 9110 9.1: HEAD wherever GET, with GET's headers (uptime monitors, JWKS caches send it)."""
+    got, head = get(path), requests.head(f"{APP_BASE}{path}", timeout=TIMEOUT)
+    assert head.status_code == got.status_code == 200, (head.status_code, head.text[:300])
+    assert head.content == b"" and head.headers["Content-Type"] == got.headers["Content-Type"]
+    assert head.headers["Cache-Control"] == got.headers["Cache-Control"]
+
+
+def test_head_on_the_login_start_is_405_it_would_start_a_login(app_server):
+    refused = requests.head(f"{APP_BASE}/api/sso/user/login", timeout=TIMEOUT, allow_redirects=False)
+    assert refused.status_code == 405 and refused.headers["Allow"] == "GET"
+    assert "Set-Cookie" not in refused.headers

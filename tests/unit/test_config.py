@@ -347,6 +347,18 @@ def test_a_portal_home_that_is_the_landing_url_or_not_a_url_is_refused(value, te
         f"{value!r} ", "")
 
 
+@pytest.mark.parametrize("value", ["javascript:alert(1)//", "http://evil.example/", "https://portal.contoso.test/user"],
+                         ids=["javascript", "plain-http", "the-landing-url"])
+def test_a_refused_portal_home_is_never_the_way_back_while_the_settings_are_bad(value):
+    """The signed-out and error pages link the homes of `portal_homes` while the settings fail; a home
+    the settings refuse went there as it was (a javascript: or plain-http link, a GET to the POST-only
+    landing URL). The portal URL's origin stands in, as when no home is set."""
+    from shared.config import portal_homes
+
+    assert portal_homes(env(PORTAL_USER_HOME_URL=value)) == {"user": "https://portal.contoso.test/",
+                                                             "agent": "https://portal.contoso.test/"}
+
+
 def test_the_signed_out_uri_is_built_from_the_public_base_url():
     settings = load_settings(env())
     assert settings.signed_out_uri("agent") == "https://sso.contoso.test/api/sso/agent/signed-out"
