@@ -1,12 +1,10 @@
 """The IdP's signing keys, cached. An unknown `kid` triggers one refetch (a genuine rotation is
 picked up at once), at most one such refetch per `min_refetch_seconds`, shared by concurrent misses,
-so a stream of forged tokens cannot make us hammer the IdP; the set is refreshed at least daily. A
-daily refresh that fails keeps the keys held (refresh_or_keep)."""
+so a stream of forged tokens cannot make us hammer the IdP; the set is refreshed at least daily. The
+fetches are single-flight, and a daily refresh that fails keeps the keys held (refreshing.py)."""
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,33 +13,22 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import DependencyUnavailable, InvalidIdToken
+from .refreshing import Refreshing
 
-log = logging.getLogger("portal_sso")
 # While the IdP's endpoint is down, how often a refresh of what we hold is tried again, and for how long
-# past its daily refresh what we hold still serves (refresh_or_keep: the keys and the metadata).
+# past its daily refresh what we hold still serves (the keys and the metadata, runtime.py): the keys
+# held still verify what the IdP signs until it rotates (a rotation's new kid still asks for a
+# refetch), the metadata's endpoints rarely move; held a week past its refresh, neither serves: a
+# key the IdP retired (compromised) must not verify for ever because its JWKS stays out of reach.
 STALE_RETRY_SECONDS = 60.0
 MAX_STALE_SECONDS = 7 * 86400.0
 MIN_RSA_BITS = 2048  # RFC 7518 3.3, as the session key (session_token.py)
 
 
-def refresh_or_keep(refresh: Callable[[], None], fetched_at: float, now: float, max_age: float,
-                    what: str) -> float:
-    """Runs `refresh`, the daily refresh of something fetched from the IdP at `fetched_at`; returns when
-    the next may be tried (0: whenever due). If the IdP does not answer, what is held serves on
-    (RELIABILITY.md): the keys held still verify what the IdP signs until it rotates (a rotation's new
-    kid still asks for a refetch), the metadata's endpoints rarely move. The next try comes
-    STALE_RETRY_SECONDS later, so an outage does not cost every request the IdP's timeout. Held
-    MAX_STALE_SECONDS past its refresh, it no longer serves (raises): a key the IdP retired
-    (compromised) must not verify for ever because its JWKS stays out of reach."""
-    try:
-        refresh()
-        return 0.0
-    except DependencyUnavailable as exc:
-        if now - fetched_at >= max_age + MAX_STALE_SECONDS:
-            raise
-        log.warning("%s: the daily refresh failed (%s); what is held serves on, next try in %ds", what,
-                    exc.detail, STALE_RETRY_SECONDS)
-        return now + STALE_RETRY_SECONDS
+@dataclass(frozen=True)
+class _KeySet:
+    keys: list[IdpKey]
+    fetched_at: float
 
 
 class JwksCache:
@@ -49,45 +36,32 @@ class JwksCache:
                  max_age_seconds: float = 86400.0, clock: Callable[[], float] = time.monotonic):
         self._fetch = fetch
         self._min_refetch = min_refetch_seconds
-        self._max_age = max_age_seconds
         self._clock = clock
-        self._lock = threading.Lock()
-        self._keys: list[IdpKey] = []
-        self._fetched_at: float | None = None
-        self._miss_fetched_at: float | None = None  # last refetch caused by an unknown kid
-        self._retry_at = 0.0  # after a failed daily refresh: no new try before this
-        self.fetch_count = 0
+        self._keys = Refreshing(self._fetch_keys, "idp", "keys", fresh_for=max_age_seconds,
+                                retry_seconds=STALE_RETRY_SECONDS, max_stale_seconds=MAX_STALE_SECONDS, clock=clock)
 
-    def _refresh_locked(self) -> None:
+    @property
+    def fetch_count(self) -> int:
+        return self._keys.reads
+
+    def _fetch_keys(self) -> _KeySet:
         doc = self._fetch()
         items = doc.get("keys") if isinstance(doc, dict) else None
         keys = [key for key in map(_usable_key, items if isinstance(items, list) else []) if key is not None]
         if not keys:
             # A 200 that is no key set (a publishing glitch, a wrong endpoint) is the IdP unavailable:
-            # the keys held serve on (refresh_or_keep), rather than none at all.
+            # the keys held serve on (refreshing.py), rather than none at all.
             raise DependencyUnavailable("idp", "the JWKS holds no signing key we can use")
-        self._keys = keys
-        self._fetched_at = self._clock()
-        self.fetch_count += 1
+        return _KeySet(keys, self._clock())
 
     def _current(self, *, refetch: bool) -> tuple[list[IdpKey], bool]:
-        """The keys, and whether this call fetched them. Only refetches caused by an unknown kid are
-        rate-limited, so the first unknown kid after a routine fetch (a genuine rotation) refetches
-        at once, while a stream of unknown kids costs the IdP one fetch per `min_refetch_seconds`."""
-        with self._lock:
-            now = self._clock()
-            if self._fetched_at is None:
-                self._refresh_locked()
-                return self._keys, True
-            if now - self._fetched_at >= self._max_age and now >= self._retry_at:
-                self._retry_at = refresh_or_keep(self._refresh_locked, self._fetched_at, now, self._max_age,
-                                                 "idp keys")
-                return self._keys, True
-            if refetch and (self._miss_fetched_at is None or now - self._miss_fetched_at >= self._min_refetch):
-                self._refresh_locked()
-                self._miss_fetched_at = now
-                return self._keys, True
-            return self._keys, False
+        """The keys, and whether they were fetched during this call. Only refetches caused by an
+        unknown kid are rate-limited (refresh's `not_within`), so the first unknown kid after a
+        routine fetch (a genuine rotation) refetches at once, while a stream of unknown kids costs
+        the IdP one fetch per `min_refetch_seconds`; concurrent misses share that fetch."""
+        asked = self._clock()
+        held = self._keys.refresh(not_within=self._min_refetch) if refetch else self._keys.get()
+        return held.keys, held.fetched_at >= asked
 
     def warm(self) -> None:
         """Fetches the keys now if they are not cached (or are a day old)."""

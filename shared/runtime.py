@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from functools import cached_property
 
@@ -18,9 +17,10 @@ from .background import BACKGROUND
 from .config import Settings, load_settings
 from .errors import DependencyUnavailable
 from .flows import FlowStore
-from .jwks import JwksCache, refresh_or_keep
+from .jwks import MAX_STALE_SECONDS, STALE_RETRY_SECONDS, JwksCache
 from .oidc_client import OidcClient
 from .provider import ProviderMetadata, discover
+from .refreshing import Refreshing
 from .session_token import SessionSigner, load_signing_keys
 from .tables import ACCOUNTS_TABLE, EVENTS_TABLE, FLOWS_TABLE, Tables
 from .transport import IdpSession
@@ -38,11 +38,15 @@ class Runtime:
     def __init__(self, env: Mapping[str, str] | None = None, *, credential_factory: Callable[[], object] | None = None):
         self._env = env if env is not None else os.environ
         self._credential_factory = credential_factory or _default_credential
+        # Guards building settings and clients (no I/O); the IdP caches have their own single-flight
+        # (refreshing.py), so a request that never needs the IdP never waits on it.
         self._lock = threading.RLock()
         self._settings: Settings | None = None
         self._credential = None
-        self._metadata: tuple[float, ProviderMetadata] | None = None
-        self._metadata_retry_at = 0.0
+        self._metadata = Refreshing(self._discover, "idp", "metadata", fresh_for=METADATA_MAX_AGE,
+                                    retry_seconds=STALE_RETRY_SECONDS, max_stale_seconds=MAX_STALE_SECONDS)
+        self._jwks = JwksCache(self._fetch_jwks)
+        self._oidc: OidcClient | None = None
         self._warming = False
 
     @property
@@ -127,26 +131,12 @@ class Runtime:
     def metadata(self) -> ProviderMetadata:
         """The IdP's metadata, discovered on first use and refreshed daily. A failed first discovery is
         not kept, so the next request tries again; a failed daily refresh keeps what we hold, as the
-        IdP's keys do (jwks.refresh_or_keep)."""
-        with self._lock:
-            now = time.monotonic()
-            if self._metadata is None:
-                self._metadata = (now, self._discover())
-            elif now - self._metadata[0] > METADATA_MAX_AGE and now >= self._metadata_retry_at:
-                def refresh() -> None:
-                    self._metadata = (now, self._discover())
-
-                self._metadata_retry_at = refresh_or_keep(refresh, self._metadata[0], now, METADATA_MAX_AGE,
-                                                          "idp metadata")
-            return self._metadata[1]
+        IdP's keys do (refreshing.py)."""
+        return self._metadata.get()
 
     def _discover(self) -> ProviderMetadata:
         s = self.settings
         return discover(s.metadata_url, s.issuer_base, self.session, multi_tenant=s.multi_tenant)
-
-    @cached_property
-    def _jwks(self) -> JwksCache:
-        return JwksCache(self._fetch_jwks)
 
     def idp_keys(self) -> JwksCache:
         """The IdP's ID-token signing keys (its JWKS), cached."""
@@ -178,12 +168,18 @@ class Runtime:
             except Exception as exc:  # the callback will meet it again, and report it
                 log.info("runtime.warm_up skipped a step: %s", type(exc).__name__)
 
-    @cached_property
+    @property
     def oidc(self) -> OidcClient:
-        s = self.settings
-        self.metadata()  # fail with our clear discovery message before MSAL tries with its own
-        return OidcClient(client_id=s.client_id, authority=s.issuer_base, credential=self.cached_client_credential,
-                          certificate=s.uses_certificate, session=self.session, metadata=self.metadata)
+        """Built once. Not a cached_property: Python 3.11's holds a lock while it computes, and this
+        waits on the IdP (concurrent cold requests would each wait for it in turn)."""
+        if self._oidc is None:
+            self.metadata()  # fail with our clear discovery message before MSAL tries with its own
+            s, credential, session = self.settings, self.cached_client_credential, self.session
+            with self._lock:  # only the build: the properties above take locks of their own
+                if self._oidc is None:
+                    self._oidc = OidcClient(client_id=s.client_id, authority=s.issuer_base, credential=credential,
+                                            certificate=s.uses_certificate, session=session, metadata=self.metadata)
+        return self._oidc
 
 
 def _default_credential():

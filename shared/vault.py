@@ -4,12 +4,11 @@ restart: a new Key Vault version is picked up by the next read)."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -23,9 +22,8 @@ from azure.core.exceptions import (
 
 from .config import LOOPBACK_HOSTS
 from .errors import ConfigurationError, DependencyUnavailable
+from .refreshing import Refreshing
 from .transport import azure_client_options
-
-log = logging.getLogger("portal_sso")
 
 
 @dataclass(frozen=True)
@@ -90,56 +88,24 @@ class SettingsReader:
         return SecretValue(value, None, None, setting)
 
 
-class CachedSecret:
-    """A secret read once and re-read after `ttl_seconds`. When Key Vault cannot be reached at a
-    re-read, the last good value keeps serving (a secret does not stop being valid because the vault
-    is down; refusing everyone would turn a vault outage into a sign-in outage), `unavailable_since`
-    says so (the health check turns amber), and the vault is tried again every
-    min(ttl, STALE_RETRY_SECONDS) rather than on every call. A secret that was never read, or a
-    vault that answers "no such secret" or "forbidden" (an admin's doing, not an outage), fails."""
+class CachedSecret(Refreshing[SecretValue]):
+    """A secret read once and re-read after `ttl_seconds` (refreshing.py's rules: one read at a time,
+    the others served meanwhile). When Key Vault cannot be reached at a re-read, the last good value
+    keeps serving (`unavailable_since` says so, the health check turns amber) and the vault is tried
+    again every min(ttl, STALE_RETRY_SECONDS). A secret that was never read, or a vault that answers
+    "no such secret" or "forbidden" (an admin's doing, not an outage), fails."""
 
     STALE_RETRY_SECONDS = 30.0
 
     def __init__(self, reader, name: str, ttl_seconds: float, clock: Callable[[], float] = time.monotonic):
-        self._reader, self.name, self._ttl, self._clock = reader, name, ttl_seconds, clock
-        self._value: SecretValue | None = None
-        self._read_at = 0.0
-        self._lock = threading.Lock()
-        self.reads = 0
-        self.unavailable_since: datetime | None = None  # when a re-read first failed (UTC); None: fresh
-        self.unavailable_detail = ""
-
-    def get(self) -> SecretValue:
-        with self._lock:
-            if self._value is None or self._clock() - self._read_at >= self._ttl:
-                self._read_locked(keep_last_good=True)
-            return self._value
+        self.name = name
+        super().__init__(lambda: reader.read(name), "vault", f"secret={name}", fresh_for=ttl_seconds,
+                         retry_seconds=self.STALE_RETRY_SECONDS, clock=clock)
 
     def refresh(self) -> SecretValue:
-        """Re-reads now (the IdP said our secret is wrong: maybe it was just rotated). The last good
-        value is no fallback here: the IdP has just refused it."""
-        with self._lock:
-            self._read_locked(keep_last_good=False)
-            return self._value
-
-    def _read_locked(self, *, keep_last_good: bool) -> None:
-        try:
-            value = self._reader.read(self.name)
-        except DependencyUnavailable as exc:
-            if not keep_last_good or self._value is None:
-                raise
-            if self.unavailable_since is None:
-                self.unavailable_since = datetime.now(UTC)
-                log.warning("vault.stale secret=%s serving the last good version %s: %s", self.name,
-                            self._value.version or "(unversioned)", exc.detail)
-            self.unavailable_detail = exc.detail
-            self._read_at = self._clock() - self._ttl + min(self._ttl, self.STALE_RETRY_SECONDS)
-            return
-        if self.unavailable_since is not None:
-            log.info("vault.recovered secret=%s version=%s", self.name, value.version or "(unversioned)")
-        self._value, self._read_at = value, self._clock()
-        self.unavailable_since, self.unavailable_detail = None, ""
-        self.reads += 1
+        """Re-reads now, or shares the read in flight (the IdP said our secret is wrong: maybe it was
+        just rotated). The last good value is no fallback here: the IdP has just refused it."""
+        return super().refresh()
 
 
 T = TypeVar("T")

@@ -9,7 +9,6 @@ routes 503 naming it). No SCIM library is imported here (the setup page uses thi
 from __future__ import annotations
 
 import hmac
-import threading
 import time
 from dataclasses import dataclass
 
@@ -17,7 +16,8 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from ..config import KINDS, SECRET_CACHE_SECONDS, SECRET_NAME_FIX, secret_name_problem
 from ..errors import ConfigurationError, Problem
-from ..vault import CachedSecret, SecretValue
+from ..refreshing import Refreshing
+from ..vault import CachedSecret
 
 MIN_TOKEN_LENGTH = 32
 MAX_TOKENS = 2
@@ -83,9 +83,13 @@ def default_kind(env) -> tuple[str | None, list[Problem]]:
     return raw or None, []
 
 
-def read_config(runtime, read_secret=None) -> SyncConfig:
-    """Reads the settings and (with KEY_VAULT_URL) the secret, with `read_secret` (name -> SecretValue;
-    default: a fresh read). Raises DependencyUnavailable when Key Vault cannot be reached."""
+def secret_name(env) -> str:
+    return (env.get("SCIM_TOKEN_NAME") or "").strip() or DEFAULT_SECRET_NAME
+
+
+def read_config(runtime) -> SyncConfig:
+    """Reads the settings and (with KEY_VAULT_URL) the secret, afresh. Raises DependencyUnavailable
+    when Key Vault cannot be reached."""
     env = runtime.env
     kind, problems = default_kind(env)
     vault = (env.get("KEY_VAULT_URL") or "").strip()
@@ -98,10 +102,10 @@ def read_config(runtime, read_secret=None) -> SyncConfig:
         named = (env.get("SCIM_TOKEN_NAME") or "").strip()
         if (why := secret_name_problem(named)):
             return SyncConfig((), "", kind, (*problems, Problem("SCIM_TOKEN_NAME", why, SECRET_NAME_FIX)))
-        name = named or DEFAULT_SECRET_NAME
+        name = secret_name(env)
         source = f"Key Vault secret '{name}'"
         try:
-            raw = (read_secret or runtime.secrets.read)(name).value
+            raw = runtime.secrets.read(name).value
         except ConfigurationError as exc:
             cause = exc.__cause__
             # No secret: directory sync is off. Key Vault answers a secret the app holds no role on with
@@ -126,50 +130,28 @@ def read_config(runtime, read_secret=None) -> SyncConfig:
 class TokenCache:
     """One SyncConfig per worker, re-read after the secret cache time (SECRET_CACHE_SECONDS, which
     the settings give; 900 s when they do not load), after OFF_RECHECK_SECONDS when sync was off or
-    had a setting error, and on `reread_for_mismatch` at most every REREAD_SECONDS. The Key Vault
-    secret is read through a CachedSecret, so a vault outage at a re-read keeps the last good token
-    (CachedSecret's rule, as for the login's secrets: Entra keeps provisioning, a wrong token is
-    still a 401) and the vault is tried again every min(cache time, STALE_RETRY_SECONDS)."""
+    had a setting error, and on `reread_for_mismatch` at most every REREAD_SECONDS. Reads are
+    single-flight, and a vault outage at a re-read keeps the last good config (refreshing.py, the
+    login's secrets' rule: Entra keeps provisioning, a wrong token is still a 401); the vault is
+    tried again every min(cache time, STALE_RETRY_SECONDS)."""
 
     def __init__(self, runtime, clock=time.monotonic):
-        self._runtime, self._clock = runtime, clock
-        self._lock = threading.Lock()
-        self._config: SyncConfig | None = None
-        self._read_at = 0.0
-        self._reread_at = -REREAD_SECONDS
-        self._secret: CachedSecret | None = None
-
-    def _read_secret(self, name: str) -> SecretValue:
-        if self._secret is None or self._secret.name != name:
-            # No time of its own (ttl 0: every call reads): this cache decides when to read.
-            self._secret = CachedSecret(self._runtime.secrets, name, 0.0, self._clock)
-        return self._secret.get()
-
-    def _read(self) -> None:
-        self._config, self._read_at = read_config(self._runtime, self._read_secret), self._clock()
+        self._runtime = runtime
+        self._config = Refreshing(lambda: read_config(runtime), "vault", f"secret={secret_name(runtime.env)}",
+                                  fresh_for=self._ttl, retry_seconds=CachedSecret.STALE_RETRY_SECONDS, clock=clock)
 
     def _ttl(self, config: SyncConfig) -> float:
         if not config.on or config.problems:
             return OFF_RECHECK_SECONDS
         try:
-            ttl = float(self._runtime.settings.secret_cache_seconds)  # one parse of the setting, config's
+            return float(self._runtime.settings.secret_cache_seconds)  # one parse of the setting, config's
         except ConfigurationError:
-            ttl = float(SECRET_CACHE_SECONDS)  # the login's settings do not load: sync still runs
-        if self._secret is not None and self._secret.unavailable_since is not None:
-            return min(ttl, CachedSecret.STALE_RETRY_SECONDS)  # serving the last good token
-        return ttl
+            return float(SECRET_CACHE_SECONDS)  # the login's settings do not load: sync still runs
 
     def get(self) -> SyncConfig:
-        with self._lock:
-            if self._config is None or self._clock() - self._read_at >= self._ttl(self._config):
-                self._read()
-            return self._config
+        return self._config.get()
 
     def reread_for_mismatch(self) -> SyncConfig:
         """A token matched none: maybe the secret was rotated since this worker read it. With Key
-        Vault down the CachedSecret gives the last good value, so the token meets a proper 401."""
-        with self._lock:
-            if self._clock() - self._reread_at >= REREAD_SECONDS:
-                self._reread_at = self._clock()
-                self._read()
-            return self._config
+        Vault down the last good config serves, so the token meets a proper 401."""
+        return self._config.refresh(keep=True, not_within=REREAD_SECONDS)

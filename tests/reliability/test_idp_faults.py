@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from shared.oidc_client import OidcClient
-from shared.runtime import METADATA_MAX_AGE
 from tests.conftest import APP_BASE, REDIRECT_URIS
 from tests.support.hostile_flow import (
     assert_signed_in,
@@ -104,10 +103,9 @@ def test_an_idp_down_when_its_metadata_and_keys_are_due_for_their_daily_refresh_
     person = new_person(account_store)
     hostile_idp.answer(claims=person.claims)
     assert_signed_in(sign_in(hostile_idp), person)  # metadata and keys fetched and cached
-    # A day on, for both caches (their clocks are time.monotonic: the entries are aged instead).
-    fetched_at, metadata = app._metadata
-    app._metadata = (fetched_at - METADATA_MAX_AGE - 1, metadata)
-    app.idp_keys()._fetched_at -= 86400
+    # A day on, for both caches (their clocks are time.monotonic: the entries are made due instead).
+    app._metadata.expire()
+    app.idp_keys()._keys.expire()
     hostile_idp.down.update({"discovery", "jwks"})
     assert_signed_in(sign_in(hostile_idp), person)
     started = time.monotonic()

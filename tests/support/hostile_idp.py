@@ -132,6 +132,9 @@ class HostileIdp:
             self.requests: list[tuple[str, str]] = []
             self.jwks_fetches = 0
             self.down: set[str] = set()  # "discovery" and/or "jwks": answered with HTTP 503
+            # "discovery" and/or "jwks" -> seconds each request is held before its answer (an IdP that
+            # accepts and does not answer)
+            self.hang: dict[str, float] = {}
             # How the token endpoint lets clients authenticate (advertised and enforced).
             self.token_auth_methods = ["client_secret_post", "private_key_jwt"]
             self.metadata_overrides: dict = {}  # members of the discovery document replaced (None removes)
@@ -268,6 +271,9 @@ class HostileIdp:
         with self._lock:
             self.requests.append((method, path))
         base = f"/{self.tenant}"
+        endpoint = {f"{base}/v2.0/.well-known/openid-configuration": "discovery", f"{base}/discovery/v2.0/keys": "jwks"}
+        if method == "GET" and self.hang.get(endpoint.get(path, "")):
+            time.sleep(self.hang[endpoint[path]])
         if method == "GET" and path == f"{base}/v2.0/.well-known/openid-configuration":
             return _json(503, {"error": "down"}) if "discovery" in self.down else _json(200, self.served_metadata())
         if method == "GET" and path == f"{base}/discovery/v2.0/keys" and "jwks" in self.down:

@@ -1,0 +1,143 @@
+"""The rules of shared/refreshing.py that the four caches share, with a fetch function the test gates
+(an Event holds it "in flight") and a fake clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from shared.errors import ConfigurationError, DependencyUnavailable
+from shared.refreshing import Refreshing
+
+
+class Source:
+    """A dependency: answers `value`, or raises `error`; `gate` (when set) holds each fetch until opened."""
+
+    def __init__(self) -> None:
+        self.value, self.error, self.calls = "v1", None, 0
+        self.gate: threading.Event | None = None
+        self.started = threading.Event()
+
+    def fetch(self) -> str:
+        self.calls += 1
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def make(source: Source, t: list[float], **kw) -> Refreshing[str]:
+    return Refreshing(source.fetch, "test", "thing", fresh_for=kw.pop("fresh_for", 100.0),
+                      retry_seconds=kw.pop("retry_seconds", 10.0), clock=lambda: t[0], **kw)
+
+
+def in_thread(call) -> tuple[threading.Thread, list]:
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except Exception as exc:  # collected
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_a_failed_re_read_keeps_the_value_until_the_retry_interval_and_a_success_clears_the_outage():
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    assert cache.get() == "v1"
+    source.error, t[0] = DependencyUnavailable("key_vault", "down"), 100.0
+    assert cache.get() == "v1" and cache.unavailable_since is not None and "down" in cache.unavailable_detail
+    t[0] = 109.9
+    assert cache.get() == "v1" and source.calls == 2, "no new try within the retry interval"
+    source.error, source.value, t[0] = None, "v2", 110.0
+    assert cache.get() == "v2" and cache.unavailable_since is None and cache.reads == 2
+
+
+def test_an_error_that_is_not_an_outage_is_raised_and_the_next_call_re_reads():
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    cache.get()
+    source.error, t[0] = ConfigurationError(["secret deleted"]), 100.0
+    with pytest.raises(ConfigurationError):
+        cache.get()
+    with pytest.raises(ConfigurationError):
+        cache.get()
+    assert source.calls == 3, "not an outage: nothing is held back, each call asks again"
+
+
+def test_a_value_past_its_stale_limit_no_longer_serves():
+    source, t = Source(), [0.0]
+    cache = make(source, t, max_stale_seconds=50.0)
+    cache.get()
+    source.error, t[0] = DependencyUnavailable("idp", "down"), 149.0
+    assert cache.get() == "v1"
+    t[0] = 160.0
+    with pytest.raises(DependencyUnavailable):
+        cache.get()
+
+
+def test_refresh_never_falls_back_on_the_held_value_unless_asked_to():
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    cache.get()
+    source.error = DependencyUnavailable("key_vault", "down")
+    with pytest.raises(DependencyUnavailable):
+        cache.refresh()  # the IdP refused the held secret: it is no answer
+    assert cache.unavailable_since is None and cache.get() == "v1", "a refused refresh changes nothing held"
+    assert cache.refresh(keep=True) == "v1", "with keep, the held value serves as for a due re-read"
+
+
+def test_refresh_at_most_once_per_not_within():
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    cache.get()
+    cache.refresh(not_within=5.0)
+    t[0] = 4.9
+    cache.refresh(not_within=5.0)
+    assert source.calls == 2
+    t[0] = 5.0
+    cache.refresh(not_within=5.0)
+    assert source.calls == 3
+
+
+def test_waiters_of_a_cold_read_share_its_error_and_the_next_call_tries_again():
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    source.gate, source.error = threading.Event(), DependencyUnavailable("idp", "timeout")
+    leader, led = in_thread(cache.get)
+    assert source.started.wait(5)
+    waiters = [in_thread(cache.get) for _ in range(5)]
+    time.sleep(0.2)  # the waiters reach the read in flight
+    source.gate.set()
+    for thread, _ in [(leader, led), *waiters]:
+        thread.join(5)
+    outcomes = [led[0], *(out[0] for _, out in waiters)]
+    assert all(outcome is source.error for outcome in outcomes), outcomes
+    assert source.calls == 1, "the waiters shared the one attempt"
+    source.error, source.gate = None, None
+    assert cache.get() == "v1" and source.calls == 2, "a failure is not kept"
+
+
+def test_during_a_re_read_others_get_the_held_value_and_a_refresh_joins_the_read_in_flight():
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    cache.get()
+    source.gate, source.value, t[0] = threading.Event(), "v2", 100.0
+    leader, led = in_thread(cache.get)
+    assert source.started.wait(5)
+    assert cache.get() == "v1", "served at once while the one re-read waits"
+    joiner, joined = in_thread(cache.refresh)
+    time.sleep(0.2)
+    assert not joined, "the refresh waits for the read in flight"
+    source.gate.set()
+    leader.join(5)
+    joiner.join(5)
+    assert (led, joined, source.calls) == (["v2"], ["v2"], 2), "the refresh shared the read in flight"
