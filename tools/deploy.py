@@ -182,7 +182,7 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     if principal_known or new_app:  # `functionapp create` grants the identity this on the whole account
         revoke(az, principal, "Storage Blob Data Contributor", storage_id, "made by functionapp create; the "
                "deployment container's Owner role suffices", known=principal_known)
-    grant(az, me, my_kind, "Key Vault Secrets Officer", vault_id, known=vault_known)
+    officer_granted = grant(az, me, my_kind, "Key Vault Secrets Officer", vault_id, known=vault_known)
 
     # 7. app settings (no storage key anywhere: host storage by identity; telemetry by identity)
     # `functionapp create` sets a key-based AzureWebJobsStorage (the plan for a new app removes it too) and,
@@ -214,13 +214,17 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
         az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
                  "--setting-names", "AzureWebJobsStorage", change=("remove", "the key-based AzureWebJobsStorage"))
 
-    # 8. the session-signing key, made once (rotation: see README); the app may read that secret alone
-    if not vault_known or az.show("keyvault", "secret", "show", "--vault-name", n["vault"], "--name",
-                                  SIGNING_KEY_NAME, "--query", "id") is None:
-        with secret_file(signing_key_pem()) as path:
-            az.write("keyvault", "secret", "set", "--vault-name", n["vault"], "--name", SIGNING_KEY_NAME,
-                     "--file", path, "--encoding", "utf-8", "--content-type", "application/x-pem-file",
-                     "--query", "id", change=("create", "session-signing key (EC P-256) in Key Vault"), quiet=True)
+    # 8. the session-signing key, made once (rotation: see README); the app may read that secret alone. The
+    # Secrets Officer role granted above, on a new vault, takes a while before Key Vault honours it.
+    def signing_key() -> None:
+        if not vault_known or az.show("keyvault", "secret", "show", "--vault-name", n["vault"], "--name",
+                                      SIGNING_KEY_NAME, "--query", "id") is None:
+            with secret_file(signing_key_pem()) as path:
+                az.write("keyvault", "secret", "set", "--vault-name", n["vault"], "--name", SIGNING_KEY_NAME,
+                         "--file", path, "--encoding", "utf-8", "--content-type", "application/x-pem-file",
+                         "--query", "id", change=("create", "session-signing key (EC P-256) in Key Vault"),
+                         quiet=True)
+    az.once_role_applies(signing_key, "Key Vault Secrets Officer", fresh=officer_granted)
     grant(az, principal, "ServicePrincipal", "Key Vault Secrets User", f"{vault_id}/secrets/{SIGNING_KEY_NAME}",
           known=principal_known and vault_known)
 
