@@ -13,6 +13,7 @@ import tomllib
 
 import pytest
 
+from tests.deploy.documented import code_lines
 from tools import deploy, register_app
 from tools.arguments import FUNCTION_APP, KEY_VAULT, STORAGE_ACCOUNT, WORKSPACE
 from tools.cli import COMMANDS, ROOT, main
@@ -21,25 +22,9 @@ DOCUMENTED = re.compile(r"^(?:scripts/|portal-sso )(deploy|register-app)\b(.*)")
 
 
 def documented_commands() -> list[tuple[str, list[str]]]:
-    """(tool, arguments) of each deploy and register-app command in a code block of README.md or docs/
-    (fenced, or indented four spaces), a trailing backslash joining lines as the shell does."""
-    found = []
-    for doc in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
-        fenced, pending = False, ""
-        for line in doc.read_text().splitlines():
-            if line.lstrip().startswith("```"):
-                fenced = not fenced
-                continue
-            if not (fenced or line.startswith("    ") or pending):
-                continue
-            text = pending + line.strip()
-            if text.endswith("\\"):
-                pending = text[:-1]
-                continue
-            pending = ""
-            if command := DOCUMENTED.match(text):
-                found.append((command[1], shlex.split(command[2], comments=True)))
-    return found
+    """(tool, arguments) of each deploy and register-app command in a code block of README.md or docs/."""
+    return [(command[1], shlex.split(command[2], comments=True))
+            for command in map(DOCUMENTED.match, code_lines()) if command]
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
