@@ -5,6 +5,7 @@ the command imports (and not the tests). The install itself is `make setup`'s `p
 from __future__ import annotations
 
 import fnmatch
+import html
 import re
 import shlex
 import subprocess
@@ -13,6 +14,8 @@ import tomllib
 
 import pytest
 
+from shared import diagnostics, pages
+from shared.errors import RoleNotAssigned
 from tests.deploy.documented import code_lines
 from tools import deploy, register_app
 from tools.arguments import FUNCTION_APP, KEY_VAULT, STORAGE_ACCOUNT, WORKSPACE
@@ -158,3 +161,24 @@ def test_every_name_derived_from_a_valid_app_name_is_one_azure_accepts(app):
 def test_names_that_fitted_stay_as_earlier_deploys_made_them():
     assert deploy.names("contoso-sso") == {"storage": "contosossostor", "vault": "contoso-sso-kv",
                                            "workspace": "contoso-sso-logs", "insights": "contoso-sso-insights"}
+
+
+def test_every_register_app_command_the_app_shows_runs_as_written(capsys):
+    """The setup page once showed `scripts/register-app assign --user UPN --kind user`, which exits 2:
+    --resource-group and --app come before the subcommand. Each command the setup page, the failure
+    fixes and the role_not_assigned page show parses once its placeholders are filled in."""
+    shown = [html.unescape(c) for c in re.findall(r"<code>(scripts/register-app [^<]*)</code>",
+                                                  pages._app_roles(False))]
+    shown += re.findall(r"scripts/register-app [^,]*", diagnostics.REASON_FIXES["role_not_assigned"][0])
+    shown += re.findall(r"scripts/register-app [^,]*", RoleNotAssigned(kind="agent", role="Portal.Agent").hint)
+    assert len(shown) == 3 and all(" assign " in c for c in shown), shown
+    filled = {"RG": "rg-sso", "APP": "contoso-sso", "UPN": "ann@contoso.com", "KIND": "agent",
+              "<your sign-in name>": "ann@contoso.com"}
+    for command in shown:
+        for placeholder, value in filled.items():
+            command = re.sub(rf"(?<![\w<-]){re.escape(placeholder)}(?![\w>])", value, command)
+        try:
+            args = register_app.parse_args(shlex.split(command)[1:])
+        except SystemExit:
+            pytest.fail(f"{command}: {capsys.readouterr().err.strip().splitlines()[-1]}")
+        assert (args.command, args.resource_group, args.app) == ("assign", "rg-sso", "contoso-sso"), command
