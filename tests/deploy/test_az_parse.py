@@ -5,6 +5,8 @@ venv: `make az-cli`), signed out, with an empty config dir: a valid command gets
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from tests.deploy.documented import az_commands
 from tests.deploy.fake_az import ME
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
+from tools.azure_cli import EXPLAINED
 
 AZ = Path(os.environ.get("PORTAL_SSO_AZ", Path.home() / ".cache/portal-sso/azure-cli-2.91.0/bin/az"))
 PARSE_ERRORS = ("unrecognized arguments", "the following arguments are required", "is misspelled",
@@ -106,3 +109,13 @@ def refused_by_real_az(commands: list[list[str]], tmp_path: Path) -> list[tuple[
         results = list(pool.map(parse, commands))
     return [(" ".join(argv), err.strip().splitlines()[-1:]) for argv, err in results
             if any(e in err for e in PARSE_ERRORS) or "Please run 'az login'" not in err]
+
+
+def test_every_az_command_a_failure_explanation_gives_is_valid_for_the_real_az_cli(tmp_path):
+    """What EXPLAINED tells an admin to run (`az keyvault recover --name <vault>`, ...) runs as written (but
+    `az login` and `az account set`, which signed out do not stop at "Please run 'az login'")."""
+    commands = [argv for _, advice in EXPLAINED for command in re.findall(r"`(az [^`]+)`", advice)
+                if (argv := shlex.split(re.sub(r"<[^>]+>", "X", command))[1:])[0] not in ("login", "account")]
+    assert any(c[:2] == ["keyvault", "recover"] for c in commands), commands
+    bad = refused_by_real_az(commands, tmp_path)
+    assert not bad, f"explained commands the real az refuses: {bad}"
