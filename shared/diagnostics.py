@@ -31,7 +31,15 @@ from .config import (
     signed_out_uri,
     valid_public_base,
 )
-from .errors import WRONG_DOOR, ConfigurationError, DependencyUnavailable, IdpMetadataInvalid, Problem, SsoError
+from .errors import (
+    REGISTER_APP,
+    WRONG_DOOR,
+    ConfigurationError,
+    DependencyUnavailable,
+    IdpMetadataInvalid,
+    Problem,
+    SsoError,
+)
 
 log = logging.getLogger("portal_sso.diagnostics")
 
@@ -53,8 +61,8 @@ REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
                          "email on a verified domain; or set REQUIRE_EMAIL_VERIFIED_CLAIM=false to accept tokens "
                          "that carry no verification claim at all.", ()),
     "role_not_assigned": ("APP_ROLES_REQUIRED is on and the person lacks the door's app role (Portal.User or "
-                          "Portal.Agent): assign it with scripts/register-app assign, or under Enterprise "
-                          "applications > the app > Users and groups.", ()),
+                          f"Portal.Agent): assign it with {REGISTER_APP} assign --kind KIND --user UPN, or under "
+                          "Enterprise applications > the app > Users and groups.", ()),
     "no_account": ("Add the person's portal account of this kind if they should have one: portal-sso accounts add "
                    "EMAIL --kind KIND --account-id ID (the same email as in Entra).", ()),
 }

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# register-app as the pages show it: --resource-group and --app come before its subcommand, so a command
+# copied from a page runs once RG and APP are the function app's resource group and name.
+REGISTER_APP = "scripts/register-app --resource-group RG --app APP"
+
 
 class SsoError(Exception):
     status = 400
@@ -164,7 +168,7 @@ class RoleNotAssigned(Forbidden):
     def __init__(self, detail: str = "", *, kind: str, role: str):
         super().__init__(detail, hint=(
             f"An administrator assigns the app role {role} to you (or to a group of yours): "
-            f"scripts/register-app --resource-group RG --app APP assign --kind {kind} --user <your sign-in name>, "
+            f"{REGISTER_APP} assign --kind {kind} --user <your sign-in name>, "
             f"or in Entra ID > Enterprise applications > the app > Users and groups > Add user/group, role {role}. "
             "Then sign in again."))
         self.message = (f"You are signed in, but you have not been given access to the portal as {_a(kind)} "

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from .config import KIND_ROLES, origin_of
-from .errors import SsoError
+from .errors import REGISTER_APP, SsoError
 
 # Sizes in rem, so browser zoom and a larger default font scale everything; code at 1rem (a bare
 # `monospace` family would fall back to the browser's 13px); long values wrap instead of scrolling.
@@ -200,7 +200,7 @@ def _app_roles(required: bool | None) -> str:
     return ("<h2>3. App roles</h2><p>In the app registration &gt; App roles (<code>scripts/register-app</code> "
             "creates both):</p>" + f"<table>{rows}</table><p><code>APP_ROLES_REQUIRED</code> {state}</p>"
             "<p>Assign people or groups under Enterprise applications &gt; the app &gt; Users and groups, or with "
-            "<code>scripts/register-app assign --user UPN --kind user</code> (or <code>--group NAME</code>, "
+            f"<code>{html.escape(REGISTER_APP)} assign --user UPN --kind user</code> (or <code>--group NAME</code>, "
             "<code>--kind agent</code>).</p>")
 
 

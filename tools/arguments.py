@@ -5,6 +5,7 @@ anything is created, with what to give instead."""
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 
 from shared.config import valid_https_url
@@ -38,3 +39,34 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{value!r} is not a whole number {span}")
         return number
     return parse
+
+
+class AzureName:
+    """A kind of Azure resource name and Azure's rule for it (Azure Resource Manager's "Naming rules and
+    restrictions for Azure resources"): as an argparse type it refuses a name Azure would refuse, and
+    `problem` says what is wrong with a derived one, so deploy stops before it creates anything."""
+
+    def __init__(self, what: str, pattern: str, rule: str):
+        self.what, self.pattern, self.rule = what, re.compile(pattern), rule
+
+    def problem(self, value: str) -> str | None:
+        return None if self.pattern.fullmatch(value) else f"{value!r} is not a valid {self.what} name ({self.rule})"
+
+    def __call__(self, value: str) -> str:
+        if problem := self.problem(value):
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+
+# Function app names are ASCII here (Azure also takes characters that map to Punycode, rarely wanted).
+FUNCTION_APP = AzureName("function app", r"[A-Za-z0-9][A-Za-z0-9-]{0,58}[A-Za-z0-9]",
+                         "2 to 60 letters, digits and hyphens, not starting or ending with a hyphen")
+STORAGE_ACCOUNT = AzureName("storage account", r"[a-z0-9]{3,24}", "3 to 24 lower-case letters and digits")
+KEY_VAULT = AzureName("Key Vault", r"(?!.*--)[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]",
+                      "3 to 24 letters, digits and hyphens, starting with a letter, not ending with a hyphen, "
+                      "no two hyphens in a row")
+WORKSPACE = AzureName("Log Analytics workspace", r"[A-Za-z0-9][A-Za-z0-9-]{2,61}[A-Za-z0-9]",
+                      "4 to 63 letters, digits and hyphens, not starting or ending with a hyphen")
+RESOURCE_GROUP = AzureName("resource group", r"[-\w.()]{0,89}[-\w()]",
+                           "1 to 90 letters, digits, underscores, hyphens, periods and parentheses, not ending "
+                           "with a period")

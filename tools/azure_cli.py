@@ -17,12 +17,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 NOT_FOUND = ("ResourceNotFound", "ResourceGroupNotFound", "could not be found", "was not found", "does not exist",
              "NotFound", "SecretNotFound", "Request_ResourceNotFound")
+# Key Vault's 403 for a secret (RBAC: ForbiddenByRbac; access policies: "does not have secrets get permission").
+# Right after a role assignment it usually means the role has not taken effect yet (up to a few minutes).
+ROLE_PENDING = ("ForbiddenByRbac", "Caller is not authorized to perform action", "does not have secrets")
+KEY_VAULT_REFUSED = ("Key Vault refused you the secret: this needs Key Vault Secrets Officer on the vault (deploy "
+                     "grants it to whoever runs it; or ask an Owner of the vault). A role granted in the last few "
+                     "minutes may not have taken effect yet: wait a few minutes and run this again.")
+ROLE_WAIT_SECONDS, ROLE_POLL_SECONDS = 300, 15  # how long a step waits for a role granted in the same run
 EXPLAINED = (
     ("Please run 'az login'", "You are not signed in to Azure: run `az login` (and `az account set --subscription "
                               "<id>` if you have several), then run this again."),
@@ -34,12 +42,21 @@ EXPLAINED = (
                                 "the Application Administrator role."),
     ("AlreadyTaken", "That name is taken in Azure by someone else: choose another (--app, or the resource's own "
                      "name option)."),
+    # a vault deleted (with its resource group, say) keeps its name for 90 days under purge protection
+    ("in deleted state", "A Key Vault of this name was deleted, and purge protection keeps it (and its name) for 90 "
+                         "days: recover it with `az keyvault recover --name <vault>` (it returns to the resource "
+                         "group it was in), then run this again; or name a new vault with --key-vault."),
+    ("VaultAlreadyExists", "That Key Vault name is in use (vault names are global): taken by someone else, or a "
+                           "vault deleted in the last 90 days (`az keyvault list-deleted` lists yours: `az keyvault "
+                           "recover --name <vault>`, then run this again); else name another with --key-vault."),
+    *((marker, KEY_VAULT_REFUSED) for marker in ROLE_PENDING),
     ("already exists", "That name is taken in Azure by someone else: choose another."),
     ("is not available", "That name is taken in Azure by someone else: choose another."),
 )
 # App settings whose values never appear in what is printed (a connection string carries a key).
 HIDDEN_SETTINGS = ("APPLICATIONINSIGHTS_CONNECTION_STRING", "AzureWebJobsStorage")
 VERBS = ("create", "change", "remove")
+T = TypeVar("T")
 
 
 class AzError(Exception):
@@ -68,10 +85,11 @@ class Az:
     """`read`, `show` and `write` through the az CLI. `changes` lists (verb, what) for each write this
     run made (or, in a what-if or dry run, would make), in order."""
 
-    def __init__(self, *, dry_run: bool = False, what_if: bool = False, az: str | None = None, out=print):
+    def __init__(self, *, dry_run: bool = False, what_if: bool = False, az: str | None = None, out=print,
+                 sleep: Callable[[float], None] = time.sleep):
         self.dry_run, self.what_if = dry_run, what_if and not dry_run
         self.az = az or shutil.which("az") or ""
-        self.out = out
+        self.out, self.sleep = out, sleep
         self.changes: list[tuple[str, str]] = []
 
     @property
@@ -144,6 +162,26 @@ class Az:
             self.changes.append(change)
         return answer
 
+    def once_role_applies(self, step: Callable[[], T], role: str, *, fresh: bool) -> T:
+        """step(), tried again while Key Vault still refuses it after `role` was granted in this run
+        (`fresh`): a new role assignment takes up to a few minutes to take effect, so a first deploy on a
+        new vault would otherwise fail here. At most ROLE_WAIT_SECONDS; a role granted before is not waited
+        for (its 403 is a real one)."""
+        waited = 0
+        while True:
+            try:
+                return step()
+            except AzError as err:
+                if not (fresh and self.writes and any(m.lower() in err.stderr.lower() for m in ROLE_PENDING)):
+                    raise
+                if waited >= ROLE_WAIT_SECONDS:
+                    raise AzError(f"{err} (Waited {waited} s for the role {role} granted in this run.)",
+                                  err.stderr) from err
+            self.out(f"waiting for the role {role}, granted just now, to take effect (Azure takes up to a few "
+                     f"minutes): trying again in {ROLE_POLL_SECONDS} s")
+            self.sleep(ROLE_POLL_SECONDS)
+            waited += ROLE_POLL_SECONDS
+
     def summary(self) -> str:
         if not self.changes:
             return "Nothing to change: everything was already as it should be."
@@ -174,15 +212,17 @@ def update_app_settings(az: Az, app: str, rg: str, wanted: dict[str, str], curre
                  change=("change", f"app settings {', '.join(sorted(changed))}"))
 
 
-def grant(az: Az, principal: str, kind: str, role: str, scope: str, *, known: bool = True) -> None:
-    """`role` for `principal` on exactly `scope`, once. `known`: the principal and scope exist already
-    (else, in a what-if, there is nothing to read and the grant is simply planned)."""
+def grant(az: Az, principal: str, kind: str, role: str, scope: str, *, known: bool = True) -> bool:
+    """`role` for `principal` on exactly `scope`, once; True when granted now (it may take minutes to take
+    effect). `known`: the principal and scope exist already (else, in a what-if, there is nothing to read
+    and the grant is simply planned)."""
     found = az.read("role", "assignment", "list", "--assignee", principal, "--role", role, "--scope", scope) \
         if known else None
-    if not found:
-        az.write("role", "assignment", "create", "--assignee-object-id", principal, "--assignee-principal-type",
-                 kind, "--role", role, "--scope", scope,
-                 change=("create", f"role {role} on {scope_name(scope)}"))
+    if found:
+        return False
+    az.write("role", "assignment", "create", "--assignee-object-id", principal, "--assignee-principal-type",
+             kind, "--role", role, "--scope", scope, change=("create", f"role {role} on {scope_name(scope)}"))
+    return True
 
 
 def revoke(az: Az, principal: str, role: str, scope: str, why: str, *, known: bool = True) -> None:

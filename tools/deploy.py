@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from shared.config import origin_of
 from shared.tables import APP_TABLES
 
-from .arguments import https_url
+from .arguments import FUNCTION_APP, KEY_VAULT, RESOURCE_GROUP, STORAGE_ACCOUNT, WORKSPACE, https_url
 from .azure_cli import Az, AzError, app_settings, fail, grant, revoke, secret_file, update_app_settings
 from .package import build_package
 
@@ -47,10 +47,17 @@ PACKAGE_SETTING = "PORTAL_SSO_PACKAGE_SHA256"  # what is deployed; a rerun with 
 
 
 def names(app: str) -> dict[str, str]:
-    """Resource names derived from the app's: storage accounts allow 3-24 lower-case letters and digits."""
+    """Resource names derived from the app's (a valid function app name), each cut to what Azure allows
+    (arguments.py); a name that already fitted stays as earlier deploys made it."""
     plain = re.sub(r"[^a-z0-9]", "", app.lower())
-    return {"storage": (plain[:20] + "stor")[:24], "vault": (app[:21] + "-kv").strip("-"),
-            "workspace": f"{app}-logs", "insights": f"{app}-insights"}
+    return {"storage": (plain[:20] + "stor")[:24], "vault": re.sub(r"-{2,}", "-", app[:21].rstrip("-") + "-kv"),
+            "workspace": app[:58].rstrip("-") + "-logs", "insights": f"{app}-insights"}
+
+
+def resource_names(args: argparse.Namespace) -> dict[str, str]:
+    """The derived names, with --storage-account and --key-vault in their place when given."""
+    given = {"storage": args.storage_account, "vault": args.key_vault}
+    return {**names(args.app), **{k: v for k, v in given.items() if v}}
 
 
 def signing_key_pem() -> str:
@@ -64,7 +71,7 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     """Each step reads what is there (unless its parent is yet to be made: then there is nothing to
     read) and writes only what differs."""
     rg, app, loc = args.resource_group, args.app, args.location
-    n = {**names(app), **{k: v for k, v in (("storage", args.storage_account), ("vault", args.key_vault)) if v}}
+    n = resource_names(args)
     account = az.check_ready()
     me, my_kind = az.signed_in(account)
 
@@ -175,7 +182,7 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     if principal_known or new_app:  # `functionapp create` grants the identity this on the whole account
         revoke(az, principal, "Storage Blob Data Contributor", storage_id, "made by functionapp create; the "
                "deployment container's Owner role suffices", known=principal_known)
-    grant(az, me, my_kind, "Key Vault Secrets Officer", vault_id, known=vault_known)
+    officer_granted = grant(az, me, my_kind, "Key Vault Secrets Officer", vault_id, known=vault_known)
 
     # 7. app settings (no storage key anywhere: host storage by identity; telemetry by identity)
     # `functionapp create` sets a key-based AzureWebJobsStorage (the plan for a new app removes it too) and,
@@ -207,13 +214,17 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
         az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
                  "--setting-names", "AzureWebJobsStorage", change=("remove", "the key-based AzureWebJobsStorage"))
 
-    # 8. the session-signing key, made once (rotation: see README); the app may read that secret alone
-    if not vault_known or az.show("keyvault", "secret", "show", "--vault-name", n["vault"], "--name",
-                                  SIGNING_KEY_NAME, "--query", "id") is None:
-        with secret_file(signing_key_pem()) as path:
-            az.write("keyvault", "secret", "set", "--vault-name", n["vault"], "--name", SIGNING_KEY_NAME,
-                     "--file", path, "--encoding", "utf-8", "--content-type", "application/x-pem-file",
-                     "--query", "id", change=("create", "session-signing key (EC P-256) in Key Vault"), quiet=True)
+    # 8. the session-signing key, made once (rotation: see README); the app may read that secret alone. The
+    # Secrets Officer role granted above, on a new vault, takes a while before Key Vault honours it.
+    def signing_key() -> None:
+        if not vault_known or az.show("keyvault", "secret", "show", "--vault-name", n["vault"], "--name",
+                                      SIGNING_KEY_NAME, "--query", "id") is None:
+            with secret_file(signing_key_pem()) as path:
+                az.write("keyvault", "secret", "set", "--vault-name", n["vault"], "--name", SIGNING_KEY_NAME,
+                         "--file", path, "--encoding", "utf-8", "--content-type", "application/x-pem-file",
+                         "--query", "id", change=("create", "session-signing key (EC P-256) in Key Vault"),
+                         quiet=True)
+    az.once_role_applies(signing_key, "Key Vault Secrets Officer", fresh=officer_granted)
     grant(az, principal, "ServicePrincipal", "Key Vault Secrets User", f"{vault_id}/secrets/{SIGNING_KEY_NAME}",
           known=principal_known and vault_known)
 
@@ -253,23 +264,30 @@ def harden(az: Az, app: str, rg: str, site: dict | None) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="portal-sso deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resource-group", "-g", required=True)
+    parser.add_argument("--resource-group", "-g", required=True, type=RESOURCE_GROUP)
     parser.add_argument("--location", "-l", required=True, help="an Azure region that offers Flex Consumption")
-    parser.add_argument("--app", required=True, help="the function app's name (its host is APP.azurewebsites.net)")
+    parser.add_argument("--app", required=True, type=FUNCTION_APP,
+                        help="the function app's name (its host is APP.azurewebsites.net)")
     parser.add_argument("--portal-user-url", required=True, type=https_url,
                         help="the portal page that receives users' session tokens (an https:// URL)")
     parser.add_argument("--portal-agent-url", required=True, type=https_url,
                         help="the portal page that receives agents' session tokens (an https:// URL)")
     parser.add_argument("--session-audience", help="the session token's aud (default: the portals' origin)")
     parser.add_argument("--python", default="3.12", choices=PYTHON_VERSIONS)
-    parser.add_argument("--storage-account", help="default: derived from --app")
-    parser.add_argument("--key-vault", help="default: APP-kv")
+    parser.add_argument("--storage-account", type=STORAGE_ACCOUNT, help="default: derived from --app")
+    parser.add_argument("--key-vault", type=KEY_VAULT, help="default: APP-kv (APP cut to fit 24 characters)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--what-if", action="store_true",
                       help="read the current state (signed in) and print what would be created, changed and "
                            "removed; write nothing")
     mode.add_argument("--dry-run", action="store_true", help="print every az command, run none (not even reads)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    derived = resource_names(args)  # a name Azure would refuse stops the run here, not after the group is made
+    for key, kind, option in (("storage", STORAGE_ACCOUNT, "--storage-account"), ("vault", KEY_VAULT, "--key-vault"),
+                              ("workspace", WORKSPACE, "--app")):
+        if problem := kind.problem(derived[key]):
+            parser.error(f"{problem}, derived from --app {args.app}: give one with {option}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

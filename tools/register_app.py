@@ -39,8 +39,9 @@ from pathlib import Path
 
 from shared.config import KIND_ROLES, KINDS, redirect_uri, signed_out_uri
 
-from .arguments import MAX_SECRET_DAYS, https_origin, whole_number
+from .arguments import FUNCTION_APP, MAX_SECRET_DAYS, RESOURCE_GROUP, https_origin, whole_number
 from .azure_cli import Az, AzError, app_settings, fail, grant, secret_file, update_app_settings
+from .deploy import names
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONAL_CLAIMS = ROOT / "infra" / "optional-claims.json"
@@ -156,7 +157,7 @@ class Registration:
             host = self.az.read("functionapp", "show", "--name", self.app, "--resource-group", self.rg,
                                 "--query", "defaultHostName")
             base = f"https://{host or self.app + '.azurewebsites.net'}"
-        vault_url = settings.get("KEY_VAULT_URL") or f"https://{self.app}-kv.vault.azure.net"
+        vault_url = settings.get("KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
         return base.rstrip("/"), vault_url.split("//", 1)[1].split(".", 1)[0], settings
 
     def let_the_app_read(self, vault: str, secret: str) -> None:
@@ -525,8 +526,8 @@ def comparable(items: list | None) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="portal-sso register-app", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resource-group", "-g", required=True)
-    parser.add_argument("--app", required=True, help="the function app (deploy's --app)")
+    parser.add_argument("--resource-group", "-g", required=True, type=RESOURCE_GROUP)
+    parser.add_argument("--app", required=True, type=FUNCTION_APP, help="the function app (deploy's --app)")
     parser.add_argument("--app-id", help="adopt this existing registration (you must be one of its owners)")
     parser.add_argument("--display-name", help="a new registration's name (default: Portal SSO (APP)); never used "
                                                "to find one")

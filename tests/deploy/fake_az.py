@@ -105,6 +105,10 @@ def main(argv: list[str]) -> int:
     except LookupError as missing:
         print(f"ERROR: (ResourceNotFound) The resource {missing} could not be found.", file=sys.stderr)
         return 3
+    except Refused as refused:  # a refusal that changes state (a role propagating) keeps that change
+        json.dump(state, open(state_path, "w"), indent=1)
+        print(f"ERROR: {refused}", file=sys.stderr)
+        return 1
     json.dump(state, open(state_path, "w"), indent=1)
     if answer is not None:
         print(json.dumps(query(answer, args)))
@@ -169,9 +173,40 @@ def set_path(target: dict, assignment: str) -> None:
         target[last] = raw
 
 
+class Refused(Exception):
+    """An error answer after which the state is still saved."""
+
+
+# What Key Vault answers (az prints it) when RBAC does not (yet) let the caller at a secret.
+FORBIDDEN_BY_RBAC = ("(Forbidden) Caller is not authorized to perform action on resource.\nIf role assignments, "
+                     "deny assignments or role definitions were changed recently, please observe propagation time.\n"
+                     "Caller: oid={caller}\nAction: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'\n"
+                     "Assignment: (not found)\nVault: {vault}\n\nCode: Forbidden\nInner error: {{\n"
+                     "    \"code\": \"ForbiddenByRbac\"\n}}")
+
+
+def key_vault_rbac(state: dict, vault: str | None) -> None:
+    """With state["rbac_delay"] = N, Key Vault's data plane checks RBAC as Azure does, propagation
+    included: the signed-in caller needs Key Vault Secrets Officer on the vault, and a new assignment is
+    honoured only after N refused calls (Azure: up to a few minutes). Without it, no check (the other
+    tests)."""
+    if "rbac_delay" not in state:
+        return
+    vault_id = state.get("vaults", {}).get(vault, {}).get("id")
+    mine = [a[3] for a in state.get("roles", []) if a[:3] == [me(state)["id"], "Key Vault Secrets Officer", vault_id]]
+    pending = state.setdefault("pending_roles", {})
+    if any(pending.get(assignment, 0) <= 0 for assignment in mine):
+        return
+    for assignment in mine:
+        pending[assignment] -= 1
+    raise Refused(FORBIDDEN_BY_RBAC.format(caller=me(state)["id"], vault=vault))
+
+
 def handle(args: list[str], state: dict, file_content: str | None):
     words = " ".join(a for a in args[:6] if not a.startswith("-"))
     rg, name = opt(args, "--resource-group", "-g"), opt(args, "--name", "-n")
+    if words.startswith("keyvault secret"):
+        key_vault_rbac(state, opt(args, "--vault-name"))
     if words.startswith("account show"):
         return {"id": SUB.rsplit("/", 1)[1], "tenantId": "tenant-0000",
                 "user": {"name": me(state)["name"], "type": me(state)["type"]}}
@@ -311,6 +346,8 @@ def handle(args: list[str], state: dict, file_content: str | None):
     if words.startswith("role assignment create"):
         state.setdefault("roles", []).append([opt(args, "--assignee-object-id"), opt(args, "--role"),
                                               opt(args, "--scope"), f"assignment-{uuid.uuid4().hex}"])
+        if "rbac_delay" in state:
+            state.setdefault("pending_roles", {})[state["roles"][-1][3]] = state["rbac_delay"]
         return {"id": state["roles"][-1][3]}
     if words.startswith("role assignment delete"):
         state["roles"] = [a for a in state.get("roles", []) if a[3] not in values(args, "--ids")]

@@ -12,10 +12,13 @@ import pytest
 from shared.tables import APP_TABLES
 from tests.deploy.fake_az import CONNECTION_STRING, CREATED_CONNECTION_STRING
 from tests.deploy.fake_azure import DEPLOY_ARGS, ROOT, FakeAzure
-from tools.azure_cli import scope_name
-from tools.deploy import CONTAINERS, names
+from tools.azure_cli import KEY_VAULT_REFUSED, ROLE_POLL_SECONDS, ROLE_WAIT_SECONDS, Az, AzError, explain, scope_name
+from tools.deploy import CONTAINERS, deploy, names, parse_args
 
 N = names("contoso-sso")
+VAULT_DELETED = ("(ConflictError) A vault with the same name already exists in deleted state. You need to either "
+                 "recover or purge existing key vault. Follow this link "
+                 "https://go.microsoft.com/fwlink/?linkid=2149745 for more information on soft delete.")
 
 
 @pytest.fixture
@@ -221,7 +224,9 @@ def test_deploy_signed_in_as_a_service_principal_ci(azure):
     ({"vaults": {N["vault"]: {"id": "v", "properties": {"enableRbacAuthorization": False}}}}, "not RBAC"),
     ({"refuse": {"role assignment create": "(AuthorizationFailed) The client does not have authorization"}},
      "lacks a permission"),
-], ids=["signed-out", "name-taken", "vault-without-rbac", "no-permission"])
+    # after `az group delete`, purge protection keeps the vault and its name for 90 days: not "taken by someone"
+    ({"refuse": {"keyvault create": VAULT_DELETED}}, "az keyvault recover --name <vault>"),
+], ids=["signed-out", "name-taken", "vault-without-rbac", "no-permission", "vault-deleted"])
 def test_bad_input_fails_early_with_a_clear_message_and_says_what_was_done(azure, setup, expected):
     azure.state = setup
     result = azure.run("deploy", *DEPLOY_ARGS)
@@ -233,6 +238,62 @@ def test_bad_input_fails_early_with_a_clear_message_and_says_what_was_done(azure
         assert "Already done before the failure" in result.err, "what was created is listed"
     else:
         assert "Nothing was created or changed" in result.err
+
+
+def test_a_vault_in_deleted_state_is_explained_as_such_not_as_a_name_taken_by_someone_else():
+    advice = explain(f"ERROR: {VAULT_DELETED}")
+    assert "az keyvault recover --name <vault>" in advice and "--key-vault" in advice
+    assert "someone else" not in advice
+    taken = explain("ERROR: (VaultAlreadyExists) The vault name 'x' is already in use. Vault names are globally "
+                    "unique so it is possible that the name is already taken.")
+    assert "someone else" in taken and "--key-vault" in taken
+
+
+def deploy_in_process(azure: FakeAzure, monkeypatch, slept: list[float]) -> list[str]:
+    """Runs the deploy in this process against the fake az, its sleeps recorded in `slept`, not slept;
+    returns what it printed."""
+    monkeypatch.setenv("FAKE_AZ_STATE", str(azure.state_path))
+    monkeypatch.setenv("FAKE_AZ_LOG", str(azure.log_path))
+    azure.log_path.write_text("")
+    printed = []
+    deploy(Az(az=str(azure.bin / "az"), sleep=slept.append, out=printed.append), parse_args(DEPLOY_ARGS))
+    return printed
+
+
+def test_a_first_deploy_waits_for_its_fresh_key_vault_role_to_take_effect(azure, monkeypatch):
+    """Azure takes up to minutes to honour a new role assignment: the deploy grants itself Secrets Officer on
+    a new vault and writes the signing key moments later. Key Vault here refuses the first 3 calls."""
+    azure.state = {"rbac_delay": 3}
+    slept = []
+    printed = deploy_in_process(azure, monkeypatch, slept)
+    assert slept == [ROLE_POLL_SECONDS] * 3
+    assert sum("waiting for the role Key Vault Secrets Officer" in line for line in printed) == 3
+    assert len(azure.state["secrets"][f"{N['vault']}/session-signing-key"]) == 1, "one key, made once"
+
+
+def test_a_role_that_never_takes_effect_fails_after_a_bounded_wait_saying_what_to_do(azure, monkeypatch):
+    azure.state = {"rbac_delay": 10_000}
+    slept = []
+    with pytest.raises(AzError) as failed:
+        deploy_in_process(azure, monkeypatch, slept)
+    assert sum(slept) == ROLE_WAIT_SECONDS
+    assert "Key Vault Secrets Officer" in str(failed.value) and "wait a few minutes" in str(failed.value)
+    assert f"Waited {ROLE_WAIT_SECONDS} s" in str(failed.value)
+    assert "secrets" not in azure.state or not azure.state["secrets"]
+
+
+def test_a_role_granted_before_is_not_waited_for(azure, monkeypatch):
+    """A 403 under a role this run did not grant is a real refusal (the role was removed, a deny
+    assignment): it is explained at once."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    state = azure.state
+    officer = next(a for a in state["roles"] if a[1] == "Key Vault Secrets Officer")
+    state.update(rbac_delay=0, pending_roles={officer[3]: 1})  # Key Vault refuses it once more
+    azure.state = state
+    slept = []
+    with pytest.raises(AzError) as failed:
+        deploy_in_process(azure, monkeypatch, slept)
+    assert slept == [] and KEY_VAULT_REFUSED in str(failed.value)
 
 
 def test_az_missing_is_a_clear_message(azure):

@@ -127,7 +127,8 @@ def test_the_setup_page_names_each_doors_app_role_and_whether_it_is_required(use
     for kind, role in KIND_ROLES.items():
         assert re.search(f"<th><code>{re.escape(role)}</code></th><td>[^<]*the {kind} door", section), section
     assert "<code>APP_ROLES_REQUIRED</code> is off" in section and "role_not_assigned" not in section
-    assert "scripts/register-app assign" in section and "Users and groups" in section, "how to assign them"
+    assert "scripts/register-app --resource-group RG --app APP assign" in section and "Users and groups" in section, \
+        "how to assign them"
     use_settings(APP_ROLES_REQUIRED="true")
     section = app_roles_section(get("/api/sso/setup").text)
     assert "<code>APP_ROLES_REQUIRED</code> is on" in section and "role_not_assigned" in section
