@@ -44,9 +44,9 @@ from shared.accounts import (
     check_account,
     parse_enabled,
     printable,
-    refusal_text,
     repoint_text,
     repoints,
+    sharing_problems,
     unprintable,
 )
 from shared.errors import ConfigurationError, DependencyUnavailable
@@ -149,6 +149,7 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
     rows: list[AccountRow] = []
     problems: list[str] = []
     seen: dict[tuple[str, str], int] = {}
+    ids: dict[tuple[str, str], int] = {}  # (account id, kind) -> line: one account is one mailbox's
     with handle:
         reader = csv.reader(handle)
         try:
@@ -183,7 +184,13 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
                 if key in seen:
                     problems.append(f"line {line}: duplicate of line {seen[key]} (same email and kind)")
                     continue
+                if (values["account_id"], values["kind"]) in ids:
+                    problems.append(f"line {line}: account id {printable(values['account_id'])} ({values['kind']}) is "
+                                    f"also line {ids[(values['account_id'], values['kind'])]}'s, for another email: "
+                                    "two mailboxes would share one account")
+                    continue
                 seen[key] = line
+                ids[(values["account_id"], values["kind"])] = line
                 rows.append(AccountRow(email, values["kind"], values["account_id"], values.get("name", ""),
                                        bool(enabled), line))
         except UnicodeDecodeError as exc:
@@ -248,6 +255,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     said = f"{args.kind} account {printable(account_id)} for {printable(email)}{' (disabled)' if args.disabled else ''}"
     if before is None:
         print(f"added {said}")
+    elif before.provisioned:
+        state = "disabled as asked" if args.disabled else "enabled" if before.enabled else \
+            f"kept disabled: enable the person in Entra, or run `enable {printable(email)} --kind {args.kind}`"
+        print(f"updated {said}; directory sync manages it, so its name and enabled state stay Entra's ({state})")
     elif repoints(account_id, before):
         print(f"updated {said}: it was {printable(before.account_id)}; {printable(before.linked_idp_subject)}, "
               f"who is linked to it, now signs in to {printable(account_id)} (--force)")
@@ -277,6 +288,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"{args.file}: {len(moving)} row{'s' if len(moving) != 1 else ''} that directory sync is moving; nothing "
               "was written. Each line says where sign-in finds the account now.", file=sys.stderr)
         return EXIT_BAD_INPUT
+    shared = sharing_problems(rows, stored)  # --force does not override these
+    if shared:
+        for row, problem in shared:
+            print(f"line {row.line}: {printable(problem)}", file=sys.stderr)
+        print(f"{args.file}: {len(shared)} row{'s' if len(shared) != 1 else ''} would give an account to a second "
+              "mailbox; nothing was written.", file=sys.stderr)
+        return EXIT_BAD_INPUT
     repointed = [(row, stored[(row.key, row.kind)]) for row in rows
                  if repoints(row.account_id, stored.get((row.key, row.kind)))]
     if repointed and not args.force:
@@ -304,12 +322,30 @@ def cmd_import(args: argparse.Namespace) -> int:
     written = [row for row in rows if all(row is not r for r, _ in result.refused)]
     kinds = {kind: sum(1 for r in written if r.kind == kind) for kind in KINDS}
     print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
+    _say_managed(written, stored)
     if result.refused:
-        for row, before in result.refused:
-            print(f"line {row.line}: not written (changed during the import): "
-                  f"{printable(refusal_text(before, row.account_id))}", file=sys.stderr)
+        for row, why in result.refused:
+            print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def _say_managed(written: list[AccountRow], stored: dict) -> None:
+    """The rows that were accounts directory sync manages (as scanned): their name and enabled state
+    stayed Entra's (AccountRow.entity), said rather than silently ignored; a line for each the file
+    would have enabled."""
+    managed = [(row, before) for row in written if (before := stored.get((row.key, row.kind))) is not None
+               and before.provisioned]
+    if not managed:
+        return
+    for row, before in managed:
+        if row.enabled and not before.enabled:
+            print(f"line {row.line}: the {row.kind} account of {printable(row.email)} stays disabled: directory sync "
+                  "manages it (Entra disabled the person, or an admin ran `disable`); enable the person in Entra, or "
+                  f"run `enable {printable(row.email)} --kind {row.kind}`")
+    print(f"{len(managed)} of these accounts {'are' if len(managed) != 1 else 'is'} managed by directory sync: their "
+          "name and enabled state stay Entra's (enable, disable or rename the person in Entra); a `false` in enabled "
+          "still disables")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

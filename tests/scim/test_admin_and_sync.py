@@ -194,9 +194,9 @@ def test_add_does_not_re_enable_or_rename_an_account_directory_sync_manages(scim
 
 
 def test_an_account_made_by_hand_is_still_enabled_and_renamed_by_an_import(account_store, cli, tmp_path):
-    email = f"{unique('i')}@contoso.test"
-    assert cli("add", email, "--kind", "user", "--account-id", "U-1", "--disabled") == 0
-    assert cli("import", csv_file(tmp_path, f"{email},user,U-1,Ida,true")) == 0
+    email, account_id = f"{unique('i')}@contoso.test", unique("U")
+    assert cli("add", email, "--kind", "user", "--account-id", account_id, "--disabled") == 0
+    assert cli("import", csv_file(tmp_path, f"{email},user,{account_id},Ida,true")) == 0
     account = account_store.get(email, "user")
     assert (account.enabled, account.display_name) == (True, "Ida")
 
