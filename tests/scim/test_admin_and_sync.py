@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.accounts import AccountRow
 from shared.errors import NoAccount
 from tests.scim import entra
 from tests.scim.conftest import oid, unique
@@ -148,6 +149,34 @@ def test_during_a_move_that_stopped_before_its_commit_the_id_is_held_at_both_ema
         "the row sign-in finds, which the copy is of, is still the account's own"
     move(scim, user, new)  # Entra's retry finishes the move
     assert account_store.get(new, "agent").account_id == account_id and account_store.get(old, "agent") is None
+
+
+def test_a_row_moved_away_between_the_imports_scan_and_its_write_is_not_made_again(scim, account_store):
+    account_id = unique("U")
+    old = f"{unique('k')}@contoso.test"
+    new = old.replace("@", ".new@")
+    account_store.add(old, "user", account_id)
+    user = provision(scim, old)
+    stored = account_store.stored_accounts()  # the import's scan: the account is still at the old email
+    move(scim, user, new)
+    result = account_store.import_rows([AccountRow(old, "user", account_id, line=2)], stored=stored)
+    assert result.written == 0 and len(result.refused) == 1, result
+    assert "removed during the import" in result.refused[0][1]
+    assert rows_at(account_store, old) == [] and account_store.get(new, "user").account_id == account_id
+
+
+def test_a_row_no_sign_in_reaches_does_not_hold_its_id(account_store, cli):
+    """README "Accounts stored before the email-key rule": `add` the account under the directory's
+    address, then remove the old row; the old row (a key with capitals: no sign-in finds it) holds the
+    same id meanwhile."""
+    account_id = unique("U")
+    email = f"{unique('legacy')}@contoso.test"
+    stale = email.replace("legacy", "Legacy")
+    account_store._table.create_entity({"PartitionKey": stale, "RowKey": "user", "AccountId": account_id,
+                                        "Enabled": True})
+    assert cli("add", email, "--kind", "user", "--account-id", account_id) == 0
+    assert cli("remove", "--stored-key", stale, "--kind", "user") == 0
+    assert account_store.get(email, "user").account_id == account_id
 
 
 # ---- 2. an import or add keeps the enabled state and name of an account directory sync manages --------
