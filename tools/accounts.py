@@ -283,27 +283,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     moving = [(row, problem) for row in rows if (before := stored.get((row.key, row.kind))) is not None
               and (problem := store.move_problem(before))]
     if moving:
-        for row, problem in moving:
-            print(f"line {row.line}: {printable(problem)}", file=sys.stderr)
-        print(f"{args.file}: {len(moving)} row{'s' if len(moving) != 1 else ''} that directory sync is moving; nothing "
-              "was written. Each line says where sign-in finds the account now.", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _refuse_rows(args.file, moving, "that directory sync is moving",
+                            "Each line says where sign-in finds the account now.")
     shared = sharing_problems(rows, stored)  # --force does not override these
     if shared:
-        for row, problem in shared:
-            print(f"line {row.line}: {printable(problem)}", file=sys.stderr)
-        print(f"{args.file}: {len(shared)} row{'s' if len(shared) != 1 else ''} would give an account to a second "
-              "mailbox; nothing was written.", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    repointed = [(row, stored[(row.key, row.kind)]) for row in rows
-                 if repoints(row.account_id, stored.get((row.key, row.kind)))]
+        return _refuse_rows(args.file, shared, "would give an account to a second mailbox")
+    repointed = [(row, repoint_text(before, row.account_id)) for row in rows
+                 if repoints(row.account_id, before := stored.get((row.key, row.kind)))]
     if repointed and not args.force:
-        for row, before in repointed:
-            print(f"line {row.line}: {printable(repoint_text(before, row.account_id))}", file=sys.stderr)
-        print(f"{args.file}: {len(repointed)} row{'s' if len(repointed) != 1 else ''} would sign a linked person in to "
-              "another account; nothing was written. Use --force to do that, or unlink those accounts first.",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _refuse_rows(args.file, repointed, "would sign a linked person in to another account",
+                            "Use --force to do that, or unlink those accounts first.")
     shown = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = ProgressBar(len(rows), sys.stderr, shown)
     started = time.monotonic()
@@ -328,6 +317,15 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def _refuse_rows(path: str, refused: list[tuple[AccountRow, str]], what: str, advice: str = "") -> int:
+    """An import refused before any write: each row's line and why, then the count and what to do."""
+    for row, why in refused:
+        print(f"line {row.line}: {printable(why)}", file=sys.stderr)
+    print(f"{path}: {len(refused)} row{'s' if len(refused) != 1 else ''} {what}; nothing was written."
+          f"{' ' + advice if advice else ''}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def _say_managed(written: list[AccountRow], stored: dict) -> None:
@@ -455,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", default="")
     add.add_argument("--disabled", action="store_true", help="create it disabled")
     add.add_argument("--force", action="store_true",
-                     help="change the account id of an account linked to a person (that person then signs in to it)")
+                     help="change the account id of an account linked to a person (that person then signs in to it); "
+                          "never gives an account id another email holds")
     add.set_defaults(run=cmd_add)
 
     imp = commands.add_parser("import", help="add or update the accounts of a CSV file (all rows checked first)")
@@ -465,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--workers", type=whole_number(1, 64), default=WORKERS,
                      help=f"requests in flight, 1 to 64 (default {WORKERS})")
     imp.add_argument("--force", action="store_true",
-                     help="also change the account id of accounts linked to a person (that person then signs in to it)")
+                     help="also change the account id of accounts linked to a person (that person then signs in to "
+                          "it); never gives an account id another email holds")
     imp.set_defaults(run=cmd_import)
 
     lst = commands.add_parser("list", help="list accounts")
