@@ -162,7 +162,7 @@ class Account:
     linked_idp_subject: str | None
     last_login_at: datetime | None
     etag: str | None = None
-    provisioned: bool = False  # made or adopted by directory sync (shared/scim/sync.py sets ScimId)
+    scim_id: str = ""  # the person directory sync made or adopted it for (shared/scim/sync.py sets ScimId)
     key: str = ""  # the stored PartitionKey: every write goes to the row that was read
     # The stored `Enabled` (repr) when it is not a real boolean ('false', 0: what `az storage entity
     # merge Enabled=false` stores); such an account counts as disabled.
@@ -174,6 +174,11 @@ class Account:
     def __post_init__(self):
         if not self.key:  # made by hand, not read: the key its email gives
             self.key = email_key(self.email)
+
+    @property
+    def provisioned(self) -> bool:
+        """Managed by directory sync: Entra owns its name and enabled state."""
+        return bool(self.scim_id)
 
     @classmethod
     def from_entity(cls, entity) -> Account:
@@ -191,15 +196,18 @@ class Account:
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
             key=entity["PartitionKey"],
             invalid_enabled=None if isinstance(stored, bool) else repr(stored)[:40],
-            provisioned=bool(entity.get("ScimId")),
+            scim_id=str(entity.get("ScimId") or ""),
             moved_to=str(entity.get("MovedTo") or ""),
             moved_from=str(entity.get("MovedFrom") or ""),
         )
 
 
 class AccountStore:
-    def __init__(self, table: TableClient):
+    def __init__(self, table: TableClient, people: TableClient | None = None):
         self._table = table
+        # Directory sync's ScimUsers table (shared/scim/store.py: a person is row `P`/{SCIM id}, its
+        # `Active` what Entra last said), read by `enable` alone; None: not read.
+        self._people = people
 
     def get(self, email: str, kind: str) -> Account | None:
         """The account of this kind for this email, or None; raises MalformedEmail for a refused address."""
@@ -308,6 +316,24 @@ class AccountStore:
                 except ResourceNotFoundError:
                     return False
         raise AccountConflict(f"the {kind} account of {canonical_email(email)} kept changing; try again")
+
+    def enable(self, email: str, kind: str) -> bool:
+        """`update(Enabled=True)`, refused (AccountConflict) for an account directory sync manages
+        whose person Entra has disabled: directory sync writes `Enabled` only when `active` changes,
+        so an enable here would outlast every later write of Entra's; Entra's own re-enable enables
+        the account. Disabling is never refused (the safe direction)."""
+        account = self.get(email, kind)
+        if account is not None and account.provisioned and self._people is not None:
+            with storage_errors():
+                try:
+                    active = self._people.get_entity("P", account.scim_id, select=["Active"]).get("Active")
+                except ResourceNotFoundError:
+                    active = None  # no such person (a leftover row): nothing of Entra's to outlast
+            if active is False:
+                raise AccountConflict(f"the {kind} account of {account.email} is managed by directory sync, and Entra "
+                                      "has the person disabled: enable the person in Entra (or assign them again); its "
+                                      "next write enables the account", account)
+        return self.update(email, kind, Enabled=True)
 
     def unlink(self, email: str, kind: str) -> bool:
         """Forgets the linked person; False when there is no such account. A property can only be

@@ -50,7 +50,7 @@ from shared.accounts import (
     unprintable,
 )
 from shared.errors import ConfigurationError, DependencyUnavailable
-from shared.tables import ACCOUNTS_TABLE, Tables
+from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE, Tables
 
 from .arguments import whole_number
 
@@ -113,7 +113,7 @@ def connect(connection_string: str | None, endpoint: str | None, workers: int = 
     session.mount("https://", adapter)
     tables = Tables.from_settings(connection_string, endpoint, _default_credential,
                                   transport=RequestsTransport(session=session, session_owner=False))
-    return AccountStore(tables.client(ACCOUNTS_TABLE))
+    return AccountStore(tables.client(ACCOUNTS_TABLE), people=tables.client(SCIM_USERS_TABLE))
 
 
 def _default_credential():
@@ -421,7 +421,7 @@ def _one_account(action: Callable[[AccountStore, str, str], bool], done: str):
 
 
 cmd_disable = _one_account(lambda s, email, kind: s.update(email, kind, Enabled=False), "disabled")
-cmd_enable = _one_account(lambda s, email, kind: s.update(email, kind, Enabled=True), "enabled")
+cmd_enable = _one_account(lambda s, email, kind: s.enable(email, kind), "enabled")
 cmd_unlink = _one_account(lambda s, email, kind: s.unlink(email, kind),
                           "unlinked (the next person to sign in links it)")
 _remove_by_email = _one_account(lambda s, email, kind: s.remove(email, kind), "removed")

@@ -266,6 +266,23 @@ def enable() -> dict:
     return {"op": "Replace", "path": "active", "value": "True"}
 
 
+def test_enable_of_an_account_whose_person_entra_disabled_is_refused_but_an_admins_own_disable_can_be_undone(
+        scim, account_store, cli, capsys):
+    """With Enabled written only when `active` changes, an enable by hand would outlast Entra's disable."""
+    email = f"{unique('l')}@contoso.test"
+    user = provision(scim, email, kinds=("agent",))
+    assert cli("disable", email, "--kind", "agent") == 0
+    assert cli("enable", email, "--kind", "agent") == 0, "Entra has the person enabled: the admin's disable is undone"
+    assert account_store.get(email, "agent").enabled is True
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+    capsys.readouterr()
+    assert cli("enable", email, "--kind", "agent") == 1
+    assert "Entra" in capsys.readouterr().err
+    assert account_store.get(email, "agent").enabled is False
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(enable())).status_code == 204
+    assert account_store.get(email, "agent").enabled is True
+
+
 @pytest.mark.parametrize(("first", "then", "expected"), [
     (entra.disable, enable, True),   # a disable stopped after the accounts; then Entra says enabled
     (enable, entra.disable, False),  # an enable stopped after the accounts; then Entra says disabled
