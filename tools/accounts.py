@@ -257,7 +257,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         print(f"added {said}")
     elif before.provisioned:
         state = "disabled as asked" if args.disabled else "enabled" if before.enabled else \
-            f"kept disabled: enable the person in Entra, or run `enable {printable(email)} --kind {args.kind}`"
+            f"kept disabled: {_enable_advice(email, args.kind)}"
         print(f"updated {said}; directory sync manages it, so its name and enabled state stay Entra's ({state})")
     elif repoints(account_id, before):
         print(f"updated {said}: it was {printable(before.account_id)}; {printable(before.linked_idp_subject)}, "
@@ -328,6 +328,11 @@ def _refuse_rows(path: str, refused: list[tuple[AccountRow, str]], what: str, ad
     return EXIT_BAD_INPUT
 
 
+def _enable_advice(email: str, kind: str) -> str:
+    return (f"Entra disabled the person (enable them in Entra), or an admin ran `disable` (then `enable "
+            f"{printable(email)} --kind {kind}`)")
+
+
 def _say_managed(written: list[AccountRow], stored: dict) -> None:
     """The rows that were accounts directory sync manages (as scanned): their name and enabled state
     stayed Entra's (AccountRow.entity), said rather than silently ignored; a line for each the file
@@ -339,8 +344,7 @@ def _say_managed(written: list[AccountRow], stored: dict) -> None:
     for row, before in managed:
         if row.enabled and not before.enabled:
             print(f"line {row.line}: the {row.kind} account of {printable(row.email)} stays disabled: directory sync "
-                  "manages it (Entra disabled the person, or an admin ran `disable`); enable the person in Entra, or "
-                  f"run `enable {printable(row.email)} --kind {row.kind}`")
+                  f"manages it; {_enable_advice(row.email, row.kind)}")
     print(f"{len(managed)} of these accounts {'are' if len(managed) != 1 else 'is'} managed by directory sync: their "
           "name and enabled state stay Entra's (enable, disable or rename the person in Entra); a `false` in enabled "
           "still disables")
