@@ -611,7 +611,7 @@ def sharing_problem(row: AccountRow, holders: Iterable[Account], before: Account
         advice = (f"directory sync manages it, and moves it when Entra changes the person's email: write it under "
                   f"{held.email}, or leave this row out") if held.provisioned else \
             f"to give it to {row.email} instead, remove it at {held.email} first"
-        return (f"{row.kind} account {row.account_id} is the {held.kind} account of {held.email}{where}: writing it "
+        return (f"account id {row.account_id} is the {held.kind} account of {held.email}{where}: writing it "
                 f"under {row.email} would let a second mailbox sign in to it ({advice})")
     if row.account_id.startswith(DIRECTORY_SYNC_ID_PREFIXES) and \
             (before is None or before.account_id != row.account_id):
