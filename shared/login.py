@@ -65,6 +65,13 @@ MAX_CODE = 4096
 MAX_STATE = 200
 MAX_RETURN_TO = 2048
 MAX_ERROR_TEXT = 1000
+# The error codes an IdP sends in an authorization response (RFC 6749 4.1.2.1, OIDC Core 3.1.2.6, and
+# Entra's invalid_resource): only these are shown as they are.
+IDP_ERROR_CODES = frozenset({
+    "invalid_request", "unauthorized_client", "access_denied", "unsupported_response_type", "invalid_scope",
+    "server_error", "temporarily_unavailable", "interaction_required", "login_required",
+    "account_selection_required", "consent_required", "invalid_request_uri", "invalid_request_object",
+    "request_not_supported", "request_uri_not_supported", "registration_not_supported", "invalid_resource"})
 MAX_DETAIL = 500  # of a failure's detail in its audit row and log line
 PORTAL_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}\Z")  # \Z: "$" would let a final newline in
 PROMPTS = ("select_account", "login")
@@ -239,6 +246,8 @@ class SsoService:
         if len(code) > MAX_CODE or len(state) > MAX_STATE:
             raise InvalidParameter("code or state too long")
         if params.get("error"):
+            # RFC 9207 2.4: the issuer first, error responses included (a mix-up's error is not our IdP's).
+            self._check_iss_of(params, settings)
             raise self._idp_error(kind, callback)
         if not code or not state:
             raise MissingParameters("no code or no state in the authorization response")
@@ -248,10 +257,7 @@ class SsoService:
             if STATE_SYNTAX.match(state):
                 self._consume(state, kind, callback, quietly=True)
             raise ResponseModeNotAllowed("GET callback carrying a code while ALLOW_QUERY_RESPONSE_MODE is off")
-        metadata = self.deps.metadata()
-        iss = params.get("iss")
-        if iss is not None or metadata.iss_parameter_supported:
-            self._check_iss_parameter(iss, metadata, settings)
+        metadata = self._check_iss_of(params, settings)
         # 2. the binding: this state's cookie opens under our key, for this state and kind only. A
         #    wrong browser (no cookie, another flow's, altered, an old key) still consumes the marker:
         #    no later request can complete a flow a wrong browser has presented.
@@ -323,22 +329,33 @@ class SsoService:
         callback.finished = True
 
     def _idp_error(self, kind: str, callback: Callback) -> IdpError:
-        """The IdP's error, escaped on the page with our AADSTS hint. Its error_description only when
-        the state is a live flow bound to this browser (its cookie opens for it): anyone can put text
-        in a URL, and our origin must not show a stranger's. That flow is over: its cookie goes."""
+        """The IdP's error, escaped on the page with our AADSTS hint. Anyone can put text in a URL, and
+        our origin must not show a stranger's: the error only when it is a code an IdP sends, its
+        error_description only when the state is a live flow bound to this browser (its cookie opens
+        for it). That flow is over: its marker is consumed and its cookie goes."""
         params = callback.params
         error, state = params["error"][:100], params.get("state", "")
         description = params.get("error_description", "")[:MAX_ERROR_TEXT]
+        shown = error if error in IDP_ERROR_CODES else "an error code this app does not know"
         bound = False
-        if description and STATE_SYNTAX.match(state):
+        if STATE_SYNTAX.match(state):
             try:
-                self.deps.signer().flow_cookies.open(kind, state, callback.cookies.get(cookie_name(kind, state))) \
-                    .check_unexpired(self.clock())
-                bound = callback.finished = True
-            except SsoError:  # not bound, expired, or the key unavailable: the text is not shown
+                flow = self.deps.signer().flow_cookies.open(kind, state, callback.cookies.get(cookie_name(kind, state)))
+                self._consume(state, kind, callback, quietly=True)
+                flow.check_unexpired(self.clock())
+                bound = True
+            except SsoError:  # not bound, expired, or a dependency down: the text is not shown
                 pass
-        return IdpError(f"IdP error {error}", shown=f"{error}: {description}" if bound else error,
+        return IdpError(f"IdP error {error}", shown=f"{shown}: {description}" if bound and description else shown,
                         hint=hint_for(description))
+
+    def _check_iss_of(self, params: dict[str, str], settings) -> ProviderMetadata:
+        """The response's RFC 9207 `iss`, when it has one or the IdP advertises it; the IdP's metadata."""
+        metadata = self.deps.metadata()
+        iss = params.get("iss")
+        if iss is not None or metadata.iss_parameter_supported:
+            self._check_iss_parameter(iss, metadata, settings)
+        return metadata
 
     @staticmethod
     def _check_iss_parameter(iss: str | None, metadata, settings) -> None:

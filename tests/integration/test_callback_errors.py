@@ -64,10 +64,10 @@ DESCRIPTION = "AADSTS50011: The redirect URI <script>alert(1)</script> does not 
 
 
 def test_idp_error_of_a_flow_bound_to_this_browser_is_400_escaped_with_its_text_and_the_aadsts_fix(
-        browser_session):
+        browser_session, idp):
     started = start_login(browser_session, APP_BASE, "user")
     state = parse_qs(urlsplit(started.headers["Location"]).query)["state"][0]
-    response = browser_session.post(CALLBACK, data={"error": "invalid_request", "state": state,
+    response = browser_session.post(CALLBACK, data={"error": "invalid_request", "state": state, "iss": idp.issuer,
                                                      "error_description": DESCRIPTION})
     assert_error_page(response, 400, get_runtime(), "idp_error")
     assert "<script>alert(1)</script>" not in response.text
@@ -76,18 +76,57 @@ def test_idp_error_of_a_flow_bound_to_this_browser_is_400_escaped_with_its_text_
     assert "Max-Age=0" in response.headers["Set-Cookie"], "the IdP ended that flow: its cookie goes"
 
 
-def test_idp_error_text_of_a_state_not_bound_to_this_browser_is_not_shown(browser_session):
+def test_idp_error_text_of_a_state_not_bound_to_this_browser_is_not_shown(browser_session, idp):
     """Issue 13 item 8: anyone can put text in a URL; our origin shows the IdP's text only for a live
     flow of this browser. The error code and our own AADSTS hint still show."""
     phishing = "AADSTS50011: Your account is locked. Call +1 555 0100 to unlock it."
     for state in ("abcdefgh12345678", start_login(requests.Session(), APP_BASE, "user").headers["Location"]
                   .split("state=")[1].split("&")[0]):  # an unknown state, and another browser's live one
         response = browser_session.post(CALLBACK, data={"error": "invalid_request", "state": state,
-                                                         "error_description": phishing})
+                                                         "iss": idp.issuer, "error_description": phishing})
         assert_error_page(response, 400, get_runtime(), "idp_error")
         assert "invalid_request" in response.text
         assert "555 0100" not in response.text and "locked" not in response.text, "the crafted text is not shown"
         assert "Authentication &gt; Web" in response.text or "Authentication > Web" in response.text
+
+
+def test_idp_error_code_that_is_not_a_known_code_is_not_shown_either(browser_session, idp):
+    """Anyone can link to the callback with `error` of their own: a sentence there was shown on our
+    origin as it was. RFC 6749 4.1.2.1 and OIDC Core 3.1.2.6 name the codes an IdP sends."""
+    phishing = "Your account is locked. Call +1 555 0100 to unlock it"
+    for response in (browser_session.get(CALLBACK, params={"error": phishing, "iss": idp.issuer}),  # iss is public
+                     browser_session.post(CALLBACK, data={"error": phishing, "state": "abcdefgh12345678",
+                                                          "iss": idp.issuer})):
+        assert_error_page(response, 400, get_runtime(), "idp_error")
+        assert "555 0100" not in response.text and "locked" not in response.text
+
+
+def test_idp_error_of_a_bound_flow_ends_it_with_or_without_a_description(browser_session, idp):
+    """The IdP ended the flow: its marker is consumed and its cookie cleared, so the flow's code (or
+    a copy of the cookie) cannot complete it afterwards; an error without error_description (RFC 6749
+    allows it) left both."""
+    for extra in ({}, {"error_description": "AADSTS65004: User declined to consent."}):
+        action, fields = idp_answer(browser_session, APP_BASE, "user", DEMO_USER)
+        cookie = browser_session.cookies.get(cookie_name("user", fields["state"]))
+        refused = browser_session.post(action, data={"error": "access_denied", "state": fields["state"],
+                                                     "iss": idp.issuer, **extra})
+        assert_error_page(refused, 400, get_runtime(), "idp_error")
+        assert "Max-Age=0" in refused.headers.get("Set-Cookie", ""), f"its cookie goes ({extra})"
+        copied = {"Cookie": f"{cookie_name('user', fields['state'])}={cookie}"}
+        late = requests.post(action, data=fields, headers=copied)
+        assert_error_page(late, 400, get_runtime(), "unknown_state")
+
+
+def test_the_iss_parameter_is_checked_before_an_error_response_is_read(browser_session, idp):
+    """RFC 9207 2.4: the check comes first, error responses included: an error from another issuer
+    (a mix-up) is not our IdP's, and its text is not shown as our IdP's."""
+    started = start_login(browser_session, APP_BASE, "user")
+    state = parse_qs(urlsplit(started.headers["Location"]).query)["state"][0]
+    response = browser_session.post(CALLBACK, data={"error": "access_denied", "state": state,
+                                                     "error_description": "Call 555 0100",
+                                                     "iss": "https://evil.example/"})
+    assert_error_page(response, 400, get_runtime(), "authorization_response_iss_mismatch")
+    assert "555 0100" not in response.text
 
 
 def test_query_mode_callback_is_refused_by_default_and_consumes_its_flow(browser_session):
