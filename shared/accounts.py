@@ -192,7 +192,8 @@ class Account:
             display_name=str(entity.get("DisplayName") or ""),
             enabled=stored is True,  # fail closed: only a real boolean true (or none stored) enables
             linked_idp_subject=entity.get("LinkedIdpSubject") or None,
-            last_login_at=entity.get("LastLoginAt"),
+            # Another tool may store it as text: no time, as if none (the next login writes a real one).
+            last_login_at=last if isinstance(last := entity.get("LastLoginAt"), datetime) else None,
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
             key=entity["PartitionKey"],
             invalid_enabled=None if isinstance(stored, bool) else repr(stored)[:40],
@@ -452,13 +453,14 @@ class AccountStore:
         return account
 
     def key_problems(self) -> Iterator[tuple[Account, str, str]]:
-        """Stored rows that the email-key rule does not find as they are: (account, "refused" | "key"
-        | "review" | "enabled", what). "refused": the stored address is one the rule refuses, so no
-        login can reach the row; "key": the row's key is not its address's key (written by another
-        tool, or by a rule that folded more); "review": a non-ASCII address, which the old rule had
-        case-folded (a directory that says 'Ärzte@' no longer finds 'ärzte@'); "enabled": `Enabled`
-        is not a real boolean, so the account counts as disabled; "moving": a row login does not find
-        because directory sync is moving it (move_problem)."""
+        """Stored rows that the email-key rule does not find as they are: (account, problem, what).
+        "refused": the stored address is one the rule refuses, so no login can reach the row; "key": the
+        row's key is not its address's key (written by another tool, or by a rule that folded more);
+        "review": a non-ASCII address, which the old rule had case-folded (a directory that says
+        'Ärzte@' no longer finds 'ärzte@'); "kind": a RowKey that is not a kind, "no-id": no AccountId
+        (both written by another tool: no login finds them); "enabled": `Enabled` is not a real
+        boolean, so the account counts as disabled; "moving": a row login does not find because
+        directory sync is moving it (move_problem)."""
         with storage_errors():
             stored = [Account.from_entity(entity) for entity in self._table.list_entities()]
         for account in stored:
@@ -473,6 +475,10 @@ class AccountStore:
             elif not account.email.isascii():
                 yield account, "review", "non-ASCII: the old rule case-folded it; is it the address as the " \
                                          "directory sends it?"
+            if account.kind not in KINDS:
+                yield account, "kind", f"its kind {account.kind!r} is not user or agent"
+            elif not account.account_id:
+                yield account, "no-id", "it has no AccountId: sign-in refuses it"
             if account.invalid_enabled is not None:
                 yield account, "enabled", f"Enabled is {account.invalid_enabled}, not a boolean: counts as disabled"
 

@@ -387,6 +387,9 @@ CHECK_ADVICE = {
                "with --stored-key",
     "key": "no sign-in finds it: add the account under its address, then remove this row with --stored-key",
     "review": "if the directory writes the address with capitals other than A-Z, add it under that address",
+    "kind": "no sign-in finds it (a kind is user or agent, lower-case): add the account with its kind, then remove "
+            "this row with --stored-key and --kind as stored",
+    "no-id": "sign-in refuses it: add it again with its --account-id, or remove it",
     "enabled": "run enable or disable to store a real boolean",
     "moving": "change the account where the `what` column says sign-in finds it; where it finds it at neither "
               f"address, {MOVE_ADVICE}",
@@ -435,11 +438,15 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if (args.email is None) == (args.stored_key is None):
         return _fail("remove takes an EMAIL or --stored-key KEY (as `check` prints it), not both")
     if args.email is not None:
+        if args.kind not in KINDS:
+            return _fail(f"--kind is user or agent (a kind as another tool stored it goes with --stored-key), "
+                         f"not {printable(args.kind)}")
         return _remove_by_email(args)
     key = unprintable(args.stored_key)
-    if not _store(args).remove_key(key, args.kind):
-        return _fail(f"no {args.kind} row with the stored key {printable(key)}")
-    print(f"removed the {args.kind} row with the stored key {printable(key)}")
+    kind = unprintable(args.kind)
+    if not _store(args).remove_key(key, kind):
+        return _fail(f"no {printable(kind)} row with the stored key {printable(key)}")
+    print(f"removed the {printable(kind)} row with the stored key {printable(key)}")
     return EXIT_OK
 
 
@@ -485,9 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
                             ("remove", cmd_remove, "delete an account")):
         one = commands.add_parser(name, help=text)
         one.add_argument("email", nargs="?" if name == "remove" else None)
-        one.add_argument("--kind", choices=KINDS, required=True)
-        if name == "remove":
+        if name == "remove":  # a row `check` listed may have any kind another tool stored ('User')
+            one.add_argument("--kind", required=True, help="user or agent; with --stored-key, the kind as stored")
             one.add_argument("--stored-key", help="the row's stored key as `check` prints it, instead of EMAIL")
+        else:
+            one.add_argument("--kind", choices=KINDS, required=True)
         one.set_defaults(run=run)
     return parser
 

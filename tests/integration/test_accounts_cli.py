@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -389,6 +390,38 @@ def test_check_lists_rows_whose_key_differs_or_is_refused_and_remove_by_stored_k
     assert run(cs, "remove", "--stored-key", f"Upper.{tag}@Contoso.test", "--kind", "user") == 0
     assert run(cs, "remove", "--stored-key", f"Upper.{tag}@Contoso.test", "--kind", "user") == 1
     assert "no user row with the stored key" in capsys.readouterr().err
+
+
+def test_check_lists_rows_sign_in_refuses_for_their_kind_or_missing_id_and_remove_takes_the_kind_as_stored(
+        cs, store, tag, capsys):
+    """Rows another tool wrote: a RowKey that is no kind ('User'), no AccountId. Sign-in finds neither
+    (no_account), `list` showed both as accounts and `check` said all was well; `remove --stored-key`
+    refused the kind as stored, so the row could not go."""
+    capital, no_id = f"cap.{tag}@contoso.test", f"noid.{tag}@contoso.test"
+    store._table.upsert_entity({"PartitionKey": capital, "RowKey": "User", "AccountId": f"C-{tag}", "Email": capital})
+    store._table.upsert_entity({"PartitionKey": no_id, "RowKey": "user", "Email": no_id})
+    assert run(cs, "check") == 1
+    out = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in out.splitlines() if tag in line}
+    assert lines[capital].startswith("kind") and lines[no_id].startswith("no-id"), out
+    assert run(cs, "remove", "--stored-key", capital, "--kind", "User") == 0
+    assert not list(store._table.query_entities("PartitionKey eq @k", parameters={"k": capital}))
+    assert run(cs, "remove", f"rest.{tag}@contoso.test", "--kind", "User") == 1, "an EMAIL's kind is user or agent"
+
+
+def test_a_last_login_at_stored_as_text_is_no_time_and_no_crash(cs, store, tag, capsys):
+    """`az storage entity merge LastLoginAt=...` stores a string: every later login of the person was a
+    500 (datetime minus str) and `list` a traceback; it counts as no login yet and the next one rewrites it."""
+    email = f"text.{tag}@contoso.test"
+    assert run(cs, "add", email, "--kind", "user", "--account-id", f"T-{tag}") == 0
+    store._table.update_entity({"PartitionKey": email, "RowKey": "user", "LastLoginAt": "2024-05-01T10:00:00Z",
+                                "LinkedIdpSubject": f"t:{tag}"}, mode=UpdateMode.MERGE)
+    account = store.get(email, "user")
+    assert account.last_login_at is None
+    linked = store.link_and_record_login(account, f"t:{tag}")
+    assert isinstance(store.get(email, "user").last_login_at, datetime) and linked.account_id == f"T-{tag}"
+    capsys.readouterr()
+    assert run(cs, "list") == 0 and email in capsys.readouterr().out
 
 
 def test_import_over_linked_accounts_of_other_ids_writes_nothing_unless_forced(cs, store, tag, tmp_path, capsys):
