@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +37,13 @@ MAX_ACCOUNT_ID_LENGTH = 255
 # How fresh LastLoginAt is kept: a login within this time of the last recorded one writes nothing.
 LAST_LOGIN_PRECISION = timedelta(hours=1)
 WRITE_ATTEMPTS = 5  # of an etag-checked read-modify-write that keeps meeting concurrent changes
+# Directory sync's AccountIds (shared/scim/sync.py account_id: scim-{kind}-{SCIM id}): a provisioned
+# person's own, given back with the person's email when a removed role returns.
+DIRECTORY_SYNC_ID_PREFIXES = tuple(f"scim-{kind}-" for kind in KINDS)
+# What an import's scan reads of each stored row (stored_accounts) and what `add` reads of the rows
+# holding an account id (AccountStore.holders).
+STORED_FIELDS = ["PartitionKey", "RowKey", "AccountId", "LinkedIdpSubject", "Email", "MovedTo", "MovedFrom",
+                 "ScimId", "Enabled"]
 
 
 def _char(c: str) -> str:
@@ -155,7 +162,7 @@ class Account:
     linked_idp_subject: str | None
     last_login_at: datetime | None
     etag: str | None = None
-    provisioned: bool = False  # made or adopted by directory sync (shared/scim/sync.py sets ScimId)
+    scim_id: str = ""  # the person directory sync made or adopted it for (shared/scim/sync.py sets ScimId)
     key: str = ""  # the stored PartitionKey: every write goes to the row that was read
     # The stored `Enabled` (repr) when it is not a real boolean ('false', 0: what `az storage entity
     # merge Enabled=false` stores); such an account counts as disabled.
@@ -168,9 +175,16 @@ class Account:
         if not self.key:  # made by hand, not read: the key its email gives
             self.key = email_key(self.email)
 
+    @property
+    def provisioned(self) -> bool:
+        """Managed by directory sync: Entra owns its name and enabled state."""
+        return bool(self.scim_id)
+
     @classmethod
     def from_entity(cls, entity) -> Account:
-        stored = entity.get("Enabled", True)
+        stored = entity.get("Enabled")
+        if stored is None:  # none stored (a $select of a property a row lacks answers it as null)
+            stored = True
         return cls(
             email=str(entity.get("Email") or _unescape(entity["PartitionKey"])),
             kind=entity["RowKey"],
@@ -182,15 +196,18 @@ class Account:
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
             key=entity["PartitionKey"],
             invalid_enabled=None if isinstance(stored, bool) else repr(stored)[:40],
-            provisioned=bool(entity.get("ScimId")),
+            scim_id=str(entity.get("ScimId") or ""),
             moved_to=str(entity.get("MovedTo") or ""),
             moved_from=str(entity.get("MovedFrom") or ""),
         )
 
 
 class AccountStore:
-    def __init__(self, table: TableClient):
+    def __init__(self, table: TableClient, people: TableClient | None = None):
         self._table = table
+        # Directory sync's ScimUsers table (shared/scim/store.py: a person is row `P`/{SCIM id}, its
+        # `Active` what Entra last said), read by `enable` alone; None: not read.
+        self._people = people
 
     def get(self, email: str, kind: str) -> Account | None:
         """The account of this kind for this email, or None; raises MalformedEmail for a refused address."""
@@ -251,13 +268,19 @@ class AccountStore:
     # it is decided again on a fresh read, so nothing another writer did is lost.
     def add(self, email: str, kind: str, account_id: str, name: str = "", enabled: bool = True,
             force: bool = False) -> Account | None:
-        """Creates the account, or updates the existing one (its link and last login kept); returns
-        the account as it was before (None when it is new). Raises MalformedEmail, and AccountConflict
-        when the existing row is linked to a person and has another AccountId (that person would
-        silently sign in to `account_id` from then on) unless `force`."""
+        """Creates the account, or updates the existing one (its link and last login kept; one
+        directory sync manages keeps its name and enabled state but for a disable: AccountRow.entity);
+        returns the account as it was before (None when it is new). Raises MalformedEmail, and
+        AccountConflict when another email's row holds this account id and kind (sharing_problem:
+        never overridden by `force`), or when the existing row is linked to a person and has another
+        AccountId (that person would silently sign in to `account_id` from then on) unless `force`."""
         row = AccountRow(canonical_email(email), kind, account_id, name, enabled)
         for _ in range(WRITE_ATTEMPTS):
             existing = self._unhidden(row.key, kind)
+            # Read on every attempt: a write that failed because the row moved away finds it moved.
+            problem = sharing_problem(row, self.holders(account_id, kind), existing)
+            if problem:
+                raise AccountConflict(problem, existing)
             with storage_errors():
                 try:
                     if existing is None:
@@ -266,7 +289,7 @@ class AccountStore:
                     if repoints(row.account_id, existing) and not force:
                         raise AccountConflict(f"{repoint_text(existing, account_id)}. Use --force to do that, or "
                                               "unlink first so that whoever signs in next is linked.", existing)
-                    self._table.update_entity(row.entity(), mode=UpdateMode.MERGE, etag=existing.etag,
+                    self._table.update_entity(row.entity(existing), mode=UpdateMode.MERGE, etag=existing.etag,
                                               match_condition=MatchConditions.IfNotModified)
                     return existing
                 except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
@@ -293,6 +316,24 @@ class AccountStore:
                 except ResourceNotFoundError:
                     return False
         raise AccountConflict(f"the {kind} account of {canonical_email(email)} kept changing; try again")
+
+    def enable(self, email: str, kind: str) -> bool:
+        """`update(Enabled=True)`, refused (AccountConflict) for an account directory sync manages
+        whose person Entra has disabled: directory sync writes `Enabled` only when `active` changes,
+        so an enable here would outlast every later write of Entra's; Entra's own re-enable enables
+        the account. Disabling is never refused (the safe direction)."""
+        account = self.get(email, kind)
+        if account is not None and account.provisioned and self._people is not None:
+            with storage_errors():
+                try:
+                    active = self._people.get_entity("P", account.scim_id, select=["Active"]).get("Active")
+                except ResourceNotFoundError:
+                    active = None  # no such person (a leftover row): nothing of Entra's to outlast
+            if active is False:
+                raise AccountConflict(f"the {kind} account of {account.email} is managed by directory sync, and Entra "
+                                      "has the person disabled: enable the person in Entra (or assign them again); its "
+                                      "next write enables the account", account)
+        return self.update(email, kind, Enabled=True)
 
     def unlink(self, email: str, kind: str) -> bool:
         """Forgets the linked person; False when there is no such account. A property can only be
@@ -340,6 +381,15 @@ class AccountStore:
     def stored_accounts(self) -> dict[tuple[str, str], Account]:
         """See `stored_accounts` below."""
         return stored_accounts(self._table)
+
+    def holders(self, account_id: str, kind: str) -> list[Account]:
+        """The stored rows of this kind whose AccountId is `account_id`, wherever they are (one
+        filtered query: Table Storage scans for a property that is not a key, which an admin's `add`
+        can afford and a login never does)."""
+        with storage_errors():
+            return [Account.from_entity(e) for e in self._table.query_entities(
+                "RowKey eq @kind and AccountId eq @id", parameters={"kind": kind, "id": account_id},
+                select=STORED_FIELDS)]
 
     def import_rows(self, rows, progress=None, workers: int = 16, stored=None, force: bool = False) -> Imported:
         """See `import_rows` below."""
@@ -479,9 +529,15 @@ class AccountRow:
     def key(self) -> str:
         return table_key(self.email)
 
-    def entity(self) -> dict:
-        return {"PartitionKey": self.key, "RowKey": self.kind, "Email": self.email,
-                "AccountId": self.account_id, "DisplayName": self.name, "Enabled": self.enabled}
+    def entity(self, before: Account | None = None) -> dict:
+        """The row to create, or to merge over `before` (the stored row). An account directory sync
+        manages (`before.provisioned`) keeps Entra's name, email and enabled state: an import run
+        again must not re-enable a person Entra disabled. A disable still lands (the safe direction,
+        as `accounts disable`)."""
+        keys = {"PartitionKey": self.key, "RowKey": self.kind, "AccountId": self.account_id}
+        if before is not None and before.provisioned:
+            return {**keys, **({} if self.enabled else {"Enabled": False})}
+        return {**keys, "Email": self.email, "DisplayName": self.name, "Enabled": self.enabled}
 
 
 def parse_enabled(raw: str | None) -> bool | None:
@@ -519,21 +575,68 @@ def repoint_text(before: Account, account_id: str) -> str:
             f"{before.linked_idp_subject}: making it {account_id} would sign that person in to {account_id}")
 
 
-def refusal_text(before: Account, account_id: str) -> str:
-    """Why an import did not write over `before` (refused by _import_partition)."""
+def refusal_text(before: Account | None, row: AccountRow) -> str:
+    """Why an import did not write `row` over `before`, the row as read again (_import_partition)."""
+    if before is None:
+        return (f"the {row.kind} account of {row.email} was removed during the import (directory sync may have moved "
+                "it to another email, or an admin removed it): not made again; import again to decide it afresh")
     if before.moved_to:
         moved = _unescape(before.moved_to)  # the commit just landed: its copy is what sign-in finds
         return (f"directory sync moved the {before.kind} account of {before.email} to {moved} during the import; "
                 f"sign-in finds it at {moved}, not here: write it under {moved}")
-    return repoint_text(before, account_id)
+    return repoint_text(before, row.account_id)
+
+
+def login_reaches(key: str) -> bool:
+    """Whether a sign-in can ever read the row at `key`: some address's key is `key` (not so for the
+    rows `check` calls `refused` or `key`)."""
+    address = _unescape(key)
+    return email_problem(address) is None and email_key(address) == key
+
+
+def sharing_problem(row: AccountRow, holders: Iterable[Account], before: Account | None) -> str | None:
+    """Why writing `row` would give a second mailbox an account (SPEC: two mailboxes never share one),
+    None when it would not. `holders`: the stored rows of row's AccountId and kind; `before`: the
+    stored row at row's key. One at another key holds it (directory sync moved it there when Entra
+    changed the email, say: made again at the old email, unlinked, it would sign in whoever has that
+    mailbox now); the other row of that account's own move between the two keys, and a row no
+    sign-in reaches, do not count. Directory sync's ids (scim-{kind}-...) are the provisioned
+    person's even while no row holds them. `--force` never overrides this (a security property)."""
+    others = [held for held in holders if held.key != row.key and row.key not in (held.moved_to, held.moved_from)
+              and login_reaches(held.key)]
+    if others:
+        held = min(others, key=lambda a: bool(a.moved_to or a.moved_from))  # the one not mid-move, if any
+        moving = held.moved_to or held.moved_from
+        where = f", which directory sync is moving to or from {_unescape(moving)}" if moving else ""
+        advice = (f"directory sync manages it, and moves it when Entra changes the person's email: write it under "
+                  f"{held.email}, or leave this row out") if held.provisioned else \
+            f"to give it to {row.email} instead, remove it at {held.email} first"
+        return (f"account id {row.account_id} is the {held.kind} account of {held.email}{where}: writing it "
+                f"under {row.email} would let a second mailbox sign in to it ({advice})")
+    if row.account_id.startswith(DIRECTORY_SYNC_ID_PREFIXES) and \
+            (before is None or before.account_id != row.account_id):
+        return (f"account id {row.account_id} has the form of directory sync's own (scim-{{kind}}-{{SCIM id}}), which "
+                "stay the provisioned person's and come back with that person's email: choose another")
+    return None
+
+
+def sharing_problems(rows: Iterable[AccountRow], stored: dict[tuple[str, str], Account]
+                     ) -> list[tuple[AccountRow, str]]:
+    """sharing_problem for each row against an import's scan (stored_accounts): (row, why)."""
+    holders: dict[tuple[str, str], list[Account]] = {}
+    for account in stored.values():
+        holders.setdefault((account.account_id, account.kind), []).append(account)
+    return [(row, problem) for row in rows if (problem := sharing_problem(
+        row, holders.get((row.account_id, row.kind), ()), stored.get((row.key, row.kind))))]
 
 
 @dataclass
 class Imported:
     written: int = 0
-    # Rows not written because, by the time they were written, the stored row had become linked to a
-    # person under another account id (a login during the import): (row, stored account).
-    refused: list[tuple[AccountRow, Account]] = field(default_factory=list)
+    # Rows not written: (row, why). Checked up front by the caller, so only what changed during the
+    # import: a stored row that became linked to a person under another account id (a login), moved
+    # or removed; and, when the caller did not check first, a row that would share an account.
+    refused: list[tuple[AccountRow, str]] = field(default_factory=list)
 
 
 def _read(table: TableClient, key: str, kind: str) -> Account | None:
@@ -547,9 +650,9 @@ def _read(table: TableClient, key: str, kind: str) -> Account | None:
 def _write_partition(table: TableClient, rows: list[AccountRow], known: dict[tuple[str, str], Account | None]) -> None:
     """One email's rows (a user and an agent row at most): created where none was stored, else merged
     (link and last login kept) on the condition that the row is still as it was read."""
-    ops = [("create", row.entity(), {}) if known[(row.key, row.kind)] is None else
-           ("update", row.entity(), {"mode": UpdateMode.MERGE, "etag": known[(row.key, row.kind)].etag,
-                                     "match_condition": MatchConditions.IfNotModified})
+    ops = [("create", row.entity(), {}) if (before := known[(row.key, row.kind)]) is None else
+           ("update", row.entity(before), {"mode": UpdateMode.MERGE, "etag": before.etag,
+                                           "match_condition": MatchConditions.IfNotModified})
            for row in rows]
     if len(ops) > 1:
         table.submit_transaction(ops)
@@ -564,10 +667,13 @@ def _import_partition(table: TableClient, rows: list[AccountRow], stored: dict[t
     """Writes one partition's rows, etag-checked against what was stored when the import began; a row
     changed since (a login linked it, an admin disabled it) is read again and decided again."""
     known = {(row.key, row.kind): stored.get((row.key, row.kind)) for row in rows}
+    scanned = {key for key, before in known.items() if before is not None}
     for _ in range(WRITE_ATTEMPTS):
-        # A row directory sync moved away since the scan (login no longer finds it) is never written.
-        refused = [(row, before) for row in rows if (before := known[(row.key, row.kind)]) is not None
-                   and (before.moved_to or (not force and repoints(row.account_id, before)))]
+        # A row directory sync moved away since the scan (login no longer finds it) is never written,
+        # nor made again once gone: its AccountId may be another email's now (sharing_problem).
+        refused = [(row, refusal_text(before, row)) for row in rows
+                   if ((before := known[(row.key, row.kind)]) is None and (row.key, row.kind) in scanned)
+                   or (before is not None and (before.moved_to or (not force and repoints(row.account_id, before))))]
         todo = [row for row in rows if all(row is not r for r, _ in refused)]
         if not todo:
             return Imported(0, refused)
@@ -582,11 +688,11 @@ def _import_partition(table: TableClient, rows: list[AccountRow], stored: dict[t
 
 
 def stored_accounts(table: TableClient) -> dict[tuple[str, str], Account]:
-    """Every stored row's key, kind, account id, link and etag, in one paged scan (1000 rows a
-    request): what an import checks its rows against before it writes any."""
+    """Every stored row's key, kind, account id, link, move markers, whether directory sync manages it,
+    and etag, in one paged scan (1000 rows a request): what an import checks its rows against before
+    it writes any."""
     with storage_errors():
-        return {(a.key, a.kind): a for a in map(Account.from_entity, table.list_entities(
-            select=["PartitionKey", "RowKey", "AccountId", "LinkedIdpSubject", "Email", "MovedTo", "MovedFrom"]))}
+        return {(a.key, a.kind): a for a in map(Account.from_entity, table.list_entities(select=STORED_FIELDS))}
 
 
 def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[int], None] | None = None,
@@ -595,16 +701,18 @@ def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[
     """Writes every row, etag-checked against `stored` (stored_accounts(), read by the caller to check
     the rows first; read here when not given). A row that would re-point a linked person to another
     account id is not written unless `force` (the caller refuses those up front; one that became so
-    during the import comes back in `refused`). Each email is its own partition, so a transaction can
-    only group one email's user and agent rows: the speed comes from `workers` requests in flight at
-    once. `progress(n)` is called (on this thread) as each n rows land. Raises DependencyUnavailable
-    on the first storage failure, after the requests in flight end; rows written until then stay (an
-    import is idempotent, so running it again finishes it)."""
+    during the import comes back in `refused`); one that would share an account with another email
+    (sharing_problems, which the caller refuses up front too) never is. Each email is its own
+    partition, so a transaction can only group one email's user and agent rows: the speed comes from
+    `workers` requests in flight at once. `progress(n)` is called (on this thread) as each n rows
+    land. Raises DependencyUnavailable on the first storage failure, after the requests in flight
+    end; rows written until then stay (an import is idempotent, so running it again finishes it)."""
     stored = stored_accounts(table) if stored is None else stored
+    result = Imported(refused=sharing_problems(rows, stored))
     partitions: dict[str, list[AccountRow]] = {}
     for row in rows:
-        partitions.setdefault(row.key, []).append(row)
-    result = Imported()
+        if all(row is not r for r, _ in result.refused):
+            partitions.setdefault(row.key, []).append(row)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
         pending = [pool.submit(_import_partition, table, group, stored, force) for group in partitions.values()]
         try:

@@ -44,13 +44,13 @@ from shared.accounts import (
     check_account,
     parse_enabled,
     printable,
-    refusal_text,
     repoint_text,
     repoints,
+    sharing_problems,
     unprintable,
 )
 from shared.errors import ConfigurationError, DependencyUnavailable
-from shared.tables import ACCOUNTS_TABLE, Tables
+from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE, Tables
 
 from .arguments import whole_number
 
@@ -113,7 +113,7 @@ def connect(connection_string: str | None, endpoint: str | None, workers: int = 
     session.mount("https://", adapter)
     tables = Tables.from_settings(connection_string, endpoint, _default_credential,
                                   transport=RequestsTransport(session=session, session_owner=False))
-    return AccountStore(tables.client(ACCOUNTS_TABLE))
+    return AccountStore(tables.client(ACCOUNTS_TABLE), people=tables.client(SCIM_USERS_TABLE))
 
 
 def _default_credential():
@@ -149,6 +149,7 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
     rows: list[AccountRow] = []
     problems: list[str] = []
     seen: dict[tuple[str, str], int] = {}
+    ids: dict[tuple[str, str], int] = {}  # (account id, kind) -> line: one account is one mailbox's
     with handle:
         reader = csv.reader(handle)
         try:
@@ -183,7 +184,13 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
                 if key in seen:
                     problems.append(f"line {line}: duplicate of line {seen[key]} (same email and kind)")
                     continue
+                if (values["account_id"], values["kind"]) in ids:
+                    problems.append(f"line {line}: account id {printable(values['account_id'])} ({values['kind']}) is "
+                                    f"also line {ids[(values['account_id'], values['kind'])]}'s, for another email: "
+                                    "two mailboxes would share one account")
+                    continue
                 seen[key] = line
+                ids[(values["account_id"], values["kind"])] = line
                 rows.append(AccountRow(email, values["kind"], values["account_id"], values.get("name", ""),
                                        bool(enabled), line))
         except UnicodeDecodeError as exc:
@@ -248,6 +255,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     said = f"{args.kind} account {printable(account_id)} for {printable(email)}{' (disabled)' if args.disabled else ''}"
     if before is None:
         print(f"added {said}")
+    elif before.provisioned:
+        state = "disabled as asked" if args.disabled else "enabled" if before.enabled else \
+            f"kept disabled: {_enable_advice(email, args.kind)}"
+        print(f"updated {said}; directory sync manages it, so its name and enabled state stay Entra's ({state})")
     elif repoints(account_id, before):
         print(f"updated {said}: it was {printable(before.account_id)}; {printable(before.linked_idp_subject)}, "
               f"who is linked to it, now signs in to {printable(account_id)} (--force)")
@@ -272,20 +283,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     moving = [(row, problem) for row in rows if (before := stored.get((row.key, row.kind))) is not None
               and (problem := store.move_problem(before))]
     if moving:
-        for row, problem in moving:
-            print(f"line {row.line}: {printable(problem)}", file=sys.stderr)
-        print(f"{args.file}: {len(moving)} row{'s' if len(moving) != 1 else ''} that directory sync is moving; nothing "
-              "was written. Each line says where sign-in finds the account now.", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    repointed = [(row, stored[(row.key, row.kind)]) for row in rows
-                 if repoints(row.account_id, stored.get((row.key, row.kind)))]
+        return _refuse_rows(args.file, moving, "that directory sync is moving",
+                            "Each line says where sign-in finds the account now.")
+    shared = sharing_problems(rows, stored)  # --force does not override these
+    if shared:
+        return _refuse_rows(args.file, shared, "would give an account to a second mailbox")
+    repointed = [(row, repoint_text(before, row.account_id)) for row in rows
+                 if repoints(row.account_id, before := stored.get((row.key, row.kind)))]
     if repointed and not args.force:
-        for row, before in repointed:
-            print(f"line {row.line}: {printable(repoint_text(before, row.account_id))}", file=sys.stderr)
-        print(f"{args.file}: {len(repointed)} row{'s' if len(repointed) != 1 else ''} would sign a linked person in to "
-              "another account; nothing was written. Use --force to do that, or unlink those accounts first.",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _refuse_rows(args.file, repointed, "would sign a linked person in to another account",
+                            "Use --force to do that, or unlink those accounts first.")
     shown = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = ProgressBar(len(rows), sys.stderr, shown)
     started = time.monotonic()
@@ -304,12 +311,43 @@ def cmd_import(args: argparse.Namespace) -> int:
     written = [row for row in rows if all(row is not r for r, _ in result.refused)]
     kinds = {kind: sum(1 for r in written if r.kind == kind) for kind in KINDS}
     print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
+    _say_managed(written, stored)
     if result.refused:
-        for row, before in result.refused:
-            print(f"line {row.line}: not written (changed during the import): "
-                  f"{printable(refusal_text(before, row.account_id))}", file=sys.stderr)
+        for row, why in result.refused:
+            print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def _refuse_rows(path: str, refused: list[tuple[AccountRow, str]], what: str, advice: str = "") -> int:
+    """An import refused before any write: each row's line and why, then the count and what to do."""
+    for row, why in refused:
+        print(f"line {row.line}: {printable(why)}", file=sys.stderr)
+    print(f"{path}: {len(refused)} row{'s' if len(refused) != 1 else ''} {what}; nothing was written."
+          f"{' ' + advice if advice else ''}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _enable_advice(email: str, kind: str) -> str:
+    return (f"Entra disabled the person (enable them in Entra), or an admin ran `disable` (then `enable "
+            f"{printable(email)} --kind {kind}`)")
+
+
+def _say_managed(written: list[AccountRow], stored: dict) -> None:
+    """The rows that were accounts directory sync manages (as scanned): their name and enabled state
+    stayed Entra's (AccountRow.entity), said rather than silently ignored; a line for each the file
+    would have enabled."""
+    managed = [(row, before) for row in written if (before := stored.get((row.key, row.kind))) is not None
+               and before.provisioned]
+    if not managed:
+        return
+    for row, before in managed:
+        if row.enabled and not before.enabled:
+            print(f"line {row.line}: the {row.kind} account of {printable(row.email)} stays disabled: directory sync "
+                  f"manages it; {_enable_advice(row.email, row.kind)}")
+    print(f"{len(managed)} of these accounts {'are' if len(managed) != 1 else 'is'} managed by directory sync: their "
+          "name and enabled state stay Entra's (enable, disable or rename the person in Entra); a `false` in enabled "
+          "still disables")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -387,7 +425,7 @@ def _one_account(action: Callable[[AccountStore, str, str], bool], done: str):
 
 
 cmd_disable = _one_account(lambda s, email, kind: s.update(email, kind, Enabled=False), "disabled")
-cmd_enable = _one_account(lambda s, email, kind: s.update(email, kind, Enabled=True), "enabled")
+cmd_enable = _one_account(lambda s, email, kind: s.enable(email, kind), "enabled")
 cmd_unlink = _one_account(lambda s, email, kind: s.unlink(email, kind),
                           "unlinked (the next person to sign in links it)")
 _remove_by_email = _one_account(lambda s, email, kind: s.remove(email, kind), "removed")
@@ -419,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", default="")
     add.add_argument("--disabled", action="store_true", help="create it disabled")
     add.add_argument("--force", action="store_true",
-                     help="change the account id of an account linked to a person (that person then signs in to it)")
+                     help="change the account id of an account linked to a person (that person then signs in to it); "
+                          "never gives an account id another email holds")
     add.set_defaults(run=cmd_add)
 
     imp = commands.add_parser("import", help="add or update the accounts of a CSV file (all rows checked first)")
@@ -429,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--workers", type=whole_number(1, 64), default=WORKERS,
                      help=f"requests in flight, 1 to 64 (default {WORKERS})")
     imp.add_argument("--force", action="store_true",
-                     help="also change the account id of accounts linked to a person (that person then signs in to it)")
+                     help="also change the account id of accounts linked to a person (that person then signs in to "
+                          "it); never gives an account id another email holds")
     imp.set_defaults(run=cmd_import)
 
     lst = commands.add_parser("list", help="list accounts")

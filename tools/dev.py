@@ -303,14 +303,18 @@ def seed(connection_string: str) -> list[str]:
     """The demo accounts (the demo user's user account, the demo agent's agent account), each added
     only when missing: a restart keeps what the stack's storage holds (links, last logins, your own
     accounts and changes). Returns those it added."""
-    from shared.accounts import AccountStore
+    from shared.accounts import AccountConflict, AccountStore
     from shared.tables import ACCOUNTS_TABLE, Tables
 
     store = AccountStore(Tables.from_settings(connection_string, None, lambda: None).client(ACCOUNTS_TABLE))
     added = []
     for email, kind, account_id, name in DEMO_ACCOUNTS:
         if store.get(email, kind) is None:
-            store.add(email, kind, account_id, name)
+            try:
+                store.add(email, kind, account_id, name)
+            except AccountConflict as refused:  # e.g. the id moved to another email by hand or by directory sync
+                print(f"not seeded: {refused}", file=sys.stderr)
+                continue
             added.append(f"{email} ({kind} {account_id})")
     print(json.dumps({"seeded": added}))
     return added

@@ -57,8 +57,8 @@ _KNOWN_SCHEMAS = {str(resources.User.__schema__).lower(), *IGNORED_SCHEMAS, *_ME
 
 class PortalScimHandler(ScimHandler):
     """scim2-server's handler, except that a PATCH or PUT that changes nothing still writes a person
-    whose email move stopped midway (store.py: PendingEmailKeys, TableScimStorage.settle), so that
-    write finishes or undoes it."""
+    whose email move or `active` change stopped midway (store.py: PendingEmailKeys, PendingActive,
+    TableScimStorage.settle), so that write finishes or undoes it."""
 
     def patch_resource(self, resource_type, resource_id, patch_op, conditions):
         return self.storage.settle(resource_type, super().patch_resource(resource_type, resource_id, patch_op,

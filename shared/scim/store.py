@@ -281,10 +281,11 @@ class TableScimStorage(ScimStorage):
             except (ResourceModifiedError, ResourceNotFoundError):
                 pass
 
-    def _desired(self, scim_id: str, facts: Facts) -> Desired:
+    def _desired(self, scim_id: str, facts: Facts, active_changed: bool) -> Desired:
         return Desired(scim_id=scim_id, email_key=facts.email_key or None,
                        email=mapping.stored_email(facts.email), kinds=facts.kinds,
-                       active=facts.active, link=facts.link, display_name=facts.display_name)
+                       active=facts.active, link=facts.link, display_name=facts.display_name,
+                       active_changed=active_changed)
 
     def _row(self, scim_id: str, user: User, facts: Facts, version: int, created: datetime) -> dict:
         body = user.model_dump(mode="json", exclude={"id", "meta"})
@@ -298,9 +299,10 @@ class TableScimStorage(ScimStorage):
                 "HasPortalRole": facts.has_portal_role, "Version": version, "Created": created,
                 "LastModified": datetime.now(UTC)}
 
-    def _apply_accounts(self, scim_id: str, facts: Facts, old_keys: list[str], created: bool = False) -> None:
+    def _apply_accounts(self, scim_id: str, facts: Facts, old_keys: list[str], created: bool = False,
+                        active_changed: bool = True) -> None:
         try:
-            self._sync.apply(self._desired(scim_id, facts), old_keys, created=created)
+            self._sync.apply(self._desired(scim_id, facts, active_changed), old_keys, created=created)
         except Conflict as exc:
             raise UniquenessException(detail=str(exc)) from exc
 
@@ -336,9 +338,13 @@ class TableScimStorage(ScimStorage):
             if key != old[partition]:
                 self._claim(partition, key, scim_id)
         recorded = person.account_keys()
-        if facts.email_key and facts.email_key not in recorded:
-            self._record_pending(person, [*recorded, facts.email_key])
-        self._apply_accounts(scim_id, facts, recorded)
+        moving = bool(facts.email_key) and facts.email_key not in recorded
+        # `Enabled` is written only when `active` is news (sync.py Desired.active_changed), so an
+        # admin's urgent disable survives a name change; a stopped write that changed it is news still.
+        active_changed = person.row.get("Active") is not facts.active or bool(person.row.get("PendingActive"))
+        if moving or (active_changed and not person.row.get("PendingActive")):
+            self._record_pending(person, [*recorded, facts.email_key] if moving else recorded, active_changed)
+        self._apply_accounts(scim_id, facts, recorded, active_changed=active_changed)
         try:
             written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
                                                 match_condition=MatchConditions.IfNotModified)
@@ -354,26 +360,32 @@ class TableScimStorage(ScimStorage):
 
     def settle(self, resource_type: ResourceType, user: User) -> User:
         """`user` as the handler's write left it; when that write changed nothing (so it did not call
-        update) and an email move of the person stopped midway, rewritten as it is, which settles it."""
+        update) and an email move or an `active` change of the person stopped midway, rewritten as it
+        is, which settles it."""
         person = self._read.get(user.id or "")
-        if person is None or not person.row.get("PendingEmailKeys"):
+        if person is None or not (person.row.get("PendingEmailKeys") or person.row.get("PendingActive")):
             return user
         return self.update(resource_type, user, expected_version=version_tag(person.version))
 
-    def _record_pending(self, person: Person, keys: list[str]) -> None:
-        """Before the accounts move to a new email, the person row says so (etag-checked), so that
-        whatever write of the person comes next (a DELETE, a disable, another email) finds its accounts
-        there even when this one stops after the move's commit. The person row's write clears it."""
+    def _record_pending(self, person: Person, keys: list[str], active_changed: bool) -> None:
+        """Before the accounts move to a new email, or take a changed `active`, the person row says so
+        (etag-checked, one write for both), so that whatever write of the person comes next (a DELETE,
+        a disable, another email, a PATCH that changes nothing) finds its accounts there and writes
+        their `Enabled` again even when this one stops after writing accounts (the accounts would hold
+        the new state, the person row the old: without PendingActive, Entra's next word, equal to the
+        old, would leave them so). The person row's write clears both."""
         pending = " ".join(k for k in keys if k != (person.row.get("EmailKey") or ""))
+        fields = {"PendingEmailKeys": pending, **({"PendingActive": True} if active_changed else {})}
         try:
-            answer = self._users.update_entity({"PartitionKey": PERSON, "RowKey": person.id,
-                                                "PendingEmailKeys": pending}, mode=UpdateMode.MERGE,
+            answer = self._users.update_entity({"PartitionKey": PERSON, "RowKey": person.id, **fields},
+                                               mode=UpdateMode.MERGE,
                                                etag=person.etag, match_condition=MatchConditions.IfNotModified)
         except ResourceModifiedError as exc:
             raise Raced(detail="the User changed while it was written") from exc
         except ResourceNotFoundError as exc:
             raise NotFoundException(detail=f"no User {person.id}") from exc
-        person.row["PendingEmailKeys"], person.etag = pending, answer["etag"]
+        person.row.update(fields)
+        person.etag = answer["etag"]
 
     def delete(self, resource_type: ResourceType, resource_id: str, *, expected_version: str | None = None) -> None:
         person = self._read.get(resource_id) or self._person(resource_id)

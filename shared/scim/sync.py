@@ -46,6 +46,11 @@ class Desired:
     active: bool
     link: str | None  # LinkedIdpSubject to set on the person's accounts (GUID externalId), or None
     display_name: str
+    # Whether `active` is news: it changed since the person's rows were last settled (or a write that
+    # changed it may have stopped midway: store.py PendingActive). Only then is `Enabled` written on
+    # a row already the person's, so an admin's urgent `accounts disable` holds until Entra's own
+    # `active` changes; a row new to the person (created, adopted) always gets `active`.
+    active_changed: bool = True
 
 
 def account_id(scim_id: str, kind: str) -> str:
@@ -144,9 +149,12 @@ class AccountSync:
                                                   lambda source: (rows.get(source) or {}).get("MovedTo") or "")
 
     # ---- steps ----
-    def _fields(self, desired: Desired) -> dict:
-        return {"Email": desired.email, "DisplayName": desired.display_name, "Enabled": desired.active,
-                "ScimId": desired.scim_id}
+    def _fields(self, desired: Desired, joining: bool = False) -> dict:
+        """What directory sync writes on a row; `joining`: the row becomes the person's now."""
+        fields = {"Email": desired.email, "DisplayName": desired.display_name, "ScimId": desired.scim_id}
+        if joining or desired.active_changed:
+            fields["Enabled"] = desired.active
+        return fields
 
     def _ensure(self, desired: Desired, kind: str, old_keys: list[str]) -> None:
         for _ in range(ATTEMPTS):
@@ -172,7 +180,8 @@ class AccountSync:
                 # Another person's account, or an account the person's own would be merged into.
                 raise Conflict(f"the {kind} account of this email belongs to someone else")
             # adopted: its AccountId (and login history) kept
-            self._merge(target, {**self._fields(desired), **self._link_fields(target, desired), "MovedFrom": ""})
+            self._merge(target, {**self._fields(desired, joining=True), **self._link_fields(target, desired),
+                                 "MovedFrom": ""})
         elif new_key in live or (mine and not live):
             # The row is here (or only a dead copy of it is, whose source is gone: revived).
             wanted = {**self._fields(desired), **self._link_fields(target, desired)}
@@ -191,8 +200,8 @@ class AccountSync:
     def _move(self, desired: Desired, source, target) -> str:
         """Copy (invisible: MovedFrom), commit on the old row, then clear MovedFrom (the caller
         deletes the old row, on the etag returned: the commit's). The copy is the source as it is now,
-        every field but directory sync's own: a login's LastLoginAt or an admin's AccountId since an
-        earlier copy is kept."""
+        every field but directory sync's own: a login's LastLoginAt, an admin's AccountId or urgent
+        disable since an earlier copy is kept (`Enabled` is written only when `active` changed)."""
         new_key, kind = desired.email_key, source["RowKey"]
         etag = source.metadata["etag"]
         if source.get("MovedFrom"):
@@ -212,7 +221,7 @@ class AccountSync:
 
     def _new_row(self, desired: Desired, kind: str) -> dict:
         row = {"PartitionKey": desired.email_key, "RowKey": kind, "AccountId": account_id(desired.scim_id, kind),
-               **self._fields(desired)}
+               **self._fields(desired, joining=True)}
         if desired.link:
             row["LinkedIdpSubject"] = desired.link
         return row

@@ -47,11 +47,11 @@ def test_add_list_disable_enable_unlink_remove(cs, store, tag, capsys):
     email = f"Ann.{tag}@Contoso.TEST"
     normalized = email.lower()  # ASCII: only A-Z is folded
 
-    assert run(cs, "add", email, "--kind", "user", "--account-id", "U-1", "--name", "Ann Example") == 0
-    assert run(cs, "add", email, "--kind", "agent", "--account-id", "A-1", "--disabled") == 0
-    assert "added user account U-1" in capsys.readouterr().out
+    assert run(cs, "add", email, "--kind", "user", "--account-id", f"U-1.{tag}", "--name", "Ann Example") == 0
+    assert run(cs, "add", email, "--kind", "agent", "--account-id", f"A-1.{tag}", "--disabled") == 0
+    assert f"added user account U-1.{tag}" in capsys.readouterr().out
     account = store.get(normalized, "user")
-    assert (account.account_id, account.display_name, account.enabled) == ("U-1", "Ann Example", True)
+    assert (account.account_id, account.display_name, account.enabled) == (f"U-1.{tag}", "Ann Example", True)
     assert store.get(normalized, "agent").enabled is False, "--disabled creates the account disabled"
 
     store.link_and_record_login(store.get(normalized, "user"), "tenant:person")
@@ -59,7 +59,7 @@ def test_add_list_disable_enable_unlink_remove(cs, store, tag, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if normalized in line]
     assert len(lines) == 2, lines
     user_line = next(line for line in lines if " user " in line)
-    assert "U-1" in user_line and "Ann Example" in user_line
+    assert f"U-1.{tag}" in user_line and "Ann Example" in user_line
     assert "never" not in user_line and "UTC" in user_line, "the last login is shown"
     assert " yes " in user_line, "linked and enabled"
     agent_line = next(line for line in lines if " agent " in line)
@@ -77,7 +77,7 @@ def test_add_list_disable_enable_unlink_remove(cs, store, tag, capsys):
     assert store.get(normalized, "user").enabled is True
     assert run(cs, "unlink", email, "--kind", "user") == 0
     unlinked = store.get(normalized, "user")
-    assert unlinked.linked_idp_subject is None and unlinked.account_id == "U-1", "unlink keeps the account"
+    assert unlinked.linked_idp_subject is None and unlinked.account_id == f"U-1.{tag}", "unlink keeps the account"
     assert run(cs, "remove", email, "--kind", "agent") == 0
     assert store.get(normalized, "agent") is None
     assert store.get(normalized, "user") is not None, "remove takes only the named kind"
@@ -100,14 +100,14 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 def test_import_writes_every_row_and_keeps_links(cs, store, tag, tmp_path, capsys):
     both = f"both.{tag}@contoso.test"
-    store.add(both, "user", "U-10", "Old Name")
+    store.add(both, "user", f"U-10.{tag}", "Old Name")
     store.link_and_record_login(store.get(both, "user"), "tenant:both")
     csv_file = _write(tmp_path / "accounts.csv", [
         "email,kind,account_id,name,enabled",
-        f"{both},user,U-10,Both Person,true",
-        f"{both.upper()},agent,A-10,Both Person,yes",  # same partition: one transaction
-        f"one.{tag}@contoso.test,agent,A-11,\"Agent, One\",0",
-        f"two.{tag}@contoso.test,user,U-12,,",
+        f"{both},user,U-10.{tag},Both Person,true",
+        f"{both.upper()},agent,A-10.{tag},Both Person,yes",  # same partition: one transaction
+        f"one.{tag}@contoso.test,agent,A-11.{tag},\"Agent, One\",0",
+        f"two.{tag}@contoso.test,user,U-12.{tag},,",
     ])  # fmt: skip
 
     assert run(cs, "import", str(csv_file)) == 0
@@ -116,9 +116,9 @@ def test_import_writes_every_row_and_keeps_links(cs, store, tag, tmp_path, capsy
     assert captured.err == "", "no progress bar when stderr is not a terminal"
 
     user = store.get(both, "user")
-    assert (user.account_id, user.display_name) == ("U-10", "Both Person")
+    assert (user.account_id, user.display_name) == (f"U-10.{tag}", "Both Person")
     assert user.linked_idp_subject == "tenant:both", "an import updates an account without unlinking it"
-    assert store.get(both, "agent").account_id == "A-10"
+    assert store.get(both, "agent").account_id == f"A-10.{tag}"
     agent = store.get(f"one.{tag}@contoso.test", "agent")
     assert (agent.display_name, agent.enabled) == ("Agent, One", False)
     assert store.get(f"two.{tag}@contoso.test", "user").enabled is True, "empty enabled means true"
@@ -128,12 +128,12 @@ def test_import_with_bad_rows_writes_nothing_and_names_each_line(cs, store, tag,
     good = [f"good{i}.{tag}@contoso.test" for i in range(4)]
     csv_file = _write(tmp_path / "bad.csv", [
         "email,kind,account_id,name,enabled",                   # line 1
-        f"{good[0]},user,U-1,Good,true",                        # line 2
-        f"not-an-email-{tag},user,U-2,Bad,true",                # line 3: email
-        f"{good[1]},agent,A-3,Good,no",                         # line 4
-        f"{good[2]},supervisor,U-5,Bad,maybe",                  # line 5: kind and enabled
-        f"{good[3]},user,U-6,Good,1",                           # line 6
-        f"{good[0].upper()},user,U-7,Dup,",                     # line 7: duplicate of line 2
+        f"{good[0]},user,U-1.{tag},Good,true",                        # line 2
+        f"not-an-email-{tag},user,U-2.{tag},Bad,true",                # line 3: email
+        f"{good[1]},agent,A-3.{tag},Good,no",                         # line 4
+        f"{good[2]},supervisor,U-5.{tag},Bad,maybe",                  # line 5: kind and enabled
+        f"{good[3]},user,U-6.{tag},Good,1",                           # line 6
+        f"{good[0].upper()},user,U-7.{tag},Dup,",                     # line 7: duplicate of line 2
     ])  # fmt: skip
 
     assert run(cs, "import", str(csv_file)) == 1
@@ -235,13 +235,13 @@ def test_a_wrong_key_is_refused_not_unreachable(azurite, capsys):
 def test_lookalike_and_malformed_addresses_are_refused_naming_the_line(cs, store, tag, tmp_path, capsys):
     csv_file = _write(tmp_path / "lookalikes.csv", [
         "email,kind,account_id",                           # line 1
-        f"  padded.{tag}@contoso.test  ,user,U-1",         # line 2: ASCII spaces are trimmed
-        f"kim.{tag}@contoso.test\u00a0,user,U-2",          # line 3: a trailing no-break space
-        f"\u3000kim.{tag}@contoso.test,user,U-3",          # line 4: a leading ideographic space
-        f"\u212aim.{tag}@contoso.test,user,U-4",           # line 5: the Kelvin sign (not NFC)
-        f"kim.{tag}\u200b@contoso.test,user,U-5",          # line 6: a zero-width space
-        f"stra\u00dfe.{tag}@contoso.test,user,U-6",        # line 7: fine, and not strasse
-        f"strasse.{tag}@contoso.test,user,U-7",            # line 8: another mailbox, not a duplicate
+        f"  padded.{tag}@contoso.test  ,user,U-1.{tag}",         # line 2: ASCII spaces are trimmed
+        f"kim.{tag}@contoso.test\u00a0,user,U-2.{tag}",          # line 3: a trailing no-break space
+        f"\u3000kim.{tag}@contoso.test,user,U-3.{tag}",          # line 4: a leading ideographic space
+        f"\u212aim.{tag}@contoso.test,user,U-4.{tag}",           # line 5: the Kelvin sign (not NFC)
+        f"kim.{tag}\u200b@contoso.test,user,U-5.{tag}",          # line 6: a zero-width space
+        f"stra\u00dfe.{tag}@contoso.test,user,U-6.{tag}",        # line 7: fine, and not strasse
+        f"strasse.{tag}@contoso.test,user,U-7.{tag}",            # line 8: another mailbox, not a duplicate
     ])  # fmt: skip
     assert run(cs, "import", str(csv_file)) == 1
     err = capsys.readouterr().err
@@ -253,15 +253,15 @@ def test_lookalike_and_malformed_addresses_are_refused_naming_the_line(cs, store
     assert not any(line.startswith(("line 2:", "line 7:", "line 8:")) for line in err.splitlines()), err
     assert "4 bad rows; nothing was written" in err
 
-    csv_file = _write(tmp_path / "good.csv", ["email,kind,account_id", f"  padded.{tag}@contoso.test  ,user,U-1",
-                                              f"stra\u00dfe.{tag}@contoso.test,user,U-6",
-                                              f"strasse.{tag}@contoso.test,user,U-7"])
+    csv_file = _write(tmp_path / "good.csv", ["email,kind,account_id", f"  padded.{tag}@contoso.test  ,user,U-1.{tag}",
+                                              f"stra\u00dfe.{tag}@contoso.test,user,U-6.{tag}",
+                                              f"strasse.{tag}@contoso.test,user,U-7.{tag}"])
     assert run(cs, "import", str(csv_file)) == 0
-    assert store.get(f"padded.{tag}@contoso.test", "user").account_id == "U-1"
-    assert store.get(f"stra\u00dfe.{tag}@contoso.test", "user").account_id == "U-6"
-    assert store.get(f"strasse.{tag}@contoso.test", "user").account_id == "U-7", "two mailboxes, two accounts"
+    assert store.get(f"padded.{tag}@contoso.test", "user").account_id == f"U-1.{tag}"
+    assert store.get(f"stra\u00dfe.{tag}@contoso.test", "user").account_id == f"U-6.{tag}"
+    assert store.get(f"strasse.{tag}@contoso.test", "user").account_id == f"U-7.{tag}", "two mailboxes, two accounts"
 
-    assert run(cs, "add", f"kim.{tag}@contoso.test\u00a0", "--kind", "user", "--account-id", "U-9") == 1
+    assert run(cs, "add", f"kim.{tag}@contoso.test\u00a0", "--kind", "user", "--account-id", f"U-9.{tag}") == 1
     assert "U+00A0 NO-BREAK SPACE" in capsys.readouterr().err
 
 
@@ -281,19 +281,20 @@ def test_an_address_whose_key_is_too_long_for_table_storage_is_bad_input_naming_
     exit 2, 'Table Storage is unreachable (HTTP 400)'."""
     over, at_limit = _long_key_email(tag, 513), _long_key_email(tag, 512)
     assert len(over) <= 254 and len(at_limit) <= 254, "the address rule alone lets both through"
-    assert run(cs, "add", over, "--kind", "user", "--account-id", "U-1") == 1
+    assert run(cs, "add", over, "--kind", "user", "--account-id", f"U-1.{tag}") == 1
     err = capsys.readouterr().err
     assert "is refused: it" in err and "512" in err and "unreachable" not in err, err
 
     good = f"good.{tag}@contoso.test"
-    csv_file = _write(tmp_path / "long.csv", ["email,kind,account_id", f"{good},user,U-2", f"{over},user,U-3"])
+    csv_file = _write(tmp_path / "long.csv", ["email,kind,account_id", f"{good},user,U-2.{tag}",
+                                              f"{over},user,U-3.{tag}"])
     assert run(cs, "import", str(csv_file)) == 1
     err = capsys.readouterr().err
     assert "line 3: email '" in err and "512" in err and "1 bad row; nothing was written" in err, err
     assert _stored_with(store, tag) == [], "nothing was written"
 
-    assert run(cs, "add", at_limit, "--kind", "user", "--account-id", "U-4") == 0, "a key of 512 units is kept"
-    assert store.get(at_limit, "user").account_id == "U-4"
+    assert run(cs, "add", at_limit, "--kind", "user", "--account-id", f"U-4.{tag}") == 0, "a key of 512 units is kept"
+    assert store.get(at_limit, "user").account_id == f"U-4.{tag}"
     assert run(cs, "remove", at_limit, "--kind", "user") == 0
 
 
@@ -328,16 +329,16 @@ def test_a_name_or_account_id_too_long_to_store_is_bad_input_naming_the_line_and
 
 def test_add_over_a_linked_account_of_another_id_is_refused_unless_forced(cs, store, tag, capsys):
     email = f"linked.{tag}@contoso.test"
-    assert run(cs, "add", email, "--kind", "user", "--account-id", "U-1") == 0
+    assert run(cs, "add", email, "--kind", "user", "--account-id", f"U-1.{tag}") == 0
     store.link_and_record_login(store.get(email, "user"), "tenant:first")
     capsys.readouterr()
-    assert run(cs, "add", email, "--kind", "user", "--account-id", "U-2") == 1
+    assert run(cs, "add", email, "--kind", "user", "--account-id", f"U-2.{tag}") == 1
     err = capsys.readouterr().err
-    assert "is U-1, linked to tenant:first" in err and "--force" in err and "unlink" in err, err
-    assert store.get(email, "user").account_id == "U-1", "nothing changed"
-    assert run(cs, "add", email, "--kind", "user", "--account-id", "U-2", "--force") == 0
-    assert "it was U-1; tenant:first, who is linked to it, now signs in to U-2" in capsys.readouterr().out
-    assert store.get(email, "user").account_id == "U-2"
+    assert f"is U-1.{tag}, linked to tenant:first" in err and "--force" in err and "unlink" in err, err
+    assert store.get(email, "user").account_id == f"U-1.{tag}", "nothing changed"
+    assert run(cs, "add", email, "--kind", "user", "--account-id", f"U-2.{tag}", "--force") == 0
+    assert f"it was U-1.{tag}; tenant:first, who is linked to it, now signs in to U-2.{tag}" in capsys.readouterr().out
+    assert store.get(email, "user").account_id == f"U-2.{tag}"
 
 
 # ---- list: escaped, and an Enabled that is not a boolean shown as disabled
@@ -347,7 +348,7 @@ def test_list_escapes_control_characters_and_shows_a_non_boolean_enabled_as_disa
                                                                                    capsys):
     email = f"esc.{tag}@contoso.test"
     csv_file = _write(tmp_path / "names.csv", ["email,kind,account_id,name",
-                                               f"{email},user,U-1,\"Evil\x1b[2J\x1b]0;owned\x07\u202eName\""])
+                                               f"{email},user,U-1.{tag},\"Evil\x1b[2J\x1b]0;owned\x07\u202eName\""])
     assert run(cs, "import", str(csv_file)) == 0
     store._table.update_entity({"PartitionKey": email, "RowKey": "user", "Enabled": "false"}, mode=UpdateMode.MERGE)
     capsys.readouterr()
@@ -392,31 +393,32 @@ def test_check_lists_rows_whose_key_differs_or_is_refused_and_remove_by_stored_k
 
 def test_import_over_linked_accounts_of_other_ids_writes_nothing_unless_forced(cs, store, tag, tmp_path, capsys):
     linked, fresh = f"imp-linked.{tag}@contoso.test", f"imp-new.{tag}@contoso.test"
-    store.add(linked, "agent", "A-OLD")
+    store.add(linked, "agent", f"A-OLD.{tag}")
     store.link_and_record_login(store.get(linked, "agent"), "tenant:agent-person")
-    csv_file = _write(tmp_path / "repoint.csv", ["email,kind,account_id", f"{fresh},user,U-NEW",
-                                                 f"{linked},agent,A-NEW"])
+    csv_file = _write(tmp_path / "repoint.csv", ["email,kind,account_id", f"{fresh},user,U-NEW.{tag}",
+                                                 f"{linked},agent,A-NEW.{tag}"])
     assert run(cs, "import", str(csv_file)) == 1
     err = capsys.readouterr().err
-    assert "line 3: the agent account of" in err and "is A-OLD, linked to tenant:agent-person" in err, err
+    assert "line 3: the agent account of" in err and f"is A-OLD.{tag}, linked to tenant:agent-person" in err, err
     assert "1 row would sign a linked person in to another account; nothing was written" in err
-    assert store.get(fresh, "user") is None and store.get(linked, "agent").account_id == "A-OLD"
+    assert store.get(fresh, "user") is None and store.get(linked, "agent").account_id == f"A-OLD.{tag}"
     assert run(cs, "import", str(csv_file), "--force") == 0
-    assert store.get(linked, "agent").account_id == "A-NEW" and store.get(fresh, "user").account_id == "U-NEW"
+    assert store.get(linked, "agent").account_id == f"A-NEW.{tag}"
+    assert store.get(fresh, "user").account_id == f"U-NEW.{tag}"
 
 
 def test_a_login_during_an_import_is_not_repointed(cs, store, tag):
     """The import checks against a scan, then writes etag-checked: a person who links the account in
     between keeps it, and the row comes back refused."""
     email = f"imp-race.{tag}@contoso.test"
-    store.add(email, "user", "U-OLD")
+    store.add(email, "user", f"U-OLD.{tag}")
     stored = store.stored_accounts()
     store.link_and_record_login(store.get(email, "user"), "tenant:raced")  # lands after the scan
     from shared.accounts import AccountRow
 
-    result = store.import_rows([AccountRow(email, "user", "U-NEW", line=2)], stored=stored)
-    assert result.written == 0 and [r.account_id for r, _ in result.refused] == ["U-NEW"]
-    assert (store.get(email, "user").account_id, store.get(email, "user").linked_idp_subject) == ("U-OLD",
+    result = store.import_rows([AccountRow(email, "user", f"U-NEW.{tag}", line=2)], stored=stored)
+    assert result.written == 0 and [r.account_id for r, _ in result.refused] == [f"U-NEW.{tag}"]
+    assert (store.get(email, "user").account_id, store.get(email, "user").linked_idp_subject) == (f"U-OLD.{tag}",
                                                                                                   "tenant:raced")
 
 

@@ -223,8 +223,8 @@ def test_an_adoptee_linked_to_another_person_is_409_and_left_as_it_was(scim):
 def test_a_linked_account_is_not_adopted_by_a_person_without_that_link(scim, external_id):
     """SECURITY.md: a stolen token cannot take an account someone has signed in to. Without a GUID
     externalId the person has no link, so a linked row is someone else's (409, untouched)."""
-    email = f"{unique('alice')}@contoso.test"
-    scim.runtime.accounts.add(email, "user", "U-88002")
+    email, account_id = f"{unique('alice')}@contoso.test", unique("U")  # each parameter its own account
+    scim.runtime.accounts.add(email, "user", account_id)
     alice = f"{TENANT}:{oid()}"
     scim.runtime.accounts.update(email, "user", LinkedIdpSubject=alice)  # as her first login does
     table = scim.runtime.tables.client(ACCOUNTS_TABLE)
@@ -236,7 +236,7 @@ def test_a_linked_account_is_not_adopted_by_a_person_without_that_link(scim, ext
     after = table.get_entity(email.lower(), "user")
     assert after.metadata["etag"] == before.metadata["etag"] and "ScimId" not in after
     account = scim.runtime.accounts.get(email, "user")
-    assert (account.account_id, account.linked_idp_subject, account.enabled) == ("U-88002", alice, True)
+    assert (account.account_id, account.linked_idp_subject, account.enabled) == (account_id, alice, True)
 
 
 def test_a_linked_account_is_adopted_by_the_person_it_is_linked_to(scim):

@@ -1,0 +1,304 @@
+"""The accounts CLI (`add`, `import`, `disable`) and directory sync write the same `PortalAccounts`
+rows: neither may undo what the other did for a reason. The real app over HTTPS (Entra-shaped
+bodies), the CLI in-process, both against Azurite.
+
+- A moved account's AccountId is not given again to its old mailbox (SPEC: two mailboxes never
+  share an account), whatever `--force` says.
+- An account directory sync manages keeps Entra's enabled state and name through an import or an
+  `add` (a departed person is not re-enabled by a CSV that says `enabled` empty).
+- An admin's urgent `disable` of a provisioned account holds through Entra's next writes until
+  Entra's own `active` changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.accounts import AccountRow
+from shared.errors import NoAccount
+from tests.scim import entra
+from tests.scim.conftest import oid, unique
+from tests.scim.test_stopped_move import STOPS, stop_at, stop_once
+from tools import accounts
+
+NO_SETTINGS_DIR = Path(__file__).resolve().parent  # holds no local.settings.json
+
+
+@pytest.fixture
+def cli(app_env):
+    def run(*argv: str) -> int:
+        return accounts.main(list(argv), environ={"TABLES_CONNECTION_STRING": app_env["TABLES_CONNECTION_STRING"]},
+                             app_dir=NO_SETTINGS_DIR)
+    return run
+
+
+def csv_file(tmp_path: Path, *lines: str) -> str:
+    path = tmp_path / f"{unique('accounts')}.csv"
+    path.write_text("\n".join(["email,kind,account_id,name,enabled", *lines]) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def provision(scim, email: str, kinds=("user",)) -> dict:
+    r = scim.post("/Users", entra.create_user(email, email, oid(), kinds=kinds))
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def move(scim, user: dict, new: str) -> None:
+    r = scim.patch(f"/Users/{user['id']}", entra.patch(entra.replace_work_email(new)))
+    assert r.status_code == 204, r.text
+
+
+def rows_at(account_store, email: str) -> list[dict]:
+    return list(account_store._table.query_entities("PartitionKey eq @pk", parameters={"pk": email}))
+
+
+# ---- 1. an AccountId held at another email is not given to a second mailbox -------------------------
+
+@pytest.mark.parametrize("force", [False, True])
+def test_an_import_run_again_after_directory_sync_moved_an_account_does_not_recreate_it_at_the_old_email(
+        scim, account_store, cli, tmp_path, capsys, force):
+    account_id = unique("U")
+    old = f"{unique('carl')}@contoso.test"
+    new = old.replace("@", ".new@")
+    hr_file = csv_file(tmp_path, f"{old},user,{account_id},Carl,")
+    assert cli("import", hr_file) == 0
+    user = provision(scim, old)  # adopts the imported row and links it
+    move(scim, user, new)
+    assert account_store.get(new, "user").account_id == account_id
+    capsys.readouterr()
+
+    assert cli("import", hr_file, *(["--force"] if force else [])) == 1  # the same file, run again
+    err = capsys.readouterr().err
+    assert "line 2:" in err and account_id in err and new in err and "nothing was written" in err, err
+    assert rows_at(account_store, old) == [], "the old mailbox got the moved account's id"
+    with pytest.raises(NoAccount):
+        account_store.find_account(old, "user")  # whoever has that mailbox now finds no account
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_add_of_an_account_id_that_another_email_holds_is_refused_naming_it(scim, account_store, cli, capsys, force):
+    account_id = unique("U")
+    old = f"{unique('carl')}@contoso.test"
+    new = old.replace("@", ".new@")
+    assert cli("add", old, "--kind", "user", "--account-id", account_id) == 0
+    move(scim, provision(scim, old), new)
+    capsys.readouterr()
+    assert cli("add", old, "--kind", "user", "--account-id", account_id, *(["--force"] if force else [])) == 1
+    err = capsys.readouterr().err
+    assert account_id in err and new in err and "directory sync" in err, err
+    assert rows_at(account_store, old) == []
+    assert cli("add", old, "--kind", "agent", "--account-id", account_id) == 0, "another kind is another account"
+
+
+def test_an_account_id_held_by_a_hand_made_row_is_refused_too(account_store, cli, tmp_path, capsys):
+    account_id = unique("A")
+    first, second = f"{unique('a')}@contoso.test", f"{unique('b')}@contoso.test"
+    assert cli("add", first, "--kind", "agent", "--account-id", account_id) == 0
+    capsys.readouterr()
+    assert cli("import", csv_file(tmp_path, f"{second},agent,{account_id},,")) == 1
+    assert first in capsys.readouterr().err
+    assert cli("add", first, "--kind", "agent", "--account-id", account_id, "--name", "Renamed") == 0, \
+        "the row that holds it can be written again"
+    assert account_store.get(first, "agent").display_name == "Renamed"
+
+
+def test_a_file_that_gives_one_account_id_to_two_emails_is_refused_whole(account_store, cli, tmp_path, capsys):
+    account_id = unique("U")
+    first, second = f"{unique('a')}@contoso.test", f"{unique('b')}@contoso.test"
+    assert cli("import", csv_file(tmp_path, f"{first},user,{account_id},,", f"{second},user,{account_id},,")) == 1
+    err = capsys.readouterr().err
+    assert "line 3:" in err and "line 2" in err and "nothing was written" in err, err
+    assert account_store.get(first, "user") is None and account_store.get(second, "user") is None
+
+
+def test_an_account_id_of_directory_syncs_form_is_refused_at_another_email(scim, account_store, cli, capsys):
+    """A provisioned AccountId (`scim-{kind}-{SCIM id}`) comes back with the person's email when a
+    removed role returns: given by hand to another email, two mailboxes would share it."""
+    email = f"{unique('d')}@contoso.test"
+    user = provision(scim, email, kinds=("agent",))
+    scim_account = account_store.get(email, "agent").account_id
+    other = f"{unique('e')}@contoso.test"
+    assert cli("add", other, "--kind", "agent", "--account-id", scim_account) == 1
+    assert "directory sync" in capsys.readouterr().err
+    r = scim.patch(f"/Users/{user['id']}", entra.patch(entra.replace_roles_assertive("user")))
+    assert r.status_code == 204, r.text  # the agent role removed: its row is gone, its id is still the person's
+    assert account_store.get(email, "agent") is None
+    assert cli("add", other, "--kind", "agent", "--account-id", f"scim-agent-{user['id']}") == 1
+    assert "directory sync" in capsys.readouterr().err
+    assert account_store.get(other, "agent") is None
+
+
+def test_during_a_move_that_stopped_before_its_commit_the_id_is_held_at_both_emails_but_the_live_row_is_writable(
+        scim, account_store, cli, tmp_path, capsys, monkeypatch):
+    account_id = unique("U")
+    old = f"{unique('f')}@contoso.test"
+    new, third = old.replace("@", ".new@"), old.replace("@", ".third@")
+    assert cli("add", old, "--kind", "agent", "--account-id", account_id) == 0
+    user = provision(scim, old, kinds=("agent",))
+    with monkeypatch.context() as m:
+        stop_once(m, "commit")
+        r = scim.patch(f"/Users/{user['id']}", entra.patch(entra.replace_work_email(new)))
+    assert r.status_code == 503, r.text
+    assert [row.get("MovedFrom") for row in rows_at(account_store, new)] == [old], "the copy is there"
+    capsys.readouterr()
+    assert cli("import", csv_file(tmp_path, f"{third},agent,{account_id},,")) == 1
+    assert old in capsys.readouterr().err
+    assert cli("import", csv_file(tmp_path, f"{old},agent,{account_id},Fay,")) == 0, \
+        "the row sign-in finds, which the copy is of, is still the account's own"
+    move(scim, user, new)  # Entra's retry finishes the move
+    assert account_store.get(new, "agent").account_id == account_id and account_store.get(old, "agent") is None
+
+
+def test_a_row_moved_away_between_the_imports_scan_and_its_write_is_not_made_again(scim, account_store):
+    account_id = unique("U")
+    old = f"{unique('k')}@contoso.test"
+    new = old.replace("@", ".new@")
+    account_store.add(old, "user", account_id)
+    user = provision(scim, old)
+    stored = account_store.stored_accounts()  # the import's scan: the account is still at the old email
+    move(scim, user, new)
+    result = account_store.import_rows([AccountRow(old, "user", account_id, line=2)], stored=stored)
+    assert result.written == 0 and len(result.refused) == 1, result
+    assert "removed during the import" in result.refused[0][1]
+    assert rows_at(account_store, old) == [] and account_store.get(new, "user").account_id == account_id
+
+
+def test_a_row_no_sign_in_reaches_does_not_hold_its_id(account_store, cli):
+    """README "Accounts stored before the email-key rule": `add` the account under the directory's
+    address, then remove the old row; the old row (a key with capitals: no sign-in finds it) holds the
+    same id meanwhile."""
+    account_id = unique("U")
+    email = f"{unique('legacy')}@contoso.test"
+    stale = email.replace("legacy", "Legacy")
+    account_store._table.create_entity({"PartitionKey": stale, "RowKey": "user", "AccountId": account_id,
+                                        "Enabled": True})
+    assert cli("add", email, "--kind", "user", "--account-id", account_id) == 0
+    assert cli("remove", "--stored-key", stale, "--kind", "user") == 0
+    assert account_store.get(email, "user").account_id == account_id
+
+
+# ---- 2. an import or add keeps the enabled state and name of an account directory sync manages --------
+
+def test_an_import_run_again_does_not_re_enable_an_account_entra_disabled(scim, account_store, cli, tmp_path, capsys):
+    email = f"{unique('bob')}@contoso.test"
+    account_id = unique("A")
+    hr_file = csv_file(tmp_path, f"{email},agent,{account_id},Bob,")
+    assert cli("import", hr_file) == 0
+    user = provision(scim, email, kinds=("agent",))
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204  # Bob left
+    capsys.readouterr()
+
+    assert cli("import", hr_file) == 0
+    captured = capsys.readouterr()
+    account = account_store.get(email, "agent")
+    assert (account.account_id, account.enabled, account.display_name) == (account_id, False, "Ann Lee"), \
+        "a departed person's account enabled again by the file, or Entra's name replaced"
+    said = captured.out + captured.err
+    assert "line 2:" in said and "directory sync" in said and "Entra" in said, said
+
+
+def test_an_import_can_still_disable_an_account_directory_sync_manages(scim, account_store, cli, tmp_path):
+    """Disabling is the safe direction, as `accounts disable` is: the file's `false` is applied."""
+    email = f"{unique('g')}@contoso.test"
+    provision(scim, email, kinds=("agent",))
+    account_id = account_store.get(email, "agent").account_id
+    assert cli("import", csv_file(tmp_path, f"{email},agent,{account_id},Gone,false")) == 0
+    account = account_store.get(email, "agent")
+    assert (account.enabled, account.display_name) == (False, "Ann Lee")
+
+
+def test_add_does_not_re_enable_or_rename_an_account_directory_sync_manages(scim, account_store, cli, capsys):
+    email = f"{unique('h')}@contoso.test"
+    user = provision(scim, email, kinds=("agent",))
+    account_id = account_store.get(email, "agent").account_id
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+    capsys.readouterr()
+    assert cli("add", email, "--kind", "agent", "--account-id", account_id, "--name", "Hand Made") == 0
+    out = capsys.readouterr().out
+    assert "directory sync" in out and "Entra" in out, out
+    account = account_store.get(email, "agent")
+    assert (account.enabled, account.display_name) == (False, "Ann Lee")
+
+
+def test_an_account_made_by_hand_is_still_enabled_and_renamed_by_an_import(account_store, cli, tmp_path):
+    email, account_id = f"{unique('i')}@contoso.test", unique("U")
+    assert cli("add", email, "--kind", "user", "--account-id", account_id, "--disabled") == 0
+    assert cli("import", csv_file(tmp_path, f"{email},user,{account_id},Ida,true")) == 0
+    account = account_store.get(email, "user")
+    assert (account.enabled, account.display_name) == (True, "Ida")
+
+
+# ---- 3. an urgent `disable` holds through directory sync's next writes ------------------------------
+
+def test_an_urgent_disable_holds_through_entras_next_change_until_entra_itself_disables_and_enables(
+        scim, account_store, cli):
+    email = f"{unique('ann')}@contoso.test"
+    user = provision(scim, email, kinds=("agent",))
+    assert cli("disable", email, "--kind", "agent") == 0
+    r = scim.patch(f"/Users/{user['id']}", entra.patch(entra.replace_family_name("Smith")))
+    assert r.status_code == 204, r.text
+    account = account_store.get(email, "agent")
+    assert account.enabled is False, "directory sync undid the admin's disable"
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+    assert account_store.get(email, "agent").enabled is False
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.enable_without_path())).status_code == 204
+    assert account_store.get(email, "agent").enabled is True, "Entra's re-enable must still enable"
+
+
+def test_an_urgent_disable_during_a_move_that_stopped_before_its_commit_holds_at_the_new_email(
+        scim, account_store, cli, monkeypatch):
+    old = f"{unique('dan')}@contoso.test"
+    new = old.replace("@", ".new@")
+    user = provision(scim, old, kinds=("agent",))
+    with monkeypatch.context() as m:
+        stop_once(m, "commit")
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.replace_work_email(new))).status_code == 503
+    assert cli("disable", old, "--kind", "agent") == 0  # where sign-in finds it: no waiting for Entra
+    move(scim, user, new)  # Entra's retry
+    assert account_store.get(old, "agent") is None
+    assert account_store.get(new, "agent").enabled is False, "the move's copy enabled the account again"
+
+
+def enable() -> dict:
+    """TUTORIAL "Disable User"'s shape with the value Entra sends to enable (KNOWN_ISSUES: a string)."""
+    return {"op": "Replace", "path": "active", "value": "True"}
+
+
+def test_enable_of_an_account_whose_person_entra_disabled_is_refused_but_an_admins_own_disable_can_be_undone(
+        scim, account_store, cli, capsys):
+    """With Enabled written only when `active` changes, an enable by hand would outlast Entra's disable."""
+    email = f"{unique('l')}@contoso.test"
+    user = provision(scim, email, kinds=("agent",))
+    assert cli("disable", email, "--kind", "agent") == 0
+    assert cli("enable", email, "--kind", "agent") == 0, "Entra has the person enabled: the admin's disable is undone"
+    assert account_store.get(email, "agent").enabled is True
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+    capsys.readouterr()
+    assert cli("enable", email, "--kind", "agent") == 1
+    assert "Entra" in capsys.readouterr().err
+    assert account_store.get(email, "agent").enabled is False
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(enable())).status_code == 204
+    assert account_store.get(email, "agent").enabled is True
+
+
+@pytest.mark.parametrize(("first", "then", "expected"), [
+    (entra.disable, enable, True),   # a disable stopped after the accounts; then Entra says enabled
+    (enable, entra.disable, False),  # an enable stopped after the accounts; then Entra says disabled
+])
+def test_an_active_change_that_stopped_before_the_person_row_is_settled_by_the_next_write(
+        scim, account_store, monkeypatch, first, then, expected):
+    """The accounts are written before the person row (which stores `active`): when that last write
+    fails, the accounts hold the new state and the person row the old one. Entra's next word wins,
+    even when it is what the person row still says (a PATCH that changes nothing)."""
+    email = f"{unique('j')}@contoso.test"
+    user = provision(scim, email, kinds=("agent",))
+    if first is enable:  # enabling needs a disabled person first
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+    with monkeypatch.context() as m:
+        stop_at(m, *STOPS["person_row"])
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(first())).status_code == 503
+    assert account_store.get(email, "agent").enabled is (not expected), "the stopped write reached the account"
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(then())).status_code == 204
+    assert account_store.get(email, "agent").enabled is expected
