@@ -11,7 +11,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote_plus, urlsplit
@@ -81,13 +81,43 @@ def msal_client_credential(secret: SecretValue, *, certificate: bool):
 
 
 
+class _NoHttpCache(MutableMapping):
+    """MSAL's http_cache, keeping nothing. MSAL wraps every http_client in its throttling cache
+    (msal/throttled_http_client.py), which replays a token-endpoint answer that is a 429, a 5xx or
+    carries Retry-After (up to an hour) to every later request of the same key, and a confidential
+    client's auth-code redemptions all share one key (the code is not in it). So one IdP hiccup
+    failed every login of the worker for as long as the IdP's Retry-After said, and a 200 carrying
+    Retry-After handed one person's tokens to the next login. MSAL has no switch to turn it off; its
+    public `http_cache` argument takes "any dict-like object", and this one stores nothing: every
+    request goes to the IdP. (We need no cache of MSAL's: discovery is answered from our metadata.)"""
+
+    def __getitem__(self, key):
+        raise KeyError(key)
+
+    def __setitem__(self, key, value):
+        pass
+
+    def __delitem__(self, key):
+        pass
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self):
+        return 0
+
+
 class _IdpHttpClient:
-    """MSAL's http_client: the IdP session, with three things MSAL cannot do itself.
+    """MSAL's http_client: the IdP session, with four things MSAL cannot do itself.
     - Discovery: MSAL GETs the IdP's metadata document when it is built; the one we fetched and
       checked (provider.py) answers it, so a worker asks the IdP once, not twice.
     - Client authentication: MSAL always puts the client secret in the token request's body; an
       IdP that takes only `client_secret_basic` (its `token_endpoint_auth_methods_supported`) gets it
-      in an Authorization: Basic header instead, form-encoded first as RFC 6749 2.3.1 says."""
+      in an Authorization: Basic header instead, form-encoded first as RFC 6749 2.3.1 says.
+    - The IdP unavailable: a token answer that is a 5xx or a 429 is raised as an HTTPError (MSAL
+      would raise its own exception for a 5xx, and take a 429's body for a refusal of the code).
+      Never retried: a 5xx may come after the IdP saw the single-use code.
+    - An ID token MSAL cannot read is refused before MSAL decodes it (_check_msal_can_read)."""
 
     def __init__(self, session: requests.Session, metadata: Callable[[], ProviderMetadata] | None = None):
         self._session = session
@@ -111,6 +141,10 @@ class _IdpHttpClient:
                 f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()).decode("ascii")}
         response = self._session.post(url, *args, data=data, headers=headers, **kwargs)
         if metadata is not None and url == metadata.token_endpoint:
+            if response.status_code >= 500 or response.status_code == 429:
+                retry_after = response.headers.get("Retry-After")
+                raise requests.HTTPError(f"answered HTTP {response.status_code}" + (
+                    f" (Retry-After: {retry_after[:20]})" if retry_after else ""), response=response)
             _check_msal_can_read(response)
         return response
 
@@ -195,7 +229,7 @@ class OidcClient:
         try:
             return msal.ConfidentialClientApplication(
                 self.client_id, client_credential=msal_client_credential(secret, certificate=self._certificate),
-                http_client=self._http, token_cache=_NoTokenCache(),
+                http_client=self._http, http_cache=_NoHttpCache(), token_cache=_NoTokenCache(),
                 exclude_scopes=["offline_access"], **where)
         except requests.RequestException as exc:
             raise DependencyUnavailable("idp", f"MSAL discovery: {type(exc).__name__}") from exc
@@ -240,7 +274,9 @@ class OidcClient:
         except RuntimeError as exc:  # MSAL's nonce check; its message holds claims, so it is not logged
             raise InvalidIdToken("nonce", "MSAL: nonce in the ID token does not match this login") from exc
         except requests.RequestException as exc:
-            raise DependencyUnavailable("idp", f"token endpoint: {type(exc).__name__}") from exc
+            raise DependencyUnavailable("idp", f"token endpoint: {_unanswered(exc)}") from exc
+        except json.JSONDecodeError as exc:  # MSAL's json.loads of the token answer
+            raise RedemptionFailed("the token endpoint's answer is not JSON") from exc
         except ValueError as exc:
             raise RedemptionFailed("MSAL refused the authorization response") from exc
         if not isinstance(result, dict):
@@ -267,7 +303,7 @@ class OidcClient:
         try:
             result = self._with_fresh_credential(lambda app: app.acquire_token_for_client(scopes))
         except requests.RequestException as exc:
-            return CredentialCheck(None, f"the token endpoint could not be reached ({type(exc).__name__})", now)
+            return CredentialCheck(None, f"the token endpoint {_unanswered(exc)}", now)
         except SsoError as exc:  # the secret or the IdP's metadata could not be had: said by their own checks
             return CredentialCheck(None, f"not asked: {exc.detail[:200]}", now)
         except ValueError:  # MSAL: the token endpoint's answer is not JSON
@@ -288,6 +324,12 @@ class OidcClient:
         separator = "&" if "?" in end_session_endpoint else "?"
         return end_session_endpoint + separator + urlencode(
             {"client_id": self.client_id, "post_logout_redirect_uri": post_logout_redirect_uri})
+
+
+def _unanswered(exc: requests.RequestException) -> str:
+    """Why the token endpoint gave no answer of the IdP's: what it answered (a 5xx, a 429), or the
+    failure's type (ReadTimeout, ConnectionError). Never the body: it may hold anything."""
+    return str(exc) if isinstance(exc, requests.HTTPError) else f"could not be reached ({type(exc).__name__})"
 
 
 def _invalid_client(result: dict) -> bool:

@@ -7,14 +7,22 @@ from __future__ import annotations
 import gc
 import logging
 
-# azure-core logs every request and response with full headers at INFO, which is the level the
-# Functions worker sets on the root logger: two records per table call, fourteen per login.
-QUIET_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy",)
+# Loggers of libraries held to a level (tools.host sets the same):
+# - azure-core logs every request and response with full headers at INFO, which is the level the
+#   Functions worker sets on the root logger: two records per table call, fourteen per login.
+# - MSAL logs a token answer that is not JSON whole, at ERROR with a traceback (oauth2cli/oauth2.py
+#   `_obtain_token`): an IdP answering form-encoded would put tokens in the log. Everything MSAL
+#   reports reaches us as its result or exception, and our own log line records the failure.
+QUIET_LOGGERS = {"azure.core.pipeline.policies.http_logging_policy": logging.WARNING, "msal": logging.CRITICAL}
+
+
+def quiet_loggers() -> None:
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def ready() -> None:
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_loggers()
     # Everything imported so far lives as long as the worker: moved out of the garbage collector's
     # generations, it is never scanned again, which shortens every later collection.
     gc.freeze()

@@ -46,6 +46,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
 from shared.config import log_value
+from shared.worker import quiet_loggers
 from tools.local_settings import load_local_settings, local_http_port
 
 LOG = logging.getLogger("tools.host")
@@ -320,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.cert) != bool(args.key):
         parser.error("--cert and --key go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The Azure SDK's HTTP logging policy is chatty at INFO (every request and its headers).
-    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+    quiet_loggers()  # as the worker does (shared/worker.py), also before function_app.py is imported
     app_dir = args.app_dir.resolve()
     load_local_settings(app_dir)
     port = args.port if args.port is not None else local_http_port(app_dir) or DEFAULT_PORT

@@ -5,6 +5,8 @@ endpoint takes only client_secret_basic gets the secret that way."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 
@@ -107,17 +109,23 @@ def test_sign_in_and_the_credential_check_work_with_a_basic_only_idp(basic_only_
     assert health()[1]["accepted_by_idp"] is True
 
 
+def client_of(hostile, clock, secret: list[str]) -> OidcClient:
+    """An OidcClient of the hostile IdP, over real HTTPS, on this clock, reading the secret `secret[0]`
+    (never cached: the test changes it)."""
+    reader = type("Reader", (), {"read": lambda self, name: SecretValue(secret[0], None, None, "test")})()
+    metadata = discover(f"{hostile.issuer}/.well-known/openid-configuration", hostile.issuer, IdpSession(10),
+                        multi_tenant=False)
+    return OidcClient(client_id=HOSTILE_CLIENT_ID, authority=hostile.issuer, certificate=False,
+                      credential=CachedSecret(reader, "s", 0), session=IdpSession(10),
+                      metadata=lambda: metadata, clock=clock)
+
+
 def test_the_credential_is_asked_again_after_ten_minutes_and_a_refusal_after_one(hostile, test_ca):
     """OidcClient's own clock, moved by hand; the IdP is the hostile one, over real HTTPS."""
     hostile.reset()
     now = [1000.0]
     secret = ["wrong"]
-    reader = type("Reader", (), {"read": lambda self, name: SecretValue(secret[0], None, None, "test")})()
-    metadata = discover(f"{hostile.issuer}/.well-known/openid-configuration", hostile.issuer, IdpSession(10),
-                        multi_tenant=False)
-    client = OidcClient(client_id=HOSTILE_CLIENT_ID, authority=hostile.issuer, certificate=False,
-                        credential=CachedSecret(reader, "s", 0), session=IdpSession(10),
-                        metadata=lambda: metadata, clock=lambda: now[0])
+    client = client_of(hostile, lambda: now[0], secret)
 
     def asked() -> int:
         return sum(r.get("grant_type") == "client_credentials" for r in hostile.token_requests)
@@ -132,3 +140,41 @@ def test_the_credential_is_asked_again_after_ten_minutes_and_a_refusal_after_one
     assert client.credential_check().accepted is True and asked() == 3, "an acceptance is reused for ten minutes"
     now[0] += 1
     assert client.credential_check().accepted is True and asked() == 4
+
+
+UNAVAILABLE = {  # a gateway's page, Entra's "try later" telling MSAL to wait an hour, a throttle
+    "html-502": ((502, "text/html", "<html>Bad Gateway</html>"), {}),
+    "json-503-retry-after-an-hour": ((503, "application/json", json.dumps({"error": "temporarily_unavailable"})),
+                                     {"Retry-After": "3600"}),
+    "429-retry-after-an-hour": ((429, "application/json", json.dumps({"error": "too_many_requests"})),
+                                {"Retry-After": "3600"}),
+}
+
+
+@pytest.mark.parametrize(("answer", "headers"), UNAVAILABLE.values(), ids=UNAVAILABLE.keys())
+def test_an_unavailable_token_endpoint_is_not_verified_and_the_next_check_asks_the_idp(hostile, answer, headers):
+    """Not "refused" (a 5xx or a 429 says nothing of the secret), and not replayed: on old main a 5xx
+    raised out of the check, and MSAL's throttling cache answered the next checks for the hour."""
+    hostile.reset()
+    now = [1000.0]
+    client = client_of(hostile, lambda: now[0], [HOSTILE_CLIENT_SECRET])
+    hostile.answer(raw=answer, headers=headers)
+    verdict = client.credential_check()
+    assert verdict.accepted is None and f"answered HTTP {answer[0]}" in verdict.detail, verdict
+    hostile.answer()  # the IdP is itself again
+    now[0] += CREDENTIAL_RECHECK_SECONDS
+    assert client.credential_check().accepted is True
+    assert [r.get("grant_type") for r in hostile.token_requests] == ["client_credentials"] * 2, \
+        "each check asked the IdP once, no re-read of the secret for an IdP that did not answer"
+
+
+def test_an_unavailable_token_endpoint_is_amber_in_health_not_red(hostile, use_settings):
+    hostile.reset()
+    switch_to(hostile, use_settings)
+    hostile.answer(raw=(503, "text/html", "<html>Service Unavailable</html>"), headers={"Retry-After": "3600"})
+    status, check = health()
+    assert status == 200 and check["ok"] is True and check["accepted_by_idp"] is None, (status, check)
+    assert "not verified with the IdP" in check["warning"] and "answered HTTP 503" in check["warning"], check
+    assert "fix" not in check, "no fix of the secret is offered: nothing says it is wrong"
+    row = setup_row()
+    assert "not verified with the IdP" in row and "refuses" not in row

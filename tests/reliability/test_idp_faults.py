@@ -4,6 +4,8 @@ IdP (tests/support/hostile_idp.py), the real app (tools.host, MSAL, Azurite)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 import time
 import traceback
@@ -22,7 +24,7 @@ from tests.support.hostile_flow import (
     switch_to,
 )
 from tests.support.hostile_idp import HostileIdp
-from tests.support.portal import assert_error_page, start_login
+from tests.support.portal import assert_error_page, correlation_id, start_login
 
 READ_TIMEOUT = 1  # IDP_TIMEOUT_SECONDS for these tests: a hung IdP costs the person about this long
 
@@ -121,3 +123,72 @@ def test_discovery_down_at_a_cold_start_gives_503_and_the_next_request_after_it_
     hostile_idp.down.discard("discovery")
     started = start_login(requests.Session(), APP_BASE, "user")
     assert started.status_code == 302, f"the app healed without a restart: {started.status_code}"
+
+
+# What a token endpoint answers when it is not itself: a gateway's page, Entra's own "try later", a
+# throttle. Retry-After 3600 is the most MSAL's throttling cache honoured: on old main one such answer
+# was handed to every login of the worker for an hour, and the code never reached the IdP.
+GATEWAY_502 = (502, "text/html", "<html><body><h1>502 Bad Gateway</h1></body></html>")
+UNAVAILABLE_503 = (503, "application/json", json.dumps({
+    "error": "temporarily_unavailable", "error_codes": [50196],
+    "error_description": "AADSTS50196: The server terminated an operation because it encountered a loop."}))
+THROTTLED_429 = (429, "application/json", json.dumps({"error": "too_many_requests"}))
+UNAVAILABLE = {
+    "html-502": (GATEWAY_502, {}),
+    "json-503": (UNAVAILABLE_503, {}),
+    "json-503-retry-after-an-hour": (UNAVAILABLE_503, {"Retry-After": "3600"}),
+    "429-retry-after-an-hour": (THROTTLED_429, {"Retry-After": "3600"}),
+}
+
+
+def codes_posted(idp: HostileIdp) -> list[str]:
+    return [r["code"] for r in idp.token_requests if r.get("grant_type") == "authorization_code"]
+
+
+@pytest.mark.parametrize(("answer", "headers"), UNAVAILABLE.values(), ids=UNAVAILABLE.keys())
+def test_a_token_endpoint_answering_5xx_or_429_is_that_logins_503_and_the_next_login_asks_the_idp(
+        hostile_idp, app, account_store, answer, headers):
+    person = new_person(account_store)
+    hostile_idp.answer(claims=person.claims, raw=answer, headers=headers)
+    session, fields = begin(hostile_idp)
+    refused = post_callback(session, fields)
+    row = assert_error_page(refused, 503, app, "idp_unavailable")
+    assert refused.headers.get("Retry-After") == "30"
+    assert f"answered HTTP {answer[0]}" in row["Detail"], row["Detail"]
+    assert codes_posted(hostile_idp) == [fields["code"]], "posted once: a 5xx may come after the IdP saw the code"
+    hostile_idp.answer(claims=person.claims)  # the IdP is itself again
+    for _ in range(2):
+        session, fields = begin(hostile_idp)
+        assert_signed_in(post_callback(session, fields), person)  # at once, whatever the Retry-After said
+        assert codes_posted(hostile_idp)[-1] == fields["code"], "each login's own code reached the IdP"
+    assert len(codes_posted(hostile_idp)) == 3, "one code POST per login"
+
+
+def test_a_token_answer_carrying_retry_after_is_its_own_logins_only(hostile_idp, app, account_store):
+    """On old main, MSAL kept Alice's whole token answer for its Retry-After and handed it to Bob's
+    redemption: only our nonce check stopped Bob entering as Alice, and Bob's code was never sent."""
+    alice, bob = new_person(account_store), new_person(account_store)
+    hostile_idp.answer(claims=alice.claims, headers={"Retry-After": "120"})
+    assert_signed_in(sign_in(hostile_idp), alice)
+    hostile_idp.answer(claims=bob.claims, headers={"Retry-After": "120"})
+    session, fields = begin(hostile_idp)
+    assert_signed_in(post_callback(session, fields), bob)
+    assert len(codes_posted(hostile_idp)) == 2 and codes_posted(hostile_idp)[-1] == fields["code"]
+
+
+def test_msal_logs_no_token_answer_and_our_own_line_records_the_failure(hostile_idp, app, account_store, caplog):
+    """An IdP answering its tokens form-encoded: MSAL logged the body whole at ERROR (tokens in the
+    log, which SECURITY.md forbids). Now MSAL is kept out of the log and our sso.callback line says it."""
+    person = new_person(account_store)
+    tokens = "token_type=Bearer&access_token=AT-FORM-ENCODED-SECRET&id_token=ID-FORM-ENCODED-SECRET"
+    hostile_idp.answer(claims=person.claims, raw=(200, "application/x-www-form-urlencoded", tokens))
+    with caplog.at_level(logging.INFO):
+        response = sign_in(hostile_idp)
+    row = assert_error_page(response, 401, app, "code_redemption_failed")
+    assert "not JSON" in row["Detail"]
+    assert not [r for r in caplog.records if r.name.startswith("msal")], "MSAL writes nothing to the log"
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "FORM-ENCODED-SECRET" not in logged, "no token in any log record"
+    ours = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sso.callback ")]
+    assert any(f"correlation_id={correlation_id(response)}" in line and "reason=code_redemption_failed" in line
+               for line in ours), ours

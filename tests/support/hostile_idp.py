@@ -5,7 +5,8 @@ and answers at once with its form_post page (no login page), and a token endpoin
 client secret (client_secret_post, as MSAL sends it, or client_secret_basic when told to take only
 that), the code and the PKCE verifier like a real IdP, answers a client-credentials request,
 then answers with an ID token built from the test's script: claims and header overrides, another key,
-``alg: none``, HS256, or an ``error`` answer. Tokens are really signed, with keys made here.
+``alg: none``, HS256, an ``error`` answer, or any status, body and headers (a gateway's 502, a 429,
+a 200 with Retry-After). Tokens are really signed, with keys made here.
 
     with HostileIdp(test_ca, redirect_uris=[...]) as idp:   # TENANT, CLIENT_ID, CLIENT_SECRET below
     idp.answer(claims={"aud": "someone-else"})        # the next ID tokens carry this aud
@@ -99,6 +100,10 @@ class Script:
     alg: str = "RS256"  # "RS256", "HS256" (with hmac_secret) or "none"
     hmac_secret: bytes | None = None
     error: tuple[int, dict] | None = None  # (HTTP status, error body) instead of tokens
+    # (HTTP status, content type, body): what the token endpoint answers to every request, of either
+    # grant, before it looks at anything (a gateway's HTML 502, a throttling 429)
+    raw: tuple[int, str, str] | None = None
+    headers: dict = field(default_factory=dict)  # more headers on every token answer (e.g. Retry-After)
     hang: float = 0.0  # seconds the token endpoint holds the request before answering (a hung IdP)
     mangle: Callable[[str], str] | None = None  # rewrites the minted ID token (e.g. its signature segment)
 
@@ -266,8 +271,9 @@ class HostileIdp:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _route(self, method: str, path: str, query: dict, form: dict, headers=None) -> tuple[int, str, str]:
-        """(status, content type, body) of one request."""
+    def _route(self, method: str, path: str, query: dict, form: dict,
+               headers=None) -> tuple[int, str, str] | tuple[int, str, str, dict]:
+        """(status, content type, body) of one request, and for the token endpoint the more headers."""
         with self._lock:
             self.requests.append((method, path))
         base = f"/{self.tenant}"
@@ -331,9 +337,13 @@ class HostileIdp:
             client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
         return client_id == self.client_id and hmac.compare_digest(secret.encode(), self.client_secret.encode())
 
-    def _token(self, form: dict, authorization: str = "") -> tuple[int, str, str]:
+    def _token(self, form: dict, authorization: str = "") -> tuple[int, str, str, dict]:
+        script = self.script
         with self._lock:
             self.token_requests.append({**form, **({"authorization": "Basic"} if authorization else {})})
+        return (*(script.raw or self._token_answer(script, form, authorization)), script.headers)
+
+    def _token_answer(self, script: Script, form: dict, authorization: str) -> tuple[int, str, str]:
         # Client authentication first: a failed one leaves the code unused (a real IdP does the same).
         if not self._client_authenticated(form, authorization):
             return _json(*INVALID_CLIENT)
@@ -342,7 +352,6 @@ class HostileIdp:
                 return _json(400, {"error": "invalid_scope", "error_codes": [70011]})
             return _json(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": self.mint(
                 {"aud": self.client_id, "iss": self.issuer, "exp": int(time.time()) + 3600})})
-        script = self.script
         if script.hang:
             time.sleep(script.hang)
         if script.error is not None:
@@ -384,11 +393,13 @@ def _handler_for(idp: HostileIdp) -> type[BaseHTTPRequestHandler]:
             if self.command == "POST":
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 form = dict(parse_qsl(body.decode(), keep_blank_values=True))
-            status, content_type, text = idp._route(self.command, parts.path,
-                                                    dict(parse_qsl(parts.query, keep_blank_values=True)), form,
-                                                    self.headers)
+            status, content_type, text, *more = idp._route(self.command, parts.path,
+                                                           dict(parse_qsl(parts.query, keep_blank_values=True)),
+                                                           form, self.headers)
             data = text.encode()
             self.send_response(status)
+            for name, value in (more[0] if more else {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
