@@ -37,11 +37,11 @@ def test_malformed_callback_body_is_400_invalid_request_with_its_real_cause(app_
     assert "identity provider did not sign you in" not in response.text, "not dressed up as an IdP error"
 
 
-def test_request_text_cannot_forge_a_log_line(app_server, caplog):
+def test_request_text_cannot_forge_a_log_line(app_server, caplog, idp):
     forged = "access_denied\nsso.callback kind=user outcome=success reason=ok status=200"
     with caplog.at_level(logging.INFO, logger="portal_sso"):
         response = requests.post(f"{APP_BASE}/api/sso/user%0Aforged/callback", data={"error": forged}, timeout=20)
-        requests.post(CALLBACK, data={"error": forged, "state": "abcdefgh12345678"}, timeout=20)
+        requests.post(CALLBACK, data={"error": forged, "state": "abcdefgh12345678", "iss": idp.issuer}, timeout=20)
     assert response.status_code == 404
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sso.")]
     assert lines and all("\n" not in line for line in lines), f"one physical line per attempt: {lines}"

@@ -32,13 +32,15 @@ def test_a_person_without_any_account_is_amber_with_the_fix(app_server, demo_acc
     assert "portal-sso accounts add" in row
 
 
-def test_a_cancelled_sign_in_is_the_persons_own(app_server):
+def test_a_cancelled_sign_in_is_the_persons_own(app_server, idp):
     with requests.Session() as browser:
         started = start_login(browser, APP_BASE, "user")
         state = re.search(r"[?&]state=([^&]+)", started.headers["Location"]).group(1)
-        # What Entra posts back when the person cancels (or declines consent).
+        # What Entra posts back when the person cancels (or declines consent), with the RFC 9207 iss
+        # the dev IdP advertises and sends with its errors too.
         answer = browser.post(f"{APP_BASE}/api/sso/user/callback", data={"error": "access_denied", "state": state,
-                              "error_description": "AADSTS65004: User declined to consent"}, timeout=20)
+                              "iss": idp.issuer, "error_description": "AADSTS65004: User declined to consent"},
+                              timeout=20)
     assert answer.status_code == 400
     row = row_of(get("/api/sso/setup").text, "Last user sign-in")
     assert level_of(row) == "ok" and "idp_error" in row, row
