@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..config import KIND_ROLES, public_base_url
 from ..diagnostics import failure_text
+from ..errors import REGISTER_APP
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
 from .auth import read_config
 from .events import DirectoryEvents
@@ -72,8 +73,9 @@ def setup_section(runtime, correlation_id: str = "") -> str:
     rows = [f'<tr><td><span class="st {label[0]}">{label[1]}</span></td><th>Directory sync</th><td>'
             + (f"token from {e(s.source)}" if s.state == "on" else
                "; ".join(e(p) for p in s.problems) if s.state == "error" else
-               "no SCIM token: set <code>SCIM_TOKEN</code> locally, or run <code>scripts/register-app "
-               "provisioning</code> (Key Vault secret <code>scim-token</code>).") + "</td></tr>"]
+               "no SCIM token: set <code>SCIM_TOKEN</code> locally, or run "
+               f"<code>{e(REGISTER_APP)} provisioning</code> (Key Vault secret <code>scim-token</code>).")
+            + "</td></tr>"]
     if s.tenant_url:
         rows.append(f'<tr><td></td><th>Tenant URL</th><td><code class="copy">{e(s.tenant_url)}</code> '
                     "(Enterprise applications &gt; the app &gt; Provisioning &gt; Admin Credentials)</td></tr>")
