@@ -291,6 +291,22 @@ def test_a_changed_external_id_is_409_while_the_account_is_linked_to_the_old_ide
     assert scim.get(f"/Users/{user['id']}").json()["externalId"] == new_oid
 
 
+def test_a_filtered_key_inside_a_path_less_value_is_400_invalid_value_with_nothing_written(scim):
+    """A value object's keys are attribute names: a filtered one (`emails[type eq "work"].value`) was
+    dropped as unknown, so the PATCH was a 204 whose email move never happened (and the `active`
+    beside it applied)."""
+    user, email = new_user(scim)
+    new_email = email.replace("@", ".new@")
+    person = scim.runtime.tables.client(SCIM_USERS_TABLE).get_entity("P", user["id"])
+    body = entra.patch({"op": "Replace", "value": {'emails[type eq "work"].value': new_email, "active": "False"}})
+    detail = error_of(scim.patch(f"/Users/{user['id']}", body), 400, "invalidValue")["detail"]
+    assert "emails[" in detail, detail
+    after = scim.runtime.tables.client(SCIM_USERS_TABLE).get_entity("P", user["id"])
+    assert after.metadata["etag"] == person.metadata["etag"]
+    assert scim.runtime.accounts.get(email, "user").enabled is True
+    assert scim.runtime.accounts.get(new_email, "user") is None
+
+
 def test_one_persons_email_or_account_is_never_given_to_another(scim):
     first, first_email = new_user(scim, kinds=("user",))
     error_of(scim.post("/Users", entra.create_user(f"{unique()}@contoso.test", first_email.upper(), oid())),
