@@ -41,12 +41,12 @@ from scim2_models.path.expressions import CompareOperator, Comparison, LogicalEx
 from scim2_server.storage import ScimStorage, SearchPage
 
 from ..accounts import utf16_units
-from ..tables import storage_errors
+from ..tables import SCIM_PERSON_PARTITION, storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
 from .sync import AccountSync, Conflict, Desired, Guarded
 
-PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = "P", "U", "X", "E"
+PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = SCIM_PERSON_PARTITION, "U", "X", "E"
 # Ours are uuid4s (36 characters): a longer id is no one's and is not sent (a key over Table Storage's
 # limit is a 400 on Azure, which would read as an outage, where Azurite answers 404).
 MAX_SCIM_ID = 64

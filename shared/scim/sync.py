@@ -223,7 +223,10 @@ class AccountSync:
                                  "MovedFrom": ""})
         elif plan.step == "in_place":
             wanted = {**self._fields(desired), **self._link_fields(target, desired)}
-            if target.get("MovedFrom") or target.get("MovedTo") or any(target.get(k) != v for k, v in wanted.items()):
+            # An `active` change writes even a row that holds it already (an admin's disable): the new
+            # etag fails an `accounts enable` that read the person before the change (accounts.py enable).
+            if desired.active_changed or target.get("MovedFrom") or target.get("MovedTo") or \
+                    any(target.get(k) != v for k, v in wanted.items()):
                 self._merge(target, {**wanted, "MovedFrom": "", "MovedTo": ""})
         elif plan.step == "move":  # over an earlier copy or a gone person's leftover if any
             etags[plan.source["PartitionKey"]] = self._move(desired, plan.source, target)
