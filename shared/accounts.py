@@ -722,16 +722,21 @@ def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[
     the rows first; read here when not given). A row that would re-point a linked person to another
     account id is not written unless `force` (the caller refuses those up front; one that became so
     during the import comes back in `refused`); one that would share an account with another email
-    (sharing_problems, which the caller refuses up front too) never is. Each email is its own
+    never is: the caller that hands in `stored` has refused those against it (sharing_problems, as
+    tools/accounts.py cmd_import does), and without it they are refused here. Each email is its own
     partition, so a transaction can only group one email's user and agent rows: the speed comes from
     `workers` requests in flight at once. `progress(n)` is called (on this thread) as each n rows
     land. Raises DependencyUnavailable on the first storage failure, after the requests in flight
     end; rows written until then stay (an import is idempotent, so running it again finishes it)."""
-    stored = stored_accounts(table) if stored is None else stored
-    result = Imported(refused=sharing_problems(rows, stored))
+    if stored is None:
+        stored = stored_accounts(table)
+        result = Imported(refused=sharing_problems(rows, stored))
+    else:  # the caller checked the rows against its scan
+        result = Imported()
+    refused = {id(row) for row, _ in result.refused}
     partitions: dict[str, list[AccountRow]] = {}
     for row in rows:
-        if all(row is not r for r, _ in result.refused):
+        if id(row) not in refused:
             partitions.setdefault(row.key, []).append(row)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
         pending = [pool.submit(_import_partition, table, group, stored, force) for group in partitions.values()]

@@ -308,7 +308,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         return _fail(f"{printable(str(err))} (the other rows were written)")
     bar.close()
     elapsed = time.monotonic() - started
-    written = [row for row in rows if all(row is not r for r, _ in result.refused)]
+    refused = {id(row) for row, _ in result.refused}
+    written = [row for row in rows if id(row) not in refused]
     kinds = {kind: sum(1 for r in written if r.kind == kind) for kind in KINDS}
     print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
     _say_managed(written, stored)

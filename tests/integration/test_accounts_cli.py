@@ -125,6 +125,19 @@ def test_import_writes_every_row_and_keeps_links(cs, store, tag, tmp_path, capsy
     assert store.get(f"two.{tag}@contoso.test", "user").enabled is True, "empty enabled means true"
 
 
+def test_import_checks_its_rows_for_shared_accounts_once(cs, tag, tmp_path, monkeypatch):
+    """cmd_import refuses rows that would share an account against its scan before writing any; the
+    store's import_rows, handed that scan, ran the same check over every row again."""
+    import shared.accounts
+
+    calls = []
+    real = shared.accounts.sharing_problems
+    monkeypatch.setattr(shared.accounts, "sharing_problems", lambda *a: calls.append(a) or real(*a))
+    csv_file = _write(tmp_path / "once.csv", ["email,kind,account_id", f"once.{tag}@contoso.test,user,U-1.{tag}"])
+    assert run(cs, "import", str(csv_file)) == 0
+    assert calls == [], "checked again inside import_rows"
+
+
 def test_import_with_bad_rows_writes_nothing_and_names_each_line(cs, store, tag, tmp_path, capsys):
     good = [f"good{i}.{tag}@contoso.test" for i in range(4)]
     csv_file = _write(tmp_path / "bad.csv", [
