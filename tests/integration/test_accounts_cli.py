@@ -419,7 +419,10 @@ def test_check_lists_rows_sign_in_refuses_for_their_kind_or_missing_id_and_remov
     assert lines[capital].startswith("kind") and lines[no_id].startswith("no-id"), out
     assert run(cs, "remove", "--stored-key", capital, "--kind", "User") == 0
     assert not list(store._table.query_entities("PartitionKey eq @k", parameters={"k": capital}))
+    capsys.readouterr()
     assert run(cs, "remove", f"rest.{tag}@contoso.test", "--kind", "User") == 1, "an EMAIL's kind is user or agent"
+    err = capsys.readouterr().err
+    assert "kind 'User' must be user or agent" in err and "--stored-key" in err, err
 
 
 def test_a_last_login_at_stored_as_text_is_no_time_and_no_crash(cs, store, tag, capsys):
