@@ -111,22 +111,20 @@ class Refreshing(Generic[T]):
         read is shared."""
         while True:
             with self._lock:
-                read = self._reading
+                read, lead = self._reading, False
                 if read is None:
                     now = self._clock()
                     if now - self._forced_at < not_within:
-                        break
-                    self._forced_at = now
+                        break  # rate-limited: what get() gives
+                    self._forced_at, lead = now, True
                     read = self._reading = _Read(forced=True)
-                    return_lead = True
-                elif read.forced:
-                    return_lead = False
-                else:
-                    return_lead = None
-            if return_lead is None:
-                read.done.wait()  # the routine read's outcome is not what was asked for
-                continue
-            return self._lead(read, keep=keep) if return_lead else read.outcome(keep=keep)
+            if lead:
+                return self._lead(read, keep=keep)
+            if read.forced:
+                return read.outcome(keep=keep)
+            read.done.wait()  # a routine read: its value may predate what made the caller ask
+            if isinstance(read.error, DependencyUnavailable):
+                return read.outcome(keep=keep)  # the dependency just failed: not a second timeout
         return self.get()
 
     def expire(self) -> None:

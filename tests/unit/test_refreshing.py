@@ -185,3 +185,23 @@ def test_after_an_error_that_is_not_an_outage_no_caller_gets_the_held_value():
     assert isinstance(led[0], ConfigurationError) and isinstance(got[0], ConfigurationError), (led, got)
     source.error, source.gate = None, None
     assert cache.get() == "v1", "the next good read serves again"
+
+
+def test_a_refresh_that_waited_out_a_routine_read_the_dependency_failed_does_not_try_again_at_once():
+    """The dependency just failed: a second read would cost the caller a second timeout in a row."""
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    cache.get()
+    source.gate, source.error, t[0] = threading.Event(), DependencyUnavailable("idp", "down"), 100.0
+    source.started.clear()
+    leader, led = in_thread(cache.get)
+    assert source.started.wait(5)
+    kept, got_kept = in_thread(lambda: cache.refresh(keep=True))
+    strict, got_strict = in_thread(cache.refresh)
+    time.sleep(0.2)
+    source.gate.set()
+    for thread in (leader, kept, strict):
+        thread.join(5)
+    assert led == ["v1"] and got_kept == ["v1"], "the held value serves, as for the routine re-read"
+    assert isinstance(got_strict[0], DependencyUnavailable), "without keep the outage stands"
+    assert source.calls == 2, "one read for all three"
