@@ -388,6 +388,20 @@ def test_jwks_is_fetched_once_and_reused_across_logins(hostile, app, account_sto
     assert hostile.jwks_fetches == 1, "two logins, one JWKS fetch"
 
 
+def test_msal_keeps_no_token_of_anyone_who_signed_in(hostile, app, account_store):
+    """SECURITY.md: MSAL's token cache keeps nothing; its default would hold every person's ID and
+    access tokens in the worker's memory for ever."""
+    import msal
+
+    for who in (new_person(account_store), new_person(account_store)):
+        hostile.answer(claims=who.claims)
+        assert_signed_in(sign_in(hostile), who)
+    cache = app.oidc._app.get().token_cache
+    kinds = msal.TokenCache.CredentialType
+    assert [cache.find(kind) for kind in (kinds.ID_TOKEN, kinds.ACCESS_TOKEN, kinds.REFRESH_TOKEN,
+                                           kinds.ACCOUNT)] == [[], [], [], []]
+
+
 def test_rotated_signing_key_is_picked_up_with_one_refetch(hostile, app, person):
     hostile.answer(claims=person.claims)
     assert_signed_in(sign_in(hostile), person)

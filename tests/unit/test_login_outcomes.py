@@ -252,3 +252,37 @@ def test_the_token_names_the_account_the_login_linked_when_the_row_changed_meanw
     (token,) = re.findall(r'name="session_token" value="([^"]+)"', reply.body)
     assert jwt.decode(token, options={"verify_signature": False})["sub"] == "A-NEW"
     assert [e.account_id for e in events.rows] == ["A-NEW"]
+
+
+def test_our_own_nonce_check_refuses_a_token_of_another_login_when_the_idp_client_checks_nothing(idp_key):
+    """Newer MSAL no longer compares the nonce: the IdP client here (like it) hands back whatever the
+    token endpoint sent, and our check alone must refuse an ID token minted for another login."""
+    class Events:
+        rows = []
+
+        def record(self, event):
+            self.rows.append(event)
+
+    deps = Deps(idp_key, Events())
+    now = int(time.time())
+    deps.oidc = Oidc(jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600,
+                                 "tid": TENANT, "oid": "o", "email": "ann@contoso.test", "xms_edov": True,
+                                 "nonce": hashlib.sha256(b"another login's nonce").hexdigest()},
+                                idp_key, algorithm="RS256", headers={"kid": "k1"}))
+    reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-n")
+    assert reply.status == 401 and "session_token" not in str(reply.body)
+    assert [e.reason for e in deps.events.rows] == ["id_token_nonce"]
+
+
+def test_a_flow_cookie_sealed_for_one_door_does_not_open_at_the_other_for_the_same_state(idp_key):
+    """The kind is in the cookie's associated data: the other door's cookie fails its tag, even where
+    the state is the same (the marker's RowKey is not what refuses it here)."""
+    from shared.errors import BindingMismatch
+
+    cookies = Deps(idp_key, FailingEvents()).signer().flow_cookies
+    flow = Flow(state=STATE, kind="agent", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
+                return_to=None, portal_nonce=None, expires_at=int(time.time()) + 300, correlation_id="c")
+    sealed = cookies.seal(flow)
+    assert cookies.open("agent", STATE, sealed).kind == "agent"
+    with pytest.raises(BindingMismatch):
+        cookies.open("user", STATE, sealed)

@@ -42,6 +42,7 @@ def test_allowed_origin_given_with_explicit_default_port_matches_a_url_without_p
     "https:\\\\evil.test",
     "https:/\\evil.test",
     "https://portal.contoso.test\\@evil.test/",
+    "https://portal.contoso.test/a\\b",  # a backslash alone: browsers read it as '/', parsers do not
     "https://portal.contoso.test@evil.test/",  # user info
     "https://user:pass@portal.contoso.test/",  # user info on the right host
     "https://evil.test#@portal.contoso.test",

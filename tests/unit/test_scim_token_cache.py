@@ -64,3 +64,25 @@ def test_a_setting_error_is_re_checked_as_soon_as_off_so_a_fix_shows_within_a_mi
     assert cache.get().problems, "kept until the re-check"
     clock.now += 1
     assert not cache.get().problems and cache.get().accepts(f"Bearer {TOKEN}")
+
+
+def test_every_configured_token_is_compared_in_constant_time_whichever_matches(monkeypatch):
+    """SECURITY.md: each token with hmac.compare_digest, all of them every time, so the answer's time
+    says neither which token matched nor how much of one."""
+    import hmac
+
+    from shared.scim import auth
+
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        compared.append(b)
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    config = auth.SyncConfig(("first-token", "second-token", "third-token"), "SCIM_TOKEN", None)
+    for header, expected in (("Bearer first-token", True), ("Bearer third-token", True), ("Bearer nope", False)):
+        compared.clear()
+        assert config.accepts(header) is expected
+        assert compared == [b"first-token", b"second-token", b"third-token"], header
