@@ -177,6 +177,59 @@ def test_a_second_deploy_changes_nothing_and_says_so(azure):
     assert what_if.mutations == [] and "Nothing to change" in what_if.out
 
 
+CUSTOM_NAMES = ["--key-vault", "contoso-secrets", "--storage-account", "contosodata"]
+
+
+def test_a_redeploy_without_key_vault_or_storage_account_keeps_the_ones_the_app_uses(azure):
+    """The hunt's case: names came from the arguments alone, so a redeploy that left out --key-vault and
+    --storage-account made a new, empty vault and storage account and pointed the app at them (its client
+    secret, signing key and portal accounts left behind)."""
+    assert azure.run("deploy", *DEPLOY_ARGS, *CUSTOM_NAMES).code == 0
+    before = azure.state["sites"]["contoso-sso"]["settings"]
+    plan = azure.run("deploy", *DEPLOY_ARGS, "--what-if")
+    assert plan.code == 0 and "Nothing to change" in plan.out, plan.out
+    again = azure.run("deploy", *DEPLOY_ARGS)
+    assert again.code == 0, again.err
+    assert again.mutations == [], f"the vault and storage account the app uses, as they are: {again.mutations}"
+    assert set(azure.state["vaults"]) == {"contoso-secrets"} and set(azure.state["storage"]) == {"contosodata"}
+    assert azure.state["sites"]["contoso-sso"]["settings"] == before
+    dry = azure.run("deploy", *DEPLOY_ARGS, "--dry-run")
+    assert dry.code == 0 and "KEY_VAULT_URL" in dry.out and "reads nothing" in dry.out, \
+        "a dry run, which reads nothing, says that a run takes the names from the app's settings"
+
+
+@pytest.mark.parametrize(("option", "name", "old", "held"), [
+    ("--key-vault", "contoso-secrets", N["vault"], "client secret"),
+    ("--storage-account", "contosodata", N["storage"], "PortalAccounts"),
+])
+def test_naming_another_vault_or_storage_account_than_the_apps_is_refused_unless_asked(azure, option, name, old,
+                                                                                        held):
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    before = azure.state
+    for flag in ((), ("--what-if",)):
+        refused = azure.run("deploy", *DEPLOY_ARGS, option, name, *flag)
+        assert refused.code != 0 and refused.mutations == [], refused.mutations
+        assert old in refused.err and held in refused.err and "--repoint" in refused.err, refused.err
+        assert "Traceback" not in refused.err
+    assert azure.state == before, "nothing made, nothing changed"
+    moved = azure.run("deploy", *DEPLOY_ARGS, option, name, "--repoint")
+    assert moved.code == 0, moved.err
+    assert old in moved.out and held in moved.out, "what stays behind is said"
+    settings = azure.state["sites"]["contoso-sso"]["settings"]
+    assert name in (settings["KEY_VAULT_URL"] if option == "--key-vault" else settings["TABLES_ENDPOINT"])
+    assert azure.run("deploy", *DEPLOY_ARGS).mutations == [], "from then on, the new one is the app's"
+
+
+def test_settings_that_name_two_storage_accounts_need_storage_account_to_say_which(azure):
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["TABLES_ENDPOINT"] = "https://contosodata.table.core.windows.net"
+    azure.state = state
+    refused = azure.run("deploy", *DEPLOY_ARGS)
+    assert refused.code != 0 and refused.mutations == [], refused.mutations
+    assert "contosodata and contosossostor" in refused.err and "give --storage-account" in refused.err, refused.err
+
+
 def test_dry_run_prints_every_command_a_real_run_takes_and_runs_none(azure):
     result = azure.run("deploy", *DEPLOY_ARGS, "--dry-run")
     assert result.code == 0, result.err
