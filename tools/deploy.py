@@ -269,6 +269,7 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     if args.session_audience:
         settings["SESSION_TOKEN_AUDIENCE"] = args.session_audience
     update_app_settings(az, app, rg, settings, current)
+    audience = session_audience(args, current)
     if "AzureWebJobsStorage" in current:  # a key-based connection string: identities only
         az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
                  "--setting-names", "AzureWebJobsStorage", change=("remove", "the key-based AzureWebJobsStorage"))
@@ -297,7 +298,23 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
                      change=("change", f"package {digest[:12]} deployed"))
             az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
                      "--settings", f"{PACKAGE_SETTING}={digest}", change=None)
-    return {"base": base, "subscription": account.get("id", "")}
+    return {"base": base, "subscription": account.get("id", ""), "audience": audience,
+            "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
+
+
+def session_audience(args: argparse.Namespace, current: dict[str, str]) -> str:
+    """The session tokens' aud once the settings are written. One set before (by hand or --session-audience)
+    is kept, never changed unasked: deploy writes it only when given, so it is someone's choice, and each
+    portal checks exactly that value. When it is not the portals' origin (they moved), that is said."""
+    origin = origin_of(args.portal_user_url)
+    kept = current.get("SESSION_TOKEN_AUDIENCE")
+    if args.session_audience or not kept:
+        return args.session_audience or origin
+    if kept != origin:
+        print(f"warning: SESSION_TOKEN_AUDIENCE stays {kept}, set before, not the portals' origin {origin}: "
+              f"portals that check {kept} go on working; if yours now checks {origin}, run this again with "
+              f"--session-audience {origin}.", file=sys.stderr)
+    return kept
 
 
 def harden(az: Az, app: str, rg: str, site: dict | None) -> None:
@@ -367,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{base}/api/sso/agent/callback\nSetup page: {base}/api/sso/setup?code=<function key>\n"
           f"Read the function key: az functionapp function keys list --resource-group {args.resource_group} "
           f"--name {args.app} --function-name sso_setup\n"
-          f"Session tokens: iss {base} (SESSION_TOKEN_ISSUER), aud "
-          f"{args.session_audience or origin_of(args.portal_user_url)} (SESSION_TOKEN_AUDIENCE)\n"
+          f"Session tokens: iss {result['issuer']} (SESSION_TOKEN_ISSUER), aud {result['audience']} "
+          "(SESSION_TOKEN_AUDIENCE)\n"
           f"Next: portal-sso register-app --resource-group {args.resource_group} --app {args.app}")
     return 0
 

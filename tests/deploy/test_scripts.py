@@ -230,6 +230,29 @@ def test_settings_that_name_two_storage_accounts_need_storage_account_to_say_whi
     assert "contosodata and contosossostor" in refused.err and "give --storage-account" in refused.err, refused.err
 
 
+def test_the_session_tokens_iss_and_aud_printed_are_the_ones_in_effect(azure):
+    """The hunt's case: a SESSION_TOKEN_AUDIENCE set before stayed in the app while the printout showed the
+    new portals' origin, so a portal was configured to check an aud no token carried."""
+    base = DEPLOY_ARGS[:6]
+    split = ["--portal-user-url", "https://users.contoso.test/sso", "--portal-agent-url", "https://agents.contoso.test/sso"]
+    assert azure.run("deploy", *base, *split, "--session-audience", "https://users.contoso.test").code == 0
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["SESSION_TOKEN_ISSUER"] = "https://sso.contoso.test"  # set by hand
+    azure.state = state
+    moved = ["--portal-user-url", "https://portal.fabrikam.test/sso/user",
+             "--portal-agent-url", "https://portal.fabrikam.test/sso/agent"]
+    result = azure.run("deploy", *base, *moved)
+    assert result.code == 0, result.err
+    assert azure.state["sites"]["contoso-sso"]["settings"]["SESSION_TOKEN_AUDIENCE"] == "https://users.contoso.test", \
+        "an audience set before is kept: the portals check it"
+    assert "iss https://sso.contoso.test (SESSION_TOKEN_ISSUER), aud https://users.contoso.test" in result.out
+    warning = result.err.split("warning: ", 1)[-1]
+    assert "https://portal.fabrikam.test" in warning and "--session-audience https://portal.fabrikam.test" in warning
+    changed = azure.run("deploy", *base, *moved, "--session-audience", "https://portal.fabrikam.test")
+    assert changed.code == 0 and "aud https://portal.fabrikam.test (SESSION_TOKEN_AUDIENCE)" in changed.out
+    assert "warning" not in changed.err
+
+
 def test_dry_run_prints_every_command_a_real_run_takes_and_runs_none(azure):
     result = azure.run("deploy", *DEPLOY_ARGS, "--dry-run")
     assert result.code == 0, result.err
