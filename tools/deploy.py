@@ -263,9 +263,6 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
         "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD",
         "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
     }
-    if origin_of(args.portal_user_url) != origin_of(args.portal_agent_url) and args.session_audience is None:
-        raise AzError("The two portal URLs have different origins: give --session-audience (the 'aud' your "
-                      "portal checks).")
     if args.session_audience:
         settings["SESSION_TOKEN_AUDIENCE"] = args.session_audience
     update_app_settings(az, app, rg, settings, current)
@@ -348,7 +345,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the portal page that receives users' session tokens (an https:// URL)")
     parser.add_argument("--portal-agent-url", required=True, type=https_url,
                         help="the portal page that receives agents' session tokens (an https:// URL)")
-    parser.add_argument("--session-audience", help="the session token's aud (default: the portals' origin)")
+    parser.add_argument("--session-audience", help="the session token's aud (default: the portals' origin, or the "
+                                                   "one set before; required when their origins differ)")
     parser.add_argument("--python", default="3.12", choices=PYTHON_VERSIONS)
     parser.add_argument("--storage-account", type=STORAGE_ACCOUNT,
                         help="default: the one the function app's settings name, else derived from --app")
@@ -363,6 +361,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            "removed; write nothing")
     mode.add_argument("--dry-run", action="store_true", help="print every az command, run none (not even reads)")
     args = parser.parse_args(argv)
+    if args.session_audience is None and origin_of(args.portal_user_url) != origin_of(args.portal_agent_url):
+        parser.error("the two portal URLs have different origins, so the session token's aud cannot default to "
+                     "their origin: give --session-audience (the 'aud' your portals check)")
     derived = resource_names(args)  # a name Azure would refuse stops the run here, not after the group is made
     for key, kind, option in (("storage", STORAGE_ACCOUNT, "--storage-account"), ("vault", KEY_VAULT, "--key-vault"),
                               ("workspace", WORKSPACE, "--app")):

@@ -316,6 +316,15 @@ def test_bad_input_fails_early_with_a_clear_message_and_says_what_was_done(azure
         assert "Nothing was created or changed" in result.err
 
 
+def test_portals_on_two_origins_without_session_audience_are_refused_before_anything_runs(azure):
+    """The refusal came after some 30 writes (the group, storage, vault, app and roles all made)."""
+    result = azure.run("deploy", *DEPLOY_ARGS[:6], "--portal-user-url", "https://users.contoso.test/sso",
+                       "--portal-agent-url", "https://agents.contoso.test/sso")
+    assert result.code == 2 and result.calls == [], "refused on the command line: no az command runs"
+    assert "different origins" in result.err and "--session-audience" in result.err, result.err
+    assert azure.state == {}
+
+
 def test_a_vault_in_deleted_state_is_explained_as_such_not_as_a_name_taken_by_someone_else():
     advice = explain(f"ERROR: {VAULT_DELETED}")
     assert "az keyvault recover --name <vault>" in advice and "--key-vault" in advice
