@@ -274,6 +274,11 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     # 8. the session-signing key, made once (rotation: see README); the app may read that secret alone. The
     # Secrets Officer role granted above, on a new vault, takes a while before Key Vault honours it.
     def signing_key() -> None:
+        if vault_known and az.what_if and officer_granted:  # a role only planned: Key Vault refuses the read
+            az.changes.append(("create", f"session-signing key (EC P-256) in Key Vault as {SIGNING_KEY_NAME}, if "
+                                         "it has none (unknown: it cannot be read before your Key Vault Secrets "
+                                         "Officer role, planned above, exists)"))
+            return
         if not vault_known or az.show("keyvault", "secret", "show", "--vault-name", n["vault"], "--name",
                                       SIGNING_KEY_NAME, "--query", "id") is None:
             with secret_file(signing_key_pem()) as path:

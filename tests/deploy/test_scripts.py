@@ -367,6 +367,21 @@ def test_a_role_that_never_takes_effect_fails_after_a_bounded_wait_saying_what_t
     assert "secrets" not in azure.state or not azure.state["secrets"]
 
 
+def test_a_what_if_whose_key_vault_role_is_only_planned_does_not_read_the_vault(azure):
+    """The hunt's case: another admin's what-if planned their Secrets Officer role, then read the signing key
+    and failed on Key Vault's 403, where the real run (which grants the role and waits) succeeds."""
+    azure.state = {"rbac_delay": 0}
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    azure.state = {**azure.state, "signed_in_as": {"type": "user", "name": "bob@contoso.test", "id": "bob-object-id"},
+                   "rbac_delay": 1}
+    before = azure.state
+    plan = azure.run("deploy", *DEPLOY_ARGS, "--what-if")
+    assert plan.code == 0, plan.err
+    assert plan.mutations == [] and not any("keyvault secret" in c for c in plan.commands), plan.commands
+    assert "role Key Vault Secrets Officer" in plan.out and "unknown" in plan.out.split("Would create:")[-1], plan.out
+    assert azure.state == before
+
+
 def test_a_role_granted_before_is_not_waited_for(azure, monkeypatch):
     """A 403 under a role this run did not grant is a real refusal (the role was removed, a deny
     assignment): it is explained at once."""
