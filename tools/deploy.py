@@ -34,7 +34,7 @@ from shared.config import origin_of
 from shared.tables import APP_TABLES
 
 from .arguments import FUNCTION_APP, KEY_VAULT, RESOURCE_GROUP, STORAGE_ACCOUNT, WORKSPACE, https_url
-from .azure_cli import Az, AzError, app_settings, fail, grant, revoke, secret_file, update_app_settings
+from .azure_cli import Az, AzError, app_settings, fail, grant, revoke, secret_file, secret_name, update_app_settings
 from .package import build_package
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
@@ -132,6 +132,7 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     recorded = recorded_names(current or {})
     n = resource_names(args, recorded)
     check_kept(az, args, recorded, n)
+    key_name = secret_name(current or {}, "SESSION_SIGNING_KEY_NAME", SIGNING_KEY_NAME)  # the one the app reads
     if az.dry_run:
         az.out(f"note: --dry-run reads nothing, so this plan names the vault {n['vault']} and the storage account "
                f"{n['storage']}; on a function app that exists, a run uses the ones its settings name "
@@ -275,19 +276,19 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     # Secrets Officer role granted above, on a new vault, takes a while before Key Vault honours it.
     def signing_key() -> None:
         if vault_known and az.what_if and officer_granted:  # a role only planned: Key Vault refuses the read
-            az.changes.append(("create", f"session-signing key (EC P-256) in Key Vault as {SIGNING_KEY_NAME}, if "
+            az.changes.append(("create", f"session-signing key (EC P-256) in Key Vault as {key_name}, if "
                                          "it has none (unknown: it cannot be read before your Key Vault Secrets "
                                          "Officer role, planned above, exists)"))
             return
         if not vault_known or az.show("keyvault", "secret", "show", "--vault-name", n["vault"], "--name",
-                                      SIGNING_KEY_NAME, "--query", "id") is None:
+                                      key_name, "--query", "id") is None:
             with secret_file(signing_key_pem()) as path:
-                az.write("keyvault", "secret", "set", "--vault-name", n["vault"], "--name", SIGNING_KEY_NAME,
+                az.write("keyvault", "secret", "set", "--vault-name", n["vault"], "--name", key_name,
                          "--file", path, "--encoding", "utf-8", "--content-type", "application/x-pem-file",
                          "--query", "id", change=("create", "session-signing key (EC P-256) in Key Vault"),
                          quiet=True)
     az.once_role_applies(signing_key, "Key Vault Secrets Officer", fresh=officer_granted)
-    grant(az, principal, "ServicePrincipal", "Key Vault Secrets User", f"{vault_id}/secrets/{SIGNING_KEY_NAME}",
+    grant(az, principal, "ServicePrincipal", "Key Vault Secrets User", f"{vault_id}/secrets/{key_name}",
           known=principal_known and vault_known)
 
     # 9. the package, deployed only when it changed

@@ -41,7 +41,17 @@ from pathlib import Path
 from shared.config import KIND_ROLES, KINDS, redirect_uri, signed_out_uri
 
 from .arguments import FUNCTION_APP, MAX_SECRET_DAYS, RESOURCE_GROUP, https_origin, whole_number
-from .azure_cli import ROLE_PENDING, Az, AzError, app_settings, fail, grant, secret_file, update_app_settings
+from .azure_cli import (
+    ROLE_PENDING,
+    Az,
+    AzError,
+    app_settings,
+    fail,
+    grant,
+    secret_file,
+    secret_name,
+    update_app_settings,
+)
 from .deploy import names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +158,7 @@ class Registration:
     def __init__(self, az: Az, args: argparse.Namespace):
         self.az, self.args = az, args
         self.rg, self.app = args.resource_group, args.app
+        self.secret_name = SECRET_NAME  # the client secret's Key Vault name, as the app's settings give it
 
     # -- the function app's side --------------------------------------------------------------------
     def function_app(self) -> tuple[str, str, dict[str, str]]:
@@ -159,6 +170,7 @@ class Registration:
                                 "--query", "defaultHostName")
             base = f"https://{host or self.app + '.azurewebsites.net'}"
         vault_url = settings.get("KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
+        self.secret_name = secret_name(settings, "OIDC_CLIENT_SECRET_NAME", SECRET_NAME)
         return base.rstrip("/"), vault_url.split("//", 1)[1].split(".", 1)[0], settings
 
     def let_the_app_read(self, vault: str, secret: str) -> None:
@@ -235,7 +247,7 @@ class Registration:
         # in Key Vault belongs to the registration the app used before.
         if client_id != recorded or not self.vault_holds_a_secret_of(client_id, vault):
             self.new_secret(client_id, vault)
-        self.let_the_app_read(vault, SECRET_NAME)
+        self.let_the_app_read(vault, self.secret_name)
         wanted = {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
             wanted["PUBLIC_BASE_URL"] = base
@@ -337,10 +349,10 @@ class Registration:
         key_id = ours[-1]["keyId"] if ours else "<key id>"
         try:
             with secret_file(password) as path:
-                self.az.write("keyvault", "secret", "set", "--vault-name", vault, "--name", SECRET_NAME, "--file",
+                self.az.write("keyvault", "secret", "set", "--vault-name", vault, "--name", self.secret_name, "--file",
                               path, "--encoding", "utf-8", "--expires", end.strftime("%Y-%m-%dT%H:%M:%SZ"),
                               "--tags", f"{KEY_ID_TAG}={key_id}", "--query", "id", quiet=True,
-                              change=("create", f"Key Vault secret {SECRET_NAME}, new version "
+                              change=("create", f"Key Vault secret {self.secret_name}, new version "
                                                 f"(expires {end:%Y-%m-%d})"))
         except AzError as err:
             self.unstored_secret(client_id, vault, key_id, err)
@@ -358,7 +370,7 @@ class Registration:
         except AzError:
             raise AzError(f"{err} Key Vault could not be read back, so the client secret just made (key id {key_id}) "
                           "is kept in case Key Vault took it; once Key Vault answers, check that its newest "
-                          f"{SECRET_NAME} version is tagged {KEY_ID_TAG}={key_id}, and if not remove that secret: "
+                          f"{self.secret_name} version is tagged {KEY_ID_TAG}={key_id}, and if not remove that secret: "
                           f"`az ad app credential delete --id {client_id} --key-id {key_id}`.", err.stderr) from err
         if stored == key_id:
             return  # the write landed; only its answer was lost
@@ -375,7 +387,7 @@ class Registration:
     def stored_key_id(self, vault: str) -> tuple[bool, str | None]:
         """(whether the secret has a version in Key Vault, the Entra key id its newest version is tagged with:
         None for a version stored without the tag, by hand or by an earlier version of this script)."""
-        tags = self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name", SECRET_NAME,
+        tags = self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name", self.secret_name,
                             "--query", "{id: id, tags: tags}")
         return tags is not None, ((tags or {}).get("tags") or {}).get(KEY_ID_TAG)
 
@@ -420,7 +432,7 @@ class Registration:
         _, vault, settings = self.function_app()
         client_id = self.find_app(settings)["appId"]
         versions = sorted(self.az.read("keyvault", "secret", "list-versions", "--vault-name", vault, "--name",
-                                       SECRET_NAME) or [], key=lambda v: v["attributes"]["created"])
+                                       self.secret_name) or [], key=lambda v: v["attributes"]["created"])
         current = self.new_secret(client_id, vault)
         cutoff = datetime.now(UTC) - timedelta(days=self.args.grace_days)
         superseded_at = {}  # key id -> when the next version replaced it
@@ -440,7 +452,7 @@ class Registration:
         self.az.check_ready()
         base, vault, settings = self.function_app()
         sp = self.ensure_service_principal(self.find_app(settings)["appId"])
-        return f"{base}/api/scim/v2", vault, settings.get("SCIM_TOKEN_NAME") or SCIM_TOKEN_NAME, sp, settings
+        return f"{base}/api/scim/v2", vault, secret_name(settings, "SCIM_TOKEN_NAME", SCIM_TOKEN_NAME), sp, settings
 
     def provisioning(self) -> None:
         """The SCIM token (made once, straight into Key Vault), the function app's right to read it and

@@ -307,6 +307,36 @@ def test_a_secret_key_vault_may_have_taken_is_kept_and_one_it_did_not_is_removed
     assert f"az ad app credential delete --id {app['appId']} --key-id {made['keyId']}" in unsure.err, unsure.err
 
 
+def test_the_secret_names_the_apps_settings_give_are_the_ones_written_rotated_and_granted(azure):
+    """The hunt's case: OIDC_CLIENT_SECRET_NAME and SESSION_SIGNING_KEY_NAME were ignored, so the client
+    secret and signing key went under the default names while the app read the ones it was told."""
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"].update(OIDC_CLIENT_SECRET_NAME="entra-client-secret",
+                                                     SESSION_SIGNING_KEY_NAME="portal-signing-key")
+    azure.state = state
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-secret")
+    assert rotated.code == 0, rotated.err
+    redeploy = azure.run("deploy", *DEPLOY_ARGS)
+    assert redeploy.code == 0, redeploy.err
+    stored = {name.split("/", 1)[1]: len(versions) for name, versions in azure.state["secrets"].items()}
+    assert stored == {"session-signing-key": 1, "entra-client-secret": 2, "portal-signing-key": 1}, stored
+    readable = {r[2].rsplit("/", 1)[1] for r in azure.state["roles"]
+                if r[:2] == ["contoso-sso-principal", "Key Vault Secrets User"]}
+    assert {"entra-client-secret", "portal-signing-key"} <= readable and "oidc-client-secret" not in readable
+    assert azure.run("register-app", *APP_ARGS).mutations == [] and azure.run("deploy", *DEPLOY_ARGS).mutations == []
+
+
+def test_a_secret_name_key_vault_would_refuse_stops_the_run_without_showing_it(azure):
+    pasted = "Q8~a-secret-value-pasted-in-place-of-the-name"
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_SECRET_NAME"] = pasted
+    azure.state = state
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code != 0 and "OIDC_CLIENT_SECRET_NAME" in result.err and result.mutations == [], result.err
+    assert pasted not in result.out + result.err
+
+
 # -- assignment ------------------------------------------------------------------------------------
 
 def test_assign_gives_users_and_groups_the_kinds_role_once(azure):
