@@ -16,7 +16,7 @@ from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from .config import KINDS
 from .errors import AccountDisabled, IdentityMismatch, MalformedEmail, NoAccount
-from .tables import delete_existed, storage_errors
+from .tables import SCIM_PERSON_PARTITION, delete_existed, storage_errors
 
 log = logging.getLogger("portal_sso")
 
@@ -297,15 +297,19 @@ class AccountStore:
                     continue  # created, changed or removed since our read: decide again
         raise AccountConflict(f"the {kind} account of {row.email} kept changing; try again")
 
-    def update(self, email: str, kind: str, **properties) -> bool:
+    def update(self, email: str, kind: str, check: Callable[[Account], None] | None = None, **properties) -> bool:
         """Merges properties into an account (etag-checked on the row as read; nothing else in it is
-        touched); False when there is no such account. Raises AccountConflict for a row login does not
-        find because directory sync is moving it (see `_unhidden`)."""
+        touched); False when there is no such account. `check(account)`, on each row read, may refuse
+        the write (raising): what it decided on is what gets written, or the write fails and both are
+        done again. Raises AccountConflict for a row login does not find because directory sync is
+        moving it (see `_unhidden`)."""
         key = email_key(email)
         for _ in range(WRITE_ATTEMPTS):
             existing = self._unhidden(key, kind)
             if existing is None:
                 return False
+            if check is not None:
+                check(existing)
             with storage_errors():
                 try:
                     self._table.update_entity({"PartitionKey": key, "RowKey": kind, **properties},
@@ -320,21 +324,31 @@ class AccountStore:
 
     def enable(self, email: str, kind: str) -> bool:
         """`update(Enabled=True)`, refused (AccountConflict) for an account directory sync manages
-        whose person Entra has disabled: directory sync writes `Enabled` only when `active` changes,
-        so an enable here would outlast every later write of Entra's; Entra's own re-enable enables
-        the account. Disabling is never refused (the safe direction)."""
-        account = self.get(email, kind)
-        if account is not None and account.provisioned and self._people is not None:
-            with storage_errors():
-                try:
-                    active = self._people.get_entity("P", account.scim_id, select=["Active"]).get("Active")
-                except ResourceNotFoundError:
-                    active = None  # no such person (a leftover row): nothing of Entra's to outlast
-            if active is False:
-                raise AccountConflict(f"the {kind} account of {account.email} is managed by directory sync, and Entra "
-                                      "has the person disabled: enable the person in Entra (or assign them again); its "
-                                      "next write enables the account", account)
-        return self.update(email, kind, Enabled=True)
+        whose person Entra has disabled, or is changing (PendingActive: a write of Entra's that sets
+        `active` is under way, or stopped midway, and may already have written the accounts):
+        directory sync writes `Enabled` only when `active` changes, so an enable here would outlast
+        every later write of Entra's; Entra's own re-enable enables the account. The person is read
+        after the account row, and the write is on that row's etag: an `active` change of Entra's
+        always writes the row (shared/scim/sync.py), so one that lands after the read fails the write,
+        and it is decided again. Disabling is never refused (the safe direction)."""
+        return self.update(email, kind, check=self._refuse_enable_against_entra, Enabled=True)
+
+    def _refuse_enable_against_entra(self, account: Account) -> None:
+        if not account.provisioned or self._people is None:
+            return
+        with storage_errors():
+            try:
+                person = self._people.get_entity(SCIM_PERSON_PARTITION, account.scim_id,
+                                                 select=["Active", "PendingActive"])
+            except ResourceNotFoundError:
+                return  # no such person (a leftover row): nothing of Entra's to outlast
+        what = f"the {account.kind} account of {account.email} is managed by directory sync, and"
+        if person.get("PendingActive"):
+            raise AccountConflict(f"{what} a change of Entra's to the person's active state is under way: try again "
+                                  "in a minute", account)
+        if person.get("Active") is False:
+            raise AccountConflict(f"{what} Entra has the person disabled: enable the person in Entra (or assign them "
+                                  "again); its next write enables the account", account)
 
     def unlink(self, email: str, kind: str) -> bool:
         """Forgets the linked person; False when there is no such account. A property can only be
@@ -708,16 +722,21 @@ def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[
     the rows first; read here when not given). A row that would re-point a linked person to another
     account id is not written unless `force` (the caller refuses those up front; one that became so
     during the import comes back in `refused`); one that would share an account with another email
-    (sharing_problems, which the caller refuses up front too) never is. Each email is its own
+    never is: the caller that hands in `stored` has refused those against it (sharing_problems, as
+    tools/accounts.py cmd_import does), and without it they are refused here. Each email is its own
     partition, so a transaction can only group one email's user and agent rows: the speed comes from
     `workers` requests in flight at once. `progress(n)` is called (on this thread) as each n rows
     land. Raises DependencyUnavailable on the first storage failure, after the requests in flight
     end; rows written until then stay (an import is idempotent, so running it again finishes it)."""
-    stored = stored_accounts(table) if stored is None else stored
-    result = Imported(refused=sharing_problems(rows, stored))
+    if stored is None:
+        stored = stored_accounts(table)
+        result = Imported(refused=sharing_problems(rows, stored))
+    else:  # the caller checked the rows against its scan
+        result = Imported()
+    refused = {id(row) for row, _ in result.refused}
     partitions: dict[str, list[AccountRow]] = {}
     for row in rows:
-        if all(row is not r for r, _ in result.refused):
+        if id(row) not in refused:
             partitions.setdefault(row.key, []).append(row)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
         pending = [pool.submit(_import_partition, table, group, stored, force) for group in partitions.values()]

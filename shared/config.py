@@ -240,7 +240,9 @@ def _https_url(value: str, *, allow_loopback_http: bool = False) -> bool:
         parts = urlsplit(value)
     except ValueError:
         return False
-    if not parts.hostname or parts.username or parts.password or parts.fragment:
+    # An ASCII host only: it goes into headers (Location, the form's CSP), which are ASCII, and CSP
+    # host sources are; an internationalised domain is given in its xn-- form.
+    if not parts.hostname or not parts.hostname.isascii() or parts.username or parts.password or parts.fragment:
         return False
     if parts.scheme == "https":
         return True
@@ -303,7 +305,8 @@ _PLACEHOLDER_FIXES = {
     "OIDC_CLIENT_ID": "the app registration's 'Application (client) ID', a GUID",
     "KEY_VAULT_URL": "the vault's 'Vault URI', e.g. https://contoso-sso.vault.azure.net",
 }
-_URL_FIX = "an https:// URL with a host name, no user name, password or #fragment"
+_URL_FIX = ("an https:// URL with a host name (an internationalised one in its xn-- form), no user name, "
+            "password or #fragment")
 
 
 def _issuer(read: _Reader, _: dict) -> dict:
@@ -521,7 +524,8 @@ def _portals(read: _Reader, _: dict) -> dict:
         for item in (i for i in re.split(r"[,\s]+", raw_origins) if i):
             if not _origin_url(item, allow_loopback_http=True):
                 read.problem("PORTAL_ALLOWED_RETURN_ORIGINS", f"{quoted(item)} is not an origin;", "give each "
-                             "entry as scheme, host and port only, e.g. https://portal.contoso.com, comma-separated.")
+                             "entry as scheme, host and port only, e.g. https://portal.contoso.com, comma-separated "
+                             "(an internationalised host in its xn-- form).")
                 break
             origins.add(origin_of(item))
     base = public_base_url(read.env)
@@ -531,7 +535,8 @@ def _portals(read: _Reader, _: dict) -> dict:
     elif not valid_public_base(base):
         read.problem("PUBLIC_BASE_URL", f"{quoted(base)} is not an https:// origin (redirect URIs are built from "
                      "it; Entra accepts no other http:// than loopback);", "set the app's external URL, e.g. "
-                     "https://myapp.azurewebsites.net, or http:// on localhost, 127.0.0.1 or [::1] for development.")
+                     "https://myapp.azurewebsites.net (an internationalised host in its xn-- form), or http:// on "
+                     "localhost, 127.0.0.1 or [::1] for development.")
     return {"portal_urls": urls, "portal_user_home_url": homes["user"], "portal_agent_home_url": homes["agent"],
             "allowed_return_origins": frozenset(origins), "public_base_url": base}
 

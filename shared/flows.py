@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .config import FLOW_TTL_SECONDS
+from .config import FLOW_TTL_SECONDS, KINDS
 from .errors import BindingMismatch, FlowExpired, InvalidParameter, UnknownState
 from .tables import delete_existed, delete_matching, storage_errors
 
@@ -39,6 +39,7 @@ COOKIE_PREFIX = "__Host-portal-sso-"
 MAX_IN_FLIGHT = 5
 FORMAT = "1"  # the cookie value's version: "1.{expiry in epoch ms}.{IV + ciphertext, base64url}"
 _KEY_INFO = b"portal-sso flow cookie v1"
+_NAME = re.compile(rf"{re.escape(COOKIE_PREFIX)}(?:{'|'.join(KINDS)})-[A-Za-z0-9_-]{{12}}\Z")
 _VALUE = re.compile(r"^1\.(\d{1,15})\.([A-Za-z0-9_-]{40,6000})\Z")
 
 
@@ -147,7 +148,9 @@ def flows_in_flight(cookies: dict[str, str]) -> list[tuple[int, str]]:
     value's clear (authenticated, not secret) part, so nothing is opened."""
     found = []
     for name, value in cookies.items():
-        if name.startswith(COOKIE_PREFIX):
+        # Only names of cookie_name's form: a clearing cookie is sent back under the name, and Azure's
+        # worker refuses (a bare 500) or drops names http.cookies cannot take ('a,0', a space, a quote).
+        if _NAME.match(name):
             matched = _VALUE.match(value)
             found.append((int(matched.group(1)) if matched else 0, name))
     return sorted(found)

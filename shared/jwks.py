@@ -25,18 +25,11 @@ MAX_STALE_SECONDS = 7 * 86400.0
 MIN_RSA_BITS = 2048  # RFC 7518 3.3, as the session key (session_token.py)
 
 
-@dataclass(frozen=True)
-class _KeySet:
-    keys: list[IdpKey]
-    fetched_at: float
-
-
 class JwksCache:
     def __init__(self, fetch: Callable[[], dict], *, min_refetch_seconds: float = 5.0,
                  max_age_seconds: float = 86400.0, clock: Callable[[], float] = time.monotonic):
         self._fetch = fetch
         self._min_refetch = min_refetch_seconds
-        self._clock = clock
         self._keys = Refreshing(self._fetch_keys, "idp", "keys", fresh_for=max_age_seconds,
                                 retry_seconds=STALE_RETRY_SECONDS, max_stale_seconds=MAX_STALE_SECONDS, clock=clock)
 
@@ -44,7 +37,7 @@ class JwksCache:
     def fetch_count(self) -> int:
         return self._keys.reads
 
-    def _fetch_keys(self) -> _KeySet:
+    def _fetch_keys(self) -> list[IdpKey]:
         doc = self._fetch()
         items = doc.get("keys") if isinstance(doc, dict) else None
         keys = [key for key in map(_usable_key, items if isinstance(items, list) else []) if key is not None]
@@ -52,16 +45,16 @@ class JwksCache:
             # A 200 that is no key set (a publishing glitch, a wrong endpoint) is the IdP unavailable:
             # the keys held serve on (refreshing.py), rather than none at all.
             raise DependencyUnavailable("idp", "the JWKS holds no signing key we can use")
-        return _KeySet(keys, self._clock())
+        return keys
 
     def _current(self, *, refetch: bool) -> tuple[list[IdpKey], bool]:
         """The keys, and whether they were fetched during this call. Only refetches caused by an
         unknown kid are rate-limited (refresh's `not_within`), so the first unknown kid after a
         routine fetch (a genuine rotation) refetches at once, while a stream of unknown kids costs
         the IdP one fetch per `min_refetch_seconds`; concurrent misses share that fetch."""
-        asked = self._clock()
-        held = self._keys.refresh(not_within=self._min_refetch) if refetch else self._keys.get()
-        return held.keys, held.fetched_at >= asked
+        before = self._keys.reads
+        keys = self._keys.refresh(not_within=self._min_refetch) if refetch else self._keys.get()
+        return keys, self._keys.reads > before  # a read that ended during this call is as new as any
 
     def warm(self) -> None:
         """Fetches the keys now if they are not cached (or are a day old)."""

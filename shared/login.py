@@ -341,6 +341,7 @@ class SsoService:
         if STATE_SYNTAX.match(state):
             try:
                 flow = self.deps.signer().flow_cookies.open(kind, state, callback.cookies.get(cookie_name(kind, state)))
+                callback.finished = True  # its cookie goes, even when the marker was gone already
                 self._consume(state, kind, callback, quietly=True)
                 flow.check_unexpired(self.clock())
                 bound = True

@@ -43,9 +43,10 @@ class _Held(Generic[T]):
 class _Read:
     """One read in flight; whoever waits for it shares what it gave."""
 
-    __slots__ = ("done", "error", "kept", "value")
+    __slots__ = ("done", "error", "forced", "kept", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, *, forced: bool = False) -> None:
+        self.forced = forced  # started by refresh(): what it reads was asked for after a refusal
         self.done = threading.Event()
         self.value = None
         self.error: BaseException | None = None
@@ -76,6 +77,9 @@ class Refreshing(Generic[T]):
         self._held: _Held[T] | None = None
         self._reading: _Read | None = None
         self._forced_at = -math.inf  # when the last refresh() started a read
+        # The last re-read's error when it was no outage (a secret deleted, access removed): the held
+        # value then serves no one, even while the next re-read is in flight (raised, not hidden).
+        self._refused: BaseException | None = None
         self.reads = 0  # successful fetches
         self.unavailable_since: datetime | None = None
         self.unavailable_detail = ""
@@ -94,7 +98,7 @@ class Refreshing(Generic[T]):
             read, lead = self._reading, self._reading is None
             if lead:
                 read = self._reading = _Read()
-            elif held is not None and now < held.fresh_until + self._max_stale:
+            elif held is not None and self._refused is None and now < held.fresh_until + self._max_stale:
                 return held.value  # its re-read is under way: what is held serves meanwhile
         return self._lead(read, keep=True) if lead else read.outcome(keep=True)
 
@@ -102,19 +106,26 @@ class Refreshing(Generic[T]):
         """Reads now (the held value was refused, or lacks what a caller needs), or shares the read
         already in flight. At most one such read starts per `not_within` seconds; a call within it
         gets get()'s value. When the read fails the error stands, unless `keep` is set: then the held
-        value serves on as for a due re-read."""
-        with self._lock:
-            read, lead = self._reading, self._reading is None
+        value serves on as for a due re-read. A routine re-read in flight may have begun before what
+        made the caller ask (a rotation): it is waited for, then read again; only another refresh's
+        read is shared."""
+        while True:
+            with self._lock:
+                read, lead = self._reading, False
+                if read is None:
+                    now = self._clock()
+                    if now - self._forced_at < not_within:
+                        break  # rate-limited: what get() gives
+                    self._forced_at, lead = now, True
+                    read = self._reading = _Read(forced=True)
             if lead:
-                now = self._clock()
-                if now - self._forced_at < not_within:
-                    read = None
-                else:
-                    self._forced_at = now
-                    read = self._reading = _Read()
-        if read is None:
-            return self.get()
-        return self._lead(read, keep=keep) if lead else read.outcome(keep=keep)
+                return self._lead(read, keep=keep)
+            if read.forced:
+                return read.outcome(keep=keep)
+            read.done.wait()  # a routine read: its value may predate what made the caller ask
+            if isinstance(read.error, DependencyUnavailable):
+                return read.outcome(keep=keep)  # the dependency just failed: not a second timeout
+        return self.get()
 
     def expire(self) -> None:
         """Makes the held value due now, as if its time had passed (tests age a cache with it)."""
@@ -139,17 +150,20 @@ class Refreshing(Generic[T]):
             read.error = exc
             with self._lock:
                 held, now = self._held, self._clock()
-                if (keep and isinstance(exc, DependencyUnavailable) and held is not None
-                        and now < held.fresh_until + self._max_stale):
+                outage = isinstance(exc, DependencyUnavailable)
+                if keep and outage and held is not None and now < held.fresh_until + self._max_stale:
                     retry = min(self._fresh_for(held.value), self._retry)
                     self._held = _Held(held.value, held.fresh_until, now + retry)
                     self._stale(exc)
                     read.value, read.kept = held.value, True
                     return held.value
+                if not outage and isinstance(exc, Exception):
+                    self._refused = exc
             raise
         with self._lock:
             fresh_until = self._clock() + fresh_for
             self._held = _Held(value, fresh_until, fresh_until)
+            self._refused = None
             self.reads += 1
             if self.unavailable_since is not None:
                 log.info("%s.recovered %s", self._service, self._subject)

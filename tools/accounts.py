@@ -308,7 +308,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         return _fail(f"{printable(str(err))} (the other rows were written)")
     bar.close()
     elapsed = time.monotonic() - started
-    written = [row for row in rows if all(row is not r for r, _ in result.refused)]
+    refused = {id(row) for row, _ in result.refused}
+    written = [row for row in rows if id(row) not in refused]
     kinds = {kind: sum(1 for r in written if r.kind == kind) for kind in KINDS}
     print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
     _say_managed(written, stored)
@@ -410,12 +411,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if any(f[1] != "review" for f in found) else EXIT_OK
 
 
-def _one_account(action: Callable[[AccountStore, str, str], bool], done: str):
+def _one_account(action: Callable[[AccountStore, str, str], bool], done: str, advice: str = ""):
+    """A command on one account named by EMAIL and --kind; `advice` follows a refusal of the values."""
     def run(args: argparse.Namespace) -> int:
         email = _trim(args.email)
         problems = check_account(email, args.kind, "-")
         if problems:
-            return _fail("; ".join(problems))
+            return _fail("; ".join(problems) + advice)
         try:
             if not action(_store(args), email, args.kind):
                 return _fail(f"no {args.kind} account for {printable(canonical_email(email))}")
@@ -431,16 +433,15 @@ cmd_disable = _one_account(lambda s, email, kind: s.update(email, kind, Enabled=
 cmd_enable = _one_account(lambda s, email, kind: s.enable(email, kind), "enabled")
 cmd_unlink = _one_account(lambda s, email, kind: s.unlink(email, kind),
                           "unlinked (the next person to sign in links it)")
-_remove_by_email = _one_account(lambda s, email, kind: s.remove(email, kind), "removed")
+_remove_by_email = _one_account(lambda s, email, kind: s.remove(email, kind), "removed",
+                                " (a row another tool stored, with a key or kind no address gives, goes with "
+                                "--stored-key and --kind as `check` prints them)")
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     if (args.email is None) == (args.stored_key is None):
         return _fail("remove takes an EMAIL or --stored-key KEY (as `check` prints it), not both")
     if args.email is not None:
-        if args.kind not in KINDS:
-            return _fail(f"--kind is user or agent (a kind as another tool stored it goes with --stored-key), "
-                         f"not {printable(args.kind)}")
         return _remove_by_email(args)
     key = unprintable(args.stored_key)
     kind = unprintable(args.kind)

@@ -8,7 +8,7 @@ import argparse
 import re
 from collections.abc import Callable
 
-from shared.config import valid_https_url
+from shared.config import origin_of, valid_https_url
 
 MAX_SECRET_DAYS = 730  # the longest lifetime Entra's portal offers a client secret (24 months)
 
@@ -23,7 +23,7 @@ def https_origin(value: str) -> str:
     if not valid_https_url(value, origin_only=True):
         raise argparse.ArgumentTypeError(f"{value!r} is not an https:// origin: scheme, host and port only, "
                                          "e.g. https://sso.contoso.com")
-    return value.rstrip("/")
+    return origin_of(value)  # 'https://SSO.contoso.test:443/?' is https://sso.contoso.test
 
 
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:

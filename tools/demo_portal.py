@@ -90,8 +90,11 @@ class PortalHalf:
         self.audience = audience
         self.issuer = issuer or self.app_base
         self.leeway = leeway
-        # PyJWKClient caches the keys and refetches on an unknown kid: a rotation is picked up at once.
-        self.jwks = jwt.PyJWKClient(f"{self.app_base}/api/sso/jwks.json", cache_keys=True, lifespan=300)
+        # The key set is cached 300 s and refetched on an unknown kid, at most once per 5 s (as the app's
+        # own IdP key cache): a key rotated in is taken within seconds (PyJWKClient's default waits
+        # 30 s after every fetch). No cache of single keys (cache_keys): PyJWT keeps those in an
+        # lru_cache that never expires, so a key the app dropped went on verifying until a restart.
+        self.jwks = jwt.PyJWKClient(f"{self.app_base}/api/sso/jwks.json", lifespan=300, cooldown_duration=5)
         self._seen: dict[str, float] = {}  # jti -> until when it must be remembered (its exp + leeway)
         self._lock = threading.Lock()
 

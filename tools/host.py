@@ -242,21 +242,24 @@ class _RequestHandler(WSGIRequestHandler):
                 self.wfile.flush()
 
     def run_wsgi(self) -> None:
+        length = self.headers.get("Content-Length", "0")
+        chunked = "Transfer-Encoding" in self.headers
+        digits = length.isascii() and length.isdigit()  # RFC 9110: 1*DIGIT ('\u00b2'.isdigit() is True)
+        if not chunked and (not digits or len(length.lstrip("0")) > len(str(MAX_REQUEST_BODY))
+                            or int(length) > MAX_REQUEST_BODY):
+            # A huge one: read() would allocate before reading a byte (and int() refuses 4,300 digits).
+            # Where the body ends is unknown: the connection closes after the answer, sent before any
+            # 100 Continue invites the body.
+            self.close_connection = True
+            return self.send_error(413 if digits else 400, "Request body too large" if digits
+                                   else "Bad Content-Length")
         if self.headers.get("Expect", "").lower() == "100-continue":  # before reading the body, not after
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.wfile.flush()
             del self.headers["Expect"]
-        length = self.headers.get("Content-Length", "0")
-        if "Transfer-Encoding" in self.headers:
+        if chunked:
             self.close_connection = True  # werkzeug's own way: read what is there, then close
             return super().run_wsgi()
-        if not (length.isascii() and length.isdigit()) or int(length) > MAX_REQUEST_BODY:
-            # RFC 9110: 1*DIGIT ('\u00b2'.isdigit() is True); a huge one, read() would allocate before
-            # reading a byte. Where the body ends is unknown: the connection closes after the answer.
-            self.close_connection = True
-            too_large = length.isascii() and length.isdigit()
-            return self.send_error(413 if too_large else 400, "Request body too large" if too_large
-                                   else "Bad Content-Length")
         connection_file, self.rfile = self.rfile, io.BytesIO(self.rfile.read(int(length)))
         try:
             super().run_wsgi()  # its drain after the response now reads self.rfile, not the next request

@@ -102,7 +102,7 @@ def read_config(runtime) -> SyncConfig:
         named = (env.get("SCIM_TOKEN_NAME") or "").strip()
         if (why := secret_name_problem(named)):
             return SyncConfig((), "", kind, (*problems, Problem("SCIM_TOKEN_NAME", why, SECRET_NAME_FIX)))
-        name = secret_name(env)
+        name = named or DEFAULT_SECRET_NAME
         source = f"Key Vault secret '{name}'"
         try:
             raw = runtime.secrets.read(name).value

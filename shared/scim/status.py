@@ -81,10 +81,14 @@ def setup_section(runtime, correlation_id: str = "") -> str:
                     "(Enterprise applications &gt; the app &gt; Provisioning &gt; Admin Credentials)</td></tr>")
     if s.last:
         at = s.last.get("At")
+        # A refusal's detail says what to do (e.g. unlink an account Entra's re-created person cannot take).
+        status = s.last.get("Status")
+        detail = str(s.last.get("Detail") or "") if isinstance(status, int) and status >= 400 else ""
+        refused = f": {e(detail)}" if detail else ""
         rows.append("<tr><td></td><th>Last write or refused request</th>"
                     f"<td>{e(str(s.last.get('Operation', '')))} &rarr; "
                     f"{e(str(s.last.get('Status', '')))} {e(str(s.last.get('Reason', '')))}"
-                    f"{f' at {e(at.isoformat())}' if at else ''}</td></tr>")
+                    f"{f' at {e(at.isoformat())}' if at else ''}{refused}</td></tr>")
     if s.people is not None:
         rows.append(f"<tr><td></td><th>People and accounts</th><td>{s.people} people, {s.accounts} provisioned "
                     "accounts</td></tr>")

@@ -41,12 +41,12 @@ from scim2_models.path.expressions import CompareOperator, Comparison, LogicalEx
 from scim2_server.storage import ScimStorage, SearchPage
 
 from ..accounts import utf16_units
-from ..tables import storage_errors
+from ..tables import SCIM_PERSON_PARTITION, storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
 from .sync import AccountSync, Conflict, Desired, Guarded
 
-PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = "P", "U", "X", "E"
+PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = SCIM_PERSON_PARTITION, "U", "X", "E"
 # Ours are uuid4s (36 characters): a longer id is no one's and is not sent (a key over Table Storage's
 # limit is a 400 on Azure, which would read as an outage, where Azurite answers 404).
 MAX_SCIM_ID = 64
@@ -300,9 +300,10 @@ class TableScimStorage(ScimStorage):
                 "LastModified": datetime.now(UTC)}
 
     def _apply_accounts(self, scim_id: str, facts: Facts, old_keys: list[str], created: bool = False,
-                        active_changed: bool = True) -> None:
+                        active_changed: bool = True, before_writing=None) -> None:
         try:
-            self._sync.apply(self._desired(scim_id, facts, active_changed), old_keys, created=created)
+            self._sync.apply(self._desired(scim_id, facts, active_changed), old_keys, created=created,
+                             before_writing=before_writing)
         except Conflict as exc:
             raise UniquenessException(detail=str(exc)) from exc
 
@@ -342,9 +343,11 @@ class TableScimStorage(ScimStorage):
         # `Enabled` is written only when `active` is news (sync.py Desired.active_changed), so an
         # admin's urgent disable survives a name change; a stopped write that changed it is news still.
         active_changed = person.row.get("Active") is not facts.active or bool(person.row.get("PendingActive"))
-        if moving or (active_changed and not person.row.get("PendingActive")):
-            self._record_pending(person, [*recorded, facts.email_key] if moving else recorded, active_changed)
-        self._apply_accounts(scim_id, facts, recorded, active_changed=active_changed)
+
+        def record_pending():  # once the accounts are read and none refused (a 409 writes nothing)
+            if moving or (active_changed and not person.row.get("PendingActive")):
+                self._record_pending(person, [*recorded, facts.email_key] if moving else recorded, active_changed)
+        self._apply_accounts(scim_id, facts, recorded, active_changed=active_changed, before_writing=record_pending)
         try:
             written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
                                                 match_condition=MatchConditions.IfNotModified)

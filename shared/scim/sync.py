@@ -5,8 +5,10 @@ Which rows are the person's: those whose `ScimId` is the person's SCIM id, at th
 row names (its email key, and the keys of a move that stopped: store.py PendingEmailKeys) and where
 their move markers lead. A row without `ScimId` (made by the CLI or an import) is adopted only when
 it has exactly the person's email and a kind the person gets; a row of another person, or linked to
-another identity, is never taken (409). A row whose `ScimId` names a person who no longer exists is
-a leftover: replaced by a fresh row of the new person's (never adopted with its AccountId or link).
+another identity, is never taken (409), and a row of the person's own linked to another identity
+than the person's link (a changed GUID externalId) is never re-pointed (409). A row whose `ScimId`
+names a person who no longer exists is a leftover: replaced by a fresh row of the new person's
+(never adopted with its AccountId or link).
 
 The email move (RELIABILITY.md "Directory sync"): the two rows are in different partitions, so no
 transaction covers both. The row at the new email is written first with `MovedFrom` = the old key,
@@ -18,7 +20,7 @@ DELETE, a disable, another email) finds that live row by login's own rule and ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from azure.core import MatchConditions
@@ -31,6 +33,16 @@ from ..tables import storage_errors
 
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
 MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What AccountSync._plan decided for one kind, from the rows it read."""
+    kind: str
+    rows: dict  # key -> row or None, as read
+    ours: list  # the keys of the person's rows among them
+    step: str  # adopt, in_place, move, replace (a gone person's leftover) or create
+    source: object  # the row that carries on (adopted, in place, or moved), or None
 
 
 class Conflict(Exception):
@@ -106,17 +118,22 @@ class AccountSync:
         return bool(row.get("ScimId")) or bool(linked and linked != desired.link)
 
     # ---- the one entry point ----
-    def apply(self, desired: Desired, old_keys: Sequence[str] = (), created: bool = False) -> None:
+    def apply(self, desired: Desired, old_keys: Sequence[str] = (), created: bool = False,
+              before_writing: Callable[[], None] | None = None) -> None:
         """Makes the person's rows what `desired` says: for each kind it gets, one row at its email
         key (moved from wherever it lives among `old_keys`, the keys the person row says its
         accounts may be at); for each other kind, none; and no other row of the person's at any of
-        those keys. Raises Conflict before writing when a row it needs belongs to someone else."""
+        those keys. Reads every kind's rows and raises Conflict before writing any (nor calling
+        `before_writing`, the caller's first write) when a row it needs belongs to someone else or is
+        linked to another identity."""
         wanted = set(desired.kinds) if desired.email_key else set()
         keys = [k for k in dict.fromkeys((desired.email_key, *old_keys)) if k]
         others = [k for k in keys if k != desired.email_key]
-        for kind in KINDS:
-            if kind in wanted:
-                self._ensure(desired, kind, others)
+        plans = {kind: self._plan(desired, kind, others) for kind in KINDS if kind in wanted}
+        if before_writing is not None:
+            before_writing()
+        for kind, plan in plans.items():
+            self._ensure(desired, kind, others, plan)
         for kind in KINDS:
             if kind not in wanted and not created:  # a new person owns no row yet
                 self._remove_ours(keys, kind, desired.scim_id)
@@ -156,17 +173,22 @@ class AccountSync:
             fields["Enabled"] = desired.active
         return fields
 
-    def _ensure(self, desired: Desired, kind: str, old_keys: list[str]) -> None:
-        for _ in range(ATTEMPTS):
+    def _ensure(self, desired: Desired, kind: str, old_keys: list[str], plan: _Plan) -> None:
+        for attempt in range(ATTEMPTS):
             try:
-                return self._ensure_once(desired, kind, old_keys)
+                return self._write(desired, plan)
             except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError):
-                continue  # a row changed between our read and write: read again
+                if attempt < ATTEMPTS - 1:  # a row changed between our read and write: read again
+                    plan = self._plan(desired, kind, old_keys)
         raise Conflict(f"{kind} account at the new email kept changing")
 
-    def _ensure_once(self, desired: Desired, kind: str, old_keys: list[str]) -> None:
-        """Finds the person's live row (at most one: login's rule), makes it the row at the new key
-        (in place, or by a move), then deletes every other row of the person's (all dead by then)."""
+    def _plan(self, desired: Desired, kind: str, old_keys: list[str]) -> _Plan:
+        """Reads the person's rows of `kind` and decides what becomes of them: the live row (at most
+        one: login's rule) is made the row at the new key, in place or by a move; a row without an
+        owner there is adopted; a gone person's leftover is replaced. Raises Conflict for a row that
+        is someone else's, and for a row of the person's own linked to another identity than the
+        person's link (externalId changed: Entra re-created the person, and matched the new one by
+        userName), which is never re-pointed, as an adoptee is not."""
         new_key = desired.email_key
         rows = self._rows([new_key, *old_keys], kind, desired.scim_id)
         ours = [k for k, row in rows.items() if self._ours(row, desired.scim_id)]
@@ -174,28 +196,49 @@ class AccountSync:
         target = rows[new_key]
         mine = self._ours(target, desired.scim_id)
         leftover = target is not None and not mine and self._leftover(target, desired)
-        etags = {}  # the rows written here: their etags, from the writes' answers
         if target is not None and not mine and not leftover:
             if self._taken_by_other(target, desired) or live:
                 # Another person's account, or an account the person's own would be merged into.
                 raise Conflict(f"the {kind} account of this email belongs to someone else")
-            # adopted: its AccountId (and login history) kept
+            step, source = "adopt", target
+        elif new_key in live or (mine and not live):
+            step, source = "in_place", target  # (or only a dead copy is here, whose source is gone: revived)
+        elif live:
+            step, source = "move", rows[live[0]]
+        else:
+            step, source = ("replace" if leftover else "create"), None
+        linked = (source or {}).get("LinkedIdpSubject") or ""
+        if step != "adopt" and source is not None and desired.link and linked and linked != desired.link:
+            email = str(source.get("Email") or desired.email)
+            raise Conflict(f"the {kind} account of {email} is linked to another Entra identity than externalId now "
+                           "names (was the person re-created in Entra?) and is never re-pointed: if this is the same "
+                           f"person, unlink it (portal-sso accounts unlink {email} --kind {kind}); Entra's retry "
+                           "(or Provision on demand) then links it to this one")
+        return _Plan(kind, rows, ours, step, source)
+
+    def _write(self, desired: Desired, plan: _Plan) -> None:
+        """Carries out `plan`, then deletes every other row of the person's (all dead by then)."""
+        new_key, kind, target = desired.email_key, plan.kind, plan.rows[desired.email_key]
+        etags = {}  # the rows written here: their etags, from the writes' answers
+        if plan.step == "adopt":  # its AccountId (and login history) kept
             self._merge(target, {**self._fields(desired, joining=True), **self._link_fields(target, desired),
                                  "MovedFrom": ""})
-        elif new_key in live or (mine and not live):
-            # The row is here (or only a dead copy of it is, whose source is gone: revived).
+        elif plan.step == "in_place":
             wanted = {**self._fields(desired), **self._link_fields(target, desired)}
-            if target.get("MovedFrom") or target.get("MovedTo") or any(target.get(k) != v for k, v in wanted.items()):
+            # An `active` change writes even a row that holds it already (an admin's disable): the new
+            # etag fails an `accounts enable` that read the person before the change (accounts.py enable).
+            if desired.active_changed or target.get("MovedFrom") or target.get("MovedTo") or \
+                    any(target.get(k) != v for k, v in wanted.items()):
                 self._merge(target, {**wanted, "MovedFrom": "", "MovedTo": ""})
-        elif live:  # elsewhere: moved here, over an earlier copy or a gone person's leftover if any
-            etags[live[0]] = self._move(desired, rows[live[0]], target)
-        elif leftover:  # replaced as a whole: nothing of the gone person's (AccountId, link) is kept
+        elif plan.step == "move":  # over an earlier copy or a gone person's leftover if any
+            etags[plan.source["PartitionKey"]] = self._move(desired, plan.source, target)
+        elif plan.step == "replace":  # as a whole: nothing of the gone person's (AccountId, link) is kept
             self._replace(target, self._new_row(desired, kind))
         else:
             self._table.create_entity(self._new_row(desired, kind))
-        for key in ours:
+        for key in plan.ours:
             if key != new_key:
-                self._delete_if_ours(key, kind, desired.scim_id, etags.get(key) or rows[key].metadata["etag"])
+                self._delete_if_ours(key, kind, desired.scim_id, etags.get(key) or plan.rows[key].metadata["etag"])
 
     def _move(self, desired: Desired, source, target) -> str:
         """Copy (invisible: MovedFrom), commit on the old row, then clear MovedFrom (the caller
@@ -235,7 +278,7 @@ class AccountSync:
 
     def _link_fields(self, row, desired: Desired) -> dict:
         """A GUID externalId links an unlinked account at once; a linked one keeps its link (a row
-        linked to another identity never gets here: _taken_by_other)."""
+        linked to another identity never gets here: _plan)."""
         if desired.link and not row.get("LinkedIdpSubject"):
             return {"LinkedIdpSubject": desired.link}
         return {}

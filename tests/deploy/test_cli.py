@@ -140,8 +140,9 @@ def test_a_value_azure_or_the_app_would_refuse_later_is_refused_before_anything_
     assert "Traceback" not in done.stderr
 
 
-def test_good_values_pass_and_a_public_base_url_loses_its_trailing_slash():
-    done = run_cli(*REGISTER, "--public-base-url", "https://sso.contoso.test/", "--secret-days", "730")
+@pytest.mark.parametrize("base", ["https://sso.contoso.test/", "https://SSO.contoso.test:443/?", "https://sso.contoso.test#"])
+def test_good_values_pass_and_a_public_base_url_is_taken_as_its_origin(base):
+    done = run_cli(*REGISTER, "--public-base-url", base, "--secret-days", "730")
     assert done.returncode == 0, done.stderr
     assert "https://sso.contoso.test/api/sso/user/callback" in done.stdout
     assert run_cli(*DEPLOY, *PORTALS).returncode == 0

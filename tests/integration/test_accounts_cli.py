@@ -125,6 +125,19 @@ def test_import_writes_every_row_and_keeps_links(cs, store, tag, tmp_path, capsy
     assert store.get(f"two.{tag}@contoso.test", "user").enabled is True, "empty enabled means true"
 
 
+def test_import_checks_its_rows_for_shared_accounts_once(cs, tag, tmp_path, monkeypatch):
+    """cmd_import refuses rows that would share an account against its scan before writing any; the
+    store's import_rows, handed that scan, ran the same check over every row again."""
+    import shared.accounts
+
+    calls = []
+    real = shared.accounts.sharing_problems
+    monkeypatch.setattr(shared.accounts, "sharing_problems", lambda *a: calls.append(a) or real(*a))
+    csv_file = _write(tmp_path / "once.csv", ["email,kind,account_id", f"once.{tag}@contoso.test,user,U-1.{tag}"])
+    assert run(cs, "import", str(csv_file)) == 0
+    assert calls == [], "checked again inside import_rows"
+
+
 def test_import_with_bad_rows_writes_nothing_and_names_each_line(cs, store, tag, tmp_path, capsys):
     good = [f"good{i}.{tag}@contoso.test" for i in range(4)]
     csv_file = _write(tmp_path / "bad.csv", [
@@ -406,7 +419,10 @@ def test_check_lists_rows_sign_in_refuses_for_their_kind_or_missing_id_and_remov
     assert lines[capital].startswith("kind") and lines[no_id].startswith("no-id"), out
     assert run(cs, "remove", "--stored-key", capital, "--kind", "User") == 0
     assert not list(store._table.query_entities("PartitionKey eq @k", parameters={"k": capital}))
+    capsys.readouterr()
     assert run(cs, "remove", f"rest.{tag}@contoso.test", "--kind", "User") == 1, "an EMAIL's kind is user or agent"
+    err = capsys.readouterr().err
+    assert "kind 'User' must be user or agent" in err and "--stored-key" in err, err
 
 
 def test_a_last_login_at_stored_as_text_is_no_time_and_no_crash(cs, store, tag, capsys):

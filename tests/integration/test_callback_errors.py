@@ -117,6 +117,18 @@ def test_idp_error_of_a_bound_flow_ends_it_with_or_without_a_description(browser
         assert_error_page(late, 400, get_runtime(), "unknown_state")
 
 
+def test_an_idp_error_repeated_for_a_flow_already_ended_still_clears_its_cookie(browser_session, idp):
+    action, fields = idp_answer(browser_session, APP_BASE, "user", DEMO_USER)
+    name = cookie_name("user", fields["state"])
+    cookie = {"Cookie": f"{name}={browser_session.cookies.get(name)}"}
+    error = {"error": "access_denied", "state": fields["state"], "iss": idp.issuer}
+    first = requests.post(action, data=error, headers=cookie)
+    again = requests.post(action, data=error, headers=cookie)  # its marker is gone now
+    for response in (first, again):
+        assert_error_page(response, 400, get_runtime(), "idp_error")
+        assert "Max-Age=0" in response.headers.get("Set-Cookie", ""), "the bound flow's cookie goes"
+
+
 def test_the_iss_parameter_is_checked_before_an_error_response_is_read(browser_session, idp):
     """RFC 9207 2.4: the check comes first, error responses included: an error from another issuer
     (a mix-up) is not our IdP's, and its text is not shown as our IdP's."""

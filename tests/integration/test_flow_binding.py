@@ -80,6 +80,31 @@ def test_beyond_the_logins_a_browser_may_have_in_flight_the_oldest_goes_and_the_
         assert post(action, fields, session=browser).status_code == 200
 
 
+def test_cookies_under_the_prefix_not_of_the_apps_own_form_are_neither_counted_nor_cleared():
+    """Azure's Python worker parses every Set-Cookie with http.cookies: a clearing cookie for a name a
+    request brought ('__Host-portal-sso-a,0') raised CookieError after the function returned, a bare
+    500 with no page; names with a space, quote or bracket were dropped there, never cleared."""
+    from http.cookies import SimpleCookie
+
+    from shared.flows import flows_in_flight
+
+    ours = cookie_name("user", "some-state-value")
+    odd = {f"__Host-portal-sso-a,{i}": "x" for i in range(5)} | {"__Host-portal-sso-user-a b": "x",
+                                                                  '__Host-portal-sso-"q"': "x"}
+    in_flight = flows_in_flight({**odd, ours: "1.123.abc"})
+    assert [name for _, name in in_flight] == [ours]
+    for _, name in in_flight:
+        SimpleCookie()[name] = ""  # a key the worker's parser takes
+
+
+def test_a_login_start_with_odd_cookie_names_under_the_prefix_is_a_302(app_server):
+    odd = "; ".join(f"__Host-portal-sso-a,{i}=x" for i in range(MAX_IN_FLIGHT + 1))
+    started = requests.get(f"{APP_BASE}/api/sso/user/login", headers={"Cookie": odd}, allow_redirects=False,
+                           timeout=TIMEOUT)
+    assert started.status_code == 302
+    assert "portal-sso-a," not in started.headers.get("Set-Cookie", ""), "none of them is cleared"
+
+
 def test_the_cookie_stays_well_under_4_kb_and_the_table_holds_no_secret_of_the_flow(browser):
     prefix = PORTAL_URLS["user"] + "?q="
     for longest in (prefix + "x" * (MAX_RETURN_TO - len(prefix)), prefix + "é" * ((MAX_RETURN_TO - len(prefix)) // 2)):

@@ -283,6 +283,65 @@ def test_enable_of_an_account_whose_person_entra_disabled_is_refused_but_an_admi
     assert account_store.get(email, "agent").enabled is True
 
 
+def test_enable_is_refused_while_a_disable_of_entras_is_under_way(scim, account_store, cli, monkeypatch, capsys):
+    """A disable that stopped after the accounts (PendingActive on the person row, `Active` not yet
+    written): the person row still says active, but the account holds Entra's disable, and Entra's
+    retry (which finds it already disabled) must not find it enabled by hand."""
+    email = f"{unique('pend')}@contoso.test"
+    user = provision(scim, email, kinds=("agent",))
+    with monkeypatch.context() as m:
+        stop_at(m, *STOPS["person_row"])
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 503
+    capsys.readouterr()
+    assert cli("enable", email, "--kind", "agent") == 1
+    assert "try again" in capsys.readouterr().err
+    assert account_store.get(email, "agent").enabled is False
+
+
+class DisablingOnRead:
+    """The ScimUsers table for AccountStore.enable, except that right after its first read of the
+    person, Entra's disable of that person lands (the request runs to its end)."""
+
+    def __init__(self, table, disable):
+        self._table, self._disable = table, disable
+
+    def __getattr__(self, name):
+        return getattr(self._table, name)
+
+    def get_entity(self, *args, **kwargs):
+        row = self._table.get_entity(*args, **kwargs)
+        if self._disable is not None:
+            disable, self._disable = self._disable, None
+            disable()
+        return row
+
+
+@pytest.mark.parametrize("admin_disabled_first", [False, True])
+def test_an_enable_racing_entras_disable_never_outlasts_it(scim, account_store, cli, admin_disabled_first):
+    """The enable read the person (still active), then Entra disabled the person and the account, then
+    the enable wrote Enabled=True over it, which Entra's later writes (`active` unchanged) left as it
+    was. Also when the account was already disabled by an admin, so that Entra's disable had nothing to
+    change on it."""
+    from shared.accounts import AccountConflict, AccountStore
+    from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
+
+    email = f"{unique('race')}@contoso.test"
+    user = provision(scim, email, kinds=("agent",))
+    if admin_disabled_first:
+        assert cli("disable", email, "--kind", "agent") == 0
+
+    def disable():
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+
+    tables = scim.runtime.tables
+    store = AccountStore(tables.client(ACCOUNTS_TABLE), DisablingOnRead(tables.client(SCIM_USERS_TABLE), disable))
+    with pytest.raises(AccountConflict, match="Entra"):
+        store.enable(email, "agent")
+    assert account_store.get(email, "agent").enabled is False
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.replace_family_name("Later"))).status_code == 204
+    assert account_store.get(email, "agent").enabled is False, "Entra's disable was outlasted"
+
+
 @pytest.mark.parametrize(("first", "then", "expected"), [
     (entra.disable, enable, True),   # a disable stopped after the accounts; then Entra says enabled
     (enable, entra.disable, False),  # an enable stopped after the accounts; then Entra says disabled

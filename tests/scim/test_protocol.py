@@ -18,6 +18,7 @@ from shared.scim.mapping import user_name_key
 from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
 from tests.scim import entra
 from tests.scim.conftest import TENANT, TOKEN, Scim, oid, unique
+from tests.scim.test_setup_page import section as setup_section
 from tests.support.fault_proxy import FaultProxy
 from tools.stack import azurite_connection_string
 
@@ -249,6 +250,61 @@ def test_a_linked_account_is_adopted_by_the_person_it_is_linked_to(scim):
     assert (account.account_id, account.linked_idp_subject) == ("U-88003", f"{TENANT}:{object_id}")
     row = scim.runtime.tables.client(ACCOUNTS_TABLE).get_entity(email.lower(), "user")
     assert row["ScimId"] == user["id"]
+
+
+@pytest.mark.parametrize("how", ["in_place", "moving", "linked_at_login"])
+def test_a_changed_external_id_is_409_while_the_account_is_linked_to_the_old_identity(scim, how):
+    """Entra matches a re-created (or rehired) Entra user to the old SCIM User by userName and PATCHes
+    the new object id into externalId. The accounts stay linked to the old identity (never
+    re-pointed: SPEC), so a 204 would hide that the new one can never sign in (IdentityMismatch):
+    409 uniqueness, nothing written, its DirectoryEvents row saying why; once the admin unlinks the
+    account, Entra's retry links it to the new identity."""
+    old_oid, new_oid = oid(), oid()
+    user, email = new_user(scim, external_id=old_oid if how != "linked_at_login" else f"alias-{unique()}")
+    accounts, table = scim.runtime.accounts, scim.runtime.tables.client(SCIM_USERS_TABLE)
+    linked = f"{TENANT}:{old_oid}"
+    if how == "linked_at_login":  # no GUID externalId: the first login linked it
+        accounts.link_and_record_login(accounts.get(email, "user"), linked)
+    person = table.get_entity("P", user["id"])
+    account_row = scim.runtime.tables.client(ACCOUNTS_TABLE).get_entity(email, "user")
+    ops = [{"op": "Replace", "path": "externalId", "value": new_oid}, {"op": "Replace", "path": "active",
+                                                                       "value": "True"}]
+    new_email = email.replace("@", ".moved@")
+    if how == "moving":
+        ops.append(entra.replace_work_email(new_email))
+    response = scim.patch(f"/Users/{user['id']}", entra.patch(*ops))
+    body = error_of(response, 409, "uniqueness")
+    assert "unlink" in body["detail"], body
+    after = table.get_entity("P", user["id"])
+    assert after.metadata["etag"] == person.metadata["etag"], "the person row was written"
+    assert scim.get(f"/Users/{user['id']}").json()["externalId"] == user["externalId"]
+    assert scim.runtime.tables.client(ACCOUNTS_TABLE).get_entity(email, "user").metadata["etag"] == \
+        account_row.metadata["etag"], "the account was written"
+    assert accounts.get(new_email, "user") is None
+    row = next(e for e in scim.events() if e["CorrelationId"] == response.headers["X-Correlation-Id"])
+    assert (row["Status"], row["Reason"]) == (409, "uniqueness") and "linked to another" in row["Detail"], row
+    assert f"accounts unlink {email} --kind user" in setup_section(), "the setup page says what to do"
+    assert accounts.unlink(email, "user")  # the admin's resolution (accounts unlink), then Entra's retry
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(*ops)).status_code == 204
+    account = accounts.get(new_email if how == "moving" else email, "user")
+    assert account.linked_idp_subject == f"{TENANT}:{new_oid}"
+    assert scim.get(f"/Users/{user['id']}").json()["externalId"] == new_oid
+
+
+def test_a_filtered_key_inside_a_path_less_value_is_400_invalid_value_with_nothing_written(scim):
+    """A value object's keys are attribute names: a filtered one (`emails[type eq "work"].value`) was
+    dropped as unknown, so the PATCH was a 204 whose email move never happened (and the `active`
+    beside it applied)."""
+    user, email = new_user(scim)
+    new_email = email.replace("@", ".new@")
+    person = scim.runtime.tables.client(SCIM_USERS_TABLE).get_entity("P", user["id"])
+    body = entra.patch({"op": "Replace", "value": {'emails[type eq "work"].value': new_email, "active": "False"}})
+    detail = error_of(scim.patch(f"/Users/{user['id']}", body), 400, "invalidValue")["detail"]
+    assert "emails[" in detail, detail
+    after = scim.runtime.tables.client(SCIM_USERS_TABLE).get_entity("P", user["id"])
+    assert after.metadata["etag"] == person.metadata["etag"]
+    assert scim.runtime.accounts.get(email, "user").enabled is True
+    assert scim.runtime.accounts.get(new_email, "user") is None
 
 
 def test_one_persons_email_or_account_is_never_given_to_another(scim):

@@ -478,3 +478,14 @@ def test_a_secret_name_key_vault_refuses_is_a_named_problem_not_a_vault_outage(s
     assert setting in text and "letters, digits and '-'" in text, text
     assert load_settings(env(KEY_VAULT_URL="https://kv-sso.vault.azure.net", OIDC_CLIENT_SECRET=None,
                              SESSION_SIGNING_KEY=None, **{setting: "Session-Key-2"}))
+
+
+@pytest.mark.parametrize("setting", ["PORTAL_USER_URL", "PORTAL_ALLOWED_RETURN_ORIGINS", "PUBLIC_BASE_URL"])
+def test_a_host_in_unicode_form_is_a_named_problem_with_its_xn_form_as_the_fix(setting):
+    """Headers are ASCII (Azure's front end refuses others: a bare 500 after the flow was consumed) and
+    CSP host sources too; an internationalised domain goes in its punycode form."""
+    value = "https://portal.m\u00fcller.test" + ("/sso/user" if setting == "PORTAL_USER_URL" else "")
+    text = problems_of(env(**{setting: value, "SESSION_TOKEN_AUDIENCE": "portal"}))
+    assert setting in text and "xn--" in text, text
+    ascii_form = value.replace("m\u00fcller", "xn--mller-kva")
+    assert load_settings(env(**{setting: ascii_form, "SESSION_TOKEN_AUDIENCE": "portal"}))

@@ -22,12 +22,13 @@ class Source:
 
     def fetch(self) -> str:
         self.calls += 1
+        value = self.value  # what the dependency holds when the read reaches it
         self.started.set()
         if self.gate is not None:
             self.gate.wait(5)
         if self.error is not None:
             raise self.error
-        return self.value
+        return value
 
 
 def make(source: Source, t: list[float], **kw) -> Refreshing[str]:
@@ -126,7 +127,10 @@ def test_waiters_of_a_cold_read_share_its_error_and_the_next_call_tries_again():
     assert cache.get() == "v1" and source.calls == 2, "a failure is not kept"
 
 
-def test_during_a_re_read_others_get_the_held_value_and_a_refresh_joins_the_read_in_flight():
+def test_during_a_re_read_others_get_the_held_value_and_a_refresh_reads_after_it():
+    """A refresh (the held value was refused, or lacks a new kid) must get a value read after it was
+    asked: the routine re-read in flight may have started before a rotation, so it waits for that one
+    and reads again."""
     source, t = Source(), [0.0]
     cache = make(source, t)
     cache.get()
@@ -137,7 +141,67 @@ def test_during_a_re_read_others_get_the_held_value_and_a_refresh_joins_the_read
     joiner, joined = in_thread(cache.refresh)
     time.sleep(0.2)
     assert not joined, "the refresh waits for the read in flight"
+    source.value = "v3"  # rotated after the routine read began
     source.gate.set()
     leader.join(5)
     joiner.join(5)
-    assert (led, joined, source.calls) == (["v2"], ["v2"], 2), "the refresh shared the read in flight"
+    assert (led, joined, source.calls) == (["v2"], ["v3"], 3), "the refresh read again, after the routine read"
+
+
+def test_concurrent_refreshes_share_one_read():
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    cache.get()
+    source.gate, source.value = threading.Event(), "v2"
+    first, got_first = in_thread(cache.refresh)
+    assert source.started.wait(5)
+    others = [in_thread(cache.refresh) for _ in range(4)]
+    time.sleep(0.2)
+    source.gate.set()
+    for thread, _ in [(first, got_first), *others]:
+        thread.join(5)
+    assert [got_first[0], *(out[0] for _, out in others)] == ["v2"] * 5 and source.calls == 2
+
+
+def test_after_an_error_that_is_not_an_outage_no_caller_gets_the_held_value():
+    """A secret deleted, access removed: raised, not hidden (RELIABILITY.md). Callers arriving while
+    the next re-read is in flight wait for it, instead of getting what was held."""
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    cache.get()
+    source.error, t[0] = ConfigurationError(["secret deleted"]), 100.0
+    with pytest.raises(ConfigurationError):
+        cache.get()
+    source.gate = threading.Event()
+    source.started.clear()
+    leader, led = in_thread(cache.get)
+    assert source.started.wait(5)
+    during, got = in_thread(cache.get)
+    time.sleep(0.2)
+    assert not got, "a caller during the re-read waits for it"
+    source.gate.set()
+    leader.join(5)
+    during.join(5)
+    assert isinstance(led[0], ConfigurationError) and isinstance(got[0], ConfigurationError), (led, got)
+    source.error, source.gate = None, None
+    assert cache.get() == "v1", "the next good read serves again"
+
+
+def test_a_refresh_that_waited_out_a_routine_read_the_dependency_failed_does_not_try_again_at_once():
+    """The dependency just failed: a second read would cost the caller a second timeout in a row."""
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    cache.get()
+    source.gate, source.error, t[0] = threading.Event(), DependencyUnavailable("idp", "down"), 100.0
+    source.started.clear()
+    leader, led = in_thread(cache.get)
+    assert source.started.wait(5)
+    kept, got_kept = in_thread(lambda: cache.refresh(keep=True))
+    strict, got_strict = in_thread(cache.refresh)
+    time.sleep(0.2)
+    source.gate.set()
+    for thread in (leader, kept, strict):
+        thread.join(5)
+    assert led == ["v1"] and got_kept == ["v1"], "the held value serves, as for the routine re-read"
+    assert isinstance(got_strict[0], DependencyUnavailable), "without keep the outage stands"
+    assert source.calls == 2, "one read for all three"
