@@ -70,3 +70,12 @@ WORKSPACE = AzureName("Log Analytics workspace", r"[A-Za-z0-9][A-Za-z0-9-]{2,61}
 RESOURCE_GROUP = AzureName("resource group", r"[-\w.()]{0,89}[-\w()]",
                            "1 to 90 letters, digits, underscores, hyphens, periods and parentheses, not ending "
                            "with a period")
+
+
+def names(app: str) -> dict[str, str]:
+    """Resource names derived from the app's (a valid function app name), each cut to what Azure allows
+    (the rules above); a name that already fitted stays as earlier deploys made it. Here, not in
+    deploy.py, so that register-app does not load what the deploy needs (cryptography, the Tables SDK)."""
+    plain = re.sub(r"[^a-z0-9]", "", app.lower())
+    return {"storage": (plain[:20] + "stor")[:24], "vault": re.sub(r"-{2,}", "-", app[:21].rstrip("-") + "-kv"),
+            "workspace": app[:58].rstrip("-") + "-logs", "insights": f"{app}-insights"}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from shared.config import origin_of
 from shared.tables import APP_TABLES
 
-from .arguments import FUNCTION_APP, KEY_VAULT, RESOURCE_GROUP, STORAGE_ACCOUNT, WORKSPACE, https_url
+from .arguments import FUNCTION_APP, KEY_VAULT, RESOURCE_GROUP, STORAGE_ACCOUNT, WORKSPACE, https_url, names
 from .azure_cli import Az, AzError, app_settings, fail, grant, revoke, secret_file, secret_name, update_app_settings
 from .package import build_package
 
@@ -46,14 +45,6 @@ SIGNING_KEY_NAME = "session-signing-key"
 INSIGHTS_TYPE = "Microsoft.Insights/components"
 TLS_OK = ("1.2", "1.3")
 PACKAGE_SETTING = "PORTAL_SSO_PACKAGE_SHA256"  # what is deployed; a rerun with the same package skips it
-
-
-def names(app: str) -> dict[str, str]:
-    """Resource names derived from the app's (a valid function app name), each cut to what Azure allows
-    (arguments.py); a name that already fitted stays as earlier deploys made it."""
-    plain = re.sub(r"[^a-z0-9]", "", app.lower())
-    return {"storage": (plain[:20] + "stor")[:24], "vault": re.sub(r"-{2,}", "-", app[:21].rstrip("-") + "-kv"),
-            "workspace": app[:58].rstrip("-") + "-logs", "insights": f"{app}-insights"}
 
 
 # What the old vault or storage account holds, said when --repoint moves the app off it.

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from shared.config import KIND_ROLES, KINDS, redirect_uri, signed_out_uri
 
-from .arguments import FUNCTION_APP, MAX_SECRET_DAYS, RESOURCE_GROUP, https_origin, whole_number
+from .arguments import FUNCTION_APP, MAX_SECRET_DAYS, RESOURCE_GROUP, https_origin, names, whole_number
 from .azure_cli import (
     ROLE_PENDING,
     Az,
@@ -52,7 +52,6 @@ from .azure_cli import (
     secret_name,
     update_app_settings,
 )
-from .deploy import names
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONAL_CLAIMS = ROOT / "infra" / "optional-claims.json"
