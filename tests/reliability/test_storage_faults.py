@@ -34,7 +34,19 @@ def seed(connection_string: str) -> Tables:
     return tables
 
 
-def test_table_storage_dies_mid_run_gives_quick_503s_and_heals_without_a_restart(use_settings, tmp_path):
+def refusal_lines(records, name: str, cid: str, cause: str) -> None:
+    """The log lines RELIABILITY.md promises for a table step that failed: the attempt's line with its
+    reason and the storage error's name, and the whole event of its unwritable audit row."""
+    lines = [r.getMessage() for r in records]
+    stage = "sso.login" if name == "login start" else "sso.callback"
+    assert any(m.startswith(f"{stage} ") and " reason=table_storage_unavailable " in m
+               and f"correlation_id={cid} " in m and f'detail="table_storage: {cause}"' in m for m in lines), \
+        (name, lines)
+    assert any(m.startswith(f"sso.audit_failed correlation_id={cid} reason=table_storage_unavailable event={{")
+               and f'"correlation_id": "{cid}"' in m for m in lines), (name, lines)
+
+
+def test_table_storage_dies_mid_run_gives_quick_503s_and_heals_without_a_restart(use_settings, tmp_path, caplog):
     port = free_port()
     azurite = start_azurite(port, workdir=tmp_path, on_disk=True)
     try:
@@ -49,12 +61,14 @@ def test_table_storage_dies_mid_run_gives_quick_503s_and_heals_without_a_restart
         azurite.stop()
         for name, call in (("login start", lambda: start_login(requests.Session(), APP_BASE, "user")),
                            ("callback", lambda: session.post(action, data=fields, allow_redirects=False, timeout=20))):
+            caplog.clear()
             begun = time.monotonic()
-            response = call()
+            with caplog.at_level(logging.INFO, logger="portal_sso"):
+                response = call()
             elapsed = time.monotonic() - begun
             assert response.status_code == 503, f"{name}: {response.status_code} {response.text[:300]}"
-            assert int(response.headers["Retry-After"]) > 0 and "try again" in response.text.lower()
-            assert correlation_id(response)
+            assert response.headers["Retry-After"] == "30" and "try again" in response.text.lower()
+            refusal_lines(caplog.records, name, correlation_id(response), "ServiceRequestError")
             assert elapsed < 3, f"{name} took {elapsed:.1f} s to become a 503 (a dead pooled connection must not hang)"
         azurite = start_azurite(port, workdir=tmp_path, key=azurite.account_key, on_disk=True)
         response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
@@ -105,7 +119,7 @@ def test_with_a_fifth_of_storage_requests_failing_every_callback_keeps_its_recor
     assert len(tokens) >= 50, f"most callbacks still succeed with a fifth of requests failing: {len(tokens)}"
 
 
-def test_table_storage_that_stops_answering_gives_503s_in_bounded_time_and_heals(use_settings, azurite):
+def test_table_storage_that_stops_answering_gives_503s_in_bounded_time_and_heals(use_settings, azurite, caplog):
     """A black hole rather than a stopped process: the pooled connections stay open and swallow every
     request (no FIN, no RST), as when a load balancer silently drops an idle connection. Each table step
     costs one read timeout, never a retry of it: login start and callback each make two (the flow, then
@@ -125,12 +139,15 @@ def test_table_storage_that_stops_answering_gives_503s_in_bounded_time_and_heals
             begun = time.monotonic()
             return call(), time.monotonic() - begun
 
-        with ThreadPoolExecutor(2) as pool:  # both at once: the test waits for the timeouts only once
-            results = pool.map(timed, (lambda: start_login(requests.Session(), APP_BASE, "user"),
-                                       lambda: session.post(action, data=fields, allow_redirects=False, timeout=60)))
+        with caplog.at_level(logging.INFO, logger="portal_sso"), ThreadPoolExecutor(2) as pool:
+            # both at once: the test waits for the timeouts only once
+            results = list(pool.map(timed, (lambda: start_login(requests.Session(), APP_BASE, "user"),
+                                            lambda: session.post(action, data=fields, allow_redirects=False,
+                                                                 timeout=60))))
         for name, (response, elapsed) in zip(("login start", "callback"), results, strict=True):
             assert response.status_code == 503, f"{name}: {response.status_code} {response.text[:300]}"
-            assert int(response.headers["Retry-After"]) > 0 and "try again" in response.text.lower()
+            assert response.headers["Retry-After"] == "30" and "try again" in response.text.lower()
+            refusal_lines(caplog.records, name, correlation_id(response), "ServiceResponseTimeoutError")
             assert elapsed < bound, f"{name} took {elapsed:.1f} s: a hung table call was retried (bound {bound} s)"
         hung = [e for e in proxy.exchanges if e.fault == "hung"]
         assert len(hung) == 4, f"one attempt per table step, none repeated: {[(e.method, e.path) for e in hung]}"
