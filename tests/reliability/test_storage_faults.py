@@ -155,3 +155,59 @@ def test_table_storage_that_stops_answering_gives_503s_in_bounded_time_and_heals
         proxy.cut_all()  # the swallowed connections die; the next requests open new ones
         response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
         assert response.status_code == 200, f"healed without a restart: {response.status_code} {response.text[:300]}"
+
+
+def audit_inserts(proxy: FaultProxy, since: int) -> list:
+    return [e for e in proxy.exchanges[since:] if e.method == "PUT" and f"/{EVENTS_TABLE}(" in e.path]
+
+
+def test_an_audit_insert_that_fails_twice_is_tried_again_and_the_login_succeeds_with_its_row(use_settings, azurite):
+    """RELIABILITY.md: the audit insert, up to 3 attempts 50 and 150 ms apart. Its first two attempts are
+    cut before Azurite sees them (a dropped connection): the third writes the row, the login succeeds."""
+    tables = seed(azurite.connection_string)
+    with FaultProxy(azurite.port) as proxy:
+        use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
+        cuts = [2]
+
+        def first_two_inserts(exchange) -> str:
+            if exchange.method == "PUT" and f"/{EVENTS_TABLE}(" in exchange.path and cuts[0]:
+                cuts[0] -= 1
+                return "before"
+            return ""
+
+        proxy.decide = first_two_inserts
+        since = len(proxy.exchanges)
+        response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+        assert response.status_code == 200, f"the third attempt wrote the row: {response.text[:300]}"
+        inserts = audit_inserts(proxy, since)
+    assert [(e.fault, e.status) for e in inserts] == [("before", None), ("before", None), ("", 204)], \
+        [(e.fault, e.status, e.path) for e in inserts]
+    assert len({e.path for e in inserts}) == 1, "every attempt writes the same row (an idempotent PUT)"
+    row_key = re.search(r"RowKey='([^']+)'", inserts[0].path).group(1)
+    rows = list(tables.client(EVENTS_TABLE).query_entities("RowKey eq @rk", parameters={"rk": row_key}))
+    assert [(r["Outcome"], r["Status"]) for r in rows] == [("success", 200)], rows
+
+
+def test_an_audit_insert_that_keeps_failing_stops_at_three_attempts_and_none_after_half_a_second(
+        use_settings, azurite, caplog):
+    """Every attempt of the audit insert fails: quickly (three attempts, no fourth), then slowly, 0.25 s
+    each (the second ends past the 0.5 s budget: no third). The success becomes a 503 and the whole
+    event goes to the error log."""
+    seed(azurite.connection_string)
+    with FaultProxy(azurite.port) as proxy:
+        use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
+        proxy.decide = lambda e: "before" if e.method == "PUT" and f"/{EVENTS_TABLE}(" in e.path else ""
+        for cut_delay, attempts in ((0.0, 3), (0.25, 2)):
+            proxy.cut_delay = cut_delay
+            since = len(proxy.exchanges)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="portal_sso"):
+                response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+            assert response.status_code == 503, f"no session without its row: {response.text[:300]}"
+            assert response.headers["Retry-After"] == "30"
+            inserts = audit_inserts(proxy, since)
+            assert [e.fault for e in inserts] == ["before"] * attempts, \
+                f"failing after {cut_delay} s each: {[(e.fault, e.path) for e in inserts]}"
+            cid = correlation_id(response)
+            assert any(r.getMessage().startswith(f"sso.audit_failed correlation_id={cid} ") and '"outcome": "success"'
+                       in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
