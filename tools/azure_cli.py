@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from shared.config import SECRET_NAME_FIX, secret_name_problem
+
 NOT_FOUND = ("ResourceNotFound", "ResourceGroupNotFound", "could not be found", "was not found", "does not exist",
              "NotFound", "SecretNotFound", "Request_ResourceNotFound")
 # Key Vault's 403 for a secret (RBAC: ForbiddenByRbac; access policies: "does not have secrets get permission").
@@ -201,6 +203,15 @@ def app_settings(az: Az, app: str, rg: str) -> dict[str, str]:
     """The function app's settings, by name (empty in a dry run)."""
     return {s["name"]: s.get("value") for s in az.read("functionapp", "config", "appsettings", "list",
                                                        "--name", app, "--resource-group", rg) or []}
+
+
+def secret_name(settings: dict[str, str], setting: str, default: str) -> str:
+    """The Key Vault secret the app reads: its `setting` (e.g. OIDC_CLIENT_SECRET_NAME), else `default`. A
+    name Key Vault refuses (most often the secret's value pasted in its place) stops the run, unquoted."""
+    name = settings.get(setting) or default
+    if why := secret_name_problem(name):
+        raise AzError(f"The function app's setting {setting} {why} {SECRET_NAME_FIX}")
+    return name
 
 
 def update_app_settings(az: Az, app: str, rg: str, wanted: dict[str, str], current: dict[str, str]) -> None:

@@ -9,7 +9,8 @@ identity-based host and deployment storage; the roles that identity needs, each 
 container, table, secret or resource it uses (the account-wide Blob role `functionapp create` grants
 is removed); the app settings; a session-signing key (EC P-256) in
 Key Vault when there is none; the package. Idempotent: a second run creates and changes nothing,
-and says so. --what-if reads the current state and prints what a run would create, change and
+and says so; an existing app keeps the vault and storage account its settings name (another one only
+with --repoint). --what-if reads the current state and prints what a run would create, change and
 remove, writing nothing; --dry-run prints every az command and runs none (not even reads).
 
     portal-sso deploy --resource-group rg-sso --location westeurope --app contoso-sso \\
@@ -24,6 +25,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,7 +34,7 @@ from shared.config import origin_of
 from shared.tables import APP_TABLES
 
 from .arguments import FUNCTION_APP, KEY_VAULT, RESOURCE_GROUP, STORAGE_ACCOUNT, WORKSPACE, https_url
-from .azure_cli import Az, AzError, app_settings, fail, grant, revoke, secret_file, update_app_settings
+from .azure_cli import Az, AzError, app_settings, fail, grant, revoke, secret_file, secret_name, update_app_settings
 from .package import build_package
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
@@ -54,10 +56,59 @@ def names(app: str) -> dict[str, str]:
             "workspace": app[:58].rstrip("-") + "-logs", "insights": f"{app}-insights"}
 
 
-def resource_names(args: argparse.Namespace) -> dict[str, str]:
-    """The derived names, with --storage-account and --key-vault in their place when given."""
+# What the old vault or storage account holds, said when --repoint moves the app off it.
+LEFT_BEHIND = {
+    "vault": "the client secret, the session-signing key and the SCIM token (sign-in fails until `portal-sso "
+             "register-app` stores a client secret in the new vault, and `register-app provisioning` a SCIM "
+             "token; session tokens signed before no longer verify)",
+    "storage": "the portal accounts (PortalAccounts), the audit rows (SignInEvents, DirectoryEvents), directory "
+               "sync's people (ScimUsers) and the host's keys and timer leases (the app starts with no accounts: "
+               "export them first)",
+}
+OPTIONS = {"storage": "--storage-account", "vault": "--key-vault"}
+
+
+def resource_names(args: argparse.Namespace, recorded: dict[str, set[str]] | None = None) -> dict[str, str]:
+    """The derived names; in their place, the vault and storage account that an existing function app's
+    settings name (`recorded`), and --storage-account and --key-vault when given."""
+    kept = {k: next(iter(v)) for k, v in (recorded or {}).items() if len(v) == 1}
+    return {**names(args.app), **kept, **given_names(args)}
+
+
+def given_names(args: argparse.Namespace) -> dict[str, str]:
     given = {"storage": args.storage_account, "vault": args.key_vault}
-    return {**names(args.app), **{k: v for k, v in given.items() if v}}
+    return {k: v for k, v in given.items() if v}
+
+
+def recorded_names(settings: dict[str, str]) -> dict[str, set[str]]:
+    """The storage account and vault that the function app's settings point at, each setting's (a deploy
+    sets them alike; one set by hand may differ)."""
+    def first_label(url: str | None) -> str | None:
+        return (urlsplit(url).hostname or "").split(".", 1)[0] or None if url else None
+    found = {"storage": {settings.get("AzureWebJobsStorage__accountName"),
+                         first_label(settings.get("TABLES_ENDPOINT"))},
+             "vault": {first_label(settings.get("KEY_VAULT_URL"))}}
+    return {k: {v for v in found_names if v} for k, found_names in found.items()}
+
+
+def check_kept(az: Az, args: argparse.Namespace, recorded: dict[str, set[str]], chosen: dict[str, str]) -> None:
+    """A function app keeps the vault and storage account it uses: moving it to another one (whose name
+    was given) leaves behind what the old one holds, so it needs --repoint, and is said."""
+    for key, option in OPTIONS.items():
+        left = sorted(recorded.get(key, set()) - {chosen[key]})
+        if not left:
+            continue
+        what = "Key Vault" if key == "vault" else "storage account"
+        old = " and ".join(left)
+        if key not in given_names(args):
+            raise AzError(f"The function app's settings name more than one {what} "
+                          f"({' and '.join(sorted(recorded[key]))}): give {option} with the one it should use.")
+        if not args.repoint:
+            raise AzError(f"The function app {args.app} uses the {what} {old}, not {chosen[key]} ({option}): moving "
+                          f"it would leave behind what {old} holds, {LEFT_BEHIND[key]}. Leave out {option} to keep "
+                          f"{old}, or add --repoint to move the app to {chosen[key]}.")
+        az.out(f"note: --repoint moves the app from the {what} {old} to {chosen[key]}; {old} keeps "
+               f"{LEFT_BEHIND[key]}.")
 
 
 def signing_key_pem() -> str:
@@ -71,12 +122,21 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     """Each step reads what is there (unless its parent is yet to be made: then there is nothing to
     read) and writes only what differs."""
     rg, app, loc = args.resource_group, args.app, args.location
-    n = resource_names(args)
     account = az.check_ready()
     me, my_kind = az.signed_in(account)
 
-    # 1. resource group
+    # 1. resource group; an existing function app in it, whose settings name the vault and storage it uses
     group = az.show("group", "show", "--name", rg)
+    site = az.show("functionapp", "show", "--name", app, "--resource-group", rg) if group is not None else None
+    current = app_settings(az, app, rg) if site is not None else None
+    recorded = recorded_names(current or {})
+    n = resource_names(args, recorded)
+    check_kept(az, args, recorded, n)
+    key_name = secret_name(current or {}, "SESSION_SIGNING_KEY_NAME", SIGNING_KEY_NAME)  # the one the app reads
+    if az.dry_run:
+        az.out(f"note: --dry-run reads nothing, so this plan names the vault {n['vault']} and the storage account "
+               f"{n['storage']}; on a function app that exists, a run uses the ones its settings name "
+               "(KEY_VAULT_URL, AzureWebJobsStorage__accountName, TABLES_ENDPOINT) unless --repoint is given.")
     if group is None:
         az.write("group", "create", "--name", rg, "--location", loc, change=("create", f"resource group {rg}"))
     group_known = group is not None or az.writes
@@ -149,7 +209,6 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     connection = (insights or {}).get("properties", {}).get("ConnectionString", "<connection string>")
 
     # 5. the Flex Consumption function app, with its system-assigned identity, HTTPS only
-    site = az.show("functionapp", "show", "--name", app, "--resource-group", rg) if group_known else None
     new_app = site is None
     if new_app:
         az.write("functionapp", "create", "--name", app, "--resource-group", rg, "--flexconsumption-location", loc,
@@ -187,8 +246,9 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     # 7. app settings (no storage key anywhere: host storage by identity; telemetry by identity)
     # `functionapp create` sets a key-based AzureWebJobsStorage (the plan for a new app removes it too) and,
     # from --app-insights, the connection string
-    current = app_settings(az, app, rg) if site_known else {"AzureWebJobsStorage": "<set by functionapp create>",
-                                                            "APPLICATIONINSIGHTS_CONNECTION_STRING": connection}
+    if current is None:
+        current = app_settings(az, app, rg) if site_known else {
+            "AzureWebJobsStorage": "<set by functionapp create>", "APPLICATIONINSIGHTS_CONNECTION_STRING": connection}
     # a custom domain that register-app --public-base-url set stays: the registration holds its redirect URIs
     base = current.get("PUBLIC_BASE_URL") or f"https://{host}"
     settings = {
@@ -204,12 +264,10 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
         "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD",
         "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
     }
-    if origin_of(args.portal_user_url) != origin_of(args.portal_agent_url) and args.session_audience is None:
-        raise AzError("The two portal URLs have different origins: give --session-audience (the 'aud' your "
-                      "portal checks).")
     if args.session_audience:
         settings["SESSION_TOKEN_AUDIENCE"] = args.session_audience
     update_app_settings(az, app, rg, settings, current)
+    audience = session_audience(args, current)
     if "AzureWebJobsStorage" in current:  # a key-based connection string: identities only
         az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
                  "--setting-names", "AzureWebJobsStorage", change=("remove", "the key-based AzureWebJobsStorage"))
@@ -217,15 +275,20 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     # 8. the session-signing key, made once (rotation: see README); the app may read that secret alone. The
     # Secrets Officer role granted above, on a new vault, takes a while before Key Vault honours it.
     def signing_key() -> None:
+        if vault_known and az.what_if and officer_granted:  # a role only planned: Key Vault refuses the read
+            az.changes.append(("create", f"session-signing key (EC P-256) in Key Vault as {key_name}, if "
+                                         "it has none (unknown: it cannot be read before your Key Vault Secrets "
+                                         "Officer role, planned above, exists)"))
+            return
         if not vault_known or az.show("keyvault", "secret", "show", "--vault-name", n["vault"], "--name",
-                                      SIGNING_KEY_NAME, "--query", "id") is None:
+                                      key_name, "--query", "id") is None:
             with secret_file(signing_key_pem()) as path:
-                az.write("keyvault", "secret", "set", "--vault-name", n["vault"], "--name", SIGNING_KEY_NAME,
+                az.write("keyvault", "secret", "set", "--vault-name", n["vault"], "--name", key_name,
                          "--file", path, "--encoding", "utf-8", "--content-type", "application/x-pem-file",
                          "--query", "id", change=("create", "session-signing key (EC P-256) in Key Vault"),
                          quiet=True)
     az.once_role_applies(signing_key, "Key Vault Secrets Officer", fresh=officer_granted)
-    grant(az, principal, "ServicePrincipal", "Key Vault Secrets User", f"{vault_id}/secrets/{SIGNING_KEY_NAME}",
+    grant(az, principal, "ServicePrincipal", "Key Vault Secrets User", f"{vault_id}/secrets/{key_name}",
           known=principal_known and vault_known)
 
     # 9. the package, deployed only when it changed
@@ -238,7 +301,23 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
                      change=("change", f"package {digest[:12]} deployed"))
             az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
                      "--settings", f"{PACKAGE_SETTING}={digest}", change=None)
-    return {"base": base, "subscription": account.get("id", "")}
+    return {"base": base, "subscription": account.get("id", ""), "audience": audience,
+            "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
+
+
+def session_audience(args: argparse.Namespace, current: dict[str, str]) -> str:
+    """The session tokens' aud once the settings are written. One set before (by hand or --session-audience)
+    is kept, never changed unasked: deploy writes it only when given, so it is someone's choice, and each
+    portal checks exactly that value. When it is not the portals' origin (they moved), that is said."""
+    origin = origin_of(args.portal_user_url)
+    kept = current.get("SESSION_TOKEN_AUDIENCE")
+    if args.session_audience or not kept:
+        return args.session_audience or origin
+    if kept != origin:
+        print(f"warning: SESSION_TOKEN_AUDIENCE stays {kept}, set before, not the portals' origin {origin}: "
+              f"portals that check {kept} go on working; if yours now checks {origin}, run this again with "
+              f"--session-audience {origin}.", file=sys.stderr)
+    return kept
 
 
 def harden(az: Az, app: str, rg: str, site: dict | None) -> None:
@@ -272,16 +351,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the portal page that receives users' session tokens (an https:// URL)")
     parser.add_argument("--portal-agent-url", required=True, type=https_url,
                         help="the portal page that receives agents' session tokens (an https:// URL)")
-    parser.add_argument("--session-audience", help="the session token's aud (default: the portals' origin)")
+    parser.add_argument("--session-audience", help="the session token's aud (default: the portals' origin, or the "
+                                                   "one set before; required when their origins differ)")
     parser.add_argument("--python", default="3.12", choices=PYTHON_VERSIONS)
-    parser.add_argument("--storage-account", type=STORAGE_ACCOUNT, help="default: derived from --app")
-    parser.add_argument("--key-vault", type=KEY_VAULT, help="default: APP-kv (APP cut to fit 24 characters)")
+    parser.add_argument("--storage-account", type=STORAGE_ACCOUNT,
+                        help="default: the one the function app's settings name, else derived from --app")
+    parser.add_argument("--key-vault", type=KEY_VAULT, help="default: the one the function app's settings name, "
+                                                           "else APP-kv (APP cut to fit 24 characters)")
+    parser.add_argument("--repoint", action="store_true",
+                        help="let --key-vault or --storage-account move an existing function app to another vault "
+                             "or storage account than the one it uses (what the old one holds stays there)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--what-if", action="store_true",
                       help="read the current state (signed in) and print what would be created, changed and "
                            "removed; write nothing")
     mode.add_argument("--dry-run", action="store_true", help="print every az command, run none (not even reads)")
     args = parser.parse_args(argv)
+    if args.session_audience is None and origin_of(args.portal_user_url) != origin_of(args.portal_agent_url):
+        parser.error("the two portal URLs have different origins, so the session token's aud cannot default to "
+                     "their origin: give --session-audience (the 'aud' your portals check)")
     derived = resource_names(args)  # a name Azure would refuse stops the run here, not after the group is made
     for key, kind, option in (("storage", STORAGE_ACCOUNT, "--storage-account"), ("vault", KEY_VAULT, "--key-vault"),
                               ("workspace", WORKSPACE, "--app")):
@@ -303,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{base}/api/sso/agent/callback\nSetup page: {base}/api/sso/setup?code=<function key>\n"
           f"Read the function key: az functionapp function keys list --resource-group {args.resource_group} "
           f"--name {args.app} --function-name sso_setup\n"
-          f"Session tokens: iss {base} (SESSION_TOKEN_ISSUER), aud "
-          f"{args.session_audience or origin_of(args.portal_user_url)} (SESSION_TOKEN_AUDIENCE)\n"
+          f"Session tokens: iss {result['issuer']} (SESSION_TOKEN_ISSUER), aud {result['audience']} "
+          "(SESSION_TOKEN_AUDIENCE)\n"
           f"Next: portal-sso register-app --resource-group {args.resource_group} --app {args.app}")
     return 0
 

@@ -20,8 +20,9 @@ with tenant-wide admin consent (which needs Privileged Role Administrator, Cloud
 Administrator or Application Administrator: without it the run says what to ask an admin for); a
 service principal with user assignment required; a client secret with an end date, appended (never
 replacing other secrets), written straight into Key Vault and never printed, logged or put on a
-command line. Then the function app gets OIDC_CLIENT_ID and OIDC_ISSUER_URL (and PUBLIC_BASE_URL from
---public-base-url, so it builds the redirect URIs registered), and its identity may
+command line. Then the function app gets OIDC_CLIENT_ID and OIDC_ISSUER_URL (a new registration's as soon
+as it is made, so a rerun after a failure finds it again), and PUBLIC_BASE_URL from
+--public-base-url (so it builds the redirect URIs registered), and its identity may
 read the secret (Key Vault Secrets User on that secret alone). Idempotent; --dry-run (anywhere on the
 command line) prints every az command and runs none.
 """
@@ -40,7 +41,17 @@ from pathlib import Path
 from shared.config import KIND_ROLES, KINDS, redirect_uri, signed_out_uri
 
 from .arguments import FUNCTION_APP, MAX_SECRET_DAYS, RESOURCE_GROUP, https_origin, whole_number
-from .azure_cli import Az, AzError, app_settings, fail, grant, secret_file, update_app_settings
+from .azure_cli import (
+    ROLE_PENDING,
+    Az,
+    AzError,
+    app_settings,
+    fail,
+    grant,
+    secret_file,
+    secret_name,
+    update_app_settings,
+)
 from .deploy import names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +158,7 @@ class Registration:
     def __init__(self, az: Az, args: argparse.Namespace):
         self.az, self.args = az, args
         self.rg, self.app = args.resource_group, args.app
+        self.secret_name = SECRET_NAME  # the client secret's Key Vault name, as the app's settings give it
 
     # -- the function app's side --------------------------------------------------------------------
     def function_app(self) -> tuple[str, str, dict[str, str]]:
@@ -158,6 +170,7 @@ class Registration:
                                 "--query", "defaultHostName")
             base = f"https://{host or self.app + '.azurewebsites.net'}"
         vault_url = settings.get("KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
+        self.secret_name = secret_name(settings, "OIDC_CLIENT_SECRET_NAME", SECRET_NAME)
         return base.rstrip("/"), vault_url.split("//", 1)[1].split(".", 1)[0], settings
 
     def let_the_app_read(self, vault: str, secret: str) -> None:
@@ -210,6 +223,7 @@ class Registration:
         tenant = self.az.check_ready().get("tenantId", "<tenant>")
         base, vault, current = self.function_app()
         uris = our_redirect_uris(base)
+        recorded = current.get("OIDC_CLIENT_ID")
         app = self.find_app(current, creating=True)
         if app is None:
             app = self.az.write("ad", "app", "create", "--display-name", self.args.display_name,
@@ -218,17 +232,22 @@ class Registration:
                                 "--required-resource-accesses", f"@{API_PERMISSIONS}",
                                 change=("create", f"app registration {self.args.display_name}")) \
                 or {"appId": "<client id>"}
+            # Recorded at once, so a rerun after a later step fails (service principal, consent, Key Vault)
+            # finds this registration rather than making another. The app had no working registration
+            # before (none recorded, or a deleted one), so it loses nothing while its secret is yet to come.
+            made = {"OIDC_CLIENT_ID": app["appId"], "OIDC_ISSUER_URL": issuer_url(tenant)}
+            update_app_settings(self.az, self.app, self.rg, made, current)
+            current = {**current, **made}
         else:
             self.bring_up_to_date(app, uris)
         client_id = app["appId"]
         sp = self.ensure_service_principal(client_id)
         self.consent(sp, client_id, tenant)
-        # A registration new to the function app (made now, or adopted) needs a secret of its own: the one
+        # A registration new to the function app (adopted, or made now) needs a secret of its own: the one
         # in Key Vault belongs to the registration the app used before.
-        if client_id != current.get("OIDC_CLIENT_ID") or self.az.show(
-                "keyvault", "secret", "show", "--vault-name", vault, "--name", SECRET_NAME, "--query", "id") is None:
+        if client_id != recorded or not self.vault_holds_a_secret_of(client_id, vault):
             self.new_secret(client_id, vault)
-        self.let_the_app_read(vault, SECRET_NAME)
+        self.let_the_app_read(vault, self.secret_name)
         wanted = {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
             wanted["PUBLIC_BASE_URL"] = base
@@ -328,12 +347,58 @@ class Registration:
         ours = sorted((c for c in credentials if c.get("displayName") == CREDENTIAL_NAME),
                       key=lambda c: c.get("startDateTime", ""))
         key_id = ours[-1]["keyId"] if ours else "<key id>"
-        with secret_file(password) as path:
-            self.az.write("keyvault", "secret", "set", "--vault-name", vault, "--name", SECRET_NAME, "--file", path,
-                          "--encoding", "utf-8", "--expires", end.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                          "--tags", f"{KEY_ID_TAG}={key_id}", "--query", "id", quiet=True,
-                          change=("create", f"Key Vault secret {SECRET_NAME}, new version (expires {end:%Y-%m-%d})"))
+        try:
+            with secret_file(password) as path:
+                self.az.write("keyvault", "secret", "set", "--vault-name", vault, "--name", self.secret_name, "--file",
+                              path, "--encoding", "utf-8", "--expires", end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                              "--tags", f"{KEY_ID_TAG}={key_id}", "--query", "id", quiet=True,
+                              change=("create", f"Key Vault secret {self.secret_name}, new version "
+                                                f"(expires {end:%Y-%m-%d})"))
+        except AzError as err:
+            self.unstored_secret(client_id, vault, key_id, err)
         return key_id
+
+    def unstored_secret(self, client_id: str, vault: str, key_id: str, err: AzError) -> None:
+        """After the secret's Key Vault write failed: the Entra credential just appended goes again when Key
+        Vault is known not to hold it (nothing else ever had its value, so nothing can use it; left, each
+        rerun would add another that no rotation removes, as rotations go by Key Vault's tags). A refusal
+        (403) stored nothing; after another failure (a 503, a lost answer) the write may have landed, so the
+        newest version is read back first, and the credential is kept when it cannot be."""
+        refused = any(m.lower() in err.stderr.lower() for m in ROLE_PENDING)
+        try:
+            stored = None if refused else self.stored_key_id(vault)[1]
+        except AzError:
+            raise AzError(f"{err} Key Vault could not be read back, so the client secret just made (key id {key_id}) "
+                          "is kept in case Key Vault took it; once Key Vault answers, check that its newest "
+                          f"{self.secret_name} version is tagged {KEY_ID_TAG}={key_id}, and if not remove that secret: "
+                          f"`az ad app credential delete --id {client_id} --key-id {key_id}`.", err.stderr) from err
+        if stored == key_id:
+            return  # the write landed; only its answer was lost
+        try:
+            self.az.write("ad", "app", "credential", "delete", "--id", client_id, "--key-id", key_id,
+                          change=("remove", "the client secret just made, which Key Vault did not take"))
+        except AzError as failed:
+            raise AzError(f"{err} The client secret just made (key id {key_id}) is in no Key Vault and could not be "
+                          f"removed ({failed}): remove it with `az ad app credential delete --id {client_id} "
+                          f"--key-id {key_id}`.", err.stderr) from err
+        raise AzError(f"{err} The client secret made for it was removed again (Key Vault did not take it, so "
+                      "nothing can use it).", err.stderr) from err
+
+    def stored_key_id(self, vault: str) -> tuple[bool, str | None]:
+        """(whether the secret has a version in Key Vault, the Entra key id its newest version is tagged with:
+        None for a version stored without the tag, by hand or by an earlier version of this script)."""
+        tags = self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name", self.secret_name,
+                            "--query", "{id: id, tags: tags}")
+        return tags is not None, ((tags or {}).get("tags") or {}).get(KEY_ID_TAG)
+
+    def vault_holds_a_secret_of(self, client_id: str, vault: str) -> bool:
+        """Whether Key Vault's newest version of the secret is a credential of this registration (an untagged
+        one is taken to be)."""
+        stored, key_id = self.stored_key_id(vault)
+        if key_id is None:
+            return stored
+        credentials = self.az.read("ad", "app", "credential", "list", "--id", client_id) or []
+        return key_id in {c.get("keyId") for c in credentials}
 
     # -- who may sign in ----------------------------------------------------------------------------
     def assign(self) -> None:
@@ -367,7 +432,7 @@ class Registration:
         _, vault, settings = self.function_app()
         client_id = self.find_app(settings)["appId"]
         versions = sorted(self.az.read("keyvault", "secret", "list-versions", "--vault-name", vault, "--name",
-                                       SECRET_NAME) or [], key=lambda v: v["attributes"]["created"])
+                                       self.secret_name) or [], key=lambda v: v["attributes"]["created"])
         current = self.new_secret(client_id, vault)
         cutoff = datetime.now(UTC) - timedelta(days=self.args.grace_days)
         superseded_at = {}  # key id -> when the next version replaced it
@@ -387,7 +452,7 @@ class Registration:
         self.az.check_ready()
         base, vault, settings = self.function_app()
         sp = self.ensure_service_principal(self.find_app(settings)["appId"])
-        return f"{base}/api/scim/v2", vault, settings.get("SCIM_TOKEN_NAME") or SCIM_TOKEN_NAME, sp, settings
+        return f"{base}/api/scim/v2", vault, secret_name(settings, "SCIM_TOKEN_NAME", SCIM_TOKEN_NAME), sp, settings
 
     def provisioning(self) -> None:
         """The SCIM token (made once, straight into Key Vault), the function app's right to read it and

@@ -232,6 +232,111 @@ def test_issued_secret_end_date_is_in_the_future(azure):
     assert timedelta(days=150) < end - datetime.now(UTC) < timedelta(days=200)
 
 
+# -- a run that stopped partway, run again ------------------------------------------------------------
+
+BOB = {"type": "user", "name": "bob@contoso.test", "id": "bob-object-id"}
+
+
+def sign_in_bob_without_secrets_officer(azure: FakeAzure) -> None:
+    """Another admin takes over: Key Vault checks RBAC, and bob has no Key Vault Secrets Officer on it."""
+    azure.state = {**azure.state, "signed_in_as": BOB, "rbac_delay": 0}
+
+
+def grant_bob_secrets_officer(azure: FakeAzure) -> None:
+    state = azure.state
+    state["roles"].append([BOB["id"], "Key Vault Secrets Officer", state["vaults"][N["vault"]]["id"], "bob-officer"])
+    azure.state = state
+
+
+def test_a_register_app_stopped_at_key_vault_is_finished_by_the_rerun_with_one_registration(azure):
+    """The hunt's case: OIDC_CLIENT_ID was written only at the end, so a run stopped by Key Vault (the runner
+    lacks Secrets Officer) left a registration, a service principal with consent and a live secret, and the
+    rerun made a second of each; every such rerun appended another secret no rotation ever removed."""
+    sign_in_bob_without_secrets_officer(azure)
+    failed = azure.run("register-app", *APP_ARGS)
+    assert failed.code != 0 and "Key Vault Secrets Officer" in failed.err, failed.err
+    (app,) = azure.state["apps"].values()
+    assert settings(azure)["OIDC_CLIENT_ID"] == app["appId"], "the registration is recorded as soon as it exists"
+    assert app["credentials"] == [], "the secret Key Vault did not take is removed again: nothing can use it"
+    assert "removed again" in failed.err, failed.err
+    grant_bob_secrets_officer(azure)
+    rerun = azure.run("register-app", *APP_ARGS)
+    assert rerun.code == 0, rerun.err
+    (app,) = azure.state["apps"].values()
+    assert list(azure.state["sps"]) == [app["appId"]] and len(azure.state["permission_grants"]) == 1
+    (credential,) = app["credentials"]
+    assert secret_versions(azure)[-1]["tags"]["entraKeyId"] == credential["keyId"], "Key Vault holds that secret"
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
+
+
+def secret_versions(azure: FakeAzure, name: str = "oidc-client-secret") -> list[dict]:
+    return azure.state["secrets"][f"{N['vault']}/{name}"]
+
+
+def test_a_register_app_stopped_after_its_secret_was_stored_makes_no_other_on_the_rerun(azure):
+    azure.state = {**azure.state, "refuse": {"role assignment create": "(AuthorizationFailed) The client does not "
+                                                                       "have authorization"}}
+    assert azure.run("register-app", *APP_ARGS).code != 0
+    azure.state = {**azure.state, "refuse": {}}
+    rerun = azure.run("register-app", *APP_ARGS)
+    assert rerun.code == 0, rerun.err
+    (app,) = azure.state["apps"].values()
+    (credential,) = app["credentials"]
+    assert [v["tags"]["entraKeyId"] for v in secret_versions(azure)] == [credential["keyId"]], \
+        "the secret stored by the first run is the one kept: no second secret, no second version"
+
+
+def test_a_secret_key_vault_may_have_taken_is_kept_and_one_it_did_not_is_removed(azure):
+    """A failure that is not Key Vault's refusal (a 503, a lost answer) may come after the write landed: the
+    secret is removed only once Key Vault is seen not to hold it."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    unavailable = "(ServiceUnavailable) The service is unavailable."
+    azure.state = {**azure.state, "refuse": {"oidc-client-secret --file": unavailable}}
+    failed = azure.run("register-app", *APP_ARGS, "rotate-secret")
+    assert failed.code != 0
+    (app,) = azure.state["apps"].values()
+    (credential,) = app["credentials"]
+    assert secret_versions(azure)[-1]["tags"]["entraKeyId"] == credential["keyId"], "only the stored one is left"
+    azure.state = {**azure.state, "refuse": {"oidc-client-secret --file": unavailable,
+                                             "keyvault secret show": unavailable}}
+    unsure = azure.run("register-app", *APP_ARGS, "rotate-secret")
+    assert unsure.code != 0
+    (app,) = azure.state["apps"].values()
+    assert len(app["credentials"]) == 2, "Key Vault could not be read back: the new secret may be in use, so kept"
+    made = next(c for c in app["credentials"] if c["keyId"] != credential["keyId"])
+    assert f"az ad app credential delete --id {app['appId']} --key-id {made['keyId']}" in unsure.err, unsure.err
+
+
+def test_the_secret_names_the_apps_settings_give_are_the_ones_written_rotated_and_granted(azure):
+    """The hunt's case: OIDC_CLIENT_SECRET_NAME and SESSION_SIGNING_KEY_NAME were ignored, so the client
+    secret and signing key went under the default names while the app read the ones it was told."""
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"].update(OIDC_CLIENT_SECRET_NAME="entra-client-secret",
+                                                     SESSION_SIGNING_KEY_NAME="portal-signing-key")
+    azure.state = state
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-secret")
+    assert rotated.code == 0, rotated.err
+    redeploy = azure.run("deploy", *DEPLOY_ARGS)
+    assert redeploy.code == 0, redeploy.err
+    stored = {name.split("/", 1)[1]: len(versions) for name, versions in azure.state["secrets"].items()}
+    assert stored == {"session-signing-key": 1, "entra-client-secret": 2, "portal-signing-key": 1}, stored
+    readable = {r[2].rsplit("/", 1)[1] for r in azure.state["roles"]
+                if r[:2] == ["contoso-sso-principal", "Key Vault Secrets User"]}
+    assert {"entra-client-secret", "portal-signing-key"} <= readable and "oidc-client-secret" not in readable
+    assert azure.run("register-app", *APP_ARGS).mutations == [] and azure.run("deploy", *DEPLOY_ARGS).mutations == []
+
+
+def test_a_secret_name_key_vault_would_refuse_stops_the_run_without_showing_it(azure):
+    pasted = "Q8~a-secret-value-pasted-in-place-of-the-name"
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_SECRET_NAME"] = pasted
+    azure.state = state
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code != 0 and "OIDC_CLIENT_SECRET_NAME" in result.err and result.mutations == [], result.err
+    assert pasted not in result.out + result.err
+
+
 # -- assignment ------------------------------------------------------------------------------------
 
 def test_assign_gives_users_and_groups_the_kinds_role_once(azure):

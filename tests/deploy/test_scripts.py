@@ -177,6 +177,82 @@ def test_a_second_deploy_changes_nothing_and_says_so(azure):
     assert what_if.mutations == [] and "Nothing to change" in what_if.out
 
 
+CUSTOM_NAMES = ["--key-vault", "contoso-secrets", "--storage-account", "contosodata"]
+
+
+def test_a_redeploy_without_key_vault_or_storage_account_keeps_the_ones_the_app_uses(azure):
+    """The hunt's case: names came from the arguments alone, so a redeploy that left out --key-vault and
+    --storage-account made a new, empty vault and storage account and pointed the app at them (its client
+    secret, signing key and portal accounts left behind)."""
+    assert azure.run("deploy", *DEPLOY_ARGS, *CUSTOM_NAMES).code == 0
+    before = azure.state["sites"]["contoso-sso"]["settings"]
+    plan = azure.run("deploy", *DEPLOY_ARGS, "--what-if")
+    assert plan.code == 0 and "Nothing to change" in plan.out, plan.out
+    again = azure.run("deploy", *DEPLOY_ARGS)
+    assert again.code == 0, again.err
+    assert again.mutations == [], f"the vault and storage account the app uses, as they are: {again.mutations}"
+    assert set(azure.state["vaults"]) == {"contoso-secrets"} and set(azure.state["storage"]) == {"contosodata"}
+    assert azure.state["sites"]["contoso-sso"]["settings"] == before
+    dry = azure.run("deploy", *DEPLOY_ARGS, "--dry-run")
+    assert dry.code == 0 and "KEY_VAULT_URL" in dry.out and "reads nothing" in dry.out, \
+        "a dry run, which reads nothing, says that a run takes the names from the app's settings"
+
+
+@pytest.mark.parametrize(("option", "name", "old", "held"), [
+    ("--key-vault", "contoso-secrets", N["vault"], "client secret"),
+    ("--storage-account", "contosodata", N["storage"], "PortalAccounts"),
+])
+def test_naming_another_vault_or_storage_account_than_the_apps_is_refused_unless_asked(azure, option, name, old,
+                                                                                        held):
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    before = azure.state
+    for flag in ((), ("--what-if",)):
+        refused = azure.run("deploy", *DEPLOY_ARGS, option, name, *flag)
+        assert refused.code != 0 and refused.mutations == [], refused.mutations
+        assert old in refused.err and held in refused.err and "--repoint" in refused.err, refused.err
+        assert "Traceback" not in refused.err
+    assert azure.state == before, "nothing made, nothing changed"
+    moved = azure.run("deploy", *DEPLOY_ARGS, option, name, "--repoint")
+    assert moved.code == 0, moved.err
+    assert old in moved.out and held in moved.out, "what stays behind is said"
+    settings = azure.state["sites"]["contoso-sso"]["settings"]
+    assert name in (settings["KEY_VAULT_URL"] if option == "--key-vault" else settings["TABLES_ENDPOINT"])
+    assert azure.run("deploy", *DEPLOY_ARGS).mutations == [], "from then on, the new one is the app's"
+
+
+def test_settings_that_name_two_storage_accounts_need_storage_account_to_say_which(azure):
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["TABLES_ENDPOINT"] = "https://contosodata.table.core.windows.net"
+    azure.state = state
+    refused = azure.run("deploy", *DEPLOY_ARGS)
+    assert refused.code != 0 and refused.mutations == [], refused.mutations
+    assert "contosodata and contosossostor" in refused.err and "give --storage-account" in refused.err, refused.err
+
+
+def test_the_session_tokens_iss_and_aud_printed_are_the_ones_in_effect(azure):
+    """The hunt's case: a SESSION_TOKEN_AUDIENCE set before stayed in the app while the printout showed the
+    new portals' origin, so a portal was configured to check an aud no token carried."""
+    base = DEPLOY_ARGS[:6]
+    split = ["--portal-user-url", "https://users.contoso.test/sso", "--portal-agent-url", "https://agents.contoso.test/sso"]
+    assert azure.run("deploy", *base, *split, "--session-audience", "https://users.contoso.test").code == 0
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["SESSION_TOKEN_ISSUER"] = "https://sso.contoso.test"  # set by hand
+    azure.state = state
+    moved = ["--portal-user-url", "https://portal.fabrikam.test/sso/user",
+             "--portal-agent-url", "https://portal.fabrikam.test/sso/agent"]
+    result = azure.run("deploy", *base, *moved)
+    assert result.code == 0, result.err
+    assert azure.state["sites"]["contoso-sso"]["settings"]["SESSION_TOKEN_AUDIENCE"] == "https://users.contoso.test", \
+        "an audience set before is kept: the portals check it"
+    assert "iss https://sso.contoso.test (SESSION_TOKEN_ISSUER), aud https://users.contoso.test" in result.out
+    warning = result.err.split("warning: ", 1)[-1]
+    assert "https://portal.fabrikam.test" in warning and "--session-audience https://portal.fabrikam.test" in warning
+    changed = azure.run("deploy", *base, *moved, "--session-audience", "https://portal.fabrikam.test")
+    assert changed.code == 0 and "aud https://portal.fabrikam.test (SESSION_TOKEN_AUDIENCE)" in changed.out
+    assert "warning" not in changed.err
+
+
 def test_dry_run_prints_every_command_a_real_run_takes_and_runs_none(azure):
     result = azure.run("deploy", *DEPLOY_ARGS, "--dry-run")
     assert result.code == 0, result.err
@@ -240,6 +316,15 @@ def test_bad_input_fails_early_with_a_clear_message_and_says_what_was_done(azure
         assert "Nothing was created or changed" in result.err
 
 
+def test_portals_on_two_origins_without_session_audience_are_refused_before_anything_runs(azure):
+    """The refusal came after some 30 writes (the group, storage, vault, app and roles all made)."""
+    result = azure.run("deploy", *DEPLOY_ARGS[:6], "--portal-user-url", "https://users.contoso.test/sso",
+                       "--portal-agent-url", "https://agents.contoso.test/sso")
+    assert result.code == 2 and result.calls == [], "refused on the command line: no az command runs"
+    assert "different origins" in result.err and "--session-audience" in result.err, result.err
+    assert azure.state == {}
+
+
 def test_a_vault_in_deleted_state_is_explained_as_such_not_as_a_name_taken_by_someone_else():
     advice = explain(f"ERROR: {VAULT_DELETED}")
     assert "az keyvault recover --name <vault>" in advice and "--key-vault" in advice
@@ -280,6 +365,21 @@ def test_a_role_that_never_takes_effect_fails_after_a_bounded_wait_saying_what_t
     assert "Key Vault Secrets Officer" in str(failed.value) and "wait a few minutes" in str(failed.value)
     assert f"Waited {ROLE_WAIT_SECONDS} s" in str(failed.value)
     assert "secrets" not in azure.state or not azure.state["secrets"]
+
+
+def test_a_what_if_whose_key_vault_role_is_only_planned_does_not_read_the_vault(azure):
+    """The hunt's case: another admin's what-if planned their Secrets Officer role, then read the signing key
+    and failed on Key Vault's 403, where the real run (which grants the role and waits) succeeds."""
+    azure.state = {"rbac_delay": 0}
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    azure.state = {**azure.state, "signed_in_as": {"type": "user", "name": "bob@contoso.test", "id": "bob-object-id"},
+                   "rbac_delay": 1}
+    before = azure.state
+    plan = azure.run("deploy", *DEPLOY_ARGS, "--what-if")
+    assert plan.code == 0, plan.err
+    assert plan.mutations == [] and not any("keyvault secret" in c for c in plan.commands), plan.commands
+    assert "role Key Vault Secrets Officer" in plan.out and "unknown" in plan.out.split("Would create:")[-1], plan.out
+    assert azure.state == before
 
 
 def test_a_role_granted_before_is_not_waited_for(azure, monkeypatch):
