@@ -71,7 +71,7 @@ def test_key_vault_down_answers_503_quickly(stub, vault_app, app_server):
 @pytest.mark.parametrize("outage", ["stopped", "answering 500"])
 def test_identity_endpoint_down_answers_503_quickly(stub, vault_app, app_server, outage):
     """The SDK's default retries would stall a failing identity endpoint ~5 s; the runtime's credential
-    retries twice, quickly (shared.runtime.CREDENTIAL_RETRIES)."""
+    retries twice, quickly (shared.runtime.CREDENTIAL_RETRIES): three requests reach the endpoint."""
     stub.set_secret(CLIENT_SECRET_NAME, CLIENT_SECRET)
     if outage == "stopped":
         stub.stop()  # the vault and the managed-identity endpoint
@@ -84,6 +84,9 @@ def test_identity_endpoint_down_answers_503_quickly(stub, vault_app, app_server,
     assert_error_page(response, 503, runtime, "key_vault_unavailable")
     assert "Retry-After" in response.headers
     assert elapsed < 3, f"the identity endpoint {outage} took {elapsed:.1f} s to become a 503"
+    if outage == "answering 500":  # a stopped endpoint refuses the connection: nothing reaches it to count
+        asked = [r.status for r in stub.log if r.server == "identity"]
+        assert asked == [500] * 3, f"the credential retries twice (RELIABILITY.md), no more, no fewer: {asked}"
 
 
 def test_client_certificate_from_key_vault_signs_the_client_in(stub, vault_app, demo_accounts, client_certificate):

@@ -34,7 +34,19 @@ def seed(connection_string: str) -> Tables:
     return tables
 
 
-def test_table_storage_dies_mid_run_gives_quick_503s_and_heals_without_a_restart(use_settings, tmp_path):
+def refusal_lines(records, name: str, cid: str, cause: str) -> None:
+    """The log lines RELIABILITY.md promises for a table step that failed: the attempt's line with its
+    reason and the storage error's name, and the whole event of its unwritable audit row."""
+    lines = [r.getMessage() for r in records]
+    stage = "sso.login" if name == "login start" else "sso.callback"
+    assert any(m.startswith(f"{stage} ") and " reason=table_storage_unavailable " in m
+               and f"correlation_id={cid} " in m and f'detail="table_storage: {cause}"' in m for m in lines), \
+        (name, lines)
+    assert any(m.startswith(f"sso.audit_failed correlation_id={cid} reason=table_storage_unavailable event={{")
+               and f'"correlation_id": "{cid}"' in m for m in lines), (name, lines)
+
+
+def test_table_storage_dies_mid_run_gives_quick_503s_and_heals_without_a_restart(use_settings, tmp_path, caplog):
     port = free_port()
     azurite = start_azurite(port, workdir=tmp_path, on_disk=True)
     try:
@@ -49,12 +61,14 @@ def test_table_storage_dies_mid_run_gives_quick_503s_and_heals_without_a_restart
         azurite.stop()
         for name, call in (("login start", lambda: start_login(requests.Session(), APP_BASE, "user")),
                            ("callback", lambda: session.post(action, data=fields, allow_redirects=False, timeout=20))):
+            caplog.clear()
             begun = time.monotonic()
-            response = call()
+            with caplog.at_level(logging.INFO, logger="portal_sso"):
+                response = call()
             elapsed = time.monotonic() - begun
             assert response.status_code == 503, f"{name}: {response.status_code} {response.text[:300]}"
-            assert int(response.headers["Retry-After"]) > 0 and "try again" in response.text.lower()
-            assert correlation_id(response)
+            assert response.headers["Retry-After"] == "30" and "try again" in response.text.lower()
+            refusal_lines(caplog.records, name, correlation_id(response), "ServiceRequestError")
             assert elapsed < 3, f"{name} took {elapsed:.1f} s to become a 503 (a dead pooled connection must not hang)"
         azurite = start_azurite(port, workdir=tmp_path, key=azurite.account_key, on_disk=True)
         response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
@@ -105,7 +119,7 @@ def test_with_a_fifth_of_storage_requests_failing_every_callback_keeps_its_recor
     assert len(tokens) >= 50, f"most callbacks still succeed with a fifth of requests failing: {len(tokens)}"
 
 
-def test_table_storage_that_stops_answering_gives_503s_in_bounded_time_and_heals(use_settings, azurite):
+def test_table_storage_that_stops_answering_gives_503s_in_bounded_time_and_heals(use_settings, azurite, caplog):
     """A black hole rather than a stopped process: the pooled connections stay open and swallow every
     request (no FIN, no RST), as when a load balancer silently drops an idle connection. Each table step
     costs one read timeout, never a retry of it: login start and callback each make two (the flow, then
@@ -125,12 +139,15 @@ def test_table_storage_that_stops_answering_gives_503s_in_bounded_time_and_heals
             begun = time.monotonic()
             return call(), time.monotonic() - begun
 
-        with ThreadPoolExecutor(2) as pool:  # both at once: the test waits for the timeouts only once
-            results = pool.map(timed, (lambda: start_login(requests.Session(), APP_BASE, "user"),
-                                       lambda: session.post(action, data=fields, allow_redirects=False, timeout=60)))
+        with caplog.at_level(logging.INFO, logger="portal_sso"), ThreadPoolExecutor(2) as pool:
+            # both at once: the test waits for the timeouts only once
+            results = list(pool.map(timed, (lambda: start_login(requests.Session(), APP_BASE, "user"),
+                                            lambda: session.post(action, data=fields, allow_redirects=False,
+                                                                 timeout=60))))
         for name, (response, elapsed) in zip(("login start", "callback"), results, strict=True):
             assert response.status_code == 503, f"{name}: {response.status_code} {response.text[:300]}"
-            assert int(response.headers["Retry-After"]) > 0 and "try again" in response.text.lower()
+            assert response.headers["Retry-After"] == "30" and "try again" in response.text.lower()
+            refusal_lines(caplog.records, name, correlation_id(response), "ServiceResponseTimeoutError")
             assert elapsed < bound, f"{name} took {elapsed:.1f} s: a hung table call was retried (bound {bound} s)"
         hung = [e for e in proxy.exchanges if e.fault == "hung"]
         assert len(hung) == 4, f"one attempt per table step, none repeated: {[(e.method, e.path) for e in hung]}"
@@ -138,3 +155,59 @@ def test_table_storage_that_stops_answering_gives_503s_in_bounded_time_and_heals
         proxy.cut_all()  # the swallowed connections die; the next requests open new ones
         response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
         assert response.status_code == 200, f"healed without a restart: {response.status_code} {response.text[:300]}"
+
+
+def audit_inserts(proxy: FaultProxy, since: int) -> list:
+    return [e for e in proxy.exchanges[since:] if e.method == "PUT" and f"/{EVENTS_TABLE}(" in e.path]
+
+
+def test_an_audit_insert_that_fails_twice_is_tried_again_and_the_login_succeeds_with_its_row(use_settings, azurite):
+    """RELIABILITY.md: the audit insert, up to 3 attempts 50 and 150 ms apart. Its first two attempts are
+    cut before Azurite sees them (a dropped connection): the third writes the row, the login succeeds."""
+    tables = seed(azurite.connection_string)
+    with FaultProxy(azurite.port) as proxy:
+        use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
+        cuts = [2]
+
+        def first_two_inserts(exchange) -> str:
+            if exchange.method == "PUT" and f"/{EVENTS_TABLE}(" in exchange.path and cuts[0]:
+                cuts[0] -= 1
+                return "before"
+            return ""
+
+        proxy.decide = first_two_inserts
+        since = len(proxy.exchanges)
+        response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+        assert response.status_code == 200, f"the third attempt wrote the row: {response.text[:300]}"
+        inserts = audit_inserts(proxy, since)
+    assert [(e.fault, e.status) for e in inserts] == [("before", None), ("before", None), ("", 204)], \
+        [(e.fault, e.status, e.path) for e in inserts]
+    assert len({e.path for e in inserts}) == 1, "every attempt writes the same row (an idempotent PUT)"
+    row_key = re.search(r"RowKey='([^']+)'", inserts[0].path).group(1)
+    rows = list(tables.client(EVENTS_TABLE).query_entities("RowKey eq @rk", parameters={"rk": row_key}))
+    assert [(r["Outcome"], r["Status"]) for r in rows] == [("success", 200)], rows
+
+
+def test_an_audit_insert_that_keeps_failing_stops_at_three_attempts_and_none_after_half_a_second(
+        use_settings, azurite, caplog):
+    """Every attempt of the audit insert fails: quickly (three attempts, no fourth), then slowly, 0.25 s
+    each (the second ends past the 0.5 s budget: no third). The success becomes a 503 and the whole
+    event goes to the error log."""
+    seed(azurite.connection_string)
+    with FaultProxy(azurite.port) as proxy:
+        use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
+        proxy.decide = lambda e: "before" if e.method == "PUT" and f"/{EVENTS_TABLE}(" in e.path else ""
+        for cut_delay, attempts in ((0.0, 3), (0.25, 2)):
+            proxy.cut_delay = cut_delay
+            since = len(proxy.exchanges)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="portal_sso"):
+                response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+            assert response.status_code == 503, f"no session without its row: {response.text[:300]}"
+            assert response.headers["Retry-After"] == "30"
+            inserts = audit_inserts(proxy, since)
+            assert [e.fault for e in inserts] == ["before"] * attempts, \
+                f"failing after {cut_delay} s each: {[(e.fault, e.path) for e in inserts]}"
+            cid = correlation_id(response)
+            assert any(r.getMessage().startswith(f"sso.audit_failed correlation_id={cid} ") and '"outcome": "success"'
+                       in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -6,6 +6,7 @@ two PATCHes at once, and a storage outage."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -438,7 +439,7 @@ def test_a_create_refused_midway_leaves_its_values_free(scim):
     assert retried.status_code == 201, retried.text
 
 
-def test_a_storage_outage_is_a_503_with_retry_after_never_a_500(use_settings, azurite):
+def test_a_storage_outage_is_a_503_with_retry_after_never_a_500(use_settings, azurite, caplog):
     port = urlsplit(azurite.url).port or int(azurite.url.rsplit(":", 1)[1])
     with FaultProxy(port) as proxy:
         runtime = use_settings(SCIM_TOKEN=TOKEN,
@@ -447,12 +448,19 @@ def test_a_storage_outage_is_a_503_with_retry_after_never_a_500(use_settings, az
         user, _ = new_user(scim)  # warm: tables made, connections pooled
         proxy.refusing = True
         proxy.cut_all()
-        for response in (scim.get("/Users", params=entra.by_user_name(user["userName"])),
-                         scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())),
-                         scim.post("/Users", entra.create_user(f"{unique()}@contoso.test", f"{unique()}@contoso.test",
-                                                               oid()))):
+        calls = {"GET": lambda: scim.get("/Users", params=entra.by_user_name(user["userName"])),
+                 "PATCH": lambda: scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())),
+                 "POST": lambda: scim.post("/Users", entra.create_user(f"{unique()}@contoso.test",
+                                                                       f"{unique()}@contoso.test", oid()))}
+        for method, call in calls.items():
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="portal_sso"):
+                response = call()
             error_of(response, 503)
-            assert int(response.headers["Retry-After"]) > 0
+            assert response.headers["Retry-After"] == "30"
+            lines = [r.getMessage() for r in caplog.records]
+            assert any(m.startswith(f"scim.request op={method} ") and " status=503 reason=table_storage_unavailable "
+                       in m for m in lines), lines
         proxy.refusing = False
         assert scim.get(f"/Users/{user['id']}").status_code == 200, "heals without a restart"
 

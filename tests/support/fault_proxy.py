@@ -9,6 +9,8 @@ A failed request is cut in one of two ways, at random: before it reaches Azurite
 or after Azurite answered and before the answer reaches the app (it happened, the app cannot know).
 With `hanging` set, every request is swallowed instead: the connection stays open and no answer ever
 comes, as when a peer or a load balancer silently drops a pooled connection (no FIN, no RST).
+`decide` (an Exchange -> its fault) picks the requests to fail instead of chance, e.g. the first two
+audit inserts; a "before" cut waits `cut_delay` seconds first (a failure that is slow to show).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import random
 import re
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 REQUEST_LINE = re.compile(rb"^(GET|PUT|POST|PATCH|MERGE|DELETE|HEAD|OPTIONS) (\S+) HTTP/1\.[01]\r\n")
@@ -37,6 +41,8 @@ class FaultProxy:
         self.failure_rate = failure_rate
         self.refusing = False  # True: every connection is cut at once (storage down)
         self.hanging = False  # True: requests are swallowed, connections held open (a black hole)
+        self.decide: Callable[[Exchange], str] | None = None  # chosen faults, for requests chance spared
+        self.cut_delay = 0.0
         self.exchanges: list[Exchange] = []
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -95,7 +101,10 @@ class FaultProxy:
                         exchange.fault = ("before" if self._random.random() < 0.5 else "after") if fail else ""
                         if self.hanging:
                             exchange.fault = "hung"
+                        if self.decide is not None and not exchange.fault:
+                            exchange.fault = self.decide(exchange)
                     if exchange.fault == "before":
+                        time.sleep(self.cut_delay)
                         break
                     if exchange.fault != "hung":
                         pending.append(exchange)

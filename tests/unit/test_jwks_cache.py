@@ -272,3 +272,30 @@ def test_an_rsa_key_under_2048_bits_is_not_used(jwks_a):
     assert cache.signing_key("kid-a", "RS256").key_id == "kid-a"
     with pytest.raises(InvalidIdToken):
         cache.signing_key("weak", "RS256")
+
+
+def test_the_idp_metadata_a_week_past_its_refresh_stops_serving_while_the_idp_stays_down():
+    """The metadata (shared/runtime.py) follows the keys' rule: a failed daily refresh keeps it, for at
+    most a week; its endpoints, like a retired key, must not be trusted for ever."""
+    from shared.runtime import METADATA_MAX_AGE, Runtime
+
+    class Discovering(Runtime):  # discovery of an IdP that can go down, as discover() reports it
+        down, calls = False, 0
+
+        def _discover(self):
+            self.calls += 1
+            if self.down:
+                raise DependencyUnavailable("idp", "GET https://idp.test/.well-known/openid-configuration failed")
+            return f"metadata #{self.calls}"
+
+    runtime, t = Discovering({}), [1000.0]
+    runtime._metadata._clock = lambda: t[0]  # its clock is time.monotonic: the test's own instead
+    assert runtime.metadata() == "metadata #1"
+    runtime.down = True
+    t[0] += METADATA_MAX_AGE + MAX_STALE_SECONDS - 1
+    assert runtime.metadata() == "metadata #1", "held past its refresh while the IdP is down, within the week"
+    assert runtime.calls == 2
+    t[0] += STALE_RETRY_SECONDS + 1
+    with pytest.raises(DependencyUnavailable):
+        runtime.metadata()
+    assert runtime.calls == 3, "it was tried again, and the error stands"

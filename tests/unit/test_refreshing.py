@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -205,3 +206,60 @@ def test_a_refresh_that_waited_out_a_routine_read_the_dependency_failed_does_not
     assert led == ["v1"] and got_kept == ["v1"], "the held value serves, as for the routine re-read"
     assert isinstance(got_strict[0], DependencyUnavailable), "without keep the outage stands"
     assert source.calls == 2, "one read for all three"
+
+
+def _lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "portal_sso"]
+
+
+def _vault_secret(source: Source, t: list[float]):
+    from shared.vault import CachedSecret
+
+    class Reader:  # what KeyVaultReader.read gives and raises
+        def read(self, name: str):
+            return source.fetch()
+
+    return CachedSecret(Reader(), "client-secret", 100.0, clock=lambda: t[0]), "vault", "secret=client-secret", 30
+
+
+def _idp_keys(source: Source, t: list[float]):
+    from shared.jwks import JwksCache
+    from tests.unit.test_jwks_cache import jwk
+
+    keys = {"keys": [jwk("kid-a")]}
+    source.value = keys
+    cache = JwksCache(fetch=source.fetch, max_age_seconds=100.0, clock=lambda: t[0])
+    return cache._keys, "idp", "keys", 60
+
+
+@pytest.mark.parametrize("cache_of", [_vault_secret, _idp_keys], ids=["vault secret", "idp keys"])
+def test_an_outage_is_logged_stale_once_and_recovered_once(cache_of, caplog):
+    """RELIABILITY.md's log lines of a held value serving through an outage: `{service}.stale {subject}
+    serving the last good value ...` once per outage (not once per failed re-read), and
+    `{service}.recovered {subject}` when the dependency answers again, as the real caches name them."""
+    source, t = Source(), [0.0]
+    cache, service, subject, retry = cache_of(source, t)
+    held = cache.get()
+    with caplog.at_level(logging.INFO, logger="portal_sso"):
+        source.error = DependencyUnavailable(service, "it is down")
+        for step in range(3):  # three failed re-reads, each a retry interval apart: one outage
+            t[0] += 100.0 + retry if step == 0 else retry + 1
+            assert cache.get() == held
+        assert source.calls == 4
+        stale = [m for m in _lines(caplog) if m.startswith(f"{service}.stale ")]
+        assert stale == [f"{service}.stale {subject} serving the last good value, next try within {retry}s: "
+                         f"{service}: it is down"], _lines(caplog)
+        assert not [m for m in _lines(caplog) if ".recovered" in m], "not recovered while it is down"
+        source.error = None
+        t[0] += retry + 1
+        cache.get()
+        assert [m for m in _lines(caplog) if ".recovered" in m] == [f"{service}.recovered {subject}"]
+        t[0] += 101.0
+        cache.get()  # a routine re-read after the recovery: no line
+        assert len([m for m in _lines(caplog) if ".recovered" in m or ".stale" in m]) == 2, _lines(caplog)
+        source.error = DependencyUnavailable(service, "down again")
+        t[0] += 101.0
+        cache.get()
+        assert [m for m in _lines(caplog) if m.startswith(f"{service}.stale ")][1:] == [
+            f"{service}.stale {subject} serving the last good value, next try within {retry}s: {service}: down again"
+        ], "a new outage is logged again"
