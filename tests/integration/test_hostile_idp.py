@@ -398,8 +398,8 @@ def test_msal_keeps_no_token_of_anyone_who_signed_in(hostile, app, account_store
         assert_signed_in(sign_in(hostile), who)
     cache = app.oidc._app.get().token_cache
     kinds = msal.TokenCache.CredentialType
-    assert [cache.find(kind) for kind in (kinds.ID_TOKEN, kinds.ACCESS_TOKEN, kinds.REFRESH_TOKEN,
-                                           kinds.ACCOUNT)] == [[], [], [], []]
+    assert [list(cache.search(kind)) for kind in (kinds.ID_TOKEN, kinds.ACCESS_TOKEN, kinds.REFRESH_TOKEN,
+                                                 kinds.ACCOUNT)] == [[], [], [], []]
 
 
 def test_rotated_signing_key_is_picked_up_with_one_refetch(hostile, app, person):
