@@ -208,7 +208,7 @@ def app_settings(az: Az, app: str, rg: str) -> dict[str, str]:
 def secret_name(settings: dict[str, str], setting: str, default: str) -> str:
     """The Key Vault secret the app reads: its `setting` (e.g. OIDC_CLIENT_SECRET_NAME), else `default`. A
     name Key Vault refuses (most often the secret's value pasted in its place) stops the run, unquoted."""
-    name = settings.get(setting) or default
+    name = (settings.get(setting) or "").strip() or default  # as the app reads it (config's _Reader.get)
     if why := secret_name_problem(name):
         raise AzError(f"The function app's setting {setting} {why} {SECRET_NAME_FIX}")
     return name

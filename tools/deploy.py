@@ -67,7 +67,7 @@ def resource_names(args: argparse.Namespace, recorded: dict[str, set[str]] | Non
 
 
 def given_names(args: argparse.Namespace) -> dict[str, str]:
-    given = {"storage": args.storage_account, "vault": args.key_vault}
+    given = {"storage": args.storage_account, "vault": args.key_vault and args.key_vault.lower()}  # as its URL has it
     return {k: v for k, v in given.items() if v}
 
 

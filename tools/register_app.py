@@ -337,6 +337,9 @@ class Registration:
         tagged with the Entra credential's key id; returns that key id. The value passes from az's
         answer into a 0600 file for `az keyvault secret set --file`, and nowhere else."""
         end = datetime.now(UTC) + timedelta(days=self.args.secret_days)
+        # az's answer holds the password but not the key id: the new credential is the one of ours that the
+        # list after the reset holds and the one before did not.
+        before = {c.get("keyId") for c in self.az.read("ad", "app", "credential", "list", "--id", client_id) or []}
         created = self.az.write("ad", "app", "credential", "reset", "--id", client_id, "--append",
                                 "--display-name", CREDENTIAL_NAME, "--end-date", end.strftime("%Y-%m-%dT%H:%M:%SZ"),
                                 "--query", "{password: password}", change=("create", "client secret (appended)"),
@@ -345,7 +348,8 @@ class Registration:
         credentials = self.az.read("ad", "app", "credential", "list", "--id", client_id) or []
         ours = sorted((c for c in credentials if c.get("displayName") == CREDENTIAL_NAME),
                       key=lambda c: c.get("startDateTime", ""))
-        key_id = ours[-1]["keyId"] if ours else "<key id>"
+        new = [c["keyId"] for c in ours if c.get("keyId") not in before]
+        key_id = new[0] if len(new) == 1 else ours[-1]["keyId"] if ours else "<key id>"
         try:
             with secret_file(password) as path:
                 self.az.write("keyvault", "secret", "set", "--vault-name", vault, "--name", self.secret_name, "--file",
@@ -354,15 +358,23 @@ class Registration:
                               change=("create", f"Key Vault secret {self.secret_name}, new version "
                                                 f"(expires {end:%Y-%m-%d})"))
         except AzError as err:
-            self.unstored_secret(client_id, vault, key_id, err)
+            # Deleted again only when it is surely the one just made (another run appending at the same
+            # time, or a list that does not show it yet, makes it unsure: then it is kept and named).
+            self.unstored_secret(client_id, vault, key_id, err, certain=len(new) == 1)
         return key_id
 
-    def unstored_secret(self, client_id: str, vault: str, key_id: str, err: AzError) -> None:
+    def unstored_secret(self, client_id: str, vault: str, key_id: str, err: AzError, *, certain: bool) -> None:
         """After the secret's Key Vault write failed: the Entra credential just appended goes again when Key
         Vault is known not to hold it (nothing else ever had its value, so nothing can use it; left, each
         rerun would add another that no rotation removes, as rotations go by Key Vault's tags). A refusal
         (403) stored nothing; after another failure (a 503, a lost answer) the write may have landed, so the
         newest version is read back first, and the credential is kept when it cannot be."""
+        if not certain:
+            raise AzError(f"{err} Which client secret this run made is not certain (another one was appended at "
+                          "the same time), so none is removed; once Key Vault takes the secret again, remove the "
+                          f"{CREDENTIAL_NAME} secret that no {self.secret_name} version is tagged with: `az ad app "
+                          f"credential list --id {client_id}`, then `az ad app credential delete --id {client_id} "
+                          "--key-id <key id>`.", err.stderr) from err
         refused = any(m.lower() in err.stderr.lower() for m in ROLE_PENDING)
         try:
             stored = None if refused else self.stored_key_id(vault)[1]
@@ -394,9 +406,9 @@ class Registration:
         """Whether Key Vault's newest version of the secret is a credential of this registration (an untagged
         one is taken to be)."""
         stored, key_id = self.stored_key_id(vault)
-        if key_id is None:
-            return stored
         credentials = self.az.read("ad", "app", "credential", "list", "--id", client_id) or []
+        if key_id is None:  # untagged: this registration's only if it has a secret at all
+            return stored and any(c.get("keyId") for c in credentials)
         return key_id in {c.get("keyId") for c in credentials}
 
     # -- who may sign in ----------------------------------------------------------------------------

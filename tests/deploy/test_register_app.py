@@ -307,12 +307,51 @@ def test_a_secret_key_vault_may_have_taken_is_kept_and_one_it_did_not_is_removed
     assert f"az ad app credential delete --id {app['appId']} --key-id {made['keyId']}" in unsure.err, unsure.err
 
 
+def test_a_secret_key_vault_refused_is_removed_only_when_it_is_surely_the_one_just_made(azure):
+    """az's answer to the reset has no key id: "the newest of ours" removed the live secret when it sorted
+    last (clock skew, a list not yet showing ours), and could remove another run's. The new one is the
+    one the list after the reset holds and the list before did not; unsure, none is removed."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    state = azure.state
+    (app,) = state["apps"].values()
+    (live,) = app["credentials"]
+    live["startDateTime"] = "2999-01-01T00:00:00+00:00"  # sorts after any secret made now
+    azure.state = {**state, "refuse": {"oidc-client-secret --file": "(Forbidden) Caller is not authorized to "
+                                                                     "perform action on resource."}}
+    failed = azure.run("register-app", *APP_ARGS, "rotate-secret")
+    assert failed.code != 0
+    (app,) = azure.state["apps"].values()
+    assert [c["keyId"] for c in app["credentials"]] == [live["keyId"]], "the live secret stays, the new one goes"
+    azure.state = {**azure.state, "another_run_appends": True}
+    unsure = azure.run("register-app", *APP_ARGS, "rotate-secret")
+    assert unsure.code != 0 and "not certain" in unsure.err, unsure.err
+    (app,) = azure.state["apps"].values()
+    assert len(app["credentials"]) == 3 and live["keyId"] in {c["keyId"] for c in app["credentials"]}
+
+
+def test_an_untagged_vault_secret_is_not_taken_for_a_registration_that_has_no_secret(azure):
+    """Recorded early, a new registration whose run stopped before its secret, beside an untagged version
+    left in Key Vault (by hand, or an earlier script): the rerun made no secret, so sign-in failed."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    state = azure.state
+    (app,) = state["apps"].values()
+    app["credentials"] = []  # the registration's run stopped before its secret
+    for version in state["secrets"][f"{N['vault']}/oidc-client-secret"]:
+        version["tags"] = {}
+    azure.state = state
+    rerun = azure.run("register-app", *APP_ARGS)
+    assert rerun.code == 0, rerun.err
+    (app,) = azure.state["apps"].values()
+    (credential,) = app["credentials"]
+    assert secret_versions(azure)[-1]["tags"]["entraKeyId"] == credential["keyId"]
+
+
 def test_the_secret_names_the_apps_settings_give_are_the_ones_written_rotated_and_granted(azure):
     """The hunt's case: OIDC_CLIENT_SECRET_NAME and SESSION_SIGNING_KEY_NAME were ignored, so the client
     secret and signing key went under the default names while the app read the ones it was told."""
     state = azure.state
-    state["sites"]["contoso-sso"]["settings"].update(OIDC_CLIENT_SECRET_NAME="entra-client-secret",
-                                                     SESSION_SIGNING_KEY_NAME="portal-signing-key")
+    state["sites"]["contoso-sso"]["settings"].update(OIDC_CLIENT_SECRET_NAME="entra-client-secret ",  # the app
+                                                     SESSION_SIGNING_KEY_NAME="portal-signing-key")  # strips it
     azure.state = state
     assert azure.run("register-app", *APP_ARGS).code == 0
     rotated = azure.run("register-app", *APP_ARGS, "rotate-secret")

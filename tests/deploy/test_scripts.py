@@ -180,6 +180,14 @@ def test_a_second_deploy_changes_nothing_and_says_so(azure):
 CUSTOM_NAMES = ["--key-vault", "contoso-secrets", "--storage-account", "contosodata"]
 
 
+def test_the_same_deploy_run_again_with_a_vault_name_in_capitals_is_not_taken_for_a_move(azure):
+    """Key Vault names are case-insensitive and its URL has them lower-case: the identical command was
+    refused as a move to another vault (review)."""
+    assert azure.run("deploy", *DEPLOY_ARGS, "--key-vault", "Contoso-Secrets").code == 0
+    again = azure.run("deploy", *DEPLOY_ARGS, "--key-vault", "Contoso-Secrets")
+    assert again.code == 0 and "--repoint" not in again.err, again.err
+
+
 def test_a_redeploy_without_key_vault_or_storage_account_keeps_the_ones_the_app_uses(azure):
     """The hunt's case: names came from the arguments alone, so a redeploy that left out --key-vault and
     --storage-account made a new, empty vault and storage account and pointed the app at them (its client
