@@ -8,7 +8,7 @@ import random
 import time
 from http import HTTPStatus
 
-from scim2_models import InvalidSyntaxException, InvalidValueException, PreconditionFailedException, SCIMException
+from scim2_models import InvalidSyntaxException, PreconditionFailedException, SCIMException
 from scim2_server.handler import ScimHandler
 from scim2_server.requests import ScimRequest
 from scim2_server.responses import ScimResponse
@@ -30,7 +30,7 @@ class PortalScimService(ScimService):
         known-and-ignored is refused (invalidSyntax) rather than dropped with its attributes,
         Entra's enterprise extension (kept nowhere) is dropped whole, and roles sent as JSON strings
         are read in their plain form (mapping.plain_role), a filtered key in a path-less PATCH value
-        is refused (invalidValue) rather than dropped with its change. A body nested too deep for the JSON parser
+        is its own operation rather than dropped with its change. A body nested too deep for the JSON parser
         is invalidSyntax: the library catches only ValueError, so its RecursionError was a 500."""
         try:
             payload = self.decode_body(body, content_type)
@@ -47,10 +47,7 @@ class PortalScimService(ScimService):
                 for key in [k for k in payload if k.lower() in IGNORED_SCHEMAS]:
                     payload.pop(key)
                 payload["schemas"] = [s for s in schemas if s.lower() not in IGNORED_SCHEMAS]
-            filtered = _filtered_value_key(payload)
-            if filtered is not None:
-                raise InvalidValueException(detail=f"{filtered[:100]!r} in a value without a path: a filtered "
-                                            "attribute goes in the operation's path")
+            _split_filtered_value_keys(payload)
             body = json.dumps(resources.plain_roles_in(payload)).encode()
         return super().read_body(model, body, content_type, scim_ctx)
 
@@ -60,17 +57,21 @@ def _get(obj: dict, name: str):
     return next((v for k, v in obj.items() if isinstance(k, str) and k.lower() == name), None)
 
 
-def _filtered_value_key(payload: dict) -> str | None:
-    """The first key with a filter (`emails[type eq "work"].value`) in the value object of a PATCH
-    operation without a path (Entra's shape). Such a key names no attribute, so the library drops it
-    as unknown (the policy's unknown=ignore) and the PATCH would succeed without its change."""
+def _split_filtered_value_keys(payload: dict) -> None:
+    """A key with a filter (`emails[type eq "work"].value`) in the value object of a PATCH operation
+    without a path names no attribute, so the library would drop it as unknown (the policy's
+    unknown=ignore) and the PATCH succeed without its change. Each such key becomes an operation of
+    its own, of the same op, with the key as its path (Entra's documented shape for it); in place."""
     operations = _get(payload, "operations")
-    for op in operations if isinstance(operations, list) else ():
+    if not isinstance(operations, list):
+        return
+    split = []
+    for op in operations:
+        split.append(op)
         if isinstance(op, dict) and not _get(op, "path") and isinstance(value := _get(op, "value"), dict):
-            found = next((k for k in value if isinstance(k, str) and "[" in k), None)
-            if found is not None:
-                return found
-    return None
+            for key in [k for k in value if isinstance(k, str) and "[" in k]:
+                split.append({"op": _get(op, "op"), "path": key, "value": value.pop(key)})
+    operations[:] = split
 
 
 _MESSAGE_SCHEMAS = {"urn:ietf:params:scim:api:messages:2.0:patchop",
