@@ -255,15 +255,16 @@ def cmd_add(args: argparse.Namespace) -> int:
     said = f"{args.kind} account {printable(account_id)} for {printable(email)}{' (disabled)' if args.disabled else ''}"
     if before is None:
         print(f"added {said}")
-    elif before.provisioned:
+        return EXIT_OK
+    # A forced re-point is said whether or not directory sync manages the row: it changes who signs in.
+    repointed = (f": it was {printable(before.account_id)}; {printable(before.linked_idp_subject)}, who is linked "
+                 f"to it, now signs in to {printable(account_id)} (--force)") if repoints(account_id, before) else ""
+    managed = ""
+    if before.provisioned:
         state = "disabled as asked" if args.disabled else "enabled" if before.enabled else \
             f"kept disabled: {_enable_advice(email, args.kind)}"
-        print(f"updated {said}; directory sync manages it, so its name and enabled state stay Entra's ({state})")
-    elif repoints(account_id, before):
-        print(f"updated {said}: it was {printable(before.account_id)}; {printable(before.linked_idp_subject)}, "
-              f"who is linked to it, now signs in to {printable(account_id)} (--force)")
-    else:
-        print(f"updated {said}")
+        managed = f"; directory sync manages it, so its name and enabled state stay Entra's ({state})"
+    print(f"updated {said}{repointed}{managed}")
     return EXIT_OK
 
 

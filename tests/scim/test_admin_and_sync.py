@@ -222,6 +222,20 @@ def test_add_does_not_re_enable_or_rename_an_account_directory_sync_manages(scim
     assert (account.enabled, account.display_name) == (False, "Ann Lee")
 
 
+def test_a_forced_add_over_a_linked_account_directory_sync_manages_says_who_now_signs_in_to_it(
+        scim, account_store, cli, capsys):
+    """The managed-by-sync line took the place of the re-point warning: the admin was not told that the
+    linked person now signs in to the new AccountId."""
+    email = f"{unique('f')}@contoso.test"
+    provision(scim, email)
+    new_id = f"H-{unique('id')}"
+    capsys.readouterr()
+    assert cli("add", email, "--kind", "user", "--account-id", new_id, "--force") == 0
+    out = capsys.readouterr().out
+    assert f"now signs in to {new_id} (--force)" in out and "directory sync manages it" in out, out
+    assert account_store.get(email, "user").account_id == new_id
+
+
 def test_an_account_made_by_hand_is_still_enabled_and_renamed_by_an_import(account_store, cli, tmp_path):
     email, account_id = f"{unique('i')}@contoso.test", unique("U")
     assert cli("add", email, "--kind", "user", "--account-id", account_id, "--disabled") == 0
