@@ -354,7 +354,7 @@ _ENTRA_V2_PATH = re.compile(r"/([A-Za-z0-9._-]+|\{tenantid\})/v2\.0")  # /{tenan
 def _entra_tenant(segment: str) -> bool:
     """A tenant as Entra's documents name it in their issuer: its GUID, or a multi-tenant segment other
     than consumers (personal accounts only)."""
-    return bool(GUID.match(segment)) or segment in MULTI_TENANT_SEGMENTS - {"consumers"}
+    return bool(GUID.match(segment)) or segment.lower() in MULTI_TENANT_SEGMENTS - {"consumers"}  # as multi_tenant
 
 
 def _entra_issuer(base: str) -> bool:

@@ -438,7 +438,13 @@ def test_an_entra_issuer_that_is_not_the_v2_metadata_document_is_a_named_problem
     assert "OIDC_ISSUER_URL" in text and "v2.0/.well-known/openid-configuration" in text, text
 
 
-@pytest.mark.parametrize("segment", ["contoso.onmicrosoft.com", "consumers"])
+def test_a_multi_tenant_issuer_segment_is_read_in_any_case_as_multi_tenant_is():
+    settings = load_settings(env(OIDC_ISSUER_URL="https://login.microsoftonline.com/Organizations/v2.0",
+                                 ALLOWED_TENANT_IDS=TENANT))
+    assert settings.multi_tenant
+
+
+@pytest.mark.parametrize("segment", ["contoso.onmicrosoft.com", "consumers", "Consumers"])
 def test_an_entra_issuer_naming_its_tenant_by_domain_or_consumers_is_a_named_problem(segment):
     """Entra's document for these names the GUID issuer its tokens carry: discovery would refuse it."""
     text = problems_of(env(OIDC_ISSUER_URL=f"https://login.microsoftonline.com/{segment}/v2.0",
