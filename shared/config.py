@@ -312,6 +312,7 @@ _URL_FIX = ("an https:// URL with a host name (an internationalised one in its x
 def _issuer(read: _Reader, _: dict) -> dict:
     raw = read.get("OIDC_ISSUER_URL")
     base = issuer_base(raw) if raw else ""
+    entra = _entra_issuer(base)
     if not raw:
         read.problem("OIDC_ISSUER_URL", "missing.", "Paste the app registration's 'OpenID Connect metadata "
                      "document' URL (Endpoints), e.g. https://login.microsoftonline.com/<tenant>/v2.0/"
@@ -321,13 +322,13 @@ def _issuer(read: _Reader, _: dict) -> dict:
     elif not _https_url(base):
         read.problem("OIDC_ISSUER_URL", f"{quoted(raw)} is not an https:// URL (MSAL refuses anything else);",
                      "paste the 'OpenID Connect metadata document' URL from the app registration's Endpoints.")
-    elif _entra_issuer(base) and not _ENTRA_V2_PATH.fullmatch(urlsplit(base).path):
+    elif entra and not _ENTRA_V2_PATH.fullmatch(urlsplit(base).path):
         # MSAL signs in at Entra's v2.0 endpoints whatever it is given: with the v1.0 document (issuer
         # sts.windows.net) every ID token would fail our iss check, and a longer path is no tenant.
         read.problem("OIDC_ISSUER_URL", f"{quoted(raw)} is not Entra's v2.0 metadata document;",
                      "paste the app registration's Endpoints > 'OpenID Connect metadata document', "
                      "https://login.microsoftonline.com/<tenant>/v2.0/.well-known/openid-configuration.")
-    elif _entra_issuer(base) and not _entra_tenant(issuer_tenant_segment(base)):
+    elif entra and not _entra_tenant(issuer_tenant_segment(base)):
         # Entra's document for a domain (or for consumers) names the tenant's GUID issuer, which the ID
         # tokens carry: discovery would refuse it as another issuer's.
         read.problem("OIDC_ISSUER_URL", f"{quoted(raw)} names the tenant by domain (or is 'consumers': personal "
@@ -338,11 +339,11 @@ def _issuer(read: _Reader, _: dict) -> dict:
         read.problem("OIDC_CLIENT_ID", "missing.", "Copy the 'Application (client) ID' from the app registration.")
     elif read.placeholder("OIDC_CLIENT_ID", client_id):
         pass
-    elif _entra_issuer(base) and not GUID.match(client_id):
+    elif entra and not GUID.match(client_id):
         read.problem("OIDC_CLIENT_ID", f"{quoted(client_id)} is not a GUID, which every Entra client ID is;",
                      "copy the 'Application (client) ID' from the app registration's Overview (not its name "
                      "or the Object ID's label).")
-    if _entra_issuer(base) and GUID.match(client_id or ""):
+    if entra and GUID.match(client_id or ""):
         client_id = client_id.lower()  # Entra's ID tokens carry it lower-case in aud, which is compared exactly
     return {"issuer_base": base, "metadata_url": f"{base}/{WELL_KNOWN_SUFFIX}{metadata_query(raw)}",
             "client_id": client_id, "idp_timeout_seconds": read.whole_number("IDP_TIMEOUT_SECONDS", 10, lo=1, hi=120)}
