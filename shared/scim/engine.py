@@ -15,7 +15,7 @@ from scim2_server.responses import ScimResponse
 from scim2_server.service import ScimService
 
 from . import resources
-from .resources import IGNORED_SCHEMAS, POLICY
+from .resources import IGNORED_SCHEMAS, POLICY, member
 from .store import Raced, TableScimStorage
 
 # A write that lost a race with another write to the same person starts over, after a short random
@@ -52,25 +52,20 @@ class PortalScimService(ScimService):
         return super().read_body(model, body, content_type, scim_ctx)
 
 
-def _get(obj: dict, name: str):
-    """A member by name, in any case (as the library reads a PATCH operation's members)."""
-    return next((v for k, v in obj.items() if isinstance(k, str) and k.lower() == name), None)
-
-
 def _split_filtered_value_keys(payload: dict) -> None:
     """A key with a filter (`emails[type eq "work"].value`) in the value object of a PATCH operation
     without a path names no attribute, so the library would drop it as unknown (the policy's
     unknown=ignore) and the PATCH succeed without its change. Each such key becomes an operation of
     its own, of the same op, with the key as its path (Entra's documented shape for it); in place."""
-    operations = _get(payload, "operations")
+    operations = member(payload, "operations")
     if not isinstance(operations, list):
         return
     split = []
     for op in operations:
         split.append(op)
-        if isinstance(op, dict) and not _get(op, "path") and isinstance(value := _get(op, "value"), dict):
+        if isinstance(op, dict) and not member(op, "path") and isinstance(value := member(op, "value"), dict):
             for key in [k for k in value if isinstance(k, str) and "[" in k]:
-                split.append({"op": _get(op, "op"), "path": key, "value": value.pop(key)})
+                split.append({"op": member(op, "op"), "path": key, "value": value.pop(key)})
     operations[:] = split
 
 

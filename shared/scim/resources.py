@@ -123,12 +123,17 @@ def _plain_roles(value: Any, selecting: bool = False) -> Any:
     return plain_role(value, selecting)
 
 
+def member(obj: dict, name: str) -> Any:
+    """A member by name, in any case (as the library reads a PatchOp's `Operations` and their members)."""
+    return next((v for k, v in obj.items() if isinstance(k, str) and k.lower() == name), None)
+
+
 def plain_roles_in(payload: dict) -> dict:
     """A User, or a PatchOp's every operation (a `roles` path, or no path and a value object), with
     its roles in the plain form (plain_role); changed in place, and returned."""
     for key in [k for k in payload if isinstance(k, str) and k.lower() in ROLES_ATTRIBUTE]:
         payload[key] = _plain_roles(payload[key])
-    operations = next((v for k, v in payload.items() if isinstance(k, str) and k.lower() == "operations"), None)
+    operations = member(payload, "operations")
     for operation in operations if isinstance(operations, list) else []:
         if not isinstance(operation, dict):
             continue
