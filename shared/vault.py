@@ -101,11 +101,8 @@ class CachedSecret(Refreshing[SecretValue]):
         self.name = name
         super().__init__(lambda: reader.read(name), "vault", f"secret={name}", fresh_for=ttl_seconds,
                          retry_seconds=self.STALE_RETRY_SECONDS, clock=clock)
-
-    def refresh(self) -> SecretValue:
-        """Re-reads now, or shares the read in flight (the IdP said our secret is wrong: maybe it was
-        just rotated). The last good value is no fallback here: the IdP has just refused it."""
-        return super().refresh()
+    # refresh() (Refreshing's, keep=False): when the IdP said our secret is wrong (maybe just rotated)
+    # the last good value is no fallback, the IdP has just refused it.
 
 
 T = TypeVar("T")
