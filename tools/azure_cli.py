@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from shared.config import SECRET_NAME_FIX, secret_name_problem
 
@@ -67,6 +68,16 @@ class AzError(Exception):
     def __init__(self, message: str, stderr: str = ""):
         super().__init__(message)
         self.stderr = stderr
+
+
+def says(text: str, markers) -> bool:
+    """Whether az's message holds one of `markers` (in any case)."""
+    return any(marker.lower() in text.lower() for marker in markers)
+
+
+def host_label(url: str | None) -> str | None:
+    """The first label of a URL's host: a vault's name in KEY_VAULT_URL, an account's in TABLES_ENDPOINT."""
+    return (urlsplit(url).hostname or "").split(".", 1)[0] or None if url else None
 
 
 def explain(stderr: str) -> str:
@@ -142,7 +153,7 @@ class Az:
         try:
             return self.read(*args)
         except AzError as err:
-            if any(marker.lower() in str(err).lower() for marker in NOT_FOUND):
+            if says(str(err), NOT_FOUND):
                 return None
             raise
 
@@ -174,7 +185,7 @@ class Az:
             try:
                 return step()
             except AzError as err:
-                if not (fresh and self.writes and any(m.lower() in err.stderr.lower() for m in ROLE_PENDING)):
+                if not (fresh and self.writes and says(err.stderr, ROLE_PENDING)):
                     raise
                 if waited >= ROLE_WAIT_SECONDS:
                     raise AzError(f"{err} (Waited {waited} s for the role {role} granted in this run.)",

@@ -24,7 +24,6 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,7 +32,18 @@ from shared.config import origin_of
 from shared.tables import APP_TABLES
 
 from .arguments import FUNCTION_APP, KEY_VAULT, RESOURCE_GROUP, STORAGE_ACCOUNT, WORKSPACE, https_url, names
-from .azure_cli import Az, AzError, app_settings, fail, grant, revoke, secret_file, secret_name, update_app_settings
+from .azure_cli import (
+    Az,
+    AzError,
+    app_settings,
+    fail,
+    grant,
+    host_label,
+    revoke,
+    secret_file,
+    secret_name,
+    update_app_settings,
+)
 from .package import build_package
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
@@ -74,11 +84,9 @@ def given_names(args: argparse.Namespace) -> dict[str, str]:
 def recorded_names(settings: dict[str, str]) -> dict[str, set[str]]:
     """The storage account and vault that the function app's settings point at, each setting's (a deploy
     sets them alike; one set by hand may differ)."""
-    def first_label(url: str | None) -> str | None:
-        return (urlsplit(url).hostname or "").split(".", 1)[0] or None if url else None
     found = {"storage": {settings.get("AzureWebJobsStorage__accountName"),
-                         first_label(settings.get("TABLES_ENDPOINT"))},
-             "vault": {first_label(settings.get("KEY_VAULT_URL"))}}
+                         host_label(settings.get("TABLES_ENDPOINT"))},
+             "vault": {host_label(settings.get("KEY_VAULT_URL"))}}
     return {k: {v for v in found_names if v} for k, found_names in found.items()}
 
 

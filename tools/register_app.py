@@ -48,6 +48,8 @@ from .azure_cli import (
     app_settings,
     fail,
     grant,
+    host_label,
+    says,
     secret_file,
     secret_name,
     update_app_settings,
@@ -170,7 +172,7 @@ class Registration:
             base = f"https://{host or self.app + '.azurewebsites.net'}"
         vault_url = settings.get("KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
         self.secret_name = secret_name(settings, "OIDC_CLIENT_SECRET_NAME", SECRET_NAME)
-        return base.rstrip("/"), vault_url.split("//", 1)[1].split(".", 1)[0], settings
+        return base.rstrip("/"), host_label(vault_url), settings
 
     def let_the_app_read(self, vault: str, secret: str) -> None:
         """Key Vault Secrets User for the function app's identity on that one secret (not the vault)."""
@@ -323,7 +325,7 @@ class Registration:
                               "--headers", "Content-Type=application/json", "--body", json.dumps({"scope": scope}),
                               change=("change", f"admin consent now includes {' '.join(missing)}"))
         except AzError as err:
-            if not any(marker.lower() in err.stderr.lower() for marker in NO_CONSENT):
+            if not says(err.stderr, NO_CONSENT):
                 raise
             print("warning: admin consent was not granted: it needs the Entra role Privileged Role Administrator, "
                   "Cloud Application Administrator or Application Administrator. Without it, ask someone who has "
@@ -375,7 +377,7 @@ class Registration:
                           f"{CREDENTIAL_NAME} secret that no {self.secret_name} version is tagged with: `az ad app "
                           f"credential list --id {client_id}`, then `az ad app credential delete --id {client_id} "
                           "--key-id <key id>`.", err.stderr) from err
-        refused = any(m.lower() in err.stderr.lower() for m in ROLE_PENDING)
+        refused = says(err.stderr, ROLE_PENDING)
         try:
             stored = None if refused else self.stored_key_id(vault)[1]
         except AzError:
