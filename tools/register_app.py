@@ -246,8 +246,9 @@ class Registration:
         self.consent(sp, client_id, tenant)
         # A registration new to the function app (adopted, or made now) needs a secret of its own: the one
         # in Key Vault belongs to the registration the app used before.
-        if client_id != recorded or not self.vault_holds_a_secret_of(client_id, vault):
-            self.new_secret(client_id, vault)
+        held = self.credential_ids(client_id) if client_id == recorded else None
+        if held is None or not self.vault_holds_a_secret_of(vault, held):
+            self.new_secret(client_id, vault, before=held)
         self.let_the_app_read(vault, self.secret_name)
         wanted = {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
@@ -334,14 +335,18 @@ class Registration:
                   "where user consent is restricted, people see AADSTS65001 ('Need admin approval').",
                   file=sys.stderr)
 
-    def new_secret(self, client_id: str, vault: str) -> str:
+    def credential_ids(self, client_id: str) -> set[str]:
+        """The key ids of the registration's client secrets."""
+        return {c.get("keyId") for c in self.az.read("ad", "app", "credential", "list", "--id", client_id) or []}
+
+    def new_secret(self, client_id: str, vault: str, *, before: set[str] | None = None) -> str:
         """Appends a client secret (other secrets stay valid) and stores it as Key Vault's newest version,
         tagged with the Entra credential's key id; returns that key id. The value passes from az's
         answer into a 0600 file for `az keyvault secret set --file`, and nowhere else."""
         end = datetime.now(UTC) + timedelta(days=self.args.secret_days)
         # az's answer holds the password but not the key id: the new credential is the one of ours that the
         # list after the reset holds and the one before did not.
-        before = {c.get("keyId") for c in self.az.read("ad", "app", "credential", "list", "--id", client_id) or []}
+        before = self.credential_ids(client_id) if before is None else before  # None: not read yet
         created = self.az.write("ad", "app", "credential", "reset", "--id", client_id, "--append",
                                 "--display-name", CREDENTIAL_NAME, "--end-date", end.strftime("%Y-%m-%dT%H:%M:%SZ"),
                                 "--query", "{password: password}", change=("create", "client secret (appended)"),
@@ -404,14 +409,13 @@ class Registration:
                             "--query", "{id: id, tags: tags}")
         return tags is not None, ((tags or {}).get("tags") or {}).get(KEY_ID_TAG)
 
-    def vault_holds_a_secret_of(self, client_id: str, vault: str) -> bool:
-        """Whether Key Vault's newest version of the secret is a credential of this registration (an untagged
-        one is taken to be)."""
+    def vault_holds_a_secret_of(self, vault: str, credentials: set[str]) -> bool:
+        """Whether Key Vault's newest version of the secret is one of these credentials (key ids) of the
+        registration (an untagged one is taken to be, when the registration has a secret at all)."""
         stored, key_id = self.stored_key_id(vault)
-        credentials = self.az.read("ad", "app", "credential", "list", "--id", client_id) or []
-        if key_id is None:  # untagged: this registration's only if it has a secret at all
-            return stored and any(c.get("keyId") for c in credentials)
-        return key_id in {c.get("keyId") for c in credentials}
+        if key_id is None:
+            return stored and any(credentials)
+        return key_id in credentials
 
     # -- who may sign in ----------------------------------------------------------------------------
     def assign(self) -> None:
