@@ -37,9 +37,15 @@ MAX_ACCOUNT_ID_LENGTH = 255
 # How fresh LastLoginAt is kept: a login within this time of the last recorded one writes nothing.
 LAST_LOGIN_PRECISION = timedelta(hours=1)
 WRITE_ATTEMPTS = 5  # of an etag-checked read-modify-write that keeps meeting concurrent changes
-# Directory sync's AccountIds (shared/scim/sync.py account_id: scim-{kind}-{SCIM id}): a provisioned
-# person's own, given back with the person's email when a removed role returns.
-DIRECTORY_SYNC_ID_PREFIXES = tuple(f"scim-{kind}-" for kind in KINDS)
+def directory_sync_account_id(scim_id: str, kind: str) -> str:
+    """A provisioned account's AccountId: `scim-{kind}-{SCIM id}`. Unique (SCIM ids are random UUIDs
+    never reused), stable (kept across email moves, and the same when a removed role comes back)."""
+    return f"scim-{kind}-{scim_id}"
+
+
+# Directory sync's AccountIds: a provisioned person's own, given back with the person's email when a
+# removed role returns (so no other email may take one).
+DIRECTORY_SYNC_ID_PREFIXES = tuple(directory_sync_account_id("", kind) for kind in KINDS)
 # What an import's scan reads of each stored row (stored_accounts) and what `add` reads of the rows
 # holding an account id (AccountStore.holders).
 STORED_FIELDS = ["PartitionKey", "RowKey", "AccountId", "LinkedIdpSubject", "Email", "MovedTo", "MovedFrom",

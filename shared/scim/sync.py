@@ -27,7 +27,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from ..accounts import found_by_login
+from ..accounts import directory_sync_account_id, found_by_login
 from ..config import KINDS
 from ..tables import storage_errors
 
@@ -63,12 +63,6 @@ class Desired:
     # a row already the person's, so an admin's urgent `accounts disable` holds until Entra's own
     # `active` changes; a row new to the person (created, adopted) always gets `active`.
     active_changed: bool = True
-
-
-def account_id(scim_id: str, kind: str) -> str:
-    """A provisioned account's AccountId: `scim-{kind}-{SCIM id}`. Unique (SCIM ids are random UUIDs
-    never reused), stable (kept across email moves, and the same when a removed role comes back)."""
-    return f"scim-{kind}-{scim_id}"
 
 
 class Guarded:
@@ -263,8 +257,8 @@ class AccountSync:
         return committed["etag"]
 
     def _new_row(self, desired: Desired, kind: str) -> dict:
-        row = {"PartitionKey": desired.email_key, "RowKey": kind, "AccountId": account_id(desired.scim_id, kind),
-               **self._fields(desired, joining=True)}
+        row = {"PartitionKey": desired.email_key, "RowKey": kind,
+               "AccountId": directory_sync_account_id(desired.scim_id, kind), **self._fields(desired, joining=True)}
         if desired.link:
             row["LinkedIdpSubject"] = desired.link
         return row
