@@ -186,6 +186,8 @@ def _answer(url: str, text: str) -> requests.Response:
     return response
 
 
+TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
+
 CREDENTIAL_CHECK_SECONDS = 600  # an accepted credential is asked about again after this
 CREDENTIAL_RECHECK_SECONDS = 60  # a refused or unanswered one, sooner: the admin is fixing it
 
@@ -249,6 +251,10 @@ class OidcClient:
         client secret is wrong or expired, the secret is re-read once (it may have been rotated) and
         the redemption retried once: the code is still unused, since client authentication failed."""
         result = self._with_fresh_credential(lambda app: self._redeem_once(app, flow, code, state))
+        if result.get("error") in TRANSIENT_ERRORS:
+            # RFC 6749's "try later", which Entra also sends in a 400 (AADSTS90033 and the like): the
+            # IdP's outage, not a refusal of the person's code.
+            raise DependencyUnavailable("idp", f"token endpoint: {result['error']} {result.get('error_codes') or ''}")
         if _invalid_client(result) or "error" in result:
             # Our credential (ClientCredentialRejected), else the code (invalid_grant: expired, used,
             # forged...): the person's, not ours.

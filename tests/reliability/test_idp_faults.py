@@ -164,6 +164,29 @@ def test_a_token_endpoint_answering_5xx_or_429_is_that_logins_503_and_the_next_l
     assert len(codes_posted(hostile_idp)) == 3, "one code POST per login"
 
 
+# Entra says "try later" in a 400 too: RFC 6749's transient codes, with an AADSTS code of the kind
+# (90033: its directory service unavailable). The person's code was never refused: a 401 "the
+# identity provider did not accept this sign-in" would send them and the admin after a wrong cause.
+TRANSIENT_400 = {
+    "temporarily_unavailable": (400, "application/json", json.dumps({
+        "error": "temporarily_unavailable", "error_codes": [90033],
+        "error_description": "AADSTS90033: A transient error has occurred. Please try again."})),
+    "server_error": (400, "application/json", json.dumps({"error": "server_error", "error_codes": [90006]})),
+}
+
+
+@pytest.mark.parametrize("answer", TRANSIENT_400.values(), ids=TRANSIENT_400.keys())
+def test_a_token_endpoint_saying_try_later_in_a_400_is_that_logins_503(hostile_idp, app, account_store, answer):
+    person = new_person(account_store)
+    hostile_idp.answer(claims=person.claims, raw=answer)
+    refused = sign_in(hostile_idp)
+    row = assert_error_page(refused, 503, app, "idp_unavailable")
+    assert refused.headers.get("Retry-After") == "30"
+    assert json.loads(answer[2])["error"] in row["Detail"], row["Detail"]
+    hostile_idp.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile_idp), person)
+
+
 def test_a_token_answer_carrying_retry_after_is_its_own_logins_only(hostile_idp, app, account_store):
     """On old main, MSAL kept Alice's whole token answer for its Retry-After and handed it to Bob's
     redemption: only our nonce check stopped Bob entering as Alice, and Bob's code was never sent."""
