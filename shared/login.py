@@ -78,7 +78,8 @@ PROMPTS = ("select_account", "login")
 
 
 def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
-    """The return_to, if it points exactly (scheme, host, port) at an allowed origin; else
+    """The return_to, if it points exactly (scheme, host, port) at an allowed origin (as `origin_of`
+    gives them, which is how the settings hold them); else
     ReturnToNotAllowed. Backslashes, control characters, user info and protocol-relative URLs are
     refused outright: browsers and parsers disagree about them (open-redirect tricks). The length is
     counted as the flow cookie holds it (JSON, UTF-8): counted in characters, 2,048 non-ASCII ones would
@@ -97,7 +98,7 @@ def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
     if parts.scheme not in ("https", "http") or not parts.hostname or "@" in parts.netloc:
         raise ReturnToNotAllowed("return_to must be an absolute http(s) URL without user info")
     origin = origin_of(value)
-    if origin not in {origin_of(o) for o in allowed_origins}:
+    if origin not in allowed_origins:  # the settings hold them as origin_of gives them
         raise ReturnToNotAllowed(f"return_to origin {origin!r} is not allowed")
     return value
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from shared.config import load_settings
 from shared.errors import ReturnToNotAllowed
 from shared.login import MAX_RETURN_TO, check_return_to
+from tests.unit.test_config import env
 
 ALLOWED = frozenset({"https://portal.contoso.test", "https://agents.contoso.test:8443"})
 
@@ -24,7 +26,10 @@ def test_return_to_on_an_allowed_origin_is_accepted_unchanged(url):
 
 
 def test_allowed_origin_given_with_explicit_default_port_matches_a_url_without_port():
-    assert check_return_to("https://portal.contoso.test/x", frozenset({"https://portal.contoso.test:443"})), \
+    # The settings hold each origin as origin_of gives it, so a login start compares without re-normalizing.
+    settings = load_settings(env(PORTAL_ALLOWED_RETURN_ORIGINS="https://PORTAL.contoso.test:443"))
+    assert settings.allowed_return_origins == {"https://portal.contoso.test"}
+    assert check_return_to("https://portal.contoso.test/x", settings.allowed_return_origins), \
         "an allowlist entry with :443 equals the origin without port"
 
 
