@@ -52,9 +52,11 @@ class JwksCache:
         unknown kid are rate-limited (refresh's `not_within`), so the first unknown kid after a
         routine fetch (a genuine rotation) refetches at once, while a stream of unknown kids costs
         the IdP one fetch per `min_refetch_seconds`; concurrent misses share that fetch."""
-        before = self._keys.reads
+        before = self._keys.peek()
         keys = self._keys.refresh(not_within=self._min_refetch) if refetch else self._keys.get()
-        return keys, self._keys.reads > before  # a read that ended during this call is as new as any
+        # By identity, not by counting reads: a re-read may end between get()'s handing out the held
+        # keys and this line, and those keys are then no newer than before.
+        return keys, keys is not before
 
     def warm(self) -> None:
         """Fetches the keys now if they are not cached (or are a day old)."""

@@ -90,6 +90,11 @@ class Refreshing(Generic[T]):
             return held.value
         return self._get_due()
 
+    def peek(self) -> T | None:
+        """What is held, without reading or waiting (None: nothing yet)."""
+        held = self._held
+        return held.value if held is not None else None
+
     def _get_due(self) -> T:
         with self._lock:
             held, now = self._held, self._clock()

@@ -188,6 +188,38 @@ def test_rotation_right_after_a_routine_fetch_is_picked_up_at_once(jwks_a, jwks_
     assert idp.calls == 2
 
 
+def test_keys_held_while_another_callers_re_read_ends_are_not_taken_as_just_fetched(jwks_a, jwks_b):
+    """B's lookup gets the held keys while A's daily re-read is under way; A's re-read ends before B
+    looks at what it got. B's keys are still the old ones: an unknown kid must refetch, not be
+    refused (when "fetched" was counted by reads, B took its old keys for new)."""
+    entered, release = threading.Event(), threading.Event()
+    idp, t = FakeIdp(jwks_a), [1000.0]
+    cache = cache_for(idp, t)
+    cache.signing_key("kid-a", "RS256")
+    t[0] += 86400 + 1  # the keys are due for their daily re-read
+
+    def slow_fetch() -> dict:
+        entered.set()
+        release.wait(5)
+        return FakeIdp.fetch(idp)
+
+    cache._fetch = slow_fetch
+    reader = threading.Thread(target=cache.warm)  # A leads the re-read and waits in it
+    reader.start()
+    assert entered.wait(5)
+    idp.keys = [jwks_b, jwks_a]  # the IdP rotated
+    held_get = cache._keys.get
+
+    def get_then_let_the_re_read_end():
+        keys = held_get()  # the held keys: a re-read is under way
+        release.set()
+        reader.join(5)
+        return keys
+
+    cache._keys.get = get_then_let_the_re_read_end
+    assert cache.signing_key("kid-b", "RS256").key_id == "kid-b"
+
+
 class FlakyIdp(FakeIdp):
     """A jwks_uri that can go down: a fetch then fails as Runtime._fetch_jwks reports it."""
 
