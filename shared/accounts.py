@@ -412,9 +412,9 @@ class AccountStore:
                 "RowKey eq @kind and AccountId eq @id", parameters={"kind": kind, "id": account_id},
                 select=STORED_FIELDS)]
 
-    def import_rows(self, rows, progress=None, workers: int = 16, stored=None, force: bool = False) -> Imported:
+    def import_rows(self, rows, progress=None, workers: int = 16, *, stored, force: bool = False) -> Imported:
         """See `import_rows` below."""
-        return import_rows(self._table, rows, progress, workers, stored, force)
+        return import_rows(self._table, rows, progress, workers, stored=stored, force=force)
 
     def list(self, kind: str | None = None) -> Iterator[Account]:
         with storage_errors():
@@ -661,7 +661,7 @@ class Imported:
     written: int = 0
     # Rows not written: (row, why). Checked up front by the caller, so only what changed during the
     # import: a stored row that became linked to a person under another account id (a login), moved
-    # or removed; and, when the caller did not check first, a row that would share an account.
+    # or removed.
     refused: list[tuple[AccountRow, str]] = field(default_factory=list)
 
 
@@ -722,28 +722,19 @@ def stored_accounts(table: TableClient) -> dict[tuple[str, str], Account]:
 
 
 def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[int], None] | None = None,
-                workers: int = 16, stored: dict[tuple[str, str], Account] | None = None,
-                force: bool = False) -> Imported:
-    """Writes every row, etag-checked against `stored` (stored_accounts(), read by the caller to check
-    the rows first; read here when not given). A row that would re-point a linked person to another
-    account id is not written unless `force` (the caller refuses those up front; one that became so
-    during the import comes back in `refused`); one that would share an account with another email
-    never is: the caller that hands in `stored` has refused those against it (sharing_problems, as
-    tools/accounts.py cmd_import does), and without it they are refused here. Each email is its own
-    partition, so a transaction can only group one email's user and agent rows: the speed comes from
-    `workers` requests in flight at once. `progress(n)` is called (on this thread) as each n rows
-    land. Raises DependencyUnavailable on the first storage failure, after the requests in flight
+                workers: int = 16, *, stored: dict[tuple[str, str], Account], force: bool = False) -> Imported:
+    """Writes every row, etag-checked against `stored` (stored_accounts(), which the caller read to
+    check the rows first: tools/accounts.py cmd_import refuses, against it, a row that would share an
+    account with another email, sharing_problems, and one that would re-point a linked person to another
+    account id unless `force`). A row that became so during the import comes back in `refused`, unwritten.
+    Each email is its own partition, so a transaction can only group one email's user and agent rows: the
+    speed comes from `workers` requests in flight at once. `progress(n)` is called (on this thread) as each
+    n rows land. Raises DependencyUnavailable on the first storage failure, after the requests in flight
     end; rows written until then stay (an import is idempotent, so running it again finishes it)."""
-    if stored is None:
-        stored = stored_accounts(table)
-        result = Imported(refused=sharing_problems(rows, stored))
-    else:  # the caller checked the rows against its scan
-        result = Imported()
-    refused = {id(row) for row, _ in result.refused}
+    result = Imported()
     partitions: dict[str, list[AccountRow]] = {}
     for row in rows:
-        if id(row) not in refused:
-            partitions.setdefault(row.key, []).append(row)
+        partitions.setdefault(row.key, []).append(row)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
         pending = [pool.submit(_import_partition, table, group, stored, force) for group in partitions.values()]
         try:
