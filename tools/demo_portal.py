@@ -99,10 +99,12 @@ class PortalHalf:
         self._lock = threading.Lock()
 
     def verify(self, token: str, kind: str) -> dict:
-        """The JWT checks: signature by a key of the app's JWKS, pinned algorithms, iss, aud, exp, nbf,
+        """The JWT checks: signature by a key of the app's JWKS, the algorithm pinned to that key's, iss, aud, exp, nbf,
         iat (bounded leeway), every required claim, and the account_type of the page it was posted to."""
         key = self.jwks.get_signing_key_from_jwt(token)
-        claims = jwt.decode(token, key.key, algorithms=["RS256", "ES256"], audience=self.audience,
+        # The one algorithm of the key the kid names (the app's JWKS gives each key its `alg`): with a
+        # list, a header saying RS256 over the EC key had PyJWT hand that key to RSA, a TypeError (500).
+        claims = jwt.decode(token, key.key, algorithms=[key.algorithm_name], audience=self.audience,
                             issuer=self.issuer, leeway=self.leeway, options={"require": REQUIRED})
         if claims["iat"] > time.time() + self.leeway:
             raise jwt.ImmatureSignatureError("iat is in the future")

@@ -4,6 +4,7 @@ taken at the first token it signed. A local JWKS endpoint serves the real Sessio
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -90,3 +91,36 @@ def test_a_key_rotated_in_verifies_within_seconds_of_the_last_fetch_not_half_a_m
     published["keys"] = [new, old]
     time.sleep(5.5)
     assert accept(portal, base, token(new, base))["sub"] == "U-1"
+
+
+def forged(kid: str, alg: str, base: str) -> str:
+    """A token naming a published key's kid with another key type's algorithm (the signature is junk)."""
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    now = int(time.time())
+    claims = {"iss": base, "aud": AUDIENCE, "sub": "U-1", "iat": now, "nbf": now, "exp": now + 60}
+    return f"{part({'alg': alg, 'kid': kid, 'typ': 'JWT'})}.{part(claims)}.{'A' * 86}"
+
+
+def new_rsa_key():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    (key,) = load_signing_keys(pem)
+    return key
+
+
+@pytest.mark.parametrize(("make_key", "alg"), [(new_key, "RS256"), (new_rsa_key, "ES256")],
+                         ids=["ec-as-rs", "rsa-as-es"])
+def test_a_token_whose_alg_is_not_its_keys_is_refused_not_a_crash(app_jwks, make_key, alg):
+    """With algorithms=["RS256", "ES256"] PyJWT handed an EC key to RS256 (or an RSA key to ES256) and
+    raised TypeError: the landing page answered 500. The algorithm is the kid's key's own."""
+    base, published = app_jwks
+    key = make_key()
+    published["keys"] = [key]
+    portal = PortalHalf(base, AUDIENCE)
+    with pytest.raises(HandOffRefused) as refused:
+        accept(portal, base, forged(key.kid, alg, base))
+    assert refused.value.status == 401
