@@ -1,8 +1,8 @@
 """The portal session token: a JWT we sign with our own key, and the JWKS that verifies it.
 
 The signing-key secret holds one or more PEM private keys: the first signs, every one is published.
-To rotate, put the new key first and keep the old one after it until the old tokens have expired
-(SESSION_TOKEN_TTL_SECONDS), then remove it."""
+A rotation takes three steps (docs/operating.md): add the new key after the old, then put it first,
+then leave it alone, each step once every worker and portal has the one before."""
 
 from __future__ import annotations
 
