@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -184,6 +185,18 @@ class FlowStore:
         self.check_state(state)
         if not delete_existed(self._table, state, kind):
             raise UnknownState("no such state (unknown, used, purged, or of the other kind)")
+
+    def expired(self, state: str, kind: str, now: datetime) -> bool:
+        """Whether this marker is there and past its expiry: one point read, for a callback that came
+        back without its cookie only (the browser drops the cookie when the flow expires)."""
+        self.check_state(state)
+        with storage_errors():
+            try:
+                marker = self._table.get_entity(state, kind, select=["ExpiresAt"])
+            except ResourceNotFoundError:
+                return False
+        expires_at = marker.get("ExpiresAt")
+        return isinstance(expires_at, datetime) and expires_at <= now
 
     def purge_expired(self, now: datetime | None = None) -> int:
         """Deletes markers that expired (abandoned logins). Returns how many rows went."""

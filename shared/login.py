@@ -23,6 +23,7 @@ from .errors import (
     WRONG_DOOR,
     BindingMismatch,
     DependencyUnavailable,
+    FlowExpired,
     IdpError,
     InternalError,
     InvalidParameter,
@@ -263,10 +264,16 @@ class SsoService:
         #    wrong browser (no cookie, another flow's, altered, an old key) still consumes the marker:
         #    no later request can complete a flow a wrong browser has presented.
         self.deps.flows.check_state(state)
+        cookie = callback.cookies.get(cookie_name(kind, state))
         try:
-            flow = self.deps.signer().flow_cookies.open(kind, state, callback.cookies.get(cookie_name(kind, state)))
+            flow = self.deps.signer().flow_cookies.open(kind, state, cookie)
         except BindingMismatch:
+            # The browser drops the cookie when the flow expires (its Max-Age is the flow's): no cookie
+            # and an expired marker is a person who took too long, not another browser.
+            late = not cookie and self.deps.flows.expired(state, kind, datetime.fromtimestamp(self.clock(), UTC))
             self._consume(state, kind, callback)  # UnknownState (reported instead) when it was gone already
+            if late:
+                raise FlowExpired("no browser-binding cookie: the browser dropped it with the expired flow") from None
             raise
         # 3. the marker consumed (single use), then the code redeemed with the PKCE verifier: the code
         #    goes to the IdP only once the flow is ours. The pinned MSAL also checks the

@@ -509,6 +509,26 @@ def test_expired_flow_is_refused(hostile, app, person):
     assert not flow_row_exists(app, fields["state"])
 
 
+def test_a_callback_whose_cookie_the_browser_dropped_with_its_expired_flow_says_expired(hostile, app, person):
+    """The cookie's Max-Age is the flow's lifetime (SPEC), so a person who spends over 10 minutes at the
+    IdP comes back without it: that is an expired sign-in, not "another browser" (login CSRF's reason)."""
+    hostile.answer(claims=person.claims)
+    _, fields = begin(hostile)
+    table = app.tables.client(FLOWS_TABLE)
+    marker = table.get_entity(fields["state"], "user")
+    table.update_entity({**marker, "ExpiresAt": datetime.now(UTC) - timedelta(seconds=1)})
+    assert_error_page(post_with_cookie(fields, ""), 400, app, "flow_expired")
+    assert hostile.token_requests == []
+    assert not flow_row_exists(app, fields["state"]), "its marker is consumed all the same"
+
+
+def test_a_callback_without_cookie_for_a_live_flow_is_still_a_binding_mismatch(hostile, app, person):
+    hostile.answer(claims=person.claims)
+    _, fields = begin(hostile)
+    assert_error_page(post_with_cookie(fields, ""), 400, app, "browser_binding_mismatch")
+    assert not flow_row_exists(app, fields["state"])
+
+
 # ---- input bounds: refused before any outbound call or flow lookup
 
 
