@@ -29,7 +29,9 @@ from werkzeug.wrappers import Request, Response
 KINDS = ("user", "agent")
 LEEWAY = 60  # seconds of clock skew tolerated between the app and the portal
 NONCE_PREFIX = "__Host-demo-portal-nonce-"
-NONCE_SECONDS = 600  # a login start's cookie lives as long as the app's flow (10 minutes)
+# A login start's cookie outlives the app's flow (10 minutes): the app's "Sign in with another account"
+# (its 403 page) starts a new login of 10 minutes of its own with this nonce. 30 minutes covers two.
+NONCE_SECONDS = 1800
 # One nonce cookie per login start: tabs and both doors each keep their own (SPEC: at least four logins
 # in flight per browser). Beyond this many, both kinds together, the oldest goes, as the app does with
 # its own flow cookies: starts never completed must not pile cookies up.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.browser.conftest import sign_in_on_the_idp_page
-from tests.conftest import APP_BASE, DEMO_AGENT, DEMO_USER
+from tests.conftest import APP_BASE, DEMO_AGENT, DEMO_USER, NO_ACCOUNT
 
 pytestmark = pytest.mark.browser
 
@@ -69,5 +69,39 @@ def test_two_tabs_sign_in_at_once_and_both_land_on_the_portal(browser, portal, d
             assert tab.url == f"{portal}/user/inbox"
         assert not [c for c in context.cookies(portal) if c["name"].startswith("__Host-demo-portal-nonce-")], \
             "each hand-off cleared its own login's nonce cookie"
+    finally:
+        context.close()
+
+
+def test_sign_in_with_another_account_lands_after_the_first_logins_time_is_up(browser, portal, demo_accounts,
+                                                                             monkeypatch):
+    """The 403 page's "Sign in with another account" starts a new login (its own 10 minutes) with the
+    portal's nonce, so the portal's nonce cookie must outlive the first login. Scaled down: a flow of
+    3 s, the demo's nonce cookie scaled alike; the link is followed once the first flow's time is up."""
+    import time
+
+    import tools.demo_portal as demo
+    from shared.runtime import get_runtime
+
+    flows = get_runtime().flows
+    scale = 3 / flows.ttl
+    monkeypatch.setattr(flows, "ttl", 3)
+    monkeypatch.setattr(demo, "NONCE_SECONDS", max(1, round(demo.NONCE_SECONDS * scale)))
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{portal}/")
+        page.click("text=Sign in as user")
+        page.wait_for_selector("#login")
+        page.fill("#login", NO_ACCOUNT["login"])
+        page.fill("#password", NO_ACCOUNT["password"])
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=Access denied")
+        time.sleep(3.5)  # reading the page: the first login's time is up
+        page.click("a:has-text('Sign in with another account')")
+        page.wait_for_selector("#login")
+        sign_in_on_the_idp_page(page, DEMO_USER)
+        assert page.url == f"{portal}/user/inbox"
+        assert '"sub": "U-1001"' in page.text_content("#claims")
     finally:
         context.close()
