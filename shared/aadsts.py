@@ -6,7 +6,8 @@ import re
 
 HINTS = {
     50011: ("The redirect URI sent does not match one registered on the app. In Entra ID > App registrations > "
-            "your app > Authentication > Web, add both Single Sign On URLs exactly as the setup page shows them."),
+            "your app > Authentication > Web, add the four redirect URIs (both Single Sign On URLs, both "
+            "signed-out pages) exactly as the setup page shows them."),
     50105: ("The person is not assigned to the app. In Entra ID > Enterprise applications > your app > Users and "
             "groups, assign them (or turn off 'Assignment required?')."),
     65001: ("The app has not been granted consent ('Need admin approval'). An administrator (Privileged Role, "

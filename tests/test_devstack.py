@@ -442,6 +442,17 @@ def test_each_scenario_changes_the_idp_or_the_app_as_it_says():
     assert SCENARIOS["wrong-secret"].app["OIDC_CLIENT_SECRET"]
 
 
+def test_a_mistyped_scenario_is_named_with_the_known_ones_not_a_traceback(monkeypatch, capsys):
+    from tools.dev import main
+
+    monkeypatch.setenv("SCENARIO", "wrong_secret")
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err
+    assert "'wrong_secret' is not one of: no-email-claim, no-role, wrong-secret, wrong-tenant" in err
+
+
 def test_an_empty_variable_is_not_reported_as_winning_over_the_settings(monkeypatch):
     """Core Tools fills an empty variable from local.settings.json, and so does tools.host: make run's
     note must not name it as the environment's."""

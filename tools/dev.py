@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default=os.environ.get("SCENARIO") or None, choices=sorted(SCENARIOS),
                         help="a mistake to set up (also SCENARIO=NAME)")
     args = parser.parse_args(argv)
+    if args.scenario is not None and args.scenario not in SCENARIOS:  # argparse checks no default (SCENARIO=)
+        parser.error(f"SCENARIO={args.scenario!r} is not one of: {', '.join(sorted(SCENARIOS))}")
     # Azurite and the IdP run in sessions of their own, out of reach of the terminal's signals: every
     # stop (Ctrl-C, `kill`, the terminal closing) must come through here, from the first moment, or
     # they outlive make run and hold their ports. A signal ignored already (nohup) stays ignored.
