@@ -453,6 +453,26 @@ def test_a_mistyped_scenario_is_named_with_the_known_ones_not_a_traceback(monkey
     assert "'wrong_secret' is not one of: no-email-claim, no-role, wrong-secret, wrong-tenant" in err
 
 
+def test_make_runs_own_settings_file_stays_its_own_after_devstack_is_deleted_and_yours_is_left_alone(
+        tmp_path, monkeypatch):
+    """README: "Delete .devstack/ to start afresh". The copy there was how make run knew the root file
+    for its own; without it, the stale file (the old Azurite key) was "yours" and left alone for good."""
+    from tools import dev
+
+    root, state = tmp_path / "local.settings.json", tmp_path / ".devstack"
+    state.mkdir()
+    monkeypatch.setattr(dev, "LOCAL_SETTINGS", root)
+    monkeypatch.setattr(dev, "WRITTEN_SETTINGS", state / "local.settings.json")
+    dev.write_local_settings({"TABLES_CONNECTION_STRING": "old"})
+    (state / "local.settings.json").unlink()  # rm -rf .devstack
+    said = dev.write_local_settings({"TABLES_CONNECTION_STRING": "new"})
+    assert json.loads(root.read_text())["Values"]["TABLES_CONNECTION_STRING"] == "new", said
+    yours = '{"IsEncrypted": false, "Values": {"KEY_VAULT_URL": "https://mine.vault.azure.net"}}'
+    root.write_text(yours)
+    assert "left alone" in dev.write_local_settings({"TABLES_CONNECTION_STRING": "newer"})
+    assert root.read_text() == yours
+
+
 def test_an_empty_variable_is_not_reported_as_winning_over_the_settings(monkeypatch):
     """Core Tools fills an empty variable from local.settings.json, and so does tools.host: make run's
     note must not name it as the environment's."""

@@ -50,6 +50,7 @@ from .stack import (
 # Elsewhere only for the tests (and a second stack): DEV_STATE_DIR, DEV_SETTINGS_FILE.
 STATE = Path(os.environ.get("DEV_STATE_DIR") or ROOT / ".devstack")
 LOCAL_SETTINGS = Path(os.environ.get("DEV_SETTINGS_FILE") or ROOT / "local.settings.json")
+WRITTEN_BY = "make run (tools/dev.py)"  # in the file it writes: a file without it is someone's own
 WRITTEN_SETTINGS = STATE / "local.settings.json"  # the copy of what make run last wrote: is the root file ours?
 TENANT = "11111111-2222-4333-8444-555555555555"
 OTHER_TENANT = "99999999-8888-4777-8666-555555555555"
@@ -156,11 +157,21 @@ def demo_people(scenario: Scenario | None) -> list[dict]:
     return people
 
 
+def _written_by_make_run(path: Path) -> bool:
+    """Whether the file says make run wrote it: so it is still ours once .devstack/ (and the copy there
+    that told before) was deleted to start afresh. Core Tools ignores the extra key."""
+    try:
+        return json.loads(path.read_text()).get("WrittenBy") == WRITTEN_BY
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def write_local_settings(values: dict[str, str]) -> str:
     """Writes local.settings.json for the accounts CLI and tools.host, unless the file there is not
     one make run wrote (someone's own settings for `func start`: left alone). Says what it did."""
-    text = json.dumps({"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": PORTS["app"]}}, indent=2)
-    ours = not LOCAL_SETTINGS.exists() or (
+    text = json.dumps({"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": PORTS["app"]},
+                       "WrittenBy": WRITTEN_BY}, indent=2)
+    ours = not LOCAL_SETTINGS.exists() or _written_by_make_run(LOCAL_SETTINGS) or (
         WRITTEN_SETTINGS.exists() and LOCAL_SETTINGS.read_text() == WRITTEN_SETTINGS.read_text())
     for path in (WRITTEN_SETTINGS, LOCAL_SETTINGS) if ours else (WRITTEN_SETTINGS,):
         _write_private(path, text)  # it holds the storage key
