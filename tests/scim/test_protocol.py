@@ -462,6 +462,36 @@ def test_a_storage_outage_is_a_503_with_retry_after_never_a_500(use_settings, az
         assert scim.get(f"/Users/{user['id']}").status_code == 200, "heals without a restart"
 
 
+def test_storage_answering_a_page_to_a_read_is_a_503_with_retry_after_never_a_500(use_settings, azurite, caplog):
+    """A 200 text/html where rows should be (a gateway before storage): the SDK's DeserializationError
+    is storage unavailable, for SCIM's reads of its own table and of the accounts alike."""
+    port = urlsplit(azurite.url).port or int(azurite.url.rsplit(":", 1)[1])
+    with FaultProxy(port) as proxy:
+        runtime = use_settings(SCIM_TOKEN=TOKEN,
+                               TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
+        scim = Scim(runtime)
+        user, _ = new_user(scim)
+        calls = [(SCIM_USERS_TABLE, "GET", lambda: scim.get("/Users", params=entra.by_user_name(user["userName"]))),
+                 (SCIM_USERS_TABLE, "GET", lambda: scim.get(f"/Users/{user['id']}")),
+                 (SCIM_USERS_TABLE, "GET", lambda: scim.get("/Users")),
+                 (SCIM_USERS_TABLE, "PATCH", lambda: scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable()))),
+                 (ACCOUNTS_TABLE, "PATCH", lambda: scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())))]
+        for table, method, call in calls:
+            proxy.decide = lambda e, table=table: "page" if e.method == "GET" and f"/{table}" in e.path else ""
+            since = len(proxy.exchanges)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="portal_sso"):
+                response = call()
+            assert any(e.fault == "page" for e in proxy.exchanges[since:]), (table, method)
+            error_of(response, 503)
+            assert response.headers["Retry-After"] == "30"
+            lines = [r.getMessage() for r in caplog.records]
+            assert any(m.startswith(f"scim.request op={method} ") and " status=503 reason=table_storage_unavailable "
+                       in m for m in lines), lines
+        proxy.decide = None
+        assert scim.get(f"/Users/{user['id']}").status_code == 200, "heals without a restart"
+
+
 @pytest.mark.parametrize("value", ["False", "false", False])
 def test_active_false_in_every_form_disables(scim, value):
     user, email = new_user(scim)
