@@ -41,17 +41,34 @@ class ProviderMetadata:
         return self.issuer
 
 
-def discover(metadata_url: str, issuer_base: str, session: requests.Session, *, multi_tenant: bool) -> ProviderMetadata:
+def discover(metadata_url: str, issuer_base: str, session: requests.Session, *, multi_tenant: bool,
+             held: bool = False) -> ProviderMetadata:
     """Fetches and checks the metadata document. Raises DependencyUnavailable when the IdP cannot be
     reached (503, retried on the next request), ConfigurationError when the URL answers with no metadata
     (our setting is wrong), IdpMetadataInvalid when the IdP's metadata is unusable or unsafe (the IdP's
-    fault: the page names it, not our settings); each says which URL was tried and what came back."""
+    fault: the page names it, not our settings); each says which URL was tried and what came back.
+    `held`: a document from this URL is held (the daily refresh). The URL then worked, so an answer that
+    is no usable document (a gateway's page, a 404, cut-off JSON, a member missing) is the IdP not
+    itself: DependencyUnavailable, and the document held serves on (refreshing.py), not a setting to fix."""
     try:
         response = session.get(metadata_url)  # the IdP session applies its timeouts
     except requests.RequestException as exc:
         raise DependencyUnavailable("idp", f"GET {metadata_url} failed: {type(exc).__name__}") from exc
     if response.status_code >= 500 or response.status_code == 429:
         raise DependencyUnavailable("idp", f"GET {metadata_url} answered HTTP {response.status_code}")
+    try:
+        return _checked(response, metadata_url, issuer_base, multi_tenant=multi_tenant)
+    except ConfigurationError as err:  # IdpMetadataInvalid too
+        if not held:
+            raise
+        why = f": {err}" if isinstance(err, IdpMetadataInvalid) else ""  # the IdP's fault, named (not a setting)
+        raise DependencyUnavailable("idp", f"GET {metadata_url} answered HTTP {response.status_code}, no usable "
+                                    f"metadata document{why}") from err
+
+
+def _checked(response: requests.Response, metadata_url: str, issuer_base: str, *,
+             multi_tenant: bool) -> ProviderMetadata:
+    """The metadata document of an answer that is no outage; raises ConfigurationError or IdpMetadataInvalid."""
     what = f"OIDC_ISSUER_URL: tried {metadata_url}"
     if response.status_code != 200:
         raise ConfigurationError([f"{what} and it answered HTTP {response.status_code}. Check the URL: paste "

@@ -136,7 +136,9 @@ class Runtime:
 
     def _discover(self) -> ProviderMetadata:
         s = self.settings
-        return discover(s.metadata_url, s.issuer_base, self.session, multi_tenant=s.multi_tenant)
+        # Held: this URL gave a good document, so a refresh that gets none is an outage (provider.py).
+        return discover(s.metadata_url, s.issuer_base, self.session, multi_tenant=s.multi_tenant,
+                        held=self._metadata.peek() is not None)
 
     def idp_keys(self) -> JwksCache:
         """The IdP's ID-token signing keys (its JWKS), cached."""

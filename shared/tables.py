@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
+    DeserializationError,
     HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
@@ -33,11 +34,13 @@ _PING_KEY = "portal-sso-ping"  # no row has it: the answer is a 404 that says th
 
 @contextlib.contextmanager
 def storage_errors(dependency: str = "table_storage") -> Iterator[None]:
-    """Turns the SDK's transport, auth and server errors into DependencyUnavailable (503). Errors a
-    caller expects (not found, precondition failed) must be caught inside the block."""
+    """Turns the SDK's transport, auth and server errors into DependencyUnavailable (503), and an
+    answer it cannot read as table data (DeserializationError: a ValueError, not an HttpResponseError;
+    a gateway's 200 HTML page where rows should be). Errors a caller expects (not found, precondition
+    failed) must be caught inside the block."""
     try:
         yield
-    except (ServiceRequestError, ServiceResponseError, ClientAuthenticationError) as exc:
+    except (ServiceRequestError, ServiceResponseError, ClientAuthenticationError, DeserializationError) as exc:
         raise DependencyUnavailable(dependency, type(exc).__name__) from exc
     except HttpResponseError as exc:
         raise DependencyUnavailable(dependency, f"HTTP {exc.status_code}: {type(exc).__name__}") from exc

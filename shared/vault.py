@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
+    DecodeError,
     HttpResponseError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -56,6 +57,8 @@ class KeyVaultReader:
         """Raises ConfigurationError (no such secret, disabled, no permission) or DependencyUnavailable."""
         try:
             secret = self._client.get_secret(name)
+        except DecodeError as exc:
+            raise _no_secret(name, exc) from exc
         except ResourceNotFoundError as exc:
             raise ConfigurationError([f"Key Vault secret '{name}' does not exist in {self.vault_url}: "
                                       "create it, or fix the *_NAME setting."]) from exc
@@ -69,10 +72,23 @@ class KeyVaultReader:
             raise DependencyUnavailable("key_vault", f"reading '{name}': HTTP {exc.status_code}") from exc
         except (ServiceRequestError, ServiceResponseError) as exc:
             raise DependencyUnavailable("key_vault", f"reading '{name}': {type(exc).__name__}") from exc
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            # The SDK could not make a secret of a 200 (json.JSONDecodeError, DeserializationError, a
+            # JSON that is no object): a gateway's page or a cut-off answer, not the vault's own word.
+            raise _no_secret(name, exc) from exc
+        if secret.id is None:  # Key Vault's every secret has its id: this 200 ({}, null members) is not one
+            raise _no_secret(name)
         if not secret.value:
             raise ConfigurationError([f"Key Vault secret '{name}' is empty."])
         return SecretValue(secret.value, secret.properties.expires_on, secret.properties.version, "key vault",
                            secret.properties.content_type)
+
+
+def _no_secret(name: str, exc: BaseException | None = None) -> DependencyUnavailable:
+    """Key Vault unavailable: it answered something that is no secret. The answer is never quoted
+    (a page may echo anything), only what the SDK made of it."""
+    why = f" ({type(exc).__name__})" if exc is not None else ""
+    return DependencyUnavailable("key_vault", f"reading '{name}': the answer is no secret{why}")
 
 
 class SettingsReader:

@@ -78,6 +78,18 @@ def test_the_vault_goes_down_and_comes_back_on_the_same_url(stub):
     assert stub.url == url and reader.get_secret("s").value == "v"
 
 
+def test_answer_raw_answers_every_vault_request_with_its_body_until_cleared(stub):
+    stub.set_secret("s", "v")
+    reader = client(stub)
+    reader.get_secret("s")
+    stub.answer_raw((200, "text/html", "<html>gateway</html>"))
+    with pytest.raises(ValueError):  # json.JSONDecodeError: the SDK cannot make a secret of a page
+        reader.get_secret("s")
+    stub.answer_raw(None)
+    assert reader.get_secret("s").value == "v"
+    assert (stub.reads("s"), stub.requests_for("s")) == (2, 4), "a raw answer reached the vault, handed out nothing"
+
+
 def test_fail_next_answers_errors_then_serves_again(stub):
     stub.set_secret("s", "v", expires_on=datetime.now(UTC) + timedelta(days=1))
     reader = client(stub)

@@ -116,6 +116,54 @@ def test_an_idp_down_when_its_metadata_and_keys_are_due_for_their_daily_refresh_
     hostile_idp.down.clear()
 
 
+# What discovery may answer at its daily refresh when the IdP (or a gateway before it) is not itself. The
+# URL gave a good document before, so none of them is the admin's setting: on old main each was a 500
+# "fix OIDC_ISSUER_URL" on every callback, and every callback fetched discovery again.
+GARBAGE_DISCOVERY = {
+    "html-200": ((200, "text/html", "<html><body>Down for maintenance</body></html>"), {}),
+    "html-404": ((404, "text/html", "<html><body>Not Found</body></html>"), {}),
+    "html-403": ((403, "text/html", "<html><body>Forbidden</body></html>"), {}),
+    "truncated-json": ((200, "application/json", '{"issuer": "https://log'), {}),
+    "no-jwks-uri": (None, {"jwks_uri": None}),
+}
+
+
+def discovery_fetches(idp: HostileIdp) -> int:
+    return sum(1 for method, path in idp.requests if path.endswith("/.well-known/openid-configuration"))
+
+
+@pytest.mark.parametrize(("raw", "overrides"), GARBAGE_DISCOVERY.values(), ids=GARBAGE_DISCOVERY.keys())
+def test_discovery_answering_garbage_at_its_daily_refresh_is_an_outage_and_the_held_metadata_serves(
+        hostile_idp, app, account_store, caplog, raw, overrides):
+    person = new_person(account_store)
+    hostile_idp.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile_idp), person)  # metadata held
+    session, fields = begin(hostile_idp)  # a login in flight, at the IdP
+    app._metadata.expire()  # a day on
+    hostile_idp.discovery_raw, hostile_idp.metadata_overrides = raw, overrides
+    with caplog.at_level(logging.INFO, logger="portal_sso"):
+        assert_signed_in(post_callback(session, fields), person)
+        fetches = discovery_fetches(hostile_idp)
+        assert_signed_in(sign_in(hostile_idp), person)
+        assert discovery_fetches(hostile_idp) == fetches, "not fetched again before the retry interval"
+        assert "idp.stale metadata serving the last good value" in caplog.text, caplog.text
+        hostile_idp.discovery_raw, hostile_idp.metadata_overrides = None, {}
+        app._metadata.expire()  # the retry interval over
+        assert_signed_in(sign_in(hostile_idp), person)
+        assert "idp.recovered metadata" in caplog.text
+
+
+def test_discovery_answering_a_page_at_a_cold_start_is_still_the_settings_error(hostile_idp, app):
+    """Nothing held: the URL never gave a document, so it is the admin's to fix (the page says which URL
+    was tried and what came back), as test_callback_errors.py's wrong issuer URL."""
+    hostile_idp.discovery_raw = GARBAGE_DISCOVERY["html-404"][0]
+    response = start_login(requests.Session(), APP_BASE, "user")
+    assert_error_page(response, 500, app, "configuration_error")
+    assert "OIDC_ISSUER_URL" in response.text and "HTTP 404" in response.text
+    hostile_idp.discovery_raw = None
+    assert start_login(requests.Session(), APP_BASE, "user").status_code == 302, "the next request tries again"
+
+
 def test_discovery_down_at_a_cold_start_gives_503_and_the_next_request_after_it_returns_works(hostile_idp, app):
     hostile_idp.down.add("discovery")
     refused = start_login(requests.Session(), APP_BASE, "user")

@@ -13,7 +13,7 @@ import requests
 
 from shared.diagnostics import health as health_reply
 from tests.conftest import APP_BASE, CLIENT_SECRET, CLIENT_SECRET_NAME, DEMO_USER
-from tests.support.portal import sign_in
+from tests.support.portal import assert_error_page, sign_in
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -59,3 +59,55 @@ def test_a_secret_never_read_is_still_a_503_when_the_vault_is_down(stub, vault_a
     vault_app()
     response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False, timeout=20)
     assert response.status_code == 503, "there is no last good secret to fall back on"
+
+
+# What a gateway or captive proxy in front of the vault answers in its place: a page, cut-off JSON, JSON
+# that is no secret. The SDK cannot make a secret of any of them; on old main each was taken for an
+# admin's refusal (the held secrets served no one: every login a 500).
+NOT_A_SECRET = {
+    "html-200": (200, "text/html", "<html><body><h1>Service temporarily unavailable</h1></body></html>"),
+    "truncated-json": (200, "application/json", '{"value": "s3cr'),
+    "json-not-an-object": (200, "application/json", '["value"]'),
+    "json-without-a-secret": (200, "application/json", "{}"),
+}
+
+
+@pytest.mark.parametrize("answer", NOT_A_SECRET.values(), ids=NOT_A_SECRET.keys())
+def test_a_vault_answering_what_is_no_secret_after_the_secrets_were_read_is_an_outage(
+        stub, vault_app, demo_accounts, caplog, answer):
+    stub.set_secret(CLIENT_SECRET_NAME, CLIENT_SECRET)
+    cache = 3  # the retry interval is min(cache, 30 s): two sign-ins fit in it
+    runtime = vault_app(SECRET_CACHE_SECONDS=str(cache))
+    assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200
+
+    stub.answer_raw(answer)
+    time.sleep(cache + 0.2)  # the cache expires while the vault answers garbage
+    response = sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)
+    assert response.status_code == 200, f"the last good secrets keep serving: {response.status_code} " \
+                                         f"{response.text[:400]}"
+    asked = stub.requests_for(CLIENT_SECRET_NAME)
+    assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200
+    assert stub.requests_for(CLIENT_SECRET_NAME) == asked, "not asked again before the retry interval"
+    amber = health(runtime)
+    assert (amber["http_status"], amber["status"]) == (200, "ready"), amber
+    for check in ("client_secret", "signing_key"):
+        assert "Key Vault unreachable" in (amber["checks"][check]["warning"] or ""), amber["checks"][check]
+    assert "vault.stale secret=oidc-client-secret" in caplog.text
+    assert answer[2] not in caplog.text, "what the vault answered is never quoted"
+
+    stub.answer_raw(None)
+    time.sleep(cache + 0.2)
+    assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200
+    assert health(runtime)["checks"]["client_secret"]["warning"] is None, "green again"
+
+
+def test_a_vault_answering_a_page_before_a_secret_was_ever_read_is_a_503(stub, vault_app, app_server):
+    stub.set_secret(CLIENT_SECRET_NAME, CLIENT_SECRET)
+    stub.answer_raw(NOT_A_SECRET["html-200"])
+    runtime = vault_app()
+    response = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False, timeout=20)
+    assert_error_page(response, 503, runtime, "key_vault_unavailable")
+    assert response.headers.get("Retry-After") == "30"
+    stub.answer_raw(None)
+    started = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False, timeout=20)
+    assert started.status_code == 302, "the next request reads the vault again"

@@ -5,20 +5,25 @@ callback has its audit row or its event in the error log, and no session token g
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+import pytest
 import requests
 
 from shared.audit import day_key
-from shared.tables import ACCOUNTS_TABLE, EVENTS_TABLE, Tables
+from shared.diagnostics import health as health_reply
+from shared.errors import DependencyUnavailable
+from shared.maintenance import purge
+from shared.tables import ACCOUNTS_TABLE, EVENTS_TABLE, FLOWS_TABLE, Tables
 from shared.transport import READ_TIMEOUT
 from tests.conftest import APP_BASE, DEMO_USER
 from tests.support.fault_proxy import FaultProxy
-from tests.support.portal import correlation_id, delivered, sign_in, start_login
+from tests.support.portal import assert_error_page, correlation_id, delivered, idp_answer, sign_in, start_login
 from tools.idp_login import sign_in_at_idp
 from tools.stack import azurite_connection_string, free_port, start_azurite
 
@@ -211,3 +216,50 @@ def test_an_audit_insert_that_keeps_failing_stops_at_three_attempts_and_none_aft
             cid = correlation_id(response)
             assert any(r.getMessage().startswith(f"sso.audit_failed correlation_id={cid} ") and '"outcome": "success"'
                        in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def page_for_gets_of(table: str):
+    """FaultProxy.decide: the reads of `table` answered with a gateway's 200 HTML page."""
+    return lambda exchange: "page" if exchange.method == "GET" and f"/{table}" in exchange.path else ""
+
+
+def test_table_storage_answering_a_page_to_a_read_is_a_503_and_heals(use_settings, azurite, caplog):
+    """A 200 text/html where rows should be: the SDK raises DeserializationError (a ValueError, no
+    HttpResponseError), which on old main went past storage_errors: the callback was a 500, health a bug."""
+    seed(azurite.connection_string)
+    with FaultProxy(azurite.port) as proxy:
+        runtime = use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
+        assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200, "warm"
+        session = requests.Session()
+        action, fields = idp_answer(session, APP_BASE, "user", DEMO_USER)
+        proxy.decide = page_for_gets_of(ACCOUNTS_TABLE)  # the callback's account read
+        since = len(proxy.exchanges)
+        with caplog.at_level(logging.INFO, logger="portal_sso"):
+            response = session.post(action, data=fields, allow_redirects=False, timeout=20)
+        assert any(e.fault == "page" for e in proxy.exchanges[since:]), "the account read met the page"
+        row = assert_error_page(response, 503, runtime, "table_storage_unavailable")
+        assert response.headers["Retry-After"] == "30"
+        assert row["Detail"] == "table_storage: DeserializationError", row["Detail"]
+        assert "Service Unavailable" not in caplog.text, "what storage answered is never quoted"
+
+        reply = health_reply(runtime)
+        tables = json.loads(reply.body)["checks"]["tables"]
+        assert reply.status == 503 and reply.headers["Retry-After"] == "30", reply.status
+        assert not tables["ok"] and tables["detail"] == "unreachable: table_storage: DeserializationError", tables
+
+        proxy.decide = None
+        assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200, "healed, no restart"
+        assert json.loads(health_reply(runtime).body)["checks"]["tables"]["ok"]
+
+
+def test_the_purge_meeting_a_page_for_its_query_raises_dependency_unavailable(use_settings, azurite):
+    """shared/maintenance.py: the timer's run fails with DependencyUnavailable (the next run retries)."""
+    with FaultProxy(azurite.port) as proxy:
+        runtime = use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
+        purge(runtime)  # tables made, nothing in the way
+        proxy.decide = page_for_gets_of(FLOWS_TABLE)
+        with pytest.raises(DependencyUnavailable) as raised:
+            purge(runtime)
+        assert raised.value.reason == "table_storage_unavailable"
+        proxy.decide = None
+        purge(runtime)

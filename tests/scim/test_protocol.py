@@ -5,9 +5,11 @@ two PATCHes at once, and a storage outage."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -436,13 +438,33 @@ def test_a_create_refused_midway_leaves_its_values_free(scim):
     assert retried.status_code == 201, retried.text
 
 
-def test_a_storage_outage_is_a_503_with_retry_after_never_a_500(use_settings, azurite, caplog):
+@contextlib.contextmanager
+def scim_behind_a_fault_proxy(use_settings, azurite) -> Iterator[tuple[FaultProxy, Scim, dict]]:
+    """Directory sync reaching Azurite through a FaultProxy, warm (tables made, connections pooled),
+    with one user: (proxy, scim, that user)."""
     port = urlsplit(azurite.url).port or int(azurite.url.rsplit(":", 1)[1])
     with FaultProxy(port) as proxy:
         runtime = use_settings(SCIM_TOKEN=TOKEN,
                                TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
         scim = Scim(runtime)
-        user, _ = new_user(scim)  # warm: tables made, connections pooled
+        user, _ = new_user(scim)
+        yield proxy, scim, user
+
+
+def assert_storage_503(call, method: str, caplog) -> None:
+    """What a request storage failed under answers: SCIM's 503 with Retry-After, and its log line."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="portal_sso"):
+        response = call()
+    error_of(response, 503)
+    assert response.headers["Retry-After"] == "30"
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"scim.request op={method} ") and " status=503 reason=table_storage_unavailable "
+               in m for m in lines), lines
+
+
+def test_a_storage_outage_is_a_503_with_retry_after_never_a_500(use_settings, azurite, caplog):
+    with scim_behind_a_fault_proxy(use_settings, azurite) as (proxy, scim, user):
         proxy.refusing = True
         proxy.cut_all()
         calls = {"GET": lambda: scim.get("/Users", params=entra.by_user_name(user["userName"])),
@@ -450,15 +472,26 @@ def test_a_storage_outage_is_a_503_with_retry_after_never_a_500(use_settings, az
                  "POST": lambda: scim.post("/Users", entra.create_user(f"{unique()}@contoso.test",
                                                                        f"{unique()}@contoso.test", oid()))}
         for method, call in calls.items():
-            caplog.clear()
-            with caplog.at_level(logging.INFO, logger="portal_sso"):
-                response = call()
-            error_of(response, 503)
-            assert response.headers["Retry-After"] == "30"
-            lines = [r.getMessage() for r in caplog.records]
-            assert any(m.startswith(f"scim.request op={method} ") and " status=503 reason=table_storage_unavailable "
-                       in m for m in lines), lines
+            assert_storage_503(call, method, caplog)
         proxy.refusing = False
+        assert scim.get(f"/Users/{user['id']}").status_code == 200, "heals without a restart"
+
+
+def test_storage_answering_a_page_to_a_read_is_a_503_with_retry_after_never_a_500(use_settings, azurite, caplog):
+    """A 200 text/html where rows should be (a gateway before storage): the SDK's DeserializationError
+    is storage unavailable, for SCIM's reads of its own table and of the accounts alike (once a 500)."""
+    with scim_behind_a_fault_proxy(use_settings, azurite) as (proxy, scim, user):
+        calls = [(SCIM_USERS_TABLE, "GET", lambda: scim.get("/Users", params=entra.by_user_name(user["userName"]))),
+                 (SCIM_USERS_TABLE, "GET", lambda: scim.get(f"/Users/{user['id']}")),
+                 (SCIM_USERS_TABLE, "GET", lambda: scim.get("/Users")),
+                 (SCIM_USERS_TABLE, "PATCH", lambda: scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable()))),
+                 (ACCOUNTS_TABLE, "PATCH", lambda: scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())))]
+        for table, method, call in calls:
+            proxy.decide = lambda e, table=table: "page" if e.method == "GET" and f"/{table}" in e.path else ""
+            since = len(proxy.exchanges)
+            assert_storage_503(call, method, caplog)
+            assert any(e.fault == "page" for e in proxy.exchanges[since:]), (table, method)
+        proxy.decide = None
         assert scim.get(f"/Users/{user['id']}").status_code == 200, "heals without a restart"
 
 

@@ -1,8 +1,8 @@
 """Requests directory sync must refuse cleanly, and what it answers when a dependency fails under it:
 a body nested too deep (with and without a token), Key Vault down while the token is cached (the
-last good token serves; a wrong one is still a 401 with its row), and a DirectoryEvents row storage
-refuses (the write is not acknowledged, the whole event goes to the log). Through tools.host against
-Azurite; Key Vault is the stub read by the real SecretClient."""
+last good token serves, also while the vault answers a page; a wrong one is still a 401 with its
+row), and a DirectoryEvents row storage refuses (the write is not acknowledged, the whole event goes to
+the log). Through tools.host against Azurite; Key Vault is the stub read by the real SecretClient."""
 
 from __future__ import annotations
 
@@ -85,6 +85,37 @@ def test_key_vault_down_after_the_token_was_read_keeps_entra_in(stub, vault_scim
     time.sleep(1.2)
     assert vault_scim.get("/Users").status_code == 200
     assert stub.reads("scim-token") == reads + 1, "read again once the vault is back"
+
+
+GATEWAY_PAGE = (200, "text/html", "<html><body><h1>Service temporarily unavailable</h1></body></html>")
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_a_vault_answering_a_page_after_the_token_was_read_keeps_entra_in(stub, vault_scim, caplog):
+    """A 200 HTML page in the vault's place is the vault unavailable, not an admin's refusal: on old
+    main every SCIM request was a 500 until the vault answered again."""
+    assert vault_scim.get("/Users").status_code == 200
+    stub.answer_raw(GATEWAY_PAGE)
+    time.sleep(1.2)  # the token's cache expires while the vault answers a page
+    for _ in range(3):
+        response = vault_scim.get("/Users")
+        assert response.status_code == 200, f"the last good token serves: {response.text[:300]}"
+    assert "vault.stale secret=scim-token" in caplog.text
+    stub.answer_raw(None)
+    reads = stub.reads("scim-token")
+    time.sleep(1.2)
+    assert vault_scim.get("/Users").status_code == 200
+    assert stub.reads("scim-token") == reads + 1, "read again once the vault answers"
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_a_vault_answering_a_page_before_the_token_was_read_is_a_503(stub, vault_scim):
+    stub.answer_raw(GATEWAY_PAGE)
+    response = vault_scim.get("/Users")
+    scim_error(response, 503)
+    assert response.headers["Retry-After"] == "30"
+    stub.answer_raw(None)
+    assert vault_scim.get("/Users").status_code == 200, "the next request reads the vault again"
 
 
 @pytest.mark.usefixtures("loopback_only")

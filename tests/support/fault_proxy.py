@@ -10,7 +10,9 @@ or after Azurite answered and before the answer reaches the app (it happened, th
 With `hanging` set, every request is swallowed instead: the connection stays open and no answer ever
 comes, as when a peer or a load balancer silently drops a pooled connection (no FIN, no RST).
 `decide` (an Exchange -> its fault) picks the requests to fail instead of chance, e.g. the first two
-audit inserts; a "before" cut waits `cut_delay` seconds first (a failure that is slow to show).
+audit inserts; a "before" cut waits `cut_delay` seconds first (a failure that is slow to show). A
+"page" fault answers the request in Azurite's place with a 200 HTML page (a gateway or captive proxy
+before storage), which Azurite never sees.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+PAGE = b"<html><body><h1>Service Unavailable</h1><p>The gateway could not reach the service.</p></body></html>"
+PAGE_ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+               % len(PAGE) + PAGE)
 REQUEST_LINE = re.compile(rb"^(GET|PUT|POST|PATCH|MERGE|DELETE|HEAD|OPTIONS) (\S+) HTTP/1\.[01]\r\n")
 STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ")
 
@@ -32,7 +37,7 @@ class Exchange:
     method: str
     path: str
     status: int | None = None  # None: no answer reached the app
-    fault: str = ""  # "", "before" (never reached Azurite), "after" (the answer was lost) or "hung"
+    fault: str = ""  # "", "before" (never reached Azurite), "after" (the answer was lost), "hung" or "page"
 
 
 class FaultProxy:
@@ -105,6 +110,10 @@ class FaultProxy:
                             exchange.fault = self.decide(exchange)
                     if exchange.fault == "before":
                         time.sleep(self.cut_delay)
+                        break
+                    if exchange.fault == "page":  # answered here, and the connection closed (as it says)
+                        exchange.status = 200
+                        client.sendall(PAGE_ANSWER)
                         break
                     if exchange.fault != "hung":
                         pending.append(exchange)

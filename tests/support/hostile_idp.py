@@ -144,6 +144,9 @@ class HostileIdp:
             self.token_auth_methods = ["client_secret_post", "private_key_jwt"]
             self.metadata_overrides: dict = {}  # members of the discovery document replaced (None removes)
             self.jwks_body: str | None = None  # served (200, JSON) instead of the key set: a broken JWKS
+            # (status, content type, body) served instead of the discovery document: a gateway's page,
+            # cut-off JSON
+            self.discovery_raw: tuple[int, str, str] | None = None
 
     def answer(self, **script) -> None:
         """Scripts the token endpoint's next answers (see Script), until the next answer() or reset()."""
@@ -281,7 +284,9 @@ class HostileIdp:
         if method == "GET" and self.hang.get(endpoint.get(path, "")):
             time.sleep(self.hang[endpoint[path]])
         if method == "GET" and path == f"{base}/v2.0/.well-known/openid-configuration":
-            return _json(503, {"error": "down"}) if "discovery" in self.down else _json(200, self.served_metadata())
+            if "discovery" in self.down:
+                return _json(503, {"error": "down"})
+            return self.discovery_raw or _json(200, self.served_metadata())
         if method == "GET" and path == f"{base}/discovery/v2.0/keys" and "jwks" in self.down:
             return _json(503, {"error": "down"})
         if method == "GET" and path == f"{base}/discovery/v2.0/keys":

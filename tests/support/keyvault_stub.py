@@ -12,8 +12,9 @@ exactly as they do in Azure (Key Vault has no emulator).
   ``DefaultAzureCredential`` use it and never touch IMDS: :meth:`KeyVaultStub.apply_env` sets that up.
 * Outages: :meth:`~KeyVaultStub.stop_vault` / :meth:`~KeyVaultStub.start_vault` take the vault down and
   bring it back on the same port (open keep-alive connections are cut), :meth:`~KeyVaultStub.fail_next`
-  answers the next requests with an error status; :meth:`~KeyVaultStub.reads` counts the values handed
-  out.
+  answers the next requests with an error status, :meth:`~KeyVaultStub.answer_raw` answers every vault
+  request with what a gateway in front of it might (a 200 HTML page, truncated JSON);
+  :meth:`~KeyVaultStub.reads` counts the values handed out.
 
 The app trusts the vault's certificate through ``REQUESTS_CA_BUNDLE`` (tools.stack.trust_env).
 """
@@ -55,6 +56,7 @@ class RequestRecord:
     path: str
     status: int
     client_request_id: str = ""  # the x-ms-client-request-id it carried
+    raw: bool = False  # answered with answer_raw's body, not the vault's own
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ class _Reply(Exception):
     def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         super().__init__(status)
         self.status, self.body, self.headers = status, body, headers or {}
+
+
+def _secret_of(path: str) -> str | None:
+    """The secret name a vault request's path names (/secrets/{name}/...), else None."""
+    parts = unquote(path).strip("/").split("/")
+    return parts[1] if len(parts) > 1 and parts[0] == "secrets" else None
 
 
 def _kv_error(status: int, code: str, message: str, **headers: str) -> _Reply:
@@ -125,6 +133,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         stub, kind, split = self.server.stub, self.server.kind, urlsplit(self.path)
+        raw = stub._raw if kind == "vault" else None
+        if raw is not None:
+            status, content_type, body = raw
+            stub._record(RequestRecord(kind, split.path, status, self.headers.get("x-ms-client-request-id", ""),
+                                       raw=True))
+            self._send(status, content_type, body.encode(), {})
+            return
         try:
             stub._maybe_fail(kind)
             if kind == "vault":
@@ -135,9 +150,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except _Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
         stub._record(RequestRecord(kind, split.path, status, self.headers.get("x-ms-client-request-id", "")))
-        payload = json.dumps(body).encode()
+        self._send(status, "application/json; charset=utf-8", json.dumps(body).encode(), headers)
+
+    def _send(self, status: int, content_type: str, payload: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         for name, value in headers.items():
             self.send_header(name, value)
@@ -158,6 +175,7 @@ class KeyVaultStub:
         self._secrets: dict[str, list[_Version]] = {}  # name (lower case) -> versions, latest last
         self._tokens: dict[str, tuple[str, int]] = {}  # token -> (resource, expires_on)
         self._failures: dict[str, list[list[int]]] = {"vault": [], "identity": []}  # [count, status]
+        self._raw: tuple[int, str, str] | None = None  # answer_raw's (status, content type, body)
         self._vault: _Server | None = None
         self._identity: _Server | None = None
         self._vault_port = self._identity_port = 0
@@ -240,11 +258,22 @@ class KeyVaultStub:
         with self._lock:
             self._failures[server].append([n, status])
 
-    def reads(self, name: str) -> int:
-        """How many values of `name` the vault handed out (its 200 answers)."""
+    def answer_raw(self, answer: tuple[int, str, str] | None) -> None:
+        """Answers every vault request with (status, content type, body) until called with None: a
+        gateway or captive proxy answering in the vault's place (a 200 HTML page, truncated JSON)."""
         with self._lock:
-            return sum(1 for r in self.log if r.server == "vault" and r.status == 200
-                       and unquote(r.path).strip("/").split("/")[1:2] == [name])
+            self._raw = answer
+
+    def requests_for(self, name: str) -> int:
+        """How many requests for `name` reached the vault, whatever they were answered."""
+        with self._lock:
+            return sum(1 for r in self.log if r.server == "vault" and _secret_of(r.path) == name)
+
+    def reads(self, name: str) -> int:
+        """How many values of `name` the vault handed out (its own 200 answers)."""
+        with self._lock:
+            return sum(1 for r in self.log if r.server == "vault" and r.status == 200 and not r.raw
+                       and _secret_of(r.path) == name)
 
     # ---- the two servers' answers
 
