@@ -13,6 +13,7 @@ from azure.data.tables import UpdateMode
 
 from shared.accounts import LAST_LOGIN_PRECISION, AccountConflict, AccountStore
 from shared.errors import AccountDisabled, IdentityMismatch, NoAccount
+from tests.support.interleave import LandingAfterFirstRead
 
 
 def etag_of(store, email: str) -> str:
@@ -175,24 +176,6 @@ def test_a_missing_enabled_is_enabled(account_store, fresh_account):
     assert account_store.find_account(fresh_account, "agent").enabled is True, "SPEC: default true"
 
 
-class FinishingTheMoveOnRead:
-    """The accounts table, except that right after the first row read through it, the rest of a
-    committed move lands (the move's own last steps: clear the copy's MovedFrom, delete the old row)."""
-
-    def __init__(self, table, finish):
-        self._table, self._finish = table, finish
-
-    def __getattr__(self, name):
-        return getattr(self._table, name)
-
-    def get_entity(self, *args, **kwargs):
-        row = self._table.get_entity(*args, **kwargs)
-        if self._finish is not None:
-            finish, self._finish = self._finish, None
-            finish()
-        return row
-
-
 @pytest.mark.parametrize("reader", ["login", "admin disable"])
 def test_a_read_at_the_new_email_as_a_move_ends_finds_the_account(azurite, reader):
     """A move committed (the old row says MovedTo); a reader at the new email read the copy (still
@@ -240,7 +223,7 @@ def test_a_read_at_the_new_email_as_a_move_ends_finds_the_account(azurite, reade
         assert [r["PartitionKey"] for r in table.query_entities("ScimId eq @id", parameters={"id": scim_id})] == \
             [email_key(new)], "the move ended: one row, at the new email"
 
-    store = AccountStore(FinishingTheMoveOnRead(table, finish))
+    store = AccountStore(LandingAfterFirstRead(table, finish))
     if reader == "login":
         assert store.find_account(new, "user").account_id == f"scim-user-{scim_id}"
     else:
