@@ -226,8 +226,7 @@ class AccountStore:
                 entity = self._table.get_entity(key, kind)
             except ResourceNotFoundError:
                 return None
-        account = Account.from_entity(entity)
-        return account if self._found(account) else None  # directory sync may be moving it (found_by_login)
+        return self._found(Account.from_entity(entity))  # directory sync may be moving it (found_by_login)
 
     def find_account(self, email: str, kind: str) -> Account:
         """The enabled account of this kind for this email; raises MalformedEmail, NoAccount or
@@ -425,15 +424,29 @@ class AccountStore:
                     yield Account.from_entity(entity)
 
     # ---- Directory sync (shared/scim/sync.py moves a provisioned account to a new email) ----
-    def _found(self, account: Account, known: dict[str, str] | None = None) -> bool:
-        """Whether login finds this stored row (found_by_login); a read only for a `MovedFrom` row
-        whose source is not in `known` (key -> MovedTo of rows already read, '' for one not there)."""
+    def _found(self, account: Account, known: dict[str, str | None] | None = None, *,
+               again: bool = True) -> Account | None:
+        """The row login finds at this stored row's key (found_by_login), or None; a read only for a
+        `MovedFrom` row whose source is not in `known` (key -> MovedTo of rows already read, None for
+        one not there). A `MovedFrom` row whose source is gone is read once more, and the fresh row
+        decides: a move ends by clearing MovedFrom and then deleting its source, so a reader that read
+        the copy before the one and the source after the other would find neither row (RELIABILITY.md
+        "never neither"). So it is `account`, or that fresh read of it."""
+        gone = []
+
         def moved_to_of(source: str) -> str:
             if known is not None and source in known:
-                return known[source]
-            old = _read(self._table, source, account.kind)
-            return old.moved_to if old is not None else ""
-        return found_by_login(account.key, account.moved_to, account.moved_from, moved_to_of)
+                moved_to = known[source]
+            else:
+                old = _read(self._table, source, account.kind)
+                moved_to = old.moved_to if old is not None else None
+            if moved_to is None:
+                gone.append(source)
+            return moved_to or ""
+        if found_by_login(account.key, account.moved_to, account.moved_from, moved_to_of):
+            return account
+        fresh = _read(self._table, account.key, account.kind) if gone and again else None
+        return self._found(fresh, again=False) if fresh is not None else None
 
     def move_problem(self, account: Account) -> str | None:
         """Why login does not find this stored row although it is there (directory sync is moving it),
@@ -445,7 +458,7 @@ class AccountStore:
         if not other_key:
             return None
         other = _read(self._table, other_key, account.kind)  # the other row of the move, read once
-        known = {account.key: account.moved_to, other_key: other.moved_to if other is not None else ""}
+        known = {account.key: account.moved_to, other_key: other.moved_to if other is not None else None}
         if self._found(account, known):
             return None
         if account.moved_to:
@@ -468,9 +481,12 @@ class AccountStore:
         when login does not find it because directory sync is moving it (writing it would report a
         change no sign-in sees, or fight the move)."""
         account = _read(self._table, key, kind)
-        if account is not None:
+        if account is None:
+            return None
+        found = self._found(account)  # no marker: no read; a move that just ended: the row as it is now
+        if found is None:
             self._refuse_moving(account)
-        return account
+        return found or account
 
     def key_problems(self) -> Iterator[tuple[Account, str, str]]:
         """Stored rows that the email-key rule does not find as they are: (account, problem, what).

@@ -97,13 +97,18 @@ class Engine:
 
     def handle(self, request: ScimRequest, storage_factory) -> ScimResponse:
         """scim2-server's handling under the Entra-tolerant policy. A SCIMException becomes its SCIM
-        error; a race lost to a concurrent write (Raced) is retried from fresh reads. Anything else
+        error; a race lost to a concurrent write (Raced) is retried from fresh reads, with the keys
+        the lost attempts wrote accounts at (store.py TableScimStorage.carry). Anything else
         (DependencyUnavailable, a bug) is the caller's."""
+        carried: list[str] = []
         with POLICY:
             for attempt in range(RACE_ATTEMPTS):
+                storage = storage_factory()
+                storage.carry(carried)
                 try:
-                    return PortalScimHandler(self.service, storage_factory()).handle(request)
+                    return PortalScimHandler(self.service, storage).handle(request)
                 except Raced as exc:
+                    carried += exc.keys
                     if attempt == RACE_ATTEMPTS - 1:
                         return self.service.error_response(PreconditionFailedException(detail=exc.detail))
                     time.sleep(RACE_PAUSE * (attempt + 1) * (0.5 + random.random()))  # noqa: S311 - jitter

@@ -15,7 +15,10 @@ A write claims the pointers of its new values, then makes the accounts (sync.py)
 person row, etag-checked: a write that fails midway leaves the person row as it was, Entra retries
 (or sends the change again at its next cycle), and the retry finishes it. The person row last also
 means a concurrent write to the same person fails with 412 here, which service.py retries from a
-fresh read: two PATCHes at once lose nothing."""
+fresh read: two PATCHes at once lose nothing. A write that loses so (or whose person is deleted
+meanwhile) has written accounts from a view of the person no longer true: its retry is handed their
+keys (TableScimStorage.carry) and settles them by the person as it is, or removes them once the
+person is gone; and a row it planned on that vanished is never made again (sync.py Vanished)."""
 
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from ..accounts import utf16_units
 from ..tables import SCIM_PERSON_PARTITION, storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
-from .sync import AccountSync, Conflict, Desired, Guarded
+from .sync import AccountSync, Conflict, Desired, Guarded, Vanished
 
 PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = SCIM_PERSON_PARTITION, "U", "X", "E"
 # Ours are uuid4s (36 characters): a longer id is no one's and is not sent (a key over Table Storage's
@@ -57,7 +60,13 @@ CLAIM_GRACE = timedelta(minutes=5)
 
 
 class Raced(PreconditionFailedException):
-    """Another write to this person landed between our read and our write: engine.py starts over."""
+    """Another write to this person landed between our read and our write: engine.py starts over,
+    handing `keys` (the email keys this attempt wrote accounts at, from its stale view of the person)
+    to the next attempt's storage (TableScimStorage.carry), which reads them too."""
+
+    def __init__(self, *, detail: str, keys=()):
+        super().__init__(detail=detail)
+        self.keys = list(keys)
 
 
 def version_tag(version: int) -> str:
@@ -138,6 +147,15 @@ class TableScimStorage(ScimStorage):
         self._sync = AccountSync(accounts, self._exists)
         self._default_kind, self._tenant = default_kind, tenant
         self._read: dict[str, Person] = {}
+        self._carried: list[str] = []
+
+    def carry(self, keys) -> None:
+        """Email keys an earlier attempt of this request wrote the person's accounts at before it lost
+        the race (Raced): it wrote them from a view of the person no longer true (at the old email of
+        a move that landed meanwhile, say), and the person row may name none of them. This attempt
+        reads them beside the keys the person row names, so every row of the person's there is moved,
+        kept or removed by what the person is now; and when the person is gone, removes them."""
+        self._carried = [k for k in dict.fromkeys([*self._carried, *keys]) if k]
 
     # ---- reads ----
     def _person(self, scim_id: str) -> Person | None:
@@ -157,8 +175,17 @@ class TableScimStorage(ScimStorage):
     def get(self, resource_type: ResourceType, resource_id: str, *, response_parameters=None) -> User:
         person = self._person(resource_id)
         if person is None:
-            raise NotFoundException(detail=f"no User {resource_id}")
+            raise self._gone(resource_id)
         return person.resource()
+
+    def _gone(self, scim_id: str, written=()) -> NotFoundException:
+        """The 404 for a person who is not there, once the rows this request wrote for them (`written`,
+        and those an earlier attempt carried) are removed: a deleted person keeps no account, and the
+        DELETE that removed theirs never knew of these."""
+        keys = [*self._carried, *written]
+        if keys:
+            self._sync.remove_all(scim_id, keys)
+        return NotFoundException(detail=f"no User {scim_id}")
 
     def _pointed(self, partition: str, key: str) -> Person | None:
         """The person a pointer names, if that person still holds the value."""
@@ -306,6 +333,8 @@ class TableScimStorage(ScimStorage):
                              before_writing=before_writing)
         except Conflict as exc:
             raise UniquenessException(detail=str(exc)) from exc
+        except Vanished as exc:
+            raise Raced(detail=str(exc), keys=self._sync.written) from exc
 
     def create(self, resource_type: ResourceType, resource: User) -> User:
         facts = Facts(resource, self._default_kind, self._tenant)
@@ -329,7 +358,7 @@ class TableScimStorage(ScimStorage):
         scim_id = resource.id or ""
         person = self._read.get(scim_id) or self._person(scim_id)
         if person is None:
-            raise NotFoundException(detail=f"no User {scim_id}")
+            raise self._gone(scim_id)
         if expected_version is not None and expected_version != version_tag(person.version):
             raise PreconditionFailedException(detail="the User changed since it was read")
         facts = Facts(resource, self._default_kind, self._tenant)
@@ -340,21 +369,26 @@ class TableScimStorage(ScimStorage):
                 self._claim(partition, key, scim_id)
         recorded = person.account_keys()
         moving = bool(facts.email_key) and facts.email_key not in recorded
+        carried = [k for k in self._carried if k not in recorded and k != facts.email_key]
         # `Enabled` is written only when `active` is news (sync.py Desired.active_changed), so an
         # admin's urgent disable survives a name change; a stopped write that changed it is news still.
         active_changed = person.row.get("Active") is not facts.active or bool(person.row.get("PendingActive"))
 
         def record_pending():  # once the accounts are read and none refused (a 409 writes nothing)
-            if moving or (active_changed and not person.row.get("PendingActive")):
-                self._record_pending(person, [*recorded, facts.email_key] if moving else recorded, active_changed)
-        self._apply_accounts(scim_id, facts, recorded, active_changed=active_changed, before_writing=record_pending)
+            # A carried key is recorded as a stopped move's is: if this write stops too, the next
+            # one still finds the rows an earlier attempt left there.
+            if moving or carried or (active_changed and not person.row.get("PendingActive")):
+                self._record_pending(person, [*recorded, *carried, *([facts.email_key] if moving else [])],
+                                     active_changed)
+        self._apply_accounts(scim_id, facts, [*recorded, *carried], active_changed=active_changed,
+                             before_writing=record_pending)
         try:
             written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
                                                 match_condition=MatchConditions.IfNotModified)
         except ResourceModifiedError as exc:
-            raise Raced(detail="the User changed while it was written") from exc
+            raise Raced(detail="the User changed while it was written", keys=self._sync.written) from exc
         except ResourceNotFoundError as exc:
-            raise NotFoundException(detail=f"no User {scim_id}") from exc
+            raise self._gone(scim_id, self._sync.written) from exc
         for partition, key in old.items():
             if key and key != facts.keys()[partition]:
                 self._release(partition, key, scim_id)
@@ -393,10 +427,10 @@ class TableScimStorage(ScimStorage):
     def delete(self, resource_type: ResourceType, resource_id: str, *, expected_version: str | None = None) -> None:
         person = self._read.get(resource_id) or self._person(resource_id)
         if person is None:
-            raise NotFoundException(detail=f"no User {resource_id}")
+            raise self._gone(resource_id)
         if expected_version is not None and expected_version != version_tag(person.version):
             raise PreconditionFailedException(detail="the User changed since it was read")
-        self._sync.remove_all(resource_id, person.account_keys())
+        self._sync.remove_all(resource_id, [*person.account_keys(), *self._carried])
         try:
             self._users.delete_entity(PERSON, resource_id, etag=person.etag,
                                       match_condition=MatchConditions.IfNotModified)

@@ -49,6 +49,15 @@ class Conflict(Exception):
     """The write would give an email or an account of one person to another (409 uniqueness)."""
 
 
+class Vanished(Exception):
+    """A row of the person's that this write planned to carry on from went away before it was
+    written, and the rows read again offer nothing to carry on from: another write of the person (a
+    DELETE, an email move) got there first. Making the account again from this write's view of the
+    person would give a deleted person a live account, or the old mailbox of a move one that nothing
+    of the person's names any more: the write loses, and starts over from a fresh read of the person
+    (store.py raises Raced)."""
+
+
 @dataclass(frozen=True)
 class Desired:
     scim_id: str
@@ -92,6 +101,10 @@ class AccountSync:
     def __init__(self, accounts: TableClient, person_exists):
         self._table = Guarded(accounts)
         self._person_exists = person_exists  # scim id -> bool: is that SCIM User still there?
+        # The email keys this instance wrote (or tried to write) a row of the person's at: a write
+        # that then loses the person row (Raced, 404) wrote them from a view of the person no longer
+        # true, and leaves them to its retry to read, or removes the person's rows there (store.py).
+        self.written: list[str] = []
 
     # ---- reads ----
     def _read(self, key: str, kind: str):
@@ -171,9 +184,13 @@ class AccountSync:
         for attempt in range(ATTEMPTS):
             try:
                 return self._write(desired, plan)
-            except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError):
+            except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError) as exc:
                 if attempt < ATTEMPTS - 1:  # a row changed between our read and write: read again
-                    plan = self._plan(desired, kind, old_keys)
+                    again = self._plan(desired, kind, old_keys)
+                    if plan.step in ("in_place", "move") and again.source is None:  # never a create
+                        raise Vanished(f"the {kind} account was removed or moved by another write of "
+                                       "the person") from exc
+                    plan = again
         raise Conflict(f"{kind} account at the new email kept changing")
 
     def _plan(self, desired: Desired, kind: str, old_keys: list[str]) -> _Plan:
@@ -214,6 +231,8 @@ class AccountSync:
         """Carries out `plan`, then deletes every other row of the person's (all dead by then)."""
         new_key, kind, target = desired.email_key, plan.kind, plan.rows[desired.email_key]
         etags = {}  # the rows written here: their etags, from the writes' answers
+        if new_key not in self.written:  # before the write: one that fails may still have landed
+            self.written.append(new_key)
         if plan.step == "adopt":  # its AccountId (and login history) kept
             self._merge(target, {**self._fields(desired, joining=True), **self._link_fields(target, desired),
                                  "MovedFrom": ""})

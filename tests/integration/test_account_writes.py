@@ -13,6 +13,7 @@ from azure.data.tables import UpdateMode
 
 from shared.accounts import LAST_LOGIN_PRECISION, AccountConflict, AccountStore
 from shared.errors import AccountDisabled, IdentityMismatch, NoAccount
+from tests.support.interleave import LandingAfterFirstRead
 
 
 def etag_of(store, email: str) -> str:
@@ -173,3 +174,58 @@ def test_a_missing_enabled_is_enabled(account_store, fresh_account):
     del entity["Enabled"]
     account_store._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
     assert account_store.find_account(fresh_account, "agent").enabled is True, "SPEC: default true"
+
+
+@pytest.mark.parametrize("reader", ["login", "admin disable"])
+def test_a_read_at_the_new_email_as_a_move_ends_finds_the_account(azurite, reader):
+    """A move committed (the old row says MovedTo); a reader at the new email read the copy (still
+    MovedFrom = old), then the move cleared MovedFrom and deleted the old row, then the reader read the
+    source, found none, and took the copy for a dead one: login 403 no_account, the CLI "finds it at
+    neither address". RELIABILITY.md: never both, never neither."""
+    from azure.core.exceptions import ServiceRequestError
+    from azure.data.tables import TableServiceClient
+
+    from shared.accounts import email_key
+    from shared.errors import DependencyUnavailable
+    from shared.scim.sync import AccountSync, Desired
+    from shared.tables import ACCOUNTS_TABLE, Tables
+
+    table = Tables(TableServiceClient.from_connection_string(azurite.connection_string)).client(ACCOUNTS_TABLE)
+    scim_id, tag = secrets.token_hex(8), secrets.token_hex(4)
+    old, new = f"old-{tag}@contoso.test", f"new-{tag}@contoso.test"
+
+    def desired(email):
+        return Desired(scim_id=scim_id, email_key=email_key(email), email=email, kinds=("user",), active=True,
+                       link=None, display_name="Mover", active_changed=False)
+
+    class StoppingAfterTheCommit:  # the move's third write (clearing MovedFrom) is lost: it stops committed
+        def __init__(self):
+            self.updates = 0
+
+        def __getattr__(self, name):
+            if name != "update_entity":
+                return getattr(table, name)
+
+            def call(*args, **kwargs):
+                self.updates += 1
+                if self.updates == 2:
+                    raise ServiceRequestError("connection dropped (test)")
+                return table.update_entity(*args, **kwargs)
+            return call
+
+    AccountSync(table, lambda _: True).apply(desired(old))
+    with pytest.raises(DependencyUnavailable):
+        AccountSync(StoppingAfterTheCommit(), lambda _: True).apply(desired(new), [email_key(old)])
+    assert table.get_entity(email_key(new), "user")["MovedFrom"] == email_key(old), "a committed move, not ended"
+
+    def finish():
+        AccountSync(table, lambda _: True).apply(desired(new), [email_key(old)])
+        assert [r["PartitionKey"] for r in table.query_entities("ScimId eq @id", parameters={"id": scim_id})] == \
+            [email_key(new)], "the move ended: one row, at the new email"
+
+    store = AccountStore(LandingAfterFirstRead(table, finish))
+    if reader == "login":
+        assert store.find_account(new, "user").account_id == f"scim-user-{scim_id}"
+    else:
+        assert store.update(new, "user", Enabled=False) is True
+        assert table.get_entity(email_key(new), "user")["Enabled"] is False

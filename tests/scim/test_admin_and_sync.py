@@ -20,6 +20,7 @@ from shared.errors import NoAccount
 from tests.scim import entra
 from tests.scim.conftest import oid, unique
 from tests.scim.test_stopped_move import STOPS, stop_at, stop_once
+from tests.support.interleave import LandingAfterFirstRead
 from tools import accounts
 
 NO_SETTINGS_DIR = Path(__file__).resolve().parent  # holds no local.settings.json
@@ -312,24 +313,6 @@ def test_enable_is_refused_while_a_disable_of_entras_is_under_way(scim, account_
     assert account_store.get(email, "agent").enabled is False
 
 
-class DisablingOnRead:
-    """The ScimUsers table for AccountStore.enable, except that right after its first read of the
-    person, Entra's disable of that person lands (the request runs to its end)."""
-
-    def __init__(self, table, disable):
-        self._table, self._disable = table, disable
-
-    def __getattr__(self, name):
-        return getattr(self._table, name)
-
-    def get_entity(self, *args, **kwargs):
-        row = self._table.get_entity(*args, **kwargs)
-        if self._disable is not None:
-            disable, self._disable = self._disable, None
-            disable()
-        return row
-
-
 @pytest.mark.parametrize("admin_disabled_first", [False, True])
 def test_an_enable_racing_entras_disable_never_outlasts_it(scim, account_store, cli, admin_disabled_first):
     """The enable read the person (still active), then Entra disabled the person and the account, then
@@ -348,7 +331,7 @@ def test_an_enable_racing_entras_disable_never_outlasts_it(scim, account_store, 
         assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
 
     tables = scim.runtime.tables
-    store = AccountStore(tables.client(ACCOUNTS_TABLE), DisablingOnRead(tables.client(SCIM_USERS_TABLE), disable))
+    store = AccountStore(tables.client(ACCOUNTS_TABLE), LandingAfterFirstRead(tables.client(SCIM_USERS_TABLE), disable))
     with pytest.raises(AccountConflict, match="Entra"):
         store.enable(email, "agent")
     assert account_store.get(email, "agent").enabled is False

@@ -1,7 +1,7 @@
 """The SCIM protocol's edges through tools.host against Azurite: on/off and token errors, SCIM error
 bodies with their status and scimType (each with its DirectoryEvents row), attributes and
 excludedAttributes, If-Match, the accounts rules (adoption, conflicts, accounts never provisioned),
-two PATCHes at once, and a storage outage."""
+two PATCHes at once, a PATCH racing a DELETE or an email move, and a storage outage."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from shared.scim import store
 from shared.scim.mapping import user_name_key
 from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
 from tests.scim import entra
-from tests.scim.conftest import TENANT, TOKEN, Scim, oid, unique
+from tests.scim.conftest import TENANT, TIMEOUT, TOKEN, Scim, oid, unique
 from tests.scim.test_setup_page import section as setup_section
 from tests.support.fault_proxy import FaultProxy
 from tools.stack import azurite_connection_string
@@ -373,6 +373,154 @@ def test_concurrent_patches_to_one_person_lose_nothing(scim):
     emails = {e["value"] for e in scim.get(f"/Users/{user['id']}").json()["emails"]}
     assert {f"alt{i}-{user['id'][:8]}@contoso.test" for i in range(writers)} <= emails, "every PATCH landed"
     assert scim.get(f"/Users/{user['id']}").json()["meta"]["version"] == f'W/"{1 + writers}"'
+
+
+class PausedAt:
+    """The first call of one TableClient method on `table_name` after this is made (with these first
+    arguments, on the thread `after` paused, when given) waits, on the app's thread serving that
+    request, until `resume`: one request paused at a chosen step while the test sends another. Every
+    other call is the real one."""
+
+    def __init__(self, monkeypatch, method: str, table_name: str = ACCOUNTS_TABLE, args: tuple = (),
+                 after: PausedAt | None = None):
+        from azure.data.tables import TableClient
+
+        self.paused, self.resume, self.thread = threading.Event(), threading.Event(), None
+        real, armed = getattr(TableClient, method), [True]
+
+        def call(table, *given, **kwargs):
+            if armed[0] and table.table_name == table_name and given[:len(args)] == args and \
+                    (after is None or (after.thread is threading.current_thread())):
+                armed[0], self.thread = False, threading.current_thread()
+                self.paused.set()
+                assert self.resume.wait(TIMEOUT), "the paused request was never resumed"
+            return real(table, *given, **kwargs)
+        monkeypatch.setattr(TableClient, method, call)
+
+
+def paused_patch(scim, monkeypatch, user: dict, step: str, operation: dict, meanwhile, then=None,
+                 made: list | None = None) -> int:
+    """Request B (`operation`) paused at `step` of its accounts (its first read of them: "plan", or
+    its first write: "write"), `meanwhile()` run whole, then B resumed: B's status. With `then`: B
+    paused again at its retry's read of the person (after it lost the race), `then()` run whole, and
+    B resumed. `made` gets the keys of the account rows B created."""
+    from azure.data.tables import TableClient
+
+    pause = PausedAt(monkeypatch, {"plan": "get_entity", "write": "update_entity"}[step])
+    real_create = TableClient.create_entity
+
+    def create_entity(table, entity, **kwargs):
+        if made is not None and table.table_name == ACCOUNTS_TABLE and pause.thread is threading.current_thread():
+            made.append(entity["PartitionKey"])
+        return real_create(table, entity, **kwargs)
+    monkeypatch.setattr(TableClient, "create_entity", create_entity)
+    retry = PausedAt(monkeypatch, "get_entity", SCIM_USERS_TABLE, ("P", user["id"]), after=pause) if then else None
+    answer = {}
+    b = threading.Thread(target=lambda: answer.setdefault(
+        "status", Scim(scim.runtime).patch(f"/Users/{user['id']}", entra.patch(operation)).status_code))
+    b.start()
+    assert pause.paused.wait(TIMEOUT), "B never reached the step"
+    meanwhile()
+    pause.resume.set()
+    if retry is not None:
+        assert retry.paused.wait(TIMEOUT), "B did not start over"
+        then()
+        retry.resume.set()
+    b.join(TIMEOUT)
+    return answer["status"]
+
+
+def rows_of(scim, scim_id: str) -> list[tuple[str, str]]:
+    table = scim.runtime.tables.client(ACCOUNTS_TABLE)
+    return [(r["PartitionKey"], r["RowKey"]) for r in table.query_entities("ScimId eq @id", parameters={"id": scim_id})]
+
+
+RENAME = {"op": "Replace", "path": "displayName", "value": "Dana Renamed"}
+
+
+def entra_writes(scim, user: dict, new_email: str = "") -> dict:
+    """Request A, sent whole while B is paused: the person's email moved to `new_email`, or the person
+    deleted."""
+    def move():
+        r = Scim(scim.runtime).patch(f"/Users/{user['id']}", entra.patch(entra.replace_work_email(new_email)))
+        assert r.status_code in (200, 204), r.text
+
+    def delete():
+        assert Scim(scim.runtime).delete(f"/Users/{user['id']}").status_code == 204
+    return {"move": move, "delete": delete}
+
+
+@pytest.mark.parametrize("step", ["plan", "write"])
+def test_a_patch_racing_a_delete_of_the_same_person_leaves_no_account(scim, monkeypatch, step):
+    """B (a name change) read the person; A's DELETE then removed the accounts and the person (204).
+    B's write of the account it planned found the row gone (or B planned on no row at all), and made
+    the account again, enabled and linked, which no later SCIM write could reach: the person is gone.
+    SPEC: DELETE removes them; SECURITY.md: a deleted person keeps no live account."""
+    user, email = new_user(scim)
+    assert rows_of(scim, user["id"]) == [(email, "user")]
+    delete = entra_writes(scim, user)["delete"]
+    made = []
+    status = paused_patch(scim, monkeypatch, user, step, RENAME, delete, made=made)
+    assert status == 404, "the person B wrote to is gone"
+    assert rows_of(scim, user["id"]) == [], "B made an account for a deleted person"
+    if step == "write":  # B saw the row it planned on go: it never makes one (live until B's end)
+        assert made == [], "B turned the vanished row into a create"
+    assert scim.runtime.accounts.get(email, "user") is None
+
+
+@pytest.mark.parametrize("step", ["plan", "write"])
+def test_a_patch_racing_an_email_move_leaves_no_account_at_the_old_email(scim, monkeypatch, step):
+    """B (a name change) read the person at the old email; A then moved the account to a new email
+    (its last step deletes the old row). B made the account again at the old email, lost the race on
+    the person row, and its retry (from the person at the new email) never looked at the old one: the
+    old mailbox kept the person's AccountId, unlinked (externalId not a GUID), through a later
+    disable and DELETE. SPEC: two mailboxes never share an account; the old email then finds nothing."""
+    user, old = new_user(scim, external_id=unique("EMP"))
+    new = f"{unique('moved')}@contoso.test"
+    move = entra_writes(scim, user, new)["move"]
+    made = []
+    assert paused_patch(scim, monkeypatch, user, step, RENAME, move, made=made) in (200, 204)
+    if step == "write":
+        assert old not in made, "B turned the vanished row into a create at the old email"
+    assert rows_of(scim, user["id"]) == [(new, "user")], "one account, at the new email"
+    assert scim.runtime.accounts.get(old, "user") is None, "the old mailbox signs in to the person's account"
+    person = scim.get(f"/Users/{user['id']}").json()
+    assert person["displayName"] == "Dana Renamed" and person["emails"][0]["value"] == new, "both changes landed"
+    assert scim.delete(f"/Users/{user['id']}").status_code == 204
+    assert rows_of(scim, user["id"]) == [], "a row of the person's outlived the DELETE"
+
+
+def test_a_patch_that_lost_to_an_email_move_and_then_finds_the_person_deleted_leaves_no_account(scim, monkeypatch):
+    """As above, B made the account again at the old email and lost the race on the person row; before
+    its retry, a DELETE removed the person and the account at the new email (the person row named no
+    other). B's retry finds no person: what its lost attempt wrote goes too."""
+    user, old = new_user(scim, external_id=unique("EMP"))
+    new = f"{unique('moved')}@contoso.test"
+    move = entra_writes(scim, user, new)["move"]
+    delete = entra_writes(scim, user)["delete"]
+    assert paused_patch(scim, monkeypatch, user, "plan", RENAME, move, then=delete) == 404
+    assert rows_of(scim, user["id"]) == [], "the account B made at the old email outlived the person"
+    assert scim.runtime.accounts.get(old, "user") is None
+
+
+def test_a_retry_that_stops_before_removing_what_its_lost_attempt_wrote_leaves_it_to_the_next_write(
+        scim, monkeypatch):
+    """B's retry (after it made the account again at the old email and lost) stops on an outage just
+    before deleting that row (503): the person row records the old email's key as a stopped move's
+    would, so the next write, a DELETE, removes the row there too."""
+    from tests.scim.test_stopped_move import stop_at
+
+    user, old = new_user(scim, external_id=unique("EMP"))
+    new = f"{unique('moved')}@contoso.test"
+    move = entra_writes(scim, user, new)["move"]
+
+    def outage_at_the_old_row():
+        stop_at(monkeypatch, "delete_entity", ACCOUNTS_TABLE, lambda key: key == old)
+    assert paused_patch(scim, monkeypatch, user, "plan", RENAME, move, then=outage_at_the_old_row) == 503
+    assert (old, "user") in rows_of(scim, user["id"]), "the stop left B's row at the old email"
+    monkeypatch.undo()
+    assert scim.delete(f"/Users/{user['id']}").status_code == 204
+    assert rows_of(scim, user["id"]) == [], "a row at the old email outlived the DELETE"
 
 
 def posted_at_once(scim, body: dict, writers: int) -> list[tuple[int, dict]]:
