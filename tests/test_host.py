@@ -356,3 +356,52 @@ def test_a_body_shorter_than_its_content_length_times_out_instead_of_holding_a_t
             assert time.monotonic() - started < 3
     finally:
         handle.stop()
+
+
+# ---- the host's own answers to requests it cannot pass to a function (found by fuzzing raw sockets) ----
+
+@pytest.fixture
+def https_public():
+    """PUBLIC_BASE_URL is https://: SPEC asks Strict-Transport-Security on every answer, the host's own too."""
+    from shared.runtime import Runtime, get_runtime, reset_runtime
+
+    previous = get_runtime()
+    reset_runtime(Runtime({"PUBLIC_BASE_URL": "https://sso.example.test"}))
+    yield
+    reset_runtime(previous)
+
+
+def assert_host_page(answer: bytes, status: bytes) -> None:
+    """One answer on the connection, the app's escaped error page with a correlation id, and HSTS."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == status, answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:600]
+    assert b"\r\nStrict-Transport-Security: max-age=31536000" in head, head
+    assert b"Correlation ID" in body and b"Traceback" not in body and b"Werkzeug" not in body, body[:600]
+
+
+def errors_logged(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.parametrize("host_header", [b"xn--", b"xn--zz"])
+@pytest.mark.parametrize("line", [b"GET /api/sso/jwks.json", b"POST /api/sso/user/callback"])
+def test_a_host_header_no_url_can_be_built_from_is_a_400_page_not_a_500(server, https_public, caplog,
+                                                                         host_header, line):
+    """Building the request's URL from `Host: xn--` raised UnicodeError outside the function's try: a 500
+    with a traceback in the log."""
+    answer = raw_request(server.port, line + b" HTTP/1.1\r\nHost: " + host_header
+                         + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert_host_page(answer, b"400")
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("path", [b"/api/sso/jwks.json", b"/api/nope"])
+def test_the_route_is_never_taken_from_the_host_header(server, https_public, caplog, path):
+    """A label over 63 characters made werkzeug's bind_to_environ raise BadHost before any try: a 500 on
+    every route. The route comes from the path alone: the same answer as with a plain Host."""
+    answers = [raw_request(server.port, b"GET " + path + b" HTTP/1.1\r\nHost: " + host_header
+                           + b"\r\nConnection: close\r\n\r\n")
+               for host_header in (b"a" * 64 + b".example", b"a" * 5000, b"localhost")]
+    assert {answer.split(b" ")[1] for answer in answers} == {b"200" if b"jwks" in path else b"404"}, answers
+    assert errors_logged(caplog) == []

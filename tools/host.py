@@ -40,12 +40,14 @@ from typing import Any
 from urllib.parse import quote
 
 import azure.functions as func
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound, default_exceptions
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
+from shared import pages
 from shared.config import log_value
+from shared.errors import InvalidRequest
 from shared.worker import quiet_loggers
 from tools.local_settings import load_local_settings, local_http_port
 
@@ -54,6 +56,14 @@ DEFAULT_PORT = 7071
 MAX_REQUEST_BODY = 100 * 1024 * 1024  # what Azure's front end takes (above it: 413)
 # The server sets these from the body it sends; a function's own values would only confuse the client.
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
+class RequestTooLarge(InvalidRequest):
+    """A body over MAX_REQUEST_BODY: the host's own answer, as Azure's front end gives it."""
+
+    status = 413
+    reason = "request_too_large"
+    message = "The request's body is larger than the 100 MB this app accepts."
 
 
 def route_prefix(app_dir: Path) -> str:
@@ -100,6 +110,7 @@ class FunctionHost:
     def __init__(self, function_app: func.FunctionApp, prefix: str = "api") -> None:
         self.not_found = _app_page("not_found_response")
         self.method_not_allowed = _app_page("method_not_allowed_response")
+        self.to_response, self.home_urls = _app_page("to_response"), _app_page("home_urls")
         rules, self.other_functions = [], []
         for function in function_app.get_functions():
             trigger = function.get_trigger()
@@ -113,7 +124,9 @@ class FunctionHost:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         started = time.perf_counter()
         request = Request(environ)
-        routes = self.routes.bind_to_environ(environ)
+        # The path alone picks the function: bind_to_environ would also read the Host header, and refuse
+        # one it cannot IDNA-encode (a label over 63 characters) with an exception outside this try.
+        routes = self.routes.bind("localhost", path_info=request.path, default_method=request.method)
         try:
             function, params = routes.match()
             response = self.invoke(function, request, params)
@@ -121,6 +134,8 @@ class FunctionHost:
             response = self.not_found_page(environ)
         except MethodNotAllowed as exc:
             response = self.method_not_allowed_page(environ, routes, exc)
+        except (BadRequest, UnicodeError) as exc:  # what the function would be given cannot be read
+            response = self.refusal(400, f"unreadable request: {type(exc).__name__}")
         except HTTPException as exc:
             response = exc.get_response(environ)
         for name, value in _transport_security().items():  # the host's own answers too
@@ -144,6 +159,17 @@ class FunctionHost:
             return MethodNotAllowed(served).get_response(environ)
         return self.as_response(self.method_not_allowed(environ["REQUEST_METHOD"], function.get_trigger().route,
                                                         served))
+
+    def refusal(self, status: int, detail: str) -> Response:
+        """The host's answer to a request it gives no function: the app's error page, which escapes
+        what it shows and names a correlation id (logged with `detail`, which holds nothing the client
+        sent); werkzeug's plain page for an app directory without functions/http.py."""
+        if self.to_response is None:
+            return default_exceptions[status]().get_response()
+        cid = str(uuid.uuid4())
+        LOG.warning("refused: %s correlation_id=%s", detail, cid)
+        error = RequestTooLarge(detail) if status == 413 else InvalidRequest(detail)
+        return self.as_response(self.to_response(pages.error(error, cid, homes=self.home_urls())))
 
     @staticmethod
     def as_response(result: func.HttpResponse) -> Response:
