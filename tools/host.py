@@ -40,7 +40,14 @@ from typing import Any
 from urllib.parse import quote
 
 import azure.functions as func
-from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound, default_exceptions
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+    default_exceptions,
+)
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
@@ -56,6 +63,9 @@ DEFAULT_PORT = 7071
 MAX_REQUEST_BODY = 100 * 1024 * 1024  # what Azure's front end takes (above it: 413)
 # The server sets these from the body it sends; a function's own values would only confuse the client.
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+# The environ key of a request the handler refuses before reading its body (its answer, an HTTPException):
+# the app still answers it, so the host's refusals are the app's pages with the app's headers (HSTS).
+REFUSED = "tools.host.refused"
 
 
 class RequestTooLarge(InvalidRequest):
@@ -128,14 +138,18 @@ class FunctionHost:
         # one it cannot IDNA-encode (a label over 63 characters) with an exception outside this try.
         routes = self.routes.bind("localhost", path_info=request.path, default_method=request.method)
         try:
+            if REFUSED in environ:
+                raise environ[REFUSED]
             function, params = routes.match()
             response = self.invoke(function, request, params)
         except NotFound:
             response = self.not_found_page(environ)
         except MethodNotAllowed as exc:
             response = self.method_not_allowed_page(environ, routes, exc)
+        except RequestEntityTooLarge as exc:
+            response = self.refusal(413, exc.description)
         except (BadRequest, UnicodeError) as exc:  # what the function would be given cannot be read
-            response = self.refusal(400, f"unreadable request: {type(exc).__name__}")
+            response = self.refusal(400, f"{type(exc).__name__}: {getattr(exc, 'description', exc)}")
         except HTTPException as exc:
             response = exc.get_response(environ)
         for name, value in _transport_security().items():  # the host's own answers too
@@ -247,6 +261,7 @@ class _RequestHandler(WSGIRequestHandler):
     # Each read waits at most this long: a body shorter than its Content-Length, or a client gone
     # silent, frees its thread (and an idle kept-alive connection closes) instead of holding it for ever.
     timeout = 60
+    refused: HTTPException | None = None  # refuse()'s answer (the connection closes after it)
 
     def setup(self) -> None:
         super().setup()
@@ -274,11 +289,8 @@ class _RequestHandler(WSGIRequestHandler):
         if not chunked and (not digits or len(length.lstrip("0")) > len(str(MAX_REQUEST_BODY))
                             or int(length) > MAX_REQUEST_BODY):
             # A huge one: read() would allocate before reading a byte (and int() refuses 4,300 digits).
-            # Where the body ends is unknown: the connection closes after the answer, sent before any
-            # 100 Continue invites the body.
-            self.close_connection = True
-            return self.send_error(413 if digits else 400, "Request body too large" if digits
-                                   else "Bad Content-Length")
+            return self.refuse(RequestEntityTooLarge("Content-Length over the limit") if digits
+                               else BadRequest("Content-Length is not a number"))
         if self.headers.get("Expect", "").lower() == "100-continue":  # before reading the body, not after
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.wfile.flush()
@@ -291,6 +303,24 @@ class _RequestHandler(WSGIRequestHandler):
             super().run_wsgi()  # its drain after the response now reads self.rfile, not the next request
         finally:
             self.rfile = connection_file
+
+    def refuse(self, answer: HTTPException) -> None:
+        """Answers without reading the body, through the app (REFUSED). Where the body ends is unknown:
+        the connection closes after the answer, and no 100 Continue invites the body."""
+        self.close_connection = True
+        self.refused = answer
+        del self.headers["Expect"]
+        connection_file, self.rfile = self.rfile, io.BytesIO()  # werkzeug's drain after the answer reads nothing
+        try:
+            super().run_wsgi()
+        finally:
+            self.rfile = connection_file
+
+    def make_environ(self) -> dict[str, Any]:
+        environ = super().make_environ()
+        if self.refused is not None:
+            environ[REFUSED] = self.refused
+        return environ
 
     def send_header(self, keyword: str, value: str) -> None:
         if keyword.lower() != "connection" or self.close_connection:  # werkzeug always says "close"
