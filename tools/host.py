@@ -203,7 +203,7 @@ class FunctionHost:
             method=request.method, url=request.url, headers=dict(request.headers.items()),
             # As Azure's host passes a repeated parameter: its values joined with commas (StringValues).
             params={name: ",".join(values) for name, values in request.args.lists()},
-            route_params=params, body=request.get_data())}
+            route_params=params, body=_body(request))}
         if takes_context:
             arguments["context"] = SimpleNamespace(
                 invocation_id=str(uuid.uuid4()), function_name=function.get_function_name())
@@ -237,6 +237,17 @@ def _calling(function: Any) -> tuple[str, Any, bool]:
     user_function = function.get_user_function()
     return (function.get_trigger().name, user_function,
             "context" in inspect.signature(user_function).parameters)
+
+
+def _body(request: Request) -> bytes:
+    """The request's body, RequestEntityTooLarge above MAX_REQUEST_BODY. The handler refuses a Content-Length
+    over it; a chunked body has none, and werkzeug stops reading one at max_content_length without a word
+    (LimitedStream.readall ends there): one byte more than the limit tells a body that is too large."""
+    request.max_content_length = MAX_REQUEST_BODY + 1
+    body = request.get_data()
+    if len(body) > MAX_REQUEST_BODY:
+        raise RequestEntityTooLarge("chunked body over the limit")
+    return body
 
 
 def _transport_security() -> dict[str, str]:
