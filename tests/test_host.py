@@ -433,3 +433,25 @@ def test_a_chunked_body_is_read_up_to_the_body_limit_and_413_above(server, https
     assert_host_page(raw_request(server.port, chunked(b"code=" + b"a" * 996)), b"413")
     plain = b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n" + b"a" * 1001
     assert_host_page(raw_request(server.port, plain), b"413")
+
+
+SMUGGLED = b"GET /api/sso/jwks.json HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+@pytest.mark.parametrize("lengths", [(5, 5 + len(SMUGGLED)), (5 + len(SMUGGLED), 5)], ids=["short-first", "long-first"])
+def test_differing_content_lengths_are_a_400_and_the_end_of_the_connection(server, https_public, lengths):
+    """The host framed the body by the first Content-Length, werkzeug's environ by the last: one
+    connection became two requests (request smuggling). RFC 9112 6.3: 400, then close."""
+    headers = b"".join(b"Content-Length: %d\r\n" % length for length in lengths)
+    answer = raw_request(server.port, b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n" + headers + b"\r\ncode=" + SMUGGLED)
+    assert_host_page(answer, b"400")
+    assert b"Set-Cookie" not in answer, "the smuggled request was not answered"
+
+
+def test_the_same_content_length_twice_is_one_length(server):
+    """RFC 9110 8.6: repeated identical values may be taken as one; both readers agree on them."""
+    answer = raw_request(server.port, b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: 6\r\nContent-Length: 6\r\n\r\ncode=c")
+    assert answer.split(b" ")[1] == b"200" and b'"form": {"code": "c"}' in answer, answer[:300]

@@ -294,7 +294,12 @@ class _RequestHandler(WSGIRequestHandler):
                 self.wfile.flush()
 
     def run_wsgi(self) -> None:
-        length = self.headers.get("Content-Length", "0")
+        lengths = self.headers.get_all("Content-Length", ["0"])
+        length = lengths[0]
+        if len(lengths) > 1 and lengths.count(length) != len(lengths):
+            # The body would end at the first for this handler and at the last for werkzeug's environ: the
+            # rest of it taken for a next request (smuggling). RFC 9112 6.3: 400, then close.
+            return self.refuse(BadRequest("differing Content-Length headers"))
         chunked = "Transfer-Encoding" in self.headers
         digits = length.isascii() and length.isdigit()  # RFC 9110: 1*DIGIT ('\u00b2'.isdigit() is True)
         if not chunked and (not digits or len(length.lstrip("0")) > len(str(MAX_REQUEST_BODY))
