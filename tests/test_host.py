@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import azure.functions as func
@@ -455,3 +456,34 @@ def test_the_same_content_length_twice_is_one_length(server):
                          b"Content-Type: application/x-www-form-urlencoded\r\n"
                          b"Content-Length: 6\r\nContent-Length: 6\r\n\r\ncode=c")
     assert answer.split(b" ")[1] == b"200" and b'"form": {"code": "c"}' in answer, answer[:300]
+
+
+def interim(sock: socket.socket, quiet: float = 0.5) -> bytes:
+    """What the server sends before it has the body: read until it is quiet for a while (or closes)."""
+    sock.settimeout(quiet)
+    received = b""
+    with suppress(TimeoutError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_100_continue_is_sent_once_and_never_before_a_refusal(server, https_public):
+    """http.server's parse_request sent its own 100 Continue before run_wsgi could refuse the body: a
+    413 came after an invitation to send 200 MB, and an accepted request got two 100 Continue."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 200000000\r\n\r\n")
+        answer = interim(s)
+    assert b"100 Continue" not in answer
+    assert_host_page(answer, b"413")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nConnection: close\r\n"
+                  b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\n\r\n")
+        assert interim(s) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.settimeout(5)
+        s.sendall(b"code=c")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"form": {"code": "c"}' in answer, answer[:300]

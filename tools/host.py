@@ -320,6 +320,11 @@ class _RequestHandler(WSGIRequestHandler):
         finally:
             self.rfile = connection_file
 
+    def handle_expect_100(self) -> bool:
+        """http.server's parse_request would send 100 Continue here, before run_wsgi can refuse the body
+        (and then run_wsgi sent a second one): run_wsgi's is the only one."""
+        return True
+
     def refuse(self, answer: HTTPException) -> None:
         """Answers without reading the body, through the app (REFUSED). Where the body ends is unknown:
         the connection closes after the answer, and no 100 Continue invites the body."""
