@@ -13,7 +13,9 @@ It serves what this app uses, nothing more: ``{name}`` route parameters and a ca
 (one or more segments; matched case-sensitively, where Azure ignores case), a function taking the
 request and ``context`` and returning a ``func.HttpResponse``. An exception in a function is a 500
 whose traceback goes to the log only; the access log never shows the query string, which carries
-authorization codes.
+authorization codes. A request it gives no function (a body over Azure's 100 MB: 413; a request line,
+header, Content-Length, chunked body or Host it cannot read: 400) gets the app's error page with the
+app's headers; the function is picked by the path alone, never by the Host header.
 """
 
 from __future__ import annotations
@@ -120,7 +122,6 @@ class FunctionHost:
     def __init__(self, function_app: func.FunctionApp, prefix: str = "api") -> None:
         self.not_found = _app_page("not_found_response")
         self.method_not_allowed = _app_page("method_not_allowed_response")
-        self.to_response, self.home_urls = _app_page("to_response"), _app_page("home_urls")
         rules, self.other_functions = [], []
         for function in function_app.get_functions():
             trigger = function.get_trigger()
@@ -147,13 +148,12 @@ class FunctionHost:
         except MethodNotAllowed as exc:
             response = self.method_not_allowed_page(environ, routes, exc)
         except RequestEntityTooLarge as exc:
-            response = self.refusal(413, exc.description)
+            response = refusal(413, exc.description)
         except (BadRequest, UnicodeError) as exc:  # what the function would be given cannot be read
-            response = self.refusal(400, f"{type(exc).__name__}: {getattr(exc, 'description', exc)}")
+            response = refusal(400, f"{type(exc).__name__}: {getattr(exc, 'description', exc)}")
         except HTTPException as exc:
             response = exc.get_response(environ)
-        for name, value in _transport_security().items():  # the host's own answers too
-            response.headers.setdefault(name, value)
+        with_transport_security(response)  # the host's own answers too
         # The method is any token a client sends (escape bytes too): escaped like every logged value.
         LOG.info("%s %s %d %.1fms", log_value(request.method), quote(request.path), response.status_code,
                  (time.perf_counter() - started) * 1000)
@@ -173,17 +173,6 @@ class FunctionHost:
             return MethodNotAllowed(served).get_response(environ)
         return self.as_response(self.method_not_allowed(environ["REQUEST_METHOD"], function.get_trigger().route,
                                                         served))
-
-    def refusal(self, status: int, detail: str) -> Response:
-        """The host's answer to a request it gives no function: the app's error page, which escapes
-        what it shows and names a correlation id (logged with `detail`, which holds nothing the client
-        sent); werkzeug's plain page for an app directory without functions/http.py."""
-        if self.to_response is None:
-            return default_exceptions[status]().get_response()
-        cid = str(uuid.uuid4())
-        LOG.warning("refused: %s correlation_id=%s", detail, cid)
-        error = RequestTooLarge(detail) if status == 413 else InvalidRequest(detail)
-        return self.as_response(self.to_response(pages.error(error, cid, homes=self.home_urls())))
 
     @staticmethod
     def as_response(result: func.HttpResponse) -> Response:
@@ -250,10 +239,26 @@ def _body(request: Request) -> bytes:
     return body
 
 
-def _transport_security() -> dict[str, str]:
+def refusal(status: int, detail: str) -> Response:
+    """The host's answer to a request it gives no function: the app's error page, which escapes what it
+    shows and names a correlation id (logged with `detail`, which holds nothing the client sent);
+    werkzeug's plain page for an app directory without functions/http.py."""
+    to_response = _app_page("to_response")
+    if to_response is None:
+        return default_exceptions[status]().get_response()
+    cid = str(uuid.uuid4())
+    LOG.warning("refused: %s correlation_id=%s", detail, cid)
+    error = RequestTooLarge(detail) if status == 413 else InvalidRequest(detail)
+    error.status = status  # http.server's 414, 431 and 505 too
+    return FunctionHost.as_response(to_response(pages.error(error, cid, homes=_app_page("home_urls")())))
+
+
+def with_transport_security(response: Response) -> Response:
     from functions.http import transport_security  # the app's rule (after function_app is importable)
 
-    return transport_security()
+    for name, value in transport_security().items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def build_wsgi_app(function_app: func.FunctionApp, prefix: str = "api") -> FunctionHost:
@@ -319,6 +324,20 @@ class _RequestHandler(WSGIRequestHandler):
             super().run_wsgi()  # its drain after the response now reads self.rfile, not the next request
         finally:
             self.rfile = connection_file
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a request line or header it cannot parse, 414, 431, 505) come
+        before there is a request to give the app: the same page and headers as the app's refusals."""
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        response = with_transport_security(refusal(code, f"malformed request ({code})"))  # message echoes it
+        self.send_response(code)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.get_data())
 
     def handle_expect_100(self) -> bool:
         """http.server's parse_request would send 100 Continue here, before run_wsgi can refuse the body
