@@ -491,9 +491,11 @@ def test_100_continue_is_sent_once_and_never_before_a_refusal(server, https_publ
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"GET /api/sso/jwks.json?code=SECRETCODE x HTTP/1.1\r\nHost: a\r\n\r\n", b"400"),
+    (b"GET /api/sso/jwks.json?code=SECRETCODE HTTP/2.0\r\nHost: a\r\n\r\n", b"505"),
+    (b"GET /api/sso/jwks.json?code=SECRETCODE HTTP/1.x\r\nHost: a\r\n\r\n", b"400"),
     (b"GET /api/sso/jwks.json?code=SECRETCODE HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
     (b"GET /api/sso/jwks.json?code=SECRETCODE" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414"),
-], ids=["request-line", "header-too-long", "uri-too-long"])
+], ids=["request-line", "version-2", "bad-version", "header-too-long", "uri-too-long"])
 def test_http_servers_own_refusals_are_the_apps_page_with_its_headers(server, https_public, caplog, request_bytes,
                                                                       status):
     """A request line or header http.server cannot parse never reaches the app: its answer was http.server's

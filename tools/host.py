@@ -330,6 +330,10 @@ class _RequestHandler(WSGIRequestHandler):
         before there is a request to give the app: the same page and headers as the app's refusals."""
         self.log_error("code %d, message %s", code, message)
         self.close_connection = True
+        if self.request_version == "HTTP/0.9" and len(self.requestline.split()) >= 3:
+            # A version parse_request refused (HTTP/2.0: 505) is not taken yet: the answer would go as to
+            # HTTP/0.9, a page without status line or headers.
+            self.request_version = "HTTP/1.1"
         response = with_transport_security(refusal(code, f"malformed request ({code})"))  # message echoes it
         self.send_response(code)
         for name, value in response.headers.items():
