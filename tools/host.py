@@ -65,9 +65,6 @@ DEFAULT_PORT = 7071
 MAX_REQUEST_BODY = 100 * 1024 * 1024  # what Azure's front end takes (above it: 413)
 # The server sets these from the body it sends; a function's own values would only confuse the client.
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
-# The environ key of a request the handler refuses before reading its body (its answer, an HTTPException):
-# the app still answers it, so the host's refusals are the app's pages with the app's headers (HSTS).
-REFUSED = "tools.host.refused"
 
 
 class RequestTooLarge(InvalidRequest):
@@ -139,8 +136,6 @@ class FunctionHost:
         # one it cannot IDNA-encode (a label over 63 characters) with an exception outside this try.
         routes = self.routes.bind("localhost", path_info=request.path, default_method=request.method)
         try:
-            if REFUSED in environ:
-                raise environ[REFUSED]
             function, params = routes.match()
             response = self.invoke(function, request, params)
         except NotFound:
@@ -277,7 +272,6 @@ class _RequestHandler(WSGIRequestHandler):
     # Each read waits at most this long: a body shorter than its Content-Length, or a client gone
     # silent, frees its thread (and an idle kept-alive connection closes) instead of holding it for ever.
     timeout = 60
-    refused: HTTPException | None = None  # refuse()'s answer (the connection closes after it)
 
     def setup(self) -> None:
         super().setup()
@@ -304,14 +298,16 @@ class _RequestHandler(WSGIRequestHandler):
         if len(lengths) > 1 and lengths.count(length) != len(lengths):
             # The body would end at the first for this handler and at the last for werkzeug's environ: the
             # rest of it taken for a next request (smuggling). RFC 9112 6.3: 400, then close.
-            return self.refuse(BadRequest("differing Content-Length headers"))
+            return self.send_error(400, "Differing Content-Length headers")
         chunked = "Transfer-Encoding" in self.headers
         digits = length.isascii() and length.isdigit()  # RFC 9110: 1*DIGIT ('\u00b2'.isdigit() is True)
         if not chunked and (not digits or len(length.lstrip("0")) > len(str(MAX_REQUEST_BODY))
                             or int(length) > MAX_REQUEST_BODY):
             # A huge one: read() would allocate before reading a byte (and int() refuses 4,300 digits).
-            return self.refuse(RequestEntityTooLarge("Content-Length over the limit") if digits
-                               else BadRequest("Content-Length is not a number"))
+            # Where the body ends is unknown: send_error closes the connection after the answer, sent
+            # before any 100 Continue invites the body.
+            return self.send_error(413 if digits else 400,
+                                   "Request body too large" if digits else "Bad Content-Length")
         if self.headers.get("Expect", "").lower() == "100-continue":  # before reading the body, not after
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.wfile.flush()
@@ -326,8 +322,9 @@ class _RequestHandler(WSGIRequestHandler):
             self.rfile = connection_file
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own refusals (a request line or header it cannot parse, 414, 431, 505) come
-        before there is a request to give the app: the same page and headers as the app's refusals."""
+        """Every refusal before the app runs, http.server's (a request line or header it cannot parse,
+        414, 431, 505) and run_wsgi's (a Content-Length it reads no body by): the same page and headers
+        as the host's refusals in the app (`refusal`, `with_transport_security`)."""
         self.log_error("code %d, message %s", code, message)
         self.close_connection = True
         if self.request_version == "HTTP/0.9" and len(self.requestline.split()) >= 3:
@@ -347,24 +344,6 @@ class _RequestHandler(WSGIRequestHandler):
         """http.server's parse_request would send 100 Continue here, before run_wsgi can refuse the body
         (and then run_wsgi sent a second one): run_wsgi's is the only one."""
         return True
-
-    def refuse(self, answer: HTTPException) -> None:
-        """Answers without reading the body, through the app (REFUSED). Where the body ends is unknown:
-        the connection closes after the answer, and no 100 Continue invites the body."""
-        self.close_connection = True
-        self.refused = answer
-        del self.headers["Expect"]
-        connection_file, self.rfile = self.rfile, io.BytesIO()  # werkzeug's drain after the answer reads nothing
-        try:
-            super().run_wsgi()
-        finally:
-            self.rfile = connection_file
-
-    def make_environ(self) -> dict[str, Any]:
-        environ = super().make_environ()
-        if self.refused is not None:
-            environ[REFUSED] = self.refused
-        return environ
 
     def send_header(self, keyword: str, value: str) -> None:
         if keyword.lower() != "connection" or self.close_connection:  # werkzeug always says "close"
