@@ -331,7 +331,8 @@ class _RequestHandler(WSGIRequestHandler):
             # A version parse_request refused (HTTP/2.0: 505) is not taken yet: the answer would go as to
             # HTTP/0.9, a page without status line or headers.
             self.request_version = "HTTP/1.1"
-        response = with_transport_security(refusal(code, f"malformed request ({code})"))  # message echoes it
+        # Not `message`: http.server's echoes the request line, query and all.
+        response = with_transport_security(refusal(code, f"{code} before the app ran"))
         self.send_response(code)
         for name, value in response.headers.items():
             self.send_header(name, value)
