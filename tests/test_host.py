@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import azure.functions as func
@@ -334,14 +335,15 @@ def test_the_command_serves_an_app_dir_on_plain_http(tmp_path, session):
 @pytest.mark.parametrize("length, status", [("\u00b2", b"400"), ("-1", b"400"), ("1e3", b"400"), (str(10**17), b"413"),
                                             ("9" * 5000, b"413")],
                          ids=["superscript-two", "negative", "float", "huge", "more-digits-than-int-takes"])
-def test_a_content_length_that_is_not_a_size_to_read_gets_an_answer_not_a_dropped_connection(server, length, status):
+def test_a_content_length_that_is_not_a_size_to_read_gets_an_answer_not_a_dropped_connection(server, https_public,
+                                                                                            length, status):
     """'\u00b2'.isdigit() is True and int() refuses it; 10**17 made read() allocate before reading: both
-    dropped the connection with a traceback. Azure's front end answers 413 above 100 MB."""
+    dropped the connection with a traceback. Azure's front end answers 413 above 100 MB. The answer is the
+    app's page with the app's headers (it was http.server's, without Strict-Transport-Security)."""
     request = (f"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n"
                .encode("latin-1") + b"x")
     answer = raw_request(server.port, request)  # read to the end: the server closes (where the body ends is unknown)
-    assert answer.split(b" ")[1] == status, answer[:200]
-    assert answer.count(b"HTTP/1.1") == 1, "the unread body was not taken for a next request"
+    assert_host_page(answer, status)  # one answer: the unread body was not taken for a next request
 
 
 def test_a_body_shorter_than_its_content_length_times_out_instead_of_holding_a_thread_for_ever(monkeypatch):
@@ -356,3 +358,148 @@ def test_a_body_shorter_than_its_content_length_times_out_instead_of_holding_a_t
             assert time.monotonic() - started < 3
     finally:
         handle.stop()
+
+
+# ---- the host's own answers to requests it cannot pass to a function (found by fuzzing raw sockets) ----
+
+@pytest.fixture
+def https_public():
+    """PUBLIC_BASE_URL is https://: SPEC asks Strict-Transport-Security on every answer, the host's own too."""
+    from shared.runtime import Runtime, get_runtime, reset_runtime
+
+    previous = get_runtime()
+    reset_runtime(Runtime({"PUBLIC_BASE_URL": "https://sso.example.test"}))
+    yield
+    reset_runtime(previous)
+
+
+def assert_host_page(answer: bytes, status: bytes) -> None:
+    """One answer on the connection, the app's escaped error page with a correlation id, and HSTS."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == status, answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:600]
+    assert b"\r\nStrict-Transport-Security: max-age=31536000" in head, head
+    assert b"Correlation ID" in body and b"Traceback" not in body and b"Werkzeug" not in body, body[:600]
+
+
+def errors_logged(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.parametrize("host_header", [b"xn--", b"xn--zz"])
+@pytest.mark.parametrize("line", [b"GET /api/sso/jwks.json", b"POST /api/sso/user/callback"])
+def test_a_host_header_no_url_can_be_built_from_is_a_400_page_not_a_500(server, https_public, caplog,
+                                                                         host_header, line):
+    """Building the request's URL from `Host: xn--` raised UnicodeError outside the function's try: a 500
+    with a traceback in the log."""
+    answer = raw_request(server.port, line + b" HTTP/1.1\r\nHost: " + host_header
+                         + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert_host_page(answer, b"400")
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("path", [b"/api/sso/jwks.json", b"/api/nope"])
+def test_the_route_is_never_taken_from_the_host_header(server, https_public, caplog, path):
+    """A label over 63 characters made werkzeug's bind_to_environ raise BadHost before any try: a 500 on
+    every route. The route comes from the path alone: the same answer as with a plain Host."""
+    answers = [raw_request(server.port, b"GET " + path + b" HTTP/1.1\r\nHost: " + host_header
+                           + b"\r\nConnection: close\r\n\r\n")
+               for host_header in (b"a" * 64 + b".example", b"a" * 5000, b"localhost")]
+    assert {answer.split(b" ")[1] for answer in answers} == {b"200" if b"jwks" in path else b"404"}, answers
+    assert errors_logged(caplog) == []
+
+
+CHUNKED_HEAD = (b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n\r\n")
+
+
+@pytest.mark.parametrize("body", [b"ZZ\r\nabc\r\n0\r\n\r\n", b"5\r\ncode=XX0\r\n\r\n", b"-5\r\ncode=\r\n0\r\n\r\n"],
+                         ids=["not-hex", "no-chunk-end", "negative"])
+def test_a_broken_chunked_body_is_a_400_page_not_a_500(server, https_public, caplog, body):
+    assert_host_page(raw_request(server.port, CHUNKED_HEAD + body), b"400")
+    assert errors_logged(caplog) == []
+
+
+def test_a_chunked_body_is_read_up_to_the_body_limit_and_413_above(server, https_public, monkeypatch):
+    """A chunked body had no limit at all (a 120 MB one was read whole, where Azure's front end answers
+    413 above 100 MB); the same limit as for a Content-Length, here made small."""
+    monkeypatch.setattr(host, "MAX_REQUEST_BODY", 1000)
+
+    def chunked(body: bytes) -> bytes:
+        return CHUNKED_HEAD + b"".join(b"%x\r\n%s\r\n" % (len(part), part)
+                                       for part in (body[:600], body[600:])) + b"0\r\n\r\n"
+
+    answer = raw_request(server.port, chunked(b"code=" + b"a" * 995))
+    assert answer.split(b" ")[1] == b"200" and b'"form": {"code": "' + b"a" * 995 + b'"}' in answer, answer[:300]
+    assert_host_page(raw_request(server.port, chunked(b"code=" + b"a" * 996)), b"413")
+    plain = b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n" + b"a" * 1001
+    assert_host_page(raw_request(server.port, plain), b"413")
+
+
+SMUGGLED = b"GET /api/sso/jwks.json HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+@pytest.mark.parametrize("lengths", [(5, 5 + len(SMUGGLED)), (5 + len(SMUGGLED), 5)], ids=["short-first", "long-first"])
+def test_differing_content_lengths_are_a_400_and_the_end_of_the_connection(server, https_public, lengths):
+    """The host framed the body by the first Content-Length, werkzeug's environ by the last: one
+    connection became two requests (request smuggling). RFC 9112 6.3: 400, then close."""
+    headers = b"".join(b"Content-Length: %d\r\n" % length for length in lengths)
+    answer = raw_request(server.port, b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n" + headers + b"\r\ncode=" + SMUGGLED)
+    assert_host_page(answer, b"400")
+    assert b"Set-Cookie" not in answer, "the smuggled request was not answered"
+
+
+def test_the_same_content_length_twice_is_one_length(server):
+    """RFC 9110 8.6: repeated identical values may be taken as one; both readers agree on them."""
+    answer = raw_request(server.port, b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: 6\r\nContent-Length: 6\r\n\r\ncode=c")
+    assert answer.split(b" ")[1] == b"200" and b'"form": {"code": "c"}' in answer, answer[:300]
+
+
+def interim(sock: socket.socket, quiet: float = 0.5) -> bytes:
+    """What the server sends before it has the body: read until it is quiet for a while (or closes)."""
+    sock.settimeout(quiet)
+    received = b""
+    with suppress(TimeoutError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_100_continue_is_sent_once_and_never_before_a_refusal(server, https_public):
+    """http.server's parse_request sent its own 100 Continue before run_wsgi could refuse the body: a
+    413 came after an invitation to send 200 MB, and an accepted request got two 100 Continue."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: 200000000\r\n\r\n")
+        answer = interim(s)
+    assert b"100 Continue" not in answer
+    assert_host_page(answer, b"413")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nConnection: close\r\n"
+                  b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\n\r\n")
+        assert interim(s) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.settimeout(5)
+        s.sendall(b"code=c")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"form": {"code": "c"}' in answer, answer[:300]
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GET /api/sso/jwks.json?code=SECRETCODE x HTTP/1.1\r\nHost: a\r\n\r\n", b"400"),
+    (b"GET /api/sso/jwks.json?code=SECRETCODE HTTP/2.0\r\nHost: a\r\n\r\n", b"505"),
+    (b"GET /api/sso/jwks.json?code=SECRETCODE HTTP/1.x\r\nHost: a\r\n\r\n", b"400"),
+    (b"GET /api/sso/jwks.json?code=SECRETCODE HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
+    (b"GET /api/sso/jwks.json?code=SECRETCODE" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414"),
+], ids=["request-line", "version-2", "bad-version", "header-too-long", "uri-too-long"])
+def test_http_servers_own_refusals_are_the_apps_page_with_its_headers(server, https_public, caplog, request_bytes,
+                                                                      status):
+    """A request line or header http.server cannot parse never reaches the app: its answer was http.server's
+    page, without Strict-Transport-Security."""
+    answer = raw_request(server.port, request_bytes)
+    assert_host_page(answer, status)
+    assert b"SECRETCODE" not in answer and "SECRETCODE" not in caplog.text

@@ -13,7 +13,9 @@ It serves what this app uses, nothing more: ``{name}`` route parameters and a ca
 (one or more segments; matched case-sensitively, where Azure ignores case), a function taking the
 request and ``context`` and returning a ``func.HttpResponse``. An exception in a function is a 500
 whose traceback goes to the log only; the access log never shows the query string, which carries
-authorization codes.
+authorization codes. A request it gives no function (a body over Azure's 100 MB: 413; a request line,
+header, Content-Length, chunked body or Host it cannot read: 400) gets the app's error page with the
+app's headers; the function is picked by the path alone, never by the Host header.
 """
 
 from __future__ import annotations
@@ -40,12 +42,21 @@ from typing import Any
 from urllib.parse import quote
 
 import azure.functions as func
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+    default_exceptions,
+)
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
+from shared import pages
 from shared.config import log_value
+from shared.errors import InvalidRequest
 from shared.worker import quiet_loggers
 from tools.local_settings import load_local_settings, local_http_port
 
@@ -54,6 +65,14 @@ DEFAULT_PORT = 7071
 MAX_REQUEST_BODY = 100 * 1024 * 1024  # what Azure's front end takes (above it: 413)
 # The server sets these from the body it sends; a function's own values would only confuse the client.
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
+class RequestTooLarge(InvalidRequest):
+    """A body over MAX_REQUEST_BODY: the host's own answer, as Azure's front end gives it."""
+
+    status = 413
+    reason = "request_too_large"
+    message = "The request's body is larger than the 100 MB this app accepts."
 
 
 def route_prefix(app_dir: Path) -> str:
@@ -113,7 +132,9 @@ class FunctionHost:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         started = time.perf_counter()
         request = Request(environ)
-        routes = self.routes.bind_to_environ(environ)
+        # The path alone picks the function: bind_to_environ would also read the Host header, and refuse
+        # one it cannot IDNA-encode (a label over 63 characters) with an exception outside this try.
+        routes = self.routes.bind("localhost", path_info=request.path, default_method=request.method)
         try:
             function, params = routes.match()
             response = self.invoke(function, request, params)
@@ -121,10 +142,13 @@ class FunctionHost:
             response = self.not_found_page(environ)
         except MethodNotAllowed as exc:
             response = self.method_not_allowed_page(environ, routes, exc)
+        except RequestEntityTooLarge as exc:
+            response = refusal(413, exc.description)
+        except (BadRequest, UnicodeError) as exc:  # what the function would be given cannot be read
+            response = refusal(400, f"{type(exc).__name__}: {getattr(exc, 'description', exc)}")
         except HTTPException as exc:
             response = exc.get_response(environ)
-        for name, value in _transport_security().items():  # the host's own answers too
-            response.headers.setdefault(name, value)
+        with_transport_security(response)  # the host's own answers too
         # The method is any token a client sends (escape bytes too): escaped like every logged value.
         LOG.info("%s %s %d %.1fms", log_value(request.method), quote(request.path), response.status_code,
                  (time.perf_counter() - started) * 1000)
@@ -163,7 +187,7 @@ class FunctionHost:
             method=request.method, url=request.url, headers=dict(request.headers.items()),
             # As Azure's host passes a repeated parameter: its values joined with commas (StringValues).
             params={name: ",".join(values) for name, values in request.args.lists()},
-            route_params=params, body=request.get_data())}
+            route_params=params, body=_body(request))}
         if takes_context:
             arguments["context"] = SimpleNamespace(
                 invocation_id=str(uuid.uuid4()), function_name=function.get_function_name())
@@ -199,10 +223,37 @@ def _calling(function: Any) -> tuple[str, Any, bool]:
             "context" in inspect.signature(user_function).parameters)
 
 
-def _transport_security() -> dict[str, str]:
+def _body(request: Request) -> bytes:
+    """The request's body, RequestEntityTooLarge above MAX_REQUEST_BODY. The handler refuses a Content-Length
+    over it; a chunked body has none, and werkzeug stops reading one at max_content_length without a word
+    (LimitedStream.readall ends there): one byte more than the limit tells a body that is too large."""
+    request.max_content_length = MAX_REQUEST_BODY + 1
+    body = request.get_data()
+    if len(body) > MAX_REQUEST_BODY:
+        raise RequestEntityTooLarge("chunked body over the limit")
+    return body
+
+
+def refusal(status: int, detail: str) -> Response:
+    """The host's answer to a request it gives no function: the app's error page, which escapes what it
+    shows and names a correlation id (logged with `detail`, which holds nothing the client sent);
+    werkzeug's plain page for an app directory without functions/http.py."""
+    to_response = _app_page("to_response")
+    if to_response is None:
+        return default_exceptions[status]().get_response()
+    cid = str(uuid.uuid4())
+    LOG.warning("refused: %s correlation_id=%s", detail, cid)
+    error = RequestTooLarge(detail) if status == 413 else InvalidRequest(detail)
+    error.status = status  # http.server's 414, 431 and 505 too
+    return FunctionHost.as_response(to_response(pages.error(error, cid, homes=_app_page("home_urls")())))
+
+
+def with_transport_security(response: Response) -> Response:
     from functions.http import transport_security  # the app's rule (after function_app is importable)
 
-    return transport_security()
+    for name, value in transport_security().items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def build_wsgi_app(function_app: func.FunctionApp, prefix: str = "api") -> FunctionHost:
@@ -242,17 +293,21 @@ class _RequestHandler(WSGIRequestHandler):
                 self.wfile.flush()
 
     def run_wsgi(self) -> None:
-        length = self.headers.get("Content-Length", "0")
+        lengths = self.headers.get_all("Content-Length", ["0"])
+        length = lengths[0]
+        if len(lengths) > 1 and lengths.count(length) != len(lengths):
+            # The body would end at the first for this handler and at the last for werkzeug's environ: the
+            # rest of it taken for a next request (smuggling). RFC 9112 6.3: 400, then close.
+            return self.send_error(400, "Differing Content-Length headers")
         chunked = "Transfer-Encoding" in self.headers
         digits = length.isascii() and length.isdigit()  # RFC 9110: 1*DIGIT ('\u00b2'.isdigit() is True)
         if not chunked and (not digits or len(length.lstrip("0")) > len(str(MAX_REQUEST_BODY))
                             or int(length) > MAX_REQUEST_BODY):
             # A huge one: read() would allocate before reading a byte (and int() refuses 4,300 digits).
-            # Where the body ends is unknown: the connection closes after the answer, sent before any
-            # 100 Continue invites the body.
-            self.close_connection = True
-            return self.send_error(413 if digits else 400, "Request body too large" if digits
-                                   else "Bad Content-Length")
+            # Where the body ends is unknown: send_error closes the connection after the answer, sent
+            # before any 100 Continue invites the body.
+            return self.send_error(413 if digits else 400,
+                                   "Request body too large" if digits else "Bad Content-Length")
         if self.headers.get("Expect", "").lower() == "100-continue":  # before reading the body, not after
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.wfile.flush()
@@ -265,6 +320,31 @@ class _RequestHandler(WSGIRequestHandler):
             super().run_wsgi()  # its drain after the response now reads self.rfile, not the next request
         finally:
             self.rfile = connection_file
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Every refusal before the app runs, http.server's (a request line or header it cannot parse,
+        414, 431, 505) and run_wsgi's (a Content-Length it reads no body by): the same page and headers
+        as the host's refusals in the app (`refusal`, `with_transport_security`)."""
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9" and len(self.requestline.split()) >= 3:
+            # A version parse_request refused (HTTP/2.0: 505) is not taken yet: the answer would go as to
+            # HTTP/0.9, a page without status line or headers.
+            self.request_version = "HTTP/1.1"
+        # Not `message`: http.server's echoes the request line, query and all.
+        response = with_transport_security(refusal(code, f"{code} before the app ran"))
+        self.send_response(code)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.get_data())
+
+    def handle_expect_100(self) -> bool:
+        """http.server's parse_request would send 100 Continue here, before run_wsgi can refuse the body
+        (and then run_wsgi sent a second one): run_wsgi's is the only one."""
+        return True
 
     def send_header(self, keyword: str, value: str) -> None:
         if keyword.lower() != "connection" or self.close_connection:  # werkzeug always says "close"
