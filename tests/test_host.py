@@ -237,6 +237,9 @@ def test_local_settings_fill_what_the_environment_does_not_set(tmp_path):
     assert environ == {"SET_IN_ENV": "env", **applied}
     assert local_http_port(tmp_path) == 7072
     assert load_local_settings(tmp_path / "missing", environ) == {} and local_http_port(tmp_path / "missing") is None
+    named = tmp_path / "elsewhere.json"  # tools.host --settings: a file of another name
+    named.write_text('{"Values": {"FROM_NAMED": "yes"}, "Host": {"LocalHttpPort": 7073}}')
+    assert load_local_settings(named, {}) == {"FROM_NAMED": "yes"} and local_http_port(named) == 7073
     (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": True, "Values": {"A": "x"}}))
     with pytest.raises(SystemExit, match="IsEncrypted"):
         load_local_settings(tmp_path, {})

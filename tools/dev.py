@@ -261,7 +261,10 @@ def _run(scenario_name: str | None, children: list[subprocess.Popen]) -> int:
     seed(settings["TABLES_CONNECTION_STRING"])
     print("starting the function app (tools.host) and the demo portal ...", flush=True)
     with signals_deferred():  # each is on the list as soon as it exists
+        # The stack's own settings file: an admin's local.settings.json in the root (left alone, for
+        # `func start`) must not fill in what the stack does not set (KEY_VAULT_URL, tenants, roles).
         app = subprocess.Popen([sys.executable, "-m", "tools.host", "--port", str(PORTS["app"]),
+                                "--settings", str(WRITTEN_SETTINGS),
                                 "--cert", str(ca.server_cert), "--key", str(ca.server_key)], cwd=ROOT, env=env)
         children.append(app)
     with signals_deferred():

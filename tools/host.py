@@ -400,14 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cert", help="PEM certificate (chain): serve HTTPS")
     parser.add_argument("--key", help="PEM private key of --cert")
     parser.add_argument("--app-dir", type=Path, default=Path("."), help="where function_app.py is (default .)")
+    parser.add_argument("--settings", type=Path, help="the settings file (default: APP_DIR/local.settings.json)")
     args = parser.parse_args(argv)
     if bool(args.cert) != bool(args.key):
         parser.error("--cert and --key go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_loggers()  # as the worker does (shared/worker.py), also before function_app.py is imported
     app_dir = args.app_dir.resolve()
-    load_local_settings(app_dir)
-    port = args.port if args.port is not None else local_http_port(app_dir) or DEFAULT_PORT
+    settings = args.settings or app_dir
+    load_local_settings(settings)
+    port = args.port if args.port is not None else local_http_port(settings) or DEFAULT_PORT
     sys.path.insert(0, str(app_dir))
     wsgi_app = build_wsgi_app(importlib.import_module("function_app").app, route_prefix(app_dir))
     server = _server(wsgi_app, args.host, port, (args.cert, args.key) if args.cert else None)

@@ -37,8 +37,14 @@ def _port(path: Path, value: Any) -> int | None:
     return value
 
 
+def settings_path(where: Path) -> Path:
+    """The settings file: `where` itself when it names a .json file, else local.settings.json in it."""
+    where = Path(where)
+    return where if where.suffix == ".json" else where / "local.settings.json"
+
+
 def _read(app_dir: Path) -> dict[str, Any]:
-    path = Path(app_dir) / "local.settings.json"
+    path = settings_path(app_dir)
     if not path.is_file():
         return {}
     try:
