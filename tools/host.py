@@ -420,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with suppress(KeyboardInterrupt):
         server.serve_forever()
+    # Stopping already (a terminal's Ctrl-C reaches make run and this host at once, and make run then
+    # sends SIGTERM): a second exit mid-shutdown printed "Exception ignored in threading" tracebacks.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     server.server_close()
     return 0
 
