@@ -99,7 +99,8 @@ def read_config(runtime) -> SyncConfig:
             problems.append(Problem("SCIM_TOKEN", "not allowed together with KEY_VAULT_URL (local development "
                                     "only);", "remove it and keep the token in Key Vault."))
             return SyncConfig((), "", kind, tuple(problems))
-        if (why := secret_name_problem((env.get("SCIM_TOKEN_NAME") or "").strip())):
+        named = (env.get("SCIM_TOKEN_NAME") or "").strip()
+        if (why := secret_name_problem(named)):
             return SyncConfig((), "", kind, (*problems, Problem("SCIM_TOKEN_NAME", why, SECRET_NAME_FIX)))
         name = secret_name(env)
         source = f"Key Vault secret '{name}'"
@@ -112,7 +113,7 @@ def read_config(runtime) -> SyncConfig:
             # default name, which no one set up (register-app provisioning names the secret and
             # grants its role), a 403 is that secret not existing yet.
             if isinstance(cause, ResourceNotFoundError) or (
-                    name == DEFAULT_SECRET_NAME and isinstance(cause, HttpResponseError) and cause.status_code == 403):
+                    not named and isinstance(cause, HttpResponseError) and cause.status_code == 403):
                 return SyncConfig((), "", kind, tuple(problems))
             # The vault's problems (empty, forbidden) are about this secret: the 503 names its setting.
             located = (Problem(p.setting or "SCIM_TOKEN_NAME", p.text, p.fix) for p in exc.problems)

@@ -12,7 +12,7 @@ from ..config import KIND_ROLES, public_base_url
 from ..diagnostics import failure_text
 from ..errors import REGISTER_APP
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
-from .auth import read_config
+from .auth import read_config, secret_name
 from .events import DirectoryEvents
 
 MAX_LISTED = 20  # people without a portal role named on the page; the count says how many in all
@@ -74,7 +74,8 @@ def setup_section(runtime, correlation_id: str = "") -> str:
             + (f"token from {e(s.source)}" if s.state == "on" else
                "; ".join(e(p) for p in s.problems) if s.state == "error" else
                "no SCIM token: set <code>SCIM_TOKEN</code> locally, or run "
-               f"<code>{e(REGISTER_APP)} provisioning</code> (Key Vault secret <code>scim-token</code>).")
+               f"<code>{e(REGISTER_APP)} provisioning</code> (Key Vault secret "
+               f"<code>{e(secret_name(runtime.env))}</code>).")
             + "</td></tr>"]
     if s.tenant_url:
         rows.append(f'<tr><td></td><th>Tenant URL</th><td><code class="copy">{e(s.tenant_url)}</code> '

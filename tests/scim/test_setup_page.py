@@ -37,6 +37,9 @@ def test_on_shows_the_tenant_url_the_last_request_the_counts_and_who_has_no_role
 def test_off_and_a_setting_error_say_so_without_the_token(use_settings):
     use_settings(SCIM_TOKEN=None)
     assert '<span class="st warn">off</span>' in section()
+    assert "Key Vault secret <code>scim-token</code>" in section()
+    use_settings(SCIM_TOKEN=None, SCIM_TOKEN_NAME="portal-scim")  # the secret register-app would then write
+    assert "Key Vault secret <code>portal-scim</code>" in section()
     short = "<short" + "x" * 10
     use_settings(SCIM_TOKEN=short)
     text = section()
