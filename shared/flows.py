@@ -32,6 +32,7 @@ from .tables import delete_existed, delete_matching, storage_errors
 
 # MSAL makes states of ~22 url-safe characters; anything else cannot be ours, and must never become a
 # table key (Table keys forbid / \ # ? and control characters).
+FLOW_PURGE_GRACE = timedelta(hours=1)  # how long an expired marker stays before the purge takes it
 STATE_SYNTAX = re.compile(r"^[A-Za-z0-9_-]{8,128}\Z")
 COOKIE_PREFIX = "__Host-portal-sso-"
 # One cookie per login in flight: a new login never overwrites another's. Beyond this many per browser
@@ -199,5 +200,8 @@ class FlowStore:
         return isinstance(expires_at, datetime) and expires_at <= now
 
     def purge_expired(self, now: datetime | None = None) -> int:
-        """Deletes markers that expired (abandoned logins). Returns how many rows went."""
-        return delete_matching(self._table, "ExpiresAt lt @now", {"now": now or datetime.now(UTC)})
+        """Deletes markers that expired more than FLOW_PURGE_GRACE ago (abandoned logins). Returns how
+        many rows went. Kept that long after expiring (refused all the same), a marker still tells a
+        person back late without the cookie (the browser dropped it) "expired", not "unknown"."""
+        cutoff = (now or datetime.now(UTC)) - FLOW_PURGE_GRACE
+        return delete_matching(self._table, "ExpiresAt lt @cutoff", {"cutoff": cutoff})

@@ -12,7 +12,7 @@ log = logging.getLogger("portal_sso.maintenance")
 
 
 def purge(runtime, now: datetime | None = None) -> dict[str, int]:
-    """Deletes SsoFlows rows whose 10 minutes are over (logins started and never finished) and
+    """Deletes SsoFlows rows whose 10 minutes ended over an hour ago (logins never finished) and
     SignInEvents and DirectoryEvents rows of days before the retention window
     (SIGNIN_EVENTS_RETENTION_DAYS, default 90). Returns how many rows of each went:
     {"flows": n, "events": m, "directory_events": d}. Raises ConfigurationError or

@@ -56,8 +56,11 @@ def test_purge_deletes_exactly_expired_flows_and_events_past_retention(runtime):
     now = datetime.now(UTC)
     flows_table = runtime.tables.client("SsoFlows")
     events_table = runtime.tables.client("SignInEvents")
-    expired = [seed_flow(runtime, now - timedelta(minutes=11)), seed_flow(runtime, now - timedelta(days=2))]
-    live = [seed_flow(runtime, now - timedelta(minutes=9)), seed_flow(runtime, now)]
+    # An expired marker stays FLOW_PURGE_GRACE (an hour) past its 10 minutes: a person back late is told
+    # "expired" (the marker says so), not "unknown"; the callback refuses it all the same.
+    expired = [seed_flow(runtime, now - timedelta(minutes=71)), seed_flow(runtime, now - timedelta(days=2))]
+    live = [seed_flow(runtime, now - timedelta(minutes=9)), seed_flow(runtime, now),
+            seed_flow(runtime, now - timedelta(minutes=11)), seed_flow(runtime, now - timedelta(minutes=69))]
     old = [seed_event(runtime, now - timedelta(days=d)) for d in (91, 120, 400)]
     recent = [seed_event(runtime, now - timedelta(days=d)) for d in (0, 1, 89, 90)]
 
@@ -96,7 +99,7 @@ def test_the_timer_function_purges(runtime, monkeypatch):
 
     function = purge_expired_rows._function
     assert function.get_trigger().schedule == "0 */15 * * * *"
-    abandoned = seed_flow(runtime, datetime.now(UTC) - timedelta(hours=1))
+    abandoned = seed_flow(runtime, datetime.now(UTC) - timedelta(hours=2))
     # The worker's runtime is this one for the call; monkeypatch puts back whatever was there (the
     # app server's, when other tests run in the same session).
     monkeypatch.setattr(shared.runtime, "_runtime", runtime)
