@@ -8,7 +8,9 @@ signs in one tenant: the row it links is what matters)."""
 from __future__ import annotations
 
 import pytest
+from azure.data.tables import UpdateMode
 
+from shared.accounts import SCIM_OBJECT_ID
 from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
 from tests.scim import entra
 from tests.scim.conftest import TOKEN, Scim, oid, unique
@@ -101,3 +103,19 @@ def test_the_new_identity_never_signs_in_to_the_account_provisioned_for_the_old_
     assert app.accounts.get(email, "user").linked_idp_subject is None, "the refused login linked nothing"
     claims = signed_in_as(login(hostile, Person(email=email, oid=old_oid, account_id=""), "user"), "user")
     assert (claims["sub"], claims["idp_sub"]) == (f"scim-user-{user['id']}", f"{TENANT}:{old_oid}")
+
+
+def test_a_row_provisioned_before_it_recorded_its_object_id_gets_it_at_the_persons_next_write(hostile,
+                                                                                             use_settings):
+    """An older version left the row unlinked with nothing naming the object id: the person's next write
+    of any kind (a name, here) records it, and a re-creation after that is refused."""
+    hostile.reset()
+    scim = multi_tenant(hostile, use_settings)
+    email, old_oid = f"{unique('olivia')}@contoso.test", oid()
+    user = scim.post("/Users", entra.create_user(email, email, old_oid)).json()
+    rows = scim.runtime.tables.client(ACCOUNTS_TABLE)
+    row = rows.get_entity(email, "user")
+    rows.update_entity({k: v for k, v in row.items() if k != SCIM_OBJECT_ID}, mode=UpdateMode.REPLACE)
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.replace_family_name("Long"))).status_code == 204
+    assert rows.get_entity(email, "user")[SCIM_OBJECT_ID] == old_oid
+    error_of(scim.patch(f"/Users/{user['id']}", entra.patch(*recreate_ops(oid(), None))), 409, "uniqueness")
