@@ -5,8 +5,9 @@ Which rows are the person's: those whose `ScimId` is the person's SCIM id, at th
 row names (its email key, and the keys of a move that stopped: store.py PendingEmailKeys) and where
 their move markers lead. A row without `ScimId` (made by the CLI or an import) is adopted only when
 it has exactly the person's email and a kind the person gets; a row of another person, or linked to
-another identity, is never taken (409), and a row of the person's own linked to another identity
-than the person's link (a changed GUID externalId) is never re-pointed (409). A row whose `ScimId`
+another identity, is never taken (409), and a row of the person's own linked to (or provisioned for:
+SCIM_OBJECT_ID) another identity than the person's GUID externalId names (Entra re-created the
+person) is never re-pointed (409), with one tenant to link in or several. A row whose `ScimId`
 names a person who no longer exists is a leftover: replaced by a fresh row of the new person's
 (never adopted with its AccountId or link).
 
