@@ -30,6 +30,16 @@ def multi_tenant(hostile, use_settings) -> Scim:
                              ALLOWED_TENANT_IDS=f"{TENANT},{OTHER_TENANT}"))
 
 
+def provisioned(hostile, use_settings) -> tuple[Scim, dict, str, str]:
+    """Olivia, provisioned with her object id as externalId under multi_tenant: unlinked."""
+    hostile.reset()
+    scim = multi_tenant(hostile, use_settings)
+    email, object_id = f"{unique('olivia')}@contoso.test", oid()
+    response = scim.post("/Users", entra.create_user(email, email, object_id))
+    assert response.status_code == 201, response.text
+    return scim, response.json(), email, object_id
+
+
 def recreate_ops(new_oid: str, new_email: str | None) -> list[dict]:
     """What Entra sends the old SCIM User (found by userName) for the re-created person: the new object
     id, active, and (moving) the new person's own work mailbox."""
@@ -45,12 +55,8 @@ def test_a_re_created_person_is_409_and_the_account_stays_the_old_identitys(host
     """It was a 204 that gave the new object id the account provisioned for the old one (moved to the
     new person's mailbox, or kept at the shared one), or (linked at login) changed the person row
     alone, the new identity refused at every login with nothing saying why."""
-    hostile.reset()
-    scim = multi_tenant(hostile, use_settings)
-    email, old_oid, new_oid = f"{unique('olivia')}@contoso.test", oid(), oid()
-    response = scim.post("/Users", entra.create_user(email, email, old_oid))
-    assert response.status_code == 201, response.text
-    user = response.json()
+    scim, user, email, old_oid = provisioned(hostile, use_settings)
+    new_oid = oid()
     accounts = scim.runtime.accounts
     assert accounts.get(email, "user").linked_idp_subject is None, "several tenants: no link until a login"
     if signed_in:
@@ -88,12 +94,8 @@ def test_the_new_identity_never_signs_in_to_the_account_provisioned_for_the_old_
     for the old one. Now the re-creation is refused, and the new identity's login finds no account at
     its own mailbox (moving), or is refused the old one's (in place: the account is bound to the old
     object id before anyone signed in, as a pre-link is)."""
-    hostile.reset()
-    scim = multi_tenant(hostile, use_settings)
-    email, old_oid, new_oid = f"{unique('olivia')}@contoso.test", oid(), oid()
-    response = scim.post("/Users", entra.create_user(email, email, old_oid))
-    assert response.status_code == 201, response.text
-    user = response.json()
+    scim, user, email, old_oid = provisioned(hostile, use_settings)
+    new_oid = oid()
     new_email = f"{unique('newhire')}@contoso.test" if moving else None
     error_of(scim.patch(f"/Users/{user['id']}", entra.patch(*recreate_ops(new_oid, new_email))), 409, "uniqueness")
 
@@ -109,10 +111,7 @@ def test_a_row_provisioned_before_it_recorded_its_object_id_gets_it_at_the_perso
                                                                                              use_settings):
     """An older version left the row unlinked with nothing naming the object id: the person's next write
     of any kind (a name, here) records it, and a re-creation after that is refused."""
-    hostile.reset()
-    scim = multi_tenant(hostile, use_settings)
-    email, old_oid = f"{unique('olivia')}@contoso.test", oid()
-    user = scim.post("/Users", entra.create_user(email, email, old_oid)).json()
+    scim, user, email, old_oid = provisioned(hostile, use_settings)
     rows = scim.runtime.tables.client(ACCOUNTS_TABLE)
     row = rows.get_entity(email, "user")
     rows.update_entity({k: v for k, v in row.items() if k != SCIM_OBJECT_ID}, mode=UpdateMode.REPLACE)
