@@ -43,6 +43,10 @@ def directory_sync_account_id(scim_id: str, kind: str) -> str:
     return f"scim-{kind}-{scim_id}"
 
 
+# The Entra object id directory sync provisioned a row for (the person's GUID externalId), written
+# even where it cannot link the row (several ALLOWED_TENANT_IDS: no tenant): until an admin unlinks
+# the row, no other object id signs in to it, nor does directory sync carry it to one (shared/scim/sync.py).
+SCIM_OBJECT_ID = "ScimObjectId"
 # Directory sync's AccountIds: a provisioned person's own, given back with the person's email when a
 # removed role returns (so no other email may take one).
 DIRECTORY_SYNC_ID_PREFIXES = tuple(directory_sync_account_id("", kind) for kind in KINDS)
@@ -169,6 +173,7 @@ class Account:
     last_login_at: datetime | None
     etag: str | None = None
     scim_id: str = ""  # the person directory sync made or adopted it for (shared/scim/sync.py sets ScimId)
+    scim_object_id: str = ""  # the Entra object id it was provisioned for (SCIM_OBJECT_ID)
     key: str = ""  # the stored PartitionKey: every write goes to the row that was read
     # The stored `Enabled` (repr) when it is not a real boolean ('false', 0: what `az storage entity
     # merge Enabled=false` stores); such an account counts as disabled.
@@ -204,6 +209,7 @@ class Account:
             key=entity["PartitionKey"],
             invalid_enabled=None if isinstance(stored, bool) else repr(stored)[:40],
             scim_id=str(entity.get("ScimId") or ""),
+            scim_object_id=str(entity.get(SCIM_OBJECT_ID) or "").lower(),
             moved_to=str(entity.get("MovedTo") or ""),
             moved_from=str(entity.get("MovedFrom") or ""),
         )
@@ -248,6 +254,9 @@ class AccountStore:
         for _ in range(3):
             if account.linked_idp_subject and account.linked_idp_subject != idp_sub:
                 raise IdentityMismatch(f"account {account.account_id} is linked to another idp_sub")
+            if not account.linked_idp_subject and account.scim_object_id and \
+                    idp_sub.rpartition(":")[2].lower() != account.scim_object_id:
+                raise IdentityMismatch(f"account {account.account_id} is provisioned for another object id")
             # A login time after our `now` (a racing login of the same person wrote it) is recent too.
             if account.linked_idp_subject == idp_sub and account.last_login_at is not None \
                     and now - account.last_login_at < LAST_LOGIN_PRECISION:
@@ -356,9 +365,10 @@ class AccountStore:
                                   "again); its next write enables the account", account)
 
     def unlink(self, email: str, kind: str) -> bool:
-        """Forgets the linked person; False when there is no such account. A property can only be
-        dropped by replacing the row, so the replace is etag-checked: a `disable` (or a login) between
-        our read and our write is kept, never overwritten with what we read."""
+        """Forgets the linked person, and the object id directory sync provisioned the account for (the
+        next login, or directory sync's next write, binds it anew); False when there is no such account.
+        A property can only be dropped by replacing the row, so the replace is etag-checked: a `disable`
+        (or a login) between our read and our write is kept, never overwritten with what we read."""
         key = email_key(email)
         for _ in range(WRITE_ATTEMPTS):
             with storage_errors():
@@ -367,10 +377,11 @@ class AccountStore:
                 except ResourceNotFoundError:
                     return False
                 self._refuse_moving(Account.from_entity(entity))
-                if "LinkedIdpSubject" not in entity:
+                if "LinkedIdpSubject" not in entity and SCIM_OBJECT_ID not in entity:
                     return True
                 etag = entity.metadata["etag"]
-                entity.pop("LinkedIdpSubject")
+                entity.pop("LinkedIdpSubject", None)
+                entity.pop(SCIM_OBJECT_ID, None)
                 try:
                     self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
                                               match_condition=MatchConditions.IfNotModified)

@@ -131,9 +131,19 @@ def link_tenant(settings) -> str | None:
     return segment if GUID.match(segment) else None
 
 
+def object_id_of(external_id: str | None) -> str | None:
+    """Entra's object id (lowercased) when externalId is a GUID, whatever the tenant setting: the
+    identity a person's accounts are provisioned for, even where no link can be made (several tenants)."""
+    return external_id.lower() if external_id and GUID.match(external_id) else None
+
+
+def object_id_in(link: str | None) -> str:
+    """The object id of a LinkedIdpSubject ({tid}:{oid}: after the last ':'); "" for none."""
+    return (link or "").rpartition(":")[2].lower()
+
+
 def link_of(external_id: str | None, tenant: str | None) -> str | None:
     """The LinkedIdpSubject a login of this person will carry ({tid}:{oid}, as shared/login.py forms
     it), when externalId is Entra's object id."""
-    if not external_id or not tenant or not GUID.match(external_id):
-        return None
-    return f"{tenant}:{external_id.lower()}"
+    object_id = object_id_of(external_id)
+    return f"{tenant}:{object_id}" if object_id and tenant else None

@@ -132,6 +132,7 @@ class Facts:
         self.has_portal_role = mapping.has_portal_role(roles)
         self.active = user.active is not False
         self.link = mapping.link_of(user.external_id, tenant)
+        self.object_id = mapping.object_id_of(user.external_id)
         self.display_name = user.display_name or (user.name.formatted if user.name else None) or ""
 
     def keys(self) -> dict[str, str]:
@@ -312,7 +313,7 @@ class TableScimStorage(ScimStorage):
         return Desired(scim_id=scim_id, email_key=facts.email_key or None,
                        email=mapping.stored_email(facts.email), kinds=facts.kinds,
                        active=facts.active, link=facts.link, display_name=facts.display_name,
-                       active_changed=active_changed)
+                       active_changed=active_changed, object_id=facts.object_id)
 
     def _row(self, scim_id: str, user: User, facts: Facts, version: int, created: datetime) -> dict:
         body = user.model_dump(mode="json", exclude={"id", "meta"})

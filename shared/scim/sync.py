@@ -5,8 +5,9 @@ Which rows are the person's: those whose `ScimId` is the person's SCIM id, at th
 row names (its email key, and the keys of a move that stopped: store.py PendingEmailKeys) and where
 their move markers lead. A row without `ScimId` (made by the CLI or an import) is adopted only when
 it has exactly the person's email and a kind the person gets; a row of another person, or linked to
-another identity, is never taken (409), and a row of the person's own linked to another identity
-than the person's link (a changed GUID externalId) is never re-pointed (409). A row whose `ScimId`
+another identity, is never taken (409), and a row of the person's own linked to (or provisioned for:
+SCIM_OBJECT_ID) another identity than the person's GUID externalId names (Entra re-created the
+person) is never re-pointed (409), with one tenant to link in or several. A row whose `ScimId`
 names a person who no longer exists is a leftover: replaced by a fresh row of the new person's
 (never adopted with its AccountId or link).
 
@@ -27,9 +28,10 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from ..accounts import directory_sync_account_id, found_by_login
+from ..accounts import SCIM_OBJECT_ID, directory_sync_account_id, found_by_login
 from ..config import KINDS
 from ..tables import storage_errors
+from .mapping import object_id_in
 
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
 MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
@@ -72,6 +74,10 @@ class Desired:
     # a row already the person's, so an admin's urgent `accounts disable` holds until Entra's own
     # `active` changes; a row new to the person (created, adopted) always gets `active`.
     active_changed: bool = True
+    # Entra's object id (a GUID externalId), whatever the tenant setting: the identity the person's
+    # rows are provisioned for (SCIM_OBJECT_ID), so a row is never carried to another one even where
+    # `link` is None (several ALLOWED_TENANT_IDS).
+    object_id: str | None = None
 
 
 class Guarded:
@@ -122,7 +128,19 @@ class AccountSync:
         to. A person without a link (no GUID externalId, or no single tenant to link in) cannot show a
         linked row is theirs: taken."""
         linked = row.get("LinkedIdpSubject") or ""
-        return bool(row.get("ScimId")) or bool(linked and linked != desired.link)
+        bound = row.get(SCIM_OBJECT_ID) or ""
+        return bool(row.get("ScimId")) or bool(linked and linked != desired.link) or \
+            bool(bound and bound != desired.object_id)
+
+    @staticmethod
+    def _foreign(row, desired: Desired) -> bool:
+        """A row of the person's that is another Entra identity's than externalId now names: the one it
+        was provisioned for (SCIM_OBJECT_ID) or, on a row without that (made before it was written, or
+        unlinked by an admin and linked by a login since), the one a login linked it to."""
+        linked = row.get("LinkedIdpSubject") or ""
+        bound = row.get(SCIM_OBJECT_ID) or object_id_in(linked)
+        return bool(desired.object_id and bound and bound.lower() != desired.object_id) or \
+            bool(desired.link and linked and linked != desired.link)
 
     # ---- the one entry point ----
     def apply(self, desired: Desired, old_keys: Sequence[str] = (), created: bool = False,
@@ -218,13 +236,13 @@ class AccountSync:
             step, source = "move", rows[live[0]]
         else:
             step, source = ("replace" if leftover else "create"), None
-        linked = (source or {}).get("LinkedIdpSubject") or ""
-        if step != "adopt" and source is not None and desired.link and linked and linked != desired.link:
+        if step != "adopt" and source is not None and self._foreign(source, desired):
             email = str(source.get("Email") or desired.email)
-            raise Conflict(f"the {kind} account of {email} is linked to another Entra identity than externalId now "
-                           "names (was the person re-created in Entra?) and is never re-pointed: if this is the same "
-                           f"person, unlink it (portal-sso accounts unlink {email} --kind {kind}); Entra's retry "
-                           "(or Provision on demand) then links it to this one")
+            raise Conflict(f"the {kind} account of {email} belongs to another Entra identity than externalId now "
+                           "names (linked to it, or provisioned for its object id: was the person re-created in "
+                           "Entra?) and is never re-pointed: if this is the same person, unlink it (portal-sso "
+                           f"accounts unlink {email} --kind {kind}); Entra's retry (or Provision on demand) then "
+                           "gives it to this one")
         return _Plan(kind, rows, ours, step, source)
 
     def _write(self, desired: Desired, plan: _Plan) -> None:
@@ -278,9 +296,7 @@ class AccountSync:
     def _new_row(self, desired: Desired, kind: str) -> dict:
         row = {"PartitionKey": desired.email_key, "RowKey": kind,
                "AccountId": directory_sync_account_id(desired.scim_id, kind), **self._fields(desired, joining=True)}
-        if desired.link:
-            row["LinkedIdpSubject"] = desired.link
-        return row
+        return {**row, **self._link_fields({}, desired)}
 
     def _leftover(self, row, desired: Desired) -> bool:
         """A row provisioned for a person who no longer exists (deleted, or a create that stopped
@@ -290,11 +306,15 @@ class AccountSync:
         return bool(owner) and owner != desired.scim_id and not self._person_exists(owner)
 
     def _link_fields(self, row, desired: Desired) -> dict:
-        """A GUID externalId links an unlinked account at once; a linked one keeps its link (a row
-        linked to another identity never gets here: _plan)."""
+        """A GUID externalId binds an unbound account to its object id, and links it at once where the
+        tenant is known; a linked or bound one keeps what it has (a row of another identity's never gets
+        here: _plan, _taken_by_other)."""
+        fields = {}
         if desired.link and not row.get("LinkedIdpSubject"):
-            return {"LinkedIdpSubject": desired.link}
-        return {}
+            fields["LinkedIdpSubject"] = desired.link
+        if desired.object_id and not row.get(SCIM_OBJECT_ID):
+            fields[SCIM_OBJECT_ID] = desired.object_id
+        return fields
 
     def _commit_move(self, source, new_key: str, etag: str) -> dict:
         """The commit point: one etag-checked write on the old row. A login that changed the old row

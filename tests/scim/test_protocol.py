@@ -285,7 +285,7 @@ def test_a_changed_external_id_is_409_while_the_account_is_linked_to_the_old_ide
         account_row.metadata["etag"], "the account was written"
     assert accounts.get(new_email, "user") is None
     row = next(e for e in scim.events() if e["CorrelationId"] == response.headers["X-Correlation-Id"])
-    assert (row["Status"], row["Reason"]) == (409, "uniqueness") and "linked to another" in row["Detail"], row
+    assert (row["Status"], row["Reason"]) == (409, "uniqueness") and "another Entra identity" in row["Detail"], row
     assert f"accounts unlink {email} --kind user" in setup_section(), "the setup page says what to do"
     assert accounts.unlink(email, "user")  # the admin's resolution (accounts unlink), then Entra's retry
     assert scim.patch(f"/Users/{user['id']}", entra.patch(*ops)).status_code == 204
