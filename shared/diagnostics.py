@@ -421,13 +421,16 @@ def setup_report(runtime, now: datetime | None = None) -> SetupReport:
     unavailable = ("the settings have problems" if settings is None else
                    "" if tables_ok else "Table Storage is unreachable")
     base, note = _redirect_uris(env, settings)
+    client_id = (env.get("OIDC_CLIENT_ID") or "").strip()
+    if may_hold_a_credential("OIDC_CLIENT_ID", client_id):
+        client_id = ""  # its Settings row says why it is hidden
     if settings is not None and settings.allow_query_response_mode:
         checks = [*checks, Check("response_mode", "Callback response mode", True, "GET callbacks carrying a code "
                                  "are accepted", warning="ALLOW_QUERY_RESPONSE_MODE is true: codes may arrive in "
                                  "URLs (browser history, request logs); turn it off unless the IdP ignores form_post.")]
     return SetupReport(redirect_uris={kind: redirect_uri(base, kind) if base else None for kind in KINDS},
                        signed_out_uris={kind: signed_out_uri(base, kind) if base else None for kind in KINDS},
-                       redirect_note=note, client_id=(env.get("OIDC_CLIENT_ID") or "").strip(),
+                       redirect_note=note, client_id=client_id,
                        settings_rows=rows, settings_check=settings_check, checks=checks,
                        sign_ins=last_sign_ins(runtime, unavailable), hints=HINTS,
                        app_roles_required=None if settings is None else settings.app_roles_required)

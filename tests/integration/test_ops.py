@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -171,6 +172,9 @@ ENTRA_SECRET_VALUE = "Xq58Q~Zk3yJ_vT0pR.aB9cD2eF4gH6iJ8kL0mN1oP"  # the shape of
 SAS = "sv=2022-11-02&ss=t&srt=sco&sp=rwdlacu&se=2030-01-01&sig=SECRETSIG%3D"
 
 
+ENTRA_ISSUER = "https://login.microsoftonline.com/3f0c9a52-6d1e-4b7a-9c2f-8e5d41a7b0c6/v2.0"
+
+
 @pytest.mark.parametrize("setting, value, secret", [
     # The secret's Value pasted where its name goes: Key Vault refuses the name, and its problem quoted it.
     ("SESSION_SIGNING_KEY_NAME", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
@@ -178,18 +182,41 @@ SAS = "sv=2022-11-02&ss=t&srt=sco&sp=rwdlacu&se=2030-01-01&sig=SECRETSIG%3D"
     ("TABLES_ENDPOINT", "DefaultEndpointsProtocol=https;AccountName=contososso;AccountKey=X91DfRtGh2k",
      "X91DfRtGh2k"),
     ("TABLES_ENDPOINT", f"https://contososso.table.core.windows.net/?{SAS}", "SECRETSIG"),
-], ids=["secret-in-a-name", "key-in-the-endpoint", "sas-in-the-endpoint"])
-def test_a_credential_pasted_into_the_wrong_setting_is_named_but_never_shown(use_settings, setting, value, secret):
+    # The secret's Value pasted where the Application (client) ID goes: an Entra client ID is a GUID,
+    # and its problem quoted what was there.
+    ("OIDC_CLIENT_ID", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
+], ids=["secret-in-a-name", "key-in-the-endpoint", "sas-in-the-endpoint", "secret-in-the-client-id"])
+def test_a_credential_pasted_into_the_wrong_setting_is_named_but_never_shown(use_settings, caplog, setting, value,
+                                                                             secret):
     """Problems name the setting and the fix, never a value that may be a credential: the login's 500
     page is anonymous, and the same text reaches the log line and the audit row's detail."""
-    use_settings(**{setting: value, "TABLES_CONNECTION_STRING": None} if setting == "TABLES_ENDPOINT"
-                 else {setting: value})
-    login = get("/api/sso/user/login")
+    changes = {setting: value}
+    if setting == "TABLES_ENDPOINT":
+        changes["TABLES_CONNECTION_STRING"] = None
+    if setting == "OIDC_CLIENT_ID":
+        changes["OIDC_ISSUER_URL"] = ENTRA_ISSUER  # Entra's client IDs are GUIDs: it is checked there
+    use_settings(**changes)
+    with caplog.at_level(logging.INFO, logger="portal_sso"):
+        login = get("/api/sso/user/login")
     assert login.status_code == 500 and setting in login.text, login.text[:600]
+    # Its log line, and its audit row's detail: with the settings unloadable there is no table to write
+    # to, so the row goes to the log whole (sso.audit_failed).
+    log = "\n".join(record.getMessage() for record in caplog.records)
+    assert f"detail=\"{setting}: " in log and '"detail": "' in log, log
     setup, health = get("/api/sso/setup").text, get("/api/health").text
-    for text in (login.text, setup, health):
+    for text in (login.text, log, setup, health):
         assert secret not in text, "a credential pasted into a setting is shown"
     assert 'class="st fail"' in row_of(setup, setting)
+
+
+def test_a_client_id_that_looks_like_a_secret_is_never_shown_on_the_setup_page(use_settings):
+    """Another IdP's client ID may be any string, so the settings load; the setup page still names it
+    hidden, in its Settings row and in the redirect URIs' section, rather than showing a secret's Value."""
+    use_settings(OIDC_CLIENT_ID=ENTRA_SECRET_VALUE)
+    setup, health = get("/api/sso/setup").text, get("/api/health").text
+    for text in (setup, health):
+        assert ENTRA_SECRET_VALUE not in text, "a client ID shaped like a secret's Value is shown"
+    assert "value hidden" in row_of(setup, "OIDC_CLIENT_ID")
 
 
 @pytest.mark.parametrize("path", ["/api/sso/jwks.json", "/api/sso/user/signed-out", "/api/health", "/api/sso/setup"])
