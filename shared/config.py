@@ -353,6 +353,8 @@ def _issuer(read: _Reader, _: dict) -> dict:
                      "Value, the app's name or the Object ID's label).")
     if entra and GUID.match(client_id or ""):
         client_id = client_id.lower()  # Entra's ID tokens carry it lower-case in aud, which is compared exactly
+    if entra:
+        base = _entra_lower_cased(base)
     return {"issuer_base": base, "metadata_url": f"{base}/{WELL_KNOWN_SUFFIX}{metadata_query(raw)}",
             "client_id": client_id, "idp_timeout_seconds": read.whole_number("IDP_TIMEOUT_SECONDS", 10, lo=1, hi=120)}
 
@@ -364,6 +366,17 @@ def _entra_tenant(segment: str) -> bool:
     """A tenant as Entra's documents name it in their issuer: its GUID, or a multi-tenant segment other
     than consumers (personal accounts only)."""
     return bool(GUID.match(segment)) or segment.lower() in MULTI_TENANT_SEGMENTS - {"consumers"}  # as multi_tenant
+
+
+def _entra_lower_cased(base: str) -> str:
+    """An Entra issuer as Entra's metadata document names it, which discovery compares exactly: scheme,
+    host and a GUID tenant in lower case (a pasted https://Login.MicrosoftOnline.com/3F0C9A52-.../v2.0
+    loads, then every login would be refused as another issuer's)."""
+    scheme, _, rest = base.partition("://")
+    host, slash, path = rest.partition("/")
+    tenant, more, tail = path.partition("/")
+    tenant = tenant.lower() if GUID.match(tenant) else tenant
+    return f"{scheme.lower()}://{host.lower()}{slash}{tenant}{more}{tail}"
 
 
 def _entra_issuer(base: str) -> bool:

@@ -64,6 +64,34 @@ def test_issuer_is_accepted_as_issuer_or_metadata_url_with_or_without_slashes(ra
     assert settings.metadata_url == f"{ENTRA}/.well-known/openid-configuration", "one metadata URL for every form"
 
 
+@pytest.mark.parametrize("raw", [
+    ENTRA.replace(TENANT, TENANT.upper()),
+    ENTRA.replace("login.microsoftonline.com", "Login.MicrosoftOnline.com"),
+    ENTRA.replace("https://", "HTTPS://"),
+    ENTRA.replace(TENANT, TENANT.upper()).replace("login.microsoftonline.com", "LOGIN.MICROSOFTONLINE.COM")
+    + "/.well-known/openid-configuration",
+], ids=["tenant", "host", "scheme", "all"])
+def test_an_entra_issuer_pasted_in_capitals_is_the_issuer_entras_document_names(raw):
+    """Discovery compares the document's issuer exactly, and Entra's names its host and the tenant's GUID
+    in lower case: kept as pasted, every login would be a 502 idp_metadata_invalid blaming the IdP."""
+    settings = load_settings(env(OIDC_ISSUER_URL=raw))
+    assert settings.issuer_base == ENTRA
+    assert settings.metadata_url == f"{ENTRA}/.well-known/openid-configuration"
+    assert settings.allowed_tenant_ids == frozenset({TENANT})
+
+
+def test_an_entra_metadata_url_keeps_its_appid_query_when_its_capitals_are_lowered():
+    app = "6b1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"
+    pasted = f"{ENTRA.replace(TENANT, TENANT.upper())}/.well-known/openid-configuration?appid={app}"
+    settings = load_settings(env(OIDC_ISSUER_URL=pasted))
+    assert settings.metadata_url == f"{ENTRA}/.well-known/openid-configuration?appid={app}"
+
+
+def test_another_idps_issuer_is_kept_as_given_in_any_case():
+    settings = load_settings(env(OIDC_ISSUER_URL="https://IdP.Contoso.test/Realms/Portal"))
+    assert settings.issuer_base == "https://IdP.Contoso.test/Realms/Portal", "its issuer is its own business"
+
+
 REQUIRED = ["OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "KEY_VAULT_URL", "OIDC_CLIENT_SECRET", "SESSION_SIGNING_KEY",
             "TABLES_CONNECTION_STRING", "TABLES_ENDPOINT", "PORTAL_USER_URL", "PORTAL_AGENT_URL", "PUBLIC_BASE_URL"]
 
