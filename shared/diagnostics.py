@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 
 from . import pages
-from .aadsts import HINTS
+from .aadsts import HINTS, aadsts_codes
 from .config import (
     KINDS,
     SETTINGS_TABLE,
@@ -44,6 +44,9 @@ from .errors import (
 log = logging.getLogger("portal_sso.diagnostics")
 
 SECRET_WARNING_DAYS = 30
+# The IdP's codes for a credential that is itself wrong or expired, whose fix is a new one; its other
+# refusals (the client ID unknown in the tenant: 700016) lead with their own hint.
+NEW_CREDENTIAL_CODES = {7000215, 7000222}
 
 # A failed sign-in's reason that an admin can fix, with the fix and the AADSTS codes to read about.
 REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -220,11 +223,16 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
             return check
         check.data["accepted_by_idp"] = verdict.accepted
         if verdict.accepted is False:
-            return Check("client_secret", title, False, f"{check.detail}; {verdict.detail}",
-                         f"The IdP refuses the {what}: create a new one under Certificates & secrets and store it "
-                         "in Key Vault as a new version (with its expiry date); the app picks it up within "
-                         "minutes, no restart." + (f" {verdict.hint}" if verdict.hint else ""),
-                         aadsts=REASON_FIXES["client_credential_rejected"][1], data=check.data)
+            codes = REASON_FIXES["client_credential_rejected"][1]
+            code = next(iter(aadsts_codes(verdict.hint or "")), None)  # a code with a hint (aadsts.HINTS)
+            if code is None or code in NEW_CREDENTIAL_CODES:
+                fix = (f"The IdP refuses the {what}: create a new one under Certificates & secrets and store it "
+                       "in Key Vault as a new version (with its expiry date); the app picks it up within "
+                       "minutes, no restart." + (f" {verdict.hint}" if verdict.hint else ""))
+            else:  # e.g. 700016, a client ID the tenant does not know: a new secret would change nothing
+                fix, codes = verdict.hint or "", (code, *(c for c in codes if c != code))
+            return Check("client_secret", title, False, f"{check.detail}; {verdict.detail}", fix, aadsts=codes,
+                         data=check.data)
         if verdict.accepted is None:
             note = f"not verified with the IdP: {verdict.detail}"
             check.warning = f"{check.warning}; {note}" if check.warning else note
