@@ -445,6 +445,9 @@ def setup_report(runtime, now: datetime | None = None) -> SetupReport:
 
 
 def setup(runtime, now: datetime | None = None, correlation_id: str = "") -> pages.Reply:
-    from .scim.status import setup_section  # directory sync's own section (shared/scim/status.py)
+    from .scim.status import setup_section, sync_status  # directory sync's own section (shared/scim/status.py)
 
-    return pages.setup_page(setup_report(runtime, now), extra_html=setup_section(runtime, correlation_id))
+    sync = sync_status(runtime, correlation_id)
+    # Its setting error (a short token: every SCIM route answers 503) is a problem of the page's summary.
+    return pages.setup_page(setup_report(runtime, now), extra_html=setup_section(runtime, correlation_id, sync),
+                            extra_problems=int(sync.state == "error"))
