@@ -47,6 +47,8 @@ def test_a_wrong_secret_is_red_in_health_and_on_the_setup_page_before_anyone_sig
     status, check = health()
     assert status == 503 and check["ok"] is False and check["accepted_by_idp"] is False, check
     assert "refuses" in check["detail"] and "Certificates & secrets" in check["fix"]
+    assert "put it in OIDC_CLIENT_SECRET" in check["fix"] and "Key Vault" not in check["fix"], \
+        "a local secret's fix names its setting, not a vault the app does not read"
     assert "the-secret-id-not-its-value" not in str(check)
     row = setup_row()
     assert "Problem" in row and "refuses" in row

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.config import KIND_ROLES
 from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER, REDIRECT_URIS
@@ -166,6 +168,45 @@ def test_an_expired_client_secret_is_red(stub, use_settings, signing_key_pem):
     health = get("/api/health")
     assert health.status_code == 503
     assert health.json()["checks"]["client_secret"]["days_to_expiry"] < 0
+
+
+def _key_pem(key, encryption=None) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             encryption or serialization.NoEncryption()).decode()
+
+
+BAD_SIGNING_KEYS = {
+    "garbage": lambda: "not a key at all",
+    "public-key": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
+    "encrypted": lambda: _key_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                                  serialization.BestAvailableEncryption(b"pass phrase")),
+    "rsa-1024": lambda: _key_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)),  # noqa: S505 - the weak key it must refuse
+    "p-384": lambda: _key_pem(ec.generate_private_key(ec.SECP384R1())),
+}
+
+
+@pytest.mark.parametrize("make", BAD_SIGNING_KEYS.values(), ids=BAD_SIGNING_KEYS.keys())
+def test_a_bad_local_signing_key_gets_the_fix_of_the_setting_it_is_in(use_settings, make):
+    """Without KEY_VAULT_URL the key is SESSION_SIGNING_KEY's own value: the fix names that setting and
+    what it must hold, not a Key Vault secret the app does not read."""
+    use_settings(SESSION_SIGNING_KEY=make())
+    check = get("/api/health").json()["checks"]["signing_key"]
+    assert check["ok"] is False, check
+    assert "SESSION_SIGNING_KEY" in check["fix"] and "unencrypted" in check["fix"], check["fix"]
+    assert "Key Vault" not in check["fix"] and "SESSION_SIGNING_KEY_NAME" not in check["fix"], check["fix"]
+    assert "RSA" in check["fix"] and "P-256" in check["fix"]
+    if make is BAD_SIGNING_KEYS["encrypted"]:
+        assert "encrypted" in check["detail"] and "no PEM private key" not in check["detail"], check["detail"]
+
+
+def test_a_bad_signing_key_in_key_vault_gets_the_key_vault_fix(stub, use_settings):
+    stub.set_secret("oidc-client-secret", CLIENT_SECRET)
+    stub.set_secret("session-signing-key", BAD_SIGNING_KEYS["encrypted"]())
+    use_settings(KEY_VAULT_URL=stub.url, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None)
+    check = get("/api/health").json()["checks"]["signing_key"]
+    assert check["ok"] is False and "encrypted" in check["detail"], check
+    assert "Key Vault" in check["fix"] and "SESSION_SIGNING_KEY_NAME" in check["fix"], check["fix"]
 
 
 ENTRA_SECRET_VALUE = "Xq58Q~Zk3yJ_vT0pR.aB9cD2eF4gH6iJ8kL0mN1oP"  # the shape of an Entra client secret's Value
