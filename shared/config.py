@@ -31,6 +31,11 @@ ENTRA_LOGIN_HOSTS = {"login.microsoftonline.com", "login.microsoftonline.us", "l
 VAULT_HOST_SUFFIXES = (".vault.azure.net", ".vault.azure.cn", ".vault.usgovcloudapi.net")
 VAULT_NAME = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]\Z")  # Key Vault's own naming rule: 3-24 characters
 PLACEHOLDER = re.compile(r"<[^<>]*>")  # what local.settings.example.json leaves to fill in: <tenant-id>
+# What a client ID looks like besides a GUID: a short name, a name of lower-case words, or a domain-style
+# name (Google's ...apps.googleusercontent.com). Anything else may be the client secret's Value pasted in
+# its place (an Entra Value holds '~'), so it is named, never shown.
+CLIENT_ID_SHAPE = re.compile(r"[\w .-]{1,32}|[a-z0-9]{1,24}(?:[ ._-][a-z0-9]{1,24}){1,7}"
+                             r"|[\w-]{1,64}(?:\.[\w-]{1,63})*\.[a-z]{2,24}")
 
 
 @dataclass(frozen=True)
@@ -340,11 +345,16 @@ def _issuer(read: _Reader, _: dict) -> dict:
     elif read.placeholder("OIDC_CLIENT_ID", client_id):
         pass
     elif entra and not GUID.match(client_id):
-        read.problem("OIDC_CLIENT_ID", f"{quoted(client_id)} is not a GUID, which every Entra client ID is;",
-                     "copy the 'Application (client) ID' from the app registration's Overview (not its name "
-                     "or the Object ID's label).")
+        # The problem reaches the anonymous login page, its log line and audit row: quoted only when it
+        # has an ID's shape (a name), never when it may be the secret's Value.
+        shown = quoted(client_id) if looks_like_client_id(client_id) else "(not shown: it may be a secret)"
+        read.problem("OIDC_CLIENT_ID", f"{shown} is not a GUID, which every Entra client ID is;",
+                     "copy the 'Application (client) ID' from the app registration's Overview (not a secret's "
+                     "Value, the app's name or the Object ID's label).")
     if entra and GUID.match(client_id or ""):
         client_id = client_id.lower()  # Entra's ID tokens carry it lower-case in aud, which is compared exactly
+    if entra:
+        base = _entra_lower_cased(base)
     return {"issuer_base": base, "metadata_url": f"{base}/{WELL_KNOWN_SUFFIX}{metadata_query(raw)}",
             "client_id": client_id, "idp_timeout_seconds": read.whole_number("IDP_TIMEOUT_SECONDS", 10, lo=1, hi=120)}
 
@@ -356,6 +366,17 @@ def _entra_tenant(segment: str) -> bool:
     """A tenant as Entra's documents name it in their issuer: its GUID, or a multi-tenant segment other
     than consumers (personal accounts only)."""
     return bool(GUID.match(segment)) or segment.lower() in MULTI_TENANT_SEGMENTS - {"consumers"}  # as multi_tenant
+
+
+def _entra_lower_cased(base: str) -> str:
+    """An Entra issuer as Entra's metadata document names it, which discovery compares exactly: scheme,
+    host and a GUID tenant in lower case (a pasted https://Login.MicrosoftOnline.com/3F0C9A52-.../v2.0
+    loads, then every login would be refused as another issuer's)."""
+    scheme, _, rest = base.partition("://")
+    host, slash, path = rest.partition("/")
+    tenant, more, tail = path.partition("/")
+    tenant = tenant.lower() if GUID.match(tenant) else tenant
+    return f"{scheme.lower()}://{host.lower()}{slash}{tenant}{more}{tail}"
 
 
 def _entra_issuer(base: str) -> bool:
@@ -387,10 +408,19 @@ SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 SECRET_NAME_FIX = "use letters, digits and '-' only (Key Vault's rule for a secret's name), e.g. session-signing-key."  # noqa: S105 - a hint, not a secret
 
 
+def looks_like_client_id(value: str) -> bool:
+    """Whether OIDC_CLIENT_ID's value has a client ID's shape (a GUID, in braces or not, or a name:
+    CLIENT_ID_SHAPE), so that showing it shows no secret."""
+    return bool(GUID.match(value.removeprefix("{").removesuffix("}")) or CLIENT_ID_SHAPE.fullmatch(value))
+
+
 def may_hold_a_credential(name: str, value: str) -> bool:
     """Whether a setting's value, shown as it is on the setup page, might be a credential pasted in the
-    wrong place: a secret name Key Vault refuses, a storage key or SAS in an endpoint."""
+    wrong place: a secret name Key Vault refuses, a client ID of no ID's shape, a storage key or SAS in
+    an endpoint."""
     if name.endswith("_NAME") and secret_name_problem(value):
+        return True
+    if name == "OIDC_CLIENT_ID" and value and not looks_like_client_id(value):
         return True
     return any(marker in value.lower() for marker in ("accountkey=", "sig=", "sharedaccesssignature="))
 

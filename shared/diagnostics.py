@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 
 from . import pages
-from .aadsts import HINTS
+from .aadsts import HINTS, aadsts_codes
 from .config import (
     KINDS,
     SETTINGS_TABLE,
@@ -44,6 +44,11 @@ from .errors import (
 log = logging.getLogger("portal_sso.diagnostics")
 
 SECRET_WARNING_DAYS = 30
+SIGNING_KEY_FORM = ("an unencrypted PEM private key, PKCS#8 '-----BEGIN PRIVATE KEY-----' or PKCS#1 '-----BEGIN RSA "
+                    "PRIVATE KEY-----', RSA of 2048 bits or more, or EC P-256")
+# The IdP's codes for a credential that is itself wrong or expired, whose fix is a new one; its other
+# refusals (the client ID unknown in the tenant: 700016) lead with their own hint.
+NEW_CREDENTIAL_CODES = {7000215, 7000222}
 
 # A failed sign-in's reason that an admin can fix, with the fix and the AADSTS codes to read about.
 REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -205,6 +210,11 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
     certificate = settings.uses_certificate
     what = "client certificate" if certificate else "client secret"
     title = "Client certificate" if certificate else "Client secret"
+    setting = "OIDC_CLIENT_CERTIFICATE" if certificate else "OIDC_CLIENT_SECRET"
+    # Where a new one goes: a vault's new version is read without a restart; a local setting at start.
+    store = ("store it in Key Vault as a new version (with its expiry date); the app reads it within "
+             "SECRET_CACHE_SECONDS, no restart needed" if settings.key_vault_url else
+             f"put it in {setting} (local development only), then restart the host")
 
     def probe() -> Check:
         check = describe(runtime.cached_client_credential.get())
@@ -220,11 +230,15 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
             return check
         check.data["accepted_by_idp"] = verdict.accepted
         if verdict.accepted is False:
-            return Check("client_secret", title, False, f"{check.detail}; {verdict.detail}",
-                         f"The IdP refuses the {what}: create a new one under Certificates & secrets and store it "
-                         "in Key Vault as a new version (with its expiry date); the app picks it up within "
-                         "minutes, no restart." + (f" {verdict.hint}" if verdict.hint else ""),
-                         aadsts=REASON_FIXES["client_credential_rejected"][1], data=check.data)
+            codes = REASON_FIXES["client_credential_rejected"][1]
+            code = next(iter(aadsts_codes(verdict.hint or "")), None)  # a code with a hint (aadsts.HINTS)
+            if code is None or code in NEW_CREDENTIAL_CODES:
+                fix = (f"The IdP refuses the {what}: create a new one under Certificates & secrets and {store}."
+                       + (f" {verdict.hint}" if verdict.hint else ""))
+            else:  # e.g. 700016, a client ID the tenant does not know: a new secret would change nothing
+                fix, codes = verdict.hint or "", (code, *(c for c in codes if c != code))
+            return Check("client_secret", title, False, f"{check.detail}; {verdict.detail}", fix, aadsts=codes,
+                         data=check.data)
         if verdict.accepted is None:
             note = f"not verified with the IdP: {verdict.detail}"
             check.warning = f"{check.warning}; {note}" if check.warning else note
@@ -250,18 +264,19 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
         detail = f"readable, from {where}; expires {expires:%Y-%m-%d} ({days} days)"
         if days < 0:
             return Check("client_secret", title, False, f"{where}: expired on {expires:%Y-%m-%d}",
-                         f"Create a new {what} under Certificates & secrets and store it in Key Vault as a "
-                         "new version (with its expiry date); the app reads it within SECRET_CACHE_SECONDS, "
-                         "no restart needed.",
+                         f"Create a new {what} under Certificates & secrets and {store}.",
                          aadsts=(7000222,), data=data)
         warning = (f"the {what} expires in {days} days ({expires:%Y-%m-%d}): create a new one and store it "
                    "in Key Vault before then" if days < SECRET_WARNING_DAYS else "")
         return Check("client_secret", title, True, detail, warning=warning, aadsts=(7000222,) if warning else (),
                      data=data)
 
-    return _run("client_secret", title, probe,
-                f"Store the {what} in Key Vault under the name the settings give, and grant the app's managed "
-                "identity the 'Key Vault Secrets User' role.", (7000215,))
+    fix = (f"Store the {what} in Key Vault under the name the settings give, and grant the app's managed "
+           "identity the 'Key Vault Secrets User' role." if settings.key_vault_url else
+           f"Give the {what} itself in {setting} (local development only"
+           + (", a PEM certificate with its private key" if certificate else "")
+           + "), then restart the host; or set KEY_VAULT_URL and keep it there.")
+    return _run("client_secret", title, probe, fix, (7000215,))
 
 
 def check_signing_key(runtime) -> Check:
@@ -273,9 +288,14 @@ def check_signing_key(runtime) -> Check:
             f"kid {signer.current.kid} ({signer.current.alg}); {len(kids)} key(s) in the JWKS",
             data={"kid": signer.current.kid, "alg": signer.current.alg, "keys": len(kids)}))
 
-    return _run("signing_key", "Session signing key", probe,
-                "Store the session-signing private key (PEM, RSA 2048+ or EC P-256) in Key Vault under "
-                "SESSION_SIGNING_KEY_NAME (default session-signing-key).")
+    if runtime.settings.key_vault_url:
+        fix = (f"Store the session-signing private key ({SIGNING_KEY_FORM}) in Key Vault under "
+               "SESSION_SIGNING_KEY_NAME (default session-signing-key); the app reads it within "
+               "SECRET_CACHE_SECONDS, no restart needed.")
+    else:  # local development: the key is the setting's own value, no vault is read
+        fix = (f"Give the session-signing private key itself in SESSION_SIGNING_KEY ({SIGNING_KEY_FORM}), "
+               "then restart the host; or set KEY_VAULT_URL and keep it there.")
+    return _run("signing_key", "Session signing key", probe, fix)
 
 
 def check_tables(runtime) -> Check:
@@ -421,19 +441,25 @@ def setup_report(runtime, now: datetime | None = None) -> SetupReport:
     unavailable = ("the settings have problems" if settings is None else
                    "" if tables_ok else "Table Storage is unreachable")
     base, note = _redirect_uris(env, settings)
+    client_id = (env.get("OIDC_CLIENT_ID") or "").strip()
+    if may_hold_a_credential("OIDC_CLIENT_ID", client_id):
+        client_id = ""  # its Settings row says why it is hidden
     if settings is not None and settings.allow_query_response_mode:
         checks = [*checks, Check("response_mode", "Callback response mode", True, "GET callbacks carrying a code "
                                  "are accepted", warning="ALLOW_QUERY_RESPONSE_MODE is true: codes may arrive in "
                                  "URLs (browser history, request logs); turn it off unless the IdP ignores form_post.")]
     return SetupReport(redirect_uris={kind: redirect_uri(base, kind) if base else None for kind in KINDS},
                        signed_out_uris={kind: signed_out_uri(base, kind) if base else None for kind in KINDS},
-                       redirect_note=note, client_id=(env.get("OIDC_CLIENT_ID") or "").strip(),
+                       redirect_note=note, client_id=client_id,
                        settings_rows=rows, settings_check=settings_check, checks=checks,
                        sign_ins=last_sign_ins(runtime, unavailable), hints=HINTS,
                        app_roles_required=None if settings is None else settings.app_roles_required)
 
 
 def setup(runtime, now: datetime | None = None, correlation_id: str = "") -> pages.Reply:
-    from .scim.status import setup_section  # directory sync's own section (shared/scim/status.py)
+    from .scim.status import setup_section, sync_status  # directory sync's own section (shared/scim/status.py)
 
-    return pages.setup_page(setup_report(runtime, now), extra_html=setup_section(runtime, correlation_id))
+    sync = sync_status(runtime, correlation_id)
+    # Its setting error (a short token: every SCIM route answers 503) is a problem of the page's summary.
+    return pages.setup_page(setup_report(runtime, now), extra_html=setup_section(runtime, correlation_id, sync),
+                            extra_problems=int(sync.state == "error"))

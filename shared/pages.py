@@ -204,14 +204,15 @@ def _app_roles(required: bool | None) -> str:
             "<code>--kind agent</code>).</p>")
 
 
-def setup_page(report, extra_html: str = "") -> Reply:
+def setup_page(report, extra_html: str = "", extra_problems: int = 0) -> Reply:
     """The page an admin configures Entra from (a diagnostics.SetupReport): the redirect URIs to
     paste, the token configuration, the live state red/amber/green with the fix of each red, and the
-    AADSTS hints. Every value is escaped; secret settings show only whether they are set."""
+    AADSTS hints. Every value is escaped; secret settings show only whether they are set.
+    `extra_problems`: the red lines of `extra_html`, which the summary counts too."""
     e = html.escape
     levels = [c.level for c in report.all_checks]
     # Every bad setting counts as a problem of its own, not the one Settings line that lists them.
-    fails = report.problem_count + levels.count("fail") - (report.settings_check.level == "fail")
+    fails = report.problem_count + levels.count("fail") - (report.settings_check.level == "fail") + extra_problems
     warns = levels.count("warn")
     if fails:
         summary = (f'<p class="summary fail">{fails} problem{"s" if fails != 1 else ""}'

@@ -58,16 +58,30 @@ def _signing_key(private_key) -> SigningKey:
 def load_signing_keys(pem_bundle: str, setting: str = "SESSION_SIGNING_KEY") -> list[SigningKey]:
     """Parses every PEM private key in the bundle. Raises ConfigurationError (naming the setting or
     secret, never its content) when there is none or one cannot be used."""
-    blocks = _PEM_BLOCK.findall(pem_bundle.replace("\\n", "\n"))
+    text = pem_bundle.replace("\\n", "\n")
+    blocks = _PEM_BLOCK.findall(text)
     if not blocks:
-        raise ConfigurationError([f"{setting}: holds no PEM private key (-----BEGIN PRIVATE KEY-----)."])
+        raise ConfigurationError([f"{setting}: {_no_private_key(text)}."])
     keys = []
     for number, block in enumerate(blocks, 1):
         try:
             keys.append(_signing_key(serialization.load_pem_private_key(block.encode(), password=None)))
-        except (ValueError, TypeError) as exc:
+        except TypeError as exc:  # cryptography's word for a key a password protects (PKCS#1 Proc-Type)
+            raise ConfigurationError([f"{setting}: key #{number} is encrypted (a password protects it); the "
+                                      "key must be unencrypted."]) from exc
+        except ValueError as exc:
             raise ConfigurationError([f"{setting}: key #{number} cannot sign session tokens ({exc})."]) from exc
     return keys
+
+
+def _no_private_key(text: str) -> str:
+    """What a bundle with no (unencrypted) PEM private key holds instead, as far as its armour says."""
+    if "-----BEGIN ENCRYPTED PRIVATE KEY-----" in text:
+        return ("holds an encrypted PEM private key (-----BEGIN ENCRYPTED PRIVATE KEY-----: a password protects "
+                "it); the key must be unencrypted")
+    if re.search(r"-----BEGIN (?:RSA |EC )?PUBLIC KEY-----|-----BEGIN CERTIFICATE-----", text):
+        return "holds a public key or certificate, not the PEM private key (-----BEGIN PRIVATE KEY-----)"
+    return "holds no PEM private key (-----BEGIN PRIVATE KEY-----)"
 
 
 class SessionSigner:

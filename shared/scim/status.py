@@ -65,9 +65,10 @@ def sync_status(runtime, correlation_id: str = "") -> SyncStatus:
     return status
 
 
-def setup_section(runtime, correlation_id: str = "") -> str:
-    """The setup page's "Directory sync" section, as HTML (every value escaped)."""
-    s = sync_status(runtime, correlation_id)
+def setup_section(runtime, correlation_id: str = "", status: SyncStatus | None = None) -> str:
+    """The setup page's "Directory sync" section, as HTML (every value escaped); of `status` when the
+    caller has read it already (the page's summary counts its state), so the tables are read once."""
+    s = status or sync_status(runtime, correlation_id)
     e = html.escape
     label = {"off": ("warn", "off"), "on": ("ok", "on"), "error": ("fail", "setting error")}[s.state]
     rows = [f'<tr><td><span class="st {label[0]}">{label[1]}</span></td><th>Directory sync</th><td>'

@@ -47,9 +47,37 @@ def test_a_wrong_secret_is_red_in_health_and_on_the_setup_page_before_anyone_sig
     status, check = health()
     assert status == 503 and check["ok"] is False and check["accepted_by_idp"] is False, check
     assert "refuses" in check["detail"] and "Certificates & secrets" in check["fix"]
+    assert "put it in OIDC_CLIENT_SECRET" in check["fix"] and "Key Vault" not in check["fix"], \
+        "a local secret's fix names its setting, not a vault the app does not read"
     assert "the-secret-id-not-its-value" not in str(check)
     row = setup_row()
     assert "Problem" in row and "refuses" in row
+
+
+NOT_IN_TENANT = ("AADSTS700016: Application with identifier 'x' was not found in the directory 'Contoso'. You may "
+                 "have sent your authentication request to the wrong tenant.")
+WRONG_SECRET = "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent is the secret's value."
+
+
+@pytest.mark.parametrize(("error", "code", "description", "leads_with"), [
+    ("unauthorized_client", 700016, NOT_IN_TENANT, "AADSTS700016: The client ID is not known in this tenant"),
+    ("invalid_client", 7000215, WRONG_SECRET, "The IdP refuses the client secret: create a new one"),
+    ("invalid_client", None, "Client authentication failed.", "The IdP refuses the client secret: create a new one"),
+], ids=["700016-client-id-unknown", "7000215-wrong-secret", "no-code"])
+def test_a_refused_credential_leads_with_the_fix_its_aadsts_code_names(hostile, use_settings, error, code,
+                                                                       description, leads_with):
+    """AADSTS700016 (the client ID unknown in this tenant: a wrong client ID or tenant) is not the secret's
+    fault: a new secret would change nothing, so its own hint leads."""
+    hostile.reset()
+    switch_to(hostile, use_settings)
+    body = {"error": error, "error_description": description, **({"error_codes": [code]} if code else {})}
+    hostile.answer(raw=(400 if code != 7000215 else 401, "application/json", json.dumps(body)))
+    status, check = health()
+    assert status == 503 and check["accepted_by_idp"] is False, check
+    assert check["fix"].startswith(leads_with), check["fix"]
+    if code == 700016:
+        assert "Certificates & secrets" not in check["fix"], "no new secret for a client ID the tenant lacks"
+        assert setup_row().index("#AADSTS700016") < setup_row().index("#AADSTS7000215"), "its code's link first"
 
 
 def test_the_credential_check_is_cached_rate_limited_and_never_on_the_login_path(hostile, use_settings,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.config import KIND_ROLES
 from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER, REDIRECT_URIS
@@ -167,8 +170,50 @@ def test_an_expired_client_secret_is_red(stub, use_settings, signing_key_pem):
     assert health.json()["checks"]["client_secret"]["days_to_expiry"] < 0
 
 
+def _key_pem(key, encryption=None) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             encryption or serialization.NoEncryption()).decode()
+
+
+BAD_SIGNING_KEYS = {
+    "garbage": lambda: "not a key at all",
+    "public-key": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
+    "encrypted": lambda: _key_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                                  serialization.BestAvailableEncryption(b"pass phrase")),
+    "rsa-1024": lambda: _key_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)),  # noqa: S505 - the weak key it must refuse
+    "p-384": lambda: _key_pem(ec.generate_private_key(ec.SECP384R1())),
+}
+
+
+@pytest.mark.parametrize("make", BAD_SIGNING_KEYS.values(), ids=BAD_SIGNING_KEYS.keys())
+def test_a_bad_local_signing_key_gets_the_fix_of_the_setting_it_is_in(use_settings, make):
+    """Without KEY_VAULT_URL the key is SESSION_SIGNING_KEY's own value: the fix names that setting and
+    what it must hold, not a Key Vault secret the app does not read."""
+    use_settings(SESSION_SIGNING_KEY=make())
+    check = get("/api/health").json()["checks"]["signing_key"]
+    assert check["ok"] is False, check
+    assert "SESSION_SIGNING_KEY" in check["fix"] and "unencrypted" in check["fix"], check["fix"]
+    assert "Key Vault" not in check["fix"] and "SESSION_SIGNING_KEY_NAME" not in check["fix"], check["fix"]
+    assert "RSA" in check["fix"] and "P-256" in check["fix"]
+    if make is BAD_SIGNING_KEYS["encrypted"]:
+        assert "encrypted" in check["detail"] and "no PEM private key" not in check["detail"], check["detail"]
+
+
+def test_a_bad_signing_key_in_key_vault_gets_the_key_vault_fix(stub, use_settings):
+    stub.set_secret("oidc-client-secret", CLIENT_SECRET)
+    stub.set_secret("session-signing-key", BAD_SIGNING_KEYS["encrypted"]())
+    use_settings(KEY_VAULT_URL=stub.url, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None)
+    check = get("/api/health").json()["checks"]["signing_key"]
+    assert check["ok"] is False and "encrypted" in check["detail"], check
+    assert "Key Vault" in check["fix"] and "SESSION_SIGNING_KEY_NAME" in check["fix"], check["fix"]
+
+
 ENTRA_SECRET_VALUE = "Xq58Q~Zk3yJ_vT0pR.aB9cD2eF4gH6iJ8kL0mN1oP"  # the shape of an Entra client secret's Value
 SAS = "sv=2022-11-02&ss=t&srt=sco&sp=rwdlacu&se=2030-01-01&sig=SECRETSIG%3D"
+
+
+ENTRA_ISSUER = "https://login.microsoftonline.com/3f0c9a52-6d1e-4b7a-9c2f-8e5d41a7b0c6/v2.0"
 
 
 @pytest.mark.parametrize("setting, value, secret", [
@@ -178,18 +223,41 @@ SAS = "sv=2022-11-02&ss=t&srt=sco&sp=rwdlacu&se=2030-01-01&sig=SECRETSIG%3D"
     ("TABLES_ENDPOINT", "DefaultEndpointsProtocol=https;AccountName=contososso;AccountKey=X91DfRtGh2k",
      "X91DfRtGh2k"),
     ("TABLES_ENDPOINT", f"https://contososso.table.core.windows.net/?{SAS}", "SECRETSIG"),
-], ids=["secret-in-a-name", "key-in-the-endpoint", "sas-in-the-endpoint"])
-def test_a_credential_pasted_into_the_wrong_setting_is_named_but_never_shown(use_settings, setting, value, secret):
+    # The secret's Value pasted where the Application (client) ID goes: an Entra client ID is a GUID,
+    # and its problem quoted what was there.
+    ("OIDC_CLIENT_ID", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
+], ids=["secret-in-a-name", "key-in-the-endpoint", "sas-in-the-endpoint", "secret-in-the-client-id"])
+def test_a_credential_pasted_into_the_wrong_setting_is_named_but_never_shown(use_settings, caplog, setting, value,
+                                                                             secret):
     """Problems name the setting and the fix, never a value that may be a credential: the login's 500
     page is anonymous, and the same text reaches the log line and the audit row's detail."""
-    use_settings(**{setting: value, "TABLES_CONNECTION_STRING": None} if setting == "TABLES_ENDPOINT"
-                 else {setting: value})
-    login = get("/api/sso/user/login")
+    changes = {setting: value}
+    if setting == "TABLES_ENDPOINT":
+        changes["TABLES_CONNECTION_STRING"] = None
+    if setting == "OIDC_CLIENT_ID":
+        changes["OIDC_ISSUER_URL"] = ENTRA_ISSUER  # Entra's client IDs are GUIDs: it is checked there
+    use_settings(**changes)
+    with caplog.at_level(logging.INFO, logger="portal_sso"):
+        login = get("/api/sso/user/login")
     assert login.status_code == 500 and setting in login.text, login.text[:600]
+    # Its log line, and its audit row's detail: with the settings unloadable there is no table to write
+    # to, so the row goes to the log whole (sso.audit_failed).
+    log = "\n".join(record.getMessage() for record in caplog.records)
+    assert f"detail=\"{setting}: " in log and '"detail": "' in log, log
     setup, health = get("/api/sso/setup").text, get("/api/health").text
-    for text in (login.text, setup, health):
+    for text in (login.text, log, setup, health):
         assert secret not in text, "a credential pasted into a setting is shown"
     assert 'class="st fail"' in row_of(setup, setting)
+
+
+def test_a_client_id_that_looks_like_a_secret_is_never_shown_on_the_setup_page(use_settings):
+    """Another IdP's client ID may be any string, so the settings load; the setup page still names it
+    hidden, in its Settings row and in the redirect URIs' section, rather than showing a secret's Value."""
+    use_settings(OIDC_CLIENT_ID=ENTRA_SECRET_VALUE)
+    setup, health = get("/api/sso/setup").text, get("/api/health").text
+    for text in (setup, health):
+        assert ENTRA_SECRET_VALUE not in text, "a client ID shaped like a secret's Value is shown"
+    assert "value hidden" in row_of(setup, "OIDC_CLIENT_ID")
 
 
 @pytest.mark.parametrize("path", ["/api/sso/jwks.json", "/api/sso/user/signed-out", "/api/health", "/api/sso/setup"])

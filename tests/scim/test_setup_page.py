@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 
+import pytest
 import requests
 
 from tests.conftest import APP_BASE
@@ -45,6 +46,29 @@ def test_off_and_a_setting_error_say_so_without_the_token(use_settings):
     text = section()
     assert '<span class="st fail">setting error</span>' in text and "SCIM_TOKEN" in text
     assert short not in text and html.escape(short) not in text
+
+
+def summary_problems(page: str) -> int:
+    """The problem count of the setup page's summary line (0 when it is not red)."""
+    level, text = re.search(r'<p class="summary (\w+)">([^<]*)', page).groups()
+    return int(text.split()[0]) if level == "fail" else 0
+
+
+@pytest.mark.parametrize("changes", [{"SCIM_TOKEN": "short"}, {"SCIM_TOKEN": TOKEN, "SCIM_DEFAULT_KIND": "users"}],
+                         ids=["short-token", "bad-default-kind"])
+def test_a_directory_sync_setting_error_is_a_problem_in_the_summary(use_settings, changes):
+    """SPEC: a short token is a setting error, the setup page red (the SCIM routes answer 503): the
+    summary must not say all is working while the section says "setting error"."""
+    use_settings(SCIM_TOKEN=TOKEN)
+    page = requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text
+    before = summary_problems(page)
+    use_settings(**changes)
+    page = requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text
+    assert '<span class="st fail">setting error</span>' in page
+    assert summary_problems(page) == before + 1, re.search(r'<p class="summary.*?</p>', page).group(0)
+    assert "Everything checked is working" not in page
+    use_settings(SCIM_TOKEN=None)  # off is a choice, not a problem
+    assert summary_problems(requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text) == before
 
 
 def test_tools_accounts_list_marks_provisioned_accounts(scim, azurite, capsys, tmp_path):

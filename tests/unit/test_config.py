@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-from shared.config import load_settings
+from shared.config import load_settings, may_hold_a_credential
 from shared.errors import ConfigurationError
 
 TENANT = "3f0c9a52-6d1e-4b7a-9c2f-8e5d41a7b0c6"
@@ -62,6 +62,34 @@ def test_issuer_is_accepted_as_issuer_or_metadata_url_with_or_without_slashes(ra
     settings = load_settings(env(OIDC_ISSUER_URL=raw))
     assert settings.issuer_base == ENTRA, f"OIDC_ISSUER_URL {raw!r} names the issuer {ENTRA}"
     assert settings.metadata_url == f"{ENTRA}/.well-known/openid-configuration", "one metadata URL for every form"
+
+
+@pytest.mark.parametrize("raw", [
+    ENTRA.replace(TENANT, TENANT.upper()),
+    ENTRA.replace("login.microsoftonline.com", "Login.MicrosoftOnline.com"),
+    ENTRA.replace("https://", "HTTPS://"),
+    ENTRA.replace(TENANT, TENANT.upper()).replace("login.microsoftonline.com", "LOGIN.MICROSOFTONLINE.COM")
+    + "/.well-known/openid-configuration",
+], ids=["tenant", "host", "scheme", "all"])
+def test_an_entra_issuer_pasted_in_capitals_is_the_issuer_entras_document_names(raw):
+    """Discovery compares the document's issuer exactly, and Entra's names its host and the tenant's GUID
+    in lower case: kept as pasted, every login would be a 502 idp_metadata_invalid blaming the IdP."""
+    settings = load_settings(env(OIDC_ISSUER_URL=raw))
+    assert settings.issuer_base == ENTRA
+    assert settings.metadata_url == f"{ENTRA}/.well-known/openid-configuration"
+    assert settings.allowed_tenant_ids == frozenset({TENANT})
+
+
+def test_an_entra_metadata_url_keeps_its_appid_query_when_its_capitals_are_lowered():
+    app = "6b1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"
+    pasted = f"{ENTRA.replace(TENANT, TENANT.upper())}/.well-known/openid-configuration?appid={app}"
+    settings = load_settings(env(OIDC_ISSUER_URL=pasted))
+    assert settings.metadata_url == f"{ENTRA}/.well-known/openid-configuration?appid={app}"
+
+
+def test_another_idps_issuer_is_kept_as_given_in_any_case():
+    settings = load_settings(env(OIDC_ISSUER_URL="https://IdP.Contoso.test/Realms/Portal"))
+    assert settings.issuer_base == "https://IdP.Contoso.test/Realms/Portal", "its issuer is its own business"
 
 
 REQUIRED = ["OIDC_ISSUER_URL", "OIDC_CLIENT_ID", "KEY_VAULT_URL", "OIDC_CLIENT_SECRET", "SESSION_SIGNING_KEY",
@@ -256,6 +284,32 @@ def test_the_example_file_itself_does_not_load():
 def test_an_entra_client_id_must_be_a_guid(client_id):
     text = problems_of(env(OIDC_CLIENT_ID=client_id))
     assert f"OIDC_CLIENT_ID: {client_id!r} is not a GUID" in text, "the bad value is quoted, with the fix"
+
+
+ENTRA_SECRET_VALUE = "Xq58Q~Zk3yJ_vT0pR.aB9cD2eF4gH6iJ8kL0mN1oP"  # the shape of an Entra client secret's Value
+
+
+@pytest.mark.parametrize("value", [ENTRA_SECRET_VALUE, "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6kM9=",
+                                   "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45"])
+def test_a_secret_pasted_into_the_client_id_is_named_never_quoted(value):
+    """The problem reaches the anonymous login page, its log line and audit row: a value that is no
+    ID's shape (a secret's Value, most likely) is named, not shown."""
+    text = problems_of(env(OIDC_CLIENT_ID=value))
+    assert "OIDC_CLIENT_ID" in text and "GUID" in text, text
+    assert value not in text and value[:12] not in text, "a secret's Value is quoted"
+
+
+@pytest.mark.parametrize("value, hidden", [
+    (ENTRA_SECRET_VALUE, True), ("aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6kM9=", True),
+    ("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45", True),
+    ("6b1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e", False), ("portal-sso", False), ("Contoso SSO", False),
+    ("0oa1b2c3d4e5f6g7h8i9", False),
+    ("123456789012-abcdefghij0123456789klmnopqrstuv.apps.googleusercontent.com", False),
+    ("contact-center-portal-sso-production", False), ("{6b1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e}", False),
+    ("0123456789abcdef0123456789abcdef01234567", True),  # a GitHub-style hex secret
+])
+def test_a_client_id_is_shown_only_when_it_has_an_ids_shape(value, hidden):
+    assert may_hold_a_credential("OIDC_CLIENT_ID", value) is hidden
 
 
 def test_a_client_id_of_another_idp_may_be_any_string():

@@ -197,6 +197,23 @@ def test_garbage_is_refused_without_echoing_it(garbage):
     refusal(garbage)
 
 
+@pytest.mark.parametrize("fmt", [serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL],
+                         ids=["pkcs8", "pkcs1"])
+def test_an_encrypted_key_is_refused_as_encrypted(rsa_key, fmt):
+    """Not "holds no PEM private key": it holds one, which a password protects."""
+    encrypted = rsa_key.private_bytes(serialization.Encoding.PEM, fmt,
+                                      serialization.BestAvailableEncryption(b"pass phrase")).decode()
+    text = "\n".join(map(str, refusal(encrypted).problems))
+    assert "encrypted" in text and "no PEM private key" not in text, text
+
+
+def test_a_public_key_is_refused_as_a_public_key(rsa_key):
+    public = rsa_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    text = "\n".join(map(str, refusal(public).problems))
+    assert "public key" in text and "private key" in text, text
+
+
 def test_second_bad_key_in_a_bundle_is_refused_by_number(rsa_key):
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the weak key the loader must refuse
     err = refusal(pem(rsa_key) + pem(weak))
