@@ -171,9 +171,25 @@ def log_value(value: object, *, quote: bool = False) -> str:
     return escaped
 
 
+# What a credential looks like, wherever it was pasted: an Entra client secret's Value (some 40
+# characters of [A-Za-z0-9._~-], with its '~'), a JWT, a PEM, a storage account key or a SAS.
+_SECRET_SHAPES = re.compile(r"[\w.~-]*~[\w.~-]*|eyJ[\w-]{8,}\.[\w-]+\.")
+_CREDENTIAL_MARKERS = ("accountkey=", "sig=", "sharedaccesssignature=", "-----begin")
+NOT_SHOWN = "(not shown: it may be a secret)"
+
+
+def looks_like_a_secret(value: str) -> bool:
+    lowered = value.lower()
+    return any(marker in lowered for marker in _CREDENTIAL_MARKERS) or any(
+        len(found) >= 32 for found in _SECRET_SHAPES.findall(value))
+
+
 def quoted(value: str, limit: int = 120) -> str:
     """A bad (non-secret) value as a message quotes it: in quotes, unprintable characters escaped, cut
-    at `limit` characters."""
+    at `limit` characters; a value shaped like a credential (pasted in the wrong setting) is not shown:
+    the login's error page is anonymous, and the text reaches the log and the audit row."""
+    if looks_like_a_secret(value):
+        return NOT_SHOWN
     shown = unprintable_escaped(value)
     return repr(shown[:limit] + ("..." if len(shown) > limit else ""))
 
@@ -347,7 +363,7 @@ def _issuer(read: _Reader, _: dict) -> dict:
     elif entra and not GUID.match(client_id):
         # The problem reaches the anonymous login page, its log line and audit row: quoted only when it
         # has an ID's shape (a name), never when it may be the secret's Value.
-        shown = quoted(client_id) if looks_like_client_id(client_id) else "(not shown: it may be a secret)"
+        shown = quoted(client_id) if looks_like_client_id(client_id) else NOT_SHOWN
         read.problem("OIDC_CLIENT_ID", f"{shown} is not a GUID, which every Entra client ID is;",
                      "copy the 'Application (client) ID' from the app registration's Overview (not a secret's "
                      "Value, the app's name or the Object ID's label).")
@@ -422,7 +438,7 @@ def may_hold_a_credential(name: str, value: str) -> bool:
         return True
     if name == "OIDC_CLIENT_ID" and value and not looks_like_client_id(value):
         return True
-    return any(marker in value.lower() for marker in ("accountkey=", "sig=", "sharedaccesssignature="))
+    return looks_like_a_secret(value)
 
 
 def secret_name_problem(name: str | None) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-from ..config import KIND_ROLES, public_base_url
+from ..config import KIND_ROLES, public_base_url, valid_public_base
 from ..diagnostics import failure_text
 from ..errors import REGISTER_APP
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
@@ -37,7 +37,9 @@ def sync_status(runtime, correlation_id: str = "") -> SyncStatus:
     answers): an unexpected one with the correlation id of its logged traceback."""
     env = runtime.env
     base = public_base_url(env)
-    status = SyncStatus(state="off", tenant_url=f"{base}/api/scim/v2" if base else "")
+    # Only a base the settings accept: anything else is a problem the settings row names, and may be a
+    # secret pasted there.
+    status = SyncStatus(state="off", tenant_url=f"{base}/api/scim/v2" if valid_public_base(base) else "")
     try:
         config = read_config(runtime)
     except Exception as exc:

@@ -226,7 +226,12 @@ ENTRA_ISSUER = "https://login.microsoftonline.com/3f0c9a52-6d1e-4b7a-9c2f-8e5d41
     # The secret's Value pasted where the Application (client) ID goes: an Entra client ID is a GUID,
     # and its problem quoted what was there.
     ("OIDC_CLIENT_ID", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
-], ids=["secret-in-a-name", "key-in-the-endpoint", "sas-in-the-endpoint", "secret-in-the-client-id"])
+    # ... or wherever a value is quoted for being wrong: every setting's problem and Settings row.
+    ("ALLOWED_TENANT_IDS", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
+    ("KEY_VAULT_URL", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
+    ("PUBLIC_BASE_URL", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
+], ids=["secret-in-a-name", "key-in-the-endpoint", "sas-in-the-endpoint", "secret-in-the-client-id",
+        "secret-in-the-tenants", "secret-in-the-vault-url", "secret-in-the-base-url"])
 def test_a_credential_pasted_into_the_wrong_setting_is_named_but_never_shown(use_settings, caplog, setting, value,
                                                                              secret):
     """Problems name the setting and the fix, never a value that may be a credential: the login's 500
