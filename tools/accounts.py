@@ -151,7 +151,10 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
     seen: dict[tuple[str, str], int] = {}
     ids: dict[tuple[str, str], int] = {}  # (account id, kind) -> line: one account is one mailbox's
     with handle:
-        reader = csv.reader(handle)
+        # strict: a quote inside an unquoted field, or one never closed, is an error (the lenient
+        # reader ran an unclosed quote on over the next rows, importing them as part of a name).
+        reader = csv.reader(handle, strict=True)
+        start = 1  # the line the record being read starts on: a quoted field may span lines
         try:
             header = next(reader, None)
             if header is None:
@@ -162,8 +165,11 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
             if unknown or missing or len(set(names)) != len(names):
                 raise CsvFileError(f"{path}: line 1, the header, must be {','.join(COLUMNS)} (name and enabled may "
                                    f"be left out); got {printable(','.join(header))}")
-            for fields in reader:
-                line = reader.line_num
+            while True:
+                line = start = reader.line_num + 1  # a row is named by its first line
+                fields = next(reader, None)
+                if fields is None:
+                    break
                 if not fields or all(not _trim(f) for f in fields):
                     continue
                 if len(fields) != len(names):
@@ -196,7 +202,10 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
         except UnicodeDecodeError as exc:
             raise CsvFileError(f"{path}: not UTF-8 text") from exc
         except csv.Error as exc:
-            raise CsvFileError(f"{path}: line {reader.line_num} is not valid CSV ({exc})") from exc
+            if reader.line_num <= start:
+                raise CsvFileError(f"{path}: line {start} is not valid CSV ({exc})") from exc
+            raise CsvFileError(f"{path}: the row that starts on line {start} is not valid CSV at line "
+                               f"{reader.line_num} ({exc}): a quote opened in it may not be closed") from exc
     return rows, problems
 
 

@@ -554,3 +554,55 @@ def test_remove_refuses_an_old_row_whose_copy_still_depends_on_it(cs, store, tag
     store._table.update_entity({"PartitionKey": new, "RowKey": "agent", "MovedFrom": ""})  # step 3 done
     assert run(cs, "remove", old, "--kind", "agent") == 0, "a leftover old row can go"
     assert store.get(new, "agent") is not None
+
+
+# ---- CSV: a stray quote is refused, not read as a field running on over the next rows
+
+
+def test_a_stray_quote_is_refused_naming_its_lines_and_nothing_is_written(cs, store, tag, tmp_path, capsys):
+    """The lenient reader let an unclosed quote swallow the next row into a name ('imported 2 accounts',
+    exit 0) and read `"a"b@...` as `ab@...`."""
+    emails = [f"{who}.{tag}@swallow.test" for who in ("ann", "bob", "cat")]
+    swallow = _write(tmp_path / "swallow.csv", [
+        "email,kind,account_id,name",
+        f'{emails[0]},user,SX-1.{tag},"Lee, Ann',      # line 2: the quote is not closed on its line
+        f'{emails[1]},user,SX-2.{tag},"Bob" Smith',   # line 3: ... but here, followed by text
+        f"{emails[2]},user,SX-3.{tag},Cat",
+    ])  # fmt: skip
+    assert run(cs, "import", str(swallow)) == 1
+    err = capsys.readouterr().err
+    assert f"{swallow}: the row that starts on line 2 is not valid CSV at line 3" in err, err
+    assert "nothing was written" in err and "imported" not in err, err
+    assert _stored_with(store, tag) == [], "no row of the file was written"
+
+    quoted = _write(tmp_path / "quoted.csv", ["email,kind,account_id", f'"a"b.{tag}@swallow.test,user,SX-4.{tag}'])
+    assert run(cs, "import", str(quoted)) == 1
+    assert f"{quoted}: line 2 is not valid CSV" in capsys.readouterr().err
+    unclosed = _write(tmp_path / "unclosed.csv", ["email,kind,account_id,name", f'{emails[0]},user,SX-5.{tag},"Ann'])
+    assert run(cs, "import", str(unclosed)) == 1
+    assert "line 2 is not valid CSV" in capsys.readouterr().err
+    assert _stored_with(store, tag) == []
+
+
+def test_a_well_formed_quoted_field_over_two_lines_is_one_row_and_later_lines_keep_their_numbers(
+        cs, store, tag, tmp_path, capsys):
+    emails = [f"{who}.{tag}@quoted.test" for who in ("ann", "bob", "cat")]
+    rows = ["email,kind,account_id,name",
+            f'{emails[0]},user,Q-1.{tag},"Lee, ""Ann"""',     # line 2: a comma and quotes, well quoted
+            f'{emails[1]},user,Q-2.{tag},"Bob',               # line 3 ...
+            'Smith"',                                          # ... to 4: one row
+            f'not-an-email-{tag},user,Q-3.{tag},"Two',      # line 5 ...
+            'Lines"',                                          # ... to 6: named by its first line
+            f"{emails[2]},user,Q-4.{tag},Cat",
+            f"also-not-an-email-{tag},user,Q-5.{tag},"]       # line 8
+    csv_file = _write(tmp_path / "multi.csv", rows)
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("line ")] == ["line 5", "line 8"], err
+    assert "2 bad rows; nothing was written" in err
+
+    del rows[4:6], rows[-1]
+    assert run(cs, "import", str(_write(tmp_path / "multi.csv", rows))) == 0, capsys.readouterr().err
+    assert store.get(emails[0], "user").display_name == 'Lee, "Ann"'
+    assert store.get(emails[1], "user").display_name == "Bob\nSmith"
+    assert store.get(emails[2], "user").display_name == "Cat"
