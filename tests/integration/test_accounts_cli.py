@@ -360,11 +360,10 @@ def test_add_over_a_linked_account_of_another_id_is_refused_unless_forced(cs, st
 
 def test_list_escapes_control_characters_and_shows_a_non_boolean_enabled_as_disabled(cs, store, tag, tmp_path,
                                                                                    capsys):
+    """add and import refuse such a name: it comes from another tool writing the table."""
     email = f"esc.{tag}@contoso.test"
-    csv_file = _write(tmp_path / "names.csv", ["email,kind,account_id,name",
-                                               f"{email},user,U-1.{tag},\"Evil\x1b[2J\x1b]0;owned\x07\u202eName\""])
-    assert run(cs, "import", str(csv_file)) == 0
-    store._table.update_entity({"PartitionKey": email, "RowKey": "user", "Enabled": "false"}, mode=UpdateMode.MERGE)
+    store._table.create_entity({"PartitionKey": email, "RowKey": "user", "Email": email, "AccountId": f"U-1.{tag}",
+                                "DisplayName": "Evil\x1b[2J\x1b]0;owned\x07\u202eName", "Enabled": "false"})
     capsys.readouterr()
     assert run(cs, "list") == 0
     out = capsys.readouterr().out
@@ -590,7 +589,7 @@ def test_a_well_formed_quoted_field_over_two_lines_is_one_row_and_later_lines_ke
     rows = ["email,kind,account_id,name",
             f'{emails[0]},user,Q-1.{tag},"Lee, ""Ann"""',     # line 2: a comma and quotes, well quoted
             f'{emails[1]},user,Q-2.{tag},"Bob',               # line 3 ...
-            'Smith"',                                          # ... to 4: one row
+            'Smith"',                                          # ... to 4: one row (a name with a line break)
             f'not-an-email-{tag},user,Q-3.{tag},"Two',      # line 5 ...
             'Lines"',                                          # ... to 6: named by its first line
             f"{emails[2]},user,Q-4.{tag},Cat",
@@ -598,11 +597,53 @@ def test_a_well_formed_quoted_field_over_two_lines_is_one_row_and_later_lines_ke
     csv_file = _write(tmp_path / "multi.csv", rows)
     assert run(cs, "import", str(csv_file)) == 1
     err = capsys.readouterr().err
-    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("line ")] == ["line 5", "line 8"], err
-    assert "2 bad rows; nothing was written" in err
+    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("line ")] == \
+        ["line 3", "line 5", "line 8"], err
+    assert "line 3: name 'Bob\\x0aSmith' is refused: it holds a control character (U+000A)" in err, err
+    assert "3 bad rows; nothing was written" in err
 
-    del rows[4:6], rows[-1]
+    del rows[2:6], rows[-1]
     assert run(cs, "import", str(_write(tmp_path / "multi.csv", rows))) == 0, capsys.readouterr().err
     assert store.get(emails[0], "user").display_name == 'Lee, "Ann"'
-    assert store.get(emails[1], "user").display_name == "Bob\nSmith"
+    assert store.get(emails[1], "user") is None
     assert store.get(emails[2], "user").display_name == "Cat"
+
+
+# ---- account ids and names: no control characters in; none raw in a log line out
+
+
+def test_add_and_import_refuse_an_account_id_or_name_with_control_characters_and_write_nothing(
+        cs, store, tag, tmp_path, capsys):
+    """An account id becomes the session token's `sub` and log text: one with a newline forged a line
+    of its own in the log, and `add`/`import` took it."""
+    email = f"forge.{tag}@contoso.test"
+    assert run(cs, "add", email, "--kind", "user", "--account-id", "U-1\naccounts.fake kind=user") == 1
+    assert "account_id 'U-1\\x0aaccounts.fake kind=user' is refused: it holds a control character (U+000A)" \
+        in capsys.readouterr().err
+    assert run(cs, "add", email, "--kind", "user", "--account-id", f"U-1.{tag}", "--name", "Ann\x1b]0;owned\x07") == 1
+    assert "name 'Ann\\x1b]0;owned\\x07' is refused" in capsys.readouterr().err
+    csv_file = _write(tmp_path / "forge.csv", ["email,kind,account_id,name",
+                                               f"{email},user,U-2.{tag},Ann",
+                                               f"other.{tag}@contoso.test,agent,\"A-3\u202e.{tag}\",Bob",
+                                               f"third.{tag}@contoso.test,user,U-4.{tag},\"Cat\rDog\""])
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert "line 3: account_id 'A-3\\u202e" in err and "U+202E RIGHT-TO-LEFT OVERRIDE" in err, err
+    assert "line 4: name 'Cat\\x0dDog' is refused" in err and "2 bad rows; nothing was written" in err, err
+    assert _stored_with(store, tag) == []
+
+
+def test_a_stored_account_id_another_tool_wrote_cannot_forge_a_log_line(cs, store, tag, caplog):
+    """accounts.enabled_not_boolean wrote the stored AccountId (and Enabled) raw into the log."""
+    from shared.errors import AccountDisabled
+
+    email = f"logged.{tag}@contoso.test"
+    store._table.create_entity({"PartitionKey": email, "RowKey": "user", "Email": email,
+                                "AccountId": "U-1\nsso.login outcome=success account_id=ADMIN",
+                                "Enabled": "no way\r\nforged=1"})
+    with caplog.at_level("WARNING", logger="portal_sso"), pytest.raises(AccountDisabled):
+        store.find_account(email, "user")
+    (record,) = [r for r in caplog.records if "enabled_not_boolean" in r.getMessage()]
+    message = record.getMessage()
+    assert "\n" not in message and "\r" not in message, message
+    assert 'account_id="U-1\\nsso.login outcome=success account_id=ADMIN"' in message, message
