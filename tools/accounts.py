@@ -14,7 +14,7 @@ string holding a key is never taken from the command line (it would stay in shel
 visible to every process on the machine).
 
 Exit codes: 0 done, 1 bad input (usage, a bad CSV file or row, no such account, a refused change,
-settings missing; `check`: rows to fix), 2 storage unreachable, 3 storage refused our credentials.
+settings missing or malformed; `check`: rows to fix), 2 storage unreachable, 3 storage refused our credentials.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -49,6 +50,7 @@ from shared.accounts import (
     sharing_problems,
     unprintable,
 )
+from shared.config import storage_problems
 from shared.errors import ConfigurationError, DependencyUnavailable
 from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE, Tables
 
@@ -74,16 +76,19 @@ class _Parser(argparse.ArgumentParser):
 
 def storage_settings(args: argparse.Namespace, environ: Mapping[str, str], app_dir: Path
                      ) -> tuple[str | None, str | None]:
-    """(connection string, endpoint): --endpoint, else the app's settings (the environment wins over
-    app_dir's local.settings.json, as in `func start`)."""
+    """(connection string, endpoint): --connection-string or --endpoint, else the app's settings (the
+    environment wins over app_dir's local.settings.json, as in `func start`). Raises
+    ConfigurationError for one the app would refuse (said by the app's rules, never quoting it)."""
     if args.connection_string:
         if _holds_secret(args.connection_string):
             raise ConfigurationError([
                 "--connection-string: this connection string holds a storage key, which must not be on the command "
                 "line (shell history, `ps`). Put it in TABLES_CONNECTION_STRING, in the environment or in "
                 f"{app_dir / 'local.settings.json'} (Values), and leave --connection-string out."])
+        _check({"TABLES_CONNECTION_STRING": args.connection_string}, "--connection-string")
         return args.connection_string, None
     if args.endpoint:
+        _check({"TABLES_ENDPOINT": args.endpoint}, "--endpoint")
         return None, args.endpoint
     from tools.local_settings import load_local_settings
 
@@ -95,7 +100,16 @@ def storage_settings(args: argparse.Namespace, environ: Mapping[str, str], app_d
         raise ConfigurationError([f"TABLES_CONNECTION_STRING or TABLES_ENDPOINT: missing. Set one in the environment "
                                   f"or in {app_dir / 'local.settings.json'} (`make run` writes that file), or pass "
                                   "--endpoint."])
+    _check({"TABLES_CONNECTION_STRING": cs or "", "TABLES_ENDPOINT": endpoint or ""})
     return cs, endpoint
+
+
+def _check(settings: dict[str, str], flag: str = "") -> None:
+    """Raises ConfigurationError with what the app finds wrong with these storage settings
+    (storage_problems), each named by `flag` when the value came from the command line."""
+    problems = storage_problems(settings)
+    if problems:
+        raise ConfigurationError([replace(p, setting=flag) if flag else p for p in problems])
 
 
 def _holds_secret(connection_string: str) -> bool:
@@ -111,8 +125,14 @@ def connect(connection_string: str | None, endpoint: str | None, workers: int = 
                           max_retries=Retry(total=False, redirect=False, raise_on_status=False))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    tables = Tables.from_settings(connection_string, endpoint, _default_credential,
-                                  transport=RequestsTransport(session=session, session_owner=False))
+    try:
+        tables = Tables.from_settings(connection_string, endpoint, _default_credential,
+                                      transport=RequestsTransport(session=session, session_owner=False))
+    except ValueError as exc:  # what the app's rules (storage_problems) let through but the SDK does not
+        if connection_string:  # never quoted: the SDK's text could hold part of it
+            raise ConfigurationError(["the storage connection string: the Tables SDK cannot use it."]) from exc
+        raise ConfigurationError([f"the storage endpoint: the Tables SDK cannot use it: {printable(str(exc))} "
+                                  "(for Azurite, give TABLES_CONNECTION_STRING instead)"]) from exc
     return AccountStore(tables.client(ACCOUNTS_TABLE), people=tables.client(SCIM_USERS_TABLE))
 
 

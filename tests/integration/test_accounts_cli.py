@@ -647,3 +647,29 @@ def test_a_stored_account_id_another_tool_wrote_cannot_forge_a_log_line(cs, stor
     message = record.getMessage()
     assert "\n" not in message and "\r" not in message, message
     assert 'account_id="U-1\\nsso.login outcome=success account_id=ADMIN"' in message, message
+
+
+# ---- storage settings the app would refuse: said as the app says them, no traceback, no credential
+
+
+@pytest.mark.parametrize(("argv", "env", "said"), [
+    pytest.param([], {"TABLES_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=foo"},
+                 "TABLES_CONNECTION_STRING: holds no credential", id="no-credential"),
+    pytest.param([], {"TABLES_CONNECTION_STRING": "AccountName=foo;AccountKey=not*base64*s3cret"},
+                 "TABLES_CONNECTION_STRING: holds an AccountKey that is not base64", id="key-not-base64"),
+    pytest.param(["--connection-string", "garbage"], {}, "--connection-string: is not a connection string",
+                 id="argv-garbage"),
+    pytest.param([], {"TABLES_ENDPOINT": "http://storage.example.com"}, "TABLES_ENDPOINT: is not an https:// URL",
+                 id="endpoint-plain-http"),
+    pytest.param(["--endpoint", "https://st.table.core.windows.net/?sv=2024&sig=s3cret"], {},
+                 "--endpoint: is not an https:// URL", id="argv-endpoint-sas"),
+    pytest.param(["--endpoint", "http://127.0.0.1:1/devstoreaccount1"], {},  # the app's rule allows it
+                 "the storage endpoint: the Tables SDK cannot use it: Token credential is only supported with HTTPS",
+                 id="argv-endpoint-loopback-http"),
+])
+def test_storage_settings_the_app_refuses_are_bad_input_named_without_a_traceback_or_the_value(argv, env, said,
+                                                                                               capsys):
+    assert accounts.main([*argv, "list"], environ=env, app_dir=EMPTY_DIR) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {said}"), err
+    assert "Traceback" not in err and "s3cret" not in err and "garbage" not in err, err
