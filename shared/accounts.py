@@ -520,6 +520,9 @@ class AccountStore:
         with storage_errors():
             stored = [Account.from_entity(entity) for entity in self._table.list_entities()]
         for account in stored:
+            if stuck := unaddressable(account.key, account.kind):
+                yield account, "unaddressable", stuck
+                continue
             if moving := self.move_problem(account):
                 yield account, "moving", moving
                 continue
@@ -537,6 +540,16 @@ class AccountStore:
                 yield account, "no-id", "it has no AccountId: sign-in refuses it"
             if account.invalid_enabled is not None:
                 yield account, "enabled", f"Enabled is {account.invalid_enabled}, not a boolean: counts as disabled"
+
+
+def unaddressable(key: str, kind: str) -> str | None:
+    """Why no request can name the row at (`key`, `kind`), None when one can: a lone surrogate, which
+    another tool can POST in a row's JSON (Azurite keeps it) but no request URL (UTF-8) can carry, so
+    the row can never be read, changed or removed by its key, nor found by a sign-in."""
+    for what, value in (("key", key), ("kind", kind)):
+        if surrogate := next((c for c in value if unicodedata.category(c) == "Cs"), None):
+            return f"its stored {what} holds a lone surrogate (U+{ord(surrogate):04X})"
+    return None
 
 
 def printable(text: str) -> str:

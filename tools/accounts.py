@@ -24,6 +24,7 @@ import csv
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -413,6 +414,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+UNADDRESSABLE = "no request can name this row (a request URL is UTF-8, which has no lone surrogates)"
+
+
 CHECK_ADVICE = {
     "refused": "no sign-in can reach it: add the account under the address the directory has, then remove this row "
                "with --stored-key",
@@ -424,13 +428,17 @@ CHECK_ADVICE = {
     "enabled": "run enable or disable to store a real boolean",
     "moving": "change the account where the `what` column says sign-in finds it; where it finds it at neither "
               f"address, {MOVE_ADVICE}",
+    "unaddressable": f"{UNADDRESSABLE}: nothing can change or remove it, and no sign-in reaches it; if it is "
+                     "someone's account, add it under the address the directory has",
 }
+# `check` lists these rows, but they do not make it fail: nothing an operator does fixes them.
+CHECK_NOTES = ("review", "unaddressable")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """The stored rows the email-key rule (shared/accounts.py email_key) does not find as they are, and
     the rows login does not find because directory sync is moving them."""
-    found = sorted(_store(args).key_problems(), key=lambda f: (f[1] == "review", f[0].key, f[0].kind))
+    found = sorted(_store(args).key_problems(), key=lambda f: (f[1] in CHECK_NOTES, f[0].key, f[0].kind))
     rows = [(what, printable(a.key), a.kind, printable(a.account_id), printable(problem)) for a, what, problem in found]
     if not rows:
         print("every stored row is found under its address's key")
@@ -438,7 +446,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(format_table(("problem", "stored key", "kind", "account id", "what"), rows))
     for what in sorted({f[1] for f in found}, key=list(CHECK_ADVICE).index):
         print(f"{what}: {CHECK_ADVICE[what]}")
-    return EXIT_BAD_INPUT if any(f[1] != "review" for f in found) else EXIT_OK
+    return EXIT_BAD_INPUT if any(f[1] not in CHECK_NOTES for f in found) else EXIT_OK
 
 
 def _one_account(action: Callable[[AccountStore, str, str], bool], done: str, advice: str = ""):
@@ -475,10 +483,21 @@ def cmd_remove(args: argparse.Namespace) -> int:
         return _remove_by_email(args)
     key = unprintable(args.stored_key)
     kind = unprintable(args.kind)
+    for flag, value in (("--stored-key", key), ("--kind", kind)):
+        if problem := _stored_key_problem(value):
+            return _fail(f"{flag} {problem}")
     if not _store(args).remove_key(key, kind):
         return _fail(f"no {printable(kind)} row with the stored key {printable(key)}")
     print(f"removed the {printable(kind)} row with the stored key {printable(key)}")
     return EXIT_OK
+
+
+def _stored_key_problem(value: str) -> str | None:
+    """Why no stored row has the key (or kind) `value`, or no request can name it, before one is sent."""
+    for position, c in enumerate(value, 1):
+        if unicodedata.category(c) == "Cs":
+            return f"holds a lone surrogate (U+{ord(c):04X}) at character {position}: {UNADDRESSABLE}; see `check`"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:

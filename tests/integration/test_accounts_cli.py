@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableClient, UpdateMode
 
 from tools import accounts
 from tools.stack import azurite_connection_string, free_port, new_account_key
@@ -673,3 +673,40 @@ def test_storage_settings_the_app_refuses_are_bad_input_named_without_a_tracebac
     err = capsys.readouterr().err
     assert err.startswith(f"error: {said}"), err
     assert "Traceback" not in err and "s3cret" not in err and "garbage" not in err, err
+
+
+# ---- a table of this test's own: rows that can never be removed, or a table that is not there
+
+
+@pytest.fixture
+def own_table(cs, tag, monkeypatch) -> str:
+    """The CLI's PortalAccounts is a table of this test alone (made, and dropped after it)."""
+    from azure.data.tables import TableServiceClient
+
+    name = f"Accounts{tag}"
+    service = TableServiceClient.from_connection_string(cs)
+    service.create_table(name)
+    monkeypatch.setattr(accounts, "ACCOUNTS_TABLE", name)
+    yield name
+    service.delete_table(name)
+
+
+def test_a_row_whose_key_holds_a_lone_surrogate_is_said_to_be_unremovable_not_a_traceback(cs, own_table, tag,
+                                                                                           capsys):
+    """Another tool can POST such a key (Azurite keeps it); no request URL can name it again (UTF-8 has no
+    lone surrogates). `check` said to remove it with --stored-key, and that was a UnicodeEncodeError."""
+    table = TableClient.from_connection_string(cs, own_table)
+    key = f"k\udcff.{tag}@t.com"
+    table.create_entity({"PartitionKey": key, "RowKey": "user", "AccountId": f"S-{tag}", "Email": key})
+    assert run(cs, "check") == 0, "nothing `check` can have fixed"
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if tag in line]
+    assert line.startswith("unaddressable") and f"k\\udcff.{tag}@t.com" in line, out
+    assert "unaddressable: no request can name this row" in out and "--stored-key" not in out, out
+
+    assert run(cs, "remove", "--stored-key", f"k\\udcff.{tag}@t.com", "--kind", "user") == 1
+    err = capsys.readouterr().err
+    assert "--stored-key holds a lone surrogate (U+DCFF)" in err and "no request can name" in err, err
+    assert run(cs, "add", f"x4.{tag}@t.com", "--kind", "user", "--account-id", "U-\udcff\udcfe") == 1
+    assert "account_id 'U-\\udcff\\udcfe' is refused: it holds a lone surrogate" in capsys.readouterr().err
+    assert [e["AccountId"] for e in table.list_entities()] == [f"S-{tag}"], "nothing else was written"
