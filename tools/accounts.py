@@ -161,12 +161,13 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
     """Every row of the file, checked: (rows, problems). Problems name the line ('line 3: ...'), the
     header being line 1; when there is any, no row may be written. Raises CsvFileError when the file
     as a whole is wrong."""
+    shown = printable(str(path))  # a path is text too: a control character in it would drive the terminal
     try:
         handle = path.open(encoding="utf-8-sig", newline="")
     except FileNotFoundError as exc:
-        raise CsvFileError(f"{path}: no such file") from exc
+        raise CsvFileError(f"{shown}: no such file") from exc
     except OSError as exc:
-        raise CsvFileError(f"{path}: cannot be read ({exc.strerror})") from exc
+        raise CsvFileError(f"{shown}: cannot be read ({exc.strerror})") from exc
     rows: list[AccountRow] = []
     problems: list[str] = []
     seen: dict[tuple[str, str], int] = {}
@@ -179,12 +180,12 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
         try:
             header = next(reader, None)
             if header is None:
-                raise CsvFileError(f"{path}: empty; the first line must be the header {','.join(COLUMNS)}")
+                raise CsvFileError(f"{shown}: empty; the first line must be the header {','.join(COLUMNS)}")
             names = [_trim(h).lower() for h in header]
             unknown = [n for n in names if n not in COLUMNS]
             missing = [n for n in REQUIRED_COLUMNS if n not in names]
             if unknown or missing or len(set(names)) != len(names):
-                raise CsvFileError(f"{path}: line 1, the header, must be {','.join(COLUMNS)} (name and enabled may "
+                raise CsvFileError(f"{shown}: line 1, the header, must be {','.join(COLUMNS)} (name and enabled may "
                                    f"be left out); got {printable(','.join(header))}")
             while True:
                 line = start = reader.line_num + 1  # a row is named by its first line
@@ -221,11 +222,11 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
                 rows.append(AccountRow(email, values["kind"], values["account_id"], values.get("name", ""),
                                        bool(enabled), line))
         except UnicodeDecodeError as exc:
-            raise CsvFileError(f"{path}: not UTF-8 text") from exc
+            raise CsvFileError(f"{shown}: not UTF-8 text") from exc
         except csv.Error as exc:
             if reader.line_num <= start:
-                raise CsvFileError(f"{path}: line {start} is not valid CSV ({exc})") from exc
-            raise CsvFileError(f"{path}: the row that starts on line {start} is not valid CSV at line "
+                raise CsvFileError(f"{shown}: line {start} is not valid CSV ({exc})") from exc
+            raise CsvFileError(f"{shown}: the row that starts on line {start} is not valid CSV at line "
                                f"{reader.line_num} ({exc}): a quote opened in it may not be closed") from exc
     return rows, problems
 
@@ -306,8 +307,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
-        print(f"{args.file}: {len(problems)} bad row{'s' if len(problems) != 1 else ''}; nothing was written.",
-              file=sys.stderr)
+        print(f"{printable(args.file)}: {len(problems)} bad row{'s' if len(problems) != 1 else ''}; nothing was "
+              "written.", file=sys.stderr)
         return EXIT_BAD_INPUT
     store = _store(args)
     stored = store.stored_accounts()
@@ -355,7 +356,7 @@ def _refuse_rows(path: str, refused: list[tuple[AccountRow, str]], what: str, ad
     """An import refused before any write: each row's line and why, then the count and what to do."""
     for row, why in refused:
         print(f"line {row.line}: {printable(why)}", file=sys.stderr)
-    print(f"{path}: {len(refused)} row{'s' if len(refused) != 1 else ''} {what}; nothing was written."
+    print(f"{printable(path)}: {len(refused)} row{'s' if len(refused) != 1 else ''} {what}; nothing was written."
           f"{' ' + advice if advice else ''}", file=sys.stderr)
     return EXIT_BAD_INPUT
 

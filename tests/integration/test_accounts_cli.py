@@ -710,3 +710,25 @@ def test_a_row_whose_key_holds_a_lone_surrogate_is_said_to_be_unremovable_not_a_
     assert run(cs, "add", f"x4.{tag}@t.com", "--kind", "user", "--account-id", "U-\udcff\udcfe") == 1
     assert "account_id 'U-\\udcff\\udcfe' is refused: it holds a lone surrogate" in capsys.readouterr().err
     assert [e["AccountId"] for e in table.list_entities()] == [f"S-{tag}"], "nothing else was written"
+
+
+def test_the_csv_path_is_printed_escaped_in_every_message(cs, store, tag, tmp_path, capsys):
+    """SECURITY.md: every value the CLI's errors print goes through `printable`; the file's path did not."""
+    odd = tmp_path / "in\x1b[31mport\u202e"
+    odd.mkdir()
+    shown = str(odd).replace("\x1b", "\\x1b").replace("\u202e", "\\u202e")
+    assert run(cs, "import", str(odd / "none.csv")) == 1                                   # no such file
+    bad = _write(odd / "bad.csv", ["email,kind,account_id", f"nope-{tag},user,U-1"])       # a bad row
+    assert run(cs, "import", str(bad)) == 1
+    header = _write(odd / "header.csv", ["mail,kind"])                                      # a wrong header
+    assert run(cs, "import", str(header)) == 1
+    linked = f"esc-path.{tag}@contoso.test"                                                 # a refused row
+    store.add(linked, "user", f"U-OLD.{tag}")
+    store.link_and_record_login(store.get(linked, "user"), "tenant:esc")
+    repoint = _write(odd / "repoint.csv", ["email,kind,account_id", f"{linked},user,U-NEW.{tag}"])
+    assert run(cs, "import", str(repoint)) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\u202e" not in err, err
+    for said in (f"error: {shown}/none.csv: no such file", f"{shown}/bad.csv: 1 bad row",
+                 f"error: {shown}/header.csv: line 1, the header", f"{shown}/repoint.csv: 1 row would sign"):
+        assert said in err, (said, err)
