@@ -14,7 +14,8 @@ string holding a key is never taken from the command line (it would stay in shel
 visible to every process on the machine).
 
 Exit codes: 0 done, 1 bad input (usage, a bad CSV file or row, no such account, a refused change,
-settings missing or malformed; `check`: rows to fix), 2 storage unreachable, 3 storage refused our credentials.
+settings missing or malformed, storage without the PortalAccounts table; `check`: rows to fix), 2 storage
+unreachable, 3 storage refused our credentials.
 """
 
 from __future__ import annotations
@@ -134,6 +135,16 @@ def connect(connection_string: str | None, endpoint: str | None, workers: int = 
             raise ConfigurationError(["the storage connection string: the Tables SDK cannot use it."]) from exc
         raise ConfigurationError([f"the storage endpoint: the Tables SDK cannot use it: {printable(str(exc))} "
                                   "(for Azurite, give TABLES_CONNECTION_STRING instead)"]) from exc
+    try:
+        # A missing table reads as a missing row (get_entity, delete_entity's 404) or as an HTTP 404
+        # (a query): asked once here, it is said as what it is.
+        tables.ping(ACCOUNTS_TABLE)
+    except DependencyUnavailable as err:
+        if getattr(err.__cause__, "error_code", None) != "TableNotFound":
+            raise
+        raise ConfigurationError([f"Table Storage has no table {ACCOUNTS_TABLE}: scripts/deploy makes the app's "
+                                  "tables; check that TABLES_ENDPOINT (or --endpoint) names the app's storage "
+                                  "account."]) from err
     return AccountStore(tables.client(ACCOUNTS_TABLE), people=tables.client(SCIM_USERS_TABLE))
 
 
@@ -496,6 +507,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def _stored_key_problem(value: str) -> str | None:
     """Why no stored row has the key (or kind) `value`, or no request can name it, before one is sent."""
     for position, c in enumerate(value, 1):
+        if c in "/\\#?" or unicodedata.category(c) == "Cc":  # Azurite refuses to store them, too
+            return f"holds '{printable(c)}' (U+{ord(c):04X}) at character {position}, which Table Storage keeps in " \
+                   "no key: no row has it"
         if unicodedata.category(c) == "Cs":
             return f"holds a lone surrogate (U+{ord(c):04X}) at character {position}: {UNADDRESSABLE}; see `check`"
     return None

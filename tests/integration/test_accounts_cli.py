@@ -732,3 +732,44 @@ def test_the_csv_path_is_printed_escaped_in_every_message(cs, store, tag, tmp_pa
     for said in (f"error: {shown}/none.csv: no such file", f"{shown}/bad.csv: 1 bad row",
                  f"error: {shown}/header.csv: line 1, the header", f"{shown}/repoint.csv: 1 row would sign"):
         assert said in err, (said, err)
+
+
+@pytest.mark.parametrize("argv", [
+    pytest.param(["disable", "a@t.com", "--kind", "user"], id="disable"),
+    pytest.param(["enable", "a@t.com", "--kind", "user"], id="enable"),
+    pytest.param(["unlink", "a@t.com", "--kind", "user"], id="unlink"),
+    pytest.param(["remove", "a@t.com", "--kind", "user"], id="remove"),
+    pytest.param(["remove", "--stored-key", "a@t.com", "--kind", "user"], id="remove-stored-key"),
+    pytest.param(["add", "a@t.com", "--kind", "user", "--account-id", "U-1"], id="add"),
+    pytest.param(["list"], id="list"),
+    pytest.param(["check"], id="check"),
+])
+def test_a_missing_accounts_table_is_named_not_no_such_account_or_unreachable(cs, tag, monkeypatch, capsys, argv):
+    """With TABLES_ENDPOINT nothing creates the tables (scripts/deploy does): against storage without
+    PortalAccounts, disable/unlink/remove said 'no user account' and add 'Table Storage is unreachable'."""
+    monkeypatch.setattr(accounts, "ACCOUNTS_TABLE", f"Missing{tag}")
+    assert run(cs, *argv) == 1
+    err = capsys.readouterr().err
+    assert f"error: Table Storage has no table Missing{tag}" in err and "scripts/deploy" in err, err
+    assert "no user account" not in err and "unreachable" not in err and "no user row" not in err, err
+
+
+def test_an_import_into_a_missing_accounts_table_is_named_and_writes_nothing(cs, tag, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(accounts, "ACCOUNTS_TABLE", f"Missing{tag}")
+    csv_file = _write(tmp_path / "ok.csv", ["email,kind,account_id", f"a.{tag}@t.com,user,U-1"])
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert f"error: Table Storage has no table Missing{tag}" in err and "written" not in err, err
+
+
+@pytest.mark.parametrize("key", ["a/b@t.com", "a\\x5cb@t.com", "a#b@t.com", "a?b@t.com", "a\\x0ab@t.com",
+                                 "a\\x85b@t.com"])
+def test_remove_of_a_stored_key_no_table_key_can_be_is_bad_input_before_any_request(cs, key, capsys, monkeypatch):
+    """Table Storage keeps no key with / \\ # ? or a control character (Azurite refuses to store one):
+    `remove --stored-key a/b` reached it and came back as 'Table Storage is unreachable (HTTP 500)', exit 2."""
+    monkeypatch.setattr(accounts, "connect", lambda *a, **k: pytest.fail("a request was made"))
+    assert run(cs, "remove", "--stored-key", key, "--kind", "user") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --stored-key holds ") and "which Table Storage keeps in no key" in err, err
+    assert run(cs, "remove", "--stored-key", "a@t.com", "--kind", "us/er") == 1
+    assert capsys.readouterr().err.startswith("error: --kind holds '/'")
