@@ -14,7 +14,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
-from .config import KINDS
+from .config import KINDS, log_value
 from .errors import AccountDisabled, IdentityMismatch, MalformedEmail, NoAccount
 from .tables import SCIM_PERSON_PARTITION, delete_existed, storage_errors
 
@@ -60,6 +60,30 @@ def _char(c: str) -> str:
     return f"U+{ord(c):04X}" + (f" {unicodedata.name(c, '')}".rstrip())
 
 
+def _character_problem(c: str, position: int) -> str | None:
+    """Why `c` may not be in an account's email, id or name (None when it may): a lone surrogate (no
+    request can carry it: a URL and a JSON body are UTF-8), or a control, format or line-separator
+    character (a forged log line, a terminal driven or text reversed where it is shown)."""
+    category = unicodedata.category(c)
+    if category == "Cs":
+        return f"holds a lone surrogate (U+{ord(c):04X}) at character {position}"
+    if category in ("Cc", "Cf", "Zl", "Zp"):
+        kind = {"Cc": "a control character", "Cf": "an invisible format character"}.get(category, "a line separator")
+        return f"holds {kind} ({_char(c)}) at character {position}"
+    return None
+
+
+def text_problem(text: str, allowed: frozenset[str] = frozenset()) -> str | None:
+    """The first character of `text` (but those `allowed`) _character_problem refuses, said as it says it."""
+    return next((problem for position, c in enumerate(text, 1)
+                 if c not in allowed and (problem := _character_problem(c, position))), None)
+
+
+# A name may hold the joiners Persian, Indic scripts and emoji sequences are written with; no other
+# format character (a bidi override such as U+202E, a zero-width space).
+NAME_JOINERS = frozenset("\u200c\u200d")
+
+
 def email_problem(raw: object) -> str | None:
     """Why `raw` cannot be an account's email (None when it can). The text never holds the address
     itself, so it is safe in a log line; it names the offending character by code point."""
@@ -68,14 +92,10 @@ def email_problem(raw: object) -> str | None:
     if len(raw) > MAX_EMAIL_LENGTH:
         return f"is {len(raw)} characters long, over the {MAX_EMAIL_LENGTH} an address may have"
     for position, c in enumerate(raw, 1):
-        category = unicodedata.category(c)
-        if category == "Cs":
-            return f"holds a lone surrogate (U+{ord(c):04X}) at character {position}"
-        if c.isspace() or category in ("Zs", "Zl", "Zp"):
+        if c.isspace() or unicodedata.category(c) in ("Zs", "Zl", "Zp"):
             return f"holds whitespace ({_char(c)}) at character {position}"
-        if category in ("Cc", "Cf"):
-            kind = "a control" if category == "Cc" else "an invisible format"
-            return f"holds {kind} character ({_char(c)}) at character {position}"
+        if problem := _character_problem(c, position):
+            return problem
     if not unicodedata.is_normalized("NFC", raw):
         return "is not in Unicode normalization form C (NFC): a character is written in a decomposed or " \
                "non-canonical form (e.g. an accent as a separate mark, the Kelvin sign for K)"
@@ -511,6 +531,9 @@ class AccountStore:
         with storage_errors():
             stored = [Account.from_entity(entity) for entity in self._table.list_entities()]
         for account in stored:
+            if stuck := unaddressable(account.key, account.kind):
+                yield account, "unaddressable", stuck
+                continue
             if moving := self.move_problem(account):
                 yield account, "moving", moving
                 continue
@@ -528,6 +551,16 @@ class AccountStore:
                 yield account, "no-id", "it has no AccountId: sign-in refuses it"
             if account.invalid_enabled is not None:
                 yield account, "enabled", f"Enabled is {account.invalid_enabled}, not a boolean: counts as disabled"
+
+
+def unaddressable(key: str, kind: str) -> str | None:
+    """Why no request can name the row at (`key`, `kind`), None when one can: a lone surrogate, which
+    another tool can POST in a row's JSON (Azurite keeps it) but no request URL (UTF-8) can carry, so
+    the row can never be read, changed or removed by its key, nor found by a sign-in."""
+    for what, value in (("key", key), ("kind", kind)):
+        if surrogate := next((c for c in value if unicodedata.category(c) == "Cs"), None):
+            return f"its stored {what} holds a lone surrogate (U+{ord(surrogate):04X})"
+    return None
 
 
 def printable(text: str) -> str:
@@ -552,9 +585,10 @@ def _refuse_disabled(account: Account, detail: str) -> None:
     """Raises AccountDisabled; an `Enabled` that is not a real boolean is said in the log, since to the
     admin who wrote 'false' (or to the one who wrote 'true' as text) it must be visible why."""
     if account.invalid_enabled is not None:
+        # Every value is the stored row's, which another tool may have written: escaped (log_value).
         log.warning("accounts.enabled_not_boolean kind=%s account_id=%s stored=%s: counts as disabled; "
                     "store a real boolean with portal-sso accounts enable or disable",
-                    account.kind, account.account_id, printable(account.invalid_enabled))
+                    log_value(account.kind), log_value(account.account_id), log_value(account.invalid_enabled))
     disabled = AccountDisabled(detail + (" (Enabled is not a boolean)" if account.invalid_enabled else ""))
     disabled.account_id = account.account_id  # for the audit row
     raise disabled
@@ -612,7 +646,11 @@ def check_account(email: str, kind: str, account_id: str, name: str = "") -> lis
     elif len(account_id) > MAX_ACCOUNT_ID_LENGTH:
         problems.append(f"account_id is {len(account_id)} characters long, over the {MAX_ACCOUNT_ID_LENGTH} a "
                         "session token's sub may have")
-    if (units := utf16_units(name or "")) > MAX_TEXT_UNITS:
+    elif problem := text_problem(account_id):  # it is the token's `sub`, and log text
+        problems.append(f"account_id '{printable(account_id)}' is refused: it {problem}")
+    if problem := text_problem(name or "", NAME_JOINERS):
+        problems.append(f"name '{printable(name)}' is refused: it {problem}")
+    elif (units := utf16_units(name or "")) > MAX_TEXT_UNITS:
         problems.append(f"name is {units} UTF-16 units long, over the {MAX_TEXT_UNITS} a Table string property "
                         "holds")
     return problems

@@ -657,6 +657,14 @@ def _callback(read: _Reader, _: dict) -> dict:
 VALIDATORS = (_issuer, _secrets, _storage, _portals, _tenants, _session_token, _who_may_enter, _callback)
 
 
+def storage_problems(env: Mapping[str, str]) -> list[Problem]:
+    """What the app would find wrong with TABLES_CONNECTION_STRING / TABLES_ENDPOINT in `env` (its
+    `_storage` rules): the operators' CLI checks the storage it is given by them."""
+    problems: list[Problem] = []
+    _storage(_Reader(env, problems), {})
+    return problems
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Returns the settings, or raises ConfigurationError naming every bad setting and its fix."""
     problems: list[Problem] = []

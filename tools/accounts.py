@@ -14,7 +14,8 @@ string holding a key is never taken from the command line (it would stay in shel
 visible to every process on the machine).
 
 Exit codes: 0 done, 1 bad input (usage, a bad CSV file or row, no such account, a refused change,
-settings missing; `check`: rows to fix), 2 storage unreachable, 3 storage refused our credentials.
+settings missing or malformed, storage without the PortalAccounts table; `check`: rows to fix), 2 storage
+unreachable, 3 storage refused our credentials.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import csv
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -49,6 +52,7 @@ from shared.accounts import (
     sharing_problems,
     unprintable,
 )
+from shared.config import storage_problems
 from shared.errors import ConfigurationError, DependencyUnavailable
 from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE, Tables
 
@@ -74,16 +78,19 @@ class _Parser(argparse.ArgumentParser):
 
 def storage_settings(args: argparse.Namespace, environ: Mapping[str, str], app_dir: Path
                      ) -> tuple[str | None, str | None]:
-    """(connection string, endpoint): --endpoint, else the app's settings (the environment wins over
-    app_dir's local.settings.json, as in `func start`)."""
+    """(connection string, endpoint): --connection-string or --endpoint, else the app's settings (the
+    environment wins over app_dir's local.settings.json, as in `func start`). Raises
+    ConfigurationError for one the app would refuse (said by the app's rules, never quoting it)."""
     if args.connection_string:
         if _holds_secret(args.connection_string):
             raise ConfigurationError([
                 "--connection-string: this connection string holds a storage key, which must not be on the command "
                 "line (shell history, `ps`). Put it in TABLES_CONNECTION_STRING, in the environment or in "
                 f"{app_dir / 'local.settings.json'} (Values), and leave --connection-string out."])
+        _check({"TABLES_CONNECTION_STRING": args.connection_string}, "--connection-string")
         return args.connection_string, None
     if args.endpoint:
+        _check({"TABLES_ENDPOINT": args.endpoint}, "--endpoint")
         return None, args.endpoint
     from tools.local_settings import load_local_settings
 
@@ -95,7 +102,16 @@ def storage_settings(args: argparse.Namespace, environ: Mapping[str, str], app_d
         raise ConfigurationError([f"TABLES_CONNECTION_STRING or TABLES_ENDPOINT: missing. Set one in the environment "
                                   f"or in {app_dir / 'local.settings.json'} (`make run` writes that file), or pass "
                                   "--endpoint."])
+    _check({"TABLES_CONNECTION_STRING": cs or "", "TABLES_ENDPOINT": endpoint or ""})
     return cs, endpoint
+
+
+def _check(settings: dict[str, str], flag: str = "") -> None:
+    """Raises ConfigurationError with what the app finds wrong with these storage settings
+    (storage_problems), each named by `flag` when the value came from the command line."""
+    problems = storage_problems(settings)
+    if problems:
+        raise ConfigurationError([replace(p, setting=flag) if flag else p for p in problems])
 
 
 def _holds_secret(connection_string: str) -> bool:
@@ -111,8 +127,24 @@ def connect(connection_string: str | None, endpoint: str | None, workers: int = 
                           max_retries=Retry(total=False, redirect=False, raise_on_status=False))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    tables = Tables.from_settings(connection_string, endpoint, _default_credential,
-                                  transport=RequestsTransport(session=session, session_owner=False))
+    try:
+        tables = Tables.from_settings(connection_string, endpoint, _default_credential,
+                                      transport=RequestsTransport(session=session, session_owner=False))
+    except ValueError as exc:  # what the app's rules (storage_problems) let through but the SDK does not
+        if connection_string:  # never quoted: the SDK's text could hold part of it
+            raise ConfigurationError(["the storage connection string: the Tables SDK cannot use it."]) from exc
+        raise ConfigurationError([f"the storage endpoint: the Tables SDK cannot use it: {printable(str(exc))} "
+                                  "(for Azurite, give TABLES_CONNECTION_STRING instead)"]) from exc
+    try:
+        # A missing table reads as a missing row (get_entity, delete_entity's 404) or as an HTTP 404
+        # (a query): asked once here, it is said as what it is.
+        tables.ping(ACCOUNTS_TABLE)
+    except DependencyUnavailable as err:
+        if getattr(err.__cause__, "error_code", None) != "TableNotFound":
+            raise
+        raise ConfigurationError([f"Table Storage has no table {ACCOUNTS_TABLE}: scripts/deploy makes the app's "
+                                  "tables; check that TABLES_ENDPOINT (or --endpoint) names the app's storage "
+                                  "account."]) from err
     return AccountStore(tables.client(ACCOUNTS_TABLE), people=tables.client(SCIM_USERS_TABLE))
 
 
@@ -140,30 +172,37 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
     """Every row of the file, checked: (rows, problems). Problems name the line ('line 3: ...'), the
     header being line 1; when there is any, no row may be written. Raises CsvFileError when the file
     as a whole is wrong."""
+    shown = printable(str(path))  # a path is text too: a control character in it would drive the terminal
     try:
         handle = path.open(encoding="utf-8-sig", newline="")
     except FileNotFoundError as exc:
-        raise CsvFileError(f"{path}: no such file") from exc
+        raise CsvFileError(f"{shown}: no such file") from exc
     except OSError as exc:
-        raise CsvFileError(f"{path}: cannot be read ({exc.strerror})") from exc
+        raise CsvFileError(f"{shown}: cannot be read ({exc.strerror})") from exc
     rows: list[AccountRow] = []
     problems: list[str] = []
     seen: dict[tuple[str, str], int] = {}
     ids: dict[tuple[str, str], int] = {}  # (account id, kind) -> line: one account is one mailbox's
     with handle:
-        reader = csv.reader(handle)
+        # strict: a quote inside an unquoted field, or one never closed, is an error (the lenient
+        # reader ran an unclosed quote on over the next rows, importing them as part of a name).
+        reader = csv.reader(handle, strict=True)
+        start = 1  # the line the record being read starts on: a quoted field may span lines
         try:
             header = next(reader, None)
             if header is None:
-                raise CsvFileError(f"{path}: empty; the first line must be the header {','.join(COLUMNS)}")
+                raise CsvFileError(f"{shown}: empty; the first line must be the header {','.join(COLUMNS)}")
             names = [_trim(h).lower() for h in header]
             unknown = [n for n in names if n not in COLUMNS]
             missing = [n for n in REQUIRED_COLUMNS if n not in names]
             if unknown or missing or len(set(names)) != len(names):
-                raise CsvFileError(f"{path}: line 1, the header, must be {','.join(COLUMNS)} (name and enabled may "
+                raise CsvFileError(f"{shown}: line 1, the header, must be {','.join(COLUMNS)} (name and enabled may "
                                    f"be left out); got {printable(','.join(header))}")
-            for fields in reader:
-                line = reader.line_num
+            while True:
+                line = start = reader.line_num + 1  # a row is named by its first line
+                fields = next(reader, None)
+                if fields is None:
+                    break
                 if not fields or all(not _trim(f) for f in fields):
                     continue
                 if len(fields) != len(names):
@@ -194,9 +233,12 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
                 rows.append(AccountRow(email, values["kind"], values["account_id"], values.get("name", ""),
                                        bool(enabled), line))
         except UnicodeDecodeError as exc:
-            raise CsvFileError(f"{path}: not UTF-8 text") from exc
+            raise CsvFileError(f"{shown}: not UTF-8 text") from exc
         except csv.Error as exc:
-            raise CsvFileError(f"{path}: line {reader.line_num} is not valid CSV ({exc})") from exc
+            if reader.line_num <= start:
+                raise CsvFileError(f"{shown}: line {start} is not valid CSV ({exc})") from exc
+            raise CsvFileError(f"{shown}: the row that starts on line {start} is not valid CSV at line "
+                               f"{reader.line_num} ({exc}): a quote opened in it may not be closed") from exc
     return rows, problems
 
 
@@ -276,8 +318,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
-        print(f"{args.file}: {len(problems)} bad row{'s' if len(problems) != 1 else ''}; nothing was written.",
-              file=sys.stderr)
+        print(f"{printable(args.file)}: {len(problems)} bad row{'s' if len(problems) != 1 else ''}; nothing was "
+              "written.", file=sys.stderr)
         return EXIT_BAD_INPUT
     store = _store(args)
     stored = store.stored_accounts()
@@ -325,7 +367,7 @@ def _refuse_rows(path: str, refused: list[tuple[AccountRow, str]], what: str, ad
     """An import refused before any write: each row's line and why, then the count and what to do."""
     for row, why in refused:
         print(f"line {row.line}: {printable(why)}", file=sys.stderr)
-    print(f"{path}: {len(refused)} row{'s' if len(refused) != 1 else ''} {what}; nothing was written."
+    print(f"{printable(path)}: {len(refused)} row{'s' if len(refused) != 1 else ''} {what}; nothing was written."
           f"{' ' + advice if advice else ''}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
@@ -384,6 +426,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+UNADDRESSABLE = "no request can name this row (a request URL is UTF-8, which has no lone surrogates)"
+
+
 CHECK_ADVICE = {
     "refused": "no sign-in can reach it: add the account under the address the directory has, then remove this row "
                "with --stored-key",
@@ -395,13 +440,17 @@ CHECK_ADVICE = {
     "enabled": "run enable or disable to store a real boolean",
     "moving": "change the account where the `what` column says sign-in finds it; where it finds it at neither "
               f"address, {MOVE_ADVICE}",
+    "unaddressable": f"{UNADDRESSABLE}: nothing can change or remove it, and no sign-in reaches it; if it is "
+                     "someone's account, add it under the address the directory has",
 }
+# `check` lists these rows, but they do not make it fail: nothing an operator does fixes them.
+CHECK_NOTES = ("review", "unaddressable")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """The stored rows the email-key rule (shared/accounts.py email_key) does not find as they are, and
     the rows login does not find because directory sync is moving them."""
-    found = sorted(_store(args).key_problems(), key=lambda f: (f[1] == "review", f[0].key, f[0].kind))
+    found = sorted(_store(args).key_problems(), key=lambda f: (f[1] in CHECK_NOTES, f[0].key, f[0].kind))
     rows = [(what, printable(a.key), a.kind, printable(a.account_id), printable(problem)) for a, what, problem in found]
     if not rows:
         print("every stored row is found under its address's key")
@@ -409,7 +458,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(format_table(("problem", "stored key", "kind", "account id", "what"), rows))
     for what in sorted({f[1] for f in found}, key=list(CHECK_ADVICE).index):
         print(f"{what}: {CHECK_ADVICE[what]}")
-    return EXIT_BAD_INPUT if any(f[1] != "review" for f in found) else EXIT_OK
+    return EXIT_BAD_INPUT if any(f[1] not in CHECK_NOTES for f in found) else EXIT_OK
 
 
 def _one_account(action: Callable[[AccountStore, str, str], bool], done: str, advice: str = ""):
@@ -446,10 +495,24 @@ def cmd_remove(args: argparse.Namespace) -> int:
         return _remove_by_email(args)
     key = unprintable(args.stored_key)
     kind = unprintable(args.kind)
+    for flag, value in (("--stored-key", key), ("--kind", kind)):
+        if problem := _stored_key_problem(value):
+            return _fail(f"{flag} {problem}")
     if not _store(args).remove_key(key, kind):
         return _fail(f"no {printable(kind)} row with the stored key {printable(key)}")
     print(f"removed the {printable(kind)} row with the stored key {printable(key)}")
     return EXIT_OK
+
+
+def _stored_key_problem(value: str) -> str | None:
+    """Why no stored row has the key (or kind) `value`, or no request can name it, before one is sent."""
+    for position, c in enumerate(value, 1):
+        if c in "/\\#?" or unicodedata.category(c) == "Cc":  # Azurite refuses to store them, too
+            return f"holds '{printable(c)}' (U+{ord(c):04X}) at character {position}, which Table Storage keeps in " \
+                   "no key: no row has it"
+        if unicodedata.category(c) == "Cs":
+            return f"holds a lone surrogate (U+{ord(c):04X}) at character {position}: {UNADDRESSABLE}; see `check`"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:

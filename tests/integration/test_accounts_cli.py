@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableClient, UpdateMode
 
 from tools import accounts
 from tools.stack import azurite_connection_string, free_port, new_account_key
@@ -360,11 +360,10 @@ def test_add_over_a_linked_account_of_another_id_is_refused_unless_forced(cs, st
 
 def test_list_escapes_control_characters_and_shows_a_non_boolean_enabled_as_disabled(cs, store, tag, tmp_path,
                                                                                    capsys):
+    """add and import refuse such a name: it comes from another tool writing the table."""
     email = f"esc.{tag}@contoso.test"
-    csv_file = _write(tmp_path / "names.csv", ["email,kind,account_id,name",
-                                               f"{email},user,U-1.{tag},\"Evil\x1b[2J\x1b]0;owned\x07\u202eName\""])
-    assert run(cs, "import", str(csv_file)) == 0
-    store._table.update_entity({"PartitionKey": email, "RowKey": "user", "Enabled": "false"}, mode=UpdateMode.MERGE)
+    store._table.create_entity({"PartitionKey": email, "RowKey": "user", "Email": email, "AccountId": f"U-1.{tag}",
+                                "DisplayName": "Evil\x1b[2J\x1b]0;owned\x07\u202eName", "Enabled": "false"})
     capsys.readouterr()
     assert run(cs, "list") == 0
     out = capsys.readouterr().out
@@ -554,3 +553,223 @@ def test_remove_refuses_an_old_row_whose_copy_still_depends_on_it(cs, store, tag
     store._table.update_entity({"PartitionKey": new, "RowKey": "agent", "MovedFrom": ""})  # step 3 done
     assert run(cs, "remove", old, "--kind", "agent") == 0, "a leftover old row can go"
     assert store.get(new, "agent") is not None
+
+
+# ---- CSV: a stray quote is refused, not read as a field running on over the next rows
+
+
+def test_a_stray_quote_is_refused_naming_its_lines_and_nothing_is_written(cs, store, tag, tmp_path, capsys):
+    """The lenient reader let an unclosed quote swallow the next row into a name ('imported 2 accounts',
+    exit 0) and read `"a"b@...` as `ab@...`."""
+    emails = [f"{who}.{tag}@swallow.test" for who in ("ann", "bob", "cat")]
+    swallow = _write(tmp_path / "swallow.csv", [
+        "email,kind,account_id,name",
+        f'{emails[0]},user,SX-1.{tag},"Lee, Ann',      # line 2: the quote is not closed on its line
+        f'{emails[1]},user,SX-2.{tag},"Bob" Smith',   # line 3: ... but here, followed by text
+        f"{emails[2]},user,SX-3.{tag},Cat",
+    ])  # fmt: skip
+    assert run(cs, "import", str(swallow)) == 1
+    err = capsys.readouterr().err
+    assert f"{swallow}: the row that starts on line 2 is not valid CSV at line 3" in err, err
+    assert "nothing was written" in err and "imported" not in err, err
+    assert _stored_with(store, tag) == [], "no row of the file was written"
+
+    quoted = _write(tmp_path / "quoted.csv", ["email,kind,account_id", f'"a"b.{tag}@swallow.test,user,SX-4.{tag}'])
+    assert run(cs, "import", str(quoted)) == 1
+    assert f"{quoted}: line 2 is not valid CSV" in capsys.readouterr().err
+    unclosed = _write(tmp_path / "unclosed.csv", ["email,kind,account_id,name", f'{emails[0]},user,SX-5.{tag},"Ann'])
+    assert run(cs, "import", str(unclosed)) == 1
+    assert "line 2 is not valid CSV" in capsys.readouterr().err
+    assert _stored_with(store, tag) == []
+
+
+def test_a_well_formed_quoted_field_over_two_lines_is_one_row_and_later_lines_keep_their_numbers(
+        cs, store, tag, tmp_path, capsys):
+    emails = [f"{who}.{tag}@quoted.test" for who in ("ann", "bob", "cat")]
+    rows = ["email,kind,account_id,name",
+            f'{emails[0]},user,Q-1.{tag},"Lee, ""Ann"""',     # line 2: a comma and quotes, well quoted
+            f'{emails[1]},user,Q-2.{tag},"Bob',               # line 3 ...
+            'Smith"',                                          # ... to 4: one row (a name with a line break)
+            f'not-an-email-{tag},user,Q-3.{tag},"Two',      # line 5 ...
+            'Lines"',                                          # ... to 6: named by its first line
+            f"{emails[2]},user,Q-4.{tag},Cat",
+            f"also-not-an-email-{tag},user,Q-5.{tag},"]       # line 8
+    csv_file = _write(tmp_path / "multi.csv", rows)
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("line ")] == \
+        ["line 3", "line 5", "line 8"], err
+    assert "line 3: name 'Bob\\x0aSmith' is refused: it holds a control character (U+000A)" in err, err
+    assert "3 bad rows; nothing was written" in err
+
+    del rows[2:6], rows[-1]
+    assert run(cs, "import", str(_write(tmp_path / "multi.csv", rows))) == 0, capsys.readouterr().err
+    assert store.get(emails[0], "user").display_name == 'Lee, "Ann"'
+    assert store.get(emails[1], "user") is None
+    assert store.get(emails[2], "user").display_name == "Cat"
+
+
+# ---- account ids and names: no control characters in; none raw in a log line out
+
+
+def test_add_and_import_refuse_an_account_id_or_name_with_control_characters_and_write_nothing(
+        cs, store, tag, tmp_path, capsys):
+    """An account id becomes the session token's `sub` and log text: one with a newline forged a line
+    of its own in the log, and `add`/`import` took it."""
+    email = f"forge.{tag}@contoso.test"
+    assert run(cs, "add", email, "--kind", "user", "--account-id", "U-1\naccounts.fake kind=user") == 1
+    assert "account_id 'U-1\\x0aaccounts.fake kind=user' is refused: it holds a control character (U+000A)" \
+        in capsys.readouterr().err
+    assert run(cs, "add", email, "--kind", "user", "--account-id", f"U-1.{tag}", "--name", "Ann\x1b]0;owned\x07") == 1
+    assert "name 'Ann\\x1b]0;owned\\x07' is refused" in capsys.readouterr().err
+    csv_file = _write(tmp_path / "forge.csv", ["email,kind,account_id,name",
+                                               f"{email},user,U-2.{tag},Ann",
+                                               f"other.{tag}@contoso.test,agent,\"A-3\u202e.{tag}\",Bob",
+                                               f"third.{tag}@contoso.test,user,U-4.{tag},\"Cat\rDog\""])
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert "line 3: account_id 'A-3\\u202e" in err and "U+202E RIGHT-TO-LEFT OVERRIDE" in err, err
+    assert "line 4: name 'Cat\\x0dDog' is refused" in err and "2 bad rows; nothing was written" in err, err
+    assert _stored_with(store, tag) == []
+
+
+def test_a_stored_account_id_another_tool_wrote_cannot_forge_a_log_line(cs, store, tag, caplog):
+    """accounts.enabled_not_boolean wrote the stored AccountId (and Enabled) raw into the log."""
+    from shared.errors import AccountDisabled
+
+    email = f"logged.{tag}@contoso.test"
+    store._table.create_entity({"PartitionKey": email, "RowKey": "user", "Email": email,
+                                "AccountId": "U-1\nsso.login outcome=success account_id=ADMIN",
+                                "Enabled": "no way\r\nforged=1"})
+    with caplog.at_level("WARNING", logger="portal_sso"), pytest.raises(AccountDisabled):
+        store.find_account(email, "user")
+    (record,) = [r for r in caplog.records if "enabled_not_boolean" in r.getMessage()]
+    message = record.getMessage()
+    assert "\n" not in message and "\r" not in message, message
+    assert 'account_id="U-1\\nsso.login outcome=success account_id=ADMIN"' in message, message
+
+
+# ---- storage settings the app would refuse: said as the app says them, no traceback, no credential
+
+
+@pytest.mark.parametrize(("argv", "env", "said"), [
+    pytest.param([], {"TABLES_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=foo"},
+                 "TABLES_CONNECTION_STRING: holds no credential", id="no-credential"),
+    pytest.param([], {"TABLES_CONNECTION_STRING": "AccountName=foo;AccountKey=not*base64*s3cret"},
+                 "TABLES_CONNECTION_STRING: holds an AccountKey that is not base64", id="key-not-base64"),
+    pytest.param(["--connection-string", "garbage"], {}, "--connection-string: is not a connection string",
+                 id="argv-garbage"),
+    pytest.param([], {"TABLES_ENDPOINT": "http://storage.example.com"}, "TABLES_ENDPOINT: is not an https:// URL",
+                 id="endpoint-plain-http"),
+    pytest.param(["--endpoint", "https://st.table.core.windows.net/?sv=2024&sig=s3cret"], {},
+                 "--endpoint: is not an https:// URL", id="argv-endpoint-sas"),
+    pytest.param(["--endpoint", "http://127.0.0.1:1/devstoreaccount1"], {},  # the app's rule allows it
+                 "the storage endpoint: the Tables SDK cannot use it: Token credential is only supported with HTTPS",
+                 id="argv-endpoint-loopback-http"),
+])
+def test_storage_settings_the_app_refuses_are_bad_input_named_without_a_traceback_or_the_value(argv, env, said,
+                                                                                               capsys):
+    assert accounts.main([*argv, "list"], environ=env, app_dir=EMPTY_DIR) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {said}"), err
+    assert "Traceback" not in err and "s3cret" not in err and "garbage" not in err, err
+
+
+# ---- a table of this test's own: rows that can never be removed, or a table that is not there
+
+
+@pytest.fixture
+def own_table(cs, tag, monkeypatch) -> str:
+    """The CLI's PortalAccounts is a table of this test alone (made, and dropped after it)."""
+    from azure.data.tables import TableServiceClient
+
+    name = f"Accounts{tag}"
+    service = TableServiceClient.from_connection_string(cs)
+    service.create_table(name)
+    monkeypatch.setattr(accounts, "ACCOUNTS_TABLE", name)
+    yield name
+    service.delete_table(name)
+
+
+def test_a_row_whose_key_holds_a_lone_surrogate_is_said_to_be_unremovable_not_a_traceback(cs, own_table, tag,
+                                                                                           capsys):
+    """Another tool can POST such a key (Azurite keeps it); no request URL can name it again (UTF-8 has no
+    lone surrogates). `check` said to remove it with --stored-key, and that was a UnicodeEncodeError."""
+    table = TableClient.from_connection_string(cs, own_table)
+    key = f"k\udcff.{tag}@t.com"
+    table.create_entity({"PartitionKey": key, "RowKey": "user", "AccountId": f"S-{tag}", "Email": key})
+    assert run(cs, "check") == 0, "nothing `check` can have fixed"
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if tag in line]
+    assert line.startswith("unaddressable") and f"k\\udcff.{tag}@t.com" in line, out
+    assert "unaddressable: no request can name this row" in out and "--stored-key" not in out, out
+
+    assert run(cs, "remove", "--stored-key", f"k\\udcff.{tag}@t.com", "--kind", "user") == 1
+    err = capsys.readouterr().err
+    assert "--stored-key holds a lone surrogate (U+DCFF)" in err and "no request can name" in err, err
+    assert run(cs, "add", f"x4.{tag}@t.com", "--kind", "user", "--account-id", "U-\udcff\udcfe") == 1
+    assert "account_id 'U-\\udcff\\udcfe' is refused: it holds a lone surrogate" in capsys.readouterr().err
+    assert [e["AccountId"] for e in table.list_entities()] == [f"S-{tag}"], "nothing else was written"
+
+
+def test_the_csv_path_is_printed_escaped_in_every_message(cs, store, tag, tmp_path, capsys):
+    """SECURITY.md: every value the CLI's errors print goes through `printable`; the file's path did not."""
+    odd = tmp_path / "in\x1b[31mport\u202e"
+    odd.mkdir()
+    shown = str(odd).replace("\x1b", "\\x1b").replace("\u202e", "\\u202e")
+    assert run(cs, "import", str(odd / "none.csv")) == 1                                   # no such file
+    bad = _write(odd / "bad.csv", ["email,kind,account_id", f"nope-{tag},user,U-1"])       # a bad row
+    assert run(cs, "import", str(bad)) == 1
+    header = _write(odd / "header.csv", ["mail,kind"])                                      # a wrong header
+    assert run(cs, "import", str(header)) == 1
+    linked = f"esc-path.{tag}@contoso.test"                                                 # a refused row
+    store.add(linked, "user", f"U-OLD.{tag}")
+    store.link_and_record_login(store.get(linked, "user"), "tenant:esc")
+    repoint = _write(odd / "repoint.csv", ["email,kind,account_id", f"{linked},user,U-NEW.{tag}"])
+    assert run(cs, "import", str(repoint)) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\u202e" not in err, err
+    for said in (f"error: {shown}/none.csv: no such file", f"{shown}/bad.csv: 1 bad row",
+                 f"error: {shown}/header.csv: line 1, the header", f"{shown}/repoint.csv: 1 row would sign"):
+        assert said in err, (said, err)
+
+
+@pytest.mark.parametrize("argv", [
+    pytest.param(["disable", "a@t.com", "--kind", "user"], id="disable"),
+    pytest.param(["enable", "a@t.com", "--kind", "user"], id="enable"),
+    pytest.param(["unlink", "a@t.com", "--kind", "user"], id="unlink"),
+    pytest.param(["remove", "a@t.com", "--kind", "user"], id="remove"),
+    pytest.param(["remove", "--stored-key", "a@t.com", "--kind", "user"], id="remove-stored-key"),
+    pytest.param(["add", "a@t.com", "--kind", "user", "--account-id", "U-1"], id="add"),
+    pytest.param(["list"], id="list"),
+    pytest.param(["check"], id="check"),
+])
+def test_a_missing_accounts_table_is_named_not_no_such_account_or_unreachable(cs, tag, monkeypatch, capsys, argv):
+    """With TABLES_ENDPOINT nothing creates the tables (scripts/deploy does): against storage without
+    PortalAccounts, disable/unlink/remove said 'no user account' and add 'Table Storage is unreachable'."""
+    monkeypatch.setattr(accounts, "ACCOUNTS_TABLE", f"Missing{tag}")
+    assert run(cs, *argv) == 1
+    err = capsys.readouterr().err
+    assert f"error: Table Storage has no table Missing{tag}" in err and "scripts/deploy" in err, err
+    assert "no user account" not in err and "unreachable" not in err and "no user row" not in err, err
+
+
+def test_an_import_into_a_missing_accounts_table_is_named_and_writes_nothing(cs, tag, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(accounts, "ACCOUNTS_TABLE", f"Missing{tag}")
+    csv_file = _write(tmp_path / "ok.csv", ["email,kind,account_id", f"a.{tag}@t.com,user,U-1"])
+    assert run(cs, "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert f"error: Table Storage has no table Missing{tag}" in err and "written" not in err, err
+
+
+@pytest.mark.parametrize("key", ["a/b@t.com", "a\\x5cb@t.com", "a#b@t.com", "a?b@t.com", "a\\x0ab@t.com",
+                                 "a\\x85b@t.com"])
+def test_remove_of_a_stored_key_no_table_key_can_be_is_bad_input_before_any_request(cs, key, capsys, monkeypatch):
+    """Table Storage keeps no key with / \\ # ? or a control character (Azurite refuses to store one):
+    `remove --stored-key a/b` reached it and came back as 'Table Storage is unreachable (HTTP 500)', exit 2."""
+    monkeypatch.setattr(accounts, "connect", lambda *a, **k: pytest.fail("a request was made"))
+    assert run(cs, "remove", "--stored-key", key, "--kind", "user") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --stored-key holds ") and "which Table Storage keeps in no key" in err, err
+    assert run(cs, "remove", "--stored-key", "a@t.com", "--kind", "us/er") == 1
+    assert capsys.readouterr().err.startswith("error: --kind holds '/'")

@@ -219,3 +219,35 @@ def test_an_address_whose_key_is_over_table_storages_limit_is_refused_and_one_at
             email_key(over)
         assert refused.value.status == 403 and refused.value.reason == "email_malformed"
         assert "512" in refused.value.detail and "%2F" not in refused.value.detail, refused.value.detail
+
+
+# ---- account ids and names: the id becomes the session token's `sub` and log text; both are shown
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    pytest.param("U-1\nforged=1", "a control character (U+000A)", id="newline"),
+    pytest.param("U-1\x1b[2J", "a control character (U+001B)", id="escape"),
+    pytest.param("U-1\x85", "a control character (U+0085)", id="c1-next-line"),
+    pytest.param("U-\u202e1", "an invisible format character (U+202E RIGHT-TO-LEFT OVERRIDE)", id="bidi-override"),
+    pytest.param("U-\u200b1", "an invisible format character (U+200B ZERO WIDTH SPACE)", id="zero-width-space"),
+    pytest.param("U-1\u2028x", "a line separator (U+2028 LINE SEPARATOR)", id="line-separator"),
+    pytest.param("U-\udcff\udcfe", "a lone surrogate (U+DCFF)", id="lone-surrogate"),  # undecodable argv bytes
+])
+def test_an_account_id_or_a_name_with_a_control_format_or_undecodable_character_is_refused(value, why):
+    from shared.accounts import check_account
+
+    (problem,) = check_account("ann@contoso.test", "user", value)
+    assert problem.startswith(f"account_id '{printable(value)}' is refused: it holds {why}"), problem
+    (problem,) = check_account("ann@contoso.test", "user", "U-1", f"Ann {value}")
+    assert problem.startswith(f"name 'Ann {printable(value)}' is refused: it holds {why}"), problem
+
+
+def test_names_keep_the_joiners_scripts_and_emoji_need_and_ids_their_printable_characters():
+    from shared.accounts import check_account
+
+    for name in ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian: a zero-width non-joiner
+                 "\U0001f468\u200d\U0001f469\u200d\U0001f467",           # an emoji family: zero-width joiners
+                 "L\u00e9a O'Brien-Smith, Jr.", "\u674e\u5c0f\u9f8d"):
+        assert check_account("ann@contoso.test", "user", "U-1", name) == [], name
+    assert check_account("ann@contoso.test", "user", "U 1/\u00e9#?\\%") == [], "an id is any printable text"
+    assert check_account("ann@contoso.test", "user", "U-\u200d1") != [], "no joiner in an id: it is no word"
