@@ -173,9 +173,15 @@ def check_settings(runtime) -> tuple[Check, Settings | None]:
 def check_idp_metadata(runtime) -> Check:
     def probe() -> Check:
         metadata = runtime.metadata()
-        return Check("idp_metadata", "Identity provider metadata", True,
-                     f"issuer {metadata.issuer}, read from {metadata.discovered_from}",
-                     data={"issuer": metadata.issuer, "discovered_from": metadata.discovered_from})
+        check = Check("idp_metadata", "Identity provider metadata", True,
+                      f"issuer {metadata.issuer}, read from {metadata.discovered_from}",
+                      data={"issuer": metadata.issuer, "discovered_from": metadata.discovered_from})
+        # Amber while a daily refresh fails and what is held serves on (refreshing.py), as for Key Vault.
+        stale = [f"the IdP could not refresh its {what} since {held.unavailable_since:%Y-%m-%d %H:%M:%S} UTC "
+                 f"({held.unavailable_detail}); serving the ones read before"
+                 for what, held in runtime.idp_held().items() if held.unavailable_since is not None]
+        check.warning = "; ".join(stale)
+        return check
 
     try:
         return probe()

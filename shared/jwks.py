@@ -37,6 +37,11 @@ class JwksCache:
     def fetch_count(self) -> int:
         return self._keys.reads
 
+    @property
+    def held(self) -> Refreshing:
+        """The keys as held: whether a refresh is failing (`unavailable_since`), for the health check."""
+        return self._keys
+
     def _fetch_keys(self) -> list[IdpKey]:
         doc = self._fetch()
         items = doc.get("keys") if isinstance(doc, dict) else None

@@ -140,6 +140,11 @@ class Runtime:
         return discover(s.metadata_url, s.issuer_base, self.session, multi_tenant=s.multi_tenant,
                         held=self._metadata.peek() is not None)
 
+    def idp_held(self) -> dict[str, Refreshing]:
+        """The IdP's metadata and signing keys as held, by what the health check calls them: whether a
+        refresh of either is failing while what is held serves on."""
+        return {"metadata": self._metadata, "signing keys": self._jwks.held}
+
     def idp_keys(self) -> JwksCache:
         """The IdP's ID-token signing keys (its JWKS), cached."""
         return self._jwks

@@ -15,6 +15,7 @@ import requests
 
 from shared.oidc_client import OidcClient
 from tests.conftest import APP_BASE, REDIRECT_URIS
+from tests.reliability.test_key_vault_outage import health
 from tests.support.hostile_flow import (
     assert_signed_in,
     begin,
@@ -113,6 +114,10 @@ def test_an_idp_down_when_its_metadata_and_keys_are_due_for_their_daily_refresh_
     started = time.monotonic()
     assert_signed_in(sign_in(hostile_idp), person)
     assert time.monotonic() - started < READ_TIMEOUT, "the next login does not wait for the IdP's refresh again"
+    amber = health(app)  # sign-in works, and the admin is told what is being served past its refresh
+    assert amber["http_status"] == 200
+    for what in ("metadata", "signing keys"):
+        assert f"could not refresh its {what}" in (amber["checks"]["idp_metadata"]["warning"] or ""), amber
     hostile_idp.down.clear()
 
 
@@ -147,6 +152,7 @@ def test_discovery_answering_garbage_at_its_daily_refresh_is_an_outage_and_the_h
         assert_signed_in(sign_in(hostile_idp), person)
         assert discovery_fetches(hostile_idp) == fetches, "not fetched again before the retry interval"
         assert "idp.stale metadata serving the last good value" in caplog.text, caplog.text
+        assert "could not refresh its metadata" in health(app)["checks"]["idp_metadata"]["warning"]
         hostile_idp.discovery_raw, hostile_idp.metadata_overrides = None, {}
         app._metadata.expire()  # the retry interval over
         assert_signed_in(sign_in(hostile_idp), person)
