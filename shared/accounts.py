@@ -47,6 +47,13 @@ def directory_sync_account_id(scim_id: str, kind: str) -> str:
 # even where it cannot link the row (several ALLOWED_TENANT_IDS: no tenant): until an admin unlinks
 # the row, no other object id signs in to it, nor does directory sync carry it to one (shared/scim/sync.py).
 SCIM_OBJECT_ID = "ScimObjectId"
+
+
+def object_id_in(link: str | None) -> str:
+    """The object id of a LinkedIdpSubject ({tid}:{oid}: after the last ':'); "" for none."""
+    return (link or "").rpartition(":")[2].lower()
+
+
 # Directory sync's AccountIds: a provisioned person's own, given back with the person's email when a
 # removed role returns (so no other email may take one).
 DIRECTORY_SYNC_ID_PREFIXES = tuple(directory_sync_account_id("", kind) for kind in KINDS)
@@ -275,7 +282,7 @@ class AccountStore:
             if account.linked_idp_subject and account.linked_idp_subject != idp_sub:
                 raise IdentityMismatch(f"account {account.account_id} is linked to another idp_sub")
             if not account.linked_idp_subject and account.scim_object_id and \
-                    idp_sub.rpartition(":")[2].lower() != account.scim_object_id:
+                    object_id_in(idp_sub) != account.scim_object_id:
                 raise IdentityMismatch(f"account {account.account_id} is provisioned for another object id")
             # A login time after our `now` (a racing login of the same person wrote it) is recent too.
             if account.linked_idp_subject == idp_sub and account.last_login_at is not None \

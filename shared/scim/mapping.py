@@ -137,11 +137,6 @@ def object_id_of(external_id: str | None) -> str | None:
     return external_id.lower() if external_id and GUID.match(external_id) else None
 
 
-def object_id_in(link: str | None) -> str:
-    """The object id of a LinkedIdpSubject ({tid}:{oid}: after the last ':'); "" for none."""
-    return (link or "").rpartition(":")[2].lower()
-
-
 def link_of(external_id: str | None, tenant: str | None) -> str | None:
     """The LinkedIdpSubject a login of this person will carry ({tid}:{oid}, as shared/login.py forms
     it), when externalId is Entra's object id."""

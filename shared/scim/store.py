@@ -420,8 +420,8 @@ class TableScimStorage(ScimStorage):
                                                etag=person.etag, match_condition=MatchConditions.IfNotModified)
         except ResourceModifiedError as exc:
             raise Raced(detail="the User changed while it was written") from exc
-        except ResourceNotFoundError as exc:
-            raise NotFoundException(detail=f"no User {person.id}") from exc
+        except ResourceNotFoundError as exc:  # a DELETE landed since the read: the carried rows go too
+            raise self._gone(person.id) from exc
         person.row.update(fields)
         person.etag = answer["etag"]
 

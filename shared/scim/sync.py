@@ -28,10 +28,15 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from ..accounts import SCIM_OBJECT_ID, directory_sync_account_id, found_by_login
+from ..accounts import SCIM_OBJECT_ID, directory_sync_account_id, found_by_login, object_id_in
 from ..config import KINDS
 from ..tables import storage_errors
-from .mapping import object_id_in
+
+
+def _bound(row) -> str:
+    """The Entra object id a row was provisioned for (SCIM_OBJECT_ID), as the accounts store reads it."""
+    return str(row.get(SCIM_OBJECT_ID) or "").lower()
+
 
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
 MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
@@ -128,7 +133,7 @@ class AccountSync:
         to. A person without a link (no GUID externalId, or no single tenant to link in) cannot show a
         linked row is theirs: taken."""
         linked = row.get("LinkedIdpSubject") or ""
-        bound = row.get(SCIM_OBJECT_ID) or ""
+        bound = _bound(row)
         return bool(row.get("ScimId")) or bool(linked and linked != desired.link) or \
             bool(bound and bound != desired.object_id)
 
@@ -138,8 +143,8 @@ class AccountSync:
         was provisioned for (SCIM_OBJECT_ID) or, on a row without that (made before it was written, or
         unlinked by an admin and linked by a login since), the one a login linked it to."""
         linked = row.get("LinkedIdpSubject") or ""
-        bound = row.get(SCIM_OBJECT_ID) or object_id_in(linked)
-        return bool(desired.object_id and bound and bound.lower() != desired.object_id) or \
+        bound = _bound(row) or object_id_in(linked)
+        return bool(desired.object_id and bound and bound != desired.object_id) or \
             bool(desired.link and linked and linked != desired.link)
 
     # ---- the one entry point ----

@@ -503,6 +503,30 @@ def test_a_patch_that_lost_to_an_email_move_and_then_finds_the_person_deleted_le
     assert scim.runtime.accounts.get(old, "user") is None
 
 
+def test_a_delete_landing_as_a_retry_records_what_its_lost_attempt_wrote_leaves_no_account(scim, monkeypatch):
+    """As above, B made the account again at the old email and lost; its retry read the person, and a
+    DELETE landed before the retry recorded that row as pending: the retry's 404 removes it too."""
+    user, old = new_user(scim, external_id=unique("EMP"))
+    move = entra_writes(scim, user, f"{unique('moved')}@contoso.test")["move"]
+    delete = entra_writes(scim, user)["delete"]
+    first = PausedAt(monkeypatch, "get_entity")  # B's first read of its accounts
+    retry = PausedAt(monkeypatch, "get_entity", SCIM_USERS_TABLE, ("P", user["id"]), after=first)
+    recording = PausedAt(monkeypatch, "update_entity", SCIM_USERS_TABLE, after=retry)
+    answer = {}
+    b = threading.Thread(target=lambda: answer.setdefault(
+        "status", Scim(scim.runtime).patch(f"/Users/{user['id']}", entra.patch(RENAME)).status_code))
+    b.start()
+    for pause, meanwhile in ((first, move), (retry, None), (recording, delete)):
+        assert pause.paused.wait(TIMEOUT), "B never reached the step"
+        if meanwhile:
+            meanwhile()
+        pause.resume.set()
+    b.join(TIMEOUT)
+    assert answer["status"] == 404
+    assert rows_of(scim, user["id"]) == [], "the account B made at the old email outlived the DELETE"
+    assert scim.runtime.accounts.get(old, "user") is None
+
+
 def test_a_retry_that_stops_before_removing_what_its_lost_attempt_wrote_leaves_it_to_the_next_write(
         scim, monkeypatch):
     """B's retry (after it made the account again at the old email and lost) stops on an outage just
