@@ -4,6 +4,7 @@ restart: a new Key Vault version is picked up by the next read)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from .errors import ConfigurationError, DependencyUnavailable
 from .refreshing import Refreshing
 from .transport import azure_client_options
 
+log = logging.getLogger("portal_sso")
 
 @dataclass(frozen=True)
 class SecretValue:
@@ -72,9 +74,11 @@ class KeyVaultReader:
             raise DependencyUnavailable("key_vault", f"reading '{name}': HTTP {exc.status_code}") from exc
         except (ServiceRequestError, ServiceResponseError) as exc:
             raise DependencyUnavailable("key_vault", f"reading '{name}': {type(exc).__name__}") from exc
-        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        except (ValueError, AttributeError, RecursionError) as exc:
             # The SDK could not make a secret of a 200 (json.JSONDecodeError, DeserializationError, a
             # JSON that is no object): a gateway's page or a cut-off answer, not the vault's own word.
+            # Logged with its traceback: a bug of ours in that call would look the same.
+            log.warning("vault.unreadable secret=%s %s", name, type(exc).__name__, exc_info=True)
             raise _no_secret(name, exc) from exc
         if secret.id is None:  # Key Vault's every secret has its id: this 200 ({}, null members) is not one
             raise _no_secret(name)

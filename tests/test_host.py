@@ -506,3 +506,5 @@ def test_http_servers_own_refusals_are_the_apps_page_with_its_headers(server, ht
     answer = raw_request(server.port, request_bytes)
     assert_host_page(answer, status)
     assert b"SECRETCODE" not in answer and "SECRETCODE" not in caplog.text
+    lines = [r.getMessage() for r in caplog.records if r.name == "tools.host"]
+    assert len([m for m in lines if "refused:" in m or "rejected" in m]) == 1, f"one log line a refusal: {lines}"

@@ -249,9 +249,10 @@ def refusal(status: int, detail: str) -> Response:
 
 
 def with_transport_security(response: Response) -> Response:
-    from functions.http import transport_security  # the app's rule (after function_app is importable)
-
-    for name, value in transport_security().items():
+    """The app's Strict-Transport-Security rule (functions/http.py) on any answer; none for an app
+    directory without it, as with its pages (`_app_page`)."""
+    transport_security = _app_page("transport_security")
+    for name, value in (transport_security() if transport_security else {}).items():
         response.headers.setdefault(name, value)
     return response
 
@@ -325,14 +326,13 @@ class _RequestHandler(WSGIRequestHandler):
         """Every refusal before the app runs, http.server's (a request line or header it cannot parse,
         414, 431, 505) and run_wsgi's (a Content-Length it reads no body by): the same page and headers
         as the host's refusals in the app (`refusal`, `with_transport_security`)."""
-        self.log_error("code %d, message %s", code, message)
         self.close_connection = True
         if self.request_version == "HTTP/0.9" and len(self.requestline.split()) >= 3:
             # A version parse_request refused (HTTP/2.0: 505) is not taken yet: the answer would go as to
             # HTTP/0.9, a page without status line or headers.
             self.request_version = "HTTP/1.1"
         # Not `message`: http.server's echoes the request line, query and all.
-        response = with_transport_security(refusal(code, f"{code} before the app ran"))
+        response = with_transport_security(refusal(code, f"{code} before the app ran, from {self.address_string()}"))
         self.send_response(code)
         for name, value in response.headers.items():
             self.send_header(name, value)
@@ -354,7 +354,8 @@ class _RequestHandler(WSGIRequestHandler):
         pass
 
     def log_error(self, format: str, *args: Any) -> None:
-        # "code 400, message Bad request syntax (...)" would echo the request line, query and all.
+        # http.server's "code 400, message Bad request syntax (...)" would echo the request line, query
+        # and all (send_error above no longer says it; `refusal` logs the refusal once).
         LOG.warning("%s - %s", self.address_string(), "rejected a malformed request" if format.startswith("code")
                     else format % args)
 

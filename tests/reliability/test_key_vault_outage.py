@@ -94,6 +94,9 @@ def test_a_vault_answering_what_is_no_secret_after_the_secrets_were_read_is_an_o
         assert "Key Vault unreachable" in (amber["checks"][check]["warning"] or ""), amber["checks"][check]
     assert "vault.stale secret=oidc-client-secret" in caplog.text
     assert answer[2] not in caplog.text, "what the vault answered is never quoted"
+    if answer is NOT_A_SECRET["json-not-an-object"]:  # the SDK's AttributeError: a bug of ours would look alike
+        assert any(r.exc_info and "vault.unreadable" in r.getMessage() for r in caplog.records), \
+            "an error the SDK raised reading the answer is logged with its traceback, so a bug still shows"
 
     stub.answer_raw(None)
     time.sleep(cache + 0.2)
