@@ -173,15 +173,16 @@ def log_value(value: object, *, quote: bool = False) -> str:
 
 # What a credential looks like, wherever it was pasted: an Entra client secret's Value (some 40
 # characters of [A-Za-z0-9._~-], with its '~'), a JWT, a PEM, a storage account key or a SAS.
-_SECRET_SHAPES = re.compile(r"[\w.~-]*~[\w.~-]*|eyJ[\w-]{8,}\.[\w-]+\.")
+_TOKEN_RUN = re.compile(r"[\w.~-]{32,}")  # linear: runs of a token's characters, then a look for its '~'
+_JWT = re.compile(r"eyJ[\w-]{8,}\.[\w-]+\.")
 _CREDENTIAL_MARKERS = ("accountkey=", "sig=", "sharedaccesssignature=", "-----begin")
 NOT_SHOWN = "(not shown: it may be a secret)"
 
 
 def looks_like_a_secret(value: str) -> bool:
     lowered = value.lower()
-    return any(marker in lowered for marker in _CREDENTIAL_MARKERS) or any(
-        len(found) >= 32 for found in _SECRET_SHAPES.findall(value))
+    return any(marker in lowered for marker in _CREDENTIAL_MARKERS) or bool(_JWT.search(value)) or any(
+        "~" in run for run in _TOKEN_RUN.findall(value))
 
 
 def quoted(value: str, limit: int = 120) -> str:
@@ -363,7 +364,7 @@ def _issuer(read: _Reader, _: dict) -> dict:
     elif entra and not GUID.match(client_id):
         # The problem reaches the anonymous login page, its log line and audit row: quoted only when it
         # has an ID's shape (a name), never when it may be the secret's Value.
-        shown = quoted(client_id) if looks_like_client_id(client_id) else NOT_SHOWN
+        shown = NOT_SHOWN if may_hold_a_credential("OIDC_CLIENT_ID", client_id) else quoted(client_id)
         read.problem("OIDC_CLIENT_ID", f"{shown} is not a GUID, which every Entra client ID is;",
                      "copy the 'Application (client) ID' from the app registration's Overview (not a secret's "
                      "Value, the app's name or the Object ID's label).")

@@ -177,10 +177,8 @@ def check_idp_metadata(runtime) -> Check:
                       f"issuer {metadata.issuer}, read from {metadata.discovered_from}",
                       data={"issuer": metadata.issuer, "discovered_from": metadata.discovered_from})
         # Amber while a daily refresh fails and what is held serves on (refreshing.py), as for Key Vault.
-        stale = [f"the IdP could not refresh its {what} since {held.unavailable_since:%Y-%m-%d %H:%M:%S} UTC "
-                 f"({held.unavailable_detail}); serving the ones read before"
-                 for what, held in runtime.idp_held().items() if held.unavailable_since is not None]
-        check.warning = "; ".join(stale)
+        for what, held in runtime.idp_held().items():
+            _stale(held, check, f"the IdP could not refresh its {what}", "serving the ones read before")
         return check
 
     try:
@@ -202,13 +200,13 @@ def _certificate_expiry(pem: str) -> datetime | None:
         return None
 
 
-def _stale(cached, check: Check) -> Check:
-    """Amber when the secret is served from the cache because Key Vault cannot be reached."""
+def _stale(cached, check: Check, what: str = "Key Vault unreachable",
+           serving: str = "serving the last version read") -> Check:
+    """Amber when what is held serves on because its source cannot be read (refreshing.py)."""
     if cached.unavailable_since is not None:
-        stale = (f"Key Vault unreachable since {cached.unavailable_since:%Y-%m-%d %H:%M:%S} UTC "
-                 f"({cached.unavailable_detail}); serving the last version read")
-        check.warning = f"{stale}; {check.warning}" if check.warning else stale
-        check.data["stale_since"] = cached.unavailable_since.isoformat()
+        stale = f"{what} since {cached.unavailable_since:%Y-%m-%d %H:%M:%S} UTC ({cached.unavailable_detail})"
+        check.warning = f"{stale}; {serving}" + (f"; {check.warning}" if check.warning else "")
+        check.data.setdefault("stale_since", cached.unavailable_since.isoformat())
     return check
 
 
