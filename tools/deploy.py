@@ -44,7 +44,7 @@ from .azure_cli import (
     secret_name,
     update_app_settings,
 )
-from .package import build_package
+from .package import build_package, untracked_note
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 DEPLOY_CONTAINER = "app-package"
@@ -293,7 +293,10 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     # 9. the package, deployed only when it changed
     with tempfile.TemporaryDirectory() as work:
         package = Path(work) / "app.zip"
-        digest = build_package(package)
+        built = build_package(package)
+        digest = built.sha256
+        if note := untracked_note(built):
+            az.out(note)
         if current.get(PACKAGE_SETTING) != digest:
             az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
                      "--src", str(package), "--build-remote", "true",
