@@ -44,7 +44,7 @@ from .azure_cli import (
     secret_name,
     update_app_settings,
 )
-from .package import build_package, untracked_note
+from .package import PackageError, build_package, untracked_note
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 DEPLOY_CONTAINER = "app-package"
@@ -118,6 +118,20 @@ def signing_key_pem() -> str:
 
 
 def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
+    """The package first, before anything is read or changed: a copy that cannot make one (no git, not a
+    clone) is refused with nothing done, not after the app is made. Then `provision`."""
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "app.zip"
+        try:
+            package = build_package(path)
+        except PackageError as err:
+            raise AzError(str(err)) from None
+        if note := untracked_note(package):
+            az.out(note)
+        return provision(az, args, path, package.sha256)
+
+
+def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> dict[str, str]:
     """Each step reads what is there (unless its parent is yet to be made: then there is nothing to
     read) and writes only what differs."""
     rg, app, loc = args.resource_group, args.app, args.location
@@ -291,18 +305,12 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
           known=principal_known and vault_known)
 
     # 9. the package, deployed only when it changed
-    with tempfile.TemporaryDirectory() as work:
-        package = Path(work) / "app.zip"
-        built = build_package(package)
-        digest = built.sha256
-        if note := untracked_note(built):
-            az.out(note)
-        if current.get(PACKAGE_SETTING) != digest:
-            az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
-                     "--src", str(package), "--build-remote", "true",
-                     change=("change", f"package {digest[:12]} deployed"))
-            az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
-                     "--settings", f"{PACKAGE_SETTING}={digest}", change=None)
+    if current.get(PACKAGE_SETTING) != digest:
+        az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
+                 "--src", str(package), "--build-remote", "true",
+                 change=("change", f"package {digest[:12]} deployed"))
+        az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
+                 "--settings", f"{PACKAGE_SETTING}={digest}", change=None)
     return {"base": base, "subscription": account.get("id", ""), "audience": audience,
             "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,27 @@ class Package:
     untracked: list[str]  # those of `files` git does not track yet, named so that none ships unseen
 
 
+class PackageError(Exception):
+    """The package cannot be built; the message says why and what to do."""
+
+
+CLONE = "git clone <the repository's URL>"
+
+
 def git_files(root: Path, *options: str) -> set[str]:
-    listed = subprocess.run(["git", "ls-files", "-z", *options], cwd=root, check=True, capture_output=True).stdout
-    return {n for n in listed.decode().split("\0") if n}
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", *options], cwd=root, check=True, capture_output=True)
+    except FileNotFoundError:
+        raise PackageError("git is not installed (or not on PATH): the package is the files git lists, so install "
+                           "git and run this again from a clone of the repository") from None
+    except subprocess.CalledProcessError as failed:
+        said = failed.stderr.decode(errors="replace").strip()
+        if "not a git repository" in said:
+            raise PackageError(f"{root} is not a git clone (a Download ZIP or `git archive` copy has no .git): the "
+                               f"package is the files git lists, so run this from a clone of the repository "
+                               f"(`{CLONE}`)") from None
+        raise PackageError(f"`git ls-files` failed in {root}: {said.splitlines()[-1] if said else failed}") from None
+    return {n for n in listed.stdout.decode().split("\0") if n}
 
 
 def package_files(root: Path = ROOT) -> tuple[list[str], list[str]]:
@@ -45,6 +64,9 @@ def package_files(root: Path = ROOT) -> tuple[list[str], list[str]]:
     ignore_file = root / ".funcignore"
     ignored = pathspec.GitIgnoreSpec.from_lines(ignore_file.read_text().splitlines() if ignore_file.exists() else [])
     files = sorted(n for n in tracked | new if not ignored.match_file(n) and (root / n).is_file())
+    if "function_app.py" not in files:  # a copy inside another repository that ignores it, say
+        raise PackageError(f"git lists no function_app.py in {root}, so the package would hold no app: run this "
+                           f"from a clone of the repository (`{CLONE}`)")
     return files, [n for n in files if n not in tracked]
 
 
@@ -73,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: build/app.zip in the repository")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    package = build_package(args.out)
+    try:
+        package = build_package(args.out)
+    except PackageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if note := untracked_note(package):
         print(note)
     print(f"{args.out}: {len(package.files)} files, {args.out.stat().st_size / 1024:.1f} KiB, sha256 {package.sha256}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -87,3 +88,36 @@ def test_a_new_module_the_app_imports_ships_and_the_python_313_worker_indexes_th
         f"the worker indexes the package's functions: {out['functions']}"
     (root / "shared" / "helper_new.py").write_text('GREETING = "changed"\n')
     assert build_package(tmp_path / "again.zip", root).sha256 != package.sha256, "its contents are in the hash"
+
+
+def copy_without_git(tmp_path: Path, monkeypatch) -> Path:
+    """What "Download ZIP" on GitHub or `git archive` gives: the repository's files (here as they are on disk,
+    so the code under test is this tree's), no .git."""
+    copy = tmp_path / "download"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    (copy / ".venv").symlink_to((ROOT / ".venv").resolve())  # as `make setup` would make it
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # even if the temporary folder is in a clone
+    return copy
+
+
+def test_packaging_a_copy_without_git_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    """The hunt's case: `portal-sso package` in a copy without .git died with git's CalledProcessError."""
+    copy = copy_without_git(tmp_path, monkeypatch)
+    done = subprocess.run([str(copy / ".venv/bin/python"), "-m", "tools.package", "--out", str(tmp_path / "a.zip")],
+                          cwd=copy, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr and "not a git clone" in done.stderr and "git clone" in done.stderr, \
+        done.stderr
+    assert not (tmp_path / "a.zip").exists()
+
+
+def test_packaging_without_git_installed_is_refused_with_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git on it
+    assert main(["--out", str(tmp_path / "a.zip")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: git is not installed"), err

@@ -12,6 +12,7 @@ import pytest
 from shared.tables import APP_TABLES
 from tests.deploy.fake_az import CONNECTION_STRING, CREATED_CONNECTION_STRING
 from tests.deploy.fake_azure import DEPLOY_ARGS, ROOT, FakeAzure
+from tests.deploy.test_package import copy_without_git
 from tools.azure_cli import KEY_VAULT_REFUSED, ROLE_POLL_SECONDS, ROLE_WAIT_SECONDS, Az, AzError, explain, scope_name
 from tools.deploy import CONTAINERS, deploy, names, parse_args
 
@@ -402,6 +403,17 @@ def test_a_role_granted_before_is_not_waited_for(azure, monkeypatch):
     with pytest.raises(AzError) as failed:
         deploy_in_process(azure, monkeypatch, slept)
     assert slept == [] and KEY_VAULT_REFUSED in str(failed.value)
+
+
+def test_a_deploy_from_a_copy_without_git_is_refused_before_anything_runs(azure, tmp_path, monkeypatch):
+    """The hunt's case: from a Download ZIP copy, deploy made 32 changes (the app among them), then died with
+    git's CalledProcessError when it built the package, leaving an app with no code."""
+    copy = copy_without_git(tmp_path, monkeypatch)
+    result = azure.run("deploy", *DEPLOY_ARGS, root=copy)
+    assert result.code == 1, result.err
+    assert result.calls == [], f"no az command runs: {result.commands}"
+    assert "Traceback" not in result.err and "not a git clone" in result.err, result.err
+    assert "Nothing was created or changed" in result.err
 
 
 def test_az_missing_is_a_clear_message(azure):
