@@ -47,6 +47,7 @@ from .azure_cli import (
 from .package import PackageError, build_package, untracked_note
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+NEW_APP_PYTHON = "3.12"  # an existing app keeps the version it runs unless --python says otherwise
 DEPLOY_CONTAINER = "app-package"
 # The blob containers the app's identity may use (Storage Blob Data Owner on each, not on the account):
 # the Flex Consumption deployment packages, and the Functions host's own (timer leases, function keys).
@@ -55,6 +56,7 @@ SIGNING_KEY_NAME = "session-signing-key"
 INSIGHTS_TYPE = "Microsoft.Insights/components"
 TLS_OK = ("1.2", "1.3")
 PACKAGE_SETTING = "PORTAL_SSO_PACKAGE_SHA256"  # what is deployed; a rerun with the same package skips it
+PACKAGE_PYTHON = "PORTAL_SSO_PACKAGE_PYTHON"  # the Python its remote build installed the requirements for
 
 
 # What the old vault or storage account holds, said when --repoint moves the app off it.
@@ -143,6 +145,8 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     site = az.show("functionapp", "show", "--name", app, "--resource-group", rg) if group is not None else None
     current = app_settings(az, app, rg) if site is not None else None
     recorded = recorded_names(current or {})
+    running = python_of(site)
+    python = args.python or running or NEW_APP_PYTHON  # a rerun without --python never moves the app
     n = resource_names(args, recorded)
     check_kept(az, args, recorded, n)
     key_name = secret_name(current or {}, "SESSION_SIGNING_KEY_NAME", SIGNING_KEY_NAME)  # the one the app reads
@@ -225,11 +229,11 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     new_app = site is None
     if new_app:
         az.write("functionapp", "create", "--name", app, "--resource-group", rg, "--flexconsumption-location", loc,
-                 "--runtime", "python", "--runtime-version", args.python, "--storage-account", n["storage"],
+                 "--runtime", "python", "--runtime-version", python, "--storage-account", n["storage"],
                  "--deployment-storage-name", n["storage"], "--deployment-storage-container-name", DEPLOY_CONTAINER,
                  "--deployment-storage-auth-type", "SystemAssignedIdentity", "--assign-identity", "[system]",
                  "--https-only", "true", "--app-insights", n["insights"],  # else it makes one, keys allowed
-                 change=("create", f"function app {app} (Flex Consumption, Python {args.python})"))
+                 change=("create", f"function app {app} (Flex Consumption, Python {python})"))
         if az.writes:
             site = az.read("functionapp", "show", "--name", app, "--resource-group", rg)
     site_known = site is not None
@@ -304,15 +308,27 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     grant(az, principal, "ServicePrincipal", "Key Vault Secrets User", f"{vault_id}/secrets/{key_name}",
           known=principal_known and vault_known)
 
-    # 9. the package, deployed only when it changed
-    if current.get(PACKAGE_SETTING) != digest:
+    # 9. the Python asked for, then the package: deployed when it changed or was built for another Python (the
+    # remote build installs the requirements' wheels for the runtime's version). Both are recorded after the
+    # upload, so a run that moved the runtime but failed to upload builds it again next time.
+    if not new_app and python != running:
+        az.write("functionapp", "runtime", "config", "set", "--name", app, "--resource-group", rg,
+                 "--runtime-version", python, change=("change", f"function app {app}: Python {running} to {python}"))
+    if current.get(PACKAGE_SETTING) != digest or current.get(PACKAGE_PYTHON) != python:
         az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
                  "--src", str(package), "--build-remote", "true",
-                 change=("change", f"package {digest[:12]} deployed"))
+                 change=("change", f"package {digest[:12]} deployed (built for Python {python})"))
         az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
-                 "--settings", f"{PACKAGE_SETTING}={digest}", change=None)
+                 "--settings", f"{PACKAGE_SETTING}={digest}", f"{PACKAGE_PYTHON}={python}", change=None)
     return {"base": base, "subscription": account.get("id", ""), "audience": audience,
             "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
+
+
+def python_of(site: dict | None) -> str | None:
+    """The Python version a Flex Consumption app runs: `functionapp show` answers such an app with its raw ARM
+    JSON (azure-cli's show_functionapp), which has it under properties.functionAppConfig.runtime."""
+    config = ((site or {}).get("properties") or {}).get("functionAppConfig") or {}
+    return (config.get("runtime") or {}).get("version")
 
 
 def session_audience(args: argparse.Namespace, current: dict[str, str]) -> str:
@@ -363,7 +379,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the portal page that receives agents' session tokens (an https:// URL)")
     parser.add_argument("--session-audience", help="the session token's aud (default: the portals' origin, or the "
                                                    "one set before; required when their origins differ)")
-    parser.add_argument("--python", default="3.12", choices=PYTHON_VERSIONS)
+    parser.add_argument("--python", choices=PYTHON_VERSIONS,
+                        help=f"the app's Python version (a new app: {NEW_APP_PYTHON}; an existing one keeps its own "
+                             "unless this is given; the package is then built again for it)")
     parser.add_argument("--storage-account", type=STORAGE_ACCOUNT,
                         help="default: the one the function app's settings name, else derived from --app")
     parser.add_argument("--key-vault", type=KEY_VAULT, help="default: the one the function app's settings name, "

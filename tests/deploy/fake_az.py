@@ -309,7 +309,11 @@ def handle(args: list[str], state: dict, file_content: str | None):
             "defaultHostName": f"{name}.azurewebsites.net", "httpsOnly": opt(args, "--https-only") == "true",
             "settings": {"AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountKey=fakekey=="},
             "config": {"minTlsVersion": "1.2", "ftpsState": "AllAllowed"}, "publishing": {"ftp": True, "scm": True},
-            "identity": {"principalId": f"{name}-principal"} if "--assign-identity" in args else None}
+            "identity": {"principalId": f"{name}-principal"} if "--assign-identity" in args else None,
+            # `functionapp show` answers a Flex Consumption app with its raw ARM JSON (azure-cli 2.91,
+            # show_functionapp -> get_raw_functionapp), the runtime under properties.functionAppConfig
+            "properties": {"functionAppConfig": {"runtime": {"name": opt(args, "--runtime"),
+                                                             "version": opt(args, "--runtime-version")}}}}
         flex_create(state, args, rg, name)
         return {"name": name}
     if words.startswith("functionapp update"):
@@ -321,6 +325,10 @@ def handle(args: list[str], state: dict, file_content: str | None):
         config = resource(state, "sites", name)["config"]
         config.update(minTlsVersion=opt(args, "--min-tls-version"), ftpsState=opt(args, "--ftps-state"))
         return config
+    if words.startswith("functionapp runtime config set"):  # update_runtime_config: answers the runtime
+        runtime = resource(state, "sites", name)["properties"]["functionAppConfig"]["runtime"]
+        runtime["version"] = opt(args, "--runtime-version")
+        return runtime
     if words.startswith("functionapp identity assign"):
         site = resource(state, "sites", name)
         site["identity"] = {"principalId": f"{name}-principal"}
@@ -336,8 +344,10 @@ def handle(args: list[str], state: dict, file_content: str | None):
         for key in values(args, "--setting-names"):
             resource(state, "sites", name)["settings"].pop(key, None)
         return []
-    if words.startswith("functionapp deployment source config-zip"):
+    if words.startswith("functionapp deployment source config-zip"):  # the remote build: for the app's Python
         state.setdefault("deployments", []).append(name)
+        state.setdefault("builds", []).append(
+            resource(state, "sites", name)["properties"]["functionAppConfig"]["runtime"]["version"])
         return {"status": 4}
     if words.startswith("role assignment list"):
         wanted = [opt(args, "--assignee"), opt(args, "--role"), opt(args, "--scope")]
