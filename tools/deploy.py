@@ -244,7 +244,7 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
         principal = (assigned or {}).get("principalId")
     principal_known = principal is not None
     principal = principal or "<principal id>"
-    host = (site or {}).get("defaultHostName", f"{app}.azurewebsites.net")
+    host = site_field(site, "defaultHostName") or f"{app}.azurewebsites.net"
     harden(az, app, rg, site)
 
     # 6. roles: the app's identity, each on the one container, table or resource it needs
@@ -324,11 +324,15 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
             "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
 
 
+def site_field(site: dict | None, key: str):
+    """A field of the function app as `functionapp show` gives it: for a Flex Consumption app its raw ARM JSON
+    (azure-cli's show_functionapp), not the flattened model other apps get, so under `properties`."""
+    return ((site or {}).get("properties") or {}).get(key)
+
+
 def python_of(site: dict | None) -> str | None:
-    """The Python version a Flex Consumption app runs: `functionapp show` answers such an app with its raw ARM
-    JSON (azure-cli's show_functionapp), which has it under properties.functionAppConfig.runtime."""
-    config = ((site or {}).get("properties") or {}).get("functionAppConfig") or {}
-    return (config.get("runtime") or {}).get("version")
+    """The Python version a Flex Consumption app runs (properties.functionAppConfig.runtime)."""
+    return ((site_field(site, "functionAppConfig") or {}).get("runtime") or {}).get("version")
 
 
 def session_audience(args: argparse.Namespace, current: dict[str, str]) -> str:
@@ -351,7 +355,7 @@ def harden(az: Az, app: str, rg: str, site: dict | None) -> None:
     for FTP or the SCM site: deployments go through Entra sign-in (config-zip) only. For an app yet to
     be made (a plan), every step is planned."""
     known = site is not None
-    if known and site.get("httpsOnly") is not True:
+    if known and site_field(site, "httpsOnly") is not True:
         az.write("functionapp", "update", "--name", app, "--resource-group", rg, "--set", "httpsOnly=true",
                  change=("change", f"function app {app}: HTTPS only"))
     config = az.read("functionapp", "config", "show", "--name", app, "--resource-group", rg) if known else None
