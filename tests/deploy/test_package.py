@@ -121,3 +121,14 @@ def test_packaging_without_git_installed_is_refused_with_what_to_do(tmp_path, mo
     assert main(["--out", str(tmp_path / "a.zip")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: git is not installed"), err
+
+
+def test_a_copy_inside_another_repository_that_ignores_it_is_refused_not_shipped_empty(tmp_path, monkeypatch):
+    copy = copy_without_git(tmp_path, monkeypatch)
+    monkeypatch.delenv("GIT_CEILING_DIRECTORIES")
+    subprocess.run(["git", "init", "--quiet", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("download/\n")  # a home folder under git that ignores what it holds
+    done = subprocess.run([str(copy / ".venv/bin/python"), "-m", "tools.package", "--out", str(tmp_path / "a.zip")],
+                          cwd=copy, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "no function_app.py" in done.stderr and "Traceback" not in done.stderr, done
+    assert not (tmp_path / "a.zip").exists()
