@@ -44,9 +44,10 @@ from .azure_cli import (
     secret_name,
     update_app_settings,
 )
-from .package import build_package
+from .package import PackageError, build_package, untracked_note
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+NEW_APP_PYTHON = "3.12"  # an existing app keeps the version it runs unless --python says otherwise
 DEPLOY_CONTAINER = "app-package"
 # The blob containers the app's identity may use (Storage Blob Data Owner on each, not on the account):
 # the Flex Consumption deployment packages, and the Functions host's own (timer leases, function keys).
@@ -55,6 +56,7 @@ SIGNING_KEY_NAME = "session-signing-key"
 INSIGHTS_TYPE = "Microsoft.Insights/components"
 TLS_OK = ("1.2", "1.3")
 PACKAGE_SETTING = "PORTAL_SSO_PACKAGE_SHA256"  # what is deployed; a rerun with the same package skips it
+PACKAGE_PYTHON = "PORTAL_SSO_PACKAGE_PYTHON"  # the Python its remote build installed the requirements for
 
 
 # What the old vault or storage account holds, said when --repoint moves the app off it.
@@ -118,6 +120,20 @@ def signing_key_pem() -> str:
 
 
 def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
+    """The package first, before anything is read or changed: a copy that cannot make one (no git, not a
+    clone) is refused with nothing done, not after the app is made. Then `provision`."""
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "app.zip"
+        try:
+            package = build_package(path)
+        except PackageError as err:
+            raise AzError(str(err)) from None
+        if note := untracked_note(package):
+            az.out(note)
+        return provision(az, args, path, package.sha256)
+
+
+def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> dict[str, str]:
     """Each step reads what is there (unless its parent is yet to be made: then there is nothing to
     read) and writes only what differs."""
     rg, app, loc = args.resource_group, args.app, args.location
@@ -129,6 +145,8 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     site = az.show("functionapp", "show", "--name", app, "--resource-group", rg) if group is not None else None
     current = app_settings(az, app, rg) if site is not None else None
     recorded = recorded_names(current or {})
+    running = python_of(site)
+    python = args.python or running or NEW_APP_PYTHON  # a rerun without --python never moves the app
     n = resource_names(args, recorded)
     check_kept(az, args, recorded, n)
     key_name = secret_name(current or {}, "SESSION_SIGNING_KEY_NAME", SIGNING_KEY_NAME)  # the one the app reads
@@ -211,11 +229,11 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     new_app = site is None
     if new_app:
         az.write("functionapp", "create", "--name", app, "--resource-group", rg, "--flexconsumption-location", loc,
-                 "--runtime", "python", "--runtime-version", args.python, "--storage-account", n["storage"],
+                 "--runtime", "python", "--runtime-version", python, "--storage-account", n["storage"],
                  "--deployment-storage-name", n["storage"], "--deployment-storage-container-name", DEPLOY_CONTAINER,
                  "--deployment-storage-auth-type", "SystemAssignedIdentity", "--assign-identity", "[system]",
                  "--https-only", "true", "--app-insights", n["insights"],  # else it makes one, keys allowed
-                 change=("create", f"function app {app} (Flex Consumption, Python {args.python})"))
+                 change=("create", f"function app {app} (Flex Consumption, Python {python})"))
         if az.writes:
             site = az.read("functionapp", "show", "--name", app, "--resource-group", rg)
     site_known = site is not None
@@ -226,7 +244,7 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
         principal = (assigned or {}).get("principalId")
     principal_known = principal is not None
     principal = principal or "<principal id>"
-    host = (site or {}).get("defaultHostName", f"{app}.azurewebsites.net")
+    host = site_field(site, "defaultHostName") or f"{app}.azurewebsites.net"
     harden(az, app, rg, site)
 
     # 6. roles: the app's identity, each on the one container, table or resource it needs
@@ -290,18 +308,31 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
     grant(az, principal, "ServicePrincipal", "Key Vault Secrets User", f"{vault_id}/secrets/{key_name}",
           known=principal_known and vault_known)
 
-    # 9. the package, deployed only when it changed
-    with tempfile.TemporaryDirectory() as work:
-        package = Path(work) / "app.zip"
-        digest = build_package(package)
-        if current.get(PACKAGE_SETTING) != digest:
-            az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
-                     "--src", str(package), "--build-remote", "true",
-                     change=("change", f"package {digest[:12]} deployed"))
-            az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
-                     "--settings", f"{PACKAGE_SETTING}={digest}", change=None)
+    # 9. the Python asked for, then the package: deployed when it changed or was built for another Python (the
+    # remote build installs the requirements' wheels for the runtime's version). Both are recorded after the
+    # upload, so a run that moved the runtime but failed to upload builds it again next time.
+    if not new_app and python != running:
+        az.write("functionapp", "runtime", "config", "set", "--name", app, "--resource-group", rg,
+                 "--runtime-version", python, change=("change", f"function app {app}: Python {running} to {python}"))
+    if current.get(PACKAGE_SETTING) != digest or current.get(PACKAGE_PYTHON) != python:
+        az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
+                 "--src", str(package), "--build-remote", "true",
+                 change=("change", f"package {digest[:12]} deployed (built for Python {python})"))
+        az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
+                 "--settings", f"{PACKAGE_SETTING}={digest}", f"{PACKAGE_PYTHON}={python}", change=None)
     return {"base": base, "subscription": account.get("id", ""), "audience": audience,
             "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
+
+
+def site_field(site: dict | None, key: str):
+    """A field of the function app as `functionapp show` gives it: for a Flex Consumption app its raw ARM JSON
+    (azure-cli's show_functionapp), not the flattened model other apps get, so under `properties`."""
+    return ((site or {}).get("properties") or {}).get(key)
+
+
+def python_of(site: dict | None) -> str | None:
+    """The Python version a Flex Consumption app runs (properties.functionAppConfig.runtime)."""
+    return ((site_field(site, "functionAppConfig") or {}).get("runtime") or {}).get("version")
 
 
 def session_audience(args: argparse.Namespace, current: dict[str, str]) -> str:
@@ -324,7 +355,7 @@ def harden(az: Az, app: str, rg: str, site: dict | None) -> None:
     for FTP or the SCM site: deployments go through Entra sign-in (config-zip) only. For an app yet to
     be made (a plan), every step is planned."""
     known = site is not None
-    if known and site.get("httpsOnly") is not True:
+    if known and site_field(site, "httpsOnly") is not True:
         az.write("functionapp", "update", "--name", app, "--resource-group", rg, "--set", "httpsOnly=true",
                  change=("change", f"function app {app}: HTTPS only"))
     config = az.read("functionapp", "config", "show", "--name", app, "--resource-group", rg) if known else None
@@ -352,7 +383,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the portal page that receives agents' session tokens (an https:// URL)")
     parser.add_argument("--session-audience", help="the session token's aud (default: the portals' origin, or the "
                                                    "one set before; required when their origins differ)")
-    parser.add_argument("--python", default="3.12", choices=PYTHON_VERSIONS)
+    parser.add_argument("--python", choices=PYTHON_VERSIONS,
+                        help=f"the app's Python version (a new app: {NEW_APP_PYTHON}; an existing one keeps its own "
+                             "unless this is given; the package is then built again for it)")
     parser.add_argument("--storage-account", type=STORAGE_ACCOUNT,
                         help="default: the one the function app's settings name, else derived from --app")
     parser.add_argument("--key-vault", type=KEY_VAULT, help="default: the one the function app's settings name, "

@@ -1,6 +1,7 @@
-"""The deployment package: the files `git ls-files` lists, less what `.funcignore` excludes (read with
-gitignore rules by `pathspec`, as Core Tools reads it), zipped. One function, used by scripts/deploy
-and by its test, so what is tested is what ships.
+"""The deployment package: the files git lists (tracked ones, and new ones it does not ignore), less what
+`.funcignore` excludes (read with gitignore rules by `pathspec`, as Core Tools reads it), zipped as they are
+on disk. One function, used by scripts/deploy and by its test, so what is tested is what ships: the tests
+and the local host import the files on disk, committed or not, and so does the package.
 
     portal-sso package [--out build/app.zip]      (or .venv/bin/python -m tools.package)
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import subprocess
+import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pathspec
@@ -22,25 +25,68 @@ DEFAULT_OUT = ROOT / "build" / "app.zip"  # git-ignored: never a stray file in t
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # every entry gets this time: the same tree gives the same zip and hash
 
 
-def package_files(root: Path = ROOT) -> list[str]:
-    """The repository's tracked files that deploy, sorted: untracked files (.venv, node_modules, the dev
-    stack's keys in .devstack/) are never candidates, and .funcignore removes tooling and tests."""
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True).stdout
-    names = [n for n in tracked.decode().split("\0") if n]
+@dataclass(frozen=True)
+class Package:
+    sha256: str  # hex, of the zip: the same files give the same zip and hash
+    files: list[str]
+    untracked: list[str]  # those of `files` git does not track yet, named so that none ships unseen
+
+
+class PackageError(Exception):
+    """The package cannot be built; the message says why and what to do."""
+
+
+CLONE = "git clone <the repository's URL>"
+
+
+def git_files(root: Path, *options: str) -> set[str]:
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", *options], cwd=root, check=True, capture_output=True)
+    except FileNotFoundError:
+        raise PackageError("git is not installed (or not on PATH): the package is the files git lists, so install "
+                           "git and run this again from a clone of the repository") from None
+    except subprocess.CalledProcessError as failed:
+        said = failed.stderr.decode(errors="replace").strip()
+        if "not a git repository" in said:
+            raise PackageError(f"{root} is not a git clone (a Download ZIP or `git archive` copy has no .git): the "
+                               f"package is the files git lists, so run this from a clone of the repository "
+                               f"(`{CLONE}`)") from None
+        raise PackageError(f"`git ls-files` failed in {root}: {said.splitlines()[-1] if said else failed}") from None
+    return {n for n in listed.stdout.decode().split("\0") if n}
+
+
+def package_files(root: Path = ROOT) -> tuple[list[str], list[str]]:
+    """(the files that deploy, sorted; those of them git does not track). New files count (a module the
+    app imports may not be committed yet), but not what git ignores: .venv, node_modules, the dev stack's
+    keys in .devstack/, build/. Then .funcignore removes tooling and tests."""
+    tracked = git_files(root, "--cached")
+    new = git_files(root, "--others", "--exclude-standard")
     ignore_file = root / ".funcignore"
     ignored = pathspec.GitIgnoreSpec.from_lines(ignore_file.read_text().splitlines() if ignore_file.exists() else [])
-    return sorted(n for n in names if not ignored.match_file(n) and (root / n).is_file())
+    files = sorted(n for n in tracked | new if not ignored.match_file(n) and (root / n).is_file())
+    if "function_app.py" not in files:  # a copy inside another repository that ignores it, say
+        raise PackageError(f"git lists no function_app.py in {root}, so the package would hold no app: run this "
+                           f"from a clone of the repository (`{CLONE}`)")
+    return files, [n for n in files if n not in tracked]
 
 
-def build_package(out: Path, root: Path = ROOT) -> str:
-    """Writes the zip to `out`; returns its SHA-256 (hex), which is the same for the same files."""
+def build_package(out: Path, root: Path = ROOT) -> Package:
+    """Writes the zip to `out`."""
+    files, untracked = package_files(root)
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name in package_files(root):
+        for name in files:
             info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, (root / name).read_bytes())
-    return hashlib.sha256(out.read_bytes()).hexdigest()
+    return Package(hashlib.sha256(out.read_bytes()).hexdigest(), files, untracked)
+
+
+def untracked_note(package: Package) -> str | None:
+    if not package.untracked:
+        return None
+    return (f"note: the package holds {len(package.untracked)} file(s) git does not track (new, not committed): "
+            f"{', '.join(package.untracked)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,9 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: build/app.zip in the repository")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    digest = build_package(args.out)
-    files = package_files()
-    print(f"{args.out}: {len(files)} files, {args.out.stat().st_size / 1024:.1f} KiB, sha256 {digest}")
+    try:
+        package = build_package(args.out)
+    except PackageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if note := untracked_note(package):
+        print(note)
+    print(f"{args.out}: {len(package.files)} files, {args.out.stat().st_size / 1024:.1f} KiB, sha256 {package.sha256}")
     return 0
 
 

@@ -131,7 +131,7 @@ def values(args: list[str], name: str) -> list[str]:
 def query(answer, args: list[str]):
     q = opt(args, "--query")
     if q in ("id", "defaultHostName", "principalId", "value", "tags"):
-        return answer[q]
+        return answer.get(q)  # JMESPath: a field the answer lacks is null
     if q == "[].id":
         return [item["id"] for item in answer]
     if q == "{password: password}":
@@ -300,7 +300,7 @@ def handle(args: list[str], state: dict, file_content: str | None):
         state.setdefault("workspaces", {})[ws] = {"id": f"{SUB}/resourceGroups/{rg}/workspaces/{ws}"}
         return state["workspaces"][ws]
     if words.startswith("functionapp show"):
-        return resource(state, "sites", name)
+        return arm_site(resource(state, "sites", name))
     if words.startswith("functionapp create"):
         if name in state.get("taken_names", []):
             raise_taken(name)
@@ -309,7 +309,9 @@ def handle(args: list[str], state: dict, file_content: str | None):
             "defaultHostName": f"{name}.azurewebsites.net", "httpsOnly": opt(args, "--https-only") == "true",
             "settings": {"AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountKey=fakekey=="},
             "config": {"minTlsVersion": "1.2", "ftpsState": "AllAllowed"}, "publishing": {"ftp": True, "scm": True},
-            "identity": {"principalId": f"{name}-principal"} if "--assign-identity" in args else None}
+            "identity": {"principalId": f"{name}-principal"} if "--assign-identity" in args else None,
+            "properties": {"functionAppConfig": {"runtime": {"name": opt(args, "--runtime"),
+                                                             "version": opt(args, "--runtime-version")}}}}
         flex_create(state, args, rg, name)
         return {"name": name}
     if words.startswith("functionapp update"):
@@ -321,6 +323,10 @@ def handle(args: list[str], state: dict, file_content: str | None):
         config = resource(state, "sites", name)["config"]
         config.update(minTlsVersion=opt(args, "--min-tls-version"), ftpsState=opt(args, "--ftps-state"))
         return config
+    if words.startswith("functionapp runtime config set"):  # update_runtime_config: answers the runtime
+        runtime = resource(state, "sites", name)["properties"]["functionAppConfig"]["runtime"]
+        runtime["version"] = opt(args, "--runtime-version")
+        return runtime
     if words.startswith("functionapp identity assign"):
         site = resource(state, "sites", name)
         site["identity"] = {"principalId": f"{name}-principal"}
@@ -336,8 +342,10 @@ def handle(args: list[str], state: dict, file_content: str | None):
         for key in values(args, "--setting-names"):
             resource(state, "sites", name)["settings"].pop(key, None)
         return []
-    if words.startswith("functionapp deployment source config-zip"):
+    if words.startswith("functionapp deployment source config-zip"):  # the remote build: for the app's Python
         state.setdefault("deployments", []).append(name)
+        state.setdefault("builds", []).append(
+            resource(state, "sites", name)["properties"]["functionAppConfig"]["runtime"]["version"])
         return {"status": 4}
     if words.startswith("role assignment list"):
         wanted = [opt(args, "--assignee"), opt(args, "--role"), opt(args, "--scope")]
@@ -403,6 +411,16 @@ def handle(args: list[str], state: dict, file_content: str | None):
     if words.startswith("rest"):
         return graph(state, opt(args, "--method"), opt(args, "--uri"), file_content or opt(args, "--body"))
     raise SystemExit(f"fake az: unknown command {args}")
+
+
+def arm_site(site: dict) -> dict:
+    """What `functionapp show` answers for a Flex Consumption app: the raw ARM resource (azure-cli 2.91,
+    show_functionapp -> get_raw_functionapp), not the SDK model flattened as for other apps: the site's
+    fields (defaultHostName, httpsOnly, functionAppConfig) under `properties`, the identity beside them."""
+    return {"id": site["id"], "name": site["id"].rsplit("/", 1)[1], "type": "Microsoft.Web/sites",
+            "kind": "functionapp,linux", "identity": site["identity"],
+            "properties": {"defaultHostName": site["defaultHostName"], "httpsOnly": site["httpsOnly"],
+                           "sku": "FlexConsumption", **site["properties"]}}
 
 
 def flex_create(state: dict, args: list[str], rg: str, name: str) -> None:

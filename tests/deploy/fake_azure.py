@@ -62,11 +62,12 @@ class FakeAzure:
     def state(self, value: dict) -> None:
         self.state_path.write_text(json.dumps(value))
 
-    def run(self, script: str, *args: str, path_has_az: bool = True) -> Result:
+    def run(self, script: str, *args: str, path_has_az: bool = True, root: Path = ROOT) -> Result:
+        """`root`: the copy of the repository whose script runs (this one by default)."""
         self.log_path.write_text("")
         env = {**os.environ, "FAKE_AZ_STATE": str(self.state_path), "FAKE_AZ_LOG": str(self.log_path),
                "PATH": (f"{self.bin}:" if path_has_az else "") + "/usr/bin:/bin"}
-        done = subprocess.run([str(ROOT / "scripts" / script), *args], cwd=ROOT, env=env, capture_output=True,
+        done = subprocess.run([str(root / "scripts" / script), *args], cwd=root, env=env, capture_output=True,
                               text=True, timeout=120)
         calls = [json.loads(line) for line in self.log_path.read_text().splitlines()]
         self.all_calls += calls

@@ -23,10 +23,11 @@ PARSE_ERRORS = ("unrecognized arguments", "the following arguments are required"
 
 def every_command(tmp_path: Path) -> list[list[str]]:
     """The az commands of every path through both scripts: a fresh deploy, a what-if and a second
-    deploy, a deploy signed in as a service principal, the registration, adopting an owned one,
-    assignment, two rotations, directory sync and its token's rotation."""
+    deploy, one moving the app to another Python, a deploy signed in as a service principal, the
+    registration, adopting an owned one, assignment, two rotations, directory sync and its token's rotation."""
     azure = FakeAzure(tmp_path / "main")
     for script, args in (("deploy", DEPLOY_ARGS), ("deploy", [*DEPLOY_ARGS, "--what-if"]), ("deploy", DEPLOY_ARGS),
+                         ("deploy", [*DEPLOY_ARGS, "--python", "3.13"]),
                          ("register-app", APP_ARGS),
                          ("register-app", [*APP_ARGS, "assign", "--user", "a@contoso.test", "--group", "G",
                                            "--kind", "agent"]),
@@ -69,7 +70,8 @@ def test_every_command_the_scripts_issue_is_valid_for_the_real_az_cli(tmp_path):
                    "role assignment delete", "keyvault secret set", "keyvault secret set-attributes",
                    "rest --method POST", "rest --method PUT", "synchronization/jobs", "oauth2PermissionGrants",
                    "config-zip", "functionapp config set", "functionapp update", "resource update",
-                   "keyvault update", "ad sp show --id ci-app-id", "publicClient.redirectUris=[]",
+                   "functionapp runtime config set --name contoso-sso", "keyvault update",
+                   "ad sp show --id ci-app-id", "publicClient.redirectUris=[]",
                    "--add tags WindowsAzureActiveDirectoryIntegratedApp"):
         assert any(phrase in command for command in issued), f"no path issued {phrase!r}"
     bad = refused_by_real_az(commands, tmp_path)

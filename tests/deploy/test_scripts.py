@@ -12,6 +12,7 @@ import pytest
 from shared.tables import APP_TABLES
 from tests.deploy.fake_az import CONNECTION_STRING, CREATED_CONNECTION_STRING
 from tests.deploy.fake_azure import DEPLOY_ARGS, ROOT, FakeAzure
+from tests.deploy.test_package import copy_without_git
 from tools.azure_cli import KEY_VAULT_REFUSED, ROLE_POLL_SECONDS, ROLE_WAIT_SECONDS, Az, AzError, explain, scope_name
 from tools.deploy import CONTAINERS, deploy, names, parse_args
 
@@ -175,6 +176,49 @@ def test_a_second_deploy_changes_nothing_and_says_so(azure):
     assert "Nothing to change" in again.out
     what_if = azure.run("deploy", *DEPLOY_ARGS, "--what-if")
     assert what_if.mutations == [] and "Nothing to change" in what_if.out
+
+
+def python_of(azure: FakeAzure) -> str:
+    return azure.state["sites"]["contoso-sso"]["properties"]["functionAppConfig"]["runtime"]["version"]
+
+
+def test_python_given_for_an_existing_app_moves_it_to_that_version_and_builds_the_package_for_it(azure):
+    """The hunt's case: --python was passed to `functionapp create` alone, so on an existing app it was
+    ignored and the run said "Nothing to change"."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    assert python_of(azure) == "3.12" and azure.state["builds"] == ["3.12"], "a new app: Python 3.12"
+    plan = azure.run("deploy", *DEPLOY_ARGS, "--python", "3.13", "--what-if")
+    assert plan.code == 0 and plan.mutations == [], plan.mutations
+    assert "function app contoso-sso: Python 3.12 to 3.13" in plan.out, plan.out
+    assert re.search(r"package \w{12} deployed \(built for Python 3\.13\)", plan.out), plan.out
+    moved = azure.run("deploy", *DEPLOY_ARGS, "--python", "3.13")
+    assert moved.code == 0, moved.err
+    assert index_of(moved.mutations, "functionapp runtime config set") < index_of(moved.mutations, "config-zip"), \
+        "the remote build runs for the new Python"
+    assert python_of(azure) == "3.13" and azure.state["builds"] == ["3.12", "3.13"]
+    for again in (azure.run("deploy", *DEPLOY_ARGS), azure.run("deploy", *DEPLOY_ARGS, "--python", "3.13")):
+        assert again.code == 0 and again.mutations == [], f"a rerun keeps 3.13, never back to 3.12: {again.mutations}"
+        assert "Nothing to change" in again.out
+    assert python_of(azure) == "3.13"
+
+
+def test_a_run_that_changed_the_python_but_not_the_package_builds_it_the_next_time(azure):
+    """The runtime moved, then the upload failed: the app's package was built for the old Python, so the
+    next run, even without --python, builds it again."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    azure.state = {**azure.state, "refuse": {"config-zip": "(BadRequest) deployment failed"}}
+    assert azure.run("deploy", *DEPLOY_ARGS, "--python", "3.11").code == 1
+    assert python_of(azure) == "3.11" and azure.state["builds"] == ["3.12"]
+    azure.state = {**azure.state, "refuse": {}}
+    again = azure.run("deploy", *DEPLOY_ARGS)
+    assert again.code == 0 and azure.state["builds"] == ["3.12", "3.11"], again.mutations
+
+
+def test_a_new_app_gets_the_python_asked_for(azure):
+    dry = azure.run("deploy", *DEPLOY_ARGS, "--dry-run")
+    assert "--runtime-version 3.12" in dry.out and "Python 3.12" in dry.out
+    assert azure.run("deploy", *DEPLOY_ARGS, "--python", "3.11").code == 0
+    assert python_of(azure) == "3.11" and azure.state["builds"] == ["3.11"]
 
 
 CUSTOM_NAMES = ["--key-vault", "contoso-secrets", "--storage-account", "contosodata"]
@@ -402,6 +446,17 @@ def test_a_role_granted_before_is_not_waited_for(azure, monkeypatch):
     with pytest.raises(AzError) as failed:
         deploy_in_process(azure, monkeypatch, slept)
     assert slept == [] and KEY_VAULT_REFUSED in str(failed.value)
+
+
+def test_a_deploy_from_a_copy_without_git_is_refused_before_anything_runs(azure, tmp_path, monkeypatch):
+    """The hunt's case: from a Download ZIP copy, deploy made 32 changes (the app among them), then died with
+    git's CalledProcessError when it built the package, leaving an app with no code."""
+    copy = copy_without_git(tmp_path, monkeypatch)
+    result = azure.run("deploy", *DEPLOY_ARGS, root=copy)
+    assert result.code == 1, result.err
+    assert result.calls == [], f"no az command runs: {result.commands}"
+    assert "Traceback" not in result.err and "not a git clone" in result.err, result.err
+    assert "Nothing was created or changed" in result.err
 
 
 def test_az_missing_is_a_clear_message(azure):
