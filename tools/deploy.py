@@ -44,7 +44,7 @@ from .azure_cli import (
     secret_name,
     update_app_settings,
 )
-from .package import PackageError, build_package, untracked_note
+from .package import PackageError, build_package
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 NEW_APP_PYTHON = "3.12"  # an existing app keeps the version it runs unless --python says otherwise
@@ -128,8 +128,6 @@ def deploy(az: Az, args: argparse.Namespace) -> dict[str, str]:
             package = build_package(path)
         except PackageError as err:
             raise AzError(str(err)) from None
-        if note := untracked_note(package):
-            az.out(note)
         return provision(az, args, path, package.sha256)
 
 

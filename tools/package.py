@@ -1,7 +1,8 @@
-"""The deployment package: the files git lists (tracked ones, and new ones it does not ignore), less what
-`.funcignore` excludes (read with gitignore rules by `pathspec`, as Core Tools reads it), zipped as they are
-on disk. One function, used by scripts/deploy and by its test, so what is tested is what ships: the tests
-and the local host import the files on disk, committed or not, and so does the package.
+"""The deployment package: the files git tracks, less what `.funcignore` excludes (read with gitignore
+rules by `pathspec`, as Core Tools reads it), zipped as they are on disk. One function, used by
+scripts/deploy and by its test, so what is tested is what ships. A new file that would ship but that git
+does not track refuses the build, named: left out, a module the app imports would be missing in Azure
+(the worker then finds no functions); taken in unseen, a stray file (a `.env`) would go to Azure.
 
     portal-sso package [--out build/app.zip]      (or .venv/bin/python -m tools.package)
 
@@ -29,7 +30,6 @@ FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # every entry gets this time: the same tree 
 class Package:
     sha256: str  # hex, of the zip: the same files give the same zip and hash
     files: list[str]
-    untracked: list[str]  # those of `files` git does not track yet, named so that none ships unseen
 
 
 class PackageError(Exception):
@@ -55,38 +55,35 @@ def git_files(root: Path, *options: str) -> set[str]:
     return {n for n in listed.stdout.decode().split("\0") if n}
 
 
-def package_files(root: Path = ROOT) -> tuple[list[str], list[str]]:
-    """(the files that deploy, sorted; those of them git does not track). New files count (a module the
-    app imports may not be committed yet), but not what git ignores: .venv, node_modules, the dev stack's
-    keys in .devstack/, build/. Then .funcignore removes tooling and tests."""
+def package_files(root: Path = ROOT) -> list[str]:
+    """The files that deploy, sorted: what git tracks, less what .funcignore removes (tooling, tests).
+    Raises PackageError naming any file git does not track that would ship: `git add` it or ignore it."""
     tracked = git_files(root, "--cached")
-    new = git_files(root, "--others", "--exclude-standard")
+    new = git_files(root, "--others", "--exclude-standard")  # not what git ignores: .venv, .devstack/, build/
     ignore_file = root / ".funcignore"
     ignored = pathspec.GitIgnoreSpec.from_lines(ignore_file.read_text().splitlines() if ignore_file.exists() else [])
-    files = sorted(n for n in tracked | new if not ignored.match_file(n) and (root / n).is_file())
+    untracked = sorted(n for n in new if not ignored.match_file(n) and (root / n).is_file())
+    if untracked:
+        raise PackageError(f"{len(untracked)} file(s) would ship that git does not track: {', '.join(untracked)}. "
+                           "`git add` what the app needs (a module it imports), and delete or .gitignore the "
+                           "rest, so that what ships is what is committed and tested")
+    files = sorted(n for n in tracked if not ignored.match_file(n) and (root / n).is_file())
     if "function_app.py" not in files:  # a copy inside another repository that ignores it, say
         raise PackageError(f"git lists no function_app.py in {root}, so the package would hold no app: run this "
                            f"from a clone of the repository (`{CLONE}`)")
-    return files, [n for n in files if n not in tracked]
+    return files
 
 
 def build_package(out: Path, root: Path = ROOT) -> Package:
     """Writes the zip to `out`."""
-    files, untracked = package_files(root)
+    files = package_files(root)
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in files:
             info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, (root / name).read_bytes())
-    return Package(hashlib.sha256(out.read_bytes()).hexdigest(), files, untracked)
-
-
-def untracked_note(package: Package) -> str | None:
-    if not package.untracked:
-        return None
-    return (f"note: the package holds {len(package.untracked)} file(s) git does not track (new, not committed): "
-            f"{', '.join(package.untracked)}")
+    return Package(hashlib.sha256(out.read_bytes()).hexdigest(), files)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     except PackageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if note := untracked_note(package):
-        print(note)
     print(f"{args.out}: {len(package.files)} files, {args.out.stat().st_size / 1024:.1f} KiB, sha256 {package.sha256}")
     return 0
 

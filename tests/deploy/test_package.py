@@ -11,8 +11,10 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.deploy.test_worker import WORKER_PYTHON
-from tools.package import DEFAULT_OUT, ROOT, build_package, main
+from tools.package import DEFAULT_OUT, ROOT, PackageError, build_package, main
 
 APP = ("function_app.py", "host.json", "requirements.txt")
 
@@ -57,10 +59,12 @@ def clone(tmp_path: Path) -> Path:
     return copy
 
 
-def test_a_new_module_the_app_imports_ships_and_the_python_313_worker_indexes_the_package(tmp_path):
+def test_a_new_module_the_app_imports_refuses_the_build_until_added_then_the_python_313_worker_indexes_it(
+        tmp_path):
     """The hunt's case: the package took `git ls-files` (tracked files only) but their contents from disk,
     so function_app.py edited to import a module not yet committed shipped without it: the 3.13 worker
-    found no functions (ImportError), after a deploy that reported success."""
+    found no functions (ImportError), after a deploy that reported success. Untracked, it is named and
+    the build refused (shipped unseen, a stray .env would go to Azure); once added, it ships."""
     assert WORKER_PYTHON.exists(), f"the worker's Python 3.13 venv is made by `make worker-venv` ({WORKER_PYTHON})"
     root = clone(tmp_path)
     (root / "shared" / "helper_new.py").write_text('GREETING = "ready"\n')
@@ -70,10 +74,15 @@ def test_a_new_module_the_app_imports_ships_and_the_python_313_worker_indexes_th
                                                "from shared.worker import ready"))
     (root / "shared" / "notes.md").write_text("scratch\n")  # new, but .funcignore keeps *.md out
     (root / "shared" / "stale.pyc").write_bytes(b"\0")  # new, but git-ignored
+    (root / ".env").write_text("CLIENT_SECRET=do-not-ship\n")  # a stray file nothing ignores
+    with pytest.raises(PackageError) as refused:
+        build_package(tmp_path / "app.zip", root)
+    assert ".env, shared/helper_new.py" in str(refused.value) and "notes.md" not in str(refused.value)
+    (root / ".env").unlink()
+    subprocess.run(["git", "add", "shared/helper_new.py"], cwd=root, check=True)
     package = build_package(tmp_path / "app.zip", root)
     names = zipfile.ZipFile(tmp_path / "app.zip").namelist()
-    assert "shared/helper_new.py" in names, "a new file the app imports ships"
-    assert package.untracked == ["shared/helper_new.py"], "and is named as not committed"
+    assert "shared/helper_new.py" in names, "a new file the app imports ships once git tracks it"
     assert "shared/notes.md" not in names and "shared/stale.pyc" not in names, names
 
     unpacked = tmp_path / "site"
