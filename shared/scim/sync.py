@@ -7,7 +7,10 @@ their move markers lead. A row without `ScimId` (made by the CLI or an import) i
 it has exactly the person's email and a kind the person gets; a row of another person, or linked to
 another identity, is never taken (409), and a row of the person's own linked to (or provisioned for:
 SCIM_OBJECT_ID) another identity than the person's GUID externalId names (Entra re-created the
-person) is never re-pointed (409), with one tenant to link in or several. A row whose `ScimId`
+person) is never re-pointed (409), with one tenant to link in or several; every row of the person's
+at the keys read counts, of a kind still wanted or not (deleting it would let the kind's return make
+it again for the new identity). A row made for an object id other than the one the person's own
+AccountIds were minted for (Desired.minted_for) gets an AccountId of that object id's own. A row whose `ScimId`
 names a person who no longer exists is a leftover: replaced by a fresh row of the new person's
 (never adopted with its AccountId or link).
 
