@@ -43,6 +43,9 @@ def _bound(row) -> str:
 
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
 MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
+# What a row made for no object id (externalId not a GUID) is minted for, once the person's own ids
+# are an object id's: not that identity's account (the first login by email links it).
+NO_OBJECT_ID = "no-object-id"
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ class AccountSync:
             before_writing()
         for kind, plan in plans.items():
             self._ensure(desired, kind, others, plan)
+        self.held = tuple(k for k in self.held if k not in wanted)  # each such row holds its own now
         for kind, rows in leaving.items():
             self._remove_rows(rows, kind, desired.scim_id)
 
@@ -351,13 +355,12 @@ class AccountSync:
         """A row made for the person: the person's own AccountId when made for the identity those were
         minted for, else one of this object id's own (the same each time: stable); disabled while
         an admin's disable of the row removed before holds (`held`)."""
-        other = desired.object_id if desired.object_id and desired.minted_for not in ("", desired.object_id) else ""
+        other = "" if desired.minted_for in ("", desired.object_id) else desired.object_id or NO_OBJECT_ID
         row = {"PartitionKey": desired.email_key, "RowKey": kind,
                "AccountId": directory_sync_account_id(desired.scim_id, kind, other),
                **self._fields(desired, joining=True)}
         if kind in self.held:
             row["Enabled"] = False
-            self.held = tuple(k for k in self.held if k != kind)  # the row holds it from now on
         return {**row, **self._link_fields({}, desired)}
 
     def _leftover(self, row, desired: Desired) -> bool:

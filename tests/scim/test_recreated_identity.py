@@ -187,7 +187,26 @@ def test_an_admins_disable_survives_the_role_or_email_going_and_coming_back(host
     assert olivia.patch(back).status_code == 204
     assert olivia.row()["Enabled"] is False and olivia.row()["AccountId"] == olivia.old_account
     assert_error_page(olivia.login(olivia.old_oid), 403, olivia.app, "account_disabled")
+    # ...held by the row itself from then on: the admin's `enable` is not undone by the next dance.
+    assert accounts.enable(olivia.email, "user")
+    assert olivia.patch(away).status_code == 204 and olivia.patch(back).status_code == 204
+    assert olivia.row()["Enabled"] is True
+    assert accounts.update(olivia.email, "user", Enabled=False)
     # Entra's own word on `active` is what ends it.
     assert olivia.patch(entra.disable()).status_code == 204
     assert olivia.patch({"op": "Replace", "path": "active", "value": "True"}).status_code == 204
     assert olivia.signs_in(olivia.old_oid) == olivia.old_account
+
+
+def test_an_account_made_for_an_externalid_that_is_no_object_id_is_not_the_old_identitys(hostile, use_settings):
+    """The roles go, externalId becomes a value that is no object id (an attribute mapping changed),
+    the role comes back: that row, unbound, is linked by the first login with the email, so it must
+    not be the account of the identity the person's ids were minted for."""
+    olivia = Setup(hostile, use_settings, "single")
+    assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
+    assert olivia.patch(external_id(f"hr-{unique()}")).status_code == 204
+    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    made = olivia.row()
+    assert made["AccountId"].startswith("scim-user-") and made["AccountId"] != olivia.old_account
+    assert made.get(SCIM_OBJECT_ID) is None
+    assert olivia.signs_in(oid()) != olivia.old_account
