@@ -92,22 +92,31 @@ def test_a_new_object_id_sent_with_a_role_or_email_change_is_409(hostile, use_se
     assert olivia.signs_in(olivia.old_oid) == olivia.old_account
 
 
+def away_and_back(dance: str, email: str) -> tuple[dict, dict]:
+    if dance == "roles":
+        return entra.replace_roles_assertive(), entra.replace_roles_assertive("user")
+    return NO_WORK_EMAIL, work_email(email)
+
+
 @pytest.mark.parametrize("tenants", TENANTS)
+@pytest.mark.parametrize("dance", ["roles", "email"])
 def test_a_new_object_id_arriving_while_the_person_has_no_account_gets_an_account_of_its_own(hostile, use_settings,
-                                                                                             tenants):
-    """The split dance: roles removed (no rows), the new externalId (no row to refuse: 204), the role
-    back. It minted `scim-user-P` for the new object id, who signed in as the old person."""
+                                                                                             tenants, dance):
+    """The split dance: roles (or the email) removed (no rows), the new externalId (no row to refuse:
+    204), the role (or email) back. It minted `scim-user-P` for the new object id, who signed in as
+    the old person."""
     olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
-    assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
+    away, back = away_and_back(dance, olivia.email)
+    assert olivia.patch(away).status_code == 204
     assert olivia.row() is None
     assert olivia.patch(external_id(new_oid)).status_code == 204
-    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    assert olivia.patch(back).status_code == 204
     fresh = olivia.row()["AccountId"]
     assert fresh.startswith("scim-user-") and fresh != olivia.old_account
     assert olivia.signs_in(new_oid) == fresh
     # ...the same one each time the new identity's role comes back (its own account, stable).
-    assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
-    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    assert olivia.patch(away).status_code == 204
+    assert olivia.patch(back).status_code == 204
     assert olivia.row()["AccountId"] == fresh
     assert olivia.signs_in(new_oid) == fresh
 
@@ -181,8 +190,7 @@ def test_an_admins_disable_survives_the_role_or_email_going_and_coming_back(host
     olivia = Setup(hostile, use_settings, "single")
     accounts = olivia.scim().runtime.accounts
     assert accounts.update(olivia.email, "user", Enabled=False)  # what `accounts disable` writes
-    away, back = (entra.replace_roles_assertive("agent"), entra.replace_roles_assertive("user")) \
-        if dance == "roles" else (NO_WORK_EMAIL, work_email(olivia.email))
+    away, back = away_and_back(dance, olivia.email)
     assert olivia.patch(away).status_code == 204 and olivia.row() is None
     assert olivia.patch(back).status_code == 204
     assert olivia.row()["Enabled"] is False and olivia.row()["AccountId"] == olivia.old_account
