@@ -37,10 +37,13 @@ MAX_ACCOUNT_ID_LENGTH = 255
 # How fresh LastLoginAt is kept: a login within this time of the last recorded one writes nothing.
 LAST_LOGIN_PRECISION = timedelta(hours=1)
 WRITE_ATTEMPTS = 5  # of an etag-checked read-modify-write that keeps meeting concurrent changes
-def directory_sync_account_id(scim_id: str, kind: str) -> str:
-    """A provisioned account's AccountId: `scim-{kind}-{SCIM id}`. Unique (SCIM ids are random UUIDs
-    never reused), stable (kept across email moves, and the same when a removed role comes back)."""
-    return f"scim-{kind}-{scim_id}"
+def directory_sync_account_id(scim_id: str, kind: str, object_id: str = "") -> str:
+    """A provisioned account's AccountId: `scim-{kind}-{SCIM id}`, the identity's the person's ids were
+    minted for; `scim-{kind}-{SCIM id}-{object id}` for another Entra object id the same SCIM User
+    names later (the person re-created in Entra: never the old identity's account). Unique (SCIM ids
+    are random UUIDs never reused), stable (kept across email moves, and the same when a removed role
+    comes back to the same identity)."""
+    return f"scim-{kind}-{scim_id}" + (f"-{object_id}" if object_id else "")
 
 
 # The Entra object id directory sync provisioned a row for (the person's GUID externalId), written

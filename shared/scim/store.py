@@ -309,11 +309,16 @@ class TableScimStorage(ScimStorage):
             except (ResourceModifiedError, ResourceNotFoundError):
                 pass
 
-    def _desired(self, scim_id: str, facts: Facts, active_changed: bool) -> Desired:
+    def _desired(self, scim_id: str, facts: Facts, active_changed: bool, person: Person | None) -> Desired:
+        row = person.row if person is not None else {}
+        minted_for = row.get("MintedFor")
+        if minted_for is None and person is not None:  # written before it was recorded: its externalId's
+            minted_for = mapping.object_id_of(row.get("ExternalId") or None) or ""
         return Desired(scim_id=scim_id, email_key=facts.email_key or None,
                        email=mapping.stored_email(facts.email), kinds=facts.kinds,
                        active=facts.active, link=facts.link, display_name=facts.display_name,
-                       active_changed=active_changed, object_id=facts.object_id)
+                       active_changed=active_changed, object_id=facts.object_id, minted_for=minted_for or "",
+                       held=tuple((row.get("DisabledKinds") or "").split()))
 
     def _row(self, scim_id: str, user: User, facts: Facts, version: int, created: datetime) -> dict:
         body = user.model_dump(mode="json", exclude={"id", "meta"})
@@ -327,15 +332,18 @@ class TableScimStorage(ScimStorage):
                 "HasPortalRole": facts.has_portal_role, "Version": version, "Created": created,
                 "LastModified": datetime.now(UTC)}
 
-    def _apply_accounts(self, scim_id: str, facts: Facts, old_keys: list[str], created: bool = False,
-                        active_changed: bool = True, before_writing=None) -> None:
+    def _apply_accounts(self, scim_id: str, facts: Facts, old_keys: list[str], row: dict, created: bool = False,
+                        active_changed: bool = True, before_writing=None, person: Person | None = None) -> None:
+        """Makes the accounts, and puts on the person row (`row`, written after) what they leave it
+        to remember: MintedFor (sync.py Desired.minted_for) and DisabledKinds (Desired.held)."""
         try:
-            self._sync.apply(self._desired(scim_id, facts, active_changed), old_keys, created=created,
+            self._sync.apply(self._desired(scim_id, facts, active_changed, person), old_keys, created=created,
                              before_writing=before_writing)
         except Conflict as exc:
             raise UniquenessException(detail=str(exc)) from exc
         except Vanished as exc:
             raise Raced(detail=str(exc), keys=self._sync.written) from exc
+        row.update(MintedFor=self._sync.minted_for, DisabledKinds=" ".join(self._sync.held))
 
     def create(self, resource_type: ResourceType, resource: User) -> User:
         facts = Facts(resource, self._default_kind, self._tenant)
@@ -346,7 +354,7 @@ class TableScimStorage(ScimStorage):
             for partition, key in facts.keys().items():
                 self._claim(partition, key, scim_id)
                 claimed.append((partition, key))
-            self._apply_accounts(scim_id, facts, [], created=True)
+            self._apply_accounts(scim_id, facts, [], row, created=True)
             return Person.written(row, self._users.create_entity(row)).resource()
         except SCIMException:
             # Refused before the person row: its pointers would block the corrected retry for
@@ -377,12 +385,15 @@ class TableScimStorage(ScimStorage):
 
         def record_pending():  # once the accounts are read and none refused (a 409 writes nothing)
             # A carried key is recorded as a stopped move's is: if this write stops too, the next
-            # one still finds the rows an earlier attempt left there.
-            if moving or carried or (active_changed and not person.row.get("PendingActive")):
+            # one still finds the rows an earlier attempt left there. A disabled row about to be
+            # removed is recorded first too: its disable would be lost with it.
+            held = " ".join(self._sync.held)
+            if moving or carried or (active_changed and not person.row.get("PendingActive")) or \
+                    held != (person.row.get("DisabledKinds") or ""):
                 self._record_pending(person, [*recorded, *carried, *([facts.email_key] if moving else [])],
-                                     active_changed)
-        self._apply_accounts(scim_id, facts, [*recorded, *carried], active_changed=active_changed,
-                             before_writing=record_pending)
+                                     active_changed, held)
+        self._apply_accounts(scim_id, facts, [*recorded, *carried], row, active_changed=active_changed,
+                             before_writing=record_pending, person=person)
         try:
             written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
                                                 match_condition=MatchConditions.IfNotModified)
@@ -405,7 +416,7 @@ class TableScimStorage(ScimStorage):
             return user
         return self.update(resource_type, user, expected_version=version_tag(person.version))
 
-    def _record_pending(self, person: Person, keys: list[str], active_changed: bool) -> None:
+    def _record_pending(self, person: Person, keys: list[str], active_changed: bool, held: str) -> None:
         """Before the accounts move to a new email, or take a changed `active`, the person row says so
         (etag-checked, one write for both), so that whatever write of the person comes next (a DELETE,
         a disable, another email, a PATCH that changes nothing) finds its accounts there and writes
@@ -413,7 +424,8 @@ class TableScimStorage(ScimStorage):
         the new state, the person row the old: without PendingActive, Entra's next word, equal to the
         old, would leave them so). The person row's write clears both."""
         pending = " ".join(k for k in keys if k != (person.row.get("EmailKey") or ""))
-        fields = {"PendingEmailKeys": pending, **({"PendingActive": True} if active_changed else {})}
+        fields = {"PendingEmailKeys": pending, "DisabledKinds": held,
+                  **({"PendingActive": True} if active_changed else {})}
         try:
             answer = self._users.update_entity({"PartitionKey": PERSON, "RowKey": person.id, **fields},
                                                mode=UpdateMode.MERGE,

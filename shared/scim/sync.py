@@ -7,7 +7,10 @@ their move markers lead. A row without `ScimId` (made by the CLI or an import) i
 it has exactly the person's email and a kind the person gets; a row of another person, or linked to
 another identity, is never taken (409), and a row of the person's own linked to (or provisioned for:
 SCIM_OBJECT_ID) another identity than the person's GUID externalId names (Entra re-created the
-person) is never re-pointed (409), with one tenant to link in or several. A row whose `ScimId`
+person) is never re-pointed (409), with one tenant to link in or several; every row of the person's
+at the keys read counts, of a kind still wanted or not (deleting it would let the kind's return make
+it again for the new identity). A row made for an object id other than the one the person's own
+AccountIds were minted for (Desired.minted_for) gets an AccountId of that object id's own. A row whose `ScimId`
 names a person who no longer exists is a leftover: replaced by a fresh row of the new person's
 (never adopted with its AccountId or link).
 
@@ -22,7 +25,7 @@ DELETE, a disable, another email) finds that live row by login's own rule and ca
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -40,6 +43,9 @@ def _bound(row) -> str:
 
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
 MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
+# What a row made for no object id (externalId not a GUID) is minted for, once the person's own ids
+# are an object id's: not that identity's account (the first login by email links it).
+NO_OBJECT_ID = "no-object-id"
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,13 @@ class Desired:
     # rows are provisioned for (SCIM_OBJECT_ID), so a row is never carried to another one even where
     # `link` is None (several ALLOWED_TENANT_IDS).
     object_id: str | None = None
+    # The object id the person's own AccountIds (`scim-{kind}-{SCIM id}`) were minted for, as the person
+    # row records it (store.py MintedFor; "" for none yet): a row made for another object id gets one of
+    # its own (AccountSync.minted_for).
+    minted_for: str = ""
+    # The kinds whose row an admin had disabled (`accounts disable`) when directory sync removed it (a
+    # role or the email went): made again disabled while `active` is not news (AccountSync.held).
+    held: tuple[str, ...] = ()
 
 
 class Guarded:
@@ -116,6 +129,10 @@ class AccountSync:
         # that then loses the person row (Raced, 404) wrote them from a view of the person no longer
         # true, and leaves them to its retry to read, or removes the person's rows there (store.py).
         self.written: list[str] = []
+        # What the person row records once `apply` has read the rows (before its first write): the
+        # object id the person's own AccountIds are now minted for, and the kinds held disabled.
+        self.minted_for = ""
+        self.held: tuple[str, ...] = ()
 
     # ---- reads ----
     def _read(self, key: str, kind: str):
@@ -160,18 +177,48 @@ class AccountSync:
         keys = [k for k in dict.fromkeys((desired.email_key, *old_keys)) if k]
         others = [k for k in keys if k != desired.email_key]
         plans = {kind: self._plan(desired, kind, others) for kind in KINDS if kind in wanted}
+        # The rows of the kinds no longer wanted are the person's too: one of another identity's is
+        # never deleted by a write naming a new object id (the role or the email coming back would
+        # make it again for that one), as it is never re-pointed.
+        leaving = {kind: self._rows(keys, kind, desired.scim_id) for kind in KINDS
+                   if kind not in wanted and not created}  # a new person owns no row yet
+        for rows in leaving.values():
+            self._refuse_foreign(desired, rows)
+        read = [row for rows in (*(p.rows for p in plans.values()), *leaving.values()) for row in rows.values()
+                if self._ours(row, desired.scim_id)]
+        desired = replace(desired, minted_for=self._minted_for(desired, read, wanted))
+        self.minted_for = desired.minted_for
+        disabled = {row["RowKey"] for kind, rows in leaving.items() for row in rows.values()
+                    if self._ours(row, desired.scim_id) and row.get("Enabled") is False}
+        # Entra's own word on `active` ends an admin's disable, as it does on a row that stays.
+        self.held = () if desired.active_changed else tuple(k for k in KINDS if k in {*desired.held, *disabled})
         if before_writing is not None:
             before_writing()
         for kind, plan in plans.items():
             self._ensure(desired, kind, others, plan)
-        for kind in KINDS:
-            if kind not in wanted and not created:  # a new person owns no row yet
-                self._remove_ours(keys, kind, desired.scim_id)
+        self.held = tuple(k for k in self.held if k not in wanted)  # each such row holds its own now
+        for kind, rows in leaving.items():
+            self._remove_rows(rows, kind, desired.scim_id)
 
     def remove_all(self, scim_id: str, keys: Sequence[str]) -> None:
         keys = [k for k in dict.fromkeys(keys) if k]
         for kind in KINDS:
-            self._remove_ours(keys, kind, scim_id)
+            self._remove_rows(self._rows(keys, kind, scim_id), kind, scim_id)
+
+    def _minted_for(self, desired: Desired, read: list, wanted: set) -> str:
+        """The object id the person's own AccountIds belong to, from the person's rows read (`read`,
+        none of them another identity's: refused before): one holding such an id names it (bound, or
+        linked by a login); one unbound that this write carries on is given to desired.object_id (the
+        admin unlinked it: the same person); else the person row's record; and a person whose ids no
+        identity holds yet mints them for the first object id it makes accounts for."""
+        own = [row for row in read if row.get("AccountId") == directory_sync_account_id(desired.scim_id, row["RowKey"])]
+        for row in own:
+            bound = _bound(row) or object_id_in(row.get("LinkedIdpSubject"))
+            if bound:
+                return bound
+        if desired.object_id and any(row["RowKey"] in wanted for row in own):
+            return desired.object_id
+        return desired.minted_for or (desired.object_id if wanted else "") or ""
 
     # ---- the person's rows of one kind ----
     def _rows(self, keys: Sequence[str], kind: str, scim_id: str) -> dict:
@@ -241,14 +288,20 @@ class AccountSync:
             step, source = "move", rows[live[0]]
         else:
             step, source = ("replace" if leftover else "create"), None
-        if step != "adopt" and source is not None and self._foreign(source, desired):
-            email = str(source.get("Email") or desired.email)
-            raise Conflict(f"the {kind} account of {email} belongs to another Entra identity than externalId now "
-                           "names (linked to it, or provisioned for its object id: was the person re-created in "
-                           "Entra?) and is never re-pointed: if this is the same person, unlink it (portal-sso "
-                           f"accounts unlink {email} --kind {kind}); Entra's retry (or Provision on demand) then "
-                           "gives it to this one")
+        self._refuse_foreign(desired, {k: rows[k] for k in ours})
         return _Plan(kind, rows, ours, step, source)
+
+    def _refuse_foreign(self, desired: Desired, rows: dict) -> None:
+        """Conflict for any row of the person's among `rows` that is another identity's (_foreign)."""
+        for row in rows.values():
+            if self._ours(row, desired.scim_id) and self._foreign(row, desired):
+                email, kind = str(row.get("Email") or desired.email), row["RowKey"]
+                raise Conflict(f"the {kind} account of {email} belongs to another Entra identity than externalId "
+                               "now names (linked to it, or provisioned for its object id: was the person re-created "
+                               "in Entra?) and is never re-pointed: if this is the same person, unlink it "
+                               f"(portal-sso accounts unlink {email} --kind {kind}), and Entra's retry (or Provision "
+                               "on demand) gives it to this one; if another, remove it (portal-sso accounts remove "
+                               f"{email} --kind {kind}), and the retry makes this one an account of its own")
 
     def _write(self, desired: Desired, plan: _Plan) -> None:
         """Carries out `plan`, then deletes every other row of the person's (all dead by then)."""
@@ -299,8 +352,15 @@ class AccountSync:
         return committed["etag"]
 
     def _new_row(self, desired: Desired, kind: str) -> dict:
+        """A row made for the person: the person's own AccountId when made for the identity those were
+        minted for, else one of this object id's own (the same each time: stable); disabled while
+        an admin's disable of the row removed before holds (`held`)."""
+        other = "" if desired.minted_for in ("", desired.object_id) else desired.object_id or NO_OBJECT_ID
         row = {"PartitionKey": desired.email_key, "RowKey": kind,
-               "AccountId": directory_sync_account_id(desired.scim_id, kind), **self._fields(desired, joining=True)}
+               "AccountId": directory_sync_account_id(desired.scim_id, kind, other),
+               **self._fields(desired, joining=True)}
+        if kind in self.held:
+            row["Enabled"] = False
         return {**row, **self._link_fields({}, desired)}
 
     def _leftover(self, row, desired: Desired) -> bool:
@@ -352,9 +412,10 @@ class AccountSync:
                     return  # gone, or not the person's now: accounts never provisioned are left alone
                 etag = row.metadata["etag"]
 
-    def _remove_ours(self, keys: Sequence[str], kind: str, scim_id: str) -> None:
-        """Deletes the person's rows of this kind at `keys` and wherever their move markers lead.
-        Each delete only hides: nothing becomes visible that was not, whatever the order."""
-        for key, row in self._rows(keys, kind, scim_id).items():
+    def _remove_rows(self, rows: dict, kind: str, scim_id: str) -> None:
+        """Deletes the person's rows of this kind among `rows` (_rows: at the keys given and wherever
+        their move markers lead). Each delete only hides: nothing becomes visible that was not,
+        whatever the order."""
+        for key, row in rows.items():
             if self._ours(row, scim_id):
                 self._delete_if_ours(key, kind, scim_id, row.metadata["etag"])

@@ -1,0 +1,220 @@
+"""A person re-created in Entra (a new object id O2 for the same SCIM User P) never receives the old
+identity's AccountIds (`scim-{kind}-{P}`) without an admin's word, whatever order Entra's writes
+come in: a role or email change sent with the new externalId is 409 like a plain externalId change
+(every row of the person's is checked, not only the kinds still wanted), and a row made for O2 when
+none of the person's rows was left to refuse (roles removed first, or an admin's `accounts remove`)
+gets an AccountId of O2's own, the same each time. An admin's `accounts unlink` says "the same
+person": the rows keep their AccountIds and the ids are O2's from then on. Single tenant (rows
+linked at once) and several ALLOWED_TENANT_IDS (bound to the object id only); real logins through
+MSAL and the hostile IdP, through tools.host against Azurite."""
+
+from __future__ import annotations
+
+import pytest
+from azure.data.tables import UpdateMode
+
+from shared.accounts import SCIM_OBJECT_ID
+from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
+from tests.scim import entra
+from tests.scim.conftest import TOKEN, Scim, oid, unique
+from tests.scim.test_login_agreement import login, signed_in_as
+from tests.scim.test_protocol import error_of
+from tests.scim.test_recreated_person import multi_tenant
+from tests.support.hostile_flow import Person, switch_to
+from tests.support.portal import assert_error_page
+
+TENANTS = ["single", "multi"]
+
+
+class Setup:
+    """Olivia, provisioned (user kind) for object id `old_oid`, signed in once as her account."""
+
+    def __init__(self, hostile, use_settings, tenants: str):
+        hostile.reset()
+        self.hostile, self.use_settings, self.tenants = hostile, use_settings, tenants
+        scim = self.scim()
+        self.email, self.old_oid = f"{unique('olivia')}@contoso.test", oid()
+        response = scim.post("/Users", entra.create_user(self.email, self.email, self.old_oid))
+        assert response.status_code == 201, response.text
+        self.id = response.json()["id"]
+        self.old_account = f"scim-user-{self.id}"
+        assert self.signs_in(self.old_oid) == self.old_account
+
+    def scim(self) -> Scim:
+        if self.tenants == "multi":
+            return multi_tenant(self.hostile, self.use_settings)
+        return Scim(switch_to(self.hostile, self.use_settings, SCIM_TOKEN=TOKEN))
+
+    def patch(self, *ops: dict):
+        return self.scim().patch(f"/Users/{self.id}", entra.patch(*ops))
+
+    def login(self, object_id: str):
+        self.app = switch_to(self.hostile, self.use_settings, SCIM_TOKEN=TOKEN)
+        return login(self.hostile, Person(email=self.email, oid=object_id, account_id=""), "user")
+
+    def signs_in(self, object_id: str) -> str:
+        return signed_in_as(self.login(object_id), "user")["sub"]
+
+    def row(self, kind: str = "user"):
+        rows = self.scim().runtime.tables.client(ACCOUNTS_TABLE)
+        try:
+            return rows.get_entity(self.email, kind)
+        except Exception:
+            return None
+
+
+def external_id(value: str) -> dict:
+    return {"op": "Replace", "path": "externalId", "value": value}
+
+
+NO_WORK_EMAIL = {"op": "Remove", "path": 'emails[type eq "work"]'}
+
+
+def work_email(email: str) -> dict:
+    return {"op": "Add", "path": "emails", "value": [{"type": "work", "primary": True, "value": email}]}
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+@pytest.mark.parametrize("dance", ["roles", "email"])
+def test_a_new_object_id_sent_with_a_role_or_email_change_is_409(hostile, use_settings, tenants, dance):
+    """It was a 204 that deleted the old identity's row (its kind no longer wanted, or no email), so
+    the role or email coming back minted `scim-user-P` again, bound to the new object id."""
+    olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
+    before = olivia.row()
+    step = entra.replace_roles_assertive("agent") if dance == "roles" else NO_WORK_EMAIL
+    body = error_of(olivia.patch(external_id(new_oid), step), 409, "uniqueness")
+    assert "another Entra identity" in body["detail"], body
+    assert olivia.row().metadata["etag"] == before.metadata["etag"], "the old identity's row was written"
+    assert olivia.row("agent") is None
+    back = entra.replace_roles_assertive("user") if dance == "roles" else work_email(olivia.email)
+    assert olivia.patch(back).status_code == 204  # (the person still has externalId old_oid)
+    assert_error_page(olivia.login(new_oid), 403, olivia.app, "identity_mismatch")
+    assert olivia.signs_in(olivia.old_oid) == olivia.old_account
+
+
+def away_and_back(dance: str, email: str) -> tuple[dict, dict]:
+    if dance == "roles":
+        return entra.replace_roles_assertive(), entra.replace_roles_assertive("user")
+    return NO_WORK_EMAIL, work_email(email)
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+@pytest.mark.parametrize("dance", ["roles", "email"])
+def test_a_new_object_id_arriving_while_the_person_has_no_account_gets_an_account_of_its_own(hostile, use_settings,
+                                                                                             tenants, dance):
+    """The split dance: roles (or the email) removed (no rows), the new externalId (no row to refuse:
+    204), the role (or email) back. It minted `scim-user-P` for the new object id, who signed in as
+    the old person."""
+    olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
+    away, back = away_and_back(dance, olivia.email)
+    assert olivia.patch(away).status_code == 204
+    assert olivia.row() is None
+    assert olivia.patch(external_id(new_oid)).status_code == 204
+    assert olivia.patch(back).status_code == 204
+    fresh = olivia.row()["AccountId"]
+    assert fresh.startswith("scim-user-") and fresh != olivia.old_account
+    assert olivia.signs_in(new_oid) == fresh
+    # ...the same one each time the new identity's role comes back (its own account, stable).
+    assert olivia.patch(away).status_code == 204
+    assert olivia.patch(back).status_code == 204
+    assert olivia.row()["AccountId"] == fresh
+    assert olivia.signs_in(new_oid) == fresh
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+def test_remove_then_entras_retry_gives_the_new_identity_a_fresh_account(hostile, use_settings, tenants):
+    """The "different person" path: the admin removes the old identity's account after the 409, and
+    Entra's retry made `scim-user-P` again for the new object id."""
+    olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
+    error_of(olivia.patch(external_id(new_oid)), 409, "uniqueness")
+    assert olivia.scim().runtime.accounts.remove(olivia.email, "user")
+    assert olivia.patch(external_id(new_oid)).status_code == 204
+    fresh = olivia.signs_in(new_oid)
+    assert fresh.startswith("scim-user-") and fresh != olivia.old_account
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+def test_unlink_then_entras_retry_keeps_the_account_and_makes_its_ids_the_new_identitys(hostile, use_settings,
+                                                                                        tenants):
+    """The "same person" path: unlink, Entra's retry rebinds the row in place (same AccountId); a role
+    removed and given back returns it; and a later re-creation is again the admin's to decide (the
+    split dance for a third object id gets an account of its own, not this one)."""
+    olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
+    error_of(olivia.patch(external_id(new_oid)), 409, "uniqueness")
+    assert olivia.scim().runtime.accounts.unlink(olivia.email, "user")
+    assert olivia.patch(external_id(new_oid)).status_code == 204
+    assert olivia.signs_in(new_oid) == olivia.old_account
+    assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
+    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    assert olivia.signs_in(new_oid) == olivia.old_account
+    third = oid()
+    assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
+    assert olivia.patch(external_id(third)).status_code == 204
+    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    assert olivia.signs_in(third) != olivia.old_account
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+def test_a_person_row_from_before_it_recorded_whose_ids_they_are(hostile, use_settings, tenants):
+    """A person row an older version wrote (no MintedFor): its next write works the owner out from
+    its rows' object id, so the split dance still gives the new identity an account of its own."""
+    olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
+    people = olivia.scim().runtime.tables.client(SCIM_USERS_TABLE)
+    person = people.get_entity("P", olivia.id)
+    people.update_entity({k: v for k, v in person.items() if k != "MintedFor"}, mode=UpdateMode.REPLACE)
+    assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
+    assert people.get_entity("P", olivia.id).get("MintedFor") == olivia.old_oid
+    assert olivia.patch(external_id(new_oid)).status_code == 204
+    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    assert olivia.signs_in(new_oid) != olivia.old_account
+
+
+def test_a_legacy_person_row_without_rows_takes_its_stored_externalid(hostile, use_settings):
+    """No MintedFor and no row to read an object id from: the externalId the person row holds (the
+    identity whose accounts the removed rows were) owns the plain ids."""
+    olivia, new_oid = Setup(hostile, use_settings, "multi"), oid()
+    assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
+    people = olivia.scim().runtime.tables.client(SCIM_USERS_TABLE)
+    person = people.get_entity("P", olivia.id)
+    people.update_entity({k: v for k, v in person.items() if k != "MintedFor"}, mode=UpdateMode.REPLACE)
+    assert olivia.patch(external_id(new_oid)).status_code == 204
+    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    assert olivia.row()["AccountId"] != olivia.old_account
+    assert olivia.row()[SCIM_OBJECT_ID] == new_oid
+
+
+@pytest.mark.parametrize("dance", ["roles", "email"])
+def test_an_admins_disable_survives_the_role_or_email_going_and_coming_back(hostile, use_settings, dance):
+    """docs/operating.md: an `accounts disable` holds until Entra changes the person's `active`. The
+    row made again when the role (or the email) came back was enabled."""
+    olivia = Setup(hostile, use_settings, "single")
+    accounts = olivia.scim().runtime.accounts
+    assert accounts.update(olivia.email, "user", Enabled=False)  # what `accounts disable` writes
+    away, back = away_and_back(dance, olivia.email)
+    assert olivia.patch(away).status_code == 204 and olivia.row() is None
+    assert olivia.patch(back).status_code == 204
+    assert olivia.row()["Enabled"] is False and olivia.row()["AccountId"] == olivia.old_account
+    assert_error_page(olivia.login(olivia.old_oid), 403, olivia.app, "account_disabled")
+    # ...held by the row itself from then on: the admin's `enable` is not undone by the next dance.
+    assert accounts.enable(olivia.email, "user")
+    assert olivia.patch(away).status_code == 204 and olivia.patch(back).status_code == 204
+    assert olivia.row()["Enabled"] is True
+    assert accounts.update(olivia.email, "user", Enabled=False)
+    # Entra's own word on `active` is what ends it.
+    assert olivia.patch(entra.disable()).status_code == 204
+    assert olivia.patch({"op": "Replace", "path": "active", "value": "True"}).status_code == 204
+    assert olivia.signs_in(olivia.old_oid) == olivia.old_account
+
+
+def test_an_account_made_for_an_externalid_that_is_no_object_id_is_not_the_old_identitys(hostile, use_settings):
+    """The roles go, externalId becomes a value that is no object id (an attribute mapping changed),
+    the role comes back: that row, unbound, is linked by the first login with the email, so it must
+    not be the account of the identity the person's ids were minted for."""
+    olivia = Setup(hostile, use_settings, "single")
+    assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
+    assert olivia.patch(external_id(f"hr-{unique()}")).status_code == 204
+    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    made = olivia.row()
+    assert made["AccountId"].startswith("scim-user-") and made["AccountId"] != olivia.old_account
+    assert made.get(SCIM_OBJECT_ID) is None
+    assert olivia.signs_in(oid()) != olivia.old_account
