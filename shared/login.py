@@ -377,7 +377,9 @@ class SsoService:
         else:
             allowed = {metadata.issuer}
         if iss not in allowed:
-            raise IssuerMismatch("iss parameter is not the issuer", shown=iss[:300])
+            # Not shown: anyone can put text in a link, and our origin must not show a stranger's (the
+            # detail, escaped, goes to the log and the audit row).
+            raise IssuerMismatch(f"iss parameter {iss[:300]!r} is not the issuer")
 
     def _audit(self, event: SignInEvent, reply: pages.Reply, correlation_id: str) -> pages.Reply:
         """Writes the audit row before the reply goes out. If it cannot be written, a success becomes

@@ -141,6 +141,16 @@ def test_the_iss_parameter_is_checked_before_an_error_response_is_read(browser_s
     assert "555 0100" not in response.text
 
 
+def test_a_stranger_s_text_in_the_iss_parameter_is_not_shown_on_our_origin(browser_session):
+    """Anyone can put text in a link: `iss` was echoed on our error page (escaped, but a sentence of
+    the attacker's under our heading), with no flow and no cookie needed."""
+    lure = "Your account is locked. Call the helpdesk on +1 555 0100"
+    for response in (browser_session.get(CALLBACK, params={"error": "access_denied", "iss": lure}),
+                     browser_session.post(CALLBACK, data={"code": "x", "state": "y" * 22, "iss": lure})):
+        assert_error_page(response, 400, get_runtime(), "authorization_response_iss_mismatch")
+        assert "555 0100" not in response.text
+
+
 def test_query_mode_callback_is_refused_by_default_and_consumes_its_flow(browser_session):
     """Issue 13 item 2: a code in a URL leaks (history, request logs); whoever owns the flow could
     redeem it. The GET is refused, and the flow is dead: the same code posted with the flow's own
