@@ -442,7 +442,11 @@ class SsoService:
     def signed_out(self, kind: str, correlation_id: str) -> pages.Reply:
         if kind not in KINDS:
             return pages.error(NotFound(f"unknown kind {kind!r}"), correlation_id, homes=self.home_urls())
-        return pages.signed_out(self._portal_url(kind))
+        try:  # the metadata logout used, held: whether the IdP's session ended too
+            idp_ended = bool(self.deps.metadata().end_session_endpoint)
+        except SsoError:
+            idp_ended = False  # not known: the page says what is safe on a shared computer
+        return pages.signed_out(self._portal_url(kind), idp_ended=idp_ended)
 
     # GET /api/sso/jwks.json
     def session_jwks(self, correlation_id: str) -> pages.Reply:

@@ -127,11 +127,16 @@ def json_error(err: SsoError, correlation_id: str) -> Reply:
     return reply
 
 
-def signed_out(home_url: str | None) -> Reply:
+def signed_out(home_url: str | None, *, idp_ended: bool = True) -> Reply:
     """Where the IdP returns after logout (the post_logout_redirect_uri): it takes nothing from the
-    request, so nothing can be injected into it."""
-    body = ("<h1>You are signed out</h1><p>You have signed out of the portal and of your organization's "
-            "sign-in for it. Close the browser if it is a shared computer.</p>"
+    request, so nothing can be injected into it. `idp_ended`: the IdP's session was ended too (it has
+    an end_session_endpoint); without, the next person at a shared computer would sign in as this one."""
+    said = ("You have signed out of the portal and of your organization's sign-in for it. Close the browser "
+            "if it is a shared computer." if idp_ended else
+            "You have signed out of the portal. Your organization's sign-in is still active in this browser "
+            "(the identity provider offers no sign-out): Close the browser if it is a shared computer, or the "
+            "next person to sign in gets in as you.")
+    body = (f"<h1>You are signed out</h1><p>{said}</p>"
             + _links([("Back to the portal", home_url)] if home_url else []))
     return Reply(200, _page("Signed out", body), headers=security_headers())
 

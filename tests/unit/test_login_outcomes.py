@@ -4,6 +4,7 @@ audit row cannot be written."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import html
 import logging
@@ -286,3 +287,14 @@ def test_a_flow_cookie_sealed_for_one_door_does_not_open_at_the_other_for_the_sa
     assert cookies.open("agent", STATE, sealed).kind == "agent"
     with pytest.raises(BindingMismatch):
         cookies.open("user", STATE, sealed)
+
+
+def test_the_signed_out_page_says_the_organizations_sign_in_is_still_active_when_the_idp_has_no_logout(idp_key):
+    """With no end_session_endpoint, logout comes straight to the signed-out page and the IdP's session
+    lives on: the page said it had ended, so on a shared computer the next person got in as this one."""
+    deps = Deps(idp_key, FailingEvents())
+    body = SsoService(deps).signed_out("user", "cid-o").body
+    assert "still active" in body and "Close the browser" in body
+    assert "and of your organization's sign-in" not in body
+    deps.metadata = lambda: dataclasses.replace(Deps.metadata(deps), end_session_endpoint="https://idp.test/logout")
+    assert "and of your organization's sign-in" in SsoService(deps).signed_out("user", "cid-o").body
