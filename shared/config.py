@@ -540,6 +540,12 @@ def _connection_string_problem(value: str) -> str:
     return ""
 
 
+def _same_page(url: str) -> str:
+    """The URL as a browser requests it: origin_of's origin, the path ("/" for none) and any query."""
+    parts = urlsplit(url)
+    return f"{origin_of(url)}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+
+
 def _portals(read: _Reader, _: dict) -> dict:
     urls: dict[str, str] = {}
     homes: dict[str, str] = {}
@@ -553,13 +559,16 @@ def _portals(read: _Reader, _: dict) -> dict:
                          f"set the portal page that receives the {kind}s' session token (a POST).")
         else:
             urls[kind] = value
+    # Either kind's landing URL, however written (case, :443, an empty query): both take POSTs only.
+    landings = {_same_page(u): f"PORTAL_{k.upper()}_URL" for k, u in urls.items()}
+    for kind in KINDS:
         home_name = f"PORTAL_{kind.upper()}_HOME_URL"
         home = read.get(home_name)
         if home and not _https_url(home, allow_loopback_http=True):
             read.problem(home_name, f"{quoted(home)} is not {_URL_FIX};",
                          f"set the page the {kind}s start from, or remove it to use the portal URL's origin.")
             home = ""  # portal_homes links it while the settings fail: the default stands in
-        elif home and kind in urls and home == urls[kind]:
+        elif home and (name := landings.get(_same_page(home))):
             read.problem(home_name, f"is the landing URL {name}, which takes the session token's POST only "
                          "(a link there is a GET);", f"set the page the {kind}s start from, or remove it to use "
                          "the portal URL's origin.")

@@ -395,6 +395,11 @@ def test_portal_homes_given_are_used():
 
 
 @pytest.mark.parametrize(("value", "text"), [("https://portal.contoso.test/user", "is the landing URL"),
+                                             # the other kind's, or the same page written another way
+                                             ("https://portal.contoso.test/agent", "is the landing URL"),
+                                             ("https://PORTAL.contoso.test/user", "is the landing URL"),
+                                             ("https://portal.contoso.test:443/user", "is the landing URL"),
+                                             ("https://portal.contoso.test/user?", "is the landing URL"),
                                              ("javascript:alert(1)", "is not an https:// URL")])
 def test_a_portal_home_that_is_the_landing_url_or_not_a_url_is_refused(value, text):
     assert f"PORTAL_USER_HOME_URL: {text}" in problems_of(env(PORTAL_USER_HOME_URL=value)).replace(
