@@ -301,12 +301,14 @@ class _Reader:
         raw = self.get(name)
         if not raw:
             return default
-        # isascii(): str.isdigit() is also true for '\u00b2' or '\u2460', which int() cannot parse.
-        if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
+        # isascii(): str.isdigit() is also true for '\u00b2' or '\u2460', which int() cannot parse; and
+        # int() refuses over 4300 digits (leading zeros counted), so those go and the length is checked first.
+        digits = raw.lstrip("0") or "0"
+        if not (raw.isascii() and raw.isdigit()) or len(digits) > len(str(hi)) or not lo <= int(digits) <= hi:
             self.problem(name, f"{quoted(raw)} is not a whole number from {lo} to {hi};",
                          f"set a whole number from {lo} to {hi}, or remove it to use the default ({default}).")
             return default
-        return int(raw)
+        return int(digits)
 
     def boolean(self, name: str, default: bool) -> bool:
         raw = self.get(name).lower()

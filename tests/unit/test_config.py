@@ -219,6 +219,14 @@ def test_audience_given_explicitly_is_used_when_the_portal_origins_differ():
     assert settings.session_audience == "portal"
 
 
+@pytest.mark.parametrize("setting", ["SESSION_TOKEN_TTL_SECONDS", "SECRET_CACHE_SECONDS",
+                                     "SIGNIN_EVENTS_RETENTION_DAYS", "IDP_TIMEOUT_SECONDS"])
+def test_a_number_of_more_digits_than_python_converts_is_the_settings_error_not_a_crash(setting):
+    """int() refuses strings of over 4300 digits (ValueError): the one ConfigurationError must name it."""
+    assert setting in problems_of(env(**{setting: "1" + "0" * 4301}))
+    assert load_settings(env(**{setting: "0" * 4301 + "60"})) is not None, "leading zeros are a number still"
+
+
 def test_return_origins_default_to_the_two_portal_origins():
     settings = load_settings(env(PORTAL_AGENT_URL="https://Agents.Contoso.test:8443/a", SESSION_TOKEN_AUDIENCE="x"))
     assert settings.allowed_return_origins == {"https://portal.contoso.test", "https://agents.contoso.test:8443"}, \
