@@ -214,7 +214,8 @@ class OidcClient:
         self._check_lock = threading.Lock()
         self._last_check: CredentialCheck | None = None
         self._clock = clock
-        self._app = DerivedFromSecret(credential, self._build)
+        # Rebuilt on a new secret, and on a re-read of the metadata: MSAL keeps the endpoints it was built with.
+        self._app = DerivedFromSecret(credential, self._build, also=metadata)
 
     def _application(self, *, refresh_credential: bool = False) -> msal.ConfidentialClientApplication:
         return self._app.get(refresh=refresh_credential)

@@ -130,18 +130,22 @@ T = TypeVar("T")
 
 class DerivedFromSecret(Generic[T]):
     """A value built from a secret (the MSAL app, the session signer), rebuilt only when the secret
-    changes: a rotation is picked up, and nothing is rebuilt on reads that find the same secret."""
+    changes: a rotation is picked up, and nothing is rebuilt on reads that find the same secret.
+    `also`: something else the value is built from (the MSAL app copies the IdP's endpoints from its
+    metadata), rebuilt too when it gives another object (the metadata's daily re-read)."""
 
-    def __init__(self, secret: CachedSecret, build: Callable[[SecretValue], T]):
-        self._secret, self._build = secret, build
-        self._built: tuple[tuple, T] | None = None
+    def __init__(self, secret: CachedSecret, build: Callable[[SecretValue], T],
+                 also: Callable[[], object] | None = None):
+        self._secret, self._build, self._also = secret, build, also
+        self._built: tuple[tuple, object, T] | None = None
         self._lock = threading.Lock()
 
     def get(self, *, refresh: bool = False) -> T:
         """The value for the current secret; `refresh` re-reads the secret first."""
         secret = self._secret.refresh() if refresh else self._secret.get()
         key = (secret.version, secret.value)
+        also = self._also() if self._also is not None else None
         with self._lock:
-            if self._built is None or self._built[0] != key:
-                self._built = (key, self._build(secret))
-            return self._built[1]
+            if self._built is None or self._built[0] != key or self._built[1] is not also:
+                self._built = (key, also, self._build(secret))
+            return self._built[2]

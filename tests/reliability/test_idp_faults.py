@@ -121,6 +121,27 @@ def test_an_idp_down_when_its_metadata_and_keys_are_due_for_their_daily_refresh_
     hostile_idp.down.clear()
 
 
+def test_endpoints_a_metadata_re_read_moves_are_the_ones_used_and_guarded(hostile_idp, app, account_store):
+    """MSAL copied the endpoints when it was built and was rebuilt only with a new secret: after the
+    daily re-read moved the token endpoint, its POSTs went to the old one, and our guard (keyed by
+    the new one) let a 5xx through as a 500."""
+    person = new_person(account_store)
+    hostile_idp.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile_idp), person)
+    moved = f"{hostile_idp.origin}/{hostile_idp.tenant}/oauth2/moved/token"
+    hostile_idp.metadata_overrides = {"token_endpoint": moved}
+    app._metadata.expire()
+    try:
+        assert_signed_in(sign_in(hostile_idp), person)
+        assert hostile_idp.requests[-1] == ("POST", f"/{hostile_idp.tenant}/oauth2/moved/token"), \
+            hostile_idp.requests[-3:]
+        hostile_idp.answer(claims=person.claims, raw=UNAVAILABLE_503)
+        assert_error_page(sign_in(hostile_idp), 503, app, "idp_unavailable")
+    finally:
+        hostile_idp.metadata_overrides = {}
+        app._metadata.expire()
+
+
 # What discovery may answer at its daily refresh when the IdP (or a gateway before it) is not itself. The
 # URL gave a good document before, so none of them is the admin's setting: on old main each was a 500
 # "fix OIDC_ISSUER_URL" on every callback, and every callback fetched discovery again.

@@ -297,7 +297,7 @@ class HostileIdp:
             return _json(200, {"keys": [*(k.jwk() for k in self.keys), *self.extra_jwks]})
         if method == "GET" and path == f"{base}/oauth2/v2.0/authorize":
             return self._authorize(query)
-        if method == "POST" and path == f"{base}/oauth2/v2.0/token":
+        if method == "POST" and path in (f"{base}/oauth2/v2.0/token", f"{base}/oauth2/moved/token"):  # moved: a re-read
             return self._token(form, (headers or {}).get("Authorization", ""))
         return _json(404, {"error": "not_found"})
 
