@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from cryptography import x509
-
 from . import pages
 from .aadsts import HINTS, aadsts_codes
 from .config import (
@@ -40,6 +38,7 @@ from .errors import (
     Problem,
     SsoError,
 )
+from .oidc_client import client_certificate
 
 log = logging.getLogger("portal_sso.diagnostics")
 
@@ -193,11 +192,12 @@ def check_idp_metadata(runtime) -> Check:
                         "(Overview > Endpoints), and check the app can reach it.")
 
 
-def _certificate_expiry(pem: str) -> datetime | None:
+def _certificate_expiry(secret) -> datetime | None:
+    """The client certificate's own end date (PEM or PKCS#12, as sign-in reads it); else the secret's."""
     try:
-        return x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
-    except ValueError:
-        return None
+        return client_certificate(secret)[1].not_valid_after_utc
+    except ConfigurationError:
+        return secret.expires_on
 
 
 def _stale(cached, check: Check, what: str = "Key Vault unreachable",
@@ -256,7 +256,7 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
             where += f", version {secret.version}" if secret.version else ""
         else:
             where = f"{secret.source} (local development only)"
-        expires = _certificate_expiry(secret.value) if certificate else secret.expires_on
+        expires = _certificate_expiry(secret) if certificate else secret.expires_on
         if expires is None:
             note = ("" if secret.source != "key vault" else
                     "; no expiry date on the secret: set it to the Entra secret's, so this page and "

@@ -55,12 +55,9 @@ def expected_nonce(flow: dict) -> str:
     return hashlib.sha256(flow["nonce"].encode("ascii")).hexdigest()
 
 
-def msal_client_credential(secret: SecretValue, *, certificate: bool):
-    """MSAL's client_credential: the secret string, or for a certificate the private_key_jwt material.
-    Key Vault hands a certificate's secret out in the certificate's content type: PEM (the key and the
-    certificate), or PKCS#12, base64 and without a password, which is its default."""
-    if not certificate:
-        return secret.value
+def client_certificate(secret: SecretValue):
+    """(private key, certificate) of a client certificate's secret, in either form Key Vault hands it out:
+    PEM (the key and the certificate), or PKCS#12, base64 and without a password, its default."""
     try:
         if (secret.content_type or "").lower() == PKCS12:
             key, cert, _ = pkcs12.load_key_and_certificates(base64.b64decode(secret.value), None)
@@ -74,6 +71,16 @@ def msal_client_credential(secret: SecretValue, *, certificate: bool):
         raise ConfigurationError([f"client certificate ({secret.source}): must be a certificate with its "
                                   "unencrypted private key, content type PEM (application/x-pem-file) or PKCS#12 "
                                   "(application/x-pkcs12) without a password."]) from exc
+    return key, cert
+
+
+def msal_client_credential(secret: SecretValue, *, certificate: bool):
+    """MSAL's client_credential: the secret string, or for a certificate the private_key_jwt material.
+    Key Vault hands a certificate's secret out in the certificate's content type: PEM (the key and the
+    certificate), or PKCS#12, base64 and without a password, which is its default."""
+    if not certificate:
+        return secret.value
+    key, cert = client_certificate(secret)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
     return {"private_key": key_pem, "thumbprint": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 - x5t is SHA-1 by RFC 7515

@@ -136,3 +136,28 @@ def test_a_certificate_in_key_vaults_default_pkcs12_form_is_msals_material_too(c
         msal_client_credential(SecretValue("bm90IGEgcGZ4", None, "v1", "key vault", "application/x-pkcs12"),
                                certificate=True)
     assert "PKCS#12" in str(caught.value.problems) and "PEM" in str(caught.value.problems)
+
+
+@pytest.mark.parametrize("form", ["pem", "pkcs12"])
+def test_the_health_check_reads_a_client_certificates_expiry_in_either_form(certificate_pem, form):
+    """The check read the date with the PEM loader only: a certificate in Key Vault's default PKCS#12
+    form showed no expiry (green, days_to_expiry null) until Entra refused it."""
+    from types import SimpleNamespace
+
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    from shared import diagnostics
+
+    text, key, cert = certificate_pem
+    if form == "pkcs12":
+        pfx = pkcs12.serialize_key_and_certificates(b"portal-sso", key, cert, None, serialization.NoEncryption())
+        value = SecretValue(base64.b64encode(pfx).decode(), None, "v1", "key vault", "application/x-pkcs12")
+    else:
+        value = SecretValue(text, None, "v1", "key vault", "application/x-pem-file")
+    held = SimpleNamespace(name="oidc-client-cert", get=lambda: value, unavailable_since=None, unavailable_detail="")
+    runtime = SimpleNamespace(cached_client_credential=held, oidc=SimpleNamespace(
+        credential_check=lambda: SimpleNamespace(accepted=True, hint=None, detail="the IdP issued a token")))
+    settings = SimpleNamespace(uses_certificate=True, key_vault_url="https://contoso.vault.azure.net")
+    check = diagnostics.check_client_secret(runtime, settings, dt.datetime.now(dt.UTC))
+    assert check.data["days_to_expiry"] == 0, check.data  # the fixture's certificate lasts a day
+    assert check.warning and "expires in" in check.warning, check
