@@ -50,6 +50,7 @@ def directory_sync_account_id(scim_id: str, kind: str, object_id: str = "") -> s
 # even where it cannot link the row (several ALLOWED_TENANT_IDS: no tenant): until an admin unlinks
 # the row, no other object id signs in to it, nor does directory sync carry it to one (shared/scim/sync.py).
 SCIM_OBJECT_ID = "ScimObjectId"
+HANDED_OVER = "HandedOver"  # set by `accounts unlink` on a provisioned row: the admin's "the same person"
 
 
 def object_id_in(link: str | None) -> str:
@@ -407,11 +408,17 @@ class AccountStore:
                 except ResourceNotFoundError:
                     return False
                 self._refuse_moving(Account.from_entity(entity))
-                if "LinkedIdpSubject" not in entity and SCIM_OBJECT_ID not in entity:
+                # A provisioned row is marked as the admin's word "the same person": directory sync then
+                # gives the person's AccountIds to the identity its next write names (shared/scim/sync.py);
+                # a row merely unbound (never signed in, an older version's) never hands them over.
+                handing_over = bool(entity.get("ScimId")) and entity.get(HANDED_OVER) is not True
+                if "LinkedIdpSubject" not in entity and SCIM_OBJECT_ID not in entity and not handing_over:
                     return True
                 etag = entity.metadata["etag"]
                 entity.pop("LinkedIdpSubject", None)
                 entity.pop(SCIM_OBJECT_ID, None)
+                if entity.get("ScimId"):
+                    entity[HANDED_OVER] = True
                 try:
                     self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag,
                                               match_condition=MatchConditions.IfNotModified)

@@ -47,7 +47,7 @@ from ..accounts import utf16_units
 from ..tables import SCIM_PERSON_PARTITION, storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
-from .sync import AccountSync, Conflict, Desired, Guarded, Vanished
+from .sync import NO_OBJECT_ID, AccountSync, Conflict, Desired, Guarded, Vanished
 
 PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = SCIM_PERSON_PARTITION, "U", "X", "E"
 # Ours are uuid4s (36 characters): a longer id is no one's and is not sent (a key over Table Storage's
@@ -313,7 +313,8 @@ class TableScimStorage(ScimStorage):
         row = person.row if person is not None else {}
         minted_for = row.get("MintedFor")
         if minted_for is None and person is not None:  # written before it was recorded: its externalId's
-            minted_for = mapping.object_id_of(row.get("ExternalId") or None) or ""
+            # (its ids were minted for that, an object id or none: never for a later object id)
+            minted_for = mapping.object_id_of(row.get("ExternalId") or None) or NO_OBJECT_ID
         return Desired(scim_id=scim_id, email_key=facts.email_key or None,
                        email=mapping.stored_email(facts.email), kinds=facts.kinds,
                        active=facts.active, link=facts.link, display_name=facts.display_name,

@@ -31,7 +31,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from ..accounts import SCIM_OBJECT_ID, directory_sync_account_id, found_by_login, object_id_in
+from ..accounts import HANDED_OVER, SCIM_OBJECT_ID, directory_sync_account_id, found_by_login, object_id_in
 from ..config import KINDS
 from ..tables import storage_errors
 
@@ -183,13 +183,13 @@ class AccountSync:
         leaving = {kind: self._rows(keys, kind, desired.scim_id) for kind in KINDS
                    if kind not in wanted and not created}  # a new person owns no row yet
         for rows in leaving.values():
-            self._refuse_foreign(desired, rows)
-        read = [row for rows in (*(p.rows for p in plans.values()), *leaving.values()) for row in rows.values()
-                if self._ours(row, desired.scim_id)]
+            self._refuse_foreign(desired, self._found(rows, desired.scim_id))
+        read = [row for rows in (*(p.rows for p in plans.values()), *leaving.values())
+                for row in self._found(rows, desired.scim_id).values()]
         desired = replace(desired, minted_for=self._minted_for(desired, read, wanted))
         self.minted_for = desired.minted_for
         disabled = {row["RowKey"] for kind, rows in leaving.items() for row in rows.values()
-                    if self._ours(row, desired.scim_id) and row.get("Enabled") is False}
+                    if self._ours(row, desired.scim_id) and row.get("Enabled") is not True}  # 'false' too
         # Entra's own word on `active` ends an admin's disable, as it does on a row that stays.
         self.held = () if desired.active_changed else tuple(k for k in KINDS if k in {*desired.held, *disabled})
         if before_writing is not None:
@@ -216,9 +216,11 @@ class AccountSync:
             bound = _bound(row) or object_id_in(row.get("LinkedIdpSubject"))
             if bound:
                 return bound
-        if desired.object_id and any(row["RowKey"] in wanted for row in own):
-            return desired.object_id
-        return desired.minted_for or (desired.object_id if wanted else "") or ""
+        if desired.object_id and any(row.get(HANDED_OVER) is True for row in own):
+            return desired.object_id  # the admin unlinked one: the same person (kept or leaving, alike)
+        # Minted now for the first time: for this object id, or for none (a non-GUID externalId), which
+        # a later object id is not.
+        return desired.minted_for or ((desired.object_id or NO_OBJECT_ID) if wanted else "")
 
     # ---- the person's rows of one kind ----
     def _rows(self, keys: Sequence[str], kind: str, scim_id: str) -> dict:
@@ -288,8 +290,16 @@ class AccountSync:
             step, source = "move", rows[live[0]]
         else:
             step, source = ("replace" if leftover else "create"), None
-        self._refuse_foreign(desired, {k: rows[k] for k in ours})
+        self._refuse_foreign(desired, self._found(rows, desired.scim_id))
         return _Plan(kind, rows, ours, step, source)
+
+    def _found(self, rows: dict, scim_id: str) -> dict:
+        """The person's rows among `rows` that login finds (or, when it finds none, every one of the
+        person's): the dead old row of a move that stopped after its commit is no one's account, and
+        refusing for it would leave a re-created person with no admin step that clears the 409."""
+        ours = {k: row for k, row in rows.items() if self._ours(row, scim_id)}
+        live = {k: row for k, row in ours.items() if self._live(k, rows)}
+        return live or ours
 
     def _refuse_foreign(self, desired: Desired, rows: dict) -> None:
         """Conflict for any row of the person's among `rows` that is another identity's (_foreign)."""
@@ -355,7 +365,8 @@ class AccountSync:
         """A row made for the person: the person's own AccountId when made for the identity those were
         minted for, else one of this object id's own (the same each time: stable); disabled while
         an admin's disable of the row removed before holds (`held`)."""
-        other = "" if desired.minted_for in ("", desired.object_id) else desired.object_id or NO_OBJECT_ID
+        made_for = desired.object_id or NO_OBJECT_ID
+        other = "" if desired.minted_for in ("", made_for) else made_for
         row = {"PartitionKey": desired.email_key, "RowKey": kind,
                "AccountId": directory_sync_account_id(desired.scim_id, kind, other),
                **self._fields(desired, joining=True)}

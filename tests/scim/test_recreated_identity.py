@@ -155,6 +155,22 @@ def test_unlink_then_entras_retry_keeps_the_account_and_makes_its_ids_the_new_id
 
 
 @pytest.mark.parametrize("tenants", TENANTS)
+def test_unlink_of_a_row_whose_kind_the_retry_removes_still_keeps_the_persons_ids(hostile, use_settings, tenants):
+    """The new externalId came with a role change (user to agent): 409; the admin unlinks the user row,
+    "the same person"; Entra's retry removes it (its kind is no longer wanted). The ids are still hers:
+    the agent row is scim-agent-P, and the user role given back is scim-user-P again."""
+    olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
+    retry = (external_id(new_oid), entra.replace_roles_assertive("agent"))
+    error_of(olivia.patch(*retry), 409, "uniqueness")
+    assert olivia.scim().runtime.accounts.unlink(olivia.email, "user")
+    assert olivia.patch(*retry).status_code == 204
+    assert olivia.row("agent")["AccountId"] == f"scim-agent-{olivia.id}"
+    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    assert olivia.row("user")["AccountId"] == olivia.old_account
+    assert olivia.signs_in(new_oid) == olivia.old_account
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
 def test_a_person_row_from_before_it_recorded_whose_ids_they_are(hostile, use_settings, tenants):
     """A person row an older version wrote (no MintedFor): its next write works the owner out from
     its rows' object id, so the split dance still gives the new identity an account of its own."""
@@ -218,3 +234,77 @@ def test_an_account_made_for_an_externalid_that_is_no_object_id_is_not_the_old_i
     assert made["AccountId"].startswith("scim-user-") and made["AccountId"] != olivia.old_account
     assert made.get(SCIM_OBJECT_ID) is None
     assert olivia.signs_in(oid()) != olivia.old_account
+
+
+# ---- holes a red team found in the first version of the rules above: each is closed now
+
+
+@pytest.mark.parametrize("made", ["legacy-rows", "non-guid-externalid"])
+def test_an_admins_remove_never_hands_the_old_identitys_id_over_through_a_merely_unbound_row(
+        hostile, use_settings, made):
+    """Two kinds; the old identity signed in to the agent account only, the user row stays unbound.
+    The new object id is 409 for the agent row; the admin removes it ("another person"); Entra's retry
+    made the agent row again as scim-agent-P for the new identity: an unbound row counted as the admin's
+    "same person". Only `accounts unlink` says that now."""
+    from tests.scim.conftest import Scim
+
+    hostile.reset()
+    email, old_oid = f"{unique('olivia')}@contoso.test", oid()
+    scim = multi_tenant(hostile, use_settings) if made == "legacy-rows" else \
+        Scim(switch_to(hostile, use_settings, SCIM_TOKEN=TOKEN))
+    external = old_oid if made == "legacy-rows" else f"hr-{unique()}"
+    created = scim.post("/Users", entra.create_user(email, email, external, kinds=("user", "agent")))
+    assert created.status_code == 201, created.text
+    pid = created.json()["id"]
+    rows, people = (scim.runtime.tables.client(t) for t in (ACCOUNTS_TABLE, SCIM_USERS_TABLE))
+    if made == "legacy-rows":  # as an older version left them: no object id on the rows, no MintedFor
+        for kind in ("user", "agent"):
+            row = rows.get_entity(email, kind)
+            rows.update_entity({k: v for k, v in row.items() if k != SCIM_OBJECT_ID}, mode=UpdateMode.REPLACE)
+        person = people.get_entity("P", pid)
+        people.update_entity({k: v for k, v in person.items() if k != "MintedFor"}, mode=UpdateMode.REPLACE)
+    switch_to(hostile, use_settings, SCIM_TOKEN=TOKEN)
+    old = signed_in_as(login(hostile, Person(email=email, oid=old_oid, account_id=""), "agent"), "agent")
+    assert old["sub"] == f"scim-agent-{pid}"
+    scim = multi_tenant(hostile, use_settings) if made == "legacy-rows" else \
+        Scim(switch_to(hostile, use_settings, SCIM_TOKEN=TOKEN))
+    new_oid = oid()
+    error_of(scim.patch(f"/Users/{pid}", entra.patch(external_id(new_oid))), 409, "uniqueness")
+    assert scim.runtime.accounts.remove(email, "agent")
+    assert scim.patch(f"/Users/{pid}", entra.patch(external_id(new_oid))).status_code == 204
+    assert rows.get_entity(email, "agent")["AccountId"] != f"scim-agent-{pid}"
+    switch_to(hostile, use_settings, SCIM_TOKEN=TOKEN)
+    new = signed_in_as(login(hostile, Person(email=email, oid=new_oid, account_id=""), "agent"), "agent")
+    assert new["sub"] != f"scim-agent-{pid}", "the new identity got the old identity's agent AccountId"
+
+
+def test_a_person_re_created_during_a_stopped_email_move_has_a_way_out(hostile, use_settings, monkeypatch):
+    """The move stopped after its commit (the old row says MovedTo, the copy MovedFrom). The dead old row,
+    bound to the old identity, made every retry a 409 that no unlink or remove could clear."""
+    from tests.scim.conftest import Scim
+    from tests.scim.test_stopped_move import stopped_move
+
+    hostile.reset()
+    scim = Scim(switch_to(hostile, use_settings, SCIM_TOKEN=TOKEN))
+    old, old_oid = f"{unique('p')}@contoso.test", oid()
+    created = scim.post("/Users", entra.create_user(old, old, old_oid, kinds=("user",)))
+    assert created.status_code == 201, created.text
+    user, new = created.json(), f"{unique('p')}@contoso.test"
+    stopped_move(scim, monkeypatch, user, new, "clear_moved_from")
+    retry = entra.patch(external_id(oid()))
+    error_of(scim.patch(f"/Users/{user['id']}", retry), 409, "uniqueness")
+    assert scim.runtime.accounts.unlink(new, "user"), "the admin unlinks the account login finds"
+    assert scim.patch(f"/Users/{user['id']}", retry).status_code == 204
+    found = [a for a in (scim.runtime.accounts.get(e, "user") for e in (old, new)) if a is not None]
+    assert [a.account_id for a in found] == [f"scim-user-{user['id']}"], "one account, the person's own id"
+
+
+def test_a_disable_stored_as_text_survives_the_role_going_and_coming_back(hostile, use_settings):
+    """`az storage entity merge ... Enabled=false` stores the text 'false', which counts as disabled;
+    the role dance remembered only a boolean False, so the row came back enabled."""
+    olivia = Setup(hostile, use_settings, "single")
+    rows = olivia.scim().runtime.tables.client(ACCOUNTS_TABLE)
+    rows.update_entity({"PartitionKey": olivia.email, "RowKey": "user", "Enabled": "false"}, mode=UpdateMode.MERGE)
+    assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
+    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    assert_error_page(olivia.login(olivia.old_oid), 403, olivia.app, "account_disabled")
