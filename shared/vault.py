@@ -146,6 +146,8 @@ class DerivedFromSecret(Generic[T]):
         key = (secret.version, secret.value)
         also = self._also() if self._also is not None else None
         with self._lock:
-            if self._built is None or self._built[0] != key or self._built[1] is not also:
+            # The same object, or equal (a daily re-read that changed nothing; its fields, not its text):
+            # kept. A rebuild parses the credential again (a PKCS#12 certificate) on the next login.
+            if self._built is None or self._built[0] != key or (self._built[1] is not also and self._built[1] != also):
                 self._built = (key, also, self._build(secret))
             return self._built[2]

@@ -239,10 +239,10 @@ def refusal(status: int, detail: str) -> Response:
     shows and names a correlation id (logged with `detail`, which holds nothing the client sent);
     werkzeug's plain page for an app directory without functions/http.py."""
     to_response = _app_page("to_response")
-    if to_response is None:
-        return default_exceptions[status]().get_response()
     cid = str(uuid.uuid4())
     LOG.warning("refused: %s correlation_id=%s", detail, cid)
+    if to_response is None:
+        return default_exceptions[status]().get_response()
     error = RequestTooLarge(detail) if status == 413 else InvalidRequest(detail)
     error.status = status  # http.server's 414, 431 and 505 too
     return FunctionHost.as_response(to_response(pages.error(error, cid, homes=_app_page("home_urls")())))

@@ -161,3 +161,24 @@ def test_the_health_check_reads_a_client_certificates_expiry_in_either_form(cert
     check = diagnostics.check_client_secret(runtime, settings, dt.datetime.now(dt.UTC))
     assert check.data["days_to_expiry"] == 0, check.data  # the fixture's certificate lasts a day
     assert check.warning and "expires in" in check.warning, check
+
+
+def test_the_msal_app_is_rebuilt_when_the_metadata_re_read_changed_it_not_when_it_is_the_same():
+    """MSAL keeps the endpoints it was built with: a re-read that moved one rebuilds it; the daily
+    re-read of the same document (another object, equal) does not parse the credential again."""
+    from dataclasses import replace
+
+    from shared.provider import ProviderMetadata
+    from shared.vault import DerivedFromSecret
+
+    value = SecretValue("s", None, "v1", "key vault")
+    held = type("Held", (), {"get": lambda self: value, "refresh": lambda self: value})()
+    first = ProviderMetadata("https://idp.test", "https://idp.test/a", "https://idp.test/t", "https://idp.test/k",
+                             None, frozenset({"RS256"}), False, "https://idp.test/m")
+    metadata, builds = [first], []
+    derived = DerivedFromSecret(held, lambda secret: builds.append(metadata[0]) or object(), also=lambda: metadata[0])
+    app = derived.get()
+    metadata[0] = replace(first)  # re-read, the same document
+    assert derived.get() is app and len(builds) == 1
+    metadata[0] = replace(first, token_endpoint="https://idp.test/moved")
+    assert derived.get() is not app and len(builds) == 2
