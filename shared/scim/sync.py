@@ -390,6 +390,8 @@ class AccountSync:
             fields["LinkedIdpSubject"] = desired.link
         if desired.object_id and not row.get(SCIM_OBJECT_ID):
             fields[SCIM_OBJECT_ID] = desired.object_id
+            if row.get(HANDED_OVER) is True:
+                fields[HANDED_OVER] = False  # the admin's word is spent on this identity: one hand-over each
         return fields
 
     def _commit_move(self, source, new_key: str, etag: str) -> dict:

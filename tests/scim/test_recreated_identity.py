@@ -142,7 +142,9 @@ def test_unlink_then_entras_retry_keeps_the_account_and_makes_its_ids_the_new_id
     olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
     error_of(olivia.patch(external_id(new_oid)), 409, "uniqueness")
     assert olivia.scim().runtime.accounts.unlink(olivia.email, "user")
+    assert olivia.row().get("HandedOver") is True, "the admin's word, on the row"
     assert olivia.patch(external_id(new_oid)).status_code == 204
+    assert olivia.row().get("HandedOver") is False, "spent on the identity it was given to: one hand-over each"
     assert olivia.signs_in(new_oid) == olivia.old_account
     assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
     assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
