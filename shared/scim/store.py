@@ -312,7 +312,7 @@ class TableScimStorage(ScimStorage):
     def _desired(self, scim_id: str, facts: Facts, active_changed: bool, person: Person | None) -> Desired:
         row = person.row if person is not None else {}
         minted_for = row.get("MintedFor")
-        if minted_for is None and person is not None:  # written before it was recorded: its externalId's
+        if not minted_for and person is not None:  # written before it was recorded: its externalId's
             # (its ids were minted for that, an object id or none: never for a later object id)
             minted_for = mapping.object_id_of(row.get("ExternalId") or None) or NO_OBJECT_ID
         return Desired(scim_id=scim_id, email_key=facts.email_key or None,

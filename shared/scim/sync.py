@@ -189,7 +189,7 @@ class AccountSync:
         desired = replace(desired, minted_for=self._minted_for(desired, read, wanted))
         self.minted_for = desired.minted_for
         disabled = {row["RowKey"] for kind, rows in leaving.items() for row in rows.values()
-                    if self._ours(row, desired.scim_id) and row.get("Enabled") is not True}  # 'false' too
+                    if self._ours(row, desired.scim_id) and row.get("Enabled", True) is not True}  # 'false' too
         # Entra's own word on `active` ends an admin's disable, as it does on a row that stays.
         self.held = () if desired.active_changed else tuple(k for k in KINDS if k in {*desired.held, *disabled})
         if before_writing is not None:
@@ -207,20 +207,23 @@ class AccountSync:
 
     def _minted_for(self, desired: Desired, read: list, wanted: set) -> str:
         """The object id the person's own AccountIds belong to, from the person's rows read (`read`,
-        none of them another identity's: refused before): one holding such an id names it (bound, or
-        linked by a login); one unbound that this write carries on is given to desired.object_id (the
-        admin unlinked it: the same person); else the person row's record; and a person whose ids no
-        identity holds yet mints them for the first object id it makes accounts for."""
+        none of them another identity's: refused before). Only an admin's `accounts unlink` (its
+        HandedOver mark, on a row unbound or bound to this identity since) gives them to the identity
+        this write names; else the person row's record stands (a row that this write merely binds,
+        never signed in, gives nothing: the ids may have been used by the identity they were minted
+        for); with no record (an older version's person), the identity an own row is bound or linked
+        to; and a person whose ids were never minted mints them now, for this object id or for none."""
         own = [row for row in read if row.get("AccountId") == directory_sync_account_id(desired.scim_id, row["RowKey"])]
+        if desired.object_id and any(row.get(HANDED_OVER) is True and _bound(row) in ("", desired.object_id)
+                                     for row in own):
+            return desired.object_id  # the same person, said by the admin (kept or leaving row alike)
+        if desired.minted_for:
+            return desired.minted_for
         for row in own:
             bound = _bound(row) or object_id_in(row.get("LinkedIdpSubject"))
             if bound:
                 return bound
-        if desired.object_id and any(row.get(HANDED_OVER) is True for row in own):
-            return desired.object_id  # the admin unlinked one: the same person (kept or leaving, alike)
-        # Minted now for the first time: for this object id, or for none (a non-GUID externalId), which
-        # a later object id is not.
-        return desired.minted_for or ((desired.object_id or NO_OBJECT_ID) if wanted else "")
+        return (desired.object_id or NO_OBJECT_ID) if wanted else ""
 
     # ---- the person's rows of one kind ----
     def _rows(self, keys: Sequence[str], kind: str, scim_id: str) -> dict:
@@ -390,8 +393,6 @@ class AccountSync:
             fields["LinkedIdpSubject"] = desired.link
         if desired.object_id and not row.get(SCIM_OBJECT_ID):
             fields[SCIM_OBJECT_ID] = desired.object_id
-            if row.get(HANDED_OVER) is True:
-                fields[HANDED_OVER] = False  # the admin's word is spent on this identity: one hand-over each
         return fields
 
     def _commit_move(self, source, new_key: str, etag: str) -> dict:
