@@ -506,15 +506,15 @@ class Registration:
     def rotate_token(self) -> None:
         """A new token first, the current one kept on the second line (the server accepts both), then
         Entra gets the new one and the version is marked as given: no request fails in between. When the
-        newest version is not marked (an earlier run stopped before Entra took its token), that token is
-        sent again and no other made. --retire-old drops the older line, and refuses while Entra has not
-        been given the newest."""
+        newest version is what a rotation that stopped before Entra took its token leaves (two tokens, not
+        marked), that token is sent again and no other made. --retire-old drops the older line, and
+        refuses while a stopped rotation's token is yet to reach Entra."""
         tenant_url, vault, token_name, sp, _ = self.sync_context()
         job = self.provisioning_job(sp, create=False)
         tokens, tags = self.newest_tokens(vault, token_name)
-        given = self.az.dry_run or given_to_entra(tags, job, tenant_url)
+        stopped = not self.az.dry_run and stopped_rotation(tokens, tags)
         if self.args.retire_old:
-            if not given:
+            if stopped:
                 raise AzError(f"Entra has not been given the newest token in {token_name} (a rotate-token stopped "
                               "before Entra took it), so the older one, which Entra still uses, is kept: run "
                               "rotate-token again (it sends Entra that same token and makes no other), then "
@@ -523,21 +523,22 @@ class Registration:
                 self.store_tokens(vault, token_name, tokens[:1],
                                   ("remove", f"the previous SCIM token from {token_name}"), tags=tags)
             return
-        if given:
+        if stopped:
+            print(f"note: Entra was not given the newest token in {token_name} (an earlier run stopped before Entra "
+                  "took it): sending it that one again, no new token made.")
+        else:  # the token Entra was given, one stored by hand, or one given for another job or tenant URL
             tokens = [new_scim_token(), tokens[0]]
             self.store_tokens(vault, token_name, tokens,
                               ("change", f"Key Vault secret {token_name}: a new token first, the previous one kept"))
-        else:
-            print(f"note: Entra was not given the newest token in {token_name} (an earlier run stopped before Entra "
-                  "took it): sending it that one again, no new token made.")
         try:
             self.give_entra(sp, job, vault, token_name, tenant_url, tokens[0])
         except AzError as err:
             raise AzError(f"{err} Key Vault still holds the token Entra uses (second line), so provisioning goes "
                           "on; once fixed, run rotate-token again: it sends Entra this same new token (it makes no "
                           "other), and --retire-old refuses until Entra has it.", err.stderr) from err
-        print("The previous token stays valid (second line of the secret) until `rotate-token --retire-old` or the "
-              "next rotation.")
+        if len(tokens) > 1:
+            print("The previous token stays valid (second line of the secret) until `rotate-token --retire-old` or "
+                  "the next rotation.")
 
     def jobs_uri(self, sp: dict) -> str:
         return f"{GRAPH}/servicePrincipals/{sp['id']}/synchronization/jobs"
@@ -592,6 +593,14 @@ class Registration:
 def given_to_entra(tags: dict | None, job: dict, tenant_url: str) -> bool:
     """Whether a token version's tags say Entra took its first token for this job and tenant URL."""
     return ((tags or {}).get(SYNCED_TAGS[0]), (tags or {}).get(SYNCED_TAGS[1])) == (job["id"], tenant_url)
+
+
+def stopped_rotation(tokens: list[str], tags: dict | None) -> bool:
+    """Whether the newest version is what a rotate-token that stopped before Entra took its new token
+    wrote: two tokens (new, and the one Entra uses) with no mark of being given. One token unmarked was
+    stored by hand or by a provisioning that stopped; marked for another job or tenant URL, Entra was
+    given its first token: rotating those makes a new token."""
+    return len(tokens) == 2 and not any((tags or {}).get(tag) for tag in SYNCED_TAGS)
 
 
 def comparable(items: list | None) -> str:

@@ -617,6 +617,49 @@ def test_two_failed_rotations_then_a_good_one_leave_entra_a_token_the_secret_hol
         "a normal rotation again: a new token, made this time"
 
 
+def untag_newest_token(azure: FakeAzure) -> None:
+    """The newest scim-token version without tags, as README's by-hand setup stores it."""
+    state = azure.state
+    state["secrets"][f"{N['vault']}/scim-token"][-1]["tags"] = {}
+    azure.state = state
+
+
+def assert_rotated(azure: FakeAzure, result, old: str, tenant_url: str) -> None:
+    """A real rotation: a new token first, `old` kept second, Entra given the new one for `tenant_url`
+    and the version tagged so."""
+    assert result.code == 0, result.err
+    assert "no new token made" not in result.out, result.out
+    new, kept = newest_lines(azure)
+    assert kept == old and new != old and len(new) >= 32, "a new token first, the old one still accepted"
+    sync = azure.state["sync"][f"sp-{settings(azure)['OIDC_CLIENT_ID']}"]["secrets"]
+    assert sync == {"BaseAddress": tenant_url, "SecretToken": new}, "Entra has the new token"
+    assert azure.state["secrets"][f"{N['vault']}/scim-token"][-1]["tags"]["entraTenantUrl"] == tenant_url
+    assert "second line of the secret" in result.out
+    assert new not in result.out + result.err + json.dumps(azure.all_calls)
+
+
+def test_rotate_token_makes_a_new_token_when_the_newest_was_stored_by_hand(azure, synced):
+    """The hunt's case: a token stored by hand (README's "By hand", untagged) was taken for one a stopped
+    rotation left: rotate-token sent Entra that same token, made none, and said the rotation worked. An
+    admin rotating a leaked token kept it."""
+    untag_newest_token(azure)
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert_rotated(azure, rotated, synced, f"{BASE}/api/scim/v2")
+    retired = azure.run("register-app", *APP_ARGS, "rotate-token", "--retire-old")
+    assert retired.code == 0, retired.err
+    assert synced not in newest_lines(azure), "the leaked token is gone"
+
+
+def test_rotate_token_makes_a_new_token_after_the_tenant_url_moved(azure, synced):
+    """The hunt's other case: after --public-base-url (a custom domain) the newest version is tagged for
+    the old tenant URL; rotate-token resent the old token to the new URL and made none."""
+    custom = "https://sso.contoso.test"
+    assert azure.run("register-app", *APP_ARGS, "--public-base-url", custom).code == 0
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert_rotated(azure, rotated, synced, f"{custom}/api/scim/v2")
+    assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == [], "marked as given for the new URL"
+
+
 def test_the_consent_error_a_person_meets_names_the_fix_and_who_can_apply_it():
     hint = hint_for("AADSTS65001: The user or administrator has not consented to use the application")
     assert hint and "scripts/register-app" in hint and "Application Administrator" in hint
