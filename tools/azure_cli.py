@@ -63,11 +63,12 @@ T = TypeVar("T")
 
 
 class AzError(Exception):
-    """A step failed; the message says what to do (`stderr`: what az said, never printed whole)."""
+    """A step failed; the message says what to do (`stderr`: what az said, never printed whole; `rerun`:
+    how to run the command again to carry on, when a plain rerun would not)."""
 
-    def __init__(self, message: str, stderr: str = ""):
+    def __init__(self, message: str, stderr: str = "", *, rerun: str | None = None):
         super().__init__(message)
-        self.stderr = stderr
+        self.stderr, self.rerun = stderr, rerun
 
 
 def says(text: str, markers) -> bool:
@@ -284,8 +285,8 @@ def secret_file(value: str) -> Iterator[str]:
 def fail(err: AzError, az: Az) -> int:
     print(f"error: {err}", file=sys.stderr)
     if az.changes and az.writes:
-        print("Already done before the failure (run the command again once fixed: it carries on from "
-              "here):\n" + "\n".join(f"  - {verb} {what}" for verb, what in az.changes), file=sys.stderr)
+        print(f"Already done before the failure (once fixed, {err.rerun or 'run the command again'}: it carries on "
+              "from here):\n" + "\n".join(f"  - {verb} {what}" for verb, what in az.changes), file=sys.stderr)
     else:
         print("Nothing was created or changed.", file=sys.stderr)
     return 1

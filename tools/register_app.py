@@ -21,7 +21,8 @@ Administrator or Application Administrator: without it the run says what to ask 
 service principal with user assignment required; a client secret with an end date, appended (never
 replacing other secrets), written straight into Key Vault and never printed, logged or put on a
 command line. Then the function app gets OIDC_CLIENT_ID and OIDC_ISSUER_URL (a new registration's as soon
-as it is made, so a rerun after a failure finds it again), and PUBLIC_BASE_URL from
+as it is made, so a rerun after a failure finds it again; if that write fails, the error names the
+--app-id that adopts it), and PUBLIC_BASE_URL from
 --public-base-url (so it builds the redirect URIs registered), and its identity may
 read the secret (Key Vault Secrets User on that secret alone). Idempotent; --dry-run (anywhere on the
 command line) prints every az command and runs none.
@@ -237,7 +238,13 @@ class Registration:
             # finds this registration rather than making another. The app had no working registration
             # before (none recorded, or a deleted one), so it loses nothing while its secret is yet to come.
             made = {"OIDC_CLIENT_ID": app["appId"], "OIDC_ISSUER_URL": issuer_url(tenant)}
-            update_app_settings(self.az, self.app, self.rg, made, current)
+            try:
+                update_app_settings(self.az, self.app, self.rg, made, current)
+            except AzError as err:  # then nothing records it: only --app-id finds it again
+                rerun = f"run the same command with --app-id {app['appId']} added"
+                raise AzError(f"{err} The app registration just made (application id {app['appId']}) is not "
+                              f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
+                              "adopts it.", err.stderr, rerun=rerun) from err
             current = {**current, **made}
         else:
             self.bring_up_to_date(app, uris)

@@ -269,6 +269,25 @@ def test_a_register_app_stopped_at_key_vault_is_finished_by_the_rerun_with_one_r
     assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
 
 
+def test_a_registration_made_but_not_recorded_is_named_with_the_rerun_that_adopts_it(azure):
+    """The hunt's case: the OIDC_CLIENT_ID write right after `ad app create` failed (an ARM 5xx, a lost
+    answer), leaving a registration nothing remembers, while the message said a plain rerun carries on:
+    it made a second registration."""
+    azure.state = {**azure.state, "refuse": {"--settings OIDC_CLIENT_ID": "(InternalServerError) An unexpected "
+                                                                          "error occurred."}}
+    failed = azure.run("register-app", *APP_ARGS)
+    assert failed.code != 0
+    (app_id,) = azure.state["apps"]
+    assert "OIDC_CLIENT_ID" not in settings(azure)
+    assert f"--app-id {app_id}" in failed.err and "makes another" in failed.err, failed.err
+    assert "once fixed, run the command again" not in failed.err, "a plain rerun does not carry on"
+    azure.state = {**azure.state, "refuse": {}}
+    rerun = azure.run("register-app", *APP_ARGS, "--app-id", app_id)
+    assert rerun.code == 0, rerun.err
+    assert list(azure.state["apps"]) == [app_id] and settings(azure)["OIDC_CLIENT_ID"] == app_id, "adopted, no other"
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
+
+
 def secret_versions(azure: FakeAzure, name: str = "oidc-client-secret") -> list[dict]:
     return azure.state["secrets"][f"{N['vault']}/{name}"]
 
