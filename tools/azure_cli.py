@@ -217,6 +217,14 @@ def app_settings(az: Az, app: str, rg: str) -> dict[str, str]:
                                                        "--name", app, "--resource-group", rg) or []}
 
 
+def site_field(site: dict | None, key: str):
+    """A field of the function app as `functionapp show` gives it: for a Flex Consumption app az 2.91 answers
+    its raw ARM JSON (show_functionapp), the field under `properties`; other apps, and older az, get the
+    SDK's model flattened, the field at the top level."""
+    properties = (site or {}).get("properties")
+    return properties.get(key) if isinstance(properties, dict) and key in properties else (site or {}).get(key)
+
+
 def secret_name(settings: dict[str, str], setting: str, default: str) -> str:
     """The Key Vault secret the app reads: its `setting` (e.g. OIDC_CLIENT_SECRET_NAME), else `default`. A
     name Key Vault refuses (most often the secret's value pasted in its place) stops the run, unquoted."""
