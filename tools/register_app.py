@@ -53,6 +53,7 @@ from .azure_cli import (
     says,
     secret_file,
     secret_name,
+    site_field,
     update_app_settings,
 )
 
@@ -168,9 +169,8 @@ class Registration:
         settings = app_settings(self.az, self.app, self.rg)
         base = self.args.public_base_url or settings.get("PUBLIC_BASE_URL")
         if not base:
-            host = self.az.read("functionapp", "show", "--name", self.app, "--resource-group", self.rg,
-                                "--query", "defaultHostName")
-            base = f"https://{host or self.app + '.azurewebsites.net'}"
+            site = self.az.read("functionapp", "show", "--name", self.app, "--resource-group", self.rg)
+            base = f"https://{site_field(site, 'defaultHostName') or self.app + '.azurewebsites.net'}"
         vault_url = settings.get("KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
         self.secret_name = secret_name(settings, "OIDC_CLIENT_SECRET_NAME", SECRET_NAME)
         return base.rstrip("/"), host_label(vault_url), settings

@@ -137,6 +137,21 @@ def test_a_public_base_url_reaches_the_app_too_and_a_later_deploy_keeps_it(azure
     assert azure.run("register-app", *APP_ARGS).mutations == [], "and the next run finds it all as it should be"
 
 
+def test_without_a_public_base_url_the_redirect_uris_use_the_apps_real_host_name(azure):
+    """The review's case: `functionapp show --query defaultHostName` reads the top level, null in az 2.91's
+    raw ARM answer for a Flex app, so register-app fell back to APP.azurewebsites.net, wrong for a Flex app
+    with a unique default host name (AADSTS50011 at every sign-in)."""
+    unique = "contoso-sso-b7dcb3f4a9e2c1d0.westeurope-01.azurewebsites.net"
+    state = azure.state
+    state["sites"]["contoso-sso"]["defaultHostName"] = unique
+    del state["sites"]["contoso-sso"]["settings"]["PUBLIC_BASE_URL"]  # an older deploy's app, or removed by hand
+    azure.state = state
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code == 0, result.err
+    registered = azure.state["apps"][settings(azure)["OIDC_CLIENT_ID"]]["web"]["redirectUris"]
+    assert sorted(registered) == sorted(uri.replace(BASE, f"https://{unique}") for uri in OURS), registered
+
+
 def test_rotation_works_whatever_other_apps_are_named(azure):
     """Two apps of our name used to stop rotate-secret ("2 app registrations are named ...")."""
     assert azure.run("register-app", *APP_ARGS).code == 0
