@@ -63,11 +63,12 @@ T = TypeVar("T")
 
 
 class AzError(Exception):
-    """A step failed; the message says what to do (`stderr`: what az said, never printed whole)."""
+    """A step failed; the message says what to do (`stderr`: what az said, never printed whole; `rerun`:
+    how to run the command again to carry on, when a plain rerun would not)."""
 
-    def __init__(self, message: str, stderr: str = ""):
+    def __init__(self, message: str, stderr: str = "", *, rerun: str | None = None):
         super().__init__(message)
-        self.stderr = stderr
+        self.stderr, self.rerun = stderr, rerun
 
 
 def says(text: str, markers) -> bool:
@@ -216,6 +217,14 @@ def app_settings(az: Az, app: str, rg: str) -> dict[str, str]:
                                                        "--name", app, "--resource-group", rg) or []}
 
 
+def site_field(site: dict | None, key: str):
+    """A field of the function app as `functionapp show` gives it: for a Flex Consumption app az 2.91 answers
+    its raw ARM JSON (show_functionapp), the field under `properties`; other apps, and older az, get the
+    SDK's model flattened, the field at the top level."""
+    properties = (site or {}).get("properties")
+    return properties.get(key) if isinstance(properties, dict) and key in properties else (site or {}).get(key)
+
+
 def secret_name(settings: dict[str, str], setting: str, default: str) -> str:
     """The Key Vault secret the app reads: its `setting` (e.g. OIDC_CLIENT_SECRET_NAME), else `default`. A
     name Key Vault refuses (most often the secret's value pasted in its place) stops the run, unquoted."""
@@ -284,8 +293,8 @@ def secret_file(value: str) -> Iterator[str]:
 def fail(err: AzError, az: Az) -> int:
     print(f"error: {err}", file=sys.stderr)
     if az.changes and az.writes:
-        print("Already done before the failure (run the command again once fixed: it carries on from "
-              "here):\n" + "\n".join(f"  - {verb} {what}" for verb, what in az.changes), file=sys.stderr)
+        print(f"Already done before the failure (once fixed, {err.rerun or 'run the command again'}: it carries on "
+              "from here):\n" + "\n".join(f"  - {verb} {what}" for verb, what in az.changes), file=sys.stderr)
     else:
         print("Nothing was created or changed.", file=sys.stderr)
     return 1

@@ -42,6 +42,7 @@ from .azure_cli import (
     revoke,
     secret_file,
     secret_name,
+    site_field,
     update_app_settings,
 )
 from .package import PackageError, build_package
@@ -144,7 +145,12 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     current = app_settings(az, app, rg) if site is not None else None
     recorded = recorded_names(current or {})
     running = python_of(site)
-    python = args.python or running or NEW_APP_PYTHON  # a rerun without --python never moves the app
+    # a rerun without --python never moves the app; one whose version cannot be read (an az answering in
+    # a shape not known here) is left as it is, its package built for what the last deploy recorded
+    python = args.python or running or (current or {}).get(PACKAGE_PYTHON) or NEW_APP_PYTHON
+    if site is not None and running is None and not args.python:
+        print(f"warning: the Python version of the function app {app} could not be read (functionapp show gives no "
+              "functionAppConfig.runtime), so it is left as it is: give --python to set it.", file=sys.stderr)
     n = resource_names(args, recorded)
     check_kept(az, args, recorded, n)
     key_name = secret_name(current or {}, "SESSION_SIGNING_KEY_NAME", SIGNING_KEY_NAME)  # the one the app reads
@@ -309,9 +315,10 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     # 9. the Python asked for, then the package: deployed when it changed or was built for another Python (the
     # remote build installs the requirements' wheels for the runtime's version). Both are recorded after the
     # upload, so a run that moved the runtime but failed to upload builds it again next time.
-    if not new_app and python != running:
+    if not new_app and args.python not in (None, running):
         az.write("functionapp", "runtime", "config", "set", "--name", app, "--resource-group", rg,
-                 "--runtime-version", python, change=("change", f"function app {app}: Python {running} to {python}"))
+                 "--runtime-version", python,
+                 change=("change", f"function app {app}: Python {running or '(unknown)'} to {python}"))
     if current.get(PACKAGE_SETTING) != digest or current.get(PACKAGE_PYTHON) != python:
         az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
                  "--src", str(package), "--build-remote", "true",
@@ -320,12 +327,6 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
                  "--settings", f"{PACKAGE_SETTING}={digest}", f"{PACKAGE_PYTHON}={python}", change=None)
     return {"base": base, "subscription": account.get("id", ""), "audience": audience,
             "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
-
-
-def site_field(site: dict | None, key: str):
-    """A field of the function app as `functionapp show` gives it: for a Flex Consumption app its raw ARM JSON
-    (azure-cli's show_functionapp), not the flattened model other apps get, so under `properties`."""
-    return ((site or {}).get("properties") or {}).get(key)
 
 
 def python_of(site: dict | None) -> str | None:

@@ -21,7 +21,8 @@ Administrator or Application Administrator: without it the run says what to ask 
 service principal with user assignment required; a client secret with an end date, appended (never
 replacing other secrets), written straight into Key Vault and never printed, logged or put on a
 command line. Then the function app gets OIDC_CLIENT_ID and OIDC_ISSUER_URL (a new registration's as soon
-as it is made, so a rerun after a failure finds it again), and PUBLIC_BASE_URL from
+as it is made, so a rerun after a failure finds it again; if that write fails, the error names the
+--app-id that adopts it), and PUBLIC_BASE_URL from
 --public-base-url (so it builds the redirect URIs registered), and its identity may
 read the secret (Key Vault Secrets User on that secret alone). Idempotent; --dry-run (anywhere on the
 command line) prints every az command and runs none.
@@ -52,6 +53,7 @@ from .azure_cli import (
     says,
     secret_file,
     secret_name,
+    site_field,
     update_app_settings,
 )
 
@@ -167,9 +169,8 @@ class Registration:
         settings = app_settings(self.az, self.app, self.rg)
         base = self.args.public_base_url or settings.get("PUBLIC_BASE_URL")
         if not base:
-            host = self.az.read("functionapp", "show", "--name", self.app, "--resource-group", self.rg,
-                                "--query", "defaultHostName")
-            base = f"https://{host or self.app + '.azurewebsites.net'}"
+            site = self.az.read("functionapp", "show", "--name", self.app, "--resource-group", self.rg)
+            base = f"https://{site_field(site, 'defaultHostName') or self.app + '.azurewebsites.net'}"
         vault_url = settings.get("KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
         self.secret_name = secret_name(settings, "OIDC_CLIENT_SECRET_NAME", SECRET_NAME)
         return base.rstrip("/"), host_label(vault_url), settings
@@ -237,7 +238,13 @@ class Registration:
             # finds this registration rather than making another. The app had no working registration
             # before (none recorded, or a deleted one), so it loses nothing while its secret is yet to come.
             made = {"OIDC_CLIENT_ID": app["appId"], "OIDC_ISSUER_URL": issuer_url(tenant)}
-            update_app_settings(self.az, self.app, self.rg, made, current)
+            try:
+                update_app_settings(self.az, self.app, self.rg, made, current)
+            except AzError as err:  # then nothing records it: only --app-id finds it again
+                rerun = f"run the same command with --app-id {app['appId']} added"
+                raise AzError(f"{err} The app registration just made (application id {app['appId']}) is not "
+                              f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
+                              "adopts it.", err.stderr, rerun=rerun) from err
             current = {**current, **made}
         else:
             self.bring_up_to_date(app, uris)
@@ -506,15 +513,15 @@ class Registration:
     def rotate_token(self) -> None:
         """A new token first, the current one kept on the second line (the server accepts both), then
         Entra gets the new one and the version is marked as given: no request fails in between. When the
-        newest version is not marked (an earlier run stopped before Entra took its token), that token is
-        sent again and no other made. --retire-old drops the older line, and refuses while Entra has not
-        been given the newest."""
+        newest version is what a rotation that stopped before Entra took its token leaves (two tokens, not
+        marked), that token is sent again and no other made. --retire-old drops the older line, and
+        refuses while a stopped rotation's token is yet to reach Entra."""
         tenant_url, vault, token_name, sp, _ = self.sync_context()
         job = self.provisioning_job(sp, create=False)
         tokens, tags = self.newest_tokens(vault, token_name)
-        given = self.az.dry_run or given_to_entra(tags, job, tenant_url)
+        stopped = not self.az.dry_run and stopped_rotation(tokens, tags)
         if self.args.retire_old:
-            if not given:
+            if stopped:
                 raise AzError(f"Entra has not been given the newest token in {token_name} (a rotate-token stopped "
                               "before Entra took it), so the older one, which Entra still uses, is kept: run "
                               "rotate-token again (it sends Entra that same token and makes no other), then "
@@ -523,21 +530,22 @@ class Registration:
                 self.store_tokens(vault, token_name, tokens[:1],
                                   ("remove", f"the previous SCIM token from {token_name}"), tags=tags)
             return
-        if given:
+        if stopped:
+            print(f"note: Entra was not given the newest token in {token_name} (an earlier run stopped before Entra "
+                  "took it): sending it that one again, no new token made.")
+        else:  # the token Entra was given, one stored by hand, or one given for another job or tenant URL
             tokens = [new_scim_token(), tokens[0]]
             self.store_tokens(vault, token_name, tokens,
                               ("change", f"Key Vault secret {token_name}: a new token first, the previous one kept"))
-        else:
-            print(f"note: Entra was not given the newest token in {token_name} (an earlier run stopped before Entra "
-                  "took it): sending it that one again, no new token made.")
         try:
             self.give_entra(sp, job, vault, token_name, tenant_url, tokens[0])
         except AzError as err:
             raise AzError(f"{err} Key Vault still holds the token Entra uses (second line), so provisioning goes "
                           "on; once fixed, run rotate-token again: it sends Entra this same new token (it makes no "
                           "other), and --retire-old refuses until Entra has it.", err.stderr) from err
-        print("The previous token stays valid (second line of the secret) until `rotate-token --retire-old` or the "
-              "next rotation.")
+        if len(tokens) > 1:
+            print("The previous token stays valid (second line of the secret) until `rotate-token --retire-old` or "
+                  "the next rotation.")
 
     def jobs_uri(self, sp: dict) -> str:
         return f"{GRAPH}/servicePrincipals/{sp['id']}/synchronization/jobs"
@@ -592,6 +600,14 @@ class Registration:
 def given_to_entra(tags: dict | None, job: dict, tenant_url: str) -> bool:
     """Whether a token version's tags say Entra took its first token for this job and tenant URL."""
     return ((tags or {}).get(SYNCED_TAGS[0]), (tags or {}).get(SYNCED_TAGS[1])) == (job["id"], tenant_url)
+
+
+def stopped_rotation(tokens: list[str], tags: dict | None) -> bool:
+    """Whether the newest version is what a rotate-token that stopped before Entra took its new token
+    wrote: two tokens (new, and the one Entra uses) with no mark of being given. One token unmarked was
+    stored by hand or by a provisioning that stopped; marked for another job or tenant URL, Entra was
+    given its first token: rotating those makes a new token."""
+    return len(tokens) == 2 and not any((tags or {}).get(tag) for tag in SYNCED_TAGS)
 
 
 def comparable(items: list | None) -> str:

@@ -300,7 +300,8 @@ def handle(args: list[str], state: dict, file_content: str | None):
         state.setdefault("workspaces", {})[ws] = {"id": f"{SUB}/resourceGroups/{rg}/workspaces/{ws}"}
         return state["workspaces"][ws]
     if words.startswith("functionapp show"):
-        return arm_site(resource(state, "sites", name))
+        return {"arm": arm_site, "flat": flat_site, "flat-no-runtime": flat_site_without_runtime}[
+            state.get("site_answer", "arm")](resource(state, "sites", name))
     if words.startswith("functionapp create"):
         if name in state.get("taken_names", []):
             raise_taken(name)
@@ -421,6 +422,17 @@ def arm_site(site: dict) -> dict:
             "kind": "functionapp,linux", "identity": site["identity"],
             "properties": {"defaultHostName": site["defaultHostName"], "httpsOnly": site["httpsOnly"],
                            "sku": "FlexConsumption", **site["properties"]}}
+
+
+def flat_site(site: dict) -> dict:
+    """What an older az answers (state["site_answer"] = "flat"): the SDK's Site model flattened, the site's
+    fields at the top level, no `properties`."""
+    return {k: v for k, v in arm_site(site).items() if k != "properties"} | arm_site(site)["properties"]
+
+
+def flat_site_without_runtime(site: dict) -> dict:
+    """"flat-no-runtime": flattened by an SDK that predates functionAppConfig, so the runtime is not there."""
+    return {k: v for k, v in flat_site(site).items() if k != "functionAppConfig"}
 
 
 def flex_create(state: dict, args: list[str], rg: str, name: str) -> None:

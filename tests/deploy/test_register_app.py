@@ -137,6 +137,21 @@ def test_a_public_base_url_reaches_the_app_too_and_a_later_deploy_keeps_it(azure
     assert azure.run("register-app", *APP_ARGS).mutations == [], "and the next run finds it all as it should be"
 
 
+def test_without_a_public_base_url_the_redirect_uris_use_the_apps_real_host_name(azure):
+    """The review's case: `functionapp show --query defaultHostName` reads the top level, null in az 2.91's
+    raw ARM answer for a Flex app, so register-app fell back to APP.azurewebsites.net, wrong for a Flex app
+    with a unique default host name (AADSTS50011 at every sign-in)."""
+    unique = "contoso-sso-b7dcb3f4a9e2c1d0.westeurope-01.azurewebsites.net"
+    state = azure.state
+    state["sites"]["contoso-sso"]["defaultHostName"] = unique
+    del state["sites"]["contoso-sso"]["settings"]["PUBLIC_BASE_URL"]  # an older deploy's app, or removed by hand
+    azure.state = state
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code == 0, result.err
+    registered = azure.state["apps"][settings(azure)["OIDC_CLIENT_ID"]]["web"]["redirectUris"]
+    assert sorted(registered) == sorted(uri.replace(BASE, f"https://{unique}") for uri in OURS), registered
+
+
 def test_rotation_works_whatever_other_apps_are_named(azure):
     """Two apps of our name used to stop rotate-secret ("2 app registrations are named ...")."""
     assert azure.run("register-app", *APP_ARGS).code == 0
@@ -266,6 +281,25 @@ def test_a_register_app_stopped_at_key_vault_is_finished_by_the_rerun_with_one_r
     assert list(azure.state["sps"]) == [app["appId"]] and len(azure.state["permission_grants"]) == 1
     (credential,) = app["credentials"]
     assert secret_versions(azure)[-1]["tags"]["entraKeyId"] == credential["keyId"], "Key Vault holds that secret"
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
+
+
+def test_a_registration_made_but_not_recorded_is_named_with_the_rerun_that_adopts_it(azure):
+    """The hunt's case: the OIDC_CLIENT_ID write right after `ad app create` failed (an ARM 5xx, a lost
+    answer), leaving a registration nothing remembers, while the message said a plain rerun carries on:
+    it made a second registration."""
+    azure.state = {**azure.state, "refuse": {"--settings OIDC_CLIENT_ID": "(InternalServerError) An unexpected "
+                                                                          "error occurred."}}
+    failed = azure.run("register-app", *APP_ARGS)
+    assert failed.code != 0
+    (app_id,) = azure.state["apps"]
+    assert "OIDC_CLIENT_ID" not in settings(azure)
+    assert f"--app-id {app_id}" in failed.err and "makes another" in failed.err, failed.err
+    assert "once fixed, run the command again" not in failed.err, "a plain rerun does not carry on"
+    azure.state = {**azure.state, "refuse": {}}
+    rerun = azure.run("register-app", *APP_ARGS, "--app-id", app_id)
+    assert rerun.code == 0, rerun.err
+    assert list(azure.state["apps"]) == [app_id] and settings(azure)["OIDC_CLIENT_ID"] == app_id, "adopted, no other"
     assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
 
 
@@ -615,6 +649,49 @@ def test_two_failed_rotations_then_a_good_one_leave_entra_a_token_the_secret_hol
     later = azure.run("register-app", *APP_ARGS, "rotate-token")
     assert later.code == 0 and newest_lines(azure)[1] == minted and entras_token(azure) == newest_lines(azure)[0], \
         "a normal rotation again: a new token, made this time"
+
+
+def untag_newest_token(azure: FakeAzure) -> None:
+    """The newest scim-token version without tags, as README's by-hand setup stores it."""
+    state = azure.state
+    state["secrets"][f"{N['vault']}/scim-token"][-1]["tags"] = {}
+    azure.state = state
+
+
+def assert_rotated(azure: FakeAzure, result, old: str, tenant_url: str) -> None:
+    """A real rotation: a new token first, `old` kept second, Entra given the new one for `tenant_url`
+    and the version tagged so."""
+    assert result.code == 0, result.err
+    assert "no new token made" not in result.out, result.out
+    new, kept = newest_lines(azure)
+    assert kept == old and new != old and len(new) >= 32, "a new token first, the old one still accepted"
+    sync = azure.state["sync"][f"sp-{settings(azure)['OIDC_CLIENT_ID']}"]["secrets"]
+    assert sync == {"BaseAddress": tenant_url, "SecretToken": new}, "Entra has the new token"
+    assert azure.state["secrets"][f"{N['vault']}/scim-token"][-1]["tags"]["entraTenantUrl"] == tenant_url
+    assert "second line of the secret" in result.out
+    assert new not in result.out + result.err + json.dumps(azure.all_calls)
+
+
+def test_rotate_token_makes_a_new_token_when_the_newest_was_stored_by_hand(azure, synced):
+    """The hunt's case: a token stored by hand (README's "By hand", untagged) was taken for one a stopped
+    rotation left: rotate-token sent Entra that same token, made none, and said the rotation worked. An
+    admin rotating a leaked token kept it."""
+    untag_newest_token(azure)
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert_rotated(azure, rotated, synced, f"{BASE}/api/scim/v2")
+    retired = azure.run("register-app", *APP_ARGS, "rotate-token", "--retire-old")
+    assert retired.code == 0, retired.err
+    assert synced not in newest_lines(azure), "the leaked token is gone"
+
+
+def test_rotate_token_makes_a_new_token_after_the_tenant_url_moved(azure, synced):
+    """The hunt's other case: after --public-base-url (a custom domain) the newest version is tagged for
+    the old tenant URL; rotate-token resent the old token to the new URL and made none."""
+    custom = "https://sso.contoso.test"
+    assert azure.run("register-app", *APP_ARGS, "--public-base-url", custom).code == 0
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-token")
+    assert_rotated(azure, rotated, synced, f"{custom}/api/scim/v2")
+    assert azure.run("register-app", *APP_ARGS, "provisioning").mutations == [], "marked as given for the new URL"
 
 
 def test_the_consent_error_a_person_meets_names_the_fix_and_who_can_apply_it():

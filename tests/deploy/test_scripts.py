@@ -221,6 +221,32 @@ def test_a_new_app_gets_the_python_asked_for(azure):
     assert python_of(azure) == "3.11" and azure.state["builds"] == ["3.11"]
 
 
+def test_a_flattened_functionapp_show_answer_is_read_too(azure):
+    """The review's case: only `properties` (az 2.91's raw ARM answer for a Flex app) was read, so with an
+    older az's flattened answer the runtime was unknown, and every rerun without --python moved the app to
+    3.12 (and rebuilt it) and rewrote httpsOnly."""
+    assert azure.run("deploy", *DEPLOY_ARGS, "--python", "3.11").code == 0
+    azure.state = {**azure.state, "site_answer": "flat"}
+    again = azure.run("deploy", *DEPLOY_ARGS)
+    assert again.code == 0 and again.mutations == [], again.mutations
+    assert python_of(azure) == "3.11" and azure.state["builds"] == ["3.11"]
+    moved = azure.run("deploy", *DEPLOY_ARGS, "--python", "3.13")
+    assert moved.code == 0 and "Python 3.11 to 3.13" in moved.out, moved.out
+    assert python_of(azure) == "3.13" and azure.state["builds"] == ["3.11", "3.13"]
+
+
+def test_an_app_whose_python_cannot_be_read_keeps_it_unless_python_is_given(azure):
+    assert azure.run("deploy", *DEPLOY_ARGS, "--python", "3.11").code == 0
+    azure.state = {**azure.state, "site_answer": "flat-no-runtime"}
+    again = azure.run("deploy", *DEPLOY_ARGS)
+    assert again.code == 0 and again.mutations == [], again.mutations
+    assert "could not be read" in again.err and "--python" in again.err, again.err
+    assert python_of(azure) == "3.11" and azure.state["builds"] == ["3.11"], "left as it is, not built again"
+    moved = azure.run("deploy", *DEPLOY_ARGS, "--python", "3.13")
+    assert moved.code == 0, moved.err
+    assert python_of(azure) == "3.13" and azure.state["builds"] == ["3.11", "3.13"], "--python still moves it"
+
+
 CUSTOM_NAMES = ["--key-vault", "contoso-secrets", "--storage-account", "contosodata"]
 
 
