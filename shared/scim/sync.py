@@ -41,6 +41,12 @@ def _bound(row) -> str:
     return str(row.get(SCIM_OBJECT_ID) or "").lower()
 
 
+def _identity(row) -> str:
+    """The Entra object id a row belongs to: the one it was provisioned for, else (a row made before that
+    was written, or unlinked by an admin and linked by a login since) the one a login linked it to."""
+    return _bound(row) or object_id_in(row.get("LinkedIdpSubject"))
+
+
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
 MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
 # What a row made for no object id (externalId not a GUID) is minted for, once the person's own ids
@@ -54,6 +60,7 @@ class _Plan:
     kind: str
     rows: dict  # key -> row or None, as read
     ours: list  # the keys of the person's rows among them
+    found: dict  # of those, the rows login finds (_found): what is checked for another identity
     step: str  # adopt, in_place, move, replace (a gone person's leftover) or create
     source: object  # the row that carries on (adopted, in place, or moved), or None
 
@@ -156,11 +163,9 @@ class AccountSync:
 
     @staticmethod
     def _foreign(row, desired: Desired) -> bool:
-        """A row of the person's that is another Entra identity's than externalId now names: the one it
-        was provisioned for (SCIM_OBJECT_ID) or, on a row without that (made before it was written, or
-        unlinked by an admin and linked by a login since), the one a login linked it to."""
+        """A row of the person's that is another Entra identity's (_identity) than externalId now names."""
         linked = row.get("LinkedIdpSubject") or ""
-        bound = _bound(row) or object_id_in(linked)
+        bound = _identity(row)
         return bool(desired.object_id and bound and bound != desired.object_id) or \
             bool(desired.link and linked and linked != desired.link)
 
@@ -184,8 +189,9 @@ class AccountSync:
                    if kind not in wanted and not created}  # a new person owns no row yet
         for rows in leaving.values():
             self._refuse_foreign(desired, self._found(rows, desired.scim_id))
-        read = [row for rows in (*(p.rows for p in plans.values()), *leaving.values())
-                for row in self._found(rows, desired.scim_id).values()]
+        read = [row for found in (*(p.found for p in plans.values()),
+                                  *(self._found(rows, desired.scim_id) for rows in leaving.values()))
+                for row in found.values()]
         desired = replace(desired, minted_for=self._minted_for(desired, read, wanted))
         self.minted_for = desired.minted_for
         disabled = {row["RowKey"] for kind, rows in leaving.items() for row in rows.values()
@@ -219,11 +225,8 @@ class AccountSync:
             return desired.object_id  # the same person, said by the admin (kept or leaving row alike)
         if desired.minted_for:
             return desired.minted_for
-        for row in own:
-            bound = _bound(row) or object_id_in(row.get("LinkedIdpSubject"))
-            if bound:
-                return bound
-        return (desired.object_id or NO_OBJECT_ID) if wanted else ""
+        return next((bound for bound in map(_identity, own) if bound), None) or \
+            ((desired.object_id or NO_OBJECT_ID) if wanted else "")
 
     # ---- the person's rows of one kind ----
     def _rows(self, keys: Sequence[str], kind: str, scim_id: str) -> dict:
@@ -293,8 +296,9 @@ class AccountSync:
             step, source = "move", rows[live[0]]
         else:
             step, source = ("replace" if leftover else "create"), None
-        self._refuse_foreign(desired, self._found(rows, desired.scim_id))
-        return _Plan(kind, rows, ours, step, source)
+        found = self._found(rows, desired.scim_id)
+        self._refuse_foreign(desired, found)
+        return _Plan(kind, rows, ours, found, step, source)
 
     def _found(self, rows: dict, scim_id: str) -> dict:
         """The person's rows among `rows` that login finds (or, when it finds none, every one of the
@@ -304,10 +308,10 @@ class AccountSync:
         live = {k: row for k, row in ours.items() if self._live(k, rows)}
         return live or ours
 
-    def _refuse_foreign(self, desired: Desired, rows: dict) -> None:
-        """Conflict for any row of the person's among `rows` that is another identity's (_foreign)."""
-        for row in rows.values():
-            if self._ours(row, desired.scim_id) and self._foreign(row, desired):
+    def _refuse_foreign(self, desired: Desired, found: dict) -> None:
+        """Conflict for any of the person's rows `found` (_found) that is another identity's (_foreign)."""
+        for row in found.values():
+            if self._foreign(row, desired):
                 email, kind = str(row.get("Email") or desired.email), row["RowKey"]
                 raise Conflict(f"the {kind} account of {email} belongs to another Entra identity than externalId "
                                "now names (linked to it, or provisioned for its object id: was the person re-created "
