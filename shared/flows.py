@@ -30,9 +30,9 @@ from .config import FLOW_TTL_SECONDS, KINDS
 from .errors import BindingMismatch, FlowExpired, InvalidParameter, UnknownState
 from .tables import delete_existed, delete_matching, storage_errors
 
+FLOW_PURGE_GRACE = timedelta(hours=1)  # how long an expired marker stays before the purge takes it
 # MSAL makes states of ~22 url-safe characters; anything else cannot be ours, and must never become a
 # table key (Table keys forbid / \ # ? and control characters).
-FLOW_PURGE_GRACE = timedelta(hours=1)  # how long an expired marker stays before the purge takes it
 STATE_SYNTAX = re.compile(r"^[A-Za-z0-9_-]{8,128}\Z")
 COOKIE_PREFIX = "__Host-portal-sso-"
 # One cookie per login in flight: a new login never overwrites another's. Beyond this many per browser

@@ -29,6 +29,7 @@ from .transport import azure_client_options
 
 log = logging.getLogger("portal_sso")
 
+
 @dataclass(frozen=True)
 class SecretValue:
     value: str
@@ -132,7 +133,7 @@ class DerivedFromSecret(Generic[T]):
     """A value built from a secret (the MSAL app, the session signer), rebuilt only when the secret
     changes: a rotation is picked up, and nothing is rebuilt on reads that find the same secret.
     `also`: something else the value is built from (the MSAL app copies the IdP's endpoints from its
-    metadata), rebuilt too when it gives another object (the metadata's daily re-read)."""
+    metadata), rebuilt too when it gives one not equal to the last (a re-read that moved an endpoint)."""
 
     def __init__(self, secret: CachedSecret, build: Callable[[SecretValue], T],
                  also: Callable[[], object] | None = None):
@@ -146,8 +147,9 @@ class DerivedFromSecret(Generic[T]):
         key = (secret.version, secret.value)
         also = self._also() if self._also is not None else None
         with self._lock:
-            # The same object, or equal (a daily re-read that changed nothing; its fields, not its text):
-            # kept. A rebuild parses the credential again (a PKCS#12 certificate) on the next login.
-            if self._built is None or self._built[0] != key or (self._built[1] is not also and self._built[1] != also):
+            # Kept for the same secret and the same or an equal `also` (a daily re-read that changed nothing:
+            # its fields, not its text; a tuple compares by identity, then equality). A rebuild parses the
+            # credential again (a PKCS#12 certificate) on the next login.
+            if self._built is None or self._built[:2] != (key, also):
                 self._built = (key, also, self._build(secret))
             return self._built[2]
