@@ -62,12 +62,15 @@ def package_files(root: Path = ROOT) -> list[str]:
     new = git_files(root, "--others", "--exclude-standard")  # not what git ignores: .venv, .devstack/, build/
     ignore_file = root / ".funcignore"
     ignored = pathspec.GitIgnoreSpec.from_lines(ignore_file.read_text().splitlines() if ignore_file.exists() else [])
-    untracked = sorted(n for n in new if not ignored.match_file(n) and (root / n).is_file())
+
+    def shipped(names: set[str]) -> list[str]:
+        return sorted(n for n in names if not ignored.match_file(n) and (root / n).is_file())
+    untracked = shipped(new)
     if untracked:
         raise PackageError(f"{len(untracked)} file(s) would ship that git does not track: {', '.join(untracked)}. "
                            "`git add` what the app needs (a module it imports), and delete or .gitignore the "
                            "rest, so that what ships is what is committed and tested")
-    files = sorted(n for n in tracked if not ignored.match_file(n) and (root / n).is_file())
+    files = shipped(tracked)
     if "function_app.py" not in files:  # a copy inside another repository that ignores it, say
         raise PackageError(f"git lists no function_app.py in {root}, so the package would hold no app: run this "
                            f"from a clone of the repository (`{CLONE}`)")
