@@ -48,9 +48,12 @@ def aadsts_codes(*texts: object) -> list[int]:
     return list(dict.fromkeys(codes))
 
 
+def hinted_code(*texts: object) -> int | None:
+    """The first AADSTS code in the texts (error descriptions, error_codes lists) that HINTS has a fix for."""
+    return next((code for code in aadsts_codes(*texts) if code in HINTS), None)
+
+
 def hint_for(*texts: object) -> str | None:
     """The fix for the first known AADSTS code in the texts (error descriptions, error_codes lists)."""
-    for code in aadsts_codes(*texts):
-        if code in HINTS:
-            return f"AADSTS{code}: {HINTS[code]}"
-    return None
+    code = hinted_code(*texts)
+    return f"AADSTS{code}: {HINTS[code]}" if code is not None else None

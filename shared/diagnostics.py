@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from . import pages
-from .aadsts import HINTS, aadsts_codes
+from .aadsts import HINTS
 from .config import (
     KINDS,
     SETTINGS_TABLE,
@@ -235,7 +235,7 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
         check.data["accepted_by_idp"] = verdict.accepted
         if verdict.accepted is False:
             codes = REASON_FIXES["client_credential_rejected"][1]
-            code = next(iter(aadsts_codes(verdict.hint or "")), None)  # a code with a hint (aadsts.HINTS)
+            code = verdict.code  # the code whose fix `hint` is
             if code is None or code in NEW_CREDENTIAL_CODES:
                 fix = (f"The IdP refuses the {what}: create a new one under Certificates & secrets and {store}."
                        + (f" {verdict.hint}" if verdict.hint else ""))

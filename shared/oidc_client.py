@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from .aadsts import hint_for
+from .aadsts import hint_for, hinted_code
 from .errors import (
     ClientCredentialRejected,
     ConfigurationError,
@@ -208,6 +208,7 @@ class CredentialCheck:
     detail: str
     at: float
     hint: str | None = None
+    code: int | None = None  # the AADSTS code `hint` is the fix of (aadsts.hinted_code)
 
 
 class OidcClient:
@@ -327,10 +328,11 @@ class OidcClient:
         if result.get("access_token"):
             return CredentialCheck(True, "the IdP issued a client-credentials token", now)
         error = f"{str(result.get('error'))[:60]} {result.get('error_codes') or ''}".strip()
-        hint = hint_for(result.get("error_codes"), result.get("error_description"))
+        said = (result.get("error_codes"), result.get("error_description"))
+        hint, code = hint_for(*said), hinted_code(*said)
         if _invalid_client(result):
-            return CredentialCheck(False, f"the IdP refuses it: {error}", now, hint)
-        return CredentialCheck(None, f"the IdP answered {error}, which does not say", now, hint)
+            return CredentialCheck(False, f"the IdP refuses it: {error}", now, hint, code)
+        return CredentialCheck(None, f"the IdP answered {error}, which does not say", now, hint, code)
 
     def logout_url(self, end_session_endpoint: str, post_logout_redirect_uri: str) -> str:
         from urllib.parse import urlencode
