@@ -22,7 +22,9 @@ log = logging.getLogger("portal_sso")
 
 # Characters Table Storage forbids in keys (and '%', our escape character). Control characters are
 # refused before escaping; they stay here so that no key can ever hold one.
-_KEY_UNSAFE = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
+_FORBIDDEN_IN_KEYS = r"/\\#?\x00-\x1f\x7f-\x9f"
+KEY_FORBIDDEN = re.compile(f"[{_FORBIDDEN_IN_KEYS}]")  # what no stored key can hold (Azurite refuses them too)
+_KEY_UNSAFE = re.compile(f"[%{_FORBIDDEN_IN_KEYS}]")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path
 # Table Storage keeps a PartitionKey or RowKey of up to 1 KiB of UTF-16: 512 code units (Azurite refuses

@@ -38,6 +38,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared.accounts import (
+    KEY_FORBIDDEN,
     KINDS,
     MOVE_ADVICE,
     AccountConflict,
@@ -507,7 +508,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def _stored_key_problem(value: str) -> str | None:
     """Why no stored row has the key (or kind) `value`, or no request can name it, before one is sent."""
     for position, c in enumerate(value, 1):
-        if c in "/\\#?" or unicodedata.category(c) == "Cc":  # Azurite refuses to store them, too
+        if KEY_FORBIDDEN.match(c):
             return f"holds '{printable(c)}' (U+{ord(c):04X}) at character {position}, which Table Storage keeps in " \
                    "no key: no row has it"
         if unicodedata.category(c) == "Cs":
