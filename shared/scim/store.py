@@ -43,7 +43,8 @@ from scim2_models import (
 from scim2_models.path.expressions import CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
 from scim2_server.storage import ScimStorage, SearchPage
 
-from ..accounts import utf16_units
+from ..accounts import directory_sync_account_id, utf16_units
+from ..config import KINDS
 from ..tables import SCIM_PERSON_PARTITION, storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
@@ -71,6 +72,22 @@ class Raced(PreconditionFailedException):
 
 def version_tag(version: int) -> str:
     return f'W/"{version}"'
+
+
+def account_ids_of(scim_id: str, row) -> dict[str, dict[str, str]]:
+    """Which AccountId each identity holds, kind by kind, as the person row records it (AccountIds,
+    sync.py Desired.account_ids). A row written before that (or unreadable) names one owner of every
+    kind's plain id: the object id they were minted for (MintedFor), else its externalId's (an object
+    id or none): never a later object id's."""
+    try:
+        recorded = json.loads(row.get("AccountIds") or "null")
+    except ValueError:
+        recorded = None
+    if isinstance(recorded, dict) and all(isinstance(ids, dict) and all(isinstance(v, str) for v in ids.values())
+                                          for ids in recorded.values()):
+        return recorded
+    owner = row.get("MintedFor") or mapping.object_id_of(row.get("ExternalId") or None) or NO_OBJECT_ID
+    return {kind: {owner: directory_sync_account_id(scim_id, kind)} for kind in KINDS}
 
 
 class Person:
@@ -311,14 +328,11 @@ class TableScimStorage(ScimStorage):
 
     def _desired(self, scim_id: str, facts: Facts, active_changed: bool, person: Person | None) -> Desired:
         row = person.row if person is not None else {}
-        minted_for = row.get("MintedFor")
-        if not minted_for and person is not None:  # written before it was recorded: its externalId's
-            # (its ids were minted for that, an object id or none: never for a later object id)
-            minted_for = mapping.object_id_of(row.get("ExternalId") or None) or NO_OBJECT_ID
         return Desired(scim_id=scim_id, email_key=facts.email_key or None,
                        email=mapping.stored_email(facts.email), kinds=facts.kinds,
                        active=facts.active, link=facts.link, display_name=facts.display_name,
-                       active_changed=active_changed, object_id=facts.object_id, minted_for=minted_for or "",
+                       active_changed=active_changed, object_id=facts.object_id,
+                       account_ids=account_ids_of(scim_id, row) if person is not None else {},
                        held=tuple((row.get("DisabledKinds") or "").split()))
 
     def _row(self, scim_id: str, user: User, facts: Facts, version: int, created: datetime) -> dict:
@@ -336,7 +350,7 @@ class TableScimStorage(ScimStorage):
     def _apply_accounts(self, scim_id: str, facts: Facts, old_keys: list[str], row: dict, created: bool = False,
                         active_changed: bool = True, before_writing=None, person: Person | None = None) -> None:
         """Makes the accounts, and puts on the person row (`row`, written after) what they leave it
-        to remember: MintedFor (sync.py Desired.minted_for) and DisabledKinds (Desired.held)."""
+        to remember: AccountIds (sync.py Desired.account_ids) and DisabledKinds (Desired.held)."""
         try:
             self._sync.apply(self._desired(scim_id, facts, active_changed, person), old_keys, created=created,
                              before_writing=before_writing)
@@ -344,7 +358,8 @@ class TableScimStorage(ScimStorage):
             raise UniquenessException(detail=str(exc)) from exc
         except Vanished as exc:
             raise Raced(detail=str(exc), keys=self._sync.written) from exc
-        row.update(MintedFor=self._sync.minted_for, DisabledKinds=" ".join(self._sync.held))
+        row.update(AccountIds=json.dumps(self._sync.account_ids, sort_keys=True, separators=(",", ":")),
+                   DisabledKinds=" ".join(self._sync.held))
 
     def create(self, resource_type: ResourceType, resource: User) -> User:
         facts = Facts(resource, self._default_kind, self._tenant)

@@ -9,8 +9,12 @@ another identity, is never taken (409), and a row of the person's own linked to 
 SCIM_OBJECT_ID) another identity than the person's GUID externalId names (Entra re-created the
 person) is never re-pointed (409), with one tenant to link in or several; every row of the person's
 at the keys read counts, of a kind still wanted or not (deleting it would let the kind's return make
-it again for the new identity). A row made for an object id other than the one the person's own
-AccountIds were minted for (Desired.minted_for) gets an AccountId of that object id's own. A row whose `ScimId`
+it again for the new identity). Which AccountId each identity holds, kind by kind, the person row
+records (Desired.account_ids): a row made for an identity gets the id that identity holds, else the
+plain `scim-{kind}-{P}` when no identity holds that, else one of the identity's own; an admin's
+`accounts unlink` (the row's HandedOver mark) gives that row's id, and that row's alone, to the
+identity the next write names; an unbound row whose id another object id holds is refused as a bound
+one is. A row whose `ScimId`
 names a person who no longer exists is a leftover: replaced by a fresh row of the new person's
 (never adopted with its AccountId or link).
 
@@ -24,8 +28,8 @@ DELETE, a disable, another email) finds that live row by login's own rule and ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -49,8 +53,8 @@ def _identity(row) -> str:
 
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
 MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
-# What a row made for no object id (externalId not a GUID) is minted for, once the person's own ids
-# are an object id's: not that identity's account (the first login by email links it).
+# Who holds the ids of rows made for no object id (externalId not a GUID) in Desired.account_ids: not
+# an object id's accounts (the first login by email links them).
 NO_OBJECT_ID = "no-object-id"
 
 
@@ -96,10 +100,10 @@ class Desired:
     # rows are provisioned for (SCIM_OBJECT_ID), so a row is never carried to another one even where
     # `link` is None (several ALLOWED_TENANT_IDS).
     object_id: str | None = None
-    # The object id the person's own AccountIds (`scim-{kind}-{SCIM id}`) were minted for, as the person
-    # row records it (store.py MintedFor; "" for none yet): a row made for another object id gets one of
-    # its own (AccountSync.minted_for).
-    minted_for: str = ""
+    # Which AccountId each identity holds, kind by kind ({kind: {object id or NO_OBJECT_ID: AccountId}}),
+    # as the person row records it (store.py AccountIds): a row made for an identity gets the one it
+    # holds (the same each time the role comes back), and never one another identity holds.
+    account_ids: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # The kinds whose row an admin had disabled (`accounts disable`) when directory sync removed it (a
     # role or the email went): made again disabled while `active` is not news (AccountSync.held).
     held: tuple[str, ...] = ()
@@ -136,9 +140,9 @@ class AccountSync:
         # that then loses the person row (Raced, 404) wrote them from a view of the person no longer
         # true, and leaves them to its retry to read, or removes the person's rows there (store.py).
         self.written: list[str] = []
-        # What the person row records once `apply` has read the rows (before its first write): the
-        # object id the person's own AccountIds are now minted for, and the kinds held disabled.
-        self.minted_for = ""
+        # What the person row records after `apply`: which AccountId each identity holds, kind by kind
+        # (Desired.account_ids, with the ids this write gave), and the kinds held disabled.
+        self.account_ids: dict[str, dict[str, str]] = {}
         self.held: tuple[str, ...] = ()
 
     # ---- reads ----
@@ -189,11 +193,11 @@ class AccountSync:
                    if kind not in wanted and not created}  # a new person owns no row yet
         for rows in leaving.values():
             self._refuse_foreign(desired, self._found(rows, desired.scim_id))
-        read = [row for found in (*(p.found for p in plans.values()),
-                                  *(self._found(rows, desired.scim_id) for rows in leaving.values()))
-                for row in found.values()]
-        desired = replace(desired, minted_for=self._minted_for(desired, read, wanted))
-        self.minted_for = desired.minted_for
+        self.account_ids = {kind: dict(ids) for kind, ids in desired.account_ids.items()}
+        for kind, rows in leaving.items():  # a kind coming back returns the account its identity had
+            for row in self._found(rows, desired.scim_id).values():
+                if self._given(row, desired):
+                    self._holds(desired, kind, row["AccountId"])
         disabled = {row["RowKey"] for kind, rows in leaving.items() for row in rows.values()
                     if self._ours(row, desired.scim_id) and row.get("Enabled", True) is not True}  # 'false' too
         # Entra's own word on `active` ends an admin's disable, as it does on a row that stays.
@@ -211,22 +215,30 @@ class AccountSync:
         for kind in KINDS:
             self._remove_rows(self._rows(keys, kind, scim_id), kind, scim_id)
 
-    def _minted_for(self, desired: Desired, read: list, wanted: set) -> str:
-        """The object id the person's own AccountIds belong to, from the person's rows read (`read`,
-        none of them another identity's: refused before). Only an admin's `accounts unlink` (its
-        HandedOver mark, on a row unbound or bound to this identity since) gives them to the identity
-        this write names; else the person row's record stands (a row that this write merely binds,
-        never signed in, gives nothing: the ids may have been used by the identity they were minted
-        for); with no record (an older version's person), the identity an own row is bound or linked
-        to; and a person whose ids were never minted mints them now, for this object id or for none."""
-        own = [row for row in read if row.get("AccountId") == directory_sync_account_id(desired.scim_id, row["RowKey"])]
-        if desired.object_id and any(row.get(HANDED_OVER) is True and _bound(row) in ("", desired.object_id)
-                                     for row in own):
-            return desired.object_id  # the same person, said by the admin (kept or leaving row alike)
-        if desired.minted_for:
-            return desired.minted_for
-        return next((bound for bound in map(_identity, own) if bound), None) or \
-            ((desired.object_id or NO_OBJECT_ID) if wanted else "")
+    def _given(self, row, desired: Desired) -> bool:
+        """Whether a row of the person's carries an AccountId the identity `desired` names holds by it:
+        the row is that identity's (bound or linked to it), or the admin unlinked it (HandedOver) and no
+        identity has taken it since."""
+        if row.get(HANDED_OVER) is True and not _identity(row):
+            return True
+        return bool(desired.object_id) and _identity(row) == desired.object_id
+
+    def _holds(self, desired: Desired, kind: str, account_id) -> None:
+        """Records that the identity `desired` names holds `account_id` for `kind`: only an id directory
+        sync mints (unique to the person), never an admin's own (adopted), which the admin may give
+        another email once the row is gone."""
+        if isinstance(account_id, str) and account_id.startswith(directory_sync_account_id(desired.scim_id, kind)):
+            self.account_ids.setdefault(kind, {})[desired.object_id or NO_OBJECT_ID] = account_id
+
+    def _held_by_another(self, row, desired: Desired) -> bool:
+        """A row of the person's bound and linked to no identity (an older version's, never signed in),
+        not handed over, whose AccountId the person row records as another object id's: binding it
+        would give that identity's id to this one."""
+        if _identity(row) or row.get(HANDED_OVER) is True:
+            return False
+        holders = {who for who, held in desired.account_ids.get(row["RowKey"], {}).items()
+                   if held == row.get("AccountId")}
+        return bool(holders - {NO_OBJECT_ID}) and (desired.object_id or NO_OBJECT_ID) not in holders
 
     # ---- the person's rows of one kind ----
     def _rows(self, keys: Sequence[str], kind: str, scim_id: str) -> dict:
@@ -311,7 +323,7 @@ class AccountSync:
     def _refuse_foreign(self, desired: Desired, found: dict) -> None:
         """Conflict for any of the person's rows `found` (_found) that is another identity's (_foreign)."""
         for row in found.values():
-            if self._foreign(row, desired):
+            if self._foreign(row, desired) or self._held_by_another(row, desired):
                 email, kind = str(row.get("Email") or desired.email), row["RowKey"]
                 raise Conflict(f"the {kind} account of {email} belongs to another Entra identity than externalId "
                                "now names (linked to it, or provisioned for its object id: was the person re-created "
@@ -339,9 +351,10 @@ class AccountSync:
         elif plan.step == "move":  # over an earlier copy or a gone person's leftover if any
             etags[plan.source["PartitionKey"]] = self._move(desired, plan.source, target)
         elif plan.step == "replace":  # as a whole: nothing of the gone person's (AccountId, link) is kept
-            self._replace(target, self._new_row(desired, kind))
+            self._replace(target, made := self._new_row(desired, kind))
         else:
-            self._table.create_entity(self._new_row(desired, kind))
+            self._table.create_entity(made := self._new_row(desired, kind))
+        self._holds(desired, kind, (plan.source if plan.source is not None else made).get("AccountId"))
         for key in plan.ours:
             if key != new_key:
                 self._delete_if_ours(key, kind, desired.scim_id, etags.get(key) or plan.rows[key].metadata["etag"])
@@ -368,14 +381,19 @@ class AccountSync:
         self._merge(copy, {"MovedFrom": ""}, etag=written["etag"])
         return committed["etag"]
 
+    def _account_id(self, desired: Desired, kind: str) -> str:
+        """The AccountId of a row made for the identity `desired` names: the one it holds, else the
+        plain `scim-{kind}-{P}` if no identity holds that, else one of its own (the same each time)."""
+        holder = desired.object_id or NO_OBJECT_ID
+        held = self.account_ids.get(kind, {})
+        plain = directory_sync_account_id(desired.scim_id, kind)
+        return held.get(holder) or (plain if plain not in held.values() else
+                                    directory_sync_account_id(desired.scim_id, kind, holder))
+
     def _new_row(self, desired: Desired, kind: str) -> dict:
-        """A row made for the person: the person's own AccountId when made for the identity those were
-        minted for, else one of this object id's own (the same each time: stable); disabled while
-        an admin's disable of the row removed before holds (`held`)."""
-        made_for = desired.object_id or NO_OBJECT_ID
-        other = "" if desired.minted_for in ("", made_for) else made_for
-        row = {"PartitionKey": desired.email_key, "RowKey": kind,
-               "AccountId": directory_sync_account_id(desired.scim_id, kind, other),
+        """A row made for the person (_account_id), disabled while an admin's disable of the row
+        removed before holds (`held`)."""
+        row = {"PartitionKey": desired.email_key, "RowKey": kind, "AccountId": self._account_id(desired, kind),
                **self._fields(desired, joining=True)}
         if kind in self.held:
             row["Enabled"] = False
