@@ -54,6 +54,8 @@ def _checked_key(key: str, attribute: str) -> str:
     problem = accounts.key_problem(key)
     if problem:
         raise MappingError(f"{attribute}: {problem}")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in key):  # a filter's `\ud800`: no Table key holds one
+        raise MappingError(f"{attribute}: holds a lone surrogate (U+D800 to U+DFFF), which no key can hold")
     return key
 
 

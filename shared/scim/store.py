@@ -177,8 +177,8 @@ class TableScimStorage(ScimStorage):
 
     # ---- reads ----
     def _person(self, scim_id: str) -> Person | None:
-        if not scim_id or not isinstance(scim_id, str) or len(scim_id) > MAX_SCIM_ID or \
-                mapping.table_key(scim_id) != scim_id:
+        if not scim_id or not isinstance(scim_id, str) or len(scim_id) > MAX_SCIM_ID or not scim_id.isascii() or \
+                mapping.table_key(scim_id) != scim_id:  # ours are uuid4s: another is no one's (a surrogate, say)
             return None
         try:
             person = Person(self._users.get_entity(PERSON, scim_id))

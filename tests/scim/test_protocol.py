@@ -745,3 +745,13 @@ def test_an_id_longer_than_any_of_ours_is_404_without_asking_storage(scim, monke
     for method in ("GET", "DELETE"):
         error_of(scim.request(method, "/Users/" + "a" * 5000), 404)
     assert reads == [], reads
+
+
+def test_a_filter_value_holding_a_lone_surrogate_finds_no_one_and_is_audited(scim):
+    """A filter's JSON-style escape (`\\ud800`: plain ASCII in the URL) decodes to a lone surrogate,
+    which no Table key can hold: it reached the SDK's URL quoting, a bare HTML 500 (with no
+    DirectoryEvents row, which every refused request has). It is a value no one holds: an empty list."""
+    for flt in ('userName eq "\\ud800"', 'externalId eq "\\udbff"', 'id eq "\\ud800"',
+                'userName eq "a" and externalId eq "\\udc00"'):
+        found = scim.get("/Users", params={"filter": flt})
+        assert found.status_code == 200 and found.json()["totalResults"] == 0, (flt, found.status_code, found.text)
