@@ -100,8 +100,10 @@ def plain_role(entry: Any, selecting: bool = False) -> Any:
     Remove in either form removes a role added in the other. A Remove selects by value alone (the
     display stored may be another's). Anything else is returned as it came."""
     value = entry.get("value") if isinstance(entry, dict) else None
-    if not isinstance(value, str) or not value.lstrip().startswith("{"):
+    if not isinstance(value, str):
         return entry
+    if not value.lstrip().startswith("{"):
+        return {"value": value} if selecting else entry
     try:
         inner = json.loads(value)
     except ValueError:

@@ -199,6 +199,24 @@ def test_a_role_removed_in_either_form_removes_the_account_whichever_form_added_
     assert not scim.get(f"/Users/{scim_id}").json().get("roles")
 
 
+def test_a_plain_role_removed_with_more_than_its_value_still_removes_it(scim):
+    """A Remove selects a role by its value alone: one naming another display (renamed in Entra) or
+    carrying the POST shape's `type`/`primary` was matched on every field and the role (and its
+    account) stayed behind a 204."""
+    name = unique("roles")
+    email = f"{name}@contoso.test"
+    created = scim.post("/Users", entra.create_user(email, email, oid(), kinds=("user", "agent")))
+    assert created.status_code == 201, created.text
+    scim_id = created.json()["id"]
+    renamed = {"op": "Remove", "path": "roles", "value": [{"value": "Portal.User", "display": "Renamed"}]}
+    assert scim.patch(f"/Users/{scim_id}", entra.patch(renamed)).status_code in (200, 204)
+    assert set(accounts_of(scim, email)) == {"agent"}
+    shaped = {"op": "Remove", "path": "roles", "value": [{**entra.role("agent"), "primary": True}]}
+    assert scim.patch(f"/Users/{scim_id}", entra.patch(shaped)).status_code in (200, 204)
+    assert accounts_of(scim, email) == {}
+    assert not scim.get(f"/Users/{scim_id}").json().get("roles")
+
+
 def test_a_json_string_role_is_kept_as_its_plain_value_from_post_put_and_patch(scim):
     name = unique("roles")
     email = f"{name}@contoso.test"
