@@ -199,6 +199,25 @@ def test_https_with_the_test_ca_keeps_connections_alive(test_ca, session):
         handle.stop()
 
 
+def test_a_client_that_never_starts_tls_holds_its_own_thread_not_the_whole_host(test_ca, session, monkeypatch):
+    """werkzeug wrapped the listening socket with do_handshake_on_connect=True: the handshake ran inside
+    accept() on the serving thread, without a timeout, so one TCP connection that sent no ClientHello
+    stopped every other client. The handshake now runs in the handler thread, under its timeout."""
+    monkeypatch.setattr(host._RequestHandler, "timeout", 1)  # the handler's bound, short enough for a test
+    handle = host.serve_in_thread(host.build_wsgi_app(make_app()),
+                                  ssl_context=(str(test_ca.server_cert), str(test_ca.server_key)))
+    try:
+        with socket.create_connection(("127.0.0.1", handle.port), timeout=10) as idle:
+            time.sleep(0.2)  # accepted before the next client comes
+            r = session.get(f"{handle.url}/api/sso/jwks.json", verify=str(test_ca.ca_cert), timeout=3)
+            assert r.status_code == 200, "another client is served beside the silent one"
+            started = time.monotonic()
+            assert idle.recv(100) == b"", "the silent connection is closed at the handler's timeout"
+            assert time.monotonic() - started < 5
+    finally:
+        handle.stop()
+
+
 def test_get_functions_called_once_and_the_timer_listed_not_run():
     app, calls = make_app(), []
     original = app.get_functions

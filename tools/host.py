@@ -51,7 +51,7 @@ from werkzeug.exceptions import (
     default_exceptions,
 )
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler, load_ssl_context
 from werkzeug.wrappers import Request, Response
 
 from shared import pages
@@ -361,7 +361,15 @@ class _RequestHandler(WSGIRequestHandler):
 
 
 def _server(wsgi_app: Any, host: str, port: int, ssl_context: Any) -> ThreadedWSGIServer:
-    server = ThreadedWSGIServer(host, port, wsgi_app, _RequestHandler, ssl_context=ssl_context)
+    server = ThreadedWSGIServer(host, port, wsgi_app, _RequestHandler)
+    if ssl_context is not None:
+        # Not werkzeug's own wrapping: with do_handshake_on_connect (its default) the handshake runs inside
+        # accept(), on the one serving thread and without a timeout, so a client that connects and never
+        # starts TLS stops every other. Here it runs at the handler's first read, in its own thread, under
+        # its timeout; werkzeug reads ssl_context for the request's scheme and to log TLS errors.
+        context = load_ssl_context(*ssl_context) if isinstance(ssl_context, tuple) else ssl_context
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        server.ssl_context = context
     server.connections = set()  # open connections, closed by ServerHandle.stop
     return server
 
