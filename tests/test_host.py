@@ -527,3 +527,39 @@ def test_http_servers_own_refusals_are_the_apps_page_with_its_headers(server, ht
     assert b"SECRETCODE" not in answer and "SECRETCODE" not in caplog.text
     lines = [r.getMessage() for r in caplog.records if r.name == "tools.host"]
     assert len([m for m in lines if "refused:" in m or "rejected" in m]) == 1, f"one log line a refusal: {lines}"
+
+
+@pytest.fixture
+def unreadable_public_base(request):
+    from shared.runtime import Runtime, get_runtime, reset_runtime
+
+    previous = get_runtime()
+    reset_runtime(Runtime({"PUBLIC_BASE_URL": request.param}))
+    yield request.param
+    reset_runtime(previous)
+
+
+@pytest.mark.parametrize("unreadable_public_base", ["https://portal.example.com]", "http://[localhost]:7071"],
+                         indirect=True)
+def test_a_public_base_url_no_url_parser_reads_is_a_settings_problem_not_a_500_on_every_route(
+        function_host, unreadable_public_base, session, caplog):
+    """urlsplit raises ValueError on a stray bracket: the Strict-Transport-Security rule raised it on every
+    answer, the error page's own included (a bare 500, a traceback in the log). SPEC: health is 200 or
+    503, and the settings check names the bad value; every page keeps its correlation id."""
+    handle = host.serve_in_thread(function_host)
+    try:
+        health, setup = session.get(f"{handle.url}/api/health"), session.get(f"{handle.url}/api/sso/setup")
+        pages = [session.get(handle.url + path, allow_redirects=False)
+                 for path in ("/api/sso/user/login", "/api/sso/jwks.json", "/api/nope")]
+    finally:
+        handle.stop()
+    assert health.status_code == 503, health.text[:500]
+    assert "PUBLIC_BASE_URL" in health.text, health.text[:2000]
+    assert setup.status_code == 200 and "PUBLIC_BASE_URL" in setup.text, setup.text[:500]
+    for page in [health, setup, *pages]:
+        assert "Strict-Transport-Security" not in page.headers, "no HSTS from a base URL that cannot be read"
+    for page in pages:
+        # The app's own answers (a configuration error, a 404 page), not werkzeug's bare 500.
+        assert "500 Internal Server Error" not in page.text and "correlation" in page.text.lower(), (page.url,
+                                                                                                   page.text)
+    assert not [r for r in caplog.records if r.exc_info], "no traceback in the log"
