@@ -563,3 +563,34 @@ def test_a_public_base_url_no_url_parser_reads_is_a_settings_problem_not_a_500_o
         assert "500 Internal Server Error" not in page.text and "correlation" in page.text.lower(), (page.url,
                                                                                                    page.text)
     assert not [r for r in caplog.records if r.exc_info], "no traceback in the log"
+
+
+def callback_with(header_line: bytes) -> bytes:
+    """A POST whose body is a whole second request, `header_line` right after Host: a header parser that
+    stops there (or splits it) frames the body as the next request."""
+    body = b"code=" + SMUGGLED
+    return (b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\n" + header_line
+            + b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+
+@pytest.mark.parametrize("header_line", [b"X-Broken\r\n", b"X-Note : 1\r\n", b": 1\r\n", b"From x\r\n",
+                                         b"X-Note: 1\rX-Other: 2\r\n", b"X-Note: 1\r\n 2\r\n", b"X-Note: a\x00b\r\n"],
+                         ids=["no-colon", "space-before-colon", "no-name", "envelope-from", "bare-cr", "obs-fold",
+                              "nul"])
+def test_a_header_line_that_is_not_one_field_is_a_400_and_the_end_of_the_connection(server, https_public, caplog,
+                                                                                    header_line):
+    """http.client stopped at a line without a colon (MissingHeaderBodySeparatorDefect) and dropped every
+    header after it, Content-Length included: the body was served as a second request. A bare CR split one
+    line into two fields, which a proxy in front reads as one. RFC 9112 2.2, 5.1, 5.2: 400, then close."""
+    answer = raw_request(server.port, callback_with(header_line))
+    assert_host_page(answer, b"400")
+    assert b"Set-Cookie" not in answer, "the smuggled request was not answered"
+    assert errors_logged(caplog) == []
+
+
+def test_header_lines_that_are_fields_are_served(server):
+    """Bare LF line ends (RFC 9112 2.2 lets a server take them) and no space after the colon are fields."""
+    answer = raw_request(server.port, b"POST /api/sso/user/callback HTTP/1.1\nHost: a\nX-Demo:hi\n"
+                         b"Connection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: 6\r\n\r\ncode=c")
+    assert answer.split(b" ")[1] == b"200" and b'"header": "hi"' in answer, answer[:400]

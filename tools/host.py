@@ -261,6 +261,22 @@ def build_wsgi_app(function_app: func.FunctionApp, prefix: str = "api") -> Funct
     return FunctionHost(function_app, prefix)
 
 
+# A header field line (RFC 9112 5.1): a token, a colon at once, then no CR or NUL but its line end.
+_FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*\r?\n")
+
+
+class _LineRecorder:
+    """The connection's reader, keeping the lines http.client reads the headers from (the blank one last)."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile, self.lines = rfile, []
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._rfile.readline(limit)
+        self.lines.append(line)
+        return line
+
+
 class _RequestHandler(WSGIRequestHandler):
     """werkzeug's handler, keeping HTTP/1.1 connections open and without its access log (which shows query
     strings). werkzeug closes every connection because it cannot tell where a body the app left unread
@@ -292,6 +308,23 @@ class _RequestHandler(WSGIRequestHandler):
         finally:  # http.server's own answers (400, 414, 505) too, before the next request is read
             with suppress(OSError, ValueError):
                 self.wfile.flush()
+
+    def parse_request(self) -> bool:
+        """http.server's parse, then a 400 (and close) for a header line that is not one field: its parser
+        (http.client.parse_headers) stops at a line without a colon and drops every header after it,
+        Content-Length included, so the body would be read as a next request; it splits a line at a bare
+        CR, which a proxy in front reads as one field (RFC 9112 2.2, 5.1, 5.2; RFC 9110 5.5)."""
+        reader, self.rfile = self.rfile, _LineRecorder(self.rfile)
+        try:
+            if not super().parse_request():
+                return False
+            lines = self.rfile.lines
+        finally:
+            self.rfile = reader
+        if self.headers.defects or not all(map(_FIELD_LINE.fullmatch, lines[:-1])):
+            self.send_error(400, "A header line that is not one field")
+            return False
+        return True
 
     def run_wsgi(self) -> None:
         lengths = self.headers.get_all("Content-Length", ["0"])
