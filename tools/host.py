@@ -342,10 +342,11 @@ class _RequestHandler(WSGIRequestHandler):
             # before any 100 Continue invites the body.
             return self.send_error(413 if digits else 400,
                                    "Request body too large" if digits else "Bad Content-Length")
-        if self.headers.get("Expect", "").lower() == "100-continue":  # before reading the body, not after
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self.wfile.flush()
-            del self.headers["Expect"]
+        if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":  # as werkzeug tests it
+            if self._version() >= (1, 1):  # RFC 9110 10.1.1: an HTTP/1.0 client's is ignored
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before reading the body, not after
+                self.wfile.flush()
+            del self.headers["Expect"]  # werkzeug's run_wsgi would send one after the body is read
         if chunked:
             self.close_connection = True  # werkzeug's own way: read what is there, then close
             return super().run_wsgi()
@@ -354,6 +355,12 @@ class _RequestHandler(WSGIRequestHandler):
             super().run_wsgi()  # its drain after the response now reads self.rfile, not the next request
         finally:
             self.rfile = connection_file
+
+    def _version(self) -> tuple[int, int]:
+        """The request's HTTP version as numbers (the string compares "HTTP/01.1" below "HTTP/1.1");
+        parse_request has checked its form."""
+        major, _, minor = self.request_version.partition("/")[2].partition(".")
+        return int(major), int(minor)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Every refusal before the app runs, http.server's (a request line or header it cannot parse,
