@@ -610,3 +610,27 @@ def test_header_lines_that_are_fields_are_served(server):
                          b"Connection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                          b"Content-Length: 6\r\n\r\ncode=c")
     assert answer.split(b" ")[1] == b"200" and b'"header": "hi"' in answer, answer[:400]
+
+
+@pytest.mark.parametrize("head", [b"HTTP/1.1\r\n", b"HTTP/1.1\r\nHost: a\r\nHost: a\r\n",
+                                  b"HTTP/1.0\r\nHost: a\r\nHost: b\r\n",
+                                  b"HTTP/1.1\r\nHost: a b\r\n", b"HTTP/1.1\r\nHost: user@a\r\n",
+                                  b"HTTP/1.1\r\nHost: a/b\r\n", b"HTTP/1.1\r\nHost: a:80x\r\n",
+                                  b"HTTP/1.1\r\nHost: [::1\r\n", b"HTTP/1.1\r\nHost: a%zz\r\n",
+                                  b"HTTP/1.1\r\nHost: caf\xe9\r\n"],
+                         ids=["missing", "twice", "twice-http-1.0", "space", "userinfo", "path", "port", "bracket",
+                              "percent", "latin-1"])
+def test_a_host_header_that_is_not_exactly_one_host_is_a_400(server, https_public, caplog, head):
+    """RFC 9112 3.2: 400 to an HTTP/1.1 request without Host, and to any request with more than one Host
+    line or a Host that is not uri-host [":" port]; they were served (the module docstring said 400)."""
+    assert_host_page(raw_request(server.port, b"GET /api/sso/jwks.json " + head + b"Connection: close\r\n\r\n"), b"400")
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("head", [b"HTTP/1.0\r\n", b"HTTP/1.1\r\nHost: 127.0.0.1:7071\r\n",
+                                  b"HTTP/1.1\r\nHost: [::1]:7071\r\n",
+                                  b"HTTP/1.1\r\nHost: sso.example.test \r\n", b"HTTP/1.1\r\nHost: a%41-b_c~d\r\n"],
+                         ids=["http-1.0-without", "ipv4-port", "ipv6-port", "trailing-space", "reg-name"])
+def test_one_host_of_uri_host_and_port_is_served(server, head):
+    answer = raw_request(server.port, b"GET /api/sso/jwks.json " + head + b"Connection: close\r\n\r\n")
+    assert answer.split(b" ")[1] == b"200", answer[:300]

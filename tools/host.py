@@ -14,8 +14,9 @@ It serves what this app uses, nothing more: ``{name}`` route parameters and a ca
 request and ``context`` and returning a ``func.HttpResponse``. An exception in a function is a 500
 whose traceback goes to the log only; the access log never shows the query string, which carries
 authorization codes. A request it gives no function (a body over Azure's 100 MB: 413; a request line,
-header, Content-Length, chunked body or Host it cannot read: 400) gets the app's error page with the
-app's headers; the function is picked by the path alone, never by the Host header.
+header line, Content-Length, chunked body or Host it cannot read, or not exactly one Host in HTTP/1.1:
+400) gets the app's error page with the app's headers; the function is picked by the path alone, never
+by the Host header.
 """
 
 from __future__ import annotations
@@ -264,6 +265,10 @@ def build_wsgi_app(function_app: func.FunctionApp, prefix: str = "api") -> Funct
 # A header field line (RFC 9112 5.1): a token, a colon at once, then no CR or NUL but its line end.
 _FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*\r?\n")
 
+# Host (RFC 9112 3.2, RFC 3986 3.2.2-3): an IP literal, or a reg-name (an IPv4 address is one), then a port.
+_HOST = re.compile(r"(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[-\w.~!$&'()*+,;=:]+)\]"
+                   r"|(?:[-\w.~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?", re.ASCII)
+
 
 class _LineRecorder:
     """The connection's reader, keeping the lines http.client reads the headers from (the blank one last)."""
@@ -323,6 +328,12 @@ class _RequestHandler(WSGIRequestHandler):
             self.rfile = reader
         if self.headers.defects or not all(map(_FIELD_LINE.fullmatch, lines[:-1])):
             self.send_error(400, "A header line that is not one field")
+            return False
+        hosts = [value.strip(" \t") for value in self.headers.get_all("Host", [])]
+        # RFC 9112 3.2: one Host of uri-host [":" port], which HTTP/1.1 must send; two could name two
+        # hosts, one to a proxy in front and the other here.
+        if len(hosts) > 1 or not all(map(_HOST.fullmatch, hosts)) or (not hosts and self._version() >= (1, 1)):
+            self.send_error(400, "Host missing, repeated or not a host")
             return False
         return True
 
