@@ -317,6 +317,24 @@ def test_the_command_says_what_is_wrong_in_local_settings_without_a_traceback(tm
     assert "local.settings.json: Host.LocalHttpPort" in done.stderr and "70x1" in done.stderr, done.stderr
 
 
+
+@pytest.mark.parametrize("name", ["missing.json", "no-such-dir"])
+def test_a_settings_file_named_on_the_command_line_that_is_not_there_is_an_error_not_ignored(tmp_path, name):
+    """`--settings` naming a missing file was ignored without a word: the host served without the settings
+    its operator asked for. As Core Tools reads only local.settings.json, an absent default stays quiet."""
+    (tmp_path / "function_app.py").write_text(FUNCTION_APP)
+    process = subprocess.Popen([sys.executable, "-m", "tools.host", "--app-dir", str(tmp_path), "--port", "0",
+                                "--settings", str(tmp_path / name)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+        pytest.fail(f"the host started serving without the settings file: {err[-500:]}")
+    assert process.returncode != 0 and "Traceback" not in err, err
+    assert str(tmp_path / name) in err and "no such file" in err, err
+
 FUNCTION_APP = """
 import logging, os
 import azure.functions as func

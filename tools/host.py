@@ -59,7 +59,7 @@ from shared import pages
 from shared.config import log_value
 from shared.errors import InvalidRequest
 from shared.worker import quiet_loggers
-from tools.local_settings import load_local_settings, local_http_port
+from tools.local_settings import load_local_settings, local_http_port, settings_path
 
 LOG = logging.getLogger("tools.host")
 DEFAULT_PORT = 7071
@@ -464,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.cert) != bool(args.key):
         parser.error("--cert and --key go together")
+    if args.settings is not None and not settings_path(args.settings).is_file():
+        # local_settings reads a missing file as no settings (Core Tools' way with its default file): one
+        # asked for by name is a mistake, not a host to start without them.
+        parser.error(f"--settings {settings_path(args.settings)}: no such file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_loggers()  # as the worker does (shared/worker.py), also before function_app.py is imported
     app_dir = args.app_dir.resolve()
