@@ -517,30 +517,30 @@ def test_100_continue_is_sent_once_and_never_before_a_refusal(server, https_publ
         answer = interim(s)
     assert b"100 Continue" not in answer
     assert_host_page(answer, b"413")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-        s.sendall(b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nConnection: close\r\n"
+    before, answer = expecting_continue(server.port, b"HTTP/1.1\r\nConnection: close")
+    assert before == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"form": {"code": "c"}' in answer, answer[:300]
+
+
+def expecting_continue(port: int, version_and_header: bytes) -> tuple[bytes, bytes]:
+    """A callback POST asking 100-continue: what the server sends before the body, then its answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /api/sso/user/callback " + version_and_header + b"\r\nHost: a\r\nExpect: 100-continue\r\n"
                   b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\n\r\n")
-        assert interim(s) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        before = interim(s)
         s.settimeout(5)
         s.sendall(b"code=c")
         answer = b""
         while chunk := s.recv(65536):
             answer += chunk
-    assert answer.startswith(b"HTTP/1.1 200 ") and b'"form": {"code": "c"}' in answer, answer[:300]
+    return before, answer
 
 
 def test_no_100_continue_to_an_http_1_0_request(server):
     """RFC 9110 10.1.1: an HTTP/1.0 client knows no 1xx answer, so its 100-continue is ignored; the host
     sent one, which such a client reads as the answer to its request."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-        s.sendall(b"POST /api/sso/user/callback HTTP/1.0\r\nHost: a\r\nExpect: 100-continue\r\n"
-                  b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\n\r\n")
-        assert interim(s) == b"", "nothing before the body"
-        s.settimeout(5)
-        s.sendall(b"code=c")
-        answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
+    before, answer = expecting_continue(server.port, b"HTTP/1.0")
+    assert before == b"", "nothing before the body"
     assert answer.startswith(b"HTTP/1.1 200 ") and b'"form": {"code": "c"}' in answer, answer[:300]
     assert b"100 Continue" not in answer
 
