@@ -29,8 +29,13 @@ HSTS = "max-age=31536000"
 
 def transport_security() -> dict[str, str]:
     """Strict-Transport-Security whenever the app's public base URL is https://. TLS usually ends in
-    front of the app (Azure's front end), so the request's own scheme says nothing."""
-    https = urlsplit(public_base_url(get_runtime().env)).scheme == "https"  # the parser lower-cases it
+    front of the app (Azure's front end), so the request's own scheme says nothing. None for a base URL
+    the parser cannot read (a stray bracket: ValueError): it goes on every answer, the error pages' own
+    included, and the settings check names that value (health 503, the setup page)."""
+    try:
+        https = urlsplit(public_base_url(get_runtime().env)).scheme == "https"  # the parser lower-cases it
+    except ValueError:
+        return {}
     return {"Strict-Transport-Security": HSTS} if https else {}
 
 

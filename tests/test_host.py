@@ -199,6 +199,25 @@ def test_https_with_the_test_ca_keeps_connections_alive(test_ca, session):
         handle.stop()
 
 
+def test_a_client_that_never_starts_tls_holds_its_own_thread_not_the_whole_host(test_ca, session, monkeypatch):
+    """werkzeug wrapped the listening socket with do_handshake_on_connect=True: the handshake ran inside
+    accept() on the serving thread, without a timeout, so one TCP connection that sent no ClientHello
+    stopped every other client. The handshake now runs in the handler thread, under its timeout."""
+    monkeypatch.setattr(host._RequestHandler, "timeout", 1)  # the handler's bound, short enough for a test
+    handle = host.serve_in_thread(host.build_wsgi_app(make_app()),
+                                  ssl_context=(str(test_ca.server_cert), str(test_ca.server_key)))
+    try:
+        with socket.create_connection(("127.0.0.1", handle.port), timeout=10) as idle:
+            time.sleep(0.2)  # accepted before the next client comes
+            r = session.get(f"{handle.url}/api/sso/jwks.json", verify=str(test_ca.ca_cert), timeout=3)
+            assert r.status_code == 200, "another client is served beside the silent one"
+            started = time.monotonic()
+            assert idle.recv(100) == b"", "the silent connection is closed at the handler's timeout"
+            assert time.monotonic() - started < 5
+    finally:
+        handle.stop()
+
+
 def test_get_functions_called_once_and_the_timer_listed_not_run():
     app, calls = make_app(), []
     original = app.get_functions
@@ -297,6 +316,24 @@ def test_the_command_says_what_is_wrong_in_local_settings_without_a_traceback(tm
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
     assert "local.settings.json: Host.LocalHttpPort" in done.stderr and "70x1" in done.stderr, done.stderr
 
+
+
+@pytest.mark.parametrize("name", ["missing.json", "no-such-dir"])
+def test_a_settings_file_named_on_the_command_line_that_is_not_there_is_an_error_not_ignored(tmp_path, name):
+    """`--settings` naming a missing file was ignored without a word: the host served without the settings
+    its operator asked for. As Core Tools reads only local.settings.json, an absent default stays quiet."""
+    (tmp_path / "function_app.py").write_text(FUNCTION_APP)
+    process = subprocess.Popen([sys.executable, "-m", "tools.host", "--app-dir", str(tmp_path), "--port", "0",
+                                "--settings", str(tmp_path / name)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+        pytest.fail(f"the host started serving without the settings file: {err[-500:]}")
+    assert process.returncode != 0 and "Traceback" not in err, err
+    assert str(tmp_path / name) in err and "no such file" in err, err
 
 FUNCTION_APP = """
 import logging, os
@@ -480,16 +517,32 @@ def test_100_continue_is_sent_once_and_never_before_a_refusal(server, https_publ
         answer = interim(s)
     assert b"100 Continue" not in answer
     assert_host_page(answer, b"413")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-        s.sendall(b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nConnection: close\r\n"
+    before, answer = expecting_continue(server.port, b"HTTP/1.1\r\nConnection: close")
+    assert before == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"form": {"code": "c"}' in answer, answer[:300]
+
+
+def expecting_continue(port: int, version_and_header: bytes) -> tuple[bytes, bytes]:
+    """A callback POST asking 100-continue: what the server sends before the body, then its answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /api/sso/user/callback " + version_and_header + b"\r\nHost: a\r\nExpect: 100-continue\r\n"
                   b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\n\r\n")
-        assert interim(s) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        before = interim(s)
         s.settimeout(5)
         s.sendall(b"code=c")
         answer = b""
         while chunk := s.recv(65536):
             answer += chunk
+    return before, answer
+
+
+def test_no_100_continue_to_an_http_1_0_request(server):
+    """RFC 9110 10.1.1: an HTTP/1.0 client knows no 1xx answer, so its 100-continue is ignored; the host
+    sent one, which such a client reads as the answer to its request."""
+    before, answer = expecting_continue(server.port, b"HTTP/1.0")
+    assert before == b"", "nothing before the body"
     assert answer.startswith(b"HTTP/1.1 200 ") and b'"form": {"code": "c"}' in answer, answer[:300]
+    assert b"100 Continue" not in answer
 
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
@@ -508,3 +561,94 @@ def test_http_servers_own_refusals_are_the_apps_page_with_its_headers(server, ht
     assert b"SECRETCODE" not in answer and "SECRETCODE" not in caplog.text
     lines = [r.getMessage() for r in caplog.records if r.name == "tools.host"]
     assert len([m for m in lines if "refused:" in m or "rejected" in m]) == 1, f"one log line a refusal: {lines}"
+
+
+@pytest.fixture
+def unreadable_public_base(request):
+    from shared.runtime import Runtime, get_runtime, reset_runtime
+
+    previous = get_runtime()
+    reset_runtime(Runtime({"PUBLIC_BASE_URL": request.param}))
+    yield request.param
+    reset_runtime(previous)
+
+
+@pytest.mark.parametrize("unreadable_public_base", ["https://portal.example.com]", "http://[localhost]:7071"],
+                         indirect=True)
+def test_a_public_base_url_no_url_parser_reads_is_a_settings_problem_not_a_500_on_every_route(
+        function_host, unreadable_public_base, session, caplog):
+    """urlsplit raises ValueError on a stray bracket: the Strict-Transport-Security rule raised it on every
+    answer, the error page's own included (a bare 500, a traceback in the log). SPEC: health is 200 or
+    503, and the settings check names the bad value; every page keeps its correlation id."""
+    handle = host.serve_in_thread(function_host)
+    try:
+        health, setup = session.get(f"{handle.url}/api/health"), session.get(f"{handle.url}/api/sso/setup")
+        pages = [session.get(handle.url + path, allow_redirects=False)
+                 for path in ("/api/sso/user/login", "/api/sso/jwks.json", "/api/nope")]
+    finally:
+        handle.stop()
+    assert health.status_code == 503, health.text[:500]
+    assert "PUBLIC_BASE_URL" in health.text, health.text[:2000]
+    assert setup.status_code == 200 and "PUBLIC_BASE_URL" in setup.text, setup.text[:500]
+    for page in [health, setup, *pages]:
+        assert "Strict-Transport-Security" not in page.headers, "no HSTS from a base URL that cannot be read"
+    for page in pages:
+        # The app's own answers (a configuration error, a 404 page), not werkzeug's bare 500.
+        assert "500 Internal Server Error" not in page.text and "correlation" in page.text.lower(), (page.url,
+                                                                                                   page.text)
+    assert not [r for r in caplog.records if r.exc_info], "no traceback in the log"
+
+
+def callback_with(header_line: bytes) -> bytes:
+    """A POST whose body is a whole second request, `header_line` right after Host: a header parser that
+    stops there (or splits it) frames the body as the next request."""
+    body = b"code=" + SMUGGLED
+    return (b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\n" + header_line
+            + b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+
+@pytest.mark.parametrize("header_line", [b"X-Broken\r\n", b"X-Note : 1\r\n", b": 1\r\n", b"From x\r\n",
+                                         b"X-Note: 1\rX-Other: 2\r\n", b"X-Note: 1\r\n 2\r\n", b"X-Note: a\x00b\r\n"],
+                         ids=["no-colon", "space-before-colon", "no-name", "envelope-from", "bare-cr", "obs-fold",
+                              "nul"])
+def test_a_header_line_that_is_not_one_field_is_a_400_and_the_end_of_the_connection(server, https_public, caplog,
+                                                                                    header_line):
+    """http.client stopped at a line without a colon (MissingHeaderBodySeparatorDefect) and dropped every
+    header after it, Content-Length included: the body was served as a second request. A bare CR split one
+    line into two fields, which a proxy in front reads as one. RFC 9112 2.2, 5.1, 5.2: 400, then close."""
+    answer = raw_request(server.port, callback_with(header_line))
+    assert_host_page(answer, b"400")
+    assert b"Set-Cookie" not in answer, "the smuggled request was not answered"
+    assert errors_logged(caplog) == []
+
+
+def test_header_lines_that_are_fields_are_served(server):
+    """Bare LF line ends (RFC 9112 2.2 lets a server take them) and no space after the colon are fields."""
+    answer = raw_request(server.port, b"POST /api/sso/user/callback HTTP/1.1\nHost: a\nX-Demo:hi\n"
+                         b"Connection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: 6\r\n\r\ncode=c")
+    assert answer.split(b" ")[1] == b"200" and b'"header": "hi"' in answer, answer[:400]
+
+
+@pytest.mark.parametrize("head", [b"HTTP/1.1\r\n", b"HTTP/1.1\r\nHost: a\r\nHost: a\r\n",
+                                  b"HTTP/1.0\r\nHost: a\r\nHost: b\r\n",
+                                  b"HTTP/1.1\r\nHost: a b\r\n", b"HTTP/1.1\r\nHost: user@a\r\n",
+                                  b"HTTP/1.1\r\nHost: a/b\r\n", b"HTTP/1.1\r\nHost: a:80x\r\n",
+                                  b"HTTP/1.1\r\nHost: [::1\r\n", b"HTTP/1.1\r\nHost: a%zz\r\n",
+                                  b"HTTP/1.1\r\nHost: caf\xe9\r\n"],
+                         ids=["missing", "twice", "twice-http-1.0", "space", "userinfo", "path", "port", "bracket",
+                              "percent", "latin-1"])
+def test_a_host_header_that_is_not_exactly_one_host_is_a_400(server, https_public, caplog, head):
+    """RFC 9112 3.2: 400 to an HTTP/1.1 request without Host, and to any request with more than one Host
+    line or a Host that is not uri-host [":" port]; they were served (the module docstring said 400)."""
+    assert_host_page(raw_request(server.port, b"GET /api/sso/jwks.json " + head + b"Connection: close\r\n\r\n"), b"400")
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("head", [b"HTTP/1.0\r\n", b"HTTP/1.1\r\nHost: 127.0.0.1:7071\r\n",
+                                  b"HTTP/1.1\r\nHost: [::1]:7071\r\n",
+                                  b"HTTP/1.1\r\nHost: sso.example.test \r\n", b"HTTP/1.1\r\nHost: a%41-b_c~d\r\n"],
+                         ids=["http-1.0-without", "ipv4-port", "ipv6-port", "trailing-space", "reg-name"])
+def test_one_host_of_uri_host_and_port_is_served(server, head):
+    answer = raw_request(server.port, b"GET /api/sso/jwks.json " + head + b"Connection: close\r\n\r\n")
+    assert answer.split(b" ")[1] == b"200", answer[:300]

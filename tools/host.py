@@ -14,8 +14,9 @@ It serves what this app uses, nothing more: ``{name}`` route parameters and a ca
 request and ``context`` and returning a ``func.HttpResponse``. An exception in a function is a 500
 whose traceback goes to the log only; the access log never shows the query string, which carries
 authorization codes. A request it gives no function (a body over Azure's 100 MB: 413; a request line,
-header, Content-Length, chunked body or Host it cannot read: 400) gets the app's error page with the
-app's headers; the function is picked by the path alone, never by the Host header.
+header line, Content-Length, chunked body or Host it cannot read, or not exactly one Host in HTTP/1.1:
+400) gets the app's error page with the app's headers; the function is picked by the path alone, never
+by the Host header.
 """
 
 from __future__ import annotations
@@ -51,14 +52,14 @@ from werkzeug.exceptions import (
     default_exceptions,
 )
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler, load_ssl_context
 from werkzeug.wrappers import Request, Response
 
 from shared import pages
 from shared.config import log_value
 from shared.errors import InvalidRequest
 from shared.worker import quiet_loggers
-from tools.local_settings import load_local_settings, local_http_port
+from tools.local_settings import load_local_settings, local_http_port, settings_path
 
 LOG = logging.getLogger("tools.host")
 DEFAULT_PORT = 7071
@@ -261,6 +262,26 @@ def build_wsgi_app(function_app: func.FunctionApp, prefix: str = "api") -> Funct
     return FunctionHost(function_app, prefix)
 
 
+# A header field line (RFC 9112 5.1): a token, a colon at once, then no CR or NUL but its line end.
+_FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*\r?\n")
+
+# Host (RFC 9112 3.2, RFC 3986 3.2.2-3): an IP literal, or a reg-name (an IPv4 address is one), then a port.
+_HOST = re.compile(r"(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[-\w.~!$&'()*+,;=:]+)\]"
+                   r"|(?:[-\w.~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?", re.ASCII)
+
+
+class _LineRecorder:
+    """The connection's reader, keeping the lines http.client reads the headers from (the blank one last)."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile, self.lines = rfile, []
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._rfile.readline(limit)
+        self.lines.append(line)
+        return line
+
+
 class _RequestHandler(WSGIRequestHandler):
     """werkzeug's handler, keeping HTTP/1.1 connections open and without its access log (which shows query
     strings). werkzeug closes every connection because it cannot tell where a body the app left unread
@@ -293,6 +314,29 @@ class _RequestHandler(WSGIRequestHandler):
             with suppress(OSError, ValueError):
                 self.wfile.flush()
 
+    def parse_request(self) -> bool:
+        """http.server's parse, then a 400 (and close) for a header line that is not one field: its parser
+        (http.client.parse_headers) stops at a line without a colon and drops every header after it,
+        Content-Length included, so the body would be read as a next request; it splits a line at a bare
+        CR, which a proxy in front reads as one field (RFC 9112 2.2, 5.1, 5.2; RFC 9110 5.5)."""
+        reader, self.rfile = self.rfile, _LineRecorder(self.rfile)
+        try:
+            if not super().parse_request():
+                return False
+            lines = self.rfile.lines
+        finally:
+            self.rfile = reader
+        if self.headers.defects or not all(map(_FIELD_LINE.fullmatch, lines[:-1])):
+            self.send_error(400, "A header line that is not one field")
+            return False
+        hosts = [value.strip(" \t") for value in self.headers.get_all("Host", [])]
+        # RFC 9112 3.2: one Host of uri-host [":" port], which HTTP/1.1 must send; two could name two
+        # hosts, one to a proxy in front and the other here.
+        if len(hosts) > 1 or not all(map(_HOST.fullmatch, hosts)) or (not hosts and self._version() >= (1, 1)):
+            self.send_error(400, "Host missing, repeated or not a host")
+            return False
+        return True
+
     def run_wsgi(self) -> None:
         lengths = self.headers.get_all("Content-Length", ["0"])
         length = lengths[0]
@@ -309,10 +353,11 @@ class _RequestHandler(WSGIRequestHandler):
             # before any 100 Continue invites the body.
             return self.send_error(413 if digits else 400,
                                    "Request body too large" if digits else "Bad Content-Length")
-        if self.headers.get("Expect", "").lower() == "100-continue":  # before reading the body, not after
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self.wfile.flush()
-            del self.headers["Expect"]
+        if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":  # as werkzeug tests it
+            if self._version() >= (1, 1):  # RFC 9110 10.1.1: an HTTP/1.0 client's is ignored
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before reading the body, not after
+                self.wfile.flush()
+            del self.headers["Expect"]  # werkzeug's run_wsgi would send one after the body is read
         if chunked:
             self.close_connection = True  # werkzeug's own way: read what is there, then close
             return super().run_wsgi()
@@ -321,6 +366,12 @@ class _RequestHandler(WSGIRequestHandler):
             super().run_wsgi()  # its drain after the response now reads self.rfile, not the next request
         finally:
             self.rfile = connection_file
+
+    def _version(self) -> tuple[int, int]:
+        """The request's HTTP version as numbers (the string compares "HTTP/01.1" below "HTTP/1.1");
+        parse_request has checked its form."""
+        major, _, minor = self.request_version.partition("/")[2].partition(".")
+        return int(major), int(minor)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Every refusal before the app runs, http.server's (a request line or header it cannot parse,
@@ -361,7 +412,15 @@ class _RequestHandler(WSGIRequestHandler):
 
 
 def _server(wsgi_app: Any, host: str, port: int, ssl_context: Any) -> ThreadedWSGIServer:
-    server = ThreadedWSGIServer(host, port, wsgi_app, _RequestHandler, ssl_context=ssl_context)
+    server = ThreadedWSGIServer(host, port, wsgi_app, _RequestHandler)
+    if ssl_context is not None:
+        # Not werkzeug's own wrapping: with do_handshake_on_connect (its default) the handshake runs inside
+        # accept(), on the one serving thread and without a timeout, so a client that connects and never
+        # starts TLS stops every other. Here it runs at the handler's first read, in its own thread, under
+        # its timeout; werkzeug reads ssl_context for the request's scheme and to log TLS errors.
+        context = load_ssl_context(*ssl_context) if isinstance(ssl_context, tuple) else ssl_context
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        server.ssl_context = context
     server.connections = set()  # open connections, closed by ServerHandle.stop
     return server
 
@@ -405,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.cert) != bool(args.key):
         parser.error("--cert and --key go together")
+    if args.settings is not None and not settings_path(args.settings).is_file():
+        # local_settings reads a missing file as no settings (Core Tools' way with its default file): one
+        # asked for by name is a mistake, not a host to start without them.
+        parser.error(f"--settings {settings_path(args.settings)}: no such file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_loggers()  # as the worker does (shared/worker.py), also before function_app.py is imported
     app_dir = args.app_dir.resolve()
