@@ -357,11 +357,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     kinds = {kind: sum(1 for r in written if r.kind == kind) for kind in KINDS}
     print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
     _say_managed(written, stored)
-    if result.refused:
-        for row, why in result.refused:
-            print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return EXIT_OK
+    for row, why in result.refused:
+        print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
+    for row, why in result.stuck:
+        print(f"line {row.line}: written, but {printable(why)}", file=sys.stderr)
+    return EXIT_BAD_INPUT if result.refused or result.stuck else EXIT_OK
 
 
 def _refuse_rows(path: str, refused: list[tuple[AccountRow, str]], what: str, advice: str = "") -> int:
