@@ -449,23 +449,29 @@ class AccountStore:
         raise AccountConflict(f"the {kind} account of {canonical_email(email)} kept changing; try again")
 
     def remove(self, email: str, kind: str) -> bool:
-        """Deletes the account; raises AccountConflict when the row is the old row of a committed move
-        whose new row still names it (deleting it would hide the moved account)."""
-        key = email_key(email)
-        row = _read(self._table, key, kind)
-        if row is None:
-            return False
-        if row.moved_to:
-            target = _read(self._table, row.moved_to, kind)
-            if target is not None and target.moved_from == key:
-                raise AccountConflict(f"{self.move_problem(row)} (deleting this row now would hide the account at "
-                                      f"{_unescape(row.moved_to)})")
-        return self.remove_key(key, kind)
+        """Deletes the account (remove_key at its email's key)."""
+        return self.remove_key(email_key(email), kind)
 
     def remove_key(self, key: str, kind: str) -> bool:
         """Deletes the row with this stored PartitionKey (also one whose key no address gives any more:
-        see `key_problems`); False when there was none. One request (tables.delete_existed)."""
-        return delete_existed(self._table, key, kind)
+        see `key_problems`); False when there was none. Raises AccountConflict when the row is the old
+        row of a committed move whose new row still names it (deleting it would hide the moved
+        account), by email or by stored key alike. The delete is on the etag read, so a move that
+        commits after the check fails it, and it is decided again."""
+        for _ in range(WRITE_ATTEMPTS):
+            row = _read(self._table, key, kind)
+            if row is None:
+                return False
+            if row.moved_to:
+                target = _read(self._table, row.moved_to, kind)
+                if target is not None and target.moved_from == key:
+                    raise AccountConflict(f"{self.move_problem(row)} (deleting this row now would hide the account "
+                                          f"at {_unescape(row.moved_to)})", row)
+            try:
+                return delete_existed(self._table, key, kind, etag=row.etag)
+            except ResourceModifiedError:
+                continue
+        raise AccountConflict(f"the {kind} row at the stored key {key} kept changing; try again")
 
     def stored_accounts(self) -> dict[tuple[str, str], Account]:
         """See `stored_accounts` below."""

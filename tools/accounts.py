@@ -499,8 +499,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
     for flag, value in (("--stored-key", key), ("--kind", kind)):
         if problem := _stored_key_problem(value):
             return _fail(f"{flag} {problem}")
-    if not _store(args).remove_key(key, kind):
-        return _fail(f"no {printable(kind)} row with the stored key {printable(key)}")
+    try:
+        if not _store(args).remove_key(key, kind):
+            return _fail(f"no {printable(kind)} row with the stored key {printable(key)}")
+    except AccountConflict as refused:  # the old row of a move whose copy still names it, as by EMAIL
+        return _fail(printable(str(refused)))
     print(f"removed the {printable(kind)} row with the stored key {printable(key)}")
     return EXIT_OK
 

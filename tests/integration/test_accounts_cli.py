@@ -547,13 +547,18 @@ def test_check_reports_rows_directory_sync_is_moving(cs, store, tag, capsys):
     assert "Entra" in out
 
 
-def test_remove_refuses_an_old_row_whose_copy_still_depends_on_it(cs, store, tag, capsys):
+@pytest.mark.parametrize("by", ["email", "stored key"])
+def test_remove_refuses_an_old_row_whose_copy_still_depends_on_it(cs, store, tag, capsys, by):
+    """By its email or by --stored-key (as `check` prints it) alike: the stored-key path deleted the old
+    row, and the account at the new email stopped signing in."""
     old, new = _moving_pair(store, tag, committed=True)
-    assert run(cs, "remove", old, "--kind", "agent") == 1
-    assert "directory sync" in capsys.readouterr().err
+    which = (old,) if by == "email" else ("--stored-key", old)
+    assert run(cs, "remove", *which, "--kind", "agent") == 1
+    err = capsys.readouterr().err
+    assert "directory sync" in err and f"would hide the account at {new}" in err, err
     assert store.get(new, "agent") is not None, "the moved account still signs in"
     store._table.update_entity({"PartitionKey": new, "RowKey": "agent", "MovedFrom": ""})  # step 3 done
-    assert run(cs, "remove", old, "--kind", "agent") == 0, "a leftover old row can go"
+    assert run(cs, "remove", *which, "--kind", "agent") == 0, "a leftover old row can go"
     assert store.get(new, "agent") is not None
 
 
