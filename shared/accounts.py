@@ -860,7 +860,8 @@ def _write_partition(table: TableClient, rows: list[AccountRow], known: dict[tup
 def _import_partition(table: TableClient, rows: list[AccountRow], stored: dict[tuple[str, str], Account],
                       force: bool) -> Imported:
     """Writes one partition's rows, etag-checked against what was stored when the import began; a row
-    changed since (a login linked it, an admin disabled it) is read again and decided again."""
+    changed since (a login linked it, an admin disabled it) is read again and decided again; rows that
+    keep changing (WRITE_ATTEMPTS) are refused."""
     known = {(row.key, row.kind): stored.get((row.key, row.kind)) for row in rows}
     scanned = {key for key, before in known.items() if before is not None}
     for _ in range(WRITE_ATTEMPTS):
@@ -881,7 +882,10 @@ def _import_partition(table: TableClient, rows: list[AccountRow], stored: dict[t
             except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError, TableTransactionError):
                 pass  # changed since it was read: read it again
         known = {(row.key, row.kind): _read(table, row.key, row.kind) for row in rows}
-    raise AccountConflict(f"the accounts of {rows[0].email} kept changing during the import; import again")
+    # Refused, not raised: raised, it cancelled every partition not yet written, and the import could
+    # not say which rows were written. The other emails' rows are written as usual.
+    why = f"the accounts of {rows[0].email} kept changing during the import ({WRITE_ATTEMPTS} tries); import again"
+    return Imported(0, refused + [(row, why) for row in todo])
 
 
 def _hold_alone(table: TableClient, result: Imported) -> None:
@@ -921,7 +925,8 @@ def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[
     """Writes every row, etag-checked against `stored` (stored_accounts(), which the caller read to
     check the rows first: tools/accounts.py cmd_import refuses, against it, a row that would share an
     account with another email, sharing_problems, and one that would re-point a linked person to another
-    account id unless `force`). A row that became so during the import comes back in `refused`, unwritten,
+    account id unless `force`). A row that became so during the import, or kept changing, comes back in
+    `refused`, unwritten,
     and so does one whose account id another email took during the import (checked again once every row is
     written: _hold_alone; taken back), or in `stuck` where it could not be taken back.
     Each email is its own partition, so a transaction can only group one email's user and agent rows: the

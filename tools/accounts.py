@@ -347,9 +347,6 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"{bar.done} of {len(rows)} rows were written before storage failed; importing is idempotent, "
               "so run the same import again.", file=sys.stderr)
         raise
-    except AccountConflict as err:
-        bar.close()
-        return _fail(f"{printable(str(err))} (the other rows were written)")
     bar.close()
     elapsed = time.monotonic() - started
     refused = {id(row) for row, _ in result.refused}
@@ -361,6 +358,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
     for row, why in result.stuck:
         print(f"line {row.line}: written, but {printable(why)}", file=sys.stderr)
+    if result.refused:
+        n = len(result.refused)
+        print(f"{n} of {len(rows)} row{'s' if len(rows) != 1 else ''} {'was' if n == 1 else 'were'} not written (the "
+              f"lines above); the other {result.written} {'was' if result.written == 1 else 'were'} written.",
+              file=sys.stderr)
     return EXIT_BAD_INPUT if result.refused or result.stuck else EXIT_OK
 
 

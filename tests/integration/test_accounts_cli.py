@@ -897,3 +897,35 @@ def test_an_import_that_scanned_before_another_writer_took_the_id_takes_its_own_
     assert _holders(store, account_id) == [theirs], "one mailbox holds the account"
     assert store.get(mine, "user") is None, "the import's own colliding row was removed"
     assert store.get(other, "user").account_id == f"U-OTHER.{tag}", "its other rows stay"
+
+
+def test_an_email_whose_rows_keep_changing_is_refused_and_the_other_rows_are_written(cs, store, tag, tmp_path,
+                                                                                    capsys, monkeypatch):
+    """One email's row changes before each of the import's writes (a real change: Azurite answers 412
+    to the etag-checked write): that email's rows were an AccountConflict that cancelled every pending
+    partition, while the CLI said "(the other rows were written)". Now they are refused, said by line,
+    and every other row is written; the exit is still 1."""
+    import shared.accounts
+
+    hot = f"hot.{tag}@contoso.test"
+    store.add(hot, "user", f"U-HOT.{tag}")
+    others = [f"later{n}.{tag}@contoso.test" for n in range(60)]
+    csv_file = _write(tmp_path / "hot.csv", ["email,kind,account_id", f"{hot},user,U-HOT.{tag}",
+                                             *(f"{email},user,U-L{n}.{tag}" for n, email in enumerate(others))])
+    real = shared.accounts._write_partition
+
+    def changed_first(table, rows, known):
+        if rows[0].email == hot:  # another writer lands before each of our writes of this email
+            table.update_entity({"PartitionKey": hot, "RowKey": "user", "DisplayName": "changed"},
+                                mode=UpdateMode.MERGE)
+        return real(table, rows, known)
+    monkeypatch.setattr(shared.accounts, "_write_partition", changed_first)
+    assert run(cs, "import", str(csv_file), "--workers", "4") == 1
+    captured = capsys.readouterr()
+    assert f"line 2: not written (changed during the import): the accounts of {hot} kept changing" in captured.err, \
+        captured.err
+    assert "the other rows were written" not in captured.err
+    assert "1 of 61 rows was not written (the lines above); the other 60 were written" in captured.err, captured.err
+    assert "imported 60 accounts (60 user, 0 agent)" in captured.out, captured.out
+    assert [store.get(email, "user") is not None for email in others] == [True] * len(others), \
+        "every other email's row is written"
