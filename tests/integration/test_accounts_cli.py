@@ -929,3 +929,37 @@ def test_an_email_whose_rows_keep_changing_is_refused_and_the_other_rows_are_wri
     assert "imported 60 accounts (60 user, 0 agent)" in captured.out, captured.out
     assert [store.get(email, "user") is not None for email in others] == [True] * len(others), \
         "every other email's row is written"
+
+
+@pytest.mark.parametrize("late_row", ["new", "existing of another id"])
+def test_a_change_in_the_window_before_the_check_again_does_not_keep_the_account_nor_is_lost(
+        cs, store, tag, capsys, monkeypatch, late_row):
+    """Between B's write and its check again, A's row of the id lands and another change lands on B's
+    row (a login linking the new row, the window SECURITY.md names; an admin's disable of the updated
+    one): B's take-back, etag-checked on its own write, fails (412), reads the row again and still
+    takes the account id back: the new row is deleted, linked or not; the updated row gets its old id
+    back and keeps the disable."""
+    account_id, a, b = f"U-WIN.{tag}", f"win-a.{tag}@contoso.test", f"win-b.{tag}@contoso.test"
+    if late_row != "new":
+        store.add(b, "user", f"U-B-OWN.{tag}")
+    real, calls = AccountStore.holders, []
+
+    def holders(self, wanted, kind):
+        calls.append(1)
+        if len(calls) == 2:  # B's check again, after its write: A's add and the other change land first
+            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
+            if late_row == "new":
+                store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+            else:
+                store.update(b, "user", Enabled=False)
+        return real(self, wanted, kind)
+    monkeypatch.setattr(AccountStore, "holders", holders)
+    assert run(cs, "add", b, "--kind", "user", "--account-id", account_id) == 1
+    assert f"is the user account of {a}" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert _holders(store, account_id) == [a]
+    if late_row == "new":
+        assert store.get(b, "user") is None, "the row linked in the window goes too"
+    else:
+        kept = store.get(b, "user")
+        assert (kept.account_id, kept.enabled) == (f"U-B-OWN.{tag}", False), "its old id back, the disable kept"
