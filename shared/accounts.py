@@ -321,7 +321,8 @@ class AccountStore:
         directory sync manages keeps its name and enabled state but for a disable: AccountRow.entity);
         returns the account as it was before (None when it is new). Raises MalformedEmail, and
         AccountConflict when another email's row holds this account id and kind (sharing_problem:
-        never overridden by `force`), or when the existing row is linked to a person and has another
+        never overridden by `force`; asked again after the write, which is taken back if one does:
+        _hold_alone), or when the existing row is linked to a person and has another
         AccountId (that person would silently sign in to `account_id` from then on) unless `force`."""
         row = AccountRow(canonical_email(email), kind, account_id, name, enabled)
         for _ in range(WRITE_ATTEMPTS):
