@@ -64,9 +64,10 @@ def object_id_in(link: str | None) -> str:
 # removed role returns (so no other email may take one).
 DIRECTORY_SYNC_ID_PREFIXES = tuple(directory_sync_account_id("", kind) for kind in KINDS)
 # What an import's scan reads of each stored row (stored_accounts) and what `add` reads of the rows
-# holding an account id (AccountStore.holders).
+# holding an account id (AccountStore.holders); DisplayName, so that a write taken back (take_back)
+# puts the name it replaced back.
 STORED_FIELDS = ["PartitionKey", "RowKey", "AccountId", "LinkedIdpSubject", "Email", "MovedTo", "MovedFrom",
-                 "ScimId", "Enabled"]
+                 "ScimId", "Enabled", "DisplayName"]
 
 
 def _char(c: str) -> str:
@@ -320,7 +321,8 @@ class AccountStore:
         directory sync manages keeps its name and enabled state but for a disable: AccountRow.entity);
         returns the account as it was before (None when it is new). Raises MalformedEmail, and
         AccountConflict when another email's row holds this account id and kind (sharing_problem:
-        never overridden by `force`), or when the existing row is linked to a person and has another
+        never overridden by `force`; asked again after the write, which is taken back if one does:
+        _hold_alone), or when the existing row is linked to a person and has another
         AccountId (that person would silently sign in to `account_id` from then on) unless `force`."""
         row = AccountRow(canonical_email(email), kind, account_id, name, enabled)
         for _ in range(WRITE_ATTEMPTS):
@@ -332,17 +334,35 @@ class AccountStore:
             with storage_errors():
                 try:
                     if existing is None:
-                        self._table.create_entity(row.entity())
-                        return None
-                    if repoints(row.account_id, existing) and not force:
+                        written = self._table.create_entity(row.entity())
+                    elif repoints(row.account_id, existing) and not force:
                         raise AccountConflict(f"{repoint_text(existing, account_id)}. Use --force to do that, or "
                                               "unlink first so that whoever signs in next is linked.", existing)
-                    self._table.update_entity(row.entity(existing), mode=UpdateMode.MERGE, etag=existing.etag,
-                                              match_condition=MatchConditions.IfNotModified)
-                    return existing
+                    else:
+                        written = self._table.update_entity(row.entity(existing), mode=UpdateMode.MERGE,
+                                                            etag=existing.etag,
+                                                            match_condition=MatchConditions.IfNotModified)
                 except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
                     continue  # created, changed or removed since our read: decide again
+            if gives_id(row, existing):
+                self._hold_alone(row, existing, written["etag"])
+            return existing
         raise AccountConflict(f"the {kind} account of {row.email} kept changing; try again")
+
+    def _hold_alone(self, row: AccountRow, before: Account | None, etag: str) -> None:
+        """The check after the write (write-then-verify): another admin's add or import of this id at
+        another email may have checked before our write and written after our check. Each writer reads
+        the id's holders again after its own write, so of two that overlap at least one sees the other
+        (at worst both yield, never both stay); one that sees another email's row takes its own write
+        back (take_back) and is refused, naming that email."""
+        problem = held_elsewhere(row, self.holders(row.account_id, row.kind))
+        if problem is None:
+            return
+        if take_back(self._table, row, before, etag):
+            raise AccountConflict(f"{problem}; that row was written while this add ran, so this add was taken back",
+                                  before)
+        raise AccountConflict(f"{problem}; that row was written while this add ran, and this add's row at {row.email} "
+                              "kept changing while it was being taken back: remove one of the two", before)
 
     def update(self, email: str, kind: str, check: Callable[[Account], None] | None = None, **properties) -> bool:
         """Merges properties into an account (etag-checked on the row as read; nothing else in it is
@@ -430,23 +450,29 @@ class AccountStore:
         raise AccountConflict(f"the {kind} account of {canonical_email(email)} kept changing; try again")
 
     def remove(self, email: str, kind: str) -> bool:
-        """Deletes the account; raises AccountConflict when the row is the old row of a committed move
-        whose new row still names it (deleting it would hide the moved account)."""
-        key = email_key(email)
-        row = _read(self._table, key, kind)
-        if row is None:
-            return False
-        if row.moved_to:
-            target = _read(self._table, row.moved_to, kind)
-            if target is not None and target.moved_from == key:
-                raise AccountConflict(f"{self.move_problem(row)} (deleting this row now would hide the account at "
-                                      f"{_unescape(row.moved_to)})")
-        return self.remove_key(key, kind)
+        """Deletes the account (remove_key at its email's key)."""
+        return self.remove_key(email_key(email), kind)
 
     def remove_key(self, key: str, kind: str) -> bool:
         """Deletes the row with this stored PartitionKey (also one whose key no address gives any more:
-        see `key_problems`); False when there was none. One request (tables.delete_existed)."""
-        return delete_existed(self._table, key, kind)
+        see `key_problems`); False when there was none. Raises AccountConflict when the row is the old
+        row of a committed move whose new row still names it (deleting it would hide the moved
+        account), by email or by stored key alike. The delete is on the etag read, so a move that
+        commits after the check fails it, and it is decided again."""
+        for _ in range(WRITE_ATTEMPTS):
+            row = _read(self._table, key, kind)
+            if row is None:
+                return False
+            if row.moved_to:
+                target = _read(self._table, row.moved_to, kind)
+                if target is not None and target.moved_from == key:
+                    raise AccountConflict(f"{self.move_problem(row)} (deleting this row now would hide the account "
+                                          f"at {_unescape(row.moved_to)})", row)
+            try:
+                return delete_existed(self._table, key, kind, etag=row.etag)
+            except ResourceModifiedError:
+                continue
+        raise AccountConflict(f"the {kind} row at the stored key {key} kept changing; try again")
 
     def stored_accounts(self) -> dict[tuple[str, str], Account]:
         """See `stored_accounts` below."""
@@ -645,6 +671,14 @@ class AccountRow:
             return {**keys, **({} if self.enabled else {"Enabled": False})}
         return {**keys, "Email": self.email, "DisplayName": self.name, "Enabled": self.enabled}
 
+    def undo_entity(self, before: Account) -> dict:
+        """What `entity(before)` replaced in `before`, to merge back (take_back). An `Enabled` that was
+        not a boolean comes back as false: it counted as disabled, and still does."""
+        written = self.entity(before)
+        was = {"AccountId": before.account_id, "Email": before.email, "DisplayName": before.display_name,
+               "Enabled": before.enabled}
+        return {name: was.get(name, value) for name, value in written.items()}
+
 
 def parse_enabled(raw: str | None) -> bool | None:
     """true/false/1/0/yes/no (any case) or empty (= true); None for anything else."""
@@ -712,22 +746,66 @@ def sharing_problem(row: AccountRow, holders: Iterable[Account], before: Account
     mailbox now); the other row of that account's own move between the two keys, and a row no
     sign-in reaches, do not count. Directory sync's ids (scim-{kind}-...) are the provisioned
     person's even while no row holds them. `--force` never overrides this (a security property)."""
-    others = [held for held in holders if held.key != row.key and row.key not in (held.moved_to, held.moved_from)
-              and login_reaches(held.key)]
-    if others:
-        held = min(others, key=lambda a: bool(a.moved_to or a.moved_from))  # the one not mid-move, if any
-        moving = held.moved_to or held.moved_from
-        where = f", which directory sync is moving to or from {_unescape(moving)}" if moving else ""
-        advice = (f"directory sync manages it, and moves it when Entra changes the person's email: write it under "
-                  f"{held.email}, or leave this row out") if held.provisioned else \
-            f"to give it to {row.email} instead, remove it at {held.email} first"
-        return (f"account id {row.account_id} is the {held.kind} account of {held.email}{where}: writing it "
-                f"under {row.email} would let a second mailbox sign in to it ({advice})")
-    if row.account_id.startswith(DIRECTORY_SYNC_ID_PREFIXES) and \
-            (before is None or before.account_id != row.account_id):
+    if problem := held_elsewhere(row, holders):
+        return problem
+    if row.account_id.startswith(DIRECTORY_SYNC_ID_PREFIXES) and gives_id(row, before):
         return (f"account id {row.account_id} has the form of directory sync's own (scim-{{kind}}-{{SCIM id}}), which "
                 "stay the provisioned person's and come back with that person's email: choose another")
     return None
+
+
+def held_elsewhere(row: AccountRow, holders: Iterable[Account]) -> str | None:
+    """sharing_problem's first rule alone: why a row of `holders` (the stored rows of row's AccountId
+    and kind) at another key holds row's account, None when none does. Also the check after a write
+    (`add`, an import's end), when row's own row is among the holders."""
+    others = [held for held in holders if held.key != row.key and row.key not in (held.moved_to, held.moved_from)
+              and login_reaches(held.key)]
+    if not others:
+        return None
+    held = min(others, key=lambda a: bool(a.moved_to or a.moved_from))  # the one not mid-move, if any
+    moving = held.moved_to or held.moved_from
+    where = f", which directory sync is moving to or from {_unescape(moving)}" if moving else ""
+    advice = (f"directory sync manages it, and moves it when Entra changes the person's email: write it under "
+              f"{held.email}, or leave this row out") if held.provisioned else \
+        f"to give it to {row.email} instead, remove it at {held.email} first"
+    return (f"account id {row.account_id} is the {held.kind} account of {held.email}{where}: writing it "
+            f"under {row.email} would let a second mailbox sign in to it ({advice})")
+
+
+def gives_id(row: AccountRow, before: Account | None) -> bool:
+    """Writing `row` over `before` (None: no row) makes its key a new holder of row's AccountId: only
+    such a write can make two mailboxes share an account, and only it is checked again after it lands."""
+    return before is None or before.account_id != row.account_id
+
+
+def take_back(table: TableClient, row: AccountRow, before: Account | None, etag: str) -> bool:
+    """Undoes our own write of `row` over `before` (None: we created the row), found to share its
+    account after it landed: deletes the row we created, or merges back what our write replaced, on
+    the condition that the row is as our write left it (`etag`). A row changed since (a login linked
+    it, an admin disabled it) is read again: if it still holds row's AccountId, only that is taken
+    back (a created row deleted, an updated one given its AccountId back), so the later change is
+    kept. True when the row no longer holds row's AccountId; False when it kept changing."""
+    undo = row.undo_entity(before) if before is not None else None
+    for _ in range(WRITE_ATTEMPTS):
+        with storage_errors():
+            try:
+                if undo is None:
+                    table.delete_entity(row.key, row.kind, etag=etag, match_condition=MatchConditions.IfNotModified)
+                else:
+                    table.update_entity(undo, mode=UpdateMode.MERGE, etag=etag,
+                                        match_condition=MatchConditions.IfNotModified)
+                return True
+            except ResourceNotFoundError:
+                return True
+            except ResourceModifiedError:
+                pass
+        now = _read(table, row.key, row.kind)
+        if now is None or now.account_id != row.account_id:
+            return True
+        etag = now.etag
+        if undo is not None:
+            undo = {"PartitionKey": row.key, "RowKey": row.kind, "AccountId": before.account_id}
+    return False
 
 
 def sharing_problems(rows: Iterable[AccountRow], stored: dict[tuple[str, str], Account]
@@ -745,8 +823,15 @@ class Imported:
     written: int = 0
     # Rows not written: (row, why). Checked up front by the caller, so only what changed during the
     # import: a stored row that became linked to a person under another account id (a login), moved
-    # or removed.
+    # or removed, or that kept changing; or one whose account id another email took meanwhile (its
+    # write taken back: _hold_alone).
     refused: list[tuple[AccountRow, str]] = field(default_factory=list)
+    # Rows written that share their account with another email's, and kept changing while being taken
+    # back: (row, why). Still stored: for the admin to remove.
+    stuck: list[tuple[AccountRow, str]] = field(default_factory=list)
+    # Rows written that made their key a new holder of their account id (gives_id): (row, the row as
+    # it was before, the etag our write left), checked again once every row is written.
+    gave: list[tuple[AccountRow, Account | None, str]] = field(default_factory=list)
 
 
 def _read(table: TableClient, key: str, kind: str) -> Account | None:
@@ -757,25 +842,27 @@ def _read(table: TableClient, key: str, kind: str) -> Account | None:
             return None
 
 
-def _write_partition(table: TableClient, rows: list[AccountRow], known: dict[tuple[str, str], Account | None]) -> None:
+def _write_partition(table: TableClient, rows: list[AccountRow], known: dict[tuple[str, str], Account | None]
+                     ) -> list[str]:
     """One email's rows (a user and an agent row at most): created where none was stored, else merged
-    (link and last login kept) on the condition that the row is still as it was read."""
+    (link and last login kept) on the condition that the row is still as it was read. Returns the
+    etag each row was left with, in order."""
     ops = [("create", row.entity(), {}) if (before := known[(row.key, row.kind)]) is None else
            ("update", row.entity(before), {"mode": UpdateMode.MERGE, "etag": before.etag,
                                            "match_condition": MatchConditions.IfNotModified})
            for row in rows]
     if len(ops) > 1:
-        table.submit_transaction(ops)
-    elif ops[0][0] == "create":
-        table.create_entity(ops[0][1])
-    else:
-        table.update_entity(ops[0][1], **ops[0][2])
+        return [done["etag"] for done in table.submit_transaction(ops)]
+    if ops[0][0] == "create":
+        return [table.create_entity(ops[0][1])["etag"]]
+    return [table.update_entity(ops[0][1], **ops[0][2])["etag"]]
 
 
 def _import_partition(table: TableClient, rows: list[AccountRow], stored: dict[tuple[str, str], Account],
                       force: bool) -> Imported:
     """Writes one partition's rows, etag-checked against what was stored when the import began; a row
-    changed since (a login linked it, an admin disabled it) is read again and decided again."""
+    changed since (a login linked it, an admin disabled it) is read again and decided again; rows that
+    keep changing (WRITE_ATTEMPTS) are refused."""
     known = {(row.key, row.kind): stored.get((row.key, row.kind)) for row in rows}
     scanned = {key for key, before in known.items() if before is not None}
     for _ in range(WRITE_ATTEMPTS):
@@ -789,12 +876,41 @@ def _import_partition(table: TableClient, rows: list[AccountRow], stored: dict[t
             return Imported(0, refused)
         with storage_errors():
             try:
-                _write_partition(table, todo, known)
-                return Imported(len(todo), refused)
+                etags = _write_partition(table, todo, known)
+                gave = [(row, before, etag) for row, etag in zip(todo, etags, strict=True)
+                        if gives_id(row, before := known[(row.key, row.kind)])]
+                return Imported(len(todo), refused, gave=gave)
             except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError, TableTransactionError):
                 pass  # changed since it was read: read it again
         known = {(row.key, row.kind): _read(table, row.key, row.kind) for row in rows}
-    raise AccountConflict(f"the accounts of {rows[0].email} kept changing during the import; import again")
+    # Refused, not raised: raised, it cancelled every partition not yet written, and the import could
+    # not say which rows were written. The other emails' rows are written as usual.
+    why = f"the accounts of {rows[0].email} kept changing during the import ({WRITE_ATTEMPTS} tries); import again"
+    return Imported(0, refused + [(row, why) for row in todo])
+
+
+def _hold_alone(table: TableClient, result: Imported) -> None:
+    """The import's check after its writes (AccountStore._hold_alone's, for many rows): another admin's
+    add or import of one of its account ids at another email may have checked before our write and
+    written after our check. Once every row is written, one scan (not a query per row) finds the rows
+    of ours that now share their account with another email's; each is taken back (take_back) and
+    refused, naming that email. Of two writers that overlap at least one sees the other."""
+    if not result.gave:
+        return  # no row made its key a new holder of its id: nothing it wrote can share an account
+    holders: dict[tuple[str, str], list[Account]] = {}
+    for account in stored_accounts(table).values():
+        holders.setdefault((account.account_id, account.kind), []).append(account)
+    for row, before, etag in result.gave:
+        problem = held_elsewhere(row, holders.get((row.account_id, row.kind), ()))
+        if problem is None:
+            continue
+        if take_back(table, row, before, etag):
+            result.written -= 1
+            result.refused.append((row, f"{problem}; that row was written during the import, so this row was taken "
+                                        "back"))
+        else:
+            result.stuck.append((row, f"{problem}; that row was written during the import, and this row kept "
+                                      "changing while it was being taken back: remove one of the two"))
 
 
 def stored_accounts(table: TableClient) -> dict[tuple[str, str], Account]:
@@ -810,7 +926,10 @@ def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[
     """Writes every row, etag-checked against `stored` (stored_accounts(), which the caller read to
     check the rows first: tools/accounts.py cmd_import refuses, against it, a row that would share an
     account with another email, sharing_problems, and one that would re-point a linked person to another
-    account id unless `force`). A row that became so during the import comes back in `refused`, unwritten.
+    account id unless `force`). A row that became so during the import, or kept changing, comes back in
+    `refused`, unwritten,
+    and so does one whose account id another email took during the import (checked again once every row is
+    written: _hold_alone; taken back), or in `stuck` where it could not be taken back.
     Each email is its own partition, so a transaction can only group one email's user and agent rows: the
     speed comes from `workers` requests in flight at once. `progress(n)` is called (on this thread) as each
     n rows land. Raises DependencyUnavailable on the first storage failure, after the requests in flight
@@ -826,10 +945,12 @@ def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[
                 part = done.result()
                 result.written += part.written
                 result.refused += part.refused
+                result.gave += part.gave
                 if progress:
                     progress(part.written + len(part.refused))
         except BaseException:
             for future in pending:
                 future.cancel()
             raise
+    _hold_alone(table, result)
     return result

@@ -6,11 +6,13 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     ClientAuthenticationError,
     DeserializationError,
     HttpResponseError,
     ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -104,13 +106,21 @@ class Tables:
                                                 "makes it)") from exc
 
 
-def delete_existed(table: TableClient, partition_key: str, row_key: str) -> bool:
-    """Deletes one row with one unconditional DELETE; True when the row was there. delete_entity
-    reports a 404 as success, so the status is read from the response itself (its last attempt's)."""
+def delete_existed(table: TableClient, partition_key: str, row_key: str, etag: str | None = None) -> bool:
+    """Deletes one row with one DELETE, unconditional or, given `etag`, only while the row is as read
+    (ResourceModifiedError otherwise); True when the row was there. delete_entity reports a 404 as
+    success, so the status is read from the response itself (its last attempt's)."""
     statuses: list[int] = []
+    condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+    changed = None
     with storage_errors():
-        table.delete_entity(partition_key, row_key,
-                            raw_response_hook=lambda r: statuses.append(r.http_response.status_code))
+        try:
+            table.delete_entity(partition_key, row_key, **condition,
+                                raw_response_hook=lambda r: statuses.append(r.http_response.status_code))
+        except ResourceModifiedError as exc:  # the caller's to decide, not storage unavailable
+            changed = exc
+    if changed is not None:
+        raise changed
     return bool(statuses) and statuses[-1] != 404
 
 

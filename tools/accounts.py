@@ -347,9 +347,6 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"{bar.done} of {len(rows)} rows were written before storage failed; importing is idempotent, "
               "so run the same import again.", file=sys.stderr)
         raise
-    except AccountConflict as err:
-        bar.close()
-        return _fail(f"{printable(str(err))} (the other rows were written)")
     bar.close()
     elapsed = time.monotonic() - started
     refused = {id(row) for row, _ in result.refused}
@@ -357,11 +354,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     kinds = {kind: sum(1 for r in written if r.kind == kind) for kind in KINDS}
     print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
     _say_managed(written, stored)
+    for row, why in result.refused:
+        print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
+    for row, why in result.stuck:
+        print(f"line {row.line}: written, but {printable(why)}", file=sys.stderr)
     if result.refused:
-        for row, why in result.refused:
-            print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return EXIT_OK
+        n = len(result.refused)
+        print(f"{n} of {len(rows)} row{'s' if len(rows) != 1 else ''} {'was' if n == 1 else 'were'} not written (the "
+              f"lines above); the other {result.written} {'was' if result.written == 1 else 'were'} written.",
+              file=sys.stderr)
+    return EXIT_BAD_INPUT if result.refused or result.stuck else EXIT_OK
 
 
 def _refuse_rows(path: str, refused: list[tuple[AccountRow, str]], what: str, advice: str = "") -> int:
@@ -499,8 +501,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
     for flag, value in (("--stored-key", key), ("--kind", kind)):
         if problem := _stored_key_problem(value):
             return _fail(f"{flag} {problem}")
-    if not _store(args).remove_key(key, kind):
-        return _fail(f"no {printable(kind)} row with the stored key {printable(key)}")
+    try:
+        if not _store(args).remove_key(key, kind):
+            return _fail(f"no {printable(kind)} row with the stored key {printable(key)}")
+    except AccountConflict as refused:  # the old row of a move whose copy still names it, as by EMAIL
+        return _fail(printable(str(refused)))
     print(f"removed the {printable(kind)} row with the stored key {printable(key)}")
     return EXIT_OK
 

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from azure.data.tables import TableClient, UpdateMode
 
+from shared.accounts import AccountStore
 from tools import accounts
 from tools.stack import azurite_connection_string, free_port, new_account_key
 
@@ -545,13 +547,18 @@ def test_check_reports_rows_directory_sync_is_moving(cs, store, tag, capsys):
     assert "Entra" in out
 
 
-def test_remove_refuses_an_old_row_whose_copy_still_depends_on_it(cs, store, tag, capsys):
+@pytest.mark.parametrize("by", ["email", "stored key"])
+def test_remove_refuses_an_old_row_whose_copy_still_depends_on_it(cs, store, tag, capsys, by):
+    """By its email or by --stored-key (as `check` prints it) alike: the stored-key path deleted the old
+    row, and the account at the new email stopped signing in."""
     old, new = _moving_pair(store, tag, committed=True)
-    assert run(cs, "remove", old, "--kind", "agent") == 1
-    assert "directory sync" in capsys.readouterr().err
+    which = (old,) if by == "email" else ("--stored-key", old)
+    assert run(cs, "remove", *which, "--kind", "agent") == 1
+    err = capsys.readouterr().err
+    assert "directory sync" in err and f"would hide the account at {new}" in err, err
     assert store.get(new, "agent") is not None, "the moved account still signs in"
     store._table.update_entity({"PartitionKey": new, "RowKey": "agent", "MovedFrom": ""})  # step 3 done
-    assert run(cs, "remove", old, "--kind", "agent") == 0, "a leftover old row can go"
+    assert run(cs, "remove", *which, "--kind", "agent") == 0, "a leftover old row can go"
     assert store.get(new, "agent") is not None
 
 
@@ -773,3 +780,186 @@ def test_remove_of_a_stored_key_no_table_key_can_be_is_bad_input_before_any_requ
     assert err.startswith("error: --stored-key holds ") and "which Table Storage keeps in no key" in err, err
     assert run(cs, "remove", "--stored-key", "a@t.com", "--kind", "us/er") == 1
     assert capsys.readouterr().err.startswith("error: --kind holds '/'")
+
+
+# ---- two admin writes of one account id at once: write, then check again (never two mailboxes)
+
+
+def _holders(store, account_id: str, kind: str = "user") -> list[str]:
+    return sorted(a.email for a in store.holders(account_id, kind))
+
+
+def _paused_after_its_check(monkeypatch, paused_thread: str, checked: threading.Event, go: threading.Event):
+    """`add`'s check of the id's holders, in the thread named `paused_thread`, answers and then waits for
+    `go` (once): another writer's whole command lands between that check and its write."""
+    real = AccountStore.holders
+
+    def holders(self, account_id, kind):
+        found = real(self, account_id, kind)
+        if threading.current_thread().name == paused_thread and not checked.is_set():
+            checked.set()
+            assert go.wait(30), "the other writer never finished"
+        return found
+    monkeypatch.setattr(AccountStore, "holders", holders)
+
+
+@pytest.mark.parametrize("late_row", ["new", "existing of another id"])
+def test_an_add_that_checked_before_another_adds_write_takes_its_own_row_back(cs, store, tag, capsys, monkeypatch,
+                                                                            late_row):
+    """B checked the id's holders (none), then A added the id at another email, whole, then B wrote:
+    both exited 0 and two mailboxes held the account. B checks again after its write, sees A's row,
+    takes its own write back and is refused, naming A's email."""
+    account_id, a, b = f"U-RACE.{tag}", f"race-a.{tag}@contoso.test", f"race-b.{tag}@contoso.test"
+    if late_row != "new":
+        store.add(b, "user", f"U-B-OWN.{tag}", "B Own")
+    checked, go = threading.Event(), threading.Event()
+    _paused_after_its_check(monkeypatch, "late", checked, go)
+    codes = {}
+    late = threading.Thread(name="late", target=lambda: codes.setdefault(
+        "b", run(cs, "add", b, "--kind", "user", "--account-id", account_id, "--name", "B Late")))
+    late.start()
+    assert checked.wait(30)
+    assert run(cs, "add", a, "--kind", "user", "--account-id", account_id) == 0
+    capsys.readouterr()
+    go.set()
+    late.join(30)
+    err = capsys.readouterr().err
+    assert codes["b"] == 1, "the later writer saw the other row after its own write and yielded"
+    assert f"account id {account_id} is the user account of {a}" in err, err
+    assert _holders(store, account_id) == [a], "one mailbox holds the account"
+    if late_row == "new":
+        assert store.get(b, "user") is None, "its own row taken back"
+    else:
+        kept = store.get(b, "user")
+        assert (kept.account_id, kept.display_name) == (f"U-B-OWN.{tag}", "B Own"), "its own write taken back"
+
+
+def test_two_adds_that_both_checked_before_either_wrote_never_both_keep_the_account(cs, store, tag, capsys,
+                                                                                   monkeypatch):
+    """The hunter's race: a barrier right after each add's check of the id's holders, so both checks
+    see none and both write. Each checks again after its own write: at worst both yield, never both
+    stay; an add that exits 0 holds the account, one that exits 1 does not."""
+    account_id = f"U-BAR.{tag}"
+    emails = {"first": f"bar-1.{tag}@contoso.test", "second": f"bar-2.{tag}@contoso.test"}
+    barrier = threading.Barrier(2, timeout=30)
+    real, waited = AccountStore.holders, set()
+
+    def holders(self, wanted, kind):
+        found = real(self, wanted, kind)
+        name = threading.current_thread().name
+        if name in emails and name not in waited:  # the check before the write, not the one after
+            waited.add(name)
+            barrier.wait()
+        return found
+    monkeypatch.setattr(AccountStore, "holders", holders)
+    codes = {}
+    threads = [threading.Thread(name=name, target=lambda n=name, e=email: codes.setdefault(
+        n, run(cs, "add", e, "--kind", "user", "--account-id", account_id))) for name, email in emails.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    capsys.readouterr()
+    holding = _holders(store, account_id)
+    assert len(holding) <= 1, f"two mailboxes hold {account_id}: {holding} (exit codes {codes})"
+    assert sorted(codes.values()) in ([0, 1], [1, 1]), codes
+    assert holding == [emails[n] for n, code in codes.items() if code == 0], (holding, codes)
+
+
+@pytest.mark.parametrize("racer", ["add", "import"])
+def test_an_import_that_scanned_before_another_writer_took_the_id_takes_its_own_row_back(
+        cs, store, tag, tmp_path, capsys, monkeypatch, racer):
+    """An add (or a second import) of the same account id at another email lands whole between the
+    import's scan and its write: the import checks the ids it wrote again once at the end (one scan),
+    removes its own colliding row and reports it refused; its other rows stay written."""
+    account_id = f"U-IMP.{tag}"
+    mine, theirs, other = (f"imp-mine.{tag}@contoso.test", f"imp-theirs.{tag}@contoso.test",
+                           f"imp-other.{tag}@contoso.test")
+    ours = _write(tmp_path / "ours.csv", ["email,kind,account_id", f"{mine},user,{account_id}",
+                                          f"{other},user,U-OTHER.{tag}"])
+    theirs_file = _write(tmp_path / "theirs.csv", ["email,kind,account_id", f"{theirs},user,{account_id}"])
+    real, scans = AccountStore.stored_accounts, []
+
+    def scan(self):
+        found = real(self)
+        scans.append(1)
+        if len(scans) == 1:  # our import's scan: the other writer lands whole before our write
+            argv = ("add", theirs, "--kind", "user", "--account-id", account_id) if racer == "add" else \
+                ("import", str(theirs_file))
+            assert run(cs, *argv) == 0, "the other writer came first and saw no holder"
+        return found
+    monkeypatch.setattr(AccountStore, "stored_accounts", scan)
+    capsys.readouterr()
+    assert run(cs, "import", str(ours)) == 1
+    captured = capsys.readouterr()
+    assert "line 2: not written" in captured.err and f"is the user account of {theirs}" in captured.err, captured.err
+    assert "imported 1 accounts" in captured.out, captured.out
+    assert _holders(store, account_id) == [theirs], "one mailbox holds the account"
+    assert store.get(mine, "user") is None, "the import's own colliding row was removed"
+    assert store.get(other, "user").account_id == f"U-OTHER.{tag}", "its other rows stay"
+
+
+def test_an_email_whose_rows_keep_changing_is_refused_and_the_other_rows_are_written(cs, store, tag, tmp_path,
+                                                                                    capsys, monkeypatch):
+    """One email's row changes before each of the import's writes (a real change: Azurite answers 412
+    to the etag-checked write): that email's rows were an AccountConflict that cancelled every pending
+    partition, while the CLI said "(the other rows were written)". Now they are refused, said by line,
+    and every other row is written; the exit is still 1."""
+    import shared.accounts
+
+    hot = f"hot.{tag}@contoso.test"
+    store.add(hot, "user", f"U-HOT.{tag}")
+    others = [f"later{n}.{tag}@contoso.test" for n in range(60)]
+    csv_file = _write(tmp_path / "hot.csv", ["email,kind,account_id", f"{hot},user,U-HOT.{tag}",
+                                             *(f"{email},user,U-L{n}.{tag}" for n, email in enumerate(others))])
+    real = shared.accounts._write_partition
+
+    def changed_first(table, rows, known):
+        if rows[0].email == hot:  # another writer lands before each of our writes of this email
+            table.update_entity({"PartitionKey": hot, "RowKey": "user", "DisplayName": "changed"},
+                                mode=UpdateMode.MERGE)
+        return real(table, rows, known)
+    monkeypatch.setattr(shared.accounts, "_write_partition", changed_first)
+    assert run(cs, "import", str(csv_file), "--workers", "4") == 1
+    captured = capsys.readouterr()
+    assert f"line 2: not written (changed during the import): the accounts of {hot} kept changing" in captured.err, \
+        captured.err
+    assert "the other rows were written" not in captured.err
+    assert "1 of 61 rows was not written (the lines above); the other 60 were written" in captured.err, captured.err
+    assert "imported 60 accounts (60 user, 0 agent)" in captured.out, captured.out
+    assert [store.get(email, "user") is not None for email in others] == [True] * len(others), \
+        "every other email's row is written"
+
+
+@pytest.mark.parametrize("late_row", ["new", "existing of another id"])
+def test_a_change_in_the_window_before_the_check_again_does_not_keep_the_account_nor_is_lost(
+        cs, store, tag, capsys, monkeypatch, late_row):
+    """Between B's write and its check again, A's row of the id lands and another change lands on B's
+    row (a login linking the new row, the window SECURITY.md names; an admin's disable of the updated
+    one): B's take-back, etag-checked on its own write, fails (412), reads the row again and still
+    takes the account id back: the new row is deleted, linked or not; the updated row gets its old id
+    back and keeps the disable."""
+    account_id, a, b = f"U-WIN.{tag}", f"win-a.{tag}@contoso.test", f"win-b.{tag}@contoso.test"
+    if late_row != "new":
+        store.add(b, "user", f"U-B-OWN.{tag}")
+    real, calls = AccountStore.holders, []
+
+    def holders(self, wanted, kind):
+        calls.append(1)
+        if len(calls) == 2:  # B's check again, after its write: A's add and the other change land first
+            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
+            if late_row == "new":
+                store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+            else:
+                store.update(b, "user", Enabled=False)
+        return real(self, wanted, kind)
+    monkeypatch.setattr(AccountStore, "holders", holders)
+    assert run(cs, "add", b, "--kind", "user", "--account-id", account_id) == 1
+    assert f"is the user account of {a}" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert _holders(store, account_id) == [a]
+    if late_row == "new":
+        assert store.get(b, "user") is None, "the row linked in the window goes too"
+    else:
+        kept = store.get(b, "user")
+        assert (kept.account_id, kept.enabled) == (f"U-B-OWN.{tag}", False), "its old id back, the disable kept"
