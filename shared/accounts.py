@@ -431,8 +431,8 @@ class AccountStore:
                     return False
                 self._refuse_moving(Account.from_entity(entity))
                 # A provisioned row is marked as the admin's word "the same person": directory sync then
-                # gives the person's AccountIds to the identity its next write names (shared/scim/sync.py);
-                # a row merely unbound (never signed in, an older version's) never hands them over.
+                # gives this row's AccountId (this kind's alone) to the identity its next write names
+                # (shared/scim/sync.py); a row merely unbound (an older version's) never hands one over.
                 handing_over = bool(entity.get("ScimId")) and entity.get(HANDED_OVER) is not True
                 if "LinkedIdpSubject" not in entity and SCIM_OBJECT_ID not in entity and not handing_over:
                     return True
