@@ -58,6 +58,9 @@ MAX_STORED = 30_000  # UTF-16 units of a person's JSON (a Table string property 
 # A pointer whose person does not (yet) hold its value is a write in progress while it is younger
 # than this (the person row is written last), and left behind by a write that stopped once older.
 CLAIM_GRACE = timedelta(minutes=5)
+# Who holds every plain id of a person whose AccountIds record is unreadable (account_ids_of): no one
+# who may have it, so no identity is given one.
+UNREADABLE = "unreadable"
 
 
 class Raced(PreconditionFailedException):
@@ -74,20 +77,35 @@ def version_tag(version: int) -> str:
     return f'W/"{version}"'
 
 
+def stored_account_ids(ids: dict[str, dict[str, str]]) -> str:
+    """The AccountIds record as the person row stores it (account_ids_of reads it)."""
+    return json.dumps(ids, sort_keys=True, separators=(",", ":"))
+
+
 def account_ids_of(scim_id: str, row) -> dict[str, dict[str, str]]:
     """Which AccountId each identity holds, kind by kind, as the person row records it (AccountIds,
-    sync.py Desired.account_ids). A row written before that (or unreadable) names one owner of every
+    sync.py Desired.account_ids), keeping only the person's own ids (the record is directory sync's:
+    another id in it was written by hand). A row written before the record names one owner of every
     kind's plain id: the object id they were minted for (MintedFor), else its externalId's (an object
-    id or none): never a later object id's."""
+    id or none), never a later object id's; a record that is there but unreadable, no one who may have
+    it (UNREADABLE holds every kind's plain id): an identity's rows carried on keep their ids, new ones
+    are its own."""
+    def plain(kind: str) -> str:
+        return directory_sync_account_id(scim_id, kind)
+    stored = row.get("AccountIds")
+    if stored is None or stored == "":
+        owner = row.get("MintedFor") or mapping.object_id_of(row.get("ExternalId") or None) or NO_OBJECT_ID
+        return {kind: {owner: plain(kind)} for kind in KINDS}
     try:
-        recorded = json.loads(row.get("AccountIds") or "null")
-    except ValueError:
+        recorded = json.loads(stored) if isinstance(stored, str) else None
+    except (ValueError, RecursionError):
         recorded = None
-    if isinstance(recorded, dict) and all(isinstance(ids, dict) and all(isinstance(v, str) for v in ids.values())
-                                          for ids in recorded.values()):
-        return recorded
-    owner = row.get("MintedFor") or mapping.object_id_of(row.get("ExternalId") or None) or NO_OBJECT_ID
-    return {kind: {owner: directory_sync_account_id(scim_id, kind)} for kind in KINDS}
+    if not isinstance(recorded, dict) or not all(
+            isinstance(held, dict) and all(isinstance(value, str) for value in held.values())
+            for held in recorded.values()):
+        return {kind: {UNREADABLE: plain(kind)} for kind in KINDS}  # one part wrong: none of it is trusted
+    return {kind: {who: value for who, value in recorded.get(kind, {}).items() if value.startswith(plain(kind))}
+            for kind in KINDS}
 
 
 class Person:
@@ -358,8 +376,7 @@ class TableScimStorage(ScimStorage):
             raise UniquenessException(detail=str(exc)) from exc
         except Vanished as exc:
             raise Raced(detail=str(exc), keys=self._sync.written) from exc
-        row.update(AccountIds=json.dumps(self._sync.account_ids, sort_keys=True, separators=(",", ":")),
-                   DisabledKinds=" ".join(self._sync.held))
+        row.update(AccountIds=stored_account_ids(self._sync.account_ids), DisabledKinds=" ".join(self._sync.held))
 
     def create(self, resource_type: ResourceType, resource: User) -> User:
         facts = Facts(resource, self._default_kind, self._tenant)
@@ -403,11 +420,12 @@ class TableScimStorage(ScimStorage):
             # A carried key is recorded as a stopped move's is: if this write stops too, the next
             # one still finds the rows an earlier attempt left there. A disabled row about to be
             # removed is recorded first too: its disable would be lost with it.
-            held = " ".join(self._sync.held)
+            # An id this write gives (a role added, a hand-over) is recorded before a row holds it.
+            held, ids = " ".join(self._sync.held), self._sync.account_ids
             if moving or carried or (active_changed and not person.row.get("PendingActive")) or \
-                    held != (person.row.get("DisabledKinds") or ""):
+                    held != (person.row.get("DisabledKinds") or "") or ids != account_ids_of(scim_id, person.row):
                 self._record_pending(person, [*recorded, *carried, *([facts.email_key] if moving else [])],
-                                     active_changed, held)
+                                     active_changed, held, ids)
         self._apply_accounts(scim_id, facts, [*recorded, *carried], row, active_changed=active_changed,
                              before_writing=record_pending, person=person)
         try:
@@ -432,15 +450,17 @@ class TableScimStorage(ScimStorage):
             return user
         return self.update(resource_type, user, expected_version=version_tag(person.version))
 
-    def _record_pending(self, person: Person, keys: list[str], active_changed: bool, held: str) -> None:
+    def _record_pending(self, person: Person, keys: list[str], active_changed: bool, held: str,
+                        ids: dict[str, dict[str, str]]) -> None:
         """Before the accounts move to a new email, or take a changed `active`, the person row says so
         (etag-checked, one write for both), so that whatever write of the person comes next (a DELETE,
         a disable, another email, a PATCH that changes nothing) finds its accounts there and writes
         their `Enabled` again even when this one stops after writing accounts (the accounts would hold
         the new state, the person row the old: without PendingActive, Entra's next word, equal to the
-        old, would leave them so). The person row's write clears both."""
+        old, would leave them so). The person row's write clears both. The kinds held disabled and the
+        AccountIds record (`ids`) are written with them, as they will be after this write."""
         pending = " ".join(k for k in keys if k != (person.row.get("EmailKey") or ""))
-        fields = {"PendingEmailKeys": pending, "DisabledKinds": held,
+        fields = {"PendingEmailKeys": pending, "DisabledKinds": held, "AccountIds": stored_account_ids(ids),
                   **({"PendingActive": True} if active_changed else {})}
         try:
             answer = self._users.update_entity({"PartitionKey": PERSON, "RowKey": person.id, **fields},

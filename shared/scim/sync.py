@@ -198,6 +198,12 @@ class AccountSync:
             for row in self._found(rows, desired.scim_id).values():
                 if self._given(row, desired):
                     self._holds(desired, kind, row["AccountId"])
+        # ...and the ids this write will give are in the record before any row holds one (store.py
+        # writes it first when it changed): a write that stops after its rows leaves them recorded.
+        for kind, plan in plans.items():
+            source = plan.source
+            self._holds(desired, kind, self._account_id(desired, kind) if source is None else source.get("AccountId"),
+                        row=source)
         disabled = {row["RowKey"] for kind, rows in leaving.items() for row in rows.values()
                     if self._ours(row, desired.scim_id) and row.get("Enabled", True) is not True}  # 'false' too
         # Entra's own word on `active` ends an admin's disable, as it does on a row that stays.
@@ -223,10 +229,13 @@ class AccountSync:
             return True
         return bool(desired.object_id) and _identity(row) == desired.object_id
 
-    def _holds(self, desired: Desired, kind: str, account_id) -> None:
-        """Records that the identity `desired` names holds `account_id` for `kind`: only an id directory
-        sync mints (unique to the person), never an admin's own (adopted), which the admin may give
-        another email once the row is gone."""
+    def _holds(self, desired: Desired, kind: str, account_id, row=None) -> None:
+        """Records that the identity `desired` names holds `account_id` for `kind` (carried on from
+        `row`, if given): only an id directory sync mints (unique to the person), never an admin's own
+        (adopted), which the admin may give another email once the row is gone; and never the id of a
+        row that stays another identity's (a write naming no object id keeps it as it is)."""
+        if row is not None and _identity(row) and _identity(row) != desired.object_id:
+            return
         if isinstance(account_id, str) and account_id.startswith(directory_sync_account_id(desired.scim_id, kind)):
             self.account_ids.setdefault(kind, {})[desired.object_id or NO_OBJECT_ID] = account_id
 
@@ -354,7 +363,7 @@ class AccountSync:
             self._replace(target, made := self._new_row(desired, kind))
         else:
             self._table.create_entity(made := self._new_row(desired, kind))
-        self._holds(desired, kind, (plan.source if plan.source is not None else made).get("AccountId"))
+        self._holds(desired, kind, (plan.source if plan.source is not None else made).get("AccountId"), row=plan.source)
         for key in plan.ours:
             if key != new_key:
                 self._delete_if_ours(key, kind, desired.scim_id, etags.get(key) or plan.rows[key].metadata["etag"])

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from azure.data.tables import UpdateMode
+from azure.core.exceptions import ServiceRequestError
+from azure.data.tables import TableClient, UpdateMode
 
 from shared.accounts import SCIM_OBJECT_ID
 from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
@@ -347,7 +348,7 @@ def two_kinds(hostile, use_settings, tenants: str):
     assert created.status_code == 201, created.text
     pid = created.json()["id"]
     assert sign_in(hostile, use_settings, email, old_oid, "agent") == f"scim-agent-{pid}"
-    return email, old_oid, pid
+    return email, pid
 
 
 def session(hostile, use_settings, tenants: str) -> Scim:
@@ -366,7 +367,7 @@ def test_an_unlink_of_the_user_account_never_hands_the_agent_account_over(hostil
     named a new object id and gave the agent role back: the unlinked user row is the new identity's
     (the admin's word), but the agent account the old identity used is not: the unlink was about the
     user row alone."""
-    email, old_oid, pid = two_kinds(hostile, use_settings, tenants)
+    email, pid = two_kinds(hostile, use_settings, tenants)
     scim = session(hostile, use_settings, tenants)
     users = f"/Users/{pid}"
     assert scim.patch(users, entra.patch(entra.replace_roles_assertive("user"))).status_code == 204
@@ -384,7 +385,7 @@ def test_unlink_for_one_kind_and_remove_for_the_other_give_each_kind_its_own_ans
     """The admin said "the same person" for the user account (unlink) and "another person" for the
     agent one (remove, as the 409 advises): the retry gives the new identity the user account and an
     agent account of its own, never the old identity's agent AccountId."""
-    email, old_oid, pid = two_kinds(hostile, use_settings, tenants)
+    email, pid = two_kinds(hostile, use_settings, tenants)
     scim = session(hostile, use_settings, tenants)
     assert scim.runtime.accounts.unlink(email, "user")
     new_oid = oid()
@@ -412,3 +413,85 @@ def test_an_account_handed_over_keeps_its_id_when_the_role_goes_and_comes_back(h
     for op in (entra.replace_roles_assertive(), entra.replace_roles_assertive("user")):
         assert olivia.patch(op).status_code == 204
     assert olivia.signs_in(third) == own
+
+
+# ---- a red team on the record itself: what it says, when it is written, and what it is when unreadable
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+@pytest.mark.parametrize("dance", ["roles", "email"])
+@pytest.mark.parametrize("gone", ["hr-id", "removed"])
+def test_an_externalid_that_names_no_object_id_never_takes_the_old_identitys_account(hostile, use_settings, tenants,
+                                                                                      dance, gone):
+    """externalId became a value that is no object id (or was removed) while the old identity's row
+    stood: the write kept that row (bound to the old identity) and recorded "no object id" as holding
+    its id, so the role (or email) going and coming back made it again, unbound, with the old id, and
+    the next login by the email entered the old identity's account."""
+    olivia = Setup(hostile, use_settings, tenants)
+    change = external_id(f"hr-{unique()}") if gone == "hr-id" else {"op": "Remove", "path": "externalId"}
+    assert olivia.patch(change).status_code == 204
+    away, back = away_and_back(dance, olivia.email)
+    assert olivia.patch(away).status_code == 204 and olivia.patch(back).status_code == 204
+    assert olivia.row()["AccountId"] != olivia.old_account
+    assert olivia.signs_in(oid()) != olivia.old_account
+
+
+def test_an_id_given_by_a_write_that_stopped_before_the_person_row_is_recorded_first(hostile, use_settings,
+                                                                                      monkeypatch):
+    """The agent role's write made scim-agent-P for the old identity, then stopped (an outage) before
+    the person row, which holds the record, was written; the old identity signed in to it. Re-created,
+    the admin removed both accounts (another person): the retry gave the new identity scim-agent-P,
+    the kind missing from the record counting as held by no one. The record is written before the
+    rows that hold a new id."""
+    olivia = Setup(hostile, use_settings, "single")
+    replace_person = TableClient.update_entity
+
+    def outage(self, entity, *args, **kwargs):
+        if entity.get("PartitionKey") == "P" and kwargs.get("mode") == UpdateMode.REPLACE:
+            raise ServiceRequestError("storage went away")
+        return replace_person(self, entity, *args, **kwargs)
+    with monkeypatch.context() as patched:
+        patched.setattr(TableClient, "update_entity", outage)
+        assert olivia.patch(entra.replace_roles_assertive("user", "agent")).status_code == 503
+    old_agent = sign_in(hostile, use_settings, olivia.email, olivia.old_oid, "agent")
+    assert old_agent == f"scim-agent-{olivia.id}"
+    new_oid = oid()
+    retry = (external_id(new_oid), entra.replace_roles_assertive("user", "agent"))
+    error_of(olivia.patch(*retry), 409, "uniqueness")
+    accounts = olivia.scim().runtime.accounts
+    assert accounts.remove(olivia.email, "user") and accounts.remove(olivia.email, "agent")
+    assert olivia.patch(*retry).status_code == 204
+    assert sign_in(hostile, use_settings, olivia.email, new_oid, "agent") == f"scim-agent-{olivia.id}-{new_oid}"
+
+
+@pytest.mark.parametrize("stored", [5, True, "[" * 3000, "{", '{"user": "x"}', '{"agent": {"o": 7}}'])
+def test_an_unreadable_record_is_a_scim_answer_and_gives_no_one_a_plain_id(hostile, use_settings, stored):
+    """A record no longer JSON of the right shape (edited by hand, say) was a bare 500 for some values
+    (an int, a deep nesting) and, for others, fell back to "the externalId holds every plain id":
+    after a hand-over of the user account that gave the new identity the agent account the old one
+    had. Unreadable, no identity holds a plain id: rows carried on keep theirs, new ones are their
+    identity's own."""
+    email, pid = two_kinds(hostile, use_settings, "single")
+    scim = session(hostile, use_settings, "single")
+    users = f"/Users/{pid}"
+    assert scim.patch(users, entra.patch(entra.replace_roles_assertive("user"))).status_code == 204
+    assert scim.runtime.accounts.unlink(email, "user")
+    new_oid = oid()
+    assert scim.patch(users, entra.patch(external_id(new_oid))).status_code == 204
+    people = scim.runtime.tables.client(SCIM_USERS_TABLE)
+    people.update_entity({"PartitionKey": "P", "RowKey": pid, "AccountIds": stored}, mode=UpdateMode.MERGE)
+    assert scim.patch(users, entra.patch(entra.replace_roles_assertive("user", "agent"))).status_code == 204
+    assert sign_in(hostile, use_settings, email, new_oid, "agent") == f"scim-agent-{pid}-{new_oid}"
+    assert sign_in(hostile, use_settings, email, new_oid, "user") == f"scim-user-{pid}"
+
+
+def test_a_recorded_id_that_is_not_the_persons_own_is_never_given(hostile, use_settings):
+    """The record is directory sync's: an id in it that is not one of the person's own (written by
+    hand: another person's account) is ignored, never made a row's AccountId past the CLI's checks."""
+    olivia = Setup(hostile, use_settings, "single")
+    people = olivia.scim().runtime.tables.client(SCIM_USERS_TABLE)
+    assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
+    forged = json.dumps({"user": {olivia.old_oid: "acct-of-someone-else"}})
+    people.update_entity({"PartitionKey": "P", "RowKey": olivia.id, "AccountIds": forged}, mode=UpdateMode.MERGE)
+    assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
+    assert olivia.row()["AccountId"].startswith(f"scim-user-{olivia.id}")
