@@ -190,14 +190,16 @@ class SsoService:
                                        shown="prompt must be select_account or login")
             # 3. MSAL's flow (state, nonce, PKCE): its single-use marker in the table, its contents
             #    sealed in a cookie of its own, beside the browser's other logins in flight
+            #    (with the prompt and the start, against which the callback checks prompt=login)
             seal = self.deps.signer().flow_cookies
             started_flow = self.deps.oidc.start(settings.redirect_uri(kind), prompt=prompt)
+            now = self.clock()
             expires = self.deps.flows.save(started_flow["state"], kind, correlation_id,
-                                           now=datetime.fromtimestamp(self.clock(), UTC))
+                                           now=datetime.fromtimestamp(now, UTC))
             flow = Flow(state=started_flow["state"], kind=kind, nonce=started_flow["nonce"],
                         code_verifier=started_flow["code_verifier"], scope=tuple(started_flow["scope"]),
                         return_to=return_to, portal_nonce=nonce, expires_at=expires.timestamp(),
-                        correlation_id=correlation_id)
+                        correlation_id=correlation_id, prompt=prompt, started_at=int(now))
             cookies = [set_cookie(cookie_name(kind, flow.state), seal.seal(flow), self.deps.flows.ttl)]
             in_flight = flows_in_flight(parse_cookies(cookie_header))
             cookies += [set_cookie(name, "", 0) for _, name in in_flight[:max(0, len(in_flight) + 1 - MAX_IN_FLIGHT)]]
@@ -280,9 +282,11 @@ class SsoService:
         #    nonce, but newer MSAL no longer does: our own check in step 4 (id_token.py) is the defence.
         msal_flow = flow.msal_flow(settings.redirect_uri(kind))
         result = self._take_and_redeem(flow, msal_flow, code, callback)
-        # 4. the ID token, validated by us
+        # 4. the ID token, validated by us; after prompt=login, its auth_time must show a sign-in since the
+        #    start: the prompt went to the IdP in a URL the person can edit, so only the token can show it
         claims = verify_id_token(result["id_token"], metadata=metadata, jwks=self.deps.idp_keys(),
-                                 client_id=settings.client_id, expected_nonce=expected_nonce(msal_flow))
+                                 client_id=settings.client_id, expected_nonce=expected_nonce(msal_flow),
+                                 authenticated_since=flow.started_at if flow.prompt == "login" else None)
         tid = claims.get("tid") if isinstance(claims.get("tid"), str) else ""
         oid = claims.get("oid") if isinstance(claims.get("oid"), str) else ""
         idp_sub = f"{tid}:{oid}" if tid and oid else claims["sub"]
@@ -309,7 +313,8 @@ class SsoService:
             issuer=settings.session_issuer, audience=settings.session_audience, subject=account.account_id,
             email=email, name=str(claims.get("name") or account.display_name or ""), account_type=kind,
             idp_iss=claims["iss"], idp_sub=idp_sub, now=int(self.clock()), ttl=settings.session_ttl,
-            nonce=flow.portal_nonce, return_to=flow.return_to)
+            nonce=flow.portal_nonce, return_to=flow.return_to,
+            auth_time=int(claims["auth_time"]) if "auth_time" in claims else None)
         portal = settings.portal_urls[kind]
         # The token alone: return_to and the portal's nonce are claims in it, never fields to trust.
         return pages.form_post(portal, {"session_token": token}, then=flow.return_to)

@@ -289,6 +289,56 @@ def test_a_flow_cookie_sealed_for_one_door_does_not_open_at_the_other_for_the_sa
         cookies.open("user", STATE, sealed)
 
 
+
+def test_a_flow_cookie_keeps_the_prompt_and_start_the_callback_checks_auth_time_against(idp_key):
+    """prompt=login is enforced at the callback from what the cookie sealed (the IdP's URL, where the
+    prompt travels, is the person's to edit); a cookie sealed before the cookie held them opens without."""
+    import json
+    import os
+
+    from shared.flows import FORMAT, _b64
+
+    cookies = Deps(idp_key, FailingEvents()).signer().flow_cookies
+    started = int(time.time())
+    flow = Flow(state=STATE, kind="user", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
+                return_to=None, portal_nonce=None, expires_at=started + 600, correlation_id="c",
+                prompt="login", started_at=started)
+    opened = cookies.open("user", STATE, cookies.seal(flow))
+    assert (opened.prompt, opened.started_at) == ("login", started)
+    plain = dataclasses.replace(flow, prompt=None)
+    assert cookies.open("user", STATE, cookies.seal(plain)).prompt is None
+    expires_ms, iv = (started + 600) * 1000, os.urandom(12)
+    before = json.dumps([NONCE, "v" * 43, "email openid", "", "", "c"]).encode()  # the six members of before
+    sealed = cookies._keys[0].encrypt(iv, before, cookies._aad("user", STATE, expires_ms))
+    old = cookies.open("user", STATE, f"{FORMAT}.{expires_ms}.{_b64(iv + sealed)}")
+    assert (old.nonce, old.prompt, old.started_at) == (NONCE, None, None)
+
+
+def test_a_callback_of_a_prompt_login_whose_token_has_an_old_auth_time_is_a_401_with_its_row(idp_key):
+    class Events:
+        def __init__(self):
+            self.rows = []
+
+        def record(self, event):
+            self.rows.append(event)
+
+    deps = Deps(idp_key, Events())
+    now = int(time.time())
+    deps.oidc = Oidc(jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600,
+                                 "tid": TENANT, "oid": "o", "email": "ann@contoso.test", "xms_edov": True,
+                                 "auth_time": now - 3600, "nonce": hashlib.sha256(NONCE.encode()).hexdigest()},
+                                idp_key, algorithm="RS256", headers={"kid": "k1"}))
+    flow = Flow(state=STATE, kind="user", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
+                return_to=None, portal_nonce=None, expires_at=now + 300, correlation_id="c", prompt="login",
+                started_at=now - 5)
+    request = CallbackRequest("POST", "application/x-www-form-urlencoded", f"code=c0de&state={STATE}".encode(),
+                              cookie_header=f"{cookie_name('user', STATE)}={deps.signer().flow_cookies.seal(flow)}")
+    reply = SsoService(deps).complete_login("user", request, "cid-pl")
+    assert reply.status == 401 and "session_token" not in str(reply.body) and "cid-pl" in reply.body
+    assert [(e.reason, e.status) for e in deps.events.rows] == [("id_token_auth_time", 401)]
+    assert "password again" in reply.body
+
+
 def test_the_signed_out_page_says_the_organizations_sign_in_is_still_active_when_the_idp_has_no_logout(idp_key):
     """With no end_session_endpoint, logout comes straight to the signed-out page and the IdP's session
     lives on: the page said it had ended, so on a shared computer the next person got in as this one."""
