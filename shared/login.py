@@ -230,9 +230,10 @@ class SsoService:
             reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
             event.detail = err.detail[:MAX_DETAIL]
         if callback is not None and callback.finished:
-            # The flow is over, whatever the outcome. Only a callback that consumed the flow (or whose
-            # flow the IdP ended) clears its cookie: a stranger's bogus callback (SameSite=None lets
-            # other sites send one) must not cancel a login the browser has under way.
+            # The flow is over, whatever the outcome. Only a callback that consumed the flow, whose flow
+            # the IdP ended, or whose cookie opened for a flow already gone clears its cookie: a
+            # stranger's bogus callback (SameSite=None lets other sites send one) must not cancel a login
+            # the browser has under way.
             reply.cookies.append(set_cookie(cookie_name(kind, callback.params.get("state", "")), "", 0))
         event.status, event.elapsed_ms = reply.status, _ms_since(started)
         audited = self._audit(event, reply, correlation_id)
@@ -325,7 +326,13 @@ class SsoService:
         ours. One after the other on purpose: overlapping the delete with MSAL's preparation of the
         token request (a background thread, gated) measured slower, both being Python work under one
         GIL (BENCHMARKS.md, issue 15)."""
-        self.deps.flows.take(flow.state, flow.kind)
+        try:
+            self.deps.flows.take(flow.state, flow.kind)
+        except UnknownState:
+            # The cookie opened, so it is this browser's, and its flow can never complete (a replay, or
+            # another browser presented it first): it goes too, not left holding a slot of those in flight.
+            callback.finished = True
+            raise
         callback.finished = True
         flow.check_unexpired(self.clock())
         return self.deps.oidc.redeem(msal_flow, code, flow.state)

@@ -165,3 +165,50 @@ def test_prompt_login_taken_out_of_the_idps_url_is_refused_and_honoured_lands(br
         assert claims["sub"] == "A-2001" and claims["auth_time"] >= started, "a sign-in of the step-up's own"
     finally:
         context.close()
+
+
+def test_after_another_profile_presented_the_callback_the_browsers_own_clears_its_flow_cookie(
+        browser, portal, demo_accounts):
+    """The authorization response presented first from another browser profile (400
+    browser_binding_mismatch, the marker consumed), then by the browser that started the login: 400
+    unknown_state, and that browser's flow cookie is gone (SPEC: the callback clears it), not left holding
+    one of the slots of logins in flight."""
+    import html
+    import re
+    from urllib.parse import parse_qsl
+
+    started_here, other_profile = browser.new_context(), browser.new_context()
+    try:
+        page = started_here.new_page()
+        held = {}
+
+        def hold(route):  # the IdP's form_post, kept from this browser and replayed below
+            held.update(url=route.request.url, fields=dict(parse_qsl(route.request.post_data)))
+            route.abort()
+
+        page.route(re.compile(r".*/api/sso/user/callback$"), hold)
+        page.goto(f"{APP_BASE}/api/sso/user/login")
+        page.fill("#login", DEMO_USER["login"])
+        page.fill("#password", DEMO_USER["password"])
+        page.click("button[type=submit]")
+        for _ in range(100):
+            if held:
+                break
+            page.wait_for_timeout(100)
+        page.unroute_all()
+        form = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                       for k, v in held["fields"].items())
+        flow_cookies = lambda: [c["name"] for c in started_here.cookies(APP_BASE)  # noqa: E731
+                                if c["name"].startswith("__Host-portal-sso-user-")]
+        assert len(flow_cookies()) == 1
+
+        for context, reason in ((other_profile, "browser_binding_mismatch"), (started_here, "unknown_state")):
+            tab = context.new_page()
+            tab.set_content(f'<form id="f" method="post" action="{held["url"]}">{form}</form>')
+            with tab.expect_navigation():
+                tab.evaluate("document.getElementById('f').submit()")
+            assert f"Reason: {reason}" in " ".join(tab.text_content("main").split())
+        assert flow_cookies() == [], "the browser's own callback cleared its flow cookie"
+    finally:
+        started_here.close()
+        other_profile.close()

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from shared import diagnostics
-from shared.flows import Flow
+from shared.flows import Flow, cookie_name
 from shared.jwks import JwksCache
 from shared.maintenance import purge
 from shared.tables import FLOWS_TABLE
@@ -532,6 +532,34 @@ def test_callback_without_the_cookie_is_refused_and_consumes_the_flow(hostile, a
     assert not flow_row_exists(app, fields["state"]), "the marker is consumed by the mismatch"
     assert_error_page(post_callback(session, fields), 400, app, "unknown_state")
     assert hostile.token_requests == [], "the code never reaches the IdP"
+
+
+def test_after_another_browser_presented_the_flow_the_browsers_own_callback_clears_its_cookie(hostile, app, person):
+    """SPEC SsoFlows: the callback clears the cookie. The response presented first from another browser
+    profile (the marker consumed), then the real browser's callback: 400 unknown_state, and its cookie,
+    which opened (so it is this browser's, of a flow that can never complete), is cleared, not left
+    holding one of the slots of logins in flight."""
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    name = cookie_name("user", fields["state"])
+    assert_error_page(post_with_cookie(fields, ""), 400, app, "browser_binding_mismatch")
+    own = post_callback(session, fields)
+    assert_error_page(own, 400, app, "unknown_state")
+    assert f"{name}=; " in own.headers.get("Set-Cookie", "") and "Max-Age=0" in own.headers["Set-Cookie"], \
+        own.headers.get("Set-Cookie")
+    assert name not in {c.name for c in session.cookies}, "the browser dropped it"
+
+
+def test_a_cookie_that_does_not_open_is_not_cleared_by_a_callback_of_a_spent_state(hostile, app, person):
+    """Only a cookie that opens for the state is the browser's to clear: a stranger's callback
+    (SameSite=None lets any site send one) clears nothing of the browser's."""
+    hostile.answer(claims=person.claims)
+    _, fields = begin(hostile)
+    assert_error_page(post_with_cookie(fields, ""), 400, app, "browser_binding_mismatch")
+    other, _ = begin(hostile)
+    response = post_with_cookie(fields, cookie_of(other))  # another flow's cookie, under this state's name
+    assert_error_page(response, 400, app, "unknown_state")
+    assert "Set-Cookie" not in response.headers
 
 
 def test_callback_with_another_flows_cookie_is_refused_and_consumes_the_flow(hostile, app, person):
