@@ -454,11 +454,11 @@ class SsoService:
     def signed_out(self, kind: str, correlation_id: str) -> pages.Reply:
         if kind not in KINDS:
             return pages.error(NotFound(f"unknown kind {kind!r}"), correlation_id, homes=self.home_urls())
-        try:  # the metadata logout used, held: whether the IdP's session ended too
-            idp_ended = bool(self.deps.metadata().end_session_endpoint)
+        try:  # the metadata logout used, held: whether the IdP was asked to end its session too
+            idp_asked = bool(self.deps.metadata().end_session_endpoint)
         except SsoError:
-            idp_ended = False  # not known: the page says what is safe on a shared computer
-        return pages.signed_out(self._portal_url(kind), idp_ended=idp_ended)
+            idp_asked = False  # not known: the page says what is safe on a shared computer
+        return pages.signed_out(self._portal_url(kind), idp_asked=idp_asked)
 
     # GET /api/sso/jwks.json
     def session_jwks(self, correlation_id: str) -> pages.Reply:

@@ -346,5 +346,17 @@ def test_the_signed_out_page_says_the_organizations_sign_in_is_still_active_when
     body = SsoService(deps).signed_out("user", "cid-o").body
     assert "still active" in body and "Close the browser" in body
     assert "and of your organization's sign-in" not in body
+
+
+
+def test_the_signed_out_page_never_says_the_organizations_sign_in_ended(idp_key):
+    """RP-initiated logout lets the person decline at the IdP ("No, stay signed in") and still be sent to
+    the signed-out page: it cannot know the IdP's session ended, so it says only what it knows, and what
+    to do on a shared computer."""
+    deps = Deps(idp_key, FailingEvents())
     deps.metadata = lambda: dataclasses.replace(Deps.metadata(deps), end_session_endpoint="https://idp.test/logout")
-    assert "and of your organization's sign-in" in SsoService(deps).signed_out("user", "cid-o").body
+    body = " ".join(html.unescape(SsoService(deps).signed_out("user", "cid-o").body).split())
+    assert "You have signed out of the portal." in body
+    assert "and of your organization's sign-in" not in body, "the IdP may have been told no"
+    assert "If you also chose to sign out at your organization's sign-in, that ended too" in body
+    assert "still active in this browser" in body and "Close the browser if it is a shared computer" in body
