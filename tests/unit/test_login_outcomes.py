@@ -71,17 +71,22 @@ class FailingEvents:
         raise DependencyUnavailable("table_storage", "insert refused")
 
 
+def id_token(idp_key, **changes) -> str:
+    """A valid ID token of this login (Entra's claims), with `changes` to its claims."""
+    now = int(time.time())
+    return jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600, "tid": TENANT,
+                       "oid": "o", "email": "ann@contoso.test", "xms_edov": True,
+                       "nonce": hashlib.sha256(NONCE.encode()).hexdigest(), **changes},
+                      idp_key, algorithm="RS256", headers={"kid": "k1"})
+
+
 class Deps:
     def __init__(self, idp_key, events):
         self.settings = load_settings(ENV)
         self.flows, self.accounts, self.events = Flows(), Accounts(), events
         jwk = RSAAlgorithm.to_jwk(idp_key.public_key(), as_dict=True) | {"kid": "k1", "alg": "RS256"}
         self._keys = JwksCache(lambda: {"keys": [jwk]})
-        now = int(time.time())
-        self.oidc = Oidc(jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600,
-                                     "tid": TENANT, "oid": "o", "email": "ann@contoso.test", "xms_edov": True,
-                                     "nonce": hashlib.sha256(NONCE.encode()).hexdigest()},
-                                    idp_key, algorithm="RS256", headers={"kid": "k1"}))
+        self.oidc = Oidc(id_token(idp_key))
         pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
         self._signer = SessionSigner(load_signing_keys(pem))
@@ -105,11 +110,12 @@ def idp_key():
 
 
 def callback_request(deps: Deps, expires_at: int | None = None, *, return_to: str | None = None,
-                     portal_nonce: str | None = None) -> CallbackRequest:
+                     portal_nonce: str | None = None, prompt: str | None = None,
+                     started_at: int | None = None) -> CallbackRequest:
     """The callback of a login this browser started: its flow sealed in its cookie with the deps' key."""
     flow = Flow(state=STATE, kind="user", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
                 return_to=return_to, portal_nonce=portal_nonce, expires_at=expires_at or int(time.time()) + 300,
-                correlation_id="c")
+                correlation_id="c", prompt=prompt, started_at=started_at)
     cookie = f"{cookie_name('user', STATE)}={deps.signer().flow_cookies.seal(flow)}"
     return CallbackRequest("POST", "application/x-www-form-urlencoded", f"code=c0de&state={STATE}".encode(),
                            cookie_header=cookie)
@@ -258,18 +264,8 @@ def test_the_token_names_the_account_the_login_linked_when_the_row_changed_meanw
 def test_our_own_nonce_check_refuses_a_token_of_another_login_when_the_idp_client_checks_nothing(idp_key):
     """Newer MSAL no longer compares the nonce: the IdP client here (like it) hands back whatever the
     token endpoint sent, and our check alone must refuse an ID token minted for another login."""
-    class Events:
-        rows = []
-
-        def record(self, event):
-            self.rows.append(event)
-
     deps = Deps(idp_key, Events())
-    now = int(time.time())
-    deps.oidc = Oidc(jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600,
-                                 "tid": TENANT, "oid": "o", "email": "ann@contoso.test", "xms_edov": True,
-                                 "nonce": hashlib.sha256(b"another login's nonce").hexdigest()},
-                                idp_key, algorithm="RS256", headers={"kid": "k1"}))
+    deps.oidc = Oidc(id_token(idp_key, nonce=hashlib.sha256(b"another login's nonce").hexdigest()))
     reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-n")
     assert reply.status == 401 and "session_token" not in str(reply.body)
     assert [e.reason for e in deps.events.rows] == ["id_token_nonce"]
@@ -315,25 +311,11 @@ def test_a_flow_cookie_keeps_the_prompt_and_start_the_callback_checks_auth_time_
 
 
 def test_a_callback_of_a_prompt_login_whose_token_has_an_old_auth_time_is_a_401_with_its_row(idp_key):
-    class Events:
-        def __init__(self):
-            self.rows = []
-
-        def record(self, event):
-            self.rows.append(event)
-
     deps = Deps(idp_key, Events())
     now = int(time.time())
-    deps.oidc = Oidc(jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600,
-                                 "tid": TENANT, "oid": "o", "email": "ann@contoso.test", "xms_edov": True,
-                                 "auth_time": now - 3600, "nonce": hashlib.sha256(NONCE.encode()).hexdigest()},
-                                idp_key, algorithm="RS256", headers={"kid": "k1"}))
-    flow = Flow(state=STATE, kind="user", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
-                return_to=None, portal_nonce=None, expires_at=now + 300, correlation_id="c", prompt="login",
-                started_at=now - 5)
-    request = CallbackRequest("POST", "application/x-www-form-urlencoded", f"code=c0de&state={STATE}".encode(),
-                              cookie_header=f"{cookie_name('user', STATE)}={deps.signer().flow_cookies.seal(flow)}")
-    reply = SsoService(deps).complete_login("user", request, "cid-pl")
+    deps.oidc = Oidc(id_token(idp_key, auth_time=now - 3600))
+    reply = SsoService(deps).complete_login("user", callback_request(deps, prompt="login", started_at=now - 5),
+                                            "cid-pl")
     assert reply.status == 401 and "session_token" not in str(reply.body) and "cid-pl" in reply.body
     assert [(e.reason, e.status) for e in deps.events.rows] == [("id_token_auth_time", 401)]
     assert "password again" in reply.body
