@@ -1,7 +1,8 @@
 """Started logins. A flow's contents (MSAL's nonce and PKCE verifier, the portal's return_to, nonce and
-prompt, its start and expiry) travel in the browser, in a `__Host-` cookie of their own, sealed with AES-GCM under a key
-every worker derives from the session-signing key; the `SsoFlows` table keeps only the flow's single-use
-marker (state, kind, expiry, correlation id), which the callback consumes with one unconditional DELETE.
+prompt, its start and expiry) travel in the browser, in a `__Host-` cookie of their own, sealed with
+AES-GCM under a key every worker derives from the session-signing key; the `SsoFlows` table keeps only
+the flow's single-use marker (state, kind, expiry, correlation id), which the callback consumes with
+one unconditional DELETE.
 
 Why this keeps every property of a table-held flow (SECURITY.md, "The flow in a cookie"): the cookie is
 the binding (only the browser that started the login holds it, and it opens only for its own state and
