@@ -73,9 +73,14 @@ signingJwk.use = 'sig';
 // ---- clients --------------------------------------------------------------------------------
 // client_credentials: the app checks that the IdP accepts its credential (a token for itself, scope
 // "{client_id}/.default", as Entra answers it), never on a person's login.
+// require_auth_time: every ID token carries auth_time, as Entra's do once the app registration has the
+// auth_time optional claim (infra/optional-claims.json); without it oidc-provider sends auth_time only
+// when the request asked prompt=login (or max_age), so a request stripped of its prompt would show no
+// old auth_time at all.
 const clients = (config.clients || []).map((c) => ({
   grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
   response_types: ['code'],
+  require_auth_time: true,
   ...c,
 }));
 

@@ -59,6 +59,10 @@ REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
     "code_redemption_failed": ("The IdP refused the authorization code (invalid_grant: expired, used or not "
                                "this app's): the person starts again; nothing to fix unless it repeats.", ()),
     "idp_error": ("The IdP refused the sign-in; its AADSTS code names the fix.", (50011, 50105, 65001, 50020)),
+    "id_token_auth_time": ("A login that asked prompt=login got an ID token that does not show a new sign-in: "
+                           "add the 'auth_time' optional claim (ID token) under Token configuration "
+                           "(scripts/register-app does). If it is there, the IdP did not ask for the password "
+                           "(the prompt taken out of its URL): the person starts again.", ()),
     "tenant_not_allowed": ("Add the person's tenant to ALLOWED_TENANT_IDS if they should enter.", ()),
     "email_unverified": ("The token did not say the email is verified: add the 'xms_edov' optional claim (ID "
                          "token) under Token configuration (scripts/register-app does), and give the person an "

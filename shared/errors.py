@@ -114,6 +114,18 @@ class InvalidIdToken(SsoError):
         self.reason = f"id_token_{check}"
 
 
+class NotReauthenticated(InvalidIdToken):
+    """The login asked for prompt=login, and the ID token's auth_time does not show a sign-in since it
+    started: the prompt was taken out of the IdP's URL (the person can edit it), or the IdP ignored it."""
+
+    message = ("This sign-in had to ask for your password again, and the identity provider's answer does not "
+               "show that it did. Please start again from the portal.")
+
+    def __init__(self, detail: str, *, hint: str | None = None):
+        super().__init__("auth_time", detail)
+        self.hint = hint
+
+
 # 403: authenticated, but may not enter
 class Forbidden(SsoError):
     status = 403

@@ -1,7 +1,8 @@
-"""Started logins. A flow's contents (MSAL's nonce and PKCE verifier, the portal's return_to and nonce,
-its expiry) travel in the browser, in a `__Host-` cookie of their own, sealed with AES-GCM under a key
-every worker derives from the session-signing key; the `SsoFlows` table keeps only the flow's single-use
-marker (state, kind, expiry, correlation id), which the callback consumes with one unconditional DELETE.
+"""Started logins. A flow's contents (MSAL's nonce and PKCE verifier, the portal's return_to, nonce and
+prompt, its start and expiry) travel in the browser, in a `__Host-` cookie of their own, sealed with
+AES-GCM under a key every worker derives from the session-signing key; the `SsoFlows` table keeps only
+the flow's single-use marker (state, kind, expiry, correlation id), which the callback consumes with
+one unconditional DELETE.
 
 Why this keeps every property of a table-held flow (SECURITY.md, "The flow in a cookie"): the cookie is
 the binding (only the browser that started the login holds it, and it opens only for its own state and
@@ -88,6 +89,11 @@ class Flow:
     portal_nonce: str | None
     expires_at: float  # epoch seconds (the cookie holds milliseconds: the oldest login goes first)
     correlation_id: str
+    # The portal's prompt, and when the login started (epoch seconds): the prompt travels to the IdP in a
+    # URL the person can edit, so prompt=login is enforced at the callback (auth_time since started_at)
+    # from what the cookie sealed. A cookie sealed before it held them opens with neither.
+    prompt: str | None = None
+    started_at: int | None = None
 
     def msal_flow(self, redirect_uri: str) -> dict:
         """The auth code flow as MSAL's acquire_token_by_auth_code_flow reads it."""
@@ -110,9 +116,10 @@ class FlowCookies:
         return f"{FORMAT}\n{kind}\n{state}\n{expires_ms}".encode()
 
     def seal(self, flow: Flow) -> str:
+        # UTF-8, as check_return_to counts it, not 6-byte \u escapes
         plain = json.dumps([flow.nonce, flow.code_verifier, " ".join(flow.scope), flow.return_to or "",
-                            flow.portal_nonce or "", flow.correlation_id], separators=(",", ":"),
-                           ensure_ascii=False).encode()  # UTF-8, as check_return_to counts it, not 6-byte \u escapes
+                            flow.portal_nonce or "", flow.correlation_id, flow.prompt or "", flow.started_at or 0],
+                           separators=(",", ":"), ensure_ascii=False).encode()
         iv, expires_ms = os.urandom(12), int(flow.expires_at * 1000)
         sealed = self._keys[0].encrypt(iv, plain, self._aad(flow.kind, flow.state, expires_ms))
         return f"{FORMAT}.{expires_ms}.{_b64(iv + sealed)}"
@@ -139,10 +146,11 @@ class FlowCookies:
         else:
             raise BindingMismatch("browser-binding cookie does not open for this state (altered, other flow, "
                                   "or an old key)")
-        nonce, verifier, scope, return_to, portal_nonce, correlation_id = json.loads(plain)
+        nonce, verifier, scope, return_to, portal_nonce, correlation_id, *since = json.loads(plain)
+        prompt, started_at = since or ("", 0)  # sealed before prompt and start were: neither (a deploy's overlap)
         return Flow(state=state, kind=kind, nonce=nonce, code_verifier=verifier, scope=tuple(scope.split()),
                     return_to=return_to or None, portal_nonce=portal_nonce or None, expires_at=expires_ms / 1000,
-                    correlation_id=correlation_id)
+                    correlation_id=correlation_id, prompt=prompt or None, started_at=started_at or None)
 
 
 def flows_in_flight(cookies: dict[str, str]) -> list[tuple[int, str]]:

@@ -12,7 +12,7 @@ import time
 
 import jwt
 
-from .errors import InvalidIdToken
+from .errors import InvalidIdToken, NotReauthenticated
 from .jwks import JwksCache
 from .provider import ASYMMETRIC_ALGS, ProviderMetadata
 
@@ -36,6 +36,33 @@ def _number(claims: dict, name: str, *, required: bool) -> float | None:
             or not math.isfinite(value):
         raise InvalidIdToken(name, f"'{name}' claim is not a number")
     return float(value)
+
+
+def _auth_time(claims: dict, now: float, authenticated_since: int | None) -> None:
+    """auth_time, when present, is an integral, non-negative NumericDate not in the future (it goes into
+    the session token, where a portal reads it as a time). After prompt=login (`authenticated_since`,
+    the login's start) it is required and must be no earlier than the start, less the skew: the prompt
+    travelled in a URL the person can edit, and only auth_time shows that the IdP asked again."""
+    def refused(detail: str, hint: str | None = None) -> InvalidIdToken:
+        if authenticated_since is None:
+            return InvalidIdToken("auth_time", detail)
+        return NotReauthenticated(f"prompt=login, and {detail}", hint=hint)
+
+    if "auth_time" not in claims:
+        if authenticated_since is not None:
+            raise refused("the ID token has no 'auth_time' claim",
+                          hint="An administrator must add the 'auth_time' optional claim (ID token) to the app "
+                               "registration (Token configuration).")
+        return
+    value = claims["auth_time"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not 0 <= value <= MAX_TIME or value != int(value):
+        raise refused(f"'auth_time' {_short(value)} is not an integral, non-negative NumericDate")
+    if value > now + LEEWAY_SECONDS:
+        raise refused(f"'auth_time' {int(value)} is in the future")
+    if authenticated_since is not None and value < authenticated_since - LEEWAY_SECONDS:
+        raise refused(f"'auth_time' {int(value)} is before the login started ({authenticated_since}, less "
+                      f"{LEEWAY_SECONDS} s of skew)")
 
 
 def _short(value: object) -> str:
@@ -73,9 +100,12 @@ def _header(id_token: object) -> dict:
 
 
 def verify_id_token(id_token: str, *, metadata: ProviderMetadata, jwks: JwksCache, client_id: str,
-                    expected_nonce: str | None, now: float | None = None) -> dict:
+                    expected_nonce: str | None, now: float | None = None,
+                    authenticated_since: int | None = None) -> dict:
     """Returns the token's claims when every check passes; raises InvalidIdToken naming the first
-    check that failed (the check name becomes the audit reason, e.g. 'id_token_aud')."""
+    check that failed (the check name becomes the audit reason, e.g. 'id_token_aud').
+    `authenticated_since`: the login asked for prompt=login at this time (epoch seconds), so the token's
+    auth_time must show a sign-in since (NotReauthenticated otherwise)."""
     now = time.time() if now is None else now
     header = _header(id_token)
 
@@ -135,6 +165,8 @@ def verify_id_token(id_token: str, *, metadata: ProviderMetadata, jwks: JwksCach
     nbf = _number(claims, "nbf", required=False)
     if nbf is not None and nbf > now + LEEWAY_SECONDS:
         raise InvalidIdToken("nbf", "not yet valid")
+    # Step 13: auth_time, checked as max_age's would be, for prompt=login ("ask for the password again").
+    _auth_time(claims, now, authenticated_since)
 
     # Core 2: sub is required, at most 255 ASCII characters. tid and oid (Entra's), when present, name
     # the person too (`idp_sub` is tid:oid): the same rule, so nothing odd reaches a table or a log.

@@ -190,14 +190,16 @@ class SsoService:
                                        shown="prompt must be select_account or login")
             # 3. MSAL's flow (state, nonce, PKCE): its single-use marker in the table, its contents
             #    sealed in a cookie of its own, beside the browser's other logins in flight
+            #    (with the prompt and the start, against which the callback checks prompt=login)
             seal = self.deps.signer().flow_cookies
             started_flow = self.deps.oidc.start(settings.redirect_uri(kind), prompt=prompt)
+            now = self.clock()
             expires = self.deps.flows.save(started_flow["state"], kind, correlation_id,
-                                           now=datetime.fromtimestamp(self.clock(), UTC))
+                                           now=datetime.fromtimestamp(now, UTC))
             flow = Flow(state=started_flow["state"], kind=kind, nonce=started_flow["nonce"],
                         code_verifier=started_flow["code_verifier"], scope=tuple(started_flow["scope"]),
                         return_to=return_to, portal_nonce=nonce, expires_at=expires.timestamp(),
-                        correlation_id=correlation_id)
+                        correlation_id=correlation_id, prompt=prompt, started_at=int(now))
             cookies = [set_cookie(cookie_name(kind, flow.state), seal.seal(flow), self.deps.flows.ttl)]
             in_flight = flows_in_flight(parse_cookies(cookie_header))
             cookies += [set_cookie(name, "", 0) for _, name in in_flight[:max(0, len(in_flight) + 1 - MAX_IN_FLIGHT)]]
@@ -228,9 +230,10 @@ class SsoService:
             reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
             event.detail = err.detail[:MAX_DETAIL]
         if callback is not None and callback.finished:
-            # The flow is over, whatever the outcome. Only a callback that consumed the flow (or whose
-            # flow the IdP ended) clears its cookie: a stranger's bogus callback (SameSite=None lets
-            # other sites send one) must not cancel a login the browser has under way.
+            # The flow is over, whatever the outcome. Only a callback that consumed the flow, whose flow
+            # the IdP ended, or whose cookie opened for a flow already gone clears its cookie: a
+            # stranger's bogus callback (SameSite=None lets other sites send one) must not cancel a login
+            # the browser has under way.
             reply.cookies.append(set_cookie(cookie_name(kind, callback.params.get("state", "")), "", 0))
         event.status, event.elapsed_ms = reply.status, _ms_since(started)
         audited = self._audit(event, reply, correlation_id)
@@ -280,9 +283,11 @@ class SsoService:
         #    nonce, but newer MSAL no longer does: our own check in step 4 (id_token.py) is the defence.
         msal_flow = flow.msal_flow(settings.redirect_uri(kind))
         result = self._take_and_redeem(flow, msal_flow, code, callback)
-        # 4. the ID token, validated by us
+        # 4. the ID token, validated by us; after prompt=login, its auth_time must show a sign-in since the
+        #    start: the prompt went to the IdP in a URL the person can edit, so only the token can show it
         claims = verify_id_token(result["id_token"], metadata=metadata, jwks=self.deps.idp_keys(),
-                                 client_id=settings.client_id, expected_nonce=expected_nonce(msal_flow))
+                                 client_id=settings.client_id, expected_nonce=expected_nonce(msal_flow),
+                                 authenticated_since=flow.started_at if flow.prompt == "login" else None)
         tid = claims.get("tid") if isinstance(claims.get("tid"), str) else ""
         oid = claims.get("oid") if isinstance(claims.get("oid"), str) else ""
         idp_sub = f"{tid}:{oid}" if tid and oid else claims["sub"]
@@ -309,7 +314,8 @@ class SsoService:
             issuer=settings.session_issuer, audience=settings.session_audience, subject=account.account_id,
             email=email, name=str(claims.get("name") or account.display_name or ""), account_type=kind,
             idp_iss=claims["iss"], idp_sub=idp_sub, now=int(self.clock()), ttl=settings.session_ttl,
-            nonce=flow.portal_nonce, return_to=flow.return_to)
+            nonce=flow.portal_nonce, return_to=flow.return_to,
+            auth_time=int(claims["auth_time"]) if "auth_time" in claims else None)
         portal = settings.portal_urls[kind]
         # The token alone: return_to and the portal's nonce are claims in it, never fields to trust.
         return pages.form_post(portal, {"session_token": token}, then=flow.return_to)
@@ -320,7 +326,13 @@ class SsoService:
         ours. One after the other on purpose: overlapping the delete with MSAL's preparation of the
         token request (a background thread, gated) measured slower, both being Python work under one
         GIL (BENCHMARKS.md, issue 15)."""
-        self.deps.flows.take(flow.state, flow.kind)
+        try:
+            self.deps.flows.take(flow.state, flow.kind)
+        except UnknownState:
+            # The cookie opened, so it is this browser's, and its flow can never complete (a replay, or
+            # another browser presented it first): it goes too, not left holding a slot of those in flight.
+            callback.finished = True
+            raise
         callback.finished = True
         flow.check_unexpired(self.clock())
         return self.deps.oidc.redeem(msal_flow, code, flow.state)
@@ -442,11 +454,11 @@ class SsoService:
     def signed_out(self, kind: str, correlation_id: str) -> pages.Reply:
         if kind not in KINDS:
             return pages.error(NotFound(f"unknown kind {kind!r}"), correlation_id, homes=self.home_urls())
-        try:  # the metadata logout used, held: whether the IdP's session ended too
-            idp_ended = bool(self.deps.metadata().end_session_endpoint)
+        try:  # the metadata logout used, held: whether the IdP was asked to end its session too
+            idp_asked = bool(self.deps.metadata().end_session_endpoint)
         except SsoError:
-            idp_ended = False  # not known: the page says what is safe on a shared computer
-        return pages.signed_out(self._portal_url(kind), idp_ended=idp_ended)
+            idp_asked = False  # not known: the page says what is safe on a shared computer
+        return pages.signed_out(self._portal_url(kind), idp_asked=idp_asked)
 
     # GET /api/sso/jwks.json
     def session_jwks(self, correlation_id: str) -> pages.Reply:

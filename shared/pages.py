@@ -127,12 +127,15 @@ def json_error(err: SsoError, correlation_id: str) -> Reply:
     return reply
 
 
-def signed_out(home_url: str | None, *, idp_ended: bool = True) -> Reply:
+def signed_out(home_url: str | None, *, idp_asked: bool = True) -> Reply:
     """Where the IdP returns after logout (the post_logout_redirect_uri): it takes nothing from the
-    request, so nothing can be injected into it. `idp_ended`: the IdP's session was ended too (it has
-    an end_session_endpoint); without, the next person at a shared computer would sign in as this one."""
-    said = ("You have signed out of the portal and of your organization's sign-in for it. Close the browser "
-            "if it is a shared computer." if idp_ended else
+    request, so nothing can be injected into it. `idp_asked`: logout asked the IdP to end its session
+    too (it has an end_session_endpoint). Even then the page never says it ended: the IdP lets the
+    person decline ("stay signed in") and still returns here, and on a shared computer the next person
+    would sign in as this one."""
+    said = ("You have signed out of the portal. If you also chose to sign out at your organization's sign-in, "
+            "that ended too; if you did not, it is still active in this browser, and the next person to sign "
+            "in here gets in as you: Close the browser if it is a shared computer." if idp_asked else
             "You have signed out of the portal. Your organization's sign-in is still active in this browser "
             "(the identity provider offers no sign-out): Close the browser if it is a shared computer, or the "
             "next person to sign in gets in as you.")
@@ -256,7 +259,9 @@ def setup_page(report, extra_html: str = "", extra_problems: int = 0) -> Reply:
         "asks, turn on the Microsoft Graph <code>email</code> permission.</li>"
         "<li><strong>Access</strong> token: <code>email</code>.</li>"
         "<li><strong>ID</strong> token: <code>xms_edov</code> (recommended: tells whether the email's domain is "
-        "verified; a token saying it is not is refused).</li></ul>"
+        "verified; a token saying it is not is refused).</li>"
+        "<li><strong>ID</strong> token: <code>auth_time</code> (required for <code>prompt=login</code>: it shows "
+        "the password was asked again; a login with that prompt and a token without it is refused).</li></ul>"
         + _app_roles(report.app_roles_required)
         + "<h2>4. Live state</h2>" + _check_rows([report.settings_check, *report.checks])
         + "<h2>5. Last sign-ins</h2>" + _check_rows(report.sign_ins)

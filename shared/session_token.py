@@ -91,9 +91,11 @@ class SessionSigner:
 
     def issue_session_token(self, *, issuer: str, audience: str, subject: str, email: str, name: str,
                             account_type: str, idp_iss: str, idp_sub: str, now: int, ttl: int,
-                            nonce: str | None = None, return_to: str | None = None) -> str:
+                            nonce: str | None = None, return_to: str | None = None,
+                            auth_time: int | None = None) -> str:
         """`nonce` (the portal's own value from login start) and `return_to` travel only inside the
-        signed token, never as form fields a portal might trust."""
+        signed token, never as form fields a portal might trust. `auth_time`: when the person last
+        signed in at the IdP (the ID token's, when it has one), so a portal can ask for a recent one."""
         claims = {"iss": issuer, "aud": audience, "sub": subject, "email": email, "name": name,
                   "account_type": account_type, "idp_iss": idp_iss, "idp_sub": idp_sub,
                   "iat": now, "nbf": now, "exp": now + ttl, "jti": str(uuid.uuid4())}
@@ -101,6 +103,8 @@ class SessionSigner:
             claims["nonce"] = nonce
         if return_to:
             claims["return_to"] = return_to
+        if auth_time is not None:
+            claims["auth_time"] = auth_time
         return jwt.encode(claims, self.current.private_key, algorithm=self.current.alg,
                           headers={"kid": self.current.kid, "typ": "JWT"})
 

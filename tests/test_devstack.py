@@ -105,6 +105,8 @@ def test_msal_code_flow_with_client_secret(idp: RunningIdp) -> None:
         assert claims[name] == expected[name], name
     assert claims["sub"] == expected["oid"]
     assert claims["tid"] == idp.tenant
+    # Entra's with the auth_time optional claim: the sign-in's time, in every ID token (prompt=login's check).
+    assert isinstance(claims["auth_time"], int) and abs(claims["auth_time"] - time.time()) < 120
     # MSAL sends sha256-hex of its own nonce and checks the echo; so does this test.
     assert claims["nonce"] == hashlib.sha256(flow["nonce"].encode()).hexdigest()
     assert result["id_token_claims"]["email"] == expected["email"]

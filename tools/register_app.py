@@ -13,7 +13,7 @@ URIs on it that are not ours are listed and removed (keep one with --keep-redire
 
 The registration: single tenant; Web redirect URIs for users and agents (callback and signed-out page),
 built from the function app's real host name (or --public-base-url); optional claims from
-infra/optional-claims.json (`email` in ID and access tokens, `xms_edov`); the app roles of
+infra/optional-claims.json (`email` in ID and access tokens, `xms_edov`, `auth_time`); the app roles of
 infra/app-roles.json (`Portal.User` "User", `Portal.Agent` "Agent", for users and groups, with fixed
 ids); the delegated Microsoft Graph permissions `openid profile email` of infra/api-permissions.json,
 with tenant-wide admin consent (which needs Privileged Role Administrator, Cloud Application

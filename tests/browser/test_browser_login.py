@@ -105,3 +105,110 @@ def test_sign_in_with_another_account_lands_after_the_first_logins_time_is_up(br
         assert '"sub": "U-1001"' in page.text_content("#claims")
     finally:
         context.close()
+
+
+
+
+def _step_up_at_the_idp(context, portal: str, kind: str) -> str:
+    """The portal's step-up: its own login start (its nonce), with prompt=login added, followed as far as
+    the IdP's authorization URL the app redirects to, which is returned unvisited (the portal's nonce
+    cookie and the app's flow cookie are in the browser by then: the context's requests share its jar)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    start = context.request.get(f"{portal}/{kind}/start", max_redirects=0)
+    login = context.request.get(f"{start.headers['location']}&prompt=login", max_redirects=0)
+    assert login.status == 302, login.text()[:300]
+    idp_url = login.headers["location"]
+    assert ("prompt", "login") in parse_qsl(urlsplit(idp_url).query), "the app asked the IdP for prompt=login"
+    return idp_url
+
+def test_prompt_login_taken_out_of_the_idps_url_is_refused_and_honoured_lands(browser, portal, demo_accounts,
+                                                                             monkeypatch):
+    """README: prompt=login is "ask for the password again" (the step-up at a shared agent desk). A person
+    already signed in at the IdP who deletes prompt=login from the IdP's URL is signed in by the IdP
+    without a password; the token's auth_time (before the login started) shows it, and the app refuses.
+    The same step-up with its prompt left alone asks for the password and lands. Scaled down: the clock
+    skew allowed (120 s) to 1 s, the IdP and the app sharing this machine's clock, and the step-up 3 s
+    after the first sign-in."""
+    import json
+    import time
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    import shared.id_token
+
+    monkeypatch.setattr(shared.id_token, "LEEWAY_SECONDS", 1)
+
+    # The context's own requests (Playwright's, in Node) do not take Chromium's pinned test certificate.
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    try:
+        page.goto(f"{portal}/")
+        page.click("text=Sign in as agent")
+        page.wait_for_selector("#login")
+        sign_in_on_the_idp_page(page, DEMO_AGENT)
+        time.sleep(3)  # the step-up comes after the first sign-in (by more than the skew allowed)
+        started = int(time.time())
+
+        parts = urlsplit(_step_up_at_the_idp(context, portal, "agent"))
+        stripped = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "prompt"])
+        page.goto(urlunsplit(parts._replace(query=stripped)))
+        page.wait_for_selector("#signed-in, p.ref", timeout=20000)  # no password asked: straight back
+        assert page.url == f"{APP_BASE}/api/sso/agent/callback"
+        text = page.text_content("main")
+        assert "id_token_auth_time" in text and "password again" in text and "Correlation ID" in text
+
+        page.goto(_step_up_at_the_idp(context, portal, "agent"))
+        page.wait_for_selector("#login")  # honoured: the IdP asks for the password
+        sign_in_on_the_idp_page(page, DEMO_AGENT)
+        assert page.url == f"{portal}/agent/inbox"
+        claims = json.loads(page.text_content("#claims"))
+        assert claims["sub"] == "A-2001" and claims["auth_time"] >= started, "a sign-in of the step-up's own"
+    finally:
+        context.close()
+
+
+def test_after_another_profile_presented_the_callback_the_browsers_own_clears_its_flow_cookie(
+        browser, portal, demo_accounts):
+    """The authorization response presented first from another browser profile (400
+    browser_binding_mismatch, the marker consumed), then by the browser that started the login: 400
+    unknown_state, and that browser's flow cookie is gone (SPEC: the callback clears it), not left holding
+    one of the slots of logins in flight."""
+    import html
+    import re
+    from urllib.parse import parse_qsl
+
+    started_here, other_profile = browser.new_context(), browser.new_context()
+    try:
+        page = started_here.new_page()
+        held = {}
+
+        def hold(route):  # the IdP's form_post, kept from this browser and replayed below
+            held.update(url=route.request.url, fields=dict(parse_qsl(route.request.post_data)))
+            route.abort()
+
+        page.route(re.compile(r".*/api/sso/user/callback$"), hold)
+        page.goto(f"{APP_BASE}/api/sso/user/login")
+        page.fill("#login", DEMO_USER["login"])
+        page.fill("#password", DEMO_USER["password"])
+        page.click("button[type=submit]")
+        for _ in range(100):
+            if held:
+                break
+            page.wait_for_timeout(100)
+        page.unroute_all()
+        form = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                       for k, v in held["fields"].items())
+        flow_cookies = lambda: [c["name"] for c in started_here.cookies(APP_BASE)  # noqa: E731
+                                if c["name"].startswith("__Host-portal-sso-user-")]
+        assert len(flow_cookies()) == 1
+
+        for context, reason in ((other_profile, "browser_binding_mismatch"), (started_here, "unknown_state")):
+            tab = context.new_page()
+            tab.set_content(f'<form id="f" method="post" action="{held["url"]}">{form}</form>')
+            with tab.expect_navigation():
+                tab.evaluate("document.getElementById('f').submit()")
+            assert f"Reason: {reason}" in " ".join(tab.text_content("main").split())
+        assert flow_cookies() == [], "the browser's own callback cleared its flow cookie"
+    finally:
+        started_here.close()
+        other_profile.close()

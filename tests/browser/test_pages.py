@@ -108,6 +108,27 @@ def test_logout_comes_back_to_the_signed_out_page_which_links_to_the_portal_home
     page.wait_for_selector("#login")
 
 
+def test_a_logout_declined_at_the_idp_lands_on_a_signed_out_page_that_claims_no_idp_sign_out(page, shots):
+    """The IdP lets the person say "No, stay signed in" and still returns to our signed-out page: the page
+    must not say the organization's sign-in ended (on a shared computer the next person would believe
+    it), and must say to close the browser. The next login here is indeed silent."""
+    page.goto(f"{PORTAL_ORIGIN}/")
+    page.click("text=Sign in as user")
+    page.wait_for_selector("#login")
+    sign_in_on_the_idp_page(page, DEMO_USER)
+    page.goto(f"{APP_BASE}/api/sso/user/logout")
+    page.click("#logout-no")  # the IdP's "No, stay signed in"
+    page.wait_for_selector("text=You are signed out")
+    assert page.url.split("?")[0] == SIGNED_OUT_URIS["user"], "declined, and still sent to the signed-out page"
+    text = " ".join(page.text_content("main").split())
+    assert "You have signed out of the portal." in text
+    assert "of your organization's sign-in for it" not in text and "and of your organization" not in text
+    assert "still active in this browser" in text and "Close the browser if it is a shared computer" in text
+    audit(page, "signed-out-declined", shots)
+    page.goto(f"{PORTAL_ORIGIN}/user/start")  # the IdP's session lives on: no password asked
+    page.wait_for_selector("#signed-in")
+
+
 def refused_at(page, kind: str, person: dict) -> str:
     """Signs the person in at the kind's door, expecting the 403 page: its text, once its links are checked."""
     page.goto(f"{APP_BASE}/api/sso/{kind}/login")

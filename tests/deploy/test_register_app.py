@@ -184,7 +184,7 @@ def test_register_app_appends_a_secret_straight_into_key_vault_and_never_shows_i
     assert stored["file_mode"] == "0o600" and "--expires" in stored["argv"]
     (app,) = azure.state["apps"].values()
     assert sorted(app["web"]["redirectUris"]) == OURS, "each kind's callback and signed-out page"
-    assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov"}
+    assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov", "auth_time"}
     assert {c["name"] for c in app["optionalClaims"]["accessToken"]} == {"email"}, "README: both tokens"
     assert azure.state["sps"][app["appId"]]["appRoleAssignmentRequired"] is True
     assert azure.state["sps"][app["appId"]]["tags"] == ["WindowsAzureActiveDirectoryIntegratedApp"], \

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from shared import diagnostics
-from shared.flows import Flow
+from shared.flows import Flow, cookie_name
 from shared.jwks import JwksCache
 from shared.maintenance import purge
 from shared.tables import FLOWS_TABLE
@@ -167,6 +167,60 @@ def test_an_email_claim_of_any_type_or_a_lone_surrogate_is_a_403_not_a_500(hosti
     response = sign_in(hostile)
     assert response.status_code == 403, f"{email!r}: {response.status_code} {response.text[:300]}"
     assert_error_page(response, 403, app, response.text.split("Reason: <code>")[1].split("<")[0])
+
+
+# ---- prompt=login: the token must show the password was asked again (auth_time), else 401
+
+
+@pytest.mark.parametrize("auth_time", [
+    # The person's IdP session from an hour ago: prompt=login was deleted from the IdP's URL, or the
+    # IdP ignored it, and the person was signed in silently (what this check is for).
+    pytest.param(lambda started: started - 3600, id="an-hour-before-the-login"),
+    pytest.param(lambda started: started - 130, id="before-the-login-by-more-than-the-skew"),
+    pytest.param(lambda started: None, id="no-auth_time"),  # Entra without the optional claim
+    pytest.param(lambda started: str(started), id="a-string"),
+    pytest.param(lambda started: started + 0.5, id="not-integral"),
+    pytest.param(lambda started: -1, id="negative"),
+    pytest.param(lambda started: True, id="a-boolean"),
+])
+def test_a_prompt_login_whose_token_does_not_show_a_fresh_sign_in_is_refused(hostile, app, person, auth_time):
+    started, session = int(time.time()), requests.Session()
+    login = start_login(session, APP_BASE, "user", prompt="login")
+    assert "prompt=login" in login.headers["Location"], "the IdP was asked"
+    fields = hostile.authorize(session, login)
+    hostile.answer(claims={**person.claims, "auth_time": auth_time(started)})
+    response = post_callback(session, fields)
+    assert_error_page(response, 401, app, "id_token_auth_time")
+    assert "password again" in response.text, "the page says what was not shown"
+
+
+def test_a_prompt_login_whose_token_shows_a_fresh_sign_in_enters_and_the_session_says_when(hostile, app, person):
+    session, fields = begin(hostile, prompt="login")
+    signed_in_at = int(time.time())
+    hostile.answer(claims={**person.claims, "auth_time": signed_in_at})
+    claims = verify_session_token(assert_signed_in(post_callback(session, fields), person)["session_token"],
+                                  APP_BASE, audience=PORTAL_ORIGIN)
+    assert claims["auth_time"] == signed_in_at, "the portal can see when the person last gave the password"
+
+
+def test_without_prompt_login_an_old_sign_in_enters_and_the_session_carries_its_auth_time(hostile, app, person):
+    an_hour_ago = int(time.time()) - 3600
+    hostile.answer(claims={**person.claims, "auth_time": an_hour_ago})
+    claims = verify_session_token(assert_signed_in(sign_in(hostile), person)["session_token"], APP_BASE,
+                                  audience=PORTAL_ORIGIN)
+    assert claims["auth_time"] == an_hour_ago
+    hostile.answer(claims={**person.claims, "auth_time": None})
+    claims = verify_session_token(assert_signed_in(sign_in(hostile), person)["session_token"], APP_BASE,
+                                  audience=PORTAL_ORIGIN)
+    assert "auth_time" not in claims, "none in the ID token: none in the session"
+
+
+@pytest.mark.parametrize("auth_time", ["1700000000", 1.5, -1, False, {"t": 1}, 2**60])
+def test_an_auth_time_that_is_no_integral_numericdate_is_refused_even_without_prompt_login(
+        hostile, app, person, auth_time):
+    """It would go into the session token, which a portal reads as a time."""
+    hostile.answer(claims={**person.claims, "auth_time": auth_time})
+    assert_error_page(sign_in(hostile), 401, app, "id_token_auth_time")
 
 
 # ---- authenticated but may not enter: 403
@@ -478,6 +532,34 @@ def test_callback_without_the_cookie_is_refused_and_consumes_the_flow(hostile, a
     assert not flow_row_exists(app, fields["state"]), "the marker is consumed by the mismatch"
     assert_error_page(post_callback(session, fields), 400, app, "unknown_state")
     assert hostile.token_requests == [], "the code never reaches the IdP"
+
+
+def test_after_another_browser_presented_the_flow_the_browsers_own_callback_clears_its_cookie(hostile, app, person):
+    """SPEC SsoFlows: the callback clears the cookie. The response presented first from another browser
+    profile (the marker consumed), then the real browser's callback: 400 unknown_state, and its cookie,
+    which opened (so it is this browser's, of a flow that can never complete), is cleared, not left
+    holding one of the slots of logins in flight."""
+    hostile.answer(claims=person.claims)
+    session, fields = begin(hostile)
+    name = cookie_name("user", fields["state"])
+    assert_error_page(post_with_cookie(fields, ""), 400, app, "browser_binding_mismatch")
+    own = post_callback(session, fields)
+    assert_error_page(own, 400, app, "unknown_state")
+    assert f"{name}=; " in own.headers.get("Set-Cookie", "") and "Max-Age=0" in own.headers["Set-Cookie"], \
+        own.headers.get("Set-Cookie")
+    assert name not in {c.name for c in session.cookies}, "the browser dropped it"
+
+
+def test_a_cookie_that_does_not_open_is_not_cleared_by_a_callback_of_a_spent_state(hostile, app, person):
+    """Only a cookie that opens for the state is the browser's to clear: a stranger's callback
+    (SameSite=None lets any site send one) clears nothing of the browser's."""
+    hostile.answer(claims=person.claims)
+    _, fields = begin(hostile)
+    assert_error_page(post_with_cookie(fields, ""), 400, app, "browser_binding_mismatch")
+    other, _ = begin(hostile)
+    response = post_with_cookie(fields, cookie_of(other))  # another flow's cookie, under this state's name
+    assert_error_page(response, 400, app, "unknown_state")
+    assert "Set-Cookie" not in response.headers
 
 
 def test_callback_with_another_flows_cookie_is_refused_and_consumes_the_flow(hostile, app, person):

@@ -46,6 +46,7 @@ def test_setup_page_shows_what_to_paste_and_the_live_state(app_server, app_env, 
         assert f'<code class="copy">{uri}</code>' in page, "each redirect URI, exactly as to paste"
     assert "User Single Sign On URL" in page and "Agent Single Sign On URL" in page
     assert "<code>email</code>" in page and "xms_edov" in page
+    assert "<code>auth_time</code>" in page, "prompt=login needs the auth_time optional claim"
     for title in ("Settings", "Identity provider metadata", "Client secret", "Session signing key", "Table Storage"):
         assert 'class="st ok"' in row_of(page, title), f"{title} is green on the default app"
     assert app_env["OIDC_ISSUER_URL"] in row_of(page, "Identity provider metadata"), "which URL worked"

@@ -68,9 +68,9 @@ class Idp:
         return jwt.encode(self.claims(**overrides), key or self.key, algorithm=alg, headers=headers)
 
     def verify(self, token: str, *, metadata: ProviderMetadata | None = None, jwks: JwksCache | None = None,
-               nonce: str | None = NONCE, now: float = NOW) -> dict:
+               nonce: str | None = NONCE, now: float = NOW, **checks) -> dict:
         return verify_id_token(token, metadata=metadata or self.metadata, jwks=jwks or self.cache(),
-                               client_id=CLIENT_ID, expected_nonce=nonce, now=now)
+                               client_id=CLIENT_ID, expected_nonce=nonce, now=now, **checks)
 
 
 DROP = object()  # a claim override that removes the claim
@@ -393,6 +393,39 @@ def test_time_claims_exactly_at_the_leeway_bound_pass_and_one_second_past_fail(i
     else:
         refused(idp, token, check)
 
+
+
+# prompt=login (authenticated_since: the login's start): auth_time must show a sign-in since then
+
+STARTED = NOW - 60  # the login started a minute before its callback
+
+
+@pytest.mark.parametrize(("auth_time", "check"), [
+    (STARTED, None), (STARTED + 30, None),
+    (STARTED - LEEWAY_SECONDS, None),  # the IdP's clock may be behind ours by the skew
+    (STARTED - LEEWAY_SECONDS - 1, "auth_time"),  # a sign-in before this login: prompt=login not honoured
+    (NOW - 3600, "auth_time"),
+    (DROP, "auth_time"),  # no auth_time: nothing shows the password was asked again
+    (None, "auth_time"), (float(STARTED), None), (STARTED + 0.5, "auth_time"), (str(STARTED), "auth_time"),
+    (True, "auth_time"), (-1, "auth_time"), (2**60, "auth_time"), (float("nan"), "auth_time"),
+    (NOW + LEEWAY_SECONDS, None), (NOW + LEEWAY_SECONDS + 1, "auth_time"),  # a sign-in in the future
+], ids=["at-start", "after-start", "at-skew-bound", "past-skew-bound", "an-hour-old", "missing", "null",
+        "integral-float", "fraction", "string", "boolean", "negative", "huge", "nan", "future-at-bound",
+        "future-past"])
+def test_after_prompt_login_auth_time_must_be_an_integral_numericdate_since_the_logins_start(idp, auth_time, check):
+    token = idp.mint(auth_time=auth_time)
+    if check is None:
+        assert idp.verify(token, authenticated_since=STARTED)["auth_time"] == auth_time
+    else:
+        err = refused(idp, token, check, authenticated_since=STARTED)
+        assert "password again" in err.message, "the page says what the token did not show"
+
+
+def test_without_prompt_login_any_past_auth_time_or_none_passes_but_a_malformed_one_does_not(idp):
+    assert idp.verify(idp.mint(auth_time=NOW - 86400))["auth_time"] == NOW - 86400, "an old sign-in is fine"
+    assert "auth_time" not in idp.verify(idp.mint(auth_time=DROP))
+    for bad in ("1700000000", 1.5, -1, False, [NOW], NOW + LEEWAY_SECONDS + 1):
+        refused(idp, idp.mint(auth_time=bad), "auth_time")
 
 # Conformance (issue 13): candidates by key type for a token without kid; a mangled signature is a
 # signature failure; any JSON type in a header member or a claim is a 401 with its reason, never a crash.

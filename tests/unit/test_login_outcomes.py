@@ -71,17 +71,22 @@ class FailingEvents:
         raise DependencyUnavailable("table_storage", "insert refused")
 
 
+def id_token(idp_key, **changes) -> str:
+    """A valid ID token of this login (Entra's claims), with `changes` to its claims."""
+    now = int(time.time())
+    return jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600, "tid": TENANT,
+                       "oid": "o", "email": "ann@contoso.test", "xms_edov": True,
+                       "nonce": hashlib.sha256(NONCE.encode()).hexdigest(), **changes},
+                      idp_key, algorithm="RS256", headers={"kid": "k1"})
+
+
 class Deps:
     def __init__(self, idp_key, events):
         self.settings = load_settings(ENV)
         self.flows, self.accounts, self.events = Flows(), Accounts(), events
         jwk = RSAAlgorithm.to_jwk(idp_key.public_key(), as_dict=True) | {"kid": "k1", "alg": "RS256"}
         self._keys = JwksCache(lambda: {"keys": [jwk]})
-        now = int(time.time())
-        self.oidc = Oidc(jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600,
-                                     "tid": TENANT, "oid": "o", "email": "ann@contoso.test", "xms_edov": True,
-                                     "nonce": hashlib.sha256(NONCE.encode()).hexdigest()},
-                                    idp_key, algorithm="RS256", headers={"kid": "k1"}))
+        self.oidc = Oidc(id_token(idp_key))
         pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
         self._signer = SessionSigner(load_signing_keys(pem))
@@ -105,11 +110,12 @@ def idp_key():
 
 
 def callback_request(deps: Deps, expires_at: int | None = None, *, return_to: str | None = None,
-                     portal_nonce: str | None = None) -> CallbackRequest:
+                     portal_nonce: str | None = None, prompt: str | None = None,
+                     started_at: int | None = None) -> CallbackRequest:
     """The callback of a login this browser started: its flow sealed in its cookie with the deps' key."""
     flow = Flow(state=STATE, kind="user", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
                 return_to=return_to, portal_nonce=portal_nonce, expires_at=expires_at or int(time.time()) + 300,
-                correlation_id="c")
+                correlation_id="c", prompt=prompt, started_at=started_at)
     cookie = f"{cookie_name('user', STATE)}={deps.signer().flow_cookies.seal(flow)}"
     return CallbackRequest("POST", "application/x-www-form-urlencoded", f"code=c0de&state={STATE}".encode(),
                            cookie_header=cookie)
@@ -258,18 +264,8 @@ def test_the_token_names_the_account_the_login_linked_when_the_row_changed_meanw
 def test_our_own_nonce_check_refuses_a_token_of_another_login_when_the_idp_client_checks_nothing(idp_key):
     """Newer MSAL no longer compares the nonce: the IdP client here (like it) hands back whatever the
     token endpoint sent, and our check alone must refuse an ID token minted for another login."""
-    class Events:
-        rows = []
-
-        def record(self, event):
-            self.rows.append(event)
-
     deps = Deps(idp_key, Events())
-    now = int(time.time())
-    deps.oidc = Oidc(jwt.encode({"iss": ISSUER, "aud": CLIENT_ID, "sub": "s", "iat": now, "exp": now + 600,
-                                 "tid": TENANT, "oid": "o", "email": "ann@contoso.test", "xms_edov": True,
-                                 "nonce": hashlib.sha256(b"another login's nonce").hexdigest()},
-                                idp_key, algorithm="RS256", headers={"kid": "k1"}))
+    deps.oidc = Oidc(id_token(idp_key, nonce=hashlib.sha256(b"another login's nonce").hexdigest()))
     reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-n")
     assert reply.status == 401 and "session_token" not in str(reply.body)
     assert [e.reason for e in deps.events.rows] == ["id_token_nonce"]
@@ -289,6 +285,42 @@ def test_a_flow_cookie_sealed_for_one_door_does_not_open_at_the_other_for_the_sa
         cookies.open("user", STATE, sealed)
 
 
+
+def test_a_flow_cookie_keeps_the_prompt_and_start_the_callback_checks_auth_time_against(idp_key):
+    """prompt=login is enforced at the callback from what the cookie sealed (the IdP's URL, where the
+    prompt travels, is the person's to edit); a cookie sealed before the cookie held them opens without."""
+    import json
+    import os
+
+    from shared.flows import FORMAT, _b64
+
+    cookies = Deps(idp_key, FailingEvents()).signer().flow_cookies
+    started = int(time.time())
+    flow = Flow(state=STATE, kind="user", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
+                return_to=None, portal_nonce=None, expires_at=started + 600, correlation_id="c",
+                prompt="login", started_at=started)
+    opened = cookies.open("user", STATE, cookies.seal(flow))
+    assert (opened.prompt, opened.started_at) == ("login", started)
+    plain = dataclasses.replace(flow, prompt=None)
+    assert cookies.open("user", STATE, cookies.seal(plain)).prompt is None
+    expires_ms, iv = (started + 600) * 1000, os.urandom(12)
+    before = json.dumps([NONCE, "v" * 43, "email openid", "", "", "c"]).encode()  # the six members of before
+    sealed = cookies._keys[0].encrypt(iv, before, cookies._aad("user", STATE, expires_ms))
+    old = cookies.open("user", STATE, f"{FORMAT}.{expires_ms}.{_b64(iv + sealed)}")
+    assert (old.nonce, old.prompt, old.started_at) == (NONCE, None, None)
+
+
+def test_a_callback_of_a_prompt_login_whose_token_has_an_old_auth_time_is_a_401_with_its_row(idp_key):
+    deps = Deps(idp_key, Events())
+    now = int(time.time())
+    deps.oidc = Oidc(id_token(idp_key, auth_time=now - 3600))
+    reply = SsoService(deps).complete_login("user", callback_request(deps, prompt="login", started_at=now - 5),
+                                            "cid-pl")
+    assert reply.status == 401 and "session_token" not in str(reply.body) and "cid-pl" in reply.body
+    assert [(e.reason, e.status) for e in deps.events.rows] == [("id_token_auth_time", 401)]
+    assert "password again" in reply.body
+
+
 def test_the_signed_out_page_says_the_organizations_sign_in_is_still_active_when_the_idp_has_no_logout(idp_key):
     """With no end_session_endpoint, logout comes straight to the signed-out page and the IdP's session
     lives on: the page said it had ended, so on a shared computer the next person got in as this one."""
@@ -296,5 +328,17 @@ def test_the_signed_out_page_says_the_organizations_sign_in_is_still_active_when
     body = SsoService(deps).signed_out("user", "cid-o").body
     assert "still active" in body and "Close the browser" in body
     assert "and of your organization's sign-in" not in body
+
+
+
+def test_the_signed_out_page_never_says_the_organizations_sign_in_ended(idp_key):
+    """RP-initiated logout lets the person decline at the IdP ("No, stay signed in") and still be sent to
+    the signed-out page: it cannot know the IdP's session ended, so it says only what it knows, and what
+    to do on a shared computer."""
+    deps = Deps(idp_key, FailingEvents())
     deps.metadata = lambda: dataclasses.replace(Deps.metadata(deps), end_session_endpoint="https://idp.test/logout")
-    assert "and of your organization's sign-in" in SsoService(deps).signed_out("user", "cid-o").body
+    body = " ".join(html.unescape(SsoService(deps).signed_out("user", "cid-o").body).split())
+    assert "You have signed out of the portal." in body
+    assert "and of your organization's sign-in" not in body, "the IdP may have been told no"
+    assert "If you also chose to sign out at your organization's sign-in, that ended too" in body
+    assert "still active in this browser" in body and "Close the browser if it is a shared computer" in body
