@@ -92,6 +92,8 @@ ROLES_ATTRIBUTE = {"anchor": False, "apiExpressions": [], "caseExact": False, "d
                    "name": "roles", "referencedObjects": [], "required": False, "type": "String"}
 ENTERPRISE_APP_TAG = "WindowsAzureActiveDirectoryIntegratedApp"
 NO_CONSENT = ("Authorization_RequestDenied", "Insufficient privileges", "Forbidden", "403")
+# Graph's 400 for an app role assignment that exists (POST .../appRoleAssignedTo of the same principal and role)
+ASSIGNED_ALREADY = "Permission being assigned already exists"
 
 
 def issuer_url(tenant: str) -> str:
@@ -431,10 +433,9 @@ class Registration:
         _, _, settings = self.function_app()
         app = self.find_app(settings)
         sp = self.ensure_service_principal(app["appId"])
-        role = role_ids()[self.args.kind]
-        assigned = {(a.get("principalId"), a.get("appRoleId")) for a in (self.az.read(
-            "rest", "--method", "GET", "--uri", f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo") or {}
-        ).get("value", [])}
+        role, role_name = role_ids()[self.args.kind], KIND_ROLES[self.args.kind]
+        assignments = f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo"
+        assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(assignments)}
         principals = [("user", u, ("ad", "user", "show", "--id", u)) for u in self.args.user or []] + \
             [("group", g, ("ad", "group", "show", "--group", g)) for g in self.args.group or []]
         for kind, name, show in principals:
@@ -442,10 +443,27 @@ class Registration:
             if (principal, role) in assigned:
                 continue
             body = json.dumps({"principalId": principal, "resourceId": sp["id"], "appRoleId": role})
-            self.az.write("rest", "--method", "POST", "--uri",
-                          f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo",
-                          "--headers", "Content-Type=application/json", "--body", body,
-                          change=("create", f"{kind} {name} assigned the role {KIND_ROLES[self.args.kind]}"))
+            try:
+                self.az.write("rest", "--method", "POST", "--uri", assignments,
+                              "--headers", "Content-Type=application/json", "--body", body,
+                              change=("create", f"{kind} {name} assigned the role {role_name}"))
+            except AzError as err:
+                # Graph lists an assignment only once it has replicated: one made moments ago is refused
+                # again, and that refusal says the role is there.
+                if not says(err.stderr, (ASSIGNED_ALREADY,)):
+                    raise
+                print(f"{kind} {name} already has the role {role_name} (Graph does not list it yet): nothing to do")
+
+    def graph_list(self, uri: str) -> list:
+        """Every item of a Graph collection, page after page: Graph answers a page at a time (100 for
+        appRoleAssignedTo) with the next one's address in @odata.nextLink, which az rest does not follow
+        (Azure/azure-cli#32080)."""
+        items: list = []
+        while uri:
+            page = self.az.read("rest", "--method", "GET", "--uri", uri) or {}
+            items += page.get("value", [])
+            uri = page.get("@odata.nextLink")
+        return items
 
     def rotate_secret(self) -> None:
         """Appends a new secret and stores it as Key Vault's newest version (the app picks it up within

@@ -38,6 +38,7 @@ import pytest
 from shared.aadsts import hint_for
 from tests.deploy.fake_az import GRAPH_SP, ME, SECRET
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
+from tools.azure_cli import explain
 from tools.deploy import names
 from tools.register_app import role_ids
 
@@ -426,6 +427,55 @@ def test_assign_gives_users_and_groups_the_kinds_role_once(azure):
     assert again.mutations == [], "already assigned: nothing to do"
     user_role = azure.run("register-app", *APP_ARGS, "assign", "--user", "ann@contoso.test", "--kind", "user")
     assert len(user_role.mutations) == 1, "the other kind's role is another assignment"
+
+
+def assign(azure: FakeAzure, *who: str, kind: str = "agent"):
+    return azure.run("register-app", *APP_ARGS, "assign", *who, "--kind", kind)
+
+
+def test_assign_run_again_finds_an_assignment_past_graphs_first_page(azure):
+    """The hunt's case: only the first page of appRoleAssignedTo was read (Graph gives 100, the rest behind
+    @odata.nextLink, which az rest does not follow), so a person assigned further down was assigned again:
+    Graph's 400, explained as "That name is taken in Azure by someone else"."""
+    azure.run("register-app", *APP_ARGS)
+    assert assign(azure, "--user", "ann@contoso.test").code == 0
+    sp = f"sp-{settings(azure)['OIDC_CLIENT_ID']}"
+    state = azure.state
+    state["assignments"][sp][:0] = [{"id": f"assignment-{i}", "principalId": f"person-{i}", "resourceId": sp,
+                                     "appRoleId": role_ids()["user"]} for i in range(150)]  # ann's on page 2
+    azure.state = state
+    again = assign(azure, "--user", "ann@contoso.test")
+    assert again.code == 0, again.err
+    assert any("appRoleAssignedTo?$skiptoken=100" in c for c in again.commands), "the next page was read"
+    assert again.mutations == [] and "Nothing to change" in again.out, again.mutations
+    assert len(azure.state["assignments"][sp]) == 151
+
+
+def test_assign_right_after_a_grant_takes_graphs_already_exists_for_assigned(azure):
+    """Graph lists a new assignment only once it has replicated, so a rerun right after the grant does not
+    see it and asks again; Graph's 400 "Permission being assigned already exists" means the role is there:
+    said so, not listed as a change, and the run goes on to the others."""
+    azure.run("register-app", *APP_ARGS)
+    assert assign(azure, "--user", "ann@contoso.test").code == 0
+    sp = f"sp-{settings(azure)['OIDC_CLIENT_ID']}"
+    (made,) = azure.state["assignments"][sp]
+    azure.state = {**azure.state, "unlisted_assignments": [made["id"]]}
+    again = assign(azure, "--user", "ann@contoso.test", "--group", "Supervisors")
+    assert again.code == 0, again.err
+    assert "user ann@contoso.test already has the role Portal.Agent" in again.out, again.out
+    assert "someone else" not in again.out + again.err
+    assert again.out.rstrip().endswith("Created:\n  - group Supervisors assigned the role Portal.Agent"), again.out
+    assert {a["principalId"] for a in azure.state["assignments"][sp]} == {"object-of-ann@contoso.test",
+                                                                          "object-of-Supervisors"}
+
+
+def test_an_already_exists_azure_cannot_attribute_is_not_blamed_on_someone_else():
+    """A name "already exists" or "is not available" may be the admin's own resource elsewhere: the advice
+    says to choose another without claiming whose it is."""
+    for said in ("ERROR: Website with given name contoso-sso already exists.",
+                 "ERROR: The name contoso-sso is not available."):
+        advice = explain(said)
+        assert "choose another" in advice and "someone else" not in advice, (said, advice)
 
 
 def test_rotate_secret_appends_then_retires_the_old_one_after_the_grace_period(azure):
