@@ -283,10 +283,9 @@ class Registration:
             print(f"removing a {kind} redirect URI this script did not make: {uri}")
         differs = {
             "redirect URIs": sorted(existing) != sorted(wanted) or bool(others),
-            "optional claims": app.get("optionalClaims") != json.loads(OPTIONAL_CLAIMS.read_text()),
-            "app roles": comparable(app.get("appRoles")) != comparable(json.loads(APP_ROLES.read_text())),
-            "API permissions": comparable(app.get("requiredResourceAccess"))
-            != comparable(json.loads(API_PERMISSIONS.read_text())),
+            "optional claims": differs_from(app.get("optionalClaims"), OPTIONAL_CLAIMS),
+            "app roles": differs_from(app.get("appRoles"), APP_ROLES),
+            "API permissions": differs_from(app.get("requiredResourceAccess"), API_PERMISSIONS),
         }
         if any(differs.values()):
             self.az.write("ad", "app", "update", "--id", app["appId"], "--web-redirect-uris", *wanted,
@@ -628,8 +627,25 @@ def stopped_rotation(tokens: list[str], tags: dict | None) -> bool:
     return len(tokens) == 2 and not any((tags or {}).get(tag) for tag in SYNCED_TAGS)
 
 
-def comparable(items: list | None) -> str:
-    """A JSON list compared regardless of key and element order (Graph answers in its own order)."""
+def differs_from(graphs, ours: Path) -> bool:
+    """Whether what Graph answers differs from our file in what the file sets, in any order."""
+    wanted = json.loads(ours.read_text())
+    return comparable(what_we_set(graphs, wanted)) != comparable(wanted)
+
+
+def what_we_set(graphs, ours):
+    """Graph's answer cut to the keys our file gives (at every level; a list's items to the keys of our
+    items): Graph adds read-only ones, such as each app role's `origin`, that an update cannot change."""
+    if isinstance(graphs, dict) and isinstance(ours, dict):
+        return {k: what_we_set(v, ours[k]) for k, v in graphs.items() if k in ours}
+    if isinstance(graphs, list) and isinstance(ours, list):
+        keys = {k: v for item in ours if isinstance(item, dict) for k, v in item.items()}
+        return [what_we_set(item, keys) if keys else item for item in graphs]
+    return graphs
+
+
+def comparable(items: list | dict | None) -> str:
+    """JSON compared regardless of key and element order (Graph answers in its own order)."""
     def canonical(item):
         if isinstance(item, dict):
             return {k: canonical(v) for k, v in sorted(item.items()) if not k.startswith("@odata")}

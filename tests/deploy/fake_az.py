@@ -370,7 +370,7 @@ def handle(args: list[str], state: dict, file_content: str | None):
     if words.startswith("ad app list"):
         return [a for a in state.get("apps", {}).values() if a["displayName"] == opt(args, "--display-name")]
     if words.startswith("ad app show"):
-        return resource(state, "apps", opt(args, "--id"))
+        return as_graph_answers(resource(state, "apps", opt(args, "--id")))
     if words.startswith("ad app owner list"):
         return [{"id": owner} for owner in resource(state, "apps", opt(args, "--id"))["owners"]]
     if words.startswith("ad app create"):
@@ -378,7 +378,7 @@ def handle(args: list[str], state: dict, file_content: str | None):
         state.setdefault("apps", {})[app_id] = {"appId": app_id, "displayName": opt(args, "--display-name"),
                                                 "owners": [me(state)["id"]], "credentials": [], "web": {}}
         update_app(state["apps"][app_id], args)
-        return state["apps"][app_id]
+        return as_graph_answers(state["apps"][app_id])
     if words.startswith("ad app update"):
         update_app(resource(state, "apps", opt(args, "--id")), args)
         return None
@@ -472,6 +472,17 @@ def flex_create(state: dict, args: list[str], rg: str, name: str) -> None:
         grant = [site["identity"]["principalId"], "Storage Blob Data Contributor", account]
         if not any(a[:3] == grant for a in state.get("roles", [])):
             state.setdefault("roles", []).append([*grant, f"assignment-{uuid.uuid4().hex}"])
+
+
+def as_graph_answers(app: dict) -> dict:
+    """A registration as Graph's application resource answers it: each app role with its read-only `origin`
+    ("Application"), and the lists in Graph's order, not the one they were sent in (here: reversed)."""
+    shown = copy.deepcopy(app)
+    if "appRoles" in app:
+        shown["appRoles"] = [{**role, "origin": "Application"} for role in reversed(app["appRoles"])]
+    if app.get("optionalClaims"):
+        shown["optionalClaims"] = {token: claims[::-1] for token, claims in app["optionalClaims"].items()}
+    return shown
 
 
 def update_app(app: dict, args: list[str]) -> None:

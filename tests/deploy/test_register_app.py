@@ -201,6 +201,28 @@ def test_register_app_appends_a_secret_straight_into_key_vault_and_never_shows_i
     assert again.code == 0 and again.mutations == [], f"a second run changes nothing: {again.mutations}"
 
 
+def test_a_rerun_compares_only_what_it_sets_and_leaves_the_registration_alone(azure):
+    """The hunt's case: Graph answers each app role with its read-only `origin` (which infra/app-roles.json
+    does not set) and the lists in its own order, so every rerun rewrote the registration and said
+    "Changed: app roles"; README promises a rerun changes nothing and says so."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0, again.err
+    assert not [c for c in again.commands if c.startswith("ad app update")], again.mutations
+    assert "Nothing to change" in again.out, again.out
+    state = azure.state  # edited in the portal: what we set differs again
+    (app,) = state["apps"].values()
+    app["appRoles"][0]["displayName"] = "Portal users"
+    app["optionalClaims"]["idToken"] = app["optionalClaims"]["idToken"][:1]
+    azure.state = state
+    fixed = azure.run("register-app", *APP_ARGS)
+    assert fixed.code == 0, fixed.err
+    assert "Changed:\n  - optional claims, app roles" in fixed.out, fixed.out
+    (app,) = azure.state["apps"].values()
+    assert {r["displayName"] for r in app["appRoles"]} == {"User", "Agent"}
+    assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov"}
+
+
 def test_app_roles_graph_permissions_and_admin_consent(azure):
     assert azure.run("register-app", *APP_ARGS).code == 0
     (app,) = azure.state["apps"].values()
