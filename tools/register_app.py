@@ -317,9 +317,8 @@ class Registration:
         restricted. Without the right role this is a warning with what to ask for, not a failure."""
         try:
             graph = self.az.read("ad", "sp", "show", "--id", GRAPH_APP_ID, "--query", "id") or "<graph sp id>"
-            grants = (self.az.read("rest", "--method", "GET", "--uri",
-                                   f"{GRAPH}/oauth2PermissionGrants?$filter=clientId eq '{sp['id']}'") or {}
-                      ).get("value", [])
+            # besides the tenant-wide grant, one per person who consented for themselves: maybe many pages
+            grants = self.graph_list(f"{GRAPH}/oauth2PermissionGrants?$filter=clientId eq '{sp['id']}'")
             found = next((g for g in grants if g.get("consentType") == "AllPrincipals"
                           and g.get("resourceId") == graph), None)
             if found is None:

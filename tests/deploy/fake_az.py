@@ -504,7 +504,7 @@ def graph(state: dict, method: str, uri: str, body: str | None):
         grants = state.setdefault("permission_grants", [])
         if method == "GET":  # ?$filter=clientId eq '{id}'
             client = path.split("'")[1]
-            return {"value": [g for g in grants if g["clientId"] == client]}
+            return graph_page(uri, [g for g in grants if g["clientId"] == client])
         if method == "POST":
             grants.append({**json.loads(body), "id": f"grant-{uuid.uuid4().hex[:8]}"})
             return grants[-1]
@@ -561,8 +561,9 @@ def graph_page(uri: str, items: list) -> dict:
     base, _, query = uri.partition("?")
     start = int(parse_qs(query).get("$skiptoken", ["0"])[0])
     page = {"value": items[start:start + GRAPH_PAGE]}
-    if start + GRAPH_PAGE < len(items):
-        page["@odata.nextLink"] = f"{base}?$skiptoken={start + GRAPH_PAGE}"
+    if start + GRAPH_PAGE < len(items):  # the request's other parameters ($filter) kept, as Graph keeps them
+        kept = [part for part in query.split("&") if part and not part.startswith("$skiptoken=")]
+        page["@odata.nextLink"] = f"{base}?{'&'.join([*kept, f'$skiptoken={start + GRAPH_PAGE}'])}"
     return page
 
 

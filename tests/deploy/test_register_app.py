@@ -245,6 +245,22 @@ def test_app_roles_graph_permissions_and_admin_consent(azure):
     assert set(grant["scope"].split()) == {"openid", "profile", "email"}
 
 
+def test_a_rerun_finds_the_admin_consent_past_graphs_first_page(azure):
+    """People who consented for themselves (consentType Principal) have grants of their own for the app: the
+    tenant-wide one may be listed on a later page, and reading one page made a second."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    state = azure.state
+    client = state["permission_grants"][0]["clientId"]
+    state["permission_grants"][:0] = [{"id": f"own-{i}", "clientId": client, "consentType": "Principal",
+                                       "principalId": f"person-{i}", "resourceId": GRAPH_SP, "scope": "openid"}
+                                      for i in range(100)]
+    azure.state = state
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0 and again.mutations == [], again.mutations
+    assert any(f"$filter=clientId eq '{client}'&$skiptoken=100" in c for c in again.commands), "page 2 was read"
+    assert [g["consentType"] for g in azure.state["permission_grants"]].count("AllPrincipals") == 1
+
+
 def test_without_the_role_for_consent_the_run_says_who_can_grant_it(azure):
     azure.state = {**azure.state, "refuse": {"oauth2PermissionGrants --headers": "Forbidden (403): "
                                              "Authorization_RequestDenied Insufficient privileges"}}
