@@ -34,6 +34,9 @@ KEY_VAULT_REFUSED = ("Key Vault refused you the secret: this needs Key Vault Sec
                      "grants it to whoever runs it; or ask an Owner of the vault). A role granted in the last few "
                      "minutes may not have taken effect yet: wait a few minutes and run this again.")
 ROLE_WAIT_SECONDS, ROLE_POLL_SECONDS = 300, 15  # how long a step waits for a role granted in the same run
+# Azure does not say whose: it may be one of the admin's own resources, in another resource group or subscription.
+NAME_IN_USE = ("That name is already in use in Azure (it may be yours, in another resource group or subscription): "
+               "choose another")
 EXPLAINED = (
     ("Please run 'az login'", "You are not signed in to Azure: run `az login` (and `az account set --subscription "
                               "<id>` if you have several), then run this again."),
@@ -43,8 +46,7 @@ EXPLAINED = (
                                     "the Application Administrator role (or to allow users to register apps)."),
     ("Insufficient privileges", "Your account may not manage app registrations in this tenant: ask an admin for "
                                 "the Application Administrator role."),
-    ("AlreadyTaken", "That name is taken in Azure by someone else: choose another (--app, or the resource's own "
-                     "name option)."),
+    ("AlreadyTaken", f"{NAME_IN_USE} (--app, or the resource's own name option)."),
     # a vault deleted (with its resource group, say) keeps its name for 90 days under purge protection
     ("in deleted state", "A Key Vault of this name was deleted, and purge protection keeps it (and its name) for 90 "
                          "days: recover it with `az keyvault recover --name <vault>` (it returns to the resource "
@@ -53,8 +55,8 @@ EXPLAINED = (
                            "vault deleted in the last 90 days (`az keyvault list-deleted` lists yours: `az keyvault "
                            "recover --name <vault>`, then run this again); else name another with --key-vault."),
     *((marker, KEY_VAULT_REFUSED) for marker in ROLE_PENDING),
-    ("already exists", "That name is taken in Azure by someone else: choose another."),
-    ("is not available", "That name is taken in Azure by someone else: choose another."),
+    ("already exists", f"{NAME_IN_USE}."),
+    ("is not available", f"{NAME_IN_USE}."),
 )
 # App settings whose values never appear in what is printed (a connection string carries a key).
 HIDDEN_SETTINGS = ("APPLICATIONINSIGHTS_CONNECTION_STRING", "AzureWebJobsStorage")

@@ -92,6 +92,8 @@ ROLES_ATTRIBUTE = {"anchor": False, "apiExpressions": [], "caseExact": False, "d
                    "name": "roles", "referencedObjects": [], "required": False, "type": "String"}
 ENTERPRISE_APP_TAG = "WindowsAzureActiveDirectoryIntegratedApp"
 NO_CONSENT = ("Authorization_RequestDenied", "Insufficient privileges", "Forbidden", "403")
+# Graph's 400 for an app role assignment that exists (POST .../appRoleAssignedTo of the same principal and role)
+ASSIGNED_ALREADY = "Permission being assigned already exists"
 
 
 def issuer_url(tenant: str) -> str:
@@ -281,10 +283,9 @@ class Registration:
             print(f"removing a {kind} redirect URI this script did not make: {uri}")
         differs = {
             "redirect URIs": sorted(existing) != sorted(wanted) or bool(others),
-            "optional claims": app.get("optionalClaims") != json.loads(OPTIONAL_CLAIMS.read_text()),
-            "app roles": comparable(app.get("appRoles")) != comparable(json.loads(APP_ROLES.read_text())),
-            "API permissions": comparable(app.get("requiredResourceAccess"))
-            != comparable(json.loads(API_PERMISSIONS.read_text())),
+            "optional claims": differs_from(app.get("optionalClaims"), OPTIONAL_CLAIMS),
+            "app roles": differs_from(app.get("appRoles"), APP_ROLES),
+            "API permissions": differs_from(app.get("requiredResourceAccess"), API_PERMISSIONS),
         }
         if any(differs.values()):
             self.az.write("ad", "app", "update", "--id", app["appId"], "--web-redirect-uris", *wanted,
@@ -316,9 +317,8 @@ class Registration:
         restricted. Without the right role this is a warning with what to ask for, not a failure."""
         try:
             graph = self.az.read("ad", "sp", "show", "--id", GRAPH_APP_ID, "--query", "id") or "<graph sp id>"
-            grants = (self.az.read("rest", "--method", "GET", "--uri",
-                                   f"{GRAPH}/oauth2PermissionGrants?$filter=clientId eq '{sp['id']}'") or {}
-                      ).get("value", [])
+            # besides the tenant-wide grant, one per person who consented for themselves: maybe many pages
+            grants = self.graph_list(f"{GRAPH}/oauth2PermissionGrants?$filter=clientId eq '{sp['id']}'")
             found = next((g for g in grants if g.get("consentType") == "AllPrincipals"
                           and g.get("resourceId") == graph), None)
             if found is None:
@@ -431,10 +431,9 @@ class Registration:
         _, _, settings = self.function_app()
         app = self.find_app(settings)
         sp = self.ensure_service_principal(app["appId"])
-        role = role_ids()[self.args.kind]
-        assigned = {(a.get("principalId"), a.get("appRoleId")) for a in (self.az.read(
-            "rest", "--method", "GET", "--uri", f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo") or {}
-        ).get("value", [])}
+        role, role_name = role_ids()[self.args.kind], KIND_ROLES[self.args.kind]
+        assignments = f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo"
+        assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(assignments)}
         principals = [("user", u, ("ad", "user", "show", "--id", u)) for u in self.args.user or []] + \
             [("group", g, ("ad", "group", "show", "--group", g)) for g in self.args.group or []]
         for kind, name, show in principals:
@@ -442,10 +441,27 @@ class Registration:
             if (principal, role) in assigned:
                 continue
             body = json.dumps({"principalId": principal, "resourceId": sp["id"], "appRoleId": role})
-            self.az.write("rest", "--method", "POST", "--uri",
-                          f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo",
-                          "--headers", "Content-Type=application/json", "--body", body,
-                          change=("create", f"{kind} {name} assigned the role {KIND_ROLES[self.args.kind]}"))
+            try:
+                self.az.write("rest", "--method", "POST", "--uri", assignments,
+                              "--headers", "Content-Type=application/json", "--body", body,
+                              change=("create", f"{kind} {name} assigned the role {role_name}"))
+            except AzError as err:
+                # Graph lists an assignment only once it has replicated: one made moments ago is refused
+                # again, and that refusal says the role is there.
+                if not says(err.stderr, (ASSIGNED_ALREADY,)):
+                    raise
+                print(f"{kind} {name} already has the role {role_name} (Graph does not list it yet): nothing to do")
+
+    def graph_list(self, uri: str) -> list:
+        """Every item of a Graph collection, page after page: Graph answers a page at a time (100 for
+        appRoleAssignedTo) with the next one's address in @odata.nextLink, which az rest does not follow
+        (Azure/azure-cli#32080)."""
+        items: list = []
+        while uri:
+            page = self.az.read("rest", "--method", "GET", "--uri", uri) or {}
+            items += page.get("value", [])
+            uri = page.get("@odata.nextLink")
+        return items
 
     def rotate_secret(self) -> None:
         """Appends a new secret and stores it as Key Vault's newest version (the app picks it up within
@@ -610,8 +626,25 @@ def stopped_rotation(tokens: list[str], tags: dict | None) -> bool:
     return len(tokens) == 2 and not any((tags or {}).get(tag) for tag in SYNCED_TAGS)
 
 
-def comparable(items: list | None) -> str:
-    """A JSON list compared regardless of key and element order (Graph answers in its own order)."""
+def differs_from(graphs, ours: Path) -> bool:
+    """Whether what Graph answers differs from our file in what the file sets, in any order."""
+    wanted = json.loads(ours.read_text())
+    return comparable(what_we_set(graphs, wanted)) != comparable(wanted)
+
+
+def what_we_set(graphs, ours):
+    """Graph's answer cut to the keys our file gives (at every level; a list's items to the keys of our
+    items): Graph adds read-only ones, such as each app role's `origin`, that an update cannot change."""
+    if isinstance(graphs, dict) and isinstance(ours, dict):
+        return {k: what_we_set(v, ours[k]) for k, v in graphs.items() if k in ours}
+    if isinstance(graphs, list) and isinstance(ours, list):
+        keys = {k: v for item in ours if isinstance(item, dict) for k, v in item.items()}
+        return [what_we_set(item, keys) if keys else item for item in graphs]
+    return graphs
+
+
+def comparable(items: list | dict | None) -> str:
+    """JSON compared regardless of key and element order (Graph answers in its own order)."""
     def canonical(item):
         if isinstance(item, dict):
             return {k: canonical(v) for k, v in sorted(item.items()) if not k.startswith("@odata")}

@@ -15,6 +15,7 @@ import os
 import sys
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import parse_qs
 
 SECRET = "fake-entra-client-secret-Q8~do-not-leak"  # the password `ad app credential reset` hands out
 SUB = "/subscriptions/00000000-1111-2222-3333-444444444444"
@@ -29,6 +30,11 @@ CREATED_CONNECTION_STRING = "InstrumentationKey=fake-ikey-c4ea;IngestionEndpoint
 # mailNickname as externalId, groups provisioned, and no `roles` attribute on the SCIM user (the admin adds it:
 # customize-application-attributes, "Provisioning a role to a SCIM app").
 SCIM_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+# Graph's page of appRoleAssignedTo without $top (the rest behind @odata.nextLink), and its 400 for a second
+# assignment of the same role to the same principal ("Grant an appRoleAssignment for a service principal").
+# state["unlisted_assignments"]: ids of assignments made but not listed yet (Graph's replication delay).
+GRAPH_PAGE = 100
+ASSIGNED_ALREADY = "Permission being assigned already exists on the object"
 
 
 def attribute(name: str, kind: str = "String", *, multivalued: bool = False) -> dict:
@@ -364,7 +370,7 @@ def handle(args: list[str], state: dict, file_content: str | None):
     if words.startswith("ad app list"):
         return [a for a in state.get("apps", {}).values() if a["displayName"] == opt(args, "--display-name")]
     if words.startswith("ad app show"):
-        return resource(state, "apps", opt(args, "--id"))
+        return as_graph_answers(resource(state, "apps", opt(args, "--id")))
     if words.startswith("ad app owner list"):
         return [{"id": owner} for owner in resource(state, "apps", opt(args, "--id"))["owners"]]
     if words.startswith("ad app create"):
@@ -372,7 +378,7 @@ def handle(args: list[str], state: dict, file_content: str | None):
         state.setdefault("apps", {})[app_id] = {"appId": app_id, "displayName": opt(args, "--display-name"),
                                                 "owners": [me(state)["id"]], "credentials": [], "web": {}}
         update_app(state["apps"][app_id], args)
-        return state["apps"][app_id]
+        return as_graph_answers(state["apps"][app_id])
     if words.startswith("ad app update"):
         update_app(resource(state, "apps", opt(args, "--id")), args)
         return None
@@ -468,6 +474,17 @@ def flex_create(state: dict, args: list[str], rg: str, name: str) -> None:
             state.setdefault("roles", []).append([*grant, f"assignment-{uuid.uuid4().hex}"])
 
 
+def as_graph_answers(app: dict) -> dict:
+    """A registration as Graph's application resource answers it: each app role with its read-only `origin`
+    ("Application"), and the lists in Graph's order, not the one they were sent in (here: reversed)."""
+    shown = copy.deepcopy(app)
+    if "appRoles" in app:
+        shown["appRoles"] = [{**role, "origin": "Application"} for role in reversed(app["appRoles"])]
+    if app.get("optionalClaims"):
+        shown["optionalClaims"] = {token: claims[::-1] for token, claims in app["optionalClaims"].items()}
+    return shown
+
+
 def update_app(app: dict, args: list[str]) -> None:
     """`ad app create/update`: each given property replaces the registration's (as Graph's PATCH does)."""
     if "--web-redirect-uris" in args:
@@ -487,7 +504,7 @@ def graph(state: dict, method: str, uri: str, body: str | None):
         grants = state.setdefault("permission_grants", [])
         if method == "GET":  # ?$filter=clientId eq '{id}'
             client = path.split("'")[1]
-            return {"value": [g for g in grants if g["clientId"] == client]}
+            return graph_page(uri, [g for g in grants if g["clientId"] == client])
         if method == "POST":
             grants.append({**json.loads(body), "id": f"grant-{uuid.uuid4().hex[:8]}"})
             return grants[-1]
@@ -496,12 +513,17 @@ def graph(state: dict, method: str, uri: str, body: str | None):
         return None
     sp_id = path.split("/servicePrincipals/")[1].split("/")[0]
     rest = path.split(f"/servicePrincipals/{sp_id}", 1)[1]
-    if rest == "/appRoleAssignedTo":
+    if rest.split("?", 1)[0] == "/appRoleAssignedTo":
         assigned = state.setdefault("assignments", {}).setdefault(sp_id, [])
         if method == "POST":
-            assigned.append(json.loads(body))
-            return {"id": "assignment"}
-        return {"value": assigned}
+            wanted = json.loads(body)
+            if any((a["principalId"], a["appRoleId"]) == (wanted["principalId"], wanted["appRoleId"])
+                   for a in assigned):  # listed or not yet
+                graph_refuses("Bad Request", "Request_BadRequest", ASSIGNED_ALREADY)
+            assigned.append({**wanted, "id": f"assignment-{uuid.uuid4().hex[:12]}"})
+            return assigned[-1]
+        unlisted = state.get("unlisted_assignments", [])
+        return graph_page(uri, [a for a in assigned if a["id"] not in unlisted])
     sync = state.setdefault("sync", {}).setdefault(sp_id, {"jobs": [], "secrets": None})
     if rest == "/synchronization/templates":
         return {"value": [{"id": "scim", "factoryTag": "CustomSCIM", "default": True}]}
@@ -531,6 +553,25 @@ def graph(state: dict, method: str, uri: str, body: str | None):
         job["schedule"]["state"] = "Active"
         return None
     raise SystemExit(f"fake az: unknown Graph call {method} {uri}")
+
+
+def graph_page(uri: str, items: list) -> dict:
+    """One page of a Graph collection: GRAPH_PAGE items, the address of the next page in @odata.nextLink
+    (Graph's paging; `az rest` does not follow it: Azure/azure-cli#32080)."""
+    base, _, query = uri.partition("?")
+    start = int(parse_qs(query).get("$skiptoken", ["0"])[0])
+    page = {"value": items[start:start + GRAPH_PAGE]}
+    if start + GRAPH_PAGE < len(items):  # the request's other parameters ($filter) kept, as Graph keeps them
+        kept = [part for part in query.split("&") if part and not part.startswith("$skiptoken=")]
+        page["@odata.nextLink"] = f"{base}?{'&'.join([*kept, f'$skiptoken={start + GRAPH_PAGE}'])}"
+    return page
+
+
+def graph_refuses(reason: str, code: str, message: str):
+    """Graph's error as `az rest` prints it: the HTTP reason, then the response body in brackets."""
+    body = {"error": {"code": code, "message": message, "innerError": {"request-id": str(uuid.uuid4())}}}
+    print(f"ERROR: {reason}({json.dumps(body, separators=(',', ':'))})", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def raise_taken(name: str):

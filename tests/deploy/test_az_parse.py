@@ -24,7 +24,8 @@ PARSE_ERRORS = ("unrecognized arguments", "the following arguments are required"
 def every_command(tmp_path: Path) -> list[list[str]]:
     """The az commands of every path through both scripts: a fresh deploy, a what-if and a second
     deploy, one moving the app to another Python, a deploy signed in as a service principal, the
-    registration, adopting an owned one, assignment, two rotations, directory sync and its token's rotation."""
+    registration, adopting an owned one, assignment (again, past Graph's first page), two rotations, directory
+    sync and its token's rotation."""
     azure = FakeAzure(tmp_path / "main")
     for script, args in (("deploy", DEPLOY_ARGS), ("deploy", [*DEPLOY_ARGS, "--what-if"]), ("deploy", DEPLOY_ARGS),
                          ("deploy", [*DEPLOY_ARGS, "--python", "3.13"]),
@@ -50,7 +51,11 @@ def every_command(tmp_path: Path) -> list[list[str]]:
     state["apps"]["owned-app-id"] = {"appId": "owned-app-id", "displayName": "x", "owners": [ME["id"]],
                                      "web": {"redirectUris": ["https://evil.example/cb"]}, "credentials": [],
                                      "publicClient": {"redirectUris": ["http://localhost:1234"]}}
+    sp = f"sp-{state['sites']['contoso-sso']['settings']['OIDC_CLIENT_ID']}"
+    state["assignments"][sp][:0] = [{"id": f"other-{i}", "principalId": f"person-{i}", "resourceId": sp,
+                                     "appRoleId": "role"} for i in range(100)]  # Graph lists the rest on page 2
     azure.state = state
+    assert azure.run("register-app", *APP_ARGS, "assign", "--user", "a@contoso.test", "--kind", "agent").code == 0
     assert azure.run("register-app", *APP_ARGS, "rotate-secret").code == 0
     assert azure.run("deploy", *DEPLOY_ARGS).code == 0
     assert azure.run("register-app", *APP_ARGS, "--app-id", "owned-app-id").code == 0
@@ -72,7 +77,7 @@ def test_every_command_the_scripts_issue_is_valid_for_the_real_az_cli(tmp_path):
                    "config-zip", "functionapp config set", "functionapp update", "resource update",
                    "functionapp runtime config set --name contoso-sso", "keyvault update",
                    "ad sp show --id ci-app-id", "publicClient.redirectUris=[]",
-                   "--add tags WindowsAzureActiveDirectoryIntegratedApp"):
+                   "--add tags WindowsAzureActiveDirectoryIntegratedApp", "appRoleAssignedTo?$skiptoken="):
         assert any(phrase in command for command in issued), f"no path issued {phrase!r}"
     bad = refused_by_real_az(commands, tmp_path)
     assert not bad, f"commands the real az refuses (of {len(commands)}): {bad}"

@@ -38,6 +38,7 @@ import pytest
 from shared.aadsts import hint_for
 from tests.deploy.fake_az import GRAPH_SP, ME, SECRET
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
+from tools.azure_cli import explain
 from tools.deploy import names
 from tools.register_app import role_ids
 
@@ -200,6 +201,28 @@ def test_register_app_appends_a_secret_straight_into_key_vault_and_never_shows_i
     assert again.code == 0 and again.mutations == [], f"a second run changes nothing: {again.mutations}"
 
 
+def test_a_rerun_compares_only_what_it_sets_and_leaves_the_registration_alone(azure):
+    """The hunt's case: Graph answers each app role with its read-only `origin` (which infra/app-roles.json
+    does not set) and the lists in its own order, so every rerun rewrote the registration and said
+    "Changed: app roles"; README promises a rerun changes nothing and says so."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0, again.err
+    assert not [c for c in again.commands if c.startswith("ad app update")], again.mutations
+    assert "Nothing to change" in again.out, again.out
+    state = azure.state  # edited in the portal: what we set differs again
+    (app,) = state["apps"].values()
+    app["appRoles"][0]["displayName"] = "Portal users"
+    app["optionalClaims"]["idToken"] = app["optionalClaims"]["idToken"][:1]
+    azure.state = state
+    fixed = azure.run("register-app", *APP_ARGS)
+    assert fixed.code == 0, fixed.err
+    assert "Changed:\n  - optional claims, app roles" in fixed.out, fixed.out
+    (app,) = azure.state["apps"].values()
+    assert {r["displayName"] for r in app["appRoles"]} == {"User", "Agent"}
+    assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov"}
+
+
 def test_app_roles_graph_permissions_and_admin_consent(azure):
     assert azure.run("register-app", *APP_ARGS).code == 0
     (app,) = azure.state["apps"].values()
@@ -220,6 +243,22 @@ def test_app_roles_graph_permissions_and_admin_consent(azure):
     assert (grant["clientId"], grant["consentType"], grant["resourceId"]) == (
         f"sp-{app['appId']}", "AllPrincipals", GRAPH_SP)
     assert set(grant["scope"].split()) == {"openid", "profile", "email"}
+
+
+def test_a_rerun_finds_the_admin_consent_past_graphs_first_page(azure):
+    """People who consented for themselves (consentType Principal) have grants of their own for the app: the
+    tenant-wide one may be listed on a later page, and reading one page made a second."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    state = azure.state
+    client = state["permission_grants"][0]["clientId"]
+    state["permission_grants"][:0] = [{"id": f"own-{i}", "clientId": client, "consentType": "Principal",
+                                       "principalId": f"person-{i}", "resourceId": GRAPH_SP, "scope": "openid"}
+                                      for i in range(100)]
+    azure.state = state
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0 and again.mutations == [], again.mutations
+    assert any(f"$filter=clientId eq '{client}'&$skiptoken=100" in c for c in again.commands), "page 2 was read"
+    assert [g["consentType"] for g in azure.state["permission_grants"]].count("AllPrincipals") == 1
 
 
 def test_without_the_role_for_consent_the_run_says_who_can_grant_it(azure):
@@ -426,6 +465,55 @@ def test_assign_gives_users_and_groups_the_kinds_role_once(azure):
     assert again.mutations == [], "already assigned: nothing to do"
     user_role = azure.run("register-app", *APP_ARGS, "assign", "--user", "ann@contoso.test", "--kind", "user")
     assert len(user_role.mutations) == 1, "the other kind's role is another assignment"
+
+
+def assign(azure: FakeAzure, *who: str, kind: str = "agent"):
+    return azure.run("register-app", *APP_ARGS, "assign", *who, "--kind", kind)
+
+
+def test_assign_run_again_finds_an_assignment_past_graphs_first_page(azure):
+    """The hunt's case: only the first page of appRoleAssignedTo was read (Graph gives 100, the rest behind
+    @odata.nextLink, which az rest does not follow), so a person assigned further down was assigned again:
+    Graph's 400, explained as "That name is taken in Azure by someone else"."""
+    azure.run("register-app", *APP_ARGS)
+    assert assign(azure, "--user", "ann@contoso.test").code == 0
+    sp = f"sp-{settings(azure)['OIDC_CLIENT_ID']}"
+    state = azure.state
+    state["assignments"][sp][:0] = [{"id": f"assignment-{i}", "principalId": f"person-{i}", "resourceId": sp,
+                                     "appRoleId": role_ids()["user"]} for i in range(150)]  # ann's on page 2
+    azure.state = state
+    again = assign(azure, "--user", "ann@contoso.test")
+    assert again.code == 0, again.err
+    assert any("appRoleAssignedTo?$skiptoken=100" in c for c in again.commands), "the next page was read"
+    assert again.mutations == [] and "Nothing to change" in again.out, again.mutations
+    assert len(azure.state["assignments"][sp]) == 151
+
+
+def test_assign_right_after_a_grant_takes_graphs_already_exists_for_assigned(azure):
+    """Graph lists a new assignment only once it has replicated, so a rerun right after the grant does not
+    see it and asks again; Graph's 400 "Permission being assigned already exists" means the role is there:
+    said so, not listed as a change, and the run goes on to the others."""
+    azure.run("register-app", *APP_ARGS)
+    assert assign(azure, "--user", "ann@contoso.test").code == 0
+    sp = f"sp-{settings(azure)['OIDC_CLIENT_ID']}"
+    (made,) = azure.state["assignments"][sp]
+    azure.state = {**azure.state, "unlisted_assignments": [made["id"]]}
+    again = assign(azure, "--user", "ann@contoso.test", "--group", "Supervisors")
+    assert again.code == 0, again.err
+    assert "user ann@contoso.test already has the role Portal.Agent" in again.out, again.out
+    assert "someone else" not in again.out + again.err
+    assert again.out.rstrip().endswith("Created:\n  - group Supervisors assigned the role Portal.Agent"), again.out
+    assert {a["principalId"] for a in azure.state["assignments"][sp]} == {"object-of-ann@contoso.test",
+                                                                          "object-of-Supervisors"}
+
+
+def test_an_already_exists_azure_cannot_attribute_is_not_blamed_on_someone_else():
+    """A name "already exists" or "is not available" may be the admin's own resource elsewhere: the advice
+    says to choose another without claiming whose it is."""
+    for said in ("ERROR: Website with given name contoso-sso already exists.",
+                 "ERROR: The name contoso-sso is not available."):
+        advice = explain(said)
+        assert "choose another" in advice and "someone else" not in advice, (said, advice)
 
 
 def test_rotate_secret_appends_then_retires_the_old_one_after_the_grace_period(azure):
