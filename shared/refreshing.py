@@ -11,7 +11,8 @@ sync's token), held and re-read, single-flight.
   sign-in outage), and the dependency is tried again every min(fresh_for, retry_seconds), not on
   every call. Held `max_stale_seconds` past its freshness, it no longer serves (the error stands):
   a key the IdP retired must not verify for ever. Any other error (a secret deleted, access
-  removed: an admin's doing, not an outage) is raised and changes nothing.
+  removed: an admin's doing, not an outage) is raised, and the held value serves no one from then on,
+  also when a later re-read meets an outage, until a read succeeds.
 
 A warm hit is an attribute read and a clock comparison: no lock, no thread handoff."""
 
@@ -156,7 +157,9 @@ class Refreshing(Generic[T]):
             with self._lock:
                 held, now = self._held, self._clock()
                 outage = isinstance(exc, DependencyUnavailable)
-                if keep and outage and held is not None and now < held.fresh_until + self._max_stale:
+                # After a refusal the held value serves no one: an outage since cannot bring it back.
+                if (keep and outage and held is not None and self._refused is None
+                        and now < held.fresh_until + self._max_stale):
                     retry = min(self._fresh_for(held.value), self._retry)
                     self._held = _Held(held.value, held.fresh_until, now + retry)
                     self._stale(exc)
