@@ -16,9 +16,10 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.data.tables import TableClient, TableServiceClient
+from azure.data.tables._policies import TablesRetryPolicy  # not exported; _TableService says why it is needed
 
 from .errors import DependencyUnavailable
-from .transport import azure_client_options, azure_transport
+from .transport import RetryBudget, azure_client_options, azure_transport
 
 ACCOUNTS_TABLE = "PortalAccounts"
 FLOWS_TABLE = "SsoFlows"
@@ -46,6 +47,29 @@ def storage_errors(dependency: str = "table_storage") -> Iterator[None]:
         raise DependencyUnavailable(dependency, f"HTTP {exc.status_code}: {type(exc).__name__}") from exc
 
 
+class BudgetedTablesRetryPolicy(RetryBudget, TablesRetryPolicy):
+    """The Tables SDK's retry policy (its secondary-location handling kept), within its budget."""
+
+
+class _TableService(TableServiceClient):
+    """A TableServiceClient whose retry policy, and its table clients' (get_table_client reuses the
+    list), is BudgetedTablesRetryPolicy. The SDK offers no option that chooses its retry policy: this
+    overrides its private `_configure_policies` (azure-data-tables 12.7), pinned by
+    tests/reliability/test_retry_after.py, which fails if the method is renamed."""
+
+    def _configure_policies(self, **kwargs):
+        return [BudgetedTablesRetryPolicy(**kwargs) if type(policy) is TablesRetryPolicy else policy
+                for policy in super()._configure_policies(**kwargs)]
+
+
+def table_service(connection_string: str | None = None, endpoint: str | None = None, credential=None,
+                  **options) -> TableServiceClient:
+    """The service client of a connection string, else of the endpoint with the credential."""
+    if connection_string:
+        return _TableService.from_connection_string(connection_string, **options)
+    return _TableService(endpoint=endpoint, credential=credential, **options)
+
+
 class Tables:
     """Hands out the TableClient of each table. With `create` (a connection string: Azurite, or an
     account key), the app's tables are made sure of once before the first, in one round trip. Without
@@ -66,8 +90,8 @@ class Tables:
         the app's usual client options."""
         options = {**azure_client_options(), "transport": azure_transport(), **options}
         if connection_string:
-            return cls(TableServiceClient.from_connection_string(connection_string, **options))
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential_factory(), **options), create=False)
+            return cls(table_service(connection_string, **options))
+        return cls(table_service(endpoint=endpoint, credential=credential_factory(), **options), create=False)
 
     def client(self, name: str) -> TableClient:
         with self._lock:
