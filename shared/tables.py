@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterator
 
@@ -19,6 +20,7 @@ from azure.data.tables import TableClient, TableServiceClient
 from azure.data.tables._policies import TablesRetryPolicy  # not exported; _TableService says why it is needed
 
 from .errors import DependencyUnavailable
+from .refreshing import Refreshing
 from .transport import RetryBudget, azure_client_options, azure_transport
 
 ACCOUNTS_TABLE = "PortalAccounts"
@@ -80,8 +82,13 @@ class Tables:
     def __init__(self, service: TableServiceClient, *, create: bool = True):
         self._service = service
         self._clients: dict[str, TableClient] = {}
-        self._lock = threading.Lock()
-        self._ensured = not create
+        self._lock = threading.Lock()  # guards _clients; never held during I/O
+        # Single-flight (refreshing.py's rules): first uses arriving while the tables are made sure of
+        # wait for that one attempt and share its outcome, so against silent storage each gets its 503
+        # within one read timeout (under the lock, four took 6, 12, 18, 24 s). Kept once it succeeded; a
+        # failure is not kept, the next first use tries again.
+        self._ensured = (Refreshing(self._ensure_tables, "tables", "made sure of", fresh_for=math.inf,
+                                    retry_seconds=math.inf) if create else None)
 
     @classmethod
     def from_settings(cls, connection_string: str | None, endpoint: str | None,
@@ -94,18 +101,16 @@ class Tables:
         return cls(table_service(endpoint=endpoint, credential=credential_factory(), **options), create=False)
 
     def client(self, name: str) -> TableClient:
+        found = self._clients.get(name)
+        if found is not None:
+            return found
+        if self._ensured is not None:
+            self._ensured.get()
         with self._lock:
-            found = self._clients.get(name)
-            if found is not None:
-                return found
-            if not self._ensured:
-                self._ensure_tables()
-            self._clients[name] = client = self._service.get_table_client(name)
-            return client
+            return self._clients.setdefault(name, self._service.get_table_client(name))
 
-    def _ensure_tables(self) -> None:
-        """Creates whichever of the app's tables does not exist. A failure is not kept: the next
-        first use tries again."""
+    def _ensure_tables(self) -> bool:
+        """Creates whichever of the app's tables does not exist."""
         names = " or ".join(f"TableName eq '{name}'" for name in APP_TABLES)
         with storage_errors():
             existing = {table.name for table in self._service.query_tables(names)}
@@ -113,7 +118,7 @@ class Tables:
                 if name not in existing:
                     with contextlib.suppress(ResourceExistsError):  # another worker made it meanwhile
                         self._service.create_table(name)
-        self._ensured = True
+        return True
 
     def ping(self, table: str = ACCOUNTS_TABLE) -> None:
         """One cheap round trip to one of the app's tables (a row that is not there), not the account's
