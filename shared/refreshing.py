@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from .errors import DependencyUnavailable
@@ -91,6 +91,15 @@ class Refreshing(Generic[T]):
             return held.value
         return self._get_due()
 
+    @property
+    def stale_limit_ends(self) -> datetime | None:
+        """When (UTC) what is held stops serving unless a re-read succeeds first: `max_stale_seconds`
+        past its freshness. None: nothing held, or no limit (a Key Vault secret's)."""
+        held = self._held
+        if held is None or math.isinf(self._max_stale):
+            return None
+        return datetime.now(UTC) + timedelta(seconds=held.fresh_until + self._max_stale - self._clock())
+
     def peek(self) -> T | None:
         """What is held, without reading or waiting (None: nothing yet)."""
         held = self._held
@@ -133,12 +142,13 @@ class Refreshing(Generic[T]):
                 return read.outcome(keep=keep)  # the dependency just failed: not a second timeout
         return self.get()
 
-    def expire(self) -> None:
-        """Makes the held value due now, as if its time had passed (tests age a cache with it)."""
+    def expire(self, *, by: float = 0.0) -> None:
+        """Makes the held value due now, as if its time had passed, and `by` seconds more (tests age a
+        cache with it)."""
         with self._lock:
             if self._held is not None:
                 now = self._clock()
-                self._held = _Held(self._held.value, now, now)
+                self._held = _Held(self._held.value, now - by, now)
 
     def _lead(self, read: _Read, *, keep: bool) -> T:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -96,9 +97,15 @@ def test_a_value_past_its_stale_limit_no_longer_serves():
     cache.get()
     source.error, t[0] = DependencyUnavailable("idp", "down"), 149.0
     assert cache.get() == "v1"
+    assert cache.stale_limit_ends > datetime.now(UTC), "what the health check reads: still serving (amber)"
     t[0] = 160.0
     with pytest.raises(DependencyUnavailable):
         cache.get()
+    assert cache.stale_limit_ends <= datetime.now(UTC), "past its limit: serving no one (red)"
+    assert make(Source(), [0.0]).stale_limit_ends is None, "nothing held"
+    unlimited = make(Source(), [0.0])
+    unlimited.get()
+    assert unlimited.stale_limit_ends is None, "no limit (a Key Vault secret's)"
 
 
 def test_refresh_never_falls_back_on_the_held_value_unless_asked_to():
