@@ -25,7 +25,7 @@ from azure.core.exceptions import (
 from .config import LOOPBACK_HOSTS
 from .errors import ConfigurationError, DependencyUnavailable
 from .refreshing import Refreshing
-from .transport import RETRIES, BudgetedRetryPolicy, azure_client_options
+from .transport import BudgetedRetryPolicy, azure_client_options
 
 log = logging.getLogger("portal_sso")
 
@@ -54,7 +54,8 @@ class KeyVaultReader:
             # is not a subdomain of it. A real vault (*.vault.azure.net) keeps the check, which stops
             # a lookalike URL from collecting a Key Vault token.
             options.setdefault("verify_challenge_resource", False)
-        options = {**azure_client_options(), "retry_policy": BudgetedRetryPolicy(**RETRIES), **options}
+        options = {**azure_client_options(), **options}
+        options.setdefault("retry_policy", BudgetedRetryPolicy(**options))  # with the retry options given
         return cls(SecretClient(vault_url=vault_url, credential=credential, **options))
 
     def read(self, name: str) -> SecretValue:
