@@ -86,14 +86,16 @@ class CredentialRetryPolicy(BudgetedRetryPolicy):
 
 def credential_options(environ: Mapping[str, str] = os.environ) -> dict:
     """Keyword arguments for DefaultAzureCredential: few, quick retries (the SDK's default spends ~5 s
-    on a failing identity endpoint), within CREDENTIAL_BUDGET. The policy goes in by azure-identity's
+    on a failing identity endpoint), within CREDENTIAL_BUDGET, and the Azure clients' timeouts (its
+    transport's were azure-core's 300 s: a silent identity endpoint held a cold read for minutes;
+    now one read timeout, not repeated, as the budget is gone). The policy goes in by azure-identity's
     `retry_policy_class`, which every managed-identity flavour's pipeline takes except IMDS's (a VM's,
     chosen when neither IDENTITY_ENDPOINT nor MSI_ENDPOINT is set): that one brings its own class and
     refuses a second (TypeError), so it keeps azure-core's waits. App Service and Functions set
     IDENTITY_ENDPOINT."""
     if environ.get("IDENTITY_ENDPOINT") or environ.get("MSI_ENDPOINT"):
-        return {**CREDENTIAL_RETRIES, "retry_policy_class": CredentialRetryPolicy}
-    return dict(CREDENTIAL_RETRIES)
+        return {**CREDENTIAL_RETRIES, **TIMEOUTS, "retry_policy_class": CredentialRetryPolicy}
+    return {**CREDENTIAL_RETRIES, **TIMEOUTS}
 
 
 def ca_bundle(environ: Mapping[str, str] = os.environ) -> str | bool:

@@ -7,6 +7,9 @@ behind the fault proxy (which answers storage's busy 503 in Azurite's place)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 
 import pytest
@@ -107,3 +110,31 @@ def test_the_tables_budget_rests_on_a_private_hook_that_still_exists():
     service = table_service(azurite_connection_string(1, "a2V5"))  # no I/O: nothing is sent
     kinds = [type(p).__name__ for p in service._policies]
     assert kinds.count("BudgetedTablesRetryPolicy") == 1 and "TablesRetryPolicy" not in kinds, kinds
+
+
+def test_a_silent_identity_endpoint_costs_one_read_timeout_not_the_sdks_five_minutes(stub, monkeypatch):
+    """The credential's transport had azure-core's defaults (connect and read 300 s): an identity
+    endpoint that accepts and never answers held a cold read for minutes. It has the Azure clients'
+    timeouts now (connect 3 s, read 6 s), and its budget leaves no retry after a timed-out attempt."""
+    hole = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed
+            while True:
+                held.append(hole.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        monkeypatch.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{hole.getsockname()[1]}/msi/token")
+        stub.set_secret("s", "v1")
+        reader = KeyVaultReader.from_url(stub.url, _default_credential())
+        outcome, elapsed = timed(lambda: reader.read("s"))
+        assert isinstance(outcome, DependencyUnavailable), outcome
+        assert elapsed < READ_TIMEOUT + 1.5, f"a silent identity endpoint held the read {elapsed:.1f} s"
+        assert len(held) == 1, f"one attempt, not repeated after its timeout: {len(held)} connections"
+    finally:
+        hole.shutdown(socket.SHUT_RDWR)  # wakes the accept(): close alone leaves it listening
+        hole.close()
+        for conn in held:
+            conn.close()
