@@ -181,7 +181,9 @@ def check_idp_metadata(runtime) -> Check:
                       data={"issuer": metadata.issuer, "discovered_from": metadata.discovered_from})
         # Amber while a daily refresh fails and what is held serves on (refreshing.py), as for Key Vault.
         for what, held in runtime.idp_held().items():
-            _stale(held, check, f"the IdP could not refresh its {what}", "serving the ones read before")
+            _stale(held, check, f"the IdP could not refresh its {what}", "serving the ones read before",
+                   f"The app must reach the identity provider's {what} (OIDC_ISSUER_URL's metadata document and "
+                   "its jwks_uri): sign-in works again at the first refresh that succeeds, no restart needed.")
         return check
 
     try:
@@ -205,12 +207,19 @@ def _certificate_expiry(secret) -> datetime | None:
 
 
 def _stale(cached, check: Check, what: str = "Key Vault unreachable",
-           serving: str = "serving the last version read") -> Check:
-    """Amber when what is held serves on because its source cannot be read (refreshing.py)."""
+           serving: str = "serving the last version read", fix: str = "") -> Check:
+    """Amber when what is held serves on because its source cannot be read (refreshing.py); red once
+    it is past its stale limit and serves no one (the IdP's metadata and keys, a week on)."""
     if cached.unavailable_since is not None:
         stale = f"{what} since {cached.unavailable_since:%Y-%m-%d %H:%M:%S} UTC ({cached.unavailable_detail})"
-        check.warning = f"{stale}; {serving}" + (f"; {check.warning}" if check.warning else "")
         check.data.setdefault("stale_since", cached.unavailable_since.isoformat())
+        ends = cached.stale_limit_ends
+        if ends is not None and ends <= datetime.now(UTC):
+            check.ok, check.fix = False, fix
+            check.detail = f"{stale}; no longer serving what was read before: held past its limit since " \
+                           f"{ends:%Y-%m-%d %H:%M:%S} UTC"
+        else:
+            check.warning = f"{stale}; {serving}" + (f"; {check.warning}" if check.warning else "")
     return check
 
 

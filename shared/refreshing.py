@@ -11,7 +11,8 @@ sync's token), held and re-read, single-flight.
   sign-in outage), and the dependency is tried again every min(fresh_for, retry_seconds), not on
   every call. Held `max_stale_seconds` past its freshness, it no longer serves (the error stands):
   a key the IdP retired must not verify for ever. Any other error (a secret deleted, access
-  removed: an admin's doing, not an outage) is raised and changes nothing.
+  removed: an admin's doing, not an outage) is raised, and the held value serves no one from then on,
+  also when a later re-read meets an outage, until a read succeeds.
 
 A warm hit is an attribute read and a clock comparison: no lock, no thread handoff."""
 
@@ -22,7 +23,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from .errors import DependencyUnavailable
@@ -90,6 +91,15 @@ class Refreshing(Generic[T]):
             return held.value
         return self._get_due()
 
+    @property
+    def stale_limit_ends(self) -> datetime | None:
+        """When (UTC) what is held stops serving unless a re-read succeeds first: `max_stale_seconds`
+        past its freshness. None: nothing held, or no limit (a Key Vault secret's)."""
+        held = self._held
+        if held is None or math.isinf(self._max_stale):
+            return None
+        return datetime.now(UTC) + timedelta(seconds=held.fresh_until + self._max_stale - self._clock())
+
     def peek(self) -> T | None:
         """What is held, without reading or waiting (None: nothing yet)."""
         held = self._held
@@ -132,12 +142,13 @@ class Refreshing(Generic[T]):
                 return read.outcome(keep=keep)  # the dependency just failed: not a second timeout
         return self.get()
 
-    def expire(self) -> None:
-        """Makes the held value due now, as if its time had passed (tests age a cache with it)."""
+    def expire(self, *, by: float = 0.0) -> None:
+        """Makes the held value due now, as if its time had passed, and `by` seconds more (tests age a
+        cache with it)."""
         with self._lock:
             if self._held is not None:
                 now = self._clock()
-                self._held = _Held(self._held.value, now, now)
+                self._held = _Held(self._held.value, now - by, now)
 
     def _lead(self, read: _Read, *, keep: bool) -> T:
         try:
@@ -156,7 +167,9 @@ class Refreshing(Generic[T]):
             with self._lock:
                 held, now = self._held, self._clock()
                 outage = isinstance(exc, DependencyUnavailable)
-                if keep and outage and held is not None and now < held.fresh_until + self._max_stale:
+                # After a refusal the held value serves no one: an outage since cannot bring it back.
+                if (keep and outage and held is not None and self._refused is None
+                        and now < held.fresh_until + self._max_stale):
                     retry = min(self._fresh_for(held.value), self._retry)
                     self._held = _Held(held.value, held.fresh_until, now + retry)
                     self._stale(exc)

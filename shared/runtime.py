@@ -23,12 +23,11 @@ from .provider import ProviderMetadata, discover
 from .refreshing import Refreshing
 from .session_token import SessionSigner, load_signing_keys
 from .tables import ACCOUNTS_TABLE, EVENTS_TABLE, FLOWS_TABLE, Tables
-from .transport import IdpSession
+from .transport import IdpSession, credential_options
 from .vault import CachedSecret, DerivedFromSecret, KeyVaultReader, SettingsReader
 
 log = logging.getLogger("portal_sso")
 METADATA_MAX_AGE = 24 * 3600
-CREDENTIAL_RETRIES = 2
 
 
 class Runtime:
@@ -194,12 +193,11 @@ def _default_credential():
 
     # Interactive and shared-cache sources make no sense in a function app; the managed identity (or
     # a developer's az login) is what signs us in to Key Vault and Table Storage. Few, quick retries
-    # (the SDK's default spends ~5 s on a failing identity endpoint): a browser is waiting, and a
-    # 503 with Retry-After serves it better than a long stall. The token is cached once obtained, so
-    # this matters only when the identity endpoint is failing.
+    # within a budget that a Retry-After cannot stretch (transport.credential_options): a browser is
+    # waiting, and a 503 with Retry-After serves it better than a long stall. The token is cached once
+    # obtained, so this matters only when the identity endpoint is failing.
     return DefaultAzureCredential(exclude_interactive_browser_credential=True,
-                                  exclude_shared_token_cache_credential=True,
-                                  retry_total=CREDENTIAL_RETRIES, retry_backoff_factor=0.2)
+                                  exclude_shared_token_cache_credential=True, **credential_options())
 
 
 _runtime: Runtime | None = None

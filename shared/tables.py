@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterator
 
@@ -18,9 +19,11 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.data.tables import TableClient, TableServiceClient
+from azure.data.tables._policies import TablesRetryPolicy  # not exported; _TableService says why it is needed
 
 from .errors import DependencyUnavailable
-from .transport import azure_client_options, azure_transport
+from .refreshing import Refreshing
+from .transport import RetryBudget, azure_client_options, azure_transport
 
 ACCOUNTS_TABLE = "PortalAccounts"
 FLOWS_TABLE = "SsoFlows"
@@ -48,6 +51,29 @@ def storage_errors(dependency: str = "table_storage") -> Iterator[None]:
         raise DependencyUnavailable(dependency, f"HTTP {exc.status_code}: {type(exc).__name__}") from exc
 
 
+class BudgetedTablesRetryPolicy(RetryBudget, TablesRetryPolicy):
+    """The Tables SDK's retry policy (its secondary-location handling kept), within its budget."""
+
+
+class _TableService(TableServiceClient):
+    """A TableServiceClient whose retry policy, and its table clients' (get_table_client reuses the
+    list), is BudgetedTablesRetryPolicy. The SDK offers no option that chooses its retry policy: this
+    overrides its private `_configure_policies` (azure-data-tables 12.7), pinned by
+    tests/reliability/test_retry_after.py, which fails if the method is renamed."""
+
+    def _configure_policies(self, **kwargs):
+        return [BudgetedTablesRetryPolicy(**kwargs) if type(policy) is TablesRetryPolicy else policy
+                for policy in super()._configure_policies(**kwargs)]
+
+
+def table_service(connection_string: str | None = None, endpoint: str | None = None, credential=None,
+                  **options) -> TableServiceClient:
+    """The service client of a connection string, else of the endpoint with the credential."""
+    if connection_string:
+        return _TableService.from_connection_string(connection_string, **options)
+    return _TableService(endpoint=endpoint, credential=credential, **options)
+
+
 class Tables:
     """Hands out the TableClient of each table. With `create` (a connection string: Azurite, or an
     account key), the app's tables are made sure of once before the first, in one round trip. Without
@@ -58,8 +84,13 @@ class Tables:
     def __init__(self, service: TableServiceClient, *, create: bool = True):
         self._service = service
         self._clients: dict[str, TableClient] = {}
-        self._lock = threading.Lock()
-        self._ensured = not create
+        self._lock = threading.Lock()  # guards _clients; never held during I/O
+        # Single-flight (refreshing.py's rules): first uses arriving while the tables are made sure of
+        # wait for that one attempt and share its outcome, so against silent storage each gets its 503
+        # within one read timeout (under the lock, four took 6, 12, 18, 24 s). Kept once it succeeded; a
+        # failure is not kept, the next first use tries again.
+        self._ensured = (Refreshing(self._ensure_tables, "tables", "made sure of", fresh_for=math.inf,
+                                    retry_seconds=math.inf) if create else None)
 
     @classmethod
     def from_settings(cls, connection_string: str | None, endpoint: str | None,
@@ -68,22 +99,20 @@ class Tables:
         the app's usual client options."""
         options = {**azure_client_options(), "transport": azure_transport(), **options}
         if connection_string:
-            return cls(TableServiceClient.from_connection_string(connection_string, **options))
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential_factory(), **options), create=False)
+            return cls(table_service(connection_string, **options))
+        return cls(table_service(endpoint=endpoint, credential=credential_factory(), **options), create=False)
 
     def client(self, name: str) -> TableClient:
+        found = self._clients.get(name)
+        if found is not None:
+            return found
+        if self._ensured is not None:
+            self._ensured.get()
         with self._lock:
-            found = self._clients.get(name)
-            if found is not None:
-                return found
-            if not self._ensured:
-                self._ensure_tables()
-            self._clients[name] = client = self._service.get_table_client(name)
-            return client
+            return self._clients.setdefault(name, self._service.get_table_client(name))
 
-    def _ensure_tables(self) -> None:
-        """Creates whichever of the app's tables does not exist. A failure is not kept: the next
-        first use tries again."""
+    def _ensure_tables(self) -> bool:
+        """Creates whichever of the app's tables does not exist."""
         names = " or ".join(f"TableName eq '{name}'" for name in APP_TABLES)
         with storage_errors():
             existing = {table.name for table in self._service.query_tables(names)}
@@ -91,7 +120,7 @@ class Tables:
                 if name not in existing:
                     with contextlib.suppress(ResourceExistsError):  # another worker made it meanwhile
                         self._service.create_table(name)
-        self._ensured = True
+        return True
 
     def ping(self, table: str = ACCOUNTS_TABLE) -> None:
         """One cheap round trip to one of the app's tables (a row that is not there), not the account's

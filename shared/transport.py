@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import ssl
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
@@ -15,6 +16,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 import urllib3
+from azure.core.pipeline.policies import RetryPolicy
 from azure.core.pipeline.transport import RequestsTransport
 from requests.structures import CaseInsensitiveDict
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_encoding_from_headers
@@ -26,11 +28,74 @@ from urllib3.util.ssl_ import create_urllib3_context
 # operation is meant to take under 2 s), so no legitimate answer is cut. `timeout` is the SDK's budget
 # per operation: no new attempt starts once that much time has gone, so quick failures (a refused or
 # reset connection) get their two retries, and a connection that swallows requests without a word (a
-# silently dropped pooled connection) costs one read timeout, not three.
+# silently dropped pooled connection) costs one read timeout, not three. A `Retry-After` counts against
+# the same budget (RetryBudget).
 READ_TIMEOUT = 6
 RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.2, "timeout": READ_TIMEOUT}
 TIMEOUTS = {"connection_timeout": 3, "read_timeout": READ_TIMEOUT}
 IDP_CONNECT_TIMEOUT = 5.0  # a refused connection fails at once; this bounds a silent one (no SYN-ACK)
+# The managed-identity credential's budget per token request: a failing identity endpoint is a 503 in
+# under 3 s (RELIABILITY.md), its two quick retries (0 s, then 0.4 s apart) well within it.
+CREDENTIAL_RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.2}
+CREDENTIAL_BUDGET = 2.0
+
+
+class RetryBudget:
+    """Mixed into an azure-core RetryPolicy (before it): its `timeout` bounds the waits too. azure-core
+    sleeps a whole `Retry-After` before it looks at its budget, so Key Vault's 429 `Retry-After: 20`
+    held a read 20 s, a busy table's 503 `Retry-After: 10` 10 s, the identity endpoint's 429
+    `Retry-After: 15` 30 s (once per retry), and then failed all the same, on the budget. Here an answer
+    whose Retry-After reaches past what the budget has left is not retried: it stands at once (the
+    caller's 503 says "try again"; the service is not asked again sooner than it said), and no sleep
+    outlasts the budget. Built on RetryPolicy's public hooks only (configure_retries, is_retry, sleep,
+    get_retry_after, get_backoff_time), which its `send` and the Tables SDK's both call."""
+
+    _ENDS = "portal_sso_budget_ends"  # our key in the retry settings of one operation
+
+    def configure_retries(self, options):
+        settings = super().configure_retries(options)
+        settings[self._ENDS] = time.monotonic() + settings["timeout"]  # the budget counts from here, as its own
+        return settings
+
+    def is_retry(self, settings, response) -> bool:
+        if not super().is_retry(settings, response):
+            return False
+        wait = self.get_retry_after(response)
+        return not wait or wait < self._left(settings)
+
+    def sleep(self, settings, transport, response=None) -> None:
+        wait = (self.get_retry_after(response) if response is not None else None) or self.get_backoff_time(settings)
+        wait = min(wait, self._left(settings))
+        if wait > 0:
+            transport.sleep(wait)
+
+    def _left(self, settings) -> float:
+        return settings[self._ENDS] - time.monotonic()
+
+
+class BudgetedRetryPolicy(RetryBudget, RetryPolicy):
+    """The retry policy of the Key Vault client (its `retry_policy` option)."""
+
+
+class CredentialRetryPolicy(BudgetedRetryPolicy):
+    """The managed-identity credential's, within CREDENTIAL_BUDGET (azure-core's default is 7 days)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**kwargs, "timeout": CREDENTIAL_BUDGET})
+
+
+def credential_options(environ: Mapping[str, str] = os.environ) -> dict:
+    """Keyword arguments for DefaultAzureCredential: few, quick retries (the SDK's default spends ~5 s
+    on a failing identity endpoint), within CREDENTIAL_BUDGET, and the Azure clients' timeouts (its
+    transport's were azure-core's 300 s: a silent identity endpoint held a cold read for minutes;
+    now one read timeout, not repeated, as the budget is gone). The policy goes in by azure-identity's
+    `retry_policy_class`, which every managed-identity flavour's pipeline takes except IMDS's (a VM's,
+    chosen when neither IDENTITY_ENDPOINT nor MSI_ENDPOINT is set): that one brings its own class and
+    refuses a second (TypeError), so it keeps azure-core's waits. App Service and Functions set
+    IDENTITY_ENDPOINT."""
+    if environ.get("IDENTITY_ENDPOINT") or environ.get("MSI_ENDPOINT"):
+        return {**CREDENTIAL_RETRIES, **TIMEOUTS, "retry_policy_class": CredentialRetryPolicy}
+    return {**CREDENTIAL_RETRIES, **TIMEOUTS}
 
 
 def ca_bundle(environ: Mapping[str, str] = os.environ) -> str | bool:

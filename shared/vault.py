@@ -25,7 +25,7 @@ from azure.core.exceptions import (
 from .config import LOOPBACK_HOSTS
 from .errors import ConfigurationError, DependencyUnavailable
 from .refreshing import Refreshing
-from .transport import azure_client_options
+from .transport import BudgetedRetryPolicy, azure_client_options
 
 log = logging.getLogger("portal_sso")
 
@@ -54,7 +54,9 @@ class KeyVaultReader:
             # is not a subdomain of it. A real vault (*.vault.azure.net) keeps the check, which stops
             # a lookalike URL from collecting a Key Vault token.
             options.setdefault("verify_challenge_resource", False)
-        return cls(SecretClient(vault_url=vault_url, credential=credential, **{**azure_client_options(), **options}))
+        options = {**azure_client_options(), **options}
+        options.setdefault("retry_policy", BudgetedRetryPolicy(**options))  # with the retry options given
+        return cls(SecretClient(vault_url=vault_url, credential=credential, **options))
 
     def read(self, name: str) -> SecretValue:
         """Raises ConfigurationError (no such secret, disabled, no permission) or DependencyUnavailable."""
@@ -62,12 +64,17 @@ class KeyVaultReader:
             secret = self._client.get_secret(name)
         except DecodeError as exc:
             raise _no_secret(name, exc) from exc
-        except ResourceNotFoundError as exc:
-            raise ConfigurationError([f"Key Vault secret '{name}' does not exist in {self.vault_url}: "
-                                      "create it, or fix the *_NAME setting."]) from exc
         except ClientAuthenticationError as exc:
             raise DependencyUnavailable("key_vault", f"authenticating to read {name!r}: {type(exc).__name__}") from exc
         except HttpResponseError as exc:
+            if exc.status_code in (403, 404) and not _key_vaults_own(exc):
+                # A gateway's or proxy's page with that status, in the vault's place (as discovery
+                # treats the same pages): no admin said it, so what is held serves on.
+                raise DependencyUnavailable("key_vault", f"reading '{name}': HTTP {exc.status_code}, not Key "
+                                            "Vault's own answer (no Key Vault error in it)") from exc
+            if isinstance(exc, ResourceNotFoundError):
+                raise ConfigurationError([f"Key Vault secret '{name}' does not exist in {self.vault_url}: "
+                                          "create it, or fix the *_NAME setting."]) from exc
             if exc.status_code == 403:
                 raise ConfigurationError([f"Key Vault secret '{name}': the app may not read it (HTTP 403), or it is "
                                           "disabled. Grant the app's managed identity the 'Key Vault Secrets "
@@ -87,6 +94,13 @@ class KeyVaultReader:
             raise ConfigurationError([f"Key Vault secret '{name}' is empty."])
         return SecretValue(secret.value, secret.properties.expires_on, secret.properties.version, "key vault",
                            secret.properties.content_type)
+
+
+def _key_vaults_own(exc: HttpResponseError) -> bool:
+    """Whether the error answer is Key Vault's: its JSON error body with a code (SecretNotFound,
+    Forbidden with ForbiddenByRbac inside, ...), which azure-core parses into `exc.error`."""
+    code = getattr(exc.error, "code", None)
+    return isinstance(code, str) and bool(code)
 
 
 def _no_secret(name: str, exc: BaseException | None = None) -> DependencyUnavailable:

@@ -71,7 +71,7 @@ def test_key_vault_down_answers_503_quickly(stub, vault_app, app_server):
 @pytest.mark.parametrize("outage", ["stopped", "answering 500"])
 def test_identity_endpoint_down_answers_503_quickly(stub, vault_app, app_server, outage):
     """The SDK's default retries would stall a failing identity endpoint ~5 s; the runtime's credential
-    retries twice, quickly (shared.runtime.CREDENTIAL_RETRIES): three requests reach the endpoint."""
+    retries twice, quickly (shared.transport.CREDENTIAL_RETRIES): three requests reach the endpoint."""
     stub.set_secret(CLIENT_SECRET_NAME, CLIENT_SECRET)
     if outage == "stopped":
         stub.stop()  # the vault and the managed-identity endpoint

@@ -6,12 +6,18 @@ and every request a 503). Azurite has no RBAC to refuse it: what is sent is what
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import pytest
 import urllib3.connectionpool
 from azure.data.tables import TableServiceClient
 
 from shared.errors import DependencyUnavailable
-from shared.tables import ACCOUNTS_TABLE, Tables
+from shared.tables import ACCOUNTS_TABLE, FLOWS_TABLE, Tables
+from shared.transport import READ_TIMEOUT
+from tools.stack import azurite_connection_string, new_account_key
 
 
 @pytest.fixture
@@ -47,3 +53,56 @@ def test_the_health_ping_names_a_table_that_does_not_exist(azurite):
     with pytest.raises(DependencyUnavailable) as caught:
         tables.ping("NoSuchPortalTable")
     assert "NoSuchPortalTable does not exist" in caught.value.detail
+
+
+class BlackHole:
+    """A storage endpoint that accepts connections and never answers (a network black hole)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self._listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self._listener.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(): close alone leaves it listening
+        self._listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_first_uses_at_once_against_silent_storage_share_one_attempt_and_the_next_use_tries_again():
+    """The tables are made sure of once, single-flight: requests arriving while that attempt waits share
+    its outcome (as refreshing.py's reads), so each gets its 503 within one read timeout, not one
+    timeout each in turn (once 6.4, 12.8, 19.2, 25.6 s for four). A failure is not kept."""
+    hole = BlackHole()
+    try:
+        tables = Tables.from_settings(azurite_connection_string(hole.port, new_account_key()), None, lambda: None)
+        begun, outcomes = time.monotonic(), []
+
+        def first_use() -> None:
+            try:
+                tables.client(FLOWS_TABLE)
+            except DependencyUnavailable as err:
+                outcomes.append((err.detail, time.monotonic() - begun))
+
+        threads = [threading.Thread(target=first_use) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(outcomes) == 4, outcomes
+        assert max(elapsed for _, elapsed in outcomes) < READ_TIMEOUT + 2, outcomes
+        assert len(hole.held) == 1, f"one attempt for all four: {len(hole.held)} connections"
+    finally:
+        hole.close()
+    with pytest.raises(DependencyUnavailable) as caught:  # now refused: a new attempt, failing at once
+        tables.client(FLOWS_TABLE)
+    assert "ServiceRequestError" in caught.value.detail, caught.value

@@ -13,6 +13,7 @@ import traceback
 import pytest
 import requests
 
+from shared.jwks import MAX_STALE_SECONDS
 from shared.oidc_client import OidcClient
 from tests.conftest import APP_BASE, REDIRECT_URIS
 from tests.reliability.test_key_vault_outage import health
@@ -119,6 +120,33 @@ def test_an_idp_down_when_its_metadata_and_keys_are_due_for_their_daily_refresh_
     for what in ("metadata", "signing keys"):
         assert f"could not refresh its {what}" in (amber["checks"]["idp_metadata"]["warning"] or ""), amber
     hostile_idp.down.clear()
+
+
+
+def test_keys_past_their_stale_limit_are_red_in_health_not_amber(hostile_idp, app, account_store):
+    """A week past their refresh the keys held stop serving (signing_key refuses every callback): the
+    health check then says so in red, where it stayed amber, "serving the ones read before"."""
+    person = new_person(account_store)
+    hostile_idp.answer(claims=person.claims)
+    assert_signed_in(sign_in(hostile_idp), person)
+    hostile_idp.down.add("jwks")
+    try:
+        app.idp_keys()._keys.expire()  # due: the refresh fails, the keys held serve on, amber
+        assert_signed_in(sign_in(hostile_idp), person)
+        amber = health(app)
+        assert amber["http_status"] == 200 and amber["checks"]["idp_metadata"]["ok"], amber
+        assert "could not refresh its signing keys" in amber["checks"]["idp_metadata"]["warning"], amber
+        app.idp_keys()._keys.expire(by=MAX_STALE_SECONDS)  # and a week on: no longer served
+        assert_error_page(sign_in(hostile_idp), 503, app, "idp_unavailable")
+        red = health(app)
+        check = red["checks"]["idp_metadata"]
+        assert red["http_status"] == 503 and check["ok"] is False, red
+        assert "signing keys" in check["detail"] and "no longer" in check["detail"], check
+        assert check.get("fix"), check
+    finally:
+        hostile_idp.down.clear()
+    assert_signed_in(sign_in(hostile_idp), person)
+    assert health(app)["checks"]["idp_metadata"]["ok"], "green again at the first good refresh"
 
 
 def test_endpoints_a_metadata_re_read_moves_are_the_ones_used_and_guarded(hostile_idp, app, account_store):

@@ -12,6 +12,9 @@ import pytest
 import requests
 
 from shared.diagnostics import health as health_reply
+from shared.errors import ConfigurationError, DependencyUnavailable
+from shared.runtime import _default_credential
+from shared.vault import KeyVaultReader
 from tests.conftest import APP_BASE, CLIENT_SECRET, CLIENT_SECRET_NAME, DEMO_USER
 from tests.support.portal import assert_error_page, sign_in
 
@@ -69,6 +72,10 @@ NOT_A_SECRET = {
     "truncated-json": (200, "application/json", '{"value": "s3cr'),
     "json-not-an-object": (200, "application/json", '["value"]'),
     "json-without-a-secret": (200, "application/json", "{}"),
+    # A gateway's own 403 or 404 page: no Key Vault error in it, so no admin's word (once "the secret does
+    # not exist" or "the app may not read it", and the held secrets served no one).
+    "html-403": (403, "text/html", "<html><body><h1>403 Forbidden</h1><p>Request blocked.</p></body></html>"),
+    "html-404": (404, "text/html", "<html><body><h1>404 Not Found</h1></body></html>"),
 }
 
 
@@ -114,3 +121,29 @@ def test_a_vault_answering_a_page_before_a_secret_was_ever_read_is_a_503(stub, v
     stub.answer_raw(None)
     started = requests.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False, timeout=20)
     assert started.status_code == 302, "the next request reads the vault again"
+
+
+# Key Vault's own refusals: a JSON error with its code (an RBAC refusal names ForbiddenByRbac inside).
+KEY_VAULT_REFUSALS = {
+    "forbidden-by-rbac": (403, "application/json", '{"error": {"code": "Forbidden", "message": "Caller is not '
+                          'authorized to perform action on resource.", "innererror": {"code": "ForbiddenByRbac"}}}'),
+    "secret-not-found": (404, "application/json", '{"error": {"code": "SecretNotFound", "message": "A secret with '
+                         '(name/id) s was not found in this key vault."}}'),
+}
+
+
+@pytest.mark.parametrize("answer", [*KEY_VAULT_REFUSALS.values(), NOT_A_SECRET["html-403"], NOT_A_SECRET["html-404"]],
+                         ids=[*KEY_VAULT_REFUSALS, "html-403", "html-404"])
+def test_only_key_vaults_own_error_is_a_refusal_a_gateways_page_with_its_status_is_an_outage(stub, answer):
+    stub.set_secret("s", "v1")
+    reader = KeyVaultReader.from_url(stub.url, _default_credential())
+    reader.read("s")
+    stub.answer_raw(answer)
+    with pytest.raises((ConfigurationError, DependencyUnavailable)) as raised:
+        reader.read("s")
+    if answer in KEY_VAULT_REFUSALS.values():
+        assert isinstance(raised.value, ConfigurationError), raised.value  # the admin's word: fix it
+    else:
+        assert isinstance(raised.value, DependencyUnavailable), raised.value  # the held secret serves on
+        assert f"HTTP {answer[0]}" in raised.value.detail and "not Key Vault" in raised.value.detail, raised.value
+        assert answer[2] not in str(raised.value), "the page is never quoted"

@@ -12,7 +12,8 @@ comes, as when a peer or a load balancer silently drops a pooled connection (no 
 `decide` (an Exchange -> its fault) picks the requests to fail instead of chance, e.g. the first two
 audit inserts; a "before" cut waits `cut_delay` seconds first (a failure that is slow to show). A
 "page" fault answers the request in Azurite's place with a 200 HTML page (a gateway or captive proxy
-before storage), which Azurite never sees.
+before storage), which Azurite never sees; a "busy" fault answers storage's own 503 `ServerBusy` with
+`Retry-After: busy_retry_after` instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from dataclasses import dataclass
 PAGE = b"<html><body><h1>Service Unavailable</h1><p>The gateway could not reach the service.</p></body></html>"
 PAGE_ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                % len(PAGE) + PAGE)
+BUSY = b'{"odata.error":{"code":"ServerBusy","message":{"lang":"en-US","value":"The server is busy."}}}'
+# Storage's own 503 for a busy partition, with its Retry-After (`busy_retry_after` seconds).
+BUSY_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json;odata=minimalmetadata\r\n"
+               b"Retry-After: %d\r\nContent-Length: " + str(len(BUSY)).encode()
+               + b"\r\nConnection: close\r\n\r\n" + BUSY)
 REQUEST_LINE = re.compile(rb"^(GET|PUT|POST|PATCH|MERGE|DELETE|HEAD|OPTIONS) (\S+) HTTP/1\.[01]\r\n")
 STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ")
 
@@ -37,7 +43,7 @@ class Exchange:
     method: str
     path: str
     status: int | None = None  # None: no answer reached the app
-    fault: str = ""  # "", "before" (never reached Azurite), "after" (the answer was lost), "hung" or "page"
+    fault: str = ""  # "", "before" (never reached Azurite), "after" (the answer was lost), "hung", "page" or "busy"
 
 
 class FaultProxy:
@@ -48,6 +54,7 @@ class FaultProxy:
         self.hanging = False  # True: requests are swallowed, connections held open (a black hole)
         self.decide: Callable[[Exchange], str] | None = None  # chosen faults, for requests chance spared
         self.cut_delay = 0.0
+        self.busy_retry_after = 10  # the Retry-After of a "busy" fault's 503
         self.exchanges: list[Exchange] = []
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -114,6 +121,10 @@ class FaultProxy:
                     if exchange.fault == "page":  # answered here, and the connection closed (as it says)
                         exchange.status = 200
                         client.sendall(PAGE_ANSWER)
+                        break
+                    if exchange.fault == "busy":  # storage's busy 503 in Azurite's place, then closed
+                        exchange.status = 503
+                        client.sendall(BUSY_ANSWER % self.busy_retry_after)
                         break
                     if exchange.fault != "hung":
                         pending.append(exchange)

@@ -253,10 +253,12 @@ class KeyVaultStub:
         with self._lock:
             return [v.version for v in self._secrets.get(name.lower(), [])]
 
-    def fail_next(self, n: int = 1, status: int = 503, *, server: str = "vault") -> None:
-        """Answers the next `n` requests to `server` ("vault" or "identity") with `status`."""
+    def fail_next(self, n: int = 1, status: int = 503, *, server: str = "vault",
+                  retry_after: str | None = None) -> None:
+        """Answers the next `n` requests to `server` ("vault" or "identity") with `status`, and with a
+        `Retry-After` header when one is given (as Key Vault's throttling 429 and a busy 503 carry)."""
         with self._lock:
-            self._failures[server].append([n, status])
+            self._failures[server].append([n, status, retry_after])
 
     def answer_raw(self, answer: tuple[int, str, str] | None) -> None:
         """Answers every vault request with (status, content type, body) until called with None: a
@@ -287,10 +289,11 @@ class KeyVaultStub:
             if not queue:
                 return
             queue[0][0] -= 1
-            status = queue[0][1]
+            _, status, retry_after = queue[0]
             if queue[0][0] <= 0:
                 queue.pop(0)
-        raise _kv_error(status, "ServiceUnavailable", "Simulated failure from the Key Vault stub.")
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        raise _kv_error(status, "ServiceUnavailable", "Simulated failure from the Key Vault stub.", **headers)
 
     def _authorize(self, header: str | None) -> None:
         challenge = {"WWW-Authenticate": f'Bearer authorization="https://login.microsoftonline.com/'

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -96,9 +97,15 @@ def test_a_value_past_its_stale_limit_no_longer_serves():
     cache.get()
     source.error, t[0] = DependencyUnavailable("idp", "down"), 149.0
     assert cache.get() == "v1"
+    assert cache.stale_limit_ends > datetime.now(UTC), "what the health check reads: still serving (amber)"
     t[0] = 160.0
     with pytest.raises(DependencyUnavailable):
         cache.get()
+    assert cache.stale_limit_ends <= datetime.now(UTC), "past its limit: serving no one (red)"
+    assert make(Source(), [0.0]).stale_limit_ends is None, "nothing held"
+    unlimited = make(Source(), [0.0])
+    unlimited.get()
+    assert unlimited.stale_limit_ends is None, "no limit (a Key Vault secret's)"
 
 
 def test_refresh_never_falls_back_on_the_held_value_unless_asked_to():
@@ -254,3 +261,22 @@ def test_an_outage_is_logged_stale_once_and_recovered_once(cache_of, caplog):
         assert [m for m in _lines(caplog) if m.startswith(f"{service}.stale ")][1:] == [
             f"{service}.stale {subject} serving the last good value, next try within {retry}s: {service}: down again"
         ], "a new outage is logged again"
+
+
+def test_after_a_refusal_an_outage_does_not_bring_the_refused_value_back():
+    """An admin's doing (access removed, secret deleted) ends the held value: a later re-read that meets
+    an outage must not serve it again (nor report it amber, as if it were only stale)."""
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    cache.get()
+    source.error, t[0] = ConfigurationError(["access removed"]), 100.0
+    with pytest.raises(ConfigurationError):
+        cache.get()
+    source.error, t[0] = DependencyUnavailable("key_vault", "down"), 101.0
+    with pytest.raises(DependencyUnavailable):
+        cache.get()
+    assert cache.unavailable_since is None, "nothing serves on: this is no stale value"
+    with pytest.raises(DependencyUnavailable):
+        cache.refresh(keep=True)
+    source.error, t[0] = None, 102.0
+    assert cache.get() == "v1", "the next good read serves again"
