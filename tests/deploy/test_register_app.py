@@ -220,7 +220,7 @@ def test_a_rerun_compares_only_what_it_sets_and_leaves_the_registration_alone(az
     assert "Changed:\n  - optional claims, app roles" in fixed.out, fixed.out
     (app,) = azure.state["apps"].values()
     assert {r["displayName"] for r in app["appRoles"]} == {"User", "Agent"}
-    assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov"}
+    assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov", "auth_time"}
 
 
 def test_app_roles_graph_permissions_and_admin_consent(azure):
