@@ -48,6 +48,11 @@ def directory_sync_account_id(scim_id: str, kind: str, object_id: str = "") -> s
     return f"scim-{kind}-{scim_id}" + (f"-{object_id}" if object_id else "")
 
 
+def directory_sync_minted(account_id, scim_id: str, kind: str) -> bool:
+    """Whether `account_id` is one directory_sync_account_id gives that person for `kind`."""
+    return isinstance(account_id, str) and account_id.startswith(directory_sync_account_id(scim_id, kind))
+
+
 # The Entra object id directory sync provisioned a row for (the person's GUID externalId), written
 # even where it cannot link the row (several ALLOWED_TENANT_IDS: no tenant): until an admin unlinks
 # the row, no other object id signs in to it, nor does directory sync carry it to one (shared/scim/sync.py).
@@ -355,14 +360,9 @@ class AccountStore:
         the id's holders again after its own write, so of two that overlap at least one sees the other
         (at worst both yield, never both stay); one that sees another email's row takes its own write
         back (take_back) and is refused, naming that email."""
-        problem = held_elsewhere(row, self.holders(row.account_id, row.kind))
-        if problem is None:
-            return
-        if take_back(self._table, row, before, etag):
-            raise AccountConflict(f"{problem}; that row was written while this add ran, so this add was taken back",
-                                  before)
-        raise AccountConflict(f"{problem}; that row was written while this add ran, and this add's row at {row.email} "
-                              "kept changing while it was being taken back: remove one of the two", before)
+        if shared := yield_if_shared(self._table, row, before, etag, self.holders(row.account_id, row.kind),
+                                     "while this add ran"):
+            raise AccountConflict(shared[1], before)
 
     def update(self, email: str, kind: str, check: Callable[[Account], None] | None = None, **properties) -> bool:
         """Merges properties into an account (etag-checked on the row as read; nothing else in it is
@@ -808,12 +808,32 @@ def take_back(table: TableClient, row: AccountRow, before: Account | None, etag:
     return False
 
 
+def yield_if_shared(table: TableClient, row: AccountRow, before: Account | None, etag: str,
+                    holders: Iterable[Account], during: str) -> tuple[bool, str] | None:
+    """The check after a write of `row` over `before` that left `etag` (write-then-verify): None when
+    no other email's row among `holders` (row's id and kind, read after the write) holds the account;
+    else our write is taken back (take_back) and (taken back?, why) says what became of it."""
+    problem = held_elsewhere(row, holders)
+    if problem is None:
+        return None
+    if take_back(table, row, before, etag):
+        return True, f"{problem}; that row was written {during}, so this write was taken back"
+    return False, (f"{problem}; that row was written {during}, and this write's row at {row.email} kept changing "
+                   "while it was being taken back: remove one of the two")
+
+
+def by_account_id(accounts: Iterable[Account]) -> dict[tuple[str, str], list[Account]]:
+    """Stored rows by (AccountId, kind): the holders of each account, from one scan."""
+    holders: dict[tuple[str, str], list[Account]] = {}
+    for account in accounts:
+        holders.setdefault((account.account_id, account.kind), []).append(account)
+    return holders
+
+
 def sharing_problems(rows: Iterable[AccountRow], stored: dict[tuple[str, str], Account]
                      ) -> list[tuple[AccountRow, str]]:
     """sharing_problem for each row against an import's scan (stored_accounts): (row, why)."""
-    holders: dict[tuple[str, str], list[Account]] = {}
-    for account in stored.values():
-        holders.setdefault((account.account_id, account.kind), []).append(account)
+    holders = by_account_id(stored.values())
     return [(row, problem) for row in rows if (problem := sharing_problem(
         row, holders.get((row.account_id, row.kind), ()), stored.get((row.key, row.kind))))]
 
@@ -897,20 +917,18 @@ def _hold_alone(table: TableClient, result: Imported) -> None:
     refused, naming that email. Of two writers that overlap at least one sees the other."""
     if not result.gave:
         return  # no row made its key a new holder of its id: nothing it wrote can share an account
-    holders: dict[tuple[str, str], list[Account]] = {}
-    for account in stored_accounts(table).values():
-        holders.setdefault((account.account_id, account.kind), []).append(account)
+    holders = by_account_id(stored_accounts(table).values())
     for row, before, etag in result.gave:
-        problem = held_elsewhere(row, holders.get((row.account_id, row.kind), ()))
-        if problem is None:
+        shared = yield_if_shared(table, row, before, etag, holders.get((row.account_id, row.kind), ()),
+                                 "during the import")
+        if shared is None:
             continue
-        if take_back(table, row, before, etag):
+        taken_back, why = shared
+        if taken_back:
             result.written -= 1
-            result.refused.append((row, f"{problem}; that row was written during the import, so this row was taken "
-                                        "back"))
+            result.refused.append((row, why))
         else:
-            result.stuck.append((row, f"{problem}; that row was written during the import, and this row kept "
-                                      "changing while it was being taken back: remove one of the two"))
+            result.stuck.append((row, why))
 
 
 def stored_accounts(table: TableClient) -> dict[tuple[str, str], Account]:

@@ -48,13 +48,17 @@ def external_id_key(external_id: str) -> str:
     return _checked_key(table_key(external_id), "externalId")
 
 
+def _surrogate(c: str) -> bool:
+    return 0xD800 <= ord(c) <= 0xDFFF
+
+
 def _checked_key(key: str, attribute: str) -> str:
     """check_text's character limit counts code points; escaped ('/' takes three), the key can still be
     longer than Table Storage keeps, which it refuses with a 400 (a 503 to Entra, which retries)."""
     problem = accounts.key_problem(key)
     if problem:
         raise MappingError(f"{attribute}: {problem}")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in key):  # a filter's `\ud800`: no Table key holds one
+    if any(map(_surrogate, key)):  # a filter's `\ud800`: no Table key holds one
         raise MappingError(f"{attribute}: holds a lone surrogate (U+D800 to U+DFFF), which no key can hold")
     return key
 
@@ -64,7 +68,7 @@ def check_text(value: str | None, attribute: str, limit: int) -> None:
         return
     if len(value) > limit:
         raise MappingError(f"{attribute}: longer than {limit} characters")
-    if any(0xD800 <= ord(c) <= 0xDFFF or unicodedata.category(c) == "Cc" for c in value):
+    if any(_surrogate(c) or unicodedata.category(c) == "Cc" for c in value):
         raise MappingError(f"{attribute}: holds control characters or a lone surrogate")
 
 

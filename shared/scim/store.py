@@ -43,7 +43,7 @@ from scim2_models import (
 from scim2_models.path.expressions import CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
 from scim2_server.storage import ScimStorage, SearchPage
 
-from ..accounts import directory_sync_account_id, utf16_units
+from ..accounts import directory_sync_account_id, directory_sync_minted, utf16_units
 from ..config import KINDS
 from ..tables import SCIM_PERSON_PARTITION, storage_errors
 from . import mapping
@@ -104,8 +104,8 @@ def account_ids_of(scim_id: str, row) -> dict[str, dict[str, str]]:
             isinstance(held, dict) and all(isinstance(value, str) for value in held.values())
             for held in recorded.values()):
         return {kind: {UNREADABLE: plain(kind)} for kind in KINDS}  # one part wrong: none of it is trusted
-    return {kind: {who: value for who, value in recorded.get(kind, {}).items() if value.startswith(plain(kind))}
-            for kind in KINDS}
+    return {kind: {who: value for who, value in recorded.get(kind, {}).items()
+                   if directory_sync_minted(value, scim_id, kind)} for kind in KINDS}
 
 
 class Person:
@@ -421,11 +421,11 @@ class TableScimStorage(ScimStorage):
             # one still finds the rows an earlier attempt left there. A disabled row about to be
             # removed is recorded first too: its disable would be lost with it.
             # An id this write gives (a role added, a hand-over) is recorded before a row holds it.
-            held, ids = " ".join(self._sync.held), self._sync.account_ids
+            held = " ".join(self._sync.held)
             if moving or carried or (active_changed and not person.row.get("PendingActive")) or \
-                    held != (person.row.get("DisabledKinds") or "") or ids != account_ids_of(scim_id, person.row):
+                    held != (person.row.get("DisabledKinds") or "") or self._sync.ids_changed:
                 self._record_pending(person, [*recorded, *carried, *([facts.email_key] if moving else [])],
-                                     active_changed, held, ids)
+                                     active_changed, held, self._sync.account_ids)
         self._apply_accounts(scim_id, facts, [*recorded, *carried], row, active_changed=active_changed,
                              before_writing=record_pending, person=person)
         try:

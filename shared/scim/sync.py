@@ -35,7 +35,14 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from ..accounts import HANDED_OVER, SCIM_OBJECT_ID, directory_sync_account_id, found_by_login, object_id_in
+from ..accounts import (
+    HANDED_OVER,
+    SCIM_OBJECT_ID,
+    directory_sync_account_id,
+    directory_sync_minted,
+    found_by_login,
+    object_id_in,
+)
 from ..config import KINDS
 from ..tables import storage_errors
 
@@ -144,6 +151,12 @@ class AccountSync:
         # (Desired.account_ids, with the ids this write gave), and the kinds held disabled.
         self.account_ids: dict[str, dict[str, str]] = {}
         self.held: tuple[str, ...] = ()
+        self._recorded: Mapping[str, Mapping[str, str]] = {}  # Desired.account_ids, as `apply` began
+
+    @property
+    def ids_changed(self) -> bool:
+        """Whether the record `apply` leaves (account_ids) differs from the one it began with."""
+        return self.account_ids != self._recorded
 
     # ---- reads ----
     def _read(self, key: str, kind: str):
@@ -191,11 +204,12 @@ class AccountSync:
         # make it again for that one), as it is never re-pointed.
         leaving = {kind: self._rows(keys, kind, desired.scim_id) for kind in KINDS
                    if kind not in wanted and not created}  # a new person owns no row yet
-        for rows in leaving.values():
-            self._refuse_foreign(desired, self._found(rows, desired.scim_id))
+        self._recorded = desired.account_ids
         self.account_ids = {kind: dict(ids) for kind, ids in desired.account_ids.items()}
-        for kind, rows in leaving.items():  # a kind coming back returns the account its identity had
-            for row in self._found(rows, desired.scim_id).values():
+        for kind, rows in leaving.items():
+            found = self._found(rows, desired.scim_id)
+            self._refuse_foreign(desired, found)
+            for row in found.values():  # a kind coming back returns the account its identity had
                 if self._given(row, desired):
                     self._holds(desired, kind, row["AccountId"])
         # ...and the ids this write will give are in the record before any row holds one (store.py
@@ -236,7 +250,7 @@ class AccountSync:
         row that stays another identity's (a write naming no object id keeps it as it is)."""
         if row is not None and _identity(row) and _identity(row) != desired.object_id:
             return
-        if isinstance(account_id, str) and account_id.startswith(directory_sync_account_id(desired.scim_id, kind)):
+        if directory_sync_minted(account_id, desired.scim_id, kind):
             self.account_ids.setdefault(kind, {})[desired.object_id or NO_OBJECT_ID] = account_id
 
     def _held_by_another(self, row, desired: Desired) -> bool:
@@ -363,6 +377,8 @@ class AccountSync:
             self._replace(target, made := self._new_row(desired, kind))
         else:
             self._table.create_entity(made := self._new_row(desired, kind))
+        # Recorded before the write already (apply), unless _ensure re-planned since (a race): then
+        # what this step gave is recorded with the person row, after it.
         self._holds(desired, kind, (plan.source if plan.source is not None else made).get("AccountId"), row=plan.source)
         for key in plan.ours:
             if key != new_key:
