@@ -1,5 +1,5 @@
 """Started logins. A flow's contents (MSAL's nonce and PKCE verifier, the portal's return_to, nonce and
-prompt, its start and expiry) travel in the browser, in a `__Host-` cookie of their own, sealed with
+prompt, its expiry) travel in the browser, in a `__Host-` cookie of their own, sealed with
 AES-GCM under a key every worker derives from the session-signing key; the `SsoFlows` table keeps only
 the flow's single-use marker (state, kind, expiry, correlation id), which the callback consumes with
 one unconditional DELETE.
@@ -40,10 +40,16 @@ COOKIE_PREFIX = "__Host-portal-sso-"
 # (both doors together) the oldest goes: browsers keep ~180 cookies of 4 KB per site, and every request
 # to the app carries them all.
 MAX_IN_FLIGHT = 5
-FORMAT = "1"  # the cookie value's version: "1.{expiry in epoch ms}.{IV + ciphertext, base64url}"
+# The cookie value's version: "{version}.{expiry in epoch ms}.{IV + ciphertext, base64url}", the version
+# also in the associated data. What each seals (MEMBERS): "2" added the portal's prompt. A version the
+# code does not know is malformed (a 400 that still consumes the marker), never a 500: so a cookie of a
+# newer version reaching an older worker (a deploy's overlap, a rollback) is refused cleanly, and this
+# one still opens what the version before sealed.
+FORMAT = "2"
+MEMBERS = {"1": 6, "2": 7}
 _KEY_INFO = b"portal-sso flow cookie v1"
 _NAME = re.compile(rf"{re.escape(COOKIE_PREFIX)}(?:{'|'.join(KINDS)})-[A-Za-z0-9_-]{{12}}\Z")
-_VALUE = re.compile(r"^1\.(\d{1,15})\.([A-Za-z0-9_-]{40,6000})\Z")
+_VALUE = re.compile(r"^([12])\.(\d{1,15})\.([A-Za-z0-9_-]{40,6000})\Z")
 
 
 def flow_keys(private_keys_der: list[bytes]) -> list[AESGCM]:
@@ -89,11 +95,10 @@ class Flow:
     portal_nonce: str | None
     expires_at: float  # epoch seconds (the cookie holds milliseconds: the oldest login goes first)
     correlation_id: str
-    # The portal's prompt, and when the login started (epoch seconds): the prompt travels to the IdP in a
-    # URL the person can edit, so prompt=login is enforced at the callback (auth_time since started_at)
-    # from what the cookie sealed. A cookie sealed before it held them opens with neither.
+    # The portal's prompt: it travels to the IdP in a URL the person can edit, so prompt=login is
+    # enforced at the callback (auth_time since the start: expires_at less the flow's TTL) from what the
+    # cookie sealed. A cookie sealed before it held one opens without.
     prompt: str | None = None
-    started_at: int | None = None
 
     def msal_flow(self, redirect_uri: str) -> dict:
         """The auth code flow as MSAL's acquire_token_by_auth_code_flow reads it."""
@@ -112,13 +117,13 @@ class FlowCookies:
         self._keys = keys
 
     @staticmethod
-    def _aad(kind: str, state: str, expires_ms: int) -> bytes:
-        return f"{FORMAT}\n{kind}\n{state}\n{expires_ms}".encode()
+    def _aad(kind: str, state: str, expires_ms: int, version: str = FORMAT) -> bytes:
+        return f"{version}\n{kind}\n{state}\n{expires_ms}".encode()
 
     def seal(self, flow: Flow) -> str:
         # UTF-8, as check_return_to counts it, not 6-byte \u escapes
         plain = json.dumps([flow.nonce, flow.code_verifier, " ".join(flow.scope), flow.return_to or "",
-                            flow.portal_nonce or "", flow.correlation_id, flow.prompt or "", flow.started_at or 0],
+                            flow.portal_nonce or "", flow.correlation_id, flow.prompt or ""],
                            separators=(",", ":"), ensure_ascii=False).encode()
         iv, expires_ms = os.urandom(12), int(flow.expires_at * 1000)
         sealed = self._keys[0].encrypt(iv, plain, self._aad(flow.kind, flow.state, expires_ms))
@@ -132,11 +137,12 @@ class FlowCookies:
         found = _VALUE.match(value)
         if not found:
             raise BindingMismatch("browser-binding cookie malformed")
+        version = found.group(1)
         try:
-            expires_ms, blob = int(found.group(1)), _unb64(found.group(2))
+            expires_ms, blob = int(found.group(2)), _unb64(found.group(3))
         except ValueError as exc:  # binascii.Error: a cut that leaves 4n+1 base64 characters
             raise BindingMismatch("browser-binding cookie malformed") from exc
-        aad = self._aad(kind, state, expires_ms)
+        aad = self._aad(kind, state, expires_ms, version)
         for key in self._keys:
             try:
                 plain = key.decrypt(blob[:12], blob[12:], aad)
@@ -146,11 +152,14 @@ class FlowCookies:
         else:
             raise BindingMismatch("browser-binding cookie does not open for this state (altered, other flow, "
                                   "or an old key)")
-        nonce, verifier, scope, return_to, portal_nonce, correlation_id, *since = json.loads(plain)
-        prompt, started_at = since or ("", 0)  # sealed before prompt and start were: neither (a deploy's overlap)
+        members = json.loads(plain)
+        if len(members) != MEMBERS[version]:  # authenticated, so only a sealing bug could get here
+            raise BindingMismatch("browser-binding cookie malformed")
+        nonce, verifier, scope, return_to, portal_nonce, correlation_id, *later = members
+        prompt = later[0] if later else ""  # version 1 (a deploy's overlap): no prompt
         return Flow(state=state, kind=kind, nonce=nonce, code_verifier=verifier, scope=tuple(scope.split()),
                     return_to=return_to or None, portal_nonce=portal_nonce or None, expires_at=expires_ms / 1000,
-                    correlation_id=correlation_id, prompt=prompt or None, started_at=started_at or None)
+                    correlation_id=correlation_id, prompt=prompt or None)
 
 
 def flows_in_flight(cookies: dict[str, str]) -> list[tuple[int, str]]:
@@ -162,7 +171,7 @@ def flows_in_flight(cookies: dict[str, str]) -> list[tuple[int, str]]:
         # worker refuses (a bare 500) or drops names http.cookies cannot take ('a,0', a space, a quote).
         if _NAME.match(name):
             matched = _VALUE.match(value)
-            found.append((int(matched.group(1)) if matched else 0, name))
+            found.append((int(matched.group(2)) if matched else 0, name))
     return sorted(found)
 
 

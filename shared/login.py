@@ -199,7 +199,7 @@ class SsoService:
             flow = Flow(state=started_flow["state"], kind=kind, nonce=started_flow["nonce"],
                         code_verifier=started_flow["code_verifier"], scope=tuple(started_flow["scope"]),
                         return_to=return_to, portal_nonce=nonce, expires_at=expires.timestamp(),
-                        correlation_id=correlation_id, prompt=prompt, started_at=int(now))
+                        correlation_id=correlation_id, prompt=prompt)
             cookies = [set_cookie(cookie_name(kind, flow.state), seal.seal(flow), self.deps.flows.ttl)]
             in_flight = flows_in_flight(parse_cookies(cookie_header))
             cookies += [set_cookie(name, "", 0) for _, name in in_flight[:max(0, len(in_flight) + 1 - MAX_IN_FLIGHT)]]
@@ -287,7 +287,8 @@ class SsoService:
         #    start: the prompt went to the IdP in a URL the person can edit, so only the token can show it
         claims = verify_id_token(result["id_token"], metadata=metadata, jwks=self.deps.idp_keys(),
                                  client_id=settings.client_id, expected_nonce=expected_nonce(msal_flow),
-                                 authenticated_since=flow.started_at if flow.prompt == "login" else None)
+                                 authenticated_since=int(flow.expires_at) - self.deps.flows.ttl
+                                 if flow.prompt == "login" else None)
         tid = claims.get("tid") if isinstance(claims.get("tid"), str) else ""
         oid = claims.get("oid") if isinstance(claims.get("oid"), str) else ""
         idp_sub = f"{tid}:{oid}" if tid and oid else claims["sub"]

@@ -20,7 +20,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from shared.accounts import Account
 from shared.callback import CallbackRequest
-from shared.config import load_settings
+from shared.config import FLOW_TTL_SECONDS, load_settings
 from shared.errors import DependencyUnavailable, NoAccount
 from shared.flows import Flow, FlowStore, cookie_name
 from shared.jwks import JwksCache
@@ -41,6 +41,7 @@ ENV = {"OIDC_ISSUER_URL": ISSUER, "OIDC_CLIENT_ID": CLIENT_ID, "OIDC_CLIENT_SECR
 class Flows:
     check_state = staticmethod(FlowStore.check_state)
     taken = 0
+    ttl = FLOW_TTL_SECONDS
 
     def take(self, state, kind):
         self.taken += 1
@@ -110,12 +111,11 @@ def idp_key():
 
 
 def callback_request(deps: Deps, expires_at: int | None = None, *, return_to: str | None = None,
-                     portal_nonce: str | None = None, prompt: str | None = None,
-                     started_at: int | None = None) -> CallbackRequest:
+                     portal_nonce: str | None = None, prompt: str | None = None) -> CallbackRequest:
     """The callback of a login this browser started: its flow sealed in its cookie with the deps' key."""
     flow = Flow(state=STATE, kind="user", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
                 return_to=return_to, portal_nonce=portal_nonce, expires_at=expires_at or int(time.time()) + 300,
-                correlation_id="c", prompt=prompt, started_at=started_at)
+                correlation_id="c", prompt=prompt)
     cookie = f"{cookie_name('user', STATE)}={deps.signer().flow_cookies.seal(flow)}"
     return CallbackRequest("POST", "application/x-www-form-urlencoded", f"code=c0de&state={STATE}".encode(),
                            cookie_header=cookie)
@@ -286,35 +286,50 @@ def test_a_flow_cookie_sealed_for_one_door_does_not_open_at_the_other_for_the_sa
 
 
 
-def test_a_flow_cookie_keeps_the_prompt_and_start_the_callback_checks_auth_time_against(idp_key):
+def test_a_flow_cookie_keeps_the_prompt_the_callback_checks_auth_time_for(idp_key):
     """prompt=login is enforced at the callback from what the cookie sealed (the IdP's URL, where the
-    prompt travels, is the person's to edit); a cookie sealed before the cookie held them opens without."""
+    prompt travels, is the person's to edit). The cookie's version says what it holds: version 1 (sealed
+    before the prompt was) still opens, without one; a version this code does not know, or members that
+    are not its version's, is malformed (a 400), never a 500. So an older worker, whose pattern knows
+    version 1 alone, refuses a version-2 cookie as malformed too: it unpacked exactly six members, and
+    a seventh sealed under version 1 was a 500 there."""
     import json
     import os
 
-    from shared.flows import FORMAT, _b64
+    from shared.errors import BindingMismatch
+    from shared.flows import _b64
 
     cookies = Deps(idp_key, FailingEvents()).signer().flow_cookies
     started = int(time.time())
     flow = Flow(state=STATE, kind="user", nonce=NONCE, code_verifier="v" * 43, scope=("email", "openid"),
                 return_to=None, portal_nonce=None, expires_at=started + 600, correlation_id="c",
-                prompt="login", started_at=started)
-    opened = cookies.open("user", STATE, cookies.seal(flow))
-    assert (opened.prompt, opened.started_at) == ("login", started)
+                prompt="login")
+    sealed_now = cookies.seal(flow)
+    assert sealed_now.startswith("2.")
+    opened = cookies.open("user", STATE, sealed_now)
+    assert (opened.prompt, opened.expires_at) == ("login", started + 600)
     plain = dataclasses.replace(flow, prompt=None)
     assert cookies.open("user", STATE, cookies.seal(plain)).prompt is None
-    expires_ms, iv = (started + 600) * 1000, os.urandom(12)
-    before = json.dumps([NONCE, "v" * 43, "email openid", "", "", "c"]).encode()  # the six members of before
-    sealed = cookies._keys[0].encrypt(iv, before, cookies._aad("user", STATE, expires_ms))
-    old = cookies.open("user", STATE, f"{FORMAT}.{expires_ms}.{_b64(iv + sealed)}")
-    assert (old.nonce, old.prompt, old.started_at) == (NONCE, None, None)
+    expires_ms = (started + 600) * 1000
+
+    def sealed_as(version: str, members: list) -> str:
+        iv = os.urandom(12)
+        blob = cookies._keys[0].encrypt(iv, json.dumps(members).encode(), cookies._aad("user", STATE, expires_ms,
+                                                                                        version))
+        return f"{version}.{expires_ms}.{_b64(iv + blob)}"
+    six = [NONCE, "v" * 43, "email openid", "", "", "c"]
+    old = cookies.open("user", STATE, sealed_as("1", six))
+    assert (old.nonce, old.prompt) == (NONCE, None)
+    for version, members in (("1", [*six, "login"]), ("2", six), ("3", [*six, "login"])):
+        with pytest.raises(BindingMismatch, match="malformed"):
+            cookies.open("user", STATE, sealed_as(version, members))
 
 
 def test_a_callback_of_a_prompt_login_whose_token_has_an_old_auth_time_is_a_401_with_its_row(idp_key):
     deps = Deps(idp_key, Events())
     now = int(time.time())
     deps.oidc = Oidc(id_token(idp_key, auth_time=now - 3600))
-    reply = SsoService(deps).complete_login("user", callback_request(deps, prompt="login", started_at=now - 5),
+    reply = SsoService(deps).complete_login("user", callback_request(deps, now - 5 + FLOW_TTL_SECONDS, prompt="login"),
                                             "cid-pl")
     assert reply.status == 401 and "session_token" not in str(reply.body) and "cid-pl" in reply.body
     assert [(e.reason, e.status) for e in deps.events.rows] == [("id_token_auth_time", 401)]
