@@ -108,8 +108,9 @@ class InvalidIdToken(SsoError):
     status = 401
     message = "The identity provider's answer could not be verified. Please start again from the portal."
 
-    def __init__(self, check: str, detail: str = ""):
-        super().__init__(f"ID token check '{check}' failed: {detail}" if detail else f"ID token check '{check}'")
+    def __init__(self, check: str, detail: str = "", *, hint: str | None = None):
+        super().__init__(f"ID token check '{check}' failed: {detail}" if detail else f"ID token check '{check}'",
+                         hint=hint)
         self.check = check
         self.reason = f"id_token_{check}"
 
@@ -122,8 +123,7 @@ class NotReauthenticated(InvalidIdToken):
                "show that it did. Please start again from the portal.")
 
     def __init__(self, detail: str, *, hint: str | None = None):
-        super().__init__("auth_time", detail)
-        self.hint = hint
+        super().__init__("auth_time", detail, hint=hint)
 
 
 # 403: authenticated, but may not enter

@@ -100,6 +100,12 @@ class Refreshing(Generic[T]):
             return None
         return datetime.now(UTC) + timedelta(seconds=held.fresh_until + self._max_stale - self._clock())
 
+    def _serves(self, held: _Held | None, now: float) -> bool:
+        """Whether what is held may serve while a re-read is under way or failed with an outage: within
+        the stale limit, and never after a refusal (an admin's doing: an outage since cannot bring
+        the refused value back)."""
+        return held is not None and self._refused is None and now < held.fresh_until + self._max_stale
+
     def peek(self) -> T | None:
         """What is held, without reading or waiting (None: nothing yet)."""
         held = self._held
@@ -113,7 +119,7 @@ class Refreshing(Generic[T]):
             read, lead = self._reading, self._reading is None
             if lead:
                 read = self._reading = _Read()
-            elif held is not None and self._refused is None and now < held.fresh_until + self._max_stale:
+            elif self._serves(held, now):
                 return held.value  # its re-read is under way: what is held serves meanwhile
         return self._lead(read, keep=True) if lead else read.outcome(keep=True)
 
@@ -167,9 +173,7 @@ class Refreshing(Generic[T]):
             with self._lock:
                 held, now = self._held, self._clock()
                 outage = isinstance(exc, DependencyUnavailable)
-                # After a refusal the held value serves no one: an outage since cannot bring it back.
-                if (keep and outage and held is not None and self._refused is None
-                        and now < held.fresh_until + self._max_stale):
+                if keep and outage and self._serves(held, now):
                     retry = min(self._fresh_for(held.value), self._retry)
                     self._held = _Held(held.value, held.fresh_until, now + retry)
                     self._stale(exc)
