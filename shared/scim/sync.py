@@ -212,12 +212,16 @@ class AccountSync:
             for row in found.values():  # a kind coming back returns the account its identity had
                 if self._given(row, desired):
                     self._holds(desired, kind, row["AccountId"])
-        # ...and the ids this write will give are in the record before any row holds one (store.py
-        # writes it first when it changed): a write that stops after its rows leaves them recorded.
+        # ...and the ids this write mints are in the record before any row holds one (store.py writes
+        # it first when it changed): a write that stops after its rows leaves them recorded. A row
+        # carried on is recorded for this identity once it is (bound, after the write): recorded
+        # before, a bind that never landed (an outage, a login's race, then a 409) would stay a
+        # hand-over the admin may since have refused.
         for kind, plan in plans.items():
-            source = plan.source
-            self._holds(desired, kind, self._account_id(desired, kind) if source is None else source.get("AccountId"),
-                        row=source)
+            if plan.source is None:
+                self._holds(desired, kind, self._account_id(desired, kind))
+            elif desired.object_id and _identity(plan.source) == desired.object_id:
+                self._holds(desired, kind, plan.source.get("AccountId"), row=plan.source)
         disabled = {row["RowKey"] for kind, rows in leaving.items() for row in rows.values()
                     if self._ours(row, desired.scim_id) and row.get("Enabled", True) is not True}  # 'false' too
         # Entra's own word on `active` ends an admin's disable, as it does on a row that stays.
@@ -250,8 +254,17 @@ class AccountSync:
         row that stays another identity's (a write naming no object id keeps it as it is)."""
         if row is not None and _identity(row) and _identity(row) != desired.object_id:
             return
-        if directory_sync_minted(account_id, desired.scim_id, kind):
-            self.account_ids.setdefault(kind, {})[desired.object_id or NO_OBJECT_ID] = account_id
+        if not directory_sync_minted(account_id, desired.scim_id, kind):
+            return
+        # An object id's account is never also "no object id"'s, whose rows any login by the email links.
+        held = self.account_ids.setdefault(kind, {})
+        if not desired.object_id:
+            if account_id not in held.values():
+                held[NO_OBJECT_ID] = account_id
+            return
+        if held.get(NO_OBJECT_ID) == account_id:
+            del held[NO_OBJECT_ID]
+        held[desired.object_id] = account_id
 
     def _held_by_another(self, row, desired: Desired) -> bool:
         """A row of the person's bound and linked to no identity (an older version's, never signed in),

@@ -495,3 +495,60 @@ def test_a_recorded_id_that_is_not_the_persons_own_is_never_given(hostile, use_s
     people.update_entity({"PartitionKey": "P", "RowKey": olivia.id, "AccountIds": forged}, mode=UpdateMode.MERGE)
     assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
     assert olivia.row()["AccountId"].startswith(f"scim-user-{olivia.id}")
+
+
+# ---- a third red team: what the record may say before a write lands, and who may share an id
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+@pytest.mark.parametrize("dance", ["roles", "email"])
+def test_an_id_an_object_id_took_is_never_no_object_ids_again(hostile, use_settings, tenants, dance):
+    """Made for a non-GUID externalId, then bound to O1 (the mapping fixed to objectId) and signed in
+    to: the record said both "no object id" and O1 held scim-user-P, so externalId made non-GUID again
+    and a role (or email) dance made the row again unbound as scim-user-P for the next login by email."""
+    hostile.reset()
+    email = f"{unique('olivia')}@contoso.test"
+    scim = session(hostile, use_settings, tenants)
+    created = scim.post("/Users", entra.create_user(email, email, f"hr-{unique()}", kinds=("user",)))
+    assert created.status_code == 201, created.text
+    pid = created.json()["id"]
+    first = oid()
+    assert scim.patch(f"/Users/{pid}", entra.patch(external_id(first))).status_code == 204
+    assert sign_in(hostile, use_settings, email, first, "user") == f"scim-user-{pid}"
+    scim = session(hostile, use_settings, tenants)
+    away, back = away_and_back(dance, email)
+    for op in (external_id(f"hr-{unique()}"), away, back):
+        assert scim.patch(f"/Users/{pid}", entra.patch(op)).status_code == 204
+    assert sign_in(hostile, use_settings, email, oid(), "user") != f"scim-user-{pid}"
+
+
+def outage_on_rows_of(email: str, monkeypatch):
+    """Every write to `email`'s account rows fails as an outage (the person row's still lands)."""
+    real = TableClient.update_entity
+
+    def outage(self, entity, *args, **kwargs):
+        if entity.get("PartitionKey") == email:
+            raise ServiceRequestError("storage went away")
+        return real(self, entity, *args, **kwargs)
+    monkeypatch.setattr(TableClient, "update_entity", outage)
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+@pytest.mark.parametrize("then", ["removed", "signed-in-then-removed"])
+def test_a_hand_over_that_never_landed_is_not_in_the_record(hostile, use_settings, tenants, then, monkeypatch):
+    """The admin unlinked (the same person); Entra's retry recorded the new identity as holding the
+    row's id before binding the row, and the bind failed (an outage); the admin then decided it is
+    another person (or the old identity signed in again, and the next retry was 409), removed the
+    row, and the retry gave the new identity the old AccountId from that record."""
+    olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
+    error_of(olivia.patch(external_id(new_oid)), 409, "uniqueness")
+    assert olivia.scim().runtime.accounts.unlink(olivia.email, "user")
+    with monkeypatch.context() as patched:
+        outage_on_rows_of(olivia.email, patched)
+        assert olivia.patch(external_id(new_oid)).status_code == 503
+    if then == "signed-in-then-removed":
+        assert olivia.signs_in(olivia.old_oid) == olivia.old_account
+        error_of(olivia.patch(external_id(new_oid)), 409, "uniqueness")
+    assert olivia.scim().runtime.accounts.remove(olivia.email, "user")
+    assert olivia.patch(external_id(new_oid)).status_code == 204
+    assert olivia.signs_in(new_oid) == f"scim-user-{olivia.id}-{new_oid}"
