@@ -426,7 +426,11 @@ class SsoService:
         err.notes = ((f"You have a portal {other} account: sign in from the {other} portal instead.",) if has_other
                      else ("If you should have one, ask your portal administrator, or sign in with another "
                            "account.",))
-        again = {"prompt": "select_account", "nonce": flow.portal_nonce, "return_to": flow.return_to}
+        # After prompt=login the step-up holds for the next account too (Entra's login prompt lets one
+        # pick another account as well): a select_account login, with the portal's nonce, would give the
+        # portal a token for its step-up from an account still signed in at the IdP, no password asked.
+        again = {"prompt": "login" if flow.prompt == "login" else "select_account", "nonce": flow.portal_nonce,
+                 "return_to": flow.return_to}
         err.actions = [("Sign in with another account",
                         f"/api/sso/{kind}/login?{urlencode({k: v for k, v in again.items() if v})}")]
         if has_other:

@@ -245,6 +245,29 @@ def test_sign_in_with_another_account_keeps_the_portals_nonce_and_return_to(idp_
     assert parse_qs(urlsplit(href).query) == {"prompt": ["select_account"], "nonce": [nonce], "return_to": [return_to]}
 
 
+def test_sign_in_with_another_account_after_prompt_login_asks_for_the_password_again(idp_key):
+    """The 403 page's link started a select_account login with the portal's nonce: on a shared desk,
+    picking an account still signed in at the IdP gave the portal a token for its step-up without any
+    password. After prompt=login the link keeps prompt=login (Entra's login prompt lets one choose
+    another account too), so the next callback checks auth_time again."""
+    class NoAccounts(Accounts):
+        def find_account(self, email, kind):
+            raise NoAccount(f"no {kind} account for this email")
+
+        def get(self, email, kind):
+            return None
+
+    deps = Deps(idp_key, Events())
+    deps.accounts = NoAccounts()
+    now = int(time.time())
+    deps.oidc = Oidc(id_token(idp_key, auth_time=now))
+    reply = SsoService(deps).complete_login("user", callback_request(deps, now + FLOW_TTL_SECONDS, prompt="login",
+                                                                     portal_nonce="portal-nonce-0123456789"), "cid-p")
+    assert reply.status == 403
+    (href,) = [html.unescape(h) for h in re.findall(r'href="(/api/sso/user/login\?[^"]*)"', reply.body)]
+    assert parse_qs(urlsplit(href).query)["prompt"] == ["login"]
+
+
 def test_the_token_names_the_account_the_login_linked_when_the_row_changed_meanwhile(idp_key):
     """Between the read and the link, the row was removed and added again under another id: the link
     went to the fresh row, and so do the token's sub and the audit row."""
