@@ -225,16 +225,19 @@ def test_an_audit_store_failing_unexpectedly_still_leaves_the_page_and_the_log_l
         assert any(m.startswith(f"{stage} ") and f"correlation_id={cid}" in m for m in lines), lines
 
 
+class NoAccounts(Accounts):
+    """No account for anyone (of either kind)."""
+
+    def find_account(self, email, kind):
+        raise NoAccount(f"no {kind} account for this email")
+
+    def get(self, email, kind):
+        return None
+
+
 def test_sign_in_with_another_account_keeps_the_portals_nonce_and_return_to(idp_key):
     """The portal's landing checks the nonce its browser holds: a new login without it could never
     get the person in."""
-    class NoAccounts(Accounts):
-        def find_account(self, email, kind):
-            raise NoAccount(f"no {kind} account for this email")
-
-        def get(self, email, kind):
-            return None
-
     deps = Deps(idp_key, Events())
     deps.accounts = NoAccounts()
     nonce, return_to = "portal-nonce-0123456789", "https://portal.test/user/inbox?tab=1&x=y"
@@ -250,13 +253,6 @@ def test_sign_in_with_another_account_after_prompt_login_asks_for_the_password_a
     picking an account still signed in at the IdP gave the portal a token for its step-up without any
     password. After prompt=login the link keeps prompt=login (Entra's login prompt lets one choose
     another account too), so the next callback checks auth_time again."""
-    class NoAccounts(Accounts):
-        def find_account(self, email, kind):
-            raise NoAccount(f"no {kind} account for this email")
-
-        def get(self, email, kind):
-            return None
-
     deps = Deps(idp_key, Events())
     deps.accounts = NoAccounts()
     now = int(time.time())
