@@ -48,7 +48,7 @@ from ..config import KINDS
 from ..tables import SCIM_PERSON_PARTITION, storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
-from .sync import NO_OBJECT_ID, AccountSync, Conflict, Desired, Guarded, Vanished
+from .sync import AccountSync, Conflict, Desired, Guarded, Vanished
 
 PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = SCIM_PERSON_PARTITION, "U", "X", "E"
 # Ours are uuid4s (36 characters): a longer id is no one's and is not sent (a key over Table Storage's
@@ -85,16 +85,17 @@ def stored_account_ids(ids: dict[str, dict[str, str]]) -> str:
 def account_ids_of(scim_id: str, row) -> dict[str, dict[str, str]]:
     """Which AccountId each identity holds, kind by kind, as the person row records it (AccountIds,
     sync.py Desired.account_ids), keeping only the person's own ids (the record is directory sync's:
-    another id in it was written by hand). A row written before the record names one owner of every
-    kind's plain id: the object id they were minted for (MintedFor), else its externalId's (an object
-    id or none), never a later object id's; a record that is there but unreadable, no one who may have
-    it (UNREADABLE holds every kind's plain id): an identity's rows carried on keep their ids, new ones
-    are its own."""
+    another id in it was written by hand). A row written before the record but with MintedFor names
+    the one owner of every kind's plain id; one without either, or a record that is there but
+    unreadable, no one who may have one (UNREADABLE holds every kind's plain id): the identities the
+    person's rows are bound or linked to hold theirs (sync.py apply reads them), new rows are their
+    identity's own. Not the externalId the person row holds: a version before 853f059 changed it
+    alone (a 204), so it may name another identity than the accounts'."""
     def plain(kind: str) -> str:
         return directory_sync_account_id(scim_id, kind)
     stored = row.get("AccountIds")
     if stored is None or stored == "":
-        owner = row.get("MintedFor") or mapping.object_id_of(row.get("ExternalId") or None) or NO_OBJECT_ID
+        owner = row.get("MintedFor") or UNREADABLE
         return {kind: {owner: plain(kind)} for kind in KINDS}
     try:
         recorded = json.loads(stored) if isinstance(stored, str) else None

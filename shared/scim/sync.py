@@ -206,11 +206,18 @@ class AccountSync:
                    if kind not in wanted and not created}  # a new person owns no row yet
         self._recorded = desired.account_ids
         self.account_ids = {kind: dict(ids) for kind, ids in desired.account_ids.items()}
+        found = {kind: plan.found for kind, plan in plans.items()}
         for kind, rows in leaving.items():
-            found = self._found(rows, desired.scim_id)
-            self._refuse_foreign(desired, found)
-            for row in found.values():  # a kind coming back returns the account its identity had
-                if self._given(row, desired):
+            found[kind] = self._found(rows, desired.scim_id)
+            self._refuse_foreign(desired, found[kind])
+        for kind, rows in found.items():
+            for row in rows.values():
+                # A row bound or linked to an identity says who holds its id, whatever the record (a
+                # person row from before it, whose externalId may name another identity by now)...
+                if _identity(row):
+                    self._record(desired.scim_id, kind, _identity(row), row.get("AccountId"))
+                # ...and a kind coming back returns the account its identity had.
+                if kind in leaving and self._given(row, desired):
                     self._holds(desired, kind, row["AccountId"])
         # ...and the ids this write mints are in the record before any row holds one (store.py writes
         # it first when it changed): a write that stops after its rows leaves them recorded. A row
@@ -254,17 +261,22 @@ class AccountSync:
         row that stays another identity's (a write naming no object id keeps it as it is)."""
         if row is not None and _identity(row) and _identity(row) != desired.object_id:
             return
-        if not directory_sync_minted(account_id, desired.scim_id, kind):
+        self._record(desired.scim_id, kind, desired.object_id or NO_OBJECT_ID, account_id)
+
+    def _record(self, scim_id: str, kind: str, holder: str, account_id) -> None:
+        """`holder` (an object id or NO_OBJECT_ID) holds `account_id` for `kind`, if it is one of the
+        person's own ids. An object id's account is never also "no object id"'s, whose rows any login
+        by the email links."""
+        if not directory_sync_minted(account_id, scim_id, kind):
             return
-        # An object id's account is never also "no object id"'s, whose rows any login by the email links.
         held = self.account_ids.setdefault(kind, {})
-        if not desired.object_id:
+        if holder == NO_OBJECT_ID:
             if account_id not in held.values():
                 held[NO_OBJECT_ID] = account_id
             return
         if held.get(NO_OBJECT_ID) == account_id:
             del held[NO_OBJECT_ID]
-        held[desired.object_id] = account_id
+        held[holder] = account_id
 
     def _held_by_another(self, row, desired: Desired) -> bool:
         """A row of the person's bound and linked to no identity (an older version's, never signed in),

@@ -17,6 +17,7 @@ from azure.core.exceptions import ServiceRequestError
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.accounts import SCIM_OBJECT_ID
+from shared.scim import mapping
 from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
 from tests.scim import entra
 from tests.scim.conftest import TOKEN, Scim, oid, unique
@@ -182,22 +183,23 @@ def test_unlink_of_a_row_whose_kind_the_retry_removes_still_keeps_the_persons_id
 @pytest.mark.parametrize("tenants", TENANTS)
 def test_a_person_row_from_before_it_recorded_whose_ids_they_are(hostile, use_settings, tenants):
     """A person row an older version wrote (no AccountIds, no MintedFor): its next write works the
-    owner out from its externalId, so the split dance still gives the new identity an account of its
-    own."""
+    owner out from the rows it reads (bound to the old identity), so the split dance still gives the
+    new identity an account of its own."""
     olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
     people = olivia.scim().runtime.tables.client(SCIM_USERS_TABLE)
     person = people.get_entity("P", olivia.id)
     people.update_entity(older(person), mode=UpdateMode.REPLACE)
     assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
-    assert json.loads(people.get_entity("P", olivia.id)["AccountIds"])["user"] == {olivia.old_oid: olivia.old_account}
+    assert json.loads(people.get_entity("P", olivia.id)["AccountIds"])["user"][olivia.old_oid] == olivia.old_account
     assert olivia.patch(external_id(new_oid)).status_code == 204
     assert olivia.patch(entra.replace_roles_assertive("user")).status_code == 204
     assert olivia.signs_in(new_oid) != olivia.old_account
 
 
-def test_a_legacy_person_row_without_rows_takes_its_stored_externalid(hostile, use_settings):
-    """No AccountIds and no row to read an object id from: the externalId the person row holds (the
-    identity whose accounts the removed rows were) owns the plain ids."""
+def test_a_legacy_person_row_without_rows_gives_no_one_a_plain_id(hostile, use_settings):
+    """No AccountIds and no row to read an object id from: no one may have a plain id (the externalId
+    the person row holds may name another identity than the accounts': an older version changed it
+    alone), so the new identity's row is its own."""
     olivia, new_oid = Setup(hostile, use_settings, "multi"), oid()
     assert olivia.patch(entra.replace_roles_assertive()).status_code == 204
     people = olivia.scim().runtime.tables.client(SCIM_USERS_TABLE)
@@ -552,3 +554,56 @@ def test_a_hand_over_that_never_landed_is_not_in_the_record(hostile, use_setting
     assert olivia.scim().runtime.accounts.remove(olivia.email, "user")
     assert olivia.patch(external_id(new_oid)).status_code == 204
     assert olivia.signs_in(new_oid) == f"scim-user-{olivia.id}-{new_oid}"
+
+
+# ---- a fourth red team: person rows an older version wrote, whose externalId no longer names the
+# identity the accounts are bound to
+
+
+def as_an_older_version_left_it(olivia: Setup, external: str) -> None:
+    """The person row with no AccountIds (nor MintedFor) and `external` as its externalId, its rows
+    untouched: what a version before 853f059 left after a changed externalId (a 204 that changed the
+    person row alone)."""
+    people = olivia.scim().runtime.tables.client(SCIM_USERS_TABLE)
+    row = older(people.get_entity("P", olivia.id))
+    resource = json.loads(row["Resource"])
+    resource["externalId"] = external
+    row.update(Resource=json.dumps(resource), ExternalId=external, ExternalIdKey=mapping.external_id_key(external))
+    people.update_entity(row, mode=UpdateMode.REPLACE)
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+def test_an_older_person_rows_externalid_is_not_who_holds_the_ids_then_remove(hostile, use_settings, tenants):
+    """The fallback gave every plain id to the externalId the person row holds now (O2), so after the
+    409 and the admin's remove ("another person") the retry made scim-user-P for O2, who signed in as
+    O1. A person row without a record says no one may have a plain id, but its rows' identities."""
+    olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
+    as_an_older_version_left_it(olivia, new_oid)
+    rename = {"op": "Replace", "path": "displayName", "value": "Olivia N"}
+    error_of(olivia.patch(rename), 409, "uniqueness")
+    assert olivia.scim().runtime.accounts.remove(olivia.email, "user")
+    assert olivia.patch(rename).status_code == 204
+    assert olivia.signs_in(new_oid) == f"scim-user-{olivia.id}-{new_oid}"
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+def test_an_older_person_rows_non_guid_externalid_never_takes_the_bound_account(hostile, use_settings, tenants):
+    """The rows stayed bound to O1; a write naming no object id deleted the row (roles gone) and the
+    fallback recorded "no object id" as holding the plain id, so the role back made it unbound for
+    the next login by email. The rows read say who holds their ids: O1."""
+    olivia = Setup(hostile, use_settings, tenants)
+    as_an_older_version_left_it(olivia, f"hr-{unique()}")
+    for op in (entra.replace_roles_assertive(), entra.replace_roles_assertive("user")):
+        assert olivia.patch(op).status_code == 204
+    assert olivia.signs_in(oid()) != olivia.old_account
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+def test_an_older_person_row_whose_rows_are_its_identitys_keeps_its_ids(hostile, use_settings, tenants):
+    """The same person's role dance on a person row from before the record: its row, bound to the
+    identity the externalId names, is read at the first write, so the role back is its own account."""
+    olivia = Setup(hostile, use_settings, tenants)
+    as_an_older_version_left_it(olivia, olivia.old_oid)
+    for op in (entra.replace_roles_assertive(), entra.replace_roles_assertive("user")):
+        assert olivia.patch(op).status_code == 204
+    assert olivia.signs_in(olivia.old_oid) == olivia.old_account
