@@ -782,9 +782,11 @@ def take_back(table: TableClient, row: AccountRow, before: Account | None, etag:
     """Undoes our own write of `row` over `before` (None: we created the row), found to share its
     account after it landed: deletes the row we created, or merges back what our write replaced, on
     the condition that the row is as our write left it (`etag`). A row changed since (a login linked
-    it, an admin disabled it) is read again: if it still holds row's AccountId, only that is taken
-    back (a created row deleted, an updated one given its AccountId back), so the later change is
-    kept. True when the row no longer holds row's AccountId; False when it kept changing."""
+    it, an admin disabled or renamed it) is read again: if it still holds row's AccountId, a created
+    row is deleted, and of an updated one each field our write set that still holds what it set is
+    merged back (so the later change is kept, and nothing of our write stays but what another writer
+    wrote over). True when the row no longer holds row's AccountId; False when it kept changing."""
+    written = row.entity(before) if before is not None else None
     undo = row.undo_entity(before) if before is not None else None
     for _ in range(WRITE_ATTEMPTS):
         with storage_errors():
@@ -799,13 +801,22 @@ def take_back(table: TableClient, row: AccountRow, before: Account | None, etag:
                 return True
             except ResourceModifiedError:
                 pass
-        now = _read(table, row.key, row.kind)
-        if now is None or now.account_id != row.account_id:
+            try:
+                now = table.get_entity(row.key, row.kind)
+            except ResourceNotFoundError:
+                return True
+        if now.get("AccountId") != row.account_id:
             return True
-        etag = now.etag
-        if undo is not None:
-            undo = {"PartitionKey": row.key, "RowKey": row.kind, "AccountId": before.account_id}
+        etag = now.metadata["etag"]
+        if written is not None:
+            undo = {name: value for name, value in row.undo_entity(before).items()
+                    if name in ("PartitionKey", "RowKey") or _same(now.get(name), written[name])}
     return False
+
+
+def _same(stored, value) -> bool:
+    """A stored property still holds `value`, type and all (`1 == True` in Python; not in a row)."""
+    return type(stored) is type(value) and stored == value
 
 
 def yield_if_shared(table: TableClient, row: AccountRow, before: Account | None, etag: str,
