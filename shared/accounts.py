@@ -778,14 +778,16 @@ def gives_id(row: AccountRow, before: Account | None) -> bool:
     return before is None or before.account_id != row.account_id
 
 
-def take_back(table: TableClient, row: AccountRow, before: Account | None, etag: str) -> bool:
+def take_back(table: TableClient, row: AccountRow, before: Account | None, etag: str) -> str | None:
     """Undoes our own write of `row` over `before` (None: we created the row), found to share its
     account after it landed: deletes the row we created, or merges back what our write replaced, on
     the condition that the row is as our write left it (`etag`). A row changed since (a login linked
     it, an admin disabled or renamed it) is read again: if it still holds row's AccountId, a created
     row is deleted, and of an updated one each field our write set that still holds what it set is
     merged back (so the later change is kept, and nothing of our write stays but what another writer
-    wrote over). True when the row no longer holds row's AccountId; False when it kept changing."""
+    wrote over). A row directory sync took over since (it adopted it for a provisioned person, or is
+    moving it) is that person's account now: never deleted nor reverted. None when the row no longer
+    holds row's AccountId; else why our write stays."""
     written = row.entity(before) if before is not None else None
     undo = row.undo_entity(before) if before is not None else None
     for _ in range(WRITE_ATTEMPTS):
@@ -796,22 +798,38 @@ def take_back(table: TableClient, row: AccountRow, before: Account | None, etag:
                 else:
                     table.update_entity(undo, mode=UpdateMode.MERGE, etag=etag,
                                         match_condition=MatchConditions.IfNotModified)
-                return True
+                return None
             except ResourceNotFoundError:
-                return True
+                return None
             except ResourceModifiedError:
                 pass
             try:
                 now = table.get_entity(row.key, row.kind)
             except ResourceNotFoundError:
-                return True
+                return None
         if now.get("AccountId") != row.account_id:
-            return True
+            return None
+        if taken := _taken_over(Account.from_entity(now), before):
+            return taken
         etag = now.metadata["etag"]
         if written is not None:
             undo = {name: value for name, value in row.undo_entity(before).items()
                     if name in ("PartitionKey", "RowKey") or _same(now.get(name), written[name])}
-    return False
+    return "kept changing while it was being taken back"
+
+
+def _taken_over(now: Account, before: Account | None) -> str | None:
+    """Why directory sync has made the row `now` its own since our write over `before` (None: we
+    created it), None when it has not: a ScimId it did not have (adopted for a provisioned person), or
+    a move marker it did not have (directory sync is moving it to or from another email)."""
+    was = (before.scim_id, before.moved_to, before.moved_from) if before is not None else ("", "", "")
+    if now.scim_id != was[0]:
+        return "was adopted by directory sync for a provisioned person while it was being taken back (it is " \
+               "that person's account now, so it was left as it is)"
+    if (now.moved_to, now.moved_from) != was[1:]:
+        moving = _unescape(now.moved_to or now.moved_from)
+        return f"is being moved by directory sync to or from {moving} (so it was left as it is)"
+    return None
 
 
 def _same(stored, value) -> bool:
@@ -823,14 +841,16 @@ def yield_if_shared(table: TableClient, row: AccountRow, before: Account | None,
                     holders: Iterable[Account], during: str) -> tuple[bool, str] | None:
     """The check after a write of `row` over `before` that left `etag` (write-then-verify): None when
     no other email's row among `holders` (row's id and kind, read after the write) holds the account;
-    else our write is taken back (take_back) and (taken back?, why) says what became of it."""
+    else our write is taken back (take_back) and (taken back?, why) says what became of it: a write
+    that stays says "written, but" and to remove one of the two."""
     problem = held_elsewhere(row, holders)
     if problem is None:
         return None
-    if take_back(table, row, before, etag):
+    stays = take_back(table, row, before, etag)
+    if stays is None:
         return True, f"{problem}; that row was written {during}, so this write was taken back"
-    return False, (f"{problem}; that row was written {during}, and this write's row at {row.email} kept changing "
-                   "while it was being taken back: remove one of the two")
+    return False, (f"written, but {problem}; that row was written {during}, and this write's row at {row.email} "
+                   f"{stays}: remove one of the two")
 
 
 def by_account_id(accounts: Iterable[Account]) -> dict[tuple[str, str], list[Account]]:

@@ -357,7 +357,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     for row, why in result.refused:
         print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
     for row, why in result.stuck:
-        print(f"line {row.line}: written, but {printable(why)}", file=sys.stderr)
+        print(f"line {row.line}: {printable(why)}", file=sys.stderr)  # "written, but ...": it stays
     if result.refused:
         n = len(result.refused)
         print(f"{n} of {len(rows)} row{'s' if len(rows) != 1 else ''} {'was' if n == 1 else 'were'} not written (the "
