@@ -572,7 +572,8 @@ class AccountStore:
         'Ärzte@' no longer finds 'ärzte@'); "kind": a RowKey that is not a kind, "no-id": no AccountId
         (both written by another tool: no login finds them); "enabled": `Enabled` is not a real
         boolean, so the account counts as disabled; "moving": a row login does not find because
-        directory sync is moving it (move_problem)."""
+        directory sync is moving it (move_problem); "shared": an account id rows at two or more
+        addresses hold (two admin writers at once, or an import stopped before its end check)."""
         with storage_errors():
             stored = [Account.from_entity(entity) for entity in self._table.list_entities()]
         for account in stored:
@@ -596,6 +597,25 @@ class AccountStore:
                 yield account, "no-id", "it has no AccountId: sign-in refuses it"
             if account.invalid_enabled is not None:
                 yield account, "enabled", f"Enabled is {account.invalid_enabled}, not a boolean: counts as disabled"
+        yield from self._shared(stored)
+
+    def _shared(self, stored: list[Account]) -> Iterator[tuple[Account, str, str]]:
+        """key_problems' "shared": each row of an (AccountId, kind) that rows at two or more keys sign-in
+        reaches hold (login_reaches, found_by_login: the other row of a move does not count), decided on
+        the scan, then read again (a move under way while the scan ran can look like two holders)."""
+        moved_to = {(a.key, a.kind): a.moved_to for a in stored}
+        found = [a for a in stored if a.account_id and a.kind in KINDS and login_reaches(a.key) and found_by_login(
+            a.key, a.moved_to, a.moved_from, lambda source, kind=a.kind: moved_to.get((source, kind)) or "")]
+        for (account_id, kind), held in by_account_id(found).items():
+            if len(held) < 2:
+                continue
+            again = [now for a in held if (now := _read(self._table, a.key, kind)) is not None
+                     and now.account_id == account_id and self._found(now) is not None]
+            if len(again) < 2:
+                continue
+            for account in again:
+                also = ", ".join(sorted(other.email for other in again if other is not account))
+                yield account, "shared", f"its account id is also held at {also}: two mailboxes sign in to it"
 
 
 def unaddressable(key: str, kind: str) -> str | None:
@@ -745,8 +765,15 @@ def sharing_problem(row: AccountRow, holders: Iterable[Account], before: Account
     changed the email, say: made again at the old email, unlinked, it would sign in whoever has that
     mailbox now); the other row of that account's own move between the two keys, and a row no
     sign-in reaches, do not count. Directory sync's ids (scim-{kind}-...) are the provisioned
-    person's even while no row holds them. `--force` never overrides this (a security property)."""
+    person's even while no row holds them. When `before` already holds the id too (written before: two
+    writers at once, or an import stopped before its end check), it says so and to remove one of the
+    two. `--force` never overrides this (a security property)."""
     if problem := held_elsewhere(row, holders):
+        if before is not None and before.account_id == row.account_id and login_reaches(row.key):
+            held = _other_holder(row, holders)  # written before: two writers at once, or an import cut short
+            return (f"account id {row.account_id} is already held by both {row.email} and {held.email} (written at "
+                    f"both before: two writers at once, or an import stopped before its end check), so two mailboxes "
+                    f"sign in to it: remove one of the two (`remove EMAIL --kind {row.kind}`)")
         return problem
     if row.account_id.startswith(DIRECTORY_SYNC_ID_PREFIXES) and gives_id(row, before):
         return (f"account id {row.account_id} has the form of directory sync's own (scim-{{kind}}-{{SCIM id}}), which "
@@ -758,11 +785,9 @@ def held_elsewhere(row: AccountRow, holders: Iterable[Account]) -> str | None:
     """sharing_problem's first rule alone: why a row of `holders` (the stored rows of row's AccountId
     and kind) at another key holds row's account, None when none does. Also the check after a write
     (`add`, an import's end), when row's own row is among the holders."""
-    others = [held for held in holders if held.key != row.key and row.key not in (held.moved_to, held.moved_from)
-              and login_reaches(held.key)]
-    if not others:
+    held = _other_holder(row, holders)
+    if held is None:
         return None
-    held = min(others, key=lambda a: bool(a.moved_to or a.moved_from))  # the one not mid-move, if any
     moving = held.moved_to or held.moved_from
     where = f", which directory sync is moving to or from {_unescape(moving)}" if moving else ""
     advice = (f"directory sync manages it, and moves it when Entra changes the person's email: write it under "
@@ -770,6 +795,14 @@ def held_elsewhere(row: AccountRow, holders: Iterable[Account]) -> str | None:
         f"to give it to {row.email} instead, remove it at {held.email} first"
     return (f"account id {row.account_id} is the {held.kind} account of {held.email}{where}: writing it "
             f"under {row.email} would let a second mailbox sign in to it ({advice})")
+
+
+def _other_holder(row: AccountRow, holders: Iterable[Account]) -> Account | None:
+    """The row of `holders` at another key that holds row's account (the one not mid-move, if any):
+    the other row of that account's own move, and a row no sign-in reaches, do not count."""
+    others = [held for held in holders if held.key != row.key and row.key not in (held.moved_to, held.moved_from)
+              and login_reaches(held.key)]
+    return min(others, key=lambda a: bool(a.moved_to or a.moved_from)) if others else None
 
 
 def gives_id(row: AccountRow, before: Account | None) -> bool:

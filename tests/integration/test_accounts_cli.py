@@ -1013,3 +1013,58 @@ def test_a_take_back_leaves_a_field_changed_since_the_write(cs, store, tag, caps
     monkeypatch.undo()
     kept = store.get(b, "user")
     assert (kept.account_id, kept.enabled, kept.display_name) == (f"U-B-OWN.{tag}", False, "Renamed Since")
+
+
+def test_an_import_stopped_by_storage_before_its_end_check_is_said_and_check_and_the_rerun_name_the_shared_id(
+        tmp_path, tag, capsys, monkeypatch):
+    """Another admin's add of the id at c@ lands between the import's scan and its write at a@; storage
+    goes away after the writes, before the end check: two mailboxes hold the id. The failure message
+    said only "run the same import again", whose refusal said "writing it under a@ would let a second
+    mailbox..." (it is written), and `check` said all was fine. A private Azurite, stopped and
+    restarted on its disk (an outage, not a data loss)."""
+    import shared.accounts
+    from tools.stack import start_azurite
+
+    azurite = start_azurite(workdir=tmp_path, on_disk=True)
+    try:
+        cs = azurite.connection_string
+        assert run(cs, "add", f"seed.{tag}@contoso.test", "--kind", "user", "--account-id", f"U-SEED.{tag}") == 0
+        account_id, a, c = f"U-OUT.{tag}", f"out-a.{tag}@contoso.test", f"out-c.{tag}@contoso.test"
+        csv_file = _write(tmp_path / "out.csv", ["email,kind,account_id", f"{a},user,{account_id}"])
+        real_write, real_hold = shared.accounts._write_partition, shared.accounts._hold_alone
+
+        def write(table, rows, known):
+            assert run(cs, "add", c, "--kind", "user", "--account-id", account_id) == 0  # after the scan
+            return real_write(table, rows, known)
+
+        def hold(table, result):
+            azurite.stop()  # storage goes away after the writes, before the end check's scan
+            return real_hold(table, result)
+        monkeypatch.setattr(shared.accounts, "_write_partition", write)
+        monkeypatch.setattr(shared.accounts, "_hold_alone", hold)
+        capsys.readouterr()
+        assert run(cs, "import", str(csv_file)) == 2
+        err = capsys.readouterr().err
+        assert "end check" in err and "did not run" in err and "accounts check" in err, err
+        monkeypatch.undo()
+        azurite = start_azurite(azurite.port, workdir=tmp_path, key=azurite.account_key, on_disk=True)
+
+        assert run(cs, "check") == 1, "two mailboxes holding one account is a finding"
+        out = capsys.readouterr().out
+        shared_lines = [line for line in out.splitlines() if account_id in line]
+        assert len(shared_lines) == 2 and any(a in line for line in shared_lines) and \
+            any(c in line for line in shared_lines), out
+        assert all(line.startswith("shared") for line in shared_lines), out
+
+        assert run(cs, "import", str(csv_file)) == 1
+        err = capsys.readouterr().err
+        assert f"already held by both {a} and {c}" in err and "remove one" in err, err
+        assert "would let a second mailbox" not in err, err
+        assert run(cs, "add", a, "--kind", "user", "--account-id", account_id) == 1
+        assert f"already held by both {a} and {c}" in capsys.readouterr().err
+
+        assert run(cs, "remove", c, "--kind", "user") == 0
+        capsys.readouterr()
+        assert run(cs, "check") == 0, capsys.readouterr().out
+    finally:
+        azurite.stop()
