@@ -965,12 +965,14 @@ def test_a_change_in_the_window_before_the_check_again_does_not_keep_the_account
         assert (kept.account_id, kept.enabled) == (f"U-B-OWN.{tag}", False), "its old id back, the disable kept"
 
 
-def test_a_take_back_after_a_login_in_the_window_puts_back_the_name_and_disable_it_replaced(cs, store, tag, capsys,
-                                                                                          monkeypatch):
+@pytest.mark.parametrize("in_window", ["login", "rename"])
+def test_a_take_back_after_a_change_in_the_window_puts_back_what_the_write_replaced_and_keeps_the_change(
+        cs, store, tag, capsys, monkeypatch, in_window):
     """B's add over B's own disabled, named row wrote another id, enabled, renamed; A's add of that id
-    and a login at B's row landed before B's check again. The take-back's etag failed (the login) and
-    its retry merged back only the AccountId: the row stayed enabled, renamed, linked to whoever signed
-    in. Now each field the write set that still holds what it set is merged back; the link stays."""
+    and another change at B's row (a login linking it; an admin's rename) landed before B's check
+    again. The take-back's etag failed and its retry merged back only the AccountId: the row stayed
+    enabled, renamed, linked to whoever signed in. Now each field the write set that still holds what
+    it set is merged back; what changed since (the link, the rename) stays."""
     account_id, a, b = f"U-T1.{tag}", f"t1-a.{tag}@contoso.test", f"t1-b.{tag}@contoso.test"
     assert run(cs, "add", b, "--kind", "user", "--account-id", f"U-B-OWN.{tag}", "--name", "Bob Original",
                "--disabled") == 0
@@ -978,41 +980,24 @@ def test_a_take_back_after_a_login_in_the_window_puts_back_the_name_and_disable_
 
     def holders(self, wanted, kind):
         calls.append(1)
-        if len(calls) == 2:  # B's check again: A's add and a login at B's row land first
+        if len(calls) == 2:  # B's check again: A's add and the other change at B's row land first
             store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
-            store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+            if in_window == "login":
+                store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+            else:
+                store._table.update_entity({"PartitionKey": b, "RowKey": "user", "DisplayName": "Renamed Since"},
+                                           mode=UpdateMode.MERGE)
         return real(self, wanted, kind)
     monkeypatch.setattr(AccountStore, "holders", holders)
     assert run(cs, "add", b, "--kind", "user", "--account-id", account_id, "--name", "Replaced") == 1
     assert f"is the user account of {a}" in capsys.readouterr().err
     monkeypatch.undo()
     kept = store.get(b, "user")
-    assert (kept.account_id, kept.enabled, kept.display_name) == (f"U-B-OWN.{tag}", False, "Bob Original"), \
-        "the disable and the name the write replaced are back"
-    assert kept.linked_idp_subject == "tenant:in-the-window", "the login's link (not the write's) is left alone"
-
-
-def test_a_take_back_leaves_a_field_changed_since_the_write(cs, store, tag, capsys, monkeypatch):
-    """The same window, but an admin renamed B's row after B's write: the rename is kept, the rest of
-    B's write (id, enabled) is taken back."""
-    account_id, a, b = f"U-T1R.{tag}", f"t1r-a.{tag}@contoso.test", f"t1r-b.{tag}@contoso.test"
-    assert run(cs, "add", b, "--kind", "user", "--account-id", f"U-B-OWN.{tag}", "--name", "Bob Original",
-               "--disabled") == 0
-    real, calls = AccountStore.holders, []
-
-    def holders(self, wanted, kind):
-        calls.append(1)
-        if len(calls) == 2:
-            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
-            store._table.update_entity({"PartitionKey": b, "RowKey": "user", "DisplayName": "Renamed Since"},
-                                       mode=UpdateMode.MERGE)
-        return real(self, wanted, kind)
-    monkeypatch.setattr(AccountStore, "holders", holders)
-    assert run(cs, "add", b, "--kind", "user", "--account-id", account_id, "--name", "Replaced") == 1
-    capsys.readouterr()
-    monkeypatch.undo()
-    kept = store.get(b, "user")
-    assert (kept.account_id, kept.enabled, kept.display_name) == (f"U-B-OWN.{tag}", False, "Renamed Since")
+    name = "Bob Original" if in_window == "login" else "Renamed Since"
+    assert (kept.account_id, kept.enabled, kept.display_name) == (f"U-B-OWN.{tag}", False, name), \
+        "the id, disable and name the write replaced are back; a rename since is kept"
+    assert kept.linked_idp_subject == ("tenant:in-the-window" if in_window == "login" else None), \
+        "the login's link (not the write's) is left alone"
 
 
 def test_an_import_stopped_by_storage_before_its_end_check_is_said_and_check_and_the_rerun_name_the_shared_id(
