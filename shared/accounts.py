@@ -482,10 +482,7 @@ class AccountStore:
         """The stored rows of this kind whose AccountId is `account_id`, wherever they are (one
         filtered query: Table Storage scans for a property that is not a key, which an admin's `add`
         can afford and a login never does)."""
-        with storage_errors():
-            return [Account.from_entity(e) for e in self._table.query_entities(
-                "RowKey eq @kind and AccountId eq @id", parameters={"kind": kind, "id": account_id},
-                select=STORED_FIELDS)]
+        return holders_of(self._table, account_id, kind)
 
     def import_rows(self, rows, progress=None, workers: int = 16, *, stored, force: bool = False) -> Imported:
         """See `import_rows` below."""
@@ -616,6 +613,13 @@ class AccountStore:
             for account in again:
                 also = ", ".join(sorted(other.email for other in again if other is not account))
                 yield account, "shared", f"its account id is also held at {also}: two mailboxes sign in to it"
+
+
+def holders_of(table: TableClient, account_id: str, kind: str) -> list[Account]:
+    """AccountStore.holders: the stored rows of this kind whose AccountId is `account_id`."""
+    with storage_errors():
+        return [Account.from_entity(e) for e in table.query_entities(
+            "RowKey eq @kind and AccountId eq @id", parameters={"kind": kind, "id": account_id}, select=STORED_FIELDS)]
 
 
 def unaddressable(key: str, kind: str) -> str | None:
@@ -827,21 +831,22 @@ def take_back(table: TableClient, row: AccountRow, before: Account | None, etag:
         with storage_errors():
             try:
                 if undo is None:
-                    table.delete_entity(row.key, row.kind, etag=etag, match_condition=MatchConditions.IfNotModified)
+                    if not delete_existed(table, row.key, row.kind, etag=etag):
+                        return _carried_away(table, row)  # gone before our delete
                 else:
                     table.update_entity(undo, mode=UpdateMode.MERGE, etag=etag,
                                         match_condition=MatchConditions.IfNotModified)
                 return None
             except ResourceNotFoundError:
-                return None
+                return _carried_away(table, row)
             except ResourceModifiedError:
                 pass
             try:
                 now = table.get_entity(row.key, row.kind)
             except ResourceNotFoundError:
-                return None
+                return _carried_away(table, row)
         if now.get("AccountId") != row.account_id:
-            return None
+            return _carried_away(table, row)
         if taken := _taken_over(Account.from_entity(now), before):
             return taken
         etag = now.metadata["etag"]
@@ -849,6 +854,19 @@ def take_back(table: TableClient, row: AccountRow, before: Account | None, etag:
             undo = {name: value for name, value in row.undo_entity(before).items()
                     if name in ("PartitionKey", "RowKey") or _same(now.get(name), written[name])}
     return "kept changing while it was being taken back"
+
+
+def _carried_away(table: TableClient, row: AccountRow) -> str | None:
+    """After our write's row was found gone or holding another id (an admin removed or changed it, or
+    directory sync moved it to another email, account id and all): why our write still stands, None
+    when it does not. One query of the id's holders, only on this path: two or more other keys sign-in
+    reaches that hold it mean a move carried it away."""
+    held = sorted(a.email for a in holders_of(table, row.account_id, row.kind)
+                  if a.key != row.key and not a.moved_to and login_reaches(a.key))
+    if len(held) < 2:
+        return None
+    return (f"was moved or changed while it was being taken back, and {' and '.join(held)} now hold the account id "
+            "(directory sync may have moved the row, account id and all, to another email)")
 
 
 def _taken_over(now: Account, before: Account | None) -> str | None:
