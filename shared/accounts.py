@@ -482,10 +482,7 @@ class AccountStore:
         """The stored rows of this kind whose AccountId is `account_id`, wherever they are (one
         filtered query: Table Storage scans for a property that is not a key, which an admin's `add`
         can afford and a login never does)."""
-        with storage_errors():
-            return [Account.from_entity(e) for e in self._table.query_entities(
-                "RowKey eq @kind and AccountId eq @id", parameters={"kind": kind, "id": account_id},
-                select=STORED_FIELDS)]
+        return holders_of(self._table, account_id, kind)
 
     def import_rows(self, rows, progress=None, workers: int = 16, *, stored, force: bool = False) -> Imported:
         """See `import_rows` below."""
@@ -572,7 +569,8 @@ class AccountStore:
         'Ärzte@' no longer finds 'ärzte@'); "kind": a RowKey that is not a kind, "no-id": no AccountId
         (both written by another tool: no login finds them); "enabled": `Enabled` is not a real
         boolean, so the account counts as disabled; "moving": a row login does not find because
-        directory sync is moving it (move_problem)."""
+        directory sync is moving it (move_problem); "shared": an account id rows at two or more
+        addresses hold (two admin writers at once, or an import stopped before its end check)."""
         with storage_errors():
             stored = [Account.from_entity(entity) for entity in self._table.list_entities()]
         for account in stored:
@@ -596,6 +594,32 @@ class AccountStore:
                 yield account, "no-id", "it has no AccountId: sign-in refuses it"
             if account.invalid_enabled is not None:
                 yield account, "enabled", f"Enabled is {account.invalid_enabled}, not a boolean: counts as disabled"
+        yield from self._shared(stored)
+
+    def _shared(self, stored: list[Account]) -> Iterator[tuple[Account, str, str]]:
+        """key_problems' "shared": each row of an (AccountId, kind) that rows at two or more keys sign-in
+        reaches hold (login_reaches, found_by_login: the other row of a move does not count), decided on
+        the scan, then read again (a move under way while the scan ran can look like two holders)."""
+        moved_to = {(a.key, a.kind): a.moved_to for a in stored}
+        found = [a for a in stored if a.account_id and a.kind in KINDS and login_reaches(a.key) and found_by_login(
+            a.key, a.moved_to, a.moved_from, lambda source, kind=a.kind: moved_to.get((source, kind)) or "")]
+        for (account_id, kind), held in by_account_id(found).items():
+            if len(held) < 2:
+                continue
+            again = [now for a in held if (now := _read(self._table, a.key, kind)) is not None
+                     and now.account_id == account_id and self._found(now) is not None]
+            if len(again) < 2:
+                continue
+            for account in again:
+                also = ", ".join(sorted(other.email for other in again if other is not account))
+                yield account, "shared", f"its account id is also held at {also}: two mailboxes sign in to it"
+
+
+def holders_of(table: TableClient, account_id: str, kind: str) -> list[Account]:
+    """AccountStore.holders: the stored rows of this kind whose AccountId is `account_id`."""
+    with storage_errors():
+        return [Account.from_entity(e) for e in table.query_entities(
+            "RowKey eq @kind and AccountId eq @id", parameters={"kind": kind, "id": account_id}, select=STORED_FIELDS)]
 
 
 def unaddressable(key: str, kind: str) -> str | None:
@@ -745,8 +769,15 @@ def sharing_problem(row: AccountRow, holders: Iterable[Account], before: Account
     changed the email, say: made again at the old email, unlinked, it would sign in whoever has that
     mailbox now); the other row of that account's own move between the two keys, and a row no
     sign-in reaches, do not count. Directory sync's ids (scim-{kind}-...) are the provisioned
-    person's even while no row holds them. `--force` never overrides this (a security property)."""
+    person's even while no row holds them. When `before` already holds the id too (written before: two
+    writers at once, or an import stopped before its end check), it says so and to remove one of the
+    two. `--force` never overrides this (a security property)."""
     if problem := held_elsewhere(row, holders):
+        if before is not None and before.account_id == row.account_id and login_reaches(row.key):
+            held = _other_holder(row, holders)  # written before: two writers at once, or an import cut short
+            return (f"account id {row.account_id} is already held by both {row.email} and {held.email} (written at "
+                    f"both before: two writers at once, or an import stopped before its end check), so two mailboxes "
+                    f"sign in to it: remove one of the two (`remove EMAIL --kind {row.kind}`)")
         return problem
     if row.account_id.startswith(DIRECTORY_SYNC_ID_PREFIXES) and gives_id(row, before):
         return (f"account id {row.account_id} has the form of directory sync's own (scim-{{kind}}-{{SCIM id}}), which "
@@ -758,11 +789,9 @@ def held_elsewhere(row: AccountRow, holders: Iterable[Account]) -> str | None:
     """sharing_problem's first rule alone: why a row of `holders` (the stored rows of row's AccountId
     and kind) at another key holds row's account, None when none does. Also the check after a write
     (`add`, an import's end), when row's own row is among the holders."""
-    others = [held for held in holders if held.key != row.key and row.key not in (held.moved_to, held.moved_from)
-              and login_reaches(held.key)]
-    if not others:
+    held = _other_holder(row, holders)
+    if held is None:
         return None
-    held = min(others, key=lambda a: bool(a.moved_to or a.moved_from))  # the one not mid-move, if any
     moving = held.moved_to or held.moved_from
     where = f", which directory sync is moving to or from {_unescape(moving)}" if moving else ""
     advice = (f"directory sync manages it, and moves it when Entra changes the person's email: write it under "
@@ -772,54 +801,107 @@ def held_elsewhere(row: AccountRow, holders: Iterable[Account]) -> str | None:
             f"under {row.email} would let a second mailbox sign in to it ({advice})")
 
 
+def _other_holder(row: AccountRow, holders: Iterable[Account]) -> Account | None:
+    """The row of `holders` at another key that holds row's account (the one not mid-move, if any):
+    the other row of that account's own move, and a row no sign-in reaches, do not count."""
+    others = [held for held in holders if held.key != row.key and row.key not in (held.moved_to, held.moved_from)
+              and login_reaches(held.key)]
+    return min(others, key=lambda a: bool(a.moved_to or a.moved_from)) if others else None
+
+
 def gives_id(row: AccountRow, before: Account | None) -> bool:
     """Writing `row` over `before` (None: no row) makes its key a new holder of row's AccountId: only
     such a write can make two mailboxes share an account, and only it is checked again after it lands."""
     return before is None or before.account_id != row.account_id
 
 
-def take_back(table: TableClient, row: AccountRow, before: Account | None, etag: str) -> bool:
+def take_back(table: TableClient, row: AccountRow, before: Account | None, etag: str) -> str | None:
     """Undoes our own write of `row` over `before` (None: we created the row), found to share its
     account after it landed: deletes the row we created, or merges back what our write replaced, on
     the condition that the row is as our write left it (`etag`). A row changed since (a login linked
-    it, an admin disabled it) is read again: if it still holds row's AccountId, only that is taken
-    back (a created row deleted, an updated one given its AccountId back), so the later change is
-    kept. True when the row no longer holds row's AccountId; False when it kept changing."""
+    it, an admin disabled or renamed it) is read again: if it still holds row's AccountId, a created
+    row is deleted, and of an updated one each field our write set that still holds what it set is
+    merged back (so the later change is kept, and nothing of our write stays but what another writer
+    wrote over). A row directory sync took over since (it adopted it for a provisioned person, or is
+    moving it) is that person's account now: never deleted nor reverted. None when the row no longer
+    holds row's AccountId; else why our write stays."""
+    written = row.entity(before) if before is not None else None
     undo = row.undo_entity(before) if before is not None else None
     for _ in range(WRITE_ATTEMPTS):
         with storage_errors():
             try:
                 if undo is None:
-                    table.delete_entity(row.key, row.kind, etag=etag, match_condition=MatchConditions.IfNotModified)
+                    if not delete_existed(table, row.key, row.kind, etag=etag):
+                        return _carried_away(table, row)  # gone before our delete
                 else:
                     table.update_entity(undo, mode=UpdateMode.MERGE, etag=etag,
                                         match_condition=MatchConditions.IfNotModified)
-                return True
+                return None
             except ResourceNotFoundError:
-                return True
+                return _carried_away(table, row)
             except ResourceModifiedError:
                 pass
-        now = _read(table, row.key, row.kind)
-        if now is None or now.account_id != row.account_id:
-            return True
-        etag = now.etag
-        if undo is not None:
-            undo = {"PartitionKey": row.key, "RowKey": row.kind, "AccountId": before.account_id}
-    return False
+            try:
+                now = table.get_entity(row.key, row.kind)
+            except ResourceNotFoundError:
+                return _carried_away(table, row)
+        if now.get("AccountId") != row.account_id:
+            return _carried_away(table, row)
+        if taken := _taken_over(Account.from_entity(now), before):
+            return taken
+        etag = now.metadata["etag"]
+        if written is not None:
+            undo = {name: value for name, value in row.undo_entity(before).items()
+                    if name in ("PartitionKey", "RowKey") or _same(now.get(name), written[name])}
+    return "kept changing while it was being taken back"
+
+
+def _carried_away(table: TableClient, row: AccountRow) -> str | None:
+    """After our write's row was found gone or holding another id (an admin removed or changed it, or
+    directory sync moved it to another email, account id and all): why our write still stands, None
+    when it does not. One query of the id's holders, only on this path: two or more other keys sign-in
+    reaches that hold it mean a move carried it away."""
+    held = sorted(a.email for a in holders_of(table, row.account_id, row.kind)
+                  if a.key != row.key and not a.moved_to and login_reaches(a.key))
+    if len(held) < 2:
+        return None
+    return (f"was moved or changed while it was being taken back, and {' and '.join(held)} now hold the account id "
+            "(directory sync may have moved the row, account id and all, to another email)")
+
+
+def _taken_over(now: Account, before: Account | None) -> str | None:
+    """Why directory sync has made the row `now` its own since our write over `before` (None: we
+    created it), None when it has not: a ScimId it did not have (adopted for a provisioned person), or
+    a move marker it did not have (directory sync is moving it to or from another email)."""
+    was = (before.scim_id, before.moved_to, before.moved_from) if before is not None else ("", "", "")
+    if now.scim_id != was[0]:
+        return "was adopted by directory sync for a provisioned person while it was being taken back (it is " \
+               "that person's account now, so it was left as it is)"
+    if (now.moved_to, now.moved_from) != was[1:]:
+        moving = _unescape(now.moved_to or now.moved_from)
+        return f"is being moved by directory sync to or from {moving} (so it was left as it is)"
+    return None
+
+
+def _same(stored, value) -> bool:
+    """A stored property still holds `value`, type and all (`1 == True` in Python; not in a row)."""
+    return type(stored) is type(value) and stored == value
 
 
 def yield_if_shared(table: TableClient, row: AccountRow, before: Account | None, etag: str,
                     holders: Iterable[Account], during: str) -> tuple[bool, str] | None:
     """The check after a write of `row` over `before` that left `etag` (write-then-verify): None when
     no other email's row among `holders` (row's id and kind, read after the write) holds the account;
-    else our write is taken back (take_back) and (taken back?, why) says what became of it."""
+    else our write is taken back (take_back) and (taken back?, why) says what became of it: a write
+    that stays says "written, but" and to remove one of the two."""
     problem = held_elsewhere(row, holders)
     if problem is None:
         return None
-    if take_back(table, row, before, etag):
+    stays = take_back(table, row, before, etag)
+    if stays is None:
         return True, f"{problem}; that row was written {during}, so this write was taken back"
-    return False, (f"{problem}; that row was written {during}, and this write's row at {row.email} kept changing "
-                   "while it was being taken back: remove one of the two")
+    return False, (f"written, but {problem}; that row was written {during}, and this write's row at {row.email} "
+                   f"{stays}: remove one of the two")
 
 
 def by_account_id(accounts: Iterable[Account]) -> dict[tuple[str, str], list[Account]]:

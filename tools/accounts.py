@@ -3,7 +3,8 @@
     portal-sso accounts add EMAIL --kind user|agent --account-id ID [--name N] [--disabled] [--force]
     portal-sso accounts import FILE.csv        # header: email,kind,account_id,name,enabled
     portal-sso accounts list [--kind user|agent]
-    portal-sso accounts check                  # rows sign-in does not find as stored (key rule, moves)
+    portal-sso accounts check                  # rows sign-in does not find as stored (key rule, moves),
+                                               # account ids two mailboxes hold
     portal-sso accounts disable|enable|unlink|remove EMAIL --kind user|agent
     portal-sso accounts remove --stored-key KEY --kind user|agent   # a row `check` listed
 
@@ -344,8 +345,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         result = store.import_rows(rows, progress=bar.advance, workers=args.workers, stored=stored, force=args.force)
     except DependencyUnavailable:
         bar.close()
-        print(f"{bar.done} of {len(rows)} rows were written before storage failed; importing is idempotent, "
-              "so run the same import again.", file=sys.stderr)
+        print(f"{bar.done} of {len(rows)} rows were written before storage failed, and the import's end check (that "
+              "no other email took one of their account ids meanwhile) did not run: importing is idempotent, so run "
+              "the same import again, then `accounts check` (it lists an account id two mailboxes hold).",
+              file=sys.stderr)
         raise
     bar.close()
     elapsed = time.monotonic() - started
@@ -357,7 +360,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     for row, why in result.refused:
         print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
     for row, why in result.stuck:
-        print(f"line {row.line}: written, but {printable(why)}", file=sys.stderr)
+        print(f"line {row.line}: {printable(why)}", file=sys.stderr)  # "written, but ...": it stays
     if result.refused:
         n = len(result.refused)
         print(f"{n} of {len(rows)} row{'s' if len(rows) != 1 else ''} {'was' if n == 1 else 'were'} not written (the "
@@ -443,6 +446,8 @@ CHECK_ADVICE = {
     "enabled": "run enable or disable to store a real boolean",
     "moving": "change the account where the `what` column says sign-in finds it; where it finds it at neither "
               f"address, {MOVE_ADVICE}",
+    "shared": "two mailboxes sign in to one account (two writers at once, or an import stopped before its end "
+              "check): remove it at every address but its owner's (`remove EMAIL --kind K`)",
     "unaddressable": f"{UNADDRESSABLE}: nothing can change or remove it, and no sign-in reaches it; if it is "
                      "someone's account, add it under the address the directory has",
 }
@@ -451,8 +456,9 @@ CHECK_NOTES = ("review", "unaddressable")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """The stored rows the email-key rule (shared/accounts.py email_key) does not find as they are, and
-    the rows login does not find because directory sync is moving them."""
+    """The stored rows the email-key rule (shared/accounts.py email_key) does not find as they are, the
+    rows login does not find because directory sync is moving them, and the account ids two mailboxes
+    hold (one scan)."""
     found = sorted(_store(args).key_problems(), key=lambda f: (f[1] in CHECK_NOTES, f[0].key, f[0].kind))
     rows = [(what, printable(a.key), a.kind, printable(a.account_id), printable(problem)) for a, what, problem in found]
     if not rows:
