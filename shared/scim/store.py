@@ -48,7 +48,7 @@ from ..config import KINDS
 from ..tables import SCIM_PERSON_PARTITION, storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
-from .sync import AccountSync, Conflict, Desired, Guarded, Vanished
+from .sync import UNREADABLE, AccountSync, Conflict, Desired, Guarded, Vanished
 
 PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = SCIM_PERSON_PARTITION, "U", "X", "E"
 # Ours are uuid4s (36 characters): a longer id is no one's and is not sent (a key over Table Storage's
@@ -58,9 +58,6 @@ MAX_STORED = 30_000  # UTF-16 units of a person's JSON (a Table string property 
 # A pointer whose person does not (yet) hold its value is a write in progress while it is younger
 # than this (the person row is written last), and left behind by a write that stopped once older.
 CLAIM_GRACE = timedelta(minutes=5)
-# Who holds every plain id of a person whose AccountIds record is unreadable (account_ids_of): no one
-# who may have it, so no identity is given one.
-UNREADABLE = "unreadable"
 
 
 class Raced(PreconditionFailedException):

@@ -63,6 +63,9 @@ MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
 # Who holds the ids of rows made for no object id (externalId not a GUID) in Desired.account_ids: not
 # an object id's accounts (the first login by email links them).
 NO_OBJECT_ID = "no-object-id"
+# Who holds every plain id of a person whose AccountIds record is missing (an older version's) or
+# unreadable (store.py account_ids_of): no one who may have it, so no identity is given one.
+UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True)
@@ -213,12 +216,9 @@ class AccountSync:
         for kind, rows in found.items():
             for row in rows.values():
                 # A row bound or linked to an identity says who holds its id, whatever the record (a
-                # person row from before it, whose externalId may name another identity by now)...
+                # person row from before it, whose externalId may name another identity by now).
                 if _identity(row):
                     self._record(desired.scim_id, kind, _identity(row), row.get("AccountId"))
-                # ...and a kind coming back returns the account its identity had.
-                if kind in leaving and self._given(row, desired):
-                    self._holds(desired, kind, row["AccountId"])
         # ...and the ids this write mints are in the record before any row holds one (store.py writes
         # it first when it changed): a write that stops after its rows leaves them recorded. A row
         # carried on is recorded for this identity once it is (bound, after the write): recorded
@@ -239,7 +239,13 @@ class AccountSync:
             self._ensure(desired, kind, others, plan)
         self.held = tuple(k for k in self.held if k not in wanted)  # each such row holds its own now
         for kind, rows in leaving.items():
-            self._remove_rows(rows, kind, desired.scim_id)
+            self._remove_rows(rows, kind, desired.scim_id, desired)
+            # A kind coming back returns the account its identity had: a hand-over recorded once its
+            # row is gone as it was read (recorded before, a delete that never landed, or a login that
+            # took the row back meanwhile, would leave one the admin may since have refused).
+            for row in found[kind].values():
+                if self._given(row, desired):
+                    self._holds(desired, kind, row["AccountId"])
 
     def remove_all(self, scim_id: str, keys: Sequence[str]) -> None:
         keys = [k for k in dict.fromkeys(keys) if k]
@@ -282,11 +288,13 @@ class AccountSync:
         """A row of the person's bound and linked to no identity (an older version's, never signed in),
         not handed over, whose AccountId the person row records as another object id's: binding it
         would give that identity's id to this one."""
-        if _identity(row) or row.get(HANDED_OVER) is True:
-            return False
+        if not desired.object_id or _identity(row) or row.get(HANDED_OVER) is True:
+            return False  # a write naming no object id binds nothing
         holders = {who for who, held in desired.account_ids.get(row["RowKey"], {}).items()
                    if held == row.get("AccountId")}
-        return bool(holders - {NO_OBJECT_ID}) and (desired.object_id or NO_OBJECT_ID) not in holders
+        # UNREADABLE (no record, from an older version) names no identity that ever held the row: one
+        # no login linked was never signed in to, so binding it gives no one another's account.
+        return bool(holders - {NO_OBJECT_ID, UNREADABLE}) and desired.object_id not in holders
 
     # ---- the person's rows of one kind ----
     def _rows(self, keys: Sequence[str], kind: str, scim_id: str) -> dict:
@@ -485,23 +493,28 @@ class AccountSync:
         return self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.metadata["etag"],
                                          match_condition=MatchConditions.IfNotModified)
 
-    def _delete_if_ours(self, key: str, kind: str, scim_id: str, etag: str) -> None:
+    def _delete_if_ours(self, key: str, kind: str, scim_id: str, etag: str, desired: Desired | None = None) -> None:
         """Deletes the person's row at `key`, etag-checked on the row as last read or written (gone
-        already is fine); read again only when it changed since."""
+        already is fine); read again only when it changed since. For a write naming an identity
+        (`desired`), a row that became another identity's meanwhile (a login linked it) is never
+        deleted: Vanished, and the write starts over from a fresh read (which refuses it)."""
         for _ in range(ATTEMPTS):
             try:
                 self._table.delete_entity(key, kind, etag=etag, match_condition=MatchConditions.IfNotModified)
                 return
-            except ResourceModifiedError:
+            except ResourceModifiedError as exc:
                 row = self._read(key, kind)
                 if not self._ours(row, scim_id):
                     return  # gone, or not the person's now: accounts never provisioned are left alone
+                if desired is not None and self._foreign(row, desired):
+                    raise Vanished(f"the {kind} account became another identity's while it was being "
+                                   "removed") from exc
                 etag = row.metadata["etag"]
 
-    def _remove_rows(self, rows: dict, kind: str, scim_id: str) -> None:
+    def _remove_rows(self, rows: dict, kind: str, scim_id: str, desired: Desired | None = None) -> None:
         """Deletes the person's rows of this kind among `rows` (_rows: at the keys given and wherever
         their move markers lead). Each delete only hides: nothing becomes visible that was not,
         whatever the order."""
         for key, row in rows.items():
             if self._ours(row, scim_id):
-                self._delete_if_ours(key, kind, scim_id, row.metadata["etag"])
+                self._delete_if_ours(key, kind, scim_id, row.metadata["etag"], desired)

@@ -283,17 +283,11 @@ def test_an_admins_remove_never_hands_the_old_identitys_id_over_through_a_merely
     new_oid = oid()
     error_of(scim.patch(f"/Users/{pid}", entra.patch(external_id(new_oid))), 409, "uniqueness")
     assert scim.runtime.accounts.remove(email, "agent")
-    if made == "legacy-rows":
-        # The user row, unbound (an older version's) and never signed in, holds the old identity's plain
-        # id (the person row's record): binding it to the new identity would hand that id over, so it is
-        # refused as a bound row is, until the admin says (here: another person again).
-        refused = error_of(scim.patch(f"/Users/{pid}", entra.patch(external_id(new_oid))), 409, "uniqueness")
-        assert "--kind user" in refused["detail"]
-        assert scim.runtime.accounts.remove(email, "user")
+    # The user row, unbound (an older version's, or a non-GUID externalId's) and never signed in: no
+    # identity ever held it (the person row from before the record names no one), so the retry binds
+    # it to the new identity; the agent account the old identity used is never handed over by that.
     assert scim.patch(f"/Users/{pid}", entra.patch(external_id(new_oid))).status_code == 204
     assert rows.get_entity(email, "agent")["AccountId"] != f"scim-agent-{pid}"
-    if made == "legacy-rows":
-        assert rows.get_entity(email, "user")["AccountId"] == f"scim-user-{pid}-{new_oid}"
     switch_to(hostile, use_settings, SCIM_TOKEN=TOKEN)
     new = signed_in_as(login(hostile, Person(email=email, oid=new_oid, account_id=""), "agent"), "agent")
     assert new["sub"] != f"scim-agent-{pid}", "the new identity got the old identity's agent AccountId"
@@ -607,3 +601,92 @@ def test_an_older_person_row_whose_rows_are_its_identitys_keeps_its_ids(hostile,
     for op in (entra.replace_roles_assertive(), entra.replace_roles_assertive("user")):
         assert olivia.patch(op).status_code == 204
     assert olivia.signs_in(olivia.old_oid) == olivia.old_account
+
+
+# ---- a fifth red team: a hand-over of a kind that is leaving, and an older version's unbound rows
+
+
+def deletes_of_rows_at(email: str, monkeypatch, before=None):
+    """Every delete of `email`'s account rows fails as an outage; or, given `before`, runs it just
+    before each such delete (another writer landing in the window)."""
+    real = TableClient.delete_entity
+
+    def delete(self, *args, **kwargs):
+        if (args[0] if args else kwargs.get("partition_key")) == email:
+            if before is None:
+                raise ServiceRequestError("storage went away")
+            before()
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(TableClient, "delete_entity", delete)
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+@pytest.mark.parametrize("then", ["removed", "signed-in-then-removed"])
+def test_a_hand_over_of_a_kind_leaving_is_recorded_only_once_its_row_is_gone(hostile, use_settings, tenants, then,
+                                                                              monkeypatch):
+    """The new externalId came with the user role gone; the admin unlinked the user row; the retry
+    recorded the hand-over before deleting the row, and the delete failed (an outage). The admin then
+    removed it as another person's (or the old identity signed in again first, and the retry was a
+    409): the user role back gave the new identity the account the old one used."""
+    olivia, new_oid = Setup(hostile, use_settings, tenants), oid()
+    retry = (external_id(new_oid), entra.replace_roles_assertive("agent"))
+    error_of(olivia.patch(*retry), 409, "uniqueness")
+    assert olivia.scim().runtime.accounts.unlink(olivia.email, "user")
+    with monkeypatch.context() as patched:
+        deletes_of_rows_at(olivia.email, patched)
+        assert olivia.patch(*retry).status_code == 503
+    if then == "signed-in-then-removed":
+        assert olivia.signs_in(olivia.old_oid) == olivia.old_account
+        error_of(olivia.patch(*retry), 409, "uniqueness")
+    assert olivia.scim().runtime.accounts.remove(olivia.email, "user")
+    assert olivia.patch(*retry).status_code == 204
+    assert olivia.patch(entra.replace_roles_assertive("user", "agent")).status_code == 204
+    assert olivia.signs_in(new_oid) == f"scim-user-{olivia.id}-{new_oid}"
+
+
+def test_a_row_the_old_identity_links_while_it_is_being_removed_is_not_deleted(hostile, use_settings, monkeypatch):
+    """The old identity's login linked the unlinked row between the retry's read and its delete: the
+    delete's etag failed, the row was read again, still the person's, and deleted anyway, the hand-over
+    recorded: the role back gave the new identity the account the old one had just used."""
+    olivia, new_oid = Setup(hostile, use_settings, "single"), oid()
+    link = olivia.row()["LinkedIdpSubject"]
+    retry = (external_id(new_oid), entra.replace_roles_assertive("agent"))
+    error_of(olivia.patch(*retry), 409, "uniqueness")
+    assert olivia.scim().runtime.accounts.unlink(olivia.email, "user")
+    rows = olivia.scim().runtime.tables.client(ACCOUNTS_TABLE)
+    landed = []
+
+    def login() -> None:
+        if not landed:
+            landed.append(rows.update_entity({"PartitionKey": olivia.email, "RowKey": "user",
+                                              "LinkedIdpSubject": link}, mode=UpdateMode.MERGE))
+    with monkeypatch.context() as patched:
+        deletes_of_rows_at(olivia.email, patched, before=login)
+        error_of(olivia.patch(*retry), 409, "uniqueness")
+    assert landed and olivia.row()["LinkedIdpSubject"] == link, "the old identity's account stays"
+    assert olivia.signs_in(olivia.old_oid) == olivia.old_account
+
+
+@pytest.mark.parametrize("tenants", TENANTS)
+@pytest.mark.parametrize("external", ["guid", "hr-id"])
+def test_an_older_versions_unbound_row_never_signed_in_takes_the_persons_next_writes(hostile, use_settings,
+                                                                                      tenants, external):
+    """A person row from before the record and a row no one has signed in to, bound to no one (an older
+    version's, or a non-GUID externalId's): every write was a 409, the disable included, so offboarding
+    never reached the account. No identity ever held it: the write binds it (or, without an object id,
+    leaves it unbound) and lands."""
+    hostile.reset()
+    email = f"{unique('olivia')}@contoso.test"
+    scim = session(hostile, use_settings, tenants)
+    created = scim.post("/Users", entra.create_user(email, email, oid() if external == "guid" else f"hr-{unique()}"))
+    assert created.status_code == 201, created.text
+    pid = created.json()["id"]
+    rows, people = (scim.runtime.tables.client(t) for t in (ACCOUNTS_TABLE, SCIM_USERS_TABLE))
+    row = rows.get_entity(email, "user")
+    rows.update_entity({k: v for k, v in row.items() if k not in (SCIM_OBJECT_ID, "LinkedIdpSubject")},
+                       mode=UpdateMode.REPLACE)
+    people.update_entity(older(people.get_entity("P", pid)), mode=UpdateMode.REPLACE)
+    assert scim.patch(f"/Users/{pid}", entra.patch({"op": "Replace", "path": "displayName",
+                                                     "value": "Olivia N"})).status_code == 204
+    assert scim.patch(f"/Users/{pid}", entra.patch(entra.disable())).status_code == 204
+    assert rows.get_entity(email, "user")["Enabled"] is False
