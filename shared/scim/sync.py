@@ -216,19 +216,18 @@ class AccountSync:
         for kind, rows in found.items():
             for row in rows.values():
                 # A row bound or linked to an identity says who holds its id, whatever the record (a
-                # person row from before it, whose externalId may name another identity by now).
+                # person row from before it, whose externalId may name another identity by now): the
+                # rows carried on that are this identity's already among them.
                 if _identity(row):
                     self._record(desired.scim_id, kind, _identity(row), row.get("AccountId"))
         # ...and the ids this write mints are in the record before any row holds one (store.py writes
         # it first when it changed): a write that stops after its rows leaves them recorded. A row
-        # carried on is recorded for this identity once it is (bound, after the write): recorded
-        # before, a bind that never landed (an outage, a login's race, then a 409) would stay a
-        # hand-over the admin may since have refused.
+        # handed over is recorded for this identity once it is (bound, after the write: _write):
+        # recorded before, a bind that never landed (an outage, a login's race, then a 409) would
+        # stay a hand-over the admin may since have refused.
         for kind, plan in plans.items():
             if plan.source is None:
                 self._holds(desired, kind, self._account_id(desired, kind))
-            elif desired.object_id and _identity(plan.source) == desired.object_id:
-                self._holds(desired, kind, plan.source.get("AccountId"), row=plan.source)
         disabled = {row["RowKey"] for kind, rows in leaving.items() for row in rows.values()
                     if self._ours(row, desired.scim_id) and row.get("Enabled", True) is not True}  # 'false' too
         # Entra's own word on `active` ends an admin's disable, as it does on a row that stays.
@@ -410,8 +409,8 @@ class AccountSync:
             self._replace(target, made := self._new_row(desired, kind))
         else:
             self._table.create_entity(made := self._new_row(desired, kind))
-        # Recorded before the write already (apply), unless _ensure re-planned since (a race): then
-        # what this step gave is recorded with the person row, after it.
+        # What this step gave, now that it landed: a row handed over (bound here), or what _ensure
+        # re-planned after a race (apply recorded the rest before the write); the person row keeps it.
         self._holds(desired, kind, (plan.source if plan.source is not None else made).get("AccountId"), row=plan.source)
         for key in plan.ours:
             if key != new_key:
