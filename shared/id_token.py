@@ -23,17 +23,22 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _JWS = jwt.PyJWS()  # the signature alone: the claims are read and checked here
 
 
+def _a_time(value: object) -> bool:
+    """Whether a claim's value can be a NumericDate: a JSON number (not a boolean) within MAX_TIME.
+    Python's json (PyJWT's parser) accepts NaN and Infinity: NaN makes every comparison False (so a
+    check would pass) and Infinity never expires. An int too large for a float (JSON integers have no
+    bound) is no time either, and is tested first: math.isfinite raises OverflowError for it."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and abs(value) <= MAX_TIME \
+        and math.isfinite(value)
+
+
 def _number(claims: dict, name: str, *, required: bool) -> float | None:
     value = claims.get(name)
     if value is None:
         if required:
             raise InvalidIdToken(name, f"'{name}' claim missing")
         return None
-    # Python's json (PyJWT's parser) accepts NaN and Infinity: NaN makes every comparison below False
-    # (so the check would pass) and Infinity never expires.
-    # An int too large for a float (JSON integers have no bound) is no time either.
-    if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > MAX_TIME \
-            or not math.isfinite(value):
+    if not _a_time(value):
         raise InvalidIdToken(name, f"'{name}' claim is not a number")
     return float(value)
 
@@ -55,8 +60,7 @@ def _auth_time(claims: dict, now: float, authenticated_since: int | None) -> Non
                                "registration (Token configuration).")
         return
     value = claims["auth_time"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or not 0 <= value <= MAX_TIME or value != int(value):
+    if not _a_time(value) or value < 0 or value != int(value):
         raise refused(f"'auth_time' {_short(value)} is not an integral, non-negative NumericDate")
     if value > now + LEEWAY_SECONDS:
         raise refused(f"'auth_time' {int(value)} is in the future")

@@ -408,9 +408,11 @@ STARTED = NOW - 60  # the login started a minute before its callback
     (DROP, "auth_time"),  # no auth_time: nothing shows the password was asked again
     (None, "auth_time"), (float(STARTED), None), (STARTED + 0.5, "auth_time"), (str(STARTED), "auth_time"),
     (True, "auth_time"), (-1, "auth_time"), (2**60, "auth_time"), (float("nan"), "auth_time"),
+    (10**400, "auth_time"),  # math.isfinite raises OverflowError for it: was a 500, as for exp once
     (NOW + LEEWAY_SECONDS, None), (NOW + LEEWAY_SECONDS + 1, "auth_time"),  # a sign-in in the future
 ], ids=["at-start", "after-start", "at-skew-bound", "past-skew-bound", "an-hour-old", "missing", "null",
-        "integral-float", "fraction", "string", "boolean", "negative", "huge", "nan", "future-at-bound",
+        "integral-float", "fraction", "string", "boolean", "negative", "huge", "nan", "past-any-float",
+        "future-at-bound",
         "future-past"])
 def test_after_prompt_login_auth_time_must_be_an_integral_numericdate_since_the_logins_start(idp, auth_time, check):
     token = idp.mint(auth_time=auth_time)
@@ -424,7 +426,7 @@ def test_after_prompt_login_auth_time_must_be_an_integral_numericdate_since_the_
 def test_without_prompt_login_any_past_auth_time_or_none_passes_but_a_malformed_one_does_not(idp):
     assert idp.verify(idp.mint(auth_time=NOW - 86400))["auth_time"] == NOW - 86400, "an old sign-in is fine"
     assert "auth_time" not in idp.verify(idp.mint(auth_time=DROP))
-    for bad in ("1700000000", 1.5, -1, False, [NOW], NOW + LEEWAY_SECONDS + 1):
+    for bad in ("1700000000", 1.5, -1, False, [NOW], NOW + LEEWAY_SECONDS + 1, 10**400):
         refused(idp, idp.mint(auth_time=bad), "auth_time")
 
 # Conformance (issue 13): candidates by key type for a token without kid; a mangled signature is a
