@@ -826,7 +826,7 @@ def take_back(table: TableClient, row: AccountRow, before: Account | None, etag:
     moving it) is that person's account now: never deleted nor reverted. None when the row no longer
     holds row's AccountId; else why our write stays."""
     written = row.entity(before) if before is not None else None
-    undo = row.undo_entity(before) if before is not None else None
+    undo = full_undo = row.undo_entity(before) if before is not None else None
     for _ in range(WRITE_ATTEMPTS):
         with storage_errors():
             try:
@@ -851,7 +851,7 @@ def take_back(table: TableClient, row: AccountRow, before: Account | None, etag:
             return taken
         etag = now.metadata["etag"]
         if written is not None:
-            undo = {name: value for name, value in row.undo_entity(before).items()
+            undo = {name: value for name, value in full_undo.items()
                     if name in ("PartitionKey", "RowKey") or _same(now.get(name), written[name])}
     return "kept changing while it was being taken back"
 
