@@ -64,13 +64,19 @@ def test_a_failed_re_read_keeps_the_value_until_the_retry_interval_and_a_success
     assert cache.get() == "v2" and cache.unavailable_since is None and cache.reads == 2
 
 
-def test_an_error_that_is_not_an_outage_is_raised_to_every_caller_and_the_next_call_re_reads():
+def held_then_refused(detail: str):
+    """A cache that held a value, then met a refusal (not an outage) at its re-read: (source, t, cache)."""
     source, t = Source(), [0.0]
     cache = make(source, t)
     cache.get()
-    source.error, t[0] = ConfigurationError(["secret deleted"]), 100.0
+    source.error, t[0] = ConfigurationError([detail]), 100.0
     with pytest.raises(ConfigurationError):
         cache.get()
+    return source, t, cache
+
+
+def test_an_error_that_is_not_an_outage_is_raised_to_every_caller_and_the_next_call_re_reads():
+    source, _, cache = held_then_refused("secret deleted")
     with pytest.raises(ConfigurationError):
         cache.get()
     assert source.calls == 3, "not an outage: nothing is held back, each call asks again"
@@ -266,12 +272,7 @@ def test_an_outage_is_logged_stale_once_and_recovered_once(cache_of, caplog):
 def test_after_a_refusal_an_outage_does_not_bring_the_refused_value_back():
     """An admin's doing (access removed, secret deleted) ends the held value: a later re-read that meets
     an outage must not serve it again (nor report it amber, as if it were only stale)."""
-    source, t = Source(), [0.0]
-    cache = make(source, t)
-    cache.get()
-    source.error, t[0] = ConfigurationError(["access removed"]), 100.0
-    with pytest.raises(ConfigurationError):
-        cache.get()
+    source, t, cache = held_then_refused("access removed")
     source.error, t[0] = DependencyUnavailable("key_vault", "down"), 101.0
     with pytest.raises(DependencyUnavailable):
         cache.get()
