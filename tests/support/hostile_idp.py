@@ -257,7 +257,10 @@ class HostileIdp:
         server.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(self._ca.server_cert), str(self._ca.server_key))
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        # The handshake in the handler thread, as tools/host.py and the vault stub do: in accept() it ran
+        # one at a time on the serving thread, so 30 browsers at once (test_load) queued their token
+        # requests' handshakes behind each other, and on a loaded machine one timed out (an SSLError).
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         self._server, self.port = server, server.server_address[1]
         threading.Thread(target=server.serve_forever, name="hostile-idp", daemon=True).start()
         return self
