@@ -209,6 +209,10 @@ class AccountSync:
                    if kind not in wanted and not created}  # a new person owns no row yet
         self._recorded = desired.account_ids
         self.account_ids = {kind: dict(ids) for kind, ids in desired.account_ids.items()}
+        if desired.object_id:  # externalId names identities now: "no object id" shares no one's account
+            for held in self.account_ids.values():
+                if held.get(NO_OBJECT_ID) in {v for k, v in held.items() if k not in (NO_OBJECT_ID, UNREADABLE)}:
+                    del held[NO_OBJECT_ID]
         found = {kind: plan.found for kind, plan in plans.items()}
         for kind, rows in leaving.items():
             found[kind] = self._found(rows, desired.scim_id)
@@ -219,7 +223,11 @@ class AccountSync:
                 # person row from before it, whose externalId may name another identity by now): the
                 # rows carried on that are this identity's already among them.
                 if _identity(row):
-                    self._record(desired.scim_id, kind, _identity(row), row.get("AccountId"))
+                    # A row a login linked and no write bound (this one names no object id: externalId
+                    # not a GUID) stays "no object id"'s too: made again by such a write, it is the same
+                    # account (unlinked again: SECURITY.md known limit), not a new, empty one.
+                    self._record(desired.scim_id, kind, _identity(row), row.get("AccountId"),
+                                 shared=not desired.object_id and not _bound(row))
         # ...and the ids this write mints are in the record before any row holds one (store.py writes
         # it first when it changed): a write that stops after its rows leaves them recorded. A row
         # handed over is recorded for this identity once it is (bound, after the write: _write):
@@ -268,10 +276,10 @@ class AccountSync:
             return
         self._record(desired.scim_id, kind, desired.object_id or NO_OBJECT_ID, account_id)
 
-    def _record(self, scim_id: str, kind: str, holder: str, account_id) -> None:
+    def _record(self, scim_id: str, kind: str, holder: str, account_id, shared: bool = False) -> None:
         """`holder` (an object id or NO_OBJECT_ID) holds `account_id` for `kind`, if it is one of the
         person's own ids. An object id's account is never also "no object id"'s, whose rows any login
-        by the email links."""
+        by the email links, unless `shared`: a row "no object id" holds that only a login linked."""
         if not directory_sync_minted(account_id, scim_id, kind):
             return
         held = self.account_ids.setdefault(kind, {})
@@ -279,7 +287,7 @@ class AccountSync:
             if account_id not in held.values():
                 held[NO_OBJECT_ID] = account_id
             return
-        if held.get(NO_OBJECT_ID) == account_id:
+        if held.get(NO_OBJECT_ID) == account_id and not shared:
             del held[NO_OBJECT_ID]
         held[holder] = account_id
 

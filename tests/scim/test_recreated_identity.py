@@ -518,6 +518,44 @@ def test_an_id_an_object_id_took_is_never_no_object_ids_again(hostile, use_setti
     assert sign_in(hostile, use_settings, email, oid(), "user") != f"scim-user-{pid}"
 
 
+@pytest.mark.parametrize("dance", ["roles", "email"])
+def test_a_row_a_login_linked_for_no_object_id_comes_back_with_its_id(hostile, use_settings, dance):
+    """externalId not a GUID (Entra's default mailNickname mapping): the row made for "no object id",
+    then linked by its first login, was recorded as that object id's alone, so a role (or email) going
+    and coming back gave the same person a new, empty `scim-user-P-no-object-id` account, and no
+    admin command could give the old one back."""
+    hostile.reset()
+    email = f"{unique('olivia')}@contoso.test"
+    scim = session(hostile, use_settings, "single")
+    created = scim.post("/Users", entra.create_user(email, email, f"hr-{unique()}", kinds=("user",)))
+    assert created.status_code == 201, created.text
+    pid, me = created.json()["id"], oid()
+    assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
+    scim = session(hostile, use_settings, "single")
+    for op in away_and_back(dance, email):
+        assert scim.patch(f"/Users/{pid}", entra.patch(op)).status_code == 204
+    assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
+
+
+def test_a_no_object_id_row_a_login_linked_is_not_no_object_ids_once_another_identity_came(hostile, use_settings):
+    """...and that shared entry ends once a write names an object id: made for "no object id", linked
+    by A's login, its role gone; then externalId named B (another identity: an account of its own),
+    was made non-GUID again and the role came back: the row made then for the next login by the email
+    must not be A's account."""
+    hostile.reset()
+    email = f"{unique('olivia')}@contoso.test"
+    scim = session(hostile, use_settings, "single")
+    created = scim.post("/Users", entra.create_user(email, email, f"hr-{unique()}", kinds=("user",)))
+    assert created.status_code == 201, created.text
+    pid = created.json()["id"]
+    assert sign_in(hostile, use_settings, email, oid(), "user") == f"scim-user-{pid}"
+    scim = session(hostile, use_settings, "single")
+    away, back = away_and_back("roles", email)
+    for op in (away, external_id(oid()), back, external_id(f"hr-{unique()}"), away, back):
+        assert scim.patch(f"/Users/{pid}", entra.patch(op)).status_code == 204
+    assert sign_in(hostile, use_settings, email, oid(), "user") != f"scim-user-{pid}"
+
+
 def outage_on_rows_of(email: str, monkeypatch):
     """Every write to `email`'s account rows fails as an outage (the person row's still lands)."""
     real = TableClient.update_entity
