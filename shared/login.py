@@ -461,8 +461,8 @@ class SsoService:
             return pages.error(NotFound(f"unknown kind {kind!r}"), correlation_id, homes=self.home_urls())
         try:  # the metadata logout used, held: whether the IdP was asked to end its session too
             idp_asked = bool(self.deps.metadata().end_session_endpoint)
-        except SsoError:
-            idp_asked = False  # not known: the page says what is safe on a shared computer
+        except SsoError:  # not known (the IdP's metadata unreadable): Entra's own logout may have sent
+            idp_asked = True  # the person here, so the page claims no sign-out it cannot know is absent
         return pages.signed_out(self._portal_url(kind), idp_asked=idp_asked)
 
     # GET /api/sso/jwks.json

@@ -108,3 +108,19 @@ def test_a_logout_of_an_unknown_kind_is_logged_with_the_kind_quoted_last(caplog)
     assert reply.status == 404
     (line,) = failure_lines(caplog, "logout")
     assert "correlation_id=cid-logout-2" in line and 'raw_kind="adm\\nin"' in line and "\n" not in line
+
+
+class IdpDown(Deps):
+    def metadata(self):
+        raise DependencyUnavailable("idp", "GET https://idp.test/m: ConnectionError")
+
+
+@pytest.mark.parametrize(("deps", "claim"), [
+    (IdpDown(), False),  # not known: Entra's own logout may well have sent the person here
+    (Deps(metadata=replace(METADATA, end_session_endpoint=None)), True),
+])
+def test_the_signed_out_page_says_the_idp_offers_no_sign_out_only_when_it_is_known(deps, claim):
+    reply = SsoService(deps).signed_out("user", "cid")
+    assert reply.status == 200 and "You are signed out" in reply.body
+    assert ("offers no sign-out" in reply.body) is claim
+    assert "Close the browser if it is a shared computer" in reply.body
