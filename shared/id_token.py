@@ -169,9 +169,6 @@ def verify_id_token(id_token: str, *, metadata: ProviderMetadata, jwks: JwksCach
     nbf = _number(claims, "nbf", required=False)
     if nbf is not None and nbf > now + LEEWAY_SECONDS:
         raise InvalidIdToken("nbf", "not yet valid")
-    # Step 13: auth_time, checked as max_age's would be, for prompt=login ("ask for the password again").
-    _auth_time(claims, now, authenticated_since)
-
     # Core 2: sub is required, at most 255 ASCII characters. tid and oid (Entra's), when present, name
     # the person too (`idp_sub` is tid:oid): the same rule, so nothing odd reaches a table or a log.
     if not _identifier(claims.get("sub")):
@@ -188,4 +185,8 @@ def verify_id_token(id_token: str, *, metadata: ProviderMetadata, jwks: JwksCach
         if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode("utf-8", "surrogatepass"),
                                                                  expected_nonce.encode()):
             raise InvalidIdToken("nonce", "nonce does not match this login")
+
+    # Step 13: auth_time, checked as max_age's would be, for prompt=login ("ask for the password again");
+    # last, so a token not of this person or login is refused (and recorded) for that.
+    _auth_time(claims, now, authenticated_since)
     return claims

@@ -429,6 +429,13 @@ def test_without_prompt_login_any_past_auth_time_or_none_passes_but_a_malformed_
     for bad in ("1700000000", 1.5, -1, False, [NOW], NOW + LEEWAY_SECONDS + 1, 10**400):
         refused(idp, idp.mint(auth_time=bad), "auth_time")
 
+
+@pytest.mark.parametrize(("override", "check"), [({"sub": ""}, "sub"), ({"oid": "é"}, "oid"),
+                                                 ({"nonce": "other"}, "nonce")])
+def test_a_token_failing_identity_or_nonce_is_refused_for_that_not_for_an_old_auth_time(idp, override, check):
+    """The audit row's reason names the worse fault: a token not of this person or login, not a stale sign-in."""
+    refused(idp, idp.mint(auth_time=NOW - 3600, **override), check, authenticated_since=STARTED)
+
 # Conformance (issue 13): candidates by key type for a token without kid; a mangled signature is a
 # signature failure; any JSON type in a header member or a claim is a 401 with its reason, never a crash.
 
