@@ -1053,3 +1053,91 @@ def test_an_import_stopped_by_storage_before_its_end_check_is_said_and_check_and
         assert run(cs, "check") == 0, capsys.readouterr().out
     finally:
         azurite.stop()
+
+
+@pytest.mark.parametrize("in_window", ["nothing else", "a disable", "a login"])
+def test_a_take_back_that_found_the_row_changed_never_enables_it(cs, store, tag, capsys, monkeypatch, in_window):
+    """b@ enabled, holding its own id; B's `add --disabled` wrote another id; A's add of that id landed
+    before B's check again, and with it a disable of b@ by a third admin (or a login). B's take-back
+    failed its etag check and, reading the row again, found Enabled false, what B had written too, so it
+    merged Enabled true back: the third admin's disable was undone. A take-back that finds the row
+    changed leaves it disabled (the safe direction) and says so; one that finds it as its write left it
+    enables it again."""
+    account_id, a, b = f"U-EN.{tag}", f"en-a.{tag}@contoso.test", f"en-b.{tag}@contoso.test"
+    assert run(cs, "add", b, "--kind", "user", "--account-id", f"U-B-OWN.{tag}") == 0
+    real, calls = AccountStore.holders, []
+
+    def holders(self, wanted, kind):
+        calls.append(1)
+        if len(calls) == 2:  # B's check again: A's add and the other change at B's row land first
+            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
+            if in_window == "a disable":
+                assert store.update(b, "user", Enabled=False)
+            elif in_window == "a login":
+                store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+        return real(self, wanted, kind)
+    monkeypatch.setattr(AccountStore, "holders", holders)
+    capsys.readouterr()
+    assert run(cs, "add", b, "--kind", "user", "--account-id", account_id, "--disabled") == 1
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    assert f"is the user account of {a}" in err and "taken back" in err, err
+    kept = store.get(b, "user")
+    assert kept.account_id == f"U-B-OWN.{tag}", "its own id back"
+    if in_window == "nothing else":
+        assert kept.enabled is True, "the row as the write left it: the disable the write made is taken back too"
+        assert "left disabled" not in err, err
+    else:
+        assert kept.enabled is False, "a row changed since the write is never enabled by the take-back"
+        assert "left disabled" in err and f"accounts enable {b} --kind user" in err, err
+
+
+@pytest.mark.parametrize("writer", ["add", "import"])
+def test_a_take_back_whose_old_id_another_email_took_meanwhile_never_leaves_two_mailboxes_on_it(
+        cs, store, tag, tmp_path, capsys, monkeypatch, writer):
+    """b@ holds Y; B writes X at b@ (an add, or an import's row); before B's check again, A adds X at a@
+    and C adds Y at c@ (it passes: b@ holds X then). B took its write back, putting Y back at b@: two
+    mailboxes signed in to Y, B exited 1 saying only that its write was taken back, C exited 0. The
+    take-back is a write that gives an id, so it is checked again after it: b@ is left disabled (its
+    row, id, name and link kept) and the message names c@ and says to remove one of the two."""
+    x, y = f"U-X.{tag}", f"U-Y.{tag}"
+    a, b, c = f"old-a.{tag}@contoso.test", f"old-b.{tag}@contoso.test", f"old-c.{tag}@contoso.test"
+    assert run(cs, "add", b, "--kind", "user", "--account-id", y, "--name", "Bob Kept") == 0
+
+    def window():
+        store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": x, "Email": a})
+        assert run(cs, "add", c, "--kind", "user", "--account-id", y) == 0, "b@ holds X now: Y is free"
+
+    if writer == "add":
+        real, calls = AccountStore.holders, []
+
+        def holders(self, wanted, kind):
+            calls.append(1)
+            if len(calls) == 2:  # B's check again, after its write
+                window()
+            return real(self, wanted, kind)
+        monkeypatch.setattr(AccountStore, "holders", holders)
+        argv = ("add", b, "--kind", "user", "--account-id", x, "--name", "Bob Kept")
+    else:
+        import shared.accounts
+
+        real_hold = shared.accounts._hold_alone
+
+        def hold(table, result):
+            window()  # after the import's writes, before its end check
+            return real_hold(table, result)
+        monkeypatch.setattr(shared.accounts, "_hold_alone", hold)
+        argv = ("import", str(_write(tmp_path / "b.csv", ["email,kind,account_id,name", f"{b},user,{x},Bob Kept"])))
+    capsys.readouterr()
+    assert run(cs, *argv) == 1
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    assert _holders(store, x) == [a], "the write of X taken back"
+    assert [h.email for h in store.holders(y, "user") if h.enabled] == [c], "one mailbox signs in to Y"
+    kept = store.get(b, "user")
+    assert (kept.account_id, kept.display_name, kept.enabled) == (y, "Bob Kept", False), \
+        "b@'s row is kept, with its id, disabled"
+    assert f"{c} took its old account id {y}" in err and "disabled" in err and "remove one of the two" in err, err
+    assert run(cs, "check") == 1, "still a finding for the admin: b@'s row and c@'s hold Y"
+    assert [line for line in capsys.readouterr().out.splitlines() if y in line and line.startswith("shared")]
+
