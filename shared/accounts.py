@@ -15,7 +15,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from .config import KINDS, log_value
-from .errors import AccountDisabled, IdentityMismatch, MalformedEmail, NoAccount
+from .errors import AccountDisabled, DependencyUnavailable, IdentityMismatch, MalformedEmail, NoAccount
 from .tables import SCIM_PERSON_PARTITION, delete_existed, storage_errors
 
 log = logging.getLogger("portal_sso")
@@ -327,8 +327,9 @@ class AccountStore:
         returns the account as it was before (None when it is new). Raises MalformedEmail, and
         AccountConflict when another email's row holds this account id and kind (sharing_problem:
         never overridden by `force`; asked again after the write, which is taken back if one does:
-        _hold_alone), or when the existing row is linked to a person and has another
-        AccountId (that person would silently sign in to `account_id` from then on) unless `force`."""
+        _hold_alone; a storage failure there is a DependencyUnavailable with `unchecked_write` set), or
+        when the existing row is linked to a person and has another AccountId (that person would
+        silently sign in to `account_id` from then on) unless `force`."""
         row = AccountRow(canonical_email(email), kind, account_id, name, enabled)
         for _ in range(WRITE_ATTEMPTS):
             existing = self._unhidden(row.key, kind)
@@ -350,7 +351,11 @@ class AccountStore:
                 except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
                     continue  # created, changed or removed since our read: decide again
             if gives_id(row, existing):
-                self._hold_alone(row, existing, written["etag"])
+                try:
+                    self._hold_alone(row, existing, written["etag"])
+                except DependencyUnavailable as err:
+                    err.unchecked_write = True  # the row is written; whether it shares its account is not known
+                    raise
             return existing
         raise AccountConflict(f"the {kind} account of {row.email} kept changing; try again")
 

@@ -291,12 +291,19 @@ def cmd_add(args: argparse.Namespace) -> int:
     problems = check_account(email, args.kind, account_id, name)
     if problems:
         return _fail("; ".join(problems))
+    said = f"{args.kind} account {printable(account_id)} for {printable(canonical_email(email))}"
     try:
         before = _store(args).add(email, args.kind, account_id, name, enabled=not args.disabled, force=args.force)
     except AccountConflict as refused:
         return _fail(printable(str(refused)))
+    except DependencyUnavailable as err:
+        if getattr(err, "unchecked_write", False):
+            print(f"the {said} was written, but its check after the write (that no other email took the account id "
+                  "meanwhile) did not run to its end before storage failed: once storage is back, run `accounts check` "
+                  "(it lists an account id two mailboxes hold).", file=sys.stderr)
+        raise
     email = canonical_email(email)
-    said = f"{args.kind} account {printable(account_id)} for {printable(email)}{' (disabled)' if args.disabled else ''}"
+    said += " (disabled)" if args.disabled else ""
     if before is None:
         print(f"added {said}")
         return EXIT_OK

@@ -188,7 +188,9 @@ def test_unreachable_storage_exits_2_quickly(tmp_path, tag, capsys):
     assert run(closed, "list") == 2
     assert run(closed, "add", f"x.{tag}@contoso.test", "--kind", "user", "--account-id", "U-1") == 2
     elapsed = time.monotonic() - started
-    assert "Table Storage is unreachable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Table Storage is unreachable" in err
+    assert "was written" not in err, "storage failed before the write: nothing was written"
     assert elapsed < 10, f"two commands against a closed port took {elapsed:.1f} s"
     bad = _write(tmp_path / "bad.csv", ["email,kind,account_id", "nope,user,U-1"])
     assert run(closed, "import", str(bad)) == 1, "the file is checked before storage is touched"
@@ -1140,4 +1142,41 @@ def test_a_take_back_whose_old_id_another_email_took_meanwhile_never_leaves_two_
     assert f"{c} took its old account id {y}" in err and "disabled" in err and "remove one of the two" in err, err
     assert run(cs, "check") == 1, "still a finding for the admin: b@'s row and c@'s hold Y"
     assert [line for line in capsys.readouterr().out.splitlines() if y in line and line.startswith("shared")]
+
+
+def test_an_add_cut_off_by_storage_before_its_check_after_the_write_says_it_was_written(tmp_path, tag, capsys,
+                                                                                        monkeypatch):
+    """Storage goes away after the add's write, before its check again (A's add of the id at a@ landed
+    first): it said only "Table Storage is unreachable", exit 2, and b@'s row stayed, sharing the id.
+    It says, as a cut-off import does, that the account was written and its check did not run, and to
+    run `accounts check`, which lists the shared id once storage is back."""
+    from tools.stack import start_azurite
+
+    azurite = start_azurite(workdir=tmp_path, on_disk=True)
+    try:
+        cs = azurite.connection_string
+        account_id, a, b = f"U-CUT.{tag}", f"cut-a.{tag}@contoso.test", f"cut-b.{tag}@contoso.test"
+        store = accounts.connect(cs, None)
+        real, calls = AccountStore.holders, []
+
+        def holders(self, wanted, kind):
+            calls.append(1)
+            if len(calls) == 2:  # the check after the write
+                store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id,
+                                            "Email": a})
+                azurite.stop()
+            return real(self, wanted, kind)
+        monkeypatch.setattr(AccountStore, "holders", holders)
+        assert run(cs, "add", b, "--kind", "user", "--account-id", account_id) == 2
+        err = capsys.readouterr().err
+        monkeypatch.undo()
+        assert "Table Storage is unreachable" in err, err
+        assert f"user account {account_id} for {b} was written" in err and "did not run" in err and \
+            "accounts check" in err, err
+        azurite = start_azurite(azurite.port, workdir=tmp_path, key=azurite.account_key, on_disk=True)
+        assert run(cs, "check") == 1
+        out = capsys.readouterr().out
+        assert len([line for line in out.splitlines() if account_id in line and line.startswith("shared")]) == 2, out
+    finally:
+        azurite.stop()
 
