@@ -1078,24 +1078,37 @@ def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[
     Each email is its own partition, so a transaction can only group one email's user and agent rows: the
     speed comes from `workers` requests in flight at once. `progress(n)` is called (on this thread) as each
     n rows land. Raises DependencyUnavailable on the first storage failure, after the requests in flight
-    end; rows written until then stay (an import is idempotent, so running it again finishes it)."""
-    result = Imported()
+    end, its `imported` what the import got to (the rows written and refused until then); rows written
+    stay (an import is idempotent, so running it again finishes it)."""
+    result, counted = Imported(), set()
     partitions: dict[str, list[AccountRow]] = {}
     for row in rows:
         partitions.setdefault(row.key, []).append(row)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
-        pending = [pool.submit(_import_partition, table, group, stored, force) for group in partitions.values()]
-        try:
-            for done in as_completed(pending):
-                part = done.result()
-                result.written += part.written
-                result.refused += part.refused
-                result.gave += part.gave
-                if progress:
-                    progress(part.written + len(part.refused))
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
-    _hold_alone(table, result)
+
+    def count(done) -> None:
+        part = done.result()
+        counted.add(done)
+        result.written += part.written
+        result.refused += part.refused
+        result.gave += part.gave
+        if progress:
+            progress(part.written + len(part.refused))
+    pending = []
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
+            pending = [pool.submit(_import_partition, table, group, stored, force) for group in partitions.values()]
+            try:
+                for done in as_completed(pending):
+                    count(done)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+        _hold_alone(table, result)
+    except DependencyUnavailable as err:
+        for future in pending:  # the pool has ended: each partition that was not cancelled has finished
+            if future not in counted and not future.cancelled() and future.exception() is None:
+                count(future)
+        err.imported = result
+        raise
     return result

@@ -1180,3 +1180,85 @@ def test_an_add_cut_off_by_storage_before_its_check_after_the_write_says_it_was_
     finally:
         azurite.stop()
 
+
+def test_an_import_cut_off_by_storage_counts_only_the_rows_written_and_says_why_the_others_were_not(
+        tmp_path, tag, capsys, monkeypatch):
+    """A login links a@'s row under its old id during the import (so its row is refused: re-pointing a
+    linked person), then storage goes away before the end check. The message said "2 of 2 rows were
+    written" and never why a@'s was not. It counts the written rows alone and prints the refused ones
+    with their reasons, as far as the import got."""
+    import shared.accounts
+    from tools.stack import start_azurite
+
+    azurite = start_azurite(workdir=tmp_path)
+    try:
+        cs = azurite.connection_string
+        a, n = f"imp-a.{tag}@contoso.test", f"imp-n.{tag}@contoso.test"
+        store = accounts.connect(cs, None)
+        assert run(cs, "add", a, "--kind", "user", "--account-id", f"U-A-OLD.{tag}") == 0
+        csv_file = _write(tmp_path / "cut.csv", ["email,kind,account_id", f"{a},user,U-A-NEW.{tag}",
+                                                 f"{n},user,U-N.{tag}"])
+        real_write, real_hold, linked = shared.accounts._write_partition, shared.accounts._hold_alone, []
+
+        def write(table, rows, known):
+            if rows[0].email == a and not linked:  # a login in the window between the scan and the write
+                linked.append(1)
+                store.link_and_record_login(store.get(a, "user"), "tenant:someone")
+            return real_write(table, rows, known)
+
+        def hold(table, result):
+            azurite.stop()
+            return real_hold(table, result)
+        monkeypatch.setattr(shared.accounts, "_write_partition", write)
+        monkeypatch.setattr(shared.accounts, "_hold_alone", hold)
+        capsys.readouterr()
+        assert run(cs, "import", str(csv_file), "--workers", "1") == 2
+        err = capsys.readouterr().err
+        assert "1 of 2 rows were written" in err or "1 of 2 rows was written" in err, err
+        assert "2 of 2 rows" not in err, err
+        assert f"line 2: not written (changed during the import): the user account of {a} is U-A-OLD.{tag}, " \
+               "linked to tenant:someone" in err, err
+        assert "end check" in err and "did not run" in err and "accounts check" in err, err
+    finally:
+        azurite.stop()
+
+
+def test_an_import_cut_off_by_storage_counts_a_row_whose_write_ended_after_the_failure(tmp_path, tag, capsys,
+                                                                                       monkeypatch):
+    """Two partitions in flight: one's write lands, and it returns only after storage failed for the
+    other and the import began to stop. Its row is written, so the message counts it."""
+    import concurrent.futures
+
+    import shared.accounts
+    from tools.stack import start_azurite
+
+    azurite = start_azurite(workdir=tmp_path)
+    try:
+        cs = azurite.connection_string
+        first, second = f"late-1.{tag}@contoso.test", f"late-2.{tag}@contoso.test"
+        csv_file = _write(tmp_path / "late.csv", ["email,kind,account_id", f"{first},user,U-L1.{tag}",
+                                                  f"{second},user,U-L2.{tag}"])
+        real_write, real_cancel = shared.accounts._write_partition, concurrent.futures.Future.cancel
+        landed, stopping = threading.Event(), threading.Event()
+
+        def write(table, rows, known):
+            if rows[0].email == first:
+                etags = real_write(table, rows, known)
+                landed.set()
+                assert stopping.wait(30), "the import never stopped"
+                return etags
+            assert landed.wait(30)
+            azurite.stop()
+            return real_write(table, rows, known)
+
+        def cancel(future):
+            stopping.set()  # the import has seen the failure and cancels what is left
+            return real_cancel(future)
+        monkeypatch.setattr(shared.accounts, "_write_partition", write)
+        monkeypatch.setattr(concurrent.futures.Future, "cancel", cancel)
+        capsys.readouterr()
+        assert run(cs, "import", str(csv_file), "--workers", "2") == 2
+        err = capsys.readouterr().err
+        assert "1 of 2 rows was written before storage failed" in err, err
+    finally:
+        azurite.stop()
