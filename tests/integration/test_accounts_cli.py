@@ -805,6 +805,19 @@ def _paused_after_its_check(monkeypatch, paused_thread: str, checked: threading.
     monkeypatch.setattr(AccountStore, "holders", holders)
 
 
+def _before_the_check_again(monkeypatch, window):
+    """`add`'s second query of the id's holders, its check again after its write, runs `window` first:
+    what it does lands between the write and that check."""
+    real, calls = AccountStore.holders, []
+
+    def holders(self, wanted, kind):
+        calls.append(1)
+        if len(calls) == 2:
+            window()
+        return real(self, wanted, kind)
+    monkeypatch.setattr(AccountStore, "holders", holders)
+
+
 @pytest.mark.parametrize("late_row", ["new", "existing of another id"])
 def test_an_add_that_checked_before_another_adds_write_takes_its_own_row_back(cs, store, tag, capsys, monkeypatch,
                                                                             late_row):
@@ -944,18 +957,13 @@ def test_a_change_in_the_window_before_the_check_again_does_not_keep_the_account
     account_id, a, b = f"U-WIN.{tag}", f"win-a.{tag}@contoso.test", f"win-b.{tag}@contoso.test"
     if late_row != "new":
         store.add(b, "user", f"U-B-OWN.{tag}")
-    real, calls = AccountStore.holders, []
-
-    def holders(self, wanted, kind):
-        calls.append(1)
-        if len(calls) == 2:  # B's check again, after its write: A's add and the other change land first
-            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
-            if late_row == "new":
-                store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
-            else:
-                store.update(b, "user", Enabled=False)
-        return real(self, wanted, kind)
-    monkeypatch.setattr(AccountStore, "holders", holders)
+    def window():  # B's check again, after its write: A's add and the other change land first
+        store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
+        if late_row == "new":
+            store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+        else:
+            store.update(b, "user", Enabled=False)
+    _before_the_check_again(monkeypatch, window)
     assert run(cs, "add", b, "--kind", "user", "--account-id", account_id) == 1
     assert f"is the user account of {a}" in capsys.readouterr().err
     monkeypatch.undo()
@@ -978,19 +986,14 @@ def test_a_take_back_after_a_change_in_the_window_puts_back_what_the_write_repla
     account_id, a, b = f"U-T1.{tag}", f"t1-a.{tag}@contoso.test", f"t1-b.{tag}@contoso.test"
     assert run(cs, "add", b, "--kind", "user", "--account-id", f"U-B-OWN.{tag}", "--name", "Bob Original",
                "--disabled") == 0
-    real, calls = AccountStore.holders, []
-
-    def holders(self, wanted, kind):
-        calls.append(1)
-        if len(calls) == 2:  # B's check again: A's add and the other change at B's row land first
-            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
-            if in_window == "login":
-                store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
-            else:
-                store._table.update_entity({"PartitionKey": b, "RowKey": "user", "DisplayName": "Renamed Since"},
-                                           mode=UpdateMode.MERGE)
-        return real(self, wanted, kind)
-    monkeypatch.setattr(AccountStore, "holders", holders)
+    def window():  # B's check again: A's add and the other change at B's row land first
+        store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
+        if in_window == "login":
+            store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+        else:
+            store._table.update_entity({"PartitionKey": b, "RowKey": "user", "DisplayName": "Renamed Since"},
+                                       mode=UpdateMode.MERGE)
+    _before_the_check_again(monkeypatch, window)
     assert run(cs, "add", b, "--kind", "user", "--account-id", account_id, "--name", "Replaced") == 1
     assert f"is the user account of {a}" in capsys.readouterr().err
     monkeypatch.undo()
@@ -1067,18 +1070,13 @@ def test_a_take_back_that_found_the_row_changed_never_enables_it(cs, store, tag,
     enables it again."""
     account_id, a, b = f"U-EN.{tag}", f"en-a.{tag}@contoso.test", f"en-b.{tag}@contoso.test"
     assert run(cs, "add", b, "--kind", "user", "--account-id", f"U-B-OWN.{tag}") == 0
-    real, calls = AccountStore.holders, []
-
-    def holders(self, wanted, kind):
-        calls.append(1)
-        if len(calls) == 2:  # B's check again: A's add and the other change at B's row land first
-            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
-            if in_window == "a disable":
-                assert store.update(b, "user", Enabled=False)
-            elif in_window == "a login":
-                store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
-        return real(self, wanted, kind)
-    monkeypatch.setattr(AccountStore, "holders", holders)
+    def window():  # B's check again: A's add and the other change at B's row land first
+        store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
+        if in_window == "a disable":
+            assert store.update(b, "user", Enabled=False)
+        elif in_window == "a login":
+            store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+    _before_the_check_again(monkeypatch, window)
     capsys.readouterr()
     assert run(cs, "add", b, "--kind", "user", "--account-id", account_id, "--disabled") == 1
     err = capsys.readouterr().err
@@ -1111,14 +1109,7 @@ def test_a_take_back_whose_old_id_another_email_took_meanwhile_never_leaves_two_
         assert run(cs, "add", c, "--kind", "user", "--account-id", y) == 0, "b@ holds X now: Y is free"
 
     if writer == "add":
-        real, calls = AccountStore.holders, []
-
-        def holders(self, wanted, kind):
-            calls.append(1)
-            if len(calls) == 2:  # B's check again, after its write
-                window()
-            return real(self, wanted, kind)
-        monkeypatch.setattr(AccountStore, "holders", holders)
+        _before_the_check_again(monkeypatch, window)  # B's check again, after its write
         argv = ("add", b, "--kind", "user", "--account-id", x, "--name", "Bob Kept")
     else:
         import shared.accounts
@@ -1157,16 +1148,11 @@ def test_an_add_cut_off_by_storage_before_its_check_after_the_write_says_it_was_
         cs = azurite.connection_string
         account_id, a, b = f"U-CUT.{tag}", f"cut-a.{tag}@contoso.test", f"cut-b.{tag}@contoso.test"
         store = accounts.connect(cs, None)
-        real, calls = AccountStore.holders, []
-
-        def holders(self, wanted, kind):
-            calls.append(1)
-            if len(calls) == 2:  # the check after the write
-                store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id,
-                                            "Email": a})
-                azurite.stop()
-            return real(self, wanted, kind)
-        monkeypatch.setattr(AccountStore, "holders", holders)
+        def window():  # the check after the write
+            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id,
+                                        "Email": a})
+            azurite.stop()
+        _before_the_check_again(monkeypatch, window)
         assert run(cs, "add", b, "--kind", "user", "--account-id", account_id) == 2
         err = capsys.readouterr().err
         monkeypatch.undo()
