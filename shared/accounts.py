@@ -615,9 +615,12 @@ class AccountStore:
                      and now.account_id == account_id and self._found(now) is not None]
             if len(again) < 2:
                 continue
+            # A take-back that found its old id taken leaves its row disabled (_hold_restored): still a finding.
+            signs_in = "two mailboxes sign in to it" if sum(a.enabled for a in again) > 1 else \
+                "two mailboxes hold it (a disabled one signs in once enabled)"
             for account in again:
                 also = ", ".join(sorted(other.email for other in again if other is not account))
-                yield account, "shared", f"its account id is also held at {also}: two mailboxes sign in to it"
+                yield account, "shared", f"its account id is also held at {also}: {signs_in}"
 
 
 def holders_of(table: TableClient, account_id: str, kind: str) -> list[Account]:

@@ -464,8 +464,8 @@ CHECK_ADVICE = {
     "enabled": "run enable or disable to store a real boolean",
     "moving": "change the account where the `what` column says sign-in finds it; where it finds it at neither "
               f"address, {MOVE_ADVICE}",
-    "shared": "two mailboxes sign in to one account (two writers at once, or an import stopped before its end "
-              "check): remove it at every address but its owner's (`remove EMAIL --kind K`)",
+    "shared": "two mailboxes hold one account (two writers at once, or an add or import stopped before its check "
+              "after the write): remove it at every address but its owner's (`remove EMAIL --kind K`)",
     "unaddressable": f"{UNADDRESSABLE}: nothing can change or remove it, and no sign-in reaches it; if it is "
                      "someone's account, add it under the address the directory has",
 }

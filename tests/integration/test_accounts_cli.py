@@ -1132,7 +1132,9 @@ def test_a_take_back_whose_old_id_another_email_took_meanwhile_never_leaves_two_
         "b@'s row is kept, with its id, disabled"
     assert f"{c} took its old account id {y}" in err and "disabled" in err and "remove one of the two" in err, err
     assert run(cs, "check") == 1, "still a finding for the admin: b@'s row and c@'s hold Y"
-    assert [line for line in capsys.readouterr().out.splitlines() if y in line and line.startswith("shared")]
+    shared_lines = [line for line in capsys.readouterr().out.splitlines() if y in line and line.startswith("shared")]
+    assert len(shared_lines) == 2 and all("two mailboxes hold it (a disabled one" in line for line in shared_lines), \
+        shared_lines
 
 
 def test_an_add_cut_off_by_storage_before_its_check_after_the_write_says_it_was_written(tmp_path, tag, capsys,
