@@ -7,7 +7,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from azure.core import MatchConditions
@@ -15,7 +15,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from .config import KINDS, log_value
-from .errors import AccountDisabled, IdentityMismatch, MalformedEmail, NoAccount
+from .errors import AccountDisabled, DependencyUnavailable, IdentityMismatch, MalformedEmail, NoAccount
 from .tables import SCIM_PERSON_PARTITION, delete_existed, storage_errors
 
 log = logging.getLogger("portal_sso")
@@ -327,8 +327,9 @@ class AccountStore:
         returns the account as it was before (None when it is new). Raises MalformedEmail, and
         AccountConflict when another email's row holds this account id and kind (sharing_problem:
         never overridden by `force`; asked again after the write, which is taken back if one does:
-        _hold_alone), or when the existing row is linked to a person and has another
-        AccountId (that person would silently sign in to `account_id` from then on) unless `force`."""
+        _hold_alone; a storage failure there is a DependencyUnavailable with `unchecked_write` set), or
+        when the existing row is linked to a person and has another AccountId (that person would
+        silently sign in to `account_id` from then on) unless `force`."""
         row = AccountRow(canonical_email(email), kind, account_id, name, enabled)
         for _ in range(WRITE_ATTEMPTS):
             existing = self._unhidden(row.key, kind)
@@ -350,7 +351,11 @@ class AccountStore:
                 except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
                     continue  # created, changed or removed since our read: decide again
             if gives_id(row, existing):
-                self._hold_alone(row, existing, written["etag"])
+                try:
+                    self._hold_alone(row, existing, written["etag"])
+                except DependencyUnavailable as err:
+                    err.unchecked_write = True  # the row is written; whether it shares its account is not known
+                    raise
             return existing
         raise AccountConflict(f"the {kind} account of {row.email} kept changing; try again")
 
@@ -610,9 +615,12 @@ class AccountStore:
                      and now.account_id == account_id and self._found(now) is not None]
             if len(again) < 2:
                 continue
+            # A take-back that found its old id taken leaves its row disabled (_hold_restored): still a finding.
+            signs_in = "two mailboxes sign in to it" if sum(a.enabled for a in again) > 1 else \
+                "two mailboxes hold it (a disabled one signs in once enabled)"
             for account in again:
                 also = ", ".join(sorted(other.email for other in again if other is not account))
-                yield account, "shared", f"its account id is also held at {also}: two mailboxes sign in to it"
+                yield account, "shared", f"its account id is also held at {also}: {signs_in}"
 
 
 def holders_of(table: TableClient, account_id: str, kind: str) -> list[Account]:
@@ -815,28 +823,32 @@ def gives_id(row: AccountRow, before: Account | None) -> bool:
     return before is None or before.account_id != row.account_id
 
 
-def take_back(table: TableClient, row: AccountRow, before: Account | None, etag: str) -> str | None:
+def take_back(table: TableClient, row: AccountRow, before: Account | None, etag: str) -> tuple[bool, str]:
     """Undoes our own write of `row` over `before` (None: we created the row), found to share its
     account after it landed: deletes the row we created, or merges back what our write replaced, on
     the condition that the row is as our write left it (`etag`). A row changed since (a login linked
     it, an admin disabled or renamed it) is read again: if it still holds row's AccountId, a created
     row is deleted, and of an updated one each field our write set that still holds what it set is
     merged back (so the later change is kept, and nothing of our write stays but what another writer
-    wrote over). A row directory sync took over since (it adopted it for a provisioned person, or is
-    moving it) is that person's account now: never deleted nor reverted. None when the row no longer
-    holds row's AccountId; else why our write stays."""
+    wrote over), but for an `Enabled` true: a changed row is never enabled again (our write's disable
+    and another's, an admin's or Entra's, look alike; a disable is the safe direction), and that is
+    said. A row directory sync took over since (it adopted it for a provisioned person, or is moving
+    it) is that person's account now: never deleted nor reverted. A merge back gives the row its old
+    account id again, so it is checked again after it (_hold_restored). (True, what to add to the
+    message) when the row no longer holds row's AccountId; else (False, why our write stays)."""
     written = row.entity(before) if before is not None else None
     undo = full_undo = row.undo_entity(before) if before is not None else None
+    left_disabled = False
     for _ in range(WRITE_ATTEMPTS):
         with storage_errors():
             try:
                 if undo is None:
                     if not delete_existed(table, row.key, row.kind, etag=etag):
                         return _carried_away(table, row)  # gone before our delete
-                else:
-                    table.update_entity(undo, mode=UpdateMode.MERGE, etag=etag,
-                                        match_condition=MatchConditions.IfNotModified)
-                return None
+                    return True, ""
+                etag = table.update_entity(undo, mode=UpdateMode.MERGE, etag=etag,
+                                           match_condition=MatchConditions.IfNotModified)["etag"]
+                break
             except ResourceNotFoundError:
                 return _carried_away(table, row)
             except ResourceModifiedError:
@@ -848,25 +860,61 @@ def take_back(table: TableClient, row: AccountRow, before: Account | None, etag:
         if now.get("AccountId") != row.account_id:
             return _carried_away(table, row)
         if taken := _taken_over(Account.from_entity(now), before):
-            return taken
+            return False, taken
         etag = now.metadata["etag"]
         if written is not None:
             undo = {name: value for name, value in full_undo.items()
                     if name in ("PartitionKey", "RowKey") or _same(now.get(name), written[name])}
-    return "kept changing while it was being taken back"
+            if left_disabled := undo.get("Enabled") is True and now.get("Enabled") is not True:
+                del undo["Enabled"]
+    else:
+        return False, "kept changing while it was being taken back"
+    kept = (f"; the row was changed meanwhile, so it was left disabled rather than enabled again: `accounts enable "
+            f"{row.email} --kind {row.kind}` if it should be enabled") if left_disabled else ""
+    return True, kept + _hold_restored(table, replace(row, account_id=before.account_id), etag)
 
 
-def _carried_away(table: TableClient, row: AccountRow) -> str | None:
+def _hold_restored(table: TableClient, back: AccountRow, etag: str) -> str:
+    """The check after a take-back's merge (`etag`: what it left) that gave the row at back's key its
+    old account id, back's, again: another email's add or import of that id may have passed its own
+    check while our write had moved the id off this row. If one holds it, the row is disabled (kept,
+    id, name and link and all, so nothing is lost, but no second mailbox signs in to the account), and
+    what to add to the message says so; "" when none does (or the row no longer holds the id)."""
+    if not back.account_id or (held := _other_holder(back, holders_of(table, back.account_id, back.kind))) is None:
+        return ""
+    taken = f"; but {held.email} took its old account id {back.account_id} meanwhile, so the row at {back.email}, " \
+            f"which holds {back.account_id} again,"
+    for _ in range(WRITE_ATTEMPTS):
+        with storage_errors():
+            try:
+                table.update_entity({"PartitionKey": back.key, "RowKey": back.kind, "Enabled": False},
+                                    mode=UpdateMode.MERGE, etag=etag, match_condition=MatchConditions.IfNotModified)
+                return (f"{taken} was disabled (no second mailbox signs in to the account): remove one of the two, "
+                        f"then `accounts enable {back.email} --kind {back.kind}` if {back.email} keeps it")
+            except ResourceNotFoundError:
+                return ""  # removed since: it holds nothing
+            except ResourceModifiedError:
+                try:
+                    now = table.get_entity(back.key, back.kind)
+                except ResourceNotFoundError:
+                    return ""
+        if now.get("AccountId") != back.account_id:
+            return ""  # given another id since: it no longer shares this one
+        etag = now.metadata["etag"]
+    return f"{taken} kept changing while it was being disabled: remove one of the two"
+
+
+def _carried_away(table: TableClient, row: AccountRow) -> tuple[bool, str]:
     """After our write's row was found gone or holding another id (an admin removed or changed it, or
-    directory sync moved it to another email, account id and all): why our write still stands, None
-    when it does not. One query of the id's holders, only on this path: two or more other keys sign-in
-    reaches that hold it mean a move carried it away."""
+    directory sync moved it to another email, account id and all): (True, "") when our write no longer
+    stands, else (False, why it does). One query of the id's holders, only on this path: two or more
+    other keys sign-in reaches that hold it mean a move carried it away."""
     held = sorted(a.email for a in holders_of(table, row.account_id, row.kind)
                   if a.key != row.key and not a.moved_to and login_reaches(a.key))
     if len(held) < 2:
-        return None
-    return (f"was moved or changed while it was being taken back, and {' and '.join(held)} now hold the account id "
-            "(directory sync may have moved the row, account id and all, to another email)")
+        return True, ""
+    return False, (f"was moved or changed while it was being taken back, and {' and '.join(held)} now hold the "
+                   "account id (directory sync may have moved the row, account id and all, to another email)")
 
 
 def _taken_over(now: Account, before: Account | None) -> str | None:
@@ -897,11 +945,11 @@ def yield_if_shared(table: TableClient, row: AccountRow, before: Account | None,
     problem = held_elsewhere(row, holders)
     if problem is None:
         return None
-    stays = take_back(table, row, before, etag)
-    if stays is None:
-        return True, f"{problem}; that row was written {during}, so this write was taken back"
+    taken_back, said = take_back(table, row, before, etag)
+    if taken_back:
+        return True, f"{problem}; that row was written {during}, so this write was taken back{said}"
     return False, (f"written, but {problem}; that row was written {during}, and this write's row at {row.email} "
-                   f"{stays}: remove one of the two")
+                   f"{said}: remove one of the two")
 
 
 def by_account_id(accounts: Iterable[Account]) -> dict[tuple[str, str], list[Account]]:
@@ -1033,24 +1081,37 @@ def import_rows(table: TableClient, rows: list[AccountRow], progress: Callable[[
     Each email is its own partition, so a transaction can only group one email's user and agent rows: the
     speed comes from `workers` requests in flight at once. `progress(n)` is called (on this thread) as each
     n rows land. Raises DependencyUnavailable on the first storage failure, after the requests in flight
-    end; rows written until then stay (an import is idempotent, so running it again finishes it)."""
-    result = Imported()
+    end, its `imported` what the import got to (the rows written and refused until then); rows written
+    stay (an import is idempotent, so running it again finishes it)."""
+    result, counted = Imported(), set()
     partitions: dict[str, list[AccountRow]] = {}
     for row in rows:
         partitions.setdefault(row.key, []).append(row)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
-        pending = [pool.submit(_import_partition, table, group, stored, force) for group in partitions.values()]
-        try:
-            for done in as_completed(pending):
-                part = done.result()
-                result.written += part.written
-                result.refused += part.refused
-                result.gave += part.gave
-                if progress:
-                    progress(part.written + len(part.refused))
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
-    _hold_alone(table, result)
+
+    def count(done) -> None:
+        part = done.result()
+        counted.add(done)
+        result.written += part.written
+        result.refused += part.refused
+        result.gave += part.gave
+        if progress:
+            progress(part.written + len(part.refused))
+    pending = []
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="import") as pool:
+            pending = [pool.submit(_import_partition, table, group, stored, force) for group in partitions.values()]
+            try:
+                for done in as_completed(pending):
+                    count(done)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+        _hold_alone(table, result)
+    except DependencyUnavailable as err:
+        for future in pending:  # the pool has ended: each partition that was not cancelled has finished
+            if future not in counted and not future.cancelled() and future.exception() is None:
+                count(future)
+        err.imported = result
+        raise
     return result

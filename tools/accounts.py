@@ -45,6 +45,7 @@ from shared.accounts import (
     AccountConflict,
     AccountRow,
     AccountStore,
+    Imported,
     canonical_email,
     check_account,
     parse_enabled,
@@ -291,12 +292,19 @@ def cmd_add(args: argparse.Namespace) -> int:
     problems = check_account(email, args.kind, account_id, name)
     if problems:
         return _fail("; ".join(problems))
+    said = f"{args.kind} account {printable(account_id)} for {printable(canonical_email(email))}"
     try:
         before = _store(args).add(email, args.kind, account_id, name, enabled=not args.disabled, force=args.force)
     except AccountConflict as refused:
         return _fail(printable(str(refused)))
+    except DependencyUnavailable as err:
+        if getattr(err, "unchecked_write", False):
+            print(f"the {said} was written, but its check after the write (that no other email took the account id "
+                  "meanwhile) did not run to its end before storage failed: once storage is back, run `accounts check` "
+                  "(it lists an account id two mailboxes hold).", file=sys.stderr)
+        raise
     email = canonical_email(email)
-    said = f"{args.kind} account {printable(account_id)} for {printable(email)}{' (disabled)' if args.disabled else ''}"
+    said += " (disabled)" if args.disabled else ""
     if before is None:
         print(f"added {said}")
         return EXIT_OK
@@ -343,12 +351,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         result = store.import_rows(rows, progress=bar.advance, workers=args.workers, stored=stored, force=args.force)
-    except DependencyUnavailable:
+    except DependencyUnavailable as err:
         bar.close()
-        print(f"{bar.done} of {len(rows)} rows were written before storage failed, and the import's end check (that "
-              "no other email took one of their account ids meanwhile) did not run: importing is idempotent, so run "
-              "the same import again, then `accounts check` (it lists an account id two mailboxes hold).",
-              file=sys.stderr)
+        got = err.imported
+        _say_unwritten(got)
+        refused = f" and {len(got.refused)} not written (the lines above)" if got.refused else ""
+        print(f"{_rows_were(got.written, len(rows))} written{refused} before storage failed, and the import's end "
+              "check (that no other email took one of their account ids meanwhile) did not run to its end: importing "
+              "is idempotent, so run the same import again, then `accounts check` (it lists an account id two "
+              "mailboxes hold).", file=sys.stderr)
         raise
     bar.close()
     elapsed = time.monotonic() - started
@@ -357,16 +368,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     kinds = {kind: sum(1 for r in written if r.kind == kind) for kind in KINDS}
     print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
     _say_managed(written, stored)
+    _say_unwritten(result)
+    if result.refused:
+        print(f"{_rows_were(len(result.refused), len(rows))} not written (the lines above); the other {result.written} "
+              f"{'was' if result.written == 1 else 'were'} written.", file=sys.stderr)
+    return EXIT_BAD_INPUT if result.refused or result.stuck else EXIT_OK
+
+
+def _say_unwritten(result: Imported) -> None:
+    """The import's rows refused during it, and those written that share their account (stuck), by line."""
     for row, why in result.refused:
         print(f"line {row.line}: not written (changed during the import): {printable(why)}", file=sys.stderr)
     for row, why in result.stuck:
         print(f"line {row.line}: {printable(why)}", file=sys.stderr)  # "written, but ...": it stays
-    if result.refused:
-        n = len(result.refused)
-        print(f"{n} of {len(rows)} row{'s' if len(rows) != 1 else ''} {'was' if n == 1 else 'were'} not written (the "
-              f"lines above); the other {result.written} {'was' if result.written == 1 else 'were'} written.",
-              file=sys.stderr)
-    return EXIT_BAD_INPUT if result.refused or result.stuck else EXIT_OK
+
+
+def _rows_were(n: int, total: int) -> str:
+    return f"{n} of {total} row{'s' if total != 1 else ''} {'was' if n == 1 else 'were'}"
 
 
 def _refuse_rows(path: str, refused: list[tuple[AccountRow, str]], what: str, advice: str = "") -> int:
@@ -446,8 +464,8 @@ CHECK_ADVICE = {
     "enabled": "run enable or disable to store a real boolean",
     "moving": "change the account where the `what` column says sign-in finds it; where it finds it at neither "
               f"address, {MOVE_ADVICE}",
-    "shared": "two mailboxes sign in to one account (two writers at once, or an import stopped before its end "
-              "check): remove it at every address but its owner's (`remove EMAIL --kind K`)",
+    "shared": "two mailboxes hold one account (two writers at once, or an add or import stopped before its check "
+              "after the write): remove it at every address but its owner's (`remove EMAIL --kind K`)",
     "unaddressable": f"{UNADDRESSABLE}: nothing can change or remove it, and no sign-in reaches it; if it is "
                      "someone's account, add it under the address the directory has",
 }

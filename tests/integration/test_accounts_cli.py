@@ -188,7 +188,9 @@ def test_unreachable_storage_exits_2_quickly(tmp_path, tag, capsys):
     assert run(closed, "list") == 2
     assert run(closed, "add", f"x.{tag}@contoso.test", "--kind", "user", "--account-id", "U-1") == 2
     elapsed = time.monotonic() - started
-    assert "Table Storage is unreachable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Table Storage is unreachable" in err
+    assert "was written" not in err, "storage failed before the write: nothing was written"
     assert elapsed < 10, f"two commands against a closed port took {elapsed:.1f} s"
     bad = _write(tmp_path / "bad.csv", ["email,kind,account_id", "nope,user,U-1"])
     assert run(closed, "import", str(bad)) == 1, "the file is checked before storage is touched"
@@ -803,6 +805,19 @@ def _paused_after_its_check(monkeypatch, paused_thread: str, checked: threading.
     monkeypatch.setattr(AccountStore, "holders", holders)
 
 
+def _before_the_check_again(monkeypatch, window):
+    """`add`'s second query of the id's holders, its check again after its write, runs `window` first:
+    what it does lands between the write and that check."""
+    real, calls = AccountStore.holders, []
+
+    def holders(self, wanted, kind):
+        calls.append(1)
+        if len(calls) == 2:
+            window()
+        return real(self, wanted, kind)
+    monkeypatch.setattr(AccountStore, "holders", holders)
+
+
 @pytest.mark.parametrize("late_row", ["new", "existing of another id"])
 def test_an_add_that_checked_before_another_adds_write_takes_its_own_row_back(cs, store, tag, capsys, monkeypatch,
                                                                             late_row):
@@ -942,18 +957,13 @@ def test_a_change_in_the_window_before_the_check_again_does_not_keep_the_account
     account_id, a, b = f"U-WIN.{tag}", f"win-a.{tag}@contoso.test", f"win-b.{tag}@contoso.test"
     if late_row != "new":
         store.add(b, "user", f"U-B-OWN.{tag}")
-    real, calls = AccountStore.holders, []
-
-    def holders(self, wanted, kind):
-        calls.append(1)
-        if len(calls) == 2:  # B's check again, after its write: A's add and the other change land first
-            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
-            if late_row == "new":
-                store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
-            else:
-                store.update(b, "user", Enabled=False)
-        return real(self, wanted, kind)
-    monkeypatch.setattr(AccountStore, "holders", holders)
+    def window():  # B's check again, after its write: A's add and the other change land first
+        store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
+        if late_row == "new":
+            store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+        else:
+            store.update(b, "user", Enabled=False)
+    _before_the_check_again(monkeypatch, window)
     assert run(cs, "add", b, "--kind", "user", "--account-id", account_id) == 1
     assert f"is the user account of {a}" in capsys.readouterr().err
     monkeypatch.undo()
@@ -976,19 +986,14 @@ def test_a_take_back_after_a_change_in_the_window_puts_back_what_the_write_repla
     account_id, a, b = f"U-T1.{tag}", f"t1-a.{tag}@contoso.test", f"t1-b.{tag}@contoso.test"
     assert run(cs, "add", b, "--kind", "user", "--account-id", f"U-B-OWN.{tag}", "--name", "Bob Original",
                "--disabled") == 0
-    real, calls = AccountStore.holders, []
-
-    def holders(self, wanted, kind):
-        calls.append(1)
-        if len(calls) == 2:  # B's check again: A's add and the other change at B's row land first
-            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
-            if in_window == "login":
-                store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
-            else:
-                store._table.update_entity({"PartitionKey": b, "RowKey": "user", "DisplayName": "Renamed Since"},
-                                           mode=UpdateMode.MERGE)
-        return real(self, wanted, kind)
-    monkeypatch.setattr(AccountStore, "holders", holders)
+    def window():  # B's check again: A's add and the other change at B's row land first
+        store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
+        if in_window == "login":
+            store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+        else:
+            store._table.update_entity({"PartitionKey": b, "RowKey": "user", "DisplayName": "Renamed Since"},
+                                       mode=UpdateMode.MERGE)
+    _before_the_check_again(monkeypatch, window)
     assert run(cs, "add", b, "--kind", "user", "--account-id", account_id, "--name", "Replaced") == 1
     assert f"is the user account of {a}" in capsys.readouterr().err
     monkeypatch.undo()
@@ -1051,5 +1056,197 @@ def test_an_import_stopped_by_storage_before_its_end_check_is_said_and_check_and
         assert run(cs, "remove", c, "--kind", "user") == 0
         capsys.readouterr()
         assert run(cs, "check") == 0, capsys.readouterr().out
+    finally:
+        azurite.stop()
+
+
+@pytest.mark.parametrize("in_window", ["nothing else", "a disable", "a login"])
+def test_a_take_back_that_found_the_row_changed_never_enables_it(cs, store, tag, capsys, monkeypatch, in_window):
+    """b@ enabled, holding its own id; B's `add --disabled` wrote another id; A's add of that id landed
+    before B's check again, and with it a disable of b@ by a third admin (or a login). B's take-back
+    failed its etag check and, reading the row again, found Enabled false, what B had written too, so it
+    merged Enabled true back: the third admin's disable was undone. A take-back that finds the row
+    changed leaves it disabled (the safe direction) and says so; one that finds it as its write left it
+    enables it again."""
+    account_id, a, b = f"U-EN.{tag}", f"en-a.{tag}@contoso.test", f"en-b.{tag}@contoso.test"
+    assert run(cs, "add", b, "--kind", "user", "--account-id", f"U-B-OWN.{tag}") == 0
+    def window():  # B's check again: A's add and the other change at B's row land first
+        store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id, "Email": a})
+        if in_window == "a disable":
+            assert store.update(b, "user", Enabled=False)
+        elif in_window == "a login":
+            store.link_and_record_login(store.get(b, "user"), "tenant:in-the-window")
+    _before_the_check_again(monkeypatch, window)
+    capsys.readouterr()
+    assert run(cs, "add", b, "--kind", "user", "--account-id", account_id, "--disabled") == 1
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    assert f"is the user account of {a}" in err and "taken back" in err, err
+    kept = store.get(b, "user")
+    assert kept.account_id == f"U-B-OWN.{tag}", "its own id back"
+    if in_window == "nothing else":
+        assert kept.enabled is True, "the row as the write left it: the disable the write made is taken back too"
+        assert "left disabled" not in err, err
+    else:
+        assert kept.enabled is False, "a row changed since the write is never enabled by the take-back"
+        assert "left disabled" in err and f"accounts enable {b} --kind user" in err, err
+
+
+@pytest.mark.parametrize("writer", ["add", "import"])
+def test_a_take_back_whose_old_id_another_email_took_meanwhile_never_leaves_two_mailboxes_on_it(
+        cs, store, tag, tmp_path, capsys, monkeypatch, writer):
+    """b@ holds Y; B writes X at b@ (an add, or an import's row); before B's check again, A adds X at a@
+    and C adds Y at c@ (it passes: b@ holds X then). B took its write back, putting Y back at b@: two
+    mailboxes signed in to Y, B exited 1 saying only that its write was taken back, C exited 0. The
+    take-back is a write that gives an id, so it is checked again after it: b@ is left disabled (its
+    row, id, name and link kept) and the message names c@ and says to remove one of the two."""
+    x, y = f"U-X.{tag}", f"U-Y.{tag}"
+    a, b, c = f"old-a.{tag}@contoso.test", f"old-b.{tag}@contoso.test", f"old-c.{tag}@contoso.test"
+    assert run(cs, "add", b, "--kind", "user", "--account-id", y, "--name", "Bob Kept") == 0
+
+    def window():
+        store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": x, "Email": a})
+        assert run(cs, "add", c, "--kind", "user", "--account-id", y) == 0, "b@ holds X now: Y is free"
+
+    if writer == "add":
+        _before_the_check_again(monkeypatch, window)  # B's check again, after its write
+        argv = ("add", b, "--kind", "user", "--account-id", x, "--name", "Bob Kept")
+    else:
+        import shared.accounts
+
+        real_hold = shared.accounts._hold_alone
+
+        def hold(table, result):
+            window()  # after the import's writes, before its end check
+            return real_hold(table, result)
+        monkeypatch.setattr(shared.accounts, "_hold_alone", hold)
+        argv = ("import", str(_write(tmp_path / "b.csv", ["email,kind,account_id,name", f"{b},user,{x},Bob Kept"])))
+    capsys.readouterr()
+    assert run(cs, *argv) == 1
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    assert _holders(store, x) == [a], "the write of X taken back"
+    assert [h.email for h in store.holders(y, "user") if h.enabled] == [c], "one mailbox signs in to Y"
+    kept = store.get(b, "user")
+    assert (kept.account_id, kept.display_name, kept.enabled) == (y, "Bob Kept", False), \
+        "b@'s row is kept, with its id, disabled"
+    assert f"{c} took its old account id {y}" in err and "disabled" in err and "remove one of the two" in err, err
+    assert run(cs, "check") == 1, "still a finding for the admin: b@'s row and c@'s hold Y"
+    shared_lines = [line for line in capsys.readouterr().out.splitlines() if y in line and line.startswith("shared")]
+    assert len(shared_lines) == 2 and all("two mailboxes hold it (a disabled one" in line for line in shared_lines), \
+        shared_lines
+
+
+def test_an_add_cut_off_by_storage_before_its_check_after_the_write_says_it_was_written(tmp_path, tag, capsys,
+                                                                                        monkeypatch):
+    """Storage goes away after the add's write, before its check again (A's add of the id at a@ landed
+    first): it said only "Table Storage is unreachable", exit 2, and b@'s row stayed, sharing the id.
+    It says, as a cut-off import does, that the account was written and its check did not run, and to
+    run `accounts check`, which lists the shared id once storage is back."""
+    from tools.stack import start_azurite
+
+    azurite = start_azurite(workdir=tmp_path, on_disk=True)
+    try:
+        cs = azurite.connection_string
+        account_id, a, b = f"U-CUT.{tag}", f"cut-a.{tag}@contoso.test", f"cut-b.{tag}@contoso.test"
+        store = accounts.connect(cs, None)
+        def window():  # the check after the write
+            store._table.create_entity({"PartitionKey": a, "RowKey": "user", "AccountId": account_id,
+                                        "Email": a})
+            azurite.stop()
+        _before_the_check_again(monkeypatch, window)
+        assert run(cs, "add", b, "--kind", "user", "--account-id", account_id) == 2
+        err = capsys.readouterr().err
+        monkeypatch.undo()
+        assert "Table Storage is unreachable" in err, err
+        assert f"user account {account_id} for {b} was written" in err and "did not run" in err and \
+            "accounts check" in err, err
+        azurite = start_azurite(azurite.port, workdir=tmp_path, key=azurite.account_key, on_disk=True)
+        assert run(cs, "check") == 1
+        out = capsys.readouterr().out
+        assert len([line for line in out.splitlines() if account_id in line and line.startswith("shared")]) == 2, out
+    finally:
+        azurite.stop()
+
+
+def test_an_import_cut_off_by_storage_counts_only_the_rows_written_and_says_why_the_others_were_not(
+        tmp_path, tag, capsys, monkeypatch):
+    """A login links a@'s row under its old id during the import (so its row is refused: re-pointing a
+    linked person), then storage goes away before the end check. The message said "2 of 2 rows were
+    written" and never why a@'s was not. It counts the written rows alone and prints the refused ones
+    with their reasons, as far as the import got."""
+    import shared.accounts
+    from tools.stack import start_azurite
+
+    azurite = start_azurite(workdir=tmp_path)
+    try:
+        cs = azurite.connection_string
+        a, n = f"imp-a.{tag}@contoso.test", f"imp-n.{tag}@contoso.test"
+        store = accounts.connect(cs, None)
+        assert run(cs, "add", a, "--kind", "user", "--account-id", f"U-A-OLD.{tag}") == 0
+        csv_file = _write(tmp_path / "cut.csv", ["email,kind,account_id", f"{a},user,U-A-NEW.{tag}",
+                                                 f"{n},user,U-N.{tag}"])
+        real_write, real_hold, linked = shared.accounts._write_partition, shared.accounts._hold_alone, []
+
+        def write(table, rows, known):
+            if rows[0].email == a and not linked:  # a login in the window between the scan and the write
+                linked.append(1)
+                store.link_and_record_login(store.get(a, "user"), "tenant:someone")
+            return real_write(table, rows, known)
+
+        def hold(table, result):
+            azurite.stop()
+            return real_hold(table, result)
+        monkeypatch.setattr(shared.accounts, "_write_partition", write)
+        monkeypatch.setattr(shared.accounts, "_hold_alone", hold)
+        capsys.readouterr()
+        assert run(cs, "import", str(csv_file), "--workers", "1") == 2
+        err = capsys.readouterr().err
+        assert "1 of 2 rows were written" in err or "1 of 2 rows was written" in err, err
+        assert "2 of 2 rows" not in err, err
+        assert f"line 2: not written (changed during the import): the user account of {a} is U-A-OLD.{tag}, " \
+               "linked to tenant:someone" in err, err
+        assert "end check" in err and "did not run" in err and "accounts check" in err, err
+    finally:
+        azurite.stop()
+
+
+def test_an_import_cut_off_by_storage_counts_a_row_whose_write_ended_after_the_failure(tmp_path, tag, capsys,
+                                                                                       monkeypatch):
+    """Two partitions in flight: one's write lands, and it returns only after storage failed for the
+    other and the import began to stop. Its row is written, so the message counts it."""
+    import concurrent.futures
+
+    import shared.accounts
+    from tools.stack import start_azurite
+
+    azurite = start_azurite(workdir=tmp_path)
+    try:
+        cs = azurite.connection_string
+        first, second = f"late-1.{tag}@contoso.test", f"late-2.{tag}@contoso.test"
+        csv_file = _write(tmp_path / "late.csv", ["email,kind,account_id", f"{first},user,U-L1.{tag}",
+                                                  f"{second},user,U-L2.{tag}"])
+        real_write, real_cancel = shared.accounts._write_partition, concurrent.futures.Future.cancel
+        landed, stopping = threading.Event(), threading.Event()
+
+        def write(table, rows, known):
+            if rows[0].email == first:
+                etags = real_write(table, rows, known)
+                landed.set()
+                assert stopping.wait(30), "the import never stopped"
+                return etags
+            assert landed.wait(30)
+            azurite.stop()
+            return real_write(table, rows, known)
+
+        def cancel(future):
+            stopping.set()  # the import has seen the failure and cancels what is left
+            return real_cancel(future)
+        monkeypatch.setattr(shared.accounts, "_write_partition", write)
+        monkeypatch.setattr(concurrent.futures.Future, "cancel", cancel)
+        capsys.readouterr()
+        assert run(cs, "import", str(csv_file), "--workers", "2") == 2
+        err = capsys.readouterr().err
+        assert "1 of 2 rows was written before storage failed" in err, err
     finally:
         azurite.stop()
