@@ -203,6 +203,13 @@ class TableScimStorage(ScimStorage):
         self._read[scim_id] = person
         return person
 
+    def user_name(self, scim_id: str) -> str:
+        """The userName of person `scim_id` as this request last read or wrote it, "" when it read no
+        such person: the audit row's, where no body names one (a PATCH answers 204 with a PatchOp
+        sent, a DELETE has no body), with no read of its own."""
+        person = self._read.get(scim_id)
+        return str(person.row.get("UserName") or "") if person is not None else ""
+
     def _exists(self, scim_id: str) -> bool:
         return self._person(scim_id) is not None
 
