@@ -103,6 +103,13 @@ def text_problem(text: str, allowed: frozenset[str] = frozenset()) -> str | None
 NAME_JOINERS = frozenset("\u200c\u200d")
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be an account's DisplayName, by its characters (None when it can): the rule
+    of `add`, `import` and directory sync alike (a name is the session token's `name` when the ID
+    token has none, log text, and what `list` prints)."""
+    return text_problem(name, NAME_JOINERS)
+
+
 def email_problem(raw: object) -> str | None:
     """Why `raw` cannot be an account's email (None when it can). The text never holds the address
     itself, so it is safe in a log line; it names the offending character by code point."""
@@ -733,7 +740,7 @@ def check_account(email: str, kind: str, account_id: str, name: str = "") -> lis
                         "session token's sub may have")
     elif problem := text_problem(account_id):  # it is the token's `sub`, and log text
         problems.append(f"account_id '{printable(account_id)}' is refused: it {problem}")
-    if problem := text_problem(name or "", NAME_JOINERS):
+    if problem := name_problem(name or ""):
         problems.append(f"name '{printable(name)}' is refused: it {problem}")
     elif (units := utf16_units(name or "")) > MAX_TEXT_UNITS:
         problems.append(f"name is {units} UTF-16 units long, over the {MAX_TEXT_UNITS} a Table string property "

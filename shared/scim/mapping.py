@@ -72,6 +72,20 @@ def check_text(value: str | None, attribute: str, limit: int) -> None:
         raise MappingError(f"{attribute}: holds control characters or a lone surrogate")
 
 
+def display_name(display: str | None, formatted: str | None, kept: str | None = None) -> str:
+    """The accounts' DisplayName: displayName, else name.formatted, held to the accounts' own rule
+    for a name (accounts.name_problem) and displayName's length whichever it came from; MappingError
+    names that attribute. A name equal to `kept` (the person's as stored, which an earlier version
+    accepted) is not refused again: every later write of the person, Entra's disable included, would be."""
+    name, attribute = (display, "displayName") if display else (formatted or "", "name.formatted")
+    if name != kept:
+        if problem := accounts.name_problem(name):
+            raise MappingError(f"{attribute}: {problem}")
+        if len(name) > MAX_USER_NAME:
+            raise MappingError(f"{attribute}: longer than {MAX_USER_NAME} characters")
+    return name
+
+
 def chosen_email(emails: list[dict]) -> str | None:
     """The portal account's email: the `work` one, else the primary, else the first."""
     values = [e for e in emails or [] if e.get("value")]

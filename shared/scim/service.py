@@ -88,7 +88,8 @@ def _operation(request: ScimHttpRequest) -> str:
     return f"{method if method.isascii() and method.isalpha() else '{method}'} {shown}"
 
 
-def _user_name(request: ScimHttpRequest, body: dict | None) -> str:
+def _user_name(request: ScimHttpRequest, body) -> str:
+    """The userName the response's or the request's body names, "" when neither does."""
     for source in (body, _json(request.body)):
         if isinstance(source, dict) and isinstance(source.get("userName"), str):
             return source["userName"]
@@ -142,7 +143,7 @@ class DirectorySync:
             return self._finish(event, error_reply(413, f"The body is larger than {MAX_BODY} bytes.", "tooLarge"),
                                 "tooLarge", started)
         try:
-            reply, body = self._protocol(request, config)
+            reply, body, storage = self._protocol(request, config)
         except DependencyUnavailable as exc:
             return self._finish(event, error_reply(503, "Directory sync is temporarily unavailable; retry.",
                                                    headers={"Retry-After": str(exc.retry_after or RETRY_AFTER)}),
@@ -156,16 +157,16 @@ class DirectorySync:
         if isinstance(body, dict):
             if body.get("id") and event.scim_id == "":
                 event.scim_id = str(body["id"])
-            event.user_name = _user_name(request, body)
             reason = body.get("scimType") or ("ok" if reply.status < 400 else f"http_{reply.status}")
             if reply.status >= 400:
                 event.detail = str(body.get("detail") or "")
         else:
-            event.user_name = _user_name(request, None)
             reason = "ok" if reply.status < 400 else f"http_{reply.status}"
+        event.user_name = _user_name(request, body) or storage.user_name(event.scim_id)
         return self._finish(event, reply, reason, started)
 
-    def _protocol(self, request: ScimHttpRequest, config) -> tuple[Reply, dict | None]:
+    def _protocol(self, request: ScimHttpRequest, config):
+        """The reply, the SCIM body it carries (or None), and the storage that answered (engine.py)."""
         from scim2_server.requests import ScimRequest
 
         from . import engine as protocol
@@ -178,14 +179,14 @@ class DirectorySync:
         scim_request = ScimRequest(method=request.method.upper(), base_url=f"{settings.public_base_url}/api/scim/v2",
                                    path=request.path or "/", query=request.query, headers=request.headers,
                                    body=request.body)
-        response = self.state.engine().handle(
+        response, storage = self.state.engine().handle(
             scim_request, lambda: protocol.storage(users, accounts, config.default_kind, tenant))
         headers = {k: v for k, v in response.headers.items() if k.lower() != "content-type"}
         headers["Cache-Control"] = "no-store"
         if int(response.status) == 503:
             headers.setdefault("Retry-After", str(RETRY_AFTER))
         text = protocol.response_json(response)
-        return Reply(int(response.status), text, MEDIA_TYPE, headers), response.body
+        return Reply(int(response.status), text, MEDIA_TYPE, headers), response.body, storage
 
     def _finish(self, event: DirectoryEvent, reply: Reply, reason: str, started: float) -> Reply:
         """The DirectoryEvents row for every write and every refused request, before the response

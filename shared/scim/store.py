@@ -132,6 +132,11 @@ class Person:
                          version=version_tag(self.version))
         return user
 
+    def display_name(self) -> str:
+        """The accounts' name as the stored resource gives it (mapping.display_name), not checked again."""
+        resource = json.loads(self.row["Resource"])
+        return resource.get("displayName") or (resource.get("name") or {}).get("formatted") or ""
+
     def keys(self) -> dict[str, str]:
         return {BY_USER_NAME: self.row.get("UserNameKey") or "", BY_EXTERNAL_ID: self.row.get("ExternalIdKey") or "",
                 BY_EMAIL: self.row.get("EmailKey") or ""}
@@ -144,13 +149,15 @@ class Person:
 
 
 class Facts:
-    """What a SCIM User gives the portal (mapping.py), checked: MappingError -> invalidValue."""
+    """What a SCIM User gives the portal (mapping.py), checked: MappingError -> invalidValue. `kept`:
+    the display name the person has as stored (mapping.display_name), for an update."""
 
-    def __init__(self, user: User, default_kind: str | None, tenant: str | None):
+    def __init__(self, user: User, default_kind: str | None, tenant: str | None, kept: str | None = None):
         try:
             mapping.check_text(user.user_name, "userName", mapping.MAX_USER_NAME)
             mapping.check_text(user.external_id, "externalId", mapping.MAX_EXTERNAL_ID)
-            mapping.check_text(user.display_name, "displayName", mapping.MAX_USER_NAME)
+            self.display_name = mapping.display_name(user.display_name, user.name.formatted if user.name else None,
+                                                     kept)
             if not user.user_name or not user.user_name.strip():
                 raise mapping.MappingError("userName: required")
             emails = [e.model_dump() for e in user.emails or []]
@@ -166,7 +173,6 @@ class Facts:
         self.active = user.active is not False
         self.link = mapping.link_of(user.external_id, tenant)
         self.object_id = mapping.object_id_of(user.external_id)
-        self.display_name = user.display_name or (user.name.formatted if user.name else None) or ""
 
     def keys(self) -> dict[str, str]:
         return {BY_USER_NAME: self.user_name_key, BY_EXTERNAL_ID: self.external_id_key, BY_EMAIL: self.email_key}
@@ -202,6 +208,13 @@ class TableScimStorage(ScimStorage):
             return None
         self._read[scim_id] = person
         return person
+
+    def user_name(self, scim_id: str) -> str:
+        """The userName of person `scim_id` as this request last read or wrote it, "" when it read no
+        such person: the audit row's, where no body names one (a PATCH answers 204 with a PatchOp
+        sent, a DELETE has no body), with no read of its own."""
+        person = self._read.get(scim_id)
+        return str(person.row.get("UserName") or "") if person is not None else ""
 
     def _exists(self, scim_id: str) -> bool:
         return self._person(scim_id) is not None
@@ -401,7 +414,7 @@ class TableScimStorage(ScimStorage):
             raise self._gone(scim_id)
         if expected_version is not None and expected_version != version_tag(person.version):
             raise PreconditionFailedException(detail="the User changed since it was read")
-        facts = Facts(resource, self._default_kind, self._tenant)
+        facts = Facts(resource, self._default_kind, self._tenant, person.display_name())
         row = self._row(scim_id, resource, facts, person.version + 1, person.row["Created"])  # before any write
         old = person.keys()
         for partition, key in facts.keys().items():
