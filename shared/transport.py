@@ -221,10 +221,14 @@ class DirectSession(requests.Session):
             sent["Content-Length"] = str(len(body))
         elif method not in ("GET", "HEAD"):
             sent.setdefault("Content-Length", "0")  # as requests sends it
+        timeouts, allowed = _timeout(timeout)
+        started = time.monotonic()
         try:
-            raw = self._pools.urlopen(method, url, body=body, headers=sent, timeout=_timeout(timeout),
+            raw = self._pools.urlopen(method, url, body=body, headers=sent, timeout=timeouts,
                                       redirect=False, retries=False, assert_same_host=False,
-                                      preload_content=not stream, decode_content=True)
+                                      preload_content=False, decode_content=True)
+            if not stream:
+                content = _read_body(raw, None if allowed is None else started + allowed, url)
         except urllib3.exceptions.HTTPError as exc:
             raise _requests_error(exc) from exc
         except OSError as exc:
@@ -234,8 +238,49 @@ class DirectSession(requests.Session):
         response.headers = CaseInsensitiveDict(raw.headers)
         response.encoding = get_encoding_from_headers(response.headers)
         if not stream:
-            response._content, response._content_consumed = raw.data, True
+            response._content, response._content_consumed = content, True
         return response
+
+
+READ_PIECE = 64 * 1024  # decoded bytes asked for per read of a body
+
+
+def _read_body(raw: urllib3.BaseHTTPResponse, deadline: float | None, url: str) -> bytes:
+    """The answer's body, decoded, read a piece at a time (each piece at most one read of the socket
+    for a body of known length) with the socket's timeout shrunk to what is left before `deadline`.
+    A timeout bounds one read of the socket: a peer that sent its headers, then a byte every second,
+    held a call with a 2 s read timeout for 12 s, and the tables' first making sure of (6 s read
+    timeout, 6 s budget) for 20 s. Past the deadline it is urllib3's read timeout (requests'
+    ReadTimeout, azure-core's ServiceResponseTimeoutError), and the connection is dropped, not pooled."""
+    pieces = []
+    sock = _socket_of(raw) if deadline is not None else None
+    try:
+        while True:
+            if sock is not None and not raw.closed:  # once closed, the connection may be another call's
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise urllib3.exceptions.ReadTimeoutError(None, url, "the answer was not in within the "
+                                                              "call's timeouts")
+                sock.settimeout(left)
+            piece = raw.read1(READ_PIECE)
+            if not piece:
+                return b"".join(pieces)
+            pieces.append(piece)
+    except BaseException:
+        raw.close()  # mid-answer: the connection cannot carry another request
+        raw.release_conn()
+        raise
+
+
+def _socket_of(raw: urllib3.BaseHTTPResponse):
+    """The socket a body is read from: the connection's while it is kept alive. An answer that closes
+    the connection (`Connection: close`) leaves it to http.client's file alone, named only privately
+    (urllib3's `_fp`, the file's socket); None if they ever change, and the body is then read as before."""
+    connection = raw.connection
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        sock = getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
+    return sock if hasattr(sock, "settimeout") else None
 
 
 def _body(data: bytes | str | dict | None, headers: CaseInsensitiveDict) -> bytes | None:
@@ -248,11 +293,13 @@ def _body(data: bytes | str | dict | None, headers: CaseInsensitiveDict) -> byte
     return data
 
 
-def _timeout(timeout) -> urllib3.Timeout:
+def _timeout(timeout) -> tuple[urllib3.Timeout, float | None]:
+    """urllib3's timeouts, and how long the whole call may take: its connect and read timeouts
+    together (None: no bound, as the caller asked)."""
     if isinstance(timeout, urllib3.Timeout):
-        return timeout
+        return timeout, None
     connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
-    return urllib3.Timeout(connect=connect, read=read)
+    return urllib3.Timeout(connect=connect, read=read), None if read is None else (connect or 0) + read
 
 
 def _requests_error(exc: urllib3.exceptions.HTTPError) -> requests.RequestException:

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from shared.transport import IdpSession
+from tests.support.raw_answer import trickled
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -88,3 +89,20 @@ def test_no_proxy_in_the_environment_means_direct_connections(recorder, monkeypa
     session = IdpSession(read_timeout=5, environ={})
     assert session.get(f"http://127.0.0.1:{recorder.server_port}/x").text == "ok"
     assert recorder.seen == ["GET /x HTTP/1.1"]
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["kept-alive", "connection-close"])
+def test_an_answer_trickled_after_its_headers_is_cut_at_the_timeouts_not_read_for_as_long_as_it_lasts(close):
+    """Headers at once, then a byte every 0.2 s: each read of the socket came within the read timeout,
+    so a per-read timeout never fired and a GET with read timeout 2 s answered 200 after 12 s. The
+    whole call is bounded now, by its connect and read timeouts together (0.5 + 0.5 s here)."""
+    with trickled(b'{"keys": []}' + b" " * 28, every=0.2, close=close) as peer:  # 40 bytes: 8 s
+        session = IdpSession(read_timeout=0.5, environ={})
+        started = time.monotonic()
+        with pytest.raises(requests.ReadTimeout):
+            session.get(f"{peer.url}/jwks")
+        assert time.monotonic() - started < 1.5, "cut at the call's timeouts, not when the peer was done"
+    with trickled(b'{"keys": []}', every=0.05, piece=3) as peer:  # 4 pieces: 0.2 s, within the 1 s
+        assert IdpSession(read_timeout=0.5, environ={}).get(f"{peer.url}/jwks").json() == {"keys": []}, \
+            "an answer read in several pieces within the timeouts is whole"
+
