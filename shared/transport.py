@@ -34,6 +34,11 @@ READ_TIMEOUT = 6
 RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.2, "timeout": READ_TIMEOUT}
 TIMEOUTS = {"connection_timeout": 3, "read_timeout": READ_TIMEOUT}
 IDP_CONNECT_TIMEOUT = 5.0  # a refused connection fails at once; this bounds a silent one (no SYN-ACK)
+# What an IdP answer may decode to (it is asked for gzip): discovery is ~2 KB, the keys ~10 KB, a token
+# answer a few KB. Table Storage's answers have no limit (StorageSession): they come from our own
+# account, authenticated, uncompressed (the SDK asks for no encoding), and a legitimate query page may
+# hold 1,000 rows of up to 1 MiB each, which a limit small enough to matter could cut.
+IDP_ANSWER_LIMIT = 2**20
 # The managed-identity credential's budget per token request: a failing identity endpoint is a 503 in
 # under 3 s (RELIABILITY.md), its two quick retries (0 s, then 0.4 s apart) well within it.
 CREDENTIAL_RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.2}
@@ -187,11 +192,13 @@ class DirectSession(requests.Session):
     Anything else takes requests' own path. `with_session_headers`: whether the session's default
     headers (User-Agent, Accept-Encoding...) go with each request, as `requests` would send them."""
 
-    def __init__(self, environ: Mapping[str, str] = os.environ, *, with_session_headers: bool):
+    def __init__(self, environ: Mapping[str, str] = os.environ, *, with_session_headers: bool,
+                 answer_limit: int | None = None):
         super().__init__()
         self.trust_env = False
         self.verify = ca_bundle(environ)
         self._with_session_headers = with_session_headers
+        self._answer_limit = answer_limit  # decoded bytes of a body read in full; None: no limit
         # No retries or redirects of urllib3's own: the SDK's retry policy (or the caller) decides.
         context = tls_context(self.verify)
         self._pools = None if context is None else urllib3.PoolManager(maxsize=POOL_SIZE, retries=False,
@@ -228,9 +235,11 @@ class DirectSession(requests.Session):
                                       redirect=False, retries=False, assert_same_host=False,
                                       preload_content=False, decode_content=True)
             if not stream:
-                content = _read_body(raw, None if allowed is None else started + allowed, url)
+                content = _read_body(raw, None if allowed is None else started + allowed, url, self._answer_limit)
         except urllib3.exceptions.HTTPError as exc:
             raise _requests_error(exc) from exc
+        except requests.RequestException:  # AnswerTooLarge: an OSError too, and already requests' own
+            raise
         except OSError as exc:
             raise requests.ConnectionError(exc) from exc
         response = requests.Response()
@@ -245,14 +254,21 @@ class DirectSession(requests.Session):
 READ_PIECE = 64 * 1024  # decoded bytes asked for per read of a body
 
 
-def _read_body(raw: urllib3.BaseHTTPResponse, deadline: float | None, url: str) -> bytes:
+class AnswerTooLarge(requests.RequestException):
+    """The answer's body decoded to more than the session takes (IDP_ANSWER_LIMIT): a requests error,
+    so every IdP caller makes it the IdP's 503, as it does a timeout."""
+
+
+def _read_body(raw: urllib3.BaseHTTPResponse, deadline: float | None, url: str, limit: int | None) -> bytes:
     """The answer's body, decoded, read a piece at a time (each piece at most one read of the socket
     for a body of known length) with the socket's timeout shrunk to what is left before `deadline`.
     A timeout bounds one read of the socket: a peer that sent its headers, then a byte every second,
     held a call with a 2 s read timeout for 12 s, and the tables' first making sure of (6 s read
     timeout, 6 s budget) for 20 s. Past the deadline it is urllib3's read timeout (requests'
-    ReadTimeout, azure-core's ServiceResponseTimeoutError), and the connection is dropped, not pooled."""
-    pieces = []
+    ReadTimeout, azure-core's ServiceResponseTimeoutError); past `limit` decoded bytes AnswerTooLarge,
+    having held at most one piece more (urllib3 decodes no more than a piece asks: a 305 KB gzip body
+    was once decoded whole, 314 MB). Either way the connection is dropped, not pooled."""
+    pieces, size = [], 0
     sock = _socket_of(raw) if deadline is not None else None
     try:
         while True:
@@ -265,6 +281,9 @@ def _read_body(raw: urllib3.BaseHTTPResponse, deadline: float | None, url: str) 
             piece = raw.read1(READ_PIECE)
             if not piece:
                 return b"".join(pieces)
+            size += len(piece)
+            if limit is not None and size > limit:
+                raise AnswerTooLarge(f"the answer of {url.split('?')[0]} decodes to more than {limit} bytes")
             pieces.append(piece)
     except BaseException:
         raw.close()  # mid-answer: the connection cannot carry another request
@@ -340,7 +359,7 @@ class IdpSession(DirectSession):
     bundle, proxies) is read once here: with `trust_env` on, `requests` re-reads it on every call."""
 
     def __init__(self, read_timeout: float, environ: Mapping[str, str] = os.environ):
-        super().__init__(environ, with_session_headers=True)
+        super().__init__(environ, with_session_headers=True, answer_limit=IDP_ANSWER_LIMIT)
         self.timeout = (min(IDP_CONNECT_TIMEOUT, read_timeout), read_timeout)
         self._proxies = {k: v for k, v in _environ_proxies(environ).items() if k in ("http", "https", "no")}
 
