@@ -27,6 +27,7 @@ from tests.integration.test_tables_access import BlackHole
 from tests.support.hostile_flow import switch_to
 from tests.support.hostile_idp import HostileIdp
 from tests.support.portal import assert_error_page, start_login
+from tests.support.raw_answer import Listener
 from tests.unit.test_config import env
 from tools.stack import azurite_connection_string, new_account_key
 
@@ -167,43 +168,21 @@ def test_a_cold_workers_first_uses_of_its_stores_against_silent_storage_share_on
 
 # ---- Key Vault ----
 
-class SilentTls:
+class SilentTls(Listener):
     """A vault that completes the TLS handshake, then reads whatever comes and never answers."""
 
     def __init__(self, ca) -> None:
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(str(ca.server_cert), str(ca.server_key))
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"https://127.0.0.1:{self._listener.getsockname()[1]}"
-        self.connections = 0
-        self._held: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__("https")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                self._held.append(conn)
-            threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
-
-    def _swallow(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         try:
             tls = self._context.wrap_socket(conn, server_side=True)
             while tls.recv(65536):
                 pass
         except OSError:
             pass
-
-    def close(self) -> None:
-        self._listener.close()
-        with self._lock:
-            for conn in self._held:
-                conn.close()
 
 
 @pytest.fixture
