@@ -78,17 +78,28 @@ class Runtime:
         s = self.settings
         return Tables.from_settings(s.tables_connection_string, s.tables_endpoint, self.credential)
 
-    @cached_property
+    @property
     def flows(self) -> FlowStore:
-        return FlowStore(self.tables.client(FLOWS_TABLE))
+        return self._store("_flows", FlowStore, FLOWS_TABLE)
 
-    @cached_property
+    @property
     def accounts(self) -> AccountStore:
-        return AccountStore(self.tables.client(ACCOUNTS_TABLE))
+        return self._store("_accounts", AccountStore, ACCOUNTS_TABLE)
 
-    @cached_property
+    @property
     def events(self) -> SignInEvents:
-        return SignInEvents(self.tables.client(EVENTS_TABLE))
+        return self._store("_events", SignInEvents, EVENTS_TABLE)
+
+    def _store(self, key: str, store: Callable, table: str):
+        """Built once, with no lock held. Not a cached_property: Python 3.11's holds a lock per property
+        while it computes, and this waits on the tables being made sure of (a network call): concurrent
+        cold requests queued, and each started a new attempt after the one before failed (503s at 6, 12,
+        18, 24 s). The tables share one attempt among their first uses (tables.py); two built at once
+        here keep the first."""
+        found = self.__dict__.get(key)
+        if found is None:
+            found = self.__dict__.setdefault(key, store(self.tables.client(table)))
+        return found
 
     @cached_property
     def secrets(self):

@@ -34,6 +34,11 @@ READ_TIMEOUT = 6
 RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.2, "timeout": READ_TIMEOUT}
 TIMEOUTS = {"connection_timeout": 3, "read_timeout": READ_TIMEOUT}
 IDP_CONNECT_TIMEOUT = 5.0  # a refused connection fails at once; this bounds a silent one (no SYN-ACK)
+# What an IdP answer may decode to (it is asked for gzip): discovery is ~2 KB, the keys ~10 KB, a token
+# answer a few KB. Table Storage's answers have no limit (StorageSession): they come from our own
+# account, authenticated, uncompressed (the SDK asks for no encoding), and a legitimate query page may
+# hold 1,000 rows of up to 1 MiB each, which a limit small enough to matter could cut.
+IDP_ANSWER_LIMIT = 2**20
 # The managed-identity credential's budget per token request: a failing identity endpoint is a 503 in
 # under 3 s (RELIABILITY.md), its two quick retries (0 s, then 0.4 s apart) well within it.
 CREDENTIAL_RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.2}
@@ -187,11 +192,13 @@ class DirectSession(requests.Session):
     Anything else takes requests' own path. `with_session_headers`: whether the session's default
     headers (User-Agent, Accept-Encoding...) go with each request, as `requests` would send them."""
 
-    def __init__(self, environ: Mapping[str, str] = os.environ, *, with_session_headers: bool):
+    def __init__(self, environ: Mapping[str, str] = os.environ, *, with_session_headers: bool,
+                 answer_limit: int | None = None):
         super().__init__()
         self.trust_env = False
         self.verify = ca_bundle(environ)
         self._with_session_headers = with_session_headers
+        self._answer_limit = answer_limit  # decoded bytes of a body read in full; None: no limit
         # No retries or redirects of urllib3's own: the SDK's retry policy (or the caller) decides.
         context = tls_context(self.verify)
         self._pools = None if context is None else urllib3.PoolManager(maxsize=POOL_SIZE, retries=False,
@@ -221,12 +228,18 @@ class DirectSession(requests.Session):
             sent["Content-Length"] = str(len(body))
         elif method not in ("GET", "HEAD"):
             sent.setdefault("Content-Length", "0")  # as requests sends it
+        timeouts, allowed = _timeout(timeout)
+        started = time.monotonic()
         try:
-            raw = self._pools.urlopen(method, url, body=body, headers=sent, timeout=_timeout(timeout),
+            raw = self._pools.urlopen(method, url, body=body, headers=sent, timeout=timeouts,
                                       redirect=False, retries=False, assert_same_host=False,
-                                      preload_content=not stream, decode_content=True)
+                                      preload_content=False, decode_content=True)
+            if not stream:
+                content = _read_body(raw, None if allowed is None else started + allowed, url, self._answer_limit)
         except urllib3.exceptions.HTTPError as exc:
             raise _requests_error(exc) from exc
+        except requests.RequestException:  # AnswerTooLarge: an OSError too, and already requests' own
+            raise
         except OSError as exc:
             raise requests.ConnectionError(exc) from exc
         response = requests.Response()
@@ -234,8 +247,59 @@ class DirectSession(requests.Session):
         response.headers = CaseInsensitiveDict(raw.headers)
         response.encoding = get_encoding_from_headers(response.headers)
         if not stream:
-            response._content, response._content_consumed = raw.data, True
+            response._content, response._content_consumed = content, True
         return response
+
+
+READ_PIECE = 64 * 1024  # decoded bytes asked for per read of a body
+
+
+class AnswerTooLarge(requests.RequestException):
+    """The answer's body decoded to more than the session takes (IDP_ANSWER_LIMIT): a requests error,
+    so every IdP caller makes it the IdP's 503, as it does a timeout."""
+
+
+def _read_body(raw: urllib3.BaseHTTPResponse, deadline: float | None, url: str, limit: int | None) -> bytes:
+    """The answer's body, decoded, read a piece at a time (each piece at most one read of the socket
+    for a body of known length) with the socket's timeout shrunk to what is left before `deadline`.
+    A timeout bounds one read of the socket: a peer that sent its headers, then a byte every second,
+    held a call with a 2 s read timeout for 12 s, and the tables' first making sure of (6 s read
+    timeout, 6 s budget) for 20 s. Past the deadline it is urllib3's read timeout (requests'
+    ReadTimeout, azure-core's ServiceResponseTimeoutError); past `limit` decoded bytes AnswerTooLarge,
+    having held at most one piece more (urllib3 decodes no more than a piece asks: a 305 KB gzip body
+    was once decoded whole, 314 MB). Either way the connection is dropped, not pooled."""
+    pieces, size = [], 0
+    sock = _socket_of(raw) if deadline is not None else None
+    try:
+        while True:
+            if sock is not None and not raw.closed:  # once closed, the connection may be another call's
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise urllib3.exceptions.ReadTimeoutError(None, url, "the answer was not in within the "
+                                                              "call's timeouts")
+                sock.settimeout(left)
+            piece = raw.read1(READ_PIECE)
+            if not piece:
+                return b"".join(pieces)
+            size += len(piece)
+            if limit is not None and size > limit:
+                raise AnswerTooLarge(f"the answer of {url.split('?')[0]} decodes to more than {limit} bytes")
+            pieces.append(piece)
+    except BaseException:
+        raw.close()  # mid-answer: the connection cannot carry another request
+        raw.release_conn()
+        raise
+
+
+def _socket_of(raw: urllib3.BaseHTTPResponse):
+    """The socket a body is read from: the connection's while it is kept alive. An answer that closes
+    the connection (`Connection: close`) leaves it to http.client's file alone, named only privately
+    (urllib3's `_fp`, the file's socket); None if they ever change, and the body is then read as before."""
+    connection = raw.connection
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        sock = getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
+    return sock if hasattr(sock, "settimeout") else None
 
 
 def _body(data: bytes | str | dict | None, headers: CaseInsensitiveDict) -> bytes | None:
@@ -248,11 +312,13 @@ def _body(data: bytes | str | dict | None, headers: CaseInsensitiveDict) -> byte
     return data
 
 
-def _timeout(timeout) -> urllib3.Timeout:
+def _timeout(timeout) -> tuple[urllib3.Timeout, float | None]:
+    """urllib3's timeouts, and how long the whole call may take: its connect and read timeouts
+    together (None: no bound, as the caller asked)."""
     if isinstance(timeout, urllib3.Timeout):
-        return timeout
+        return timeout, None
     connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
-    return urllib3.Timeout(connect=connect, read=read)
+    return urllib3.Timeout(connect=connect, read=read), None if read is None else (connect or 0) + read
 
 
 def _requests_error(exc: urllib3.exceptions.HTTPError) -> requests.RequestException:
@@ -293,7 +359,7 @@ class IdpSession(DirectSession):
     bundle, proxies) is read once here: with `trust_env` on, `requests` re-reads it on every call."""
 
     def __init__(self, read_timeout: float, environ: Mapping[str, str] = os.environ):
-        super().__init__(environ, with_session_headers=True)
+        super().__init__(environ, with_session_headers=True, answer_limit=IDP_ANSWER_LIMIT)
         self.timeout = (min(IDP_CONNECT_TIMEOUT, read_timeout), read_timeout)
         self._proxies = {k: v for k, v in _environ_proxies(environ).items() if k in ("http", "https", "no")}
 

@@ -652,3 +652,24 @@ def test_a_host_header_that_is_not_exactly_one_host_is_a_400(server, https_publi
 def test_one_host_of_uri_host_and_port_is_served(server, head):
     answer = raw_request(server.port, b"GET /api/sso/jwks.json " + head + b"Connection: close\r\n\r\n")
     assert answer.split(b" ")[1] == b"200", answer[:300]
+
+
+@pytest.mark.parametrize("target", [b"http://[::1/api/sso/jwks.json", b"http://user@evil:99999/api/sso/jwks.json",
+                                    b"https://a%zz/api/sso/jwks.json", b"http://a:80x/api/sso/jwks.json",
+                                    b"http://caf\xe9/api/sso/jwks.json"],
+                         ids=["bracket", "userinfo", "percent", "port", "latin-1"])
+def test_a_request_target_that_is_no_path_or_whose_authority_is_not_a_host_is_a_400(server, https_public, caplog,
+                                                                                     capsys, target):
+    """An absolute-form target's authority stands for Host (RFC 9112 3.2.2: werkzeug makes it HTTP_HOST),
+    so it meets the Host rule: `http://user@evil:99999/...` was served 200 where the same value as Host is
+    a 400. A target werkzeug's urlsplit cannot read (a stray bracket) raised ValueError in its environ:
+    the connection dropped without an answer, a traceback on stderr."""
+    answer = raw_request(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert_host_page(answer, b"400")
+    assert errors_logged(caplog) == [] and "Traceback" not in capsys.readouterr().err
+
+
+def test_an_absolute_form_target_naming_a_host_is_served(server):
+    answer = raw_request(server.port, b"GET http://127.0.0.1:7071/api/sso/jwks.json HTTP/1.1\r\nHost: a\r\n"
+                         b"Connection: close\r\n\r\n")
+    assert answer.split(b" ")[1] == b"200", answer[:300]

@@ -14,9 +14,9 @@ It serves what this app uses, nothing more: ``{name}`` route parameters and a ca
 request and ``context`` and returning a ``func.HttpResponse``. An exception in a function is a 500
 whose traceback goes to the log only; the access log never shows the query string, which carries
 authorization codes. A request it gives no function (a body over Azure's 100 MB: 413; a request line,
-header line, Content-Length, chunked body or Host it cannot read, or not exactly one Host in HTTP/1.1:
-400) gets the app's error page with the app's headers; the function is picked by the path alone, never
-by the Host header.
+request target, header line, Content-Length, chunked body or Host it cannot read, not exactly one Host in
+HTTP/1.1, or an absolute-form target whose host is not one by the Host rule: 400) gets the app's error
+page with the app's headers; the function is picked by the path alone, never by the Host header.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import azure.functions as func
 from werkzeug.exceptions import (
@@ -334,6 +334,16 @@ class _RequestHandler(WSGIRequestHandler):
         # hosts, one to a proxy in front and the other here.
         if len(hosts) > 1 or not all(map(_HOST.fullmatch, hosts)) or (not hosts and self._version() >= (1, 1)):
             self.send_error(400, "Host missing, repeated or not a host")
+            return False
+        # The target as werkzeug's environ reads it: its urlsplit raised ValueError on a stray bracket (no
+        # answer, a traceback). An absolute-form target's authority is the request's host (RFC 9112 3.2.2;
+        # werkzeug makes it HTTP_HOST), so it meets the Host rule too.
+        try:
+            target = urlsplit(self.path)
+        except ValueError:
+            target = None
+        if target is None or (target.scheme and target.netloc and not _HOST.fullmatch(target.netloc)):
+            self.send_error(400, "A request target that is not a path, or whose host is not a host")
             return False
         return True
 

@@ -20,12 +20,16 @@ from azure.identity import DefaultAzureCredential
 from shared.errors import DependencyUnavailable
 from shared.runtime import Runtime
 from shared.scim.auth import TokenCache
+from shared.transport import READ_TIMEOUT
 from shared.vault import CachedSecret, KeyVaultReader
 from tests.conftest import APP_BASE, REDIRECT_URIS
+from tests.integration.test_tables_access import BlackHole
 from tests.support.hostile_flow import switch_to
 from tests.support.hostile_idp import HostileIdp
 from tests.support.portal import assert_error_page, start_login
+from tests.support.raw_answer import Listener
 from tests.unit.test_config import env
+from tools.stack import azurite_connection_string, new_account_key
 
 TIMEOUT = 1  # the dependency's read timeout in these tests
 CALLERS = 8
@@ -140,45 +144,45 @@ def test_a_silent_idp_at_the_daily_refresh_holds_up_only_the_one_request_that_re
     assert again[-1][0] < WARM, "after the failed refresh, nobody waits for the IdP again before the retry interval"
 
 
+# ---- Table Storage ----
+
+def test_a_cold_workers_first_uses_of_its_stores_against_silent_storage_share_one_attempt():
+    """The login's path to the tables (Runtime.flows, .accounts, .events), not Tables.client alone: each
+    store waits on the tables' making sure of, so it must not be built under a lock of its own (Python
+    3.11's cached_property holds one per property while it computes, and keeps no failure: four first
+    uses of `flows` got their 503s at 6, 12, 18 and 24 s, each starting a new attempt)."""
+    hole = BlackHole()
+    try:
+        runtime = Runtime(env(TABLES_CONNECTION_STRING=azurite_connection_string(hole.port, new_account_key())))
+        stores = ["flows", "accounts", "events"] * 2  # two first uses of each store, all at once
+        results = at_once(lambda: getattr(runtime, stores.pop()), len(stores))
+        assert all(isinstance(outcome, DependencyUnavailable) for _, outcome in results), results
+        assert results[-1][0] < READ_TIMEOUT + 2, f"one timeout for all: {[round(t, 1) for t, _ in results]}"
+        assert len(hole.held) == 1, f"one attempt shared by every store and caller: {len(hole.held)} connections"
+    finally:
+        hole.close()
+    with pytest.raises(DependencyUnavailable) as caught:  # not kept: a new attempt, refused at once now
+        runtime.flows  # noqa: B018 (the first use is what is tested)
+    assert "ServiceRequestError" in caught.value.detail, caught.value
+
+
 # ---- Key Vault ----
 
-class SilentTls:
+class SilentTls(Listener):
     """A vault that completes the TLS handshake, then reads whatever comes and never answers."""
 
     def __init__(self, ca) -> None:
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(str(ca.server_cert), str(ca.server_key))
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"https://127.0.0.1:{self._listener.getsockname()[1]}"
-        self.connections = 0
-        self._held: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__("https")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                self._held.append(conn)
-            threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
-
-    def _swallow(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         try:
             tls = self._context.wrap_socket(conn, server_side=True)
             while tls.recv(65536):
                 pass
         except OSError:
             pass
-
-    def close(self) -> None:
-        self._listener.close()
-        with self._lock:
-            for conn in self._held:
-                conn.close()
 
 
 @pytest.fixture

@@ -7,13 +7,17 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
-from shared.transport import IdpSession
+from shared.errors import DependencyUnavailable
+from shared.provider import discover
+from shared.transport import IDP_ANSWER_LIMIT, AnswerTooLarge, IdpSession
+from tests.support.raw_answer import gzip_bomb, trickled
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -88,3 +92,45 @@ def test_no_proxy_in_the_environment_means_direct_connections(recorder, monkeypa
     session = IdpSession(read_timeout=5, environ={})
     assert session.get(f"http://127.0.0.1:{recorder.server_port}/x").text == "ok"
     assert recorder.seen == ["GET /x HTTP/1.1"]
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["kept-alive", "connection-close"])
+def test_an_answer_trickled_after_its_headers_is_cut_at_the_timeouts_not_read_for_as_long_as_it_lasts(close):
+    """Headers at once, then a byte every 0.2 s: each read of the socket came within the read timeout,
+    so a per-read timeout never fired and a GET with read timeout 2 s answered 200 after 12 s. The
+    whole call is bounded now, by its connect and read timeouts together (0.5 + 0.5 s here)."""
+    with trickled(b'{"keys": []}' + b" " * 28, every=0.2, close=close) as peer:  # 40 bytes: 8 s
+        session = IdpSession(read_timeout=0.5, environ={})
+        started = time.monotonic()
+        with pytest.raises(requests.ReadTimeout):
+            session.get(f"{peer.url}/jwks")
+        assert time.monotonic() - started < 1.5, "cut at the call's timeouts, not when the peer was done"
+    with trickled(b'{"keys": []}', every=0.05, piece=3) as peer:  # 4 pieces: 0.2 s, within the 1 s
+        assert IdpSession(read_timeout=0.5, environ={}).get(f"{peer.url}/jwks").json() == {"keys": []}, \
+            "an answer read in several pieces within the timeouts is whole"
+
+
+def test_an_answer_that_decodes_past_a_megabyte_is_refused_without_being_held():
+    """The session asks for gzip (requests' Accept-Encoding); a 305 KB gzip body from discovery or the
+    JWKS endpoint was decoded whole, 314 MB held. No IdP answer of ours comes near a megabyte
+    (discovery ~2 KB, keys ~10 KB, a token answer a few KB)."""
+    with gzip_bomb(64 * 2**20) as peer:  # 64 MB of JSON text in ~64 KB
+        tracemalloc.start()
+        try:
+            with pytest.raises(AnswerTooLarge) as caught:
+                IdpSession(read_timeout=5, environ={}).get(f"{peer.url}/discovery/keys")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert isinstance(caught.value, requests.RequestException), "what every IdP caller maps to a 503"
+    assert peak < 8 * 2**20, f"read up to the cap, never the whole: peak {peak // 2**20} MB"
+    with gzip_bomb(IDP_ANSWER_LIMIT - 1024) as peer:
+        assert len(IdpSession(read_timeout=5, environ={}).get(f"{peer.url}/keys").content) < IDP_ANSWER_LIMIT
+
+
+def test_discovery_answering_a_bomb_is_the_idps_outage_a_503():
+    with gzip_bomb(64 * 2**20) as peer:
+        with pytest.raises(DependencyUnavailable) as caught:
+            discover(f"{peer.url}/.well-known/openid-configuration", peer.url, IdpSession(5, environ={}),
+                     multi_tenant=False)
+    assert caught.value.reason == "idp_unavailable" and "AnswerTooLarge" in caught.value.detail, caught.value

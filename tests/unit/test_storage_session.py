@@ -15,6 +15,7 @@ from azure.core.rest import HttpRequest
 
 from shared.tables import Tables
 from shared.transport import READ_TIMEOUT, TIMEOUTS, StorageSession, azure_transport
+from tests.support.raw_answer import trickled
 from tools.host import serve_in_thread
 
 
@@ -85,3 +86,15 @@ def test_the_app_s_table_clients_use_it():
                                   "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;", None, lambda: None)
     pipeline = tables._service._client._client._pipeline
     assert isinstance(pipeline._transport.session, StorageSession)
+
+
+def test_an_answer_trickled_after_its_headers_is_azure_cores_read_timeout_at_the_timeouts():
+    """As for the IdP (test_idp_session.py): a per-read timeout let the tables' first making sure of,
+    with its 6 s read timeout and 6 s budget, succeed after 20 s against a list of tables sent 8 bytes
+    a second. azure-core maps the cut to its read timeout's error, which storage_errors makes a 503."""
+    with trickled(b'{"value": []}' + b" " * 27, every=0.2, piece=2) as peer:  # 20 pieces: 4 s
+        started = time.monotonic()
+        with pytest.raises(ServiceResponseTimeoutError):
+            azure_transport({}).send(HttpRequest("GET", f"{peer.url}/Tables"), connection_timeout=0.5,
+                                     read_timeout=0.5)
+        assert time.monotonic() - started < 1.5, "cut at the call's timeouts, not when the peer was done"
