@@ -151,6 +151,7 @@ class LoginDeps(Protocol):
     @property
     def oidc(self) -> OidcClient: ...
     def metadata(self) -> ProviderMetadata: ...
+    def metadata_held(self) -> ProviderMetadata | None: ...
     def idp_keys(self) -> JwksCache: ...
     def signer(self) -> SessionSigner: ...
     def warm_up(self) -> None: ...
@@ -459,10 +460,13 @@ class SsoService:
     def signed_out(self, kind: str, correlation_id: str) -> pages.Reply:
         if kind not in KINDS:
             return pages.error(NotFound(f"unknown kind {kind!r}"), correlation_id, homes=self.home_urls())
-        try:  # the metadata logout used, held: whether the IdP was asked to end its session too
-            idp_asked = bool(self.deps.metadata().end_session_endpoint)
-        except SsoError:  # not known (the IdP's metadata unreadable): Entra's own logout may have sent
-            idp_asked = True  # the person here, so the page claims no sign-out it cannot know is absent
+        try:  # the metadata logout used, as held (never read here: a static page waits on no IdP)
+            held = self.deps.metadata_held()
+        except SsoError:
+            held = None
+        # Not known (nothing held, or the settings do not load): Entra's own logout may well have sent
+        # the person here, so the page claims no sign-out it cannot know is absent.
+        idp_asked = held is None or bool(held.end_session_endpoint)
         return pages.signed_out(self._portal_url(kind), idp_asked=idp_asked)
 
     # GET /api/sso/jwks.json

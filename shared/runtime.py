@@ -144,6 +144,10 @@ class Runtime:
         IdP's keys do (refreshing.py)."""
         return self._metadata.get()
 
+    def metadata_held(self) -> ProviderMetadata | None:
+        """The IdP's metadata as held, without reading or waiting (None: not discovered yet)."""
+        return self._metadata.peek()
+
     def _discover(self) -> ProviderMetadata:
         s = self.settings
         # Held: this URL gave a good document, so a refresh that gets none is an outage (provider.py).

@@ -98,6 +98,9 @@ class Deps:
                                 end_session_endpoint=None, id_token_algs=frozenset({"RS256"}),
                                 iss_parameter_supported=False, discovered_from="https://idp.test/m")
 
+    def metadata_held(self):
+        return self.metadata()
+
     def idp_keys(self):
         return self._keys
 

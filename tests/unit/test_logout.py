@@ -37,6 +37,9 @@ class Deps:
     def metadata(self):
         return self._metadata
 
+    def metadata_held(self):
+        return self.metadata()
+
 
 @pytest.mark.parametrize("kind", ["user", "agent"])
 def test_logout_asks_the_idp_to_return_to_the_signed_out_page(kind):
@@ -77,6 +80,8 @@ class BrokenSettings:
 
     def metadata(self):  # the runtime loads the settings first
         return self.settings
+
+    metadata_held = metadata
 
 
 def test_the_way_back_survives_bad_settings_elsewhere():
@@ -124,3 +129,15 @@ def test_the_signed_out_page_says_the_idp_offers_no_sign_out_only_when_it_is_kno
     assert reply.status == 200 and "You are signed out" in reply.body
     assert ("offers no sign-out" in reply.body) is claim
     assert "Close the browser if it is a shared computer" in reply.body
+
+
+def test_the_signed_out_page_never_waits_on_a_discovery():
+    """A cold worker (nothing held) while the IdP does not answer: the page waited for the IdP's whole
+    timeout, on every request, to choose a sentence."""
+    from shared.runtime import Runtime
+
+    runtime = Runtime(ENV)
+    runtime._discover = lambda: pytest.fail("the signed-out page started a discovery")
+    reply = SsoService(runtime).signed_out("user", "cid")
+    assert reply.status == 200 and "offers no sign-out" not in reply.body
+    assert "If you also chose to sign out at your organization's sign-in" in reply.body
