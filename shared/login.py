@@ -13,7 +13,7 @@ from urllib.parse import urlencode, urlsplit
 
 from . import pages
 from .aadsts import hint_for
-from .accounts import canonical_email
+from .accounts import canonical_email, name_problem
 from .admission import check_admission
 from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
@@ -134,6 +134,18 @@ def _log_attempt(event: SignInEvent) -> None:
     text = " ".join(f"{name}={log_value(value, quote=name == 'raw_kind')}" for name, value in shown.items())
     level = logging.WARNING if event.outcome == "failure" else logging.INFO
     log.log(level, "sso.%s %s", event.stage, text, extra=fields)
+
+
+NAME_LIMIT = 256  # characters of a name in the session token: Entra's displayName limit
+
+
+def _shown_name(claimed: object, display_name: str) -> str:
+    """The session token's `name`, which portals show: the ID token's when it is text the accounts'
+    rule for a name takes (no control, format or line-separator character: a right-to-left override
+    would spoof a name in a supervisor's list), else the account's own (held to that rule when written)."""
+    if isinstance(claimed, str) and claimed.strip() and len(claimed) <= NAME_LIMIT and name_problem(claimed) is None:
+        return claimed
+    return display_name or ""
 
 
 class LoginDeps(Protocol):
@@ -314,7 +326,7 @@ class SsoService:
         # 7. the session token, delivered by form_post to this kind's portal
         token = self.deps.signer().issue_session_token(
             issuer=settings.session_issuer, audience=settings.session_audience, subject=account.account_id,
-            email=email, name=str(claims.get("name") or account.display_name or ""), account_type=kind,
+            email=email, name=_shown_name(claims.get("name"), account.display_name), account_type=kind,
             idp_iss=claims["iss"], idp_sub=idp_sub, now=int(self.clock()), ttl=settings.session_ttl,
             nonce=flow.portal_nonce, return_to=flow.return_to,
             auth_time=int(claims["auth_time"]) if "auth_time" in claims else None)

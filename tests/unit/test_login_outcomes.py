@@ -379,3 +379,19 @@ def test_the_signed_out_page_never_says_the_organizations_sign_in_ended(idp_key)
     assert "and of your organization's sign-in" not in body, "the IdP may have been told no"
     assert "If you also chose to sign out at your organization's sign-in, that ended too" in body
     assert "still active in this browser" in body and "Close the browser if it is a shared computer" in body
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("Ann Lee", "Ann Lee"), ("Ann\u200dLee", "Ann\u200dLee"),  # a joiner (Persian, emoji) is a name's
+    ("Ann\u202eeciffo", "Ann"), ("Ann\nLee\x1b[2J", "Ann"), ("Ann\u2028Lee", "Ann"),  # the account's instead
+    ({"x": 1}, "Ann"), (["Ann"], "Ann"), ("", "Ann"), ("x" * 257, "Ann"),
+])
+def test_the_tokens_name_is_the_id_tokens_only_when_the_accounts_rule_takes_it(idp_key, name, shown):
+    """Portals show `name`: the ID token's went in unchecked (a right-to-left override spoofing a name in
+    a supervisor's list, control characters, a JSON object's repr), where add, import and directory sync
+    refuse such a name for the account."""
+    deps = Deps(idp_key, Events())
+    deps.oidc = Oidc(id_token(idp_key, name=name))
+    reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-name")
+    (token,) = re.findall(r'name="session_token" value="([^"]+)"', reply.body)
+    assert jwt.decode(html.unescape(token), options={"verify_signature": False})["name"] == shown
