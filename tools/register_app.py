@@ -28,7 +28,8 @@ command line. Then the function app gets OIDC_CLIENT_ID and OIDC_ISSUER_URL (a n
 as it is made, so a rerun after a failure finds it again; if that write fails, the error names the
 --app-id that adopts it), and PUBLIC_BASE_URL from
 --public-base-url (so it builds the redirect URIs registered), and its identity may
-read the secret (Key Vault Secrets User on that secret alone). Idempotent; --dry-run (anywhere on the
+read the secret (Key Vault Secrets User on that secret alone; on OIDC_CLIENT_CERTIFICATE_NAME's too, when
+set). Idempotent; --dry-run (anywhere on the
 command line) prints every az command and runs none.
 """
 
@@ -247,8 +248,9 @@ class Registration:
         uris = our_redirect_uris(base)
         recorded = current.get("OIDC_CLIENT_ID")
         found = self.find_app(current, creating=True)
-        # --new-registration: the function app moves to a new one (the one it uses now keeps signing people in
-        # until the end of the run), as with --app-id; else a new one only when it has none that exists
+        # --new-registration: the function app moves to a new one as it does to one named by --app-id (the one
+        # it uses now signs people in until the new one's secret is stored); else a new one only when it has
+        # none that exists
         replacing = found if self.args.new_registration else None
         app = None if self.args.new_registration else found
         if app is None:
@@ -320,11 +322,13 @@ class Registration:
                 raise AzError(f"{err} The app registration just made (application id {app_id}) is not "
                               f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
                               "adopts it.", err.stderr, rerun=rerun) from err
-        return self.once_readable(app_id)
+        return self.once_readable(app_id, "run the same command again" if record else
+                                  f"run the same command with --app-id {app_id} in place of --new-registration")
 
-    def once_readable(self, app_id: str) -> dict:
+    def once_readable(self, app_id: str, rerun: str) -> dict:
         """The registration just made, once Graph reads it and its service principal (new objects can be
-        "not found" for a few seconds; a service principal not found would be made a second time)."""
+        "not found" for a few seconds; a service principal not found would be made a second time).
+        `rerun`: what carries on, should Graph take longer than READABLE_WAIT_SECONDS."""
         waited = 0
         while True:
             app = self.az.show("ad", "app", "show", "--id", app_id)
@@ -332,8 +336,7 @@ class Registration:
                 return app
             if waited >= READABLE_WAIT_SECONDS:
                 raise AzError(f"Entra does not show the registration just made (application id {app_id}) after "
-                              f"{waited} s: run the same command with --app-id {app_id} added in a few minutes.",
-                              rerun=f"run the same command with --app-id {app_id} added")
+                              f"{waited} s: wait a few minutes, then {rerun}.", rerun=rerun)
             print(f"waiting for Entra to show the new registration (new objects take a few seconds): trying again in "
                   f"{READABLE_POLL_SECONDS} s")
             self.az.sleep(READABLE_POLL_SECONDS)

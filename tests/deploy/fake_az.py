@@ -388,13 +388,6 @@ def handle(args: list[str], state: dict, file_content: str | None):
         return as_graph_answers(resource(state, "apps", opt(args, "--id")))
     if words.startswith("ad app owner list"):
         return [{"id": owner} for owner in resource(state, "apps", opt(args, "--id"))["owners"]]
-    if words.startswith("ad app create"):
-        app_id = str(uuid.uuid4())
-        state.setdefault("apps", {})[app_id] = {"appId": app_id, "id": f"object-{app_id}",
-                                                "displayName": opt(args, "--display-name"),
-                                                "owners": [me(state)["id"]], "credentials": [], "web": {}}
-        update_app(state["apps"][app_id], args)
-        return as_graph_answers(state["apps"][app_id])
     if words.startswith("ad app update"):  # a generic update: az reads the registration first
         replicating(state, "apps", opt(args, "--id"))
         update_app(resource(state, "apps", opt(args, "--id")), args)
@@ -540,7 +533,7 @@ def as_graph_answers(app: dict) -> dict:
 
 
 def update_app(app: dict, args: list[str]) -> None:
-    """`ad app create/update`: each given property replaces the registration's (as Graph's PATCH does)."""
+    """`ad app update`: each given property replaces the registration's (as Graph's PATCH does)."""
     if "--web-redirect-uris" in args:
         app["web"]["redirectUris"] = values(args, "--web-redirect-uris")
     if "--sign-in-audience" in args:
