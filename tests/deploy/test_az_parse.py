@@ -11,6 +11,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.deploy.documented import az_commands
 from tests.deploy.fake_az import ME
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
@@ -68,6 +70,7 @@ def every_command(tmp_path: Path) -> list[list[str]]:
     return list(unique.values())
 
 
+@pytest.mark.timeout(300)  # some twenty script runs, then ~150 commands through the real az: 90-120 s when busy
 def test_every_command_the_scripts_issue_is_valid_for_the_real_az_cli(tmp_path):
     commands = every_command(tmp_path)
     issued = [" ".join(c) for c in commands]
