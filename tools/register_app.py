@@ -9,7 +9,11 @@
 Which registration: the one whose application id the function app records (`OIDC_CLIENT_ID`), never
 one found by its display name (anyone may register an app of any name). The first run creates a new
 one; an existing one is adopted only when named with --app-id and owned by whoever runs this. Redirect
-URIs on it that are not ours are listed and removed (keep one with --keep-redirect-uri).
+URIs on it that are not ours are listed and removed (keep one with --keep-redirect-uri). A new one is
+made from Entra's non-gallery application template (as Enterprise applications > New application >
+Create your own application does): one app that signs people in over OIDC and that Entra provisions
+over SCIM, which a plain app registration never is. --new-registration makes one for a function app
+that has a plain registration (made by an earlier version, or adopted) and moves the app to it.
 
 The registration: single tenant; Web redirect URIs for users and agents (callback and signed-out page),
 built from the function app's real host name (or --public-base-url); optional claims from
@@ -24,7 +28,8 @@ command line. Then the function app gets OIDC_CLIENT_ID and OIDC_ISSUER_URL (a n
 as it is made, so a rerun after a failure finds it again; if that write fails, the error names the
 --app-id that adopts it), and PUBLIC_BASE_URL from
 --public-base-url (so it builds the redirect URIs registered), and its identity may
-read the secret (Key Vault Secrets User on that secret alone). Idempotent; --dry-run (anywhere on the
+read the secret (Key Vault Secrets User on that secret alone; on OIDC_CLIENT_CERTIFICATE_NAME's too, when
+set). Idempotent; --dry-run (anywhere on the
 command line) prints every az command and runs none.
 """
 
@@ -72,6 +77,16 @@ CONSENTED_SCOPES = ("openid", "profile", "email")
 # once Entra has accepted it, so a version without them holds a first token Entra may not have.
 SCIM_TOKEN_NAME = "scim-token"
 SCIM_TEMPLATE = "scim"  # Entra's provisioning template for a non-gallery SCIM app
+# Entra's non-gallery application template ("applicationTemplate: instantiate", global service): a registration
+# and enterprise application made from it are offered the `scim` template. One made as a plain app registration
+# (`az ad app create`, App registrations > New registration) never is: "If you create an app registration, the
+# corresponding service principal in enterprise apps won't be enabled for automatic user provisioning" (Entra's
+# "Known issues for provisioning").
+NON_GALLERY_TEMPLATE = "8adf8e6e-67b2-4cf2-a259-e3dc5476c621"
+NOT_PROVISIONED = "won't be enabled for automatic user provisioning"
+SIGN_IN_AUDIENCE = "AzureADMyOrg"  # single tenant
+# Graph is eventually consistent: the objects an instantiate makes can be "not found" for a few seconds
+READABLE_WAIT_SECONDS, READABLE_POLL_SECONDS = 60, 2
 SYNCED_TAGS = ("entraJob", "entraTenantUrl")
 # What the provisioning job sends (attribute mappings on the job's schema): Entra's immutable object id
 # as externalId (the SCIM server pre-links the account to it), the app roles as `roles`; groups are not
@@ -164,6 +179,7 @@ class Registration:
         self.az, self.args = az, args
         self.rg, self.app = args.resource_group, args.app
         self.secret_name = SECRET_NAME  # the client secret's Key Vault name, as the app's settings give it
+        self.certificate_name: str | None = None  # a client certificate's, when the settings name one
 
     # -- the function app's side --------------------------------------------------------------------
     def function_app(self) -> tuple[str, str, dict[str, str]]:
@@ -175,6 +191,9 @@ class Registration:
             base = f"https://{site_field(site, 'defaultHostName') or self.app + '.azurewebsites.net'}"
         vault_url = settings.get("KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
         self.secret_name = secret_name(settings, "OIDC_CLIENT_SECRET_NAME", SECRET_NAME)
+        certificate = (settings.get("OIDC_CLIENT_CERTIFICATE_NAME") or "").strip()
+        self.certificate_name = secret_name(settings, "OIDC_CLIENT_CERTIFICATE_NAME", certificate) if certificate \
+            else None
         return base.rstrip("/"), host_label(vault_url), settings
 
     def let_the_app_read(self, vault: str, secret: str) -> None:
@@ -228,37 +247,47 @@ class Registration:
         base, vault, current = self.function_app()
         uris = our_redirect_uris(base)
         recorded = current.get("OIDC_CLIENT_ID")
-        app = self.find_app(current, creating=True)
+        found = self.find_app(current, creating=True)
+        # --new-registration: the function app moves to a new one as it does to one named by --app-id (the one
+        # it uses now signs people in until the new one's secret is stored); else a new one only when it has
+        # none that exists
+        replacing = found if self.args.new_registration else None
+        app = None if self.args.new_registration else found
         if app is None:
-            app = self.az.write("ad", "app", "create", "--display-name", self.args.display_name,
-                                "--sign-in-audience", "AzureADMyOrg", "--web-redirect-uris", *uris,
-                                "--optional-claims", f"@{OPTIONAL_CLAIMS}", "--app-roles", f"@{APP_ROLES}",
-                                "--required-resource-accesses", f"@{API_PERMISSIONS}",
-                                change=("create", f"app registration {self.args.display_name}")) \
-                or {"appId": "<client id>"}
-            # Recorded at once, so a rerun after a later step fails (service principal, consent, Key Vault)
-            # finds this registration rather than making another. The app had no working registration
-            # before (none recorded, or a deleted one), so it loses nothing while its secret is yet to come.
-            made = {"OIDC_CLIENT_ID": app["appId"], "OIDC_ISSUER_URL": issuer_url(tenant)}
-            try:
-                update_app_settings(self.az, self.app, self.rg, made, current)
-            except AzError as err:  # then nothing records it: only --app-id finds it again
-                rerun = f"run the same command with --app-id {app['appId']} added"
-                raise AzError(f"{err} The app registration just made (application id {app['appId']}) is not "
-                              f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
-                              "adopts it.", err.stderr, rerun=rerun) from err
-            current = {**current, **made}
-        else:
-            self.bring_up_to_date(app, uris)
+            app = self.new_registration(tenant, current, record=replacing is None)
+            if replacing is None:
+                current = {**current, "OIDC_CLIENT_ID": app["appId"], "OIDC_ISSUER_URL": issuer_url(tenant)}
+        try:
+            self.configure(app, uris, tenant, base, vault, current, recorded)
+        except AzError as err:
+            if replacing is None or err.rerun:
+                raise
+            rerun = f"run the same command with --app-id {app['appId']} in place of --new-registration"
+            raise AzError(f"{err} The function app still uses its previous registration ({replacing['appId']}); the "
+                          f"new one is {app['appId']}.", err.stderr, rerun=rerun) from err
+        if replacing is not None:
+            print(f"\nThe previous registration ({replacing['appId']}) is no longer the function app's; its people's "
+                  f"roles were given on the new one too. Once sign-in works, delete it: az ad app delete --id "
+                  f"{replacing['appId']}")
+
+    def configure(self, app: dict, uris: list[str], tenant: str, base: str, vault: str, current: dict[str, str],
+                  recorded: str | None) -> None:
+        """The registration given our settings, its service principal, consent and a secret of its own, the
+        app's right to read it, then the function app's settings naming it."""
+        self.bring_up_to_date(app, uris)
         client_id = app["appId"]
         sp = self.ensure_service_principal(client_id)
         self.consent(sp, client_id, tenant)
+        if recorded and recorded != client_id:  # the app moves: the people assigned keep their roles
+            self.carry_assignments(recorded, sp)
         # A registration new to the function app (adopted, or made now) needs a secret of its own: the one
         # in Key Vault belongs to the registration the app used before.
         held = self.credential_ids(client_id) if client_id == recorded else None
         if held is None or not self.vault_holds_a_secret_of(vault, held):
             self.new_secret(client_id, vault, before=held)
         self.let_the_app_read(vault, self.secret_name)
+        if self.certificate_name:  # read as the client secret is (docs/operating.md)
+            self.let_the_app_read(vault, self.certificate_name)
         wanted = {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
             wanted["PUBLIC_BASE_URL"] = base
@@ -267,9 +296,56 @@ class Registration:
               f"Redirect URIs: {' '.join(uris)}\nAssign people: portal-sso register-app --resource-group {self.rg} "
               f"--app {self.app} assign --group <group name> --kind agent|user")
 
+    def new_registration(self, tenant: str, current: dict[str, str], *, record: bool) -> dict:
+        """A registration and its enterprise application, made from Entra's non-gallery application template
+        (one app that signs people in over OIDC and that Entra provisions over SCIM; a plain app registration
+        is never provisioned); our settings come after, from bring_up_to_date. Returns it as Graph reads it.
+        `record`: OIDC_CLIENT_ID names it at once (the function app has no working registration to lose)."""
+        made = self.az.write("rest", "--method", "POST", "--uri",
+                             f"{GRAPH}/applicationTemplates/{NON_GALLERY_TEMPLATE}/instantiate",
+                             "--headers", "Content-Type=application/json",
+                             "--body", json.dumps({"displayName": self.args.display_name}),
+                             change=("create", f"app registration and enterprise application {self.args.display_name} "
+                                               "(Entra's non-gallery template: sign-in and provisioning)"))
+        if made is None:
+            return {"appId": "<client id>"}
+        app_id = made["application"]["appId"]
+        if record:
+            # Recorded at once, so a rerun after a later step fails (service principal, consent, Key Vault)
+            # finds this registration rather than making another. The app had no working registration
+            # before (none recorded, or a deleted one), so it loses nothing while its secret is yet to come.
+            made_settings = {"OIDC_CLIENT_ID": app_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
+            try:
+                update_app_settings(self.az, self.app, self.rg, made_settings, current)
+            except AzError as err:  # then nothing records it: only --app-id finds it again
+                rerun = f"run the same command with --app-id {app_id} added"
+                raise AzError(f"{err} The app registration just made (application id {app_id}) is not "
+                              f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
+                              "adopts it.", err.stderr, rerun=rerun) from err
+        return self.once_readable(app_id, "run the same command again" if record else
+                                  f"run the same command with --app-id {app_id} in place of --new-registration")
+
+    def once_readable(self, app_id: str, rerun: str) -> dict:
+        """The registration just made, once Graph reads it and its service principal (new objects can be
+        "not found" for a few seconds; a service principal not found would be made a second time).
+        `rerun`: what carries on, should Graph take longer than READABLE_WAIT_SECONDS."""
+        waited = 0
+        while True:
+            app = self.az.show("ad", "app", "show", "--id", app_id)
+            if app is not None and self.az.show("ad", "sp", "show", "--id", app_id) is not None:
+                return app
+            if waited >= READABLE_WAIT_SECONDS:
+                raise AzError(f"Entra does not show the registration just made (application id {app_id}) after "
+                              f"{waited} s: wait a few minutes, then {rerun}.", rerun=rerun)
+            print(f"waiting for Entra to show the new registration (new objects take a few seconds): trying again in "
+                  f"{READABLE_POLL_SECONDS} s")
+            self.az.sleep(READABLE_POLL_SECONDS)
+            waited += READABLE_POLL_SECONDS
+
     def bring_up_to_date(self, app: dict, uris: list[str]) -> None:
         """Our redirect URIs and no others (but those named by --keep-redirect-uri), our optional claims,
-        app roles and API permissions: one update, only when something differs."""
+        app roles, API permissions and sign-in audience (single tenant): one update, only when something
+        differs. A new registration gets them here too: the template makes it without them."""
         existing = (app.get("web") or {}).get("redirectUris", [])
         keep = set(self.args.keep_redirect_uri or [])
         foreign = [u for u in existing if u not in uris and u not in keep]
@@ -286,9 +362,11 @@ class Registration:
             "optional claims": differs_from(app.get("optionalClaims"), OPTIONAL_CLAIMS),
             "app roles": differs_from(app.get("appRoles"), APP_ROLES),
             "API permissions": differs_from(app.get("requiredResourceAccess"), API_PERMISSIONS),
+            "sign-in audience": app.get("signInAudience") != SIGN_IN_AUDIENCE,
         }
         if any(differs.values()):
-            self.az.write("ad", "app", "update", "--id", app["appId"], "--web-redirect-uris", *wanted,
+            self.az.write("ad", "app", "update", "--id", app["appId"], "--sign-in-audience", SIGN_IN_AUDIENCE,
+                          "--web-redirect-uris", *wanted,
                           "--optional-claims", f"@{OPTIONAL_CLAIMS}", "--app-roles", f"@{APP_ROLES}",
                           "--required-resource-accesses", f"@{API_PERMISSIONS}",
                           *(["--set", *(f"{kind}.redirectUris=[]" for kind in sorted({k for k, _ in others}))]
@@ -431,26 +509,47 @@ class Registration:
         _, _, settings = self.function_app()
         app = self.find_app(settings)
         sp = self.ensure_service_principal(app["appId"])
-        role, role_name = role_ids()[self.args.kind], KIND_ROLES[self.args.kind]
-        assignments = f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo"
-        assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(assignments)}
+        role = role_ids()[self.args.kind]
+        assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(self.assignments_uri(sp))}
         principals = [("user", u, ("ad", "user", "show", "--id", u)) for u in self.args.user or []] + \
             [("group", g, ("ad", "group", "show", "--group", g)) for g in self.args.group or []]
         for kind, name, show in principals:
             principal = self.az.read(*show, "--query", "id") or f"<{kind} id>"
-            if (principal, role) in assigned:
-                continue
-            body = json.dumps({"principalId": principal, "resourceId": sp["id"], "appRoleId": role})
-            try:
-                self.az.write("rest", "--method", "POST", "--uri", assignments,
-                              "--headers", "Content-Type=application/json", "--body", body,
-                              change=("create", f"{kind} {name} assigned the role {role_name}"))
-            except AzError as err:
-                # Graph lists an assignment only once it has replicated: one made moments ago is refused
-                # again, and that refusal says the role is there.
-                if not says(err.stderr, (ASSIGNED_ALREADY,)):
-                    raise
-                print(f"{kind} {name} already has the role {role_name} (Graph does not list it yet): nothing to do")
+            if (principal, role) not in assigned:
+                self.give_role(sp, principal, role, f"{kind} {name}")
+
+    def carry_assignments(self, previous_app_id: str, sp: dict) -> None:
+        """The people and groups that hold a portal role on the registration the function app used before
+        get it on this one (the roles' ids are fixed, so they are the same roles)."""
+        previous = self.az.show("ad", "sp", "show", "--id", previous_app_id)
+        if previous is None:
+            return
+        ours = set(role_ids().values())
+        assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(self.assignments_uri(sp))}
+        for held in self.graph_list(self.assignments_uri(previous)):
+            who, role = held.get("principalId"), held.get("appRoleId")
+            if role in ours and (who, role) not in assigned:
+                kind = str(held.get("principalType") or "principal").lower()
+                name = held.get("principalDisplayName") or who
+                self.give_role(sp, who, role, f"{kind} {name} (as on {previous_app_id})")
+
+    def assignments_uri(self, sp: dict) -> str:
+        return f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo"
+
+    def give_role(self, sp: dict, principal: str, role: str, who: str) -> None:
+        """The app role `role` for `principal` (a user or group) on the service principal."""
+        role_name = {role_id: KIND_ROLES[kind] for kind, role_id in role_ids().items()}[role]
+        body = json.dumps({"principalId": principal, "resourceId": sp["id"], "appRoleId": role})
+        try:
+            self.az.write("rest", "--method", "POST", "--uri", self.assignments_uri(sp),
+                          "--headers", "Content-Type=application/json", "--body", body,
+                          change=("create", f"{who} assigned the role {role_name}"))
+        except AzError as err:
+            # Graph lists an assignment only once it has replicated: one made moments ago is refused
+            # again, and that refusal says the role is there.
+            if not says(err.stderr, (ASSIGNED_ALREADY,)):
+                raise
+            print(f"{who} already has the role {role_name} (Graph does not list it yet): nothing to do")
 
     def graph_list(self, uri: str) -> list:
         """Every item of a Graph collection, page after page: Graph answers a page at a time (100 for
@@ -499,6 +598,9 @@ class Registration:
         its SCIM_TOKEN_NAME; Entra's provisioning job from the `scim` template with the tenant URL and
         token, our attribute mappings, started. Each step only when it is not already so."""
         tenant_url, vault, token_name, sp, settings = self.sync_context()
+        job = self.provisioning_job(sp)
+        if job is None:  # before anything is stored, granted or set: Entra may not provision this app at all
+            self.check_provisionable(sp)
         stored = self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name", token_name,
                               "--query", "{id: id, tags: tags}")
         token = None
@@ -507,7 +609,9 @@ class Registration:
             self.store_tokens(vault, token_name, [token], ("create", f"Key Vault secret {token_name} (SCIM token)"))
         self.let_the_app_read(vault, token_name)
         update_app_settings(self.az, self.app, self.rg, {"SCIM_TOKEN_NAME": token_name}, settings)
-        job = self.provisioning_job(sp, create=True)
+        job = job or self.az.write("rest", "--method", "POST", "--uri", self.jobs_uri(sp), "--headers",
+                                   "Content-Type=application/json", "--body", json.dumps({"templateId": SCIM_TEMPLATE}),
+                                   change=("create", "Entra provisioning job (template scim)")) or {"id": "<job id>"}
         if token is not None or not given_to_entra((stored or {}).get("tags"), job, tenant_url):
             token = token or self.newest_tokens(vault, token_name)[0][0]
             self.give_entra(sp, job, vault, token_name, tenant_url, token)
@@ -533,7 +637,9 @@ class Registration:
         marked), that token is sent again and no other made. --retire-old drops the older line, and
         refuses while a stopped rotation's token is yet to reach Entra."""
         tenant_url, vault, token_name, sp, _ = self.sync_context()
-        job = self.provisioning_job(sp, create=False)
+        job = self.provisioning_job(sp) or ({"id": "<job id>"} if self.az.dry_run else None)
+        if job is None:
+            raise AzError("No provisioning job yet: run `portal-sso register-app ... provisioning` first.")
         tokens, tags = self.newest_tokens(vault, token_name)
         stopped = not self.az.dry_run and stopped_rotation(tokens, tags)
         if self.args.retire_old:
@@ -566,21 +672,29 @@ class Registration:
     def jobs_uri(self, sp: dict) -> str:
         return f"{GRAPH}/servicePrincipals/{sp['id']}/synchronization/jobs"
 
-    def provisioning_job(self, sp: dict, *, create: bool) -> dict:
+    def provisioning_job(self, sp: dict) -> dict | None:
+        """The service principal's provisioning job made from the `scim` template; None: none yet."""
         jobs = (self.az.read("rest", "--method", "GET", "--uri", self.jobs_uri(sp)) or {}).get("value", [])
-        job = next((j for j in jobs if j.get("templateId") == SCIM_TEMPLATE), None)
-        if job is not None or (self.az.dry_run and not create):
-            return job or {"id": "<job id>"}
-        if not create:
-            raise AzError("No provisioning job yet: run `portal-sso register-app ... provisioning` first.")
+        return next((j for j in jobs if j.get("templateId") == SCIM_TEMPLATE), None)
+
+    def check_provisionable(self, sp: dict) -> None:
+        """Entra offers the `scim` template only to an app made from its non-gallery template, which
+        register-app makes; not to a plain app registration (made by an earlier register-app, or by hand
+        under App registrations, and adopted with --app-id): say why, and the command that fixes it."""
         templates = (self.az.read("rest", "--method", "GET", "--uri",
                                   f"{GRAPH}/servicePrincipals/{sp['id']}/synchronization/templates") or {}).get("value")
-        if templates is not None and SCIM_TEMPLATE not in {t.get("id") for t in templates}:
-            raise AzError("Entra offers this app no 'scim' provisioning template: in Entra ID > Enterprise "
-                          "applications > the app > Provisioning, choose Automatic once by hand, then run this again.")
-        return self.az.write("rest", "--method", "POST", "--uri", self.jobs_uri(sp), "--headers",
-                             "Content-Type=application/json", "--body", json.dumps({"templateId": SCIM_TEMPLATE}),
-                             change=("create", "Entra provisioning job (template scim)")) or {"id": "<job id>"}
+        if templates is None or SCIM_TEMPLATE in {t.get("id") for t in templates}:
+            return
+        raise AzError(
+            f"Entra does not provision this app ({sp.get('appId') or sp['id']}): it offers it no 'scim' provisioning "
+            "template, as it is a plain app registration (made by an earlier register-app, or under App "
+            f"registrations, and adopted with --app-id). Microsoft: \"If you create an app registration, the "
+            f"corresponding service principal in enterprise apps {NOT_PROVISIONED}\" (Known issues for "
+            "provisioning); its Enterprise applications page has no Provisioning to turn on. What works: `portal-sso "
+            f"register-app --resource-group {self.rg} --app {self.app} --new-registration` makes a registration from "
+            "Entra's non-gallery application template (it signs people in and Entra provisions it) and moves the "
+            "function app to it, with its own client secret and the people assigned here; then run provisioning "
+            "again. Nothing for directory sync was stored, granted or set.")
 
     def give_entra(self, sp: dict, job: dict, vault: str, token_name: str, tenant_url: str, token: str) -> None:
         """The tenant URL and token into the job's credentials (synchronization/secrets: the body holds the
@@ -660,6 +774,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resource-group", "-g", required=True, type=RESOURCE_GROUP)
     parser.add_argument("--app", required=True, type=FUNCTION_APP, help="the function app (deploy's --app)")
     parser.add_argument("--app-id", help="adopt this existing registration (you must be one of its owners)")
+    parser.add_argument("--new-registration", action="store_true",
+                        help="make a new registration even though the function app has one, and move the app to it "
+                             "(its people's roles carried over; the old one is left to delete): for a registration "
+                             "Entra does not provision (made by an earlier register-app, or adopted with --app-id)")
     parser.add_argument("--display-name", help="a new registration's name (default: Portal SSO (APP)); never used "
                                                "to find one")
     parser.add_argument("--keep-redirect-uri", action="append", metavar="URI",
@@ -696,6 +814,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.display_name = args.display_name or f"Portal SSO ({args.app})"
     if args.command == "assign" and not (args.user or args.group):
         parser.error("assign needs --user or --group")
+    if args.new_registration and (args.app_id or args.command):
+        parser.error("--new-registration makes a new registration: not with --app-id, nor with a subcommand (run the "
+                     "subcommand after it)")
     return args
 
 

@@ -82,7 +82,10 @@ def setup_section(runtime, correlation_id: str = "", status: SyncStatus | None =
             + "</td></tr>"]
     if s.tenant_url:
         rows.append(f'<tr><td></td><th>Tenant URL</th><td><code class="copy">{e(s.tenant_url)}</code> '
-                    "(Enterprise applications &gt; the app &gt; Provisioning &gt; Admin Credentials)</td></tr>")
+                    "(Enterprise applications &gt; the app &gt; Provisioning &gt; Admin Credentials: offered only "
+                    "for an app made from Entra's non-gallery template, as register-app makes it; a plain app "
+                    "registration has no Provisioning, and <code>"
+                    f"{e(REGISTER_APP)} --new-registration</code> moves the function app to one that has)</td></tr>")
     if s.last:
         at = s.last.get("At")
         # A refusal's detail says what to do (e.g. unlink an account Entra's re-created person cannot take).

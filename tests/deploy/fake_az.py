@@ -35,6 +35,12 @@ SCIM_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 # state["unlisted_assignments"]: ids of assignments made but not listed yet (Graph's replication delay).
 GRAPH_PAGE = 100
 ASSIGNED_ALREADY = "Permission being assigned already exists on the object"
+# Entra's non-gallery application template ("applicationTemplate: instantiate", Graph v1.0: the id for a
+# non-gallery app in the global service). Only a service principal made from it is offered the `scim`
+# synchronization template: "If you create an app registration, the corresponding service principal in enterprise
+# apps won't be enabled for automatic user provisioning" (Entra's "Known issues for provisioning"), so one made by
+# `ad app create` + `ad sp create` is offered none (answered here as an empty list).
+NON_GALLERY_TEMPLATE = "8adf8e6e-67b2-4cf2-a259-e3dc5476c621"
 
 
 def attribute(name: str, kind: str = "String", *, multivalued: bool = False) -> dict:
@@ -108,6 +114,10 @@ def main(argv: list[str]) -> int:
             return 1
     try:
         answer = handle(args, state, open(path).read() if path else None)
+    except NotYetReadable as missing:  # as a not-found, but the read is counted
+        json.dump(state, open(state_path, "w"), indent=1)
+        print(f"ERROR: (ResourceNotFound) The resource {missing} could not be found.", file=sys.stderr)
+        return 3
     except LookupError as missing:
         print(f"ERROR: (ResourceNotFound) The resource {missing} could not be found.", file=sys.stderr)
         return 3
@@ -181,6 +191,10 @@ def set_path(target: dict, assignment: str) -> None:
 
 class Refused(Exception):
     """An error answer after which the state is still saved."""
+
+
+class NotYetReadable(LookupError):
+    """A not-found answer for an object made moments ago (the state is saved: the read counts)."""
 
 
 # What Key Vault answers (az prints it) when RBAC does not (yet) let the caller at a secret.
@@ -370,16 +384,12 @@ def handle(args: list[str], state: dict, file_content: str | None):
     if words.startswith("ad app list"):
         return [a for a in state.get("apps", {}).values() if a["displayName"] == opt(args, "--display-name")]
     if words.startswith("ad app show"):
+        replicating(state, "apps", opt(args, "--id"))
         return as_graph_answers(resource(state, "apps", opt(args, "--id")))
     if words.startswith("ad app owner list"):
         return [{"id": owner} for owner in resource(state, "apps", opt(args, "--id"))["owners"]]
-    if words.startswith("ad app create"):
-        app_id = str(uuid.uuid4())
-        state.setdefault("apps", {})[app_id] = {"appId": app_id, "displayName": opt(args, "--display-name"),
-                                                "owners": [me(state)["id"]], "credentials": [], "web": {}}
-        update_app(state["apps"][app_id], args)
-        return as_graph_answers(state["apps"][app_id])
-    if words.startswith("ad app update"):
+    if words.startswith("ad app update"):  # a generic update: az reads the registration first
+        replicating(state, "apps", opt(args, "--id"))
         update_app(resource(state, "apps", opt(args, "--id")), args)
         return None
     if words.startswith("ad app credential reset"):
@@ -400,12 +410,18 @@ def handle(args: list[str], state: dict, file_content: str | None):
     if words.startswith("ad sp show"):
         if opt(args, "--id") == GRAPH_APP_ID:
             return {"id": GRAPH_SP, "appId": GRAPH_APP_ID}
+        replicating(state, "sps", opt(args, "--id"))
         return resource(state, "sps", opt(args, "--id"))
     if words.startswith("ad sp create"):
-        state.setdefault("sps", {})[opt(args, "--id")] = {"id": f"sp-{opt(args, '--id')}",
+        if opt(args, "--id") in state.get("sps", {}):  # Graph: one service principal per application
+            graph_refuses("Bad Request", "Request_MultipleObjectsWithSameKeyValue",
+                          "Another object with the same value for property servicePrincipalNames already exists.")
+        state.setdefault("sps", {})[opt(args, "--id")] = {"id": f"sp-{opt(args, '--id')}", "appId": opt(args, "--id"),
+                                                          "applicationTemplateId": None,
                                                           "appRoleAssignmentRequired": False}
         return state["sps"][opt(args, "--id")]
     if words.startswith("ad sp update"):
+        replicating(state, "sps", opt(args, "--id"))
         sp = resource(state, "sps", opt(args, "--id"))
         if "--set" in args:
             set_path(sp, opt(args, "--set"))
@@ -474,6 +490,37 @@ def flex_create(state: dict, args: list[str], rg: str, name: str) -> None:
             state.setdefault("roles", []).append([*grant, f"assignment-{uuid.uuid4().hex}"])
 
 
+def replicating(state: dict, kind: str, key: str | None) -> None:
+    """With state["replication_delay"] = N, an application and service principal just made by the template
+    are "not found" by the next N reads of each (Graph is eventually consistent: new objects can take a few
+    seconds to be readable everywhere)."""
+    pending = state.get("replicating", {})
+    if pending.get(f"{kind}/{key}", 0) > 0:
+        pending[f"{kind}/{key}"] -= 1
+        raise NotYetReadable(f"{kind} {key}")
+
+
+def instantiate(state: dict, template: str, body: str) -> dict:
+    """POST /applicationTemplates/{id}/instantiate: an application and its service principal at once, answered
+    as Graph v1.0's applicationServicePrincipal ({"application": ..., "servicePrincipal": ...}). The shapes are
+    the doc's examples: the application with no redirect URIs, claims, roles or permissions, its signInAudience
+    as the instantiate response in Graph's application proxy tutorial shows it; the service principal with user
+    assignment required, listed under Enterprise applications and tagged a custom single sign-on app."""
+    assert template == NON_GALLERY_TEMPLATE, f"fake az: only the non-gallery template is modelled, not {template}"
+    app_id = str(uuid.uuid4())
+    app = {"appId": app_id, "id": f"object-{app_id}", "displayName": json.loads(body)["displayName"],
+           "owners": [me(state)["id"]], "credentials": [], "web": {"redirectUris": []},
+           "signInAudience": "AzureADandPersonalMicrosoftAccount", "optionalClaims": None, "appRoles": [],
+           "requiredResourceAccess": [], "publicClient": {"redirectUris": []}}
+    sp = {"id": f"sp-{app_id}", "appId": app_id, "applicationTemplateId": template, "appRoleAssignmentRequired": True,
+          "tags": ["WindowsAzureActiveDirectoryIntegratedApp",
+                   "WindowsAzureActiveDirectoryCustomSingleSignOnApplication"]}
+    state.setdefault("apps", {})[app_id], state.setdefault("sps", {})[app_id] = app, sp
+    for kind in ("apps", "sps"):
+        state.setdefault("replicating", {})[f"{kind}/{app_id}"] = state.get("replication_delay", 0)
+    return {"application": as_graph_answers(app), "servicePrincipal": sp}
+
+
 def as_graph_answers(app: dict) -> dict:
     """A registration as Graph's application resource answers it: each app role with its read-only `origin`
     ("Application"), and the lists in Graph's order, not the one they were sent in (here: reversed)."""
@@ -486,9 +533,11 @@ def as_graph_answers(app: dict) -> dict:
 
 
 def update_app(app: dict, args: list[str]) -> None:
-    """`ad app create/update`: each given property replaces the registration's (as Graph's PATCH does)."""
+    """`ad app update`: each given property replaces the registration's (as Graph's PATCH does)."""
     if "--web-redirect-uris" in args:
         app["web"]["redirectUris"] = values(args, "--web-redirect-uris")
+    if "--sign-in-audience" in args:
+        app["signInAudience"] = opt(args, "--sign-in-audience")
     for assignment in values(args, "--set") if "--set" in args else []:
         set_path(app, assignment)
     for option, key in (("--optional-claims", "optionalClaims"), ("--app-roles", "appRoles"),
@@ -511,6 +560,8 @@ def graph(state: dict, method: str, uri: str, body: str | None):
         found = next(g for g in grants if g["id"] == path.rsplit("/", 1)[1])
         found.update(json.loads(body))  # PATCH
         return None
+    if path.startswith("/applicationTemplates/") and method == "POST":
+        return instantiate(state, path.split("/")[2], body)
     sp_id = path.split("/servicePrincipals/")[1].split("/")[0]
     rest = path.split(f"/servicePrincipals/{sp_id}", 1)[1]
     if rest.split("?", 1)[0] == "/appRoleAssignedTo":
@@ -526,7 +577,9 @@ def graph(state: dict, method: str, uri: str, body: str | None):
         return graph_page(uri, [a for a in assigned if a["id"] not in unlisted])
     sync = state.setdefault("sync", {}).setdefault(sp_id, {"jobs": [], "secrets": None})
     if rest == "/synchronization/templates":
-        return {"value": [{"id": "scim", "factoryTag": "CustomSCIM", "default": True}]}
+        sp = next(s for s in state.get("sps", {}).values() if s["id"] == sp_id)
+        return {"value": [{"id": "scim", "factoryTag": "CustomSCIM", "default": True}]
+                if sp.get("applicationTemplateId") == NON_GALLERY_TEMPLATE else []}
     if rest == "/synchronization/jobs":
         if method == "POST":
             template = json.loads(body)["templateId"]

@@ -11,6 +11,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.deploy.documented import az_commands
 from tests.deploy.fake_az import ME
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
@@ -24,8 +26,8 @@ PARSE_ERRORS = ("unrecognized arguments", "the following arguments are required"
 def every_command(tmp_path: Path) -> list[list[str]]:
     """The az commands of every path through both scripts: a fresh deploy, a what-if and a second
     deploy, one moving the app to another Python, a deploy signed in as a service principal, the
-    registration, adopting an owned one, assignment (again, past Graph's first page), two rotations, directory
-    sync and its token's rotation."""
+    registration, adopting an owned one, moving to a new one (--new-registration), assignment (again, past
+    Graph's first page), two rotations, directory sync and its token's rotation."""
     azure = FakeAzure(tmp_path / "main")
     for script, args in (("deploy", DEPLOY_ARGS), ("deploy", [*DEPLOY_ARGS, "--what-if"]), ("deploy", DEPLOY_ARGS),
                          ("deploy", [*DEPLOY_ARGS, "--python", "3.13"]),
@@ -59,6 +61,7 @@ def every_command(tmp_path: Path) -> list[list[str]]:
     assert azure.run("register-app", *APP_ARGS, "rotate-secret").code == 0
     assert azure.run("deploy", *DEPLOY_ARGS).code == 0
     assert azure.run("register-app", *APP_ARGS, "--app-id", "owned-app-id").code == 0
+    assert azure.run("register-app", *APP_ARGS, "--new-registration").code == 0
     ci = FakeAzure(tmp_path / "ci")
     ci.state = {"signed_in_as": {"type": "servicePrincipal", "name": "ci-app-id", "id": "ci-object-id"},
                 "sps": {"ci-app-id": {"id": "ci-object-id"}}}
@@ -67,10 +70,12 @@ def every_command(tmp_path: Path) -> list[list[str]]:
     return list(unique.values())
 
 
+@pytest.mark.timeout(300)  # some twenty script runs, then ~150 commands through the real az: 90-120 s when busy
 def test_every_command_the_scripts_issue_is_valid_for_the_real_az_cli(tmp_path):
     commands = every_command(tmp_path)
     issued = [" ".join(c) for c in commands]
-    for phrase in ("functionapp create", "ad app create", "ad app update", "ad app owner list",
+    for phrase in ("functionapp create", "applicationTemplates/8adf8e6e-67b2-4cf2-a259-e3dc5476c621/instantiate",
+                   "ad app update --id owned-app-id --sign-in-audience AzureADMyOrg", "ad app owner list",
                    "ad app credential reset", "ad app credential delete", "role assignment create",
                    "role assignment delete", "keyvault secret set", "keyvault secret set-attributes",
                    "rest --method POST", "rest --method PUT", "synchronization/jobs", "oauth2PermissionGrants",

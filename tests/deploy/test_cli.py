@@ -174,9 +174,10 @@ def test_every_register_app_command_the_app_shows_runs_as_written(capsys):
                                                   pages._app_roles(False))]
     shown += re.findall(r"scripts/register-app [^,]*", diagnostics.REASON_FIXES["role_not_assigned"][0])
     shown += re.findall(r"scripts/register-app [^,]*", RoleNotAssigned(kind="agent", role="Portal.Agent").hint)
-    sync_off = setup_section(Runtime({}))  # directory sync's line while no token is set
+    sync_off = setup_section(Runtime({"PUBLIC_BASE_URL": "https://sso.contoso.com"}))  # no token set yet
     shown += [html.unescape(c) for c in re.findall(r"<code>(scripts/register-app [^<]*)</code>", sync_off)]
-    assert len(shown) == 4 and all(" assign " in c for c in shown[:3]) and " provisioning" in shown[3], shown
+    assert len(shown) == 5 and all(" assign " in c for c in shown[:3]) and " provisioning" in shown[3], shown
+    assert shown[4].endswith(" --new-registration"), "the tenant URL's row: for an app Entra does not provision"
     filled = {"RG": "rg-sso", "APP": "contoso-sso", "UPN": "ann@contoso.com", "KIND": "agent",
               "<your sign-in name>": "ann@contoso.com"}
     for command in shown:
@@ -187,4 +188,5 @@ def test_every_register_app_command_the_app_shows_runs_as_written(capsys):
         except SystemExit:
             pytest.fail(f"{command}: {capsys.readouterr().err.strip().splitlines()[-1]}")
         assert (args.command, args.resource_group, args.app) in {("assign", "rg-sso", "contoso-sso"),
-                                                                 ("provisioning", "rg-sso", "contoso-sso")}, command
+                                                                 ("provisioning", "rg-sso", "contoso-sso"),
+                                                                 (None, "rg-sso", "contoso-sso")}, command

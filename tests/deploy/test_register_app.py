@@ -25,6 +25,10 @@ Where the Graph request shapes come from (Microsoft Graph v1.0 reference, learn.
   oAuth2PermissionGrant" (tenant-wide admin consent for delegated permissions).
 - POST /servicePrincipals/{id}/appRoleAssignedTo {principalId, resourceId, appRoleId}: "Grant an
   appRoleAssignment for a service principal".
+- POST /applicationTemplates/8adf8e6e-67b2-4cf2-a259-e3dc5476c621/instantiate {displayName}: "applicationTemplate:
+  instantiate" (the non-gallery app: an application and its service principal, {"application", "servicePrincipal"}).
+  Only such an app can be provisioned: "If you create an app registration, the corresponding service principal in
+  enterprise apps won't be enabled for automatic user provisioning" (Entra, "Known issues for provisioning").
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.aadsts import hint_for
-from tests.deploy.fake_az import GRAPH_SP, ME, SECRET
+from tests.deploy.fake_az import GRAPH_SP, ME, NON_GALLERY_TEMPLATE, SECRET
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
 from tools.azure_cli import explain
 from tools.deploy import names
@@ -188,7 +192,7 @@ def test_register_app_appends_a_secret_straight_into_key_vault_and_never_shows_i
     assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov", "auth_time"}
     assert {c["name"] for c in app["optionalClaims"]["accessToken"]} == {"email"}, "README: both tokens"
     assert azure.state["sps"][app["appId"]]["appRoleAssignmentRequired"] is True
-    assert azure.state["sps"][app["appId"]]["tags"] == ["WindowsAzureActiveDirectoryIntegratedApp"], \
+    assert "WindowsAzureActiveDirectoryIntegratedApp" in azure.state["sps"][app["appId"]]["tags"], \
         "listed under Enterprise applications, where people are assigned"
     assert settings(azure)["OIDC_CLIENT_ID"] == app["appId"]
     assert settings(azure)["OIDC_ISSUER_URL"] == \
@@ -274,7 +278,8 @@ def test_without_the_role_for_consent_the_run_says_who_can_grant_it(azure):
 
 
 def test_register_app_without_permission_for_app_registrations(azure):
-    azure.state = {**azure.state, "refuse": {"ad app create": "Insufficient privileges to complete the operation."}}
+    azure.state = {**azure.state, "refuse": {"applicationTemplates": "Insufficient privileges to complete the "
+                                                                     "operation."}}
     result = azure.run("register-app", *APP_ARGS)
     assert result.code != 0 and "Application Administrator" in result.err, result.err
 
@@ -284,6 +289,130 @@ def test_issued_secret_end_date_is_in_the_future(azure):
     (app,) = azure.state["apps"].values()
     end = datetime.fromisoformat(app["credentials"][0]["endDateTime"].replace("Z", "+00:00"))
     assert timedelta(days=150) < end - datetime.now(UTC) < timedelta(days=200)
+
+
+# -- a registration Entra provisions ----------------------------------------------------------------
+
+def test_a_new_registration_is_an_enterprise_app_made_from_entras_non_gallery_template(azure):
+    """The verified defect: `az ad app create` makes a plain app registration, whose service principal Entra
+    never provisions (no `scim` template, no Provisioning in the admin center), so `provisioning` failed on a
+    real tenant. The registration is now instantiated from the non-gallery template (one app for OIDC sign-in
+    and SCIM), then given our settings by the same update an adopted registration gets."""
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code == 0, result.err
+    assert not [c for c in result.commands if c.startswith("ad app create")], "no plain app registration"
+    (made,) = [c for c in result.calls if "instantiate" in " ".join(c["argv"])]
+    assert f"/applicationTemplates/{NON_GALLERY_TEMPLATE}/instantiate" in made["argv"][made["argv"].index("--uri") + 1]
+    assert json.loads(made["argv"][made["argv"].index("--body") + 1]) == {"displayName": "Portal SSO (contoso-sso)"}
+    (app,) = azure.state["apps"].values()
+    assert azure.state["sps"][app["appId"]]["applicationTemplateId"] == NON_GALLERY_TEMPLATE
+    assert not [c for c in result.commands if c.startswith("ad sp create")], "the template made the service principal"
+    assert app["signInAudience"] == "AzureADMyOrg", "single tenant, whatever the template made"
+    assert sorted(app["web"]["redirectUris"]) == OURS and {r["value"] for r in app["appRoles"]} == {
+        "Portal.User", "Portal.Agent"}
+    assert settings(azure)["OIDC_CLIENT_ID"] == app["appId"]
+    (update,) = [c for c in result.commands if c.startswith("ad app update")]
+    assert "--sign-in-audience AzureADMyOrg" in update and "--app-roles" in update, "one update, bring_up_to_date's"
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
+
+
+def test_a_new_registration_graph_cannot_read_yet_is_waited_for_not_made_twice(azure):
+    """Graph is eventually consistent: right after the instantiate, the application and its service principal
+    may be "not found" for a few seconds; the run waits for them (a read of a missing service principal
+    would otherwise make a second one, which Graph refuses)."""
+    azure.state = {**azure.state, "replication_delay": 1}
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code == 0, result.err
+    assert "waiting for Entra" in result.out, result.out
+    (app,) = azure.state["apps"].values()
+    assert list(azure.state["sps"]) == [app["appId"]] and settings(azure)["OIDC_CLIENT_ID"] == app["appId"]
+    assert sorted(app["web"]["redirectUris"]) == OURS
+
+
+def adopt_plain_registration(azure: FakeAzure) -> str:
+    """The function app on a plain app registration (made by `az ad app create`, as register-app did before,
+    or adopted with --app-id), with a person assigned: returns its application id."""
+    plant_app(azure, "plain-app-id", owner=ME["id"])
+    assert azure.run("register-app", *APP_ARGS, "--app-id", "plain-app-id").code == 0
+    assert azure.state["sps"]["plain-app-id"]["applicationTemplateId"] is None
+    assert assign(azure, "--user", "ann@contoso.test", kind="agent").code == 0
+    return "plain-app-id"
+
+
+def test_provisioning_a_plain_app_registration_stops_before_any_change_and_says_what_works(azure):
+    """The defect's second half: on a registration Entra does not provision, the run stored the scim-token,
+    granted the app a role on it and set SCIM_TOKEN_NAME (the setup page said directory sync was on, with a
+    token Entra never got) before it stopped at the template, with advice that led nowhere."""
+    adopt_plain_registration(azure)
+    result = azure.run("register-app", *APP_ARGS, "provisioning")
+    assert result.code != 0
+    assert "won't be enabled for automatic user provisioning" in result.err, "why, in Microsoft's words"
+    assert "register-app --resource-group rg-sso --app contoso-sso --new-registration" in result.err, result.err
+    assert "choose Automatic once by hand" not in result.err
+    assert "contoso-sso-kv/scim-token" not in azure.state.get("secrets", {}), "no token stored"
+    assert not [r for r in azure.state["roles"] if r[2].endswith("/secrets/scim-token")], "no role granted"
+    assert "SCIM_TOKEN_NAME" not in settings(azure), "directory sync is not shown as on"
+    assert not [c for c in result.mutations if "synchronization" in c or "scim-token" in c], result.mutations
+    assert not azure.state.get("sync", {}).get("sp-plain-app-id", {}).get("jobs"), "no job"
+
+
+def test_new_registration_moves_the_app_to_one_entra_provisions_with_its_people(azure):
+    old = adopt_plain_registration(azure)
+    old_credentials = azure.state["apps"][old]["credentials"]
+    moved = azure.run("register-app", *APP_ARGS, "--new-registration")
+    assert moved.code == 0, moved.err
+    new = settings(azure)["OIDC_CLIENT_ID"]
+    assert new != old and azure.state["sps"][new]["applicationTemplateId"] == NON_GALLERY_TEMPLATE
+    (credential,) = azure.state["apps"][new]["credentials"]
+    assert secret_versions(azure)[-1]["tags"]["entraKeyId"] == credential["keyId"], "Key Vault holds its own secret"
+    assert [(a["principalId"], a["appRoleId"]) for a in azure.state["assignments"][f"sp-{new}"]] == [
+        ("object-of-ann@contoso.test", role_ids()["agent"])], "the people assigned keep their role"
+    assert azure.state["apps"][old]["credentials"] == old_credentials, "the old registration is left as it was"
+    assert f"az ad app delete --id {old}" in moved.out, moved.out
+    settings_set = [i for i, c in enumerate(moved.commands) if "appsettings set" in c]
+    stored = [i for i, c in enumerate(moved.commands) if "oidc-client-secret --file" in c]
+    assert settings_set and stored and settings_set[-1] > stored[-1] and len(settings_set) == 1, \
+        "OIDC_CLIENT_ID moves once the new secret is stored (the old registration signs people in until then)"
+    synced = azure.run("register-app", *APP_ARGS, "provisioning")
+    assert synced.code == 0, synced.err
+    assert azure.state["sync"][f"sp-{new}"]["jobs"][0]["schedule"]["state"] == "Active"
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
+
+
+def test_a_move_that_stops_partway_names_the_rerun_that_carries_on(azure):
+    """Until the end of a --new-registration run the function app records the old registration: a plain
+    rerun would not find the new one, and another --new-registration would make a third."""
+    adopt_plain_registration(azure)
+    azure.state = {**azure.state, "refuse": {"oidc-client-secret --file": "(Forbidden) Caller is not authorized to "
+                                                                         "perform action on resource."}}
+    failed = azure.run("register-app", *APP_ARGS, "--new-registration")
+    assert failed.code != 0
+    (new,) = [a for a in azure.state["apps"] if a != "plain-app-id"]
+    assert settings(azure)["OIDC_CLIENT_ID"] == "plain-app-id", "the working registration is still the app's"
+    assert f"--app-id {new}" in failed.err, failed.err
+    azure.state = {**azure.state, "refuse": {}}
+    rerun = azure.run("register-app", *APP_ARGS, "--app-id", new)
+    assert rerun.code == 0, rerun.err
+    assert settings(azure)["OIDC_CLIENT_ID"] == new and len(azure.state["apps"]) == 2
+
+
+def test_new_registration_is_only_for_making_one(azure):
+    for argv in (["--new-registration", "--app-id", "x"], ["--new-registration", "provisioning"]):
+        result = azure.run("register-app", *APP_ARGS, *argv)
+        assert result.code == 2 and "--new-registration" in result.err and result.calls == [], (argv, result.err)
+
+
+def test_a_client_certificate_the_app_is_told_to_use_is_one_it_may_read(azure):
+    """docs/operating.md has the admin set OIDC_CLIENT_CERTIFICATE_NAME; nothing let the app's identity read it
+    (Key Vault Secrets User is granted per secret), so Key Vault answered 403."""
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_CERTIFICATE_NAME"] = "oidc-client-certificate"
+    azure.state = state
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    vault_id = azure.state["vaults"][N["vault"]]["id"]
+    assert ["contoso-sso-principal", "Key Vault Secrets User", f"{vault_id}/secrets/oidc-client-certificate"] in \
+        [r[:3] for r in azure.state["roles"]]
+    assert azure.run("register-app", *APP_ARGS).mutations == []
 
 
 # -- a run that stopped partway, run again ------------------------------------------------------------
