@@ -282,12 +282,15 @@ class Registration:
             self.carry_assignments(recorded, sp)
         # A registration new to the function app (adopted, or made now) needs a secret of its own: the one
         # in Key Vault belongs to the registration the app used before.
-        held = self.credential_ids(client_id) if client_id == recorded else None
-        if held is None or not self.vault_holds_a_secret_of(vault, held):
-            self.new_secret(client_id, vault, before=held)
-        self.let_the_app_read(vault, self.secret_name)
+        # An app that signs in with a certificate (OIDC_CLIENT_CERTIFICATE_NAME) reads no client secret: none is
+        # made, so no shared secret the admin removed comes back on the registration.
         if self.certificate_name:  # read as the client secret is (docs/operating.md)
             self.let_the_app_read(vault, self.certificate_name)
+        else:
+            held = self.credential_ids(client_id) if client_id == recorded else None
+            if held is None or not self.vault_holds_a_secret_of(vault, held):
+                self.new_secret(client_id, vault, before=held)
+            self.let_the_app_read(vault, self.secret_name)
         wanted = {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
             wanted["PUBLIC_BASE_URL"] = base
@@ -569,6 +572,11 @@ class Registration:
         after the grace period (or on a schedule) and the previous secret goes."""
         self.az.check_ready()
         _, vault, settings = self.function_app()
+        if self.certificate_name:
+            raise AzError(f"The function app signs in with a client certificate (OIDC_CLIENT_CERTIFICATE_NAME="
+                          f"{self.certificate_name}), not a client secret: rotate that certificate instead "
+                          "(docs/operating.md, \"Client certificate instead of a secret\"): a new version in Key "
+                          "Vault, its public certificate uploaded to the app registration first.")
         client_id = self.find_app(settings)["appId"]
         versions = sorted(self.az.read("keyvault", "secret", "list-versions", "--vault-name", vault, "--name",
                                        self.secret_name) or [], key=lambda v: v["attributes"]["created"])

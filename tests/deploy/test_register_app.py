@@ -415,6 +415,26 @@ def test_a_client_certificate_the_app_is_told_to_use_is_one_it_may_read(azure):
     assert azure.run("register-app", *APP_ARGS).mutations == []
 
 
+def test_an_app_signing_in_with_a_certificate_gets_no_client_secret_and_rotate_secret_says_so(azure):
+    """Switched to a certificate (docs/operating.md) and its Entra secret deleted: a rerun put a new shared
+    secret back on the registration, into a Key Vault secret the app never reads, and rotate-secret
+    exited 0 having "rotated" that, not the certificate the app signs in with."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_CERTIFICATE_NAME"] = "oidc-client-certificate"
+    for app in state["apps"].values():
+        app["credentials"] = []
+    azure.state = state
+    rerun = azure.run("register-app", *APP_ARGS)
+    assert rerun.code == 0, rerun.err
+    (app,) = azure.state["apps"].values()
+    assert app["credentials"] == [], "no client secret for an app that signs in with a certificate"
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-secret")
+    assert rotated.code == 1 and "OIDC_CLIENT_CERTIFICATE_NAME" in rotated.err and rotated.mutations == []
+    (app,) = azure.state["apps"].values()
+    assert app["credentials"] == []
+
+
 # -- a run that stopped partway, run again ------------------------------------------------------------
 
 BOB = {"type": "user", "name": "bob@contoso.test", "id": "bob-object-id"}
