@@ -210,6 +210,25 @@ def test_a_bad_signing_key_in_key_vault_gets_the_key_vault_fix(stub, use_setting
     assert "Key Vault" in check["fix"] and "SESSION_SIGNING_KEY_NAME" in check["fix"], check["fix"]
 
 
+def test_a_rotations_new_key_the_app_cannot_read_is_red_at_step_one(stub, use_settings, signing_key_pem):
+    """The old key, then the new one encrypted: skipped, the JWKS would publish the old key alone with
+    health green, and logins would fail only at step 3 (the new key alone)."""
+    new = BAD_SIGNING_KEYS["encrypted"]()
+    stub.set_secret("oidc-client-secret", CLIENT_SECRET)
+    stub.set_secret("session-signing-key", signing_key_pem + new)
+    use_settings(KEY_VAULT_URL=stub.url, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None)
+    health = get("/api/health")
+    check = health.json()["checks"]["signing_key"]
+    assert health.status_code == 503 and check["ok"] is False, check
+    assert "Key Vault secret 'session-signing-key'" in check["detail"] and "key #2" in check["detail"], check
+    assert "encrypted" in check["detail"], check["detail"]
+    row = row_of(get("/api/sso/setup").text, "Session signing key")
+    assert 'class="st fail"' in row, row
+    for text in (health.text, row):
+        for line in (signing_key_pem + new).splitlines():
+            assert line.startswith("-----") or line not in text, "the bundle's content is never shown"
+
+
 ENTRA_SECRET_VALUE = "Xq58Q~Zk3yJ_vT0pR.aB9cD2eF4gH6iJ8kL0mN1oP"  # the shape of an Entra client secret's Value
 SAS = "sv=2022-11-02&ss=t&srt=sco&sp=rwdlacu&se=2030-01-01&sig=SECRETSIG%3D"
 
