@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -73,7 +74,7 @@ def load_signing_keys(pem_bundle: str, setting: str = "SESSION_SIGNING_KEY") -> 
         except TypeError as exc:  # cryptography's word for a key a password protects (PKCS#1 Proc-Type)
             raise ConfigurationError([f"{setting}: key #{number} is encrypted (a password protects it); the "
                                       "key must be unencrypted."]) from exc
-        except ValueError as exc:
+        except (ValueError, UnsupportedAlgorithm) as exc:  # the latter: a curve cryptography has no code for (SM2)
             raise ConfigurationError([f"{setting}: key #{number} cannot sign session tokens ({exc})."]) from exc
     if not keys:
         raise ConfigurationError([f"{setting}: {_no_private_key(text)}."])

@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from shared.errors import ConfigurationError
 from shared.session_token import SessionSigner, load_signing_keys
+from tests.conftest import SM2_KEY_PEM
 
 NOW = 1_700_000_000
 ISSUER = "https://sso.contoso.test"
@@ -259,3 +260,9 @@ def test_the_certificate_and_ec_parameters_beside_a_key_are_not_keys(ec_key):
     parameters = "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"  # P-256's OID
     [key] = load_signing_keys(parameters + pem(ec_key) + cert.public_bytes(serialization.Encoding.PEM).decode())
     assert key.kid == rfc7638_ec(ec_key)
+
+
+def test_a_key_on_a_curve_cryptography_does_not_support_is_refused_by_number(rsa_key):
+    """SM2: cryptography raises UnsupportedAlgorithm, which was no ConfigurationError but a 500."""
+    text = "\n".join(map(str, refusal(pem(rsa_key) + SM2_KEY_PEM).problems))
+    assert "key #2 cannot sign session tokens" in text, text
