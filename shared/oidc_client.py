@@ -19,6 +19,7 @@ from urllib.parse import quote_plus, urlsplit
 import msal
 import requests
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -67,7 +68,7 @@ def client_certificate(secret: SecretValue):
             pem = secret.value.encode()
             cert = x509.load_pem_x509_certificate(pem)
             key = serialization.load_pem_private_key(pem, password=None)  # finds the key block among the PEM's
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # the last: a curve cryptography lacks (SM2)
         raise ConfigurationError([f"client certificate ({secret.source}): must be a certificate with its "
                                   "unencrypted private key, content type PEM (application/x-pem-file) or PKCS#12 "
                                   "(application/x-pkcs12) without a password."]) from exc

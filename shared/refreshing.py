@@ -12,7 +12,8 @@ sync's token), held and re-read, single-flight.
   every call. Held `max_stale_seconds` past its freshness, it no longer serves (the error stands):
   a key the IdP retired must not verify for ever. Any other error (a secret deleted, access
   removed: an admin's doing, not an outage) is raised, and the held value serves no one from then on,
-  also when a later re-read meets an outage, until a read succeeds.
+  also when a refresh() met it while the value was fresh, or a later re-read meets an outage, until
+  a read succeeds.
 
 A warm hit is an attribute read and a clock comparison: no lock, no thread handoff."""
 
@@ -181,6 +182,8 @@ class Refreshing(Generic[T]):
                     return held.value
                 if not outage and isinstance(exc, Exception):
                     self._refused = exc
+                    if held is not None:  # due now: a refresh() may meet the refusal while it is fresh
+                        self._held = _Held(held.value, held.fresh_until, now)
             raise
         with self._lock:
             fresh_until = self._clock() + fresh_for

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -23,6 +24,10 @@ from .errors import ConfigurationError
 from .flows import FlowCookies, flow_keys
 
 _PEM_BLOCK = re.compile(r"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----.+?-----END (?:RSA |EC )?PRIVATE KEY-----", re.S)
+# Every key's armour, read or not (ENCRYPTED, OPENSSH, a public key): one _PEM_BLOCK does not take is
+# refused, not skipped, or a rotation's new key would go unpublished and unused until step 3 (it alone)
+# found no key. Other armour (a CERTIFICATE in Key Vault's PEM form, EC PARAMETERS) is no key.
+_KEY_ARMOUR = re.compile(r"-----BEGIN [A-Z0-9 ]*(?:PRIVATE|PUBLIC) KEY-----")
 
 
 def jwk_thumbprint(jwk: dict) -> str:
@@ -59,28 +64,37 @@ def load_signing_keys(pem_bundle: str, setting: str = "SESSION_SIGNING_KEY") -> 
     """Parses every PEM private key in the bundle. Raises ConfigurationError (naming the setting or
     secret, never its content) when there is none or one cannot be used."""
     text = pem_bundle.replace("\\n", "\n")
-    blocks = _PEM_BLOCK.findall(text)
-    if not blocks:
-        raise ConfigurationError([f"{setting}: {_no_private_key(text)}."])
     keys = []
-    for number, block in enumerate(blocks, 1):
+    for number, armour in enumerate(_KEY_ARMOUR.finditer(text), 1):
+        block = _PEM_BLOCK.match(text, armour.start())
+        if block is None:
+            raise ConfigurationError([f"{setting}: key #{number} {_no_private_key(armour.group())}."])
         try:
-            keys.append(_signing_key(serialization.load_pem_private_key(block.encode(), password=None)))
+            keys.append(_signing_key(serialization.load_pem_private_key(block.group().encode(), password=None)))
         except TypeError as exc:  # cryptography's word for a key a password protects (PKCS#1 Proc-Type)
             raise ConfigurationError([f"{setting}: key #{number} is encrypted (a password protects it); the "
                                       "key must be unencrypted."]) from exc
-        except ValueError as exc:
+        except (ValueError, UnsupportedAlgorithm) as exc:  # the latter: a curve cryptography has no code for (SM2)
             raise ConfigurationError([f"{setting}: key #{number} cannot sign session tokens ({exc})."]) from exc
+    if not keys:
+        raise ConfigurationError([f"{setting}: {_no_private_key(text)}."])
     return keys
 
 
 def _no_private_key(text: str) -> str:
-    """What a bundle with no (unencrypted) PEM private key holds instead, as far as its armour says."""
+    """What a bundle, or a key's armour, holds instead of an (unencrypted) PEM private key, as far as
+    its armour says."""
     if "-----BEGIN ENCRYPTED PRIVATE KEY-----" in text:
         return ("holds an encrypted PEM private key (-----BEGIN ENCRYPTED PRIVATE KEY-----: a password protects "
                 "it); the key must be unencrypted")
-    if re.search(r"-----BEGIN (?:RSA |EC )?PUBLIC KEY-----|-----BEGIN CERTIFICATE-----", text):
+    if re.search(r"-----BEGIN [A-Z0-9 ]*PUBLIC KEY-----|-----BEGIN CERTIFICATE-----", text):
         return "holds a public key or certificate, not the PEM private key (-----BEGIN PRIVATE KEY-----)"
+    other = re.search(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----", text)
+    if other and other.group(1) not in ("", "RSA ", "EC "):  # OPENSSH, DSA: not what _PEM_BLOCK reads
+        return (f"holds a private key in a form the app cannot read ({other.group()}), not the PEM private key "
+                "(-----BEGIN PRIVATE KEY-----)")
+    if other:
+        return "holds a PEM private key cut short (its -----END line is missing)"
     return "holds no PEM private key (-----BEGIN PRIVATE KEY-----)"
 
 

@@ -181,6 +181,17 @@ def _pem(key) -> str:
     ).decode()
 
 
+# An EC key on SM2, a curve cryptography parses but does not support (it raises UnsupportedAlgorithm,
+# neither ValueError nor TypeError), and cannot generate: a throwaway key, made once with openssl.
+SM2_KEY_PEM = """\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqBHM9VAYItBG0wawIBAQQgsxKmpt/enUN67uZR
+EzAu+2r+QjL2BBa5+pbPMw5rtQqhRANCAAS/c8bXv10Me/AzzEoW/KUy7TiSHtMb
+j7d0KlO7qEBTmbtFuthrpU/md9Qw67MUxciJxThjBrb1dl5RT1HTINZN
+-----END PRIVATE KEY-----
+"""
+
+
 @pytest.fixture(scope="session")
 def rsa_key() -> rsa.RSAPrivateKey:
     """An RSA key for the unit tests that sign or verify with one."""

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.config import KIND_ROLES
-from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER, REDIRECT_URIS
+from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER, REDIRECT_URIS, SM2_KEY_PEM
 from tests.support.portal import sign_in
 from tools.stack import azurite_connection_string, free_port, new_account_key
 
@@ -208,6 +208,34 @@ def test_a_bad_signing_key_in_key_vault_gets_the_key_vault_fix(stub, use_setting
     check = get("/api/health").json()["checks"]["signing_key"]
     assert check["ok"] is False and "encrypted" in check["detail"], check
     assert "Key Vault" in check["fix"] and "SESSION_SIGNING_KEY_NAME" in check["fix"], check["fix"]
+
+
+def test_a_key_on_a_curve_cryptography_does_not_support_is_a_setting_error_not_a_bug(use_settings):
+    """SM2 raises UnsupportedAlgorithm in cryptography: the login named no setting (internal_error)."""
+    use_settings(SESSION_SIGNING_KEY=SM2_KEY_PEM)
+    login = get("/api/sso/user/login")
+    assert login.status_code == 500 and "SESSION_SIGNING_KEY: key #1 cannot sign" in login.text, login.text[:600]
+    check = get("/api/health").json()["checks"]["signing_key"]
+    assert check["ok"] is False and "SESSION_SIGNING_KEY: key #1" in check["detail"], check
+    assert SM2_KEY_PEM.splitlines()[1] not in login.text + check["detail"]
+
+def test_a_rotations_new_key_the_app_cannot_read_is_red_at_step_one(stub, use_settings, signing_key_pem):
+    """The old key, then the new one encrypted: skipped, the JWKS would publish the old key alone with
+    health green, and logins would fail only at step 3 (the new key alone)."""
+    new = BAD_SIGNING_KEYS["encrypted"]()
+    stub.set_secret("oidc-client-secret", CLIENT_SECRET)
+    stub.set_secret("session-signing-key", signing_key_pem + new)
+    use_settings(KEY_VAULT_URL=stub.url, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None)
+    health = get("/api/health")
+    check = health.json()["checks"]["signing_key"]
+    assert health.status_code == 503 and check["ok"] is False, check
+    assert "Key Vault secret 'session-signing-key'" in check["detail"] and "key #2" in check["detail"], check
+    assert "encrypted" in check["detail"], check["detail"]
+    row = row_of(get("/api/sso/setup").text, "Session signing key")
+    assert 'class="st fail"' in row, row
+    for text in (health.text, row):
+        for line in (signing_key_pem + new).splitlines():
+            assert line.startswith("-----") or line not in text, "the bundle's content is never shown"
 
 
 ENTRA_SECRET_VALUE = "Xq58Q~Zk3yJ_vT0pR.aB9cD2eF4gH6iJ8kL0mN1oP"  # the shape of an Entra client secret's Value

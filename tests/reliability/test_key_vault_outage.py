@@ -147,3 +147,23 @@ def test_only_key_vaults_own_error_is_a_refusal_a_gateways_page_with_its_status_
         assert isinstance(raised.value, DependencyUnavailable), raised.value  # the held secret serves on
         assert f"HTTP {answer[0]}" in raised.value.detail and "not Key Vault" in raised.value.detail, raised.value
         assert answer[2] not in str(raised.value), "the page is never quoted"
+
+
+@pytest.mark.parametrize("refusal", KEY_VAULT_REFUSALS.values(), ids=KEY_VAULT_REFUSALS.keys())
+def test_a_refusal_a_forced_re_read_meets_ends_the_fresh_secret_at_once(stub, vault_app, app_server, refusal):
+    """The IdP said invalid_client, so the secret read moments ago is re-read, and Key Vault answers that
+    it is deleted or no longer ours to read: the held secret, though fresh, serves no one from then on
+    (it did until SECRET_CACHE_SECONDS was up, and health showed it readable)."""
+    stub.set_secret(CLIENT_SECRET_NAME, CLIENT_SECRET)
+    runtime = vault_app()  # cached an hour
+    assert health(runtime)["checks"]["client_secret"]["ok"] is True
+    stub.answer_raw(refusal)
+    with pytest.raises(ConfigurationError):
+        runtime.cached_client_credential.refresh()
+    with pytest.raises(ConfigurationError):
+        runtime.cached_client_credential.get()
+    red = health(runtime)
+    assert red["http_status"] == 503 and red["checks"]["client_secret"]["ok"] is False, red["checks"]["client_secret"]
+    assert CLIENT_SECRET_NAME in red["checks"]["client_secret"]["detail"], red["checks"]["client_secret"]
+    stub.answer_raw(None)
+    assert runtime.cached_client_credential.get().value == CLIENT_SECRET, "a good read serves again"

@@ -20,6 +20,7 @@ from shared.errors import ConfigurationError
 from shared.oidc_client import OidcClient, expected_nonce, msal_client_credential
 from shared.provider import discover
 from shared.vault import CachedSecret, SecretValue, SettingsReader
+from tests.conftest import SM2_KEY_PEM
 
 
 def secret(value: str) -> SecretValue:
@@ -68,6 +69,17 @@ def test_client_credential_of_a_certificate_without_its_key_is_refused_without_e
     message = "\n".join(map(str, caught.value.problems))
     assert "OIDC_CLIENT_SECRET" in message, "the error names where the credential came from"
     assert cert_only.splitlines()[1] not in message, "the error never contains the PEM"
+
+
+def test_a_certificates_key_on_a_curve_cryptography_does_not_support_is_refused(certificate_pem):
+    """SM2: cryptography raises UnsupportedAlgorithm, which was no ConfigurationError but a 500."""
+    _, _, cert = certificate_pem
+    with pytest.raises(ConfigurationError) as caught:
+        msal_client_credential(secret(SM2_KEY_PEM + cert.public_bytes(serialization.Encoding.PEM).decode()),
+                               certificate=True)
+    message = "\n".join(map(str, caught.value.problems))
+    assert "OIDC_CLIENT_SECRET" in message and "unencrypted private key" in message, message
+    assert SM2_KEY_PEM.splitlines()[1] not in message, "the error never contains the PEM"
 
 
 ENTRA_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"

@@ -281,3 +281,24 @@ def test_after_a_refusal_an_outage_does_not_bring_the_refused_value_back():
         cache.refresh(keep=True)
     source.error, t[0] = None, 102.0
     assert cache.get() == "v1", "the next good read serves again"
+
+
+def test_a_refusal_met_by_a_forced_re_read_ends_the_held_value_while_it_is_still_fresh():
+    """invalid_client makes the caller refresh() a secret read moments ago; Key Vault answers that it is
+    deleted (or access removed). The held value is fresh, but the admin's word stands: get() must not
+    hand the refused value out until its time is up."""
+    source, t = Source(), [0.0]
+    cache = make(source, t)
+    cache.get()
+    source.error, t[0] = ConfigurationError(["secret deleted"]), 10.0
+    with pytest.raises(ConfigurationError):
+        cache.refresh()
+    with pytest.raises(ConfigurationError):
+        cache.get()
+    source.error, t[0] = DependencyUnavailable("key_vault", "down"), 11.0
+    with pytest.raises(DependencyUnavailable):
+        cache.get()
+    source.error, source.value, t[0] = None, "v2", 12.0
+    assert cache.get() == "v2", "the next good read serves again"
+    calls = source.calls
+    assert cache.get() == "v2" and source.calls == calls, "and is held again: no read per call"

@@ -4,16 +4,20 @@ public members with RFC 7638 kids, tokens a portal verifies with an ordinary JWT
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
 
 from shared.errors import ConfigurationError
 from shared.session_token import SessionSigner, load_signing_keys
+from tests.conftest import SM2_KEY_PEM
 
 NOW = 1_700_000_000
 ISSUER = "https://sso.contoso.test"
@@ -218,3 +222,47 @@ def test_second_bad_key_in_a_bundle_is_refused_by_number(rsa_key):
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the weak key the loader must refuse
     err = refusal(pem(rsa_key) + pem(weak))
     assert "#2" in "\n".join(map(str, err.problems)), "the error says which key of the bundle is unusable"
+
+
+def _unreadable_forms(key) -> dict[str, str]:
+    """A rotation's new key in a form the loader cannot read, as it might be pasted beside the old."""
+    return {"encrypted": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.BestAvailableEncryption(b"pass phrase")).decode(),
+            "openssh": pem(key, serialization.PrivateFormat.OpenSSH),
+            "public-key": key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
+            "cut-short": pem(key).rsplit("-----END", 1)[0]}
+
+
+@pytest.mark.parametrize("form", ["encrypted", "openssh", "public-key", "cut-short"])
+@pytest.mark.parametrize("step", ["old-first", "new-first"])
+def test_a_new_key_the_loader_cannot_read_is_refused_beside_a_good_one(rsa_key, ec_key, form, step):
+    """Rotation step 1 (old, new) and 2 (new, old): skipping the unreadable new key would publish and
+    sign with the old one alone, health green, and break only at step 3 (the new key alone)."""
+    new = _unreadable_forms(ec_key)[form]
+    bundle, number = (pem(rsa_key) + new, "#2") if step == "old-first" else (new + "\n" + pem(rsa_key), "#1")
+    text = "\n".join(map(str, refusal(bundle).problems))
+    assert f"key {number}" in text, text
+    if form == "encrypted":
+        assert "encrypted" in text, text
+    if form == "public-key":
+        assert "public key" in text, text
+
+
+def test_the_certificate_and_ec_parameters_beside_a_key_are_not_keys(ec_key):
+    """Key Vault's PEM form of a certificate is its key followed by the certificate; `openssl ecparam
+    -genkey` writes EC PARAMETERS before the key. Neither is a key of the bundle."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "portal-sso-unit")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ec_key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(ec_key, hashes.SHA256()))
+    parameters = "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"  # P-256's OID
+    [key] = load_signing_keys(parameters + pem(ec_key) + cert.public_bytes(serialization.Encoding.PEM).decode())
+    assert key.kid == rfc7638_ec(ec_key)
+
+
+def test_a_key_on_a_curve_cryptography_does_not_support_is_refused_by_number(rsa_key):
+    """SM2: cryptography raises UnsupportedAlgorithm, which was no ConfigurationError but a 500."""
+    text = "\n".join(map(str, refusal(pem(rsa_key) + SM2_KEY_PEM).problems))
+    assert "key #2 cannot sign session tokens" in text, text
