@@ -198,14 +198,6 @@ def check_idp_metadata(runtime) -> Check:
                         "(Overview > Endpoints), and check the app can reach it.")
 
 
-def _certificate_expiry(secret) -> datetime | None:
-    """The client certificate's own end date (PEM or PKCS#12, as sign-in reads it); else the secret's."""
-    try:
-        return client_certificate(secret)[1].not_valid_after_utc
-    except ConfigurationError:
-        return secret.expires_on
-
-
 def _stale(cached, check: Check, what: str = "Key Vault unreachable",
            serving: str = "serving the last version read", fix: str = "") -> Check:
     """Amber when what is held serves on because its source cannot be read (refreshing.py); red once
@@ -229,8 +221,8 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
     title = "Client certificate" if certificate else "Client secret"
     setting = "OIDC_CLIENT_CERTIFICATE" if certificate else "OIDC_CLIENT_SECRET"
     # Where a new one goes: a vault's new version is read without a restart; a local setting at start.
-    store = ("store it in Key Vault as a new version (with its expiry date); the app reads it within "
-             "SECRET_CACHE_SECONDS, no restart needed" if settings.key_vault_url else
+    store = (f"store it in Key Vault as a new version of the secret {setting}_NAME names (with its expiry date); "
+             "the app reads it within SECRET_CACHE_SECONDS, no restart needed" if settings.key_vault_url else
              f"put it in {setting} (local development only), then restart the host")
 
     def probe() -> Check:
@@ -269,7 +261,16 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
             where += f", version {secret.version}" if secret.version else ""
         else:
             where = f"{secret.source} (local development only)"
-        expires = _certificate_expiry(secret) if certificate else secret.expires_on
+        if certificate:
+            # Read as sign-in reads it (PEM or PKCS#12): one sign-in cannot use is red, not "readable".
+            try:
+                expires = client_certificate(secret)[1].not_valid_after_utc
+            except ConfigurationError as err:
+                return Check("client_secret", title, False, f"unusable, from {where}: {failure_text('', err)}",
+                             f"Give the certificate with its private key, unencrypted (PEM, or PKCS#12 without a "
+                             f"password): {store}.")
+        else:
+            expires = secret.expires_on
         if expires is None:
             note = ("" if secret.source != "key vault" else
                     "; no expiry date on the secret: set it to the Entra secret's, so this page and "
