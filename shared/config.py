@@ -172,17 +172,19 @@ def log_value(value: object, *, quote: bool = False) -> str:
 
 
 # What a credential looks like, wherever it was pasted: an Entra client secret's Value (some 40
-# characters of [A-Za-z0-9._~-], with its '~'), a JWT, a PEM, a storage account key or a SAS.
+# characters of [A-Za-z0-9._~-], with its '~'), a JWT, a PEM, a storage account key or a SAS, or a
+# URL holding a password (scheme://user:password@host: the settings refuse it, and must not quote it).
 _TOKEN_RUN = re.compile(r"[\w.~-]{32,}")  # linear: runs of a token's characters, then a look for its '~'
 _JWT = re.compile(r"eyJ[\w-]{8,}\.[\w-]+\.")
+_URL_PASSWORD = re.compile(r"://[^/?#@\s]*:[^/?#@\s]*@")  # in the authority: before any '/', '?' or '#'
 _CREDENTIAL_MARKERS = ("accountkey=", "sig=", "sharedaccesssignature=", "-----begin")
 NOT_SHOWN = "(not shown: it may be a secret)"
 
 
 def looks_like_a_secret(value: str) -> bool:
     lowered = value.lower()
-    return any(marker in lowered for marker in _CREDENTIAL_MARKERS) or bool(_JWT.search(value)) or any(
-        "~" in run for run in _TOKEN_RUN.findall(value))
+    return any(marker in lowered for marker in _CREDENTIAL_MARKERS) or bool(_JWT.search(value)) or bool(
+        _URL_PASSWORD.search(value)) or any("~" in run for run in _TOKEN_RUN.findall(value))
 
 
 def quoted(value: str, limit: int = 120) -> str:

@@ -276,8 +276,14 @@ ENTRA_ISSUER = "https://login.microsoftonline.com/3f0c9a52-6d1e-4b7a-9c2f-8e5d41
     ("ALLOWED_TENANT_IDS", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
     ("KEY_VAULT_URL", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
     ("PUBLIC_BASE_URL", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
+    # A URL holding a password (userinfo): refused for it, and its problem quoted the whole URL.
+    ("PORTAL_USER_URL", "https://admin:Hunter2Password@portal.contoso.com/landing", "Hunter2Password"),
+    ("KEY_VAULT_URL", "https://admin:Hunter2Password@contoso-sso.vault.azure.net", "Hunter2Password"),
+    ("OIDC_ISSUER_URL", f"https://admin:Hunter2Password@{ENTRA_ISSUER.removeprefix('https://')}", "Hunter2Password"),
+    ("PUBLIC_BASE_URL", "https://admin:Hunter2Password@app.contoso.com", "Hunter2Password"),
 ], ids=["secret-in-a-name", "key-in-the-endpoint", "sas-in-the-endpoint", "secret-in-the-client-id",
-        "secret-in-the-tenants", "secret-in-the-vault-url", "secret-in-the-base-url"])
+        "secret-in-the-tenants", "secret-in-the-vault-url", "secret-in-the-base-url", "password-in-the-portal-url",
+        "password-in-the-vault-url", "password-in-the-issuer-url", "password-in-the-base-url"])
 def test_a_credential_pasted_into_the_wrong_setting_is_named_but_never_shown(use_settings, caplog, setting, value,
                                                                              secret):
     """Problems name the setting and the fix, never a value that may be a credential: the login's 500
