@@ -493,12 +493,14 @@ def _storage(read: _Reader, _: dict) -> dict:
     if not connection_string and not endpoint:
         read.problem("TABLES_CONNECTION_STRING", "missing, and so is TABLES_ENDPOINT.", "Give the storage "
                      "account's table endpoint (used with the managed identity), or a connection string.")
-    elif endpoint and not connection_string and (not _https_url(endpoint, allow_loopback_http=True)
-                                                 or urlsplit(endpoint).query):
-        # Never quoted: what lands here by mistake is a connection string (its key) or a SAS URL.
-        read.problem("TABLES_ENDPOINT", f"is not {_URL_FIX} without a query (a SAS or a connection string "
-                     "goes in TABLES_CONNECTION_STRING);", "copy the storage account's Table service endpoint, "
-                     "e.g. https://myaccount.table.core.windows.net.")
+    elif endpoint and not connection_string and (not _https_url(endpoint) or urlsplit(endpoint).query):
+        # Never quoted: what lands here by mistake is a connection string (its key) or a SAS URL. No
+        # http://, even on loopback: the endpoint goes with the identity's token, which the Tables SDK
+        # sends over https:// only (it raises at the first table use).
+        read.problem("TABLES_ENDPOINT", f"is not {_URL_FIX} without a query (it is used with the managed "
+                     "identity's token, sent over https:// only; a SAS or a connection string, Azurite's "
+                     "included, goes in TABLES_CONNECTION_STRING);", "copy the storage account's Table service "
+                     "endpoint, e.g. https://myaccount.table.core.windows.net.")
     elif connection_string and (why := _connection_string_problem(connection_string)):
         # Never quoted: it holds the account key or a SAS.
         read.problem("TABLES_CONNECTION_STRING", f"{why};", "copy the storage account's connection string "

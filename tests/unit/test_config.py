@@ -250,6 +250,21 @@ def test_tables_endpoint_may_replace_the_connection_string():
     assert settings.tables_endpoint == "https://acct.table.core.windows.net"
 
 
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:10002/devstoreaccount1", "http://localhost:10002",
+                                      "http://[::1]:10002/devstoreaccount1"])
+def test_a_plain_http_tables_endpoint_is_a_named_setting_problem_not_a_crash_at_first_use(endpoint):
+    """TABLES_ENDPOINT goes with the managed identity's token, which the Tables SDK sends over https://
+    only (it raises ValueError at once): on loopback too, where Azurite goes through the connection string."""
+    from azure.identity import DefaultAzureCredential
+
+    from shared.tables import Tables
+
+    with pytest.raises(ValueError, match="HTTPS"):  # what every table use met: a 500, "unexpected error"
+        Tables.from_settings(None, endpoint, DefaultAzureCredential)
+    text = problems_of(env(TABLES_CONNECTION_STRING=None, TABLES_ENDPOINT=endpoint))
+    assert text.startswith("TABLES_ENDPOINT: ") and "https://" in text and "TABLES_CONNECTION_STRING" in text, text
+
+
 def test_metadata_url_keeps_entras_appid_query_which_selects_the_apps_own_signing_keys():
     url = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0/.well-known/openid-configuration"
     settings = load_settings(env(OIDC_ISSUER_URL=f"{url}?appid=6b1d2e3f"))
