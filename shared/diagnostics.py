@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -445,13 +445,15 @@ def _redirect_uris(env: Mapping[str, str], settings: Settings | None) -> tuple[s
     return "", "Set PUBLIC_BASE_URL (the app's https:// address) to get them."
 
 
-def setup_report(runtime, now: datetime | None = None) -> SetupReport:
+def setup_report(runtime, now: datetime | None = None, sync_problems: Sequence[Problem] = ()) -> SetupReport:
+    """`sync_problems`: directory sync's, which it reads itself (scim/auth.py: they never stop sign-in),
+    shown in its settings' rows too."""
     env = runtime.env
     settings_check, checks = health_checks(runtime, now)
     settings = None if not settings_check.ok else runtime.settings
     problems = [Problem(**p) for p in settings_check.data.get("problems", [])]
     rows = [(info.name, _shown_value(info, env, settings),
-             " ".join(f"{p.text} {p.fix}".strip() for p in problems if p.setting == info.name))
+             " ".join(f"{p.text} {p.fix}".strip() for p in (*problems, *sync_problems) if p.setting == info.name))
             for info in SETTINGS_TABLE]
     known = {info.name for info in SETTINGS_TABLE}
     rows += [("", "", str(p)) for p in problems if p.setting not in known]
@@ -479,5 +481,6 @@ def setup(runtime, now: datetime | None = None, correlation_id: str = "") -> pag
 
     sync = sync_status(runtime, correlation_id)
     # Its setting error (a short token: every SCIM route answers 503) is a problem of the page's summary.
-    return pages.setup_page(setup_report(runtime, now), extra_html=setup_section(runtime, correlation_id, sync),
+    return pages.setup_page(setup_report(runtime, now, sync.problems),
+                            extra_html=setup_section(runtime, correlation_id, sync),
                             extra_problems=int(sync.state == "error"))

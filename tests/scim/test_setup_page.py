@@ -71,6 +71,30 @@ def test_a_directory_sync_setting_error_is_a_problem_in_the_summary(use_settings
     assert summary_problems(requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text) == before
 
 
+def settings_row(page: str, name: str) -> str:
+    """The Settings section's row of one setting."""
+    found = re.search(rf"<tr>(?:(?!</tr>).)*<th>{name}</th>.*?</tr>", page)
+    assert found, f"no Settings row {name}"
+    return found.group(0)
+
+
+@pytest.mark.parametrize("in_vault, changes, setting", [
+    (False, {"SCIM_TOKEN": TOKEN, "SCIM_DEFAULT_KIND": "admin"}, "SCIM_DEFAULT_KIND"),
+    (False, {"SCIM_TOKEN": "short"}, "SCIM_TOKEN"),
+    (True, {"SCIM_TOKEN": TOKEN}, "SCIM_TOKEN"),
+    (True, {"SCIM_TOKEN_NAME": "scim_token"}, "SCIM_TOKEN_NAME"),
+], ids=["bad-default-kind", "short-token", "token-beside-the-vault", "bad-secret-name"])
+def test_a_directory_sync_setting_error_makes_its_settings_row_red(vault_app, use_settings, in_vault, changes,
+                                                                   setting):
+    """The section says "setting error"; the setting's own row under Settings must not say OK."""
+    (vault_app if in_vault else use_settings)(**changes)
+    page = requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text
+    assert '<span class="st fail">setting error</span>' in page
+    row = settings_row(page, setting)
+    assert 'class="st fail"' in row and "<strong>" in row, row
+    assert TOKEN not in page
+
+
 def test_tools_accounts_list_marks_provisioned_accounts(scim, azurite, capsys, tmp_path):
     from tools import accounts
 
