@@ -95,6 +95,23 @@ def test_a_directory_sync_setting_error_makes_its_settings_row_red(vault_app, us
     assert TOKEN not in page
 
 
+PASTED_TOKEN = "6646216a681620f929c195e564b52df00075cfd92d3c7be1cbdf685b1c391b79"  # secrets.token_hex(32)
+
+
+@pytest.mark.parametrize("in_vault", [True, False], ids=["with-the-vault", "local"])
+def test_a_token_pasted_into_scim_token_name_is_named_never_shown(vault_app, use_settings, in_vault):
+    """A token_hex (or a token_urlsafe without '_') is a name Key Vault allows: it is taken for what it
+    most likely is, the token, and never shown nor sent to the vault as a secret's name (a URL path)."""
+    (vault_app if in_vault else use_settings)(SCIM_TOKEN=None, SCIM_TOKEN_NAME=PASTED_TOKEN)
+    page = requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text
+    health = requests.get(f"{APP_BASE}/api/health", timeout=20).text
+    assert PASTED_TOKEN not in page and PASTED_TOKEN not in health
+    assert "value hidden" in settings_row(page, "SCIM_TOKEN_NAME")
+    if in_vault:
+        assert '<span class="st fail">setting error</span>' in section() and "SCIM_TOKEN_NAME" in section()
+        assert 'class="st fail"' in settings_row(page, "SCIM_TOKEN_NAME")
+
+
 def test_tools_accounts_list_marks_provisioned_accounts(scim, azurite, capsys, tmp_path):
     from tools import accounts
 

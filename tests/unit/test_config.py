@@ -335,6 +335,24 @@ def test_a_client_id_is_shown_only_when_it_has_an_ids_shape(value, hidden):
     assert may_hold_a_credential("OIDC_CLIENT_ID", value) is hidden
 
 
+# Tokens as they are made (secrets.token_urlsafe(32) without '_', token_hex(32), uuid4().hex): each is
+# a name Key Vault allows, so only its look says it is no name.
+TOKENS = ["uVnd7gTFwrLcbBob3dfDnTBw62NJTOPuum52bOaGesg", "hCbTZCv3f20cxWIlSpY4AdmuZow3bAHTT-5A8arOJpo",
+          "vrYNcK5U6IIfxh2UWgq2lpYvw3yYYDNYsAnzUoBWqKU",
+          "6646216a681620f929c195e564b52df00075cfd92d3c7be1cbdf685b1c391b79", "0f9e8d7c6b5a49383726150413f2e1d0"]
+SECRET_NAMES = ["oidc-client-secret", "scim-token", "session-signing-key", "oidc-client-certificate",
+                "portal-sso-directory-sync-scim-bearer-token", "contoso-prod-westeurope-portal-sso-scim-token-2026-b",
+                "kv-sso-prd-weu-001-scim-token-v2-20261202", "ContosoPortalDirectorySyncBearerTokenForProduction"]
+
+
+@pytest.mark.parametrize("setting", ["SCIM_TOKEN_NAME", "OIDC_CLIENT_SECRET_NAME", "SESSION_SIGNING_KEY_NAME"])
+def test_a_token_pasted_where_a_secrets_name_goes_is_hidden_and_real_names_are_shown(setting):
+    for token in TOKENS:
+        assert may_hold_a_credential(setting, token), f"{token} would be shown as {setting}"
+    for name in SECRET_NAMES:
+        assert not may_hold_a_credential(setting, name), f"the name {name} would be hidden"
+
+
 def test_a_client_id_of_another_idp_may_be_any_string():
     settings = load_settings(env(OIDC_ISSUER_URL="https://idp.contoso.test/realm", OIDC_CLIENT_ID="portal-sso"))
     assert settings.client_id == "portal-sso", "only Entra's client ids are GUIDs"
