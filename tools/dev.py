@@ -45,6 +45,7 @@ from .stack import (
     start_idp,
     stop_all,
     trust_env,
+    write_private,
 )
 
 # Elsewhere only for the tests (and a second stack): DEV_STATE_DIR, DEV_SETTINGS_FILE.
@@ -103,16 +104,8 @@ def _state_secret(name: str, make) -> str:
     """A value made once and kept in .devstack/, so restarts keep the same keys and secrets."""
     path = STATE / name
     if not path.exists():
-        _write_private(path, make())
+        write_private(path, make())
     return path.read_text()
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Writes a file only its owner may read, from its first byte (not chmod after a write under the umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # O_CREAT's mode is not applied to a file that was already there
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
 
 
 def _new_signing_key() -> str:
@@ -174,7 +167,7 @@ def write_local_settings(values: dict[str, str]) -> str:
     ours = not LOCAL_SETTINGS.exists() or _written_by_make_run(LOCAL_SETTINGS) or (
         WRITTEN_SETTINGS.exists() and LOCAL_SETTINGS.read_text() == WRITTEN_SETTINGS.read_text())
     for path in (WRITTEN_SETTINGS, LOCAL_SETTINGS) if ours else (WRITTEN_SETTINGS,):
-        _write_private(path, text)  # it holds the storage key
+        write_private(path, text)  # it holds the storage key
     if ours:
         return f"{LOCAL_SETTINGS} (read by tools.accounts and tools.host; git-ignored)"
     return (f"{WRITTEN_SETTINGS} (your own {LOCAL_SETTINGS.name} was left alone: copy this one over it for "
