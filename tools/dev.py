@@ -56,12 +56,24 @@ WRITTEN_SETTINGS = STATE / "local.settings.json"  # the copy of what make run la
 TENANT = "11111111-2222-4333-8444-555555555555"
 OTHER_TENANT = "99999999-8888-4777-8666-555555555555"
 CLIENT_ID = "00000000-0000-4000-8000-00000000c11d"
-PORTS = {
-    "app": int(os.environ.get("DEV_APP_PORT", 7071)),
-    "idp": int(os.environ.get("DEV_IDP_PORT", 7443)),
-    "portal": int(os.environ.get("DEV_PORTAL_PORT", 7080)),
-    "azurite": int(os.environ.get("DEV_TABLES_PORT", 10002)),
-}
+PORT_VARIABLES = {"app": ("DEV_APP_PORT", 7071), "idp": ("DEV_IDP_PORT", 7443), "portal": ("DEV_PORTAL_PORT", 7080),
+                  "azurite": ("DEV_TABLES_PORT", 10002)}
+
+
+def read_ports(environ) -> tuple[dict[str, int], list[str]]:
+    """Each service's port, from its variable (unset or empty: the default), and what is not a port;
+    said by main, not raised here at import (a traceback), nor by a socket (which takes 99999 modulo 65536)."""
+    ports, problems = {}, []
+    for service, (variable, default) in PORT_VARIABLES.items():
+        raw = environ.get(variable, "").strip()
+        port = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 5 else 0
+        if raw and not 1 <= port <= 65535:
+            problems.append(f"{variable}={raw!r} is not a port (1 to 65535)")
+        ports[service] = port if raw and 1 <= port <= 65535 else default
+    return ports, problems
+
+
+PORTS, PORT_PROBLEMS = read_ports(os.environ)
 # (login, password, name, oid, app roles): the roles claim Entra sends for the app roles assigned.
 PEOPLE = [
     ("user@contoso.test", "user", "Demo User", "0c1f6b0e-2b8e-4f5a-9d51-7a3e1f2c9b01", ["Portal.User"]),
@@ -188,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scenario is not None and args.scenario not in SCENARIOS:  # argparse checks no default (SCENARIO=)
         parser.error(f"SCENARIO={args.scenario!r} is not one of: {', '.join(sorted(SCENARIOS))}")
+    if PORT_PROBLEMS:
+        parser.error("; ".join(PORT_PROBLEMS))
     # Azurite and the IdP run in sessions of their own, out of reach of the terminal's signals: every
     # stop (Ctrl-C, `kill`, the terminal closing) must come through here, from the first moment, or
     # they outlive make run and hold their ports. A signal ignored already (nohup) stays ignored.
