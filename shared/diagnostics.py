@@ -53,8 +53,8 @@ NEW_CREDENTIAL_CODES = {7000215, 7000222}
 REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
     "no_email_claim": ("Add the 'email' optional claim (ID token) under Token configuration, and let Entra "
                        "turn on the Microsoft Graph email permission.", ()),
-    "client_credential_rejected": ("The IdP refused our client credential (invalid_client): check the client "
-                                   "secret in Key Vault is the current one, and OIDC_CLIENT_ID.",
+    "client_credential_rejected": ("The IdP refused our client credential (invalid_client): check the "
+                                   "{credential} is the current one, and OIDC_CLIENT_ID.",
                                    (7000215, 7000222, 700016)),
     "code_redemption_failed": ("The IdP refused the authorization code (invalid_grant: expired, used or not "
                                "this app's): the person starts again; nothing to fix unless it repeats.", ()),
@@ -80,6 +80,20 @@ REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
 PERSON_REASONS = {"unknown_state", "flow_expired", "browser_binding_mismatch", "missing_code_or_state",
                   "account_disabled"}
 # A no_account whose detail holds WRONG_DOOR: the person used the other kind's door (login.py writes it).
+
+
+def _credential_named(runtime) -> str:
+    """The client credential as client_credential_rejected's fix names it: what it is and where this
+    app reads it (a local setting, or Key Vault)."""
+    try:
+        settings = runtime.settings
+    except ConfigurationError:
+        return "client secret or certificate"
+    what, setting = (("client certificate", "OIDC_CLIENT_CERTIFICATE") if settings.uses_certificate else
+                     ("client secret", "OIDC_CLIENT_SECRET"))
+    if settings.key_vault_url:
+        return f"{what} in Key Vault (the secret {setting}_NAME names)"
+    return f"{what} in {setting}"
 
 
 def _persons_own(reason: str, detail: str) -> bool:
@@ -373,6 +387,8 @@ def last_sign_ins(runtime, unavailable: str = "") -> list[Check]:
                                 "the other kind's door, a cancelled sign-in): nothing to fix here", data=data))
         elif had_email is False or reason in ("no_email_claim", "client_credential_rejected"):
             fix, codes = REASON_FIXES.get(reason, REASON_FIXES["no_email_claim"])
+            fix = fix.format(credential=_credential_named(runtime)) if reason == "client_credential_rejected" \
+                else fix
             checks.append(Check(f"last_{kind}", title, False, detail, fix, aadsts=codes, data=data))
         else:  # a person without an account, a cancelled login...: worth a look, not a broken setup
             fix, codes = REASON_FIXES.get(reason, ("", ()))
