@@ -83,15 +83,18 @@ def settings_row(page: str, name: str) -> str:
     (False, {"SCIM_TOKEN": "short"}, "SCIM_TOKEN"),
     (True, {"SCIM_TOKEN": TOKEN}, "SCIM_TOKEN"),
     (True, {"SCIM_TOKEN_NAME": "scim_token"}, "SCIM_TOKEN_NAME"),
-], ids=["bad-default-kind", "short-token", "token-beside-the-vault", "bad-secret-name"])
+    (True, {"SCIM_TOKEN": TOKEN, "SCIM_TOKEN_NAME": "scim_token", "SCIM_DEFAULT_KIND": "admin"},
+     ("SCIM_TOKEN", "SCIM_TOKEN_NAME", "SCIM_DEFAULT_KIND")),
+], ids=["bad-default-kind", "short-token", "token-beside-the-vault", "bad-secret-name", "all-three"])
 def test_a_directory_sync_setting_error_makes_its_settings_row_red(vault_app, use_settings, in_vault, changes,
                                                                    setting):
     """The section says "setting error"; the setting's own row under Settings must not say OK."""
     (vault_app if in_vault else use_settings)(**changes)
     page = requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text
     assert '<span class="st fail">setting error</span>' in page
-    row = settings_row(page, setting)
-    assert 'class="st fail"' in row and "<strong>" in row, row
+    for name in (setting,) if isinstance(setting, str) else setting:
+        row = settings_row(page, name)
+        assert 'class="st fail"' in row and "<strong>" in row, row
     assert TOKEN not in page
 
 
