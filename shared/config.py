@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -172,17 +173,19 @@ def log_value(value: object, *, quote: bool = False) -> str:
 
 
 # What a credential looks like, wherever it was pasted: an Entra client secret's Value (some 40
-# characters of [A-Za-z0-9._~-], with its '~'), a JWT, a PEM, a storage account key or a SAS.
+# characters of [A-Za-z0-9._~-], with its '~'), a JWT, a PEM, a storage account key or a SAS, or a
+# URL holding a password (scheme://user:password@host: the settings refuse it, and must not quote it).
 _TOKEN_RUN = re.compile(r"[\w.~-]{32,}")  # linear: runs of a token's characters, then a look for its '~'
 _JWT = re.compile(r"eyJ[\w-]{8,}\.[\w-]+\.")
+_URL_PASSWORD = re.compile(r"://[^/?#@\s]*:[^/?#@\s]*@")  # in the authority: before any '/', '?' or '#'
 _CREDENTIAL_MARKERS = ("accountkey=", "sig=", "sharedaccesssignature=", "-----begin")
 NOT_SHOWN = "(not shown: it may be a secret)"
 
 
 def looks_like_a_secret(value: str) -> bool:
     lowered = value.lower()
-    return any(marker in lowered for marker in _CREDENTIAL_MARKERS) or bool(_JWT.search(value)) or any(
-        "~" in run for run in _TOKEN_RUN.findall(value))
+    return any(marker in lowered for marker in _CREDENTIAL_MARKERS) or bool(_JWT.search(value)) or bool(
+        _URL_PASSWORD.search(value)) or any("~" in run for run in _TOKEN_RUN.findall(value))
 
 
 def quoted(value: str, limit: int = 120) -> str:
@@ -433,11 +436,32 @@ def looks_like_client_id(value: str) -> bool:
     return bool(GUID.match(value.removeprefix("{").removesuffix("}")) or CLIENT_ID_SHAPE.fullmatch(value))
 
 
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{32}")
+TOKEN_NAME_BITS = 4.2  # Shannon entropy per character, at and above which a long mixed-case name is a token
+
+
+def looks_like_a_token(value: str) -> bool:
+    """Whether a value Key Vault would take for a secret's name is more likely a token pasted there
+    (secrets.token_hex, or a token_urlsafe without '_'): 32 characters or more, and either 32 hex digits
+    in a row, or upper and lower case mixed at TOKEN_NAME_BITS of entropy per character or more (a
+    token_urlsafe(32) has some 4.85, and none of 155,000 drawn had under 4.2). Names in Key Vault's usual style,
+    lower-case words, digits and hyphens (scim-token, oidc-client-secret), are never taken for one, nor
+    is a long PascalCase name of words (under 4 bits). Not caught: a token of one case and no hex run."""
+    if len(value) < 32:
+        return False
+    if _HEX_RUN.search(value):
+        return True
+    if value.lower() == value or value.upper() == value:
+        return False
+    counts = [value.count(c) / len(value) for c in set(value)]
+    return -sum(p * math.log2(p) for p in counts) >= TOKEN_NAME_BITS
+
+
 def may_hold_a_credential(name: str, value: str) -> bool:
     """Whether a setting's value, shown as it is on the setup page, might be a credential pasted in the
-    wrong place: a secret name Key Vault refuses, a client ID of no ID's shape, a storage key or SAS in
-    an endpoint."""
-    if name.endswith("_NAME") and secret_name_problem(value):
+    wrong place: a secret name Key Vault refuses or that looks like a token, a client ID of no ID's
+    shape, a storage key or SAS in an endpoint."""
+    if name.endswith("_NAME") and (secret_name_problem(value) or looks_like_a_token(value)):
         return True
     if name == "OIDC_CLIENT_ID" and value and not looks_like_client_id(value):
         return True
@@ -491,12 +515,14 @@ def _storage(read: _Reader, _: dict) -> dict:
     if not connection_string and not endpoint:
         read.problem("TABLES_CONNECTION_STRING", "missing, and so is TABLES_ENDPOINT.", "Give the storage "
                      "account's table endpoint (used with the managed identity), or a connection string.")
-    elif endpoint and not connection_string and (not _https_url(endpoint, allow_loopback_http=True)
-                                                 or urlsplit(endpoint).query):
-        # Never quoted: what lands here by mistake is a connection string (its key) or a SAS URL.
-        read.problem("TABLES_ENDPOINT", f"is not {_URL_FIX} without a query (a SAS or a connection string "
-                     "goes in TABLES_CONNECTION_STRING);", "copy the storage account's Table service endpoint, "
-                     "e.g. https://myaccount.table.core.windows.net.")
+    elif endpoint and not connection_string and (not _https_url(endpoint) or urlsplit(endpoint).query):
+        # Never quoted: what lands here by mistake is a connection string (its key) or a SAS URL. No
+        # http://, even on loopback: the endpoint goes with the identity's token, which the Tables SDK
+        # sends over https:// only (it raises at the first table use).
+        read.problem("TABLES_ENDPOINT", f"is not {_URL_FIX} without a query (it is used with the managed "
+                     "identity's token, sent over https:// only; a SAS or a connection string, Azurite's "
+                     "included, goes in TABLES_CONNECTION_STRING);", "copy the storage account's Table service "
+                     "endpoint, e.g. https://myaccount.table.core.windows.net.")
     elif connection_string and (why := _connection_string_problem(connection_string)):
         # Never quoted: it holds the account key or a SAS.
         read.problem("TABLES_CONNECTION_STRING", f"{why};", "copy the storage account's connection string "

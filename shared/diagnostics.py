@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -53,8 +53,8 @@ NEW_CREDENTIAL_CODES = {7000215, 7000222}
 REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
     "no_email_claim": ("Add the 'email' optional claim (ID token) under Token configuration, and let Entra "
                        "turn on the Microsoft Graph email permission.", ()),
-    "client_credential_rejected": ("The IdP refused our client credential (invalid_client): check the client "
-                                   "secret in Key Vault is the current one, and OIDC_CLIENT_ID.",
+    "client_credential_rejected": ("The IdP refused our client credential (invalid_client): check the "
+                                   "{credential} is the current one, and OIDC_CLIENT_ID.",
                                    (7000215, 7000222, 700016)),
     "code_redemption_failed": ("The IdP refused the authorization code (invalid_grant: expired, used or not "
                                "this app's): the person starts again; nothing to fix unless it repeats.", ()),
@@ -80,6 +80,20 @@ REASON_FIXES: dict[str, tuple[str, tuple[int, ...]]] = {
 PERSON_REASONS = {"unknown_state", "flow_expired", "browser_binding_mismatch", "missing_code_or_state",
                   "account_disabled"}
 # A no_account whose detail holds WRONG_DOOR: the person used the other kind's door (login.py writes it).
+
+
+def _credential_named(runtime) -> str:
+    """The client credential as client_credential_rejected's fix names it: what it is and where this
+    app reads it (a local setting, or Key Vault)."""
+    try:
+        settings = runtime.settings
+    except ConfigurationError:
+        return "client secret or certificate"
+    what, setting = (("client certificate", "OIDC_CLIENT_CERTIFICATE") if settings.uses_certificate else
+                     ("client secret", "OIDC_CLIENT_SECRET"))
+    if settings.key_vault_url:
+        return f"{what} in Key Vault (the secret {setting}_NAME names)"
+    return f"{what} in {setting}"
 
 
 def _persons_own(reason: str, detail: str) -> bool:
@@ -198,14 +212,6 @@ def check_idp_metadata(runtime) -> Check:
                         "(Overview > Endpoints), and check the app can reach it.")
 
 
-def _certificate_expiry(secret) -> datetime | None:
-    """The client certificate's own end date (PEM or PKCS#12, as sign-in reads it); else the secret's."""
-    try:
-        return client_certificate(secret)[1].not_valid_after_utc
-    except ConfigurationError:
-        return secret.expires_on
-
-
 def _stale(cached, check: Check, what: str = "Key Vault unreachable",
            serving: str = "serving the last version read", fix: str = "") -> Check:
     """Amber when what is held serves on because its source cannot be read (refreshing.py); red once
@@ -229,8 +235,8 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
     title = "Client certificate" if certificate else "Client secret"
     setting = "OIDC_CLIENT_CERTIFICATE" if certificate else "OIDC_CLIENT_SECRET"
     # Where a new one goes: a vault's new version is read without a restart; a local setting at start.
-    store = ("store it in Key Vault as a new version (with its expiry date); the app reads it within "
-             "SECRET_CACHE_SECONDS, no restart needed" if settings.key_vault_url else
+    store = (f"store it in Key Vault as a new version of the secret {setting}_NAME names (with its expiry date); "
+             "the app reads it within SECRET_CACHE_SECONDS, no restart needed" if settings.key_vault_url else
              f"put it in {setting} (local development only), then restart the host")
 
     def probe() -> Check:
@@ -269,7 +275,16 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
             where += f", version {secret.version}" if secret.version else ""
         else:
             where = f"{secret.source} (local development only)"
-        expires = _certificate_expiry(secret) if certificate else secret.expires_on
+        if certificate:
+            # Read as sign-in reads it (PEM or PKCS#12): one sign-in cannot use is red, not "readable".
+            try:
+                expires = client_certificate(secret)[1].not_valid_after_utc
+            except ConfigurationError as err:
+                return Check("client_secret", title, False, f"unusable, from {where}: {failure_text('', err)}",
+                             f"Give the certificate with its private key, unencrypted (PEM, or PKCS#12 without a "
+                             f"password): {store}.")
+        else:
+            expires = secret.expires_on
         if expires is None:
             note = ("" if secret.source != "key vault" else
                     "; no expiry date on the secret: set it to the Entra secret's, so this page and "
@@ -372,6 +387,8 @@ def last_sign_ins(runtime, unavailable: str = "") -> list[Check]:
                                 "the other kind's door, a cancelled sign-in): nothing to fix here", data=data))
         elif had_email is False or reason in ("no_email_claim", "client_credential_rejected"):
             fix, codes = REASON_FIXES.get(reason, REASON_FIXES["no_email_claim"])
+            fix = fix.format(credential=_credential_named(runtime)) if reason == "client_credential_rejected" \
+                else fix
             checks.append(Check(f"last_{kind}", title, False, detail, fix, aadsts=codes, data=data))
         else:  # a person without an account, a cancelled login...: worth a look, not a broken setup
             fix, codes = REASON_FIXES.get(reason, ("", ()))
@@ -444,13 +461,15 @@ def _redirect_uris(env: Mapping[str, str], settings: Settings | None) -> tuple[s
     return "", "Set PUBLIC_BASE_URL (the app's https:// address) to get them."
 
 
-def setup_report(runtime, now: datetime | None = None) -> SetupReport:
+def setup_report(runtime, now: datetime | None = None, sync_problems: Sequence[Problem] = ()) -> SetupReport:
+    """`sync_problems`: directory sync's, which it reads itself (scim/auth.py: they never stop sign-in),
+    shown in its settings' rows too."""
     env = runtime.env
     settings_check, checks = health_checks(runtime, now)
     settings = None if not settings_check.ok else runtime.settings
     problems = [Problem(**p) for p in settings_check.data.get("problems", [])]
     rows = [(info.name, _shown_value(info, env, settings),
-             " ".join(f"{p.text} {p.fix}".strip() for p in problems if p.setting == info.name))
+             " ".join(f"{p.text} {p.fix}".strip() for p in (*problems, *sync_problems) if p.setting == info.name))
             for info in SETTINGS_TABLE]
     known = {info.name for info in SETTINGS_TABLE}
     rows += [("", "", str(p)) for p in problems if p.setting not in known]
@@ -478,5 +497,6 @@ def setup(runtime, now: datetime | None = None, correlation_id: str = "") -> pag
 
     sync = sync_status(runtime, correlation_id)
     # Its setting error (a short token: every SCIM route answers 503) is a problem of the page's summary.
-    return pages.setup_page(setup_report(runtime, now), extra_html=setup_section(runtime, correlation_id, sync),
+    return pages.setup_page(setup_report(runtime, now, sync.problems),
+                            extra_html=setup_section(runtime, correlation_id, sync),
                             extra_problems=int(sync.state == "error"))

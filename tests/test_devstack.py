@@ -490,17 +490,53 @@ def test_an_empty_variable_is_not_reported_as_winning_over_the_settings(monkeypa
 def test_files_holding_secrets_are_private_even_when_they_were_there_before(tmp_path):
     """`cp local.settings.example.json local.settings.json` leaves a 0644 file: O_CREAT's 0600 does not
     apply to it, so make run wrote the storage key into a file every local user could read."""
-    from tools.dev import _write_private
+    from tools.stack import write_private
 
     existing = tmp_path / "local.settings.json"
     existing.write_text("{}")
     existing.chmod(0o644)
-    _write_private(existing, '{"AccountKey": "k"}')
+    write_private(existing, '{"AccountKey": "k"}')
     fresh = tmp_path / "new"
     old = os.umask(0)
     try:
-        _write_private(fresh, "secret")
+        write_private(fresh, "secret")
     finally:
         os.umask(old)
     assert (existing.stat().st_mode & 0o777, fresh.stat().st_mode & 0o777) == (0o600, 0o600)
     assert existing.read_text() == '{"AccountKey": "k"}'
+
+
+def test_the_dev_servers_private_key_is_private_from_its_first_byte(tmp_path, monkeypatch):
+    """make_ca wrote .devstack/ca/server-key.pem under the umask (0644) and chmodded it after: between
+    the two (or for good, if the chmod never ran) every local user could read the key."""
+    from tools.stack import make_ca
+
+    monkeypatch.setattr(Path, "chmod", lambda *args, **kwargs: None)  # privacy may not rest on a later chmod
+    old = os.umask(0o022)
+    try:
+        ca = make_ca(tmp_path / "ca")
+    finally:
+        os.umask(old)
+    assert ca.server_key.stat().st_mode & 0o777 == 0o600
+    assert b"PRIVATE KEY" in ca.server_key.read_bytes()
+
+
+@pytest.mark.parametrize("value", ["abc", "99999"])
+def test_a_port_variable_that_is_no_port_is_named_not_a_traceback(tmp_path, value):
+    """`DEV_APP_PORT=abc make run` was a ValueError traceback, and 99999 an OverflowError (each before
+    anything started, so this runs make run itself)."""
+    env = {**os.environ, "DEV_APP_PORT": value, "DEV_STATE_DIR": str(tmp_path / "state"),
+           "DEV_SETTINGS_FILE": str(tmp_path / "local.settings.json")}
+    done = subprocess.run([sys.executable, "-m", "tools.dev"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"DEV_APP_PORT={value!r} is not a port (1 to 65535)" in done.stderr, done.stderr
+    assert not (tmp_path / "state").exists(), "nothing started"
+
+
+def test_every_port_variable_is_checked_and_an_empty_one_is_the_default():
+    from tools.dev import read_ports
+
+    ports, problems = read_ports({"DEV_TABLES_PORT": "0", "DEV_IDP_PORT": " 8443 ", "DEV_PORTAL_PORT": ""})
+    assert problems == ["DEV_TABLES_PORT='0' is not a port (1 to 65535)"]
+    assert (ports["idp"], ports["portal"], ports["app"]) == (8443, 7080, 7071)

@@ -318,6 +318,15 @@ def test_the_command_says_what_is_wrong_in_local_settings_without_a_traceback(tm
 
 
 
+@pytest.mark.parametrize("port", ["99999", "-1", "abc"])
+def test_a_port_no_socket_can_have_is_refused_by_name(port, capsys):
+    """`--port 99999` served on 34463 (the socket takes the port modulo 65536) without a word."""
+    with pytest.raises(SystemExit) as stopped:
+        host.main(["--port", port])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "--port" in err and "0 to 65535" in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("name", ["missing.json", "no-such-dir"])
 def test_a_settings_file_named_on_the_command_line_that_is_not_there_is_an_error_not_ignored(tmp_path, name):
     """`--settings` naming a missing file was ignored without a word: the host served without the settings

@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {  # name -> (module whose main(argv) runs it, what it does)
-    "accounts": ("tools.accounts", "manage portal accounts: add, import, list, disable, enable, unlink, remove"),
+    "accounts": ("tools.accounts", "manage portal accounts: add, import, list, check, disable, enable, unlink, "
+                                   "remove"),
     "deploy": ("tools.deploy", "create or update the Azure resources and deploy the package (--what-if, --dry-run)"),
     "register-app": ("tools.register_app", "the Entra ID app registration; assign, rotate-secret, provisioning, "
                                            "rotate-token"),

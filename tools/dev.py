@@ -45,6 +45,7 @@ from .stack import (
     start_idp,
     stop_all,
     trust_env,
+    write_private,
 )
 
 # Elsewhere only for the tests (and a second stack): DEV_STATE_DIR, DEV_SETTINGS_FILE.
@@ -55,12 +56,24 @@ WRITTEN_SETTINGS = STATE / "local.settings.json"  # the copy of what make run la
 TENANT = "11111111-2222-4333-8444-555555555555"
 OTHER_TENANT = "99999999-8888-4777-8666-555555555555"
 CLIENT_ID = "00000000-0000-4000-8000-00000000c11d"
-PORTS = {
-    "app": int(os.environ.get("DEV_APP_PORT", 7071)),
-    "idp": int(os.environ.get("DEV_IDP_PORT", 7443)),
-    "portal": int(os.environ.get("DEV_PORTAL_PORT", 7080)),
-    "azurite": int(os.environ.get("DEV_TABLES_PORT", 10002)),
-}
+PORT_VARIABLES = {"app": ("DEV_APP_PORT", 7071), "idp": ("DEV_IDP_PORT", 7443), "portal": ("DEV_PORTAL_PORT", 7080),
+                  "azurite": ("DEV_TABLES_PORT", 10002)}
+
+
+def read_ports(environ) -> tuple[dict[str, int], list[str]]:
+    """Each service's port, from its variable (unset or empty: the default), and what is not a port;
+    said by main, not raised here at import (a traceback), nor by a socket (which takes 99999 modulo 65536)."""
+    ports, problems = {}, []
+    for service, (variable, default) in PORT_VARIABLES.items():
+        raw = environ.get(variable, "").strip()
+        port = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 5 else 0
+        if raw and not 1 <= port <= 65535:
+            problems.append(f"{variable}={raw!r} is not a port (1 to 65535)")
+        ports[service] = port if raw and 1 <= port <= 65535 else default
+    return ports, problems
+
+
+PORTS, PORT_PROBLEMS = read_ports(os.environ)
 # (login, password, name, oid, app roles): the roles claim Entra sends for the app roles assigned.
 PEOPLE = [
     ("user@contoso.test", "user", "Demo User", "0c1f6b0e-2b8e-4f5a-9d51-7a3e1f2c9b01", ["Portal.User"]),
@@ -103,16 +116,8 @@ def _state_secret(name: str, make) -> str:
     """A value made once and kept in .devstack/, so restarts keep the same keys and secrets."""
     path = STATE / name
     if not path.exists():
-        _write_private(path, make())
+        write_private(path, make())
     return path.read_text()
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Writes a file only its owner may read, from its first byte (not chmod after a write under the umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # O_CREAT's mode is not applied to a file that was already there
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
 
 
 def _new_signing_key() -> str:
@@ -174,7 +179,7 @@ def write_local_settings(values: dict[str, str]) -> str:
     ours = not LOCAL_SETTINGS.exists() or _written_by_make_run(LOCAL_SETTINGS) or (
         WRITTEN_SETTINGS.exists() and LOCAL_SETTINGS.read_text() == WRITTEN_SETTINGS.read_text())
     for path in (WRITTEN_SETTINGS, LOCAL_SETTINGS) if ours else (WRITTEN_SETTINGS,):
-        _write_private(path, text)  # it holds the storage key
+        write_private(path, text)  # it holds the storage key
     if ours:
         return f"{LOCAL_SETTINGS} (read by tools.accounts and tools.host; git-ignored)"
     return (f"{WRITTEN_SETTINGS} (your own {LOCAL_SETTINGS.name} was left alone: copy this one over it for "
@@ -195,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scenario is not None and args.scenario not in SCENARIOS:  # argparse checks no default (SCENARIO=)
         parser.error(f"SCENARIO={args.scenario!r} is not one of: {', '.join(sorted(SCENARIOS))}")
+    if PORT_PROBLEMS:
+        parser.error("; ".join(PORT_PROBLEMS))
     # Azurite and the IdP run in sessions of their own, out of reach of the terminal's signals: every
     # stop (Ctrl-C, `kill`, the terminal closing) must come through here, from the first moment, or
     # they outlive make run and hold their ports. A signal ignored already (nohup) stays ignored.

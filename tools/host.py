@@ -59,6 +59,7 @@ from shared import pages
 from shared.config import log_value
 from shared.errors import InvalidRequest
 from shared.worker import quiet_loggers
+from tools.arguments import whole_number
 from tools.local_settings import load_local_settings, local_http_port, settings_path
 
 LOG = logging.getLogger("tools.host")
@@ -465,7 +466,8 @@ def serve_in_thread(wsgi_app: Any, host: str = "127.0.0.1", port: int = 0, ssl_c
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.host", description="Serves function_app.py's HTTP "
                                      "functions like `func start` (settings: environment, then local.settings.json).")
-    parser.add_argument("--port", type=int, help=f"default: Host.LocalHttpPort, else {DEFAULT_PORT}")
+    parser.add_argument("--port", type=whole_number(0, 65535),  # a socket takes a bigger one modulo 65536
+                        help=f"default: Host.LocalHttpPort, else {DEFAULT_PORT}; 0: any free port")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--cert", help="PEM certificate (chain): serve HTTPS")
     parser.add_argument("--key", help="PEM private key of --cert")

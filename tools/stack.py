@@ -74,6 +74,14 @@ def _system_bundle() -> Path | None:
     return Path(certifi.where())
 
 
+def write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner may read, from its first byte (not chmod after a write under the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode is not applied to a file that was already there
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 def make_ca(directory: Path) -> TestCA:
     """Create (or reuse) a trustme CA and a server certificate for 127.0.0.1 and localhost.
 
@@ -99,8 +107,7 @@ def make_ca(directory: Path) -> TestCA:
         with ca.server_cert.open("wb") as out:
             for blob in leaf.cert_chain_pems:
                 out.write(blob.bytes())
-        leaf.private_key_pem.write_to_path(str(ca.server_key))
-        ca.server_key.chmod(0o600)
+        write_private(ca.server_key, leaf.private_key_pem.bytes().decode("ascii"))
     system = _system_bundle()
     parts = []
     if system is not None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-from ..config import KIND_ROLES, public_base_url, valid_public_base
+from ..config import KIND_ROLES, looks_like_a_token, public_base_url, valid_public_base
 from ..diagnostics import failure_text
-from ..errors import REGISTER_APP
+from ..errors import REGISTER_APP, Problem
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
 from .auth import read_config, secret_name
 from .events import DirectoryEvents
@@ -23,7 +23,7 @@ class SyncStatus:
     state: str  # "off", "on" or "error"
     tenant_url: str
     source: str = ""
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # its settings' (read_config), or why none were read
     last: dict | None = None
     people: int | None = None
     accounts: int | None = None
@@ -43,11 +43,12 @@ def sync_status(runtime, correlation_id: str = "") -> SyncStatus:
     try:
         config = read_config(runtime)
     except Exception as exc:
-        status.state, status.problems = "error", [failure_text("directory sync settings", exc, correlation_id)]
+        status.state, status.problems = "error", [Problem("", failure_text("directory sync settings", exc,
+                                                                           correlation_id))]
         return status
     status.source = config.source
     if config.problems:
-        status.state, status.problems = "error", [str(p) for p in config.problems]
+        status.state, status.problems = "error", list(config.problems)
     elif config.tokens:
         status.state = "on"
     try:
@@ -67,6 +68,12 @@ def sync_status(runtime, correlation_id: str = "") -> SyncStatus:
     return status
 
 
+def _secret_shown(name: str) -> str:
+    """The token's Key Vault secret, as HTML: by its name, unless that looks like a token pasted there."""
+    return "the Key Vault secret <code>SCIM_TOKEN_NAME</code> names" if looks_like_a_token(name) else \
+        f"Key Vault secret <code>{html.escape(name)}</code>"
+
+
 def setup_section(runtime, correlation_id: str = "", status: SyncStatus | None = None) -> str:
     """The setup page's "Directory sync" section, as HTML (every value escaped); of `status` when the
     caller has read it already (the page's summary counts its state), so the tables are read once."""
@@ -75,10 +82,9 @@ def setup_section(runtime, correlation_id: str = "", status: SyncStatus | None =
     label = {"off": ("warn", "off"), "on": ("ok", "on"), "error": ("fail", "setting error")}[s.state]
     rows = [f'<tr><td><span class="st {label[0]}">{label[1]}</span></td><th>Directory sync</th><td>'
             + (f"token from {e(s.source)}" if s.state == "on" else
-               "; ".join(e(p) for p in s.problems) if s.state == "error" else
+               "; ".join(e(str(p)) for p in s.problems) if s.state == "error" else
                "no SCIM token: set <code>SCIM_TOKEN</code> locally, or run "
-               f"<code>{e(REGISTER_APP)} provisioning</code> (Key Vault secret "
-               f"<code>{e(secret_name(runtime.env))}</code>).")
+               f"<code>{e(REGISTER_APP)} provisioning</code> ({_secret_shown(secret_name(runtime.env))}).")
             + "</td></tr>"]
     if s.tenant_url:
         rows.append(f'<tr><td></td><th>Tenant URL</th><td><code class="copy">{e(s.tenant_url)}</code> '

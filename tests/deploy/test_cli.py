@@ -48,6 +48,17 @@ def test_the_top_level_help_lists_every_command():
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
 
 
+def test_the_accounts_summary_names_every_accounts_subcommand():
+    """`portal-sso --help` left out `check`, which README tells operators to run after an upgrade."""
+    import argparse
+
+    from tools import accounts
+
+    (subcommands,) = (a for a in accounts.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    summary = COMMANDS["accounts"][1]
+    assert [name for name in subcommands.choices if not re.search(rf"\b{name}\b", summary)] == [], summary
+
+
 @pytest.mark.parametrize("argv", [["accounts", "--help"], ["deploy", "--help"], ["register-app", "--help"],
                                   ["register-app", "-g", "rg", "--app", "myapp", "provisioning", "--help"],
                                   ["register-app", "-g", "rg", "--app", "myapp", "assign", "--help"],

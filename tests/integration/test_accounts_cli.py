@@ -672,9 +672,8 @@ def test_a_stored_account_id_another_tool_wrote_cannot_forge_a_log_line(cs, stor
                  id="endpoint-plain-http"),
     pytest.param(["--endpoint", "https://st.table.core.windows.net/?sv=2024&sig=s3cret"], {},
                  "--endpoint: is not an https:// URL", id="argv-endpoint-sas"),
-    pytest.param(["--endpoint", "http://127.0.0.1:1/devstoreaccount1"], {},  # the app's rule allows it
-                 "the storage endpoint: the Tables SDK cannot use it: Token credential is only supported with HTTPS",
-                 id="argv-endpoint-loopback-http"),
+    pytest.param(["--endpoint", "http://127.0.0.1:1/devstoreaccount1"], {},  # the identity's token needs https
+                 "--endpoint: is not an https:// URL", id="argv-endpoint-loopback-http"),
 ])
 def test_storage_settings_the_app_refuses_are_bad_input_named_without_a_traceback_or_the_value(argv, env, said,
                                                                                                capsys):

@@ -346,6 +346,8 @@ def test_invalid_client_secret_is_401_with_the_aadsts_hint(hostile, use_settings
     assert len(hostile.token_requests) == 2
     (last_user,) = [c for c in diagnostics.last_sign_ins(runtime) if c.name == "last_user"]
     assert last_user.level == "fail" and "client secret" in last_user.fix, "our credential: a problem of ours"
+    assert "OIDC_CLIENT_SECRET" in last_user.fix and "Key Vault" not in last_user.fix, \
+        f"the fix names where this app reads the secret: {last_user.fix}"
 
 
 def test_a_bogus_code_from_an_anonymous_caller_is_the_callers_401_not_our_problem(hostile, app):

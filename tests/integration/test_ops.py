@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import time
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.config import KIND_ROLES
-from tests.conftest import APP_BASE, CLIENT_SECRET, DEMO_USER, REDIRECT_URIS, SM2_KEY_PEM
+from tests.conftest import APP_BASE, CERT_CLIENT_ID, CLIENT_SECRET, DEMO_USER, REDIRECT_URIS, SM2_KEY_PEM
 from tests.support.portal import sign_in
 from tools.stack import azurite_connection_string, free_port, new_account_key
 
@@ -171,6 +172,50 @@ def test_an_expired_client_secret_is_red(stub, use_settings, signing_key_pem):
     assert health.json()["checks"]["client_secret"]["days_to_expiry"] < 0
 
 
+def _unusable_certificates(client_certificate) -> dict[str, dict[str, str]]:
+    """A client certificate login cannot use, as each store holds it: a PEM without its private key
+    (locally), a PFX with a password (Key Vault's secret of a certificate imported with one)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    key = serialization.load_pem_private_key(client_certificate.private_key_pem.encode(), None)
+    cert = x509.load_pem_x509_certificate(client_certificate.certificate_pem.encode())
+    pfx = pkcs12.serialize_key_and_certificates(b"portal-sso", key, cert, None,
+                                                serialization.BestAvailableEncryption(b"pfx password"))
+    return {"pem-without-key": {"OIDC_CLIENT_CERTIFICATE": client_certificate.certificate_pem},
+            "pfx-with-password": {"value": base64.b64encode(pfx).decode(), "content_type": "application/x-pkcs12"}}
+
+
+@pytest.mark.parametrize("form", ["pem-without-key", "pfx-with-password"])
+def test_an_unusable_client_certificate_is_red_and_health_503(stub, use_settings, client_certificate, signing_key_pem,
+                                                             form):
+    """The login cannot use it (500 configuration_error), so health must not say ready: the check reads
+    the certificate as the login does, names where it is and what it must hold, never its content."""
+    given = _unusable_certificates(client_certificate)[form]
+    if "value" in given:
+        stub.set_secret("oidc-client-certificate", given["value"], content_type=given["content_type"])
+        stub.set_secret("session-signing-key", signing_key_pem)
+        use_settings(KEY_VAULT_URL=stub.url, OIDC_CLIENT_SECRET=None, SESSION_SIGNING_KEY=None,
+                     OIDC_CLIENT_CERTIFICATE_NAME="oidc-client-certificate", OIDC_CLIENT_ID=CERT_CLIENT_ID)
+        where, setting = "oidc-client-certificate", "OIDC_CLIENT_CERTIFICATE_NAME"
+    else:
+        use_settings(OIDC_CLIENT_SECRET=None, OIDC_CLIENT_ID=CERT_CLIENT_ID, **given)
+        where = setting = "OIDC_CLIENT_CERTIFICATE"
+    login = get("/api/sso/user/login")
+    assert login.status_code == 500 and "configuration_error" in login.text, login.text[:600]
+    health = get("/api/health")
+    assert health.status_code == 503, health.text
+    check = health.json()["checks"]["client_secret"]
+    assert check["ok"] is False, check
+    assert where in check["detail"] and "private key" in check["detail"], check
+    assert setting in check["fix"] and "private key" in check["fix"], check
+    row = row_of(get("/api/sso/setup").text, "Client certificate")
+    assert 'class="st fail"' in row, row
+    secret_part = client_certificate.certificate_pem.splitlines()[1]
+    for text in (login.text, health.text, row):
+        assert secret_part not in text and given.get("value", secret_part)[:40] not in text
+
+
 def _key_pem(key, encryption=None) -> str:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              encryption or serialization.NoEncryption()).decode()
@@ -259,8 +304,14 @@ ENTRA_ISSUER = "https://login.microsoftonline.com/3f0c9a52-6d1e-4b7a-9c2f-8e5d41
     ("ALLOWED_TENANT_IDS", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
     ("KEY_VAULT_URL", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
     ("PUBLIC_BASE_URL", ENTRA_SECRET_VALUE, ENTRA_SECRET_VALUE),
+    # A URL holding a password (userinfo): refused for it, and its problem quoted the whole URL.
+    ("PORTAL_USER_URL", "https://admin:Hunter2Password@portal.contoso.com/landing", "Hunter2Password"),
+    ("KEY_VAULT_URL", "https://admin:Hunter2Password@contoso-sso.vault.azure.net", "Hunter2Password"),
+    ("OIDC_ISSUER_URL", f"https://admin:Hunter2Password@{ENTRA_ISSUER.removeprefix('https://')}", "Hunter2Password"),
+    ("PUBLIC_BASE_URL", "https://admin:Hunter2Password@app.contoso.com", "Hunter2Password"),
 ], ids=["secret-in-a-name", "key-in-the-endpoint", "sas-in-the-endpoint", "secret-in-the-client-id",
-        "secret-in-the-tenants", "secret-in-the-vault-url", "secret-in-the-base-url"])
+        "secret-in-the-tenants", "secret-in-the-vault-url", "secret-in-the-base-url", "password-in-the-portal-url",
+        "password-in-the-vault-url", "password-in-the-issuer-url", "password-in-the-base-url"])
 def test_a_credential_pasted_into_the_wrong_setting_is_named_but_never_shown(use_settings, caplog, setting, value,
                                                                              secret):
     """Problems name the setting and the fix, never a value that may be a credential: the login's 500

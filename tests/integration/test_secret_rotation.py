@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
+from shared import diagnostics
 from tests.conftest import APP_BASE, CERT_CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_NAME, DEMO_USER, SIGNING_KEY_NAME
 from tests.support.portal import assert_error_page, correlation_id, delivered, idp_answer, sign_in, start_login
 
@@ -113,3 +114,5 @@ def test_the_correlation_id_on_the_page_is_the_client_request_id_of_its_key_vaul
     assert reads[1].client_request_id == correlation_id(response), (reads, correlation_id(response))
     assert reads[0].client_request_id not in ("", reads[1].client_request_id), \
         "the login start's read carries the login start's own id"
+    (last_user,) = [c for c in diagnostics.last_sign_ins(runtime) if c.name == "last_user"]
+    assert "Key Vault" in last_user.fix and "OIDC_CLIENT_SECRET_NAME" in last_user.fix, last_user.fix

@@ -71,6 +71,50 @@ def test_a_directory_sync_setting_error_is_a_problem_in_the_summary(use_settings
     assert summary_problems(requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text) == before
 
 
+def settings_row(page: str, name: str) -> str:
+    """The Settings section's row of one setting."""
+    found = re.search(rf"<tr>(?:(?!</tr>).)*<th>{name}</th>.*?</tr>", page)
+    assert found, f"no Settings row {name}"
+    return found.group(0)
+
+
+@pytest.mark.parametrize("in_vault, changes, setting", [
+    (False, {"SCIM_TOKEN": TOKEN, "SCIM_DEFAULT_KIND": "admin"}, "SCIM_DEFAULT_KIND"),
+    (False, {"SCIM_TOKEN": "short"}, "SCIM_TOKEN"),
+    (True, {"SCIM_TOKEN": TOKEN}, "SCIM_TOKEN"),
+    (True, {"SCIM_TOKEN_NAME": "scim_token"}, "SCIM_TOKEN_NAME"),
+    (True, {"SCIM_TOKEN": TOKEN, "SCIM_TOKEN_NAME": "scim_token", "SCIM_DEFAULT_KIND": "admin"},
+     ("SCIM_TOKEN", "SCIM_TOKEN_NAME", "SCIM_DEFAULT_KIND")),
+], ids=["bad-default-kind", "short-token", "token-beside-the-vault", "bad-secret-name", "all-three"])
+def test_a_directory_sync_setting_error_makes_its_settings_row_red(vault_app, use_settings, in_vault, changes,
+                                                                   setting):
+    """The section says "setting error"; the setting's own row under Settings must not say OK."""
+    (vault_app if in_vault else use_settings)(**changes)
+    page = requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text
+    assert '<span class="st fail">setting error</span>' in page
+    for name in (setting,) if isinstance(setting, str) else setting:
+        row = settings_row(page, name)
+        assert 'class="st fail"' in row and "<strong>" in row, row
+    assert TOKEN not in page
+
+
+PASTED_TOKEN = "6646216a681620f929c195e564b52df00075cfd92d3c7be1cbdf685b1c391b79"  # secrets.token_hex(32)
+
+
+@pytest.mark.parametrize("in_vault", [True, False], ids=["with-the-vault", "local"])
+def test_a_token_pasted_into_scim_token_name_is_named_never_shown(vault_app, use_settings, in_vault):
+    """A token_hex (or a token_urlsafe without '_') is a name Key Vault allows: it is taken for what it
+    most likely is, the token, and never shown nor sent to the vault as a secret's name (a URL path)."""
+    (vault_app if in_vault else use_settings)(SCIM_TOKEN=None, SCIM_TOKEN_NAME=PASTED_TOKEN)
+    page = requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text
+    health = requests.get(f"{APP_BASE}/api/health", timeout=20).text
+    assert PASTED_TOKEN not in page and PASTED_TOKEN not in health
+    assert "value hidden" in settings_row(page, "SCIM_TOKEN_NAME")
+    if in_vault:
+        assert '<span class="st fail">setting error</span>' in section() and "SCIM_TOKEN_NAME" in section()
+        assert 'class="st fail"' in settings_row(page, "SCIM_TOKEN_NAME")
+
+
 def test_tools_accounts_list_marks_provisioned_accounts(scim, azurite, capsys, tmp_path):
     from tools import accounts
 

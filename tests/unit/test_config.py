@@ -250,6 +250,21 @@ def test_tables_endpoint_may_replace_the_connection_string():
     assert settings.tables_endpoint == "https://acct.table.core.windows.net"
 
 
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:10002/devstoreaccount1", "http://localhost:10002",
+                                      "http://[::1]:10002/devstoreaccount1"])
+def test_a_plain_http_tables_endpoint_is_a_named_setting_problem_not_a_crash_at_first_use(endpoint):
+    """TABLES_ENDPOINT goes with the managed identity's token, which the Tables SDK sends over https://
+    only (it raises ValueError at once): on loopback too, where Azurite goes through the connection string."""
+    from azure.identity import DefaultAzureCredential
+
+    from shared.tables import Tables
+
+    with pytest.raises(ValueError, match="HTTPS"):  # what every table use met: a 500, "unexpected error"
+        Tables.from_settings(None, endpoint, DefaultAzureCredential)
+    text = problems_of(env(TABLES_CONNECTION_STRING=None, TABLES_ENDPOINT=endpoint))
+    assert text.startswith("TABLES_ENDPOINT: ") and "https://" in text and "TABLES_CONNECTION_STRING" in text, text
+
+
 def test_metadata_url_keeps_entras_appid_query_which_selects_the_apps_own_signing_keys():
     url = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0/.well-known/openid-configuration"
     settings = load_settings(env(OIDC_ISSUER_URL=f"{url}?appid=6b1d2e3f"))
@@ -318,6 +333,24 @@ def test_a_secret_pasted_into_the_client_id_is_named_never_quoted(value):
 ])
 def test_a_client_id_is_shown_only_when_it_has_an_ids_shape(value, hidden):
     assert may_hold_a_credential("OIDC_CLIENT_ID", value) is hidden
+
+
+# Tokens as they are made (secrets.token_urlsafe(32) without '_', token_hex(32), uuid4().hex): each is
+# a name Key Vault allows, so only its look says it is no name.
+TOKENS = ["uVnd7gTFwrLcbBob3dfDnTBw62NJTOPuum52bOaGesg", "hCbTZCv3f20cxWIlSpY4AdmuZow3bAHTT-5A8arOJpo",
+          "vrYNcK5U6IIfxh2UWgq2lpYvw3yYYDNYsAnzUoBWqKU",
+          "6646216a681620f929c195e564b52df00075cfd92d3c7be1cbdf685b1c391b79", "0f9e8d7c6b5a49383726150413f2e1d0"]
+SECRET_NAMES = ["oidc-client-secret", "scim-token", "session-signing-key", "oidc-client-certificate",
+                "portal-sso-directory-sync-scim-bearer-token", "contoso-prod-westeurope-portal-sso-scim-token-2026-b",
+                "kv-sso-prd-weu-001-scim-token-v2-20261202", "ContosoPortalDirectorySyncBearerTokenForProduction"]
+
+
+@pytest.mark.parametrize("setting", ["SCIM_TOKEN_NAME", "OIDC_CLIENT_SECRET_NAME", "SESSION_SIGNING_KEY_NAME"])
+def test_a_token_pasted_where_a_secrets_name_goes_is_hidden_and_real_names_are_shown(setting):
+    for token in TOKENS:
+        assert may_hold_a_credential(setting, token), f"{token} would be shown as {setting}"
+    for name in SECRET_NAMES:
+        assert not may_hold_a_credential(setting, name), f"the name {name} would be hidden"
 
 
 def test_a_client_id_of_another_idp_may_be_any_string():
