@@ -41,6 +41,7 @@ from .azure_cli import (
     grant,
     host_label,
     revoke,
+    says,
     secret_file,
     secret_name,
     site_field,
@@ -79,6 +80,10 @@ MOVED = {
                "identity loses its roles on the old account's tables and containers at the end of this run",
 }
 OPTIONS = {"storage": "--storage-account", "vault": "--key-vault"}
+# What az 2.91 says when config-zip's package is live on Flex but the host does not answer its status after it
+# (appservice/custom.py check_flex_app_after_deployment, which runs once the deployment has succeeded).
+LIVE_BUT_UNHEALTHY = ("Deployment was successful", "Failed to fetch host key to check for function app status",
+                      "Failed to fetch host url for function app")
 
 
 def resource_names(args: argparse.Namespace, recorded: dict[str, set[str]] | None = None) -> dict[str, str]:
@@ -345,11 +350,7 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
                  "--runtime-version", python,
                  change=("change", f"function app {app}: Python {running or '(unknown)'} to {python}"))
     if package_moves or current.get(PACKAGE_SETTING) != digest or current.get(PACKAGE_PYTHON) != python:
-        az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
-                 "--src", str(package), "--build-remote", "true",
-                 change=("change", f"package {digest[:12]} deployed (built for Python {python})"))
-        az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
-                 "--settings", f"{PACKAGE_SETTING}={digest}", f"{PACKAGE_PYTHON}={python}", change=None)
+        upload(az, app, rg, package, digest, python)
 
     # 10. what the app's identity holds on the account or vault it moved off, now that nothing there is used
     secrets = [key_name, secret_name(current, "OIDC_CLIENT_SECRET_NAME", CLIENT_SECRET_NAME),
@@ -358,6 +359,31 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
         revoke_left(az, principal, key, old, rg, secrets)
     return {"base": base, "subscription": account.get("id", ""), "audience": audience,
             "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
+
+
+def upload(az: Az, app: str, rg: str, package: Path, digest: str, python: str) -> None:
+    """The package, deployed with a remote build, then recorded. On Flex, az's config-zip activates it and
+    then checks the host's status: a failure there comes after the new code is live, so it is recorded
+    (a deploy of the commit deployed before is then a change, and uploads that package) and said so."""
+    deployed = f"package {digest[:12]} deployed (built for Python {python})"
+
+    def record() -> None:
+        az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
+                 "--settings", f"{PACKAGE_SETTING}={digest}", f"{PACKAGE_PYTHON}={python}", change=None)
+    try:
+        az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
+                 "--src", str(package), "--build-remote", "true", change=("change", deployed))
+    except AzError as err:
+        if not says(err.stderr, LIVE_BUT_UNHEALTHY):
+            raise
+        az.changes.append(("change", f"{deployed}; the app's health check failed"))
+        record()
+        raise AzError(f"The package {digest[:12]} is deployed and live, but the function app {app} did not answer "
+                      "az's health check after it (its host status): read why in Application Insights (traces "
+                      "and exceptions). To go back, check out the commit deployed before "
+                      "and run this again: it deploys that commit's package.", err.stderr,
+                      rerun="run the command again (from the commit deployed before, to go back)") from None
+    record()
 
 
 def package_storage(site: dict | None) -> tuple[str | None, str] | None:

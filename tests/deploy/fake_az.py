@@ -179,6 +179,11 @@ def set_path(target: dict, assignment: str) -> None:
         target[last] = raw
 
 
+# What az 2.91 says (CLIError, exit 1) when the Flex app does not answer /admin/host/status after config-zip
+# activated the package (appservice/custom.py check_flex_app_after_deployment): the new code is live.
+UNHEALTHY = "Deployment was successful but the app appears to be unhealthy. Please check the app logs."
+
+
 class Refused(Exception):
     """An error answer after which the state is still saved."""
 
@@ -356,6 +361,8 @@ def handle(args: list[str], state: dict, file_content: str | None):
         state.setdefault("deployments", []).append(name)
         state.setdefault("uploads", []).append(  # the container the package lands in
             resource(state, "sites", name)["properties"]["functionAppConfig"]["deployment"]["storage"]["value"])
+        if state.get("unhealthy"):  # check_flex_app_after_deployment, once the package is live
+            raise Refused(UNHEALTHY)
         state.setdefault("builds", []).append(
             resource(state, "sites", name)["properties"]["functionAppConfig"]["runtime"]["version"])
         return {"status": 4}

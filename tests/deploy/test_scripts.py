@@ -354,6 +354,26 @@ def test_a_vault_move_leaves_the_app_no_role_on_the_old_vaults_secrets(azure):
     assert azure.run("deploy", *DEPLOY_ARGS).mutations == []
 
 
+def test_a_package_that_deployed_but_left_the_app_unhealthy_is_said_as_deployed_with_the_way_back(azure):
+    """The hunt's case: az 2.91's config-zip on Flex activates the package, then fails its health check; a
+    write was recorded only when az exited 0, so a code-only redeploy ended "Nothing was created or changed."
+    with the new code live, and the digest left as before (a deploy of the previous commit would then have
+    skipped its upload: nothing to change)."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    state = azure.state
+    deployed = state["sites"]["contoso-sso"]["settings"]["PORTAL_SSO_PACKAGE_SHA256"]
+    state["sites"]["contoso-sso"]["settings"]["PORTAL_SSO_PACKAGE_SHA256"] = "0" * 64  # the code changed since
+    azure.state = {**state, "unhealthy": True}
+    failed = azure.run("deploy", *DEPLOY_ARGS)
+    assert failed.code == 1 and len(azure.state["uploads"]) == 2, failed.err
+    assert "Nothing was created or changed" not in failed.err, failed.err
+    assert f"package {deployed[:12]} deployed" in failed.err and "health check" in failed.err, failed.err
+    assert "commit deployed before" in failed.err, "the way back is said"
+    assert azure.state["sites"]["contoso-sso"]["settings"]["PORTAL_SSO_PACKAGE_SHA256"] == deployed, \
+        "what is live is recorded: another commit's package is deployed by the next run"
+    assert "Traceback" not in failed.err
+
+
 def test_settings_that_name_two_storage_accounts_need_storage_account_to_say_which(azure):
     assert azure.run("deploy", *DEPLOY_ARGS).code == 0
     state = azure.state
