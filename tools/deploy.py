@@ -24,6 +24,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,12 +41,15 @@ from .azure_cli import (
     grant,
     host_label,
     revoke,
+    says,
     secret_file,
     secret_name,
     site_field,
     update_app_settings,
 )
 from .package import PackageError, build_package
+from .register_app import SCIM_TOKEN_NAME
+from .register_app import SECRET_NAME as CLIENT_SECRET_NAME
 
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 NEW_APP_PYTHON = "3.12"  # an existing app keeps the version it runs unless --python says otherwise
@@ -66,10 +70,20 @@ LEFT_BEHIND = {
              "register-app` stores a client secret in the new vault, and `register-app provisioning` a SCIM "
              "token; session tokens signed before no longer verify)",
     "storage": "the portal accounts (PortalAccounts), the audit rows (SignInEvents, DirectoryEvents), directory "
-               "sync's people (ScimUsers) and the host's keys and timer leases (the app starts with no accounts: "
-               "export them first)",
+               "sync's people (ScimUsers), the host's keys and timer leases and the packages deployed before "
+               "(app-package) (the app starts with no accounts: export them first)",
+}
+# What a move does about the old one, said with it: the app's identity keeps no role there.
+MOVED = {
+    "vault": "the app's identity loses Key Vault Secrets User on each secret it read there, at the end of this run",
+    "storage": "the app loads its package from the new account's app-package (uploaded in this run), and its "
+               "identity loses its roles on the old account's tables and containers at the end of this run",
 }
 OPTIONS = {"storage": "--storage-account", "vault": "--key-vault"}
+# What az 2.91 says when config-zip's package is live on Flex but the host does not answer its status after it
+# (appservice/custom.py check_flex_app_after_deployment, which runs once the deployment has succeeded).
+LIVE_BUT_UNHEALTHY = ("Deployment was successful", "Failed to fetch host key to check for function app status",
+                      "Failed to fetch host url for function app")
 
 
 def resource_names(args: argparse.Namespace, recorded: dict[str, set[str]] | None = None) -> dict[str, str]:
@@ -93,9 +107,12 @@ def recorded_names(settings: dict[str, str]) -> dict[str, set[str]]:
     return {k: {v for v in found_names if v} for k, found_names in found.items()}
 
 
-def check_kept(az: Az, args: argparse.Namespace, recorded: dict[str, set[str]], chosen: dict[str, str]) -> None:
+def check_kept(az: Az, args: argparse.Namespace, recorded: dict[str, set[str]],
+               chosen: dict[str, str]) -> dict[str, list[str]]:
     """A function app keeps the vault and storage account it uses: moving it to another one (whose name
-    was given) leaves behind what the old one holds, so it needs --repoint, and is said."""
+    was given) leaves behind what the old one holds, so it needs --repoint, and is said. Returns the old
+    ones it moves off, by key."""
+    moves = {}
     for key, option in OPTIONS.items():
         left = sorted(recorded.get(key, set()) - {chosen[key]})
         if not left:
@@ -110,7 +127,9 @@ def check_kept(az: Az, args: argparse.Namespace, recorded: dict[str, set[str]], 
                           f"it would leave behind what {old} holds, {LEFT_BEHIND[key]}. Leave out {option} to keep "
                           f"{old}, or add --repoint to move the app to {chosen[key]}.")
         az.out(f"note: --repoint moves the app from the {what} {old} to {chosen[key]}; {old} keeps "
-               f"{LEFT_BEHIND[key]}.")
+               f"{LEFT_BEHIND[key]}; {MOVED[key]}.")
+        moves[key] = left
+    return moves
 
 
 def signing_key_pem() -> str:
@@ -152,7 +171,7 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
         print(f"warning: the Python version of the function app {app} could not be read (functionapp show gives no "
               "functionAppConfig.runtime), so it is left as it is: give --python to set it.", file=sys.stderr)
     n = resource_names(args, recorded)
-    check_kept(az, args, recorded, n)
+    moves = check_kept(az, args, recorded, n)
     key_name = secret_name(current or {}, "SESSION_SIGNING_KEY_NAME", SIGNING_KEY_NAME)  # the one the app reads
     if az.dry_run:
         az.out(f"note: --dry-run reads nothing, so this plan names the vault {n['vault']} and the storage account "
@@ -181,8 +200,7 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
                  change=("change", f"storage account {n['storage']}: shared keys off, TLS 1.2"))
     storage_known = storage is not None
     storage_id = (storage or {}).get("id", f"<id of {n['storage']}>")
-    tables = [f"{storage_id}/tableServices/default/tables/{t}" for t in APP_TABLES]
-    containers = [f"{storage_id}/blobServices/default/containers/{c}" for c in CONTAINERS]
+    tables, containers = storage_scopes(storage_id)
     for child, what in [(t, "table") for t in tables] + [(c, "blob container") for c in containers]:
         if not storage_known or az.show("resource", "show", "--ids", child) is None:
             az.write("resource", "create", "--id", child, "--properties", "{}",
@@ -250,6 +268,18 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     principal = principal or "<principal id>"
     host = site_field(site, "defaultHostName") or f"{app}.azurewebsites.net"
     harden(az, app, rg, site)
+    # Only `functionapp create` names the deployment storage: an app moved to another account is told here
+    # (the package is then uploaded again), else Flex goes on loading it from the old account's container,
+    # and deleting that account stops the app at its next cold start. Like create, this grants the identity
+    # Blob Data Contributor on the whole account, removed below.
+    loads_from = package_storage(site)
+    package_moves = not new_app and (loads_from != (n["storage"], DEPLOY_CONTAINER) if loads_from
+                                     else "storage" in moves)  # az's answer lacks it: a move sets it
+    if package_moves:
+        az.write("functionapp", "deployment", "config", "set", "--name", app, "--resource-group", rg,
+                 "--deployment-storage-name", n["storage"], "--deployment-storage-container-name", DEPLOY_CONTAINER,
+                 "--deployment-storage-auth-type", "SystemAssignedIdentity",
+                 change=("change", f"function app {app}: packages loaded from {n['storage']}/{DEPLOY_CONTAINER}"))
 
     # 6. roles: the app's identity, each on the one container, table or resource it needs
     for role, scopes in (("Storage Blob Data Owner", containers), ("Storage Table Data Contributor", tables),
@@ -259,9 +289,9 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     if principal_known:  # what an earlier deploy granted more widely goes
         revoke(az, principal, "Storage Blob Data Owner", storage_id, "now on its containers only")
         revoke(az, principal, "Key Vault Secrets User", vault_id, "now on each secret the app reads")
-    if principal_known or new_app:  # `functionapp create` grants the identity this on the whole account
+    if principal_known or new_app:  # `functionapp create` (and `deployment config set`) grants it on the account
         revoke(az, principal, "Storage Blob Data Contributor", storage_id, "made by functionapp create; the "
-               "deployment container's Owner role suffices", known=principal_known)
+               "deployment container's Owner role suffices", known=principal_known and (az.writes or not package_moves))
     officer_granted = grant(az, me, my_kind, "Key Vault Secrets Officer", vault_id, known=vault_known)
 
     # 7. app settings (no storage key anywhere: host storage by identity; telemetry by identity)
@@ -319,14 +349,78 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
         az.write("functionapp", "runtime", "config", "set", "--name", app, "--resource-group", rg,
                  "--runtime-version", python,
                  change=("change", f"function app {app}: Python {running or '(unknown)'} to {python}"))
-    if current.get(PACKAGE_SETTING) != digest or current.get(PACKAGE_PYTHON) != python:
-        az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
-                 "--src", str(package), "--build-remote", "true",
-                 change=("change", f"package {digest[:12]} deployed (built for Python {python})"))
-        az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
-                 "--settings", f"{PACKAGE_SETTING}={digest}", f"{PACKAGE_PYTHON}={python}", change=None)
+    if package_moves or current.get(PACKAGE_SETTING) != digest or current.get(PACKAGE_PYTHON) != python:
+        upload(az, app, rg, package, digest, python)
+
+    # 10. what the app's identity holds on the account or vault it moved off, now that nothing there is used
+    secrets = [key_name, secret_name(current, "OIDC_CLIENT_SECRET_NAME", CLIENT_SECRET_NAME),
+               secret_name(current, "SCIM_TOKEN_NAME", SCIM_TOKEN_NAME)]
+    for key, old in [(key, old) for key, left in moves.items() for old in left] if principal_known else []:
+        revoke_left(az, principal, key, old, rg, secrets)
     return {"base": base, "subscription": account.get("id", ""), "audience": audience,
             "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
+
+
+def upload(az: Az, app: str, rg: str, package: Path, digest: str, python: str) -> None:
+    """The package, deployed with a remote build, then recorded. On Flex, az's config-zip activates it and
+    then checks the host's status: a failure there comes after the new code is live, so it is recorded
+    (a deploy of the commit deployed before is then a change, and uploads that package) and said so."""
+    deployed = f"package {digest[:12]} deployed (built for Python {python})"
+
+    def record() -> None:
+        az.write("functionapp", "config", "appsettings", "set", "--name", app, "--resource-group", rg,
+                 "--settings", f"{PACKAGE_SETTING}={digest}", f"{PACKAGE_PYTHON}={python}", change=None)
+    try:
+        az.write("functionapp", "deployment", "source", "config-zip", "--name", app, "--resource-group", rg,
+                 "--src", str(package), "--build-remote", "true", change=("change", deployed))
+    except AzError as err:
+        if not says(err.stderr, LIVE_BUT_UNHEALTHY):
+            raise
+        az.changes.append(("change", f"{deployed}; the app's health check failed"))
+        record()
+        raise AzError(f"The package {digest[:12]} is deployed and live, but the function app {app} did not answer "
+                      "az's health check after it (its host status): read why in Application Insights (traces "
+                      "and exceptions). To go back, check out the commit deployed before "
+                      "and run this again: it deploys that commit's package.", err.stderr,
+                      rerun="run the command again (from the commit deployed before, to go back)") from None
+    record()
+
+
+def package_storage(site: dict | None) -> tuple[str | None, str] | None:
+    """(account, container) that a Flex Consumption app loads its package from
+    (functionAppConfig.deployment.storage.value, the container's URL); None: not in az's answer."""
+    value = (((site_field(site, "functionAppConfig") or {}).get("deployment") or {}).get("storage") or {}).get("value")
+    return (host_label(value), urlsplit(value).path.strip("/")) if value else None
+
+
+def storage_scopes(storage_id: str) -> tuple[list[str], list[str]]:
+    """The scopes of the app's tables and of its blob containers in the storage account."""
+    return ([f"{storage_id}/tableServices/default/tables/{t}" for t in APP_TABLES],
+            [f"{storage_id}/blobServices/default/containers/{c}" for c in CONTAINERS])
+
+
+def revoke_left(az: Az, principal: str, key: str, old: str, rg: str, secrets: list[str]) -> None:
+    """Removes the roles a deploy (or register-app) gave the app's identity on the storage account or vault
+    `old` that it moved off: on its tables and containers (and the account-wide ones of earlier runs and of
+    `functionapp create`), or on each secret it read there (and the vault-wide one of earlier runs). An
+    old one outside the resource group cannot be read by name: which roles to remove is said."""
+    what = ("storage", "account") if key == "storage" else ("keyvault",)
+    found = az.show(*what, "show", "--name", old, "--resource-group", rg)
+    if found is None:
+        az.out(f"note: {old} is not in the resource group {rg}, so the roles the app's identity holds on it stay: "
+               f"`az role assignment list --assignee {principal} --all` lists them (scopes under {old}), "
+               "`az role assignment delete --ids <id>` removes one.")
+        return
+    old_id = found["id"]
+    if key == "storage":
+        tables, containers = storage_scopes(old_id)
+        grants = [*(("Storage Table Data Contributor", t) for t in tables),
+                  *(("Storage Blob Data Owner", c) for c in [*containers, old_id]),
+                  ("Storage Blob Data Contributor", old_id)]
+    else:
+        grants = [("Key Vault Secrets User", scope) for scope in [*(f"{old_id}/secrets/{s}" for s in secrets), old_id]]
+    for role, scope in grants:
+        revoke(az, principal, role, scope, f"the app moved off {old}")
 
 
 def python_of(site: dict | None) -> str | None:

@@ -189,6 +189,11 @@ def set_path(target: dict, assignment: str) -> None:
         target[last] = raw
 
 
+# What az 2.91 says (CLIError, exit 1) when the Flex app does not answer /admin/host/status after config-zip
+# activated the package (appservice/custom.py check_flex_app_after_deployment): the new code is live.
+UNHEALTHY = "Deployment was successful but the app appears to be unhealthy. Please check the app logs."
+
+
 class Refused(Exception):
     """An error answer after which the state is still saved."""
 
@@ -332,7 +337,8 @@ def handle(args: list[str], state: dict, file_content: str | None):
             "config": {"minTlsVersion": "1.2", "ftpsState": "AllAllowed"}, "publishing": {"ftp": True, "scm": True},
             "identity": {"principalId": f"{name}-principal"} if "--assign-identity" in args else None,
             "properties": {"functionAppConfig": {"runtime": {"name": opt(args, "--runtime"),
-                                                             "version": opt(args, "--runtime-version")}}}}
+                                                             "version": opt(args, "--runtime-version")},
+                                                 "deployment": {"storage": package_storage(args)}}}}
         flex_create(state, args, rg, name)
         return {"name": name}
     if words.startswith("functionapp update"):
@@ -363,8 +369,14 @@ def handle(args: list[str], state: dict, file_content: str | None):
         for key in values(args, "--setting-names"):
             resource(state, "sites", name)["settings"].pop(key, None)
         return []
+    if words.startswith("functionapp deployment config set"):
+        return deployment_config_set(state, args, rg, name)
     if words.startswith("functionapp deployment source config-zip"):  # the remote build: for the app's Python
         state.setdefault("deployments", []).append(name)
+        state.setdefault("uploads", []).append(  # the container the package lands in
+            resource(state, "sites", name)["properties"]["functionAppConfig"]["deployment"]["storage"]["value"])
+        if state.get("unhealthy"):  # check_flex_app_after_deployment, once the package is live
+            raise Refused(UNHEALTHY)
         state.setdefault("builds", []).append(
             resource(state, "sites", name)["properties"]["functionAppConfig"]["runtime"]["version"])
         return {"status": 4}
@@ -519,6 +531,33 @@ def instantiate(state: dict, template: str, body: str) -> dict:
     for kind in ("apps", "sps"):
         state.setdefault("replicating", {})[f"{kind}/{app_id}"] = state.get("replication_delay", 0)
     return {"application": as_graph_answers(app), "servicePrincipal": sp}
+
+
+def package_storage(args: list[str]) -> dict:
+    """functionAppConfig.deployment.storage as `functionapp create` (or `deployment config set`) makes it
+    (azure-cli 2.91 `_build_flex_function_app_config`: the account's blob endpoint plus the container)."""
+    account = opt(args, "--deployment-storage-name", "--storage-account")
+    container = opt(args, "--deployment-storage-container-name")
+    return {"type": "blobContainer", "value": f"https://{account}.blob.core.windows.net/{container}",
+            "authentication": {"type": opt(args, "--deployment-storage-auth-type"),
+                               "userAssignedIdentityResourceId": None, "storageAccountConnectionStringName": None}}
+
+
+def deployment_config_set(state: dict, args: list[str], rg: str, name: str) -> dict:
+    """`functionapp deployment config set` (azure-cli 2.91 `update_deployment_configs`): the account and
+    its container must exist; with SystemAssignedIdentity it gives the identity Storage Blob Data
+    Contributor on the whole account (`assign_identity(..., 'Storage Blob Data Contributor', ...)`), as
+    `functionapp create` does; it answers the deployment config."""
+    site = resource(state, "sites", name)
+    account = resource(state, "storage", opt(args, "--deployment-storage-name"))["id"]
+    resource(state, "resources", f"{account}/blobServices/default/containers/"
+                                 f"{opt(args, '--deployment-storage-container-name')}")
+    site["properties"]["functionAppConfig"]["deployment"] = {"storage": package_storage(args)}
+    if opt(args, "--deployment-storage-auth-type") == "SystemAssignedIdentity":
+        grant = [site["identity"]["principalId"], "Storage Blob Data Contributor", account]
+        if not any(a[:3] == grant for a in state.get("roles", [])):
+            state.setdefault("roles", []).append([*grant, f"assignment-{uuid.uuid4().hex}"])
+    return site["properties"]["functionAppConfig"]["deployment"]
 
 
 def as_graph_answers(app: dict) -> dict:

@@ -25,12 +25,13 @@ PARSE_ERRORS = ("unrecognized arguments", "the following arguments are required"
 
 def every_command(tmp_path: Path) -> list[list[str]]:
     """The az commands of every path through both scripts: a fresh deploy, a what-if and a second
-    deploy, one moving the app to another Python, a deploy signed in as a service principal, the
-    registration, adopting an owned one, moving to a new one (--new-registration), assignment (again, past
-    Graph's first page), two rotations, directory sync and its token's rotation."""
+    deploy, one moving the app to another Python, one to another storage account, a deploy signed in as a
+    service principal, the registration, adopting an owned one, moving to a new one (--new-registration),
+    assignment (again, past Graph's first page), two rotations, directory sync and its token's rotation."""
     azure = FakeAzure(tmp_path / "main")
     for script, args in (("deploy", DEPLOY_ARGS), ("deploy", [*DEPLOY_ARGS, "--what-if"]), ("deploy", DEPLOY_ARGS),
                          ("deploy", [*DEPLOY_ARGS, "--python", "3.13"]),
+                         ("deploy", [*DEPLOY_ARGS, "--storage-account", "contosodata", "--repoint"]),
                          ("register-app", APP_ARGS),
                          ("register-app", [*APP_ARGS, "assign", "--user", "a@contoso.test", "--group", "G",
                                            "--kind", "agent"]),
@@ -70,7 +71,7 @@ def every_command(tmp_path: Path) -> list[list[str]]:
     return list(unique.values())
 
 
-@pytest.mark.timeout(300)  # some twenty script runs, then ~150 commands through the real az: 90-120 s when busy
+@pytest.mark.timeout(600)  # a few hundred real az parses, each ~1 s of CPU: past 120 s on a loaded machine
 def test_every_command_the_scripts_issue_is_valid_for_the_real_az_cli(tmp_path):
     commands = every_command(tmp_path)
     issued = [" ".join(c) for c in commands]
@@ -81,6 +82,7 @@ def test_every_command_the_scripts_issue_is_valid_for_the_real_az_cli(tmp_path):
                    "rest --method POST", "rest --method PUT", "synchronization/jobs", "oauth2PermissionGrants",
                    "config-zip", "functionapp config set", "functionapp update", "resource update",
                    "functionapp runtime config set --name contoso-sso", "keyvault update",
+                   "functionapp deployment config set --name contoso-sso",
                    "ad sp show --id ci-app-id", "publicClient.redirectUris=[]",
                    "--add tags WindowsAzureActiveDirectoryIntegratedApp", "appRoleAssignedTo?$skiptoken="):
         assert any(phrase in command for command in issued), f"no path issued {phrase!r}"

@@ -298,6 +298,82 @@ def test_naming_another_vault_or_storage_account_than_the_apps_is_refused_unless
     assert azure.run("deploy", *DEPLOY_ARGS).mutations == [], "from then on, the new one is the app's"
 
 
+def roles_of_app_under(azure: FakeAzure, resource_id: str) -> list[tuple[str, str]]:
+    """The app identity's roles on `resource_id` or anything under it."""
+    return [(r[1], scope_name(r[2])) for r in azure.state["roles"]
+            if r[0] == "contoso-sso-principal" and (r[2] == resource_id or r[2].startswith(resource_id + "/"))]
+
+
+def test_a_storage_move_loads_the_package_from_the_new_account_and_leaves_no_role_on_the_old(azure):
+    """The hunt's case: only `functionapp create` named the deployment storage, so --repoint moved the
+    settings to the new account while Flex went on loading the package from <old>/app-package (the new
+    container empty, the package not uploaded: its digest had not changed); deleting the old account, which
+    the note said kept only accounts, audit rows and host keys, took the app down at its next cold start."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    old_id = azure.state["storage"][N["storage"]]["id"]
+    plan = azure.run("deploy", *DEPLOY_ARGS, "--storage-account", "contosodata", "--repoint", "--what-if")
+    assert plan.code == 0 and plan.mutations == [], plan.mutations
+    assert "contosodata/app-package" in plan.out and "package" in plan.out.split("Would change:")[1], plan.out
+    moved = azure.run("deploy", *DEPLOY_ARGS, "--storage-account", "contosodata", "--repoint")
+    assert moved.code == 0, moved.err
+    site = azure.state["sites"]["contoso-sso"]
+    storage = site["properties"]["functionAppConfig"]["deployment"]["storage"]
+    assert storage["value"] == "https://contosodata.blob.core.windows.net/app-package", storage
+    assert storage["authentication"]["type"] == "SystemAssignedIdentity"
+    assert azure.state["uploads"][-1] == storage["value"], "the package is uploaded into the new container"
+    config_set = next(c for c in moved.commands if "functionapp deployment config set" in c)
+    assert moved.commands.index(config_set) < index_of(moved.commands, "config-zip")
+    assert roles_of_app_under(azure, old_id) == [], "the identity keeps no role on the old account"
+    new_id = azure.state["storage"]["contosodata"]["id"]
+    assert ("Storage Blob Data Contributor", "contosodata") not in roles_of_app_under(azure, new_id), \
+        "the account-wide role that `deployment config set` grants goes, as create's does"
+    assert "app-package" in moved.out and "export them first" in moved.out, moved.out
+    assert azure.run("deploy", *DEPLOY_ARGS).mutations == [], "from then on, nothing to do"
+
+
+def test_a_storage_move_sets_the_deployment_storage_even_when_azs_answer_does_not_show_it(azure):
+    """An az whose `functionapp show` lacks functionAppConfig: a rerun leaves the deployment storage as it
+    is (nothing to compare), a move sets it, as it cannot be read."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    azure.state = {**azure.state, "site_answer": "flat-no-runtime"}
+    assert azure.run("deploy", *DEPLOY_ARGS).mutations == []
+    moved = azure.run("deploy", *DEPLOY_ARGS, "--storage-account", "contosodata", "--repoint")
+    assert moved.code == 0, moved.err
+    assert azure.state["uploads"][-1] == "https://contosodata.blob.core.windows.net/app-package"
+
+
+def test_a_vault_move_leaves_the_app_no_role_on_the_old_vaults_secrets(azure):
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    assert azure.run("register-app", "--resource-group", "rg-sso", "--app", "contoso-sso").code == 0
+    old_id = azure.state["vaults"][N["vault"]]["id"]
+    assert len(roles_of_app_under(azure, old_id)) == 2, "signing key and client secret"
+    moved = azure.run("deploy", *DEPLOY_ARGS, "--key-vault", "contoso-secrets", "--repoint")
+    assert moved.code == 0, moved.err
+    assert roles_of_app_under(azure, old_id) == [], "Secrets User on each secret it read there goes"
+    assert "Key Vault Secrets User" in moved.out and "client secret" in moved.out, moved.out
+    assert azure.run("deploy", *DEPLOY_ARGS).mutations == []
+
+
+def test_a_package_that_deployed_but_left_the_app_unhealthy_is_said_as_deployed_with_the_way_back(azure):
+    """The hunt's case: az 2.91's config-zip on Flex activates the package, then fails its health check; a
+    write was recorded only when az exited 0, so a code-only redeploy ended "Nothing was created or changed."
+    with the new code live, and the digest left as before (a deploy of the previous commit would then have
+    skipped its upload: nothing to change)."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    state = azure.state
+    deployed = state["sites"]["contoso-sso"]["settings"]["PORTAL_SSO_PACKAGE_SHA256"]
+    state["sites"]["contoso-sso"]["settings"]["PORTAL_SSO_PACKAGE_SHA256"] = "0" * 64  # the code changed since
+    azure.state = {**state, "unhealthy": True}
+    failed = azure.run("deploy", *DEPLOY_ARGS)
+    assert failed.code == 1 and len(azure.state["uploads"]) == 2, failed.err
+    assert "Nothing was created or changed" not in failed.err, failed.err
+    assert f"package {deployed[:12]} deployed" in failed.err and "health check" in failed.err, failed.err
+    assert "commit deployed before" in failed.err, "the way back is said"
+    assert azure.state["sites"]["contoso-sso"]["settings"]["PORTAL_SSO_PACKAGE_SHA256"] == deployed, \
+        "what is live is recorded: another commit's package is deployed by the next run"
+    assert "Traceback" not in failed.err
+
+
 def test_settings_that_name_two_storage_accounts_need_storage_account_to_say_which(azure):
     assert azure.run("deploy", *DEPLOY_ARGS).code == 0
     state = azure.state
