@@ -537,6 +537,31 @@ def test_a_row_a_login_linked_for_no_object_id_comes_back_with_its_id(hostile, u
     assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
 
 
+@pytest.mark.parametrize("era", ["no-record", "minted-for-no-one"])
+@pytest.mark.parametrize("dance", ["roles", "email"])
+def test_a_row_a_login_linked_for_no_object_id_comes_back_with_its_id_from_an_older_person_row(
+        hostile, use_settings, dance, era):
+    """...also when the person row is an older version's (no AccountIds; or MintedFor "" for a non-GUID
+    externalId): "no object id" held nothing in the record read, so the first write recorded the row's
+    id for the linking object id alone, and the dance made a new, empty account."""
+    hostile.reset()
+    email = f"{unique('olivia')}@contoso.test"
+    scim = session(hostile, use_settings, "single")
+    created = scim.post("/Users", entra.create_user(email, email, f"hr-{unique()}", kinds=("user",)))
+    assert created.status_code == 201, created.text
+    pid, me = created.json()["id"], oid()
+    assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
+    scim = session(hostile, use_settings, "single")
+    people = scim.runtime.tables.client(SCIM_USERS_TABLE)
+    person = older(people.get_entity("P", pid))
+    if era == "minted-for-no-one":
+        person["MintedFor"] = ""
+    people.update_entity(person, mode=UpdateMode.REPLACE)
+    for op in away_and_back(dance, email):
+        assert scim.patch(f"/Users/{pid}", entra.patch(op)).status_code == 204
+    assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
+
+
 def test_a_no_object_id_row_a_login_linked_is_not_no_object_ids_once_another_identity_came(hostile, use_settings):
     """...and that shared entry ends once a write names an object id: made for "no object id", linked
     by A's login, its role gone; then externalId named B (another identity: an account of its own),
