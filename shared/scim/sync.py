@@ -66,6 +66,9 @@ NO_OBJECT_ID = "no-object-id"
 # Who holds every plain id of a person whose AccountIds record is missing (an older version's) or
 # unreadable (store.py account_ids_of): no one who may have it, so no identity is given one.
 UNREADABLE = "unreadable"
+# Who holds an id "no object id" held until an admin's `accounts remove` of its row (store.py
+# account_ids_of): no one; the next row made for "no object id" is a new account.
+REMOVED_BY_ADMIN = "removed-by-admin"
 
 
 @dataclass(frozen=True)
