@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import unicodedata
@@ -58,6 +59,21 @@ def directory_sync_minted(account_id, scim_id: str, kind: str) -> bool:
 # the row, no other object id signs in to it, nor does directory sync carry it to one (shared/scim/sync.py).
 SCIM_OBJECT_ID = "ScimObjectId"
 HANDED_OVER = "HandedOver"  # set by `accounts unlink` on a provisioned row: the admin's "the same person"
+# On a provisioned person's row (directory sync's ScimUsers): the AccountIds an admin's `accounts remove`
+# took, kind by kind ({kind: [AccountId, ...]}, JSON); directory sync never makes one again for "no object
+# id" (shared/scim/store.py account_ids_of).
+REMOVED_ACCOUNT_IDS = "RemovedAccountIds"
+
+
+def removed_account_ids(stored: object) -> dict[str, list[str]]:
+    """REMOVED_ACCOUNT_IDS as a person row holds it ({} for none, or a value not of that form)."""
+    try:
+        removed = json.loads(stored) if isinstance(stored, str) and stored else {}
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(removed, dict):
+        return {}
+    return {kind: [i for i in ids if isinstance(i, str)] for kind, ids in removed.items() if isinstance(ids, list)}
 
 
 def object_id_in(link: str | None) -> str:
@@ -480,11 +496,44 @@ class AccountStore:
                 if target is not None and target.moved_from == key:
                     raise AccountConflict(f"{self.move_problem(row)} (deleting this row now would hide the account "
                                           f"at {_unescape(row.moved_to)})", row)
+            self._note_removed(row)
             try:
                 return delete_existed(self._table, key, kind, etag=row.etag)
             except ResourceModifiedError:
                 continue
         raise AccountConflict(f"the {kind} row at the stored key {key} kept changing; try again")
+
+    def _note_removed(self, account: Account) -> None:
+        """Before a provisioned row's delete: its AccountId noted on the person row (REMOVED_ACCOUNT_IDS).
+        For a person whose externalId is no object id, directory sync's next write (any: a rename) made
+        the row again with that id, unlinked, and the next login by the email linked it: the admin's
+        "a different person" (operating.md) gave that person the account removed. Noted first, so a
+        write of Entra's between the two cannot make the row again from a record without it (that write
+        replaces the person row on its etag, which this changes: it starts over)."""
+        if self._people is None or not directory_sync_minted(account.account_id, account.scim_id, account.kind):
+            return
+        for _ in range(WRITE_ATTEMPTS):
+            with storage_errors():
+                try:
+                    person = self._people.get_entity(SCIM_PERSON_PARTITION, account.scim_id,
+                                                     select=[REMOVED_ACCOUNT_IDS])
+                except ResourceNotFoundError:
+                    return  # no such person (a leftover row): no write of Entra's makes it again
+                removed = removed_account_ids(person.get(REMOVED_ACCOUNT_IDS))
+                if account.account_id in removed.get(account.kind, []):
+                    return
+                removed.setdefault(account.kind, []).append(account.account_id)
+                try:
+                    self._people.update_entity({"PartitionKey": SCIM_PERSON_PARTITION, "RowKey": account.scim_id,
+                                                REMOVED_ACCOUNT_IDS: json.dumps(removed, sort_keys=True)},
+                                               mode=UpdateMode.MERGE, etag=person.metadata["etag"],
+                                               match_condition=MatchConditions.IfNotModified)
+                    return
+                except ResourceNotFoundError:
+                    return
+                except ResourceModifiedError:
+                    continue
+        raise AccountConflict(f"directory sync's record of {account.email} kept changing; try again", account)
 
     def stored_accounts(self) -> dict[tuple[str, str], Account]:
         """See `stored_accounts` below."""

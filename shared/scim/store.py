@@ -43,12 +43,18 @@ from scim2_models import (
 from scim2_models.path.expressions import CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
 from scim2_server.storage import ScimStorage, SearchPage
 
-from ..accounts import directory_sync_account_id, directory_sync_minted, utf16_units
+from ..accounts import (
+    REMOVED_ACCOUNT_IDS,
+    directory_sync_account_id,
+    directory_sync_minted,
+    removed_account_ids,
+    utf16_units,
+)
 from ..config import KINDS
 from ..tables import SCIM_PERSON_PARTITION, storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
-from .sync import UNREADABLE, AccountSync, Conflict, Desired, Guarded, Vanished
+from .sync import NO_OBJECT_ID, REMOVED_BY_ADMIN, UNREADABLE, AccountSync, Conflict, Desired, Guarded, Vanished
 
 PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = SCIM_PERSON_PARTITION, "U", "X", "E"
 # Ours are uuid4s (36 characters): a longer id is no one's and is not sent (a key over Table Storage's
@@ -102,8 +108,15 @@ def account_ids_of(scim_id: str, row) -> dict[str, dict[str, str]]:
             isinstance(held, dict) and all(isinstance(value, str) for value in held.values())
             for held in recorded.values()):
         return {kind: {UNREADABLE: plain(kind)} for kind in KINDS}  # one part wrong: none of it is trusted
-    return {kind: {who: value for who, value in recorded.get(kind, {}).items()
-                   if directory_sync_minted(value, scim_id, kind)} for kind in KINDS}
+    ids = {kind: {who: value for who, value in recorded.get(kind, {}).items()
+                  if directory_sync_minted(value, scim_id, kind)} for kind in KINDS}
+    # An id an admin removed the row of is "no object id"'s no more (accounts.py _note_removed): still
+    # held (by no one), so it is never minted again either.
+    removed = removed_account_ids(row.get(REMOVED_ACCOUNT_IDS))
+    for kind, held in ids.items():
+        if held.get(NO_OBJECT_ID) in removed.get(kind, ()):
+            held[REMOVED_BY_ADMIN] = held.pop(NO_OBJECT_ID)
+    return ids
 
 
 class Person:

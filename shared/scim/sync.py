@@ -66,6 +66,9 @@ NO_OBJECT_ID = "no-object-id"
 # Who holds every plain id of a person whose AccountIds record is missing (an older version's) or
 # unreadable (store.py account_ids_of): no one who may have it, so no identity is given one.
 UNREADABLE = "unreadable"
+# Who holds an id "no object id" held until an admin's `accounts remove` of its row (store.py
+# account_ids_of): no one; the next row made for "no object id" is a new account.
+REMOVED_BY_ADMIN = "removed-by-admin"
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,8 @@ class AccountSync:
     def _record(self, scim_id: str, kind: str, holder: str, account_id, shared: bool = False) -> None:
         """`holder` (an object id or NO_OBJECT_ID) holds `account_id` for `kind`, if it is one of the
         person's own ids. An object id's account is never also "no object id"'s, whose rows any login
-        by the email links, unless `shared`: a row "no object id" holds that only a login linked."""
+        by the email links, unless `shared`: a row only a login linked, which "no object id" holds too
+        (whatever an older person row's record says: it may name no one)."""
         if not directory_sync_minted(account_id, scim_id, kind):
             return
         held = self.account_ids.setdefault(kind, {})
@@ -287,7 +291,9 @@ class AccountSync:
             if account_id not in held.values():
                 held[NO_OBJECT_ID] = account_id
             return
-        if held.get(NO_OBJECT_ID) == account_id and not shared:
+        if shared:
+            held.setdefault(NO_OBJECT_ID, account_id)
+        elif held.get(NO_OBJECT_ID) == account_id:
             del held[NO_OBJECT_ID]
         held[holder] = account_id
 

@@ -16,7 +16,7 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 from azure.data.tables import TableClient, UpdateMode
 
-from shared.accounts import SCIM_OBJECT_ID
+from shared.accounts import SCIM_OBJECT_ID, AccountStore
 from shared.scim import mapping
 from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
 from tests.scim import entra
@@ -535,6 +535,54 @@ def test_a_row_a_login_linked_for_no_object_id_comes_back_with_its_id(hostile, u
     for op in away_and_back(dance, email):
         assert scim.patch(f"/Users/{pid}", entra.patch(op)).status_code == 204
     assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
+
+
+@pytest.mark.parametrize("era", ["no-record", "minted-for-no-one"])
+@pytest.mark.parametrize("dance", ["roles", "email"])
+def test_a_row_a_login_linked_for_no_object_id_comes_back_with_its_id_from_an_older_person_row(
+        hostile, use_settings, dance, era):
+    """...also when the person row is an older version's (no AccountIds; or MintedFor "" for a non-GUID
+    externalId): "no object id" held nothing in the record read, so the first write recorded the row's
+    id for the linking object id alone, and the dance made a new, empty account."""
+    hostile.reset()
+    email = f"{unique('olivia')}@contoso.test"
+    scim = session(hostile, use_settings, "single")
+    created = scim.post("/Users", entra.create_user(email, email, f"hr-{unique()}", kinds=("user",)))
+    assert created.status_code == 201, created.text
+    pid, me = created.json()["id"], oid()
+    assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
+    scim = session(hostile, use_settings, "single")
+    people = scim.runtime.tables.client(SCIM_USERS_TABLE)
+    person = older(people.get_entity("P", pid))
+    if era == "minted-for-no-one":
+        person["MintedFor"] = ""
+    people.update_entity(person, mode=UpdateMode.REPLACE)
+    for op in away_and_back(dance, email):
+        assert scim.patch(f"/Users/{pid}", entra.patch(op)).status_code == 204
+    assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
+
+
+@pytest.mark.parametrize("written_since", [False, True])
+def test_an_admins_remove_of_a_no_object_id_row_is_not_undone_by_the_next_write(hostile, use_settings, written_since):
+    """externalId not a GUID, A signed in; B at the same mailbox refused (identity_mismatch), and the admin,
+    as operating.md says for "a different person", removed the account: Entra's next write (any: a
+    rename) made it again as A's scim-user-P, unlinked, and B's login linked it: A's account."""
+    hostile.reset()
+    email = f"{unique('olivia')}@contoso.test"
+    scim = session(hostile, use_settings, "single")
+    created = scim.post("/Users", entra.create_user(email, email, f"hr-{unique()}", kinds=("user",)))
+    assert created.status_code == 201, created.text
+    pid = created.json()["id"]
+    assert sign_in(hostile, use_settings, email, oid(), "user") == f"scim-user-{pid}"
+    scim = session(hostile, use_settings, "single")
+    rename = {"op": "Replace", "path": "displayName", "value": "Olivia"}
+    if written_since:
+        assert scim.patch(f"/Users/{pid}", entra.patch(rename)).status_code == 204
+    tables = scim.runtime.tables
+    admin = AccountStore(tables.client(ACCOUNTS_TABLE), people=tables.client(SCIM_USERS_TABLE))  # as the CLI's
+    assert admin.remove(email, "user")
+    assert scim.patch(f"/Users/{pid}", entra.patch({**rename, "value": "Olivia B"})).status_code == 204
+    assert sign_in(hostile, use_settings, email, oid(), "user") != f"scim-user-{pid}"
 
 
 def test_a_no_object_id_row_a_login_linked_is_not_no_object_ids_once_another_identity_came(hostile, use_settings):
