@@ -72,12 +72,17 @@ def check_text(value: str | None, attribute: str, limit: int) -> None:
         raise MappingError(f"{attribute}: holds control characters or a lone surrogate")
 
 
+def given_name(display: str | None, formatted: str | None) -> tuple[str, str]:
+    """The name a User gives its accounts, and the attribute that gave it: displayName, else name.formatted."""
+    return (display, "displayName") if display else (formatted or "", "name.formatted")
+
+
 def display_name(display: str | None, formatted: str | None, kept: str | None = None) -> str:
     """The accounts' DisplayName: displayName, else name.formatted, held to the accounts' own rule
     for a shown name (accounts.shown_name_problem) whichever it came from; MappingError
     names that attribute. A name equal to `kept` (the person's as stored, which an earlier version
     accepted) is not refused again: every later write of the person, Entra's disable included, would be."""
-    name, attribute = (display, "displayName") if display else (formatted or "", "name.formatted")
+    name, attribute = given_name(display, formatted)
     if name != kept:
         if problem := accounts.shown_name_problem(name):
             raise MappingError(f"{attribute}: {problem}")
