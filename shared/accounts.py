@@ -126,6 +126,18 @@ def name_problem(name: str) -> str | None:
     return text_problem(name, NAME_JOINERS)
 
 
+MAX_SHOWN_NAME = 256  # characters: Entra's displayName limit
+
+
+def shown_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a name the portal shows (None when it can): name_problem's characters and
+    at most MAX_SHOWN_NAME characters. The rule of directory sync's DisplayName and of the session
+    token's `name`, whether that came from the ID token or the account."""
+    if problem := name_problem(name):
+        return problem
+    return f"longer than {MAX_SHOWN_NAME} characters" if len(name) > MAX_SHOWN_NAME else None
+
+
 def email_problem(raw: object) -> str | None:
     """Why `raw` cannot be an account's email (None when it can). The text never holds the address
     itself, so it is safe in a log line; it names the offending character by code point."""

@@ -461,18 +461,27 @@ def may_hold_a_credential(name: str, value: str) -> bool:
     """Whether a setting's value, shown as it is on the setup page, might be a credential pasted in the
     wrong place: a secret name Key Vault refuses or that looks like a token, a client ID of no ID's
     shape, a storage key or SAS in an endpoint."""
-    if name.endswith("_NAME") and (secret_name_problem(value) or looks_like_a_token(value)):
+    if name.endswith("_NAME") and secret_name_problem(name, value):
         return True
     if name == "OIDC_CLIENT_ID" and value and not looks_like_client_id(value):
         return True
     return looks_like_a_secret(value)
 
 
-def secret_name_problem(name: str | None) -> str:
-    """Why Key Vault would refuse this secret name ("" when it would not, or none is set)."""
-    # Never quoted: a name Key Vault refuses is most often the secret's Value pasted in its place.
-    return "" if not name or SECRET_NAME.fullmatch(name) else \
-        "is not a name Key Vault allows (a secret's name goes here, never its value);"
+def secret_name_problem(setting: str, name: str | None) -> Problem | None:
+    """Why the Key Vault secret name `setting` gives may not be read (None when it may, or none is set):
+    a name Key Vault refuses, or one that looks like a token, which a read would put in the vault's URL
+    (its logs, any proxy's). Never quoted: either is most often the secret's value pasted in its place."""
+    if not name:
+        return None
+    if not SECRET_NAME.fullmatch(name):
+        return Problem(setting, "is not a name Key Vault allows (a secret's name goes here, never its value);",
+                       SECRET_NAME_FIX)
+    if looks_like_a_token(name):
+        return Problem(setting, "looks like a token, not a secret's name (a secret's name goes here, never its "
+                       "value);", "put the value in the Key Vault secret and the secret's name here; then replace "
+                       "the value, which has been in the app's settings.")
+    return None
 
 
 def _secrets(read: _Reader, _: dict) -> dict:
@@ -481,8 +490,8 @@ def _secrets(read: _Reader, _: dict) -> dict:
               for name in ("OIDC_CLIENT_SECRET", "SESSION_SIGNING_KEY", "OIDC_CLIENT_CERTIFICATE")}
     cert_name = read.get("OIDC_CLIENT_CERTIFICATE_NAME") or None
     for setting in ("OIDC_CLIENT_SECRET_NAME", "OIDC_CLIENT_CERTIFICATE_NAME", "SESSION_SIGNING_KEY_NAME"):
-        if (why := secret_name_problem(read.get(setting))):
-            read.problem(setting, why, SECRET_NAME_FIX)
+        if problem := secret_name_problem(setting, read.get(setting)):
+            read.problems.append(problem)
     if vault:
         if not read.placeholder("KEY_VAULT_URL", vault) and (why := _vault_problem(vault)):
             read.problem("KEY_VAULT_URL", f"{quoted(vault)} {why};", "copy the vault's 'Vault URI' from its "

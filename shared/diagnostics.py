@@ -82,6 +82,14 @@ PERSON_REASONS = {"unknown_state", "flow_expired", "browser_binding_mismatch", "
 # A no_account whose detail holds WRONG_DOOR: the person used the other kind's door (login.py writes it).
 
 
+def _credential(settings: Settings) -> tuple[str, str, str]:
+    """The client credential this app signs in with: what it is, the setting that gives it, and the
+    Key Vault secret it is read from when the app reads a vault."""
+    what, setting = (("client certificate", "OIDC_CLIENT_CERTIFICATE") if settings.uses_certificate else
+                     ("client secret", "OIDC_CLIENT_SECRET"))
+    return what, setting, f"the secret {setting}_NAME names"
+
+
 def _credential_named(runtime) -> str:
     """The client credential as client_credential_rejected's fix names it: what it is and where this
     app reads it (a local setting, or Key Vault)."""
@@ -89,11 +97,8 @@ def _credential_named(runtime) -> str:
         settings = runtime.settings
     except ConfigurationError:
         return "client secret or certificate"
-    what, setting = (("client certificate", "OIDC_CLIENT_CERTIFICATE") if settings.uses_certificate else
-                     ("client secret", "OIDC_CLIENT_SECRET"))
-    if settings.key_vault_url:
-        return f"{what} in Key Vault (the secret {setting}_NAME names)"
-    return f"{what} in {setting}"
+    what, setting, secret = _credential(settings)
+    return f"{what} in Key Vault ({secret})" if settings.key_vault_url else f"{what} in {setting}"
 
 
 def _persons_own(reason: str, detail: str) -> bool:
@@ -231,11 +236,10 @@ def _stale(cached, check: Check, what: str = "Key Vault unreachable",
 
 def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
     certificate = settings.uses_certificate
-    what = "client certificate" if certificate else "client secret"
-    title = "Client certificate" if certificate else "Client secret"
-    setting = "OIDC_CLIENT_CERTIFICATE" if certificate else "OIDC_CLIENT_SECRET"
+    what, setting, secret = _credential(settings)
+    title = what.capitalize()
     # Where a new one goes: a vault's new version is read without a restart; a local setting at start.
-    store = (f"store it in Key Vault as a new version of the secret {setting}_NAME names (with its expiry date); "
+    store = (f"store it in Key Vault as a new version of {secret} (with its expiry date); "
              "the app reads it within SECRET_CACHE_SECONDS, no restart needed" if settings.key_vault_url else
              f"put it in {setting} (local development only), then restart the host")
 

@@ -5,6 +5,10 @@ person may be shown. The detail (first argument) goes to the log only; `shown` i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .accounts import Imported
 
 # register-app as the pages show it: --resource-group and --app come before its subcommand, so a command
 # copied from a page runs once RG and APP are the function app's resource group and name.
@@ -204,6 +208,10 @@ class DependencyUnavailable(SsoError):
     title = "Temporarily unavailable"
     message = "Sign-in is temporarily unavailable. Please try again in a minute."
     retry_after = 30
+    # Set by shared.accounts for tools/accounts.py: `add` wrote its row but its check after the write
+    # did not run to its end; `import_rows` had written what `imported` counts when storage failed.
+    unchecked_write: bool = False
+    imported: Imported | None = None
 
     def __init__(self, dependency: str, detail: str = ""):
         super().__init__(f"{dependency}: {detail}")

@@ -13,7 +13,7 @@ from urllib.parse import urlencode, urlsplit
 
 from . import pages
 from .aadsts import hint_for
-from .accounts import canonical_email, name_problem
+from .accounts import canonical_email, shown_name_problem
 from .admission import check_admission
 from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
@@ -136,16 +136,14 @@ def _log_attempt(event: SignInEvent) -> None:
     log.log(level, "sso.%s %s", event.stage, text, extra=fields)
 
 
-NAME_LIMIT = 256  # characters of a name in the session token: Entra's displayName limit
-
-
 def _shown_name(claimed: object, display_name: str) -> str:
-    """The session token's `name`, which portals show: the ID token's when it is text the accounts'
-    rule for a name takes (no control, format or line-separator character: a right-to-left override
-    would spoof a name in a supervisor's list), else the account's own (held to that rule when written)."""
-    if isinstance(claimed, str) and claimed.strip() and len(claimed) <= NAME_LIMIT and name_problem(claimed) is None:
+    """The session token's `name`, which portals show: the ID token's when it is text the rule for a
+    shown name takes (no control, format or line-separator character: a right-to-left override would
+    spoof a name in a supervisor's list), else the account's own held to the same rule (a row kept from
+    before the rule, or written by another tool, may break it), else none."""
+    if isinstance(claimed, str) and claimed.strip() and shown_name_problem(claimed) is None:
         return claimed
-    return display_name or ""
+    return display_name if display_name and shown_name_problem(display_name) is None else ""
 
 
 class LoginDeps(Protocol):

@@ -68,7 +68,7 @@ def load_signing_keys(pem_bundle: str, setting: str = "SESSION_SIGNING_KEY") -> 
     for number, armour in enumerate(_KEY_ARMOUR.finditer(text), 1):
         block = _PEM_BLOCK.match(text, armour.start())
         if block is None:
-            raise ConfigurationError([f"{setting}: key #{number} {_no_private_key(armour.group())}."])
+            raise ConfigurationError([f"{setting}: key #{number} {_armour_problem(armour.group())}."])
         try:
             keys.append(_signing_key(serialization.load_pem_private_key(block.group().encode(), password=None)))
         except TypeError as exc:  # cryptography's word for a key a password protects (PKCS#1 Proc-Type)
@@ -77,24 +77,33 @@ def load_signing_keys(pem_bundle: str, setting: str = "SESSION_SIGNING_KEY") -> 
         except (ValueError, UnsupportedAlgorithm) as exc:  # the latter: a curve cryptography has no code for (SM2)
             raise ConfigurationError([f"{setting}: key #{number} cannot sign session tokens ({exc})."]) from exc
     if not keys:
-        raise ConfigurationError([f"{setting}: {_no_private_key(text)}."])
+        raise ConfigurationError([f"{setting}: {_no_key_problem(text)}."])
     return keys
 
 
-def _no_private_key(text: str) -> str:
-    """What a bundle, or a key's armour, holds instead of an (unencrypted) PEM private key, as far as
-    its armour says."""
-    if "-----BEGIN ENCRYPTED PRIVATE KEY-----" in text:
+_NOT_PRIVATE = "holds a public key or certificate, not the PEM private key (-----BEGIN PRIVATE KEY-----)"
+
+
+def _armour_problem(armour: str) -> str:
+    """What a key's armour (a BEGIN line of _KEY_ARMOUR that _PEM_BLOCK does not take there) holds
+    instead of an unencrypted PEM private key."""
+    if armour == "-----BEGIN ENCRYPTED PRIVATE KEY-----":
         return ("holds an encrypted PEM private key (-----BEGIN ENCRYPTED PRIVATE KEY-----: a password protects "
                 "it); the key must be unencrypted")
-    if re.search(r"-----BEGIN [A-Z0-9 ]*PUBLIC KEY-----|-----BEGIN CERTIFICATE-----", text):
-        return "holds a public key or certificate, not the PEM private key (-----BEGIN PRIVATE KEY-----)"
-    other = re.search(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----", text)
-    if other and other.group(1) not in ("", "RSA ", "EC "):  # OPENSSH, DSA: not what _PEM_BLOCK reads
-        return (f"holds a private key in a form the app cannot read ({other.group()}), not the PEM private key "
+    if armour.endswith("PUBLIC KEY-----"):
+        return _NOT_PRIVATE
+    form = re.fullmatch(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----", armour)  # the armour's other form
+    if form and form.group(1) not in ("", "RSA ", "EC "):  # OPENSSH, DSA: not what _PEM_BLOCK reads
+        return (f"holds a private key in a form the app cannot read ({armour}), not the PEM private key "
                 "(-----BEGIN PRIVATE KEY-----)")
-    if other:
-        return "holds a PEM private key cut short (its -----END line is missing)"
+    return "holds a PEM private key cut short (its -----END line is missing)"
+
+
+def _no_key_problem(bundle: str) -> str:
+    """What a bundle with no key's armour at all holds instead: a certificate alone (Key Vault's PEM
+    form of a certificate without its key), or nothing like a key."""
+    if "-----BEGIN CERTIFICATE-----" in bundle:
+        return _NOT_PRIVATE
     return "holds no PEM private key (-----BEGIN PRIVATE KEY-----)"
 
 

@@ -298,7 +298,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     except AccountConflict as refused:
         return _fail(printable(str(refused)))
     except DependencyUnavailable as err:
-        if getattr(err, "unchecked_write", False):
+        if err.unchecked_write:
             print(f"the {said} was written, but its check after the write (that no other email took the account id "
                   "meanwhile) did not run to its end before storage failed: once storage is back, run `accounts check` "
                   "(it lists an account id two mailboxes hold).", file=sys.stderr)

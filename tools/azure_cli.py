@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from shared.config import SECRET_NAME_FIX, secret_name_problem
+from shared.config import secret_name_problem
 
 NOT_FOUND = ("ResourceNotFound", "ResourceGroupNotFound", "could not be found", "was not found", "does not exist",
              "NotFound", "SecretNotFound", "Request_ResourceNotFound")
@@ -229,10 +229,11 @@ def site_field(site: dict | None, key: str):
 
 def secret_name(settings: dict[str, str], setting: str, default: str) -> str:
     """The Key Vault secret the app reads: its `setting` (e.g. OIDC_CLIENT_SECRET_NAME), else `default`. A
-    name Key Vault refuses (most often the secret's value pasted in its place) stops the run, unquoted."""
+    name Key Vault refuses or that looks like a token (most often the secret's value pasted in its place,
+    which a read would put in the vault's URL) stops the run, unquoted."""
     name = (settings.get(setting) or "").strip() or default  # as the app reads it (config's _Reader.get)
-    if why := secret_name_problem(name):
-        raise AzError(f"The function app's setting {setting} {why} {SECRET_NAME_FIX}")
+    if problem := secret_name_problem(setting, name):
+        raise AzError(f"The function app's setting {setting} {problem.text} {problem.fix}")
     return name
 
 

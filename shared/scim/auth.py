@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from ..config import KINDS, SECRET_CACHE_SECONDS, SECRET_NAME_FIX, looks_like_a_token, secret_name_problem
+from ..config import KINDS, SECRET_CACHE_SECONDS, secret_name_problem
 from ..errors import ConfigurationError, Problem
 from ..refreshing import Refreshing
 from ..vault import CachedSecret
@@ -99,14 +99,8 @@ def read_config(runtime) -> SyncConfig:
         unreadable = [Problem("SCIM_TOKEN", "not allowed together with KEY_VAULT_URL (local development only);",
                               "remove it and keep the token in Key Vault.")] if direct.strip() else []
         named = (env.get("SCIM_TOKEN_NAME") or "").strip()
-        if (why := secret_name_problem(named)):
-            unreadable.append(Problem("SCIM_TOKEN_NAME", why, SECRET_NAME_FIX))
-        elif looks_like_a_token(named):
-            # Most likely the token itself: never shown, nor put in the URL of a read from the vault.
-            unreadable.append(Problem(
-                "SCIM_TOKEN_NAME", "looks like a token, not a secret's name (a secret's name goes here, never its "
-                "value);", "put the token in the Key Vault secret and its name here (default scim-token); then "
-                "replace the token, which has been in the app's settings."))
+        if problem := secret_name_problem("SCIM_TOKEN_NAME", named):
+            unreadable.append(problem)
         if unreadable:
             return SyncConfig((), "", kind, (*problems, *unreadable))
         name = secret_name(env)

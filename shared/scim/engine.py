@@ -95,26 +95,26 @@ class Engine:
         self.provider = resources.provider()
         self.service = PortalScimService(self.provider)
 
-    def handle(self, request: ScimRequest, storage_factory) -> tuple[ScimResponse, TableScimStorage]:
-        """scim2-server's handling under the Entra-tolerant policy, and the storage of the attempt that
-        answered (what it read names the person for the audit row: TableScimStorage.user_name). A
-        SCIMException becomes its SCIM error; a race lost to a concurrent write (Raced) is retried
-        from fresh reads, with the keys the lost attempts wrote accounts at (store.py
-        TableScimStorage.carry). Anything else (DependencyUnavailable, a bug) is the caller's."""
+    def handle(self, request: ScimRequest, storage_factory) -> ScimResponse:
+        """scim2-server's handling under the Entra-tolerant policy, each attempt with a new storage from
+        `storage_factory` (the last one built answered). A SCIMException becomes its SCIM error; a race
+        lost to a concurrent write (Raced) is retried from fresh reads, with the keys the lost attempts
+        wrote accounts at (store.py TableScimStorage.carry). Anything else (DependencyUnavailable, a
+        bug) is the caller's."""
         carried: list[str] = []
         with POLICY:
             for attempt in range(RACE_ATTEMPTS):
                 storage = storage_factory()
                 storage.carry(carried)
                 try:
-                    return PortalScimHandler(self.service, storage).handle(request), storage
+                    return PortalScimHandler(self.service, storage).handle(request)
                 except Raced as exc:
                     carried += exc.keys
                     if attempt == RACE_ATTEMPTS - 1:
-                        return self.service.error_response(PreconditionFailedException(detail=exc.detail)), storage
+                        return self.service.error_response(PreconditionFailedException(detail=exc.detail))
                     time.sleep(RACE_PAUSE * (attempt + 1) * (0.5 + random.random()))  # noqa: S311 - jitter
                 except SCIMException as exc:
-                    return self.service.error_response(exc), storage
+                    return self.service.error_response(exc)
         raise AssertionError("unreachable")
 
 

@@ -12,7 +12,7 @@ from ..accounts import ascii_lower, table_key
 from ..config import GUID, KIND_ROLES, KINDS
 
 ROLE_KINDS = {role.lower(): kind for kind, role in KIND_ROLES.items()}  # Entra sends any case
-MAX_USER_NAME = 256
+MAX_USER_NAME = accounts.MAX_SHOWN_NAME  # a userName is held to a shown name's length
 MAX_EXTERNAL_ID = 256
 
 
@@ -72,17 +72,20 @@ def check_text(value: str | None, attribute: str, limit: int) -> None:
         raise MappingError(f"{attribute}: holds control characters or a lone surrogate")
 
 
+def given_name(display: str | None, formatted: str | None) -> tuple[str, str]:
+    """The name a User gives its accounts, and the attribute that gave it: displayName, else name.formatted."""
+    return (display, "displayName") if display else (formatted or "", "name.formatted")
+
+
 def display_name(display: str | None, formatted: str | None, kept: str | None = None) -> str:
     """The accounts' DisplayName: displayName, else name.formatted, held to the accounts' own rule
-    for a name (accounts.name_problem) and displayName's length whichever it came from; MappingError
+    for a shown name (accounts.shown_name_problem) whichever it came from; MappingError
     names that attribute. A name equal to `kept` (the person's as stored, which an earlier version
     accepted) is not refused again: every later write of the person, Entra's disable included, would be."""
-    name, attribute = (display, "displayName") if display else (formatted or "", "name.formatted")
+    name, attribute = given_name(display, formatted)
     if name != kept:
-        if problem := accounts.name_problem(name):
+        if problem := accounts.shown_name_problem(name):
             raise MappingError(f"{attribute}: {problem}")
-        if len(name) > MAX_USER_NAME:
-            raise MappingError(f"{attribute}: longer than {MAX_USER_NAME} characters")
     return name
 
 

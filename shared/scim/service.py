@@ -142,8 +142,9 @@ class DirectorySync:
         if len(request.body) > MAX_BODY:
             return self._finish(event, error_reply(413, f"The body is larger than {MAX_BODY} bytes.", "tooLarge"),
                                 "tooLarge", started)
+        built: list = []  # the storages the engine asked for: the last one answered
         try:
-            reply, body, storage = self._protocol(request, config)
+            reply, body = self._protocol(request, config, built)
         except DependencyUnavailable as exc:
             return self._finish(event, error_reply(503, "Directory sync is temporarily unavailable; retry.",
                                                    headers={"Retry-After": str(exc.retry_after or RETRY_AFTER)}),
@@ -162,11 +163,12 @@ class DirectorySync:
                 event.detail = str(body.get("detail") or "")
         else:
             reason = "ok" if reply.status < 400 else f"http_{reply.status}"
-        event.user_name = _user_name(request, body) or storage.user_name(event.scim_id)
+        event.user_name = _user_name(request, body) or built[-1].user_name(event.scim_id)
         return self._finish(event, reply, reason, started)
 
-    def _protocol(self, request: ScimHttpRequest, config):
-        """The reply, the SCIM body it carries (or None), and the storage that answered (engine.py)."""
+    def _protocol(self, request: ScimHttpRequest, config, built: list) -> tuple[Reply, dict | None]:
+        """The reply and the SCIM body it carries (or None); each storage the engine builds is appended
+        to `built` (the last answered: what it read names the person, TableScimStorage.user_name)."""
         from scim2_server.requests import ScimRequest
 
         from . import engine as protocol
@@ -179,14 +181,17 @@ class DirectorySync:
         scim_request = ScimRequest(method=request.method.upper(), base_url=f"{settings.public_base_url}/api/scim/v2",
                                    path=request.path or "/", query=request.query, headers=request.headers,
                                    body=request.body)
-        response, storage = self.state.engine().handle(
-            scim_request, lambda: protocol.storage(users, accounts, config.default_kind, tenant))
+        def storage():
+            built.append(protocol.storage(users, accounts, config.default_kind, tenant))
+            return built[-1]
+
+        response = self.state.engine().handle(scim_request, storage)
         headers = {k: v for k, v in response.headers.items() if k.lower() != "content-type"}
         headers["Cache-Control"] = "no-store"
         if int(response.status) == 503:
             headers.setdefault("Retry-After", str(RETRY_AFTER))
         text = protocol.response_json(response)
-        return Reply(int(response.status), text, MEDIA_TYPE, headers), response.body, storage
+        return Reply(int(response.status), text, MEDIA_TYPE, headers), response.body
 
     def _finish(self, event: DirectoryEvent, reply: Reply, reason: str, started: float) -> Reply:
         """The DirectoryEvents row for every write and every refused request, before the response

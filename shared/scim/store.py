@@ -22,6 +22,7 @@ person is gone; and a row it planned on that vanished is never made again (sync.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -137,9 +138,15 @@ class Person:
         entity._metadata = {"etag": answer["etag"]}
         return cls(entity)
 
+    @functools.cached_property
+    def stored(self) -> dict:
+        """The stored resource, parsed once for resource() and display_name()."""
+        return json.loads(self.row["Resource"])
+
     def resource(self) -> User:
-        # plain_roles_in: a row written before roles were read in one form may hold JSON strings.
-        user = User.model_validate(plain_roles_in(json.loads(self.row["Resource"])))
+        # plain_roles_in: a row written before roles were read in one form may hold JSON strings
+        # (it changes its argument: a copy, so `stored` stays as stored).
+        user = User.model_validate(plain_roles_in(dict(self.stored)))
         user.id = self.id
         user.meta = Meta(resource_type="User", created=self.row["Created"], last_modified=self.row["LastModified"],
                          version=version_tag(self.version))
@@ -147,8 +154,7 @@ class Person:
 
     def display_name(self) -> str:
         """The accounts' name as the stored resource gives it (mapping.display_name), not checked again."""
-        resource = json.loads(self.row["Resource"])
-        return resource.get("displayName") or (resource.get("name") or {}).get("formatted") or ""
+        return mapping.given_name(self.stored.get("displayName"), (self.stored.get("name") or {}).get("formatted"))[0]
 
     def keys(self) -> dict[str, str]:
         return {BY_USER_NAME: self.row.get("UserNameKey") or "", BY_EXTERNAL_ID: self.row.get("ExternalIdKey") or "",

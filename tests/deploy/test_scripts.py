@@ -570,3 +570,15 @@ def test_the_readme_names_every_table_the_deploy_makes():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("`portal-sso deploy` creates, or brings up to date:", 1)[1].split("\n\n", 2)[1]
     assert [t for t in APP_TABLES if f"`{t}`" not in section] == [], section
+
+
+@pytest.mark.parametrize("given", ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "scim_token"])
+def test_a_secret_name_the_app_would_refuse_stops_register_app_unquoted(given):
+    """register-app reads the secret the app's setting names: a token pasted there would go into the
+    vault's URL, as the app would refuse to (shared.config.secret_name_problem)."""
+    from tools.azure_cli import secret_name
+
+    with pytest.raises(AzError) as failed:
+        secret_name({"SCIM_TOKEN_NAME": given}, "SCIM_TOKEN_NAME", "scim-token")
+    assert "SCIM_TOKEN_NAME" in str(failed.value) and given not in str(failed.value)
+    assert secret_name({"SCIM_TOKEN_NAME": "portal-scim"}, "SCIM_TOKEN_NAME", "scim-token") == "portal-scim"

@@ -28,6 +28,21 @@ def test_login_with_secrets_from_key_vault_reads_the_secret_once(stub, vault_app
     assert stub.reads(SIGNING_KEY_NAME) == 1, "the signing key is cached, not read per login"
 
 
+def test_a_token_pasted_as_the_client_secrets_name_never_reaches_a_key_vault_url(stub, vault_app, app_server):
+    """Key Vault takes a hex token for a secret's name: read, it would sit in the request's URL (the
+    vault's logs, any proxy's). It is a setting error naming OIDC_CLIENT_SECRET_NAME, never shown."""
+    pasted = "c0ffee" * 8 + "0123456789abcdef"
+    stub.set_secret(pasted, CLIENT_SECRET)
+    vault_app(OIDC_CLIENT_SECRET_NAME=pasted)
+    response = start_login(requests.Session(), APP_BASE, "user")
+    assert response.status_code == 500 and "configuration_error" in response.text, response.text[:800]
+    health = requests.get(f"{APP_BASE}/api/health", timeout=10)
+    assert "OIDC_CLIENT_SECRET_NAME" in health.text, health.text[:800]
+    for text in (response.text, health.text):
+        assert pasted not in text and pasted[:16] not in text
+    assert stub.requests_for(pasted) == 0, "the token was put in a Key Vault URL"
+
+
 def test_a_rotated_client_secret_is_picked_up_without_a_restart(stub, vault_app, demo_accounts):
     stub.set_secret(CLIENT_SECRET_NAME, "the-old-secret-that-entra-no-longer-accepts")
     runtime = vault_app()

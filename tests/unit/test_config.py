@@ -586,6 +586,18 @@ def test_a_secret_name_key_vault_refuses_is_a_named_problem_not_a_vault_outage(s
                              SESSION_SIGNING_KEY=None, **{setting: "Session-Key-2"}))
 
 
+@pytest.mark.parametrize("setting", ["OIDC_CLIENT_SECRET_NAME", "OIDC_CLIENT_CERTIFICATE_NAME",
+                                     "SESSION_SIGNING_KEY_NAME"])
+def test_a_secret_name_that_looks_like_a_token_is_a_named_problem_never_shown(setting):
+    """A value pasted where its secret's name goes would be read from Key Vault with the value in the
+    URL (the vault's logs, any proxy's): refused before any read, as SCIM_TOKEN_NAME's is."""
+    pasted = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # Key Vault takes it for a name
+    text = problems_of(env(KEY_VAULT_URL="https://kv-sso.vault.azure.net", OIDC_CLIENT_SECRET=None,
+                           SESSION_SIGNING_KEY=None, **{setting: pasted}))
+    assert setting in text and "looks like" in text, text
+    assert pasted not in text and pasted[:12] not in text, "the value is never shown"
+
+
 @pytest.mark.parametrize("setting", ["PORTAL_USER_URL", "PORTAL_ALLOWED_RETURN_ORIGINS", "PUBLIC_BASE_URL"])
 def test_a_host_in_unicode_form_is_a_named_problem_with_its_xn_form_as_the_fix(setting):
     """Headers are ASCII (Azure's front end refuses others: a bare 500 after the flow was consumed) and

@@ -395,3 +395,17 @@ def test_the_tokens_name_is_the_id_tokens_only_when_the_accounts_rule_takes_it(i
     reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-name")
     (token,) = re.findall(r'name="session_token" value="([^"]+)"', reply.body)
     assert jwt.decode(html.unescape(token), options={"verify_signature": False})["name"] == shown
+
+
+@pytest.mark.parametrize(("kept", "shown"), [
+    ("Ann Lee", "Ann Lee"), ("Ann\u202eeciffo", ""), ("Ann\nLee\x1b[2J", ""), ("Ann\u2028Lee", ""), ("x" * 257, ""),
+])
+def test_the_tokens_name_from_the_account_is_held_to_the_same_rule(idp_key, kept, shown):
+    """With no name in the ID token the account's DisplayName is the token's `name`: a row kept from
+    before the rule, or written by another tool, holds what the rule refuses, so README's promise (never
+    a control, line-separator or bidi-override character) is kept by checking it there too."""
+    deps = Deps(idp_key, Events())
+    deps.accounts.find_account = lambda email, kind: Account(email, kind, "U-1", kept, True, None, None, "etag")
+    reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-kept-name")
+    (token,) = re.findall(r'name="session_token" value="([^"]+)"', reply.body)
+    assert jwt.decode(html.unescape(token), options={"verify_signature": False})["name"] == shown
