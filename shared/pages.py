@@ -21,7 +21,9 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto
          "font-size:1rem;background:#f4f4f4;padding:.1rem .3rem;white-space:pre-wrap;overflow-wrap:anywhere}"
          ".ref{color:#404040}.actions a{display:inline-block;margin:.25rem 1rem .25rem 0}"
          "button{font-size:1rem;padding:.5rem 1rem}")
-AUTO_SUBMIT = 'document.getElementById("portal-sso").submit();'
+# The button is disabled once the script has sent the form: pressed while a slow portal answers, it sent
+# the token again, which the portal refuses as a replay, dropping the first answer's session cookie.
+AUTO_SUBMIT = 'var f=document.getElementById("portal-sso");f.submit();f.querySelector("button").disabled=true;'
 
 
 def _csp_hash(source: str) -> str:

@@ -188,3 +188,34 @@ def test_the_form_post_page(page, shots):
     sign_in_as(page, DEMO_USER)
     page.wait_for_selector("text=Signing you in")
     audit(page, "form-post", shots)
+
+
+def test_the_form_post_page_sends_the_token_once_when_its_button_is_pressed_too(browser):
+    """A slow portal landing (a cold start) and a person pressing "Continue to the portal" while the
+    page's own submit was under way: Chromium sent the token a second time, which the portal refuses as
+    a replay (its jti seen), dropping the first answer's session cookie: signed out. Here the landing
+    answers 204 (no navigation), so the page stays for the press; its script runs under its real CSP."""
+    from shared import pages
+
+    reply = pages.form_post("https://portal.test/sso/user", {"session_token": "the-token"})
+    posted = []
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.route("https://sso.test/delivery", lambda route: route.fulfill(
+            status=200, headers={**reply.headers, "Content-Type": reply.content_type}, body=reply.body))
+        page.route("https://portal.test/sso/user", lambda route: (posted.append(route.request.post_data),
+                                                                 route.fulfill(status=204)))
+        page.goto("https://sso.test/delivery", wait_until="commit")  # its own submit follows at once
+        for _ in range(100):
+            if posted:
+                break
+            page.wait_for_timeout(20)
+        assert posted == ["session_token=the-token"], "the page's script sent the token"
+        button = page.locator("#portal-sso button")
+        assert button.is_disabled(), "once sent, the button cannot send it again"
+        button.click(force=True)
+        page.wait_for_timeout(300)
+        assert posted == ["session_token=the-token"], "pressed, it sent nothing more"
+    finally:
+        context.close()
