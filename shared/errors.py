@@ -207,6 +207,10 @@ class DependencyUnavailable(SsoError):
     reason = "dependency_unavailable"
     title = "Temporarily unavailable"
     message = "Sign-in is temporarily unavailable. Please try again in a minute."
+    # Once a callback has spent its flow (the marker consumed), the same callback can never complete:
+    # trying again is a new sign-in (shared/login.py).
+    message_flow_spent = ("Sign-in is temporarily unavailable, and this sign-in cannot be finished. Please start "
+                          "again from the portal in a minute.")
     retry_after = 30
     # Set by shared.accounts for tools/accounts.py: `add` wrote its row but its check after the write
     # did not run to its end; `import_rows` had written what `imported` counts when storage failed.

@@ -236,6 +236,8 @@ class SsoService:
             event.outcome, event.reason = "success", "ok"
         except Exception as exc:  # every outcome gets its audit row, a bug's too
             err = _as_error(exc, "sso.callback", correlation_id)
+            if isinstance(err, DependencyUnavailable) and callback is not None and callback.finished:
+                err.message = err.message_flow_spent  # a refresh would be refused (unknown_state)
             event.reason = err.reason
             event.account_id = event.account_id or getattr(err, "account_id", "")
             reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
@@ -418,6 +420,7 @@ class SsoService:
                       event_json(event))
             if event.outcome == "success":
                 unavailable = DependencyUnavailable("table_storage", "audit row could not be written")
+                unavailable.message = unavailable.message_flow_spent  # a success spent its flow
                 refused = pages.error(unavailable, correlation_id, portal_url=self._portal_url(event.kind))
                 refused.cookies = reply.cookies  # the consumed flow's cookie goes all the same
                 return refused

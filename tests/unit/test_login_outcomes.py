@@ -409,3 +409,29 @@ def test_the_tokens_name_from_the_account_is_held_to_the_same_rule(idp_key, kept
     reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-kept-name")
     (token,) = re.findall(r'name="session_token" value="([^"]+)"', reply.body)
     assert jwt.decode(html.unescape(token), options={"verify_signature": False})["name"] == shown
+
+
+class AccountsDown(Accounts):
+    def find_account(self, email, kind):
+        raise DependencyUnavailable("table_storage", "read refused")
+
+
+class FlowsDown(Flows):
+    def take(self, state, kind):
+        raise DependencyUnavailable("table_storage", "delete refused")
+
+
+@pytest.mark.parametrize(("where", "spent"), [("account", True), ("audit", True), ("marker", False)])
+def test_a_503_says_to_start_again_from_the_portal_once_the_flow_is_spent(idp_key, where, spent):
+    """After the marker's delete the same callback can never complete (a refresh, the obvious retry, is
+    400 unknown_state): "try again in a minute" there sent the person round a refusal. Before it (the
+    marker's own delete failing) the same callback may still complete, and the page says so."""
+    deps = Deps(idp_key, FailingEvents() if where == "audit" else Events())
+    if where == "account":
+        deps.accounts = AccountsDown()
+    if where == "marker":
+        deps.flows = FlowsDown()
+    reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-503")
+    body = " ".join(html.unescape(reply.body).split())
+    assert reply.status == 503 and reply.headers.get("Retry-After")
+    assert ("start again from the portal" in body) is spent and ("Please try again in a minute" in body) is not spent
