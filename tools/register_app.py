@@ -29,7 +29,8 @@ as it is made, so a rerun after a failure finds it again; if that write fails, t
 --app-id that adopts it), and PUBLIC_BASE_URL from
 --public-base-url (so it builds the redirect URIs registered), and its identity may
 read the secret (Key Vault Secrets User on that secret alone; on OIDC_CLIENT_CERTIFICATE_NAME's too, when
-set). Idempotent; --dry-run (anywhere on the
+set). An app that signs in with a client certificate gets no client secret: a registration new to it
+gets that certificate (appended) before the app moves to it. Idempotent; --dry-run (anywhere on the
 command line) prints every az command and runs none.
 """
 
@@ -44,10 +45,16 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes, serialization
+
 from shared.config import KIND_ROLES, KINDS, redirect_uri, signed_out_uri
+from shared.errors import ConfigurationError
+from shared.oidc_client import client_certificate
+from shared.vault import SecretValue
 
 from .arguments import FUNCTION_APP, MAX_SECRET_DAYS, RESOURCE_GROUP, https_origin, names, whole_number
 from .azure_cli import (
+    NOT_FOUND,
     ROLE_PENDING,
     Az,
     AzError,
@@ -285,6 +292,8 @@ class Registration:
         # An app that signs in with a certificate (OIDC_CLIENT_CERTIFICATE_NAME) reads no client secret: none is
         # made, so no shared secret the admin removed comes back on the registration.
         if self.certificate_name:  # read as the client secret is (docs/operating.md)
+            if client_id != recorded:  # Entra must know the certificate before OIDC_CLIENT_ID names this one
+                self.give_certificate(client_id, vault)
             self.let_the_app_read(vault, self.certificate_name)
         else:
             held = self.credential_ids(client_id) if client_id == recorded else None
@@ -422,6 +431,49 @@ class Registration:
                   f"or https://login.microsoftonline.com/{tenant}/adminconsent?client_id={client_id}); until then, "
                   "where user consent is restricted, people see AADSTS65001 ('Need admin approval').",
                   file=sys.stderr)
+
+    def give_certificate(self, client_id: str, vault: str) -> None:
+        """The client certificate the app signs in with, appended to the registration's credentials unless
+        it holds it already (Graph sets a certificate credential's customKeyIdentifier to its thumbprint):
+        a Key Vault certificate by name (`--keyvault --cert`); one stored as a plain Key Vault secret, which
+        that cannot read, by its public certificate, taken from the secret (never its private key)."""
+        name = self.certificate_name
+        try:
+            thumbprint, public = self.az.read("keyvault", "certificate", "show", "--vault-name", vault, "--name",
+                                              name, "--query", "x509ThumbprintHex"), None
+        except AzError as err:
+            if says(err.stderr, ROLE_PENDING):
+                raise AzError(f"Key Vault refused you the certificate {name} (OIDC_CLIENT_CERTIFICATE_NAME), which "
+                              "the registration needs before the function app moves to it: this needs Key Vault "
+                              "Certificate User (or Certificates Officer) on the vault.", err.stderr) from err
+            if not says(str(err), NOT_FOUND):
+                raise
+            public = self.public_certificate(vault)
+            thumbprint = public.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - Entra's thumbprint is SHA-1
+        held = {str(c.get("customKeyIdentifier") or "").upper()
+                for c in self.az.read("ad", "app", "credential", "list", "--id", client_id, "--cert") or []}
+        if thumbprint and thumbprint.upper() in held:
+            return
+        change = ("create", f"client certificate {name} (appended)")
+        if public is None:
+            self.az.write("ad", "app", "credential", "reset", "--id", client_id, "--keyvault", vault, "--cert", name,
+                          "--append", change=change)
+            return
+        with secret_file(public.public_bytes(serialization.Encoding.PEM).decode()) as path:  # not secret: az reads it
+            self.az.write("ad", "app", "credential", "reset", "--id", client_id, "--cert", f"@{path}", "--append",
+                          change=change)
+
+    def public_certificate(self, vault: str):
+        """The certificate in the Key Vault secret OIDC_CLIENT_CERTIFICATE_NAME names, read as the app reads it."""
+        stored = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", self.certificate_name,
+                              "--query", "{value: value, contentType: contentType}", quiet=True) or {}
+        try:
+            return client_certificate(SecretValue(stored.get("value") or "", None, None, self.certificate_name,
+                                                  stored.get("contentType")))[1]
+        except ConfigurationError as err:
+            raise AzError(f"Key Vault secret {self.certificate_name} (OIDC_CLIENT_CERTIFICATE_NAME) holds no client "
+                          "certificate with its private key (PEM, or PKCS#12 without a password): store one there, "
+                          "then run this again.") from err
 
     def credential_ids(self, client_id: str) -> set[str]:
         """The key ids of the registration's client secrets."""
