@@ -335,24 +335,24 @@ class Registration:
                               f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
                               "adopts it.", err.stderr, rerun=rerun) from err
         return self.once_readable(app_id, "run the same command again" if record else
-                                  f"run the same command with --app-id {app_id} in place of --new-registration")
+                                  f"run the same command with --app-id {app_id} in place of --new-registration")[0]
 
-    def once_readable(self, app_id: str, rerun: str) -> dict:
-        """The registration just made, once Graph reads it and its service principal (new objects can be
+    def once_readable(self, app_id: str, rerun: str) -> tuple[dict, dict]:
+        """The registration just made and its service principal, once Graph reads both (new objects can be
         "not found" for a few seconds; a service principal not found would be made a second time).
         `rerun`: what carries on, should Graph take longer than READABLE_WAIT_SECONDS."""
-        waited = 0
-        while True:
+        def attempt(waited: int) -> tuple[bool, tuple[dict, dict] | None]:
             app = self.az.show("ad", "app", "show", "--id", app_id)
-            if app is not None and self.az.show("ad", "sp", "show", "--id", app_id) is not None:
-                return app
+            sp = self.az.show("ad", "sp", "show", "--id", app_id) if app is not None else None
+            if sp is not None:
+                return True, (app, sp)
             if waited >= READABLE_WAIT_SECONDS:
                 raise AzError(f"Entra does not show the registration just made (application id {app_id}) after "
                               f"{waited} s: wait a few minutes, then {rerun}.", rerun=rerun)
-            print(f"waiting for Entra to show the new registration (new objects take a few seconds): trying again in "
-                  f"{READABLE_POLL_SECONDS} s")
-            self.az.sleep(READABLE_POLL_SECONDS)
-            waited += READABLE_POLL_SECONDS
+            return False, None
+
+        return self.az.polled(attempt, every=READABLE_POLL_SECONDS,
+                              waiting="waiting for Entra to show the new registration (new objects take a few seconds)")
 
     def bring_up_to_date(self, app: dict, uris: list[str]) -> None:
         """Our redirect URIs and no others (but those named by --keep-redirect-uri), our optional claims,
