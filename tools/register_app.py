@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import json
 import secrets
@@ -128,10 +129,17 @@ def our_redirect_uris(base: str) -> list[str]:
     return [uri for kind in KINDS for uri in (redirect_uri(base, kind), signed_out_uri(base, kind))]
 
 
+@functools.cache
 def role_ids() -> dict[str, str]:
     """kind -> the app role's id (fixed in infra/app-roles.json, so assignments survive every update)."""
     by_value = {role["value"]: role["id"] for role in json.loads(APP_ROLES.read_text())}
     return {kind: by_value[value] for kind, value in KIND_ROLES.items()}
+
+
+@functools.cache
+def role_names() -> dict[str, str]:
+    """The app role's id -> its value (Portal.User, Portal.Agent)."""
+    return {role_id: KIND_ROLES[kind] for kind, role_id in role_ids().items()}
 
 
 def new_scim_token() -> str:
@@ -259,13 +267,13 @@ class Registration:
         # it uses now signs people in until the new one's secret is stored); else a new one only when it has
         # none that exists
         replacing = found if self.args.new_registration else None
-        app = None if self.args.new_registration else found
+        app, sp = (None if self.args.new_registration else found), None
         if app is None:
-            app = self.new_registration(tenant, current, record=replacing is None)
+            app, sp = self.new_registration(tenant, current, record=replacing is None)
             if replacing is None:
                 current = {**current, "OIDC_CLIENT_ID": app["appId"], "OIDC_ISSUER_URL": issuer_url(tenant)}
         try:
-            self.configure(app, uris, tenant, base, vault, current, recorded)
+            self.configure(app, sp, uris, tenant, base, vault, current, recorded)
         except AzError as err:
             if replacing is None or err.rerun:
                 raise
@@ -277,13 +285,14 @@ class Registration:
                   f"roles were given on the new one too. Once sign-in works, delete it: az ad app delete --id "
                   f"{replacing['appId']}")
 
-    def configure(self, app: dict, uris: list[str], tenant: str, base: str, vault: str, current: dict[str, str],
-                  recorded: str | None) -> None:
-        """The registration given our settings, its service principal, consent and a secret of its own, the
-        app's right to read it, then the function app's settings naming it."""
+    def configure(self, app: dict, sp: dict | None, uris: list[str], tenant: str, base: str, vault: str,
+                  current: dict[str, str], recorded: str | None) -> None:
+        """The registration given our settings, its service principal (`sp`: as just read, None: not read
+        yet), consent and a secret of its own, the app's right to read it, then the function app's settings
+        naming it."""
         self.bring_up_to_date(app, uris)
         client_id = app["appId"]
-        sp = self.ensure_service_principal(client_id)
+        sp = self.ensure_service_principal(client_id, sp)
         self.consent(sp, client_id, tenant)
         if recorded and recorded != client_id:  # the app moves: the people assigned keep their roles
             self.carry_assignments(recorded, sp)
@@ -308,10 +317,11 @@ class Registration:
               f"Redirect URIs: {' '.join(uris)}\nAssign people: portal-sso register-app --resource-group {self.rg} "
               f"--app {self.app} assign --group <group name> --kind agent|user")
 
-    def new_registration(self, tenant: str, current: dict[str, str], *, record: bool) -> dict:
+    def new_registration(self, tenant: str, current: dict[str, str], *, record: bool) -> tuple[dict, dict | None]:
         """A registration and its enterprise application, made from Entra's non-gallery application template
         (one app that signs people in over OIDC and that Entra provisions over SCIM; a plain app registration
-        is never provisioned); our settings come after, from bring_up_to_date. Returns it as Graph reads it.
+        is never provisioned); our settings come after, from bring_up_to_date. Returns it and its service
+        principal as Graph reads them (no service principal in a dry run).
         `record`: OIDC_CLIENT_ID names it at once (the function app has no working registration to lose)."""
         made = self.az.write("rest", "--method", "POST", "--uri",
                              f"{GRAPH}/applicationTemplates/{NON_GALLERY_TEMPLATE}/instantiate",
@@ -320,7 +330,7 @@ class Registration:
                              change=("create", f"app registration and enterprise application {self.args.display_name} "
                                                "(Entra's non-gallery template: sign-in and provisioning)"))
         if made is None:
-            return {"appId": "<client id>"}
+            return {"appId": "<client id>"}, None
         app_id = made["application"]["appId"]
         if record:
             # Recorded at once, so a rerun after a later step fails (service principal, consent, Key Vault)
@@ -335,7 +345,7 @@ class Registration:
                               f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
                               "adopts it.", err.stderr, rerun=rerun) from err
         return self.once_readable(app_id, "run the same command again" if record else
-                                  f"run the same command with --app-id {app_id} in place of --new-registration")[0]
+                                  f"run the same command with --app-id {app_id} in place of --new-registration")
 
     def once_readable(self, app_id: str, rerun: str) -> tuple[dict, dict]:
         """The registration just made and its service principal, once Graph reads both (new objects can be
@@ -387,8 +397,10 @@ class Registration:
                                   + (f" (removed {len(foreign) + len(others)} foreign redirect URI(s))"
                                      if foreign or others else "")))
 
-    def ensure_service_principal(self, client_id: str) -> dict:
-        sp = self.az.show("ad", "sp", "show", "--id", client_id)
+    def ensure_service_principal(self, client_id: str, sp: dict | None = None) -> dict:
+        """The registration's service principal (`sp`: as just read; else it is read), made when there is
+        none, with user assignment required and listed under Enterprise applications."""
+        sp = sp or self.az.show("ad", "sp", "show", "--id", client_id)
         if sp is None:
             sp = self.az.write("ad", "sp", "create", "--id", client_id, change=("create", "service principal"))
         if not (sp or {}).get("appRoleAssignmentRequired"):
@@ -579,7 +591,7 @@ class Registration:
         previous = self.az.show("ad", "sp", "show", "--id", previous_app_id)
         if previous is None:
             return
-        ours = set(role_ids().values())
+        ours = role_names()
         assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(self.assignments_uri(sp))}
         for held in self.graph_list(self.assignments_uri(previous)):
             who, role = held.get("principalId"), held.get("appRoleId")
@@ -593,7 +605,7 @@ class Registration:
 
     def give_role(self, sp: dict, principal: str, role: str, who: str) -> None:
         """The app role `role` for `principal` (a user or group) on the service principal."""
-        role_name = {role_id: KIND_ROLES[kind] for kind, role_id in role_ids().items()}[role]
+        role_name = role_names()[role]
         body = json.dumps({"principalId": principal, "resourceId": sp["id"], "appRoleId": role})
         try:
             self.az.write("rest", "--method", "POST", "--uri", self.assignments_uri(sp),

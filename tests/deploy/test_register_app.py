@@ -311,6 +311,7 @@ def test_a_new_registration_is_an_enterprise_app_made_from_entras_non_gallery_te
     (app,) = azure.state["apps"].values()
     assert azure.state["sps"][app["appId"]]["applicationTemplateId"] == NON_GALLERY_TEMPLATE
     assert not [c for c in result.commands if c.startswith("ad sp create")], "the template made the service principal"
+    assert sum(c.startswith(f"ad sp show --id {app['appId']} ") for c in result.commands) == 1, "read once (~1 s each)"
     assert app["signInAudience"] == "AzureADMyOrg", "single tenant, whatever the template made"
     assert sorted(app["web"]["redirectUris"]) == OURS and {r["value"] for r in app["appRoles"]} == {
         "Portal.User", "Portal.Agent"}
