@@ -124,6 +124,11 @@ def issuer_url(tenant: str) -> str:
     return f"https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
 
 
+def sign_in_settings(client_id: str, tenant: str) -> dict[str, str]:
+    """The function app's settings that name its registration."""
+    return {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
+
+
 def our_redirect_uris(base: str) -> list[str]:
     """Each kind's callback and signed-out page (Entra returns only to a registered URI)."""
     return [uri for kind in KINDS for uri in (redirect_uri(base, kind), signed_out_uri(base, kind))]
@@ -206,9 +211,7 @@ class Registration:
             base = f"https://{site_field(site, 'defaultHostName') or self.app + '.azurewebsites.net'}"
         vault_url = settings.get("KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
         self.secret_name = secret_name(settings, "OIDC_CLIENT_SECRET_NAME", SECRET_NAME)
-        certificate = (settings.get("OIDC_CLIENT_CERTIFICATE_NAME") or "").strip()
-        self.certificate_name = secret_name(settings, "OIDC_CLIENT_CERTIFICATE_NAME", certificate) if certificate \
-            else None
+        self.certificate_name = secret_name(settings, "OIDC_CLIENT_CERTIFICATE_NAME", "") or None
         return base.rstrip("/"), host_label(vault_url), settings
 
     def let_the_app_read(self, vault: str, secret: str) -> None:
@@ -270,8 +273,6 @@ class Registration:
         app, sp = (None if self.args.new_registration else found), None
         if app is None:
             app, sp = self.new_registration(tenant, current, record=replacing is None)
-            if replacing is None:
-                current = {**current, "OIDC_CLIENT_ID": app["appId"], "OIDC_ISSUER_URL": issuer_url(tenant)}
         try:
             self.configure(app, sp, uris, tenant, base, vault, current, recorded)
         except AzError as err:
@@ -309,7 +310,7 @@ class Registration:
             if held is None or not self.vault_holds_a_secret_of(vault, held):
                 self.new_secret(client_id, vault, before=held)
             self.let_the_app_read(vault, self.secret_name)
-        wanted = {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
+        wanted = sign_in_settings(client_id, tenant)
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
             wanted["PUBLIC_BASE_URL"] = base
         update_app_settings(self.az, self.app, self.rg, wanted, current)
@@ -322,7 +323,8 @@ class Registration:
         (one app that signs people in over OIDC and that Entra provisions over SCIM; a plain app registration
         is never provisioned); our settings come after, from bring_up_to_date. Returns it and its service
         principal as Graph reads them (no service principal in a dry run).
-        `record`: OIDC_CLIENT_ID names it at once (the function app has no working registration to lose)."""
+        `record`: OIDC_CLIENT_ID names it at once (the function app has no working registration to lose), and
+        `current` says so."""
         made = self.az.write("rest", "--method", "POST", "--uri",
                              f"{GRAPH}/applicationTemplates/{NON_GALLERY_TEMPLATE}/instantiate",
                              "--headers", "Content-Type=application/json",
@@ -336,7 +338,7 @@ class Registration:
             # Recorded at once, so a rerun after a later step fails (service principal, consent, Key Vault)
             # finds this registration rather than making another. The app had no working registration
             # before (none recorded, or a deleted one), so it loses nothing while its secret is yet to come.
-            made_settings = {"OIDC_CLIENT_ID": app_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
+            made_settings = sign_in_settings(app_id, tenant)
             try:
                 update_app_settings(self.az, self.app, self.rg, made_settings, current)
             except AzError as err:  # then nothing records it: only --app-id finds it again
@@ -344,6 +346,7 @@ class Registration:
                 raise AzError(f"{err} The app registration just made (application id {app_id}) is not "
                               f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
                               "adopts it.", err.stderr, rerun=rerun) from err
+            current.update(made_settings)
         return self.once_readable(app_id, "run the same command again" if record else
                                   f"run the same command with --app-id {app_id} in place of --new-registration")
 
