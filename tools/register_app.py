@@ -200,6 +200,8 @@ class Registration:
         self.rg, self.app = args.resource_group, args.app
         self.secret_name = SECRET_NAME  # the client secret's Key Vault name, as the app's settings give it
         self.certificate_name: str | None = None  # a client certificate's, when the settings name one
+        # Key Vault's newest client secret is one of a registration the function app does not use yet
+        self.secret_for_another = False
 
     # -- the function app's side --------------------------------------------------------------------
     def function_app(self) -> tuple[str, str, dict[str, str]]:
@@ -276,11 +278,19 @@ class Registration:
         try:
             self.configure(app, sp, uris, tenant, base, vault, current, recorded)
         except AzError as err:
-            if replacing is None or err.rerun:
+            if err.rerun or not (replacing or self.secret_for_another):
                 raise
-            rerun = f"run the same command with --app-id {app['appId']} in place of --new-registration"
-            raise AzError(f"{err} The function app still uses its previous registration ({replacing['appId']}); the "
-                          f"new one is {app['appId']}.", err.stderr, rerun=rerun) from err
+            rerun = f"run the same command with --app-id {app['appId']} in place of --new-registration" if replacing \
+                else "run the same command again"
+            if self.secret_for_another:  # the move has begun: the app's next re-read of the secret breaks sign-in
+                state = (f"Key Vault's newest {self.secret_name} is already the client secret of {app['appId']}, while "
+                         f"the function app's OIDC_CLIENT_ID still names {current.get('OIDC_CLIENT_ID')}: once the "
+                         "app re-reads the secret (within SECRET_CACHE_SECONDS) no one signs in until the move is "
+                         f"done, so once fixed, {rerun} at once.")
+            else:
+                state = (f"The function app still uses its previous registration ({replacing['appId']}); the new one "
+                         f"is {app['appId']}.")
+            raise AzError(f"{err} {state}", err.stderr, rerun=rerun) from err
         if replacing is not None:
             print(f"\nThe previous registration ({replacing['appId']}) is no longer the function app's; its people's "
                   f"roles were given on the new one too. Once sign-in works, delete it: az ad app delete --id "
@@ -306,9 +316,11 @@ class Registration:
                 self.give_certificate(client_id, vault)
             self.let_the_app_read(vault, self.certificate_name)
         else:
-            held = self.credential_ids(client_id) if client_id == recorded else None
-            if held is None or not self.vault_holds_a_secret_of(vault, held):
+            held = self.credential_ids(client_id)
+            # a version without our tag is the previous registration's when the app does not use this one yet
+            if not self.vault_holds_a_secret_of(vault, held, untagged=client_id == recorded):
                 self.new_secret(client_id, vault, before=held)
+            self.secret_for_another = current.get("OIDC_CLIENT_ID") not in (None, client_id)
             self.let_the_app_read(vault, self.secret_name)
         wanted = sign_in_settings(client_id, tenant)
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
@@ -564,12 +576,15 @@ class Registration:
                             "--query", "{id: id, tags: tags}")
         return tags is not None, ((tags or {}).get("tags") or {}).get(KEY_ID_TAG)
 
-    def vault_holds_a_secret_of(self, vault: str, credentials: set[str]) -> bool:
+    def vault_holds_a_secret_of(self, vault: str, credentials: set[str], *, untagged: bool = True) -> bool:
         """Whether Key Vault's newest version of the secret is one of these credentials (key ids) of the
-        registration (an untagged one is taken to be, when the registration has a secret at all)."""
+        registration (an untagged one is taken to be, when the registration has a secret at all and
+        `untagged`; a rerun of a move finds the one an earlier run stored by its tag)."""
+        if not credentials:  # a registration without secrets (one just made): nothing to read
+            return False
         stored, key_id = self.stored_key_id(vault)
         if key_id is None:
-            return stored and any(credentials)
+            return untagged and stored
         return key_id in credentials
 
     # -- who may sign in ----------------------------------------------------------------------------

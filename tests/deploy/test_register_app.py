@@ -401,6 +401,27 @@ def test_a_move_that_stops_partway_names_the_rerun_that_carries_on(azure):
     assert settings(azure)["OIDC_CLIENT_ID"] == new and len(azure.state["apps"]) == 2
 
 
+def test_a_move_that_stops_after_the_new_secret_is_stored_says_sign_in_breaks_until_the_rerun(azure):
+    """The wrapper said "The function app still uses its previous registration" even when the run stopped after
+    Key Vault's newest client secret became the new registration's: the app, still on the old one, reads that
+    secret within SECRET_CACHE_SECONDS and then signs no one in. Now the error says so, and to rerun at once."""
+    adopt_plain_registration(azure)
+    azure.state = {**azure.state, "refuse": {"appsettings set": "(AuthorizationFailed) The client does not have "
+                                                                "authorization"}}
+    failed = azure.run("register-app", *APP_ARGS, "--new-registration")
+    assert failed.code != 0
+    (new,) = [a for a in azure.state["apps"] if a != "plain-app-id"]
+    (credential,) = azure.state["apps"][new]["credentials"]
+    assert secret_versions(azure)[-1]["tags"]["entraKeyId"] == credential["keyId"], "Key Vault holds the new one's"
+    assert settings(azure)["OIDC_CLIENT_ID"] == "plain-app-id"
+    assert "still uses its previous registration" not in failed.err, failed.err
+    assert "no one signs in" in failed.err and f"--app-id {new} in place of --new-registration at once" in failed.err
+    azure.state = {**azure.state, "refuse": {}}
+    rerun = azure.run("register-app", *APP_ARGS, "--app-id", new)
+    assert rerun.code == 0, rerun.err
+    assert settings(azure)["OIDC_CLIENT_ID"] == new and len(azure.state["apps"][new]["credentials"]) == 1
+
+
 def test_new_registration_is_only_for_making_one(azure):
     for argv in (["--new-registration", "--app-id", "x"], ["--new-registration", "provisioning"]):
         result = azure.run("register-app", *APP_ARGS, *argv)
