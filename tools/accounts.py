@@ -292,7 +292,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     problems = check_account(email, args.kind, account_id, name)
     if problems:
         return _fail("; ".join(problems))
-    said = f"{args.kind} account {printable(account_id)} for {printable(canonical_email(email))}"
+    canonical = canonical_email(email)  # as stored (the store folds it itself)
+    said = f"{args.kind} account {printable(account_id)} for {printable(canonical)}"
     try:
         before = _store(args).add(email, args.kind, account_id, name, enabled=not args.disabled, force=args.force)
     except AccountConflict as refused:
@@ -303,7 +304,6 @@ def cmd_add(args: argparse.Namespace) -> int:
                   "meanwhile) did not run to its end before storage failed: once storage is back, run `accounts check` "
                   "(it lists an account id two mailboxes hold).", file=sys.stderr)
         raise
-    email = canonical_email(email)
     said += " (disabled)" if args.disabled else ""
     if before is None:
         print(f"added {said}")
@@ -314,7 +314,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     managed = ""
     if before.provisioned:
         state = "disabled as asked" if args.disabled else "enabled" if before.enabled else \
-            f"kept disabled: {_enable_advice(email, args.kind)}"
+            f"kept disabled: {_enable_advice(canonical, args.kind)}"
         managed = f"; directory sync manages it, so its name and enabled state stay Entra's ({state})"
     print(f"updated {said}{repointed}{managed}")
     return EXIT_OK

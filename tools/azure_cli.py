@@ -183,20 +183,31 @@ class Az:
         (`fresh`): a new role assignment takes up to a few minutes to take effect, so a first deploy on a
         new vault would otherwise fail here. At most ROLE_WAIT_SECONDS; a role granted before is not waited
         for (its 403 is a real one)."""
-        waited = 0
-        while True:
+        def attempt(waited: int) -> tuple[bool, T | None]:
             try:
-                return step()
+                return True, step()
             except AzError as err:
                 if not (fresh and self.writes and says(err.stderr, ROLE_PENDING)):
                     raise
                 if waited >= ROLE_WAIT_SECONDS:
                     raise AzError(f"{err} (Waited {waited} s for the role {role} granted in this run.)",
                                   err.stderr) from err
-            self.out(f"waiting for the role {role}, granted just now, to take effect (Azure takes up to a few "
-                     f"minutes): trying again in {ROLE_POLL_SECONDS} s")
-            self.sleep(ROLE_POLL_SECONDS)
-            waited += ROLE_POLL_SECONDS
+                return False, None
+
+        return self.polled(attempt, every=ROLE_POLL_SECONDS, waiting=f"waiting for the role {role}, granted just "
+                           "now, to take effect (Azure takes up to a few minutes)")
+
+    def polled(self, attempt: Callable[[int], tuple[bool, T]], *, every: int, waiting: str) -> T:
+        """attempt(seconds waited so far) until it is done, `waiting` said and `every` seconds slept between
+        tries: (True, its answer) when done, (False, _) to be tried again; it gives up by raising."""
+        waited = 0
+        while True:
+            done, answer = attempt(waited)
+            if done:
+                return answer
+            self.out(f"{waiting}: trying again in {every} s")
+            self.sleep(every)
+            waited += every
 
     def summary(self) -> str:
         if not self.changes:

@@ -29,7 +29,8 @@ as it is made, so a rerun after a failure finds it again; if that write fails, t
 --app-id that adopts it), and PUBLIC_BASE_URL from
 --public-base-url (so it builds the redirect URIs registered), and its identity may
 read the secret (Key Vault Secrets User on that secret alone; on OIDC_CLIENT_CERTIFICATE_NAME's too, when
-set). Idempotent; --dry-run (anywhere on the
+set). An app that signs in with a client certificate gets no client secret: a registration new to it
+gets that certificate (appended) before the app moves to it. Idempotent; --dry-run (anywhere on the
 command line) prints every az command and runs none.
 """
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import json
 import secrets
@@ -44,10 +46,16 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes, serialization
+
 from shared.config import KIND_ROLES, KINDS, redirect_uri, signed_out_uri
+from shared.errors import ConfigurationError
+from shared.oidc_client import client_certificate
+from shared.vault import SecretValue
 
 from .arguments import FUNCTION_APP, MAX_SECRET_DAYS, RESOURCE_GROUP, https_origin, names, whole_number
 from .azure_cli import (
+    NOT_FOUND,
     ROLE_PENDING,
     Az,
     AzError,
@@ -116,15 +124,27 @@ def issuer_url(tenant: str) -> str:
     return f"https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
 
 
+def sign_in_settings(client_id: str, tenant: str) -> dict[str, str]:
+    """The function app's settings that name its registration."""
+    return {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
+
+
 def our_redirect_uris(base: str) -> list[str]:
     """Each kind's callback and signed-out page (Entra returns only to a registered URI)."""
     return [uri for kind in KINDS for uri in (redirect_uri(base, kind), signed_out_uri(base, kind))]
 
 
+@functools.cache
 def role_ids() -> dict[str, str]:
     """kind -> the app role's id (fixed in infra/app-roles.json, so assignments survive every update)."""
     by_value = {role["value"]: role["id"] for role in json.loads(APP_ROLES.read_text())}
     return {kind: by_value[value] for kind, value in KIND_ROLES.items()}
+
+
+@functools.cache
+def role_names() -> dict[str, str]:
+    """The app role's id -> its value (Portal.User, Portal.Agent)."""
+    return {role_id: KIND_ROLES[kind] for kind, role_id in role_ids().items()}
 
 
 def new_scim_token() -> str:
@@ -180,6 +200,8 @@ class Registration:
         self.rg, self.app = args.resource_group, args.app
         self.secret_name = SECRET_NAME  # the client secret's Key Vault name, as the app's settings give it
         self.certificate_name: str | None = None  # a client certificate's, when the settings name one
+        # Key Vault's newest client secret is one of a registration the function app does not use yet
+        self.secret_for_another = False
 
     # -- the function app's side --------------------------------------------------------------------
     def function_app(self) -> tuple[str, str, dict[str, str]]:
@@ -191,9 +213,7 @@ class Registration:
             base = f"https://{site_field(site, 'defaultHostName') or self.app + '.azurewebsites.net'}"
         vault_url = settings.get("KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
         self.secret_name = secret_name(settings, "OIDC_CLIENT_SECRET_NAME", SECRET_NAME)
-        certificate = (settings.get("OIDC_CLIENT_CERTIFICATE_NAME") or "").strip()
-        self.certificate_name = secret_name(settings, "OIDC_CLIENT_CERTIFICATE_NAME", certificate) if certificate \
-            else None
+        self.certificate_name = secret_name(settings, "OIDC_CLIENT_CERTIFICATE_NAME", "") or None
         return base.rstrip("/"), host_label(vault_url), settings
 
     def let_the_app_read(self, vault: str, secret: str) -> None:
@@ -252,31 +272,38 @@ class Registration:
         # it uses now signs people in until the new one's secret is stored); else a new one only when it has
         # none that exists
         replacing = found if self.args.new_registration else None
-        app = None if self.args.new_registration else found
+        app, sp = (None if self.args.new_registration else found), None
         if app is None:
-            app = self.new_registration(tenant, current, record=replacing is None)
-            if replacing is None:
-                current = {**current, "OIDC_CLIENT_ID": app["appId"], "OIDC_ISSUER_URL": issuer_url(tenant)}
+            app, sp = self.new_registration(tenant, current, record=replacing is None)
         try:
-            self.configure(app, uris, tenant, base, vault, current, recorded)
+            self.configure(app, sp, uris, tenant, base, vault, current, recorded)
         except AzError as err:
-            if replacing is None or err.rerun:
+            if err.rerun or not (replacing or self.secret_for_another):
                 raise
-            rerun = f"run the same command with --app-id {app['appId']} in place of --new-registration"
-            raise AzError(f"{err} The function app still uses its previous registration ({replacing['appId']}); the "
-                          f"new one is {app['appId']}.", err.stderr, rerun=rerun) from err
+            rerun = f"run the same command with --app-id {app['appId']} in place of --new-registration" if replacing \
+                else "run the same command again"
+            if self.secret_for_another:  # the move has begun: the app's next re-read of the secret breaks sign-in
+                state = (f"Key Vault's newest {self.secret_name} is already the client secret of {app['appId']}, while "
+                         f"the function app's OIDC_CLIENT_ID still names {current.get('OIDC_CLIENT_ID')}: once the "
+                         "app re-reads the secret (within SECRET_CACHE_SECONDS) no one signs in until the move is "
+                         f"done, so once fixed, {rerun} at once.")
+            else:
+                state = (f"The function app still uses its previous registration ({replacing['appId']}); the new one "
+                         f"is {app['appId']}.")
+            raise AzError(f"{err} {state}", err.stderr, rerun=rerun) from err
         if replacing is not None:
             print(f"\nThe previous registration ({replacing['appId']}) is no longer the function app's; its people's "
                   f"roles were given on the new one too. Once sign-in works, delete it: az ad app delete --id "
                   f"{replacing['appId']}")
 
-    def configure(self, app: dict, uris: list[str], tenant: str, base: str, vault: str, current: dict[str, str],
-                  recorded: str | None) -> None:
-        """The registration given our settings, its service principal, consent and a secret of its own, the
-        app's right to read it, then the function app's settings naming it."""
+    def configure(self, app: dict, sp: dict | None, uris: list[str], tenant: str, base: str, vault: str,
+                  current: dict[str, str], recorded: str | None) -> None:
+        """The registration given our settings, its service principal (`sp`: as just read, None: not read
+        yet), consent and a secret of its own, the app's right to read it, then the function app's settings
+        naming it."""
         self.bring_up_to_date(app, uris)
         client_id = app["appId"]
-        sp = self.ensure_service_principal(client_id)
+        sp = self.ensure_service_principal(client_id, sp)
         self.consent(sp, client_id, tenant)
         if recorded and recorded != client_id:  # the app moves: the people assigned keep their roles
             self.carry_assignments(recorded, sp)
@@ -285,13 +312,17 @@ class Registration:
         # An app that signs in with a certificate (OIDC_CLIENT_CERTIFICATE_NAME) reads no client secret: none is
         # made, so no shared secret the admin removed comes back on the registration.
         if self.certificate_name:  # read as the client secret is (docs/operating.md)
+            if client_id != recorded:  # Entra must know the certificate before OIDC_CLIENT_ID names this one
+                self.give_certificate(client_id, vault)
             self.let_the_app_read(vault, self.certificate_name)
         else:
-            held = self.credential_ids(client_id) if client_id == recorded else None
-            if held is None or not self.vault_holds_a_secret_of(vault, held):
+            held = self.credential_ids(client_id)
+            # a version without our tag is the previous registration's when the app does not use this one yet
+            if not self.vault_holds_a_secret_of(vault, held, untagged=client_id == recorded):
                 self.new_secret(client_id, vault, before=held)
+            self.secret_for_another = current.get("OIDC_CLIENT_ID") not in (None, client_id)
             self.let_the_app_read(vault, self.secret_name)
-        wanted = {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
+        wanted = sign_in_settings(client_id, tenant)
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
             wanted["PUBLIC_BASE_URL"] = base
         update_app_settings(self.az, self.app, self.rg, wanted, current)
@@ -299,11 +330,13 @@ class Registration:
               f"Redirect URIs: {' '.join(uris)}\nAssign people: portal-sso register-app --resource-group {self.rg} "
               f"--app {self.app} assign --group <group name> --kind agent|user")
 
-    def new_registration(self, tenant: str, current: dict[str, str], *, record: bool) -> dict:
+    def new_registration(self, tenant: str, current: dict[str, str], *, record: bool) -> tuple[dict, dict | None]:
         """A registration and its enterprise application, made from Entra's non-gallery application template
         (one app that signs people in over OIDC and that Entra provisions over SCIM; a plain app registration
-        is never provisioned); our settings come after, from bring_up_to_date. Returns it as Graph reads it.
-        `record`: OIDC_CLIENT_ID names it at once (the function app has no working registration to lose)."""
+        is never provisioned); our settings come after, from bring_up_to_date. Returns it and its service
+        principal as Graph reads them (no service principal in a dry run).
+        `record`: OIDC_CLIENT_ID names it at once (the function app has no working registration to lose), and
+        `current` says so."""
         made = self.az.write("rest", "--method", "POST", "--uri",
                              f"{GRAPH}/applicationTemplates/{NON_GALLERY_TEMPLATE}/instantiate",
                              "--headers", "Content-Type=application/json",
@@ -311,13 +344,13 @@ class Registration:
                              change=("create", f"app registration and enterprise application {self.args.display_name} "
                                                "(Entra's non-gallery template: sign-in and provisioning)"))
         if made is None:
-            return {"appId": "<client id>"}
+            return {"appId": "<client id>"}, None
         app_id = made["application"]["appId"]
         if record:
             # Recorded at once, so a rerun after a later step fails (service principal, consent, Key Vault)
             # finds this registration rather than making another. The app had no working registration
             # before (none recorded, or a deleted one), so it loses nothing while its secret is yet to come.
-            made_settings = {"OIDC_CLIENT_ID": app_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
+            made_settings = sign_in_settings(app_id, tenant)
             try:
                 update_app_settings(self.az, self.app, self.rg, made_settings, current)
             except AzError as err:  # then nothing records it: only --app-id finds it again
@@ -325,25 +358,26 @@ class Registration:
                 raise AzError(f"{err} The app registration just made (application id {app_id}) is not "
                               f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
                               "adopts it.", err.stderr, rerun=rerun) from err
+            current.update(made_settings)
         return self.once_readable(app_id, "run the same command again" if record else
                                   f"run the same command with --app-id {app_id} in place of --new-registration")
 
-    def once_readable(self, app_id: str, rerun: str) -> dict:
-        """The registration just made, once Graph reads it and its service principal (new objects can be
+    def once_readable(self, app_id: str, rerun: str) -> tuple[dict, dict]:
+        """The registration just made and its service principal, once Graph reads both (new objects can be
         "not found" for a few seconds; a service principal not found would be made a second time).
         `rerun`: what carries on, should Graph take longer than READABLE_WAIT_SECONDS."""
-        waited = 0
-        while True:
+        def attempt(waited: int) -> tuple[bool, tuple[dict, dict] | None]:
             app = self.az.show("ad", "app", "show", "--id", app_id)
-            if app is not None and self.az.show("ad", "sp", "show", "--id", app_id) is not None:
-                return app
+            sp = self.az.show("ad", "sp", "show", "--id", app_id) if app is not None else None
+            if sp is not None:
+                return True, (app, sp)
             if waited >= READABLE_WAIT_SECONDS:
                 raise AzError(f"Entra does not show the registration just made (application id {app_id}) after "
                               f"{waited} s: wait a few minutes, then {rerun}.", rerun=rerun)
-            print(f"waiting for Entra to show the new registration (new objects take a few seconds): trying again in "
-                  f"{READABLE_POLL_SECONDS} s")
-            self.az.sleep(READABLE_POLL_SECONDS)
-            waited += READABLE_POLL_SECONDS
+            return False, None
+
+        return self.az.polled(attempt, every=READABLE_POLL_SECONDS,
+                              waiting="waiting for Entra to show the new registration (new objects take a few seconds)")
 
     def bring_up_to_date(self, app: dict, uris: list[str]) -> None:
         """Our redirect URIs and no others (but those named by --keep-redirect-uri), our optional claims,
@@ -378,8 +412,10 @@ class Registration:
                                   + (f" (removed {len(foreign) + len(others)} foreign redirect URI(s))"
                                      if foreign or others else "")))
 
-    def ensure_service_principal(self, client_id: str) -> dict:
-        sp = self.az.show("ad", "sp", "show", "--id", client_id)
+    def ensure_service_principal(self, client_id: str, sp: dict | None = None) -> dict:
+        """The registration's service principal (`sp`: as just read; else it is read), made when there is
+        none, with user assignment required and listed under Enterprise applications."""
+        sp = sp or self.az.show("ad", "sp", "show", "--id", client_id)
         if sp is None:
             sp = self.az.write("ad", "sp", "create", "--id", client_id, change=("create", "service principal"))
         if not (sp or {}).get("appRoleAssignmentRequired"):
@@ -422,6 +458,49 @@ class Registration:
                   f"or https://login.microsoftonline.com/{tenant}/adminconsent?client_id={client_id}); until then, "
                   "where user consent is restricted, people see AADSTS65001 ('Need admin approval').",
                   file=sys.stderr)
+
+    def give_certificate(self, client_id: str, vault: str) -> None:
+        """The client certificate the app signs in with, appended to the registration's credentials unless
+        it holds it already (Graph sets a certificate credential's customKeyIdentifier to its thumbprint):
+        a Key Vault certificate by name (`--keyvault --cert`); one stored as a plain Key Vault secret, which
+        that cannot read, by its public certificate, taken from the secret (never its private key)."""
+        name = self.certificate_name
+        try:
+            thumbprint, public = self.az.read("keyvault", "certificate", "show", "--vault-name", vault, "--name",
+                                              name, "--query", "x509ThumbprintHex"), None
+        except AzError as err:
+            if says(err.stderr, ROLE_PENDING):
+                raise AzError(f"Key Vault refused you the certificate {name} (OIDC_CLIENT_CERTIFICATE_NAME), which "
+                              "the registration needs before the function app moves to it: this needs Key Vault "
+                              "Certificate User (or Certificates Officer) on the vault.", err.stderr) from err
+            if not says(str(err), NOT_FOUND):
+                raise
+            public = self.public_certificate(vault)
+            thumbprint = public.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - Entra's thumbprint is SHA-1
+        held = {str(c.get("customKeyIdentifier") or "").upper()
+                for c in self.az.read("ad", "app", "credential", "list", "--id", client_id, "--cert") or []}
+        if thumbprint and thumbprint.upper() in held:
+            return
+        change = ("create", f"client certificate {name} (appended)")
+        if public is None:
+            self.az.write("ad", "app", "credential", "reset", "--id", client_id, "--keyvault", vault, "--cert", name,
+                          "--append", change=change)
+            return
+        with secret_file(public.public_bytes(serialization.Encoding.PEM).decode()) as path:  # not secret: az reads it
+            self.az.write("ad", "app", "credential", "reset", "--id", client_id, "--cert", f"@{path}", "--append",
+                          change=change)
+
+    def public_certificate(self, vault: str):
+        """The certificate in the Key Vault secret OIDC_CLIENT_CERTIFICATE_NAME names, read as the app reads it."""
+        stored = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", self.certificate_name,
+                              "--query", "{value: value, contentType: contentType}", quiet=True) or {}
+        try:
+            return client_certificate(SecretValue(stored.get("value") or "", None, None, self.certificate_name,
+                                                  stored.get("contentType")))[1]
+        except ConfigurationError as err:
+            raise AzError(f"Key Vault secret {self.certificate_name} (OIDC_CLIENT_CERTIFICATE_NAME) holds no client "
+                          "certificate with its private key (PEM, or PKCS#12 without a password): store one there, "
+                          "then run this again.") from err
 
     def credential_ids(self, client_id: str) -> set[str]:
         """The key ids of the registration's client secrets."""
@@ -497,12 +576,15 @@ class Registration:
                             "--query", "{id: id, tags: tags}")
         return tags is not None, ((tags or {}).get("tags") or {}).get(KEY_ID_TAG)
 
-    def vault_holds_a_secret_of(self, vault: str, credentials: set[str]) -> bool:
+    def vault_holds_a_secret_of(self, vault: str, credentials: set[str], *, untagged: bool = True) -> bool:
         """Whether Key Vault's newest version of the secret is one of these credentials (key ids) of the
-        registration (an untagged one is taken to be, when the registration has a secret at all)."""
+        registration (an untagged one is taken to be, when the registration has a secret at all and
+        `untagged`; a rerun of a move finds the one an earlier run stored by its tag)."""
+        if not credentials:  # a registration without secrets (one just made): nothing to read
+            return False
         stored, key_id = self.stored_key_id(vault)
         if key_id is None:
-            return stored and any(credentials)
+            return untagged and stored
         return key_id in credentials
 
     # -- who may sign in ----------------------------------------------------------------------------
@@ -527,7 +609,7 @@ class Registration:
         previous = self.az.show("ad", "sp", "show", "--id", previous_app_id)
         if previous is None:
             return
-        ours = set(role_ids().values())
+        ours = role_names()
         assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(self.assignments_uri(sp))}
         for held in self.graph_list(self.assignments_uri(previous)):
             who, role = held.get("principalId"), held.get("appRoleId")
@@ -541,7 +623,7 @@ class Registration:
 
     def give_role(self, sp: dict, principal: str, role: str, who: str) -> None:
         """The app role `role` for `principal` (a user or group) on the service principal."""
-        role_name = {role_id: KIND_ROLES[kind] for kind, role_id in role_ids().items()}[role]
+        role_name = role_names()[role]
         body = json.dumps({"principalId": principal, "resourceId": sp["id"], "appRoleId": role})
         try:
             self.az.write("rest", "--method", "POST", "--uri", self.assignments_uri(sp),

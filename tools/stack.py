@@ -338,9 +338,7 @@ def start_idp(config: dict, *, workdir: Path) -> Service:
     workdir.mkdir(parents=True, exist_ok=True)
     port = int(config["port"])
     config_path = workdir / f"idp-{port}.json"
-    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(config, out, indent=2)
+    write_private(config_path, json.dumps(config, indent=2))  # it holds the clients' secrets
     service = _spawn(f"idp-{port}", [_node(), str(IDP_SCRIPT), str(config_path)], workdir)
     service.port = port
     out_log = service.logs[0]

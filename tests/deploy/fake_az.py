@@ -17,6 +17,9 @@ import uuid
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 SECRET = "fake-entra-client-secret-Q8~do-not-leak"  # the password `ad app credential reset` hands out
 SUB = "/subscriptions/00000000-1111-2222-3333-444444444444"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
@@ -98,7 +101,9 @@ def main(argv: list[str]) -> int:
     state = json.load(open(state_path)) if os.path.exists(state_path) else {}
     record = {"argv": argv}
     body = opt(args, "--body") or ""
-    path = opt(args, "--file") or (body[1:] if body.startswith("@") else None)
+    # `ad app credential reset --cert @file`: a public certificate's file (`credential list --cert` is a flag)
+    cert = opt(args, "--cert") or "" if args[-1:] != ["--cert"] else ""
+    path = opt(args, "--file") or next((v[1:] for v in (body, cert) if v.startswith("@")), None)
     if path:
         content = open(path).read()
         record["file_sha256"] = hashlib.sha256(content.encode()).hexdigest()
@@ -146,7 +151,7 @@ def values(args: list[str], name: str) -> list[str]:
 
 def query(answer, args: list[str]):
     q = opt(args, "--query")
-    if q in ("id", "defaultHostName", "principalId", "value", "tags"):
+    if q in ("id", "defaultHostName", "principalId", "value", "tags", "x509ThumbprintHex"):
         return answer.get(q)  # JMESPath: a field the answer lacks is null
     if q == "[].id":
         return [item["id"] for item in answer]
@@ -156,6 +161,8 @@ def query(answer, args: list[str]):
         return {"id": answer["id"], "tags": answer.get("tags")}
     if q == "{value: value, tags: tags}":
         return {"value": answer["value"], "tags": answer.get("tags")}
+    if q == "{value: value, contentType: contentType}":
+        return {"value": answer["value"], "contentType": answer.get("contentType")}
     return answer
 
 
@@ -301,6 +308,8 @@ def handle(args: list[str], state: dict, file_content: str | None):
         vault = resource(state, "vaults", name)
         vault["properties"]["enablePurgeProtection"] = opt(args, "--enable-purge-protection") == "true"
         return vault
+    if words.startswith("keyvault certificate show"):  # a plain secret is no certificate: CertificateNotFound
+        return resource(state, "certificates", f"{opt(args, '--vault-name')}/{name}")
     if words.startswith("keyvault secret show"):
         versions = resource(state, "secrets", f"{opt(args, '--vault-name')}/{name}")
         return versions[-1]
@@ -404,6 +413,8 @@ def handle(args: list[str], state: dict, file_content: str | None):
         replicating(state, "apps", opt(args, "--id"))
         update_app(resource(state, "apps", opt(args, "--id")), args)
         return None
+    if words.startswith("ad app credential reset") and "--cert" in args:
+        return add_certificate(state, args, file_content)
     if words.startswith("ad app credential reset"):
         app = resource(state, "apps", opt(args, "--id"))
         assert "--append" in args, "a reset without --append would delete the other secrets"
@@ -413,8 +424,9 @@ def handle(args: list[str], state: dict, file_content: str | None):
         if state.get("another_run_appends"):  # another run's reset lands at the same moment
             app["credentials"].append({**app["credentials"][-1], "keyId": str(uuid.uuid4())})
         return {"appId": app["appId"], "password": SECRET, "tenant": "tenant-0000"}
-    if words.startswith("ad app credential list"):
-        return resource(state, "apps", opt(args, "--id"))["credentials"]
+    if words.startswith("ad app credential list"):  # --cert: the certificates (keyCredentials), not the secrets
+        app = resource(state, "apps", opt(args, "--id"))
+        return app.get("keyCredentials", []) if "--cert" in args else app["credentials"]
     if words.startswith("ad app credential delete"):
         app = resource(state, "apps", opt(args, "--id"))
         app["credentials"] = [c for c in app["credentials"] if c["keyId"] != opt(args, "--key-id")]
@@ -446,6 +458,25 @@ def handle(args: list[str], state: dict, file_content: str | None):
     if words.startswith("rest"):
         return graph(state, opt(args, "--method"), opt(args, "--uri"), file_content or opt(args, "--body"))
     raise SystemExit(f"fake az: unknown command {args}")
+
+
+def add_certificate(state: dict, args: list[str], file_content: str | None) -> dict:
+    """`ad app credential reset --id APP --cert ... --append` (azure-cli 2.91, role/custom.py _reset_credential):
+    the registration's keyCredentials PATCHed with one more, a public certificate from Key Vault's certificate
+    (`--keyvault V --cert NAME`: the certificate's `cer`) or given as PEM (`--cert @file`). Graph sets its
+    customKeyIdentifier to the certificate's thumbprint (upper-case hex, as Graph answers it)."""
+    app = resource(state, "apps", opt(args, "--id"))
+    assert "--append" in args, "a reset without --append would delete the other credentials"
+    if "--keyvault" in args:
+        thumbprint = resource(state, "certificates", f"{opt(args, '--keyvault')}/{opt(args, '--cert')}")[
+            "x509ThumbprintHex"]
+    else:
+        assert "PRIVATE KEY" not in file_content, "a private key handed to Entra"
+        cert = x509.load_pem_x509_certificate(file_content.encode())
+        thumbprint = cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - Graph's thumbprint is SHA-1
+    app.setdefault("keyCredentials", []).append({"keyId": str(uuid.uuid4()), "customKeyIdentifier": thumbprint,
+                                                 "type": "AsymmetricX509Cert", "usage": "Verify"})
+    return {"appId": app["appId"], "password": None, "tenant": "tenant-0000"}
 
 
 def arm_site(site: dict) -> dict:
@@ -521,7 +552,7 @@ def instantiate(state: dict, template: str, body: str) -> dict:
     assert template == NON_GALLERY_TEMPLATE, f"fake az: only the non-gallery template is modelled, not {template}"
     app_id = str(uuid.uuid4())
     app = {"appId": app_id, "id": f"object-{app_id}", "displayName": json.loads(body)["displayName"],
-           "owners": [me(state)["id"]], "credentials": [], "web": {"redirectUris": []},
+           "owners": [me(state)["id"]], "credentials": [], "keyCredentials": [], "web": {"redirectUris": []},
            "signInAudience": "AzureADandPersonalMicrosoftAccount", "optionalClaims": None, "appRoles": [],
            "requiredResourceAccess": [], "publicClient": {"redirectUris": []}}
     sp = {"id": f"sp-{app_id}", "appId": app_id, "applicationTemplateId": template, "appRoleAssignmentRequired": True,

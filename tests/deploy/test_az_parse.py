@@ -16,6 +16,7 @@ import pytest
 from tests.deploy.documented import az_commands
 from tests.deploy.fake_az import ME
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
+from tests.deploy.test_register_app import client_certificate_pem, sign_in_with_a_certificate
 from tools.azure_cli import EXPLAINED
 
 AZ = Path(os.environ.get("PORTAL_SSO_AZ", Path.home() / ".cache/portal-sso/azure-cli-2.91.0/bin/az"))
@@ -63,6 +64,8 @@ def every_command(tmp_path: Path) -> list[list[str]]:
     assert azure.run("deploy", *DEPLOY_ARGS).code == 0
     assert azure.run("register-app", *APP_ARGS, "--app-id", "owned-app-id").code == 0
     assert azure.run("register-app", *APP_ARGS, "--new-registration").code == 0
+    sign_in_with_a_certificate(azure, as_certificate=True)  # the move gives the new one the Key Vault certificate
+    assert azure.run("register-app", *APP_ARGS, "--new-registration").code == 0
     ci = FakeAzure(tmp_path / "ci")
     ci.state = {"signed_in_as": {"type": "servicePrincipal", "name": "ci-app-id", "id": "ci-object-id"},
                 "sps": {"ci-app-id": {"id": "ci-object-id"}}}
@@ -84,10 +87,29 @@ def test_every_command_the_scripts_issue_is_valid_for_the_real_az_cli(tmp_path):
                    "functionapp runtime config set --name contoso-sso", "keyvault update",
                    "functionapp deployment config set --name contoso-sso",
                    "ad sp show --id ci-app-id", "publicClient.redirectUris=[]",
-                   "--add tags WindowsAzureActiveDirectoryIntegratedApp", "appRoleAssignedTo?$skiptoken="):
+                   "--add tags WindowsAzureActiveDirectoryIntegratedApp", "appRoleAssignedTo?$skiptoken=",
+                   "--keyvault contoso-sso-kv --cert oidc-client-certificate --append", "credential list --id",
+                   "keyvault certificate show"):
         assert any(phrase in command for command in issued), f"no path issued {phrase!r}"
     bad = refused_by_real_az(commands, tmp_path)
     assert not bad, f"commands the real az refuses (of {len(commands)}): {bad}"
+
+
+def test_a_certificate_a_plain_key_vault_secret_holds_is_given_to_entra_by_a_command_the_real_az_takes(tmp_path):
+    """The other path of a move with OIDC_CLIENT_CERTIFICATE_NAME: the name is a plain secret, not a Key Vault
+    certificate, so its public certificate goes to `--cert @file`, which az parses as it reads the command (the
+    scripts' file is gone by the time every_command's are parsed, so this one is checked with a real one)."""
+    pem, _ = client_certificate_pem()
+    public = tmp_path / "public.pem"
+    public.write_text(pem[pem.index("-----BEGIN CERTIFICATE-----"):])
+    commands = [["ad", "app", "credential", "reset", "--id", "x", "--cert", f"@{public}", "--append"],
+                ["keyvault", "secret", "show", "--vault-name", "v", "--name", "n", "--query",
+                 "{value: value, contentType: contentType}"]]
+    bad = refused_by_real_az(commands, tmp_path)
+    assert not bad, f"commands the real az refuses: {bad}"
+    # and a file that holds no certificate is refused, so the check above can fail
+    public.write_text("x")
+    assert refused_by_real_az(commands[:1], tmp_path)
 
 
 def test_every_az_command_the_docs_show_is_valid_for_the_real_az_cli(tmp_path):

@@ -38,6 +38,10 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from shared.aadsts import hint_for
 from tests.deploy.fake_az import GRAPH_SP, ME, NON_GALLERY_TEMPLATE, SECRET
@@ -307,6 +311,7 @@ def test_a_new_registration_is_an_enterprise_app_made_from_entras_non_gallery_te
     (app,) = azure.state["apps"].values()
     assert azure.state["sps"][app["appId"]]["applicationTemplateId"] == NON_GALLERY_TEMPLATE
     assert not [c for c in result.commands if c.startswith("ad sp create")], "the template made the service principal"
+    assert sum(c.startswith(f"ad sp show --id {app['appId']} ") for c in result.commands) == 1, "read once (~1 s each)"
     assert app["signInAudience"] == "AzureADMyOrg", "single tenant, whatever the template made"
     assert sorted(app["web"]["redirectUris"]) == OURS and {r["value"] for r in app["appRoles"]} == {
         "Portal.User", "Portal.Agent"}
@@ -379,21 +384,37 @@ def test_new_registration_moves_the_app_to_one_entra_provisions_with_its_people(
     assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
 
 
-def test_a_move_that_stops_partway_names_the_rerun_that_carries_on(azure):
+STOPS = {  # where a move stops: (what the fake az refuses, its answer)
+    "key-vault": ("oidc-client-secret --file", "(Forbidden) Caller is not authorized to perform action on resource."),
+    "app-settings": ("appsettings set", "(AuthorizationFailed) The client does not have authorization")}
+
+
+@pytest.mark.parametrize("stopped_at", list(STOPS))
+def test_a_move_that_stops_partway_names_the_rerun_that_carries_on(azure, stopped_at):
     """Until the end of a --new-registration run the function app records the old registration: a plain
-    rerun would not find the new one, and another --new-registration would make a third."""
+    rerun would not find the new one, and another --new-registration would make a third. Stopped before Key
+    Vault took the new secret, the old registration still signs people in; stopped after it (the error said
+    "The function app still uses its previous registration" then too), the app reads the new one's secret
+    within SECRET_CACHE_SECONDS and signs no one in: the error says so, and to rerun at once. The rerun
+    makes no second secret."""
     adopt_plain_registration(azure)
-    azure.state = {**azure.state, "refuse": {"oidc-client-secret --file": "(Forbidden) Caller is not authorized to "
-                                                                         "perform action on resource."}}
+    azure.state = {**azure.state, "refuse": dict([STOPS[stopped_at]])}
     failed = azure.run("register-app", *APP_ARGS, "--new-registration")
     assert failed.code != 0
     (new,) = [a for a in azure.state["apps"] if a != "plain-app-id"]
-    assert settings(azure)["OIDC_CLIENT_ID"] == "plain-app-id", "the working registration is still the app's"
-    assert f"--app-id {new}" in failed.err, failed.err
+    assert settings(azure)["OIDC_CLIENT_ID"] == "plain-app-id", "the app records the old one until the move is done"
+    if stopped_at == "key-vault":
+        assert "still uses its previous registration" in failed.err and f"--app-id {new}" in failed.err, failed.err
+    else:
+        (credential,) = azure.state["apps"][new]["credentials"]
+        assert secret_versions(azure)[-1]["tags"]["entraKeyId"] == credential["keyId"], "Key Vault holds the new one's"
+        assert "still uses its previous registration" not in failed.err and "no one signs in" in failed.err, failed.err
+        assert f"--app-id {new} in place of --new-registration at once" in failed.err, failed.err
     azure.state = {**azure.state, "refuse": {}}
     rerun = azure.run("register-app", *APP_ARGS, "--app-id", new)
     assert rerun.code == 0, rerun.err
     assert settings(azure)["OIDC_CLIENT_ID"] == new and len(azure.state["apps"]) == 2
+    assert len(azure.state["apps"][new]["credentials"]) == 1
 
 
 def test_new_registration_is_only_for_making_one(azure):
@@ -405,9 +426,7 @@ def test_new_registration_is_only_for_making_one(azure):
 def test_a_client_certificate_the_app_is_told_to_use_is_one_it_may_read(azure):
     """docs/operating.md has the admin set OIDC_CLIENT_CERTIFICATE_NAME; nothing let the app's identity read it
     (Key Vault Secrets User is granted per secret), so Key Vault answered 403."""
-    state = azure.state
-    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_CERTIFICATE_NAME"] = "oidc-client-certificate"
-    azure.state = state
+    sign_in_with_a_certificate(azure, as_certificate=True)
     assert azure.run("register-app", *APP_ARGS).code == 0
     vault_id = azure.state["vaults"][N["vault"]]["id"]
     assert ["contoso-sso-principal", "Key Vault Secrets User", f"{vault_id}/secrets/oidc-client-certificate"] in \
@@ -433,6 +452,79 @@ def test_an_app_signing_in_with_a_certificate_gets_no_client_secret_and_rotate_s
     assert rotated.code == 1 and "OIDC_CLIENT_CERTIFICATE_NAME" in rotated.err and rotated.mutations == []
     (app,) = azure.state["apps"].values()
     assert app["credentials"] == []
+
+
+def client_certificate_pem() -> tuple[str, str]:
+    """(a self-signed certificate with its private key, PEM, as a Key Vault secret holds it; its thumbprint)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "portal-sso")])
+    now = datetime.now(UTC)
+    cert = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(
+        x509.random_serial_number()).not_valid_before(now).not_valid_after(now + timedelta(days=30)).sign(
+        key, hashes.SHA256())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    pem = private.decode() + cert.public_bytes(serialization.Encoding.PEM).decode()
+    return pem, cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - Entra's thumbprint is SHA-1
+
+
+def sign_in_with_a_certificate(azure: FakeAzure, *, as_certificate: bool) -> str:
+    """OIDC_CLIENT_CERTIFICATE_NAME set, as docs/operating.md has it, to a Key Vault certificate (which Key
+    Vault also serves as the secret of the same name) or to a plain Key Vault secret holding one; the
+    registration the app uses holds it. Returns its thumbprint."""
+    pem, thumbprint = client_certificate_pem()
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_CERTIFICATE_NAME"] = "oidc-client-certificate"
+    state.setdefault("secrets", {})[f"{N['vault']}/oidc-client-certificate"] = [
+        {"id": "https://contoso-sso-kv.vault.azure.net/secrets/oidc-client-certificate/v1", "value": pem,
+         "contentType": "application/x-pem-file", "attributes": {"created": "2026-01-01T00:00:00+00:00"}, "tags": {}}]
+    if as_certificate:
+        state.setdefault("certificates", {})[f"{N['vault']}/oidc-client-certificate"] = {
+            "id": "https://contoso-sso-kv.vault.azure.net/certificates/oidc-client-certificate/v1",
+            "x509ThumbprintHex": thumbprint}
+    for app in state.get("apps", {}).values():
+        app["keyCredentials"] = [{"keyId": "cert-key-id", "customKeyIdentifier": thumbprint,
+                                  "type": "AsymmetricX509Cert", "usage": "Verify"}]
+    azure.state = state
+    return thumbprint
+
+
+@pytest.mark.parametrize("as_certificate", [True, False], ids=["key-vault-certificate", "key-vault-secret"])
+def test_a_move_to_a_new_registration_gives_it_the_certificate_the_app_signs_in_with(azure, as_certificate):
+    """With OIDC_CLIENT_CERTIFICATE_NAME set, a registration new to the function app got no credential at all
+    (only the app's read access to the certificate), then OIDC_CLIENT_ID moved to it: every login failed with
+    invalid_client. Now the certificate is added to it (appended) before the move, once."""
+    old = adopt_plain_registration(azure)
+    thumbprint = sign_in_with_a_certificate(azure, as_certificate=as_certificate)
+    moved = azure.run("register-app", *APP_ARGS, "--new-registration")
+    assert moved.code == 0, moved.err
+    new = settings(azure)["OIDC_CLIENT_ID"]
+    assert new != old
+    assert [c["customKeyIdentifier"] for c in azure.state["apps"][new]["keyCredentials"]] == [thumbprint]
+    assert azure.state["apps"][new]["credentials"] == [], "no client secret for an app that signs in with a certificate"
+    (added,) = [i for i, c in enumerate(moved.commands) if c.startswith(f"ad app credential reset --id {new}")]
+    (moved_at,) = [i for i, c in enumerate(moved.commands) if "appsettings set" in c]
+    assert added < moved_at, "the certificate is on the new registration before OIDC_CLIENT_ID names it"
+    assert "--append" in moved.commands[added].split()
+    if as_certificate:
+        assert f"--keyvault {N['vault']} --cert oidc-client-certificate" in moved.commands[added]
+    else:  # a secret is no Key Vault certificate: its public certificate goes through a file, never its key
+        call = moved.calls[added]
+        assert call["file_mode"] == "0o600" and "PRIVATE KEY" not in moved.commands[added]
+        stored = secret_values(azure, "oidc-client-certificate")[0]
+        public = stored[stored.index("-----BEGIN CERTIFICATE-----"):]
+        assert call["file_sha256"] == hashlib.sha256(public.encode()).hexdigest(), "the public certificate alone"
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
+
+
+def test_an_adopted_registration_that_holds_the_certificate_already_is_not_given_it_again(azure):
+    plant_app(azure, "owned-app-id", owner=ME["id"])
+    thumbprint = sign_in_with_a_certificate(azure, as_certificate=True)
+    adopted = azure.run("register-app", *APP_ARGS, "--app-id", "owned-app-id")
+    assert adopted.code == 0, adopted.err
+    assert not [c for c in adopted.commands if c.startswith("ad app credential reset")], adopted.commands
+    assert [c["customKeyIdentifier"] for c in azure.state["apps"]["owned-app-id"]["keyCredentials"]] == [thumbprint]
+    assert settings(azure)["OIDC_CLIENT_ID"] == "owned-app-id"
 
 
 # -- a run that stopped partway, run again ------------------------------------------------------------
