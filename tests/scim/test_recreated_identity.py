@@ -518,12 +518,9 @@ def test_an_id_an_object_id_took_is_never_no_object_ids_again(hostile, use_setti
     assert sign_in(hostile, use_settings, email, oid(), "user") != f"scim-user-{pid}"
 
 
-@pytest.mark.parametrize("dance", ["roles", "email"])
-def test_a_row_a_login_linked_for_no_object_id_comes_back_with_its_id(hostile, use_settings, dance):
-    """externalId not a GUID (Entra's default mailNickname mapping): the row made for "no object id",
-    then linked by its first login, was recorded as that object id's alone, so a role (or email) going
-    and coming back gave the same person a new, empty `scim-user-P-no-object-id` account, and no
-    admin command could give the old one back."""
+def signed_in_without_object_id(hostile, use_settings) -> tuple[Scim, str, str, str]:
+    """Olivia provisioned (user kind) for an externalId that is no object id, signed in once by object id
+    `me`: (a fresh SCIM session, her email, her SCIM id, me)."""
     hostile.reset()
     email = f"{unique('olivia')}@contoso.test"
     scim = session(hostile, use_settings, "single")
@@ -531,7 +528,16 @@ def test_a_row_a_login_linked_for_no_object_id_comes_back_with_its_id(hostile, u
     assert created.status_code == 201, created.text
     pid, me = created.json()["id"], oid()
     assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
-    scim = session(hostile, use_settings, "single")
+    return session(hostile, use_settings, "single"), email, pid, me
+
+
+@pytest.mark.parametrize("dance", ["roles", "email"])
+def test_a_row_a_login_linked_for_no_object_id_comes_back_with_its_id(hostile, use_settings, dance):
+    """externalId not a GUID (Entra's default mailNickname mapping): the row made for "no object id",
+    then linked by its first login, was recorded as that object id's alone, so a role (or email) going
+    and coming back gave the same person a new, empty `scim-user-P-no-object-id` account, and no
+    admin command could give the old one back."""
+    scim, email, pid, me = signed_in_without_object_id(hostile, use_settings)
     for op in away_and_back(dance, email):
         assert scim.patch(f"/Users/{pid}", entra.patch(op)).status_code == 204
     assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
@@ -544,14 +550,7 @@ def test_a_row_a_login_linked_for_no_object_id_comes_back_with_its_id_from_an_ol
     """...also when the person row is an older version's (no AccountIds; or MintedFor "" for a non-GUID
     externalId): "no object id" held nothing in the record read, so the first write recorded the row's
     id for the linking object id alone, and the dance made a new, empty account."""
-    hostile.reset()
-    email = f"{unique('olivia')}@contoso.test"
-    scim = session(hostile, use_settings, "single")
-    created = scim.post("/Users", entra.create_user(email, email, f"hr-{unique()}", kinds=("user",)))
-    assert created.status_code == 201, created.text
-    pid, me = created.json()["id"], oid()
-    assert sign_in(hostile, use_settings, email, me, "user") == f"scim-user-{pid}"
-    scim = session(hostile, use_settings, "single")
+    scim, email, pid, me = signed_in_without_object_id(hostile, use_settings)
     people = scim.runtime.tables.client(SCIM_USERS_TABLE)
     person = older(people.get_entity("P", pid))
     if era == "minted-for-no-one":
@@ -567,14 +566,7 @@ def test_an_admins_remove_of_a_no_object_id_row_is_not_undone_by_the_next_write(
     """externalId not a GUID, A signed in; B at the same mailbox refused (identity_mismatch), and the admin,
     as operating.md says for "a different person", removed the account: Entra's next write (any: a
     rename) made it again as A's scim-user-P, unlinked, and B's login linked it: A's account."""
-    hostile.reset()
-    email = f"{unique('olivia')}@contoso.test"
-    scim = session(hostile, use_settings, "single")
-    created = scim.post("/Users", entra.create_user(email, email, f"hr-{unique()}", kinds=("user",)))
-    assert created.status_code == 201, created.text
-    pid = created.json()["id"]
-    assert sign_in(hostile, use_settings, email, oid(), "user") == f"scim-user-{pid}"
-    scim = session(hostile, use_settings, "single")
+    scim, email, pid, _ = signed_in_without_object_id(hostile, use_settings)
     rename = {"op": "Replace", "path": "displayName", "value": "Olivia"}
     if written_since:
         assert scim.patch(f"/Users/{pid}", entra.patch(rename)).status_code == 204
@@ -590,14 +582,7 @@ def test_a_no_object_id_row_a_login_linked_is_not_no_object_ids_once_another_ide
     by A's login, its role gone; then externalId named B (another identity: an account of its own),
     was made non-GUID again and the role came back: the row made then for the next login by the email
     must not be A's account."""
-    hostile.reset()
-    email = f"{unique('olivia')}@contoso.test"
-    scim = session(hostile, use_settings, "single")
-    created = scim.post("/Users", entra.create_user(email, email, f"hr-{unique()}", kinds=("user",)))
-    assert created.status_code == 201, created.text
-    pid = created.json()["id"]
-    assert sign_in(hostile, use_settings, email, oid(), "user") == f"scim-user-{pid}"
-    scim = session(hostile, use_settings, "single")
+    scim, email, pid, _ = signed_in_without_object_id(hostile, use_settings)
     away, back = away_and_back("roles", email)
     for op in (away, external_id(oid()), back, external_id(f"hr-{unique()}"), away, back):
         assert scim.patch(f"/Users/{pid}", entra.patch(op)).status_code == 204
