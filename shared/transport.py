@@ -213,9 +213,21 @@ class DirectSession(requests.Session):
                 cert=None, json=None):
         if (self._pools is None or params or cookies or files or auth or proxies or hooks or cert or json is not None
                 or verify not in (None, self.verify) or not isinstance(data, (bytes, str, dict, type(None)))):
-            return super().request(method, url, params=params, data=data, headers=headers, cookies=cookies,
-                                   files=files, auth=auth, timeout=timeout, allow_redirects=allow_redirects,
-                                   proxies=proxies, hooks=hooks, stream=stream, verify=verify, cert=cert)
+            # requests' own path (a proxy, for one), its body read as ours is: against the call's timeouts
+            # and the answer limit (requests would read it whole, however slowly or large it came)
+            started = time.monotonic()
+            response = super().request(method, url, params=params, data=data, headers=headers, cookies=cookies,
+                                       files=files, auth=auth, timeout=timeout, allow_redirects=allow_redirects,
+                                       proxies=proxies, hooks=hooks, stream=True, verify=verify, cert=cert)
+            if not stream:
+                allowed = _timeout(timeout)[1]
+                try:
+                    response._content = _read_body(response.raw, None if allowed is None else started + allowed, url,
+                                                   self._answer_limit)
+                except urllib3.exceptions.HTTPError as exc:
+                    raise _requests_error(exc) from exc
+                response._content_consumed = True
+            return response
         method = method.upper()
         # As requests merges them: the request's headers over the session's, names case-insensitive, a
         # header set to None left out.
@@ -278,7 +290,7 @@ def _read_body(raw: urllib3.BaseHTTPResponse, deadline: float | None, url: str, 
                     raise urllib3.exceptions.ReadTimeoutError(None, url, "the answer was not in within the "
                                                               "call's timeouts")
                 sock.settimeout(left)
-            piece = raw.read1(READ_PIECE)
+            piece = raw.read1(READ_PIECE, decode_content=True)  # requests' own path opens it undecoded
             if not piece:
                 return b"".join(pieces)
             size += len(piece)

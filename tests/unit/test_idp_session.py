@@ -134,3 +134,26 @@ def test_discovery_answering_a_bomb_is_the_idps_outage_a_503():
             discover(f"{peer.url}/.well-known/openid-configuration", peer.url, IdpSession(5, environ={}),
                      multi_tenant=False)
     assert caught.value.reason == "idp_unavailable" and "AnswerTooLarge" in caught.value.detail, caught.value
+
+
+def test_through_a_proxy_an_answer_is_bounded_as_a_direct_one_is():
+    """HTTP(S)_PROXY set: a request with proxies took requests' own path, which read the body whole: a
+    64 MB gzip bomb was held (128 MB traced) and a trickled body answered 200 after 7.5 s with a 1 s read
+    timeout. The local peer is the proxy here (it answers the absolute-form request itself)."""
+    with gzip_bomb(64 * 2**20) as proxy:
+        tracemalloc.start()
+        try:
+            with pytest.raises(AnswerTooLarge):
+                IdpSession(read_timeout=5, environ={"HTTP_PROXY": proxy.url}).get("http://idp.example/keys")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 * 2**20, f"read up to the cap, never the whole: peak {peak // 2**20} MB"
+    with trickled(b'{"keys": []}' + b" " * 28, every=0.2) as proxy:
+        started = time.monotonic()
+        with pytest.raises(requests.ReadTimeout):
+            IdpSession(read_timeout=0.5, environ={"HTTP_PROXY": proxy.url}).get("http://idp.example/jwks")
+        assert time.monotonic() - started < 1.5, "cut at the call's timeouts, not when the peer was done"
+    with trickled(b'{"keys": []}', every=0.05, piece=3) as proxy:
+        answer = IdpSession(read_timeout=0.5, environ={"HTTP_PROXY": proxy.url}).get("http://idp.example/jwks")
+        assert answer.json() == {"keys": []}, "a whole answer through the proxy reads as it did"
