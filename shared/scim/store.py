@@ -116,7 +116,8 @@ def account_ids_of(scim_id: str, row) -> dict[str, dict[str, str]]:
     removed = removed_account_ids(row.get(REMOVED_ACCOUNT_IDS))
     for kind, held in ids.items():
         if held.get(NO_OBJECT_ID) in removed.get(kind, ()):
-            held[REMOVED_BY_ADMIN] = held.pop(NO_OBJECT_ID)
+            removed_id = held.pop(NO_OBJECT_ID)
+            held[f"{REMOVED_BY_ADMIN}:{removed_id}"] = removed_id  # one entry per id: each stays held
     return ids
 
 

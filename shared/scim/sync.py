@@ -28,6 +28,7 @@ DELETE, a disable, another email) finds that live row by login's own rule and ca
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -67,7 +68,8 @@ NO_OBJECT_ID = "no-object-id"
 # unreadable (store.py account_ids_of): no one who may have it, so no identity is given one.
 UNREADABLE = "unreadable"
 # Who holds an id "no object id" held until an admin's `accounts remove` of its row (store.py
-# account_ids_of): no one; the next row made for "no object id" is a new account.
+# account_ids_of: "removed-by-admin:{the id}", one entry each): no one; the next row made for "no object
+# id" is a new account.
 REMOVED_BY_ADMIN = "removed-by-admin"
 
 
@@ -371,6 +373,10 @@ class AccountSync:
                 # Another person's account, or an account the person's own would be merged into.
                 raise Conflict(f"the {kind} account of this email belongs to someone else")
             step, source = "adopt", target
+        elif mine and not _identity(target) and self._removed_by_admin(desired, kind, target):
+            # A row made again from a record read before an admin's remove of it (a write racing the
+            # remove, retried): never that account again, but a new one, as the write after would make.
+            step, source = "replace", None
         elif new_key in live or (mine and not live):
             step, source = "in_place", target  # (or only a dead copy is here, whose source is gone: revived)
         elif live:
@@ -380,6 +386,11 @@ class AccountSync:
         found = self._found(rows, desired.scim_id)
         self._refuse_foreign(desired, found)
         return _Plan(kind, rows, ours, found, step, source)
+
+    @staticmethod
+    def _removed_by_admin(desired: Desired, kind: str, row) -> bool:
+        """Whether the record says an admin's `accounts remove` took row's AccountId (REMOVED_BY_ADMIN)."""
+        return desired.account_ids.get(kind, {}).get(f"{REMOVED_BY_ADMIN}:{row.get('AccountId')}") is not None
 
     def _found(self, rows: dict, scim_id: str) -> dict:
         """The person's rows among `rows` that login finds (or, when it finds none, every one of the
@@ -457,9 +468,13 @@ class AccountSync:
         plain `scim-{kind}-{P}` if no identity holds that, else one of its own (the same each time)."""
         holder = desired.object_id or NO_OBJECT_ID
         held = self.account_ids.get(kind, {})
-        plain = directory_sync_account_id(desired.scim_id, kind)
-        return held.get(holder) or (plain if plain not in held.values() else
-                                    directory_sync_account_id(desired.scim_id, kind, holder))
+        if held.get(holder):
+            return held[holder]
+        own = directory_sync_account_id(desired.scim_id, kind, holder)
+        # (own-2, own-3...: "no object id" again after an admin removed its own, which stays held)
+        candidates = itertools.chain([directory_sync_account_id(desired.scim_id, kind), own],
+                                     (f"{own}-{n}" for n in itertools.count(2)))
+        return next(c for c in candidates if c not in held.values())
 
     def _new_row(self, desired: Desired, kind: str) -> dict:
         """A row made for the person (_account_id), disabled while an admin's disable of the row

@@ -567,13 +567,55 @@ def test_an_admins_remove_of_a_no_object_id_row_is_not_undone_by_the_next_write(
     as operating.md says for "a different person", removed the account: Entra's next write (any: a
     rename) made it again as A's scim-user-P, unlinked, and B's login linked it: A's account."""
     scim, email, pid, _ = signed_in_without_object_id(hostile, use_settings)
-    rename = {"op": "Replace", "path": "displayName", "value": "Olivia"}
     if written_since:
-        assert scim.patch(f"/Users/{pid}", entra.patch(rename)).status_code == 204
+        assert scim.patch(f"/Users/{pid}", rename("Olivia")).status_code == 204
+    assert cli_accounts(scim).remove(email, "user")
+    assert scim.patch(f"/Users/{pid}", rename("Olivia B")).status_code == 204
+    assert sign_in(hostile, use_settings, email, oid(), "user") != f"scim-user-{pid}"
+
+
+def cli_accounts(scim) -> AccountStore:
+    """The accounts store as the admin's CLI has it (it reads and writes directory sync's person rows)."""
     tables = scim.runtime.tables
-    admin = AccountStore(tables.client(ACCOUNTS_TABLE), people=tables.client(SCIM_USERS_TABLE))  # as the CLI's
-    assert admin.remove(email, "user")
-    assert scim.patch(f"/Users/{pid}", entra.patch({**rename, "value": "Olivia B"})).status_code == 204
+    return AccountStore(tables.client(ACCOUNTS_TABLE), people=tables.client(SCIM_USERS_TABLE))
+
+
+def rename(value: str) -> dict:
+    return entra.patch({"op": "Replace", "path": "displayName", "value": value})
+
+
+def test_each_admins_remove_of_a_no_object_id_row_makes_the_next_one_new(hostile, use_settings):
+    """Removed twice ("a different person" each time): the record held one removed id, the second
+    overwrote the first, and the third person to sign in got the first one's account back."""
+    scim, email, pid, _ = signed_in_without_object_id(hostile, use_settings)
+    admin, seen = cli_accounts(scim), [f"scim-user-{pid}"]
+    for name in ("B", "C", "D"):
+        assert admin.remove(email, "user")
+        assert scim.patch(f"/Users/{pid}", rename(name)).status_code == 204
+        got = sign_in(hostile, use_settings, email, oid(), "user")
+        assert got not in seen, (name, got, seen)
+        seen.append(got)
+
+
+def test_an_admins_remove_landing_during_an_entra_write_is_not_undone_by_its_retry(hostile, use_settings,
+                                                                                  monkeypatch):
+    """The remove noted its id and deleted the row after a rename had read the person row and before it
+    read the account rows: the rename made the row again from its stale record (scim-user-P, unlinked),
+    lost its person-row write (412) and, retried, kept that row in place, id and all."""
+    from shared.scim import sync
+
+    scim, email, pid, _ = signed_in_without_object_id(hostile, use_settings)
+    admin, real, removed = cli_accounts(scim), sync.AccountSync._plan, []
+
+    def plan(self, desired, kind, old_keys):
+        if not removed:
+            removed.append(admin.remove(email, "user"))
+        return real(self, desired, kind, old_keys)
+
+    monkeypatch.setattr(sync.AccountSync, "_plan", plan)
+    assert scim.patch(f"/Users/{pid}", rename("B")).status_code == 204
+    assert removed == [True]
+    monkeypatch.setattr(sync.AccountSync, "_plan", real)
     assert sign_in(hostile, use_settings, email, oid(), "user") != f"scim-user-{pid}"
 
 
