@@ -32,8 +32,6 @@ MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path
 # a longer one with a 400). An address under MAX_EMAIL_LENGTH can still make a longer key, since each
 # character table_key escapes takes three, so every key is measured (key_problem).
 MAX_KEY_UNITS = 512
-# ... and a string property of up to 64 KiB of UTF-16: 32,768 code units (Azurite refuses more, a 400).
-MAX_TEXT_UNITS = 32 * 1024
 # An account id is the session token's `sub`, which OpenID Connect Core (section 2) limits to 255
 # characters, and the portal's key for its person: a far tighter bound than what the row could hold.
 MAX_ACCOUNT_ID_LENGTH = 255
@@ -803,9 +801,9 @@ def check_account(email: str, kind: str, account_id: str, name: str = "") -> lis
         problems.append(f"account_id '{printable(account_id)}' is refused: it {problem}")
     if problem := name_problem(name or ""):
         problems.append(f"name '{printable(name)}' is refused: it {problem}")
-    elif (units := utf16_units(name or "")) > MAX_TEXT_UNITS:
-        problems.append(f"name is {units} UTF-16 units long, over the {MAX_TEXT_UNITS} a Table string property "
-                        "holds")
+    elif len(name or "") > MAX_SHOWN_NAME:  # the rule of every name the portal shows (shown_name_problem)
+        problems.append(f"name is {len(name)} characters long, over the {MAX_SHOWN_NAME} a session token's name "
+                        "may hold")
     return problems
 
 

@@ -319,7 +319,8 @@ def test_an_address_whose_key_is_too_long_for_table_storage_is_bad_input_naming_
 def test_a_name_or_account_id_too_long_to_store_is_bad_input_naming_the_line_and_nothing_is_written(
         cs, store, tag, tmp_path, capsys):
     """A Table string property holds 32,768 UTF-16 units (64 KiB): an import with a longer name used to
-    write the rows before it, then exit 2 'storage failed', and fail the same way every run."""
+    write the rows before it, then exit 2 'storage failed', and fail the same way every run. A name is
+    held to the session token's rule now (at most 256 characters), which refuses it before that."""
     emails = [f"row{i}.{tag}@contoso.test" for i in range(11)]
     rows = [f"{email},user,U-{i},Name {i}," for i, email in enumerate(emails)]
     rows[5] = f"{emails[5]},user,U-5,{'n' * 40_000},"           # line 7
@@ -327,19 +328,18 @@ def test_a_name_or_account_id_too_long_to_store_is_bad_input_naming_the_line_and
     csv_file = _write(tmp_path / "long.csv", ["email,kind,account_id,name,enabled", *rows])
     assert run(cs, "import", str(csv_file)) == 1
     err = capsys.readouterr().err
-    assert "line 7: name is 40000 UTF-16 units long, over the 32768" in err, err
+    assert "line 7: name is 40000 characters long, over the 256" in err, err
     assert "line 10: account_id is 256 characters long, over the 255" in err, err
     assert "2 bad rows; nothing was written" in err and "storage failed" not in err, err
     assert _stored_with(store, tag) == [], "nothing was written"
 
-    astral = "n" * 32_767 + "\U0001f600"  # 32,768 characters, 32,769 UTF-16 units
-    assert run(cs, "add", emails[0], "--kind", "user", "--account-id", "U-0", "--name", astral) == 1
-    assert "name is 32769 UTF-16 units long" in capsys.readouterr().err
+    assert run(cs, "add", emails[0], "--kind", "user", "--account-id", "U-0", "--name", "n" * 257) == 1
+    assert "name is 257 characters long, over the 256" in capsys.readouterr().err
     assert run(cs, "add", emails[0], "--kind", "user", "--account-id", "I" * 256) == 1
     assert "account_id is 256 characters long" in capsys.readouterr().err
     assert _stored_with(store, tag) == []
 
-    at_limit = "n" * 32_766 + "\U0001f600"  # 32,768 units: what storage keeps
+    at_limit = "n" * 255 + "\U0001f600"  # 256 characters (257 UTF-16 units): what a session token's name holds
     assert run(cs, "add", emails[0], "--kind", "user", "--account-id", "I" * 255, "--name", at_limit) == 0
     stored = store.get(emails[0], "user")
     assert (stored.display_name, stored.account_id) == (at_limit, "I" * 255)
