@@ -276,6 +276,11 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     package_moves = not new_app and (loads_from != (n["storage"], DEPLOY_CONTAINER) if loads_from
                                      else "storage" in moves)  # az's answer lacks it: a move sets it
     if package_moves:
+        # from here until the upload, Flex loads from a container without the package: the recorded digest goes
+        # first, so a run that stops anywhere in between uploads it on the rerun
+        if current.pop(PACKAGE_SETTING, None) is not None:
+            az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
+                     "--setting-names", PACKAGE_SETTING, change=None)
         az.write("functionapp", "deployment", "config", "set", "--name", app, "--resource-group", rg,
                  "--deployment-storage-name", n["storage"], "--deployment-storage-container-name", DEPLOY_CONTAINER,
                  "--deployment-storage-auth-type", "SystemAssignedIdentity",

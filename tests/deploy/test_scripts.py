@@ -342,6 +342,24 @@ def test_a_storage_move_sets_the_deployment_storage_even_when_azs_answer_does_no
     assert azure.state["uploads"][-1] == "https://contosodata.blob.core.windows.net/app-package"
 
 
+@pytest.mark.parametrize("stop", ["role assignment create", "role assignment delete", "appsettings set",
+                                  "keyvault secret show", "config-zip"])
+def test_a_storage_move_stopped_between_the_deployment_storage_and_the_upload_uploads_on_the_rerun(azure, stop):
+    """The hunt's case: a move that stopped after `deployment config set` (Flex then loads from the new, empty
+    container) and before the upload: its rerun read loads_from == new and the same digest, uploaded nothing
+    and said "Nothing to change", though the failure said to run it again to carry on."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    azure.state = {**azure.state, "refuse": {stop: "(ServiceUnavailable) The service is temporarily unavailable."}}
+    stopped = azure.run("deploy", *DEPLOY_ARGS, "--storage-account", "contosodata", "--repoint")
+    assert stopped.code == 1 and "carries on from here" in stopped.err, stopped.err
+    assert any("deployment config set" in c for c in stopped.commands), "stopped after the deployment storage"
+    azure.state = {**azure.state, "refuse": {}}
+    again = azure.run("deploy", *DEPLOY_ARGS, "--storage-account", "contosodata", "--repoint")
+    assert again.code == 0, again.err
+    assert azure.state["uploads"][-1] == "https://contosodata.blob.core.windows.net/app-package", again.mutations
+    assert azure.run("deploy", *DEPLOY_ARGS).mutations == [], "from then on, nothing to do"
+
+
 def test_a_vault_move_leaves_the_app_no_role_on_the_old_vaults_secrets(azure):
     assert azure.run("deploy", *DEPLOY_ARGS).code == 0
     assert azure.run("register-app", "--resource-group", "rg-sso", "--app", "contoso-sso").code == 0
