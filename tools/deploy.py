@@ -380,6 +380,8 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     # 10. what the app's identity holds on the account or vault it moved off, now that nothing there is used
     secrets = [key_name, secret_name(current, "OIDC_CLIENT_SECRET_NAME", CLIENT_SECRET_NAME),
                secret_name(current, "SCIM_TOKEN_NAME", SCIM_TOKEN_NAME)]
+    if certificate := secret_name(current, "OIDC_CLIENT_CERTIFICATE_NAME", ""):  # it signs in with a certificate
+        secrets.append(certificate)
     for key, old in [(key, old) for key, left in moves.items() for old in left] if principal_known else []:
         revoke_left(az, principal, key, old, rg, secrets)
     if principal_known and (moves or current.get(MOVED_FROM)):

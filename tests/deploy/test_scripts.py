@@ -13,6 +13,7 @@ from shared.tables import APP_TABLES
 from tests.deploy.fake_az import CONNECTION_STRING, CREATED_CONNECTION_STRING
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, ROOT, FakeAzure
 from tests.deploy.test_package import copy_without_git
+from tests.deploy.test_register_app import sign_in_with_a_certificate
 from tools.azure_cli import KEY_VAULT_REFUSED, ROLE_POLL_SECONDS, ROLE_WAIT_SECONDS, Az, AzError, explain, scope_name
 from tools.deploy import CONTAINERS, deploy, names, parse_args
 
@@ -397,6 +398,20 @@ def test_a_vault_move_leaves_the_app_no_role_on_the_old_vaults_secrets(azure):
     assert roles_of_app_under(azure, old_id) == [], "Secrets User on each secret it read there goes"
     assert "Key Vault Secrets User" in moved.out and "client secret" in moved.out, moved.out
     assert azure.run("deploy", *DEPLOY_ARGS).mutations == []
+
+
+def test_a_vault_move_of_an_app_signing_in_with_a_certificate_leaves_no_role_on_the_old_certificate(azure):
+    """The hunt's case: Secrets User went on the signing key, client secret and SCIM token only, so the role
+    register-app gave on the certificate (OIDC_CLIENT_CERTIFICATE_NAME) stayed on the old vault."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    sign_in_with_a_certificate(azure, as_certificate=True)
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    old_id = azure.state["vaults"][N["vault"]]["id"]
+    assert ("Key Vault Secrets User", "secrets/oidc-client-certificate") in roles_of_app_under(azure, old_id)
+    moved = azure.run("deploy", *DEPLOY_ARGS, "--key-vault", "contoso-secrets", "--repoint")
+    assert moved.code == 0, moved.err
+    assert roles_of_app_under(azure, old_id) == [], "Secrets User on each secret it read there goes"
 
 
 def test_a_package_that_deployed_but_left_the_app_unhealthy_is_said_as_deployed_with_the_way_back(azure):
