@@ -71,8 +71,10 @@ MOVED_FROM = "PORTAL_SSO_MOVED_FROM"
 # What the old vault or storage account holds, said when --repoint moves the app off it.
 LEFT_BEHIND = {
     "vault": "the client secret, the session-signing key and the SCIM token (sign-in fails until `portal-sso "
-             "register-app` stores a client secret in the new vault, and `register-app provisioning` a SCIM "
-             "token; session tokens signed before no longer verify)",
+             "register-app` stores a client secret in the new vault (an app that signs in with a client certificate, "
+             "OIDC_CLIENT_CERTIFICATE_NAME: once you import that certificate into the new vault and run "
+             "register-app), and `register-app provisioning` a SCIM token; session tokens signed before no "
+             "longer verify)",
     "storage": "the portal accounts (PortalAccounts), the audit rows (SignInEvents, DirectoryEvents), directory "
                "sync's people (ScimUsers), the host's keys and timer leases and the packages deployed before "
                "(app-package) (the app starts with no accounts: export them first)",
