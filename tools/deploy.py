@@ -62,13 +62,19 @@ INSIGHTS_TYPE = "Microsoft.Insights/components"
 TLS_OK = ("1.2", "1.3")
 PACKAGE_SETTING = "PORTAL_SSO_PACKAGE_SHA256"  # what is deployed; a rerun with the same package skips it
 PACKAGE_PYTHON = "PORTAL_SSO_PACKAGE_PYTHON"  # the Python its remote build installed the requirements for
+# The vault and storage account a move takes the app off ("storage=NAME vault=NAME"), written with the settings
+# that point at the new ones and removed once the identity's roles on the old ones are (step 10): a run that
+# stops in between leaves the settings naming the new ones, and the next run finishes the move from this.
+MOVED_FROM = "PORTAL_SSO_MOVED_FROM"
 
 
 # What the old vault or storage account holds, said when --repoint moves the app off it.
 LEFT_BEHIND = {
     "vault": "the client secret, the session-signing key and the SCIM token (sign-in fails until `portal-sso "
-             "register-app` stores a client secret in the new vault, and `register-app provisioning` a SCIM "
-             "token; session tokens signed before no longer verify)",
+             "register-app` stores a client secret in the new vault (an app that signs in with a client certificate, "
+             "OIDC_CLIENT_CERTIFICATE_NAME: once you import that certificate into the new vault and run "
+             "register-app), and `register-app provisioning` a SCIM token; session tokens signed before no "
+             "longer verify)",
     "storage": "the portal accounts (PortalAccounts), the audit rows (SignInEvents, DirectoryEvents), directory "
                "sync's people (ScimUsers), the host's keys and timer leases and the packages deployed before "
                "(app-package) (the app starts with no accounts: export them first)",
@@ -132,6 +138,20 @@ def check_kept(az: Az, args: argparse.Namespace, recorded: dict[str, set[str]],
     return moves
 
 
+def with_unfinished(az: Az, moves: dict[str, list[str]], current: dict[str, str],
+                    chosen: dict[str, str]) -> dict[str, list[str]]:
+    """`moves` and those an earlier run recorded (MOVED_FROM) but stopped before finishing, said; not one the
+    app is back on."""
+    unfinished: dict[str, list[str]] = {}
+    for key, _, old in (pair.partition("=") for pair in (current.get(MOVED_FROM) or "").split()):
+        if key in OPTIONS and old and old != chosen[key] and old not in moves.get(key, []):
+            unfinished.setdefault(key, []).append(old)
+            az.out(f"note: an earlier run moved the app off {old} and stopped before removing the roles the app's "
+                   "identity holds there: this run removes them at its end.")
+    return {key: sorted({*moves.get(key, []), *unfinished.get(key, [])}) for key in OPTIONS
+            if key in moves or key in unfinished}
+
+
 def signing_key_pem() -> str:
     """A new EC P-256 private key (ES256 session tokens): it loads and signs far faster than RSA."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -171,7 +191,7 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
         print(f"warning: the Python version of the function app {app} could not be read (functionapp show gives no "
               "functionAppConfig.runtime), so it is left as it is: give --python to set it.", file=sys.stderr)
     n = resource_names(args, recorded)
-    moves = check_kept(az, args, recorded, n)
+    moves = with_unfinished(az, check_kept(az, args, recorded, n), current or {}, n)
     key_name = secret_name(current or {}, "SESSION_SIGNING_KEY_NAME", SIGNING_KEY_NAME)  # the one the app reads
     if az.dry_run:
         az.out(f"note: --dry-run reads nothing, so this plan names the vault {n['vault']} and the storage account "
@@ -276,6 +296,11 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     package_moves = not new_app and (loads_from != (n["storage"], DEPLOY_CONTAINER) if loads_from
                                      else "storage" in moves)  # az's answer lacks it: a move sets it
     if package_moves:
+        # from here until the upload, Flex loads from a container without the package: the recorded digest goes
+        # first, so a run that stops anywhere in between uploads it on the rerun
+        if current.pop(PACKAGE_SETTING, None) is not None:
+            az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
+                     "--setting-names", PACKAGE_SETTING, change=None)
         az.write("functionapp", "deployment", "config", "set", "--name", app, "--resource-group", rg,
                  "--deployment-storage-name", n["storage"], "--deployment-storage-container-name", DEPLOY_CONTAINER,
                  "--deployment-storage-auth-type", "SystemAssignedIdentity",
@@ -317,6 +342,8 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     }
     if args.session_audience:
         settings["SESSION_TOKEN_AUDIENCE"] = args.session_audience
+    if moves:
+        settings[MOVED_FROM] = " ".join(f"{key}={old}" for key, left in sorted(moves.items()) for old in left)
     update_app_settings(az, app, rg, settings, current)
     audience = session_audience(args, current)
     if "AzureWebJobsStorage" in current:  # a key-based connection string: identities only
@@ -350,21 +377,27 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
                  "--runtime-version", python,
                  change=("change", f"function app {app}: Python {running or '(unknown)'} to {python}"))
     if package_moves or current.get(PACKAGE_SETTING) != digest or current.get(PACKAGE_PYTHON) != python:
-        upload(az, app, rg, package, digest, python)
+        upload(az, app, rg, package, digest, python, [old for left in moves.values() for old in left])
 
     # 10. what the app's identity holds on the account or vault it moved off, now that nothing there is used
     secrets = [key_name, secret_name(current, "OIDC_CLIENT_SECRET_NAME", CLIENT_SECRET_NAME),
                secret_name(current, "SCIM_TOKEN_NAME", SCIM_TOKEN_NAME)]
+    if certificate := secret_name(current, "OIDC_CLIENT_CERTIFICATE_NAME", ""):  # it signs in with a certificate
+        secrets.append(certificate)
     for key, old in [(key, old) for key, left in moves.items() for old in left] if principal_known else []:
         revoke_left(az, principal, key, old, rg, secrets)
+    if principal_known and (moves or current.get(MOVED_FROM)):
+        az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
+                 "--setting-names", MOVED_FROM, change=None)
     return {"base": base, "subscription": account.get("id", ""), "audience": audience,
             "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
 
 
-def upload(az: Az, app: str, rg: str, package: Path, digest: str, python: str) -> None:
+def upload(az: Az, app: str, rg: str, package: Path, digest: str, python: str, moved_off: list[str]) -> None:
     """The package, deployed with a remote build, then recorded. On Flex, az's config-zip activates it and
     then checks the host's status: a failure there comes after the new code is live, so it is recorded
-    (a deploy of the commit deployed before is then a change, and uploads that package) and said so."""
+    (a deploy of the commit deployed before is then a change, and uploads that package) and said so, with
+    the roles on the ones `moved_off` that are yet to be removed."""
     deployed = f"package {digest[:12]} deployed (built for Python {python})"
 
     def record() -> None:
@@ -381,7 +414,9 @@ def upload(az: Az, app: str, rg: str, package: Path, digest: str, python: str) -
         raise AzError(f"The package {digest[:12]} is deployed and live, but the function app {app} did not answer "
                       "az's health check after it (its host status): read why in Application Insights (traces "
                       "and exceptions). To go back, check out the commit deployed before "
-                      "and run this again: it deploys that commit's package.", err.stderr,
+                      "and run this again: it deploys that commit's package."
+                      + (f" The move is not finished: the app's identity still holds its roles on "
+                         f"{' and '.join(moved_off)}; the next run removes them." if moved_off else ""), err.stderr,
                       rerun="run the command again (from the commit deployed before, to go back)") from None
     record()
 

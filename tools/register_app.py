@@ -314,6 +314,12 @@ class Registration:
         if self.certificate_name:  # read as the client secret is (docs/operating.md)
             if client_id != recorded:  # Entra must know the certificate before OIDC_CLIENT_ID names this one
                 self.give_certificate(client_id, vault)
+            elif not self.az.dry_run and self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name",
+                                                      self.certificate_name, "--query", "id") is None:
+                raise AzError(f"Key Vault {vault} holds no certificate {self.certificate_name} "
+                              "(OIDC_CLIENT_CERTIFICATE_NAME), so the function app cannot sign in: import the "
+                              f"certificate into {vault} (`az keyvault certificate import --vault-name {vault} --name "
+                              f"{self.certificate_name} --file <pfx or pem>`), then run this again.")
             self.let_the_app_read(vault, self.certificate_name)
         else:
             held = self.credential_ids(client_id)

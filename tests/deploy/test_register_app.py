@@ -439,8 +439,8 @@ def test_an_app_signing_in_with_a_certificate_gets_no_client_secret_and_rotate_s
     secret back on the registration, into a Key Vault secret the app never reads, and rotate-secret
     exited 0 having "rotated" that, not the certificate the app signs in with."""
     assert azure.run("register-app", *APP_ARGS).code == 0
+    sign_in_with_a_certificate(azure, as_certificate=True)  # the vault holds it (else register-app refuses)
     state = azure.state
-    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_CERTIFICATE_NAME"] = "oidc-client-certificate"
     for app in state["apps"].values():
         app["credentials"] = []
     azure.state = state
@@ -1026,3 +1026,17 @@ def test_rotate_token_makes_a_new_token_after_the_tenant_url_moved(azure, synced
 def test_the_consent_error_a_person_meets_names_the_fix_and_who_can_apply_it():
     hint = hint_for("AADSTS65001: The user or administrator has not consented to use the application")
     assert hint and "scripts/register-app" in hint and "Application Administrator" in hint
+
+
+def test_a_certificate_app_moved_to_a_vault_without_its_certificate_is_refused_naming_the_import(azure):
+    """The hunt's case: after a vault move, register-app exited 0 granting a role on a certificate the new vault
+    does not hold (the app then cannot sign in), though the move's note pointed the admin at register-app."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    sign_in_with_a_certificate(azure, as_certificate=True)
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    moved = azure.run("deploy", *DEPLOY_ARGS, "--key-vault", "contoso-secrets", "--repoint")
+    assert moved.code == 0 and "import" in moved.out, moved.out
+    refused = azure.run("register-app", *APP_ARGS)
+    assert refused.code == 1 and "oidc-client-certificate" in refused.err and "import" in refused.err, refused.err
+    assert not any("oidc-client-certificate" in m for m in refused.mutations), refused.mutations

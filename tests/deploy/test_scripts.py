@@ -11,8 +11,9 @@ import pytest
 
 from shared.tables import APP_TABLES
 from tests.deploy.fake_az import CONNECTION_STRING, CREATED_CONNECTION_STRING
-from tests.deploy.fake_azure import DEPLOY_ARGS, ROOT, FakeAzure
+from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, ROOT, FakeAzure
 from tests.deploy.test_package import copy_without_git
+from tests.deploy.test_register_app import sign_in_with_a_certificate
 from tools.azure_cli import KEY_VAULT_REFUSED, ROLE_POLL_SECONDS, ROLE_WAIT_SECONDS, Az, AzError, explain, scope_name
 from tools.deploy import CONTAINERS, deploy, names, parse_args
 
@@ -342,6 +343,51 @@ def test_a_storage_move_sets_the_deployment_storage_even_when_azs_answer_does_no
     assert azure.state["uploads"][-1] == "https://contosodata.blob.core.windows.net/app-package"
 
 
+@pytest.mark.parametrize("stop", ["role assignment create", "role assignment delete", "appsettings set",
+                                  "keyvault secret show", "config-zip"])
+def test_a_storage_move_stopped_between_the_deployment_storage_and_the_upload_uploads_on_the_rerun(azure, stop):
+    """The hunt's case: a move that stopped after `deployment config set` (Flex then loads from the new, empty
+    container) and before the upload: its rerun read loads_from == new and the same digest, uploaded nothing
+    and said "Nothing to change", though the failure said to run it again to carry on."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    old_id = azure.state["storage"][N["storage"]]["id"]
+    azure.state = {**azure.state, "refuse": {stop: "(ServiceUnavailable) The service is temporarily unavailable."}}
+    stopped = azure.run("deploy", *DEPLOY_ARGS, "--storage-account", "contosodata", "--repoint")
+    assert stopped.code == 1 and "carries on from here" in stopped.err, stopped.err
+    assert any("deployment config set" in c for c in stopped.commands), "stopped after the deployment storage"
+    azure.state = {**azure.state, "refuse": {}}
+    again = azure.run("deploy", *DEPLOY_ARGS, "--storage-account", "contosodata", "--repoint")
+    assert again.code == 0, again.err
+    assert azure.state["uploads"][-1] == "https://contosodata.blob.core.windows.net/app-package", again.mutations
+    assert roles_of_app_under(azure, old_id) == [], "the rerun also finishes the move: no role on the old account"
+    assert azure.run("deploy", *DEPLOY_ARGS).mutations == [], "from then on, nothing to do"
+
+
+@pytest.mark.parametrize(("option", "name", "old"), [("--storage-account", "contosodata", "storage"),
+                                                      ("--key-vault", "contoso-secrets", "vault")])
+def test_a_move_that_stopped_after_pointing_the_settings_removes_the_old_roles_on_the_rerun(azure, option, name,
+                                                                                             old):
+    """The hunt's case: a move whose package went live but failed az's health check (after the settings
+    pointed at the new one) left the old roles; the rerun read no move from the settings, never removed them
+    and said "Nothing to change", against the run's own note."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    old_id = azure.state["storage" if old == "storage" else "vaults"][N[old]]["id"]
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["PORTAL_SSO_PACKAGE_SHA256"] = "0" * 64  # the code changed since
+    azure.state = {**state, "unhealthy": True}
+    stopped = azure.run("deploy", *DEPLOY_ARGS, option, name, "--repoint")
+    assert stopped.code == 1 and "health check" in stopped.err, stopped.err
+    assert f"roles on {N[old]}" in stopped.err and "next run removes them" in stopped.err, stopped.err
+    assert roles_of_app_under(azure, old_id) != []
+    azure.state = {**azure.state, "unhealthy": False}
+    again = azure.run("deploy", *DEPLOY_ARGS)  # the settings name the new one now: a plain rerun
+    assert again.code == 0 and "Nothing to change" not in again.out, again.out
+    assert roles_of_app_under(azure, old_id) == [], "the move's roles on the old one go"
+    assert "PORTAL_SSO_MOVED_FROM" not in azure.state["sites"]["contoso-sso"]["settings"], "the move is done"
+    assert azure.run("deploy", *DEPLOY_ARGS).mutations == [], "from then on, nothing to do"
+
+
 def test_a_vault_move_leaves_the_app_no_role_on_the_old_vaults_secrets(azure):
     assert azure.run("deploy", *DEPLOY_ARGS).code == 0
     assert azure.run("register-app", "--resource-group", "rg-sso", "--app", "contoso-sso").code == 0
@@ -352,6 +398,20 @@ def test_a_vault_move_leaves_the_app_no_role_on_the_old_vaults_secrets(azure):
     assert roles_of_app_under(azure, old_id) == [], "Secrets User on each secret it read there goes"
     assert "Key Vault Secrets User" in moved.out and "client secret" in moved.out, moved.out
     assert azure.run("deploy", *DEPLOY_ARGS).mutations == []
+
+
+def test_a_vault_move_of_an_app_signing_in_with_a_certificate_leaves_no_role_on_the_old_certificate(azure):
+    """The hunt's case: Secrets User went on the signing key, client secret and SCIM token only, so the role
+    register-app gave on the certificate (OIDC_CLIENT_CERTIFICATE_NAME) stayed on the old vault."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    sign_in_with_a_certificate(azure, as_certificate=True)
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    old_id = azure.state["vaults"][N["vault"]]["id"]
+    assert ("Key Vault Secrets User", "secrets/oidc-client-certificate") in roles_of_app_under(azure, old_id)
+    moved = azure.run("deploy", *DEPLOY_ARGS, "--key-vault", "contoso-secrets", "--repoint")
+    assert moved.code == 0, moved.err
+    assert roles_of_app_under(azure, old_id) == [], "Secrets User on each secret it read there goes"
 
 
 def test_a_package_that_deployed_but_left_the_app_unhealthy_is_said_as_deployed_with_the_way_back(azure):
