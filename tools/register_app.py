@@ -400,23 +400,31 @@ class Registration:
         others = [(kind, u) for kind in ("spa", "publicClient") for u in (app.get(kind) or {}).get("redirectUris", [])]
         for kind, uri in others:
             print(f"removing a {kind} redirect URI this script did not make: {uri}")
+        ours = json.loads(APP_ROLES.read_text())
+        ids = {role["id"] for role in ours}
+        # Every other role stays as Graph has it: a registration made from the non-gallery template comes
+        # with two enabled ones (User, msiam_access), and Graph refuses to drop an enabled role
+        # (CannotDeleteOrUpdateEnabledEntitlement). Neither gives a portal role: admission needs ours.
+        kept = [{k: v for k, v in role.items() if k != "origin"} for role in app.get("appRoles") or []
+                if role.get("id") not in ids]
         differs = {
             "redirect URIs": sorted(existing) != sorted(wanted) or bool(others),
             "optional claims": differs_from(app.get("optionalClaims"), OPTIONAL_CLAIMS),
-            "app roles": differs_from(app.get("appRoles"), APP_ROLES),
+            "app roles": differs_from([r for r in app.get("appRoles") or [] if r.get("id") in ids], APP_ROLES),
             "API permissions": differs_from(app.get("requiredResourceAccess"), API_PERMISSIONS),
             "sign-in audience": app.get("signInAudience") != SIGN_IN_AUDIENCE,
         }
         if any(differs.values()):
-            self.az.write("ad", "app", "update", "--id", app["appId"], "--sign-in-audience", SIGN_IN_AUDIENCE,
-                          "--web-redirect-uris", *wanted,
-                          "--optional-claims", f"@{OPTIONAL_CLAIMS}", "--app-roles", f"@{APP_ROLES}",
-                          "--required-resource-accesses", f"@{API_PERMISSIONS}",
-                          *(["--set", *(f"{kind}.redirectUris=[]" for kind in sorted({k for k, _ in others}))]
-                            if others else []),
-                          change=("change", ", ".join(k for k, v in differs.items() if v)
-                                  + (f" (removed {len(foreign) + len(others)} foreign redirect URI(s))"
-                                     if foreign or others else "")))
+            with secret_file(json.dumps(ours + kept)) as roles:  # not secret: a file, as az takes the roles
+                self.az.write("ad", "app", "update", "--id", app["appId"], "--sign-in-audience", SIGN_IN_AUDIENCE,
+                              "--web-redirect-uris", *wanted,
+                              "--optional-claims", f"@{OPTIONAL_CLAIMS}", "--app-roles", f"@{roles}",
+                              "--required-resource-accesses", f"@{API_PERMISSIONS}",
+                              *(["--set", *(f"{kind}.redirectUris=[]" for kind in sorted({k for k, _ in others}))]
+                                if others else []),
+                              change=("change", ", ".join(k for k, v in differs.items() if v)
+                                      + (f" (removed {len(foreign) + len(others)} foreign redirect URI(s))"
+                                         if foreign or others else "")))
 
     def ensure_service_principal(self, client_id: str, sp: dict | None = None) -> dict:
         """The registration's service principal (`sp`: as just read; else it is read), made when there is

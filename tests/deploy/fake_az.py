@@ -543,6 +543,20 @@ def replicating(state: dict, kind: str, key: str | None) -> None:
         raise NotYetReadable(f"{kind} {key}")
 
 
+# The app roles a non-gallery app comes with, enabled ("If you're using a custom (non-gallery) app, you see the
+# two default roles: User and msiam_access": Entra's "Configure the role claim issued in the SAML token").
+TEMPLATE_ROLES = (
+    {"allowedMemberTypes": ["User"], "description": "User", "displayName": "User",
+     "id": "18d14569-c3bd-439b-9a66-3a2aee01d14f", "isEnabled": True, "origin": "Application", "value": None},
+    {"allowedMemberTypes": ["User"], "description": "msiam_access", "displayName": "msiam_access",
+     "id": "b9632174-c057-4f7e-951b-be3adc52bfe6", "isEnabled": True, "origin": "Application", "value": None},
+)
+# Graph's answer to a PATCH that drops an enabled app role: it must be disabled first.
+ENABLED_ROLE_DROPPED = ("ERROR: Bad Request({\"error\":{\"code\":\"CannotDeleteOrUpdateEnabledEntitlement\","
+                        "\"message\":\"Permission (scope or role) cannot be deleted or updated unless disabled "
+                        "first.\"}})")
+
+
 def instantiate(state: dict, template: str, body: str) -> dict:
     """POST /applicationTemplates/{id}/instantiate: an application and its service principal at once, answered
     as Graph v1.0's applicationServicePrincipal ({"application": ..., "servicePrincipal": ...}). The shapes are
@@ -553,7 +567,8 @@ def instantiate(state: dict, template: str, body: str) -> dict:
     app_id = str(uuid.uuid4())
     app = {"appId": app_id, "id": f"object-{app_id}", "displayName": json.loads(body)["displayName"],
            "owners": [me(state)["id"]], "credentials": [], "keyCredentials": [], "web": {"redirectUris": []},
-           "signInAudience": "AzureADandPersonalMicrosoftAccount", "optionalClaims": None, "appRoles": [],
+           "signInAudience": "AzureADandPersonalMicrosoftAccount", "optionalClaims": None,
+           "appRoles": [dict(role) for role in TEMPLATE_ROLES],
            "requiredResourceAccess": [], "publicClient": {"redirectUris": []}}
     sp = {"id": f"sp-{app_id}", "appId": app_id, "applicationTemplateId": template, "appRoleAssignmentRequired": True,
           "tags": ["WindowsAzureActiveDirectoryIntegratedApp",
@@ -610,7 +625,13 @@ def update_app(app: dict, args: list[str]) -> None:
         app["signInAudience"] = opt(args, "--sign-in-audience")
     for assignment in values(args, "--set") if "--set" in args else []:
         set_path(app, assignment)
-    for option, key in (("--optional-claims", "optionalClaims"), ("--app-roles", "appRoles"),
+    if "--app-roles" in args:
+        roles = json.load(open(opt(args, "--app-roles")[1:]))
+        given = {role["id"]: role for role in roles}
+        if any(role.get("isEnabled") and role["id"] not in given for role in app.get("appRoles") or []):
+            raise Refused(ENABLED_ROLE_DROPPED)
+        app["appRoles"] = roles
+    for option, key in (("--optional-claims", "optionalClaims"),
                         ("--required-resource-accesses", "requiredResourceAccess")):
         if option in args:
             app[key] = json.load(open(opt(args, option)[1:]))

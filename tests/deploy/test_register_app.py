@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from shared.aadsts import hint_for
-from tests.deploy.fake_az import GRAPH_SP, ME, NON_GALLERY_TEMPLATE, SECRET
+from tests.deploy.fake_az import GRAPH_SP, ME, NON_GALLERY_TEMPLATE, SECRET, TEMPLATE_ROLES
 from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
 from tools.azure_cli import explain
 from tools.deploy import names
@@ -227,15 +227,28 @@ def test_a_rerun_compares_only_what_it_sets_and_leaves_the_registration_alone(az
     assert fixed.code == 0, fixed.err
     assert "Changed:\n  - optional claims, app roles" in fixed.out, fixed.out
     (app,) = azure.state["apps"].values()
-    assert {r["displayName"] for r in app["appRoles"]} == {"User", "Agent"}
+    assert {r["displayName"] for r in app["appRoles"] if r["value"] in ("Portal.User", "Portal.Agent")} == \
+        {"User", "Agent"}
     assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov", "auth_time"}
+
+
+def test_the_roles_a_non_gallery_app_comes_with_are_kept_as_they_are(azure):
+    """An app made from the non-gallery template has two enabled roles of its own (User, msiam_access), and
+    Graph refuses a PATCH that drops an enabled role: the first run's update replaced the roles with ours and
+    failed there, on every real tenant. Neither gives a portal role (admission needs Portal.User/Agent)."""
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code == 0, result.err
+    (app,) = azure.state["apps"].values()
+    assert {r["id"] for r in TEMPLATE_ROLES} <= {r["id"] for r in app["appRoles"]}, "the template's roles stay"
+    assert {r["value"] for r in app["appRoles"]} >= {"Portal.User", "Portal.Agent"}
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "and a rerun changes nothing"
 
 
 def test_app_roles_graph_permissions_and_admin_consent(azure):
     assert azure.run("register-app", *APP_ARGS).code == 0
     (app,) = azure.state["apps"].values()
     roles = {r["value"]: r for r in app["appRoles"]}
-    assert set(roles) == {"Portal.User", "Portal.Agent"}
+    assert set(roles) - {None} == {"Portal.User", "Portal.Agent"}, "ours, beside the template's own (no value)"
     assert (roles["Portal.User"]["displayName"], roles["Portal.Agent"]["displayName"]) == ("User", "Agent")
     assert all(r["allowedMemberTypes"] == ["User"] and r["isEnabled"] for r in roles.values())
     assert {k: roles[v]["id"] for k, v in (("user", "Portal.User"), ("agent", "Portal.Agent"))} == role_ids(), \
@@ -313,7 +326,7 @@ def test_a_new_registration_is_an_enterprise_app_made_from_entras_non_gallery_te
     assert not [c for c in result.commands if c.startswith("ad sp create")], "the template made the service principal"
     assert sum(c.startswith(f"ad sp show --id {app['appId']} ") for c in result.commands) == 1, "read once (~1 s each)"
     assert app["signInAudience"] == "AzureADMyOrg", "single tenant, whatever the template made"
-    assert sorted(app["web"]["redirectUris"]) == OURS and {r["value"] for r in app["appRoles"]} == {
+    assert sorted(app["web"]["redirectUris"]) == OURS and {r["value"] for r in app["appRoles"]} - {None} == {
         "Portal.User", "Portal.Agent"}
     assert settings(azure)["OIDC_CLIENT_ID"] == app["appId"]
     (update,) = [c for c in result.commands if c.startswith("ad app update")]
