@@ -127,13 +127,14 @@ def test_every_az_command_the_docs_show_is_valid_for_the_real_az_cli(tmp_path):
 def refused_by_real_az(commands: list[list[str]], tmp_path: Path) -> list[tuple[str, list[str]]]:
     """Each command parsed by the real az, signed out: the ones it refuses, with its last line."""
     assert AZ.exists(), f"the real Azure CLI is installed by `make az-cli` (expected at {AZ})"
-    placeholder = tmp_path / "exists.txt"
-    placeholder.write_text("x")
+    placeholder = tmp_path / "exists.json"
+    placeholder.write_text("[]")  # JSON: an @file az parses as such (--app-roles) must read
     config = tmp_path / "az-config"
     config.mkdir(exist_ok=True)
 
     def parse(argv: list[str]) -> tuple[list[str], str]:
-        # the scripts' temporary files (--file, --src, a --body @file) are gone by now: an existing stand-in
+        # the scripts' temporary files (--file, --src, a --body or --app-roles @file) are gone by now: an existing
+        # stand-in
         argv = [str(placeholder) if i and argv[i - 1] in ("--file", "--src")
                 else f"@{placeholder}" if a.startswith("@") and not Path(a[1:]).exists() else a
                 for i, a in enumerate(argv)]
