@@ -220,12 +220,7 @@ class DirectSession(requests.Session):
                                        files=files, auth=auth, timeout=timeout, allow_redirects=allow_redirects,
                                        proxies=proxies, hooks=hooks, stream=True, verify=verify, cert=cert)
             if not stream:
-                allowed = _timeout(timeout)[1]
-                try:
-                    response._content = _read_body(response.raw, None if allowed is None else started + allowed, url,
-                                                   self._answer_limit)
-                except urllib3.exceptions.HTTPError as exc:
-                    raise _requests_error(exc) from exc
+                response._content = self._whole_body(response.raw, url, started, _timeout(timeout)[1])
                 response._content_consumed = True
             return response
         method = method.upper()
@@ -246,14 +241,11 @@ class DirectSession(requests.Session):
             raw = self._pools.urlopen(method, url, body=body, headers=sent, timeout=timeouts,
                                       redirect=False, retries=False, assert_same_host=False,
                                       preload_content=False, decode_content=True)
-            if not stream:
-                content = _read_body(raw, None if allowed is None else started + allowed, url, self._answer_limit)
         except urllib3.exceptions.HTTPError as exc:
             raise _requests_error(exc) from exc
-        except requests.RequestException:  # AnswerTooLarge: an OSError too, and already requests' own
-            raise
         except OSError as exc:
             raise requests.ConnectionError(exc) from exc
+        content = None if stream else self._whole_body(raw, url, started, allowed)
         response = requests.Response()
         response.status_code, response.reason, response.url, response.raw = raw.status, raw.reason, url, raw
         response.headers = CaseInsensitiveDict(raw.headers)
@@ -261,6 +253,20 @@ class DirectSession(requests.Session):
         if not stream:
             response._content, response._content_consumed = content, True
         return response
+
+
+    def _whole_body(self, raw: urllib3.BaseHTTPResponse, url: str, started: float, allowed: float | None) -> bytes:
+        """The answer's body read against the call's timeouts (`allowed` seconds from `started`, None: no
+        bound) and the session's answer limit (_read_body), its failures as requests' own, whichever path
+        (ours, or requests' own) sent the request."""
+        try:
+            return _read_body(raw, None if allowed is None else started + allowed, url, self._answer_limit)
+        except urllib3.exceptions.HTTPError as exc:
+            raise _requests_error(exc) from exc
+        except requests.RequestException:  # AnswerTooLarge: an OSError too, and already requests' own
+            raise
+        except OSError as exc:
+            raise requests.ConnectionError(exc) from exc
 
 
 READ_PIECE = 64 * 1024  # decoded bytes asked for per read of a body
