@@ -55,7 +55,7 @@ from ..config import KINDS
 from ..tables import SCIM_PERSON_PARTITION, storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
-from .sync import NO_OBJECT_ID, REMOVED_BY_ADMIN, UNREADABLE, AccountSync, Conflict, Desired, Guarded, Vanished
+from .sync import NO_OBJECT_ID, UNREADABLE, AccountSync, Conflict, Desired, Guarded, Vanished, removed_by_admin
 
 PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = SCIM_PERSON_PARTITION, "U", "X", "E"
 # Ours are uuid4s (36 characters): a longer id is no one's and is not sent (a key over Table Storage's
@@ -117,7 +117,7 @@ def account_ids_of(scim_id: str, row) -> dict[str, dict[str, str]]:
     for kind, held in ids.items():
         if held.get(NO_OBJECT_ID) in removed.get(kind, ()):
             removed_id = held.pop(NO_OBJECT_ID)
-            held[f"{REMOVED_BY_ADMIN}:{removed_id}"] = removed_id  # one entry per id: each stays held
+            held[removed_by_admin(removed_id)] = removed_id  # one entry per id: each stays held
     return ids
 
 

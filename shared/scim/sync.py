@@ -73,6 +73,11 @@ UNREADABLE = "unreadable"
 REMOVED_BY_ADMIN = "removed-by-admin"
 
 
+def removed_by_admin(account_id: str) -> str:
+    """The record's holder of an id an admin's `accounts remove` took (REMOVED_BY_ADMIN, one per id)."""
+    return f"{REMOVED_BY_ADMIN}:{account_id}"
+
+
 @dataclass(frozen=True)
 class _Plan:
     """What AccountSync._plan decided for one kind, from the rows it read."""
@@ -390,7 +395,7 @@ class AccountSync:
     @staticmethod
     def _removed_by_admin(desired: Desired, kind: str, row) -> bool:
         """Whether the record says an admin's `accounts remove` took row's AccountId (REMOVED_BY_ADMIN)."""
-        return desired.account_ids.get(kind, {}).get(f"{REMOVED_BY_ADMIN}:{row.get('AccountId')}") is not None
+        return desired.account_ids.get(kind, {}).get(removed_by_admin(row.get("AccountId"))) is not None
 
     def _found(self, rows: dict, scim_id: str) -> dict:
         """The person's rows among `rows` that login finds (or, when it finds none, every one of the
