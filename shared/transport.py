@@ -214,10 +214,12 @@ class DirectSession(requests.Session):
         if (self._pools is None or params or cookies or files or auth or proxies or hooks or cert or json is not None
                 or verify not in (None, self.verify) or not isinstance(data, (bytes, str, dict, type(None)))):
             # requests' own path (a proxy, for one), its body read as ours is: against the call's timeouts
-            # and the answer limit (requests would read it whole, however slowly or large it came)
+            # and the answer limit (requests would read it whole, however slowly or large it came). No
+            # redirect followed, as on ours: requests would send the body again (a token POST's client
+            # secret and code) to wherever a Location named, reading each 3xx body whole on the way.
             started = time.monotonic()
             response = super().request(method, url, params=params, data=data, headers=headers, cookies=cookies,
-                                       files=files, auth=auth, timeout=timeout, allow_redirects=allow_redirects,
+                                       files=files, auth=auth, timeout=timeout, allow_redirects=False,
                                        proxies=proxies, hooks=hooks, stream=True, verify=verify, cert=cert)
             if not stream:
                 response._content = self._whole_body(response.raw, url, started, _timeout(timeout)[1])

@@ -157,3 +157,38 @@ def test_through_a_proxy_an_answer_is_bounded_as_a_direct_one_is():
     with trickled(b'{"keys": []}', every=0.05, piece=3) as proxy:
         answer = IdpSession(read_timeout=0.5, environ={"HTTP_PROXY": proxy.url}).get("http://idp.example/jwks")
         assert answer.json() == {"keys": []}, "a whole answer through the proxy reads as it did"
+
+
+class _Redirector(BaseHTTPRequestHandler):
+    """Answers every POST with a 307 to another host, and records what reached it (the body included)."""
+
+    def do_POST(self):
+        self.server.seen.append((self.requestline, self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+        self.send_response(307)
+        self.send_header("Location", "http://elsewhere.example/steal")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_through_a_proxy_a_redirect_reaches_the_caller_as_it_does_on_the_direct_path():
+    """With HTTP(S)_PROXY set every IdP call took requests' own path, which follows redirects (its
+    default): a token POST answered by a 307 went again, client secret and code in its body, to the host
+    the Location named. The direct path sends with redirect=False; the proxied one now does the same."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)
+    server.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        # as a proxy the server sees the absolute URL, as the server itself the path
+        for environ, target, line in (({"HTTP_PROXY": url}, "http://login.example/t/token", "POST http://login.example/t/token"),
+                                      ({}, f"{url}/t/token", "POST /t/token")):
+            server.seen.clear()
+            answer = IdpSession(2, environ=environ).post(target, data={"client_secret": "S3CRET", "code": "abc"})
+            assert answer.status_code == 307 and answer.headers["Location"] == "http://elsewhere.example/steal"
+            assert [seen for seen, _ in server.seen] == [f"{line} HTTP/1.1"], "sent once, to where it was meant"
+    finally:
+        server.shutdown()
+        server.server_close()
