@@ -249,6 +249,12 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
 
     def _asked_idp(check: Check) -> Check:
         """The IdP's own word on the credential (cached and rate-limited by the OIDC client)."""
+        if runtime.metadata_held() is None:
+            # The metadata's own check (run first) could not read it: asking again here would start a
+            # second discovery in this request, and the probe would wait out two timeouts for its 503.
+            check.data["accepted_by_idp"] = None
+            check.warning = "not verified with the IdP: its metadata could not be read (see idp_metadata)"
+            return check
         try:
             verdict = runtime.oidc.credential_check()
         except SsoError as err:  # the IdP's metadata: its own check says why

@@ -24,6 +24,7 @@ from shared.transport import READ_TIMEOUT
 from shared.vault import CachedSecret, KeyVaultReader
 from tests.conftest import APP_BASE, REDIRECT_URIS
 from tests.integration.test_tables_access import BlackHole
+from tests.reliability.test_key_vault_outage import health
 from tests.support.hostile_flow import switch_to
 from tests.support.hostile_idp import HostileIdp
 from tests.support.portal import assert_error_page, start_login
@@ -111,6 +112,22 @@ def test_a_silent_discovery_at_a_cold_start_is_one_request_and_everyone_gets_a_5
     hostile_idp.hang.clear()  # the next request after the failure tries again, and heals the worker
     assert start_login(requests.Session(), APP_BASE, "user").status_code == 302
     assert requests_to(hostile_idp, DISCOVERY) == 2
+
+
+def test_a_health_check_at_a_cold_start_with_a_silent_discovery_tries_it_once_and_answers_within_one_timeout(
+        hostile_idp, app):
+    """The client secret's check asked the IdP (runtime.oidc) after the metadata's own check had failed,
+    and so started a second discovery in the same request: two timeouts (about 20 s at the default, past
+    Azure's 230 s HTTP limit at IDP_TIMEOUT_SECONDS=120) for the probe's one 503."""
+    hostile_idp.hang["discovery"] = TIMEOUT + 4
+    started = time.monotonic()
+    checks = health(app)
+    took = time.monotonic() - started
+    assert checks["http_status"] == 503 and not checks["checks"]["idp_metadata"]["ok"], checks
+    assert requests_to(hostile_idp, DISCOVERY) == 1, "one discovery attempt for the whole health check"
+    assert took < TIMEOUT + 1.5, f"answered within one timeout: {took:.1f} s"
+    secret = checks["checks"]["client_secret"]
+    assert "not verified with the IdP" in secret["warning"], secret
 
 
 def test_a_silent_jwks_endpoint_with_no_keys_cached_is_one_request_shared_by_every_waiter(hostile_idp, app):
