@@ -583,6 +583,17 @@ def _same_page(url: str) -> str:
     return f"{origin_of(url)}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
 
 
+# The delivery page's CSP form-action names the portal's origin and return_to's, and CSP host sources have
+# no IPv6 literal: a browser drops such a source and posts nothing, after the flow was spent.
+_NO_IPV6 = ("names an IPv6 address, which the sign-in page's Content-Security-Policy (form-action) cannot "
+            "name: the browser would refuse to post the session token there;",
+            "use the portal's DNS name (localhost for development).")
+
+
+def _ipv6_host(url: str) -> bool:
+    return ":" in (urlsplit(url).hostname or "")
+
+
 def _portals(read: _Reader, _: dict) -> dict:
     urls: dict[str, str] = {}
     homes: dict[str, str] = {}
@@ -594,6 +605,8 @@ def _portals(read: _Reader, _: dict) -> dict:
         elif not _https_url(value, allow_loopback_http=True):
             read.problem(name, f"{quoted(value)} is not {_URL_FIX};",
                          f"set the portal page that receives the {kind}s' session token (a POST).")
+        elif _ipv6_host(value):
+            read.problem(name, *_NO_IPV6)
         else:
             urls[kind] = value
     # Either kind's landing URL, however written (case, :443, an empty query): both take POSTs only.
@@ -620,6 +633,9 @@ def _portals(read: _Reader, _: dict) -> dict:
                 read.problem("PORTAL_ALLOWED_RETURN_ORIGINS", f"{quoted(item)} is not an origin;", "give each "
                              "entry as scheme, host and port only, e.g. https://portal.contoso.com, comma-separated "
                              "(an internationalised host in its xn-- form).")
+                break
+            if _ipv6_host(item):
+                read.problem("PORTAL_ALLOWED_RETURN_ORIGINS", *_NO_IPV6)
                 break
             origins.add(origin_of(item))
     base = public_base_url(read.env)

@@ -607,3 +607,17 @@ def test_a_host_in_unicode_form_is_a_named_problem_with_its_xn_form_as_the_fix(s
     assert setting in text and "xn--" in text, text
     ascii_form = value.replace("m\u00fcller", "xn--mller-kva")
     assert load_settings(env(**{setting: ascii_form, "SESSION_TOKEN_AUDIENCE": "portal"}))
+
+
+@pytest.mark.parametrize(("setting", "value"), [
+    ("PORTAL_USER_URL", "https://[2001:db8::10]/landing"), ("PORTAL_AGENT_URL", "http://[::1]:3000/agent"),
+    ("PORTAL_ALLOWED_RETURN_ORIGINS", "http://[::1]:3000")])
+def test_a_portal_on_an_ipv6_address_is_a_named_problem_not_a_login_that_dead_ends(setting, value):
+    """The delivery page's CSP form-action names the portal's origin (and return_to's), and CSP's host
+    sources have no IPv6 literal: Chromium drops the source, posts nothing ("form-action 'none'"), and
+    the person is left on "Signing you in" with the flow spent and a success audited."""
+    text = problems_of(env(**{setting: value, "SESSION_TOKEN_AUDIENCE": "portal"}))
+    assert setting in text and "IPv6" in text and "localhost" in text, text
+    assert load_settings(env(**{setting: value.replace("[2001:db8::10]", "portal.contoso.test")
+                                .replace("[::1]", "localhost"), "SESSION_TOKEN_AUDIENCE": "portal"}))
+    assert load_settings(env(PUBLIC_BASE_URL="http://[::1]:7071")), "the app's own URL is no CSP source"
