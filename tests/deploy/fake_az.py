@@ -17,9 +17,6 @@ import uuid
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-
 SECRET = "fake-entra-client-secret-Q8~do-not-leak"  # the password `ad app credential reset` hands out
 SUB = "/subscriptions/00000000-1111-2222-3333-444444444444"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
@@ -472,6 +469,10 @@ def add_certificate(state: dict, args: list[str], file_content: str | None) -> d
             "x509ThumbprintHex"]
     else:
         assert "PRIVATE KEY" not in file_content, "a private key handed to Entra"
+        # Imported here, not at the top: every az call starts this script, and cryptography's import was
+        # half of each one's ~100 ms (a deploy makes ~70 calls).
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
         cert = x509.load_pem_x509_certificate(file_content.encode())
         thumbprint = cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - Graph's thumbprint is SHA-1
     app.setdefault("keyCredentials", []).append({"keyId": str(uuid.uuid4()), "customKeyIdentifier": thumbprint,

@@ -33,6 +33,7 @@ Where the Graph request shapes come from (Microsoft Graph v1.0 reference, learn.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -59,10 +60,20 @@ GRAPH_SCOPES = {"37f7f235-527c-4136-accd-4a02d197296e", "14dad69e-099b-42c9-810b
                 "64a6cdd6-aab1-4aaf-94b8-3cc8405e90d0"}  # openid, profile, email (Microsoft Graph, delegated)
 
 
-@pytest.fixture
-def azure(tmp_path) -> FakeAzure:
-    azure = FakeAzure(tmp_path)
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> tuple[str, list[dict]]:
+    """One deploy for the module (about 70 az calls): each test starts from a copy of what it left."""
+    azure = FakeAzure(tmp_path_factory.mktemp("deployed"))
     assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    return azure.state_path.read_text(), azure.all_calls
+
+
+@pytest.fixture
+def azure(tmp_path, deployed) -> FakeAzure:
+    azure = FakeAzure(tmp_path)
+    state, calls = deployed
+    azure.state_path.write_text(state)
+    azure.all_calls = copy.deepcopy(calls)
     return azure
 
 
