@@ -167,7 +167,7 @@ def test_the_health_check_reads_a_client_certificates_expiry_in_either_form(cert
     else:
         value = SecretValue(text, None, "v1", "key vault", "application/x-pem-file")
     held = SimpleNamespace(name="oidc-client-cert", get=lambda: value, unavailable_since=None, unavailable_detail="")
-    runtime = SimpleNamespace(cached_client_credential=held, oidc=SimpleNamespace(
+    runtime = SimpleNamespace(cached_client_credential=held, metadata_held=lambda: object(), oidc=SimpleNamespace(
         credential_check=lambda: SimpleNamespace(accepted=True, hint=None, detail="the IdP issued a token")))
     settings = SimpleNamespace(uses_certificate=True, key_vault_url="https://contoso.vault.azure.net")
     check = diagnostics.check_client_secret(runtime, settings, dt.datetime.now(dt.UTC))
