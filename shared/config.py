@@ -179,13 +179,18 @@ _TOKEN_RUN = re.compile(r"[\w.~-]{32,}")  # linear: runs of a token's characters
 _JWT = re.compile(r"eyJ[\w-]{8,}\.[\w-]+\.")
 _URL_PASSWORD = re.compile(r"://[^/?#@\s]*:[^/?#@\s]*@")  # in the authority: before any '/', '?' or '#'
 _CREDENTIAL_MARKERS = ("accountkey=", "sig=", "sharedaccesssignature=", "-----begin")
+# A generated token or key of no marked shape, by looks_like_a_token's rule: a SCIM token (token_urlsafe,
+# as the product tells admins to make one) or a hex secret; a storage account's bare key1 (base64). Two
+# alphabets, so that a URL's path ('/' between words) is not read as base64 running into a token.
+_KEY_RUNS = (re.compile(r"[A-Za-z0-9_-]{32,}"), re.compile(r"[A-Za-z0-9+/]{32,}={0,2}"))
 NOT_SHOWN = "(not shown: it may be a secret)"
 
 
 def looks_like_a_secret(value: str) -> bool:
     lowered = value.lower()
     return any(marker in lowered for marker in _CREDENTIAL_MARKERS) or bool(_JWT.search(value)) or bool(
-        _URL_PASSWORD.search(value)) or any("~" in run for run in _TOKEN_RUN.findall(value))
+        _URL_PASSWORD.search(value)) or any("~" in run for run in _TOKEN_RUN.findall(value)) or any(
+        looks_like_a_token(run) for runs in _KEY_RUNS for run in runs.findall(value))
 
 
 def quoted(value: str, limit: int = 120) -> str:

@@ -621,3 +621,24 @@ def test_a_portal_on_an_ipv6_address_is_a_named_problem_not_a_login_that_dead_en
     assert load_settings(env(**{setting: value.replace("[2001:db8::10]", "portal.contoso.test")
                                 .replace("[::1]", "localhost"), "SESSION_TOKEN_AUDIENCE": "portal"}))
     assert load_settings(env(PUBLIC_BASE_URL="http://[::1]:7071")), "the app's own URL is no CSP source"
+
+
+STORAGE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # key1's shape
+
+
+@pytest.mark.parametrize("setting", ["ALLOWED_TENANT_IDS", "PORTAL_ALLOWED_RETURN_ORIGINS", "PUBLIC_BASE_URL",
+                                     "KEY_VAULT_URL", "SESSION_TOKEN_TTL_SECONDS"])
+@pytest.mark.parametrize("pasted", [*TOKENS[:3], STORAGE_KEY])
+def test_a_scim_token_or_a_bare_storage_key_pasted_into_a_setting_is_named_never_quoted(setting, pasted):
+    """Only an Entra secret's '~' shape, a JWT, a PEM, a URL password and the connection-string and SAS
+    markers were hidden: the SCIM token the product tells admins to make (token_urlsafe(32)) and the
+    portal's key1 (88 characters of base64) were quoted on the anonymous login page, its log and row."""
+    text = problems_of(env(**{setting: pasted}))
+    assert setting in text, text
+    assert pasted not in text and pasted[:12] not in text, "the value is shown"
+
+
+@pytest.mark.parametrize("value", ["portal-sso", "ContosoPortalDirectorySyncBearerTokenForProduction",
+                                   "https://portal.contoso.test/a/very/long/path/of/lower/case/words/only"])
+def test_a_bad_value_that_is_no_credential_is_still_quoted(value):
+    assert repr(value) in problems_of(env(ALLOWED_TENANT_IDS=value)), "the admin sees what was wrong"
