@@ -11,7 +11,7 @@ import azure.functions as func
 
 from shared import pages
 from shared.config import home_urls as configured_home_urls
-from shared.config import public_base_url
+from shared.config import log_value, public_base_url
 from shared.errors import InternalError, MethodNotAllowed, NotFound, SsoError
 from shared.runtime import get_runtime
 from shared.transport import serving
@@ -73,16 +73,26 @@ def guarded(context: func.Context | None, handler) -> func.HttpResponse:
         return to_response(pages.error(InternalError(), cid, homes=home_urls()))
 
 
+def _refused(err: SsoError, cid: str) -> pages.Reply:
+    """The page of a request no handler took, and its one log line, which holds the correlation id the
+    page names (README: every error page's id finds its line)."""
+    reply = pages.error(err, cid, homes=home_urls())
+    fields = {"reason": err.reason, "status": reply.status, "correlation_id": cid}
+    log.warning("http.refused %s detail=%s", " ".join(f"{k}={log_value(v)}" for k, v in fields.items()),
+                log_value(err.detail, quote=True), extra=fields)
+    return reply
+
+
 def not_found_response() -> func.HttpResponse:
     """The app's 404 page for a path no function serves (what tools.host answers there)."""
-    return to_response(pages.error(NotFound("no function serves this path"), str(uuid.uuid4()), homes=home_urls()))
+    return to_response(_refused(NotFound("no function serves this path"), str(uuid.uuid4())))
 
 
 def method_not_allowed_response(method: str, route: str, served: list[str] | tuple[str, ...],
                                 cid: str | None = None) -> func.HttpResponse:
     """The app's 405 page, `Allow` naming the methods the route serves: a function's own answer to a
     method it does not serve, and tools.host's to one no trigger can take (TRACE, any other token)."""
-    reply = pages.error(MethodNotAllowed(f"{method} {route}"), cid or str(uuid.uuid4()), homes=home_urls())
+    reply = _refused(MethodNotAllowed(f"{method[:20]} {route}"), cid or str(uuid.uuid4()))
     reply.headers["Allow"] = ", ".join(served)
     return to_response(reply)
 

@@ -472,7 +472,9 @@ class SsoService:
     # GET /api/sso/{kind}/signed-out
     def signed_out(self, kind: str, correlation_id: str) -> pages.Reply:
         if kind not in KINDS:
-            return pages.error(NotFound(f"unknown kind {kind!r}"), correlation_id, homes=self.home_urls())
+            return self._failed(NotFound(f"unknown kind {kind!r}"), "signed_out", kind, correlation_id,
+                                time.monotonic(), answer=lambda err: pages.error(err, correlation_id,
+                                                                                 homes=self.home_urls()))
         try:  # the metadata logout used, as held (never read here: a static page waits on no IdP)
             held = self.deps.metadata_held()
         except SsoError:

@@ -195,6 +195,19 @@ def test_unknown_kind_is_404_and_wrong_method_405(app_server):
     assert correlation_id(wrong)
 
 
+def test_a_refused_method_or_kind_has_a_log_line_holding_its_pages_correlation_id(app_server, caplog):
+    """README: the correlation id on every error page finds its log line. A 405 (a PUT to the callback,
+    a DELETE on the login start) and the signed-out page of an unknown kind named one nothing held."""
+    caplog.set_level(logging.INFO)
+    for answer, status in ((requests.put(f"{APP_BASE}/api/sso/user/callback", data={"code": "c", "state": "s"}), 405),
+                           (requests.delete(f"{APP_BASE}/api/sso/user/login"), 405),
+                           (requests.get(f"{APP_BASE}/api/sso/bogus/signed-out"), 404)):
+        assert answer.status_code == status
+        cid = correlation_id(answer)
+        lines = [r.getMessage() for r in caplog.records if cid in r.getMessage()]
+        assert len(lines) == 1 and f"status={status}" in lines[0], (answer.request.method, answer.url, lines)
+
+
 def test_login_start_sets_the_flow_cookie_as_spec_says(browser_session):
     response = start_login(browser_session, APP_BASE, "agent")
     assert response.status_code == 302
