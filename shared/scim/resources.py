@@ -6,7 +6,8 @@ The User model declares only what the portal keeps (/Schemas lists exactly that)
 and the enterprise extension Entra sends, are accepted and dropped (the policy's `unknown=ignore`).
 The policy also takes Entra's documented deviations: `"op": "Replace"`, `"active": "False"`, a
 `Remove` whose value names the entries to remove, and a filtered path matching no entry (which Entra
-expects to add it)."""
+expects to add it). A `Remove` whose value is a plain value (`"path": "name.familyName", "value":
+"Lee"`), which the library refuses, is engine.py's: it removes that value where the person holds it."""
 
 from __future__ import annotations
 

@@ -92,6 +92,13 @@ def remove_role(kind: str) -> dict:
     return {"op": "Remove", "path": "roles", "value": [{"value": ROLE_VALUES[kind]}]}
 
 
+def remove_with_value(path: str, value) -> dict:
+    """A Remove naming, as a plain value, the value it removes: the shape Microsoft's reference SCIM
+    server handles (AzureAD/SCIMReferenceCode pull request #87: `{"op":"Remove","path":
+    "emails[type eq \\"work\\"].value","value":"..."}`)."""
+    return {"op": "Remove", "path": path, "value": value}
+
+
 def replace_roles_assertive(*kinds: str, op: str = "replace") -> dict:
     """ROLES, AssertiveAppRoleAssignmentsComplex's PATCH: a `replace` of `roles` (lowercase in ROLES'
     example; KNOWN_ISSUES: "Replace" where the compliance flag is off) listing every role the person
