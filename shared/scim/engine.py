@@ -23,7 +23,7 @@ from scim2_server.responses import ScimResponse
 from scim2_server.service import ScimService
 
 from . import resources
-from .resources import IGNORED_SCHEMAS, POLICY, comparison_key, member
+from .resources import IGNORED_SCHEMAS, POLICY, comparison_key, ignored_schema, member
 from .store import Raced, TableScimStorage
 
 # A write that lost a race with another write to the same person starts over, after a short random
@@ -36,7 +36,8 @@ class PortalScimService(ScimService):
     def read_body(self, model, body: bytes, content_type: str | None, scim_ctx):
         """The library's reading, after steps of ours: a schema URN neither kept nor
         known-and-ignored is refused (invalidSyntax) rather than dropped with its attributes,
-        Entra's enterprise extension (kept nowhere) is dropped whole, and roles sent as JSON strings
+        Entra's enterprise extension and any other User extension (kept nowhere,
+        resources.ignored_schema) are dropped whole, and roles sent as JSON strings
         are read in their plain form (mapping.plain_role), a filtered key in a path-less PATCH value
         is its own operation rather than dropped with its change, and a Remove's plain value is kept
         aside from the library's checks, which take only entries (apply_patch reads it). A body nested
@@ -51,12 +52,12 @@ class PortalScimService(ScimService):
                 schemas = payload["schemas"]
                 if not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas):
                     raise InvalidSyntaxException(detail="schemas must be a list of URNs")
-                unknown = [s for s in schemas if s.lower() not in _KNOWN_SCHEMAS]
+                unknown = [s for s in schemas if s.lower() not in _KNOWN_SCHEMAS and not ignored_schema(s)]
                 if unknown:
                     raise InvalidSyntaxException(detail=f"unknown schema {unknown[0][:100]!r}")
-                for key in [k for k in payload if k.lower() in IGNORED_SCHEMAS]:
+                for key in [k for k in payload if ignored_schema(k)]:
                     payload.pop(key)
-                payload["schemas"] = [s for s in schemas if s.lower() not in IGNORED_SCHEMAS]
+                payload["schemas"] = [s for s in schemas if not ignored_schema(s)]
             _split_filtered_value_keys(payload)
             named = _take_plain_removal_values(payload)
             body = json.dumps(resources.plain_roles_in(payload)).encode()

@@ -24,6 +24,9 @@ import json
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+# ROLES' page, "Provisioning a custom extension attribute to a SCIM compliant application": an
+# attribute the admin adds to a non-gallery app is sent under this extension schema.
+CUSTOM = "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User"
 ROLE_VALUES = {"user": "Portal.User", "agent": "Portal.Agent"}
 
 
