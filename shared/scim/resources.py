@@ -91,7 +91,7 @@ class User(Resource[AnyExtension]):
     """false disables every portal account of the person."""
 
     emails: list[Email] | None = None
-    """The work one, else the primary, else the first, is the portal accounts' email."""
+    """The work one (of several, the primary), else the primary, else the first, is the accounts' email."""
 
     roles: list[Role] | None = None
     """App role values: Portal.User gives a user account, Portal.Agent an agent account."""

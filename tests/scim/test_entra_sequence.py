@@ -322,3 +322,19 @@ def test_a_remove_with_a_value_on_a_multi_valued_path_removes_only_the_matching_
     assert response.status_code == 204, response.text
     assert [e["value"] for e in scim.get(f"/Users/{scim_id}").json()["emails"]] == [email]
     assert accounts_of(scim, email)["user"].enabled
+
+
+def test_a_new_primary_work_email_added_beside_the_old_one_moves_the_accounts_to_it(scim):
+    """The Add leaves two work emails, the old one made primary: false by the library; the account
+    followed the first (the old mailbox)."""
+    scim_id, email = created(scim, kinds=("user", "agent"))
+    before = accounts_of(scim, email)
+    new = f"{unique('new')}@contoso.test"
+    added = {"op": "Add", "path": "emails", "value": [{"type": "work", "value": new, "primary": True}]}
+    response = scim.patch(f"/Users/{scim_id}", entra.patch(added))
+    assert response.status_code == 204, response.text
+    emails = scim.get(f"/Users/{scim_id}").json()["emails"]
+    assert [(e["value"], e.get("primary")) for e in emails] == [(email, False), (new, True)]
+    assert accounts_of(scim, email) == {}, "the old mailbox finds nothing"
+    moved = accounts_of(scim, new)
+    assert {k: a.account_id for k, a in moved.items()} == {k: a.account_id for k, a in before.items()}
