@@ -7,15 +7,23 @@ import json
 import random
 import time
 from http import HTTPStatus
+from typing import Any
 
-from scim2_models import InvalidSyntaxException, PreconditionFailedException, SCIMException
+from scim2_models import (
+    InvalidSyntaxException,
+    InvalidValueException,
+    PatchOp,
+    PreconditionFailedException,
+    SCIMException,
+)
+from scim2_models.path import AttrPath, CompareOperator, Comparison
 from scim2_server.handler import ScimHandler
 from scim2_server.requests import ScimRequest
 from scim2_server.responses import ScimResponse
 from scim2_server.service import ScimService
 
 from . import resources
-from .resources import IGNORED_SCHEMAS, POLICY, member
+from .resources import IGNORED_SCHEMAS, POLICY, comparison_key, ignored_schema, member
 from .store import Raced, TableScimStorage
 
 # A write that lost a race with another write to the same person starts over, after a short random
@@ -28,10 +36,13 @@ class PortalScimService(ScimService):
     def read_body(self, model, body: bytes, content_type: str | None, scim_ctx):
         """The library's reading, after steps of ours: a schema URN neither kept nor
         known-and-ignored is refused (invalidSyntax) rather than dropped with its attributes,
-        Entra's enterprise extension (kept nowhere) is dropped whole, and roles sent as JSON strings
+        Entra's enterprise extension and any other User extension (kept nowhere,
+        resources.ignored_schema) are dropped whole, and roles sent as JSON strings
         are read in their plain form (mapping.plain_role), a filtered key in a path-less PATCH value
-        is its own operation rather than dropped with its change. A body nested too deep for the JSON parser
-        is invalidSyntax: the library catches only ValueError, so its RecursionError was a 500."""
+        is its own operation rather than dropped with its change, and a Remove's plain value is kept
+        aside from the library's checks, which take only entries (apply_patch reads it). A body nested
+        too deep for the JSON parser is invalidSyntax: the library catches only ValueError, so its
+        RecursionError was a 500."""
         try:
             payload = self.decode_body(body, content_type)
         except RecursionError as exc:
@@ -41,15 +52,21 @@ class PortalScimService(ScimService):
                 schemas = payload["schemas"]
                 if not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas):
                     raise InvalidSyntaxException(detail="schemas must be a list of URNs")
-                unknown = [s for s in schemas if s.lower() not in _KNOWN_SCHEMAS]
+                unknown = [s for s in schemas if s.lower() not in _KNOWN_SCHEMAS and not ignored_schema(s)]
                 if unknown:
                     raise InvalidSyntaxException(detail=f"unknown schema {unknown[0][:100]!r}")
-                for key in [k for k in payload if k.lower() in IGNORED_SCHEMAS]:
+                for key in [k for k in payload if ignored_schema(k)]:
                     payload.pop(key)
-                payload["schemas"] = [s for s in schemas if s.lower() not in IGNORED_SCHEMAS]
+                payload["schemas"] = [s for s in schemas if not ignored_schema(s)]
             _split_filtered_value_keys(payload)
+            named = _take_plain_removal_values(payload)
             body = json.dumps(resources.plain_roles_in(payload)).encode()
+            read = super().read_body(model, body, content_type, scim_ctx)
+            return _with_plain_removal_values(read, named) if named else read
         return super().read_body(model, body, content_type, scim_ctx)
+
+    def apply_patch(self, current, patch_op, conditions):
+        return super().apply_patch(current, _selected_removals(current, patch_op), conditions)
 
 
 def _split_filtered_value_keys(payload: dict) -> None:
@@ -67,6 +84,89 @@ def _split_filtered_value_keys(payload: dict) -> None:
             for key in [k for k in value if isinstance(k, str) and "[" in k]:
                 split.append({"op": member(op, "op"), "path": key, "value": value.pop(key)})
     operations[:] = split
+
+
+def _take_plain_removal_values(payload: dict) -> dict[int, Any]:
+    """The plain values (neither an object nor a list) of the Remove operations with a path, taken
+    out of the payload, by the operation's position: the library refuses them (it reads a Remove's
+    value only as the entries to remove), and with them the whole PATCH."""
+    operations = member(payload, "operations")
+    taken = {}
+    for index, op in enumerate(operations if isinstance(operations, list) else []):
+        if not isinstance(op, dict) or str(member(op, "op")).lower() != "remove" or \
+                not isinstance(member(op, "path"), str):
+            continue
+        key = next((k for k in op if isinstance(k, str) and k.lower() == "value"), None)
+        if key is not None and op[key] is not None and not isinstance(op[key], dict | list):
+            taken[index] = op.pop(key)
+    return taken
+
+
+def _with_plain_removal_values(read, named: dict[int, Any]):
+    """The PatchOp read without them, with the plain values back on their operations (the library
+    reads one operation per item, in order). Any other body read is as it was: its `Operations` is
+    an attribute the policy drops."""
+    if not isinstance(read, PatchOp):
+        return read
+    operations = list(read.operations or [])
+    for index, value in named.items():
+        operations[index] = operations[index].model_copy(update={"value": value})
+    return read.model_copy(update={"operations": operations})
+
+
+def _plain_removal(op) -> bool:
+    return op.op == op.Op.remove and op.path is not None and op.value is not None and \
+        not isinstance(op.value, dict | list)
+
+
+def _selected_removals(current, patch_op):
+    """The PATCH with each Remove naming a plain value made a Remove of what that value selects, or
+    left out when it selects nothing: the value is compared with the one the person holds after the
+    operations before it (applied to a copy), as the attribute compares values. The value says what
+    goes (RFC 7644 3.5.2.2 removes what a filter matches): a Remove naming a value the person does not
+    hold (a stale one) removes nothing, rather than whatever is there."""
+    operations = patch_op.operations or []
+    named = [i for i, op in enumerate(operations) if _plain_removal(op)]
+    if not named:
+        return patch_op
+    state, kept = current.model_copy(deep=True), []
+    for index, op in enumerate(operations):
+        if index in named:
+            op = _selected_removal(op, state)
+        if op is None:
+            continue
+        kept.append(op)
+        if index < named[-1]:
+            patch_op.model_copy(update={"operations": [op]}).patch(state)
+    return patch_op.model_copy(update={"operations": kept})
+
+
+def _selected_removal(op, state):
+    """A Remove of `path` naming the plain `value`, against the person as `state` holds them, as a
+    Remove without value, or None when it removes nothing. On a single-valued attribute the value
+    must be the one held; on a multi-valued one (filtered or not) it selects the entries whose
+    sub-attribute (or `value`, RFC 7643 2.4) it is, within the filter. An attribute not kept is
+    dropped by the policy, value or not; a path naming a schema is the library's to refuse."""
+    path, value = op.path, op.value
+    binding = path.resolve()
+    if binding is None:
+        return op.model_copy(update={"value": None}) if path.model is None else op
+    if path.value_filter is None and not binding.is_multivalued:
+        held = path.get(state)
+        same = comparison_key(binding, held) == comparison_key(binding, value) \
+            if isinstance(held, str) and isinstance(value, str) else type(held) is type(value) and held == value
+        return op.model_copy(update={"value": None}) if same else None
+    head, sub = path.parts[0], path.parts[1] if len(path.parts) > 1 else None
+    try:
+        selector = Comparison(AttrPath(sub or "value"), CompareOperator.eq, value)
+        selection = selector if path.value_filter is None else path.value_filter & selector
+        selected = type(path)(f"{path.schema + ':' if path.schema else ''}{head}[{selection}]"
+                              f"{'.' + sub if sub else ''}")
+    except (TypeError, ValueError) as exc:
+        raise InvalidValueException(detail=f"the value of a remove of {str(path)[:100]!r}: {exc}") from exc
+    if not selected.get(state):
+        return None
+    return op.model_copy(update={"path": selected, "value": None})
 
 
 _MESSAGE_SCHEMAS = {"urn:ietf:params:scim:api:messages:2.0:patchop",

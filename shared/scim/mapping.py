@@ -90,10 +90,17 @@ def display_name(display: str | None, formatted: str | None, kept: str | None = 
 
 
 def chosen_email(emails: list[dict]) -> str | None:
-    """The portal account's email: the `work` one, else the primary, else the first."""
+    """The portal account's email: the `work` one (of several, the primary), else the primary, else
+    the first. An Add of a new primary work email leaves the old one beside it, primary: false."""
     values = [e for e in emails or [] if e.get("value")]
-    for pick in (lambda e: (e.get("type") or "").lower() == "work", lambda e: e.get("primary") is True,
-                 lambda e: True):
+
+    def work(e):
+        return (e.get("type") or "").lower() == "work"
+
+    def primary(e):
+        return e.get("primary") is True
+
+    for pick in (lambda e: work(e) and primary(e), work, primary, lambda e: True):
         found = next((e["value"] for e in values if pick(e)), None)
         if found is not None:
             return found

@@ -3,13 +3,16 @@ discovery endpoints announce. Imported on the first SCIM request only (pydantic 
 cheap to import).
 
 The User model declares only what the portal keeps (/Schemas lists exactly that); other attributes,
-and the enterprise extension Entra sends, are accepted and dropped (the policy's `unknown=ignore`).
+the enterprise extension Entra sends and any other User extension (a custom attribute mapping's), are
+accepted and dropped (the policy's `unknown=ignore`, and engine.py for a whole extension).
 The policy also takes Entra's documented deviations: `"op": "Replace"`, `"active": "False"`, a
 `Remove` whose value names the entries to remove, and a filtered path matching no entry (which Entra
-expects to add it)."""
+expects to add it). A `Remove` whose value is a plain value (`"path": "name.familyName", "value":
+"Lee"`), which the library refuses, is engine.py's: it removes that value where the person holds it."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from scim2_models import (
@@ -44,6 +47,17 @@ USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 # Schemas a request may name without the portal keeping them (their attributes are dropped).
 IGNORED_SCHEMAS = {ENTERPRISE_SCHEMA.lower()}
+# And any other extension of the User (`urn:ietf:params:scim:schemas:extension:{name}:2.0:User`): the
+# one a custom attribute mapping of a non-gallery app puts in Entra's every POST and PUT ("Provisioning
+# a custom extension attribute to a SCIM compliant application"). Another URN is still refused.
+USER_EXTENSION = re.compile(r"urn:ietf:params:scim:schemas:extension:[A-Za-z0-9][\w.-]{0,99}"
+                            r"(?::[A-Za-z0-9][\w.-]{0,99}){0,4}:2\.0:User\Z", re.ASCII | re.IGNORECASE)
+
+
+def ignored_schema(urn: str) -> bool:
+    """A schema a request may name whose attributes the portal drops: the enterprise extension, or
+    another extension of the User."""
+    return urn.lower() in IGNORED_SCHEMAS or USER_EXTENSION.match(urn) is not None
 ROLES_ATTRIBUTE = {"roles", f"{USER_SCHEMA.lower()}:roles"}  # as a key of a User or a PATCH path
 
 
@@ -77,7 +91,7 @@ class User(Resource[AnyExtension]):
     """false disables every portal account of the person."""
 
     emails: list[Email] | None = None
-    """The work one, else the primary, else the first, is the portal accounts' email."""
+    """The work one (of several, the primary), else the primary, else the first, is the accounts' email."""
 
     roles: list[Role] | None = None
     """App role values: Portal.User gives a user account, Portal.Agent an agent account."""

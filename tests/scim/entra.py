@@ -24,6 +24,9 @@ import json
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+# ROLES' page, "Provisioning a custom extension attribute to a SCIM compliant application": an
+# attribute the admin adds to a non-gallery app is sent under this extension schema.
+CUSTOM = "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User"
 ROLE_VALUES = {"user": "Portal.User", "agent": "Portal.Agent"}
 
 
@@ -90,6 +93,13 @@ def add_role_complex(kind: str, op: str = "Add") -> dict:
 def remove_role(kind: str) -> dict:
     """SPEC (from KNOWN_ISSUES' Remove with a value): a Remove of roles naming the roles to remove."""
     return {"op": "Remove", "path": "roles", "value": [{"value": ROLE_VALUES[kind]}]}
+
+
+def remove_with_value(path: str, value) -> dict:
+    """A Remove naming, as a plain value, the value it removes: the shape Microsoft's reference SCIM
+    server handles (AzureAD/SCIMReferenceCode pull request #87: `{"op":"Remove","path":
+    "emails[type eq \\"work\\"].value","value":"..."}`)."""
+    return {"op": "Remove", "path": path, "value": value}
 
 
 def replace_roles_assertive(*kinds: str, op: str = "replace") -> dict:

@@ -232,3 +232,109 @@ def test_a_json_string_role_is_kept_as_its_plain_value_from_post_put_and_patch(s
     assert scim.patch(f"/Users/{scim_id}", entra.patch(no_path)).status_code in (200, 204)
     assert [r["value"] for r in scim.get(f"/Users/{scim_id}").json()["roles"]] == ["Portal.User", "Portal.Agent"]
     assert set(accounts_of(scim, email)) == {"user", "agent"}
+
+
+# ---- a Remove naming its value as a plain value (entra.remove_with_value) ----
+
+WORK_EMAIL = 'emails[type eq "work"].value'
+
+
+def created(scim, kinds=("user",)) -> tuple[str, str]:
+    name = unique("rv")
+    email = f"{name}@contoso.test"
+    response = scim.post("/Users", entra.create_user(f"{name}@contoso.test", email, oid(), kinds=kinds))
+    assert response.status_code == 201, response.text
+    return response.json()["id"], email
+
+
+def test_a_remove_naming_the_current_value_removes_it_as_a_remove_without_value_does(scim):
+    """It was a 400 (the library takes only entries as a Remove's value), and the PATCH's other
+    operations went with it. The value is compared as the attribute compares (the email's ASCII case
+    folded), and the email removed so leaves the person as a Remove without value does: no account."""
+    with_value, email = created(scim)
+    without_value, other = created(scim)
+    named = entra.patch(entra.remove_with_value(WORK_EMAIL, email.upper()),
+                        entra.remove_with_value("name.familyName", "Lee"),
+                        entra.remove_with_value("displayName", "Ann Lee"),
+                        entra.remove_with_value('phoneNumbers[type eq "work"].value', "+1 555 0100"),
+                        entra.remove_with_value(f"{entra.ENTERPRISE}:department", "Contact center"))
+    response = scim.patch(f"/Users/{with_value}", named)
+    assert response.status_code == 204, response.text
+    plain = entra.patch(*({"op": "Remove", "path": p} for p in (WORK_EMAIL, "name.familyName", "displayName")))
+    assert scim.patch(f"/Users/{without_value}", plain).status_code == 204
+    got, reference = scim.get(f"/Users/{with_value}").json(), scim.get(f"/Users/{without_value}").json()
+    for user in (got, reference):
+        assert "displayName" not in user and "familyName" not in user["name"] and user["name"]["givenName"] == "Ann"
+        assert all("value" not in e for e in user.get("emails") or []), user
+    assert got.get("emails") == reference.get("emails")
+    assert accounts_of(scim, email) == {} and accounts_of(scim, other) == {}, "no email, no account (SPEC)"
+
+
+def test_a_remove_naming_a_value_the_person_does_not_hold_changes_nothing(scim):
+    """The value selects what goes (RFC 7644 3.5.2.2 removes the values a filter matches; the fix
+    proposed for Microsoft's reference server, its pull request #87, keeps an email a Remove names
+    wrongly): another value removes nothing, and the PATCH still succeeds."""
+    scim_id, email = created(scim)
+    before = scim.get(f"/Users/{scim_id}").json()
+    stale = entra.patch(entra.remove_with_value(WORK_EMAIL, f"someone-else-{email}"),
+                        entra.remove_with_value("displayName", "Ann Leigh"),
+                        entra.remove_with_value("name.familyName", "Le"),
+                        entra.remove_with_value("emails", f"x{email}"))
+    response = scim.patch(f"/Users/{scim_id}", stale)
+    assert response.status_code == 204, response.text
+    after = scim.get(f"/Users/{scim_id}").json()
+    assert {k: after[k] for k in ("emails", "displayName", "name")} == \
+        {k: before[k] for k in ("emails", "displayName", "name")}
+    assert after["meta"]["version"] == before["meta"]["version"], "nothing changed, nothing written"
+    assert accounts_of(scim, email)["user"].enabled
+
+
+def test_a_remove_with_a_value_no_longer_refuses_the_disable_sent_with_it(scim):
+    """A leaver: [Remove name.familyName "Lee", Replace active "False"] was a 400, the account enabled."""
+    scim_id, email = created(scim)
+    response = scim.patch(f"/Users/{scim_id}", entra.patch(entra.remove_with_value("name.familyName", "Lee"),
+                                                           entra.disable()))
+    assert response.status_code == 204, response.text
+    assert accounts_of(scim, email)["user"].enabled is False
+
+
+def test_a_remove_with_a_value_reads_the_value_the_earlier_operations_left(scim):
+    """Operations apply in order: a value set by an earlier operation of the same PATCH is the one a
+    Remove compares, and the value it replaced is no longer there to remove."""
+    scim_id, _ = created(scim)
+    response = scim.patch(f"/Users/{scim_id}", entra.patch({"op": "Replace", "path": "displayName", "value": "Zed"},
+                                                           entra.remove_with_value("displayName", "Zed")))
+    assert response.status_code == 204, response.text
+    assert "displayName" not in scim.get(f"/Users/{scim_id}").json()
+    response = scim.patch(f"/Users/{scim_id}", entra.patch(entra.replace_family_name("Moe"),
+                                                           entra.remove_with_value("name.familyName", "Lee")))
+    assert response.status_code == 204, response.text
+    assert scim.get(f"/Users/{scim_id}").json()["name"]["familyName"] == "Moe"
+
+
+def test_a_remove_with_a_value_on_a_multi_valued_path_removes_only_the_matching_entry(scim):
+    scim_id, email = created(scim)
+    home = f"{unique('home')}@contoso.test"
+    added = scim.patch(f"/Users/{scim_id}", entra.patch({"op": "Add", "path": "emails",
+                                                         "value": [{"type": "home", "value": home}]}))
+    assert added.status_code == 204, added.text
+    response = scim.patch(f"/Users/{scim_id}", entra.patch(entra.remove_with_value("emails", home)))
+    assert response.status_code == 204, response.text
+    assert [e["value"] for e in scim.get(f"/Users/{scim_id}").json()["emails"]] == [email]
+    assert accounts_of(scim, email)["user"].enabled
+
+
+def test_a_new_primary_work_email_added_beside_the_old_one_moves_the_accounts_to_it(scim):
+    """The Add leaves two work emails, the old one made primary: false by the library; the account
+    followed the first (the old mailbox)."""
+    scim_id, email = created(scim, kinds=("user", "agent"))
+    before = accounts_of(scim, email)
+    new = f"{unique('new')}@contoso.test"
+    added = {"op": "Add", "path": "emails", "value": [{"type": "work", "value": new, "primary": True}]}
+    response = scim.patch(f"/Users/{scim_id}", entra.patch(added))
+    assert response.status_code == 204, response.text
+    emails = scim.get(f"/Users/{scim_id}").json()["emails"]
+    assert [(e["value"], e.get("primary")) for e in emails] == [(email, False), (new, True)]
+    assert accounts_of(scim, email) == {}, "the old mailbox finds nothing"
+    moved = accounts_of(scim, new)
+    assert {k: a.account_id for k, a in moved.items()} == {k: a.account_id for k, a in before.items()}

@@ -49,6 +49,18 @@ def test_the_chosen_email_is_work_else_primary_else_first():
     assert mapping.chosen_email([]) is None
 
 
+def test_of_two_work_emails_the_primary_one_is_chosen():
+    """An Add of a new primary work email to a person with one leaves both (the library marks the old
+    one primary: false); the first work one was chosen, so the account stayed at the old mailbox."""
+    old, new = {"type": "work", "value": "old@x", "primary": False}, {"type": "Work", "value": "new@x", "primary": True}
+    assert mapping.chosen_email([old, new]) == "new@x"
+    assert mapping.chosen_email([new, old]) == "new@x"
+    assert mapping.chosen_email([{"type": "home", "value": "h@x", "primary": True}, old, new]) == "new@x"
+    assert mapping.chosen_email([{"type": "home", "value": "h@x", "primary": True}, old]) == "old@x", \
+        "work still comes before another type's primary"
+    assert mapping.chosen_email([old, {"type": "work", "primary": True}]) == "old@x", "an entry without a value is none"
+
+
 def test_kinds_from_roles_plain_or_as_a_json_string_and_the_default():
     plain = [{"value": "Portal.Agent"}, {"value": "Other.Role"}]
     assert mapping.kinds_of(plain, None) == ("agent",)

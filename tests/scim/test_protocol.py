@@ -118,6 +118,46 @@ def test_bad_requests_get_scim_errors_with_scim_type_and_an_audit_row(scim):
     assert {400, 404, 405, 409, 412, 413, 501} <= statuses, "every refused request has its row"
 
 
+@pytest.mark.parametrize("extension", [entra.CUSTOM, entra.CUSTOM.lower(),
+                                       "urn:ietf:params:scim:schemas:extension:contoso:hr:2.0:User"])
+def test_a_custom_user_extension_is_accepted_and_dropped_in_a_create_a_put_and_a_patch(scim, extension):
+    """An admin's first custom attribute mapping (ROLES' page) put its extension in every POST, which
+    was 400 "unknown schema" (while its PATCHes were accepted): no new person was provisioned."""
+    name = unique("cx")
+    email = f"{name}@contoso.test"
+    body = entra.create_user(f"{name}@contoso.test", email, oid())
+    body["schemas"].append(extension)
+    body[extension] = {"costCenter": "CC-17", "badge": {"id": 9}}
+    response = scim.post("/Users", body)
+    assert response.status_code == 201, response.text
+    user = response.json()
+    assert user["schemas"] == [entra.USER] and extension not in user and entra.CUSTOM not in user
+    assert scim.runtime.accounts.get(email, "user").enabled
+    replaced = scim.put(f"/Users/{user['id']}", {**body, "displayName": "Ann Put"})
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["schemas"] == [entra.USER] and replaced.json()["displayName"] == "Ann Put"
+    for op in ({"op": "Add", "path": f"{extension}:costCenter", "value": "CC-18"},
+               {"op": "Replace", "value": {f"{extension}:costCenter": "CC-19", "displayName": "Ann Patched"}}):
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(op)).status_code == 204
+    got = scim.get(f"/Users/{user['id']}").json()
+    assert got["displayName"] == "Ann Patched" and extension not in got and "costCenter" not in str(got)
+    assert scim.get("/Schemas").json()["totalResults"] == 1, "/Schemas lists only what the portal keeps"
+
+
+@pytest.mark.parametrize("schema", ["urn:example:unknown", "urn:ietf:params:scim:schemas:extension:contoso:2.0:Group",
+                                    "urn:ietf:params:scim:schemas:core:2.0:Group",
+                                    "urn:ietf:params:scim:schemas:extension::2.0:User",
+                                    "urn:ietf:params:scim:schemas:extension:contoso:1.0:User",
+                                    "urn:ietf:params:scim:schemas:extension:con toso:2.0:User",
+                                    "urn:ietf:params:scim:schemas:extension:contoso:2.0:User:costCenter"])
+def test_a_schema_that_is_not_a_user_extension_is_still_refused(scim, schema):
+    name = unique("cx")
+    body = entra.create_user(f"{name}@contoso.test", f"{name}@contoso.test", oid())
+    body["schemas"].append(schema)
+    error_of(scim.post("/Users", body), 400, "invalidSyntax")
+    assert scim.runtime.accounts.get(f"{name}@contoso.test", "user") is None
+
+
 def test_if_match_with_the_current_version_applies(scim):
     user, email = new_user(scim)
     current = scim.get(f"/Users/{user['id']}")
