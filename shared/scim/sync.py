@@ -291,9 +291,9 @@ class AccountSync:
         person's own ids. An object id's account is never also "no object id"'s, whose rows any login
         by the email links, unless `shared`: a row only a login linked, which "no object id" holds too
         (whatever an older person row's record says: it may name no one)."""
-        if not directory_sync_minted(account_id, scim_id, kind):
-            return
         held = self.account_ids.setdefault(kind, {})
+        if not directory_sync_minted(account_id, scim_id, kind) or removed_by_admin(account_id) in held:
+            return  # (an id an admin removed the row of is no one's: a row left holding it gives it no one)
         if holder == NO_OBJECT_ID:
             if account_id not in held.values():
                 held[NO_OBJECT_ID] = account_id
@@ -378,16 +378,17 @@ class AccountSync:
                 # Another person's account, or an account the person's own would be merged into.
                 raise Conflict(f"the {kind} account of this email belongs to someone else")
             step, source = "adopt", target
-        elif mine and not _identity(target) and self._removed_by_admin(desired, kind, target):
-            # A row made again from a record read before an admin's remove of it (a write racing the
-            # remove, retried): never that account again, but a new one, as the write after would make.
-            step, source = "replace", None
         elif new_key in live or (mine and not live):
             step, source = "in_place", target  # (or only a dead copy is here, whose source is gone: revived)
         elif live:
             step, source = "move", rows[live[0]]
         else:
             step, source = ("replace" if leftover else "create"), None
+        if step in ("in_place", "move") and self._removed_by_admin(desired, kind, source):
+            # A row of the person's holding an id an admin's `accounts remove` took can only be left over:
+            # made again from a record read before the remove (a write racing it), or the other copy of a
+            # move that stopped. Linked by a login since or not, never that account again, but a new one.
+            step, source = ("create" if target is None else "replace"), None
         found = self._found(rows, desired.scim_id)
         self._refuse_foreign(desired, found)
         return _Plan(kind, rows, ours, found, step, source)
