@@ -153,9 +153,12 @@ class Guarded:
 
 
 class AccountSync:
-    def __init__(self, accounts: TableClient, person_exists):
+    def __init__(self, accounts: TableClient, person_exists, removed_ids=None):
         self._table = Guarded(accounts)
         self._person_exists = person_exists  # scim id -> bool: is that SCIM User still there?
+        # (scim id, kind) -> the ids an admin's `accounts remove` has noted for the person now (read at
+        # the call, not from the record the write began with): _not_removed_meanwhile.
+        self._removed_ids = removed_ids or (lambda scim_id, kind: ())
         # The email keys this instance wrote (or tried to write) a row of the person's at: a write
         # that then loses the person row (Raced, 404) wrote them from a view of the person no longer
         # true, and leaves them to its retry to read, or removes the person's rows there (store.py).
@@ -437,15 +440,30 @@ class AccountSync:
         elif plan.step == "move":  # over an earlier copy or a gone person's leftover if any
             etags[plan.source["PartitionKey"]] = self._move(desired, plan.source, target)
         elif plan.step == "replace":  # as a whole: nothing of the gone person's (AccountId, link) is kept
-            self._replace(target, made := self._new_row(desired, kind))
+            self._not_removed_meanwhile(desired, made := self._new_row(desired, kind), self._replace(target, made))
         else:
-            self._table.create_entity(made := self._new_row(desired, kind))
+            self._not_removed_meanwhile(desired, made := self._new_row(desired, kind), self._table.create_entity(made))
         # What this step gave, now that it landed: a row handed over (bound here), or what _ensure
         # re-planned after a race (apply recorded the rest before the write); the person row keeps it.
         self._holds(desired, kind, (plan.source if plan.source is not None else made).get("AccountId"), row=plan.source)
         for key in plan.ours:
             if key != new_key:
                 self._delete_if_ours(key, kind, desired.scim_id, etags.get(key) or plan.rows[key].metadata["etag"])
+
+    def _not_removed_meanwhile(self, desired: Desired, made: dict, written: dict) -> None:
+        """A row just made for "no object id" with the id its record names (`written`: the write's
+        answer): an admin's remove of that id's row may have landed after this write read the record
+        (accounts.py notes the id, then deletes the row). Made again, the removed account would be live
+        and unlinked for any login by the email until the person row's write fails on its etag and the
+        retry replaces it, or, when that write meets an outage, until Entra's next cycle. So the note
+        is read once the row is there; if the id is in it, the row goes at once and the write starts
+        over from a fresh read (Vanished), which makes a new account."""
+        kind, account_id = made["RowKey"], made["AccountId"]
+        if desired.object_id or desired.account_ids.get(kind, {}).get(NO_OBJECT_ID) != account_id:
+            return  # an id no one held yet, or an object id's own: no admin's remove of it to race
+        if account_id in self._removed_ids(desired.scim_id, kind):
+            self._delete_if_ours(made["PartitionKey"], kind, desired.scim_id, written["etag"])
+            raise Vanished(f"an admin removed the {kind} account of {desired.email} while this write made it again")
 
     def _move(self, desired: Desired, source, target) -> str:
         """Copy (invisible: MovedFrom), commit on the old row, then clear MovedFrom (the caller
