@@ -38,6 +38,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from ..accounts import (
     HANDED_OVER,
+    NO_OBJECT_ID,
     SCIM_OBJECT_ID,
     directory_sync_account_id,
     directory_sync_minted,
@@ -61,9 +62,8 @@ def _identity(row) -> str:
 
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
 MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
-# Who holds the ids of rows made for no object id (externalId not a GUID) in Desired.account_ids: not
-# an object id's accounts (the first login by email links them).
-NO_OBJECT_ID = "no-object-id"
+# NO_OBJECT_ID (shared/accounts.py): who holds the ids of rows made for no object id (externalId not a
+# GUID) in Desired.account_ids: not an object id's accounts (the first login by email links them).
 # Who holds every plain id of a person whose AccountIds record is missing (an older version's) or
 # unreadable (store.py account_ids_of): no one who may have it, so no identity is given one.
 UNREADABLE = "unreadable"
