@@ -436,7 +436,9 @@ class AccountSync:
             # etag fails an `accounts enable` that read the person before the change (accounts.py enable).
             if desired.active_changed or target.get("MovedFrom") or target.get("MovedTo") or \
                     any(target.get(k) != v for k, v in wanted.items()):
-                self._merge(target, {**wanted, "MovedFrom": "", "MovedTo": ""})
+                written = self._merge(target, {**wanted, "MovedFrom": "", "MovedTo": ""})
+                if not self._live(new_key, plan.rows):  # a dead copy revived: made visible again, as made
+                    self._not_removed_meanwhile(desired, target, written)
         elif plan.step == "move":  # over an earlier copy or a gone person's leftover if any
             etags[plan.source["PartitionKey"]] = self._move(desired, plan.source, target)
         elif plan.step == "replace":  # as a whole: nothing of the gone person's (AccountId, link) is kept
@@ -450,14 +452,15 @@ class AccountSync:
             if key != new_key:
                 self._delete_if_ours(key, kind, desired.scim_id, etags.get(key) or plan.rows[key].metadata["etag"])
 
-    def _not_removed_meanwhile(self, desired: Desired, made: dict, written: dict) -> None:
-        """A row just made for "no object id" with the id its record names (`written`: the write's
-        answer): an admin's remove of that id's row may have landed after this write read the record
-        (accounts.py notes the id, then deletes the row). Made again, the removed account would be live
-        and unlinked for any login by the email until the person row's write fails on its etag and the
-        retry replaces it, or, when that write meets an outage, until Entra's next cycle. So the note
-        is read once the row is there; if the id is in it, the row goes at once and the write starts
-        over from a fresh read (Vanished), which makes a new account."""
+    def _not_removed_meanwhile(self, desired: Desired, made, written: dict) -> None:
+        """A row just made (or a dead copy made live) for "no object id" with the id its record names
+        (`written`: the write's answer): an admin's remove of that id's row may have landed after this
+        write read the record (accounts.py notes the id, then deletes the row). Made again, the removed
+        account would be live for the next login by the email (or the one linked to a copy) until the
+        person row's write fails on its etag and the retry replaces it, or, when that write meets an
+        outage, until Entra's next cycle. So the note is read once the row is there; if the id is in
+        it, the row goes at once and the write starts over from a fresh read (Vanished), which makes a
+        new account."""
         kind, account_id = made["RowKey"], made["AccountId"]
         if desired.object_id or desired.account_ids.get(kind, {}).get(NO_OBJECT_ID) != account_id:
             return  # an id no one held yet, or an object id's own: no admin's remove of it to race

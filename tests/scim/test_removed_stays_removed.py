@@ -120,3 +120,25 @@ def test_a_remove_after_an_admin_repointed_the_row_is_not_undone_by_the_next_wri
     assert admin.remove(email, "user")
     assert scim.patch(f"/Users/{pid}", rename("B")).status_code == 204
     assert sign_in(hostile, use_settings, email, oid(), "user") not in (f"scim-user-{pid}", "hand-made-x")
+
+
+def test_a_move_racing_the_remove_never_revives_the_removed_account_at_the_new_address(hostile, use_settings,
+                                                                                       monkeypatch):
+    """The admin's remove of the live row at the old address landed between the move's copy and its
+    commit: the commit failed, and the move, read again, made its copy (scim-user-P, A's link) live in
+    place from its stale record; with the person row's write then meeting an outage, A signed in to the
+    account removed."""
+    scim, email, pid, me = signed_in_without_object_id(hostile, use_settings)
+    new, admin, real, removed = f"moved-{email}", cli_accounts(scim), TableClient.update_entity, []
+
+    def update(self, entity, *args, **kwargs):
+        if self.table_name == SCIM_USERS_TABLE and "Resource" in entity:
+            raise ServiceRequestError("storage went away (test)")
+        if entity.get("MovedTo") and not removed:  # the commit
+            removed.append(admin.remove(email, "user"))
+        return real(self, entity, *args, **kwargs)
+    with monkeypatch.context() as patched:
+        patched.setattr(TableClient, "update_entity", update)
+        assert scim.patch(f"/Users/{pid}", entra.patch(entra.replace_work_email(new))).status_code == 503
+    assert removed == [True]
+    assert sign_in(hostile, use_settings, new, me, "user") != f"scim-user-{pid}"
