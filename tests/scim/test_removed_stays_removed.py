@@ -13,23 +13,14 @@ from shared.accounts import AccountStore
 from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE
 from tests.scim import entra
 from tests.scim.conftest import oid
-from tests.scim.test_recreated_identity import cli_accounts, rename, sign_in, signed_in_without_object_id
+from tests.scim.test_recreated_identity import (
+    cli_accounts,
+    removed_mid_write,
+    rename,
+    sign_in,
+    signed_in_without_object_id,
+)
 from tests.scim.test_stopped_move import stopped_move
-
-
-def removed_mid_write(scim, email: str, monkeypatch) -> list:
-    """The admin's remove lands once Entra's write has read the person row, before it reads the rows
-    (the write makes the row again from a record without the remove in it)."""
-    from shared.scim import sync
-
-    admin, real, removed = cli_accounts(scim), sync.AccountSync._plan, []
-
-    def plan(self, desired, kind, old_keys):
-        if not removed:
-            removed.append(admin.remove(email, "user"))
-        return real(self, desired, kind, old_keys)
-    monkeypatch.setattr(sync.AccountSync, "_plan", plan)
-    return removed
 
 
 def test_a_remove_after_a_move_stopped_past_its_commit_is_not_undone_by_the_retry(hostile, use_settings,
