@@ -99,7 +99,8 @@ class Vanished(Exception):
     DELETE, an email move) got there first. Making the account again from this write's view of the
     person would give a deleted person a live account, or the old mailbox of a move one that nothing
     of the person's names any more: the write loses, and starts over from a fresh read of the person
-    (store.py raises Raced)."""
+    (store.py raises Raced). So does a write that made a row again with an id an admin's `accounts
+    remove` took after the write read the person (AccountSync._not_removed_meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -293,10 +294,12 @@ class AccountSync:
         """`holder` (an object id or NO_OBJECT_ID) holds `account_id` for `kind`, if it is one of the
         person's own ids. An object id's account is never also "no object id"'s, whose rows any login
         by the email links, unless `shared`: a row only a login linked, which "no object id" holds too
-        (whatever an older person row's record says: it may name no one)."""
+        (whatever an older person row's record says: it may name no one). An id an admin's `accounts
+        remove` took (REMOVED_BY_ADMIN) is no one's from then on: a row left holding it (a stopped
+        move's other copy, a raced write's re-made row, linked by a login since) gives it no one."""
         held = self.account_ids.setdefault(kind, {})
         if not directory_sync_minted(account_id, scim_id, kind) or removed_by_admin(account_id) in held:
-            return  # (an id an admin removed the row of is no one's: a row left holding it gives it no one)
+            return
         if holder == NO_OBJECT_ID:
             if account_id not in held.values():
                 held[NO_OBJECT_ID] = account_id
@@ -466,7 +469,7 @@ class AccountSync:
             return  # an id no one held yet, or an object id's own: no admin's remove of it to race
         if account_id in self._removed_ids(desired.scim_id, kind):
             self._delete_if_ours(made["PartitionKey"], kind, desired.scim_id, written["etag"])
-            raise Vanished(f"an admin removed the {kind} account of {desired.email} while this write made it again")
+            raise Vanished(f"an admin removed the {kind} account while this write made it again")
 
     def _move(self, desired: Desired, source, target) -> str:
         """Copy (invisible: MovedFrom), commit on the old row, then clear MovedFrom (the caller
