@@ -61,6 +61,10 @@ HANDED_OVER = "HandedOver"  # set by `accounts unlink` on a provisioned row: the
 # took, kind by kind ({kind: [AccountId, ...]}, JSON); directory sync never makes one again for "no object
 # id" (shared/scim/store.py account_ids_of).
 REMOVED_ACCOUNT_IDS = "RemovedAccountIds"
+# ...and which AccountId each identity holds, kind by kind ({kind: {holder: AccountId}}, JSON): the holder
+# NO_OBJECT_ID's is the id directory sync gives the next row it makes for an externalId that is no object
+# id (shared/scim/sync.py Desired.account_ids).
+ACCOUNT_IDS, NO_OBJECT_ID = "AccountIds", "no-object-id"
 
 
 def removed_account_ids(stored: object) -> dict[str, list[str]]:
@@ -72,6 +76,17 @@ def removed_account_ids(stored: object) -> dict[str, list[str]]:
     if not isinstance(removed, dict):
         return {}
     return {kind: [i for i in ids if isinstance(i, str)] for kind, ids in removed.items() if isinstance(ids, list)}
+
+
+def no_object_ids(stored: object, kind: str) -> str:
+    """The AccountId ACCOUNT_IDS (as a person row holds it) gives NO_OBJECT_ID for `kind`, "" for none."""
+    try:
+        record = json.loads(stored) if isinstance(stored, str) and stored else {}
+    except (ValueError, RecursionError):
+        return ""
+    held = record.get(kind) if isinstance(record, dict) else None
+    account_id = held.get(NO_OBJECT_ID) if isinstance(held, dict) else None
+    return account_id if isinstance(account_id, str) else ""
 
 
 def object_id_in(link: str | None) -> str:
@@ -519,20 +534,26 @@ class AccountStore:
         the row again with that id, unlinked, and the next login by the email linked it: the admin's
         "a different person" (operating.md) gave that person the account removed. Noted first, so a
         write of Entra's between the two cannot make the row again from a record without it (that write
-        replaces the person row on its etag, which this changes: it starts over)."""
-        if self._people is None or not directory_sync_minted(account.account_id, account.scim_id, account.kind):
+        replaces the person row on its etag, which this changes: it starts over). The id the record
+        gives "no object id" for the kind is noted too: a row an admin repointed (`accounts add
+        --account-id --force`) holds another, and the next write would make that one again."""
+        if self._people is None or not account.scim_id:
             return
         for _ in range(WRITE_ATTEMPTS):
             with storage_errors():
                 try:
                     person = self._people.get_entity(SCIM_PERSON_PARTITION, account.scim_id,
-                                                     select=[REMOVED_ACCOUNT_IDS])
+                                                     select=[REMOVED_ACCOUNT_IDS, ACCOUNT_IDS])
                 except ResourceNotFoundError:
                     return  # no such person (a leftover row): no write of Entra's makes it again
                 removed = removed_account_ids(person.get(REMOVED_ACCOUNT_IDS))
-                if account.account_id in removed.get(account.kind, []):
+                noted = removed.setdefault(account.kind, [])
+                taken = [i for i in dict.fromkeys((account.account_id,
+                                                   no_object_ids(person.get(ACCOUNT_IDS), account.kind)))
+                         if directory_sync_minted(i, account.scim_id, account.kind) and i not in noted]
+                if not taken:
                     return
-                removed.setdefault(account.kind, []).append(account.account_id)
+                noted += taken
                 try:
                     self._people.update_entity({"PartitionKey": SCIM_PERSON_PARTITION, "RowKey": account.scim_id,
                                                 REMOVED_ACCOUNT_IDS: json.dumps(removed, sort_keys=True)},

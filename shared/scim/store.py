@@ -204,7 +204,7 @@ class TableScimStorage(ScimStorage):
     def __init__(self, users: TableClient, accounts: TableClient, default_kind: str | None, tenant: str | None):
         self._users = Guarded(users)
         self._raw_users = users
-        self._sync = AccountSync(accounts, self._exists)
+        self._sync = AccountSync(accounts, self._exists, self._removed_ids)
         self._default_kind, self._tenant = default_kind, tenant
         self._read: dict[str, Person] = {}
         self._carried: list[str] = []
@@ -238,6 +238,14 @@ class TableScimStorage(ScimStorage):
 
     def _exists(self, scim_id: str) -> bool:
         return self._person(scim_id) is not None
+
+    def _removed_ids(self, scim_id: str, kind: str) -> list[str]:
+        """The ids of `kind` an admin's `accounts remove` has noted on the person row, as it is now."""
+        try:
+            row = self._users.get_entity(PERSON, scim_id, select=[REMOVED_ACCOUNT_IDS])
+        except ResourceNotFoundError:
+            return []
+        return removed_account_ids(row.get(REMOVED_ACCOUNT_IDS)).get(kind, [])
 
     def get(self, resource_type: ResourceType, resource_id: str, *, response_parameters=None) -> User:
         person = self._person(resource_id)

@@ -38,6 +38,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from ..accounts import (
     HANDED_OVER,
+    NO_OBJECT_ID,
     SCIM_OBJECT_ID,
     directory_sync_account_id,
     directory_sync_minted,
@@ -61,9 +62,8 @@ def _identity(row) -> str:
 
 ATTEMPTS = 4  # a row changed under us (a login recording its time) is re-read and tried again
 MAX_FOLLOWED = 4  # rows read beyond the recorded keys by following move markers
-# Who holds the ids of rows made for no object id (externalId not a GUID) in Desired.account_ids: not
-# an object id's accounts (the first login by email links them).
-NO_OBJECT_ID = "no-object-id"
+# NO_OBJECT_ID (shared/accounts.py): who holds the ids of rows made for no object id (externalId not a
+# GUID) in Desired.account_ids: not an object id's accounts (the first login by email links them).
 # Who holds every plain id of a person whose AccountIds record is missing (an older version's) or
 # unreadable (store.py account_ids_of): no one who may have it, so no identity is given one.
 UNREADABLE = "unreadable"
@@ -99,7 +99,8 @@ class Vanished(Exception):
     DELETE, an email move) got there first. Making the account again from this write's view of the
     person would give a deleted person a live account, or the old mailbox of a move one that nothing
     of the person's names any more: the write loses, and starts over from a fresh read of the person
-    (store.py raises Raced)."""
+    (store.py raises Raced). So does a write that made a row again with an id an admin's `accounts
+    remove` took after the write read the person (AccountSync._not_removed_meanwhile)."""
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,12 @@ class Guarded:
 
 
 class AccountSync:
-    def __init__(self, accounts: TableClient, person_exists):
+    def __init__(self, accounts: TableClient, person_exists, removed_ids=None):
         self._table = Guarded(accounts)
         self._person_exists = person_exists  # scim id -> bool: is that SCIM User still there?
+        # (scim id, kind) -> the ids an admin's `accounts remove` has noted for the person now (read at
+        # the call, not from the record the write began with): _not_removed_meanwhile.
+        self._removed_ids = removed_ids or (lambda scim_id, kind: ())
         # The email keys this instance wrote (or tried to write) a row of the person's at: a write
         # that then loses the person row (Raced, 404) wrote them from a view of the person no longer
         # true, and leaves them to its retry to read, or removes the person's rows there (store.py).
@@ -290,10 +294,12 @@ class AccountSync:
         """`holder` (an object id or NO_OBJECT_ID) holds `account_id` for `kind`, if it is one of the
         person's own ids. An object id's account is never also "no object id"'s, whose rows any login
         by the email links, unless `shared`: a row only a login linked, which "no object id" holds too
-        (whatever an older person row's record says: it may name no one)."""
-        if not directory_sync_minted(account_id, scim_id, kind):
-            return
+        (whatever an older person row's record says: it may name no one). An id an admin's `accounts
+        remove` took (REMOVED_BY_ADMIN) is no one's from then on: a row left holding it (a stopped
+        move's other copy, a raced write's re-made row, linked by a login since) gives it no one."""
         held = self.account_ids.setdefault(kind, {})
+        if not directory_sync_minted(account_id, scim_id, kind) or removed_by_admin(account_id) in held:
+            return
         if holder == NO_OBJECT_ID:
             if account_id not in held.values():
                 held[NO_OBJECT_ID] = account_id
@@ -378,16 +384,17 @@ class AccountSync:
                 # Another person's account, or an account the person's own would be merged into.
                 raise Conflict(f"the {kind} account of this email belongs to someone else")
             step, source = "adopt", target
-        elif mine and not _identity(target) and self._removed_by_admin(desired, kind, target):
-            # A row made again from a record read before an admin's remove of it (a write racing the
-            # remove, retried): never that account again, but a new one, as the write after would make.
-            step, source = "replace", None
         elif new_key in live or (mine and not live):
             step, source = "in_place", target  # (or only a dead copy is here, whose source is gone: revived)
         elif live:
             step, source = "move", rows[live[0]]
         else:
             step, source = ("replace" if leftover else "create"), None
+        if step in ("in_place", "move") and self._removed_by_admin(desired, kind, source):
+            # A row of the person's holding an id an admin's `accounts remove` took can only be left over:
+            # made again from a record read before the remove (a write racing it), or the other copy of a
+            # move that stopped. Linked by a login since or not, never that account again, but a new one.
+            step, source = ("create" if target is None else "replace"), None
         found = self._found(rows, desired.scim_id)
         self._refuse_foreign(desired, found)
         return _Plan(kind, rows, ours, found, step, source)
@@ -432,19 +439,37 @@ class AccountSync:
             # etag fails an `accounts enable` that read the person before the change (accounts.py enable).
             if desired.active_changed or target.get("MovedFrom") or target.get("MovedTo") or \
                     any(target.get(k) != v for k, v in wanted.items()):
-                self._merge(target, {**wanted, "MovedFrom": "", "MovedTo": ""})
+                written = self._merge(target, {**wanted, "MovedFrom": "", "MovedTo": ""})
+                if not self._live(new_key, plan.rows):  # a dead copy revived: made visible again, as made
+                    self._not_removed_meanwhile(desired, target, written)
         elif plan.step == "move":  # over an earlier copy or a gone person's leftover if any
             etags[plan.source["PartitionKey"]] = self._move(desired, plan.source, target)
         elif plan.step == "replace":  # as a whole: nothing of the gone person's (AccountId, link) is kept
-            self._replace(target, made := self._new_row(desired, kind))
+            self._not_removed_meanwhile(desired, made := self._new_row(desired, kind), self._replace(target, made))
         else:
-            self._table.create_entity(made := self._new_row(desired, kind))
+            self._not_removed_meanwhile(desired, made := self._new_row(desired, kind), self._table.create_entity(made))
         # What this step gave, now that it landed: a row handed over (bound here), or what _ensure
         # re-planned after a race (apply recorded the rest before the write); the person row keeps it.
         self._holds(desired, kind, (plan.source if plan.source is not None else made).get("AccountId"), row=plan.source)
         for key in plan.ours:
             if key != new_key:
                 self._delete_if_ours(key, kind, desired.scim_id, etags.get(key) or plan.rows[key].metadata["etag"])
+
+    def _not_removed_meanwhile(self, desired: Desired, made, written: dict) -> None:
+        """A row just made (or a dead copy made live) for "no object id" with the id its record names
+        (`written`: the write's answer): an admin's remove of that id's row may have landed after this
+        write read the record (accounts.py notes the id, then deletes the row). Made again, the removed
+        account would be live for the next login by the email (or the one linked to a copy) until the
+        person row's write fails on its etag and the retry replaces it, or, when that write meets an
+        outage, until Entra's next cycle. So the note is read once the row is there; if the id is in
+        it, the row goes at once and the write starts over from a fresh read (Vanished), which makes a
+        new account."""
+        kind, account_id = made["RowKey"], made["AccountId"]
+        if desired.object_id or desired.account_ids.get(kind, {}).get(NO_OBJECT_ID) != account_id:
+            return  # an id no one held yet, or an object id's own: no admin's remove of it to race
+        if account_id in self._removed_ids(desired.scim_id, kind):
+            self._delete_if_ours(made["PartitionKey"], kind, desired.scim_id, written["etag"])
+            raise Vanished(f"an admin removed the {kind} account while this write made it again")
 
     def _move(self, desired: Desired, source, target) -> str:
         """Copy (invisible: MovedFrom), commit on the old row, then clear MovedFrom (the caller

@@ -602,21 +602,27 @@ def test_an_admins_remove_landing_during_an_entra_write_is_not_undone_by_its_ret
     """The remove noted its id and deleted the row after a rename had read the person row and before it
     read the account rows: the rename made the row again from its stale record (scim-user-P, unlinked),
     lost its person-row write (412) and, retried, kept that row in place, id and all."""
+    scim, email, pid, _ = signed_in_without_object_id(hostile, use_settings)
+    with monkeypatch.context() as patched:
+        removed = removed_mid_write(scim, email, patched)
+        assert scim.patch(f"/Users/{pid}", rename("B")).status_code == 204
+    assert removed == [True]
+    assert sign_in(hostile, use_settings, email, oid(), "user") != f"scim-user-{pid}"
+
+
+def removed_mid_write(scim, email: str, monkeypatch) -> list:
+    """The admin's remove of `email`'s user account lands once Entra's next write has read the person
+    row, before it reads the rows (it makes the row again from a record without the remove in it)."""
     from shared.scim import sync
 
-    scim, email, pid, _ = signed_in_without_object_id(hostile, use_settings)
     admin, real, removed = cli_accounts(scim), sync.AccountSync._plan, []
 
     def plan(self, desired, kind, old_keys):
         if not removed:
             removed.append(admin.remove(email, "user"))
         return real(self, desired, kind, old_keys)
-
     monkeypatch.setattr(sync.AccountSync, "_plan", plan)
-    assert scim.patch(f"/Users/{pid}", rename("B")).status_code == 204
-    assert removed == [True]
-    monkeypatch.setattr(sync.AccountSync, "_plan", real)
-    assert sign_in(hostile, use_settings, email, oid(), "user") != f"scim-user-{pid}"
+    return removed
 
 
 def test_a_no_object_id_row_a_login_linked_is_not_no_object_ids_once_another_identity_came(hostile, use_settings):
