@@ -1,11 +1,11 @@
-"""Who may enter, from the validated ID token's claims (SPEC "Who may enter"): the tenant, the
-email's verification flag, the kind's app role. Every check fails closed: a claim of an unexpected
+"""Who may enter, from the validated ID token's claims (SPEC "Who may enter"): the tenant, an email
+claim, its verification flag, the kind's app role. Every check fails closed: a claim of an unexpected
 JSON type counts as absent or as "no", never as "yes"."""
 
 from __future__ import annotations
 
 from .config import KIND_ROLES
-from .errors import EmailUnverified, RoleNotAssigned, TenantNotAllowed
+from .errors import EmailUnverified, NoEmailClaim, RoleNotAssigned, TenantNotAllowed
 
 VERIFICATION_CLAIMS = ("xms_edov", "email_verified")
 
@@ -15,9 +15,18 @@ def check_admission(claims: dict, kind: str, settings) -> None:
     tid = claims.get("tid") if isinstance(claims.get("tid"), str) else ""
     if settings.allowed_tenant_ids is not None and tid.lower() not in settings.allowed_tenant_ids:
         raise TenantNotAllowed(f"tenant {tid!r} is not allowed")
+    # The email before its flag: Entra sends xms_edov only with the email claim, so a token without
+    # one (the optional claim not added) lacks both, and is the registration to fix, not a verification.
+    if not has_email(claims):
+        raise NoEmailClaim("no email claim in the ID token")
     check_email_verified(claims, required=settings.require_email_verified)
     if settings.app_roles_required:
         check_role(claims, kind)
+
+
+def has_email(claims: dict) -> bool:
+    email = claims.get("email")
+    return isinstance(email, str) and bool(email.strip())
 
 
 def check_email_verified(claims: dict, *, required: bool) -> None:

@@ -14,7 +14,7 @@ from urllib.parse import urlencode, urlsplit
 from . import pages
 from .aadsts import hint_for
 from .accounts import canonical_email, shown_name_problem
-from .admission import check_admission
+from .admission import check_admission, has_email
 from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
 from .config import KINDS, home_urls, log_value, origin_of
@@ -31,7 +31,6 @@ from .errors import (
     LoginNotNavigation,
     MissingParameters,
     NoAccount,
-    NoEmailClaim,
     NotFound,
     ResponseModeNotAllowed,
     ReturnToNotAllowed,
@@ -306,13 +305,10 @@ class SsoService:
         oid = claims.get("oid") if isinstance(claims.get("oid"), str) else ""
         idp_sub = f"{tid}:{oid}" if tid and oid else claims["sub"]
         event.idp_subject, event.tenant_id = idp_sub, tid
-        # 5. may this person enter: tenant, verified email, the kind's app role
+        # 5. may this person enter: tenant, an email claim and its verification, the kind's app role
+        event.had_email_claim = has_email(claims)
         check_admission(claims, kind, settings)
-        email = claims.get("email")
-        event.had_email_claim = isinstance(email, str) and bool(email.strip())
-        if not event.had_email_claim:
-            raise NoEmailClaim("no email claim in the ID token")
-        email = canonical_email(email)  # raises MalformedEmail (403 email_malformed)
+        email = canonical_email(claims["email"])  # raises MalformedEmail (403 email_malformed)
         event.email = email
         # 6. the portal account of this kind, linked to this person
         try:

@@ -97,7 +97,7 @@ SCENARIOS = {
                              app={"OIDC_CLIENT_SECRET": "not-the-secret-the-idp-holds"}),
     "no-email-claim": Scenario("the app registration has no 'email' optional claim: a 403 no_email_claim, and the "
                                "setup page's last sign-in says 'email claim in the token: no'",
-                               person={"email": None}),
+                               person={"email": None, "xms_edov": None}),  # Entra sends xms_edov with email only
     "wrong-tenant": Scenario(f"people come from another tenant ({OTHER_TENANT}) than the app allows: a 403 "
                              "tenant_not_allowed, and the setup page names ALLOWED_TENANT_IDS",
                              person={"tid": OTHER_TENANT}),

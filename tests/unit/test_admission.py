@@ -7,7 +7,7 @@ import pytest
 
 from shared.admission import check_admission
 from shared.config import load_settings
-from shared.errors import EmailUnverified, RoleNotAssigned
+from shared.errors import EmailUnverified, NoEmailClaim, RoleNotAssigned, TenantNotAllowed
 from tests.unit.test_config import TENANT, env, problems_of
 
 ODD = ["0", "no", "", [], {}, 0, 1, "true", "TRUE", None, [True], 1.0]
@@ -18,7 +18,17 @@ def settings(**overrides):
 
 
 def claims(**extra):
-    return {"tid": TENANT, **extra}
+    return {"tid": TENANT, "email": "ann@contoso.test", **extra}
+
+
+@pytest.mark.parametrize("email", [None, "", "  ", 7, ["ann@contoso.test"]])
+def test_a_token_without_an_email_is_no_email_claim_before_its_verification_is_asked(email):
+    """Entra sends xms_edov only with the email claim: a token lacking both was email_unverified."""
+    with pytest.raises(NoEmailClaim):
+        check_admission({**claims(), "email": email}, "user", settings())
+    with pytest.raises(TenantNotAllowed):  # the tenant first still
+        check_admission({**claims(tid="00000000-0000-0000-0000-00000000beef"), "email": email}, "user",
+                        settings())
 
 
 def test_the_settings_default_to_verified_email_required_and_no_roles_required():
