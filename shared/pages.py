@@ -260,8 +260,9 @@ def setup_page(report, extra_html: str = "", extra_problems: int = 0) -> Reply:
         "<li><strong>ID</strong> token: <code>email</code> (required: accounts are found by email). When Entra "
         "asks, turn on the Microsoft Graph <code>email</code> permission.</li>"
         "<li><strong>Access</strong> token: <code>email</code>.</li>"
-        "<li><strong>ID</strong> token: <code>xms_edov</code> (recommended: tells whether the email's domain is "
-        "verified; a token saying it is not is refused).</li>"
+        "<li><strong>ID</strong> token: <code>xms_edov</code> (required while <code>REQUIRE_EMAIL_VERIFIED_CLAIM"
+        "</code> is true, the default: it tells whether the email's domain is verified; a token without it, or "
+        "saying it is not, is refused).</li>"
         "<li><strong>ID</strong> token: <code>auth_time</code> (required for <code>prompt=login</code>: it shows "
         "the password was asked again; a login with that prompt and a token without it is refused).</li></ul>"
         + _app_roles(report.app_roles_required)
