@@ -132,8 +132,8 @@ def test_a_corrected_version_heals_it_within_the_retry_interval(stub, running, s
 def test_the_key_held_is_not_kept_once_the_admin_took_it_out(stub, running, signing_key_pem):
     """A bundle without the key the app signs with (a compromised key replaced by one pasted
     encrypted): signing on with the key taken out would be worse than the outage, so it is the
-    cold start's 500, as before."""
-    runtime, _ = running
+    cold start's 500, as before, and the fix is looked for as soon."""
+    runtime, old_kid = running
     stub.set_secret(SIGNING_KEY_NAME, pem(rsa.generate_private_key(public_exponent=65537, key_size=2048),
                                           serialization.BestAvailableEncryption(b"pass phrase")))
     runtime.signing_key_secret.expire()
@@ -142,3 +142,26 @@ def test_the_key_held_is_not_kept_once_the_admin_took_it_out(stub, running, sign
     assert get("/api/sso/jwks.json").status_code == 500
     check = get("/api/health").json()["checks"]["signing_key"]
     assert check["ok"] is False and "encrypted" in check["detail"], check
+
+    new = ec.generate_private_key(ec.SECP256R1())
+    stub.set_secret(SIGNING_KEY_NAME, pem(new))  # the fix: looked for within the retry interval too
+    time.sleep(RETRY_SECONDS + 0.2)
+    assert len(published()) == 1 and published() != [old_kid]
+    assert get("/api/health").status_code == 200
+
+
+def test_a_key_taken_out_along_with_a_bad_one_put_in_is_no_longer_published(stub, running, signing_key_pem):
+    """The key the app signs with stays; a key the new version no longer holds is not kept published
+    (nor opens flows) by the fallback: an admin may have taken it out for a reason."""
+    runtime, old_kid = running
+    second = pem(ec.generate_private_key(ec.SECP256R1()))
+    stub.set_secret(SIGNING_KEY_NAME, signing_key_pem + second)  # a good step 1
+    runtime.signing_key_secret.expire()
+    assert published()[0] == old_kid and len(published()) == 2
+    stub.set_secret(SIGNING_KEY_NAME, signing_key_pem + "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n"
+                    "-----END OPENSSH PRIVATE KEY-----\n")  # the second key replaced by one in OpenSSH form
+    runtime.signing_key_secret.expire()
+    assert published() == [old_kid]
+    assert signed_kid(sign_in(requests.Session(), APP_BASE, "user", DEMO_USER)) == old_kid
+    check = get("/api/health").json()["checks"]["signing_key"]
+    assert check["ok"] is False and "key #2" in check["detail"] and "OPENSSH" in check["detail"], check
