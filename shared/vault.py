@@ -193,7 +193,7 @@ class DerivedFromSecret(Generic[T]):
                 return refused[3]
             try:
                 value = self._build(secret)
-            except ConfigurationError as exc:  # an admin's value (a bug is raised as one: no fallback hides it)
+            except ConfigurationError as exc:  # an admin's value; any other error is a bug, never hidden
                 if self._fallback is None:
                     raise
                 self._secret.due_within(self._secret.STALE_RETRY_SECONDS)  # an admin's fix, looked for soon
