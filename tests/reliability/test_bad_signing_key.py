@@ -7,6 +7,7 @@ the Key Vault stub read by the real SecretClient."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import jwt
@@ -98,8 +99,11 @@ def test_a_bad_new_key_at_step_one_keeps_the_running_app_signing_in_and_health_n
     assert "Key Vault secret 'session-signing-key'" in detail and "key #2" in detail and "encrypted" in detail, detail
     assert bad_version in detail and old_kid in detail, "which version is refused, which key signs meanwhile"
     assert "unencrypted" in check["fix"], check
+    setup = get("/api/sso/setup").text
+    [row] = [row for row in re.findall(r"<tr>.*?</tr>", setup, flags=re.S) if "<th>Session signing key</th>" in row]
+    assert 'class="st fail"' in row and f"version {bad_version} cannot be used" in row and "key #2" in row, row
     for line in bad.splitlines()[1:-1]:
-        assert line not in health.text, "the bundle's content is never shown"
+        assert line not in health.text and line not in setup, "the bundle's content is never shown"
 
     assert parses == [signing_key_pem + bad], "the bad version is parsed once, not on every request"
     refused = [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()]
