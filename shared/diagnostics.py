@@ -325,10 +325,19 @@ def check_signing_key(runtime) -> Check:
     def probe() -> Check:
         signer = runtime.signer()
         kids = [key.kid for key in signer.keys]
-        return _stale(runtime.signing_key_secret, Check(
-            "signing_key", "Session signing key", True,
-            f"kid {signer.current.kid} ({signer.current.alg}); {len(kids)} key(s) in the JWKS",
-            data={"kid": signer.current.kid, "alg": signer.current.alg, "keys": len(kids)}))
+        serving = f"kid {signer.current.kid} ({signer.current.alg}); {len(kids)} key(s) in the JWKS"
+        data = {"kid": signer.current.kid, "alg": signer.current.alg, "keys": len(kids)}
+        unusable = runtime.signer_unusable()
+        if unusable is not None:  # red as on a cold start, though the signer built before serves (vault.py)
+            data["unusable_since"] = unusable.since.isoformat()
+            retry = runtime.signing_key_secret.STALE_RETRY_SECONDS
+            return Check("signing_key", "Session signing key", False,
+                         f"version {unusable.version} cannot be used: {failure_text('', unusable.error)} Still "
+                         f"signing with the version read before: {serving}",
+                         f"Store a new version of the secret whose every key is {SIGNING_KEY_FORM}; the app "
+                         f"reads it within {retry:.0f} s, no restart needed.", data=data)
+        return _stale(runtime.signing_key_secret, Check("signing_key", "Session signing key", True, serving,
+                                                        data=data))
 
     if runtime.settings.key_vault_url:
         fix = (f"Store the session-signing private key ({SIGNING_KEY_FORM}) in Key Vault under "

@@ -157,6 +157,14 @@ class Refreshing(Generic[T]):
                 now = self._clock()
                 self._held = _Held(self._held.value, now - by, now)
 
+    def due_within(self, seconds: float) -> None:
+        """Makes the held value due within `seconds` (sooner if it already was): what it was made
+        into could not be used, so a fix is looked for before its time is up (shared/vault.py)."""
+        with self._lock:
+            held = self._held
+            if held is not None and self._clock() + seconds < held.due:
+                self._held = _Held(held.value, held.fresh_until, self._clock() + seconds)
+
     def _lead(self, read: _Read, *, keep: bool) -> T:
         try:
             return self._read(read, keep=keep)

@@ -21,10 +21,10 @@ from .jwks import MAX_STALE_SECONDS, STALE_RETRY_SECONDS, JwksCache
 from .oidc_client import OidcClient
 from .provider import ProviderMetadata, discover
 from .refreshing import Refreshing
-from .session_token import SessionSigner, load_signing_keys
+from .session_token import SessionSigner, load_signing_keys, readable_kids
 from .tables import ACCOUNTS_TABLE, EVENTS_TABLE, FLOWS_TABLE, Tables
 from .transport import IdpSession, credential_options
-from .vault import CachedSecret, DerivedFromSecret, KeyVaultReader, SettingsReader
+from .vault import CachedSecret, DerivedFromSecret, KeyVaultReader, SettingsReader, Unusable
 
 log = logging.getLogger("portal_sso")
 METADATA_MAX_AGE = 24 * 3600
@@ -132,11 +132,31 @@ class Runtime:
                 f"Key Vault secret '{self.settings.signing_key_name}'"
             return SessionSigner(load_signing_keys(secret.value, where))
 
-        return DerivedFromSecret(self.signing_key_secret, build)
+        def fallback(signer: SessionSigner, secret) -> SessionSigner | None:
+            # A new version the app cannot use (a rotation's new key pasted encrypted, cut short) leaves
+            # the signer built before serving, sign-in and the JWKS with it, while health is red: it is
+            # what the vault held a moment ago and no admin revoked it. Less any key the new version no
+            # longer holds readably: an admin who took a key out (a compromised one, replaced by a key
+            # pasted wrong) must not have it sign or be published on. So when the key it signs with is
+            # not readable in the new version it is the outage (the login's 500, as on a cold start):
+            # a key taken out cannot be told apart from one mangled in place, and signing on with a
+            # compromised key is worse than not signing.
+            readable = readable_kids(secret.value)
+            if signer.current.kid not in readable:
+                return None
+            kept = [key for key in signer.keys if key.kid in readable]
+            return signer if len(kept) == len(signer.keys) else SessionSigner(kept)
+
+        return DerivedFromSecret(self.signing_key_secret, build, fallback=fallback)
 
     def signer(self) -> SessionSigner:
-        """The session signer, rebuilt when the signing-key secret changes (rotation)."""
+        """The session signer, rebuilt when the signing-key secret changes (rotation); a new version
+        it cannot use leaves the one built before serving (`signer_unusable`)."""
         return self._signer.get()
+
+    def signer_unusable(self) -> Unusable | None:
+        """The signing key's version that could not be used while the signer built before serves."""
+        return self._signer.unusable
 
     def metadata(self) -> ProviderMetadata:
         """The IdP's metadata, discovered on first use and refreshed daily. A failed first discovery is

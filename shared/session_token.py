@@ -64,21 +64,36 @@ def load_signing_keys(pem_bundle: str, setting: str = "SESSION_SIGNING_KEY") -> 
     """Parses every PEM private key in the bundle. Raises ConfigurationError (naming the setting or
     secret, never its content) when there is none or one cannot be used."""
     text = pem_bundle.replace("\\n", "\n")
-    keys = []
-    for number, armour in enumerate(_KEY_ARMOUR.finditer(text), 1):
-        block = _PEM_BLOCK.match(text, armour.start())
-        if block is None:
-            raise ConfigurationError([f"{setting}: key #{number} {_armour_problem(armour.group())}."])
-        try:
-            keys.append(_signing_key(serialization.load_pem_private_key(block.group().encode(), password=None)))
-        except TypeError as exc:  # cryptography's word for a key a password protects (PKCS#1 Proc-Type)
-            raise ConfigurationError([f"{setting}: key #{number} is encrypted (a password protects it); the "
-                                      "key must be unencrypted."]) from exc
-        except (ValueError, UnsupportedAlgorithm) as exc:  # the latter: a curve cryptography has no code for (SM2)
-            raise ConfigurationError([f"{setting}: key #{number} cannot sign session tokens ({exc})."]) from exc
+    keys = [_key_at(text, armour, number, setting) for number, armour in enumerate(_KEY_ARMOUR.finditer(text), 1)]
     if not keys:
         raise ConfigurationError([f"{setting}: {_no_key_problem(text)}."])
     return keys
+
+
+def readable_kids(pem_bundle: str) -> set[str]:
+    """The kids of the bundle's keys that can sign, the others skipped: whether a bundle that
+    load_signing_keys refuses still holds a given key (the signer's fallback, shared/runtime.py)."""
+    text, kids = pem_bundle.replace("\\n", "\n"), set()
+    for number, armour in enumerate(_KEY_ARMOUR.finditer(text), 1):
+        try:
+            kids.add(_key_at(text, armour, number).kid)
+        except ConfigurationError:
+            continue
+    return kids
+
+
+def _key_at(text: str, armour: re.Match, number: int, setting: str = "SESSION_SIGNING_KEY") -> SigningKey:
+    """The bundle's key #`number`, at `armour`; ConfigurationError when it cannot sign."""
+    block = _PEM_BLOCK.match(text, armour.start())
+    if block is None:
+        raise ConfigurationError([f"{setting}: key #{number} {_armour_problem(armour.group())}."])
+    try:
+        return _signing_key(serialization.load_pem_private_key(block.group().encode(), password=None))
+    except TypeError as exc:  # cryptography's word for a key a password protects (PKCS#1 Proc-Type)
+        raise ConfigurationError([f"{setting}: key #{number} is encrypted (a password protects it); the "
+                                  "key must be unencrypted."]) from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:  # the latter: a curve cryptography has no code for (SM2)
+        raise ConfigurationError([f"{setting}: key #{number} cannot sign session tokens ({exc})."]) from exc
 
 
 _NOT_PRIVATE = "holds a public key or certificate, not the PEM private key (-----BEGIN PRIVATE KEY-----)"

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -143,16 +143,35 @@ class CachedSecret(Refreshing[SecretValue]):
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Unusable:
+    """A version of a secret that could not be made into its value, while the one built before serves."""
+    version: str | None
+    error: ConfigurationError
+    since: datetime
+
+
 class DerivedFromSecret(Generic[T]):
     """A value built from a secret (the MSAL app, the session signer), rebuilt only when the secret
     changes: a rotation is picked up, and nothing is rebuilt on reads that find the same secret.
     `also`: something else the value is built from (the MSAL app copies the IdP's endpoints from its
-    metadata), rebuilt too when it gives one not equal to the last (a re-read that moved an endpoint)."""
+    metadata), rebuilt too when it gives one not equal to the last (a re-read that moved an endpoint).
+
+    `fallback(previous, secret)`: what serves when a new version cannot be built (ConfigurationError:
+    an admin's value), made from the last value built, or None. When it gives one, that version is
+    remembered (built once, logged once, `unusable` says why for the health check) and the secret is
+    re-read within CachedSecret.STALE_RETRY_SECONDS until a version builds. Without `fallback`, with
+    nothing built before (a cold start), or when it gives None, the error is raised on every call."""
 
     def __init__(self, secret: CachedSecret, build: Callable[[SecretValue], T],
-                 also: Callable[[], object] | None = None):
-        self._secret, self._build, self._also = secret, build, also
+                 also: Callable[[], object] | None = None,
+                 fallback: Callable[[T, SecretValue], T | None] | None = None):
+        self._secret, self._build, self._also, self._fallback = secret, build, also, fallback
         self._built: tuple[tuple, object, T] | None = None
+        # The (key, also) that could not be built, the secret as last read with it (a re-read giving the
+        # same version again is a new object: read again soon) and what serves meanwhile.
+        self._refused: tuple[tuple, object, SecretValue, T] | None = None
+        self.unusable: Unusable | None = None
         self._lock = threading.Lock()
 
     def get(self, *, refresh: bool = False) -> T:
@@ -164,6 +183,30 @@ class DerivedFromSecret(Generic[T]):
             # Kept for the same secret and the same or an equal `also` (a daily re-read that changed nothing:
             # its fields, not its text; a tuple compares by identity, then equality). A rebuild parses the
             # credential again (a PKCS#12 certificate) on the next login.
-            if self._built is None or self._built[:2] != (key, also):
-                self._built = (key, also, self._build(secret))
-            return self._built[2]
+            built, refused = self._built, self._refused
+            if built is not None and built[:2] == (key, also):
+                return built[2]
+            if refused is not None and refused[:2] == (key, also):
+                if refused[2] is not secret:  # re-read, and the same version again: read again soon
+                    self._refused = (key, also, secret, refused[3])
+                    self._secret.due_within(self._secret.STALE_RETRY_SECONDS)
+                return refused[3]
+            try:
+                value = self._build(secret)
+            except ConfigurationError as exc:  # an admin's value; any other error is a bug, never hidden
+                if self._fallback is None:
+                    raise
+                self._secret.due_within(self._secret.STALE_RETRY_SECONDS)  # an admin's fix, looked for soon
+                serving = self._fallback(built[2], secret) if built is not None else None
+                if serving is None:
+                    self._refused, self.unusable = None, None
+                    raise
+                self._refused, self.unusable = (key, also, secret, serving), Unusable(secret.version, exc,
+                                                                                      datetime.now(UTC))
+                log.error("vault.unusable secret=%s version=%s serving the version built before, next read within "
+                          "%ds: %s", self._secret.name, secret.version, self._secret.STALE_RETRY_SECONDS, exc)
+                return serving
+            if self.unusable is not None:
+                log.info("vault.usable secret=%s version=%s", self._secret.name, secret.version)
+            self._built, self._refused, self.unusable = (key, also, value), None, None
+            return value

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from shared.errors import ConfigurationError
-from shared.session_token import SessionSigner, load_signing_keys
+from shared.session_token import SessionSigner, load_signing_keys, readable_kids
 from tests.conftest import SM2_KEY_PEM
 
 NOW = 1_700_000_000
@@ -266,3 +266,15 @@ def test_a_key_on_a_curve_cryptography_does_not_support_is_refused_by_number(rsa
     """SM2: cryptography raises UnsupportedAlgorithm, which was no ConfigurationError but a 500."""
     text = "\n".join(map(str, refusal(pem(rsa_key) + SM2_KEY_PEM).problems))
     assert "key #2 cannot sign session tokens" in text, text
+
+
+@pytest.mark.parametrize("form", ["encrypted", "openssh", "public-key", "cut-short"])
+@pytest.mark.parametrize("step", ["old-first", "new-first"])
+def test_the_keys_readable_in_a_refused_bundle_are_told_apart_from_those_that_are_not(rsa_key, ec_key, form, step):
+    """What the signer's fallback asks of a bundle load_signing_keys refuses: is the key it signs
+    with still in it (shared/runtime.py)."""
+    new = _unreadable_forms(ec_key)[form]
+    bundle = pem(rsa_key) + new if step == "old-first" else new + "\n" + pem(rsa_key)
+    assert readable_kids(bundle) == {rfc7638_rsa(rsa_key)}
+    assert readable_kids(new) == set()
+    assert readable_kids(pem(ec_key) + pem(rsa_key)) == {rfc7638_ec(ec_key), rfc7638_rsa(rsa_key)}
