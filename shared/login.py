@@ -14,7 +14,7 @@ from urllib.parse import urlencode, urlsplit
 from . import pages
 from .aadsts import hint_for
 from .accounts import canonical_email, shown_name_problem
-from .admission import check_admission, has_email
+from .admission import check_admission
 from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
 from .config import KINDS, home_urls, log_value, origin_of
@@ -31,6 +31,7 @@ from .errors import (
     LoginNotNavigation,
     MissingParameters,
     NoAccount,
+    NoEmailClaim,
     NotFound,
     ResponseModeNotAllowed,
     ReturnToNotAllowed,
@@ -305,9 +306,15 @@ class SsoService:
         oid = claims.get("oid") if isinstance(claims.get("oid"), str) else ""
         idp_sub = f"{tid}:{oid}" if tid and oid else claims["sub"]
         event.idp_subject, event.tenant_id = idp_sub, tid
-        # 5. may this person enter: tenant, an email claim and its verification, the kind's app role
-        event.had_email_claim = has_email(claims)
-        check_admission(claims, kind, settings)
+        # 5. may this person enter: tenant, an email claim and its verification, the kind's app role. The
+        #    row says whether the token had an email only once that check was reached (a stranger's
+        #    tenant says nothing of our registration's claims: the setup page stays green for it).
+        try:
+            check_admission(claims, kind, settings)
+        except NoEmailClaim:
+            event.had_email_claim = False
+            raise
+        event.had_email_claim = True
         email = canonical_email(claims["email"])  # raises MalformedEmail (403 email_malformed)
         event.email = email
         # 6. the portal account of this kind, linked to this person
