@@ -66,8 +66,8 @@ def guarded(context: func.Context | None, handler) -> func.HttpResponse:
     try:
         with serving(cid):
             return to_response(handler(cid))
-    except SsoError as err:
-        return to_response(pages.error(err, cid, homes=home_urls()))
+    except SsoError as err:  # a handler's own refusals log theirs; this one is the page's only line
+        return to_response(_refused(err, cid))
     except Exception:
         log.exception("unhandled error correlation_id=%s", cid)
         return to_response(pages.error(InternalError(), cid, homes=home_urls()))
