@@ -29,9 +29,9 @@ as it is made, so a rerun after a failure finds it again; if that write fails, t
 --app-id that adopts it), and PUBLIC_BASE_URL from
 --public-base-url (so it builds the redirect URIs registered), and its identity may
 read the secret (Key Vault Secrets User on that secret alone; on OIDC_CLIENT_CERTIFICATE_NAME's too, when
-set). An app that signs in with a client certificate gets no client secret: a registration new to it
-gets that certificate (appended) before the app moves to it. Idempotent; --dry-run (anywhere on the
-command line) prints every az command and runs none.
+set). An app that signs in with a client certificate gets no client secret: each run gives the registration
+that certificate (appended) when it does not hold it, before the app moves to a registration new to it.
+Idempotent; --dry-run (anywhere on the command line) prints every az command and runs none.
 """
 
 from __future__ import annotations
@@ -312,14 +312,11 @@ class Registration:
         # An app that signs in with a certificate (OIDC_CLIENT_CERTIFICATE_NAME) reads no client secret: none is
         # made, so no shared secret the admin removed comes back on the registration.
         if self.certificate_name:  # read as the client secret is (docs/operating.md)
-            if client_id != recorded:  # Entra must know the certificate before OIDC_CLIENT_ID names this one
-                self.give_certificate(client_id, vault)
-            elif not self.az.dry_run and self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name",
-                                                      self.certificate_name, "--query", "id") is None:
-                raise AzError(f"Key Vault {vault} holds no certificate {self.certificate_name} "
-                              "(OIDC_CLIENT_CERTIFICATE_NAME), so the function app cannot sign in: import the "
-                              f"certificate into {vault} (`az keyvault certificate import --vault-name {vault} --name "
-                              f"{self.certificate_name} --file <pfx or pem>`), then run this again.")
+            # On every run, not only for a registration new to the app: a first run records OIDC_CLIENT_ID as
+            # soon as the registration is made, so one stopped before this step leaves a recorded registration
+            # without the certificate (and without a secret: every sign-in invalid_client). Entra must know the
+            # certificate before OIDC_CLIENT_ID names a registration new to the app.
+            self.give_certificate(client_id, vault)
             self.let_the_app_read(vault, self.certificate_name)
         else:
             held = self.credential_ids(client_id)
@@ -484,9 +481,10 @@ class Registration:
                                               name, "--query", "x509ThumbprintHex"), None
         except AzError as err:
             if says(err.stderr, ROLE_PENDING):
-                raise AzError(f"Key Vault refused you the certificate {name} (OIDC_CLIENT_CERTIFICATE_NAME), which "
-                              "the registration needs before the function app moves to it: this needs Key Vault "
-                              "Certificate User (or Certificates Officer) on the vault.", err.stderr) from err
+                raise AzError(f"Key Vault refused you the certificate {name} (OIDC_CLIENT_CERTIFICATE_NAME), whose "
+                              "thumbprint tells whether the registration holds it (each run checks, and adds it when "
+                              "not): this needs Key Vault Certificate User (or Certificates Officer) on the vault.",
+                              err.stderr) from err
             if not says(str(err), NOT_FOUND):
                 raise
             public = self.public_certificate(vault)
@@ -506,8 +504,17 @@ class Registration:
 
     def public_certificate(self, vault: str):
         """The certificate in the Key Vault secret OIDC_CLIENT_CERTIFICATE_NAME names, read as the app reads it."""
-        stored = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", self.certificate_name,
-                              "--query", "{value: value, contentType: contentType}", quiet=True) or {}
+        try:
+            stored = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name",
+                                  self.certificate_name, "--query", "{value: value, contentType: contentType}",
+                                  quiet=True) or {}
+        except AzError as err:
+            if not says(str(err), NOT_FOUND):
+                raise
+            raise AzError(f"Key Vault {vault} holds no certificate {self.certificate_name} "
+                          "(OIDC_CLIENT_CERTIFICATE_NAME), so the function app cannot sign in: import the "
+                          f"certificate into {vault} (`az keyvault certificate import --vault-name {vault} --name "
+                          f"{self.certificate_name} --file <pfx or pem>`), then run this again.", err.stderr) from err
         try:
             return client_certificate(SecretValue(stored.get("value") or "", None, None, self.certificate_name,
                                                   stored.get("contentType")))[1]

@@ -540,6 +540,50 @@ def test_an_adopted_registration_that_holds_the_certificate_already_is_not_given
     assert settings(azure)["OIDC_CLIENT_ID"] == "owned-app-id"
 
 
+CERTIFICATE_STOPS = {  # where a certificate app's first run stops after OIDC_CLIENT_ID names the registration
+    "certificate-refused": ("keyvault certificate show", "(Forbidden) Caller is not authorized to perform action on "
+                                                         "resource. Code: ForbiddenByRbac"),
+    "graph-unavailable": ("ad app update", "(ServiceUnavailable) Service Unavailable")}
+
+
+@pytest.mark.parametrize("stopped_at", list(CERTIFICATE_STOPS))
+def test_a_certificate_apps_first_run_stopped_partway_gives_the_registration_its_certificate_on_the_rerun(
+        azure, stopped_at):
+    """The hunt's case: the first run records OIDC_CLIENT_ID as soon as the registration is made, and the
+    certificate was added only to a registration the app did not record, so after a stop (Key Vault refusing
+    the certificate without Key Vault Certificate User, or Graph's 503) the rerun took the registration for one
+    that had it: exit 0, no certificate and no client secret on it, every sign-in invalid_client."""
+    thumbprint = sign_in_with_a_certificate(azure, as_certificate=True)
+    azure.state = {**azure.state, "refuse": dict([CERTIFICATE_STOPS[stopped_at]])}
+    failed = azure.run("register-app", *APP_ARGS)
+    assert failed.code != 0
+    if stopped_at == "certificate-refused":
+        assert "Key Vault Certificate User" in failed.err, failed.err
+    (made,) = azure.state["apps"]
+    assert settings(azure)["OIDC_CLIENT_ID"] == made, "recorded at once, so the rerun finds it"
+    azure.state = {**azure.state, "refuse": {}}
+    rerun = azure.run("register-app", *APP_ARGS)
+    assert rerun.code == 0, rerun.err
+    assert [c["customKeyIdentifier"] for c in azure.state["apps"][made]["keyCredentials"]] == [thumbprint], \
+        "the registration the app signs in with holds its certificate"
+    assert azure.state["apps"][made]["credentials"] == [], "and no client secret"
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
+
+
+def test_a_certificate_app_whose_registration_lost_its_certificate_gets_it_back(azure):
+    """Removed in the portal (or never added, as above): a rerun appends it again, once."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    thumbprint = sign_in_with_a_certificate(azure, as_certificate=False)
+    state = azure.state
+    (app,) = state["apps"].values()
+    app["keyCredentials"] = []
+    azure.state = state
+    rerun = azure.run("register-app", *APP_ARGS)
+    assert rerun.code == 0, rerun.err
+    (app,) = azure.state["apps"].values()
+    assert [c["customKeyIdentifier"] for c in app["keyCredentials"]] == [thumbprint]
+
+
 # -- a run that stopped partway, run again ------------------------------------------------------------
 
 BOB = {"type": "user", "name": "bob@contoso.test", "id": "bob-object-id"}
