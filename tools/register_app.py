@@ -19,7 +19,8 @@ The registration: single tenant; Web redirect URIs for users and agents (callbac
 built from the function app's real host name (or --public-base-url); optional claims from
 infra/optional-claims.json (`email` in ID and access tokens, `xms_edov`, `auth_time`); the app roles of
 infra/app-roles.json (`Portal.User` "User", `Portal.Agent` "Agent", for users and groups, with fixed
-ids); the delegated Microsoft Graph permissions `openid profile email` of infra/api-permissions.json,
+ids, or the ids a registration configured by hand has for those values); the delegated Microsoft Graph
+permissions `openid profile email` of infra/api-permissions.json,
 with tenant-wide admin consent (which needs Privileged Role Administrator, Cloud Application
 Administrator or Application Administrator: without it the run says what to ask an admin for); a
 service principal with user assignment required; a client secret with an end date, appended (never
@@ -141,10 +142,12 @@ def role_ids() -> dict[str, str]:
     return {kind: by_value[value] for kind, value in KIND_ROLES.items()}
 
 
-@functools.cache
-def role_names() -> dict[str, str]:
-    """The app role's id -> its value (Portal.User, Portal.Agent)."""
-    return {role_id: KIND_ROLES[kind] for kind, role_id in role_ids().items()}
+def kind_roles(roles: list | None) -> dict[str, str]:
+    """kind -> the id of its app role among `roles` (Graph's, of a registration or service principal),
+    found by value: a registration configured by hand has Portal.User and Portal.Agent under ids of Entra's
+    choosing; the fixed id where it has none."""
+    by_value = {role.get("value"): role["id"] for role in roles or [] if role.get("id")}
+    return {kind: by_value.get(value, role_ids()[kind]) for kind, value in KIND_ROLES.items()}
 
 
 def new_scim_token() -> str:
@@ -200,6 +203,7 @@ class Registration:
         self.rg, self.app = args.resource_group, args.app
         self.secret_name = SECRET_NAME  # the client secret's Key Vault name, as the app's settings give it
         self.certificate_name: str | None = None  # a client certificate's, when the settings name one
+        self.kind_roles = role_ids()  # kind -> its app role's id on the registration (bring_up_to_date reads it)
         # Key Vault's newest client secret is one of a registration the function app does not use yet
         self.secret_for_another = False
 
@@ -397,18 +401,21 @@ class Registration:
         others = [(kind, u) for kind in ("spa", "publicClient") for u in (app.get(kind) or {}).get("redirectUris", [])]
         for kind, uri in others:
             print(f"removing a {kind} redirect URI this script did not make: {uri}")
-        ours = json.loads(APP_ROLES.read_text())
-        ids = {role["id"] for role in ours}
+        # Ours under the id Graph has for the value, if any (Graph refuses two roles of one value: DuplicateValue).
+        self.kind_roles = kind_roles(app.get("appRoles"))
+        ids_by_value = {KIND_ROLES[kind]: role_id for kind, role_id in self.kind_roles.items()}
+        ours = [{**role, "id": ids_by_value[role["value"]]} for role in json.loads(APP_ROLES.read_text())]
+        ids, values = {role["id"] for role in ours}, set(ids_by_value)
         # Every other role stays as Graph has it: a registration made from the non-gallery template comes
         # with two enabled ones (User, msiam_access), and Graph refuses to drop an enabled role
         # (CannotDeleteOrUpdateEnabledEntitlement). Neither gives a portal role: admission needs ours.
         kept = [{k: v for k, v in role.items() if k != "origin"} for role in app.get("appRoles") or []
-                if role.get("id") not in ids]
+                if role.get("id") not in ids and role.get("value") not in values]
         differs = {
             "redirect URIs": sorted(existing) != sorted(wanted) or bool(others),
-            "optional claims": differs_from(app.get("optionalClaims"), OPTIONAL_CLAIMS),
-            "app roles": differs_from([r for r in app.get("appRoles") or [] if r.get("id") in ids], APP_ROLES),
-            "API permissions": differs_from(app.get("requiredResourceAccess"), API_PERMISSIONS),
+            "optional claims": differs_from(app.get("optionalClaims"), json.loads(OPTIONAL_CLAIMS.read_text())),
+            "app roles": differs_from([r for r in app.get("appRoles") or [] if r.get("id") in ids], ours),
+            "API permissions": differs_from(app.get("requiredResourceAccess"), json.loads(API_PERMISSIONS.read_text())),
             "sign-in audience": app.get("signInAudience") != SIGN_IN_AUDIENCE,
         }
         if any(differs.values()):
@@ -615,36 +622,37 @@ class Registration:
         _, _, settings = self.function_app()
         app = self.find_app(settings)
         sp = self.ensure_service_principal(app["appId"])
-        role = role_ids()[self.args.kind]
+        role = kind_roles(app.get("appRoles"))[self.args.kind]
         assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(self.assignments_uri(sp))}
         principals = [("user", u, ("ad", "user", "show", "--id", u)) for u in self.args.user or []] + \
             [("group", g, ("ad", "group", "show", "--group", g)) for g in self.args.group or []]
         for kind, name, show in principals:
             principal = self.az.read(*show, "--query", "id") or f"<{kind} id>"
             if (principal, role) not in assigned:
-                self.give_role(sp, principal, role, f"{kind} {name}")
+                self.give_role(sp, principal, role, self.args.kind, f"{kind} {name}")
 
     def carry_assignments(self, previous_app_id: str, sp: dict) -> None:
         """The people and groups that hold a portal role on the registration the function app used before
-        get it on this one (the roles' ids are fixed, so they are the same roles)."""
+        get it on this one: the role of the same value (the ids differ where either was configured by hand)."""
         previous = self.az.show("ad", "sp", "show", "--id", previous_app_id)
         if previous is None:
             return
-        ours = role_names()
+        kinds = {role_id: kind for kind, role_id in kind_roles(previous.get("appRoles")).items()}
         assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(self.assignments_uri(sp))}
         for held in self.graph_list(self.assignments_uri(previous)):
-            who, role = held.get("principalId"), held.get("appRoleId")
-            if role in ours and (who, role) not in assigned:
-                kind = str(held.get("principalType") or "principal").lower()
+            who, kind = held.get("principalId"), kinds.get(held.get("appRoleId"))
+            if kind and (who, self.kind_roles[kind]) not in assigned:
+                principal = str(held.get("principalType") or "principal").lower()
                 name = held.get("principalDisplayName") or who
-                self.give_role(sp, who, role, f"{kind} {name} (as on {previous_app_id})")
+                self.give_role(sp, who, self.kind_roles[kind], kind, f"{principal} {name} (as on {previous_app_id})")
 
     def assignments_uri(self, sp: dict) -> str:
         return f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo"
 
-    def give_role(self, sp: dict, principal: str, role: str, who: str) -> None:
-        """The app role `role` for `principal` (a user or group) on the service principal."""
-        role_name = role_names()[role]
+    def give_role(self, sp: dict, principal: str, role: str, kind: str, who: str) -> None:
+        """The app role `role` (the kind's, by its id on this registration) for `principal` (a user or group)
+        on the service principal."""
+        role_name = KIND_ROLES[kind]
         body = json.dumps({"principalId": principal, "resourceId": sp["id"], "appRoleId": role})
         try:
             self.az.write("rest", "--method", "POST", "--uri", self.assignments_uri(sp),
@@ -851,9 +859,8 @@ def stopped_rotation(tokens: list[str], tags: dict | None) -> bool:
     return len(tokens) == 2 and not any((tags or {}).get(tag) for tag in SYNCED_TAGS)
 
 
-def differs_from(graphs, ours: Path) -> bool:
-    """Whether what Graph answers differs from our file in what the file sets, in any order."""
-    wanted = json.loads(ours.read_text())
+def differs_from(graphs, wanted) -> bool:
+    """Whether what Graph answers differs from what we want (our file's JSON) in what that sets, in any order."""
     return comparable(what_we_set(graphs, wanted)) != comparable(wanted)
 
 

@@ -308,6 +308,43 @@ def test_issued_secret_end_date_is_in_the_future(azure):
     assert timedelta(days=150) < end - datetime.now(UTC) < timedelta(days=200)
 
 
+HAND_MADE_ROLES = {"Portal.User": "hand-made-user-role-id", "Portal.Agent": "hand-made-agent-role-id"}
+
+
+def test_a_registration_configured_by_hand_keeps_one_role_per_value_and_its_people(azure):
+    """The hunt's case: made by hand as the setup page says (Portal.User and Portal.Agent, enabled, ids of
+    Entra's choosing), adopted with --app-id: the PATCH sent ours beside them, two roles per value, which Graph
+    refuses (DuplicateValue), and the enabled ones cannot be dropped either. Our roles are matched by value
+    too: Graph's ids stay, so the people assigned by hand keep their roles, and assign and a move use them."""
+    plant_app(azure, "by-hand-app-id", owner=ME["id"])
+    state = azure.state
+    state["apps"]["by-hand-app-id"]["appRoles"] = [
+        {"allowedMemberTypes": ["User"], "description": value, "displayName": value, "id": role_id,
+         "isEnabled": True, "value": value} for value, role_id in HAND_MADE_ROLES.items()]
+    state.setdefault("sps", {})["by-hand-app-id"] = {"id": "sp-by-hand-app-id", "appId": "by-hand-app-id",
+                                                     "applicationTemplateId": None, "appRoleAssignmentRequired": True,
+                                                     "tags": ["WindowsAzureActiveDirectoryIntegratedApp"]}
+    state.setdefault("assignments", {})["sp-by-hand-app-id"] = [
+        {"id": "by-hand", "principalId": "object-of-bo@contoso.test", "principalType": "User",
+         "principalDisplayName": "Bo", "appRoleId": HAND_MADE_ROLES["Portal.User"]}]
+    azure.state = state
+    adopted = azure.run("register-app", *APP_ARGS, "--app-id", "by-hand-app-id")
+    assert adopted.code == 0, adopted.err
+    roles = azure.state["apps"]["by-hand-app-id"]["appRoles"]
+    assert sorted((r["value"], r["id"]) for r in roles) == sorted(HAND_MADE_ROLES.items()), "one per value, Graph's id"
+    assert {r["displayName"] for r in roles} == {"User", "Agent"}, "given our settings"
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
+    assert assign(azure, "--user", "ann@contoso.test", kind="agent").code == 0
+    assert ("object-of-ann@contoso.test", HAND_MADE_ROLES["Portal.Agent"]) in {
+        (a["principalId"], a["appRoleId"]) for a in azure.state["assignments"]["sp-by-hand-app-id"]}
+    moved = azure.run("register-app", *APP_ARGS, "--new-registration")
+    assert moved.code == 0, moved.err
+    new = settings(azure)["OIDC_CLIENT_ID"]
+    assert {(a["principalId"], a["appRoleId"]) for a in azure.state["assignments"][f"sp-{new}"]} == {
+        ("object-of-bo@contoso.test", role_ids()["user"]), ("object-of-ann@contoso.test", role_ids()["agent"])}, \
+        "each person keeps the kind they had, as the new registration's role"
+
+
 # -- a registration Entra provisions ----------------------------------------------------------------
 
 def test_a_new_registration_is_an_enterprise_app_made_from_entras_non_gallery_template(azure):
