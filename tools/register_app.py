@@ -295,10 +295,15 @@ class Registration:
                 state = (f"The function app still uses its previous registration ({replacing['appId']}); the new one "
                          f"is {app['appId']}.")
             raise AzError(f"{err} {state}", err.stderr, rerun=rerun) from err
-        if replacing is not None:
-            print(f"\nThe previous registration ({replacing['appId']}) is no longer the function app's; its people's "
+        # A move ends here whichever run finishes it (--new-registration, or the --app-id rerun of one stopped
+        # partway, which adopts the registration it made): the one the app used before is to delete.
+        previous = replacing
+        if previous is None and recorded not in (None, app["appId"]) and not self.az.dry_run:
+            previous = self.az.show("ad", "app", "show", "--id", recorded)
+        if previous is not None:
+            print(f"\nThe previous registration ({previous['appId']}) is no longer the function app's; its people's "
                   f"roles were given on the new one too. Once sign-in works, delete it: az ad app delete --id "
-                  f"{replacing['appId']}")
+                  f"{previous['appId']}")
 
     def configure(self, app: dict, sp: dict | None, uris: list[str], tenant: str, base: str, vault: str,
                   current: dict[str, str], recorded: str | None) -> None:

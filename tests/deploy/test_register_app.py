@@ -465,6 +465,10 @@ def test_a_move_that_stops_partway_names_the_rerun_that_carries_on(azure, stoppe
     assert rerun.code == 0, rerun.err
     assert settings(azure)["OIDC_CLIENT_ID"] == new and len(azure.state["apps"]) == 2
     assert len(azure.state["apps"][new]["credentials"]) == 1
+    # README: the move "then prints the `az ad app delete` that removes the old one" (the rerun's --app-id
+    # printed nothing: the hunt's case)
+    assert "az ad app delete --id plain-app-id" in rerun.out, rerun.out
+    assert "az ad app delete" not in azure.run("register-app", *APP_ARGS).out, "once moved, no more"
 
 
 def test_new_registration_is_only_for_making_one(azure):
