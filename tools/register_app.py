@@ -346,7 +346,7 @@ class Registration:
         """A registration and its enterprise application, made from Entra's non-gallery application template
         (one app that signs people in over OIDC and that Entra provisions over SCIM; a plain app registration
         is never provisioned); our settings come after, from bring_up_to_date. Returns it and its service
-        principal as Graph reads them (no service principal in a dry run).
+        principal as Graph reads them (in a dry run, stand-ins as the template makes them).
         `record`: OIDC_CLIENT_ID names it at once (the function app has no working registration to lose), and
         `current` says so."""
         made = self.az.write("rest", "--method", "POST", "--uri",
@@ -355,9 +355,7 @@ class Registration:
                              "--body", json.dumps({"displayName": self.args.display_name}),
                              change=("create", f"app registration and enterprise application {self.args.display_name} "
                                                "(Entra's non-gallery template: sign-in and provisioning)"))
-        if made is None:
-            return {"appId": "<client id>"}, None
-        app_id = made["application"]["appId"]
+        app_id = made["application"]["appId"] if made else "<client id>"  # None: a dry run
         if record:
             # Recorded at once, so a rerun after a later step fails (service principal, consent, Key Vault)
             # finds this registration rather than making another. The app had no working registration
@@ -371,6 +369,9 @@ class Registration:
                               f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
                               "adopts it.", err.stderr, rerun=rerun) from err
             current.update(made_settings)
+        if made is None:  # planned as a real run goes on: with the service principal as the template makes it
+            return {"appId": app_id}, {"id": "<service principal id>", "appId": app_id,
+                                       "appRoleAssignmentRequired": True, "tags": [ENTERPRISE_APP_TAG]}
         return self.once_readable(app_id, "run the same command again" if record else
                                   f"run the same command with --app-id {app_id} in place of --new-registration")
 

@@ -34,7 +34,10 @@ Where the Graph request shapes come from (Microsoft Graph v1.0 reference, learn.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import re
+import shlex
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -45,7 +48,7 @@ from cryptography.x509.oid import NameOID
 
 from shared.aadsts import hint_for
 from tests.deploy.fake_az import GRAPH_SP, ME, NON_GALLERY_TEMPLATE, SECRET, TEMPLATE_ROLES
-from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
+from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure, Result
 from tools.azure_cli import explain
 from tools.deploy import names
 from tools.register_app import role_ids
@@ -382,6 +385,38 @@ def test_a_new_registration_graph_cannot_read_yet_is_waited_for_not_made_twice(a
     (app,) = azure.state["apps"].values()
     assert list(azure.state["sps"]) == [app["appId"]] and settings(azure)["OIDC_CLIENT_ID"] == app["appId"]
     assert sorted(app["web"]["redirectUris"]) == OURS
+
+
+def planned_writes(result) -> list[tuple[str, ...]]:
+    """The writes a dry run prints ("would run: az ..."), or a real run made, each as its command words
+    (for `az rest`: its method and the last segment of its URI's path), in order."""
+    if result.calls:
+        runs = [c["argv"] for c in result.calls]
+    else:
+        runs = [shlex.split(line) for line in re.findall(r"^would run: az (.*)$", result.out, re.MULTILINE)]
+    writes = Result(0, "", "", [{"argv": argv} for argv in runs]).mutations
+    keys = []
+    for argv in (write.split() for write in writes):  # the words up to the first option, --method, --uri
+        words = tuple(itertools.takewhile(lambda word: not word.startswith("-"), argv))
+        if words == ("rest",):
+            words += (argv[argv.index("--method") + 1], argv[argv.index("--uri") + 1].split("?")[0].rsplit("/", 1)[1])
+        keys.append(words)
+    return keys
+
+
+def test_a_dry_run_on_an_empty_tenant_plans_the_writes_a_real_run_makes_in_its_order(azure):
+    """README: --dry-run "prints every command a run on an empty subscription would issue". For a new
+    registration it planned a service principal to create and two updates of it, which the template's
+    instantiate makes as they should be (a real run issues none), and OIDC_CLIENT_ID last, where a real run
+    writes it right after the instantiate."""
+    dry = azure.run("register-app", *APP_ARGS, "--dry-run")
+    assert dry.code == 0 and dry.calls == [], dry.err
+    real = azure.run("register-app", *APP_ARGS)
+    assert real.code == 0, real.err
+    assert planned_writes(dry) == planned_writes(real), (planned_writes(dry), planned_writes(real))
+    summary = dry.out[dry.out.index("Would create:"):].replace("Would create:", "Created:").replace(
+        "Would change:", "Changed:")
+    assert summary.strip() == real.out[real.out.index("Created:"):].strip(), (summary, real.out)
 
 
 def adopt_plain_registration(azure: FakeAzure) -> str:
