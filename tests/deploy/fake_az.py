@@ -716,7 +716,7 @@ def graph(state: dict, method: str, uri: str, body: str | None):
 
 def with_app_roles(state: dict, sp: dict) -> dict:
     """A service principal as Graph answers it: with its application's app roles (servicePrincipal.appRoles)."""
-    app = state.get("apps", {}).get(sp["appId"]) or {}
+    app = state.get("apps", {}).get(sp.get("appId")) or {}  # none: another app's (a CI identity's)
     return {**sp, "appRoles": [{**role, "origin": "Application"} for role in app.get("appRoles") or []]}
 
 
