@@ -370,6 +370,8 @@ class Registration:
                               "adopts it.", err.stderr, rerun=rerun) from err
             current.update(made_settings)
         if made is None:  # planned as a real run goes on: with the service principal as the template makes it
+            self.az.show("ad", "app", "show", "--id", app_id)  # printed, as once_readable reads them
+            self.az.show("ad", "sp", "show", "--id", app_id)
             return {"appId": app_id}, {"id": "<service principal id>", "appId": app_id,
                                        "appRoleAssignmentRequired": True, "tags": [ENTERPRISE_APP_TAG]}
         return self.once_readable(app_id, "run the same command again" if record else

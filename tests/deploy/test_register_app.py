@@ -414,6 +414,11 @@ def test_a_dry_run_on_an_empty_tenant_plans_the_writes_a_real_run_makes_in_its_o
     real = azure.run("register-app", *APP_ARGS)
     assert real.code == 0, real.err
     assert planned_writes(dry) == planned_writes(real), (planned_writes(dry), planned_writes(real))
+    client_id = settings(azure)["OIDC_CLIENT_ID"]
+    assert [c.split(" --only")[0].replace(client_id, "<client id>") for c in real.commands
+            if c.startswith(("ad app show", "ad sp show"))] == [
+        c.split(" --only")[0].replace("'", "") for c in re.findall(r"^would run: az (ad (?:app|sp) show.*)$", dry.out,
+                                                                   re.MULTILINE)], "and its reads"
     summary = dry.out[dry.out.index("Would create:"):].replace("Would create:", "Created:").replace(
         "Would change:", "Changed:")
     assert summary.strip() == real.out[real.out.index("Created:"):].strip(), (summary, real.out)
