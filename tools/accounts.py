@@ -8,9 +8,10 @@
     portal-sso accounts disable|enable|unlink|remove EMAIL --kind user|agent
     portal-sso accounts remove --stored-key KEY --kind user|agent   # a row `check` listed
 
-Storage comes from the settings the app reads: the process environment, else the project's
-`local.settings.json` Values (the file `make run` leaves): TABLES_CONNECTION_STRING, or TABLES_ENDPOINT
-with DefaultAzureCredential (`az login` on a workstation). `--endpoint` overrides them. A connection
+Storage comes from the settings the app reads: TABLES_CONNECTION_STRING, or TABLES_ENDPOINT with
+DefaultAzureCredential (`az login` on a workstation), from the process environment when it sets either,
+else from the project's `local.settings.json` Values (the file `make run` leaves). `--endpoint` overrides
+them. add and import name the Table Storage they wrote to (its endpoint, never a key or SAS). A connection
 string holding a key is never taken from the command line (it would stay in shell history and be
 visible to every process on the machine).
 
@@ -31,10 +32,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 import requests
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.core.pipeline.transport import RequestsTransport
+from azure.core.utils import parse_connection_string
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -61,6 +64,8 @@ from shared.tables import ACCOUNTS_TABLE, SCIM_USERS_TABLE, Tables
 
 from .arguments import whole_number
 
+STORAGE_SETTINGS = ("TABLES_CONNECTION_STRING", "TABLES_ENDPOINT")
+AZURITE_TABLES = "http://127.0.0.1:10002/devstoreaccount1"  # what UseDevelopmentStorage=true names
 EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_REFUSED = 0, 1, 2, 3
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `make run` leaves local.settings.json
 COLUMNS = ("email", "kind", "account_id", "name", "enabled")
@@ -81,8 +86,9 @@ class _Parser(argparse.ArgumentParser):
 
 def storage_settings(args: argparse.Namespace, environ: Mapping[str, str], app_dir: Path
                      ) -> tuple[str | None, str | None]:
-    """(connection string, endpoint): --connection-string or --endpoint, else the app's settings (the
-    environment wins over app_dir's local.settings.json, as in `func start`). Raises
+    """(connection string, endpoint): --connection-string or --endpoint, else the app's settings: the
+    environment's when it gives either, else app_dir's local.settings.json's (the file `make run` leaves;
+    neither is taken from one and the other from the other). Raises
     ConfigurationError for one the app would refuse (said by the app's rules, never quoting it)."""
     if args.connection_string:
         if _holds_secret(args.connection_string):
@@ -98,7 +104,10 @@ def storage_settings(args: argparse.Namespace, environ: Mapping[str, str], app_d
     from tools.local_settings import load_local_settings
 
     env = dict(environ)
-    load_local_settings(app_dir, env)
+    # One choice, not two settings: the environment's when it gives either (its TABLES_ENDPOINT with the
+    # file's connection string, make run's Azurite, would write there), else the file's.
+    if not any(env.get(name) for name in STORAGE_SETTINGS):  # unset or empty, as load_local_settings fills
+        load_local_settings(app_dir, env)
     cs = env.get("TABLES_CONNECTION_STRING", "").strip() or None
     endpoint = env.get("TABLES_ENDPOINT", "").strip() or None
     if not cs and not endpoint:
@@ -107,6 +116,21 @@ def storage_settings(args: argparse.Namespace, environ: Mapping[str, str], app_d
                                   "--endpoint."])
     _check({"TABLES_CONNECTION_STRING": cs or "", "TABLES_ENDPOINT": endpoint or ""})
     return cs, endpoint
+
+
+def storage_named(connection_string: str | None, endpoint: str | None) -> str:
+    """The Table Storage these settings reach, for the output: its table endpoint, never a key or SAS."""
+    if connection_string is None:
+        url = endpoint or ""
+    elif connection_string.strip().lower() == "usedevelopmentstorage=true":
+        url = AZURITE_TABLES
+    else:  # already checked (storage_problems), so it parses
+        parts = parse_connection_string(connection_string, case_sensitive_keys=False)
+        table = parts.get("tableendpoint")
+        scheme, suffix = parts.get("defaultendpointsprotocol", "https").lower(), parts.get("endpointsuffix")
+        url = table or f"{scheme}://{parts.get('accountname')}.table.{suffix or 'core.windows.net'}"
+    found = urlsplit(url if "://" in url else f"https://{url}")
+    return f"Table Storage {printable(f'{found.scheme}://{found.netloc}{found.path}'.rstrip('/'))}"
 
 
 def _check(settings: dict[str, str], flag: str = "") -> None:
@@ -278,8 +302,10 @@ class ProgressBar:
 
 
 def _store(args: argparse.Namespace) -> AccountStore:
-    return connect(*storage_settings(args, args.environ, args.app_dir),
-                   workers=args.workers if hasattr(args, "workers") else WORKERS)
+    """The account store the settings name; args.storage says which (for what add and import print)."""
+    settings = storage_settings(args, args.environ, args.app_dir)
+    args.storage = storage_named(*settings)
+    return connect(*settings, workers=args.workers if hasattr(args, "workers") else WORKERS)
 
 
 def _fail(message: str) -> int:
@@ -306,7 +332,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         raise
     said += " (disabled)" if args.disabled else ""
     if before is None:
-        print(f"added {said}")
+        print(f"added {said} in {args.storage}")
         return EXIT_OK
     # A forced re-point is said whether or not directory sync manages the row: it changes who signs in.
     repointed = (f": it was {printable(before.account_id)}; {printable(before.linked_idp_subject)}, who is linked "
@@ -316,7 +342,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         state = "disabled as asked" if args.disabled else "enabled" if before.enabled else \
             f"kept disabled: {_enable_advice(canonical, args.kind)}"
         managed = f"; directory sync manages it, so its name and enabled state stay Entra's ({state})"
-    print(f"updated {said}{repointed}{managed}")
+    print(f"updated {said}{repointed}{managed} in {args.storage}")
     return EXIT_OK
 
 
@@ -366,7 +392,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     refused = {id(row) for row, _ in result.refused}
     written = [row for row in rows if id(row) not in refused]
     kinds = {kind: sum(1 for r in written if r.kind == kind) for kind in KINDS}
-    print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) in {elapsed:.1f} s")
+    print(f"imported {result.written} accounts ({kinds['user']} user, {kinds['agent']} agent) into {args.storage} "
+          f"in {elapsed:.1f} s")
     _say_managed(written, stored)
     _say_unwritten(result)
     if result.refused:

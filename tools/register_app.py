@@ -19,7 +19,8 @@ The registration: single tenant; Web redirect URIs for users and agents (callbac
 built from the function app's real host name (or --public-base-url); optional claims from
 infra/optional-claims.json (`email` in ID and access tokens, `xms_edov`, `auth_time`); the app roles of
 infra/app-roles.json (`Portal.User` "User", `Portal.Agent` "Agent", for users and groups, with fixed
-ids); the delegated Microsoft Graph permissions `openid profile email` of infra/api-permissions.json,
+ids, or the ids a registration configured by hand has for those values); the delegated Microsoft Graph
+permissions `openid profile email` of infra/api-permissions.json,
 with tenant-wide admin consent (which needs Privileged Role Administrator, Cloud Application
 Administrator or Application Administrator: without it the run says what to ask an admin for); a
 service principal with user assignment required; a client secret with an end date, appended (never
@@ -29,9 +30,9 @@ as it is made, so a rerun after a failure finds it again; if that write fails, t
 --app-id that adopts it), and PUBLIC_BASE_URL from
 --public-base-url (so it builds the redirect URIs registered), and its identity may
 read the secret (Key Vault Secrets User on that secret alone; on OIDC_CLIENT_CERTIFICATE_NAME's too, when
-set). An app that signs in with a client certificate gets no client secret: a registration new to it
-gets that certificate (appended) before the app moves to it. Idempotent; --dry-run (anywhere on the
-command line) prints every az command and runs none.
+set). An app that signs in with a client certificate gets no client secret: each run gives the registration
+that certificate (appended) when it does not hold it, before the app moves to a registration new to it.
+Idempotent; --dry-run (anywhere on the command line) prints every az command and runs none.
 """
 
 from __future__ import annotations
@@ -141,10 +142,12 @@ def role_ids() -> dict[str, str]:
     return {kind: by_value[value] for kind, value in KIND_ROLES.items()}
 
 
-@functools.cache
-def role_names() -> dict[str, str]:
-    """The app role's id -> its value (Portal.User, Portal.Agent)."""
-    return {role_id: KIND_ROLES[kind] for kind, role_id in role_ids().items()}
+def kind_roles(roles: list | None) -> dict[str, str]:
+    """kind -> the id of its app role among `roles` (Graph's, of a registration or service principal),
+    found by value: a registration configured by hand has Portal.User and Portal.Agent under ids of Entra's
+    choosing; the fixed id where it has none."""
+    by_value = {role.get("value"): role["id"] for role in roles or [] if role.get("id")}
+    return {kind: by_value.get(value, role_ids()[kind]) for kind, value in KIND_ROLES.items()}
 
 
 def new_scim_token() -> str:
@@ -200,6 +203,7 @@ class Registration:
         self.rg, self.app = args.resource_group, args.app
         self.secret_name = SECRET_NAME  # the client secret's Key Vault name, as the app's settings give it
         self.certificate_name: str | None = None  # a client certificate's, when the settings name one
+        self.kind_roles = role_ids()  # kind -> its app role's id on the registration (bring_up_to_date reads it)
         # Key Vault's newest client secret is one of a registration the function app does not use yet
         self.secret_for_another = False
 
@@ -291,10 +295,15 @@ class Registration:
                 state = (f"The function app still uses its previous registration ({replacing['appId']}); the new one "
                          f"is {app['appId']}.")
             raise AzError(f"{err} {state}", err.stderr, rerun=rerun) from err
-        if replacing is not None:
-            print(f"\nThe previous registration ({replacing['appId']}) is no longer the function app's; its people's "
+        # A move ends here whichever run finishes it (--new-registration, or the --app-id rerun of one stopped
+        # partway, which adopts the registration it made): the one the app used before is to delete.
+        previous = replacing
+        if previous is None and recorded not in (None, app["appId"]) and not self.az.dry_run:
+            previous = self.az.show("ad", "app", "show", "--id", recorded)
+        if previous is not None:
+            print(f"\nThe previous registration ({previous['appId']}) is no longer the function app's; its people's "
                   f"roles were given on the new one too. Once sign-in works, delete it: az ad app delete --id "
-                  f"{replacing['appId']}")
+                  f"{previous['appId']}")
 
     def configure(self, app: dict, sp: dict | None, uris: list[str], tenant: str, base: str, vault: str,
                   current: dict[str, str], recorded: str | None) -> None:
@@ -312,14 +321,11 @@ class Registration:
         # An app that signs in with a certificate (OIDC_CLIENT_CERTIFICATE_NAME) reads no client secret: none is
         # made, so no shared secret the admin removed comes back on the registration.
         if self.certificate_name:  # read as the client secret is (docs/operating.md)
-            if client_id != recorded:  # Entra must know the certificate before OIDC_CLIENT_ID names this one
-                self.give_certificate(client_id, vault)
-            elif not self.az.dry_run and self.az.show("keyvault", "secret", "show", "--vault-name", vault, "--name",
-                                                      self.certificate_name, "--query", "id") is None:
-                raise AzError(f"Key Vault {vault} holds no certificate {self.certificate_name} "
-                              "(OIDC_CLIENT_CERTIFICATE_NAME), so the function app cannot sign in: import the "
-                              f"certificate into {vault} (`az keyvault certificate import --vault-name {vault} --name "
-                              f"{self.certificate_name} --file <pfx or pem>`), then run this again.")
+            # On every run, not only for a registration new to the app: a first run records OIDC_CLIENT_ID as
+            # soon as the registration is made, so one stopped before this step leaves a recorded registration
+            # without the certificate (and without a secret: every sign-in invalid_client). Entra must know the
+            # certificate before OIDC_CLIENT_ID names a registration new to the app.
+            self.give_certificate(client_id, vault)
             self.let_the_app_read(vault, self.certificate_name)
         else:
             held = self.credential_ids(client_id)
@@ -340,7 +346,7 @@ class Registration:
         """A registration and its enterprise application, made from Entra's non-gallery application template
         (one app that signs people in over OIDC and that Entra provisions over SCIM; a plain app registration
         is never provisioned); our settings come after, from bring_up_to_date. Returns it and its service
-        principal as Graph reads them (no service principal in a dry run).
+        principal as Graph reads them (in a dry run, stand-ins as the template makes them).
         `record`: OIDC_CLIENT_ID names it at once (the function app has no working registration to lose), and
         `current` says so."""
         made = self.az.write("rest", "--method", "POST", "--uri",
@@ -349,9 +355,7 @@ class Registration:
                              "--body", json.dumps({"displayName": self.args.display_name}),
                              change=("create", f"app registration and enterprise application {self.args.display_name} "
                                                "(Entra's non-gallery template: sign-in and provisioning)"))
-        if made is None:
-            return {"appId": "<client id>"}, None
-        app_id = made["application"]["appId"]
+        app_id = made["application"]["appId"] if made else "<client id>"  # None: a dry run
         if record:
             # Recorded at once, so a rerun after a later step fails (service principal, consent, Key Vault)
             # finds this registration rather than making another. The app had no working registration
@@ -365,6 +369,11 @@ class Registration:
                               f"recorded on the function app, so a plain rerun makes another: {rerun}, which "
                               "adopts it.", err.stderr, rerun=rerun) from err
             current.update(made_settings)
+        if made is None:  # planned as a real run goes on: with the service principal as the template makes it
+            self.az.show("ad", "app", "show", "--id", app_id)  # printed, as once_readable reads them
+            self.az.show("ad", "sp", "show", "--id", app_id)
+            return {"appId": app_id}, {"id": "<service principal id>", "appId": app_id,
+                                       "appRoleAssignmentRequired": True, "tags": [ENTERPRISE_APP_TAG]}
         return self.once_readable(app_id, "run the same command again" if record else
                                   f"run the same command with --app-id {app_id} in place of --new-registration")
 
@@ -400,18 +409,21 @@ class Registration:
         others = [(kind, u) for kind in ("spa", "publicClient") for u in (app.get(kind) or {}).get("redirectUris", [])]
         for kind, uri in others:
             print(f"removing a {kind} redirect URI this script did not make: {uri}")
-        ours = json.loads(APP_ROLES.read_text())
-        ids = {role["id"] for role in ours}
+        # Ours under the id Graph has for the value, if any (Graph refuses two roles of one value: DuplicateValue).
+        self.kind_roles = kind_roles(app.get("appRoles"))
+        ids_by_value = {KIND_ROLES[kind]: role_id for kind, role_id in self.kind_roles.items()}
+        ours = [{**role, "id": ids_by_value[role["value"]]} for role in json.loads(APP_ROLES.read_text())]
+        ids, values = {role["id"] for role in ours}, set(ids_by_value)
         # Every other role stays as Graph has it: a registration made from the non-gallery template comes
         # with two enabled ones (User, msiam_access), and Graph refuses to drop an enabled role
         # (CannotDeleteOrUpdateEnabledEntitlement). Neither gives a portal role: admission needs ours.
         kept = [{k: v for k, v in role.items() if k != "origin"} for role in app.get("appRoles") or []
-                if role.get("id") not in ids]
+                if role.get("id") not in ids and role.get("value") not in values]
         differs = {
             "redirect URIs": sorted(existing) != sorted(wanted) or bool(others),
-            "optional claims": differs_from(app.get("optionalClaims"), OPTIONAL_CLAIMS),
-            "app roles": differs_from([r for r in app.get("appRoles") or [] if r.get("id") in ids], APP_ROLES),
-            "API permissions": differs_from(app.get("requiredResourceAccess"), API_PERMISSIONS),
+            "optional claims": differs_from(app.get("optionalClaims"), json.loads(OPTIONAL_CLAIMS.read_text())),
+            "app roles": differs_from([r for r in app.get("appRoles") or [] if r.get("id") in ids], ours),
+            "API permissions": differs_from(app.get("requiredResourceAccess"), json.loads(API_PERMISSIONS.read_text())),
             "sign-in audience": app.get("signInAudience") != SIGN_IN_AUDIENCE,
         }
         if any(differs.values()):
@@ -484,9 +496,10 @@ class Registration:
                                               name, "--query", "x509ThumbprintHex"), None
         except AzError as err:
             if says(err.stderr, ROLE_PENDING):
-                raise AzError(f"Key Vault refused you the certificate {name} (OIDC_CLIENT_CERTIFICATE_NAME), which "
-                              "the registration needs before the function app moves to it: this needs Key Vault "
-                              "Certificate User (or Certificates Officer) on the vault.", err.stderr) from err
+                raise AzError(f"Key Vault refused you the certificate {name} (OIDC_CLIENT_CERTIFICATE_NAME), whose "
+                              "thumbprint tells whether the registration holds it (each run checks, and adds it when "
+                              "not): this needs Key Vault Certificate User (or Certificates Officer) on the vault.",
+                              err.stderr) from err
             if not says(str(err), NOT_FOUND):
                 raise
             public = self.public_certificate(vault)
@@ -506,8 +519,17 @@ class Registration:
 
     def public_certificate(self, vault: str):
         """The certificate in the Key Vault secret OIDC_CLIENT_CERTIFICATE_NAME names, read as the app reads it."""
-        stored = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name", self.certificate_name,
-                              "--query", "{value: value, contentType: contentType}", quiet=True) or {}
+        try:
+            stored = self.az.read("keyvault", "secret", "show", "--vault-name", vault, "--name",
+                                  self.certificate_name, "--query", "{value: value, contentType: contentType}",
+                                  quiet=True) or {}
+        except AzError as err:
+            if not says(str(err), NOT_FOUND):
+                raise
+            raise AzError(f"Key Vault {vault} holds no certificate {self.certificate_name} "
+                          "(OIDC_CLIENT_CERTIFICATE_NAME), so the function app cannot sign in: import the "
+                          f"certificate into {vault} (`az keyvault certificate import --vault-name {vault} --name "
+                          f"{self.certificate_name} --file <pfx or pem>`), then run this again.", err.stderr) from err
         try:
             return client_certificate(SecretValue(stored.get("value") or "", None, None, self.certificate_name,
                                                   stored.get("contentType")))[1]
@@ -608,36 +630,37 @@ class Registration:
         _, _, settings = self.function_app()
         app = self.find_app(settings)
         sp = self.ensure_service_principal(app["appId"])
-        role = role_ids()[self.args.kind]
+        role = kind_roles(app.get("appRoles"))[self.args.kind]
         assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(self.assignments_uri(sp))}
         principals = [("user", u, ("ad", "user", "show", "--id", u)) for u in self.args.user or []] + \
             [("group", g, ("ad", "group", "show", "--group", g)) for g in self.args.group or []]
         for kind, name, show in principals:
             principal = self.az.read(*show, "--query", "id") or f"<{kind} id>"
             if (principal, role) not in assigned:
-                self.give_role(sp, principal, role, f"{kind} {name}")
+                self.give_role(sp, principal, role, self.args.kind, f"{kind} {name}")
 
     def carry_assignments(self, previous_app_id: str, sp: dict) -> None:
         """The people and groups that hold a portal role on the registration the function app used before
-        get it on this one (the roles' ids are fixed, so they are the same roles)."""
+        get it on this one: the role of the same value (the ids differ where either was configured by hand)."""
         previous = self.az.show("ad", "sp", "show", "--id", previous_app_id)
         if previous is None:
             return
-        ours = role_names()
+        kinds = {role_id: kind for kind, role_id in kind_roles(previous.get("appRoles")).items()}
         assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(self.assignments_uri(sp))}
         for held in self.graph_list(self.assignments_uri(previous)):
-            who, role = held.get("principalId"), held.get("appRoleId")
-            if role in ours and (who, role) not in assigned:
-                kind = str(held.get("principalType") or "principal").lower()
+            who, kind = held.get("principalId"), kinds.get(held.get("appRoleId"))
+            if kind and (who, self.kind_roles[kind]) not in assigned:
+                principal = str(held.get("principalType") or "principal").lower()
                 name = held.get("principalDisplayName") or who
-                self.give_role(sp, who, role, f"{kind} {name} (as on {previous_app_id})")
+                self.give_role(sp, who, self.kind_roles[kind], kind, f"{principal} {name} (as on {previous_app_id})")
 
     def assignments_uri(self, sp: dict) -> str:
         return f"{GRAPH}/servicePrincipals/{sp['id']}/appRoleAssignedTo"
 
-    def give_role(self, sp: dict, principal: str, role: str, who: str) -> None:
-        """The app role `role` for `principal` (a user or group) on the service principal."""
-        role_name = role_names()[role]
+    def give_role(self, sp: dict, principal: str, role: str, kind: str, who: str) -> None:
+        """The app role `role` (the kind's, by its id on this registration) for `principal` (a user or group)
+        on the service principal."""
+        role_name = KIND_ROLES[kind]
         body = json.dumps({"principalId": principal, "resourceId": sp["id"], "appRoleId": role})
         try:
             self.az.write("rest", "--method", "POST", "--uri", self.assignments_uri(sp),
@@ -844,9 +867,8 @@ def stopped_rotation(tokens: list[str], tags: dict | None) -> bool:
     return len(tokens) == 2 and not any((tags or {}).get(tag) for tag in SYNCED_TAGS)
 
 
-def differs_from(graphs, ours: Path) -> bool:
-    """Whether what Graph answers differs from our file in what the file sets, in any order."""
-    wanted = json.loads(ours.read_text())
+def differs_from(graphs, wanted) -> bool:
+    """Whether what Graph answers differs from what we want (our file's JSON) in what that sets, in any order."""
     return comparable(what_we_set(graphs, wanted)) != comparable(wanted)
 
 

@@ -432,7 +432,7 @@ def handle(args: list[str], state: dict, file_content: str | None):
         if opt(args, "--id") == GRAPH_APP_ID:
             return {"id": GRAPH_SP, "appId": GRAPH_APP_ID}
         replicating(state, "sps", opt(args, "--id"))
-        return resource(state, "sps", opt(args, "--id"))
+        return with_app_roles(state, resource(state, "sps", opt(args, "--id")))
     if words.startswith("ad sp create"):
         if opt(args, "--id") in state.get("sps", {}):  # Graph: one service principal per application
             graph_refuses("Bad Request", "Request_MultipleObjectsWithSameKeyValue",
@@ -558,6 +558,14 @@ ENABLED_ROLE_DROPPED = ("ERROR: Bad Request({\"error\":{\"code\":\"CannotDeleteO
                         "first.\"}})")
 
 
+# Graph's answer to a PATCH whose app roles share a value (or an id): microsoftgraph/microsoft-graph-docs#21667.
+DUPLICATE_VALUE = ("Bad Request({\"error\":{\"code\":\"DuplicateValue\",\"message\":\"Request contains a "
+                   "property with duplicate values.\",\"details\":[{\"code\":\"DuplicateValue\",\"message\":"
+                   "\"Request contains a property with duplicate values.\",\"target\":\"appRoles\"}]}})")
+# Graph's 400 for an assignment of an app role the resource's application does not define.
+ROLE_NOT_FOUND = "Permission being assigned was not found on application"
+
+
 def instantiate(state: dict, template: str, body: str) -> dict:
     """POST /applicationTemplates/{id}/instantiate: an application and its service principal at once, answered
     as Graph v1.0's applicationServicePrincipal ({"application": ..., "servicePrincipal": ...}). The shapes are
@@ -629,6 +637,9 @@ def update_app(app: dict, args: list[str]) -> None:
     if "--app-roles" in args:
         roles = json.load(open(opt(args, "--app-roles")[1:]))
         given = {role["id"]: role for role in roles}
+        named = [role["value"] for role in roles if role.get("value") is not None]  # the template's have none
+        if len(named) != len(set(named)) or len(given) != len(roles):
+            raise Refused(DUPLICATE_VALUE)
         if any(role.get("isEnabled") and role["id"] not in given for role in app.get("appRoles") or []):
             raise Refused(ENABLED_ROLE_DROPPED)
         app["appRoles"] = roles
@@ -660,6 +671,10 @@ def graph(state: dict, method: str, uri: str, body: str | None):
         assigned = state.setdefault("assignments", {}).setdefault(sp_id, [])
         if method == "POST":
             wanted = json.loads(body)
+            defined = {r["id"] for r in with_app_roles(state, next(
+                s for s in state.get("sps", {}).values() if s["id"] == sp_id))["appRoles"]}
+            if wanted["appRoleId"] not in defined:
+                graph_refuses("Bad Request", "Request_BadRequest", f"{ROLE_NOT_FOUND} '{sp_id}'.")
             if any((a["principalId"], a["appRoleId"]) == (wanted["principalId"], wanted["appRoleId"])
                    for a in assigned):  # listed or not yet
                 graph_refuses("Bad Request", "Request_BadRequest", ASSIGNED_ALREADY)
@@ -698,6 +713,12 @@ def graph(state: dict, method: str, uri: str, body: str | None):
         job["schedule"]["state"] = "Active"
         return None
     raise SystemExit(f"fake az: unknown Graph call {method} {uri}")
+
+
+def with_app_roles(state: dict, sp: dict) -> dict:
+    """A service principal as Graph answers it: with its application's app roles (servicePrincipal.appRoles)."""
+    app = state.get("apps", {}).get(sp.get("appId")) or {}  # none: another app's (a CI identity's)
+    return {**sp, "appRoles": [{**role, "origin": "Application"} for role in app.get("appRoles") or []]}
 
 
 def graph_page(uri: str, items: list) -> dict:

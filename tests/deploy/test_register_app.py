@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
+import re
+import shlex
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -46,7 +49,7 @@ from cryptography.x509.oid import NameOID
 
 from shared.aadsts import hint_for
 from tests.deploy.fake_az import GRAPH_SP, ME, NON_GALLERY_TEMPLATE, SECRET, TEMPLATE_ROLES
-from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure
+from tests.deploy.fake_azure import APP_ARGS, DEPLOY_ARGS, FakeAzure, Result
 from tools.azure_cli import explain
 from tools.deploy import names
 from tools.register_app import role_ids
@@ -319,6 +322,43 @@ def test_issued_secret_end_date_is_in_the_future(azure):
     assert timedelta(days=150) < end - datetime.now(UTC) < timedelta(days=200)
 
 
+HAND_MADE_ROLES = {"Portal.User": "hand-made-user-role-id", "Portal.Agent": "hand-made-agent-role-id"}
+
+
+def test_a_registration_configured_by_hand_keeps_one_role_per_value_and_its_people(azure):
+    """The hunt's case: made by hand as the setup page says (Portal.User and Portal.Agent, enabled, ids of
+    Entra's choosing), adopted with --app-id: the PATCH sent ours beside them, two roles per value, which Graph
+    refuses (DuplicateValue), and the enabled ones cannot be dropped either. Our roles are matched by value
+    too: Graph's ids stay, so the people assigned by hand keep their roles, and assign and a move use them."""
+    plant_app(azure, "by-hand-app-id", owner=ME["id"])
+    state = azure.state
+    state["apps"]["by-hand-app-id"]["appRoles"] = [
+        {"allowedMemberTypes": ["User"], "description": value, "displayName": value, "id": role_id,
+         "isEnabled": True, "value": value} for value, role_id in HAND_MADE_ROLES.items()]
+    state.setdefault("sps", {})["by-hand-app-id"] = {"id": "sp-by-hand-app-id", "appId": "by-hand-app-id",
+                                                     "applicationTemplateId": None, "appRoleAssignmentRequired": True,
+                                                     "tags": ["WindowsAzureActiveDirectoryIntegratedApp"]}
+    state.setdefault("assignments", {})["sp-by-hand-app-id"] = [
+        {"id": "by-hand", "principalId": "object-of-bo@contoso.test", "principalType": "User",
+         "principalDisplayName": "Bo", "appRoleId": HAND_MADE_ROLES["Portal.User"]}]
+    azure.state = state
+    adopted = azure.run("register-app", *APP_ARGS, "--app-id", "by-hand-app-id")
+    assert adopted.code == 0, adopted.err
+    roles = azure.state["apps"]["by-hand-app-id"]["appRoles"]
+    assert sorted((r["value"], r["id"]) for r in roles) == sorted(HAND_MADE_ROLES.items()), "one per value, Graph's id"
+    assert {r["displayName"] for r in roles} == {"User", "Agent"}, "given our settings"
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
+    assert assign(azure, "--user", "ann@contoso.test", kind="agent").code == 0
+    assert ("object-of-ann@contoso.test", HAND_MADE_ROLES["Portal.Agent"]) in {
+        (a["principalId"], a["appRoleId"]) for a in azure.state["assignments"]["sp-by-hand-app-id"]}
+    moved = azure.run("register-app", *APP_ARGS, "--new-registration")
+    assert moved.code == 0, moved.err
+    new = settings(azure)["OIDC_CLIENT_ID"]
+    assert {(a["principalId"], a["appRoleId"]) for a in azure.state["assignments"][f"sp-{new}"]} == {
+        ("object-of-bo@contoso.test", role_ids()["user"]), ("object-of-ann@contoso.test", role_ids()["agent"])}, \
+        "each person keeps the kind they had, as the new registration's role"
+
+
 # -- a registration Entra provisions ----------------------------------------------------------------
 
 def test_a_new_registration_is_an_enterprise_app_made_from_entras_non_gallery_template(azure):
@@ -356,6 +396,43 @@ def test_a_new_registration_graph_cannot_read_yet_is_waited_for_not_made_twice(a
     (app,) = azure.state["apps"].values()
     assert list(azure.state["sps"]) == [app["appId"]] and settings(azure)["OIDC_CLIENT_ID"] == app["appId"]
     assert sorted(app["web"]["redirectUris"]) == OURS
+
+
+def planned_writes(result) -> list[tuple[str, ...]]:
+    """The writes a dry run prints ("would run: az ..."), or a real run made, each as its command words
+    (for `az rest`: its method and the last segment of its URI's path), in order."""
+    if result.calls:
+        runs = [c["argv"] for c in result.calls]
+    else:
+        runs = [shlex.split(line) for line in re.findall(r"^would run: az (.*)$", result.out, re.MULTILINE)]
+    writes = Result(0, "", "", [{"argv": argv} for argv in runs]).mutations
+    keys = []
+    for argv in (write.split() for write in writes):  # the words up to the first option, --method, --uri
+        words = tuple(itertools.takewhile(lambda word: not word.startswith("-"), argv))
+        if words == ("rest",):
+            words += (argv[argv.index("--method") + 1], argv[argv.index("--uri") + 1].split("?")[0].rsplit("/", 1)[1])
+        keys.append(words)
+    return keys
+
+
+def test_a_dry_run_on_an_empty_tenant_plans_the_writes_a_real_run_makes_in_its_order(azure):
+    """README: --dry-run "prints every command a run on an empty subscription would issue". For a new
+    registration it planned a service principal to create and two updates of it, which the template's
+    instantiate makes as they should be (a real run issues none), and OIDC_CLIENT_ID last, where a real run
+    writes it right after the instantiate."""
+    dry = azure.run("register-app", *APP_ARGS, "--dry-run")
+    assert dry.code == 0 and dry.calls == [], dry.err
+    real = azure.run("register-app", *APP_ARGS)
+    assert real.code == 0, real.err
+    assert planned_writes(dry) == planned_writes(real), (planned_writes(dry), planned_writes(real))
+    client_id = settings(azure)["OIDC_CLIENT_ID"]
+    assert [c.split(" --only")[0].replace(client_id, "<client id>") for c in real.commands
+            if c.startswith(("ad app show", "ad sp show"))] == [
+        c.split(" --only")[0].replace("'", "") for c in re.findall(r"^would run: az (ad (?:app|sp) show.*)$", dry.out,
+                                                                   re.MULTILINE)], "and its reads"
+    summary = dry.out[dry.out.index("Would create:"):].replace("Would create:", "Created:").replace(
+        "Would change:", "Changed:")
+    assert summary.strip() == real.out[real.out.index("Created:"):].strip(), (summary, real.out)
 
 
 def adopt_plain_registration(azure: FakeAzure) -> str:
@@ -439,6 +516,10 @@ def test_a_move_that_stops_partway_names_the_rerun_that_carries_on(azure, stoppe
     assert rerun.code == 0, rerun.err
     assert settings(azure)["OIDC_CLIENT_ID"] == new and len(azure.state["apps"]) == 2
     assert len(azure.state["apps"][new]["credentials"]) == 1
+    # README: the move "then prints the `az ad app delete` that removes the old one" (the rerun's --app-id
+    # printed nothing: the hunt's case)
+    assert "az ad app delete --id plain-app-id" in rerun.out, rerun.out
+    assert "az ad app delete" not in azure.run("register-app", *APP_ARGS).out, "once moved, no more"
 
 
 def test_new_registration_is_only_for_making_one(azure):
@@ -549,6 +630,50 @@ def test_an_adopted_registration_that_holds_the_certificate_already_is_not_given
     assert not [c for c in adopted.commands if c.startswith("ad app credential reset")], adopted.commands
     assert [c["customKeyIdentifier"] for c in azure.state["apps"]["owned-app-id"]["keyCredentials"]] == [thumbprint]
     assert settings(azure)["OIDC_CLIENT_ID"] == "owned-app-id"
+
+
+CERTIFICATE_STOPS = {  # where a certificate app's first run stops after OIDC_CLIENT_ID names the registration
+    "certificate-refused": ("keyvault certificate show", "(Forbidden) Caller is not authorized to perform action on "
+                                                         "resource. Code: ForbiddenByRbac"),
+    "graph-unavailable": ("ad app update", "(ServiceUnavailable) Service Unavailable")}
+
+
+@pytest.mark.parametrize("stopped_at", list(CERTIFICATE_STOPS))
+def test_a_certificate_apps_first_run_stopped_partway_gives_the_registration_its_certificate_on_the_rerun(
+        azure, stopped_at):
+    """The hunt's case: the first run records OIDC_CLIENT_ID as soon as the registration is made, and the
+    certificate was added only to a registration the app did not record, so after a stop (Key Vault refusing
+    the certificate without Key Vault Certificate User, or Graph's 503) the rerun took the registration for one
+    that had it: exit 0, no certificate and no client secret on it, every sign-in invalid_client."""
+    thumbprint = sign_in_with_a_certificate(azure, as_certificate=True)
+    azure.state = {**azure.state, "refuse": dict([CERTIFICATE_STOPS[stopped_at]])}
+    failed = azure.run("register-app", *APP_ARGS)
+    assert failed.code != 0
+    if stopped_at == "certificate-refused":
+        assert "Key Vault Certificate User" in failed.err, failed.err
+    (made,) = azure.state["apps"]
+    assert settings(azure)["OIDC_CLIENT_ID"] == made, "recorded at once, so the rerun finds it"
+    azure.state = {**azure.state, "refuse": {}}
+    rerun = azure.run("register-app", *APP_ARGS)
+    assert rerun.code == 0, rerun.err
+    assert [c["customKeyIdentifier"] for c in azure.state["apps"][made]["keyCredentials"]] == [thumbprint], \
+        "the registration the app signs in with holds its certificate"
+    assert azure.state["apps"][made]["credentials"] == [], "and no client secret"
+    assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
+
+
+def test_a_certificate_app_whose_registration_lost_its_certificate_gets_it_back(azure):
+    """Removed in the portal (or never added, as above): a rerun appends it again, once."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    thumbprint = sign_in_with_a_certificate(azure, as_certificate=False)
+    state = azure.state
+    (app,) = state["apps"].values()
+    app["keyCredentials"] = []
+    azure.state = state
+    rerun = azure.run("register-app", *APP_ARGS)
+    assert rerun.code == 0, rerun.err
+    (app,) = azure.state["apps"].values()
+    assert [c["customKeyIdentifier"] for c in app["keyCredentials"]] == [thumbprint]
 
 
 # -- a run that stopped partway, run again ------------------------------------------------------------

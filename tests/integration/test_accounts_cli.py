@@ -239,6 +239,60 @@ def test_the_settings_file_is_read_by_default_and_the_environment_wins(cs, tag, 
     assert accounts.PROJECT_ROOT == REPO, "by default the project root's file: the one `make run` leaves"
 
 
+class _Token:
+    """A credential for a loopback endpoint where nothing listens (DefaultAzureCredential would ask Azure)."""
+
+    def get_token(self, *scopes, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        return AccessToken("not-a-real-token", int(time.time()) + 3600)
+
+
+def test_an_environment_endpoint_is_not_overridden_by_the_files_connection_string(cs, tag, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """The hunt's case: after `make run` (its local.settings.json holds Azurite's connection string), an admin
+    points the CLI at the deployed storage with TABLES_ENDPOINT in the environment: the file's connection
+    string still won, so Ann was written to Azurite ("added ...", naming no storage) and signed in nowhere."""
+    (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": False, "Values": {
+        "TABLES_CONNECTION_STRING": cs}}), encoding="utf-8")
+    monkeypatch.setattr(accounts, "_default_credential", _Token)
+    elsewhere = "https://127.0.0.1:1/devstoreaccount1"  # nothing listens: the run must go there, not to Azurite
+    email = f"ann.{tag}@contoso.test"
+    code = accounts.main(["add", email, "--kind", "user", "--account-id", "U-E"],
+                         environ={"TABLES_ENDPOINT": elsewhere}, app_dir=tmp_path)
+    assert code == 2, capsys.readouterr()
+    assert accounts.connect(cs, None).get(email, "user") is None, "nothing written to the file's Azurite"
+    parsed = accounts.build_parser().parse_args(["list"])
+    assert accounts.storage_settings(parsed, {"TABLES_ENDPOINT": elsewhere}, tmp_path) == (None, elsewhere)
+    (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": False, "Values": {
+        "TABLES_ENDPOINT": elsewhere}}), encoding="utf-8")
+    assert accounts.storage_settings(parsed, {"TABLES_CONNECTION_STRING": cs}, tmp_path) == (cs, None), \
+        "the environment's connection string, without the file's endpoint"
+    assert accounts.storage_settings(parsed, {"TABLES_ENDPOINT": ""}, tmp_path) == (None, elsewhere), \
+        "an empty one is none (Core Tools fills unset or empty ones from the file)"
+
+
+def test_add_and_import_name_the_storage_they_wrote_to_and_never_its_key(cs, tag, tmp_path, capsys):
+    key = cs.split("AccountKey=")[1].split(";")[0]
+    table_endpoint = cs.split("TableEndpoint=")[1].split(";")[0]
+    assert run(cs, "add", f"named.{tag}@contoso.test", "--kind", "user", "--account-id", f"U-N.{tag}") == 0
+    csv_file = _write(tmp_path / "named.csv", ["email,kind,account_id", f"named2.{tag}@contoso.test,agent,A-N.{tag}"])
+    assert run(cs, "import", str(csv_file)) == 0
+    added, imported = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("added", "imported"))]
+    for said in (added, imported):
+        assert f"Table Storage {table_endpoint}" in said, said
+    assert accounts.storage_named(None, "https://x.table.core.windows.net/") == "Table Storage https://x.table.core.windows.net"
+    for hidden in (cs, f"{cs.rstrip(';')};SharedAccessSignature=sv=2024&sig=s3cret"):
+        assert key not in accounts.storage_named(hidden, None) and "s3cret" not in accounts.storage_named(hidden, None)
+    assert accounts.storage_named("UseDevelopmentStorage=true", None) == \
+        "Table Storage http://127.0.0.1:10002/devstoreaccount1"
+    assert accounts.storage_named("AccountName=st;AccountKey=a2V5;EndpointSuffix=core.chinacloudapi.cn", None) == \
+        "Table Storage https://st.table.core.chinacloudapi.cn"
+    assert accounts.storage_named("TableEndpoint=https://st.table.core.windows.net/?sv=1&sig=s3cret;"
+                                  "SharedAccessSignature=sv=1&sig=s3cret", None) == \
+        "Table Storage https://st.table.core.windows.net"
+
+
 def test_a_wrong_key_is_refused_not_unreachable(azurite, capsys):
     wrong = azurite.connection_string.replace(azurite.connection_string.split("AccountKey=")[1].split(";")[0],
                                               new_account_key())
