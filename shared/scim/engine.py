@@ -23,7 +23,7 @@ from scim2_server.responses import ScimResponse
 from scim2_server.service import ScimService
 
 from . import resources
-from .resources import IGNORED_SCHEMAS, POLICY, comparison_key, ignored_schema, member
+from .resources import POLICY, comparison_key, ignored_schema, member
 from .store import Raced, TableScimStorage
 
 # A write that lost a race with another write to the same person starts over, after a short random
@@ -171,7 +171,7 @@ def _selected_removal(op, state):
 
 _MESSAGE_SCHEMAS = {"urn:ietf:params:scim:api:messages:2.0:patchop",
                     "urn:ietf:params:scim:api:messages:2.0:searchrequest"}
-_KNOWN_SCHEMAS = {str(resources.User.__schema__).lower(), *IGNORED_SCHEMAS, *_MESSAGE_SCHEMAS}
+_KNOWN_SCHEMAS = {str(resources.User.__schema__).lower(), *_MESSAGE_SCHEMAS}
 
 
 class PortalScimHandler(ScimHandler):
