@@ -168,9 +168,8 @@ class DerivedFromSecret(Generic[T]):
                  fallback: Callable[[T, SecretValue], T | None] | None = None):
         self._secret, self._build, self._also, self._fallback = secret, build, also, fallback
         self._built: tuple[tuple, object, T] | None = None
-        # The (key, also) that could not be built, the secret as last read with it (a re-read giving the
-        # same version again is a new object: read again soon) and what serves meanwhile.
-        self._refused: tuple[tuple, object, SecretValue, T] | None = None
+        # The (key, also) that could not be built and what serves meanwhile.
+        self._refused: tuple[tuple, object, T] | None = None
         self.unusable: Unusable | None = None
         self._lock = threading.Lock()
 
@@ -187,10 +186,9 @@ class DerivedFromSecret(Generic[T]):
             if built is not None and built[:2] == (key, also):
                 return built[2]
             if refused is not None and refused[:2] == (key, also):
-                if refused[2] is not secret:  # re-read, and the same version again: read again soon
-                    self._refused = (key, also, secret, refused[3])
-                    self._secret.due_within(self._secret.STALE_RETRY_SECONDS)
-                return refused[3]
+                # Read again soon: a no-op until a re-read gave the same version again (due at TTL then).
+                self._secret.due_within(self._secret.STALE_RETRY_SECONDS)
+                return refused[2]
             try:
                 value = self._build(secret)
             except ConfigurationError as exc:  # an admin's value; any other error is a bug, never hidden
@@ -201,8 +199,8 @@ class DerivedFromSecret(Generic[T]):
                 if serving is None:
                     self._refused, self.unusable = None, None
                     raise
-                self._refused, self.unusable = (key, also, secret, serving), Unusable(secret.version, exc,
-                                                                                      datetime.now(UTC))
+                self._refused = (key, also, serving)
+                self.unusable = Unusable(secret.version, exc, datetime.now(UTC))
                 log.error("vault.unusable secret=%s version=%s serving the version built before, next read within "
                           "%ds: %s", self._secret.name, secret.version, self._secret.STALE_RETRY_SECONDS, exc)
                 return serving
