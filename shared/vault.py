@@ -184,6 +184,8 @@ class DerivedFromSecret(Generic[T]):
             # credential again (a PKCS#12 certificate) on the next login.
             built, refused = self._built, self._refused
             if built is not None and built[:2] == (key, also):
+                if refused is not None:  # back at the version built (the bad one withdrawn): health green
+                    self._usable(secret)
                 return built[2]
             if refused is not None and refused[:2] == (key, also):
                 # Read again soon: a no-op until a re-read gave the same version again (due at TTL then).
@@ -204,7 +206,11 @@ class DerivedFromSecret(Generic[T]):
                 log.error("vault.unusable secret=%s version=%s serving the version built before, next read within "
                           "%ds: %s", self._secret.name, secret.version, self._secret.STALE_RETRY_SECONDS, exc)
                 return serving
-            if self.unusable is not None:
-                log.info("vault.usable secret=%s version=%s", self._secret.name, secret.version)
-            self._built, self._refused, self.unusable = (key, also, value), None, None
+            self._built = (key, also, value)
+            self._usable(secret)
             return value
+
+    def _usable(self, secret: SecretValue) -> None:
+        if self.unusable is not None:
+            log.info("vault.usable secret=%s version=%s", self._secret.name, secret.version)
+        self._refused, self.unusable = None, None

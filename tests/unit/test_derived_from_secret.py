@@ -105,6 +105,28 @@ def test_the_bad_version_is_re_read_within_the_retry_interval_and_a_fix_heals_it
     assert vault.reads == 6
 
 
+def test_the_secret_back_at_the_version_built_clears_the_unusable_one(t, caplog):
+    """The bad version withdrawn (the vault's newest is the one built again): what serves is the value
+    built for it, so health is no longer red for a version no one reads."""
+    vault, builds = Vault("good"), []
+    value, secret = derived(vault, t, builds)
+    value.get()
+    vault.store("bad one")
+    secret.expire()
+    value.get()
+    assert value.unusable is not None
+    vault.versions.pop()
+    t[0] += RETRY
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="portal_sso"):
+        assert value.get() == "built from good" and vault.reads == 3
+    assert value.unusable is None and builds == ["good", "bad one"], "served as built, not rebuilt"
+    assert [r.getMessage() for r in caplog.records] == ["vault.usable secret=the-secret version=v1"]
+    t[0] += RETRY
+    value.get()
+    assert vault.reads == 3, "back to the secret's own re-read time"
+
+
 def test_a_cold_start_raises_as_before_and_looks_for_a_fix_soon(t):
     vault, builds = Vault("bad from the start"), []
     value, _ = derived(vault, t, builds)
