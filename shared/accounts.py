@@ -78,7 +78,7 @@ def removed_account_ids(stored: object) -> dict[str, list[str]]:
     return {kind: [i for i in ids if isinstance(i, str)] for kind, ids in removed.items() if isinstance(ids, list)}
 
 
-def no_object_ids(stored: object, kind: str) -> str:
+def no_object_id_of(stored: object, kind: str) -> str:
     """The AccountId ACCOUNT_IDS (as a person row holds it) gives NO_OBJECT_ID for `kind`, "" for none."""
     try:
         record = json.loads(stored) if isinstance(stored, str) and stored else {}
@@ -549,7 +549,7 @@ class AccountStore:
                 removed = removed_account_ids(person.get(REMOVED_ACCOUNT_IDS))
                 noted = removed.setdefault(account.kind, [])
                 taken = [i for i in dict.fromkeys((account.account_id,
-                                                   no_object_ids(person.get(ACCOUNT_IDS), account.kind)))
+                                                   no_object_id_of(person.get(ACCOUNT_IDS), account.kind)))
                          if directory_sync_minted(i, account.scim_id, account.kind) and i not in noted]
                 if not taken:
                     return

@@ -168,9 +168,8 @@ class DerivedFromSecret(Generic[T]):
                  fallback: Callable[[T, SecretValue], T | None] | None = None):
         self._secret, self._build, self._also, self._fallback = secret, build, also, fallback
         self._built: tuple[tuple, object, T] | None = None
-        # The (key, also) that could not be built, the secret as last read with it (a re-read giving the
-        # same version again is a new object: read again soon) and what serves meanwhile.
-        self._refused: tuple[tuple, object, SecretValue, T] | None = None
+        # The (key, also) that could not be built and what serves meanwhile.
+        self._refused: tuple[tuple, object, T] | None = None
         self.unusable: Unusable | None = None
         self._lock = threading.Lock()
 
@@ -185,12 +184,13 @@ class DerivedFromSecret(Generic[T]):
             # credential again (a PKCS#12 certificate) on the next login.
             built, refused = self._built, self._refused
             if built is not None and built[:2] == (key, also):
+                if refused is not None:  # back at the version built (the bad one withdrawn): health green
+                    self._usable(secret)
                 return built[2]
             if refused is not None and refused[:2] == (key, also):
-                if refused[2] is not secret:  # re-read, and the same version again: read again soon
-                    self._refused = (key, also, secret, refused[3])
-                    self._secret.due_within(self._secret.STALE_RETRY_SECONDS)
-                return refused[3]
+                # Read again soon: a no-op until a re-read gave the same version again (due at TTL then).
+                self._secret.due_within(self._secret.STALE_RETRY_SECONDS)
+                return refused[2]
             try:
                 value = self._build(secret)
             except ConfigurationError as exc:  # an admin's value; any other error is a bug, never hidden
@@ -201,12 +201,16 @@ class DerivedFromSecret(Generic[T]):
                 if serving is None:
                     self._refused, self.unusable = None, None
                     raise
-                self._refused, self.unusable = (key, also, secret, serving), Unusable(secret.version, exc,
-                                                                                      datetime.now(UTC))
+                self._refused = (key, also, serving)
+                self.unusable = Unusable(secret.version, exc, datetime.now(UTC))
                 log.error("vault.unusable secret=%s version=%s serving the version built before, next read within "
                           "%ds: %s", self._secret.name, secret.version, self._secret.STALE_RETRY_SECONDS, exc)
                 return serving
-            if self.unusable is not None:
-                log.info("vault.usable secret=%s version=%s", self._secret.name, secret.version)
-            self._built, self._refused, self.unusable = (key, also, value), None, None
+            self._built = (key, also, value)
+            self._usable(secret)
             return value
+
+    def _usable(self, secret: SecretValue) -> None:
+        if self.unusable is not None:
+            log.info("vault.usable secret=%s version=%s", self._secret.name, secret.version)
+        self._refused, self.unusable = None, None

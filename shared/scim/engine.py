@@ -23,7 +23,7 @@ from scim2_server.responses import ScimResponse
 from scim2_server.service import ScimService
 
 from . import resources
-from .resources import IGNORED_SCHEMAS, POLICY, comparison_key, ignored_schema, member
+from .resources import POLICY, comparison_key, ignored_schema, member
 from .store import Raced, TableScimStorage
 
 # A write that lost a race with another write to the same person starts over, after a short random
@@ -66,7 +66,12 @@ class PortalScimService(ScimService):
         return super().read_body(model, body, content_type, scim_ctx)
 
     def apply_patch(self, current, patch_op, conditions):
-        return super().apply_patch(current, _selected_removals(current, patch_op), conditions)
+        """The library's (preconditions, then the operations), each Remove naming a plain value
+        applied as what it selects (_patch_with_selected_removals)."""
+        if not any(_plain_removal(op) for op in patch_op.operations or []):
+            return super().apply_patch(current, patch_op, conditions)
+        self.check_preconditions(current, "PATCH", conditions)
+        return current if _patch_with_selected_removals(current, patch_op) else None
 
 
 def _split_filtered_value_keys(payload: dict) -> None:
@@ -119,26 +124,26 @@ def _plain_removal(op) -> bool:
         not isinstance(op.value, dict | list)
 
 
-def _selected_removals(current, patch_op):
-    """The PATCH with each Remove naming a plain value made a Remove of what that value selects, or
-    left out when it selects nothing: the value is compared with the one the person holds after the
-    operations before it (applied to a copy), as the attribute compares values. The value says what
-    goes (RFC 7644 3.5.2.2 removes what a filter matches): a Remove naming a value the person does not
-    hold (a stale one) removes nothing, rather than whatever is there."""
-    operations = patch_op.operations or []
-    named = [i for i, op in enumerate(operations) if _plain_removal(op)]
-    if not named:
-        return patch_op
-    state, kept = current.model_copy(deep=True), []
-    for index, op in enumerate(operations):
-        if index in named:
-            op = _selected_removal(op, state)
-        if op is None:
-            continue
-        kept.append(op)
-        if index < named[-1]:
-            patch_op.model_copy(update={"operations": [op]}).patch(state)
-    return patch_op.model_copy(update={"operations": kept})
+def _patch_with_selected_removals(current, patch_op) -> bool:
+    """Whether the PATCH changed `current`, applied in place with each Remove naming a plain value
+    made a Remove of what that value selects, or left out when it selects nothing: the value is
+    compared with the one the person holds after the operations before it, as the attribute compares
+    values. The value says what goes (RFC 7644 3.5.2.2 removes what a filter matches): a Remove
+    naming a value the person does not hold (a stale one) removes nothing, rather than whatever is
+    there. The operations between two such Removes apply together; one failing leaves `current`
+    part-patched, which the failed request drops with its error (the handler writes nothing)."""
+    changed, run = False, []
+    for op in patch_op.operations or []:
+        if _plain_removal(op):
+            changed = _patched(current, patch_op, run) or changed
+            op, run = _selected_removal(op, current), []
+        if op is not None:
+            run.append(op)
+    return _patched(current, patch_op, run) or changed
+
+
+def _patched(current, patch_op, operations) -> bool:
+    return bool(operations) and patch_op.model_copy(update={"operations": operations}).patch(current)
 
 
 def _selected_removal(op, state):
@@ -171,7 +176,7 @@ def _selected_removal(op, state):
 
 _MESSAGE_SCHEMAS = {"urn:ietf:params:scim:api:messages:2.0:patchop",
                     "urn:ietf:params:scim:api:messages:2.0:searchrequest"}
-_KNOWN_SCHEMAS = {str(resources.User.__schema__).lower(), *IGNORED_SCHEMAS, *_MESSAGE_SCHEMAS}
+_KNOWN_SCHEMAS = {str(resources.User.__schema__).lower(), *_MESSAGE_SCHEMAS}
 
 
 class PortalScimHandler(ScimHandler):

@@ -44,12 +44,11 @@ from .mapping import plain_role
 
 MAX_RESULTS = 200
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
-ENTERPRISE_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-# Schemas a request may name without the portal keeping them (their attributes are dropped).
-IGNORED_SCHEMAS = {ENTERPRISE_SCHEMA.lower()}
-# And any other extension of the User (`urn:ietf:params:scim:schemas:extension:{name}:2.0:User`): the
-# one a custom attribute mapping of a non-gallery app puts in Entra's every POST and PUT ("Provisioning
-# a custom extension attribute to a SCIM compliant application"). Another URN is still refused.
+# The User extensions a request may name without the portal keeping them (their attributes are
+# dropped), `urn:ietf:params:scim:schemas:extension:{name}:2.0:User`: the enterprise one Entra sends,
+# and the one a custom attribute mapping of a non-gallery app puts in Entra's every POST and PUT
+# ("Provisioning a custom extension attribute to a SCIM compliant application"). Another URN is
+# still refused.
 USER_EXTENSION = re.compile(r"urn:ietf:params:scim:schemas:extension:[A-Za-z0-9][\w.-]{0,99}"
                             r"(?::[A-Za-z0-9][\w.-]{0,99}){0,4}:2\.0:User\Z", re.ASCII | re.IGNORECASE)
 
@@ -57,7 +56,7 @@ USER_EXTENSION = re.compile(r"urn:ietf:params:scim:schemas:extension:[A-Za-z0-9]
 def ignored_schema(urn: str) -> bool:
     """A schema a request may name whose attributes the portal drops: the enterprise extension, or
     another extension of the User."""
-    return urn.lower() in IGNORED_SCHEMAS or USER_EXTENSION.match(urn) is not None
+    return USER_EXTENSION.match(urn) is not None
 ROLES_ATTRIBUTE = {"roles", f"{USER_SCHEMA.lower()}:roles"}  # as a key of a User or a PATCH path
 
 

@@ -45,6 +45,7 @@ from scim2_models.path.expressions import CompareOperator, Comparison, LogicalEx
 from scim2_server.storage import ScimStorage, SearchPage
 
 from ..accounts import (
+    ACCOUNT_IDS,
     REMOVED_ACCOUNT_IDS,
     directory_sync_account_id,
     directory_sync_minted,
@@ -97,7 +98,7 @@ def account_ids_of(scim_id: str, row) -> dict[str, dict[str, str]]:
     alone (a 204), so it may name another identity than the accounts'."""
     def plain(kind: str) -> str:
         return directory_sync_account_id(scim_id, kind)
-    stored = row.get("AccountIds")
+    stored = row.get(ACCOUNT_IDS)
     if stored is None or stored == "":
         owner = row.get("MintedFor") or UNREADABLE
         return {kind: {owner: plain(kind)} for kind in KINDS}
@@ -499,7 +500,7 @@ class TableScimStorage(ScimStorage):
         old, would leave them so). The person row's write clears both. The kinds held disabled and the
         AccountIds record (`ids`) are written with them, as they will be after this write."""
         pending = " ".join(k for k in keys if k != (person.row.get("EmailKey") or ""))
-        fields = {"PendingEmailKeys": pending, "DisabledKinds": held, "AccountIds": stored_account_ids(ids),
+        fields = {"PendingEmailKeys": pending, "DisabledKinds": held, ACCOUNT_IDS: stored_account_ids(ids),
                   **({"PendingActive": True} if active_changed else {})}
         try:
             answer = self._users.update_entity({"PartitionKey": PERSON, "RowKey": person.id, **fields},

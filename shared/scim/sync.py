@@ -78,6 +78,11 @@ def removed_by_admin(account_id: str) -> str:
     return f"{REMOVED_BY_ADMIN}:{account_id}"
 
 
+def _taken_by_admin(held: Mapping[str, str], account_id: str | None) -> bool:
+    """Whether one kind's record (`held`) says an admin's `accounts remove` took `account_id`."""
+    return removed_by_admin(account_id) in held
+
+
 @dataclass(frozen=True)
 class _Plan:
     """What AccountSync._plan decided for one kind, from the rows it read."""
@@ -298,7 +303,7 @@ class AccountSync:
         remove` took (REMOVED_BY_ADMIN) is no one's from then on: a row left holding it (a stopped
         move's other copy, a raced write's re-made row, linked by a login since) gives it no one."""
         held = self.account_ids.setdefault(kind, {})
-        if not directory_sync_minted(account_id, scim_id, kind) or removed_by_admin(account_id) in held:
+        if not directory_sync_minted(account_id, scim_id, kind) or _taken_by_admin(held, account_id):
             return
         if holder == NO_OBJECT_ID:
             if account_id not in held.values():
@@ -390,7 +395,7 @@ class AccountSync:
             step, source = "move", rows[live[0]]
         else:
             step, source = ("replace" if leftover else "create"), None
-        if step in ("in_place", "move") and self._removed_by_admin(desired, kind, source):
+        if step in ("in_place", "move") and _taken_by_admin(desired.account_ids.get(kind, {}), source.get("AccountId")):
             # A row of the person's holding an id an admin's `accounts remove` took can only be left over:
             # made again from a record read before the remove (a write racing it), or the other copy of a
             # move that stopped. Linked by a login since or not, never that account again, but a new one.
@@ -398,11 +403,6 @@ class AccountSync:
         found = self._found(rows, desired.scim_id)
         self._refuse_foreign(desired, found)
         return _Plan(kind, rows, ours, found, step, source)
-
-    @staticmethod
-    def _removed_by_admin(desired: Desired, kind: str, row) -> bool:
-        """Whether the record says an admin's `accounts remove` took row's AccountId (REMOVED_BY_ADMIN)."""
-        return desired.account_ids.get(kind, {}).get(removed_by_admin(row.get("AccountId"))) is not None
 
     def _found(self, rows: dict, scim_id: str) -> dict:
         """The person's rows among `rows` that login finds (or, when it finds none, every one of the

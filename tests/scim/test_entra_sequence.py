@@ -312,6 +312,23 @@ def test_a_remove_with_a_value_reads_the_value_the_earlier_operations_left(scim)
     assert scim.get(f"/Users/{scim_id}").json()["name"]["familyName"] == "Moe"
 
 
+def test_a_remove_with_a_value_under_a_stale_if_match_is_412_before_its_value_is_read(scim):
+    """The precondition comes first, as for any PATCH: a stale If-Match is 412 and changes nothing,
+    whether the value names what the person holds or is one the selection refuses (a 400 without
+    If-Match: the value was read first, so a stale writer was told its value was bad)."""
+    scim_id, email = created(scim)
+    before = scim.get(f"/Users/{scim_id}").json()
+    stale = {"If-Match": 'W/"999"'}
+    bad = entra.patch(entra.remove_with_value("emails", float("nan")))  # json.dumps sends NaN
+    assert scim.patch(f"/Users/{scim_id}", bad).status_code == 400
+    for body in (bad, entra.patch(entra.remove_with_value("displayName", before["displayName"]))):
+        response = scim.patch(f"/Users/{scim_id}", body, headers=stale)
+        assert response.status_code == 412, response.text
+    after = scim.get(f"/Users/{scim_id}").json()
+    assert after["displayName"] == before["displayName"] and after["meta"]["version"] == before["meta"]["version"]
+    assert accounts_of(scim, email)["user"].enabled
+
+
 def test_a_remove_with_a_value_on_a_multi_valued_path_removes_only_the_matching_entry(scim):
     scim_id, email = created(scim)
     home = f"{unique('home')}@contoso.test"

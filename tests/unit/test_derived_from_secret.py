@@ -57,6 +57,17 @@ def derived(vault: Vault, t: list[float], builds: list[str], fallback=lambda pre
     return DerivedFromSecret(secret, counted, fallback=fallback), secret
 
 
+def serving_past_a_bad_version(t: list[float]):
+    """"good" built, then a bad version read once: the value built before serves, `unusable` set."""
+    vault, builds = Vault("good"), []
+    value, secret = derived(vault, t, builds)
+    value.get()
+    vault.store("bad one")
+    secret.expire()
+    value.get()
+    return vault, builds, value
+
+
 def test_a_version_that_cannot_be_built_leaves_the_one_built_before_serving_built_and_logged_once(t, caplog):
     vault, builds = Vault("good"), []
     value, secret = derived(vault, t, builds)
@@ -75,12 +86,7 @@ def test_a_version_that_cannot_be_built_leaves_the_one_built_before_serving_buil
 
 
 def test_the_bad_version_is_re_read_within_the_retry_interval_and_a_fix_heals_it(t, caplog):
-    vault, builds = Vault("good"), []
-    value, secret = derived(vault, t, builds)
-    value.get()
-    vault.store("bad one")
-    secret.expire()
-    value.get()
+    vault, builds, value = serving_past_a_bad_version(t)
     assert vault.reads == 2
     t[0] += RETRY - 1
     value.get()
@@ -103,6 +109,23 @@ def test_the_bad_version_is_re_read_within_the_retry_interval_and_a_fix_heals_it
     t[0] += TTL
     value.get()
     assert vault.reads == 6
+
+
+def test_the_secret_back_at_the_version_built_clears_the_unusable_one(t, caplog):
+    """The bad version withdrawn (the vault's newest is the one built again): what serves is the value
+    built for it, so health is no longer red for a version no one reads."""
+    vault, builds, value = serving_past_a_bad_version(t)
+    assert value.unusable is not None
+    vault.versions.pop()
+    t[0] += RETRY
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="portal_sso"):
+        assert value.get() == "built from good" and vault.reads == 3
+    assert value.unusable is None and builds == ["good", "bad one"], "served as built, not rebuilt"
+    assert [r.getMessage() for r in caplog.records] == ["vault.usable secret=the-secret version=v1"]
+    t[0] += RETRY
+    value.get()
+    assert vault.reads == 3, "back to the secret's own re-read time"
 
 
 def test_a_cold_start_raises_as_before_and_looks_for_a_fix_soon(t):
