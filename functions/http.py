@@ -97,24 +97,25 @@ def method_not_allowed_response(method: str, route: str, served: list[str] | tup
     return to_response(reply)
 
 
-ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-
-
-def http_route(bp: func.Blueprint, route: str, methods: list[str], auth_level: func.AuthLevel):
-    """Registers an HTTP function that answers 405 (with Allow) to the methods it does not serve.
-    The trigger takes every method because Azure's host answers 404, not 405, to a known route with
-    a wrong method (azure-functions-host#10098). A route lists HEAD beside GET (RFC 9110 9.1: the
-    same answer without its body, which the host drops) only when a GET changes nothing: a HEAD on
-    the login start would start a login."""
+def http_route(bp: func.Blueprint, route: str, methods: list[str] | None, auth_level: func.AuthLevel):
+    """Registers an HTTP function that answers 405 (with Allow) to the methods it does not serve (None:
+    every method reaches the handler). The trigger names no methods, so Azure's host routes every one
+    to it: with a list, the host answers any other method with an empty 404 of its own, not a 405
+    (azure-functions-host#10098), and a method outside the list (TRACE, PROPFIND) is no route at all.
+    A route lists HEAD beside GET (RFC 9110 9.1: the same answer without its body, which the host
+    drops) only when a GET changes nothing: a HEAD on the login start would start a login."""
 
     def register(handler):
-        @functools.wraps(handler)
-        def function(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-            if req.method.upper() not in methods:
-                return method_not_allowed_response(req.method, route, methods, correlation_id(context))
-            return handler(req, context)
+        if methods is None:
+            function = handler
+        else:
+            @functools.wraps(handler)
+            def function(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+                if req.method.upper() not in methods:
+                    return method_not_allowed_response(req.method, route, methods, correlation_id(context))
+                return handler(req, context)
 
-        function.served_methods = tuple(methods)  # what tools.host lists at start
-        return bp.route(route=route, methods=ALL_METHODS, auth_level=auth_level)(function)
+            function.served_methods = tuple(methods)  # what tools.host lists at start
+        return bp.route(route=route, auth_level=auth_level)(function)
 
     return register

@@ -9,12 +9,12 @@ import azure.functions as func
 from shared.runtime import get_runtime
 from shared.scim.service import ScimHttpRequest, handle
 
-from .http import ALL_METHODS, guarded, http_route
+from .http import guarded, http_route
 
 bp = func.Blueprint()
-# Every method, HEAD and OPTIONS too: the service refuses what it does not serve with a SCIM body, after
-# the bearer check, with its row (and a 404 when directory sync is off), not the app's HTML 405.
-METHODS = ALL_METHODS
+# Every method (None), HEAD, OPTIONS and TRACE too: the service refuses what it does not serve with a SCIM
+# body, after the bearer check, with its row (and a 404 when directory sync is off), not the app's HTML 405.
+METHODS = None
 
 
 def _serve(req: func.HttpRequest, context: func.Context, path: str) -> func.HttpResponse:

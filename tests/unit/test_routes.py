@@ -39,3 +39,13 @@ def test_routes_auth_levels_and_the_timer_are_as_spec_says():
     }, "SPEC's route table: the operator routes need a function key, the sign-in routes none"
     timers = [b for bindings in functions.values() for b in bindings if b["type"] == "timerTrigger"]
     assert len(timers) == 1 and timers[0]["runOnStartup"] is False, "one purge timer, not run on every scale-out"
+
+
+def test_no_http_trigger_names_its_methods_so_azure_routes_every_method_to_the_function():
+    """With a `methods` list Azure's host adds a method constraint to the route: any method outside it
+    (TRACE, PROPFIND, even one the list names by another spelling) matched no route and got the host's
+    own empty 404, no page, no correlation id, no SCIM body or row. Without one, every method reaches
+    the function, which answers 405 itself (functions/http.py http_route)."""
+    triggers = {name: next(b for b in bindings if b["type"] == "httpTrigger") for name, bindings in indexed().items()
+                if any(b["type"] == "httpTrigger" for b in bindings)}
+    assert triggers and {name: t.get("methods") for name, t in triggers.items() if t.get("methods")} == {}
