@@ -34,7 +34,8 @@ def test_every_function_is_indexed_loaded_and_invoked_by_the_python_313_worker(a
         "sso_jwks": ("sso/jwks.json", "ANONYMOUS"),
         "sso_setup": ("sso/setup", "FUNCTION"), "health": ("health", "FUNCTION"),
         "scim_root": ("scim/v2", "ANONYMOUS"), "scim": ("scim/v2/{*path}", "ANONYMOUS")}, functions
-    assert all("GET" in [m.upper() for m in f["methods"]] for f in functions.values() if f["methods"])
+    # no methods as the platform's worker indexes them: Azure's host then routes every method to the function
+    assert [f["methods"] for f in functions.values() if f["trigger"] == "httpTrigger" and f["methods"]] == []
     assert functions["purge_expired_rows"]["trigger"] == "timerTrigger"
     assert functions["purge_expired_rows"]["schedule"] == "0 */15 * * * *"
     assert {f["loaded"] for f in functions.values()} == {"Success"}
