@@ -75,6 +75,8 @@ def test_routes_params_form_headers_and_context(server, session):
     assert {k: data[k] for k in ("kind", "params", "form", "header", "function")} == {
         "kind": "agent", "params": {"x": "1,2"}, "form": {"code": "a b&c"}, "header": "hi", "function": "callback"}
     # ^ a repeated parameter as Azure's host passes it (StringValues joined with commas), not its last value
+    r = session.get(f"{server.url}/api/sso/agent/callback?iss=&code=abc&a=&a=")
+    assert r.json()["params"] == {"code": "abc", "a": ","}, "a parameter with no value is left out, as Azure does"
     assert len(data["invocation_id"]) == 36
     assert data["invocation_id"] != session.get(f"{server.url}/api/sso/agent/callback").json()["invocation_id"]
 

@@ -187,8 +187,10 @@ class FunctionHost:
         binding, user_function, takes_context = _calling(function)
         arguments: dict[str, Any] = {binding: func.HttpRequest(
             method=request.method, url=request.url, headers=dict(request.headers.items()),
-            # As Azure's host passes a repeated parameter: its values joined with commas (StringValues).
-            params={name: ",".join(values) for name, values in request.args.lists()},
+            # As Azure's host passes a repeated parameter: its values joined with commas (StringValues);
+            # and one whose value is empty not at all (ToRpcHttp skips it: the 3.13 worker does not ask
+            # for UseNullableValueDictionaryForHttp), so `?iss=` is no iss in Azure, and so here.
+            params={name: joined for name, values in request.args.lists() if (joined := ",".join(values))},
             route_params=params, body=_body(request))}
         if takes_context:
             arguments["context"] = SimpleNamespace(
