@@ -6,6 +6,7 @@ signed out, a taken name, a vault without RBAC, a missing permission) gets a cle
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -642,3 +643,21 @@ def test_a_secret_name_the_app_would_refuse_stops_register_app_unquoted(given):
         secret_name({"SCIM_TOKEN_NAME": given}, "SCIM_TOKEN_NAME", "scim-token")
     assert "SCIM_TOKEN_NAME" in str(failed.value) and given not in str(failed.value)
     assert secret_name({"SCIM_TOKEN_NAME": "portal-scim"}, "SCIM_TOKEN_NAME", "scim-token") == "portal-scim"
+
+
+@pytest.mark.parametrize("script", ["deploy", "register-app"])
+def test_on_a_clone_without_a_venv_the_script_makes_the_venv_alone_not_the_local_stacks_npm_packages(
+        script, tmp_path):
+    """`make setup` runs `npm ci` for the local stack too: a deploy machine without Node failed the first run."""
+    (tmp_path / "scripts").mkdir()
+    copy = tmp_path / "scripts" / script
+    copy.write_text((ROOT / "scripts" / script).read_text())
+    copy.chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/make-args\nexit 7\n')
+    (bin_dir / "make").chmod(0o755)
+    done = subprocess.run([str(copy), "--help"], env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 7, done.stderr
+    assert (tmp_path / "make-args").read_text().split() == ["-C", str(tmp_path), ".venv/.installed"]
