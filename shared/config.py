@@ -203,10 +203,21 @@ def quoted(value: str, limit: int = 120) -> str:
     return repr(shown[:limit] + ("..." if len(shown) > limit else ""))
 
 
+def azure_hostname(env: Mapping[str, str]) -> str:
+    """WEBSITE_HOSTNAME as Azure sets it (the app's default host name), "" when unset or a loopback one:
+    Core Tools sets it too, to `localhost:7071`, for `func start`, which serves plain http there."""
+    host = env.get("WEBSITE_HOSTNAME", "").strip()
+    try:
+        loopback = urlsplit(f"//{host}").hostname in LOOPBACK_HOSTS
+    except ValueError:  # no host a browser could reach: not Azure's
+        loopback = True
+    return "" if loopback else host
+
+
 def public_base_url(env: Mapping[str, str]) -> str:
     """PUBLIC_BASE_URL, else https://$WEBSITE_HOSTNAME (set by Azure); "" when neither is set."""
     base = env.get("PUBLIC_BASE_URL", "").strip().rstrip("/")
-    host = env.get("WEBSITE_HOSTNAME", "").strip()
+    host = azure_hostname(env)
     return base or (f"https://{host}" if host else "")
 
 

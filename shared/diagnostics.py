@@ -23,6 +23,7 @@ from .config import (
     SETTINGS_TABLE,
     SettingInfo,
     Settings,
+    azure_hostname,
     may_hold_a_credential,
     public_base_url,
     redirect_uri,
@@ -113,7 +114,7 @@ def _persons_own(reason: str, detail: str) -> bool:
 def settings_fix(env: Mapping[str, str]) -> str:
     """How a fixed setting takes effect, which differs: Azure restarts the app when its settings are
     saved; a local host reads local.settings.json once, at start."""
-    if env.get("WEBSITE_INSTANCE_ID") or env.get("WEBSITE_HOSTNAME"):
+    if env.get("WEBSITE_INSTANCE_ID") or azure_hostname(env):
         return ("Correct each setting listed under Settings in the function app's Environment variables; saving "
                 "restarts the app. Then reload this page.")
     return ("Correct each setting listed under Settings in local.settings.json (or the environment), restart the "

@@ -160,6 +160,18 @@ def test_single_tenant_issuer_allows_exactly_its_own_tenant():
     assert not settings.multi_tenant
 
 
+@pytest.mark.parametrize("host", ["localhost:7071", "127.0.0.1:7071", "[::1]:7071", "LOCALHOST"])
+def test_core_tools_loopback_website_hostname_is_not_taken_for_azures(host):
+    """`func start` sets WEBSITE_HOSTNAME=localhost:7071 and serves plain http: it made the redirect URIs
+    https://localhost:7071/..., a port that speaks no TLS, where the missing PUBLIC_BASE_URL is named."""
+    from shared.diagnostics import settings_fix
+
+    text = problems_of(env(PUBLIC_BASE_URL=None, WEBSITE_HOSTNAME=host))
+    assert "PUBLIC_BASE_URL: missing" in text, text
+    assert "local.settings.json" in settings_fix({"WEBSITE_HOSTNAME": host}), "the local fix, not Azure's"
+    assert "Environment variables" in settings_fix({"WEBSITE_HOSTNAME": "myapp.azurewebsites.net"})
+
+
 def test_public_base_url_defaults_to_website_hostname():
     settings = load_settings(env(PUBLIC_BASE_URL=None, WEBSITE_HOSTNAME="myapp.azurewebsites.net"))
     assert settings.public_base_url == "https://myapp.azurewebsites.net", "PUBLIC_BASE_URL from WEBSITE_HOSTNAME"
