@@ -463,7 +463,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     """Every value is printed through `printable`: names and ids come from imports and other tools, and
     a control character in one would drive the operator's terminal."""
     accounts = sorted(_store(args).list(args.kind), key=lambda a: (a.email, a.kind))
-    rows = [(printable(a.email), a.kind, printable(a.account_id), printable(a.display_name), _enabled(a),
+    rows = [(printable(a.email), printable(a.kind), printable(a.account_id), printable(a.display_name), _enabled(a),
              "yes" if a.linked_idp_subject else "no", "yes" if a.provisioned else "no",
              a.last_login_at.strftime("%Y-%m-%d %H:%M UTC") if a.last_login_at else "never")
             for a in accounts]
@@ -486,7 +486,7 @@ CHECK_ADVICE = {
     "key": "no sign-in finds it: add the account under its address, then remove this row with --stored-key",
     "review": "if the directory writes the address with capitals other than A-Z, add it under that address",
     "kind": "no sign-in finds it (a kind is user or agent, lower-case): add the account with its kind, then remove "
-            "this row with --stored-key and --kind as stored",
+            "this row with --stored-key and --kind as this table shows them",
     "no-id": "sign-in refuses it: add it again with its --account-id, or remove it",
     "enabled": "run enable or disable to store a real boolean",
     "moving": "change the account where the `what` column says sign-in finds it; where it finds it at neither "
@@ -505,7 +505,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     rows login does not find because directory sync is moving them, and the account ids two mailboxes
     hold (one scan)."""
     found = sorted(_store(args).key_problems(), key=lambda f: (f[1] in CHECK_NOTES, f[0].key, f[0].kind))
-    rows = [(what, printable(a.key), a.kind, printable(a.account_id), printable(problem)) for a, what, problem in found]
+    rows = [(what, printable(a.key), printable(a.kind), printable(a.account_id), printable(problem))
+            for a, what, problem in found]
     if not rows:
         print("every stored row is found under its address's key")
         return EXIT_OK

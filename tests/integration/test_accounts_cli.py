@@ -482,6 +482,48 @@ def test_check_lists_rows_sign_in_refuses_for_their_kind_or_missing_id_and_remov
     assert "kind 'User' must be user or agent" in err and "--stored-key" in err, err
 
 
+def _shown(out: str, problem: str, account_id: str) -> tuple[str, str]:
+    """(kind column, what column) of `check`'s `problem` line for the row holding `account_id`."""
+    (line,) = [line for line in out.splitlines() if line.startswith(f"{problem} ") and f" {account_id} " in line]
+    _, _, kind, _, what = re.split(r"  +", line.rstrip(), maxsplit=4)
+    return kind, what
+
+
+def test_a_kind_with_invisible_characters_is_shown_escaped_and_typed_back_removes_that_row_not_the_live_one(
+        cs, store, tag, capsys):
+    """Another tool stored a second row at the email whose RowKey is `user` and a zero-width space. `list`
+    and `check` printed that kind raw (it looked like `user`), and check's `what` escaped it twice
+    (`'user\\x5cu200b'`): the kind typed as shown deleted the live account instead."""
+    email, odd = f"zed.{tag}@contoso.test", f"odd.{tag}@contoso.test"
+    assert run(cs, "add", email, "--kind", "user", "--account-id", f"Z-1.{tag}") == 0
+    store._table.upsert_entity({"PartitionKey": email, "RowKey": "user\u200b", "AccountId": f"Z-OLD.{tag}",
+                                "Enabled": True})
+    store._table.upsert_entity({"PartitionKey": odd, "RowKey": "user\u202e\u2028x", "AccountId": f"O-1.{tag}",
+                                "Enabled": "false\u200b"})
+    capsys.readouterr()
+    assert run(cs, "list") == 0
+    listed = capsys.readouterr().out
+    assert not {"\u200b", "\u202e", "\u2028"} & set(listed), "no invisible character reaches the terminal"
+    assert re.search(rf"{re.escape(email)} +user\\u200b +Z-OLD\.{tag}", listed), listed
+    assert re.search(rf"{re.escape(odd)} +user\\u202e\\u2028x +O-1\.{tag} ", listed), listed
+
+    assert run(cs, "check") == 1
+    out = capsys.readouterr().out
+    assert not {"\u200b", "\u202e", "\u2028"} & set(out), out
+    assert not [line for line in out.splitlines() if tag in line and "\\x5c" in line], "escaped once, not twice"
+    kind, what = _shown(out, "kind", f"Z-OLD.{tag}")
+    assert kind == "user\\u200b" and what == f"its kind '{kind}' is not user or agent", (kind, what)
+    odd_kind, odd_what = _shown(out, "kind", f"O-1.{tag}")
+    assert odd_kind == "user\\u202e\\u2028x" and f"its kind '{odd_kind}'" in odd_what, out
+    assert _shown(out, "enabled", f"O-1.{tag}")[1] == "Enabled is 'false\\u200b', not a boolean: counts as disabled"
+
+    assert run(cs, "remove", "--stored-key", email, "--kind", kind) == 0, "the kind as `check` shows it"
+    assert store._table.get_entity(email, "user")["AccountId"] == f"Z-1.{tag}", "the live account stays"
+    assert not list(store._table.query_entities("PartitionKey eq @k and RowKey ne 'user'", parameters={"k": email}))
+    assert run(cs, "remove", "--stored-key", odd, "--kind", odd_kind) == 0
+    assert not list(store._table.query_entities("PartitionKey eq @k", parameters={"k": odd}))
+
+
 def test_a_last_login_at_stored_as_text_is_no_time_and_no_crash(cs, store, tag, capsys):
     """`az storage entity merge LastLoginAt=...` stores a string: every later login of the person was a
     500 (datetime minus str) and `list` a traceback; it counts as no login yet and the next one rewrites it."""
