@@ -781,6 +781,9 @@ class AccountRow:
     name: str = ""
     enabled: bool = True
     line: int = 0  # where it came from (a CSV line), for messages
+    # What an existing row keeps as stored ("DisplayName", "Enabled"): an import file without that
+    # column says nothing of it (one without `enabled` re-enabled every account `disable` had turned off).
+    kept: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -790,11 +793,12 @@ class AccountRow:
         """The row to create, or to merge over `before` (the stored row). An account directory sync
         manages (`before.provisioned`) keeps Entra's name, email and enabled state: an import run
         again must not re-enable a person Entra disabled. A disable still lands (the safe direction,
-        as `accounts disable`)."""
+        as `accounts disable`). A row created gets `name` and `enabled` whatever `kept` says."""
         keys = {"PartitionKey": self.key, "RowKey": self.kind, "AccountId": self.account_id}
         if before is not None and before.provisioned:
-            return {**keys, **({} if self.enabled else {"Enabled": False})}
-        return {**keys, "Email": self.email, "DisplayName": self.name, "Enabled": self.enabled}
+            return {**keys, **({} if self.enabled or "Enabled" in self.kept else {"Enabled": False})}
+        given = {"Email": self.email, "DisplayName": self.name, "Enabled": self.enabled}
+        return {**keys, **{name: value for name, value in given.items() if before is None or name not in self.kept}}
 
     def undo_entity(self, before: Account) -> dict:
         """What `entity(before)` replaced in `before`, to merge back (take_back). An `Enabled` that was

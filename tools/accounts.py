@@ -1,7 +1,8 @@
 """Manage portal accounts in the `PortalAccounts` table.
 
     portal-sso accounts add EMAIL --kind user|agent --account-id ID [--name N] [--disabled] [--force]
-    portal-sso accounts import FILE.csv        # header: email,kind,account_id,name,enabled
+    portal-sso accounts import FILE.csv        # header: email,kind,account_id,name,enabled (a name or
+                                               # enabled left out: an existing account keeps its own)
     portal-sso accounts list [--kind user|agent]
     portal-sso accounts check                  # rows sign-in does not find as stored (key rule, moves),
                                                # account ids two mailboxes hold
@@ -70,6 +71,8 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_REFUSED = 0, 1, 2, 3
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `make run` leaves local.settings.json
 COLUMNS = ("email", "kind", "account_id", "name", "enabled")
 REQUIRED_COLUMNS = ("email", "kind", "account_id")
+# The columns a file may leave out, and what an existing account then keeps as stored (AccountRow.kept).
+KEPT_UNLESS_GIVEN = {"name": "DisplayName", "enabled": "Enabled"}
 WORKERS = 16
 
 
@@ -225,6 +228,7 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
             if unknown or missing or len(set(names)) != len(names):
                 raise CsvFileError(f"{shown}: line 1, the header, must be {','.join(COLUMNS)} (name and enabled may "
                                    f"be left out); got {printable(','.join(header))}")
+            kept = frozenset(stored for column, stored in KEPT_UNLESS_GIVEN.items() if column not in names)
             while True:
                 line = start = reader.line_num + 1  # a row is named by its first line
                 fields = next(reader, None)
@@ -258,7 +262,7 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
                 seen[key] = line
                 ids[(values["account_id"], values["kind"])] = line
                 rows.append(AccountRow(email, values["kind"], values["account_id"], values.get("name", ""),
-                                       bool(enabled), line))
+                                       bool(enabled), line, kept))
         except UnicodeDecodeError as exc:
             raise CsvFileError(f"{shown}: not UTF-8 text") from exc
         except csv.Error as exc:
@@ -437,7 +441,7 @@ def _say_managed(written: list[AccountRow], stored: dict) -> None:
     if not managed:
         return
     for row, before in managed:
-        if row.enabled and not before.enabled:
+        if row.enabled and not before.enabled and "Enabled" not in row.kept:
             print(f"line {row.line}: the {row.kind} account of {printable(row.email)} stays disabled: directory sync "
                   f"manages it; {_enable_advice(row.email, row.kind)}")
     print(f"{len(managed)} of these accounts {'are' if len(managed) != 1 else 'is'} managed by directory sync: their "

@@ -127,6 +127,45 @@ def test_import_writes_every_row_and_keeps_links(cs, store, tag, tmp_path, capsy
     assert store.get(f"two.{tag}@contoso.test", "user").enabled is True, "empty enabled means true"
 
 
+@pytest.mark.parametrize(("header", "fields", "existing", "created"), [
+    ("email,kind,account_id", "", ("Bob Builder", False), ("", True)),      # neither column: both kept
+    ("email,kind,account_id,enabled", ",", ("Bob Builder", True), ("", True)),  # enabled present, empty: true
+    ("email,kind,account_id,name", ",", ("", False), ("", True)),           # name present, empty: cleared
+    ("email,kind,account_id,name,enabled", ",,", ("", True), ("", True)),   # both present: set
+    ("email,kind,account_id,name,enabled", ",Bob B.,false", ("Bob B.", False), ("Bob B.", False)),
+], ids=["no-name-no-enabled", "enabled-empty", "name-empty", "both-empty", "both-set"])
+def test_an_import_without_a_name_or_enabled_column_leaves_that_value_of_an_existing_account(
+        cs, store, tag, tmp_path, capsys, header, fields, existing, created):
+    """An import of a file with only email,kind,account_id over an account `disable` had turned off
+    re-enabled it and wiped its name, saying nothing: a bulk import that never mentioned `enabled`
+    let a disabled leaver sign in again. A column left out leaves the stored value (a new account: no
+    name, enabled); one present sets it, empty included."""
+    bob, new = f"bob.{tag}@contoso.test", f"new.{tag}@contoso.test"
+    assert run(cs, "add", bob, "--kind", "user", "--account-id", f"B-1.{tag}", "--name", "Bob Builder") == 0
+    assert run(cs, "disable", bob, "--kind", "user") == 0
+    csv_file = _write(tmp_path / "columns.csv", [header, f"{bob},user,B-1.{tag}{fields}",
+                                                 f"{new},user,N-1.{tag}{fields}"])
+    assert run(cs, "import", str(csv_file)) == 0, capsys.readouterr()
+    account, made = store.get(bob, "user"), store.get(new, "user")
+    assert (account.account_id, account.display_name, account.enabled) == (f"B-1.{tag}", *existing)
+    assert (made.account_id, made.display_name, made.enabled) == (f"N-1.{tag}", *created)
+
+
+@pytest.mark.parametrize("header", ["email,kind,account_id", "email,kind,account_id,enabled"])
+def test_an_import_says_a_managed_account_stays_disabled_only_when_its_file_would_enable_it(
+        cs, store, tag, tmp_path, capsys, header):
+    email = f"managed.{tag}@contoso.test"
+    store._table.create_entity({"PartitionKey": email, "RowKey": "user", "Email": email, "AccountId": f"M-1.{tag}",
+                                "Enabled": False, "ScimId": f"s-{tag}", "DisplayName": "Entra's Name"})
+    csv_file = _write(tmp_path / "managed.csv", [header, f"{email},user,M-1.{tag}" + ("," if "enabled" in header
+                                                                                       else "")])
+    assert run(cs, "import", str(csv_file)) == 0
+    out = capsys.readouterr().out
+    assert ("stays disabled" in out) == ("enabled" in header), out
+    account = store.get(email, "user")
+    assert (account.display_name, account.enabled) == ("Entra's Name", False)
+
+
 def test_import_checks_its_rows_for_shared_accounts_once(cs, tag, tmp_path, monkeypatch):
     """cmd_import refuses rows that would share an account against its scan before writing any; the
     store's import_rows, handed that scan, ran the same check over every row again."""
