@@ -488,7 +488,10 @@ CHECK_ADVICE = {
     "refused": "no sign-in can reach it: add the account under the address the directory has, then remove this row "
                "with --stored-key",
     "key": "no sign-in finds it: add the account under its address, then remove this row with --stored-key",
-    "review": "if the directory writes the address with capitals other than A-Z, add it under that address",
+    "review": "if the directory writes the address with capitals other than A-Z, its person gets no_account: "
+              "`remove --stored-key KEY --kind KIND` (this row), then `add ADDRESS --kind KIND --account-id ID` "
+              "with the address as the directory writes it and this row's account id (in this order: add refuses "
+              "an account id this row holds; add --name or --disabled to keep what list shows of the row)",
     "kind": "no sign-in finds it (a kind is user or agent, lower-case): add the account with its kind, then remove "
             "this row with --stored-key and --kind as this table shows them",
     "no-id": "sign-in refuses it: add it again with its --account-id, or remove it",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -499,6 +500,28 @@ def test_check_lists_rows_whose_key_differs_or_is_refused_and_remove_by_stored_k
     assert run(cs, "remove", "--stored-key", f"Upper.{tag}@Contoso.test", "--kind", "user") == 0
     assert run(cs, "remove", "--stored-key", f"Upper.{tag}@Contoso.test", "--kind", "user") == 1
     assert "no user row with the stored key" in capsys.readouterr().err
+
+
+def test_checks_review_advice_is_two_commands_that_work_in_the_order_printed(cs, store, tag, capsys):
+    """README and check said to `add` the account under the directory's spelling, then `remove` the old
+    row: the add is refused while the old row (sign-in reaches it) holds the account id."""
+    stored, directory, account_id = f"\u00e4rzte.{tag}@klinik.test", f"\u00c4rzte.{tag}@klinik.test", f"R-7.{tag}"
+    store._table.create_entity({"PartitionKey": stored, "RowKey": "user", "Email": stored, "AccountId": account_id,
+                                "Enabled": True})
+    run(cs, "check")  # its exit code is the shared table's (other tests leave rows to fix)
+    out = capsys.readouterr().out
+    assert re.search(rf"^review +{re.escape(stored)} +user +{re.escape(account_id)} ", out, re.M), out
+    (advice,) = [line for line in out.splitlines() if line.startswith("review: ")]
+    commands = re.findall(r"`([^`]*)`", advice)
+    assert [c.split()[0] for c in commands] == ["remove", "add"], advice
+
+    assert run(cs, "add", directory, "--kind", "user", "--account-id", account_id) == 1, "the other order"
+    assert f"remove it at {stored} first" in capsys.readouterr().err
+    values = {"KEY": stored, "KIND": "user", "ADDRESS": directory, "ID": account_id}
+    for command in commands:
+        argv = [re.sub(r"\b(KEY|KIND|ADDRESS|ID)\b", lambda m: values[m.group()], arg) for arg in shlex.split(command)]
+        assert run(cs, *argv) == 0, (argv, capsys.readouterr().err)
+    assert store.get(directory, "user").account_id == account_id and store.get(stored, "user") is None
 
 
 def test_check_lists_rows_sign_in_refuses_for_their_kind_or_missing_id_and_remove_takes_the_kind_as_stored(
