@@ -262,8 +262,9 @@ class Account:
     scim_id: str = ""  # the person directory sync made or adopted it for (shared/scim/sync.py sets ScimId)
     scim_object_id: str = ""  # the Entra object id it was provisioned for (SCIM_OBJECT_ID)
     key: str = ""  # the stored PartitionKey: every write goes to the row that was read
-    # The stored `Enabled` (repr) when it is not a real boolean ('false', 0: what `az storage entity
-    # merge Enabled=false` stores); such an account counts as disabled.
+    # The stored `Enabled` when it is not a real boolean ('false', 0: what `az storage entity merge
+    # Enabled=false` stores), text in quotes but unescaped (printable and log_value escape it where it
+    # is shown: repr's escapes were escaped again); such an account counts as disabled.
     invalid_enabled: str | None = None
     # Directory sync's move markers (shared/scim/sync.py): the stored keys this row moves to / from.
     moved_to: str = ""
@@ -294,12 +295,17 @@ class Account:
             last_login_at=last if isinstance(last := entity.get("LastLoginAt"), datetime) else None,
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
             key=entity["PartitionKey"],
-            invalid_enabled=None if isinstance(stored, bool) else repr(stored)[:40],
+            invalid_enabled=None if isinstance(stored, bool) else _as_stored(stored)[:40],
             scim_id=str(entity.get("ScimId") or ""),
             scim_object_id=str(entity.get(SCIM_OBJECT_ID) or "").lower(),
             moved_to=str(entity.get("MovedTo") or ""),
             moved_from=str(entity.get("MovedFrom") or ""),
         )
+
+
+def _as_stored(value: object) -> str:
+    """A stored value as Python writes it, but text unescaped: `'false'`, `0`."""
+    return f"'{value}'" if isinstance(value, str) else repr(value)
 
 
 class AccountStore:
@@ -681,7 +687,7 @@ class AccountStore:
                 yield account, "review", "non-ASCII: the old rule case-folded it; is it the address as the " \
                                          "directory sends it?"
             if account.kind not in KINDS:
-                yield account, "kind", f"its kind {account.kind!r} is not user or agent"
+                yield account, "kind", f"its kind '{account.kind}' is not user or agent"
             elif not account.account_id:
                 yield account, "no-id", "it has no AccountId: sign-in refuses it"
             if account.invalid_enabled is not None:
@@ -775,6 +781,9 @@ class AccountRow:
     name: str = ""
     enabled: bool = True
     line: int = 0  # where it came from (a CSV line), for messages
+    # What an existing row keeps as stored ("DisplayName", "Enabled"): an import file without that
+    # column says nothing of it (one without `enabled` re-enabled every account `disable` had turned off).
+    kept: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -784,11 +793,12 @@ class AccountRow:
         """The row to create, or to merge over `before` (the stored row). An account directory sync
         manages (`before.provisioned`) keeps Entra's name, email and enabled state: an import run
         again must not re-enable a person Entra disabled. A disable still lands (the safe direction,
-        as `accounts disable`)."""
+        as `accounts disable`). A row created gets `name` and `enabled` whatever `kept` says."""
         keys = {"PartitionKey": self.key, "RowKey": self.kind, "AccountId": self.account_id}
         if before is not None and before.provisioned:
-            return {**keys, **({} if self.enabled else {"Enabled": False})}
-        return {**keys, "Email": self.email, "DisplayName": self.name, "Enabled": self.enabled}
+            return {**keys, **({} if self.enabled or "Enabled" in self.kept else {"Enabled": False})}
+        given = {"Email": self.email, "DisplayName": self.name, "Enabled": self.enabled}
+        return {**keys, **{name: value for name, value in given.items() if before is None or name not in self.kept}}
 
     def undo_entity(self, before: Account) -> dict:
         """What `entity(before)` replaced in `before`, to merge back (take_back). An `Enabled` that was

@@ -1,7 +1,8 @@
 """Manage portal accounts in the `PortalAccounts` table.
 
     portal-sso accounts add EMAIL --kind user|agent --account-id ID [--name N] [--disabled] [--force]
-    portal-sso accounts import FILE.csv        # header: email,kind,account_id,name,enabled
+    portal-sso accounts import FILE.csv        # header: email,kind,account_id,name,enabled (a name or
+                                               # enabled left out: an existing account keeps its own)
     portal-sso accounts list [--kind user|agent]
     portal-sso accounts check                  # rows sign-in does not find as stored (key rule, moves),
                                                # account ids two mailboxes hold
@@ -70,6 +71,8 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_REFUSED = 0, 1, 2, 3
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `make run` leaves local.settings.json
 COLUMNS = ("email", "kind", "account_id", "name", "enabled")
 REQUIRED_COLUMNS = ("email", "kind", "account_id")
+# The columns a file may leave out, and what an existing account then keeps as stored (AccountRow.kept).
+KEPT_UNLESS_GIVEN = {"name": "DisplayName", "enabled": "Enabled"}
 WORKERS = 16
 
 
@@ -225,6 +228,7 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
             if unknown or missing or len(set(names)) != len(names):
                 raise CsvFileError(f"{shown}: line 1, the header, must be {','.join(COLUMNS)} (name and enabled may "
                                    f"be left out); got {printable(','.join(header))}")
+            kept = frozenset(stored for column, stored in KEPT_UNLESS_GIVEN.items() if column not in names)
             while True:
                 line = start = reader.line_num + 1  # a row is named by its first line
                 fields = next(reader, None)
@@ -258,7 +262,7 @@ def read_csv(path: Path) -> tuple[list[AccountRow], list[str]]:
                 seen[key] = line
                 ids[(values["account_id"], values["kind"])] = line
                 rows.append(AccountRow(email, values["kind"], values["account_id"], values.get("name", ""),
-                                       bool(enabled), line))
+                                       bool(enabled), line, kept))
         except UnicodeDecodeError as exc:
             raise CsvFileError(f"{shown}: not UTF-8 text") from exc
         except csv.Error as exc:
@@ -437,7 +441,7 @@ def _say_managed(written: list[AccountRow], stored: dict) -> None:
     if not managed:
         return
     for row, before in managed:
-        if row.enabled and not before.enabled:
+        if row.enabled and not before.enabled and "Enabled" not in row.kept:
             print(f"line {row.line}: the {row.kind} account of {printable(row.email)} stays disabled: directory sync "
                   f"manages it; {_enable_advice(row.email, row.kind)}")
     print(f"{len(managed)} of these accounts {'are' if len(managed) != 1 else 'is'} managed by directory sync: their "
@@ -463,7 +467,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     """Every value is printed through `printable`: names and ids come from imports and other tools, and
     a control character in one would drive the operator's terminal."""
     accounts = sorted(_store(args).list(args.kind), key=lambda a: (a.email, a.kind))
-    rows = [(printable(a.email), a.kind, printable(a.account_id), printable(a.display_name), _enabled(a),
+    rows = [(printable(a.email), printable(a.kind), printable(a.account_id), printable(a.display_name), _enabled(a),
              "yes" if a.linked_idp_subject else "no", "yes" if a.provisioned else "no",
              a.last_login_at.strftime("%Y-%m-%d %H:%M UTC") if a.last_login_at else "never")
             for a in accounts]
@@ -484,9 +488,12 @@ CHECK_ADVICE = {
     "refused": "no sign-in can reach it: add the account under the address the directory has, then remove this row "
                "with --stored-key",
     "key": "no sign-in finds it: add the account under its address, then remove this row with --stored-key",
-    "review": "if the directory writes the address with capitals other than A-Z, add it under that address",
+    "review": "if the directory writes the address with capitals other than A-Z, its person gets no_account: "
+              "`remove --stored-key KEY --kind KIND` (this row), then `add ADDRESS --kind KIND --account-id ID` "
+              "with the address as the directory writes it and this row's account id (in this order: add refuses "
+              "an account id this row holds; add --name or --disabled to keep what list shows of the row)",
     "kind": "no sign-in finds it (a kind is user or agent, lower-case): add the account with its kind, then remove "
-            "this row with --stored-key and --kind as stored",
+            "this row with --stored-key and --kind as this table shows them",
     "no-id": "sign-in refuses it: add it again with its --account-id, or remove it",
     "enabled": "run enable or disable to store a real boolean",
     "moving": "change the account where the `what` column says sign-in finds it; where it finds it at neither "
@@ -505,7 +512,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     rows login does not find because directory sync is moving them, and the account ids two mailboxes
     hold (one scan)."""
     found = sorted(_store(args).key_problems(), key=lambda f: (f[1] in CHECK_NOTES, f[0].key, f[0].kind))
-    rows = [(what, printable(a.key), a.kind, printable(a.account_id), printable(problem)) for a, what, problem in found]
+    rows = [(what, printable(a.key), printable(a.kind), printable(a.account_id), printable(problem))
+            for a, what, problem in found]
     if not rows:
         print("every stored row is found under its address's key")
         return EXIT_OK

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -125,6 +126,45 @@ def test_import_writes_every_row_and_keeps_links(cs, store, tag, tmp_path, capsy
     agent = store.get(f"one.{tag}@contoso.test", "agent")
     assert (agent.display_name, agent.enabled) == ("Agent, One", False)
     assert store.get(f"two.{tag}@contoso.test", "user").enabled is True, "empty enabled means true"
+
+
+@pytest.mark.parametrize(("header", "fields", "existing", "created"), [
+    ("email,kind,account_id", "", ("Bob Builder", False), ("", True)),      # neither column: both kept
+    ("email,kind,account_id,enabled", ",", ("Bob Builder", True), ("", True)),  # enabled present, empty: true
+    ("email,kind,account_id,name", ",", ("", False), ("", True)),           # name present, empty: cleared
+    ("email,kind,account_id,name,enabled", ",,", ("", True), ("", True)),   # both present: set
+    ("email,kind,account_id,name,enabled", ",Bob B.,false", ("Bob B.", False), ("Bob B.", False)),
+], ids=["no-name-no-enabled", "enabled-empty", "name-empty", "both-empty", "both-set"])
+def test_an_import_without_a_name_or_enabled_column_leaves_that_value_of_an_existing_account(
+        cs, store, tag, tmp_path, capsys, header, fields, existing, created):
+    """An import of a file with only email,kind,account_id over an account `disable` had turned off
+    re-enabled it and wiped its name, saying nothing: a bulk import that never mentioned `enabled`
+    let a disabled leaver sign in again. A column left out leaves the stored value (a new account: no
+    name, enabled); one present sets it, empty included."""
+    bob, new = f"bob.{tag}@contoso.test", f"new.{tag}@contoso.test"
+    assert run(cs, "add", bob, "--kind", "user", "--account-id", f"B-1.{tag}", "--name", "Bob Builder") == 0
+    assert run(cs, "disable", bob, "--kind", "user") == 0
+    csv_file = _write(tmp_path / "columns.csv", [header, f"{bob},user,B-1.{tag}{fields}",
+                                                 f"{new},user,N-1.{tag}{fields}"])
+    assert run(cs, "import", str(csv_file)) == 0, capsys.readouterr()
+    account, made = store.get(bob, "user"), store.get(new, "user")
+    assert (account.account_id, account.display_name, account.enabled) == (f"B-1.{tag}", *existing)
+    assert (made.account_id, made.display_name, made.enabled) == (f"N-1.{tag}", *created)
+
+
+@pytest.mark.parametrize("header", ["email,kind,account_id", "email,kind,account_id,enabled"])
+def test_an_import_says_a_managed_account_stays_disabled_only_when_its_file_would_enable_it(
+        cs, store, tag, tmp_path, capsys, header):
+    email = f"managed.{tag}@contoso.test"
+    store._table.create_entity({"PartitionKey": email, "RowKey": "user", "Email": email, "AccountId": f"M-1.{tag}",
+                                "Enabled": False, "ScimId": f"s-{tag}", "DisplayName": "Entra's Name"})
+    csv_file = _write(tmp_path / "managed.csv", [header, f"{email},user,M-1.{tag}" + ("," if "enabled" in header
+                                                                                       else "")])
+    assert run(cs, "import", str(csv_file)) == 0
+    out = capsys.readouterr().out
+    assert ("stays disabled" in out) == ("enabled" in header), out
+    account = store.get(email, "user")
+    assert (account.display_name, account.enabled) == ("Entra's Name", False)
 
 
 def test_import_checks_its_rows_for_shared_accounts_once(cs, tag, tmp_path, monkeypatch):
@@ -462,6 +502,28 @@ def test_check_lists_rows_whose_key_differs_or_is_refused_and_remove_by_stored_k
     assert "no user row with the stored key" in capsys.readouterr().err
 
 
+def test_checks_review_advice_is_two_commands_that_work_in_the_order_printed(cs, store, tag, capsys):
+    """README and check said to `add` the account under the directory's spelling, then `remove` the old
+    row: the add is refused while the old row (sign-in reaches it) holds the account id."""
+    stored, directory, account_id = f"\u00e4rzte.{tag}@klinik.test", f"\u00c4rzte.{tag}@klinik.test", f"R-7.{tag}"
+    store._table.create_entity({"PartitionKey": stored, "RowKey": "user", "Email": stored, "AccountId": account_id,
+                                "Enabled": True})
+    run(cs, "check")  # its exit code is the shared table's (other tests leave rows to fix)
+    out = capsys.readouterr().out
+    assert re.search(rf"^review +{re.escape(stored)} +user +{re.escape(account_id)} ", out, re.M), out
+    (advice,) = [line for line in out.splitlines() if line.startswith("review: ")]
+    commands = re.findall(r"`([^`]*)`", advice)
+    assert [c.split()[0] for c in commands] == ["remove", "add"], advice
+
+    assert run(cs, "add", directory, "--kind", "user", "--account-id", account_id) == 1, "the other order"
+    assert f"remove it at {stored} first" in capsys.readouterr().err
+    values = {"KEY": stored, "KIND": "user", "ADDRESS": directory, "ID": account_id}
+    for command in commands:
+        argv = [re.sub(r"\b(KEY|KIND|ADDRESS|ID)\b", lambda m: values[m.group()], arg) for arg in shlex.split(command)]
+        assert run(cs, *argv) == 0, (argv, capsys.readouterr().err)
+    assert store.get(directory, "user").account_id == account_id and store.get(stored, "user") is None
+
+
 def test_check_lists_rows_sign_in_refuses_for_their_kind_or_missing_id_and_remove_takes_the_kind_as_stored(
         cs, store, tag, capsys):
     """Rows another tool wrote: a RowKey that is no kind ('User'), no AccountId. Sign-in finds neither
@@ -480,6 +542,48 @@ def test_check_lists_rows_sign_in_refuses_for_their_kind_or_missing_id_and_remov
     assert run(cs, "remove", f"rest.{tag}@contoso.test", "--kind", "User") == 1, "an EMAIL's kind is user or agent"
     err = capsys.readouterr().err
     assert "kind 'User' must be user or agent" in err and "--stored-key" in err, err
+
+
+def _shown(out: str, problem: str, account_id: str) -> tuple[str, str]:
+    """(kind column, what column) of `check`'s `problem` line for the row holding `account_id`."""
+    (line,) = [line for line in out.splitlines() if line.startswith(f"{problem} ") and f" {account_id} " in line]
+    _, _, kind, _, what = re.split(r"  +", line.rstrip(), maxsplit=4)
+    return kind, what
+
+
+def test_a_kind_with_invisible_characters_is_shown_escaped_and_typed_back_removes_that_row_not_the_live_one(
+        cs, store, tag, capsys):
+    """Another tool stored a second row at the email whose RowKey is `user` and a zero-width space. `list`
+    and `check` printed that kind raw (it looked like `user`), and check's `what` escaped it twice
+    (`'user\\x5cu200b'`): the kind typed as shown deleted the live account instead."""
+    email, odd = f"zed.{tag}@contoso.test", f"odd.{tag}@contoso.test"
+    assert run(cs, "add", email, "--kind", "user", "--account-id", f"Z-1.{tag}") == 0
+    store._table.upsert_entity({"PartitionKey": email, "RowKey": "user\u200b", "AccountId": f"Z-OLD.{tag}",
+                                "Enabled": True})
+    store._table.upsert_entity({"PartitionKey": odd, "RowKey": "user\u202e\u2028x", "AccountId": f"O-1.{tag}",
+                                "Enabled": "false\u200b"})
+    capsys.readouterr()
+    assert run(cs, "list") == 0
+    listed = capsys.readouterr().out
+    assert not {"\u200b", "\u202e", "\u2028"} & set(listed), "no invisible character reaches the terminal"
+    assert re.search(rf"{re.escape(email)} +user\\u200b +Z-OLD\.{tag}", listed), listed
+    assert re.search(rf"{re.escape(odd)} +user\\u202e\\u2028x +O-1\.{tag} ", listed), listed
+
+    assert run(cs, "check") == 1
+    out = capsys.readouterr().out
+    assert not {"\u200b", "\u202e", "\u2028"} & set(out), out
+    assert not [line for line in out.splitlines() if tag in line and "\\x5c" in line], "escaped once, not twice"
+    kind, what = _shown(out, "kind", f"Z-OLD.{tag}")
+    assert kind == "user\\u200b" and what == f"its kind '{kind}' is not user or agent", (kind, what)
+    odd_kind, odd_what = _shown(out, "kind", f"O-1.{tag}")
+    assert odd_kind == "user\\u202e\\u2028x" and f"its kind '{odd_kind}'" in odd_what, out
+    assert _shown(out, "enabled", f"O-1.{tag}")[1] == "Enabled is 'false\\u200b', not a boolean: counts as disabled"
+
+    assert run(cs, "remove", "--stored-key", email, "--kind", kind) == 0, "the kind as `check` shows it"
+    assert store._table.get_entity(email, "user")["AccountId"] == f"Z-1.{tag}", "the live account stays"
+    assert not list(store._table.query_entities("PartitionKey eq @k and RowKey ne 'user'", parameters={"k": email}))
+    assert run(cs, "remove", "--stored-key", odd, "--kind", odd_kind) == 0
+    assert not list(store._table.query_entities("PartitionKey eq @k", parameters={"k": odd}))
 
 
 def test_a_last_login_at_stored_as_text_is_no_time_and_no_crash(cs, store, tag, capsys):
