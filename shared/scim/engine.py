@@ -48,6 +48,7 @@ class PortalScimService(ScimService):
         except RecursionError as exc:
             raise InvalidSyntaxException(detail="the body is nested too deeply") from exc
         if isinstance(payload, dict):
+            _refuse_names_given_twice(payload)
             if "schemas" in payload:
                 schemas = payload["schemas"]
                 if not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas):
@@ -72,6 +73,24 @@ class PortalScimService(ScimService):
             return super().apply_patch(current, patch_op, conditions)
         self.check_preconditions(current, "PATCH", conditions)
         return current if _patch_with_selected_removals(current, patch_op) else None
+
+
+def _refuse_names_given_twice(value: Any) -> None:
+    """A member named twice in one object, in two cases (`operations` and `Operations`): names are
+    case-insensitive, and our steps read the first (resources.member) where the library reads the last,
+    so a Remove's value went back onto another operation, or past the end (a 500)."""
+    if isinstance(value, dict):
+        names = [k.lower() for k in value if isinstance(k, str)]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise InvalidSyntaxException(detail=f"the member {twice[:100]!r} is given twice (names ignore case)")
+        members = value.values()
+    elif isinstance(value, list):
+        members = value
+    else:
+        return
+    for member_value in members:
+        _refuse_names_given_twice(member_value)
 
 
 def _split_filtered_value_keys(payload: dict) -> None:

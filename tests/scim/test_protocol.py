@@ -797,3 +797,20 @@ def test_a_filter_value_holding_a_lone_surrogate_finds_no_one_and_is_audited(sci
                 'userName eq "a" and externalId eq "\\udc00"'):
         found = scim.get("/Users", params={"filter": flt})
         assert found.status_code == 200 and found.json()["totalResults"] == 0, (flt, found.status_code, found.text)
+
+
+def test_a_member_named_twice_in_two_cases_is_invalid_syntax_with_its_row_not_a_500(scim):
+    """Names are case-insensitive: `operations` beside `Operations` was read from the first by our steps
+    and the last by the library, so a Remove's value went back onto another operation (or none: an
+    IndexError, a 500 page, no row)."""
+    user, _ = new_user(scim)
+    body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "operations": [{"op": "Remove", "path": "displayName", "value": "Ann Lee"}] * 2,
+            "Operations": [{"op": "Replace", "path": "active", "value": "False"}]}
+    error_of(scim.patch(f"/Users/{user['id']}", body), 400, "invalidSyntax")
+    error_of(scim.patch(f"/Users/{user['id']}", entra.patch({"op": "Replace", "path": "active", "value": False,
+                                                            "VALUE": True})), 400, "invalidSyntax")
+    error_of(scim.post("/Users", {**entra.create_user(unique(), f"{unique()}@contoso.test", oid()),
+                                  "USERNAME": unique()}), 400, "invalidSyntax")
+    assert [e["Status"] for e in scim.events() if e.get("ScimId") == user["id"]].count(400) == 2, "each has its row"
+    assert scim.get(f"/Users/{user['id']}").json()["active"] is True, "nothing of a refused PATCH applied"
