@@ -444,6 +444,10 @@ class TableScimStorage(ScimStorage):
         if expected_version is not None and expected_version != version_tag(person.version):
             raise PreconditionFailedException(detail="the User changed since it was read")
         facts = Facts(resource, self._default_kind, self._tenant, person.display_name())
+        if resource.active is None:
+            # Left unset (a Remove of active, a PUT without it): the accounts stay as they are. Unset read
+            # as enabled, so a Remove naming false re-enabled a leaver; SPEC: false disables, true enables.
+            facts.active = person.row.get("Active") is not False
         row = self._row(scim_id, resource, facts, person.version + 1, person.row["Created"])  # before any write
         old = person.keys()
         for partition, key in facts.keys().items():

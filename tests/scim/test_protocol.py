@@ -814,3 +814,21 @@ def test_a_member_named_twice_in_two_cases_is_invalid_syntax_with_its_row_not_a_
                                   "USERNAME": unique()}), 400, "invalidSyntax")
     assert [e["Status"] for e in scim.events() if e.get("ScimId") == user["id"]].count(400) == 2, "each has its row"
     assert scim.get(f"/Users/{user['id']}").json()["active"] is True, "nothing of a refused PATCH applied"
+
+
+@pytest.mark.parametrize("value", [False, None, True])
+@pytest.mark.parametrize("disabled", [True, False])
+def test_active_left_unset_by_a_remove_changes_no_account(scim, value, disabled):
+    """`active` removed was read as enabled: a Remove naming false re-enabled a leaver. SPEC: active
+    false disables, true enables; an unset one now leaves the accounts as they are."""
+    user, email = new_user(scim)
+    if disabled:
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+    op = {"op": "Remove", "path": "active", **({} if value is None else {"value": value})}
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(op)).status_code == 204
+    (account,) = [a for a in scim.runtime.tables.client(ACCOUNTS_TABLE).query_entities(
+        "PartitionKey eq @pk", parameters={"pk": email})]
+    assert account["Enabled"] is (not disabled), account
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+    assert not [a for a in scim.runtime.tables.client(ACCOUNTS_TABLE).query_entities(
+        "PartitionKey eq @pk", parameters={"pk": email}) if a["Enabled"]], "a disable after it still disables"
