@@ -171,9 +171,12 @@ class Person:
 
 class Facts:
     """What a SCIM User gives the portal (mapping.py), checked: MappingError -> invalidValue. `kept`:
-    the display name the person has as stored (mapping.display_name), for an update."""
+    the display name the person has as stored (mapping.display_name), for an update; `kept_active`:
+    whether they are active as stored, what a User leaving `active` unset keeps (a Remove of active, a
+    PUT without it: unset read as enabled re-enabled a leaver; SPEC: false disables, true enables)."""
 
-    def __init__(self, user: User, default_kind: str | None, tenant: str | None, kept: str | None = None):
+    def __init__(self, user: User, default_kind: str | None, tenant: str | None, kept: str | None = None,
+                 kept_active: bool = True):
         try:
             mapping.check_text(user.user_name, "userName", mapping.MAX_USER_NAME)
             mapping.check_text(user.external_id, "externalId", mapping.MAX_EXTERNAL_ID)
@@ -191,7 +194,7 @@ class Facts:
         roles = [r.model_dump() for r in user.roles or []]
         self.kinds = mapping.kinds_of(roles, default_kind)
         self.has_portal_role = mapping.has_portal_role(roles)
-        self.active = user.active is not False
+        self.active = kept_active if user.active is None else user.active is not False
         self.link = mapping.link_of(user.external_id, tenant)
         self.object_id = mapping.object_id_of(user.external_id)
 
@@ -443,11 +446,8 @@ class TableScimStorage(ScimStorage):
             raise self._gone(scim_id)
         if expected_version is not None and expected_version != version_tag(person.version):
             raise PreconditionFailedException(detail="the User changed since it was read")
-        facts = Facts(resource, self._default_kind, self._tenant, person.display_name())
-        if resource.active is None:
-            # Left unset (a Remove of active, a PUT without it): the accounts stay as they are. Unset read
-            # as enabled, so a Remove naming false re-enabled a leaver; SPEC: false disables, true enables.
-            facts.active = person.row.get("Active") is not False
+        facts = Facts(resource, self._default_kind, self._tenant, person.display_name(),
+                      kept_active=person.row.get("Active") is not False)
         row = self._row(scim_id, resource, facts, person.version + 1, person.row["Created"])  # before any write
         old = person.keys()
         for partition, key in facts.keys().items():
