@@ -796,7 +796,7 @@ class AccountRow:
         as `accounts disable`). A row created gets `name` and `enabled` whatever `kept` says."""
         keys = {"PartitionKey": self.key, "RowKey": self.kind, "AccountId": self.account_id}
         if before is not None and before.provisioned:
-            return {**keys, **({} if self.enabled or "Enabled" in self.kept else {"Enabled": False})}
+            return {**keys, **({} if self.enabled else {"Enabled": False})}
         given = {"Email": self.email, "DisplayName": self.name, "Enabled": self.enabled}
         return {**keys, **{name: value for name, value in given.items() if before is None or name not in self.kept}}
 
