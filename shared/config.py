@@ -217,8 +217,7 @@ def azure_hostname(env: Mapping[str, str]) -> str:
 def public_base_url(env: Mapping[str, str]) -> str:
     """PUBLIC_BASE_URL, else https://$WEBSITE_HOSTNAME (set by Azure); "" when neither is set."""
     base = env.get("PUBLIC_BASE_URL", "").strip().rstrip("/")
-    host = azure_hostname(env)
-    return base or (f"https://{host}" if host else "")
+    return base or (f"https://{host}" if (host := azure_hostname(env)) else "")
 
 
 def valid_https_url(value: str, *, origin_only: bool = False) -> bool:
