@@ -130,6 +130,13 @@ def sign_in_settings(client_id: str, tenant: str) -> dict[str, str]:
     return {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
 
 
+def recorded_client_id(settings: dict[str, str]) -> str | None:
+    """The function app's OIDC_CLIENT_ID as Graph spells an appId (a GUID in lower case): the app accepts it
+    in any case and Graph matches it without case, so an upper-case one names the same registration."""
+    value = settings.get("OIDC_CLIENT_ID")
+    return value.lower() if value and value.isascii() else value
+
+
 def our_redirect_uris(base: str) -> list[str]:
     """Each kind's callback and signed-out page (Entra returns only to a registered URI)."""
     return [uri for kind in KINDS for uri in (redirect_uri(base, kind), signed_out_uri(base, kind))]
@@ -232,8 +239,8 @@ class Registration:
     def find_app(self, settings: dict[str, str], *, creating: bool = False) -> dict | None:
         """The registration by application id: --app-id (adopted only when the signed-in user owns it),
         else the function app's OIDC_CLIENT_ID. None: there is none yet (`creating`: make one)."""
-        recorded, wanted = settings.get("OIDC_CLIENT_ID"), self.args.app_id
-        if wanted and wanted != recorded:
+        recorded, wanted = recorded_client_id(settings), self.args.app_id
+        if wanted and wanted.lower() != recorded:
             app = self.az.show("ad", "app", "show", "--id", wanted)
             if app is None and not self.az.dry_run:
                 raise AzError(f"No app registration has the application id {wanted} (--app-id): check the id "
@@ -270,7 +277,7 @@ class Registration:
         tenant = self.az.check_ready().get("tenantId", "<tenant>")
         base, vault, current = self.function_app()
         uris = our_redirect_uris(base)
-        recorded = current.get("OIDC_CLIENT_ID")
+        recorded = recorded_client_id(current)
         found = self.find_app(current, creating=True)
         # --new-registration: the function app moves to a new one as it does to one named by --app-id (the one
         # it uses now signs people in until the new one's secret is stored); else a new one only when it has
@@ -300,7 +307,7 @@ class Registration:
         previous = replacing
         if previous is None and recorded not in (None, app["appId"]) and not self.az.dry_run:
             previous = self.az.show("ad", "app", "show", "--id", recorded)
-        if previous is not None:
+        if previous is not None and previous.get("appId", "").lower() != app["appId"].lower():
             print(f"\nThe previous registration ({previous['appId']}) is no longer the function app's; its people's "
                   f"roles were given on the new one too. Once sign-in works, delete it: az ad app delete --id "
                   f"{previous['appId']}")
@@ -332,9 +339,11 @@ class Registration:
             # a version without our tag is the previous registration's when the app does not use this one yet
             if not self.vault_holds_a_secret_of(vault, held, untagged=client_id == recorded):
                 self.new_secret(client_id, vault, before=held)
-            self.secret_for_another = current.get("OIDC_CLIENT_ID") not in (None, client_id)
+            self.secret_for_another = recorded_client_id(current) not in (None, client_id)
             self.let_the_app_read(vault, self.secret_name)
         wanted = sign_in_settings(client_id, tenant)
+        if recorded_client_id(current) == client_id:  # its spelling stays: rewriting it would restart the app
+            wanted["OIDC_CLIENT_ID"] = current["OIDC_CLIENT_ID"]
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
             wanted["PUBLIC_BASE_URL"] = base
         update_app_settings(self.az, self.app, self.rg, wanted, current)

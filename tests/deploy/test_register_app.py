@@ -246,6 +246,22 @@ def test_a_rerun_compares_only_what_it_sets_and_leaves_the_registration_alone(az
     assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov", "auth_time"}
 
 
+def test_a_client_id_recorded_in_upper_case_names_the_same_registration_not_one_to_delete(azure):
+    """The hunt's case: OIDC_CLIENT_ID written in upper case (the app accepts it, and Graph matches an appId
+    without regard to case) was taken for another registration than the one Graph returned: the rerun treated
+    it as a move and, exit 0, told the admin to delete the live registration."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    state = azure.state
+    live = state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_ID"]
+    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_ID"] = live.upper()
+    azure.state = state
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0, again.err
+    assert "delete" not in again.out.lower(), again.out
+    assert again.mutations == [], "the same registration: nothing moves, nothing is rewritten"
+    assert list(azure.state["apps"]) == [live]
+
+
 def test_the_roles_a_non_gallery_app_comes_with_are_kept_as_they_are(azure):
     """An app made from the non-gallery template has two enabled roles of its own (User, msiam_access), and
     Graph refuses a PATCH that drops an enabled role: the first run's update replaced the roles with ours and
