@@ -498,20 +498,29 @@ class Registration:
         """The client certificate the app signs in with, appended to the registration's credentials unless
         it holds it already (Graph sets a certificate credential's customKeyIdentifier to its thumbprint):
         a Key Vault certificate by name (`--keyvault --cert`); one stored as a plain Key Vault secret, which
-        that cannot read, by its public certificate, taken from the secret (never its private key)."""
+        that cannot read, or one the runner may not read as a certificate, by its public certificate, taken
+        from the secret (never its private key)."""
         name = self.certificate_name
         try:
             thumbprint, public = self.az.read("keyvault", "certificate", "show", "--vault-name", vault, "--name",
                                               name, "--query", "x509ThumbprintHex"), None
         except AzError as err:
-            if says(err.stderr, ROLE_PENDING):
-                raise AzError(f"Key Vault refused you the certificate {name} (OIDC_CLIENT_CERTIFICATE_NAME), whose "
-                              "thumbprint tells whether the registration holds it (each run checks, and adds it when "
-                              "not): this needs Key Vault Certificate User (or Certificates Officer) on the vault.",
-                              err.stderr) from err
-            if not says(str(err), NOT_FOUND):
+            refused = says(err.stderr, ROLE_PENDING)
+            if not (refused or says(str(err), NOT_FOUND)):
                 raise
-            public = self.public_certificate(vault)
+            # Key Vault's RBAC refuses a certificate to a runner without Key Vault Certificate User before it
+            # looks whether there is one, and a plain secret is none: Key Vault serves a certificate as the
+            # secret of its name too, whose public certificate gives the thumbprint (and the credential)
+            try:
+                public = self.public_certificate(vault)
+            except AzError as failed:
+                if refused and says(failed.stderr, ROLE_PENDING):
+                    raise AzError(f"Key Vault refused you the certificate {name} (OIDC_CLIENT_CERTIFICATE_NAME) both "
+                                  "as a certificate and as a secret; its thumbprint tells whether the registration "
+                                  "holds it (each run checks, and adds it when not): this needs Key Vault Certificate "
+                                  "User on the vault, or Key Vault Secrets User (Secrets Officer, which deploy grants, "
+                                  "includes it).", failed.stderr) from failed
+                raise
             thumbprint = public.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - Entra's thumbprint is SHA-1
         held = {str(c.get("customKeyIdentifier") or "").upper()
                 for c in self.az.read("ad", "app", "credential", "list", "--id", client_id, "--cert") or []}

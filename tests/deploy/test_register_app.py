@@ -648,10 +648,15 @@ def test_an_adopted_registration_that_holds_the_certificate_already_is_not_given
     assert settings(azure)["OIDC_CLIENT_ID"] == "owned-app-id"
 
 
+# Key Vault's RBAC refusing a runner without Key Vault Certificate User the certificate, and one without Secrets
+# User the secret of the same name (which Key Vault serves for a certificate too)
+CERTIFICATES_REFUSED = ("keyvault certificate show", "(Forbidden) Caller is not authorized to perform action on "
+                        "resource.\nAction: 'Microsoft.KeyVault/vaults/certificates/read'\nCode: ForbiddenByRbac")
+CERTIFICATE_SECRET_REFUSED = ("keyvault secret show --vault-name contoso-sso-kv --name oidc-client-certificate",
+                              CERTIFICATES_REFUSED[1].replace("certificates/read", "secrets/getSecret/action"))
 CERTIFICATE_STOPS = {  # where a certificate app's first run stops after OIDC_CLIENT_ID names the registration
-    "certificate-refused": ("keyvault certificate show", "(Forbidden) Caller is not authorized to perform action on "
-                                                         "resource. Code: ForbiddenByRbac"),
-    "graph-unavailable": ("ad app update", "(ServiceUnavailable) Service Unavailable")}
+    "certificate-refused": dict([CERTIFICATES_REFUSED, CERTIFICATE_SECRET_REFUSED]),
+    "graph-unavailable": dict([("ad app update", "(ServiceUnavailable) Service Unavailable")])}
 
 
 @pytest.mark.parametrize("stopped_at", list(CERTIFICATE_STOPS))
@@ -662,7 +667,7 @@ def test_a_certificate_apps_first_run_stopped_partway_gives_the_registration_its
     the certificate without Key Vault Certificate User, or Graph's 503) the rerun took the registration for one
     that had it: exit 0, no certificate and no client secret on it, every sign-in invalid_client."""
     thumbprint = sign_in_with_a_certificate(azure, as_certificate=True)
-    azure.state = {**azure.state, "refuse": dict([CERTIFICATE_STOPS[stopped_at]])}
+    azure.state = {**azure.state, "refuse": CERTIFICATE_STOPS[stopped_at]}
     failed = azure.run("register-app", *APP_ARGS)
     assert failed.code != 0
     if stopped_at == "certificate-refused":
@@ -690,6 +695,33 @@ def test_a_certificate_app_whose_registration_lost_its_certificate_gets_it_back(
     assert rerun.code == 0, rerun.err
     (app,) = azure.state["apps"].values()
     assert [c["customKeyIdentifier"] for c in app["keyCredentials"]] == [thumbprint]
+
+
+def test_a_certificate_kept_as_a_plain_secret_needs_no_certificate_role(azure):
+    """The hunt's case: each run asked Key Vault for a certificate first, which Key Vault's RBAC refuses (403)
+    to a runner without Key Vault Certificate User before it looks whether there is one; a certificate kept as
+    a plain secret (which docs/operating.md says needs its public certificate alone) failed every run, though
+    the registration held it. The secret, which the runner may read, gives its thumbprint."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    sign_in_with_a_certificate(azure, as_certificate=False)
+    assert azure.run("register-app", *APP_ARGS).code == 0  # the function app may read it from now on
+    azure.state = {**azure.state, "refuse": dict([CERTIFICATES_REFUSED])}
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0, again.err
+    assert again.mutations == [], "the registration holds it already"
+    assert [c for c in again.commands if c.startswith("keyvault secret show") and "oidc-client-certificate" in c]
+    state = azure.state
+    (app,) = state["apps"].values()
+    app["keyCredentials"] = []
+    azure.state = state
+    lost = azure.run("register-app", *APP_ARGS)
+    assert lost.code == 0, lost.err
+    (added,) = [c for c in lost.commands if c.startswith("ad app credential reset")]
+    assert "--cert @" in added and "--keyvault" not in added, "its public certificate, from the secret"
+    azure.state = {**azure.state, "refuse": dict([CERTIFICATES_REFUSED, CERTIFICATE_SECRET_REFUSED])}
+    refused = azure.run("register-app", *APP_ARGS)
+    assert refused.code != 0
+    assert "Key Vault Certificate User" in refused.err and "Secrets User" in refused.err, refused.err
 
 
 # -- a run that stopped partway, run again ------------------------------------------------------------
