@@ -152,8 +152,12 @@ def role_ids() -> dict[str, str]:
 def kind_roles(roles: list | None) -> dict[str, str]:
     """kind -> the id of its app role among `roles` (Graph's, of a registration or service principal),
     found by value: a registration configured by hand has Portal.User and Portal.Agent under ids of Entra's
-    choosing; the fixed id where it has none."""
-    by_value = {role.get("value"): role["id"] for role in roles or [] if role.get("id")}
+    choosing; the fixed id where it has none. An enabled role before a disabled one of the same value,
+    whichever Graph lists first (taken for it, a disabled role would be assigned, and the update would
+    drop the enabled one, which Graph refuses)."""
+    ranked = sorted((role for role in roles or [] if role.get("id")),
+                    key=lambda role: role.get("isEnabled") is not False)
+    by_value = {role.get("value"): role["id"] for role in ranked}  # the last of a value wins: an enabled one
     return {kind: by_value.get(value, role_ids()[kind]) for kind, value in KIND_ROLES.items()}
 
 

@@ -375,6 +375,26 @@ def test_a_registration_configured_by_hand_keeps_one_role_per_value_and_its_peop
         "each person keeps the kind they had, as the new registration's role"
 
 
+@pytest.mark.parametrize("listed", ["first", "last"])  # by Graph (fake az answers a registration's roles reversed)
+def test_a_disabled_role_of_a_portal_value_beside_the_enabled_one_is_not_taken_for_it(azure, listed):
+    """The hunt's case: with a disabled Portal.User of another id beside the enabled one, whichever Graph
+    listed last was taken for the kind's role: the update dropped the enabled one (Graph refuses:
+    CannotDeleteOrUpdateEnabledEntitlement, on every run) and assign gave the disabled role."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    state = azure.state
+    (app,) = state["apps"].values()
+    old = {"allowedMemberTypes": ["User"], "description": "old", "displayName": "Old user",
+           "id": "dddddddd-0000-0000-0000-000000000001", "isEnabled": False, "value": "Portal.User"}
+    app["appRoles"].insert(0 if listed == "last" else len(app["appRoles"]), old)
+    azure.state = state
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0, again.err
+    assert assign(azure, "--user", "bo@contoso.test", kind="user").code == 0
+    (assigned,) = [a["appRoleId"] for a in azure.state["assignments"][f"sp-{app['appId']}"]
+                   if a["principalId"] == "object-of-bo@contoso.test"]
+    assert assigned == role_ids()["user"], "the enabled role"
+
+
 # -- a registration Entra provisions ----------------------------------------------------------------
 
 def test_a_new_registration_is_an_enterprise_app_made_from_entras_non_gallery_template(azure):
