@@ -18,9 +18,10 @@ that has a plain registration (made by an earlier version, or adopted) and moves
 The registration: single tenant; Web redirect URIs for users and agents (callback and signed-out page),
 built from the function app's real host name (or --public-base-url); optional claims from
 infra/optional-claims.json (`email` in ID and access tokens, `xms_edov`, `auth_time`); the app roles of
-infra/app-roles.json (`Portal.User` "User", `Portal.Agent` "Agent", for users and groups, with fixed
-ids, or the ids a registration configured by hand has for those values); the delegated Microsoft Graph
-permissions `openid profile email` of infra/api-permissions.json,
+infra/app-roles.json (`Portal.User` "Portal user", `Portal.Agent` "Portal agent", for users and groups: not
+"User", which the template's own role is called, as Users and groups offers roles by name; with fixed ids, or
+the ids a registration configured by hand has for those values); the delegated Microsoft Graph permissions
+`openid profile email` of infra/api-permissions.json,
 with tenant-wide admin consent (which needs Privileged Role Administrator, Cloud Application
 Administrator or Application Administrator: without it the run says what to ask an admin for); a
 service principal with user assignment required; a client secret with an end date, appended (never

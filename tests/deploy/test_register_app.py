@@ -242,7 +242,7 @@ def test_a_rerun_compares_only_what_it_sets_and_leaves_the_registration_alone(az
     assert "Changed:\n  - optional claims, app roles" in fixed.out, fixed.out
     (app,) = azure.state["apps"].values()
     assert {r["displayName"] for r in app["appRoles"] if r["value"] in ("Portal.User", "Portal.Agent")} == \
-        {"User", "Agent"}
+        {"Portal user", "Portal agent"}
     assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov", "auth_time"}
 
 
@@ -271,6 +271,10 @@ def test_the_roles_a_non_gallery_app_comes_with_are_kept_as_they_are(azure):
     (app,) = azure.state["apps"].values()
     assert {r["id"] for r in TEMPLATE_ROLES} <= {r["id"] for r in app["appRoles"]}, "the template's roles stay"
     assert {r["value"] for r in app["appRoles"]} >= {"Portal.User", "Portal.Agent"}
+    # Enterprise applications > Users and groups offers roles by display name: the template's "User" (no portal
+    # role) was shown twice, beside ours, so an admin could pick the one that lets no one in
+    offered = [r["displayName"] for r in app["appRoles"] if r["isEnabled"] and "User" in r["allowedMemberTypes"]]
+    assert len(offered) == len(set(offered)), offered
     assert azure.run("register-app", *APP_ARGS).mutations == [], "and a rerun changes nothing"
 
 
@@ -279,7 +283,8 @@ def test_app_roles_graph_permissions_and_admin_consent(azure):
     (app,) = azure.state["apps"].values()
     roles = {r["value"]: r for r in app["appRoles"]}
     assert set(roles) - {None} == {"Portal.User", "Portal.Agent"}, "ours, beside the template's own (no value)"
-    assert (roles["Portal.User"]["displayName"], roles["Portal.Agent"]["displayName"]) == ("User", "Agent")
+    assert (roles["Portal.User"]["displayName"], roles["Portal.Agent"]["displayName"]) == \
+        ("Portal user", "Portal agent")
     assert all(r["allowedMemberTypes"] == ["User"] and r["isEnabled"] for r in roles.values())
     assert {k: roles[v]["id"] for k, v in (("user", "Portal.User"), ("agent", "Portal.Agent"))} == role_ids(), \
         "the roles keep their fixed ids"
@@ -362,7 +367,7 @@ def test_a_registration_configured_by_hand_keeps_one_role_per_value_and_its_peop
     assert adopted.code == 0, adopted.err
     roles = azure.state["apps"]["by-hand-app-id"]["appRoles"]
     assert sorted((r["value"], r["id"]) for r in roles) == sorted(HAND_MADE_ROLES.items()), "one per value, Graph's id"
-    assert {r["displayName"] for r in roles} == {"User", "Agent"}, "given our settings"
+    assert {r["displayName"] for r in roles} == {"Portal user", "Portal agent"}, "given our settings"
     assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
     assert assign(azure, "--user", "ann@contoso.test", kind="agent").code == 0
     assert ("object-of-ann@contoso.test", HAND_MADE_ROLES["Portal.Agent"]) in {
