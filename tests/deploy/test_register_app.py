@@ -708,14 +708,19 @@ def test_a_certificate_apps_first_run_stopped_partway_gives_the_registration_its
     assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
 
 
-def test_a_certificate_app_whose_registration_lost_its_certificate_gets_it_back(azure):
-    """Removed in the portal (or never added, as above): a rerun appends it again, once."""
-    assert azure.run("register-app", *APP_ARGS).code == 0
-    thumbprint = sign_in_with_a_certificate(azure, as_certificate=False)
+def remove_certificates(azure: FakeAzure) -> None:
+    """The registration's certificates removed, as in the portal (Certificates & secrets)."""
     state = azure.state
     (app,) = state["apps"].values()
     app["keyCredentials"] = []
     azure.state = state
+
+
+def test_a_certificate_app_whose_registration_lost_its_certificate_gets_it_back(azure):
+    """Removed in the portal (or never added, as above): a rerun appends it again, once."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    thumbprint = sign_in_with_a_certificate(azure, as_certificate=False)
+    remove_certificates(azure)
     rerun = azure.run("register-app", *APP_ARGS)
     assert rerun.code == 0, rerun.err
     (app,) = azure.state["apps"].values()
@@ -735,10 +740,7 @@ def test_a_certificate_kept_as_a_plain_secret_needs_no_certificate_role(azure):
     assert again.code == 0, again.err
     assert again.mutations == [], "the registration holds it already"
     assert [c for c in again.commands if c.startswith("keyvault secret show") and "oidc-client-certificate" in c]
-    state = azure.state
-    (app,) = state["apps"].values()
-    app["keyCredentials"] = []
-    azure.state = state
+    remove_certificates(azure)
     lost = azure.run("register-app", *APP_ARGS)
     assert lost.code == 0, lost.err
     (added,) = [c for c in lost.commands if c.startswith("ad app credential reset")]
