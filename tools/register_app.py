@@ -18,9 +18,10 @@ that has a plain registration (made by an earlier version, or adopted) and moves
 The registration: single tenant; Web redirect URIs for users and agents (callback and signed-out page),
 built from the function app's real host name (or --public-base-url); optional claims from
 infra/optional-claims.json (`email` in ID and access tokens, `xms_edov`, `auth_time`); the app roles of
-infra/app-roles.json (`Portal.User` "User", `Portal.Agent` "Agent", for users and groups, with fixed
-ids, or the ids a registration configured by hand has for those values); the delegated Microsoft Graph
-permissions `openid profile email` of infra/api-permissions.json,
+infra/app-roles.json (`Portal.User` "Portal user", `Portal.Agent` "Portal agent", for users and groups: not
+"User", which the template's own role is called, as Users and groups offers roles by name; with fixed ids, or
+the ids a registration configured by hand has for those values); the delegated Microsoft Graph permissions
+`openid profile email` of infra/api-permissions.json,
 with tenant-wide admin consent (which needs Privileged Role Administrator, Cloud Application
 Administrator or Application Administrator: without it the run says what to ask an admin for); a
 service principal with user assignment required; a client secret with an end date, appended (never
@@ -130,6 +131,13 @@ def sign_in_settings(client_id: str, tenant: str) -> dict[str, str]:
     return {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
 
 
+def recorded_client_id(settings: dict[str, str]) -> str | None:
+    """The function app's OIDC_CLIENT_ID as Graph spells an appId (a GUID in lower case): the app accepts it
+    in any case and Graph matches it without case, so an upper-case one names the same registration."""
+    value = settings.get("OIDC_CLIENT_ID")
+    return value.lower() if value and value.isascii() else value
+
+
 def our_redirect_uris(base: str) -> list[str]:
     """Each kind's callback and signed-out page (Entra returns only to a registered URI)."""
     return [uri for kind in KINDS for uri in (redirect_uri(base, kind), signed_out_uri(base, kind))]
@@ -145,8 +153,12 @@ def role_ids() -> dict[str, str]:
 def kind_roles(roles: list | None) -> dict[str, str]:
     """kind -> the id of its app role among `roles` (Graph's, of a registration or service principal),
     found by value: a registration configured by hand has Portal.User and Portal.Agent under ids of Entra's
-    choosing; the fixed id where it has none."""
-    by_value = {role.get("value"): role["id"] for role in roles or [] if role.get("id")}
+    choosing; the fixed id where it has none. An enabled role before a disabled one of the same value,
+    whichever Graph lists first (taken for it, a disabled role would be assigned, and the update would
+    drop the enabled one, which Graph refuses)."""
+    ranked = sorted((role for role in roles or [] if role.get("id")),
+                    key=lambda role: role.get("isEnabled") is not False)
+    by_value = {role.get("value"): role["id"] for role in ranked}  # the last of a value wins: an enabled one
     return {kind: by_value.get(value, role_ids()[kind]) for kind, value in KIND_ROLES.items()}
 
 
@@ -232,8 +244,8 @@ class Registration:
     def find_app(self, settings: dict[str, str], *, creating: bool = False) -> dict | None:
         """The registration by application id: --app-id (adopted only when the signed-in user owns it),
         else the function app's OIDC_CLIENT_ID. None: there is none yet (`creating`: make one)."""
-        recorded, wanted = settings.get("OIDC_CLIENT_ID"), self.args.app_id
-        if wanted and wanted != recorded:
+        recorded, wanted = recorded_client_id(settings), self.args.app_id
+        if wanted and wanted.lower() != recorded:
             app = self.az.show("ad", "app", "show", "--id", wanted)
             if app is None and not self.az.dry_run:
                 raise AzError(f"No app registration has the application id {wanted} (--app-id): check the id "
@@ -270,7 +282,7 @@ class Registration:
         tenant = self.az.check_ready().get("tenantId", "<tenant>")
         base, vault, current = self.function_app()
         uris = our_redirect_uris(base)
-        recorded = current.get("OIDC_CLIENT_ID")
+        recorded = recorded_client_id(current)
         found = self.find_app(current, creating=True)
         # --new-registration: the function app moves to a new one as it does to one named by --app-id (the one
         # it uses now signs people in until the new one's secret is stored); else a new one only when it has
@@ -300,7 +312,7 @@ class Registration:
         previous = replacing
         if previous is None and recorded not in (None, app["appId"]) and not self.az.dry_run:
             previous = self.az.show("ad", "app", "show", "--id", recorded)
-        if previous is not None:
+        if previous is not None and previous.get("appId", "").lower() != app["appId"].lower():
             print(f"\nThe previous registration ({previous['appId']}) is no longer the function app's; its people's "
                   f"roles were given on the new one too. Once sign-in works, delete it: az ad app delete --id "
                   f"{previous['appId']}")
@@ -332,9 +344,11 @@ class Registration:
             # a version without our tag is the previous registration's when the app does not use this one yet
             if not self.vault_holds_a_secret_of(vault, held, untagged=client_id == recorded):
                 self.new_secret(client_id, vault, before=held)
-            self.secret_for_another = current.get("OIDC_CLIENT_ID") not in (None, client_id)
+            self.secret_for_another = recorded_client_id(current) not in (None, client_id)
             self.let_the_app_read(vault, self.secret_name)
         wanted = sign_in_settings(client_id, tenant)
+        if recorded_client_id(current) == client_id:  # its spelling stays: rewriting it would restart the app
+            wanted["OIDC_CLIENT_ID"] = current["OIDC_CLIENT_ID"]
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
             wanted["PUBLIC_BASE_URL"] = base
         update_app_settings(self.az, self.app, self.rg, wanted, current)
@@ -489,20 +503,29 @@ class Registration:
         """The client certificate the app signs in with, appended to the registration's credentials unless
         it holds it already (Graph sets a certificate credential's customKeyIdentifier to its thumbprint):
         a Key Vault certificate by name (`--keyvault --cert`); one stored as a plain Key Vault secret, which
-        that cannot read, by its public certificate, taken from the secret (never its private key)."""
+        that cannot read, or one the runner may not read as a certificate, by its public certificate, taken
+        from the secret (never its private key)."""
         name = self.certificate_name
         try:
             thumbprint, public = self.az.read("keyvault", "certificate", "show", "--vault-name", vault, "--name",
                                               name, "--query", "x509ThumbprintHex"), None
         except AzError as err:
-            if says(err.stderr, ROLE_PENDING):
-                raise AzError(f"Key Vault refused you the certificate {name} (OIDC_CLIENT_CERTIFICATE_NAME), whose "
-                              "thumbprint tells whether the registration holds it (each run checks, and adds it when "
-                              "not): this needs Key Vault Certificate User (or Certificates Officer) on the vault.",
-                              err.stderr) from err
-            if not says(str(err), NOT_FOUND):
+            refused = says(err.stderr, ROLE_PENDING)
+            if not (refused or says(str(err), NOT_FOUND)):
                 raise
-            public = self.public_certificate(vault)
+            # Key Vault's RBAC refuses a certificate to a runner without Key Vault Certificate User before it
+            # looks whether there is one, and a plain secret is none: Key Vault serves a certificate as the
+            # secret of its name too, whose public certificate gives the thumbprint (and the credential)
+            try:
+                public = self.public_certificate(vault)
+            except AzError as failed:
+                if refused and says(failed.stderr, ROLE_PENDING):
+                    raise AzError(f"Key Vault refused you the certificate {name} (OIDC_CLIENT_CERTIFICATE_NAME) both "
+                                  "as a certificate and as a secret; its thumbprint tells whether the registration "
+                                  "holds it (each run checks, and adds it when not): this needs Key Vault Certificate "
+                                  "User on the vault, or Key Vault Secrets User (Secrets Officer, which deploy grants, "
+                                  "includes it).", failed.stderr) from failed
+                raise
             thumbprint = public.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - Entra's thumbprint is SHA-1
         held = {str(c.get("customKeyIdentifier") or "").upper()
                 for c in self.az.read("ad", "app", "credential", "list", "--id", client_id, "--cert") or []}

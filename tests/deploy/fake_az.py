@@ -136,7 +136,9 @@ def main(argv: list[str]) -> int:
 def opt(args: list[str], *names: str, default=None):
     for name in names:
         if name in args:
-            return args[args.index(name) + 1]
+            found = args[args.index(name) + 1]
+            # Graph: application and object ids are GUIDs, matched without regard to case
+            return found.lower() if name == "--id" and len(found) == 36 and found.count("-") == 4 else found
     return default
 
 

@@ -242,8 +242,24 @@ def test_a_rerun_compares_only_what_it_sets_and_leaves_the_registration_alone(az
     assert "Changed:\n  - optional claims, app roles" in fixed.out, fixed.out
     (app,) = azure.state["apps"].values()
     assert {r["displayName"] for r in app["appRoles"] if r["value"] in ("Portal.User", "Portal.Agent")} == \
-        {"User", "Agent"}
+        {"Portal user", "Portal agent"}
     assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov", "auth_time"}
+
+
+def test_a_client_id_recorded_in_upper_case_names_the_same_registration_not_one_to_delete(azure):
+    """The hunt's case: OIDC_CLIENT_ID written in upper case (the app accepts it, and Graph matches an appId
+    without regard to case) was taken for another registration than the one Graph returned: the rerun treated
+    it as a move and, exit 0, told the admin to delete the live registration."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    state = azure.state
+    live = state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_ID"]
+    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_ID"] = live.upper()
+    azure.state = state
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0, again.err
+    assert "delete" not in again.out.lower(), again.out
+    assert again.mutations == [], "the same registration: nothing moves, nothing is rewritten"
+    assert list(azure.state["apps"]) == [live]
 
 
 def test_the_roles_a_non_gallery_app_comes_with_are_kept_as_they_are(azure):
@@ -255,6 +271,10 @@ def test_the_roles_a_non_gallery_app_comes_with_are_kept_as_they_are(azure):
     (app,) = azure.state["apps"].values()
     assert {r["id"] for r in TEMPLATE_ROLES} <= {r["id"] for r in app["appRoles"]}, "the template's roles stay"
     assert {r["value"] for r in app["appRoles"]} >= {"Portal.User", "Portal.Agent"}
+    # Enterprise applications > Users and groups offers roles by display name: the template's "User" (no portal
+    # role) was shown twice, beside ours, so an admin could pick the one that lets no one in
+    offered = [r["displayName"] for r in app["appRoles"] if r["isEnabled"] and "User" in r["allowedMemberTypes"]]
+    assert len(offered) == len(set(offered)), offered
     assert azure.run("register-app", *APP_ARGS).mutations == [], "and a rerun changes nothing"
 
 
@@ -263,7 +283,8 @@ def test_app_roles_graph_permissions_and_admin_consent(azure):
     (app,) = azure.state["apps"].values()
     roles = {r["value"]: r for r in app["appRoles"]}
     assert set(roles) - {None} == {"Portal.User", "Portal.Agent"}, "ours, beside the template's own (no value)"
-    assert (roles["Portal.User"]["displayName"], roles["Portal.Agent"]["displayName"]) == ("User", "Agent")
+    assert (roles["Portal.User"]["displayName"], roles["Portal.Agent"]["displayName"]) == \
+        ("Portal user", "Portal agent")
     assert all(r["allowedMemberTypes"] == ["User"] and r["isEnabled"] for r in roles.values())
     assert {k: roles[v]["id"] for k, v in (("user", "Portal.User"), ("agent", "Portal.Agent"))} == role_ids(), \
         "the roles keep their fixed ids"
@@ -346,7 +367,7 @@ def test_a_registration_configured_by_hand_keeps_one_role_per_value_and_its_peop
     assert adopted.code == 0, adopted.err
     roles = azure.state["apps"]["by-hand-app-id"]["appRoles"]
     assert sorted((r["value"], r["id"]) for r in roles) == sorted(HAND_MADE_ROLES.items()), "one per value, Graph's id"
-    assert {r["displayName"] for r in roles} == {"User", "Agent"}, "given our settings"
+    assert {r["displayName"] for r in roles} == {"Portal user", "Portal agent"}, "given our settings"
     assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
     assert assign(azure, "--user", "ann@contoso.test", kind="agent").code == 0
     assert ("object-of-ann@contoso.test", HAND_MADE_ROLES["Portal.Agent"]) in {
@@ -357,6 +378,26 @@ def test_a_registration_configured_by_hand_keeps_one_role_per_value_and_its_peop
     assert {(a["principalId"], a["appRoleId"]) for a in azure.state["assignments"][f"sp-{new}"]} == {
         ("object-of-bo@contoso.test", role_ids()["user"]), ("object-of-ann@contoso.test", role_ids()["agent"])}, \
         "each person keeps the kind they had, as the new registration's role"
+
+
+@pytest.mark.parametrize("listed", ["first", "last"])  # by Graph (fake az answers a registration's roles reversed)
+def test_a_disabled_role_of_a_portal_value_beside_the_enabled_one_is_not_taken_for_it(azure, listed):
+    """The hunt's case: with a disabled Portal.User of another id beside the enabled one, whichever Graph
+    listed last was taken for the kind's role: the update dropped the enabled one (Graph refuses:
+    CannotDeleteOrUpdateEnabledEntitlement, on every run) and assign gave the disabled role."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    state = azure.state
+    (app,) = state["apps"].values()
+    old = {"allowedMemberTypes": ["User"], "description": "old", "displayName": "Old user",
+           "id": "dddddddd-0000-0000-0000-000000000001", "isEnabled": False, "value": "Portal.User"}
+    app["appRoles"].insert(0 if listed == "last" else len(app["appRoles"]), old)
+    azure.state = state
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0, again.err
+    assert assign(azure, "--user", "bo@contoso.test", kind="user").code == 0
+    (assigned,) = [a["appRoleId"] for a in azure.state["assignments"][f"sp-{app['appId']}"]
+                   if a["principalId"] == "object-of-bo@contoso.test"]
+    assert assigned == role_ids()["user"], "the enabled role"
 
 
 # -- a registration Entra provisions ----------------------------------------------------------------
@@ -632,10 +673,15 @@ def test_an_adopted_registration_that_holds_the_certificate_already_is_not_given
     assert settings(azure)["OIDC_CLIENT_ID"] == "owned-app-id"
 
 
+# Key Vault's RBAC refusing a runner without Key Vault Certificate User the certificate, and one without Secrets
+# User the secret of the same name (which Key Vault serves for a certificate too)
+CERTIFICATES_REFUSED = ("keyvault certificate show", "(Forbidden) Caller is not authorized to perform action on "
+                        "resource.\nAction: 'Microsoft.KeyVault/vaults/certificates/read'\nCode: ForbiddenByRbac")
+CERTIFICATE_SECRET_REFUSED = ("keyvault secret show --vault-name contoso-sso-kv --name oidc-client-certificate",
+                              CERTIFICATES_REFUSED[1].replace("certificates/read", "secrets/getSecret/action"))
 CERTIFICATE_STOPS = {  # where a certificate app's first run stops after OIDC_CLIENT_ID names the registration
-    "certificate-refused": ("keyvault certificate show", "(Forbidden) Caller is not authorized to perform action on "
-                                                         "resource. Code: ForbiddenByRbac"),
-    "graph-unavailable": ("ad app update", "(ServiceUnavailable) Service Unavailable")}
+    "certificate-refused": dict([CERTIFICATES_REFUSED, CERTIFICATE_SECRET_REFUSED]),
+    "graph-unavailable": dict([("ad app update", "(ServiceUnavailable) Service Unavailable")])}
 
 
 @pytest.mark.parametrize("stopped_at", list(CERTIFICATE_STOPS))
@@ -646,7 +692,7 @@ def test_a_certificate_apps_first_run_stopped_partway_gives_the_registration_its
     the certificate without Key Vault Certificate User, or Graph's 503) the rerun took the registration for one
     that had it: exit 0, no certificate and no client secret on it, every sign-in invalid_client."""
     thumbprint = sign_in_with_a_certificate(azure, as_certificate=True)
-    azure.state = {**azure.state, "refuse": dict([CERTIFICATE_STOPS[stopped_at]])}
+    azure.state = {**azure.state, "refuse": CERTIFICATE_STOPS[stopped_at]}
     failed = azure.run("register-app", *APP_ARGS)
     assert failed.code != 0
     if stopped_at == "certificate-refused":
@@ -662,18 +708,47 @@ def test_a_certificate_apps_first_run_stopped_partway_gives_the_registration_its
     assert azure.run("register-app", *APP_ARGS).mutations == [], "then nothing is left to do"
 
 
-def test_a_certificate_app_whose_registration_lost_its_certificate_gets_it_back(azure):
-    """Removed in the portal (or never added, as above): a rerun appends it again, once."""
-    assert azure.run("register-app", *APP_ARGS).code == 0
-    thumbprint = sign_in_with_a_certificate(azure, as_certificate=False)
+def remove_certificates(azure: FakeAzure) -> None:
+    """The registration's certificates removed, as in the portal (Certificates & secrets)."""
     state = azure.state
     (app,) = state["apps"].values()
     app["keyCredentials"] = []
     azure.state = state
+
+
+def test_a_certificate_app_whose_registration_lost_its_certificate_gets_it_back(azure):
+    """Removed in the portal (or never added, as above): a rerun appends it again, once."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    thumbprint = sign_in_with_a_certificate(azure, as_certificate=False)
+    remove_certificates(azure)
     rerun = azure.run("register-app", *APP_ARGS)
     assert rerun.code == 0, rerun.err
     (app,) = azure.state["apps"].values()
     assert [c["customKeyIdentifier"] for c in app["keyCredentials"]] == [thumbprint]
+
+
+def test_a_certificate_kept_as_a_plain_secret_needs_no_certificate_role(azure):
+    """The hunt's case: each run asked Key Vault for a certificate first, which Key Vault's RBAC refuses (403)
+    to a runner without Key Vault Certificate User before it looks whether there is one; a certificate kept as
+    a plain secret (which docs/operating.md says needs its public certificate alone) failed every run, though
+    the registration held it. The secret, which the runner may read, gives its thumbprint."""
+    assert azure.run("register-app", *APP_ARGS).code == 0
+    sign_in_with_a_certificate(azure, as_certificate=False)
+    assert azure.run("register-app", *APP_ARGS).code == 0  # the function app may read it from now on
+    azure.state = {**azure.state, "refuse": dict([CERTIFICATES_REFUSED])}
+    again = azure.run("register-app", *APP_ARGS)
+    assert again.code == 0, again.err
+    assert again.mutations == [], "the registration holds it already"
+    assert [c for c in again.commands if c.startswith("keyvault secret show") and "oidc-client-certificate" in c]
+    remove_certificates(azure)
+    lost = azure.run("register-app", *APP_ARGS)
+    assert lost.code == 0, lost.err
+    (added,) = [c for c in lost.commands if c.startswith("ad app credential reset")]
+    assert "--cert @" in added and "--keyvault" not in added, "its public certificate, from the secret"
+    azure.state = {**azure.state, "refuse": dict([CERTIFICATES_REFUSED, CERTIFICATE_SECRET_REFUSED])}
+    refused = azure.run("register-app", *APP_ARGS)
+    assert refused.code != 0
+    assert "Key Vault Certificate User" in refused.err and "Secrets User" in refused.err, refused.err
 
 
 # -- a run that stopped partway, run again ------------------------------------------------------------
