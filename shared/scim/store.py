@@ -195,6 +195,7 @@ class Facts:
         self.kinds = mapping.kinds_of(roles, default_kind)
         self.has_portal_role = mapping.has_portal_role(roles)
         self.active = kept_active if user.active is None else user.active is not False
+        self.active_given = user.active is not None
         self.link = mapping.link_of(user.external_id, tenant)
         self.object_id = mapping.object_id_of(user.external_id)
 
@@ -392,7 +393,7 @@ class TableScimStorage(ScimStorage):
         return Desired(scim_id=scim_id, email_key=facts.email_key or None,
                        email=mapping.stored_email(facts.email), kinds=facts.kinds,
                        active=facts.active, link=facts.link, display_name=facts.display_name,
-                       active_changed=active_changed, object_id=facts.object_id,
+                       active_changed=active_changed, active_given=facts.active_given, object_id=facts.object_id,
                        account_ids=account_ids_of(scim_id, row) if person is not None else {},
                        held=tuple((row.get("DisabledKinds") or "").split()))
 

@@ -122,6 +122,9 @@ class Desired:
     # a row already the person's, so an admin's urgent `accounts disable` holds until Entra's own
     # `active` changes; a row new to the person (created, adopted) always gets `active`.
     active_changed: bool = True
+    # Whether the User names `active` at all: one that leaves it unset (a mapping without it) adopts a
+    # row with the row's own Enabled (an admin's disable), where it read as enabled.
+    active_given: bool = True
     # Entra's object id (a GUID externalId), whatever the tenant setting: the identity the person's
     # rows are provisioned for (SCIM_OBJECT_ID), so a row is never carried to another one even where
     # `link` is None (several ALLOWED_TENANT_IDS).
@@ -430,9 +433,11 @@ class AccountSync:
         etags = {}  # the rows written here: their etags, from the writes' answers
         if new_key not in self.written:  # before the write: one that fails may still have landed
             self.written.append(new_key)
-        if plan.step == "adopt":  # its AccountId (and login history) kept
-            self._merge(target, {**self._fields(desired, joining=True), **self._link_fields(target, desired),
-                                 "MovedFrom": ""})
+        if plan.step == "adopt":  # its AccountId (and login history) kept; its Enabled too, `active` unset
+            fields = self._fields(desired, joining=True)
+            if not desired.active_given:
+                del fields["Enabled"]
+            self._merge(target, {**fields, **self._link_fields(target, desired), "MovedFrom": ""})
         elif plan.step == "in_place":
             wanted = {**self._fields(desired), **self._link_fields(target, desired)}
             # An `active` change writes even a row that holds it already (an admin's disable): the new
