@@ -358,3 +358,47 @@ def test_an_active_change_that_stopped_before_the_person_row_is_settled_by_the_n
     assert account_store.get(email, "agent").enabled is (not expected), "the stopped write reached the account"
     assert scim.patch(f"/Users/{user['id']}", entra.patch(then())).status_code == 204
     assert account_store.get(email, "agent").enabled is expected
+
+
+# ---- an unset active, and check's review, over accounts directory sync adopts -----------------------
+
+@pytest.mark.parametrize("how", ["add", "import"])
+def test_a_create_without_active_adopting_an_admins_disabled_account_keeps_it_disabled(
+        scim, account_store, cli, tmp_path, how):
+    """README: active left unset changes no account; a POST without it adopted an admin's disabled row
+    enabled (unset read as enabled), and the leaver signed in again."""
+    email = f"{unique('dis')}@contoso.test"
+    if how == "add":
+        assert cli("add", email, "--kind", "user", "--account-id", unique("U"), "--disabled") == 0
+    else:
+        assert cli("import", csv_file(tmp_path, f"{email},user,{unique('U')},Dee,false")) == 0
+    body = entra.create_user(email, email, oid())
+    del body["active"]
+    assert scim.post("/Users", body).status_code == 201
+    (row,) = rows_at(account_store, email)
+    assert row["Enabled"] is False and row.get("ScimId"), row
+    fresh = f"{unique('new')}@contoso.test"
+    body = entra.create_user(fresh, fresh, oid())
+    del body["active"]
+    assert scim.post("/Users", body).status_code == 201
+    assert [r["Enabled"] for r in rows_at(account_store, fresh)] == [True], "a new account is enabled"
+
+
+def test_a_put_without_active_adding_a_role_adopts_the_kinds_disabled_row_disabled(scim, account_store, cli):
+    email = f"{unique('put')}@contoso.test"
+    user = provision(scim, email)
+    assert cli("add", email, "--kind", "agent", "--account-id", unique("A"), "--disabled") == 0
+    body = {**entra.create_user(email, email, user["externalId"], kinds=("user", "agent")), "id": user["id"]}
+    del body["active"]
+    assert scim.put(f"/Users/{user['id']}", body).status_code == 200
+    rows = {r["RowKey"]: r["Enabled"] for r in rows_at(account_store, email)}
+    assert rows == {"user": True, "agent": False}, rows
+
+
+def test_check_does_not_send_a_provisioned_non_ascii_account_to_review(scim, account_store, cli, capsys):
+    """Directory sync wrote the key from the directory's own spelling: review's "the old rule case-folded
+    it" cannot hold, and its remove-then-add advice removed the live account (add refuses scim- ids)."""
+    email = f"j\u00fcrgen.{unique('x')}@contoso.test"
+    provision(scim, email)
+    cli("check")
+    assert not [line for line in capsys.readouterr().out.splitlines() if email in line], "nothing to fix"
