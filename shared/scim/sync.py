@@ -435,8 +435,8 @@ class AccountSync:
             self.written.append(new_key)
         if plan.step == "adopt":  # its AccountId (and login history) kept; its Enabled too, `active` unset
             fields = self._fields(desired, joining=True)
-            if not desired.active_given:
-                del fields["Enabled"]
+            if not desired.active_given:  # both must say enabled: the person as stored, the row (an admin's disable)
+                fields["Enabled"] = desired.active and target.get("Enabled", True) is True
             self._merge(target, {**fields, **self._link_fields(target, desired), "MovedFrom": ""})
         elif plan.step == "in_place":
             wanted = {**self._fields(desired), **self._link_fields(target, desired)}

@@ -384,15 +384,22 @@ def test_a_create_without_active_adopting_an_admins_disabled_account_keeps_it_di
     assert [r["Enabled"] for r in rows_at(account_store, fresh)] == [True], "a new account is enabled"
 
 
-def test_a_put_without_active_adding_a_role_adopts_the_kinds_disabled_row_disabled(scim, account_store, cli):
+@pytest.mark.parametrize(("person_disabled", "row_disabled"), [(False, True), (True, False), (True, True)])
+def test_a_put_without_active_adding_a_role_adopts_the_kinds_row_enabled_only_if_both_were(
+        scim, account_store, cli, person_disabled, row_disabled):
+    """An unset active keeps the person as stored and the adopted row as it was: enabled only if both are
+    (a disabled person adopting an admin's enabled row stayed enabled, and a later disable skipped it)."""
     email = f"{unique('put')}@contoso.test"
     user = provision(scim, email)
-    assert cli("add", email, "--kind", "agent", "--account-id", unique("A"), "--disabled") == 0
+    if person_disabled:
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+    assert cli("add", email, "--kind", "agent", "--account-id", unique("A"),
+               *(["--disabled"] if row_disabled else [])) == 0
     body = {**entra.create_user(email, email, user["externalId"], kinds=("user", "agent")), "id": user["id"]}
     del body["active"]
     assert scim.put(f"/Users/{user['id']}", body).status_code == 200
     rows = {r["RowKey"]: r["Enabled"] for r in rows_at(account_store, email)}
-    assert rows == {"user": True, "agent": False}, rows
+    assert rows == {"user": not person_disabled, "agent": False}, rows
 
 
 def test_check_does_not_send_a_provisioned_non_ascii_account_to_review(scim, account_store, cli, capsys):
