@@ -344,10 +344,10 @@ class Registration:
             # a version without our tag is the previous registration's when the app does not use this one yet
             if not self.vault_holds_a_secret_of(vault, held, untagged=client_id == recorded):
                 self.new_secret(client_id, vault, before=held)
-            self.secret_for_another = recorded_client_id(current) not in (None, client_id)
+            self.secret_for_another = recorded not in (None, client_id)
             self.let_the_app_read(vault, self.secret_name)
         wanted = sign_in_settings(client_id, tenant)
-        if recorded_client_id(current) == client_id:  # its spelling stays: rewriting it would restart the app
+        if recorded == client_id:  # its spelling stays: rewriting it would restart the app
             wanted["OIDC_CLIENT_ID"] = current["OIDC_CLIENT_ID"]
         if self.args.public_base_url:  # the app builds its redirect URIs from it: the ones registered now
             wanted["PUBLIC_BASE_URL"] = base
