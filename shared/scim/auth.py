@@ -115,14 +115,14 @@ def read_config(runtime) -> SyncConfig:
             # grants its role), a 403 is that secret not existing yet.
             if isinstance(cause, ResourceNotFoundError) or (
                     not named and isinstance(cause, HttpResponseError) and cause.status_code == 403):
-                return SyncConfig((), "", kind, tuple(problems))
+                return SyncConfig((), "", kind)  # off: SCIM_DEFAULT_KIND, even a bad one, is of no use yet
             # The vault's problems (empty, forbidden) are about this secret: the 503 names its setting.
             located = (Problem(p.setting or "SCIM_TOKEN_NAME", p.text, p.fix) for p in exc.problems)
             return SyncConfig((), source, kind, (*problems, *located))
     elif direct.strip():
         raw, source = direct, "SCIM_TOKEN"
     else:
-        return SyncConfig((), "", kind, tuple(problems))
+        return SyncConfig((), "", kind)  # off (SPEC: its routes 404), whatever SCIM_DEFAULT_KIND holds
     tokens, token_problems = parse_tokens(raw, source)
     problems += token_problems
     return SyncConfig(() if problems else tokens, source, kind, tuple(problems))

@@ -53,8 +53,11 @@ def event_for(scim, status: int, reason: str | None = None) -> dict:
 
 # ---- on, off, tokens ----
 
-def test_without_a_token_directory_sync_is_off_and_every_route_is_404(use_settings):
-    off = Scim(use_settings(SCIM_TOKEN=None))
+@pytest.mark.parametrize("kind", [None, "users"])
+def test_without_a_token_directory_sync_is_off_and_every_route_is_404(use_settings, kind):
+    """SPEC: no token configured, directory sync is off (404), whatever SCIM_DEFAULT_KIND holds: a bad
+    one turned it on, every route a 503 "fix SCIM_DEFAULT_KIND" with its row, the setup page red."""
+    off = Scim(use_settings(SCIM_TOKEN=None, SCIM_DEFAULT_KIND=kind))
     before = len(off.events())
     for path in ("/Users", "/ServiceProviderConfig", "/Schemas", "/Users/x", "/"):
         error_of(off.get(path), 404)
