@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..config import KIND_ROLES, looks_like_a_token, public_base_url, valid_public_base
 from ..diagnostics import failure_text
-from ..errors import REGISTER_APP, Problem
+from ..errors import REGISTER_APP, DependencyUnavailable, Problem
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
 from .auth import read_config, secret_name
 from .events import DirectoryEvents
@@ -20,7 +20,7 @@ MAX_LISTED = 20  # people without a portal role named on the page; the count say
 
 @dataclass
 class SyncStatus:
-    state: str  # "off", "on" or "error"
+    state: str  # "off", "on", "error" or "unavailable" (Key Vault unreachable: the token read before serves)
     tenant_url: str
     source: str = ""
     problems: list[Problem] = field(default_factory=list)  # its settings' (read_config), or why none were read
@@ -42,15 +42,22 @@ def sync_status(runtime, correlation_id: str = "") -> SyncStatus:
     status = SyncStatus(state="off", tenant_url=f"{base}/api/scim/v2" if valid_public_base(base) else "")
     try:
         config = read_config(runtime)
+    except DependencyUnavailable as exc:
+        # An outage, not a setting to fix: Entra's requests go on with the token read before (RELIABILITY.md),
+        # and the rows below come from Table Storage.
+        status.state, status.problems = "unavailable", [Problem("", failure_text("the SCIM token", exc,
+                                                                                  correlation_id))]
+        config = None
     except Exception as exc:
         status.state, status.problems = "error", [Problem("", failure_text("directory sync settings", exc,
                                                                            correlation_id))]
         return status
-    status.source = config.source
-    if config.problems:
-        status.state, status.problems = "error", list(config.problems)
-    elif config.tokens:
-        status.state = "on"
+    if config is not None:
+        status.source = config.source
+        if config.problems:
+            status.state, status.problems = "error", list(config.problems)
+        elif config.tokens:
+            status.state = "on"
     try:
         tables = runtime.tables
         status.last = DirectoryEvents(tables.client(DIRECTORY_EVENTS_TABLE)).latest()
@@ -79,10 +86,11 @@ def setup_section(runtime, correlation_id: str = "", status: SyncStatus | None =
     caller has read it already (the page's summary counts its state), so the tables are read once."""
     s = status or sync_status(runtime, correlation_id)
     e = html.escape
-    label = {"off": ("warn", "off"), "on": ("ok", "on"), "error": ("fail", "setting error")}[s.state]
+    label = {"off": ("warn", "off"), "on": ("ok", "on"), "error": ("fail", "setting error"),
+             "unavailable": ("warn", "Key Vault unreachable")}[s.state]
     rows = [f'<tr><td><span class="st {label[0]}">{label[1]}</span></td><th>Directory sync</th><td>'
             + (f"token from {e(s.source)}" if s.state == "on" else
-               "; ".join(e(str(p)) for p in s.problems) if s.state == "error" else
+               "; ".join(e(str(p)) for p in s.problems) if s.state in ("error", "unavailable") else
                "no SCIM token: set <code>SCIM_TOKEN</code> locally, or run "
                f"<code>{e(REGISTER_APP)} provisioning</code> ({_secret_shown(secret_name(runtime.env))}).")
             + "</td></tr>"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from shared.scim import auth
-from tests.scim.conftest import Scim
+from tests.scim.conftest import TOKEN, Scim
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 NEW, OLD, NEWER = "N" * 40, "O" * 40, "W" * 44
@@ -76,3 +76,20 @@ def test_a_secret_name_key_vault_refuses_is_a_setting_error_naming_it(stub, vaul
     response = Scim(vault_app(SCIM_TOKEN=None, SCIM_TOKEN_NAME="scim_token")).get("/Users", token=NEW)
     assert response.status_code == 503 and "SCIM_TOKEN_NAME" in response.json()["detail"]
     assert stub.reads("scim_token") == 0, "not asked for: Key Vault would answer a 400"
+
+
+
+def test_key_vault_down_after_the_token_was_read_is_unreachable_on_the_setup_page_not_a_setting_error(
+        stub, vault_app):
+    """Entra's requests go on with the token read (RELIABILITY.md); the setup page said "setting error",
+    counted it as a problem, and dropped the section's table rows although Table Storage was up."""
+    from tests.scim.test_setup_page import section
+
+    stub.set_secret("scim-token", TOKEN)
+    scim = Scim(vault_app(SCIM_TOKEN=None, SCIM_TOKEN_NAME="scim-token"), token=TOKEN)
+    assert scim.get("/Users").status_code == 200
+    stub.answer_raw((200, "text/html", "<html>gateway</html>"))
+    shown = section()
+    assert "setting error" not in shown and "Key Vault unreachable" in shown, shown
+    assert "People and accounts" in shown, "the rows Table Storage gives are still shown"
+    assert scim.get("/Users").status_code == 200, "Entra's requests go on"
