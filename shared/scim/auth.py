@@ -58,6 +58,9 @@ class SyncConfig:
         return matched
 
 
+SETTINGS_FIRST = "the app's settings have problems (see Settings): the token is read once they load."
+
+
 def parse_tokens(raw: str, source: str) -> tuple[tuple[str, ...], list[Problem]]:
     """The secret's lines (blank lines and surrounding spaces dropped), at most MAX_TOKENS."""
     tokens = tuple(line.strip() for line in raw.splitlines() if line.strip())
@@ -106,7 +109,13 @@ def read_config(runtime) -> SyncConfig:
         name = secret_name(env)
         source = f"Key Vault secret '{name}'"
         try:
-            raw = runtime.secrets.read(name).value
+            reader = runtime.secrets
+        except ConfigurationError:
+            # The sign-in settings do not load (the vault's reader is built from them): their own rows name
+            # each problem; taken as directory sync's, each was named twice and its 503 said to fix them.
+            return SyncConfig((), source, kind, (*problems, Problem("", SETTINGS_FIRST)))
+        try:
+            raw = reader.read(name).value
         except ConfigurationError as exc:
             cause = exc.__cause__
             # No secret: directory sync is off. Key Vault answers a secret the app holds no role on with

@@ -126,8 +126,9 @@ class DirectorySync:
         if config.problems:
             names = sorted({p.setting for p in config.problems if p.setting})
             event.detail = "; ".join(map(str, config.problems))
-            return self._finish(event, error_reply(503, "Directory sync is not configured correctly: fix "
-                                                   f"{', '.join(names)} (see the setup page).",
+            fix = f"fix {', '.join(names)}" if names else "the app's settings have problems"
+            return self._finish(event, error_reply(503, f"Directory sync is not configured correctly: {fix} "
+                                                   "(see the setup page).",
                                                    headers={"Retry-After": str(RETRY_AFTER)}),
                                 "configuration_error", started)
         authorization = request.header("Authorization")

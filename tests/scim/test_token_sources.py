@@ -4,6 +4,8 @@ restart; no secret means directory sync is off; SCIM_TOKEN beside KEY_VAULT_URL 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from shared.scim import auth
@@ -93,3 +95,19 @@ def test_key_vault_down_after_the_token_was_read_is_unreachable_on_the_setup_pag
     assert "setting error" not in shown and "Key Vault unreachable" in shown, shown
     assert "People and accounts" in shown, "the rows Table Storage gives are still shown"
     assert scim.get("/Users").status_code == 200, "Entra's requests go on"
+
+
+def test_a_sign_in_setting_problem_is_named_once_not_taken_for_directory_syncs(stub, vault_app):
+    """With KEY_VAULT_URL, a bad PORTAL_AGENT_URL stopped the vault's reader being built, and the settings'
+    problems came back as directory sync's: its row named the problem twice, SCIM's 503 said to fix it."""
+    import requests
+
+    from tests.conftest import APP_BASE
+
+    stub.set_secret("scim-token", TOKEN)
+    scim = Scim(vault_app(SCIM_TOKEN=None, PORTAL_AGENT_URL="http://bad.example"), token=TOKEN)
+    page = requests.get(f"{APP_BASE}/api/sso/setup", timeout=20).text
+    (row,) = re.findall(r"<tr>(?:(?!</tr>).)*<th>PORTAL_AGENT_URL</th>.*?</tr>", page)
+    assert row.count("is not an https:// URL") == 1, row
+    body = scim.get("/Users").json()
+    assert "the app's settings have problems" in body["detail"] and "PORTAL_AGENT_URL" not in body["detail"], body
