@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from shared.config import origin_of
+from shared.config import origin_of, public_base_url
 from shared.tables import APP_TABLES
 
 from .arguments import FUNCTION_APP, KEY_VAULT, RESOURCE_GROUP, STORAGE_ACCOUNT, WORKSPACE, https_url, names
@@ -389,8 +389,10 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     if principal_known and (moves or current.get(MOVED_FROM)):
         az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
                  "--setting-names", MOVED_FROM, change=None)
-    return {"base": base, "subscription": account.get("id", ""), "audience": audience,
-            "issuer": current.get("SESSION_TOKEN_ISSUER") or base}
+    # Printed as the app reads them (a base written with its trailing '/' is the one without: shared.config).
+    shown = public_base_url({"PUBLIC_BASE_URL": base})
+    return {"base": shown, "subscription": account.get("id", ""), "audience": audience,
+            "issuer": (current.get("SESSION_TOKEN_ISSUER") or "").strip() or shown}
 
 
 def upload(az: Az, app: str, rg: str, package: Path, digest: str, python: str, moved_off: list[str]) -> None:
@@ -463,6 +465,14 @@ def python_of(site: dict | None) -> str | None:
     return ((site_field(site, "functionAppConfig") or {}).get("runtime") or {}).get("version")
 
 
+def not_blank(value: str) -> str:
+    """An option's value as the app reads it (stripped), refused when nothing is left: `--session-audience
+    "$AUD"` with AUD unset wrote no audience and printed the portals' origin as the one in effect."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty: give the 'aud' your portals check, or leave the option out")
+    return value.strip()
+
+
 def session_audience(args: argparse.Namespace, current: dict[str, str]) -> str:
     """The session tokens' aud once the settings are written. One set before (by hand or --session-audience)
     is kept, never changed unasked: deploy writes it only when given, so it is someone's choice, and each
@@ -509,8 +519,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the portal page that receives users' session tokens (an https:// URL)")
     parser.add_argument("--portal-agent-url", required=True, type=https_url,
                         help="the portal page that receives agents' session tokens (an https:// URL)")
-    parser.add_argument("--session-audience", help="the session token's aud (default: the portals' origin, or the "
-                                                   "one set before; required when their origins differ)")
+    parser.add_argument("--session-audience", type=not_blank,
+                        help="the session token's aud (default: the portals' origin, or the one set before; "
+                             "required when their origins differ)")
     parser.add_argument("--python", choices=PYTHON_VERSIONS,
                         help=f"the app's Python version (a new app: {NEW_APP_PYTHON}; an existing one keeps its own "
                              "unless this is given; the package is then built again for it)")

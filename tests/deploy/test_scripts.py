@@ -661,3 +661,29 @@ def test_on_a_clone_without_a_venv_the_script_makes_the_venv_alone_not_the_local
                           text=True, timeout=30)
     assert done.returncode == 7, done.stderr
     assert (tmp_path / "make-args").read_text().split() == ["-C", str(tmp_path), ".venv/.installed"]
+
+
+def test_a_public_base_url_set_with_its_slash_is_printed_as_the_app_reads_it(azure):
+    """The app strips a trailing '/' (shared.config.public_base_url); deploy printed the redirect URIs
+    and iss from the raw value (https://sso.contoso.test//api/sso/user/callback: AADSTS50011 when pasted)."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["PUBLIC_BASE_URL"] = "https://sso.contoso.test/"
+    azure.state = state
+    again = azure.run("deploy", *DEPLOY_ARGS)
+    assert again.code == 0, again.err
+    assert "User Single Sign On URL:  https://sso.contoso.test/api/sso/user/callback" in again.out, again.out
+    assert "//api/" not in again.out and "iss https://sso.contoso.test " in again.out, again.out
+    assert not [m for m in again.mutations if "PUBLIC_BASE_URL" in m], "the setting is kept as written"
+
+
+@pytest.mark.parametrize("audience", ["", "  "])
+def test_a_blank_session_audience_is_refused_as_a_missing_one(azure, audience):
+    """`--session-audience "$AUD"` with AUD unset: exit 0, no SESSION_TOKEN_AUDIENCE written and the
+    user portal's origin printed as aud, while the app (two portal origins) refused every sign-in."""
+    args = [*DEPLOY_ARGS[:DEPLOY_ARGS.index("--portal-user-url")],
+            "--portal-user-url", "https://users.contoso.test/sso/user",
+            "--portal-agent-url", "https://agents.contoso.test/sso/agent"]
+    refused = azure.run("deploy", *args, "--session-audience", audience)
+    assert refused.code == 2 and "--session-audience" in refused.err, refused.err
+    assert not refused.calls, "refused before anything runs"
