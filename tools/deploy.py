@@ -368,6 +368,9 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     az.once_role_applies(signing_key, "Key Vault Secrets Officer", fresh=officer_granted)
     grant(az, principal, "ServicePrincipal", "Key Vault Secrets User", f"{vault_id}/secrets/{key_name}",
           known=principal_known and vault_known)
+    if key_name != SIGNING_KEY_NAME and principal_known and vault_known:  # renamed by hand: the default is read no more
+        revoke(az, principal, "Key Vault Secrets User", f"{vault_id}/secrets/{SIGNING_KEY_NAME}",
+               f"the app reads its signing key from {key_name}")
 
     # 9. the Python asked for, then the package: deployed when it changed or was built for another Python (the
     # remote build installs the requirements' wheels for the runtime's version). Both are recorded after the

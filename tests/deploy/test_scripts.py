@@ -687,3 +687,19 @@ def test_a_blank_session_audience_is_refused_as_a_missing_one(azure, audience):
     refused = azure.run("deploy", *args, "--session-audience", audience)
     assert refused.code == 2 and "--session-audience" in refused.err, refused.err
     assert not refused.calls, "refused before anything runs"
+
+
+def test_a_signing_key_secret_renamed_by_hand_leaves_no_role_on_the_one_the_app_no_longer_reads(azure):
+    """README: Key Vault Secrets User on each secret the app reads. After SESSION_SIGNING_KEY_NAME was set
+    by hand, the identity kept its role on session-signing-key, and a vault move later left it too."""
+    from tools.azure_cli import scope_name
+
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["SESSION_SIGNING_KEY_NAME"] = "signing-key-2026"
+    azure.state = state
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    held = {scope_name(scope) for who, role, scope, _ in azure.state["roles"]
+            if who == "contoso-sso-principal" and role == "Key Vault Secrets User"}
+    assert "secrets/signing-key-2026" in held and "secrets/session-signing-key" not in held, held
+    assert not azure.run("deploy", *DEPLOY_ARGS).mutations, "and the run after changes nothing"
