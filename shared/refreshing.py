@@ -161,9 +161,9 @@ class Refreshing(Generic[T]):
         """Makes the held value due within `seconds` (sooner if it already was): what it was made
         into could not be used, so a fix is looked for before its time is up (shared/vault.py)."""
         with self._lock:
-            held = self._held
-            if held is not None and self._clock() + seconds < held.due:
-                self._held = _Held(held.value, held.fresh_until, self._clock() + seconds)
+            held, due = self._held, self._clock() + seconds
+            if held is not None and due < held.due:
+                self._held = _Held(held.value, held.fresh_until, due)
 
     def _lead(self, read: _Read, *, keep: bool) -> T:
         try:
