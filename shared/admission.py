@@ -17,14 +17,14 @@ def check_admission(claims: dict, kind: str, settings) -> None:
         raise TenantNotAllowed(f"tenant {tid!r} is not allowed")
     # The email before its flag: Entra sends xms_edov only with the email claim, so a token without
     # one (the optional claim not added) lacks both, and is the registration to fix, not a verification.
-    if not has_email(claims):
+    if not _has_email(claims):
         raise NoEmailClaim("no email claim in the ID token")
     check_email_verified(claims, required=settings.require_email_verified)
     if settings.app_roles_required:
         check_role(claims, kind)
 
 
-def has_email(claims: dict) -> bool:
+def _has_email(claims: dict) -> bool:
     email = claims.get("email")
     return isinstance(email, str) and bool(email.strip())
 
