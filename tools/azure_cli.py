@@ -257,6 +257,12 @@ def update_app_settings(az: Az, app: str, rg: str, wanted: dict[str, str], curre
                  change=("change", f"app settings {', '.join(sorted(changed))}"))
 
 
+def delete_app_setting(az: Az, app: str, rg: str, name: str, change: tuple[str, str] | None) -> None:
+    """Removes the app setting `name` (`change`: how a plan names it; None: bookkeeping, not shown)."""
+    az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
+             "--setting-names", name, change=change)
+
+
 def grant(az: Az, principal: str, kind: str, role: str, scope: str, *, known: bool = True) -> bool:
     """`role` for `principal` on exactly `scope`, once; True when granted now (it may take minutes to take
     effect). `known`: the principal and scope exist already (else, in a what-if, there is nothing to read

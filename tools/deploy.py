@@ -37,6 +37,7 @@ from .azure_cli import (
     Az,
     AzError,
     app_settings,
+    delete_app_setting,
     fail,
     grant,
     host_label,
@@ -299,8 +300,7 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
         # from here until the upload, Flex loads from a container without the package: the recorded digest goes
         # first, so a run that stops anywhere in between uploads it on the rerun
         if current.pop(PACKAGE_SETTING, None) is not None:
-            az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
-                     "--setting-names", PACKAGE_SETTING, change=None)
+            delete_app_setting(az, app, rg, PACKAGE_SETTING, change=None)
         az.write("functionapp", "deployment", "config", "set", "--name", app, "--resource-group", rg,
                  "--deployment-storage-name", n["storage"], "--deployment-storage-container-name", DEPLOY_CONTAINER,
                  "--deployment-storage-auth-type", "SystemAssignedIdentity",
@@ -347,8 +347,7 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     update_app_settings(az, app, rg, settings, current)
     audience = session_audience(args, current)
     if "AzureWebJobsStorage" in current:  # a key-based connection string: identities only
-        az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
-                 "--setting-names", "AzureWebJobsStorage", change=("remove", "the key-based AzureWebJobsStorage"))
+        delete_app_setting(az, app, rg, "AzureWebJobsStorage", change=("remove", "the key-based AzureWebJobsStorage"))
 
     # 8. the session-signing key, made once (rotation: see README); the app may read that secret alone. The
     # Secrets Officer role granted above, on a new vault, takes a while before Key Vault honours it.
@@ -390,8 +389,7 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     for key, old in [(key, old) for key, left in moves.items() for old in left] if principal_known else []:
         revoke_left(az, principal, key, old, rg, secrets)
     if principal_known and (moves or current.get(MOVED_FROM)):
-        az.write("functionapp", "config", "appsettings", "delete", "--name", app, "--resource-group", rg,
-                 "--setting-names", MOVED_FROM, change=None)
+        delete_app_setting(az, app, rg, MOVED_FROM, change=None)
     # Printed as the app reads them (a base written with its trailing '/' is the one without: shared.config).
     shown = public_base_url({"PUBLIC_BASE_URL": base})
     return {"base": shown, "subscription": account.get("id", ""), "audience": audience,
