@@ -295,17 +295,46 @@ def _origin_url(value: str, *, allow_loopback_http: bool = False) -> bool:
         and not urlsplit(value).query
 
 
+# How App Service writes a Key Vault reference app setting, in all its forms (SecretUri=..., or
+# VaultName=...;SecretName=...), matched in any ASCII case: one it cannot resolve reaches the app as this text.
+KEY_VAULT_REFERENCE_PREFIX = "@microsoft.keyvault("
+
+
+def unresolved_reference(setting: str, value: str) -> Problem | None:
+    """The problem of a setting that holds a Key Vault reference's own text (None when it does not):
+    App Service could not resolve it, and the text is no value of any setting, nor a secret (its vault
+    and secret names are derivable), so it is never used, nor quoted."""
+    head = value.strip()[:len(KEY_VAULT_REFERENCE_PREFIX)]
+    if not (head.isascii() and head.lower() == KEY_VAULT_REFERENCE_PREFIX):  # only A-Z folded (no Kelvin sign)
+        return None
+    return Problem(setting, f"App Service could not resolve the Key Vault reference for {setting}, so the app got "
+                   "the reference's text instead of the secret;", "give the app's managed identity the \"Key Vault "
+                   "Secrets User\" role on that secret (or the vault); the reference's status shows under the "
+                   "Function App's Environment variables (Configuration), on this setting.")
+
+
 class _Reader:
     """Reads raw settings for one validator and collects its problems."""
 
     def __init__(self, env: Mapping[str, str], problems: list[Problem]):
         self.env, self.problems = env, problems
+        self._unresolved: set[str] = set()  # settings holding an unresolved Key Vault reference
 
     def get(self, name: str) -> str:
-        return self.env.get(name, "").strip()
+        value = self.env.get(name, "").strip()
+        if name not in self._unresolved and (problem := unresolved_reference(name, value)):
+            self._unresolved.add(name)
+            self.problems.append(problem)
+        return value
+
+    def add(self, problem: Problem) -> None:
+        """Records a problem, unless its setting holds an unresolved Key Vault reference: that is the
+        whole story ("not a GUID", "holds no credential" would send the admin after the wrong fix)."""
+        if problem.setting not in self._unresolved:
+            self.problems.append(problem)
 
     def problem(self, setting: str, text: str, fix: str = "") -> None:
-        self.problems.append(Problem(setting, text, fix))
+        self.add(Problem(setting, text, fix))
 
     def placeholder(self, name: str, value: str) -> bool:
         """True (and a problem) when the value still holds a placeholder of the example file."""
@@ -506,7 +535,7 @@ def _secrets(read: _Reader, _: dict) -> dict:
     cert_name = read.get("OIDC_CLIENT_CERTIFICATE_NAME") or None
     for setting in ("OIDC_CLIENT_SECRET_NAME", "OIDC_CLIENT_CERTIFICATE_NAME", "SESSION_SIGNING_KEY_NAME"):
         if problem := secret_name_problem(setting, read.get(setting)):
-            read.problems.append(problem)
+            read.add(problem)
     if vault:
         if not read.placeholder("KEY_VAULT_URL", vault) and (why := _vault_problem(vault)):
             read.problem("KEY_VAULT_URL", f"{quoted(vault)} {why};", "copy the vault's 'Vault URI' from its "
@@ -653,6 +682,7 @@ def _portals(read: _Reader, _: dict) -> dict:
                 read.problem("PORTAL_ALLOWED_RETURN_ORIGINS", *_NO_IPV6)
                 break
             origins.add(origin_of(item))
+    read.get("PUBLIC_BASE_URL")  # public_base_url reads it from the env: this names an unresolved reference there
     base = public_base_url(read.env)
     if not base:
         read.problem("PUBLIC_BASE_URL", "missing (and no WEBSITE_HOSTNAME).",

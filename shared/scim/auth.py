@@ -3,8 +3,9 @@
 The tokens are `SCIM_TOKEN` (local development) or the Key Vault secret `SCIM_TOKEN_NAME` (default
 `scim-token`): one or two tokens, one per line, the new one first, both accepted, so a rotation has no
 gap. None configured: directory sync is off (every SCIM route 404). A token under MIN_TOKEN_LENGTH
-characters, `SCIM_TOKEN` beside `KEY_VAULT_URL`, or a bad `SCIM_DEFAULT_KIND`: a setting error (SCIM
-routes 503 naming it). No SCIM library is imported here (the setup page uses this module)."""
+characters, `SCIM_TOKEN` holding a Key Vault reference App Service could not resolve, `SCIM_TOKEN`
+beside `KEY_VAULT_URL`, or a bad `SCIM_DEFAULT_KIND`: a setting error (SCIM routes 503 naming it). No
+SCIM library is imported here (the setup page uses this module)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from ..config import KINDS, SECRET_CACHE_SECONDS, secret_name_problem
+from ..config import KINDS, SECRET_CACHE_SECONDS, secret_name_problem, unresolved_reference
 from ..errors import ConfigurationError, Problem
 from ..refreshing import Refreshing
 from ..vault import CachedSecret
@@ -128,6 +129,9 @@ def read_config(runtime) -> SyncConfig:
             # The vault's problems (empty, forbidden) are about this secret: the 503 names its setting.
             located = (Problem(p.setting or "SCIM_TOKEN_NAME", p.text, p.fix) for p in exc.problems)
             return SyncConfig((), source, kind, (*problems, *located))
+    elif problem := unresolved_reference("SCIM_TOKEN", direct):
+        # The reference's text, not a token: as the settings take it, a setting error (sync on, 503).
+        return SyncConfig((), "SCIM_TOKEN", kind, (*problems, problem))
     elif direct.strip():
         raw, source = direct, "SCIM_TOKEN"
     else:

@@ -74,6 +74,18 @@ def test_a_short_token_is_a_setting_error_naming_the_setting_not_its_value(use_s
     assert short not in str(event_for(broken, 503, "configuration_error"))
 
 
+def test_an_unresolved_key_vault_reference_as_the_token_is_a_setting_error_never_accepted(use_settings):
+    """App Service gives the app a reference it could not resolve as its text, whose vault and secret
+    names are derivable defaults: that text was the token, `Bearer <the reference>` let anyone in."""
+    reference = "@Microsoft.KeyVault(SecretUri=https://contoso-sso-kv.vault.azure.net/secrets/scim-token/)"
+    broken = Scim(use_settings(SCIM_TOKEN=reference), token=reference)
+    body = error_of(broken.get("/Users"), 503)
+    assert "SCIM_TOKEN" in body["detail"] and "contoso-sso-kv" not in str(body), body
+    assert "contoso-sso-kv" not in str(event_for(broken, 503, "configuration_error"))
+    shown = setup_section()
+    assert "setting error" in shown and "Key Vault Secrets User" in shown and "contoso-sso-kv" not in shown, shown
+
+
 def test_two_tokens_one_per_line_are_both_accepted_and_no_third(use_settings):
     new, old = "n" * 40, "o" * 40
     both = Scim(use_settings(SCIM_TOKEN=f"{new}\n{old}\n"))

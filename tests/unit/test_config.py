@@ -654,3 +654,51 @@ def test_a_scim_token_or_a_bare_storage_key_pasted_into_a_setting_is_named_never
                                    "https://portal.contoso.test/a/very/long/path/of/lower/case/words/only"])
 def test_a_bad_value_that_is_no_credential_is_still_quoted(value):
     assert repr(value) in problems_of(env(ALLOWED_TENANT_IDS=value)), "the admin sees what was wrong"
+
+
+# An app setting holding a Key Vault reference App Service could not resolve (the identity lacks its
+# role, the secret is gone): the app gets the reference's own text as the value. Each documented form:
+VAULT, SECRET, VERSION = "contoso-sso-kv", "portal-aud", "0123456789abcdef0123456789abcdef"
+KEY_VAULT_REFERENCES = {
+    "secret-uri": f"@Microsoft.KeyVault(SecretUri=https://{VAULT}.vault.azure.net/secrets/{SECRET}/)",
+    "secret-uri-version": f"@Microsoft.KeyVault(SecretUri=https://{VAULT}.vault.azure.net/secrets/{SECRET}/{VERSION})",
+    "vault-name": f"@Microsoft.KeyVault(VaultName={VAULT};SecretName={SECRET})",
+    "vault-name-version": f"@Microsoft.KeyVault(VaultName={VAULT};SecretName={SECRET};SecretVersion={VERSION})",
+    "lower-case-padded": f"  @microsoft.keyvault(VaultName={VAULT};SecretName={SECRET})\n",
+}
+# Settings whose reference's text loaded as the value (aud, iss, the client secret sent to Entra), or
+# was refused for the wrong reason ("holds no credential", "not a GUID", "not an https:// URL").
+LOCAL_ONLY = {"OIDC_CLIENT_SECRET": None, "SESSION_SIGNING_KEY": None}
+REFERENCED_SETTINGS = {
+    "SESSION_TOKEN_AUDIENCE": {}, "SESSION_TOKEN_ISSUER": {}, "OIDC_CLIENT_SECRET": {},
+    "TABLES_CONNECTION_STRING": {}, "TABLES_ENDPOINT": {"TABLES_CONNECTION_STRING": None},
+    "OIDC_CLIENT_ID": {}, "PORTAL_USER_URL": {}, "KEY_VAULT_URL": LOCAL_ONLY, "PUBLIC_BASE_URL": {},
+    "OIDC_CLIENT_SECRET_NAME": {"KEY_VAULT_URL": "https://contoso-sso-kv.vault.azure.net", **LOCAL_ONLY},
+}
+
+
+@pytest.mark.parametrize("reference", KEY_VAULT_REFERENCES.values(), ids=KEY_VAULT_REFERENCES.keys())
+@pytest.mark.parametrize("setting", REFERENCED_SETTINGS)
+def test_an_unresolved_key_vault_reference_is_its_settings_one_problem_never_its_value(setting, reference):
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(env(**REFERENCED_SETTINGS[setting], **{setting: reference}))
+    (problem,) = caught.value.problems  # the reference is the whole story: no "missing", "not a GUID"...
+    text = str(problem)
+    assert problem.setting == setting and f"could not resolve the Key Vault reference for {setting}" in text, text
+    assert "Key Vault Secrets User" in text and "Environment variables" in text, "what to fix, where to look"
+    assert VAULT not in text and SECRET not in text and "@microsoft" not in text.lower(), "the value is not quoted"
+
+
+def test_an_unresolved_key_vault_reference_never_loads_as_the_session_tokens_audience():
+    """The literal text loaded as aud: every token the portal got carried it, and was refused there."""
+    reference = KEY_VAULT_REFERENCES["secret-uri"]
+    assert "SESSION_TOKEN_AUDIENCE" in problems_of(env(SESSION_TOKEN_AUDIENCE=reference))
+    assert load_settings(env(SESSION_TOKEN_AUDIENCE="api://portal")).session_audience == "api://portal"
+
+
+def test_only_ascii_letters_are_folded_in_recognising_a_key_vault_reference():
+    from shared.config import unresolved_reference
+
+    assert unresolved_reference("X", "@MICROSOFT.KEYVAULT(SecretUri=x)") is not None
+    assert unresolved_reference("X", "@Microsoft.\u212aeyVault(SecretUri=x)") is None, "the Kelvin sign is no K"
+    assert unresolved_reference("X", "Microsoft.KeyVault(SecretUri=x)") is None

@@ -86,3 +86,17 @@ def test_every_configured_token_is_compared_in_constant_time_whichever_matches(m
         compared.clear()
         assert config.accepts(header) is expected
         assert compared == [b"first-token", b"second-token", b"third-token"], header
+
+
+def test_an_unresolved_key_vault_reference_in_scim_token_is_a_setting_error_never_a_token():
+    """App Service passes a reference it could not resolve as its text, which is no secret (the vault's
+    and the secret's names are derivable): it turned directory sync on with that text as the token."""
+    from shared.scim.auth import read_config
+    from tests.unit.test_config import KEY_VAULT_REFERENCES
+
+    for reference in KEY_VAULT_REFERENCES.values():
+        config = read_config(Runtime(env(SCIM_TOKEN=reference)))
+        assert config.on and config.tokens == (), "a setting error (503), not on with that token, nor off"
+        (problem,) = config.problems
+        assert problem.setting == "SCIM_TOKEN" and "Key Vault Secrets User" in str(problem), problem
+        assert not config.accepts(f"Bearer {reference.strip()}")
