@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -213,9 +214,32 @@ def check_idp_metadata(runtime) -> Check:
                         "The identity provider must publish safe metadata (its issuer, https:// endpoints, "
                         "RS256/ES256 ID tokens); if OIDC_ISSUER_URL names another provider than yours, fix it.")
     except Exception as exc:  # a check reports; it never breaks the page
+        if _certificate_not_trusted(exc):  # the URL answered; it is our trust that refused it
+            return _failure("idp_metadata", "Identity provider metadata", exc,
+                            "The identity provider's TLS certificate is not trusted by this process: its certificate "
+                            "is checked against the system trust store or the bundle that REQUESTS_CA_BUNDLE names. "
+                            "Trust the CA that issued it there (or unset a REQUESTS_CA_BUNDLE that names the wrong "
+                            "bundle); a value in the environment wins over local.settings.json.")
         return _failure("idp_metadata", "Identity provider metadata", exc,
                         "Set OIDC_ISSUER_URL to the app registration's 'OpenID Connect metadata document' URL "
                         "(Overview > Endpoints), and check the app can reach it.")
+
+
+def _certificate_not_trusted(exc: BaseException) -> bool:
+    """Whether a failure was a TLS certificate verification error. requests wraps it several times
+    (SSLError > urllib3's MaxRetryError > urllib3's SSLError > ssl.SSLCertVerificationError), in causes,
+    args and `reason`, so every link is followed."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        link = todo.pop()
+        if not isinstance(link, BaseException) or id(link) in seen:
+            continue
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(link))
+        todo += [link.__cause__, link.__context__, getattr(link, "reason", None), *link.args]
+    return False
 
 
 def _stale(cached, check: Check, what: str = "Key Vault unreachable",

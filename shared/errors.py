@@ -191,8 +191,12 @@ class RoleNotAssigned(Forbidden):
                         f"(the app role {role} is not assigned to you).")
 
 
+# The article goes by sound, not by letter ("a user"), so each of the fixed KINDS has its own.
+_WITH_ARTICLE = {"user": "a user", "agent": "an agent"}
+
+
 def _a(kind: str) -> str:
-    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+    return _WITH_ARTICLE[kind]
 
 
 class IdentityMismatch(Forbidden):

@@ -475,6 +475,16 @@ def test_make_runs_own_settings_file_stays_its_own_after_devstack_is_deleted_and
     assert root.read_text() == yours
 
 
+@pytest.fixture
+def no_app_settings(monkeypatch):
+    """An environment holding none of the app's settings (the shell running the tests may export some)."""
+    from shared.config import SETTINGS_TABLE
+
+    for info in SETTINGS_TABLE:
+        monkeypatch.delenv(info.name, raising=False)
+
+
+@pytest.mark.usefixtures("no_app_settings")
 def test_an_empty_variable_is_not_reported_as_winning_over_the_settings(monkeypatch):
     """Core Tools fills an empty variable from local.settings.json, and so does tools.host: make run's
     note must not name it as the environment's."""
@@ -485,6 +495,20 @@ def test_an_empty_variable_is_not_reported_as_winning_over_the_settings(monkeypa
     monkeypatch.setenv("PUBLIC_BASE_URL", "https://127.0.0.1:7071")
     values = {"OIDC_CLIENT_SECRET": "s", "OIDC_CLIENT_ID": "c", "PUBLIC_BASE_URL": "https://127.0.0.1:7071"}
     assert from_environment(values) == ["OIDC_CLIENT_SECRET"]
+
+
+@pytest.mark.usefixtures("no_app_settings")
+def test_every_app_setting_set_in_the_environment_is_named_not_only_those_make_run_writes(monkeypatch):
+    """An app setting make run does not write (APP_ROLES_REQUIRED, KEY_VAULT_URL...) exported in the
+    shell still reaches the app: the note names it too, by name only, never its value."""
+    from tools.dev import from_environment
+
+    monkeypatch.setenv("APP_ROLES_REQUIRED", "true")
+    monkeypatch.setenv("KEY_VAULT_URL", "https://mine.vault.azure.net")
+    monkeypatch.setenv("SESSION_TOKEN_TTL_SECONDS", "")  # empty: the app's default, nothing overridden
+    monkeypatch.setenv("NOT_AN_APP_SETTING", "x")
+    values = {"OIDC_CLIENT_ID": "c"}
+    assert from_environment(values) == ["APP_ROLES_REQUIRED", "KEY_VAULT_URL"]
 
 
 def test_files_holding_secrets_are_private_even_when_they_were_there_before(tmp_path):

@@ -28,7 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from shared.config import KINDS, redirect_uri, signed_out_uri
+from shared.config import KINDS, SETTINGS_TABLE, redirect_uri, signed_out_uri
 
 from .local_settings import apply_values
 from .stack import (
@@ -187,9 +187,13 @@ def write_local_settings(values: dict[str, str]) -> str:
 
 
 def from_environment(values: dict[str, str]) -> list[str]:
-    """The settings the process environment overrides (it wins, as with Core Tools, where it is not empty)."""
+    """The settings the process environment overrides (it wins, as with Core Tools, where it is not empty):
+    those of `values` it holds another value for, and every other app setting it holds (the app gets the
+    whole environment, so an APP_ROLES_REQUIRED left exported in the shell applies too). Names only."""
     filled = apply_values(values, dict(os.environ))
-    return sorted(name for name in values if name not in filled and os.environ[name] != values[name])
+    written = {name for name in values if name not in filled and os.environ[name] != values[name]}
+    unwritten = {info.name for info in SETTINGS_TABLE if info.name not in values and os.environ.get(info.name)}
+    return sorted(written | unwritten)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from tests.support.hostile_flow import (
     sign_in,
     switch_to,
 )
-from tests.support.hostile_idp import CLIENT_ID, CLIENT_SECRET, TENANT, SigningKey
+from tests.support.hostile_idp import CLIENT_ID, CLIENT_SECRET, TENANT, HostileIdp, SigningKey
 from tests.support.portal import (
     TIMEOUT,
     assert_error_page,
@@ -51,6 +51,7 @@ from tests.support.portal import (
     start_login,
     verify_session_token,
 )
+from tools.stack import make_ca
 
 OTHER_TENANT = "7f3e1a9c-2d4b-4c8e-b1a5-9e6d0c2f4b17"
 # The app's JWKS cache refetches on an unknown kid at most once per this window.
@@ -442,6 +443,17 @@ def test_unusable_discovery_metadata_is_a_page_naming_the_idp(hostile, app, over
     assert "Location" not in response.headers
     (check,) = [c for c in diagnostics.health_checks(app)[1] if c.name == "idp_metadata"]
     assert check.level == "fail" and "identity provider must publish safe metadata" in check.fix
+
+
+def test_an_idp_certificate_this_process_does_not_trust_names_the_trust_setting(use_settings, tmp_path):
+    """The metadata URL is right, but the IdP's certificate comes from a CA outside the trust bundle: the
+    fix is the trust (REQUESTS_CA_BUNDLE), not OIDC_ISSUER_URL, which it named before."""
+    with HostileIdp(make_ca(tmp_path), redirect_uris=REDIRECT_URIS.values()) as untrusted:
+        runtime = switch_to(untrusted, use_settings)
+        (check,) = [c for c in diagnostics.health_checks(runtime)[1] if c.name == "idp_metadata"]
+    assert check.level == "fail", check
+    assert "REQUESTS_CA_BUNDLE" in check.fix and "local.settings.json" in check.fix, check.fix
+    assert "OIDC_ISSUER_URL" not in check.fix, check.fix
 
 
 # ---- the JWKS cache

@@ -74,3 +74,15 @@ def test_each_door_needs_its_role_only_when_required(kind, role):
             check_admission(token, kind, required)
         assert role in caught.value.message and "register-app" in caught.value.hint
         check_admission(token, kind, settings())  # not required: roles are not looked at
+
+
+@pytest.mark.parametrize(("kind", "role", "sentence"), [
+    ("user", "Portal.User", "as a user (the app role Portal.User"),
+    ("agent", "Portal.Agent", "as an agent (the app role Portal.Agent"),
+])
+def test_the_role_page_names_its_kind_with_the_right_article(kind, role, sentence):
+    # "user" starts with a vowel letter but a consonant sound: "as an user" was wrong English.
+    with pytest.raises(RoleNotAssigned) as caught:
+        check_admission(claims(xms_edov=True, roles=[]), kind, settings(APP_ROLES_REQUIRED="true"))
+    assert caught.value.message == ("You are signed in, but you have not been given access to the portal "
+                                    f"{sentence} is not assigned to you).")
