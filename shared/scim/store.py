@@ -8,8 +8,9 @@ Rows (one table, a partition per purpose):
   point reads, and a userName, externalId or account email is held by one person. A pointer counts
   while the person it names holds that value, or while it is recent (CLAIM_GRACE: that person's
   write may be under way, so a concurrent claim is 409 and Entra retries); one left behind by a write
-  that stopped is taken over once older. A create refused midway lets go of what it claimed. A
-  search checks every candidate against the filter itself.
+  that stopped is taken over once older. A create or change refused midway (409, 400) lets go of
+  the pointers it claimed, so the values are free again at once (TableScimStorage._claims). A search
+  checks every candidate against the filter itself.
 
 A write claims the pointers of its new values, then makes the accounts (sync.py), then writes the
 person row, etag-checked: a write that fails midway leaves the person row as it was, Entra retries
@@ -22,6 +23,7 @@ person is gone; and a row it planned on that vanished is never made again (sync.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import uuid
@@ -341,14 +343,15 @@ class TableScimStorage(ScimStorage):
         return [person] if person else []
 
     # ---- writes ----
-    def _claim(self, partition: str, key: str, scim_id: str) -> None:
-        """Points `key` at the person; UniquenessException when another person holds it."""
+    def _claim(self, partition: str, key: str, scim_id: str) -> bool:
+        """Points `key` at the person: True when this call wrote the pointer (made it, or took over one
+        left behind), False when it named them already; UniquenessException when another person holds it."""
         if not key:
-            return
+            return False
         for _ in range(3):
             try:
                 self._users.create_entity({"PartitionKey": partition, "RowKey": key, "Id": scim_id})
-                return
+                return True
             except ResourceExistsError:
                 pass
             try:
@@ -357,7 +360,7 @@ class TableScimStorage(ScimStorage):
                 continue
             holder = pointer.get("Id") or ""
             if holder == scim_id:
-                return
+                return False
             other = self._person(holder)
             what = {BY_USER_NAME: "userName", BY_EXTERNAL_ID: "externalId", BY_EMAIL: "email"}[partition]
             if other is not None and other.keys()[partition] == key:
@@ -369,10 +372,33 @@ class TableScimStorage(ScimStorage):
                 self._users.update_entity({"PartitionKey": partition, "RowKey": key, "Id": scim_id},
                                           mode=UpdateMode.REPLACE, etag=pointer.metadata["etag"],
                                           match_condition=MatchConditions.IfNotModified)
-                return
+                return True
             except (ResourceModifiedError, ResourceNotFoundError):
                 continue
         raise UniquenessException(detail="a unique value kept changing hands; try again")
+
+    @contextlib.contextmanager
+    def _claims(self, scim_id: str, *, existing: bool = False):
+        """Yields claim(partition, key), _claim's. A write refused inside (a SCIMException: 409, 400,
+        404) lets go of the pointers claim wrote: left, they would turn away the corrected retry, or
+        another person given the value meanwhile, for CLAIM_GRACE ("being given to another User")
+        while no filter finds anyone holding it. It keeps those that named the person already (a
+        concurrent write of theirs may be giving them the value) and, for a person who exists
+        (`existing`), all of them once another write of theirs landed (Raced: that write may have
+        given them the value; the retry reads it so, and claims nothing). After an outage they stay:
+        the person row may have been written."""
+        claimed = []
+
+        def claim(partition: str, key: str) -> None:
+            if self._claim(partition, key, scim_id):
+                claimed.append((partition, key))
+        try:
+            yield claim
+        except SCIMException as exc:
+            if not (existing and isinstance(exc, Raced)):
+                for partition, key in claimed:
+                    self._release(partition, key, scim_id)
+            raise
 
     def _release(self, partition: str, key: str, scim_id: str) -> None:
         if not key:
@@ -426,19 +452,11 @@ class TableScimStorage(ScimStorage):
         facts = Facts(resource, self._default_kind, self._tenant)
         scim_id = str(uuid.uuid4())  # random: never reused
         row = self._row(scim_id, resource, facts, 1, datetime.now(UTC))  # refused (too large) before any write
-        claimed = []
-        try:
+        with self._claims(scim_id) as claim:  # a refused create lets go of them
             for partition, key in facts.keys().items():
-                self._claim(partition, key, scim_id)
-                claimed.append((partition, key))
+                claim(partition, key)
             self._apply_accounts(scim_id, facts, [], row, created=True)
             return Person.written(row, self._users.create_entity(row)).resource()
-        except SCIMException:
-            # Refused before the person row: its pointers would block the corrected retry for
-            # CLAIM_GRACE. (After an outage they stay: the person row may have been written.)
-            for partition, key in claimed:
-                self._release(partition, key, scim_id)
-            raise
 
     def update(self, resource_type: ResourceType, resource: User, *, expected_version: str | None = None) -> User:
         scim_id = resource.id or ""
@@ -451,9 +469,6 @@ class TableScimStorage(ScimStorage):
                       kept_active=person.row.get("Active") is not False)
         row = self._row(scim_id, resource, facts, person.version + 1, person.row["Created"])  # before any write
         old = person.keys()
-        for partition, key in facts.keys().items():
-            if key != old[partition]:
-                self._claim(partition, key, scim_id)
         recorded = person.account_keys()
         moving = bool(facts.email_key) and facts.email_key not in recorded
         carried = [k for k in self._carried if k not in recorded and k != facts.email_key]
@@ -471,15 +486,19 @@ class TableScimStorage(ScimStorage):
                     held != (person.row.get("DisabledKinds") or "") or self._sync.ids_changed:
                 self._record_pending(person, [*recorded, *carried, *([facts.email_key] if moving else [])],
                                      active_changed, held, self._sync.account_ids)
-        self._apply_accounts(scim_id, facts, [*recorded, *carried], row, active_changed=active_changed,
-                             before_writing=record_pending, person=person)
-        try:
-            written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
-                                                match_condition=MatchConditions.IfNotModified)
-        except ResourceModifiedError as exc:
-            raise Raced(detail="the User changed while it was written", keys=self._sync.written) from exc
-        except ResourceNotFoundError as exc:
-            raise self._gone(scim_id, self._sync.written) from exc
+        with self._claims(scim_id, existing=True) as claim:  # a refused change lets go of them
+            for partition, key in facts.keys().items():
+                if key != old[partition]:
+                    claim(partition, key)
+            self._apply_accounts(scim_id, facts, [*recorded, *carried], row, active_changed=active_changed,
+                                 before_writing=record_pending, person=person)
+            try:
+                written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
+                                                    match_condition=MatchConditions.IfNotModified)
+            except ResourceModifiedError as exc:
+                raise Raced(detail="the User changed while it was written", keys=self._sync.written) from exc
+            except ResourceNotFoundError as exc:
+                raise self._gone(scim_id, self._sync.written) from exc
         for partition, key in old.items():
             if key and key != facts.keys()[partition]:
                 self._release(partition, key, scim_id)

@@ -667,6 +667,54 @@ def test_a_create_refused_midway_leaves_its_values_free(scim):
     assert retried.status_code == 201, retried.text
 
 
+@pytest.mark.parametrize("refusal", ["email_taken", "account_linked"])
+@pytest.mark.parametrize("how", ["patch", "put"])
+def test_a_change_refused_midway_leaves_its_new_values_free(scim, how, refusal):
+    """A PATCH or PUT giving the person a free userName and externalId that is then refused (409:
+    another person's email, or their account linked to the old identity) lets go of both, as a
+    refused create does: the person keeps their own, and Entra creating someone else with those
+    values is not blocked for CLAIM_GRACE by a "being given to another User" the filter cannot see."""
+    old_oid = oid()
+    user, email = new_user(scim, external_id=old_oid)
+    if refusal == "account_linked":
+        scim.runtime.accounts.link_and_record_login(scim.runtime.accounts.get(email, "user"), f"{TENANT}:{old_oid}")
+        given_email = email
+    else:
+        _, given_email = new_user(scim)
+    user_name, external_id = f"{unique('wanted')}@contoso.test", oid()
+    if how == "patch":
+        response = scim.patch(f"/Users/{user['id']}", entra.patch(
+            {"op": "Replace", "path": "userName", "value": user_name},
+            {"op": "Replace", "path": "externalId", "value": external_id}, entra.replace_work_email(given_email)))
+    else:
+        response = scim.put(f"/Users/{user['id']}", entra.create_user(user_name, given_email, external_id))
+    error_of(response, 409, "uniqueness")
+    kept = scim.get(f"/Users/{user['id']}").json()
+    assert (kept["userName"], kept["externalId"]) == (user["userName"], old_oid), kept
+    assert scim.get("/Users", params=entra.by_user_name(user["userName"])).json()["Resources"][0]["id"] == user["id"]
+    other = scim.post("/Users", entra.create_user(user_name, f"{unique('other')}@contoso.test", external_id))
+    assert other.status_code == 201, other.text
+    assert scim.get("/Users", params=entra.by_user_name(user_name)).json()["Resources"][0]["id"] == other.json()["id"]
+
+
+def test_a_change_that_lost_to_the_same_change_keeps_the_pointer_that_write_relies_on(scim, monkeypatch):
+    """B (userName -> X) claimed X's pointer and paused; A, the same change of the same person, found
+    the pointer naming them and wrote the person row. B's write then lost the race (412, retried): it
+    keeps the pointer, which A's person row now relies on, so X stays theirs alone."""
+    user, _ = new_user(scim)
+    user_name = f"{unique('both')}@contoso.test"
+    rename = {"op": "Replace", "path": "userName", "value": user_name}
+
+    def same_change():
+        assert Scim(scim.runtime).patch(f"/Users/{user['id']}", entra.patch(rename)).status_code in (200, 204)
+    assert paused_patch(scim, monkeypatch, user, "plan", rename, same_change) in (200, 204)
+    assert scim.get(f"/Users/{user['id']}").json()["userName"] == user_name
+    error_of(scim.post("/Users", entra.create_user(user_name, f"{unique('other')}@contoso.test", oid())),
+             409, "uniqueness")
+    assert [u["id"] for u in scim.get("/Users", params=entra.by_user_name(user_name)).json()["Resources"]] == \
+        [user["id"]]
+
+
 @contextlib.contextmanager
 def scim_behind_a_fault_proxy(use_settings, azurite) -> Iterator[tuple[FaultProxy, Scim, dict]]:
     """Directory sync reaching Azurite through a FaultProxy, warm (tables made, connections pooled),
