@@ -15,7 +15,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
-from .config import KINDS, log_value
+from .config import KINDS, ascii_lower, log_value
 from .errors import AccountDisabled, DependencyUnavailable, IdentityMismatch, MalformedEmail, NoAccount
 from .tables import SCIM_PERSON_PARTITION, delete_existed, storage_errors
 
@@ -26,7 +26,6 @@ log = logging.getLogger("portal_sso")
 _FORBIDDEN_IN_KEYS = r"/\\#?\x00-\x1f\x7f-\x9f"
 KEY_FORBIDDEN = re.compile(f"[{_FORBIDDEN_IN_KEYS}]")  # what no stored key can hold (Azurite refuses them too)
 _KEY_UNSAFE = re.compile(f"[%{_FORBIDDEN_IN_KEYS}]")
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a path
 # Table Storage keeps a PartitionKey or RowKey of up to 1 KiB of UTF-16: 512 code units (Azurite refuses
 # a longer one with a 400). An address under MAX_EMAIL_LENGTH can still make a longer key, since each
@@ -200,11 +199,6 @@ def canonical_email(raw: str) -> str:
     if problem:
         raise MalformedEmail(f"email {problem}")
     return ascii_lower(raw)
-
-
-def ascii_lower(value: str) -> str:
-    """Only `A`-`Z` lowercased (str.lower and casefold merge distinct strings: the Kelvin sign, 'ß')."""
-    return value.translate(_ASCII_LOWER)
 
 
 def email_key(raw: str) -> str:

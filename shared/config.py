@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from azure.core.utils import parse_connection_string
 
@@ -23,6 +23,7 @@ WELL_KNOWN_SUFFIX = ".well-known/openid-configuration"
 MULTI_TENANT_SEGMENTS = {"common", "organizations", "consumers", "{tenantid}"}
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 FLOW_TTL_SECONDS = 600
 SECRET_CACHE_SECONDS = 900  # SECRET_CACHE_SECONDS' default: how long a secret read from Key Vault is reused
 # Hosts of Entra's sign-in endpoints (public cloud and the sovereign clouds): their client ids are GUIDs.
@@ -260,19 +261,34 @@ def issuer_tenant_segment(base: str) -> str:
     return parts[0] if parts else ""
 
 
+def ascii_lower(value: str) -> str:
+    """Only `A`-`Z` lowercased (str.lower and casefold merge distinct strings: the Kelvin sign, 'ß')."""
+    return value.translate(_ASCII_LOWER)
+
+
+def ascii_host(parts: SplitResult) -> bool:
+    """Whether the URL's host is ASCII as written. Not `parts.hostname.isascii()`: hostname is lower-cased
+    with str.lower, which makes the Kelvin sign U+212A an ASCII 'k'. The whole netloc is checked: user
+    info and port are refused or meaningless in anything but ASCII too."""
+    return parts.netloc.isascii()
+
+
 def origin_of(url: str) -> str:
-    """The URL's origin as browsers compare it: scheme://host[:port], lower-cased, an IPv6 literal in
+    """The URL's origin as browsers compare it: scheme://host[:port], A-Z lower-cased, an IPv6 literal in
     its brackets, the default port left out ("https://a:443/x" and "https://a:/x" are "https://a": a
     CSP source or an allowlist entry written any other way would not match what the browser sends)."""
     parts = urlsplit(url)
+    as_written = ascii_lower(f"{parts.scheme}://{parts.netloc}")
+    if not ascii_host(parts):  # no setting holds one (_https_url): as written, it matches none
+        return as_written
     try:
         port = parts.port
-    except ValueError:  # no port a browser would use: the netloc as written, which then matches nothing
-        return f"{parts.scheme}://{parts.netloc}".lower()
-    host = parts.hostname or ""
+    except ValueError:  # no port a browser would use: as written, which then matches nothing
+        return as_written
+    host = parts.hostname or ""  # an ASCII netloc, so str.lower folded A-Z only
     host = f"[{host}]" if ":" in host else host
-    default = {"https": 443, "http": 80}.get(parts.scheme.lower())
-    return f"{parts.scheme}://{host}".lower() + (f":{port}" if port is not None and port != default else "")
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    return ascii_lower(f"{parts.scheme}://{host}") + (f":{port}" if port is not None and port != default else "")
 
 
 def _https_url(value: str, *, allow_loopback_http: bool = False) -> bool:
@@ -282,7 +298,7 @@ def _https_url(value: str, *, allow_loopback_http: bool = False) -> bool:
         return False
     # An ASCII host only: it goes into headers (Location, the form's CSP), which are ASCII, and CSP
     # host sources are; an internationalised domain is given in its xn-- form.
-    if not parts.hostname or not parts.hostname.isascii() or parts.username or parts.password or parts.fragment:
+    if not parts.hostname or not ascii_host(parts) or parts.username or parts.password or parts.fragment:
         return False
     if parts.scheme == "https":
         return True

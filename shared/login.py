@@ -17,7 +17,7 @@ from .accounts import canonical_email, shown_name_problem
 from .admission import check_admission
 from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
-from .config import KINDS, home_urls, log_value, origin_of
+from .config import KINDS, ascii_host, home_urls, log_value, origin_of
 from .daylog import event_json
 from .errors import (
     WRONG_DOOR,
@@ -82,7 +82,8 @@ def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
     """The return_to, if it points exactly (scheme, host, port) at an allowed origin (as `origin_of`
     gives them, which is how the settings hold them); else
     ReturnToNotAllowed. Backslashes, control characters, user info and protocol-relative URLs are
-    refused outright: browsers and parsers disagree about them (open-redirect tricks). The length is
+    refused outright: browsers and parsers disagree about them (open-redirect tricks). So is a host that
+    is not ASCII, as no setting holds one (str.lower would make the Kelvin sign a 'k'). The length is
     counted as the flow cookie holds it (JSON, UTF-8): counted in characters, 2,048 non-ASCII ones would
     seal into a cookie over the 4 KB browsers keep, and the person would come back to a 400."""
     try:
@@ -98,6 +99,8 @@ def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
         raise ReturnToNotAllowed("return_to is not a URL") from exc
     if parts.scheme not in ("https", "http") or not parts.hostname or "@" in parts.netloc:
         raise ReturnToNotAllowed("return_to must be an absolute http(s) URL without user info")
+    if not ascii_host(parts):  # as the settings hold hosts; and Location and the CSP are ASCII headers
+        raise ReturnToNotAllowed("return_to host is not ASCII (an internationalised domain goes in its xn-- form)")
     origin = origin_of(value)
     if origin not in allowed_origins:  # the settings hold them as origin_of gives them
         raise ReturnToNotAllowed(f"return_to origin {origin!r} is not allowed")

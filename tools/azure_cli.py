@@ -238,11 +238,17 @@ def site_field(site: dict | None, key: str):
     return properties.get(key) if isinstance(properties, dict) and key in properties else (site or {}).get(key)
 
 
+def as_the_app_reads(settings: dict[str, str], setting: str) -> str:
+    """An app setting as the app reads it (shared.config's _Reader.get): stripped, "" when absent. One set
+    by hand often ends in a newline or space, which the app never sees."""
+    return (settings.get(setting) or "").strip()
+
+
 def secret_name(settings: dict[str, str], setting: str, default: str) -> str:
     """The Key Vault secret the app reads: its `setting` (e.g. OIDC_CLIENT_SECRET_NAME), else `default`. A
     name Key Vault refuses or that looks like a token (most often the secret's value pasted in its place,
     which a read would put in the vault's URL) stops the run, unquoted."""
-    name = (settings.get(setting) or "").strip() or default  # as the app reads it (config's _Reader.get)
+    name = as_the_app_reads(settings, setting) or default
     if problem := secret_name_problem(setting, name):
         raise AzError(f"The function app's setting {setting} {problem.text} {problem.fix}")
     return name

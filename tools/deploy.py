@@ -37,6 +37,7 @@ from .azure_cli import (
     Az,
     AzError,
     app_settings,
+    as_the_app_reads,
     delete_app_setting,
     fail,
     grant,
@@ -393,7 +394,7 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
     # Printed as the app reads them (a base written with its trailing '/' is the one without: shared.config).
     shown = public_base_url({"PUBLIC_BASE_URL": base})
     return {"base": shown, "subscription": account.get("id", ""), "audience": audience,
-            "issuer": (current.get("SESSION_TOKEN_ISSUER") or "").strip() or shown}
+            "issuer": as_the_app_reads(current, "SESSION_TOKEN_ISSUER") or shown}
 
 
 def upload(az: Az, app: str, rg: str, package: Path, digest: str, python: str, moved_off: list[str]) -> None:
@@ -479,7 +480,7 @@ def session_audience(args: argparse.Namespace, current: dict[str, str]) -> str:
     is kept, never changed unasked: deploy writes it only when given, so it is someone's choice, and each
     portal checks exactly that value. When it is not the portals' origin (they moved), that is said."""
     origin = origin_of(args.portal_user_url)
-    kept = current.get("SESSION_TOKEN_AUDIENCE")
+    kept = as_the_app_reads(current, "SESSION_TOKEN_AUDIENCE")
     if args.session_audience or not kept:
         return args.session_audience or origin
     if kept != origin:

@@ -677,6 +677,20 @@ def test_a_public_base_url_set_with_its_slash_is_printed_as_the_app_reads_it(azu
     assert not [m for m in again.mutations if "PUBLIC_BASE_URL" in m], "the setting is kept as written"
 
 
+@pytest.mark.parametrize("padding", ["\n", " ", "\r\n"])
+def test_a_session_audience_set_by_hand_with_padding_is_read_stripped_as_the_app_reads_it(azure, padding):
+    """The app strips its settings (shared.config): deploy did not, so a hand-set audience with a final
+    newline or space was "not the portals' origin" (a spurious warning to change it) and printed with it."""
+    assert azure.run("deploy", *DEPLOY_ARGS).code == 0
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"]["SESSION_TOKEN_AUDIENCE"] = f"https://portal.contoso.test{padding}"
+    azure.state = state
+    again = azure.run("deploy", *DEPLOY_ARGS)
+    assert again.code == 0, again.err
+    assert "warning" not in again.err, again.err
+    assert "aud https://portal.contoso.test (SESSION_TOKEN_AUDIENCE)" in again.out, again.out
+
+
 @pytest.mark.parametrize("audience", ["", "  "])
 def test_a_blank_session_audience_is_refused_as_a_missing_one(azure, audience):
     """`--session-audience "$AUD"` with AUD unset: exit 0, no SESSION_TOKEN_AUDIENCE written and the

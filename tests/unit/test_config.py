@@ -621,6 +621,24 @@ def test_a_host_in_unicode_form_is_a_named_problem_with_its_xn_form_as_the_fix(s
     assert load_settings(env(**{setting: ascii_form, "SESSION_TOKEN_AUDIENCE": "portal"}))
 
 
+@pytest.mark.parametrize("setting", ["PORTAL_USER_URL", "PORTAL_ALLOWED_RETURN_ORIGINS", "PUBLIC_BASE_URL"])
+def test_a_host_with_the_kelvin_sign_is_a_named_problem_not_read_as_a_k(setting):
+    """urlsplit's hostname is lower-cased with str.lower, which makes the Kelvin sign U+212A an ASCII
+    'k': the host passed as ASCII and the value went on, non-ASCII, into the form and its CSP."""
+    value = "https://portal.\u212Aontoso.test" + ("/sso/user" if setting == "PORTAL_USER_URL" else "")
+    text = problems_of(env(**{setting: value, "SESSION_TOKEN_AUDIENCE": "portal"}))
+    assert setting in text and "xn--" in text, text
+
+
+def test_an_origin_folds_only_a_to_z():
+    """Only A-Z are folded (str.lower makes the Kelvin sign a 'k'): a host that is not ASCII, which no
+    setting holds, stays as written and so matches no allowed origin."""
+    from shared.config import origin_of
+
+    assert origin_of("https://Portal.\u212Aontoso.TEST/x") == "https://portal.\u212Aontoso.test"
+    assert origin_of("https://portal.\u212Aontoso.test:443/x") != "https://portal.kontoso.test"
+
+
 @pytest.mark.parametrize(("setting", "value"), [
     ("PORTAL_USER_URL", "https://[2001:db8::10]/landing"), ("PORTAL_AGENT_URL", "http://[::1]:3000/agent"),
     ("PORTAL_ALLOWED_RETURN_ORIGINS", "http://[::1]:3000")])

@@ -84,6 +84,26 @@ def test_return_to_not_exactly_on_an_allowed_origin_is_refused_with_400(url):
     assert caught.value.reason == "return_to_not_allowed", "the audit reason names the return_to check"
 
 
+@pytest.mark.parametrize("url, allowed", [
+    # str.lower makes the Kelvin sign an ASCII 'k': this folded onto the allowed origin and went on,
+    # non-ASCII, into the flow and the session token's return_to claim.
+    ("https://portal.\u212Aontoso.test/x", "https://portal.kontoso.test"),
+    # An internationalised host is allowed in its xn-- form only (as the settings hold it): the Unicode
+    # form is refused even where an allowlist would hold it as written.
+    ("https://b\u00fccher.test/x", "https://b\u00fccher.test"),
+], ids=["kelvin-sign", "unicode-host"])
+def test_return_to_whose_host_is_not_ascii_is_refused_with_400(url, allowed):
+    with pytest.raises(ReturnToNotAllowed) as caught:
+        check_return_to(url, frozenset({allowed}))
+    assert caught.value.status == 400 and caught.value.reason == "return_to_not_allowed", url
+    assert "ASCII" in str(caught.value), "the audit detail says why"
+
+
+def test_return_to_on_an_internationalised_host_in_its_xn_form_is_accepted():
+    url = "https://xn--bcher-kva.test/x"
+    assert check_return_to(url, frozenset({"https://xn--bcher-kva.test"})) == url
+
+
 def test_return_to_at_the_length_limit_is_accepted_and_one_more_character_is_refused():
     base = "https://portal.contoso.test/"
     at_limit = base + "a" * (MAX_RETURN_TO - len(base))
