@@ -327,7 +327,7 @@ def provision(az: Az, args: argparse.Namespace, package: Path, digest: str) -> d
         current = app_settings(az, app, rg) if site_known else {
             "AzureWebJobsStorage": "<set by functionapp create>", "APPLICATIONINSIGHTS_CONNECTION_STRING": connection}
     # a custom domain that register-app --public-base-url set stays: the registration holds its redirect URIs
-    base = current.get("PUBLIC_BASE_URL") or f"https://{host}"
+    base = as_the_app_reads(current, "PUBLIC_BASE_URL") or f"https://{host}"
     settings = {
         "AzureWebJobsStorage__accountName": n["storage"],
         "KEY_VAULT_URL": vault_url.rstrip("/"),

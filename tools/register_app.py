@@ -62,6 +62,7 @@ from .azure_cli import (
     Az,
     AzError,
     app_settings,
+    as_the_app_reads,
     fail,
     grant,
     host_label,
@@ -133,8 +134,10 @@ def sign_in_settings(client_id: str, tenant: str) -> dict[str, str]:
 
 def recorded_client_id(settings: dict[str, str]) -> str | None:
     """The function app's OIDC_CLIENT_ID as Graph spells an appId (a GUID in lower case): the app accepts it
-    in any case and Graph matches it without case, so an upper-case one names the same registration."""
-    value = settings.get("OIDC_CLIENT_ID")
+    in any case and Graph matches it without case, so an upper-case one names the same registration. Read
+    stripped, as the app reads it: one set by hand with a newline was looked up as written, found nothing,
+    and a new registration was made (the people assigned to the old one's roles lost the portal)."""
+    value = as_the_app_reads(settings, "OIDC_CLIENT_ID") or None
     return value.lower() if value and value.isascii() else value
 
 
@@ -223,11 +226,11 @@ class Registration:
     def function_app(self) -> tuple[str, str, dict[str, str]]:
         """(the public base URL, the vault's name, the app settings), read from the deployed function app."""
         settings = app_settings(self.az, self.app, self.rg)
-        base = self.args.public_base_url or settings.get("PUBLIC_BASE_URL")
+        base = self.args.public_base_url or as_the_app_reads(settings, "PUBLIC_BASE_URL")
         if not base:
             site = self.az.read("functionapp", "show", "--name", self.app, "--resource-group", self.rg)
             base = f"https://{site_field(site, 'defaultHostName') or self.app + '.azurewebsites.net'}"
-        vault_url = settings.get("KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
+        vault_url = as_the_app_reads(settings, "KEY_VAULT_URL") or f"https://{names(self.app)['vault']}.vault.azure.net"
         self.secret_name = secret_name(settings, "OIDC_CLIENT_SECRET_NAME", SECRET_NAME)
         self.certificate_name = secret_name(settings, "OIDC_CLIENT_CERTIFICATE_NAME", "") or None
         return base.rstrip("/"), host_label(vault_url), settings

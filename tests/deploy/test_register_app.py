@@ -246,14 +246,18 @@ def test_a_rerun_compares_only_what_it_sets_and_leaves_the_registration_alone(az
     assert {c["name"] for c in app["optionalClaims"]["idToken"]} == {"email", "xms_edov", "auth_time"}
 
 
-def test_a_client_id_recorded_in_upper_case_names_the_same_registration_not_one_to_delete(azure):
+@pytest.mark.parametrize("as_set", [str.upper, lambda live: live + "\n", lambda live: f" {live} "],
+                         ids=["upper-case", "trailing-newline", "padded"])
+def test_a_client_id_recorded_in_another_form_names_the_same_registration_not_one_to_delete(azure, as_set):
     """The hunt's case: OIDC_CLIENT_ID written in upper case (the app accepts it, and Graph matches an appId
     without regard to case) was taken for another registration than the one Graph returned: the rerun treated
-    it as a move and, exit 0, told the admin to delete the live registration."""
+    it as a move and, exit 0, told the admin to delete the live registration. One set by hand with a newline
+    or spaces (which the app strips) was looked up as written, found nothing, and a new registration was
+    made: the people assigned to the old one's roles lost the portal."""
     assert azure.run("register-app", *APP_ARGS).code == 0
     state = azure.state
     live = state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_ID"]
-    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_ID"] = live.upper()
+    state["sites"]["contoso-sso"]["settings"]["OIDC_CLIENT_ID"] = as_set(live)
     azure.state = state
     again = azure.run("register-app", *APP_ARGS)
     assert again.code == 0, again.err
