@@ -320,8 +320,7 @@ def unresolved_reference(setting: str, value: str) -> Problem | None:
     """The problem of a setting that holds a Key Vault reference's own text (None when it does not):
     App Service could not resolve it, and the text is no value of any setting, nor a secret (its vault
     and secret names are derivable), so it is never used, nor quoted."""
-    head = value.strip()[:len(KEY_VAULT_REFERENCE_PREFIX)]
-    if not (head.isascii() and head.lower() == KEY_VAULT_REFERENCE_PREFIX):  # only A-Z folded (no Kelvin sign)
+    if ascii_lower(value.strip()[:len(KEY_VAULT_REFERENCE_PREFIX)]) != KEY_VAULT_REFERENCE_PREFIX:
         return None
     return Problem(setting, f"App Service could not resolve the Key Vault reference for {setting}, so the app got "
                    "the reference's text instead of the secret;", "give the app's managed identity the \"Key Vault "
