@@ -93,19 +93,28 @@ class JwksCache:
 
 def _usable_key(item: object) -> IdpKey | None:
     """A signing key of the IdP's JWKS, or None for one we cannot or must not use: not for signatures,
-    a type we do not know, malformed, or RSA under 2048 bits (RFC 7518 3.3: factorable, it would let
-    anyone sign ID tokens)."""
+    a type we do not know, malformed, published with its private half, or RSA under 2048 bits (RFC 7518
+    3.3: factorable, it would let anyone sign ID tokens)."""
     if not isinstance(item, dict) or item.get("use", "sig") != "sig":
+        return None
+    if _PRIVATE_MEMBERS.intersection(item):
+        # Skipped, not cut down to its public half: everyone who reads the JWKS holds this key, so a
+        # token it verifies proves nothing (and PyJWT would hand back a private key, which cannot verify).
         return None
     try:
         jwk = jwt.PyJWK(item)
-    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError, AttributeError):
+    except Exception:
+        # Foreign data parsed by PyJWT, whose errors are many (NotImplementedError for "alg": "none",
+        # ValueError, KeyError, ...): one bad key is skipped, it never fails the whole set (a 500).
         return None
     if isinstance(jwk.key, rsa.RSAPublicKey) and jwk.key.key_size < MIN_RSA_BITS:
         return None
     return IdpKey(jwk, item.get("alg"), item.get("kty"), item.get("crv"),
                   item.get("issuer") if isinstance(item.get("issuer"), str) else None)
 
+
+# RFC 7518 6.3.2, 6.2.2 and 6.4.1 (RSA, EC and OKP private members; `k`, a symmetric key, is all private).
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 # What a JWK must be to verify each algorithm: (kty, crv or None for any).
 _KEY_FOR_ALG = {**{f"{family}{bits}": ("RSA", None) for family in ("RS", "PS") for bits in (256, 384, 512)},

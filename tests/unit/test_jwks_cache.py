@@ -306,6 +306,48 @@ def test_an_rsa_key_under_2048_bits_is_not_used(jwks_a):
         cache.signing_key("weak", "RS256")
 
 
+def test_a_key_declaring_alg_none_is_skipped_and_the_others_still_serve(jwks_a):
+    """PyJWT raises NotImplementedError (not a PyJWKError) for a JWK whose `alg` is "none": one such key
+    beside the real one must not take the set down (every login a 500), cold or at the daily refresh."""
+    odd = {**jwk("odd"), "alg": "none"}
+    t = [1000.0]
+    cold = JwksCache(fetch=lambda: {"keys": [jwks_a, odd]}, clock=lambda: t[0])
+    assert cold.signing_key("kid-a", "RS256").key_id == "kid-a"
+    with pytest.raises(InvalidIdToken):
+        cold.signing_key("odd", "RS256")
+    answers = [{"keys": [jwks_a]}, {"keys": [jwks_a, odd]}]
+    warm = JwksCache(fetch=lambda: answers.pop(0) if len(answers) > 1 else answers[0], clock=lambda: t[0])
+    assert warm.signing_key("kid-a", "RS256").key_id == "kid-a"
+    t[0] += 86400 + 1
+    assert warm.signing_key("kid-a", "RS256").key_id == "kid-a", "the refreshed set still verifies"
+    assert not answers[1:], "the daily refresh did read the set with the odd key"
+
+
+def _private_jwks() -> list[dict]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+    strong = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the weak key under test
+    curve = ec.generate_private_key(ec.SECP256R1())
+    return [{**RSAAlgorithm.to_jwk(strong, as_dict=True), "kid": "rsa-private"},
+            {**RSAAlgorithm.to_jwk(weak, as_dict=True), "kid": "rsa-private-weak"},
+            {**ECAlgorithm.to_jwk(curve, as_dict=True), "kid": "ec-private", "alg": "ES256"}]
+
+
+@pytest.mark.parametrize("private", _private_jwks(), ids=lambda key: key["kid"])
+def test_a_key_published_with_its_private_half_is_never_used(jwks_a, private):
+    """A JWK carrying private members (RSA `d`, `p`, ...; EC `d`) is a key anyone who read the JWKS holds:
+    a token it verifies proves nothing. It is skipped (not reduced to its public half), whatever its size,
+    and the real key still serves."""
+    assert "d" in private
+    cache = JwksCache(fetch=lambda: {"keys": [private, jwks_a]}, clock=lambda: 1000.0)
+    assert cache.signing_key("kid-a", "RS256").key_id == "kid-a"
+    alg = private.get("alg", "RS256")
+    with pytest.raises(InvalidIdToken) as caught:
+        cache.signing_key(private["kid"], alg)
+    assert caught.value.check == "kid"
+
+
 def test_the_idp_metadata_a_week_past_its_refresh_stops_serving_while_the_idp_stays_down():
     """The metadata (shared/runtime.py) follows the keys' rule: a failed daily refresh keeps it, for at
     most a week; its endpoints, like a retired key, must not be trusted for ever."""
