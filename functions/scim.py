@@ -25,7 +25,7 @@ def _serve(req: func.HttpRequest, context: func.Context, path: str) -> func.Http
 
 # Every path under /api/scim/v2 reaches the SCIM service, which answers an unknown one with a SCIM 404
 # body (SPEC): a catch-all, so /Users/{id}/more is the service's to refuse, not the host's. The root
-# has a function of its own: tools.host's catch-all (werkzeug's path converter) needs one segment.
+# has a function of its own: tools.host's catch-all takes a remainder of one character or more.
 @http_route(bp, "scim/v2", METHODS, func.AuthLevel.ANONYMOUS)
 def scim_root(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     return _serve(req, context, "/")

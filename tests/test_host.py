@@ -41,6 +41,10 @@ def make_app() -> func.FunctionApp:
         response.headers.add("Set-Cookie", "other=x%3Dy; Path=/")
         return response
 
+    @bp.route(route="files/{*rest}", methods=["GET"])
+    def files(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse(json.dumps(dict(req.route_params)), mimetype="application/json")
+
     @bp.route(route="boom", methods=["GET"])
     def boom(req: func.HttpRequest) -> func.HttpResponse:
         raise RuntimeError("secret-detail-in-exception")
@@ -95,6 +99,16 @@ def test_unknown_path_is_404_and_wrong_method_405_with_allow(server, session):
     assert (r.status_code, r.headers["Allow"]) == (405, "GET"), "the methods the function's trigger names"
     r = session.delete(f"{server.url}/api/sso/user/callback")
     assert (r.status_code, sorted(r.headers["Allow"].split(", "))) == (405, ["GET", "POST"])
+
+
+def test_a_catch_all_takes_every_remainder_even_one_that_starts_with_a_slash(server, session):
+    """`{*name}` takes the rest of the path as it is: werkzeug's path converter wants a first character
+    other than `/`, so /api/scim/v2//Users got the host's 404 and never reached the SCIM service (its
+    bearer check, its SCIM 404, its audit row)."""
+    for rest in ("a", "a/b/", "/x", "//", "/a//b"):
+        r = session.get(f"{server.url}/api/files/{rest}", allow_redirects=False)
+        assert (r.status_code, r.json()) == (200, {"rest": rest}), rest
+    assert session.get(f"{server.url}/api//files/a", allow_redirects=False).status_code == 404, "only the remainder"
 
 
 def raw_request(port: int, data: bytes) -> bytes:

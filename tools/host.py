@@ -51,7 +51,7 @@ from werkzeug.exceptions import (
     RequestEntityTooLarge,
     default_exceptions,
 )
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, PathConverter, Rule
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler, load_ssl_context
 from werkzeug.wrappers import Request, Response
 
@@ -96,9 +96,17 @@ def _served(function: Any) -> list[str]:
     return list(getattr(function.get_user_function(), "served_methods", None) or _methods(function))
 
 
+class _Remainder(PathConverter):
+    """`{*name}`: the rest of the path as it is. Werkzeug's `path` wants a first character other than
+    `/`, so /api/scim/v2//Users was the host's 404, never the SCIM service's (bearer check, SCIM 404, row)."""
+
+    regex = ".+"
+    part_isolating = False  # werkzeug would infer True from a regex without "/": one segment only
+
+
 def _rule(template: str, prefix: str, function: Any) -> Rule:
     path = "/" + "/".join(part for part in (prefix, template.strip("/")) if part)
-    rule_path = re.sub(r"\{\*(\w+)\}", r"<path:\1>", re.sub(r"\{(\w+)\}", r"<\1>", path))
+    rule_path = re.sub(r"\{\*(\w+)\}", r"<remainder:\1>", re.sub(r"\{(\w+)\}", r"<\1>", path))
     if "{" in rule_path or "}" in rule_path:
         raise ValueError(f"route {template!r}: tools.host serves {{name}} and {{*name}} parameters only")
     return Rule(rule_path, endpoint=function, methods=_methods(function) or None)
@@ -129,7 +137,7 @@ class FunctionHost:
                 continue
             rules.append(_rule(trigger.route or function.get_function_name(), prefix, function))
         # No redirects for a trailing or doubled slash: Azure has none, and they would echo the path.
-        self.routes = Map(rules, strict_slashes=False, merge_slashes=False)
+        self.routes = Map(rules, strict_slashes=False, merge_slashes=False, converters={"remainder": _Remainder})
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         started = time.perf_counter()

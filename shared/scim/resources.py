@@ -150,9 +150,12 @@ def plain_roles_in(payload: dict) -> dict:
     for operation in operations if isinstance(operations, list) else []:
         if not isinstance(operation, dict):
             continue
-        path, value = operation.get("path"), operation.get("value")
+        # In any case, as the library reads them: `Path`/`Value` left as written would reach it unconverted,
+        # and a Remove of Entra's JSON-string role would match no role held (a 204 that removes nothing).
+        path, value = member(operation, "path"), member(operation, "value")
         if path is None and isinstance(value, dict):
             plain_roles_in(value)
-        elif isinstance(path, str) and path.lower() in ROLES_ATTRIBUTE and "value" in operation:
-            operation["value"] = _plain_roles(value, str(operation.get("op")).lower() == "remove")
+        elif isinstance(path, str) and path.lower() in ROLES_ATTRIBUTE:
+            for key in [k for k in operation if isinstance(k, str) and k.lower() == "value"]:
+                operation[key] = _plain_roles(value, str(member(operation, "op")).lower() == "remove")
     return payload

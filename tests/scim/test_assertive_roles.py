@@ -52,3 +52,27 @@ def test_an_add_of_roles_never_removes_one_which_is_why_the_mapping_is_assertive
     scim_id = created.json()["id"]
     assert scim.patch(f"/Users/{scim_id}", entra.patch(entra.add_role_complex("user"))).status_code in (200, 204)
     assert set(accounts_of(scim, email)) == {"user", "agent"}, "an Add removes nothing"
+
+
+def _capitalized(operation: dict) -> dict:
+    return {name.title(): value for name, value in operation.items()}
+
+
+@pytest.mark.parametrize("spelled", [dict, _capitalized], ids=["path-value", "Path-Value"])
+def test_a_remove_of_a_role_in_entras_string_form_removes_it_however_its_members_are_spelled(scim, spelled):
+    """Members of a PatchOp's operation are read in any case (as the library reads them): a Remove of
+    a role written as Entra's JSON string under `Path`/`Value` must remove it like one under
+    `path`/`value` does, not answer 204 and leave the role and its account in place."""
+    name = unique("spelled")
+    email = f"{name}@contoso.test"
+    created = scim.post("/Users", entra.create_user(f"{name}@contoso.test", email, oid(), kinds=("user",)))
+    assert created.status_code == 201, created.text
+    scim_id = created.json()["id"]
+    added = scim.patch(f"/Users/{scim_id}", entra.patch(spelled(entra.add_role_complex("agent"))))
+    assert added.status_code in (200, 204), added.text
+    assert set(accounts_of(scim, email)) == {"user", "agent"}
+
+    removed = scim.patch(f"/Users/{scim_id}", entra.patch(spelled(entra.add_role_complex("agent", op="Remove"))))
+    assert removed.status_code in (200, 204), removed.text
+    assert set(accounts_of(scim, email)) == {"user"}, "the removed role's account is gone"
+    assert [r["value"] for r in scim.get(f"/Users/{scim_id}").json()["roles"]] == ["Portal.User"]

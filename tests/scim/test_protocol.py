@@ -120,6 +120,8 @@ def test_bad_requests_get_scim_errors_with_scim_type_and_an_audit_row(scim):
         (scim.get("/Users/0b7c9f47-0000-4000-8000-000000000000"), 404, None),
         (scim.get("/Groups"), 404, None),
         (scim.get(f"/Users/{user['id']}/manager"), 404, None),  # deeper than a resource: SCIM's 404, not the host's
+        (scim.get("//Groups"), 404, None),  # an empty first segment: the service's 404 too, not tools.host's page
+        (scim.get("//Users", token="wrong-token-" * 4), 401, None),
         (scim.post("/Schemas", {"schemas": []}), 405, None),
         (scim.put("/ServiceProviderConfig", {}), 405, None),
         # a method no trigger list named: the SCIM service's own 405 and row (Azure's host answered its empty 404)
