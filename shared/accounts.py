@@ -99,8 +99,8 @@ DIRECTORY_SYNC_ID_PREFIXES = tuple(directory_sync_account_id("", kind) for kind 
 # What an import's scan reads of each stored row (stored_accounts) and what `add` reads of the rows
 # holding an account id (AccountStore.holders); DisplayName, so that a write taken back (take_back)
 # puts the name it replaced back.
-STORED_FIELDS = ["PartitionKey", "RowKey", "AccountId", "LinkedIdpSubject", "Email", "MovedTo", "MovedFrom",
-                 "ScimId", "Enabled", "DisplayName"]
+STORED_FIELDS = ["PartitionKey", "RowKey", "AccountId", "LinkedIdpSubject", SCIM_OBJECT_ID, "Email", "MovedTo",
+                 "MovedFrom", "ScimId", "Enabled", "DisplayName"]
 
 
 def _char(c: str) -> str:
@@ -833,13 +833,23 @@ def check_account(email: str, kind: str, account_id: str, name: str = "") -> lis
 
 
 def repoints(account_id: str, before: Account | None) -> bool:
-    """Writing `account_id` over `before` would sign the person linked to it in to another account id."""
-    return before is not None and bool(before.linked_idp_subject) and before.account_id != account_id
+    """Writing `account_id` over `before` would sign the person it belongs to in to another account id:
+    the one linked to it, or (several ALLOWED_TENANT_IDS: directory sync cannot link) the object id it
+    was provisioned for, whose first login links it."""
+    return before is not None and bool(bound_to(before)) and before.account_id != account_id
+
+
+def bound_to(account: Account) -> str:
+    """Who `account` belongs to, said for an admin; empty when no one yet (the next login by the email
+    links it)."""
+    if account.linked_idp_subject:
+        return f"linked to {account.linked_idp_subject}"
+    return f"provisioned for the Entra object id {account.scim_object_id}" if account.scim_object_id else ""
 
 
 def repoint_text(before: Account, account_id: str) -> str:
-    return (f"the {before.kind} account of {before.email} is {before.account_id}, linked to "
-            f"{before.linked_idp_subject}: making it {account_id} would sign that person in to {account_id}")
+    return (f"the {before.kind} account of {before.email} is {before.account_id}, {bound_to(before)}: making it "
+            f"{account_id} would sign that person in to {account_id}")
 
 
 def refusal_text(before: Account | None, row: AccountRow) -> str:

@@ -50,6 +50,7 @@ from shared.accounts import (
     AccountRow,
     AccountStore,
     Imported,
+    bound_to,
     canonical_email,
     check_account,
     parse_enabled,
@@ -339,8 +340,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         print(f"added {said} in {args.storage}")
         return EXIT_OK
     # A forced re-point is said whether or not directory sync manages the row: it changes who signs in.
-    repointed = (f": it was {printable(before.account_id)}; {printable(before.linked_idp_subject)}, who is linked "
-                 f"to it, now signs in to {printable(account_id)} (--force)") if repoints(account_id, before) else ""
+    repointed = (f": it was {printable(before.account_id)}, {printable(bound_to(before))}: that person now signs in "
+                 f"to {printable(account_id)} (--force)") if repoints(account_id, before) else ""
     managed = ""
     if before.provisioned:
         state = "disabled as asked" if args.disabled else "enabled" if before.enabled else \

@@ -449,7 +449,7 @@ def test_add_over_a_linked_account_of_another_id_is_refused_unless_forced(cs, st
     assert f"is U-1.{tag}, linked to tenant:first" in err and "--force" in err and "unlink" in err, err
     assert store.get(email, "user").account_id == f"U-1.{tag}", "nothing changed"
     assert run(cs, "add", email, "--kind", "user", "--account-id", f"U-2.{tag}", "--force") == 0
-    assert f"it was U-1.{tag}; tenant:first, who is linked to it, now signs in to U-2.{tag}" in capsys.readouterr().out
+    assert f"it was U-1.{tag}, linked to tenant:first: that person now signs in to U-2.{tag}" in capsys.readouterr().out
     assert store.get(email, "user").account_id == f"U-2.{tag}"
 
 

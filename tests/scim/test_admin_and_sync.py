@@ -237,6 +237,38 @@ def test_a_forced_add_over_a_linked_account_directory_sync_manages_says_who_now_
     assert account_store.get(email, "user").account_id == new_id
 
 
+@pytest.mark.parametrize("command", ["add", "import"])
+def test_a_provisioned_account_bound_to_an_object_id_is_not_repointed_unless_forced(
+        hostile, use_settings, cli, tmp_path, capsys, command):
+    """With several ALLOWED_TENANT_IDS directory sync cannot link (it does not know the tenant): the row
+    is bound to the person's object id (ScimObjectId) until the first login. That binding names a person
+    as a link does, yet `add` and `import` wrote another AccountId over it without --force, and the
+    provisioned person's first login then signed in to the id the admin typed."""
+    from tests.scim.test_recreated_person import provisioned
+
+    scim, _, email, object_id = provisioned(hostile, use_settings)
+    accounts = scim.runtime.accounts
+    before = accounts.get(email, "user")
+    assert (before.linked_idp_subject, before.scim_object_id) == (None, object_id)
+    other_id = unique("U")
+
+    def write(*force: str) -> int:
+        if command == "add":
+            return cli("add", email, "--kind", "user", "--account-id", other_id, *force)
+        return cli("import", csv_file(tmp_path, f"{email},user,{other_id},,"), *force)
+
+    capsys.readouterr()
+    assert write() == 1
+    err = capsys.readouterr().err
+    assert object_id in err and "--force" in err, err
+    assert accounts.get(email, "user").account_id == before.account_id, "re-pointed without --force"
+    assert write("--force") == 0
+    out = capsys.readouterr().out
+    if command == "add":
+        assert f"now signs in to {other_id} (--force)" in out and object_id in out, out
+    assert accounts.get(email, "user").account_id == other_id
+
+
 def test_an_account_made_by_hand_is_still_enabled_and_renamed_by_an_import(account_store, cli, tmp_path):
     email, account_id = f"{unique('i')}@contoso.test", unique("U")
     assert cli("add", email, "--kind", "user", "--account-id", account_id, "--disabled") == 0
