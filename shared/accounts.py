@@ -15,9 +15,15 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
-from .config import KINDS, ascii_lower, log_value
+from .config import KIND_ROLES, KINDS, ascii_lower, log_value
 from .errors import AccountDisabled, DependencyUnavailable, IdentityMismatch, MalformedEmail, NoAccount
-from .tables import SCIM_PERSON_PARTITION, delete_existed, storage_errors
+from .tables import (
+    SCIM_EMAIL_PARTITION,
+    SCIM_PERSON_PARTITION,
+    SCIM_REMOVED_PARTITION,
+    delete_existed,
+    storage_errors,
+)
 
 log = logging.getLogger("portal_sso")
 
@@ -306,7 +312,8 @@ class AccountStore:
     def __init__(self, table: TableClient, people: TableClient | None = None):
         self._table = table
         # Directory sync's ScimUsers table (shared/scim/store.py: a person is row `P`/{SCIM id}, its
-        # `Active` what Entra last said), read by `enable` alone; None: not read.
+        # `Active` what Entra last said), read by `enable`, and by `add` and import before they make a
+        # row (entra_refusal); None: not read.
         self._people = people
 
     def get(self, email: str, kind: str) -> Account | None:
@@ -377,7 +384,8 @@ class AccountStore:
         never overridden by `force`; asked again after the write, which is taken back if one does:
         _hold_alone; a storage failure there is a DependencyUnavailable with `unchecked_write` set), or
         when the existing row is linked to a person and has another AccountId (that person would
-        silently sign in to `account_id` from then on) unless `force`."""
+        silently sign in to `account_id` from then on) unless `force`, and when a new row would make an
+        account Entra took away or does not give (entra_refusal) unless `force`."""
         row = AccountRow(canonical_email(email), kind, account_id, name, enabled)
         for _ in range(WRITE_ATTEMPTS):
             existing = self._unhidden(row.key, kind)
@@ -388,6 +396,9 @@ class AccountStore:
             with storage_errors():
                 try:
                     if existing is None:
+                        if not force and (refused := entra_refusal(row, self.entra_record(row.key))):
+                            raise AccountConflict(f"{refused}. Make it --disabled, or use --force to make it enabled "
+                                                  "anyway (directory sync then leaves it alone).", None)
                         written = self._table.create_entity(row.entity())
                     elif repoints(row.account_id, existing) and not force:
                         raise AccountConflict(f"{repoint_text(existing, account_id)}. Use --force to do that, or "
@@ -569,6 +580,42 @@ class AccountStore:
     def stored_accounts(self) -> dict[tuple[str, str], Account]:
         """See `stored_accounts` below."""
         return stored_accounts(self._table)
+
+    def entra_record(self, key: str) -> EntraRecord | None:
+        """Directory sync's record of the mailbox at this email key (EntraRecord), by point reads: the
+        person its email pointer names, when that person still holds it, else Entra's deletion of one;
+        None when directory sync has never had a person there (or its table is not there)."""
+        if self._people is None:
+            return None
+        with storage_errors():
+            try:
+                pointer = self._people.get_entity(SCIM_EMAIL_PARTITION, key, select=["Id"])
+                person = self._people.get_entity(SCIM_PERSON_PARTITION, str(pointer.get("Id") or "-"),
+                                                 select=["EmailKey", "Kinds", "Active"])
+                if person.get("EmailKey") == key:
+                    return EntraRecord.of_person(person)
+            except ResourceNotFoundError:
+                pass  # no pointer, or one left by a person since deleted (or a write that stopped)
+            try:
+                return EntraRecord.of_removal(self._people.get_entity(SCIM_REMOVED_PARTITION, key))
+            except ResourceNotFoundError:
+                return None
+
+    def entra_records(self) -> dict[str, EntraRecord]:
+        """entra_record of every mailbox directory sync has had, by email key, in two paged scans: what
+        an import checks the rows it would make against."""
+        if self._people is None:
+            return {}
+        with storage_errors():
+            try:
+                records = {str(row.get("RowKey")): EntraRecord.of_removal(row) for row in self._people.query_entities(
+                    "PartitionKey eq @p", parameters={"p": SCIM_REMOVED_PARTITION})}
+                records.update({str(row["EmailKey"]): EntraRecord.of_person(row) for row in self._people.query_entities(
+                    "PartitionKey eq @p", parameters={"p": SCIM_PERSON_PARTITION},
+                    select=["EmailKey", "Kinds", "Active"]) if row.get("EmailKey")})
+            except ResourceNotFoundError:  # no ScimUsers table: directory sync never ran
+                return {}
+        return records
 
     def holders(self, account_id: str, kind: str) -> list[Account]:
         """The stored rows of this kind whose AccountId is `account_id`, wherever they are (one
@@ -869,6 +916,47 @@ def login_reaches(key: str) -> bool:
     rows `check` calls `refused` or `key`)."""
     address = _unescape(key)
     return email_problem(address) is None and email_key(address) == key
+
+
+@dataclass(frozen=True)
+class EntraRecord:
+    """What directory sync last heard from Entra about a mailbox: the kinds its person's app roles give
+    and whether Entra has them active, or when Entra deleted the person who held it."""
+
+    kinds: frozenset[str] = frozenset()
+    active: bool = True
+    removed_at: datetime | None = None
+
+    @classmethod
+    def of_person(cls, row) -> EntraRecord:
+        return cls(kinds=frozenset(str(row.get("Kinds") or "").split()), active=row.get("Active") is not False)
+
+    @classmethod
+    def of_removal(cls, row) -> EntraRecord:
+        removed_at = row.get("RemovedAt")
+        return cls(removed_at=removed_at if isinstance(removed_at, datetime) else datetime.min.replace(tzinfo=UTC))
+
+
+def entra_refusal(row: AccountRow, record: EntraRecord | None) -> str | None:
+    """Why `row` should not be made by hand (None when nothing says so): Entra provisions its mailbox
+    (directory sync), and has taken that account away or never given it. Made by hand and enabled, it
+    would be a CLI account directory sync leaves alone (SPEC): no later change in Entra would disable or
+    remove it, and the unassigned person, or the mailbox's next holder, would sign in to it. A disabled
+    row lets no one in: an admin may make one to give the person an AccountId of their own, which
+    directory sync adopts once Entra gives the kind, enabling it as Entra has the person."""
+    if record is None or not row.enabled:
+        return None
+    email, kind = row.email, row.kind
+    what = f"Entra provisions {email} (directory sync)"
+    if record.removed_at is not None:
+        return (f"{what} and deleted its person on {record.removed_at:%Y-%m-%d}: directory sync removed their "
+                f"accounts, and a {kind} account made by hand would let the mailbox's next holder in")
+    if not record.active:
+        return f"{what} and has its person disabled: a {kind} account made by hand would let them in"
+    if kind not in record.kinds:
+        return (f"{what} and gives its person no {kind} account (no {KIND_ROLES[kind]} app role): assign the "
+                "role in Entra and directory sync makes the account")
+    return None
 
 
 def sharing_problem(row: AccountRow, holders: Iterable[Account], before: Account | None) -> str | None:

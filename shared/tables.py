@@ -29,8 +29,10 @@ ACCOUNTS_TABLE = "PortalAccounts"
 FLOWS_TABLE = "SsoFlows"
 EVENTS_TABLE = "SignInEvents"
 SCIM_USERS_TABLE = "ScimUsers"  # directory sync (shared/scim/store.py)
-# Its partition of person rows (store.py; read by shared/accounts.py's `enable` without the SCIM code).
-SCIM_PERSON_PARTITION = "P"
+# Its partition of person rows (store.py; read by shared/accounts.py's `enable` without the SCIM code),
+# its pointers from an account email key to the person holding it, and its record of the email keys of
+# people Entra deleted (both read by the accounts CLI before it makes an account by hand).
+SCIM_PERSON_PARTITION, SCIM_EMAIL_PARTITION, SCIM_REMOVED_PARTITION = "P", "E", "R"
 DIRECTORY_EVENTS_TABLE = "DirectoryEvents"  # directory sync's audit (shared/scim/events.py)
 APP_TABLES = (ACCOUNTS_TABLE, FLOWS_TABLE, EVENTS_TABLE, SCIM_USERS_TABLE, DIRECTORY_EVENTS_TABLE)
 _PING_KEY = "portal-sso-ping"  # no row has it: the answer is a 404 that says the table is there

@@ -53,6 +53,7 @@ from shared.accounts import (
     bound_to,
     canonical_email,
     check_account,
+    entra_refusal,
     parse_enabled,
     printable,
     repoint_text,
@@ -377,6 +378,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     if repointed and not args.force:
         return _refuse_rows(args.file, repointed, "would sign a linked person in to another account",
                             "Use --force to do that, or unlink those accounts first.")
+    entra = store.entra_records() if not args.force else {}
+    taken_away = [(row, refused) for row in rows if (row.key, row.kind) not in stored
+                  and (refused := entra_refusal(row, entra.get(row.key)))]
+    if taken_away:
+        return _refuse_rows(args.file, taken_away, "would make an account that Entra took away or does not give",
+                            "Leave those lines out, change them in Entra, make them disabled (enabled false), or "
+                            "use --force to make them enabled anyway (directory sync then leaves them alone).")
     shown = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = ProgressBar(len(rows), sys.stderr, shown)
     started = time.monotonic()

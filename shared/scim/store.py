@@ -11,6 +11,9 @@ Rows (one table, a partition per purpose):
   that stopped is taken over once older. A create or change refused midway (409, 400) lets go of
   the pointers it claimed, so the values are free again at once (TableScimStorage._claims). A search
   checks every candidate against the filter itself.
+- `R` / {email key}: Entra deleted the person who held that email (when, and the SCIM id), written
+  by a DELETE before it removes anything; read by the accounts CLI alone (shared/accounts.py
+  entra_refusal: what Entra took away is not made again by hand).
 
 A write claims the pointers of its new values, then makes the accounts (sync.py), then writes the
 person row, etag-checked: a write that fails midway leaves the person row as it was, Entra retries
@@ -55,12 +58,12 @@ from ..accounts import (
     utf16_units,
 )
 from ..config import KINDS
-from ..tables import SCIM_PERSON_PARTITION, storage_errors
+from ..tables import SCIM_EMAIL_PARTITION, SCIM_PERSON_PARTITION, SCIM_REMOVED_PARTITION, storage_errors
 from . import mapping
 from .resources import User, plain_roles_in
 from .sync import NO_OBJECT_ID, UNREADABLE, AccountSync, Conflict, Desired, Guarded, Vanished, removed_by_admin
 
-PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = SCIM_PERSON_PARTITION, "U", "X", "E"
+PERSON, BY_USER_NAME, BY_EXTERNAL_ID, BY_EMAIL = SCIM_PERSON_PARTITION, "U", "X", SCIM_EMAIL_PARTITION
 # Ours are uuid4s (36 characters): a longer id is no one's and is not sent (a key over Table Storage's
 # limit is a 400 on Azure, which would read as an outage, where Azurite answers 404).
 MAX_SCIM_ID = 64
@@ -543,6 +546,13 @@ class TableScimStorage(ScimStorage):
             raise self._gone(resource_id)
         if expected_version is not None and expected_version != version_tag(person.version):
             raise PreconditionFailedException(detail="the User changed since it was read")
+        # First the record that Entra deleted the person at these mailboxes (R/{email key}), so that an
+        # admin's old HR file imported again does not make the accounts again by hand (shared/accounts.py
+        # entra_refusal); written before anything goes, a DELETE that stops midway is retried by Entra.
+        removed_at = datetime.now(UTC)
+        for key in person.account_keys():
+            self._users.upsert_entity({"PartitionKey": SCIM_REMOVED_PARTITION, "RowKey": key, "Id": resource_id,
+                                       "RemovedAt": removed_at}, mode=UpdateMode.REPLACE)
         self._sync.remove_all(resource_id, [*person.account_keys(), *self._carried])
         try:
             self._users.delete_entity(PERSON, resource_id, etag=person.etag,

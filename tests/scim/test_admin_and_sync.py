@@ -277,6 +277,79 @@ def test_an_account_made_by_hand_is_still_enabled_and_renamed_by_an_import(accou
     assert (account.enabled, account.display_name) == (True, "Ida")
 
 
+# ---- 2b. what Entra took away is not made again by hand, unless forced ----------------------------
+
+def _took_away(scim, cli, email: str, how: str) -> None:
+    """Entra takes the person's user account away, `how`; the person keeps an agent account when Entra
+    keeps them."""
+    user = provision(scim, email, kinds=("user", "agent"))
+    if how == "role_removed":
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.remove_role("user"))).status_code == 204
+    elif how == "disabled_then_removed_by_hand":
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+        assert cli("remove", email, "--kind", "user") == 0  # the admin tidies the disabled account away
+    else:
+        assert scim.delete(f"/Users/{user['id']}").status_code == 204
+
+
+@pytest.mark.parametrize("command", ["add", "import"])
+@pytest.mark.parametrize("how", ["role_removed", "disabled_then_removed_by_hand", "deleted"])
+def test_an_account_entra_took_away_is_not_made_again_by_add_or_import_unless_forced(
+        scim, account_store, cli, tmp_path, capsys, command, how):
+    """An HR file imported before directory sync, run again (operating.md: "safe to run again"), gave
+    back every account Entra had since removed: enabled, unlinked and never managed again, so whoever
+    holds the mailbox next (or the unassigned person, APP_ROLES_REQUIRED being off) signed in to it."""
+    email, account_id = f"{unique('leaver')}@contoso.test", unique("U")
+    hr_file = csv_file(tmp_path, f"{email},user,{account_id},Lee,")
+    assert cli("import", hr_file) == 0  # before directory sync: adopted by the person's create
+    _took_away(scim, cli, email, how)
+    assert account_store.get(email, "user") is None
+
+    def write(*force: str) -> int:
+        if command == "add":
+            return cli("add", email, "--kind", "user", "--account-id", account_id, *force)
+        return cli("import", hr_file, *force)
+
+    capsys.readouterr()
+    assert write() == 1
+    err = capsys.readouterr().err
+    assert email in err and "Entra" in err and "--force" in err, err
+    assert account_store.get(email, "user") is None, "made again what Entra took away"
+    assert write("--force") == 0, capsys.readouterr().err
+    account = account_store.get(email, "user")
+    assert (account.account_id, account.provisioned, account.enabled) == (account_id, False, True)
+
+
+@pytest.mark.parametrize("command", ["add", "import"])
+def test_an_account_entra_does_not_give_may_be_made_disabled_and_is_adopted_so_when_it_does(
+        scim, account_store, cli, tmp_path, command):
+    """A disabled row lets no one in: the way to give a provisioned person an AccountId of one's own
+    before Entra assigns the kind (SPEC: an existing row is adopted and keeps its AccountId), enabled
+    only when Entra gives it (the role's write carries the person's `active: true`)."""
+    email, account_id = f"{unique('early')}@contoso.test", unique("A")
+    user = provision(scim, email, kinds=("user",))
+    if command == "add":
+        assert cli("add", email, "--kind", "agent", "--account-id", account_id, "--disabled") == 0
+    else:
+        assert cli("import", csv_file(tmp_path, f"{email},agent,{account_id},,false")) == 0
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.add_role_complex("agent"))).status_code == 204
+    account = account_store.get(email, "agent")
+    assert (account.account_id, account.provisioned, account.enabled) == (account_id, True, True)
+
+
+def test_a_person_entra_keeps_gets_the_kinds_entra_gives_by_hand_and_others_only_forced(scim, account_store, cli,
+                                                                                        capsys):
+    """The rule reads Entra's record of the person: a kind the person's roles give can be made by hand
+    (an admin's `remove` then `add` of a new id), one they do not give is refused."""
+    email = f"{unique('kept')}@contoso.test"
+    provision(scim, email, kinds=("agent",))
+    assert cli("remove", email, "--kind", "agent") == 0
+    assert cli("add", email, "--kind", "agent", "--account-id", unique("A")) == 0
+    capsys.readouterr()
+    assert cli("add", email, "--kind", "user", "--account-id", unique("U")) == 1
+    assert "no user account" in capsys.readouterr().err
+
+
 # ---- 3. an urgent `disable` holds through directory sync's next writes ------------------------------
 
 def test_an_urgent_disable_holds_through_entras_next_change_until_entra_itself_disables_and_enables(
@@ -425,8 +498,11 @@ def test_a_put_without_active_adding_a_role_adopts_the_kinds_row_enabled_only_if
     user = provision(scim, email)
     if person_disabled:
         assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.disable())).status_code == 204
+    # An enabled row Entra does not give (no agent role yet, or the person disabled) needs --force
+    # (entra_refusal); a disabled one lets no one in.
+    forced = ["--force"] if not row_disabled else []
     assert cli("add", email, "--kind", "agent", "--account-id", unique("A"),
-               *(["--disabled"] if row_disabled else [])) == 0
+               *(["--disabled"] if row_disabled else []), *forced) == 0
     body = {**entra.create_user(email, email, user["externalId"], kinds=("user", "agent")), "id": user["id"]}
     del body["active"]
     assert scim.put(f"/Users/{user['id']}", body).status_code == 200

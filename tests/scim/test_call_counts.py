@@ -64,6 +64,7 @@ def test_a_delete_makes_these_calls(scim, account_store, calls):
     assert scim.delete(f"/Users/{user['id']}").status_code == 204
     assert dict(calls) == {
         ("users", "get_entity"): 4,  # the person; each of its 3 pointers before it is let go
+        ("users", "upsert_entity"): 1,  # the record that Entra deleted the person at its email (R)
         ("users", "delete_entity"): 4,  # the person row, the 3 pointers
         ("accounts", "get_entity"): 2,  # each kind's row, once
         ("accounts", "delete_entity"): 2,  # each on the etag read
