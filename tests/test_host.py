@@ -242,6 +242,19 @@ def test_get_functions_called_once_and_the_timer_listed_not_run():
     assert len(calls) == 1
     assert "  callback: [GET,POST] http://127.0.0.1:7071/api/sso/{kind}/callback" in lines
     assert "  purge: timerTrigger (not run by tools.host)" in lines
+    assert "  files: [GET] http://127.0.0.1:7071/api/files/{*rest}" in lines, "a catch-all as the app declares it"
+
+
+def test_the_url_an_ipv6_host_is_served_on_has_its_brackets():
+    handle = host.serve_in_thread(make_app_wsgi(), host="::1")
+    try:
+        assert handle.url == f"http://[::1]:{handle.port}"
+    finally:
+        handle.stop()
+
+
+def make_app_wsgi():
+    return host.build_wsgi_app(make_app())
 
 
 def test_route_prefix_from_host_json(tmp_path, session):
@@ -485,6 +498,59 @@ def test_a_broken_chunked_body_is_a_400_page_not_a_500(server, https_public, cap
     assert errors_logged(caplog) == []
 
 
+def chunked_callback(transfer_encoding: bytes, body: bytes) -> bytes:
+    return (b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\n" + transfer_encoding
+            + b"Content-Type: application/x-www-form-urlencoded\r\n\r\n" + body)
+
+
+@pytest.mark.parametrize(("transfer_encoding", "status"), [
+    (b"Transfer-Encoding: gzip\r\nContent-Length: 6\r\n", b"400"),
+    (b"Transfer-Encoding: chunked, gzip\r\n", b"400"),
+    (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n", b"400"),
+    (b"Transfer-Encoding: \r\nContent-Length: 6\r\n", b"400"),
+    (b"Transfer-Encoding: gzip, chunked\r\n", b"501"),
+], ids=["gzip-alone", "chunked-then-gzip", "two-fields", "empty", "gzip-then-chunked"])
+def test_a_transfer_encoding_whose_body_end_the_host_cannot_read_is_refused_before_the_app(
+        server, https_public, caplog, transfer_encoding, status):
+    """Any Transfer-Encoding counted as chunked here, and werkzeug de-chunks only when `chunked` is among
+    them: `gzip` alone had its body read by Content-Length and the function ran (a SCIM POST made a
+    User). RFC 9112 6.3: chunked not final is a 400, then close; a coding not understood, 501."""
+    body = b"6\r\ncode=c\r\n0\r\n\r\n" if b"chunked" in transfer_encoding else b"code=c"
+    answer = raw_request(server.port, chunked_callback(transfer_encoding, body))
+    assert_host_page(answer, status)
+    assert b'"form"' not in answer, "the function ran"
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("size_line", [b"6;name=value", b"6 ;name", b"6\t;a=\"b\"", b"00006"],
+                         ids=["extension", "extension-after-space", "quoted-extension", "leading-zeros"])
+def test_a_chunk_size_with_an_extension_is_read_as_its_size(server, size_line):
+    """RFC 9112 7.1.1: a recipient MUST ignore chunk extensions it does not know; werkzeug refused them (400)."""
+    answer = raw_request(server.port, chunked_callback(b"Transfer-Encoding: chunked\r\n",
+                                                       size_line + b"\r\ncode=c\r\n0\r\n\r\n"))
+    assert answer.split(b" ")[1] == b"200" and b'"form": {"code": "c"}' in answer, answer[:300]
+
+
+@pytest.mark.parametrize("size_line", [b"0x6", b"+6", b" 6", b"6_", b"\xd9\xa6"],
+                         ids=["0x", "plus", "leading-space", "underscore", "arabic-digit"])
+def test_a_chunk_size_that_is_not_hex_digits_is_a_400(server, https_public, caplog, size_line):
+    """chunk-size = 1*HEXDIG: int(line, 16) took 0x6, +6, a leading space and 6_ as sizes, where a proxy
+    in front reading the RFC sees no size (a framing the two disagree on)."""
+    answer = raw_request(server.port, chunked_callback(b"Transfer-Encoding: chunked\r\n",
+                                                       size_line + b"\r\ncode=c\r\n0\r\n\r\n"))
+    assert_host_page(answer, b"400")
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("length", [b"6 ", b"6\t", b" 6 "])
+def test_a_content_length_with_whitespace_around_it_is_its_number(server, length):
+    """RFC 9112 5: whitespace around a field value is not part of it; `6 ` was a 400."""
+    answer = raw_request(server.port, b"POST /api/sso/user/callback HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: " + length
+                         + b"\r\n\r\ncode=c")
+    assert answer.split(b" ")[1] == b"200" and b'"form": {"code": "c"}' in answer, answer[:300]
+
+
 def test_a_chunked_body_is_read_up_to_the_body_limit_and_413_above(server, https_public, monkeypatch):
     """A chunked body had no limit at all (a 120 MB one was read whole, where Azure's front end answers
     413 above 100 MB); the same limit as for a Content-Length, here made small."""
@@ -576,7 +642,13 @@ def test_no_100_continue_to_an_http_1_0_request(server):
     (b"GET /api/sso/jwks.json?code=SECRETCODE HTTP/1.x\r\nHost: a\r\n\r\n", b"400"),
     (b"GET /api/sso/jwks.json?code=SECRETCODE HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
     (b"GET /api/sso/jwks.json?code=SECRETCODE" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", b"414"),
-], ids=["request-line", "version-2", "bad-version", "header-too-long", "uri-too-long"])
+    # A request line of one or two words is HTTP/0.9's: its answer went as HTTP/0.9's, the bare page
+    # without a status line or any header (no HSTS), and a two-word GET ran the app (a login started).
+    (b"GARBAGE?code=SECRETCODE\r\n\r\n", b"400"),
+    (b"POST /api/sso/user/callback?code=SECRETCODE\r\n\r\n", b"400"),
+    (b"GET /api/sso/jwks.json?code=SECRETCODE\r\n\r\n", b"505"),
+], ids=["request-line", "version-2", "bad-version", "header-too-long", "uri-too-long", "one-word", "two-words-post",
+        "http-0.9-get"])
 def test_http_servers_own_refusals_are_the_apps_page_with_its_headers(server, https_public, caplog, request_bytes,
                                                                       status):
     """A request line or header http.server cannot parse never reaches the app: its answer was http.server's

@@ -52,7 +52,7 @@ from werkzeug.exceptions import (
     default_exceptions,
 )
 from werkzeug.routing import Map, PathConverter, Rule
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler, load_ssl_context
+from werkzeug.serving import DechunkedInput, ThreadedWSGIServer, WSGIRequestHandler, load_ssl_context
 from werkzeug.wrappers import Request, Response
 
 from shared import pages
@@ -220,7 +220,7 @@ class FunctionHost:
             # the methods a function serves.
             function = rule.endpoint
             served = _served(function) or ["*"]
-            url = base_url + re.sub(r"<(\w+)>", r"{\1}", re.sub(r"<path:(\w+)>", r"{*\1}", rule.rule))
+            url = base_url + re.sub(r"<(\w+)>", r"{\1}", re.sub(r"<remainder:(\w+)>", r"{*\1}", rule.rule))
             lines.append(f"  {function.get_function_name()}: [{','.join(sorted(served))}] {url}")
         return lines + [f"  {other} (not run by tools.host)" for other in sorted(self.other_functions)]
 
@@ -281,6 +281,28 @@ _HOST = re.compile(r"(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[-\w.~!$&'()*+,;=:]+)
                    r"|(?:[-\w.~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?", re.ASCII)
 
 
+# RFC 9112 7.1: chunk-size = 1*HEXDIG, then chunk extensions (BWS ";" ...), which a recipient ignores.
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
+
+
+class _Dechunked(DechunkedInput):
+    """werkzeug's DechunkedInput reading each size line by the RFC: it refused an extension (`6;a=b`,
+    which a recipient must ignore) and took what int(line, 16) takes (`0x6`, `+6`, ` 6`), sizes a proxy
+    in front reading the RFC does not see. OSError, as werkzeug's: the request's 400."""
+
+    def read_chunk_len(self) -> int:
+        line = self._rfile.readline(1000)
+        found = _CHUNK_SIZE.fullmatch(line)
+        if not found:
+            raise OSError("Invalid chunk header")
+        return int(found.group(1), 16)
+
+
+def _http_url(scheme: str, host: str, port: int) -> str:
+    """An IPv6 address goes in brackets (RFC 3986 3.2.2): http://[::1]:7071."""
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 class _LineRecorder:
     """The connection's reader, keeping the lines http.client reads the headers from (the blank one last)."""
 
@@ -337,6 +359,9 @@ class _RequestHandler(WSGIRequestHandler):
             lines = self.rfile.lines
         finally:
             self.rfile = reader
+        if self.request_version == "HTTP/0.9":  # a two-word GET: no headers, no status line in the answer
+            self.send_error(505, "HTTP/0.9")
+            return False
         if self.headers.defects or not all(map(_FIELD_LINE.fullmatch, lines[:-1])):
             self.send_error(400, "A header line that is not one field")
             return False
@@ -359,13 +384,21 @@ class _RequestHandler(WSGIRequestHandler):
         return True
 
     def run_wsgi(self) -> None:
-        lengths = self.headers.get_all("Content-Length", ["0"])
+        # RFC 9112 5: the whitespace around a field value is not part of it.
+        lengths = [value.strip(" \t") for value in self.headers.get_all("Content-Length", ["0"])]
         length = lengths[0]
         if len(lengths) > 1 and lengths.count(length) != len(lengths):
             # The body would end at the first for this handler and at the last for werkzeug's environ: the
             # rest of it taken for a next request (smuggling). RFC 9112 6.3: 400, then close.
             return self.send_error(400, "Differing Content-Length headers")
-        chunked = "Transfer-Encoding" in self.headers
+        codings = [coding.strip(" \t").lower() for value in self.headers.get_all("Transfer-Encoding", [])
+                   for coding in value.split(",")]
+        chunked = bool(codings)
+        if chunked and codings != ["chunked"]:
+            # werkzeug de-chunks when "chunked" is among them, and reads by Content-Length when it is not:
+            # `gzip` alone ran the function on a body whose end this host cannot know. RFC 9112 6.3: chunked
+            # not last is a 400, then close; 6.1: a coding the server does not understand, 501.
+            return self.send_error(501 if codings[-1] == "chunked" else 400, "A Transfer-Encoding other than chunked")
         digits = length.isascii() and length.isdigit()  # RFC 9110: 1*DIGIT ('\u00b2'.isdigit() is True)
         if not chunked and (not digits or len(length.lstrip("0")) > len(str(MAX_REQUEST_BODY))
                             or int(length) > MAX_REQUEST_BODY):
@@ -388,6 +421,12 @@ class _RequestHandler(WSGIRequestHandler):
         finally:
             self.rfile = connection_file
 
+    def make_environ(self) -> dict:
+        environ = super().make_environ()
+        if type(environ["wsgi.input"]) is DechunkedInput:  # run_wsgi let only `chunked` alone through
+            environ["wsgi.input"] = _Dechunked(environ["wsgi.input"]._rfile)
+        return environ
+
     def _version(self) -> tuple[int, int]:
         """The request's HTTP version as numbers (the string compares "HTTP/01.1" below "HTTP/1.1");
         parse_request has checked its form."""
@@ -399,9 +438,10 @@ class _RequestHandler(WSGIRequestHandler):
         414, 431, 505) and run_wsgi's (a Content-Length it reads no body by): the same page and headers
         as the host's refusals in the app (`refusal`, `with_transport_security`)."""
         self.close_connection = True
-        if self.request_version == "HTTP/0.9" and len(self.requestline.split()) >= 3:
-            # A version parse_request refused (HTTP/2.0: 505) is not taken yet: the answer would go as to
-            # HTTP/0.9, a page without status line or headers.
+        if self.request_version == "HTTP/0.9":
+            # A version parse_request refused (HTTP/2.0: 505) is not taken yet, and a line of one or two
+            # words is HTTP/0.9's: the answer would go as to HTTP/0.9, a page without status line or
+            # headers (no Strict-Transport-Security). No client of this app speaks HTTP/0.9.
             self.request_version = "HTTP/1.1"
         # Not `message`: http.server's echoes the request line, query and all.
         response = with_transport_security(refusal(code, f"{code} before the app ran, from {self.address_string()}"))
@@ -469,7 +509,7 @@ def serve_in_thread(wsgi_app: Any, host: str = "127.0.0.1", port: int = 0, ssl_c
     server = _server(wsgi_app, host, port, ssl_context)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    url = f"{'https' if ssl_context else 'http'}://{host}:{server.server_port}"
+    url = _http_url("https" if ssl_context else "http", host, server.server_port)
     return ServerHandle(server, thread, url, server.server_port)
 
 
@@ -499,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(app_dir))
     wsgi_app = build_wsgi_app(importlib.import_module("function_app").app, route_prefix(app_dir))
     server = _server(wsgi_app, args.host, port, (args.cert, args.key) if args.cert else None)
-    base_url = f"{'https' if args.cert else 'http'}://{args.host}:{server.server_port}"
+    base_url = _http_url("https" if args.cert else "http", args.host, server.server_port)
     print("\nFunctions:\n", *wsgi_app.describe(base_url), f"\nServing on {base_url} (Ctrl-C to stop)\n",
           sep="\n", flush=True)
     # `make run` and the tests stop the host with SIGTERM: shut down as cleanly as on Ctrl-C.
