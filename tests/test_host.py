@@ -331,6 +331,22 @@ def test_a_wrong_host_section_is_a_clear_error(tmp_path, section, says):
         local_http_port(tmp_path)
 
 
+def test_a_wrong_values_section_is_named_without_quoting_what_it_holds(tmp_path):
+    """The message quoted the section as JSON: a Values written as a list of NAME=value lines printed
+    the storage key of its connection string to the terminal (and to a CI log)."""
+    listed = ["TABLES_CONNECTION_STRING=AccountKey=S3CRET"]
+    (tmp_path / "local.settings.json").write_text(json.dumps({"Values": listed}))
+    with pytest.raises(SystemExit, match="Values must be an object, not an array") as refused:
+        load_local_settings(tmp_path, {})
+    assert "S3CRET" not in str(refused.value)
+
+
+def test_a_settings_file_that_is_not_utf8_is_a_clear_error_not_a_traceback(tmp_path):
+    (tmp_path / "local.settings.json").write_bytes(b'{"Values": {"NAME": "caf\xe9"}}')  # Latin-1
+    with pytest.raises(SystemExit, match="not UTF-8 text"):
+        load_local_settings(tmp_path, {})
+
+
 def test_local_http_port_as_core_tools_reads_it(tmp_path):
     for section, port in (({"LocalHttpPort": "7074"}, 7074), ({"LocalHttpPort": 7075}, 7075), ({}, None), (None, None)):
         (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {}, "Host": section}))

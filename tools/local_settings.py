@@ -37,6 +37,11 @@ def _port(path: Path, value: Any) -> int | None:
     return value
 
 
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "true or false", int: "a number", float: "a number"}.get(
+        type(value), "null")
+
+
 def settings_path(where: Path) -> Path:
     """The settings file: `where` itself when it names a .json file, else local.settings.json in it."""
     where = Path(where)
@@ -49,13 +54,16 @@ def _read(app_dir: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(_without_comments(path.read_text(encoding="utf-8-sig")))
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise SystemExit(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise SystemExit(f"{path}: expected an object with a Values object")
     for section in ("Values", "Host"):
         if data.get(section) is not None and not isinstance(data[section], dict):
-            raise SystemExit(f"{path}: {section} must be an object, not {json.dumps(data[section])}")
+            # Its type, not its value: Values holds connection strings with their keys.
+            raise SystemExit(f"{path}: {section} must be an object, not {_json_type(data[section])}")
     if data.get("IsEncrypted"):
         raise SystemExit(f"{path}: IsEncrypted is true; run `func settings decrypt` or write plain values")
     if data.get("Host"):  # checked once, kept as the number
