@@ -113,6 +113,15 @@ def _char(c: str) -> str:
     return f"U+{ord(c):04X}" + (f" {unicodedata.name(c, '')}".rstrip())
 
 
+def _blank(c: str) -> bool:
+    """Unicode White_Space, and the separators (Zs/Zl/Zp)."""
+    return c.isspace() or unicodedata.category(c) in ("Zs", "Zl", "Zp")
+
+
+NOT_NFC = ("is not in Unicode normalization form C (NFC): a character is written in a decomposed or non-canonical "
+           "form (e.g. an accent as a separate mark, the Kelvin sign for K)")
+
+
 def _character_problem(c: str, position: int) -> str | None:
     """Why `c` may not be in an account's email, id or name (None when it may): a lone surrogate (no
     request can carry it: a URL and a JSON body are UTF-8), or a control, format or line-separator
@@ -164,13 +173,12 @@ def email_problem(raw: object) -> str | None:
     if len(raw) > MAX_EMAIL_LENGTH:
         return f"is {len(raw)} characters long, over the {MAX_EMAIL_LENGTH} an address may have"
     for position, c in enumerate(raw, 1):
-        if c.isspace() or unicodedata.category(c) in ("Zs", "Zl", "Zp"):
+        if _blank(c):
             return f"holds whitespace ({_char(c)}) at character {position}"
         if problem := _character_problem(c, position):
             return problem
     if not unicodedata.is_normalized("NFC", raw):
-        return "is not in Unicode normalization form C (NFC): a character is written in a decomposed or " \
-               "non-canonical form (e.g. an accent as a separate mark, the Kelvin sign for K)"
+        return NOT_NFC
     local, at, domain = raw.partition("@")
     if not at:
         return "has no '@'"
@@ -855,6 +863,18 @@ def parse_enabled(raw: str | None) -> bool | None:
     return ENABLED_WORDS.get((raw or "").strip().lower())
 
 
+def id_form_problem(account_id: str) -> str | None:
+    """Why `account_id` has a form two ids could share once a portal trims or normalizes its keys (it is
+    the session token's `sub`): whitespace at either end, or not NFC. Two mailboxes never share an
+    account, not even downstream."""
+    for end, c in (("starts", account_id[:1]), ("ends", account_id[-1:])):
+        if c and _blank(c):
+            return f"{end} with whitespace ({_char(c)})"
+    if not unicodedata.is_normalized("NFC", account_id):
+        return NOT_NFC
+    return None
+
+
 def check_account(email: str, kind: str, account_id: str, name: str = "") -> list[str]:
     """What is wrong with these values (empty when nothing): the rules `add` and `import` share, so
     that nothing storage would refuse is found only once rows are being written."""
@@ -869,7 +889,7 @@ def check_account(email: str, kind: str, account_id: str, name: str = "") -> lis
     elif len(account_id) > MAX_ACCOUNT_ID_LENGTH:
         problems.append(f"account_id is {len(account_id)} characters long, over the {MAX_ACCOUNT_ID_LENGTH} a "
                         "session token's sub may have")
-    elif problem := text_problem(account_id):  # it is the token's `sub`, and log text
+    elif problem := text_problem(account_id) or id_form_problem(account_id):  # the token's `sub`, and log text
         problems.append(f"account_id '{printable(account_id)}' is refused: it {problem}")
     if problem := name_problem(name or ""):
         problems.append(f"name '{printable(name)}' is refused: it {problem}")

@@ -320,7 +320,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    email, account_id, name = _trim(args.email), args.account_id.strip(), args.name.strip()
+    email, account_id, name = _trim(args.email), _trim(args.account_id), _trim(args.name)  # as import trims
     problems = check_account(email, args.kind, account_id, name)
     if problems:
         return _fail("; ".join(problems))

@@ -97,6 +97,17 @@ def test_commands_on_a_missing_account_or_bad_input_exit_1(cs, tag, capsys):
     assert run(cs, "add", f"x.{tag}@contoso.test", "--kind", "user", "--account-id", "  ") == 1
 
 
+def test_add_trims_ascii_spaces_around_its_arguments_as_import_does_and_judges_the_rest(cs, store, tag, capsys):
+    """`add` stripped every kind of whitespace (`\xa0U-1\u3000` became `U-1`) where import keeps all but
+    ASCII spaces and judges them: the same id typed twice was two ids or one by the command used."""
+    email = f"trim.{tag}@contoso.test"
+    assert run(cs, "add", email, "--kind", "user", "--account-id", f"  U-3.{tag} ", "--name", " Tia ") == 0
+    assert (store.get(email, "user").account_id, store.get(email, "user").display_name) == (f"U-3.{tag}", "Tia")
+    assert run(cs, "add", email, "--kind", "agent", "--account-id", f"\xa0A-3.{tag}") == 1
+    assert "starts with whitespace (U+00A0 NO-BREAK SPACE)" in capsys.readouterr().err
+    assert store.get(email, "agent") is None
+
+
 def _write(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -242,6 +242,24 @@ def test_an_account_id_or_a_name_with_a_control_format_or_undecodable_character_
     assert problem.startswith(f"name 'Ann {printable(value)}' is refused: it holds {why}"), problem
 
 
+@pytest.mark.parametrize(("value", "why"), [
+    pytest.param("\xa0U-1", "starts with whitespace (U+00A0 NO-BREAK SPACE)", id="leading-no-break-space"),
+    pytest.param("U-1\u3000", "ends with whitespace (U+3000 IDEOGRAPHIC SPACE)", id="trailing-ideographic-space"),
+    pytest.param(" U-1", "starts with whitespace (U+0020 SPACE)", id="leading-space"),
+    pytest.param("a\u0308", "is not in Unicode normalization form C", id="decomposed"),
+    pytest.param("O'Neil\u212a", "is not in Unicode normalization form C", id="kelvin-sign"),
+])
+def test_an_account_id_two_mailboxes_could_share_once_a_portal_trims_or_normalizes_it_is_refused(value, why):
+    """An account id is the session token's `sub`, the portal's key for its person: `\xa0U-1\u3000` was
+    stored beside another email's `U-1`, and NFD `a\u0308` beside NFC `\xe4` (`list` shows both as one);
+    a portal that trims or normalizes its keys would sign two mailboxes in to one account."""
+    from shared.accounts import check_account
+
+    (problem,) = check_account("ann@contoso.test", "user", value)
+    assert problem.startswith(f"account_id '{printable(value)}' is refused: it {why}"), problem
+    assert check_account("ann@contoso.test", "user", "U 1") == [], "a space inside is its own character"
+
+
 def test_names_keep_the_joiners_scripts_and_emoji_need_and_ids_their_printable_characters():
     from shared.accounts import check_account
 
