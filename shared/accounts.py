@@ -636,12 +636,17 @@ class AccountStore:
         return import_rows(self._table, rows, progress, workers, stored=stored, force=force)
 
     def list(self, kind: str | None = None) -> Iterator[Account]:
+        """The rows sign-in finds (found_by_login): of a move directory sync is making, the old row until
+        its commit, the copy from then on; never both, one account id at two mailboxes."""
         with storage_errors():
             query = self._table.query_entities("RowKey eq @kind", parameters={"kind": kind}) if kind \
                 else self._table.list_entities()
-            for entity in query:
-                if not entity.get("MovedTo"):  # the old row of a committed move counts as gone
-                    yield Account.from_entity(entity)
+            rows = list(query)  # a move's two rows are of one kind, in any order of the scan
+        moved_to = {(row["PartitionKey"], row["RowKey"]): str(row.get("MovedTo") or "") for row in rows}
+        for row in rows:
+            if found_by_login(row["PartitionKey"], str(row.get("MovedTo") or ""), str(row.get("MovedFrom") or ""),
+                              lambda source, kind=row["RowKey"]: moved_to.get((source, kind), "")):
+                yield Account.from_entity(row)
 
     # ---- Directory sync (shared/scim/sync.py moves a provisioned account to a new email) ----
     def _found(self, account: Account, known: dict[str, str | None] | None = None, *,

@@ -152,6 +152,27 @@ def test_during_a_move_that_stopped_before_its_commit_the_id_is_held_at_both_ema
     assert account_store.get(new, "agent").account_id == account_id and account_store.get(old, "agent") is None
 
 
+@pytest.mark.parametrize("stop", ["commit", "clear_moved_from", "delete_old"])
+def test_list_shows_a_move_that_stopped_midway_as_sign_in_finds_it_one_row(scim, account_store, cli, capsys,
+                                                                           monkeypatch, stop):
+    """Stopped before its commit, `list` showed the copy at the new email as a working account beside
+    the old one: one account id at two mailboxes, and one of them an account sign-in does not find."""
+    account_id = unique("U")
+    old = f"{unique('m')}@contoso.test"
+    new = old.replace("@", ".new@")
+    assert cli("add", old, "--kind", "agent", "--account-id", account_id) == 0
+    user = provision(scim, old, kinds=("agent",))
+    with monkeypatch.context() as m:
+        stop_once(m, stop)
+        assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.replace_work_email(new))).status_code == 503
+    live = new if stop != "commit" else old
+    assert account_store.get(live, "agent").account_id == account_id  # what sign-in finds
+    capsys.readouterr()
+    assert cli("list", "--kind", "agent") == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if account_id in line]
+    assert len(listed) == 1 and live in listed[0].split(), listed
+
+
 def test_a_row_moved_away_between_the_imports_scan_and_its_write_is_not_made_again(scim, account_store):
     account_id = unique("U")
     old = f"{unique('k')}@contoso.test"
