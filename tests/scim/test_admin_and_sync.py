@@ -358,6 +358,21 @@ def test_an_account_entra_does_not_give_may_be_made_disabled_and_is_adopted_so_w
     assert (account.account_id, account.provisioned, account.enabled) == (account_id, True, True)
 
 
+def test_an_adopted_account_id_of_yours_comes_back_with_the_role_when_made_again_disabled_first(
+        scim, account_store, cli):
+    """README: a removed role given back makes a directory sync id (`scim-{kind}-...`) for an account it
+    had adopted; the way to keep the admin's own id is a disabled row of it before the role returns."""
+    email, account_id = f"{unique('back')}@contoso.test", unique("U")
+    assert cli("add", email, "--kind", "user", "--account-id", account_id) == 0
+    user = provision(scim, email, kinds=("user", "agent"))
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.remove_role("user"))).status_code == 204
+    assert account_store.get(email, "user") is None
+    assert cli("add", email, "--kind", "user", "--account-id", account_id, "--disabled") == 0
+    assert scim.patch(f"/Users/{user['id']}", entra.patch(entra.add_role_complex("user"))).status_code == 204
+    account = account_store.get(email, "user")
+    assert (account.account_id, account.provisioned, account.enabled) == (account_id, True, True)
+
+
 def test_a_person_entra_keeps_gets_the_kinds_entra_gives_by_hand_and_others_only_forced(scim, account_store, cli,
                                                                                         capsys):
     """The rule reads Entra's record of the person: a kind the person's roles give can be made by hand
