@@ -722,9 +722,12 @@ class AccountStore:
         (both written by another tool: no login finds them); "enabled": `Enabled` is not a real
         boolean, so the account counts as disabled; "moving": a row login does not find because
         directory sync is moving it (move_problem); "shared": an account id rows at two or more
-        addresses hold (two admin writers at once, or an import stopped before its end check)."""
+        addresses hold (two admin writers at once, or an import stopped before its end check); "entra": an
+        enabled account made by hand at a mailbox directory sync provisions that Entra took away or does
+        not give (entra_refusal: made before `add` and import refused it, or with --force)."""
         with storage_errors():
             stored = [Account.from_entity(entity) for entity in self._table.list_entities()]
+        entra = self.entra_records()
         for account in stored:
             if stuck := unaddressable(account.key, account.kind):
                 yield account, "unaddressable", stuck
@@ -746,6 +749,9 @@ class AccountStore:
                 yield account, "no-id", "it has no AccountId: sign-in refuses it"
             if account.invalid_enabled is not None:
                 yield account, "enabled", f"Enabled is {account.invalid_enabled}, not a boolean: counts as disabled"
+            elif account.kind in KINDS and not account.provisioned and \
+                    (refused := entra_refusal(account, entra.get(account.key))):
+                yield account, "entra", refused
         yield from self._shared(stored)
 
     def _shared(self, stored: list[Account]) -> Iterator[tuple[Account, str, str]]:
@@ -962,7 +968,7 @@ class EntraRecord:
         return cls(removed_at=removed_at if isinstance(removed_at, datetime) else datetime.min.replace(tzinfo=UTC))
 
 
-def entra_refusal(row: AccountRow, record: EntraRecord | None) -> str | None:
+def entra_refusal(row: AccountRow | Account, record: EntraRecord | None) -> str | None:
     """Why `row` should not be made by hand (None when nothing says so): Entra provisions its mailbox
     (directory sync), and has taken that account away or never given it. Made by hand and enabled, it
     would be a CLI account directory sync leaves alone (SPEC): no later change in Entra would disable or

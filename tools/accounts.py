@@ -511,9 +511,13 @@ CHECK_ADVICE = {
               "after the write): remove it at every address but its owner's (`remove EMAIL --kind K`)",
     "unaddressable": f"{UNADDRESSABLE}: nothing can change or remove it, and no sign-in reaches it; if it is "
                      "someone's account, add it under the address the directory has",
+    "entra": "an account made by hand that Entra's directory sync would not give: if no one meant it (an HR file "
+             "from before directory sync imported again), `remove EMAIL --kind K`; one made on purpose (--force) "
+             "may stay, and directory sync leaves it alone",
 }
-# `check` lists these rows, but they do not make it fail: nothing an operator does fixes them.
-CHECK_NOTES = ("review", "unaddressable")
+# `check` lists these rows, but they do not make it fail: nothing an operator does fixes them, or (entra)
+# the row may be meant.
+CHECK_NOTES = ("review", "unaddressable", "entra")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

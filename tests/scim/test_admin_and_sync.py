@@ -339,6 +339,10 @@ def test_an_account_entra_took_away_is_not_made_again_by_add_or_import_unless_fo
     assert write("--force") == 0, capsys.readouterr().err
     account = account_store.get(email, "user")
     assert (account.account_id, account.provisioned, account.enabled) == (account_id, False, True)
+    capsys.readouterr()
+    assert cli("check") == 0  # a note: one made on purpose may stay
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if account_id in line]
+    assert line.startswith("entra ") and "Entra" in line, line
 
 
 @pytest.mark.parametrize("command", ["add", "import"])
