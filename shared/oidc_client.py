@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import quote_plus, urlsplit
 
@@ -210,6 +210,9 @@ class CredentialCheck:
     at: float
     hint: str | None = None
     code: int | None = None  # the AADSTS code `hint` is the fix of (aadsts.hinted_code)
+    # The MSAL app (one per credential: DerivedFromSecret) the IdP answered: the verdict is that
+    # credential's, and a new one (a rotation, a wrong version stored) is asked about at once.
+    asked_with: object = field(default=None, compare=False, repr=False)
 
 
 class OidcClient:
@@ -269,6 +272,8 @@ class OidcClient:
             # Our credential (ClientCredentialRejected), else the code (invalid_grant: expired, used,
             # forged...): the person's, not ours.
             failure = ClientCredentialRejected if _invalid_client(result) else RedemptionFailed
+            if failure is ClientCredentialRejected:
+                self._last_check = None  # the IdP's word at a login: health asks again, not "accepted"
             raise failure(f"token endpoint: {result.get('error')} {result.get('error_codes') or ''}",
                           hint=hint_for(result.get("error_codes"), result.get("error_description")))
         if not result.get("id_token"):
@@ -309,21 +314,38 @@ class OidcClient:
             now = self._clock()
             last = self._last_check
             if last is not None and now - last.at < (CREDENTIAL_CHECK_SECONDS if last.accepted
-                                                     else CREDENTIAL_RECHECK_SECONDS):
+                                                     else CREDENTIAL_RECHECK_SECONDS) \
+                    and last.asked_with is self._current_application():
                 return last
             self._last_check = self._ask_idp(now)
             return self._last_check
 
+    def _current_application(self) -> msal.ConfidentialClientApplication | None:
+        try:
+            return self._application()
+        except Exception:  # the check itself says why (_ask_idp)
+            return None
+
     def _ask_idp(self, now: float) -> CredentialCheck:
         scopes = [f"{self.client_id}/.default"]
+        used: list[msal.ConfidentialClientApplication] = []
+
+        def ask(app):
+            used.append(app)
+            return app.acquire_token_for_client(scopes)
+
         try:
-            result = self._with_fresh_credential(lambda app: app.acquire_token_for_client(scopes))
+            verdict = self._verdict(self._with_fresh_credential(ask), now)
         except requests.RequestException as exc:
-            return CredentialCheck(None, f"the token endpoint {_unanswered(exc)}", now)
+            verdict = CredentialCheck(None, f"the token endpoint {_unanswered(exc)}", now)
         except SsoError as exc:  # the secret or the IdP's metadata could not be had: said by their own checks
-            return CredentialCheck(None, f"not asked: {exc.detail[:200]}", now)
+            verdict = CredentialCheck(None, f"not asked: {exc.detail[:200]}", now)
         except ValueError:  # MSAL: the token endpoint's answer is not JSON
-            return CredentialCheck(None, "the token endpoint's answer is not JSON", now)
+            verdict = CredentialCheck(None, "the token endpoint's answer is not JSON", now)
+        return replace(verdict, asked_with=used[-1] if used else None)
+
+    @staticmethod
+    def _verdict(result: object, now: float) -> CredentialCheck:
         if not isinstance(result, dict):
             return CredentialCheck(None, "the token endpoint answered JSON that is not an object", now)
         if result.get("access_token"):
@@ -331,7 +353,7 @@ class OidcClient:
         error = f"{str(result.get('error'))[:60]} {result.get('error_codes') or ''}".strip()
         said = (result.get("error_codes"), result.get("error_description"))
         hint, code = hint_for(*said), hinted_code(*said)
-        if _invalid_client(result):
+        if _invalid_client(result) and not _grant_not_allowed(result):
             return CredentialCheck(False, f"the IdP refuses it: {error}", now, hint, code)
         return CredentialCheck(None, f"the IdP answered {error}, which does not say", now, hint, code)
 
@@ -347,6 +369,15 @@ def _unanswered(exc: requests.RequestException) -> str:
     """Why the token endpoint gave no answer of the IdP's: what it answered (a 5xx, a 429), or the
     failure's type (ReadTimeout, ConnectionError). Never the body: it may hold anything."""
     return str(exc) if isinstance(exc, requests.HTTPError) else f"could not be reached ({type(exc).__name__})"
+
+
+def _grant_not_allowed(result: dict) -> bool:
+    """RFC 6749 5.2's unauthorized_client, "the authenticated client is not authorized to use this grant
+    type", without an Entra code that it is our credential: what an IdP answers the credential check's
+    client-credentials request when the app may use the code grant alone (least privilege)."""
+    codes = result.get("error_codes")
+    return result.get("error") == "unauthorized_client" and not (
+        isinstance(codes, list) and INVALID_CLIENT_CODES & {c for c in codes if isinstance(c, int)})
 
 
 def _invalid_client(result: dict) -> bool:

@@ -10,6 +10,7 @@ import json
 import pytest
 import requests
 
+from shared.errors import ClientCredentialRejected
 from shared.oidc_client import CREDENTIAL_CHECK_SECONDS, CREDENTIAL_RECHECK_SECONDS, OidcClient
 from shared.provider import discover
 from shared.transport import IdpSession
@@ -168,6 +169,49 @@ def test_the_credential_is_asked_again_after_ten_minutes_and_a_refusal_after_one
     assert client.credential_check().accepted is True and asked() == 3, "an acceptance is reused for ten minutes"
     now[0] += 1
     assert client.credential_check().accepted is True and asked() == 4
+
+
+def test_a_new_credential_is_asked_about_at_once_not_given_the_last_ones_verdict(hostile, test_ca):
+    """The verdict was the worker's, not the credential's: a wrong version stored after an accepted
+    check was "accepted by the IdP" in health for ten minutes (operating.md's rotation deletes the old
+    Entra secret once health shows the new one), while every login got 401."""
+    hostile.reset()
+    now, secret = [1000.0], [HOSTILE_CLIENT_SECRET]
+    client = client_of(hostile, lambda: now[0], secret)
+    assert client.credential_check().accepted is True
+    secret[0] = "a-secret-id-pasted-as-its-value"  # the new version in Key Vault
+    now[0] += 1
+    assert client.credential_check().accepted is False
+
+
+def test_a_login_the_idp_refused_our_credential_for_ends_the_accepted_verdict(hostile, test_ca):
+    """An accepted verdict outlived the IdP's refusal of the same secret at a login (a secret deleted in
+    Entra): health said "accepted" for up to ten minutes while every login got 401."""
+    hostile.reset()
+    now = [1000.0]
+    client = client_of(hostile, lambda: now[0], [HOSTILE_CLIENT_SECRET])
+    assert client.credential_check().accepted is True
+    refused = {"error": "invalid_client", "error_codes": [7000215], "error_description": WRONG_SECRET}
+    hostile.answer(raw=(401, "application/json", json.dumps(refused)))
+    flow = client.start(REDIRECT_URIS["user"])
+    with pytest.raises(ClientCredentialRejected):
+        client.redeem(flow, "some-code", flow["state"])
+    now[0] += 1
+    assert client.credential_check().accepted is False
+
+
+def test_an_idp_that_does_not_allow_the_check_grant_is_not_verified_rather_than_refusing_the_secret(hostile,
+                                                                                                     test_ca):
+    """RFC 6749 5.2: unauthorized_client is "the authenticated client is not authorized to use this
+    grant type", what Okta, Auth0 or Keycloak answer a client allowed the code grant alone (least
+    privilege): health was red, "create a new secret", while every login worked. Entra's own
+    unauthorized_client carries an invalid-client code (AADSTS700016) and stays a refusal."""
+    hostile.reset()
+    client = client_of(hostile, lambda: 1000.0, [HOSTILE_CLIENT_SECRET])
+    body = {"error": "unauthorized_client", "error_description": "client_credentials is not allowed"}
+    hostile.answer(raw=(400, "application/json", json.dumps(body)))
+    verdict = client.credential_check()
+    assert verdict.accepted is None and "unauthorized_client" in verdict.detail, verdict
 
 
 UNAVAILABLE = {  # a gateway's page, Entra's "try later" telling MSAL to wait an hour, a throttle
