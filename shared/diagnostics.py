@@ -41,6 +41,7 @@ from .errors import (
     SsoError,
 )
 from .oidc_client import client_certificate
+from .tables import LOGIN_TABLES
 
 log = logging.getLogger("portal_sso.diagnostics")
 
@@ -205,6 +206,19 @@ def check_idp_metadata(runtime) -> Check:
             _stale(held, check, f"the IdP could not refresh its {what}", "serving the ones read before",
                    f"The app must reach the identity provider's {what} (OIDC_ISSUER_URL's metadata document and "
                    "its jwks_uri): sign-in works again at the first refresh that succeeds, no restart needed.")
+        if not check.ok:
+            return check
+        try:
+            runtime.idp_keys().warm()  # every callback needs them: a worker that cannot have them is not ready
+        except DependencyUnavailable as err:
+            if _certificate_not_trusted(err):
+                raise  # the trust store's fix, below
+            return _failure("idp_metadata", "Identity provider metadata",
+                            DependencyUnavailable("idp", f"its signing keys cannot be had: {err.detail}"),
+                            f"The app must read the identity provider's signing keys from its jwks_uri "
+                            f"({metadata.jwks_uri}, from OIDC_ISSUER_URL's metadata) and find an RS256 or ES256 "
+                            "key there: until it can, every sign-in fails (503 idp_unavailable). Check the app "
+                            "can reach that URL; sign-in works again at the first fetch that succeeds.")
         return check
 
     try:
@@ -376,8 +390,8 @@ def check_signing_key(runtime) -> Check:
 
 def check_tables(runtime) -> Check:
     def probe() -> Check:
-        runtime.tables.ping()
-        return Check("tables", "Table Storage", True, "reachable")
+        runtime.tables.ping(*LOGIN_TABLES)
+        return Check("tables", "Table Storage", True, f"{', '.join(LOGIN_TABLES)} readable and writable")
 
     return _run("tables", "Table Storage", probe,
                 "Check TABLES_CONNECTION_STRING or TABLES_ENDPOINT, that the storage account is running, and "

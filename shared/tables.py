@@ -35,6 +35,7 @@ SCIM_USERS_TABLE = "ScimUsers"  # directory sync (shared/scim/store.py)
 SCIM_PERSON_PARTITION, SCIM_EMAIL_PARTITION, SCIM_REMOVED_PARTITION = "P", "E", "R"
 DIRECTORY_EVENTS_TABLE = "DirectoryEvents"  # directory sync's audit (shared/scim/events.py)
 APP_TABLES = (ACCOUNTS_TABLE, FLOWS_TABLE, EVENTS_TABLE, SCIM_USERS_TABLE, DIRECTORY_EVENTS_TABLE)
+LOGIN_TABLES = (ACCOUNTS_TABLE, FLOWS_TABLE, EVENTS_TABLE)  # what every login reads and writes
 _PING_KEY = "portal-sso-ping"  # no row has it: the answer is a 404 that says the table is there
 
 
@@ -124,17 +125,35 @@ class Tables:
                         self._service.create_table(name)
         return True
 
-    def ping(self, table: str = ACCOUNTS_TABLE) -> None:
-        """One cheap round trip to one of the app's tables (a row that is not there), not the account's
-        list of tables, which an identity with roles on the tables alone may not read. Raises
-        DependencyUnavailable when storage does not answer or refuses, or the table does not exist."""
+    def ping(self, *tables: str) -> None:
+        """Two cheap round trips to each of `tables` (default PortalAccounts): a read and a delete of a
+        row that is not there, so a credential that may read but not write (a 'Reader' role where the
+        login's flow marker and audit row need 'Contributor') is refused here as at every login; not the
+        account's list of tables, which an identity with roles on the tables alone may not read. Raises
+        DependencyUnavailable naming the table when storage does not answer or refuses, or the table
+        does not exist."""
+        for table in tables or (ACCOUNTS_TABLE,):
+            try:
+                self._ping_one(self.client(table))
+            except DependencyUnavailable as err:
+                said = err.detail.removeprefix(f"{err.dependency}: ")
+                said = " does not exist (scripts/deploy makes it)" if said == "does not exist" else f": {said}"
+                raise DependencyUnavailable("table_storage", f"table {table}{said}") from err
+
+    @staticmethod
+    def _ping_one(client: TableClient) -> None:
+        answers: list[str | None] = []
         with storage_errors():
             try:
-                self.client(table).get_entity(_PING_KEY, _PING_KEY)
+                client.get_entity(_PING_KEY, _PING_KEY)
             except ResourceNotFoundError as exc:
                 if exc.error_code == "TableNotFound":
-                    raise DependencyUnavailable("table_storage", f"table {table} does not exist (scripts/deploy "
-                                                "makes it)") from exc
+                    raise DependencyUnavailable("table_storage", "does not exist") from exc
+            # delete_entity takes any 404 for success: a table not there is told by its error code
+            client.delete_entity(_PING_KEY, _PING_KEY, raw_response_hook=lambda r: answers.append(
+                r.http_response.headers.get("x-ms-error-code")))
+        if answers and answers[-1] == "TableNotFound":
+            raise DependencyUnavailable("table_storage", "does not exist")
 
 
 def delete_existed(table: TableClient, partition_key: str, row_key: str, etag: str | None = None) -> bool:

@@ -15,7 +15,7 @@ import urllib3.connectionpool
 from azure.data.tables import TableServiceClient
 
 from shared.errors import DependencyUnavailable
-from shared.tables import ACCOUNTS_TABLE, FLOWS_TABLE, Tables
+from shared.tables import ACCOUNTS_TABLE, FLOWS_TABLE, LOGIN_TABLES, Tables
 from shared.transport import READ_TIMEOUT
 from tools.stack import azurite_connection_string, new_account_key
 
@@ -53,6 +53,41 @@ def test_the_health_ping_names_a_table_that_does_not_exist(azurite):
     with pytest.raises(DependencyUnavailable) as caught:
         tables.ping("NoSuchPortalTable")
     assert "NoSuchPortalTable does not exist" in caught.value.detail
+
+
+def read_only(azurite) -> TableServiceClient:
+    """The tables through an account SAS that may read and list but not write: Azurite's stand-in for an
+    identity given 'Storage Table Data Reader' where the app needs 'Contributor'."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+    from azure.data.tables import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    shared_key = TableServiceClient.from_connection_string(azurite.connection_string)
+    key = shared_key.credential
+    sas = generate_account_sas(AzureNamedKeyCredential(key.named_key.name, key.named_key.key),
+                               resource_types=ResourceTypes(service=True, object=True),
+                               permission=AccountSasPermissions(read=True, list=True),
+                               expiry=datetime.now(UTC) + timedelta(hours=1))
+    return TableServiceClient(shared_key.url, credential=AzureSasCredential(sas))
+
+
+def test_the_health_ping_is_refused_by_a_credential_that_may_read_the_tables_but_not_write_them(azurite,
+                                                                                                account_store):
+    """Health's one read of PortalAccounts said "reachable" while every login got 503 (its flow marker,
+    and its audit row, are writes): the ping asks each login table for a write that changes nothing."""
+    tables = Tables(read_only(azurite), create=False)
+    with pytest.raises(DependencyUnavailable) as caught:
+        tables.ping(*LOGIN_TABLES)
+    assert "403" in caught.value.detail and ACCOUNTS_TABLE in caught.value.detail, caught.value.detail
+
+
+def test_the_health_ping_names_each_login_table_it_cannot_reach_not_only_the_first(azurite, account_store):
+    tables = Tables(TableServiceClient.from_connection_string(azurite.connection_string), create=False)
+    tables.ping(*LOGIN_TABLES)  # the app's own tables, there and writable: nothing to say
+    with pytest.raises(DependencyUnavailable) as caught:
+        tables.ping(ACCOUNTS_TABLE, "NoSuchFlowsTable")
+    assert "NoSuchFlowsTable does not exist" in caught.value.detail, caught.value.detail
 
 
 class BlackHole:

@@ -123,6 +123,25 @@ def test_an_idp_down_when_its_metadata_and_keys_are_due_for_their_daily_refresh_
 
 
 
+@pytest.mark.parametrize("fault", ["down", "no-usable-key"])
+def test_signing_keys_a_cold_worker_cannot_have_are_red_in_health_before_anyone_signs_in(hostile_idp, app, fault):
+    """Health read the metadata only: with the JWKS down, or holding no key we can use, it answered 200
+    "ready" while every callback got 503, before a login and after one."""
+    if fault == "down":
+        hostile_idp.down.add("jwks")
+    else:
+        hostile_idp.jwks_body = '{"keys": []}'
+    try:
+        red = health(app)
+        check = red["checks"]["idp_metadata"]
+        assert red["http_status"] == 503 and check["ok"] is False and "signing keys" in check["detail"], red
+        assert "jwks_uri" in check["fix"] and hostile_idp.origin in check["fix"], check
+    finally:
+        hostile_idp.down.clear()
+        hostile_idp.jwks_body = None
+    assert health(app)["checks"]["idp_metadata"]["ok"], "green at the first fetch that gives a key"
+
+
 def test_keys_past_their_stale_limit_are_red_in_health_not_amber(hostile_idp, app, account_store):
     """A week past their refresh the keys held stop serving (signing_key refuses every callback): the
     health check then says so in red, where it stayed amber, "serving the ones read before"."""
