@@ -3,6 +3,7 @@ a user and an agent differ only by their kind's portal URL and redirect URI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -243,7 +244,10 @@ class SsoService:
                 err.message = err.message_flow_spent  # a refresh would be refused (unknown_state)
             event.reason = err.reason
             event.account_id = event.account_id or getattr(err, "account_id", "")
-            reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind))
+            # An empty GET is where a response in the URL's fragment lands: its page reports the state.
+            reply = pages.error(err, correlation_id, portal_url=self._portal_url(kind),
+                                report_fragment=isinstance(err, MissingParameters) and callback is not None
+                                and callback.query_mode and not callback.params)
             event.detail = err.detail[:MAX_DETAIL]
         if callback is not None and callback.finished:
             # The flow is over, whatever the outcome. Only a callback that consumed the flow, whose flow
@@ -271,6 +275,15 @@ class SsoService:
             self._check_iss_of(params, settings)
             raise self._idp_error(kind, callback)
         if not code or not state:
+            # A state that came back without its code was in other hands on the way (the person's
+            # browser reporting a response it got in the URL's fragment, which no request carries: an
+            # attacker who started the login rewrote its response_mode to lend his flow to the person):
+            # its flow dies with it, as a query-mode one does.
+            if STATE_SYNTAX.match(state):
+                self._consume(state, kind, callback, quietly=True)
+            if params.get("response_mode") == "fragment":
+                raise ResponseModeNotAllowed("authorization response in the URL's fragment (response_mode=fragment), "
+                                             "its state reported by the callback's page")
             raise MissingParameters("no code or no state in the authorization response")
         if callback.query_mode and not settings.allow_query_response_mode:
             # The code is in a URL (history, request logs): its flow dies with it, so whoever reads
@@ -358,11 +371,17 @@ class SsoService:
         return self.deps.oidc.redeem(msal_flow, code, flow.state)
 
     def _consume(self, state: str, kind: str, callback: Callback, *, quietly: bool = False) -> None:
-        """Consumes the marker of a flow that must not complete; `quietly`: whether it was still there
-        does not change the answer."""
+        """Consumes the marker of a flow that must not complete, at whichever door it was started (a
+        flow presented at the other door's callback dies too: else it would still complete at its own,
+        with only the IdP's redirect-URI check in the way); `quietly`: whether it was still there does
+        not change the answer."""
         try:
             self.deps.flows.take(state, kind)
         except UnknownState:
+            for other in KINDS:
+                if other != kind:
+                    with contextlib.suppress(UnknownState):
+                        self.deps.flows.take(state, other)
             if not quietly:
                 raise
             return

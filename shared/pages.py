@@ -24,6 +24,13 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto
 # The button is disabled once the script has sent the form: pressed while a slow portal answers, it sent
 # the token again, which the portal refuses as a replay, dropping the first answer's session cookie.
 AUTO_SUBMIT = 'var f=document.getElementById("portal-sso");f.submit();f.querySelector("button").disabled=true;'
+# On the callback's page for a GET with nothing the server can see: an authorization response in the
+# URL's fragment (response_mode rewritten to fragment by whoever started the login). The code is taken
+# out of the address bar and the history entry, and only the state goes back, so that the flow dies
+# (shared/login.py): nothing else of the fragment leaves the browser.
+REPORT_FRAGMENT = ('var p=new URLSearchParams(location.hash.slice(1)),s=p.get("state");'
+                   'if(location.hash){history.replaceState(null,"",location.pathname+location.search)}'
+                   'if(s){var f=document.getElementById("fragment");f.elements.state.value=s;f.submit()}')
 
 
 def _csp_hash(source: str) -> str:
@@ -39,14 +46,15 @@ class Reply:
     cookies: list[str] = field(default_factory=list)  # Set-Cookie values
 
 
-def security_headers(*, form_action: str | None = None, script: bool = False, cache: str = "no-store",
+def security_headers(*, form_action: str | None = None, script: bool | str = False, cache: str = "no-store",
                      style: str = STYLE) -> dict:
     """Headers of every SSO response: nothing cached, no referrer (URLs may hold a code), no framing,
-    and a CSP that allows only the page's own inline `style` and, on the form_post page, our one script."""
+    and a CSP that allows only the page's own inline `style` and, on the form_post page (or a page
+    given its `script`), that one script."""
     csp = ["default-src 'none'", f"style-src {_csp_hash(style)}", "frame-ancestors 'none'", "base-uri 'none'",
            f"form-action {form_action}" if form_action else "form-action 'none'"]
     if script:
-        csp.append(f"script-src {_csp_hash(AUTO_SUBMIT)}")
+        csp.append(f"script-src {_csp_hash(AUTO_SUBMIT if script is True else script)}")
     headers = {"Cache-Control": cache, "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
                "X-Frame-Options": "DENY", "Content-Security-Policy": "; ".join(csp)}
     if cache == "no-store":
@@ -98,10 +106,11 @@ def _links(links: list[tuple[str, str]]) -> str:
 
 
 def error(err: SsoError, correlation_id: str, *, portal_url: str | None = None,
-          homes: dict[str, str] | None = None) -> Reply:
+          homes: dict[str, str] | None = None, report_fragment: bool = False) -> Reply:
     """The page of a failed request: what happened and what to do, the way back (the kind's portal
     home, `portal_url`, else each of `homes`), the correlation id to quote; only what is safe to show,
-    escaped."""
+    escaped. `report_fragment`: with REPORT_FRAGMENT, which posts an authorization response's state
+    found in the URL's fragment back to this URL."""
     parts = [f"<h1>{html.escape(err.title)}</h1>", f'<p class="box">{html.escape(err.message)}</p>']
     if err.shown:
         parts.append(f"<pre>{html.escape(err.shown)}</pre>")
@@ -114,6 +123,10 @@ def error(err: SsoError, correlation_id: str, *, portal_url: str | None = None,
     parts.append(f'<p class="ref">Reason: <code>{html.escape(err.reason)}</code><br>Correlation ID: '
                  f"<code>{html.escape(correlation_id)}</code> (quote it when you ask for help)</p>")
     headers = security_headers()
+    if report_fragment:
+        parts.append('<form id="fragment" method="post" hidden><input type="hidden" name="state"><input '
+                     f'type="hidden" name="response_mode" value="fragment"></form><script>{REPORT_FRAGMENT}</script>')
+        headers = security_headers(form_action="'self'", script=REPORT_FRAGMENT)
     if err.retry_after:
         headers["Retry-After"] = str(err.retry_after)
     return Reply(err.status, _page(err.title, "".join(parts)), headers=headers)

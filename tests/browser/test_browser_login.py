@@ -3,6 +3,8 @@ dev IdP's real login page, the form_post callback and the demo portal's verifica
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlsplit
+
 import pytest
 
 from tests.browser.conftest import sign_in_on_the_idp_page
@@ -212,3 +214,39 @@ def test_after_another_profile_presented_the_callback_the_browsers_own_clears_it
     finally:
         started_here.close()
         other_profile.close()
+
+
+def test_a_flow_lent_through_response_mode_fragment_dies_in_the_victims_browser(browser, portal, demo_accounts):
+    """The attacker starts a login (his cookie), turns `response_mode=form_post` into `fragment` in the
+    IdP's link and has the victim sign in through it: the victim lands on the callback with the code in
+    the URL's fragment, which no request carries, so the app saw an empty GET (400, nothing consumed)
+    and the attacker's POST of that code with his own cookie signed him in as the victim. The callback's
+    page now reports the fragment's state (only), which consumes the flow, and takes the code out of the
+    address bar and history."""
+    import requests
+
+    from shared.runtime import get_runtime
+    from tests.support.portal import assert_error_page
+
+    attacker = requests.Session()
+    started = attacker.get(f"{APP_BASE}/api/sso/user/login", allow_redirects=False, timeout=30)
+    lure = started.headers["Location"].replace("response_mode=form_post", "response_mode=fragment")
+    assert lure != started.headers["Location"]
+    victim = browser.new_context()
+    try:
+        page = victim.new_page()
+        redirects: list[str] = []
+        page.on("response", lambda r: redirects.append(r.headers.get("location") or ""))
+        page.goto(lure)
+        page.fill("#login", DEMO_USER["login"])
+        page.fill("#password", DEMO_USER["password"])
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=response_mode_not_allowed", timeout=20000)
+        assert "#" not in page.url and "code=" not in page.url, "the code is out of the address bar"
+        landing = next(url for url in redirects if "/api/sso/user/callback#" in url)
+    finally:
+        victim.close()
+    fields = dict(parse_qsl(urlsplit(landing).fragment))
+    assert fields.get("code") and fields.get("state"), landing
+    replay = attacker.post(f"{APP_BASE}/api/sso/user/callback", data=fields, timeout=30)
+    assert_error_page(replay, 400, get_runtime(), "unknown_state")

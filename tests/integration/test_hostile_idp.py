@@ -597,10 +597,18 @@ def test_callback_with_another_flows_cookie_is_refused_and_consumes_the_flow(hos
     assert hostile.token_requests == []
 
 
-def test_callback_of_a_user_flow_at_the_agent_redirect_uri_is_refused(hostile, app, person):
+def test_callback_of_a_user_flow_at_the_agent_redirect_uri_is_refused_and_the_flow_dies_at_both_doors(
+        hostile, app, person):
+    """A flow presented at the other door's callback stayed alive at its own: the attacker's agent flow,
+    its redirect_uri rewritten to the user callback, the victim's answer posted there, was stopped only
+    by the IdP's redirect-URI check at redemption (SPEC: no later request completes a flow a wrong
+    browser has presented)."""
     hostile.answer(claims=person.claims)
     session, fields = begin(hostile, "user")
     assert_error_page(post_callback(session, fields, kind="agent"), 400, app, "unknown_state")
+    assert not flow_row_exists(app, fields["state"])
+    assert_error_page(post_callback(session, fields, kind="user"), 400, app, "unknown_state")
+    assert hostile.token_requests == [], "the code never reaches the IdP"
 
 
 def test_expired_flow_is_refused(hostile, app, person):
