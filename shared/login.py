@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import time
+import unicodedata
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -77,6 +78,9 @@ IDP_ERROR_CODES = frozenset({
 MAX_DETAIL = 500  # of a failure's detail in its audit row and log line
 PORTAL_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}\Z")  # \Z: "$" would let a final newline in
 PROMPTS = ("select_account", "login")
+# Of a return_to's characters: controls (C0, DEL and C1: U+0085 is a line break to many parsers), format
+# characters (a right-to-left override, a zero-width space) and line or paragraph separators.
+FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
@@ -91,7 +95,7 @@ def check_return_to(value: str, allowed_origins: frozenset[str]) -> str:
         size = len(json.dumps(value, ensure_ascii=False).encode("utf-8")) - 2  # less the quotes
     except UnicodeEncodeError as exc:  # a lone surrogate
         raise ReturnToNotAllowed("return_to is not valid text") from exc
-    if size > MAX_RETURN_TO or any(ord(c) < 0x21 or ord(c) == 0x7F or c == "\\" for c in value):
+    if size > MAX_RETURN_TO or any(c in " \\" or unicodedata.category(c) in FORBIDDEN_CATEGORIES for c in value):
         raise ReturnToNotAllowed("return_to has forbidden characters or is too long")
     try:
         parts = urlsplit(value)

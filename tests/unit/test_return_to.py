@@ -99,6 +99,18 @@ def test_return_to_whose_host_is_not_ascii_is_refused_with_400(url, allowed):
     assert "ASCII" in str(caught.value), "the audit detail says why"
 
 
+@pytest.mark.parametrize("character", ["\x85", "\x9b", "\u202e", "\u2028", "\u2029", "\ufeff", "\u200b", "\ud800"],
+                         ids=["c1-next-line", "c1-csi", "rtl-override", "line-separator", "paragraph-separator",
+                              "bom", "zero-width-space", "lone-surrogate"])
+def test_return_to_with_a_control_format_or_separator_character_anywhere_is_refused(character):
+    """Only ASCII controls were refused: U+0085 (a line break to str.splitlines and other parsers), a
+    C1 CSI, a right-to-left override or a zero-width space went into the flow and the session token's
+    return_to claim, which the portal redirects to."""
+    with pytest.raises(ReturnToNotAllowed):
+        check_return_to(f"https://portal.contoso.test/a{character}b", ALLOWED)
+    assert check_return_to("https://portal.contoso.test/caf\u00e9", ALLOWED), "a letter of any script is fine"
+
+
 def test_return_to_on_an_internationalised_host_in_its_xn_form_is_accepted():
     url = "https://xn--bcher-kva.test/x"
     assert check_return_to(url, frozenset({"https://xn--bcher-kva.test"})) == url
