@@ -462,7 +462,10 @@ class SsoService:
         the return_to is checked again at that login start)."""
         other = next(k for k in KINDS if k != kind)
         try:
-            has_other = self.deps.accounts.get(email, other) is not None
+            # An account login would find (find_account's rule): a disabled row, or one without an
+            # AccountId, would send the person to a door that refuses them too.
+            found = self.deps.accounts.get(email, other)
+            has_other = found is not None and bool(found.account_id) and found.enabled
         except SsoError:  # storage failing now: the page simply says less
             has_other = False
         err.message = f"There is no portal {kind} account for {email}."

@@ -21,7 +21,7 @@ from jwt.algorithms import RSAAlgorithm
 from shared.accounts import Account
 from shared.callback import CallbackRequest
 from shared.config import FLOW_TTL_SECONDS, load_settings
-from shared.errors import DependencyUnavailable, NoAccount
+from shared.errors import WRONG_DOOR, DependencyUnavailable, NoAccount
 from shared.flows import Flow, FlowStore, cookie_name
 from shared.jwks import JwksCache
 from shared.login import SsoService
@@ -236,6 +236,34 @@ class NoAccounts(Accounts):
 
     def get(self, email, kind):
         return None
+
+
+class AgentRowOnly(NoAccounts):
+    """No user account; an agent row as `row` says."""
+
+    def __init__(self, row: Account | None):
+        self.row = row
+
+    def get(self, email, kind):
+        return self.row if kind == "agent" else None
+
+
+@pytest.mark.parametrize(("row", "sent_on"), [
+    (Account("ann@contoso.test", "agent", "A-1", "Ann", True, None, None, "e"), True),
+    (Account("ann@contoso.test", "agent", "A-1", "Ann", False, None, None, "e"), False),
+    (Account("ann@contoso.test", "agent", "", "Ann", True, None, None, "e"), False),
+], ids=["enabled-agent-account", "disabled-agent-account", "agent-row-without-account-id"])
+def test_the_user_doors_403_sends_the_person_to_the_agent_door_only_for_an_account_that_signs_in(idp_key, row,
+                                                                                                 sent_on):
+    """A disabled agent row, or one without an AccountId (which sign-in refuses: no_account), had the
+    page say "You have a portal agent account: sign in from the agent portal instead", to a door that
+    refuses them too, and the audit row called it the person's own mistake (the setup page green)."""
+    deps = Deps(idp_key, Events())
+    deps.accounts = AgentRowOnly(row)
+    reply = SsoService(deps).complete_login("user", callback_request(deps), "cid-door")
+    assert reply.status == 403
+    assert ("You have a portal agent account" in reply.body) is sent_on, reply.body
+    assert (WRONG_DOOR in deps.events.rows[-1].detail) is sent_on
 
 
 def test_sign_in_with_another_account_keeps_the_portals_nonce_and_return_to(idp_key):
