@@ -42,7 +42,10 @@ def transport_security() -> dict[str, str]:
 def to_response(reply: pages.Reply) -> func.HttpResponse:
     mimetype, _, rest = reply.content_type.partition(";")
     charset = rest.split("=", 1)[1].strip() if "=" in rest else "utf-8"
-    response = func.HttpResponse(body=reply.body, status_code=reply.status,
+    # A lone surrogate (a setting's bytes that were not UTF-8, as Linux hands them over) is written as
+    # its escape: strict encoding made every page that shows it a 500, the setup page included.
+    body = reply.body.encode(charset, "backslashreplace") if isinstance(reply.body, str) else reply.body
+    response = func.HttpResponse(body=body, status_code=reply.status,
                                  headers={**reply.headers, **transport_security()},
                                  mimetype=mimetype.strip(), charset=charset)
     for cookie in reply.cookies:

@@ -114,6 +114,17 @@ def test_storage_unreachable_is_red_and_health_503(use_settings):
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize("name", ["SESSION_TOKEN_ISSUER", "OIDC_ISSUER_URL", "SCIM_DEFAULT_KIND"])
+def test_a_setting_holding_bytes_that_are_not_utf8_is_shown_escaped_not_a_500(use_settings, name):
+    """On Linux an environment value that is not UTF-8 arrives with lone surrogates (surrogateescape):
+    the setup page, which "always answers 200, even when nothing works", was a 500 (UnicodeEncodeError
+    writing the body)."""
+    use_settings(**{name: "https://iss.example/caf\udce9"})
+    page = get("/api/sso/setup")
+    assert page.status_code == 200, page.text[:300]
+    assert "caf\\udce9" in page.text
+
+
 def test_the_setup_page_escapes_setting_values(use_settings):
     use_settings(PORTAL_USER_URL="https://x.test/<b>", SESSION_TOKEN_AUDIENCE="https://x.test")
     page = get("/api/sso/setup").text
