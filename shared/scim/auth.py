@@ -67,14 +67,18 @@ def parse_tokens(raw: str, source: str) -> tuple[tuple[str, ...], list[Problem]]
     tokens = tuple(line.strip() for line in raw.splitlines() if line.strip())
     problems = []
     setting = "SCIM_TOKEN" if source == "SCIM_TOKEN" else "SCIM_TOKEN_NAME"
+    # A Problem is said after its setting ("SCIM_TOKEN: ..."): the source again only when it is another
+    # (the Key Vault secret SCIM_TOKEN_NAME names).
+    of = f"{source} " if source != setting else ""
     if not tokens:  # a secret of blanks exists, as an empty one does (Key Vault's "is empty"): not off
-        problems.append(Problem(setting, f"{source} is empty."))
+        problems.append(Problem(setting, f"{of}is empty."))
     if len(tokens) > MAX_TOKENS:
-        problems.append(Problem(setting, f"{source} holds {len(tokens)} tokens;",
+        problems.append(Problem(setting, f"{of}holds {len(tokens)} tokens;",
                                 "keep at most two, one per line, the new one first."))
     short = [i + 1 for i, t in enumerate(tokens) if len(t) < MIN_TOKEN_LENGTH]
     if short:
-        problems.append(Problem(setting, f"{source}: token on line {', '.join(map(str, short))} is shorter than "
+        problems.append(Problem(setting, f"{of.rstrip() + ': ' if of else ''}token on line "
+                                f"{', '.join(map(str, short))} is shorter than "
                                 f"{MIN_TOKEN_LENGTH} characters;", "generate one with "
                                 "`python -c \"import secrets; print(secrets.token_urlsafe(32))\"`."))
     return tokens, problems

@@ -120,5 +120,6 @@ def setup_section(runtime, correlation_id: str = "", status: SyncStatus | None =
                     f"{': ' + names + more if names else ''} (assign {' or '.join(map(e, KIND_ROLES.values()))}, or "
                     "set <code>SCIM_DEFAULT_KIND</code>)</td></tr>")
     if s.unavailable:
-        rows.append(f"<tr><td></td><th>Table Storage</th><td>{e(s.unavailable)}</td></tr>")
+        # Not "Table Storage": settings that do not load end here too (runtime.tables needs them).
+        rows.append(f"<tr><td></td><th>People and accounts</th><td>not read: {e(s.unavailable)}</td></tr>")
     return "<h2>Directory sync (SCIM)</h2><table>" + "".join(rows) + "</table>"

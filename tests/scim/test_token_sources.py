@@ -62,6 +62,17 @@ def test_an_empty_or_blank_secret_is_a_setting_error_not_off(stub, vault_app, va
         ["SCIM_TOKEN_NAME: Key Vault secret 'scim-token' is empty."]
 
 
+@pytest.mark.parametrize(("raw", "source", "said"), [
+    ("short", "SCIM_TOKEN", "SCIM_TOKEN: token on line 1 is shorter than"),
+    ("", "SCIM_TOKEN", "SCIM_TOKEN: is empty."),
+    ("short", "Key Vault secret 'scim-token'", "SCIM_TOKEN_NAME: Key Vault secret 'scim-token': token on line 1"),
+])
+def test_a_token_problem_names_its_setting_once_and_the_secret_when_it_is_another(raw, source, said):
+    """The setup page said "SCIM_TOKEN: SCIM_TOKEN: token on line 1 is shorter ..."."""
+    _, (problem,) = auth.parse_tokens(raw, source)
+    assert str(problem).startswith(said), str(problem)
+
+
 def test_a_403_for_the_default_secret_no_one_set_up_means_off_and_for_a_named_one_an_error(stub, vault_app):
     """Key Vault's RBAC answers 403 for a secret the app holds no role on, whether or not it exists, and
     scripts/deploy grants roles per secret: before register-app provisioning, the default secret is
