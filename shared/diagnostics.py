@@ -353,7 +353,8 @@ def check_client_secret(runtime, settings: Settings, now: datetime) -> Check:
                      data=data)
 
     fix = (f"Store the {what} in Key Vault under the name the settings give, and grant the app's managed "
-           "identity the 'Key Vault Secrets User' role." if settings.key_vault_url else
+           "identity the 'Key Vault Secrets User' role (the identity must be on: the Function App's Identity > "
+           "System assigned, which scripts/deploy turns on)." if settings.key_vault_url else
            f"Give the {what} itself in {setting} (local development only"
            + (", a PEM certificate with its private key" if certificate else "")
            + "), then restart the host; or set KEY_VAULT_URL and keep it there.")

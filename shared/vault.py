@@ -74,7 +74,8 @@ class KeyVaultReader:
                                             "Vault's own answer (no Key Vault error in it)") from exc
             if isinstance(exc, ResourceNotFoundError):
                 raise ConfigurationError([f"Key Vault secret '{name}' does not exist in {self.vault_url}: "
-                                          "create it, or fix the *_NAME setting."]) from exc
+                                          "create it, or fix the setting that names it (OIDC_CLIENT_SECRET_NAME, "
+                                          "SESSION_SIGNING_KEY_NAME or SCIM_TOKEN_NAME)."]) from exc
             if exc.status_code == 403:
                 raise ConfigurationError([f"Key Vault secret '{name}': the app may not read it (HTTP 403), or it is "
                                           "disabled. Grant the app's managed identity the 'Key Vault Secrets "
