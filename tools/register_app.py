@@ -47,10 +47,11 @@ import secrets
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import hashes, serialization
 
-from shared.config import KIND_ROLES, KINDS, redirect_uri, signed_out_uri
+from shared.config import GUID, KIND_ROLES, KINDS, redirect_uri, signed_out_uri
 from shared.errors import ConfigurationError
 from shared.oidc_client import client_certificate
 from shared.vault import SecretValue
@@ -130,6 +131,14 @@ def issuer_url(tenant: str) -> str:
 def sign_in_settings(client_id: str, tenant: str) -> dict[str, str]:
     """The function app's settings that name its registration."""
     return {"OIDC_CLIENT_ID": client_id, "OIDC_ISSUER_URL": issuer_url(tenant)}
+
+
+def recorded_tenant(settings: dict[str, str]) -> str | None:
+    """The tenant (a GUID, lower case) OIDC_ISSUER_URL names, as Entra's issuer holds it; None for any
+    other form (common, organizations, a domain, another IdP): then nothing says which tenant it is."""
+    path = urlsplit(as_the_app_reads(settings, "OIDC_ISSUER_URL")).path
+    first = path.strip("/").split("/", 1)[0]
+    return first.lower() if GUID.match(first) else None
 
 
 def recorded_client_id(settings: dict[str, str]) -> str | None:
@@ -259,6 +268,14 @@ class Registration:
             app = self.az.show("ad", "app", "show", "--id", recorded)
             if app is not None:
                 return app
+            # az ad sees the signed-in tenant alone: not found there says nothing of the tenant the issuer
+            # names (a registration made by hand in the workforce tenant), and a new one would leave its
+            # people behind.
+            tenant, signed_in = recorded_tenant(settings), str(self.az.check_ready().get("tenantId") or "").lower()
+            if tenant and signed_in and tenant != signed_in and not self.az.dry_run:
+                raise AzError(f"The app registration that OIDC_CLIENT_ID names ({recorded}) is not in the tenant you "
+                              f"are signed in to ({signed_in}), and OIDC_ISSUER_URL names the tenant {tenant}: sign "
+                              f"in there (`az login --tenant {tenant}`) and run this again. Nothing was changed.")
             if not creating:
                 raise AzError(f"The app registration that OIDC_CLIENT_ID names ({recorded}) no longer exists: run "
                               "portal-sso register-app without a subcommand to make a new one.")
@@ -658,12 +675,31 @@ class Registration:
         sp = self.ensure_service_principal(app["appId"])
         role = kind_roles(app.get("appRoles"))[self.args.kind]
         assigned = {(a.get("principalId"), a.get("appRoleId")) for a in self.graph_list(self.assignments_uri(sp))}
-        principals = [("user", u, ("ad", "user", "show", "--id", u)) for u in self.args.user or []] + \
-            [("group", g, ("ad", "group", "show", "--group", g)) for g in self.args.group or []]
-        for kind, name, show in principals:
-            principal = self.az.read(*show, "--query", "id") or f"<{kind} id>"
+        principals = [("user", u, self.az.read("ad", "user", "show", "--id", u, "--query", "id"))
+                      for u in self.args.user or []] + [("group", g, self.group_id(g)) for g in self.args.group or []]
+        for kind, name, principal in principals:
+            principal = principal or f"<{kind} id>"
             if (principal, role) not in assigned:
                 self.give_role(sp, principal, role, self.args.kind, f"{kind} {name}")
+
+    def group_id(self, group: str) -> str | None:
+        """The object id of the group --group names: its object id, or the one group whose display name is
+        exactly that. Not `az ad group show --group NAME`: with no exact match it takes a group whose name
+        only starts with NAME (a typo, or a group not made yet, gave the role to whoever made
+        'NAME - anything'; anyone may create groups by default)."""
+        if GUID.match(group):
+            return self.az.read("ad", "group", "show", "--group", group, "--query", "id")
+        quoted = group.replace("'", "''")  # OData's escape of a quote in a string
+        found = self.az.read("ad", "group", "list", "--filter", f"displayName eq '{quoted}'", "--query", "[].id")
+        if self.az.dry_run:
+            return None
+        if not found:
+            raise AzError(f"No group is named exactly {group!r}: check the name (Entra ID > Groups), or give the "
+                          "group's object id. Nothing was assigned.")
+        if len(found) > 1:
+            raise AzError(f"{len(found)} groups are named {group!r} ({', '.join(found)}): give the object id of the "
+                          "one to assign. Nothing was assigned.")
+        return found[0]
 
     def carry_assignments(self, previous_app_id: str, sp: dict) -> None:
         """The people and groups that hold a portal role on the registration the function app used before
@@ -948,7 +984,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  description="Assigns users or groups the app role of a kind (user assignment is "
                                              "required). Assigning a group needs Entra ID P1 or P2.")
     assign.add_argument("--user", action="append", help="a user principal name or object id; repeatable")
-    assign.add_argument("--group", action="append", help="a group's name or object id; repeatable")
+    assign.add_argument("--group", action="append", help="a group's exact display name or its object id; repeatable")
     assign.add_argument("--kind", required=True, choices=KINDS, help="the role: user (Portal.User) or agent "
                                                                      "(Portal.Agent)")
     rotate = commands.add_parser("rotate-secret", parents=[anywhere],

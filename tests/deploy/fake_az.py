@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -454,6 +455,11 @@ def handle(args: list[str], state: dict, file_content: str | None):
         return None
     if words.startswith("ad user show") or words.startswith("ad group show"):
         return {"id": f"object-of-{opt(args, '--id', '--group')}"}
+    if words.startswith("ad group list"):
+        # Graph's $filter on displayName, exact: the state's "ad_groups" (name -> object ids) where a test
+        # sets it, else one group of that name.
+        name = re.fullmatch(r"displayName eq '(.*)'", opt(args, "--filter")).group(1).replace("''", "'")
+        return [{"id": i} for i in state.get("ad_groups", {}).get(name, [f"object-of-{name}"])]
     if words.startswith("rest"):
         return graph(state, opt(args, "--method"), opt(args, "--uri"), file_content or opt(args, "--body"))
     raise SystemExit(f"fake az: unknown command {args}")

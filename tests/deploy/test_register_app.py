@@ -187,6 +187,23 @@ def test_rotation_works_whatever_other_apps_are_named(azure):
     assert azure.state["apps"]["twin-1"]["credentials"] == [] == azure.state["apps"]["twin-2"]["credentials"]
 
 
+@pytest.mark.parametrize("subcommand", [[], ["rotate-secret"]], ids=["register", "rotate-secret"])
+def test_a_registration_of_another_tenant_than_the_signed_in_one_is_never_taken_for_deleted(azure, subcommand):
+    """`az ad app show` sees the signed-in tenant alone: a registration made by hand in the workforce
+    tenant (OIDC_ISSUER_URL names it) was "no longer exists: making a new one", and the app moved to a
+    new registration in the subscription's tenant, its people and their roles left behind."""
+    other = "11111111-2222-3333-4444-555555555555"
+    state = azure.state
+    state["sites"]["contoso-sso"]["settings"].update({
+        "OIDC_CLIENT_ID": "9a1b2c3d-0000-4000-8000-00000000abcd",
+        "OIDC_ISSUER_URL": f"https://login.microsoftonline.com/{other}/v2.0"})
+    azure.state = state
+    result = azure.run("register-app", *APP_ARGS, *subcommand)
+    assert result.code != 0 and result.mutations == [], result.out
+    assert f"az login --tenant {other}" in result.err and "no longer exists" not in result.out + result.err, result.err
+    assert settings(azure)["OIDC_CLIENT_ID"] == "9a1b2c3d-0000-4000-8000-00000000abcd"
+
+
 def test_subcommands_need_the_recorded_registration(azure):
     result = azure.run("register-app", *APP_ARGS, "rotate-secret")
     assert result.code != 0 and "records no app registration" in result.err and result.mutations == []
@@ -934,6 +951,23 @@ def test_assign_gives_users_and_groups_the_kinds_role_once(azure):
     assert again.mutations == [], "already assigned: nothing to do"
     user_role = azure.run("register-app", *APP_ARGS, "assign", "--user", "ann@contoso.test", "--kind", "user")
     assert len(user_role.mutations) == 1, "the other kind's role is another assignment"
+
+
+@pytest.mark.parametrize(("groups", "says"), [([], "No group is named exactly 'Agents'"),
+                                              (["g-1", "g-2"], "2 groups are named 'Agents' (g-1, g-2)")],
+                         ids=["none-of-that-name", "two-of-that-name"])
+def test_assign_takes_a_group_of_exactly_that_name_or_its_object_id_never_a_prefix(azure, groups, says):
+    """`az ad group show --group Agents` takes a group whose name only starts with Agents when none has
+    that name (az's own help: "prefix also works if there is a unique match"): the role, and with
+    directory sync a portal account for each member, went to whoever made 'Agents - anything'."""
+    azure.run("register-app", *APP_ARGS)
+    azure.state = {**azure.state, "ad_groups": {"Agents": groups}}
+    result = azure.run("register-app", *APP_ARGS, "assign", "--group", "Agents", "--kind", "agent")
+    assert result.code != 0 and says in result.err and result.mutations == [], result.err
+    assert not any("group show" in c for c in result.commands), "no lookup that takes a prefix"
+    by_id = azure.run("register-app", *APP_ARGS, "assign", "--group", "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0",
+                      "--kind", "agent")
+    assert by_id.code == 0 and len(by_id.mutations) == 1, by_id.err
 
 
 def assign(azure: FakeAzure, *who: str, kind: str = "agent"):
