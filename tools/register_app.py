@@ -762,11 +762,14 @@ class Registration:
         versions = sorted(self.az.read("keyvault", "secret", "list-versions", "--vault-name", vault, "--name",
                                        self.secret_name) or [], key=lambda v: v["attributes"]["created"])
         current = self.new_secret(client_id, vault)
-        cutoff = datetime.now(UTC) - timedelta(days=self.args.grace_days)
+        issued = datetime.now(UTC)
+        cutoff = issued - timedelta(days=self.args.grace_days)
         superseded_at = {}  # key id -> when the next version replaced it
         for older, newer in itertools.pairwise(versions):
             superseded_at[(older.get("tags") or {}).get(KEY_ID_TAG)] = datetime.fromisoformat(
                 newer["attributes"]["created"].replace("Z", "+00:00"))
+        if versions:  # the one current until now, superseded by this run's (--grace-days 0: it goes now)
+            superseded_at[(versions[-1].get("tags") or {}).get(KEY_ID_TAG)] = issued - timedelta(microseconds=1)
         for credential in self.az.read("ad", "app", "credential", "list", "--id", client_id) or []:
             key_id = credential.get("keyId")
             retired = superseded_at.get(key_id)

@@ -1040,6 +1040,20 @@ def test_rotate_secret_appends_then_retires_the_old_one_after_the_grace_period(a
     assert SECRET not in later.out + later.err + json.dumps(azure.all_calls)
 
 
+def test_rotate_secret_with_no_grace_retires_the_previous_secret_in_the_same_run(azure):
+    """--grace-days is "days the previous secret stays valid after a new one is issued": with 0 the
+    previous (perhaps leaked) secret stayed valid, since only versions superseded before the run were
+    candidates. The app re-reads its secret at once when Entra refuses the old one."""
+    azure.run("register-app", *APP_ARGS)
+    (app,) = azure.state["apps"].values()
+    (before,) = [c["keyId"] for c in app["credentials"]]
+    rotated = azure.run("register-app", *APP_ARGS, "rotate-secret", "--grace-days", "0")
+    assert rotated.code == 0, rotated.err
+    (app,) = azure.state["apps"].values()
+    current = azure.state["secrets"][f"{N['vault']}/oidc-client-secret"][-1]["tags"]["entraKeyId"]
+    assert [c["keyId"] for c in app["credentials"]] == [current] and current != before, app["credentials"]
+
+
 # -- directory sync --------------------------------------------------------------------------------
 
 def test_provisioning_sets_up_entras_scim_job_with_a_token_never_shown(azure):
