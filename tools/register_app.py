@@ -118,7 +118,8 @@ ROLES_ATTRIBUTE = {"anchor": False, "apiExpressions": [], "caseExact": False, "d
                    "flowNullValues": False, "metadata": [], "multivalued": True, "mutability": "ReadWrite",
                    "name": "roles", "referencedObjects": [], "required": False, "type": "String"}
 ENTERPRISE_APP_TAG = "WindowsAzureActiveDirectoryIntegratedApp"
-NO_CONSENT = ("Authorization_RequestDenied", "Insufficient privileges", "Forbidden", "403")
+# Not a bare "403": Graph's error bodies carry request ids, and one holding 403 made an outage read as a missing role.
+NO_CONSENT = ("Authorization_RequestDenied", "Insufficient privileges", "Forbidden")
 # Graph's 400 for an app role assignment that exists (POST .../appRoleAssignedTo of the same principal and role)
 ASSIGNED_ALREADY = "Permission being assigned already exists"
 

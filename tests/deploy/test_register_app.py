@@ -350,6 +350,15 @@ def test_without_the_role_for_consent_the_run_says_who_can_grant_it(azure):
     assert settings(azure)["OIDC_CLIENT_ID"], "the rest of the registration is done"
 
 
+def test_a_graph_outage_at_consent_is_an_error_not_a_missing_role_whatever_its_request_id_holds(azure):
+    """"403" was a marker of a refusal anywhere in az's message: a 503 whose request id held 403 was told
+    to ask for an Entra role, and the run exited 0 without the consent."""
+    azure.state = {**azure.state, "refuse": {"oauth2PermissionGrants --headers": "Service Unavailable (503): "
+                                             "request-id 5c1f4030-7d2e-4a1b-9f0c-2e8d4f6a1b3c"}}
+    result = azure.run("register-app", *APP_ARGS)
+    assert result.code != 0 and "admin consent was not granted" not in result.err, result.err
+
+
 def test_register_app_without_permission_for_app_registrations(azure):
     azure.state = {**azure.state, "refuse": {"applicationTemplates": "Insufficient privileges to complete the "
                                                                      "operation."}}
