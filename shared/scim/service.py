@@ -156,6 +156,11 @@ class DirectorySync:
                                                    "settings have problems (see the setup page).",
                                                    headers={"Retry-After": str(RETRY_AFTER)}),
                                 "configuration_error", started)
+        except Exception as exc:  # a bug, or an answer no code path expects: SCIM's 500, its row and a traceback
+            log.exception("scim.internal_error correlation_id=%s", correlation_id)
+            event.detail = type(exc).__name__  # never its text: it may quote what storage or the request held
+            return self._finish(event, error_reply(500, "An unexpected error; quote the X-Correlation-Id of this "
+                                                   "answer when you ask for help."), "internal_error", started)
         if isinstance(body, dict):
             if body.get("id") and event.scim_id == "":
                 event.scim_id = str(body["id"])

@@ -99,6 +99,25 @@ def test_two_tokens_one_per_line_are_both_accepted_and_no_third(use_settings):
 
 # ---- errors: status, scimType, audit row, never a 500 ----
 
+def test_a_bug_met_in_a_scim_request_is_a_scim_500_with_its_row_and_log_not_the_hosts_html(scim, monkeypatch, caplog):
+    """Only an outage or a settings problem was caught: anything else (storage answering JSON that is no
+    table data, a bug of ours) left through the HTTP glue as an HTML 500 with no SCIM body, no
+    X-Correlation-Id, no DirectoryEvents row and no scim.request line."""
+    from shared.scim import mapping
+
+    def broken(*args, **kwargs):
+        raise KeyError("PartitionKey")  # what reading a row that is no table row raised
+
+    monkeypatch.setattr(mapping, "kinds_of", broken)
+    response = scim.post("/Users", entra.create_user(unique(), f"{unique()}@contoso.test", oid()))
+    body = error_of(response, 500)
+    assert "PartitionKey" not in body.get("detail", "") and "Traceback" not in response.text
+    correlation_id = response.headers["X-Correlation-Id"]
+    (row,) = [e for e in scim.events() if e["CorrelationId"] == correlation_id]
+    assert (row["Status"], row["Reason"]) == (500, "internal_error"), row
+    assert any(correlation_id in r.getMessage() and r.exc_info for r in caplog.records), "a traceback, logged"
+
+
 def test_bad_requests_get_scim_errors_with_scim_type_and_an_audit_row(scim):
     user, _ = new_user(scim)
     cases = [
