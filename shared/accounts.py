@@ -23,6 +23,7 @@ from .tables import (
     SCIM_REMOVED_PARTITION,
     delete_existed,
     storage_errors,
+    table_row,
 )
 
 log = logging.getLogger("portal_sso")
@@ -331,7 +332,7 @@ class AccountStore:
     def get_by_key(self, key: str, kind: str) -> Account | None:
         with storage_errors():
             try:
-                entity = self._table.get_entity(key, kind)
+                entity = table_row(self._table.get_entity(key, kind))
             except ResourceNotFoundError:
                 return None
         return self._found(Account.from_entity(entity))  # directory sync may be moving it (found_by_login)

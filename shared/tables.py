@@ -52,6 +52,28 @@ def storage_errors(dependency: str = "table_storage") -> Iterator[None]:
         raise DependencyUnavailable(dependency, type(exc).__name__) from exc
     except HttpResponseError as exc:
         raise DependencyUnavailable(dependency, f"HTTP {exc.status_code}: {type(exc).__name__}") from exc
+    except (TypeError, AttributeError, KeyError) as exc:
+        # The SDK reading a 200 of JSON that is no table data ({"status": "ok"}, null) fails so, inside
+        # its own code; the same error raised by ours is a bug, and goes on as one.
+        if not _raised_in_the_sdk(exc):
+            raise
+        raise DependencyUnavailable(dependency, "DeserializationError") from exc
+
+
+def _raised_in_the_sdk(exc: BaseException) -> bool:
+    """Whether the innermost frame of `exc` is the Azure SDK's (azure.core or azure.data.tables)."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and str(frame.tb_frame.f_globals.get("__name__", "")).startswith("azure.")
+
+
+def table_row(entity):
+    """A point read's entity, when it is a table row: a 200 of JSON that is no table data comes back from
+    the SDK as an "entity" without its keys, which would be read as a row (a KeyError, a 500)."""
+    if "PartitionKey" not in entity or "RowKey" not in entity:
+        raise DependencyUnavailable("table_storage", "DeserializationError")
+    return entity
 
 
 class BudgetedTablesRetryPolicy(RetryBudget, TablesRetryPolicy):
@@ -146,6 +168,8 @@ class Tables:
         with storage_errors():
             try:
                 client.get_entity(_PING_KEY, _PING_KEY)
+                # No row has the ping key: an answer with one is not Table Storage's (a gateway's JSON).
+                raise DependencyUnavailable("table_storage", "DeserializationError")
             except ResourceNotFoundError as exc:
                 if exc.error_code == "TableNotFound":
                     raise DependencyUnavailable("table_storage", "does not exist") from exc

@@ -58,7 +58,13 @@ from ..accounts import (
     utf16_units,
 )
 from ..config import KINDS
-from ..tables import SCIM_EMAIL_PARTITION, SCIM_PERSON_PARTITION, SCIM_REMOVED_PARTITION, storage_errors
+from ..tables import (
+    SCIM_EMAIL_PARTITION,
+    SCIM_PERSON_PARTITION,
+    SCIM_REMOVED_PARTITION,
+    storage_errors,
+    table_row,
+)
 from . import mapping
 from .resources import User, plain_roles_in
 from .sync import NO_OBJECT_ID, UNREADABLE, AccountSync, Conflict, Desired, Guarded, Vanished, removed_by_admin
@@ -233,7 +239,7 @@ class TableScimStorage(ScimStorage):
                 mapping.table_key(scim_id) != scim_id:  # ours are uuid4s: another is no one's (a surrogate, say)
             return None
         try:
-            person = Person(self._users.get_entity(PERSON, scim_id))
+            person = Person(table_row(self._users.get_entity(PERSON, scim_id)))
         except ResourceNotFoundError:
             return None
         self._read[scim_id] = person
@@ -277,7 +283,7 @@ class TableScimStorage(ScimStorage):
         if not key:
             return None
         try:
-            pointer = self._users.get_entity(partition, key)
+            pointer = table_row(self._users.get_entity(partition, key))
         except ResourceNotFoundError:
             return None
         person = self._person(pointer.get("Id") or "")
@@ -358,7 +364,7 @@ class TableScimStorage(ScimStorage):
             except ResourceExistsError:
                 pass
             try:
-                pointer = self._users.get_entity(partition, key)
+                pointer = table_row(self._users.get_entity(partition, key))
             except ResourceNotFoundError:
                 continue
             holder = pointer.get("Id") or ""
@@ -407,7 +413,7 @@ class TableScimStorage(ScimStorage):
         if not key:
             return
         try:
-            pointer = self._users.get_entity(partition, key)
+            pointer = table_row(self._users.get_entity(partition, key))
         except ResourceNotFoundError:
             return
         if pointer.get("Id") == scim_id:

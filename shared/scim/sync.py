@@ -46,7 +46,7 @@ from ..accounts import (
     object_id_in,
 )
 from ..config import KINDS
-from ..tables import storage_errors
+from ..tables import storage_errors, table_row
 
 
 def _bound(row) -> str:
@@ -186,7 +186,7 @@ class AccountSync:
     # ---- reads ----
     def _read(self, key: str, kind: str):
         try:
-            return self._table.get_entity(key, kind)
+            return table_row(self._table.get_entity(key, kind))
         except ResourceNotFoundError:
             return None
 

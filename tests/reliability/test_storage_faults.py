@@ -218,25 +218,28 @@ def test_an_audit_insert_that_keeps_failing_stops_at_three_attempts_and_none_aft
                        in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
-def page_for_gets_of(table: str):
-    """FaultProxy.decide: the reads of `table` answered with a gateway's 200 HTML page."""
-    return lambda exchange: "page" if exchange.method == "GET" and f"/{table}" in exchange.path else ""
+def page_for_gets_of(table: str, fault: str = "page"):
+    """FaultProxy.decide: the reads of `table` answered with a gateway's 200 HTML page (or, "json", a 200
+    of JSON that is no table data)."""
+    return lambda exchange: fault if exchange.method == "GET" and f"/{table}" in exchange.path else ""
 
 
-def test_table_storage_answering_a_page_to_a_read_is_a_503_and_heals(use_settings, azurite, caplog):
+@pytest.mark.parametrize("fault", ["page", "json"])
+def test_table_storage_answering_a_page_to_a_read_is_a_503_and_heals(use_settings, azurite, caplog, fault):
     """A 200 text/html where rows should be: the SDK raises DeserializationError (a ValueError, no
-    HttpResponseError), which on old main went past storage_errors: the callback was a 500, health a bug."""
+    HttpResponseError), which on old main went past storage_errors: the callback was a 500, health a bug.
+    A 200 of JSON that is no table data made the SDK hand back a "row" without its keys: a 500 (KeyError)."""
     seed(azurite.connection_string)
     with FaultProxy(azurite.port) as proxy:
         runtime = use_settings(TABLES_CONNECTION_STRING=azurite_connection_string(proxy.port, azurite.account_key))
         assert sign_in(requests.Session(), APP_BASE, "user", DEMO_USER).status_code == 200, "warm"
         session = requests.Session()
         action, fields = idp_answer(session, APP_BASE, "user", DEMO_USER)
-        proxy.decide = page_for_gets_of(ACCOUNTS_TABLE)  # the callback's account read
+        proxy.decide = page_for_gets_of(ACCOUNTS_TABLE, fault)  # the callback's account read
         since = len(proxy.exchanges)
         with caplog.at_level(logging.INFO, logger="portal_sso"):
             response = session.post(action, data=fields, allow_redirects=False, timeout=20)
-        assert any(e.fault == "page" for e in proxy.exchanges[since:]), "the account read met the page"
+        assert any(e.fault == fault for e in proxy.exchanges[since:]), "the account read met the page"
         row = assert_error_page(response, 503, runtime, "table_storage_unavailable")
         assert response.headers["Retry-After"] == "30"
         assert row["Detail"] == "table_storage: DeserializationError", row["Detail"]

@@ -29,6 +29,10 @@ from dataclasses import dataclass
 PAGE = b"<html><body><h1>Service Unavailable</h1><p>The gateway could not reach the service.</p></body></html>"
 PAGE_ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                % len(PAGE) + PAGE)
+# A 200 of JSON that is no table data (a health endpoint or an API gateway's own answer in storage's place).
+NOT_TABLE_DATA = b'{"status": "ok"}'
+JSON_ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+               % len(NOT_TABLE_DATA) + NOT_TABLE_DATA)
 BUSY = b'{"odata.error":{"code":"ServerBusy","message":{"lang":"en-US","value":"The server is busy."}}}'
 # Storage's own 503 for a busy partition, with its Retry-After (`busy_retry_after` seconds).
 BUSY_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json;odata=minimalmetadata\r\n"
@@ -43,7 +47,8 @@ class Exchange:
     method: str
     path: str
     status: int | None = None  # None: no answer reached the app
-    fault: str = ""  # "", "before" (never reached Azurite), "after" (the answer was lost), "hung", "page" or "busy"
+    fault: str = ""  # "", "before" (never reached Azurite), "after" (the answer was lost), "hung", "page", "json"
+    # or "busy"
 
 
 class FaultProxy:
@@ -118,9 +123,9 @@ class FaultProxy:
                     if exchange.fault == "before":
                         time.sleep(self.cut_delay)
                         break
-                    if exchange.fault == "page":  # answered here, and the connection closed (as it says)
+                    if exchange.fault in ("page", "json"):  # answered here, and the connection closed (as it says)
                         exchange.status = 200
-                        client.sendall(PAGE_ANSWER)
+                        client.sendall(PAGE_ANSWER if exchange.fault == "page" else JSON_ANSWER)
                         break
                     if exchange.fault == "busy":  # storage's busy 503 in Azurite's place, then closed
                         exchange.status = 503
