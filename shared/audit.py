@@ -40,6 +40,15 @@ class SignInEvent:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+def _retry_after(err: DependencyUnavailable) -> float:
+    """The seconds storage's answer asked for (Retry-After), 0 when it named none or there was no answer."""
+    response = getattr(err.__cause__, "response", None)
+    try:
+        return float(response.headers.get("Retry-After") or 0) if response is not None else 0.0
+    except (TypeError, ValueError):  # an HTTP date, or anything else: none that we read
+        return 0.0
+
+
 class SignInEvents:
     def __init__(self, table: TableClient):
         self._table = table
@@ -59,10 +68,13 @@ class SignInEvents:
                     # Our own bounded retries instead of the SDK's (retry_total=0): a browser is waiting.
                     self._table.upsert_entity(entity, mode=UpdateMode.REPLACE, retry_total=0)
                 return
-            except DependencyUnavailable:
-                if delay is None or time.monotonic() - first + delay > RETRY_BUDGET:
+            except DependencyUnavailable as err:
+                # Storage's Retry-After (a busy partition's 503) past the budget: asked again by the next
+                # request, not sooner, as the SDK's own retries do (transport.RetryBudget).
+                wait = max(delay or 0.0, _retry_after(err))
+                if delay is None or time.monotonic() - first + wait > RETRY_BUDGET:
                     raise
-                time.sleep(delay)
+                time.sleep(wait)
 
     def latest(self, kind: str, days: int = 7) -> dict | None:
         """The newest callback of this kind in the last `days` days, as stored, or None."""

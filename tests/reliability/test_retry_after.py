@@ -100,6 +100,24 @@ def test_a_busy_tables_short_retry_after_is_waited_and_the_retry_succeeds(busy_s
     assert 1 <= elapsed < 2, f"{elapsed:.2f} s"
 
 
+def test_a_busy_tables_retry_after_ends_the_audit_rows_own_retries_at_once(busy_storage):
+    """The audit insert retries by itself (the SDK's off: a browser is waiting), and asked again 0.05 and
+    0.2 s after storage's 503 said Retry-After: 10 (RELIABILITY.md: the service is asked again by the next
+    request, not sooner)."""
+    import uuid
+
+    from shared.audit import SignInEvent, SignInEvents
+    from shared.tables import EVENTS_TABLE
+
+    proxy, tables = busy_storage
+    events = SignInEvents(tables.client(EVENTS_TABLE))
+    proxy.busy_retry_after, proxy.decide = 10, lambda exchange: "busy" if exchange.method == "PUT" else ""
+    outcome, _ = timed(lambda: events.record(SignInEvent(correlation_id=str(uuid.uuid4()), kind="user",
+                                                         outcome="failure", reason="test", status=400)))
+    assert isinstance(outcome, DependencyUnavailable), outcome
+    assert sum(e.fault == "busy" for e in proxy.exchanges) == 1, [e.fault for e in proxy.exchanges]
+
+
 def test_the_tables_budget_rests_on_a_private_hook_that_still_exists():
     """azure-data-tables builds its retry policy in TableServiceClient._configure_policies (no public
     option chooses it); shared.tables overrides that method. Renamed, the override would be dead code
