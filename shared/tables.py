@@ -160,7 +160,8 @@ class Tables:
             except DependencyUnavailable as err:
                 said = err.detail.removeprefix(f"{err.dependency}: ")
                 said = " does not exist (scripts/deploy makes it)" if said == "does not exist" else f": {said}"
-                raise DependencyUnavailable("table_storage", f"table {table}{said}") from err
+                # from the SDK's own error, as before: callers read it (tools.accounts: a 403, TableNotFound)
+                raise DependencyUnavailable("table_storage", f"table {table}{said}") from err.__cause__ or err
 
     @staticmethod
     def _ping_one(client: TableClient) -> None:
