@@ -642,12 +642,8 @@ class AccountStore:
         with storage_errors():
             query = self._table.query_entities("RowKey eq @kind", parameters={"kind": kind}) if kind \
                 else self._table.list_entities()
-            rows = list(query)  # a move's two rows are of one kind, in any order of the scan
-        moved_to = {(row["PartitionKey"], row["RowKey"]): str(row.get("MovedTo") or "") for row in rows}
-        for row in rows:
-            if found_by_login(row["PartitionKey"], str(row.get("MovedTo") or ""), str(row.get("MovedFrom") or ""),
-                              lambda source, kind=row["RowKey"]: moved_to.get((source, kind), "")):
-                yield Account.from_entity(row)
+            stored = [Account.from_entity(entity) for entity in query]  # a move's two rows: in any order
+        yield from found_in_scan(stored)
 
     # ---- Directory sync (shared/scim/sync.py moves a provisioned account to a new email) ----
     def _found(self, account: Account, known: dict[str, str | None] | None = None, *,
@@ -759,9 +755,7 @@ class AccountStore:
         """key_problems' "shared": each row of an (AccountId, kind) that rows at two or more keys sign-in
         reaches hold (login_reaches, found_by_login: the other row of a move does not count), decided on
         the scan, then read again (a move under way while the scan ran can look like two holders)."""
-        moved_to = {(a.key, a.kind): a.moved_to for a in stored}
-        found = [a for a in stored if a.account_id and a.kind in KINDS and login_reaches(a.key) and found_by_login(
-            a.key, a.moved_to, a.moved_from, lambda source, kind=a.kind: moved_to.get((source, kind)) or "")]
+        found = [a for a in found_in_scan(stored) if a.account_id and a.kind in KINDS and login_reaches(a.key)]
         for (account_id, kind), held in by_account_id(found).items():
             if len(held) < 2:
                 continue
@@ -775,6 +769,15 @@ class AccountStore:
             for account in again:
                 also = ", ".join(sorted(other.email for other in again if other is not account))
                 yield account, "shared", f"its account id is also held at {also}: {signs_in}"
+
+
+def found_in_scan(stored: list[Account]) -> list[Account]:
+    """The rows of a scan sign-in finds (found_by_login, each move's source read from the scan itself, a
+    move's two rows being of one kind): of a move directory sync is making, the old row until its commit,
+    the copy from then on; never both."""
+    moved_to = {(a.key, a.kind): a.moved_to for a in stored}
+    return [a for a in stored if found_by_login(a.key, a.moved_to, a.moved_from,
+                                                lambda source, kind=a.kind: moved_to.get((source, kind)) or "")]
 
 
 def holders_of(table: TableClient, account_id: str, kind: str) -> list[Account]:
