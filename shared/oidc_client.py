@@ -375,13 +375,16 @@ def _grant_not_allowed(result: dict) -> bool:
     """RFC 6749 5.2's unauthorized_client, "the authenticated client is not authorized to use this grant
     type", without an Entra code that it is our credential: what an IdP answers the credential check's
     client-credentials request when the app may use the code grant alone (least privilege)."""
-    codes = result.get("error_codes")
-    return result.get("error") == "unauthorized_client" and not (
-        isinstance(codes, list) and INVALID_CLIENT_CODES & {c for c in codes if isinstance(c, int)})
+    return result.get("error") == "unauthorized_client" and not _invalid_client_code(result)
 
 
 def _invalid_client(result: dict) -> bool:
     """The IdP refused our client credential, not the code (RFC 6749 5.2)."""
-    codes, error = result.get("error_codes"), result.get("error")
-    return (isinstance(error, str) and error in CLIENT_ERRORS) or bool(
-        isinstance(codes, list) and INVALID_CLIENT_CODES & {c for c in codes if isinstance(c, int)})
+    error = result.get("error")
+    return (isinstance(error, str) and error in CLIENT_ERRORS) or _invalid_client_code(result)
+
+
+def _invalid_client_code(result: dict) -> bool:
+    """Whether Entra's error_codes hold one that says our credential is wrong (INVALID_CLIENT_CODES)."""
+    codes = result.get("error_codes")
+    return bool(isinstance(codes, list) and INVALID_CLIENT_CODES & {c for c in codes if isinstance(c, int)})
