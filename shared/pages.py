@@ -46,15 +46,15 @@ class Reply:
     cookies: list[str] = field(default_factory=list)  # Set-Cookie values
 
 
-def security_headers(*, form_action: str | None = None, script: bool | str = False, cache: str = "no-store",
+def security_headers(*, form_action: str | None = None, script: str | None = None, cache: str = "no-store",
                      style: str = STYLE) -> dict:
     """Headers of every SSO response: nothing cached, no referrer (URLs may hold a code), no framing,
-    and a CSP that allows only the page's own inline `style` and, on the form_post page (or a page
-    given its `script`), that one script."""
+    and a CSP that allows only the page's own inline `style` and, on a page given its `script` (the
+    form_post page's AUTO_SUBMIT, the callback's REPORT_FRAGMENT), that one script."""
     csp = ["default-src 'none'", f"style-src {_csp_hash(style)}", "frame-ancestors 'none'", "base-uri 'none'",
            f"form-action {form_action}" if form_action else "form-action 'none'"]
     if script:
-        csp.append(f"script-src {_csp_hash(AUTO_SUBMIT if script is True else script)}")
+        csp.append(f"script-src {_csp_hash(script)}")
     headers = {"Cache-Control": cache, "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
                "X-Frame-Options": "DENY", "Content-Security-Policy": "; ".join(csp)}
     if cache == "no-store":
@@ -85,7 +85,7 @@ def form_post(action: str, fields: dict[str, str], *, then: str | None = None) -
     # uses strict-origin (our origin, never a path, nothing over a downgrade to http).
     page = _page("Signing you in", body).replace('content="no-referrer"', 'content="strict-origin"', 1)
     origins = " ".join(dict.fromkeys(origin_of(url) for url in (action, then) if url))
-    return Reply(200, page, headers={**security_headers(form_action=origins, script=True),
+    return Reply(200, page, headers={**security_headers(form_action=origins, script=AUTO_SUBMIT),
                                      "Referrer-Policy": "strict-origin"})
 
 
@@ -122,11 +122,11 @@ def error(err: SsoError, correlation_id: str, *, portal_url: str | None = None,
     parts.append(_links([*err.actions, *back]))
     parts.append(f'<p class="ref">Reason: <code>{html.escape(err.reason)}</code><br>Correlation ID: '
                  f"<code>{html.escape(correlation_id)}</code> (quote it when you ask for help)</p>")
-    headers = security_headers()
     if report_fragment:
         parts.append('<form id="fragment" method="post" hidden><input type="hidden" name="state"><input '
                      f'type="hidden" name="response_mode" value="fragment"></form><script>{REPORT_FRAGMENT}</script>')
-        headers = security_headers(form_action="'self'", script=REPORT_FRAGMENT)
+    headers = security_headers(form_action="'self'", script=REPORT_FRAGMENT) if report_fragment else \
+        security_headers()
     if err.retry_after:
         headers["Retry-After"] = str(err.retry_after)
     return Reply(err.status, _page(err.title, "".join(parts)), headers=headers)
