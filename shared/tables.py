@@ -156,29 +156,29 @@ class Tables:
         does not exist."""
         for table in tables or (ACCOUNTS_TABLE,):
             try:
-                self._ping_one(self.client(table))
+                missing = self._ping_one(self.client(table))
             except DependencyUnavailable as err:
                 said = err.detail.removeprefix(f"{err.dependency}: ")
-                said = " does not exist (scripts/deploy makes it)" if said == "does not exist" else f": {said}"
-                # from the SDK's own error, as before: callers read it (tools.accounts: a 403, TableNotFound)
-                raise DependencyUnavailable("table_storage", f"table {table}{said}") from err.__cause__ or err
+                # from the SDK's own error, as before: callers read it (tools.accounts: a 403)
+                raise DependencyUnavailable("table_storage", f"table {table}: {said}") from err.__cause__ or err
+            if missing is not None:  # its TableNotFound the cause, which tools.accounts reads
+                raise DependencyUnavailable("table_storage", f"table {table} does not exist (scripts/deploy "
+                                            "makes it)") from missing
 
     @staticmethod
-    def _ping_one(client: TableClient) -> None:
-        answers: list[str | None] = []
+    def _ping_one(client: TableClient) -> ResourceNotFoundError | None:
+        """The read and the delete of the ping key; the TableNotFound error when the table is not there
+        (the read says so first: the delete would take that 404 for success)."""
         with storage_errors():
             try:
                 client.get_entity(_PING_KEY, _PING_KEY)
-                # No row has the ping key: an answer with one is not Table Storage's (a gateway's JSON).
-                raise DependencyUnavailable("table_storage", "DeserializationError")
             except ResourceNotFoundError as exc:
                 if exc.error_code == "TableNotFound":
-                    raise DependencyUnavailable("table_storage", "does not exist") from exc
-            # delete_entity takes any 404 for success: a table not there is told by its error code
-            client.delete_entity(_PING_KEY, _PING_KEY, raw_response_hook=lambda r: answers.append(
-                r.http_response.headers.get("x-ms-error-code")))
-        if answers and answers[-1] == "TableNotFound":
-            raise DependencyUnavailable("table_storage", "does not exist")
+                    return exc
+            else:  # no row has the ping key: an answer with one is not Table Storage's (a gateway's JSON)
+                raise DependencyUnavailable("table_storage", "DeserializationError")
+            client.delete_entity(_PING_KEY, _PING_KEY)  # a write that changes nothing, refused to a reader
+        return None
 
 
 def delete_existed(table: TableClient, partition_key: str, row_key: str, etag: str | None = None) -> bool:
