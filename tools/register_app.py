@@ -47,11 +47,10 @@ import secrets
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import hashes, serialization
 
-from shared.config import GUID, KIND_ROLES, KINDS, redirect_uri, signed_out_uri
+from shared.config import GUID, KIND_ROLES, KINDS, issuer_base, issuer_tenant_segment, redirect_uri, signed_out_uri
 from shared.errors import ConfigurationError
 from shared.oidc_client import client_certificate
 from shared.vault import SecretValue
@@ -137,9 +136,8 @@ def sign_in_settings(client_id: str, tenant: str) -> dict[str, str]:
 def recorded_tenant(settings: dict[str, str]) -> str | None:
     """The tenant (a GUID, lower case) OIDC_ISSUER_URL names, as Entra's issuer holds it; None for any
     other form (common, organizations, a domain, another IdP): then nothing says which tenant it is."""
-    path = urlsplit(as_the_app_reads(settings, "OIDC_ISSUER_URL")).path
-    first = path.strip("/").split("/", 1)[0]
-    return first.lower() if GUID.match(first) else None
+    segment = issuer_tenant_segment(issuer_base(as_the_app_reads(settings, "OIDC_ISSUER_URL")))
+    return segment.lower() if GUID.match(segment) else None
 
 
 def recorded_client_id(settings: dict[str, str]) -> str | None:
