@@ -13,7 +13,11 @@ import logging
 # - MSAL logs a token answer that is not JSON whole, at ERROR with a traceback (oauth2cli/oauth2.py
 #   `_obtain_token`): an IdP answering form-encoded would put tokens in the log. Everything MSAL
 #   reports reaches us as its result or exception, and our own log line records the failure.
-QUIET_LOGGERS = {"azure.core.pipeline.policies.http_logging_policy": logging.WARNING, "msal": logging.CRITICAL}
+# - urllib3 logs every request's URL, query included, at DEBUG (the level PYTHON_ENABLE_DEBUG_LOGGING
+#   gives the root logger): a TABLES_CONNECTION_STRING with a SharedAccessSignature puts the SAS,
+#   `sig` and all, in every table call's URL. Its warnings (a pool full, a retry) are kept.
+QUIET_LOGGERS = {"azure.core.pipeline.policies.http_logging_policy": logging.WARNING, "msal": logging.CRITICAL,
+                 "urllib3": logging.INFO}
 
 
 def quiet_loggers() -> None:

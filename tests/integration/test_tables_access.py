@@ -6,12 +6,15 @@ and every request a 503). Azurite has no RBAC to refuse it: what is sent is what
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
+from urllib.parse import parse_qs, quote
 
 import pytest
 import urllib3.connectionpool
+from azure.core.credentials import AzureNamedKeyCredential
 from azure.data.tables import TableServiceClient
 
 from shared.errors import DependencyUnavailable
@@ -141,3 +144,42 @@ def test_first_uses_at_once_against_silent_storage_share_one_attempt_and_the_nex
     with pytest.raises(DependencyUnavailable) as caught:  # now refused: a new attempt, failing at once
         tables.client(FLOWS_TABLE)
     assert "ServiceRequestError" in caught.value.detail, caught.value
+
+
+def test_a_sas_in_the_connection_string_reaches_no_log_record_even_at_debug(azurite, account_store, caplog):
+    """TABLES_CONNECTION_STRING may hold a SharedAccessSignature, which the SDK sends as the query of
+    every request URL: urllib3 logs each request's URL at DEBUG (`"GET /PortalAccounts(...)?sv=...&sig=..."`),
+    the level PYTHON_ENABLE_DEBUG_LOGGING sets on the worker's root logger. The worker holds urllib3
+    at INFO (shared/worker.py QUIET_LOGGERS), as tools.host does."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.data.tables import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    from shared.worker import quiet_loggers
+
+    key = TableServiceClient.from_connection_string(azurite.connection_string).credential.named_key
+    sas = generate_account_sas(AzureNamedKeyCredential(key.name, key.key),
+                               resource_types=ResourceTypes(service=True, container=True, object=True),
+                               permission=AccountSasPermissions(read=True, write=True, add=True, update=True,
+                                                                delete=True, list=True),
+                               expiry=datetime.now(UTC) + timedelta(hours=1))
+    signature = parse_qs(sas)["sig"][0]
+    endpoint = TableServiceClient.from_connection_string(azurite.connection_string).url
+    tables = Tables.from_settings(f"TableEndpoint={endpoint};SharedAccessSignature={sas}", None, lambda: None)
+    table = tables.client(ACCOUNTS_TABLE)
+
+    def leaked_through() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG):
+            table.upsert_entity({"PartitionKey": "sas-probe@contoso.test", "RowKey": "user", "Enabled": False})
+            assert table.get_entity("sas-probe@contoso.test", "user")["Enabled"] is False, "the SAS works"
+            table.delete_entity("sas-probe@contoso.test", "user")
+        return sorted({r.name for r in caplog.records
+                       if signature in r.getMessage() or quote(signature) in r.getMessage()})
+
+    urllib3_logger = logging.getLogger("urllib3")
+    urllib3_logger.setLevel(logging.NOTSET)
+    assert leaked_through(), "urllib3 at DEBUG logs no URL here: the check below would prove nothing"
+    quiet_loggers()
+    assert leaked_through() == [], "the SAS signature reached the log"
+    assert urllib3_logger.isEnabledFor(logging.WARNING), "urllib3's warnings are still written"
