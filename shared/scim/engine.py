@@ -13,6 +13,7 @@ from typing import Any
 from scim2_models import (
     InvalidSyntaxException,
     InvalidValueException,
+    NotFoundException,
     PatchOp,
     PreconditionFailedException,
     SCIMException,
@@ -228,20 +229,31 @@ class Engine:
         wrote accounts at (store.py TableScimStorage.carry). Anything else (DependencyUnavailable, a
         bug) is the caller's."""
         carried: list[str] = []
+        owner, wrote_active = "", False
         with POLICY:
             for attempt in range(RACE_ATTEMPTS):
                 storage = storage_factory()
-                storage.carry(carried)
+                storage.carry(carried, wrote_active)
                 try:
                     return PortalScimHandler(self.service, storage).handle(request)
                 except Raced as exc:
                     carried += exc.keys
+                    owner, wrote_active = exc.scim_id or owner, wrote_active or exc.active
                     if attempt == RACE_ATTEMPTS - 1:
-                        return self.service.error_response(PreconditionFailedException(detail=exc.detail))
+                        error: SCIMException = PreconditionFailedException(detail=exc.detail)
+                        break
                     time.sleep(RACE_PAUSE * (attempt + 1) * (0.5 + random.random()))  # noqa: S311 - jitter
-                except SCIMException as exc:
+                except NotFoundException as exc:  # the person is gone: so are the rows (store.py _gone)
                     return self.service.error_response(exc)
-        raise AssertionError("unreachable")
+                except SCIMException as exc:
+                    error = exc
+                    break
+            # Answered unsettled (given up, or refused after losing races): what the lost attempts
+            # wrote is recorded on the person row, never dropped, and settled by rewriting the person.
+            if carried and owner:
+                storage.leave_pending(owner, carried, wrote_active)
+                storage_factory().settle_pending(owner)
+            return self.service.error_response(error)
 
 
 def response_json(response: ScimResponse) -> str:

@@ -77,16 +77,19 @@ MAX_STORED = 30_000  # UTF-16 units of a person's JSON (a Table string property 
 # A pointer whose person does not (yet) hold its value is a write in progress while it is younger
 # than this (the person row is written last), and left behind by a write that stopped once older.
 CLAIM_GRACE = timedelta(minutes=5)
+LEAVE_PENDING_ATTEMPTS = 5
 
 
 class Raced(PreconditionFailedException):
     """Another write to this person landed between our read and our write: engine.py starts over,
-    handing `keys` (the email keys this attempt wrote accounts at, from its stale view of the person)
-    to the next attempt's storage (TableScimStorage.carry), which reads them too."""
+    handing `keys` (the email keys this attempt wrote accounts at, from its stale view of person
+    `scim_id`) to the next attempt's storage (TableScimStorage.carry), which reads them too; `active`:
+    whether it wrote their `Enabled`. A request that answers without settling them records them on the
+    person row (TableScimStorage.leave_pending)."""
 
-    def __init__(self, *, detail: str, keys=()):
+    def __init__(self, *, detail: str, keys=(), scim_id: str = "", active: bool = False):
         super().__init__(detail=detail)
-        self.keys = list(keys)
+        self.keys, self.scim_id, self.active = list(keys), scim_id, active and bool(keys)
 
 
 def version_tag(version: int) -> str:
@@ -224,14 +227,19 @@ class TableScimStorage(ScimStorage):
         self._default_kind, self._tenant = default_kind, tenant
         self._read: dict[str, Person] = {}
         self._carried: list[str] = []
+        self._carried_active = False
 
-    def carry(self, keys) -> None:
+    def carry(self, keys, active: bool = False) -> None:
         """Email keys an earlier attempt of this request wrote the person's accounts at before it lost
         the race (Raced): it wrote them from a view of the person no longer true (at the old email of
         a move that landed meanwhile, say), and the person row may name none of them. This attempt
         reads them beside the keys the person row names, so every row of the person's there is moved,
-        kept or removed by what the person is now; and when the person is gone, removes them."""
+        kept or removed by what the person is now; and when the person is gone, removes them. This
+        attempt writes the person even when its change is no longer news (settle), since only a write
+        settles them; and with `active` (an earlier attempt wrote their `Enabled` from its stale view)
+        writes their `Enabled` by what the person is now."""
         self._carried = [k for k in dict.fromkeys([*self._carried, *keys]) if k]
+        self._carried_active = self._carried_active or active
 
     # ---- reads ----
     def _person(self, scim_id: str) -> Person | None:
@@ -454,7 +462,7 @@ class TableScimStorage(ScimStorage):
         except Conflict as exc:
             raise UniquenessException(detail=str(exc)) from exc
         except Vanished as exc:
-            raise Raced(detail=str(exc), keys=self._sync.written) from exc
+            raise Raced(detail=str(exc), keys=self._sync.written, scim_id=scim_id, active=active_changed) from exc
         row.update(AccountIds=stored_account_ids(self._sync.account_ids), DisabledKinds=" ".join(self._sync.held))
 
     def create(self, resource_type: ResourceType, resource: User) -> User:
@@ -483,7 +491,8 @@ class TableScimStorage(ScimStorage):
         carried = [k for k in self._carried if k not in recorded and k != facts.email_key]
         # `Enabled` is written only when `active` is news (sync.py Desired.active_changed), so an
         # admin's urgent disable survives a name change; a stopped write that changed it is news still.
-        active_changed = person.row.get("Active") is not facts.active or bool(person.row.get("PendingActive"))
+        active_changed = person.row.get("Active") is not facts.active or bool(person.row.get("PendingActive")) \
+            or self._carried_active
 
         def record_pending():  # once the accounts are read and none refused (a 409 writes nothing)
             # A carried key is recorded as a stopped move's is: if this write stops too, the next
@@ -505,23 +514,72 @@ class TableScimStorage(ScimStorage):
                 written = self._users.update_entity(row, mode=UpdateMode.REPLACE, etag=person.etag,
                                                     match_condition=MatchConditions.IfNotModified)
             except ResourceModifiedError as exc:
-                raise Raced(detail="the User changed while it was written", keys=self._sync.written) from exc
+                raise Raced(detail="the User changed while it was written", keys=self._sync.written,
+                            scim_id=scim_id, active=active_changed) from exc
             except ResourceNotFoundError as exc:
                 raise self._gone(scim_id, self._sync.written) from exc
         for partition, key in old.items():
             if key and key != facts.keys()[partition]:
                 self._release(partition, key, scim_id)
         self._read[scim_id] = Person.written(row, written)
+        self._carried, self._carried_active = [], False  # settled: settle need not write again
         return self._read[scim_id].resource()
 
     def settle(self, resource_type: ResourceType, user: User) -> User:
         """`user` as the handler's write left it; when that write changed nothing (so it did not call
-        update) and an email move or an `active` change of the person stopped midway, rewritten as it
-        is, which settles it."""
+        update) and an email move or an `active` change of the person stopped midway, or an earlier
+        attempt of this request lost a race after writing accounts (carry), rewritten as it is, which
+        settles them."""
         person = self._read.get(user.id or "")
-        if person is None or not (person.row.get("PendingEmailKeys") or person.row.get("PendingActive")):
+        if person is None or not (person.row.get("PendingEmailKeys") or person.row.get("PendingActive")
+                                  or self._carried):
             return user
         return self.update(resource_type, user, expected_version=version_tag(person.version))
+
+    def leave_pending(self, scim_id: str, keys: list[str], active: bool) -> None:
+        """For a request that answers without settling what its lost attempts wrote (it gave up on the
+        races, or its last attempt was refused): `keys`, the email keys they wrote person `scim_id`'s
+        accounts at, and whether they wrote `Enabled` (`active`), recorded on the person row as a
+        stopped write's are (PendingEmailKeys, PendingActive), so that the next write of the person,
+        Entra's retry of this one or any other, moves, keeps or removes those rows, and writes their
+        `Enabled` again, by what the person is then. A person gone meanwhile keeps none of them."""
+        for _ in range(LEAVE_PENDING_ATTEMPTS):  # a small merge: it loses only to another write landing
+            person = self._person(scim_id)
+            if person is None:
+                self._sync.remove_all(scim_id, keys)
+                return
+            email_key = person.row.get("EmailKey") or ""
+            pending = [k for k in dict.fromkeys([*person.account_keys(), *keys]) if k and k != email_key]
+            fields = {"PendingEmailKeys": " ".join(pending),
+                      **({"PendingActive": True} if active else {})}
+            if all(person.row.get(name) == value for name, value in fields.items()):
+                return
+            try:
+                self._users.update_entity({"PartitionKey": PERSON, "RowKey": scim_id, **fields},
+                                          mode=UpdateMode.MERGE, etag=person.etag,
+                                          match_condition=MatchConditions.IfNotModified)
+                return
+            except ResourceModifiedError:
+                continue
+            except ResourceNotFoundError:
+                self._sync.remove_all(scim_id, keys)
+                return
+
+    def settle_pending(self, scim_id: str) -> None:
+        """Person `scim_id` written again as it is, when its row records a stopped write (as
+        leave_pending leaves it): that moves, keeps or removes the rows and writes their `Enabled` now,
+        so a disabled person's account is not left enabled until Entra's next write. Called on a fresh
+        storage. A write that beats this one read the pending fields and settles them itself; what this
+        one wrote before losing is recorded again (once: a second loss in a row waits for the next write)."""
+        person = self._person(scim_id)
+        if person is None or not (person.row.get("PendingEmailKeys") or person.row.get("PendingActive")):
+            return
+        try:
+            self.update(None, person.resource(), expected_version=version_tag(person.version))
+        except Raced as exc:
+            self.leave_pending(scim_id, exc.keys, exc.active)
+        except SCIMException:
+            pass  # another write landed first (it settles them), or the person is gone (with its rows)
 
     def _record_pending(self, person: Person, keys: list[str], active_changed: bool, held: str,
                         ids: dict[str, dict[str, str]]) -> None:
