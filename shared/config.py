@@ -519,10 +519,11 @@ def looks_like_a_token(value: str) -> bool:
 def may_hold_a_credential(name: str, value: str) -> bool:
     """Whether a setting's value, shown as it is on the setup page, might be a credential pasted in the
     wrong place: a secret name Key Vault refuses or that looks like a token, a client ID of no ID's
-    shape, a storage key or SAS in an endpoint."""
+    shape (other than the example's placeholder), a storage key or SAS in an endpoint."""
     if name.endswith("_NAME") and secret_name_problem(name, value):
         return True
-    if name == "OIDC_CLIENT_ID" and value and not looks_like_client_id(value):
+    # The example file's placeholder, left as it is, is named as one (its Settings row), not hidden.
+    if name == "OIDC_CLIENT_ID" and value and not looks_like_client_id(value) and not PLACEHOLDER.fullmatch(value):
         return True
     return looks_like_a_secret(value)
 

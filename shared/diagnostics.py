@@ -25,6 +25,7 @@ from .config import (
     SettingInfo,
     Settings,
     azure_hostname,
+    looks_like_client_id,
     may_hold_a_credential,
     public_base_url,
     redirect_uri,
@@ -537,8 +538,8 @@ def setup_report(runtime, now: datetime | None = None, sync_problems: Sequence[P
                    "" if tables_ok else "Table Storage is unreachable")
     base, note = _redirect_uris(env, settings)
     client_id = (env.get("OIDC_CLIENT_ID") or "").strip()
-    if may_hold_a_credential("OIDC_CLIENT_ID", client_id):
-        client_id = ""  # its Settings row says why it is hidden
+    if not looks_like_client_id(client_id):
+        client_id = ""  # a placeholder, a typo or a secret pasted there: its Settings row says which
     if settings is not None and settings.allow_query_response_mode:
         checks = [*checks, Check("response_mode", "Callback response mode", True, "GET callbacks carrying a code "
                                  "are accepted", warning="ALLOW_QUERY_RESPONSE_MODE is true: codes may arrive in "

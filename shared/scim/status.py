@@ -12,7 +12,7 @@ from ..config import KIND_ROLES, looks_like_a_token, public_base_url, valid_publ
 from ..diagnostics import failure_text
 from ..errors import REGISTER_APP, DependencyUnavailable, Problem
 from ..tables import ACCOUNTS_TABLE, DIRECTORY_EVENTS_TABLE, SCIM_USERS_TABLE, storage_errors
-from .auth import read_config, secret_name
+from .auth import SETTINGS_FIRST, read_config, secret_name
 from .events import DirectoryEvents
 
 MAX_LISTED = 20  # people without a portal role named on the page; the count says how many in all
@@ -20,7 +20,9 @@ MAX_LISTED = 20  # people without a portal role named on the page; the count say
 
 @dataclass
 class SyncStatus:
-    state: str  # "off", "on", "error" or "unavailable" (Key Vault unreachable: the token read before serves)
+    # "off", "on", "error", "unavailable" (Key Vault unreachable: the token read before serves) or
+    # "waiting" (the sign-in settings do not load, so the token is not read: their rows name each problem)
+    state: str
     tenant_url: str
     source: str = ""
     problems: list[Problem] = field(default_factory=list)  # its settings' (read_config), or why none were read
@@ -55,7 +57,10 @@ def sync_status(runtime, correlation_id: str = "") -> SyncStatus:
     if config is not None:
         status.source = config.source
         if config.problems:
-            status.state, status.problems = "error", list(config.problems)
+            # Only the repeat that the settings do not load is not a problem of its own: each is counted
+            # on its own Settings row already.
+            own = any(problem.text != SETTINGS_FIRST for problem in config.problems)
+            status.state, status.problems = "error" if own else "waiting", list(config.problems)
         elif config.tokens:
             status.state = "on"
     try:
@@ -87,10 +92,10 @@ def setup_section(runtime, correlation_id: str = "", status: SyncStatus | None =
     s = status or sync_status(runtime, correlation_id)
     e = html.escape
     label = {"off": ("warn", "off"), "on": ("ok", "on"), "error": ("fail", "setting error"),
-             "unavailable": ("warn", "Key Vault unreachable")}[s.state]
+             "unavailable": ("warn", "Key Vault unreachable"), "waiting": ("none", "not checked")}[s.state]
     rows = [f'<tr><td><span class="st {label[0]}">{label[1]}</span></td><th>Directory sync</th><td>'
             + (f"token from {e(s.source)}" if s.state == "on" else
-               "; ".join(e(str(p)) for p in s.problems) if s.state in ("error", "unavailable") else
+               "; ".join(e(str(p)) for p in s.problems) if s.state in ("error", "unavailable", "waiting") else
                "no SCIM token: set <code>SCIM_TOKEN</code> locally, or run "
                f"<code>{e(REGISTER_APP)} provisioning</code> ({_secret_shown(secret_name(runtime.env))}).")
             + "</td></tr>"]

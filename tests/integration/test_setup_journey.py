@@ -4,13 +4,17 @@ counts and has its fix; how a fixed setting takes effect is said as it is."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import requests
 
 from tests.conftest import APP_BASE, DEMO_USER, NO_ACCOUNT
 from tests.integration.test_ops import get, row_of
 from tests.support.portal import sign_in, start_login
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def level_of(row: str) -> str:
@@ -62,3 +66,20 @@ def test_in_azure_the_fix_says_saving_the_settings_restarts_the_app(use_settings
     use_settings(IDP_TIMEOUT_SECONDS="abc", WEBSITE_INSTANCE_ID="abc123")
     settings = get("/api/health").json()["checks"]["settings"]
     assert "saving restarts the app" in settings["fix"]
+
+
+def test_the_example_settings_count_each_placeholder_once_and_call_none_a_secret(use_settings, app_env):
+    """A newcomer's first run on local.settings.example.json as it is: three placeholders, three
+    problems. Directory sync's line only repeats that the settings do not load (its token is read
+    once they do): not a fourth problem, and not red. The client ID's placeholder is named as one,
+    not hidden as "looks like a secret"."""
+    example = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
+    use_settings(**{**dict.fromkeys(app_env), **example})  # the example's settings and no others
+    page = get("/api/sso/setup").text
+    assert "3 problems:" in page, re.search(r'<p class="summary[^"]*">(.*?)</p>', page, re.S).group(1)
+    assert '<span class="st fail">setting error</span>' not in page, "directory sync's repeat is red"
+    assert "the token is read once they load" in page, "directory sync says why it is not checked"
+    client_id = row_of(page, "OIDC_CLIENT_ID")
+    assert "looks like a secret" not in client_id, client_id
+    assert level_of(client_id) == "fail" and "&lt;application (client) id&gt;" in client_id, client_id
+    assert "(client ID <code>" not in page, "the placeholder shown as the app's client ID"
