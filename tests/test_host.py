@@ -19,6 +19,7 @@ import requests
 
 from tools import host
 from tools.local_settings import load_local_settings, local_http_port
+from tools.stack import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -424,6 +425,51 @@ def test_the_command_serves_an_app_dir_on_plain_http(tmp_path, session):
         _, err = process.communicate(timeout=10)
     assert process.returncode == 0, err
     assert "health called" in err and "GET /p/health 200" in err and "hidden" not in err
+
+
+def start_host(app_dir: Path, settings: dict, *args: str) -> tuple[subprocess.Popen, list[str]]:
+    """`python -m tools.host` on ``app_dir`` with ``settings`` as its local.settings.json Values, up: its
+    stdout lines until "Serving on"."""
+    (app_dir / "function_app.py").write_text(FUNCTION_APP)
+    (app_dir / "local.settings.json").write_text(json.dumps({"Values": settings}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PUBLIC_BASE_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "tools.host", "--app-dir", str(app_dir), *args],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, deadline = [], time.monotonic() + 30
+    while time.monotonic() < deadline and not (lines and lines[-1].startswith("Serving on ")):
+        lines.append(process.stdout.readline() or "(exited)")
+        assert lines[-1] != "(exited)", "".join(lines)
+    return process, lines
+
+
+@pytest.mark.parametrize("public, tls, warned", [
+    ("https://127.0.0.1:{port}", False, True),  # make run's local.settings.json, served without its certificate
+    ("http://localhost:{port}", True, True),
+    ("http://localhost:1", False, True),  # another port
+    ("http://localhost:{port}", False, False),
+    ("https://127.0.0.1:{port}", True, False),
+    ("http://localhost:{port}/", False, False),
+], ids=["https-named-http-served", "http-named-https-served", "other-port", "http-both", "https-both", "slash"])
+def test_the_host_says_so_when_public_base_url_is_not_what_it_serves(tmp_path, test_ca, public, tls, warned):
+    """README said `portal-sso host --port 7071` works as it is on the local.settings.json make run leaves; that
+    file names https://127.0.0.1:7071 and the host served plain HTTP, so every login ended at an address nothing
+    answered, with no word why. The redirect URIs are built from PUBLIC_BASE_URL: the host names the mismatch
+    and both ways out (a proxy in front may serve that address, so it is a warning, not a refusal)."""
+    port = free_port()
+    public = public.format(port=port)
+    tls_args = ["--cert", str(test_ca.server_cert), "--key", str(test_ca.server_key)] if tls else []
+    process, lines = start_host(tmp_path, {"PUBLIC_BASE_URL": public}, "--port", str(port), *tls_args)
+    process.terminate()
+    output = "".join(lines) + process.communicate(timeout=10)[0]
+    warning = [line for line in output.splitlines() if "PUBLIC_BASE_URL" in line]
+    if not warned:
+        assert not warning, output
+        return
+    served = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    assert len(warning) == 1, output
+    assert public in warning[0] and f"serves {served}" in warning[0], warning
+    assert "--cert" in warning[0] and "PUBLIC_BASE_URL=" in warning[0], "it says both ways out"
 
 
 @pytest.mark.parametrize("length, status", [("\u00b2", b"400"), ("-1", b"400"), ("1e3", b"400"), (str(10**17), b"413"),

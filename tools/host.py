@@ -28,6 +28,7 @@ import inspect
 import io
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -56,7 +57,7 @@ from werkzeug.serving import DechunkedInput, ThreadedWSGIServer, WSGIRequestHand
 from werkzeug.wrappers import Request, Response
 
 from shared import pages
-from shared.config import log_value
+from shared.config import log_value, public_base_url
 from shared.errors import InvalidRequest
 from shared.worker import quiet_loggers
 from tools.arguments import whole_number
@@ -513,6 +514,28 @@ def serve_in_thread(wsgi_app: Any, host: str = "127.0.0.1", port: int = 0, ssl_c
     return ServerHandle(server, thread, url, server.server_port)
 
 
+def elsewhere_than_served(public_base_url: str, served: str) -> str | None:
+    """What to tell the person when PUBLIC_BASE_URL names another scheme or port than the host serves (the
+    redirect URIs are built from it, so the IdP would send the browser back to an address this host does not
+    answer); None when they agree or it is not set. Host names are not compared: 127.0.0.1, localhost and a
+    bound 0.0.0.0 are all this host."""
+    public, here = urlsplit(public_base_url), urlsplit(served)
+    try:
+        public_port = public.port or {"http": 80, "https": 443}.get(public.scheme)
+    except ValueError:  # a port that is not one: the settings check names it
+        return None
+    if not public_base_url or (public.scheme, public_port) == (here.scheme, here.port):
+        return None
+    how = ("over HTTPS with --cert and --key (make run's are .devstack/ca/server.pem and .devstack/ca/server-key.pem)"
+           if public.scheme == "https" else "over plain HTTP (no --cert)")
+    loopback = here.hostname in ("127.0.0.1", "0.0.0.0")
+    ours = _http_url(here.scheme, "localhost" if loopback else here.hostname, here.port)
+    return (f"PUBLIC_BASE_URL is {public_base_url}, but this host serves {served}: the IdP sends people back to "
+            f"redirect URIs built from PUBLIC_BASE_URL, which this host does not answer. Serve it {how} on port "
+            f"{public_port}, or set PUBLIC_BASE_URL={ours} (and register its redirect "
+            "URIs). A proxy in front that serves PUBLIC_BASE_URL makes this fine.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.host", description="Serves function_app.py's HTTP "
                                      "functions like `func start` (settings: environment, then local.settings.json).")
@@ -540,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     wsgi_app = build_wsgi_app(importlib.import_module("function_app").app, route_prefix(app_dir))
     server = _server(wsgi_app, args.host, port, (args.cert, args.key) if args.cert else None)
     base_url = _http_url("https" if args.cert else "http", args.host, server.server_port)
+    if warning := elsewhere_than_served(public_base_url(os.environ), base_url):
+        LOG.warning("%s", warning)
     print("\nFunctions:\n", *wsgi_app.describe(base_url), f"\nServing on {base_url} (Ctrl-C to stop)\n",
           sep="\n", flush=True)
     # `make run` and the tests stop the host with SIGTERM: shut down as cleanly as on Ctrl-C.
