@@ -4,11 +4,11 @@ venv: `make az-cli`), signed out, with an empty config dir: a valid command gets
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -124,6 +124,16 @@ def test_every_az_command_the_docs_show_is_valid_for_the_real_az_cli(tmp_path):
     assert not bad, f"documented commands the real az refuses: {bad}"
 
 
+def test_the_check_refuses_what_the_real_az_refuses_and_passes_what_it_takes(tmp_path):
+    """All commands parse in one az process (az_parse_driver.py): each one's own answer, good or bad, must still
+    be told apart, in any order."""
+    good = ["ad", "app", "show", "--id", "x"]
+    commands = [good, ["functionapp", "config", "set", "--name", "a", "-g", "b", "--no-such-flag", "1"], good,
+                ["keyvault", "secret", "set", "--vault-name", "v"], good]
+    refused = refused_by_real_az(commands, tmp_path)
+    assert [command.split()[0] for command, _ in refused] == ["functionapp", "keyvault"], refused
+
+
 def refused_by_real_az(commands: list[list[str]], tmp_path: Path) -> list[tuple[str, list[str]]]:
     """Each command parsed by the real az, signed out: the ones it refuses, with its last line."""
     assert AZ.exists(), f"the real Azure CLI is installed by `make az-cli` (expected at {AZ})"
@@ -132,19 +142,19 @@ def refused_by_real_az(commands: list[list[str]], tmp_path: Path) -> list[tuple[
     config = tmp_path / "az-config"
     config.mkdir(exist_ok=True)
 
-    def parse(argv: list[str]) -> tuple[list[str], str]:
-        # the scripts' temporary files (--file, --src, a --body or --app-roles @file) are gone by now: an existing
-        # stand-in
-        argv = [str(placeholder) if i and argv[i - 1] in ("--file", "--src")
-                else f"@{placeholder}" if a.startswith("@") and not Path(a[1:]).exists() else a
-                for i, a in enumerate(argv)]
-        done = subprocess.run([str(AZ), *argv], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-                              env={**os.environ, "AZURE_CONFIG_DIR": str(config), "AZURE_CORE_COLLECT_TELEMETRY": "0"})
-        return argv, done.stderr
-
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(parse, commands))
-    return [(" ".join(argv), err.strip().splitlines()[-1:]) for argv, err in results
+    # the scripts' temporary files (--file, --src, a --body or --app-roles @file) are gone by now: an existing
+    # stand-in
+    commands = [[str(placeholder) if i and argv[i - 1] in ("--file", "--src")
+                 else f"@{placeholder}" if a.startswith("@") and not Path(a[1:]).exists() else a
+                 for i, a in enumerate(argv)] for argv in commands]
+    python = AZ.parent / "python"  # the venv's, which has azure.cli
+    assert python.exists(), f"the real Azure CLI's venv has no {python}"
+    done = subprocess.run([str(python), str(Path(__file__).with_name("az_parse_driver.py"))],
+                          input=json.dumps(commands), capture_output=True, text=True, timeout=500,
+                          env={**os.environ, "AZURE_CONFIG_DIR": str(config), "AZURE_CORE_COLLECT_TELEMETRY": "0"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [result["stderr"] for result in json.loads(done.stdout)]
+    return [(" ".join(argv), err.strip().splitlines()[-1:]) for argv, err in zip(commands, errors, strict=True)
             if any(e in err for e in PARSE_ERRORS) or "Please run 'az login'" not in err]
 
 
