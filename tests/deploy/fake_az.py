@@ -9,7 +9,6 @@ gives them (HTTPS not enforced, FTP allowed, basic publishing credentials on, no
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -104,6 +103,8 @@ def main(argv: list[str]) -> int:
     path = opt(args, "--file") or next((v[1:] for v in (body, cert) if v.startswith("@")), None)
     if path:
         content = open(path).read()
+        import hashlib  # here, not at the top: loading OpenSSL was ~20 ms of every call's start
+
         record["file_sha256"] = hashlib.sha256(content.encode()).hexdigest()
         record["file_mode"] = oct(os.stat(path).st_mode & 0o777)
     with open(log_path, "a") as log:
@@ -478,7 +479,11 @@ def add_certificate(state: dict, args: list[str], file_content: str | None) -> d
     else:
         assert "PRIVATE KEY" not in file_content, "a private key handed to Entra"
         # Imported here, not at the top: every az call starts this script, and cryptography's import was
-        # half of each one's ~100 ms (a deploy makes ~70 calls).
+        # half of each one's ~100 ms (a deploy makes ~70 calls). The script runs without site (python -S:
+        # the venv's .pth files cost ~20 ms a start), so site-packages is added first.
+        import site
+
+        site.main()
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
         cert = x509.load_pem_x509_certificate(file_content.encode())

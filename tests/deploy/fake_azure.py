@@ -50,7 +50,9 @@ class FakeAzure:
         self.bin, self.state_path, self.log_path = tmp / "bin", tmp / "state.json", tmp / "az-calls.jsonl"
         self.bin.mkdir(parents=True)
         az = self.bin / "az"
-        az.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
+        # -S: no site, whose .pth files (the editable install's finder) were a third of each call's start; the fake
+        # needs only the standard library (and adds site where it needs cryptography)
+        az.write_text(f"#!/bin/sh\nexec {sys.executable} -S {FAKE} \"$@\"\n")
         az.chmod(0o755)
         self.all_calls: list[dict] = []
 
