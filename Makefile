@@ -60,8 +60,9 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# The deploy tests in a second pytest beside the rest (tests/run.py): CI's two cores both busy.
 test: setup browser-deps deploy-deps lint
-	$(PY) -m pytest
+	$(PY) -m tests.run
 
 # The login benchmark: figures and budgets, pass/fail printed; never fails (not part of make test).
 # Record a run in BENCHMARKS.md: make bench BENCH_ARGS='--markdown BENCHMARKS.md --label "after: ..."'
