@@ -16,8 +16,11 @@ import logging
 # - urllib3 logs every request's URL, query included, at DEBUG (the level PYTHON_ENABLE_DEBUG_LOGGING
 #   gives the root logger): a TABLES_CONNECTION_STRING with a SharedAccessSignature puts the SAS,
 #   `sig` and all, in every table call's URL. Its warnings (a pool full, a retry) are kept.
+# - azure-core's NetworkTraceLoggingPolicy (`_universal`) logs every header and body unredacted at DEBUG
+#   for a client or call given `logging_enable=True` (a Key Vault answer's body is the secret). None is
+#   given one; held all the same, so that one added for a day's debugging publishes nothing.
 QUIET_LOGGERS = {"azure.core.pipeline.policies.http_logging_policy": logging.WARNING, "msal": logging.CRITICAL,
-                 "urllib3": logging.INFO}
+                 "urllib3": logging.INFO, "azure.core.pipeline.policies._universal": logging.INFO}
 
 
 def quiet_loggers() -> None:
