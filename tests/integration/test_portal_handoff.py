@@ -87,6 +87,18 @@ def test_a_token_posted_from_another_site_is_refused(portal):
     assert post_to_portal(portal, fields).status_code == 303, "the same token from the app's own page is fine"
 
 
+def test_a_user_token_is_refused_at_the_agent_page(portal):
+    """Both doors' tokens have the same `aud` (the portal's origin, SPEC): only the `account_type` check keeps
+    a user's token from opening the agent side, so the portal half, the sample portal operators copy, must
+    make it, even with an agent nonce cookie of the same nonce in the browser."""
+    fields = token_for(portal, "user")
+    put_nonce_cookie(portal, NONCE, "agent")
+    refused = post_to_portal(portal, fields, kind="agent")
+    assert refused.status_code == 401 and "user token posted to the agent page" in refused.get_data(as_text=True)
+    assert "__Host-demo-portal-session" not in refused.headers.get("Set-Cookie", ""), "no portal session"
+    assert post_to_portal(portal, fields).status_code == 303, "the same token at its own page is fine"
+
+
 def test_a_token_is_accepted_once(portal):
     fields = token_for(portal)
     assert post_to_portal(portal, fields).status_code == 303
