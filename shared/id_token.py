@@ -93,8 +93,10 @@ def _header(id_token: object) -> dict:
         raise InvalidIdToken("format", "not a JWS compact token")
     header_part, payload_part, signature_part = id_token.split(".")
     try:
-        header = json.loads(_segment(header_part, "header"))
-    except (ValueError, RecursionError) as exc:
+        # UTF-8 only (RFC 7519 7.2 step 10, RFC 8259 8.1): json.loads of bytes would also take UTF-16/32
+        # or a BOM, which MSAL's decoder does not, so the two would read one token differently.
+        header = json.loads(_segment(header_part, "header").decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidIdToken("format", "the header is not JSON") from exc
     if not isinstance(header, dict):
         raise InvalidIdToken("format", "the header is not a JSON object")
@@ -132,7 +134,7 @@ def verify_id_token(id_token: str, *, metadata: ProviderMetadata, jwks: JwksCach
     except jwt.PyJWTError as exc:
         raise InvalidIdToken("signature", type(exc).__name__) from exc
     try:
-        claims = json.loads(payload)
+        claims = json.loads(payload.decode("utf-8"))  # UTF-8 only, as the header
     except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
         raise InvalidIdToken("format", "the payload is not JSON") from exc
     if not isinstance(claims, dict):
@@ -148,11 +150,14 @@ def verify_id_token(id_token: str, *, metadata: ProviderMetadata, jwks: JwksCach
     if key.issuer is not None and key.issuer.replace("{tenantid}", tid or "") != claims.get("iss"):
         raise InvalidIdToken("iss", f"the signing key is {key.issuer!r}'s, not {_short(claims.get('iss'))}'s")
 
-    # Step 3: aud contains our client id; with several audiences, azp must be us (steps 4, 5).
+    # Step 3: aud contains our client id, and no audience we do not trust (we trust none but ourselves,
+    # whatever azp says); azp, when present, must be us (steps 4, 5).
     aud = claims.get("aud")
     audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
     if client_id not in audiences:
         raise InvalidIdToken("aud", "aud does not contain the client id")
+    if any(audience != client_id for audience in audiences):
+        raise InvalidIdToken("aud", "aud holds an audience besides the client id")
     azp = claims.get("azp")
     if (len(audiences) > 1 or azp is not None) and azp != client_id:
         raise InvalidIdToken("azp", "azp is not the client id")

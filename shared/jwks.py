@@ -97,6 +97,12 @@ def _usable_key(item: object) -> IdpKey | None:
     3.3: factorable, it would let anyone sign ID tokens)."""
     if not isinstance(item, dict) or item.get("use", "sig") != "sig":
         return None
+    # RFC 7517 4.3: key_ops, when given, names what the key is for; one not for "verify" is not ours to use.
+    # An issuer that is not text scopes the key to nothing we can read: skipped, not taken as unscoped
+    # (which would let it sign for every tenant).
+    if ("key_ops" in item and (not isinstance(item["key_ops"], list) or "verify" not in item["key_ops"])) or (
+            "issuer" in item and not isinstance(item["issuer"], str)):
+        return None
     if _PRIVATE_MEMBERS.intersection(item):
         # Skipped, not cut down to its public half: everyone who reads the JWKS holds this key, so a
         # token it verifies proves nothing (and PyJWT would hand back a private key, which cannot verify).
@@ -109,8 +115,7 @@ def _usable_key(item: object) -> IdpKey | None:
         return None
     if isinstance(jwk.key, rsa.RSAPublicKey) and jwk.key.key_size < MIN_RSA_BITS:
         return None
-    return IdpKey(jwk, item.get("alg"), item.get("kty"), item.get("crv"),
-                  item.get("issuer") if isinstance(item.get("issuer"), str) else None)
+    return IdpKey(jwk, item.get("alg"), item.get("kty"), item.get("crv"), item.get("issuer"))
 
 
 # RFC 7518 6.3.2, 6.2.2 and 6.4.1 (RSA, EC and OKP private members; `k`, a symmetric key, is all private).

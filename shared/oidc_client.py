@@ -174,7 +174,7 @@ def _check_msal_can_read(response: requests.Response) -> None:
         return
     try:
         payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode("utf-8"))
     except (AttributeError, IndexError, ValueError, RecursionError, TypeError) as exc:
         raise InvalidIdToken("format", "the token endpoint's ID token is not a JWS with a JSON payload") from exc
     if not isinstance(claims, dict):

@@ -43,7 +43,7 @@ from tests.support.hostile_flow import (
     sign_in,
     switch_to,
 )
-from tests.support.hostile_idp import CLIENT_ID, CLIENT_SECRET, TENANT, HostileIdp, SigningKey
+from tests.support.hostile_idp import CLIENT_ID, CLIENT_SECRET, TENANT, HostileIdp, SigningKey, reencoded
 from tests.support.portal import (
     TIMEOUT,
     assert_error_page,
@@ -107,9 +107,12 @@ FORGED = [
     pytest.param(lambda idp: {"claims": {"iss": f"https://evil.test/{TENANT}/v2.0"}}, "id_token_iss", id="wrong-iss"),
     pytest.param(lambda idp: {"claims": {"aud": "00000000-0000-4000-8000-0000000000ad"}}, "id_token_aud",
                  id="wrong-aud"),
-    # Several audiences, one of them us, and no azp naming us (OIDC Core 3.1.3.7 steps 4-5).
+    # Several audiences, one of them us, with or without azp naming us: the other one is not trusted (OIDC
+    # Core 3.1.3.7 step 3); azp was once taken to make it fine.
     pytest.param(lambda idp: {"claims": {"aud": [CLIENT_ID, "00000000-0000-4000-8000-0000000000ad"]}},
-                 "id_token_azp", id="aud-list-without-azp"),
+                 "id_token_aud", id="aud-list-without-azp"),
+    pytest.param(lambda idp: {"claims": {"aud": [CLIENT_ID, "00000000-0000-4000-8000-0000000000ad"],
+                                         "azp": CLIENT_ID}}, "id_token_aud", id="aud-list-with-azp-us"),
     pytest.param(lambda idp: {"claims": {"iat": None}}, "id_token_iat", id="missing-iat"),
     # Unexpired, but minted an hour ago: not this login's token.
     pytest.param(lambda idp: {"claims": {"iat": int(time.time()) - 3600, "nbf": int(time.time()) - 3600}},
@@ -139,6 +142,10 @@ FORGED = [
       for name, bad in (("no-dots", "abc"), ("empty", ""), ("payload-a-list", "e30.W10.e30"),
                         ("payload-null", "e30.bnVsbA.e30"), ("payload-a-string", "e30.IjEi.x"),
                         ("payload-not-base64", "e30.!!!.x"))],
+    # UTF-16 JSON, signed: we took it and MSAL could not read it (401 code_redemption_failed, pointing the
+    # admin at the secret); refused as the ID token's format before MSAL sees it.
+    pytest.param(lambda idp: {"mangle": lambda t: reencoded(t, idp.signing_key.private, payload_encoding="utf-16")},
+                 "id_token_format", id="payload-utf-16"),
 ]
 
 

@@ -54,6 +54,17 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def reencoded(token: str, key: rsa.RSAPrivateKey, *, header_encoding: str = "utf-8",
+              payload_encoding: str = "utf-8") -> str:
+    """The token with its header and payload JSON in another encoding (UTF-16, a BOM, ...), signed
+    again with `key` (RS256): valid but for not being UTF-8 (RFC 7519 7.2 step 10)."""
+    header, payload = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+                       for part in token.split(".")[:2])
+    signing_input = (b64url(json.dumps(header).encode(header_encoding)) + "."
+                     + b64url(json.dumps(payload).encode(payload_encoding)))
+    return f"{signing_input}.{b64url(key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))}"
+
+
 @dataclass(frozen=True)
 class SigningKey:
     """An RSA key the IdP (or an attacker) signs with; `kid` names it in a JWKS and a JWS header."""

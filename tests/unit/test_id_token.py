@@ -19,6 +19,7 @@ from shared.errors import DependencyUnavailable, InvalidIdToken
 from shared.id_token import LEEWAY_SECONDS, MAX_TOKEN_AGE_SECONDS, verify_id_token
 from shared.jwks import JwksCache
 from shared.provider import ProviderMetadata
+from tests.support.hostile_idp import reencoded
 
 TENANT = "3f0c9a52-6d1e-4b7a-9c2f-8e5d41a7b0c6"
 OTHER_TENANT = "11111111-2222-4333-8444-555555555555"
@@ -227,13 +228,16 @@ def test_id_token_without_aud_fails_the_aud_check(idp):
     refused(idp, idp.mint(aud=DROP), "aud")
 
 
-def test_id_token_aud_list_containing_us_passes_when_azp_is_us(idp):
-    claims = idp.verify(idp.mint(aud=[CLIENT_ID, "other-client"], azp=CLIENT_ID))
-    assert CLIENT_ID in claims["aud"], "steps 3-5: several audiences are fine when azp is our client id"
+def test_id_token_with_an_audience_besides_us_is_refused_whatever_its_azp(idp):
+    """Step 3: "MUST be rejected if ... it contains additional audiences not trusted by the Client". We trust
+    none but our own client id (Entra's ID tokens carry exactly one), so azp naming us does not help."""
+    for azp in (CLIENT_ID, DROP):
+        refused(idp, idp.mint(aud=[CLIENT_ID, "other-client"], azp=azp), "aud")
 
 
-def test_id_token_with_several_audiences_and_no_azp_fails_the_azp_check(idp):
-    refused(idp, idp.mint(aud=[CLIENT_ID, "other-client"]), "azp")
+def test_id_token_aud_list_of_us_alone_passes(idp):
+    assert idp.verify(idp.mint(aud=[CLIENT_ID]))["aud"] == [CLIENT_ID]
+    assert idp.verify(idp.mint(aud=[CLIENT_ID, CLIENT_ID], azp=CLIENT_ID))["sub"] == "person-sub"
 
 
 def test_id_token_with_an_azp_of_another_client_fails_the_azp_check(idp):
@@ -364,6 +368,17 @@ def test_id_token_signed_by_a_jwk_marked_for_encryption_is_refused(rsa_key, othe
     idp = Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, use="enc"), rsa_jwk(other_rsa_key, "sig-key")]},
               metadata=metadata_for())
     refused(idp, idp.mint(), "kid")
+
+
+def test_id_token_signed_by_a_jwk_whose_key_ops_do_not_verify_is_refused(rsa_key, other_rsa_key):
+    """RFC 7517 4.3: key_ops names what a key is for; one published for ["encrypt", "wrapKey"] (no `use`)
+    is an encryption key as much as `use: enc` is."""
+    for ops in (["encrypt", "wrapKey"], "verify"):  # a string is no list of operations
+        idp = Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, key_ops=ops), rsa_jwk(other_rsa_key, "sig-key")]},
+                  metadata=metadata_for())
+        refused(idp, idp.mint(), "kid")
+    idp = Idp(key=rsa_key, jwks={"keys": [rsa_jwk(rsa_key, KID, key_ops=["verify"])]}, metadata=metadata_for())
+    assert idp.verify(idp.mint())["sub"] == "person-sub", "a key for verify verifies"
 
 
 def test_a_jwks_of_encryption_keys_only_is_the_idp_unavailable_not_a_key_to_use(rsa_key):
@@ -505,6 +520,26 @@ def test_a_multi_tenant_token_must_be_signed_by_a_key_that_vouches_for_its_issue
     msa_iss = f"https://login.microsoftonline.com/{MSA_TENANT}/v2.0"
     assert entra.verify(entra.mint(other_rsa_key, kid="msa-key", iss=msa_iss, tid=MSA_TENANT))["tid"] == MSA_TENANT, \
         "the consumer key still vouches for its own tenant's tokens (whether they may enter is admission's call)"
+
+
+def test_a_key_whose_issuer_is_not_text_vouches_for_no_tenant(idp):
+    """A key scoped by an `issuer` we cannot read (a list naming the consumer tenant) is skipped, never taken
+    for an unscoped key, which would vouch for every tenant."""
+    msa_iss = f"https://login.microsoftonline.com/{MSA_TENANT}/v2.0"
+    entra = Idp(key=idp.key, jwks={"keys": [rsa_jwk(idp.key, KID, issuer=[msa_iss])]},
+                metadata=metadata_for(ENTRA_TEMPLATE))
+    with pytest.raises(DependencyUnavailable):  # the IdP's only key unusable: its keys are unavailable
+        entra.verify(entra.mint(iss=ENTRA_TEMPLATE.replace("{tenantid}", TENANT)))
+
+
+@pytest.mark.parametrize(("header_encoding", "payload_encoding"), [
+    ("utf-16", "utf-8"), ("utf-8", "utf-16"), ("utf-8", "utf-32"), ("utf-8", "utf-8-sig")],
+    ids=["header-utf-16", "payload-utf-16", "payload-utf-32", "payload-utf-8-with-bom"])
+def test_a_header_or_payload_that_is_not_utf8_json_is_a_format_failure(idp, header_encoding, payload_encoding):
+    """RFC 7519 7.2 step 10, RFC 8259 8.1 (UTF-8, no BOM): json.loads of bytes took UTF-16/32 and a BOM,
+    which MSAL's decoder does not, so the two read one token differently."""
+    token = reencoded(idp.mint(), idp.key, header_encoding=header_encoding, payload_encoding=payload_encoding)
+    refused(idp, token, "format")
 
 
 def test_a_token_without_nbf_passes_since_openid_connect_does_not_require_it(idp):
