@@ -49,7 +49,10 @@ FORMAT = "2"
 MEMBERS = {"1": 6, "2": 7}
 _KEY_INFO = b"portal-sso flow cookie v1"
 _NAME = re.compile(rf"{re.escape(COOKIE_PREFIX)}(?:{'|'.join(KINDS)})-[A-Za-z0-9_-]{{12}}\Z")
-_VALUE = re.compile(r"^([12])\.(\d{1,15})\.([A-Za-z0-9_-]{40,6000})\Z")
+# One spelling per sealed value: the expiry in ASCII digits without a leading zero (`\d` and int() also
+# take other scripts' digits, and "0" + the expiry gives the same associated data), the blob in the
+# base64url _b64 writes (_unb64 refuses the other last characters a lenient decoder maps to the same bytes).
+_VALUE = re.compile(r"^([12])\.([1-9][0-9]{0,14})\.([A-Za-z0-9_-]{40,6000})\Z")
 
 
 def flow_keys(private_keys_der: list[bytes]) -> list[AESGCM]:
@@ -79,7 +82,11 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """The bytes `text` encodes, only if _b64 of them is `text` (ValueError otherwise)."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not the canonical base64url of its bytes")
+    return data
 
 
 @dataclass(frozen=True)
