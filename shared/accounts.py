@@ -178,6 +178,8 @@ def email_problem(raw: object) -> str | None:
             return f"holds whitespace ({_char(c)}) at character {position}"
         if problem := _character_problem(c, position):
             return problem
+        if _default_ignorable(c):
+            return f"holds an invisible character ({_char(c)}) at character {position}"
     if not unicodedata.is_normalized("NFC", raw):
         return NOT_NFC
     local, at, domain = raw.partition("@")
@@ -187,7 +189,46 @@ def email_problem(raw: object) -> str | None:
         return "has more than one '@'"
     if not local or not domain:
         return "has nothing before the '@'" if not local else "has nothing after the '@'"
-    return key_problem(table_key(raw))  # ASCII lowercasing (canonical_email) keeps the key's length
+    if problem := _second_spelling(local, domain):
+        return problem
+    return key_problem(table_key(raw))
+
+
+# Unicode's Default_Ignorable_Code_Point characters that are not Cf (those _character_problem refuses):
+# rendered as nothing, so an address holding one lists exactly like the one without it.
+_IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2065, 0x2065),
+                     (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0xE0000, 0xE0FFF))
+# Dots IDNA takes for '.' between labels: `contoso。test` would be contoso.test written another way.
+_OTHER_DOTS = frozenset("\u3002\uff0e\uff61")
+
+
+def _default_ignorable(c: str) -> bool:
+    return any(low <= ord(c) <= high for low, high in _IGNORABLE_RANGES)
+
+
+def _second_spelling(local: str, domain: str) -> str | None:
+    """Why the address is one another address also spells (so one mailbox would get two keys, two
+    accounts of a kind): a quoted local part (`"ann"@x` is `ann@x`), an empty domain label (a trailing
+    dot: `x.test.` is `x.test`), a non-ASCII domain label IDNA2008 does not take as it stands (upper-case,
+    full-width letters, `。`: mail maps them onto another spelling). None when it is the only spelling."""
+    if '"' in local:
+        return "has a double quote ('\"') in the part before the '@': quoted addresses are not taken, since " \
+               "'\"ann\"@x' and 'ann@x' are one mailbox"
+    if dot := next((c for c in domain if c in _OTHER_DOTS), None):
+        return f"has a dot other than '.' ({_char(dot)}) in its domain: write the domain with '.'"
+    labels = domain.split(".")
+    if "" in labels:
+        return "has an empty label in its domain (a leading, trailing or doubled dot): write the domain without it"
+    for label in labels:
+        if not label.isascii():
+            import idna  # here, not at the top: only a non-ASCII domain needs it
+
+            try:
+                idna.encode(ascii_lower(label))  # IDNA2008, no UTS 46 mapping; A-Z is folded anyway
+            except idna.IDNAError:
+                return ("has a domain label that is not a valid internationalized label (IDNA2008: no upper-case or "
+                        "full-width letters, no dot but '.'): write the domain as it is registered")
+    return None  # ASCII lowercasing (canonical_email) keeps the key's length
 
 
 def utf16_units(text: str) -> int:

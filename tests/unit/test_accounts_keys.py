@@ -109,7 +109,9 @@ def test_a_non_string_is_refused():
 
 def test_only_ascii_letters_are_folded():
     assert canonical_email("Ann.Lee@Contoso.COM") == "ann.lee@contoso.com"
-    assert canonical_email("\u00c4RZTE@M\u00dcNCHEN.DE") == "\u00c4rzte@m\u00dcnchen.de", "non-ASCII kept as given"
+    assert canonical_email("\u00c4RZTE@M\u00fcnchen.DE") == "\u00c4rzte@m\u00fcnchen.de", "non-ASCII kept as given"
+    with pytest.raises(MalformedEmail):  # an upper-case non-ASCII domain letter: mail maps it to the lower one
+        canonical_email("ann@M\u00dcNCHEN.DE")
     assert canonical_email("\u03a3\u0391\u03a3@x.test") == "\u03a3\u0391\u03a3@x.test"
     assert email_key("ANN@CONTOSO.COM") == email_key("ann@contoso.com") == "ann@contoso.com"
 
@@ -123,6 +125,11 @@ def test_ascii_addresses_keep_the_keys_they_had():
                  f"{''.join(rng.choice(alphabet) for _ in range(rng.randint(1, 20)))}" for _ in range(5000)]
     addresses += ["ann@contoso.com", "Ann.Lee+tag@Contoso.COM", "a%2Fb@x", "a/b@x", "%@x", "IZMIR@x.test"]
     for address in addresses:
+        local, _, domain = address.rpartition("@")
+        if '"' in local or "" in domain.split("."):  # now refused: another address spells the same mailbox
+            with pytest.raises(MalformedEmail):
+                email_key(address)
+            continue
         assert email_key(address) == old_key(address), f"{address!r} changed key"
 
 
@@ -177,7 +184,8 @@ def test_every_key_is_valid_and_decodes_to_exactly_one_canonical_address():
         assert len(folded) == len(text) and all(a == b or (a in string.ascii_uppercase and b == a.lower())
                                                 for a, b in zip(text, folded, strict=True)), \
             f"only ASCII A-Z is folded in {text!r}"
-    assert accepted > 2500, "the crafted strings include many valid addresses"
+    # (most random non-ASCII domains are no IDNA2008 label, and are refused: test_email_spellings.py)
+    assert accepted > 500, "the crafted strings include many valid addresses"
 
 
 def test_printable_escapes_what_a_terminal_would_run_and_is_exact():
