@@ -184,7 +184,7 @@ def test_every_key_is_valid_and_decodes_to_exactly_one_canonical_address():
         assert len(folded) == len(text) and all(a == b or (a in string.ascii_uppercase and b == a.lower())
                                                 for a, b in zip(text, folded, strict=True)), \
             f"only ASCII A-Z is folded in {text!r}"
-    # (most random non-ASCII domains are no IDNA2008 label, and are refused: test_email_spellings.py)
+    # (most random non-ASCII domains are no IDNA2008 label, and are refused: test_accounts_cli.py, spellings)
     assert accepted > 500, "the crafted strings include many valid addresses"
 
 
