@@ -173,13 +173,17 @@ def email_problem(raw: object) -> str | None:
         return f"is a {type(raw).__name__}, not text"
     if len(raw) > MAX_EMAIL_LENGTH:
         return f"is {len(raw)} characters long, over the {MAX_EMAIL_LENGTH} an address may have"
-    for position, c in enumerate(raw, 1):
+    # One search for the first invisible character, not a range test per character (this runs at every
+    # login and SCIM request); a whitespace, control or format character up to it (itself included: the
+    # tags are Cf) is named first, as a check of each character in turn would.
+    invisible = _IGNORABLE.search(raw)
+    for position, c in enumerate(raw[:invisible.end()] if invisible else raw, 1):
         if _blank(c):
             return f"holds whitespace ({_char(c)}) at character {position}"
         if problem := _character_problem(c, position):
             return problem
-        if _default_ignorable(c):
-            return f"holds an invisible character ({_char(c)}) at character {position}"
+    if invisible:
+        return f"holds an invisible character ({_char(invisible.group())}) at character {invisible.start() + 1}"
     if not unicodedata.is_normalized("NFC", raw):
         return NOT_NFC
     local, at, domain = raw.partition("@")
@@ -191,19 +195,15 @@ def email_problem(raw: object) -> str | None:
         return "has nothing before the '@'" if not local else "has nothing after the '@'"
     if problem := _second_spelling(local, domain):
         return problem
-    return key_problem(table_key(raw))
+    return key_problem(table_key(raw))  # ASCII lowercasing (canonical_email) keeps the key's length
 
 
 # Unicode's Default_Ignorable_Code_Point characters that are not Cf (those _character_problem refuses):
 # rendered as nothing, so an address holding one lists exactly like the one without it.
-_IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2065, 0x2065),
-                     (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0xE0000, 0xE0FFF))
+_IGNORABLE = re.compile("[\u034f\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u2065\u3164\ufe00-\ufe0f\uffa0"
+                        "\ufff0-\ufff8\U000e0000-\U000e0fff]")
 # Dots IDNA takes for '.' between labels: `contoso。test` would be contoso.test written another way.
 _OTHER_DOTS = frozenset("\u3002\uff0e\uff61")
-
-
-def _default_ignorable(c: str) -> bool:
-    return any(low <= ord(c) <= high for low, high in _IGNORABLE_RANGES)
 
 
 def _second_spelling(local: str, domain: str) -> str | None:
@@ -228,7 +228,7 @@ def _second_spelling(local: str, domain: str) -> str | None:
             except idna.IDNAError:
                 return ("has a domain label that is not a valid internationalized label (IDNA2008: no upper-case or "
                         "full-width letters, no dot but '.'): write the domain as it is registered")
-    return None  # ASCII lowercasing (canonical_email) keeps the key's length
+    return None
 
 
 def utf16_units(text: str) -> int:
