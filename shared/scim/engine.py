@@ -13,12 +13,14 @@ from typing import Any
 from scim2_models import (
     InvalidSyntaxException,
     InvalidValueException,
+    NoTargetException,
     NotFoundException,
     PatchOp,
     PreconditionFailedException,
     SCIMException,
 )
 from scim2_models.path import AttrPath, CompareOperator, Comparison
+from scim2_models.path.expressions import LogicalExpr, LogicalOperator
 from scim2_server.handler import ScimHandler
 from scim2_server.requests import ScimRequest
 from scim2_server.responses import ScimResponse
@@ -70,11 +72,12 @@ class PortalScimService(ScimService):
 
     def apply_patch(self, current, patch_op, conditions):
         """The library's (preconditions, then the operations), each Remove naming a plain value
-        applied as what it selects (_patch_with_selected_removals)."""
-        if not any(_plain_removal(op) for op in patch_op.operations or []):
+        applied as what it selects, and each change of an entry named by its value refused unless the
+        person holds that entry (_patch_step_by_step)."""
+        if not any(_plain_removal(op) or _names_entry_by_value(op) for op in patch_op.operations or []):
             return super().apply_patch(current, patch_op, conditions)
         self.check_preconditions(current, "PATCH", conditions)
-        return current if _patch_with_selected_removals(current, patch_op) else None
+        return current if _patch_step_by_step(current, patch_op) else None
 
 
 def _refuse_names_given_twice(value: Any) -> None:
@@ -146,22 +149,59 @@ def _plain_removal(op) -> bool:
         not isinstance(op.value, dict | list)
 
 
-def _patch_with_selected_removals(current, patch_op) -> bool:
+def _patch_step_by_step(current, patch_op) -> bool:
     """Whether the PATCH changed `current`, applied in place with each Remove naming a plain value
     made a Remove of what that value selects, or left out when it selects nothing: the value is
     compared with the one the person holds after the operations before it, as the attribute compares
     values. The value says what goes (RFC 7644 3.5.2.2 removes what a filter matches): a Remove
     naming a value the person does not hold (a stale one) removes nothing, rather than whatever is
-    there. The operations between two such Removes apply together; one failing leaves `current`
-    part-patched, which the failed request drops with its error (the handler writes nothing)."""
+    there. An Add or Replace of an entry named by its value (_names_entry_by_value) is noTarget
+    unless the person holds that entry after the operations before it. The operations between two
+    such steps apply together; one failing leaves `current` part-patched, which the failed request
+    drops with its error (the handler writes nothing)."""
     changed, run = False, []
     for op in patch_op.operations or []:
         if _plain_removal(op):
             changed = _patched(current, patch_op, run) or changed
             op, run = _selected_removal(op, current), []
+        elif _names_entry_by_value(op):
+            changed = _patched(current, patch_op, run) or changed
+            run = []
+            if not _selection(op.path).get(current):
+                raise NoTargetException(detail=f"no value matches the filter of {str(op.path)[:100]!r}")
         if op is not None:
             run.append(op)
     return _patched(current, patch_op, run) or changed
+
+
+def _names_entry_by_value(op) -> bool:
+    """An Add or Replace whose path filter names the entry by its `value` (`roles[value eq
+    "Portal.Agent"].display`) but whose own value does not give it (it changes another sub-attribute).
+    The policy makes a filter that matches nothing add the entry it describes, as Entra expects of
+    `emails[type eq "work"].value`: here the filter alone would give the value, and a cosmetic change
+    of a role the person does not hold would grant that role (an agent account no app role gave), of
+    an email they do not have, add that address. Such an operation must find the entry held."""
+    path = op.path
+    if op.op == op.Op.remove or path is None or path.value_filter is None:
+        return False
+    sub = path.parts[1].lower() if len(path.parts) > 1 else None
+    if sub == "value" or (sub is None and isinstance(op.value, dict)
+                          and any(isinstance(k, str) and k.lower() == "value" for k in op.value)):
+        return False
+    return any(isinstance(term, Comparison) and term.op == CompareOperator.eq
+               and term.attr_path.attr.lower() == "value" for term in _and_terms(path.value_filter))
+
+
+def _and_terms(node) -> list:
+    """The comparisons a filter joins by `and` (the filter itself when it is one comparison)."""
+    if isinstance(node, LogicalExpr) and node.op == LogicalOperator.and_:
+        return [term for part in node.terms for term in _and_terms(part)]
+    return [node]
+
+
+def _selection(path):
+    """The entries a filtered path selects, without its sub-attribute: `roles[value eq "x"]`."""
+    return type(path)(f"{path.schema + ':' if path.schema else ''}{path.parts[0]}[{path.value_filter}]")
 
 
 def _patched(current, patch_op, operations) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
+from pydantic import BeforeValidator
 from scim2_models import (
     URN,
     AnyExtension,
@@ -86,7 +87,7 @@ class User(Resource[AnyExtension]):
     name: Name | None = None
     """The person's name parts."""
 
-    active: bool | None = None
+    active: Annotated[bool | None, BeforeValidator(lambda value: strict_boolean(value, "active"))] = None
     """false disables every portal account of the person."""
 
     emails: list[Email] | None = None
@@ -94,6 +95,18 @@ class User(Resource[AnyExtension]):
 
     roles: list[Role] | None = None
     """App role values: Portal.User gives a user account, Portal.Agent an agent account."""
+
+
+def strict_boolean(value: Any, name: str) -> Any:
+    """A boolean as JSON gives it, or as Entra sends one in a PATCH (`"True"`, `"False"`, in any case);
+    anything else is refused (invalidValue). pydantic's lax bool took 1, "1", "y", "yes", "on" and "t"
+    for true, so any of them re-enabled a person whom Entra had disabled: only Entra's own `true`
+    gives a leaver the portal back."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value is None or isinstance(value, bool):
+        return value
+    raise ValueError(f"{name} must be true or false, not {str(value)[:20]!r}")
 
 
 def comparison_key(binding: Any, value: str) -> str:
