@@ -386,6 +386,10 @@ class AccountStore:
             raise NoAccount(f"no {kind} account for this email")
         if not account.enabled:
             _refuse_disabled(account, f"{kind} account {account.account_id} is disabled")
+        if problem := account_id_problem(account.account_id):
+            # A row another tool wrote (add and import refuse such an id): it would be the session
+            # token's `sub`, a newline in it a forged line in the portal's logs. `check` lists it.
+            raise NoAccount(f"the {kind} account's AccountId {problem}: sign-in refuses it")
         return account
 
     def link_and_record_login(self, account: Account, idp_sub: str, now: datetime | None = None) -> Account:
@@ -396,11 +400,8 @@ class AccountStore:
         account only the first gets it, and a login racing an admin's change re-reads and decides again."""
         now = now or datetime.now(UTC)
         for _ in range(3):
-            if account.linked_idp_subject and account.linked_idp_subject != idp_sub:
-                raise IdentityMismatch(f"account {account.account_id} is linked to another idp_sub")
-            if not account.linked_idp_subject and account.scim_object_id and \
-                    object_id_in(idp_sub) != account.scim_object_id:
-                raise IdentityMismatch(f"account {account.account_id} is provisioned for another object id")
+            if other := held_by_another(account, idp_sub):
+                raise IdentityMismatch(f"account {account.account_id} {other}")
             # A login time after our `now` (a racing login of the same person wrote it) is recent too.
             if account.linked_idp_subject == idp_sub and account.last_login_at is not None \
                     and now - account.last_login_at < LAST_LOGIN_PRECISION:
@@ -415,7 +416,7 @@ class AccountStore:
                     return account
                 except (ResourceModifiedError, ResourceNotFoundError):
                     fresh = self.get_by_key(account.key, account.kind)
-            if fresh is None or not fresh.account_id:  # as find_account: a row without one is no account
+            if fresh is None or account_id_problem(fresh.account_id):  # as find_account: no usable id, no account
                 raise NoAccount("account removed during login")
             if not fresh.enabled:
                 _refuse_disabled(fresh, "account disabled during login")
@@ -785,6 +786,8 @@ class AccountStore:
                 yield account, "kind", f"its kind '{account.kind}' is not user or agent"
             elif not account.account_id:
                 yield account, "no-id", "it has no AccountId: sign-in refuses it"
+            elif problem := account_id_problem(account.account_id):
+                yield account, "bad-id", f"its AccountId {problem}: sign-in refuses it"
             if account.invalid_enabled is not None:
                 yield account, "enabled", f"Enabled is {account.invalid_enabled}, not a boolean: counts as disabled"
             elif account.kind in KINDS and not account.provisioned and \
@@ -931,6 +934,28 @@ def id_form_problem(account_id: str) -> str | None:
     return None
 
 
+def account_id_problem(account_id: str) -> str | None:
+    """Why `account_id` cannot be a session token's `sub` (None: it can), said after "account_id": the
+    rule `add` and `import` write by, and sign-in reads by (a row another tool wrote)."""
+    if not (account_id or "").strip():
+        return "is empty"
+    if len(account_id) > MAX_ACCOUNT_ID_LENGTH:
+        return f"is {len(account_id)} characters long, over the {MAX_ACCOUNT_ID_LENGTH} a session token's sub may have"
+    if problem := text_problem(account_id) or id_form_problem(account_id):  # the token's `sub`, and log text
+        return f"'{printable(account_id)}' is refused: it {problem}"
+    return None
+
+
+def held_by_another(account: Account, idp_sub: str) -> str | None:
+    """Why `account` is another person's than the one signing in as `idp_sub` (None: it may be theirs):
+    linked to another identity, or, not linked yet, provisioned for another Entra object id."""
+    if account.linked_idp_subject and account.linked_idp_subject != idp_sub:
+        return "is linked to another idp_sub"
+    if not account.linked_idp_subject and account.scim_object_id and object_id_in(idp_sub) != account.scim_object_id:
+        return "is provisioned for another object id"
+    return None
+
+
 def check_account(email: str, kind: str, account_id: str, name: str = "") -> list[str]:
     """What is wrong with these values (empty when nothing): the rules `add` and `import` share, so
     that nothing storage would refuse is found only once rows are being written."""
@@ -940,13 +965,8 @@ def check_account(email: str, kind: str, account_id: str, name: str = "") -> lis
         problems.append(f"email '{printable(str(email or ''))}' is refused: it {problem}")
     if kind not in KINDS:
         problems.append(f"kind {kind!r} must be user or agent")
-    if not (account_id or "").strip():
-        problems.append("account_id is empty")
-    elif len(account_id) > MAX_ACCOUNT_ID_LENGTH:
-        problems.append(f"account_id is {len(account_id)} characters long, over the {MAX_ACCOUNT_ID_LENGTH} a "
-                        "session token's sub may have")
-    elif problem := text_problem(account_id) or id_form_problem(account_id):  # the token's `sub`, and log text
-        problems.append(f"account_id '{printable(account_id)}' is refused: it {problem}")
+    if problem := account_id_problem(account_id):
+        problems.append(f"account_id {problem}")
     if problem := name_problem(name or ""):
         problems.append(f"name '{printable(name)}' is refused: it {problem}")
     elif len(name or "") > MAX_SHOWN_NAME:  # the rule of every name the portal shows (shown_name_problem)

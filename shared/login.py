@@ -15,7 +15,7 @@ from urllib.parse import urlencode, urlsplit
 
 from . import pages
 from .aadsts import hint_for
-from .accounts import canonical_email, shown_name_problem
+from .accounts import account_id_problem, canonical_email, held_by_another, shown_name_problem
 from .admission import check_admission
 from .audit import SignInEvent
 from .callback import Callback, CallbackRequest, parse_cookies
@@ -31,12 +31,14 @@ from .errors import (
     InvalidParameter,
     IssuerMismatch,
     LoginNotNavigation,
+    MalformedEmail,
     MissingParameters,
     NoAccount,
     NoEmailClaim,
     NotFound,
     ResponseModeNotAllowed,
     ReturnToNotAllowed,
+    RoleNotAssigned,
     SsoError,
     UnknownState,
 )
@@ -334,6 +336,13 @@ class SsoService:
         except NoEmailClaim:
             event.had_email_claim = False
             raise
+        except RoleNotAssigned:
+            # Refused after the email's checks passed: the row names whom (an admin looks a person's
+            # refusals up by email), and the setup page does not read the email claim as unreached.
+            event.had_email_claim = True
+            with contextlib.suppress(MalformedEmail):
+                event.email = canonical_email(claims["email"])
+            raise
         event.had_email_claim = True
         email = canonical_email(claims["email"])  # raises MalformedEmail (403 email_malformed)
         event.email = email
@@ -341,7 +350,7 @@ class SsoService:
         try:
             account = self.deps.accounts.find_account(email, kind)
         except NoAccount as err:
-            raise self._no_account(err, email, kind, flow) from None
+            raise self._no_account(err, email, kind, flow, idp_sub) from None
         event.account_id = account.account_id
         # The row linked: after a race (the row removed and added again meanwhile) it is a fresh read.
         account = self.deps.accounts.link_and_record_login(account, idp_sub)
@@ -455,17 +464,20 @@ class SsoService:
                 return refused
         return reply
 
-    def _no_account(self, err: NoAccount, email: str, kind: str, flow: Flow) -> NoAccount:
+    def _no_account(self, err: NoAccount, email: str, kind: str, flow: Flow, idp_sub: str) -> NoAccount:
         """The 403 page names the kind, says when the person has an account of the other kind (one
         more read, on this failure path only) and offers to sign in with another account: a login
         with the portal's own nonce and return_to, which its landing checks (neither is secret, and
         the return_to is checked again at that login start)."""
         other = next(k for k in KINDS if k != kind)
         try:
-            # An account login would find (find_account's rule): a disabled row, or one without an
-            # AccountId, would send the person to a door that refuses them too.
+            # An account login would let this person into (find_account's rule, then the link's): a
+            # disabled row, one without a usable AccountId, or another person's (linked to, or provisioned
+            # for, another identity: a mailbox's previous holder) would send them to a door that refuses
+            # them too, and tell a mailbox's new holder what the previous one holds.
             found = self.deps.accounts.get(email, other)
-            has_other = found is not None and bool(found.account_id) and found.enabled
+            has_other = found is not None and not account_id_problem(found.account_id) and found.enabled \
+                and not held_by_another(found, idp_sub)
         except SsoError:  # storage failing now: the page simply says less
             has_other = False
         err.message = f"There is no portal {kind} account for {email}."

@@ -504,6 +504,8 @@ CHECK_ADVICE = {
     "kind": "no sign-in finds it (a kind is user or agent, lower-case): add the account with its kind, then remove "
             "this row with --stored-key and --kind as this table shows them",
     "no-id": "sign-in refuses it: add it again with its --account-id, or remove it",
+    "bad-id": "sign-in refuses it (it would be the session token's sub): add it again with an --account-id add "
+              "takes, or remove it",
     "enabled": "run enable or disable to store a real boolean",
     "moving": "change the account where the `what` column says sign-in finds it; where it finds it at neither "
               f"address, {MOVE_ADVICE}",

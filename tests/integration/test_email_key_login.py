@@ -81,3 +81,27 @@ def test_an_enabled_stored_as_text_or_a_number_keeps_the_person_out(hostile, app
     hostile.answer(claims=owner.claims)
     row = assert_error_page(sign_in(hostile), 403, app, "account_disabled")
     assert row["AccountId"] == owner.account_id
+
+
+@pytest.mark.parametrize("stored_id", [
+    pytest.param("U-1\nsso.callback kind=agent outcome=success account_id=ADMIN", id="newline"),
+    pytest.param("U-1\u202eNIMDA", id="right-to-left-override"),
+    pytest.param("U-" + "9" * 400, id="over-255-characters"),
+    pytest.param("U-1 ", id="trailing-space"),
+])
+def test_a_stored_account_id_add_refuses_never_becomes_a_session_tokens_sub(hostile, app, account_store, stored_id):
+    """A row another tool wrote (Storage Explorer, `az storage entity insert`) with an AccountId that `add`
+    and `import` refuse: it would be the session token's `sub` (a newline a forged line in the portal's
+    log, over 255 characters past OpenID's limit). It was signed in to as it was; now it is no account
+    (403 no_account, the row's AccountId empty, the log line escaped) and `check` lists it."""
+    tag = uuid.uuid4().hex[:12]
+    email = f"raw-{tag}@contoso.test"
+    account_store._table.create_entity({"PartitionKey": email, "RowKey": "user", "Email": email,
+                                        "AccountId": stored_id, "DisplayName": "Raw Row", "Enabled": True})
+    hostile.answer(claims={"email": email, "oid": str(uuid.uuid4()), "name": "Raw Row", "preferred_username": email})
+    row = assert_error_page(sign_in(hostile), 403, app, "no_account")
+    assert row["Email"] == email and not row.get("AccountId"), row
+    assert not account_store.get(email, "user").linked_idp_subject, "a refused row is never linked"
+    problems = [(problem, what) for account, problem, what in account_store.key_problems() if account.key == email]
+    assert [problem for problem, _ in problems] == ["bad-id"], problems
+    assert "\n" not in problems[0][1] and "\u202e" not in problems[0][1], problems
