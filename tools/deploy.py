@@ -560,8 +560,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(err, az)
     print(az.summary())
     base = result["base"]
+    # All four redirect URIs: Entra returns from a sign-out only to a registered one too.
     print(f"\nUser Single Sign On URL:  {base}/api/sso/user/callback\nAgent Single Sign On URL: "
-          f"{base}/api/sso/agent/callback\nSetup page: {base}/api/sso/setup?code=<function key>\n"
+          f"{base}/api/sso/agent/callback\nUser signed-out page:     {base}/api/sso/user/signed-out\n"
+          f"Agent signed-out page:    {base}/api/sso/agent/signed-out\n"
+          f"(register-app registers all four as Web redirect URIs)\n"
+          f"Setup page: {base}/api/sso/setup?code=<function key>\n"
           f"Read the function key: az functionapp function keys list --resource-group {args.resource_group} "
           f"--name {args.app} --function-name sso_setup\n"
           f"Session tokens: iss {result['issuer']} (SESSION_TOKEN_ISSUER), aud {result['audience']} "

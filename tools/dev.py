@@ -309,7 +309,7 @@ Local stack is up (logs in {logs}).
                           token {settings["SCIM_TOKEN"]}   (kept in .devstack/scim-token)
                           `make scim-demo` provisions people; then nobody@contoso.test signs in as an agent
 
-Everything is served over HTTPS with a local test CA: {ca.ca_cert}
+Everything but Azurite is served over HTTPS with a local test CA: {ca.ca_cert}
 Import it into your browser as a trusted authority, or accept the certificate warnings.
 Press Ctrl-C to stop.""", flush=True)
     while app.poll() is None and portal_proc.poll() is None:

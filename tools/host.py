@@ -536,8 +536,13 @@ def elsewhere_than_served(public_base_url: str, served: str) -> str | None:
             "URIs). A proxy in front that serves PUBLIC_BASE_URL makes this fine.")
 
 
+def _stop_once(*_: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.host", description="Serves function_app.py's HTTP "
+    parser = argparse.ArgumentParser(prog="portal-sso host", description="Serves function_app.py's HTTP "
                                      "functions like `func start` (settings: environment, then local.settings.json).")
     parser.add_argument("--port", type=whole_number(0, 65535),  # a socket takes a bigger one modulo 65536
                         help=f"default: Host.LocalHttpPort, else {DEFAULT_PORT}; 0: any free port")
@@ -567,8 +572,11 @@ def main(argv: list[str] | None = None) -> int:
         LOG.warning("%s", warning)
     print("\nFunctions:\n", *wsgi_app.describe(base_url), f"\nServing on {base_url} (Ctrl-C to stop)\n",
           sep="\n", flush=True)
-    # `make run` and the tests stop the host with SIGTERM: shut down as cleanly as on Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # `make run` and the tests stop the host with SIGTERM: shut down as cleanly as on Ctrl-C, once. A
+    # second one (a terminal's Ctrl-C reaches make run's group and make run forwards it) came mid-shutdown:
+    # a traceback, or after Python's finalization had put the default action back, death by signal
+    # (exit -15). Ignored from the first on: Python leaves an ignored signal ignored when it finalizes.
+    signal.signal(signal.SIGTERM, _stop_once)
     with suppress(KeyboardInterrupt):
         server.serve_forever()
     # Stopping already (a terminal's Ctrl-C reaches make run and this host at once, and make run then

@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 
 from shared.config import KIND_ROLES
+from tools.local_settings import load_local_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -95,9 +96,19 @@ def demo_people(tag: str) -> list[Person]:
             Person(f"lee.{tag}@contoso.test", str(uuid.uuid4()), ("agent",), "Lee Leaver")]
 
 
+def stack_base() -> str:
+    """Where `make run` serves the app: DEV_APP_PORT when this shell sets it, else the PUBLIC_BASE_URL
+    of the settings it last wrote (.devstack/local.settings.json, so a stack started with another
+    DEV_APP_PORT is found from any shell), else the default port."""
+    if port := os.environ.get("DEV_APP_PORT"):
+        return f"https://127.0.0.1:{port}"
+    values = load_local_settings(ROOT / ".devstack" / "local.settings.json", {})
+    return (values.get("PUBLIC_BASE_URL") or "https://127.0.0.1:7071").rstrip("/")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.scim_cycle", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", default=f"https://127.0.0.1:{os.environ.get('DEV_APP_PORT', 7071)}")
+    parser.add_argument("--base", default=stack_base(), help="the app (default: where `make run` last served it)")
     parser.add_argument("--token-file", type=Path, default=ROOT / ".devstack" / "scim-token")
     args = parser.parse_args(argv)
     token = os.environ.get("SCIM_TOKEN") or (args.token_file.read_text().strip() if args.token_file.is_file() else "")

@@ -673,6 +673,7 @@ def test_a_public_base_url_set_with_its_slash_is_printed_as_the_app_reads_it(azu
     again = azure.run("deploy", *DEPLOY_ARGS)
     assert again.code == 0, again.err
     assert "User Single Sign On URL:  https://sso.contoso.test/api/sso/user/callback" in again.out, again.out
+    assert "Agent signed-out page:    https://sso.contoso.test/api/sso/agent/signed-out" in again.out, again.out
     assert "//api/" not in again.out and "iss https://sso.contoso.test " in again.out, again.out
     assert not [m for m in again.mutations if "PUBLIC_BASE_URL" in m], "the setting is kept as written"
 

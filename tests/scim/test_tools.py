@@ -29,3 +29,16 @@ def test_the_demo_cycle_provisions_changes_and_then_only_reads(scim, monkeypatch
     assert accounts.get(bo.email, "user") is None and accounts.get(bo.email, "agent") is not None
     assert accounts.get(lee.email, "agent") is None
     assert "4 requests, all reads" in out
+
+
+def test_scim_demo_finds_the_app_where_make_run_last_served_it(monkeypatch, tmp_path):
+    """`DEV_APP_PORT=7171 make run`, then `make scim-demo` from another shell: it went to 7071."""
+    monkeypatch.setattr(scim_cycle, "ROOT", tmp_path)
+    monkeypatch.delenv("DEV_APP_PORT", raising=False)
+    assert scim_cycle.stack_base() == "https://127.0.0.1:7071", "no stack yet: the default port"
+    (tmp_path / ".devstack").mkdir()
+    (tmp_path / ".devstack" / "local.settings.json").write_text(
+        '{"IsEncrypted": false, "Values": {"PUBLIC_BASE_URL": "https://127.0.0.1:7171/"}}')
+    assert scim_cycle.stack_base() == "https://127.0.0.1:7171"
+    monkeypatch.setenv("DEV_APP_PORT", "7272")
+    assert scim_cycle.stack_base() == "https://127.0.0.1:7272", "this shell's DEV_APP_PORT wins"
